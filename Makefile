@@ -1,0 +1,82 @@
+# Every target is a thin wrapper over `python -m recommender ...` (see `make help`); variables given on the make
+# command line (PATH_TO_DATA, USER_NAME, PASSWORD, STORAGE_URL, HOST, PORT, ...) reach the commands through the
+# environment, so values with spaces, quotes or non-ASCII characters need no extra escaping.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CLI := $(BIN)/python -m recommender
+DAYS ?= 30
+
+export STORAGE_URL AWS_ENDPOINT_URL HOST PORT
+
+.PHONY: help devel test train train_parallel load_after_parallel_train rollback versions add_user del_user \
+	list_users run run-prod kill status demo generate clean
+
+help: ## list every target
+	@echo "usage: make <target> [VARIABLE=value ...]"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+devel: $(STAMP) ## create .venv and install the project with its dev dependencies
+	@echo "installed into $(VENV)"
+
+test: $(STAMP) ## run the test suite
+	$(BIN)/python -m pytest
+
+train: $(STAMP) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx) and activate the new model
+	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
+	$(CLI) train "$$PATH_TO_DATA"
+
+train_parallel: $(STAMP) ## train on PATH_TO_DATA into the staged slot; the served model is untouched
+	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train_parallel PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
+	$(CLI) train --stage "$$PATH_TO_DATA"
+
+load_after_parallel_train: $(STAMP) ## verify the staged model and make it the active one
+	$(CLI) promote
+
+rollback: $(STAMP) ## re-activate the model that was active before the current one
+	$(CLI) rollback
+
+versions: $(STAMP) ## list model versions (active and staged marked)
+	$(CLI) versions
+
+add_user: $(STAMP) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= (no PASSWORD: prompt)
+	@test -n "$$USER_NAME" || { echo "error: give the user name: make add_user USER_NAME=... PASSWORD=..." >&2; exit 2; }
+	@$(CLI) add-user "$$USER_NAME" --full-name "$$FULL_NAME" --email "$$EMAIL" $${PASSWORD+--password-env PASSWORD}
+
+del_user: $(STAMP) ## delete an API user: USER_NAME=
+	@test -n "$$USER_NAME" || { echo "error: give the user name: make del_user USER_NAME=..." >&2; exit 2; }
+	@$(CLI) del-user "$$USER_NAME"
+
+list_users: $(STAMP) ## list API users
+	@$(CLI) list-users
+
+run: $(STAMP) ## serve the API in the foreground on HOST:PORT (default 127.0.0.1:8090)
+	$(CLI) serve
+
+run-prod: $(STAMP) ## serve the API in the background (pid file and log under data/run/)
+	@$(CLI) start
+
+kill: $(STAMP) ## stop the background server started by run-prod
+	@$(CLI) stop
+
+status: $(STAMP) ## say whether the background server runs and which model it serves
+	@$(CLI) status
+
+demo: $(STAMP) ## quickstart: train on synthetic data, create a demo user, serve
+	$(CLI) demo
+
+generate: $(STAMP) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
+	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"
+
+clean: ## remove the venv and caches (data/ is kept)
+	rm -rf $(VENV) .pytest_cache shared/*.egg-info

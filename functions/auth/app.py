@@ -1,0 +1,45 @@
+"""Auth function: exchanges a username and password for a bearer token, and says whom a token belongs to."""
+
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import OAuth2PasswordRequestForm
+from mangum import Mangum
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from recommender import web
+from recommender.storage import Storage
+from recommender.tokens import login
+from recommender.users import User
+
+app = web.create_app("Recommender auth", "OAuth2 password flow: POST /token, then send Authorization: Bearer <token>.")
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+
+
+class UserOut(BaseModel):
+    username: str
+    full_name: str
+    email: str
+
+
+@app.post("/token", response_model=TokenOut, summary="Get a bearer token (form fields username, password)")
+async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], settings: web.SettingsDep,
+                storage: Annotated[Storage, Depends(web.get_storage)],
+                secret: Annotated[str, Depends(web.get_secret)]) -> TokenOut:
+    # bcrypt takes a quarter of a second on purpose: off the event loop.
+    access_token = await run_in_threadpool(login, storage, settings, secret, form.username, form.password)
+    return TokenOut(access_token=access_token)
+
+
+@app.get("/users/me", response_model=UserOut, summary="The user the token belongs to")
+@app.get("/users/me/", response_model=UserOut, include_in_schema=False)
+async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
+    return UserOut(username=user.username, full_name=user.full_name, email=user.email)
+
+
+handler = Mangum(app, lifespan="off")

@@ -1,0 +1,100 @@
+"""Recommend function: what to offer with a basket, catalog search, and health."""
+
+from typing import Annotated
+
+from fastapi import Depends, Query
+from fastapi.responses import JSONResponse
+from mangum import Mangum
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from recommender import web
+from recommender.errors import ModelUnavailable, RecommenderError
+from recommender.model import Model
+from recommender.users import User
+
+MAX_BASKET = 1000
+MAX_N = 100
+
+app = web.create_app("Recommender", "Complementary products for a basket. Authorize with a token from POST /token.")
+
+ModelDep = Annotated[Model, Depends(web.current_model)]
+UserDep = Annotated[User, Depends(web.current_user)]
+
+
+class BasketIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    product_list: Annotated[list[StrictStr], Field(max_length=MAX_BASKET, description="stock codes in the basket")]
+    n: Annotated[int, Field(ge=1, le=MAX_N, description="how many items to recommend")] = 5
+
+
+class LegacyResult(BaseModel):
+    recommendation: list[tuple[str, str, float]]
+
+
+class LegacyOut(BaseModel):
+    result: LegacyResult
+
+
+class ItemOut(BaseModel):
+    stock_code: str
+    description: str
+    score: float
+
+
+class RecommendationsOut(BaseModel):
+    items: list[ItemOut]
+    model_version: str
+    unknown_codes: list[str]
+    fallback: bool
+
+
+class CatalogItem(BaseModel):
+    stock_code: str
+    description: str
+    popularity: int
+
+
+class SearchOut(BaseModel):
+    items: list[CatalogItem]
+    model_version: str
+
+
+@app.post("/send_data", response_model=LegacyOut, summary="Recommendations in the original system's format")
+async def send_data(basket: BasketIn, model: ModelDep, _user: UserDep) -> JSONResponse:
+    answer = model.recommend(basket.product_list, basket.n)
+    rows = [[s.item.stock_code, s.item.description, s.score] for s in answer.items]
+    return JSONResponse({"result": {"recommendation": rows}})
+
+
+@app.post("/recommendations", response_model=RecommendationsOut, summary="Recommendations, self-describing")
+async def recommendations(basket: BasketIn, model: ModelDep, _user: UserDep) -> JSONResponse:
+    answer = model.recommend(basket.product_list, basket.n)
+    return JSONResponse({
+        "items": [{"stock_code": s.item.stock_code, "description": s.item.description, "score": s.score}
+                  for s in answer.items],
+        "model_version": answer.model_version,
+        "unknown_codes": answer.unknown,
+        "fallback": answer.fallback,
+    })
+
+
+@app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words")
+async def items(model: ModelDep, _user: UserDep, q: Annotated[str, Query(max_length=200)] = "",
+                limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> JSONResponse:
+    found = model.catalog.search(q, limit)
+    return JSONResponse({"items": [vars(i) for i in found], "model_version": model.version})
+
+
+@app.get("/health", summary="Which model this process serves (no token needed)")
+async def health(settings: web.SettingsDep) -> JSONResponse:
+    try:
+        model = await web.current_model(settings)
+    except RecommenderError as err:
+        return JSONResponse({"status": "unavailable", "detail": err.message, "model_version": None, "item_count": 0},
+                            status_code=ModelUnavailable.status_code)
+    return JSONResponse({"status": "ok", "model_version": model.version, "item_count": len(model.catalog),
+                         "model_created_at": model.manifest.get("created_at")})
+
+
+handler = Mangum(app, lifespan="off")

@@ -1,0 +1,1 @@
+"""Complementary-products recommender: what to offer next for the basket a shopper holds."""

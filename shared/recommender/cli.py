@@ -1,0 +1,257 @@
+"""The command line (`python -m recommender ...`); every make target is a thin wrapper over one of these commands."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import registry
+from .errors import InvalidInput, RecommenderError
+from .settings import Settings, get_settings
+from .storage import Storage, open_storage
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
+
+
+def command(name: str) -> Callable:
+    """Register a function as the handler of a sub-command."""
+    def register(fn: Callable[[argparse.Namespace, Settings], int]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def _storage(settings: Settings) -> Storage:
+    return open_storage(settings)
+
+
+def _password(args: argparse.Namespace) -> str:
+    # From an environment variable (what `make add_user PASSWORD=...` uses: no quoting trouble, not in `ps`),
+    # else a prompt. Never from argv.
+    if args.password_env:
+        value = os.environ.get(args.password_env)
+        if value is None:
+            raise InvalidInput(f"no password given: environment variable {args.password_env} is not set")
+        return value
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line.rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat password: ") != first:
+        raise InvalidInput("the two passwords differ")
+    return first
+
+
+@command("add-user")
+def _add_user(args: argparse.Namespace, settings: Settings) -> int:
+    from .users import add_user
+
+    user = add_user(_storage(settings), args.username, _password(args), args.full_name, args.email,
+                    rounds=settings.bcrypt_rounds)
+    print(f"added user {user.username}")
+    return 0
+
+
+@command("del-user")
+def _del_user(args: argparse.Namespace, settings: Settings) -> int:
+    from .users import delete_user
+
+    delete_user(_storage(settings), args.username)
+    print(f"deleted user {args.username}")
+    return 0
+
+
+@command("list-users")
+def _list_users(args: argparse.Namespace, settings: Settings) -> int:
+    from .users import list_users
+
+    users = list_users(_storage(settings))
+    if not users:
+        print("no users yet: add one with `make add_user USER_NAME=... PASSWORD=...`")
+    for u in users:
+        print(f"{u.username}\t{u.full_name}\t{u.email}\t{u.created_at}")
+    return 0
+
+
+@command("train")
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from .training import train
+
+    train(args.path, _storage(settings), activate=not args.stage, keep_versions=settings.keep_versions)
+    return 0
+
+
+@command("promote")
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    version = registry.promote_staged(_storage(settings))
+    print(f"activated staged version {version}")
+    return 0
+
+
+@command("rollback")
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    version = registry.rollback(_storage(settings))
+    print(f"re-activated version {version}")
+    return 0
+
+
+@command("versions")
+def _versions(args: argparse.Namespace, settings: Settings) -> int:
+    storage = _storage(settings)
+    active, staged = registry.active(storage), registry.staged(storage)
+    versions = registry.list_versions(storage)
+    if not versions:
+        print(f"no model versions in {storage.url}")
+    for v in versions:
+        marks = [m for m, p in (("active", active), ("staged", staged)) if p and p.version == v]
+        print(v + (f"  ({', '.join(marks)})" if marks else ""))
+    return 0
+
+
+@command("generate")
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from . import synthetic
+
+    spec = synthetic.preset(args.preset, seed=args.seed)
+    summary = synthetic.write_csv(spec, args.path)
+    print(f"wrote {summary.rows:,} rows ({summary.invoices:,} invoices, {summary.products:,} products) to {args.path}")
+    return 0
+
+
+@command("serve")
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import serve
+
+    serve(settings, Path(args.template))
+    return 0
+
+
+@command("start")
+def _start(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import start
+
+    info = start(settings, Path(args.template))
+    print(f"server running: pid {info.pid}, http://{info.host}:{info.port} (log: {info.log_file}); `make kill` stops it")
+    return 0
+
+
+@command("stop")
+def _stop(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import stop
+
+    info = stop(settings)
+    print(f"stopped server pid {info.pid}; port {info.port} is free" if info else "no background server is running")
+    return 0
+
+
+@command("status")
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import health, read_pid_file
+
+    info = read_pid_file(settings)
+    if info is None:
+        print("no background server is running")
+        return 3
+    answer = health(info.host, info.port) or {}
+    print(f"running: pid {info.pid}, http://{info.host}:{info.port}, status {answer.get('status', 'not answering')}, "
+          f"model {answer.get('model_version')}, {answer.get('item_count', 0)} items")
+    return 0
+
+
+@command("demo")
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    import secrets
+
+    from . import synthetic
+    from .errors import NotFound
+    from .server import serve
+    from .training import train
+    from .users import add_user, delete_user
+
+    storage = _storage(settings)
+    data = Path(settings.run_dir).parent / "synthetic.csv"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    summary = synthetic.write_csv(synthetic.DEFAULT, data)
+    print(f"demo data: {summary.rows:,} rows, {summary.invoices:,} invoices, {summary.products:,} products in {data}")
+    train(data, storage, keep_versions=settings.keep_versions)
+    password = secrets.token_urlsafe(12)
+    try:
+        delete_user(storage, "demo")
+    except NotFound:
+        pass
+    add_user(storage, "demo", password, "Demo User", "demo@example.com", rounds=settings.bcrypt_rounds)
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"""
+demo user: demo   password: {password}   (shown once; `make demo` again makes a new one)
+try it:
+  TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -X POST {base}/send_data -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       -d '{{"product_list": ["{synthetic.example_basket(synthetic.DEFAULT)[0]}"], "n": 5}}'
+  or open {base}/docs and press Authorize
+""")
+    serve(settings, Path(args.template))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="recommender", description=__doc__)
+    parser.add_argument("--storage", help="storage URL: a folder or s3://bucket/prefix (default: $STORAGE_URL or ./data)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("add-user", help="add an API user")
+    p.add_argument("username")
+    p.add_argument("--full-name", default="")
+    p.add_argument("--email", default="")
+    p.add_argument("--password-env", metavar="VAR",
+                   help="read the password from this environment variable (default: prompt, or one line of stdin)")
+    p = sub.add_parser("del-user", help="delete an API user")
+    p.add_argument("username")
+    sub.add_parser("list-users", help="list API users")
+
+    p = sub.add_parser("train", help="train a model on a purchase-history file and activate it")
+    p.add_argument("path")
+    p.add_argument("--stage", action="store_true", help="stage the new model instead of activating it")
+    sub.add_parser("promote", help="activate the staged model after verifying it")
+    sub.add_parser("rollback", help="re-activate the previously active model")
+    sub.add_parser("versions", help="list model versions")
+
+    for name, text in (("serve", "serve the API in the foreground"),
+                       ("start", "serve the API in the background (pid and log file)"),
+                       ("demo", "train on the synthetic data, create a demo user, and serve")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
+    sub.add_parser("stop", help="stop the background server")
+    sub.add_parser("status", help="say whether the background server runs and which model it serves")
+
+    p = sub.add_parser("generate", help="write the synthetic demo dataset")
+    p.add_argument("path")
+    p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; domain errors become one line on stderr and exit status 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.storage:
+            # Through the environment, so the apps served by `serve` see the same storage as this command.
+            os.environ["STORAGE_URL"] = args.storage
+            get_settings.cache_clear()
+        settings = get_settings()
+        return COMMANDS[args.command](args, settings)
+    except RecommenderError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

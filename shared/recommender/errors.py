@@ -1,0 +1,60 @@
+"""The domain errors: each carries one user-facing message; the CLI and the HTTP layer map them in one place."""
+
+from __future__ import annotations
+
+
+class RecommenderError(Exception):
+    """Base of every error the service reports to a person; `str(err)` is the message to show."""
+
+    #: The HTTP status the web layer answers with; the CLI ignores it.
+    status_code: int = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(RecommenderError):
+    """A setting is missing or malformed."""
+
+    status_code = 500
+
+
+class InvalidInput(RecommenderError):
+    """A request or command argument is malformed (HTTP 422)."""
+
+    status_code = 422
+
+
+class DataFileError(InvalidInput):
+    """A training file cannot be used: missing, unreadable, wrong format or columns, or too little data."""
+
+
+class NotFound(RecommenderError):
+    """The thing asked for does not exist."""
+
+    status_code = 404
+
+
+class AlreadyExists(RecommenderError):
+    """The thing to create is there already."""
+
+    status_code = 409
+
+
+class AuthError(RecommenderError):
+    """Credentials or token refused (HTTP 401 with WWW-Authenticate: Bearer)."""
+
+    status_code = 401
+
+
+class ModelUnavailable(RecommenderError):
+    """No usable model: none trained yet, nothing staged, or an artifact fails its checksum (HTTP 503)."""
+
+    status_code = 503
+
+
+class StorageError(RecommenderError):
+    """The storage backend failed (unreachable bucket, permissions)."""
+
+    status_code = 503

@@ -1,0 +1,281 @@
+"""Reading a purchase-history file (.csv, .csv.gz, .xlsx) and cleaning it into baskets of item ids."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataFileError
+
+REQUIRED = ("InvoiceNo", "StockCode", "Description", "CustomerID")
+OPTIONAL = ("Quantity", "InvoiceDate")
+SUPPORTED = (".csv", ".csv.gz", ".xlsx")
+CHUNK_ROWS = 1_000_000
+# Service lines (postage, fees, manual adjustments) are all letters: "POST", "DOT", "BANK CHARGES".
+SERVICE_CODE = re.compile(r"^[A-Za-z ]+$")
+# Excel stores digit-only codes as numbers; a reader may give them back as "85123.0".
+FLOAT_INTEGER = re.compile(r"^(\d+)\.0+$")
+
+
+@dataclass
+class CleaningReport:
+    """What reading and cleaning did, stage by stage."""
+
+    rows_read: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: {
+        "cancelled invoice": 0, "quantity <= 0": 0, "empty invoice or code": 0, "service code": 0})
+    rows_kept: int = 0
+    baskets: int = 0
+    items: int = 0
+    customers: int = 0
+    guest_baskets: int = 0
+
+
+@dataclass
+class Transactions:
+    """Cleaned purchase history: one (basket, item) pair per distinct item in an invoice."""
+
+    item_codes: list[str]
+    descriptions: list[str]
+    pair_basket: np.ndarray        # int32, basket index of each pair
+    pair_item: np.ndarray          # int32, item index of each pair
+    basket_ids: list[str]          # InvoiceNo of each basket
+    basket_time: np.ndarray        # datetime64[s] per basket (NaT when the file has no dates)
+    basket_customer: np.ndarray    # int32 per basket, -1 for guest checkouts
+    report: CleaningReport
+
+
+def file_kind(path: Path) -> str:
+    """'.csv', '.csv.gz' or '.xlsx' from the file name; DataFileError for anything else."""
+    name = path.name.lower()
+    for suffix in (".csv.gz", ".csv", ".xlsx"):
+        if name.endswith(suffix):
+            return suffix
+    kind = "".join(path.suffixes) or "(none)"
+    raise DataFileError(f"unsupported file type {kind} for {path.name}: use .csv, .csv.gz or .xlsx")
+
+
+def _check_columns(columns: list[str], path: Path) -> None:
+    missing = [c for c in REQUIRED if c not in columns]
+    if not missing:
+        return
+    if len(columns) == 1 and ";" in columns[0]:
+        raise DataFileError(f"{path.name} looks semicolon-separated (header {columns[0]!r}); save it with commas")
+    raise DataFileError(f"{path.name} lacks required column(s) {', '.join(missing)}; found: {', '.join(map(str, columns)) or 'none'}")
+
+
+def _csv_chunks(path: Path, kind: str) -> Iterator[pd.DataFrame]:
+    try:
+        header = pd.read_csv(path, nrows=0, encoding_errors="replace")
+    except pd.errors.EmptyDataError:
+        raise DataFileError(f"{path.name} is empty") from None
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
+        raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
+    columns = [str(c).strip() for c in header.columns]
+    _check_columns(columns, path)
+    wanted = [c for c in (*REQUIRED, *OPTIONAL) if c in columns]
+    original = {str(c).strip(): c for c in header.columns}
+    try:
+        reader = pd.read_csv(path, usecols=[original[c] for c in wanted], dtype=str, keep_default_na=False,
+                             chunksize=CHUNK_ROWS, encoding_errors="replace")
+        for chunk in reader:
+            chunk.columns = [str(c).strip() for c in chunk.columns]
+            yield chunk
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zipfile.BadZipFile, OSError,
+            pd.errors.ParserError, ValueError) as err:
+        raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
+
+
+def _xlsx_frame(path: Path) -> pd.DataFrame:
+    try:
+        try:
+            frame = pd.read_excel(path, sheet_name=0, engine="calamine", dtype=str)
+        except ImportError:
+            frame = pd.read_excel(path, sheet_name=0, engine="openpyxl", dtype=str)
+    except ValueError as err:
+        if "Worksheet" in str(err) or "sheet" in str(err).lower():
+            raise DataFileError(f"{path.name} has no worksheet") from None
+        raise DataFileError(f"cannot read {path.name} as .xlsx: {err}") from None
+    except Exception as err:  # calamine and zipfile raise their own types for damaged files
+        raise DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    _check_columns(list(frame.columns), path)
+    frame = frame[[c for c in (*REQUIRED, *OPTIONAL) if c in frame.columns]].fillna("")
+    for col in ("InvoiceNo", "StockCode", "CustomerID"):
+        frame[col] = frame[col].str.replace(FLOAT_INTEGER, r"\1", regex=True)
+    return frame
+
+
+def read_chunks(path: str | Path) -> Iterator[pd.DataFrame]:
+    """The raw rows of the file, as text columns, in chunks; DataFileError when the file cannot be used."""
+    path = Path(path)
+    kind = file_kind(path)
+    if not path.exists():
+        raise DataFileError(f"file not found: {path}")
+    if not path.is_file():
+        raise DataFileError(f"not a file: {path}")
+    if kind == ".xlsx":
+        yield _xlsx_frame(path)
+    else:
+        yield from _csv_chunks(path, kind)
+
+
+class _Codebook:
+    """Stable integer ids for strings, assigned in order of first appearance across chunks."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.values: list[str] = []
+
+    def encode(self, values: list[str], rows: np.ndarray) -> np.ndarray:
+        """The id of values[r] for each r in rows; only values that rows use get an id."""
+        out = np.full(len(values), -1, dtype=np.int32)
+        for j in np.unique(rows):
+            value = values[j]
+            idx = self.ids.get(value)
+            if idx is None:
+                idx = self.ids[value] = len(self.values)
+                self.values.append(value)
+            out[j] = idx
+        return out[rows]
+
+
+def _factorize(column: pd.Series, clean: Callable[[str], str] = str.strip) -> tuple[np.ndarray, list[str]]:
+    """Row codes and cleaned distinct values: string work runs once per distinct value, not per row."""
+    codes, uniques = pd.factorize(column, sort=False)
+    return codes, [clean(str(u)) for u in uniques]
+
+
+def _clean_code(value: str) -> str:
+    value = value.strip()
+    match = FLOAT_INTEGER.match(value)
+    return match.group(1) if match else value
+
+
+def load_transactions(path: str | Path, progress: Callable[[str], None] = lambda _m: None) -> Transactions:
+    """Read and clean a purchase-history file into baskets; see README "Input file" for the rules."""
+    report = CleaningReport()
+    invoices, items, customers = _Codebook(), _Codebook(), _Codebook()
+    pair_basket, pair_item, time_parts, cust_parts = [], [], [], []
+    last_desc: dict[int, tuple[int, int, str]] = {}
+    seen_rows = 0
+    for chunk in read_chunks(path):
+        report.rows_read += len(chunk)
+        inv_rows, inv_values = _factorize(chunk["InvoiceNo"])
+        code_rows, code_values = _factorize(chunk["StockCode"], _clean_code)
+        keep = np.ones(len(chunk), dtype=bool)
+
+        def drop(mask: np.ndarray, reason: str) -> None:
+            newly = mask & keep
+            report.dropped[reason] += int(newly.sum())
+            keep[newly] = False
+
+        drop(np.array([v.upper().startswith("C") for v in inv_values], dtype=bool)[inv_rows], "cancelled invoice")
+        if "Quantity" in chunk:
+            qty = pd.to_numeric(chunk["Quantity"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            drop(~(qty > 0), "quantity <= 0")
+        empty = (np.array([v == "" for v in inv_values], dtype=bool)[inv_rows]
+                 | np.array([v == "" for v in code_values], dtype=bool)[code_rows])
+        drop(empty, "empty invoice or code")
+        service = np.array([bool(SERVICE_CODE.match(v)) for v in code_values], dtype=bool)
+        drop(service[code_rows], "service code")
+        progress(f"read {report.rows_read:,} rows")
+        if not keep.any():
+            continue
+        basket_idx = invoices.encode(inv_values, inv_rows[keep])
+        item_idx = items.encode(code_values, code_rows[keep])
+        pair_basket.append(basket_idx)
+        pair_item.append(item_idx)
+        kept = chunk[keep]
+        if "InvoiceDate" in kept:
+            date_rows, date_values = _factorize(kept["InvoiceDate"])
+            stamps = pd.to_datetime(pd.Series(date_values, dtype=object), errors="coerce", format="mixed")
+            when = stamps.to_numpy("datetime64[s]")[date_rows]
+        else:
+            when = np.full(len(kept), np.datetime64("NaT"), dtype="datetime64[s]")
+        time_parts.append((basket_idx, when))
+        cust_rows, cust_values = _factorize(kept["CustomerID"], _clean_code)
+        guest = np.array([v == "" for v in cust_values], dtype=bool)[cust_rows]
+        cust_idx = np.full(len(kept), -1, dtype=np.int32)
+        cust_idx[~guest] = customers.encode(cust_values, cust_rows[~guest])
+        cust_parts.append((basket_idx, cust_idx))
+        desc_rows, desc_values = _factorize(kept["Description"])
+        _update_descriptions(last_desc, item_idx, when, desc_rows, desc_values, seen_rows)
+        seen_rows += len(kept)
+    report.rows_kept = report.rows_read - sum(report.dropped.values())
+    if report.rows_read == 0:
+        raise DataFileError(f"{Path(path).name} has a header but no data rows")
+    if report.rows_kept == 0:
+        raise DataFileError(f"nothing left in {Path(path).name} after cleaning ({_dropped_text(report)})")
+
+    n_baskets = len(invoices.values)
+    # A basket's time is its earliest dated line.
+    never = np.iinfo(np.int64).max
+    earliest = np.full(n_baskets, never, dtype=np.int64)
+    for idx, when in time_parts:
+        stamps = when.view("int64").copy()
+        stamps[np.isnat(when)] = never
+        np.minimum.at(earliest, idx, stamps)
+    basket_time = earliest.view("datetime64[s]")
+    basket_time[earliest == never] = np.datetime64("NaT")
+    basket_customer = np.full(n_baskets, -1, dtype=np.int32)
+    for idx, cust in cust_parts:
+        basket_customer[idx[cust >= 0]] = cust[cust >= 0]
+
+    pairs = np.unique(np.concatenate(pair_basket).astype(np.int64) << 32 | np.concatenate(pair_item).astype(np.int64))
+    report.baskets = n_baskets
+    report.items = len(items.values)
+    report.customers = len(customers.values)
+    report.guest_baskets = int((basket_customer < 0).sum())
+    descriptions = [last_desc[i][2] if i in last_desc else "" for i in range(len(items.values))]
+    return Transactions(
+        item_codes=items.values,
+        descriptions=descriptions,
+        pair_basket=(pairs >> 32).astype(np.int32),
+        pair_item=(pairs & 0xFFFFFFFF).astype(np.int32),
+        basket_ids=invoices.values,
+        basket_time=basket_time,
+        basket_customer=basket_customer,
+        report=report,
+    )
+
+
+def _update_descriptions(last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray,
+                         desc_rows: np.ndarray, desc_values: list[str], offset: int) -> None:
+    """Keep, per item, the description of its latest dated (then latest in file) non-empty line."""
+    nonempty = np.flatnonzero(np.array([v != "" for v in desc_values], dtype=bool)[desc_rows])
+    if not len(nonempty):
+        return
+    lines = pd.DataFrame({
+        "item": item_idx[nonempty],
+        "t": when[nonempty].view("int64"),  # NaT is the smallest int64: undated lines lose to dated ones
+        "row": nonempty,
+    })
+    latest = lines.sort_values(["item", "t", "row"]).drop_duplicates("item", keep="last")
+    for item, t, row in latest.itertuples(index=False):
+        prev = last.get(item)
+        if prev is None or (t, row + offset) >= prev[:2]:
+            last[item] = (t, row + offset, desc_values[desc_rows[row]])
+
+
+def _dropped_text(report: CleaningReport) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in report.dropped.items() if n) or "no rows dropped"
+
+
+def describe_report(report: CleaningReport) -> list[str]:
+    """The cleaning report as lines for the console."""
+    return [
+        f"rows read: {report.rows_read:,}",
+        f"rows dropped: {_dropped_text(report)}",
+        f"rows kept: {report.rows_kept:,}",
+        f"baskets: {report.baskets:,} ({report.guest_baskets:,} without CustomerID, kept)",
+        f"items: {report.items:,}",
+        f"customers: {report.customers:,}",
+    ]
