@@ -17,8 +17,6 @@ MAX_N = 100
 
 app = web.create_app("Recommender", "Complementary products for a basket. Authorize with a token from POST /token.")
 
-ModelDep = Annotated[Model, Depends(web.current_model)]
-UserDep = Annotated[User, Depends(web.current_user)]
 
 
 class BasketIn(BaseModel):
@@ -26,6 +24,11 @@ class BasketIn(BaseModel):
 
     product_list: Annotated[list[StrictStr], Field(max_length=MAX_BASKET, description="stock codes in the basket")]
     n: Annotated[int, Field(ge=1, le=MAX_N, description="how many items to recommend")] = 5
+
+
+ModelDep = Annotated[Model, Depends(web.current_model)]
+UserDep = Annotated[User, Depends(web.current_user)]
+BasketDep = Annotated[BasketIn, Depends(web.json_body(BasketIn))]
 
 
 class LegacyResult(BaseModel):
@@ -60,15 +63,17 @@ class SearchOut(BaseModel):
     model_version: str
 
 
-@app.post("/send_data", response_model=LegacyOut, summary="Recommendations in the original system's format")
-async def send_data(basket: BasketIn, model: ModelDep, _user: UserDep) -> JSONResponse:
+@app.post("/send_data", response_model=LegacyOut, summary="Recommendations in the original system's format",
+          openapi_extra=web.json_body_openapi(BasketIn))
+async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> JSONResponse:
     answer = model.recommend(basket.product_list, basket.n)
     rows = [[s.item.stock_code, s.item.description, s.score] for s in answer.items]
     return JSONResponse({"result": {"recommendation": rows}})
 
 
-@app.post("/recommendations", response_model=RecommendationsOut, summary="Recommendations, self-describing")
-async def recommendations(basket: BasketIn, model: ModelDep, _user: UserDep) -> JSONResponse:
+@app.post("/recommendations", response_model=RecommendationsOut, summary="Recommendations, self-describing",
+          openapi_extra=web.json_body_openapi(BasketIn))
+async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> JSONResponse:
     answer = model.recommend(basket.product_list, basket.n)
     return JSONResponse({
         "items": [{"stock_code": s.item.stock_code, "description": s.item.description, "score": s.score}
@@ -80,7 +85,7 @@ async def recommendations(basket: BasketIn, model: ModelDep, _user: UserDep) -> 
 
 
 @app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words")
-async def items(model: ModelDep, _user: UserDep, q: Annotated[str, Query(max_length=200)] = "",
+async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_length=200)] = "",
                 limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> JSONResponse:
     found = model.catalog.search(q, limit)
     return JSONResponse({"items": [vars(i) for i in found], "model_version": model.version})

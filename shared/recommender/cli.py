@@ -167,6 +167,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     import secrets
 
     from . import synthetic
+    from .catalog import Catalog
     from .errors import NotFound
     from .server import serve
     from .training import train
@@ -177,7 +178,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     data.parent.mkdir(parents=True, exist_ok=True)
     summary = synthetic.write_csv(synthetic.DEFAULT, data)
     print(f"demo data: {summary.rows:,} rows, {summary.invoices:,} invoices, {summary.products:,} products in {data}")
-    train(data, storage, keep_versions=settings.keep_versions)
+    result = train(data, storage, keep_versions=settings.keep_versions)
+    catalog = Catalog.from_json(storage.read(registry.artifact_key(result.version, "catalog.json")))
+    example = catalog.codes[catalog.most_popular()[0]]
     password = secrets.token_urlsafe(12)
     try:
         delete_user(storage, "demo")
@@ -190,7 +193,7 @@ demo user: demo   password: {password}   (shown once; `make demo` again makes a 
 try it:
   TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -X POST {base}/send_data -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-       -d '{{"product_list": ["{synthetic.example_basket(synthetic.DEFAULT)[0]}"], "n": 5}}'
+       -d '{{"product_list": ["{example}"], "n": 5}}'
   or open {base}/docs and press Authorize
 """)
     serve(settings, Path(args.template))

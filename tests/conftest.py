@@ -1,0 +1,118 @@
+"""Shared fixtures: isolated settings, storage over local disk and S3 (moto), a tiny dataset, a trained model,
+a user, and sample API Gateway events."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from recommender import synthetic, web
+from recommender.settings import Settings, get_settings
+from recommender.storage import LocalStorage, S3Storage
+from recommender.training import train
+from recommender.users import add_user
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = Path(__file__).resolve().parent / "events"
+BUCKET = "recommender-test"
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Every test gets its own storage folder, run folder and fast bcrypt, whatever the caller's environment."""
+    for f in fields(Settings):
+        monkeypatch.delenv(f.name.upper(), raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("STORAGE_URL", str(tmp_path / "data"))
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("BCRYPT_ROUNDS", "4")
+    get_settings.cache_clear()
+    web.reset_resources()
+    yield
+    get_settings.cache_clear()
+    web.reset_resources()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials, so nothing can reach a real AWS account."""
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_SECURITY_TOKEN", "testing"), ("AWS_SESSION_TOKEN", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def s3(aws_credentials):
+    """A moto S3 with one empty bucket; the client is created only after the mock starts."""
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path):
+    """The same contract runs against both backends."""
+    if request.param == "local":
+        return LocalStorage(tmp_path / "store")
+    client = request.getfixturevalue("s3")
+    return S3Storage(client, BUCKET, "some/prefix", cache_dir=str(tmp_path / "s3cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny synthetic dataset as a csv file."""
+    path = tmp_path_factory.mktemp("datasets") / "tiny.csv"
+    synthetic.write_csv(synthetic.TINY, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_folder(tmp_path_factory: pytest.TempPathFactory, tiny_csv: Path) -> Path:
+    """A storage folder holding one active model trained on the tiny dataset (built once per session)."""
+    folder = tmp_path_factory.mktemp("trained")
+    train(tiny_csv, LocalStorage(folder), progress=lambda _m: None)
+    return folder
+
+
+@pytest.fixture
+def trained_storage(trained_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalStorage:
+    """A private copy of the trained storage, made the configured STORAGE_URL."""
+    folder = tmp_path / "data"
+    shutil.copytree(trained_folder, folder, dirs_exist_ok=True)
+    monkeypatch.setenv("STORAGE_URL", str(folder))
+    get_settings.cache_clear()
+    return LocalStorage(folder)
+
+
+@pytest.fixture
+def user(trained_storage: LocalStorage) -> SimpleNamespace:
+    """An API user in the trained storage; .password is the clear password."""
+    created = add_user(trained_storage, "alice", PASSWORD, "Alice Liddell", "alice@example.com", rounds=4)
+    return SimpleNamespace(**vars(created), password=PASSWORD)
+
+
+@pytest.fixture
+def event():
+    """Load a sample API Gateway HTTP API (payload v2.0) event from tests/events by name."""
+    def load(name: str, **changes) -> dict:
+        data = json.loads((EVENTS / f"{name}.json").read_text())
+        data.update(changes)
+        return data
+    return load
+
+
+@pytest.fixture
+def lambda_context() -> SimpleNamespace:
+    """The few attributes of a Lambda context object that Mangum reads."""
+    return SimpleNamespace(function_name="test", aws_request_id="req-1", get_remaining_time_in_millis=lambda: 30000)
