@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -163,8 +163,19 @@ def list_versions(storage: Storage) -> list[str]:
     return sorted({key[len(VERSIONS):].split("/", 1)[0] for key in storage.list(VERSIONS)})
 
 
-def prune(storage: Storage, keep: int) -> list[str]:
-    """Delete all but the newest `keep` complete versions, never the active, staged or previous one; return the deleted."""
+def version_time(version: str) -> datetime | None:
+    """When a version was created, read from its id (None for a foreign folder name)."""
+    try:
+        return datetime.strptime(version[:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def prune(storage: Storage, keep: int, now: Callable[[], datetime] = _utcnow,
+          stale_after: timedelta = timedelta(minutes=30)) -> list[str]:
+    """Delete all but the newest `keep` complete versions, never the active, staged or previous one, and the
+    leftovers of killed trainings (no manifest, older than stale_after: younger ones may still be uploading).
+    Returns the deleted versions."""
     protected = set()
     for pointer in (active(storage), staged(storage)):
         if pointer is not None:
@@ -173,10 +184,10 @@ def prune(storage: Storage, keep: int) -> list[str]:
     versions = list_versions(storage)
     complete = [v for v in versions if storage.list(artifact_key(v, MANIFEST))]
     keep_set = set(complete[-keep:]) | protected
-    # Unfinished versions (no manifest) are leftovers of killed trainings, unless one is being written right now:
-    # only the newest one may be in progress, so it is spared.
-    unfinished = [v for v in versions if v not in complete]
-    keep_set.update(unfinished[-1:])
+    for v in versions:
+        created = version_time(v)
+        if v not in complete and (created is None or now() - created < stale_after):
+            keep_set.add(v)
     deleted = []
     for version in versions:
         if version in keep_set:

@@ -175,8 +175,8 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
 
 
 def new_version_id(now: datetime, content_hash: str) -> str:
-    """Sortable by creation time, unique by content and a random tail."""
-    return f"{now:%Y%m%dT%H%M%SZ}-{content_hash[:8]}{secrets.token_hex(2)}"
+    """Sortable by creation time (to the millisecond), then the content hash and a random tail for uniqueness."""
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{content_hash[:8]}{secrets.token_hex(2)}"
 
 
 def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
