@@ -12,6 +12,10 @@ CLI := $(BIN)/python -m recommender
 DAYS ?= 30
 
 export STORAGE_URL AWS_ENDPOINT_URL HOST PORT
+# Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
+# inside a password or a path before the command sees it.
+RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL
+$(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test train train_parallel load_after_parallel_train rollback versions add_user del_user \
 	list_users run run-prod kill status demo generate clean

@@ -1,0 +1,93 @@
+"""The make targets as a user types them: user admin (with awkward passwords), training errors, help."""
+
+import os
+import subprocess
+
+import pytest
+
+from recommender.storage import LocalStorage
+from recommender.users import authenticate
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def make(tmp_path):
+    env = {**os.environ, "STORAGE_URL": str(tmp_path / "data"), "RUN_DIR": str(tmp_path / "run")}
+    env.pop("PASSWORD", None)
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, input=stdin, timeout=300)
+    run.storage = LocalStorage(tmp_path / "data")
+    return run
+
+
+def test_help_is_the_default_and_lists_every_target():
+    out = subprocess.run(["make", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True).stdout
+    targets = {line.split(":")[0] for line in (ROOT / "Makefile").read_text().splitlines()
+               if line and line[0].isalpha() and ":" in line and "##" in line}
+    assert targets and all(t in out for t in targets)
+
+
+def test_add_list_del_user_with_awkward_password(make):
+    password = 'two words, "double" \'single\' $HOME `cmd` ünïcødé ✓'
+    added = make("add_user", "USER_NAME=alice", f"PASSWORD={password}", "FULL_NAME=Alice Liddell",
+                 "EMAIL=alice@example.com")
+    assert added.returncode == 0, added.stderr
+    assert authenticate(make.storage, "alice", password).full_name == "Alice Liddell"
+    listed = make("list_users")
+    assert "alice" in listed.stdout and "alice@example.com" in listed.stdout
+    assert password not in added.stdout + added.stderr + listed.stdout
+    assert make("del_user", "USER_NAME=alice").returncode == 0
+    assert "alice" not in make("list_users").stdout
+
+
+def test_password_from_stdin(make):
+    assert make("add_user", "USER_NAME=bob", stdin="from stdin pw\n").returncode == 0
+    authenticate(make.storage, "bob", "from stdin pw")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["add_user", "USER_NAME=alice", "PASSWORD=other"], "error: user 'alice' already exists"),
+    (["add_user", "USER_NAME=carol", "PASSWORD="], "error: the password is empty"),
+    (["add_user", "USER_NAME=carol", "PASSWORD=x", "EMAIL=nope"], "error: malformed email address 'nope'"),
+    (["del_user", "USER_NAME=nobody"], "error: no user named 'nobody'"),
+    (["del_user"], "error: give the user name"),
+])
+def test_user_refusals_one_line_nonzero(make, args, message):
+    assert make("add_user", "USER_NAME=alice", "PASSWORD=pw").returncode == 0
+    result = make(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert result.stderr.count("error:") == 1
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("data.json", "{}", "unsupported file type .json"),
+    ("absent.csv", None, "file not found"),
+    ("semi.csv", "InvoiceNo;StockCode;Description;CustomerID\n1;2;3;4\n", "semicolon-separated"),
+    ("cols.csv", "InvoiceNo,Code\n1,2\n", "lacks required column(s) StockCode, Description, CustomerID; found: InvoiceNo, Code"),
+    ("header.csv", "InvoiceNo,StockCode,Description,CustomerID\n", "header but no data rows"),
+])
+def test_train_bad_input_one_line_nonzero(make, tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    result = make("train", f"PATH_TO_DATA={path}")
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_train_without_path_says_how(make):
+    result = make("train")
+    assert result.returncode != 0 and "PATH_TO_DATA" in result.stderr
+
+
+def test_promote_with_nothing_staged(make, tiny_csv):
+    result = make("load_after_parallel_train")
+    assert result.returncode != 0 and "nothing is staged" in result.stderr
