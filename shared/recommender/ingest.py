@@ -159,7 +159,7 @@ def _clean_code(value: str) -> str:
     return match.group(1) if match else value
 
 
-def load_transactions(path: str | Path, progress: Callable[[str], None] = lambda _m: None) -> Transactions:
+def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda _n: None) -> Transactions:
     """Read and clean a purchase-history file into baskets; see README "Input file" for the rules."""
     report = CleaningReport()
     invoices, items, customers = _Codebook(), _Codebook(), _Codebook()
@@ -186,7 +186,7 @@ def load_transactions(path: str | Path, progress: Callable[[str], None] = lambda
         drop(empty, "empty invoice or code")
         service = np.array([bool(SERVICE_CODE.match(v)) for v in code_values], dtype=bool)
         drop(service[code_rows], "service code")
-        progress(f"read {report.rows_read:,} rows")
+        on_rows(len(chunk))
         if not keep.any():
             continue
         basket_idx = invoices.encode(inv_values, inv_rows[keep])

@@ -150,7 +150,7 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
     progress(f"svd: {k} factors ({time.perf_counter() - t:.1f} s)")
 
     t = time.perf_counter()
-    with tqdm(total=n_items, desc="neighbours", unit="item", leave=False, mininterval=0.5) as bar:
+    with tqdm(total=n_items, desc="neighbours", unit=" items", leave=False, mininterval=0.5, disable=None) as bar:
         indptr, nbr_index, nbr_weight = cooccurrence_neighbors(matrix, params.neighbors, params.neighbor_damping,
                                                                progress=bar.update)
     progress(f"neighbours: {len(nbr_index):,} pairs, at most {params.neighbors} per item ({time.perf_counter() - t:.1f} s)")
@@ -191,10 +191,8 @@ def train(source: str | Path, storage: Storage, params: TrainingParams = Trainin
     source = Path(source)
     progress(f"reading {source}")
     t = time.perf_counter()
-    with tqdm(desc="reading", unit=" rows", leave=False, mininterval=0.5) as bar:
-        def tick(message: str) -> None:
-            bar.set_postfix_str(message)
-        tx = load_transactions(source, progress=tick)
+    with tqdm(desc="reading", unit=" rows", unit_scale=True, leave=False, mininterval=0.5, disable=None) as bar:
+        tx = load_transactions(source, on_rows=bar.update)
     for line in describe_report(tx.report):
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
