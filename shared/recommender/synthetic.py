@@ -20,8 +20,8 @@ COLUMNS: tuple[str, ...] = (
     "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country",
 )
 
-# Invoices per generation block. Every block draws from its own seeded stream, so the output does not
-# depend on how blocks are grouped in memory, and a frame equals the file it would be written to.
+# Invoices per block: rows are made and written a block at a time, so memory stays bounded at any size.
+# Each block draws from its own seeded stream, so a frame equals the file it would be written to.
 _BLOCK = 20_000
 _FIRST_INVOICE = 536_365  # where the real data set starts numbering
 _FIRST_CUSTOMER = 12_346
@@ -183,7 +183,8 @@ class SyntheticSpec:
 
 TINY = SyntheticSpec(invoices=300, products=60, customers=40, basket_median=8.0)
 DEFAULT = SyntheticSpec()
-# About 10M rows: 1M invoices of ~10 lines. Invoice numbers then pass 999999 and take seven digits.
+# About 10M rows: 1M invoices of ~10 lines. A million numbers do not fit in six digits: numbering starts
+# at 100000 and the last ~100k invoices get seven.
 SCALE = SyntheticSpec(invoices=1_000_000, products=100_000, customers=80_000, basket_median=8.0)
 _PRESETS = {"tiny": TINY, "default": DEFAULT, "scale": SCALE}
 
@@ -724,7 +725,7 @@ def write_csv(spec: SyntheticSpec, path: str | os.PathLike[str]) -> GenerationSu
         with open(partial, "wb") as raw:
             # mtime=0 and no file name in the gzip header keep the bytes independent of when and where.
             binary = (gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
-                      if target.suffix == ".gz" else raw)
+                      if target.suffix.lower() == ".gz" else raw)
             with binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
                 for b, (frame, products, customers) in enumerate(_blocks(spec)):
                     frame.to_csv(text, index=False, header=b == 0, lineterminator="\n")
@@ -750,12 +751,12 @@ def catalogue(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
     """Every product: StockCode, current Description, UnitPrice, Family (-1 for accessories), Kit and Item."""
     cat = _cat_for(spec)
     return pd.DataFrame({
-        "StockCode": pd.array(cat.code, dtype="str"),
-        "Description": pd.array(cat.desc, dtype="str"),
+        "StockCode": cat.code,
+        "Description": cat.desc,
         "UnitPrice": cat.price,
         "Family": cat.family_of,
-        "Kit": pd.array(np.array([k[0] for k in _KITS], dtype=object)[cat.kit], dtype="str"),
-        "Item": pd.array(cat.item, dtype="str"),
+        "Kit": np.array([k[0] for k in _KITS], dtype=object)[cat.kit],
+        "Item": cat.item,
     })
 
 
