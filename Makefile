@@ -18,7 +18,7 @@ RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test train train_parallel load_after_parallel_train rollback versions add_user del_user \
-	list_users run run-prod kill status demo generate clean
+	list_users run run-prod kill status demo evaluate generate clean
 
 help: ## list every target
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -78,6 +78,10 @@ status: $(STAMP) ## say whether the background server runs and which model it se
 
 demo: $(STAMP) ## quickstart: train on synthetic data, create a demo user, serve
 	$(CLI) demo
+
+evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
+	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
+	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)"
 
 generate: $(STAMP) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"

@@ -200,6 +200,17 @@ try it:
     return 0
 
 
+@command("evaluate")
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from . import evaluation
+
+    report, folder = evaluation.run(args.path, days=args.days, out_dir=args.out)
+    print()
+    print(evaluation.table(report))
+    print(f"\n{report.cases:,} test cases; report, table and plot in {folder}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="recommender", description=__doc__)
@@ -230,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
     sub.add_parser("stop", help="stop the background server")
     sub.add_parser("status", help="say whether the background server runs and which model it serves")
+
+    p = sub.add_parser("evaluate", help="score the product against baselines on the last DAYS days of a file")
+    p.add_argument("path")
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--out", default="reports", help="folder for the report (JSON, table, PNG plot)")
 
     p = sub.add_parser("generate", help="write the synthetic demo dataset")
     p.add_argument("path")

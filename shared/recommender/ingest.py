@@ -279,3 +279,28 @@ def describe_report(report: CleaningReport) -> list[str]:
         f"items: {report.items:,}",
         f"customers: {report.customers:,}",
     ]
+
+
+def select_baskets(tx: Transactions, keep: np.ndarray) -> Transactions:
+    """The transactions of the baskets where keep is True, with items renumbered to those still present."""
+    basket_rows = np.flatnonzero(keep)
+    new_basket = np.full(len(tx.basket_ids), -1, dtype=np.int64)
+    new_basket[basket_rows] = np.arange(len(basket_rows))
+    pair_keep = keep[tx.pair_basket]
+    items_used = np.unique(tx.pair_item[pair_keep])
+    new_item = np.full(len(tx.item_codes), -1, dtype=np.int64)
+    new_item[items_used] = np.arange(len(items_used))
+    report = CleaningReport(rows_read=tx.report.rows_read, dropped=dict(tx.report.dropped),
+                            rows_kept=tx.report.rows_kept, baskets=len(basket_rows), items=len(items_used),
+                            customers=len(np.unique(tx.basket_customer[basket_rows][tx.basket_customer[basket_rows] >= 0])),
+                            guest_baskets=int((tx.basket_customer[basket_rows] < 0).sum()))
+    return Transactions(
+        item_codes=[tx.item_codes[i] for i in items_used],
+        descriptions=[tx.descriptions[i] for i in items_used],
+        pair_basket=new_basket[tx.pair_basket[pair_keep]].astype(np.int32),
+        pair_item=new_item[tx.pair_item[pair_keep]].astype(np.int32),
+        basket_ids=[tx.basket_ids[b] for b in basket_rows],
+        basket_time=tx.basket_time[basket_rows],
+        basket_customer=tx.basket_customer[basket_rows],
+        report=report,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import tempfile
@@ -54,6 +55,10 @@ class TrainingResult:
 
 
 Progress = Callable[[str], None]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def basket_matrix(tx: Transactions) -> sp.csr_matrix:
@@ -179,9 +184,43 @@ def new_version_id(now: datetime, content_hash: str) -> str:
     return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{content_hash[:8]}{secrets.token_hex(2)}"
 
 
+def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, source: Path | None,
+                  progress: Progress = print, now: Callable[[], datetime] = _utcnow) -> dict:
+    """Build a model from cleaned baskets and write it to the storage as a new version (no pointer moves).
+
+    Returns the manifest. The version becomes visible only when its manifest, written last, exists.
+    """
+    with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
+        folder = Path(tmp)
+        model_info = build_model(tx, params, folder, progress)
+        artifacts = {name: sha256_file(folder / name) for name in ARTIFACTS}
+        content = hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()
+        created = now()
+        version = new_version_id(created, content)
+        report = tx.report
+        manifest = {
+            "version": version,
+            "created_at": created.isoformat(timespec="seconds"),
+            "source": {"file": source.name, "sha256": sha256_file(source), "bytes": source.stat().st_size}
+            if source else None,
+            "counts": {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "dropped": report.dropped,
+                       "baskets": report.baskets, "guest_baskets": report.guest_baskets, "items": report.items,
+                       "customers": report.customers},
+            "params": asdict(params),
+            "model": model_info,
+            "artifacts": artifacts,
+            "artifact_bytes": sum((folder / name).stat().st_size for name in ARTIFACTS),
+            "content_sha256": content,
+        }
+        t = time.perf_counter()
+        registry.publish(storage, version, folder, manifest)
+    progress(f"saved version {version} to {storage.url} ({manifest['artifact_bytes'] / 1e6:.1f} MB, "
+             f"{time.perf_counter() - t:.1f} s)")
+    return manifest
+
+
 def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
-          keep_versions: int = 5, progress: Progress = print,
-          now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> TrainingResult:
+          keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = _utcnow) -> TrainingResult:
     """Read, clean, train and publish a new version; then activate it (make train) or stage it (make train_parallel).
 
     Nothing in the storage changes until the model is fully built, and the pointer moves only after
@@ -196,33 +235,8 @@ def train(source: str | Path, storage: Storage, params: TrainingParams = Trainin
     for line in describe_report(tx.report):
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
-
-    with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
-        folder = Path(tmp)
-        model_info = build_model(tx, params, folder, progress)
-        artifacts = {name: sha256_file(folder / name) for name in ARTIFACTS}
-        content = sha256_file_digest(artifacts)
-        created = now()
-        version = new_version_id(created, content)
-        report = tx.report
-        manifest = {
-            "version": version,
-            "created_at": created.isoformat(timespec="seconds"),
-            "source": {"file": source.name, "sha256": sha256_file(source), "bytes": source.stat().st_size},
-            "counts": {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "dropped": report.dropped,
-                       "baskets": report.baskets, "guest_baskets": report.guest_baskets, "items": report.items,
-                       "customers": report.customers},
-            "params": asdict(params),
-            "model": model_info,
-            "artifacts": artifacts,
-            "content_sha256": content,
-        }
-        t = time.perf_counter()
-        registry.publish(storage, version, folder, manifest)
-    size = sum((storage.local_copy(registry.artifact_key(version, n)).stat().st_size for n in ARTIFACTS)) \
-        if storage.url.startswith("/") else None
-    progress(f"saved version {version} to {storage.url}" + (f" ({size / 1e6:.1f} MB)" if size else "")
-             + f" ({time.perf_counter() - t:.1f} s)")
+    manifest = publish_model(tx, params, storage, source, progress, now)
+    version = manifest["version"]
     if activate:
         registry.activate(storage, version)
         progress(f"activated {version}")
@@ -235,10 +249,3 @@ def train(source: str | Path, storage: Storage, params: TrainingParams = Trainin
     seconds = time.perf_counter() - started
     progress(f"done in {seconds:.1f} s: version {version}")
     return TrainingResult(version, manifest, activate, seconds)
-
-
-def sha256_file_digest(artifacts: dict[str, str]) -> str:
-    """One hash over every artifact's hash: equal for equal models, whatever their creation time."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()
