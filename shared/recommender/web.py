@@ -24,7 +24,12 @@ from .users import User, UserCache
 
 log = logging.getLogger("recommender")
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def settings() -> Settings:
+    """The settings, as a dependency (async: FastAPI would run a plain function in a worker thread per request)."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(settings)]
 bearer = OAuth2PasswordBearer(tokenUrl="/token", auto_error=False)
 
 
