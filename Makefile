@@ -22,7 +22,7 @@ $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override
 
 help: ## list every target
 	@echo "usage: make <target> [VARIABLE=value ...]"
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -88,3 +88,58 @@ generate: $(STAMP) ## write the synthetic dataset to OUT (default data/synthetic
 
 clean: ## remove the venv and caches (data/ is kept)
 	rm -rf $(VENV) .pytest_cache shared/*.egg-info
+
+# Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
+# (results then go to bench/results/quick/).
+BENCH_FLAGS = $(if $(QUICK),--quick)
+.PHONY: bench bench-train bench-serve bench-cold bench-scale bench-deps
+
+bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
+	$(CLI) bench all $(BENCH_FLAGS)
+
+bench-train: $(STAMP) ## benchmark training on Online Retail csv.gz and xlsx: time and peak RSS per stage
+	$(CLI) bench train $(BENCH_FLAGS)
+
+bench-serve: $(STAMP) bench-deps ## benchmark POST /send_data over HTTP (wrk) against a bare FastAPI ceiling app
+	$(CLI) bench serve $(BENCH_FLAGS)
+
+bench-cold: $(STAMP) ## benchmark the cold start of the recommend Lambda handler, with the slowest imports
+	$(CLI) bench cold $(BENCH_FLAGS)
+
+bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index size, latency, HR@10, growth
+	$(CLI) bench scale $(BENCH_FLAGS)
+
+bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
+	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
+
+# --- AWS deployment (infra/, README "Deploy to AWS") and the local S3 emulator -------------------------------------
+.PHONY: lint-template build-lambda build-lambda-pip deploy emulate-s3 emulate-s3-stop
+SAM ?= sam
+NEED_SAM = @command -v $(SAM) >/dev/null || { echo "error: the AWS SAM CLI is not installed: see https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/install-sam-cli.html (or pip install aws-sam-cli)" >&2; exit 2; }
+
+lint-template: $(STAMP) ## check template.yaml with cfn-lint (make test does it too)
+	$(BIN)/cfn-lint template.yaml
+
+build-lambda: $(STAMP) ## build functions and layer for Lambda in the SAM build container (sam build --use-container; needs Docker)
+	$(NEED_SAM)
+	$(SAM) build --use-container --container-env-var-file infra/container-env.json
+	$(BIN)/python infra/build_lambda.py --check-build
+
+build-lambda-pip: $(STAMP) ## build functions and layer for Lambda without Docker (manylinux wheels; ANNOY_WHEEL= optional)
+	$(BIN)/python infra/build_lambda.py $(if $(ANNOY_WHEEL),--annoy-wheel "$(ANNOY_WHEEL)")
+
+deploy: ## deploy the last build with sam deploy (--guided the first time or with GUIDED=1; answers kept in samconfig.toml)
+	$(NEED_SAM)
+	@test -f .aws-sam/build/template.yaml || { echo "error: nothing built yet: make build-lambda (or make build-lambda-pip) first" >&2; exit 2; }
+	@if [ -n "$(GUIDED)" ] || ! grep -qE '^region *=' samconfig.toml; then \
+		$(SAM) deploy --guided --template-file .aws-sam/build/template.yaml; \
+	else \
+		$(SAM) deploy --template-file .aws-sam/build/template.yaml; \
+	fi
+
+emulate-s3: $(STAMP) ## run a local S3 (moto) on 127.0.0.1 in the background; prints the STORAGE_URL/AWS_ENDPOINT_URL to use
+	@$(CLI) emulate-s3
+
+emulate-s3-stop: $(STAMP) ## stop the local S3 started by emulate-s3 (by its pid; its content is lost)
+	@$(CLI) emulate-s3-stop

@@ -2,6 +2,8 @@
 
 import base64
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -10,10 +12,11 @@ from recommender import registry, web
 from recommender.catalog import Catalog
 from recommender.settings import get_settings
 from recommender.storage import S3Storage
+from recommender.tokens import issue_token
 from recommender.training import train
 from recommender.users import add_user
 
-from .conftest import BUCKET, PASSWORD
+from .conftest import BUCKET, PASSWORD, ROOT
 
 
 @pytest.fixture
@@ -125,11 +128,103 @@ def test_503_with_a_damaged_model(s3_deployment, s3, token, handlers, event, lam
     assert "damaged" in body(response)["detail"]
 
 
-def test_recommend_function_does_not_import_pandas_or_scipy():
-    import subprocess
+# A fresh interpreter as the Lambda runtime starts one: the function's folder on sys.path, `import app`, then the
+# model loaded as the first request loads it (pointer, copy to CACHE_DIR, checksums, memory-map), loaded once more
+# from the local copy (so the copy's cost shows apart), and events answered through Mangum.
+COLD_START = r"""
+import json, sys, time
+from types import SimpleNamespace
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+import app
+t1 = time.perf_counter()
+from recommender import web
+from recommender.model import load_model
+from recommender.settings import get_settings
+holder = web.model_holder(get_settings())
+model = holder.refresh()
+t2 = time.perf_counter()
+load_model(holder.storage, model.version)
+t3 = time.perf_counter()
+context = SimpleNamespace(function_name="recommend", aws_request_id="cold", get_remaining_time_in_millis=lambda: 30000)
+answers = []
+for event in json.loads(sys.stdin.read()):
+    t = time.perf_counter()
+    response = app.handler(event, context)
+    answers.append({"status": response["statusCode"], "body": json.loads(response["body"]),
+                    "seconds": time.perf_counter() - t})
+print("COLD_START " + json.dumps({
+    "import_seconds": t1 - t0, "first_load_seconds": t2 - t1, "reload_seconds": t3 - t2, "answers": answers,
+    "version": model.version, "forbidden": [m for m in ("pandas", "scipy") if m in sys.modules],
+    "modules": sorted({name.split(".")[0] for name in sys.modules})}))
+"""
 
-    code = ("import sys; import functions.recommend.app; "
-            "bad = [m for m in ('pandas', 'scipy') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-    assert result.returncode == 0, result.stdout + result.stderr
+
+def run_cold_start(env: dict, events: list[dict]) -> dict:
+    """Run COLD_START in a fresh interpreter with env; its measurements, answers and imported top-level modules."""
+    result = subprocess.run([sys.executable, "-c", COLD_START, str(ROOT / "functions" / "recommend")],
+                            input=json.dumps(events), capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("COLD_START ")), None)
+    assert result.returncode == 0 and line, result.stdout + result.stderr
+    return json.loads(line[len("COLD_START "):])
+
+
+def cold_start_events(event, token: str, code: str) -> list[dict]:
+    """GET /health, then POST /send_data for one code with a bearer token."""
+    send = with_token(event("send_data"), token)
+    send["body"] = send["body"].replace("REPLACE_WITH_CODE", code)
+    return [event("health"), send]
+
+
+def test_recommend_function_does_not_import_pandas_or_scipy(user, trained_storage, event, tmp_path):
+    secret = "k" * 48
+    catalog = Catalog.from_json(trained_storage.read(registry.artifact_key(
+        registry.active_version(trained_storage), "catalog.json")))
+    code = catalog.codes[catalog.most_popular()[0]]
+    env = {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": secret,
+           "CACHE_DIR": str(tmp_path / "cache")}
+    run = run_cold_start(env, cold_start_events(event, issue_token("alice", secret), code))
+    health, send = run["answers"]
+    assert health["status"] == 200 and health["body"]["model_version"] == run["version"]
+    assert send["status"] == 200 and len(send["body"]["result"]["recommendation"]) == 5
+    assert "numpy" in run["modules"] and "annoy" in run["modules"]   # the check looks at a real sys.modules
+    assert run["forbidden"] == [], f"the recommend function imported {run['forbidden']}"
+
+
+class ReadOnlyStorage:
+    """A storage that refuses every write, as the functions' IAM policies do on AWS."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def __getattr__(self, name):
+        if name in ("write", "create", "delete"):
+            raise AssertionError(f"a function called storage.{name}: its IAM policy allows no writes")
+        return getattr(self.inner, name)
+
+
+def test_functions_work_read_only_with_the_secret_from_secrets_manager(s3_deployment, handlers, event, lambda_context,
+                                                                        monkeypatch):
+    # What template.yaml deploys: JWT_SECRET_ARN set, JWT_SECRET not, no write permission on the bucket.
+    import boto3
+
+    arn = boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+        Name="recommender-jwt", SecretString="s" * 64)["ARN"]
+    monkeypatch.delenv("JWT_SECRET")
+    monkeypatch.setenv("JWT_SECRET_ARN", arn)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    real_open = web.open_storage
+    monkeypatch.setattr(web, "open_storage", lambda settings: ReadOnlyStorage(real_open(settings)))
+    get_settings.cache_clear()
+    web.reset_resources()
+    _, version, catalog = s3_deployment
+    response = handlers[0](event("token"), lambda_context)
+    assert response["statusCode"] == 200, response
+    token = body(response)["access_token"]
+    assert handlers[0](with_token(event("users_me"), token), lambda_context)["statusCode"] == 200
+    unknown = handlers[0](event("token", body="username=nobody&password=x"), lambda_context)
+    assert unknown["statusCode"] == 401
+    answers = [handlers[1](ev, lambda_context) for ev in cold_start_events(event, token, catalog.codes[0])]
+    assert [a["statusCode"] for a in answers] == [200, 200]
+    assert body(answers[0])["model_version"] == version

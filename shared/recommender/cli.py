@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import registry
+from .emulator import use_dummy_credentials
 from .errors import InvalidInput, RecommenderError
 from .settings import Settings, get_settings
 from .storage import Storage, open_storage
@@ -162,6 +163,23 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("emulate-s3")
+def _emulate_s3(args: argparse.Namespace, settings: Settings) -> int:
+    from . import emulator
+
+    print(emulator.usage(emulator.start(settings, port=args.port)))
+    return 0
+
+
+@command("emulate-s3-stop")
+def _emulate_s3_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from . import emulator
+
+    info = emulator.stop(settings)
+    print(f"stopped the S3 emulator (pid {info.pid}, {info.endpoint_url})" if info else "no S3 emulator is running")
+    return 0
+
+
 @command("demo")
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     import secrets
@@ -211,6 +229,20 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("bench")
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from . import benchmark
+
+    options = benchmark.Options.quick_options() if args.quick else benchmark.Options()
+    options = replace(options, csv=Path(args.csv), xlsx=Path(args.xlsx), template=Path(args.template),
+                      cache_dir=Path(args.cache), **({"out_dir": Path(args.out)} if args.out else {}))
+    parts = benchmark.PARTS if args.part == "all" else (args.part,)
+    benchmark.run(parts, options, command="python -m recommender " + " ".join(sys.argv[1:]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="recommender", description=__doc__)
@@ -247,10 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--out", default="reports", help="folder for the report (JSON, table, PNG plot)")
 
+    p = sub.add_parser("emulate-s3", help="run a local S3 (moto's server) on 127.0.0.1 in the background and create "
+                                          "the bucket of STORAGE_URL")
+    p.add_argument("--port", type=int, help="default: the port of a local AWS_ENDPOINT_URL, else 5055")
+    sub.add_parser("emulate-s3-stop", help="stop the local S3 started by emulate-s3 (its content is lost)")
+
     p = sub.add_parser("generate", help="write the synthetic demo dataset")
     p.add_argument("path")
     p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("bench", help="benchmarks: training, serving against the framework's ceiling, cold start, "
+                                     "scale; results in bench/results/")
+    p.add_argument("part", nargs="?", default="all", choices=["all", "train", "serve", "cold", "scale"])
+    p.add_argument("--quick", action="store_true",
+                   help="short runs that check the harness (results in bench/results/quick/)")
+    p.add_argument("--csv", default="../shared/datasets/online_retail.csv.gz", help="Online Retail as csv(.gz)")
+    p.add_argument("--xlsx", default="../shared/datasets/online_retail.xlsx", help="Online Retail as xlsx")
+    p.add_argument("--template", default="template.yaml", help="SAM template (routes; its folder is the repository)")
+    p.add_argument("--cache", default="data/bench", help="folder keeping the generated scale datasets")
+    p.add_argument("--out", help="results folder (default bench/results, or bench/results/quick with --quick)")
     return parser
 
 
@@ -262,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Through the environment, so the apps served by `serve` see the same storage as this command.
             os.environ["STORAGE_URL"] = args.storage
             get_settings.cache_clear()
+        # Through the environment too, so servers started from here and boto3 itself see them.
+        use_dummy_credentials(os.environ)
         settings = get_settings()
         return COMMANDS[args.command](args, settings)
     except RecommenderError as err:

@@ -65,8 +65,14 @@ def serve(settings: Settings, template: Path) -> None:
     log.info("routes from %s: %s", template.name, ", ".join(f"{r.method} {r.path}" for r in gateway.routes))
     if _port_open(settings.host, settings.port):
         raise ConfigError(f"port {settings.port} on {settings.host} is already in use (another server?); set PORT=...")
-    uvicorn.run(gateway, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, server_header=False)
+    uvicorn.run(gateway, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """How `make run` and `make run-prod` run uvicorn; the benchmark's ceiling app runs with the same options."""
+    # One worker; loop and HTTP parser are uvicorn's "auto" (uvloop and httptools when installed).
+    return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
+            "server_header": False}
 
 
 def _port_open(host: str, port: int) -> bool:

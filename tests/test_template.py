@@ -1,0 +1,225 @@
+"""template.yaml (AWS SAM) and what deploys it: cfn-lint, runtime, layer contents, least privilege, bucket, secret,
+parameters and outputs, and the Docker-free build's template rewrite and glibc check (infra/build_lambda.py).
+Routes are checked against the functions' apps in test_gateway.py."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from .conftest import ROOT
+
+TEMPLATE = ROOT / "template.yaml"
+RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3", "six"}
+# python-jose uses cryptography when it happens to be installed (moto brings it here) and its own pure-Python HMAC
+# otherwise; `make build-lambda-pip` answers requests from a layer without it.
+OPTIONAL = {"cryptography", "cffi", "pycparser"}
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def load_builder():
+    """infra/build_lambda.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("build_lambda", ROOT / "infra" / "build_lambda.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_lambda"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+builder = load_builder()
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    return builder.read_template(TEMPLATE)
+
+
+def resources_of(template: dict, kind: str) -> dict:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def plain(value):
+    """A template value with its tags dropped, for comparisons ({"!Ref": x} becomes x)."""
+    if isinstance(value, builder.Tagged):
+        return plain(value.value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def statements(function: dict) -> list[dict]:
+    return [plain(s) for policy in function["Properties"]["Policies"] for s in policy["Statement"]]
+
+
+def test_cfn_lint_is_clean():
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_functions_layer_and_runtime_agree(template):
+    runtime = template["Globals"]["Function"]["Runtime"]
+    (layer,) = resources_of(template, "AWS::Serverless::LayerVersion").values()
+    assert layer["Metadata"]["BuildMethod"] == runtime and layer["Properties"]["CompatibleRuntimes"] == [runtime]
+    assert layer["Properties"]["ContentUri"] == "shared/" and (ROOT / "shared" / "requirements.txt").is_file()
+    functions = resources_of(template, "AWS::Serverless::Function")
+    assert set(functions) == {"AuthFunction", "RecommendFunction"}
+    for function in functions.values():
+        props = function["Properties"]
+        module, _, attribute = props["Handler"].rpartition(".")
+        source = ROOT / props["CodeUri"] / f"{module}.py"
+        assert source.is_file() and re.search(rf"^{attribute} = Mangum\(", source.read_text(), re.M)
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert required == ">=3.11" and runtime == "python3.11"
+
+
+def test_runtime_is_the_python_the_tests_run_on(template):
+    runtime = template["Globals"]["Function"]["Runtime"]
+    running = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if running != runtime:
+        pytest.skip(f"the tests run on {running}, the template deploys {runtime}: run them with {runtime} "
+                    "(make clean && make test PYTHON=python3.11) to test what is deployed")
+    assert running == runtime
+
+
+def test_least_privilege(template):
+    functions = resources_of(template, "AWS::Serverless::Function")
+    expected = {"AuthFunction": ["users"], "RecommendFunction": ["models", "users"]}
+    for name, prefixes in expected.items():
+        granted = statements(functions[name])
+        assert all(s["Effect"] == "Allow" for s in granted)
+        actions = {a for s in granted for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+        assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"}, name
+        objects = [r for s in granted if s["Action"] == "s3:GetObject"
+                   for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+        assert objects == [f"arn:${{AWS::Partition}}:s3:::${{ModelBucket}}/${{StoragePrefix}}/{p}/*" for p in prefixes]
+        (listing,) = [s for s in granted if s["Action"] == "s3:ListBucket"]
+        assert listing["Resource"] == "ModelBucket.Arn"
+        scoped = listing["Condition"]["StringLike"]["s3:prefix"]
+        assert sorted([scoped] if isinstance(scoped, str) else scoped) == [f"${{StoragePrefix}}/{p}/*" for p in prefixes]
+        (secret,) = [s for s in granted if s["Action"] == "secretsmanager:GetSecretValue"]
+        assert secret["Resource"] == "JwtSecret"
+
+
+def test_bucket_is_private_versioned_and_encrypted(template):
+    (bucket,) = resources_of(template, "AWS::S3::Bucket").values()
+    props = bucket["Properties"]
+    assert props["VersioningConfiguration"]["Status"] == "Enabled"
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert props["PublicAccessBlockConfiguration"] == {"BlockPublicAcls": True, "BlockPublicPolicy": True,
+                                                       "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    assert bucket["DeletionPolicy"] == "Retain"   # deleting the stack never deletes the models and users
+
+
+def test_secret_is_generated_and_both_functions_read_it(template):
+    from recommender.tokens import MIN_SECRET_LENGTH
+
+    (secret,) = resources_of(template, "AWS::SecretsManager::Secret").values()
+    assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= MIN_SECRET_LENGTH
+    env = plain(template["Globals"]["Function"]["Environment"]["Variables"])
+    assert env["JWT_SECRET_ARN"] == "JwtSecret" and "JWT_SECRET" not in env
+    assert env["STORAGE_URL"] == "s3://${ModelBucket}/${StoragePrefix}" and env["CACHE_DIR"].startswith("/tmp/")
+
+
+def test_parameters_are_used_and_outputs_given(template):
+    parameters = set(template["Parameters"])
+    assert {"AuthMemorySize", "RecommendMemorySize", "FunctionTimeout", "AuthReservedConcurrency",
+            "RecommendReservedConcurrency", "RecommendProvisionedConcurrency", "ModelPollSeconds"} <= parameters
+    body = TEMPLATE.read_text().split("\nConditions:", 1)[1]
+    unused = [p for p in parameters if not re.search(rf"(!Ref {p}\b|\${{{p}}})", body)]
+    assert not unused, f"parameters never used: {unused}"
+    assert {"ApiUrl", "BucketName"} <= set(template["Outputs"])
+
+
+def test_shared_requirements_are_the_serving_dependencies():
+    layer = [Requirement(r) for r in builder.serving_requirements()]
+    project = {Requirement(r).name: Requirement(r)
+               for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert {r.name for r in layer} == {"annoy", "numpy", "fastapi", "python-multipart", "mangum", "python-jose",
+                                       "libpass", "bcrypt"}
+    for r in layer:   # the development install's bounds, plus any the Lambda platform adds (numpy<2.3)
+        assert set(project[r.name].specifier) <= set(r.specifier), f"{r.name}: keep in step with pyproject.toml"
+
+
+def test_layer_requirements_cover_what_the_functions_import(user, trained_storage, event, tmp_path):
+    """Every distribution the two functions import while answering is in the layer (or in the Lambda runtime)."""
+    from importlib.metadata import distribution, packages_distributions
+
+    from recommender.tokens import issue_token
+
+    from .test_handlers import cold_start_events, run_cold_start
+
+    secret = "k" * 48
+    env = {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": secret,
+           "CACHE_DIR": str(tmp_path / "cache"), "BCRYPT_ROUNDS": "4"}
+    recommend = run_cold_start(env, cold_start_events(event, issue_token("alice", secret), "85123A"))
+    auth = subprocess.run([sys.executable, "-c", (
+        "import json, sys; sys.path.insert(0, 'functions/auth'); import app; from types import SimpleNamespace as S;"
+        "r = app.handler(json.load(sys.stdin), S(get_remaining_time_in_millis=lambda: 30000));"
+        "assert r['statusCode'] == 200, r; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")],
+        input=json.dumps(event("token")), capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert auth.returncode == 0, auth.stderr
+    startup = subprocess.run([sys.executable, "-c", "import sys, json; print(json.dumps(list(sys.modules)))"],
+                             capture_output=True, text=True, check=True).stdout   # e.g. a venv's .pth hooks
+    imported = (set(recommend["modules"]) | set(json.loads(auth.stdout.splitlines()[-1]))) - set(json.loads(startup))
+    owners = packages_distributions()
+    used = {normalized(distribution(d).metadata["Name"]) for m in imported for d in owners.get(m, [])}
+
+    layer, todo = set(), [Requirement(r) for r in builder.serving_requirements()]
+    while todo:   # the requirements and everything they require, as pip would install them
+        r = todo.pop()
+        name = normalized(r.name)
+        if name in layer:
+            continue
+        layer.add(name)
+        for dep in distribution(name).requires or []:
+            dep = Requirement(dep)
+            if dep.marker is None or dep.marker.evaluate({"extra": ""}):
+                todo.append(dep)
+    missing = used - layer - RUNTIME_PROVIDED - OPTIONAL - {"recommender"}
+    assert not missing, f"imported while serving but not in shared/requirements.txt: {sorted(missing)}"
+
+
+def test_samconfig_and_build_environment():
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    assert config["default"]["build"]["parameters"]["use_container"] is True
+    assert config["default"]["deploy"]["parameters"]["capabilities"] == "CAPABILITY_IAM"
+    env_file = ROOT / config["default"]["build"]["parameters"]["container_env_var_file"]
+    flags = json.loads(env_file.read_text())["Parameters"]["ANNOY_COMPILER_ARGS"].split(",")
+    assert "-march=native" not in flags and any(f.startswith("-march=") for f in flags)
+
+
+def test_built_template_points_at_build_folders_and_keeps_tags(template):
+    import copy
+
+    import yaml
+
+    built = builder.built_template(copy.deepcopy(template))
+    assert built["Resources"]["AuthFunction"]["Properties"]["CodeUri"] == "AuthFunction"
+    assert built["Resources"]["SharedLayer"]["Properties"]["ContentUri"] == "SharedLayer"
+    assert "Metadata" not in built["Resources"]["SharedLayer"]
+    text = yaml.dump(built, Dumper=builder._Dumper, sort_keys=False)
+    again = yaml.load(text, Loader=builder._Loader)
+    assert again["Outputs"] == template["Outputs"] and "!GetAtt 'ModelBucket.Arn'" in text
+
+
+def test_glibc_check_names_modules_too_new_for_amazon_linux_2(tmp_path):
+    layer = tmp_path / "python"
+    (layer / "ok").mkdir(parents=True)
+    (layer / "ok" / "fine.so").write_bytes(b"\0GLIBC_2.2.5\0GLIBC_2.17\0GLIBCXX_3.4.22\0CXXABI_1.3.9\0")
+    (layer / "bad.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\0GLIBC_2.14\0GLIBC_2.34\0GLIBCXX_3.4.30\0")
+    problems = builder.check_compiled_modules(layer)
+    assert len(problems) == 2 and all(p.startswith("bad.cpython-311") for p in problems)
+    assert "GLIBC_2.34 (Amazon Linux 2 has GLIBC_2.26)" in problems[0] + problems[1]
