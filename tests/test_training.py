@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from recommender import registry, synthetic
+from recommender import registry
 from recommender.errors import DataFileError, ModelUnavailable
 from recommender.model import load_model
 from recommender.storage import LocalStorage
@@ -50,7 +50,7 @@ def test_same_input_same_model(tmp_path, tiny_csv):
     b = train(tiny_csv, LocalStorage(tmp_path / "b"), progress=quiet)
     assert a.manifest["artifacts"] == b.manifest["artifacts"]
     c = train(tiny_csv, LocalStorage(tmp_path / "c"), TrainingParams(factors=8), progress=quiet)
-    assert c.manifest["artifacts"]["factors.npy"] != a.manifest["artifacts"]["factors.npy"]
+    assert c.manifest["artifacts"]["embeddings.npy"] != a.manifest["artifacts"]["embeddings.npy"]
 
 
 def test_stage_does_not_touch_active_then_promote(storage, tiny_csv):
@@ -120,20 +120,21 @@ def test_failed_publish_leaves_active_model(tmp_path, tiny_csv):
     assert registry.prune(storage, keep=5, now=lambda: later) == unfinished
 
 
-def test_killed_training_leaves_active_model(tmp_path, tiny_csv):
+@pytest.mark.parametrize("stage", ["item-item table from baskets", "svd:", "index:"])
+def test_killed_training_leaves_active_model(tmp_path, tiny_csv, stage):
+    """SIGKILL the training right after it reports a stage: the active model stays as it was and loadable."""
     storage = LocalStorage(tmp_path / "store")
     first = train(tiny_csv, storage, progress=quiet)
-    big = tmp_path / "big.csv"
-    synthetic.write_csv(synthetic.DEFAULT, big)
-    env = {**os.environ, "STORAGE_URL": str(tmp_path / "store")}
-    for delay in (0.5, 1.5):
-        proc = subprocess.Popen([sys.executable, "-m", "recommender", "train", str(big)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL, "the training finished before it could be killed"
-        assert registry.active_version(storage) == first.version
-        load_model(storage, first.version)
+    env = {**os.environ, "STORAGE_URL": str(tmp_path / "store"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "recommender", "train", str(tiny_csv)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith(stage):
+            proc.send_signal(signal.SIGKILL)
+            break
+    assert proc.wait() == -signal.SIGKILL, f"the training never reported {stage!r}"
+    assert registry.active_version(storage) == first.version
+    load_model(storage, first.version)
 
 
 def test_too_few_items(tmp_path):

@@ -35,21 +35,29 @@ class Recommendation:
 
 
 class Model:
-    """One loaded, verified model version."""
+    """One loaded, verified model version.
 
-    def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, factors: np.ndarray,
-                 nbr_indptr: np.ndarray, nbr_index: np.ndarray, nbr_weight: np.ndarray) -> None:
+    Answering a basket: Annoy retrieves candidates near the basket's embedding and near its rarest items'
+    embeddings; the item-item table then scores each candidate by the sum of its weights from the basket's items.
+    """
+
+    def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, embeddings: np.ndarray,
+                 table_indptr: np.ndarray, table_index: np.ndarray, table_weight: np.ndarray) -> None:
         self.version = version
         self.manifest = manifest
         self.catalog = catalog
         self.index = index
-        self.factors = factors
-        self.nbr_indptr = nbr_indptr
-        self.nbr_index = nbr_index
-        self.nbr_weight = nbr_weight
+        self.embeddings = embeddings
+        self.table_indptr = table_indptr
+        self.table_index = table_index
+        self.table_weight = table_weight
+        self.popularity = np.asarray(catalog.popularity, dtype=np.float64)
         params = manifest["params"]
-        self.candidates = int(params["candidates"])
-        self.svd_weight = float(params["svd_weight"])
+        self.basket_candidates = int(params["basket_candidates"])
+        self.basket_search_k = int(params["basket_search_k"])
+        self.item_candidates = int(params["item_candidates"])
+        self.item_search_k = int(params["item_search_k"])
+        self.items_searched = int(params["items_searched"])
 
     def recommend(self, basket: Sequence[str], n: int) -> Recommendation:
         """The n best items to offer with basket, best first, none from the basket."""
@@ -64,42 +72,44 @@ class Model:
                 unknown.append(code)
             else:
                 known.append(i)
-        n = min(n, len(self.catalog) - len(known))
+        n = max(0, min(n, len(self.catalog) - len(known)))
         if not known:
-            top = [i for i in self.catalog.most_popular()[:n]]
+            top = self.catalog.most_popular()[:n]
             best = max(self.catalog.popularity[top[0]], 1) if top else 1
             items = [Scored(self.catalog.item(i), round(self.catalog.popularity[i] / best, 4)) for i in top]
             return Recommendation(items, unknown, True, self.version)
-        rows, scores = self._score(np.asarray(known, dtype=np.int64), n)
+        rows, scores = self._rank(np.asarray(sorted(known), dtype=np.int64), n)
         items = [Scored(self.catalog.item(int(i)), round(float(s), 4)) for i, s in zip(rows, scores)]
         return Recommendation(items, unknown, False, self.version)
 
-    def _score(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        query = self.factors[basket].mean(axis=0)
-        candidates = np.asarray(self.index.get_nns_by_vector(query, self.candidates + len(basket)), dtype=np.int64)
-        # Complements the basket's items were bought with join the candidates even when the embedding misses them.
-        lo, hi = self.nbr_indptr[basket], self.nbr_indptr[basket + 1]
-        nbr_rows = np.concatenate([self.nbr_index[a:b] for a, b in zip(lo, hi)]) if len(basket) else np.zeros(0)
-        nbr_vals = np.concatenate([self.nbr_weight[a:b] for a, b in zip(lo, hi)]) if len(basket) else np.zeros(0)
-        pool = np.union1d(candidates, nbr_rows)
-        pool = pool[~np.isin(pool, basket)]
-        svd = self.factors[pool] @ query
-        cooc = np.zeros(len(pool), dtype=np.float32)
-        pos = np.searchsorted(pool, nbr_rows)
-        hit = (pos < len(pool)) & (pool[np.minimum(pos, len(pool) - 1)] == nbr_rows)
-        np.add.at(cooc, pos[hit], nbr_vals[hit])
-        score = self.svd_weight * svd + cooc / len(basket)
-        if len(pool) > n:
-            top = np.argpartition(-score, n - 1)[:n]
-        else:
-            top = np.arange(len(pool))
-        order = top[np.lexsort((pool[top], -score[top]))]
-        if len(order) < n:
-            # A tiny catalog: pad with popular items so the answer has exactly n entries.
-            extra = [i for i in self.catalog.most_popular() if i not in set(basket) and i not in set(pool[order])]
-            return (np.concatenate([pool[order], extra[: n - len(order)]]).astype(np.int64),
-                    np.concatenate([score[order], np.zeros(min(n - len(order), len(extra)))]))
-        return pool[order], score[order]
+    def _candidates(self, basket: np.ndarray) -> np.ndarray:
+        found = [self.index.get_nns_by_vector(self.embeddings[basket].sum(axis=0),
+                                              self.basket_candidates + len(basket), self.basket_search_k)]
+        # Rare items carry the most specific signal; their own neighbourhoods catch what the basket's average misses.
+        rarest = basket[np.lexsort((basket, self.popularity[basket]))[:self.items_searched]]
+        for i in rarest:
+            found.append(self.index.get_nns_by_item(int(i), self.item_candidates + 1, self.item_search_k))
+        return np.unique(np.fromiter((c for part in found for c in part), dtype=np.int64))
+
+    def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates = self._candidates(basket)
+        candidates = candidates[~np.isin(candidates, basket, assume_unique=True)]
+        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
+        lengths = stops - starts
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        totals = np.bincount(self.table_index[positions], weights=self.table_weight[positions],
+                             minlength=len(self.catalog))
+        scores = totals[candidates]
+        # Best score first; ties by popularity, then by row, so answers are stable.
+        order = np.lexsort((candidates, -self.popularity[candidates], -scores))[:n]
+        rows, scores = candidates[order], scores[order]
+        if len(rows) < n:
+            # Annoy found too few (a tiny catalog): fill up with the most popular items not yet listed.
+            taken = set(basket.tolist()) | set(rows.tolist())
+            extra = [i for i in self.catalog.most_popular() if i not in taken][: n - len(rows)]
+            rows = np.concatenate([rows, np.asarray(extra, dtype=np.int64)])
+            scores = np.concatenate([scores, np.zeros(len(extra))])
+        return rows, scores
 
 
 def load_model(storage: Storage, version: str) -> Model:
@@ -111,13 +121,13 @@ def load_model(storage: Storage, version: str) -> Model:
 
     try:
         catalog = Catalog.from_json(storage.read(registry.artifact_key(version, "catalog.json")))
-        factors = np.load(path("factors.npy"), mmap_mode="r")
-        index = AnnoyIndex(factors.shape[1], manifest["model"]["metric"])
+        embeddings = np.load(path("embeddings.npy"))
+        index = AnnoyIndex(embeddings.shape[1], manifest["model"]["metric"])
         index.load(path("index.ann"))  # memory-mapped by Annoy
-        arrays = [np.load(path(f"neighbors_{part}.npy"), mmap_mode="r") for part in ("indptr", "index", "weight")]
+        table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "index", "weight")]
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(version, manifest, catalog, index, np.asarray(factors), *(np.asarray(a) for a in arrays))
+    return Model(version, manifest, catalog, index, embeddings, *table)
 
 
 class ModelHolder:

@@ -7,17 +7,19 @@ import json
 import secrets
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
 from annoy import AnnoyIndex
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from . import registry
+from . import neighbors, registry
 from .catalog import Catalog
 from .errors import DataFileError
 from .ingest import Transactions, describe_report, load_transactions
@@ -26,21 +28,32 @@ from .storage import Storage
 
 MIN_ITEMS = 3
 MIN_BASKETS = 2
-ARTIFACTS = ("index.ann", "factors.npy", "neighbors_indptr.npy", "neighbors_index.npy", "neighbors_weight.npy",
-             "catalog.json")
+ARTIFACTS = ("index.ann", "embeddings.npy", "table_indptr.npy", "table_index.npy", "table_weight.npy", "catalog.json")
 
 
 @dataclass(frozen=True)
 class TrainingParams:
-    """The hyperparameters of a model (stored in its manifest; the serving side reads the ones it needs)."""
+    """The hyperparameters of a model, chosen on a validation split (README, Quality); stored in its manifest.
 
+    The query-time ones (candidates, search effort) are read by the serving side from the manifest.
+    """
+
+    # Annoy over SVD item embeddings: candidate retrieval
     factors: int = 128
-    popularity_damping: float = 0.5   # columns of the matrix scaled by popularity^-damping before the SVD
-    n_trees: int = 40
-    neighbors: int = 100              # top-K co-occurrence neighbours kept per item for re-ranking
-    neighbor_damping: float = 0.5     # weight = cooc / (pop_i^(1-d) * pop_j^d)
-    candidates: int = 200             # Annoy candidates per query before re-ranking
-    svd_weight: float = 1.0
+    popularity_damping: float = 0.5   # item columns scaled by count^-damping before the SVD
+    svd_iterations: int = 4
+    n_trees: int = 20
+    # item-item table: EASE's regression restricted to each item's top-K neighbours, re-ranks the candidates
+    neighbors: int = 100
+    ridge: float = 30.0               # lambda, in co-purchase counts
+    customer_weight: float = 0.5      # weight of the same table learned on customers' whole histories
+    customer_min_baskets: int = 2     # customers with fewer baskets add nothing beyond their basket
+    # query time
+    basket_candidates: int = 200      # Annoy neighbours of the basket's vector ...
+    basket_search_k: int = 4000
+    item_candidates: int = 20         # ... plus Annoy neighbours of each of the rarest basket items
+    item_search_k: int = 300
+    items_searched: int = 10
     seed: int = 0
 
 
@@ -68,6 +81,21 @@ def basket_matrix(tx: Transactions) -> sp.csr_matrix:
     return sp.csr_matrix((data, (tx.pair_basket, tx.pair_item)), shape=(n_baskets, n_items))
 
 
+def customer_matrix(tx: Transactions, min_baskets: int) -> sp.csr_matrix | None:
+    """Binary customers x items matrix of every item a returning customer ever bought; None without such customers."""
+    customer = tx.basket_customer[tx.pair_basket]
+    known = customer >= 0
+    if not known.any():
+        return None
+    ids, rows = np.unique(customer[known], return_inverse=True)
+    baskets_per = np.bincount(np.unique(tx.basket_customer[tx.basket_customer >= 0], return_inverse=True)[1])
+    matrix = sp.csr_matrix((np.ones(int(known.sum()), dtype=np.float32), (rows, tx.pair_item[known])),
+                           shape=(len(ids), len(tx.item_codes)))
+    matrix.data[:] = 1.0  # duplicates were summed
+    matrix = matrix[baskets_per >= min_baskets]
+    return matrix if matrix.shape[0] else None
+
+
 def _orthonormalize(y: np.ndarray) -> np.ndarray:
     """An orthonormal basis of y's columns: Cholesky QR done twice (fast matrix products, unlike LAPACK's
     Householder QR, which is many times slower on two busy cores); Householder only if y is rank deficient."""
@@ -81,55 +109,34 @@ def _orthonormalize(y: np.ndarray) -> np.ndarray:
         return np.linalg.qr(y)[0]
 
 
-def truncated_svd(matrix: sp.csr_matrix, k: int, seed: int, power_iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Singular values and right singular vectors (k x items) by randomized range finding (Halko et al. 2011)."""
+def item_embeddings(matrix: sp.csr_matrix, k: int, seed: int, iterations: int = 4) -> np.ndarray:
+    """The top-k right singular vectors of matrix (items x k, unit rows), by randomized subspace iteration.
+
+    Only items x (k + 16) blocks are dense, so this runs at any number of baskets; the signs are fixed so
+    the same input always gives the same vectors.
+    """
     rng = np.random.default_rng(seed)
     width = min(matrix.shape[1], k + 16)
-    matrix = matrix.astype(np.float64)
-    q = _orthonormalize(matrix @ rng.standard_normal((matrix.shape[1], width)))
-    for _ in range(power_iterations):
-        q = _orthonormalize(matrix.T @ q)
-        q = _orthonormalize(matrix @ q)
-    small = (matrix.T @ q).T  # width x items
-    _, s, vt = np.linalg.svd(small, full_matrices=False)
-    # Fix signs so the same input always gives the same vectors.
-    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
-    return s[:k].astype(np.float32), (vt[:k] * signs[:k, None]).astype(np.float32)
+    x = matrix.astype(np.float64)
+    xt = x.T.tocsr()
+    q = _orthonormalize(rng.standard_normal((matrix.shape[1], width)))
+    for _ in range(iterations):
+        q = _orthonormalize(xt @ (x @ q))
+    y = x @ q
+    values, vectors = np.linalg.eigh(y.T @ y)
+    top = np.argsort(-values)[:k]
+    v = q @ vectors[:, top]
+    signs = np.sign(v[np.abs(v).argmax(axis=0), np.arange(v.shape[1])])
+    v *= np.where(signs == 0, 1, signs)
+    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def cooccurrence_neighbors(matrix: sp.csr_matrix, k: int, damping: float, block: int = 2048,
-                           progress: Callable[[int], None] = lambda _n: None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per item, its k strongest co-purchased items as CSR arrays (indptr, index, weight).
-
-    Weight of j for i = cooc(i, j) / (pop_i^(1-d) * pop_j^d): d = 0.5 is cosine; larger d favours rarer complements.
-    Computed a block of items at a time so memory stays bounded at any catalog size.
-    """
-    csc = matrix.tocsc()
-    pop = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
-    pop[pop == 0] = 1
-    n = matrix.shape[1]
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    index_parts, weight_parts = [], []
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        cooc = (csc[:, start:stop].T @ csc).tocsr()
-        cooc.setdiag(0)
-        cooc.eliminate_zeros()
-        for r in range(stop - start):
-            lo, hi = cooc.indptr[r], cooc.indptr[r + 1]
-            cols, vals = cooc.indices[lo:hi], cooc.data[lo:hi]
-            i = start + r
-            w = vals / (pop[i] ** (1 - damping) * pop[cols] ** damping)
-            if len(w) > k:
-                top = np.argpartition(-w, k)[:k]
-                cols, w = cols[top], w[top]
-            order = np.lexsort((cols, -w))
-            index_parts.append(cols[order].astype(np.int32))
-            weight_parts.append(w[order].astype(np.float32))
-            indptr[i + 1] = indptr[i] + len(order)
-        progress(stop - start)
-    return (indptr, np.concatenate(index_parts) if index_parts else np.zeros(0, np.int32),
-            np.concatenate(weight_parts) if weight_parts else np.zeros(0, np.float32))
+@contextmanager
+def _stage(progress: Progress, text: str) -> Iterator[None]:
+    """Report a training stage with its duration when it ends."""
+    t = time.perf_counter()
+    yield
+    progress(f"{text} ({time.perf_counter() - t:.1f} s)")
 
 
 def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress = print) -> dict:
@@ -139,44 +146,55 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
         raise DataFileError(f"only {n_items} distinct item(s) after cleaning; a model needs at least {MIN_ITEMS}")
     if len(tx.basket_ids) < MIN_BASKETS:
         raise DataFileError(f"only {len(tx.basket_ids)} basket(s) after cleaning; a model needs at least {MIN_BASKETS}")
-    t = time.perf_counter()
+    # One BLAS thread: the work is many small solves, and OpenBLAS threads that spin while another process
+    # holds the other core made training several times slower here (a server may be running beside it).
+    with threadpool_limits(limits=1):
+        return _build(tx, params, folder, progress)
+
+
+def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress) -> dict:
+    n_items = len(tx.item_codes)
     matrix = basket_matrix(tx)
-    popularity = np.asarray(matrix.sum(axis=0)).ravel().astype(np.int64)
-    weighted = matrix @ sp.diags(np.maximum(popularity, 1).astype(np.float32) ** -params.popularity_damping)
-    progress(f"matrix: {matrix.shape[0]:,} baskets x {matrix.shape[1]:,} items, {matrix.nnz:,} entries "
-             f"({time.perf_counter() - t:.1f} s)")
+    customers = customer_matrix(tx, params.customer_min_baskets) if params.customer_weight else None
+    popularity = np.asarray(matrix.sum(axis=0)).ravel()
+    progress(f"matrix: {matrix.shape[0]:,} baskets x {n_items:,} items, {matrix.nnz:,} entries; "
+             f"{0 if customers is None else customers.shape[0]:,} returning customers' histories")
 
-    t = time.perf_counter()
+    parts = []
+    for name, rows, weight in (("baskets", matrix, 1.0), ("customers", customers, params.customer_weight)):
+        if rows is None:
+            continue
+        with _stage(progress, f"item-item table from {name}: top {params.neighbors} neighbours, ridge {params.ridge:g}"):
+            g = neighbors.gram(rows)
+            nbrs = neighbors.top_neighbors(g, min(params.neighbors, n_items - 1))
+            with tqdm(total=n_items, desc=f"regression ({name})", unit=" items", leave=False, disable=None) as bar:
+                w = neighbors.local_regression(g, nbrs, params.ridge, progress=bar.update)
+            key, value = neighbors.source_table(nbrs, w, n_items)
+            parts.append((key, value * weight))
+            del g
+    indptr, index, weight = neighbors.to_csr(parts, n_items)
+
     k = max(1, min(params.factors, n_items - 1, matrix.shape[0] - 1))
-    singular, vt = truncated_svd(weighted.tocsr(), k, params.seed)
-    factors = np.ascontiguousarray(vt.T * singular)
-    norms = np.linalg.norm(factors, axis=1, keepdims=True)
-    factors = (factors / np.maximum(norms, 1e-12)).astype(np.float32)
-    progress(f"svd: {k} factors ({time.perf_counter() - t:.1f} s)")
+    with _stage(progress, f"svd: {k} factors"):
+        damped = (matrix @ sp.diags(np.maximum(popularity, 1) ** -params.popularity_damping)).tocsr()
+        embeddings = item_embeddings(damped, k, params.seed, params.svd_iterations)
 
-    t = time.perf_counter()
-    with tqdm(total=n_items, desc="neighbours", unit=" items", leave=False, mininterval=0.5, disable=None) as bar:
-        indptr, nbr_index, nbr_weight = cooccurrence_neighbors(matrix, params.neighbors, params.neighbor_damping,
-                                                               progress=bar.update)
-    progress(f"neighbours: {len(nbr_index):,} pairs, at most {params.neighbors} per item ({time.perf_counter() - t:.1f} s)")
+    with _stage(progress, f"index: Annoy angular, {params.n_trees} trees"):
+        index_ann = AnnoyIndex(k, "angular")
+        index_ann.set_seed(params.seed)
+        for i in range(n_items):
+            index_ann.add_item(i, embeddings[i])
+        index_ann.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
+        index_ann.save(str(folder / "index.ann"))
+        index_ann.unload()
 
-    t = time.perf_counter()
-    index = AnnoyIndex(k, "angular")
-    index.set_seed(params.seed)
-    for i in range(n_items):
-        index.add_item(i, factors[i])
-    index.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
-    index.save(str(folder / "index.ann"))
-    index.unload()
-    progress(f"index: Annoy angular, {params.n_trees} trees ({time.perf_counter() - t:.1f} s)")
-
-    np.save(folder / "factors.npy", factors)
-    np.save(folder / "neighbors_indptr.npy", indptr)
-    np.save(folder / "neighbors_index.npy", nbr_index)
-    np.save(folder / "neighbors_weight.npy", nbr_weight)
-    catalog = Catalog(tx.item_codes, tx.descriptions, popularity.tolist())
+    np.save(folder / "embeddings.npy", embeddings)
+    np.save(folder / "table_indptr.npy", indptr)
+    np.save(folder / "table_index.npy", index)
+    np.save(folder / "table_weight.npy", weight)
+    catalog = Catalog(tx.item_codes, tx.descriptions, popularity.astype(np.int64).tolist())
     (folder / "catalog.json").write_bytes(catalog.to_json())
-    return {"factors": k, "metric": "angular"}
+    return {"factors": k, "metric": "angular", "table_entries": int(len(index))}
 
 
 def new_version_id(now: datetime, content_hash: str) -> str:

@@ -1,0 +1,113 @@
+"""The item-item table that re-ranks Annoy's candidates: EASE's regression, restricted to each item's top-K neighbours.
+
+For every target item c, with N(c) its K most co-purchased items by cosine, the weights solve the ridge
+regression of c's column on its neighbours' columns:
+
+    w_c = (G[N, N] + lambda I)^-1 G[N, c],        G = X'X (co-purchase counts)
+
+which is what EASE (Steck 2019) computes with all items as neighbours; keeping K makes the cost n * K^3 and
+the table n * K entries, so it scales to catalogs where a dense n x n model cannot. A basket's score for c is
+the sum of w_c over the basket's items. Everything here is sparse or bounded by K.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def gram(matrix: sp.csr_matrix, block: int = 8192) -> sp.csr_matrix:
+    """X'X (items x items co-purchase counts), a block of item columns at a time so memory stays bounded."""
+    xt = matrix.T.tocsr().astype(np.float32)
+    xc = matrix.tocsc().astype(np.float32)
+    parts = [(xt @ xc[:, start:start + block]).tocsc() for start in range(0, matrix.shape[1], block)]
+    result = sp.hstack(parts).tocsr()
+    result.sort_indices()
+    return result
+
+
+def top_neighbors(g: sp.csr_matrix, k: int) -> np.ndarray:
+    """Per item, its k most similar other items by cosine of co-purchase (ties: lower row first); -1 pads."""
+    n = g.shape[0]
+    diag = g.diagonal().astype(np.float64)
+    root = np.sqrt(np.where(diag > 0, diag, 1.0))
+    out = np.full((n, k), -1, dtype=np.int32)
+    for j in range(n):
+        lo, hi = g.indptr[j], g.indptr[j + 1]
+        cols = g.indices[lo:hi]
+        keep = cols != j
+        cols = cols[keep]
+        if not len(cols):
+            continue
+        sims = g.data[lo:hi][keep] / (root[j] * root[cols])
+        if len(cols) > k:
+            top = np.argpartition(-sims, k - 1)[:k]
+            # widen to every item tied with the k-th, so the final cut below is by row number, not by chance
+            top = np.flatnonzero(sims >= sims[top].min())
+        else:
+            top = np.arange(len(cols))
+        chosen = top[np.lexsort((cols[top], -sims[top]))][:k]
+        out[j, :len(chosen)] = cols[chosen]
+    return out
+
+
+def local_regression(g: sp.csr_matrix, nbrs: np.ndarray, lam: float, batch: int = 8192,
+                     progress: Callable[[int], None] = lambda _n: None) -> np.ndarray:
+    """Ridge weights (n x K, aligned with nbrs) of each item's column on its neighbours' columns."""
+    n, k = nbrs.shape
+    valid = nbrs >= 0
+    padded = np.where(valid, nbrs, n)  # row n of the scatter buffer stays zero
+    weights = np.zeros((n, k), dtype=np.float32)
+    row = np.zeros(n + 1, dtype=np.float32)
+    diag = np.arange(k)
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        systems = np.zeros((stop - start, k, k), dtype=np.float32)
+        # Fill G[N(c), N(c)] for every target c of the batch: each source row a of G is scattered into a dense
+        # buffer once and read for every (target, position) that has a as a neighbour.
+        target, position = np.nonzero(valid[start:stop])
+        source = nbrs[start:stop][target, position]
+        order = np.argsort(source, kind="stable")
+        source, target, position = source[order], target[order], position[order]
+        bounds = np.searchsorted(source, np.arange(n + 1))
+        for a in np.unique(source):
+            lo, hi = g.indptr[a], g.indptr[a + 1]
+            row[g.indices[lo:hi]] = g.data[lo:hi]
+            r0, r1 = bounds[a], bounds[a + 1]
+            systems[target[r0:r1], position[r0:r1], :] = row[padded[start + target[r0:r1]]]
+            row[g.indices[lo:hi]] = 0.0
+        rhs = np.zeros((stop - start, k), dtype=np.float32)
+        for t, c in enumerate(range(start, stop)):
+            lo, hi = g.indptr[c], g.indptr[c + 1]
+            row[g.indices[lo:hi]] = g.data[lo:hi]
+            rhs[t] = row[padded[c]]
+            row[g.indices[lo:hi]] = 0.0
+        ok = valid[start:stop]
+        systems[:, diag, diag] += lam + ~ok  # a padded slot becomes an identity row with a zero right-hand side
+        weights[start:stop] = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0] * ok
+        progress(stop - start)
+    return weights
+
+
+def source_table(nbrs: np.ndarray, weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (source, target) -> weight entries of a regression as a dense key array and weights."""
+    ok = (nbrs >= 0) & (weights != 0)
+    source = nbrs[ok].astype(np.int64)
+    target = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], nbrs.shape)[ok]
+    return source * n + target, weights[ok].astype(np.float64)
+
+
+def to_csr(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum weighted tables into CSR by source item: row i lists (target, weight) pairs, targets ascending."""
+    keys = np.concatenate([key for key, _ in parts])
+    values = np.concatenate([value for _, value in parts])
+    unique, inverse = np.unique(keys, return_inverse=True)
+    summed = np.bincount(inverse, weights=values)
+    keep = summed != 0
+    unique, summed = unique[keep], summed[keep]
+    source, target = unique // n, unique % n
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(source, minlength=n), out=indptr[1:])
+    return indptr, target.astype(np.int32), summed.astype(np.float32)
