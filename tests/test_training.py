@@ -120,7 +120,7 @@ def test_failed_publish_leaves_active_model(tmp_path, tiny_csv):
     assert registry.prune(storage, keep=5, now=lambda: later) == unfinished
 
 
-@pytest.mark.parametrize("stage", ["item-item table from baskets", "svd:", "index:"])
+@pytest.mark.parametrize("stage", ["item-item table", "svd:", "index:"])
 def test_killed_training_leaves_active_model(tmp_path, tiny_csv, stage):
     """SIGKILL the training right after it reports a stage: the active model stays as it was and loadable."""
     storage = LocalStorage(tmp_path / "store")

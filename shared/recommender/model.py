@@ -37,27 +37,26 @@ class Recommendation:
 class Model:
     """One loaded, verified model version.
 
-    Answering a basket: Annoy retrieves candidates near the basket's embedding and near its rarest items'
-    embeddings; the item-item table then scores each candidate by the sum of its weights from the basket's items.
+    Answering a basket: Annoy retrieves the items nearest the basket's summed embedding; the item-item table
+    scores each candidate c by the sum of its regression weights w_c over the basket items among its neighbours.
     """
 
     def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, embeddings: np.ndarray,
-                 table_indptr: np.ndarray, table_index: np.ndarray, table_weight: np.ndarray) -> None:
+                 table_index: np.ndarray, table_weight: np.ndarray) -> None:
         self.version = version
         self.manifest = manifest
         self.catalog = catalog
         self.index = index
         self.embeddings = embeddings
-        self.table_indptr = table_indptr
-        self.table_index = table_index
+        # Padding slots (-1) point at one extra row of the basket mask that is always False.
+        self.table_index = np.where(table_index >= 0, table_index, len(catalog)).astype(np.int32)
         self.table_weight = table_weight
         self.popularity = np.asarray(catalog.popularity, dtype=np.float64)
-        params = manifest["params"]
-        self.basket_candidates = int(params["basket_candidates"])
-        self.basket_search_k = int(params["basket_search_k"])
-        self.item_candidates = int(params["item_candidates"])
-        self.item_search_k = int(params["item_search_k"])
-        self.items_searched = int(params["items_searched"])
+        query = manifest["model"]["query"]
+        self.candidates = int(query["candidates"])
+        self.search_k = int(query["search_k"])
+        self.big_basket = int(query["big_basket"])
+        self.big_basket_search_k = int(query["big_basket_search_k"])
 
     def recommend(self, basket: Sequence[str], n: int) -> Recommendation:
         """The n best items to offer with basket, best first, none from the basket."""
@@ -78,31 +77,22 @@ class Model:
             best = max(self.catalog.popularity[top[0]], 1) if top else 1
             items = [Scored(self.catalog.item(i), round(self.catalog.popularity[i] / best, 4)) for i in top]
             return Recommendation(items, unknown, True, self.version)
-        rows, scores = self._rank(np.asarray(sorted(known), dtype=np.int64), n)
+        rows, scores = self._rank(np.asarray(known, dtype=np.int64), n)
         items = [Scored(self.catalog.item(int(i)), round(float(s), 4)) for i, s in zip(rows, scores)]
         return Recommendation(items, unknown, False, self.version)
 
-    def _candidates(self, basket: np.ndarray) -> np.ndarray:
-        found = [self.index.get_nns_by_vector(self.embeddings[basket].sum(axis=0),
-                                              self.basket_candidates + len(basket), self.basket_search_k)]
-        # Rare items carry the most specific signal; their own neighbourhoods catch what the basket's average misses.
-        rarest = basket[np.lexsort((basket, self.popularity[basket]))[:self.items_searched]]
-        for i in rarest:
-            found.append(self.index.get_nns_by_item(int(i), self.item_candidates + 1, self.item_search_k))
-        return np.unique(np.fromiter((c for part in found for c in part), dtype=np.int64))
-
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        candidates = self._candidates(basket)
-        candidates = candidates[~np.isin(candidates, basket, assume_unique=True)]
-        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
-        lengths = stops - starts
-        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-        totals = np.bincount(self.table_index[positions], weights=self.table_weight[positions],
-                             minlength=len(self.catalog))
-        scores = totals[candidates]
+        search_k = self.search_k if len(basket) <= self.big_basket else self.big_basket_search_k
+        wanted = self.candidates + min(len(basket), self.candidates // 4)  # room for the basket's own items
+        found = self.index.get_nns_by_vector(self.embeddings[basket].sum(axis=0), wanted, search_k)
+        in_basket = np.zeros(len(self.catalog) + 1, dtype=bool)
+        in_basket[basket] = True
+        candidates = np.asarray(found, dtype=np.int64)
+        candidates = candidates[~in_basket[candidates]]
+        scores = (self.table_weight[candidates] * in_basket[self.table_index[candidates]]).sum(axis=1)
         # Best score first; ties by popularity, then by row, so answers are stable.
         order = np.lexsort((candidates, -self.popularity[candidates], -scores))[:n]
-        rows, scores = candidates[order], scores[order]
+        rows, scores = candidates[order], scores[order].astype(np.float64)
         if len(rows) < n:
             # Annoy found too few (a tiny catalog): fill up with the most popular items not yet listed.
             taken = set(basket.tolist()) | set(rows.tolist())
@@ -124,10 +114,10 @@ def load_model(storage: Storage, version: str) -> Model:
         embeddings = np.load(path("embeddings.npy"))
         index = AnnoyIndex(embeddings.shape[1], manifest["model"]["metric"])
         index.load(path("index.ann"))  # memory-mapped by Annoy
-        table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "index", "weight")]
+        table_index, table_weight = np.load(path("table_index.npy")), np.load(path("table_weight.npy"))
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(version, manifest, catalog, index, embeddings, *table)
+    return Model(version, manifest, catalog, index, embeddings, table_index, table_weight)
 
 
 class ModelHolder:

@@ -6,8 +6,9 @@ regression of c's column on its neighbours' columns:
     w_c = (G[N, N] + lambda I)^-1 G[N, c],        G = X'X (co-purchase counts)
 
 which is what EASE (Steck 2019) computes with all items as neighbours; keeping K makes the cost n * K^3 and
-the table n * K entries, so it scales to catalogs where a dense n x n model cannot. A basket's score for c is
-the sum of w_c over the basket's items. Everything here is sparse or bounded by K.
+the table n * K entries, so it scales to catalogs where a dense n x n model cannot. The table is kept by target:
+row c holds N(c) and w_c, and a basket's score for c is the sum of w_c over the neighbours in the basket.
+Everything here is sparse or bounded by K.
 """
 
 from __future__ import annotations
@@ -89,25 +90,3 @@ def local_regression(g: sp.csr_matrix, nbrs: np.ndarray, lam: float, batch: int 
         weights[start:stop] = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0] * ok
         progress(stop - start)
     return weights
-
-
-def source_table(nbrs: np.ndarray, weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (source, target) -> weight entries of a regression as a dense key array and weights."""
-    ok = (nbrs >= 0) & (weights != 0)
-    source = nbrs[ok].astype(np.int64)
-    target = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], nbrs.shape)[ok]
-    return source * n + target, weights[ok].astype(np.float64)
-
-
-def to_csr(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum weighted tables into CSR by source item: row i lists (target, weight) pairs, targets ascending."""
-    keys = np.concatenate([key for key, _ in parts])
-    values = np.concatenate([value for _, value in parts])
-    unique, inverse = np.unique(keys, return_inverse=True)
-    summed = np.bincount(inverse, weights=values)
-    keep = summed != 0
-    unique, summed = unique[keep], summed[keep]
-    source, target = unique // n, unique % n
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(source, minlength=n), out=indptr[1:])
-    return indptr, target.astype(np.int32), summed.astype(np.float32)

@@ -28,32 +28,30 @@ from .storage import Storage
 
 MIN_ITEMS = 3
 MIN_BASKETS = 2
-ARTIFACTS = ("index.ann", "embeddings.npy", "table_indptr.npy", "table_index.npy", "table_weight.npy", "catalog.json")
+ARTIFACTS = ("index.ann", "embeddings.npy", "table_index.npy", "table_weight.npy", "catalog.json")
+LARGE_CATALOG = 20_000
 
 
 @dataclass(frozen=True)
 class TrainingParams:
-    """The hyperparameters of a model, chosen on a validation split (README, Quality); stored in its manifest.
+    """The hyperparameters of a model, chosen on a validation split (README, Quality); stored in its manifest."""
 
-    The query-time ones (candidates, search effort) are read by the serving side from the manifest.
-    """
-
-    # Annoy over SVD item embeddings: candidate retrieval
+    # Rows of the matrix: one per basket, plus one per returning customer (their whole history, capped).
+    customer_min_baskets: int = 2
+    customer_max_items: int = 500     # bounds the co-purchase pairs a wholesale customer adds
+    # Item-item table: EASE's regression restricted to each item's top-K neighbours; re-ranks the candidates.
+    neighbors: int = 100
+    ridge_share: float = 0.2          # lambda = ridge_share * mean item count: scale-free across datasets
+    # Annoy over SVD item embeddings: candidate retrieval.
     factors: int = 128
     popularity_damping: float = 0.5   # item columns scaled by count^-damping before the SVD
     svd_iterations: int = 4
     n_trees: int = 20
-    # item-item table: EASE's regression restricted to each item's top-K neighbours, re-ranks the candidates
-    neighbors: int = 100
-    ridge: float = 30.0               # lambda, in co-purchase counts
-    customer_weight: float = 0.5      # weight of the same table learned on customers' whole histories
-    customer_min_baskets: int = 2     # customers with fewer baskets add nothing beyond their basket
-    # query time
-    basket_candidates: int = 200      # Annoy neighbours of the basket's vector ...
-    basket_search_k: int = 4000
-    item_candidates: int = 20         # ... plus Annoy neighbours of each of the rarest basket items
-    item_search_k: int = 300
-    items_searched: int = 10
+    # Query time, for catalogs up to LARGE_CATALOG items / beyond (where p99 must stay under 2 ms).
+    candidates: tuple[int, int] = (600, 400)
+    search_k: tuple[int, int] = (12000, 8000)
+    big_basket: int = 100             # larger baskets search with big_basket_search_k: bounds the worst case
+    big_basket_search_k: int = 4000
     seed: int = 0
 
 
@@ -81,19 +79,28 @@ def basket_matrix(tx: Transactions) -> sp.csr_matrix:
     return sp.csr_matrix((data, (tx.pair_basket, tx.pair_item)), shape=(n_baskets, n_items))
 
 
-def customer_matrix(tx: Transactions, min_baskets: int) -> sp.csr_matrix | None:
-    """Binary customers x items matrix of every item a returning customer ever bought; None without such customers."""
-    customer = tx.basket_customer[tx.pair_basket]
+def customer_matrix(tx: Transactions, min_baskets: int, max_items: int) -> sp.csr_matrix | None:
+    """One binary row per returning customer: the items of their whole history, at most max_items of them (the
+    ones they bought in most baskets, ties by item row); None without returning customers."""
+    customer = tx.basket_customer[tx.pair_basket].astype(np.int64)
     known = customer >= 0
     if not known.any():
         return None
-    ids, rows = np.unique(customer[known], return_inverse=True)
-    baskets_per = np.bincount(np.unique(tx.basket_customer[tx.basket_customer >= 0], return_inverse=True)[1])
-    matrix = sp.csr_matrix((np.ones(int(known.sum()), dtype=np.float32), (rows, tx.pair_item[known])),
-                           shape=(len(ids), len(tx.item_codes)))
-    matrix.data[:] = 1.0  # duplicates were summed
-    matrix = matrix[baskets_per >= min_baskets]
-    return matrix if matrix.shape[0] else None
+    n = len(tx.item_codes)
+    keys, counts = np.unique(customer[known] * n + tx.pair_item[known], return_counts=True)
+    cust, item = keys // n, keys % n
+    baskets = np.bincount(tx.basket_customer[tx.basket_customer >= 0])
+    keep = baskets[cust] >= min_baskets
+    cust, item, counts = cust[keep], item[keep], counts[keep]
+    if not len(cust):
+        return None
+    order = np.lexsort((item, -counts, cust))
+    cust, item = cust[order], item[order]
+    first = np.searchsorted(cust, cust)  # start of each customer's run
+    capped = np.arange(len(cust)) - first < max_items
+    rows = np.unique(cust[capped], return_inverse=True)[1]
+    return sp.csr_matrix((np.ones(int(capped.sum()), dtype=np.float32), (rows, item[capped])),
+                         shape=(int(rows.max()) + 1, n))
 
 
 def _orthonormalize(y: np.ndarray) -> np.ndarray:
@@ -154,47 +161,49 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
 
 def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress) -> dict:
     n_items = len(tx.item_codes)
-    matrix = basket_matrix(tx)
-    customers = customer_matrix(tx, params.customer_min_baskets) if params.customer_weight else None
-    popularity = np.asarray(matrix.sum(axis=0)).ravel()
-    progress(f"matrix: {matrix.shape[0]:,} baskets x {n_items:,} items, {matrix.nnz:,} entries; "
-             f"{0 if customers is None else customers.shape[0]:,} returning customers' histories")
+    baskets = basket_matrix(tx)
+    customers = customer_matrix(tx, params.customer_min_baskets, params.customer_max_items)
+    rows = baskets if customers is None else sp.vstack([baskets, customers]).tocsr()
+    progress(f"matrix: {baskets.shape[0]:,} baskets + {rows.shape[0] - baskets.shape[0]:,} returning customers' "
+             f"histories x {n_items:,} items, {rows.nnz:,} entries")
 
-    parts = []
-    for name, rows, weight in (("baskets", matrix, 1.0), ("customers", customers, params.customer_weight)):
-        if rows is None:
-            continue
-        with _stage(progress, f"item-item table from {name}: top {params.neighbors} neighbours, ridge {params.ridge:g}"):
-            g = neighbors.gram(rows)
-            nbrs = neighbors.top_neighbors(g, min(params.neighbors, n_items - 1))
-            with tqdm(total=n_items, desc=f"regression ({name})", unit=" items", leave=False, disable=None) as bar:
-                w = neighbors.local_regression(g, nbrs, params.ridge, progress=bar.update)
-            key, value = neighbors.source_table(nbrs, w, n_items)
-            parts.append((key, value * weight))
-            del g
-    indptr, index, weight = neighbors.to_csr(parts, n_items)
+    k_nbrs = min(params.neighbors, n_items - 1)
+    with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
+        g = neighbors.gram(rows)
+        counts = g.diagonal().astype(np.float64)
+        ridge = params.ridge_share * float(counts[counts > 0].mean())
+        table_index = neighbors.top_neighbors(g, k_nbrs)
+        with tqdm(total=n_items, desc="regression", unit=" items", leave=False, disable=None) as bar:
+            table_weight = neighbors.local_regression(g, table_index, ridge, progress=bar.update)
+        del g
 
-    k = max(1, min(params.factors, n_items - 1, matrix.shape[0] - 1))
+    k = max(1, min(params.factors, n_items - 1, rows.shape[0] - 1))
     with _stage(progress, f"svd: {k} factors"):
-        damped = (matrix @ sp.diags(np.maximum(popularity, 1) ** -params.popularity_damping)).tocsr()
+        damped = (rows @ sp.diags(np.maximum(counts, 1) ** -params.popularity_damping)).tocsr()
         embeddings = item_embeddings(damped, k, params.seed, params.svd_iterations)
 
     with _stage(progress, f"index: Annoy angular, {params.n_trees} trees"):
-        index_ann = AnnoyIndex(k, "angular")
-        index_ann.set_seed(params.seed)
+        index = AnnoyIndex(k, "angular")
+        index.set_seed(params.seed)
         for i in range(n_items):
-            index_ann.add_item(i, embeddings[i])
-        index_ann.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
-        index_ann.save(str(folder / "index.ann"))
-        index_ann.unload()
+            index.add_item(i, embeddings[i])
+        index.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
+        index.save(str(folder / "index.ann"))
+        index.unload()
 
     np.save(folder / "embeddings.npy", embeddings)
-    np.save(folder / "table_indptr.npy", indptr)
-    np.save(folder / "table_index.npy", index)
-    np.save(folder / "table_weight.npy", weight)
-    catalog = Catalog(tx.item_codes, tx.descriptions, popularity.astype(np.int64).tolist())
-    (folder / "catalog.json").write_bytes(catalog.to_json())
-    return {"factors": k, "metric": "angular", "table_entries": int(len(index))}
+    np.save(folder / "table_index.npy", table_index)
+    np.save(folder / "table_weight.npy", table_weight)
+    popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
+    (folder / "catalog.json").write_bytes(Catalog(tx.item_codes, tx.descriptions, popularity.tolist()).to_json())
+    large = n_items > LARGE_CATALOG
+    return {
+        "factors": k, "metric": "angular", "neighbors": k_nbrs, "ridge": round(ridge, 4),
+        "customer_rows": rows.shape[0] - baskets.shape[0],
+        # The query budget, resolved here so the serving side needs no rule about catalog sizes.
+        "query": {"candidates": params.candidates[large], "search_k": params.search_k[large],
+                  "big_basket": params.big_basket, "big_basket_search_k": params.big_basket_search_k},
+    }
 
 
 def new_version_id(now: datetime, content_hash: str) -> str:
