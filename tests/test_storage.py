@@ -96,3 +96,13 @@ def test_s3_keys_live_under_the_prefix(s3):
 
 def test_check_key_accepts_normal_keys():
     assert check_key("models/versions/v1/index.ann") == "models/versions/v1/index.ann"
+
+
+def test_s3_drop_local_copies_keeps_the_current_version(s3, tmp_path):
+    store = S3Storage(s3, "recommender-test", "p", cache_dir=str(tmp_path))
+    for version in ("v1", "v2"):
+        store.write(f"models/versions/{version}/index.ann", version.encode())
+        store.local_copy(f"models/versions/{version}/index.ann")
+    store.drop_local_copies(keep_prefix="models/versions/v2/")
+    cached = sorted(p.relative_to(store.cache_root).as_posix() for p in store.cache_root.rglob("*") if p.is_file())
+    assert cached == ["models/versions/v2/index.ann"]

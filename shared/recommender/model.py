@@ -12,7 +12,7 @@ from annoy import AnnoyIndex
 
 from . import registry
 from .catalog import Catalog, Item
-from .errors import ModelUnavailable, NotFound
+from .errors import ModelUnavailable, RecommenderError
 from .storage import Storage
 
 
@@ -150,8 +150,9 @@ class ModelHolder:
                 version = registry.active_version(self.storage)
                 if self.model is None or self.model.version != version:
                     self.model = load_model(self.storage, version)
+                    self.storage.drop_local_copies(keep_prefix=registry.artifact_key(version, ""))
                 self.error = None
-            except (ModelUnavailable, NotFound) as err:
+            except RecommenderError as err:
                 # Keep serving the model in memory when a newer one is broken; report why otherwise.
                 self.error = err.message
             return self.model

@@ -34,6 +34,9 @@ class Storage(Protocol):
     def local_copy(self, key: str) -> Path:
         """A local file holding the bytes at key (for memory-mapping); NotFound when absent."""
 
+    def drop_local_copies(self, keep_prefix: str) -> None:
+        """Delete local copies made by local_copy except those under keep_prefix (bounds a Lambda's /tmp)."""
+
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape the storage root or name a folder."""
@@ -115,6 +118,9 @@ class LocalStorage:
         if not path.is_file():
             raise NotFound(f"{key} not found in {self.url}")
         return path
+
+    def drop_local_copies(self, keep_prefix: str) -> None:
+        pass  # local_copy hands out the stored files themselves
 
 
 class S3Storage:
@@ -202,12 +208,21 @@ class S3Storage:
         if target.is_file():
             return target
         data = self.read(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except OSError as err:
+            raise StorageError(f"cannot keep a local copy of {key} in {self.cache_root}: {err}") from None
         return target
+
+    def drop_local_copies(self, keep_prefix: str) -> None:
+        # Files still memory-mapped by the model being replaced stay readable until it is unloaded.
+        for path in self.cache_root.rglob("*"):
+            if path.is_file() and not path.relative_to(self.cache_root).as_posix().startswith(keep_prefix):
+                path.unlink(missing_ok=True)
 
 
 def open_storage(settings: Settings, s3_client: Any = None) -> Storage:
