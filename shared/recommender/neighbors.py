@@ -13,27 +13,65 @@ Everything here is sparse or bounded by K.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 
-def gram(matrix: sp.csr_matrix, block: int = 8192) -> sp.csr_matrix:
-    """X'X (items x items co-purchase counts), a block of item columns at a time so memory stays bounded."""
+@dataclass
+class Gram:
+    """X'X for a binary X, as CSR arrays (rows sorted), with its diagonal: how many rows hold each item."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.counts), len(self.counts)
+
+
+def gram(matrix: sp.csr_matrix, block: int = 4096) -> Gram:
+    """X'X (items x items co-purchase counts) of a binary matrix, a block of item rows at a time.
+
+    Each block is moved into the final arrays and freed as soon as it is copied, so the peak is about the
+    result plus one block: scipy's own stacking would hold every block twice (gigabytes at 100k items).
+    """
+    n = matrix.shape[1]
     xt = matrix.T.tocsr().astype(np.float32)
-    xc = matrix.tocsc().astype(np.float32)
-    parts = [(xt @ xc[:, start:start + block]).tocsc() for start in range(0, matrix.shape[1], block)]
-    result = sp.hstack(parts).tocsr()
-    result.sort_indices()
-    return result
+    x = matrix.tocsr().astype(np.float32)
+    blocks = []
+    for start in range(0, n, block):
+        part = (xt[start:start + block] @ x).tocsr()
+        part.sort_indices()
+        blocks.append((part.indptr.astype(np.int64), part.indices.astype(np.int32), part.data.astype(np.float32)))
+        del part
+    del xt
+    nnz = sum(len(b[2]) for b in blocks)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indices = np.empty(nnz, dtype=np.int32)
+    data = np.empty(nnz, dtype=np.float32)
+    offset = row = 0
+    blocks.reverse()
+    while blocks:
+        ptr, idx, val = blocks.pop()
+        rows = len(ptr) - 1
+        indptr[row + 1:row + rows + 1] = ptr[1:] + offset
+        indices[offset:offset + len(idx)] = idx
+        data[offset:offset + len(val)] = val
+        offset += len(val)
+        row += rows
+    counts = np.bincount(x.indices, minlength=n).astype(np.float64)  # binary X: the diagonal of X'X
+    return Gram(indptr, indices, data, counts)
 
 
-def top_neighbors(g: sp.csr_matrix, k: int) -> np.ndarray:
+def top_neighbors(g: Gram, k: int) -> np.ndarray:
     """Per item, its k most similar other items by cosine of co-purchase (ties: lower row first); -1 pads."""
     n = g.shape[0]
-    diag = g.diagonal().astype(np.float64)
-    root = np.sqrt(np.where(diag > 0, diag, 1.0))
+    root = np.sqrt(np.where(g.counts > 0, g.counts, 1.0))
     out = np.full((n, k), -1, dtype=np.int32)
     for j in range(n):
         lo, hi = g.indptr[j], g.indptr[j + 1]
@@ -54,7 +92,7 @@ def top_neighbors(g: sp.csr_matrix, k: int) -> np.ndarray:
     return out
 
 
-def local_regression(g: sp.csr_matrix, nbrs: np.ndarray, lam: float, batch: int = 8192,
+def local_regression(g: Gram, nbrs: np.ndarray, lam: float, batch: int = 8192,
                      progress: Callable[[int], None] = lambda _n: None) -> np.ndarray:
     """Ridge weights (n x K, aligned with nbrs) of each item's column on its neighbours' columns."""
     n, k = nbrs.shape

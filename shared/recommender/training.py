@@ -170,7 +170,7 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     k_nbrs = min(params.neighbors, n_items - 1)
     with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
         g = neighbors.gram(rows)
-        counts = g.diagonal().astype(np.float64)
+        counts = g.counts
         ridge = params.ridge_share * float(counts[counts > 0].mean())
         table_index = neighbors.top_neighbors(g, k_nbrs)
         with tqdm(total=n_items, desc="regression", unit=" items", leave=False, disable=None) as bar:
