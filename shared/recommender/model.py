@@ -37,26 +37,27 @@ class Recommendation:
 class Model:
     """One loaded, verified model version.
 
-    Answering a basket: Annoy retrieves the items nearest the basket's summed embedding; the item-item table
-    scores each candidate c by the sum of its regression weights w_c over the basket items among its neighbours.
+    Answering a basket: the candidates are the nearest items of each basket item in the Annoy index (SVD
+    embeddings); each candidate's score is the sum of the item-item table's weights from the basket's items.
     """
 
-    def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, embeddings: np.ndarray,
-                 table_index: np.ndarray, table_weight: np.ndarray) -> None:
+    def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, table_indptr: np.ndarray,
+                 table_target: np.ndarray, table_weight: np.ndarray) -> None:
         self.version = version
         self.manifest = manifest
         self.catalog = catalog
         self.index = index
-        self.embeddings = embeddings
-        # Padding slots (-1) point at one extra row of the basket mask that is always False.
-        self.table_index = np.where(table_index >= 0, table_index, len(catalog)).astype(np.int32)
+        self.table_indptr = table_indptr
+        self.table_target = table_target
         self.table_weight = table_weight
         self.popularity = np.asarray(catalog.popularity, dtype=np.float64)
         query = manifest["model"]["query"]
-        self.candidates = int(query["candidates"])
-        self.search_k = int(query["search_k"])
-        self.big_basket = int(query["big_basket"])
-        self.big_basket_search_k = int(query["big_basket_search_k"])
+        self.per_item = int(query["candidates_per_item"])
+        self.search_k = int(query["search_k_per_item"])
+        # Annoy's answer for an item never changes within a version: each is asked once, then remembered
+        # (row i of _near; _asked[i] says whether it is filled).
+        self._near = np.zeros((len(catalog), self.per_item + 1), dtype=np.int64)
+        self._asked = np.zeros(len(catalog), dtype=bool)
 
     def recommend(self, basket: Sequence[str], n: int) -> Recommendation:
         """The n best items to offer with basket, best first, none from the basket."""
@@ -81,18 +82,36 @@ class Model:
         items = [Scored(self.catalog.item(int(i)), round(float(s), 4)) for i, s in zip(rows, scores)]
         return Recommendation(items, unknown, False, self.version)
 
+    def near(self, items: np.ndarray) -> np.ndarray:
+        """Each item's nearest items in the Annoy index (itself included), one row per item."""
+        for i in items[~self._asked[items]]:
+            found = self.index.get_nns_by_item(int(i), self.per_item + 1, self.search_k)
+            row = self._near[i]
+            row[:] = i  # a short answer (tiny catalog) is padded with the item itself, dropped later
+            row[:len(found)] = found
+            self._asked[i] = True
+        return self._near[items]
+
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        search_k = self.search_k if len(basket) <= self.big_basket else self.big_basket_search_k
-        wanted = self.candidates + min(len(basket), self.candidates // 4)  # room for the basket's own items
-        found = self.index.get_nns_by_vector(self.embeddings[basket].sum(axis=0), wanted, search_k)
-        in_basket = np.zeros(len(self.catalog) + 1, dtype=bool)
+        found = self.near(basket).ravel()
+        in_basket = np.zeros(len(self.catalog), dtype=bool)
         in_basket[basket] = True
-        candidates = np.asarray(found, dtype=np.int64)
-        candidates = candidates[~in_basket[candidates]]
-        scores = (self.table_weight[candidates] * in_basket[self.table_index[candidates]]).sum(axis=1)
+        if len(found) * 16 < len(self.catalog):
+            candidates = np.unique(found)
+            candidates = candidates[~in_basket[candidates]]
+        else:  # a large basket: marking a catalog-wide mask beats sorting
+            mark = np.zeros(len(self.catalog), dtype=bool)
+            mark[found] = True
+            candidates = np.flatnonzero(mark & ~in_basket)
+        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
+        lengths = stops - starts
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        totals = np.bincount(self.table_target[positions], weights=self.table_weight[positions],
+                             minlength=len(self.catalog))
+        scores = totals[candidates]
         # Best score first; ties by popularity, then by row, so answers are stable.
         order = np.lexsort((candidates, -self.popularity[candidates], -scores))[:n]
-        rows, scores = candidates[order], scores[order].astype(np.float64)
+        rows, scores = candidates[order], scores[order]
         if len(rows) < n:
             # Annoy found too few (a tiny catalog): fill up with the most popular items not yet listed.
             taken = set(basket.tolist()) | set(rows.tolist())
@@ -111,13 +130,12 @@ def load_model(storage: Storage, version: str) -> Model:
 
     try:
         catalog = Catalog.from_json(storage.read(registry.artifact_key(version, "catalog.json")))
-        embeddings = np.load(path("embeddings.npy"))
-        index = AnnoyIndex(embeddings.shape[1], manifest["model"]["metric"])
+        index = AnnoyIndex(int(manifest["model"]["factors"]), manifest["model"]["metric"])
         index.load(path("index.ann"))  # memory-mapped by Annoy
-        table_index, table_weight = np.load(path("table_index.npy")), np.load(path("table_weight.npy"))
+        table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(version, manifest, catalog, index, embeddings, table_index, table_weight)
+    return Model(version, manifest, catalog, index, *table)
 
 
 class ModelHolder:

@@ -6,9 +6,10 @@ regression of c's column on its neighbours' columns:
     w_c = (G[N, N] + lambda I)^-1 G[N, c],        G = X'X (co-purchase counts)
 
 which is what EASE (Steck 2019) computes with all items as neighbours; keeping K makes the cost n * K^3 and
-the table n * K entries, so it scales to catalogs where a dense n x n model cannot. The table is kept by target:
-row c holds N(c) and w_c, and a basket's score for c is the sum of w_c over the neighbours in the basket.
-Everything here is sparse or bounded by K.
+the table n * K entries, so it scales to catalogs where a dense n x n model cannot. It is solved by target (row c:
+N(c) and w_c) and stored by source (row i: every c with i in N(c), and the weight), so that a basket's scores are
+the sum of its items' rows: work in proportion to the basket, not to the catalog. Everything here is sparse or
+bounded by K.
 """
 
 from __future__ import annotations
@@ -128,3 +129,15 @@ def local_regression(g: Gram, nbrs: np.ndarray, lam: float, batch: int = 8192,
         weights[start:stop] = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0] * ok
         progress(stop - start)
     return weights
+
+
+def by_source(nbrs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The target-major table (row c: sources N(c), weights w_c) as CSR by source: indptr, targets, weights."""
+    n = len(nbrs)
+    ok = (nbrs >= 0) & (weights != 0)
+    source = nbrs[ok].astype(np.int64)
+    target = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], nbrs.shape)[ok]
+    order = np.lexsort((target, source))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(source, minlength=n), out=indptr[1:])
+    return indptr, target[order].astype(np.int32), weights[ok][order].astype(np.float32)

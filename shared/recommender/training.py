@@ -28,8 +28,7 @@ from .storage import Storage
 
 MIN_ITEMS = 3
 MIN_BASKETS = 2
-ARTIFACTS = ("index.ann", "embeddings.npy", "table_index.npy", "table_weight.npy", "catalog.json")
-LARGE_CATALOG = 20_000
+ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "catalog.json")
 
 
 @dataclass(frozen=True)
@@ -47,11 +46,9 @@ class TrainingParams:
     popularity_damping: float = 0.5   # item columns scaled by count^-damping before the SVD
     svd_iterations: int = 4
     n_trees: int = 20
-    # Query time, for catalogs up to LARGE_CATALOG items / beyond (where p99 must stay under 2 ms).
-    candidates: tuple[int, int] = (600, 400)
-    search_k: tuple[int, int] = (12000, 8000)
-    big_basket: int = 100             # larger baskets search with big_basket_search_k: bounds the worst case
-    big_basket_search_k: int = 4000
+    # Query time: the candidates are each basket item's nearest items in the Annoy index.
+    candidates_per_item: int = 50
+    search_k_per_item: int = 1000
     seed: int = 0
 
 
@@ -191,18 +188,16 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
         index.save(str(folder / "index.ann"))
         index.unload()
 
-    np.save(folder / "embeddings.npy", embeddings)
-    np.save(folder / "table_index.npy", table_index)
-    np.save(folder / "table_weight.npy", table_weight)
+    indptr, target, weight = neighbors.by_source(table_index, table_weight)
+    np.save(folder / "table_indptr.npy", indptr)
+    np.save(folder / "table_target.npy", target)
+    np.save(folder / "table_weight.npy", weight)
     popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
     (folder / "catalog.json").write_bytes(Catalog(tx.item_codes, tx.descriptions, popularity.tolist()).to_json())
-    large = n_items > LARGE_CATALOG
     return {
         "factors": k, "metric": "angular", "neighbors": k_nbrs, "ridge": round(ridge, 4),
-        "customer_rows": rows.shape[0] - baskets.shape[0],
-        # The query budget, resolved here so the serving side needs no rule about catalog sizes.
-        "query": {"candidates": params.candidates[large], "search_k": params.search_k[large],
-                  "big_basket": params.big_basket, "big_basket_search_k": params.big_basket_search_k},
+        "customer_rows": rows.shape[0] - baskets.shape[0], "table_entries": int(len(target)),
+        "query": {"candidates_per_item": params.candidates_per_item, "search_k_per_item": params.search_k_per_item},
     }
 
 
