@@ -164,7 +164,7 @@ def test_cold_start_from_s3_measured(s3_emulator, tiny_csv, event, tmp_path, cap
     assert [health["status"], first["status"], warm["status"]] == [200, 200, 200]
     assert run["version"] == version and run["forbidden"] == []
     copied = {p.name for p in cache.rglob("*") if p.is_file()}
-    assert {"index.ann", "embeddings.npy", "catalog.json"} <= copied   # downloaded from S3 to the local cache
+    assert {"index.ann", "table_target.npy", "catalog.json"} <= copied   # downloaded from S3 to the local cache
     with capsys.disabled():
         print(f"\ncold start of the recommend handler from S3 (moto over HTTP, tiny model, {len(catalog)} items): "
               f"{total * 1000:.0f} ms from spawn to the third answer\n"

@@ -50,7 +50,7 @@ def test_same_input_same_model(tmp_path, tiny_csv):
     b = train(tiny_csv, LocalStorage(tmp_path / "b"), progress=quiet)
     assert a.manifest["artifacts"] == b.manifest["artifacts"]
     c = train(tiny_csv, LocalStorage(tmp_path / "c"), TrainingParams(factors=8), progress=quiet)
-    assert c.manifest["artifacts"]["embeddings.npy"] != a.manifest["artifacts"]["embeddings.npy"]
+    assert c.manifest["artifacts"]["index.ann"] != a.manifest["artifacts"]["index.ann"]
 
 
 def test_stage_does_not_touch_active_then_promote(storage, tiny_csv):

@@ -113,11 +113,13 @@ class Model:
         order = np.lexsort((candidates, -self.popularity[candidates], -scores))[:n]
         rows, scores = candidates[order], scores[order]
         if len(rows) < n:
-            # Annoy found too few (a tiny catalog): fill up with the most popular items not yet listed.
+            # Fewer candidates than asked for: fill up with the most popular items not yet listed, scored no
+            # higher than the last candidate so the answer stays sorted.
             taken = set(basket.tolist()) | set(rows.tolist())
             extra = [i for i in self.catalog.most_popular() if i not in taken][: n - len(rows)]
+            floor = min(0.0, float(scores[-1])) if len(scores) else 0.0
             rows = np.concatenate([rows, np.asarray(extra, dtype=np.int64)])
-            scores = np.concatenate([scores, np.zeros(len(extra))])
+            scores = np.concatenate([scores, np.full(len(extra), floor)])
         return rows, scores
 
 
