@@ -127,3 +127,14 @@ def test_load_refuses_damaged_artifacts(tmp_path, tiny_csv):
     (tmp_path / "models/versions" / version / "catalog.json").write_text("{}")
     with pytest.raises(ModelUnavailable, match="catalog.json is damaged"):
         load_model(storage, version)
+
+
+def test_answer_cache_gives_the_same_answers(tmp_path, tiny_csv):
+    storage = LocalStorage(tmp_path)
+    version = train(tiny_csv, storage, progress=lambda _m: None).version
+    cached, plain = load_model(storage, version, answer_cache=100), load_model(storage, version)
+    codes = cached.catalog.codes
+    for basket in ([codes[0]], [codes[1], codes[2]], [codes[2], codes[1]], [codes[0]]):
+        assert cached.recommend(basket, 5).items == plain.recommend(basket, 5).items
+    info = cached._answers.cache_info()
+    assert (info.hits, info.misses) == (2, 2)  # order of the basket does not matter

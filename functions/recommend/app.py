@@ -92,9 +92,9 @@ async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_len
 
 
 @app.get("/health", summary="Which model this process serves (no token needed)")
-async def health(settings: web.SettingsDep) -> JSONResponse:
+async def health() -> JSONResponse:
     try:
-        model = await web.current_model(settings)
+        model = await web.current_model()
     except RecommenderError as err:
         return JSONResponse({"status": "unavailable", "detail": err.message, "model_version": None, "item_count": 0},
                             status_code=ModelUnavailable.status_code)

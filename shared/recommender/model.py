@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -42,7 +43,7 @@ class Model:
     """
 
     def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, table_indptr: np.ndarray,
-                 table_target: np.ndarray, table_weight: np.ndarray) -> None:
+                 table_target: np.ndarray, table_weight: np.ndarray, answer_cache: int = 0) -> None:
         self.version = version
         self.manifest = manifest
         self.catalog = catalog
@@ -58,6 +59,9 @@ class Model:
         # (row i of _near; _asked[i] says whether it is filled).
         self._near = np.zeros((len(catalog), self.per_item + 1), dtype=np.int64)
         self._asked = np.zeros(len(catalog), dtype=bool)
+        # Identical baskets (a product page's "goes well with", a common pair) get the same answer from a version:
+        # the last answer_cache distinct ones are kept, and a new version starts with an empty cache.
+        self._answers = lru_cache(maxsize=answer_cache)(self._answer) if answer_cache else self._answer
 
     def recommend(self, basket: Sequence[str], n: int) -> Recommendation:
         """The n best items to offer with basket, best first, none from the basket."""
@@ -78,9 +82,11 @@ class Model:
             best = max(self.catalog.popularity[top[0]], 1) if top else 1
             items = [Scored(self.catalog.item(i), round(self.catalog.popularity[i] / best, 4)) for i in top]
             return Recommendation(items, unknown, True, self.version)
-        rows, scores = self._rank(np.asarray(known, dtype=np.int64), n)
-        items = [Scored(self.catalog.item(int(i)), round(float(s), 4)) for i, s in zip(rows, scores)]
-        return Recommendation(items, unknown, False, self.version)
+        return Recommendation(self._answers(tuple(sorted(known)), n), unknown, False, self.version)
+
+    def _answer(self, basket: tuple[int, ...], n: int) -> list[Scored]:
+        rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
+        return [Scored(self.catalog.item(int(i)), round(float(s), 4)) for i, s in zip(rows, scores)]
 
     def near(self, items: np.ndarray) -> np.ndarray:
         """Each item's nearest items in the Annoy index (itself included), one row per item."""
@@ -123,7 +129,7 @@ class Model:
         return rows, scores
 
 
-def load_model(storage: Storage, version: str) -> Model:
+def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:
     """Load one version, verifying every artifact against its manifest checksum; ModelUnavailable if it is damaged."""
     manifest = registry.verify(storage, version)
 
@@ -137,7 +143,7 @@ def load_model(storage: Storage, version: str) -> Model:
         table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(version, manifest, catalog, index, *table)
+    return Model(version, manifest, catalog, index, *table, answer_cache=answer_cache)
 
 
 class ModelHolder:
@@ -147,9 +153,11 @@ class ModelHolder:
     before one reference is switched, so requests in flight keep the model they started with.
     """
 
-    def __init__(self, storage: Storage, poll_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, storage: Storage, poll_seconds: float, answer_cache: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.storage = storage
         self.poll_seconds = poll_seconds
+        self.answer_cache = answer_cache
         self.clock = clock
         self.model: Model | None = None
         self.error: str | None = None
@@ -169,7 +177,7 @@ class ModelHolder:
             try:
                 version = registry.active_version(self.storage)
                 if self.model is None or self.model.version != version:
-                    self.model = load_model(self.storage, version)
+                    self.model = load_model(self.storage, version, self.answer_cache)
                     self.storage.drop_local_copies(keep_prefix=registry.artifact_key(version, ""))
                 self.error = None
             except RecommenderError as err:

@@ -26,6 +26,8 @@ class Settings:
     user_cache_seconds: float = 5.0
     # How often a serving process looks at the active-model pointer.
     model_poll_seconds: float = 2.0
+    # Distinct baskets whose answers a serving process keeps (per model version); 0 turns the cache off.
+    answer_cache: int = 10000
     # Where models kept in S3 are copied to before they are memory-mapped.
     cache_dir: str = "/tmp/recommender-cache"
     max_body_bytes: int = 65536

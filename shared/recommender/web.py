@@ -24,6 +24,7 @@ from .users import User, UserCache
 
 log = logging.getLogger("recommender")
 
+
 async def settings() -> Settings:
     """The settings, as a dependency (async: FastAPI would run a plain function in a worker thread per request)."""
     return get_settings()
@@ -53,7 +54,7 @@ def _user_cache(settings: Settings) -> UserCache:
 @lru_cache(maxsize=8)
 def model_holder(settings: Settings) -> ModelHolder:
     """The holder of the model this process serves (one per settings)."""
-    return ModelHolder(_storage(settings), settings.model_poll_seconds)
+    return ModelHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache)
 
 
 def reset_resources() -> None:
@@ -69,17 +70,23 @@ async def get_storage(settings: SettingsDep) -> Storage:
 
 async def get_secret(settings: SettingsDep) -> str:
     """The token signing secret (read once per process)."""
+    return await _signing_secret(settings)
+
+
+async def _signing_secret(settings: Settings) -> str:
     if _secret.cache_info().currsize == 0:
         return await run_in_threadpool(_secret, settings)
     return _secret(settings)
 
 
-async def current_user(settings: SettingsDep, secret: Annotated[str, Depends(get_secret)],
-                       token: Annotated[str | None, Depends(bearer)]) -> User:
+# The two dependencies every recommendation request resolves read the settings themselves rather than through
+# sub-dependencies: each level of FastAPI's dependency resolution costs tens of microseconds per request.
+async def current_user(token: Annotated[str | None, Depends(bearer)]) -> User:
     """The user a valid bearer token names; AuthError (401) for a missing, bad or expired token or a deleted user."""
     if not token:
         raise AuthError("not authenticated: send Authorization: Bearer <token> (get one from POST /token)")
-    claims = verify_token(token, secret, settings.jwt_algorithm)
+    settings = get_settings()
+    claims = verify_token(token, await _signing_secret(settings), settings.jwt_algorithm)
     cache = _user_cache(settings)
     try:
         return await run_in_threadpool(cache.get, claims.username) if cache.due(claims.username) else cache.get(claims.username)
@@ -87,9 +94,9 @@ async def current_user(settings: SettingsDep, secret: Annotated[str, Depends(get
         raise AuthError("the user of this token no longer exists") from None
 
 
-async def current_model(settings: SettingsDep) -> Model:
+async def current_model() -> Model:
     """The model to answer with, after looking for a newly activated one when the poll interval has passed."""
-    holder = model_holder(settings)
+    holder = model_holder(get_settings())
     if holder.due():
         await run_in_threadpool(holder.refresh)
     return holder.current()
