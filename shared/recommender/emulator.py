@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import MutableMapping
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .server import _alive, _port_open
+from . import processes
+from .processes import Background
 from .settings import Settings
 
 HOST = "127.0.0.1"
@@ -34,13 +30,8 @@ DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
 
 
 @dataclass(frozen=True)
-class EmulatorInfo:
+class EmulatorInfo(Background):
     """What the emulator's pid file records."""
-
-    pid: int
-    host: str
-    port: int
-    log_file: str
 
     @property
     def endpoint_url(self) -> str:
@@ -121,26 +112,14 @@ def emulated_storage_url(settings: Settings) -> str:
     return f"s3://{DEFAULT_BUCKET}/{DEFAULT_PREFIX}"
 
 
-def _is_emulator(pid: int) -> bool:
-    """Guards against a recycled pid: the process must be moto's server."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return _alive(pid)  # no /proc (macOS): trust the pid file
-    return b"moto.server" in cmdline or any(part.endswith(b"moto_server") for part in cmdline)
+def _is_emulator(argv: list[bytes]) -> bool:
+    return b"moto.server" in argv or any(part.endswith(b"moto_server") for part in argv)
 
 
 def read_pid_file(settings: Settings) -> EmulatorInfo | None:
     """The running emulator, or None (a stale pid file is removed)."""
-    path = pid_file(settings)
-    try:
-        info = EmulatorInfo(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    if _alive(info.pid) and _is_emulator(info.pid):
-        return info
-    path.unlink(missing_ok=True)
-    return None
+    info = processes.read_pid_file(pid_file(settings), _is_emulator)
+    return EmulatorInfo(**asdict(info)) if info else None
 
 
 def create_bucket(endpoint_url: str, bucket: str) -> None:
@@ -161,13 +140,6 @@ def create_bucket(endpoint_url: str, bucket: str) -> None:
         raise ConfigError(f"the emulator at {endpoint_url} does not answer: {err}") from None
 
 
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def start(settings: Settings, port: int | None = None, timeout: float = 30.0) -> EmulatorStart:
     """Start moto's server on 127.0.0.1 in the background (unless one runs already) and create the bucket."""
     storage_url = emulated_storage_url(settings)
@@ -181,48 +153,22 @@ def start(settings: Settings, port: int | None = None, timeout: float = 30.0) ->
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
         raise ConfigError("moto's server is not installed: run `make devel` (it installs moto[server])")
     port = emulator_port(settings, port)
-    if _port_open(HOST, port):
+    if processes.port_open(HOST, port):
         raise ConfigError(f"port {port} on {HOST} is already in use; pick another one, e.g. "
                           f"`make emulate-s3 AWS_ENDPOINT_URL=http://{HOST}:{port + 1}`")
-    run_dir = Path(settings.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_file(settings)
-    with open(log_path, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    info = EmulatorInfo(process.pid, HOST, port, str(log_path))
-    pid_file(settings).write_text(json.dumps(info.__dict__))
-    deadline = time.monotonic() + timeout
-    while not _port_open(HOST, port):
-        if process.poll() is not None:
-            pid_file(settings).unlink(missing_ok=True)
-            raise ConfigError("the S3 emulator exited at start:\n" + _tail(log_path))
-        if time.monotonic() > deadline:
-            stop(settings)
-            raise ConfigError(f"the S3 emulator did not listen on {info.endpoint_url} within {timeout:.0f} s; "
-                              f"see {log_path}")
-        time.sleep(0.1)
+    process, started = processes.spawn([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+                                       pid_file(settings), log_file(settings), HOST, port)
+    info = EmulatorInfo(**asdict(started))
+    processes.wait_ready(process, pid_file(settings), lambda: processes.port_open(HOST, port), timeout, "S3 emulator")
     create_bucket(info.endpoint_url, bucket)
     return EmulatorStart(info, storage_url, False)
 
 
-def stop(settings: Settings, timeout: float = 10.0) -> EmulatorInfo | None:
-    """Stop the emulator named by the pid file (SIGTERM, then SIGKILL) and wait until its port is free."""
+def stop(settings: Settings) -> EmulatorInfo | None:
+    """Stop the emulator named by the pid file and wait until its port is free; None if none runs."""
     info = read_pid_file(settings)
-    if info is None:
-        return None
-    os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(info.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(info.pid):
-        os.kill(info.pid, signal.SIGKILL)
-        while _alive(info.pid):
-            time.sleep(0.05)
-    while _port_open(info.host, info.port) and time.monotonic() < deadline + 5:
-        time.sleep(0.05)
-    pid_file(settings).unlink(missing_ok=True)
+    if info is not None:
+        processes.terminate(info, pid_file(settings))
     return info
 
 

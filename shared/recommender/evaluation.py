@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from .errors import DataFileError
 from .ingest import Transactions, load_transactions, select_baskets
 from .storage import LocalStorage
-from .training import TrainingParams, basket_matrix, build_model
+from .training import TrainingParams, basket_matrix
 
 K = 10
 CURVE_K = 20

@@ -5,33 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import registry
+from . import processes, registry
 from .errors import ConfigError, RecommenderError
+from .processes import Background
 from .settings import Settings
 from .storage import open_storage
 
 log = logging.getLogger("recommender")
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What the pid file of a background server records."""
-
-    pid: int
-    host: str
-    port: int
-    log_file: str
-
 
 def pid_file(settings: Settings) -> Path:
     """Where the background server's pid file lives."""
@@ -63,7 +48,7 @@ def serve(settings: Settings, template: Path) -> None:
         log.warning("%s; the API starts anyway and picks up a model as soon as one is activated", err.message)
     gateway = Gateway(read_routes(template), template.parent)
     log.info("routes from %s: %s", template.name, ", ".join(f"{r.method} {r.path}" for r in gateway.routes))
-    if _port_open(settings.host, settings.port):
+    if processes.port_open(settings.host, settings.port):
         raise ConfigError(f"port {settings.port} on {settings.host} is already in use (another server?); set PORT=...")
     uvicorn.run(gateway, **uvicorn_options(settings))
 
@@ -75,46 +60,13 @@ def uvicorn_options(settings: Settings) -> dict:
             "server_header": False}
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+def _is_server(argv: list[bytes]) -> bool:
+    return b"recommender" in b" ".join(argv) and b"serve" in argv
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _is_our_server(pid: int) -> bool:
-    """Guards against a recycled pid: the process must be a recommender serve command."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return _alive(pid)  # no /proc (macOS): trust the pid file
-    return b"recommender" in b" ".join(cmdline) and b"serve" in cmdline
-
-
-def read_pid_file(settings: Settings) -> ServerInfo | None:
+def read_pid_file(settings: Settings) -> Background | None:
     """The running background server, or None (a stale pid file is removed)."""
-    path = pid_file(settings)
-    try:
-        info = ServerInfo(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    if _alive(info.pid) and _is_our_server(info.pid):
-        return info
-    path.unlink(missing_ok=True)
-    return None
+    return processes.read_pid_file(pid_file(settings), _is_server)
 
 
 def health(host: str, port: int, timeout: float = 2.0) -> dict | None:
@@ -131,52 +83,23 @@ def health(host: str, port: int, timeout: float = 2.0) -> dict | None:
         return None
 
 
-def start(settings: Settings, template: Path, timeout: float = 60.0) -> ServerInfo:
+def start(settings: Settings, template: Path, timeout: float = 60.0) -> Background:
     """Start `serve` in the background; return once it answers /health. Refuses to start a second one."""
     running = read_pid_file(settings)
     if running is not None:
         raise ConfigError(f"a server is already running (pid {running.pid}, http://{running.host}:{running.port}); "
                           "`make kill` stops it")
-    if _port_open(settings.host, settings.port):
-        raise ConfigError(f"port {settings.port} on {settings.host} is already in use; set PORT=...")
-    run_dir = Path(settings.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_file(settings)
     env = {**os.environ, "HOST": settings.host, "PORT": str(settings.port), "STORAGE_URL": settings.storage_url}
-    with open(log_path, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "recommender", "serve", "--template", str(template)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    info = ServerInfo(process.pid, settings.host, settings.port, str(log_path))
-    pid_file(settings).write_text(json.dumps(info.__dict__))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pid_file(settings).unlink(missing_ok=True)
-            tail = log_path.read_text(errors="replace").splitlines()[-5:]
-            raise ConfigError("the server exited at start:\n" + "\n".join(tail))
-        if health(settings.host, settings.port, timeout=1.0) is not None:
-            return info
-        time.sleep(0.2)
-    stop(settings)
-    raise ConfigError(f"the server did not answer on http://{settings.host}:{settings.port} within {timeout:.0f} s; "
-                      f"see {log_path}")
+    process, info = processes.spawn([sys.executable, "-m", "recommender", "serve", "--template", str(template)],
+                                    pid_file(settings), log_file(settings), settings.host, settings.port, env)
+    processes.wait_ready(process, pid_file(settings), lambda: health(settings.host, settings.port, 1.0) is not None,
+                         timeout, "server")
+    return info
 
 
-def stop(settings: Settings, timeout: float = 15.0) -> ServerInfo | None:
-    """Stop the background server named by the pid file (SIGTERM, then SIGKILL), and wait until its port is free."""
+def stop(settings: Settings) -> Background | None:
+    """Stop the background server named by the pid file, and wait until its port is free; None if none runs."""
     info = read_pid_file(settings)
-    if info is None:
-        return None
-    os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(info.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(info.pid):
-        os.kill(info.pid, signal.SIGKILL)
-        while _alive(info.pid):
-            time.sleep(0.05)
-    while _port_open(info.host, info.port) and time.monotonic() < deadline + 5:
-        time.sleep(0.1)
-    pid_file(settings).unlink(missing_ok=True)
+    if info is not None:
+        processes.terminate(info, pid_file(settings))
     return info
