@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,3 +118,22 @@ def event():
 def lambda_context() -> SimpleNamespace:
     """The few attributes of a Lambda context object that Mangum reads."""
     return SimpleNamespace(function_name="test", aws_request_id="req-1", get_remaining_time_in_millis=lambda: 30000)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_runner(env: dict[str, str]):
+    """Run make targets in the repository as a user would; check=True asserts they succeed."""
+    def make(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
+                                text=True, input=stdin, timeout=300)
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+    return make
+

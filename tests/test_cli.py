@@ -8,7 +8,7 @@ import pytest
 from recommender.storage import LocalStorage
 from recommender.users import authenticate
 
-from .conftest import ROOT
+from .conftest import ROOT, make_runner
 
 pytestmark = pytest.mark.slow
 
@@ -18,11 +18,8 @@ def make(tmp_path):
     env = {**os.environ, "STORAGE_URL": str(tmp_path / "data"), "RUN_DIR": str(tmp_path / "run")}
     env.pop("PASSWORD", None)
 
-    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, input=stdin, timeout=300)
-    run.storage = LocalStorage(tmp_path / "data")
-    return run
+    run = make_runner(env)
+    return lambda *args, stdin=None: run(*args, check=False, stdin=stdin)
 
 
 def test_help_is_the_default_and_lists_every_target():
@@ -32,12 +29,12 @@ def test_help_is_the_default_and_lists_every_target():
     assert targets and all(t in out for t in targets)
 
 
-def test_add_list_del_user_with_awkward_password(make):
+def test_add_list_del_user_with_awkward_password(make, tmp_path):
     password = 'two words, "double" \'single\' $HOME `cmd` ünïcødé ✓'
     added = make("add_user", "USER_NAME=alice", f"PASSWORD={password}", "FULL_NAME=Alice Liddell",
                  "EMAIL=alice@example.com")
     assert added.returncode == 0, added.stderr
-    assert authenticate(make.storage, "alice", password).full_name == "Alice Liddell"
+    assert authenticate(LocalStorage(tmp_path / "data"), "alice", password).full_name == "Alice Liddell"
     listed = make("list_users")
     assert "alice" in listed.stdout and "alice@example.com" in listed.stdout
     assert password not in added.stdout + added.stderr + listed.stdout
@@ -45,9 +42,9 @@ def test_add_list_del_user_with_awkward_password(make):
     assert "alice" not in make("list_users").stdout
 
 
-def test_password_from_stdin(make):
+def test_password_from_stdin(make, tmp_path):
     assert make("add_user", "USER_NAME=bob", stdin="from stdin pw\n").returncode == 0
-    authenticate(make.storage, "bob", "from stdin pw")
+    authenticate(LocalStorage(tmp_path / "data"), "bob", "from stdin pw")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,7 +4,6 @@ run-prod and a promotion, and the recommend handler's cold start from S3 in a fr
 import json
 import os
 import socket
-import subprocess
 import time
 
 import pytest
@@ -17,9 +16,9 @@ from recommender.tokens import issue_token
 from recommender.training import train
 from recommender.users import add_user
 
-from .conftest import PASSWORD, ROOT
+from .conftest import PASSWORD, free_port, make_runner
 from .test_handlers import cold_start_events, run_cold_start
-from .test_server import Http, free_port
+from .test_server import Http
 
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE",
                  "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
@@ -85,12 +84,7 @@ def test_emulate_s3_train_serve_promote_over_http(tmp_path, tiny_csv):
            "RUN_DIR": str(tmp_path / "run"), "CACHE_DIR": str(tmp_path / "cache"), "PORT": str(api_port),
            "HOST": "127.0.0.1", "MODEL_POLL_SECONDS": "1", "BCRYPT_ROUNDS": "4"}
 
-    def make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=300)
-        if check:
-            assert result.returncode == 0, result.stdout + result.stderr
-        return result
+    make = make_runner(env)
 
     try:
         started = make("emulate-s3")

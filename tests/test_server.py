@@ -14,15 +14,10 @@ import pytest
 
 from recommender import synthetic
 
-from .conftest import PASSWORD, ROOT
+from .conftest import PASSWORD, free_port, make_runner
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Http:
@@ -69,12 +64,7 @@ def make_env(trained_storage, user, tmp_path):
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "STORAGE_URL": str(trained_storage.root),
            "RUN_DIR": str(tmp_path / "run"), "MODEL_POLL_SECONDS": "1"}
 
-    def make(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=300)
-        if check:
-            assert result.returncode == 0, result.stdout + result.stderr
-        return result
+    make = make_runner(env)
 
     yield make, port, tmp_path
     make("kill", check=False)
