@@ -202,3 +202,12 @@ def test_nothing_left_after_cleaning(tmp_path):
     rows = [r for r in ROWS if r[0].startswith("C") or r[1] in ("POST", "BANK CHARGES")]
     message = bad(write_csv(tmp_path / "junk.csv", rows=rows), "nothing left")
     assert "1 cancelled invoice" in message and "2 service code" in message
+
+
+def test_online_retail_ii_headers_accepted(tmp_path):
+    header = ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country"]
+    from_ii = load_transactions(write_csv(tmp_path / "ii.csv", header=header))
+    assert from_ii.item_codes == load_transactions(write_csv(tmp_path / "i.csv")).item_codes
+    assert from_ii.report.customers == 2
+    xlsx = load_transactions(write_xlsx(tmp_path / "ii.xlsx", header=header))
+    assert xlsx.item_codes == from_ii.item_codes and xlsx.report == from_ii.report

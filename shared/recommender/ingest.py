@@ -16,6 +16,9 @@ from .errors import DataFileError
 
 REQUIRED = ("InvoiceNo", "StockCode", "Description", "CustomerID")
 OPTIONAL = ("Quantity", "InvoiceDate")
+# Header spellings accepted for each column, compared without case, spaces or underscores (the "Online Retail II"
+# export says "Invoice" and "Customer ID").
+ALIASES = {"InvoiceNo": {"invoiceno", "invoice", "invoicenumber"}, "CustomerID": {"customerid", "customer"}}
 SUPPORTED = (".csv", ".csv.gz", ".xlsx")
 CHUNK_ROWS = 1_000_000
 # Service lines (postage, fees, manual adjustments) are all letters: "POST", "DOT", "BANK CHARGES".
@@ -62,13 +65,25 @@ def file_kind(path: Path) -> str:
     raise DataFileError(f"unsupported file type {kind} for {path.name}: use .csv, .csv.gz or .xlsx")
 
 
-def _check_columns(columns: list[str], path: Path) -> None:
-    missing = [c for c in REQUIRED if c not in columns]
+def _column_map(columns: list, path: Path) -> dict[str, object]:
+    """For each column the product reads, the file's header naming it; DataFileError when a required one is missing."""
+    def norm(name: object) -> str:
+        return re.sub(r"[\s_]", "", str(name)).lower()
+
+    found: dict[str, object] = {}
+    for wanted in (*REQUIRED, *OPTIONAL):
+        accepted = ALIASES.get(wanted, set()) | {wanted.lower()}
+        for column in columns:
+            if norm(column) in accepted:
+                found[wanted] = column
+                break
+    missing = [c for c in REQUIRED if c not in found]
     if not missing:
-        return
-    if len(columns) == 1 and ";" in columns[0]:
-        raise DataFileError(f"{path.name} looks semicolon-separated (header {columns[0]!r}); save it with commas")
-    raise DataFileError(f"{path.name} lacks required column(s) {', '.join(missing)}; found: {', '.join(map(str, columns)) or 'none'}")
+        return found
+    names = [str(c).strip() for c in columns]
+    if len(names) == 1 and ";" in names[0]:
+        raise DataFileError(f"{path.name} looks semicolon-separated (header {names[0]!r}); save it with commas")
+    raise DataFileError(f"{path.name} lacks required column(s) {', '.join(missing)}; found: {', '.join(names) or 'none'}")
 
 
 def _csv_chunks(path: Path, kind: str) -> Iterator[pd.DataFrame]:
@@ -78,16 +93,13 @@ def _csv_chunks(path: Path, kind: str) -> Iterator[pd.DataFrame]:
         raise DataFileError(f"{path.name} is empty") from None
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
-    columns = [str(c).strip() for c in header.columns]
-    _check_columns(columns, path)
-    wanted = [c for c in (*REQUIRED, *OPTIONAL) if c in columns]
-    original = {str(c).strip(): c for c in header.columns}
+    columns = _column_map(list(header.columns), path)
+    rename = {original: wanted for wanted, original in columns.items()}
     try:
-        reader = pd.read_csv(path, usecols=[original[c] for c in wanted], dtype=str, keep_default_na=False,
+        reader = pd.read_csv(path, usecols=list(rename), dtype=str, keep_default_na=False,
                              chunksize=CHUNK_ROWS, encoding_errors="replace")
         for chunk in reader:
-            chunk.columns = [str(c).strip() for c in chunk.columns]
-            yield chunk
+            yield chunk.rename(columns=rename)
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zipfile.BadZipFile, OSError,
             pd.errors.ParserError, ValueError) as err:
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
@@ -105,9 +117,8 @@ def _xlsx_frame(path: Path) -> pd.DataFrame:
         raise DataFileError(f"cannot read {path.name} as .xlsx: {err}") from None
     except Exception as err:  # calamine and zipfile raise their own types for damaged files
         raise DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    _check_columns(list(frame.columns), path)
-    frame = frame[[c for c in (*REQUIRED, *OPTIONAL) if c in frame.columns]].fillna("")
+    columns = _column_map(list(frame.columns), path)
+    frame = frame[list(columns.values())].set_axis(list(columns), axis=1).fillna("")
     for col in ("InvoiceNo", "StockCode", "CustomerID"):
         frame[col] = frame[col].str.replace(FLOAT_INTEGER, r"\1", regex=True)
     return frame
