@@ -32,7 +32,7 @@ from .training import TrainingParams, basket_matrix
 K = 10
 CURVE_K = 20
 EASE_LAMBDAS = (5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
-EASE_MAX_ITEMS = 20_000  # a dense items x items inverse beyond this needs more memory than a laptop has
+EASE_MAX_ITEMS = 12_000  # beyond this the dense items x items eigendecomposition takes too long and too much memory
 
 
 @dataclass
