@@ -26,7 +26,8 @@ MANIFEST = "manifest.json"
 HISTORY_LENGTH = 20
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
+    """The current time in UTC (the default clock of everything that stamps versions)."""
     return datetime.now(timezone.utc)
 
 
@@ -108,7 +109,7 @@ def verify(storage: Storage, version: str) -> dict:
     return manifest
 
 
-def activate(storage: Storage, version: str, now: Callable[[], datetime] = _utcnow) -> Pointer:
+def activate(storage: Storage, version: str, now: Callable[[], datetime] = utcnow) -> Pointer:
     """Point ACTIVE at version (one atomic write), remembering the one it replaces for rollback."""
     read_manifest(storage, version)
     current = active(storage)
@@ -123,7 +124,7 @@ def activate(storage: Storage, version: str, now: Callable[[], datetime] = _utcn
     return pointer
 
 
-def stage(storage: Storage, version: str, now: Callable[[], datetime] = _utcnow) -> None:
+def stage(storage: Storage, version: str, now: Callable[[], datetime] = utcnow) -> None:
     """Point STAGED at version; the active model is not touched."""
     read_manifest(storage, version)
     body = {"version": version, "staged_at": now().isoformat(timespec="seconds")}
@@ -152,7 +153,7 @@ def rollback(storage: Storage) -> str:
         except ModelUnavailable:
             continue  # pruned or damaged: try the one before
         rest = current.previous[current.previous.index(candidate) + 1:]
-        body = {"version": candidate, "previous": list(rest), "activated_at": _utcnow().isoformat(timespec="seconds")}
+        body = {"version": candidate, "previous": list(rest), "activated_at": utcnow().isoformat(timespec="seconds")}
         storage.write(ACTIVE, json.dumps(body, indent=1).encode())
         return candidate
     raise ModelUnavailable("no earlier model version is available to roll back to")
@@ -171,7 +172,7 @@ def version_time(version: str) -> datetime | None:
         return None
 
 
-def prune(storage: Storage, keep: int, now: Callable[[], datetime] = _utcnow,
+def prune(storage: Storage, keep: int, now: Callable[[], datetime] = utcnow,
           stale_after: timedelta = timedelta(minutes=30)) -> list[str]:
     """Delete all but the newest `keep` complete versions, never the active, staged or previous one, and the
     leftovers of killed trainings (no manifest, older than stale_after: younger ones may still be uploading).

@@ -1,4 +1,4 @@
-"""Training: cleaned baskets -> weighted matrix -> truncated SVD -> Annoy index and re-ranking tables -> a model version."""
+"""Training: cleaned baskets and customer histories -> item-item table and SVD embeddings -> Annoy index -> a version."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,7 +23,7 @@ from . import neighbors, registry
 from .catalog import Catalog
 from .errors import DataFileError
 from .ingest import Transactions, describe_report, load_transactions
-from .registry import sha256_file
+from .registry import sha256_file, utcnow
 from .storage import Storage
 
 MIN_ITEMS = 3
@@ -63,10 +63,6 @@ class TrainingResult:
 
 
 Progress = Callable[[str], None]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def basket_matrix(tx: Transactions) -> sp.csr_matrix:
@@ -207,7 +203,7 @@ def new_version_id(now: datetime, content_hash: str) -> str:
 
 
 def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, source: Path | None,
-                  progress: Progress = print, now: Callable[[], datetime] = _utcnow) -> dict:
+                  progress: Progress = print, now: Callable[[], datetime] = utcnow) -> dict:
     """Build a model from cleaned baskets and write it to the storage as a new version (no pointer moves).
 
     Returns the manifest. The version becomes visible only when its manifest, written last, exists.
@@ -242,7 +238,7 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
 
 
 def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
-          keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = _utcnow) -> TrainingResult:
+          keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = utcnow) -> TrainingResult:
     """Read, clean, train and publish a new version; then activate it (make train) or stage it (make train_parallel).
 
     Nothing in the storage changes until the model is fully built, and the pointer moves only after
