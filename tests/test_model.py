@@ -138,3 +138,23 @@ def test_answer_cache_gives_the_same_answers(tmp_path, tiny_csv):
         assert cached.recommend(basket, 5).items == plain.recommend(basket, 5).items
     info = cached._answers.cache_info()
     assert (info.hits, info.misses) == (2, 2)  # order of the basket does not matter
+
+
+def test_watcher_swaps_without_requests(tmp_path, tiny_csv):
+    import threading
+    import time
+
+    storage = LocalStorage(tmp_path)
+    train(tiny_csv, storage, progress=lambda _m: None)
+    holder = ModelHolder(storage, poll_seconds=0.05, warm=True)
+    holder.refresh()
+    assert holder.current()._asked.all()  # warmed before serving
+    stop = threading.Event()
+    holder.watch(stop)
+    assert not holder.due()  # requests leave the pointer to the watcher
+    second = train(tiny_csv, storage, progress=lambda _m: None).version
+    deadline = time.monotonic() + 5
+    while holder.current().version != second:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stop.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from functools import lru_cache
@@ -15,6 +16,8 @@ from . import registry
 from .catalog import Catalog, Item
 from .errors import ModelUnavailable, RecommenderError
 from .storage import Storage
+
+log = logging.getLogger("recommender")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,10 @@ class Model:
         rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
         return [Scored(self.catalog.item(int(i)), round(float(s), 4)) for i, s in zip(rows, scores)]
 
+    def warm(self) -> None:
+        """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""
+        self.near(np.arange(len(self.catalog), dtype=np.int64))
+
     def near(self, items: np.ndarray) -> np.ndarray:
         """Each item's nearest items in the Annoy index (itself included), one row per item."""
         for i in items[~self._asked[items]]:
@@ -149,24 +156,27 @@ def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:
 class ModelHolder:
     """The model a process serves: loaded once, then swapped for a new active version when the pointer moves.
 
-    The pointer is looked at no more than every poll_seconds; a new version is loaded and verified in full
-    before one reference is switched, so requests in flight keep the model they started with.
+    The pointer is looked at no more than every poll_seconds, on the request path (Lambda) or by a background
+    watcher (the local server); a new version is loaded, verified and, with warm, primed in full before one
+    reference is switched, so requests in flight keep the model they started with and none waits for the swap.
     """
 
-    def __init__(self, storage: Storage, poll_seconds: float, answer_cache: int = 0,
+    def __init__(self, storage: Storage, poll_seconds: float, answer_cache: int = 0, warm: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.storage = storage
         self.poll_seconds = poll_seconds
         self.answer_cache = answer_cache
+        self.warm = warm
         self.clock = clock
         self.model: Model | None = None
         self.error: str | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
+        self._watching = False
 
     def due(self) -> bool:
-        """Whether the pointer should be looked at again."""
-        return self.clock() - self._checked_at >= self.poll_seconds
+        """Whether a request should look at the pointer (never while a watcher does it)."""
+        return not self._watching and self.clock() - self._checked_at >= self.poll_seconds
 
     def refresh(self) -> Model | None:
         """Look at the active pointer and load the version it names if it is not the one in memory."""
@@ -177,15 +187,32 @@ class ModelHolder:
             try:
                 version = registry.active_version(self.storage)
                 if self.model is None or self.model.version != version:
-                    self.model = load_model(self.storage, version, self.answer_cache)
+                    model = load_model(self.storage, version, self.answer_cache)
+                    if self.warm:
+                        model.warm()
+                    self.model = model
+                    log.info("serving model %s (%d items)", version, len(model.catalog))
                     self.storage.drop_local_copies(keep_prefix=registry.artifact_key(version, ""))
                 self.error = None
             except RecommenderError as err:
                 # Keep serving the model in memory when a newer one is broken; report why otherwise.
+                if err.message != self.error:
+                    log.warning("%s", err.message)
                 self.error = err.message
             return self.model
         finally:
             self._lock.release()
+
+    def watch(self, stop: threading.Event) -> threading.Thread:
+        """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh."""
+        def loop() -> None:
+            while not stop.wait(self.poll_seconds):
+                self.refresh()
+
+        self._watching = True
+        thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
+        thread.start()
+        return thread
 
     def current(self) -> Model:
         """The model to answer with; ModelUnavailable (with the reason) when there is none."""

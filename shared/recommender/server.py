@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -37,20 +38,23 @@ def serve(settings: Settings, template: Path) -> None:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     storage = open_storage(settings)
+    holder = model_holder(settings)
     try:
         registry.active_version(storage)
-        model = model_holder(settings).refresh()
-        if model is not None:
-            log.info("serving model %s (%d items) from %s", model.version, len(model.catalog), storage.url)
-        else:
-            log.warning("the active model cannot be served: %s", model_holder(settings).error)
+        if holder.refresh() is None:
+            log.warning("the active model cannot be served: %s", holder.error)
     except RecommenderError as err:
         log.warning("%s; the API starts anyway and picks up a model as soon as one is activated", err.message)
     gateway = Gateway(read_routes(template), template.parent)
     log.info("routes from %s: %s", template.name, ", ".join(f"{r.method} {r.path}" for r in gateway.routes))
     if processes.port_open(settings.host, settings.port):
         raise ConfigError(f"port {settings.port} on {settings.host} is already in use (another server?); set PORT=...")
-    uvicorn.run(gateway, **uvicorn_options(settings))
+    stop = threading.Event()
+    holder.watch(stop)  # model swaps happen beside the requests, never inside one
+    try:
+        uvicorn.run(gateway, **uvicorn_options(settings))
+    finally:
+        stop.set()
 
 
 def uvicorn_options(settings: Settings) -> dict:

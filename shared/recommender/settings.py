@@ -28,6 +28,9 @@ class Settings:
     model_poll_seconds: float = 2.0
     # Distinct baskets whose answers a serving process keeps (per model version); 0 turns the cache off.
     answer_cache: int = 10000
+    # Ask Annoy for every item's neighbours when a model is loaded, before it serves (the local server does;
+    # a Lambda container skips it to keep its cold start short).
+    warm_model: bool = True
     # Where models kept in S3 are copied to before they are memory-mapped.
     cache_dir: str = "/tmp/recommender-cache"
     max_body_bytes: int = 65536
@@ -47,7 +50,11 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
             continue
         kind = f.type if isinstance(f.type, str) else f.type.__name__
         try:
-            if kind.startswith("int"):
+            if kind.startswith("bool"):
+                if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError(raw)
+                values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+            elif kind.startswith("int"):
                 values[f.name] = int(raw)
             elif kind.startswith("float"):
                 values[f.name] = float(raw)

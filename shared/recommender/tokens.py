@@ -6,6 +6,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 from jose import JWTError, jwt
@@ -63,6 +64,16 @@ def issue_token(username: str, secret: str, algorithm: str = "HS256", minutes: i
 def verify_token(token: str, secret: str, algorithm: str = "HS256",
                  clock: Callable[[], float] = time.time) -> TokenClaims:
     """The claims of a valid token; AuthError if it is malformed, forged, of another algorithm or expired."""
+    claims = _signed_claims(token, secret, algorithm)
+    if clock() >= claims.expires_at:
+        raise AuthError("token expired")
+    return claims
+
+
+# A client sends the same token with every request: its signature is checked once, the expiry every time.
+# Refused tokens raise, and lru_cache keeps no exception, so they are checked in full each time.
+@lru_cache(maxsize=4096)
+def _signed_claims(token: str, secret: str, algorithm: str) -> TokenClaims:
     try:
         # Only the configured algorithm is accepted, which also refuses "none".
         claims = jwt.decode(token, secret, algorithms=[algorithm], options={"verify_exp": False, "require_sub": True})
@@ -71,8 +82,6 @@ def verify_token(token: str, secret: str, algorithm: str = "HS256",
     sub, exp, iat, jti = claims.get("sub"), claims.get("exp"), claims.get("iat"), claims.get("jti")
     if not isinstance(sub, str) or not isinstance(exp, int) or not isinstance(iat, int) or not isinstance(jti, str):
         raise AuthError("invalid token")
-    if clock() >= exp:
-        raise AuthError("token expired")
     return TokenClaims(sub, jti, iat, exp)
 
 

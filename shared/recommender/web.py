@@ -54,7 +54,7 @@ def _user_cache(settings: Settings) -> UserCache:
 @lru_cache(maxsize=8)
 def model_holder(settings: Settings) -> ModelHolder:
     """The holder of the model this process serves (one per settings)."""
-    return ModelHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache)
+    return ModelHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache, settings.warm_model)
 
 
 def reset_resources() -> None:
