@@ -88,7 +88,7 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
 async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_length=200)] = "",
                 limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> JSONResponse:
     found = model.catalog.search(q, limit)
-    return JSONResponse({"items": [vars(i) for i in found], "model_version": model.version})
+    return JSONResponse({"items": [i._asdict() for i in found], "model_version": model.version})
 
 
 @app.get("/health", summary="Which model this process serves (no token needed)")

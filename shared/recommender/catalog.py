@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 WORD = re.compile(r"[A-Z0-9]+")
 
 
-@dataclass(frozen=True)
-class Item:
-    """One product as the API shows it."""
+class Item(NamedTuple):
+    """One product as the API shows it (a tuple of plain values: many can be cached at no cost to the GC)."""
 
     stock_code: str
     description: str

@@ -7,7 +7,7 @@ import threading
 import time
 from functools import lru_cache
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -20,9 +20,8 @@ from .storage import Storage
 log = logging.getLogger("recommender")
 
 
-@dataclass(frozen=True)
-class Scored:
-    """One recommended item."""
+class Scored(NamedTuple):
+    """One recommended item (a tuple of plain values, like Item, so cached answers cost the GC nothing)."""
 
     item: Item
     score: float

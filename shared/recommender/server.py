@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -49,6 +50,9 @@ def serve(settings: Settings, template: Path) -> None:
     log.info("routes from %s: %s", template.name, ", ".join(f"{r.method} {r.path}" for r in gateway.routes))
     if processes.port_open(settings.host, settings.port):
         raise ConfigError(f"port {settings.port} on {settings.host} is already in use (another server?); set PORT=...")
+    # Everything loaded so far lives as long as the process: keep it out of the collector's full passes, which
+    # would otherwise walk the catalog's objects and stall a request now and then.
+    gc.freeze()
     stop = threading.Event()
     holder.watch(stop)  # model swaps happen beside the requests, never inside one
     try:
