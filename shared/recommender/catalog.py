@@ -20,7 +20,7 @@ class Item(NamedTuple):
 
 @dataclass
 class Catalog:
-    """Items in model order (item i is row i of every model array)."""
+    """Items in model order (item i is row i of every model array; training numbers them by popularity)."""
 
     codes: list[str]
     descriptions: list[str]
@@ -32,7 +32,7 @@ class Catalog:
     def __post_init__(self) -> None:
         self.index = {code: i for i, code in enumerate(self.codes)}
         self._words = [frozenset(WORD.findall(d.upper())) for d in self.descriptions]
-        self._by_popularity = sorted(range(len(self.codes)), key=lambda i: (-self.popularity[i], self.codes[i]))
+        self._by_popularity = sorted(range(len(self.codes)), key=lambda i: -self.popularity[i])  # stable: ties by row
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -42,7 +42,7 @@ class Catalog:
         return Item(self.codes[i], self.descriptions[i], self.popularity[i])
 
     def most_popular(self) -> list[int]:
-        """Item rows from most to least popular (ties by code, so answers are stable)."""
+        """Item rows from most to least popular (ties by row, so answers are stable)."""
         return self._by_popularity
 
     def search(self, query: str, limit: int = 20) -> list[Item]:

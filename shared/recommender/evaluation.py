@@ -206,9 +206,8 @@ def product(split: Split, params: TrainingParams, progress: Callable[[str], None
         manifest = publish_model(split.train, params, storage, source=None, progress=lambda _m: None)
         train_seconds = time.perf_counter() - t
         model = load_model(storage, manifest["version"])
-        # The model keeps the training catalog's order, so its rows are the cases' rows.
-        assert model.catalog.codes == split.train.item_codes
-        codes, rows = split.train.item_codes, model.catalog.index
+        codes = split.train.item_codes
+        rows = {code: i for i, code in enumerate(codes)}  # the cases' rows (the model numbers items its own way)
         baskets = [[codes[i] for i in query] for query in split.cases.queries]
         ranked, cold = [], []
         for basket in baskets:

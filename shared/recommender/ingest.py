@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -315,3 +315,11 @@ def select_baskets(tx: Transactions, keep: np.ndarray) -> Transactions:
         basket_customer=tx.basket_customer[basket_rows],
         report=report,
     )
+
+
+def reorder_items(tx: Transactions, order: np.ndarray) -> Transactions:
+    """The same transactions with item order[k] renumbered k."""
+    new_index = np.empty(len(order), dtype=np.int32)
+    new_index[order] = np.arange(len(order), dtype=np.int32)
+    return replace(tx, item_codes=[tx.item_codes[i] for i in order], descriptions=[tx.descriptions[i] for i in order],
+                   pair_item=new_index[tx.pair_item])

@@ -54,6 +54,7 @@ class Model:
         self.table_target = table_target
         self.table_weight = table_weight
         self.popularity = np.asarray(catalog.popularity, dtype=np.float64)
+        self.items = [catalog.item(i) for i in range(len(catalog))]
         query = manifest["model"]["query"]
         self.per_item = int(query["candidates_per_item"])
         self.search_k = int(query["search_k_per_item"])
@@ -88,7 +89,7 @@ class Model:
 
     def _answer(self, basket: tuple[int, ...], n: int) -> list[Scored]:
         rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
-        return [Scored(self.catalog.item(int(i)), round(float(s), 4)) for i, s in zip(rows, scores)]
+        return [Scored(self.items[i], s) for i, s in zip(rows.tolist(), np.round(scores, 4).tolist())]
 
     def warm(self) -> None:
         """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""
@@ -106,23 +107,24 @@ class Model:
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         found = self.near(basket).ravel()
-        in_basket = np.zeros(len(self.catalog), dtype=bool)
-        in_basket[basket] = True
         if len(found) * 16 < len(self.catalog):
             candidates = np.unique(found)
+            in_basket = np.zeros(len(self.catalog), dtype=bool)
+            in_basket[basket] = True
             candidates = candidates[~in_basket[candidates]]
         else:  # a large basket: marking a catalog-wide mask beats sorting
             mark = np.zeros(len(self.catalog), dtype=bool)
             mark[found] = True
-            candidates = np.flatnonzero(mark & ~in_basket)
+            mark[basket] = False
+            candidates = np.flatnonzero(mark)
         starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
         lengths = stops - starts
         positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-        totals = np.bincount(self.table_target[positions], weights=self.table_weight[positions],
-                             minlength=len(self.catalog))
-        scores = totals[candidates]
-        # Best score first; ties by popularity, then by row, so answers are stable.
-        order = np.lexsort((candidates, -self.popularity[candidates], -scores))[:n]
+        scores = np.bincount(self.table_target[positions], weights=self.table_weight[positions],
+                             minlength=len(self.catalog))[candidates]
+        # Rows are numbered by popularity (training does it) and candidates come out in row order, so a stable
+        # sort on the score alone breaks ties by popularity, then by row: stable answers at the cost of one sort.
+        order = np.argsort(-scores, kind="stable")[:n]
         rows, scores = candidates[order], scores[order]
         if len(rows) < n:
             # Fewer candidates than asked for: fill up with the most popular items not yet listed, scored no
