@@ -147,7 +147,7 @@ def test_shared_requirements_are_the_serving_dependencies():
     layer = [Requirement(r) for r in builder.serving_requirements()]
     project = {Requirement(r).name: Requirement(r)
                for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    assert {r.name for r in layer} == {"annoy", "numpy", "fastapi", "python-multipart", "mangum", "python-jose",
+    assert {r.name for r in layer} == {"annoy", "numpy", "fastapi", "python-multipart", "orjson", "mangum", "python-jose",
                                        "libpass", "bcrypt"}
     for r in layer:   # the development install's bounds, plus any the Lambda platform adds (numpy<2.3)
         assert set(project[r.name].specifier) <= set(r.specifier), f"{r.name}: keep in step with pyproject.toml"

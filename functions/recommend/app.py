@@ -3,7 +3,6 @@
 from typing import Annotated
 
 from fastapi import Depends, Query
-from fastapi.responses import JSONResponse
 from mangum import Mangum
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -65,17 +64,17 @@ class SearchOut(BaseModel):
 
 @app.post("/send_data", response_model=LegacyOut, summary="Recommendations in the original system's format",
           openapi_extra=web.json_body_openapi(BasketIn))
-async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> JSONResponse:
+async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     answer = model.recommend(basket.product_list, basket.n)
     rows = [[s.item.stock_code, s.item.description, s.score] for s in answer.items]
-    return JSONResponse({"result": {"recommendation": rows}})
+    return web.FastJSON({"result": {"recommendation": rows}})
 
 
 @app.post("/recommendations", response_model=RecommendationsOut, summary="Recommendations, self-describing",
           openapi_extra=web.json_body_openapi(BasketIn))
-async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> JSONResponse:
+async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     answer = model.recommend(basket.product_list, basket.n)
-    return JSONResponse({
+    return web.FastJSON({
         "items": [{"stock_code": s.item.stock_code, "description": s.item.description, "score": s.score}
                   for s in answer.items],
         "model_version": answer.model_version,
@@ -86,19 +85,19 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
 
 @app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words")
 async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_length=200)] = "",
-                limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> JSONResponse:
+                limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> web.FastJSON:
     found = model.catalog.search(q, limit)
-    return JSONResponse({"items": [i._asdict() for i in found], "model_version": model.version})
+    return web.FastJSON({"items": [i._asdict() for i in found], "model_version": model.version})
 
 
 @app.get("/health", summary="Which model this process serves (no token needed)")
-async def health() -> JSONResponse:
+async def health() -> web.FastJSON:
     try:
         model = await web.current_model()
     except RecommenderError as err:
-        return JSONResponse({"status": "unavailable", "detail": err.message, "model_version": None, "item_count": 0},
+        return web.FastJSON({"status": "unavailable", "detail": err.message, "model_version": None, "item_count": 0},
                             status_code=ModelUnavailable.status_code)
-    return JSONResponse({"status": "ok", "model_version": model.version, "item_count": len(model.catalog),
+    return web.FastJSON({"status": "ok", "model_version": model.version, "item_count": len(model.catalog),
                          "model_created_at": model.manifest.get("created_at")})
 
 

@@ -6,6 +6,7 @@ import logging
 from functools import lru_cache
 from typing import Annotated, Any, Awaitable, Callable
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -123,6 +124,13 @@ def json_body(schema: type[BaseModel]) -> Callable[[Request], Awaitable[BaseMode
 def json_body_openapi(schema: type[BaseModel]) -> dict:
     """The openapi_extra that documents a json_body parameter."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema.model_json_schema()}}}}
+
+
+class FastJSON(JSONResponse):
+    """A JSON response rendered by orjson: the answer of every recommendation, several microseconds sooner."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
