@@ -62,6 +62,7 @@ class Model:
         # (row i of _near; _asked[i] says whether it is filled).
         self._near = np.zeros((len(catalog), self.per_item + 1), dtype=np.int64)
         self._asked = np.zeros(len(catalog), dtype=bool)
+        self._warm = False
         # Identical baskets (a product page's "goes well with", a common pair) get the same answer from a version:
         # the last answer_cache distinct ones are kept, and a new version starts with an empty cache.
         self._answers = lru_cache(maxsize=answer_cache)(self._answer) if answer_cache else self._answer
@@ -94,9 +95,12 @@ class Model:
     def warm(self) -> None:
         """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""
         self.near(np.arange(len(self.catalog), dtype=np.int64))
+        self._warm = True
 
     def near(self, items: np.ndarray) -> np.ndarray:
         """Each item's nearest items in the Annoy index (itself included), one row per item."""
+        if self._warm:
+            return self._near[items]
         for i in items[~self._asked[items]]:
             found = self.index.get_nns_by_item(int(i), self.per_item + 1, self.search_k)
             row = self._near[i]
@@ -107,12 +111,13 @@ class Model:
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         found = self.near(basket).ravel()
-        if len(found) * 16 < len(self.catalog):
+        # A catalog-wide mask is cheaper than sorting unless the catalog dwarfs the neighbourhoods.
+        if len(self.catalog) > 65536 and len(found) * 16 < len(self.catalog):
             candidates = np.unique(found)
             in_basket = np.zeros(len(self.catalog), dtype=bool)
             in_basket[basket] = True
             candidates = candidates[~in_basket[candidates]]
-        else:  # a large basket: marking a catalog-wide mask beats sorting
+        else:
             mark = np.zeros(len(self.catalog), dtype=bool)
             mark[found] = True
             mark[basket] = False
