@@ -40,6 +40,9 @@ def serve(settings: Settings, template: Path) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     storage = open_storage(settings)
     holder = model_holder(settings)
+    # A long-running server asks Annoy for every item before a model serves; a Lambda container does not (its
+    # cold start would pay for it) and asks as baskets come.
+    holder.warm = True
     try:
         registry.active_version(storage)
         if holder.refresh() is None:

@@ -28,9 +28,6 @@ class Settings:
     model_poll_seconds: float = 2.0
     # Distinct baskets whose answers a serving process keeps (per model version); 0 turns the cache off.
     answer_cache: int = 10000
-    # Ask Annoy for every item's neighbours when a model is loaded, before it serves (the local server does;
-    # a Lambda container skips it to keep its cold start short).
-    warm_model: bool = True
     # Where models kept in S3 are copied to before they are memory-mapped.
     cache_dir: str = "/tmp/recommender-cache"
     max_body_bytes: int = 65536

@@ -55,7 +55,7 @@ def _user_cache(settings: Settings) -> UserCache:
 @lru_cache(maxsize=8)
 def model_holder(settings: Settings) -> ModelHolder:
     """The holder of the model this process serves (one per settings)."""
-    return ModelHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache, settings.warm_model)
+    return ModelHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache)
 
 
 def reset_resources() -> None:
