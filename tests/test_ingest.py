@@ -211,3 +211,12 @@ def test_online_retail_ii_headers_accepted(tmp_path):
     assert from_ii.report.customers == 2
     xlsx = load_transactions(write_xlsx(tmp_path / "ii.xlsx", header=header))
     assert xlsx.item_codes == from_ii.item_codes and xlsx.report == from_ii.report
+
+
+def test_xlsx_without_calamine_falls_back_to_openpyxl(tmp_path, csv_file, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "python_calamine", None)  # import fails as if it were not installed
+    from_xlsx = load_transactions(write_xlsx(tmp_path / "retail.xlsx"))
+    from_csv = load_transactions(csv_file)
+    assert from_xlsx.item_codes == from_csv.item_codes and from_xlsx.report == from_csv.report

@@ -6,6 +6,7 @@ import gzip
 import re
 import zipfile
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -105,23 +106,50 @@ def _csv_chunks(path: Path, kind: str) -> Iterator[pd.DataFrame]:
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
 
 
+def _xlsx_rows(path: Path) -> list[list]:
+    """The first sheet's cells as Python values (python-calamine: several times faster than openpyxl)."""
+    try:
+        from python_calamine import CalamineWorkbook
+    except ImportError:  # the slow path still works without the Rust reader
+        return pd.read_excel(path, sheet_name=0, engine="openpyxl", header=None, dtype=object).values.tolist()
+    workbook = CalamineWorkbook.from_path(str(path))
+    if not workbook.sheet_names:
+        raise DataFileError(f"{path.name} has no worksheet")
+    return workbook.get_sheet_by_index(0).to_python(skip_empty_area=False)
+
+
+def _cell_text(value: object) -> str:
+    """A cell as the csv export would write it: 85123.0 -> "85123", a date -> "2010-12-01 08:26:00"."""
+    if value is None or value != value:  # None, or NaN for an empty cell
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    return str(value).strip()
+
+
 def _xlsx_frame(path: Path) -> pd.DataFrame:
     try:
-        try:
-            frame = pd.read_excel(path, sheet_name=0, engine="calamine", dtype=str)
-        except ImportError:
-            frame = pd.read_excel(path, sheet_name=0, engine="openpyxl", dtype=str)
-    except ValueError as err:
-        if "Worksheet" in str(err) or "sheet" in str(err).lower():
-            raise DataFileError(f"{path.name} has no worksheet") from None
-        raise DataFileError(f"cannot read {path.name} as .xlsx: {err}") from None
+        rows = _xlsx_rows(path)
+    except DataFileError:
+        raise
     except Exception as err:  # calamine and zipfile raise their own types for damaged files
         raise DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}") from None
-    columns = _column_map(list(frame.columns), path)
-    frame = frame[list(columns.values())].set_axis(list(columns), axis=1).fillna("")
-    for col in ("InvoiceNo", "StockCode", "CustomerID"):
-        frame[col] = frame[col].str.replace(FLOAT_INTEGER, r"\1", regex=True)
-    return frame
+    while rows and all(cell in (None, "") for cell in rows[-1]):
+        rows.pop()  # trailing empty rows of the sheet's used range
+    if not rows:
+        raise DataFileError(f"{path.name} is empty")
+    header = [_cell_text(cell) for cell in rows[0]]
+    columns = _column_map(header, path)
+    cells = pd.DataFrame(rows[1:], columns=range(len(header)), dtype=object)  # pads short rows with None
+    frame = {}
+    for name, original in columns.items():
+        values = cells[header.index(original)]
+        # Text conversion runs once per distinct value, not per cell.
+        codes, uniques = pd.factorize(values, use_na_sentinel=False)
+        frame[name] = np.array([_cell_text(u) for u in uniques], dtype=object)[codes] if len(values) else []
+    return pd.DataFrame(frame, columns=list(columns))
 
 
 def read_chunks(path: str | Path) -> Iterator[pd.DataFrame]:
