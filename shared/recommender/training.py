@@ -7,6 +7,7 @@ import json
 import secrets
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -28,6 +29,8 @@ from .storage import Storage
 
 MIN_ITEMS = 3
 MIN_BASKETS = 2
+# Up to this many matrix entries, the embedding is computed beside the item-item table (peak memory adds up).
+OVERLAP_MAX_ENTRIES = 5_000_000
 ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "catalog.json")
 
 
@@ -163,29 +166,25 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     progress(f"matrix: {baskets.shape[0]:,} baskets + {rows.shape[0] - baskets.shape[0]:,} returning customers' "
              f"histories x {n_items:,} items, {rows.nnz:,} entries")
 
-    k_nbrs = min(params.neighbors, n_items - 1)
-    with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
-        g = neighbors.gram(rows)
-        counts = g.counts
-        ridge = params.ridge_share * float(counts[counts > 0].mean())
-        table_index = neighbors.top_neighbors(g, k_nbrs)
-        with tqdm(total=n_items, desc="regression", unit=" items", leave=False, disable=None) as bar:
-            table_weight = neighbors.local_regression(g, table_index, ridge, progress=bar.update)
-        del g
-
+    counts = np.bincount(rows.indices, minlength=n_items).astype(np.float64)  # rows holding each item
     k = max(1, min(params.factors, n_items - 1, rows.shape[0] - 1))
-    with _stage(progress, f"svd: {k} factors"):
-        damped = (rows @ sp.diags(np.maximum(counts, 1) ** -params.popularity_damping)).tocsr()
-        embeddings = item_embeddings(damped, k, params.seed, params.svd_iterations)
-
-    with _stage(progress, f"index: Annoy angular, {params.n_trees} trees"):
-        index = AnnoyIndex(k, "angular")
-        index.set_seed(params.seed)
-        for i in range(n_items):
-            index.add_item(i, embeddings[i])
-        index.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
-        index.save(str(folder / "index.ann"))
-        index.unload()
+    # The embedding and its index need nothing from the item-item table: on a dataset that fits twice in memory
+    # they run on the other core meanwhile (each with one BLAS thread); on a large one they wait their turn.
+    overlap = rows.nnz <= OVERLAP_MAX_ENTRIES
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        embedding = pool.submit(_embed_and_index, rows, counts, k, params, folder, progress) if overlap else None
+        k_nbrs = min(params.neighbors, n_items - 1)
+        ridge = params.ridge_share * float(counts[counts > 0].mean())
+        with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
+            g = neighbors.gram(rows)
+            table_index = neighbors.top_neighbors(g, k_nbrs)
+            with tqdm(total=n_items, desc="regression", unit=" items", leave=False, disable=None) as bar:
+                table_weight = neighbors.local_regression(g, table_index, ridge, progress=bar.update)
+            del g
+        if embedding is None:
+            _embed_and_index(rows, counts, k, params, folder, progress)
+        else:
+            embedding.result()
 
     indptr, target, weight = neighbors.by_source(table_index, table_weight)
     np.save(folder / "table_indptr.npy", indptr)
@@ -198,6 +197,22 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
         "customer_rows": rows.shape[0] - baskets.shape[0], "table_entries": int(len(target)),
         "query": {"candidates_per_item": params.candidates_per_item, "search_k_per_item": params.search_k_per_item},
     }
+
+
+def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: TrainingParams, folder: Path,
+                     progress: Progress) -> None:
+    """SVD item embeddings of the damped matrix, and the Annoy index over them, written to folder."""
+    with _stage(progress, f"svd: {k} factors"):
+        damped = (rows @ sp.diags(np.maximum(counts, 1) ** -params.popularity_damping)).tocsr()
+        embeddings = item_embeddings(damped, k, params.seed, params.svd_iterations)
+    with _stage(progress, f"index: Annoy angular, {params.n_trees} trees"):
+        index = AnnoyIndex(k, "angular")
+        index.set_seed(params.seed)
+        for i in range(len(embeddings)):
+            index.add_item(i, embeddings[i])
+        index.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
+        index.save(str(folder / "index.ann"))
+        index.unload()
 
 
 def new_version_id(now: datetime, content_hash: str) -> str:
