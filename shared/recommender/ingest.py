@@ -176,7 +176,7 @@ class _Codebook:
     def encode(self, values: list[str], rows: np.ndarray) -> np.ndarray:
         """The id of values[r] for each r in rows; only values that rows use get an id."""
         out = np.full(len(values), -1, dtype=np.int32)
-        for j in np.unique(rows):
+        for j in np.flatnonzero(np.bincount(rows, minlength=len(values))):  # used values, in order
             value = values[j]
             idx = self.ids.get(value)
             if idx is None:
