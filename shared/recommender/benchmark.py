@@ -773,6 +773,9 @@ def product_app_in_process(dep: Deployment, template: Path) -> Iterator[Any]:
     os.environ["STORAGE_URL"] = dep.settings.storage_url
     get_settings.cache_clear()
     web.reset_resources()
+    holder = web.model_holder(get_settings())
+    holder.warm = True  # as `make run` serves it: Annoy's answers primed before the first request
+    holder.refresh()
     try:
         yield Gateway(read_routes(template), template.resolve().parent)
     finally:

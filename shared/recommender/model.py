@@ -31,7 +31,7 @@ class Scored(NamedTuple):
 class Recommendation:
     """The answer for one basket."""
 
-    items: list[Scored]
+    items: Sequence[Scored]
     unknown: list[str]       # basket codes the model does not know (ignored)
     fallback: bool           # True when nothing in the basket was known and popularity answered
     model_version: str
@@ -88,9 +88,10 @@ class Model:
             return Recommendation(items, unknown, True, self.version)
         return Recommendation(self._answers(tuple(sorted(known)), n), unknown, False, self.version)
 
-    def _answer(self, basket: tuple[int, ...], n: int) -> list[Scored]:
+    def _answer(self, basket: tuple[int, ...], n: int) -> tuple[Scored, ...]:
         rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
-        return [Scored(self.items[i], s) for i, s in zip(rows.tolist(), np.round(scores, 4).tolist())]
+        # A tuple of tuples of plain values: the garbage collector stops tracking it, however many are cached.
+        return tuple(Scored(self.items[i], s) for i, s in zip(rows.tolist(), np.round(scores, 4).tolist()))
 
     def warm(self) -> None:
         """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""
