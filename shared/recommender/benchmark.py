@@ -821,8 +821,8 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
                     runs.append({"app": name, "round": round_ + 1, **run})
                     _say(f"  {run['rps']:,.0f} requests/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
                          f"{run['errors']} errors")
-            _say(f"product with {options.cached_baskets:,} baskets cycled (answers from its cache), "
-                 f"{options.serve_seconds:g} s")
+            _say(f"product with {options.cached_baskets:,} baskets cycled (ANSWER_CACHE="
+                 f"{dep.settings.answer_cache}), {options.serve_seconds:g} s")
             run = run_wrk(urls["product"] + "/send_data", script, repeated, dep.token, options.serve_seconds,
                           options.connections)
             runs.append({"app": "product, repeated baskets", "round": 1, **run})
@@ -870,7 +870,8 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
             note=f"n=10, {inproc['calls']:,} baskets of {inproc['mean_basket']:.1f} items on average, no cache"),
         Row("serve", "in-process Model.recommend p99", round(inproc["p99_us"], 1), "µs"),
         Row("serve", "product, repeated baskets: requests/s", round(cached["rps"]), "req/s",
-            note=f"{options.cached_baskets:,} baskets cycled, answered from the cache; p99 {cached['p99_ms']:.2f} ms"),
+            note=f"{options.cached_baskets:,} baskets cycled, ANSWER_CACHE={dep.settings.answer_cache}; "
+                 f"p99 {cached['p99_ms']:.2f} ms"),
         Row("serve", "in-process product app (ASGI, no sockets) p50", round(asgi["product"]["p50_us"], 1), "µs",
             note=f"p99 {asgi['product']['p99_us']:,.0f} µs; ceiling app p50 {asgi['ceiling']['p50_us']:,.0f} µs, "
                  f"p99 {asgi['ceiling']['p99_us']:,.0f} µs"),
