@@ -10,12 +10,13 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Callable
-
-from passlib.context import CryptContext
+from typing import TYPE_CHECKING, Callable
 
 from .errors import AlreadyExists, AuthError, InvalidInput, NotFound
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from passlib.context import CryptContext
 
 USERS_PREFIX = "users/"
 USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -34,6 +35,9 @@ class User:
 
 def password_context(rounds: int = 12) -> CryptContext:
     """bcrypt over SHA-256 of the password (passlib's bcrypt_sha256), so passwords over 72 bytes are not truncated."""
+    # Imported here: the recommend function checks tokens, never passwords, and starts faster without it.
+    from passlib.context import CryptContext
+
     return CryptContext(schemes=["bcrypt_sha256"], bcrypt_sha256__rounds=rounds)
 
 
