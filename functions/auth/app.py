@@ -17,11 +17,15 @@ app = web.create_app("Recommender auth", "OAuth2 password flow: POST /token, the
 
 
 class TokenOut(BaseModel):
+    """A bearer token."""
+
     access_token: str
     token_type: str = "bearer"
 
 
 class UserOut(BaseModel):
+    """What a user may see about themselves."""
+
     username: str
     full_name: str
     email: str
@@ -31,6 +35,7 @@ class UserOut(BaseModel):
 async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], settings: web.SettingsDep,
                 storage: Annotated[Storage, Depends(web.get_storage)],
                 secret: Annotated[str, Depends(web.get_secret)]) -> TokenOut:
+    """A JWT for a username and password (OAuth2 password flow); 401 for bad credentials."""
     # bcrypt takes a quarter of a second on purpose: off the event loop.
     access_token = await run_in_threadpool(login, storage, settings, secret, form.username, form.password)
     return TokenOut(access_token=access_token)
@@ -39,6 +44,7 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], settings:
 @app.get("/users/me", response_model=UserOut, summary="The user the token belongs to")
 @app.get("/users/me/", response_model=UserOut, include_in_schema=False)
 async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
+    """The user the bearer token belongs to."""
     return UserOut(username=user.username, full_name=user.full_name, email=user.email)
 
 

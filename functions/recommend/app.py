@@ -19,6 +19,8 @@ app = web.create_app("Recommender", "Complementary products for a basket. Author
 
 
 class BasketIn(BaseModel):
+    """A basket: the stock codes a shopper holds, and how many items to recommend."""
+
     model_config = ConfigDict(extra="ignore")
 
     product_list: Annotated[list[StrictStr], Field(max_length=MAX_BASKET, description="stock codes in the basket")]
@@ -31,20 +33,28 @@ BasketDep = Annotated[BasketIn, Depends(web.json_body(BasketIn))]
 
 
 class LegacyResult(BaseModel):
+    """The original system's answer: [code, description, score] rows, best first."""
+
     recommendation: list[tuple[str, str, float]]
 
 
 class LegacyOut(BaseModel):
+    """The original system's envelope."""
+
     result: LegacyResult
 
 
 class ItemOut(BaseModel):
+    """One recommended item."""
+
     stock_code: str
     description: str
     score: float
 
 
 class RecommendationsOut(BaseModel):
+    """A self-describing answer."""
+
     items: list[ItemOut]
     model_version: str
     unknown_codes: list[str]
@@ -52,12 +62,16 @@ class RecommendationsOut(BaseModel):
 
 
 class CatalogItem(BaseModel):
+    """One catalog entry."""
+
     stock_code: str
     description: str
     popularity: int
 
 
 class SearchOut(BaseModel):
+    """Catalog search results."""
+
     items: list[CatalogItem]
     model_version: str
 
@@ -65,6 +79,7 @@ class SearchOut(BaseModel):
 @app.post("/send_data", response_model=LegacyOut, summary="Recommendations in the original system's format",
           openapi_extra=web.json_body_openapi(BasketIn))
 async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
+    """Exactly n items to offer with the basket (fewer only if the catalog is smaller), never one of its own."""
     answer = model.recommend(basket.product_list, basket.n)
     rows = [[s.item.stock_code, s.item.description, s.score] for s in answer.items]
     return web.FastJSON({"result": {"recommendation": rows}})
@@ -73,6 +88,7 @@ async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.F
 @app.post("/recommendations", response_model=RecommendationsOut, summary="Recommendations, self-describing",
           openapi_extra=web.json_body_openapi(BasketIn))
 async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
+    """The same answer as /send_data, with the model version, the unknown codes and whether popularity answered."""
     answer = model.recommend(basket.product_list, basket.n)
     return web.FastJSON({
         "items": [{"stock_code": s.item.stock_code, "description": s.item.description, "score": s.score}
@@ -86,12 +102,14 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
 @app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words")
 async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_length=200)] = "",
                 limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> web.FastJSON:
+    """Items whose code starts with q, then items whose description holds every word of q; popular first."""
     found = model.catalog.search(q, limit)
     return web.FastJSON({"items": [i._asdict() for i in found], "model_version": model.version})
 
 
 @app.get("/health", summary="Which model this process serves (no token needed)")
 async def health() -> web.FastJSON:
+    """The model this process serves (503 with the reason when there is none); no token needed."""
     try:
         model = await web.current_model()
     except RecommenderError as err:
