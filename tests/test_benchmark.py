@@ -12,7 +12,6 @@ from recommender.ingest import load_transactions
 from recommender.model import load_model
 from recommender.registry import active_version
 from recommender.settings import get_settings
-from recommender.storage import LocalStorage
 from recommender.tokens import issue_token, load_secret
 
 from .conftest import ROOT

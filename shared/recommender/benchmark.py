@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -1126,7 +1126,6 @@ def bench_scale(options: Options) -> PartResult:
     _say(f"training on {path.name}: {meta['rows']:,} rows, {meta['products']:,} products")
     try:
         main = measure_training(path, 1, keep=keep)
-        index_bytes = main["artifact_bytes"].get("index.ann", 0)
         _say("query latency on the full model; HR@10 on the temporal split (trains a second model)")
         quality = run_child("child-quality", {"source": str(path), "model_storage": str(keep), "days": plan.days,
                                               "max_cases": plan.max_cases, "latency_baskets": plan.latency_baskets})
