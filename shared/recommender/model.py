@@ -53,7 +53,6 @@ class Model:
         self.table_indptr = table_indptr
         self.table_target = table_target
         self.table_weight = table_weight
-        self.popularity = np.asarray(catalog.popularity, dtype=np.float64)
         self.items = [catalog.item(i) for i in range(len(catalog))]
         query = manifest["model"]["query"]
         self.per_item = int(query["candidates_per_item"])
@@ -84,7 +83,7 @@ class Model:
         if not known:
             top = self.catalog.most_popular()[:n]
             best = max(self.catalog.popularity[top[0]], 1) if top else 1
-            items = [Scored(self.catalog.item(i), round(self.catalog.popularity[i] / best, 4)) for i in top]
+            items = [Scored(self.items[i], round(self.catalog.popularity[i] / best, 4)) for i in top]
             return Recommendation(items, unknown, True, self.version)
         return Recommendation(self._answers(tuple(sorted(known)), n), unknown, False, self.version)
 
