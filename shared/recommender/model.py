@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from functools import lru_cache
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -150,7 +151,8 @@ def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:
         return str(storage.local_copy(registry.artifact_key(version, name)))
 
     try:
-        catalog = Catalog.from_json(storage.read(registry.artifact_key(version, "catalog.json")))
+        # verify() has just made local copies of every artifact (downloads, on S3): read those, not the storage again.
+        catalog = Catalog.from_json(Path(path("catalog.json")).read_bytes())
         index = AnnoyIndex(int(manifest["model"]["factors"]), manifest["model"]["metric"])
         index.load(path("index.ann"))  # memory-mapped by Annoy
         table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
