@@ -218,6 +218,12 @@ def write_zip(folder: Path, target: Path) -> None:
                 archive.write(path, path.relative_to(folder).as_posix())
 
 
+def layer_source(shared: Path, target: Path) -> None:
+    """The serving part of the package into target, by the same make target sam build uses (one definition)."""
+    run(["make", "--no-print-directory", "-C", str(shared), "layer-source", f"TARGET={target}"],
+        stdout=subprocess.DEVNULL)
+
+
 def copy_source(source: Path, target: Path) -> None:
     """Copy a source folder without caches and egg-info."""
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
@@ -256,12 +262,12 @@ print(json.dumps({"answers": answers, "forbidden": forbidden, "import_seconds": 
 def smoke_test(layer: Path, functions: dict[str, Path], workdir: Path) -> None:
     """Train a tiny model with this project's own install, then let each function answer from the layer alone."""
     sys.path.insert(0, str(ROOT / "shared"))
-    from recommender import synthetic
-    from recommender.model import load_model
-    from recommender.storage import LocalStorage
-    from recommender.tokens import issue_token
-    from recommender.training import train
-    from recommender.users import add_user
+    from recommender.core.storage import LocalStorage
+    from recommender.serving.model import load_model
+    from recommender.serving.tokens import issue_token
+    from recommender.serving.users import add_user
+    from recommender.tools import synthetic
+    from recommender.training.pipeline import train
 
     data, store = workdir / "tiny.csv", workdir / "store"
     synthetic.write_csv(synthetic.TINY, data)
@@ -313,14 +319,14 @@ def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
     if len(layers) != 1:
         raise BuildError(f"expected one layer in {TEMPLATE.name}, found {sorted(layers)}")
     (layer_name, layer), = layers.items()
-    if layer.get("Metadata", {}).get("BuildMethod") != RUNTIME:
-        raise BuildError(f"{layer_name} must be built for {RUNTIME} (Metadata: BuildMethod)")
+    if layer.get("Metadata", {}).get("BuildMethod") != "makefile" or layer["Properties"]["CompatibleRuntimes"] != [RUNTIME]:
+        raise BuildError(f"{layer_name} must be built by shared/Makefile for {RUNTIME} (Metadata: BuildMethod makefile)")
     OUT.mkdir(exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="build.", dir=OUT))
     work = Path(tempfile.mkdtemp(prefix="work.", dir=OUT))
     try:
         layer_dir = staging / layer_name / "python"
-        copy_source(ROOT / layer["Properties"]["ContentUri"] / "recommender", layer_dir / "recommender")
+        layer_source(ROOT / layer["Properties"]["ContentUri"], layer_dir)
         requirements = serving_requirements()
         annoy = [r for r in requirements if requirement_name(r) == "annoy"]
         install_wheels([r for r in requirements if requirement_name(r) != "annoy"], layer_dir)

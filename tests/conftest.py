@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import boto3
 import pytest
 from moto import mock_aws
-
-from recommender import synthetic, web
-from recommender.settings import Settings, get_settings
-from recommender.storage import LocalStorage, S3Storage
-from recommender.training import train
-from recommender.users import add_user
+from recommender.core.settings import Settings, get_settings
+from recommender.core.storage import LocalStorage, S3Storage
+from recommender.serving import web
+from recommender.serving.users import add_user
+from recommender.tools import synthetic
+from recommender.training.pipeline import train
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = Path(__file__).resolve().parent / "events"

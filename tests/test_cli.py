@@ -4,11 +4,10 @@ import os
 import subprocess
 
 import pytest
+from recommender.core.storage import LocalStorage
+from recommender.serving.users import authenticate
 
-from recommender.storage import LocalStorage
-from recommender.users import authenticate
-
-from .conftest import ROOT, make_runner
+from tests.conftest import ROOT, make_runner
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 TEMPLATE = ROOT / "template.yaml"
 RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3", "six"}
@@ -72,8 +72,9 @@ def test_cfn_lint_is_clean():
 def test_functions_layer_and_runtime_agree(template):
     runtime = template["Globals"]["Function"]["Runtime"]
     (layer,) = resources_of(template, "AWS::Serverless::LayerVersion").values()
-    assert layer["Metadata"]["BuildMethod"] == runtime and layer["Properties"]["CompatibleRuntimes"] == [runtime]
+    assert layer["Metadata"]["BuildMethod"] == "makefile" and layer["Properties"]["CompatibleRuntimes"] == [runtime]
     assert layer["Properties"]["ContentUri"] == "shared/" and (ROOT / "shared" / "requirements.txt").is_file()
+    assert "build-SharedLayer:" in (ROOT / "shared" / "Makefile").read_text()
     functions = resources_of(template, "AWS::Serverless::Function")
     assert set(functions) == {"AuthFunction", "RecommendFunction"}
     for function in functions.values():
@@ -124,7 +125,7 @@ def test_bucket_is_private_versioned_and_encrypted(template):
 
 
 def test_secret_is_generated_and_both_functions_read_it(template):
-    from recommender.tokens import MIN_SECRET_LENGTH
+    from recommender.serving.tokens import MIN_SECRET_LENGTH
 
     (secret,) = resources_of(template, "AWS::SecretsManager::Secret").values()
     assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= MIN_SECRET_LENGTH
@@ -157,9 +158,9 @@ def test_layer_requirements_cover_what_the_functions_import(user, trained_storag
     """Every distribution the two functions import while answering is in the layer (or in the Lambda runtime)."""
     from importlib.metadata import distribution, packages_distributions
 
-    from recommender.tokens import issue_token
+    from recommender.serving.tokens import issue_token
 
-    from .test_handlers import cold_start_events, run_cold_start
+    from tests.functions.test_handlers import cold_start_events, run_cold_start
 
     secret = "k" * 48
     env = {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": secret,
@@ -195,6 +196,7 @@ def test_layer_requirements_cover_what_the_functions_import(user, trained_storag
 def test_samconfig_and_build_environment():
     config = tomllib.loads((ROOT / "samconfig.toml").read_text())
     assert config["default"]["build"]["parameters"]["use_container"] is True
+    assert config["default"]["build"]["parameters"]["build_image"] == ["SharedLayer=public.ecr.aws/sam/build-python3.11"]
     assert config["default"]["deploy"]["parameters"]["capabilities"] == "CAPABILITY_IAM"
     env_file = ROOT / config["default"]["build"]["parameters"]["container_env_var_file"]
     flags = json.loads(env_file.read_text())["Parameters"]["ANNOY_COMPILER_ARGS"].split(",")

@@ -6,12 +6,11 @@ from fastapi import Depends
 from fastapi.security import OAuth2PasswordRequestForm
 from mangum import Mangum
 from pydantic import BaseModel
+from recommender.core.storage import Storage
+from recommender.serving import web
+from recommender.serving.tokens import login
+from recommender.serving.users import User
 from starlette.concurrency import run_in_threadpool
-
-from recommender import web
-from recommender.storage import Storage
-from recommender.tokens import login
-from recommender.users import User
 
 app = web.create_app("Recommender auth", "OAuth2 password flow: POST /token, then send Authorization: Bearer <token>.")
 

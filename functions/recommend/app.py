@@ -5,11 +5,10 @@ from typing import Annotated
 from fastapi import Depends, Query
 from mangum import Mangum
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
-
-from recommender import web
-from recommender.errors import ModelUnavailable, RecommenderError
-from recommender.model import Model
-from recommender.users import User
+from recommender.core.errors import ModelUnavailable, RecommenderError
+from recommender.serving import web
+from recommender.serving.model import Model
+from recommender.serving.users import User
 
 MAX_BASKET = 1000
 MAX_N = 100

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import registry
-from .emulator import use_dummy_credentials
-from .errors import InvalidInput, RecommenderError
-from .settings import Settings, get_settings
-from .storage import Storage, open_storage
+from recommender.core import registry
+from recommender.core.errors import InvalidInput, RecommenderError
+from recommender.core.settings import Settings, get_settings
+from recommender.core.storage import Storage, open_storage
+from recommender.local.emulator import use_dummy_credentials
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
 
@@ -49,7 +49,7 @@ def _password(args: argparse.Namespace) -> str:
 
 @command("add-user")
 def _add_user(args: argparse.Namespace, settings: Settings) -> int:
-    from .users import add_user
+    from recommender.serving.users import add_user
 
     user = add_user(_storage(settings), args.username, _password(args), args.full_name, args.email,
                     rounds=settings.bcrypt_rounds)
@@ -59,7 +59,7 @@ def _add_user(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("del-user")
 def _del_user(args: argparse.Namespace, settings: Settings) -> int:
-    from .users import delete_user
+    from recommender.serving.users import delete_user
 
     delete_user(_storage(settings), args.username)
     print(f"deleted user {args.username}")
@@ -68,7 +68,7 @@ def _del_user(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("list-users")
 def _list_users(args: argparse.Namespace, settings: Settings) -> int:
-    from .users import list_users
+    from recommender.serving.users import list_users
 
     users = list_users(_storage(settings))
     if not users:
@@ -80,7 +80,7 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("train")
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from .training import train
+    from recommender.training.pipeline import train
 
     train(args.path, _storage(settings), activate=not args.stage, keep_versions=settings.keep_versions)
     return 0
@@ -115,7 +115,7 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("generate")
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from . import synthetic
+    from recommender.tools import synthetic
 
     spec = synthetic.preset(args.preset, seed=args.seed)
     summary = synthetic.write_csv(spec, args.path)
@@ -125,7 +125,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("serve")
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .server import serve
+    from recommender.local.server import serve
 
     serve(settings, Path(args.template))
     return 0
@@ -133,7 +133,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("start")
 def _start(args: argparse.Namespace, settings: Settings) -> int:
-    from .server import start
+    from recommender.local.server import start
 
     info = start(settings, Path(args.template))
     print(f"server running: pid {info.pid}, http://{info.host}:{info.port} (log: {info.log_file}); `make kill` stops it")
@@ -142,7 +142,7 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("stop")
 def _stop(args: argparse.Namespace, settings: Settings) -> int:
-    from .server import stop
+    from recommender.local.server import stop
 
     info = stop(settings)
     print(f"stopped server pid {info.pid}; port {info.port} is free" if info else "no background server is running")
@@ -151,7 +151,7 @@ def _stop(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("status")
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from .server import health, read_pid_file
+    from recommender.local.server import health, read_pid_file
 
     info = read_pid_file(settings)
     if info is None:
@@ -165,7 +165,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("emulate-s3")
 def _emulate_s3(args: argparse.Namespace, settings: Settings) -> int:
-    from . import emulator
+    from recommender.local import emulator
 
     print(emulator.usage(emulator.start(settings, port=args.port)))
     return 0
@@ -173,7 +173,7 @@ def _emulate_s3(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("emulate-s3-stop")
 def _emulate_s3_stop(args: argparse.Namespace, settings: Settings) -> int:
-    from . import emulator
+    from recommender.local import emulator
 
     info = emulator.stop(settings)
     print(f"stopped the S3 emulator (pid {info.pid}, {info.endpoint_url})" if info else "no S3 emulator is running")
@@ -184,12 +184,12 @@ def _emulate_s3_stop(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     import secrets
 
-    from . import synthetic
-    from .catalog import Catalog
-    from .errors import NotFound
-    from .server import serve
-    from .training import train
-    from .users import add_user, delete_user
+    from recommender.core.catalog import Catalog
+    from recommender.core.errors import NotFound
+    from recommender.local.server import serve
+    from recommender.serving.users import add_user, delete_user
+    from recommender.tools import synthetic
+    from recommender.training.pipeline import train
 
     storage = _storage(settings)
     data = Path(settings.run_dir).parent / "synthetic.csv"
@@ -220,7 +220,7 @@ try it:
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from . import evaluation
+    from recommender.tools import evaluation
 
     report, folder = evaluation.run(args.path, days=args.days, out_dir=args.out)
     print()
@@ -233,13 +233,13 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
-    from . import benchmark
+    from recommender.tools.bench import common, runner
 
-    options = benchmark.Options.quick_options() if args.quick else benchmark.Options()
+    options = runner.Options.quick_options() if args.quick else runner.Options()
     options = replace(options, csv=Path(args.csv), xlsx=Path(args.xlsx), template=Path(args.template),
                       cache_dir=Path(args.cache), **({"out_dir": Path(args.out)} if args.out else {}))
-    parts = benchmark.PARTS if args.part == "all" else (args.part,)
-    benchmark.run(parts, options, command="python -m recommender " + " ".join(sys.argv[1:]))
+    parts = common.PARTS if args.part == "all" else (args.part,)
+    runner.run(parts, options, command="python -m recommender " + " ".join(sys.argv[1:]))
     return 0
 
 

@@ -1,0 +1,230 @@
+"""A trained model in memory, and answering "what goes with this basket" (numpy and Annoy only: no pandas, no scipy)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from recommender.core import registry
+from recommender.core.catalog import Catalog, Item
+from recommender.core.errors import ModelUnavailable, RecommenderError
+from recommender.core.storage import Storage
+
+log = logging.getLogger("recommender")
+
+
+class Scored(NamedTuple):
+    """One recommended item (a tuple of plain values, like Item, so cached answers cost the GC nothing)."""
+
+    item: Item
+    score: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The answer for one basket."""
+
+    items: Sequence[Scored]
+    unknown: list[str]       # basket codes the model does not know (ignored)
+    fallback: bool           # True when nothing in the basket was known and popularity answered
+    model_version: str
+
+
+class Model:
+    """One loaded, verified model version.
+
+    Answering a basket: the candidates are the nearest items of each basket item in the Annoy index (SVD
+    embeddings); each candidate's score is the sum of the item-item table's weights from the basket's items.
+    """
+
+    def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, table_indptr: np.ndarray,
+                 table_target: np.ndarray, table_weight: np.ndarray, answer_cache: int = 0) -> None:
+        self.version = version
+        self.manifest = manifest
+        self.catalog = catalog
+        self.index = index
+        self.table_indptr = table_indptr
+        self.table_target = table_target
+        self.table_weight = table_weight
+        self.items = [catalog.item(i) for i in range(len(catalog))]
+        query = manifest["model"]["query"]
+        self.per_item = int(query["candidates_per_item"])
+        self.search_k = int(query["search_k_per_item"])
+        # Annoy's answer for an item never changes within a version: each is asked once, then remembered
+        # (row i of _near; _asked[i] says whether it is filled).
+        self._near = np.zeros((len(catalog), self.per_item + 1), dtype=np.int64)
+        self._asked = np.zeros(len(catalog), dtype=bool)
+        self._warm = False
+        # Identical baskets (a product page's "goes well with", a common pair) get the same answer from a version:
+        # the last answer_cache distinct ones are kept, and a new version starts with an empty cache.
+        self._answers = lru_cache(maxsize=answer_cache)(self._answer) if answer_cache else self._answer
+
+    def recommend(self, basket: Sequence[str], n: int) -> Recommendation:
+        """The n best items to offer with basket, best first, none from the basket."""
+        known, unknown, seen = [], [], set()
+        for code in basket:
+            code = code.strip()
+            if code in seen:
+                continue
+            seen.add(code)
+            i = self.catalog.index.get(code)
+            if i is None:
+                unknown.append(code)
+            else:
+                known.append(i)
+        n = max(0, min(n, len(self.catalog) - len(known)))
+        if not known:
+            top = self.catalog.most_popular()[:n]
+            best = max(self.catalog.popularity[top[0]], 1) if top else 1
+            items = [Scored(self.items[i], round(self.catalog.popularity[i] / best, 4)) for i in top]
+            return Recommendation(items, unknown, True, self.version)
+        return Recommendation(self._answers(tuple(sorted(known)), n), unknown, False, self.version)
+
+    def _answer(self, basket: tuple[int, ...], n: int) -> tuple[Scored, ...]:
+        rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
+        # A tuple of tuples of plain values: the garbage collector stops tracking it, however many are cached.
+        return tuple(Scored(self.items[i], s) for i, s in zip(rows.tolist(), np.round(scores, 4).tolist()))
+
+    def warm(self) -> None:
+        """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""
+        self.near(np.arange(len(self.catalog), dtype=np.int64))
+        self._warm = True
+
+    def near(self, items: np.ndarray) -> np.ndarray:
+        """Each item's nearest items in the Annoy index (itself included), one row per item."""
+        if self._warm:
+            return self._near[items]
+        for i in items[~self._asked[items]]:
+            found = self.index.get_nns_by_item(int(i), self.per_item + 1, self.search_k)
+            row = self._near[i]
+            row[:] = i  # a short answer (tiny catalog) is padded with the item itself, dropped later
+            row[:len(found)] = found
+            self._asked[i] = True
+        return self._near[items]
+
+    def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self.near(basket).ravel()
+        # A catalog-wide mask is cheaper than sorting unless the catalog dwarfs the neighbourhoods.
+        if len(self.catalog) > 65536 and len(found) * 16 < len(self.catalog):
+            candidates = np.unique(found)
+            in_basket = np.zeros(len(self.catalog), dtype=bool)
+            in_basket[basket] = True
+            candidates = candidates[~in_basket[candidates]]
+        else:
+            mark = np.zeros(len(self.catalog), dtype=bool)
+            mark[found] = True
+            mark[basket] = False
+            candidates = np.flatnonzero(mark)
+        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
+        lengths = stops - starts
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        scores = np.bincount(self.table_target[positions], weights=self.table_weight[positions],
+                             minlength=len(self.catalog))[candidates]
+        # Rows are numbered by popularity (training does it) and candidates come out in row order, so a stable
+        # sort on the score alone breaks ties by popularity, then by row: stable answers at the cost of one sort.
+        order = np.argsort(-scores, kind="stable")[:n]
+        rows, scores = candidates[order], scores[order]
+        if len(rows) < n:
+            # Fewer candidates than asked for: fill up with the most popular items not yet listed, scored no
+            # higher than the last candidate so the answer stays sorted.
+            taken = set(basket.tolist()) | set(rows.tolist())
+            extra = [i for i in self.catalog.most_popular() if i not in taken][: n - len(rows)]
+            floor = min(0.0, float(scores[-1])) if len(scores) else 0.0
+            rows = np.concatenate([rows, np.asarray(extra, dtype=np.int64)])
+            scores = np.concatenate([scores, np.full(len(extra), floor)])
+        return rows, scores
+
+
+def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:
+    """Load one version, verifying every artifact against its manifest checksum; ModelUnavailable if it is damaged."""
+    manifest = registry.verify(storage, version)
+
+    def path(name: str) -> str:
+        return str(storage.local_copy(registry.artifact_key(version, name)))
+
+    try:
+        # verify() has just made local copies of every artifact (downloads, on S3): read those, not the storage again.
+        catalog = Catalog.from_json(Path(path("catalog.json")).read_bytes())
+        index = AnnoyIndex(int(manifest["model"]["factors"]), manifest["model"]["metric"])
+        index.load(path("index.ann"))  # memory-mapped by Annoy
+        table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
+    return Model(version, manifest, catalog, index, *table, answer_cache=answer_cache)
+
+
+class ModelHolder:
+    """The model a process serves: loaded once, then swapped for a new active version when the pointer moves.
+
+    The pointer is looked at no more than every poll_seconds, on the request path (Lambda) or by a background
+    watcher (the local server); a new version is loaded, verified and, with warm, primed in full before one
+    reference is switched, so requests in flight keep the model they started with and none waits for the swap.
+    """
+
+    def __init__(self, storage: Storage, poll_seconds: float, answer_cache: int = 0, warm: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.storage = storage
+        self.poll_seconds = poll_seconds
+        self.answer_cache = answer_cache
+        self.warm = warm
+        self.clock = clock
+        self.model: Model | None = None
+        self.error: str | None = None
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()
+        self._watching = False
+
+    def due(self) -> bool:
+        """Whether a request should look at the pointer (never while a watcher does it)."""
+        return not self._watching and self.clock() - self._checked_at >= self.poll_seconds
+
+    def refresh(self) -> Model | None:
+        """Look at the active pointer and load the version it names if it is not the one in memory."""
+        if not self._lock.acquire(blocking=self.model is None):
+            return self.model  # another thread is refreshing; keep serving what we have
+        try:
+            self._checked_at = self.clock()
+            try:
+                version = registry.active_version(self.storage)
+                if self.model is None or self.model.version != version:
+                    model = load_model(self.storage, version, self.answer_cache)
+                    if self.warm:
+                        model.warm()
+                    self.model = model
+                    log.info("serving model %s (%d items)", version, len(model.catalog))
+                    self.storage.drop_local_copies(keep_prefix=registry.artifact_key(version, ""))
+                self.error = None
+            except RecommenderError as err:
+                # Keep serving the model in memory when a newer one is broken; report why otherwise.
+                if err.message != self.error:
+                    log.warning("%s", err.message)
+                self.error = err.message
+            return self.model
+        finally:
+            self._lock.release()
+
+    def watch(self, stop: threading.Event) -> threading.Thread:
+        """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh."""
+        def loop() -> None:
+            while not stop.wait(self.poll_seconds):
+                self.refresh()
+
+        self._watching = True
+        thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
+        thread.start()
+        return thread
+
+    def current(self) -> Model:
+        """The model to answer with; ModelUnavailable (with the reason) when there is none."""
+        model = self.model
+        if model is None:
+            raise ModelUnavailable(self.error or "no model loaded")
+        return model

@@ -1,0 +1,1 @@
+"""Tools around the product: benchmarks, offline evaluation, synthetic data, the serving ceiling app."""

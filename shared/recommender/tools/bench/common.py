@@ -1,0 +1,165 @@
+"""What every benchmark part shares: progress messages, targets, statistics, memory, the machine, child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from recommender.core.errors import ConfigError
+
+PARTS = ("train", "serve", "cold", "scale")
+GiB = 1024 ** 3
+
+# The issue's targets: (limit, direction), direction "max" means the measured value must not exceed the limit.
+TARGETS: dict[str, tuple[float, str]] = {
+    "train_csv_seconds": (5.0, "max"),
+    "train_xlsx_seconds": (10.0, "max"),
+    "serve_rps_ratio": (0.70, "min"),
+    "serve_p99_ms": (20.0, "max"),
+    "serve_errors": (0, "max"),
+    "cold_start_seconds": (0.6, "max"),
+    "scale_train_seconds": (300.0, "max"),
+    "scale_peak_rss_gib": (6.0, "max"),
+    "scale_query_p99_ms": (2.0, "max"),
+    "scale_hr_lift": (1.0, "min"),
+}
+
+
+def say(message: str) -> None:
+    """Progress on stderr, so that stdout holds only the table."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics, memory and the machine.
+# ---------------------------------------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation; nan for no values."""
+    if not len(values):
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def median(values: Sequence[float]) -> float:
+    """The median; nan for no values."""
+    return float(statistics.median(values)) if len(values) else float("nan")
+
+
+def growth_exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
+    """The exponent a of value ~ size^a, by least squares on logs (1 = linear growth)."""
+    x, y = np.log(np.asarray(sizes, float)), np.log(np.maximum(np.asarray(values, float), 1e-9))
+    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 and np.ptp(x) > 0 else float("nan")
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident set size of this process since the last reset_peak_rss()."""
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak (Linux 4.0+: writing 5 to clear_refs resets VmHWM); elsewhere peaks stay cumulative."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def machine_info() -> dict:
+    """Cores, memory, CPU, Python and library versions, the git commit, and the load right now."""
+    info: dict[str, Any] = {"cores": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform(), "hostname": socket.gethostname()}
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        info["memory_gib"] = round(int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) * 1024 / GiB, 1)
+        model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        info["cpu"] = model.group(1).strip() if model else platform.processor()
+    except (OSError, AttributeError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    libs = {}
+    for name in ("numpy", "scipy", "pandas", "annoy", "fastapi", "starlette", "pydantic", "uvicorn", "uvloop",
+                 "httptools", "mangum", "python-jose"):
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            libs[name] = None
+    info["libraries"] = libs
+    # BLAS threads matter on a shared machine (see README, Performance): record what the runs were allowed.
+    info["blas_threads_env"] = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                                if k in os.environ}
+    try:
+        root = Path(__file__).resolve().parents[2]
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+        if commit.returncode == 0:
+            info["commit"] = commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
+    try:
+        wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        info["wrk"] = (wrk.stdout + wrk.stderr).splitlines()[0]
+    except (OSError, IndexError):
+        info["wrk"] = None
+    return info
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Child processes: timed work runs in a fresh interpreter, which prints one result line.
+# ---------------------------------------------------------------------------------------------------------
+RESULT_MARK = "BENCH_RESULT "
+
+
+def run_child(task: str, args: dict, timeout: float = 3600) -> dict:
+    """Run `python -m recommender.tools.bench <task>` with args as JSON; its result, or ConfigError with its stderr."""
+    cmd = [sys.executable, "-m", "recommender.tools.bench", task, json.dumps(args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            result = json.loads(line[len(RESULT_MARK):])
+            result["_stderr"] = done.stderr
+            return result
+    tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+    raise ConfigError(f"benchmark step {task} failed (exit {done.returncode}):\n{tail}")
+
+
+def print_result(result: dict) -> None:
+    print(RESULT_MARK + json.dumps(result, default=str), flush=True)
+
+

@@ -1,0 +1,202 @@
+"""Training benchmark: `make train` on Online Retail (csv.gz and xlsx), wall time and peak RSS per stage."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from recommender.core.errors import ConfigError
+from recommender.tools.bench.common import (
+    median,
+    peak_rss_bytes,
+    print_result,
+    reset_peak_rss,
+    run_child,
+    say,
+)
+from recommender.tools.bench.report import PartResult, Row, target_row
+
+if TYPE_CHECKING:
+    from recommender.tools.bench.runner import Options
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Training: wall time and peak RSS per stage.
+# ---------------------------------------------------------------------------------------------------------
+class StageClock:
+    """Wall time and peak RSS per named stage; mark(name) closes the segment that ran since the last mark."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, float]] = {}
+        self.peak = 0
+        reset_peak_rss()
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        """Attribute the time and memory peak since the previous mark to stage name (stages may recur)."""
+        now = time.perf_counter()
+        peak = peak_rss_bytes()
+        stage = self.stages.setdefault(name, {"seconds": 0.0, "peak_rss": 0})
+        stage["seconds"] += now - self._last
+        stage["peak_rss"] = max(stage["peak_rss"], peak)
+        self.peak = max(self.peak, peak)
+        reset_peak_rss()
+        self._last = time.perf_counter()
+
+
+# Progress messages of training.train that end a stage. Any other unindented "<name>: ..." message ends a
+# stage of that name, so stages a new recipe adds show up on their own.
+_STAGE_MESSAGES = (("read and cleaned", "clean"), ("saved version", "write"), ("activated", "write"),
+                   ("staged", "write"), ("pruned", "write"), ("done in", "write"))
+_STAGE_NAME = re.compile(r"^([a-z][a-z0-9 _-]{0,60}): ")
+
+
+def stage_of_message(message: str) -> str | None:
+    """The stage a training progress message closes, or None when it closes none."""
+    if not message or message[0].isspace():
+        return None
+    for prefix, stage in _STAGE_MESSAGES:
+        if message.startswith(prefix):
+            return stage
+    match = _STAGE_NAME.match(message)
+    return match.group(1) if match else None
+
+
+def profile_training(source: str, storage_dir: str, imports_seconds: float | None = None) -> dict:
+    """Train on source into a local storage as `make train` does, timing every stage and its peak RSS.
+
+    read vs clean: the reading of each chunk (pandas) is timed apart from the cleaning that follows it by
+    wrapping ingest.read_chunks for the duration of this call.
+    """
+    from recommender.core.storage import LocalStorage
+    from recommender.training import ingest
+    from recommender.training.pipeline import train
+
+    imports_peak = peak_rss_bytes()
+    clock = StageClock()
+    if imports_seconds is not None:  # the command's start-up (interpreter and imports) is part of its wall time
+        clock.stages["imports"] = {"seconds": imports_seconds, "peak_rss": imports_peak}
+        clock.peak = imports_peak
+    original = ingest.read_chunks
+
+    def timed_chunks(path: Any) -> Iterator[Any]:
+        chunks = original(path)
+        first = True
+        while True:
+            clock.mark("read" if first else "clean")  # since the last chunk was handed over: cleaning it
+            first = False
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                clock.mark("read")
+                return
+            clock.mark("read")
+            yield chunk
+
+    def progress(message: str) -> None:
+        stage = stage_of_message(message)
+        if stage:
+            clock.mark(stage)
+
+    ingest.read_chunks = timed_chunks
+    t = time.perf_counter()
+    try:
+        result = train(source, LocalStorage(storage_dir), progress=progress)
+    finally:
+        ingest.read_chunks = original
+    seconds = time.perf_counter() - t
+    clock.mark("write")
+    manifest = result.manifest
+    folder = Path(storage_dir) / "models" / "versions" / result.version
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+    total = seconds + (imports_seconds or 0.0)
+    return {"source": source, "version": result.version, "seconds": total, "train_seconds": seconds,
+            "peak_rss": clock.peak, "stages": clock.stages, "counts": manifest.get("counts", {}), "artifact_bytes": sizes}
+
+
+def child_train(args: dict) -> None:
+    from . import training  # noqa: F401  (imported here so that its cost lands in the "imports" stage)
+
+    # time.monotonic is CLOCK_MONOTONIC, one clock for every process: the parent's spawn time is comparable.
+    print_result(profile_training(args["source"], args["storage"], time.monotonic() - args["spawned"]))
+
+
+def measure_training(source: Path, repeats: int, keep: Path | None = None) -> dict:
+    """Train `repeats` times, each in a fresh process; medians of time and peak RSS per stage and in total.
+
+    keep: a folder to leave the last run's storage in (the scale part queries that model); else it is removed.
+    """
+    runs = []
+    for r in range(repeats):
+        storage = Path(tempfile.mkdtemp(prefix="recommender-bench-train-")) if keep is None or r < repeats - 1 \
+            else keep
+        try:
+            run = run_child("child-train", {"source": str(source), "storage": str(storage),
+                                            "spawned": time.monotonic()})
+            run.pop("_stderr", None)
+            runs.append(run)
+            say(f"  {run['seconds']:.1f} s, peak RSS {run['peak_rss'] / 2**20:,.0f} MiB; {slowest_stage(run['stages'])}")
+        finally:
+            if storage != keep:
+                shutil.rmtree(storage, ignore_errors=True)
+    names: list[str] = []  # in the order the stages ran
+    for run in runs:
+        names += [s for s in run["stages"] if s not in names]
+    stages = {}
+    for name in names:
+        seconds = [run["stages"].get(name, {}).get("seconds", 0.0) for run in runs]
+        peaks = [run["stages"].get(name, {}).get("peak_rss", 0) for run in runs]
+        stages[name] = {"seconds": median(seconds), "peak_rss": median(peaks)}
+    last = runs[-1]
+    return {"source": str(source), "bytes": source.stat().st_size, "repeats": repeats,
+            "seconds": median([run["seconds"] for run in runs]), "all_seconds": [run["seconds"] for run in runs],
+            "peak_rss": median([run["peak_rss"] for run in runs]), "stages": stages, "counts": last["counts"],
+            "artifact_bytes": last["artifact_bytes"], "version": last["version"]}
+
+
+def slowest_stage(stages: dict) -> str:
+    if not stages:
+        return ""
+    name, stage = max(stages.items(), key=lambda kv: kv[1]["seconds"])
+    return f"slowest stage: {name} {stage['seconds']:.1f} s"
+
+
+def stage_table(runs: dict[str, dict]) -> str:
+    """Markdown: one row per stage, time and peak RSS for each measured file."""
+    names: list[str] = []
+    for run in runs.values():
+        names += [s for s in run["stages"] if s not in names]
+    header = "| stage | " + " | ".join(f"{label} s | {label} peak RSS MiB" for label in runs) + " |"
+    lines = [header, "|---|" + "---|---|" * len(runs)]
+    for name in names + ["total"]:
+        cells = []
+        for run in runs.values():
+            stage = run["stages"].get(name) if name != "total" else {"seconds": run["seconds"], "peak_rss": run["peak_rss"]}
+            cells += [f"{stage['seconds']:.2f}", f"{stage['peak_rss'] / 2**20:,.0f}"] if stage else ["", ""]
+        lines.append(f"| {'**total**' if name == 'total' else name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench_train(options: Options) -> PartResult:
+    """Part 1: training on the Online Retail csv.gz and xlsx."""
+    runs = {}
+    rows = []
+    for label, path, key in (("csv", options.csv, "train_csv_seconds"), ("xlsx", options.xlsx, "train_xlsx_seconds")):
+        if not path.exists():
+            raise ConfigError(f"dataset not found: {path} (set --csv/--xlsx)")
+        say(f"training on {path.name}, {options.train_repeats} run(s), each in a fresh process")
+        run = measure_training(path, options.train_repeats)
+        runs[label] = run
+        rows.append(target_row("train", f"{label}: total wall time (median of {run['repeats']})", key,
+                               run["seconds"], "s", slowest_stage(run["stages"])))
+        rows.append(Row("train", f"{label}: peak RSS", round(run["peak_rss"] / 2**20), "MiB"))
+    md = ["## Training", "",
+          f"Per stage, median of {options.train_repeats} fresh-process run(s) each; `imports` is the command's own "
+          "start-up (pandas, scipy, ...), `write` includes checksums and publishing. Peak RSS is the process's "
+          "peak within the stage.", "", stage_table(runs)]
+    return PartResult("train", rows, {"runs": runs}, "", 0, [], [], options.quick, "\n".join(md))
+
+

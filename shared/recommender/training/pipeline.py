@@ -1,0 +1,293 @@
+"""Training: cleaned baskets and customer histories -> item-item table and SVD embeddings -> Annoy index -> a version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+from annoy import AnnoyIndex
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from recommender.core import registry
+from recommender.core.catalog import Catalog
+from recommender.core.errors import DataFileError
+from recommender.core.registry import sha256_file, utcnow
+from recommender.core.storage import Storage
+from recommender.training import neighbors
+from recommender.training.ingest import (
+    Transactions,
+    describe_report,
+    load_transactions,
+    reorder_items,
+)
+
+MIN_ITEMS = 3
+MIN_BASKETS = 2
+# Up to this many matrix entries, the embedding is computed beside the item-item table (peak memory adds up).
+OVERLAP_MAX_ENTRIES = 5_000_000
+ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "catalog.json")
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """The hyperparameters of a model, chosen on a validation split (README, Quality); stored in its manifest."""
+
+    # Rows of the matrix: one per basket, plus one per returning customer (their whole history, capped).
+    customer_min_baskets: int = 2
+    customer_max_items: int = 500     # bounds the co-purchase pairs a wholesale customer adds
+    # Item-item table: EASE's regression restricted to each item's top-K neighbours; re-ranks the candidates.
+    neighbors: int = 100
+    ridge_share: float = 0.2          # lambda = ridge_share * mean item count: scale-free across datasets
+    # Annoy over SVD item embeddings: candidate retrieval.
+    factors: int = 128
+    popularity_damping: float = 0.5   # item columns scaled by count^-damping before the SVD
+    svd_iterations: int = 4
+    n_trees: int = 20
+    # Query time: the candidates are each basket item's nearest items in the Annoy index.
+    candidates_per_item: int = 50
+    search_k_per_item: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a training run produced and where it went."""
+
+    version: str
+    manifest: dict
+    activated: bool
+    seconds: float
+
+
+Progress = Callable[[str], None]
+
+
+def basket_matrix(tx: Transactions) -> sp.csr_matrix:
+    """Binary baskets x items matrix (an item bought twice in one invoice counts once)."""
+    n_baskets, n_items = len(tx.basket_ids), len(tx.item_codes)
+    data = np.ones(len(tx.pair_item), dtype=np.float32)
+    return sp.csr_matrix((data, (tx.pair_basket, tx.pair_item)), shape=(n_baskets, n_items))
+
+
+def customer_matrix(tx: Transactions, min_baskets: int, max_items: int) -> sp.csr_matrix | None:
+    """One binary row per returning customer: the items of their whole history, at most max_items of them (the
+    ones they bought in most baskets, ties by item row); None without returning customers."""
+    customer = tx.basket_customer[tx.pair_basket].astype(np.int64)
+    known = customer >= 0
+    if not known.any():
+        return None
+    n = len(tx.item_codes)
+    keys, counts = np.unique(customer[known] * n + tx.pair_item[known], return_counts=True)
+    cust, item = keys // n, keys % n
+    baskets = np.bincount(tx.basket_customer[tx.basket_customer >= 0])
+    keep = baskets[cust] >= min_baskets
+    cust, item, counts = cust[keep], item[keep], counts[keep]
+    if not len(cust):
+        return None
+    order = np.lexsort((item, -counts, cust))
+    cust, item = cust[order], item[order]
+    first = np.searchsorted(cust, cust)  # start of each customer's run
+    capped = np.arange(len(cust)) - first < max_items
+    rows = np.unique(cust[capped], return_inverse=True)[1]
+    return sp.csr_matrix((np.ones(int(capped.sum()), dtype=np.float32), (rows, item[capped])),
+                         shape=(int(rows.max()) + 1, n))
+
+
+def _orthonormalize(y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of y's columns: Cholesky QR done twice (fast matrix products, unlike LAPACK's
+    Householder QR, which is many times slower on two busy cores); Householder only if y is rank deficient."""
+    y = y.astype(np.float64)
+    try:
+        for _ in range(2):
+            chol = np.linalg.cholesky(y.T @ y)
+            y = np.linalg.solve(chol, y.T).T
+        return y
+    except np.linalg.LinAlgError:
+        return np.linalg.qr(y)[0]
+
+
+def item_embeddings(matrix: sp.csr_matrix, k: int, seed: int, iterations: int = 4) -> np.ndarray:
+    """The top-k right singular vectors of matrix (items x k, unit rows), by randomized subspace iteration.
+
+    Only items x (k + 16) blocks are dense, so this runs at any number of baskets; the signs are fixed so
+    the same input always gives the same vectors.
+    """
+    rng = np.random.default_rng(seed)
+    width = min(matrix.shape[1], k + 16)
+    x = matrix.astype(np.float64)
+    xt = x.T.tocsr()
+    q = _orthonormalize(rng.standard_normal((matrix.shape[1], width)))
+    for _ in range(iterations):
+        q = _orthonormalize(xt @ (x @ q))
+    y = x @ q
+    values, vectors = np.linalg.eigh(y.T @ y)
+    top = np.argsort(-values)[:k]
+    v = q @ vectors[:, top]
+    signs = np.sign(v[np.abs(v).argmax(axis=0), np.arange(v.shape[1])])
+    v *= np.where(signs == 0, 1, signs)
+    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+@contextmanager
+def _stage(progress: Progress, text: str) -> Iterator[None]:
+    """Report a training stage with its duration when it ends."""
+    t = time.perf_counter()
+    yield
+    progress(f"{text} ({time.perf_counter() - t:.1f} s)")
+
+
+def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress = print) -> dict:
+    """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part."""
+    n_items = len(tx.item_codes)
+    if n_items < MIN_ITEMS:
+        raise DataFileError(f"only {n_items} distinct item(s) after cleaning; a model needs at least {MIN_ITEMS}")
+    if len(tx.basket_ids) < MIN_BASKETS:
+        raise DataFileError(f"only {len(tx.basket_ids)} basket(s) after cleaning; a model needs at least {MIN_BASKETS}")
+    # One BLAS thread: the work is many small solves, and OpenBLAS threads that spin while another process
+    # holds the other core made training several times slower here (a server may be running beside it).
+    with threadpool_limits(limits=1):
+        return _build(tx, params, folder, progress)
+
+
+def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress) -> dict:
+    n_items = len(tx.item_codes)
+    # Number the items from the most to the least popular (ties keep file order): the serving side breaks
+    # score ties by popularity for free.
+    tx = reorder_items(tx, np.argsort(-np.bincount(tx.pair_item, minlength=n_items), kind="stable"))
+    baskets = basket_matrix(tx)
+    customers = customer_matrix(tx, params.customer_min_baskets, params.customer_max_items)
+    rows = baskets if customers is None else sp.vstack([baskets, customers]).tocsr()
+    progress(f"matrix: {baskets.shape[0]:,} baskets + {rows.shape[0] - baskets.shape[0]:,} returning customers' "
+             f"histories x {n_items:,} items, {rows.nnz:,} entries")
+
+    counts = np.bincount(rows.indices, minlength=n_items).astype(np.float64)  # rows holding each item
+    k = max(1, min(params.factors, n_items - 1, rows.shape[0] - 1))
+    # The embedding and its index need nothing from the item-item table: on a dataset that fits twice in memory
+    # they run on the other core meanwhile (each with one BLAS thread); on a large one they wait their turn.
+    overlap = rows.nnz <= OVERLAP_MAX_ENTRIES
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        embedding = pool.submit(_embed_and_index, rows, counts, k, params, folder, progress) if overlap else None
+        k_nbrs = min(params.neighbors, n_items - 1)
+        ridge = params.ridge_share * float(counts[counts > 0].mean())
+        with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
+            g = neighbors.gram(rows)
+            table_index = neighbors.top_neighbors(g, k_nbrs)
+            with tqdm(total=n_items, desc="regression", unit=" items", leave=False, disable=None) as bar:
+                table_weight = neighbors.local_regression(g, table_index, ridge, progress=bar.update)
+            del g
+        if embedding is None:
+            _embed_and_index(rows, counts, k, params, folder, progress)
+        else:
+            embedding.result()
+
+    indptr, target, weight = neighbors.by_source(table_index, table_weight)
+    np.save(folder / "table_indptr.npy", indptr)
+    np.save(folder / "table_target.npy", target)
+    np.save(folder / "table_weight.npy", weight)
+    popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
+    (folder / "catalog.json").write_bytes(Catalog(tx.item_codes, tx.descriptions, popularity.tolist()).to_json())
+    return {
+        "factors": k, "metric": "angular", "neighbors": k_nbrs, "ridge": round(ridge, 4),
+        "customer_rows": rows.shape[0] - baskets.shape[0], "table_entries": int(len(target)),
+        "query": {"candidates_per_item": params.candidates_per_item, "search_k_per_item": params.search_k_per_item},
+    }
+
+
+def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: TrainingParams, folder: Path,
+                     progress: Progress) -> None:
+    """SVD item embeddings of the damped matrix, and the Annoy index over them, written to folder."""
+    with _stage(progress, f"svd: {k} factors"):
+        damped = (rows @ sp.diags(np.maximum(counts, 1) ** -params.popularity_damping)).tocsr()
+        embeddings = item_embeddings(damped, k, params.seed, params.svd_iterations)
+    with _stage(progress, f"index: Annoy angular, {params.n_trees} trees"):
+        index = AnnoyIndex(k, "angular")
+        index.set_seed(params.seed)
+        for i in range(len(embeddings)):
+            index.add_item(i, embeddings[i])
+        index.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
+        index.save(str(folder / "index.ann"))
+        index.unload()
+
+
+def new_version_id(now: datetime, content_hash: str) -> str:
+    """Sortable by creation time (to the millisecond), then the content hash and a random tail for uniqueness."""
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{content_hash[:8]}{secrets.token_hex(2)}"
+
+
+def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, source: Path | None,
+                  progress: Progress = print, now: Callable[[], datetime] = utcnow) -> dict:
+    """Build a model from cleaned baskets and write it to the storage as a new version (no pointer moves).
+
+    Returns the manifest. The version becomes visible only when its manifest, written last, exists.
+    """
+    with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
+        folder = Path(tmp)
+        model_info = build_model(tx, params, folder, progress)
+        artifacts = {name: sha256_file(folder / name) for name in ARTIFACTS}
+        content = hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()
+        created = now()
+        version = new_version_id(created, content)
+        report = tx.report
+        manifest = {
+            "version": version,
+            "created_at": created.isoformat(timespec="seconds"),
+            "source": {"file": source.name, "sha256": sha256_file(source), "bytes": source.stat().st_size}
+            if source else None,
+            "counts": {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "dropped": report.dropped,
+                       "baskets": report.baskets, "guest_baskets": report.guest_baskets, "items": report.items,
+                       "customers": report.customers},
+            "params": asdict(params),
+            "model": model_info,
+            "artifacts": artifacts,
+            "artifact_bytes": sum((folder / name).stat().st_size for name in ARTIFACTS),
+            "content_sha256": content,
+        }
+        t = time.perf_counter()
+        registry.publish(storage, version, folder, manifest)
+    progress(f"saved version {version} to {storage.url} ({manifest['artifact_bytes'] / 1e6:.1f} MB, "
+             f"{time.perf_counter() - t:.1f} s)")
+    return manifest
+
+
+def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
+          keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = utcnow) -> TrainingResult:
+    """Read, clean, train and publish a new version; then activate it (make train) or stage it (make train_parallel).
+
+    Nothing in the storage changes until the model is fully built, and the pointer moves only after
+    every artifact is written, so a failed or killed training leaves the active model as it was.
+    """
+    started = time.perf_counter()
+    source = Path(source)
+    progress(f"reading {source}")
+    t = time.perf_counter()
+    with tqdm(desc="reading", unit=" rows", unit_scale=True, leave=False, mininterval=0.5, disable=None) as bar:
+        tx = load_transactions(source, on_rows=bar.update)
+    for line in describe_report(tx.report):
+        progress(f"  {line}")
+    progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
+    manifest = publish_model(tx, params, storage, source, progress, now)
+    version = manifest["version"]
+    if activate:
+        registry.activate(storage, version)
+        progress(f"activated {version}")
+    else:
+        registry.stage(storage, version)
+        progress(f"staged {version} (the active model is unchanged; `make load_after_parallel_train` activates it)")
+    deleted = registry.prune(storage, keep_versions)
+    if deleted:
+        progress(f"pruned {len(deleted)} old version(s)")
+    seconds = time.perf_counter() - started
+    progress(f"done in {seconds:.1f} s: version {version}")
+    return TrainingResult(version, manifest, activate, seconds)

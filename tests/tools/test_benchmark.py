@@ -1,0 +1,186 @@
+"""The benchmark harness's pieces, cheaply: statistics, stage timing, the result table and files, the ceiling app,
+the uvicorn options both servers share, and small real measurements on the tiny model (no timed assertions)."""
+
+import json
+import math
+
+import pytest
+from fastapi.testclient import TestClient
+from recommender.core.registry import active_version
+from recommender.core.settings import get_settings
+from recommender.local import server
+from recommender.serving.model import load_model
+from recommender.serving.tokens import issue_token, load_secret
+from recommender.tools import ceiling
+from recommender.tools.bench import (
+    cold,
+    common,
+    deployment,
+    report,
+    runner,
+    scale,
+    train,
+)
+from recommender.training.ingest import load_transactions
+
+from tests.conftest import ROOT
+
+SECRET = "s" * 48
+
+
+def test_statistics():
+    assert common.median([3, 1, 2]) == 2
+    assert common.percentile(list(range(101)), 99) == pytest.approx(99)
+    assert math.isnan(common.percentile([], 50))
+    assert common.growth_exponent([1, 10, 100], [3, 300, 30000]) == pytest.approx(2.0)
+    assert common.growth_exponent([1e6, 3e6, 1e7], [10, 30, 100]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("message, stage", [
+    ("svd: 128 factors (5.5 s)", "svd"),
+    ("neighbours: 381,069 pairs, at most 100 per item (0.6 s)", "neighbours"),
+    ("read and cleaned in 1.4 s", "clean"),
+    ("saved version 2026 to /x (9.7 MB, 0.0 s)", "write"),
+    ("  rows read: 531,282", None),
+    ("reading /data/file.csv", None),
+    ("", None),
+])
+def test_stage_of_training_message(message, stage):
+    assert train.stage_of_message(message) == stage
+
+
+def test_stage_clock_accumulates_recurring_stages():
+    clock = train.StageClock()
+    for _ in range(2):
+        clock.mark("read")
+        clock.mark("clean")
+    assert set(clock.stages) == {"read", "clean"}
+    assert all(s["seconds"] >= 0 and s["peak_rss"] > 0 for s in clock.stages.values())
+    assert clock.peak >= max(s["peak_rss"] for s in clock.stages.values())
+
+
+def test_target_rows_and_table():
+    slow = report.target_row("train", "csv total", "train_csv_seconds", 7.5, "s", "slowest stage: svd")
+    fast = report.target_row("serve", "ratio", "serve_rps_ratio", 0.8, "x")
+    plain = report.Row("serve", "p50", 812.25, "µs")
+    assert (slow.met, slow.target, slow.status()) == (False, "<= 5 s", "MISSED")
+    assert (fast.met, fast.target) == (True, ">= 0.7 x")
+    assert plain.status() == "" and plain.shown() == "812.2 µs"
+    assert report.target_row("serve", "errors", "serve_errors", 0, "").met is True
+    text = report.format_table([slow, fast, plain])
+    assert "MISSED" in text and "slowest stage: svd" in text and len(text.splitlines()) == 5
+    md = report.format_table([slow], markdown=True)
+    assert md.splitlines()[0].startswith("| part | measure") and "| MISSED |" in md
+
+
+def _part(name, rows):
+    return report.PartResult(name, rows, {"x": 1}, "2026-01-01T00:00:00+00:00", 1.5, [0.1, 0.2, 0.3],
+                                [0.1, 0.2, 0.3], False, f"## {name} details")
+
+
+def test_write_results_keeps_other_parts(tmp_path):
+    machine = {"cores": 2, "memory_gib": 24, "python": "3.11", "libraries": {"numpy": "2"}, "commit": "abc"}
+    report.write_results([_part("train", [report.Row("train", "csv", 4.0, "s", "<= 5 s", True)])],
+                            tmp_path, machine, "bench train")
+    json_path, md_path = report.write_results(
+        [_part("serve", [report.Row("serve", "ratio", 0.5, "x", ">= 0.7 x", False, "why")])],
+        tmp_path, machine, "bench serve")
+    combined = json.loads(json_path.read_text())
+    assert set(combined["parts"]) == {"train", "serve"}
+    assert combined["parts"]["serve"]["rows"][0]["status"] == "MISSED"
+    md = md_path.read_text()
+    assert "| train | csv | 4 s |" in md and "| serve | ratio | 0.5 x | >= 0.7 x | MISSED | why |" in md
+    assert "## train details" in md and "## serve details" in md and "`bench serve`" in md
+
+
+def test_ceiling_checks_the_token_and_answers_ten_items():
+    client = TestClient(ceiling.create_app(SECRET))
+    token = issue_token("bench", SECRET)
+    ok = client.post("/send_data", json={"product_list": ["1"], "n": 10}, headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200 and len(ok.json()["result"]["recommendation"]) == 10
+    assert client.post("/send_data", json={}).status_code == 401
+    forged = issue_token("bench", "x" * 48)
+    assert client.post("/send_data", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_ceiling_and_product_run_uvicorn_alike(monkeypatch, trained_storage, tmp_path):
+    import uvicorn
+
+    monkeypatch.setenv("PORT", str(deployment.free_port()))
+    get_settings.cache_clear()
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    ceiling.main()
+    server.serve(get_settings(), ROOT / "template.yaml")
+    assert calls[0] == calls[1] == server.uvicorn_options(get_settings())
+
+
+def test_recommend_latency_and_baskets_on_the_tiny_model(trained_storage, tiny_csv):
+    baskets = deployment.sample_baskets(load_transactions(tiny_csv), 50, seed=1, max_items=4)
+    assert len(baskets) == 50 and all(1 <= len(b) <= 4 and len(set(b)) == len(b) for b in baskets)
+    model = load_model(trained_storage, active_version(trained_storage))
+    stats = deployment.recommend_latency(model, baskets, n=5, repeats=1, warmup=5)
+    assert 0 < stats["p50_us"] <= stats["p99_us"] and stats["calls"] == 50
+
+
+def test_profile_training_times_every_stage(tiny_csv, tmp_path):
+    run = train.profile_training(str(tiny_csv), str(tmp_path / "store"), imports_seconds=0.25)
+    assert {"imports", "read", "clean", "matrix", "svd", "index", "write"} <= set(run["stages"])
+    assert sum(s["seconds"] for s in run["stages"].values()) == pytest.approx(run["seconds"], rel=0.05, abs=0.05)
+    assert run["peak_rss"] > 0 and "index.ann" in run["artifact_bytes"]
+
+
+def test_parse_importtime():
+    stderr = "\n".join([
+        "import time: self [us] | cumulative | imported package",
+        "import time:       500 |        500 |     pydantic.main",
+        "import time:      1000 |       1500 |   fastapi.routing",
+        "import time:      2000 |       3500 | fastapi",
+        "import time:       300 |        300 | json",
+    ])
+    parsed = cold.parse_importtime(stderr)
+    assert parsed["by_package"][0] == {"package": "fastapi", "self_ms": 3.0, "modules": 2}
+    assert parsed["by_self"][0]["module"] == "fastapi" and parsed["total_ms"] == pytest.approx(3.8)
+
+
+def test_growth_estimate():
+    runs = [{"sweep": "rows", "rows": r, "products": 100, "seconds": r / 100, "peak_rss": 100 + r, "baseline_rss": 100}
+            for r in (1000, 3000, 10000)]
+    runs += [{"sweep": "products", "rows": 3000, "products": p, "seconds": 30 * (p / 100) ** 0.5,
+              "peak_rss": 100 + 3000, "baseline_rss": 100} for p in (10, 30)]
+    est = scale.growth_estimate(runs, 0.3)
+    assert est["time_rows"] == pytest.approx(1.0) and est["memory_rows"] == pytest.approx(1.0)
+    assert est["time_products"] == pytest.approx(0.5, abs=0.01) and est["memory_products"] == pytest.approx(0.0)
+    assert est["time_rows_top"] == pytest.approx(1.0) and est["time_10x_rows"] == pytest.approx(1000)
+
+
+@pytest.mark.slow
+def test_cold_start_of_the_handler_on_the_tiny_model(trained_storage, user, tiny_csv):
+    settings = get_settings()
+    token = issue_token(user.username, load_secret(settings, trained_storage))
+    baskets = deployment.sample_baskets(load_transactions(tiny_csv), 5)
+    dep = deployment.Deployment(trained_storage.root, settings, token, baskets, active_version(trained_storage))
+    options = runner.Options(template=ROOT / "template.yaml", cold_repeats=1)
+    result = cold.bench_cold(options, dep)
+    assert result.rows[0].value > 0 and result.details["imports"]["by_package"]
+    assert sum(v for k, v in result.details["median"].items() if k != "total") <= result.details["median"]["total"] + 1e-6
+
+
+def test_scale_report_renders_saved_details():
+    stages = {"read": {"seconds": 1.0, "peak_rss": 2**30}, "svd": {"seconds": 400.0, "peak_rss": 7 * 2**30}}
+    runs = [{"sweep": "rows", "rows": r, "products": 100, "items": 100, "seconds": r / 1000, "peak_rss": 2**20 * r,
+             "baseline_rss": 2**20, "stages": {"svd": r / 2000}} for r in (1000, 3000, 10000)]
+    details = {
+        "dataset": {"rows": 10000, "invoices": 1000, "products": 100, "bytes": 10**6},
+        "train": {"seconds": 401.0, "peak_rss": 7 * 2**30, "stages": stages, "artifact_bytes": {"index.ann": 2**20}},
+        "quality": {"latency": {"p50_us": 900.0, "p99_us": 2500.0, "items": 100}, "hr_product": 0.3,
+                    "hr_popularity": 0.1, "cases": 50, "cases_available": 80},
+        "growth_runs": runs, "growth": scale.growth_estimate(runs, 0.3),
+        "plan": {"invoices": 1000, "products": 100, "customers": 10},
+    }
+    rows, md = scale.scale_report(details)
+    status = {r.measure: r.status() for r in rows}
+    assert status["train: total wall time"] == "MISSED" and status["train: peak RSS"] == "MISSED"
+    assert status["query p99 (in-process)"] == "MISSED" and status["HR@10 lift over popularity"] == "met"
+    assert "slowest stage: svd 400.0 s" in {r.note for r in rows} and "| svd | 400.00 |" in md
