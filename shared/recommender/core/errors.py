@@ -48,10 +48,15 @@ class AuthError(RecommenderError):
     status_code = 401
 
 
-class ModelUnavailable(RecommenderError):
-    """No usable model: none trained yet, nothing staged, or an artifact fails its checksum (HTTP 503)."""
+class VersionUnavailable(RecommenderError):
+    """No usable version of something versioned (a model, the product feed, the rules): none yet, nothing
+    staged or earlier, or an artifact fails its checksum (HTTP 503)."""
 
     status_code = 503
+
+
+class ModelUnavailable(VersionUnavailable):
+    """No usable model: none trained yet, nothing staged, or an artifact fails its checksum (HTTP 503)."""
 
 
 class StorageError(RecommenderError):

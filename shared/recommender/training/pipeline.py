@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from recommender.core import registry
 from recommender.core.catalog import Catalog
 from recommender.core.errors import DataFileError
-from recommender.core.registry import sha256_file, utcnow
+from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
 from recommender.training import neighbors
 from recommender.training.ingest import (
@@ -219,11 +218,6 @@ def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: Tr
         index.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
         index.save(str(folder / "index.ann"))
         index.unload()
-
-
-def new_version_id(now: datetime, content_hash: str) -> str:
-    """Sortable by creation time (to the millisecond), then the content hash and a random tail for uniqueness."""
-    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{content_hash[:8]}{secrets.token_hex(2)}"
 
 
 def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, source: Path | None,
