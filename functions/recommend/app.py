@@ -114,8 +114,11 @@ async def health() -> web.FastJSON:
     except RecommenderError as err:
         return web.FastJSON({"status": "unavailable", "detail": err.message, "model_version": None, "item_count": 0},
                             status_code=ModelUnavailable.status_code)
-    return web.FastJSON({"status": "ok", "model_version": model.version, "item_count": len(model.catalog),
-                         "model_created_at": model.manifest.get("created_at")})
+    # A model in memory answers even when the storage fails; "degraded" says so, with the reason.
+    problem = web.model_holder(web.get_settings()).error
+    return web.FastJSON({"status": "degraded" if problem else "ok", "model_version": model.version,
+                         "item_count": len(model.catalog), "model_created_at": model.manifest.get("created_at"),
+                         **({"detail": problem} if problem else {})})
 
 
 handler = Mangum(app, lifespan="off")

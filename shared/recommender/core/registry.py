@@ -97,9 +97,31 @@ def artifact_key(version: str, name: str, kind: Kind = MODELS) -> str:
 
 def publish(storage: Storage, version: str, folder: Path, manifest: dict, kind: Kind = MODELS) -> None:
     """Copy a version's files into the storage, the manifest last, so the version is complete or absent."""
-    for name in manifest["artifacts"]:
-        storage.write(artifact_key(version, name, kind), (folder / name).read_bytes())
-    storage.write(artifact_key(version, MANIFEST, kind), json.dumps(manifest, indent=1).encode())
+    _write_version(storage, version, manifest, lambda name: (folder / name).read_bytes(), kind)
+
+
+def _write_version(storage: Storage, version: str, manifest: dict, content: Callable[[str], bytes], kind: Kind) -> None:
+    """Every artifact of the manifest, then the manifest; on any failure, what was written is deleted again."""
+    keys = [artifact_key(version, name, kind) for name in manifest["artifacts"]]
+    manifest_key = artifact_key(version, MANIFEST, kind)
+    try:
+        for name, key in zip(manifest["artifacts"], keys):
+            storage.write(key, content(name))
+        storage.write(manifest_key, json.dumps(manifest, indent=1).encode())
+    except BaseException:
+        discard(storage, [manifest_key, *keys])
+        raise
+
+
+def discard(storage: Storage, keys: list[str]) -> None:
+    """Delete what a failed publication may have written, in order (the manifest first: the version is then
+    incomplete before any artifact goes); best effort, since the storage may be what failed. Leftovers carry no
+    manifest, are never served, and prune removes them later."""
+    for key in keys:
+        try:
+            storage.delete(key)
+        except Exception:  # noqa: BLE001 - the publication's own error is the one to report
+            continue
 
 
 def publish_files(storage: Storage, files: dict[str, bytes], info: dict, kind: Kind,
@@ -112,9 +134,7 @@ def publish_files(storage: Storage, files: dict[str, bytes], info: dict, kind: K
     version = new_version_id(created, content)
     manifest = {"version": version, "created_at": created.isoformat(timespec="seconds"), **info,
                 "artifacts": artifacts, "content_sha256": content}
-    for name, data in files.items():
-        storage.write(artifact_key(version, name, kind), data)
-    storage.write(artifact_key(version, MANIFEST, kind), json.dumps(manifest, indent=1).encode())
+    _write_version(storage, version, manifest, files.__getitem__, kind)
     return manifest
 
 

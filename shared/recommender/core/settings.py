@@ -30,6 +30,12 @@ class Settings:
     # Worth it when baskets repeat a lot (a product page's "goes well with"): measured 1.3-1.6x the requests/s;
     # on traffic of mostly new baskets the kept answers cost the garbage collector more than they save.
     answer_cache: int = 0
+    # S3 calls: botocore's retry mode, its attempts (the first included) and each attempt's timeouts. In "standard"
+    # mode they bound how long one call can wait (storage.s3_call_limit; README, Reliability and security).
+    s3_retry_mode: str = "standard"
+    s3_max_attempts: int = 3
+    s3_connect_timeout: float = 1.0
+    s3_read_timeout: float = 3.0
     # Where models kept in S3 are copied to before they are memory-mapped.
     cache_dir: str = "/tmp/recommender-cache"
     max_body_bytes: int = 65536
@@ -64,6 +70,10 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
     settings = Settings(**values)
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
+    if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:
+        raise ConfigError(f"S3_RETRY_MODE must be standard, adaptive or legacy, not {settings.s3_retry_mode!r}")
+    if settings.s3_max_attempts < 1 or settings.s3_connect_timeout <= 0 or settings.s3_read_timeout <= 0:
+        raise ConfigError("S3_MAX_ATTEMPTS must be at least 1, and S3_CONNECT_TIMEOUT and S3_READ_TIMEOUT above 0")
     return settings
 
 

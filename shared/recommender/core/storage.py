@@ -225,6 +225,23 @@ class S3Storage:
                 path.unlink(missing_ok=True)
 
 
+def s3_client_config(settings: Settings) -> Any:
+    """botocore's client configuration from the settings: retry mode, attempts, connect and read timeouts."""
+    from botocore.config import Config
+
+    return Config(retries={"mode": settings.s3_retry_mode, "total_max_attempts": settings.s3_max_attempts},
+                  connect_timeout=settings.s3_connect_timeout, read_timeout=settings.s3_read_timeout)
+
+
+def s3_call_limit(settings: Settings) -> float:
+    """The longest one S3 call (a pointer, a user record) can wait with "standard" retries: every attempt using
+    its whole connect and read timeouts, plus the longest backoffs between them (throttling: 1 s doubling, at most
+    20 s each). A large download can take longer in all, but none of its reads waits past the read timeout."""
+    attempts = settings.s3_max_attempts
+    backoff = sum(min(2.0 ** i, 20.0) for i in range(attempts - 1))
+    return attempts * (settings.s3_connect_timeout + settings.s3_read_timeout) + backoff
+
+
 def open_storage(settings: Settings, s3_client: Any = None) -> Storage:
     """The storage named by settings.storage_url: a local path, or s3://bucket/prefix."""
     url = settings.storage_url
@@ -235,7 +252,7 @@ def open_storage(settings: Settings, s3_client: Any = None) -> Storage:
         if s3_client is None:
             import boto3  # imported here: local-disk runs never pay for boto3
 
-            s3_client = boto3.client("s3", endpoint_url=settings.aws_endpoint_url)
+            s3_client = boto3.client("s3", endpoint_url=settings.aws_endpoint_url, config=s3_client_config(settings))
         return S3Storage(s3_client, bucket, prefix, settings.cache_dir)
     if "://" in url:
         raise ConfigError(f"STORAGE_URL={url!r}: use a local path or s3://bucket/prefix")

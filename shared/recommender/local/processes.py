@@ -1,7 +1,8 @@
 """Background processes the command line starts (the API server, the S3 emulator): pid files, start, stop.
 
-A process is stopped by the pid its pid file records, never by port or name, and only if its command line
-still shows it is the one we started (a pid can be recycled).
+A process is stopped by the pid its pid file records, never by port or name, and only if it still is the one we
+started: same start time (recorded at spawn, from /proc) and a command line of the expected shape. A pid can be
+recycled, and a pid file can name another server with the same command line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Background:
     host: str
     port: int
     log_file: str
+    started: int | None = None   # the process's start time (clock ticks after boot, /proc/<pid>/stat)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -58,17 +60,36 @@ def command_line(pid: int) -> list[bytes] | None:
         return None
 
 
+def start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
 def read_pid_file(path: Path, is_ours: Callable[[list[bytes]], bool]) -> Background | None:
-    """The process a pid file names if it still runs and is_ours(argv) says it is ours; a stale file is removed."""
+    """The process a pid file names if it still runs and is the one started then (same start time, and is_ours(argv)
+    says it is ours); a stale file is removed."""
     try:
         info = Background(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
     argv = command_line(info.pid)
-    if alive(info.pid) and (argv is None or is_ours(argv)):
+    if alive(info.pid) and (argv is None or (is_ours(argv) and _same_start(info))):
         return info
     path.unlink(missing_ok=True)
     return None
+
+
+def _same_start(info: Background) -> bool:
+    # Where /proc exists, a pid file without a start time (hand-written, or older than this check) is not trusted.
+    return info.started is not None and start_time(info.pid) == info.started
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
@@ -88,7 +109,7 @@ def spawn(argv: Sequence[str], pid_path: Path, log_path: Path, host: str, port: 
     with open(log_path, "ab") as out:
         process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    env=dict(env) if env is not None else None, start_new_session=True)
-    info = Background(process.pid, host, port, str(log_path))
+    info = Background(process.pid, host, port, str(log_path), start_time(process.pid))
     pid_path.write_text(json.dumps(asdict(info)))
     return process, info
 

@@ -215,7 +215,11 @@ class ModelHolder:
         """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh."""
         def loop() -> None:
             while not stop.wait(self.poll_seconds):
-                self.refresh()
+                try:
+                    self.refresh()
+                except Exception as err:  # noqa: BLE001 - the watcher must outlive any one bad poll
+                    log.exception("looking for a new model failed")
+                    self.error = f"looking for a new model failed: {err}"
 
         self._watching = True
         thread = threading.Thread(target=loop, name="model-watcher", daemon=True)

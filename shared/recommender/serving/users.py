@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable
 
-from recommender.core.errors import AlreadyExists, AuthError, InvalidInput, NotFound
+from recommender.core.errors import AlreadyExists, AuthError, InvalidInput, NotFound, StorageError
 from recommender.core.storage import Storage
 
 if TYPE_CHECKING:
@@ -72,9 +72,14 @@ def add_user(storage: Storage, username: str, password: str, full_name: str = ""
 def _record(storage: Storage, username: str) -> dict:
     validate_username(username)
     try:
-        return json.loads(storage.read(_key(username)))
+        record = json.loads(storage.read(_key(username)))
     except NotFound:
         raise NotFound(f"no user named {username!r}") from None
+    except ValueError:
+        raise StorageError(f"the record of user {username!r} in {storage.url} is damaged (not JSON)") from None
+    if not isinstance(record, dict) or not isinstance(record.get("username"), str):
+        raise StorageError(f"the record of user {username!r} in {storage.url} is damaged (no user name)")
+    return record
 
 
 def get_user(storage: Storage, username: str) -> User:

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recommender.core.errors import AuthError, InvalidInput, RecommenderError
+from recommender.core.errors import AuthError, InvalidInput, NotFound, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.serving.model import Model, ModelHolder
@@ -91,8 +91,9 @@ async def current_user(token: Annotated[str | None, Depends(bearer)]) -> User:
     cache = _user_cache(settings)
     try:
         return await run_in_threadpool(cache.get, claims.username) if cache.due(claims.username) else cache.get(claims.username)
-    except RecommenderError:
+    except (NotFound, InvalidInput):
         raise AuthError("the user of this token no longer exists") from None
+    # Any other failure (the user store unreachable: StorageError) propagates as a 503: never a pass, never a 500.
 
 
 async def current_model() -> Model:

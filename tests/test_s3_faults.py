@@ -1,0 +1,206 @@
+"""S3 faults, injected by a proxy between the product and moto's server over real HTTP: error answers (500, 503
+SlowDown), connection resets, stalls past the read timeout and truncated bodies. Retries are bounded; serving keeps
+the model it has and says what fails; a failed lookup never lets a token through; a failed upload or pointer write
+leaves the storage as it was."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+import pytest
+from fastapi.testclient import TestClient
+from recommender import cli
+from recommender.core import registry
+from recommender.core.errors import StorageError
+from recommender.core.settings import get_settings
+from recommender.core.storage import open_storage, s3_call_limit
+from recommender.local import processes
+from recommender.serving.users import add_user
+from recommender.tools.faultproxy import Fault, FaultProxy, internal_error, slow_down
+from recommender.training.pipeline import train
+
+from functions.auth.app import app as auth_app
+from functions.recommend.app import app as recommend_app
+from tests.conftest import PASSWORD, free_port, make_runner
+from tests.local.test_server import Http
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory):
+    """moto's S3 server over real HTTP, shared by the tests of this module (each uses its own bucket)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not processes.port_open("127.0.0.1", port):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def proxy(moto_server, monkeypatch):
+    """A fault proxy in front of moto, a fresh bucket, and the settings of a product that talks to it: 3 attempts,
+    short timeouts (so that stalls cost a second, not minutes)."""
+    bucket = f"faults-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_server, **{k.lower(): v for k, v in CREDENTIALS.items()
+                                                     if k != "AWS_DEFAULT_REGION"},
+                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    with FaultProxy(moto_server) as fault_proxy:
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": fault_proxy.endpoint_url,
+                            "STORAGE_URL": f"s3://{bucket}/shop", "S3_MAX_ATTEMPTS": "3",
+                            "S3_CONNECT_TIMEOUT": "0.5", "S3_READ_TIMEOUT": "0.5"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        get_settings.cache_clear()
+        yield fault_proxy
+
+
+@pytest.fixture
+def s3_trained(proxy, tiny_csv):
+    """An active model trained into the bucket (through the proxy, no faults yet); returns the storage."""
+    storage = open_storage(get_settings())
+    train(tiny_csv, storage, progress=lambda _m: None)
+    return storage
+
+
+def test_client_is_configured_from_the_settings(proxy):
+    config = open_storage(get_settings()).client.meta.config
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+    assert (config.connect_timeout, config.read_timeout) == (0.5, 0.5)
+    # 3 attempts x (0.5 + 0.5) s, and backoffs of at most 1 s and 2 s between them.
+    assert s3_call_limit(get_settings()) == 6.0
+
+
+def test_transient_errors_are_retried_with_backoff(proxy):
+    storage = open_storage(get_settings())
+    storage.write("models/ACTIVE", b'{"version": "v1"}')
+    proxy.inject(slow_down(method="GET", key="models/ACTIVE", times=1))
+    proxy.inject(internal_error(method="GET", key="models/ACTIVE", times=1))
+    proxy.inject(Fault("reset", method="PUT", key="users/", times=2))
+    assert storage.read("models/ACTIVE") == b'{"version": "v1"}'
+    assert [s.fault for s in proxy.requests("GET", "models/ACTIVE")] == ["error", "error", None]
+    storage.write("users/alice.json", b"{}")
+    assert [s.fault for s in proxy.requests("PUT", "users/")] == ["reset", "reset", None]
+
+
+@pytest.mark.parametrize("fault", [slow_down(), internal_error(), Fault("reset"), Fault("stall", seconds=30),
+                                   Fault("truncate")], ids=["503-slowdown", "500", "reset", "stall", "truncated"])
+def test_persistent_faults_fail_in_bounded_time_with_one_message(proxy, fault):
+    storage = open_storage(get_settings())
+    storage.write("models/ACTIVE", b'{"version": "v1", "previous": []}')
+    proxy.inject(fault)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"^S3 read of s3://.*/shop/models/ACTIVE failed: ") as raised:
+        storage.read("models/ACTIVE")
+    elapsed = time.monotonic() - started
+    assert "\n" not in raised.value.message
+    attempts = len(proxy.requests("GET"))
+    # A truncated body arrives with a success status: botocore has nothing to retry, the length check refuses it.
+    assert attempts == (1 if fault.kind == "truncate" else 3)
+    # The stated limit, with room for a busy machine: never an unbounded wait.
+    assert elapsed < s3_call_limit(get_settings()) + 10
+
+
+def test_serving_keeps_its_model_and_a_failed_user_lookup_is_a_503(s3_trained, proxy, monkeypatch):
+    monkeypatch.setenv("MODEL_POLL_SECONDS", "0")   # look at the pointer on every request (the Lambda path)
+    monkeypatch.setenv("USER_CACHE_SECONDS", "0")   # and at the user record
+    monkeypatch.setenv("JWT_SECRET", "s" * 40)
+    get_settings.cache_clear()
+    add_user(s3_trained, "alice", PASSWORD, rounds=4)
+    version = registry.active_version(s3_trained)
+    with TestClient(recommend_app) as rec, TestClient(auth_app) as auth:
+        token = auth.post("/token", data={"username": "alice", "password": PASSWORD}).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        basket = {"product_list": [], "n": 3}
+        assert rec.get("/health").json()["status"] == "ok"
+
+        proxy.inject(slow_down(key="models/"))
+        health = rec.get("/health")
+        assert health.status_code == 200, health.text
+        assert health.json()["status"] == "degraded" and health.json()["model_version"] == version
+        assert "S3 read of" in health.json()["detail"] and "SlowDown" in health.json()["detail"]
+        answer = rec.post("/recommendations", json=basket, headers=headers)
+        assert answer.status_code == 200 and answer.json()["model_version"] == version
+
+        proxy.inject(Fault("reset", key="users/"))
+        for response in (rec.post("/send_data", json=basket, headers=headers), auth.get("/users/me", headers=headers),
+                         auth.post("/token", data={"username": "alice", "password": PASSWORD})):
+            assert response.status_code == 503, response.text
+            assert "users/alice.json" in response.json()["detail"]
+
+        proxy.clear()
+        assert rec.post("/send_data", json=basket, headers=headers).status_code == 200
+        assert rec.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_background_server_survives_a_storage_outage(s3_trained, proxy, tmp_path):
+    add_user(s3_trained, "alice", PASSWORD, rounds=4)
+    version = registry.active_version(s3_trained)
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "RUN_DIR": str(tmp_path / "run"),
+           "MODEL_POLL_SECONDS": "0.2", "USER_CACHE_SECONDS": "0", "BCRYPT_ROUNDS": "4"}
+    make = make_runner(env)
+    api = Http(port)
+    try:
+        make("run-prod")
+        api.login("alice", PASSWORD)
+        proxy.inject(Fault("stall", seconds=30))   # nothing in the storage answers any more
+        deadline = time.monotonic() + 30
+        while (health := api.call("GET", "/health")[1])["status"] != "degraded":
+            assert time.monotonic() < deadline, health
+            time.sleep(0.1)
+        assert health["model_version"] == version and "Read timeout" in health["detail"]
+        status, body = api.call("POST", "/send_data", {"product_list": [], "n": 3})
+        assert status == 503 and "users/alice.json" in body["detail"]
+        proxy.clear()
+        status, body = api.call("POST", "/send_data", {"product_list": [], "n": 3})
+        assert status == 200 and len(body["result"]["recommendation"]) == 3
+    finally:
+        proxy.clear()
+        make("kill", check=False)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_failed_upload_exits_with_one_line_and_leaves_nothing(s3_trained, proxy, tiny_csv, capsys):
+    before = s3_trained.read(registry.ACTIVE)
+    keys_before = s3_trained.list("models/")
+    proxy.inject(internal_error(method="PUT", key="table_target.npy"))
+    assert cli.main(["train", str(tiny_csv)]) == 1
+    line = _one_error_line(capsys)
+    assert "S3 write of" in line and "table_target.npy" in line and "InternalError" in line
+    proxy.clear()
+    assert s3_trained.read(registry.ACTIVE) == before
+    assert s3_trained.list("models/") == keys_before          # no partial version left behind
+    assert cli.main(["versions"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+
+
+def test_failed_pointer_write_leaves_the_old_pointer(s3_trained, proxy, tiny_csv, capsys):
+    before = s3_trained.read(registry.ACTIVE)
+    staged = train(tiny_csv, s3_trained, activate=False, progress=lambda _m: None).version
+    proxy.inject(Fault("reset", method="PUT", key="models/ACTIVE"))
+    assert cli.main(["promote"]) == 1
+    assert "models/ACTIVE" in _one_error_line(capsys)
+    proxy.clear()
+    assert s3_trained.read(registry.ACTIVE) == before
+    assert registry.staged(s3_trained).version == staged     # still staged: the promotion can be retried
+    assert cli.main(["promote"]) == 0
+    assert registry.active_version(s3_trained) == staged
