@@ -1,7 +1,6 @@
 """Training, versions and promotion: new version then pointer, staging, verification, rollback, pruning."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -108,8 +107,11 @@ def test_failed_publish_leaves_active_model(tmp_path, tiny_csv):
         train(tiny_csv, storage, progress=quiet)
     storage.write = original_write
     assert registry.active_version(storage) == first.version
-    unfinished = [v for v in registry.list_versions(storage) if v != first.version]
-    assert len(unfinished) == 1
+    # What the failed publication wrote is gone; a killed one (no chance to clean up) leaves a version without
+    # manifest, which is never activated.
+    assert registry.list_versions(storage) == [first.version]
+    unfinished = [first.version[:15] + "000Z-killed"]
+    storage.write(registry.artifact_key(unfinished[0], "index.ann"), b"partial")
     with pytest.raises(ModelUnavailable, match="missing or incomplete"):
         registry.activate(storage, unfinished[0])
     # A young leftover may be an upload in progress: kept; an old one is cleaned away.
@@ -123,14 +125,23 @@ def test_killed_training_leaves_active_model(tmp_path, tiny_csv, stage):
     """SIGKILL the training right after it reports a stage: the active model stays as it was and loadable."""
     storage = LocalStorage(tmp_path / "store")
     first = train(tiny_csv, storage, progress=quiet)
-    env = {**os.environ, "STORAGE_URL": str(tmp_path / "store"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "recommender", "train", str(tiny_csv)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith(stage):
-            proc.send_signal(signal.SIGKILL)
-            break
-    assert proc.wait() == -signal.SIGKILL, f"the training never reported {stage!r}"
+    # The process kills itself as it reports the stage: a kill sent from here could arrive after a tiny training
+    # has already finished.
+    script = f"""
+import os, signal, sys
+from recommender.core.storage import LocalStorage
+from recommender.training.pipeline import train
+
+def progress(message):
+    print(message, flush=True)
+    if message.startswith({stage!r}):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(sys.argv[1], LocalStorage(sys.argv[2]), progress=progress)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_csv), str(tmp_path / "store")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"the training never reported {stage!r}: {proc.stdout}{proc.stderr}"
     assert registry.active_version(storage) == first.version
     load_model(storage, first.version)
 
