@@ -17,7 +17,7 @@ export STORAGE_URL AWS_ENDPOINT_URL HOST PORT
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
-.PHONY: help devel test train train_parallel load_after_parallel_train rollback versions add_user del_user \
+.PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user del_user \
 	list_users run run-prod kill status demo evaluate generate clean
 
 help: ## list every target
@@ -76,8 +76,12 @@ kill: $(STAMP) ## stop the background server started by run-prod
 status: $(STAMP) ## say whether the background server runs and which model it serves
 	@$(CLI) status
 
-demo: $(STAMP) ## quickstart: train on synthetic data, create a demo user, serve
-	$(CLI) demo
+# On a fresh clone the console's address comes before the install's output too.
+demo: $(if $(wildcard $(STAMP)),,demo-address) $(STAMP) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
+	@$(CLI) demo
+
+demo-address:
+	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: a minute or two)"
 
 evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
@@ -108,6 +112,10 @@ bench-cold: $(STAMP) ## benchmark the cold start of the recommend Lambda handler
 
 bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index size, latency, HR@10, growth
 	$(CLI) bench scale $(BENCH_FLAGS)
+
+browser-deps: ## install chromium (Debian's package) for the web console's browser tests when it is missing
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
 
 bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

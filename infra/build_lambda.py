@@ -253,7 +253,9 @@ calls = json.loads(sys.argv[3])
 answers = []
 for method, path, body, headers, content_type in calls:
     response = app.handler(event(method, path, body, headers, content_type), context)
-    answers.append({"status": response["statusCode"], "body": json.loads(response["body"])})
+    json_body = response["headers"].get("content-type", "").startswith("application/json")
+    answers.append({"status": response["statusCode"], "csp": response["headers"].get("content-security-policy"),
+                    "body": json.loads(response["body"]) if json_body else response["body"]})
 forbidden = [m for m in ("pandas", "scipy", "uvicorn") if m in sys.modules]
 print(json.dumps({"answers": answers, "forbidden": forbidden, "import_seconds": imported}))
 """
@@ -286,7 +288,8 @@ def smoke_test(layer: Path, functions: dict[str, Path], workdir: Path) -> None:
         "auth": [["POST", "/token", "username=smoke&password=smoke+password", None,
                   "application/x-www-form-urlencoded"]],
         "recommend": [["GET", "/health", None, None, None],
-                      ["POST", "/send_data", basket, {"authorization": f"Bearer {token}"}, "application/json"]],
+                      ["POST", "/send_data", basket, {"authorization": f"Bearer {token}"}, "application/json"],
+                      ["GET", "/", None, None, None]],   # the console's page: package data in the layer
     }
     for name, calls in plans.items():
         folder = next(path for logical, path in functions.items() if name in logical.lower())
@@ -304,6 +307,9 @@ def smoke_test(layer: Path, functions: dict[str, Path], workdir: Path) -> None:
             got = [row[0] for row in outcome["answers"][1]["body"]["result"]["recommendation"]]
             if got != expected:
                 raise BuildError(f"the built layer recommends {got} where this install recommends {expected}")
+            page = outcome["answers"][2]
+            if "<title>" not in page["body"] or "script-src 'self'" not in (page["csp"] or ""):
+                raise BuildError("the built layer does not serve the web console (serving/static/ missing?)")
         print(f"smoke test: {name} function answered {statuses} from the layer alone "
               f"(import {outcome['import_seconds']:.2f} s)")
 

@@ -1,14 +1,18 @@
-"""Recommend function: what to offer with a basket, catalog search, and health."""
+"""Recommend function: what to offer with a basket, catalog search, health, and the web console with its endpoints."""
 
-from typing import Annotated
+import random
+from typing import Annotated, Any
 
-from fastapi import Depends, Query
+from fastapi import Depends, Header, Query
+from fastapi.responses import Response
 from mangum import Mangum
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from recommender.core.errors import ModelUnavailable, RecommenderError
-from recommender.serving import web
+from recommender.core.storage import Storage
+from recommender.serving import console, model_info, samples, web
 from recommender.serving.model import Model
 from recommender.serving.users import User
+from starlette.concurrency import run_in_threadpool
 
 MAX_BASKET = 1000
 MAX_N = 100
@@ -28,6 +32,8 @@ class BasketIn(BaseModel):
 
 ModelDep = Annotated[Model, Depends(web.current_model)]
 UserDep = Annotated[User, Depends(web.current_user)]
+StorageDep = Annotated[Storage, Depends(web.get_storage)]
+_rng = random.Random()
 BasketDep = Annotated[BasketIn, Depends(web.json_body(BasketIn))]
 
 
@@ -119,6 +125,75 @@ async def health() -> web.FastJSON:
     return web.FastJSON({"status": "degraded" if problem else "ok", "model_version": model.version,
                          "item_count": len(model.catalog), "model_created_at": model.manifest.get("created_at"),
                          **({"detail": problem} if problem else {})})
+
+
+class SampleItem(BaseModel):
+    """One item of a sample invoice."""
+
+    stock_code: str
+    description: str
+
+
+class SampleBasketOut(BaseModel):
+    """A real invoice of the training data."""
+
+    invoice: str
+    date: str | None
+    items: list[SampleItem]
+    model_version: str
+
+
+class VersionOut(BaseModel):
+    """One stored model version."""
+
+    version: str
+    complete: bool
+    created_at: str | None
+    items: int | None
+    source_file: str | None
+    evaluation: dict[str, Any] | None
+    active: bool
+    staged: bool
+    served: bool
+
+
+class ModelInfoOut(BaseModel):
+    """The served model and the stored versions (what the console's model panel shows)."""
+
+    model_version: str
+    created_at: str | None
+    item_count: int
+    source: dict[str, Any] | None
+    counts: dict[str, Any] | None
+    evaluation: dict[str, Any] | None
+    active_version: str | None
+    staged_version: str | None
+    versions: list[VersionOut]
+
+
+@app.get("/sample_basket", response_model=SampleBasketOut, summary="A random invoice of the training data")
+async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
+    """One of the real invoices the served model keeps from its training data, drawn at random."""
+    return web.FastJSON(samples.random_basket(model, storage, _rng))
+
+
+@app.get("/model", response_model=ModelInfoOut, summary="The served model, its training figures and the versions")
+async def model_panel(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
+    """Version, training time and counts, evaluation figures when the model has them, and every stored version."""
+    return web.FastJSON(await run_in_threadpool(model_info.describe, model, storage))
+
+
+def _console_route(path: str) -> None:
+    async def console_file(if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        """A file of the web console, with its security headers."""
+        return console.response(path, if_none_match)
+
+    app.get(path, include_in_schema=False)(console_file)
+
+
+# The console: one page and its two files, the same on AWS as on `make run` (routes in template.yaml).
+for _path in console.FILES:
+    _console_route(_path)
 
 
 handler = Mangum(app, lifespan="off")

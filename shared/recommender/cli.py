@@ -191,6 +191,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.tools import synthetic
     from recommender.training.pipeline import train
 
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"Web console: {base}/  (sign in as demo with the password printed below, once the server runs)")
     storage = _storage(settings)
     data = Path(settings.run_dir).parent / "synthetic.csv"
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -205,10 +207,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     except NotFound:
         pass
     add_user(storage, "demo", password, "Demo User", "demo@example.com", rounds=settings.bcrypt_rounds)
-    base = f"http://{settings.host}:{settings.port}"
     print(f"""
-demo user: demo   password: {password}   (shown once; `make demo` again makes a new one)
-try it:
+Web console: {base}/   user: demo   password: {password}   (shown once; `make demo` again makes a new one)
+or from a shell:
   TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -X POST {base}/send_data -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
        -d '{{"product_list": ["{example}"], "n": 5}}'

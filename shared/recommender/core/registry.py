@@ -23,6 +23,7 @@ from recommender.core.errors import ModelUnavailable, NotFound, VersionUnavailab
 from recommender.core.storage import Storage
 
 MANIFEST = "manifest.json"
+SAMPLES = "samples.json"  # a model's sample invoices: training writes them, the console's "Try a real basket" reads them
 HISTORY_LENGTH = 20
 
 

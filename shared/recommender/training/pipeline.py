@@ -24,7 +24,7 @@ from recommender.core.catalog import Catalog
 from recommender.core.errors import DataFileError
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training import neighbors
+from recommender.training import neighbors, samples
 from recommender.training.ingest import (
     Transactions,
     describe_report,
@@ -36,7 +36,7 @@ MIN_ITEMS = 3
 MIN_BASKETS = 2
 # Up to this many matrix entries, the embedding is computed beside the item-item table (peak memory adds up).
 OVERLAP_MAX_ENTRIES = 5_000_000
-ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "catalog.json")
+ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "catalog.json", samples.SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,8 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     np.save(folder / "table_weight.npy", weight)
     popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
     (folder / "catalog.json").write_bytes(Catalog(tx.item_codes, tx.descriptions, popularity.tolist()).to_json())
+    samples.write_samples(folder / samples.SAMPLES, samples.sample_invoices(
+        tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time, seed=params.seed))
     return {
         "factors": k, "metric": "angular", "neighbors": k_nbrs, "ridge": round(ridge, 4),
         "customer_rows": rows.shape[0] - baskets.shape[0], "table_entries": int(len(target)),

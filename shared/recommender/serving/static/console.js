@@ -1,0 +1,676 @@
+// Recommender console: sign in, build a basket, see what the model offers and why, inspect the model.
+// Plain JavaScript, no framework and no build step. Every value from the API is inserted as text (textContent,
+// never innerHTML): product descriptions come from files a retailer uploads and are treated as hostile.
+"use strict";
+
+(() => {
+  const KEYS = { token: "recommender.token", user: "recommender.user", basket: "recommender.basket" };
+  const SEARCH_DELAY_MS = 200;
+  const RECS_DELAY_MS = 120;
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    token: null,
+    basket: [],          // [{stock_code, description}]
+    model: null,         // the last GET /model answer
+    lastRequest: null,   // the body of the last POST /recommendations
+    searchAbort: null,
+    recsAbort: null,
+    searchTimer: 0,
+    recsTimer: 0,
+    focusRecsAfterRender: false,
+  };
+
+  // --- small helpers -----------------------------------------------------------------------------------------
+
+  /** An element with text children only: strings become text nodes, never markup. */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (name === "class") node.className = value;
+      else if (name === "text") node.textContent = value;
+      else node.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(typeof child === "string" || typeof child === "number" ? document.createTextNode(String(child)) : child);
+    }
+    return node;
+  }
+
+  function plural(count, one, many) {
+    return `${count.toLocaleString()} ${count === 1 ? one : many}`;
+  }
+
+  function sentence(text) {
+    const t = String(text || "").trim();
+    if (!t) return "";
+    const s = t[0].toUpperCase() + t.slice(1);
+    return /[.!?]$/.test(s) ? s : `${s}.`;
+  }
+
+  /** An http(s) URL from the feed, or null (no javascript:, data: or relative links). */
+  function safeUrl(value) {
+    if (typeof value !== "string" || !value) return null;
+    try {
+      const url = new URL(value);
+      return url.protocol === "https:" || url.protocol === "http:" ? url.href : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function when(iso) {
+    if (!iso) return "unknown";
+    const date = new Date(iso);
+    return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleString();
+  }
+
+  function money(value, currency) {
+    if (typeof value !== "number" || !Number.isFinite(value)) return null;
+    try {
+      if (currency) return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(value);
+    } catch { /* an unknown currency code: plain number below */ }
+    return value.toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  }
+
+  // --- talking to the API --------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  /** Plain words for an HTTP failure; the API's own `detail` is already a sentence meant for people. */
+  function describeFailure(status, data, retryAfter) {
+    let detail = "";
+    if (data && typeof data.detail === "string") detail = data.detail;
+    else if (data && Array.isArray(data.detail)) detail = data.detail.map((d) => d && d.msg).filter(Boolean).join("; ");
+    if (status === 401) return sentence(detail || "your session expired");
+    if (status === 400 || status === 422) return sentence(`the request was refused: ${detail || "it is not valid"}`);
+    if (status === 404) return sentence(detail || "not found");
+    if (status === 413) return sentence(`the request is too large for the server${detail ? `: ${detail}` : ""}`);
+    if (status === 429) {
+      const wait = retryAfter && /^\d+$/.test(retryAfter) ? ` ${plural(Number(retryAfter), "second", "seconds")}` : " a moment";
+      return `Too many requests: wait${wait} and try again.`;
+    }
+    if (status === 503) return sentence(`no model can answer right now${detail ? `: ${detail}` : ""}`);
+    if (status >= 500) return `The server failed (HTTP ${status}). Try again; if it keeps failing, look at the server's log.`;
+    return sentence(detail || `the server answered with HTTP ${status}`);
+  }
+
+  async function api(path, { method = "GET", body, form, signal } = {}) {
+    const headers = { Accept: "application/json" };
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    let payload;
+    if (form) {
+      payload = new URLSearchParams(form);
+      headers["Content-Type"] = "application/x-www-form-urlencoded";
+    } else if (body !== undefined) {
+      payload = JSON.stringify(body);
+      headers["Content-Type"] = "application/json";
+    }
+    let response;
+    try {
+      // Relative to the page, so the console also works under an API Gateway stage path.
+      response = await fetch(new URL(path, document.baseURI), {
+        method, headers, body: payload, signal, cache: "no-store", credentials: "omit",
+      });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ApiError(0, "The server cannot be reached. Check that it is running, then try again.");
+    }
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) throw new ApiError(response.status, describeFailure(response.status, data, response.headers.get("Retry-After")));
+    if (data === null || typeof data !== "object") throw new ApiError(response.status, "The server sent an answer this page cannot read.");
+    return data;
+  }
+
+  // --- errors --------------------------------------------------------------------------------------------------
+
+  function showError(message) {
+    const box = $("error");
+    box.textContent = message;
+    box.hidden = false;
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+    $("error").textContent = "";
+  }
+
+  /** Every failed call ends here: a 401 means back to sign-in; aborted calls are no failure. */
+  function failed(err) {
+    if (err && err.name === "AbortError") return;
+    if (err instanceof ApiError && err.status === 401 && state.token) {
+      signOut("Your session expired. Please sign in again.");
+      return;
+    }
+    showError(err instanceof ApiError ? err.message : "Something went wrong in this page. Reload it and try again.");
+    if (!(err instanceof ApiError)) console.error(err);  // a bug of the page itself, for whoever debugs it
+  }
+
+  // --- signing in and out --------------------------------------------------------------------------------------
+
+  function showSignIn(message, bad) {
+    $("workspace").hidden = true;
+    $("account").hidden = true;
+    $("sign-in").hidden = false;
+    const note = $("sign-in-message");
+    note.textContent = message || "";
+    note.className = bad ? "notice" : "hint";
+    $("password").value = "";
+    $("username").focus();
+  }
+
+  function showWorkspace(name) {
+    $("sign-in").hidden = true;
+    $("account-name").textContent = name;
+    $("account").hidden = false;
+    $("workspace").hidden = false;
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const username = $("username").value.trim();
+    const password = $("password").value;
+    const note = $("sign-in-message");
+    if (!username || !password) {
+      note.className = "notice";
+      note.textContent = "Enter your username and your password.";
+      (username ? $("password") : $("username")).focus();
+      return;
+    }
+    const button = $("sign-in-button");
+    button.disabled = true;
+    button.textContent = "Signing in…";
+    note.className = "hint";
+    note.textContent = "Signing in…";
+    try {
+      const answer = await api("token", { method: "POST", form: { username, password } });
+      if (typeof answer.access_token !== "string") throw new ApiError(0, "The server sent no token.");
+      state.token = answer.access_token;
+      sessionStorage.setItem(KEYS.token, state.token);
+      sessionStorage.setItem(KEYS.user, username);
+      note.textContent = "";
+      $("password").value = "";
+      clearError();
+      enter(username);
+      $("search").focus();
+    } catch (err) {
+      note.className = "notice";
+      // One message whether the user is unknown or the password wrong: the page must not tell which.
+      if (err instanceof ApiError && err.status === 401) note.textContent = "Wrong username or password.";
+      else note.textContent = err instanceof ApiError ? err.message : "Signing in failed. Try again.";
+      $("password").select();
+      $("password").focus();
+    } finally {
+      button.disabled = false;
+      button.textContent = "Sign in";
+    }
+  }
+
+  function signOut(message) {
+    for (const key of Object.values(KEYS)) sessionStorage.removeItem(key);
+    if (state.searchAbort) state.searchAbort.abort();
+    if (state.recsAbort) state.recsAbort.abort();
+    clearTimeout(state.searchTimer);
+    clearTimeout(state.recsTimer);
+    Object.assign(state, { token: null, basket: [], model: null, lastRequest: null });
+    $("search").value = "";
+    for (const id of ["search-results", "basket", "recs", "model-facts", "model-counts", "model-evaluation", "model-versions"]) {
+      $(id).replaceChildren();
+    }
+    for (const id of ["search-status", "basket-status", "recs-status", "copy-status", "model-status"]) $(id).textContent = "";
+    $("curl-text").value = "";
+    clearError();
+    showSignIn(message, message !== "You are signed out.");
+  }
+
+  /** The workspace for a signed-in user: basket kept in this tab, model panel, first recommendations. */
+  function enter(username) {
+    showWorkspace(username);
+    try {
+      const kept = JSON.parse(sessionStorage.getItem(KEYS.basket) || "[]");
+      state.basket = Array.isArray(kept) ? kept.filter((i) => i && typeof i.stock_code === "string") : [];
+    } catch {
+      state.basket = [];
+    }
+    renderBasket();
+    loadModel();
+    scheduleRecs(0);
+  }
+
+  // --- search --------------------------------------------------------------------------------------------------
+
+  function onSearchInput() {
+    clearTimeout(state.searchTimer);
+    state.searchTimer = setTimeout(search, SEARCH_DELAY_MS);
+  }
+
+  async function search() {
+    const query = $("search").value.trim();
+    if (state.searchAbort) state.searchAbort.abort();
+    if (!query) {
+      $("search-results").replaceChildren();
+      $("search-status").textContent = "";
+      return;
+    }
+    const abort = (state.searchAbort = new AbortController());
+    try {
+      const answer = await api(`items?q=${encodeURIComponent(query)}&limit=10`, { signal: abort.signal });
+      renderSearch(answer.items || [], query);
+      clearError();
+    } catch (err) {
+      failed(err);
+    }
+  }
+
+  function inBasket(code) {
+    return state.basket.some((i) => i.stock_code === code);
+  }
+
+  function renderSearch(items, query) {
+    const list = $("search-results");
+    list.replaceChildren(...items.map((item, i) => {
+      const id = `found-${i}`;
+      const added = inBasket(item.stock_code);
+      const button = el("button", { type: "button", class: "small", "aria-describedby": id, disabled: added,
+                                    text: added ? "Added" : "Add" });
+      button.addEventListener("click", () => {
+        addToBasket(item);
+        renderSearch(items, query);
+        // Keep the keyboard where it was: on the next product still to add, else back in the search box.
+        const next = [...list.querySelectorAll("button:not([disabled])")].find((b) => Number(b.dataset.row) > i);
+        (next || $("search")).focus();
+      });
+      button.dataset.row = String(i);
+      return el("li", {}, el("span", { class: "what", id },
+        el("span", { text: item.description || "(no description)" }), " ", el("span", { class: "code", text: item.stock_code })), button);
+    }));
+    $("search-status").textContent = items.length ? `${plural(items.length, "product", "products")} found.`
+      : `No product matches “${query}”.`;
+  }
+
+  // --- basket --------------------------------------------------------------------------------------------------
+
+  function saveBasket() {
+    sessionStorage.setItem(KEYS.basket, JSON.stringify(state.basket));
+  }
+
+  function addToBasket(item) {
+    if (inBasket(item.stock_code)) return;
+    state.basket.push({ stock_code: item.stock_code, description: item.description || "" });
+    basketChanged(`Added ${item.description || item.stock_code}.`);
+  }
+
+  function removeFromBasket(code) {
+    state.basket = state.basket.filter((i) => i.stock_code !== code);
+    basketChanged("");
+  }
+
+  function basketChanged(message) {
+    saveBasket();
+    renderBasket(message);
+    scheduleRecs();
+  }
+
+  function renderBasket(message) {
+    const list = $("basket");
+    list.replaceChildren(...state.basket.map((item, i) => {
+      const id = `basket-${i}`;
+      const button = el("button", { type: "button", class: "small secondary", "aria-describedby": id, text: "Remove" });
+      button.addEventListener("click", () => {
+        removeFromBasket(item.stock_code);
+        const buttons = list.querySelectorAll("button");
+        (buttons[Math.min(i, buttons.length - 1)] || $("search")).focus();
+      });
+      return el("li", {}, el("span", { class: "what", id },
+        el("span", { text: item.description || "(no description)" }), " ", el("span", { class: "code", text: item.stock_code })), button);
+    }));
+    const count = state.basket.length;
+    const summary = count ? `${plural(count, "item", "items")} in the basket.` : "The basket is empty: the recommendations are best-sellers.";
+    $("basket-status").textContent = message ? `${message} ${summary}` : summary;
+    $("empty-basket").disabled = count === 0;
+  }
+
+  async function tryRealBasket() {
+    const button = $("real-basket");
+    button.setAttribute("aria-busy", "true");
+    try {
+      const answer = await api("sample_basket");
+      state.basket = (answer.items || []).map((i) => ({ stock_code: i.stock_code, description: i.description || "" }));
+      const date = answer.date ? ` of ${new Date(answer.date).toLocaleDateString()}` : "";
+      basketChanged(`Invoice ${answer.invoice}${date}.`);
+      clearError();
+    } catch (err) {
+      failed(err);
+    } finally {
+      button.removeAttribute("aria-busy");
+    }
+  }
+
+  // --- recommendations -----------------------------------------------------------------------------------------
+
+  function numberOf(id) {
+    const input = $(id);
+    if (input.value === "") return null;
+    const value = Number(input.value);
+    return Number.isFinite(value) ? value : null;
+  }
+
+  /** The body of POST /recommendations for the basket and the controls; unset controls are left out. */
+  function requestBody() {
+    const body = { product_list: state.basket.map((i) => i.stock_code), n: numberOf("opt-n") ?? 10, explain: true };
+    const category = $("opt-category").value;
+    if (category) body.categories = [category];
+    const priceMin = numberOf("opt-price-min");
+    const priceMax = numberOf("opt-price-max");
+    const perCategory = numberOf("opt-per-category");
+    const confidence = numberOf("opt-confidence");
+    if (priceMin !== null) body.price_min = priceMin;
+    if (priceMax !== null) body.price_max = priceMax;
+    if (perCategory !== null) body.max_per_category = perCategory;
+    if (confidence !== null && confidence > 0) body.min_confidence = confidence / 100;
+    return body;
+  }
+
+  function scheduleRecs(delay = RECS_DELAY_MS) {
+    clearTimeout(state.recsTimer);
+    state.recsTimer = setTimeout(fetchRecs, delay);
+  }
+
+  async function fetchRecs() {
+    if (!state.token) return;
+    if (state.recsAbort) state.recsAbort.abort();
+    const abort = (state.recsAbort = new AbortController());
+    const body = requestBody();
+    state.lastRequest = body;
+    updateCurl();
+    const started = performance.now();
+    $("recs").setAttribute("aria-busy", "true");
+    try {
+      const answer = await api("recommendations", { method: "POST", body, signal: abort.signal });
+      renderRecs(answer, body, Math.round(performance.now() - started));
+      clearError();
+      if (state.model && answer.model_version && answer.model_version !== state.model.model_version) loadModel();
+    } catch (err) {
+      if (err && err.name === "AbortError") return;
+      $("recs").replaceChildren();
+      $("recs-status").textContent = "No recommendations: see the message at the top of the page.";
+      failed(err);
+    } finally {
+      if (state.recsAbort === abort) $("recs").removeAttribute("aria-busy");
+    }
+  }
+
+  const AVAILABILITY = { in_stock: "In stock", out_of_stock: "Out of stock", preorder: "Pre-order", backorder: "Back-order" };
+
+  /** Why an item was picked, in words. */
+  function reason(item, answer) {
+    const parts = [];
+    if (item.source === "pinned") parts.push("Pinned here by a merchandising rule.");
+    else if (item.source === "popular") {
+      parts.push(answer.fallback ? "A best-seller: the basket holds nothing the model knows."
+        : "A best-seller, added because the model's own picks ran out.");
+    } else if (Array.isArray(item.because) && item.because.length) {
+      const top = [...item.because].sort((a, b) => (b.share || 0) - (a.share || 0));
+      const shown = top.slice(0, 2).map((b) => {
+        const name = b.description || b.stock_code;
+        const baskets = typeof b.baskets === "number" ? `bought together in ${plural(b.baskets, "basket", "baskets")}` : "bought together";
+        const share = typeof b.share === "number" ? ` (${Math.round(b.share * 100)}% of the score)` : "";
+        return `with ${name}: ${baskets}${share}`;
+      });
+      const more = top.length > 2 ? `; and ${plural(top.length - 2, "other basket item", "other basket items")}` : "";
+      parts.push(sentence(shown.join("; ") + more));
+    }
+    if (typeof item.boost === "number" && item.boost !== 1) {
+      parts.push(item.boost > 1 ? `Boosted ×${item.boost} by a rule.` : `Buried ×${item.boost} by a rule.`);
+    }
+    return parts.join(" ");
+  }
+
+  function recItem(item, rank, answer) {
+    const descId = `rec-${rank}`;
+    const image = safeUrl(item.image_link);
+    const link = safeUrl(item.link);
+    const name = item.description || item.title || "(no description)";
+    const title = link ? el("a", { href: link, target: "_blank", rel: "noopener noreferrer", text: name })
+      : el("span", { text: name });
+
+    const meta = el("div", { class: "meta" });
+    const price = money(item.price, item.currency);
+    if (price) meta.append(el("span", { text: price }));
+    if (item.availability) {
+      meta.append(el("span", { class: item.availability === "out_of_stock" ? "avail-out" : null,
+                               text: AVAILABILITY[item.availability] || String(item.availability) }));
+    }
+    if (item.category) meta.append(el("span", { text: String(item.category) }));
+    if (item.brand) meta.append(el("span", { text: String(item.brand) }));
+    if (item.source) meta.append(el("span", { class: `badge ${["model", "popular", "pinned"].includes(item.source) ? item.source : ""}`, text: String(item.source) }));
+
+    let confidence;
+    if (typeof item.confidence === "number") {
+      const pct = Math.round(item.confidence * 100);
+      confidence = el("div", { class: "confidence" },
+        el("meter", { min: 0, max: 1, value: item.confidence, "aria-label": `Confidence ${pct}%` }),
+        el("span", { text: `${pct}% confidence` }));
+    } else {
+      confidence = el("div", { class: "confidence", text: `score ${typeof item.score === "number" ? item.score.toFixed(3) : "?"}` });
+    }
+    const why = reason(item, answer);
+    const add = el("button", { type: "button", class: "small", "aria-describedby": descId, text: "Add" });
+    add.disabled = inBasket(item.stock_code);
+    add.addEventListener("click", () => {
+      state.focusRecsAfterRender = true;
+      addToBasket({ stock_code: item.stock_code, description: item.description || "" });
+    });
+    return el("li", { class: "rec" },
+      el("span", { class: "rank", text: String(rank) }),
+      image ? el("img", { class: "thumb", src: image, alt: "", loading: "lazy", referrerpolicy: "no-referrer" })
+        : el("span", { class: "thumb none", "aria-hidden": "true" }),
+      el("div", { class: "body" },
+        el("div", { id: descId }, el("span", { class: "desc" }, title), " ", el("span", { class: "code", text: item.stock_code })),
+        meta, confidence, why ? el("p", { class: "reason", text: why }) : null),
+      add);
+  }
+
+  function renderRecs(answer, body, elapsed) {
+    const items = Array.isArray(answer.items) ? answer.items : [];
+    const list = $("recs");
+    list.replaceChildren(...items.map((item, i) => recItem(item, i + 1, answer)));
+    list.classList.toggle("no-images", !items.some((item) => safeUrl(item.image_link)));
+    list.dataset.elapsedMs = String(elapsed);
+    const notes = [];
+    if (!items.length) notes.push("No item passes these filters.");
+    else notes.push(`${plural(items.length, "item", "items")} in ${elapsed} ms from model ${answer.model_version}.`);
+    if (answer.fallback && body.product_list.length) notes.push("Nothing in the basket is known to the model: these are best-sellers.");
+    if (answer.exhausted) notes.push(`Fewer than the ${body.n} asked for: no more items pass the filters.`);
+    if (Array.isArray(answer.unknown_codes) && answer.unknown_codes.length) {
+      notes.push(`Not in the model, ignored: ${answer.unknown_codes.join(", ")}.`);
+    }
+    $("recs-status").textContent = notes.join(" ");
+    if (state.focusRecsAfterRender) {
+      state.focusRecsAfterRender = false;
+      (list.querySelector("button:not([disabled])") || $("search")).focus();
+    }
+  }
+
+  // --- copy as curl ------------------------------------------------------------------------------------------
+
+  function shellQuote(text) {
+    return `'${String(text).replace(/'/g, "'\\''")}'`;
+  }
+
+  function curlCommand() {
+    const url = new URL("recommendations", document.baseURI).href;
+    return [`curl -s -X POST ${shellQuote(url)}`,
+            `-H ${shellQuote(`Authorization: Bearer ${state.token || ""}`)}`,
+            "-H 'Content-Type: application/json'",
+            `-d ${shellQuote(JSON.stringify(state.lastRequest || requestBody()))}`].join(" \\\n     ");
+  }
+
+  function updateCurl() {
+    $("curl-text").value = curlCommand();
+  }
+
+  async function copyCurl() {
+    const command = curlCommand();
+    $("curl-text").value = command;
+    try {
+      await navigator.clipboard.writeText(command);
+      $("copy-status").textContent = "Copied: paste it into a terminal (it holds your token).";
+    } catch {
+      $("curl-details").open = true;
+      $("curl-text").select();
+      $("copy-status").textContent = "The browser refused to copy: the command is selected below, copy it with your keyboard.";
+    }
+  }
+
+  // --- model panel ---------------------------------------------------------------------------------------------
+
+  function facts(list, rows) {
+    list.replaceChildren(...rows.filter(([, value]) => value !== null && value !== undefined && value !== "")
+      .flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: String(value) })]));
+  }
+
+  function num(value) {
+    return typeof value === "number" ? value.toLocaleString() : null;
+  }
+
+  async function loadModel() {
+    $("model-status").textContent = "Loading…";
+    try {
+      const info = await api("model");
+      state.model = info;
+      renderModel(info);
+      $("model-status").textContent = "";
+    } catch (err) {
+      $("model-status").textContent = "The model's details could not be loaded.";
+      failed(err);
+    }
+  }
+
+  function renderModel(info) {
+    const source = info.source || {};
+    facts($("model-facts"), [
+      ["Version served", info.model_version],
+      ["Trained", when(info.created_at)],
+      ["Items", num(info.item_count)],
+      ["Training file", source.file ? `${source.file}${source.bytes ? ` (${(source.bytes / 1e6).toFixed(1)} MB)` : ""}` : null],
+      ["Product feed", info.feed_version || "none"],
+      ["Rules", info.rules_version || "none"],
+    ]);
+    const counts = info.counts || {};
+    const dropped = counts.dropped && typeof counts.dropped === "object"
+      ? Object.entries(counts.dropped).filter(([, n]) => n).map(([why, n]) => `${num(n)} ${why}`).join(", ") || "none" : null;
+    const baskets = num(counts.baskets);
+    facts($("model-counts"), [
+      ["Rows read", num(counts.rows_read)],
+      ["Rows kept", num(counts.rows_kept)],
+      ["Rows dropped", dropped],
+      ["Baskets", baskets && counts.guest_baskets !== undefined ? `${baskets} (${num(counts.guest_baskets)} by guests)` : baskets],
+      ["Customers", num(counts.customers)],
+      ["Products", num(counts.items)],
+    ]);
+    renderEvaluation(info.evaluation);
+    renderCategories(info.categories);
+    $("model-versions").replaceChildren(...(info.versions || []).map((v) => {
+      const marks = [v.served && "served", v.active && "active", v.staged && "staged", !v.complete && "incomplete"].filter(Boolean);
+      const details = [when(v.created_at), typeof v.items === "number" ? plural(v.items, "item", "items") : null, v.source_file]
+        .filter(Boolean).join(" · ");
+      return el("li", {}, el("code", { text: v.version }), marks.length ? el("span", { class: "mark", text: ` (${marks.join(", ")})` }) : null,
+        el("div", { class: "hint", text: details }));
+    }));
+  }
+
+  function renderEvaluation(evaluation) {
+    const box = $("model-evaluation");
+    if (!evaluation || typeof evaluation !== "object") {
+      box.replaceChildren(el("p", { class: "hint", text: "This model carries no evaluation figures." }));
+      return;
+    }
+    const k = evaluation.k || 10;
+    const fmt = (x) => (typeof x === "number" ? x.toFixed(3) : "–");
+    const row = (name, figures) => el("tr", {}, el("th", { scope: "row", text: name }),
+      el("td", { class: "num", text: fmt(figures && figures.hr) }), el("td", { class: "num", text: fmt(figures && figures.mrr) }));
+    const about = [evaluation.protocol, evaluation.cutoff ? `from ${evaluation.cutoff}` : null,
+      typeof evaluation.holdout_baskets === "number" ? `${plural(evaluation.holdout_baskets, "held-out basket", "held-out baskets")}` : null,
+      typeof evaluation.cases === "number" ? plural(evaluation.cases, "case", "cases") : null].filter(Boolean).join(", ");
+    box.replaceChildren(
+      el("table", { class: "figures" },
+        el("caption", { class: "hint", text: about }),
+        el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "method" }), el("th", { scope: "col", text: `HR@${k}` }),
+          el("th", { scope: "col", text: `MRR@${k}` }))),
+        el("tbody", {}, row("model", evaluation.model), row("popularity", evaluation.popularity))));
+  }
+
+  function renderCategories(categories) {
+    const select = $("opt-category");
+    const current = select.value;
+    const names = Array.isArray(categories) ? categories.filter((c) => typeof c === "string") : [];
+    select.replaceChildren(el("option", { value: "", text: "All categories" }),
+      ...names.map((name) => el("option", { value: name, text: name })));
+    select.value = names.includes(current) ? current : "";
+  }
+
+  // --- start ---------------------------------------------------------------------------------------------------
+
+  async function resume() {
+    const token = sessionStorage.getItem(KEYS.token);
+    if (!token) {
+      showSignIn("", false);
+      return;
+    }
+    state.token = token;
+    try {
+      const me = await api("users/me");
+      enter(me.username || sessionStorage.getItem(KEYS.user) || "");
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) signOut("Your session expired. Please sign in again.");
+      else {
+        enter(sessionStorage.getItem(KEYS.user) || "");
+        failed(err);
+      }
+    }
+  }
+
+  function start() {
+    $("sign-in-form").addEventListener("submit", signIn);
+    $("sign-out").addEventListener("click", () => signOut("You are signed out."));
+    $("search").addEventListener("input", onSearchInput);
+    $("search").addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        clearTimeout(state.searchTimer);
+        search();
+      }
+    });
+    $("real-basket").addEventListener("click", tryRealBasket);
+    $("empty-basket").addEventListener("click", () => {
+      state.basket = [];
+      basketChanged("Emptied.");
+      $("search").focus();
+    });
+    $("controls").addEventListener("input", () => scheduleRecs());
+    $("controls").addEventListener("change", () => scheduleRecs());
+    $("controls").addEventListener("submit", (event) => {
+      event.preventDefault();
+      scheduleRecs(0);
+    });
+    $("copy-curl").addEventListener("click", copyCurl);
+    $("model-refresh").addEventListener("click", loadModel);
+    resume();
+  }
+
+  start();
+})();
