@@ -11,6 +11,7 @@ from recommender.core import registry
 from recommender.core.errors import DataFileError, ModelUnavailable
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
+from recommender.training import holdout
 from recommender.training.pipeline import ARTIFACTS, TrainingParams, train
 
 from tests.conftest import ROOT
@@ -24,7 +25,8 @@ def test_train_activates_a_complete_version(storage, tiny_csv):
     result = train(tiny_csv, storage, progress=quiet)
     assert registry.active_version(storage) == result.version
     manifest = registry.verify(storage, result.version)
-    assert set(manifest["artifacts"]) == set(ARTIFACTS)
+    assert set(manifest["artifacts"]) == {*ARTIFACTS, holdout.CALIBRATION, holdout.CASES}
+    assert manifest["evaluation"]["cases"] > 0
     assert manifest["source"]["file"] == "tiny.csv" and len(manifest["source"]["sha256"]) == 64
     counts = manifest["counts"]
     assert counts["items"] > 40 and counts["baskets"] > 200 and counts["rows_read"] > counts["rows_kept"]

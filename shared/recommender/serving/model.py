@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -17,6 +17,7 @@ from recommender.core import registry
 from recommender.core.catalog import Catalog, Item
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
+from recommender.serving.confidence import Confidence
 
 log = logging.getLogger("recommender")
 
@@ -46,7 +47,8 @@ class Model:
     """
 
     def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, table_indptr: np.ndarray,
-                 table_target: np.ndarray, table_weight: np.ndarray, answer_cache: int = 0) -> None:
+                 table_target: np.ndarray, table_weight: np.ndarray, answer_cache: int = 0,
+                 calibration: bytes | None = None) -> None:
         self.version = version
         self.manifest = manifest
         self.catalog = catalog
@@ -66,6 +68,9 @@ class Model:
         # Identical baskets (a product page's "goes well with", a common pair) get the same answer from a version:
         # the last answer_cache distinct ones are kept, and a new version starts with an empty cache.
         self._answers = lru_cache(maxsize=answer_cache)(self._answer) if answer_cache else self._answer
+        baskets = manifest["model"].get("baskets") or manifest.get("counts", {}).get("baskets") or 1
+        top = catalog.popularity[catalog.most_popular()[0]] if len(catalog) else 0
+        self._confidence = Confidence.from_json(calibration, popular_share_per_score=max(top, 1) / baskets)
 
     def recommend(self, basket: Sequence[str], n: int) -> Recommendation:
         """The n best items to offer with basket, best first, none from the basket."""
@@ -88,6 +93,12 @@ class Model:
             return Recommendation(items, unknown, True, self.version)
         return Recommendation(self._answers(tuple(sorted(known)), n), unknown, False, self.version)
 
+    def confidence(self, scores: np.ndarray, ranks: np.ndarray, popular: bool = False) -> np.ndarray:
+        """Calibrated probability, in [0, 1], that a shopper holding the basket also buys each answered item, from
+        its score and its rank in the answer (1 = first); popular=True for popular (fallback) items. From the
+        version's calibration.json, or the fallback of serving/confidence.py for models without one."""
+        return self._confidence(scores, ranks, popular)
+
     def _answer(self, basket: tuple[int, ...], n: int) -> tuple[Scored, ...]:
         rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
         # A tuple of tuples of plain values: the garbage collector stops tracking it, however many are cached.
@@ -103,12 +114,19 @@ class Model:
         if self._warm:
             return self._near[items]
         for i in items[~self._asked[items]]:
-            found = self.index.get_nns_by_item(int(i), self.per_item + 1, self.search_k)
-            row = self._near[i]
-            row[:] = i  # a short answer (tiny catalog) is padded with the item itself, dropped later
-            row[:len(found)] = found
-            self._asked[i] = True
+            self._remember(int(i), self.index.get_nns_by_item(int(i), self.per_item + 1, self.search_k))
         return self._near[items]
+
+    def prime(self, near: Mapping[int, Sequence[int]]) -> None:
+        """Take Annoy's answers for some items from whoever already asked (the training that built the index)."""
+        for i, found in near.items():
+            self._remember(i, found)
+
+    def _remember(self, i: int, found: Sequence[int]) -> None:
+        row = self._near[i]
+        row[:] = i  # a short answer (tiny catalog) is padded with the item itself, dropped later
+        row[:len(found)] = found
+        self._asked[i] = True
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         found = self.near(basket).ravel()
@@ -146,19 +164,23 @@ class Model:
 def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:
     """Load one version, verifying every artifact against its manifest checksum; ModelUnavailable if it is damaged."""
     manifest = registry.verify(storage, version)
+    # verify() has just made local copies of every artifact (downloads, on S3): read those, not the storage again.
+    return open_model(lambda name: storage.local_copy(registry.artifact_key(version, name)), version, manifest,
+                      answer_cache)
 
-    def path(name: str) -> str:
-        return str(storage.local_copy(registry.artifact_key(version, name)))
 
+def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer_cache: int = 0) -> Model:
+    """A model from its artifact files (path(name) gives each one's local path) and its manifest."""
     try:
-        # verify() has just made local copies of every artifact (downloads, on S3): read those, not the storage again.
         catalog = Catalog.from_json(Path(path("catalog.json")).read_bytes())
         index = AnnoyIndex(int(manifest["model"]["factors"]), manifest["model"]["metric"])
-        index.load(path("index.ann"))  # memory-mapped by Annoy
+        index.load(str(path("index.ann")))  # memory-mapped by Annoy
         table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
+        calibration = (Path(path("calibration.json")).read_bytes()
+                       if "calibration.json" in manifest.get("artifacts", {}) else None)
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(version, manifest, catalog, index, *table, answer_cache=answer_cache)
+    return Model(version, manifest, catalog, index, *table, answer_cache=answer_cache, calibration=calibration)
 
 
 class ModelHolder:

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from recommender.core.errors import DataFileError
 from recommender.core.storage import LocalStorage
+from recommender.training import holdout
 from recommender.training.ingest import Transactions, load_transactions, select_baskets
 from recommender.training.pipeline import TrainingParams, basket_matrix
 
@@ -81,15 +82,10 @@ def temporal_split(tx: Transactions, days: int, seed: int = 0) -> Split:
     index = {code: i for i, code in enumerate(train.item_codes)}
     items_by_basket = np.split(tx.pair_item[np.argsort(tx.pair_basket, kind="stable")],
                                np.cumsum(np.bincount(tx.pair_basket, minlength=len(tx.basket_ids)))[:-1])
-    rng = np.random.default_rng(seed)
-    queries, hidden = [], []
-    for b in sorted(np.flatnonzero(is_test), key=lambda b: tx.basket_ids[b]):
-        known = sorted({tx.item_codes[i] for i in items_by_basket[b]} & index.keys())
-        if len(known) < 2:
-            continue
-        h = int(rng.integers(len(known)))
-        hidden.append(index[known[h]])
-        queries.append(np.array([index[c] for j, c in enumerate(known) if j != h], dtype=np.int64))
+    test = sorted(np.flatnonzero(is_test), key=lambda b: tx.basket_ids[b])
+    drawn = holdout.leave_one_out([[tx.item_codes[i] for i in items_by_basket[b]] for b in test], index, seed)
+    queries = [np.array([index[c] for c in query], dtype=np.int64) for _, query, _ in drawn]
+    hidden = [index[h] for _, _, h in drawn]
     if not hidden:
         raise DataFileError(f"no test basket in the last {days} days has two products known to the training data")
     return Split(train, Cases(queries, np.array(hidden, dtype=np.int64)), cutoff)

@@ -8,7 +8,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,7 +24,7 @@ from recommender.core.catalog import Catalog
 from recommender.core.errors import DataFileError
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training import neighbors, samples
+from recommender.training import holdout, neighbors, samples
 from recommender.training.ingest import (
     Transactions,
     describe_report,
@@ -58,6 +58,8 @@ class TrainingParams:
     candidates_per_item: int = 50
     search_k_per_item: int = 1000
     seed: int = 0
+    # The most recent baskets kept out of training to measure the model (None: train on everything, unmeasured).
+    holdout: holdout.HoldoutPolicy | None = field(default_factory=holdout.HoldoutPolicy)
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,14 @@ def _stage(progress: Progress, text: str) -> Iterator[None]:
     progress(f"{text} ({time.perf_counter() - t:.1f} s)")
 
 
-def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress = print) -> dict:
-    """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part."""
+def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress = print,
+                near: dict[str, list[int]] | None = None) -> dict:
+    """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part.
+
+    With near ({code: []} for some items), the thread that builds the Annoy index, when it runs beside the
+    item-item table, also fills in each of those items' nearest items (model rows) while it would otherwise wait:
+    what serving asks Annoy first, asked for free (the holdout's queries use it).
+    """
     n_items = len(tx.item_codes)
     if n_items < MIN_ITEMS:
         raise DataFileError(f"only {n_items} distinct item(s) after cleaning; a model needs at least {MIN_ITEMS}")
@@ -157,10 +165,11 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
     # One BLAS thread: the work is many small solves, and OpenBLAS threads that spin while another process
     # holds the other core made training several times slower here (a server may be running beside it).
     with threadpool_limits(limits=1):
-        return _build(tx, params, folder, progress)
+        return _build(tx, params, folder, progress, near)
 
 
-def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress) -> dict:
+def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress,
+           near: dict[str, list[int]] | None) -> dict:
     n_items = len(tx.item_codes)
     # Number the items from the most to the least popular (ties keep file order): the serving side breaks
     # score ties by popularity for free.
@@ -177,7 +186,8 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     # they run on the other core meanwhile (each with one BLAS thread); on a large one they wait their turn.
     overlap = rows.nnz <= OVERLAP_MAX_ENTRIES
     with ThreadPoolExecutor(max_workers=1) as pool:
-        embedding = pool.submit(_embed_and_index, rows, counts, k, params, folder, progress) if overlap else None
+        embedding = pool.submit(_embed_and_index, rows, counts, k, params, folder, progress,
+                                _prime_rows(tx, near)) if overlap else None
         k_nbrs = min(params.neighbors, n_items - 1)
         ridge = params.ridge_share * float(counts[counts > 0].mean())
         with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
@@ -200,14 +210,23 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     samples.write_samples(folder / samples.SAMPLES, samples.sample_invoices(
         tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time, seed=params.seed))
     return {
+        "baskets": baskets.shape[0],
         "factors": k, "metric": "angular", "neighbors": k_nbrs, "ridge": round(ridge, 4),
         "customer_rows": rows.shape[0] - baskets.shape[0], "table_entries": int(len(target)),
         "query": {"candidates_per_item": params.candidates_per_item, "search_k_per_item": params.search_k_per_item},
     }
 
 
+def _prime_rows(tx: Transactions, near: dict[str, list[int]] | None) -> dict[int, list[int]] | None:
+    """The model rows of the codes whose neighbours are asked for, each with the list to fill."""
+    if near is None:
+        return None
+    row = {code: i for i, code in enumerate(tx.item_codes)}
+    return {row[code]: found for code, found in near.items() if code in row}
+
+
 def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: TrainingParams, folder: Path,
-                     progress: Progress) -> None:
+                     progress: Progress, near: dict[int, list[int]] | None = None) -> None:
     """SVD item embeddings of the damped matrix, and the Annoy index over them, written to folder."""
     with _stage(progress, f"svd: {k} factors"):
         damped = (rows @ sp.diags(np.maximum(counts, 1) ** -params.popularity_damping)).tocsr()
@@ -219,7 +238,17 @@ def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: Tr
             index.add_item(i, embeddings[i])
         index.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
         index.save(str(folder / "index.ann"))
-        index.unload()
+    for i, found in (near or {}).items():
+        found[:] = index.get_nns_by_item(i, params.candidates_per_item + 1, params.search_k_per_item)
+    index.unload()
+
+
+def _period(basket_time: np.ndarray) -> dict | None:
+    """The first and last purchase a model learned from (None for a file without dates)."""
+    dated = basket_time[~np.isnat(basket_time)]
+    if not len(dated):
+        return None
+    return {"first": str(dated.min()), "last": str(dated.max())}
 
 
 def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, source: Path | None,
@@ -230,8 +259,20 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
     """
     with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
         folder = Path(tmp)
-        model_info = build_model(tx, params, folder, progress)
-        artifacts = {name: sha256_file(folder / name) for name in ARTIFACTS}
+        train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
+        if held is not None:
+            since = f" (from {str(held.cutoff)[:16].replace('T', ' ')})" if held.cutoff is not None else ""
+            progress(f"holdout: the {len(held.basket_ids):,} most recent baskets{since} are kept out of training "
+                     f"to measure the model")
+        near: dict[str, list[int]] | None = {code: [] for b in held.items for code in b} if held else None
+        model_info = build_model(train_tx, params, folder, progress, near)
+        evaluation, extra = None, []
+        if held is not None:
+            with _stage(progress, "holdout: measured through Model.recommend, confidence calibrated"):
+                evaluation, extra = holdout.assess(folder, model_info, held, params.seed, progress, near)
+            progress(f"held out: {holdout.describe(evaluation)}")
+        names = (*ARTIFACTS, *extra)
+        artifacts = {name: sha256_file(folder / name) for name in names}
         content = hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()
         created = now()
         version = new_version_id(created, content)
@@ -245,11 +286,14 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
                        "baskets": report.baskets, "guest_baskets": report.guest_baskets, "items": report.items,
                        "customers": report.customers},
             "params": asdict(params),
+            "period": _period(train_tx.basket_time),
             "model": model_info,
             "artifacts": artifacts,
-            "artifact_bytes": sum((folder / name).stat().st_size for name in ARTIFACTS),
+            "artifact_bytes": sum((folder / name).stat().st_size for name in names),
             "content_sha256": content,
         }
+        if evaluation is not None:
+            manifest["evaluation"] = evaluation
         t = time.perf_counter()
         registry.publish(storage, version, folder, manifest)
     progress(f"saved version {version} to {storage.url} ({manifest['artifact_bytes'] / 1e6:.1f} MB, "

@@ -1,0 +1,264 @@
+"""Held-out evaluation at training: the most recent baskets are kept out of training, then the trained model is
+measured on them through the served path (`Model.recommend`).
+
+What a training gets from it (README, "Quality"):
+- `manifest["evaluation"]`: HR@10 and MRR@10 of the model and of popularity, with `make evaluate`'s protocol
+  (one known item of each held-out basket hidden, the rest asked for n=10) on baskets the model never saw;
+- `calibration.json`: confidence fitted on the same baskets split at random (`training/calibration.py`);
+- `holdout.json.gz`: the cases with the model's rank of each hidden item, so that activation can score the
+  active model on them (`training/gate.py`).
+
+Everything takes plain values (lists of codes, numpy arrays) and a folder of artifacts, so any trainer (pandas
+or Spark) can call `split_mask` to choose the baskets and `assess` once its artifacts are written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Collection, Sequence
+
+import numpy as np
+
+from recommender.serving.model import Model, open_model
+from recommender.training import calibration
+from recommender.training.calibration import Observations
+from recommender.training.ingest import Transactions, select_baskets
+
+PROTOCOL = "most recent baskets held out; one known item of each hidden, the rest asked for 10 (make evaluate's)"
+K = 10
+CALIBRATION_DEPTH = 20       # ranks observed per held-out query for the calibration
+CALIBRATION_QUERIES = 500    # held-out baskets split for the calibration (10,000 observations: plenty for a curve)
+MIN_HOLDOUT_BASKETS = 10     # below this a holdout measures nothing: train on everything
+CASES = "holdout.json.gz"
+CALIBRATION = "calibration.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class HoldoutPolicy:
+    """How many of the most recent baskets a training keeps out: share of them, at least min_baskets, at most
+    max_share of them and max_baskets (a small file keeps most of its data; a large one loses little)."""
+
+    share: float = 0.05
+    min_baskets: int = 200
+    max_share: float = 0.25
+    max_baskets: int = 2000
+
+    def size(self, n_baskets: int) -> int:
+        """Baskets to hold out of n_baskets (0: too few for a holdout)."""
+        size = min(max(round(self.share * n_baskets), self.min_baskets), int(self.max_share * n_baskets),
+                   self.max_baskets)
+        return size if size >= MIN_HOLDOUT_BASKETS else 0
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out baskets, as plain values."""
+
+    basket_ids: list[str]
+    times: np.ndarray               # datetime64[s] per basket, NaT when undated
+    items: list[list[str]]          # distinct stock codes of each basket
+    cutoff: np.datetime64 | None    # the earliest held-out time (None for undated files: the last baskets in file order)
+
+
+def split_mask(basket_time: np.ndarray, policy: HoldoutPolicy) -> np.ndarray:
+    """Which baskets to hold out: the most recent dated ones (ties by file order), or the last ones in file order
+    when the file has no dates; undated baskets of a dated file stay in training."""
+    n = len(basket_time)
+    mask = np.zeros(n, dtype=bool)
+    dated = ~np.isnat(basket_time)
+    if not dated.any():
+        size = policy.size(n)
+        if size:
+            mask[n - size:] = True
+        return mask
+    rows = np.flatnonzero(dated)
+    size = policy.size(len(rows))
+    if size:
+        order = rows[np.lexsort((rows, basket_time[rows].view("int64")))]
+        mask[order[len(order) - size:]] = True
+    return mask
+
+
+def split(tx: Transactions, policy: HoldoutPolicy) -> tuple[Transactions, HeldOut | None]:
+    """The training part and the held-out baskets (None when the file is too small for a holdout)."""
+    mask = split_mask(tx.basket_time, policy)
+    if not mask.any():
+        return tx, None
+    rows = np.flatnonzero(mask)
+    pairs = mask[tx.pair_basket]
+    basket, item = tx.pair_basket[pairs], tx.pair_item[pairs]
+    order = np.argsort(basket, kind="stable")
+    basket, item = basket[order], item[order]
+    starts = np.searchsorted(basket, rows)
+    stops = np.searchsorted(basket, rows, side="right")
+    codes = tx.item_codes
+    items = [[codes[i] for i in item[a:b].tolist()] for a, b in zip(starts.tolist(), stops.tolist())]
+    times = tx.basket_time[rows]
+    dated = times[~np.isnat(times)]
+    held = HeldOut([tx.basket_ids[b] for b in rows.tolist()], times, items, dated.min() if len(dated) else None)
+    return select_baskets(tx, ~mask), held
+
+
+def leave_one_out(baskets: Sequence[Collection[str]], known: Collection[str], seed: int) -> list[tuple[int, list[str], str]]:
+    """make evaluate's cases: for each basket with two or more known codes, one of them (sorted by code, picked by a
+    seeded generator) is hidden and the others are the query. Returns (basket position, query, hidden)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for position, codes in enumerate(baskets):
+        present = sorted(c for c in set(codes) if c in known)
+        if len(present) < 2:
+            continue
+        h = int(rng.integers(len(present)))
+        out.append((position, [c for j, c in enumerate(present) if j != h], present[h]))
+    return out
+
+
+def random_splits(baskets: Sequence[Collection[str]], known: Collection[str], seed: int
+                  ) -> list[tuple[int, list[str], set[str]]]:
+    """For each basket with two or more known codes: a random part of them as the query (1 to all but one), the
+    rest as what the shopper bought. Returns (basket position, query, bought)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for position, codes in enumerate(baskets):
+        present = sorted(c for c in set(codes) if c in known)
+        if len(present) < 2:
+            continue
+        perm = rng.permutation(len(present))
+        q = int(rng.integers(1, len(present)))
+        out.append((position, [present[i] for i in perm[:q]], {present[i] for i in perm[q:]}))
+    return out
+
+
+def answer_ranks(model: Model, queries: Sequence[Sequence[str]], hidden: Sequence[str], k: int = K) -> np.ndarray:
+    """Rank (1-based) of each hidden code in the model's answer of k items to its query; 0 when absent."""
+    ranks = np.zeros(len(hidden), dtype=np.int64)
+    for c, (query, target) in enumerate(zip(queries, hidden)):
+        for r, scored in enumerate(model.recommend(query, k).items, 1):
+            if scored.item.stock_code == target:
+                ranks[c] = r
+                break
+    return ranks
+
+
+def popularity_ranks(model: Model, queries: Sequence[Sequence[str]], hidden: Sequence[str], k: int = K) -> np.ndarray:
+    """Rank of each hidden code among the most popular training items not in its query; 0 beyond k."""
+    index = model.catalog.index
+    position = np.empty(len(model.catalog), dtype=np.int64)
+    position[np.asarray(model.catalog.most_popular(), dtype=np.int64)] = np.arange(len(model.catalog))
+    ranks = np.zeros(len(hidden), dtype=np.int64)
+    for c, (query, target) in enumerate(zip(queries, hidden)):
+        if target not in index:
+            continue
+        p = position[index[target]]
+        ahead = sum(1 for code in query if code in index and position[index[code]] < p)
+        ranks[c] = p - ahead + 1 if p - ahead < k else 0
+    return ranks
+
+
+def hit_metrics(ranks: np.ndarray, k: int = K) -> dict:
+    """HR@k and MRR@k from 1-based ranks (0 = not in the top k)."""
+    ranks = np.asarray(ranks)
+    hit = (ranks > 0) & (ranks <= k)
+    if not len(ranks):
+        return {"hr": 0.0, "mrr": 0.0}
+    return {"hr": round(float(hit.mean()), 4),
+            "mrr": round(float(np.where(hit, 1.0 / np.maximum(ranks, 1), 0.0).mean()), 4)}
+
+
+def observe(model: Model, splits: Sequence[tuple[int, list[str], set[str]]], depth: int = CALIBRATION_DEPTH
+            ) -> tuple[Observations, Observations]:
+    """What the model's answers (and popular items) to each query held: score, rank and whether it was bought.
+    Fallback answers (popular items) are observed as popular ones only."""
+    scores, ranks, bought = [], [], []
+    pop_ranks, pop_bought = [], []
+    popular = [model.catalog.codes[i] for i in model.catalog.most_popular()]
+    for _, query, rest in splits:
+        answer = model.recommend(query, depth)
+        if not answer.fallback:
+            for r, scored in enumerate(answer.items, 1):
+                scores.append(scored.score)
+                ranks.append(r)
+                bought.append(scored.item.stock_code in rest)
+        asked = set(query)
+        shown = []
+        for code in popular:
+            if code not in asked:
+                shown.append(code)
+                if len(shown) == depth:
+                    break
+        pop_ranks.extend(range(1, len(shown) + 1))
+        pop_bought.extend(code in rest for code in shown)
+    return (Observations(np.asarray(scores, dtype=np.float64), np.asarray(ranks, dtype=np.int64),
+                         np.asarray(bought, dtype=bool)),
+            Observations(np.zeros(len(pop_ranks)), np.asarray(pop_ranks, dtype=np.int64),
+                         np.asarray(pop_bought, dtype=bool)))
+
+
+def _iso(t: np.datetime64 | None) -> str | None:
+    return None if t is None or np.isnat(t) else str(np.datetime64(t, "s"))
+
+
+def assess(folder: Path, model_info: dict, held: HeldOut, seed: int = 0, progress: Callable[[str], None] = print,
+           near: dict[str, list[int]] | None = None) -> tuple[dict | None, list[str]]:
+    """Measure the model whose artifacts are in folder on the held-out baskets, and write calibration.json and
+    holdout.json.gz beside them. Returns manifest["evaluation"] (None when no held-out basket has two products the
+    model knows) and the names of the artifacts written. near: Annoy's answers for some codes, when the training
+    already has them (pipeline.build_model)."""
+    started = time.perf_counter()
+    model = open_model(lambda name: folder / name, "candidate", {"model": model_info})
+    if near:
+        model.prime({model.catalog.index[code]: found for code, found in near.items() if found})
+    known = model.catalog.index
+    order = sorted(range(len(held.basket_ids)), key=lambda b: held.basket_ids[b])
+    baskets = [held.items[b] for b in order]
+    cases = leave_one_out(baskets, known, seed)
+    if not cases:
+        progress(f"holdout: none of the {len(baskets):,} held-out baskets has two products the model knows: "
+                 f"not measured")
+        return None, []
+    queries = [q for _, q, _ in cases]
+    hidden = [h for _, _, h in cases]
+    ranks = answer_ranks(model, queries, hidden)
+    popular = popularity_ranks(model, queries, hidden)
+    splits = random_splits(baskets, known, seed + 1)[:CALIBRATION_QUERIES]
+    model_obs, popular_obs = observe(model, splits)
+    spec = calibration.fit(model_obs, popular_obs, len(splits), CALIBRATION_DEPTH)
+    (folder / CALIBRATION).write_bytes(calibration.to_json(spec))
+    stored = {
+        "format": FORMAT, "protocol": PROTOCOL, "k": K, "seed": seed, "cutoff": _iso(held.cutoff),
+        "cases": [{"basket": held.basket_ids[order[p]], "time": _iso(held.times[order[p]]), "query": q,
+                   "hidden": h, "rank": int(r)} for (p, q, h), r in zip(cases, ranks.tolist())],
+    }
+    (folder / CASES).write_bytes(gzip.compress(json.dumps(stored, separators=(",", ":")).encode(),
+                                                compresslevel=3, mtime=0))
+    evaluation = {
+        "protocol": PROTOCOL,
+        "cutoff": _iso(held.cutoff),
+        "holdout_baskets": len(held.basket_ids),
+        "cases": len(cases),
+        "k": K,
+        "model": hit_metrics(ranks),
+        "popularity": hit_metrics(popular),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return evaluation, [CALIBRATION, CASES]
+
+
+def read_cases(data: bytes) -> dict:
+    """The content of a holdout.json.gz artifact."""
+    return json.loads(gzip.decompress(data))
+
+
+def describe(evaluation: dict | None) -> str:
+    """One line of a version's held-out figures (for `make train` and `make versions`)."""
+    if not evaluation:
+        return "no held-out figures"
+    m, p = evaluation["model"], evaluation["popularity"]
+    since = f" since {evaluation['cutoff'][:10]}" if evaluation.get("cutoff") else ""
+    return (f"HR@10 {m['hr']:.3f}, MRR@10 {m['mrr']:.3f} (popularity {p['hr']:.3f} / {p['mrr']:.3f}) on "
+            f"{evaluation['cases']:,} held-out baskets{since}")

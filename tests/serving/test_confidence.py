@@ -1,0 +1,68 @@
+"""Model.confidence: calibrated from the version's calibration.json, the fallback without it, and its contract."""
+
+import json
+
+import numpy as np
+import pytest
+from recommender.core import registry
+from recommender.serving.confidence import Confidence
+from recommender.serving.model import load_model
+
+
+@pytest.fixture
+def model(trained_storage):
+    return load_model(trained_storage, registry.active_version(trained_storage))
+
+
+def test_contract_on_a_trained_model(model):
+    assert model._confidence.calibrated
+    answer = model.recommend([model.catalog.codes[0], model.catalog.codes[3]], 10)
+    scores = np.array([s.score for s in answer.items])
+    ranks = np.arange(1, len(scores) + 1)
+    conf = model.confidence(scores, ranks)
+    assert conf.shape == scores.shape and np.all((conf >= 0) & (conf <= 1))
+    assert np.all(np.diff(conf) <= 1e-12)  # answers are sorted by score: confidence follows
+    grid = np.linspace(-2, 5, 50)
+    for rank in (1, 3, 10, 100):
+        assert np.all(np.diff(model.confidence(grid, np.full(50, rank))) >= 0)
+    for score in (0.0, 0.2, 1.0):
+        assert np.all(np.diff(model.confidence(np.full(100, score), np.arange(1, 101))) <= 0)
+    popular = model.confidence(np.ones(20), np.arange(1, 21), popular=True)
+    assert np.all((popular >= 0) & (popular <= 1)) and np.all(np.diff(popular) <= 0)
+
+
+def test_calibrated_on_what_held_out_shoppers_bought(model, trained_storage):
+    # The training's calibration queries, rebuilt from the stored held-out baskets: on them the mean confidence is
+    # the rate at which the shoppers bought what was recommended.
+    from recommender.training import calibration, holdout
+
+    stored = holdout.read_cases(trained_storage.read(registry.artifact_key(model.version, holdout.CASES)))
+    baskets = [c["query"] + [c["hidden"]] for c in stored["cases"]]
+    splits = holdout.random_splits(baskets, model.catalog.index, stored["seed"] + 1)[:holdout.CALIBRATION_QUERIES]
+    obs, _ = holdout.observe(model, splits)
+    predicted = model.confidence(obs.scores, obs.ranks)
+    assert len(obs) > 100 and 0 < obs.bought.mean() < 1
+    assert predicted.mean() == pytest.approx(obs.bought.mean(), abs=0.02)
+    assert calibration.expected_calibration_error(predicted, obs.bought) < 0.05
+
+
+def test_fallback_without_the_artifact(model):
+    plain = Confidence.from_json(None, popular_share_per_score=0.25)
+    assert not plain.calibrated
+    assert plain(np.array([-0.3, 0.2, 0.7, 1.8]), np.array([1, 2, 3, 4])).tolist() == [0.0, 0.2, 0.7, 1.0]
+    assert plain(np.array([1.0, 0.5]), np.array([1, 2]), popular=True).tolist() == [0.25, 0.125]
+    # A format this code does not know is read as no artifact at all.
+    assert not Confidence.from_json(json.dumps({"format": 99}).encode()).calibrated
+
+
+def test_fallback_model_trained_before_calibration_existed(trained_storage, model):
+    # Drop the artifact from a copy of the manifest: what a version trained before this feature looks like.
+    manifest = dict(model.manifest, artifacts={k: v for k, v in model.manifest["artifacts"].items()
+                                               if k != "calibration.json"})
+    trained_storage.write(registry.artifact_key(model.version, "manifest.json"), json.dumps(manifest).encode())
+    old = load_model(trained_storage, model.version)
+    assert not old._confidence.calibrated
+    assert old.confidence(np.array([0.4, 2.0]), np.array([1, 2])).tolist() == [0.4, 1.0]
+    top = old.catalog.most_popular()[0]
+    share = old.catalog.popularity[top] / old.manifest["model"]["baskets"]
+    assert old.confidence(np.array([1.0]), np.array([1]), popular=True)[0] == pytest.approx(share)

@@ -1,0 +1,100 @@
+"""Calibration fitting: pool adjacent violators, the logistic index, the fitted curve, reliability and ECE."""
+
+import itertools
+
+import numpy as np
+import pytest
+from recommender.serving.confidence import Confidence
+from recommender.training import calibration
+from recommender.training.calibration import Observations, pav
+
+
+def brute_force_isotonic(values, weights):
+    """The best non-decreasing fit by trying every partition into consecutive pooled blocks (small inputs only)."""
+    n = len(values)
+    best, best_cost = None, np.inf
+    for cuts in itertools.chain.from_iterable(itertools.combinations(range(1, n), k) for k in range(n)):
+        bounds = [0, *cuts, n]
+        fit = np.concatenate([np.full(b - a, np.average(values[a:b], weights=weights[a:b]))
+                              for a, b in zip(bounds, bounds[1:])])
+        if np.all(np.diff(fit) >= -1e-12):
+            cost = float(np.sum(weights * (values - fit) ** 2))
+            if cost < best_cost:
+                best, best_cost = fit, cost
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pav_is_the_best_monotone_fit(seed):
+    rng = np.random.default_rng(seed)
+    values, weights = rng.random(7), rng.integers(1, 5, 7).astype(float)
+    fit = pav(values, weights)
+    assert np.all(np.diff(fit) >= 0)
+    assert fit == pytest.approx(brute_force_isotonic(values, weights))
+    assert np.average(fit, weights=weights) == pytest.approx(np.average(values, weights=weights))
+
+
+def test_logistic_recovers_known_coefficients():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 2))
+    p = 1 / (1 + np.exp(-(-1.0 + 2.0 * x[:, 0] - 0.5 * x[:, 1])))
+    beta = calibration.logistic(x, (rng.random(len(p)) < p).astype(float))
+    assert beta == pytest.approx([-1.0, 2.0, -0.5], abs=0.1)
+
+
+def synthetic_observations(n=30_000, seed=0):
+    """Answers whose true chance of purchase is known: rises with the score, falls with the rank."""
+    rng = np.random.default_rng(seed)
+    scores = rng.gamma(2.0, 0.2, n)
+    ranks = rng.integers(1, 21, n)
+    truth = np.clip(0.6 * scores / (1 + scores) + 0.1 / ranks, 0, 1)
+    return Observations(scores, ranks, rng.random(n) < truth), truth
+
+
+def test_fitted_confidence_matches_the_truth_and_is_monotone():
+    obs, truth = synthetic_observations()
+    spec = calibration.fit(obs, Observations(np.zeros(4), np.array([1, 2, 1, 2]), np.array([1, 0, 0, 0], bool)), 100, 20)
+    assert spec["index"]["score"] > 0 > spec["index"]["log_rank"]
+    confidence = Confidence.from_json(calibration.to_json(spec))
+    predicted = confidence(obs.scores, obs.ranks)
+    assert np.abs(predicted - truth).mean() < 0.03
+    assert calibration.expected_calibration_error(predicted, obs.bought) < 0.02
+    grid_scores = np.linspace(-1, 5, 61)
+    for rank in (1, 2, 5, 20, 100):
+        assert np.all(np.diff(confidence(grid_scores, np.full(61, rank))) >= 0)  # never falls with the score
+    for score in (-0.5, 0.0, 0.3, 1.0, 4.0):
+        assert np.all(np.diff(confidence(np.full(100, score), np.arange(1, 101))) <= 0)  # never rises with the rank
+    assert confidence(np.array([-100.0, 100.0]), np.array([1, 1])).tolist() == [spec["curve"]["y"][0],
+                                                                                 spec["curve"]["y"][-1]]
+    assert spec["popular"]["rate"][:2] == [0.5, 0.0]
+
+
+def test_a_feature_with_the_wrong_sign_is_dropped():
+    # Purchases fall with the score here (nonsense for a recommender): confidence then ignores the score.
+    rng = np.random.default_rng(1)
+    scores, ranks = rng.random(5000), rng.integers(1, 11, 5000)
+    bought = rng.random(5000) < 0.3 * (1 - scores) / ranks
+    w_score, w_rank = calibration.index_weights(Observations(scores, ranks, bought))
+    assert w_score == 0 and w_rank < 0
+
+
+def test_curve_knots_need_enough_observations():
+    z = np.arange(100.0)
+    x, y = calibration.isotonic_curve(z, z >= 99, min_per_knot=30)
+    assert max(y) < 0.1  # the lone top purchase is pooled with 29+ others, not a confidence of 1
+    assert np.all(np.diff(x) > 0)
+
+
+def test_popular_rates_never_rise_with_rank():
+    ranks = np.array([1] * 10 + [2] * 10 + [3] * 10)
+    bought = np.array([1] * 3 + [0] * 7 + [1] * 5 + [0] * 5 + [1] * 1 + [0] * 9, dtype=bool)
+    assert calibration.popular_rates(ranks, bought, 4) == pytest.approx([0.4, 0.4, 0.1, 0.1])
+
+
+def test_reliability_and_ece_by_hand():
+    predicted = np.array([0.05, 0.05, 0.15, 0.95])
+    observed = np.array([0, 1, 0, 1])
+    bins = calibration.reliability(predicted, observed)
+    assert [(b["low"], b["count"], b["observed"]) for b in bins] == [(0.0, 2, 0.5), (0.1, 1, 0.0), (0.9, 1, 1.0)]
+    assert calibration.expected_calibration_error(predicted, observed) == pytest.approx(
+        (2 * 0.45 + 0.15 + 0.05) / 4)
