@@ -87,3 +87,43 @@ def test_train_without_path_says_how(make):
 def test_promote_with_nothing_staged(make, tiny_csv):
     result = make("load_after_parallel_train")
     assert result.returncode != 0 and "nothing is staged" in result.stderr
+
+
+def _lines(text: str) -> list[str]:
+    return text.strip().splitlines()
+
+
+def test_damaged_active_pointer_is_one_line_and_a_training_repairs_it(trained_storage, tiny_csv, capsys):
+    from recommender import cli
+    from recommender.core import registry
+
+    version = registry.active_version(trained_storage)
+    trained_storage.write(registry.ACTIVE, b"")
+    assert cli.main(["rollback"]) == 1
+    (error,) = _lines(capsys.readouterr().err)
+    assert error.startswith("error: models/ACTIVE in ") and "is damaged (empty): run `make train" in error
+    assert cli.main(["versions"]) == 1
+    out, err = capsys.readouterr()
+    assert _lines(out) == [version] and len(_lines(err)) == 1 and "is damaged" in err
+    assert cli.main(["train", str(tiny_csv)]) == 0
+    assert "note: models/ACTIVE in " in capsys.readouterr().err
+    assert cli.main(["versions"]) == 0
+    assert _lines(capsys.readouterr().out)[-1].endswith("(active)")
+
+
+def test_versions_marks_incomplete_and_damaged_ones(trained_storage, tiny_csv, capsys):
+    from recommender import cli
+    from recommender.core import registry
+    from recommender.training.pipeline import train
+
+    good = registry.active_version(trained_storage)
+    staged = train(tiny_csv, trained_storage, activate=False, progress=lambda _m: None).version
+    trained_storage.write(registry.artifact_key(staged, "index.ann"), b"damaged")
+    assert cli.main(["promote"]) == 1
+    assert "index.ann is damaged" in capsys.readouterr().err
+    unfinished = staged[:15] + "999Z-killed"
+    trained_storage.write(registry.artifact_key(unfinished, "index.ann"), b"half")
+    assert cli.main(["versions"]) == 0
+    assert _lines(capsys.readouterr().out) == [
+        f"{good}  (active)", f"{staged}  (staged, damaged: index.ann fails its checksum)",
+        f"{unfinished}  (incomplete, no manifest: being published, or killed while it was)"]

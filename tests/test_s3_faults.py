@@ -3,10 +3,7 @@ SlowDown), connection resets, stalls past the read timeout and truncated bodies.
 the model it has and says what fails; a failed lookup never lets a token through; a failed upload or pointer write
 leaves the storage as it was."""
 
-import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -18,7 +15,6 @@ from recommender.core import registry
 from recommender.core.errors import StorageError
 from recommender.core.settings import get_settings
 from recommender.core.storage import open_storage, s3_call_limit
-from recommender.local import processes
 from recommender.serving.users import add_user
 from recommender.tools.faultproxy import Fault, FaultProxy, internal_error, slow_down
 from recommender.training.pipeline import train
@@ -29,23 +25,6 @@ from tests.conftest import PASSWORD, free_port, make_runner
 from tests.local.test_server import Http
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def moto_server(tmp_path_factory):
-    """moto's S3 server over real HTTP, shared by the tests of this module (each uses its own bucket)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while not processes.port_open("127.0.0.1", port):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -204,3 +183,19 @@ def test_failed_pointer_write_leaves_the_old_pointer(s3_trained, proxy, tiny_csv
     assert registry.staged(s3_trained).version == staged     # still staged: the promotion can be retried
     assert cli.main(["promote"]) == 0
     assert registry.active_version(s3_trained) == staged
+
+
+def test_a_pointer_write_whose_answer_was_lost_is_not_a_conflict(s3_trained, proxy, tiny_csv):
+    before = registry.active(s3_trained)
+    version = train(tiny_csv, s3_trained, activate=False, progress=lambda _m: None).version
+    # The conditional put goes through, its answer is lost; botocore's retry then fails its If-Match (412).
+    proxy.inject(Fault("reset", forward=True, method="PUT", key="models/ACTIVE", times=1))
+    said: list[str] = []
+    registry.activate(s3_trained, version, notify=said.append)
+    assert [s.fault for s in proxy.requests("PUT", "models/ACTIVE")][-2:] == ["reset", None]
+    assert registry.active(s3_trained) == registry.Pointer(version, (before.version, *before.previous))
+    assert said == []
+    # The same for a rollback, which would otherwise take its own write for another command's and give up.
+    proxy.inject(Fault("reset", forward=True, method="PUT", key="models/ACTIVE", times=1))
+    assert registry.rollback(s3_trained, notify=said.append) == before.version
+    assert registry.active(s3_trained) == before and said == []

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from recommender.core import registry
-from recommender.core.errors import InvalidInput, RecommenderError
+from recommender.core.errors import InvalidInput, PointerDamaged, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.local.emulator import use_dummy_credentials
@@ -103,14 +103,22 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
 @command("versions")
 def _versions(args: argparse.Namespace, settings: Settings) -> int:
     storage = _storage(settings)
-    active, staged = registry.active(storage), registry.staged(storage)
+    pointers, damaged = {}, []
+    for mark, read in (("active", registry.active), ("staged", registry.staged)):
+        try:
+            pointers[mark] = read(storage)
+        except PointerDamaged as err:  # still list the versions: they are what a repair needs
+            damaged.append(err.message)
     versions = registry.list_versions(storage)
     if not versions:
         print(f"no model versions in {storage.url}")
     for v in versions:
-        marks = [m for m, p in (("active", active), ("staged", staged)) if p and p.version == v]
+        marks = [m for m, p in pointers.items() if p and p.version == v]
+        marks += filter(None, [registry.version_problem(storage, v)])
         print(v + (f"  ({', '.join(marks)})" if marks else ""))
-    return 0
+    for message in damaged:
+        print(f"error: {message}", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 @command("generate")

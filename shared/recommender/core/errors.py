@@ -59,6 +59,16 @@ class ModelUnavailable(VersionUnavailable):
     """No usable model: none trained yet, nothing staged, or an artifact fails its checksum (HTTP 503)."""
 
 
+class PointerDamaged(VersionUnavailable):
+    """An ACTIVE or STAGED pointer holds something other than a pointer (empty, truncated, edited by hand)."""
+
+
+class Conflict(RecommenderError):
+    """Another command changed the same pointer at the same time, and this one changed nothing (HTTP 409)."""
+
+    status_code = 409
+
+
 class StorageError(RecommenderError):
     """The storage backend failed (unreachable bucket, permissions)."""
 

@@ -14,17 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from recommender.core.errors import ModelUnavailable, NotFound, VersionUnavailable
+from recommender.core.errors import Conflict, ModelUnavailable, NotFound, PointerDamaged, VersionUnavailable
 from recommender.core.storage import Storage
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.json"  # a model's sample invoices: training writes them, the console's "Try a real basket" reads them
 HISTORY_LENGTH = 20
+# Compare-and-swap rounds a pointer move tries before it gives up (each lost round means another command moved it).
+MOVE_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -149,22 +152,74 @@ def read_manifest(storage: Storage, version: str, kind: Kind = MODELS) -> dict:
         raise kind.error(f"{kind.noun} version {version} has a damaged manifest") from None
 
 
-def read_pointer(storage: Storage, key: str) -> Pointer | None:
-    """The pointer stored at key (ACTIVE or STAGED of some kind), or None when there is none."""
+def read_pointer(storage: Storage, key: str, kind: Kind = MODELS) -> Pointer | None:
+    """The pointer stored at key (ACTIVE or STAGED of some kind), or None when there is none; PointerDamaged
+    (saying how to repair it) when the key holds something else."""
     try:
-        raw = json.loads(storage.read(key))
+        return _parse_pointer(storage.read(key), storage, key, kind)
     except NotFound:
         return None
-    return Pointer(raw["version"], tuple(raw.get("previous", ())))
+
+
+def _parse_pointer(data: bytes, storage: Storage, key: str, kind: Kind) -> Pointer:
+    try:
+        raw = json.loads(data)
+        version, previous = raw["version"], raw.get("previous", [])
+        if not isinstance(version, str) or not version or not isinstance(previous, list) \
+                or not all(isinstance(v, str) for v in previous):
+            raise ValueError(key)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        what = "empty" if not data.strip() else "not a pointer"
+        fix = kind.none_active.format(url=storage.url).split(": ", 1)[-1]
+        raise PointerDamaged(f"{key} in {storage.url} is damaged ({what}): {fix} to write a new one") from None
+    return Pointer(version, tuple(previous))
+
+
+def note(message: str) -> None:
+    """Tell the operator something they should know about a pointer move (on stderr, as one line)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
+def move_pointer(storage: Storage, key: str, decide: Callable[[Pointer | None], Pointer], stamp: str,
+                 now: Callable[[], datetime] = utcnow, kind: Kind = MODELS, notify: Callable[[str], None] = note) -> Pointer:
+    """Set the pointer at key to decide(current pointer), as a compare-and-swap: the write applies only if the
+    pointer is still what decide saw (an S3 conditional write, or a lock and an atomic rename on disk). When another
+    command moved it in between, decide is asked again with the new one (it may raise to give up), so no command's
+    move, and no version of the rollback history, is ever lost. A damaged pointer counts as none, and is replaced.
+    stamp names the time field ("activated_at", "staged_at")."""
+    written, pointer = None, None
+    for _ in range(MOVE_ATTEMPTS):
+        damaged = False
+        try:
+            data, tag = storage.read_tagged(key)
+        except NotFound:
+            data, tag, current = None, None, None
+        else:
+            if data == written and pointer is not None:
+                return pointer  # the previous round went through, though its answer was lost (and retried: 412)
+            try:
+                current = _parse_pointer(data, storage, key, kind)
+            except PointerDamaged:
+                damaged, current = True, None
+        pointer = decide(current)
+        body: dict = {"version": pointer.version}
+        if stamp == "activated_at":
+            body["previous"] = list(pointer.previous)
+        body[stamp] = now().isoformat(timespec="seconds")
+        written = json.dumps(body, indent=1).encode()
+        if storage.write_if(key, written, tag):
+            if damaged:
+                notify(f"{key} in {storage.url} was damaged and is replaced; the {kind.noun} versions it named "
+                       f"before are no longer in the rollback history")
+            return pointer
+    raise Conflict(f"{key} in {storage.url} kept changing while this command tried to move it; it changed nothing: "
+                   f"try again")
 
 
 def write_pointer(storage: Storage, key: str, pointer: Pointer, stamp: str, now: Callable[[], datetime] = utcnow) -> None:
-    """Move the pointer at key in one atomic write; stamp names the time field ("activated_at", "staged_at")."""
-    body: dict = {"version": pointer.version}
-    if stamp == "activated_at":
-        body["previous"] = list(pointer.previous)
-    body[stamp] = now().isoformat(timespec="seconds")
-    storage.write(key, json.dumps(body, indent=1).encode())
+    """Set the pointer at key to exactly pointer, whatever it named before (through move_pointer's compare-and-swap,
+    so it never slips between another command's read and write)."""
+    move_pointer(storage, key, lambda _current: pointer, stamp, now)
 
 
 def active(storage: Storage, kind: Kind = MODELS) -> Pointer | None:
@@ -189,13 +244,36 @@ def verify(storage: Storage, version: str, kind: Kind = MODELS) -> dict:
     """The manifest, after checking every artifact against its sha256; kind.error naming a damaged one."""
     manifest = read_manifest(storage, version, kind)
     for name, expected in manifest["artifacts"].items():
+        key = artifact_key(version, name, kind)
         try:
-            path = storage.local_copy(artifact_key(version, name, kind))
+            path = storage.local_copy(key)
+            if sha256_file(path) != expected:
+                # The local copy (S3's cache) may be what is damaged: fetch it again before blaming the version.
+                path = storage.local_copy(key, fresh=True)
         except NotFound:
             raise kind.error(f"{kind.noun} version {version}: artifact {name} is missing") from None
         if sha256_file(path) != expected:
             raise kind.error(f"{kind.noun} version {version}: artifact {name} is damaged (checksum mismatch)")
     return manifest
+
+
+def version_problem(storage: Storage, version: str, kind: Kind = MODELS) -> str | None:
+    """Why a version cannot be activated, found without loading it (sha256 from the storage's own checksums
+    where it keeps them): "incomplete, ..." or "damaged: ..."; None when it is whole."""
+    try:
+        manifest = json.loads(storage.read(artifact_key(version, MANIFEST, kind)))
+        artifacts = manifest["artifacts"].items()
+    except NotFound:
+        return "incomplete, no manifest: being published, or killed while it was"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "damaged: unreadable manifest"
+    for name, expected in artifacts:
+        try:
+            if storage.sha256(artifact_key(version, name, kind)) != expected:
+                return f"damaged: {name} fails its checksum"
+        except NotFound:
+            return f"damaged: {name} is missing"
+    return None
 
 
 def read_verified(storage: Storage, version: str, name: str, kind: Kind) -> bytes:
@@ -213,39 +291,68 @@ def read_verified(storage: Storage, version: str, name: str, kind: Kind) -> byte
     return data
 
 
-def activate(storage: Storage, version: str, now: Callable[[], datetime] = utcnow, kind: Kind = MODELS) -> Pointer:
-    """Point ACTIVE at version (one atomic write), remembering the one it replaces for rollback."""
+def activate(storage: Storage, version: str, now: Callable[[], datetime] = utcnow, kind: Kind = MODELS,
+             notify: Callable[[str], None] = note) -> Pointer:
+    """Point ACTIVE at version, remembering the one it replaces for rollback. When another command activated a
+    version between this one's read and write, that version goes into the history below this one, and notify
+    says so."""
     read_manifest(storage, version, kind)
-    current = active(storage, kind)
-    previous: tuple[str, ...] = ()
-    if current is not None and current.version != version:
-        previous = (current.version, *current.previous)[:HISTORY_LENGTH]
-    elif current is not None:
-        previous = current.previous
-    pointer = Pointer(version, previous)
-    write_pointer(storage, kind.active, pointer, "activated_at", now)
+    seen: list[Pointer | None] = []
+
+    def decide(current: Pointer | None) -> Pointer:
+        seen.append(current)
+        if current is None:
+            return Pointer(version)
+        if current.version == version:
+            return Pointer(version, current.previous)
+        return Pointer(version, (current.version, *current.previous)[:HISTORY_LENGTH])
+
+    pointer = move_pointer(storage, kind.active, decide, "activated_at", now, kind, notify)
+    if seen[-1] != seen[0] and seen[-1] is not None and seen[-1].version != version:
+        notify(f"another command activated {kind.noun} version {seen[-1].version} meanwhile; {version} replaced it "
+               f"and `rollback` returns to it")
     return pointer
 
 
-def stage(storage: Storage, version: str, now: Callable[[], datetime] = utcnow, kind: Kind = MODELS) -> None:
+def stage(storage: Storage, version: str, now: Callable[[], datetime] = utcnow, kind: Kind = MODELS,
+          notify: Callable[[str], None] = note) -> None:
     """Point STAGED at version; the active one is not touched."""
     read_manifest(storage, version, kind)
-    write_pointer(storage, kind.staged, Pointer(version), "staged_at", now)
+    seen: list[Pointer | None] = []
+
+    def decide(current: Pointer | None) -> Pointer:
+        seen.append(current)
+        return Pointer(version)
+
+    move_pointer(storage, kind.staged, decide, "staged_at", now, kind, notify)
+    if seen[-1] != seen[0] and seen[-1] is not None and seen[-1].version != version:
+        notify(f"another command staged {kind.noun} version {seen[-1].version} meanwhile; {version} replaced it "
+               f"(the other version stays listed)")
 
 
-def promote_staged(storage: Storage, kind: Kind = MODELS) -> str:
-    """Activate the staged version after verifying its checksums; refuse when nothing is staged or it is damaged."""
-    pointer = staged(storage, kind)
-    if pointer is None:
-        raise kind.error(kind.nothing_staged)
+def promote_staged(storage: Storage, kind: Kind = MODELS, notify: Callable[[str], None] = note) -> str:
+    """Activate the staged version after verifying its checksums; refuse when nothing is staged or it is damaged.
+    STAGED is cleared only if it still names that version: one staged meanwhile stays staged."""
+    try:
+        data, tag = storage.read_tagged(kind.staged)
+    except NotFound:
+        raise kind.error(kind.nothing_staged) from None
+    pointer = _parse_pointer(data, storage, kind.staged, kind)
     verify(storage, pointer.version, kind)
-    activate(storage, pointer.version, kind=kind)
-    storage.delete(kind.staged)
+    activate(storage, pointer.version, kind=kind, notify=notify)
+    if not storage.delete_if(kind.staged, tag):
+        try:
+            newer = staged(storage, kind)
+        except PointerDamaged:
+            newer = None
+        if newer is not None and newer.version != pointer.version:
+            notify(f"{kind.noun} version {newer.version} was staged meanwhile and stays staged")
     return pointer.version
 
 
-def rollback(storage: Storage, kind: Kind = MODELS) -> str:
-    """Re-activate the version that was active before the current one."""
+def rollback(storage: Storage, kind: Kind = MODELS, notify: Callable[[str], None] = note) -> str:
+    """Re-activate the version that was active before the current one. If another command moves the pointer
+    meanwhile, nothing is rolled back (Conflict): undoing a version nobody has looked at would be a surprise."""
     current = active(storage, kind)
     if current is None:
         raise kind.error(f"no {kind.noun} version is active, nothing to roll back")
@@ -254,8 +361,16 @@ def rollback(storage: Storage, kind: Kind = MODELS) -> str:
             verify(storage, candidate, kind)
         except VersionUnavailable:
             continue  # pruned or damaged: try the one before
-        rest = current.previous[current.previous.index(candidate) + 1:]
-        write_pointer(storage, kind.active, Pointer(candidate, rest), "activated_at")
+        target = Pointer(candidate, current.previous[current.previous.index(candidate) + 1:])
+
+        def decide(now_current: Pointer | None) -> Pointer:
+            if now_current != current:
+                moved = now_current.version if now_current else "nothing"
+                raise Conflict(f"the active {kind.noun} version changed while rolling back (another command made "
+                               f"{moved} active): nothing was rolled back; roll back again to undo that one")
+            return target
+
+        move_pointer(storage, kind.active, decide, "activated_at", utcnow, kind, notify)
         return candidate
     raise kind.error(f"no earlier {kind.noun} version is available to roll back to")
 
@@ -279,7 +394,11 @@ def prune(storage: Storage, keep: int, now: Callable[[], datetime] = utcnow,
     leftovers of killed uploads (no manifest, older than stale_after: younger ones may still be uploading).
     Returns the deleted versions."""
     protected = set()
-    for pointer in (active(storage, kind), staged(storage, kind)):
+    for read in (active, staged):
+        try:
+            pointer = read(storage, kind)
+        except PointerDamaged:
+            continue  # it protects nothing; reporting it is the business of the commands that read it
         if pointer is not None:
             protected.add(pointer.version)
             protected.update(pointer.previous[:1])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from recommender.core.errors import ConfigError, NotFound, StorageError
 from recommender.core.settings import Settings
@@ -25,14 +29,29 @@ class Storage(Protocol):
     def create(self, key: str, data: bytes) -> bool:
         """Store data at key only if absent; True if this call created it, False if it existed."""
 
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The bytes at key and a tag naming this content, for write_if/delete_if; NotFound when absent."""
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """Replace key only if it still holds the content tagged `tag` (None: only if absent), atomically; False
+        when another writer changed it meanwhile. A key changed this way must never be written unconditionally."""
+
+    def delete_if(self, key: str, tag: str) -> bool:
+        """Remove key only if it still holds the content tagged `tag`; False if it changed or is gone."""
+
     def delete(self, key: str) -> bool:
         """Remove key; True if it existed."""
+
+    def sha256(self, key: str) -> str:
+        """Hex sha256 of the bytes at key, from the checksum the backend keeps when it has one (no download);
+        NotFound when absent."""
 
     def list(self, prefix: str) -> list[str]:
         """Every key that starts with prefix, sorted."""
 
-    def local_copy(self, key: str) -> Path:
-        """A local file holding the bytes at key (for memory-mapping); NotFound when absent."""
+    def local_copy(self, key: str, fresh: bool = False) -> Path:
+        """A local file holding the bytes at key (for memory-mapping); NotFound when absent. fresh: fetch it again
+        even if a copy exists (the copy failed its checksum)."""
 
     def drop_local_copies(self, keep_prefix: str) -> None:
         """Delete local copies made by local_copy except those under keep_prefix (bounds a Lambda's /tmp)."""
@@ -57,17 +76,25 @@ class LocalStorage:
         return self.root / check_key(key)
 
     def _temp_beside(self, path: Path, data: bytes) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as err:
+            raise self._fail(err, path) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(tmp)
+        except BaseException as err:
+            os.unlink(tmp)  # a full disk leaves no partial file behind
+            if isinstance(err, OSError):
+                raise self._fail(err, path) from None
             raise
         return tmp  # mkstemp already made it 0600
+
+    def _fail(self, err: OSError, path: Path) -> StorageError:
+        return StorageError(f"cannot write {path.relative_to(self.root).as_posix()} in {self.url}: {err.strerror or err}")
 
     def read(self, key: str) -> bytes:
         try:
@@ -79,6 +106,50 @@ class LocalStorage:
         path = self._path(key)
         tmp = self._temp_beside(path, data)
         os.replace(tmp, path)
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.read(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    @contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        # One lock file per key, beside it (hidden from list()): conditional changes of the key run one at a time,
+        # across processes. Readers take no lock: the rename makes every change atomic for them.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _tag_now(self, path: Path) -> str | None:
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return None
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        path = self._path(key)
+        tmp: str | None = self._temp_beside(path, data)  # written before the lock: it is held for a compare and a rename
+        try:
+            with self._locked(path):
+                if self._tag_now(path) != tag:
+                    return False
+                os.replace(tmp, path)
+                tmp = None
+                return True
+        finally:
+            if tmp is not None:
+                os.unlink(tmp)
+
+    def delete_if(self, key: str, tag: str) -> bool:
+        path = self._path(key)
+        with self._locked(path):
+            if self._tag_now(path) != tag:
+                return False
+            path.unlink()
+            return True
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -99,6 +170,16 @@ class LocalStorage:
         except FileNotFoundError:
             return False
 
+    def sha256(self, key: str) -> str:
+        digest = hashlib.sha256()
+        try:
+            with open(self._path(key), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"{key} not found in {self.url}") from None
+        return digest.hexdigest()
+
     def list(self, prefix: str) -> list[str]:
         base = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
         if not base.is_dir():
@@ -113,7 +194,7 @@ class LocalStorage:
                     keys.append(key)
         return sorted(keys)
 
-    def local_copy(self, key: str) -> Path:
+    def local_copy(self, key: str, fresh: bool = False) -> Path:
         path = self._path(key)
         if not path.is_file():
             raise NotFound(f"{key} not found in {self.url}")
@@ -155,24 +236,69 @@ class S3Storage:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            # S3 checks the upload against its SHA-256 and keeps it: sha256() then needs no download.
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256")
         except (ClientError, BotoCoreError) as err:
             raise self._fail(err, "write", key) from None
 
-    def create(self, key: str, data: bytes) -> bool:
+    def sha256(self, key: str) -> str:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"{key} not found in {self.url}") from None
+            raise self._fail(err, "read", key) from None
+        except BotoCoreError as err:
+            raise self._fail(err, "read", key) from None
+        stored = head.get("ChecksumSHA256") or ""
+        if stored and "-" not in stored:  # "-N": a multipart checksum of checksums, not the object's
+            return base64.b64decode(stored).hex()
+        return hashlib.sha256(self.read(key)).hexdigest()  # written without one (by another tool)
+
+    def create(self, key: str, data: bytes) -> bool:
+        return self._conditional("create", key, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"))
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read(), response["ETag"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"{key} not found in {self.url}") from None
+            raise self._fail(err, "read", key) from None
+        except BotoCoreError as err:
+            raise self._fail(err, "read", key) from None
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        return self._conditional("conditional write", key, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self._key(key), Body=data, **condition))
+
+    def delete_if(self, key: str, tag: str) -> bool:
+        return self._conditional("conditional delete", key, lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=self._key(key), IfMatch=tag))
+
+    def _conditional(self, action: str, key: str, call: Callable[[], Any]) -> bool:
+        """Run a conditional S3 request: True if it applied, False if its condition did not hold."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            call()
             return True
         except ClientError as err:
-            code = err.response.get("Error", {}).get("Code")
-            # 409 ConditionalRequestConflict: a concurrent conditional put of the same key is in flight.
-            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            # 412: the content changed; 409 ConditionalRequestConflict: a concurrent conditional request on the key
+            # won; 404 (If-Match on a key deleted meanwhile).
+            if err.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "NotFound"):
                 return False
-            raise self._fail(err, "create", key) from None
+            raise self._fail(err, action, key) from None
         except BotoCoreError as err:
-            raise self._fail(err, "create", key) from None
+            raise self._fail(err, action, key) from None
 
     def delete(self, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -201,11 +327,11 @@ class S3Storage:
             raise self._fail(err, "list", prefix) from None
         return sorted(keys)
 
-    def local_copy(self, key: str) -> Path:
-        # Keys given here belong to immutable model versions, so a cached copy stays valid; the
-        # loader verifies checksums anyway.
+    def local_copy(self, key: str, fresh: bool = False) -> Path:
+        # Keys given here belong to immutable model versions, so a cached copy stays valid; the loader verifies
+        # checksums anyway, and asks for a fresh copy when the cached one fails.
         target = self.cache_root / check_key(key)
-        if target.is_file():
+        if target.is_file() and not fresh:
             return target
         data = self.read(key)
         try:
