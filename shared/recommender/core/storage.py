@@ -220,17 +220,21 @@ class S3Storage:
     def _fail(self, err: Exception, action: str, key: str) -> StorageError:
         return StorageError(f"S3 {action} of {self.url}{key} failed: {err}")
 
-    def read(self, key: str) -> bytes:
+    def _read(self, key: str, call: Callable[[], Any]) -> Any:
+        """Run one reading request (the body read included): NotFound for a missing key, else StorageError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return call()
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(f"{key} not found in {self.url}") from None
             raise self._fail(err, "read", key) from None
         except BotoCoreError as err:
             raise self._fail(err, "read", key) from None
+
+    def read(self, key: str) -> bytes:
+        return self._read(key, lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
 
     def write(self, key: str, data: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -242,16 +246,8 @@ class S3Storage:
             raise self._fail(err, "write", key) from None
 
     def sha256(self, key: str) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise NotFound(f"{key} not found in {self.url}") from None
-            raise self._fail(err, "read", key) from None
-        except BotoCoreError as err:
-            raise self._fail(err, "read", key) from None
+        head = self._read(key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key),
+                                                               ChecksumMode="ENABLED"))
         stored = head.get("ChecksumSHA256") or ""
         if stored and "-" not in stored:  # "-N": a multipart checksum of checksums, not the object's
             return base64.b64decode(stored).hex()
@@ -262,17 +258,11 @@ class S3Storage:
             Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"))
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        def get() -> tuple[bytes, str]:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return response["Body"].read(), response["ETag"]
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise NotFound(f"{key} not found in {self.url}") from None
-            raise self._fail(err, "read", key) from None
-        except BotoCoreError as err:
-            raise self._fail(err, "read", key) from None
+
+        return self._read(key, get)
 
     def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
         condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
