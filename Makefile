@@ -14,11 +14,12 @@ DAYS ?= 30
 export STORAGE_URL AWS_ENDPOINT_URL HOST PORT
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
-RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL
+RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_CATALOG PATH_TO_RULES CODE OUT BASKETS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user del_user \
-	list_users run run-prod kill status demo evaluate generate clean
+	list_users run run-prod kill status demo evaluate generate clean catalog catalog_show catalog_rollback rules \
+	rules_show rules_rollback export
 
 help: ## list every target
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -86,6 +87,26 @@ demo-address:
 evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)"
+
+catalog: $(STAMP) ## upload a product feed: PATH_TO_CATALOG= (.csv, .csv.gz, .tsv, .xlsx); serving picks it up, no retraining
+	@test -n "$$PATH_TO_CATALOG" || { echo "error: give the feed file: make catalog PATH_TO_CATALOG=path/to/products.csv" >&2; exit 2; }
+	$(CLI) catalog "$$PATH_TO_CATALOG"
+
+catalog_show: $(STAMP) ## print the active product feed, or one item with CODE=
+	@$(CLI) catalog-show $${CODE:+--code "$$CODE"}
+
+catalog_rollback: $(STAMP) ## re-activate the product feed that was active before
+	$(CLI) catalog-rollback
+
+rules: $(STAMP) ## upload merchandising rules: PATH_TO_RULES= (YAML: block, do_not_pair, pin, boost, bury)
+	@test -n "$$PATH_TO_RULES" || { echo "error: give the rules file: make rules PATH_TO_RULES=path/to/rules.yaml" >&2; exit 2; }
+	$(CLI) rules "$$PATH_TO_RULES"
+
+rules_show: $(STAMP) ## print the active merchandising rules
+	@$(CLI) rules-show
+
+rules_rollback: $(STAMP) ## re-activate the rules that were active before
+	$(CLI) rules-rollback
 
 generate: $(STAMP) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"

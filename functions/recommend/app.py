@@ -6,28 +6,17 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Query
 from fastapi.responses import Response
 from mangum import Mangum
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
 from recommender.serving import console, model_info, samples, web
 from recommender.serving.model import Model
+from recommender.serving.requests import MAX_N, BasketIn, answer_json, item_json
 from recommender.serving.users import User
 from starlette.concurrency import run_in_threadpool
 
-MAX_BASKET = 1000
-MAX_N = 100
-
 app = web.create_app("Recommender", "Complementary products for a basket. Authorize with a token from POST /token.")
 
-
-
-class BasketIn(BaseModel):
-    """A basket: the stock codes a shopper holds, and how many items to recommend."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    product_list: Annotated[list[StrictStr], Field(max_length=MAX_BASKET, description="stock codes in the basket")]
-    n: Annotated[int, Field(ge=1, le=MAX_N, description="how many items to recommend")] = 5
 
 
 ModelDep = Annotated[Model, Depends(web.current_model)]
@@ -37,10 +26,40 @@ _rng = random.Random()
 BasketDep = Annotated[BasketIn, Depends(web.json_body(BasketIn))]
 
 
+class Reason(BaseModel):
+    """A basket item's exact part of an item's score, and how many training baskets held both."""
+
+    stock_code: str
+    description: str
+    share: float
+    baskets: int
+
+
+class ItemOut(BaseModel):
+    """One recommended item, with the product feed's attributes when known and, with explain, its reasons."""
+
+    stock_code: str
+    description: str
+    score: float
+    confidence: float | None = None
+    source: str | None = None
+    because: list[Reason] | None = None
+    boost: float | None = None
+    price: float | None = None
+    currency: str | None = None
+    category: str | None = None
+    availability: str | None = None
+    brand: str | None = None
+    title: str | None = None
+    image_link: str | None = None
+    link: str | None = None
+
+
 class LegacyResult(BaseModel):
-    """The original system's answer: [code, description, score] rows, best first."""
+    """The original system's answer: [code, description, score] rows, best first (with explain, items too)."""
 
     recommendation: list[tuple[str, str, float]]
+    items: list[ItemOut] | None = None
 
 
 class LegacyOut(BaseModel):
@@ -49,21 +68,16 @@ class LegacyOut(BaseModel):
     result: LegacyResult
 
 
-class ItemOut(BaseModel):
-    """One recommended item."""
-
-    stock_code: str
-    description: str
-    score: float
-
-
 class RecommendationsOut(BaseModel):
     """A self-describing answer."""
 
     items: list[ItemOut]
     model_version: str
+    feed_version: str | None
+    rules_version: str | None
     unknown_codes: list[str]
     fallback: bool
+    exhausted: bool
 
 
 class CatalogItem(BaseModel):
@@ -84,24 +98,25 @@ class SearchOut(BaseModel):
 @app.post("/send_data", response_model=LegacyOut, summary="Recommendations in the original system's format",
           openapi_extra=web.json_body_openapi(BasketIn))
 async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
-    """Exactly n items to offer with the basket (fewer only if the catalog is smaller), never one of its own."""
-    answer = model.recommend(basket.product_list, basket.n)
+    """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
+    options of /recommendations work here too."""
+    options = basket.options(explain=False)
+    answer = model.recommend(basket.product_list, basket.n, options)
     rows = [[s.item.stock_code, s.item.description, s.score] for s in answer.items]
+    if options is not None and options.explain:
+        return web.FastJSON({"result": {"recommendation": rows, "items": [item_json(s, True) for s in answer.items]}})
     return web.FastJSON({"result": {"recommendation": rows}})
 
 
 @app.post("/recommendations", response_model=RecommendationsOut, summary="Recommendations, self-describing",
           openapi_extra=web.json_body_openapi(BasketIn))
 async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
-    """The same answer as /send_data, with the model version, the unknown codes and whether popularity answered."""
-    answer = model.recommend(basket.product_list, basket.n)
-    return web.FastJSON({
-        "items": [{"stock_code": s.item.stock_code, "description": s.item.description, "score": s.score}
-                  for s in answer.items],
-        "model_version": answer.model_version,
-        "unknown_codes": answer.unknown,
-        "fallback": answer.fallback,
-    })
+    """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
+    default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered and
+    whether fewer than n items were eligible."""
+    options = basket.options(explain=True)
+    answer = model.recommend(basket.product_list, basket.n, options)
+    return web.FastJSON(answer_json(answer, options.explain))
 
 
 @app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words")
@@ -124,6 +139,7 @@ async def health() -> web.FastJSON:
     problem = web.model_holder(web.get_settings()).error
     return web.FastJSON({"status": "degraded" if problem else "ok", "model_version": model.version,
                          "item_count": len(model.catalog), "model_created_at": model.manifest.get("created_at"),
+                         "feed_version": model.feed_version, "rules_version": model.rules_version,
                          **({"detail": problem} if problem else {})})
 
 

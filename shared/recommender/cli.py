@@ -121,6 +121,58 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if damaged else 0
 
 
+@command("catalog")
+def _catalog(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.training.feed import active_model, publish_feed
+
+    storage = _storage(settings)
+    model = active_model(storage)
+    publish_feed(storage, args.path, settings.keep_versions, known_codes=set(model.codes) if model else None)
+    return 0
+
+
+@command("catalog-show")
+def _catalog_show(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.training.feed import show
+
+    print("\n".join(show(_storage(settings), args.code)))
+    return 0
+
+
+@command("catalog-rollback")
+def _catalog_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    version = registry.rollback(_storage(settings), registry.FEED)
+    print(f"re-activated feed version {version}")
+    return 0
+
+
+@command("rules")
+def _rules(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.training.feed import active_feed, active_model
+    from recommender.training.rules import known_from, publish_rules
+
+    storage = _storage(settings)
+    model = active_model(storage)
+    known = known_from(model.codes if model else [], active_feed(storage)[1])
+    publish_rules(storage, args.path, known, settings.keep_versions)
+    return 0
+
+
+@command("rules-show")
+def _rules_show(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.training.rules import show
+
+    print("\n".join(show(_storage(settings))))
+    return 0
+
+
+@command("rules-rollback")
+def _rules_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    version = registry.rollback(_storage(settings), registry.RULES)
+    print(f"re-activated rules version {version}")
+    return 0
+
+
 @command("generate")
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.tools import synthetic
@@ -292,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
                                           "the bucket of STORAGE_URL")
     p.add_argument("--port", type=int, help="default: the port of a local AWS_ENDPOINT_URL, else 5055")
     sub.add_parser("emulate-s3-stop", help="stop the local S3 started by emulate-s3 (its content is lost)")
+
+    p = sub.add_parser("catalog", help="upload a product feed (.csv, .csv.gz, .tsv, .xlsx; Google Merchant Center "
+                                       "columns) as a new feed version and activate it")
+    p.add_argument("path")
+    p = sub.add_parser("catalog-show", help="print the active product feed, or what is known of one code")
+    p.add_argument("--code", help="one stock code")
+    sub.add_parser("catalog-rollback", help="re-activate the feed version active before the current one")
+    p = sub.add_parser("rules", help="upload merchandising rules (YAML), validated in full, and activate them")
+    p.add_argument("path")
+    sub.add_parser("rules-show", help="print the active merchandising rules")
+    sub.add_parser("rules-rollback", help="re-activate the rules version active before the current one")
 
     p = sub.add_parser("generate", help="write the synthetic demo dataset")
     p.add_argument("path")

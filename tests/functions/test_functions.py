@@ -159,7 +159,9 @@ def test_recommendations_self_describing(rec, headers, catalog):
     body = rec.post("/recommendations", headers=headers, json={"product_list": [code, "NOPE", code], "n": 3}).json()
     assert body["unknown_codes"] == ["NOPE"] and body["fallback"] is False
     assert body["model_version"] == registry.active_version(web.model_holder(get_settings()).storage)
-    assert [set(i) for i in body["items"]] == [{"stock_code", "description", "score"}] * 3
+    assert all({"stock_code", "description", "score", "confidence", "source", "because"} <= set(i)
+               for i in body["items"]) and len(body["items"]) == 3
+    assert body["exhausted"] is False and body["feed_version"] is None and body["rules_version"] is None
 
 
 @pytest.mark.parametrize("basket", [[], ["NOPE", "ALSO-NOPE"]])

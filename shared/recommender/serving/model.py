@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -18,6 +19,8 @@ from recommender.core.catalog import Catalog, Item
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
 from recommender.serving.confidence import Confidence
+from recommender.serving import merch
+from recommender.serving.merch import Options, Policy
 
 log = logging.getLogger("recommender")
 
@@ -33,10 +36,13 @@ class Scored(NamedTuple):
 class Recommendation:
     """The answer for one basket."""
 
-    items: Sequence[Scored]
+    items: Sequence[Scored] | Sequence[merch.Pick]   # Picks when the feed, the rules or options had a say
     unknown: list[str]       # basket codes the model does not know (ignored)
     fallback: bool           # True when nothing in the basket was known and popularity answered
     model_version: str
+    exhausted: bool = False  # fewer than n items were eligible
+    feed_version: str | None = None
+    rules_version: str | None = None
 
 
 class Model:
@@ -48,7 +54,8 @@ class Model:
 
     def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, table_indptr: np.ndarray,
                  table_target: np.ndarray, table_weight: np.ndarray, answer_cache: int = 0,
-                 calibration: bytes | None = None) -> None:
+                 calibration: bytes | None = None, table_count: np.ndarray | None = None,
+                 item_price: np.ndarray | None = None) -> None:
         self.version = version
         self.manifest = manifest
         self.catalog = catalog
@@ -56,6 +63,11 @@ class Model:
         self.table_indptr = table_indptr
         self.table_target = table_target
         self.table_weight = table_weight
+        self.table_count = table_count  # training baskets holding both items of each entry (reasons)
+        self.item_price = item_price    # most recent unit price in the training file (the feed's default)
+        # The feed and rules this view of the model answers with (with_policy); the plain model has none.
+        self.policy: Policy | None = None
+        self._plain_policy: Policy | None = None
         self.items = [catalog.item(i) for i in range(len(catalog))]
         query = manifest["model"]["query"]
         self.per_item = int(query["candidates_per_item"])
@@ -72,8 +84,28 @@ class Model:
         top = catalog.popularity[catalog.most_popular()[0]] if len(catalog) else 0
         self._confidence = Confidence.from_json(calibration, popular_share_per_score=max(top, 1) / baskets)
 
-    def recommend(self, basket: Sequence[str], n: int) -> Recommendation:
-        """The n best items to offer with basket, best first, none from the basket."""
+    @property
+    def feed_version(self) -> str | None:
+        """The feed version this view answers with."""
+        return self.policy.feed_version if self.policy else None
+
+    @property
+    def rules_version(self) -> str | None:
+        """The rules version this view answers with."""
+        return self.policy.rules_version if self.policy else None
+
+    def with_policy(self, policy: Policy | None) -> "Model":
+        """The same model (sharing every array and Annoy's remembered answers) answering under a feed and rules."""
+        view = copy.copy(self)
+        view.policy = policy
+        # Answers depend on the policy: a view starts with its own empty answer cache.
+        cache = getattr(self._answers, "cache_info", None)
+        view._answers = lru_cache(maxsize=cache().maxsize)(view._answer) if cache else view._answer
+        return view
+
+    def recommend(self, basket: Sequence[str], n: int, options: Options | None = None) -> Recommendation:
+        """The n best items to offer with basket, best first, none from the basket; the feed, the rules and the
+        options (if any) applied."""
         known, unknown, seen = [], [], set()
         for code in basket:
             code = code.strip()
@@ -86,6 +118,13 @@ class Model:
             else:
                 known.append(i)
         n = max(0, min(n, len(self.catalog) - len(known)))
+        policy = self.policy
+        if options is not None or (policy is not None and policy.restricts):
+            if policy is None:
+                policy = self._plain_policy = self._plain_policy or Policy(self.catalog, self.item_price, None, None)
+            picks, exhausted = merch.answer(self, np.asarray(sorted(known), dtype=np.int64), n, options, policy)
+            return Recommendation(picks, unknown, not known, self.version, exhausted, policy.feed_version,
+                                  policy.rules_version)
         if not known:
             top = self.catalog.most_popular()[:n]
             best = max(self.catalog.popularity[top[0]], 1) if top else 1
@@ -128,7 +167,9 @@ class Model:
         row[:len(found)] = found
         self._asked[i] = True
 
-    def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def score_basket(self, basket: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The candidates for a basket (rows, ascending), every item's score (the sum of the table weights from
+        the basket's items), and the table entries read (positions in table_target/weight/count)."""
         found = self.near(basket).ravel()
         # A catalog-wide mask is cheaper than sorting unless the catalog dwarfs the neighbourhoods.
         if len(self.catalog) > 65536 and len(found) * 16 < len(self.catalog):
@@ -145,7 +186,12 @@ class Model:
         lengths = stops - starts
         positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
         scores = np.bincount(self.table_target[positions], weights=self.table_weight[positions],
-                             minlength=len(self.catalog))[candidates]
+                             minlength=len(self.catalog))
+        return candidates, scores, positions
+
+    def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates, scores, _positions = self.score_basket(basket)
+        scores = scores[candidates]
         # Rows are numbered by popularity (training does it) and candidates come out in row order, so a stable
         # sort on the score alone breaks ties by popularity, then by row: stable answers at the cost of one sort.
         order = np.argsort(-scores, kind="stable")[:n]
@@ -178,9 +224,13 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
         calibration = (Path(path("calibration.json")).read_bytes()
                        if "calibration.json" in manifest.get("artifacts", {}) else None)
+        # Versions trained before reasons and default prices existed lack these two.
+        count, price = (np.load(path(name)) if name in manifest["artifacts"] else None
+                        for name in ("table_count.npy", "item_price.npy"))
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(version, manifest, catalog, index, *table, answer_cache=answer_cache, calibration=calibration)
+    return Model(version, manifest, catalog, index, *table, answer_cache=answer_cache, calibration=calibration,
+                 table_count=count, item_price=price)
 
 
 class ModelHolder:
@@ -189,6 +239,8 @@ class ModelHolder:
     The pointer is looked at no more than every poll_seconds, on the request path (Lambda) or by a background
     watcher (the local server); a new version is loaded, verified and, with warm, primed in full before one
     reference is switched, so requests in flight keep the model they started with and none waits for the swap.
+    The feed and rules pointers are looked at at the same time: the model served is a view of the plain model
+    under the active feed and rules (merch.Merchandiser), swapped as one snapshot by the same single reference.
     """
 
     def __init__(self, storage: Storage, poll_seconds: float, answer_cache: int = 0, warm: bool = False,
@@ -199,6 +251,8 @@ class ModelHolder:
         self.warm = warm
         self.clock = clock
         self.model: Model | None = None
+        self._plain: Model | None = None
+        self._merch = merch.Merchandiser(storage)
         self.error: str | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
@@ -216,13 +270,14 @@ class ModelHolder:
             self._checked_at = self.clock()
             try:
                 version = registry.active_version(self.storage)
-                if self.model is None or self.model.version != version:
+                if self._plain is None or self._plain.version != version:
                     model = load_model(self.storage, version, self.answer_cache)
                     if self.warm:
                         model.warm()
-                    self.model = model
+                    self._plain = model
                     log.info("serving model %s (%d items)", version, len(model.catalog))
                     self.storage.drop_local_copies(keep_prefix=registry.artifact_key(version, ""))
+                self.model = self._merch.view(self._plain, self.model)
                 self.error = None
             except RecommenderError as err:
                 # Keep serving the model in memory when a newer one is broken; report why otherwise.

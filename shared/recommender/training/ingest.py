@@ -16,7 +16,7 @@ import pandas as pd
 from recommender.core.errors import DataFileError
 
 REQUIRED = ("InvoiceNo", "StockCode", "Description", "CustomerID")
-OPTIONAL = ("Quantity", "InvoiceDate")
+OPTIONAL = ("Quantity", "InvoiceDate", "UnitPrice")
 # Header spellings accepted for each column, compared without case, spaces or underscores (the "Online Retail II"
 # export says "Invoice" and "Customer ID").
 ALIASES = {"InvoiceNo": {"invoiceno", "invoice", "invoicenumber"}, "CustomerID": {"customerid", "customer"}}
@@ -54,6 +54,9 @@ class Transactions:
     basket_time: np.ndarray        # datetime64[s] per basket (NaT when the file has no dates)
     basket_customer: np.ndarray    # int32 per basket, -1 for guest checkouts
     report: CleaningReport
+    # float64 per item: its most recent positive UnitPrice (latest dated line, then file order); NaN when the file
+    # has no UnitPrice column or the item none. The default price of the product feed.
+    item_prices: np.ndarray | None = None
 
 
 def file_kind(path: Path) -> str:
@@ -204,8 +207,11 @@ def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda 
     invoices, items, customers = _Codebook(), _Codebook(), _Codebook()
     pair_basket, pair_item, time_parts, cust_parts = [], [], [], []
     last_desc: dict[int, tuple[int, int, str]] = {}
+    last_price: dict[int, tuple[int, int, str]] = {}
     seen_rows = 0
+    columns_seen: set[str] = set()
     for chunk in read_chunks(path):
+        columns_seen.update(chunk.columns)
         report.rows_read += len(chunk)
         inv_rows, inv_values = _factorize(chunk["InvoiceNo"])
         code_rows, code_values = _factorize(chunk["StockCode"], _clean_code)
@@ -246,7 +252,10 @@ def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda 
         cust_idx[~guest] = customers.encode(cust_values, cust_rows[~guest])
         cust_parts.append((basket_idx, cust_idx))
         desc_rows, desc_values = _factorize(kept["Description"])
-        _update_descriptions(last_desc, item_idx, when, desc_rows, desc_values, seen_rows)
+        _update_latest(last_desc, item_idx, when, desc_rows, desc_values, seen_rows)
+        if "UnitPrice" in kept:
+            price_rows, price_values = _factorize(kept["UnitPrice"])
+            _update_latest(last_price, item_idx, when, price_rows, price_values, seen_rows, _positive_number)
         seen_rows += len(kept)
     report.rows_kept = report.rows_read - sum(report.dropped.values())
     if report.rows_read == 0:
@@ -274,6 +283,9 @@ def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda 
     report.customers = len(customers.values)
     report.guest_baskets = int((basket_customer < 0).sum())
     descriptions = [last_desc[i][2] if i in last_desc else "" for i in range(len(items.values))]
+    prices = np.full(len(items.values), np.nan)
+    for i, (_t, _row, value) in last_price.items():
+        prices[i] = float(value)
     return Transactions(
         item_codes=items.values,
         descriptions=descriptions,
@@ -283,13 +295,23 @@ def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda 
         basket_time=basket_time,
         basket_customer=basket_customer,
         report=report,
+        item_prices=prices if "UnitPrice" in columns_seen else None,
     )
 
 
-def _update_descriptions(last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray,
-                         desc_rows: np.ndarray, desc_values: list[str], offset: int) -> None:
-    """Keep, per item, the description of its latest dated (then latest in file) non-empty line."""
-    nonempty = np.flatnonzero(np.array([v != "" for v in desc_values], dtype=bool)[desc_rows])
+def _positive_number(value: str) -> bool:
+    try:
+        return float(value) > 0
+    except ValueError:
+        return False
+
+
+def _update_latest(last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray,
+                   value_rows: np.ndarray, values: list[str], offset: int,
+                   usable: Callable[[str], bool] = lambda v: v != "") -> None:
+    """Keep, per item, the value of its latest dated (then latest in file) line whose value is usable (by default:
+    non-empty); descriptions and unit prices."""
+    nonempty = np.flatnonzero(np.array([usable(v) for v in values], dtype=bool)[value_rows])
     if not len(nonempty):
         return
     lines = pd.DataFrame({
@@ -301,7 +323,7 @@ def _update_descriptions(last: dict[int, tuple[int, int, str]], item_idx: np.nda
     for item, t, row in latest.itertuples(index=False):
         prev = last.get(item)
         if prev is None or (t, row + offset) >= prev[:2]:
-            last[item] = (t, row + offset, desc_values[desc_rows[row]])
+            last[item] = (t, row + offset, values[value_rows[row]])
 
 
 def _dropped_text(report: CleaningReport) -> str:
@@ -342,6 +364,7 @@ def select_baskets(tx: Transactions, keep: np.ndarray) -> Transactions:
         basket_time=tx.basket_time[basket_rows],
         basket_customer=tx.basket_customer[basket_rows],
         report=report,
+        item_prices=None if tx.item_prices is None else tx.item_prices[items_used],
     )
 
 
@@ -350,4 +373,5 @@ def reorder_items(tx: Transactions, order: np.ndarray) -> Transactions:
     new_index = np.empty(len(order), dtype=np.int32)
     new_index[order] = np.arange(len(order), dtype=np.int32)
     return replace(tx, item_codes=[tx.item_codes[i] for i in order], descriptions=[tx.descriptions[i] for i in order],
-                   pair_item=new_index[tx.pair_item])
+                   pair_item=new_index[tx.pair_item],
+                   item_prices=None if tx.item_prices is None else tx.item_prices[order])

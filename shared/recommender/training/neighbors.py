@@ -141,3 +141,46 @@ def by_source(nbrs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.nda
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(source, minlength=n), out=indptr[1:])
     return indptr, target[order].astype(np.int32), weights[ok][order].astype(np.float32)
+
+
+
+def table_counts(baskets: sp.csr_matrix, indptr: np.ndarray, target: np.ndarray, block: int = 4096) -> np.ndarray:
+    """For each entry of the by-source table (indptr, target), how many rows of baskets hold both its source and its
+    target item: int32, aligned with target (the `baskets` a recommendation's reasons show).
+
+    baskets is the binary invoices x items matrix (no customer-history rows). The co-purchase counts are computed
+    a block of source items at a time and only the table's entries are kept, so memory stays at one block.
+    Equal to counts_from_gram(gram(baskets), indptr, target), which holds the whole gram at once.
+    """
+    n = baskets.shape[1]
+    x = baskets.tocsr().astype(np.float32)  # float32 sums of ones are exact up to 2^24 baskets
+    xt = x.T.tocsr()
+    counts = np.zeros(len(target), dtype=np.int32)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        if indptr[start] == indptr[stop]:
+            continue
+        part = (xt[start:stop] @ x).tocsr()
+        _gather(part.indptr, part.indices, part.data, indptr, target, start, stop, counts)
+    return counts
+
+
+def counts_from_gram(g: Gram, indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """table_counts from a basket gram computed beforehand (training computes it beside the item-item table)."""
+    counts = np.zeros(len(target), dtype=np.int32)
+    _gather(g.indptr, g.indices, g.data, indptr, target, 0, len(indptr) - 1, counts)
+    return counts
+
+
+def _gather(g_indptr: np.ndarray, g_indices: np.ndarray, g_data: np.ndarray, indptr: np.ndarray, target: np.ndarray,
+            start: int, stop: int, out: np.ndarray) -> None:
+    """out[e] = gram[source(e), target(e)] for the table entries of sources start..stop-1 (gram rows from start)."""
+    row = np.zeros(len(indptr), dtype=np.float32)
+    for s in range(start, stop):
+        lo, hi = indptr[s], indptr[s + 1]
+        if lo == hi:
+            continue
+        a, b = g_indptr[s - start], g_indptr[s - start + 1]
+        row[g_indices[a:b]] = g_data[a:b]
+        out[lo:hi] = row[target[lo:hi]]
+        row[g_indices[a:b]] = 0.0

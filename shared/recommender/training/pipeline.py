@@ -36,7 +36,10 @@ MIN_ITEMS = 3
 MIN_BASKETS = 2
 # Up to this many matrix entries, the embedding is computed beside the item-item table (peak memory adds up).
 OVERLAP_MAX_ENTRIES = 5_000_000
-ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "catalog.json", samples.SAMPLES)
+# table_count.npy: per table entry, the training baskets holding both items (the reasons' `baskets`);
+# item_price.npy: per item, its most recent unit price in the file (NaN when unknown; the feed's default price).
+ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "table_count.npy",
+             "item_price.npy", "catalog.json", samples.SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,8 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     with ThreadPoolExecutor(max_workers=1) as pool:
         embedding = pool.submit(_embed_and_index, rows, counts, k, params, folder, progress,
                                 _prime_rows(tx, near)) if overlap else None
+        # The reasons' co-purchase counts need the baskets' own gram: on the other core too, when it is free.
+        basket_gram = pool.submit(neighbors.gram, baskets) if overlap else None
         k_nbrs = min(params.neighbors, n_items - 1)
         ridge = params.ridge_share * float(counts[counts > 0].mean())
         with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
@@ -205,6 +210,11 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     np.save(folder / "table_indptr.npy", indptr)
     np.save(folder / "table_target.npy", target)
     np.save(folder / "table_weight.npy", weight)
+    pair_counts = (neighbors.counts_from_gram(basket_gram.result(), indptr, target) if basket_gram is not None
+                   else neighbors.table_counts(baskets, indptr, target))
+    np.save(folder / "table_count.npy", pair_counts)
+    prices = tx.item_prices if tx.item_prices is not None else np.full(n_items, np.nan)
+    np.save(folder / "item_price.npy", prices.astype(np.float64))
     popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
     (folder / "catalog.json").write_bytes(Catalog(tx.item_codes, tx.descriptions, popularity.tolist()).to_json())
     samples.write_samples(folder / samples.SAMPLES, samples.sample_invoices(

@@ -1,0 +1,479 @@
+"""Merchandising at answer time: the product feed and the rules compiled into arrays once per (model, feed, rules)
+version, request options, always-full answers and a reason per pick (numpy only: no pandas, no scipy).
+
+An answer is chosen in levels, each filtered by the same eligibility (in stock, not blocked, not paired away from
+the basket, not in the basket, passing the request's filters): the model's candidates (each basket item's nearest
+items in the Annoy index) by score, then every other item the basket's items have a table weight for, then the
+most popular items; so it holds exactly n items whenever n items are eligible. Pins then put their items at their
+positions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from recommender.core import registry
+from recommender.core.catalog import Item
+from recommender.core.errors import InvalidInput, RecommenderError
+from recommender.core.merch import (
+    FEED_FILE,
+    RULES_FILE,
+    SELECTOR_KEYS,
+    brand_key,
+    category_key,
+    category_keys,
+)
+from recommender.core.storage import Storage
+
+log = logging.getLogger("recommender")
+
+MODEL, POPULAR, PINNED = "model", "popular", "pinned"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a request may ask beyond the basket and n (all optional; explain says whether to give reasons)."""
+
+    exclude: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    price_min: float | None = None
+    price_max: float | None = None
+    max_price_ratio: float | None = None
+    min_confidence: float | None = None
+    max_per_category: int | None = None
+    explain: bool = False
+
+    def __post_init__(self) -> None:
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise InvalidInput(f"price_min ({self.price_min:g}) is greater than price_max ({self.price_max:g})")
+        for name in ("price_min", "price_max", "max_price_ratio"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise InvalidInput(f"{name} must be a number >= 0, not {value}")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            raise InvalidInput(f"min_confidence must be between 0 and 1, not {self.min_confidence}")
+        if self.max_per_category is not None and self.max_per_category < 1:
+            raise InvalidInput(f"max_per_category must be at least 1, not {self.max_per_category}")
+
+    @property
+    def filters(self) -> bool:
+        """Whether any option narrows the eligible items."""
+        return bool(self.exclude or self.categories or self.exclude_categories or self.price_min is not None
+                    or self.price_max is not None or self.max_price_ratio is not None)
+
+
+class Pick(NamedTuple):
+    """One recommended item with where it came from; item and score as in serving.model.Scored."""
+
+    item: Item
+    score: float                       # the ranking score: the model's score times the boost, if any
+    source: str                        # model, popular or pinned
+    confidence: float | None
+    # With explain: the basket items making up the score, {"stock_code", "description", "share", "baskets"}:
+    # share = that item's table weight / the score (they sum to 1; negative when the regression weighs the
+    # pairing down), baskets = training baskets holding both.
+    because: Because | None
+    boost: float | None                # the rules' factor when it is not 1
+    row: int
+    attributes: dict                   # what the feed says of the item (and its price), when known
+
+
+class Policy:
+    """The feed and the rules of one (model, feed, rules) combination, as arrays aligned with the model's rows."""
+
+    def __init__(self, catalog: Any, prices: np.ndarray | None, feed: dict | None, rules: dict | None,
+                 feed_version: str | None = None, rules_version: str | None = None) -> None:
+        n = len(catalog)
+        self.catalog = catalog
+        self.feed_version = feed_version
+        self.rules_version = rules_version
+        self.price = np.full(n, np.nan) if prices is None else np.asarray(prices, dtype=np.float64).copy()
+        self.eligible = np.ones(n, dtype=bool)
+        self.popular = np.asarray(catalog.most_popular(), dtype=np.int64)   # rows, most popular first
+        self.popularity = np.asarray(catalog.popularity, dtype=np.float64)
+        self.feed_rows: dict[int, dict] = {}
+        self._shown: dict[int, dict] = {}
+        self._category_masks: dict[tuple[str, ...], np.ndarray] = {}
+        self.category_rows: dict[str, np.ndarray] = {}
+        self.brand_rows: dict[str, np.ndarray] = {}
+        self.leaf = np.full(n, -1, dtype=np.int64)     # the full category path's id, for max_per_category
+        self.factor: np.ndarray | None = None
+        self.pairs: dict[int, list[np.ndarray]] = {}   # basket row -> rows it forbids (do_not_pair)
+        self.pins: dict[int, list[tuple[int, int]]] = {}  # basket row -> (pinned row, position)
+        if feed:
+            self._compile_feed(feed["items"])
+        if rules:
+            self._compile_rules(rules)
+        # Whether answers without options can differ from the plain model's: if not, they skip all of this.
+        self.restricts = bool(feed or (rules and any(rules[k] for k in ("do_not_pair", "pin", "boost")))
+                              or not self.eligible.all())
+
+    def _compile_feed(self, items: dict[str, dict]) -> None:
+        index = self.catalog.index
+        categories: dict[str, list[int]] = {}
+        brands: dict[str, list[int]] = {}
+        leaves: dict[str, int] = {}
+        for code, attributes in items.items():
+            i = index.get(code)
+            if i is None:
+                continue
+            self.feed_rows[i] = attributes
+            if attributes.get("availability") == "out_of_stock":
+                self.eligible[i] = False
+            if "price" in attributes:
+                self.price[i] = attributes["price"]
+            if attributes.get("category"):
+                for key in category_keys(attributes["category"]):
+                    categories.setdefault(key, []).append(i)
+                self.leaf[i] = leaves.setdefault(category_key(attributes["category"]), len(leaves))
+            if attributes.get("brand"):
+                brands.setdefault(brand_key(attributes["brand"]), []).append(i)
+        self.category_rows = {k: np.asarray(sorted(v), dtype=np.int64) for k, v in categories.items()}
+        self.brand_rows = {k: np.asarray(sorted(v), dtype=np.int64) for k, v in brands.items()}
+
+    def rows(self, selector: dict[str, list[str]]) -> np.ndarray:
+        """The model rows a rule's selector names (codes, categories or brands unknown here select nothing)."""
+        (key, values), = selector.items()
+        found: list[np.ndarray] = []
+        for value in values:
+            if key == "code":
+                i = self.catalog.index.get(value)
+                found.append(np.asarray([] if i is None else [i], dtype=np.int64))
+            elif key == "category":
+                found.append(self.category_rows.get(category_key(value), np.empty(0, dtype=np.int64)))
+            else:
+                found.append(self.brand_rows.get(brand_key(value), np.empty(0, dtype=np.int64)))
+        return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+
+    def categories_mask(self, names: tuple[str, ...]) -> np.ndarray:
+        """Items in any of the named categories (a level's name or a path); remembered for the last few hundred
+        distinct requests' lists (do not change the array)."""
+        mask = self._category_masks.get(names)
+        if mask is None:
+            mask = np.zeros(len(self.eligible), dtype=bool)
+            for name in names:
+                rows = self.category_rows.get(category_key(name))
+                if rows is not None:
+                    mask[rows] = True
+            if len(self._category_masks) >= 256:
+                self._category_masks.clear()
+            self._category_masks[names] = mask
+        return mask
+
+    def _compile_rules(self, rules: dict) -> None:
+        block = rules["block"]
+        for key, kind in (("codes", "code"), ("categories", "category"), ("brands", "brand")):
+            if block.get(key):
+                self.eligible[self.rows({kind: block[key]})] = False
+        for rule in rules["do_not_pair"]:
+            forbidden = self.rows(rule["item"])
+            if len(forbidden):
+                for b in self.rows(rule["basket"]).tolist():
+                    self.pairs.setdefault(b, []).append(forbidden)
+        for pin in rules["pin"]:
+            target = self.catalog.index.get(pin["item"]["code"][0])
+            if target is not None:
+                for b in self.rows(pin["basket"]).tolist():
+                    self.pins.setdefault(b, []).append((target, int(pin["position"])))
+        if rules["boost"]:
+            self.factor = np.ones(len(self.eligible))
+            for entry in rules["boost"]:
+                selector = {k: entry[k] for k in SELECTOR_KEYS if k in entry}
+                self.factor[self.rows(selector)] *= entry["factor"]
+
+    def allowed(self, basket: np.ndarray, options: Options | None) -> np.ndarray:
+        """Which items may be recommended with this basket under these options (a fresh array)."""
+        ok = self.eligible.copy()
+        ok[basket] = False
+        if self.pairs:
+            for b in basket.tolist():
+                for rows in self.pairs.get(b, ()):
+                    ok[rows] = False
+        if options is None or not options.filters:
+            return ok
+        for code in options.exclude:
+            i = self.catalog.index.get(code)
+            if i is not None:
+                ok[i] = False
+        if options.categories:
+            ok &= self.categories_mask(options.categories)
+        if options.exclude_categories:
+            ok &= ~self.categories_mask(options.exclude_categories)
+        # Unknown prices fail every price filter: nothing is promised about them.
+        if options.price_min is not None:
+            ok &= self.price >= options.price_min
+        if options.price_max is not None:
+            ok &= self.price <= options.price_max
+        if options.max_price_ratio is not None and len(basket):
+            known = self.price[basket]
+            known = known[~np.isnan(known)]
+            if len(known):  # a basket without a known price cannot bound anything
+                ok &= self.price <= options.max_price_ratio * known.max()
+        return ok
+
+    def boosted(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Scores after the rules' factors; a negative score is divided instead, so a boost always raises."""
+        if self.factor is None:
+            return scores
+        f = self.factor[rows]
+        return np.where(scores >= 0, scores * f, scores / f)
+
+    def shown(self, row: int) -> dict:
+        """The feed attributes an answer shows for an item, and its price (from the feed, else the training file);
+        built once per item (callers must not change it)."""
+        attributes = self._shown.get(row)
+        if attributes is None:
+            attributes = dict(self.feed_rows.get(row, {}))
+            price = self.price[row]
+            if price == price:
+                attributes["price"] = float(price)
+            self._shown[row] = attributes
+        return attributes
+
+
+def load_feed(storage: Storage, version: str) -> dict:
+    """A feed version's stored items, checked against its manifest."""
+    return _load(storage, version, FEED_FILE, registry.FEED)
+
+
+def load_rules(storage: Storage, version: str) -> dict:
+    """A rules version's stored rules, checked against its manifest."""
+    return _load(storage, version, RULES_FILE, registry.RULES)
+
+
+def _load(storage: Storage, version: str, name: str, kind: registry.Kind) -> dict:
+    data = registry.read_verified(storage, version, name, kind)
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise kind.error(f"{kind.noun} version {version} cannot be read: {err}") from None
+
+
+def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
+           policy: Policy) -> tuple[list[Pick], bool]:
+    """The picks for a basket of known rows (possibly empty), best first, and whether fewer than n were eligible."""
+    options = options or Options()
+    allowed = policy.allowed(basket, options)
+    cap = options.max_per_category
+    taken: dict[int, int] = {}  # picks per category, with max_per_category
+    rows = np.empty(0, dtype=np.int64)
+    scores = np.empty(0)
+    scores_all = positions = None
+    if len(basket):
+        candidates, scores_all, positions = model.score_basket(basket)
+        rows, scores = _best(candidates, scores_all, allowed, policy, n, cap, taken)
+        if len(rows) < n:
+            # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
+            # score (stable, so popularity still breaks ties) to keep the answer sorted.
+            deeper = np.zeros(len(allowed), dtype=bool)
+            deeper[model.table_target[positions]] = True
+            deeper[candidates] = False
+            more, more_scores = _best(np.flatnonzero(deeper), scores_all, allowed, policy, n - len(rows), cap, taken)
+            if len(more):
+                rows, scores = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
+                order = np.argsort(-scores, kind="stable")
+                rows, scores = rows[order], scores[order]
+    sources = [MODEL] * len(rows)
+    if len(rows) < n:
+        # The most popular items that pass the same filters: scored no higher than the last pick, or, for a basket
+        # the model knows nothing of, by popularity (the plain fallback's scores).
+        allowed[rows] = False
+        popular = policy.popular
+        extra = popular[allowed[popular]]
+        extra = _capped(extra, policy, n - len(rows), cap, taken)
+        if len(basket):
+            extra_scores = np.full(len(extra), min(0.0, float(scores[-1])) if len(scores) else 0.0)
+        else:
+            best = max(policy.popularity[popular[0]], 1.0) if len(popular) else 1.0
+            extra_scores = policy.boosted(extra, np.round(policy.popularity[extra] / best, 4))
+            order = np.argsort(-extra_scores, kind="stable")
+            extra, extra_scores = extra[order], extra_scores[order]
+        rows, scores = np.concatenate([rows, extra]), np.concatenate([scores, extra_scores])
+        sources += [POPULAR] * len(extra)
+    entries = list(zip(rows.tolist(), np.round(scores, 4).tolist(), sources))
+    raw = {} if scores_all is None else _LazyScores(scores_all)
+    if options.min_confidence is not None:
+        confidence = _confidence(model, policy, entries, raw)
+        if confidence is not None:
+            entries = [e for e, c in zip(entries, confidence) if c >= options.min_confidence]
+    # Pins last, at their positions, whatever their score (a merchandiser's choice), if they pass every filter.
+    pinned: dict[int, int] = {}
+    for b in basket.tolist() if policy.pins else ():
+        for row, position in policy.pins.get(b, ()):
+            if allowed[row] or any(e[0] == row for e in entries):
+                pinned[row] = min(position, pinned.get(row, position))
+    if pinned:
+        # All pinned items out first, then each in at its position, lowest first, so that pins do not shift
+        # one another.
+        entries = [e for e in entries if e[0] not in pinned]
+        for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
+            entries.insert(position - 1, (row, round(float(scores_all[row]), 4), PINNED))
+    entries = entries[:n]
+    confidence = _confidence(model, policy, entries, raw) or [None] * len(entries)
+    reasons = _reasons(model, basket, positions, scores_all, [e[0] for e in entries if e[2] != POPULAR]) \
+        if options.explain and positions is not None else {}
+    factor = policy.factor
+    items = model.items
+    picks = [Pick(items[row], score, source, conf, reasons.get(row, NO_REASONS) if options.explain else None,
+                  float(factor[row]) if factor is not None and factor[row] != 1 else None, row, policy.shown(row))
+             for (row, score, source), conf in zip(entries, confidence)]
+    return picks, len(picks) < n
+
+
+class _LazyScores(dict):
+    """The model's own score of any row, read from the scores array only when asked (confidence, pins)."""
+
+    def __init__(self, scores_all: np.ndarray) -> None:
+        super().__init__()
+        self.scores_all = scores_all
+
+    def __missing__(self, row: int) -> float:
+        return float(self.scores_all[row])
+
+    def get(self, row: int, default: float | None = None) -> float:  # type: ignore[override]
+        return self[row]
+
+
+def _best(rows: np.ndarray, scores_all: np.ndarray, allowed: np.ndarray, policy: Policy, k: int,
+          cap: int | None, taken: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The k best allowed rows by boosted score (stable), within the per-category cap."""
+    rows = rows[allowed[rows]]
+    scores = policy.boosted(rows, scores_all[rows])
+    order = np.argsort(-scores, kind="stable")
+    rows, scores = rows[order], scores[order]
+    if cap is None:
+        return rows[:k], scores[:k]
+    keep = _capped(rows, policy, k, cap, taken, positions=True)
+    return rows[keep], scores[keep]
+
+
+def _capped(rows: np.ndarray, policy: Policy, k: int, cap: int | None, taken: dict[int, int],
+            positions: bool = False) -> np.ndarray:
+    """The first k rows (or their positions) that keep every category within cap picks (items without a category
+    are not limited); taken counts the picks per category so far and is updated."""
+    if cap is None:
+        return np.arange(min(k, len(rows))) if positions else rows[:k]
+    keep = []
+    for j, category in enumerate(policy.leaf[rows].tolist()):
+        if len(keep) >= k:
+            break
+        if category >= 0:
+            if taken.get(category, 0) >= cap:
+                continue
+            taken[category] = taken.get(category, 0) + 1
+        keep.append(j)
+    keep_at = np.asarray(keep, dtype=np.int64)
+    return keep_at if positions else rows[keep_at]
+
+
+def _confidence(model: Any, policy: Policy, entries: list[tuple[int, float, str]],
+                raw: dict[int, float]) -> list[float] | None:
+    """The model's calibrated confidence of each (row, score, source) at its rank, from the model's own score
+    (before any boost; for popular items, popularity / top popularity); None when the model has no calibration."""
+    confidence = getattr(model, "confidence", None)
+    if confidence is None or not entries:
+        return None if confidence is None else []
+    ranks = np.arange(1, len(entries) + 1)
+    popular = np.asarray([source == POPULAR for _r, _s, source in entries])
+    top = max(float(policy.popularity[policy.popular[0]]), 1.0) if len(policy.popular) else 1.0
+    model_scores = np.asarray([policy.popularity[row] / top if source == POPULAR else raw.get(row, score)
+                               for row, score, source in entries], dtype=np.float64)
+    out = np.empty(len(entries))
+    if (~popular).any():
+        out[~popular] = confidence(model_scores[~popular], ranks[~popular])
+    if popular.any():
+        out[popular] = confidence(model_scores[popular], ranks[popular], popular=True)
+    return np.round(out, 4).tolist()
+
+
+class Because:
+    """A pick's reasons, kept as slices of arrays until an answer is written (most of the cost of a reason is
+    making its dict): iterate to get {"stock_code", "description", "share", "baskets"}, largest share first."""
+
+    __slots__ = ("items", "sources", "shares", "counts")
+
+    def __init__(self, items: list[Item], sources: np.ndarray, shares: np.ndarray, counts: np.ndarray) -> None:
+        self.items, self.sources, self.shares, self.counts = items, sources, shares, counts
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __iter__(self) -> Any:
+        items = self.items
+        for s, share, c in zip(self.sources.tolist(), self.shares.tolist(), self.counts.tolist()):
+            yield {"stock_code": items[s].stock_code, "description": items[s].description, "share": share,
+                   "baskets": c}
+
+    def as_list(self) -> list[dict]:
+        """The reasons as JSON-ready dicts."""
+        return list(self)
+
+
+NO_REASONS = Because([], np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64))
+
+
+def _reasons(model: Any, basket: np.ndarray, positions: np.ndarray, scores_all: np.ndarray,
+             rows: list[int]) -> dict[int, Because]:
+    """Per picked row: the basket items whose table weights make up its score, largest share first. The score is
+    exactly the sum of those weights, so share = weight / score sums to 1 (an item scored 0 has no reasons)."""
+    if not rows or not len(positions):
+        return {}
+    targets = model.table_target[positions]
+    wanted = np.zeros(len(scores_all), dtype=bool)
+    wanted[rows] = True
+    wanted[scores_all == 0] = False
+    hit = wanted[targets]
+    lengths = model.table_indptr[basket + 1] - model.table_indptr[basket]
+    sources = np.repeat(basket, lengths)[hit]
+    entries = positions[hit]
+    targets = targets[hit]
+    shares = model.table_weight[entries].astype(np.float64) / scores_all[targets]
+    order = np.lexsort((sources, -shares, targets))
+    targets, sources, shares, entries = targets[order], sources[order], shares[order], entries[order]
+    counts = model.table_count[entries] if model.table_count is not None else np.full(len(entries), -1)
+    found = np.asarray(rows, dtype=np.int64)
+    starts, stops = np.searchsorted(targets, found), np.searchsorted(targets, found, side="right")
+    return {t: Because(model.items, sources[a:b], shares[a:b], counts[a:b])
+            for t, a, b in zip(rows, starts.tolist(), stops.tolist()) if b > a}
+
+
+class Merchandiser:
+    """Follows the feed and rules pointers for a ModelHolder: loads a version once when its pointer moves, and
+    gives the view of the model to serve. A feed or rules version that cannot be loaded is reported and the one
+    loaded before stays in force (none at first): serving never stops for it."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.loaded: dict[str, tuple[str | None, dict | None]] = {"feed": (None, None), "rules": (None, None)}
+        self.errors: dict[str, str | None] = {"feed": None, "rules": None}
+
+    def _follow(self, kind: registry.Kind, load: Any) -> tuple[str | None, dict | None]:
+        pointer = registry.active(self.storage, kind)
+        version = pointer.version if pointer else None
+        if version != self.loaded[kind.prefix][0]:
+            try:
+                self.loaded[kind.prefix] = (version, load(self.storage, version) if version else None)
+                self.errors[kind.prefix] = None
+                log.info("serving %s version %s", kind.noun, version)
+            except RecommenderError as err:
+                if err.message != self.errors[kind.prefix]:
+                    log.warning("%s; keeping %s version %s", err.message, kind.noun, self.loaded[kind.prefix][0])
+                self.errors[kind.prefix] = err.message
+        return self.loaded[kind.prefix]
+
+    def view(self, plain: Any, current: Any) -> Any:
+        """The model to serve: current when nothing changed, else plain under the active feed and rules."""
+        feed_version, feed = self._follow(registry.FEED, load_feed)
+        rules_version, rules = self._follow(registry.RULES, load_rules)
+        if (current is not None and current.version == plain.version and current.feed_version == feed_version
+                and current.rules_version == rules_version):
+            return current
+        if feed is None and rules is None:
+            return plain
+        return plain.with_policy(Policy(plain.catalog, plain.item_price, feed, rules, feed_version, rules_version))

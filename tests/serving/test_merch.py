@@ -1,0 +1,232 @@
+"""Merchandising at answer time on the tiny synthetic data (complements known): feed, every rule, every option,
+full answers under heavy filtering, and exact reasons (shares summing to 1, baskets counted directly)."""
+
+import numpy as np
+import pytest
+from recommender.core import registry
+from recommender.core.errors import InvalidInput
+from recommender.core.storage import LocalStorage
+from recommender.serving.merch import Merchandiser, Options, Policy
+from recommender.serving.model import load_model
+from recommender.tools import synthetic
+from recommender.training.ingest import load_transactions
+
+
+@pytest.fixture(scope="module")
+def plain(trained_folder):
+    storage = LocalStorage(trained_folder)
+    return load_model(storage, registry.active_version(storage))
+
+
+@pytest.fixture(scope="module")
+def products():
+    return synthetic.catalogue(synthetic.TINY).set_index("StockCode")
+
+
+@pytest.fixture(scope="module")
+def feed(products):
+    """Every product with its kit as category (under Home), a brand per family, and its synthetic price."""
+    return {"items": {code: {"category": f"Home > {row.Kit.title()}", "brand": f"Brand{row.Family % 3}",
+                             "price": round(float(row.UnitPrice), 2), "availability": "in_stock"}
+                      for code, row in products.iterrows()}}
+
+
+def kit(products, code):
+    """The product's kit as its feed category says it (None for codes outside the synthetic catalogue)."""
+    return products.Kit.get(code, "").title() or None
+
+
+def brand(products, code):
+    return f"Brand{products.Family[code] % 3}" if code in products.index else None
+
+
+def no_rules(**changes):
+    rules = {"block": {"codes": [], "categories": [], "brands": []}, "do_not_pair": [], "pin": [], "boost": []}
+    rules.update(changes)
+    return rules
+
+
+def view(model, feed=None, rules=None):
+    return model.with_policy(Policy(model.catalog, model.item_price, feed, rules, "f1" if feed else None,
+                                    "r1" if rules else None))
+
+
+def codes(answer):
+    return [p.item.stock_code for p in answer.items]
+
+
+def anchors(model, count=20):
+    return [model.catalog.codes[i] for i in model.catalog.most_popular()[:count]]
+
+
+def test_no_feed_no_rules_no_options_is_the_plain_answer(plain, feed):
+    for code in anchors(plain):
+        assert codes(view(plain).recommend([code], 10)) == codes(plain.recommend([code], 10))
+        # A feed that changes nothing about eligibility keeps the same items in the same order.
+        assert codes(view(plain, feed).recommend([code], 10)) == codes(plain.recommend([code], 10))
+
+
+def test_out_of_stock_is_never_recommended_and_the_answer_stays_full(plain, feed):
+    code = anchors(plain)[0]
+    first = codes(plain.recommend([code], 10))
+    out = {**feed["items"], first[0]: {**feed["items"][first[0]], "availability": "out_of_stock"},
+           first[3]: {"availability": "out_of_stock"}}
+    answer = view(plain, {"items": out}).recommend([code], 10)
+    assert first[0] not in codes(answer) and first[3] not in codes(answer) and len(answer.items) == 10
+    assert codes(answer)[:2] == [first[1], first[2]] and not answer.exhausted
+    for basket in anchors(plain):
+        assert first[0] not in codes(view(plain, {"items": out}).recommend([basket], 30))
+
+
+def test_block_codes_categories_and_brands(plain, feed, products):
+    code = anchors(plain)[0]
+    first = codes(plain.recommend([code], 10))
+    kit_name, brand_name = kit(products, first[1]), brand(products, first[2])
+    assert kit_name and brand_name
+    rules = no_rules(block={"codes": [first[0]], "categories": [kit_name], "brands": [brand_name]})
+    for basket in anchors(plain):
+        got = codes(view(plain, feed, rules).recommend([basket], 10))
+        assert len(got) == 10 and first[0] not in got
+        assert not [c for c in got if kit(products, c) == kit_name]
+        assert not [c for c in got if brand(products, c) == brand_name]
+
+
+def test_do_not_pair_removes_the_right_side_only_with_the_left_side_in_the_basket(plain, feed, products):
+    truth = synthetic.complements(synthetic.TINY)
+    code = next(c for c in anchors(plain) if truth[c])
+    kit_name = kit(products, code)
+    same_kit = set(products.index[products.Kit.str.title() == kit_name])
+    assert set(codes(plain.recommend([code], 5))) & truth[code]  # its complements come first without the rule
+    rules = no_rules(do_not_pair=[{"basket": {"category": [kit_name]}, "item": {"category": [kit_name]}}])
+    paired = view(plain, feed, rules)
+    got = codes(paired.recommend([code], 10))
+    assert len(got) == 10 and not set(got) & same_kit
+    other = next(c for c in anchors(plain) if kit(products, c) not in (kit_name, None))
+    assert codes(paired.recommend([other], 10)) == codes(plain.recommend([other], 10))
+
+
+def test_pin_puts_its_item_at_its_position(plain, feed):
+    code = anchors(plain)[0]
+    plain_codes = codes(plain.recommend([code], 10))
+    far = next(c for c in reversed(plain.catalog.codes) if c not in plain_codes and c != code)
+    rules = no_rules(pin=[{"basket": {"code": [code]}, "item": {"code": [far]}, "position": 3},
+                          {"basket": {"code": [code]}, "item": {"code": [plain_codes[0]]}, "position": 5}])
+    answer = view(plain, feed, rules).recommend([code], 10, Options(explain=True))
+    got = codes(answer)
+    assert len(got) == 10 and got[2] == far and got[4] == plain_codes[0]
+    assert answer.items[2].source == "pinned" and answer.items[0].source == "model"
+    assert got[:2] == plain_codes[1:3]
+    # A pinned item still obeys the request's filters, and the basket must hold the trigger.
+    assert far not in codes(view(plain, feed, rules).recommend([code], 10, Options(exclude=(far,))))
+    other = anchors(plain)[2]
+    assert codes(view(plain, feed, rules).recommend([other], 10)) == codes(plain.recommend([other], 10))
+
+
+def test_boost_and_bury_multiply_scores(plain, feed):
+    code = anchors(plain)[0]
+    base = plain.recommend([code], 10).items
+    up, down = base[5].item.stock_code, base[0].item.stock_code
+    rules = no_rules(boost=[{"code": [up], "factor": 100.0}, {"code": [down], "factor": 0.01}])
+    answer = view(plain, feed, rules).recommend([code], 10, Options(explain=True))
+    got = {p.item.stock_code: p for p in answer.items}
+    assert codes(answer)[0] == up and got[up].boost == 100.0
+    assert got[up].score == pytest.approx(base[5].score * 100, rel=1e-2)
+    assert down not in got or codes(answer).index(down) > 0
+    scores = [p.score for p in answer.items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_request_filters(plain, feed, products):
+    model = view(plain, feed)
+    for code in anchors(plain, 10):
+        if code not in feed["items"]:
+            continue
+        price = feed["items"][code]["price"]
+        name = kit(products, code)
+        cases = {
+            Options(exclude=tuple(codes(plain.recommend([code], 3)))): lambda c: True,
+            Options(categories=(name,)): lambda c: kit(products, c) == name,
+            Options(categories=("home > " + name.lower(),)): lambda c: kit(products, c) == name,
+            Options(exclude_categories=(name,)): lambda c: kit(products, c) != name,
+            Options(price_min=1.0, price_max=3.0): lambda c: 1.0 <= feed["items"][c]["price"] <= 3.0,
+            Options(max_price_ratio=1.0): lambda c: feed["items"][c]["price"] <= price,
+        }
+        for options, holds in cases.items():
+            answer = model.recommend([code], 10, options)
+            got = codes(answer)
+            assert all(holds(c) for c in got), (options, got)
+            assert len(got) == 10 or answer.exhausted
+            assert not set(options.exclude) & set(got)
+
+
+def test_max_per_category(plain, feed, products):
+    model = view(plain, feed)
+    for code in anchors(plain, 10):
+        got = codes(model.recommend([code], 10, Options(max_per_category=2)))
+        kits = [kit(products, c) for c in got if kit(products, c)]
+        assert len(got) == 10 and max(kits.count(k) for k in kits) <= 2
+
+
+def test_always_full_under_heavy_filtering_else_exhausted(plain, feed, products):
+    model = view(plain, feed)
+    code = anchors(plain)[0]
+    other = next(k for k in products.Kit.str.title().unique() if k != kit(products, code))
+    members = [c for c in products.index[products.Kit.str.title() == other] if c in plain.catalog.index]
+    # Every member of another kit is eligible; asked for exactly that many, all come back: model picks first
+    # (deeper candidates included), then popular ones passing the same filter.
+    answer = model.recommend([code], len(members), Options(categories=(other,), explain=True))
+    assert sorted(codes(answer)) == sorted(members) and not answer.exhausted
+    scores = [p.score for p in answer.items]
+    assert scores == sorted(scores, reverse=True)
+    assert {p.source for p in answer.items} <= {"model", "popular"}
+    more = model.recommend([code], len(members) + 3, Options(categories=(other,)))
+    assert sorted(codes(more)) == sorted(members) and more.exhausted
+    nothing = model.recommend([code], 5, Options(price_min=1e6))
+    assert nothing.items == [] and nothing.exhausted
+    # An empty basket: popular items that pass the filter.
+    fallback = model.recommend([], 3, Options(categories=(other,)))
+    assert fallback.fallback and len(fallback.items) == 3 and set(codes(fallback)) <= set(members)
+
+
+def test_contradictions_are_refused():
+    with pytest.raises(InvalidInput, match="price_min .* greater than price_max"):
+        Options(price_min=5, price_max=2)
+    with pytest.raises(InvalidInput, match="max_price_ratio"):
+        Options(max_price_ratio=-1)
+
+
+def test_shares_sum_to_one_and_baskets_are_true_counts(plain, tiny_csv):
+    tx = load_transactions(tiny_csv)
+    invoices: dict[str, set[int]] = {}
+    for b, i in zip(tx.pair_basket.tolist(), tx.pair_item.tolist()):
+        invoices.setdefault(tx.item_codes[i], set()).add(b)
+    checked = 0
+    for size in (1, 2, 4):
+        for start in range(0, 30, 3):
+            basket = [plain.catalog.codes[(start + k * 7) % len(plain.catalog)] for k in range(size)]
+            for pick in plain.recommend(basket, 10, Options(explain=True)).items:
+                because = pick.because.as_list()
+                if pick.source != "model" or not because:
+                    continue
+                assert sum(r["share"] for r in because) == pytest.approx(1.0, abs=1e-9)
+                assert {r["stock_code"] for r in because} <= set(basket)
+                for r in because:
+                    both = len(invoices[r["stock_code"]] & invoices[pick.item.stock_code])
+                    assert r["baskets"] == both
+                    checked += 1
+    assert checked > 50
+
+
+def test_feed_and_rules_follow_their_pointers(trained_storage, feed):
+    plain = load_model(trained_storage, registry.active_version(trained_storage))
+    follower = Merchandiser(trained_storage)
+    assert follower.view(plain, None) is plain
+    publish = registry.publish_files(trained_storage, {"feed.json": b'{"items": {}}'}, {}, registry.FEED)
+    registry.activate(trained_storage, publish["version"], kind=registry.FEED)
+    served = follower.view(plain, plain)
+    assert served.feed_version == publish["version"] and served.rules_version is None
+    assert follower.view(plain, served) is served  # nothing moved: the same snapshot
+    damaged = registry.publish_files(trained_storage, {"feed.json": b"{"}, {}, registry.FEED)
+    registry.activate(trained_storage, damaged["version"], kind=registry.FEED)
+    assert follower.view(plain, served) is served  # unreadable: the feed in force stays
+    assert "cannot be read" in follower.errors["feed"]

@@ -1,0 +1,95 @@
+"""Merchandising rules files: the issue's example, every refusal (one line, old rules kept), unknown-name warnings."""
+
+import json
+
+import pytest
+from recommender.core import registry
+from recommender.core.storage import LocalStorage
+from recommender.training.rules import RulesError, known_from, publish_rules, read_rules, show
+
+EXAMPLE = """\
+block:
+  codes: ["POST", "85123A"]
+  categories: ["Gift cards"]
+do_not_pair:
+  - {basket: {category: "Printers"}, item: {brand: "OtherInk"}}
+pin:
+  - {basket: {code: "22423"}, item: {code: "22699"}, position: 1}
+boost:
+  - {category: "Kitchen", factor: 1.5}
+  - {code: "21212", factor: 0.5}
+bury:
+  - {brand: "Cheapo", factor: 0.2}
+"""
+KNOWN = known_from(["85123A", "22423", "22699", "21212"],
+                   {"22699": {"category": "Home > Kitchen", "brand": "Acme"}, "P1": {"category": "Printers"},
+                    "I1": {"brand": "OtherInk"}})
+
+
+def write(tmp_path, text, name="rules.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_issue_example(tmp_path):
+    rules, source = read_rules(write(tmp_path, EXAMPLE))
+    assert rules["block"] == {"codes": ["POST", "85123A"], "categories": ["Gift cards"], "brands": []}
+    assert rules["do_not_pair"] == [{"basket": {"category": ["Printers"]}, "item": {"brand": ["OtherInk"]}}]
+    assert rules["pin"] == [{"basket": {"code": ["22423"]}, "item": {"code": ["22699"]}, "position": 1}]
+    assert rules["boost"] == [{"category": ["Kitchen"], "factor": 1.5}, {"code": ["21212"], "factor": 0.5},
+                              {"brand": ["Cheapo"], "factor": 0.2}]
+    assert source.decode() == EXAMPLE
+
+
+@pytest.mark.parametrize("text,message", [
+    ("block: [\n", "not valid YAML at line 2"),
+    ("blocks:\n  codes: [A]\n", "rules: unknown key 'blocks'; allowed: block, do_not_pair, pin, boost, bury"),
+    ("block:\n  skus: [A]\n", "block: unknown key 'skus'"),
+    ("- a\n- b\n", "rules: expected a mapping"),
+    ("pin:\n  - {basket: {code: A}, item: {code: B}, position: 0}\n", "pin\\[0\\].position: must be a whole number"),
+    ("pin:\n  - {basket: {code: A}, item: {category: C}}\n", "pin\\[0\\].item: unknown key 'category'; use code"),
+    ("pin:\n  - {basket: {code: A}}\n", "pin\\[0\\]: missing 'item'"),
+    ("boost:\n  - {code: A, factor: -1}\n", "boost\\[0\\]: factor must be a positive number"),
+    ("boost:\n  - {code: A, factor: fast}\n", "boost\\[0\\]: factor must be a positive number"),
+    ("bury:\n  - {code: A, factor: 2}\n", "bury\\[0\\]: a bury factor must be below 1"),
+    ("boost:\n  - {code: A, brand: B, factor: 2}\n", "boost\\[0\\]: expected one of"),
+    ("do_not_pair:\n  - {basket: {code: A}, item: {colour: red}}\n", "do_not_pair\\[0\\].item: unknown key 'colour'"),
+    ("do_not_pair: {basket: {code: A}}\n", "do_not_pair: expected a list of entries"),
+    ("block:\n  codes: [A, '']\n", "block.codes: expected a non-empty text"),
+])
+def test_refusals_are_one_line_and_keep_the_rules(tmp_path, text, message):
+    storage = LocalStorage(tmp_path / "store")
+    first = publish_rules(storage, write(tmp_path, EXAMPLE), KNOWN, progress=lambda _m: None)
+    with pytest.raises(RulesError, match=message) as err:
+        publish_rules(storage, write(tmp_path, text, "bad.yaml"), KNOWN, progress=lambda _m: None)
+    assert "\n" not in str(err.value) and str(err.value).startswith("bad.yaml")
+    assert registry.active_version(storage, registry.RULES) == first["version"]
+    assert registry.list_versions(storage, registry.RULES) == [first["version"]]
+
+
+@pytest.mark.parametrize("block", ["codes: ['22699']", "categories: ['kitchen']", "brands: ['ACME']"])
+def test_a_pin_of_a_blocked_item_is_refused(tmp_path, block):
+    text = f"block:\n  {block}\npin:\n  - {{basket: {{code: '22423'}}, item: {{code: '22699'}}, position: 2}}\n"
+    with pytest.raises(RulesError, match="rules.yaml: pin\\[0\\]: item 22699 is blocked"):
+        publish_rules(LocalStorage(tmp_path / "store"), write(tmp_path, text), KNOWN, progress=lambda _m: None)
+
+
+def test_unknown_names_are_accepted_with_a_warning(tmp_path, storage):
+    lines = []
+    manifest = publish_rules(storage, write(tmp_path, EXAMPLE), KNOWN, progress=lines.append)
+    text = "\n".join(lines)
+    assert "warning: 1 code(s) unknown to the current model and feed (rules kept for them): POST" in text
+    assert "warning: 1 category(s) unknown" in text and "Gift cards" in text
+    assert "warning: 1 brand(s) unknown" in text and "Cheapo" in text
+    assert manifest["warnings"] and registry.active_version(storage, registry.RULES) == manifest["version"]
+    stored = json.loads(registry.read_verified(storage, manifest["version"], "rules.json", registry.RULES))
+    assert stored["pin"][0]["position"] == 1
+    shown = "\n".join(show(storage))
+    assert manifest["version"] in shown and "pin: 1" in shown and "do_not_pair:" in shown
+
+
+def test_an_empty_file_clears_the_rules(tmp_path):
+    rules, _ = read_rules(write(tmp_path, ""))
+    assert rules == {"block": {"codes": [], "categories": [], "brands": []}, "do_not_pair": [], "pin": [],
+                     "boost": []}
