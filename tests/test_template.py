@@ -97,7 +97,7 @@ def test_runtime_is_the_python_the_tests_run_on(template):
 
 def test_least_privilege(template):
     functions = resources_of(template, "AWS::Serverless::Function")
-    expected = {"AuthFunction": ["users"], "RecommendFunction": ["models", "users"]}
+    expected = {"AuthFunction": ["users"], "RecommendFunction": ["feed", "models", "rules", "users"]}
     for name, prefixes in expected.items():
         granted = statements(functions[name])
         assert all(s["Effect"] == "Allow" for s in granted)
