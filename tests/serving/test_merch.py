@@ -9,7 +9,9 @@ from recommender.core.storage import LocalStorage
 from recommender.serving.merch import Merchandiser, Options, Policy
 from recommender.serving.model import load_model
 from recommender.tools import synthetic
+from recommender.training import holdout
 from recommender.training.ingest import load_transactions
+from recommender.training.pipeline import TrainingParams
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +198,8 @@ def test_contradictions_are_refused():
 
 
 def test_shares_sum_to_one_and_baskets_are_true_counts(plain, tiny_csv):
-    tx = load_transactions(tiny_csv)
+    # The model learns from the file less its held-out most recent baskets: those are the training baskets.
+    tx, _held = holdout.split(load_transactions(tiny_csv), TrainingParams().holdout)
     invoices: dict[str, set[int]] = {}
     for b, i in zip(tx.pair_basket.tolist(), tx.pair_item.tolist()):
         invoices.setdefault(tx.item_codes[i], set()).add(b)
@@ -230,3 +233,15 @@ def test_feed_and_rules_follow_their_pointers(trained_storage, feed):
     registry.activate(trained_storage, damaged["version"], kind=registry.FEED)
     assert follower.view(plain, served) is served  # unreadable: the feed in force stays
     assert "cannot be read" in follower.errors["feed"]
+
+
+def test_confidence_and_min_confidence(plain):
+    code = anchors(plain)[0]
+    answer = plain.recommend([code], 10, Options(explain=True))
+    confidence = [p.confidence for p in answer.items]
+    assert all(0 <= c <= 1 for c in confidence) and confidence == sorted(confidence, reverse=True)
+    threshold = confidence[4]
+    kept = plain.recommend([code], 10, Options(min_confidence=threshold))
+    assert [p.item.stock_code for p in kept.items] == codes(answer)[:len(kept.items)]
+    assert len(kept.items) >= 5 and all(p.confidence >= threshold for p in kept.items)
+    assert plain.recommend([code], 10, Options(min_confidence=1.0)).exhausted

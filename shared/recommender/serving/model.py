@@ -224,9 +224,11 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
         calibration = (Path(path("calibration.json")).read_bytes()
                        if "calibration.json" in manifest.get("artifacts", {}) else None)
-        # Versions trained before reasons and default prices existed lack these two.
-        count, price = (np.load(path(name)) if name in manifest["artifacts"] else None
-                        for name in ("table_count.npy", "item_price.npy"))
+        # Versions trained before reasons and default prices existed lack these two (a model being built has
+        # no artifact list yet: its folder says).
+        count, price = (np.load(path(name)) if name in manifest.get("artifacts", ()) or (
+            "artifacts" not in manifest and Path(path(name)).exists()) else None
+            for name in ("table_count.npy", "item_price.npy"))
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
     return Model(version, manifest, catalog, index, *table, answer_cache=answer_cache, calibration=calibration,
