@@ -163,6 +163,8 @@ def test_sign_in_refused_then_accepted(console):
     storage = page.evaluate("({local: Object.keys(localStorage), session: sessionStorage.getItem('recommender.token')})")
     assert storage["local"] == [] and storage["session"].count(".") == 2   # a JWT, in sessionStorage only
     assert storage["session"] not in page.url
+    loaded = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
+    print(f"\nconsole page loaded in {loaded:.0f} ms")
     assert not console.errors and not console.dialogs
 
 

@@ -97,7 +97,7 @@
       const wait = retryAfter && /^\d+$/.test(retryAfter) ? ` ${plural(Number(retryAfter), "second", "seconds")}` : " a moment";
       return `Too many requests: wait${wait} and try again.`;
     }
-    if (status === 503) return sentence(`no model can answer right now${detail ? `: ${detail}` : ""}`);
+    if (status === 503) return sentence(`the service cannot answer right now${detail ? `: ${detail}` : ""}`);
     if (status >= 500) return `The server failed (HTTP ${status}). Try again; if it keeps failing, look at the server's log.`;
     return sentence(detail || `the server answered with HTTP ${status}`);
   }
