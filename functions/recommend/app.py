@@ -181,7 +181,9 @@ class ModelInfoOut(BaseModel):
     item_count: int
     source: dict[str, Any] | None
     counts: dict[str, Any] | None
+    period: dict[str, Any] | None
     evaluation: dict[str, Any] | None
+    calibrated: bool
     active_version: str | None
     staged_version: str | None
     versions: list[VersionOut]

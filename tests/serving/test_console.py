@@ -130,7 +130,8 @@ def test_model_information(rec, headers, trained_storage, tiny_csv):
     manifest = registry.read_manifest(trained_storage, first)
     assert info["model_version"] == first and info["created_at"] == manifest["created_at"]
     assert info["item_count"] == manifest["counts"]["items"] and info["counts"] == manifest["counts"]
-    assert info["source"]["file"] == "tiny.csv" and info["evaluation"] == manifest.get("evaluation")
+    assert info["source"]["file"] == "tiny.csv" and info["evaluation"] == manifest["evaluation"]
+    assert info["evaluation"]["model"]["hr"] > 0 and info["period"] == manifest["period"] and info["calibrated"]
     assert info["active_version"] == first and info["staged_version"] == staged
     rows = {v["version"]: v for v in info["versions"]}
     assert [v["version"] for v in info["versions"]] == sorted(rows, reverse=True)   # newest first

@@ -296,6 +296,22 @@ def test_keyboard_only(console):
     page.get_by_text("You are signed out.").wait_for()
 
 
+def test_model_panel(console, site):
+    page = console.open().page
+    console.sign_in()
+    version = registry.active_version(site["storage"])
+    manifest = registry.read_manifest(site["storage"], version)
+    facts = page.locator("#model-facts")
+    facts.get_by_text(version).wait_for()
+    assert facts.get_by_text(f"{manifest['counts']['items']}", exact=True).is_visible()
+    assert facts.get_by_text("calibrated on held-out baskets").is_visible()
+    assert page.locator("#model-counts").get_by_text(f"{manifest['counts']['rows_read']:,}", exact=True).is_visible()
+    figures = page.locator("#model-evaluation table")
+    assert figures.get_by_role("row", name="model").inner_text().split()[1] == f"{manifest['evaluation']['model']['hr']:.3f}"
+    versions = page.get_by_role("list", name="Model versions").get_by_role("listitem")
+    assert versions.count() == 1 and "(served, active)" in versions.first.inner_text()
+
+
 def test_errors_in_plain_words(console):
     page = console.open().page
     console.sign_in()

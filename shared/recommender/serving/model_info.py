@@ -48,7 +48,10 @@ def describe(model: Model, storage: Storage) -> dict:
         "item_count": len(model.catalog),
         "source": manifest.get("source"),
         "counts": manifest.get("counts"),
+        "period": manifest.get("period"),
         "evaluation": manifest.get("evaluation"),
+        # Confidence is calibrated on held-out baskets when training could hold some out (serving/confidence.py).
+        "calibrated": "calibration.json" in manifest.get("artifacts", {}),
         "active_version": active.version if active else None,
         "staged_version": staged.version if staged else None,
         "versions": versions(storage, model.version),

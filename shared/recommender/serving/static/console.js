@@ -67,6 +67,11 @@
     return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleString();
   }
 
+  function day(iso) {
+    const date = new Date(iso);
+    return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleDateString();
+  }
+
   function money(value, currency) {
     if (typeof value !== "number" || !Number.isFinite(value)) return null;
     try {
@@ -566,6 +571,8 @@
       ["Version served", info.model_version],
       ["Trained", when(info.created_at)],
       ["Items", num(info.item_count)],
+      ["Purchases", info.period && info.period.first ? `${day(info.period.first)} to ${day(info.period.last)}` : null],
+      ["Confidence", info.calibrated ? "calibrated on held-out baskets" : "not calibrated (a stand-in from the score)"],
       ["Training file", source.file ? `${source.file}${source.bytes ? ` (${(source.bytes / 1e6).toFixed(1)} MB)` : ""}` : null],
       ["Product feed", info.feed_version || "none"],
       ["Rules", info.rules_version || "none"],
@@ -603,7 +610,7 @@
     const fmt = (x) => (typeof x === "number" ? x.toFixed(3) : "–");
     const row = (name, figures) => el("tr", {}, el("th", { scope: "row", text: name }),
       el("td", { class: "num", text: fmt(figures && figures.hr) }), el("td", { class: "num", text: fmt(figures && figures.mrr) }));
-    const about = [evaluation.protocol, evaluation.cutoff ? `from ${evaluation.cutoff}` : null,
+    const about = [evaluation.protocol, evaluation.cutoff ? `baskets from ${day(evaluation.cutoff)} on` : null,
       typeof evaluation.holdout_baskets === "number" ? `${plural(evaluation.holdout_baskets, "held-out basket", "held-out baskets")}` : null,
       typeof evaluation.cases === "number" ? plural(evaluation.cases, "case", "cases") : null].filter(Boolean).join(", ");
     box.replaceChildren(
