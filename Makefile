@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CLI := $(BIN)/python -m recommender
 DAYS ?= 30
+# FORCE=1 (or yes/true) activates a model even when it is clearly worse than the active one.
+FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
 
 export STORAGE_URL AWS_ENDPOINT_URL HOST PORT
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
@@ -37,16 +39,16 @@ devel: $(STAMP) ## create .venv and install the project with its dev dependencie
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest
 
-train: $(STAMP) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx) and activate the new model
+train: $(STAMP) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx) and activate the new model (FORCE=1: even when worse)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
-	$(CLI) train "$$PATH_TO_DATA"
+	$(CLI) train "$$PATH_TO_DATA" $(FORCE_FLAG)
 
 train_parallel: $(STAMP) ## train on PATH_TO_DATA into the staged slot; the served model is untouched
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train_parallel PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --stage "$$PATH_TO_DATA"
 
-load_after_parallel_train: $(STAMP) ## verify the staged model and make it the active one
-	$(CLI) promote
+load_after_parallel_train: $(STAMP) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even when worse)
+	$(CLI) promote $(FORCE_FLAG)
 
 rollback: $(STAMP) ## re-activate the model that was active before the current one
 	$(CLI) rollback

@@ -82,13 +82,25 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import train
 
-    train(args.path, _storage(settings), activate=not args.stage, keep_versions=settings.keep_versions)
+    train(args.path, _storage(settings), activate=not args.stage, keep_versions=settings.keep_versions,
+          force=args.force, gate_margin=settings.model_gate_margin)
     return 0
 
 
 @command("promote")
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
-    version = registry.promote_staged(_storage(settings))
+    from recommender.core.errors import ModelRefused
+    from recommender.training import gate
+
+    storage = _storage(settings)
+    pointer = registry.staged(storage)
+    if pointer is not None:
+        try:
+            gate.check(storage, pointer.version, args.force, settings.model_gate_margin)
+        except ModelRefused as err:
+            raise ModelRefused(f"{err.message}. It stays staged: `make load_after_parallel_train FORCE=1` activates "
+                               f"it anyway") from None
+    version = registry.promote_staged(storage)
     print(f"activated staged version {version}")
     return 0
 
@@ -115,10 +127,20 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
     for v in versions:
         marks = [m for m, p in pointers.items() if p and p.version == v]
         marks += filter(None, [registry.version_problem(storage, v)])
-        print(v + (f"  ({', '.join(marks)})" if marks else ""))
+        print(v + (f"  ({', '.join(marks)})" if marks else "") + _figures(storage, v))
     for message in damaged:
         print(f"error: {message}", file=sys.stderr)
     return 1 if damaged else 0
+
+
+def _figures(storage: Storage, version: str) -> str:
+    """A version's held-out figures for `versions` ("" when its manifest cannot be read)."""
+    from recommender.training.holdout import describe
+
+    try:
+        return "  " + describe(registry.read_manifest(storage, version).get("evaluation"))
+    except RecommenderError:
+        return ""
 
 
 @command("catalog")
@@ -323,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a purchase-history file and activate it")
     p.add_argument("path")
     p.add_argument("--stage", action="store_true", help="stage the new model instead of activating it")
-    sub.add_parser("promote", help="activate the staged model after verifying it")
+    p.add_argument("--force", action="store_true",
+                   help="activate it even when it is clearly worse than the active model on its held-out baskets")
+    p = sub.add_parser("promote", help="activate the staged model after verifying it and comparing it with the "
+                                       "active one")
+    p.add_argument("--force", action="store_true", help="activate it even when it is clearly worse than the active one")
     sub.add_parser("rollback", help="re-activate the previously active model")
     sub.add_parser("versions", help="list model versions")
 

@@ -69,6 +69,12 @@ class Conflict(RecommenderError):
     status_code = 409
 
 
+class ModelRefused(RecommenderError):
+    """A new model is clearly worse than the active one on its held-out baskets (activation refused, HTTP 409)."""
+
+    status_code = 409
+
+
 class StorageError(RecommenderError):
     """The storage backend failed (unreachable bucket, permissions)."""
 

@@ -40,6 +40,8 @@ class Settings:
     cache_dir: str = "/tmp/recommender-cache"
     max_body_bytes: int = 65536
     keep_versions: int = 5
+    # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
+    model_gate_margin: float = 0.10
     run_dir: str = "./data/run"
     host: str = "127.0.0.1"
     port: int = 8090

@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from recommender.core import registry
 from recommender.core.catalog import Catalog
-from recommender.core.errors import DataFileError
+from recommender.core.errors import DataFileError, ModelRefused
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training import holdout, neighbors, samples
+from recommender.training import gate, holdout, neighbors, samples
 from recommender.training.ingest import (
     Transactions,
     describe_report,
@@ -312,11 +312,14 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
 
 
 def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
-          keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = utcnow) -> TrainingResult:
+          keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = utcnow,
+          force: bool = False, gate_margin: float = gate.MARGIN) -> TrainingResult:
     """Read, clean, train and publish a new version; then activate it (make train) or stage it (make train_parallel).
 
     Nothing in the storage changes until the model is fully built, and the pointer moves only after
-    every artifact is written, so a failed or killed training leaves the active model as it was.
+    every artifact is written, so a failed or killed training leaves the active model as it was. Before
+    activation the new model is compared with the active one (training/gate.py): when it is clearly worse it is
+    staged instead and ModelRefused raised, unless force.
     """
     started = time.perf_counter()
     source = Path(source)
@@ -330,6 +333,12 @@ def train(source: str | Path, storage: Storage, params: TrainingParams = Trainin
     manifest = publish_model(tx, params, storage, source, progress, now)
     version = manifest["version"]
     if activate:
+        try:
+            gate.check(storage, version, force, gate_margin, progress)
+        except ModelRefused as err:
+            registry.stage(storage, version)
+            raise ModelRefused(f"{err.message}. It is staged instead: `make load_after_parallel_train FORCE=1` "
+                               f"activates it anyway") from None
         registry.activate(storage, version)
         progress(f"activated {version}")
     else:

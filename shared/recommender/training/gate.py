@@ -1,0 +1,105 @@
+"""The activation gate: a new model is compared with the active one on the new model's held-out baskets, and
+refused when it is clearly worse (the usual cause is a wrong export: one day instead of a year, another file).
+
+Both are scored through Model.recommend on the cases the new model stored (`holdout.json.gz`): the new model's
+ranks were recorded at training, the active model answers them now. Only baskets newer than everything the active
+model learned from count (its manifest's `period`), so neither side has seen them. "Clearly worse": HR@10 more
+than `margin` (10% by default, setting MODEL_GATE_MARGIN) below the active model's, relative, on at least
+MIN_CASES baskets; `--force` (make: FORCE=1) activates it anyway. Activation runs wherever training does, so this
+lives with training, not in the serving layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from recommender.core import registry
+from recommender.core.errors import ModelRefused, RecommenderError
+from recommender.core.storage import Storage
+from recommender.serving.model import load_model
+from recommender.training import holdout
+
+MARGIN = 0.10
+MIN_CASES = 30
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both models' figures on the same held-out baskets."""
+
+    candidate: str
+    active: str
+    cases: int
+    first: str | None              # date of the earliest basket compared
+    last: str | None
+    candidate_figures: dict        # {"hr", "mrr"}
+    active_figures: dict
+
+    def worse(self, margin: float) -> bool:
+        """Whether the candidate's HR@10 is more than margin (relative) below the active model's."""
+        return self.cases >= MIN_CASES and self.candidate_figures["hr"] < (1 - margin) * self.active_figures["hr"]
+
+    def describe(self) -> str:
+        """Both figures, in one line."""
+        c, a = self.candidate_figures, self.active_figures
+        span = f" from {self.first} to {self.last}" if self.first else ""
+        return (f"HR@10 {c['hr']:.3f} for the new model {self.candidate} against {a['hr']:.3f} for the active "
+                f"{self.active} (MRR@10 {c['mrr']:.3f} against {a['mrr']:.3f}), on {self.cases:,} held-out "
+                f"baskets{span}")
+
+
+def compare(storage: Storage, candidate: str, active: str) -> tuple[Comparison | None, str]:
+    """Score the active model on the candidate's held-out baskets; (None, why) when that cannot be done honestly."""
+    manifest = registry.read_manifest(storage, candidate)
+    if holdout.CASES not in manifest.get("artifacts", {}):
+        return None, f"the new model {candidate} has no held-out baskets to compare on"
+    active_manifest = registry.read_manifest(storage, active)
+    if "period" not in active_manifest:
+        return None, (f"the active model {active} was trained before held-out evaluation existed: it may have "
+                      f"learned from the new model's held-out baskets")
+    stored = holdout.read_cases(registry.read_verified(storage, candidate, holdout.CASES, registry.MODELS))
+    cases = stored["cases"]
+    period = active_manifest["period"]
+    if period is not None:
+        # Cases the active model may have learned from would flatter it: only newer baskets count.
+        cases = [c for c in cases if c["time"] is not None and c["time"] > period["last"]]
+    elif "evaluation" not in active_manifest:
+        return None, f"the active model {active} learned from an undated file without a holdout"
+    if len(cases) < MIN_CASES:
+        return None, (f"only {len(cases)} of the new model's held-out baskets are newer than what the active model "
+                      f"{active} learned from (at least {MIN_CASES} are needed)")
+    try:
+        model = load_model(storage, active)
+    except RecommenderError as err:
+        return None, f"the active model cannot be loaded ({err.message})"
+    ranks = holdout.answer_ranks(model, [c["query"] for c in cases], [c["hidden"] for c in cases], stored["k"])
+    times = sorted(c["time"] for c in cases if c["time"])
+    return Comparison(candidate, active, len(cases), times[0][:10] if times else None,
+                      times[-1][:10] if times else None,
+                      holdout.hit_metrics(np.array([c["rank"] for c in cases]), stored["k"]),
+                      holdout.hit_metrics(ranks, stored["k"])), ""
+
+
+def check(storage: Storage, candidate: str, force: bool = False, margin: float = MARGIN,
+          progress: Callable[[str], None] = print) -> Comparison | None:
+    """Compare the candidate with the active model before it replaces it; ModelRefused when it is clearly worse
+    (unless force). Returns the comparison (None when there was nothing to compare, with the reason reported)."""
+    pointer = registry.active(storage)
+    if pointer is None or pointer.version == candidate:
+        return None
+    comparison, why = compare(storage, candidate, pointer.version)
+    if comparison is None:
+        progress(f"not compared with the active model: {why}")
+        return None
+    if not comparison.worse(margin):
+        progress(f"compared with the active model: {comparison.describe()}")
+        return comparison
+    text = (f"the new model is clearly worse than the active one: {comparison.describe()}; more than "
+            f"{margin:.0%} below")
+    if force:
+        progress(f"{text}; activated anyway (forced)")
+        return comparison
+    raise ModelRefused(f"refused: {text}")
