@@ -93,7 +93,10 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training import gate
 
     storage = _storage(settings)
-    pointer = registry.staged(storage)
+    try:
+        pointer = registry.staged(storage)
+    except PointerDamaged:
+        pointer = None  # promote_staged says what is wrong with it
     if pointer is not None:
         try:
             gate.check(storage, pointer.version, args.force, settings.model_gate_margin)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from recommender.core import registry
-from recommender.core.errors import ModelRefused, RecommenderError
+from recommender.core.errors import ModelRefused, PointerDamaged, RecommenderError
 from recommender.core.storage import Storage
 from recommender.serving.model import load_model
 from recommender.training import holdout
@@ -87,7 +87,11 @@ def check(storage: Storage, candidate: str, force: bool = False, margin: float =
           progress: Callable[[str], None] = print) -> Comparison | None:
     """Compare the candidate with the active model before it replaces it; ModelRefused when it is clearly worse
     (unless force). Returns the comparison (None when there was nothing to compare, with the reason reported)."""
-    pointer = registry.active(storage)
+    try:
+        pointer = registry.active(storage)
+    except PointerDamaged as err:
+        progress(f"not compared with the active model: {err.message}")
+        return None
     if pointer is None or pointer.version == candidate:
         return None
     comparison, why = compare(storage, candidate, pointer.version)
