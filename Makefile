@@ -110,6 +110,10 @@ rules_show: $(STAMP) ## print the active merchandising rules
 rules_rollback: $(STAMP) ## re-activate the rules that were active before
 	$(CLI) rules-rollback
 
+export: $(STAMP) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|jsonl|parquet]; or BASKETS=file.jsonl OUT= [RESUME=1]
+	@test -n "$$OUT" || { echo "error: give the output file: make export OUT=fbt.csv (or BASKETS=baskets.jsonl OUT=answers.jsonl)" >&2; exit 2; }
+	@$(CLI) export --out "$$OUT" --n "$${N:-10}" $${FORMAT:+--format "$$FORMAT"} $${BASKETS:+--baskets "$$BASKETS"} $(if $(RESUME),--resume)
+
 generate: $(STAMP) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"
 

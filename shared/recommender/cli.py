@@ -198,6 +198,24 @@ def _rules_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("export")
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.tools import export
+
+    model = export.served_model(_storage(settings))
+    versions = f"model {model.version}, feed {model.feed_version or 'none'}, rules {model.rules_version or 'none'}"
+    if args.baskets:
+        done = export.answer_baskets(model, args.baskets, args.out, resume=args.resume)
+        kept = f", {done.skipped:,} kept from the previous run" if done.skipped else ""
+        print(f"answered {done.rows:,} line(s) of {args.baskets} into {done.path} in {done.seconds:.1f} s "
+              f"({done.errors:,} with an error{kept}; {versions})")
+    else:
+        done = export.export_complements(model, args.out, args.n, args.format)
+        print(f"wrote {done.rows:,} rows ({done.items:,} items x top {args.n}) to {done.path} in {done.seconds:.1f} s "
+              f"({versions})")
+    return 0
+
+
 @command("generate")
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.tools import synthetic
@@ -384,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     sub.add_parser("rules-show", help="print the active merchandising rules")
     sub.add_parser("rules-rollback", help="re-activate the rules version active before the current one")
+
+    p = sub.add_parser("export", help="write every item's top N complements (csv, jsonl, parquet), or answer a "
+                                      "JSON-lines file of baskets (--baskets)")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--n", type=int, default=10, help="complements per item (default 10)")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], help="default: from the output's file name")
+    p.add_argument("--baskets", help="a JSON-lines file: one {\"product_list\": [...], \"n\": ..., options} per line")
+    p.add_argument("--resume", action="store_true", help="with --baskets: keep the lines OUT already holds")
 
     p = sub.add_parser("generate", help="write the synthetic demo dataset")
     p.add_argument("path")

@@ -245,3 +245,4 @@ def test_confidence_and_min_confidence(plain):
     assert [p.item.stock_code for p in kept.items] == codes(answer)[:len(kept.items)]
     assert len(kept.items) >= 5 and all(p.confidence >= threshold for p in kept.items)
     assert plain.recommend([code], 10, Options(min_confidence=1.0)).exhausted
+

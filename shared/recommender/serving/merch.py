@@ -33,6 +33,7 @@ from recommender.core.storage import Storage
 log = logging.getLogger("recommender")
 
 MODEL, POPULAR, PINNED = "model", "popular", "pinned"
+SOURCES = (MODEL, POPULAR, PINNED)
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
                 rows, scores = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
                 order = np.argsort(-scores, kind="stable")
                 rows, scores = rows[order], scores[order]
-    sources = [MODEL] * len(rows)
+    source = np.zeros(len(rows), dtype=np.int8)  # index into SOURCES
     if len(rows) < n:
         # The most popular items that pass the same filters: scored no higher than the last pick, or, for a basket
         # the model knows nothing of, by popularity (the plain fallback's scores).
@@ -295,49 +296,46 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
             order = np.argsort(-extra_scores, kind="stable")
             extra, extra_scores = extra[order], extra_scores[order]
         rows, scores = np.concatenate([rows, extra]), np.concatenate([scores, extra_scores])
-        sources += [POPULAR] * len(extra)
-    entries = list(zip(rows.tolist(), np.round(scores, 4).tolist(), sources))
-    raw = {} if scores_all is None else _LazyScores(scores_all)
+        source = np.concatenate([source, np.ones(len(extra), dtype=np.int8)])
     if options.min_confidence is not None:
-        confidence = _confidence(model, policy, entries, raw)
+        confidence = _confidence(model, policy, rows, source, scores_all)
         if confidence is not None:
-            entries = [e for e, c in zip(entries, confidence) if c >= options.min_confidence]
-    # Pins last, at their positions, whatever their score (a merchandiser's choice), if they pass every filter.
-    pinned: dict[int, int] = {}
-    for b in basket.tolist() if policy.pins else ():
-        for row, position in policy.pins.get(b, ()):
-            if allowed[row] or any(e[0] == row for e in entries):
-                pinned[row] = min(position, pinned.get(row, position))
-    if pinned:
-        # All pinned items out first, then each in at its position, lowest first, so that pins do not shift
-        # one another.
-        entries = [e for e in entries if e[0] not in pinned]
-        for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
-            entries.insert(position - 1, (row, round(float(scores_all[row]), 4), PINNED))
-    entries = entries[:n]
-    confidence = _confidence(model, policy, entries, raw) or [None] * len(entries)
-    reasons = _reasons(model, basket, positions, scores_all, [e[0] for e in entries if e[2] != POPULAR]) \
-        if options.explain and positions is not None else {}
+            keep = confidence >= options.min_confidence
+            rows, scores, source = rows[keep], scores[keep], source[keep]
+    if policy.pins and len(basket):
+        rows, scores, source = _pin(policy, basket, rows, scores, source, allowed, scores_all)
+    rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
+    confidence = _confidence(model, policy, rows, source, scores_all)
+    reasons = _reasons(model, basket, positions, scores_all, rows[source != 1]) \
+        if options.explain and len(basket) else {}
     factor = policy.factor
     items = model.items
-    picks = [Pick(items[row], score, source, conf, reasons.get(row, NO_REASONS) if options.explain else None,
+    confidence = confidence.tolist() if confidence is not None else [None] * len(rows)
+    picks = [Pick(items[row], score, SOURCES[src], conf, reasons.get(row, NO_REASONS) if options.explain else None,
                   float(factor[row]) if factor is not None and factor[row] != 1 else None, row, policy.shown(row))
-             for (row, score, source), conf in zip(entries, confidence)]
+             for row, score, src, conf in zip(rows.tolist(), scores.tolist(), source.tolist(), confidence)]
     return picks, len(picks) < n
 
 
-class _LazyScores(dict):
-    """The model's own score of any row, read from the scores array only when asked (confidence, pins)."""
-
-    def __init__(self, scores_all: np.ndarray) -> None:
-        super().__init__()
-        self.scores_all = scores_all
-
-    def __missing__(self, row: int) -> float:
-        return float(self.scores_all[row])
-
-    def get(self, row: int, default: float | None = None) -> float:  # type: ignore[override]
-        return self[row]
+def _pin(policy: Policy, basket: np.ndarray, rows: np.ndarray, scores: np.ndarray, source: np.ndarray,
+         allowed: np.ndarray, scores_all: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pins the basket triggers, at their positions whatever their score (a merchandiser's choice), if they pass
+    every filter: all pinned items out first, then each in at its position, lowest first, so pins do not shift
+    one another."""
+    listed = set(rows.tolist())
+    pinned: dict[int, int] = {}
+    for b in basket.tolist():
+        for row, position in policy.pins.get(b, ()):
+            if allowed[row] or row in listed:
+                pinned[row] = min(position, pinned.get(row, position))
+    if not pinned:
+        return rows, scores, source
+    keep = ~np.isin(rows, np.fromiter(pinned, dtype=np.int64))
+    entries = list(zip(rows[keep].tolist(), scores[keep].tolist(), source[keep].tolist()))
+    for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
+        entries.insert(position - 1, (row, float(scores_all[row]), 2))
+    r, sc, so = zip(*entries)
+    return np.asarray(r, dtype=np.int64), np.asarray(sc, dtype=np.float64), np.asarray(so, dtype=np.int8)
 
 
 def _best(rows: np.ndarray, scores_all: np.ndarray, allowed: np.ndarray, policy: Policy, k: int,
@@ -372,24 +370,23 @@ def _capped(rows: np.ndarray, policy: Policy, k: int, cap: int | None, taken: di
     return keep_at if positions else rows[keep_at]
 
 
-def _confidence(model: Any, policy: Policy, entries: list[tuple[int, float, str]],
-                raw: dict[int, float]) -> list[float] | None:
-    """The model's calibrated confidence of each (row, score, source) at its rank, from the model's own score
-    (before any boost; for popular items, popularity / top popularity); None when the model has no calibration."""
+def _confidence(model: Any, policy: Policy, rows: np.ndarray, source: np.ndarray,
+                scores_all: np.ndarray | None) -> np.ndarray | None:
+    """The model's calibrated confidence of each pick at its rank (1 = first), from the model's own score (before
+    any boost; for popular picks, popularity / top popularity); None when the model has no calibration code."""
     confidence = getattr(model, "confidence", None)
-    if confidence is None or not entries:
-        return None if confidence is None else []
-    ranks = np.arange(1, len(entries) + 1)
-    popular = np.asarray([source == POPULAR for _r, _s, source in entries])
-    top = max(float(policy.popularity[policy.popular[0]]), 1.0) if len(policy.popular) else 1.0
-    model_scores = np.asarray([policy.popularity[row] / top if source == POPULAR else raw.get(row, score)
-                               for row, score, source in entries], dtype=np.float64)
-    out = np.empty(len(entries))
-    if (~popular).any():
-        out[~popular] = confidence(model_scores[~popular], ranks[~popular])
+    if confidence is None:
+        return None
+    ranks = np.arange(1, len(rows) + 1)
+    popular = source == 1
+    out = np.empty(len(rows))
+    if not popular.all():
+        model_rows = ~popular
+        out[model_rows] = confidence(scores_all[rows[model_rows]], ranks[model_rows])
     if popular.any():
-        out[popular] = confidence(model_scores[popular], ranks[popular], popular=True)
-    return np.round(out, 4).tolist()
+        top = max(float(policy.popularity[policy.popular[0]]), 1.0)
+        out[popular] = confidence(policy.popularity[rows[popular]] / top, ranks[popular], popular=True)
+    return np.round(out, 4)
 
 
 class Because:
@@ -419,28 +416,29 @@ NO_REASONS = Because([], np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, d
 
 
 def _reasons(model: Any, basket: np.ndarray, positions: np.ndarray, scores_all: np.ndarray,
-             rows: list[int]) -> dict[int, Because]:
+             rows: np.ndarray) -> dict[int, Because]:
     """Per picked row: the basket items whose table weights make up its score, largest share first. The score is
     exactly the sum of those weights, so share = weight / score sums to 1 (an item scored 0 has no reasons)."""
-    if not rows or not len(positions):
+    rows = rows[scores_all[rows] != 0]
+    if not len(rows):
         return {}
-    targets = model.table_target[positions]
-    wanted = np.zeros(len(scores_all), dtype=bool)
-    wanted[rows] = True
-    wanted[scores_all == 0] = False
-    hit = wanted[targets]
-    lengths = model.table_indptr[basket + 1] - model.table_indptr[basket]
-    sources = np.repeat(basket, lengths)[hit]
+    # One pass over the table entries the basket read (score_basket's positions), marking the picks' entries.
+    indptr, table_target = model.table_indptr, model.table_target
+    slot = np.full(len(scores_all), -1, dtype=np.int64)
+    slot[rows] = np.arange(len(rows))
+    targets = table_target[positions]
+    hit = slot[targets] >= 0
+    pick = slot[targets[hit]]
+    sources = np.repeat(basket, indptr[basket + 1] - indptr[basket])[hit]
     entries = positions[hit]
-    targets = targets[hit]
-    shares = model.table_weight[entries].astype(np.float64) / scores_all[targets]
-    order = np.lexsort((sources, -shares, targets))
-    targets, sources, shares, entries = targets[order], sources[order], shares[order], entries[order]
+    shares = model.table_weight[entries].astype(np.float64) / scores_all[rows[pick]]
+    order = np.lexsort((sources, -shares, pick))
+    pick, sources, shares, entries = pick[order], sources[order], shares[order], entries[order]
     counts = model.table_count[entries] if model.table_count is not None else np.full(len(entries), -1)
-    found = np.asarray(rows, dtype=np.int64)
-    starts, stops = np.searchsorted(targets, found), np.searchsorted(targets, found, side="right")
-    return {t: Because(model.items, sources[a:b], shares[a:b], counts[a:b])
-            for t, a, b in zip(rows, starts.tolist(), stops.tolist()) if b > a}
+    bounds = np.searchsorted(pick, np.arange(len(rows) + 1))
+    items = model.items
+    return {row: Because(items, sources[a:b], shares[a:b], counts[a:b])
+            for row, a, b in zip(rows.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()) if b > a}
 
 
 class Merchandiser:

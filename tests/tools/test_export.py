@@ -1,0 +1,101 @@
+"""make export: a row per item and rank in every format, feed and rules applied, formulas neutralized, versions
+recorded; a baskets file answered in order with per-line errors, and resumed after a killed run."""
+
+import csv
+import io
+import json
+from contextlib import redirect_stdout
+
+import pyarrow.parquet as pq
+import pytest
+from recommender import cli
+from recommender.core import registry
+from recommender.tools import export
+from recommender.training.feed import publish_feed
+
+
+@pytest.fixture
+def served(trained_storage, tmp_path):
+    """The tiny model with a feed: the most popular item out of stock, another one with a formula as category."""
+    plain = export.served_model(trained_storage)
+    top = plain.catalog.codes[plain.catalog.most_popular()[0]]
+    tricky = plain.catalog.codes[plain.catalog.most_popular()[1]]
+    feed = tmp_path / "feed.csv"
+    feed.write_text(f'id,availability,category\n{top},out_of_stock,Home\n{tricky},in_stock,"=HYPERLINK(""x"")"\n')
+    publish_feed(trained_storage, feed, progress=lambda _m: None)
+    return export.served_model(trained_storage), top, tricky
+
+
+def test_neutralize():
+    assert [export.neutralize(v) for v in ("=1+1", "+A", "-2", "@SUM", "\tx", "ok", "", 3.5, None)] == \
+           ["'=1+1", "'+A", "'-2", "'@SUM", "'\tx", "ok", "", 3.5, None]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_row_per_item_and_rank(served, tmp_path, fmt):
+    model, top, tricky = served
+    out = tmp_path / f"fbt.{fmt}"
+    done = export.export_complements(model, out, n=5, progress=False)
+    items = len(model.catalog)
+    if fmt == "csv":
+        with open(out, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0]) == list(export.COLUMNS)
+    elif fmt == "jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        table = pq.read_table(out)
+        assert table.schema.metadata[b"model_version"].decode() == model.version
+        assert table.schema.metadata[b"feed_version"].decode() == model.feed_version
+        rows = table.to_pylist()
+    assert done.rows == len(rows) == items * 5 and done.items == items
+    assert {r["item_code"] for r in rows} == set(model.catalog.codes)
+    assert [int(r["rank"]) for r in rows[:5]] == [1, 2, 3, 4, 5]
+    assert all(r["stock_code"] != top for r in rows), "an out-of-stock item was exported as a complement"
+    assert {r["model_version"] for r in rows} == {model.version} and {r["feed_version"] for r in rows} == {model.feed_version}
+    model_rows = [r for r in rows if r["source"] == "model" and r["reason_code"]]
+    assert model_rows and all(r["reason_code"] == r["item_code"] and float(r["reason_share"]) == 1.0
+                              for r in model_rows)
+    categories = {r["category"] for r in rows if r["stock_code"] == tricky}
+    assert categories == ({'=HYPERLINK("x")'} if fmt == "jsonl" else {'\'=HYPERLINK("x")'})
+
+
+def test_baskets_file_in_order_with_errors_then_resumed(served, tmp_path):
+    model, top, _tricky = served
+    code = model.catalog.codes[0]
+    lines = [json.dumps({"product_list": [code], "n": 3}),
+             "{not json",
+             json.dumps({"product_list": [code], "n": 2, "price_min": 5, "price_max": 1}),
+             "",
+             json.dumps({"product_list": [], "n": 4, "exclude": [top]}),
+             json.dumps({"product_list": [code], "n": 3, "explain": False})]
+    baskets = tmp_path / "baskets.jsonl"
+    baskets.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "answers.jsonl"
+    done = export.answer_baskets(model, baskets, out, progress=False)
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert done.rows == 6 and done.errors == 3 and [a["line"] for a in answers] == [1, 2, 3, 4, 5, 6]
+    assert len(answers[0]["items"]) == 3 and answers[0]["items"][0]["because"][0]["stock_code"] == code
+    assert "not valid JSON" in answers[1]["error"]
+    assert "price_min (5) is greater than price_max (1)" in answers[2]["error"]
+    assert answers[3]["error"] == "empty line"
+    assert answers[4]["fallback"] is True and top not in [i["stock_code"] for i in answers[4]["items"]]
+    assert "because" not in answers[5]["items"][0] and answers[5]["model_version"] == model.version
+
+    # A run killed in the middle of line 3: resuming keeps lines 1-2, drops the partial one and goes on.
+    text = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(text[:2]) + text[2][:10])
+    resumed = export.answer_baskets(model, baskets, out, resume=True, progress=False)
+    assert resumed.skipped == 2 and resumed.rows == 4
+    assert [json.loads(line) for line in out.read_text().splitlines()] == answers
+
+
+def test_the_command(served, tmp_path, trained_storage):
+    out = tmp_path / "fbt.csv"
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert cli.main(["export", "--out", str(out), "--n", "3"]) == 0
+    model = served[0]
+    assert f"wrote {len(model.catalog) * 3:,} rows" in printed.getvalue()
+    assert registry.active_version(trained_storage, registry.FEED) in printed.getvalue()
+    assert cli.main(["export", "--out", str(tmp_path / "fbt.xml")]) == 1
