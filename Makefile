@@ -12,6 +12,8 @@ CLI := $(BIN)/python -m recommender
 DAYS ?= 30
 # FORCE=1 (or yes/true) activates a model even when it is clearly worse than the active one.
 FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
+# HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model.
+HOLDOUT_FLAG = $(if $(filter 0 no false,$(HOLDOUT)),--no-holdout)
 
 export STORAGE_URL AWS_ENDPOINT_URL HOST PORT
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
@@ -41,11 +43,11 @@ test: $(STAMP) ## run the test suite
 
 train: $(STAMP) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx) and activate the new model (FORCE=1: even when worse)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
-	$(CLI) train "$$PATH_TO_DATA" $(FORCE_FLAG)
+	$(CLI) train "$$PATH_TO_DATA" $(FORCE_FLAG) $(HOLDOUT_FLAG)
 
 train_parallel: $(STAMP) ## train on PATH_TO_DATA into the staged slot; the served model is untouched
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train_parallel PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
-	$(CLI) train --stage "$$PATH_TO_DATA"
+	$(CLI) train --stage "$$PATH_TO_DATA" $(HOLDOUT_FLAG)
 
 load_after_parallel_train: $(STAMP) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even when worse)
 	$(CLI) promote $(FORCE_FLAG)

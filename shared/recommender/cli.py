@@ -80,9 +80,10 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("train")
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from recommender.training.pipeline import train
+    from recommender.training.pipeline import TrainingParams, train
 
-    train(args.path, _storage(settings), activate=not args.stage, keep_versions=settings.keep_versions,
+    params = TrainingParams(holdout=None) if args.no_holdout else TrainingParams()
+    train(args.path, _storage(settings), params, activate=not args.stage, keep_versions=settings.keep_versions,
           force=args.force, gate_margin=settings.model_gate_margin)
     return 0
 
@@ -368,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="store_true", help="stage the new model instead of activating it")
     p.add_argument("--force", action="store_true",
                    help="activate it even when it is clearly worse than the active model on its held-out baskets")
+    p.add_argument("--no-holdout", action="store_true",
+                   help="train on every basket: no held-out figures, calibration or comparison with the active model")
     p = sub.add_parser("promote", help="activate the staged model after verifying it and comparing it with the "
                                        "active one")
     p.add_argument("--force", action="store_true", help="activate it even when it is clearly worse than the active one")

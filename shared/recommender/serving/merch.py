@@ -280,16 +280,20 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
                 rows, scores = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
                 order = np.argsort(-scores, kind="stable")
                 rows, scores = rows[order], scores[order]
+        if len(scores) and scores[0] <= 0:
+            # Nothing learned goes with the basket (no positive score): popular items instead, flagged fallback.
+            rows, scores = rows[:0], scores[:0]
+            taken.clear()
     source = np.zeros(len(rows), dtype=np.int8)  # index into SOURCES
     if len(rows) < n:
-        # The most popular items that pass the same filters: scored no higher than the last pick, or, for a basket
-        # the model knows nothing of, by popularity (the plain fallback's scores).
+        # The most popular items that pass the same filters: scored no higher than the last pick, or, when the model
+        # picked nothing (nothing known or learned, or everything filtered), by popularity (the plain fallback's).
         allowed[rows] = False
         popular = policy.popular
         extra = popular[allowed[popular]]
         extra = _capped(extra, policy, n - len(rows), cap, taken)
-        if len(basket):
-            extra_scores = np.full(len(extra), min(0.0, float(scores[-1])) if len(scores) else 0.0)
+        if len(rows):
+            extra_scores = np.full(len(extra), min(0.0, float(scores[-1])))
         else:
             best = max(policy.popularity[popular[0]], 1.0) if len(popular) else 1.0
             extra_scores = policy.boosted(extra, np.round(policy.popularity[extra] / best, 4))

@@ -8,8 +8,9 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Callable, Collection, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -38,7 +39,8 @@ class Recommendation:
 
     items: Sequence[Scored] | Sequence[merch.Pick]   # Picks when the feed, the rules or options had a say
     unknown: list[str]       # basket codes the model does not know (ignored)
-    fallback: bool           # True when nothing in the basket was known and popularity answered
+    fallback: bool           # True when popularity answered: nothing in the basket is known, or nothing learned
+                             # goes with it
     model_version: str
     exhausted: bool = False  # fewer than n items were eligible
     feed_version: str | None = None
@@ -123,14 +125,13 @@ class Model:
             if policy is None:
                 policy = self._plain_policy = self._plain_policy or Policy(self.catalog, self.item_price, None, None)
             picks, exhausted = merch.answer(self, np.asarray(sorted(known), dtype=np.int64), n, options, policy)
-            return Recommendation(picks, unknown, not known, self.version, exhausted, policy.feed_version,
-                                  policy.rules_version)
+            fallback = bool(picks) and all(p.source != merch.MODEL for p in picks)
+            return Recommendation(picks, unknown, not known or fallback, self.version, exhausted,
+                                  policy.feed_version, policy.rules_version)
         if not known:
-            top = self.catalog.most_popular()[:n]
-            best = max(self.catalog.popularity[top[0]], 1) if top else 1
-            items = [Scored(self.items[i], round(self.catalog.popularity[i] / best, 4)) for i in top]
-            return Recommendation(items, unknown, True, self.version)
-        return Recommendation(self._answers(tuple(sorted(known)), n), unknown, False, self.version)
+            return Recommendation(self._popular(n, ()), unknown, True, self.version)
+        items, fallback = self._answers(tuple(sorted(known)), n)
+        return Recommendation(items, unknown, fallback, self.version)
 
     def confidence(self, scores: np.ndarray, ranks: np.ndarray, popular: bool = False) -> np.ndarray:
         """Calibrated probability, in [0, 1], that a shopper holding the basket also buys each answered item, from
@@ -138,10 +139,22 @@ class Model:
         version's calibration.json, or the fallback of serving/confidence.py for models without one."""
         return self._confidence(scores, ranks, popular)
 
-    def _answer(self, basket: tuple[int, ...], n: int) -> tuple[Scored, ...]:
+    def _answer(self, basket: tuple[int, ...], n: int) -> tuple[tuple[Scored, ...], bool]:
+        """The answer for a basket of known rows, and whether it is the popular fallback."""
         rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
+        if n and (not len(scores) or scores[0] <= 0):
+            # Nothing learned goes with these items (every score is a sum of learned weights, and none is
+            # positive): the most popular items rather than index neighbours in an arbitrary order.
+            return self._popular(n, set(basket)), True
         # A tuple of tuples of plain values: the garbage collector stops tracking it, however many are cached.
-        return tuple(Scored(self.items[i], s) for i, s in zip(rows.tolist(), np.round(scores, 4).tolist()))
+        return tuple(Scored(self.items[i], s) for i, s in zip(rows.tolist(), np.round(scores, 4).tolist())), False
+
+    def _popular(self, n: int, basket: Collection[int]) -> tuple[Scored, ...]:
+        """The n most popular items not in basket, scored by their popularity relative to the best seller's."""
+        order = self.catalog.most_popular()
+        best = max(self.catalog.popularity[order[0]], 1) if order else 1
+        rows = list(islice((i for i in order if i not in basket), n))
+        return tuple(Scored(self.items[i], round(self.catalog.popularity[i] / best, 4)) for i in rows)
 
     def warm(self) -> None:
         """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""

@@ -24,7 +24,7 @@ from recommender.core.catalog import Catalog
 from recommender.core.errors import DataFileError, ModelRefused
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training import gate, holdout, neighbors, samples
+from recommender.training import copurchase, gate, holdout, neighbors, samples
 from recommender.training.ingest import (
     Transactions,
     describe_report,
@@ -153,8 +153,10 @@ def _stage(progress: Progress, text: str) -> Iterator[None]:
 
 
 def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress = print,
-                near: dict[str, list[int]] | None = None) -> dict:
+                near: dict[str, list[int]] | None = None, held_with_two: int = 0) -> dict:
     """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part.
+    DataFileError when nothing in them was bought together (held_with_two: multi-item baskets held out, which
+    the message names).
 
     With near ({code: []} for some items), the thread that builds the Annoy index, when it runs beside the
     item-item table, also fills in each of those items' nearest items (model rows) while it would otherwise wait:
@@ -168,11 +170,11 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
     # One BLAS thread: the work is many small solves, and OpenBLAS threads that spin while another process
     # holds the other core made training several times slower here (a server may be running beside it).
     with threadpool_limits(limits=1):
-        return _build(tx, params, folder, progress, near)
+        return _build(tx, params, folder, progress, near, held_with_two)
 
 
 def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress,
-           near: dict[str, list[int]] | None) -> dict:
+           near: dict[str, list[int]] | None, held_with_two: int) -> dict:
     n_items = len(tx.item_codes)
     # Number the items from the most to the least popular (ties keep file order): the serving side breaks
     # score ties by popularity for free.
@@ -182,6 +184,8 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     rows = baskets if customers is None else sp.vstack([baskets, customers]).tocsr()
     progress(f"matrix: {baskets.shape[0]:,} baskets + {rows.shape[0] - baskets.shape[0]:,} returning customers' "
              f"histories x {n_items:,} items, {rows.nnz:,} entries")
+    signal = copurchase.measure(rows.indptr, rows.indices, n_items)
+    copurchase.check(signal, baskets.shape[0], held_with_two, progress)
 
     counts = np.bincount(rows.indices, minlength=n_items).astype(np.float64)  # rows holding each item
     k = max(1, min(params.factors, n_items - 1, rows.shape[0] - 1))
@@ -221,6 +225,7 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
         tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time, seed=params.seed))
     return {
         "baskets": baskets.shape[0],
+        "signal": signal.as_dict(),
         "factors": k, "metric": "angular", "neighbors": k_nbrs, "ridge": round(ridge, 4),
         "customer_rows": rows.shape[0] - baskets.shape[0], "table_entries": int(len(target)),
         "query": {"candidates_per_item": params.candidates_per_item, "search_k_per_item": params.search_k_per_item},
@@ -275,7 +280,8 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
             progress(f"holdout: the {len(held.basket_ids):,} most recent baskets{since} are kept out of training "
                      f"to measure the model")
         near: dict[str, list[int]] | None = {code: [] for b in held.items for code in b} if held else None
-        model_info = build_model(train_tx, params, folder, progress, near)
+        held_with_two = sum(len(items) >= 2 for items in held.items) if held else 0
+        model_info = build_model(train_tx, params, folder, progress, near, held_with_two)
         evaluation, extra = None, []
         if held is not None:
             with _stage(progress, "holdout: measured through Model.recommend, confidence calibrated"):
