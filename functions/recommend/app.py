@@ -184,6 +184,9 @@ class ModelInfoOut(BaseModel):
     period: dict[str, Any] | None
     evaluation: dict[str, Any] | None
     calibrated: bool
+    feed_version: str | None
+    rules_version: str | None
+    categories: list[str]
     active_version: str | None
     staged_version: str | None
     versions: list[VersionOut]

@@ -150,3 +150,25 @@ def test_model_information_shows_evaluation_figures(rec, headers, trained_storag
     trained_storage.write(key, json.dumps(manifest).encode())
     info = rec.get("/model", headers=headers).json()
     assert info["versions"][0]["evaluation"]["model"]["hr"] == 0.4
+
+
+def test_model_information_names_the_feed_rules_and_categories(rec, headers, trained_storage, tmp_path):
+    from recommender.training.feed import publish_feed
+    from recommender.training.rules import known_from, publish_rules
+
+    version = registry.active_version(trained_storage)
+    codes = json.loads(trained_storage.read(registry.artifact_key(version, "catalog.json")))["codes"]
+    feed = tmp_path / "feed.csv"
+    feed.write_text("id,category\n" + "".join(f"{code},{path}\n" for code, path in zip(
+        codes, ["Home > Kitchen > Mugs", "home > kitchen", "Garden", "Home>Lights"] * len(codes))) + "NOT-IN-MODEL,Toys\n")
+    feed_version = publish_feed(trained_storage, feed, progress=lambda _m: None)["version"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("boost:\n  - {category: Garden, factor: 2}\n")
+    rules_version = publish_rules(trained_storage, rules, known_from(codes, {}), progress=lambda _m: None)["version"]
+    info = rec.get("/model", headers=headers).json()
+    assert info["feed_version"] == feed_version and info["rules_version"] == rules_version
+    # every level as a path the categories filter accepts, spelled as the feed first does, once each
+    assert info["categories"] == ["Garden", "Home", "Home > Kitchen", "Home > Kitchen > Mugs", "Home > Lights"]
+    answer = rec.post("/recommendations", headers=headers,
+                      json={"product_list": [], "n": 3, "categories": ["Home > Kitchen"]}).json()
+    assert len(answer["items"]) == 3 and all(i["category"].lower().startswith("home > kitchen") for i in answer["items"])

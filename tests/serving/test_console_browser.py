@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from recommender.core import registry
 from recommender.core.settings import settings_from_env
 from recommender.core.storage import LocalStorage
 from recommender.local import server
+from recommender.serving.model import load_model
 from recommender.serving.tokens import issue_token
 from recommender.serving.users import add_user
+from recommender.training.feed import publish_feed
 from recommender.training.pipeline import train
+from recommender.training.rules import known_from, publish_rules
 
 from tests.conftest import PASSWORD, ROOT, free_port
 
@@ -32,9 +37,22 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 WAIT_MS = 15_000   # generous: other helpers' tests and benchmarks share the two cores
 
 
+# The feed's categories, by words of the synthetic descriptions (first match wins).
+CATEGORIES = (("LUNCH SANDWICH SNACK ICE WATER", "Kitchen > Lunch"), ("TEACUP SAUCER BAKING CAKE CUPCAKE", "Kitchen > Baking"),
+              ("APRON TOWEL GLOVE HOLDER", "Kitchen > Textiles"), ("PLANT WATERING", "Garden"),
+              ("LIGHT LIGHTS LANTERN BATTERIES", "Home > Lights"), ("GIFT", "Home > Gifts"))
+IMAGES = "http://127.0.0.1:9/img/"   # never fetched: the browser tests answer these URLs themselves
+
+
+def category_of(description: str) -> str:
+    words = set(description.split())
+    return next((name for keys, name in CATEGORIES if words & set(keys.split())), "Home > Decor")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_csv):
-    """The tiny dataset with its best-seller renamed to markup, trained, a user, and `make run-prod`'s server."""
+    """The tiny dataset with its best-seller renamed to markup, trained; a product feed (prices, categories, images,
+    one item out of stock) and rules (a pin, a boost); a user; and the server `make run-prod` starts."""
     folder = tmp_path_factory.mktemp("console")
     rows = list(csv.DictReader(tiny_csv.open()))
     counts: dict[str, int] = {}
@@ -53,6 +71,30 @@ def site(tmp_path_factory, tiny_csv):
     version = train(data, storage, progress=lambda _m: None).version
     add_user(storage, "alice", PASSWORD, "Alice Liddell", "alice@example.com", rounds=4)
     samples = json.loads(storage.read(registry.artifact_key(version, registry.SAMPLES)))["invoices"]
+
+    model = load_model(storage, version)
+    code_of = dict(zip(model.catalog.descriptions, model.catalog.codes))
+    lunch = [code_of["PARISIENNE JUNGLE LUNCH BAG"], code_of["PARISIENNE JUNGLE LUNCH BOX"]]
+    out_of_stock = model.recommend(lunch, 1).items[0].item.stock_code   # the model's first pick for that basket
+    pinned = code_of["BLUE CHECK NOTEBOOK"]
+    price = {row["StockCode"].strip(): row["UnitPrice"] for row in rows}
+    feed = folder / "feed.csv"
+    with feed.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "availability", "price", "category", "brand", "image_link", "link"])
+        for code, description in zip(model.catalog.codes, model.catalog.descriptions):
+            if code == hostile_code:
+                writer.writerow([code, "in_stock", "9.99 GBP", "Kitchen > Baking", HOSTILE, "x", "javascript:alert(1)"])
+                continue
+            writer.writerow([code, "out_of_stock" if code == out_of_stock else "in_stock", f"{price[code]} GBP",
+                             category_of(description), description.split()[0].title(), f"{IMAGES}{code}.svg",
+                             f"https://shop.example/p/{code}"])
+    feed_version = publish_feed(storage, feed, progress=lambda _m: None)["version"]
+    rules = folder / "rules.yaml"
+    rules.write_text(f"pin:\n  - {{basket: {{code: '{lunch[0]}'}}, item: {{code: '{pinned}'}}, position: 2}}\n"
+                     "boost:\n  - {category: 'Kitchen > Textiles', factor: 1.5}\n")
+    rules_version = publish_rules(storage, rules, known_from(model.catalog.codes, {}), progress=lambda _m: None)["version"]
+
     env = {"HOST": "127.0.0.1", "PORT": str(free_port()), "STORAGE_URL": str(storage.root),
            "RUN_DIR": str(folder / "run"), "CACHE_DIR": str(folder / "cache"), "JWT_SECRET": SECRET,
            "MODEL_POLL_SECONDS": "1", "LOG_LEVEL": "warning"}
@@ -62,10 +104,18 @@ def site(tmp_path_factory, tiny_csv):
         settings = settings_from_env(os.environ)
         server.start(settings, ROOT / "template.yaml")
     try:
-        yield {"base": f"http://127.0.0.1:{settings.port}", "storage": storage, "hostile_code": hostile_code,
-               "samples": samples, "folder": folder}
+        yield SimpleNamespace(base=f"http://127.0.0.1:{settings.port}", storage=storage, hostile_code=hostile_code,
+                              samples=samples, lunch=lunch, out_of_stock=out_of_stock, pinned=pinned,
+                              feed_version=feed_version, rules_version=rules_version, items=len(model.catalog))
     finally:
         server.stop(settings)
+
+
+def swatch(route) -> None:
+    """A product image from the feed, drawn here: a square in a colour of its own (no traffic leaves the machine)."""
+    hue = sum(route.request.url.encode()) * 37 % 360
+    route.fulfill(content_type="image/svg+xml", body=f'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+                  f'<rect width="64" height="64" rx="8" fill="hsl({hue},55%,62%)"/></svg>')
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +194,9 @@ class Console:
 @pytest.fixture
 def console(browser, site):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.route(IMAGES + "**", swatch)
     page = context.new_page()
-    yield Console(page, site["base"])
+    yield Console(page, site.base)
     context.close()
 
 
@@ -168,19 +219,92 @@ def test_sign_in_refused_then_accepted(console):
     assert not console.errors and not console.dialogs
 
 
-def test_basket_recommendations_filter_curl_and_screenshots(console, site, browser):
+def shown_answer(page) -> dict:
+    """The API's answer to the request the page last made (taken from its curl command), asked again."""
+    command = page.locator("#curl-text").input_value()
+    body = json.loads(command.split(" -d '", 1)[1].rsplit("'", 1)[0].replace("'\\''", "'"))
+    return page.evaluate("""async (body) => (await fetch('recommendations', {method: 'POST', body: JSON.stringify(body),
+        headers: {'Content-Type': 'application/json',
+                  Authorization: 'Bearer ' + sessionStorage.getItem('recommender.token')}})).json()""", body)
+
+
+def shown(page, part: str) -> list[str]:
+    return page.locator(f"#recs .rec {part}").all_inner_texts()
+
+
+def check_rows_match(page, answer: dict) -> None:
+    """Each row shows its item's code, confidence, feed attributes and reason as the API gave them."""
+    rows = page.locator("#recs .rec")
+    assert rows.count() == len(answer["items"]) > 0
+    for i, item in enumerate(answer["items"]):
+        row = rows.nth(i)
+        assert row.locator(".code").inner_text() == item["stock_code"]
+        assert float(row.locator("meter").get_attribute("value")) == pytest.approx(item["confidence"])
+        assert f"{round(item['confidence'] * 100)}% confidence" in row.inner_text()
+        assert row.locator(".category").inner_text() == item["category"]
+        assert row.locator(".price").inner_text() == f"£{item['price']:.2f}"
+        assert row.locator("img").get_attribute("src") == item["image_link"]
+        reason = row.locator(".reason").inner_text()
+        if item["source"] == "model":
+            top = max(item["because"], key=lambda b: b["share"])
+            n = top["baskets"]
+            expected = f"with {top['description']}: bought together in {n:,} basket{'s' * (n != 1)}"
+            if all(b["share"] >= 0 for b in item["because"]):   # shares read as parts of the score
+                expected += f" ({math.floor(top['share'] * 100 + 0.5)}% of the score)"
+            else:
+                low = min(item["because"], key=lambda b: b["share"])
+                assert f"{low['description']} weighs it down (bought together in {low['baskets']:,} basket" in reason
+            assert expected.lower() in reason.lower(), (expected, reason)
+        elif item["source"] == "pinned":
+            assert reason.startswith("Pinned here by a merchandising rule."), reason
+        else:
+            assert "best-seller" in reason, reason
+        if item.get("boost"):
+            assert f"Boosted ×{item['boost']:g} by a rule." in reason, reason
+
+
+def test_basket_recommendations_reasons_filters_curl_and_screenshots(console, site):
     page = console.open().page
-    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site["base"])
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.base)
     console.sign_in()
     console.wait_for_recs(10)
     first = console.add_from_search("LUNCH BAG")
     second = console.add_from_search("LUNCH BOX")
-    page.wait_for_function("codes => { const shown = [...document.querySelectorAll('#recs .rec .code')]"
-                           ".map(e => e.textContent); return shown.length === 10 && codes.every(c => !shown.includes(c)) }",
-                           arg=[first, second])
+    assert [first, second] == site.lunch
+    console.settled()
     elapsed = int(page.locator("#recs").get_attribute("data-elapsed-ms"))
-    print(f"\nrecommendations for a two-item basket answered and drawn in {elapsed} ms")
+    print(f"\nrecommendations with reasons for a two-item basket answered and drawn in {elapsed} ms")
     assert page.get_by_text("2 items in the basket.").is_visible()
+    answer = shown_answer(page)
+    check_rows_match(page, answer)
+    sources = [item["source"] for item in answer["items"]]
+    assert sources[1] == "pinned" and answer["items"][1]["stock_code"] == site.pinned and sources.count("model") >= 5
+    assert answer["feed_version"] == site.feed_version and answer["rules_version"] == site.rules_version
+    before = shown(page, ".code")
+
+    # Filters change them: a category, a price range, one per category, a minimum confidence.
+    page.get_by_label("Category", exact=True).select_option(label="Home > Decor")
+    page.wait_for_function("() => [...document.querySelectorAll('#recs .rec .category')].every(e => e.textContent === 'Home > Decor')")
+    console.settled()
+    assert shown(page, ".code") != before and set(shown(page, ".category")) == {"Home > Decor"}
+    check_rows_match(page, shown_answer(page))
+    page.get_by_label("Category", exact=True).select_option(label="All categories")
+    page.get_by_label("Maximum price").fill("1")
+    page.wait_for_function("() => [...document.querySelectorAll('#recs .rec .price')].every(e => parseFloat(e.textContent.slice(1)) <= 1)")
+    console.settled()
+    assert all(float(p[1:]) <= 1 for p in shown(page, ".price")) and shown(page, ".code") != before
+    page.get_by_label("Maximum price").fill("")
+    page.get_by_label("Most per category").fill("1")
+    # (a pinned item keeps its place whatever the filters: a merchandiser's explicit choice)
+    page.wait_for_function("() => { const c = [...document.querySelectorAll('#recs .rec')].filter(r => !r.querySelector('.badge.pinned'))"
+                           ".map(r => r.querySelector('.category').textContent); return c.length > 0 && new Set(c).size === c.length }")
+    page.get_by_label("Most per category").fill("")
+    page.get_by_label("Minimum confidence (%)").fill("20")
+    page.wait_for_function("() => [...document.querySelectorAll('#recs .rec')].filter(r => !r.querySelector('.badge.pinned'))"
+                           ".every(r => Number(r.querySelector('meter').value) >= 0.2)")
+    console.settled()
+    assert all(i["confidence"] >= 0.2 for i in shown_answer(page)["items"] if i["source"] != "pinned")
+    page.get_by_label("Minimum confidence (%)").fill("")
 
     # A control changes them: fewer items asked for.
     page.get_by_label("Number of items").fill("4")
@@ -191,12 +315,14 @@ def test_basket_recommendations_filter_curl_and_screenshots(console, site, brows
     page.get_by_text("Copied").wait_for()
     command = page.evaluate("navigator.clipboard.readText()")
     body = json.loads(command.split(" -d '", 1)[1].rsplit("'", 1)[0])
-    assert body["product_list"] == [first, second] and body["n"] == 4
-    assert f"{site['base']}/recommendations" in command and "Authorization: Bearer ey" in command
+    assert body == {"product_list": [first, second], "n": 4, "explain": True}
+    assert f"{site.base}/recommendations" in command and "Authorization: Bearer ey" in command
 
     page.get_by_label("Number of items").fill("10")
     console.wait_for_recs(10)
+    console.settled()
     page.evaluate("document.activeElement.blur()")
+    page.wait_for_function("() => [...document.querySelectorAll('#recs img')].every(i => i.complete && i.naturalWidth > 0)")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "console-1280.png"), full_page=True)
     page.set_viewport_size({"width": 375, "height": 800})
@@ -205,12 +331,28 @@ def test_basket_recommendations_filter_curl_and_screenshots(console, site, brows
     assert not console.errors and not console.dialogs
 
 
+def test_out_of_stock_item_never_appears(console, site):
+    page = console.open().page
+    console.sign_in()
+    console.wait_for_recs(10)
+    page.get_by_label("Number of items").fill("100")   # every eligible item
+    page.wait_for_function("n => document.querySelectorAll('#recs .rec').length >= n", arg=site.items - 2)
+    assert site.out_of_stock not in shown(page, ".code")
+    assert len(shown(page, ".code")) == site.items - 1 and page.get_by_text("no more items pass the filters").is_visible()
+    console.add_from_search("LUNCH BAG")
+    console.add_from_search("LUNCH BOX")
+    console.settled()
+    # the model's own first pick for this basket, were it in stock
+    assert site.out_of_stock not in shown(page, ".code") and len(shown(page, ".code")) == site.items - 3
+    assert "Out of stock" not in shown(page, ".availability")
+
+
 def test_hostile_description_is_shown_as_text(console, site):
     page = console.open().page
     console.sign_in()
     console.wait_for_recs(10)  # an empty basket gets the best-sellers, the hostile one first
     assert console.recommendations().locator(".rec .desc").first.inner_text() == HOSTILE
-    console.add_from_search(site["hostile_code"])
+    console.add_from_search(site.hostile_code)
     assert console.basket().get_by_text(HOSTILE, exact=True).is_visible()
     page.get_by_label("Search products").fill("")
     assert page.locator("img[src='x'], img[src$='/x']").count() == 0
@@ -225,7 +367,7 @@ def test_try_a_real_basket(console, site):
     page.get_by_role("button", name="Try a real basket").click()
     page.locator("#basket-status", has_text="Invoice ").wait_for()
     invoice = page.locator("#basket-status").inner_text().split()[1].rstrip(".")
-    expected = next(s["items"] for s in site["samples"] if s["invoice"] == invoice)
+    expected = next(s["items"] for s in site.samples if s["invoice"] == invoice)
     codes = console.basket().locator(".code").all_inner_texts()
     assert sorted(codes) == sorted(expected) and len(codes) >= 2
     page.wait_for_function("codes => { const shown = [...document.querySelectorAll('#recs .rec .code')]"
@@ -283,9 +425,9 @@ def test_keyboard_only(console):
     console.basket().get_by_role("listitem").nth(1).wait_for()
     assert console.basket().get_by_role("listitem").count() == 2
     console.settled()
-    for _ in range(40):       # on through the page to the recommendations' own buttons
+    for _ in range(60):       # on through the page to the recommendations' own buttons
         keyboard.press("Tab")
-        if page.evaluate("document.activeElement.closest('#recs') !== null"):
+        if page.evaluate("document.activeElement.closest('#recs') !== null && document.activeElement.tagName === 'BUTTON'"):
             break
     else:
         pytest.fail("the recommendations cannot be reached with Tab")
@@ -299,8 +441,8 @@ def test_keyboard_only(console):
 def test_model_panel(console, site):
     page = console.open().page
     console.sign_in()
-    version = registry.active_version(site["storage"])
-    manifest = registry.read_manifest(site["storage"], version)
+    version = registry.active_version(site.storage)
+    manifest = registry.read_manifest(site.storage, version)
     facts = page.locator("#model-facts")
     facts.get_by_text(version).wait_for()
     assert facts.get_by_text(f"{manifest['counts']['items']}", exact=True).is_visible()

@@ -6,8 +6,12 @@ from functools import lru_cache
 
 from recommender.core import registry
 from recommender.core.errors import ModelUnavailable
+from recommender.core.merch import category_key
 from recommender.core.storage import Storage
+from recommender.serving.merch import Policy
 from recommender.serving.model import Model
+
+MAX_CATEGORIES = 500
 
 
 # Manifests never change once written: each version's summary is read once per process. A version still being
@@ -38,8 +42,27 @@ def versions(storage: Storage, served: str | None = None) -> list[dict]:
     return rows
 
 
+# One list per feed as compiled for a model (a policy lives as long as its model, feed and rules versions).
+@lru_cache(maxsize=4)
+def _categories(policy: Policy) -> tuple[str, ...]:
+    found: dict[str, str] = {}
+    for attributes in policy.feed_rows.values():
+        levels = [level.strip() for level in str(attributes.get("category") or "").split(">") if level.strip()]
+        for depth in range(1, len(levels) + 1):
+            path = " > ".join(levels[:depth])
+            found.setdefault(category_key(path), path)
+    return tuple(sorted(found.values(), key=str.casefold)[:MAX_CATEGORIES])
+
+
+def categories(model: Model) -> list[str]:
+    """The feed's categories of the items the model knows, each level's path as the feed spells it ("Home",
+    "Home > Kitchen", ...), sorted; what a request's `categories` filter accepts. Empty without a feed."""
+    return list(_categories(model.policy)) if model.policy is not None else []
+
+
 def describe(model: Model, storage: Storage) -> dict:
-    """The served model (version, training time, counts, evaluation) and the list of stored versions."""
+    """The served model (version, training time, counts, evaluation), the feed and rules it answers with, their
+    categories, and the list of stored versions."""
     manifest = model.manifest
     active, staged = registry.active(storage), registry.staged(storage)
     return {
@@ -52,6 +75,9 @@ def describe(model: Model, storage: Storage) -> dict:
         "evaluation": manifest.get("evaluation"),
         # Confidence is calibrated on held-out baskets when training could hold some out (serving/confidence.py).
         "calibrated": "calibration.json" in manifest.get("artifacts", {}),
+        "feed_version": model.feed_version,
+        "rules_version": model.rules_version,
+        "categories": categories(model),
         "active_version": active.version if active else None,
         "staged_version": staged.version if staged else None,
         "versions": versions(storage, model.version),

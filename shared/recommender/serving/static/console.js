@@ -428,15 +428,19 @@
       parts.push(answer.fallback ? "A best-seller: the basket holds nothing the model knows."
         : "A best-seller, added because the model's own picks ran out.");
     } else if (Array.isArray(item.because) && item.because.length) {
-      const top = [...item.because].sort((a, b) => (b.share || 0) - (a.share || 0));
-      const shown = top.slice(0, 2).map((b) => {
-        const name = b.description || b.stock_code;
-        const baskets = typeof b.baskets === "number" ? `bought together in ${plural(b.baskets, "basket", "baskets")}` : "bought together";
-        const share = typeof b.share === "number" ? ` (${Math.round(b.share * 100)}% of the score)` : "";
-        return `with ${name}: ${baskets}${share}`;
-      });
-      const more = top.length > 2 ? `; and ${plural(top.length - 2, "other basket item", "other basket items")}` : "";
-      parts.push(sentence(shown.join("; ") + more));
+      // Shares are exact parts of the score; a basket item may weigh an item down (a negative share), and then
+      // the others' shares pass 100%: percentages are shown only when they read as parts of a whole.
+      const together = (b) => (typeof b.baskets === "number" ? `bought together in ${plural(b.baskets, "basket", "baskets")}` : "bought together");
+      const name = (b) => b.description || b.stock_code;
+      const share = (b) => (typeof b.share === "number" ? b.share : 0);
+      const ordered = [...item.because].sort((a, b) => share(b) - share(a));
+      const up = ordered.filter((b) => share(b) > 0);
+      const down = ordered.filter((b) => share(b) < 0);
+      const parts_of_whole = !down.length;
+      const shown = up.slice(0, 2).map((b) => `with ${name(b)}: ${together(b)}${parts_of_whole ? ` (${Math.round(share(b) * 100)}% of the score)` : ""}`);
+      const more = up.length > 2 ? `; and ${plural(up.length - 2, "other basket item", "other basket items")}` : "";
+      const against = down.slice(0, 1).map((b) => `; ${name(b)} weighs it down (${together(b)})`).join("");
+      if (shown.length) parts.push(sentence(shown.join("; ") + more + against));
     }
     if (typeof item.boost === "number" && item.boost !== 1) {
       parts.push(item.boost > 1 ? `Boosted ×${item.boost} by a rule.` : `Buried ×${item.boost} by a rule.`);
@@ -454,13 +458,13 @@
 
     const meta = el("div", { class: "meta" });
     const price = money(item.price, item.currency);
-    if (price) meta.append(el("span", { text: price }));
+    if (price) meta.append(el("span", { class: "price", text: price }));
     if (item.availability) {
-      meta.append(el("span", { class: item.availability === "out_of_stock" ? "avail-out" : null,
+      meta.append(el("span", { class: item.availability === "out_of_stock" ? "availability avail-out" : "availability",
                                text: AVAILABILITY[item.availability] || String(item.availability) }));
     }
-    if (item.category) meta.append(el("span", { text: String(item.category) }));
-    if (item.brand) meta.append(el("span", { text: String(item.brand) }));
+    if (item.category) meta.append(el("span", { class: "category", text: String(item.category) }));
+    if (item.brand) meta.append(el("span", { class: "brand", text: String(item.brand) }));
     if (item.source) meta.append(el("span", { class: `badge ${["model", "popular", "pinned"].includes(item.source) ? item.source : ""}`, text: String(item.source) }));
 
     let confidence;
