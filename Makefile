@@ -125,7 +125,7 @@ clean: ## remove the venv and caches (data/ is kept)
 # Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
 # (results then go to bench/results/quick/).
 BENCH_FLAGS = $(if $(QUICK),--quick)
-.PHONY: bench bench-train bench-serve bench-cold bench-scale bench-deps
+.PHONY: bench bench-train bench-serve bench-cold bench-scale bench-merch bench-deps
 
 bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
 	$(CLI) bench all $(BENCH_FLAGS)
@@ -145,6 +145,9 @@ bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index siz
 browser-deps: ## install chromium (Debian's package) for the web console's browser tests when it is missing
 	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
+
+bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
+	$(CLI) bench merch $(BENCH_FLAGS)
 
 bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

@@ -312,12 +312,15 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
     confidence = _confidence(model, policy, rows, source, scores_all)
     reasons = _reasons(model, basket, positions, scores_all, rows[source != 1]) \
         if options.explain and len(basket) else {}
-    factor = policy.factor
-    items = model.items
+    items, shown = model.items, policy.shown
+    row_list = rows.tolist()
     confidence = confidence.tolist() if confidence is not None else [None] * len(rows)
-    picks = [Pick(items[row], score, SOURCES[src], conf, reasons.get(row, NO_REASONS) if options.explain else None,
-                  float(factor[row]) if factor is not None and factor[row] != 1 else None, row, policy.shown(row))
-             for row, score, src, conf in zip(rows.tolist(), scores.tolist(), source.tolist(), confidence)]
+    boosts = [None if f == 1 else f for f in policy.factor[rows].tolist()] if policy.factor is not None \
+        else [None] * len(rows)
+    because = [reasons.get(row, NO_REASONS) for row in row_list] if options.explain else [None] * len(rows)
+    picks = [Pick(items[row], score, SOURCES[src], conf, why, boost, row, shown(row))
+             for row, score, src, conf, why, boost in zip(row_list, scores.tolist(), source.tolist(), confidence,
+                                                          because, boosts)]
     return picks, len(picks) < n
 
 
@@ -383,6 +386,8 @@ def _confidence(model: Any, policy: Policy, rows: np.ndarray, source: np.ndarray
         return None
     ranks = np.arange(1, len(rows) + 1)
     popular = source == 1
+    if not popular.any():
+        return np.round(confidence(scores_all[rows], ranks), 4)
     out = np.empty(len(rows))
     if not popular.all():
         model_rows = ~popular
@@ -394,16 +399,32 @@ def _confidence(model: Any, policy: Policy, rows: np.ndarray, source: np.ndarray
 
 
 class Because:
-    """A pick's reasons, kept as slices of arrays until an answer is written (most of the cost of a reason is
-    making its dict): iterate to get {"stock_code", "description", "share", "baskets"}, largest share first."""
+    """A pick's reasons, kept as a range of shared arrays until an answer is written (most of the cost of a reason
+    is making its dict): iterate to get {"stock_code", "description", "share", "baskets"}, largest share first."""
 
-    __slots__ = ("items", "sources", "shares", "counts")
+    __slots__ = ("items", "arrays", "start", "stop")
 
-    def __init__(self, items: list[Item], sources: np.ndarray, shares: np.ndarray, counts: np.ndarray) -> None:
-        self.items, self.sources, self.shares, self.counts = items, sources, shares, counts
+    def __init__(self, items: list[Item], arrays: tuple[np.ndarray, np.ndarray, np.ndarray], start: int,
+                 stop: int) -> None:
+        self.items, self.arrays, self.start, self.stop = items, arrays, start, stop
 
     def __len__(self) -> int:
-        return len(self.sources)
+        return self.stop - self.start
+
+    @property
+    def sources(self) -> np.ndarray:
+        """Model rows of the basket items, largest share first."""
+        return self.arrays[0][self.start:self.stop]
+
+    @property
+    def shares(self) -> np.ndarray:
+        """Their shares of the score."""
+        return self.arrays[1][self.start:self.stop]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Training baskets holding both items (-1 for models trained before the counts were kept)."""
+        return self.arrays[2][self.start:self.stop]
 
     def __iter__(self) -> Any:
         items = self.items
@@ -416,7 +437,7 @@ class Because:
         return list(self)
 
 
-NO_REASONS = Because([], np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64))
+NO_REASONS = Because([], (np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64)), 0, 0)
 
 
 def _reasons(model: Any, basket: np.ndarray, positions: np.ndarray, scores_all: np.ndarray,
@@ -441,7 +462,8 @@ def _reasons(model: Any, basket: np.ndarray, positions: np.ndarray, scores_all: 
     counts = model.table_count[entries] if model.table_count is not None else np.full(len(entries), -1)
     bounds = np.searchsorted(pick, np.arange(len(rows) + 1))
     items = model.items
-    return {row: Because(items, sources[a:b], shares[a:b], counts[a:b])
+    arrays = (sources, shares, counts)
+    return {row: Because(items, arrays, a, b)
             for row, a, b in zip(rows.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()) if b > a}
 
 

@@ -19,7 +19,7 @@ from recommender.core.errors import DataFileError, NotFound
 from recommender.core.merch import AVAILABILITY, FEED_FILE
 from recommender.core.registry import sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training.ingest import _cell_text, _clean_code, _xlsx_rows
+from recommender.training.ingest import _cell_text, _clean_code, xlsx_rows
 
 SUPPORTED = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".xlsx")
 # Each attribute and the headers naming it, compared without case, spaces or underscores.
@@ -73,17 +73,7 @@ def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
         raise DataFileError(f"file not found: {path}" if not path.exists() else f"not a file: {path}")
     if kind == ".xlsx":
-        try:
-            rows = _xlsx_rows(path)
-        except DataFileError:
-            raise
-        except Exception as err:  # calamine and zipfile raise their own types for damaged files
-            raise DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}") from None
-        rows = [[_cell_text(c) for c in row] for row in rows]
-        while rows and not any(rows[-1]):
-            rows.pop()
-        if not rows:
-            raise DataFileError(f"{path.name} is empty")
+        rows = [[_cell_text(c) for c in row] for row in xlsx_rows(path)]
         width = len(rows[0])
         return rows[0], [(row + [""] * width)[:width] for row in rows[1:]]
     sep = "\t" if kind.startswith(".tsv") else ","

@@ -132,7 +132,9 @@ def _cell_text(value: object) -> str:
     return str(value).strip()
 
 
-def _xlsx_frame(path: Path) -> pd.DataFrame:
+def xlsx_rows(path: Path) -> list[list]:
+    """The first sheet's rows as Python values, without the trailing empty rows of its used range;
+    DataFileError for a damaged or empty workbook."""
     try:
         rows = _xlsx_rows(path)
     except DataFileError:
@@ -140,9 +142,14 @@ def _xlsx_frame(path: Path) -> pd.DataFrame:
     except Exception as err:  # calamine and zipfile raise their own types for damaged files
         raise DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}") from None
     while rows and all(cell in (None, "") for cell in rows[-1]):
-        rows.pop()  # trailing empty rows of the sheet's used range
+        rows.pop()
     if not rows:
         raise DataFileError(f"{path.name} is empty")
+    return rows
+
+
+def _xlsx_frame(path: Path) -> pd.DataFrame:
+    rows = xlsx_rows(path)
     header = [_cell_text(cell) for cell in rows[0]]
     columns = _column_map(header, path)
     cells = pd.DataFrame(rows[1:], columns=range(len(header)), dtype=object)  # pads short rows with None

@@ -17,7 +17,7 @@ import numpy as np
 
 from recommender.core.errors import ConfigError
 
-PARTS = ("train", "serve", "cold", "scale")
+PARTS = ("train", "serve", "cold", "scale", "merch")
 GiB = 1024 ** 3
 
 # The targets: (limit, direction), direction "max" means the measured value must not exceed the limit.
@@ -32,6 +32,9 @@ TARGETS: dict[str, tuple[float, str]] = {
     "scale_peak_rss_gib": (6.0, "max"),
     "scale_query_p99_ms": (2.0, "max"),
     "scale_hr_lift": (1.0, "min"),
+    "merch_p99_ratio": (1.3, "max"),
+    "merch_export_retail_seconds": (2.0, "max"),
+    "merch_export_scale_seconds": (60.0, "max"),
 }
 
 
