@@ -184,3 +184,24 @@ def test_scale_report_renders_saved_details():
     assert status["train: total wall time"] == "MISSED" and status["train: peak RSS"] == "MISSED"
     assert status["query p99 (in-process)"] == "MISSED" and status["HR@10 lift over popularity"] == "met"
     assert "slowest stage: svd 400.0 s" in {r.note for r in rows} and "| svd | 400.00 |" in md
+
+
+def test_merch_part_pieces(trained_folder):
+    from recommender.core import registry
+    from recommender.core.storage import LocalStorage
+    from recommender.serving.merch import Options, Policy
+    from recommender.serving.model import load_model
+    from recommender.tools.bench.merch import RULES, paired_latency, synthetic_merchandising
+    from recommender.training.rules import validate
+
+    storage = LocalStorage(trained_folder)
+    plain = load_model(storage, registry.active_version(storage))
+    feed, rules = synthetic_merchandising(plain.catalog, plain.item_price)
+    stored = validate(rules)
+    assert set(feed["items"]) == set(plain.catalog.codes) and len(stored["pin"]) <= RULES["pin"]
+    assert [len(stored["block"]["codes"]), len(stored["do_not_pair"]), len(stored["boost"])] == \
+        [RULES["block"], RULES["do_not_pair"], RULES["boost"]]
+    merch = plain.with_policy(Policy(plain.catalog, plain.item_price, feed, stored, "f", "r"))
+    baskets = [[c] for c in plain.catalog.codes[:20]]
+    latency = paired_latency(plain, merch, baskets, Options(price_max=10.0, explain=True), repeats=2)
+    assert latency["p99_ratio"] > 0 and latency["cpu_p99_ratio"] > 0 and len(latency["runs"]["merch"]) == 2
