@@ -76,7 +76,7 @@ def test_baskets_file_in_order_with_errors_then_resumed(served, tmp_path):
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert done.rows == 6 and done.errors == 3 and [a["line"] for a in answers] == [1, 2, 3, 4, 5, 6]
     assert len(answers[0]["items"]) == 3 and answers[0]["items"][0]["because"][0]["stock_code"] == code
-    assert "not valid JSON" in answers[1]["error"]
+    assert answers[1]["error"].startswith("the line is not valid JSON")
     assert "price_min (5) is greater than price_max (1)" in answers[2]["error"]
     assert answers[3]["error"] == "empty line"
     assert answers[4]["fallback"] is True and top not in [i["stock_code"] for i in answers[4]["items"]]

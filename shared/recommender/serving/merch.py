@@ -301,15 +301,17 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
             extra, extra_scores = extra[order], extra_scores[order]
         rows, scores = np.concatenate([rows, extra]), np.concatenate([scores, extra_scores])
         source = np.concatenate([source, np.ones(len(extra), dtype=np.int8)])
-    if options.min_confidence is not None:
-        confidence = _confidence(model, policy, rows, source, scores_all)
-        if confidence is not None:
-            keep = confidence >= options.min_confidence
-            rows, scores, source = rows[keep], scores[keep], source[keep]
     if policy.pins and len(basket):
         rows, scores, source = _pin(policy, basket, rows, scores, source, allowed, scores_all)
     rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
     confidence = _confidence(model, policy, rows, source, scores_all)
+    if options.min_confidence is not None and confidence is not None:
+        # Last, on the answer as it stands (pins included): confidence falls with the rank and rises with the
+        # score, so items further down the list would not pass either.
+        keep = confidence >= options.min_confidence
+        if not keep.all():  # the ones left move up: their confidence at their new rank (no lower)
+            rows, scores, source = rows[keep], scores[keep], source[keep]
+            confidence = _confidence(model, policy, rows, source, scores_all)
     reasons = _reasons(model, basket, positions, scores_all, rows[source != 1]) \
         if options.explain and len(basket) else {}
     items, shown = model.items, policy.shown

@@ -185,7 +185,7 @@ def answer_line(model: Model, number: int, line: str) -> dict:
         answer = model.recommend(request.product_list, request.n, options or Options())
         return {"line": number, **answer_json(answer, options is not None and options.explain)}
     except ValidationError as err:
-        return {"line": number, "error": describe_validation_error(err.errors())}
+        return {"line": number, "error": describe_validation_error(err.errors()).replace("request body", "the line")}
     except RecommenderError as err:
         return {"line": number, "error": err.message}
 

@@ -173,8 +173,8 @@ def describe(feed: FeedFile, known_codes: set[str] | None) -> list[str]:
     availability = Counter(a.get("availability", "in_stock (default)") for a in feed.items.values())
     lines = [f"{len(feed.items):,} products, columns: {', '.join(feed.columns)}",
              "availability: " + ", ".join(f"{n:,} {name}" for name, n in sorted(availability.items())),
-             f"with a price: {sum('price' in a for a in feed.items.values()):,}; with a category: "
-             f"{sum('category' in a for a in feed.items.values()):,}"]
+             f"with a price: {sum('price' in a for a in feed.items.values()):,} (the others keep the training "
+             f"file's most recent UnitPrice); with a category: {sum('category' in a for a in feed.items.values()):,}"]
     if len(feed.currencies) > 1:
         lines.append(f"warning: prices in {len(feed.currencies)} currencies ({', '.join(sorted(feed.currencies))}); "
                      "price filters and ratios compare the numbers as they are")
