@@ -330,7 +330,10 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     report, folder = evaluation.run(args.path, days=args.days, out_dir=args.out)
     print()
     print(evaluation.table(report))
-    print(f"\n{report.cases:,} test cases; report, table and plot in {folder}/")
+    cal = report.product_stats["calibration"]
+    print(f"\n{report.cases:,} test cases; confidence: ECE {cal['ece']:.4f}, mean predicted {cal['mean_predicted']:.4f} "
+          f"against {cal['mean_observed']:.4f} bought, on {cal['observations']:,} recommended items")
+    print(f"report, table, HR@k plot and reliability diagram in {folder}/")
     return 0
 
 

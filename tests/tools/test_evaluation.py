@@ -78,3 +78,11 @@ def test_full_run_on_synthetic_data(tmp_path):
     assert saved["cases"] == report.cases and len(saved["results"][0]["hr_curve"]) == 20
     assert (folder / "hr_at_k.png").read_bytes()[:4] == b"\x89PNG"
     assert "| method | HR@10" in (folder / "table.md").read_text()
+    # Confidence on the test period, which the model never saw: close to what the shoppers bought.
+    cal = saved["product_stats"]["calibration"]
+    print(f"synthetic test period: ECE {cal['ece']:.4f}, predicted {cal['mean_predicted']:.4f}, "
+          f"observed {cal['mean_observed']:.4f}")
+    assert cal["calibrated"] and cal["observations"] > 1000 and sum(b["count"] for b in cal["bins"]) == cal["observations"]
+    assert cal["ece"] < 0.05 and abs(cal["mean_predicted"] - cal["mean_observed"]) < 0.05
+    assert by_name["product"].ece == cal["ece"] and f"| {cal['ece']:.4f} |" in (folder / "table.md").read_text()
+    assert (folder / "reliability.png").read_bytes()[:4] == b"\x89PNG"

@@ -133,6 +133,11 @@ class Model:
         items, fallback = self._answers(tuple(sorted(known)), n)
         return Recommendation(items, unknown, fallback, self.version)
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether confidence comes from a fitted calibration.json (else the documented fallback)."""
+        return self._confidence.calibrated
+
     def confidence(self, scores: np.ndarray, ranks: np.ndarray, popular: bool = False) -> np.ndarray:
         """Calibrated probability, in [0, 1], that a shopper holding the basket also buys each answered item, from
         its score and its rank in the answer (1 = first); popular=True for popular (fallback) items. From the

@@ -8,7 +8,12 @@ query. Metrics at 10: hit rate, MRR, NDCG (one relevant item), and catalog cover
 The product is scored through the code that answers /send_data: the model is trained by training.build_model,
 loaded by model.load_model and asked through Model.recommend. Baselines (popularity, item co-occurrence cosine,
 EASE) see the same cases; EASE's lambda is tuned on a validation split carved the same way from the training
-period, never on the test days.
+period, never on the test days. The product's training holds out its own most recent baskets, as `make train`
+does (training/holdout.py): what is scored is what would be published.
+
+Confidence. Each test basket's known items are split at random into a query and what was bought; the product's
+10 items and their served confidence (Model.confidence) are set against what was bought: a reliability diagram
+and the expected calibration error (ECE, 10 equal-width bins).
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from recommender.core.errors import DataFileError
 from recommender.core.storage import LocalStorage
-from recommender.training import holdout
+from recommender.training import calibration, holdout
 from recommender.training.ingest import Transactions, load_transactions, select_baskets
 from recommender.training.pipeline import TrainingParams, basket_matrix
 
@@ -67,6 +72,7 @@ class MethodResult:
     coverage: float
     hr_curve: list[float] = field(default_factory=list)  # HR@k for k = 1..CURVE_K
     note: str = ""
+    ece: float | None = None  # expected calibration error of its confidence (the product only)
 
 
 def temporal_split(tx: Transactions, days: int, seed: int = 0) -> Split:
@@ -219,14 +225,37 @@ def product(split: Split, params: TrainingParams, progress: Callable[[str], None
             model.recommend(basket, K)
             warm.append(time.perf_counter() - t)
         size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file() and p.name != "manifest.json")
+        reliability = confidence_on_test(model, [[codes[i] for i in query] + [codes[h]]
+                                                 for query, h in zip(split.cases.queries, split.cases.hidden)])
     cold_us, warm_us = np.array(cold) * 1e6, np.array(warm) * 1e6
     stats = {"train_seconds": round(train_seconds, 2), "artifact_bytes": size,
              "query_p50_us": round(float(np.percentile(warm_us, 50)), 1),
              "query_p99_us": round(float(np.percentile(warm_us, 99)), 1),
-             "first_pass_p99_us": round(float(np.percentile(cold_us, 99)), 1)}
+             "first_pass_p99_us": round(float(np.percentile(cold_us, 99)), 1),
+             "calibration": reliability}
     progress(f"product: trained in {train_seconds:.1f} s, {size / 1e6:.1f} MB, "
-             f"query p50 {stats['query_p50_us']:.0f} us, p99 {stats['query_p99_us']:.0f} us")
+             f"query p50 {stats['query_p50_us']:.0f} us, p99 {stats['query_p99_us']:.0f} us; confidence ECE "
+             f"{reliability['ece']:.4f} on {reliability['observations']:,} recommended items")
     return ranked, stats
+
+
+def confidence_on_test(model: Any, baskets: list[list[str]], seed: int = 1) -> dict:
+    """Predicted against observed: each test basket (its known items) split at random into a query and what was
+    bought, the model's 10 items asked for through Model.recommend, and each item's served confidence set against
+    whether the shopper bought it. Reliability bins and the expected calibration error (ECE, 10 equal bins)."""
+    predicted: list[float] = []
+    observed: list[bool] = []
+    splits = holdout.random_splits(baskets, model.catalog.index, seed)
+    for _, query, bought in splits:
+        answer = model.recommend(query, K)
+        scores = np.array([s.score for s in answer.items])
+        predicted.extend(model.confidence(scores, np.arange(1, len(scores) + 1), popular=answer.fallback).tolist())
+        observed.extend(s.item.stock_code in bought for s in answer.items)
+    p, o = np.asarray(predicted), np.asarray(observed, dtype=np.float64)
+    return {"baskets": len(splits), "observations": len(p), "calibrated": model.calibrated,
+            "ece": calibration.expected_calibration_error(p, o) if len(p) else None,
+            "mean_predicted": float(p.mean()) if len(p) else None, "mean_observed": float(o.mean()) if len(o) else None,
+            "bins": calibration.reliability(p, o)}
 
 
 @dataclass
@@ -249,9 +278,10 @@ class Report:
 
 def table(report: Report) -> str:
     """The results as a Markdown table, best HR@10 first."""
-    lines = ["| method | HR@10 | MRR@10 | NDCG@10 | coverage | note |", "|---|---|---|---|---|---|"]
+    lines = ["| method | HR@10 | MRR@10 | NDCG@10 | coverage | ECE | note |", "|---|---|---|---|---|---|---|"]
     for r in sorted(report.results, key=lambda r: -r.hr):
-        lines.append(f"| {r.name} | {r.hr:.4f} | {r.mrr:.4f} | {r.ndcg:.4f} | {r.coverage:.3f} | {r.note} |")
+        ece = "-" if r.ece is None else f"{r.ece:.4f}"
+        lines.append(f"| {r.name} | {r.hr:.4f} | {r.mrr:.4f} | {r.ndcg:.4f} | {r.coverage:.3f} | {ece} | {r.note} |")
     return "\n".join(lines)
 
 
@@ -277,6 +307,41 @@ def plot(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_reliability(report: Report, path: Path) -> None:
+    """The reliability diagram of the product's confidence on the test period: mean predicted against observed
+    purchase rate per bin (the diagonal is perfect calibration), with how many items fall in each bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = report.product_stats["calibration"]
+    bins = cal["bins"]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 6.5), dpi=120, sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o", label="product")
+    for b in bins:
+        ax.annotate(f"{b['count']:,}", (b["predicted"], b["observed"]), textcoords="offset points", xytext=(5, -10),
+                    fontsize=7, color="dimgrey")
+    ax.set_ylabel("observed: share bought")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{report.dataset}: confidence on the last {report.days} days, ECE {cal['ece']:.3f}\n"
+                 f"{cal['observations']:,} items for {cal['baskets']:,} test baskets (part asked, the rest bought)",
+                 fontsize=9)
+    hist.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins], width=0.09, color="tab:blue",
+             alpha=0.6)
+    hist.set_xlabel("predicted: confidence of a recommended item")
+    hist.set_ylabel("items")
+    hist.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def run(path: str | Path, days: int = 30, out_dir: str | Path = "reports", params: TrainingParams = TrainingParams(),
         seed: int = 0, progress: Callable[[str], None] = print) -> tuple[Report, Path]:
     """The whole evaluation: split, tune EASE on validation, score every method on the test cases, write the report."""
@@ -291,6 +356,7 @@ def run(path: str | Path, days: int = 30, out_dir: str | Path = "reports", param
     results = []
     ranked, stats = product(test, params, progress)
     results.append(score("product (SVD + Annoy + re-rank)", ranked, test.cases, n_items, "served path"))
+    results[0].ece = stats["calibration"]["ece"]
     results.append(score("popularity", popularity(test), test.cases, n_items))
     results.append(score("co-occurrence cosine", cooccurrence(test), test.cases, n_items))
     ease_lambda, grid = None, {}
@@ -310,4 +376,5 @@ def run(path: str | Path, days: int = 30, out_dir: str | Path = "reports", param
     (folder / "report.json").write_text(json.dumps(asdict(report), indent=1))
     (folder / "table.md").write_text(table(report) + "\n")
     plot(report, folder / "hr_at_k.png")
+    plot_reliability(report, folder / "reliability.png")
     return report, folder
