@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from recommender.core import registry
 from recommender.core.catalog import Catalog
-from recommender.core.errors import DataFileError, ModelRefused
+from recommender.core.errors import DataFileError, ModelRefused, StorageError
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
 from recommender.training import copurchase, gate, holdout, neighbors, samples
@@ -252,10 +253,36 @@ def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: Tr
         for i in range(len(embeddings)):
             index.add_item(i, embeddings[i])
         index.build(params.n_trees, n_jobs=1)  # one job: several would make the trees depend on thread timing
-        index.save(str(folder / "index.ann"))
+        with _quiet_stderr():  # Annoy prints its write errors besides raising them: the error says it once
+            index.save(str(folder / "index.ann"))
     for i, found in (near or {}).items():
         found[:] = index.get_nns_by_item(i, params.candidates_per_item + 1, params.search_k_per_item)
     index.unload()
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (what C++ code prints) for the duration."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A temporary folder for a model's files, removed afterwards with whatever it holds; a full or failing disk
+    there becomes one StorageError saying what to do, not a traceback."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
+            yield Path(tmp)
+    except OSError as err:
+        raise StorageError(f"cannot write the model's files in {tempfile.gettempdir()}: {err.strerror or err}; free "
+                           f"some space there, or set TMPDIR to a folder on a disk with more") from None
 
 
 def _period(basket_time: np.ndarray) -> dict | None:
@@ -272,8 +299,7 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
 
     Returns the manifest. The version becomes visible only when its manifest, written last, exists.
     """
-    with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
-        folder = Path(tmp)
+    with scratch_folder() as folder:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
         if held is not None:
             since = f" (from {str(held.cutoff)[:16].replace('T', ' ')})" if held.cutoff is not None else ""
