@@ -219,3 +219,30 @@ def test_xlsx_without_calamine_falls_back_to_openpyxl(tmp_path, csv_file, monkey
     from_xlsx = load_transactions(write_xlsx(tmp_path / "retail.xlsx"))
     from_csv = load_transactions(csv_file)
     assert from_xlsx.item_codes == from_csv.item_codes and from_xlsx.report == from_csv.report
+
+
+LATIN = ("InvoiceNo,StockCode,Description,CustomerID\n"
+         "1,85123A,PLAIN MUG,17850\n"
+         "1,ÉTÉ-1,CAFÉ CRÈME SET,17850\n"
+         "2,ÉTÉ-1,CAFÉ CRÈME SET,\n"
+         "2,85123A,PLAIN MUG,\n")
+
+
+@pytest.mark.parametrize("name", ["latin.csv", "latin.csv.gz"])
+def test_a_csv_in_another_encoding_is_refused_or_read_with_its_encoding(tmp_path, name):
+    path = tmp_path / name
+    data = LATIN.encode("latin-1")
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(DataFileError, match=rf"^{name} is not utf-8 text \(line 3: byte c9\): save it as UTF-8, "
+                                            r"or give its encoding, e.g. ENCODING=cp1252"):
+        load_transactions(path)
+    tx = load_transactions(path, encoding="latin-1")
+    assert set(tx.item_codes) == {"85123A", "ÉTÉ-1"} and "CAFÉ CRÈME SET" in tx.descriptions
+    with pytest.raises(DataFileError, match="unknown encoding ENCODING='klingon'"):
+        load_transactions(path, encoding="klingon")
+
+
+def test_utf8_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(LATIN.encode("utf-8-sig"))
+    assert set(load_transactions(path).item_codes) == {"85123A", "ÉTÉ-1"}

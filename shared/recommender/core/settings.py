@@ -38,6 +38,8 @@ class Settings:
     s3_read_timeout: float = 3.0
     # Where models kept in S3 are copied to before they are memory-mapped.
     cache_dir: str = "/tmp/recommender-cache"
+    # The text encoding of csv training files; anything else is refused, never read into mangled text.
+    encoding: str = "utf-8"
     max_body_bytes: int = 65536
     keep_versions: int = 5
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import re
 import zipfile
@@ -90,23 +91,52 @@ def _column_map(columns: list, path: Path) -> dict[str, object]:
     raise DataFileError(f"{path.name} lacks required column(s) {', '.join(missing)}; found: {', '.join(names) or 'none'}")
 
 
-def _csv_chunks(path: Path, kind: str) -> Iterator[pd.DataFrame]:
+def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
     try:
-        header = pd.read_csv(path, nrows=0, encoding_errors="replace")
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataFileError(f"unknown encoding ENCODING={encoding!r}: use e.g. utf-8, latin-1 or cp1252") from None
+    try:
+        header = pd.read_csv(path, nrows=0, encoding=encoding)
     except pd.errors.EmptyDataError:
         raise DataFileError(f"{path.name} is empty") from None
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
+    except UnicodeDecodeError:
+        raise _not_encoded(path, kind, encoding) from None
+    except (gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
     columns = _column_map(list(header.columns), path)
     rename = {original: wanted for wanted, original in columns.items()}
     try:
+        # Strict decoding: a file in another encoding is refused, never read into mangled text.
         reader = pd.read_csv(path, usecols=list(rename), dtype=str, keep_default_na=False,
-                             chunksize=CHUNK_ROWS, encoding_errors="replace")
+                             chunksize=CHUNK_ROWS, encoding=encoding)
         for chunk in reader:
             yield chunk.rename(columns=rename)
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zipfile.BadZipFile, OSError,
+    except UnicodeDecodeError:
+        raise _not_encoded(path, kind, encoding) from None
+    except (gzip.BadGzipFile, EOFError, zipfile.BadZipFile, OSError,
             pd.errors.ParserError, ValueError) as err:
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
+
+
+def _not_encoded(path: Path, kind: str, encoding: str) -> DataFileError:
+    """The error for a file that is not text in `encoding`, naming the first line that is not and how to go on."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    where = ""
+    with (gzip.open(path, "rb") if kind == ".csv.gz" else open(path, "rb")) as f:
+        head = f.read(4096)
+        if head.startswith(b"PK\x03\x04") or b"\x00" in head:
+            return DataFileError(f"cannot read {path.name} as {kind}: it is binary, not {encoding} text (a zip or "
+                                 f"xlsx renamed? UTF-16 text needs ENCODING=utf-16)")
+        f.seek(0)
+        for number, line in enumerate(f, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as err:
+                where = f" (line {number}: byte {line[err.start:err.end].hex(' ')})"
+                break
+    return DataFileError(f"{path.name} is not {encoding} text{where}: save it as UTF-8, or give its encoding, "
+                         f"e.g. ENCODING=cp1252 (Windows, Excel) or ENCODING=latin-1")
 
 
 def _xlsx_rows(path: Path) -> list[list]:
@@ -162,8 +192,9 @@ def _xlsx_frame(path: Path) -> pd.DataFrame:
     return pd.DataFrame(frame, columns=list(columns))
 
 
-def read_chunks(path: str | Path) -> Iterator[pd.DataFrame]:
-    """The raw rows of the file, as text columns, in chunks; DataFileError when the file cannot be used."""
+def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
+    """The raw rows of the file, as text columns, in chunks; DataFileError when the file cannot be used (a csv
+    that is not text in `encoding` included)."""
     path = Path(path)
     kind = file_kind(path)
     if not path.exists():
@@ -173,7 +204,7 @@ def read_chunks(path: str | Path) -> Iterator[pd.DataFrame]:
     if kind == ".xlsx":
         yield _xlsx_frame(path)
     else:
-        yield from _csv_chunks(path, kind)
+        yield from _csv_chunks(path, kind, encoding)
 
 
 class _Codebook:
@@ -208,7 +239,8 @@ def _clean_code(value: str) -> str:
     return match.group(1) if match else value
 
 
-def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda _n: None) -> Transactions:
+def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda _n: None,
+                      encoding: str = "utf-8") -> Transactions:
     """Read and clean a purchase-history file into baskets; see README "Input file" for the rules."""
     report = CleaningReport()
     invoices, items, customers = _Codebook(), _Codebook(), _Codebook()
@@ -217,7 +249,7 @@ def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda 
     last_price: dict[int, tuple[int, int, str]] = {}
     seen_rows = 0
     columns_seen: set[str] = set()
-    for chunk in read_chunks(path):
+    for chunk in read_chunks(path, encoding):
         columns_seen.update(chunk.columns)
         report.rows_read += len(chunk)
         inv_rows, inv_values = _factorize(chunk["InvoiceNo"])

@@ -345,7 +345,7 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
 
 def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
           keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = utcnow,
-          force: bool = False, gate_margin: float = gate.MARGIN) -> TrainingResult:
+          force: bool = False, gate_margin: float = gate.MARGIN, encoding: str = "utf-8") -> TrainingResult:
     """Read, clean, train and publish a new version; then activate it (make train) or stage it (make train_parallel).
 
     Nothing in the storage changes until the model is fully built, and the pointer moves only after
@@ -358,7 +358,7 @@ def train(source: str | Path, storage: Storage, params: TrainingParams = Trainin
     progress(f"reading {source}")
     t = time.perf_counter()
     with tqdm(desc="reading", unit=" rows", unit_scale=True, leave=False, mininterval=0.5, disable=None) as bar:
-        tx = load_transactions(source, on_rows=bar.update)
+        tx = load_transactions(source, on_rows=bar.update, encoding=encoding)
     for line in describe_report(tx.report):
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
