@@ -84,7 +84,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     params = TrainingParams(holdout=None) if args.no_holdout else TrainingParams()
     train(args.path, _storage(settings), params, activate=not args.stage, keep_versions=settings.keep_versions,
-          force=args.force, gate_margin=settings.model_gate_margin, encoding=settings.encoding)
+          force=args.force, gate_margin=settings.model_gate_margin, encoding=settings.encoding,
+          max_memory_gb=settings.max_training_gb)
     return 0
 
 

@@ -40,6 +40,9 @@ class Settings:
     cache_dir: str = "/tmp/recommender-cache"
     # The text encoding of csv training files; anything else is refused, never read into mangled text.
     encoding: str = "utf-8"
+    # A training whose estimated peak memory is over this is refused before its heavy stages (default: half of
+    # this machine's memory; training.budget).
+    max_training_gb: float | None = None
     max_body_bytes: int = 65536
     keep_versions: int = 5
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.

@@ -25,7 +25,7 @@ from recommender.core.catalog import Catalog
 from recommender.core.errors import DataFileError, ModelRefused, StorageError
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training import copurchase, gate, holdout, neighbors, samples
+from recommender.training import budget, copurchase, gate, holdout, neighbors, samples
 from recommender.training.ingest import (
     Transactions,
     describe_report,
@@ -345,7 +345,8 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
 
 def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
           keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = utcnow,
-          force: bool = False, gate_margin: float = gate.MARGIN, encoding: str = "utf-8") -> TrainingResult:
+          force: bool = False, gate_margin: float = gate.MARGIN, encoding: str = "utf-8",
+          max_memory_gb: float | None = None) -> TrainingResult:
     """Read, clean, train and publish a new version; then activate it (make train) or stage it (make train_parallel).
 
     Nothing in the storage changes until the model is fully built, and the pointer moves only after
@@ -362,6 +363,7 @@ def train(source: str | Path, storage: Storage, params: TrainingParams = Trainin
     for line in describe_report(tx.report):
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
+    budget.check_memory(tx, params, max_memory_gb, progress)  # before the heavy stages, not after minutes of them
     manifest = publish_model(tx, params, storage, source, progress, now)
     version = manifest["version"]
     if activate:

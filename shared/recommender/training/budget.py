@@ -1,0 +1,84 @@
+"""The memory a training will need at its peak, estimated from the cleaned data before the heavy stages, and the
+refusal when it is over the limit (MAX_TRAINING_GB): a catalog of a million junk codes stops at once with one
+line instead of filling the machine's memory for minutes without a word."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from recommender.core.errors import DataFileError
+
+if TYPE_CHECKING:
+    from recommender.training.ingest import Transactions
+    from recommender.training.pipeline import TrainingParams
+
+# Calibrated at the default parameters (128 factors, 100 neighbours) against peak RSS: catalogs of junk codes in
+# 4-item baskets (2k, 100k, 200k products: 0.27, 1.69, 2.21 GB; estimated 0.43, 1.5, 2.6), Online Retail (0.70 GB;
+# estimated 0.55) and the 10M-row scale set (5.24 GB, README Performance; estimated 5.1 from its 1.08M rows and
+# about 19M entries). Within about 30%.
+BASE_BYTES = 400_000_000          # the interpreter, numpy/scipy/pandas/annoy, the cleaned data
+SVD_COPIES = 4                    # products x (factors + 16) float64 blocks alive at once in the randomized SVD
+TABLE_BYTES_PER_NEIGHBOUR = 40    # the item-item table: neighbour ids and weights while solved, then by source
+INDEX_BYTES_PER_FACTOR = 10       # the Annoy index in memory (vectors and tree nodes)
+OTHER_BYTES_PER_ITEM = 500        # the catalog and the holdout's model in memory
+ROW_COPIES = 2                    # rows x (factors + 16) float64 products in the SVD
+BYTES_PER_ENTRY = 60              # the rows x products matrix in its float32/float64, CSR/CSC forms
+
+
+def estimate_peak_bytes(items: int, rows: int, entries: int, factors: int = 128, neighbors: int = 100) -> int:
+    """The peak memory of a training on `items` products, `rows` matrix rows (baskets and returning customers)
+    and `entries` (basket, product) pairs."""
+    width = min(factors + 16, items)
+    per_item = (SVD_COPIES * 8 * width + TABLE_BYTES_PER_NEIGHBOUR * min(neighbors, items)
+                + INDEX_BYTES_PER_FACTOR * factors + OTHER_BYTES_PER_ITEM)
+    return int(BASE_BYTES + items * per_item + rows * ROW_COPIES * 8 * width + entries * BYTES_PER_ENTRY)
+
+
+def machine_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+DEFAULT_LIMIT_GB = 8.0
+
+
+def default_limit_gb() -> float:
+    """8 GB, or half of this machine's memory if that is less (the rest stays for the system and a server beside
+    the training). Enough for 100k products and 10M rows (about 5.2 GB); more takes an explicit MAX_TRAINING_GB."""
+    total = machine_memory_bytes()
+    return min(DEFAULT_LIMIT_GB, total / 2e9) if total else DEFAULT_LIMIT_GB
+
+
+def matrix_size(tx: Transactions, params: TrainingParams) -> tuple[int, int]:
+    """The rows (baskets, and returning customers' histories) and entries the training's matrix will have, at most."""
+    known = tx.basket_customer[tx.basket_customer >= 0]
+    baskets_per_customer = np.bincount(known) if len(known) else np.zeros(0, dtype=np.int64)
+    returning = baskets_per_customer >= params.customer_min_baskets
+    pair_customer = tx.basket_customer[tx.pair_basket]
+    pairs_per_customer = np.bincount(pair_customer[pair_customer >= 0], minlength=len(baskets_per_customer))
+    history = int(np.minimum(pairs_per_customer[returning], params.customer_max_items).sum())
+    return len(tx.basket_ids) + int(returning.sum()), len(tx.pair_item) + history
+
+
+def check_memory(tx: Transactions, params: TrainingParams, limit_gb: float | None,
+                 progress: Callable[[str], None]) -> None:
+    """Say how much memory the training will need; DataFileError (one line, saying how to raise the limit) when it
+    is over limit_gb (None: default_limit_gb())."""
+    limit = default_limit_gb() if limit_gb is None else limit_gb
+    items = len(tx.item_codes)
+    rows, entries = matrix_size(tx, params)
+    need = estimate_peak_bytes(items, rows, entries, params.factors, params.neighbors) / 1e9
+    progress(f"memory: about {need:.1f} GB at the peak for {items:,} products (limit {limit:.1f} GB)")
+    if need > limit:
+        how = "MAX_TRAINING_GB" if limit_gb is not None else "the default: 8 GB, or half of this machine's memory"
+        raise DataFileError(
+            f"this training would need about {need:.1f} GB of memory for {items:,} distinct products in {rows:,} "
+            f"rows, over the limit of {limit:.1f} GB ({how}): check that the StockCode column holds product codes, "
+            f"or raise the limit on a machine with the memory, e.g. make train PATH_TO_DATA=... "
+            f"MAX_TRAINING_GB={int(np.ceil(need * 1.2))}")
