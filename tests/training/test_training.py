@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from recommender.core import registry
-from recommender.core.errors import DataFileError, ModelUnavailable
+from recommender.core.errors import DataFileError, ModelUnavailable, StorageError
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
 from recommender.training import holdout
@@ -101,11 +101,11 @@ def test_failed_publish_leaves_active_model(tmp_path, tiny_csv):
 
     def failing_write(key, data):
         if key.endswith("catalog.json"):
-            raise OSError("disk full")
+            raise StorageError(f"cannot write {key}: No space left on device")  # what LocalStorage says then
         original_write(key, data)
 
     storage.write = failing_write
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="catalog.json: No space"):
         train(tiny_csv, storage, progress=quiet)
     storage.write = original_write
     assert registry.active_version(storage) == first.version
