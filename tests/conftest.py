@@ -55,8 +55,37 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
+# moto checks If-Match / If-None-Match and then writes, with nothing between the two keeping another request out;
+# S3 does both as one step. Concurrency tests need S3's behaviour: moto's puts and deletes are made one at a time.
+MOTO_ATOMIC_CONDITIONS = """
+import threading
+from moto.s3 import responses as _responses
+
+_one_at_a_time = threading.RLock()
+
+
+def _serialized(name):
+    original = getattr(_responses.S3Response, name)
+
+    def locked(self, *args, **kwargs):
+        with _one_at_a_time:
+            return original(self, *args, **kwargs)
+    setattr(_responses.S3Response, name, locked)
+
+
+for _name in ("put_object", "delete_object"):
+    _serialized(_name)
+"""
+
+
+@pytest.fixture(scope="session")
+def atomic_moto():
+    """moto in this process, its conditional writes made atomic (as on S3)."""
+    exec(compile(MOTO_ATOMIC_CONDITIONS, "conftest:MOTO_ATOMIC_CONDITIONS", "exec"), {})
+
+
 @pytest.fixture
-def s3(aws_credentials):
+def s3(aws_credentials, atomic_moto):
     """A moto S3 with one empty bucket; the client is created only after the mock starts."""
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
@@ -66,13 +95,13 @@ def s3(aws_credentials):
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
-    """moto's S3 server over real HTTP, for tests that need separate processes (or a proxy) to reach one S3; each
-    test uses its own bucket. Returns the endpoint URL."""
+    """moto's S3 server over real HTTP (conditional writes atomic, as on S3), for tests that need separate processes
+    (or a proxy) to reach one S3; each test uses its own bucket. Returns the endpoint URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT)
+        server = f"{MOTO_ATOMIC_CONDITIONS}\nfrom moto.server import main\nmain(['-H', '127.0.0.1', '-p', '{port}'])"
+        process = subprocess.Popen([sys.executable, "-c", server], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
         with socket.socket() as s:
