@@ -2,12 +2,14 @@
 between a read and a write, damaged pointers, marked versions, and re-downloaded cache copies."""
 
 import threading
+import uuid
 from datetime import datetime, timedelta, timezone
 
+import boto3
 import pytest
 from recommender.core import registry
 from recommender.core.errors import Conflict, PointerDamaged, VersionUnavailable
-from recommender.core.storage import S3Storage
+from recommender.core.storage import LocalStorage, S3Storage
 from recommender.serving.model import ModelHolder, load_model
 from recommender.training.pipeline import train
 
@@ -72,15 +74,36 @@ def test_conditional_writes_and_deletes(storage):
     assert storage.list("models/") == []                                     # lock files stay hidden
 
 
-def test_many_threads_moving_one_pointer_lose_nothing(storage):
-    versions = publish(storage, 8)
-    threads = [threading.Thread(target=registry.activate, args=(storage, v), kwargs={"notify": lambda _m: None})
-               for v in versions]
+@pytest.fixture(params=["local", "s3"])
+def shared_storage(request, tmp_path):
+    """A storage that threads may share: a folder, or S3 over real HTTP (moto's in-process mock is not thread-safe:
+    concurrent calls through it fail with "I/O operation on closed file")."""
+    if request.param == "local":
+        return LocalStorage(tmp_path / "store")
+    client = boto3.client("s3", endpoint_url=request.getfixturevalue("moto_server"), region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"threads-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return S3Storage(client, bucket, "shop", cache_dir=str(tmp_path / "cache"))
+
+
+def test_many_threads_moving_one_pointer_lose_nothing(shared_storage):
+    versions = publish(shared_storage, 12)
+    failures: list[Exception] = []
+
+    def activate(version: str) -> None:
+        try:
+            registry.activate(shared_storage, version, notify=lambda _m: None)
+        except Exception as err:  # noqa: BLE001 - reported below
+            failures.append(err)
+
+    threads = [threading.Thread(target=activate, args=(v,)) for v in versions]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    pointer = registry.active(storage)
+    assert failures == []
+    pointer = registry.active(shared_storage)
     assert sorted([pointer.version, *pointer.previous]) == versions         # every activation is in the history
 
 

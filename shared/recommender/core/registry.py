@@ -26,8 +26,9 @@ from recommender.core.storage import Storage
 MANIFEST = "manifest.json"
 SAMPLES = "samples.json"  # a model's sample invoices: training writes them, the console's "Try a real basket" reads them
 HISTORY_LENGTH = 20
-# Compare-and-swap rounds a pointer move tries before it gives up (each lost round means another command moved it).
-MOVE_ATTEMPTS = 10
+# Compare-and-swap rounds a pointer move tries before it gives up. A round is lost only when another command's move
+# succeeded meanwhile, so this many commands at once can all get through.
+MOVE_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,8 @@ def profile_training(source: str, storage_dir: str, imports_seconds: float | Non
         clock.peak = imports_peak
     original = ingest.read_chunks
 
-    def timed_chunks(path: Any) -> Iterator[Any]:
-        chunks = original(path)
+    def timed_chunks(path: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        chunks = original(path, *args, **kwargs)
         first = True
         while True:
             clock.mark("read" if first else "clean")  # since the last chunk was handed over: cleaning it
