@@ -21,8 +21,8 @@ export STORAGE_URL AWS_ENDPOINT_URL HOST PORT
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_CATALOG PATH_TO_RULES CODE OUT BASKETS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
-.PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user del_user \
-	list_users run run-prod kill status demo evaluate generate clean catalog catalog_show catalog_rollback rules \
+.PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user passwd \
+	del_user list_users run run-prod kill status demo evaluate generate clean catalog catalog_show catalog_rollback rules \
 	rules_show rules_rollback export
 
 help: ## list every target
@@ -61,6 +61,10 @@ versions: $(STAMP) ## list model versions (active and staged marked)
 add_user: $(STAMP) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= (no PASSWORD: prompt)
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make add_user USER_NAME=... PASSWORD=..." >&2; exit 2; }
 	@$(CLI) add-user "$$USER_NAME" --full-name "$$FULL_NAME" --email "$$EMAIL" $${PASSWORD+--password-env PASSWORD}
+
+passwd: $(STAMP) ## change an API user's password and revoke their earlier tokens: USER_NAME= [PASSWORD=] (no PASSWORD: prompt)
+	@test -n "$$USER_NAME" || { echo "error: give the user name: make passwd USER_NAME=..." >&2; exit 2; }
+	@$(CLI) passwd "$$USER_NAME" $${PASSWORD+--password-env PASSWORD}
 
 del_user: $(STAMP) ## delete an API user: USER_NAME=
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make del_user USER_NAME=..." >&2; exit 2; }

@@ -275,12 +275,12 @@ def smoke_test(layer: Path, functions: dict[str, Path], workdir: Path) -> None:
     synthetic.write_csv(synthetic.TINY, data)
     storage = LocalStorage(store)
     version = train(data, storage, progress=lambda _m: None).version
-    add_user(storage, "smoke", "smoke password", rounds=4)
+    smoke = add_user(storage, "smoke", "smoke password", rounds=4)
     model = load_model(storage, version)
     code = model.catalog.codes[model.catalog.most_popular()[0]]
     expected = [s.item.stock_code for s in model.recommend([code], 5).items]
     secret = "s" * 48
-    token = issue_token("smoke", secret)
+    token = issue_token("smoke", secret, stamp=smoke.stamp)
     env = {"PATH": os.environ.get("PATH", ""), "STORAGE_URL": str(store), "JWT_SECRET": secret,
            "CACHE_DIR": str(workdir / "cache"), "BCRYPT_ROUNDS": "4"}
     basket = json.dumps({"product_list": [code], "n": 5})

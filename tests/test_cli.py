@@ -47,14 +47,14 @@ def test_password_from_stdin(make, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["add_user", "USER_NAME=alice", "PASSWORD=other"], "error: user 'alice' already exists"),
+    (["add_user", "USER_NAME=alice", "PASSWORD=other password"], "error: user 'alice' already exists"),
     (["add_user", "USER_NAME=carol", "PASSWORD="], "error: the password is empty"),
-    (["add_user", "USER_NAME=carol", "PASSWORD=x", "EMAIL=nope"], "error: malformed email address 'nope'"),
+    (["add_user", "USER_NAME=carol", "PASSWORD=long enough", "EMAIL=nope"], "error: malformed email address 'nope'"),
     (["del_user", "USER_NAME=nobody"], "error: no user named 'nobody'"),
     (["del_user"], "error: give the user name"),
 ])
 def test_user_refusals_one_line_nonzero(make, args, message):
-    assert make("add_user", "USER_NAME=alice", "PASSWORD=pw").returncode == 0
+    assert make("add_user", "USER_NAME=alice", "PASSWORD=password-1").returncode == 0
     result = make(*args)
     assert result.returncode != 0
     assert message in result.stderr

@@ -165,7 +165,7 @@ def test_layer_requirements_cover_what_the_functions_import(user, trained_storag
     secret = "k" * 48
     env = {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": secret,
            "CACHE_DIR": str(tmp_path / "cache"), "BCRYPT_ROUNDS": "4"}
-    recommend = run_cold_start(env, cold_start_events(event, issue_token("alice", secret), "85123A"))
+    recommend = run_cold_start(env, cold_start_events(event, issue_token("alice", secret, stamp=user.stamp), "85123A"))
     auth = subprocess.run([sys.executable, "-c", (
         "import json, sys; sys.path.insert(0, 'functions/auth'); import app; from types import SimpleNamespace as S;"
         "r = app.handler(json.load(sys.stdin), S(get_remaining_time_in_millis=lambda: 30000));"

@@ -2,17 +2,16 @@
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 from mangum import Mangum
 from pydantic import BaseModel
-from recommender.core.storage import Storage
 from recommender.serving import web
-from recommender.serving.tokens import login
+from recommender.serving.logins import Logins
 from recommender.serving.users import User
-from starlette.concurrency import run_in_threadpool
 
-app = web.create_app("Recommender auth", "OAuth2 password flow: POST /token, then send Authorization: Bearer <token>.")
+app = web.create_app("Recommender auth", "OAuth2 password flow: POST /token, then send Authorization: Bearer <token>.",
+                     no_store=True)
 
 
 class TokenOut(BaseModel):
@@ -30,17 +29,17 @@ class UserOut(BaseModel):
     email: str
 
 
-@app.post("/token", response_model=TokenOut, summary="Get a bearer token (form fields username, password)")
-async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], settings: web.SettingsDep,
-                storage: Annotated[Storage, Depends(web.get_storage)],
+@app.post("/token", response_model=TokenOut, summary="Get a bearer token (form fields username, password)",
+          responses=web.errors(400, 401, 413, 422, 429, 503))
+async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request,
+                logins: Annotated[Logins, Depends(web.get_logins)],
                 secret: Annotated[str, Depends(web.get_secret)]) -> TokenOut:
-    """A JWT for a username and password (OAuth2 password flow); 401 for bad credentials."""
-    # bcrypt takes a quarter of a second on purpose: off the event loop.
-    access_token = await run_in_threadpool(login, storage, settings, secret, form.username, form.password)
+    """A JWT for a username and password (OAuth2 password flow); 401 for bad credentials, 429 after too many."""
+    access_token = await logins.login(form.username, form.password, web.client_address(request), secret)
     return TokenOut(access_token=access_token)
 
 
-@app.get("/users/me", response_model=UserOut, summary="The user the token belongs to")
+@app.get("/users/me", response_model=UserOut, summary="The user the token belongs to", responses=web.errors(401, 413, 503))
 @app.get("/users/me/", response_model=UserOut, include_in_schema=False)
 async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
     """The user the bearer token belongs to."""

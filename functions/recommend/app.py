@@ -1,7 +1,7 @@
 """Recommend function: what to offer with a basket, catalog search, health, and the web console with its endpoints."""
 
 import random
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Header, Query
 from fastapi.responses import Response
@@ -95,8 +95,26 @@ class SearchOut(BaseModel):
     model_version: str
 
 
+class HealthOut(BaseModel):
+    """The model this process serves."""
+
+    status: Literal["ok"]
+    model_version: str
+    item_count: int
+    model_created_at: str | None
+
+
+class HealthDown(BaseModel):
+    """Why no model can be served."""
+
+    status: Literal["unavailable"]
+    detail: str
+    model_version: None
+    item_count: int
+
+
 @app.post("/send_data", response_model=LegacyOut, summary="Recommendations in the original system's format",
-          openapi_extra=web.json_body_openapi(BasketIn))
+          openapi_extra=web.json_body_openapi(BasketIn), responses=web.errors(401, 413, 422, 503))
 async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
     options of /recommendations work here too."""
@@ -109,7 +127,7 @@ async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.F
 
 
 @app.post("/recommendations", response_model=RecommendationsOut, summary="Recommendations, self-describing",
-          openapi_extra=web.json_body_openapi(BasketIn))
+          openapi_extra=web.json_body_openapi(BasketIn), responses=web.errors(401, 413, 422, 503))
 async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered and
@@ -119,15 +137,19 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
     return web.FastJSON(answer_json(answer, options.explain))
 
 
-@app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words")
+@app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words",
+         responses=web.errors(401, 413, 422, 503))
 async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_length=200)] = "",
                 limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> web.FastJSON:
     """Items whose code starts with q, then items whose description holds every word of q; popular first."""
-    found = model.catalog.search(q, limit)
+    # Off the event loop: a search is a few milliseconds at most, but the first one of a model builds its index.
+    found = await run_in_threadpool(model.catalog.search, q, limit)
     return web.FastJSON({"items": [i._asdict() for i in found], "model_version": model.version})
 
 
-@app.get("/health", summary="Which model this process serves (no token needed)")
+@app.get("/health", summary="Which model this process serves (no token needed)", response_model=HealthOut,
+         responses={503: {"model": HealthDown, "description": "no model can be served: detail says why"},
+                    **web.errors(413)})
 async def health() -> web.FastJSON:
     """The model this process serves (503 with the reason when there is none); no token needed."""
     try:

@@ -40,7 +40,8 @@ def _password(args: argparse.Namespace) -> str:
         return value
     if not sys.stdin.isatty():
         line = sys.stdin.readline()
-        return line.rstrip("\n")
+        # One line, without its terminator: "\n", or "\r\n" from Windows tools and some clipboards.
+        return line.removesuffix("\n").removesuffix("\r")
     first = getpass.getpass("Password: ")
     if getpass.getpass("Repeat password: ") != first:
         raise InvalidInput("the two passwords differ")
@@ -52,8 +53,19 @@ def _add_user(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.serving.users import add_user
 
     user = add_user(_storage(settings), args.username, _password(args), args.full_name, args.email,
-                    rounds=settings.bcrypt_rounds)
+                    rounds=settings.bcrypt_rounds, min_password_length=settings.min_password_length)
     print(f"added user {user.username}")
+    return 0
+
+
+@command("passwd")
+def _passwd(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.users import change_password
+
+    user = change_password(_storage(settings), args.username, _password(args), rounds=settings.bcrypt_rounds,
+                           min_password_length=settings.min_password_length)
+    print(f"changed the password of {user.username}; tokens issued before stop working within "
+          f"{settings.user_cache_seconds:g} s")
     return 0
 
 
@@ -362,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("username")
     p.add_argument("--full-name", default="")
     p.add_argument("--email", default="")
+    p.add_argument("--password-env", metavar="VAR",
+                   help="read the password from this environment variable (default: prompt, or one line of stdin)")
+    p = sub.add_parser("passwd", help="change an API user's password (revokes the tokens issued before)")
+    p.add_argument("username")
     p.add_argument("--password-env", metavar="VAR",
                    help="read the password from this environment variable (default: prompt, or one line of stdin)")
     p = sub.add_parser("del-user", help="delete an API user")

@@ -183,7 +183,7 @@ def test_recommend_function_does_not_import_pandas_or_scipy(user, trained_storag
     code = catalog.codes[catalog.most_popular()[0]]
     env = {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": secret,
            "CACHE_DIR": str(tmp_path / "cache")}
-    run = run_cold_start(env, cold_start_events(event, issue_token("alice", secret), code))
+    run = run_cold_start(env, cold_start_events(event, issue_token("alice", secret, stamp=user.stamp), code))
     health, send = run["answers"]
     assert health["status"] == 200 and health["body"]["model_version"] == run["version"]
     assert send["status"] == 200 and len(send["body"]["result"]["recommendation"]) == 5

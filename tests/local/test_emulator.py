@@ -146,12 +146,12 @@ def test_cold_start_from_s3_measured(s3_emulator, tiny_csv, event, tmp_path, cap
     settings = get_settings()
     storage = open_storage(settings)
     version = train(tiny_csv, storage, progress=lambda _m: None).version
-    add_user(storage, "alice", PASSWORD, rounds=4)
+    alice = add_user(storage, "alice", PASSWORD, rounds=4)
     catalog = Catalog.from_json(storage.read(registry.artifact_key(version, "catalog.json")))
     secret = "c" * 48
     cache = tmp_path / "lambda-tmp"
     env = {**os.environ, "JWT_SECRET": secret, "CACHE_DIR": str(cache)}
-    events = cold_start_events(event, issue_token("alice", secret), catalog.codes[catalog.most_popular()[0]])
+    events = cold_start_events(event, issue_token("alice", secret, stamp=alice.stamp), catalog.codes[catalog.most_popular()[0]])
     started = time.perf_counter()
     run = run_cold_start(env, events + [events[1]])
     total = time.perf_counter() - started

@@ -21,8 +21,8 @@ from tests.conftest import ROOT
 
 
 def test_add_get_list_delete(storage):
-    add_user(storage, "alice", "pw1", "Alice", "alice@example.com", rounds=4)
-    add_user(storage, "bob", "pw2", rounds=4)
+    add_user(storage, "alice", "password-1", "Alice", "alice@example.com", rounds=4)
+    add_user(storage, "bob", "password-2", rounds=4)
     assert get_user(storage, "alice").email == "alice@example.com"
     assert [u.username for u in list_users(storage)] == ["alice", "bob"]
     delete_user(storage, "alice")
@@ -47,41 +47,41 @@ def test_awkward_passwords_work(storage, password):
 
 
 def test_refusals(storage):
-    add_user(storage, "alice", "pw", rounds=4)
+    add_user(storage, "alice", "password-1", rounds=4)
     with pytest.raises(AlreadyExists, match="already exists"):
-        add_user(storage, "alice", "other", rounds=4)
+        add_user(storage, "alice", "other-password", rounds=4)
     with pytest.raises(InvalidInput, match="password is empty"):
         add_user(storage, "dave", "", rounds=4)
     with pytest.raises(InvalidInput, match="malformed email"):
-        add_user(storage, "dave", "pw", email="not-an-email", rounds=4)
+        add_user(storage, "dave", "password-1", email="not-an-email", rounds=4)
     with pytest.raises(InvalidInput, match="invalid user name"):
-        add_user(storage, "../etc", "pw", rounds=4)
+        add_user(storage, "../etc", "password-1", rounds=4)
 
 
 def test_authenticate_refuses_with_one_message(storage):
-    add_user(storage, "alice", "pw", rounds=4)
+    add_user(storage, "alice", "password-1", rounds=4)
     with pytest.raises(AuthError) as wrong_password:
         authenticate(storage, "alice", "nope")
     with pytest.raises(AuthError) as unknown_user:
-        authenticate(storage, "mallory", "pw")
+        authenticate(storage, "mallory", "password-1")
     assert wrong_password.value.message == unknown_user.value.message
 
 
 def test_ten_concurrent_adds_one_winner(storage):
     def attempt(i):
         try:
-            add_user(storage, "same", f"pw{i}", rounds=4)
+            add_user(storage, "same", f"password-{i}", rounds=4)
             return i
         except AlreadyExists:
             return None
     with ThreadPoolExecutor(10) as pool:
         winners = [r for r in pool.map(attempt, range(10)) if r is not None]
     assert len(winners) == 1
-    authenticate(storage, "same", f"pw{winners[0]}")
+    authenticate(storage, "same", f"password-{winners[0]}")
 
 
 def test_ten_concurrent_cli_processes_one_winner(tmp_path):
-    env = {**os.environ, "STORAGE_URL": str(tmp_path / "store"), "BCRYPT_ROUNDS": "4", "PW": "pw"}
+    env = {**os.environ, "STORAGE_URL": str(tmp_path / "store"), "BCRYPT_ROUNDS": "4", "PW": "password-1"}
     procs = [subprocess.Popen([sys.executable, "-m", "recommender", "add-user", "same", "--password-env", "PW"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(10)]
@@ -93,7 +93,7 @@ def test_ten_concurrent_cli_processes_one_winner(tmp_path):
 
 def test_user_cache_forgets_deleted_users_after_ttl(storage):
     now = [0.0]
-    add_user(storage, "alice", "pw", rounds=4)
+    add_user(storage, "alice", "password-1", rounds=4)
     cache = UserCache(storage, ttl_seconds=5, clock=lambda: now[0])
     assert cache.get("alice").username == "alice"
     delete_user(storage, "alice")

@@ -158,7 +158,7 @@ def test_growth_estimate():
 @pytest.mark.slow
 def test_cold_start_of_the_handler_on_the_tiny_model(trained_storage, user, tiny_csv):
     settings = get_settings()
-    token = issue_token(user.username, load_secret(settings, trained_storage))
+    token = issue_token(user.username, load_secret(settings, trained_storage), stamp=user.stamp)
     baskets = deployment.sample_baskets(load_transactions(tiny_csv), 5)
     dep = deployment.Deployment(trained_storage.root, settings, token, baskets, active_version(trained_storage))
     options = runner.Options(template=ROOT / "template.yaml", cold_repeats=1)

@@ -79,3 +79,23 @@ class StorageError(RecommenderError):
     """The storage backend failed (unreachable bucket, permissions)."""
 
     status_code = 503
+
+
+class TooManyRequests(RecommenderError):
+    """Too many failed attempts from this client; retry after retry_after seconds (HTTP 429 with Retry-After)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Busy(RecommenderError):
+    """The service is at capacity for this kind of work; retry after retry_after seconds (HTTP 503, Retry-After)."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

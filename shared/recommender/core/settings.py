@@ -9,6 +9,9 @@ from typing import Mapping
 
 from recommender.core.errors import ConfigError
 
+# HS256 keys shorter than the hash (32 bytes) weaken it (RFC 7518, section 3.2).
+MIN_SECRET_BYTES = 32
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -22,6 +25,17 @@ class Settings:
     jwt_algorithm: str = "HS256"
     token_minutes: int = 60
     bcrypt_rounds: int = 12
+    min_password_length: int = 8
+    # Password guessing: after this many failed logins for one user name from one client address, or from one
+    # address in all, within the window, /token answers 429 until the oldest of them leaves the window.
+    login_failures_per_user: int = 5
+    login_failures_per_address: int = 50
+    login_window_seconds: float = 900.0
+    # Password checks (bcrypt) run in their own pool of this many threads, at this niceness (Linux), with at most
+    # login_queue more waiting; beyond that /token answers 503 at once, and recommendations never wait for them.
+    login_workers: int = 1
+    login_queue: int = 8
+    login_nice: int = 10
     # How long a user lookup is trusted before the store is read again (deleted users lose access within it).
     user_cache_seconds: float = 5.0
     # How often a serving process looks at the active-model pointer.
@@ -44,6 +58,9 @@ class Settings:
     # this machine's memory; training.budget).
     max_training_gb: float | None = None
     max_body_bytes: int = 65536
+    # The local server's limits on a request's line and headers: larger ones get 431, slower ones 408.
+    max_header_bytes: int = 16384
+    header_timeout_seconds: float = 10.0
     keep_versions: int = 5
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
     model_gate_margin: float = 0.10
@@ -75,6 +92,13 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         except ValueError:
             raise ConfigError(f"environment variable {f.name.upper()}={raw!r} is not a valid {kind.split()[0]}") from None
     settings = Settings(**values)
+    if settings.jwt_secret is not None and len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"JWT_SECRET is {len(settings.jwt_secret.encode())} bytes long; a token signing secret needs "
+                          f"at least {MIN_SECRET_BYTES} (make one with: python3 -c 'import secrets; "
+                          "print(secrets.token_urlsafe(48))'), or leave JWT_SECRET unset to have one generated")
+    for name in ("login_failures_per_user", "login_failures_per_address", "login_workers"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
     if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:

@@ -123,6 +123,7 @@ class Gateway:
             from fastapi.openapi.docs import get_swagger_ui_html
 
             page = get_swagger_ui_html(openapi_url="/openapi.json", title="Recommender API")
+            page.headers["X-Content-Type-Options"] = "nosniff"
             return await page(scope, receive, send)
         if path in self._paths:
             return await self._send(send, 405, b'{"detail":"Method Not Allowed"}')
@@ -131,7 +132,8 @@ class Gateway:
     @staticmethod
     async def _send(send: Send, status: int, body: bytes) -> None:
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"x-content-type-options", b"nosniff")]})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

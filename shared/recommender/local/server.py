@@ -36,10 +36,13 @@ def serve(settings: Settings, template: Path) -> None:
     import uvicorn
 
     from recommender.local.gateway import Gateway, read_routes
+    from recommender.serving.tokens import load_secret
     from recommender.serving.web import model_holder
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     storage = open_storage(settings)
+    # A signing secret that cannot be used stops the server now, with its message, rather than at the first login.
+    load_secret(settings, storage)
     holder = model_holder(settings)
     # A long-running server asks Annoy for every item before a model serves; a Lambda container does not (its
     # cold start would pay for it) and asks as baskets come.
@@ -67,9 +70,13 @@ def serve(settings: Settings, template: Path) -> None:
 
 def uvicorn_options(settings: Settings) -> dict:
     """How `make run` and `make run-prod` run uvicorn; the benchmark's ceiling app runs with the same options."""
-    # One worker; loop and HTTP parser are uvicorn's "auto" (uvloop and httptools when installed).
+    from recommender.local.protocol import limited_protocol
+
+    # One worker; the loop is uvicorn's "auto" (uvloop when installed), the HTTP parser httptools with limits on
+    # the size and the time of a request's head (uvicorn sets neither).
+    protocol = limited_protocol(settings.max_header_bytes, settings.header_timeout_seconds)
     return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
-            "server_header": False}
+            "server_header": False, "http": protocol}
 
 
 def _is_server(argv: list[bytes]) -> bool:

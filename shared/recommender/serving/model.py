@@ -164,6 +164,7 @@ class Model:
     def warm(self) -> None:
         """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""
         self.near(np.arange(len(self.catalog), dtype=np.int64))
+        self.catalog.search_index()  # and build the catalog search index before the first GET /items
         self._warm = True
 
     def near(self, items: np.ndarray) -> np.ndarray:

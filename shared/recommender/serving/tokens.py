@@ -12,11 +12,11 @@ from typing import Any, Callable
 from jose import JWTError, jwt
 
 from recommender.core.errors import AuthError, ConfigError, StorageError
-from recommender.core.settings import Settings
+from recommender.core.settings import MIN_SECRET_BYTES, Settings
 from recommender.core.storage import Storage
 
 SECRET_KEY = "secrets/jwt_secret"
-MIN_SECRET_LENGTH = 32
+MIN_SECRET_LENGTH = MIN_SECRET_BYTES
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class TokenClaims:
     token_id: str
     issued_at: int
     expires_at: int
+    stamp: str = ""  # the account's stamp when the token was issued (users.User.stamp); "" before stamps existed
 
 
 def load_secret(settings: Settings, storage: Storage, secrets_client: Any = None) -> str:
@@ -48,16 +49,18 @@ def load_secret(settings: Settings, storage: Storage, secrets_client: Any = None
     else:
         storage.create(SECRET_KEY, secrets.token_urlsafe(48).encode())
         secret = storage.read(SECRET_KEY).decode().strip()
-    if len(secret) < MIN_SECRET_LENGTH:
-        raise ConfigError(f"the token signing secret is shorter than {MIN_SECRET_LENGTH} characters")
+    if len(secret.encode()) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"the token signing secret is shorter than {MIN_SECRET_LENGTH} bytes")
     return secret
 
 
 def issue_token(username: str, secret: str, algorithm: str = "HS256", minutes: int = 60,
-                clock: Callable[[], float] = time.time) -> str:
-    """A signed JWT for username carrying sub, iat, exp and a unique jti."""
+                clock: Callable[[], float] = time.time, stamp: str = "") -> str:
+    """A signed JWT for username carrying sub, iat, exp, a unique jti and the account's stamp (stm)."""
     now = int(clock())
     claims = {"sub": username, "iat": now, "exp": now + minutes * 60, "jti": uuid.uuid4().hex}
+    if stamp:
+        claims["stm"] = stamp
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
@@ -80,15 +83,8 @@ def _signed_claims(token: str, secret: str, algorithm: str) -> TokenClaims:
     except JWTError:
         raise AuthError("invalid token") from None
     sub, exp, iat, jti = claims.get("sub"), claims.get("exp"), claims.get("iat"), claims.get("jti")
-    if not isinstance(sub, str) or not isinstance(exp, int) or not isinstance(iat, int) or not isinstance(jti, str):
+    stamp = claims.get("stm", "")
+    if not isinstance(sub, str) or not isinstance(exp, int) or not isinstance(iat, int) or not isinstance(jti, str) \
+            or not isinstance(stamp, str):
         raise AuthError("invalid token")
-    return TokenClaims(sub, jti, iat, exp)
-
-
-def login(storage: Storage, settings: Settings, secret: str, username: str, password: str,
-          clock: Callable[[], float] = time.time) -> str:
-    """A new token for a user whose password matches; AuthError otherwise. Slow on purpose (bcrypt)."""
-    from recommender.serving.users import authenticate
-
-    user = authenticate(storage, username, password)
-    return issue_token(user.username, secret, settings.jwt_algorithm, settings.token_minutes, clock)
+    return TokenClaims(sub, jti, iat, exp, stamp)

@@ -7,7 +7,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable
@@ -20,19 +20,31 @@ if TYPE_CHECKING:
 
 USERS_PREFIX = "users/"
 USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+# An address a mail client would accept: RFC 5322 "atext" before the @, DNS labels and a letters-only TLD after.
+EMAIL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                      r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+MAX_EMAIL = 254
+MAX_FULL_NAME = 200
+# passlib refuses longer passwords (a denial-of-service guard); add_user refuses them with a message, and a login
+# with one is a wrong password, answered without hashing anything.
+MAX_PASSWORD_BYTES = 4096
+MIN_PASSWORD_LENGTH = 8
 
 
 @dataclass(frozen=True)
 class User:
-    """What the API may show about a user."""
+    """What the API may show about a user (and the stamp its tokens must carry, never shown)."""
 
     username: str
     full_name: str
     email: str
     created_at: str
+    # Random, new with every account and every password change; a token is valid only with the stamp it was
+    # issued under, so re-creating a user or changing a password revokes every earlier token.
+    stamp: str = field(default="", repr=False)
 
 
+@lru_cache(maxsize=4)
 def password_context(rounds: int = 12) -> CryptContext:
     """bcrypt over SHA-256 of the password (passlib's bcrypt_sha256), so passwords over 72 bytes are not truncated."""
     # Imported here: the recommend function checks tokens, never passwords, and starts faster without it.
@@ -42,7 +54,8 @@ def password_context(rounds: int = 12) -> CryptContext:
 
 
 def _key(username: str) -> str:
-    return f"{USERS_PREFIX}{username}.json"
+    # User names are case-insensitive: "alice" and "ALICE" are one user, kept under the lower-case key.
+    return f"{USERS_PREFIX}{username.lower()}.json"
 
 
 def validate_username(username: str) -> str:
@@ -54,27 +67,86 @@ def validate_username(username: str) -> str:
     return username
 
 
-def add_user(storage: Storage, username: str, password: str, full_name: str = "", email: str = "",
-             rounds: int = 12, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> User:
-    """Create a user; AlreadyExists if the name is taken (atomic: of concurrent adds exactly one wins)."""
-    validate_username(username)
+def validate_password(password: str, min_length: int = MIN_PASSWORD_LENGTH) -> str:
+    """The password, or InvalidInput if it is empty, shorter than min_length characters or over 4,096 bytes."""
     if not password:
         raise InvalidInput("the password is empty")
-    if email and not EMAIL_RE.fullmatch(email):
+    if len(password) < min_length:
+        raise InvalidInput(f"the password is shorter than {min_length} characters (MIN_PASSWORD_LENGTH)")
+    if _byte_length(password) > MAX_PASSWORD_BYTES:
+        raise InvalidInput(f"the password is longer than {MAX_PASSWORD_BYTES} bytes")
+    return password
+
+
+def _byte_length(password: str) -> int:
+    """The UTF-8 length of password; above the limit when it cannot be encoded at all (a lone surrogate)."""
+    try:
+        return len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        return MAX_PASSWORD_BYTES + 1
+
+
+def _validate_profile(full_name: str, email: str) -> tuple[str, str]:
+    full_name, email = full_name.strip(), email.strip()
+    # Control characters (newlines, tabs, escapes) would break one-line listings and logs.
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in full_name):
+        raise InvalidInput(f"the full name {full_name!r} contains control characters (newline, tab, ...)")
+    if len(full_name) > MAX_FULL_NAME:
+        raise InvalidInput(f"the full name is longer than {MAX_FULL_NAME} characters")
+    if email and (len(email) > MAX_EMAIL or not EMAIL_RE.fullmatch(email)):
         raise InvalidInput(f"malformed email address {email!r}")
-    user = User(username, full_name.strip(), email.strip(), now().isoformat(timespec="seconds"))
+    return full_name, email
+
+
+def _new_stamp() -> str:
+    return secrets.token_hex(8)
+
+
+def add_user(storage: Storage, username: str, password: str, full_name: str = "", email: str = "",
+             rounds: int = 12, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+             min_password_length: int = MIN_PASSWORD_LENGTH) -> User:
+    """Create a user; AlreadyExists if the name is taken in any case (atomic: of concurrent adds exactly one wins)."""
+    validate_username(username)
+    validate_password(password, min_password_length)
+    full_name, email = _validate_profile(full_name, email)
+    if _legacy_key(storage, username) is not None:
+        raise AlreadyExists(f"user {username!r} already exists")
+    user = User(username, full_name, email, now().isoformat(timespec="seconds"), _new_stamp())
     record = {**asdict(user), "password_hash": password_context(rounds).hash(password)}
     if not storage.create(_key(username), json.dumps(record, indent=1).encode()):
         raise AlreadyExists(f"user {username!r} already exists")
     return user
 
 
-def _record(storage: Storage, username: str) -> dict:
+def _legacy_key(storage: Storage, username: str) -> str | None:
+    """The key of a record written before names were case-insensitive (users/Alice.json) in any case, if any."""
+    wanted = username.lower()
+    for key in storage.list(USERS_PREFIX):
+        name = key[len(USERS_PREFIX):-len(".json")] if key.endswith(".json") else ""
+        if name != name.lower() and name.lower() == wanted:
+            return key
+    return None
+
+
+def _find(storage: Storage, username: str) -> tuple[str, dict]:
     validate_username(username)
     try:
-        record = json.loads(storage.read(_key(username)))
+        return _key(username), _parse(storage, username, storage.read(_key(username)))
     except NotFound:
-        raise NotFound(f"no user named {username!r}") from None
+        pass
+    if username != username.lower():
+        # A record written before names were case-insensitive lives under the case it was created with.
+        legacy = f"{USERS_PREFIX}{username}.json"
+        try:
+            return legacy, _parse(storage, username, storage.read(legacy))
+        except NotFound:
+            pass
+    raise NotFound(f"no user named {username!r}")
+
+
+def _parse(storage: Storage, username: str, data: bytes) -> dict:
+    try:
+        record = json.loads(data)
     except ValueError:
         raise StorageError(f"the record of user {username!r} in {storage.url} is damaged (not JSON)") from None
     if not isinstance(record, dict) or not isinstance(record.get("username"), str):
@@ -82,17 +154,31 @@ def _record(storage: Storage, username: str) -> dict:
     return record
 
 
+def _user(record: dict) -> User:
+    return User(record["username"], record.get("full_name", ""), record.get("email", ""),
+                record.get("created_at", ""), record.get("stamp", ""))
+
+
 def get_user(storage: Storage, username: str) -> User:
-    """The user named username; NotFound otherwise."""
-    record = _record(storage, username)
-    return User(record["username"], record.get("full_name", ""), record.get("email", ""), record.get("created_at", ""))
+    """The user named username (in any case); NotFound otherwise."""
+    return _user(_find(storage, username)[1])
 
 
 def delete_user(storage: Storage, username: str) -> None:
     """Remove a user; NotFound if there is none by that name."""
-    validate_username(username)
-    if not storage.delete(_key(username)):
+    key, _record = _find(storage, username)
+    if not storage.delete(key):
         raise NotFound(f"no user named {username!r}")
+
+
+def change_password(storage: Storage, username: str, password: str, rounds: int = 12,
+                    min_password_length: int = MIN_PASSWORD_LENGTH) -> User:
+    """Set a new password and a new stamp, which revokes every token issued before; NotFound if no such user."""
+    validate_password(password, min_password_length)
+    key, record = _find(storage, username)
+    record.update(password_hash=password_context(rounds).hash(password), stamp=_new_stamp())
+    storage.write(key, json.dumps(record, indent=1).encode())
+    return _user(record)
 
 
 def list_users(storage: Storage) -> list[User]:
@@ -107,24 +193,26 @@ def list_users(storage: Storage) -> list[User]:
     return users
 
 
-@lru_cache(maxsize=1)
-def _dummy_hash() -> str:
-    # Verified against when the user does not exist, so that a wrong name and a wrong password
-    # take the same time and cannot be told apart.
-    return password_context().hash(secrets.token_hex(16))
+@lru_cache(maxsize=4)
+def _dummy_hash(rounds: int) -> str:
+    # Verified against when the user does not exist, so that a wrong name and a wrong password take the same
+    # time and cannot be told apart: hashed with the configured rounds, like the users' own hashes.
+    return password_context(rounds).hash(secrets.token_hex(16))
 
 
-def authenticate(storage: Storage, username: str, password: str) -> User:
-    """The user if the password matches; AuthError (one message for every cause) otherwise."""
+def authenticate(storage: Storage, username: str, password: str, rounds: int = 12) -> User:
+    """The user if the password matches; AuthError (one message for every cause) otherwise. Slow on purpose."""
     refused = AuthError("incorrect username or password")
+    if not password or _byte_length(password) > MAX_PASSWORD_BYTES:
+        raise refused  # no stored password can be this one (add_user refuses them): nothing to hash
     try:
-        record = _record(storage, username)
+        record = _find(storage, username)[1]
     except (NotFound, InvalidInput):
-        password_context().verify(password or "x", _dummy_hash())
+        password_context(rounds).verify(password, _dummy_hash(rounds))
         raise refused from None
-    if not password or not password_context().verify(password, record["password_hash"]):
+    if not password_context(rounds).verify(password, record["password_hash"]):
         raise refused
-    return get_user(storage, username)
+    return _user(record)
 
 
 class UserCache:
@@ -139,21 +227,21 @@ class UserCache:
 
     def due(self, username: str) -> bool:
         """Whether get(username) would read the storage (so async callers can move it off the event loop)."""
-        hit = self._seen.get(username)
+        hit = self._seen.get(username.lower())
         return hit is None or self.clock() - hit[0] >= self.ttl
 
     def get(self, username: str) -> User:
         """The user, from memory when looked up less than ttl seconds ago; NotFound otherwise."""
-        now = self.clock()
-        hit = self._seen.get(username)
+        now, name = self.clock(), username.lower()
+        hit = self._seen.get(name)
         if hit and now - hit[0] < self.ttl:
             return hit[1]
         try:
             user = get_user(self.storage, username)
         except NotFound:
             with self._lock:
-                self._seen.pop(username, None)
+                self._seen.pop(name, None)
             raise
         with self._lock:
-            self._seen[username] = (now, user)
+            self._seen[name] = (now, user)
         return user

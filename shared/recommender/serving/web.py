@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from functools import lru_cache
 from typing import Annotated, Any, Awaitable, Callable
 
@@ -16,9 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recommender.core.errors import AuthError, InvalidInput, NotFound, RecommenderError
+from recommender.core.errors import AuthError, Busy, InvalidInput, NotFound, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
+from recommender.serving.logins import Logins
 from recommender.serving.model import Model, ModelHolder
 from recommender.serving.tokens import load_secret, verify_token
 from recommender.serving.users import User, UserCache
@@ -58,15 +60,43 @@ def model_holder(settings: Settings) -> ModelHolder:
     return ModelHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache)
 
 
+# The login throttle and password pool of each settings object (a dict rather than lru_cache: the pools' threads
+# are shut down when tests reset the resources).
+_logins_by_settings: dict[Settings, Logins] = {}
+_logins_lock = threading.Lock()
+
+
+def _logins(settings: Settings) -> Logins:
+    with _logins_lock:
+        logins = _logins_by_settings.get(settings)
+        if logins is None:
+            logins = _logins_by_settings[settings] = Logins(settings, _storage(settings))
+        return logins
+
+
 def reset_resources() -> None:
     """Forget every cached resource (tests use it between settings)."""
     for cached in (_storage, _secret, _user_cache, model_holder):
         cached.cache_clear()
+    with _logins_lock:
+        for logins in _logins_by_settings.values():
+            logins.pool.shutdown()
+        _logins_by_settings.clear()
 
 
 async def get_storage(settings: SettingsDep) -> Storage:
     """The storage named by the settings."""
     return _storage(settings)
+
+
+async def get_logins(settings: SettingsDep) -> Logins:
+    """This process's logins: the throttle and the password-check pool."""
+    return _logins(settings)
+
+
+def client_address(request: Request) -> str:
+    """The address of the client that sent the request (on Lambda, API Gateway's sourceIp)."""
+    return request.client.host if request.client and request.client.host else "unknown"
 
 
 async def get_secret(settings: SettingsDep) -> str:
@@ -90,10 +120,14 @@ async def current_user(token: Annotated[str | None, Depends(bearer)]) -> User:
     claims = verify_token(token, await _signing_secret(settings), settings.jwt_algorithm)
     cache = _user_cache(settings)
     try:
-        return await run_in_threadpool(cache.get, claims.username) if cache.due(claims.username) else cache.get(claims.username)
+        user = await run_in_threadpool(cache.get, claims.username) if cache.due(claims.username) else cache.get(claims.username)
     except (NotFound, InvalidInput):
         raise AuthError("the user of this token no longer exists") from None
     # Any other failure (the user store unreachable: StorageError) propagates as a 503: never a pass, never a 500.
+    if claims.stamp != user.stamp:
+        # Issued to an earlier account of that name, or before the password changed.
+        raise AuthError("this token was revoked (the password changed or the account was re-created): log in again")
+    return user
 
 
 async def current_model() -> Model:
@@ -138,6 +172,36 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+class ErrorOut(BaseModel):
+    """Every error answer: one line saying what is wrong."""
+
+    detail: str
+
+
+# What each error status means, for the OpenAPI document (README "HTTP API" says the same).
+ERROR_MEANINGS = {
+    400: "the form body cannot be parsed",
+    401: "missing, malformed, expired, forged or revoked token, a deleted user, or bad credentials",
+    413: "the request body is larger than MAX_BODY_BYTES",
+    422: "malformed request: the detail names the field and the problem",
+    429: "too many failed logins from this client address; retry after Retry-After seconds",
+    503: "no model can be served, the storage cannot be reached, or logins are at capacity (with Retry-After)",
+}
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    503: {"Retry-After": {"description": "seconds to wait (when logins are at capacity)",
+                          "schema": {"type": "integer"}}},
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route that can answer these error statuses, each with a {"detail": "..."} body."""
+    return {status: {"model": ErrorOut, "description": ERROR_MEANINGS[status],
+                     **({"headers": _ERROR_HEADERS[status]} if status in _ERROR_HEADERS else {})}
+            for status in statuses}
+
+
 def describe_validation_error(errors: list[dict[str, Any]]) -> str:
     """One readable line for pydantic's error list, e.g. "n: Input should be less than or equal to 100"."""
     parts = []
@@ -156,10 +220,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RecommenderError)
     async def domain_error(_request: Request, err: RecommenderError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(err, AuthError) else None
-        if err.status_code >= 500:
-            log.error("%s", err.message)
-        return _error(err.status_code, err.message, headers)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(err, AuthError) else {}
+        if getattr(err, "retry_after", None) is not None:
+            headers["Retry-After"] = str(err.retry_after)
+        if err.status_code >= 500 and not isinstance(err, Busy):
+            log.error("%s", err.message)  # a busy login pool is logged by the login's own line
+        return _error(err.status_code, err.message, headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -172,7 +238,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, err: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return _error(500, "internal error")
+        # Sent from outside every middleware (Starlette's last resort), so it carries its own security header.
+        return _error(500, "internal error", dict(SECURITY_HEADERS))
 
 
 class BodyLimit:
@@ -216,9 +283,43 @@ async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def create_app(title: str, description: str) -> FastAPI:
-    """A FastAPI app with the shared error mapping and body limit; each function adds its routes."""
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff"}
+
+
+class Headers:
+    """Adds the security headers to every response (and Cache-Control: no-store where asked), and answers HEAD
+    like GET without a body (the servers drop it) on every GET route."""
+
+    def __init__(self, app: ASGIApp, no_store: bool = False) -> None:
+        self.app = app
+        self.extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        if no_store:
+            # Tokens and who a token belongs to must not be kept by browsers or proxies (RFC 6749, section 5.1).
+            self.extra += [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = self.extra
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        if scope["method"] == "HEAD":
+            # uvicorn and API Gateway see the request as HEAD and send no body; the routes see a GET.
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(title: str, description: str, no_store: bool = False) -> FastAPI:
+    """A FastAPI app with the shared error mapping, body limit and headers; each function adds its routes.
+
+    no_store: every answer carries Cache-Control: no-store (the auth function's tokens and user details).
+    """
     app = FastAPI(title=title, description=description, version="1.0")
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(Headers, no_store=no_store)  # added last: outermost, so the 413s get the headers too
     return app

@@ -87,11 +87,11 @@ def retail_deployment(csv: Path, workdir: Path, basket_count: int = 2000) -> Ite
     storage = LocalStorage(folder)
     say(f"training the Online Retail model for serving ({csv.name})")
     result = train(csv, storage, progress=lambda _m: None)
-    add_user(storage, "bench", pysecrets.token_urlsafe(16), "Benchmark", "bench@example.com", rounds=4)
+    user = add_user(storage, "bench", pysecrets.token_urlsafe(16), "Benchmark", "bench@example.com", rounds=4)
     settings = settings_from_env({**os.environ, "STORAGE_URL": str(folder), "RUN_DIR": str(workdir / "run"),
                                   "HOST": "127.0.0.1", "PORT": str(free_port())})
     secret = load_secret(settings, storage)
-    token = issue_token("bench", secret, settings.jwt_algorithm, minutes=240)
+    token = issue_token("bench", secret, settings.jwt_algorithm, minutes=240, stamp=user.stamp)
     baskets = sample_baskets(load_transactions(csv), basket_count)
     yield Deployment(folder, settings, token, baskets, result.version)
 
