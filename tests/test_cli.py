@@ -46,12 +46,38 @@ def test_password_from_stdin(make, tmp_path):
     authenticate(LocalStorage(tmp_path / "data"), "bob", "from stdin pw")
 
 
+def test_passwd_and_crlf_from_stdin(make, tmp_path):
+    storage = LocalStorage(tmp_path / "data")
+    assert make("add_user", "USER_NAME=bob", stdin="windows pw\r\n").returncode == 0
+    authenticate(storage, "bob", "windows pw")   # the \r of a CRLF line is not part of the password
+    before = storage.read("users/bob.json")
+    changed = make("passwd", "USER_NAME=BOB", stdin="a new password\r\n")
+    assert changed.returncode == 0 and "changed the password of bob" in changed.stdout, changed.stderr
+    authenticate(storage, "bob", "a new password")
+    assert b"a new password" not in storage.read("users/bob.json") and storage.read("users/bob.json") != before
+
+
+def test_short_jwt_secret_refused_at_start(tmp_path):
+    env = {**os.environ, "STORAGE_URL": str(tmp_path / "data"), "RUN_DIR": str(tmp_path / "run"),
+           "JWT_SECRET": "only-twenty-bytes-xx"}
+    result = make_runner(env)("run-prod", check=False)
+    assert result.returncode != 0
+    assert "error: JWT_SECRET is 20 bytes long; a token signing secret needs at least 32" in result.stderr
+    assert result.stderr.count("error:") == 1 and not (tmp_path / "run" / "server.pid").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["add_user", "USER_NAME=alice", "PASSWORD=other password"], "error: user 'alice' already exists"),
     (["add_user", "USER_NAME=carol", "PASSWORD="], "error: the password is empty"),
     (["add_user", "USER_NAME=carol", "PASSWORD=long enough", "EMAIL=nope"], "error: malformed email address 'nope'"),
     (["del_user", "USER_NAME=nobody"], "error: no user named 'nobody'"),
     (["del_user"], "error: give the user name"),
+    (["add_user", "USER_NAME=carol", "PASSWORD=" + "x" * 5000], "error: the password is longer than 4096 bytes"),
+    (["add_user", "USER_NAME=carol", "PASSWORD=short"], "error: the password is shorter than 8 characters"),
+    (["add_user", "USER_NAME=ALICE", "PASSWORD=password-2"], "error: user 'ALICE' already exists"),
+    (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "EMAIL=a@b.c<script>"], "error: malformed email"),
+    (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "FULL_NAME=Carol\n\tEvil"], "control characters"),
+    (["passwd", "USER_NAME=nobody", "PASSWORD=password-2"], "error: no user named 'nobody'"),
 ])
 def test_user_refusals_one_line_nonzero(make, args, message):
     assert make("add_user", "USER_NAME=alice", "PASSWORD=password-1").returncode == 0

@@ -108,6 +108,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         if self.transport.is_closing():
             return
+        if status != 400:  # uvicorn has logged its own warning for a 400
+            client = "%s:%d" % self.client if self.client else "a client"
+            self.logger.warning("%d for %s: %s", status, client, MESSAGES[status].format(limit=self.max_head_bytes))
         body = json.dumps({"detail": MESSAGES[status].format(limit=self.max_head_bytes)}).encode()
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:

@@ -62,7 +62,7 @@ class LoginThrottle:
                      if len(times := self._recent(key, now)) >= limit]
             if waits:
                 raise TooManyRequests(THROTTLED, retry_after=max(1, math.ceil(max(waits))))
-            if len(self._failures) >= self.max_keys:
+            if len(self._failures) + 2 > self.max_keys:
                 self._forget_oldest(now)
             for key in (user_key, address_key):
                 self._failures.setdefault(key, deque()).append(now)
@@ -92,10 +92,11 @@ class LoginThrottle:
 
     def _forget_oldest(self, now: float) -> None:
         # Bounded memory whatever the number of names and addresses tried: expired entries go first, then the
-        # oldest keys (dicts keep insertion order).
+        # oldest keys (dicts keep insertion order), down to three quarters of the bound so this runs rarely.
         for key in list(self._failures):
             self._recent(key, now)
-        for key in list(self._failures)[: max(0, len(self._failures) - self.max_keys + 1)]:
+        excess = len(self._failures) - self.max_keys * 3 // 4
+        for key in list(self._failures)[: max(0, excess)]:
             del self._failures[key]
 
 

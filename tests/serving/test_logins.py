@@ -1,0 +1,163 @@
+"""Logins: the guessing throttle, the bounded password-check pool, and the log line of each attempt."""
+
+import asyncio
+import json
+import logging
+import threading
+
+import pytest
+from recommender.core.errors import AuthError, Busy, TooManyRequests
+from recommender.core.settings import Settings
+from recommender.serving.logins import Logins, LoginThrottle, PasswordPool
+from recommender.serving.tokens import verify_token
+from recommender.serving.users import add_user
+
+SECRET = "s" * 48
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fail(throttle: LoginThrottle, user: str, address: str, times: int = 1) -> None:
+    for _ in range(times):
+        throttle.begin(user, address)  # counted as failed until it succeeds
+
+
+def test_sixth_failure_for_a_user_from_one_address_is_refused_until_the_window_moves():
+    clock = Clock()
+    throttle = LoginThrottle(5, 50, 900, clock)
+    fail(throttle, "alice", "10.0.0.1", 5)
+    clock.now += 100
+    with pytest.raises(TooManyRequests) as refused:
+        throttle.begin("alice", "10.0.0.1")
+    assert refused.value.retry_after == 800
+    with pytest.raises(TooManyRequests):
+        throttle.begin("ALICE", "10.0.0.1")  # names are case-insensitive, so is their count
+    throttle.begin("alice", "10.0.0.2")      # another address
+    throttle.begin("bob", "10.0.0.1")        # another user
+    clock.now += 800
+    throttle.begin("alice", "10.0.0.1")      # the first failure left the window
+
+
+def test_fifty_failures_from_one_address_block_every_name():
+    clock = Clock()
+    throttle = LoginThrottle(5, 50, 900, clock)
+    for i in range(50):
+        throttle.begin(f"user{i}", "10.0.0.9")
+    with pytest.raises(TooManyRequests) as refused:
+        throttle.begin("someone-new", "10.0.0.9")
+    assert refused.value.retry_after == 900
+    throttle.begin("someone-new", "10.0.0.10")
+
+
+def test_a_success_clears_the_users_count_but_not_the_addresses():
+    throttle = LoginThrottle(5, 7, 900, Clock())
+    fail(throttle, "alice", "a", 4)
+    throttle.succeeded("alice", "a", throttle.begin("alice", "a"))
+    fail(throttle, "alice", "a", 2)          # counting starts again for alice ...
+    throttle.begin("bob", "a")
+    with pytest.raises(TooManyRequests):
+        throttle.begin("carol", "a")         # ... but not the address's: 4 + 2 + bob's 1 = 7 failures
+
+
+def test_cancelled_attempts_do_not_count():
+    throttle = LoginThrottle(2, 50, 900, Clock())
+    for _ in range(5):
+        throttle.cancel("alice", "a", throttle.begin("alice", "a"))
+    fail(throttle, "alice", "a", 2)
+
+
+def test_memory_stays_bounded_whatever_is_tried():
+    clock = Clock()
+    throttle = LoginThrottle(5, 50, 900, clock, max_keys=100)
+    for i in range(1000):
+        clock.now += 0.001
+        throttle.begin(f"user{i}", f"10.0.{i // 250}.{i % 250}")
+    assert len(throttle._failures) <= 100
+
+
+def test_pool_refuses_at_once_beyond_its_queue():
+    release = threading.Event()
+    pool = PasswordPool(workers=1, queue=1)
+
+    async def scenario():
+        first = asyncio.ensure_future(pool.run(release.wait, 30))
+        second = asyncio.ensure_future(pool.run(release.wait, 30))
+        await asyncio.sleep(0)
+        with pytest.raises(Busy) as busy:
+            await pool.run(release.wait, 30)
+        assert busy.value.retry_after == 1
+        release.set()
+        assert await first and await second
+        assert await pool.run(lambda: "free again") == "free again"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_pool_threads_run_at_a_lower_priority():
+    import os
+
+    pool = PasswordPool(workers=1, queue=0, nice=7)
+    try:
+        niceness = asyncio.run(pool.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    finally:
+        pool.shutdown()
+    assert niceness >= min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+
+
+@pytest.fixture
+def logins(storage):
+    add_user(storage, "alice", "correct horse", rounds=4)
+    settings = Settings(bcrypt_rounds=4, login_failures_per_user=3, login_failures_per_address=10)
+    logins = Logins(settings, storage)
+    yield logins
+    logins.pool.shutdown()
+
+
+def attempt(logins: Logins, username: str, password: str, address: str = "192.0.2.1"):
+    return asyncio.run(logins.login(username, password, address, SECRET))
+
+
+def test_login_flow_logs_one_line_per_attempt_without_the_password(logins, caplog):
+    caplog.set_level(logging.INFO, logger="recommender.auth")
+    for _ in range(3):
+        with pytest.raises(AuthError):
+            attempt(logins, "alice", "wrong password 1")
+    with pytest.raises(TooManyRequests):
+        attempt(logins, "alice", "correct horse")     # throttled even with the right password
+    token = attempt(logins, "alice", "correct horse", address="192.0.2.2")
+    assert verify_token(token, SECRET).username == "alice"
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "recommender.auth"]
+    assert [line["outcome"] for line in lines] == ["failure"] * 3 + ["throttled", "success"]
+    assert lines[0] == {"event": "login", "username": "alice", "client": "192.0.2.1", "outcome": "failure"}
+    assert not any(secret in caplog.text for secret in ("wrong password", "correct horse", token))
+
+
+def test_unknown_users_are_throttled_alike(logins):
+    for name in ("alice", "nobody"):
+        for _ in range(3):
+            with pytest.raises(AuthError) as refused:
+                attempt(logins, name, "wrong password 1")
+            assert refused.value.message == "incorrect username or password"
+        with pytest.raises(TooManyRequests) as throttled:
+            attempt(logins, name, "wrong password 1")
+        assert throttled.value.message.startswith("too many failed logins")
+
+
+def test_log_line_escapes_what_the_client_sent(logins, caplog):
+    caplog.set_level(logging.INFO, logger="recommender.auth")
+    with pytest.raises(AuthError):
+        attempt(logins, "eve\n{\"outcome\": \"success\"}" + "x" * 100, "wrong password 1")
+    (record,) = [r for r in caplog.records if r.name == "recommender.auth"]
+    line = record.getMessage()
+    assert "\n" not in line and json.loads(line)["outcome"] == "failure"
+    assert len(json.loads(line)["username"]) == 64
