@@ -96,12 +96,13 @@ class SearchOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """The model this process serves."""
+    """The model this process serves; "degraded" (with detail) when it answers but the storage or a newer model fails."""
 
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
     model_version: str
     item_count: int
     model_created_at: str | None
+    detail: str | None = None
 
 
 class HealthDown(BaseModel):
