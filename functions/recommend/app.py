@@ -215,13 +215,15 @@ class ModelInfoOut(BaseModel):
     versions: list[VersionOut]
 
 
-@app.get("/sample_basket", response_model=SampleBasketOut, summary="A random invoice of the training data")
+@app.get("/sample_basket", response_model=SampleBasketOut, summary="A random invoice of the training data",
+         responses=web.errors(401, 404, 413, 503))
 async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """One of the real invoices the served model keeps from its training data, drawn at random."""
     return web.FastJSON(samples.random_basket(model, storage, _rng))
 
 
-@app.get("/model", response_model=ModelInfoOut, summary="The served model, its training figures and the versions")
+@app.get("/model", response_model=ModelInfoOut, summary="The served model, its training figures and the versions",
+         responses=web.errors(401, 413, 503))
 async def model_panel(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """Version, training time and counts, evaluation figures when the model has them, and every stored version."""
     return web.FastJSON(await run_in_threadpool(model_info.describe, model, storage))

@@ -182,6 +182,7 @@ class ErrorOut(BaseModel):
 ERROR_MEANINGS = {
     400: "the form body cannot be parsed",
     401: "missing, malformed, expired, forged or revoked token, a deleted user, or bad credentials",
+    404: "what was asked for does not exist (e.g. a model trained before it kept sample invoices)",
     413: "the request body is larger than MAX_BODY_BYTES",
     422: "malformed request: the detail names the field and the problem",
     429: "too many failed logins from this client address; retry after Retry-After seconds",
