@@ -129,7 +129,7 @@ clean: ## remove the venv and caches (data/ is kept)
 # Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
 # (results then go to bench/results/quick/).
 BENCH_FLAGS = $(if $(QUICK),--quick)
-.PHONY: bench bench-train bench-serve bench-cold bench-scale bench-merch bench-deps
+.PHONY: bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-deps
 
 bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
 	$(CLI) bench all $(BENCH_FLAGS)
@@ -152,6 +152,12 @@ browser-deps: ## install chromium (Debian's package) for the web console's brows
 
 bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
 	$(CLI) bench merch $(BENCH_FLAGS)
+
+bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
+	$(CLI) bench logins $(BENCH_FLAGS)
+
+bench-search: $(STAMP) ## benchmark catalog search (GET /items) on a 100k-item catalog
+	$(CLI) bench search $(BENCH_FLAGS)
 
 bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

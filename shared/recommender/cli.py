@@ -439,8 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("bench", help="benchmarks: training, serving against the framework's ceiling, cold start, "
-                                     "scale; results in bench/results/")
-    p.add_argument("part", nargs="?", default="all", choices=["all", "train", "serve", "cold", "scale", "merch"])
+                                     "scale, merchandising, serving under a login burst, catalog search; results in "
+                                     "bench/results/")
+    p.add_argument("part", nargs="?", default="all",
+                   choices=["all", "train", "serve", "cold", "scale", "merch", "logins", "search"])
     p.add_argument("--quick", action="store_true",
                    help="short runs that check the harness (results in bench/results/quick/)")
     p.add_argument("--csv", default="../shared/datasets/online_retail.csv.gz", help="Online Retail as csv(.gz)")

@@ -205,3 +205,12 @@ def test_merch_part_pieces(trained_folder):
     baskets = [[c] for c in plain.catalog.codes[:20]]
     latency = paired_latency(plain, merch, baskets, Options(price_max=10.0, explain=True), repeats=2)
     assert latency["p99_ratio"] > 0 and latency["cpu_p99_ratio"] > 0 and len(latency["runs"]["merch"]) == 2
+
+
+def test_search_part_on_a_small_catalog():
+    from recommender.tools.bench import search
+
+    result = search.bench_search(runner.Options.quick_options(search_products=2000))
+    assert [r.measure for r in result.rows][-1].startswith("GET /items search p99")
+    assert result.rows[-1].met is not None and result.details["queries"] > 300
+    assert len(search.search_catalog(2000)) == 2000

@@ -17,7 +17,7 @@ import numpy as np
 
 from recommender.core.errors import ConfigError
 
-PARTS = ("train", "serve", "cold", "scale", "merch")
+PARTS = ("train", "serve", "cold", "scale", "merch", "logins", "search")
 GiB = 1024 ** 3
 
 # The targets: (limit, direction), direction "max" means the measured value must not exceed the limit.
@@ -35,6 +35,9 @@ TARGETS: dict[str, tuple[float, str]] = {
     "merch_p99_ratio": (1.3, "max"),
     "merch_export_retail_seconds": (2.0, "max"),
     "merch_export_scale_seconds": (60.0, "max"),
+    "logins_p99_ratio": (2.0, "max"),
+    "logins_errors": (0, "max"),
+    "search_p99_ms": (5.0, "max"),
 }
 
 

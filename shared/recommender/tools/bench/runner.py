@@ -14,6 +14,7 @@ from recommender.tools.bench.cold import bench_cold
 from recommender.tools.bench.common import PARTS, load_average, machine_info, say
 from recommender.tools.bench.deployment import retail_deployment
 from recommender.tools.bench.merch import bench_merch
+from recommender.tools.bench.logins import bench_logins
 from recommender.tools.bench.report import (
     PartResult,
     format_table,
@@ -21,6 +22,7 @@ from recommender.tools.bench.report import (
     write_results,
 )
 from recommender.tools.bench.scale import ScalePlan, bench_scale
+from recommender.tools.bench.search import bench_search
 from recommender.tools.bench.serve import bench_serve
 from recommender.tools.bench.train import bench_train
 
@@ -49,6 +51,9 @@ class Options:
     cached_baskets: int = 2000   # the extra product run cycling few baskets (answer cache hits)
     scale: ScalePlan = field(default_factory=lambda: ScalePlan(1_000_000, 100_000, 80_000))
     merch_scale_rows: float = 1.0  # share of the scale preset's invoices the merch part's 100k-item model learns from
+    logins_seconds: float = 15.0  # each /send_data run of the logins part (quiet, polite burst, flood)
+    search_products: int = 100_000
+    search_repeats: int = 3
     quick: bool = False
 
     @classmethod
@@ -56,7 +61,8 @@ class Options:
         """Short runs to check the harness end to end: one training each, 3 s HTTP runs, a 200k-row scale set."""
         base = cls(train_repeats=1, serve_seconds=3.0, serve_rounds=2, warmup_seconds=1.0, latency_repeats=1,
                    cold_repeats=2, baskets=500, http_baskets=20_000, cached_baskets=500, scale=ScalePlan(20_000, 5_000, 4_000, max_cases=2_000, latency_baskets=500),
-                   merch_scale_rows=1.0, out_dir=Path("bench/results/quick"), quick=True)
+                   merch_scale_rows=1.0, logins_seconds=3.0, search_products=10_000, search_repeats=1,
+                   out_dir=Path("bench/results/quick"), quick=True)
         return replace(base, **changes)
 
 
@@ -76,7 +82,7 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
         for part in parts:
             before, started_at, t = load_average(), now_iso(), time.perf_counter()
             say(f"part {part} (load {' / '.join(map(str, before))})")
-            if part in ("serve", "cold", "merch") and deployment is None:  # one trained model serves them
+            if part in ("serve", "cold", "merch", "logins") and deployment is None:  # one trained model serves them
                 deployment = stack.enter_context(retail_deployment(options.csv, Path(tmp), options.http_baskets))
             if part == "train":
                 result = bench_train(options)
@@ -86,6 +92,10 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
                 result = bench_cold(options, deployment)
             elif part == "merch":
                 result = bench_merch(options, deployment)
+            elif part == "logins":
+                result = bench_logins(options, deployment)
+            elif part == "search":
+                result = bench_search(options)
             else:
                 result = bench_scale(options)
             result.started_at, result.seconds = started_at, time.perf_counter() - t
