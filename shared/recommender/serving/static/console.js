@@ -425,7 +425,7 @@
     const parts = [];
     if (item.source === "pinned") parts.push("Pinned here by a merchandising rule.");
     else if (item.source === "popular") {
-      parts.push(answer.fallback ? "A best-seller: the basket holds nothing the model knows."
+      parts.push(answer.fallback ? "A best-seller: the model has nothing to go on for this basket."
         : "A best-seller, added because the model's own picks ran out.");
     } else if (Array.isArray(item.because) && item.because.length) {
       // Shares are exact parts of the score; a basket item may weigh an item down (a negative share), and then
@@ -502,7 +502,11 @@
     const notes = [];
     if (!items.length) notes.push("No item passes these filters.");
     else notes.push(`${plural(items.length, "item", "items")} in ${elapsed} ms from model ${answer.model_version}.`);
-    if (answer.fallback && body.product_list.length) notes.push("Nothing in the basket is known to the model: these are best-sellers.");
+    if (answer.fallback && body.product_list.length) {
+      const unknown = Array.isArray(answer.unknown_codes) ? answer.unknown_codes.length : 0;
+      notes.push(unknown >= body.product_list.length ? "Nothing in the basket is known to the model: these are best-sellers."
+        : "The model learned nothing about what goes with these products: these are best-sellers.");
+    }
     if (answer.exhausted) notes.push(`Fewer than the ${body.n} asked for: no more items pass the filters.`);
     if (Array.isArray(answer.unknown_codes) && answer.unknown_codes.length) {
       notes.push(`Not in the model, ignored: ${answer.unknown_codes.join(", ")}.`);
