@@ -229,3 +229,9 @@ def test_a_damaged_cache_copy_is_downloaded_again(s3, tiny_csv, tmp_path):
     storage.drop_local_copies(keep_prefix="none/")
     with pytest.raises(VersionUnavailable, match="index.ann is damaged"):
         load_model(storage, version)
+
+
+def test_a_damaged_feed_pointer_says_how_to_write_a_new_one(storage):
+    storage.write(registry.FEED.active, b"{")
+    with pytest.raises(PointerDamaged, match=r"feed/ACTIVE in .* is damaged \(not a pointer\): run `make catalog"):
+        registry.active(storage, registry.FEED)

@@ -217,20 +217,21 @@ def move_pointer(storage: Storage, key: str, decide: Callable[[Pointer | None], 
                    f"try again")
 
 
-def write_pointer(storage: Storage, key: str, pointer: Pointer, stamp: str, now: Callable[[], datetime] = utcnow) -> None:
+def write_pointer(storage: Storage, key: str, pointer: Pointer, stamp: str, now: Callable[[], datetime] = utcnow,
+                  kind: Kind = MODELS) -> None:
     """Set the pointer at key to exactly pointer, whatever it named before (through move_pointer's compare-and-swap,
     so it never slips between another command's read and write)."""
-    move_pointer(storage, key, lambda _current: pointer, stamp, now)
+    move_pointer(storage, key, lambda _current: pointer, stamp, now, kind)
 
 
 def active(storage: Storage, kind: Kind = MODELS) -> Pointer | None:
     """The active pointer, or None when nothing was ever activated."""
-    return read_pointer(storage, kind.active)
+    return read_pointer(storage, kind.active, kind)
 
 
 def staged(storage: Storage, kind: Kind = MODELS) -> Pointer | None:
     """The staged pointer, or None when nothing waits."""
-    return read_pointer(storage, kind.staged)
+    return read_pointer(storage, kind.staged, kind)
 
 
 def active_version(storage: Storage, kind: Kind = MODELS) -> str:
