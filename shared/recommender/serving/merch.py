@@ -339,8 +339,7 @@ def _pin(policy: Policy, basket: np.ndarray, rows: np.ndarray, scores: np.ndarra
                 pinned[row] = min(position, pinned.get(row, position))
     if not pinned:
         return rows, scores, source
-    keep = ~np.isin(rows, np.fromiter(pinned, dtype=np.int64))
-    entries = list(zip(rows[keep].tolist(), scores[keep].tolist(), source[keep].tolist()))
+    entries = [e for e in zip(rows.tolist(), scores.tolist(), source.tolist()) if e[0] not in pinned]
     for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
         entries.insert(position - 1, (row, float(scores_all[row]), 2))
     r, sc, so = zip(*entries)
