@@ -246,3 +246,27 @@ def test_confidence_and_min_confidence(plain):
     assert len(kept.items) >= 5 and all(p.confidence >= threshold for p in kept.items)
     assert plain.recommend([code], 10, Options(min_confidence=1.0)).exhausted
 
+
+
+def test_large_catalog_path_gives_the_same_answers(plain, feed, products, monkeypatch):
+    """Beyond DENSE_ITEMS, scores and eligibility are kept for the rows reached only: the answers must not change."""
+    from recommender.serving import merch
+
+    code = anchors(plain)[0]
+    rules = no_rules(block={"codes": [codes(plain.recommend([code], 3))[1]], "categories": [], "brands": []},
+                     pin=[{"basket": {"code": [code]}, "item": {"code": [plain.catalog.codes[-1]]}, "position": 2}],
+                     boost=[{"code": [codes(plain.recommend([code], 6))[5]], "factor": 3.0}],
+                     do_not_pair=[{"basket": {"code": [code]}, "item": {"category": [kit(products, code)]}}])
+    model = view(plain, feed, rules)
+    cases = [Options(explain=True), Options(price_max=3.0, explain=True), Options(max_per_category=1),
+             Options(categories=(kit(products, anchors(plain)[3]),), explain=True), Options(min_confidence=0.01)]
+    baskets = [[code], anchors(plain)[:4], [], ["NOPE"]]
+
+    def answers():
+        return [[(p.item.stock_code, p.score, p.source, p.confidence, p.boost,
+                  p.because.as_list() if p.because is not None else None) for p in model.recommend(b, 12, o).items]
+                for b in baskets for o in cases]
+
+    dense = answers()
+    monkeypatch.setattr(merch, "DENSE_ITEMS", 0)
+    assert answers() == dense and any(len(a) == 12 for a in dense)

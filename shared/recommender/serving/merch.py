@@ -34,6 +34,9 @@ log = logging.getLogger("recommender")
 
 MODEL, POPULAR, PINNED = "model", "popular", "pinned"
 SOURCES = (MODEL, POPULAR, PINNED)
+# Up to this many items a basket's scores are one array over the catalog (as the plain path has them); beyond, kept
+# for the items reached only.
+DENSE_ITEMS = 65536
 
 
 @dataclass(frozen=True)
@@ -188,35 +191,9 @@ class Policy:
                 selector = {k: entry[k] for k in SELECTOR_KEYS if k in entry}
                 self.factor[self.rows(selector)] *= entry["factor"]
 
-    def allowed(self, basket: np.ndarray, options: Options | None) -> np.ndarray:
-        """Which items may be recommended with this basket under these options (a fresh array)."""
-        ok = self.eligible.copy()
-        ok[basket] = False
-        if self.pairs:
-            for b in basket.tolist():
-                for rows in self.pairs.get(b, ()):
-                    ok[rows] = False
-        if options is None or not options.filters:
-            return ok
-        for code in options.exclude:
-            i = self.catalog.index.get(code)
-            if i is not None:
-                ok[i] = False
-        if options.categories:
-            ok &= self.categories_mask(options.categories)
-        if options.exclude_categories:
-            ok &= ~self.categories_mask(options.exclude_categories)
-        # Unknown prices fail every price filter: nothing is promised about them.
-        if options.price_min is not None:
-            ok &= self.price >= options.price_min
-        if options.price_max is not None:
-            ok &= self.price <= options.price_max
-        if options.max_price_ratio is not None and len(basket):
-            known = self.price[basket]
-            known = known[~np.isnan(known)]
-            if len(known):  # a basket without a known price cannot bound anything
-                ok &= self.price <= options.max_price_ratio * known.max()
-        return ok
+    def eligibility(self, basket: np.ndarray, options: Options) -> "Eligibility":
+        """Which items may be recommended with this basket under these options, asked of a few rows at a time."""
+        return Eligibility(self, basket, options)
 
     def boosted(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Scores after the rules' factors; a negative score is divided instead, so a boost always raises."""
@@ -256,26 +233,146 @@ def _load(storage: Storage, version: str, name: str, kind: registry.Kind) -> dic
         raise kind.error(f"{kind.noun} version {version} cannot be read: {err}") from None
 
 
+def _members(rows: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which of rows are in sorted_set (ascending), by binary search: no array the size of the catalog."""
+    if not len(sorted_set):
+        return np.zeros(len(rows), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, rows), len(sorted_set) - 1)
+    return sorted_set[at] == rows
+
+
+class Eligibility:
+    """One request's eligibility (feed and rules, do_not_pair with the basket, the request's filters, not in the
+    basket, not picked already), checked on the few rows each step considers: its cost follows the answer, not
+    the catalog."""
+
+    def __init__(self, policy: Policy, basket: np.ndarray, options: Options) -> None:
+        self.policy = policy
+        self.options = options
+        excluded = [basket]
+        for b in basket.tolist() if policy.pairs else ():
+            excluded.extend(policy.pairs.get(b, ()))
+        if options.exclude:
+            index = policy.catalog.index
+            excluded.append(np.asarray([index[c] for c in options.exclude if c in index], dtype=np.int64))
+        self.taken: list[np.ndarray] = []
+        self.within = policy.categories_mask(options.categories) if options.categories else None
+        self.outside = policy.categories_mask(options.exclude_categories) if options.exclude_categories else None
+        self.price_max = options.price_max
+        if options.max_price_ratio is not None and len(basket):
+            known = policy.price[basket]
+            known = known[~np.isnan(known)]
+            if len(known):  # a basket without a known price cannot bound anything
+                bound = options.max_price_ratio * float(known.max())
+                self.price_max = bound if self.price_max is None else min(bound, self.price_max)
+        self.mask = None
+        if len(policy.eligible) <= DENSE_ITEMS:
+            # A small catalog: one mask over it is cheaper than binary searches.
+            self.mask = policy.eligible.copy()
+            for rows in excluded:
+                self.mask[rows] = False
+            if self.within is not None or self.outside is not None or options.price_min is not None \
+                    or self.price_max is not None:
+                self.mask &= self._filters(slice(None), len(self.mask))
+        else:
+            self.excluded = np.unique(np.concatenate(excluded)) if len(excluded) > 1 else basket
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Which of rows may still be picked."""
+        if self.mask is not None:
+            return self.mask[rows]
+        ok = self.policy.eligible[rows] & ~_members(rows, self.excluded)
+        for taken in self.taken:
+            ok &= ~_members(rows, taken)
+        return ok & self._filters(rows, len(rows))
+
+    def _filters(self, rows: np.ndarray | slice, size: int) -> np.ndarray:
+        """The request's category and price filters on rows (or the whole catalog: slice(None))."""
+        ok = np.ones(size, dtype=bool)
+        if self.within is not None:
+            ok &= self.within[rows]
+        if self.outside is not None:
+            ok &= ~self.outside[rows]
+        # Unknown prices fail every price filter: nothing is promised about them.
+        if self.options.price_min is not None:
+            ok &= self.policy.price[rows] >= self.options.price_min
+        if self.price_max is not None:
+            ok &= self.policy.price[rows] <= self.price_max
+        return ok
+
+    def take(self, rows: np.ndarray) -> None:
+        """Rows now picked: not eligible again."""
+        if not len(rows):
+            return
+        if self.mask is not None:
+            self.mask[rows] = False
+        else:
+            self.taken.append(np.sort(rows))
+
+
+class Scores:
+    """A basket's candidates (each basket item's nearest items in the Annoy index, ascending, none of the basket)
+    and scores: every item's score is the sum of the table weights from the basket's items, 0 for items no basket
+    item has a weight for. Up to DENSE_ITEMS items, the scores are one array over the catalog, as the plain path
+    computes them; beyond, only the items reached are kept (a sort of the entries read, summed in the same order),
+    so a request costs what its basket reads, not what the catalog holds."""
+
+    def __init__(self, model: Any, basket: np.ndarray) -> None:
+        indptr = model.table_indptr
+        lengths = indptr[basket + 1] - indptr[basket]
+        self.sources = np.repeat(basket, lengths)
+        if len(model.catalog) <= DENSE_ITEMS:
+            self.candidates, self.dense, self.positions = model.score_basket(basket)
+            self.targets = model.table_target[self.positions]
+            return
+        self.dense = None
+        starts = indptr[basket]
+        self.positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        self.targets = model.table_target[self.positions]
+        order = np.argsort(self.targets, kind="stable")
+        ordered = self.targets[order]
+        first = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1]) if len(ordered) else np.empty(0, np.int64)
+        self.rows = ordered[first].astype(np.int64)
+        self.sums = np.add.reduceat(model.table_weight[self.positions].astype(np.float64)[order], first) \
+            if len(first) else np.empty(0)
+        found = np.unique(model.near(basket).ravel())
+        self.candidates = found[~_members(found, basket)]
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """The scores of rows."""
+        if self.dense is not None:
+            return self.dense[rows]
+        if not len(self.rows):
+            return np.zeros(len(rows))
+        at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+        return np.where(self.rows[at] == rows, self.sums[at], 0.0)
+
+    def deeper(self, basket: np.ndarray) -> np.ndarray:
+        """Every item a basket item has a table entry for, other than the candidates and the basket."""
+        reached = np.unique(self.targets).astype(np.int64)
+        return reached[~_members(reached, self.candidates) & ~_members(reached, basket)]
+
+
 def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
            policy: Policy) -> tuple[list[Pick], bool]:
-    """The picks for a basket of known rows (possibly empty), best first, and whether fewer than n were eligible."""
+    """The picks for a basket of known rows (possibly empty, sorted), best first, and whether fewer than n were
+    eligible."""
     options = options or Options()
-    allowed = policy.allowed(basket, options)
+    ok = policy.eligibility(basket, options)
     cap = options.max_per_category
     taken: dict[int, int] = {}  # picks per category, with max_per_category
     rows = np.empty(0, dtype=np.int64)
     scores = np.empty(0)
-    scores_all = positions = None
+    scored = None
     if len(basket):
-        candidates, scores_all, positions = model.score_basket(basket)
-        rows, scores = _best(candidates, scores_all, allowed, policy, n, cap, taken)
+        scored = Scores(model, basket)
+        candidates = scored.candidates
+        rows, scores = _best(candidates, scored(candidates), ok, policy, n, cap, taken)
         if len(rows) < n:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
             # score (stable, so popularity still breaks ties) to keep the answer sorted.
-            deeper = np.zeros(len(allowed), dtype=bool)
-            deeper[model.table_target[positions]] = True
-            deeper[candidates] = False
-            more, more_scores = _best(np.flatnonzero(deeper), scores_all, allowed, policy, n - len(rows), cap, taken)
+            deeper = scored.deeper(basket)
+            more, more_scores = _best(deeper, scored(deeper), ok, policy, n - len(rows), cap, taken)
             if len(more):
                 rows, scores = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
                 order = np.argsort(-scores, kind="stable")
@@ -284,36 +381,34 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
             # Nothing learned goes with the basket (no positive score): popular items instead, flagged fallback.
             rows, scores = rows[:0], scores[:0]
             taken.clear()
+    ok.take(rows)
     source = np.zeros(len(rows), dtype=np.int8)  # index into SOURCES
     if len(rows) < n:
         # The most popular items that pass the same filters: scored no higher than the last pick, or, when the model
         # picked nothing (nothing known or learned, or everything filtered), by popularity (the plain fallback's).
-        allowed[rows] = False
-        popular = policy.popular
-        extra = popular[allowed[popular]]
-        extra = _capped(extra, policy, n - len(rows), cap, taken)
+        extra = _popular(policy, ok, n - len(rows), cap, taken)
         if len(rows):
             extra_scores = np.full(len(extra), min(0.0, float(scores[-1])))
         else:
-            best = max(policy.popularity[popular[0]], 1.0) if len(popular) else 1.0
+            best = max(policy.popularity[policy.popular[0]], 1.0) if len(policy.popular) else 1.0
             extra_scores = policy.boosted(extra, np.round(policy.popularity[extra] / best, 4))
             order = np.argsort(-extra_scores, kind="stable")
             extra, extra_scores = extra[order], extra_scores[order]
+        ok.take(extra)
         rows, scores = np.concatenate([rows, extra]), np.concatenate([scores, extra_scores])
         source = np.concatenate([source, np.ones(len(extra), dtype=np.int8)])
     if policy.pins and len(basket):
-        rows, scores, source = _pin(policy, basket, rows, scores, source, allowed, scores_all)
+        rows, scores, source = _pin(policy, basket, rows, scores, source, ok, scored)
     rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
-    confidence = _confidence(model, policy, rows, source, scores_all)
+    confidence = _confidence(model, policy, rows, source, scored)
     if options.min_confidence is not None and confidence is not None:
         # Last, on the answer as it stands (pins included): confidence falls with the rank and rises with the
         # score, so items further down the list would not pass either.
         keep = confidence >= options.min_confidence
         if not keep.all():  # the ones left move up: their confidence at their new rank (no lower)
             rows, scores, source = rows[keep], scores[keep], source[keep]
-            confidence = _confidence(model, policy, rows, source, scores_all)
-    reasons = _reasons(model, basket, positions, scores_all, rows[source != 1]) \
-        if options.explain and len(basket) else {}
+            confidence = _confidence(model, policy, rows, source, scored)
+    reasons = _reasons(model, scored, rows[source != 1]) if options.explain and scored is not None else {}
     items, shown = model.items, policy.shown
     row_list = rows.tolist()
     confidence = confidence.tolist() if confidence is not None else [None] * len(rows)
@@ -326,8 +421,22 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
     return picks, len(picks) < n
 
 
+def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: dict[int, int]) -> np.ndarray:
+    """The k most popular eligible rows (within the category cap), read a block of the popularity order at a time."""
+    found: list[np.ndarray] = []
+    need, start, block = k, 0, max(64, 4 * k)
+    while need > 0 and start < len(policy.popular):
+        chunk = policy.popular[start:start + block]
+        chunk = _capped(chunk[ok(chunk)], policy, need, cap, taken)
+        found.append(chunk)
+        need -= len(chunk)
+        start += block
+        block *= 4
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
 def _pin(policy: Policy, basket: np.ndarray, rows: np.ndarray, scores: np.ndarray, source: np.ndarray,
-         allowed: np.ndarray, scores_all: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         ok: Eligibility, scored: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pins the basket triggers, at their positions whatever their score (a merchandiser's choice), if they pass
     every filter: all pinned items out first, then each in at its position, lowest first, so pins do not shift
     one another."""
@@ -335,22 +444,25 @@ def _pin(policy: Policy, basket: np.ndarray, rows: np.ndarray, scores: np.ndarra
     pinned: dict[int, int] = {}
     for b in basket.tolist():
         for row, position in policy.pins.get(b, ()):
-            if allowed[row] or row in listed:
+            if row in listed or ok(np.asarray([row], dtype=np.int64))[0]:
                 pinned[row] = min(position, pinned.get(row, position))
     if not pinned:
         return rows, scores, source
     entries = [e for e in zip(rows.tolist(), scores.tolist(), source.tolist()) if e[0] not in pinned]
+    pinned_rows = np.fromiter(pinned, dtype=np.int64, count=len(pinned))
+    pinned_scores = dict(zip(pinned_rows.tolist(), scored(pinned_rows).tolist()))
     for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
-        entries.insert(position - 1, (row, float(scores_all[row]), 2))
+        entries.insert(position - 1, (row, pinned_scores[row], 2))
     r, sc, so = zip(*entries)
     return np.asarray(r, dtype=np.int64), np.asarray(sc, dtype=np.float64), np.asarray(so, dtype=np.int8)
 
 
-def _best(rows: np.ndarray, scores_all: np.ndarray, allowed: np.ndarray, policy: Policy, k: int,
+def _best(rows: np.ndarray, scores: np.ndarray, ok: Eligibility, policy: Policy, k: int,
           cap: int | None, taken: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The k best allowed rows by boosted score (stable), within the per-category cap."""
-    rows = rows[allowed[rows]]
-    scores = policy.boosted(rows, scores_all[rows])
+    """The k best eligible rows (scores aligned with rows) by boosted score (stable), within the per-category cap."""
+    keep = ok(rows)
+    rows = rows[keep]
+    scores = policy.boosted(rows, scores[keep])
     order = np.argsort(-scores, kind="stable")
     rows, scores = rows[order], scores[order]
     if cap is None:
@@ -379,7 +491,7 @@ def _capped(rows: np.ndarray, policy: Policy, k: int, cap: int | None, taken: di
 
 
 def _confidence(model: Any, policy: Policy, rows: np.ndarray, source: np.ndarray,
-                scores_all: np.ndarray | None) -> np.ndarray | None:
+                scored: Scores | None) -> np.ndarray | None:
     """The model's calibrated confidence of each pick at its rank (1 = first), from the model's own score (before
     any boost; for popular picks, popularity / top popularity); None when the model has no calibration code."""
     confidence = getattr(model, "confidence", None)
@@ -388,11 +500,11 @@ def _confidence(model: Any, policy: Policy, rows: np.ndarray, source: np.ndarray
     ranks = np.arange(1, len(rows) + 1)
     popular = source == 1
     if not popular.any():
-        return np.round(confidence(scores_all[rows], ranks), 4)
+        return np.round(confidence(scored(rows), ranks), 4)
     out = np.empty(len(rows))
     if not popular.all():
         model_rows = ~popular
-        out[model_rows] = confidence(scores_all[rows[model_rows]], ranks[model_rows])
+        out[model_rows] = confidence(scored(rows[model_rows]), ranks[model_rows])
     if popular.any():
         top = max(float(policy.popularity[policy.popular[0]]), 1.0)
         out[popular] = confidence(policy.popularity[rows[popular]] / top, ranks[popular], popular=True)
@@ -441,23 +553,30 @@ class Because:
 NO_REASONS = Because([], (np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64)), 0, 0)
 
 
-def _reasons(model: Any, basket: np.ndarray, positions: np.ndarray, scores_all: np.ndarray,
-             rows: np.ndarray) -> dict[int, Because]:
+def _reasons(model: Any, scored: Scores, rows: np.ndarray) -> dict[int, Because]:
     """Per picked row: the basket items whose table weights make up its score, largest share first. The score is
     exactly the sum of those weights, so share = weight / score sums to 1 (an item scored 0 has no reasons)."""
-    rows = rows[scores_all[rows] != 0]
+    totals = scored(rows)
+    rows = rows[totals != 0]
     if not len(rows):
         return {}
-    # One pass over the table entries the basket read (score_basket's positions), marking the picks' entries.
-    indptr, table_target = model.table_indptr, model.table_target
-    slot = np.full(len(scores_all), -1, dtype=np.int64)
-    slot[rows] = np.arange(len(rows))
-    targets = table_target[positions]
-    hit = slot[targets] >= 0
-    pick = slot[targets[hit]]
-    sources = np.repeat(basket, indptr[basket + 1] - indptr[basket])[hit]
-    entries = positions[hit]
-    shares = model.table_weight[entries].astype(np.float64) / scores_all[rows[pick]]
+    # One pass over the table entries the basket read, marking the picks' entries: through a slot per item in a
+    # small catalog, by binary search in a large one.
+    if scored.dense is not None:
+        slot = np.full(len(scored.dense), -1, dtype=np.int64)
+        slot[rows] = np.arange(len(rows))
+        found = slot[scored.targets]
+        hit = found >= 0
+        pick = found[hit]
+    else:
+        order = np.argsort(rows)
+        sorted_rows = rows[order]
+        at = np.minimum(np.searchsorted(sorted_rows, scored.targets), len(rows) - 1)
+        hit = sorted_rows[at] == scored.targets
+        pick = order[at[hit]]
+    sources = scored.sources[hit]
+    entries = scored.positions[hit]
+    shares = model.table_weight[entries].astype(np.float64) / totals[totals != 0][pick]
     order = np.lexsort((sources, -shares, pick))
     pick, sources, shares, entries = pick[order], sources[order], shares[order], entries[order]
     counts = model.table_count[entries] if model.table_count is not None else np.full(len(entries), -1)
