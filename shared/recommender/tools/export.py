@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
@@ -106,6 +108,9 @@ def export_complements(model: Model, out: str | Path, n: int = 10, fmt: str | No
     tmp = out.with_name(f".{out.name}.partial")
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
+    stop = threading.Event()
+    prefetch = threading.Thread(target=_ask_annoy_ahead, args=(model, stop), name="annoy-prefetch", daemon=True)
+    prefetch.start()
     with tqdm(total=len(model.catalog), desc="export", unit=" items", leave=False,
               disable=None if progress else True) as bar:
         rows = complement_rows(model, n, safe=fmt != "jsonl")
@@ -127,8 +132,21 @@ def export_complements(model: Model, out: str | Path, n: int = 10, fmt: str | No
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            stop.set()
+            prefetch.join()
     tmp.replace(out)
     return ExportSummary(out, written, len(model.catalog), time.perf_counter() - started)
+
+
+def _ask_annoy_ahead(model: Model, stop: threading.Event, block: int = 256) -> None:
+    """Ask Annoy for every item's neighbours in catalog order, ahead of the export that needs them: Annoy's search
+    releases the GIL, so on a second core it overlaps the answering (an item asked by both is asked twice, with
+    the same answer)."""
+    for start in range(0, len(model.catalog), block):
+        if stop.is_set():
+            return
+        model.near(np.arange(start, min(start + block, len(model.catalog)), dtype=np.int64))
 
 
 def _chunks(rows: Iterator[tuple], bar: Any, size: int = 20_000) -> Iterator[list[tuple]]:
