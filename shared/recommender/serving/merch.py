@@ -463,6 +463,13 @@ def _best(rows: np.ndarray, scores: np.ndarray, ok: Eligibility, policy: Policy,
     keep = ok(rows)
     rows = rows[keep]
     scores = policy.boosted(rows, scores[keep])
+    if cap is None and len(rows) > 2 * k > 0:
+        # Only the k best are needed: every row scoring at least the k-th best score (ties included, still in row
+        # order), then a stable sort of those few gives what a full stable sort would.
+        kth = -np.partition(-scores, k - 1)[k - 1]
+        top = np.flatnonzero(scores >= kth)
+        order = top[np.argsort(-scores[top], kind="stable")][:k]
+        return rows[order], scores[order]
     order = np.argsort(-scores, kind="stable")
     rows, scores = rows[order], scores[order]
     if cap is None:
