@@ -26,6 +26,9 @@ def test_files_are_served_with_security_headers(rec, path, kind):
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-content-type-options"] == "nosniff"   # serving.web's, on every response
+    head = rec.head(path)
+    assert head.status_code == 200 and head.content == b"" and head.headers["etag"] == response.headers["etag"]
     again = rec.get(path, headers={"If-None-Match": response.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
 

@@ -208,7 +208,9 @@ def test_sign_in_refused_then_accepted(console):
         message.filter(has_text="Wrong username or password.").wait_for()
         assert message.inner_text() == "Wrong username or password."   # the same whether the user exists or not
     assert page.get_by_role("list", name="Recommendations").is_hidden()
-    console.sign_in()
+    with page.expect_response("**/token") as token_response:
+        console.sign_in()
+    assert token_response.value.status == 200 and token_response.value.headers["cache-control"] == "no-store"
     page.get_by_text("Signed in as").wait_for()
     console.wait_for_recs(10)
     storage = page.evaluate("({local: Object.keys(localStorage), session: sessionStorage.getItem('recommender.token')})")
