@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -104,15 +104,20 @@ def split(tx: Transactions, policy: HoldoutPolicy) -> tuple[Transactions, HeldOu
     return select_baskets(tx, ~mask), held
 
 
+def _with_two_known(baskets: Sequence[Collection[str]], known: Collection[str]) -> Iterator[tuple[int, list[str]]]:
+    """Each basket holding two or more known codes: its position, and those codes sorted."""
+    for position, codes in enumerate(baskets):
+        present = sorted(c for c in set(codes) if c in known)
+        if len(present) >= 2:
+            yield position, present
+
+
 def leave_one_out(baskets: Sequence[Collection[str]], known: Collection[str], seed: int) -> list[tuple[int, list[str], str]]:
     """make evaluate's cases: for each basket with two or more known codes, one of them (sorted by code, picked by a
     seeded generator) is hidden and the others are the query. Returns (basket position, query, hidden)."""
     rng = np.random.default_rng(seed)
     out = []
-    for position, codes in enumerate(baskets):
-        present = sorted(c for c in set(codes) if c in known)
-        if len(present) < 2:
-            continue
+    for position, present in _with_two_known(baskets, known):
         h = int(rng.integers(len(present)))
         out.append((position, [c for j, c in enumerate(present) if j != h], present[h]))
     return out
@@ -124,10 +129,7 @@ def random_splits(baskets: Sequence[Collection[str]], known: Collection[str], se
     rest as what the shopper bought. Returns (basket position, query, bought)."""
     rng = np.random.default_rng(seed)
     out = []
-    for position, codes in enumerate(baskets):
-        present = sorted(c for c in set(codes) if c in known)
-        if len(present) < 2:
-            continue
+    for position, present in _with_two_known(baskets, known):
         perm = rng.permutation(len(present))
         q = int(rng.integers(1, len(present)))
         out.append((position, [present[i] for i in perm[:q]], {present[i] for i in perm[q:]}))
