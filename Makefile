@@ -129,7 +129,7 @@ clean: ## remove the venv and caches (data/ is kept)
 # Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
 # (results then go to bench/results/quick/).
 BENCH_FLAGS = $(if $(QUICK),--quick)
-.PHONY: bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-deps
+.PHONY: fuzz bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-deps
 
 bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
 	$(CLI) bench all $(BENCH_FLAGS)
@@ -158,6 +158,9 @@ bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clien
 
 bench-search: $(STAMP) ## benchmark catalog search (GET /items) on a 100k-item catalog
 	$(CLI) bench search $(BENCH_FLAGS)
+
+fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis) for FUZZ_SECONDS (600); figures in bench/results/fuzz.json
+	$(CLI) fuzz --seconds "$${FUZZ_SECONDS:-600}" --out bench/results/fuzz.json
 
 bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

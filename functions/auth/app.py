@@ -2,8 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import Depends, Form, Request
 from mangum import Mangum
 from pydantic import BaseModel
 from recommender.serving import web
@@ -21,6 +20,18 @@ class TokenOut(BaseModel):
     token_type: str = "bearer"
 
 
+class LoginForm:
+    """The OAuth2 password form (RFC 6749, 4.3.2), as FastAPI's OAuth2PasswordRequestForm with the rules it enforces
+    written into the schema: username and password must not be empty."""
+
+    def __init__(self, username: Annotated[str, Form(min_length=1)],
+                 password: Annotated[str, Form(min_length=1, json_schema_extra={"format": "password"})],
+                 grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+                 scope: Annotated[str, Form()] = "", client_id: Annotated[str | None, Form()] = None,
+                 client_secret: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None) -> None:
+        self.username, self.password = username, password
+
+
 class UserOut(BaseModel):
     """What a user may see about themselves."""
 
@@ -31,7 +42,7 @@ class UserOut(BaseModel):
 
 @app.post("/token", response_model=TokenOut, summary="Get a bearer token (form fields username, password)",
           responses=web.errors(400, 401, 413, 422, 429, 503))
-async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request,
+async def token(form: Annotated[LoginForm, Depends()], request: Request,
                 logins: Annotated[Logins, Depends(web.get_logins)],
                 secret: Annotated[str, Depends(web.get_secret)]) -> TokenOut:
     """A JWT for a username and password (OAuth2 password flow); 401 for bad credentials, 429 after too many."""

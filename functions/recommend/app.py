@@ -135,7 +135,7 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
     whether fewer than n items were eligible."""
     options = basket.options(explain=True)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(answer_json(answer, options.explain))
+    return web.FastJSON(answer_json(answer, options is not None and options.explain))
 
 
 @app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words",

@@ -350,6 +350,26 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("fuzz")
+def _fuzz(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from recommender.tools.fuzz import fuzz
+
+    print(f"fuzzing every operation of the API for {args.seconds:g} s (schemathesis, all checks) ...", flush=True)
+    result = fuzz(args.seconds, Path(args.template), seed=args.seed)
+    print(result.output.rstrip())
+    summary = {**result.summary(), "machine_load": [round(x, 2) for x in os.getloadavg()]}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\n{result.test_cases:,} requests over {result.operations} operations in {result.seconds:.0f} s: "
+          + ("no failure, no 5xx, no dropped connection, nothing unexpected in the server's log" if result.ok else
+             f"{len(result.failures)} kinds of failure, {len(result.errors)} errors, "
+             f"{len(result.server_errors)} unexpected server log lines"))
+    return 0 if result.ok else 1
+
+
 @command("bench")
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
@@ -438,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("fuzz", help="property-based tests of the whole HTTP API from its OpenAPI schema "
+                                    "(schemathesis) against a freshly started local server")
+    p.add_argument("--seconds", type=float, default=600, help="time budget (default 600)")
+    p.add_argument("--seed", type=int, help="schemathesis's seed (default: random)")
+    p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
+    p.add_argument("--out", help="write the figures as JSON here (make fuzz: bench/results/fuzz.json)")
     p = sub.add_parser("bench", help="benchmarks: training, serving against the framework's ceiling, cold start, "
                                      "scale, merchandising, serving under a login burst, catalog search; results in "
                                      "bench/results/")

@@ -122,3 +122,19 @@ def test_openapi_documents_every_error(auth, rec):
         assert "HTTPValidationError" not in spec["components"]["schemas"]
         assert spec["components"]["schemas"]["ErrorOut"]["properties"] == {"detail": {"title": "Detail",
                                                                                     "type": "string"}}
+
+
+@pytest.mark.parametrize("path", ["/send_data", "/recommendations"])
+@pytest.mark.parametrize("body", [{"product_list": [], "explain": False},                  # options() gives None
+                                  {"product_list": [], "price_max": 0.0, "min_confidence": 0.0},  # nothing left
+                                  {"product_list": ["x"], "n": 3, "price_min": 0, "explain": True}])
+def test_requests_the_fuzzer_found_answer_200(rec, auth, user, path, body):
+    response = rec.post(path, json=body, headers=bearer(login(auth, user=user)))
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("body", [{"product_list": [], "price_min": False}, {"product_list": [], "n": "5"},
+                                  {"product_list": [], "explain": 1}])
+def test_values_of_another_json_type_are_refused(rec, auth, user, body):
+    response = rec.post("/recommendations", json=body, headers=bearer(login(auth, user=user)))
+    assert response.status_code == 422, response.text

@@ -103,7 +103,12 @@ class Gateway:
                 apps[key] = load_function_app(root, r.code_uri, r.handler)
             self._table[(r.method, r.path)] = apps[key]
         self.apps = list(apps.values())
-        self._paths = {r.path for r in routes}
+        # The methods each path answers, for the Allow header of a 405 (HEAD wherever GET is).
+        self._allowed: dict[str, str] = {}
+        for path in {r.path for r in routes}:
+            methods = {r.method for r in routes if r.path == path}
+            methods |= {"HEAD"} if "GET" in methods else set()
+            self._allowed[path] = ", ".join(sorted(methods))
         self._openapi: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -125,15 +130,16 @@ class Gateway:
             page = get_swagger_ui_html(openapi_url="/openapi.json", title="Recommender API")
             page.headers["X-Content-Type-Options"] = "nosniff"
             return await page(scope, receive, send)
-        if path in self._paths:
-            return await self._send(send, 405, b'{"detail":"Method Not Allowed"}')
+        if path in self._allowed:
+            return await self._send(send, 405, b'{"detail":"Method Not Allowed"}',
+                                    [(b"allow", self._allowed[path].encode())])
         await self._send(send, 404, b'{"detail":"Not Found"}')
 
     @staticmethod
-    async def _send(send: Send, status: int, body: bytes) -> None:
+    async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"x-content-type-options", b"nosniff")]})
+                                (b"x-content-type-options", b"nosniff"), *headers]})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

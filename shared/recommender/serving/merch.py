@@ -504,6 +504,8 @@ def _confidence(model: Any, policy: Policy, rows: np.ndarray, source: np.ndarray
     confidence = getattr(model, "confidence", None)
     if confidence is None:
         return None
+    if not len(rows):
+        return np.empty(0)  # everything filtered out (and scores_all is None for an empty basket)
     ranks = np.arange(1, len(rows) + 1)
     popular = source == 1
     if not popular.any():

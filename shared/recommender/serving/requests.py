@@ -22,7 +22,9 @@ Categories = Annotated[list[StrictStr], Field(max_length=MAX_CATEGORIES)]
 class BasketIn(BaseModel):
     """A basket: the stock codes a shopper holds, how many items to recommend, and optional filters."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Strict: a value of another JSON type than the schema says (true for a price, "5" for n) is refused, not
+    # converted; integers are still numbers.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     product_list: Annotated[list[StrictStr], Field(max_length=MAX_BASKET, description="stock codes in the basket")]
     n: Annotated[int, Field(ge=1, le=MAX_N, description="how many items to recommend")] = 5
