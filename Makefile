@@ -14,8 +14,10 @@ DAYS ?= 30
 FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
 # HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model.
 HOLDOUT_FLAG = $(if $(filter 0 no false,$(HOLDOUT)),--no-holdout)
+# Training engine: single (this machine, the default) or spark (SPARK_MASTER, default local[*]; README "Training at scale").
+ENGINE ?= single
 
-export STORAGE_URL AWS_ENDPOINT_URL HOST PORT
+export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_CATALOG PATH_TO_RULES CODE OUT BASKETS
@@ -32,7 +34,7 @@ help: ## list every target
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
 	@touch $(STAMP)
 
 devel: $(STAMP) ## create .venv and install the project with its dev dependencies
@@ -41,13 +43,13 @@ devel: $(STAMP) ## create .venv and install the project with its dev dependencie
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest
 
-train: $(STAMP) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx) and activate the new model (FORCE=1: even when worse)
+train: $(STAMP) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://...) and activate it (FORCE=1: even when worse; ENGINE=spark)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
-	$(CLI) train "$$PATH_TO_DATA" $(FORCE_FLAG) $(HOLDOUT_FLAG)
+	$(CLI) train --engine "$(ENGINE)" "$$PATH_TO_DATA" $(FORCE_FLAG) $(HOLDOUT_FLAG)
 
 train_parallel: $(STAMP) ## train on PATH_TO_DATA into the staged slot; the served model is untouched
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train_parallel PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
-	$(CLI) train --stage "$$PATH_TO_DATA" $(HOLDOUT_FLAG)
+	$(CLI) train --stage --engine "$(ENGINE)" "$$PATH_TO_DATA" $(HOLDOUT_FLAG)
 
 load_after_parallel_train: $(STAMP) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even when worse)
 	$(CLI) promote $(FORCE_FLAG)
@@ -94,7 +96,7 @@ demo-address:
 
 evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
-	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)"
+	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)"
 
 catalog: $(STAMP) ## upload a product feed: PATH_TO_CATALOG= (.csv, .csv.gz, .tsv, .xlsx); serving picks it up, no retraining
 	@test -n "$$PATH_TO_CATALOG" || { echo "error: give the feed file: make catalog PATH_TO_CATALOG=path/to/products.csv" >&2; exit 2; }
@@ -129,7 +131,7 @@ clean: ## remove the venv and caches (data/ is kept)
 # Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
 # (results then go to bench/results/quick/).
 BENCH_FLAGS = $(if $(QUICK),--quick)
-.PHONY: fuzz bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-deps
+.PHONY: fuzz bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-spark bench-deps
 
 bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
 	$(CLI) bench all $(BENCH_FLAGS)
@@ -161,6 +163,9 @@ bench-search: $(STAMP) ## benchmark catalog search (GET /items) on a 100k-item c
 
 fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis) for FUZZ_SECONDS (600); figures in bench/results/fuzz.json
 	$(CLI) fuzz --seconds "$${FUZZ_SECONDS:-600}" --out bench/results/fuzz.json
+
+bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows
+	$(BIN)/python -m recommender.tools.bench.spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)")
 
 bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

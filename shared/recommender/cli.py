@@ -96,8 +96,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     params = TrainingParams(holdout=None) if args.no_holdout else TrainingParams()
     train(args.path, _storage(settings), params, activate=not args.stage, keep_versions=settings.keep_versions,
-          force=args.force, gate_margin=settings.model_gate_margin, encoding=settings.encoding,
-          max_memory_gb=settings.max_training_gb)
+          engine=args.engine, spark_master=args.spark_master, force=args.force,
+          gate_margin=settings.model_gate_margin, encoding=settings.encoding, max_memory_gb=settings.max_training_gb)
     return 0
 
 
@@ -340,7 +340,8 @@ or from a shell:
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.tools import evaluation
 
-    report, folder = evaluation.run(args.path, days=args.days, out_dir=args.out)
+    report, folder = evaluation.run(args.path, days=args.days, out_dir=args.out, engine=args.engine,
+                                    spark_master=args.spark_master)
     print()
     print(evaluation.table(report))
     cal = report.product_stats["calibration"]
@@ -384,6 +385,13 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["single", "spark"], default="single",
+                   help="single: this machine (default); spark: a Spark job (README \"Training at scale\")")
+    p.add_argument("--spark-master", help="Spark master for --engine spark (default: $SPARK_MASTER, spark-submit's, "
+                                          "else local[*])")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="recommender", description=__doc__)
@@ -404,13 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("username")
     sub.add_parser("list-users", help="list API users")
 
-    p = sub.add_parser("train", help="train a model on a purchase-history file and activate it")
+    p = sub.add_parser("train", help="train a model on a purchase-history file, folder of parts or s3:// location "
+                                      "and activate it")
     p.add_argument("path")
     p.add_argument("--stage", action="store_true", help="stage the new model instead of activating it")
     p.add_argument("--force", action="store_true",
                    help="activate it even when it is clearly worse than the active model on its held-out baskets")
     p.add_argument("--no-holdout", action="store_true",
                    help="train on every basket: no held-out figures, calibration or comparison with the active model")
+    _engine_arguments(p)
     p = sub.add_parser("promote", help="activate the staged model after verifying it and comparing it with the "
                                        "active one")
     p.add_argument("--force", action="store_true", help="activate it even when it is clearly worse than the active one")
@@ -429,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--out", default="reports", help="folder for the report (JSON, table, PNG plot)")
+    _engine_arguments(p)
 
     p = sub.add_parser("emulate-s3", help="run a local S3 (moto's server) on 127.0.0.1 in the background and create "
                                           "the bucket of STORAGE_URL")

@@ -197,15 +197,47 @@ def tune_ease(validation: Split, progress: Callable[[str], None]) -> tuple[float
     return best, grid
 
 
-def product(split: Split, params: TrainingParams, progress: Callable[[str], None]) -> tuple[list[np.ndarray], dict]:
-    """Ranked item rows from the served model: trained, published, loaded and queried by the production code."""
+def write_parquet(tx: Transactions, path: Path) -> None:
+    """Cleaned transactions as a Parquet file of one row per (basket, item), in basket order: training on it
+    numbers baskets, items and customers as the transactions do (what the Spark engine is evaluated on)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = np.lexsort((tx.pair_item, tx.pair_basket))
+    basket, item = tx.pair_basket[order], tx.pair_item[order]
+    customer = tx.basket_customer[basket]
+    customer_ids = np.array(["", *[f"C{c}" for c in range(int(tx.basket_customer.max(initial=-1)) + 1)]], dtype=object)
+    times = tx.basket_time[basket]
+    pq.write_table(pa.table({
+        "InvoiceNo": np.array(tx.basket_ids, dtype=object)[basket],
+        "StockCode": np.array(tx.item_codes, dtype=object)[item],
+        "Description": np.array(tx.descriptions, dtype=object)[item],
+        "CustomerID": customer_ids[customer + 1],
+        "InvoiceDate": pa.array(times.astype("datetime64[s]"), mask=np.isnat(times)),
+    }), path)
+
+
+def product(split: Split, params: TrainingParams, progress: Callable[[str], None], engine: str = "single",
+            spark_master: str | None = None) -> tuple[list[np.ndarray], dict]:
+    """Ranked item rows from the served model: trained (by either engine), published, loaded and queried by the
+    production code."""
     from recommender.serving.model import load_model
-    from recommender.training.pipeline import publish_model
+    from recommender.training.pipeline import publish_built, publish_model
 
     with tempfile.TemporaryDirectory(prefix="recommender-eval-") as tmp:
-        storage = LocalStorage(tmp)
+        storage = LocalStorage(Path(tmp) / "store")
         t = time.perf_counter()
-        manifest = publish_model(split.train, params, storage, source=None, progress=lambda _m: None)
+        if engine == "spark":
+            from recommender.training.distributed import trainer
+            from recommender.training.sources import resolve
+
+            data = Path(tmp) / "train.parquet"
+            write_parquet(split.train, data)
+            t = time.perf_counter()
+            manifest = publish_built(trainer(resolve(data), params, lambda _m: None, master=spark_master), params,
+                                     storage, None, progress=lambda _m: None)
+        else:
+            manifest = publish_model(split.train, params, storage, source=None, progress=lambda _m: None)
         train_seconds = time.perf_counter() - t
         model = load_model(storage, manifest["version"])
         codes = split.train.item_codes
@@ -224,11 +256,13 @@ def product(split: Split, params: TrainingParams, progress: Callable[[str], None
             t = time.perf_counter()
             model.recommend(basket, K)
             warm.append(time.perf_counter() - t)
-        size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file() and p.name != "manifest.json")
+        size = sum(p.stat().st_size for p in (Path(tmp) / "store").rglob("*")
+                   if p.is_file() and p.name != "manifest.json")
         reliability = confidence_on_test(model, [[codes[i] for i in query] + [codes[h]]
                                                  for query, h in zip(split.cases.queries, split.cases.hidden)])
     cold_us, warm_us = np.array(cold) * 1e6, np.array(warm) * 1e6
-    stats = {"train_seconds": round(train_seconds, 2), "artifact_bytes": size,
+    stats = {"engine": manifest.get("engine", {}).get("name", "single"),
+             "train_seconds": round(train_seconds, 2), "artifact_bytes": size,
              "query_p50_us": round(float(np.percentile(warm_us, 50)), 1),
              "query_p99_us": round(float(np.percentile(warm_us, 99)), 1),
              "first_pass_p99_us": round(float(np.percentile(cold_us, 99)), 1),
@@ -343,7 +377,8 @@ def plot_reliability(report: Report, path: Path) -> None:
 
 
 def run(path: str | Path, days: int = 30, out_dir: str | Path = "reports", params: TrainingParams = TrainingParams(),
-        seed: int = 0, progress: Callable[[str], None] = print) -> tuple[Report, Path]:
+        seed: int = 0, progress: Callable[[str], None] = print, engine: str = "single",
+        spark_master: str | None = None) -> tuple[Report, Path]:
     """The whole evaluation: split, tune EASE on validation, score every method on the test cases, write the report."""
     path = Path(path)
     progress(f"reading {path}")
@@ -354,8 +389,9 @@ def run(path: str | Path, days: int = 30, out_dir: str | Path = "reports", param
     progress(f"test: {len(test.cases):,} cases from baskets on or after {str(test.cutoff)[:10]}; training on "
              f"{test.train.report.baskets:,} baskets, {n_items:,} items; validation: {len(validation.cases):,} cases")
     results = []
-    ranked, stats = product(test, params, progress)
-    results.append(score("product (SVD + Annoy + re-rank)", ranked, test.cases, n_items, "served path"))
+    ranked, stats = product(test, params, progress, engine, spark_master)
+    results.append(score("product (SVD + Annoy + re-rank)", ranked, test.cases, n_items,
+                         "served path" + (", trained on Spark" if engine == "spark" else "")))
     results[0].ece = stats["calibration"]["ece"]
     results.append(score("popularity", popularity(test), test.cases, n_items))
     results.append(score("co-occurrence cosine", cooccurrence(test), test.cases, n_items))
@@ -371,7 +407,7 @@ def run(path: str | Path, days: int = 30, out_dir: str | Path = "reports", param
                     ease_lambda=ease_lambda, ease_validation={f"{k:g}": v for k, v in grid.items()},
                     results=results, product_stats=stats,
                     created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    folder = Path(out_dir) / f"evaluation-{path.name.split('.')[0]}-{days}d"
+    folder = Path(out_dir) / (f"evaluation-{path.name.split('.')[0]}-{days}d" + ("-spark" if engine == "spark" else ""))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(asdict(report), indent=1))
     (folder / "table.md").write_text(table(report) + "\n")

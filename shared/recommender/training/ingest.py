@@ -1,4 +1,9 @@
-"""Reading a purchase-history file (.csv, .csv.gz, .xlsx) and cleaning it into baskets of item ids."""
+"""Reading purchase history (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://) and cleaning it into baskets.
+
+The cleaning rules live in one function, clean_chunk, which both engines apply: the single-machine trainer to each
+chunk it reads, Spark to each part on its executors (training/distributed.py), so both drop the same rows for the
+same reasons and report the same counts.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,10 @@ OPTIONAL = ("Quantity", "InvoiceDate", "UnitPrice")
 # Header spellings accepted for each column, compared without case, spaces or underscores (the "Online Retail II"
 # export says "Invoice" and "Customer ID").
 ALIASES = {"InvoiceNo": {"invoiceno", "invoice", "invoicenumber"}, "CustomerID": {"customerid", "customer"}}
-SUPPORTED = (".csv", ".csv.gz", ".xlsx")
+SUPPORTED = (".csv", ".csv.gz", ".xlsx", ".parquet")
+REASONS = ("cancelled invoice", "quantity <= 0", "empty invoice or code", "service code")
+# A basket line without a date: the int64 view of NaT, smaller than every real time.
+NO_TIME = np.iinfo(np.int64).min
 CHUNK_ROWS = 1_000_000
 # Service lines (postage, fees, manual adjustments) are all letters: "POST", "DOT", "BANK CHARGES".
 SERVICE_CODE = re.compile(r"^[A-Za-z ]+$")
@@ -34,8 +42,7 @@ class CleaningReport:
     """What reading and cleaning did, stage by stage."""
 
     rows_read: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {
-        "cancelled invoice": 0, "quantity <= 0": 0, "empty invoice or code": 0, "service code": 0})
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     rows_kept: int = 0
     baskets: int = 0
     items: int = 0
@@ -58,16 +65,6 @@ class Transactions:
     # float64 per item: its most recent positive UnitPrice (latest dated line, then file order); NaN when the file
     # has no UnitPrice column or the item none. The default price of the product feed.
     item_prices: np.ndarray | None = None
-
-
-def file_kind(path: Path) -> str:
-    """'.csv', '.csv.gz' or '.xlsx' from the file name; DataFileError for anything else."""
-    name = path.name.lower()
-    for suffix in (".csv.gz", ".csv", ".xlsx"):
-        if name.endswith(suffix):
-            return suffix
-    kind = "".join(path.suffixes) or "(none)"
-    raise DataFileError(f"unsupported file type {kind} for {path.name}: use .csv, .csv.gz or .xlsx")
 
 
 def _column_map(columns: list, path: Path) -> dict[str, object]:
@@ -192,39 +189,63 @@ def _xlsx_frame(path: Path) -> pd.DataFrame:
     return pd.DataFrame(frame, columns=list(columns))
 
 
-def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
-    """The raw rows of the file, as text columns, in chunks; DataFileError when the file cannot be used (a csv
-    that is not text in `encoding` included)."""
-    path = Path(path)
-    kind = file_kind(path)
-    if not path.exists():
-        raise DataFileError(f"file not found: {path}")
-    if not path.is_file():
-        raise DataFileError(f"not a file: {path}")
+def _arrow_text(column) -> np.ndarray:
+    """A Parquet column as the csv export would write it: text, "" for nulls, dates as "2010-12-01 08:26:00"."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_timestamp(column.type):
+        column = pc.strftime(column, format="%Y-%m-%d %H:%M:%S")
+    elif pa.types.is_date(column.type):
+        column = pc.strftime(column, format="%Y-%m-%d")
+    elif pa.types.is_floating(column.type):
+        # 17850.0 -> "17850" as in a csv; codes and ids are compared as text
+        whole = pc.equal(column, pc.floor(column))
+        column = pc.if_else(whole, pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string()),
+                            pc.cast(column, pa.string()))
+    elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        column = pc.cast(column, pa.string())
+    return pc.fill_null(column, "").to_numpy(zero_copy_only=False)
+
+
+def _parquet_chunks(path: Path, name: str) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise DataFileError(f"cannot read {name} as .parquet: {err}") from None
+    columns = _column_map(parquet.schema_arrow.names, Path(name))
+    try:
+        if parquet.metadata.num_rows == 0:
+            yield pd.DataFrame({wanted: pd.Series([], dtype=object) for wanted in columns})
+            return
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(dict.fromkeys(columns.values()))):
+            yield pd.DataFrame({wanted: _arrow_text(batch.column(original)) for wanted, original in columns.items()})
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise DataFileError(f"cannot read {name} as .parquet: {err}") from None
+
+
+def read_part(path: Path, kind: str, name: str | None = None, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
+    """The raw rows of one local file as text columns named as REQUIRED/OPTIONAL, in chunks (a csv decoded strictly
+    as `encoding`)."""
     if kind == ".xlsx":
         yield _xlsx_frame(path)
+    elif kind == ".parquet":
+        yield from _parquet_chunks(path, name or path.name)
     else:
         yield from _csv_chunks(path, kind, encoding)
 
 
-class _Codebook:
-    """Stable integer ids for strings, assigned in order of first appearance across chunks."""
+def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
+    """The raw rows of a file, folder of parts or s3:// location, as text columns, in chunks, parts in order;
+    DataFileError when the input cannot be used."""
+    from recommender.training.sources import local_file, resolve
 
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.values: list[str] = []
-
-    def encode(self, values: list[str], rows: np.ndarray) -> np.ndarray:
-        """The id of values[r] for each r in rows; only values that rows use get an id."""
-        out = np.full(len(values), -1, dtype=np.int32)
-        for j in np.flatnonzero(np.bincount(rows, minlength=len(values))):  # used values, in order
-            value = values[j]
-            idx = self.ids.get(value)
-            if idx is None:
-                idx = self.ids[value] = len(self.values)
-                self.values.append(value)
-            out[j] = idx
-        return out[rows]
+    for part in resolve(path).parts:
+        with local_file(part) as local:
+            yield from read_part(local, part.kind, part.name, encoding)
 
 
 def _factorize(column: pd.Series, clean: Callable[[str], str] = str.strip) -> tuple[np.ndarray, list[str]]:
@@ -239,6 +260,102 @@ def _clean_code(value: str) -> str:
     return match.group(1) if match else value
 
 
+@dataclass
+class CleanChunk:
+    """The rows of a chunk that survive cleaning, normalized, and how many were dropped for each reason."""
+
+    rows_read: int
+    dropped: dict[str, int]
+    invoice: np.ndarray       # object: stripped InvoiceNo
+    code: np.ndarray          # object: stripped StockCode, "85123.0" -> "85123"
+    customer: np.ndarray      # object: normalized CustomerID, "" for a guest checkout
+    description: np.ndarray   # object: stripped Description, "" when empty
+    time: np.ndarray          # int64 seconds since the epoch, NO_TIME when undated
+    price: np.ndarray | None  # object: the UnitPrice text when it is a positive number, else ""; None: no column
+
+    def __len__(self) -> int:
+        return len(self.invoice)
+
+
+def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
+    """The cleaning rules (README "Input file"), the one definition both engines apply to raw text rows."""
+    dropped = dict.fromkeys(REASONS, 0)
+    inv_rows, inv_values = _factorize(chunk["InvoiceNo"])
+    code_rows, code_values = _factorize(chunk["StockCode"], _clean_code)
+    keep = np.ones(len(chunk), dtype=bool)
+
+    def drop(mask: np.ndarray, reason: str) -> None:
+        newly = mask & keep
+        dropped[reason] += int(newly.sum())
+        keep[newly] = False
+
+    drop(np.array([v.upper().startswith("C") for v in inv_values], dtype=bool)[inv_rows], "cancelled invoice")
+    if "Quantity" in chunk:
+        qty = pd.to_numeric(chunk["Quantity"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        drop(~(qty > 0), "quantity <= 0")
+    empty = (np.array([v == "" for v in inv_values], dtype=bool)[inv_rows]
+             | np.array([v == "" for v in code_values], dtype=bool)[code_rows])
+    drop(empty, "empty invoice or code")
+    service = np.array([bool(SERVICE_CODE.match(v)) for v in code_values], dtype=bool)
+    drop(service[code_rows], "service code")
+    kept = chunk[keep]
+    if "InvoiceDate" in kept and len(kept):
+        date_rows, date_values = _factorize(kept["InvoiceDate"])
+        stamps = pd.to_datetime(pd.Series(date_values, dtype=object), errors="coerce", format="mixed")
+        when = stamps.to_numpy("datetime64[s]").view(np.int64)[date_rows]
+    else:
+        when = np.full(len(kept), NO_TIME, dtype=np.int64)
+    cust_rows, cust_values = _factorize(kept["CustomerID"], _clean_code)
+    desc_rows, desc_values = _factorize(kept["Description"])
+    price = None
+    if "UnitPrice" in kept:
+        price_rows, price_values = _factorize(kept["UnitPrice"])
+        price = (np.array([v if _positive_number(v) else "" for v in price_values], dtype=object)[price_rows]
+                 if len(kept) else np.empty(0, dtype=object))
+    return CleanChunk(
+        rows_read=len(chunk), dropped=dropped,
+        invoice=np.array(inv_values, dtype=object)[inv_rows[keep]] if len(kept) else np.empty(0, dtype=object),
+        code=np.array(code_values, dtype=object)[code_rows[keep]] if len(kept) else np.empty(0, dtype=object),
+        customer=np.array(cust_values, dtype=object)[cust_rows] if len(kept) else np.empty(0, dtype=object),
+        description=np.array(desc_values, dtype=object)[desc_rows] if len(kept) else np.empty(0, dtype=object),
+        time=when,
+        price=price,
+    )
+
+
+class _Codebook:
+    """Stable integer ids for strings, assigned in order of first appearance across chunks."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.values: list[str] = []
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """The id of each value; new values get the next ids in order of first appearance."""
+        codes, uniques = pd.factorize(values, sort=False)
+        out = np.empty(len(uniques), dtype=np.int32)
+        for j, value in enumerate(uniques):
+            idx = self.ids.get(value)
+            if idx is None:
+                idx = self.ids[value] = len(self.values)
+                self.values.append(value)
+            out[j] = idx
+        return out[codes]
+
+
+def check_cleaned(report: CleaningReport, name: str) -> None:
+    """DataFileError when a file had no data rows or nothing survived cleaning (same words for both engines)."""
+    if report.rows_read == 0:
+        raise DataFileError(f"{name} has a header but no data rows")
+    if report.rows_kept == 0:
+        raise DataFileError(f"nothing left in {name} after cleaning ({_dropped_text(report)})")
+
+
+def source_name(path: str | Path) -> str:
+    """What messages call an input: its file or folder name (the last part of an s3:// key)."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
 def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda _n: None,
                       encoding: str = "utf-8") -> Transactions:
     """Read and clean a purchase-history file into baskets; see README "Input file" for the rules."""
@@ -247,68 +364,40 @@ def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda 
     pair_basket, pair_item, time_parts, cust_parts = [], [], [], []
     last_desc: dict[int, tuple[int, int, str]] = {}
     last_price: dict[int, tuple[int, int, str]] = {}
+    priced = False
     seen_rows = 0
-    columns_seen: set[str] = set()
     for chunk in read_chunks(path, encoding):
-        columns_seen.update(chunk.columns)
-        report.rows_read += len(chunk)
-        inv_rows, inv_values = _factorize(chunk["InvoiceNo"])
-        code_rows, code_values = _factorize(chunk["StockCode"], _clean_code)
-        keep = np.ones(len(chunk), dtype=bool)
-
-        def drop(mask: np.ndarray, reason: str) -> None:
-            newly = mask & keep
-            report.dropped[reason] += int(newly.sum())
-            keep[newly] = False
-
-        drop(np.array([v.upper().startswith("C") for v in inv_values], dtype=bool)[inv_rows], "cancelled invoice")
-        if "Quantity" in chunk:
-            qty = pd.to_numeric(chunk["Quantity"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-            drop(~(qty > 0), "quantity <= 0")
-        empty = (np.array([v == "" for v in inv_values], dtype=bool)[inv_rows]
-                 | np.array([v == "" for v in code_values], dtype=bool)[code_rows])
-        drop(empty, "empty invoice or code")
-        service = np.array([bool(SERVICE_CODE.match(v)) for v in code_values], dtype=bool)
-        drop(service[code_rows], "service code")
-        on_rows(len(chunk))
-        if not keep.any():
+        clean = clean_chunk(chunk)
+        priced = priced or clean.price is not None
+        report.rows_read += clean.rows_read
+        for reason, n in clean.dropped.items():
+            report.dropped[reason] += n
+        on_rows(clean.rows_read)
+        if not len(clean):
             continue
-        basket_idx = invoices.encode(inv_values, inv_rows[keep])
-        item_idx = items.encode(code_values, code_rows[keep])
+        basket_idx = invoices.encode(clean.invoice)
+        item_idx = items.encode(clean.code)
         pair_basket.append(basket_idx)
         pair_item.append(item_idx)
-        kept = chunk[keep]
-        if "InvoiceDate" in kept:
-            date_rows, date_values = _factorize(kept["InvoiceDate"])
-            stamps = pd.to_datetime(pd.Series(date_values, dtype=object), errors="coerce", format="mixed")
-            when = stamps.to_numpy("datetime64[s]")[date_rows]
-        else:
-            when = np.full(len(kept), np.datetime64("NaT"), dtype="datetime64[s]")
-        time_parts.append((basket_idx, when))
-        cust_rows, cust_values = _factorize(kept["CustomerID"], _clean_code)
-        guest = np.array([v == "" for v in cust_values], dtype=bool)[cust_rows]
-        cust_idx = np.full(len(kept), -1, dtype=np.int32)
-        cust_idx[~guest] = customers.encode(cust_values, cust_rows[~guest])
+        time_parts.append((basket_idx, clean.time))
+        guest = clean.customer == ""
+        cust_idx = np.full(len(clean), -1, dtype=np.int32)
+        if (~guest).any():
+            cust_idx[~guest] = customers.encode(clean.customer[~guest])
         cust_parts.append((basket_idx, cust_idx))
-        desc_rows, desc_values = _factorize(kept["Description"])
-        _update_latest(last_desc, item_idx, when, desc_rows, desc_values, seen_rows)
-        if "UnitPrice" in kept:
-            price_rows, price_values = _factorize(kept["UnitPrice"])
-            _update_latest(last_price, item_idx, when, price_rows, price_values, seen_rows, _positive_number)
-        seen_rows += len(kept)
+        _update_latest(last_desc, item_idx, clean.time, clean.description, seen_rows)
+        if clean.price is not None:
+            _update_latest(last_price, item_idx, clean.time, clean.price, seen_rows)
+        seen_rows += len(clean)
     report.rows_kept = report.rows_read - sum(report.dropped.values())
-    if report.rows_read == 0:
-        raise DataFileError(f"{Path(path).name} has a header but no data rows")
-    if report.rows_kept == 0:
-        raise DataFileError(f"nothing left in {Path(path).name} after cleaning ({_dropped_text(report)})")
+    check_cleaned(report, source_name(path))
 
     n_baskets = len(invoices.values)
     # A basket's time is its earliest dated line.
     never = np.iinfo(np.int64).max
     earliest = np.full(n_baskets, never, dtype=np.int64)
     for idx, when in time_parts:
-        stamps = when.view("int64").copy()
-        stamps[np.isnat(when)] = never
+        stamps = np.where(when == NO_TIME, never, when)
         np.minimum.at(earliest, idx, stamps)
     basket_time = earliest.view("datetime64[s]")
     basket_time[earliest == never] = np.datetime64("NaT")
@@ -334,7 +423,7 @@ def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda 
         basket_time=basket_time,
         basket_customer=basket_customer,
         report=report,
-        item_prices=prices if "UnitPrice" in columns_seen else None,
+        item_prices=prices if priced else None,
     )
 
 
@@ -346,23 +435,22 @@ def _positive_number(value: str) -> bool:
 
 
 def _update_latest(last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray,
-                   value_rows: np.ndarray, values: list[str], offset: int,
-                   usable: Callable[[str], bool] = lambda v: v != "") -> None:
-    """Keep, per item, the value of its latest dated (then latest in file) line whose value is usable (by default:
-    non-empty); descriptions and unit prices."""
-    nonempty = np.flatnonzero(np.array([usable(v) for v in values], dtype=bool)[value_rows])
+                   values: np.ndarray, offset: int) -> None:
+    """Keep, per item, the value of its latest dated (then latest in file) line with a non-empty value;
+    descriptions and unit prices (clean_chunk leaves a price empty unless it is a positive number)."""
+    nonempty = np.flatnonzero(values != "")
     if not len(nonempty):
         return
     lines = pd.DataFrame({
         "item": item_idx[nonempty],
-        "t": when[nonempty].view("int64"),  # NaT is the smallest int64: undated lines lose to dated ones
+        "t": when[nonempty],  # NO_TIME is the smallest int64: undated lines lose to dated ones
         "row": nonempty,
     })
     latest = lines.sort_values(["item", "t", "row"]).drop_duplicates("item", keep="last")
     for item, t, row in latest.itertuples(index=False):
         prev = last.get(item)
         if prev is None or (t, row + offset) >= prev[:2]:
-            last[item] = (t, row + offset, values[value_rows[row]])
+            last[item] = (t, row + offset, values[row])
 
 
 def _dropped_text(report: CleaningReport) -> str:

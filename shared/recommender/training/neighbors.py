@@ -29,10 +29,11 @@ class Gram:
     indices: np.ndarray
     data: np.ndarray
     counts: np.ndarray
+    start: int = 0  # a block of rows (the Spark engine's unit of work): row r here is item start + r
 
     @property
     def shape(self) -> tuple[int, int]:
-        return len(self.counts), len(self.counts)
+        return len(self.indptr) - 1, len(self.counts)
 
 
 def gram(matrix: sp.csr_matrix, block: int = 4096) -> Gram:
@@ -70,12 +71,14 @@ def gram(matrix: sp.csr_matrix, block: int = 4096) -> Gram:
 
 
 def top_neighbors(g: Gram, k: int) -> np.ndarray:
-    """Per item, its k most similar other items by cosine of co-purchase (ties: lower row first); -1 pads."""
+    """Per item (of the block g holds), its k most similar other items by cosine of co-purchase (ties: lower row
+    first); -1 pads."""
     n = g.shape[0]
     root = np.sqrt(np.where(g.counts > 0, g.counts, 1.0))
     out = np.full((n, k), -1, dtype=np.int32)
-    for j in range(n):
-        lo, hi = g.indptr[j], g.indptr[j + 1]
+    for r in range(n):
+        j = g.start + r
+        lo, hi = g.indptr[r], g.indptr[r + 1]
         cols = g.indices[lo:hi]
         keep = cols != j
         cols = cols[keep]
@@ -89,7 +92,7 @@ def top_neighbors(g: Gram, k: int) -> np.ndarray:
         else:
             top = np.arange(len(cols))
         chosen = top[np.lexsort((cols[top], -sims[top]))][:k]
-        out[j, :len(chosen)] = cols[chosen]
+        out[r, :len(chosen)] = cols[chosen]
     return out
 
 
@@ -101,7 +104,6 @@ def local_regression(g: Gram, nbrs: np.ndarray, lam: float, batch: int = 8192,
     padded = np.where(valid, nbrs, n)  # row n of the scatter buffer stays zero
     weights = np.zeros((n, k), dtype=np.float32)
     row = np.zeros(n + 1, dtype=np.float32)
-    diag = np.arange(k)
     for start in range(0, n, batch):
         stop = min(n, start + batch)
         systems = np.zeros((stop - start, k, k), dtype=np.float32)
@@ -124,11 +126,17 @@ def local_regression(g: Gram, nbrs: np.ndarray, lam: float, batch: int = 8192,
             row[g.indices[lo:hi]] = g.data[lo:hi]
             rhs[t] = row[padded[c]]
             row[g.indices[lo:hi]] = 0.0
-        ok = valid[start:stop]
-        systems[:, diag, diag] += lam + ~ok  # a padded slot becomes an identity row with a zero right-hand side
-        weights[start:stop] = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0] * ok
+        weights[start:stop] = solve_ridge(systems, rhs, valid[start:stop], lam)
         progress(stop - start)
     return weights
+
+
+def solve_ridge(systems: np.ndarray, rhs: np.ndarray, valid: np.ndarray, lam: float) -> np.ndarray:
+    """The weights w_c = (G[N,N] + lambda I)^-1 G[N,c] of a batch of targets, from their systems G[N,N] (float32,
+    b x K x K, filled in place), right-hand sides G[N,c] (b x K) and valid slots (b x K); both engines call it."""
+    diag = np.arange(systems.shape[1])
+    systems[:, diag, diag] += lam + ~valid  # a padded slot becomes an identity row with a zero right-hand side
+    return np.linalg.solve(systems, rhs[:, :, None])[:, :, 0] * valid
 
 
 def by_source(nbrs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

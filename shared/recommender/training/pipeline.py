@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from recommender.core import registry
 from recommender.core.catalog import Catalog
-from recommender.core.errors import DataFileError, ModelRefused, StorageError
+from recommender.core.errors import ConfigError, DataFileError, ModelRefused, StorageError
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
 from recommender.training import budget, copurchase, gate, holdout, neighbors, samples
 from recommender.training.ingest import (
+    CleaningReport,
     Transactions,
     describe_report,
     load_transactions,
@@ -129,20 +130,59 @@ def item_embeddings(matrix: sp.csr_matrix, k: int, seed: int, iterations: int = 
     Only items x (k + 16) blocks are dense, so this runs at any number of baskets; the signs are fixed so
     the same input always gives the same vectors.
     """
-    rng = np.random.default_rng(seed)
-    width = min(matrix.shape[1], k + 16)
     x = matrix.astype(np.float64)
     xt = x.T.tocsr()
-    q = _orthonormalize(rng.standard_normal((matrix.shape[1], width)))
+
+    def image_gram(q: np.ndarray) -> np.ndarray:
+        y = x @ q
+        return y.T @ y
+    return embeddings_from_products(matrix.shape[1], k, seed, iterations, lambda q: xt @ (x @ q), image_gram)
+
+
+def embeddings_from_products(n_items: int, k: int, seed: int, iterations: int,
+                             normal: Callable[[np.ndarray], np.ndarray],
+                             image_gram: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """item_embeddings given only the products with the matrix X: normal(q) = X'(X q) and image_gram(q) =
+    (X q)'(X q). The Spark engine computes them on its executors and this runs on the driver, items x (k + 16)."""
+    rng = np.random.default_rng(seed)
+    width = min(n_items, k + 16)
+    q = _orthonormalize(rng.standard_normal((n_items, width)))
     for _ in range(iterations):
-        q = _orthonormalize(xt @ (x @ q))
-    y = x @ q
-    values, vectors = np.linalg.eigh(y.T @ y)
+        q = _orthonormalize(normal(q))
+    values, vectors = np.linalg.eigh(image_gram(q))
     top = np.argsort(-values)[:k]
     v = q @ vectors[:, top]
     signs = np.sign(v[np.abs(v).argmax(axis=0), np.arange(v.shape[1])])
     v *= np.where(signs == 0, 1, signs)
     return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def column_scale(counts: np.ndarray, damping: float) -> np.ndarray:
+    """The factor of each item column before the SVD: count^-damping (popular items damped)."""
+    return np.maximum(counts, 1) ** -damping
+
+
+def ridge_lambda(counts: np.ndarray, params: TrainingParams) -> float:
+    """The ridge of the item-item regressions: a share of the mean item count (scale-free across datasets)."""
+    return params.ridge_share * float(counts[counts > 0].mean())
+
+
+def factors_for(n_items: int, n_rows: int, params: TrainingParams) -> int:
+    """The SVD rank: the configured factors, bounded by the matrix's size."""
+    return max(1, min(params.factors, n_items - 1, n_rows - 1))
+
+
+def popularity_order(popularity: np.ndarray) -> np.ndarray:
+    """Items from the most to the least popular, ties in order of first appearance (their current numbering)."""
+    return np.argsort(-popularity, kind="stable")
+
+
+def check_size(n_items: int, n_baskets: int) -> None:
+    """DataFileError when the cleaned data is too small for a model."""
+    if n_items < MIN_ITEMS:
+        raise DataFileError(f"only {n_items} distinct item(s) after cleaning; a model needs at least {MIN_ITEMS}")
+    if n_baskets < MIN_BASKETS:
+        raise DataFileError(f"only {n_baskets} basket(s) after cleaning; a model needs at least {MIN_BASKETS}")
 
 
 @contextmanager
@@ -163,11 +203,7 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
     item-item table, also fills in each of those items' nearest items (model rows) while it would otherwise wait:
     what serving asks Annoy first, asked for free (the holdout's queries use it).
     """
-    n_items = len(tx.item_codes)
-    if n_items < MIN_ITEMS:
-        raise DataFileError(f"only {n_items} distinct item(s) after cleaning; a model needs at least {MIN_ITEMS}")
-    if len(tx.basket_ids) < MIN_BASKETS:
-        raise DataFileError(f"only {len(tx.basket_ids)} basket(s) after cleaning; a model needs at least {MIN_BASKETS}")
+    check_size(len(tx.item_codes), len(tx.basket_ids))
     # One BLAS thread: the work is many small solves, and OpenBLAS threads that spin while another process
     # holds the other core made training several times slower here (a server may be running beside it).
     with threadpool_limits(limits=1):
@@ -179,7 +215,7 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     n_items = len(tx.item_codes)
     # Number the items from the most to the least popular (ties keep file order): the serving side breaks
     # score ties by popularity for free.
-    tx = reorder_items(tx, np.argsort(-np.bincount(tx.pair_item, minlength=n_items), kind="stable"))
+    tx = reorder_items(tx, popularity_order(np.bincount(tx.pair_item, minlength=n_items)))
     baskets = basket_matrix(tx)
     customers = customer_matrix(tx, params.customer_min_baskets, params.customer_max_items)
     rows = baskets if customers is None else sp.vstack([baskets, customers]).tocsr()
@@ -189,7 +225,7 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     copurchase.check(signal, baskets.shape[0], held_with_two, progress)
 
     counts = np.bincount(rows.indices, minlength=n_items).astype(np.float64)  # rows holding each item
-    k = max(1, min(params.factors, n_items - 1, rows.shape[0] - 1))
+    k = factors_for(n_items, rows.shape[0], params)
     # The embedding and its index need nothing from the item-item table: on a dataset that fits twice in memory
     # they run on the other core meanwhile (each with one BLAS thread); on a large one they wait their turn.
     overlap = rows.nnz <= OVERLAP_MAX_ENTRIES
@@ -199,7 +235,7 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
         # The reasons' co-purchase counts need the baskets' own gram: on the other core too, when it is free.
         basket_gram = pool.submit(neighbors.gram, baskets) if overlap else None
         k_nbrs = min(params.neighbors, n_items - 1)
-        ridge = params.ridge_share * float(counts[counts > 0].mean())
+        ridge = ridge_lambda(counts, params)
         with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
             g = neighbors.gram(rows)
             table_index = neighbors.top_neighbors(g, k_nbrs)
@@ -211,24 +247,62 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
         else:
             embedding.result()
 
-    indptr, target, weight = neighbors.by_source(table_index, table_weight)
+    def pair_counts(indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return (neighbors.counts_from_gram(basket_gram.result(), indptr, target) if basket_gram is not None
+                else neighbors.table_counts(baskets, indptr, target))
+
+    popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
+    chosen = samples.sample_invoices(tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time,
+                                     seed=params.seed)
+    return finish_model(folder, ModelParts(tx.item_codes, tx.descriptions, popularity, table_index, table_weight,
+                                           k=k, ridge=ridge, baskets=baskets.shape[0],
+                                           customer_rows=rows.shape[0] - baskets.shape[0], samples=chosen,
+                                           pair_counts=pair_counts, prices=tx.item_prices, signal=signal.as_dict()),
+                         params)
+
+
+@dataclass
+class ModelParts:
+    """What an engine hands to the driver-side finishing: items in model order (most popular first), baskets
+    per item, the item-item table by target (items x K neighbours and weights), the sample invoices, how to count
+    the baskets of each table entry, the items' prices, and the SVD embeddings when the index is not written yet."""
+
+    item_codes: list[str]
+    descriptions: list[str]
+    popularity: np.ndarray      # int64 baskets holding each item
+    table_index: np.ndarray     # int32 items x K, -1 pads
+    table_weight: np.ndarray    # float32 items x K
+    k: int
+    ridge: float
+    baskets: int
+    customer_rows: int
+    samples: list[dict]
+    pair_counts: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (indptr, target) by source -> baskets per entry
+    prices: np.ndarray | None = None      # float64 per item, NaN unknown; None: the input has no UnitPrice
+    signal: dict | None = None            # copurchase.measure's figures
+    embeddings: np.ndarray | None = None
+
+
+def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progress: Progress = print) -> dict:
+    """Write the artifacts both engines share (Annoy index from the embeddings when given, the table by source,
+    the catalog, the sample invoices) into folder; return the manifest's model part."""
+    if parts.embeddings is not None:
+        write_index(parts.embeddings, params, folder, progress)
+    indptr, target, weight = neighbors.by_source(parts.table_index, parts.table_weight)
     np.save(folder / "table_indptr.npy", indptr)
     np.save(folder / "table_target.npy", target)
     np.save(folder / "table_weight.npy", weight)
-    pair_counts = (neighbors.counts_from_gram(basket_gram.result(), indptr, target) if basket_gram is not None
-                   else neighbors.table_counts(baskets, indptr, target))
-    np.save(folder / "table_count.npy", pair_counts)
-    prices = tx.item_prices if tx.item_prices is not None else np.full(n_items, np.nan)
+    np.save(folder / "table_count.npy", parts.pair_counts(indptr, target))
+    prices = parts.prices if parts.prices is not None else np.full(len(parts.item_codes), np.nan)
     np.save(folder / "item_price.npy", prices.astype(np.float64))
-    popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
-    (folder / "catalog.json").write_bytes(Catalog(tx.item_codes, tx.descriptions, popularity.tolist()).to_json())
-    samples.write_samples(folder / samples.SAMPLES, samples.sample_invoices(
-        tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time, seed=params.seed))
+    catalog = Catalog(parts.item_codes, parts.descriptions, parts.popularity.tolist())
+    (folder / "catalog.json").write_bytes(catalog.to_json())
+    samples.write_samples(folder / samples.SAMPLES, parts.samples)
     return {
-        "baskets": baskets.shape[0],
-        "signal": signal.as_dict(),
-        "factors": k, "metric": "angular", "neighbors": k_nbrs, "ridge": round(ridge, 4),
-        "customer_rows": rows.shape[0] - baskets.shape[0], "table_entries": int(len(target)),
+        "baskets": parts.baskets,
+        "signal": parts.signal,
+        "factors": parts.k, "metric": "angular", "neighbors": int(parts.table_index.shape[1]),
+        "ridge": round(parts.ridge, 4), "customer_rows": parts.customer_rows, "table_entries": int(len(target)),
         "query": {"candidates_per_item": params.candidates_per_item, "search_k_per_item": params.search_k_per_item},
     }
 
@@ -245,10 +319,17 @@ def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: Tr
                      progress: Progress, near: dict[int, list[int]] | None = None) -> None:
     """SVD item embeddings of the damped matrix, and the Annoy index over them, written to folder."""
     with _stage(progress, f"svd: {k} factors"):
-        damped = (rows @ sp.diags(np.maximum(counts, 1) ** -params.popularity_damping)).tocsr()
+        damped = (rows @ sp.diags(column_scale(counts, params.popularity_damping))).tocsr()
         embeddings = item_embeddings(damped, k, params.seed, params.svd_iterations)
+    write_index(embeddings, params, folder, progress, near)
+
+
+def write_index(embeddings: np.ndarray, params: TrainingParams, folder: Path, progress: Progress,
+                near: dict[int, list[int]] | None = None) -> None:
+    """The Annoy angular index over the item embeddings, written to folder/index.ann; with near, each listed
+    row's nearest items are filled in while the index is loaded."""
     with _stage(progress, f"index: Annoy angular, {params.n_trees} trees"):
-        index = AnnoyIndex(k, "angular")
+        index = AnnoyIndex(embeddings.shape[1], "angular")
         index.set_seed(params.seed)
         for i in range(len(embeddings)):
             index.add_item(i, embeddings[i])
@@ -258,6 +339,14 @@ def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: Tr
     for i, found in (near or {}).items():
         found[:] = index.get_nns_by_item(i, params.candidates_per_item + 1, params.search_k_per_item)
     index.unload()
+
+
+def _period(basket_time: np.ndarray) -> dict | None:
+    """The first and last purchase a model learned from (None for a file without dates)."""
+    dated = basket_time[~np.isnat(basket_time)]
+    if not len(dated):
+        return None
+    return {"first": str(dated.min()), "last": str(dated.max())}
 
 
 @contextmanager
@@ -285,57 +374,94 @@ def scratch_folder() -> Iterator[Path]:
                            f"some space there, or set TMPDIR to a folder on a disk with more") from None
 
 
-def _period(basket_time: np.ndarray) -> dict | None:
-    """The first and last purchase a model learned from (None for a file without dates)."""
-    dated = basket_time[~np.isnat(basket_time)]
-    if not len(dated):
-        return None
-    return {"first": str(dated.min()), "last": str(dated.max())}
-
-
-def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, source: Path | None,
+def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, source: str | Path | None,
                   progress: Progress = print, now: Callable[[], datetime] = utcnow) -> dict:
     """Build a model from cleaned baskets and write it to the storage as a new version (no pointer moves).
 
     Returns the manifest. The version becomes visible only when its manifest, written last, exists.
     """
-    with scratch_folder() as folder:
+    from recommender.training.sources import fingerprint, resolve
+
+    source_info = fingerprint(resolve(source)) if source else None
+    return publish_built(_single_engine(tx, params, progress), params, storage, source_info, progress, now)
+
+
+SINGLE_ENGINE = {"name": "single"}
+
+
+@dataclass
+class Built:
+    """What an engine's training left beside the artifacts in the version's folder, for the manifest."""
+
+    model: dict                     # the manifest's model part (finish_model)
+    report: CleaningReport          # the cleaning report of the whole input
+    engine: dict                    # {"name": "single"} or Spark's name, version and master
+    period: dict | None             # first and last purchase trained on
+    evaluation: dict | None = None  # the holdout's figures
+    extra: tuple[str, ...] = ()     # artifacts beyond ARTIFACTS (the holdout's)
+
+
+def announce_holdout(held: holdout.HeldOut, progress: Progress) -> None:
+    """Say which baskets the holdout keeps out (both engines, same words)."""
+    since = f" (from {str(held.cutoff)[:16].replace('T', ' ')})" if held.cutoff is not None else ""
+    progress(f"holdout: the {len(held.basket_ids):,} most recent baskets{since} are kept out of training "
+             f"to measure the model")
+
+
+def assess_holdout(folder: Path, model_info: dict, held: holdout.HeldOut | None, params: TrainingParams,
+                   progress: Progress, near: dict[str, list[int]] | None = None) -> tuple[dict | None, tuple[str, ...]]:
+    """The holdout's evaluation and extra artifacts for a model written in folder (both engines)."""
+    if held is None:
+        return None, ()
+    with _stage(progress, "holdout: measured through Model.recommend, confidence calibrated"):
+        evaluation, extra = holdout.assess(folder, model_info, held, params.seed, progress, near)
+    progress(f"held out: {holdout.describe(evaluation)}")
+    return evaluation, tuple(extra)
+
+
+def _single_engine(tx: Transactions, params: TrainingParams, progress: Progress) -> Callable[[Path], Built]:
+    """The single-machine trainer as an engine: holdout split, build, assessment."""
+    def fill(folder: Path) -> Built:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
         if held is not None:
-            since = f" (from {str(held.cutoff)[:16].replace('T', ' ')})" if held.cutoff is not None else ""
-            progress(f"holdout: the {len(held.basket_ids):,} most recent baskets{since} are kept out of training "
-                     f"to measure the model")
+            announce_holdout(held, progress)
         near: dict[str, list[int]] | None = {code: [] for b in held.items for code in b} if held else None
         held_with_two = sum(len(items) >= 2 for items in held.items) if held else 0
         model_info = build_model(train_tx, params, folder, progress, near, held_with_two)
-        evaluation, extra = None, []
-        if held is not None:
-            with _stage(progress, "holdout: measured through Model.recommend, confidence calibrated"):
-                evaluation, extra = holdout.assess(folder, model_info, held, params.seed, progress, near)
-            progress(f"held out: {holdout.describe(evaluation)}")
-        names = (*ARTIFACTS, *extra)
+        evaluation, extra = assess_holdout(folder, model_info, held, params, progress, near)
+        return Built(model_info, tx.report, SINGLE_ENGINE, _period(train_tx.basket_time), evaluation, extra)
+    return fill
+
+
+def publish_built(fill: Callable[[Path], Built], params: TrainingParams, storage: Storage, source_info: dict | None,
+                  progress: Progress = print, now: Callable[[], datetime] = utcnow) -> dict:
+    """Let an engine write a model's artifacts into a fresh folder, then publish it as a new version with its
+    manifest, last."""
+    with scratch_folder() as folder:
+        built = fill(folder)
+        names = (*ARTIFACTS, *built.extra)
         artifacts = {name: sha256_file(folder / name) for name in names}
         content = hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()
         created = now()
         version = new_version_id(created, content)
-        report = tx.report
+        report = built.report
         manifest = {
             "version": version,
             "created_at": created.isoformat(timespec="seconds"),
-            "source": {"file": source.name, "sha256": sha256_file(source), "bytes": source.stat().st_size}
-            if source else None,
+            "source": source_info,
+            "engine": built.engine,
             "counts": {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "dropped": report.dropped,
                        "baskets": report.baskets, "guest_baskets": report.guest_baskets, "items": report.items,
                        "customers": report.customers},
             "params": asdict(params),
-            "period": _period(train_tx.basket_time),
-            "model": model_info,
+            "period": built.period,
+            "model": built.model,
             "artifacts": artifacts,
             "artifact_bytes": sum((folder / name).stat().st_size for name in names),
             "content_sha256": content,
         }
-        if evaluation is not None:
-            manifest["evaluation"] = evaluation
+        if built.evaluation is not None:
+            manifest["evaluation"] = built.evaluation
         t = time.perf_counter()
         registry.publish(storage, version, folder, manifest)
     progress(f"saved version {version} to {storage.url} ({manifest['artifact_bytes'] / 1e6:.1f} MB, "
@@ -343,28 +469,43 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
     return manifest
 
 
+ENGINES = ("single", "spark")
+
+
 def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
           keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = utcnow,
-          force: bool = False, gate_margin: float = gate.MARGIN, encoding: str = "utf-8",
-          max_memory_gb: float | None = None) -> TrainingResult:
+          engine: str = "single", spark_master: str | None = None, force: bool = False,
+          gate_margin: float = gate.MARGIN, encoding: str = "utf-8", max_memory_gb: float | None = None
+          ) -> TrainingResult:
     """Read, clean, train and publish a new version; then activate it (make train) or stage it (make train_parallel).
 
-    Nothing in the storage changes until the model is fully built, and the pointer moves only after
-    every artifact is written, so a failed or killed training leaves the active model as it was. Before
-    activation the new model is compared with the active one (training/gate.py): when it is clearly worse it is
-    staged instead and ModelRefused raised, unless force.
+    engine "single" trains in this process; "spark" runs the same recipe as a Spark job (training/distributed.py,
+    imported only then) and finishes it here. Nothing in the storage changes until the model is fully built, and
+    the pointer moves only after every artifact is written, so a failed or killed training leaves the active
+    model as it was. Before activation the new model is compared with the active one (training/gate.py): when it
+    is clearly worse it is staged instead and ModelRefused raised, unless force.
     """
+    from recommender.training.sources import fingerprint, resolve
+
     started = time.perf_counter()
-    source = Path(source)
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown training engine {engine!r}: use {' or '.join(ENGINES)}")
     progress(f"reading {source}")
-    t = time.perf_counter()
-    with tqdm(desc="reading", unit=" rows", unit_scale=True, leave=False, mininterval=0.5, disable=None) as bar:
-        tx = load_transactions(source, on_rows=bar.update, encoding=encoding)
-    for line in describe_report(tx.report):
-        progress(f"  {line}")
-    progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
-    budget.check_memory(tx, params, max_memory_gb, progress)  # before the heavy stages, not after minutes of them
-    manifest = publish_model(tx, params, storage, source, progress, now)
+    resolved = resolve(source)
+    if engine == "spark":
+        from recommender.training import distributed
+
+        fill = distributed.trainer(resolved, params, progress, master=spark_master, encoding=encoding)
+    else:
+        t = time.perf_counter()
+        with tqdm(desc="reading", unit=" rows", unit_scale=True, leave=False, mininterval=0.5, disable=None) as bar:
+            tx = load_transactions(source, on_rows=bar.update, encoding=encoding)
+        for line in describe_report(tx.report):
+            progress(f"  {line}")
+        progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
+        budget.check_memory(tx, params, max_memory_gb, progress)  # before the heavy stages, not after minutes of them
+        fill = _single_engine(tx, params, progress)
+    manifest = publish_built(fill, params, storage, fingerprint(resolved), progress, now)
     version = manifest["version"]
     if activate:
         try:

@@ -1,0 +1,369 @@
+"""Spark benchmark (`make bench-spark`): both engines on the 10M-row scale set (Parquet parts) with local[2], time and
+peak memory (driver, JVM, Python workers); their agreement on Online Retail; optionally a bigger synthetic set.
+
+Each training runs as `python -m recommender train` in a fresh process, as a user runs it; memory is the resident
+set of its whole process tree, sampled twice a second and split by role: the driver's Python, the JVM (in local
+mode it is the driver and the executors), and the Python workers the executors start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recommender.tools.bench.common import GiB, load_average, machine_info, say
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+STAGES = (("read and cleaned in", "read + clean"), ("matrix:", "matrix"), ("item-item table", "item-item table"),
+          ("svd", "svd"), ("index", "index"), ("saved version", "write"), ("done in", "total"))
+
+
+@dataclass(frozen=True)
+class SparkBenchOptions:
+    """What `make bench-spark` measures; big_invoices > 0 adds the big synthetic run (about 10 rows an invoice)."""
+
+    cache_dir: Path = Path("data/bench")
+    out_dir: Path = Path("bench/results")
+    csv: Path = Path("../shared/datasets/online_retail.csv.gz")
+    master: str = "local[2]"
+    invoices: int = 1_000_000
+    products: int = 100_000
+    customers: int = 80_000
+    big_invoices: int = 0
+    scale: bool = True
+    agreement: bool = True
+    driver_memory: str = "4g"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A training as a user runs it, with the memory of its process tree.
+# ---------------------------------------------------------------------------------------------------------
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            out[int(entry)] = (ppid, cmd)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _role(pid: int, root: int, cmd: str) -> str:
+    if pid == root:
+        return "driver"
+    if "java" in cmd.split(" ", 1)[0]:
+        return "jvm"
+    if "pyspark" in cmd or "worker" in cmd:
+        return "workers"
+    return "other"
+
+
+def tree_memory(root: int) -> dict[str, int]:
+    """Resident bytes of a process and its descendants, by role."""
+    procs = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _cmd) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    totals: dict[str, int] = {}
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+        role = _role(pid, root, procs.get(pid, (0, ""))[1])
+        totals[role] = totals.get(role, 0) + rss
+    return totals
+
+
+def measure_training(source: str | Path, storage: Path, engine: str, options: SparkBenchOptions,
+                     timeout: float = 6 * 3600) -> dict:
+    """`python -m recommender train` on source: wall time, the stage times it prints, peak memory by role."""
+    env = dict(os.environ, SPARK_MASTER=options.master, SPARK_DRIVER_MEMORY=options.driver_memory,
+               PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "recommender", "--storage", str(storage), "train", "--engine", engine, str(source)]
+    peaks: dict[str, int] = {}
+    peak_total = 0
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        sample = tree_memory(proc.pid)
+        for role, rss in sample.items():
+            peaks[role] = max(peaks.get(role, 0), rss)
+        peak_total = max(peak_total, sum(sample.values()))
+        if time.perf_counter() - t > timeout:
+            proc.kill()
+        time.sleep(0.5)
+    seconds = time.perf_counter() - t
+    reader.join(timeout=10)
+    if proc.returncode != 0:
+        tail = "".join(lines[-15:])
+        raise RuntimeError(f"training with engine {engine} failed (exit {proc.returncode}):\n{tail}")
+    stages = {}
+    for line in lines:
+        text = line.strip()
+        for prefix, name in STAGES:
+            if text.startswith(prefix):
+                found = re.findall(r"\(?([\d.]+) s[,)]?", text) or re.findall(r"in ([\d.]+) s", text)
+                if found:
+                    stages[name] = float(found[-1])
+    version = next((m.group(1) for m in map(re.compile(r"done in .*version (\S+)").search, lines) if m), None)
+    return {"engine": engine, "source": str(source), "seconds": round(seconds, 1), "stages": stages,
+            "peak_total": peak_total, "peaks": peaks, "version": version,
+            "log": [line.rstrip() for line in lines if not line.startswith(("WARNING", "Using Spark", "Setting",
+                                                                              "To adjust"))][-40:]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Datasets: the scale preset and the big run, as Parquet parts (generated once, kept in cache_dir).
+# ---------------------------------------------------------------------------------------------------------
+def parquet_dataset(spec: Any, folder: Path) -> tuple[Path, dict]:
+    """The synthetic spec as Parquet parts under folder, generated once and reused while spec and generator hold."""
+    import hashlib
+
+    from recommender.tools import synthetic
+
+    source_hash = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()
+    digest = hashlib.sha256((repr(spec) + source_hash).encode()).hexdigest()[:10]
+    path = folder / f"synthetic-{spec.invoices}inv-{spec.products}prod-{digest}.parquet.d"
+    meta_path = path.with_name(path.name + ".json")
+    if path.is_dir() and meta_path.exists():
+        return path, json.loads(meta_path.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"generating {path.name} (once; kept for later runs)")
+    t = time.perf_counter()
+    summary = synthetic.write_parquet_parts(spec, path)
+    size = sum(p.stat().st_size for p in path.iterdir())
+    meta = {"spec": asdict(spec), "rows": summary.rows, "invoices": summary.invoices, "products": summary.products,
+            "customers": summary.customers, "generated_seconds": round(time.perf_counter() - t, 1), "bytes": size,
+            "parts": len(list(path.iterdir()))}
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return path, meta
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Agreement of two models.
+# ---------------------------------------------------------------------------------------------------------
+def _by_target(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    indptr, target, weight = (np.load(folder / f"table_{n}.npy") for n in ("indptr", "target", "weight"))
+    source = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    order = np.lexsort((source, target))
+    bounds = np.searchsorted(target[order], np.arange(len(indptr)))
+    return ([source[order][bounds[i]:bounds[i + 1]] for i in range(len(indptr) - 1)],
+            [weight[order][bounds[i]:bounds[i + 1]] for i in range(len(indptr) - 1)])
+
+
+def compare_models(single: Path, spark: Path, annoy_neighbours: int = 50, answers: int = 1000) -> dict:
+    """How far two versions' folders agree: catalogs, each item's neighbour set in the table and the weights on
+    them, each item's nearest items in the Annoy index, and answers to one-item baskets."""
+    from annoy import AnnoyIndex
+
+    catalog_a, catalog_b = (json.loads((f / "catalog.json").read_text()) for f in (single, spark))
+    sources_a, weights_a = _by_target(single)
+    sources_b, weights_b = _by_target(spark)
+    same_sets = [np.array_equal(a, b) for a, b in zip(sources_a, sources_b)]
+    diffs = [float(np.abs(wa - wb).max()) for ok, wa, wb in zip(same_sets, weights_a, weights_b) if ok and len(wa)]
+    manifest = json.loads((single / "manifest.json").read_text())
+    k = manifest["model"]["factors"]
+    search_k = manifest["model"]["query"]["search_k_per_item"]
+    index_a, index_b = AnnoyIndex(k, "angular"), AnnoyIndex(k, "angular")
+    index_a.load(str(single / "index.ann"))
+    index_b.load(str(spark / "index.ann"))
+    n = index_a.get_n_items()
+    overlap, identical = [], 0
+    for i in range(n):
+        a = set(index_a.get_nns_by_item(i, annoy_neighbours, search_k=search_k))
+        b = set(index_b.get_nns_by_item(i, annoy_neighbours, search_k=search_k))
+        overlap.append(len(a & b) / max(1, len(a | b)))
+        identical += a == b
+    vectors = np.array([index_a.get_item_vector(i) for i in range(n)]), np.array([index_b.get_item_vector(i)
+                                                                                    for i in range(n)])
+    same_answers = _same_answers(single, spark, answers)
+    return {"items": n, "catalog_identical": catalog_a == catalog_b,
+            "neighbour_sets_identical": float(np.mean(same_sets)), "max_weight_difference": max(diffs, default=0.0),
+            "annoy_sets_identical": identical / n, "annoy_jaccard_mean": float(np.mean(overlap)),
+            "embedding_max_difference": float(np.abs(vectors[0] - vectors[1]).max()),
+            "one_item_answers_identical": same_answers}
+
+
+def _same_answers(single: Path, spark: Path, count: int) -> float:
+    from recommender.core.storage import LocalStorage
+    from recommender.serving.model import load_model
+
+    models = [load_model(LocalStorage(f.parents[2]), f.name) for f in (single, spark)]
+    codes = models[0].catalog.codes[:count]
+    same = 0
+    for code in codes:
+        a, b = (m.recommend([code], 10) for m in models)
+        same += [s.item.stock_code for s in a.items] == [s.item.stock_code for s in b.items]
+    return same / max(1, len(codes))
+
+
+def _version_folder(storage: Path, version: str) -> Path:
+    return storage / "models" / "versions" / version
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The benchmark.
+# ---------------------------------------------------------------------------------------------------------
+def bench_spark(options: SparkBenchOptions) -> dict:
+    """Run what the options ask for; print the table; write bench/results/spark.json and spark.md."""
+    from recommender.tools import synthetic
+
+    results: dict[str, Any] = {"machine": machine_info(), "options": {k: str(v) for k, v in asdict(options).items()},
+                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with tempfile.TemporaryDirectory(prefix="recommender-bench-spark-") as tmp:
+        if options.agreement and options.csv.exists():
+            say(f"agreement on {options.csv.name}: both engines")
+            runs = {e: measure_training(options.csv, Path(tmp) / f"or-{e}", e, options) for e in ("single", "spark")}
+            results["agreement"] = {"runs": runs, **compare_models(
+                _version_folder(Path(tmp) / "or-single", runs["single"]["version"]),
+                _version_folder(Path(tmp) / "or-spark", runs["spark"]["version"]))}
+            results["agreement"]["load"] = load_average()
+        if options.scale:
+            spec = synthetic.preset("scale", invoices=options.invoices, products=options.products,
+                                    customers=options.customers)
+            path, meta = parquet_dataset(spec, options.cache_dir)
+            results["scale"] = {"dataset": meta, "runs": {}}
+            for engine in ("single", "spark"):
+                say(f"scale: engine {engine} on {meta['rows']:,} rows ({meta['parts']} Parquet parts), load "
+                    f"{load_average()}")
+                run = measure_training(path, Path(tmp) / f"scale-{engine}", engine, options)
+                run["load_before"] = load_average()
+                results["scale"]["runs"][engine] = run
+                shutil.rmtree(Path(tmp) / f"scale-{engine}", ignore_errors=True)
+        if options.big_invoices:
+            spec = synthetic.preset("scale", invoices=options.big_invoices, products=options.products,
+                                    customers=options.customers)
+            t = time.perf_counter()
+            path, meta = parquet_dataset(spec, options.cache_dir)
+            say(f"big run: engine spark on {meta['rows']:,} rows ({meta['parts']} parts, {meta['bytes'] / GiB:.1f} "
+                f"GiB), load {load_average()}")
+            run = measure_training(path, Path(tmp) / "big", "spark", options)
+            run["load_after"] = load_average()
+            results["big"] = {"dataset": meta, "dataset_seconds": round(time.perf_counter() - t, 1) - run["seconds"],
+                              "run": run}
+    previous = options.out_dir / "spark.json"
+    if previous.exists():  # a part not run this time keeps its last figures
+        old = json.loads(previous.read_text())
+        for part in ("agreement", "scale", "big"):
+            if part not in results and part in old:
+                results[part] = old[part]
+    results["single_csv_reference"] = _scale_reference(options.out_dir)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    previous.write_text(json.dumps(results, indent=1, default=str))
+    table = report_table(results)
+    (options.out_dir / "spark.md").write_text("# make bench-spark\n\n" + table + "\n")
+    print(table)
+    print(f"\nresults: {options.out_dir / 'spark.md'} and {previous}")
+    return results
+
+
+def _scale_reference(out_dir: Path) -> dict | None:
+    """The single-machine trainer on the same 10M rows as csv.gz, from the last `make bench-scale`."""
+    path = out_dir / "scale.json"
+    if not path.exists():
+        return None
+    train = json.loads(path.read_text())["details"]["train"]
+    return {"seconds": round(train["seconds"], 1), "peak_rss": train["peak_rss"]}
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f}"
+
+
+def report_table(results: dict) -> str:
+    """One Markdown table of everything measured."""
+    lines = ["| what | single machine | Spark local[2] | note |", "|---|---|---|---|"]
+    agreement = results.get("agreement")
+    if agreement:
+        runs = agreement["runs"]
+        lines.append(f"| Online Retail: training wall time (s) | {runs['single']['seconds']} | {runs['spark']['seconds']}"
+                     f" | load {agreement.get('load', ['?'])[0]} |")
+        lines += [
+            f"| Online Retail: identical neighbour sets | | {agreement['neighbour_sets_identical']:.2%} | "
+            f"{agreement['items']:,} items |",
+            f"| Online Retail: max weight difference | | {agreement['max_weight_difference']:.1e} | table weights |",
+            f"| Online Retail: identical Annoy top-50 sets | | {agreement['annoy_sets_identical']:.2%} | "
+            f"mean Jaccard {agreement['annoy_jaccard_mean']:.4f}; embeddings differ by at most "
+            f"{agreement['embedding_max_difference']:.1e} |",
+            f"| Online Retail: identical one-item answers (n=10) | | {agreement['one_item_answers_identical']:.2%} | |",
+        ]
+    scale = results.get("scale")
+    if scale:
+        single, spark = scale["runs"]["single"], scale["runs"]["spark"]
+        meta = scale["dataset"]
+        lines.append(f"| 10M scale set: training wall time (s) | {single['seconds']} | {spark['seconds']} | "
+                     f"{meta['rows']:,} rows, {meta['parts']} Parquet parts ({meta['bytes'] / 2**20:,.0f} MiB) |")
+        for stage in ("read + clean", "matrix", "item-item table", "svd", "index"):
+            lines.append(f"| 10M: {stage} (s) | {single['stages'].get(stage, '')} | {spark['stages'].get(stage, '')} | |")
+        lines.append(f"| 10M: peak memory, whole process tree (GiB) | {_gib(single['peak_total'])} | "
+                     f"{_gib(spark['peak_total'])} | |")
+        lines.append(f"| 10M: peak memory by role (GiB) | driver {_gib(single['peaks'].get('driver', 0))} | driver "
+                     f"{_gib(spark['peaks'].get('driver', 0))}, JVM {_gib(spark['peaks'].get('jvm', 0))}, Python "
+                     f"workers {_gib(spark['peaks'].get('workers', 0))} | JVM = driver + executors in local mode |")
+    reference = results.get("single_csv_reference")
+    if reference:
+        lines.append(f"| 10M as csv.gz (`make bench-scale`) | {reference['seconds']} s, "
+                     f"{_gib(reference['peak_rss'])} GiB | | reading csv text instead of Parquet |")
+    big = results.get("big")
+    if big:
+        run, meta = big["run"], big["dataset"]
+        lines.append(f"| big set: training wall time (s) | | {run['seconds']} | {meta['rows']:,} rows, "
+                     f"{meta['parts']} parts ({meta['bytes'] / GiB:.1f} GiB), generated in "
+                     f"{meta['generated_seconds']:.0f} s |")
+        for stage in ("read + clean", "matrix", "item-item table", "svd"):
+            lines.append(f"| big: {stage} (s) | | {run['stages'].get(stage, '')} | |")
+        lines.append(f"| big: peak memory (GiB) | | {_gib(run['peak_total'])} | driver "
+                     f"{_gib(run['peaks'].get('driver', 0))}, JVM {_gib(run['peaks'].get('jvm', 0))}, workers "
+                     f"{_gib(run['peaks'].get('workers', 0))} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m recommender.tools.bench.spark [--big-invoices N] [--no-scale] [--no-agreement]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench-spark", description=__doc__)
+    parser.add_argument("--big-invoices", type=int, default=0, help="add a Spark run on this many invoices (~10 rows "
+                                                                    "each; 10000000 gives ~100M rows)")
+    parser.add_argument("--no-scale", action="store_true", help="skip the 10M-row comparison")
+    parser.add_argument("--no-agreement", action="store_true", help="skip the Online Retail agreement")
+    parser.add_argument("--csv", default="../shared/datasets/online_retail.csv.gz")
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--cache", default="data/bench")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--invoices", type=int, default=1_000_000, help="scale set size (default: the scale preset)")
+    args = parser.parse_args(argv)
+    options = replace(SparkBenchOptions(), cache_dir=Path(args.cache), out_dir=Path(args.out), csv=Path(args.csv),
+                      master=args.master, big_invoices=args.big_invoices, scale=not args.no_scale,
+                      agreement=not args.no_agreement, invoices=args.invoices)
+    bench_spark(options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,594 @@
+"""The Spark engine (`make train ENGINE=spark`): the single-machine recipe, with the work done on Spark's executors.
+
+Executors read the parts of the input (pandas / pyarrow, one task per part) and clean them with ingest.clean_chunk,
+the rules the single-machine trainer applies; Spark SQL builds the basket and customer-history rows; numpy on the
+executors computes the co-occurrence counts by blocks of items, each item's top-K neighbours
+(neighbors.top_neighbors), the per-item ridge regressions (neighbors.solve_ridge) and the products of the
+randomized SVD. Only items x K (the table) and items x k (the SVD's blocks and the embeddings) reach the driver,
+which finishes the model with the single-machine code (pipeline.finish_model: Annoy index, table by source,
+catalog) and publishes it through the same registry. Imported only when the Spark engine is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from recommender.core.errors import ConfigError, DataFileError, RecommenderError
+from recommender.training import neighbors
+from recommender.training.ingest import (
+    NO_TIME,
+    REASONS,
+    CleaningReport,
+    check_cleaned,
+    clean_chunk,
+    describe_report,
+    read_part,
+)
+from recommender.training import copurchase, samples
+from recommender.training.holdout import HeldOut
+from recommender.training.pipeline import (
+    Built,
+    ModelParts,
+    TrainingParams,
+    _period,
+    _stage,
+    announce_holdout,
+    assess_holdout,
+    check_size,
+    column_scale,
+    embeddings_from_products,
+    factors_for,
+    finish_model,
+    popularity_order,
+    ridge_lambda,
+)
+from recommender.training.sources import Source, default_s3_client, local_file
+
+Progress = Callable[[str], None]
+DEFAULT_MASTER = "local[*]"
+# A data error raised on an executor crosses the JVM as text; these marks find its message again on the driver.
+_MARK, _END = "<<recommender-data-error>>", "<</recommender-data-error>>"
+GRAM_BLOCK = 4096        # item rows of the co-occurrence matrix per block (as the single-machine trainer)
+TARGET_BLOCK = 2048      # targets whose ridge systems are solved together (2048 x 100 x 100 float32: 82 MB)
+DENSE_BYTES = 1 << 28    # a dense slice of co-occurrence rows used to gather the systems (256 MB)
+PART_SCHEMA = ("part int, row long, invoice string, code string, customer string, description string, time long, "
+               "price string, priced long, rows_read long, " + ", ".join(f"dropped_{i} long" for i in range(len(REASONS))))
+
+
+class SparkJobFailed(RecommenderError):
+    """The Spark job failed for a reason other than the input (cluster, memory, Java)."""
+
+    status_code = 500
+
+
+def _spark_modules() -> Any:
+    try:
+        import pyspark
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ConfigError("ENGINE=spark needs the spark extra: pip install -e '.[spark]' (make devel installs it)") \
+            from None
+    return pyspark, SparkSession
+
+
+# Short local jobs (tests, small files): the JVM's quick compiler and no code generation halve the time to the
+# first answer; long jobs on a cluster keep Spark's defaults.
+QUICK_START = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+               "spark.sql.codegen.wholeStage": "false", "spark.sql.shuffle.partitions": "2"}
+
+
+def session(master: str | None = None, conf: dict[str, str] | None = None) -> tuple[Any, bool]:
+    """The active SparkSession (spark-submit's, a test's), else a new one on master (SPARK_MASTER, default
+    local[*]) with conf added; and whether this call created it (then the caller stops it)."""
+    _pyspark, SparkSession = _spark_modules()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active, False
+    from pyspark import SparkConf
+
+    extra = conf
+    spark_conf = SparkConf()  # under spark-submit this already holds spark.master and the cluster's settings
+    builder = SparkSession.builder.appName("recommender-train")
+    master = master or os.environ.get("SPARK_MASTER") or (
+        None if spark_conf.contains("spark.master") else DEFAULT_MASTER)
+    if master:
+        builder = builder.master(master)
+    defaults = {"spark.ui.showConsoleProgress": "false", "spark.sql.execution.arrow.pyspark.enabled": "true",
+                "spark.driver.memory": os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
+                "spark.sql.adaptive.enabled": "true"}
+    if (master or "").startswith("local"):
+        defaults["spark.sql.shuffle.partitions"] = "4"
+        defaults["spark.ui.enabled"] = "false"
+        # the workers run this interpreter (the project's venv), not whatever python3 is first on the PATH
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # one machine: everything stays on the loopback interface
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        defaults["spark.driver.host"] = "127.0.0.1"
+        defaults["spark.driver.bindAddress"] = "127.0.0.1"
+    defaults.update(extra or {})
+    for key, value in defaults.items():
+        if not spark_conf.contains(key):
+            builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as err:  # noqa: BLE001 - pyspark raises plain RuntimeErrors when Java is missing
+        if "JAVA_GATEWAY_EXITED" in str(err) or "JAVA_HOME" in str(err) or "java" in str(err).lower():
+            raise ConfigError("Spark could not start Java: install Java 17 (apt-get install openjdk-17-jre-headless) "
+                              f"or set JAVA_HOME ({str(err).splitlines()[0]})") from None
+        raise
+    spark.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
+    return spark, True
+
+
+def _executor_environment(sc: Any) -> str | None:
+    """Give the Python workers the S3 endpoint (and, for a local emulator, its dummy credentials and region),
+    whatever the environment the JVM started with; returns the endpoint."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    names = ["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION"]
+    if endpoint and re.match(r"^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?/?$", endpoint):
+        names += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]  # the emulator's dummy ones, never real secrets
+    for name in names:
+        if os.environ.get(name):
+            sc.environment[name] = os.environ[name]
+    return endpoint
+
+
+def _data_error(err: BaseException) -> DataFileError | None:
+    found = re.search(re.escape(_MARK) + r"(.*?)" + re.escape(_END), str(err), re.S)
+    return DataFileError(found.group(1)) if found else None
+
+
+def _cause(err: BaseException) -> str:
+    """The line of a Spark failure that names its cause: the innermost "SomeError: message" of the traceback."""
+    text = str(err)
+    found = [line.strip() for line in re.findall(r"^\s*(?:[\w.]+\.)?\w+(?:Error|Exception): .+$", text, re.M)
+             if "exception was thrown from the Python worker" not in line]
+    if found:
+        return found[-1]
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+
+
+def _part_reader(parts: list, endpoint: str | None, encoding: str = "utf-8"
+                 ) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """The executor side of reading: each part read with ingest.read_part and cleaned with ingest.clean_chunk."""
+    def run(frames: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        for frame in frames:
+            for p in frame["part"].tolist():
+                part = parts[p]
+                try:
+                    with local_file(part, default_s3_client(endpoint)) as path:
+                        kept = 0
+                        for chunk in read_part(path, part.kind, part.name, encoding):
+                            clean = clean_chunk(chunk)
+                            n = len(clean)
+                            yield pd.DataFrame({
+                                "part": np.full(n, p, dtype=np.int32), "row": np.arange(kept, kept + n, dtype=np.int64),
+                                "invoice": clean.invoice, "code": clean.code, "customer": clean.customer,
+                                "description": clean.description, "time": clean.time,
+                                "price": clean.price if clean.price is not None else np.full(n, None, dtype=object),
+                                "priced": pd.array([None] * n, dtype="Int64"),
+                                "rows_read": pd.array([None] * n, dtype="Int64"),
+                                **{f"dropped_{i}": pd.array([None] * n, dtype="Int64") for i in range(len(REASONS))}})
+                            kept += n
+                            summary = {"part": [p], "row": [-1], "invoice": [None], "code": [None], "customer": [None],
+                                       "description": [None], "time": [None], "price": [None],
+                                       "priced": [int(clean.price is not None)], "rows_read": [clean.rows_read]}
+                            summary.update({f"dropped_{i}": [clean.dropped[r]] for i, r in enumerate(REASONS)})
+                            yield pd.DataFrame(summary).astype({"time": "Int64"})
+                except DataFileError as err:
+                    raise RuntimeError(f"{_MARK}{err.message}{_END}") from None
+    return run
+
+
+def _csr_blocks(rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The matrix rows of one partition (sorted item lists) as CSR (indptr, indices), with which rows are baskets
+    (the others are customer histories)."""
+    lengths, items, basket = [], [], []
+    for row in rows:
+        lengths.append(len(row[0]))
+        items.append(np.asarray(row[0], dtype=np.int32))
+        basket.append(row[1])
+    indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    yield indptr, (np.concatenate(items) if items else np.empty(0, dtype=np.int32)), np.array(basket, dtype=bool)
+
+
+def _matrix(block: tuple[np.ndarray, ...], n_items: int, values: np.ndarray | None = None, dtype=np.float32):
+    import scipy.sparse as sp
+
+    indptr, indices = block[0], block[1]
+    data = np.ones(len(indices), dtype=dtype) if values is None else values[indices]
+    return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
+
+
+def _one_blas_thread() -> None:
+    """One BLAS thread in this Python worker, as in the single-machine trainer (many small dense problems; and
+    several tasks already share the cores)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
+def trainer(source: Source, params: TrainingParams, progress: Progress = print,
+            master: str | None = None, encoding: str = "utf-8") -> Callable[[Path], Built]:
+    """What pipeline.train calls with the version's folder: runs the Spark job, finishes the model on the driver,
+    and returns the manifest's model part, the cleaning report and the engine (name, Spark version, master)."""
+    if source.kind == ".xlsx":
+        raise DataFileError(f"{source.name}: .xlsx is read by the single-machine trainer only; train it without "
+                            "ENGINE=spark, or save it as .csv or Parquet for Spark")
+
+    def fill(folder: Path) -> Built:
+        spark, created = session(master)
+        try:
+            return _train(spark, source, params, folder, progress, encoding)
+        except RecommenderError:
+            raise
+        except Exception as err:  # noqa: BLE001 - py4j and pyspark raise many types; one line for the user
+            data = _data_error(err)
+            if data is not None:
+                raise data from None
+            raise SparkJobFailed(f"the Spark job failed: {_cause(err)[:400]}") from err
+        finally:
+            if created:
+                spark.stop()
+    return fill
+
+
+def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, progress: Progress,
+           encoding: str = "utf-8") -> Built:
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    sc = spark.sparkContext
+    progress(f"spark {spark.version} on {sc.master} ({sc.defaultParallelism} cores): {len(source.parts)} part(s)")
+    endpoint = _executor_environment(sc)
+    t = time.perf_counter()
+    parts = list(source.parts)
+    tasks = spark.createDataFrame(sc.parallelize([(i,) for i in range(len(parts))], len(parts)), "part int")
+    raw = tasks.mapInPandas(_part_reader(parts, endpoint, encoding), PART_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+
+    # The cleaning report, summed over every chunk of every part.
+    totals = raw.filter(F.col("invoice").isNull()).agg(
+        F.sum("rows_read"), *[F.sum(f"dropped_{i}") for i in range(len(REASONS))], F.sum("priced")).collect()[0]
+    report = CleaningReport(rows_read=int(totals[0] or 0),
+                            dropped={r: int(totals[i + 1] or 0) for i, r in enumerate(REASONS)})
+    report.rows_kept = report.rows_read - sum(report.dropped.values())
+    check_cleaned(report, source.name)
+
+    # File order of the kept rows: what "first appearance" and "latest in file" mean, as in the single trainer.
+    rows = raw.filter(F.col("invoice").isNotNull()).select(
+        (F.col("part").cast("long") * (1 << 40) + F.col("row")).alias("order"),
+        "invoice", "code", "customer", "description", "time", "price")
+    latest = F.struct("time", "order")
+    described = (rows.filter(F.col("description") != "").groupBy("code")
+                 .agg(F.max_by("description", latest).alias("description"))
+                 .join(rows.filter(F.col("price") != "").groupBy("code").agg(F.max_by("price", latest).alias("price")),
+                       "code", "full")
+                 .persist(StorageLevel.MEMORY_AND_DISK))
+    priced = bool(totals[len(REASONS) + 1])
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    basket_customer = (rows.filter(F.col("customer") != "").groupBy("invoice")
+                       .agg(F.max_by("customer", "order").alias("customer"))
+                       .persist(StorageLevel.MEMORY_AND_DISK))
+    dated = F.when(F.col("time") != F.lit(NO_TIME), F.col("time"))
+    baskets = (rows.groupBy("invoice").agg(F.min("order").alias("first"), F.min(dated).alias("time"))
+               .persist(StorageLevel.MEMORY_AND_DISK))
+    report.baskets = baskets.count()
+    report.guest_baskets = report.baskets - basket_customer.count()
+    report.customers = rows.filter(F.col("customer") != "").select("customer").distinct().count()
+    report.items = rows.select("code").distinct().count()
+    for line in describe_report(report):
+        progress(f"  {line}")
+    progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
+
+    # The holdout: the most recent baskets, chosen as holdout.split_mask does, kept out of everything below.
+    held = _held_out(rows, baskets, report.baskets, params)
+    if held is not None:
+        announce_holdout(held, progress)
+        out = F.broadcast(spark.createDataFrame([(b,) for b in held.basket_ids], "invoice string"))
+        rows = rows.join(out, "invoice", "left_anti")
+        baskets = baskets.join(out, "invoice", "left_anti")
+    n_baskets = baskets.count() if held is not None else report.baskets
+    span = baskets.agg(F.min("time"), F.max("time")).collect()[0]
+    period = _period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
+
+    # Items: numbered by first appearance, then ordered by popularity as pipeline._build does; their descriptions
+    # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
+    pairs = rows.select("invoice", "code").distinct().persist(StorageLevel.MEMORY_AND_DISK)
+    items = (rows.groupBy("code").agg(F.min("order").alias("first"))
+             .join(pairs.groupBy("code").agg(F.count("*").alias("popularity")), "code")
+             .join(described, "code", "left").toPandas().sort_values("first", kind="stable"))
+    check_size(len(items), n_baskets)
+    items = items.iloc[popularity_order(items["popularity"].to_numpy())].reset_index(drop=True)
+    n_items = len(items)
+    codes = items["code"].tolist()
+    descriptions = items["description"].fillna("").tolist()
+    popularity = items["popularity"].to_numpy(dtype=np.int64)
+    prices = (np.array([float(v) if isinstance(v, str) and v else np.nan for v in items["price"]], dtype=np.float64)
+              if priced else None)
+    index = spark.createDataFrame(items[["code"]].assign(idx=np.arange(n_items, dtype=np.int32)))
+    chosen = _sample_invoices(pairs, baskets, params.seed)
+
+    # Matrix rows: one per basket, one per returning customer (capped to the items they bought most often).
+    t = time.perf_counter()
+    item_pairs = pairs.join(F.broadcast(index), "code").select("invoice", "idx")
+    basket_rows = item_pairs.groupBy("invoice").agg(F.sort_array(F.collect_list("idx")).alias("items"))
+    customer_pairs = item_pairs.join(basket_customer, "invoice")
+    returning = (basket_customer.join(baskets.select("invoice"), "invoice").groupBy("customer").count()
+                 .filter(F.col("count") >= params.customer_min_baskets).select("customer"))
+    ranked = (customer_pairs.groupBy("customer", "idx").agg(F.count("*").alias("n")).join(returning, "customer")
+              .withColumn("rank", F.row_number().over(Window.partitionBy("customer")
+                                                      .orderBy(F.desc("n"), F.asc("idx")))))
+    customer_rows = (ranked.filter(F.col("rank") <= params.customer_max_items).groupBy("customer")
+                     .agg(F.sort_array(F.collect_list("idx")).alias("items")))
+    n_parts = max(2, 2 * sc.defaultParallelism)
+    matrix = (basket_rows.select("items", F.lit(True).alias("basket"))
+              .unionByName(customer_rows.select("items", F.lit(False).alias("basket")))
+              .repartition(n_parts).rdd.mapPartitions(_csr_blocks).persist(StorageLevel.MEMORY_AND_DISK))
+    def block_figures(block: tuple[np.ndarray, ...]) -> tuple:
+        signal = copurchase.measure(block[0], block[1], n_items)  # of this block; summed below
+        together = np.zeros(n_items, dtype=bool)
+        lengths = np.diff(block[0])
+        together[block[1][np.repeat(lengths >= 2, lengths)]] = True
+        return len(lengths), len(block[1]), np.bincount(block[1], minlength=n_items), signal.rows_with_two, together
+
+    n_rows, n_entries, counts_vec, with_two, together = matrix.map(block_figures).treeReduce(
+        lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] | b[4]))
+    counts_vec = counts_vec.astype(np.float64)  # rows holding each item
+    for frame in (raw, rows, pairs, basket_customer, baskets, described):
+        frame.unpersist()
+    n_customers = n_rows - n_baskets
+    progress(f"matrix: {n_baskets:,} baskets + {n_customers:,} returning customers' histories x {n_items:,} "
+             f"items, {n_entries:,} entries ({time.perf_counter() - t:.1f} s)")
+    signal = copurchase.Signal(n_rows, int(with_two), n_items, int(together.sum()))
+    held_with_two = sum(len(items) >= 2 for items in held.items) if held else 0
+    copurchase.check(signal, n_baskets, held_with_two, progress)
+
+    k = factors_for(n_items, n_rows, params)
+    k_nbrs = min(params.neighbors, n_items - 1)
+    ridge = ridge_lambda(counts_vec, params)
+    with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
+        table_index, table_weight, pair_counts, release = _item_item_table(sc, matrix, counts_vec, n_items, k_nbrs,
+                                                                           ridge, n_parts)
+    with _stage(progress, f"svd: {k} factors"):
+        embeddings = _embeddings(sc, matrix, counts_vec, n_items, k, params)
+    matrix.unpersist()
+    parts_out = ModelParts(codes, descriptions, popularity, table_index, table_weight, k=k, ridge=ridge,
+                           baskets=n_baskets, customer_rows=n_customers, samples=chosen, pair_counts=pair_counts,
+                           prices=prices, signal=signal.as_dict(), embeddings=embeddings)
+    model_info = finish_model(folder, parts_out, params, progress)
+    release()
+    evaluation, extra = assess_holdout(folder, model_info, held, params, progress)
+    engine = {"name": "spark", "spark_version": spark.version, "master": sc.master,
+              "default_parallelism": sc.defaultParallelism}
+    return Built(model_info, report, engine, period, evaluation, extra)
+
+
+def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -> HeldOut | None:
+    """holdout.split on the cluster: the most recent dated baskets (ties by file order), or the last ones in file
+    order when nothing is dated; their items and times collected (a few thousand baskets at most)."""
+    from pyspark.sql import functions as F
+
+    import pandas as pd
+
+    if not params.holdout:
+        return None
+    n_dated = baskets.filter(F.col("time").isNotNull()).count()
+    if n_dated:
+        size = params.holdout.size(n_dated)
+        latest = baskets.filter(F.col("time").isNotNull()).orderBy(F.desc("time"), F.desc("first"))
+    else:
+        size = params.holdout.size(n_baskets)
+        latest = baskets.orderBy(F.desc("first"))
+    if not size:
+        return None
+    chosen = latest.limit(size).persist()
+    found = (rows.join(F.broadcast(chosen.select("invoice")), "invoice").groupBy("invoice", "code")
+             .agg(F.min("order").alias("at")).toPandas())
+    held = chosen.toPandas().sort_values("first")
+    chosen.unpersist()
+    found = found.sort_values("at")
+    items = {invoice: group["code"].tolist() for invoice, group in found.groupby("invoice", sort=False)}
+    times = np.array([None if pd.isna(t) else int(t) for t in held["time"]], dtype="datetime64[s]")
+    stamps = times[~np.isnat(times)]
+    return HeldOut(held["invoice"].tolist(), times, [items.get(b, []) for b in held["invoice"]],
+                   stamps.min() if len(stamps) else None)
+
+
+def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
+    """samples.sample_invoices on the cluster: the same invoices drawn from the same numbering of the baskets (by
+    first appearance), only the chosen ones collected."""
+    from pyspark.sql import functions as F
+
+    sized = baskets.join(pairs.groupBy("invoice").agg(F.count("*").alias("size")), "invoice")
+    eligible = sized.filter((F.col("size") >= samples.MIN_ITEMS) & (F.col("size") <= samples.MAX_ITEMS))
+    n = eligible.count()
+    if not n:
+        eligible = sized.filter(F.col("size") > 0)
+        n = eligible.count()
+    picked = set(np.random.default_rng(seed).choice(n, size=min(samples.COUNT, n), replace=False).tolist())
+    chosen = (eligible.select("first", "invoice", "time").rdd.sortBy(lambda r: r[0]).zipWithIndex()
+              .filter(lambda r: r[1] in picked).map(lambda r: r[0]).collect())
+    names = [r[1] for r in sorted(chosen)]
+    codes: dict[str, list[str]] = {name: [] for name in names}
+    for invoice, code in pairs.join(F.broadcast(pairs.sparkSession.createDataFrame(
+            [(name,) for name in names], "invoice string")), "invoice").collect():
+        codes[invoice].append(code)
+    out = []
+    for first, invoice, when in sorted(chosen):
+        date = None if when is None else str(np.datetime_as_string(np.datetime64(int(when), "s"), unit="D"))
+        out.append({"invoice": str(invoice), "date": date, "items": sorted(codes[invoice])})
+    return out
+
+
+def _item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, lam: float, n_parts: int
+                     ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray], Callable]:
+    """Top-k neighbours and ridge weights of every item (items x k each), computed on the executors; and how to
+    count each table entry's baskets once the table is laid out by source (then release what is kept for it)."""
+    n_blocks = -(-n_items // GRAM_BLOCK)
+
+    def partial_grams(block: tuple[np.ndarray, ...]) -> Iterator[tuple[tuple[int, int], tuple]]:
+        """X'X of this partition's basket rows (kind 1) and customer rows (kind 0), by blocks of item rows: their
+        sum is the co-occurrence of the table, the baskets' alone the counts of the reasons."""
+        _one_blas_thread()
+        whole = _matrix(block, n_items)
+        for kind in (1, 0):
+            x = whole[block[2] if kind else ~block[2]]
+            if not x.nnz:
+                continue
+            xt = x.T.tocsr()
+            for b in range(n_blocks):
+                part = (xt[b * GRAM_BLOCK:(b + 1) * GRAM_BLOCK] @ x).tocsr()
+                if part.nnz:
+                    yield (b, kind), (part.indptr.astype(np.int64), part.indices.astype(np.int32),
+                                      part.data.astype(np.float32))
+
+    def add(a: tuple, b: tuple) -> tuple:
+        import scipy.sparse as sp
+
+        shape = (len(a[0]) - 1, n_items)
+        total = sp.csr_matrix((a[2], a[1], a[0]), shape=shape) + sp.csr_matrix((b[2], b[1], b[0]), shape=shape)
+        return total.indptr.astype(np.int64), total.indices.astype(np.int32), total.data.astype(np.float32)
+
+    def sorted_block(item: tuple[int, tuple]) -> tuple[int, tuple]:
+        import scipy.sparse as sp
+
+        b, (indptr, indices, data) = item
+        m = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
+        m.sum_duplicates()
+        m.sort_indices()
+        return b, (m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data.astype(np.float32))
+
+    counts_b = sc.broadcast(counts)
+    shuffle = max(1, min(n_blocks, n_parts * 2))
+    by_kind = matrix.flatMap(partial_grams).reduceByKey(add, numPartitions=shuffle).persist()
+    grams = by_kind.map(lambda kv: (kv[0][0], kv[1])).reduceByKey(add, numPartitions=shuffle).map(sorted_block).persist()
+    basket_grams = by_kind.filter(lambda kv: kv[0][1] == 1).map(lambda kv: (kv[0][0], kv[1])).map(sorted_block)
+    basket_grams = basket_grams.persist()
+
+    def block_gram(b: int, arrays: tuple) -> neighbors.Gram:
+        indptr, indices, data = arrays
+        rows = min(GRAM_BLOCK, n_items - b * GRAM_BLOCK)
+        if len(indptr) - 1 < rows:  # trailing empty rows of the last block
+            indptr = np.concatenate([indptr, np.full(rows - len(indptr) + 1, indptr[-1])])
+        return neighbors.Gram(indptr, indices, data, counts_b.value, start=b * GRAM_BLOCK)
+
+    found = grams.map(lambda item: (item[0], neighbors.top_neighbors(block_gram(*item), k))).collect()
+    table_index = np.full((n_items, k), -1, dtype=np.int32)
+    for b, block in found:
+        table_index[b * GRAM_BLOCK:b * GRAM_BLOCK + len(block)] = block
+    nbrs_b = sc.broadcast(table_index)
+    # Every (target, position) of the table sorted by its neighbour: each block finds the targets that need its rows
+    # with two binary searches.
+    flat = table_index.ravel()
+    by_source = np.argsort(flat, kind="stable")
+    by_source_b = sc.broadcast((by_source, flat[by_source]))
+
+    def gather(item: tuple[int, tuple]) -> Iterator[tuple[int, tuple]]:
+        """For the co-occurrence rows of this block: every row a target's system needs (G[a, N(c)] for a in N(c))
+        and the right-hand sides G[c, N(c)] of its own targets, sent to the targets' blocks."""
+        _one_blas_thread()
+        g = block_gram(*item)
+        nbrs = nbrs_b.value
+        order, sources = by_source_b.value
+        padded = np.where(nbrs >= 0, nbrs, n_items)
+        rows = g.shape[0]
+        step = max(1, min(rows, DENSE_BYTES // (4 * (n_items + 1))))
+        for s0 in range(0, rows, step):
+            s1 = min(rows, s0 + step)
+            lo, hi = g.start + s0, g.start + s1
+            dense = np.zeros((s1 - s0, n_items + 1), dtype=np.float32)
+            span = slice(g.indptr[s0], g.indptr[s1])
+            dense[np.repeat(np.arange(s1 - s0), np.diff(g.indptr[s0:s1 + 1])), g.indices[span]] = g.data[span]
+            entries = np.sort(order[np.searchsorted(sources, lo):np.searchsorted(sources, hi)])  # by target
+            target, position = entries // k, entries % k
+            bounds = np.searchsorted(target, np.arange(0, n_items + TARGET_BLOCK, TARGET_BLOCK))
+            for t in np.flatnonzero(np.diff(bounds)):
+                ts, ps = target[bounds[t]:bounds[t + 1]], position[bounds[t]:bounds[t + 1]]
+                yield int(t), ("system", ts, ps, dense[(nbrs[ts, ps] - lo)[:, None], padded[ts]])
+            own = np.arange(lo, hi)
+            for t in np.unique(own // TARGET_BLOCK):
+                cs = own[(own // TARGET_BLOCK) == t]
+                yield int(t), ("rhs", cs, None, dense[(cs - lo)[:, None], padded[cs]])
+
+    def solve(item: tuple[int, Any]) -> tuple[int, np.ndarray]:
+        _one_blas_thread()
+        t, pieces = item
+        nbrs = nbrs_b.value
+        start, stop = t * TARGET_BLOCK, min(n_items, (t + 1) * TARGET_BLOCK)
+        systems = np.zeros((stop - start, k, k), dtype=np.float32)
+        rhs = np.zeros((stop - start, k), dtype=np.float32)
+        for kind, cs, ps, values in pieces:
+            if kind == "system":
+                systems[cs - start, ps, :] = values
+            else:
+                rhs[cs - start] = values
+        return t, neighbors.solve_ridge(systems, rhs, nbrs[start:stop] >= 0, lam)
+
+    n_targets = -(-n_items // TARGET_BLOCK)
+    solved = (grams.flatMap(gather).groupByKey(numPartitions=max(1, min(n_targets, n_parts * 2)))
+              .map(solve).collect())
+    table_weight = np.zeros((n_items, k), dtype=np.float32)
+    for t, weights in solved:
+        table_weight[t * TARGET_BLOCK:t * TARGET_BLOCK + len(weights)] = weights
+    basket_grams.count()
+    by_kind.unpersist()
+    grams.unpersist()
+    for broadcast in (nbrs_b, by_source_b):
+        broadcast.unpersist()
+
+    def pair_counts(indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """neighbors.table_counts on the executors: each block of the baskets' co-occurrence counts the entries of
+        its own sources."""
+        layout_b = sc.broadcast((indptr, target))
+
+        def count(item: tuple[int, tuple]) -> tuple[int, np.ndarray]:
+            g = block_gram(*item)
+            ip, tg = layout_b.value
+            lo, hi = g.start, g.start + g.shape[0]
+            local = neighbors.Gram(g.indptr, g.indices, g.data, g.counts)
+            return int(ip[lo]), neighbors.counts_from_gram(local, ip[lo:hi + 1] - ip[lo], tg[ip[lo]:ip[hi]])
+        out = np.zeros(len(target), dtype=np.int32)
+        for start, found in basket_grams.map(count).collect():
+            out[start:start + len(found)] = found
+        layout_b.unpersist()
+        return out
+
+    def release() -> None:
+        basket_grams.unpersist()
+        counts_b.unpersist()
+    return table_index, table_weight, pair_counts, release
+
+
+def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, params: TrainingParams) -> np.ndarray:
+    """pipeline.embeddings_from_products with the products X'(X q) and (X q)'(X q) summed over the partitions."""
+    scale_b = sc.broadcast(column_scale(counts, params.popularity_damping))
+
+    def product(q: np.ndarray, kind: str) -> np.ndarray:
+        q_b = sc.broadcast(q)
+
+        def part(block: tuple[np.ndarray, ...]) -> np.ndarray:
+            _one_blas_thread()
+            x = _matrix(block, n_items, scale_b.value)
+            y = x @ q_b.value
+            return (x.T @ y) if kind == "normal" else (y.T @ y)
+        try:
+            return matrix.map(part).treeReduce(np.add)
+        finally:
+            q_b.unpersist()
+
+    try:
+        return embeddings_from_products(n_items, k, params.seed, params.svd_iterations,
+                                        lambda q: product(q, "normal"), lambda q: product(q, "gram"))
+    finally:
+        scale_b.unpersist()

@@ -1,0 +1,169 @@
+"""The Spark engine against the single-machine trainer: the same artifacts, the same cleaning report, the same inputs
+(Parquet parts, s3:// through moto's server) and the same errors; local[2], one JVM for the module."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from recommender.core import registry
+from recommender.core.errors import DataFileError
+from recommender.core.storage import LocalStorage
+from recommender.serving.model import load_model
+from recommender.training.pipeline import train
+
+from tests.conftest import ROOT, free_port
+
+pytest.importorskip("pyspark", reason="the spark extra is not installed (make devel installs it)")
+
+
+def quiet(_message):
+    pass
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One local[2] session for the module: the engine reuses an active session (as under spark-submit)."""
+    from recommender.training.distributed import QUICK_START, session
+
+    active, _created = session("local[2]", QUICK_START)
+    yield active
+    active.stop()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_csv):
+    """The single-machine model of the tiny dataset, and its folder."""
+    folder = tmp_path_factory.mktemp("single")
+    result = train(tiny_csv, LocalStorage(folder), progress=quiet)
+    return result, folder / "models" / "versions" / result.version
+
+
+def artifacts(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "manifest.json"}
+
+
+def assert_same_model(spark_result, spark_folder, single_result, single_folder):
+    """Every artifact: catalog and neighbour sets identical, weights within 1e-4, embeddings' answers identical."""
+    a, b = artifacts(single_folder), artifacts(spark_folder)
+    assert set(a) == set(b)
+    assert a["catalog.json"] == b["catalog.json"]
+    for name in ("table_indptr.npy", "table_target.npy"):
+        assert np.array_equal(np.load(single_folder / name), np.load(spark_folder / name)), name
+    assert np.abs(np.load(single_folder / "table_weight.npy") - np.load(spark_folder / "table_weight.npy")).max() < 1e-4
+    for name in set(a) - {"catalog.json", "table_indptr.npy", "table_target.npy", "table_weight.npy", "index.ann"}:
+        assert a[name] == b[name], name  # artifacts other engines' features add must agree too
+    assert spark_result.manifest["counts"] == single_result.manifest["counts"]
+    for part in ("model", "period", "evaluation"):  # the holdout's baskets and figures too
+        a, b = (dict(r.manifest.get(part) or {}) for r in (spark_result, single_result))
+        a.pop("seconds", None), b.pop("seconds", None)
+        assert a == b, part
+    storage_a = LocalStorage(single_folder.parents[2])
+    storage_b = LocalStorage(spark_folder.parents[2])
+    model_a = load_model(storage_a, single_result.version)
+    model_b = load_model(storage_b, spark_result.version)
+    codes = model_a.catalog.codes
+    for basket in ([codes[0]], [codes[3], codes[7]], codes[10:15], ["unknown", codes[20]]):
+        a, b = model_a.recommend(basket, 10), model_b.recommend(basket, 10)
+        assert [(s.item, round(s.score, 5)) for s in a.items] == [(s.item, round(s.score, 5)) for s in b.items]
+
+
+def test_spark_trains_the_same_model(spark, single, tmp_path, tiny_csv):
+    single_result, single_folder = single
+    lines = []
+    result = train(tiny_csv, LocalStorage(tmp_path), progress=lines.append, engine="spark")
+    engine = result.manifest["engine"]
+    assert engine["name"] == "spark" and engine["spark_version"] == spark.version and engine["master"] == "local[2]"
+    assert_same_model(result, tmp_path / "models" / "versions" / result.version, single_result, single_folder)
+    text = "\n".join(lines)
+    for expected in ("rows read", "rows dropped", "baskets", "matrix", "item-item table", "svd", "index"):
+        assert expected in text
+    # the cleaning report is printed in the same words by both engines
+    single_report = [line for line in _report_lines(single_result)]
+    assert all(line in text for line in single_report)
+
+
+def _report_lines(result):
+    from recommender.training.ingest import CleaningReport, describe_report
+
+    counts = result.manifest["counts"]
+    report = CleaningReport(rows_read=counts["rows_read"], dropped=counts["dropped"], rows_kept=counts["rows_kept"],
+                            baskets=counts["baskets"], items=counts["items"], customers=counts["customers"],
+                            guest_baskets=counts["guest_baskets"])
+    return describe_report(report)
+
+
+@pytest.fixture(scope="module")
+def parquet_parts(tmp_path_factory, tiny_csv):
+    """The tiny dataset as a folder of three Parquet parts (text columns, as a csv export converted)."""
+    frame = pd.read_csv(tiny_csv, dtype=str, keep_default_na=False)
+    folder = tmp_path_factory.mktemp("lake") / "tiny"
+    folder.mkdir()
+    for i, start in enumerate(range(0, len(frame), 800)):
+        frame.iloc[start:start + 800].to_parquet(folder / f"part-{i:05d}.parquet", index=False)
+    (folder / "_SUCCESS").write_text("")
+    return folder
+
+
+def test_spark_reads_parquet_parts_from_s3(spark, single, parquet_parts, tmp_path, monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    single_result, single_folder = single
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for name, value in (("AWS_ENDPOINT_URL", endpoint), ("AWS_ACCESS_KEY_ID", "testing"),
+                            ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(name, value)
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="lake")
+        for part in sorted(parquet_parts.glob("part-*")):
+            client.upload_file(str(part), "lake", f"retail/{part.name}")
+        remote = train("s3://lake/retail", LocalStorage(tmp_path / "s3"), progress=quiet, engine="spark")
+        assert remote.manifest["source"]["location"] == "s3://lake/retail" and remote.manifest["source"]["parts"] == 3
+        assert_same_model(remote, tmp_path / "s3" / "models" / "versions" / remote.version, single_result,
+                          single_folder)
+    finally:
+        server.stop()
+
+
+def test_bad_input_gives_the_same_error_and_keeps_the_active_model(spark, single, tmp_path):
+    single_result, single_folder = single
+    storage = LocalStorage(tmp_path / "store")
+    shutil.copytree(single_folder.parents[2], tmp_path / "store")
+    before = registry.active_version(storage)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("InvoiceNo,StockCode,Quantity\n1,A,1\n")
+    with pytest.raises(DataFileError) as single_error:
+        train(bad, storage, progress=quiet)
+    with pytest.raises(DataFileError) as spark_error:
+        train(bad, storage, progress=quiet, engine="spark")
+    assert spark_error.value.message == single_error.value.message
+    assert "lacks required column(s) Description, CustomerID" in spark_error.value.message
+    junk = tmp_path / "junk.csv"
+    junk.write_text("InvoiceNo,StockCode,Description,CustomerID\nC1,A,x,\n2,POST,postage,\n")
+    with pytest.raises(DataFileError, match=r"nothing left in junk.csv after cleaning \(1 cancelled invoice, 1 serv"):
+        train(junk, storage, progress=quiet, engine="spark")
+    xlsx = tmp_path / "history.xlsx"
+    xlsx.write_bytes(b"not read")
+    with pytest.raises(DataFileError, match="history.xlsx: .xlsx is read by the single-machine trainer only"):
+        train(xlsx, storage, progress=quiet, engine="spark")
+    assert registry.active_version(storage) == before
+    assert registry.list_versions(storage) == [before]
+
+
+def test_the_default_trainer_and_the_serving_code_never_import_pyspark(tmp_path, tiny_csv):
+    code = ("import sys\nfrom recommender.core.storage import LocalStorage\nimport recommender.cli\n"
+            "import recommender.serving.model\nfrom recommender.training.pipeline import train\n"
+            f"train({str(tiny_csv)!r}, LocalStorage({str(tmp_path)!r}), progress=lambda m: None)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pyspark', 'py4j', 'recommender.training.distrib'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"')) == []
