@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -83,9 +82,12 @@ def tree_memory(root: int) -> dict[str, int]:
     for pid, (ppid, _cmd) in procs.items():
         children.setdefault(ppid, []).append(pid)
     totals: dict[str, int] = {}
-    stack = [root]
+    stack, seen = [root], set()
     while stack:
         pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
         stack.extend(children.get(pid, []))
         try:
             rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
@@ -105,20 +107,19 @@ def measure_training(source: str | Path, storage: Path, engine: str, options: Sp
     peaks: dict[str, int] = {}
     peak_total = 0
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    while proc.poll() is None:
-        sample = tree_memory(proc.pid)
-        for role, rss in sample.items():
-            peaks[role] = max(peaks.get(role, 0), rss)
-        peak_total = max(peak_total, sum(sample.values()))
-        if time.perf_counter() - t > timeout:
-            proc.kill()
-        time.sleep(0.5)
-    seconds = time.perf_counter() - t
-    reader.join(timeout=10)
+    with tempfile.TemporaryFile("w+") as log:  # the child's output, read once it ends
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        while proc.poll() is None:
+            sample = tree_memory(proc.pid)
+            for role, rss in sample.items():
+                peaks[role] = max(peaks.get(role, 0), rss)
+            peak_total = max(peak_total, sum(sample.values()))
+            if time.perf_counter() - t > timeout:
+                proc.kill()
+            time.sleep(0.5)
+        seconds = time.perf_counter() - t
+        log.seek(0)
+        lines = [line for line in log if not line.startswith(("{", " "))][-200:]
     if proc.returncode != 0:
         tail = "".join(lines[-15:])
         raise RuntimeError(f"training with engine {engine} failed (exit {proc.returncode}):\n{tail}")
