@@ -173,8 +173,9 @@ def _by_target(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     source = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     order = np.lexsort((source, target))
     bounds = np.searchsorted(target[order], np.arange(len(indptr)))
-    return ([source[order][bounds[i]:bounds[i + 1]] for i in range(len(indptr) - 1)],
-            [weight[order][bounds[i]:bounds[i + 1]] for i in range(len(indptr) - 1)])
+    sources, weights = source[order], weight[order]  # sorted once: each item's slice is a view of these
+    return ([sources[bounds[i]:bounds[i + 1]] for i in range(len(indptr) - 1)],
+            [weights[bounds[i]:bounds[i + 1]] for i in range(len(indptr) - 1)])
 
 
 def compare_models(single: Path, spark: Path, annoy_neighbours: int = 50, answers: int = 1000) -> dict:
