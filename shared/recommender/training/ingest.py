@@ -31,6 +31,8 @@ REASONS = ("cancelled invoice", "quantity <= 0", "empty invoice or code", "servi
 # A basket line without a date: the int64 view of NaT, smaller than every real time.
 NO_TIME = np.iinfo(np.int64).min
 CHUNK_ROWS = 1_000_000
+# A csv up to this size on disk is read whole by Arrow (a few hundred MB in memory at most); larger ones in chunks.
+ARROW_MAX_BYTES = 64 << 20
 # Service lines (postage, fees, manual adjustments) are all letters: "POST", "DOT", "BANK CHARGES".
 SERVICE_CODE = re.compile(r"^[A-Za-z ]+$")
 # Excel stores digit-only codes as numbers; a reader may give them back as "85123.0".
@@ -103,6 +105,11 @@ def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.D
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
     columns = _column_map(list(header.columns), path)
     rename = {original: wanted for wanted, original in columns.items()}
+    if codecs.lookup(encoding).name == "utf-8" and path.stat().st_size <= ARROW_MAX_BYTES:
+        frame = _arrow_csv(path, rename)
+        if frame is not None:
+            yield frame
+            return
     try:
         # Strict decoding: a file in another encoding is refused, never read into mangled text.
         reader = pd.read_csv(path, usecols=list(rename), dtype=str, keep_default_na=False,
@@ -114,6 +121,31 @@ def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.D
     except (gzip.BadGzipFile, EOFError, zipfile.BadZipFile, OSError,
             pd.errors.ParserError, ValueError) as err:
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
+
+
+def _arrow_csv(path: Path, rename: dict[str, str]) -> pd.DataFrame | None:
+    """The whole csv at once with Arrow's reader (parsing on both cores, about twice as fast as pandas'), each
+    column as a categorical so that cleaning works once per distinct value; None when Arrow cannot read it (a
+    ragged row, bad UTF-8, ...): pandas' reader then reads it, or names the problem, as it always has."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if len(set(rename)) != len(rename) or not all(isinstance(name, str) for name in rename):
+        return None
+    try:
+        table = pacsv.read_csv(
+            path, read_options=pacsv.ReadOptions(block_size=1 << 20),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(include_columns=list(rename), strings_can_be_null=False,
+                                                 column_types={name: pa.string() for name in rename}))
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    columns = {}
+    for original, wanted in rename.items():
+        encoded = table[original].combine_chunks().dictionary_encode()
+        values = pd.Index(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+        columns[wanted] = pd.Categorical.from_codes(encoded.indices.to_numpy(), values)
+    return pd.DataFrame(columns)
 
 
 def _not_encoded(path: Path, kind: str, encoding: str) -> DataFileError:
@@ -291,7 +323,9 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
 
     drop(np.array([v.upper().startswith("C") for v in inv_values], dtype=bool)[inv_rows], "cancelled invoice")
     if "Quantity" in chunk:
-        qty = pd.to_numeric(chunk["Quantity"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        qty_rows, qty_values = _factorize(chunk["Quantity"], str)  # parsed once per distinct value
+        qty = pd.to_numeric(pd.Series(qty_values, dtype=object), errors="coerce").to_numpy(
+            dtype=float, na_value=np.nan)[qty_rows] if len(chunk) else np.empty(0)
         drop(~(qty > 0), "quantity <= 0")
     empty = (np.array([v == "" for v in inv_values], dtype=bool)[inv_rows]
              | np.array([v == "" for v in code_values], dtype=bool)[code_rows])
@@ -405,7 +439,9 @@ def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda 
     for idx, cust in cust_parts:
         basket_customer[idx[cust >= 0]] = cust[cust >= 0]
 
-    pairs = np.unique(np.concatenate(pair_basket).astype(np.int64) << 32 | np.concatenate(pair_item).astype(np.int64))
+    # Sorted and deduplicated by hand: numpy 2's np.unique hashes large int64 keys, ten times slower than sorting.
+    pairs = np.sort(np.concatenate(pair_basket).astype(np.int64) << 32 | np.concatenate(pair_item).astype(np.int64))
+    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
     report.baskets = n_baskets
     report.items = len(items.values)
     report.customers = len(customers.values)

@@ -23,7 +23,8 @@ import scipy.sparse as sp
 
 @dataclass
 class Gram:
-    """X'X for a binary X, as CSR arrays (rows sorted), with its diagonal: how many rows hold each item."""
+    """X'X for a binary X, as CSR arrays (columns within a row in no particular order: nothing here needs them
+    sorted, and sorting cost more than the product), with its diagonal: how many rows hold each item."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -48,7 +49,6 @@ def gram(matrix: sp.csr_matrix, block: int = 4096) -> Gram:
     blocks = []
     for start in range(0, n, block):
         part = (xt[start:start + block] @ x).tocsr()
-        part.sort_indices()
         blocks.append((part.indptr.astype(np.int64), part.indices.astype(np.int32), part.data.astype(np.float32)))
         del part
     del xt
@@ -68,6 +68,16 @@ def gram(matrix: sp.csr_matrix, block: int = 4096) -> Gram:
         row += rows
     counts = np.bincount(x.indices, minlength=n).astype(np.float64)  # binary X: the diagonal of X'X
     return Gram(indptr, indices, data, counts)
+
+
+def combine(a: Gram, b: Gram) -> Gram:
+    """The gram of two stacked matrices over the same items (baskets and customer histories) from their own grams:
+    X'X + Y'Y, exact (counts in float32 up to 2^24)."""
+    shape = a.shape
+    total = (sp.csr_matrix((a.data, a.indices, a.indptr), shape=shape)
+             + sp.csr_matrix((b.data, b.indices, b.indptr), shape=shape))
+    return Gram(total.indptr.astype(np.int64), total.indices.astype(np.int32), total.data.astype(np.float32),
+                a.counts + b.counts, a.start)
 
 
 def top_neighbors(g: Gram, k: int) -> np.ndarray:
@@ -134,9 +144,19 @@ def local_regression(g: Gram, nbrs: np.ndarray, lam: float, batch: int = 8192,
 def solve_ridge(systems: np.ndarray, rhs: np.ndarray, valid: np.ndarray, lam: float) -> np.ndarray:
     """The weights w_c = (G[N,N] + lambda I)^-1 G[N,c] of a batch of targets, from their systems G[N,N] (float32,
     b x K x K, filled in place), right-hand sides G[N,c] (b x K) and valid slots (b x K); both engines call it."""
+    from scipy.linalg.lapack import sposv
+
     diag = np.arange(systems.shape[1])
     systems[:, diag, diag] += lam + ~valid  # a padded slot becomes an identity row with a zero right-hand side
-    return np.linalg.solve(systems, rhs[:, :, None])[:, :, 0] * valid
+    # Each system is symmetric positive definite: LAPACK's Cholesky solve, one system at a time, is several times
+    # faster than numpy's batched LU solve (half the flops, no copies); numpy's is the fallback for a system that
+    # rounding made indefinite.
+    weights = np.empty_like(rhs)
+    for t in range(len(systems)):
+        _factor, weights[t], info = sposv(systems[t], rhs[t], lower=1)
+        if info:
+            weights[t] = np.linalg.solve(systems[t], rhs[t])
+    return weights * valid
 
 
 def by_source(nbrs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

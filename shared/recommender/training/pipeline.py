@@ -230,14 +230,21 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     # they run on the other core meanwhile (each with one BLAS thread); on a large one they wait their turn.
     overlap = rows.nnz <= OVERLAP_MAX_ENTRIES
     with ThreadPoolExecutor(max_workers=1) as pool:
+        # The table's co-occurrence is the baskets' gram (which the reasons' counts need too) plus the customer
+        # histories' one: each computed once, the second on the other core before the embedding.
+        customer_gram = pool.submit(neighbors.gram, customers) if overlap and customers is not None else None
         embedding = pool.submit(_embed_and_index, rows, counts, k, params, folder, progress,
                                 _prime_rows(tx, near)) if overlap else None
-        # The reasons' co-purchase counts need the baskets' own gram: on the other core too, when it is free.
-        basket_gram = pool.submit(neighbors.gram, baskets) if overlap else None
         k_nbrs = min(params.neighbors, n_items - 1)
         ridge = ridge_lambda(counts, params)
+        basket_gram = None
         with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
-            g = neighbors.gram(rows)
+            if overlap:
+                basket_gram = neighbors.gram(baskets)
+                g = (basket_gram if customer_gram is None
+                     else neighbors.combine(basket_gram, customer_gram.result()))
+            else:  # a large dataset: one gram at a time, the reasons' counts a block at a time later
+                g = neighbors.gram(rows)
             table_index = neighbors.top_neighbors(g, k_nbrs)
             with tqdm(total=n_items, desc="regression", unit=" items", leave=False, disable=None) as bar:
                 table_weight = neighbors.local_regression(g, table_index, ridge, progress=bar.update)
@@ -248,7 +255,7 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
             embedding.result()
 
     def pair_counts(indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return (neighbors.counts_from_gram(basket_gram.result(), indptr, target) if basket_gram is not None
+        return (neighbors.counts_from_gram(basket_gram, indptr, target) if basket_gram is not None
                 else neighbors.table_counts(baskets, indptr, target))
 
     popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
