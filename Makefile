@@ -179,10 +179,12 @@ NEED_SAM = @command -v $(SAM) >/dev/null || { echo "error: the AWS SAM CLI is no
 lint-template: $(STAMP) ## check template.yaml with cfn-lint (make test does it too)
 	$(BIN)/cfn-lint template.yaml
 
-build-lambda: $(STAMP) ## build functions and layer for Lambda in the SAM build container (sam build --use-container; needs Docker)
+# SNAPSTART=1: for RecommendSnapStart=true (python3.12, Amazon Linux 2023): the layer built in the python3.12 image;
+# the check against Amazon Linux 2 and the local 3.11 smoke test do not apply to it.
+build-lambda: $(STAMP) ## build functions and layer for Lambda in the SAM build container (sam build --use-container; needs Docker; SNAPSTART=1: for python3.12)
 	$(NEED_SAM)
-	$(SAM) build --use-container --container-env-var-file infra/container-env.json
-	$(BIN)/python infra/build_lambda.py --check-build
+	$(SAM) build --use-container --container-env-var-file infra/container-env.json $(if $(SNAPSTART),--build-image SharedLayer=public.ecr.aws/sam/build-python3.12 --parameter-overrides RecommendSnapStart=true)
+	$(if $(SNAPSTART),@echo "built for python3.12: deploy with RecommendSnapStart=true (make deploy GUIDED=1)",$(BIN)/python infra/build_lambda.py --check-build)
 
 build-lambda-pip: $(STAMP) ## build functions and layer for Lambda without Docker (manylinux wheels; ANNOY_WHEEL= optional)
 	$(BIN)/python infra/build_lambda.py $(if $(ANNOY_WHEEL),--annoy-wheel "$(ANNOY_WHEEL)")

@@ -105,6 +105,33 @@ def read_template(path: Path = TEMPLATE) -> dict:
     return yaml.load(path.read_text(), Loader=_Loader)
 
 
+def resolved(template: dict, value: object, parameters: dict[str, str] | None = None) -> object:
+    """value with its conditions decided (!If, !Equals, !Not, !Ref of a parameter or condition) for the parameters'
+    defaults, or the values given; other tags are left as they are."""
+    given = {name: str(p.get("Default")) for name, p in template.get("Parameters", {}).items()} | (parameters or {})
+
+    def walk(v: object) -> object:
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if not isinstance(v, Tagged):
+            return v
+        if v.tag == "!If":
+            condition, yes, no = v.value
+            return walk(yes if walk(template["Conditions"][condition]) else no)
+        if v.tag == "!Equals":
+            left, right = (walk(x) for x in v.value)
+            return str(left) == str(right)
+        if v.tag == "!Not":
+            return not walk(v.value[0])
+        if v.tag == "!Ref" and v.value in given:
+            return given[v.value]
+        return v
+
+    return walk(value)
+
+
 def built_template(template: dict) -> dict:
     """The template `sam deploy` needs after a build: code locations pointing at the build folders."""
     resources = template["Resources"]
@@ -210,11 +237,11 @@ def tree_size(folder: Path) -> int:
 
 
 def write_zip(folder: Path, target: Path) -> None:
-    """Zip folder's content (files in sorted order, no caches) to target."""
+    """Zip folder's content (files in sorted order, with the layer's bytecode) to target."""
     target.unlink(missing_ok=True)
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(folder.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
+            if path.is_file():
                 archive.write(path, path.relative_to(folder).as_posix())
 
 
@@ -325,8 +352,10 @@ def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
     if len(layers) != 1:
         raise BuildError(f"expected one layer in {TEMPLATE.name}, found {sorted(layers)}")
     (layer_name, layer), = layers.items()
-    if layer.get("Metadata", {}).get("BuildMethod") != "makefile" or layer["Properties"]["CompatibleRuntimes"] != [RUNTIME]:
-        raise BuildError(f"{layer_name} must be built by shared/Makefile for {RUNTIME} (Metadata: BuildMethod makefile)")
+    if layer.get("Metadata", {}).get("BuildMethod") != "makefile" \
+            or resolved(template, layer["Properties"]["CompatibleRuntimes"]) != [RUNTIME]:
+        raise BuildError(f"{layer_name} must be built by shared/Makefile for {RUNTIME} (Metadata: BuildMethod makefile); "
+                         "with RecommendSnapStart (python3.12) build with `make build-lambda SNAPSTART=1` instead")
     OUT.mkdir(exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="build.", dir=OUT))
     work = Path(tempfile.mkdtemp(prefix="work.", dir=OUT))
@@ -340,6 +369,9 @@ def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
             annoy_wheel = build_annoy(annoy[0] if annoy else "annoy", compiler, work)
         run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(layer_dir),
              str(annoy_wheel)])
+        # As shared/Makefile's build-SharedLayer: bytecode that a read-only layer uses whatever the zip's timestamps.
+        run([sys.executable, "-m", "compileall", "-q", "-f", "-j", "0", "--invalidation-mode", "unchecked-hash",
+             str(layer_dir)], stdout=subprocess.DEVNULL)
         for name, function in functions.items():
             copy_source(ROOT / function["Properties"]["CodeUri"], staging / name)
         problems = check_compiled_modules(layer_dir)

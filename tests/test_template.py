@@ -70,9 +70,10 @@ def test_cfn_lint_is_clean():
 
 
 def test_functions_layer_and_runtime_agree(template):
-    runtime = template["Globals"]["Function"]["Runtime"]
+    runtime = builder.resolved(template, template["Globals"]["Function"]["Runtime"])
     (layer,) = resources_of(template, "AWS::Serverless::LayerVersion").values()
-    assert layer["Metadata"]["BuildMethod"] == "makefile" and layer["Properties"]["CompatibleRuntimes"] == [runtime]
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    assert builder.resolved(template, layer["Properties"]["CompatibleRuntimes"]) == [runtime]
     assert layer["Properties"]["ContentUri"] == "shared/" and (ROOT / "shared" / "requirements.txt").is_file()
     assert "build-SharedLayer:" in (ROOT / "shared" / "Makefile").read_text()
     functions = resources_of(template, "AWS::Serverless::Function")
@@ -87,12 +88,42 @@ def test_functions_layer_and_runtime_agree(template):
 
 
 def test_runtime_is_the_python_the_tests_run_on(template):
-    runtime = template["Globals"]["Function"]["Runtime"]
+    runtime = builder.resolved(template, template["Globals"]["Function"]["Runtime"])
     running = f"python{sys.version_info.major}.{sys.version_info.minor}"
     if running != runtime:
         pytest.skip(f"the tests run on {running}, the template deploys {runtime}: run them with {runtime} "
                     "(make clean && make test PYTHON=python3.11) to test what is deployed")
     assert running == runtime
+
+
+def test_snapstart_is_off_by_default_and_complete_when_on(template, tmp_path):
+    """RecommendSnapStart: off, the template is the one the other tests check (python3.11, no snapshot, the model
+    loaded by the first request); on, both functions and the layer move to python3.12, the recommend function
+    snapshots its published versions (served through its alias) with the model preloaded; the variant lints clean."""
+    recommend = template["Resources"]["RecommendFunction"]["Properties"]
+    for on in (False, True):
+        resolve = lambda v: builder.resolved(template, v, {"RecommendSnapStart": "true"} if on else None)  # noqa: E731
+        runtime = resolve(template["Globals"]["Function"]["Runtime"])
+        (layer,) = resources_of(template, "AWS::Serverless::LayerVersion").values()
+        assert runtime == ("python3.12" if on else "python3.11")
+        assert resolve(layer["Properties"]["CompatibleRuntimes"]) == [runtime]
+        snapstart = resolve(recommend["SnapStart"])
+        assert snapstart == ({"ApplyOn": "PublishedVersions"} if on else builder.Tagged("!Ref", "AWS::NoValue"))
+        assert resolve(recommend["Environment"]["Variables"]["PRELOAD_MODEL"]) == ("true" if on else "false")
+        assert recommend["AutoPublishAlias"] == "live"
+    assert template["Parameters"]["RecommendSnapStart"]["Default"] == "false"
+    limits = plain(template["Rules"]["SnapStartLimits"])
+    assert limits["RuleCondition"] == ["RecommendSnapStart", "true"]
+    asserted = json.dumps(limits["Assertions"])
+    assert "RecommendProvisionedConcurrency" in asserted and "RecommendEphemeralStorage" in asserted
+    # The "on" variant as a deployment would see it: cfn-lint checks it as it checks the default.
+    variant = tmp_path / "template.yaml"
+    variant.write_text(TEMPLATE.read_text().replace(
+        'RecommendSnapStart:\n    Type: String\n    Default: "false"', 'RecommendSnapStart:\n    Type: String\n    Default: "true"'))
+    assert 'Default: "true"' in variant.read_text()
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(variant)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_least_privilege(template):

@@ -1,6 +1,10 @@
 """Auth function: exchanges a username and password for a bearer token, and says whom a token belongs to."""
 
-from typing import Annotated
+import gc
+
+gc.disable()  # while this module imports, as in the recommend function (functions/recommend/app.py says why)
+
+from typing import Annotated  # noqa: E402
 
 from fastapi import Depends, Form, Request
 from mangum import Mangum
@@ -58,3 +62,5 @@ async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
 
 
 handler = Mangum(app, lifespan="off")
+gc.freeze()
+gc.enable()

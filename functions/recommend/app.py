@@ -1,15 +1,22 @@
 """Recommend function: what to offer with a basket, catalog search, health, and the web console with its endpoints."""
 
-import random
+import gc
+
+# Cold start: importing FastAPI, pydantic and numpy creates some 300,000 objects, and the collector would scan them
+# over and over (a few dozen ms). Off while this module imports; what the import made is then frozen (never
+# scanned again, as it lives as long as the process), and collection resumes for what requests create.
+gc.disable()
+
+import random  # noqa: E402
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Header, Query
+from fastapi import Depends, Header, Query, Request
 from fastapi.responses import Response
 from mangum import Mangum
 from pydantic import BaseModel
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
-from recommender.serving import console, model_info, samples, web
+from recommender.serving import console, snapstart, web
 from recommender.serving.model import Model
 from recommender.serving.requests import MAX_N, BasketIn, answer_json, item_json
 from recommender.serving.users import User
@@ -23,7 +30,8 @@ ModelDep = Annotated[Model, Depends(web.current_model)]
 UserDep = Annotated[User, Depends(web.current_user)]
 StorageDep = Annotated[Storage, Depends(web.get_storage)]
 _rng = random.Random()
-BasketDep = Annotated[BasketIn, Depends(web.json_body(BasketIn))]
+parse_basket = web.json_body(BasketIn)
+BasketDep = Annotated[BasketIn, Depends(parse_basket)]
 
 
 class Reason(BaseModel):
@@ -114,8 +122,19 @@ class HealthDown(BaseModel):
     item_count: int
 
 
-@app.post("/send_data", response_model=LegacyOut, summary="Recommendations in the original system's format",
-          openapi_extra=web.json_body_openapi(BasketIn), responses=web.errors(401, 413, 422, 503))
+# The two recommendation routes resolve their dependencies (user, basket, model: in the order declared) by plain calls.
+async def _send_data(request: Request) -> Response:
+    return await send_data(await web.request_user(request), await parse_basket(request), await web.current_model())
+
+
+async def _recommendations(request: Request) -> Response:
+    return await recommendations(await web.request_user(request), await parse_basket(request),
+                                 await web.current_model())
+
+
+@web.post_resolved(app, "/send_data", _send_data, response_model=LegacyOut,
+                   summary="Recommendations in the original system's format",
+                   openapi_extra=web.json_body_openapi(BasketIn), responses=web.errors(401, 413, 422, 503))
 async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
     options of /recommendations work here too."""
@@ -127,8 +146,9 @@ async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.F
     return web.FastJSON({"result": {"recommendation": rows}})
 
 
-@app.post("/recommendations", response_model=RecommendationsOut, summary="Recommendations, self-describing",
-          openapi_extra=web.json_body_openapi(BasketIn), responses=web.errors(401, 413, 422, 503))
+@web.post_resolved(app, "/recommendations", _recommendations, response_model=RecommendationsOut,
+                   summary="Recommendations, self-describing",
+                   openapi_extra=web.json_body_openapi(BasketIn), responses=web.errors(401, 413, 422, 503))
 async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered and
@@ -219,6 +239,8 @@ class ModelInfoOut(BaseModel):
          responses=web.errors(401, 404, 413, 503))
 async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """One of the real invoices the served model keeps from its training data, drawn at random."""
+    from recommender.serving import samples  # what only the console asks for is imported on its first use
+
     return web.FastJSON(samples.random_basket(model, storage, _rng))
 
 
@@ -226,6 +248,8 @@ async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) ->
          responses=web.errors(401, 413, 503))
 async def model_panel(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """Version, training time and counts, evaluation figures when the model has them, and every stored version."""
+    from recommender.serving import model_info
+
     return web.FastJSON(await run_in_threadpool(model_info.describe, model, storage))
 
 
@@ -243,3 +267,7 @@ for _path in console.FILES:
 
 
 handler = Mangum(app, lifespan="off")
+# PRELOAD_MODEL (set by template.yaml with SnapStart): the model loaded now, so that the snapshot holds it.
+snapstart.preload(handler, _rng)
+gc.freeze()
+gc.enable()

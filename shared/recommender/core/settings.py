@@ -44,6 +44,9 @@ class Settings:
     # Worth it when baskets repeat a lot (a product page's "goes well with"): measured 1.3-1.6x the requests/s;
     # on traffic of mostly new baskets the kept answers cost the garbage collector more than they save.
     answer_cache: int = 0
+    # Load (and page in) the active model while the function initializes rather than on its first request: what
+    # Lambda SnapStart then keeps in its snapshot (template.yaml: RecommendSnapStart; serving.snapstart).
+    preload_model: bool = False
     # S3 calls: botocore's retry mode, its attempts (the first included) and each attempt's timeouts. In "standard"
     # mode they bound how long one call can wait (storage.s3_call_limit; README, Reliability and security).
     s3_retry_mode: str = "standard"

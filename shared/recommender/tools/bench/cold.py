@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import yaml
 from recommender.core.errors import ConfigError
 from recommender.tools.bench.common import RESULT_MARK, median
 from recommender.tools.bench.deployment import Deployment
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
 COLD_START = r"""
 import json, sys, time
 started = time.monotonic()
-sys.path.insert(0, sys.argv[1])  # the function's CodeUri, as the Lambda runtime puts it on sys.path
+# The function's CodeUri and the layer, in the order the Lambda runtime puts them on sys.path (/var/task, /opt/python)
+sys.path[:0] = [sys.argv[1], sys.argv[3]]
+for name in sys.argv[4].split(","):  # installed here (moto needs it) but not in the layer: import fails as on Lambda
+    sys.modules[name] = None
 import app  # functions/recommend/app.py: Handler app.handler
 imported = time.monotonic()
 from recommender.serving import web
@@ -36,8 +40,38 @@ context = SimpleNamespace(function_name="recommend", aws_request_id="bench", get
 response = app.handler(json.loads(sys.argv[2]), context)
 answered = time.monotonic()
 print("BENCH_RESULT " + json.dumps({"started": started, "imported": imported, "loaded": loaded, "answered": answered,
-                                    "status": response["statusCode"], "body": response["body"][:300]}))
+                                    "status": response["statusCode"], "body": response["body"][:300],
+                                    "package": __import__("recommender").__file__}))
 """
+# Packages of this environment that the layer does not ship (tests/test_template.py: OPTIONAL): python-jose uses
+# cryptography when it is installed, its own HMAC code otherwise, as on Lambda.
+NOT_IN_LAYER = ("cryptography",)
+
+
+def function_environment(template: Path, function: str = "RecommendFunction") -> dict[str, str]:
+    """The plain values of the function's environment in template.yaml (Globals, then its own), e.g.
+    OPENBLAS_NUM_THREADS; values computed by CloudFormation (!Ref, !Sub, !If) are left out."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    computed = object()
+    Loader.add_multi_constructor("!", lambda _loader, _suffix, _node: computed)
+    doc = yaml.load(template.read_text(), Loader=Loader)
+    env: dict[str, str] = {}
+    for scope in (doc.get("Globals", {}).get("Function", {}), doc["Resources"][function]["Properties"]):
+        variables = (scope.get("Environment") or {}).get("Variables") or {}
+        env.update({k: str(v) for k, v in variables.items() if v is not computed})
+    return env
+
+
+def build_layer(root: Path, target: Path) -> Path:
+    """The layer's package part as `sam build` makes it (shared/Makefile: layer-source, then bytecode) in target;
+    its dependencies are this environment's, already compiled by pip."""
+    subprocess.run(["make", "--no-print-directory", "-C", str(root / "shared"), "layer-source", f"TARGET={target}"],
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-f", "--invalidation-mode", "unchecked-hash",
+                    str(target)], check=True, capture_output=True)
+    return target
 
 
 def send_data_event(template_dir: Path, token: str, basket: Sequence[str], n: int = 10) -> dict:
@@ -90,23 +124,29 @@ def bench_cold(options: Options, dep: Deployment) -> PartResult:
     root = options.template.resolve().parent
     code_dir = root / "functions" / "recommend"
     event = json.dumps(send_data_event(root, dep.token, dep.baskets[0]))
-    env = {**os.environ, "STORAGE_URL": str(dep.folder)}
+    # The function's own folder is read-only on Lambda and `sam build` ships no bytecode for it: app.py is compiled
+    # at every cold start there, and here too.
+    env = {**os.environ, **function_environment(options.template), "STORAGE_URL": str(dep.folder),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    layer = build_layer(root, dep.folder.parent / "layer")
+    argv = [sys.executable, "-c", COLD_START, str(code_dir), event, str(layer), ",".join(NOT_IN_LAYER)]
     runs = []
     for i in range(options.cold_repeats):
         spawned = time.monotonic()
-        done = subprocess.run([sys.executable, "-c", COLD_START, str(code_dir), event], capture_output=True,
-                              text=True, env=env, timeout=120)
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_MARK)), None)
         if line is None:
             raise ConfigError(f"the cold-start process failed: {done.stderr.strip()[-800:]}")
         r = json.loads(line[len(RESULT_MARK):])
         if r["status"] != 200:
             raise ConfigError(f"the cold-start event was answered {r['status']}: {r['body']}")
+        if not r["package"].startswith(str(layer)):
+            raise ConfigError(f"the cold-start process imported the package from {r['package']}, not the layer")
         runs.append({"interpreter": r["started"] - spawned, "import": r["imported"] - r["started"],
                      "model_load": r["loaded"] - r["imported"], "first_event": r["answered"] - r["loaded"],
                      "total": r["answered"] - spawned})
-    importtime = subprocess.run([sys.executable, "-X", "importtime", "-c", COLD_START, str(code_dir), event],
-                                capture_output=True, text=True, env=env, timeout=120)
+    importtime = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], capture_output=True, text=True,
+                                env=env, timeout=120)
     imports = parse_importtime(importtime.stderr)
     stat = {k: median([r[k] for r in runs]) for k in runs[0]}
     slowest = ", ".join(f"{p['package']} {p['self_ms']:.0f} ms" for p in imports["by_package"][:4])
@@ -119,10 +159,14 @@ def bench_cold(options: Options, dep: Deployment) -> PartResult:
         Row("cold", "  first event through Mangum", round(stat["first_event"] * 1000), "ms"),
     ]
     md = ["## Cold start", "",
-          "A fresh `python` puts `functions/recommend` on sys.path and imports `app` as the Lambda runtime does, "
-          "loads the active Online Retail model (checksums verified, arrays memory-mapped) and answers one API "
-          "Gateway v2 `POST /send_data` event through Mangum (token check, user lookup, recommendation). Local "
-          "storage: on AWS the model would first be copied from S3 to /tmp, and the secret read from Secrets Manager.",
+          "A fresh `python` puts `functions/recommend` and the layer's package (shared/Makefile's layer-source, "
+          "compiled to bytecode as `build-SharedLayer` does) on sys.path and imports `app` as the Lambda runtime "
+          "does, with the function's plain environment variables of template.yaml (OPENBLAS_NUM_THREADS=1), no "
+          "bytecode written for app.py (Lambda's /var/task is read-only) and no cryptography (the layer has none: "
+          "python-jose, not on this path any more, would have used it). It loads the active Online Retail model "
+          "(checksums verified, arrays memory-mapped) and answers one API Gateway v2 `POST /send_data` event through "
+          "Mangum (token check, user lookup, recommendation). Local storage: on AWS the model would first be copied "
+          "from S3 to /tmp, and the secret read from Secrets Manager.",
           "", f"Slowest imports (`python -X importtime`, one extra run; {imports['modules']} modules, "
           f"{imports['total_ms']:.0f} ms in all), per package:", "",
           "| package | ms (self times of its modules) | modules |", "|---|---|---|"]
