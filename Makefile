@@ -131,7 +131,7 @@ clean: ## remove the venv and caches (data/ is kept)
 # Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
 # (results then go to bench/results/quick/).
 BENCH_FLAGS = $(if $(QUICK),--quick)
-.PHONY: fuzz bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-spark bench-deps
+.PHONY: fuzz soak bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-spark bench-deps
 
 bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
 	$(CLI) bench all $(BENCH_FLAGS)
@@ -166,6 +166,9 @@ fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis)
 
 bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows
 	$(BIN)/python -m recommender.tools.bench.spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)")
+
+soak: $(STAMP) bench-deps ## soak the local server for DURATION seconds (600) under load and change [PATH_TO_DATA=]; report in bench/results/soak.json
+	$(CLI) soak --duration "$${DURATION:-600}" $${PATH_TO_DATA:+--data "$$PATH_TO_DATA"} --out bench/results/soak.json
 
 bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

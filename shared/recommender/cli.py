@@ -371,6 +371,29 @@ def _fuzz(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result.ok else 1
 
 
+@command("soak")
+def _soak(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from recommender.tools.soak import SoakPlan, soak
+
+    report = soak(SoakPlan(duration=args.duration), Path(args.template), Path(args.data) if args.data else None)
+    report["machine_load_after"] = [round(x, 2) for x in os.getloadavg()]
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    rss = report["rss_mib"]
+    print(f"{report['requests']:,} requests in {report['duration_s']:g} s ({report['requests_per_second']:,.0f}/s); "
+          f"errors: {report['errors']}; p50 {report['p50_ms']['median']:.2f} ms, p99 {report['p99_ms']['median']:.2f} ms "
+          f"(worst {report['p99_ms']['max']:.2f} ms); RSS {rss['after_warmup']} -> {rss['end']} MiB after warm-up "
+          f"({rss['growth_percent']:+.1f}%); " + ", ".join(f"{v} {k}" for k, v in report["events"].items()))
+    for problem in report["problems"]:
+        print(f"problem: {problem}", file=sys.stderr)
+    if args.out:
+        print(f"report: {args.out}")
+    return 0 if report["errors"] == 0 and rss["growth_percent"] <= 5 else 1
+
+
 @command("bench")
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
@@ -475,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="schemathesis's seed (default: random)")
     p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
     p.add_argument("--out", help="write the figures as JSON here (make fuzz: bench/results/fuzz.json)")
+    p = sub.add_parser("soak", help="steady load of real baskets on the local server while models are promoted, the "
+                                    "feed and rules change, users come and go and tokens expire")
+    p.add_argument("--duration", type=float, default=600, help="seconds (default 600)")
+    p.add_argument("--data", help="purchase history to train on and sample baskets from (default: the synthetic set)")
+    p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
+    p.add_argument("--out", help="write the report as JSON here (make soak: bench/results/soak.json)")
     p = sub.add_parser("bench", help="benchmarks: training, serving against the framework's ceiling, cold start, "
                                      "scale, merchandising, serving under a login burst, catalog search; results in "
                                      "bench/results/")

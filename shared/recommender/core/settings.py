@@ -35,7 +35,7 @@ class Settings:
     # login_queue more waiting; beyond that /token answers 503 at once, and recommendations never wait for them.
     login_workers: int = 1
     login_queue: int = 8
-    login_nice: int = 10
+    login_nice: int = 19
     # How long a user lookup is trusted before the store is read again (deleted users lose access within it).
     user_cache_seconds: float = 5.0
     # How often a serving process looks at the active-model pointer.

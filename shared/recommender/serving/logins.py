@@ -116,9 +116,11 @@ class PasswordPool:
 
     def _lower_priority(self) -> None:
         # On Linux a thread has its own niceness: the checks then yield the CPU to the threads answering requests.
+        # Only ever lowered (never above the process's own priority, even for root).
         if self.nice > 0 and hasattr(os, "setpriority"):
             try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+                me = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, me, max(self.nice, os.getpriority(os.PRIO_PROCESS, me)))
             except OSError:
                 pass
 
