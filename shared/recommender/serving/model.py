@@ -6,6 +6,7 @@ import copy
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
@@ -47,6 +48,16 @@ class Recommendation:
     rules_version: str | None = None
 
 
+def _answers_of(model: "Model", size: int) -> Callable | None:
+    """The model's answer cache (None for none). It reaches the model through a weak reference: a model must hold
+    no reference cycle, so that a replaced one is freed as soon as its last request ends, not at the next full
+    garbage collection (a server swapping models every few minutes would otherwise grow by a model each time)."""
+    if not size:
+        return None
+    ref = weakref.ref(model)
+    return lru_cache(maxsize=size)(lambda basket, n: ref()._answer(basket, n))
+
+
 class Model:
     """One loaded, verified model version.
 
@@ -81,7 +92,7 @@ class Model:
         self._warm = False
         # Identical baskets (a product page's "goes well with", a common pair) get the same answer from a version:
         # the last answer_cache distinct ones are kept, and a new version starts with an empty cache.
-        self._answers = lru_cache(maxsize=answer_cache)(self._answer) if answer_cache else self._answer
+        self._answers = _answers_of(self, answer_cache)
         baskets = manifest["model"].get("baskets") or manifest.get("counts", {}).get("baskets") or 1
         top = catalog.popularity[catalog.most_popular()[0]] if len(catalog) else 0
         self._confidence = Confidence.from_json(calibration, popular_share_per_score=max(top, 1) / baskets)
@@ -102,7 +113,7 @@ class Model:
         view.policy = policy
         # Answers depend on the policy: a view starts with its own empty answer cache.
         cache = getattr(self._answers, "cache_info", None)
-        view._answers = lru_cache(maxsize=cache().maxsize)(view._answer) if cache else view._answer
+        view._answers = _answers_of(view, cache().maxsize if cache else 0)
         return view
 
     def recommend(self, basket: Sequence[str], n: int, options: Options | None = None) -> Recommendation:
@@ -130,7 +141,7 @@ class Model:
                                   policy.feed_version, policy.rules_version)
         if not known:
             return Recommendation(self._popular(n, ()), unknown, True, self.version)
-        items, fallback = self._answers(tuple(sorted(known)), n)
+        items, fallback = (self._answers or self._answer)(tuple(sorted(known)), n)
         return Recommendation(items, unknown, fallback, self.version)
 
     @property

@@ -80,8 +80,8 @@ class SoakPlan:
 
     duration: float = 600.0
     chunk_seconds: float = 10.0       # one wrk run: one point of the latency series
-    connections: int = 4
-    delay_ms: int = 8                 # per connection between requests: several hundred requests/s in all
+    connections: int = 8
+    delay_ms: int = 15                # per connection between requests: several hundred requests/s in all
     promote_every: float = 30.0
     merch_every: float = 20.0         # a feed update, then a rules update, alternately
     users_every: float = 5.0
