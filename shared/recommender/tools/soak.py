@@ -239,26 +239,29 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
         say(f"server pid {info.pid} on port {info.port}; soaking {plan.duration:g} s")
 
         # --- what happens beside the load ---------------------------------------------------------------
-        token_state = {"token": None, "expires": 0.0, "old": None}
+        # Replaced tokens wait here until they have expired, then must be refused (401, "expired").
+        token_state: dict[str, Any] = {"token": None, "expires": 0.0, "old": []}
 
         def renew() -> str:
             status, body = api.login("soak", password)
             if status != 200:
                 raise ConfigError(f"login answered {status}: {body}")
             if token_state["token"]:
-                token_state["old"] = (token_state["token"], token_state["expires"])
+                with events.lock:
+                    token_state["old"].append((token_state["token"], token_state["expires"]))
             token_state["token"], token_state["expires"] = body["access_token"], time.time() + plan.token_minutes * 60
             events.count("token renewals")
             return body["access_token"]
 
         def check_expired() -> None:
-            old = token_state["old"]
-            if old and time.time() > old[1] + 2:
-                status, body = api.call("GET", "/users/me", headers={"Authorization": f"Bearer {old[0]}"})
+            with events.lock:
+                due = [old for old in token_state["old"] if time.time() > old[1] + 2]
+                token_state["old"] = [old for old in token_state["old"] if old not in due]
+            for token, _expires in due:
+                status, body = api.call("GET", "/users/me", headers={"Authorization": f"Bearer {token}"})
                 if status != 401 or "expired" not in str(body):
                     events.problem(f"an expired token answered {status} {body}")
                 events.count("expired tokens refused")
-                token_state["old"] = None
 
         turn = {"model": 0, "merch": 0, "user": 0}
 
