@@ -119,6 +119,23 @@ def test_head_health_and_items(server):
     assert request(port, "HEAD", "/send_data")[0] == 405
 
 
+def test_a_client_leaving_mid_body_is_no_server_error(server):
+    port, _make, folder = server
+    status, _h, body = request(port, "POST", "/token", f"username=alice&password={PASSWORD.replace(' ', '+')}",
+                               {"Content-Type": "application/x-www-form-urlencoded"})
+    token = json.loads(body)["access_token"]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST /send_data HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"product_list\"".encode())
+    log = folder / "run" / "server.log"
+    deadline = time.monotonic() + 30
+    while "closed the connection before its request was read" not in log.read_text():
+        assert "Traceback" not in log.read_text() and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "Traceback" not in log.read_text()
+    assert request(port, "GET", "/health")[0] == 200
+
+
 def test_no_secret_in_any_log_line(server):
     port, make, folder = server
     form = {"Content-Type": "application/x-www-form-urlencoded"}
