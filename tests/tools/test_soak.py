@@ -32,13 +32,16 @@ def _point(t, errors=0, rss=100.0):
 def test_report_counts_errors_and_growth_after_warmup():
     plan = SoakPlan(duration=120, warmup_seconds=60)
     series = [_point(t) for t in range(0, 120, 10)]
-    rss = [(t, 50.0 if t < 30 else 100.0 + (t - 30) / 10) for t in range(0, 121, 2)]  # warm-up jump, then slow
+    rss = [(t, 50.0 + t / 2 if t < 30 else 100.0 + (t - 30) / 10) for t in range(0, 121, 2)]  # warm-up, then slow
     events = Events()
     events.count("model promotions")
     report = summarize(plan, series, rss, events, [[1.0, 1.0, 1.0]])
     assert report["errors"] == 0 and report["requests"] == 48_000 and report["requests_per_second"] == 400
-    assert report["rss_mib"]["warmup_s"] == 30  # a quarter of a short run
-    assert 5 < report["rss_mib"]["growth_percent"] < 9  # the warm-up jump is not counted
+    assert report["rss_mib"]["warmup_s"] == 90  # until each of the 3 versions was promoted once (every 30 s)
+    assert 0 < report["rss_mib"]["growth_percent"] < 2  # the warm-up jump is not counted
+    long = summarize(SoakPlan(duration=600), series, [(t, 100.0 + t / 10) for t in range(0, 601, 2)], events, [])
+    assert long["rss_mib"]["warmup_s"] == 90 and long["rss_mib"]["window_s"] == 60
+    assert 40 < long["rss_mib"]["growth_percent"] < 50  # steady growth is counted: 112 -> 157 MiB
     assert report["events"] == {"model promotions": 1}
     series[3]["errors"] = 2
     events.problems.append("promote failed")

@@ -86,7 +86,7 @@ class SoakPlan:
     merch_every: float = 20.0         # a feed update, then a rules update, alternately
     users_every: float = 5.0
     token_minutes: int = 1            # tokens expire every minute and are renewed before they do
-    warmup_seconds: float = 60.0      # RSS growth is measured after this
+    warmup_seconds: float = 60.0      # RSS growth is measured after this, and after every version was served once
     versions: int = 3                 # models trained up front, promoted in turn
 
 
@@ -385,7 +385,9 @@ def summarize(plan: SoakPlan, series: list[dict], rss: list[tuple[float, float]]
     """The report: totals, errors, the latency series, and RSS growth after warm-up."""
     requests = sum(p["requests"] for p in series)
     request_errors = sum(p["errors"] for p in series)
-    warm = min(plan.warmup_seconds, plan.duration / 4)
+    # Warm-up lasts until every model version has been loaded once (the allocator then holds its high-water mark
+    # of two models during a swap; each later swap replaces a model by one of the same size), at most 3/4 of the run.
+    warm = min(max(plan.warmup_seconds, plan.versions * plan.promote_every), plan.duration * 0.75)
     window = max(plan.chunk_seconds * 2, min(60.0, (plan.duration - warm) / 3))
     after = [v for t, v in rss if t >= warm]
     first = [v for t, v in rss if warm <= t < warm + window]
