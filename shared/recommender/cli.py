@@ -379,6 +379,7 @@ def _soak(args: argparse.Namespace, settings: Settings) -> int:
 
     report = soak(SoakPlan(duration=args.duration), Path(args.template), Path(args.data) if args.data else None)
     report["machine_load_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["finished_at"] = registry.utcnow().isoformat(timespec="seconds")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
