@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from recommender.core import registry
-from recommender.core.errors import DataFileError
 from recommender.core.storage import LocalStorage
 from recommender.serving.merch import Options
 from recommender.serving.model import load_model
@@ -50,19 +49,23 @@ def test_no_signal_is_one_line_and_the_active_model_stays(trained_storage, tmp_p
     path = singles_csv(tmp_path / "singles.csv", customers)
     assert cli.main(["train", str(path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: no co-purchase signal: none of the 225 baskets")
+    assert len(err) == 1 and err[0].startswith("error: no co-purchase signal: none of the 300 baskets")
     assert "the active model stays" in err[0] and "HOLDOUT=0" not in err[0]
     assert registry.active_version(trained_storage) == before
     assert len(registry.list_versions(trained_storage)) == 1
 
 
-def test_no_signal_before_the_holdout_names_it(tmp_path):
-    # The only pairs are in the most recent baskets, which the training holds out: it says so and how to use them.
+def test_no_signal_before_the_holdout_trains_unmeasured(tmp_path):
+    # The only pairs are in the most recent baskets: the published model learns them; the model trained without
+    # the held-out baskets has nothing to learn, so the training says it is not measured.
     lines = [f"{500 + b},{10000 + b % 40},item {b % 40},\n" for b in range(300)]
     lines += [f"{900 + b},{20000 + b % 5},pair,\n{900 + b},{20005 + b % 5},mate,\n" for b in range(20)]
     (tmp_path / "late.csv").write_text(HEADER + "".join(lines))
-    with pytest.raises(DataFileError, match=r"20 such baskets are among the most recent .* HOLDOUT=0"):
-        train(tmp_path / "late.csv", LocalStorage(tmp_path / "s"), progress=lambda _m: None)
+    said = []
+    result = train(tmp_path / "late.csv", LocalStorage(tmp_path / "s"), progress=said.append)
+    assert "evaluation" not in result.manifest and result.manifest["model"]["signal"]["rows_with_two"] == 20
+    assert any(line.startswith("holdout: not measured: without the held-out baskets, no co-purchase signal")
+               for line in said)
 
 
 @pytest.fixture(scope="module")

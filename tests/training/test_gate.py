@@ -43,12 +43,23 @@ def test_a_wrong_export_is_refused_with_both_figures_and_staged(tmp_path, files)
     message = refused.value.message
     assert registry.active_version(storage) == good.version   # the served model stays
     staged = registry.staged(storage).version
-    assert f"HR@10 0.4" in message and "against 0.6" in message and good.version in message and staged in message
+    assert "HR@10 0.4" in message and "against 0.6" in message and good.version in message and staged in message
     assert "FORCE=1" in message and "\n" not in message
     # Forced, it goes through, saying what it overrode.
     lines = []
     assert gate.check(storage, staged, force=True, progress=lines.append).worse(gate.MARGIN)
     assert "activated anyway" in lines[0]
+
+
+def test_a_wrong_export_of_days_the_active_model_learned_from_is_refused_too(tmp_path, files):
+    # The active model learned from the whole year: no held-out basket of the new one is newer, so each model's
+    # own held-out figures decide, and the twenty days alone lose.
+    storage = LocalStorage(tmp_path)
+    year = train(files["year"], storage, progress=quiet)
+    with pytest.raises(ModelRefused) as refused:
+        train(files["last"], storage, progress=quiet)
+    assert registry.active_version(storage) == year.version
+    assert "each on its own held-out baskets" in refused.value.message
 
 
 def test_a_model_as_good_is_activated_and_the_figures_are_shown(tmp_path, files):
@@ -65,11 +76,15 @@ def test_a_model_as_good_is_activated_and_the_figures_are_shown(tmp_path, files)
 def test_only_baskets_newer_than_the_active_model_s_data_count(tmp_path, files):
     storage = LocalStorage(tmp_path)
     year = train(files["year"], storage, progress=quiet)
-    # An older export: all its held-out baskets are ones the active model learned from. Not compared, accepted.
+    # An older export: all its held-out baskets are ones the active model learned from, so the figures each model
+    # got on its own held-out baskets are compared instead (as good here: accepted).
     lines = []
     older = train(files["before"], storage, progress=lines.append)
     assert registry.active_version(storage) == older.version
-    assert any("not compared with the active model: only 0 of" in line for line in lines)
+    compared = next(line for line in lines if line.startswith("compared with the active model"))
+    assert "each on its own held-out baskets" in compared
+    assert f"HR@10 {older.manifest['evaluation']['model']['hr']:.3f} for the new" in compared
+    assert f"against {year.manifest['evaluation']['model']['hr']:.3f} for the active" in compared
     # An active model that learned from part of the new model's held-out days: only the later baskets are scored.
     manifest = registry.read_manifest(storage, older.version)
     manifest["period"]["last"] = "2011-12-01T00:00:00"
@@ -100,6 +115,8 @@ def test_margin_and_minimum_cases():
     assert not comparison(0.28, 0.30).worse(0.10)      # 7% below: noise, not a wrong file
     assert not comparison(0.10, 0.30, cases=gate.MIN_CASES - 1).worse(0.10)
     assert not comparison(0.0, 0.0).worse(0.10)
+    own = Comparison("new", "old", 100, None, None, {"hr": 0.2, "mrr": 0.1}, {"hr": 0.3, "mrr": 0.1}, own_cases=20)
+    assert not own.worse(0.10) and "(100 and 20;" in own.describe()
 
 
 def test_make_load_after_parallel_train_refuses_then_force(tmp_path, files):

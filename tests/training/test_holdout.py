@@ -1,6 +1,7 @@
 """Held-out evaluation at training: which baskets are kept out, the figures in the manifest, the stored cases."""
 
 import numpy as np
+import pandas as pd
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
@@ -56,21 +57,34 @@ def test_leave_one_out_is_make_evaluate_s_protocol(tmp_path):
     assert cases == expected and [p for p, _, _ in cases] == [0, 2, 3]
 
 
-def test_manifest_evaluation_and_stored_cases_through_the_served_path(trained_storage):
+def test_manifest_evaluation_and_stored_cases_through_the_served_path(trained_storage, tiny_csv, tmp_path):
+    from dataclasses import replace
+
+    from recommender.training.pipeline import TrainingParams, train
+
     version = registry.active_version(trained_storage)
     manifest = registry.read_manifest(trained_storage, version)
     ev = manifest["evaluation"]
-    assert set(ev) == {"protocol", "cutoff", "holdout_baskets", "cases", "k", "model", "popularity", "seconds"}
+    assert set(ev) == {"protocol", "cutoff", "holdout_baskets", "cases", "k", "model", "popularity", "seconds",
+                       "measured", "model_seconds"}
     assert ev["k"] == 10 and 0 < ev["cases"] <= ev["holdout_baskets"]
     assert 0 <= ev["popularity"]["hr"] < ev["model"]["hr"] <= 1 and ev["model"]["mrr"] <= ev["model"]["hr"]
-    # Honest: the model learned from nothing at or after the holdout's first basket.
-    assert manifest["period"]["last"] < ev["cutoff"]
+    # The published model learned from everything, the held-out baskets included.
+    assert manifest["period"]["last"] >= ev["cutoff"]
+    assert manifest["counts"]["baskets"] == manifest["model"]["baskets"]
     stored = holdout.read_cases(trained_storage.read(registry.artifact_key(version, holdout.CASES)))
     assert len(stored["cases"]) == ev["cases"]
     ranks = np.array([c["rank"] for c in stored["cases"]])
     assert holdout.hit_metrics(ranks) == ev["model"]
-    # The stored ranks are what the published model answers.
-    model = load_model(trained_storage, version)
+    # Honest: the stored ranks are what a model that never saw the held-out baskets answers, through the served
+    # path: the same file without them, trained with no holdout, answers exactly those ranks.
+    _, held = holdout.split(load_transactions(tiny_csv), TrainingParams().holdout)
+    assert len(held.basket_ids) == ev["holdout_baskets"]
+    frame = pd.read_csv(tiny_csv, dtype=str, keep_default_na=False)
+    frame[~frame.InvoiceNo.isin(set(held.basket_ids))].to_csv(tmp_path / "older.csv", index=False)
+    storage = LocalStorage(tmp_path / "older")
+    older = train(tmp_path / "older.csv", storage, replace(TrainingParams(), holdout=None), progress=lambda _m: None)
+    model = load_model(storage, older.version)
     again = holdout.answer_ranks(model, [c["query"] for c in stored["cases"]], [c["hidden"] for c in stored["cases"]])
     assert again.tolist() == ranks.tolist()
 
@@ -102,3 +116,27 @@ def test_held_out_items_unknown_to_training_are_not_cases():
     # A basket holding fewer than two items the model knows cannot be a case.
     cases = holdout.leave_one_out([["NEW1", "NEW2", "11"], ["11", "12"]], {"11", "12"}, seed=0)
     assert [p for p, _, _ in cases] == [1]
+
+
+def test_a_small_holdout_measures_the_published_model_itself(tmp_path, tiny_csv):
+    # At or below HoldoutPolicy.separate_above, the model is trained once, without the held-out baskets, and
+    # published: its figures are its own.
+    from dataclasses import replace
+
+    from recommender.training.pipeline import TrainingParams, train
+
+    params = replace(TrainingParams(), holdout=replace(HoldoutPolicy(), separate_above=0.5))
+    lines = []
+    storage = LocalStorage(tmp_path)
+    result = train(tiny_csv, storage, params, progress=lines.append)
+    manifest, ev = result.manifest, result.manifest["evaluation"]
+    assert ev["measured"].startswith("the published model") and "model_seconds" not in ev
+    assert any(line.endswith("they are kept out of training (too few to matter)") for line in lines)
+    assert not any("holdout model:" in line for line in lines)
+    assert manifest["period"]["last"] < ev["cutoff"]
+    assert manifest["model"]["baskets"] == manifest["counts"]["baskets"] - ev["holdout_baskets"]
+    stored = holdout.read_cases(storage.read(registry.artifact_key(result.version, holdout.CASES)))
+    model = load_model(storage, result.version)
+    ranks = holdout.answer_ranks(model, [c["query"] for c in stored["cases"]], [c["hidden"] for c in stored["cases"]])
+    assert ranks.tolist() == [c["rank"] for c in stored["cases"]]
+    assert not HoldoutPolicy().separate(2000, 200_000) and HoldoutPolicy().separate(1027, 20_545)

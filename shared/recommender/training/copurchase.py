@@ -44,15 +44,12 @@ def measure(indptr: np.ndarray, indices: np.ndarray, n_items: int) -> Signal:
     return Signal(len(lengths), int(multi.sum()), n_items, int(together.sum()))
 
 
-def check(signal: Signal, baskets: int, held_with_two: int = 0, progress: Callable[[str], None] = print) -> None:
-    """DataFileError when nothing was bought together; a warning with the figures when the signal is thin.
-    held_with_two: baskets of two or more products that the training keeps out to measure the model."""
+def check(signal: Signal, baskets: int, progress: Callable[[str], None] = print) -> None:
+    """DataFileError when nothing was bought together; a warning with the figures when the signal is thin."""
     if not signal.rows_with_two:
-        held = (f" ({held_with_two:,} such baskets are among the most recent ones, held out to measure the model: "
-                f"HOLDOUT=0 trains on them too)" if held_with_two else "")
         raise DataFileError(
             f"no co-purchase signal: none of the {baskets:,} baskets to learn from holds two distinct products and "
-            f"no returning customer bought two different ones{held}, so a model could only repeat the most popular "
+            f"no returning customer bought two different ones, so a model could only repeat the most popular "
             f"items; nothing was trained and the active model stays")
     if signal.thin:
         progress(f"warning: thin co-purchase signal: only {signal.items_together:,} of {signal.items:,} items "

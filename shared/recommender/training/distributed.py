@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,8 +40,7 @@ from recommender.training.pipeline import (
     TrainingParams,
     _period,
     _stage,
-    announce_holdout,
-    assess_holdout,
+    build_and_measure,
     check_size,
     column_scale,
     embeddings_from_products,
@@ -246,7 +246,6 @@ def trainer(source: Source, params: TrainingParams, progress: Progress = print,
 def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, progress: Progress,
            encoding: str = "utf-8") -> Built:
     from pyspark import StorageLevel
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
@@ -291,23 +290,62 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
 
-    # The holdout: the most recent baskets, chosen as holdout.split_mask does, kept out of everything below.
+    frames = Frames(rows, baskets, basket_customer, described, priced)
+    # The holdout: the most recent baskets, chosen as holdout.split_mask does (pipeline.build_and_measure says what
+    # is trained and measured with them).
     held = _held_out(rows, baskets, report.baskets, params)
-    if held is not None:
-        announce_holdout(held, progress)
-        out = F.broadcast(spark.createDataFrame([(b,) for b in held.basket_ids], "invoice string"))
-        rows = rows.join(out, "invoice", "left_anti")
-        baskets = baskets.join(out, "invoice", "left_anti")
-    n_baskets = baskets.count() if held is not None else report.baskets
-    span = baskets.agg(F.min("time"), F.max("time")).collect()[0]
-    period = _period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
+    kept: list[Frames] = []
 
+    def without_held() -> Frames:
+        if not kept:
+            out = F.broadcast(spark.createDataFrame([(b,) for b in held.basket_ids], "invoice string"))
+            kept.append(Frames(rows.join(out, "invoice", "left_anti"), baskets.join(out, "invoice", "left_anti"),
+                               basket_customer, described, priced))
+        return kept[0]
+
+    done = build_and_measure(
+        lambda out, say: _model(spark, frames, report.baskets, params, out, say),
+        lambda out, _near, say: _model(spark, without_held(), without_held().baskets.count(), params, out, say),
+        held, report.baskets, params, folder, progress)
+    learned = frames if done.learned_all else without_held()
+    span = learned.baskets.agg(F.min("time"), F.max("time")).collect()[0]
+    period = _period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
+    for frame in (raw, rows, basket_customer, baskets, described):
+        frame.unpersist()
+    engine = {"name": "spark", "spark_version": spark.version, "master": sc.master,
+              "default_parallelism": sc.defaultParallelism}
+    return Built(done.model, report, engine, period, done.evaluation, done.extra)
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The cleaned input a model is trained from: kept rows (with file order), baskets (first row, time), each
+    basket's customer, each code's latest description and price, and whether the input has prices."""
+
+    rows: Any
+    baskets: Any
+    basket_customer: Any
+    described: Any
+    priced: bool
+
+
+def _model(spark: Any, frames: Frames, n_baskets: int, params: TrainingParams, folder: Path, progress: Progress
+           ) -> dict:
+    """One model from the frames' baskets, written into folder: the items, the matrix rows, the item-item table
+    and the embeddings on the executors, the rest on the driver (pipeline.finish_model). Returns the manifest's
+    model part."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    sc = spark.sparkContext
+    rows, baskets, basket_customer = frames.rows, frames.baskets, frames.basket_customer
     # Items: numbered by first appearance, then ordered by popularity as pipeline._build does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
     pairs = rows.select("invoice", "code").distinct().persist(StorageLevel.MEMORY_AND_DISK)
     items = (rows.groupBy("code").agg(F.min("order").alias("first"))
              .join(pairs.groupBy("code").agg(F.count("*").alias("popularity")), "code")
-             .join(described, "code", "left").toPandas().sort_values("first", kind="stable"))
+             .join(frames.described, "code", "left").toPandas().sort_values("first", kind="stable"))
     check_size(len(items), n_baskets)
     items = items.iloc[popularity_order(items["popularity"].to_numpy())].reset_index(drop=True)
     n_items = len(items)
@@ -315,7 +353,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     descriptions = items["description"].fillna("").tolist()
     popularity = items["popularity"].to_numpy(dtype=np.int64)
     prices = (np.array([float(v) if isinstance(v, str) and v else np.nan for v in items["price"]], dtype=np.float64)
-              if priced else None)
+              if frames.priced else None)
     index = spark.createDataFrame(items[["code"]].assign(idx=np.arange(n_items, dtype=np.int32)))
     chosen = _sample_invoices(pairs, baskets, params.seed)
 
@@ -345,14 +383,12 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     n_rows, n_entries, counts_vec, with_two, together = matrix.map(block_figures).treeReduce(
         lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] | b[4]))
     counts_vec = counts_vec.astype(np.float64)  # rows holding each item
-    for frame in (raw, rows, pairs, basket_customer, baskets, described):
-        frame.unpersist()
+    pairs.unpersist()
     n_customers = n_rows - n_baskets
     progress(f"matrix: {n_baskets:,} baskets + {n_customers:,} returning customers' histories x {n_items:,} "
              f"items, {n_entries:,} entries ({time.perf_counter() - t:.1f} s)")
     signal = copurchase.Signal(n_rows, int(with_two), n_items, int(together.sum()))
-    held_with_two = sum(len(items) >= 2 for items in held.items) if held else 0
-    copurchase.check(signal, n_baskets, held_with_two, progress)
+    copurchase.check(signal, n_baskets, progress)
 
     k = factors_for(n_items, n_rows, params)
     k_nbrs = min(params.neighbors, n_items - 1)
@@ -368,10 +404,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
                            prices=prices, signal=signal.as_dict(), embeddings=embeddings)
     model_info = finish_model(folder, parts_out, params, progress)
     release()
-    evaluation, extra = assess_holdout(folder, model_info, held, params, progress)
-    engine = {"name": "spark", "spark_version": spark.version, "master": sc.master,
-              "default_parallelism": sc.defaultParallelism}
-    return Built(model_info, report, engine, period, evaluation, extra)
+    return model_info
 
 
 def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -> HeldOut | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -194,10 +195,9 @@ def _stage(progress: Progress, text: str) -> Iterator[None]:
 
 
 def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress = print,
-                near: dict[str, list[int]] | None = None, held_with_two: int = 0) -> dict:
+                near: dict[str, list[int]] | None = None) -> dict:
     """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part.
-    DataFileError when nothing in them was bought together (held_with_two: multi-item baskets held out, which
-    the message names).
+    DataFileError when nothing in them was bought together.
 
     With near ({code: []} for some items), the thread that builds the Annoy index, when it runs beside the
     item-item table, also fills in each of those items' nearest items (model rows) while it would otherwise wait:
@@ -207,11 +207,11 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
     # One BLAS thread: the work is many small solves, and OpenBLAS threads that spin while another process
     # holds the other core made training several times slower here (a server may be running beside it).
     with threadpool_limits(limits=1):
-        return _build(tx, params, folder, progress, near, held_with_two)
+        return _build(tx, params, folder, progress, near)
 
 
 def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress,
-           near: dict[str, list[int]] | None, held_with_two: int) -> dict:
+           near: dict[str, list[int]] | None) -> dict:
     n_items = len(tx.item_codes)
     # Number the items from the most to the least popular (ties keep file order): the serving side breaks
     # score ties by popularity for free.
@@ -222,7 +222,7 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     progress(f"matrix: {baskets.shape[0]:,} baskets + {rows.shape[0] - baskets.shape[0]:,} returning customers' "
              f"histories x {n_items:,} items, {rows.nnz:,} entries")
     signal = copurchase.measure(rows.indptr, rows.indices, n_items)
-    copurchase.check(signal, baskets.shape[0], held_with_two, progress)
+    copurchase.check(signal, baskets.shape[0], progress)
 
     counts = np.bincount(rows.indices, minlength=n_items).astype(np.float64)  # rows holding each item
     k = factors_for(n_items, rows.shape[0], params)
@@ -408,11 +408,12 @@ class Built:
     extra: tuple[str, ...] = ()     # artifacts beyond ARTIFACTS (the holdout's)
 
 
-def announce_holdout(held: holdout.HeldOut, progress: Progress) -> None:
-    """Say which baskets the holdout keeps out (both engines, same words)."""
+def announce_holdout(held: holdout.HeldOut, separate: bool, progress: Progress) -> None:
+    """Say which baskets measure the model, and how (both engines, same words)."""
     since = f" (from {str(held.cutoff)[:16].replace('T', ' ')})" if held.cutoff is not None else ""
-    progress(f"holdout: the {len(held.basket_ids):,} most recent baskets{since} are kept out of training "
-             f"to measure the model")
+    how = ("a second model is trained without them" if separate else
+           "they are kept out of training (too few to matter)")
+    progress(f"holdout: the {len(held.basket_ids):,} most recent baskets{since} measure the model: {how}")
 
 
 def assess_holdout(folder: Path, model_info: dict, held: holdout.HeldOut | None, params: TrainingParams,
@@ -427,17 +428,76 @@ def assess_holdout(folder: Path, model_info: dict, held: holdout.HeldOut | None,
 
 
 def _single_engine(tx: Transactions, params: TrainingParams, progress: Progress) -> Callable[[Path], Built]:
-    """The single-machine trainer as an engine: holdout split, build, assessment."""
+    """The single-machine trainer as an engine: the model, measured on the most recent baskets (build_and_measure)."""
     def fill(folder: Path) -> Built:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
-        if held is not None:
-            announce_holdout(held, progress)
-        near: dict[str, list[int]] | None = {code: [] for b in held.items for code in b} if held else None
-        held_with_two = sum(len(items) >= 2 for items in held.items) if held else 0
-        model_info = build_model(train_tx, params, folder, progress, near, held_with_two)
-        evaluation, extra = assess_holdout(folder, model_info, held, params, progress, near)
-        return Built(model_info, tx.report, SINGLE_ENGINE, _period(train_tx.basket_time), evaluation, extra)
+        done = build_and_measure(lambda out, say: build_model(tx, params, out, say),
+                                 lambda out, near, say: build_model(train_tx, params, out, say, near),
+                                 held, len(tx.basket_ids), params, folder, progress)
+        period = _period((tx if done.learned_all else train_tx).basket_time)
+        return Built(done.model, tx.report, SINGLE_ENGINE, period, done.evaluation, done.extra)
     return fill
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A built model (the manifest's model part), its held-out figures and extra artifacts, and whether it learned
+    from every basket (otherwise the held-out ones were kept out of it)."""
+
+    model: dict
+    evaluation: dict | None
+    extra: tuple[str, ...]
+    learned_all: bool
+
+
+def build_and_measure(build_all: Callable[[Path, Progress], dict],
+                      build_without: Callable[[Path, dict[str, list[int]], Progress], dict],
+                      held: holdout.HeldOut | None, n_baskets: int, params: TrainingParams, folder: Path,
+                      progress: Progress) -> Measured:
+    """Build the model into folder and measure it on the held-out baskets, for both engines. build_all trains on
+    every basket, build_without without the held-out ones (given the codes whose Annoy neighbours to fill in).
+
+    A model cannot be measured on baskets it learned from. When the held-out baskets are a noticeable share of
+    the file (HoldoutPolicy.separate), the published model learns from all of them and a second one, trained the
+    same way without them, is measured: its figures, cases and confidence calibration go with the published
+    version. Otherwise the measured model is the published one. Without a holdout (or when nothing before the
+    held-out baskets was bought together) the model learns from everything, unmeasured."""
+    if held is None:
+        return Measured(build_all(folder, progress), None, (), True)
+    separate = params.holdout.separate(len(held.basket_ids), n_baskets)
+    announce_holdout(held, separate, progress)
+    near: dict[str, list[int]] = {code: [] for b in held.items for code in b}
+    if not separate:
+        try:
+            model_info = build_without(folder, near, progress)
+        except DataFileError as err:
+            return _unmeasured(err, build_all, folder, progress)
+        evaluation, extra = assess_holdout(folder, model_info, held, params, progress, near)
+        if evaluation is not None:
+            evaluation["measured"] = "the published model, trained without the held-out baskets"
+        return Measured(model_info, evaluation, extra, False)
+    model_info = build_all(folder, progress)
+    started = time.perf_counter()
+    with scratch_folder() as measured:
+        try:
+            measured_info = build_without(measured, near, lambda text: progress(f"  holdout model: {text}"))
+        except DataFileError as err:
+            return _unmeasured(err, None, folder, progress, model_info)
+        built = time.perf_counter() - started
+        evaluation, extra = assess_holdout(measured, measured_info, held, params, progress, near)
+        for name in extra:
+            shutil.copyfile(measured / name, folder / name)
+    if evaluation is not None:
+        evaluation["measured"] = "a second model, trained the same way without the held-out baskets"
+        evaluation["model_seconds"] = round(built, 2)
+    return Measured(model_info, evaluation, extra, True)
+
+
+def _unmeasured(err: DataFileError, build_all: Callable[[Path, Progress], dict] | None, folder: Path,
+                progress: Progress, model_info: dict | None = None) -> Measured:
+    """Every co-purchase is among the held-out baskets: the model learns from everything, unmeasured."""
+    progress(f"holdout: not measured: without the held-out baskets, {err.message}")
+    return Measured(model_info if build_all is None else build_all(folder, progress), None, (), True)
 
 
 def publish_built(fill: Callable[[Path], Built], params: TrainingParams, storage: Storage, source_info: dict | None,
