@@ -78,7 +78,7 @@ def test_stop_without_emulator_and_refusal_of_a_busy_port(tmp_path):
 @pytest.mark.slow
 def test_emulate_s3_train_serve_promote_over_http(tmp_path, tiny_csv):
     second = tmp_path / "second.csv"
-    synthetic.write_csv(synthetic.preset("tiny", seed=7, products=80), second)
+    synthetic.write_csv(synthetic.preset("tiny", seed=7, products=80, start="2011-12-15"), second)
     s3_port, api_port = free_port(), free_port()
     endpoint, storage_url = f"http://127.0.0.1:{s3_port}", "s3://shop-models/prod"
     env = {**clean_aws_env(tmp_path), "STORAGE_URL": storage_url, "AWS_ENDPOINT_URL": endpoint,

@@ -72,7 +72,7 @@ def make_env(trained_storage, user, tmp_path):
 @pytest.fixture(scope="session")
 def second_dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("second") / "second.csv"
-    synthetic.write_csv(synthetic.preset("tiny", seed=7, products=80), path)
+    synthetic.write_csv(synthetic.preset("tiny", seed=7, products=80, start="2011-12-15"), path)
     return path
 
 
