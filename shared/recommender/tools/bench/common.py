@@ -20,14 +20,16 @@ from recommender.core.errors import ConfigError
 PARTS = ("train", "serve", "cold", "scale", "merch", "logins", "search")
 GiB = 1024 ** 3
 
-# The issue's targets: (limit, direction), direction "max" means the measured value must not exceed the limit.
+# The issues' targets: (limit, direction), direction "max" means the measured value must not exceed the limit.
+# Issue 13 raised those of training (csv 5 -> 3 s, xlsx 10 -> 7 s), serving (0.70 -> 0.85x the ceiling, p99
+# 20 -> 10 ms) and the cold start (0.6 -> 0.40 s); bench/results/baseline.json keeps the figures from before it.
 TARGETS: dict[str, tuple[float, str]] = {
-    "train_csv_seconds": (5.0, "max"),
-    "train_xlsx_seconds": (10.0, "max"),
-    "serve_rps_ratio": (0.70, "min"),
-    "serve_p99_ms": (20.0, "max"),
+    "train_csv_seconds": (3.0, "max"),
+    "train_xlsx_seconds": (7.0, "max"),
+    "serve_rps_ratio": (0.85, "min"),
+    "serve_p99_ms": (10.0, "max"),
     "serve_errors": (0, "max"),
-    "cold_start_seconds": (0.6, "max"),
+    "cold_start_seconds": (0.40, "max"),
     "scale_train_seconds": (300.0, "max"),
     "scale_peak_rss_gib": (6.0, "max"),
     "scale_query_p99_ms": (2.0, "max"),

@@ -43,10 +43,14 @@ class Row:
 
 
 def target_row(part: str, measure: str, key: str, value: float | None, unit: str, note: str = "") -> Row:
-    """A row checked against TARGETS[key]."""
+    """A row checked against TARGETS[key]; a miss says by how much before the note (which should say why)."""
     limit, direction = TARGETS[key]
     met = None if value is None or value != value else (value <= limit if direction == "max" else value >= limit)
     sign = "<=" if direction == "max" else ">="
+    if met is False:
+        gap = abs(value - limit)
+        share = f" ({gap / limit:.0%})" if limit else ""
+        note = f"missed by {gap:.3g}{' ' + unit if unit else ''}{share}" + (f": {note}" if note else "")
     return Row(part, measure, value, unit, f"{sign} {limit:g}{' ' + unit if unit else ''}", met, note)
 
 
@@ -71,10 +75,25 @@ class PartResult:
         return data
 
 
-def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
-    """The rows as one table: aligned text for the console, or Markdown."""
-    header = ("part", "measure", "value", "target", "status", "note")
-    lines = [(r.part, r.measure, r.shown(), r.target, r.status(), r.note) for r in rows]
+BASELINE = "baseline.json"
+
+
+def load_baseline(out_dir: Path) -> dict[tuple[str, str], str]:
+    """The figures from before (bench/results/baseline.json, beside out_dir or one level up for quick runs), by
+    (part, measure): what the table's "before" column shows."""
+    for path in (out_dir / BASELINE, out_dir.parent / BASELINE):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return {(r["part"], r["measure"]): r["shown"] for r in data["rows"]}
+    return {}
+
+
+def format_table(rows: Sequence[Row], markdown: bool = False, before: dict[tuple[str, str], str] | None = None) -> str:
+    """The rows as one table: aligned text for the console, or Markdown; with before, a column of old figures."""
+    before = before or {}
+    header = ("part", "measure", "before", "value", "target", "status", "note")
+    lines = [(r.part, r.measure, before.get((r.part, r.measure), ""), r.shown(), r.target, r.status(), r.note)
+             for r in rows]
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines]
@@ -106,7 +125,7 @@ def write_results(results: Sequence[PartResult], out_dir: Path, machine: dict, c
     json_path = out_dir / "latest.json"
     json_path.write_text(json.dumps(combined, indent=1, default=str) + "\n")
     md_path = out_dir / "latest.md"
-    md_path.write_text(markdown_report(parts, machine))
+    md_path.write_text(markdown_report(parts, machine, out_dir))
     return json_path, md_path
 
 
@@ -115,8 +134,9 @@ def _rows_of(part: dict) -> list[Row]:
             for r in part["rows"]]
 
 
-def markdown_report(parts: Sequence[dict], machine: dict) -> str:
-    """The combined Markdown: machine, one table of every part, then each part's details."""
+def markdown_report(parts: Sequence[dict], machine: dict, out_dir: Path | None = None) -> str:
+    """The combined Markdown: machine, one table of every part (with the figures from before), then each part's
+    details."""
     libs = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items() if v)
     lines = [
         "# Benchmark results",
@@ -132,11 +152,21 @@ def markdown_report(parts: Sequence[dict], machine: dict) -> str:
         lines.append(f"| {p['part']} | {p['started_at']} | {p['machine'].get('commit', '?')} | {p['seconds']:.0f} s | "
                      f"{' / '.join(map(str, p['load_before']))} | {'yes' if p['quick'] else 'no'} | `{p['command']}` |")
     rows = [row for p in parts for row in _rows_of(p)]
-    lines += ["", format_table(rows, markdown=True), ""]
+    before = load_baseline(out_dir) if out_dir is not None else {}
+    if before:
+        lines += ["", f"`before`: {_baseline_source(out_dir)}"]
+    lines += ["", format_table(rows, markdown=True, before=before), ""]
     for p in parts:
         if p.get("markdown"):
             lines += [p["markdown"].rstrip(), ""]
     return "\n".join(lines)
+
+
+def _baseline_source(out_dir: Path) -> str:
+    for path in (out_dir / BASELINE, out_dir.parent / BASELINE):
+        if path.is_file():
+            return json.loads(path.read_text()).get("source", str(path))
+    return ""
 
 
 def now_iso() -> str:

@@ -18,6 +18,7 @@ from recommender.tools.bench.logins import bench_logins
 from recommender.tools.bench.report import (
     PartResult,
     format_table,
+    load_baseline,
     now_iso,
     write_results,
 )
@@ -102,7 +103,7 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
             result.load_before, result.load_after = before, load_average()
             results.append(result)
     json_path, md_path = write_results(results, options.out_dir, machine, command)
-    print(format_table([row for r in results for row in r.rows]))
+    print(format_table([row for r in results for row in r.rows], before=load_baseline(options.out_dir)))
     print(f"\nmachine: {machine.get('cores')} cores, {machine.get('memory_gib')} GiB, Python {machine.get('python')}; "
           f"load before each part: " + ", ".join(f"{r.part} {r.load_before[0] if r.load_before else '?'}" for r in results))
     print(f"results: {md_path} and {json_path}")

@@ -319,9 +319,11 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
         Row("serve", "product: requests/s (median)", round(prod["rps"]), "req/s",
             note=f"p50 {prod['p50_ms']:.2f} ms"),
         target_row("serve", "product / ceiling requests/s (median of paired runs)", "serve_rps_ratio",
-                   round(ratio, 3), "x", "paired runs: " + ", ".join(f"{r:.2f}" for r in ratios)),
+                   round(ratio, 3), "x", "paired runs: " + ", ".join(f"{r:.2f}" for r in ratios)
+                   + f"; in-process app p50 {asgi['product']['p50_us']:,.0f} µs vs the ceiling's "
+                     f"{asgi['ceiling']['p50_us']:,.0f}, of which Model.recommend {inproc['p50_us']:,.0f}"),
         target_row("serve", "product: p99 latency", "serve_p99_ms", round(prod["p99_ms"], 2), "ms",
-                   f"ceiling p99 {ceil['p99_ms']:.2f} ms"),
+                   f"ceiling p99 {ceil['p99_ms']:.2f} ms (wrk, uvicorn and the app share the cores)"),
         target_row("serve", "product: errors (socket + non-2xx)", "serve_errors", prod["errors"], "",
                    f"of {sum(pick('product', 'requests')):,} requests"),
         Row("serve", "in-process Model.recommend p50", round(inproc["p50_us"], 1), "µs",
