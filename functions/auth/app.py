@@ -2,6 +2,7 @@
 
 import gc
 
+_collecting = gc.isenabled()
 gc.disable()  # while this module imports, as in the recommend function (functions/recommend/app.py says why)
 
 from typing import Annotated  # noqa: E402
@@ -63,4 +64,5 @@ async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
 
 handler = Mangum(app, lifespan="off")
 gc.freeze()
-gc.enable()
+if _collecting:
+    gc.enable()

@@ -5,6 +5,7 @@ import gc
 # Cold start: importing FastAPI, pydantic and numpy creates some 300,000 objects, and the collector would scan them
 # over and over (a few dozen ms). Off while this module imports; what the import made is then frozen (never
 # scanned again, as it lives as long as the process), and collection resumes for what requests create.
+_collecting = gc.isenabled()
 gc.disable()
 
 import random  # noqa: E402
@@ -270,4 +271,5 @@ handler = Mangum(app, lifespan="off")
 # PRELOAD_MODEL (set by template.yaml with SnapStart): the model loaded now, so that the snapshot holds it.
 snapstart.preload(handler, _rng)
 gc.freeze()
-gc.enable()
+if _collecting:
+    gc.enable()
