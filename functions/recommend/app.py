@@ -2,7 +2,7 @@
 
 import gc
 
-# Cold start: importing FastAPI, pydantic and numpy creates some 300,000 objects, and the collector would scan them
+# Cold start: importing FastAPI, pydantic and numpy leaves some 100,000 objects, and the collector would scan them
 # over and over (a few dozen ms). Off while this module imports; what the import made is then frozen (never
 # scanned again, as it lives as long as the process), and collection resumes for what requests create.
 _collecting = gc.isenabled()
