@@ -24,20 +24,12 @@ import numpy as np
 
 from recommender.core.errors import ConfigError
 from recommender.core.settings import Settings
-from recommender.tools.bench.common import load_average, median, say
+from recommender.tools.bench.common import WRK_COMMON, load_average, median, say
 
 # A steady rate rather than wrk's flat out: each connection waits DELAY_MS between requests.
 WRK_SCRIPT = r"""-- Soak load for wrk (written by recommender.tools.soak): one "PATH<TAB>JSON" request a line of the file
 -- named after "--", used in turn, with the token from SOAK_TOKEN; a fixed pause between a connection's requests.
-local prepared = {}
-local turn = 0
-non2xx = 0
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-end
-
+""" + WRK_COMMON + r"""
 function init(args)
   local headers = {["Authorization"] = "Bearer " .. os.getenv("SOAK_TOKEN"),
                    ["Content-Type"] = "application/json"}
@@ -53,18 +45,8 @@ function delay()
   return tonumber(os.getenv("SOAK_DELAY_MS"))
 end
 
-function request()
-  turn = turn % #prepared + 1
-  return prepared[turn]
-end
-
-function response(status, headers, body)
-  if status < 200 or status > 299 then non2xx = non2xx + 1 end
-end
-
 function done(summary, latency, requests)
-  local bad = 0
-  for _, thread in ipairs(threads) do bad = bad + (thread:get("non2xx") or 0) end
+  local bad = non2xx_total()
   local e = summary.errors
   io.write(string.format('SOAK_WRK {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, '
     .. '"timeout": %d, "non2xx": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\n', summary.requests,

@@ -17,6 +17,33 @@ import numpy as np
 
 from recommender.core.errors import ConfigError
 
+# What the wrk scripts here share (bench serve, soak): the requests prepared in init() used in turn, and every
+# non-2xx answer counted, summed over wrk's threads by non2xx_total() in done(). Each script adds init and done.
+WRK_COMMON = r"""local prepared = {}
+local turn = 0
+non2xx = 0
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function request()
+  turn = turn % #prepared + 1
+  return prepared[turn]
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1 end
+end
+
+function non2xx_total()
+  local bad = 0
+  for _, thread in ipairs(threads) do bad = bad + (thread:get("non2xx") or 0) end
+  return bad
+end
+"""
+
 PARTS = ("train", "serve", "cold", "scale", "merch", "logins", "search")
 GiB = 1024 ** 3
 

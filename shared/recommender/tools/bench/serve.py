@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from recommender.core.errors import ConfigError
-from recommender.tools.bench.common import median, percentile, say
+from recommender.tools.bench.common import WRK_COMMON, median, percentile, say
 from recommender.tools.bench.deployment import Deployment, free_port, recommend_latency
 from recommender.tools.bench.report import PartResult, Row, target_row
 
@@ -29,15 +29,7 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------------------
 WRK_SCRIPT = r"""-- POST /send_data for wrk (written by recommender.tools.bench): request bodies from the file named after
 -- "--", one JSON object a line, used in turn; the token from BENCH_TOKEN. Counts every non-2xx answer.
-local prepared = {}
-local turn = 0
-non2xx = 0
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-end
-
+""" + WRK_COMMON + r"""
 function init(args)
   local headers = {["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN"),
                    ["Content-Type"] = "application/json"}
@@ -46,18 +38,8 @@ function init(args)
   end
 end
 
-function request()
-  turn = turn % #prepared + 1
-  return prepared[turn]
-end
-
-function response(status, headers, body)
-  if status < 200 or status > 299 then non2xx = non2xx + 1 end
-end
-
 function done(summary, latency, requests)
-  local bad = 0
-  for _, thread in ipairs(threads) do bad = bad + (thread:get("non2xx") or 0) end
+  local bad = non2xx_total()
   local e = summary.errors
   io.write(string.format('BENCH_WRK {"requests": %d, "duration_us": %d, "bytes": %d, "connect": %d, "read": %d, '
     .. '"write": %d, "status": %d, "timeout": %d, "non2xx": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
