@@ -290,6 +290,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
 
+    raw.unpersist()  # everything below reads the cached frames derived from it
     frames = Frames(rows, baskets, basket_customer, described, priced)
     # The holdout: the most recent baskets, chosen as holdout.split_mask does (pipeline.build_and_measure says what
     # is trained and measured with them).
@@ -310,7 +311,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     learned = frames if done.learned_all else without_held()
     span = learned.baskets.agg(F.min("time"), F.max("time")).collect()[0]
     period = _period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
-    for frame in (raw, rows, basket_customer, baskets, described):
+    for frame in (rows, basket_customer, baskets, described):
         frame.unpersist()
     engine = {"name": "spark", "spark_version": spark.version, "master": sc.master,
               "default_parallelism": sc.defaultParallelism}
