@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ class SparkBenchOptions:
     big_invoices: int = 0
     scale: bool = True
     agreement: bool = True
-    driver_memory: str = "4g"
+    # In local mode the executors run inside the driver's JVM: its heap holds the shuffled co-occurrence blocks
+    # (the 10M-row set ran out of a 4 GB heap). Half the machine's memory by default.
+    driver_memory: str = field(default_factory=lambda: f"{max(2, os.sysconf('SC_PHYS_PAGES') * PAGE // 2**31)}g")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -356,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-agreement", action="store_true", help="skip the Online Retail agreement")
     parser.add_argument("--csv", default="../shared/datasets/online_retail.csv.gz")
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--driver-memory", help="the driver JVM's heap (local mode: the executors' too); default: "
+                                                "half the machine's memory")
     parser.add_argument("--cache", default="data/bench")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--invoices", type=int, default=1_000_000, help="scale set size (default: the scale preset)")
@@ -363,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     options = replace(SparkBenchOptions(), cache_dir=Path(args.cache), out_dir=Path(args.out), csv=Path(args.csv),
                       master=args.master, big_invoices=args.big_invoices, scale=not args.no_scale,
                       agreement=not args.no_agreement, invoices=args.invoices)
+    if args.driver_memory:
+        options = replace(options, driver_memory=args.driver_memory)
     bench_spark(options)
     return 0
 
