@@ -189,21 +189,23 @@ def table_counts(baskets: sp.csr_matrix, indptr: np.ndarray, target: np.ndarray,
         if indptr[start] == indptr[stop]:
             continue
         part = (xt[start:stop] @ x).tocsr()
-        _gather(part.indptr, part.indices, part.data, indptr, target, start, stop, counts)
+        _gather(part.indptr, part.indices, part.data, indptr, target, start, stop, counts, n)
     return counts
 
 
 def counts_from_gram(g: Gram, indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """table_counts from a basket gram computed beforehand (training computes it beside the item-item table)."""
+    """table_counts from a basket gram computed beforehand (training computes it beside the item-item table); g and
+    indptr may be a block of sources (Spark's unit of work), target holds item rows of the whole catalog."""
     counts = np.zeros(len(target), dtype=np.int32)
-    _gather(g.indptr, g.indices, g.data, indptr, target, 0, len(indptr) - 1, counts)
+    _gather(g.indptr, g.indices, g.data, indptr, target, 0, len(indptr) - 1, counts, g.shape[1])
     return counts
 
 
 def _gather(g_indptr: np.ndarray, g_indices: np.ndarray, g_data: np.ndarray, indptr: np.ndarray, target: np.ndarray,
-            start: int, stop: int, out: np.ndarray) -> None:
-    """out[e] = gram[source(e), target(e)] for the table entries of sources start..stop-1 (gram rows from start)."""
-    row = np.zeros(len(indptr), dtype=np.float32)
+            start: int, stop: int, out: np.ndarray, n_items: int) -> None:
+    """out[e] = gram[source(e), target(e)] for the table entries of sources start..stop-1 (gram rows from start);
+    the gram's columns and the targets are item rows of a catalog of n_items."""
+    row = np.zeros(n_items, dtype=np.float32)
     for s in range(start, stop):
         lo, hi = indptr[s], indptr[s + 1]
         if lo == hi:
