@@ -10,7 +10,6 @@ headers, invalid data refused, unknown methods answered 405 with Allow, no dropp
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -103,6 +102,7 @@ def fuzz(seconds: float, template: Path, workdir: Path | None = None, seed: int 
          settings: Settings | None = None) -> FuzzResult:
     """Fuzz a freshly started local server for `seconds` (schemathesis's time budget); stops the server after."""
     from recommender.core.storage import LocalStorage
+    from recommender.tools.bench.common import environment
     from recommender.tools.bench.deployment import free_port
     from recommender.local.server import start, stop
     from recommender.serving.users import add_user
@@ -122,17 +122,8 @@ def fuzz(seconds: float, template: Path, workdir: Path | None = None, seed: int 
     add_user(storage, USER, password, "Fuzz Tester", "fuzz@example.com", rounds=4)
     settings = replace(settings or Settings(), storage_url=str(data), run_dir=str(work / "run"), host="127.0.0.1",
                        port=free_port())
-    saved = {k: os.environ.get(k) for k in ("BCRYPT_ROUNDS", "JWT_SECRET")}
-    os.environ["BCRYPT_ROUNDS"] = "4"
-    os.environ.pop("JWT_SECRET", None)
-    try:
+    with environment(BCRYPT_ROUNDS="4", JWT_SECRET=None):
         info = start(settings, template)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     base = f"http://{info.host}:{info.port}"
     config = work / "schemathesis.toml"
     config.write_text(CONFIG)

@@ -10,12 +10,33 @@ import socket
 import statistics
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from recommender.core.errors import ConfigError
+
+@contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """This process's environment with values set (None: unset) for the duration: local.server.start passes it to
+    the server it spawns."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 # What the wrk scripts here share (bench serve, soak): the requests prepared in init() used in turn, and every
 # non-2xx answer counted, summed over wrk's threads by non2xx_total() in done(). Each script adds init and done.

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recommender.tools.bench.common import median, percentile, say
+from recommender.tools.bench.common import environment, median, percentile, say
 from recommender.tools.bench.deployment import Deployment
 from recommender.tools.bench.report import PartResult, Row, target_row
 from recommender.tools.bench.serve import WRK_SCRIPT, ensure_wrk, run_wrk
@@ -78,21 +76,6 @@ class LoginBurst:
             thread.join(timeout=40)
 
 
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    # server.start passes this process's environment to the server it spawns.
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def bench_logins(options: Options, dep: Deployment) -> PartResult:
     """Part logins: /send_data p50/p99 quiet and under login bursts (polite and flooding), alternated per round."""
     from dataclasses import replace
@@ -113,7 +96,7 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
         script.write_text(WRK_SCRIPT)
         bodies = work / "bodies.jsonl"
         bodies.write_text("".join(json.dumps({"product_list": b, "n": 10}) + "\n" for b in dep.baskets))
-        with _environment(**env):
+        with environment(**env):
             info = start(settings, options.template)
         url = f"http://{info.host}:{info.port}/send_data"
         try:
