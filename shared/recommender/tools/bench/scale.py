@@ -34,7 +34,7 @@ def synthetic_dataset(spec: Any, folder: Path) -> tuple[Path, dict]:
 
     from recommender.tools import synthetic
 
-    source_hash = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()
+    source_hash = synthetic.source_digest()
     digest = hashlib.sha256((repr(spec) + source_hash).encode()).hexdigest()[:10]
     stem = f"synthetic-{spec.invoices}inv-{spec.products}prod"
     path = folder / f"{stem}-{digest}.csv.gz"

@@ -149,7 +149,7 @@ def parquet_dataset(spec: Any, folder: Path) -> tuple[Path, dict]:
 
     from recommender.tools import synthetic
 
-    source_hash = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()
+    source_hash = synthetic.source_digest()
     digest = hashlib.sha256((repr(spec) + source_hash).encode()).hexdigest()[:10]
     path = folder / f"synthetic-{spec.invoices}inv-{spec.products}prod-{digest}.parquet.d"
     meta_path = path.with_name(path.name + ".json")

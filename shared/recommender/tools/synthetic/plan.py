@@ -1,0 +1,157 @@
+"""Customers and the invoice plan: who buys when, how much, which invoices are cancellations or dirty."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recommender.tools.synthetic.spec import (
+    _BLOCK,
+    _CUSTOMER_IDS,
+    _D_EMPTY,
+    _D_QUANTITY,
+    _D_SPACE,
+    _FIRST_CUSTOMER,
+    _FIRST_INVOICE,
+    _start_minute,
+    SyntheticSpec,
+)
+from recommender.tools.synthetic.vocabulary import (
+    _cdf,
+    _CUSTOMER_COUNTRY_P,
+    _draw,
+    _GUEST_COUNTRY_P,
+    _HOUR_P,
+    _HOURS,
+    _MONTH_P,
+    _SEASON_MONTHS,
+    _SERVICES,
+    _WEEKDAY_P,
+)
+from recommender.tools.synthetic.catalogue import _Catalogue
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Customers and the invoice plan (who buys when, how much, which invoices are cancellations or dirty).
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Customers:
+    ids: np.ndarray  # object: five-digit text
+    country: np.ndarray  # int
+    activity_cdf: np.ndarray
+    join_day: np.ndarray
+    favourites: np.ndarray  # (customers, 4) family indices
+    n_favourites: np.ndarray
+
+
+def _customers(spec: SyntheticSpec, cat: _Catalogue) -> _Customers:
+    rng = np.random.default_rng([spec.seed, 12, spec.customers, spec.products])
+    n = spec.customers
+    # New customers keep arriving through the year, so the last weeks hold some cold-start shoppers.
+    join_day = np.where(rng.random(n) < 0.4, 0, rng.integers(0, max(1, int(0.85 * spec.days)), n))
+    order = np.argsort(join_day, kind="stable")
+    ids = np.empty(n, dtype=object)
+    # IDs are handed out in joining order from a dense range, like the real 12346..18287.
+    span = min(_CUSTOMER_IDS, max(6_000, 3 * n))
+    ids[order] = (np.sort(rng.choice(span, n, replace=False)) + _FIRST_CUSTOMER).astype(str)
+    return _Customers(
+        ids=ids,
+        country=_draw(_cdf(_CUSTOMER_COUNTRY_P), rng.random(n)),
+        activity_cdf=_cdf(rng.lognormal(0.0, 1.2, n)),
+        join_day=join_day,
+        favourites=_draw(cat.favourite_cdf, rng.random((n, 4))),
+        n_favourites=1 + rng.binomial(3, 0.35, n),
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    number: np.ndarray
+    cancel: np.ndarray
+    ref: np.ndarray  # for a cancellation, the earlier invoice it reverses
+    customer: np.ndarray  # -1 for guests
+    country: np.ndarray
+    minute: np.ndarray  # minutes since the Unix epoch
+    in_season: np.ndarray
+    size: np.ndarray
+    services: np.ndarray  # bit i set: the invoice has a line of _SERVICES[i]
+    dirt: np.ndarray
+
+
+def _day_weights(spec: SyntheticSpec) -> np.ndarray:
+    days = np.datetime64(spec.start, "D") + np.arange(spec.days)
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+    month = days.astype("datetime64[M]").astype(np.int64) % 12
+    day_of_month = (days - days.astype("datetime64[M]")).astype(np.int64) + 1
+    # Closed between Christmas and the new year, as the real shop was.
+    closed = ((month == 11) & (day_of_month >= 23)) | ((month == 0) & (day_of_month <= 3))
+    w = _WEEKDAY_P[weekday] * _MONTH_P[month] * ~closed
+    return w if w.sum() > 0 else np.ones(spec.days)
+
+
+def _plan(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers) -> _Plan:
+    rng = np.random.default_rng([spec.seed, 13, spec.invoices])
+    n = spec.invoices
+    customer = _draw(cust.activity_cdf, rng.random(n))
+    customer[rng.random(n) < spec.guest_share] = -1
+    guest = customer < 0
+    country = np.where(guest, _draw(_cdf(_GUEST_COUNTRY_P), rng.random(n)), cust.country[np.maximum(customer, 0)])
+
+    # A customer shops only after joining: draw the day from the calendar weights above the join day.
+    day_w = _day_weights(spec)
+    cdf = np.cumsum(day_w) / day_w.sum()
+    before = np.concatenate([[0.0], cdf[:-1]])
+    floor = before[np.where(guest, 0, cust.join_day[np.maximum(customer, 0)])]
+    day = _draw(cdf, floor + rng.random(n) * (1.0 - floor))
+    minute_of_day = (_draw(_cdf(_HOUR_P), rng.random(n)) + _HOURS[0]) * 60 + rng.integers(0, 60, n)
+    minute = _start_minute(spec) + day * 1440 + minute_of_day
+    order = np.argsort(minute, kind="stable")
+    customer, country, guest, minute = customer[order], country[order], guest[order], minute[order]
+
+    single = rng.random(n) < spec.single_share
+    max_basket = max(2, min(300, spec.products // 3))
+    sizes = np.rint(rng.lognormal(np.log(spec.basket_median), 0.85, n))
+    size = np.where(single, 1, np.clip(sizes, 2, max_basket)).astype(np.int64)
+
+    index = np.arange(n)
+    cancel = np.zeros(n, bool)
+    ref = np.full(n, -1, np.int64)
+    if spec.dirty and spec.cancel_share > 0 and n >= 2:
+        # A cancellation reverses the latest earlier invoice of a registered customer in its block.
+        candidates = index[index % _BLOCK != 0]
+        count = min(len(candidates), max(1, round(spec.cancel_share * n)))
+        cancel[rng.choice(candidates, count, replace=False)] = True
+        valid = np.where(~cancel & ~guest, index, -1)
+        previous = np.concatenate([[-1], np.maximum.accumulate(valid)[:-1]])
+        cancel &= previous >= index - index % _BLOCK
+        ref = np.where(cancel, previous, -1)
+        customer = np.where(cancel, customer[np.maximum(ref, 0)], customer)
+        country = np.where(cancel, country[np.maximum(ref, 0)], country)
+        guest = customer < 0
+    size[cancel] = 0
+
+    services = np.zeros(n, np.int64)
+    dirt = np.zeros(n, np.int64)
+    purchases = index[~cancel]
+    if spec.dirty and len(purchases):
+        uk = country == 0
+        u = rng.random((len(_SERVICES), n))
+        chance = [
+            np.where(uk, 0.004, 0.6),  # POST: foreign orders pay postage
+            np.where(guest, 0.08, 0.0),  # DOT: web-shop guests
+            np.full(n, 0.003), np.full(n, 0.001), np.where(guest, 0.0005, 0.0),
+            np.where(uk, 0.0, 0.08),  # C2: carriage abroad
+        ]
+        for bit, p in enumerate(chance):
+            services |= np.where(~cancel & (u[bit] < p), 1 << bit, 0)
+            if not (services & (1 << bit)).any():  # every kind of dirt shows up at least once
+                services[rng.choice(purchases)] |= 1 << bit
+        for bit, rate in ((_D_QUANTITY, 0.004), (_D_EMPTY, 0.004), (_D_SPACE, 0.003)):
+            count = min(len(purchases), max(1, round(rate * n)))
+            dirt[rng.choice(purchases, count, replace=False)] |= bit
+
+    months = minute.astype("datetime64[m]").astype("datetime64[M]").astype(np.int64) % 12
+    first = _FIRST_INVOICE if _FIRST_INVOICE + n <= 1_000_000 else max(100_000, 1_000_000 - n)
+    return _Plan(number=first + index, cancel=cancel, ref=ref, customer=customer, country=country,
+                 minute=minute, in_season=_SEASON_MONTHS[months], size=size, services=services, dirt=dirt)
