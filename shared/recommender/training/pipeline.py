@@ -471,7 +471,8 @@ def build_and_measure(build_all: Callable[[Path, Progress], dict],
         try:
             model_info = build_without(folder, near, progress)
         except DataFileError as err:
-            return _unmeasured(err, build_all, folder, progress)
+            _not_measured(err, progress)
+            return Measured(build_all(folder, progress), None, (), True)
         evaluation, extra = assess_holdout(folder, model_info, held, params, progress, near)
         if evaluation is not None:
             evaluation["measured"] = "the published model, trained without the held-out baskets"
@@ -482,7 +483,8 @@ def build_and_measure(build_all: Callable[[Path, Progress], dict],
         try:
             measured_info = build_without(measured, near, lambda text: progress(f"  holdout model: {text}"))
         except DataFileError as err:
-            return _unmeasured(err, None, folder, progress, model_info)
+            _not_measured(err, progress)
+            return Measured(model_info, None, (), True)
         built = time.perf_counter() - started
         evaluation, extra = assess_holdout(measured, measured_info, held, params, progress, near)
         for name in extra:
@@ -493,11 +495,10 @@ def build_and_measure(build_all: Callable[[Path, Progress], dict],
     return Measured(model_info, evaluation, extra, True)
 
 
-def _unmeasured(err: DataFileError, build_all: Callable[[Path, Progress], dict] | None, folder: Path,
-                progress: Progress, model_info: dict | None = None) -> Measured:
-    """Every co-purchase is among the held-out baskets: the model learns from everything, unmeasured."""
+def _not_measured(err: DataFileError, progress: Progress) -> None:
+    """Say why the model goes unmeasured (e.g. every co-purchase is among the held-out baskets): it then learns
+    from everything."""
     progress(f"holdout: not measured: without the held-out baskets, {err.message}")
-    return Measured(model_info if build_all is None else build_all(folder, progress), None, (), True)
 
 
 def publish_built(fill: Callable[[Path], Built], params: TrainingParams, storage: Storage, source_info: dict | None,
