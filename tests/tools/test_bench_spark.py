@@ -2,7 +2,9 @@
 
 import os
 
-from recommender.tools.bench.spark import compare_models, report_table, tree_memory
+from dataclasses import replace
+
+from recommender.tools.bench.spark import SparkBenchOptions, big_spec, compare_models, report_table, tree_memory
 
 
 def test_tree_memory_counts_this_process_as_the_driver():
@@ -31,3 +33,8 @@ def test_report_table_shows_every_part():
     table = report_table(results)
     for expected in ("identical neighbour sets | | 100.00%", "10M scale set", "big set", "245.0 s", "JVM 0.50"):
         assert expected in table, expected
+
+
+def test_the_big_set_multiplies_invoices_and_customers_alike():
+    spec = big_spec(replace(SparkBenchOptions(), big_invoices=10_000_000))
+    assert (spec.invoices, spec.customers, spec.products) == (10_000_000, 800_000, 100_000)

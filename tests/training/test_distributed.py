@@ -87,6 +87,20 @@ def test_spark_trains_the_same_model(spark, single, tmp_path, tiny_csv):
     assert all(line in text for line in single_report)
 
 
+def test_a_bigger_input_gets_more_partitions_and_the_same_model(spark, single, tmp_path, tiny_csv, monkeypatch):
+    from recommender.training import distributed
+
+    assert distributed.matrix_partitions(9_600_000, 2) == 4  # the 10M-row set: two per core
+    assert distributed.matrix_partitions(96_000_000, 2) == 39
+    monkeypatch.setattr(distributed, "ROWS_PER_PART", 300)
+    lines = []
+    result = train(tiny_csv, LocalStorage(tmp_path), progress=lines.append, engine="spark")
+    kept = result.manifest["counts"]["rows_kept"]
+    assert f"entries in {-(-kept // 300)} partitions" in "\n".join(lines) and kept > 1500
+    single_result, single_folder = single
+    assert_same_model(result, tmp_path / "models" / "versions" / result.version, single_result, single_folder)
+
+
 def _report_lines(result):
     from recommender.training.ingest import CleaningReport, describe_report
 

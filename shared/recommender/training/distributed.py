@@ -58,6 +58,9 @@ _MARK, _END = "<<recommender-data-error>>", "<</recommender-data-error>>"
 GRAM_BLOCK = 4096        # item rows of the co-occurrence matrix per block (as the single-machine trainer)
 TARGET_BLOCK = 2048      # targets whose ridge systems are solved together (2048 x 100 x 100 float32: 82 MB)
 DENSE_BYTES = 1 << 28    # a dense slice of co-occurrence rows used to gather the systems (256 MB)
+# Kept input rows per matrix partition: each task's partial co-occurrence grows with its rows, so a bigger input
+# gets more partitions rather than bigger ones (the 10M-row set: 4 partitions, 4.7 GiB for both Python workers).
+ROWS_PER_PART = 2_500_000
 PART_SCHEMA = ("part int, row long, invoice string, code string, customer string, description string, time long, "
                "price string, priced long, rows_read long, " + ", ".join(f"dropped_{i} long" for i in range(len(REASONS))))
 
@@ -291,7 +294,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
 
     raw.unpersist()  # everything below reads the cached frames derived from it
-    frames = Frames(rows, baskets, basket_customer, described, priced)
+    frames = Frames(rows, baskets, basket_customer, described, priced, report.rows_kept)
     # The holdout: the most recent baskets, chosen as holdout.split_mask does (pipeline.build_and_measure says what
     # is trained and measured with them).
     held = _held_out(rows, baskets, report.baskets, params)
@@ -301,7 +304,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
         if not kept:
             out = F.broadcast(spark.createDataFrame([(b,) for b in held.basket_ids], "invoice string"))
             kept.append(Frames(rows.join(out, "invoice", "left_anti"), baskets.join(out, "invoice", "left_anti"),
-                               basket_customer, described, priced))
+                               basket_customer, described, priced, report.rows_kept))
         return kept[0]
 
     done = build_and_measure(
@@ -318,16 +321,23 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     return Built(done.model, report, engine, period, done.evaluation, done.extra)
 
 
+def matrix_partitions(rows_kept: int, parallelism: int) -> int:
+    """How many partitions the matrix rows get: two per core, more for a big input (ROWS_PER_PART)."""
+    return max(2, 2 * parallelism, -(-rows_kept // ROWS_PER_PART))
+
+
 @dataclass(frozen=True)
 class Frames:
     """The cleaned input a model is trained from: kept rows (with file order), baskets (first row, time), each
-    basket's customer, each code's latest description and price, and whether the input has prices."""
+    basket's customer, each code's latest description and price, whether the input has prices, and how many rows
+    were kept (what sizes the matrix's partitions)."""
 
     rows: Any
     baskets: Any
     basket_customer: Any
     described: Any
     priced: bool
+    rows_kept: int
 
 
 def _model(spark: Any, frames: Frames, n_baskets: int, params: TrainingParams, folder: Path, progress: Progress
@@ -370,7 +380,7 @@ def _model(spark: Any, frames: Frames, n_baskets: int, params: TrainingParams, f
                                                       .orderBy(F.desc("n"), F.asc("idx")))))
     customer_rows = (ranked.filter(F.col("rank") <= params.customer_max_items).groupBy("customer")
                      .agg(F.sort_array(F.collect_list("idx")).alias("items")))
-    n_parts = max(2, 2 * sc.defaultParallelism)
+    n_parts = matrix_partitions(frames.rows_kept, sc.defaultParallelism)
     matrix = (basket_rows.select("items", F.lit(True).alias("basket"))
               .unionByName(customer_rows.select("items", F.lit(False).alias("basket")))
               .repartition(n_parts).rdd.mapPartitions(_csr_blocks).persist(StorageLevel.MEMORY_AND_DISK))
@@ -387,7 +397,7 @@ def _model(spark: Any, frames: Frames, n_baskets: int, params: TrainingParams, f
     pairs.unpersist()
     n_customers = n_rows - n_baskets
     progress(f"matrix: {n_baskets:,} baskets + {n_customers:,} returning customers' histories x {n_items:,} "
-             f"items, {n_entries:,} entries ({time.perf_counter() - t:.1f} s)")
+             f"items, {n_entries:,} entries in {n_parts} partitions ({time.perf_counter() - t:.1f} s)")
     signal = copurchase.Signal(n_rows, int(with_two), n_items, int(together.sum()))
     copurchase.check(signal, n_baskets, progress)
 
@@ -469,6 +479,8 @@ def _item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: 
                      ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray], Callable]:
     """Top-k neighbours and ridge weights of every item (items x k each), computed on the executors; and how to
     count each table entry's baskets once the table is laid out by source (then release what is kept for it)."""
+    from pyspark import StorageLevel
+
     n_blocks = -(-n_items // GRAM_BLOCK)
 
     def partial_grams(block: tuple[np.ndarray, ...]) -> Iterator[tuple[tuple[int, int], tuple]]:
@@ -505,10 +517,14 @@ def _item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: 
 
     counts_b = sc.broadcast(counts)
     shuffle = max(1, min(n_blocks, n_parts * 2))
-    by_kind = matrix.flatMap(partial_grams).reduceByKey(add, numPartitions=shuffle).persist()
-    grams = by_kind.map(lambda kv: (kv[0][0], kv[1])).reduceByKey(add, numPartitions=shuffle).map(sorted_block).persist()
+    # Spilled to disk rather than dropped when the executors' memory is short: recomputing them means the whole
+    # co-occurrence again.
+    spill = StorageLevel.MEMORY_AND_DISK
+    by_kind = matrix.flatMap(partial_grams).reduceByKey(add, numPartitions=shuffle).persist(spill)
+    grams = (by_kind.map(lambda kv: (kv[0][0], kv[1])).reduceByKey(add, numPartitions=shuffle).map(sorted_block)
+             .persist(spill))
     basket_grams = by_kind.filter(lambda kv: kv[0][1] == 1).map(lambda kv: (kv[0][0], kv[1])).map(sorted_block)
-    basket_grams = basket_grams.persist()
+    basket_grams = basket_grams.persist(spill)
 
     def block_gram(b: int, arrays: tuple) -> neighbors.Gram:
         indptr, indices, data = arrays

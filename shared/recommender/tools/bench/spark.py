@@ -167,6 +167,16 @@ def parquet_dataset(spec: Any, folder: Path) -> tuple[Path, dict]:
     return path, meta
 
 
+def big_spec(options: SparkBenchOptions) -> Any:
+    """The big run's set: the scale set with invoices and customers multiplied alike, over the same catalogue. A
+    retailer with 10x the invoices has more customers, not customers who each buy 10x as much (whose histories
+    would multiply the co-occurrence work by 100)."""
+    from recommender.tools import synthetic
+
+    customers = max(1, options.customers * options.big_invoices // options.invoices)
+    return synthetic.preset("scale", invoices=options.big_invoices, products=options.products, customers=customers)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Agreement of two models.
 # ---------------------------------------------------------------------------------------------------------
@@ -260,8 +270,7 @@ def bench_spark(options: SparkBenchOptions) -> dict:
                 results["scale"]["runs"][engine] = run
                 shutil.rmtree(Path(tmp) / f"scale-{engine}", ignore_errors=True)
         if options.big_invoices:
-            spec = synthetic.preset("scale", invoices=options.big_invoices, products=options.products,
-                                    customers=options.customers)
+            spec = big_spec(options)
             t = time.perf_counter()
             path, meta = parquet_dataset(spec, options.cache_dir)
             say(f"big run: engine spark on {meta['rows']:,} rows ({meta['parts']} parts, {meta['bytes'] / GiB:.1f} "

@@ -37,7 +37,7 @@ from recommender.tools.synthetic.catalogue import _Catalogue
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Customers:
-    ids: np.ndarray  # object: five-digit text
+    ids: np.ndarray  # object: digits (five up to _CUSTOMER_IDS customers)
     country: np.ndarray  # int
     activity_cdf: np.ndarray
     join_day: np.ndarray
@@ -52,8 +52,9 @@ def _customers(spec: SyntheticSpec, cat: _Catalogue) -> _Customers:
     join_day = np.where(rng.random(n) < 0.4, 0, rng.integers(0, max(1, int(0.85 * spec.days)), n))
     order = np.argsort(join_day, kind="stable")
     ids = np.empty(n, dtype=object)
-    # IDs are handed out in joining order from a dense range, like the real 12346..18287.
-    span = min(_CUSTOMER_IDS, max(6_000, 3 * n))
+    # IDs are handed out in joining order from a dense range, like the real 12346..18287; five digits while they
+    # fit, then as many as needed.
+    span = max(n, min(_CUSTOMER_IDS, max(6_000, 3 * n)))
     ids[order] = (np.sort(rng.choice(span, n, replace=False)) + _FIRST_CUSTOMER).astype(str)
     return _Customers(
         ids=ids,

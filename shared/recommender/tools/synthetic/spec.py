@@ -20,7 +20,8 @@ COLUMNS: tuple[str, ...] = (
 _BLOCK = 20_000
 _FIRST_INVOICE = 536_365  # where the real data set starts numbering
 _FIRST_CUSTOMER = 12_346
-_CUSTOMER_IDS = 99_999 - _FIRST_CUSTOMER + 1  # CustomerID stays five digits
+_CUSTOMER_IDS = 99_999 - _FIRST_CUSTOMER + 1  # five-digit CustomerIDs, as in the real file, up to this many
+_MAX_CUSTOMERS = 10_000_000  # beyond five digits the IDs simply get longer (a big retailer's 100M-row history)
 _BASE_CODES = 90_000  # five-digit stock-code bases 10000..99999
 _MAX_PRODUCTS = 500_000
 _MAX_INVOICES = 10_000_000  # the invoice plan is held in memory, about 100 bytes per invoice
@@ -58,9 +59,8 @@ class SyntheticSpec:
             raise InvalidInput(f"invoices must be between 1 and {_MAX_INVOICES}, got {self.invoices}")
         if not 2 <= self.products <= _MAX_PRODUCTS:
             raise InvalidInput(f"products must be between 2 and {_MAX_PRODUCTS}, got {self.products}")
-        if not 1 <= self.customers <= _CUSTOMER_IDS:
-            raise InvalidInput(
-                f"customers must be between 1 and {_CUSTOMER_IDS} (five-digit IDs), got {self.customers}")
+        if not 1 <= self.customers <= _MAX_CUSTOMERS:
+            raise InvalidInput(f"customers must be between 1 and {_MAX_CUSTOMERS}, got {self.customers}")
         if self.days < 1:
             raise InvalidInput(f"days must be at least 1, got {self.days}")
         if self.basket_median < 1:
