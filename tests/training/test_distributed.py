@@ -87,12 +87,15 @@ def test_spark_trains_the_same_model(spark, single, tmp_path, tiny_csv):
     assert all(line in text for line in single_report)
 
 
-def test_a_bigger_input_gets_more_partitions_and_the_same_model(spark, single, tmp_path, tiny_csv, monkeypatch):
+def test_a_bigger_input_gets_more_partitions_and_smaller_blocks_and_the_same_model(spark, single, tmp_path, tiny_csv,
+                                                                                      monkeypatch):
     from recommender.training import distributed
 
     assert distributed.matrix_partitions(9_600_000, 2) == 4  # the 10M-row set: two per core
     assert distributed.matrix_partitions(96_000_000, 2) == 39
+    assert distributed.block_rows(4_000) == 4096 and distributed.block_rows(100_000) == 671
     monkeypatch.setattr(distributed, "ROWS_PER_PART", 300)
+    monkeypatch.setattr(distributed, "GRAM_BLOCK", 16)  # 60 items: four blocks
     lines = []
     result = train(tiny_csv, LocalStorage(tmp_path), progress=lines.append, engine="spark")
     kept = result.manifest["counts"]["rows_kept"]
@@ -182,3 +185,17 @@ def test_the_default_trainer_and_the_serving_code_never_import_pyspark(tmp_path,
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"')) == []
+
+
+def test_a_worker_killed_for_memory_is_named_in_one_line(spark):
+    import os
+    import signal
+
+    from recommender.training.distributed import _cause
+
+    def die(_row):
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+
+    with pytest.raises(Exception) as failed:
+        spark.sparkContext.parallelize([1], 1).map(die).collect()
+    assert "out of memory" in _cause(failed.value)

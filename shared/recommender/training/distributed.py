@@ -55,7 +55,11 @@ Progress = Callable[[str], None]
 DEFAULT_MASTER = "local[*]"
 # A data error raised on an executor crosses the JVM as text; these marks find its message again on the driver.
 _MARK, _END = "<<recommender-data-error>>", "<</recommender-data-error>>"
-GRAM_BLOCK = 4096        # item rows of the co-occurrence matrix per block (as the single-machine trainer)
+GRAM_BLOCK = 4096        # item rows of the co-occurrence matrix per block (as the single-machine trainer) ...
+# ... at most: a block is merged from every partition's share in one Python worker, and the most popular items'
+# rows are nearly dense, so a big catalog gets blocks of fewer rows (the 100M-row run crashed a worker merging
+# 4,096 x 100k-item rows).
+BLOCK_ENTRIES = 1 << 26
 TARGET_BLOCK = 2048      # targets whose ridge systems are solved together (2048 x 100 x 100 float32: 82 MB)
 DENSE_BYTES = 1 << 28    # a dense slice of co-occurrence rows used to gather the systems (256 MB)
 # Kept input rows per matrix partition: each task's partial co-occurrence grows with its rows, so a bigger input
@@ -155,6 +159,9 @@ def _cause(err: BaseException) -> str:
              if "exception was thrown from the Python worker" not in line]
     if found:
         return found[-1]
+    if "Python worker exited unexpectedly" in text:  # killed, most often for memory: no Python traceback exists
+        return ("a Python worker on an executor died (most often out of memory: give the executors more "
+                "spark.executor.memoryOverhead, or the driver less memory in local mode)")
     return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
 
 
@@ -321,6 +328,12 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     return Built(done.model, report, engine, period, done.evaluation, done.extra)
 
 
+def block_rows(n_items: int) -> int:
+    """Item rows per block of the co-occurrence matrix: GRAM_BLOCK, fewer when that many rows of n_items could
+    exceed BLOCK_ENTRIES entries."""
+    return max(1, min(GRAM_BLOCK, BLOCK_ENTRIES // max(1, n_items)))
+
+
 def matrix_partitions(rows_kept: int, parallelism: int) -> int:
     """How many partitions the matrix rows get: two per core, more for a big input (ROWS_PER_PART)."""
     return max(2, 2 * parallelism, -(-rows_kept // ROWS_PER_PART))
@@ -481,7 +494,8 @@ def _item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: 
     count each table entry's baskets once the table is laid out by source (then release what is kept for it)."""
     from pyspark import StorageLevel
 
-    n_blocks = -(-n_items // GRAM_BLOCK)
+    size = block_rows(n_items)
+    n_blocks = -(-n_items // size)
 
     def partial_grams(block: tuple[np.ndarray, ...]) -> Iterator[tuple[tuple[int, int], tuple]]:
         """X'X of this partition's basket rows (kind 1) and customer rows (kind 0), by blocks of item rows: their
@@ -494,7 +508,7 @@ def _item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: 
                 continue
             xt = x.T.tocsr()
             for b in range(n_blocks):
-                part = (xt[b * GRAM_BLOCK:(b + 1) * GRAM_BLOCK] @ x).tocsr()
+                part = (xt[b * size:(b + 1) * size] @ x).tocsr()
                 if part.nnz:
                     yield (b, kind), (part.indptr.astype(np.int64), part.indices.astype(np.int32),
                                       part.data.astype(np.float32))
@@ -528,15 +542,15 @@ def _item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: 
 
     def block_gram(b: int, arrays: tuple) -> neighbors.Gram:
         indptr, indices, data = arrays
-        rows = min(GRAM_BLOCK, n_items - b * GRAM_BLOCK)
+        rows = min(size, n_items - b * size)
         if len(indptr) - 1 < rows:  # trailing empty rows of the last block
             indptr = np.concatenate([indptr, np.full(rows - len(indptr) + 1, indptr[-1])])
-        return neighbors.Gram(indptr, indices, data, counts_b.value, start=b * GRAM_BLOCK)
+        return neighbors.Gram(indptr, indices, data, counts_b.value, start=b * size)
 
     found = grams.map(lambda item: (item[0], neighbors.top_neighbors(block_gram(*item), k))).collect()
     table_index = np.full((n_items, k), -1, dtype=np.int32)
     for b, block in found:
-        table_index[b * GRAM_BLOCK:b * GRAM_BLOCK + len(block)] = block
+        table_index[b * size:b * size + len(block)] = block
     nbrs_b = sc.broadcast(table_index)
     # Every (target, position) of the table sorted by its neighbour: each block finds the targets that need its rows
     # with two binary searches.
