@@ -121,9 +121,10 @@ def measure_training(source: str | Path, storage: Path, engine: str, options: Sp
             time.sleep(0.5)
         seconds = time.perf_counter() - t
         log.seek(0)
-        lines = [line for line in log if not line.startswith(("{", " "))][-200:]
-    if proc.returncode != 0:
-        tail = "".join(lines[-15:])
+        lines = [line for line in log if not line.startswith(("{", " ", "\t"))][-200:]
+    if proc.returncode != 0:  # Spark's own ERROR lines name the cause; the last lines, what the user saw
+        errors = [line for line in lines if " ERROR " in line or "Error:" in line][:8]
+        tail = "".join(errors + [line for line in lines[-10:] if line not in errors])
         raise RuntimeError(f"training with engine {engine} failed (exit {proc.returncode}):\n{tail}")
     stages = {}
     for line in lines:
