@@ -93,7 +93,6 @@ def test_a_bigger_input_gets_more_partitions_and_smaller_blocks_and_the_same_mod
 
     assert distributed.matrix_partitions(9_600_000, 2) == 4  # the 10M-row set: two per core
     assert distributed.matrix_partitions(96_000_000, 2) == 39
-    assert distributed.block_rows(4_000) == 4096 and distributed.block_rows(100_000) == 671
     monkeypatch.setattr(distributed, "ROWS_PER_PART", 300)
     monkeypatch.setattr(distributed, "GRAM_BLOCK", 16)  # 60 items: four blocks
     lines = []

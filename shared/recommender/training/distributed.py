@@ -55,11 +55,7 @@ Progress = Callable[[str], None]
 DEFAULT_MASTER = "local[*]"
 # A data error raised on an executor crosses the JVM as text; these marks find its message again on the driver.
 _MARK, _END = "<<recommender-data-error>>", "<</recommender-data-error>>"
-GRAM_BLOCK = 4096        # item rows of the co-occurrence matrix per block (as the single-machine trainer) ...
-# ... at most: a block is merged from every partition's share in one Python worker, and the most popular items'
-# rows are nearly dense, so a big catalog gets blocks of fewer rows (the 100M-row run crashed a worker merging
-# 4,096 x 100k-item rows).
-BLOCK_ENTRIES = 1 << 26
+GRAM_BLOCK = 4096        # item rows of the co-occurrence matrix per block (as the single-machine trainer)
 TARGET_BLOCK = 2048      # targets whose ridge systems are solved together (2048 x 100 x 100 float32: 82 MB)
 DENSE_BYTES = 1 << 28    # a dense slice of co-occurrence rows used to gather the systems (256 MB)
 # Kept input rows per matrix partition: each task's partial co-occurrence grows with its rows, so a bigger input
@@ -328,12 +324,6 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     return Built(done.model, report, engine, period, done.evaluation, done.extra)
 
 
-def block_rows(n_items: int) -> int:
-    """Item rows per block of the co-occurrence matrix: GRAM_BLOCK, fewer when that many rows of n_items could
-    exceed BLOCK_ENTRIES entries."""
-    return max(1, min(GRAM_BLOCK, BLOCK_ENTRIES // max(1, n_items)))
-
-
 def matrix_partitions(rows_kept: int, parallelism: int) -> int:
     """How many partitions the matrix rows get: two per core, more for a big input (ROWS_PER_PART)."""
     return max(2, 2 * parallelism, -(-rows_kept // ROWS_PER_PART))
@@ -494,7 +484,7 @@ def _item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: 
     count each table entry's baskets once the table is laid out by source (then release what is kept for it)."""
     from pyspark import StorageLevel
 
-    size = block_rows(n_items)
+    size = GRAM_BLOCK  # read on the driver; the closures below carry it to the executors
     n_blocks = -(-n_items // size)
 
     def partial_grams(block: tuple[np.ndarray, ...]) -> Iterator[tuple[tuple[int, int], tuple]]:
