@@ -1,7 +1,6 @@
 """make bench-spark's pieces: process-tree memory, model agreement, the table (the heavy runs never run in make test)."""
 
 import os
-
 from dataclasses import replace
 
 from recommender.tools.bench.spark import SparkBenchOptions, big_spec, compare_models, report_table, tree_memory

@@ -297,7 +297,8 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
 
     raw.unpersist()  # everything below reads the cached frames derived from it
-    frames = Frames(rows, baskets, basket_customer, described, priced, report.rows_kept)
+    frames = Frames(rows, baskets, basket_customer, described, priced)
+    n_parts = matrix_partitions(report.rows_kept, sc.defaultParallelism)
     # The holdout: the most recent baskets, chosen as holdout.split_mask does (pipeline.build_and_measure says what
     # is trained and measured with them).
     held = _held_out(rows, baskets, report.baskets, params)
@@ -307,12 +308,13 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
         if not kept:
             out = F.broadcast(spark.createDataFrame([(b,) for b in held.basket_ids], "invoice string"))
             kept.append(Frames(rows.join(out, "invoice", "left_anti"), baskets.join(out, "invoice", "left_anti"),
-                               basket_customer, described, priced, report.rows_kept))
+                               basket_customer, described, priced))
         return kept[0]
 
     done = build_and_measure(
-        lambda out, say: _model(spark, frames, report.baskets, params, out, say),
-        lambda out, _near, say: _model(spark, without_held(), without_held().baskets.count(), params, out, say),
+        lambda out, say: _model(spark, frames, report.baskets, n_parts, params, out, say),
+        lambda out, _near, say: _model(spark, without_held(), without_held().baskets.count(), n_parts, params, out,
+                                       say),
         held, report.baskets, params, folder, progress)
     learned = frames if done.learned_all else without_held()
     span = learned.baskets.agg(F.min("time"), F.max("time")).collect()[0]
@@ -332,19 +334,17 @@ def matrix_partitions(rows_kept: int, parallelism: int) -> int:
 @dataclass(frozen=True)
 class Frames:
     """The cleaned input a model is trained from: kept rows (with file order), baskets (first row, time), each
-    basket's customer, each code's latest description and price, whether the input has prices, and how many rows
-    were kept (what sizes the matrix's partitions)."""
+    basket's customer, each code's latest description and price, and whether the input has prices."""
 
     rows: Any
     baskets: Any
     basket_customer: Any
     described: Any
     priced: bool
-    rows_kept: int
 
 
-def _model(spark: Any, frames: Frames, n_baskets: int, params: TrainingParams, folder: Path, progress: Progress
-           ) -> dict:
+def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: TrainingParams, folder: Path,
+           progress: Progress) -> dict:
     """One model from the frames' baskets, written into folder: the items, the matrix rows, the item-item table
     and the embeddings on the executors, the rest on the driver (pipeline.finish_model). Returns the manifest's
     model part."""
@@ -383,7 +383,6 @@ def _model(spark: Any, frames: Frames, n_baskets: int, params: TrainingParams, f
                                                       .orderBy(F.desc("n"), F.asc("idx")))))
     customer_rows = (ranked.filter(F.col("rank") <= params.customer_max_items).groupBy("customer")
                      .agg(F.sort_array(F.collect_list("idx")).alias("items")))
-    n_parts = matrix_partitions(frames.rows_kept, sc.defaultParallelism)
     matrix = (basket_rows.select("items", F.lit(True).alias("basket"))
               .unionByName(customer_rows.select("items", F.lit(False).alias("basket")))
               .repartition(n_parts).rdd.mapPartitions(_csr_blocks).persist(StorageLevel.MEMORY_AND_DISK))
