@@ -89,12 +89,14 @@ def test_spark_trains_the_same_model(spark, single, tmp_path, tiny_csv):
 
 def test_a_bigger_input_gets_more_partitions_and_smaller_blocks_and_the_same_model(spark, single, tmp_path, tiny_csv,
                                                                                       monkeypatch):
-    from recommender.training import distributed
+    from recommender.training import distributed, distributed_table
 
     assert distributed.matrix_partitions(9_600_000, 2) == 4  # the 10M-row set: two per core
     assert distributed.matrix_partitions(96_000_000, 2) == 39
     monkeypatch.setattr(distributed, "ROWS_PER_PART", 300)
-    monkeypatch.setattr(distributed, "GRAM_BLOCK", 16)  # 60 items: four blocks
+    monkeypatch.setattr(distributed_table, "GRAM_BLOCK", 16)  # 60 items: four blocks of co-occurrence rows,
+    monkeypatch.setattr(distributed_table, "TARGET_BLOCK", 16)  # four blocks of ridge systems,
+    monkeypatch.setattr(distributed_table, "DENSE_BYTES", 4 * 61 * 5)  # computed five rows at a time
     lines = []
     result = train(tiny_csv, LocalStorage(tmp_path), progress=lines.append, engine="spark")
     kept = result.manifest["counts"]["rows_kept"]

@@ -3,8 +3,8 @@
 Executors read the parts of the input (pandas / pyarrow, one task per part) and clean them with ingest.clean_chunk,
 the rules the single-machine trainer applies; Spark SQL builds the basket and customer-history rows; numpy on the
 executors computes the co-occurrence counts by blocks of items, each item's top-K neighbours
-(neighbors.top_neighbors), the per-item ridge regressions (neighbors.solve_ridge) and the products of the
-randomized SVD. Only items x K (the table) and items x k (the SVD's blocks and the embeddings) reach the driver,
+(neighbors.top_neighbors) and the per-item ridge regressions (neighbors.solve_ridge) (distributed_table), and the
+products of the randomized SVD. Only items x K (the table) and items x k (the SVD's blocks and the embeddings) reach the driver,
 which finishes the model with the single-machine code (pipeline.finish_model: Annoy index, table by source,
 catalog) and publishes it through the same registry. Imported only when the Spark engine is asked for.
 """
@@ -33,6 +33,7 @@ from recommender.training.ingest import (
     read_part,
 )
 from recommender.training import copurchase, samples
+from recommender.training.distributed_table import item_item_table, one_blas_thread
 from recommender.training.holdout import HeldOut
 from recommender.training.pipeline import (
     Built,
@@ -55,9 +56,6 @@ Progress = Callable[[str], None]
 DEFAULT_MASTER = "local[*]"
 # A data error raised on an executor crosses the JVM as text; these marks find its message again on the driver.
 _MARK, _END = "<<recommender-data-error>>", "<</recommender-data-error>>"
-GRAM_BLOCK = 4096        # item rows of the co-occurrence matrix per block (as the single-machine trainer)
-TARGET_BLOCK = 2048      # targets whose ridge systems are solved together (2048 x 100 x 100 float32: 82 MB)
-DENSE_BYTES = 1 << 28    # a dense slice of co-occurrence rows used to gather the systems (256 MB)
 # Kept input rows per matrix partition: each task's partial co-occurrence grows with its rows, so a bigger input
 # gets more partitions rather than bigger ones (the 10M-row set: 4 partitions, 4.7 GiB for both Python workers).
 ROWS_PER_PART = 2_500_000
@@ -214,14 +212,6 @@ def _matrix(block: tuple[np.ndarray, ...], n_items: int, values: np.ndarray | No
     indptr, indices = block[0], block[1]
     data = np.ones(len(indices), dtype=dtype) if values is None else values[indices]
     return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
-
-
-def _one_blas_thread() -> None:
-    """One BLAS thread in this Python worker, as in the single-machine trainer (many small dense problems; and
-    several tasks already share the cores)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1)
 
 
 def trainer(source: Source, params: TrainingParams, progress: Progress = print,
@@ -407,17 +397,15 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
     k_nbrs = min(params.neighbors, n_items - 1)
     ridge = ridge_lambda(counts_vec, params)
     with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
-        table_index, table_weight, pair_counts, release = _item_item_table(sc, matrix, counts_vec, n_items, k_nbrs,
-                                                                           ridge, n_parts)
+        table_index, table_weight, pair_counts = item_item_table(sc, matrix, counts_vec, n_items, k_nbrs, ridge,
+                                                                 progress)
     with _stage(progress, f"svd: {k} factors"):
         embeddings = _embeddings(sc, matrix, counts_vec, n_items, k, params)
     matrix.unpersist()
     parts_out = ModelParts(codes, descriptions, popularity, table_index, table_weight, k=k, ridge=ridge,
                            baskets=n_baskets, customer_rows=n_customers, samples=chosen, pair_counts=pair_counts,
                            prices=prices, signal=signal.as_dict(), embeddings=embeddings)
-    model_info = finish_model(folder, parts_out, params, progress)
-    release()
-    return model_info
+    return finish_model(folder, parts_out, params, progress)
 
 
 def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -> HeldOut | None:
@@ -477,152 +465,6 @@ def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
     return out
 
 
-def _item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, lam: float, n_parts: int
-                     ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray], Callable]:
-    """Top-k neighbours and ridge weights of every item (items x k each), computed on the executors; and how to
-    count each table entry's baskets once the table is laid out by source (then release what is kept for it)."""
-    from pyspark import StorageLevel
-
-    size = GRAM_BLOCK  # read on the driver; the closures below carry it to the executors
-    n_blocks = -(-n_items // size)
-
-    def partial_grams(block: tuple[np.ndarray, ...]) -> Iterator[tuple[tuple[int, int], tuple]]:
-        """X'X of this partition's basket rows (kind 1) and customer rows (kind 0), by blocks of item rows: their
-        sum is the co-occurrence of the table, the baskets' alone the counts of the reasons."""
-        _one_blas_thread()
-        whole = _matrix(block, n_items)
-        for kind in (1, 0):
-            x = whole[block[2] if kind else ~block[2]]
-            if not x.nnz:
-                continue
-            xt = x.T.tocsr()
-            for b in range(n_blocks):
-                part = (xt[b * size:(b + 1) * size] @ x).tocsr()
-                if part.nnz:
-                    yield (b, kind), (part.indptr.astype(np.int64), part.indices.astype(np.int32),
-                                      part.data.astype(np.float32))
-
-    def add(a: tuple, b: tuple) -> tuple:
-        import scipy.sparse as sp
-
-        shape = (len(a[0]) - 1, n_items)
-        total = sp.csr_matrix((a[2], a[1], a[0]), shape=shape) + sp.csr_matrix((b[2], b[1], b[0]), shape=shape)
-        return total.indptr.astype(np.int64), total.indices.astype(np.int32), total.data.astype(np.float32)
-
-    def sorted_block(item: tuple[int, tuple]) -> tuple[int, tuple]:
-        import scipy.sparse as sp
-
-        b, (indptr, indices, data) = item
-        m = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
-        m.sum_duplicates()
-        m.sort_indices()
-        return b, (m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data.astype(np.float32))
-
-    counts_b = sc.broadcast(counts)
-    shuffle = max(1, min(n_blocks, n_parts * 2))
-    # Spilled to disk rather than dropped when the executors' memory is short: recomputing them means the whole
-    # co-occurrence again.
-    spill = StorageLevel.MEMORY_AND_DISK
-    by_kind = matrix.flatMap(partial_grams).reduceByKey(add, numPartitions=shuffle).persist(spill)
-    grams = (by_kind.map(lambda kv: (kv[0][0], kv[1])).reduceByKey(add, numPartitions=shuffle).map(sorted_block)
-             .persist(spill))
-    basket_grams = by_kind.filter(lambda kv: kv[0][1] == 1).map(lambda kv: (kv[0][0], kv[1])).map(sorted_block)
-    basket_grams = basket_grams.persist(spill)
-
-    def block_gram(b: int, arrays: tuple) -> neighbors.Gram:
-        indptr, indices, data = arrays
-        rows = min(size, n_items - b * size)
-        if len(indptr) - 1 < rows:  # trailing empty rows of the last block
-            indptr = np.concatenate([indptr, np.full(rows - len(indptr) + 1, indptr[-1])])
-        return neighbors.Gram(indptr, indices, data, counts_b.value, start=b * size)
-
-    found = grams.map(lambda item: (item[0], neighbors.top_neighbors(block_gram(*item), k))).collect()
-    table_index = np.full((n_items, k), -1, dtype=np.int32)
-    for b, block in found:
-        table_index[b * size:b * size + len(block)] = block
-    nbrs_b = sc.broadcast(table_index)
-    # Every (target, position) of the table sorted by its neighbour: each block finds the targets that need its rows
-    # with two binary searches.
-    flat = table_index.ravel()
-    by_source = np.argsort(flat, kind="stable")
-    by_source_b = sc.broadcast((by_source, flat[by_source]))
-
-    def gather(item: tuple[int, tuple]) -> Iterator[tuple[int, tuple]]:
-        """For the co-occurrence rows of this block: every row a target's system needs (G[a, N(c)] for a in N(c))
-        and the right-hand sides G[c, N(c)] of its own targets, sent to the targets' blocks."""
-        _one_blas_thread()
-        g = block_gram(*item)
-        nbrs = nbrs_b.value
-        order, sources = by_source_b.value
-        padded = np.where(nbrs >= 0, nbrs, n_items)
-        rows = g.shape[0]
-        step = max(1, min(rows, DENSE_BYTES // (4 * (n_items + 1))))
-        for s0 in range(0, rows, step):
-            s1 = min(rows, s0 + step)
-            lo, hi = g.start + s0, g.start + s1
-            dense = np.zeros((s1 - s0, n_items + 1), dtype=np.float32)
-            span = slice(g.indptr[s0], g.indptr[s1])
-            dense[np.repeat(np.arange(s1 - s0), np.diff(g.indptr[s0:s1 + 1])), g.indices[span]] = g.data[span]
-            entries = np.sort(order[np.searchsorted(sources, lo):np.searchsorted(sources, hi)])  # by target
-            target, position = entries // k, entries % k
-            bounds = np.searchsorted(target, np.arange(0, n_items + TARGET_BLOCK, TARGET_BLOCK))
-            for t in np.flatnonzero(np.diff(bounds)):
-                ts, ps = target[bounds[t]:bounds[t + 1]], position[bounds[t]:bounds[t + 1]]
-                yield int(t), ("system", ts, ps, dense[(nbrs[ts, ps] - lo)[:, None], padded[ts]])
-            own = np.arange(lo, hi)
-            for t in np.unique(own // TARGET_BLOCK):
-                cs = own[(own // TARGET_BLOCK) == t]
-                yield int(t), ("rhs", cs, None, dense[(cs - lo)[:, None], padded[cs]])
-
-    def solve(item: tuple[int, Any]) -> tuple[int, np.ndarray]:
-        _one_blas_thread()
-        t, pieces = item
-        nbrs = nbrs_b.value
-        start, stop = t * TARGET_BLOCK, min(n_items, (t + 1) * TARGET_BLOCK)
-        systems = np.zeros((stop - start, k, k), dtype=np.float32)
-        rhs = np.zeros((stop - start, k), dtype=np.float32)
-        for kind, cs, ps, values in pieces:
-            if kind == "system":
-                systems[cs - start, ps, :] = values
-            else:
-                rhs[cs - start] = values
-        return t, neighbors.solve_ridge(systems, rhs, nbrs[start:stop] >= 0, lam)
-
-    n_targets = -(-n_items // TARGET_BLOCK)
-    solved = (grams.flatMap(gather).groupByKey(numPartitions=max(1, min(n_targets, n_parts * 2)))
-              .map(solve).collect())
-    table_weight = np.zeros((n_items, k), dtype=np.float32)
-    for t, weights in solved:
-        table_weight[t * TARGET_BLOCK:t * TARGET_BLOCK + len(weights)] = weights
-    basket_grams.count()
-    by_kind.unpersist()
-    grams.unpersist()
-    for broadcast in (nbrs_b, by_source_b):
-        broadcast.unpersist()
-
-    def pair_counts(indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """neighbors.table_counts on the executors: each block of the baskets' co-occurrence counts the entries of
-        its own sources."""
-        layout_b = sc.broadcast((indptr, target))
-
-        def count(item: tuple[int, tuple]) -> tuple[int, np.ndarray]:
-            g = block_gram(*item)
-            ip, tg = layout_b.value
-            lo, hi = g.start, g.start + g.shape[0]
-            local = neighbors.Gram(g.indptr, g.indices, g.data, g.counts)
-            return int(ip[lo]), neighbors.counts_from_gram(local, ip[lo:hi + 1] - ip[lo], tg[ip[lo]:ip[hi]])
-        out = np.zeros(len(target), dtype=np.int32)
-        for start, found in basket_grams.map(count).collect():
-            out[start:start + len(found)] = found
-        layout_b.unpersist()
-        return out
-
-    def release() -> None:
-        basket_grams.unpersist()
-        counts_b.unpersist()
-    return table_index, table_weight, pair_counts, release
-
-
 def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, params: TrainingParams) -> np.ndarray:
     """pipeline.embeddings_from_products with the products X'(X q) and (X q)'(X q) summed over the partitions."""
     scale_b = sc.broadcast(column_scale(counts, params.popularity_damping))
@@ -631,7 +473,7 @@ def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, 
         q_b = sc.broadcast(q)
 
         def part(block: tuple[np.ndarray, ...]) -> np.ndarray:
-            _one_blas_thread()
+            one_blas_thread()
             x = _matrix(block, n_items, scale_b.value)
             y = x @ q_b.value
             return (x.T @ y) if kind == "normal" else (y.T @ y)
