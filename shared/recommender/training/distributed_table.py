@@ -94,7 +94,8 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
             indptr = part.indptr.astype(np.int64)
             if len(indptr) - 1 < rows:  # an empty matrix keeps no trailing rows
                 indptr = np.concatenate([indptr, np.full(rows - len(indptr) + 1, indptr[-1])])
-            yield neighbors.Gram(indptr, part.indices.astype(np.int32), part.data.astype(np.float32),
+            yield neighbors.Gram(indptr, part.indices.astype(np.int32, copy=False),
+                                 part.data.astype(np.float32, copy=False),
                                  counts_b.value, start=lo + s0)
 
     def find_neighbors(records: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, np.ndarray]]:

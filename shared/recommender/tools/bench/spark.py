@@ -251,7 +251,9 @@ def bench_spark(options: SparkBenchOptions) -> dict:
     results: dict[str, Any] = {"machine": machine_info(), "options": {k: str(v) for k, v in asdict(options).items()},
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="recommender-bench-spark-") as tmp:
-        if options.agreement and options.csv.exists():
+        if options.agreement and not options.csv.exists():
+            say(f"agreement skipped: {options.csv} not found (--csv names the Online Retail file)")
+        elif options.agreement:
             say(f"agreement on {options.csv.name}: both engines")
             runs = {e: measure_training(options.csv, Path(tmp) / f"or-{e}", e, options) for e in ("single", "spark")}
             results["agreement"] = {"runs": runs, **compare_models(
