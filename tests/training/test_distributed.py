@@ -2,6 +2,7 @@
 (Parquet parts, s3:// through moto's server) and the same errors; local[2], one JVM for the module."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,11 @@ def test_a_bigger_input_gets_more_partitions_and_smaller_blocks_and_the_same_mod
     lines = []
     result = train(tiny_csv, LocalStorage(tmp_path), progress=lines.append, engine="spark")
     kept = result.manifest["counts"]["rows_kept"]
-    assert f"entries in {-(-kept // 300)} partitions" in "\n".join(lines) and kept > 1500
+    text = "\n".join(lines)
+    assert f"entries in {-(-kept // 300)} partitions" in text and kept > 1500
+    assert "neighbours: 4 block(s) of 16 items" in text and "ridge systems: 4 block(s) of 16 targets" in text
+    seconds = [float(s) for s in re.findall(r"(?:neighbours|ridge systems): .*\(([\d.]+) s\)", text)]
+    assert len(seconds) == 4 and max(seconds) < 600  # both passes, for both models; their own times, not a clock's
     single_result, single_folder = single
     assert_same_model(result, tmp_path / "models" / "versions" / result.version, single_result, single_folder)
 

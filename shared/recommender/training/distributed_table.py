@@ -104,11 +104,11 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
             for g in slices(b, x):
                 yield g.start, neighbors.top_neighbors(g, k)
 
-    t = time.perf_counter()
+    started = time.perf_counter()
     table_index = np.full((n_items, k), -1, dtype=np.int32)
     for start, block in routed.mapPartitions(find_neighbors).collect():
         table_index[start:start + len(block)] = block
-    progress(f"  neighbours: {n_blocks} block(s) of {size:,} items ({time.perf_counter() - t:.1f} s)")
+    progress(f"  neighbours: {n_blocks} block(s) of {size:,} items ({time.perf_counter() - started:.1f} s)")
 
     nbrs_b = sc.broadcast(table_index)
     # Every (target, position) of the table sorted by its neighbour: a slice of source rows finds the targets that
@@ -174,14 +174,15 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
             valid = nbrs[start:start + len(rhs)] >= 0
             yield t, neighbors.solve_ridge(systems, rhs, valid, lam), together
 
-    t = time.perf_counter()
+    started = time.perf_counter()
     table_weight = np.zeros((n_items, k), dtype=np.float32)
     entry_counts = np.zeros((n_items, k), dtype=np.int32)  # baskets holding both the target and the neighbour
     solved = routed.mapPartitions(pieces).partitionBy(n_targets, lambda t: t).mapPartitions(solve)
     for t, weights, together in solved.collect():
         table_weight[t * target_block:t * target_block + len(weights)] = weights
         entry_counts[t * target_block:t * target_block + len(weights)] = together
-    progress(f"  ridge systems: {n_targets} block(s) of {target_block:,} targets ({time.perf_counter() - t:.1f} s)")
+    progress(f"  ridge systems: {n_targets} block(s) of {target_block:,} targets "
+             f"({time.perf_counter() - started:.1f} s)")
     for broadcast in (nbrs_b, by_source_b, counts_b):
         broadcast.unpersist()
 
