@@ -2,11 +2,11 @@
 
 Executors read the parts of the input (pandas / pyarrow, one task per part) and clean them with ingest.clean_chunk,
 the rules the single-machine trainer applies; Spark SQL builds the basket and customer-history rows; numpy on the
-executors computes the co-occurrence counts by blocks of items, each item's top-K neighbours
-(neighbors.top_neighbors) and the per-item ridge regressions (neighbors.solve_ridge) (distributed_table), and the
-products of the randomized SVD. Only items x K (the table) and items x k (the SVD's blocks and the embeddings) reach the driver,
-which finishes the model with the single-machine code (pipeline.finish_model: Annoy index, table by source,
-catalog) and publishes it through the same registry. Imported only when the Spark engine is asked for.
+executors computes the item-item table (distributed_table: co-occurrence by blocks of items, each item's top-K
+neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only items x K (the table) and
+items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model with the
+single-machine code (pipeline.finish_model: Annoy index, table by source, catalog) and publishes it through the same
+registry. Imported only when the Spark engine is asked for.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ Progress = Callable[[str], None]
 DEFAULT_MASTER = "local[*]"
 # A data error raised on an executor crosses the JVM as text; these marks find its message again on the driver.
 _MARK, _END = "<<recommender-data-error>>", "<</recommender-data-error>>"
-# Kept input rows per matrix partition: each task's partial co-occurrence grows with its rows, so a bigger input
-# gets more partitions rather than bigger ones (the 10M-row set: 4 partitions, 4.7 GiB for both Python workers).
+# Kept input rows per matrix partition: what a task routes to the item blocks and multiplies for the SVD grows with
+# its rows, so a bigger input gets more partitions rather than bigger ones (the 100M-row set: 40).
 ROWS_PER_PART = 2_500_000
 PART_SCHEMA = ("part int, row long, invoice string, code string, customer string, description string, time long, "
                "price string, priced long, rows_read long, " + ", ".join(f"dropped_{i} long" for i in range(len(REASONS))))
