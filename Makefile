@@ -164,8 +164,9 @@ bench-search: $(STAMP) ## benchmark catalog search (GET /items) on a 100k-item c
 fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis) for FUZZ_SECONDS (600); figures in bench/results/fuzz.json
 	$(CLI) fuzz --seconds "$${FUZZ_SECONDS:-600}" --out bench/results/fuzz.json
 
-bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows
-	$(BIN)/python -m recommender.tools.bench.spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)")
+bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows (DRIVER_MEMORY=8g)
+	$(BIN)/python -m recommender.tools.bench.spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)") \
+		$(if $(DRIVER_MEMORY),--driver-memory "$(DRIVER_MEMORY)")
 
 soak: $(STAMP) bench-deps ## soak the local server for DURATION seconds (600) under load and change [PATH_TO_DATA=]; report in bench/results/soak.json
 	$(CLI) soak --duration "$${DURATION:-600}" $${PATH_TO_DATA:+--data "$$PATH_TO_DATA"} --out bench/results/soak.json
