@@ -20,6 +20,7 @@ import numpy as np
 from recommender.training import neighbors
 
 Progress = Callable[[str], None]
+PairCounts = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (indptr, target) by source -> baskets per entry
 GRAM_BLOCK = 4096        # items whose co-occurrence rows one task owns (a matrix row goes to each block it touches)
 TARGET_BLOCK = 2048      # targets whose ridge systems are solved together (2048 x 100 x 100 float32: 82 MB)
 DENSE_BYTES = 1 << 28    # a dense slice of co-occurrence rows computed at once (256 MB)
@@ -34,7 +35,7 @@ def one_blas_thread() -> None:
 
 
 def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, lam: float,
-                    progress: Progress) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+                    progress: Progress) -> tuple[np.ndarray, np.ndarray, PairCounts]:
     """Top-k neighbours and ridge weights of every item (items x k each) from the matrix rows (an RDD of
     (indptr, indices, is_basket) partitions); and how to count each table entry's baskets once the table is laid
     out by source."""
