@@ -33,7 +33,7 @@ from recommender.training.ingest import (
     read_part,
 )
 from recommender.training import copurchase, samples
-from recommender.training.distributed_table import item_item_table, one_blas_thread
+from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
 from recommender.training.holdout import HeldOut
 from recommender.training.pipeline import (
     Built,
@@ -204,14 +204,6 @@ def _csr_blocks(rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray, n
     indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
     yield indptr, (np.concatenate(items) if items else np.empty(0, dtype=np.int32)), np.array(basket, dtype=bool)
-
-
-def _matrix(block: tuple[np.ndarray, ...], n_items: int, values: np.ndarray | None = None, dtype=np.float32):
-    import scipy.sparse as sp
-
-    indptr, indices = block[0], block[1]
-    data = np.ones(len(indices), dtype=dtype) if values is None else values[indices]
-    return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
 
 
 def trainer(source: Source, params: TrainingParams, progress: Progress = print,
@@ -474,7 +466,7 @@ def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, 
 
         def part(block: tuple[np.ndarray, ...]) -> np.ndarray:
             one_blas_thread()
-            x = _matrix(block, n_items, scale_b.value)
+            x = row_matrix(block, n_items, scale_b.value)
             y = x @ q_b.value
             return (x.T @ y) if kind == "normal" else (y.T @ y)
         try:

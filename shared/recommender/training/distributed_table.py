@@ -34,6 +34,15 @@ def one_blas_thread() -> None:
     threadpool_limits(limits=1)
 
 
+def row_matrix(block: tuple[np.ndarray, ...], n_items: int, values: np.ndarray | None = None, dtype=np.float32):
+    """Matrix rows given as (indptr, indices, ...) as CSR over n_items columns: ones, or each column's value."""
+    import scipy.sparse as sp
+
+    indptr, indices = block[0], block[1]
+    data = np.ones(len(indices), dtype=dtype) if values is None else values[indices]
+    return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
+
+
 def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, lam: float,
                     progress: Progress) -> tuple[np.ndarray, np.ndarray, PairCounts]:
     """Top-k neighbours and ridge weights of every item (items x k each) from the matrix rows (an RDD of
@@ -68,8 +77,6 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
 
     def owned(records: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, Any, np.ndarray]]:
         """Each block of this partition with its rows stacked: (block, X as float32 CSR, which rows are baskets)."""
-        import scipy.sparse as sp
-
         chunks: dict[int, list[tuple]] = {}
         for b, chunk in records:
             chunks.setdefault(b, []).append(chunk)
@@ -81,8 +88,7 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
             indices = np.concatenate([p[1] for p in parts])
             basket = np.concatenate([p[2] for p in parts])
             del parts
-            yield b, sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
-                                   shape=(len(lengths), n_items)), basket
+            yield b, row_matrix((indptr, indices), n_items), basket
 
     def slices(b: int, x: Any) -> Iterator[neighbors.Gram]:
         """The block's rows of X'X, a slice of items at a time (a slice dense would stay within DENSE_BYTES)."""
@@ -91,11 +97,7 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
         step = max(1, min(hi - lo, dense_bytes // (4 * (n_items + 1))))
         for s0 in range(0, hi - lo, step):
             part = (xt[s0:s0 + step] @ x).tocsr()
-            rows = min(step, hi - lo - s0)
-            indptr = part.indptr.astype(np.int64)
-            if len(indptr) - 1 < rows:  # an empty matrix keeps no trailing rows
-                indptr = np.concatenate([indptr, np.full(rows - len(indptr) + 1, indptr[-1])])
-            yield neighbors.Gram(indptr, part.indices.astype(np.int32, copy=False),
+            yield neighbors.Gram(part.indptr.astype(np.int64), part.indices.astype(np.int32, copy=False),
                                  part.data.astype(np.float32, copy=False),
                                  counts_b.value, start=lo + s0)
 
