@@ -5,7 +5,7 @@ the rules the single-machine trainer applies; Spark SQL builds the basket and cu
 executors computes the item-item table (distributed_table: co-occurrence by blocks of items, each item's top-K
 neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only items x K (the table) and
 items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model with the
-single-machine code (pipeline.finish_model: Annoy index, table by source, catalog) and publishes it through the same
+single-machine code (recipe.finish_model: Annoy index, table by source, catalog) and publishes it through the same
 registry. Imported only when the Spark engine is asked for.
 """
 
@@ -22,7 +22,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from recommender.core.errors import ConfigError, DataFileError, RecommenderError
-from recommender.training import neighbors
+from recommender.training import copurchase, samples
+from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
+from recommender.training.engine import Built, build_and_measure
+from recommender.training.holdout import HeldOut
 from recommender.training.ingest import (
     NO_TIME,
     REASONS,
@@ -32,27 +35,22 @@ from recommender.training.ingest import (
     describe_report,
     read_part,
 )
-from recommender.training import copurchase, samples
-from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
-from recommender.training.holdout import HeldOut
-from recommender.training.pipeline import (
-    Built,
+from recommender.training.recipe import (
     ModelParts,
+    Progress,
     TrainingParams,
-    _period,
-    _stage,
-    build_and_measure,
     check_size,
     column_scale,
     embeddings_from_products,
     factors_for,
     finish_model,
     popularity_order,
+    purchase_period,
     ridge_lambda,
+    stage,
 )
 from recommender.training.sources import Source, default_s3_client, local_file
 
-Progress = Callable[[str], None]
 DEFAULT_MASTER = "local[*]"
 # A data error raised on an executor crosses the JVM as text; these marks find its message again on the driver.
 _MARK, _END = "<<recommender-data-error>>", "<</recommender-data-error>>"
@@ -281,7 +279,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     raw.unpersist()  # everything below reads the cached frames derived from it
     frames = Frames(rows, baskets, basket_customer, described, priced)
     n_parts = matrix_partitions(report.rows_kept, sc.defaultParallelism)
-    # The holdout: the most recent baskets, chosen as holdout.split_mask does (pipeline.build_and_measure says what
+    # The holdout: the most recent baskets, chosen as holdout.split_mask does (engine.build_and_measure says what
     # is trained and measured with them).
     held = _held_out(rows, baskets, report.baskets, params)
     kept: list[Frames] = []
@@ -300,7 +298,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
         held, report.baskets, params, folder, progress)
     learned = frames if done.learned_all else without_held()
     span = learned.baskets.agg(F.min("time"), F.max("time")).collect()[0]
-    period = _period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
+    period = purchase_period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
     for frame in (rows, basket_customer, baskets, described):
         frame.unpersist()
     engine = {"name": "spark", "spark_version": spark.version, "master": sc.master,
@@ -328,7 +326,7 @@ class Frames:
 def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: TrainingParams, folder: Path,
            progress: Progress) -> dict:
     """One model from the frames' baskets, written into folder: the items, the matrix rows, the item-item table
-    and the embeddings on the executors, the rest on the driver (pipeline.finish_model). Returns the manifest's
+    and the embeddings on the executors, the rest on the driver (recipe.finish_model). Returns the manifest's
     model part."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
@@ -336,7 +334,7 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
 
     sc = spark.sparkContext
     rows, baskets, basket_customer = frames.rows, frames.baskets, frames.basket_customer
-    # Items: numbered by first appearance, then ordered by popularity as pipeline._build does; their descriptions
+    # Items: numbered by first appearance, then ordered by popularity as recipe.build_model does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
     pairs = rows.select("invoice", "code").distinct().persist(StorageLevel.MEMORY_AND_DISK)
     items = (rows.groupBy("code").agg(F.min("order").alias("first"))
@@ -388,10 +386,10 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
     k = factors_for(n_items, n_rows, params)
     k_nbrs = min(params.neighbors, n_items - 1)
     ridge = ridge_lambda(counts_vec, params)
-    with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
+    with stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
         table_index, table_weight, pair_counts = item_item_table(sc, matrix, counts_vec, n_items, k_nbrs, ridge,
                                                                  progress)
-    with _stage(progress, f"svd: {k} factors"):
+    with stage(progress, f"svd: {k} factors"):
         embeddings = _embeddings(sc, matrix, counts_vec, n_items, k, params)
     matrix.unpersist()
     parts_out = ModelParts(codes, descriptions, popularity, table_index, table_weight, k=k, ridge=ridge,
@@ -458,7 +456,7 @@ def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
 
 
 def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, params: TrainingParams) -> np.ndarray:
-    """pipeline.embeddings_from_products with the products X'(X q) and (X q)'(X q) summed over the partitions."""
+    """recipe.embeddings_from_products with the products X'(X q) and (X q)'(X q) summed over the partitions."""
     scale_b = sc.broadcast(column_scale(counts, params.popularity_damping))
 
     def product(q: np.ndarray, kind: str) -> np.ndarray:
