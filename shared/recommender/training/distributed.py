@@ -144,7 +144,7 @@ def _data_error(err: BaseException) -> DataFileError | None:
     return DataFileError(found.group(1)) if found else None
 
 
-def _cause(err: BaseException) -> str:
+def failure_cause(err: BaseException) -> str:
     """The line of a Spark failure that names its cause: the innermost "SomeError: message" of the traceback."""
     text = str(err)
     found = [line.strip() for line in re.findall(r"^\s*(?:[\w.]+\.)?\w+(?:Error|Exception): .+$", text, re.M)
@@ -222,7 +222,7 @@ def trainer(source: Source, params: TrainingParams, progress: Progress = print,
             data = _data_error(err)
             if data is not None:
                 raise data from None
-            raise SparkJobFailed(f"the Spark job failed: {_cause(err)[:400]}") from err
+            raise SparkJobFailed(f"the Spark job failed: {failure_cause(err)[:400]}") from err
         finally:
             if created:
                 spark.stop()
