@@ -12,26 +12,26 @@ import numpy as np
 import pandas as pd
 
 from recommender.tools.synthetic.spec import (
-    _BLOCK,
-    _D_EMPTY,
-    _D_QUANTITY,
-    _D_SPACE,
+    BLOCK,
+    DIRT_EMPTY,
+    DIRT_QUANTITY,
+    DIRT_SPACE,
     DEFAULT,
     GenerationSummary,
     SyntheticSpec,
 )
 from recommender.tools.synthetic.vocabulary import (
-    _ACCESSORY_ODDS,
-    _cdf,
-    _COUNTRIES,
-    _draw,
-    _NOTES,
-    _QUANTITIES,
-    _QUANTITY_P,
-    _SERVICES,
+    ACCESSORY_ODDS,
+    cumulative,
+    COUNTRIES,
+    draw,
+    NOTES,
+    QUANTITIES,
+    QUANTITY_P,
+    SERVICES,
 )
 from recommender.tools.synthetic.catalogue import _cat_for, _Catalogue
-from recommender.tools.synthetic.plan import _Customers, _customers, _Plan, _plan
+from recommender.tools.synthetic.plan import Customers, customers_for, Plan, plan_for
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,11 +44,11 @@ def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seg, np.arange(len(seg)) - starts[seg]
 
 
-def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, b: int,
+def _block(spec: SyntheticSpec, cat: _Catalogue, cust: Customers, plan: Plan, b: int,
            ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Rows of block b, plus the product indices and customer indices it uses (for the summary)."""
     rng = np.random.default_rng([spec.seed, 14, b])
-    lo, hi = b * _BLOCK, min(spec.invoices, (b + 1) * _BLOCK)
+    lo, hi = b * BLOCK, min(spec.invoices, (b + 1) * BLOCK)
     n = hi - lo
     size = plan.size[lo:hi]
     customer = plan.customer[lo:hi]
@@ -66,9 +66,9 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
 
     slot_inv = np.repeat(np.arange(n), slots)
     n_slots = len(slot_inv)
-    family = _draw(cat.family_cdf, rng.random(n_slots))
+    family = draw(cat.family_cdf, rng.random(n_slots))
     off_season = cat.family_seasonal[family] & ~plan.in_season[lo + slot_inv] & (rng.random(n_slots) < 0.85)
-    family[off_season] = _draw(cat.family_cdf, rng.random(int(off_season.sum())))
+    family[off_season] = draw(cat.family_cdf, rng.random(int(off_season.sum())))
     slot_cust = customer[slot_inv]
     loyal = (slot_cust >= 0) & (rng.random(n_slots) < spec.loyalty)
     loyal_cust = slot_cust[loyal]
@@ -86,16 +86,16 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
     lone = single[slot_inv]
     keep = anchor | (~lone[member_slot] & (rng.random(len(product)) < spec.complement_prob * w))
     accessory = cat.family_accessory[family]
-    with_acc = (accessory >= 0) & ~lone & (rng.random(n_slots) < spec.complement_prob * _ACCESSORY_ODDS)
+    with_acc = (accessory >= 0) & ~lone & (rng.random(n_slots) < spec.complement_prob * ACCESSORY_ODDS)
 
     noise_inv = np.repeat(np.arange(n), noise)
-    noise_product = _draw(cat.noise_cdf, rng.random(len(noise_inv)))
+    noise_product = draw(cat.noise_cdf, rng.random(len(noise_inv)))
 
     inv = np.concatenate([slot_inv[member_slot[keep]], slot_inv[with_acc], noise_inv])
     prod = np.concatenate([product[keep], accessory[with_acc], noise_product])
     key = np.unique(inv.astype(np.int64) * n_products + prod)
     inv, prod = key // n_products, key % n_products
-    qty = _QUANTITIES[_draw(_cdf(_QUANTITY_P), rng.random(len(inv)))]
+    qty = QUANTITIES[draw(cumulative(QUANTITY_P), rng.random(len(inv)))]
     price = cat.price[prod]
 
     # Cancellations reverse some or all lines of the invoice they refer to.
@@ -115,16 +115,16 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
     # Repeated lines: the same product entered twice, half the time with another quantity.
     dup = np.flatnonzero(rng.random(len(inv)) < spec.duplicate_share / (1.0 - spec.duplicate_share))
     redraw = rng.random(len(dup)) < 0.5
-    dup_qty = np.where(redraw, _QUANTITIES[_draw(_cdf(_QUANTITY_P), rng.random(len(dup)))], qty[dup])
+    dup_qty = np.where(redraw, QUANTITIES[draw(cumulative(QUANTITY_P), rng.random(len(dup)))], qty[dup])
     parts.append((inv[dup], prod[dup], dup_qty, price[dup], np.zeros(len(dup), np.int8)))
 
     # Dirt: adjustments with Quantity <= 0 and lines without a description, both at price 0 as in the real export.
     dirt = plan.dirt[lo:hi]
-    for bit, kind in ((_D_QUANTITY, 1), (_D_EMPTY, 2)):
+    for bit, kind in ((DIRT_QUANTITY, 1), (DIRT_EMPTY, 2)):
         where = np.flatnonzero(dirt & bit)
-        extra_prod = _draw(cat.noise_cdf, rng.random(len(where)))
+        extra_prod = draw(cat.noise_cdf, rng.random(len(where)))
         extra_qty = (-rng.choice([0, 1, 2, 3, 6, 10, 12, 24], len(where)) if kind == 1
-                     else _QUANTITIES[_draw(_cdf(_QUANTITY_P), rng.random(len(where)))])
+                     else QUANTITIES[draw(cumulative(QUANTITY_P), rng.random(len(where)))])
         parts.append((where, extra_prod, extra_qty, np.zeros(len(where)), np.full(len(where), kind, np.int8)))
 
     all_inv = np.concatenate([p[0] for p in parts])
@@ -137,11 +137,11 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
     old = cat.drift_at[all_prod] > minute[all_inv]
     desc = np.where(old, cat.old_desc[all_prod], cat.desc[all_prod])
     notes = (kind == 1) & (rng.random(len(kind)) < 0.5)
-    desc[notes] = np.array(_NOTES, dtype=object)[rng.integers(0, len(_NOTES), int(notes.sum()))]
+    desc[notes] = np.array(NOTES, dtype=object)[rng.integers(0, len(NOTES), int(notes.sum()))]
     desc[kind == 2] = np.nan
 
     # Padded stock codes: one line of the flagged invoices, as pasted from a spreadsheet.
-    padded = np.flatnonzero(dirt & _D_SPACE)
+    padded = np.flatnonzero(dirt & DIRT_SPACE)
     if len(padded):
         line = np.searchsorted(all_inv[: len(inv)], padded)
         pad = np.where(rng.random(len(padded)) < 0.5, " ", "  ").astype(object)
@@ -150,7 +150,7 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
     # Service lines carry codes that are not products.
     services = plan.services[lo:hi]
     s_inv, s_code, s_desc, s_qty, s_price = [all_inv], [code], [desc], [all_qty], [all_price]
-    for bit, (scode, sdesc, pence, spread) in enumerate(_SERVICES):
+    for bit, (scode, sdesc, pence, spread) in enumerate(SERVICES):
         where = np.flatnonzero(services & (1 << bit))
         s_inv.append(where)
         s_code.append(np.full(len(where), scode, dtype=object))
@@ -178,16 +178,16 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
         "InvoiceDate": stamps[all_inv],
         "UnitPrice": all_price[order],
         "CustomerID": ids[all_inv],
-        "Country": np.array(_COUNTRIES, dtype=object)[plan.country[lo:hi]][all_inv],
+        "Country": np.array(COUNTRIES, dtype=object)[plan.country[lo:hi]][all_inv],
     })
     return frame, all_prod, customer[customer >= 0]
 
 
 def _blocks(spec: SyntheticSpec) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
     cat = _cat_for(spec)
-    cust = _customers(spec, cat)
-    plan = _plan(spec, cat, cust)
-    for b in range(-(-spec.invoices // _BLOCK)):
+    cust = customers_for(spec, cat)
+    plan = plan_for(spec, cat, cust)
+    for b in range(-(-spec.invoices // BLOCK)):
         yield _block(spec, cat, cust, plan, b)
 
 
