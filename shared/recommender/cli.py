@@ -301,8 +301,8 @@ def _emulate_s3_stop(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     import secrets
 
-    from recommender.core.catalog import Catalog
     from recommender.core.errors import NotFound
+    from recommender.core.items import ITEMS_FILE, Items
     from recommender.local.server import serve
     from recommender.serving.users import add_user, delete_user
     from recommender.tools import synthetic
@@ -316,8 +316,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     summary = synthetic.write_csv(synthetic.DEFAULT, data)
     print(f"demo data: {summary.rows:,} rows, {summary.invoices:,} invoices, {summary.products:,} products in {data}")
     result = train(data, storage, keep_versions=settings.keep_versions)
-    catalog = Catalog.from_json(storage.read(registry.artifact_key(result.version, "catalog.json")))
-    example = catalog.codes[catalog.most_popular()[0]]
+    items = Items.from_json(storage.read(registry.artifact_key(result.version, ITEMS_FILE)))
+    example = items.codes[items.most_popular()[0]]
     password = secrets.token_urlsafe(12)
     try:
         delete_user(storage, "demo")

@@ -70,8 +70,8 @@ def served(request, tmp_path, tiny_csv, monkeypatch):
 
 def test_feed_and_rules_reach_a_running_server(served, tmp_path):
     make, command, api = served
-    catalog = [i["stock_code"] for i in api.call("GET", "/items?limit=100")[1]["items"]]
-    basket = [catalog[0]]
+    listed = [i["stock_code"] for i in api.call("GET", "/items?limit=100")[1]["items"]]
+    basket = [listed[0]]
     first = [r[0] for r in api.call("POST", "/send_data", {"product_list": basket, "n": 10})[1]["result"]["recommendation"]]
     assert len(first) == 10
 
@@ -90,7 +90,7 @@ def test_feed_and_rules_reach_a_running_server(served, tmp_path):
     print(f"feed live after {took:.1f} s (MODEL_POLL_SECONDS={POLL_SECONDS})")
     assert "out_of_stock" in command("catalog-show", "--code", first[0])[1]
 
-    pinned = next(c for c in reversed(catalog) if c not in first and c not in basket)
+    pinned = next(c for c in reversed(listed) if c not in first and c not in basket)
     rules = tmp_path / "rules.yaml"
     rules.write_text(f"block:\n  codes: ['{first[1]}']\npin:\n  - {{basket: {{code: '{basket[0]}'}}, "
                      f"item: {{code: '{pinned}'}}, position: 1}}\n")

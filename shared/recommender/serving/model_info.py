@@ -68,7 +68,7 @@ def describe(model: Model, storage: Storage) -> dict:
     return {
         "model_version": model.version,
         "created_at": manifest.get("created_at"),
-        "item_count": len(model.catalog),
+        "item_count": len(model.items),
         "source": manifest.get("source"),
         "counts": manifest.get("counts"),
         "period": manifest.get("period"),

@@ -88,7 +88,7 @@ def merchandise(storage: object, version: str) -> None:
     from recommender.training.rules import validate
 
     model = load_model(storage, version)
-    feed, rules = synthetic_merchandising(model.catalog, model.item_price)
+    feed, rules = synthetic_merchandising(model.items, model.item_price)
     # Fewer rules than the benchmark's 1,000 on a catalog of a few dozen items: some of each kind.
     rules = {"block": {**rules["block"], "codes": rules["block"]["codes"][:3]}, "do_not_pair": rules["do_not_pair"][:5],
              "pin": [p for p in rules["pin"] if p["item"]["code"][0] not in rules["block"]["codes"][:3]][:5],

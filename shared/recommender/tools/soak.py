@@ -191,7 +191,7 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
         versions = [train(data, storage, progress=lambda _m: None, keep_versions=plan.versions + 5).version
                     for _ in range(plan.versions)]
         model = load_model(storage, versions[-1])
-        codes, prices = list(model.catalog.codes), model.item_price
+        codes, prices = list(model.items.codes), model.item_price
         del model
         baskets = sample_baskets(load_transactions(data), 20_000, seed=1)
         bodies = work / "bodies.tsv"

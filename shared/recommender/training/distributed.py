@@ -5,7 +5,7 @@ the rules the single-machine trainer applies; Spark SQL builds the basket and cu
 executors computes the item-item table (distributed_table: co-occurrence by blocks of items, each item's top-K
 neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only items x K (the table) and
 items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model with the
-single-machine code (pipeline.finish_model: Annoy index, table by source, catalog) and publishes it through the same
+single-machine code (pipeline.finish_model: Annoy index, table by source, items) and publishes it through the same
 registry. Imported only when the Spark engine is asked for.
 """
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from recommender.core import registry
 from recommender.core.errors import DataFileError, NotFound
+from recommender.core.items import ITEMS_FILE
 from recommender.core.merch import AVAILABILITY, FEED_FILE
 from recommender.core.registry import sha256_file, utcnow
 from recommender.core.storage import Storage
@@ -219,7 +220,7 @@ def active_model(storage: Storage) -> ActiveModel | None:
     pointer = registry.active(storage)
     if pointer is None:
         return None
-    raw = json.loads(storage.read(registry.artifact_key(pointer.version, "catalog.json")))
+    raw = json.loads(storage.read(registry.artifact_key(pointer.version, ITEMS_FILE)))
     manifest = registry.read_manifest(storage, pointer.version)
     prices = None
     if "item_price.npy" in manifest["artifacts"]:
