@@ -265,7 +265,7 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
             if turn["merch"] % 2:
                 path = work / f"feed-{turn['merch']}.csv"
                 _feed_csv(codes, prices, rng, path)
-                done, name = _cli(env, "catalog", str(path)), "feed updates"
+                done, name = _cli(env, "feed", str(path)), "feed updates"
             else:
                 path = work / f"rules-{turn['merch']}.yaml"
                 _rules_yaml(codes, rng, path)

@@ -1,5 +1,5 @@
 """The product feed: reading a .csv, .csv.gz, .tsv or .xlsx of product attributes keyed by stock code (Google
-Merchant Center column names), validating every row, and publishing it as a feed version (make catalog)."""
+Merchant Center column names), validating every row, and publishing it as a feed version (make feed)."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def publish_feed(storage: Storage, path: str | Path, keep_versions: int = 5,
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """The active model's codes, descriptions, popularity and default prices (for warnings and catalog_show)."""
+    """The active model's codes, descriptions, popularity and default prices (for warnings and feed_show)."""
 
     version: str
     codes: list[str]
@@ -238,19 +238,19 @@ def active_feed(storage: Storage) -> tuple[str | None, dict[str, dict]]:
 
 
 def show(storage: Storage, code: str | None) -> list[str]:
-    """What catalog_show prints: the active feed (version, source, counts, history), or everything known of one
+    """What feed_show prints: the active feed (version, source, counts, history), or everything known of one
     code (the model's description, the feed's attributes, the price answers use, whether it can be recommended)."""
     pointer = registry.active(storage, registry.FEED)
     version, items = active_feed(storage)
     if code is None:
         if pointer is None:
             return [f"no product feed in {storage.url}: every item counts as in stock, priced from the training file "
-                    "(make catalog PATH_TO_CATALOG=<file> uploads one)"]
+                    "(make feed PATH_TO_FEED=<file> uploads one)"]
         manifest = registry.read_manifest(storage, pointer.version, registry.FEED)
         availability = Counter(a.get("availability", "in_stock") for a in items.values())
         return [f"feed version {version} (created {manifest['created_at']}, from {manifest['source']['file']})",
                 f"{len(items):,} products; " + ", ".join(f"{n:,} {k}" for k, n in sorted(availability.items())),
-                f"earlier versions (make catalog_rollback): {', '.join(pointer.previous) or 'none'}"]
+                f"earlier versions (make feed_rollback): {', '.join(pointer.previous) or 'none'}"]
     model = active_model(storage)
     attributes = items.get(code)
     row = model.codes.index(code) if model and code in model.codes else None

@@ -122,7 +122,7 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
     with tempfile.TemporaryDirectory(prefix="recommender-bench-merch-") as tmp:
         work = Path(tmp)
         say("export: every Online Retail item's top 10 (fresh load, feed and rules active)")
-        # Stored as make catalog and make rules store them (the rules validated like an upload).
+        # Stored as make feed and make rules store them (the rules validated like an upload).
         feed_version = registry.publish_files(storage, {FEED_FILE: FeedFile(feed["items"], 0, []).to_json()},
                                               {}, registry.FEED)["version"]
         registry.activate(storage, feed_version, kind=registry.FEED)
