@@ -18,9 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from recommender.core import registry
-from recommender.core.items import Item, Items
 from recommender.core.errors import InvalidInput, RecommenderError
-from recommender.core.merch import (
+from recommender.core.feed_and_rules import (
     FEED_FILE,
     RULES_FILE,
     SELECTOR_KEYS,
@@ -28,6 +27,7 @@ from recommender.core.merch import (
     category_key,
     category_keys,
 )
+from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
 
 log = logging.getLogger("recommender")

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from recommender.core import registry
 from recommender.core.errors import ModelUnavailable
-from recommender.core.merch import category_key
+from recommender.core.feed_and_rules import category_key
 from recommender.core.storage import Storage
 from recommender.serving.merch import Policy
 from recommender.serving.model import Model

@@ -81,7 +81,7 @@ def merchandise(storage: object, version: str) -> None:
     """A product feed (prices, categories, brands, availability) and rules of every kind, active as `make feed`
     and `make rules` would leave them, so that the request options meet real data."""
     from recommender.core import registry
-    from recommender.core.merch import FEED_FILE, RULES_FILE
+    from recommender.core.feed_and_rules import FEED_FILE, RULES_FILE
     from recommender.serving.model import load_model
     from recommender.tools.bench.merch import synthetic_merchandising
     from recommender.training.feed import FeedFile

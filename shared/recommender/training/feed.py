@@ -16,8 +16,8 @@ import pandas as pd
 
 from recommender.core import registry
 from recommender.core.errors import DataFileError, NotFound
+from recommender.core.feed_and_rules import AVAILABILITY, FEED_FILE
 from recommender.core.items import ITEMS_FILE
-from recommender.core.merch import AVAILABILITY, FEED_FILE
 from recommender.core.registry import sha256_file, utcnow
 from recommender.core.storage import Storage
 from recommender.training.ingest import _cell_text, _clean_code, xlsx_rows
@@ -50,7 +50,7 @@ class FeedFile:
     currencies: Counter = field(default_factory=Counter)
 
     def to_json(self) -> bytes:
-        """The stored form (core.merch's feed.json)."""
+        """The stored form (core.feed_and_rules's feed.json)."""
         return json.dumps({"items": self.items}, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 

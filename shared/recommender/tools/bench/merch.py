@@ -97,7 +97,7 @@ def measure_export(storage_folder: Path, out_dir: Path, n: int = 10) -> dict:
 def bench_merch(options: Options, dep: Deployment) -> PartResult:
     """Part merch: serving with feed, rules, filters and explain vs plain; export throughput at two sizes."""
     from recommender.core import registry
-    from recommender.core.merch import FEED_FILE, RULES_FILE
+    from recommender.core.feed_and_rules import FEED_FILE, RULES_FILE
     from recommender.core.storage import LocalStorage
     from recommender.serving.merch import Options as Asked
     from recommender.serving.merch import Policy
