@@ -203,7 +203,7 @@ def test_scale_report_renders_saved_details():
 def test_merch_part_pieces(trained_folder):
     from recommender.core import registry
     from recommender.core.storage import LocalStorage
-    from recommender.serving.merch import Options, Policy
+    from recommender.serving.merchandising import Options, Policy
     from recommender.serving.model import load_model
     from recommender.tools.bench.merch import RULES, paired_latency, synthetic_merchandising
     from recommender.training.rules import validate

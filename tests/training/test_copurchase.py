@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
-from recommender.serving.merch import Options
+from recommender.serving.merchandising import Options
 from recommender.serving.model import load_model
 from recommender.training import copurchase
 from recommender.training.pipeline import train

@@ -21,8 +21,8 @@ from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.items import ITEMS_FILE, Item, Items
 from recommender.core.storage import Storage
 from recommender.serving.confidence import Confidence
-from recommender.serving import merch
-from recommender.serving.merch import Options, Policy
+from recommender.serving import merchandising
+from recommender.serving.merchandising import Options, Policy
 
 log = logging.getLogger("recommender")
 
@@ -38,7 +38,7 @@ class Scored(NamedTuple):
 class Recommendation:
     """The answer for one basket."""
 
-    items: Sequence[Scored] | Sequence[merch.Pick]   # Picks when the feed, the rules or options had a say
+    items: Sequence[Scored] | Sequence[merchandising.Pick]   # Picks when the feed, the rules or options had a say
     unknown: list[str]       # basket codes the model does not know (ignored)
     fallback: bool           # True when popularity answered: nothing in the basket is known, or nothing learned
                              # goes with it
@@ -134,8 +134,8 @@ class Model:
         if options is not None or (policy is not None and policy.restricts):
             if policy is None:
                 policy = self._plain_policy = self._plain_policy or Policy(self.items, self.item_price, None, None)
-            picks, exhausted = merch.answer(self, np.asarray(sorted(known), dtype=np.int64), n, options, policy)
-            fallback = bool(picks) and all(p.source != merch.MODEL for p in picks)
+            picks, exhausted = merchandising.answer(self, np.asarray(sorted(known), dtype=np.int64), n, options, policy)
+            fallback = bool(picks) and all(p.source != merchandising.MODEL for p in picks)
             return Recommendation(picks, unknown, not known or fallback, self.version, exhausted,
                                   policy.feed_version, policy.rules_version)
         if not known:
@@ -271,7 +271,7 @@ class ModelHolder:
     watcher (the local server); a new version is loaded, verified and, with warm, primed in full before one
     reference is switched, so requests in flight keep the model they started with and none waits for the swap.
     The feed and rules pointers are looked at at the same time: the model served is a view of the plain model
-    under the active feed and rules (merch.Merchandiser), swapped as one snapshot by the same single reference.
+    under the active feed and rules (merchandising.Merchandiser), swapped as one snapshot by the same single reference.
     """
 
     def __init__(self, storage: Storage, poll_seconds: float, answer_cache: int = 0, warm: bool = False,
@@ -283,7 +283,7 @@ class ModelHolder:
         self.clock = clock
         self.model: Model | None = None
         self._plain: Model | None = None
-        self._merch = merch.Merchandiser(storage)
+        self._merchandiser = merchandising.Merchandiser(storage)
         self.error: str | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
@@ -308,7 +308,7 @@ class ModelHolder:
                     self._plain = model
                     log.info("serving model %s (%d items)", version, len(model.items))
                     self.storage.drop_local_copies(keep_prefix=registry.artifact_key(version, ""))
-                self.model = self._merch.view(self._plain, self.model)
+                self.model = self._merchandiser.view(self._plain, self.model)
                 self.error = None
             except RecommenderError as err:
                 # Keep serving the model in memory when a newer one is broken; report why otherwise.

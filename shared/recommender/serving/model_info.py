@@ -8,7 +8,7 @@ from recommender.core import registry
 from recommender.core.errors import ModelUnavailable
 from recommender.core.feed_and_rules import category_key
 from recommender.core.storage import Storage
-from recommender.serving.merch import Policy
+from recommender.serving.merchandising import Policy
 from recommender.serving.model import Model
 
 MAX_CATEGORIES = 500

@@ -99,8 +99,8 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
     from recommender.core import registry
     from recommender.core.feed_and_rules import FEED_FILE, RULES_FILE
     from recommender.core.storage import LocalStorage
-    from recommender.serving.merch import Options as Asked
-    from recommender.serving.merch import Policy
+    from recommender.serving.merchandising import Options as Asked
+    from recommender.serving.merchandising import Policy
     from recommender.serving.model import load_model
     from recommender.training.feed import FeedFile
     from recommender.training.rules import validate

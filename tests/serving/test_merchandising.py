@@ -6,7 +6,7 @@ import pytest
 from recommender.core import registry
 from recommender.core.errors import InvalidInput
 from recommender.core.storage import LocalStorage
-from recommender.serving.merch import Merchandiser, Options, Policy
+from recommender.serving.merchandising import Merchandiser, Options, Policy
 from recommender.serving.model import load_model
 from recommender.tools import synthetic
 from recommender.training.ingest import load_transactions
@@ -249,7 +249,7 @@ def test_confidence_and_min_confidence(plain):
 
 def test_many_items_path_gives_the_same_answers(plain, feed, products, monkeypatch):
     """Beyond DENSE_ITEMS, scores and eligibility are kept for the rows reached only: the answers must not change."""
-    from recommender.serving import merch
+    from recommender.serving import merchandising
 
     code = anchors(plain)[0]
     rules = no_rules(block={"codes": [codes(plain.recommend([code], 3))[1]], "categories": [], "brands": []},
@@ -267,5 +267,5 @@ def test_many_items_path_gives_the_same_answers(plain, feed, products, monkeypat
                 for b in baskets for o in cases]
 
     dense = answers()
-    monkeypatch.setattr(merch, "DENSE_ITEMS", 0)
+    monkeypatch.setattr(merchandising, "DENSE_ITEMS", 0)
     assert answers() == dense and any(len(a) == 12 for a in dense)
