@@ -240,9 +240,9 @@ class ModelInfoOut(BaseModel):
          responses=web.errors(401, 404, 413, 503))
 async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """One of the real invoices the served model keeps from its training data, drawn at random."""
-    from recommender.serving import samples  # what only the console asks for is imported on its first use
+    from recommender.serving import real_baskets  # what only the console asks for is imported on its first use
 
-    return web.FastJSON(samples.random_basket(model, storage, _rng))
+    return web.FastJSON(real_baskets.random_basket(model, storage, _rng))
 
 
 @app.get("/model", response_model=ModelInfoOut, summary="The served model, its training figures and the versions",
