@@ -20,7 +20,7 @@ def plain(trained_folder):
 
 @pytest.fixture(scope="module")
 def products():
-    return synthetic.catalogue(synthetic.TINY).set_index("StockCode")
+    return synthetic.product_range(synthetic.TINY).set_index("StockCode")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def feed(products):
 
 
 def kit(products, code):
-    """The product's kit as its feed category says it (None for codes outside the synthetic catalogue)."""
+    """The product's kit as its feed category says it (None for codes outside the synthetic product range)."""
     return products.Kit.get(code, "").title() or None
 
 

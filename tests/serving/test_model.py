@@ -49,7 +49,7 @@ def test_it_learns_complements(default_model):
 
 
 def test_teacup_gets_its_saucer(default_model):
-    products = synthetic.catalogue(synthetic.DEFAULT)
+    products = synthetic.product_range(synthetic.DEFAULT)
     tea = products[products.Family == 0]
     cup = tea[tea.Item == "TEACUP"].StockCode.iloc[0]
     saucer = tea[tea.Item == "SAUCER"].StockCode.iloc[0]

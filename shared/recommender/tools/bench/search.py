@@ -20,9 +20,9 @@ def search_items(products: int) -> Items:
     from recommender.tools import synthetic
 
     spec = synthetic.preset("scale", products=products)
-    cat = synthetic._cat_for(spec)
-    popularity = np.random.default_rng(0).zipf(1.3, size=len(cat.code)).tolist()
-    return Items([str(c) for c in cat.code], [str(d) for d in cat.desc], popularity)
+    generated = synthetic._range_for(spec)
+    popularity = np.random.default_rng(0).zipf(1.3, size=len(generated.code)).tolist()
+    return Items([str(c) for c in generated.code], [str(d) for d in generated.desc], popularity)
 
 
 def bench_search(options: Options) -> PartResult:

@@ -169,7 +169,7 @@ def parquet_dataset(spec: Any, folder: Path) -> tuple[Path, dict]:
 
 
 def big_spec(options: SparkBenchOptions) -> Any:
-    """The big run's set: the scale set with invoices and customers multiplied alike, over the same catalogue. A
+    """The big run's set: the scale set with invoices and customers multiplied alike, over the same products. A
     retailer with 10x the invoices has more customers, not customers who each buy 10x as much (whose histories,
     capped at 500 items, would carry up to 16 times the co-occurrence work)."""
     from recommender.tools import synthetic
