@@ -20,12 +20,13 @@ ENGINE ?= single
 export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
-RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_CATALOG PATH_TO_RULES CODE OUT BASKETS
+RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_FEED PATH_TO_CATALOG PATH_TO_RULES CODE OUT \
+	BASKETS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user passwd \
-	del_user list_users run run-prod kill status demo evaluate generate clean catalog catalog_show catalog_rollback rules \
-	rules_show rules_rollback export
+	del_user list_users run run-prod kill status demo evaluate generate clean feed feed_show feed_rollback catalog \
+	catalog_show catalog_rollback rules rules_show rules_rollback export
 
 help: ## list every target
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -98,15 +99,21 @@ evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=3
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)"
 
-catalog: $(STAMP) ## upload a product feed: PATH_TO_CATALOG= (.csv, .csv.gz, .tsv, .xlsx); serving picks it up, no retraining
-	@test -n "$$PATH_TO_CATALOG" || { echo "error: give the feed file: make catalog PATH_TO_CATALOG=path/to/products.csv" >&2; exit 2; }
-	$(CLI) catalog "$$PATH_TO_CATALOG"
+feed: $(STAMP) ## upload a product feed: PATH_TO_FEED= (.csv, .csv.gz, .tsv, .xlsx); serving picks it up, no retraining
+	@test -n "$${PATH_TO_FEED:-$$PATH_TO_CATALOG}" || { echo "error: give the feed file: make feed PATH_TO_FEED=path/to/products.csv" >&2; exit 2; }
+	$(CLI) feed "$${PATH_TO_FEED:-$$PATH_TO_CATALOG}"
 
-catalog_show: $(STAMP) ## print the active product feed, or one item with CODE=
-	@$(CLI) catalog-show $${CODE:+--code "$$CODE"}
+feed_show: $(STAMP) ## print the active product feed, or one item with CODE=
+	@$(CLI) feed-show $${CODE:+--code "$$CODE"}
 
-catalog_rollback: $(STAMP) ## re-activate the product feed that was active before
-	$(CLI) catalog-rollback
+feed_rollback: $(STAMP) ## re-activate the product feed that was active before
+	$(CLI) feed-rollback
+
+# The feed targets' earlier names, still working but not listed: catalog (with PATH_TO_CATALOG= as well as
+# PATH_TO_FEED=), catalog_show, catalog_rollback.
+catalog: feed
+catalog_show: feed_show
+catalog_rollback: feed_rollback
 
 rules: $(STAMP) ## upload merchandising rules: PATH_TO_RULES= (YAML: block, do_not_pair, pin, boost, bury)
 	@test -n "$$PATH_TO_RULES" || { echo "error: give the rules file: make rules PATH_TO_RULES=path/to/rules.yaml" >&2; exit 2; }
@@ -158,7 +165,7 @@ bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rul
 bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
 	$(CLI) bench logins $(BENCH_FLAGS)
 
-bench-search: $(STAMP) ## benchmark catalog search (GET /items) on a 100k-item catalog
+bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
 	$(CLI) bench search $(BENCH_FLAGS)
 
 fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis) for FUZZ_SECONDS (600); figures in bench/results/fuzz.json

@@ -3,7 +3,7 @@
 Protocol. Test baskets are the invoices of the last `days` days of the file; the model trains on every invoice
 before them. For each test invoice (in InvoiceNo order) with at least two distinct products known to the
 training data, one of those (sorted by code) is hidden, chosen by a seeded generator; the others are the
-query. Metrics at 10: hit rate, MRR, NDCG (one relevant item), and catalog coverage of all answers.
+query. Metrics at 10: hit rate, MRR, NDCG (one relevant item), and item coverage of all answers.
 
 The product is scored through the code that answers /send_data: the model is trained by training.build_model,
 loaded by model.load_model and asked through Model.recommend. Baselines (popularity, item co-occurrence cosine,
@@ -43,7 +43,7 @@ EASE_MAX_ITEMS = 12_000  # beyond this the dense items x items eigendecompositio
 
 @dataclass
 class Cases:
-    """Leave-one-out cases on a training catalog: query item rows and the hidden item row of each."""
+    """Leave-one-out cases on a training model's items: query item rows and the hidden item row of each."""
 
     queries: list[np.ndarray]
     hidden: np.ndarray
@@ -279,7 +279,7 @@ def confidence_on_test(model: Any, baskets: list[list[str]], seed: int = 1) -> d
     whether the shopper bought it. Reliability bins and the expected calibration error (ECE, 10 equal bins)."""
     predicted: list[float] = []
     observed: list[bool] = []
-    splits = holdout.random_splits(baskets, model.catalog.index, seed)
+    splits = holdout.random_splits(baskets, model.items.index, seed)
     for _, query, bought in splits:
         answer = model.recommend(query, K)
         scores = np.array([s.score for s in answer.items])
