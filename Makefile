@@ -107,7 +107,7 @@ demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web c
 	@$(CLI) demo
 
 demo-address:
-	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: a minute or two)"
+	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: about a minute)"
 
 evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
