@@ -23,4 +23,3 @@ def optional(module: str, purpose: str) -> ModuleType:
             raise
         raise MissingExtra(f"{purpose} needs {top}: make devel installs it "
                            f"(or pip install -e '.[{EXTRA[top]}]')") from None
-

@@ -228,7 +228,7 @@ def _xlsx_frame(path: Path) -> pd.DataFrame:
 
 def _arrow_text(column) -> np.ndarray:
     """A Parquet column as the csv export would write it: text, "" for nulls, dates as "2010-12-01 08:26:00"."""
-    pa = optional("pyarrow", "Parquet input")
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     if pa.types.is_timestamp(column.type):
