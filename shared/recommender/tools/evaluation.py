@@ -30,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.core.errors import DataFileError
+from recommender.core.extras import optional
 from recommender.core.storage import LocalStorage
 from recommender.training import calibration, holdout
 from recommender.training.ingest import Transactions, load_transactions, select_baskets
@@ -200,7 +201,7 @@ def tune_ease(validation: Split, progress: Callable[[str], None]) -> tuple[float
 def write_parquet(tx: Transactions, path: Path) -> None:
     """Cleaned transactions as a Parquet file of one row per (basket, item), in basket order: training on it
     numbers baskets, items and customers as the transactions do (what the Spark engine is evaluated on)."""
-    import pyarrow as pa
+    pa = optional("pyarrow", "writing Parquet")
     import pyarrow.parquet as pq
 
     order = np.lexsort((tx.pair_item, tx.pair_basket))
@@ -228,6 +229,7 @@ def product(split: Split, params: TrainingParams, progress: Callable[[str], None
         storage = LocalStorage(Path(tmp) / "store")
         t = time.perf_counter()
         if engine == "spark":
+            optional("pyspark", "ENGINE=spark")  # before writing its Parquet input (the spark extra brings pyarrow)
             from recommender.training.distributed import trainer
             from recommender.training.sources import resolve
 

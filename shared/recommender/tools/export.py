@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from recommender.core.errors import InvalidInput, RecommenderError
+from recommender.core.extras import optional
 from recommender.core.storage import Storage
 from recommender.serving.merchandising import Options
 from recommender.serving.model import Model, ModelHolder
@@ -102,6 +103,8 @@ def export_complements(model: Model, out: str | Path, n: int = 10, fmt: str | No
     """Write every item's top n complements to out; the file appears complete or not at all."""
     out = Path(out)
     fmt = format_of(out, fmt)
+    if fmt == "parquet":
+        optional("pyarrow", "FORMAT=parquet")
     if not 1 <= n <= 100:
         raise InvalidInput(f"N must be from 1 to 100, not {n}")
     started = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from recommender.core.errors import ConfigError, DataFileError, RecommenderError
+from recommender.core.extras import optional
 from recommender.training import neighbors
 from recommender.training.ingest import (
     NO_TIME,
@@ -70,12 +71,9 @@ class SparkJobFailed(RecommenderError):
 
 
 def _spark_modules() -> Any:
-    try:
-        import pyspark
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise ConfigError("ENGINE=spark needs the spark extra: pip install -e '.[spark]' (make devel installs it)") \
-            from None
+    pyspark = optional("pyspark", "ENGINE=spark")
+    from pyspark.sql import SparkSession
+
     return pyspark, SparkSession
 
 

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from recommender.core.extras import optional
 from recommender.tools.synthetic.spec import (
     _BLOCK,
     _D_EMPTY,
@@ -229,7 +230,7 @@ def write_parquet_parts(spec: SyntheticSpec, folder: str | os.PathLike[str], blo
     of invoices), the layout a data lake export has; written into folder.partial, then renamed."""
     import shutil
 
-    import pyarrow as pa
+    pa = optional("pyarrow", "writing Parquet")
     import pyarrow.parquet as pq
 
     target = Path(folder)
