@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from recommender.core.errors import ConfigError, DataFileError, RecommenderError
+from recommender.core.extras import optional
 
 DEFAULT_MASTER = "local[*]"
 # A data error raised on an executor crosses the JVM as text; these marks find its message again on the driver.
@@ -22,12 +23,9 @@ class SparkJobFailed(RecommenderError):
 
 
 def _spark_modules() -> Any:
-    try:
-        import pyspark
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise ConfigError("ENGINE=spark needs the spark extra: pip install -e '.[spark]' (make devel installs it)") \
-            from None
+    pyspark = optional("pyspark", "ENGINE=spark")
+    from pyspark.sql import SparkSession
+
     return pyspark, SparkSession
 
 

@@ -29,7 +29,7 @@ from recommender.tools.synthetic.vocabulary import (
     SERVICES,
     WEEKDAY_P,
 )
-from recommender.tools.synthetic.catalogue import _Catalogue
+from recommender.tools.synthetic.products import ProductRange
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ class Customers:
     n_favourites: np.ndarray
 
 
-def customers_for(spec: SyntheticSpec, cat: _Catalogue) -> Customers:
+def customers_for(spec: SyntheticSpec, products: ProductRange) -> Customers:
     """The spec's customers, drawn from their own seeded stream."""
     rng = np.random.default_rng([spec.seed, 12, spec.customers, spec.products])
     n = spec.customers
@@ -64,7 +64,7 @@ def customers_for(spec: SyntheticSpec, cat: _Catalogue) -> Customers:
         country=draw(cumulative(CUSTOMER_COUNTRY_P), rng.random(n)),
         activity_cdf=cumulative(rng.lognormal(0.0, 1.2, n)),
         join_day=join_day,
-        favourites=draw(cat.favourite_cdf, rng.random((n, 4))),
+        favourites=draw(products.favourite_cdf, rng.random((n, 4))),
         n_favourites=1 + rng.binomial(3, 0.35, n),
     )
 
@@ -96,7 +96,7 @@ def _day_weights(spec: SyntheticSpec) -> np.ndarray:
     return w if w.sum() > 0 else np.ones(spec.days)
 
 
-def plan_for(spec: SyntheticSpec, cat: _Catalogue, cust: Customers) -> Plan:
+def plan_for(spec: SyntheticSpec, products: ProductRange, cust: Customers) -> Plan:
     """The spec's invoices: who buys when and how much, which are cancellations or dirty."""
     rng = np.random.default_rng([spec.seed, 13, spec.invoices])
     n = spec.invoices
