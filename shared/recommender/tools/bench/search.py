@@ -20,7 +20,7 @@ def search_items(products: int) -> Items:
     from recommender.tools import synthetic
 
     spec = synthetic.preset("scale", products=products)
-    generated = synthetic.range_for(spec)
+    generated = synthetic.product_arrays(spec)
     popularity = np.random.default_rng(0).zipf(1.3, size=len(generated.code)).tolist()
     return Items([str(c) for c in generated.code], [str(d) for d in generated.desc], popularity)
 

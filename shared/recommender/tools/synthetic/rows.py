@@ -31,7 +31,7 @@ from recommender.tools.synthetic.vocabulary import (
     QUANTITY_P,
     SERVICES,
 )
-from recommender.tools.synthetic.products import range_for, ProductRange
+from recommender.tools.synthetic.products import ProductRange, product_arrays
 from recommender.tools.synthetic.plan import Customers, customers_for, Plan, plan_for
 
 
@@ -185,7 +185,7 @@ def _block(spec: SyntheticSpec, products: ProductRange, cust: Customers, plan: P
 
 
 def _blocks(spec: SyntheticSpec) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
-    products = range_for(spec)
+    products = product_arrays(spec)
     cust = customers_for(spec, products)
     plan = plan_for(spec, products, cust)
     for b in range(-(-spec.invoices // BLOCK)):
