@@ -3,6 +3,8 @@ PyJWT rather than python-jose)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
 import time
@@ -19,9 +21,7 @@ from recommender.core.storage import Storage
 
 SECRET_KEY = "secrets/jwt_secret"
 MIN_SECRET_LENGTH = MIN_SECRET_BYTES
-# The JWS compact serialization (RFC 7515, sections 2 and 7.1): three base64url segments without padding. Base64
-# decoders skip or accept what is outside it ("=" after the signature, or any character at all), which would let
-# one token be sent in many spellings; only the one we issued is accepted.
+# The JWS compact serialization (RFC 7515, sections 2 and 7.1): three base64url segments without padding.
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 # Times are checked here, against the caller's clock: expiry on every request (the signature only once per token),
 # and iat only for its type (a token issued by another function whose clock is a second ahead stays valid).
@@ -90,7 +90,7 @@ def verify_token(token: str, secret: str, algorithm: str = "HS256",
 # Refused tokens raise, and lru_cache keeps no exception, so they are checked in full each time.
 @lru_cache(maxsize=4096)
 def _signed_claims(token: str, secret: str, algorithm: str) -> TokenClaims:
-    if not _COMPACT.fullmatch(token):
+    if not _is_compact(token):
         raise AuthError("invalid token")
     try:
         # Only the configured algorithm is accepted, which also refuses "none".
@@ -103,3 +103,17 @@ def _signed_claims(token: str, secret: str, algorithm: str) -> TokenClaims:
             or not isinstance(stamp, str) or isinstance(exp, bool) or isinstance(iat, bool):
         raise AuthError("invalid token")
     return TokenClaims(sub, jti, iat, exp, stamp)
+
+
+def _is_compact(token: str) -> bool:
+    """Whether token is spelled exactly as issued. Base64 decoders accept more (PyJWT takes "=" after the signature;
+    others skip any character outside the alphabet, or ignore the unused low bits of the last character), so one
+    token could be sent in many spellings: after the signature anything appended, in it another last character."""
+    if not _COMPACT.fullmatch(token):
+        return False
+    signature = token.rsplit(".", 1)[1]
+    try:
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == signature
