@@ -16,7 +16,14 @@ from pydantic_core import PydanticCustomError
 
 from recommender.core import registry
 from recommender.core.errors import DataFileError
-from recommender.core.merch import RULES_FILE, RULES_SOURCE, SELECTOR_KEYS, brand_key, category_key, category_keys
+from recommender.core.feed_and_rules import (
+    RULES_FILE,
+    RULES_SOURCE,
+    SELECTOR_KEYS,
+    brand_key,
+    category_key,
+    category_keys,
+)
 from recommender.core.registry import utcnow
 from recommender.core.storage import Storage
 
@@ -141,7 +148,7 @@ class _OneKey(_Part):
         return data
 
     def stored(self) -> dict[str, list[str]]:
-        """core.merch's selector: {key: [values]}."""
+        """core.feed_and_rules's selector: {key: [values]}."""
         return self.model_dump(exclude_none=True)
 
 
@@ -208,7 +215,7 @@ class Boost(_Part):
         _one_of(SELECTOR_KEYS, {k: v for k, v in data.items() if k != "factor"})
 
     def stored(self) -> dict:
-        """core.merch's boost entry: {key: [values], "factor": f}."""
+        """core.feed_and_rules's boost entry: {key: [values], "factor": f}."""
         return self.model_dump(exclude_none=True)
 
 
@@ -241,7 +248,7 @@ class RulesFile(_Part):
         default_factory=list, description="scores multiplied by a factor between 0 and 1 (lowers)")
 
     def stored(self) -> dict:
-        """The stored form (core.merch's rules.json); bury entries are boosts with a factor below 1."""
+        """The stored form (core.feed_and_rules's rules.json); bury entries are boosts with a factor below 1."""
         return {"block": self.block.model_dump(),
                 "do_not_pair": [{"basket": e.basket.stored(), "item": e.item.stored()} for e in self.do_not_pair],
                 "pin": [{"basket": e.basket.stored(), "item": {"code": e.item.code}, "position": e.position}
@@ -271,7 +278,7 @@ def _place(loc: tuple) -> str:
 
 
 def validate(raw: object) -> dict:
-    """The stored form (core.merch's rules.json) of a parsed YAML document; RulesError on the first problem."""
+    """The stored form (core.feed_and_rules's rules.json) of a YAML document; RulesError on the first problem."""
     try:
         return RulesFile.model_validate({} if raw is None else raw).stored()
     except ValidationError as err:
