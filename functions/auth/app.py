@@ -29,7 +29,7 @@ async def token(form: Annotated[LoginForm, Depends()], request: Request,
 
 
 @app.get("/users/me", response_model=UserOut, summary="The user the token belongs to", responses=web.errors(401, 413, 503))
-@app.get("/users/me/", response_model=UserOut, include_in_schema=False)
+@app.get("/users/me/", response_model=UserOut, include_in_schema=False, responses=web.errors(401, 413, 503))
 async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
     """The user the bearer token belongs to."""
     return UserOut.model_validate(user, from_attributes=True)
