@@ -40,7 +40,7 @@ class BasketIn(BaseModel):
 
     # Strict: a value of another JSON type than the schema says (true for a price, "5" for n) is refused, not
     # converted; integers are still numbers.
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, defer_build=True)
 
     product_list: Annotated[list[StrictStr], Field(max_length=MAX_BASKET, description="stock codes in the basket")]
     n: Annotated[int, Field(ge=1, le=MAX_N, description="how many items to recommend")] = 5
@@ -96,7 +96,8 @@ class LoginForm:
 class Out(BaseModel):
     """The base of every response model: no undeclared fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Built on first use: the auth function imports this module too, and never uses most of the models.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class ErrorOut(Out):
