@@ -21,7 +21,7 @@ from recommender.core.storage import LocalStorage
 from recommender.local.gateway import read_routes
 from recommender.serving import console, web
 from recommender.serving.merch import SOURCES, Options
-from recommender.serving.schemas import OPTION_NAMES, BasketIn, ItemOut, Out
+from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
 from recommender.training.feed import publish_feed
 from recommender.training.rules import known_from, publish_rules
 
@@ -42,8 +42,8 @@ class Api:
         self.auth, self.rec, self.storage, self.user = auth, rec, storage, user
         self.tmp_path, self.monkeypatch = tmp_path, monkeypatch
         self.version = registry.active_version(storage)
-        self.codes = registry_codes(storage, self.version)
         self._headers: dict[str, str] | None = None
+        self._codes: list[str] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -53,6 +53,14 @@ class Api:
             assert answer.status_code == 200, answer.text
             self._headers = {"Authorization": f"Bearer {answer.json()['access_token']}"}
         return self._headers
+
+    @property
+    def codes(self) -> list[str]:
+        """The served model's codes, most popular first (asked on first use: the model is then loaded)."""
+        if self._codes is None:
+            answer = self.call("GET", "/items", params={"limit": MAX_N})
+            self._codes = [item["stock_code"] for item in answer.json()["items"]]
+        return self._codes
 
     def call(self, method: str, path: str, token: bool = True, **kwargs) -> Response:
         """A request to the function serving path (with the token unless told otherwise)."""
@@ -98,11 +106,6 @@ class Api:
                          "boost:\n  - {category: Home, factor: 1.5}\nbury:\n  - {brand: Other, factor: 0.5}\n")
         publish_rules(self.storage, rules, known_from(self.codes, {}), progress=lambda _m: None)
         web.model_holder(get_settings()).refresh()
-
-
-def registry_codes(storage: LocalStorage, version: str) -> list[str]:
-    """The served model's codes, most popular first."""
-    return json.loads(storage.read(registry.artifact_key(version, "catalog.json")))["codes"]
 
 
 class Case(NamedTuple):
