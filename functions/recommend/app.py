@@ -75,13 +75,13 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
     return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain))
 
 
-@app.get("/items", response_model=SearchOut, summary="Search the items by code prefix or description words",
+@app.get("/items", response_model=SearchOut, summary="Search the model's items by code prefix or description words",
          responses=web.errors(401, 413, 422, 503))
 async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_length=200)] = "",
                 limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> web.FastJSON:
     """Items whose code starts with q, then items whose description holds every word of q; popular first."""
     # Off the event loop: a search is a few milliseconds at most, but the first one of a model builds its index.
-    found = await run_in_threadpool(model.catalog.search, q, limit)
+    found = await run_in_threadpool(model.items.search, q, limit)
     return web.FastJSON(schemas.search_json(found, model.version))
 
 
@@ -102,9 +102,9 @@ async def health() -> web.FastJSON:
          responses=web.errors(401, 404, 413, 503))
 async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """One of the real invoices the served model keeps from its training data, drawn at random."""
-    from recommender.serving import samples  # what only the console asks for is imported on its first use
+    from recommender.serving import real_baskets  # what only the console asks for is imported on its first use
 
-    return web.FastJSON(samples.random_basket(model, storage, _rng))
+    return web.FastJSON(real_baskets.random_basket(model, storage, _rng))
 
 
 @app.get("/model", response_model=ModelInfoOut, summary="The served model, its training figures and the versions",

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from recommender.core import registry
 from recommender.core.errors import StorageError
-from recommender.core.merch import SHOWN
+from recommender.core.feed_and_rules import SHOWN
 from recommender.core.settings import get_settings
 from recommender.core.storage import LocalStorage
 from recommender.local.gateway import read_routes
 from recommender.serving import console, web
-from recommender.serving.merch import SOURCES, Options
+from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
 from recommender.training.feed import publish_feed
 from recommender.training.rules import known_from, publish_rules

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-from recommender.core.catalog import Item
-from recommender.serving.merch import Options, Pick
+from recommender.core.items import Item
+from recommender.serving.merchandising import Options, Pick
 
 if TYPE_CHECKING:
     from recommender.serving.model import Model, Recommendation
@@ -145,7 +145,7 @@ class ItemOut(Out):
     source: Literal["model", "popular", "pinned"] | None = None
     because: list[Reason] | None = None
     boost: float | None = None
-    # The feed's attributes, when known: core.merch.SHOWN, in its order (what Policy.shown lets through).
+    # The feed's attributes, when known: core.feed_and_rules.SHOWN, in its order (what Policy.shown lets through).
     price: float | None = None
     currency: str | None = None
     category: str | None = None
@@ -217,8 +217,8 @@ def answer_json(answer: "Recommendation", explain: bool) -> dict:
     }
 
 
-class SearchItem(Out):
-    """One item found by a search."""
+class FoundItem(Out):
+    """One of the model's items."""
 
     stock_code: str
     description: str
@@ -226,14 +226,14 @@ class SearchItem(Out):
 
 
 class SearchOut(Out):
-    """Search results."""
+    """Item search results."""
 
-    items: list[SearchItem]
+    items: list[FoundItem]
     model_version: str
 
 
 def search_json(found: list[Item], model_version: str) -> dict:
-    """A SearchOut (an Item has exactly SearchItem's fields)."""
+    """A SearchOut (an Item has exactly FoundItem's fields)."""
     return {"items": [i._asdict() for i in found], "model_version": model_version}
 
 
@@ -252,7 +252,7 @@ class HealthOut(Out):
 def health_json(model: "Model", problem: str | None) -> dict:
     """A HealthOut for the served model; problem (what fails beside it, if anything) makes it degraded."""
     out = {"status": "degraded" if problem else "ok", "model_version": model.version,
-           "item_count": len(model.catalog), "model_created_at": model.manifest.get("created_at"),
+           "item_count": len(model.items), "model_created_at": model.manifest.get("created_at"),
            "feed_version": model.feed_version, "rules_version": model.rules_version}
     if problem:
         out["detail"] = problem
