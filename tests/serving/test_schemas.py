@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple, get_args
 
 import pytest
 from fastapi.routing import APIRoute
