@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from recommender.tools.synthetic.catalogue import _cat_for, catalogue, complements
+from recommender.tools.synthetic.catalogue import catalogue, complements, products_for
 from recommender.tools.synthetic.rows import generate_frame, write_csv, write_parquet_parts
 from recommender.tools.synthetic.spec import (
     COLUMNS,
@@ -23,7 +23,7 @@ from recommender.tools.synthetic.spec import (
 )
 
 __all__ = ["COLUMNS", "DEFAULT", "SCALE", "TINY", "GenerationSummary", "SyntheticSpec", "catalogue", "complements",
-           "generate_frame", "preset", "source_digest", "write_csv", "write_parquet_parts", "_cat_for"]
+           "generate_frame", "preset", "products_for", "source_digest", "write_csv", "write_parquet_parts"]
 
 
 def source_digest() -> str:

@@ -219,13 +219,14 @@ def _stock_codes(rng: np.random.Generator, kit_of: np.ndarray, item_of: np.ndarr
 # ---------------------------------------------------------------------------------------------------------
 # Ground truth.
 # ---------------------------------------------------------------------------------------------------------
-def _cat_for(spec: SyntheticSpec) -> _Catalogue:
+def products_for(spec: SyntheticSpec) -> _Catalogue:
+    """The generated products of spec as arrays (code, desc, price, kit, family_of, ...), built once per spec."""
     return _catalogue(spec.seed, spec.products, spec.zipf, _start_minute(spec), spec.days * 1440)
 
 
 def catalogue(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
     """Every product: StockCode, current Description, UnitPrice, Family (-1 for accessories), Kit and Item."""
-    cat = _cat_for(spec)
+    cat = products_for(spec)
     return pd.DataFrame({
         "StockCode": cat.code,
         "Description": cat.desc,
@@ -238,7 +239,7 @@ def catalogue(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
 
 def complements(spec: SyntheticSpec = DEFAULT) -> dict[str, frozenset[str]]:
     """For each product code, the codes generated as its complements: its family and the family's accessory."""
-    cat = _cat_for(spec)
+    cat = products_for(spec)
     result: dict[str, set[str]] = {}
     for f in range(len(cat.family_start)):
         members = cat.code[cat.family_start[f]:cat.family_start[f] + cat.family_size[f]].tolist()

@@ -30,7 +30,7 @@ from recommender.tools.synthetic.vocabulary import (
     _QUANTITY_P,
     _SERVICES,
 )
-from recommender.tools.synthetic.catalogue import _cat_for, _Catalogue
+from recommender.tools.synthetic.catalogue import _Catalogue, products_for
 from recommender.tools.synthetic.plan import _Customers, _customers, _Plan, _plan
 
 
@@ -184,7 +184,7 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
 
 
 def _blocks(spec: SyntheticSpec) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
-    cat = _cat_for(spec)
+    cat = products_for(spec)
     cust = _customers(spec, cat)
     plan = _plan(spec, cat, cust)
     for b in range(-(-spec.invoices // _BLOCK)):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recommender.core.catalog import Catalog
-from recommender.tools.bench.common import percentile
-from recommender.tools.bench.report import PartResult, Row, target_row
 
-if TYPE_CHECKING:
-    from recommender.tools.bench.runner import Options
+from bench.common import percentile
+from bench.options import Options
+from bench.report import PartResult, Row, target_row
 
 
 def search_catalog(products: int) -> Catalog:
@@ -20,7 +18,7 @@ def search_catalog(products: int) -> Catalog:
     from recommender.tools import synthetic
 
     spec = synthetic.preset("scale", products=products)
-    cat = synthetic._cat_for(spec)
+    cat = synthetic.products_for(spec)
     popularity = np.random.default_rng(0).zipf(1.3, size=len(cat.code)).tolist()
     return Catalog([str(c) for c in cat.code], [str(d) for d in cat.desc], popularity)
 
