@@ -254,10 +254,10 @@ def bench_spark(options: SparkBenchOptions) -> dict:
     """Run what the options ask for; print the table; write bench/results/spark.json and spark.md."""
     from recommender.tools import synthetic
 
-    results: dict[str, Any] = {"machine": machine_info(), "options": {k: str(v) for k, v in asdict(options).items()},
-                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if options.agreement:
         retail_file(RETAIL_CSV, options.data_dir)  # absent: stop now, saying how to provide it, not after the long runs
+    results: dict[str, Any] = {"machine": machine_info(), "options": {k: str(v) for k, v in asdict(options).items()},
+                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="recommender-bench-spark-") as tmp:
         if options.agreement:
             say(f"agreement on {options.csv.name}: both engines")
