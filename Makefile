@@ -137,7 +137,7 @@ BENCH_FLAGS = $(if $(QUICK),--quick)
 export BENCH_DATA_DIR
 .PHONY: fuzz soak bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-spark bench-deps
 
-bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
+bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short; BENCH_DATA_DIR=folder of Online Retail)
 	$(BENCH) all $(BENCH_FLAGS)
 
 bench-train: $(STAMP) ## benchmark training on Online Retail csv.gz and xlsx (BENCH_DATA_DIR=folder): time and peak RSS per stage
