@@ -75,8 +75,8 @@ def _soak(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     rss = report["rss_mib"]
     print(f"{report['requests']:,} requests in {report['duration_s']:g} s ({report['requests_per_second']:,.0f}/s); "
-          f"errors: {report['errors']}; p50 {report['p50_ms']['median']:.2f} ms, p99 {report['p99_ms']['median']:.2f} ms "
-          f"(worst {report['p99_ms']['max']:.2f} ms); RSS {rss['after_warmup']} -> {rss['end']} MiB after warm-up "
+          f"errors: {report['errors']}; p50 {report['p50_ms']['median']:.2f} ms, "
+          f"p99 {report['p99_ms']['median']:.2f} ms (worst {report['p99_ms']['max']:.2f} ms); RSS {rss['after_warmup']} -> {rss['end']} MiB after warm-up "
           f"({rss['growth_percent']:+.1f}%); " + ", ".join(f"{v} {k}" for k, v in report["events"].items()))
     for problem in report["problems"]:
         print(f"problem: {problem}", file=sys.stderr)

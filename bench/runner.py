@@ -68,6 +68,7 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
     json_path, md_path = write_results(results, options.out_dir, machine, command)
     print(format_table([row for r in results for row in r.rows], before=load_baseline(options.out_dir)))
     print(f"\nmachine: {machine.get('cores')} cores, {machine.get('memory_gib')} GiB, Python {machine.get('python')}; "
-          f"load before each part: " + ", ".join(f"{r.part} {r.load_before[0] if r.load_before else '?'}" for r in results))
+          "load before each part: "
+          + ", ".join(f"{r.part} {r.load_before[0] if r.load_before else '?'}" for r in results))
     print(f"results: {shown(md_path)} and {shown(json_path)}")
     return results, json_path, md_path
