@@ -1,6 +1,7 @@
-# Every target is a thin wrapper over `python -m recommender ...` (see `make help`); variables given on the make
-# command line (PATH_TO_DATA, USER_NAME, PASSWORD, STORAGE_URL, HOST, PORT, ...) reach the commands through the
-# environment, so values with spaces, quotes or non-ASCII characters need no extra escaping.
+# Every target is a thin wrapper over `python -m recommender ...`, or over `python -m bench ...` for the benchmarks,
+# soak and fuzz (see `make help`); variables given on the make command line (PATH_TO_DATA, USER_NAME, PASSWORD,
+# STORAGE_URL, HOST, PORT, ...) reach the commands through the environment, so values with spaces, quotes or non-ASCII
+# characters need no extra escaping.
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -153,48 +154,51 @@ generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic
 clean: ## remove the venv and caches (data/ is kept)
 	rm -rf $(VENV) .pytest_cache shared/*.egg-info
 
-# Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
-# (results then go to bench/results/quick/).
+# Benchmarks: separate from `make test`, never timed assertions. They run the harness in bench/ (not installed:
+# `python -m bench <part>` from this folder). QUICK=1 gives short runs that check the harness (results then go to
+# bench/results/quick/). The Online Retail files come from BENCH_DATA_DIR (default data/datasets/).
+BENCH := $(BIN)/python -m bench
 BENCH_FLAGS = $(if $(QUICK),--quick)
+export BENCH_DATA_DIR
 .PHONY: fuzz soak bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-spark bench-deps
 
-bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
-	$(CLI) bench all $(BENCH_FLAGS)
+bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short; BENCH_DATA_DIR=folder of Online Retail)
+	$(BENCH) all $(BENCH_FLAGS)
 
-bench-train: $(STAMP) ## benchmark training on Online Retail csv.gz and xlsx: time and peak RSS per stage
-	$(CLI) bench train $(BENCH_FLAGS)
+bench-train: $(STAMP) ## benchmark training on Online Retail csv.gz and xlsx (BENCH_DATA_DIR=folder): time and peak RSS per stage
+	$(BENCH) train $(BENCH_FLAGS)
 
 bench-serve: $(STAMP) bench-deps ## benchmark POST /send_data over HTTP (wrk) against a bare FastAPI ceiling app
-	$(CLI) bench serve $(BENCH_FLAGS)
+	$(BENCH) serve $(BENCH_FLAGS)
 
 bench-cold: $(STAMP) ## benchmark the cold start of the recommend Lambda handler, with the slowest imports
-	$(CLI) bench cold $(BENCH_FLAGS)
+	$(BENCH) cold $(BENCH_FLAGS)
 
 bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index size, latency, HR@10, growth
-	$(CLI) bench scale $(BENCH_FLAGS)
+	$(BENCH) scale $(BENCH_FLAGS)
 
 browser-deps: ## install chromium (Debian's package) for the web console's browser tests when it is missing
 	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
 
 bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
-	$(CLI) bench merch $(BENCH_FLAGS)
+	$(BENCH) merch $(BENCH_FLAGS)
 
 bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
-	$(CLI) bench logins $(BENCH_FLAGS)
+	$(BENCH) logins $(BENCH_FLAGS)
 
 bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
-	$(CLI) bench search $(BENCH_FLAGS)
+	$(BENCH) search $(BENCH_FLAGS)
 
 fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis) for FUZZ_SECONDS (600); figures in bench/results/fuzz.json
-	$(CLI) fuzz --seconds "$${FUZZ_SECONDS:-600}" --out bench/results/fuzz.json
+	$(BENCH) fuzz --seconds "$${FUZZ_SECONDS:-600}" --out bench/results/fuzz.json
 
 bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows (DRIVER_MEMORY=8g)
-	$(BIN)/python -m recommender.tools.bench.spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)") \
+	$(BENCH) spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)") \
 		$(if $(DRIVER_MEMORY),--driver-memory "$(DRIVER_MEMORY)")
 
 soak: $(STAMP) bench-deps ## soak the local server for DURATION seconds (600) under load and change [PATH_TO_DATA=]; report in bench/results/soak.json
-	$(CLI) soak --duration "$${DURATION:-600}" $${PATH_TO_DATA:+--data "$$PATH_TO_DATA"} --out bench/results/soak.json
+	$(BENCH) soak --duration "$${DURATION:-600}" $${PATH_TO_DATA:+--data "$$PATH_TO_DATA"} --out bench/results/soak.json
 
 bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
