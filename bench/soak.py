@@ -24,10 +24,11 @@ import numpy as np
 
 from recommender.core.errors import ConfigError
 from recommender.core.settings import Settings
-from recommender.tools.bench.common import WRK_COMMON, load_average, median, say
+
+from bench.common import WRK_COMMON, load_average, median, say
 
 # A steady rate rather than wrk's flat out: each connection waits DELAY_MS between requests.
-WRK_SCRIPT = r"""-- Soak load for wrk (written by recommender.tools.soak): one "PATH<TAB>JSON" request a line of the file
+WRK_SCRIPT = r"""-- Soak load for wrk (written by bench.soak): one "PATH<TAB>JSON" request a line of the file
 -- named after "--", used in turn, with the token from SOAK_TOKEN; a fixed pause between a connection's requests.
 """ + WRK_COMMON + r"""
 function init(args)
@@ -143,7 +144,8 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
-def _feed_csv(codes: list[str], prices: np.ndarray | None, rng: random.Random, path: Path) -> None:
+def write_feed_csv(codes: list[str], prices: np.ndarray | None, rng: random.Random, path: Path) -> None:
+    """A product feed for codes at path: prices near the model's, a few out of stock, categories and brands."""
     lines = ["StockCode,price,availability,category,brand"]
     for i, code in enumerate(codes):
         base = float(prices[i]) if prices is not None and prices[i] == prices[i] else 1.0 + i % 20
@@ -153,7 +155,8 @@ def _feed_csv(codes: list[str], prices: np.ndarray | None, rng: random.Random, p
     path.write_text("\n".join(lines) + "\n")
 
 
-def _rules_yaml(codes: list[str], rng: random.Random, path: Path) -> None:
+def write_rules_yaml(codes: list[str], rng: random.Random, path: Path) -> None:
+    """A rules file for codes at path: a block, do-not-pair rules, pins and boosts drawn from them."""
     picked = rng.sample(codes, min(len(codes), 40))
     blocked, pairs, pins, boosts = picked[:5], picked[5:15], picked[15:25], picked[25:40]
     lines = ["block:", "  codes: [" + ", ".join(json.dumps(c) for c in blocked) + "]", "do_not_pair:"]
@@ -173,10 +176,11 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
     from recommender.serving.model import load_model
     from recommender.serving.users import add_user, delete_user
     from recommender.tools import synthetic
-    from recommender.tools.bench.deployment import free_port, sample_baskets
-    from recommender.tools.bench.serve import ensure_wrk
     from recommender.training.ingest import load_transactions
     from recommender.training.pipeline import train
+
+    from bench.deployment import free_port, sample_baskets
+    from bench.serve import ensure_wrk
 
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="recommender-soak-"))
@@ -264,11 +268,11 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
             turn["merch"] += 1
             if turn["merch"] % 2:
                 path = work / f"feed-{turn['merch']}.csv"
-                _feed_csv(codes, prices, rng, path)
+                write_feed_csv(codes, prices, rng, path)
                 done, name = _cli(env, "feed", str(path)), "feed updates"
             else:
                 path = work / f"rules-{turn['merch']}.yaml"
-                _rules_yaml(codes, rng, path)
+                write_rules_yaml(codes, rng, path)
                 done, name = _cli(env, "rules", str(path)), "rules updates"
             if done.returncode != 0:
                 events.problem(f"{name}: {done.stderr.strip()}")

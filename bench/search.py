@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recommender.core.items import Items
-from recommender.tools.bench.common import percentile
-from recommender.tools.bench.report import PartResult, Row, target_row
 
-if TYPE_CHECKING:
-    from recommender.tools.bench.runner import Options
+from bench.common import percentile
+from bench.options import Options
+from bench.report import PartResult, Row, target_row
 
 
 def search_items(products: int) -> Items:
