@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from recommender.core.errors import ConfigError
+from recommender.local.template import Tagged, read_template
 
 from bench.common import RESULT_MARK, median
 from bench.deployment import Deployment
@@ -51,16 +50,11 @@ NOT_IN_LAYER = ("cryptography",)
 def function_environment(template: Path, function: str = "RecommendFunction") -> dict[str, str]:
     """The plain values of the function's environment in template.yaml (Globals, then its own), e.g.
     OPENBLAS_NUM_THREADS; values computed by CloudFormation (!Ref, !Sub, !If) are left out."""
-    class Loader(yaml.SafeLoader):
-        pass
-
-    computed = object()
-    Loader.add_multi_constructor("!", lambda _loader, _suffix, _node: computed)
-    doc = yaml.load(template.read_text(), Loader=Loader)
+    doc = read_template(template)
     env: dict[str, str] = {}
     for scope in (doc.get("Globals", {}).get("Function", {}), doc["Resources"][function]["Properties"]):
         variables = (scope.get("Environment") or {}).get("Variables") or {}
-        env.update({k: str(v) for k, v in variables.items() if v is not computed})
+        env.update({k: str(v) for k, v in variables.items() if not isinstance(v, Tagged)})
     return env
 
 

@@ -144,7 +144,8 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
-def _feed_csv(codes: list[str], prices: np.ndarray | None, rng: random.Random, path: Path) -> None:
+def write_feed_csv(codes: list[str], prices: np.ndarray | None, rng: random.Random, path: Path) -> None:
+    """A product feed for codes at path: prices near the model's, a few out of stock, categories and brands."""
     lines = ["StockCode,price,availability,category,brand"]
     for i, code in enumerate(codes):
         base = float(prices[i]) if prices is not None and prices[i] == prices[i] else 1.0 + i % 20
@@ -154,7 +155,8 @@ def _feed_csv(codes: list[str], prices: np.ndarray | None, rng: random.Random, p
     path.write_text("\n".join(lines) + "\n")
 
 
-def _rules_yaml(codes: list[str], rng: random.Random, path: Path) -> None:
+def write_rules_yaml(codes: list[str], rng: random.Random, path: Path) -> None:
+    """A rules file for codes at path: a block, do-not-pair rules, pins and boosts drawn from them."""
     picked = rng.sample(codes, min(len(codes), 40))
     blocked, pairs, pins, boosts = picked[:5], picked[5:15], picked[15:25], picked[25:40]
     lines = ["block:", "  codes: [" + ", ".join(json.dumps(c) for c in blocked) + "]", "do_not_pair:"]
@@ -266,11 +268,11 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
             turn["merch"] += 1
             if turn["merch"] % 2:
                 path = work / f"feed-{turn['merch']}.csv"
-                _feed_csv(codes, prices, rng, path)
+                write_feed_csv(codes, prices, rng, path)
                 done, name = _cli(env, "feed", str(path)), "feed updates"
             else:
                 path = work / f"rules-{turn['merch']}.yaml"
-                _rules_yaml(codes, rng, path)
+                write_rules_yaml(codes, rng, path)
                 done, name = _cli(env, "rules", str(path)), "rules updates"
             if done.returncode != 0:
                 events.problem(f"{name}: {done.stderr.strip()}")

@@ -31,10 +31,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from recommender.local.template import dump_template, read_template, resolved
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -62,75 +61,7 @@ class BuildError(Exception):
     """A build step failed; the message says what to do."""
 
 
-# --- the template, read and written with its CloudFormation tags (!Ref, !Sub, ...) intact ---------------------
-
-@dataclass
-class Tagged:
-    """A value carrying a CloudFormation short-form tag."""
-
-    tag: str
-    value: object
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
-    if isinstance(node, yaml.ScalarNode):
-        return Tagged("!" + suffix, loader.construct_scalar(node))
-    if isinstance(node, yaml.SequenceNode):
-        return Tagged("!" + suffix, loader.construct_sequence(node, deep=True))
-    return Tagged("!" + suffix, loader.construct_mapping(node, deep=True))
-
-
-def _represent(dumper: yaml.SafeDumper, data: Tagged) -> yaml.Node:
-    if isinstance(data.value, list):
-        return dumper.represent_sequence(data.tag, data.value)
-    if isinstance(data.value, dict):
-        return dumper.represent_mapping(data.tag, data.value)
-    return dumper.represent_scalar(data.tag, str(data.value))
-
-
-_Loader.add_multi_constructor("!", _construct)
-_Dumper.add_representer(Tagged, _represent)
-
-
-def read_template(path: Path = TEMPLATE) -> dict:
-    """The SAM template as plain data, tags kept."""
-    return yaml.load(path.read_text(), Loader=_Loader)
-
-
-def resolved(template: dict, value: object, parameters: dict[str, str] | None = None) -> object:
-    """value with its conditions decided (!If, !Equals, !Not, !Ref of a parameter or condition) for the parameters'
-    defaults, or the values given; other tags are left as they are."""
-    given = {name: str(p.get("Default")) for name, p in template.get("Parameters", {}).items()} | (parameters or {})
-
-    def walk(v: object) -> object:
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        if not isinstance(v, Tagged):
-            return v
-        if v.tag == "!If":
-            condition, yes, no = v.value
-            return walk(yes if walk(template["Conditions"][condition]) else no)
-        if v.tag == "!Equals":
-            left, right = (walk(x) for x in v.value)
-            return str(left) == str(right)
-        if v.tag == "!Not":
-            return not walk(v.value[0])
-        if v.tag == "!Ref" and v.value in given:
-            return given[v.value]
-        return v
-
-    return walk(value)
-
+# --- the template (read and written by recommender.local.template, its CloudFormation tags kept) ---------------
 
 def built_template(template: dict) -> dict:
     """The template `sam deploy` needs after a build: code locations pointing at the build folders."""
@@ -345,7 +276,7 @@ def smoke_test(layer: Path, functions: dict[str, Path], workdir: Path) -> None:
 
 def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
     """Build .aws-sam/build (functions, layer, template) and .aws-sam/recommender-layer.zip."""
-    template = read_template()
+    template = read_template(TEMPLATE)
     resources = template["Resources"]
     layers = {n: r for n, r in resources.items() if r["Type"] == "AWS::Serverless::LayerVersion"}
     functions = {n: r for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
@@ -388,8 +319,7 @@ def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
                 smoke_test(layer_dir, {n: staging / n for n in functions}, work)
             else:
                 print("smoke test skipped: the layer's modules are for Linux x86_64 CPython 3.11, not this machine")
-        (staging / "template.yaml").write_text(
-            yaml.dump(built_template(template), Dumper=_Dumper, sort_keys=False, width=120))
+        (staging / "template.yaml").write_text(dump_template(built_template(template)))
         write_zip(staging / layer_name, LAYER_ZIP)
         shutil.rmtree(BUILD, ignore_errors=True)
         staging.rename(BUILD)
@@ -404,7 +334,7 @@ def check_build(check: bool) -> None:
     """Check an existing .aws-sam/build (e.g. from sam build): glibc and libstdc++ needs, then the smoke test."""
     if not (BUILD / "template.yaml").is_file():
         raise BuildError("nothing built yet: make build-lambda or make build-lambda-pip")
-    resources = read_template()["Resources"]
+    resources = read_template(TEMPLATE)["Resources"]
     (layer_name,) = [n for n, r in resources.items() if r["Type"] == "AWS::Serverless::LayerVersion"]
     functions = [n for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"]
     problems = check_compiled_modules(BUILD / layer_name / "python")

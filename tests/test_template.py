@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from recommender.local.template import Tagged, dump_template, parse_template, plain, read_template, resolved
 
 from tests.conftest import ROOT
 
@@ -42,22 +43,11 @@ builder = load_builder()
 
 @pytest.fixture(scope="module")
 def template() -> dict:
-    return builder.read_template(TEMPLATE)
+    return read_template(TEMPLATE)
 
 
 def resources_of(template: dict, kind: str) -> dict:
     return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
-
-
-def plain(value):
-    """A template value with its tags dropped, for comparisons ({"!Ref": x} becomes x)."""
-    if isinstance(value, builder.Tagged):
-        return plain(value.value)
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
 
 
 def statements(function: dict) -> list[dict]:
@@ -71,10 +61,10 @@ def test_cfn_lint_is_clean():
 
 
 def test_functions_layer_and_runtime_agree(template):
-    runtime = builder.resolved(template, template["Globals"]["Function"]["Runtime"])
+    runtime = resolved(template, template["Globals"]["Function"]["Runtime"])
     (layer,) = resources_of(template, "AWS::Serverless::LayerVersion").values()
     assert layer["Metadata"]["BuildMethod"] == "makefile"
-    assert builder.resolved(template, layer["Properties"]["CompatibleRuntimes"]) == [runtime]
+    assert resolved(template, layer["Properties"]["CompatibleRuntimes"]) == [runtime]
     assert layer["Properties"]["ContentUri"] == "shared/" and (ROOT / "shared" / "requirements.txt").is_file()
     assert "build-SharedLayer:" in (ROOT / "shared" / "Makefile").read_text()
     functions = resources_of(template, "AWS::Serverless::Function")
@@ -89,7 +79,7 @@ def test_functions_layer_and_runtime_agree(template):
 
 
 def test_runtime_is_the_python_the_tests_run_on(template):
-    runtime = builder.resolved(template, template["Globals"]["Function"]["Runtime"])
+    runtime = resolved(template, template["Globals"]["Function"]["Runtime"])
     running = f"python{sys.version_info.major}.{sys.version_info.minor}"
     if running != runtime:
         pytest.skip(f"the tests run on {running}, the template deploys {runtime}: run them with {runtime} "
@@ -103,13 +93,13 @@ def test_snapstart_is_off_by_default_and_complete_when_on(template, tmp_path):
     snapshots its published versions (served through its alias) with the model preloaded; the variant lints clean."""
     recommend = template["Resources"]["RecommendFunction"]["Properties"]
     for on in (False, True):
-        resolve = lambda v: builder.resolved(template, v, {"RecommendSnapStart": "true"} if on else None)  # noqa: E731
+        resolve = lambda v: resolved(template, v, {"RecommendSnapStart": "true"} if on else None)  # noqa: E731
         runtime = resolve(template["Globals"]["Function"]["Runtime"])
         (layer,) = resources_of(template, "AWS::Serverless::LayerVersion").values()
         assert runtime == ("python3.12" if on else "python3.11")
         assert resolve(layer["Properties"]["CompatibleRuntimes"]) == [runtime]
         snapstart = resolve(recommend["SnapStart"])
-        assert snapstart == ({"ApplyOn": "PublishedVersions"} if on else builder.Tagged("!Ref", "AWS::NoValue"))
+        assert snapstart == ({"ApplyOn": "PublishedVersions"} if on else Tagged("!Ref", "AWS::NoValue"))
         assert resolve(recommend["Environment"]["Variables"]["PRELOAD_MODEL"]) == ("true" if on else "false")
         assert recommend["AutoPublishAlias"] == "live"
     assert template["Parameters"]["RecommendSnapStart"]["Default"] == "false"
@@ -238,14 +228,12 @@ def test_samconfig_and_build_environment():
 def test_built_template_points_at_build_folders_and_keeps_tags(template):
     import copy
 
-    import yaml
-
     built = builder.built_template(copy.deepcopy(template))
     assert built["Resources"]["AuthFunction"]["Properties"]["CodeUri"] == "AuthFunction"
     assert built["Resources"]["SharedLayer"]["Properties"]["ContentUri"] == "SharedLayer"
     assert "Metadata" not in built["Resources"]["SharedLayer"]
-    text = yaml.dump(built, Dumper=builder._Dumper, sort_keys=False)
-    again = yaml.load(text, Loader=builder._Loader)
+    text = dump_template(built)
+    again = parse_template(text)
     assert again["Outputs"] == template["Outputs"] and "!GetAtt 'ModelBucket.Arn'" in text
 
 

@@ -13,14 +13,14 @@ CODES = [f"{20000 + i}" for i in range(60)] + ["85123A", "POST"]
 
 
 def test_feed_and_rules_files_are_valid(tmp_path):
-    from bench.soak import _feed_csv, _rules_yaml
+    from bench.soak import write_feed_csv, write_rules_yaml
 
     rng = random.Random(3)
     prices = np.full(len(CODES), np.nan)
     prices[::2] = 2.5
-    _feed_csv(CODES, prices, rng, tmp_path / "feed.csv")
+    write_feed_csv(CODES, prices, rng, tmp_path / "feed.csv")
     assert len(read_feed(tmp_path / "feed.csv").items) == len(CODES)
-    _rules_yaml(CODES, rng, tmp_path / "rules.yaml")
+    write_rules_yaml(CODES, rng, tmp_path / "rules.yaml")
     rules, _ = read_rules(tmp_path / "rules.yaml")
     assert len(rules["block"]["codes"]) == 5 and rules["pin"] and rules["boost"] and rules["do_not_pair"]
 

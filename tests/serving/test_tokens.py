@@ -97,11 +97,11 @@ def pyjwt_decoding(request, monkeypatch):
                 raise jwt.DecodeError(f"Invalid {name} padding") from None
 
         monkeypatch.setattr(jwt.api_jws.PyJWS, "_decode_base64url_segment", staticmethod(lenient))
-    from recommender.serving.tokens import _signed_claims
+    from recommender.serving.tokens import signed_claims
 
-    _signed_claims.cache_clear()
+    signed_claims.cache_clear()
     yield request.param
-    _signed_claims.cache_clear()
+    signed_claims.cache_clear()
 
 
 def test_another_spelling_of_the_signature_is_refused(pyjwt_decoding):

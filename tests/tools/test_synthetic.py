@@ -69,7 +69,7 @@ def test_same_spec_gives_byte_identical_files_and_another_seed_does_not(tmp_path
 def test_gz_round_trip_equals_frame_and_summary_counts_it(tmp_path, monkeypatch):
     # Small blocks so the file is streamed in several pieces, as a large spec is.
     for module in (synthetic.plan, synthetic.rows):  # the modules that cut the invoices into blocks
-        monkeypatch.setattr(module, "_BLOCK", 64)
+        monkeypatch.setattr(module, "BLOCK", 64)
     path = tmp_path / "nested" / "tiny.csv.gz"
     summary = write_csv(TINY, path)
     with gzip.open(path, "rt", encoding="utf-8") as f:

@@ -28,7 +28,7 @@ def quiet(_message):
 @pytest.fixture(scope="module")
 def spark():
     """One local[2] session for the module: the engine reuses an active session (as under spark-submit)."""
-    from recommender.training.distributed import QUICK_START, session
+    from recommender.training.spark_session import QUICK_START, session
 
     active, _created = session("local[2]", QUICK_START)
     yield active
@@ -197,11 +197,11 @@ def test_a_worker_killed_for_memory_is_named_in_one_line(spark):
     import os
     import signal
 
-    from recommender.training.distributed import _cause
+    from recommender.training.spark_session import failure_cause
 
     def die(_row):
         os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
 
     with pytest.raises(Exception) as failed:
         spark.sparkContext.parallelize([1], 1).map(die).collect()
-    assert "out of memory" in _cause(failed.value)
+    assert "out of memory" in failure_cause(failed.value)

@@ -12,7 +12,8 @@ from recommender.core.errors import DataFileError, ModelUnavailable, StorageErro
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
 from recommender.training import holdout
-from recommender.training.pipeline import ARTIFACTS, TrainingParams, train
+from recommender.training.pipeline import train
+from recommender.training.recipe import ARTIFACTS, TrainingParams
 
 from tests.conftest import ROOT
 

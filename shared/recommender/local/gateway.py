@@ -17,6 +17,7 @@ import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recommender.core.errors import ConfigError
+from recommender.local.template import plain, read_template
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,10 @@ class Route:
     handler: str    # "module.attribute" of the Lambda handler
 
 
-class _TemplateLoader(yaml.SafeLoader):
-    """A YAML loader that reads CloudFormation short-form tags (!Ref, !Sub, ...) as plain values."""
-
-
-_TemplateLoader.add_multi_constructor("!", lambda loader, _suffix, node: (
-    loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode)
-    else loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
-    else loader.construct_mapping(node)))
-
-
 def read_routes(template: Path) -> list[Route]:
     """Every HttpApi route of every AWS::Serverless::Function in the template."""
     try:
-        doc = yaml.load(template.read_text(), Loader=_TemplateLoader)
+        doc = plain(read_template(template))
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot read routes from {template}: {err}") from None
     routes = []

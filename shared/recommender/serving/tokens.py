@@ -80,7 +80,7 @@ def issue_token(username: str, secret: str, algorithm: str = "HS256", minutes: i
 def verify_token(token: str, secret: str, algorithm: str = "HS256",
                  clock: Callable[[], float] = time.time) -> TokenClaims:
     """The claims of a valid token; AuthError if it is malformed, forged, of another algorithm or expired."""
-    claims = _signed_claims(token, secret, algorithm)
+    claims = signed_claims(token, secret, algorithm)
     if clock() >= claims.expires_at:
         raise AuthError("token expired")
     return claims
@@ -89,7 +89,8 @@ def verify_token(token: str, secret: str, algorithm: str = "HS256",
 # A client sends the same token with every request: its signature is checked once, the expiry every time.
 # Refused tokens raise, and lru_cache keeps no exception, so they are checked in full each time.
 @lru_cache(maxsize=4096)
-def _signed_claims(token: str, secret: str, algorithm: str) -> TokenClaims:
+def signed_claims(token: str, secret: str, algorithm: str) -> TokenClaims:
+    """The claims of a token in its issued form and signed with secret (expiry not checked); AuthError otherwise."""
     if not _is_compact(token):
         raise AuthError("invalid token")
     try:

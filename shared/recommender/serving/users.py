@@ -194,9 +194,10 @@ def list_users(storage: Storage) -> list[User]:
 
 
 @lru_cache(maxsize=4)
-def _dummy_hash(rounds: int) -> str:
-    # Verified against when the user does not exist, so that a wrong name and a wrong password take the same
-    # time and cannot be told apart: hashed with the configured rounds, like the users' own hashes.
+def dummy_hash(rounds: int) -> str:
+    """What a password is verified against when the user does not exist (a random password's hash)."""
+    # So that a wrong name and a wrong password take the same time and cannot be told apart: hashed with the
+    # configured rounds, like the users' own hashes.
     return password_context(rounds).hash(secrets.token_hex(16))
 
 
@@ -208,7 +209,7 @@ def authenticate(storage: Storage, username: str, password: str, rounds: int = 1
     try:
         record = _find(storage, username)[1]
     except (NotFound, InvalidInput):
-        password_context(rounds).verify(password, _dummy_hash(rounds))
+        password_context(rounds).verify(password, dummy_hash(rounds))
         raise refused from None
     if not password_context(rounds).verify(password, record["password_hash"]):
         raise refused

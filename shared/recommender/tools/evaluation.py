@@ -5,7 +5,7 @@ before them. For each test invoice (in InvoiceNo order) with at least two distin
 training data, one of those (sorted by code) is hidden, chosen by a seeded generator; the others are the
 query. Metrics at 10: hit rate, MRR, NDCG (one relevant item), and item coverage of all answers.
 
-The product is scored through the code that answers /send_data: the model is trained by training.build_model,
+The product is scored through the code that answers /send_data: the model is trained by recipe.build_model,
 loaded by model.load_model and asked through Model.recommend. Baselines (popularity, item co-occurrence cosine,
 EASE) see the same cases; EASE's lambda is tuned on a validation split carved the same way from the training
 period, never on the test days. The product's training holds out its own most recent baskets, as `make train`
@@ -34,7 +34,7 @@ from recommender.core.extras import optional
 from recommender.core.storage import LocalStorage
 from recommender.training import calibration, holdout
 from recommender.training.ingest import Transactions, load_transactions, select_baskets
-from recommender.training.pipeline import TrainingParams, basket_matrix
+from recommender.training.recipe import TrainingParams, basket_matrix
 
 K = 10
 CURVE_K = 20

@@ -13,7 +13,7 @@ from recommender.core.errors import DataFileError
 
 if TYPE_CHECKING:
     from recommender.training.ingest import Transactions
-    from recommender.training.pipeline import TrainingParams
+    from recommender.training.recipe import TrainingParams
 
 # Calibrated at the default parameters (128 factors, 100 neighbours) against peak RSS: files of junk codes in
 # 4-item baskets (2k, 100k, 200k products: 0.27, 1.69, 2.21 GB; estimated 0.43, 1.5, 2.6), Online Retail (0.70 GB;

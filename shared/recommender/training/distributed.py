@@ -5,15 +5,12 @@ the rules the single-machine trainer applies; Spark SQL builds the basket and cu
 executors computes the item-item table (distributed_table: co-occurrence by blocks of items, each item's top-K
 neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only items x K (the table) and
 items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model with the
-single-machine code (pipeline.finish_model: Annoy index, table by source, items) and publishes it through the same
+single-machine code (recipe.finish_model: Annoy index, table by source, items) and publishes it through the same
 registry. Imported only when the Spark engine is asked for.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +18,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from recommender.core.errors import ConfigError, DataFileError, RecommenderError
-from recommender.core.extras import optional
-from recommender.training import neighbors
+from recommender.core.errors import DataFileError, RecommenderError
+from recommender.training import copurchase, sample_invoices
+from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
+from recommender.training.engine import Built, build_and_measure
+from recommender.training.holdout import HeldOut
 from recommender.training.ingest import (
     NO_TIME,
     REASONS,
@@ -33,128 +32,35 @@ from recommender.training.ingest import (
     describe_report,
     read_part,
 )
-from recommender.training import copurchase, sample_invoices
-from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
-from recommender.training.holdout import HeldOut
-from recommender.training.pipeline import (
-    Built,
+from recommender.training.recipe import (
     ModelParts,
+    Progress,
     TrainingParams,
-    _period,
-    _stage,
-    build_and_measure,
     check_size,
     column_scale,
     embeddings_from_products,
     factors_for,
     finish_model,
     popularity_order,
+    purchase_period,
     ridge_lambda,
+    stage,
 )
 from recommender.training.sources import Source, default_s3_client, local_file
+from recommender.training.spark_session import (
+    SparkJobFailed,
+    carry_data_error,
+    data_error,
+    executor_environment,
+    failure_cause,
+    session,
+)
 
-Progress = Callable[[str], None]
-DEFAULT_MASTER = "local[*]"
-# A data error raised on an executor crosses the JVM as text; these marks find its message again on the driver.
-_MARK, _END = "<<recommender-data-error>>", "<</recommender-data-error>>"
 # Kept input rows per matrix partition: what a task routes to the item blocks and multiplies for the SVD grows with
 # its rows, so a bigger input gets more partitions rather than bigger ones (the 100M-row set: 40).
 ROWS_PER_PART = 2_500_000
 PART_SCHEMA = ("part int, row long, invoice string, code string, customer string, description string, time long, "
                "price string, priced long, rows_read long, " + ", ".join(f"dropped_{i} long" for i in range(len(REASONS))))
-
-
-class SparkJobFailed(RecommenderError):
-    """The Spark job failed for a reason other than the input (cluster, memory, Java)."""
-
-    status_code = 500
-
-
-def _spark_modules() -> Any:
-    pyspark = optional("pyspark", "ENGINE=spark")
-    from pyspark.sql import SparkSession
-
-    return pyspark, SparkSession
-
-
-# Short local jobs (tests, small files): the JVM's quick compiler and no code generation halve the time to the
-# first answer; long jobs on a cluster keep Spark's defaults.
-QUICK_START = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
-               "spark.sql.codegen.wholeStage": "false", "spark.sql.shuffle.partitions": "2"}
-
-
-def session(master: str | None = None, conf: dict[str, str] | None = None) -> tuple[Any, bool]:
-    """The active SparkSession (spark-submit's, a test's), else a new one on master (SPARK_MASTER, default
-    local[*]) with conf added; and whether this call created it (then the caller stops it)."""
-    _pyspark, SparkSession = _spark_modules()
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active, False
-    from pyspark import SparkConf
-
-    extra = conf
-    spark_conf = SparkConf()  # under spark-submit this already holds spark.master and the cluster's settings
-    builder = SparkSession.builder.appName("recommender-train")
-    master = master or os.environ.get("SPARK_MASTER") or (
-        None if spark_conf.contains("spark.master") else DEFAULT_MASTER)
-    if master:
-        builder = builder.master(master)
-    defaults = {"spark.ui.showConsoleProgress": "false", "spark.sql.execution.arrow.pyspark.enabled": "true",
-                "spark.driver.memory": os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
-                "spark.sql.adaptive.enabled": "true"}
-    if (master or "").startswith("local"):
-        defaults["spark.sql.shuffle.partitions"] = "4"
-        defaults["spark.ui.enabled"] = "false"
-        # the workers run this interpreter (the project's venv), not whatever python3 is first on the PATH
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        # one machine: everything stays on the loopback interface
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        defaults["spark.driver.host"] = "127.0.0.1"
-        defaults["spark.driver.bindAddress"] = "127.0.0.1"
-    defaults.update(extra or {})
-    for key, value in defaults.items():
-        if not spark_conf.contains(key):
-            builder = builder.config(key, value)
-    try:
-        spark = builder.getOrCreate()
-    except Exception as err:  # noqa: BLE001 - pyspark raises plain RuntimeErrors when Java is missing
-        if "JAVA_GATEWAY_EXITED" in str(err) or "JAVA_HOME" in str(err) or "java" in str(err).lower():
-            raise ConfigError("Spark could not start Java: install Java 17 (apt-get install openjdk-17-jre-headless) "
-                              f"or set JAVA_HOME ({str(err).splitlines()[0]})") from None
-        raise
-    spark.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
-    return spark, True
-
-
-def _executor_environment(sc: Any) -> str | None:
-    """Give the Python workers the S3 endpoint (and, for a local emulator, its dummy credentials and region),
-    whatever the environment the JVM started with; returns the endpoint."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    names = ["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION"]
-    if endpoint and re.match(r"^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?/?$", endpoint):
-        names += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]  # the emulator's dummy ones, never real secrets
-    for name in names:
-        if os.environ.get(name):
-            sc.environment[name] = os.environ[name]
-    return endpoint
-
-
-def _data_error(err: BaseException) -> DataFileError | None:
-    found = re.search(re.escape(_MARK) + r"(.*?)" + re.escape(_END), str(err), re.S)
-    return DataFileError(found.group(1)) if found else None
-
-
-def _cause(err: BaseException) -> str:
-    """The line of a Spark failure that names its cause: the innermost "SomeError: message" of the traceback."""
-    text = str(err)
-    found = [line.strip() for line in re.findall(r"^\s*(?:[\w.]+\.)?\w+(?:Error|Exception): .+$", text, re.M)
-             if "exception was thrown from the Python worker" not in line]
-    if found:
-        return found[-1]
-    if "Python worker exited unexpectedly" in text:  # killed, most often for memory: no Python traceback exists
-        return ("a Python worker on an executor died (most often out of memory: give the executors more "
-                "spark.executor.memoryOverhead, or the driver less memory in local mode)")
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
 
 
 def _part_reader(parts: list, endpoint: str | None, encoding: str = "utf-8"
@@ -187,7 +93,7 @@ def _part_reader(parts: list, endpoint: str | None, encoding: str = "utf-8"
                             summary.update({f"dropped_{i}": [clean.dropped[r]] for i, r in enumerate(REASONS)})
                             yield pd.DataFrame(summary).astype({"time": "Int64"})
                 except DataFileError as err:
-                    raise RuntimeError(f"{_MARK}{err.message}{_END}") from None
+                    raise carry_data_error(err) from None
     return run
 
 
@@ -219,10 +125,10 @@ def trainer(source: Source, params: TrainingParams, progress: Progress = print,
         except RecommenderError:
             raise
         except Exception as err:  # noqa: BLE001 - py4j and pyspark raise many types; one line for the user
-            data = _data_error(err)
+            data = data_error(err)
             if data is not None:
                 raise data from None
-            raise SparkJobFailed(f"the Spark job failed: {_cause(err)[:400]}") from err
+            raise SparkJobFailed(f"the Spark job failed: {failure_cause(err)[:400]}") from err
         finally:
             if created:
                 spark.stop()
@@ -236,7 +142,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
 
     sc = spark.sparkContext
     progress(f"spark {spark.version} on {sc.master} ({sc.defaultParallelism} cores): {len(source.parts)} part(s)")
-    endpoint = _executor_environment(sc)
+    endpoint = executor_environment(sc)
     t = time.perf_counter()
     parts = list(source.parts)
     tasks = spark.createDataFrame(sc.parallelize([(i,) for i in range(len(parts))], len(parts)), "part int")
@@ -279,7 +185,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     raw.unpersist()  # everything below reads the cached frames derived from it
     frames = Frames(rows, baskets, basket_customer, described, priced)
     n_parts = matrix_partitions(report.rows_kept, sc.defaultParallelism)
-    # The holdout: the most recent baskets, chosen as holdout.split_mask does (pipeline.build_and_measure says what
+    # The holdout: the most recent baskets, chosen as holdout.split_mask does (engine.build_and_measure says what
     # is trained and measured with them).
     held = _held_out(rows, baskets, report.baskets, params)
     kept: list[Frames] = []
@@ -298,7 +204,7 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
         held, report.baskets, params, folder, progress)
     learned = frames if done.learned_all else without_held()
     span = learned.baskets.agg(F.min("time"), F.max("time")).collect()[0]
-    period = _period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
+    period = purchase_period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
     for frame in (rows, basket_customer, baskets, described):
         frame.unpersist()
     engine = {"name": "spark", "spark_version": spark.version, "master": sc.master,
@@ -326,7 +232,7 @@ class Frames:
 def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: TrainingParams, folder: Path,
            progress: Progress) -> dict:
     """One model from the frames' baskets, written into folder: the items, the matrix rows, the item-item table
-    and the embeddings on the executors, the rest on the driver (pipeline.finish_model). Returns the manifest's
+    and the embeddings on the executors, the rest on the driver (recipe.finish_model). Returns the manifest's
     model part."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
@@ -334,7 +240,7 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
 
     sc = spark.sparkContext
     rows, baskets, basket_customer = frames.rows, frames.baskets, frames.basket_customer
-    # Items: numbered by first appearance, then ordered by popularity as pipeline._build does; their descriptions
+    # Items: numbered by first appearance, then ordered by popularity as recipe.build_model does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
     pairs = rows.select("invoice", "code").distinct().persist(StorageLevel.MEMORY_AND_DISK)
     items = (rows.groupBy("code").agg(F.min("order").alias("first"))
@@ -386,10 +292,10 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
     k = factors_for(n_items, n_rows, params)
     k_nbrs = min(params.neighbors, n_items - 1)
     ridge = ridge_lambda(counts_vec, params)
-    with _stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
+    with stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
         table_index, table_weight, pair_counts = item_item_table(sc, matrix, counts_vec, n_items, k_nbrs, ridge,
                                                                  progress)
-    with _stage(progress, f"svd: {k} factors"):
+    with stage(progress, f"svd: {k} factors"):
         embeddings = _embeddings(sc, matrix, counts_vec, n_items, k, params)
     matrix.unpersist()
     parts_out = ModelParts(codes, descriptions, popularity, table_index, table_weight, k=k, ridge=ridge,
@@ -457,7 +363,7 @@ def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
 
 
 def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, params: TrainingParams) -> np.ndarray:
-    """pipeline.embeddings_from_products with the products X'(X q) and (X q)'(X q) summed over the partitions."""
+    """recipe.embeddings_from_products with the products X'(X q) and (X q)'(X q) summed over the partitions."""
     scale_b = sc.broadcast(column_scale(counts, params.popularity_damping))
 
     def product(q: np.ndarray, kind: str) -> np.ndarray:

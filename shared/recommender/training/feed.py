@@ -20,7 +20,7 @@ from recommender.core.feed_and_rules import AVAILABILITY, FEED_FILE
 from recommender.core.items import ITEMS_FILE
 from recommender.core.registry import sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training.ingest import _cell_text, _clean_code, xlsx_rows
+from recommender.training.ingest import cell_text, clean_code, xlsx_rows
 
 SUPPORTED = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".xlsx")
 # Each attribute and the headers naming it, compared without case, spaces or underscores.
@@ -74,7 +74,7 @@ def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
         raise DataFileError(f"file not found: {path}" if not path.exists() else f"not a file: {path}")
     if kind == ".xlsx":
-        rows = [[_cell_text(c) for c in row] for row in xlsx_rows(path)]
+        rows = [[cell_text(c) for c in row] for row in xlsx_rows(path)]
         width = len(rows[0])
         return rows[0], [(row + [""] * width)[:width] for row in rows[1:]]
     sep = "\t" if kind.startswith(".tsv") else ","
@@ -139,7 +139,7 @@ def read_feed(path: str | Path) -> FeedFile:
             j = found.get(attribute)
             return "" if j is None else str(row[j] if row[j] is not None else "").strip()
 
-        code = _clean_code(cell("stock_code"))
+        code = clean_code(cell("stock_code"))
         try:
             if not code:
                 raise ValueError("the stock code is empty")

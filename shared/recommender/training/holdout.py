@@ -219,7 +219,7 @@ def assess(folder: Path, model_info: dict, held: HeldOut, seed: int = 0, progres
     """Measure the model whose artifacts are in folder on the held-out baskets, and write calibration.json and
     holdout.json.gz beside them. Returns manifest["evaluation"] (None when no held-out basket has two products the
     model knows) and the names of the artifacts written. near: Annoy's answers for some codes, when the training
-    already has them (pipeline.build_model)."""
+    already has them (recipe.build_model)."""
     started = time.perf_counter()
     model = open_model(lambda name: folder / name, "candidate", {"model": model_info})
     if near:

@@ -185,7 +185,7 @@ def _xlsx_rows(path: Path) -> list[list]:
     return workbook.get_sheet_by_index(0).to_python(skip_empty_area=False)
 
 
-def _cell_text(value: object) -> str:
+def cell_text(value: object) -> str:
     """A cell as the csv export would write it: 85123.0 -> "85123", a date -> "2010-12-01 08:26:00"."""
     if value is None or value != value:  # None, or NaN for an empty cell
         return ""
@@ -214,7 +214,7 @@ def xlsx_rows(path: Path) -> list[list]:
 
 def _xlsx_frame(path: Path) -> pd.DataFrame:
     rows = xlsx_rows(path)
-    header = [_cell_text(cell) for cell in rows[0]]
+    header = [cell_text(cell) for cell in rows[0]]
     columns = _column_map(header, path)
     cells = pd.DataFrame(rows[1:], columns=range(len(header)), dtype=object)  # pads short rows with None
     frame = {}
@@ -222,7 +222,7 @@ def _xlsx_frame(path: Path) -> pd.DataFrame:
         values = cells[header.index(original)]
         # Text conversion runs once per distinct value, not per cell.
         codes, uniques = pd.factorize(values, use_na_sentinel=False)
-        frame[name] = np.array([_cell_text(u) for u in uniques], dtype=object)[codes] if len(values) else []
+        frame[name] = np.array([cell_text(u) for u in uniques], dtype=object)[codes] if len(values) else []
     return pd.DataFrame(frame, columns=list(columns))
 
 
@@ -291,7 +291,8 @@ def _factorize(column: pd.Series, clean: Callable[[str], str] = str.strip) -> tu
     return codes, [clean(str(u)) for u in uniques]
 
 
-def _clean_code(value: str) -> str:
+def clean_code(value: str) -> str:
+    """A stock or customer code as the file means it: trimmed, and "85123.0" (a spreadsheet's number) -> "85123"."""
     value = value.strip()
     match = FLOAT_INTEGER.match(value)
     return match.group(1) if match else value
@@ -318,7 +319,7 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
     """The cleaning rules (README "Input file"), the one definition both engines apply to raw text rows."""
     dropped = dict.fromkeys(REASONS, 0)
     inv_rows, inv_values = _factorize(chunk["InvoiceNo"])
-    code_rows, code_values = _factorize(chunk["StockCode"], _clean_code)
+    code_rows, code_values = _factorize(chunk["StockCode"], clean_code)
     keep = np.ones(len(chunk), dtype=bool)
 
     def drop(mask: np.ndarray, reason: str) -> None:
@@ -344,7 +345,7 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
         when = stamps.to_numpy("datetime64[s]").view(np.int64)[date_rows]
     else:
         when = np.full(len(kept), NO_TIME, dtype=np.int64)
-    cust_rows, cust_values = _factorize(kept["CustomerID"], _clean_code)
+    cust_rows, cust_values = _factorize(kept["CustomerID"], clean_code)
     desc_rows, desc_values = _factorize(kept["Description"])
     price = None
     if "UnitPrice" in kept:

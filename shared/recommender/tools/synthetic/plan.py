@@ -7,37 +7,39 @@ from dataclasses import dataclass
 import numpy as np
 
 from recommender.tools.synthetic.spec import (
-    _BLOCK,
-    _CUSTOMER_IDS,
-    _D_EMPTY,
-    _D_QUANTITY,
-    _D_SPACE,
-    _FIRST_CUSTOMER,
-    _FIRST_INVOICE,
-    _start_minute,
+    BLOCK,
+    CUSTOMER_IDS,
+    DIRT_EMPTY,
+    DIRT_QUANTITY,
+    DIRT_SPACE,
+    FIRST_CUSTOMER,
+    FIRST_INVOICE,
+    first_minute,
     SyntheticSpec,
 )
 from recommender.tools.synthetic.vocabulary import (
-    _cdf,
-    _CUSTOMER_COUNTRY_P,
-    _draw,
-    _GUEST_COUNTRY_P,
-    _HOUR_P,
-    _HOURS,
-    _MONTH_P,
-    _SEASON_MONTHS,
-    _SERVICES,
-    _WEEKDAY_P,
+    cumulative,
+    CUSTOMER_COUNTRY_P,
+    draw,
+    GUEST_COUNTRY_P,
+    HOUR_P,
+    HOURS,
+    MONTH_P,
+    SEASON_MONTHS,
+    SERVICES,
+    WEEKDAY_P,
 )
-from recommender.tools.synthetic.products import _ProductRange
+from recommender.tools.synthetic.products import ProductRange
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Customers and the invoice plan (who buys when, how much, which invoices are cancellations or dirty).
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Customers:
-    ids: np.ndarray  # object: digits (five up to _CUSTOMER_IDS customers)
+class Customers:
+    """The customers: IDs, countries, how often each shops, when each joins, and their favourite families."""
+
+    ids: np.ndarray  # object: digits (five up to CUSTOMER_IDS customers)
     country: np.ndarray  # int
     activity_cdf: np.ndarray
     join_day: np.ndarray
@@ -45,7 +47,8 @@ class _Customers:
     n_favourites: np.ndarray
 
 
-def _customers(spec: SyntheticSpec, products: _ProductRange) -> _Customers:
+def customers_for(spec: SyntheticSpec, products: ProductRange) -> Customers:
+    """The spec's customers, drawn from their own seeded stream."""
     rng = np.random.default_rng([spec.seed, 12, spec.customers, spec.products])
     n = spec.customers
     # New customers keep arriving through the year, so the last weeks hold some cold-start shoppers.
@@ -54,20 +57,22 @@ def _customers(spec: SyntheticSpec, products: _ProductRange) -> _Customers:
     ids = np.empty(n, dtype=object)
     # IDs are handed out in joining order from a dense range, like the real 12346..18287; five digits while they
     # fit, then as many as needed.
-    span = max(n, min(_CUSTOMER_IDS, max(6_000, 3 * n)))
-    ids[order] = (np.sort(rng.choice(span, n, replace=False)) + _FIRST_CUSTOMER).astype(str)
-    return _Customers(
+    span = max(n, min(CUSTOMER_IDS, max(6_000, 3 * n)))
+    ids[order] = (np.sort(rng.choice(span, n, replace=False)) + FIRST_CUSTOMER).astype(str)
+    return Customers(
         ids=ids,
-        country=_draw(_cdf(_CUSTOMER_COUNTRY_P), rng.random(n)),
-        activity_cdf=_cdf(rng.lognormal(0.0, 1.2, n)),
+        country=draw(cumulative(CUSTOMER_COUNTRY_P), rng.random(n)),
+        activity_cdf=cumulative(rng.lognormal(0.0, 1.2, n)),
         join_day=join_day,
-        favourites=_draw(products.favourite_cdf, rng.random((n, 4))),
+        favourites=draw(products.favourite_cdf, rng.random((n, 4))),
         n_favourites=1 + rng.binomial(3, 0.35, n),
     )
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
+    """The invoice plan: per invoice its number, customer, country, minute, size, cancellation, services, dirt."""
+
     number: np.ndarray
     cancel: np.ndarray
     ref: np.ndarray  # for a cancellation, the earlier invoice it reverses
@@ -76,7 +81,7 @@ class _Plan:
     minute: np.ndarray  # minutes since the Unix epoch
     in_season: np.ndarray
     size: np.ndarray
-    services: np.ndarray  # bit i set: the invoice has a line of _SERVICES[i]
+    services: np.ndarray  # bit i set: the invoice has a line of SERVICES[i]
     dirt: np.ndarray
 
 
@@ -87,26 +92,27 @@ def _day_weights(spec: SyntheticSpec) -> np.ndarray:
     day_of_month = (days - days.astype("datetime64[M]")).astype(np.int64) + 1
     # Closed between Christmas and the new year, as the real shop was.
     closed = ((month == 11) & (day_of_month >= 23)) | ((month == 0) & (day_of_month <= 3))
-    w = _WEEKDAY_P[weekday] * _MONTH_P[month] * ~closed
+    w = WEEKDAY_P[weekday] * MONTH_P[month] * ~closed
     return w if w.sum() > 0 else np.ones(spec.days)
 
 
-def _plan(spec: SyntheticSpec, products: _ProductRange, cust: _Customers) -> _Plan:
+def plan_for(spec: SyntheticSpec, products: ProductRange, cust: Customers) -> Plan:
+    """The spec's invoices: who buys when and how much, which are cancellations or dirty."""
     rng = np.random.default_rng([spec.seed, 13, spec.invoices])
     n = spec.invoices
-    customer = _draw(cust.activity_cdf, rng.random(n))
+    customer = draw(cust.activity_cdf, rng.random(n))
     customer[rng.random(n) < spec.guest_share] = -1
     guest = customer < 0
-    country = np.where(guest, _draw(_cdf(_GUEST_COUNTRY_P), rng.random(n)), cust.country[np.maximum(customer, 0)])
+    country = np.where(guest, draw(cumulative(GUEST_COUNTRY_P), rng.random(n)), cust.country[np.maximum(customer, 0)])
 
     # A customer shops only after joining: draw the day from the calendar weights above the join day.
     day_w = _day_weights(spec)
     cdf = np.cumsum(day_w) / day_w.sum()
     before = np.concatenate([[0.0], cdf[:-1]])
     floor = before[np.where(guest, 0, cust.join_day[np.maximum(customer, 0)])]
-    day = _draw(cdf, floor + rng.random(n) * (1.0 - floor))
-    minute_of_day = (_draw(_cdf(_HOUR_P), rng.random(n)) + _HOURS[0]) * 60 + rng.integers(0, 60, n)
-    minute = _start_minute(spec) + day * 1440 + minute_of_day
+    day = draw(cdf, floor + rng.random(n) * (1.0 - floor))
+    minute_of_day = (draw(cumulative(HOUR_P), rng.random(n)) + HOURS[0]) * 60 + rng.integers(0, 60, n)
+    minute = first_minute(spec) + day * 1440 + minute_of_day
     order = np.argsort(minute, kind="stable")
     customer, country, guest, minute = customer[order], country[order], guest[order], minute[order]
 
@@ -120,12 +126,12 @@ def _plan(spec: SyntheticSpec, products: _ProductRange, cust: _Customers) -> _Pl
     ref = np.full(n, -1, np.int64)
     if spec.dirty and spec.cancel_share > 0 and n >= 2:
         # A cancellation reverses the latest earlier invoice of a registered customer in its block.
-        candidates = index[index % _BLOCK != 0]
+        candidates = index[index % BLOCK != 0]
         count = min(len(candidates), max(1, round(spec.cancel_share * n)))
         cancel[rng.choice(candidates, count, replace=False)] = True
         valid = np.where(~cancel & ~guest, index, -1)
         previous = np.concatenate([[-1], np.maximum.accumulate(valid)[:-1]])
-        cancel &= previous >= index - index % _BLOCK
+        cancel &= previous >= index - index % BLOCK
         ref = np.where(cancel, previous, -1)
         customer = np.where(cancel, customer[np.maximum(ref, 0)], customer)
         country = np.where(cancel, country[np.maximum(ref, 0)], country)
@@ -137,7 +143,7 @@ def _plan(spec: SyntheticSpec, products: _ProductRange, cust: _Customers) -> _Pl
     purchases = index[~cancel]
     if spec.dirty and len(purchases):
         uk = country == 0
-        u = rng.random((len(_SERVICES), n))
+        u = rng.random((len(SERVICES), n))
         chance = [
             np.where(uk, 0.004, 0.6),  # POST: foreign orders pay postage
             np.where(guest, 0.08, 0.0),  # DOT: web-shop guests
@@ -148,11 +154,11 @@ def _plan(spec: SyntheticSpec, products: _ProductRange, cust: _Customers) -> _Pl
             services |= np.where(~cancel & (u[bit] < p), 1 << bit, 0)
             if not (services & (1 << bit)).any():  # every kind of dirt shows up at least once
                 services[rng.choice(purchases)] |= 1 << bit
-        for bit, rate in ((_D_QUANTITY, 0.004), (_D_EMPTY, 0.004), (_D_SPACE, 0.003)):
+        for bit, rate in ((DIRT_QUANTITY, 0.004), (DIRT_EMPTY, 0.004), (DIRT_SPACE, 0.003)):
             count = min(len(purchases), max(1, round(rate * n)))
             dirt[rng.choice(purchases, count, replace=False)] |= bit
 
     months = minute.astype("datetime64[m]").astype("datetime64[M]").astype(np.int64) % 12
-    first = _FIRST_INVOICE if _FIRST_INVOICE + n <= 1_000_000 else max(100_000, 1_000_000 - n)
-    return _Plan(number=first + index, cancel=cancel, ref=ref, customer=customer, country=country,
-                 minute=minute, in_season=_SEASON_MONTHS[months], size=size, services=services, dirt=dirt)
+    first = FIRST_INVOICE if FIRST_INVOICE + n <= 1_000_000 else max(100_000, 1_000_000 - n)
+    return Plan(number=first + index, cancel=cancel, ref=ref, customer=customer, country=country,
+                 minute=minute, in_season=SEASON_MONTHS[months], size=size, services=services, dirt=dirt)

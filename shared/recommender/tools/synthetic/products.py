@@ -8,8 +8,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from recommender.tools.synthetic.spec import _BASE_CODES, DEFAULT, _start_minute, SyntheticSpec
-from recommender.tools.synthetic.vocabulary import _ACCESSORY_ODDS, _cdf, _COLOURS, _KITS, _MOTIFS, _PATTERNS, _SYNONYMS
+from recommender.tools.synthetic.spec import BASE_CODES, DEFAULT, first_minute, SyntheticSpec
+from recommender.tools.synthetic.vocabulary import ACCESSORY_ODDS, cumulative, COLOURS, KITS, MOTIFS, PATTERNS, SYNONYMS
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -17,7 +17,9 @@ from recommender.tools.synthetic.vocabulary import _ACCESSORY_ODDS, _cdf, _COLOU
 # Internal product index: family members first, contiguous per family, then accessories.
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _ProductRange:
+class ProductRange:
+    """The generated products (index: family members first, contiguous per family, then accessories)."""
+
     code: np.ndarray  # object: stock code text
     desc: np.ndarray  # object: current description
     old_desc: np.ndarray  # object: description used before drift_at
@@ -39,7 +41,7 @@ class _ProductRange:
 
 def _design_names(rng: np.random.Generator, count: int) -> list[str]:
     """Distinct design names, mostly colour + pattern, some with a motif."""
-    nc, npat, nm = len(_COLOURS) + 1, len(_PATTERNS) + 1, len(_MOTIFS) + 1
+    nc, npat, nm = len(COLOURS) + 1, len(PATTERNS) + 1, len(MOTIFS) + 1
     space = nc * npat * nm
     idx = np.arange(space)
     c, p, m = idx // (npat * nm), (idx // nm) % npat, idx % nm
@@ -50,7 +52,7 @@ def _design_names(rng: np.random.Generator, count: int) -> list[str]:
     chosen = rng.choice(space, size=count, replace=False, p=weight / weight.sum())
     names = []
     for d in chosen:
-        parts = [(("",) + _COLOURS)[c[d]], (("",) + _PATTERNS)[p[d]], (("",) + _MOTIFS)[m[d]]]
+        parts = [(("",) + COLOURS)[c[d]], (("",) + PATTERNS)[p[d]], (("",) + MOTIFS)[m[d]]]
         names.append(" ".join(w for w in parts if w))
     return names
 
@@ -60,15 +62,15 @@ def _drifted(desc: str, alternative: str, flip: bool) -> str:
     words = desc.split(" ")
     if not flip:
         for i, w in enumerate(words):
-            if w in _SYNONYMS:
-                return " ".join(words[:i] + [_SYNONYMS[w]] + words[i + 1:])
+            if w in SYNONYMS:
+                return " ".join(words[:i] + [SYNONYMS[w]] + words[i + 1:])
     return alternative if alternative != desc else desc + " "
 
 
 @lru_cache(maxsize=4)
-def _product_range(seed: int, products: int, zipf: float, start_minute: int, span_minutes: int) -> _ProductRange:
+def _product_range(seed: int, products: int, zipf: float, start_minute: int, span_minutes: int) -> ProductRange:
     rng = np.random.default_rng([seed, 11, products])
-    kits = _KITS
+    kits = KITS
     n_kits = len(kits)
     # Families cycle through the kits in list order, so even a tiny range starts with a tea set.
     kit_seq: list[int] = []
@@ -163,7 +165,7 @@ def _product_range(seed: int, products: int, zipf: float, start_minute: int, spa
     # Per unit of complement_prob, how many companions an anchor brings (the anchor's own weight is about 1).
     member_family = np.repeat(np.arange(n_fam), fam_size)
     weight_sum = np.bincount(member_family, weights=weight[:n_members], minlength=n_fam)
-    companions = float(np.average(weight_sum - 1.0 + _ACCESSORY_ODDS * (fam_acc >= 0), weights=fam_weight))
+    companions = float(np.average(weight_sum - 1.0 + ACCESSORY_ODDS * (fam_acc >= 0), weights=fam_weight))
 
     # A few popular products were renamed during the year; rows before the change carry the old wording.
     old_desc = np.array(desc, dtype=object)
@@ -174,11 +176,11 @@ def _product_range(seed: int, products: int, zipf: float, start_minute: int, spa
         old_desc[p] = _drifted(desc[p], other_order[p], flip=bool(rng.random() < 0.5))
         drift_at[p] = start_minute + int(span_minutes * rng.uniform(0.3, 0.7))
 
-    return _ProductRange(
+    return ProductRange(
         code=codes, desc=np.array(desc, dtype=object), old_desc=old_desc, drift_at=drift_at, price=price,
         kit=kit_of, weight=weight, family_start=fam_start, family_size=fam_size, family_accessory=fam_acc,
-        family_seasonal=fam_seasonal, family_cdf=_cdf(fam_weight), favourite_cdf=_cdf(fam_weight**0.6),
-        noise_cdf=_cdf(noise_weight), companions=companions,
+        family_seasonal=fam_seasonal, family_cdf=cumulative(fam_weight), favourite_cdf=cumulative(fam_weight**0.6),
+        noise_cdf=cumulative(noise_weight), companions=companions,
         family_of=np.concatenate([member_family, np.full(n_acc, -1)]), item=np.array(nouns, dtype=object),
     )
 
@@ -207,7 +209,7 @@ def _stock_codes(rng: np.random.Generator, kit_of: np.ndarray, item_of: np.ndarr
             position[i:i + s] = np.arange(s) if s > 1 else -1
             i += s
             g += 1
-    bases = rng.choice(_BASE_CODES, size=g, replace=False) + 10_000
+    bases = rng.choice(BASE_CODES, size=g, replace=False) + 10_000
     letters = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), dtype=object)
     codes = np.empty(n, dtype=object)
     base_txt = bases.astype(str).astype(object)[group]
@@ -219,9 +221,9 @@ def _stock_codes(rng: np.random.Generator, kit_of: np.ndarray, item_of: np.ndarr
 # ---------------------------------------------------------------------------------------------------------
 # Ground truth.
 # ---------------------------------------------------------------------------------------------------------
-def product_arrays(spec: SyntheticSpec) -> _ProductRange:
+def product_arrays(spec: SyntheticSpec) -> ProductRange:
     """The generated product range of spec as arrays (code, desc, price, kit, family_of, ...), built once per spec."""
-    return _product_range(spec.seed, spec.products, spec.zipf, _start_minute(spec), spec.days * 1440)
+    return _product_range(spec.seed, spec.products, spec.zipf, first_minute(spec), spec.days * 1440)
 
 
 def product_range(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
@@ -232,7 +234,7 @@ def product_range(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
         "Description": products.desc,
         "UnitPrice": products.price,
         "Family": products.family_of,
-        "Kit": np.array([k[0] for k in _KITS], dtype=object)[products.kit],
+        "Kit": np.array([k[0] for k in KITS], dtype=object)[products.kit],
         "Item": products.item,
     })
 

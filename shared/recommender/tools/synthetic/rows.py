@@ -13,26 +13,26 @@ import pandas as pd
 
 from recommender.core.extras import optional
 from recommender.tools.synthetic.spec import (
-    _BLOCK,
-    _D_EMPTY,
-    _D_QUANTITY,
-    _D_SPACE,
+    BLOCK,
+    DIRT_EMPTY,
+    DIRT_QUANTITY,
+    DIRT_SPACE,
     DEFAULT,
     GenerationSummary,
     SyntheticSpec,
 )
 from recommender.tools.synthetic.vocabulary import (
-    _ACCESSORY_ODDS,
-    _cdf,
-    _COUNTRIES,
-    _draw,
-    _NOTES,
-    _QUANTITIES,
-    _QUANTITY_P,
-    _SERVICES,
+    ACCESSORY_ODDS,
+    cumulative,
+    COUNTRIES,
+    draw,
+    NOTES,
+    QUANTITIES,
+    QUANTITY_P,
+    SERVICES,
 )
-from recommender.tools.synthetic.products import _ProductRange, product_arrays
-from recommender.tools.synthetic.plan import _Customers, _customers, _Plan, _plan
+from recommender.tools.synthetic.products import ProductRange, product_arrays
+from recommender.tools.synthetic.plan import Customers, customers_for, Plan, plan_for
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,11 +45,11 @@ def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seg, np.arange(len(seg)) - starts[seg]
 
 
-def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan: _Plan, b: int,
+def _block(spec: SyntheticSpec, products: ProductRange, cust: Customers, plan: Plan, b: int,
            ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Rows of block b, plus the product indices and customer indices it uses (for the summary)."""
     rng = np.random.default_rng([spec.seed, 14, b])
-    lo, hi = b * _BLOCK, min(spec.invoices, (b + 1) * _BLOCK)
+    lo, hi = b * BLOCK, min(spec.invoices, (b + 1) * BLOCK)
     n = hi - lo
     size = plan.size[lo:hi]
     customer = plan.customer[lo:hi]
@@ -67,9 +67,9 @@ def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan:
 
     slot_inv = np.repeat(np.arange(n), slots)
     n_slots = len(slot_inv)
-    family = _draw(products.family_cdf, rng.random(n_slots))
+    family = draw(products.family_cdf, rng.random(n_slots))
     off_season = products.family_seasonal[family] & ~plan.in_season[lo + slot_inv] & (rng.random(n_slots) < 0.85)
-    family[off_season] = _draw(products.family_cdf, rng.random(int(off_season.sum())))
+    family[off_season] = draw(products.family_cdf, rng.random(int(off_season.sum())))
     slot_cust = customer[slot_inv]
     loyal = (slot_cust >= 0) & (rng.random(n_slots) < spec.loyalty)
     loyal_cust = slot_cust[loyal]
@@ -87,16 +87,16 @@ def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan:
     lone = single[slot_inv]
     keep = anchor | (~lone[member_slot] & (rng.random(len(product)) < spec.complement_prob * w))
     accessory = products.family_accessory[family]
-    with_acc = (accessory >= 0) & ~lone & (rng.random(n_slots) < spec.complement_prob * _ACCESSORY_ODDS)
+    with_acc = (accessory >= 0) & ~lone & (rng.random(n_slots) < spec.complement_prob * ACCESSORY_ODDS)
 
     noise_inv = np.repeat(np.arange(n), noise)
-    noise_product = _draw(products.noise_cdf, rng.random(len(noise_inv)))
+    noise_product = draw(products.noise_cdf, rng.random(len(noise_inv)))
 
     inv = np.concatenate([slot_inv[member_slot[keep]], slot_inv[with_acc], noise_inv])
     prod = np.concatenate([product[keep], accessory[with_acc], noise_product])
     key = np.unique(inv.astype(np.int64) * n_products + prod)
     inv, prod = key // n_products, key % n_products
-    qty = _QUANTITIES[_draw(_cdf(_QUANTITY_P), rng.random(len(inv)))]
+    qty = QUANTITIES[draw(cumulative(QUANTITY_P), rng.random(len(inv)))]
     price = products.price[prod]
 
     # Cancellations reverse some or all lines of the invoice they refer to.
@@ -116,16 +116,16 @@ def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan:
     # Repeated lines: the same product entered twice, half the time with another quantity.
     dup = np.flatnonzero(rng.random(len(inv)) < spec.duplicate_share / (1.0 - spec.duplicate_share))
     redraw = rng.random(len(dup)) < 0.5
-    dup_qty = np.where(redraw, _QUANTITIES[_draw(_cdf(_QUANTITY_P), rng.random(len(dup)))], qty[dup])
+    dup_qty = np.where(redraw, QUANTITIES[draw(cumulative(QUANTITY_P), rng.random(len(dup)))], qty[dup])
     parts.append((inv[dup], prod[dup], dup_qty, price[dup], np.zeros(len(dup), np.int8)))
 
     # Dirt: adjustments with Quantity <= 0 and lines without a description, both at price 0 as in the real export.
     dirt = plan.dirt[lo:hi]
-    for bit, kind in ((_D_QUANTITY, 1), (_D_EMPTY, 2)):
+    for bit, kind in ((DIRT_QUANTITY, 1), (DIRT_EMPTY, 2)):
         where = np.flatnonzero(dirt & bit)
-        extra_prod = _draw(products.noise_cdf, rng.random(len(where)))
+        extra_prod = draw(products.noise_cdf, rng.random(len(where)))
         extra_qty = (-rng.choice([0, 1, 2, 3, 6, 10, 12, 24], len(where)) if kind == 1
-                     else _QUANTITIES[_draw(_cdf(_QUANTITY_P), rng.random(len(where)))])
+                     else QUANTITIES[draw(cumulative(QUANTITY_P), rng.random(len(where)))])
         parts.append((where, extra_prod, extra_qty, np.zeros(len(where)), np.full(len(where), kind, np.int8)))
 
     all_inv = np.concatenate([p[0] for p in parts])
@@ -138,11 +138,11 @@ def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan:
     old = products.drift_at[all_prod] > minute[all_inv]
     desc = np.where(old, products.old_desc[all_prod], products.desc[all_prod])
     notes = (kind == 1) & (rng.random(len(kind)) < 0.5)
-    desc[notes] = np.array(_NOTES, dtype=object)[rng.integers(0, len(_NOTES), int(notes.sum()))]
+    desc[notes] = np.array(NOTES, dtype=object)[rng.integers(0, len(NOTES), int(notes.sum()))]
     desc[kind == 2] = np.nan
 
     # Padded stock codes: one line of the flagged invoices, as pasted from a spreadsheet.
-    padded = np.flatnonzero(dirt & _D_SPACE)
+    padded = np.flatnonzero(dirt & DIRT_SPACE)
     if len(padded):
         line = np.searchsorted(all_inv[: len(inv)], padded)
         pad = np.where(rng.random(len(padded)) < 0.5, " ", "  ").astype(object)
@@ -151,7 +151,7 @@ def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan:
     # Service lines carry codes that are not products.
     services = plan.services[lo:hi]
     s_inv, s_code, s_desc, s_qty, s_price = [all_inv], [code], [desc], [all_qty], [all_price]
-    for bit, (scode, sdesc, pence, spread) in enumerate(_SERVICES):
+    for bit, (scode, sdesc, pence, spread) in enumerate(SERVICES):
         where = np.flatnonzero(services & (1 << bit))
         s_inv.append(where)
         s_code.append(np.full(len(where), scode, dtype=object))
@@ -179,16 +179,16 @@ def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan:
         "InvoiceDate": stamps[all_inv],
         "UnitPrice": all_price[order],
         "CustomerID": ids[all_inv],
-        "Country": np.array(_COUNTRIES, dtype=object)[plan.country[lo:hi]][all_inv],
+        "Country": np.array(COUNTRIES, dtype=object)[plan.country[lo:hi]][all_inv],
     })
     return frame, all_prod, customer[customer >= 0]
 
 
 def _blocks(spec: SyntheticSpec) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
     products = product_arrays(spec)
-    cust = _customers(spec, products)
-    plan = _plan(spec, products, cust)
-    for b in range(-(-spec.invoices // _BLOCK)):
+    cust = customers_for(spec, products)
+    plan = plan_for(spec, products, cust)
+    for b in range(-(-spec.invoices // BLOCK)):
         yield _block(spec, products, cust, plan, b)
 
 

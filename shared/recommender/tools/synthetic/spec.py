@@ -17,18 +17,18 @@ COLUMNS: tuple[str, ...] = (
 
 # Invoices per block: rows are made and written a block at a time, so memory stays bounded at any size.
 # Each block draws from its own seeded stream, so a frame equals the file it would be written to.
-_BLOCK = 20_000
-_FIRST_INVOICE = 536_365  # where the real data set starts numbering
-_FIRST_CUSTOMER = 12_346
-_CUSTOMER_IDS = 99_999 - _FIRST_CUSTOMER + 1  # five-digit CustomerIDs, as in the real file, up to this many
+BLOCK = 20_000
+FIRST_INVOICE = 536_365  # where the real data set starts numbering
+FIRST_CUSTOMER = 12_346
+CUSTOMER_IDS = 99_999 - FIRST_CUSTOMER + 1  # five-digit CustomerIDs, as in the real file, up to this many
 _MAX_CUSTOMERS = 10_000_000  # beyond five digits the IDs simply get longer (a big retailer's 100M-row history)
-_BASE_CODES = 90_000  # five-digit stock-code bases 10000..99999
+BASE_CODES = 90_000  # five-digit stock-code bases 10000..99999
 _MAX_PRODUCTS = 500_000
 _MAX_INVOICES = 10_000_000  # the invoice plan is held in memory, about 100 bytes per invoice
 
 
 # Bits of the per-invoice dirt mask.
-_D_QUANTITY, _D_EMPTY, _D_SPACE = 1, 2, 4
+DIRT_QUANTITY, DIRT_EMPTY, DIRT_SPACE = 1, 2, 4
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,6 @@ class GenerationSummary:
     path: Path
 
 
-
-def _start_minute(spec: SyntheticSpec) -> int:
+def first_minute(spec: SyntheticSpec) -> int:
+    """The spec's first day as minutes since the Unix epoch."""
     return int(np.datetime64(spec.start, "m").astype(np.int64))

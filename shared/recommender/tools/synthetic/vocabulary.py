@@ -13,7 +13,7 @@ import numpy as np
 # more often it is the anchor of a basket and the more often it is added as a complement.
 # Each item is (noun, typical price in pence); nouns are unique across kits so descriptions are unique.
 # ---------------------------------------------------------------------------------------------------------
-_KITS: tuple[tuple[str, tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], bool], ...] = (
+KITS: tuple[tuple[str, tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], bool], ...] = (
     ("TEA SET", (("TEACUP", 125), ("SAUCER", 85), ("TEAPOT", 495), ("MILK JUG", 295), ("SUGAR BOWL", 250),
                  ("TEA COSY", 375), ("SIDE PLATE", 165)), (), False),
     ("FAIRY LIGHTS", (("FAIRY LIGHTS", 425), ("LANTERN", 375), ("T-LIGHT HOLDER", 255), ("LIGHT GARLAND", 495),
@@ -69,45 +69,47 @@ _KITS: tuple[tuple[str, tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]
     ("HANGING HEARTS", (("HANGING HEART", 255), ("WICKER HEART", 165), ("HEART GARLAND", 295),
                         ("HEART WALL DECORATION", 250)), (), False),
 )
-_COLOURS = ("RED", "BLUE", "PINK", "GREEN", "IVORY", "BLACK", "WHITE", "YELLOW", "PURPLE", "ORANGE", "CREAM",
+COLOURS = ("RED", "BLUE", "PINK", "GREEN", "IVORY", "BLACK", "WHITE", "YELLOW", "PURPLE", "ORANGE", "CREAM",
             "GREY", "TURQUOISE", "LILAC", "MINT", "SILVER", "GOLD", "NAVY", "CORAL", "TEAL")
-_PATTERNS = ("SPOTTY", "POLKADOT", "RETROSPOT", "STRIPE", "GINGHAM", "REGENCY", "VINTAGE", "PAISLEY", "FLORAL",
+PATTERNS = ("SPOTTY", "POLKADOT", "RETROSPOT", "STRIPE", "GINGHAM", "REGENCY", "VINTAGE", "PAISLEY", "FLORAL",
              "HEARTS", "STARS", "CHECK", "DOILY", "LACE", "DAISY", "ROSES", "PARISIENNE", "SCANDI", "HERRINGBONE",
              "TARTAN", "ZIGZAG", "DITSY", "ORIENTAL", "BAROQUE", "TOILE")
-_MOTIFS = ("OWL", "BIRDIE", "BUTTERFLY", "WOODLAND", "DOLLY GIRL", "SPACEBOY", "UNION JACK", "CIRCUS PARADE",
+MOTIFS = ("OWL", "BIRDIE", "BUTTERFLY", "WOODLAND", "DOLLY GIRL", "SPACEBOY", "UNION JACK", "CIRCUS PARADE",
            "JUNGLE", "SKULL", "APPLE", "CHERRY", "STRAWBERRY", "LEMON", "ROBIN", "REINDEER", "RABBIT", "SWALLOW",
            "HEN HOUSE", "PONY", "RAINBOW", "BICYCLE", "SAILOR", "MERMAID", "DINOSAUR", "FOX", "HEDGEHOG", "CACTUS",
            "POPPY'S", "LOVEBIRD")
-_SYNONYMS = {"COLOURING": "COLORING", "CHILDRENS": "CHILDREN'S", "T-LIGHT": "TEA LIGHT", "POLKADOT": "POLKA DOT",
+SYNONYMS = {"COLOURING": "COLORING", "CHILDRENS": "CHILDREN'S", "T-LIGHT": "TEA LIGHT", "POLKADOT": "POLKA DOT",
              "TEACUP": "TEA CUP", "DOORSTOP": "DOOR STOP", "RETROSPOT": "RETRO SPOT", "GREY": "GRAY"}
 
 # Service lines the real data mixes with products: (code, description, median price in pence, price spread).
-_SERVICES = (("POST", "POSTAGE", 1800, 0.4), ("DOT", "DOTCOM POSTAGE", 15000, 0.8), ("M", "Manual", 250, 1.5),
+SERVICES = (("POST", "POSTAGE", 1800, 0.4), ("DOT", "DOTCOM POSTAGE", 15000, 0.8), ("M", "Manual", 250, 1.5),
              ("BANK CHARGES", "Bank Charges", 1500, 0.0), ("AMAZONFEE", "AMAZON FEE", 300000, 0.7),
              ("C2", "CARRIAGE", 5000, 0.0))
-_NOTES = ("damaged", "check", "?", "missing", "wet damaged", "sold as set on dotcom", "wrongly coded")
+NOTES = ("damaged", "check", "?", "missing", "wet damaged", "sold as set on dotcom", "wrongly coded")
 
-_COUNTRIES = ("United Kingdom", "Germany", "France", "EIRE", "Spain", "Belgium", "Switzerland", "Portugal",
+COUNTRIES = ("United Kingdom", "Germany", "France", "EIRE", "Spain", "Belgium", "Switzerland", "Portugal",
               "Netherlands", "Italy", "Norway", "Australia", "Finland", "Channel Islands", "Sweden", "Denmark",
               "Austria", "Japan", "Poland", "Cyprus", "USA")
-_CUSTOMER_COUNTRY_P = np.array([900, 22, 20, 8, 8, 6, 5, 5, 3, 4, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1], float)
-_GUEST_COUNTRY_P = np.where(np.arange(len(_COUNTRIES)) == 0, 9700.0, _CUSTOMER_COUNTRY_P)  # guests are nearly all UK
+CUSTOMER_COUNTRY_P = np.array([900, 22, 20, 8, 8, 6, 5, 5, 3, 4, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1], float)
+GUEST_COUNTRY_P = np.where(np.arange(len(COUNTRIES)) == 0, 9700.0, CUSTOMER_COUNTRY_P)  # guests are nearly all UK
 
-_QUANTITIES = np.array([1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 25, 36, 48, 72, 96, 144])
-_QUANTITY_P = np.array([148, 82, 37, 38, 12, 41, 13, 22, 61, 4.3, 5, 24, 5.1, 3.8, 6.1, 2, 1.5, 1])
-_HOURS = np.arange(7, 21)
-_HOUR_P = np.array([4, 88, 338, 479, 563, 772, 711, 663, 764, 535, 276, 77, 35, 8], float)
-_WEEKDAY_P = np.array([1.0, 1.05, 0.97, 1.08, 0.85, 0.0, 0.7])  # Mon..Sun: the shop never invoices on Saturdays
-_MONTH_P = np.array([0.8, 0.75, 0.95, 0.8, 1.0, 0.95, 0.95, 0.95, 1.3, 1.45, 1.8, 1.2])
-_SEASON_MONTHS = np.array([False] * 8 + [True] * 4)  # Christmas kits sell from September to December
+QUANTITIES = np.array([1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 25, 36, 48, 72, 96, 144])
+QUANTITY_P = np.array([148, 82, 37, 38, 12, 41, 13, 22, 61, 4.3, 5, 24, 5.1, 3.8, 6.1, 2, 1.5, 1])
+HOURS = np.arange(7, 21)
+HOUR_P = np.array([4, 88, 338, 479, 563, 772, 711, 663, 764, 535, 276, 77, 35, 8], float)
+WEEKDAY_P = np.array([1.0, 1.05, 0.97, 1.08, 0.85, 0.0, 0.7])  # Mon..Sun: the shop never invoices on Saturdays
+MONTH_P = np.array([0.8, 0.75, 0.95, 0.8, 1.0, 0.95, 0.95, 0.95, 1.3, 1.45, 1.8, 1.2])
+SEASON_MONTHS = np.array([False] * 8 + [True] * 4)  # Christmas kits sell from September to December
 
-_ACCESSORY_ODDS = 0.6  # relative to complement_prob: batteries join fairy lights less often than the lantern does
+ACCESSORY_ODDS = 0.6  # relative to complement_prob: batteries join fairy lights less often than the lantern does
 
 
-def _cdf(weights: np.ndarray) -> np.ndarray:
+def cumulative(weights: np.ndarray) -> np.ndarray:
+    """The normalized cumulative distribution of weights, for draw."""
     cdf = np.cumsum(weights, dtype=np.float64)
     return cdf / cdf[-1]
 
 
-def _draw(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+def draw(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The indices that uniform numbers u pick from a cumulative distribution."""
     return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)

@@ -1,0 +1,152 @@
+"""What a training engine hands to publishing (Built), the holdout protocol both engines follow (build_and_measure),
+and the single-machine engine."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tqdm import tqdm
+
+from recommender.core.errors import DataFileError, StorageError
+from recommender.training import budget, holdout
+from recommender.training.ingest import CleaningReport, Transactions, describe_report, load_transactions
+from recommender.training.recipe import Progress, TrainingParams, build_model, purchase_period, stage
+
+SINGLE_ENGINE = {"name": "single"}
+
+
+@contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A temporary folder for a model's files, removed afterwards with whatever it holds; a full or failing disk
+    there becomes one StorageError saying what to do, not a traceback."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
+            yield Path(tmp)
+    except OSError as err:
+        raise StorageError(f"cannot write the model's files in {tempfile.gettempdir()}: {err.strerror or err}; free "
+                           f"some space there, or set TMPDIR to a folder on a disk with more") from None
+
+
+@dataclass
+class Built:
+    """What an engine's training left beside the artifacts in the version's folder, for the manifest."""
+
+    model: dict                     # the manifest's model part (recipe.finish_model)
+    report: CleaningReport          # the cleaning report of the whole input
+    engine: dict                    # {"name": "single"} or Spark's name, version and master
+    period: dict | None             # first and last purchase trained on
+    evaluation: dict | None = None  # the holdout's figures
+    extra: tuple[str, ...] = ()     # artifacts beyond recipe.ARTIFACTS (the holdout's)
+
+
+def announce_holdout(held: holdout.HeldOut, separate: bool, progress: Progress) -> None:
+    """Say which baskets measure the model, and how (both engines, same words)."""
+    since = f" (from {str(held.cutoff)[:16].replace('T', ' ')})" if held.cutoff is not None else ""
+    how = ("a second model is trained without them" if separate else
+           "they are kept out of training (too few to matter)")
+    progress(f"holdout: the {len(held.basket_ids):,} most recent baskets{since} measure the model: {how}")
+
+
+def assess_holdout(folder: Path, model_info: dict, held: holdout.HeldOut | None, params: TrainingParams,
+                   progress: Progress, near: dict[str, list[int]] | None = None) -> tuple[dict | None, tuple[str, ...]]:
+    """The holdout's evaluation and extra artifacts for a model written in folder (both engines)."""
+    if held is None:
+        return None, ()
+    with stage(progress, "holdout: measured through Model.recommend, confidence calibrated"):
+        evaluation, extra = holdout.assess(folder, model_info, held, params.seed, progress, near)
+    progress(f"held out: {holdout.describe(evaluation)}")
+    return evaluation, tuple(extra)
+
+
+def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) -> Callable[[Path], Built]:
+    """The single-machine trainer as an engine: the model, measured on the most recent baskets (build_and_measure)."""
+    def fill(folder: Path) -> Built:
+        train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
+        done = build_and_measure(lambda out, say: build_model(tx, params, out, say),
+                                 lambda out, near, say: build_model(train_tx, params, out, say, near),
+                                 held, len(tx.basket_ids), params, folder, progress)
+        period = purchase_period((tx if done.learned_all else train_tx).basket_time)
+        return Built(done.model, tx.report, SINGLE_ENGINE, period, done.evaluation, done.extra)
+    return fill
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A built model (the manifest's model part), its held-out figures and extra artifacts, and whether it learned
+    from every basket (otherwise the held-out ones were kept out of it)."""
+
+    model: dict
+    evaluation: dict | None
+    extra: tuple[str, ...]
+    learned_all: bool
+
+
+def build_and_measure(build_all: Callable[[Path, Progress], dict],
+                      build_without: Callable[[Path, dict[str, list[int]], Progress], dict],
+                      held: holdout.HeldOut | None, n_baskets: int, params: TrainingParams, folder: Path,
+                      progress: Progress) -> Measured:
+    """Build the model into folder and measure it on the held-out baskets, for both engines. build_all trains on
+    every basket, build_without without the held-out ones (given the codes whose Annoy neighbours to fill in).
+
+    A model cannot be measured on baskets it learned from. When the held-out baskets are a noticeable share of
+    the file (HoldoutPolicy.separate), the published model learns from all of them and a second one, trained the
+    same way without them, is measured: its figures, cases and confidence calibration go with the published
+    version. Otherwise the measured model is the published one. Without a holdout (or when nothing before the
+    held-out baskets was bought together) the model learns from everything, unmeasured."""
+    if held is None:
+        return Measured(build_all(folder, progress), None, (), True)
+    separate = params.holdout.separate(len(held.basket_ids), n_baskets)
+    announce_holdout(held, separate, progress)
+    near: dict[str, list[int]] = {code: [] for b in held.items for code in b}
+    if not separate:
+        try:
+            model_info = build_without(folder, near, progress)
+        except DataFileError as err:
+            _not_measured(err, progress)
+            return Measured(build_all(folder, progress), None, (), True)
+        evaluation, extra = assess_holdout(folder, model_info, held, params, progress, near)
+        if evaluation is not None:
+            evaluation["measured"] = "the published model, trained without the held-out baskets"
+        return Measured(model_info, evaluation, extra, False)
+    model_info = build_all(folder, progress)
+    started = time.perf_counter()
+    with scratch_folder() as measured:
+        try:
+            measured_info = build_without(measured, near, lambda text: progress(f"  holdout model: {text}"))
+        except DataFileError as err:
+            _not_measured(err, progress)
+            return Measured(model_info, None, (), True)
+        built = time.perf_counter() - started
+        evaluation, extra = assess_holdout(measured, measured_info, held, params, progress, near)
+        for name in extra:
+            shutil.copyfile(measured / name, folder / name)
+    if evaluation is not None:
+        evaluation["measured"] = "a second model, trained the same way without the held-out baskets"
+        evaluation["model_seconds"] = round(built, 2)
+    return Measured(model_info, evaluation, extra, True)
+
+
+def _not_measured(err: DataFileError, progress: Progress) -> None:
+    """Say why the model goes unmeasured (e.g. every co-purchase is among the held-out baskets): it then learns
+    from everything."""
+    progress(f"holdout: not measured: without the held-out baskets, {err.message}")
+
+
+def single_trainer(source: str | Path, params: TrainingParams, progress: Progress = print, encoding: str = "utf-8",
+                   max_memory_gb: float | None = None) -> Callable[[Path], Built]:
+    """The single-machine engine for a file: reads and cleans it now (refusing it at once when the training would
+    need more memory than allowed), and returns what builds and measures the model into a version's folder."""
+    t = time.perf_counter()
+    with tqdm(desc="reading", unit=" rows", unit_scale=True, leave=False, mininterval=0.5, disable=None) as bar:
+        tx = load_transactions(source, on_rows=bar.update, encoding=encoding)
+    for line in describe_report(tx.report):
+        progress(f"  {line}")
+    progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
+    budget.check_memory(tx, params, max_memory_gb, progress)  # before the heavy stages, not after minutes of them
+    return single_engine(tx, params, progress)
