@@ -1,0 +1,55 @@
+"""The user guide: it builds strictly, every shell and Python block is marked, and the runnable ones still work and
+still produce the example outputs the pages show (tests/docs_runner.py runs them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from tests import docs_runner
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_site_builds_strictly(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
+        pytest.skip("mkdocs and mkdocs-material are not installed (pip install -e '.[docs]'; make devel does it)")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=docs_runner.ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_shell_and_python_block_is_marked():
+    bad = [where for page in docs_runner.pages() for where in docs_runner.unmarked(page)]
+    assert not bad, ("blocks without <!-- run --> or <!-- not run: reason --> on the line above: " + ", ".join(bad))
+
+
+def test_the_marker_check_catches_an_unmarked_block(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("text\n\n```bash\nmake demo\n```\n\n<!-- not run: needs AWS -->\n```sh\nmake deploy\n```\n"
+                    "<!-- run -->\n```python\nprint(1)\n```\n\n```json\n{}\n```\n")
+    assert docs_runner.unmarked(page) == [f"{page}:3"]
+
+
+def test_shapes_ignore_volatile_values_and_catch_changed_ones():
+    one = '{"access_token": "eyJa.eyJb.c1", "n": 1, "items": [{"a": 0.5}]}'
+    assert docs_runner.shape(one) == docs_runner.shape('{"access_token": "eyJx.eyJy.z", "n": 7, "items": [{"a": 2}]}')
+    assert docs_runner.shape(one) != docs_runner.shape('{"access_token": "t", "n": 1, "items": []}')
+    assert docs_runner.shape(one) != docs_runner.shape('{"token": "t", "n": 1, "items": [{"a": 0.5}]}')
+    text = "saved version 20261202T083130538Z-2c6a991c6c3f (0.1 MB, 0.0 s)\nrows read: 2,230\n"
+    assert docs_runner.shape(text) == docs_runner.shape(
+        "saved version 20261203T000000000Z-0123456789ab (0.2 MB, 1.5 s)\nrows read: 2,231\n")
+    assert docs_runner.shape(text) != docs_runner.shape("saved version 20261202T083130538Z-2c6a991c6c3f\n")
+
+
+@pytest.mark.parametrize("page", docs_runner.pages(), ids=lambda p: p.name)
+def test_runnable_blocks_pass_and_give_the_examples_shown(page):
+    if not docs_runner.blocks(page):
+        pytest.skip(f"{page.name} has no runnable block")
+    result = docs_runner.run_page(page)
+    assert result.failure is None, result.failure
+    problems = docs_runner.mismatches(result)
+    assert not problems, "\n\n".join(problems)
