@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class PageResult:
     page: Path
     outputs: list[tuple[Block, str]] = field(default_factory=list)
     failure: str | None = None
+    seconds: list[float] = field(default_factory=list)  # each block's wall time
 
 
 def pages() -> list[Path]:
@@ -154,11 +156,12 @@ def sandbox(folder: Path) -> None:
 
 def environment(folder: Path, port: int) -> dict[str, str]:
     """The page's starting environment: the caller's, minus its settings, plus the sandbox's."""
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES and not k.startswith("PYTEST_")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in SETTINGS_VARIABLES and not k.startswith(("PYTEST_", "LOGIN_", "S3_", "MAX_", "HEADER_"))}
     venv_bin = ROOT / ".venv" / "bin"
     env.update(STORAGE_URL=str(folder / "data"), PORT=str(port), PATH=f"{venv_bin}:{env.get('PATH', '')}",
                HOME=env.get("HOME", str(folder)), PYTHONDONTWRITEBYTECODE="1", TERM="dumb", NO_COLOR="1",
-               PAGER="cat")
+               PAGER="cat", BCRYPT_ROUNDS="4")  # fast password hashing, as in the test suite: only time changes
     return env
 
 
@@ -228,7 +231,9 @@ def run_page(page: Path) -> PageResult:
         state = Path(tmp) / "state.sh"
         try:
             for block in todo:
+                started = time.monotonic()
                 status, out = run_block(block, folder, env, state)
+                result.seconds.append(time.monotonic() - started)
                 out = normalize(out, folder, port)
                 if status != 0:
                     result.failure = (f"{name(page)}:{block.fence.line}: the block exited with status "
@@ -242,6 +247,7 @@ def run_page(page: Path) -> PageResult:
 
 # --- shapes: what must stay the same between the committed examples and a fresh run -------------------------------
 VOLATILE = [
+    (re.compile(r"make: \*\*\* \[[^\]]*\]"), "make: *** [recipe]"),
     (re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+"), "<token>"),
     (re.compile(r"\b\d{8}T\d{6,9}Z-[0-9a-f]{6,}\b"), "<version>"),
     (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"), "<time>"),
@@ -371,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             for problem in mismatches(result):
                 print(problem)
                 status = 1
-        print(f"{name(page)}: {len(result.outputs)} block(s) ran")
+        print(f"{name(page)}: {len(result.outputs)} block(s) ran in "
+              f"{' + '.join(f'{t:.1f}' for t in result.seconds)} = {sum(result.seconds):.1f} s")
     return status
 
 

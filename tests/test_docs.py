@@ -3,6 +3,7 @@ still produce the example outputs the pages show (tests/docs_runner.py runs them
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -53,3 +54,12 @@ def test_runnable_blocks_pass_and_give_the_examples_shown(page):
     assert result.failure is None, result.failure
     problems = docs_runner.mismatches(result)
     assert not problems, "\n\n".join(problems)
+
+
+def test_the_configuration_page_names_every_setting():
+    from recommender.core import settings
+
+    names = getattr(settings.Settings, "model_fields", None) or {f.name: f for f in dataclasses.fields(settings.Settings)}
+    page = (docs_runner.DOCS / "configuration.md").read_text()
+    missing = [name.upper() for name in names if f"`{name.upper()}`" not in page]
+    assert not missing, f"docs/configuration.md does not describe {', '.join(missing)}"
