@@ -25,7 +25,7 @@ $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override
 
 .PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user passwd \
 	del_user list_users run run-prod kill status demo evaluate generate clean catalog catalog_show catalog_rollback rules \
-	rules_show rules_rollback export
+	rules_show rules_rollback export docs docs-examples
 
 help: ## list every target
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -125,8 +125,16 @@ export: $(STAMP) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|json
 generate: $(STAMP) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"
 
+# The user guide (docs/, mkdocs.yml): built strictly (a broken link or a missing page fails); tests/test_docs.py
+# builds it too and runs its runnable blocks, so `make test` covers both.
+docs: $(STAMP) ## build the user guide into site/ (strict: broken links and missing pages fail)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
+docs-examples: $(STAMP) ## run the guide's runnable blocks and rewrite the example outputs they produce (docs/examples/)
+	$(BIN)/python tests/docs_runner.py --write
+
 clean: ## remove the venv and caches (data/ is kept)
-	rm -rf $(VENV) .pytest_cache shared/*.egg-info
+	rm -rf $(VENV) .pytest_cache shared/*.egg-info site
 
 # Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
 # (results then go to bench/results/quick/).
