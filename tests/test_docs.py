@@ -73,3 +73,25 @@ def test_the_readme_layout_names_paths_that_exist():
     assert len(paths) >= 7
     missing = [p for p in paths if not (docs_runner.ROOT / p).exists()]
     assert not missing, f"README.md's layout names paths that do not exist: {missing}"
+
+
+# What belongs in CHANGELOG.md and bench/results/, not in a page of the guide.
+HISTORY = [
+    (re.compile(r"\bissues?\s*#?\d+", re.I), "an issue number"),
+    (re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b"), "a commit hash"),
+    (re.compile(r"(?<![\w.])\.\./"), "a path outside the repository"),
+    (re.compile(r"\bsession\b(?! ?storage| expired)", re.I), "a word of development history"),
+    (re.compile(r"development machine|as of my knowledge|left for a later change|what did not help", re.I),
+     "development history"),
+]
+
+
+def test_guide_pages_hold_no_development_history():
+    found = []
+    for page in docs_runner.pages():
+        if page.name == "changelog.md":
+            continue
+        for number, line in enumerate(page.read_text().split("\n"), 1):
+            found += [f"{docs_runner.name(page)}:{number}: {what}: {line.strip()}" for pattern, what in HISTORY
+                      if pattern.search(line)]
+    assert not found, "\n".join(found)
