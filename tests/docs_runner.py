@@ -158,7 +158,7 @@ def environment(folder: Path, port: int) -> dict[str, str]:
     """The page's starting environment: the caller's, minus its settings, plus the sandbox's."""
     env = {k: v for k, v in os.environ.items()
            if k not in SETTINGS_VARIABLES and not k.startswith(("PYTEST_", "LOGIN_", "S3_", "MAX_", "HEADER_"))}
-    venv_bin = ROOT / ".venv" / "bin"
+    venv_bin = Path(sys.executable).parent  # the project's venv: the python running this
     env.update(STORAGE_URL=str(folder / "data"), PORT=str(port), PATH=f"{venv_bin}:{env.get('PATH', '')}",
                HOME=env.get("HOME", str(folder)), PYTHONDONTWRITEBYTECODE="1", TERM="dumb", NO_COLOR="1",
                PAGER="cat", BCRYPT_ROUNDS="4")  # fast password hashing, as in the test suite: only time changes
