@@ -95,3 +95,13 @@ def test_guide_pages_hold_no_development_history():
             found += [f"{docs_runner.name(page)}:{number}: {what}: {line.strip()}" for pattern, what in HISTORY
                       if pattern.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_the_api_page_names_every_route_of_the_template():
+    template = (docs_runner.ROOT / "template.yaml").read_text()
+    routes = set(re.findall(r"Method: (\w+), Path: (/[^}\s]*)", template))
+    assert len(routes) >= 12
+    page = (docs_runner.DOCS / "api.md").read_text()
+    missing = [f"{method} {path}" for method, path in sorted(routes)
+               if not re.search(rf"`({method} )?{re.escape(path)}[`?]", page)]
+    assert not missing, f"docs/api.md does not describe {', '.join(missing)}"
