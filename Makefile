@@ -25,7 +25,7 @@ $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override
 
 .PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user passwd \
 	del_user list_users run run-prod kill status demo evaluate generate clean catalog catalog_show catalog_rollback rules \
-	rules_show rules_rollback export docs docs-examples
+	rules_show rules_rollback export
 
 help: ## list every target
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -127,6 +127,7 @@ generate: $(STAMP) ## write the synthetic dataset to OUT (default data/synthetic
 
 # The user guide (docs/, mkdocs.yml): built strictly (a broken link or a missing page fails); tests/test_docs.py
 # builds it too and runs its runnable blocks, so `make test` covers both.
+.PHONY: docs docs-examples
 docs: $(STAMP) ## build the user guide into site/ (strict: broken links and missing pages fail)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
