@@ -342,8 +342,8 @@ def mismatches(result: PageResult) -> list[str]:
         want = expected(block)
         if want is None or shape(want) == shape(out):
             continue
-        where = name(block.example) if block.example else f"{block.name(page)}:{block.inline.line}"
-        problems.append(f"{block.name(page)}:{block.fence.line}: the output no longer has the shape of "
+        where = name(block.example) if block.example else f"{name(block.page)}:{block.inline.line}"
+        problems.append(f"{name(block.page)}:{block.fence.line}: the output no longer has the shape of "
                         f"{where} (run `make docs-examples` if the change is intended).\ncommitted:\n{want}\nfresh:\n{out}")
     return problems
 

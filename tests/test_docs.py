@@ -105,3 +105,21 @@ def test_the_api_page_names_every_route_of_the_template():
     missing = [f"{method} {path}" for method, path in sorted(routes)
                if not re.search(rf"`({method} )?{re.escape(path)}[`?]", page)]
     assert not missing, f"docs/api.md does not describe {', '.join(missing)}"
+
+
+def test_a_changed_output_is_reported_and_rewritten(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text('<!-- run -->\n```bash\necho hi\n```\n\n```text\n--8<-- "examples/x.txt"\n```\n\n'
+                    '<!-- run -->\n```bash\necho there\n```\n\n```json\n{"a": 1}\n```\n')
+    first, second = docs_runner.blocks(page)
+    example = docs_runner.DOCS / "examples" / "x.txt"
+    assert first.example == example and second.inline is not None
+    first.example = tmp_path / "x.txt"
+    first.example.write_text("hello\n")
+    result = docs_runner.PageResult(page, [(first, "hi\n"), (second, '{"a": 2, "b": 3}\n')])
+    problems = docs_runner.mismatches(result)
+    assert len(problems) == 2 and "x.txt" in problems[0] and f"{page}:15" in problems[1]
+    assert docs_runner.write(result) == [first.example, page]
+    assert first.example.read_text() == "hi\n"
+    assert '```json\n{"a": 2, "b": 3}\n```' in page.read_text()
+    assert not docs_runner.mismatches(docs_runner.PageResult(page, [(first, "hi\n")]))
