@@ -18,9 +18,11 @@ are normalized (sandbox path -> ".", port -> 8090) so that they read as they wou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -149,9 +151,12 @@ def free_port() -> int:
 def sandbox(folder: Path) -> None:
     """Make `folder` look like the repository's root: every entry linked, except a fresh data/ folder."""
     for entry in ROOT.iterdir():
-        if entry.name not in NOT_LINKED:
+        if entry.name not in NOT_LINKED | {"pyproject.toml"}:
             (folder / entry.name).symlink_to(entry)
     (folder / "data").mkdir()
+    # A copy dated long ago: make never reinstalls from the sandbox (that would point the project's venv at it).
+    shutil.copyfile(ROOT / "pyproject.toml", folder / "pyproject.toml")
+    os.utime(folder / "pyproject.toml", (0, 0))
 
 
 def environment(folder: Path, port: int) -> dict[str, str]:
@@ -222,7 +227,9 @@ def run_page(page: Path) -> PageResult:
     todo = blocks(page)
     if not todo:
         return result
-    with tempfile.TemporaryDirectory(prefix="docs-") as tmp:
+    keep = os.environ.get("DOCS_RUNNER_KEEP")  # set: the sandboxes stay, for a look at a failure
+    with (contextlib.nullcontext(tempfile.mkdtemp(prefix="docs-")) if keep
+          else tempfile.TemporaryDirectory(prefix="docs-")) as tmp:
         folder = Path(tmp) / "repo"
         folder.mkdir()
         sandbox(folder)
