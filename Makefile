@@ -7,7 +7,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two installs. The light one (serving, the local server, training on one machine) is what the targets for using and
+# operating the product need; the full one (every extra of pyproject.toml and the test tools) is for developing it.
+# STAMP marks the full install, LIGHT_STAMP the light one; LIGHT is what a light target waits for: the full install
+# when the venv has it (it holds the light one, so nothing is installed twice), else the light one.
 STAMP := $(VENV)/.installed
+LIGHT_STAMP := $(VENV)/.installed-light
+LIGHT = $(if $(wildcard $(STAMP)),$(STAMP),$(LIGHT_STAMP))
 CLI := $(BIN)/python -m recommender
 DAYS ?= 30
 # FORCE=1 (or yes/true) activates a model even when it is clearly worse than the active one.
@@ -20,109 +26,125 @@ ENGINE ?= single
 export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
-RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_CATALOG PATH_TO_RULES CODE OUT BASKETS
+RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_FEED PATH_TO_CATALOG PATH_TO_RULES CODE OUT \
+	BASKETS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user passwd \
-	del_user list_users run run-prod kill status demo evaluate generate clean catalog catalog_show catalog_rollback rules \
-	rules_show rules_rollback export
+	del_user list_users run run-prod kill status demo evaluate generate clean feed feed_show feed_rollback catalog \
+	catalog_show catalog_rollback rules rules_show rules_rollback export
 
 help: ## list every target
 	@echo "usage: make <target> [VARIABLE=value ...]"
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
-	@touch $(STAMP)
+# $(call install,EXTRAS): the venv, created when missing, with the project (editable) and EXTRAS ("[dev]" or none).
+define install
+@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python -m pip install --quiet --upgrade pip
+$(BIN)/python -m pip install --quiet -e '.$(1)'
+endef
 
-devel: $(STAMP) ## create .venv and install the project with its dev dependencies
+$(STAMP): pyproject.toml
+	$(call install,[dev])
+	@touch $(LIGHT_STAMP) $(STAMP)
+
+$(LIGHT_STAMP): pyproject.toml
+	$(call install,)
+	@touch $(LIGHT_STAMP)
+
+devel: $(STAMP) ## create .venv and install everything: the project, every extra, the test and docs tools
 	@echo "installed into $(VENV)"
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest
 
-train: $(STAMP) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://...) and activate it (FORCE=1: even when worse; ENGINE=spark)
+train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://...) and activate it (FORCE=1: even when worse; ENGINE=spark)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --engine "$(ENGINE)" "$$PATH_TO_DATA" $(FORCE_FLAG) $(HOLDOUT_FLAG)
 
-train_parallel: $(STAMP) ## train on PATH_TO_DATA into the staged slot; the served model is untouched
+train_parallel: $(LIGHT) ## train on PATH_TO_DATA into the staged slot; the served model is untouched
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train_parallel PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --stage --engine "$(ENGINE)" "$$PATH_TO_DATA" $(HOLDOUT_FLAG)
 
-load_after_parallel_train: $(STAMP) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even when worse)
+load_after_parallel_train: $(LIGHT) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even when worse)
 	$(CLI) promote $(FORCE_FLAG)
 
-rollback: $(STAMP) ## re-activate the model that was active before the current one
+rollback: $(LIGHT) ## re-activate the model that was active before the current one
 	$(CLI) rollback
 
-versions: $(STAMP) ## list model versions (active and staged marked)
+versions: $(LIGHT) ## list model versions (active and staged marked)
 	$(CLI) versions
 
-add_user: $(STAMP) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= (no PASSWORD: prompt)
+add_user: $(LIGHT) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= (no PASSWORD: prompt)
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make add_user USER_NAME=... PASSWORD=..." >&2; exit 2; }
 	@$(CLI) add-user "$$USER_NAME" --full-name "$$FULL_NAME" --email "$$EMAIL" $${PASSWORD+--password-env PASSWORD}
 
-passwd: $(STAMP) ## change an API user's password and revoke their earlier tokens: USER_NAME= [PASSWORD=] (no PASSWORD: prompt)
+passwd: $(LIGHT) ## change an API user's password and revoke their earlier tokens: USER_NAME= [PASSWORD=] (no PASSWORD: prompt)
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make passwd USER_NAME=..." >&2; exit 2; }
 	@$(CLI) passwd "$$USER_NAME" $${PASSWORD+--password-env PASSWORD}
 
-del_user: $(STAMP) ## delete an API user: USER_NAME=
+del_user: $(LIGHT) ## delete an API user: USER_NAME=
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make del_user USER_NAME=..." >&2; exit 2; }
 	@$(CLI) del-user "$$USER_NAME"
 
-list_users: $(STAMP) ## list API users
+list_users: $(LIGHT) ## list API users
 	@$(CLI) list-users
 
-run: $(STAMP) ## serve the API in the foreground on HOST:PORT (default 127.0.0.1:8090)
+run: $(LIGHT) ## serve the API in the foreground on HOST:PORT (default 127.0.0.1:8090)
 	$(CLI) serve
 
-run-prod: $(STAMP) ## serve the API in the background (pid file and log under data/run/)
+run-prod: $(LIGHT) ## serve the API in the background (pid file and log under data/run/)
 	@$(CLI) start
 
-kill: $(STAMP) ## stop the background server started by run-prod
+kill: $(LIGHT) ## stop the background server started by run-prod
 	@$(CLI) stop
 
-status: $(STAMP) ## say whether the background server runs and which model it serves
+status: $(LIGHT) ## say whether the background server runs and which model it serves
 	@$(CLI) status
 
 # On a fresh clone the console's address comes before the install's output too.
-demo: $(if $(wildcard $(STAMP)),,demo-address) $(STAMP) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
+demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
 	@$(CLI) demo
 
 demo-address:
-	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: a minute or two)"
+	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: about a minute)"
 
 evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)"
 
-catalog: $(STAMP) ## upload a product feed: PATH_TO_CATALOG= (.csv, .csv.gz, .tsv, .xlsx); serving picks it up, no retraining
-	@test -n "$$PATH_TO_CATALOG" || { echo "error: give the feed file: make catalog PATH_TO_CATALOG=path/to/products.csv" >&2; exit 2; }
-	$(CLI) catalog "$$PATH_TO_CATALOG"
+feed: $(LIGHT) ## upload a product feed: PATH_TO_FEED= (.csv, .csv.gz, .tsv, .xlsx); serving picks it up, no retraining
+	@test -n "$${PATH_TO_FEED:-$$PATH_TO_CATALOG}" || { echo "error: give the feed file: make feed PATH_TO_FEED=path/to/products.csv" >&2; exit 2; }
+	$(CLI) feed "$${PATH_TO_FEED:-$$PATH_TO_CATALOG}"
 
-catalog_show: $(STAMP) ## print the active product feed, or one item with CODE=
-	@$(CLI) catalog-show $${CODE:+--code "$$CODE"}
+feed_show: $(LIGHT) ## print the active product feed, or one item with CODE=
+	@$(CLI) feed-show $${CODE:+--code "$$CODE"}
 
-catalog_rollback: $(STAMP) ## re-activate the product feed that was active before
-	$(CLI) catalog-rollback
+feed_rollback: $(LIGHT) ## re-activate the product feed that was active before
+	$(CLI) feed-rollback
 
-rules: $(STAMP) ## upload merchandising rules: PATH_TO_RULES= (YAML: block, do_not_pair, pin, boost, bury)
+# The feed targets' earlier names, still working but not listed: catalog (with PATH_TO_CATALOG= as well as
+# PATH_TO_FEED=), catalog_show, catalog_rollback.
+catalog: feed
+catalog_show: feed_show
+catalog_rollback: feed_rollback
+
+rules: $(LIGHT) ## upload merchandising rules: PATH_TO_RULES= (YAML: block, do_not_pair, pin, boost, bury)
 	@test -n "$$PATH_TO_RULES" || { echo "error: give the rules file: make rules PATH_TO_RULES=path/to/rules.yaml" >&2; exit 2; }
 	$(CLI) rules "$$PATH_TO_RULES"
 
-rules_show: $(STAMP) ## print the active merchandising rules
+rules_show: $(LIGHT) ## print the active merchandising rules
 	@$(CLI) rules-show
 
-rules_rollback: $(STAMP) ## re-activate the rules that were active before
+rules_rollback: $(LIGHT) ## re-activate the rules that were active before
 	$(CLI) rules-rollback
 
-export: $(STAMP) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|jsonl|parquet]; or BASKETS=file.jsonl OUT= [RESUME=1]
+export: $(LIGHT) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|jsonl|parquet]; or BASKETS=file.jsonl OUT= [RESUME=1]
 	@test -n "$$OUT" || { echo "error: give the output file: make export OUT=fbt.csv (or BASKETS=baskets.jsonl OUT=answers.jsonl)" >&2; exit 2; }
 	@$(CLI) export --out "$$OUT" --n "$${N:-10}" $${FORMAT:+--format "$$FORMAT"} $${BASKETS:+--baskets "$$BASKETS"} $(if $(RESUME),--resume)
 
-generate: $(STAMP) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
+generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"
 
 # The user guide (docs/, mkdocs.yml): built strictly (a broken link or a missing page fails); tests/test_docs.py
@@ -167,7 +189,7 @@ bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rul
 bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
 	$(CLI) bench logins $(BENCH_FLAGS)
 
-bench-search: $(STAMP) ## benchmark catalog search (GET /items) on a 100k-item catalog
+bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
 	$(CLI) bench search $(BENCH_FLAGS)
 
 fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis) for FUZZ_SECONDS (600); figures in bench/results/fuzz.json
@@ -194,12 +216,12 @@ lint-template: $(STAMP) ## check template.yaml with cfn-lint (make test does it 
 
 # SNAPSTART=1: for RecommendSnapStart=true (python3.12, Amazon Linux 2023): the layer built in the python3.12 image;
 # the check against Amazon Linux 2 and the local 3.11 smoke test do not apply to it.
-build-lambda: $(STAMP) ## build functions and layer for Lambda in the SAM build container (sam build --use-container; needs Docker; SNAPSTART=1: for python3.12)
+build-lambda: $(LIGHT) ## build functions and layer for Lambda in the SAM build container (sam build --use-container; needs Docker; SNAPSTART=1: for python3.12)
 	$(NEED_SAM)
 	$(SAM) build --use-container --container-env-var-file infra/container-env.json $(if $(SNAPSTART),--build-image SharedLayer=public.ecr.aws/sam/build-python3.12 --parameter-overrides RecommendSnapStart=true)
 	$(if $(SNAPSTART),@echo "built for python3.12: deploy with RecommendSnapStart=true (make deploy GUIDED=1)",$(BIN)/python infra/build_lambda.py --check-build)
 
-build-lambda-pip: $(STAMP) ## build functions and layer for Lambda without Docker (manylinux wheels; ANNOY_WHEEL= optional)
+build-lambda-pip: $(LIGHT) ## build functions and layer for Lambda without Docker (manylinux wheels; ANNOY_WHEEL= optional)
 	$(BIN)/python infra/build_lambda.py $(if $(ANNOY_WHEEL),--annoy-wheel "$(ANNOY_WHEEL)")
 
 deploy: ## deploy the last build with sam deploy (--guided the first time or with GUIDED=1; answers kept in samconfig.toml)
@@ -214,5 +236,5 @@ deploy: ## deploy the last build with sam deploy (--guided the first time or wit
 emulate-s3: $(STAMP) ## run a local S3 (moto) on 127.0.0.1 in the background; prints the STORAGE_URL/AWS_ENDPOINT_URL to use
 	@$(CLI) emulate-s3
 
-emulate-s3-stop: $(STAMP) ## stop the local S3 started by emulate-s3 (by its pid; its content is lost)
+emulate-s3-stop: $(LIGHT) ## stop the local S3 started by emulate-s3 (by its pid; its content is lost)
 	@$(CLI) emulate-s3-stop

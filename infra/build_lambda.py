@@ -304,7 +304,7 @@ def smoke_test(layer: Path, functions: dict[str, Path], workdir: Path) -> None:
     version = train(data, storage, progress=lambda _m: None).version
     smoke = add_user(storage, "smoke", "smoke password", rounds=4)
     model = load_model(storage, version)
-    code = model.catalog.codes[model.catalog.most_popular()[0]]
+    code = model.items.codes[model.items.most_popular()[0]]
     expected = [s.item.stock_code for s in model.recommend([code], 5).items]
     secret = "s" * 48
     token = issue_token("smoke", secret, stamp=smoke.stamp)

@@ -227,6 +227,10 @@ def run_page(page: Path) -> PageResult:
     todo = blocks(page)
     if not todo:
         return result
+    if not list((ROOT / ".venv").glob(".installed*")):
+        # make would install the project from the sandbox, into the project's venv, pointing at the sandbox
+        result.failure = "the project is not installed in .venv: run `make devel` (or `make test`) first"
+        return result
     keep = os.environ.get("DOCS_RUNNER_KEEP")  # set: the sandboxes stay, for a look at a failure
     with (contextlib.nullcontext(tempfile.mkdtemp(prefix="docs-")) if keep
           else tempfile.TemporaryDirectory(prefix="docs-")) as tmp:

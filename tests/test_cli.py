@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 from recommender.core.storage import LocalStorage
@@ -108,6 +109,26 @@ def test_train_bad_input_one_line_nonzero(make, tmp_path, name, content, message
 def test_train_without_path_says_how(make):
     result = make("train")
     assert result.returncode != 0 and "PATH_TO_DATA" in result.stderr
+
+
+def test_feed_targets_and_commands_answer_to_their_earlier_names_too(make, tmp_path, capsys):
+    from recommender import cli
+
+    feed = tmp_path / "products.csv"
+    feed.write_text("id,availability,price\nA1,in_stock,1.5\nB2,out_of_stock,2\n")
+    uploaded = make("catalog", f"PATH_TO_CATALOG={feed}")   # the earlier target and variable
+    assert uploaded.returncode == 0 and "activated feed version" in uploaded.stdout, uploaded.stderr
+    shown = make("feed_show", "CODE=B2").stdout
+    assert "out_of_stock" in shown and make("catalog_show", "CODE=B2").stdout == shown
+    answers = []
+    for name in ("feed-show", "catalog-show"):   # the same storage as make's: STORAGE_URL is tmp_path / "data"
+        assert cli.main([name]) == 0
+        answers.append(capsys.readouterr().out)
+    assert answers[0] == answers[1] and "2 products" in answers[0]
+    listed = make("help").stdout
+    assert "feed_show" in listed and "catalog" not in listed
+    assert "catalog" not in subprocess.run([sys.executable, "-m", "recommender", "--help"], capture_output=True,
+                                           text=True, cwd=ROOT).stdout
 
 
 def test_promote_with_nothing_staged(make, tiny_csv):

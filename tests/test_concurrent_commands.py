@@ -98,7 +98,8 @@ def test_feed_and_rules_uploads_racing_each_other(shared_storage, tmp_path):
     (tmp_path / "b.csv").write_text("id,availability,price\nA1,out_of_stock,1.5\n")
     (tmp_path / "r1.yaml").write_text('boost:\n  - {category: "Kitchen", factor: 1.5}\n')
     (tmp_path / "r2.yaml").write_text('bury:\n  - {category: "Kitchen", factor: 0.5}\n')
-    results = together(env, ["catalog", f"PATH_TO_CATALOG={tmp_path / 'a.csv'}"],
+    # The second feed upload by the target's earlier name, which still works.
+    results = together(env, ["feed", f"PATH_TO_FEED={tmp_path / 'a.csv'}"],
                        ["rules", f"PATH_TO_RULES={tmp_path / 'r1.yaml'}"],
                        ["catalog", f"PATH_TO_CATALOG={tmp_path / 'b.csv'}"],
                        ["rules", f"PATH_TO_RULES={tmp_path / 'r2.yaml'}"])

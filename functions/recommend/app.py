@@ -1,4 +1,4 @@
-"""Recommend function: what to offer with a basket, catalog search, health, and the web console with its endpoints."""
+"""Recommend function: what to offer with a basket, item search, health, and the web console with its endpoints."""
 
 import gc
 
@@ -89,8 +89,8 @@ class RecommendationsOut(BaseModel):
     exhausted: bool
 
 
-class CatalogItem(BaseModel):
-    """One catalog entry."""
+class FoundItem(BaseModel):
+    """One of the model's items."""
 
     stock_code: str
     description: str
@@ -98,9 +98,9 @@ class CatalogItem(BaseModel):
 
 
 class SearchOut(BaseModel):
-    """Catalog search results."""
+    """Item search results."""
 
-    items: list[CatalogItem]
+    items: list[FoundItem]
     model_version: str
 
 
@@ -159,13 +159,13 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
     return web.FastJSON(answer_json(answer, options is not None and options.explain))
 
 
-@app.get("/items", response_model=SearchOut, summary="Search the catalog by code prefix or description words",
+@app.get("/items", response_model=SearchOut, summary="Search the model's items by code prefix or description words",
          responses=web.errors(401, 413, 422, 503))
 async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_length=200)] = "",
                 limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> web.FastJSON:
     """Items whose code starts with q, then items whose description holds every word of q; popular first."""
     # Off the event loop: a search is a few milliseconds at most, but the first one of a model builds its index.
-    found = await run_in_threadpool(model.catalog.search, q, limit)
+    found = await run_in_threadpool(model.items.search, q, limit)
     return web.FastJSON({"items": [i._asdict() for i in found], "model_version": model.version})
 
 
@@ -182,7 +182,7 @@ async def health() -> web.FastJSON:
     # A model in memory answers even when the storage fails; "degraded" says so, with the reason.
     problem = web.model_holder(web.get_settings()).error
     return web.FastJSON({"status": "degraded" if problem else "ok", "model_version": model.version,
-                         "item_count": len(model.catalog), "model_created_at": model.manifest.get("created_at"),
+                         "item_count": len(model.items), "model_created_at": model.manifest.get("created_at"),
                          "feed_version": model.feed_version, "rules_version": model.rules_version,
                          **({"detail": problem} if problem else {})})
 
@@ -240,9 +240,9 @@ class ModelInfoOut(BaseModel):
          responses=web.errors(401, 404, 413, 503))
 async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """One of the real invoices the served model keeps from its training data, drawn at random."""
-    from recommender.serving import samples  # what only the console asks for is imported on its first use
+    from recommender.serving import real_baskets  # what only the console asks for is imported on its first use
 
-    return web.FastJSON(samples.random_basket(model, storage, _rng))
+    return web.FastJSON(real_baskets.random_basket(model, storage, _rng))
 
 
 @app.get("/model", response_model=ModelInfoOut, summary="The served model, its training figures and the versions",

@@ -18,10 +18,11 @@ from recommender.local.emulator import use_dummy_credentials
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
 
 
-def command(name: str) -> Callable:
-    """Register a function as the handler of a sub-command."""
+def command(*names: str) -> Callable:
+    """Register a function as the handler of a sub-command (under each of its names)."""
     def register(fn: Callable[[argparse.Namespace, Settings], int]) -> Callable:
-        COMMANDS[name] = fn
+        for name in names:
+            COMMANDS[name] = fn
         return fn
     return register
 
@@ -160,8 +161,9 @@ def _figures(storage: Storage, version: str) -> str:
         return ""
 
 
-@command("catalog")
-def _catalog(args: argparse.Namespace, settings: Settings) -> int:
+# The feed commands' earlier names (catalog, catalog-show, catalog-rollback) keep working; they are not listed.
+@command("feed", "catalog")
+def _feed(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.feed import active_model, publish_feed
 
     storage = _storage(settings)
@@ -170,16 +172,16 @@ def _catalog(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-@command("catalog-show")
-def _catalog_show(args: argparse.Namespace, settings: Settings) -> int:
+@command("feed-show", "catalog-show")
+def _feed_show(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.feed import show
 
     print("\n".join(show(_storage(settings), args.code)))
     return 0
 
 
-@command("catalog-rollback")
-def _catalog_rollback(args: argparse.Namespace, settings: Settings) -> int:
+@command("feed-rollback", "catalog-rollback")
+def _feed_rollback(args: argparse.Namespace, settings: Settings) -> int:
     version = registry.rollback(_storage(settings), registry.FEED)
     print(f"re-activated feed version {version}")
     return 0
@@ -301,8 +303,8 @@ def _emulate_s3_stop(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     import secrets
 
-    from recommender.core.catalog import Catalog
     from recommender.core.errors import NotFound
+    from recommender.core.items import ITEMS_FILE, Items
     from recommender.local.server import serve
     from recommender.serving.users import add_user, delete_user
     from recommender.tools import synthetic
@@ -316,8 +318,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     summary = synthetic.write_csv(synthetic.DEFAULT, data)
     print(f"demo data: {summary.rows:,} rows, {summary.invoices:,} invoices, {summary.products:,} products in {data}")
     result = train(data, storage, keep_versions=settings.keep_versions)
-    catalog = Catalog.from_json(storage.read(registry.artifact_key(result.version, "catalog.json")))
-    example = catalog.codes[catalog.most_popular()[0]]
+    items = Items.from_json(storage.read(registry.artifact_key(result.version, ITEMS_FILE)))
+    example = items.codes[items.most_popular()[0]]
     password = secrets.token_urlsafe(12)
     try:
         delete_user(storage, "demo")
@@ -416,6 +418,20 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
                                           "else local[*])")
 
 
+def _feed_commands(sub: argparse._SubParsersAction, prefix: str, listed: bool) -> None:
+    """The feed commands under one prefix: `feed`, or `catalog`, their earlier name, which still works but is not
+    listed (a sub-command added without help is left out of the list)."""
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(prefix + name, **({"help": text} if listed else {
+            "description": f"the earlier name of `feed{name}`: {text}"}))
+
+    add("", "upload a product feed (.csv, .csv.gz, .tsv, .xlsx; Google Merchant Center columns) as a new feed version "
+            "and activate it").add_argument("path")
+    add("-show", "print the active product feed, or what is known of one code").add_argument(
+        "--code", help="one stock code")
+    add("-rollback", "re-activate the feed version active before the current one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="recommender", description=__doc__)
@@ -470,12 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="default: the port of a local AWS_ENDPOINT_URL, else 5055")
     sub.add_parser("emulate-s3-stop", help="stop the local S3 started by emulate-s3 (its content is lost)")
 
-    p = sub.add_parser("catalog", help="upload a product feed (.csv, .csv.gz, .tsv, .xlsx; Google Merchant Center "
-                                       "columns) as a new feed version and activate it")
-    p.add_argument("path")
-    p = sub.add_parser("catalog-show", help="print the active product feed, or what is known of one code")
-    p.add_argument("--code", help="one stock code")
-    sub.add_parser("catalog-rollback", help="re-activate the feed version active before the current one")
+    _feed_commands(sub, "feed", listed=True)
+    _feed_commands(sub, "catalog", listed=False)
     p = sub.add_parser("rules", help="upload merchandising rules (YAML), validated in full, and activate them")
     p.add_argument("path")
     sub.add_parser("rules-show", help="print the active merchandising rules")
@@ -506,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
     p.add_argument("--out", help="write the report as JSON here (make soak: bench/results/soak.json)")
     p = sub.add_parser("bench", help="benchmarks: training, serving against the framework's ceiling, cold start, "
-                                     "scale, merchandising, serving under a login burst, catalog search; results in "
+                                     "scale, merchandising, serving under a login burst, item search; results in "
                                      "bench/results/")
     p.add_argument("part", nargs="?", default="all",
                    choices=["all", "train", "serve", "cold", "scale", "merch", "logins", "search"])

@@ -233,5 +233,5 @@ def test_a_damaged_cache_copy_is_downloaded_again(s3, tiny_csv, tmp_path):
 
 def test_a_damaged_feed_pointer_says_how_to_write_a_new_one(storage):
     storage.write(registry.FEED.active, b"{")
-    with pytest.raises(PointerDamaged, match=r"feed/ACTIVE in .* is damaged \(not a pointer\): run `make catalog"):
+    with pytest.raises(PointerDamaged, match=r"feed/ACTIVE in .* is damaged \(not a pointer\): run `make feed"):
         registry.active(storage, registry.FEED)

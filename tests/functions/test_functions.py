@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
 from recommender.core import registry
-from recommender.core.catalog import Catalog
+from recommender.core.items import Items
 from recommender.core.settings import get_settings
 from recommender.serving import web
 from recommender.serving.tokens import issue_token, load_secret
@@ -43,9 +43,9 @@ def headers(token):
 
 
 @pytest.fixture
-def catalog(trained_storage):
+def items(trained_storage):
     version = registry.active_version(trained_storage)
-    return Catalog.from_json(trained_storage.read(registry.artifact_key(version, "catalog.json")))
+    return Items.from_json(trained_storage.read(registry.artifact_key(version, "catalog.json")))
 
 
 # --- auth -----------------------------------------------------------------------------------------------
@@ -132,8 +132,8 @@ def test_deleted_user_token_refused(monkeypatch, auth, rec, headers, trained_sto
 # --- recommend ------------------------------------------------------------------------------------------
 
 
-def test_send_data_keeps_the_original_contract(rec, headers, catalog):
-    basket = [catalog.codes[i] for i in catalog.most_popular()[:2]]
+def test_send_data_keeps_the_original_contract(rec, headers, items):
+    basket = [items.codes[i] for i in items.most_popular()[:2]]
     response = rec.post("/send_data", headers=headers, json={"product_list": basket, "n": 5})
     assert response.status_code == 200
     rows = response.json()["result"]["recommendation"]
@@ -141,21 +141,21 @@ def test_send_data_keeps_the_original_contract(rec, headers, catalog):
     codes = [r[0] for r in rows]
     assert len(set(codes)) == 5 and not set(codes) & set(basket)
     for code, description, score in rows:
-        assert description == catalog.descriptions[catalog.index[code]]
+        assert description == items.descriptions[items.index[code]]
         assert isinstance(score, float)
     scores = [r[2] for r in rows]
     assert scores == sorted(scores, reverse=True)
 
 
-def test_n_larger_than_catalog_gives_what_there_is(rec, headers, catalog):
-    basket = catalog.codes[:3]
+def test_n_larger_than_the_items_gives_what_there_is(rec, headers, items):
+    basket = items.codes[:3]
     rows = rec.post("/send_data", headers=headers, json={"product_list": basket, "n": 100}).json()
     codes = [r[0] for r in rows["result"]["recommendation"]]
-    assert len(codes) == min(100, len(catalog) - 3) and not set(codes) & set(basket)
+    assert len(codes) == min(100, len(items) - 3) and not set(codes) & set(basket)
 
 
-def test_recommendations_self_describing(rec, headers, catalog):
-    code = catalog.codes[0]
+def test_recommendations_self_describing(rec, headers, items):
+    code = items.codes[0]
     body = rec.post("/recommendations", headers=headers, json={"product_list": [code, "NOPE", code], "n": 3}).json()
     assert body["unknown_codes"] == ["NOPE"] and body["fallback"] is False
     assert body["model_version"] == registry.active_version(web.model_holder(get_settings()).storage)
@@ -165,22 +165,22 @@ def test_recommendations_self_describing(rec, headers, catalog):
 
 
 @pytest.mark.parametrize("basket", [[], ["NOPE", "ALSO-NOPE"]])
-def test_empty_or_unknown_basket_falls_back_to_popular(rec, headers, catalog, basket):
+def test_empty_or_unknown_basket_falls_back_to_popular(rec, headers, items, basket):
     body = rec.post("/recommendations", headers=headers, json={"product_list": basket, "n": 4}).json()
     assert body["fallback"] is True
-    assert [i["stock_code"] for i in body["items"]] == [catalog.codes[i] for i in catalog.most_popular()[:4]]
+    assert [i["stock_code"] for i in body["items"]] == [items.codes[i] for i in items.most_popular()[:4]]
     assert body["unknown_codes"] == basket
     legacy = rec.post("/send_data", headers=headers, json={"product_list": basket, "n": 4}).json()
     assert len(legacy["result"]["recommendation"]) == 4
 
 
-def test_missing_n_defaults_to_5(rec, headers, catalog):
-    rows = rec.post("/send_data", headers=headers, json={"product_list": [catalog.codes[0]]}).json()
+def test_missing_n_defaults_to_5(rec, headers, items):
+    rows = rec.post("/send_data", headers=headers, json={"product_list": [items.codes[0]]}).json()
     assert len(rows["result"]["recommendation"]) == 5
 
 
-def test_json_without_content_type_accepted(rec, headers, catalog):
-    response = rec.post("/send_data", headers=headers, content=f'{{"product_list": ["{catalog.codes[0]}"], "n": 2}}')
+def test_json_without_content_type_accepted(rec, headers, items):
+    response = rec.post("/send_data", headers=headers, content=f'{{"product_list": ["{items.codes[0]}"], "n": 2}}')
     assert response.status_code == 200
 
 
@@ -231,19 +231,19 @@ def test_every_endpoint_but_health_needs_a_token(rec):
     assert rec.get("/health").status_code == 200
 
 
-def test_health(rec, trained_storage, catalog):
+def test_health(rec, trained_storage, items):
     body = rec.get("/health").json()
     assert body["status"] == "ok"
     assert body["model_version"] == registry.active_version(trained_storage)
-    assert body["item_count"] == len(catalog)
+    assert body["item_count"] == len(items)
 
 
-def test_items_search(rec, headers, catalog):
-    code = catalog.codes[5]
+def test_items_search(rec, headers, items):
+    code = items.codes[5]
     found = rec.get("/items", params={"q": code[:4], "limit": 50}, headers=headers).json()["items"]
     assert code in [i["stock_code"] for i in found]
     assert all(i["stock_code"].startswith(code[:4]) for i in found[:1])
-    word = catalog.descriptions[5].split()[0]
+    word = items.descriptions[5].split()[0]
     by_word = rec.get("/items", params={"q": word.lower(), "limit": 5}, headers=headers).json()["items"]
     assert by_word and all(word in i["description"] for i in by_word)
     assert rec.get("/items", params={"limit": 0}, headers=headers).status_code == 422

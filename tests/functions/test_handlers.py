@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from recommender.core import registry
-from recommender.core.catalog import Catalog
+from recommender.core.items import Items
 from recommender.core.settings import get_settings
 from recommender.core.storage import S3Storage
 from recommender.serving import web
@@ -29,8 +29,8 @@ def s3_deployment(s3, monkeypatch, tiny_csv, tmp_path):
     monkeypatch.setenv("JWT_SECRET", "j" * 48)
     get_settings.cache_clear()
     web.reset_resources()
-    catalog = Catalog.from_json(storage.read(registry.artifact_key(version, "catalog.json")))
-    return storage, version, catalog
+    items = Items.from_json(storage.read(registry.artifact_key(version, "catalog.json")))
+    return storage, version, items
 
 
 @pytest.fixture
@@ -64,9 +64,9 @@ def test_token_and_users_me(token, handlers, event, lambda_context):
 
 
 def test_send_data(s3_deployment, token, handlers, event, lambda_context):
-    _, version, catalog = s3_deployment
+    _, version, items = s3_deployment
     ev = with_token(event("send_data"), token)
-    code = catalog.codes[catalog.most_popular()[0]]
+    code = items.codes[items.most_popular()[0]]
     ev["body"] = ev["body"].replace("REPLACE_WITH_CODE", code)
     response = handlers[1](ev, lambda_context)
     assert response["statusCode"] == 200
@@ -75,9 +75,9 @@ def test_send_data(s3_deployment, token, handlers, event, lambda_context):
 
 
 def test_recommendations_and_items(s3_deployment, token, handlers, event, lambda_context):
-    _, version, catalog = s3_deployment
+    _, version, items = s3_deployment
     ev = with_token(event("recommendations"), token)
-    ev["body"] = ev["body"].replace("REPLACE_WITH_CODE", catalog.codes[0])
+    ev["body"] = ev["body"].replace("REPLACE_WITH_CODE", items.codes[0])
     answer = body(handlers[1](ev, lambda_context))
     assert answer["model_version"] == version and answer["unknown_codes"] == ["NOT-A-CODE"]
     items = handlers[1](with_token(event("items"), token), lambda_context)
@@ -85,9 +85,9 @@ def test_recommendations_and_items(s3_deployment, token, handlers, event, lambda
 
 
 def test_health(s3_deployment, handlers, event, lambda_context):
-    _, version, catalog = s3_deployment
+    _, version, items = s3_deployment
     answer = body(handlers[1](event("health"), lambda_context))
-    assert answer["status"] == "ok" and answer["model_version"] == version and answer["item_count"] == len(catalog)
+    assert answer["status"] == "ok" and answer["model_version"] == version and answer["item_count"] == len(items)
 
 
 def test_401_without_or_with_bad_token(s3_deployment, handlers, event, lambda_context):
@@ -119,10 +119,10 @@ def test_503_without_a_model(s3, monkeypatch, handlers, event, lambda_context):
 
 
 def test_503_with_a_damaged_model(s3_deployment, s3, token, handlers, event, lambda_context):
-    storage, version, catalog = s3_deployment
+    storage, version, items = s3_deployment
     storage.write(registry.artifact_key(version, "index.ann"), b"corrupt")
     ev = with_token(event("send_data"), token)
-    ev["body"] = ev["body"].replace("REPLACE_WITH_CODE", catalog.codes[0])
+    ev["body"] = ev["body"].replace("REPLACE_WITH_CODE", items.codes[0])
     response = handlers[1](ev, lambda_context)
     assert response["statusCode"] == 503
     assert "damaged" in body(response)["detail"]
@@ -178,9 +178,9 @@ def cold_start_events(event, token: str, code: str) -> list[dict]:
 
 def test_recommend_function_does_not_import_pandas_or_scipy(user, trained_storage, event, tmp_path):
     secret = "k" * 48
-    catalog = Catalog.from_json(trained_storage.read(registry.artifact_key(
+    items = Items.from_json(trained_storage.read(registry.artifact_key(
         registry.active_version(trained_storage), "catalog.json")))
-    code = catalog.codes[catalog.most_popular()[0]]
+    code = items.codes[items.most_popular()[0]]
     env = {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": secret,
            "CACHE_DIR": str(tmp_path / "cache")}
     run = run_cold_start(env, cold_start_events(event, issue_token("alice", secret, stamp=user.stamp), code))
@@ -218,13 +218,13 @@ def test_functions_work_read_only_with_the_secret_from_secrets_manager(s3_deploy
     monkeypatch.setattr(web, "open_storage", lambda settings: ReadOnlyStorage(real_open(settings)))
     get_settings.cache_clear()
     web.reset_resources()
-    _, version, catalog = s3_deployment
+    _, version, items = s3_deployment
     response = handlers[0](event("token"), lambda_context)
     assert response["statusCode"] == 200, response
     token = body(response)["access_token"]
     assert handlers[0](with_token(event("users_me"), token), lambda_context)["statusCode"] == 200
     unknown = handlers[0](event("token", body="username=nobody&password=x"), lambda_context)
     assert unknown["statusCode"] == 401
-    answers = [handlers[1](ev, lambda_context) for ev in cold_start_events(event, token, catalog.codes[0])]
+    answers = [handlers[1](ev, lambda_context) for ev in cold_start_events(event, token, items.codes[0])]
     assert [a["statusCode"] for a in answers] == [200, 200]
     assert body(answers[0])["model_version"] == version

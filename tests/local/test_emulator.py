@@ -8,7 +8,7 @@ import time
 
 import pytest
 from recommender.core import registry
-from recommender.core.catalog import Catalog
+from recommender.core.items import Items
 from recommender.core.settings import get_settings
 from recommender.core.storage import open_storage
 from recommender.local import emulator
@@ -147,11 +147,11 @@ def test_cold_start_from_s3_measured(s3_emulator, tiny_csv, event, tmp_path, cap
     storage = open_storage(settings)
     version = train(tiny_csv, storage, progress=lambda _m: None).version
     alice = add_user(storage, "alice", PASSWORD, rounds=4)
-    catalog = Catalog.from_json(storage.read(registry.artifact_key(version, "catalog.json")))
+    items = Items.from_json(storage.read(registry.artifact_key(version, "catalog.json")))
     secret = "c" * 48
     cache = tmp_path / "lambda-tmp"
     env = {**os.environ, "JWT_SECRET": secret, "CACHE_DIR": str(cache)}
-    events = cold_start_events(event, issue_token("alice", secret, stamp=alice.stamp), catalog.codes[catalog.most_popular()[0]])
+    events = cold_start_events(event, issue_token("alice", secret, stamp=alice.stamp), items.codes[items.most_popular()[0]])
     started = time.perf_counter()
     run = run_cold_start(env, events + [events[1]])
     total = time.perf_counter() - started
@@ -161,7 +161,7 @@ def test_cold_start_from_s3_measured(s3_emulator, tiny_csv, event, tmp_path, cap
     copied = {p.name for p in cache.rglob("*") if p.is_file()}
     assert {"index.ann", "table_target.npy", "catalog.json"} <= copied   # downloaded from S3 to the local cache
     with capsys.disabled():
-        print(f"\ncold start of the recommend handler from S3 (moto over HTTP, tiny model, {len(catalog)} items): "
+        print(f"\ncold start of the recommend handler from S3 (moto over HTTP, tiny model, {len(items)} items): "
               f"{total * 1000:.0f} ms from spawn to the third answer\n"
               f"  import app: {run['import_seconds'] * 1000:.0f} ms"
               f" | model download + verify + load: {run['first_load_seconds'] * 1000:.0f} ms"

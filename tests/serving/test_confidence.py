@@ -16,7 +16,7 @@ def model(trained_storage):
 
 def test_contract_on_a_trained_model(model):
     assert model._confidence.calibrated
-    answer = model.recommend([model.catalog.codes[0], model.catalog.codes[3]], 10)
+    answer = model.recommend([model.items.codes[0], model.items.codes[3]], 10)
     scores = np.array([s.score for s in answer.items])
     ranks = np.arange(1, len(scores) + 1)
     conf = model.confidence(scores, ranks)
@@ -46,7 +46,7 @@ def test_calibrated_on_what_held_out_shoppers_bought(tiny_csv, tmp_path):
     model = load_model(storage, train(tiny_csv, storage, params, progress=lambda _m: None).version)
     stored = holdout.read_cases(storage.read(registry.artifact_key(model.version, holdout.CASES)))
     baskets = [c["query"] + [c["hidden"]] for c in stored["cases"]]
-    splits = holdout.random_splits(baskets, model.catalog.index, stored["seed"] + 1)[:holdout.CALIBRATION_QUERIES]
+    splits = holdout.random_splits(baskets, model.items.index, stored["seed"] + 1)[:holdout.CALIBRATION_QUERIES]
     obs, _ = holdout.observe(model, splits)
     predicted = model.confidence(obs.scores, obs.ranks)
     assert len(obs) > 100 and 0 < obs.bought.mean() < 1
@@ -71,6 +71,6 @@ def test_fallback_model_trained_before_calibration_existed(trained_storage, mode
     old = load_model(trained_storage, model.version)
     assert not old._confidence.calibrated
     assert old.confidence(np.array([0.4, 2.0]), np.array([1, 2])).tolist() == [0.4, 1.0]
-    top = old.catalog.most_popular()[0]
-    share = old.catalog.popularity[top] / old.manifest["model"]["baskets"]
+    top = old.items.most_popular()[0]
+    share = old.items.popularity[top] / old.manifest["model"]["baskets"]
     assert old.confidence(np.array([1.0]), np.array([1]), popular=True)[0] == pytest.approx(share)

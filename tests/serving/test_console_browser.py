@@ -73,7 +73,7 @@ def site(tmp_path_factory, tiny_csv):
     samples = json.loads(storage.read(registry.artifact_key(version, registry.SAMPLES)))["invoices"]
 
     model = load_model(storage, version)
-    code_of = dict(zip(model.catalog.descriptions, model.catalog.codes))
+    code_of = dict(zip(model.items.descriptions, model.items.codes))
     lunch = [code_of["PARISIENNE JUNGLE LUNCH BAG"], code_of["PARISIENNE JUNGLE LUNCH BOX"]]
     out_of_stock = model.recommend(lunch, 1).items[0].item.stock_code   # the model's first pick for that basket
     pinned = code_of["BLUE CHECK NOTEBOOK"]
@@ -82,7 +82,7 @@ def site(tmp_path_factory, tiny_csv):
     with feed.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "availability", "price", "category", "brand", "image_link", "link"])
-        for code, description in zip(model.catalog.codes, model.catalog.descriptions):
+        for code, description in zip(model.items.codes, model.items.descriptions):
             if code == hostile_code:
                 writer.writerow([code, "in_stock", "9.99 GBP", "Kitchen > Baking", HOSTILE, "x", "javascript:alert(1)"])
                 continue
@@ -93,7 +93,7 @@ def site(tmp_path_factory, tiny_csv):
     rules = folder / "rules.yaml"
     rules.write_text(f"pin:\n  - {{basket: {{code: '{lunch[0]}'}}, item: {{code: '{pinned}'}}, position: 2}}\n"
                      "boost:\n  - {category: 'Kitchen > Textiles', factor: 1.5}\n")
-    rules_version = publish_rules(storage, rules, known_from(model.catalog.codes, {}), progress=lambda _m: None)["version"]
+    rules_version = publish_rules(storage, rules, known_from(model.items.codes, {}), progress=lambda _m: None)["version"]
 
     env = {"HOST": "127.0.0.1", "PORT": str(free_port()), "STORAGE_URL": str(storage.root),
            "RUN_DIR": str(folder / "run"), "CACHE_DIR": str(folder / "cache"), "JWT_SECRET": SECRET,
@@ -106,7 +106,7 @@ def site(tmp_path_factory, tiny_csv):
     try:
         yield SimpleNamespace(base=f"http://127.0.0.1:{settings.port}", storage=storage, hostile_code=hostile_code,
                               samples=samples, lunch=lunch, out_of_stock=out_of_stock, pinned=pinned,
-                              feed_version=feed_version, rules_version=rules_version, items=len(model.catalog))
+                              feed_version=feed_version, rules_version=rules_version, items=len(model.items))
     finally:
         server.stop(settings)
 

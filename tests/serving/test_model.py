@@ -21,9 +21,9 @@ def default_model(tmp_path_factory):
 
 
 def test_answer_contract(default_model):
-    catalog = default_model.catalog
+    items = default_model.items
     for size in (1, 3, 15, 200):
-        basket = [catalog.codes[i] for i in range(0, 2 * size, 2)]
+        basket = [items.codes[i] for i in range(0, 2 * size, 2)]
         for n in (1, 5, 10, 100):
             answer = default_model.recommend(basket, n)
             codes = [s.item.stock_code for s in answer.items]
@@ -36,9 +36,9 @@ def test_answer_contract(default_model):
 
 def test_it_learns_complements(default_model):
     truth = synthetic.complements(synthetic.DEFAULT)
-    catalog = default_model.catalog
+    items = default_model.items
     hits = total = 0
-    for code in [catalog.codes[i] for i in catalog.most_popular()[:100]]:
+    for code in [items.codes[i] for i in items.most_popular()[:100]]:
         if not truth.get(code):
             continue
         top = [s.item.stock_code for s in default_model.recommend([code], 5).items]
@@ -49,7 +49,7 @@ def test_it_learns_complements(default_model):
 
 
 def test_teacup_gets_its_saucer(default_model):
-    products = synthetic.catalogue(synthetic.DEFAULT)
+    products = synthetic.product_range(synthetic.DEFAULT)
     tea = products[products.Family == 0]
     cup = tea[tea.Item == "TEACUP"].StockCode.iloc[0]
     saucer = tea[tea.Item == "SAUCER"].StockCode.iloc[0]
@@ -57,7 +57,7 @@ def test_teacup_gets_its_saucer(default_model):
 
 
 def test_unknown_and_duplicate_codes(default_model):
-    code = default_model.catalog.codes[0]
+    code = default_model.items.codes[0]
     answer = default_model.recommend(["NOPE", code, f" {code} ", code, "NOPE2"], 5)
     assert answer.unknown == ["NOPE", "NOPE2"]
     assert code not in [s.item.stock_code for s in answer.items]
@@ -67,10 +67,10 @@ def test_popularity_fallback(default_model):
     answer = default_model.recommend(["NOPE"], 3)
     assert answer.fallback is True
     assert [s.item.stock_code for s in answer.items] == \
-        [default_model.catalog.codes[i] for i in default_model.catalog.most_popular()[:3]]
+        [default_model.items.codes[i] for i in default_model.items.most_popular()[:3]]
 
 
-def test_small_catalog_gives_everything_else(tmp_path):
+def test_few_items_give_everything_else(tmp_path):
     path = tmp_path / "small.csv"
     rows = ["InvoiceNo,StockCode,Description,CustomerID"]
     for inv, items in enumerate([(1, 2), (2, 3), (1, 3), (3, 4), (4, 5), (1, 5)]):
@@ -83,7 +83,7 @@ def test_small_catalog_gives_everything_else(tmp_path):
 
 
 def test_same_basket_same_answer(default_model):
-    basket = default_model.catalog.codes[10:20]
+    basket = default_model.items.codes[10:20]
     first = default_model.recommend(basket, 20)
     assert all(default_model.recommend(list(reversed(basket)), 20).items == first.items for _ in range(3))
 
@@ -132,7 +132,7 @@ def test_answer_cache_gives_the_same_answers(tmp_path, tiny_csv):
     storage = LocalStorage(tmp_path)
     version = train(tiny_csv, storage, progress=lambda _m: None).version
     cached, plain = load_model(storage, version, answer_cache=100), load_model(storage, version)
-    codes = cached.catalog.codes
+    codes = cached.items.codes
     for basket in ([codes[0]], [codes[1], codes[2]], [codes[2], codes[1]], [codes[0]]):
         assert cached.recommend(basket, 5).items == plain.recommend(basket, 5).items
     info = cached._answers.cache_info()

@@ -14,7 +14,7 @@ def test_models_and_their_views_need_no_garbage_collection(trained_storage, answ
     model = load_model(trained_storage, registry.active_version(trained_storage), answer_cache=answer_cache)
     model.warm()
     view = model.with_policy(None)
-    code = model.catalog.codes[0]
+    code = model.items.codes[0]
     assert model.recommend([code], 5).items == view.recommend([code], 5).items
     refs = [weakref.ref(model), weakref.ref(view)]
     gc.disable()

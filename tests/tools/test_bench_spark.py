@@ -14,7 +14,7 @@ def test_tree_memory_counts_this_process_as_the_driver():
 def test_a_model_agrees_with_itself(trained_folder):
     version = next((trained_folder / "models" / "versions").iterdir())
     found = compare_models(version, version, answers=20)
-    assert found["catalog_identical"] and found["neighbour_sets_identical"] == 1.0
+    assert found["items_identical"] and found["neighbour_sets_identical"] == 1.0
     assert found["max_weight_difference"] == 0.0 and found["annoy_sets_identical"] == 1.0
     assert found["one_item_answers_identical"] == 1.0 and found["items"] > 40
 

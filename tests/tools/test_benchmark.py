@@ -203,28 +203,28 @@ def test_scale_report_renders_saved_details():
 def test_merch_part_pieces(trained_folder):
     from recommender.core import registry
     from recommender.core.storage import LocalStorage
-    from recommender.serving.merch import Options, Policy
+    from recommender.serving.merchandising import Options, Policy
     from recommender.serving.model import load_model
     from recommender.tools.bench.merch import RULES, paired_latency, synthetic_merchandising
     from recommender.training.rules import validate
 
     storage = LocalStorage(trained_folder)
     plain = load_model(storage, registry.active_version(storage))
-    feed, rules = synthetic_merchandising(plain.catalog, plain.item_price)
+    feed, rules = synthetic_merchandising(plain.items, plain.item_price)
     stored = validate(rules)
-    assert set(feed["items"]) == set(plain.catalog.codes) and len(stored["pin"]) <= RULES["pin"]
+    assert set(feed["items"]) == set(plain.items.codes) and len(stored["pin"]) <= RULES["pin"]
     assert [len(stored["block"]["codes"]), len(stored["do_not_pair"]), len(stored["boost"])] == \
         [RULES["block"], RULES["do_not_pair"], RULES["boost"]]
-    merch = plain.with_policy(Policy(plain.catalog, plain.item_price, feed, stored, "f", "r"))
-    baskets = [[c] for c in plain.catalog.codes[:20]]
+    merch = plain.with_policy(Policy(plain.items, plain.item_price, feed, stored, "f", "r"))
+    baskets = [[c] for c in plain.items.codes[:20]]
     latency = paired_latency(plain, merch, baskets, Options(price_max=10.0, explain=True), repeats=2)
     assert latency["p99_ratio"] > 0 and latency["cpu_p99_ratio"] > 0 and len(latency["runs"]["merch"]) == 2
 
 
-def test_search_part_on_a_small_catalog():
+def test_search_part_on_a_few_items():
     from recommender.tools.bench import search
 
     result = search.bench_search(runner.Options.quick_options(search_products=2000))
     assert [r.measure for r in result.rows][-1].startswith("GET /items search p99")
     assert result.rows[-1].met is not None and result.details["queries"] > 300
-    assert len(search.search_catalog(2000)) == 2000
+    assert len(search.search_items(2000)) == 2000

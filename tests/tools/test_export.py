@@ -18,8 +18,8 @@ from recommender.training.feed import publish_feed
 def served(trained_storage, tmp_path):
     """The tiny model with a feed: the most popular item out of stock, another one with a formula as category."""
     plain = export.served_model(trained_storage)
-    top = plain.catalog.codes[plain.catalog.most_popular()[0]]
-    tricky = plain.catalog.codes[plain.catalog.most_popular()[1]]
+    top = plain.items.codes[plain.items.most_popular()[0]]
+    tricky = plain.items.codes[plain.items.most_popular()[1]]
     feed = tmp_path / "feed.csv"
     feed.write_text(f'id,availability,category\n{top},out_of_stock,Home\n{tricky},in_stock,"=HYPERLINK(""x"")"\n')
     publish_feed(trained_storage, feed, progress=lambda _m: None)
@@ -36,7 +36,7 @@ def test_a_row_per_item_and_rank(served, tmp_path, fmt):
     model, top, tricky = served
     out = tmp_path / f"fbt.{fmt}"
     done = export.export_complements(model, out, n=5, progress=False)
-    items = len(model.catalog)
+    items = len(model.items)
     if fmt == "csv":
         with open(out, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -49,7 +49,7 @@ def test_a_row_per_item_and_rank(served, tmp_path, fmt):
         assert table.schema.metadata[b"feed_version"].decode() == model.feed_version
         rows = table.to_pylist()
     assert done.rows == len(rows) == items * 5 and done.items == items
-    assert {r["item_code"] for r in rows} == set(model.catalog.codes)
+    assert {r["item_code"] for r in rows} == set(model.items.codes)
     assert [int(r["rank"]) for r in rows[:5]] == [1, 2, 3, 4, 5]
     assert all(r["stock_code"] != top for r in rows), "an out-of-stock item was exported as a complement"
     assert {r["model_version"] for r in rows} == {model.version} and {r["feed_version"] for r in rows} == {model.feed_version}
@@ -62,7 +62,7 @@ def test_a_row_per_item_and_rank(served, tmp_path, fmt):
 
 def test_baskets_file_in_order_with_errors_then_resumed(served, tmp_path):
     model, top, _tricky = served
-    code = model.catalog.codes[0]
+    code = model.items.codes[0]
     lines = [json.dumps({"product_list": [code], "n": 3}),
              "{not json",
              json.dumps({"product_list": [code], "n": 2, "price_min": 5, "price_max": 1}),
@@ -96,6 +96,6 @@ def test_the_command(served, tmp_path, trained_storage):
     with redirect_stdout(printed):
         assert cli.main(["export", "--out", str(out), "--n", "3"]) == 0
     model = served[0]
-    assert f"wrote {len(model.catalog) * 3:,} rows" in printed.getvalue()
+    assert f"wrote {len(model.items) * 3:,} rows" in printed.getvalue()
     assert registry.active_version(trained_storage, registry.FEED) in printed.getvalue()
     assert cli.main(["export", "--out", str(tmp_path / "fbt.xml")]) == 1

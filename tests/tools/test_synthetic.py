@@ -17,10 +17,10 @@ from recommender.tools.synthetic import (
     TINY,
     GenerationSummary,
     SyntheticSpec,
-    catalogue,
     complements,
     generate_frame,
     preset,
+    product_range,
     write_csv,
 )
 
@@ -50,7 +50,7 @@ def frame() -> pd.DataFrame:
 def baskets(frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
     """Invoice-by-product incidence matrix of the clean purchase lines, and the column of each code."""
     lines = clean(frame)[["InvoiceNo", "StockCode"]].drop_duplicates()
-    codes = {c: i for i, c in enumerate(catalogue(DEFAULT).StockCode)}
+    codes = {c: i for i, c in enumerate(product_range(DEFAULT).StockCode)}
     rows = lines.InvoiceNo.astype("category").cat.codes.to_numpy()
     matrix = np.zeros((rows.max() + 1, len(codes)), bool)
     matrix[rows, lines.StockCode.map(codes).to_numpy()] = True
@@ -79,7 +79,7 @@ def test_gz_round_trip_equals_frame_and_summary_counts_it(tmp_path, monkeypatch)
     codes = written.StockCode.str.strip()
     assert summary == GenerationSummary(
         rows=len(written), invoices=written.InvoiceNo.nunique(),
-        products=codes[codes.isin(set(catalogue(TINY).StockCode))].nunique(),
+        products=codes[codes.isin(set(product_range(TINY).StockCode))].nunique(),
         customers=written.CustomerID.nunique(), path=path,
     )
     assert not list(tmp_path.rglob("*.partial"))
@@ -144,7 +144,7 @@ def test_renamed_products_keep_their_latest_description(frame):
     renamed = names[names > 1].index
     assert len(renamed) >= 2
     latest = lines[lines.StockCode.isin(renamed)].sort_values("InvoiceDate").groupby("StockCode").Description.last()
-    current = catalogue(DEFAULT).set_index("StockCode").Description
+    current = product_range(DEFAULT).set_index("StockCode").Description
     assert (latest == current[latest.index]).all()
 
 
@@ -195,8 +195,8 @@ def test_complement_pairs_co_occur_far_more_than_random_pairs(baskets):
 
 def test_a_teacup_basket_holds_its_saucer(baskets):
     matrix, column = baskets
-    cat = catalogue(DEFAULT)
-    tea = cat[cat.Family == 0].set_index("Item").StockCode  # families start with a tea set
+    products = product_range(DEFAULT)
+    tea = products[products.Family == 0].set_index("Item").StockCode  # families start with a tea set
     teacup, saucer = tea["TEACUP"], tea["SAUCER"]
     assert saucer in complements(DEFAULT)[teacup]
     with_cup = matrix[:, column[teacup]]
@@ -205,8 +205,8 @@ def test_a_teacup_basket_holds_its_saucer(baskets):
 
 
 def test_customers_come_back_to_favourite_families(frame):
-    cat = catalogue(DEFAULT)
-    lines = clean(frame).merge(cat[["StockCode", "Family"]], on="StockCode")
+    products = product_range(DEFAULT)
+    lines = clean(frame).merge(products[["StockCode", "Family"]], on="StockCode")
     lines = lines[(lines.Family >= 0) & lines.CustomerID.notna()]
 
     def top3_share(owner: pd.Series) -> float:
@@ -227,22 +227,22 @@ def test_mid_size_spec_is_respected(tmp_path):
     assert summary.rows == len(data)
     assert 0.8 * spec.products <= summary.products <= spec.products
     assert summary.customers == data.CustomerID.nunique() <= spec.customers
-    cat = catalogue(spec)
-    assert len(cat) == spec.products and cat.StockCode.is_unique and cat.Description.is_unique
-    assert cat.Family.max() + 1 >= spec.products / 8  # many small families, not a few big ones
-    assert set(complements(spec)) == set(cat.StockCode)
+    products = product_range(spec)
+    assert len(products) == spec.products and products.StockCode.is_unique and products.Description.is_unique
+    assert products.Family.max() + 1 >= spec.products / 8  # many small families, not a few big ones
+    assert set(complements(spec)) == set(products.StockCode)
 
 
-def test_large_catalogue_stays_distinct_and_structured():
-    cat = catalogue(replace(SCALE, products=40_000))
-    assert cat.StockCode.is_unique and cat.Description.is_unique
-    assert cat.StockCode.str.fullmatch(r"\d{5}[A-Z]?").all()
-    assert cat.Family.max() + 1 > 5_000
+def test_a_large_product_range_stays_distinct_and_structured():
+    products = product_range(replace(SCALE, products=40_000))
+    assert products.StockCode.is_unique and products.Description.is_unique
+    assert products.StockCode.str.fullmatch(r"\d{5}[A-Z]?").all()
+    assert products.Family.max() + 1 > 5_000
 
 
-def test_complements_are_symmetric_and_within_the_catalogue():
+def test_complements_are_symmetric_and_within_the_product_range():
     truth = complements(TINY)
-    assert set(truth) == set(catalogue(TINY).StockCode)
+    assert set(truth) == set(product_range(TINY).StockCode)
     assert all(code not in others for code, others in truth.items())
     assert all(code in truth[other] for code, others in truth.items() for other in others)
 

@@ -17,7 +17,7 @@ def junk_csv(path, codes: int):
     return path
 
 
-def test_the_estimate_follows_the_catalog_and_the_rows():
+def test_the_estimate_follows_the_items_and_the_rows():
     small = budget.estimate_peak_bytes(items=4_000, rows=26_000, entries=800_000)
     assert 0.4e9 < small < 1e9                                             # Online Retail: 0.7 GB measured
     per_item = budget.estimate_peak_bytes(200_000, 50_000, 200_000) - budget.estimate_peak_bytes(100_000, 50_000, 200_000)
@@ -36,8 +36,8 @@ def test_matrix_size_counts_baskets_and_returning_customers_histories(tmp_path):
     assert budget.matrix_size(tx, TrainingParams()) == (5, 12)
 
 
-def test_a_catalog_over_the_limit_is_refused_in_one_line_before_the_heavy_stages(trained_storage, tmp_path,
-                                                                                 monkeypatch, capsys):
+def test_too_many_items_are_refused_in_one_line_before_the_heavy_stages(trained_storage, tmp_path,
+                                                                        monkeypatch, capsys):
     before = registry.list_versions(trained_storage)
     monkeypatch.setenv("MAX_TRAINING_GB", "0.5")
     assert cli.main(["train", str(junk_csv(tmp_path / "junk.csv", 20_000))]) == 1

@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
-from recommender.serving.merch import Options
+from recommender.serving.merchandising import Options
 from recommender.serving.model import load_model
 from recommender.training import copurchase
 from recommender.training.pipeline import train
@@ -87,12 +87,12 @@ def test_thin_signal_trains_with_a_warning_and_the_figures(thin_model):
 @pytest.mark.parametrize("options", [None, Options(explain=True)])
 def test_items_with_nothing_learned_get_popular_items_flagged_fallback(thin_model, options):
     model, _, _ = thin_model
-    catalog = model.catalog
+    items = model.items
     lonely = "10001"  # never in an invoice with a pair (those are items 10000, 10004, ..., 10036)
-    assert lonely in catalog.index
+    assert lonely in items.index
     answer = model.recommend([lonely], 5, options)
     assert answer.fallback is True
-    expected = [catalog.codes[i] for i in catalog.most_popular() if catalog.codes[i] != lonely][:5]
+    expected = [items.codes[i] for i in items.most_popular() if items.codes[i] != lonely][:5]
     assert [p.item.stock_code for p in answer.items] == expected
     scores = [p.score for p in answer.items]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0

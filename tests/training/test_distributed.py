@@ -48,7 +48,7 @@ def artifacts(folder):
 
 
 def assert_same_model(spark_result, spark_folder, single_result, single_folder):
-    """Every artifact: catalog and neighbour sets identical, weights within 1e-4, embeddings' answers identical."""
+    """Every artifact: items and neighbour sets identical, weights within 1e-4, embeddings' answers identical."""
     a, b = artifacts(single_folder), artifacts(spark_folder)
     assert set(a) == set(b)
     assert a["catalog.json"] == b["catalog.json"]
@@ -67,7 +67,7 @@ def assert_same_model(spark_result, spark_folder, single_result, single_folder):
     storage_b = LocalStorage(spark_folder.parents[2])
     model_a = load_model(storage_a, single_result.version)
     model_b = load_model(storage_b, spark_result.version)
-    codes = model_a.catalog.codes
+    codes = model_a.items.codes
     for basket in ([codes[0]], [codes[3], codes[7]], codes[10:15], ["unknown", codes[20]]):
         a, b = model_a.recommend(basket, 10), model_b.recommend(basket, 10)
         assert [(s.item, round(s.score, 5)) for s in a.items] == [(s.item, round(s.score, 5)) for s in b.items]

@@ -91,7 +91,7 @@ def test_manifest_evaluation_and_stored_cases_through_the_served_path(trained_st
 
 def test_popularity_ranks_skip_the_query(trained_storage):
     model = load_model(trained_storage, registry.active_version(trained_storage))
-    top = [model.catalog.codes[i] for i in model.catalog.most_popular()[:12]]
+    top = [model.items.codes[i] for i in model.items.most_popular()[:12]]
     ranks = holdout.popularity_ranks(model, [[top[0]], [top[1], top[5]], [top[2]]], [top[3], top[6], top[11]])
     assert ranks.tolist() == [3, 5, 0]  # the third is 11th once top[2] is left out: beyond 10
     assert holdout.hit_metrics(np.array([1, 2, 0, 0])) == {"hr": 0.5, "mrr": 0.375}

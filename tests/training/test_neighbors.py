@@ -1,5 +1,5 @@
 """The item-item table's pieces on a random binary matrix, checked against dense numpy; whole and by blocks of
-source items (the Spark engine's unit of work), with blocks smaller than the catalog."""
+source items (the Spark engine's unit of work), with blocks smaller than the model's items."""
 
 import numpy as np
 import pytest

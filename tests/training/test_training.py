@@ -32,7 +32,7 @@ def test_train_activates_a_complete_version(storage, tiny_csv):
     assert counts["items"] > 40 and counts["baskets"] > 200 and counts["rows_read"] > counts["rows_kept"]
     assert manifest["params"]["seed"] == 0
     model = load_model(storage, result.version)
-    assert len(model.catalog) == counts["items"]
+    assert len(model.items) == counts["items"]
 
 
 def test_progress_reports_every_stage(tmp_path, tiny_csv):

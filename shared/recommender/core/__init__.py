@@ -1,1 +1,1 @@
-"""What every runtime shares: settings, domain errors, storage, the model registry and the item catalog."""
+"""What every runtime shares: settings, domain errors, storage, the model registry and the model's items."""

@@ -20,6 +20,10 @@ class ConfigError(RecommenderError):
     status_code = 500
 
 
+class MissingExtra(ConfigError):
+    """An optional package is needed but not installed (the light install leaves it out; `make devel` has all)."""
+
+
 class InvalidInput(RecommenderError):
     """A request or command argument is malformed (HTTP 422)."""
 

@@ -56,7 +56,7 @@ class Kind:
 
 MODELS = Kind("models", "model", "no trained model in {url}: run `make train PATH_TO_DATA=<file>` (or `make demo`)",
               "nothing is staged: run `make train_parallel PATH_TO_DATA=<file>` first", ModelUnavailable)
-FEED = Kind("feed", "feed", "no product feed in {url}: run `make catalog PATH_TO_CATALOG=<file>`",
+FEED = Kind("feed", "feed", "no product feed in {url}: run `make feed PATH_TO_FEED=<file>`",
             "no feed is staged", VersionUnavailable)
 RULES = Kind("rules", "rules", "no merchandising rules in {url}: run `make rules PATH_TO_RULES=<file>`",
              "no rules are staged", VersionUnavailable)

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Protocol
 
 from recommender.core.errors import ConfigError, NotFound, StorageError
+from recommender.core.extras import optional
 from recommender.core.settings import Settings
 
 
@@ -366,7 +367,7 @@ def open_storage(settings: Settings, s3_client: Any = None) -> Storage:
         if not bucket:
             raise ConfigError(f"STORAGE_URL={url!r} names no bucket; use s3://bucket/prefix")
         if s3_client is None:
-            import boto3  # imported here: local-disk runs never pay for boto3
+            boto3 = optional("boto3", f"STORAGE_URL={url}")  # imported here: local-disk runs never pay for boto3
 
             s3_client = boto3.client("s3", endpoint_url=settings.aws_endpoint_url, config=s3_client_config(settings))
         return S3Storage(s3_client, bucket, prefix, settings.cache_dir)

@@ -16,6 +16,7 @@ from typing import MutableMapping
 from urllib.parse import urlsplit
 
 from recommender.core.errors import ConfigError
+from recommender.core.extras import optional
 from recommender.core.settings import Settings
 from recommender.local import processes
 from recommender.local.processes import Background
@@ -124,7 +125,7 @@ def read_pid_file(settings: Settings) -> EmulatorInfo | None:
 
 def create_bucket(endpoint_url: str, bucket: str) -> None:
     """Create bucket in the emulator (nothing happens if it exists)."""
-    import boto3
+    boto3 = optional("boto3", "the S3 emulator")
     from botocore.exceptions import BotoCoreError, ClientError
 
     # Explicit dummy credentials: whatever the caller's environment holds never reaches the emulator.

@@ -58,7 +58,7 @@ def serve(settings: Settings, template: Path) -> None:
     if processes.port_open(settings.host, settings.port):
         raise ConfigError(f"port {settings.port} on {settings.host} is already in use (another server?); set PORT=...")
     # Everything loaded so far lives as long as the process: keep it out of the collector's full passes, which
-    # would otherwise walk the catalog's objects and stall a request now and then.
+    # would otherwise walk the model's item objects and stall a request now and then.
     gc.freeze()
     stop = threading.Event()
     holder.watch(stop)  # model swaps happen beside the requests, never inside one

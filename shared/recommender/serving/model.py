@@ -17,12 +17,12 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from recommender.core import registry
-from recommender.core.catalog import Catalog, Item
 from recommender.core.errors import ModelUnavailable, RecommenderError
+from recommender.core.items import ITEMS_FILE, Item, Items
 from recommender.core.storage import Storage
 from recommender.serving.confidence import Confidence
-from recommender.serving import merch
-from recommender.serving.merch import Options, Policy
+from recommender.serving import merchandising
+from recommender.serving.merchandising import Options, Policy
 
 log = logging.getLogger("recommender")
 
@@ -38,7 +38,7 @@ class Scored(NamedTuple):
 class Recommendation:
     """The answer for one basket."""
 
-    items: Sequence[Scored] | Sequence[merch.Pick]   # Picks when the feed, the rules or options had a say
+    items: Sequence[Scored] | Sequence[merchandising.Pick]   # Picks when the feed, the rules or options had a say
     unknown: list[str]       # basket codes the model does not know (ignored)
     fallback: bool           # True when popularity answered: nothing in the basket is known, or nothing learned
                              # goes with it
@@ -65,13 +65,13 @@ class Model:
     embeddings); each candidate's score is the sum of the item-item table's weights from the basket's items.
     """
 
-    def __init__(self, version: str, manifest: dict, catalog: Catalog, index: AnnoyIndex, table_indptr: np.ndarray,
+    def __init__(self, version: str, manifest: dict, items: Items, index: AnnoyIndex, table_indptr: np.ndarray,
                  table_target: np.ndarray, table_weight: np.ndarray, answer_cache: int = 0,
                  calibration: bytes | None = None, table_count: np.ndarray | None = None,
                  item_price: np.ndarray | None = None) -> None:
         self.version = version
         self.manifest = manifest
-        self.catalog = catalog
+        self.items = items
         self.index = index
         self.table_indptr = table_indptr
         self.table_target = table_target
@@ -81,20 +81,19 @@ class Model:
         # The feed and rules this view of the model answers with (with_policy); the plain model has none.
         self.policy: Policy | None = None
         self._plain_policy: Policy | None = None
-        self.items = [catalog.item(i) for i in range(len(catalog))]
         query = manifest["model"]["query"]
         self.per_item = int(query["candidates_per_item"])
         self.search_k = int(query["search_k_per_item"])
         # Annoy's answer for an item never changes within a version: each is asked once, then remembered
         # (row i of _near; _asked[i] says whether it is filled).
-        self._near = np.zeros((len(catalog), self.per_item + 1), dtype=np.int64)
-        self._asked = np.zeros(len(catalog), dtype=bool)
+        self._near = np.zeros((len(items), self.per_item + 1), dtype=np.int64)
+        self._asked = np.zeros(len(items), dtype=bool)
         self._warm = False
         # Identical baskets (a product page's "goes well with", a common pair) get the same answer from a version:
         # the last answer_cache distinct ones are kept, and a new version starts with an empty cache.
         self._answers = _answers_of(self, answer_cache)
         baskets = manifest["model"].get("baskets") or manifest.get("counts", {}).get("baskets") or 1
-        top = catalog.popularity[catalog.most_popular()[0]] if len(catalog) else 0
+        top = items.popularity[items.most_popular()[0]] if len(items) else 0
         self._confidence = Confidence.from_json(calibration, popular_share_per_score=max(top, 1) / baskets)
 
     @property
@@ -125,18 +124,18 @@ class Model:
             if code in seen:
                 continue
             seen.add(code)
-            i = self.catalog.index.get(code)
+            i = self.items.index.get(code)
             if i is None:
                 unknown.append(code)
             else:
                 known.append(i)
-        n = max(0, min(n, len(self.catalog) - len(known)))
+        n = max(0, min(n, len(self.items) - len(known)))
         policy = self.policy
         if options is not None or (policy is not None and policy.restricts):
             if policy is None:
-                policy = self._plain_policy = self._plain_policy or Policy(self.catalog, self.item_price, None, None)
-            picks, exhausted = merch.answer(self, np.asarray(sorted(known), dtype=np.int64), n, options, policy)
-            fallback = bool(picks) and all(p.source != merch.MODEL for p in picks)
+                policy = self._plain_policy = self._plain_policy or Policy(self.items, self.item_price, None, None)
+            picks, exhausted = merchandising.answer(self, np.asarray(sorted(known), dtype=np.int64), n, options, policy)
+            fallback = bool(picks) and all(p.source != merchandising.MODEL for p in picks)
             return Recommendation(picks, unknown, not known or fallback, self.version, exhausted,
                                   policy.feed_version, policy.rules_version)
         if not known:
@@ -167,15 +166,15 @@ class Model:
 
     def _popular(self, n: int, basket: Collection[int]) -> tuple[Scored, ...]:
         """The n most popular items not in basket, scored by their popularity relative to the best seller's."""
-        order = self.catalog.most_popular()
-        best = max(self.catalog.popularity[order[0]], 1) if order else 1
+        order = self.items.most_popular()
+        best = max(self.items.popularity[order[0]], 1) if order else 1
         rows = list(islice((i for i in order if i not in basket), n))
-        return tuple(Scored(self.items[i], round(self.catalog.popularity[i] / best, 4)) for i in rows)
+        return tuple(Scored(self.items[i], round(self.items.popularity[i] / best, 4)) for i in rows)
 
     def warm(self) -> None:
         """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""
-        self.near(np.arange(len(self.catalog), dtype=np.int64))
-        self.catalog.search_index()  # and build the catalog search index before the first GET /items
+        self.near(np.arange(len(self.items), dtype=np.int64))
+        self.items.search_index()  # and build the items' search index before the first GET /items
         self._warm = True
 
     def near(self, items: np.ndarray) -> np.ndarray:
@@ -193,7 +192,7 @@ class Model:
 
     def _remember(self, i: int, found: Sequence[int]) -> None:
         row = self._near[i]
-        row[:] = i  # a short answer (tiny catalog) is padded with the item itself, dropped later
+        row[:] = i  # a short answer (few items) is padded with the item itself, dropped later
         row[:len(found)] = found
         self._asked[i] = True
 
@@ -201,14 +200,14 @@ class Model:
         """The candidates for a basket (rows, ascending), every item's score (the sum of the table weights from
         the basket's items), and the table entries read (positions in table_target/weight/count)."""
         found = self.near(basket).ravel()
-        # A catalog-wide mask is cheaper than sorting unless the catalog dwarfs the neighbourhoods.
-        if len(self.catalog) > 65536 and len(found) * 16 < len(self.catalog):
+        # A mask over every item is cheaper than sorting unless the items dwarf the neighbourhoods.
+        if len(self.items) > 65536 and len(found) * 16 < len(self.items):
             candidates = np.unique(found)
-            in_basket = np.zeros(len(self.catalog), dtype=bool)
+            in_basket = np.zeros(len(self.items), dtype=bool)
             in_basket[basket] = True
             candidates = candidates[~in_basket[candidates]]
         else:
-            mark = np.zeros(len(self.catalog), dtype=bool)
+            mark = np.zeros(len(self.items), dtype=bool)
             mark[found] = True
             mark[basket] = False
             candidates = np.flatnonzero(mark)
@@ -216,7 +215,7 @@ class Model:
         lengths = stops - starts
         positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
         scores = np.bincount(self.table_target[positions], weights=self.table_weight[positions],
-                             minlength=len(self.catalog))
+                             minlength=len(self.items))
         return candidates, scores, positions
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,7 +229,7 @@ class Model:
             # Fewer candidates than asked for: fill up with the most popular items not yet listed, scored no
             # higher than the last candidate so the answer stays sorted.
             taken = set(basket.tolist()) | set(rows.tolist())
-            extra = [i for i in self.catalog.most_popular() if i not in taken][: n - len(rows)]
+            extra = [i for i in self.items.most_popular() if i not in taken][: n - len(rows)]
             floor = min(0.0, float(scores[-1])) if len(scores) else 0.0
             rows = np.concatenate([rows, np.asarray(extra, dtype=np.int64)])
             scores = np.concatenate([scores, np.full(len(extra), floor)])
@@ -248,7 +247,7 @@ def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:
 def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer_cache: int = 0) -> Model:
     """A model from its artifact files (path(name) gives each one's local path) and its manifest."""
     try:
-        catalog = Catalog.from_json(Path(path("catalog.json")).read_bytes())
+        items = Items.from_json(Path(path(ITEMS_FILE)).read_bytes())
         index = AnnoyIndex(int(manifest["model"]["factors"]), manifest["model"]["metric"])
         index.load(str(path("index.ann")))  # memory-mapped by Annoy
         table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
@@ -261,7 +260,7 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
             for name in ("table_count.npy", "item_price.npy"))
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(version, manifest, catalog, index, *table, answer_cache=answer_cache, calibration=calibration,
+    return Model(version, manifest, items, index, *table, answer_cache=answer_cache, calibration=calibration,
                  table_count=count, item_price=price)
 
 
@@ -272,7 +271,7 @@ class ModelHolder:
     watcher (the local server); a new version is loaded, verified and, with warm, primed in full before one
     reference is switched, so requests in flight keep the model they started with and none waits for the swap.
     The feed and rules pointers are looked at at the same time: the model served is a view of the plain model
-    under the active feed and rules (merch.Merchandiser), swapped as one snapshot by the same single reference.
+    under the active feed and rules (merchandising.Merchandiser), swapped as one snapshot by the same single reference.
     """
 
     def __init__(self, storage: Storage, poll_seconds: float, answer_cache: int = 0, warm: bool = False,
@@ -284,7 +283,7 @@ class ModelHolder:
         self.clock = clock
         self.model: Model | None = None
         self._plain: Model | None = None
-        self._merch = merch.Merchandiser(storage)
+        self._merchandiser = merchandising.Merchandiser(storage)
         self.error: str | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
@@ -307,9 +306,9 @@ class ModelHolder:
                     if self.warm:
                         model.warm()
                     self._plain = model
-                    log.info("serving model %s (%d items)", version, len(model.catalog))
+                    log.info("serving model %s (%d items)", version, len(model.items))
                     self.storage.drop_local_copies(keep_prefix=registry.artifact_key(version, ""))
-                self.model = self._merch.view(self._plain, self.model)
+                self.model = self._merchandiser.view(self._plain, self.model)
                 self.error = None
             except RecommenderError as err:
                 # Keep serving the model in memory when a newer one is broken; report why otherwise.

@@ -6,9 +6,9 @@ from functools import lru_cache
 
 from recommender.core import registry
 from recommender.core.errors import ModelUnavailable
-from recommender.core.merch import category_key
+from recommender.core.feed_and_rules import category_key
 from recommender.core.storage import Storage
-from recommender.serving.merch import Policy
+from recommender.serving.merchandising import Policy
 from recommender.serving.model import Model
 
 MAX_CATEGORIES = 500
@@ -68,7 +68,7 @@ def describe(model: Model, storage: Storage) -> dict:
     return {
         "model_version": model.version,
         "created_at": manifest.get("created_at"),
-        "item_count": len(model.catalog),
+        "item_count": len(model.items),
         "source": manifest.get("source"),
         "counts": manifest.get("counts"),
         "period": manifest.get("period"),

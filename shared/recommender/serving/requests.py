@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-from recommender.serving.merch import Options, Pick
+from recommender.serving.merchandising import Options, Pick
 from recommender.serving.model import Recommendation
 
 MAX_BASKET = 1000

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from recommender.core.errors import AuthError, ConfigError, StorageError
+from recommender.core.extras import optional
 from recommender.core.settings import MIN_SECRET_BYTES, Settings
 from recommender.core.storage import Storage
 
@@ -42,8 +43,7 @@ def load_secret(settings: Settings, storage: Storage, secrets_client: Any = None
         secret = settings.jwt_secret
     elif settings.jwt_secret_arn:
         if secrets_client is None:
-            import boto3
-
+            boto3 = optional("boto3", "JWT_SECRET_ARN")
             secrets_client = boto3.client("secretsmanager", endpoint_url=settings.aws_endpoint_url)
         try:
             secret = secrets_client.get_secret_value(SecretId=settings.jwt_secret_arn)["SecretString"]

@@ -3,7 +3,7 @@
 Protocol. Test baskets are the invoices of the last `days` days of the file; the model trains on every invoice
 before them. For each test invoice (in InvoiceNo order) with at least two distinct products known to the
 training data, one of those (sorted by code) is hidden, chosen by a seeded generator; the others are the
-query. Metrics at 10: hit rate, MRR, NDCG (one relevant item), and catalog coverage of all answers.
+query. Metrics at 10: hit rate, MRR, NDCG (one relevant item), and item coverage of all answers.
 
 The product is scored through the code that answers /send_data: the model is trained by training.build_model,
 loaded by model.load_model and asked through Model.recommend. Baselines (popularity, item co-occurrence cosine,
@@ -30,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.core.errors import DataFileError
+from recommender.core.extras import optional
 from recommender.core.storage import LocalStorage
 from recommender.training import calibration, holdout
 from recommender.training.ingest import Transactions, load_transactions, select_baskets
@@ -43,7 +44,7 @@ EASE_MAX_ITEMS = 12_000  # beyond this the dense items x items eigendecompositio
 
 @dataclass
 class Cases:
-    """Leave-one-out cases on a training catalog: query item rows and the hidden item row of each."""
+    """Leave-one-out cases on a training model's items: query item rows and the hidden item row of each."""
 
     queries: list[np.ndarray]
     hidden: np.ndarray
@@ -200,7 +201,7 @@ def tune_ease(validation: Split, progress: Callable[[str], None]) -> tuple[float
 def write_parquet(tx: Transactions, path: Path) -> None:
     """Cleaned transactions as a Parquet file of one row per (basket, item), in basket order: training on it
     numbers baskets, items and customers as the transactions do (what the Spark engine is evaluated on)."""
-    import pyarrow as pa
+    pa = optional("pyarrow", "writing Parquet")
     import pyarrow.parquet as pq
 
     order = np.lexsort((tx.pair_item, tx.pair_basket))
@@ -228,6 +229,7 @@ def product(split: Split, params: TrainingParams, progress: Callable[[str], None
         storage = LocalStorage(Path(tmp) / "store")
         t = time.perf_counter()
         if engine == "spark":
+            optional("pyspark", "ENGINE=spark")  # before writing its Parquet input (the spark extra brings pyarrow)
             from recommender.training.distributed import trainer
             from recommender.training.sources import resolve
 
@@ -279,7 +281,7 @@ def confidence_on_test(model: Any, baskets: list[list[str]], seed: int = 1) -> d
     whether the shopper bought it. Reliability bins and the expected calibration error (ECE, 10 equal bins)."""
     predicted: list[float] = []
     observed: list[bool] = []
-    splits = holdout.random_splits(baskets, model.catalog.index, seed)
+    splits = holdout.random_splits(baskets, model.items.index, seed)
     for _, query, bought in splits:
         answer = model.recommend(query, K)
         scores = np.array([s.score for s in answer.items])

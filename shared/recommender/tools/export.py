@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from recommender.core.errors import InvalidInput, RecommenderError
+from recommender.core.extras import optional
 from recommender.core.storage import Storage
-from recommender.serving.merch import Options
+from recommender.serving.merchandising import Options
 from recommender.serving.model import Model, ModelHolder
 from recommender.serving.requests import BasketIn, answer_json
 from recommender.serving.web import describe_validation_error
@@ -73,12 +74,12 @@ def complement_rows(model: Model, n: int, safe: bool = True) -> Iterator[tuple]:
     with its top reason; with safe, text cells neutralized (each item's texts once, not each cell)."""
     options = Options(explain=True)
     clean = neutralize if safe else (lambda v: v)
-    catalog = model.catalog
-    codes = [clean(c) for c in catalog.codes]
-    descriptions = [clean(d) for d in catalog.descriptions]
+    items = model.items
+    codes = [clean(c) for c in items.codes]
+    descriptions = [clean(d) for d in items.descriptions]
     versions: tuple | None = None
     categories: dict[int, Any] = {}
-    for i, code in enumerate(catalog.codes):
+    for i, code in enumerate(items.codes):
         answer = model.recommend([code], n, options)
         if versions is None:
             versions = (answer.model_version, answer.feed_version, answer.rules_version)
@@ -102,6 +103,8 @@ def export_complements(model: Model, out: str | Path, n: int = 10, fmt: str | No
     """Write every item's top n complements to out; the file appears complete or not at all."""
     out = Path(out)
     fmt = format_of(out, fmt)
+    if fmt == "parquet":
+        optional("pyarrow", "FORMAT=parquet")
     if not 1 <= n <= 100:
         raise InvalidInput(f"N must be from 1 to 100, not {n}")
     started = time.perf_counter()
@@ -111,7 +114,7 @@ def export_complements(model: Model, out: str | Path, n: int = 10, fmt: str | No
     stop = threading.Event()
     prefetch = threading.Thread(target=_ask_annoy_ahead, args=(model, stop), name="annoy-prefetch", daemon=True)
     prefetch.start()
-    with tqdm(total=len(model.catalog), desc="export", unit=" items", leave=False,
+    with tqdm(total=len(model.items), desc="export", unit=" items", leave=False,
               disable=None if progress else True) as bar:
         rows = complement_rows(model, n, safe=fmt != "jsonl")
         try:
@@ -136,17 +139,17 @@ def export_complements(model: Model, out: str | Path, n: int = 10, fmt: str | No
             stop.set()
             prefetch.join()
     tmp.replace(out)
-    return ExportSummary(out, written, len(model.catalog), time.perf_counter() - started)
+    return ExportSummary(out, written, len(model.items), time.perf_counter() - started)
 
 
 def _ask_annoy_ahead(model: Model, stop: threading.Event, block: int = 256) -> None:
-    """Ask Annoy for every item's neighbours in catalog order, ahead of the export that needs them: Annoy's search
+    """Ask Annoy for every item's neighbours in model order, ahead of the export that needs them: Annoy's search
     releases the GIL, so on a second core it overlaps the answering (an item asked by both is asked twice, with
     the same answer)."""
-    for start in range(0, len(model.catalog), block):
+    for start in range(0, len(model.items), block):
         if stop.is_set():
             return
-        model.near(np.arange(start, min(start + block, len(model.catalog)), dtype=np.int64))
+        model.near(np.arange(start, min(start + block, len(model.items)), dtype=np.int64))
 
 
 def _chunks(rows: Iterator[tuple], bar: Any, size: int = 20_000) -> Iterator[list[tuple]]:

@@ -78,18 +78,18 @@ def _login(base: str, password: str) -> str:
 
 
 def merchandise(storage: object, version: str) -> None:
-    """A product feed (prices, categories, brands, availability) and rules of every kind, active as `make catalog`
+    """A product feed (prices, categories, brands, availability) and rules of every kind, active as `make feed`
     and `make rules` would leave them, so that the request options meet real data."""
     from recommender.core import registry
-    from recommender.core.merch import FEED_FILE, RULES_FILE
+    from recommender.core.feed_and_rules import FEED_FILE, RULES_FILE
     from recommender.serving.model import load_model
     from recommender.tools.bench.merch import synthetic_merchandising
     from recommender.training.feed import FeedFile
     from recommender.training.rules import validate
 
     model = load_model(storage, version)
-    feed, rules = synthetic_merchandising(model.catalog, model.item_price)
-    # Fewer rules than the benchmark's 1,000 on a catalog of a few dozen items: some of each kind.
+    feed, rules = synthetic_merchandising(model.items, model.item_price)
+    # Fewer rules than the benchmark's 1,000 on a model of a few dozen items: some of each kind.
     rules = {"block": {**rules["block"], "codes": rules["block"]["codes"][:3]}, "do_not_pair": rules["do_not_pair"][:5],
              "pin": [p for p in rules["pin"] if p["item"]["code"][0] not in rules["block"]["codes"][:3]][:5],
              "boost": rules["boost"][:5]}

@@ -191,7 +191,7 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
         versions = [train(data, storage, progress=lambda _m: None, keep_versions=plan.versions + 5).version
                     for _ in range(plan.versions)]
         model = load_model(storage, versions[-1])
-        codes, prices = list(model.catalog.codes), model.item_price
+        codes, prices = list(model.items.codes), model.item_price
         del model
         baskets = sample_baskets(load_transactions(data), 20_000, seed=1)
         bodies = work / "bodies.tsv"
@@ -265,7 +265,7 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
             if turn["merch"] % 2:
                 path = work / f"feed-{turn['merch']}.csv"
                 _feed_csv(codes, prices, rng, path)
-                done, name = _cli(env, "catalog", str(path)), "feed updates"
+                done, name = _cli(env, "feed", str(path)), "feed updates"
             else:
                 path = work / f"rules-{turn['merch']}.yaml"
                 _rules_yaml(codes, rng, path)

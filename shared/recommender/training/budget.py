@@ -1,5 +1,5 @@
 """The memory a training will need at its peak, estimated from the cleaned data before the heavy stages, and the
-refusal when it is over the limit (MAX_TRAINING_GB): a catalog of a million junk codes stops at once with one
+refusal when it is over the limit (MAX_TRAINING_GB): a file of a million junk codes stops at once with one
 line instead of filling the machine's memory for minutes without a word."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from recommender.training.ingest import Transactions
     from recommender.training.pipeline import TrainingParams
 
-# Calibrated at the default parameters (128 factors, 100 neighbours) against peak RSS: catalogs of junk codes in
+# Calibrated at the default parameters (128 factors, 100 neighbours) against peak RSS: files of junk codes in
 # 4-item baskets (2k, 100k, 200k products: 0.27, 1.69, 2.21 GB; estimated 0.43, 1.5, 2.6), Online Retail (0.70 GB;
 # estimated 0.55) and the 10M-row scale set (5.24 GB, README Performance; estimated 5.1 from its 1.08M rows and
 # about 19M entries). Within about 30%.
@@ -23,7 +23,7 @@ BASE_BYTES = 400_000_000          # the interpreter, numpy/scipy/pandas/annoy, t
 SVD_COPIES = 4                    # products x (factors + 16) float64 blocks alive at once in the randomized SVD
 TABLE_BYTES_PER_NEIGHBOUR = 40    # the item-item table: neighbour ids and weights while solved, then by source
 INDEX_BYTES_PER_FACTOR = 10       # the Annoy index in memory (vectors and tree nodes)
-OTHER_BYTES_PER_ITEM = 500        # the catalog and the holdout's model in memory
+OTHER_BYTES_PER_ITEM = 500        # the model's items and the holdout's model in memory
 ROW_COPIES = 2                    # rows x (factors + 16) float64 products in the SVD
 BYTES_PER_ENTRY = 60              # the rows x products matrix in its float32/float64, CSR/CSC forms
 

@@ -5,7 +5,7 @@ the rules the single-machine trainer applies; Spark SQL builds the basket and cu
 executors computes the item-item table (distributed_table: co-occurrence by blocks of items, each item's top-K
 neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only items x K (the table) and
 items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model with the
-single-machine code (pipeline.finish_model: Annoy index, table by source, catalog) and publishes it through the same
+single-machine code (pipeline.finish_model: Annoy index, table by source, items) and publishes it through the same
 registry. Imported only when the Spark engine is asked for.
 """
 
@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from recommender.core.errors import ConfigError, DataFileError, RecommenderError
+from recommender.core.extras import optional
 from recommender.training import neighbors
 from recommender.training.ingest import (
     NO_TIME,
@@ -32,7 +33,7 @@ from recommender.training.ingest import (
     describe_report,
     read_part,
 )
-from recommender.training import copurchase, samples
+from recommender.training import copurchase, sample_invoices
 from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
 from recommender.training.holdout import HeldOut
 from recommender.training.pipeline import (
@@ -70,12 +71,9 @@ class SparkJobFailed(RecommenderError):
 
 
 def _spark_modules() -> Any:
-    try:
-        import pyspark
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise ConfigError("ENGINE=spark needs the spark extra: pip install -e '.[spark]' (make devel installs it)") \
-            from None
+    pyspark = optional("pyspark", "ENGINE=spark")
+    from pyspark.sql import SparkSession
+
     return pyspark, SparkSession
 
 
@@ -432,17 +430,18 @@ def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -
 
 
 def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
-    """samples.sample_invoices on the cluster: the same invoices drawn from the same numbering of the baskets (by
+    """sample_invoices.draw on the cluster: the same invoices drawn from the same numbering of the baskets (by
     first appearance), only the chosen ones collected."""
     from pyspark.sql import functions as F
 
     sized = baskets.join(pairs.groupBy("invoice").agg(F.count("*").alias("size")), "invoice")
-    eligible = sized.filter((F.col("size") >= samples.MIN_ITEMS) & (F.col("size") <= samples.MAX_ITEMS))
+    eligible = sized.filter((F.col("size") >= sample_invoices.MIN_ITEMS)
+                            & (F.col("size") <= sample_invoices.MAX_ITEMS))
     n = eligible.count()
     if not n:
         eligible = sized.filter(F.col("size") > 0)
         n = eligible.count()
-    picked = set(np.random.default_rng(seed).choice(n, size=min(samples.COUNT, n), replace=False).tolist())
+    picked = set(np.random.default_rng(seed).choice(n, size=min(sample_invoices.COUNT, n), replace=False).tolist())
     chosen = (eligible.select("first", "invoice", "time").rdd.sortBy(lambda r: r[0]).zipWithIndex()
               .filter(lambda r: r[1] in picked).map(lambda r: r[0]).collect())
     names = [r[1] for r in sorted(chosen)]

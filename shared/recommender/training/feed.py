@@ -1,5 +1,5 @@
 """The product feed: reading a .csv, .csv.gz, .tsv or .xlsx of product attributes keyed by stock code (Google
-Merchant Center column names), validating every row, and publishing it as a feed version (make catalog)."""
+Merchant Center column names), validating every row, and publishing it as a feed version (make feed)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pandas as pd
 
 from recommender.core import registry
 from recommender.core.errors import DataFileError, NotFound
-from recommender.core.merch import AVAILABILITY, FEED_FILE
+from recommender.core.feed_and_rules import AVAILABILITY, FEED_FILE
+from recommender.core.items import ITEMS_FILE
 from recommender.core.registry import sha256_file, utcnow
 from recommender.core.storage import Storage
 from recommender.training.ingest import _cell_text, _clean_code, xlsx_rows
@@ -49,7 +50,7 @@ class FeedFile:
     currencies: Counter = field(default_factory=Counter)
 
     def to_json(self) -> bytes:
-        """The stored form (core.merch's feed.json)."""
+        """The stored form (core.feed_and_rules's feed.json)."""
         return json.dumps({"items": self.items}, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -205,7 +206,7 @@ def publish_feed(storage: Storage, path: str | Path, keep_versions: int = 5,
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """The active model's codes, descriptions, popularity and default prices (for warnings and catalog_show)."""
+    """The active model's codes, descriptions, popularity and default prices (for warnings and feed_show)."""
 
     version: str
     codes: list[str]
@@ -219,7 +220,7 @@ def active_model(storage: Storage) -> ActiveModel | None:
     pointer = registry.active(storage)
     if pointer is None:
         return None
-    raw = json.loads(storage.read(registry.artifact_key(pointer.version, "catalog.json")))
+    raw = json.loads(storage.read(registry.artifact_key(pointer.version, ITEMS_FILE)))
     manifest = registry.read_manifest(storage, pointer.version)
     prices = None
     if "item_price.npy" in manifest["artifacts"]:
@@ -237,19 +238,19 @@ def active_feed(storage: Storage) -> tuple[str | None, dict[str, dict]]:
 
 
 def show(storage: Storage, code: str | None) -> list[str]:
-    """What catalog_show prints: the active feed (version, source, counts, history), or everything known of one
+    """What feed_show prints: the active feed (version, source, counts, history), or everything known of one
     code (the model's description, the feed's attributes, the price answers use, whether it can be recommended)."""
     pointer = registry.active(storage, registry.FEED)
     version, items = active_feed(storage)
     if code is None:
         if pointer is None:
             return [f"no product feed in {storage.url}: every item counts as in stock, priced from the training file "
-                    "(make catalog PATH_TO_CATALOG=<file> uploads one)"]
+                    "(make feed PATH_TO_FEED=<file> uploads one)"]
         manifest = registry.read_manifest(storage, pointer.version, registry.FEED)
         availability = Counter(a.get("availability", "in_stock") for a in items.values())
         return [f"feed version {version} (created {manifest['created_at']}, from {manifest['source']['file']})",
                 f"{len(items):,} products; " + ", ".join(f"{n:,} {k}" for k, n in sorted(availability.items())),
-                f"earlier versions (make catalog_rollback): {', '.join(pointer.previous) or 'none'}"]
+                f"earlier versions (make feed_rollback): {', '.join(pointer.previous) or 'none'}"]
     model = active_model(storage)
     attributes = items.get(code)
     row = model.codes.index(code) if model and code in model.codes else None

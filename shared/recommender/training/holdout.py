@@ -158,9 +158,9 @@ def answer_ranks(model: Model, queries: Sequence[Sequence[str]], hidden: Sequenc
 
 def popularity_ranks(model: Model, queries: Sequence[Sequence[str]], hidden: Sequence[str], k: int = K) -> np.ndarray:
     """Rank of each hidden code among the most popular training items not in its query; 0 beyond k."""
-    index = model.catalog.index
-    position = np.empty(len(model.catalog), dtype=np.int64)
-    position[np.asarray(model.catalog.most_popular(), dtype=np.int64)] = np.arange(len(model.catalog))
+    index = model.items.index
+    position = np.empty(len(model.items), dtype=np.int64)
+    position[np.asarray(model.items.most_popular(), dtype=np.int64)] = np.arange(len(model.items))
     ranks = np.zeros(len(hidden), dtype=np.int64)
     for c, (query, target) in enumerate(zip(queries, hidden)):
         if target not in index:
@@ -187,7 +187,7 @@ def observe(model: Model, splits: Sequence[tuple[int, list[str], set[str]]], dep
     Fallback answers (popular items) are observed as popular ones only."""
     scores, ranks, bought = [], [], []
     pop_ranks, pop_bought = [], []
-    popular = [model.catalog.codes[i] for i in model.catalog.most_popular()]
+    popular = [model.items.codes[i] for i in model.items.most_popular()]
     for _, query, rest in splits:
         answer = model.recommend(query, depth)
         if not answer.fallback:
@@ -223,8 +223,8 @@ def assess(folder: Path, model_info: dict, held: HeldOut, seed: int = 0, progres
     started = time.perf_counter()
     model = open_model(lambda name: folder / name, "candidate", {"model": model_info})
     if near:
-        model.prime({model.catalog.index[code]: found for code, found in near.items() if found})
-    known = model.catalog.index
+        model.prime({model.items.index[code]: found for code, found in near.items() if found})
+    known = model.items.index
     order = sorted(range(len(held.basket_ids)), key=lambda b: held.basket_ids[b])
     baskets = [held.items[b] for b in order]
     cases = leave_one_out(baskets, known, seed)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recommender.core.errors import DataFileError
+from recommender.core.extras import optional
 
 REQUIRED = ("InvoiceNo", "StockCode", "Description", "CustomerID")
 OPTIONAL = ("Quantity", "InvoiceDate", "UnitPrice")
@@ -126,9 +127,13 @@ def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.D
 def _arrow_csv(path: Path, rename: dict[str, str]) -> pd.DataFrame | None:
     """The whole csv at once with Arrow's reader (parsing on both cores, about twice as fast as pandas'), each
     column as a categorical so that cleaning works once per distinct value; None when Arrow cannot read it (a
-    ragged row, bad UTF-8, ...): pandas' reader then reads it, or names the problem, as it always has."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+    ragged row, bad UTF-8, ...) or when pyarrow is not installed (the light install): pandas' reader then reads
+    it, or names the problem, as it always has."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
 
     if len(set(rename)) != len(rename) or not all(isinstance(name, str) for name in rename):
         return None
@@ -241,7 +246,7 @@ def _arrow_text(column) -> np.ndarray:
 
 
 def _parquet_chunks(path: Path, name: str) -> Iterator[pd.DataFrame]:
-    import pyarrow as pa
+    pa = optional("pyarrow", "Parquet input")
     import pyarrow.parquet as pq
 
     try:

@@ -6,9 +6,9 @@ regression of c's column on its neighbours' columns:
     w_c = (G[N, N] + lambda I)^-1 G[N, c],        G = X'X (co-purchase counts)
 
 which is what EASE (Steck 2019) computes with all items as neighbours; keeping K makes the cost n * K^3 and
-the table n * K entries, so it scales to catalogs where a dense n x n model cannot. It is solved by target (row c:
+the table n * K entries, so it scales to item counts where a dense n x n model cannot. It is solved by target (row c:
 N(c) and w_c) and stored by source (row i: every c with i in N(c), and the weight), so that a basket's scores are
-the sum of its items' rows: work in proportion to the basket, not to the catalog. Everything here is sparse or
+the sum of its items' rows: work in proportion to the basket, not to the number of items. Everything here is sparse or
 bounded by K.
 """
 
@@ -195,7 +195,7 @@ def table_counts(baskets: sp.csr_matrix, indptr: np.ndarray, target: np.ndarray,
 
 def counts_from_gram(g: Gram, indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
     """table_counts from a basket gram computed beforehand (training computes it beside the item-item table); g and
-    indptr may be a block of sources (Spark's unit of work), target holds item rows of the whole catalog."""
+    indptr may be a block of sources (Spark's unit of work), target holds item rows of the whole model."""
     counts = np.zeros(len(target), dtype=np.int32)
     _gather(g.indptr, g.indices, g.data, indptr, target, 0, len(indptr) - 1, counts, g.shape[1])
     return counts
@@ -204,7 +204,7 @@ def counts_from_gram(g: Gram, indptr: np.ndarray, target: np.ndarray) -> np.ndar
 def _gather(g_indptr: np.ndarray, g_indices: np.ndarray, g_data: np.ndarray, indptr: np.ndarray, target: np.ndarray,
             start: int, stop: int, out: np.ndarray, n_items: int) -> None:
     """out[e] = gram[source(e), target(e)] for the table entries of sources start..stop-1 (gram rows from start);
-    the gram's columns and the targets are item rows of a catalog of n_items."""
+    the gram's columns and the targets are item rows of a model of n_items."""
     row = np.zeros(n_items, dtype=np.float32)
     for s in range(start, stop):
         lo, hi = indptr[s], indptr[s + 1]

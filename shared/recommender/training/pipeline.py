@@ -22,11 +22,11 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from recommender.core import registry
-from recommender.core.catalog import Catalog
 from recommender.core.errors import ConfigError, DataFileError, ModelRefused, StorageError
+from recommender.core.items import ITEMS_FILE, Items
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training import budget, copurchase, gate, holdout, neighbors, samples
+from recommender.training import budget, copurchase, gate, holdout, neighbors, sample_invoices
 from recommender.training.ingest import (
     CleaningReport,
     Transactions,
@@ -42,7 +42,7 @@ OVERLAP_MAX_ENTRIES = 5_000_000
 # table_count.npy: per table entry, the training baskets holding both items (the reasons' `baskets`);
 # item_price.npy: per item, its most recent unit price in the file (NaN when unknown; the feed's default price).
 ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "table_count.npy",
-             "item_price.npy", "catalog.json", samples.SAMPLES)
+             "item_price.npy", ITEMS_FILE, sample_invoices.SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -259,8 +259,8 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
                 else neighbors.table_counts(baskets, indptr, target))
 
     popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
-    chosen = samples.sample_invoices(tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time,
-                                     seed=params.seed)
+    chosen = sample_invoices.draw(tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time,
+                                  seed=params.seed)
     return finish_model(folder, ModelParts(tx.item_codes, tx.descriptions, popularity, table_index, table_weight,
                                            k=k, ridge=ridge, baskets=baskets.shape[0],
                                            customer_rows=rows.shape[0] - baskets.shape[0], samples=chosen,
@@ -292,7 +292,7 @@ class ModelParts:
 
 def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progress: Progress = print) -> dict:
     """Write the artifacts both engines share (Annoy index from the embeddings when given, the table by source,
-    the catalog, the sample invoices) into folder; return the manifest's model part."""
+    the items, the sample invoices) into folder; return the manifest's model part."""
     if parts.embeddings is not None:
         write_index(parts.embeddings, params, folder, progress)
     indptr, target, weight = neighbors.by_source(parts.table_index, parts.table_weight)
@@ -302,9 +302,9 @@ def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progre
     np.save(folder / "table_count.npy", parts.pair_counts(indptr, target))
     prices = parts.prices if parts.prices is not None else np.full(len(parts.item_codes), np.nan)
     np.save(folder / "item_price.npy", prices.astype(np.float64))
-    catalog = Catalog(parts.item_codes, parts.descriptions, parts.popularity.tolist())
-    (folder / "catalog.json").write_bytes(catalog.to_json())
-    samples.write_samples(folder / samples.SAMPLES, parts.samples)
+    items = Items(parts.item_codes, parts.descriptions, parts.popularity.tolist())
+    (folder / ITEMS_FILE).write_bytes(items.to_json())
+    sample_invoices.write(folder / sample_invoices.SAMPLES, parts.samples)
     return {
         "baskets": parts.baskets,
         "signal": parts.signal,

@@ -14,7 +14,14 @@ import yaml
 
 from recommender.core import registry
 from recommender.core.errors import DataFileError
-from recommender.core.merch import RULES_FILE, RULES_SOURCE, SELECTOR_KEYS, brand_key, category_key, category_keys
+from recommender.core.feed_and_rules import (
+    RULES_FILE,
+    RULES_SOURCE,
+    SELECTOR_KEYS,
+    brand_key,
+    category_key,
+    category_keys,
+)
 from recommender.core.registry import utcnow
 from recommender.core.storage import Storage
 
@@ -87,7 +94,7 @@ def _factor(value: object, where: str, below_one: bool) -> float:
 
 
 def validate(raw: object) -> dict:
-    """The stored form (core.merch's rules.json) of a parsed YAML document; RulesError on the first problem."""
+    """The stored form (core.feed_and_rules's rules.json) of a parsed YAML document; RulesError on the first problem."""
     if raw is None:
         raw = {}
     top = _mapping(raw, "rules", TOP_KEYS)

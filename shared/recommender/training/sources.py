@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from recommender.core.errors import DataFileError
+from recommender.core.extras import optional
 
 KINDS = (".csv.gz", ".csv", ".parquet", ".xlsx")
 PART_KINDS = (".csv", ".csv.gz", ".parquet")  # what a folder of parts may hold (csv and csv.gz may mix)
@@ -149,6 +150,7 @@ def _s3_failure(url: str, err: Exception) -> DataFileError:
 
 
 def _resolve_s3(url: str, make_client: Callable[[], Any]) -> Source:
+    optional("boto3", "s3:// input")  # botocore comes with it
     from botocore.exceptions import BotoCoreError, ClientError
 
     url = "s3://" + url.split("://", 1)[1]

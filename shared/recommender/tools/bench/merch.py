@@ -19,24 +19,25 @@ from recommender.tools.bench.deployment import Deployment
 from recommender.tools.bench.report import PartResult, Row, target_row
 
 if TYPE_CHECKING:
+    from recommender.core.items import Items
     from recommender.tools.bench.runner import Options
 
 RULES = {"block": 200, "do_not_pair": 300, "pin": 200, "boost": 300}   # 1,000 entries
 
 
-def synthetic_merchandising(catalog: Any, prices: np.ndarray | None, seed: int = 0) -> tuple[dict, dict]:
+def synthetic_merchandising(items: Items, prices: np.ndarray | None, seed: int = 0) -> tuple[dict, dict]:
     """A feed giving every item a category (the last word of its description, under a department by its first
     letter), a brand and a price (its training price, else 1..20), and 1,000 rules of every kind over it."""
     rng = np.random.default_rng(seed)
-    n = len(catalog)
-    items = {}
-    for i, (code, description) in enumerate(zip(catalog.codes, catalog.descriptions)):
+    n = len(items)
+    feed_items = {}
+    for i, (code, description) in enumerate(zip(items.codes, items.descriptions)):
         words = description.split() or ["OTHER"]
         price = float(prices[i]) if prices is not None and prices[i] == prices[i] else float(1 + i % 20)
-        items[code] = {"availability": "out_of_stock" if i % 97 == 0 else "in_stock", "price": round(price, 2),
+        feed_items[code] = {"availability": "out_of_stock" if i % 97 == 0 else "in_stock", "price": round(price, 2),
                        "category": f"Dept {words[0][:1]} > {words[-1].title()}", "brand": f"Brand{i % 50}"}
     pick = lambda k: rng.choice(n, size=k, replace=k > n)  # noqa: E731
-    codes = catalog.codes
+    codes = items.codes
     rules = {
         "block": {"codes": [codes[i] for i in pick(RULES["block"])], "categories": [], "brands": []},
         "do_not_pair": [{"basket": {"code": [codes[a]]}, "item": {"code": [codes[b]]}}
@@ -48,7 +49,7 @@ def synthetic_merchandising(catalog: Any, prices: np.ndarray | None, seed: int =
     }
     blocked = set(rules["block"]["codes"])
     rules["pin"] = [p for p in rules["pin"] if p["item"]["code"][0] not in blocked]  # upload refuses those
-    return {"items": items}, rules
+    return {"items": feed_items}, rules
 
 
 def paired_latency(plain: Any, merch: Any, baskets: list[list[str]], options: Any, repeats: int) -> dict:
@@ -96,10 +97,10 @@ def measure_export(storage_folder: Path, out_dir: Path, n: int = 10) -> dict:
 def bench_merch(options: Options, dep: Deployment) -> PartResult:
     """Part merch: serving with feed, rules, filters and explain vs plain; export throughput at two sizes."""
     from recommender.core import registry
-    from recommender.core.merch import FEED_FILE, RULES_FILE
+    from recommender.core.feed_and_rules import FEED_FILE, RULES_FILE
     from recommender.core.storage import LocalStorage
-    from recommender.serving.merch import Options as Asked
-    from recommender.serving.merch import Policy
+    from recommender.serving.merchandising import Options as Asked
+    from recommender.serving.merchandising import Policy
     from recommender.serving.model import load_model
     from recommender.training.feed import FeedFile
     from recommender.training.rules import validate
@@ -107,10 +108,10 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
     storage = LocalStorage(dep.folder)
     plain = load_model(storage, dep.version)
     plain.warm()
-    feed, rules = synthetic_merchandising(plain.catalog, plain.item_price)
-    merch = plain.with_policy(Policy(plain.catalog, plain.item_price, feed, rules, "bench-feed", "bench-rules"))
+    feed, rules = synthetic_merchandising(plain.items, plain.item_price)
+    merch = plain.with_policy(Policy(plain.items, plain.item_price, feed, rules, "bench-feed", "bench-rules"))
     departments = sorted({a["category"].split(" > ")[0] for a in feed["items"].values()})
-    asked = Asked(exclude=(plain.catalog.codes[plain.catalog.most_popular()[0]],),
+    asked = Asked(exclude=(plain.items.codes[plain.items.most_popular()[0]],),
                   exclude_categories=(departments[0],), price_max=10.0, explain=True)
     say(f"in-process: plain Model.recommend vs feed + {sum(RULES.values()):,} rules + 3 filters + explain, "
         f"{len(dep.baskets[:options.baskets]):,} baskets x {options.latency_repeats} alternated passes")
@@ -121,7 +122,7 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
     with tempfile.TemporaryDirectory(prefix="recommender-bench-merch-") as tmp:
         work = Path(tmp)
         say("export: every Online Retail item's top 10 (fresh load, feed and rules active)")
-        # Stored as make catalog and make rules store them (the rules validated like an upload).
+        # Stored as make feed and make rules store them (the rules validated like an upload).
         feed_version = registry.publish_files(storage, {FEED_FILE: FeedFile(feed["items"], 0, []).to_json()},
                                               {}, registry.FEED)["version"]
         registry.activate(storage, feed_version, kind=registry.FEED)

@@ -73,7 +73,7 @@ def scale_quality(source: str, model_storage: str | None, days: int, max_cases: 
         model = load_model(storage, active_version(storage))
         baskets = sample_baskets(tx, latency_baskets, seed)
         out["latency"] = recommend_latency(model, baskets, n=10, repeats=3)
-        out["latency"]["items"] = len(model.catalog)
+        out["latency"]["items"] = len(model.items)
         del model
     split = evaluation.temporal_split(tx, days, seed)
     del tx

@@ -169,7 +169,7 @@ def parquet_dataset(spec: Any, folder: Path) -> tuple[Path, dict]:
 
 
 def big_spec(options: SparkBenchOptions) -> Any:
-    """The big run's set: the scale set with invoices and customers multiplied alike, over the same catalogue. A
+    """The big run's set: the scale set with invoices and customers multiplied alike, over the same products. A
     retailer with 10x the invoices has more customers, not customers who each buy 10x as much (whose histories,
     capped at 500 items, would carry up to 16 times the co-occurrence work)."""
     from recommender.tools import synthetic
@@ -192,11 +192,13 @@ def _by_target(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def compare_models(single: Path, spark: Path, annoy_neighbours: int = 50, answers: int = 1000) -> dict:
-    """How far two versions' folders agree: catalogs, each item's neighbour set in the table and the weights on
+    """How far two versions' folders agree: items, each item's neighbour set in the table and the weights on
     them, each item's nearest items in the Annoy index, and answers to one-item baskets."""
     from annoy import AnnoyIndex
 
-    catalog_a, catalog_b = (json.loads((f / "catalog.json").read_text()) for f in (single, spark))
+    from recommender.core.items import ITEMS_FILE
+
+    items_a, items_b = (json.loads((f / ITEMS_FILE).read_text()) for f in (single, spark))
     sources_a, weights_a = _by_target(single)
     sources_b, weights_b = _by_target(spark)
     same_sets = [np.array_equal(a, b) for a, b in zip(sources_a, sources_b)]
@@ -217,7 +219,7 @@ def compare_models(single: Path, spark: Path, annoy_neighbours: int = 50, answer
     vectors = np.array([index_a.get_item_vector(i) for i in range(n)]), np.array([index_b.get_item_vector(i)
                                                                                     for i in range(n)])
     same_answers = _same_answers(single, spark, answers)
-    return {"items": n, "catalog_identical": catalog_a == catalog_b,
+    return {"items": n, "items_identical": items_a == items_b,
             "neighbour_sets_identical": float(np.mean(same_sets)), "max_weight_difference": max(diffs, default=0.0),
             "annoy_sets_identical": identical / n, "annoy_jaccard_mean": float(np.mean(overlap)),
             "embedding_max_difference": float(np.abs(vectors[0] - vectors[1]).max()),
@@ -229,7 +231,7 @@ def _same_answers(single: Path, spark: Path, count: int) -> float:
     from recommender.serving.model import load_model
 
     models = [load_model(LocalStorage(f.parents[2]), f.name) for f in (single, spark)]
-    codes = models[0].catalog.codes[:count]
+    codes = models[0].items.codes[:count]
     same = 0
     for code in codes:
         a, b = (m.recommend([code], 10) for m in models)

@@ -1,7 +1,7 @@
 """Deterministic synthetic purchase history in the "Online Retail" CSV format, with known complementary products.
 
-One module per job: `spec` (what to generate, presets), `vocabulary` (words, prices, calendar), `catalogue` (the
-products and the ground truth of what goes together), `plan` (customers and invoices), `rows` (invoices to rows,
+One module per job: `spec` (what to generate, presets), `vocabulary` (words, prices, calendar), `products` (the
+product range and the ground truth of what goes together), `plan` (customers and invoices), `rows` (invoices to rows,
 and the writers).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from recommender.tools.synthetic.catalogue import _cat_for, catalogue, complements
+from recommender.tools.synthetic.products import _range_for, complements, product_range
 from recommender.tools.synthetic.rows import generate_frame, write_csv, write_parquet_parts
 from recommender.tools.synthetic.spec import (
     COLUMNS,
@@ -22,8 +22,8 @@ from recommender.tools.synthetic.spec import (
     preset,
 )
 
-__all__ = ["COLUMNS", "DEFAULT", "SCALE", "TINY", "GenerationSummary", "SyntheticSpec", "catalogue", "complements",
-           "generate_frame", "preset", "source_digest", "write_csv", "write_parquet_parts", "_cat_for"]
+__all__ = ["COLUMNS", "DEFAULT", "SCALE", "TINY", "GenerationSummary", "SyntheticSpec", "complements", "generate_frame",
+           "preset", "product_range", "source_digest", "write_csv", "write_parquet_parts", "_range_for"]
 
 
 def source_digest() -> str:

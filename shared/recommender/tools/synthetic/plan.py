@@ -29,7 +29,7 @@ from recommender.tools.synthetic.vocabulary import (
     _SERVICES,
     _WEEKDAY_P,
 )
-from recommender.tools.synthetic.catalogue import _Catalogue
+from recommender.tools.synthetic.products import _ProductRange
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,7 +45,7 @@ class _Customers:
     n_favourites: np.ndarray
 
 
-def _customers(spec: SyntheticSpec, cat: _Catalogue) -> _Customers:
+def _customers(spec: SyntheticSpec, products: _ProductRange) -> _Customers:
     rng = np.random.default_rng([spec.seed, 12, spec.customers, spec.products])
     n = spec.customers
     # New customers keep arriving through the year, so the last weeks hold some cold-start shoppers.
@@ -61,7 +61,7 @@ def _customers(spec: SyntheticSpec, cat: _Catalogue) -> _Customers:
         country=_draw(_cdf(_CUSTOMER_COUNTRY_P), rng.random(n)),
         activity_cdf=_cdf(rng.lognormal(0.0, 1.2, n)),
         join_day=join_day,
-        favourites=_draw(cat.favourite_cdf, rng.random((n, 4))),
+        favourites=_draw(products.favourite_cdf, rng.random((n, 4))),
         n_favourites=1 + rng.binomial(3, 0.35, n),
     )
 
@@ -91,7 +91,7 @@ def _day_weights(spec: SyntheticSpec) -> np.ndarray:
     return w if w.sum() > 0 else np.ones(spec.days)
 
 
-def _plan(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers) -> _Plan:
+def _plan(spec: SyntheticSpec, products: _ProductRange, cust: _Customers) -> _Plan:
     rng = np.random.default_rng([spec.seed, 13, spec.invoices])
     n = spec.invoices
     customer = _draw(cust.activity_cdf, rng.random(n))

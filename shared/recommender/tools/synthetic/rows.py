@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from recommender.core.extras import optional
 from recommender.tools.synthetic.spec import (
     _BLOCK,
     _D_EMPTY,
@@ -30,7 +31,7 @@ from recommender.tools.synthetic.vocabulary import (
     _QUANTITY_P,
     _SERVICES,
 )
-from recommender.tools.synthetic.catalogue import _cat_for, _Catalogue
+from recommender.tools.synthetic.products import _range_for, _ProductRange
 from recommender.tools.synthetic.plan import _Customers, _customers, _Plan, _plan
 
 
@@ -44,7 +45,7 @@ def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seg, np.arange(len(seg)) - starts[seg]
 
 
-def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, b: int,
+def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan: _Plan, b: int,
            ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Rows of block b, plus the product indices and customer indices it uses (for the summary)."""
     rng = np.random.default_rng([spec.seed, 14, b])
@@ -54,21 +55,21 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
     customer = plan.customer[lo:hi]
     minute = plan.minute[lo:hi]
     cancel = plan.cancel[lo:hi]
-    n_products = len(cat.code)
+    n_products = len(products.code)
 
     # Split each basket between family slots (anchor + complements) and noise lines.
     single = size == 1
     noise = rng.binomial(size, spec.noise_share)
     noise[single] = rng.random(int(single.sum())) < 0.5  # a lone line is a bestseller or a family anchor
     family_lines = size - noise
-    mean_yield = 1.0 + spec.complement_prob * cat.companions  # distinct products one family slot adds
+    mean_yield = 1.0 + spec.complement_prob * products.companions  # distinct products one family slot adds
     slots = np.where(family_lines > 0, np.maximum(1, np.rint(family_lines / mean_yield)), 0).astype(np.int64)
 
     slot_inv = np.repeat(np.arange(n), slots)
     n_slots = len(slot_inv)
-    family = _draw(cat.family_cdf, rng.random(n_slots))
-    off_season = cat.family_seasonal[family] & ~plan.in_season[lo + slot_inv] & (rng.random(n_slots) < 0.85)
-    family[off_season] = _draw(cat.family_cdf, rng.random(int(off_season.sum())))
+    family = _draw(products.family_cdf, rng.random(n_slots))
+    off_season = products.family_seasonal[family] & ~plan.in_season[lo + slot_inv] & (rng.random(n_slots) < 0.85)
+    family[off_season] = _draw(products.family_cdf, rng.random(int(off_season.sum())))
     slot_cust = customer[slot_inv]
     loyal = (slot_cust >= 0) & (rng.random(n_slots) < spec.loyalty)
     loyal_cust = slot_cust[loyal]
@@ -76,27 +77,27 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
     family[loyal] = cust.favourites[loyal_cust, pick]
 
     # Expand each slot to its family; the anchor wins an exponential race weighted by item role.
-    fam_size = cat.family_size[family]
+    fam_size = products.family_size[family]
     member_slot, offset = _segments(fam_size)
-    product = cat.family_start[family][member_slot] + offset
-    w = cat.weight[product]
+    product = products.family_start[family][member_slot] + offset
+    w = products.weight[product]
     race = rng.exponential(size=len(product)) / w
     slot_first = np.cumsum(fam_size) - fam_size
     anchor = race == np.minimum.reduceat(race, slot_first)[member_slot] if n_slots else np.zeros(0, bool)
     lone = single[slot_inv]
     keep = anchor | (~lone[member_slot] & (rng.random(len(product)) < spec.complement_prob * w))
-    accessory = cat.family_accessory[family]
+    accessory = products.family_accessory[family]
     with_acc = (accessory >= 0) & ~lone & (rng.random(n_slots) < spec.complement_prob * _ACCESSORY_ODDS)
 
     noise_inv = np.repeat(np.arange(n), noise)
-    noise_product = _draw(cat.noise_cdf, rng.random(len(noise_inv)))
+    noise_product = _draw(products.noise_cdf, rng.random(len(noise_inv)))
 
     inv = np.concatenate([slot_inv[member_slot[keep]], slot_inv[with_acc], noise_inv])
     prod = np.concatenate([product[keep], accessory[with_acc], noise_product])
     key = np.unique(inv.astype(np.int64) * n_products + prod)
     inv, prod = key // n_products, key % n_products
     qty = _QUANTITIES[_draw(_cdf(_QUANTITY_P), rng.random(len(inv)))]
-    price = cat.price[prod]
+    price = products.price[prod]
 
     # Cancellations reverse some or all lines of the invoice they refer to.
     c_local = np.flatnonzero(cancel)
@@ -122,7 +123,7 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
     dirt = plan.dirt[lo:hi]
     for bit, kind in ((_D_QUANTITY, 1), (_D_EMPTY, 2)):
         where = np.flatnonzero(dirt & bit)
-        extra_prod = _draw(cat.noise_cdf, rng.random(len(where)))
+        extra_prod = _draw(products.noise_cdf, rng.random(len(where)))
         extra_qty = (-rng.choice([0, 1, 2, 3, 6, 10, 12, 24], len(where)) if kind == 1
                      else _QUANTITIES[_draw(_cdf(_QUANTITY_P), rng.random(len(where)))])
         parts.append((where, extra_prod, extra_qty, np.zeros(len(where)), np.full(len(where), kind, np.int8)))
@@ -133,9 +134,9 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
     all_price = np.concatenate([p[3] for p in parts]).astype(np.float64)
     kind = np.concatenate([p[4] for p in parts])
 
-    code = cat.code[all_prod]
-    old = cat.drift_at[all_prod] > minute[all_inv]
-    desc = np.where(old, cat.old_desc[all_prod], cat.desc[all_prod])
+    code = products.code[all_prod]
+    old = products.drift_at[all_prod] > minute[all_inv]
+    desc = np.where(old, products.old_desc[all_prod], products.desc[all_prod])
     notes = (kind == 1) & (rng.random(len(kind)) < 0.5)
     desc[notes] = np.array(_NOTES, dtype=object)[rng.integers(0, len(_NOTES), int(notes.sum()))]
     desc[kind == 2] = np.nan
@@ -184,11 +185,11 @@ def _block(spec: SyntheticSpec, cat: _Catalogue, cust: _Customers, plan: _Plan, 
 
 
 def _blocks(spec: SyntheticSpec) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
-    cat = _cat_for(spec)
-    cust = _customers(spec, cat)
-    plan = _plan(spec, cat, cust)
+    products = _range_for(spec)
+    cust = _customers(spec, products)
+    plan = _plan(spec, products, cust)
     for b in range(-(-spec.invoices // _BLOCK)):
-        yield _block(spec, cat, cust, plan, b)
+        yield _block(spec, products, cust, plan, b)
 
 
 def generate_frame(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
@@ -229,7 +230,7 @@ def write_parquet_parts(spec: SyntheticSpec, folder: str | os.PathLike[str], blo
     of invoices), the layout a data lake export has; written into folder.partial, then renamed."""
     import shutil
 
-    import pyarrow as pa
+    pa = optional("pyarrow", "writing Parquet")
     import pyarrow.parquet as pq
 
     target = Path(folder)

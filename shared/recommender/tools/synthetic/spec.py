@@ -48,7 +48,7 @@ class SyntheticSpec:
     loyalty: float = 0.6  # chance a registered customer's theme comes from their favourite families
     noise_share: float = 0.25  # share of basket lines that are popular or random products, not theme members
     # Exponent of the Zipf law over families and over bestsellers. Below 1, so that at 100k products the
-    # head does not swallow the catalogue: the top 10% of products hold 35-50% of lines at any size (45% real).
+    # head does not swallow the product range: the top 10% of products hold 35-50% of lines at any size (45% real).
     zipf: float = 0.8
     duplicate_share: float = 0.06  # share of rows that repeat a product already on the invoice
     cancel_share: float = 0.02

@@ -1,4 +1,4 @@
-"""The synthetic catalogue (kits in designs, accessories, codes, prices, descriptions) and its ground truth."""
+"""The synthetic product range (kits in designs, accessories, codes, prices, descriptions) and its ground truth."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from recommender.tools.synthetic.vocabulary import _ACCESSORY_ODDS, _cdf, _COLOU
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Catalogue: families (one kit in one design), accessories, codes, prices, descriptions.
+# Product range: families (one kit in one design), accessories, codes, prices, descriptions.
 # Internal product index: family members first, contiguous per family, then accessories.
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Catalogue:
+class _ProductRange:
     code: np.ndarray  # object: stock code text
     desc: np.ndarray  # object: current description
     old_desc: np.ndarray  # object: description used before drift_at
@@ -44,7 +44,7 @@ def _design_names(rng: np.random.Generator, count: int) -> list[str]:
     idx = np.arange(space)
     c, p, m = idx // (npat * nm), (idx // nm) % npat, idx % nm
     words = (c > 0).astype(int) + (p > 0) + (m > 0)
-    # Two-word designs read like the real catalogue; one- and three-word ones keep large catalogues distinct.
+    # Two-word designs read like the real product range; one- and three-word ones keep large ranges distinct.
     weight = np.select([words == 0, words == 1, (words == 2) & (m == 0), words == 2], [0.0, 0.3, 6.0, 1.0], 0.02)
     count = min(count, int((weight > 0).sum()))
     chosen = rng.choice(space, size=count, replace=False, p=weight / weight.sum())
@@ -66,11 +66,11 @@ def _drifted(desc: str, alternative: str, flip: bool) -> str:
 
 
 @lru_cache(maxsize=4)
-def _catalogue(seed: int, products: int, zipf: float, start_minute: int, span_minutes: int) -> _Catalogue:
+def _product_range(seed: int, products: int, zipf: float, start_minute: int, span_minutes: int) -> _ProductRange:
     rng = np.random.default_rng([seed, 11, products])
     kits = _KITS
     n_kits = len(kits)
-    # Families cycle through the kits in list order, so even a tiny catalogue starts with a tea set.
+    # Families cycle through the kits in list order, so even a tiny range starts with a tea set.
     kit_seq: list[int] = []
     member_items: list[np.ndarray] = []
     accessory_of_family: list[int] = []  # index into accessories list, or -1
@@ -174,7 +174,7 @@ def _catalogue(seed: int, products: int, zipf: float, start_minute: int, span_mi
         old_desc[p] = _drifted(desc[p], other_order[p], flip=bool(rng.random() < 0.5))
         drift_at[p] = start_minute + int(span_minutes * rng.uniform(0.3, 0.7))
 
-    return _Catalogue(
+    return _ProductRange(
         code=codes, desc=np.array(desc, dtype=object), old_desc=old_desc, drift_at=drift_at, price=price,
         kit=kit_of, weight=weight, family_start=fam_start, family_size=fam_size, family_accessory=fam_acc,
         family_seasonal=fam_seasonal, family_cdf=_cdf(fam_weight), favourite_cdf=_cdf(fam_weight**0.6),
@@ -186,7 +186,7 @@ def _catalogue(seed: int, products: int, zipf: float, start_minute: int, span_mi
 def _stock_codes(rng: np.random.Generator, kit_of: np.ndarray, item_of: np.ndarray) -> np.ndarray:
     """Five-digit codes; designs of the same item often share a base and differ by a letter (85123A, 85123B)."""
     n = len(kit_of)
-    # Groups of one product get a plain code; larger groups share a base. Big catalogues need bigger
+    # Groups of one product get a plain code; larger groups share a base. Big ranges need bigger
     # groups, since only 90,000 five-digit bases exist.
     group_mean = 4.0 if n <= 250_000 else 12.0
     plain = float(np.clip((group_mean - n / 80_000) / (group_mean - 1), 0.0, 0.85))
@@ -219,38 +219,38 @@ def _stock_codes(rng: np.random.Generator, kit_of: np.ndarray, item_of: np.ndarr
 # ---------------------------------------------------------------------------------------------------------
 # Ground truth.
 # ---------------------------------------------------------------------------------------------------------
-def _cat_for(spec: SyntheticSpec) -> _Catalogue:
-    return _catalogue(spec.seed, spec.products, spec.zipf, _start_minute(spec), spec.days * 1440)
+def _range_for(spec: SyntheticSpec) -> _ProductRange:
+    return _product_range(spec.seed, spec.products, spec.zipf, _start_minute(spec), spec.days * 1440)
 
 
-def catalogue(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
+def product_range(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
     """Every product: StockCode, current Description, UnitPrice, Family (-1 for accessories), Kit and Item."""
-    cat = _cat_for(spec)
+    products = _range_for(spec)
     return pd.DataFrame({
-        "StockCode": cat.code,
-        "Description": cat.desc,
-        "UnitPrice": cat.price,
-        "Family": cat.family_of,
-        "Kit": np.array([k[0] for k in _KITS], dtype=object)[cat.kit],
-        "Item": cat.item,
+        "StockCode": products.code,
+        "Description": products.desc,
+        "UnitPrice": products.price,
+        "Family": products.family_of,
+        "Kit": np.array([k[0] for k in _KITS], dtype=object)[products.kit],
+        "Item": products.item,
     })
 
 
 def complements(spec: SyntheticSpec = DEFAULT) -> dict[str, frozenset[str]]:
     """For each product code, the codes generated as its complements: its family and the family's accessory."""
-    cat = _cat_for(spec)
+    products = _range_for(spec)
     result: dict[str, set[str]] = {}
-    for f in range(len(cat.family_start)):
-        members = cat.code[cat.family_start[f]:cat.family_start[f] + cat.family_size[f]].tolist()
-        acc = int(cat.family_accessory[f])
+    for f in range(len(products.family_start)):
+        members = products.code[products.family_start[f]:products.family_start[f] + products.family_size[f]].tolist()
+        acc = int(products.family_accessory[f])
         for m in members:
             result[m] = set(members)
             result[m].discard(m)
         if acc >= 0:
-            acc_code = cat.code[acc]
+            acc_code = products.code[acc]
             for m in members:
                 result[m].add(acc_code)
             result.setdefault(acc_code, set()).update(members)
-    for c in cat.code:
+    for c in products.code:
         result.setdefault(c, set())
     return {k: frozenset(v) for k, v in result.items()}

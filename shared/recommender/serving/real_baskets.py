@@ -31,8 +31,8 @@ def random_basket(model: Model, storage: Storage, rng: random.Random) -> dict:
     invoice = rng.choice(invoices)
     items = []
     for code in invoice["items"]:
-        i = model.catalog.index.get(code)
+        i = model.items.index.get(code)
         if i is not None:
-            items.append({"stock_code": code, "description": model.catalog.descriptions[i]})
+            items.append({"stock_code": code, "description": model.items.descriptions[i]})
     return {"invoice": invoice["invoice"], "date": invoice.get("date"), "items": items,
             "model_version": model.version}

@@ -20,7 +20,7 @@ MIN_ITEMS = 2    # a one-item invoice shows nothing about complements
 MAX_ITEMS = 20   # a wholesale order of 300 lines is real, but unreadable in a console
 
 
-def sample_invoices(basket_ids: Sequence[str], pair_basket: np.ndarray, pair_item: np.ndarray,
+def draw(basket_ids: Sequence[str], pair_basket: np.ndarray, pair_item: np.ndarray,
                     item_codes: Sequence[str], basket_time: np.ndarray | None = None, count: int = COUNT,
                     seed: int = 0, min_items: int = MIN_ITEMS, max_items: int = MAX_ITEMS) -> list[dict]:
     """Up to count invoices of min_items..max_items distinct items, drawn at random (seeded) in basket order.
@@ -48,6 +48,6 @@ def sample_invoices(basket_ids: Sequence[str], pair_basket: np.ndarray, pair_ite
     return samples
 
 
-def write_samples(path: Path, samples: list[dict]) -> None:
+def write(path: Path, samples: list[dict]) -> None:
     """Write the samples artifact (deterministic bytes: the same samples give the same file)."""
     path.write_bytes(json.dumps({"invoices": samples}, ensure_ascii=False, separators=(",", ":")).encode())

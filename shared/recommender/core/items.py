@@ -1,4 +1,4 @@
-"""The item catalog of a model: codes, descriptions, popularity, and search over them."""
+"""The model's items: codes, descriptions, popularity, and search over them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from typing import NamedTuple
 import numpy as np
 
 WORD = re.compile(r"[A-Z0-9]+")
+# The items' artifact in a model version. The stored name predates the word "items"; it stays so that every model
+# version already published loads as before.
+ITEMS_FILE = "catalog.json"
 
 
 class Item(NamedTuple):
@@ -23,27 +26,31 @@ class Item(NamedTuple):
 
 
 @dataclass
-class Catalog:
-    """Items in model order (item i is row i of every model array; training numbers them by popularity)."""
+class Items:
+    """The model's items in model order (item i is row i of every model array; training numbers them by
+    popularity): items[i] is the Item at row i, items.index[code] its row."""
 
     codes: list[str]
     descriptions: list[str]
     popularity: list[int]  # number of training baskets holding the item
     index: dict[str, int] = field(init=False, repr=False)
     _by_popularity: list[int] = field(init=False, repr=False)
+    # Every row's Item, built once: answers take theirs by row, with no tuple built per request.
+    _rows: list[Item] = field(init=False, repr=False, compare=False)
     _search: _SearchIndex | None = field(init=False, repr=False, compare=False, default=None)
     _search_lock: threading.Lock = field(init=False, repr=False, compare=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.index = {code: i for i, code in enumerate(self.codes)}
         self._by_popularity = sorted(range(len(self.codes)), key=lambda i: -self.popularity[i])  # stable: ties by row
+        self._rows = [Item(*values) for values in zip(self.codes, self.descriptions, self.popularity)]
 
     def __len__(self) -> int:
         return len(self.codes)
 
-    def item(self, i: int) -> Item:
+    def __getitem__(self, i: int) -> Item:
         """The item at model row i."""
-        return Item(self.codes[i], self.descriptions[i], self.popularity[i])
+        return self._rows[i]
 
     def most_popular(self) -> list[int]:
         """Item rows from most to least popular (ties by row, so answers are stable)."""
@@ -53,12 +60,12 @@ class Catalog:
         """Items whose code starts with query, then items whose description holds every word of it; popular first.
 
         A word of the query matches a description word it begins ("TEA" matches "TEACUP"). The first search of a
-        catalog builds its index (a fraction of a second at 100k items); later ones take well under 5 ms.
+        model's items builds their index (a fraction of a second at 100k items); later ones take well under 5 ms.
         """
         q = query.strip().upper()
         if not q:
-            return [self.item(i) for i in self._by_popularity[:limit]]
-        return [self.item(i) for i in self.search_index().search(q, limit)]
+            return [self._rows[i] for i in self._by_popularity[:limit]]
+        return [self._rows[i] for i in self.search_index().search(q, limit)]
 
     def search_index(self) -> _SearchIndex:
         """The search index, built on first use (once, whichever thread asks first)."""
@@ -69,12 +76,12 @@ class Catalog:
         return self._search
 
     def to_json(self) -> bytes:
-        """Serialized form stored as a model artifact."""
+        """Serialized form stored as a model artifact (ITEMS_FILE)."""
         return json.dumps({"codes": self.codes, "descriptions": self.descriptions, "popularity": self.popularity},
                           ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "Catalog":
+    def from_json(cls, data: bytes) -> "Items":
         """Inverse of to_json."""
         raw = json.loads(data)
         return cls(raw["codes"], raw["descriptions"], raw["popularity"])
@@ -89,7 +96,7 @@ class _SearchIndex:
     """Sorted codes and an inverted index of description words, over items numbered by popularity (rank 0 first).
 
     Every word of the query selects a contiguous run of the sorted vocabulary, hence a contiguous slice of the
-    occurrence array; a query is a few numpy operations over the catalog, never a Python loop over its items.
+    occurrence array; a query is a few numpy operations over the items, never a Python loop over its items.
     """
 
     def __init__(self, codes: list[str], descriptions: list[str], by_popularity: list[int]) -> None:

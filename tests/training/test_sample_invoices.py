@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 from recommender.core import registry
-from recommender.training.samples import MAX_ITEMS, MIN_ITEMS, sample_invoices
+from recommender.training.sample_invoices import MAX_ITEMS, MIN_ITEMS, draw
 
 
 def test_samples_are_real_invoices_of_the_training_data(trained_folder, tiny_csv):
@@ -35,9 +35,9 @@ def test_sampling_is_seeded_and_bounded():
     pair_item = np.concatenate([rng.choice(100, size=s, replace=False) for s in sizes]).astype(np.int32)
     ids = [f"INV{b}" for b in range(500)]
     codes = [f"C{i:03d}" for i in range(100)]
-    first = sample_invoices(ids, pair_basket, pair_item, codes, count=50, seed=3)
-    assert first == sample_invoices(ids, pair_basket, pair_item, codes, count=50, seed=3)
-    assert first != sample_invoices(ids, pair_basket, pair_item, codes, count=50, seed=4)
+    first = draw(ids, pair_basket, pair_item, codes, count=50, seed=3)
+    assert first == draw(ids, pair_basket, pair_item, codes, count=50, seed=3)
+    assert first != draw(ids, pair_basket, pair_item, codes, count=50, seed=4)
     assert len(first) == 50 and all(s["date"] is None for s in first)
     for s in first:
         b = int(s["invoice"][3:])
@@ -46,5 +46,5 @@ def test_sampling_is_seeded_and_bounded():
 
 
 def test_tiny_data_without_eligible_invoices_still_gives_samples():
-    samples = sample_invoices(["A", "B"], np.array([0, 1]), np.array([0, 1]), ["X", "Y"])
+    samples = draw(["A", "B"], np.array([0, 1]), np.array([0, 1]), ["X", "Y"])
     assert [s["items"] for s in samples] == [["X"], ["Y"]]

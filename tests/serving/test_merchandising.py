@@ -6,7 +6,7 @@ import pytest
 from recommender.core import registry
 from recommender.core.errors import InvalidInput
 from recommender.core.storage import LocalStorage
-from recommender.serving.merch import Merchandiser, Options, Policy
+from recommender.serving.merchandising import Merchandiser, Options, Policy
 from recommender.serving.model import load_model
 from recommender.tools import synthetic
 from recommender.training.ingest import load_transactions
@@ -20,7 +20,7 @@ def plain(trained_folder):
 
 @pytest.fixture(scope="module")
 def products():
-    return synthetic.catalogue(synthetic.TINY).set_index("StockCode")
+    return synthetic.product_range(synthetic.TINY).set_index("StockCode")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def feed(products):
 
 
 def kit(products, code):
-    """The product's kit as its feed category says it (None for codes outside the synthetic catalogue)."""
+    """The product's kit as its feed category says it (None for codes outside the synthetic product range)."""
     return products.Kit.get(code, "").title() or None
 
 
@@ -47,7 +47,7 @@ def no_rules(**changes):
 
 
 def view(model, feed=None, rules=None):
-    return model.with_policy(Policy(model.catalog, model.item_price, feed, rules, "f1" if feed else None,
+    return model.with_policy(Policy(model.items, model.item_price, feed, rules, "f1" if feed else None,
                                     "r1" if rules else None))
 
 
@@ -56,7 +56,7 @@ def codes(answer):
 
 
 def anchors(model, count=20):
-    return [model.catalog.codes[i] for i in model.catalog.most_popular()[:count]]
+    return [model.items.codes[i] for i in model.items.most_popular()[:count]]
 
 
 def test_no_feed_no_rules_no_options_is_the_plain_answer(plain, feed):
@@ -108,7 +108,7 @@ def test_do_not_pair_removes_the_right_side_only_with_the_left_side_in_the_baske
 def test_pin_puts_its_item_at_its_position(plain, feed):
     code = anchors(plain)[0]
     plain_codes = codes(plain.recommend([code], 10))
-    far = next(c for c in reversed(plain.catalog.codes) if c not in plain_codes and c != code)
+    far = next(c for c in reversed(plain.items.codes) if c not in plain_codes and c != code)
     rules = no_rules(pin=[{"basket": {"code": [code]}, "item": {"code": [far]}, "position": 3},
                           {"basket": {"code": [code]}, "item": {"code": [plain_codes[0]]}, "position": 5}])
     answer = view(plain, feed, rules).recommend([code], 10, Options(explain=True))
@@ -171,7 +171,7 @@ def test_always_full_under_heavy_filtering_else_exhausted(plain, feed, products)
     model = view(plain, feed)
     code = anchors(plain)[0]
     other = next(k for k in products.Kit.str.title().unique() if k != kit(products, code))
-    members = [c for c in products.index[products.Kit.str.title() == other] if c in plain.catalog.index]
+    members = [c for c in products.index[products.Kit.str.title() == other] if c in plain.items.index]
     # Every member of another kit is eligible; asked for exactly that many, all come back: model picks first
     # (deeper candidates included), then popular ones passing the same filter.
     answer = model.recommend([code], len(members), Options(categories=(other,), explain=True))
@@ -205,7 +205,7 @@ def test_shares_sum_to_one_and_baskets_are_true_counts(plain, tiny_csv):
     checked = 0
     for size in (1, 2, 4):
         for start in range(0, 30, 3):
-            basket = [plain.catalog.codes[(start + k * 7) % len(plain.catalog)] for k in range(size)]
+            basket = [plain.items.codes[(start + k * 7) % len(plain.items)] for k in range(size)]
             for pick in plain.recommend(basket, 10, Options(explain=True)).items:
                 because = pick.because.as_list()
                 if pick.source != "model" or not because:
@@ -247,13 +247,13 @@ def test_confidence_and_min_confidence(plain):
 
 
 
-def test_large_catalog_path_gives_the_same_answers(plain, feed, products, monkeypatch):
+def test_many_items_path_gives_the_same_answers(plain, feed, products, monkeypatch):
     """Beyond DENSE_ITEMS, scores and eligibility are kept for the rows reached only: the answers must not change."""
-    from recommender.serving import merch
+    from recommender.serving import merchandising
 
     code = anchors(plain)[0]
     rules = no_rules(block={"codes": [codes(plain.recommend([code], 3))[1]], "categories": [], "brands": []},
-                     pin=[{"basket": {"code": [code]}, "item": {"code": [plain.catalog.codes[-1]]}, "position": 2}],
+                     pin=[{"basket": {"code": [code]}, "item": {"code": [plain.items.codes[-1]]}, "position": 2}],
                      boost=[{"code": [codes(plain.recommend([code], 6))[5]], "factor": 3.0}],
                      do_not_pair=[{"basket": {"code": [code]}, "item": {"category": [kit(products, code)]}}])
     model = view(plain, feed, rules)
@@ -267,5 +267,5 @@ def test_large_catalog_path_gives_the_same_answers(plain, feed, products, monkey
                 for b in baskets for o in cases]
 
     dense = answers()
-    monkeypatch.setattr(merch, "DENSE_ITEMS", 0)
+    monkeypatch.setattr(merchandising, "DENSE_ITEMS", 0)
     assert answers() == dense and any(len(a) == 12 for a in dense)

@@ -70,17 +70,17 @@ def served(request, tmp_path, tiny_csv, monkeypatch):
 
 def test_feed_and_rules_reach_a_running_server(served, tmp_path):
     make, command, api = served
-    catalog = [i["stock_code"] for i in api.call("GET", "/items?limit=100")[1]["items"]]
-    basket = [catalog[0]]
+    listed = [i["stock_code"] for i in api.call("GET", "/items?limit=100")[1]["items"]]
+    basket = [listed[0]]
     first = [r[0] for r in api.call("POST", "/send_data", {"product_list": basket, "n": 10})[1]["result"]["recommendation"]]
     assert len(first) == 10
 
     earlier = tmp_path / "earlier.csv"
     earlier.write_text(f"id,price\n{first[1]},2\n")
-    assert command("catalog", str(earlier))[0] == 0
+    assert command("feed", str(earlier))[0] == 0
     feed = tmp_path / "products.csv"
     feed.write_text(f"id,availability,price\n{first[0]},out_of_stock,3.50 GBP\n{first[1]},in_stock,2\n")
-    uploaded = make("catalog", f"PATH_TO_CATALOG={feed}")
+    uploaded = make("feed", f"PATH_TO_FEED={feed}")
     assert "activated feed version" in uploaded.stdout
     took = wait_for(api, basket, lambda rows, body: first[0] not in rows and first[0] not in
                     [i["stock_code"] for i in body["items"]], "the out-of-stock item's removal")
@@ -88,9 +88,9 @@ def test_feed_and_rules_reach_a_running_server(served, tmp_path):
     assert len(body["items"]) == 10 and body["feed_version"] and not body["exhausted"]
     assert body["items"][0]["stock_code"] == first[1] and body["items"][0]["price"] == 2.0
     print(f"feed live after {took:.1f} s (MODEL_POLL_SECONDS={POLL_SECONDS})")
-    assert "out_of_stock" in command("catalog-show", "--code", first[0])[1]
+    assert "out_of_stock" in command("feed-show", "--code", first[0])[1]
 
-    pinned = next(c for c in reversed(catalog) if c not in first and c not in basket)
+    pinned = next(c for c in reversed(listed) if c not in first and c not in basket)
     rules = tmp_path / "rules.yaml"
     rules.write_text(f"block:\n  codes: ['{first[1]}']\npin:\n  - {{basket: {{code: '{basket[0]}'}}, "
                      f"item: {{code: '{pinned}'}}, position: 1}}\n")
@@ -107,5 +107,5 @@ def test_feed_and_rules_reach_a_running_server(served, tmp_path):
     assert status == 1 and error.startswith(f"error: bad.yaml: pin[0]: item {first[1]} is blocked") and error.count("\n") == 1
     assert body["rules_version"] in command("rules-show")[1]
 
-    assert command("catalog-rollback")[0] == 0
+    assert command("feed-rollback")[0] == 0
     wait_for(api, basket, lambda rows, body: first[0] in rows, "the rolled back feed")

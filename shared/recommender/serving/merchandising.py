@@ -18,9 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from recommender.core import registry
-from recommender.core.catalog import Item
 from recommender.core.errors import InvalidInput, RecommenderError
-from recommender.core.merch import (
+from recommender.core.feed_and_rules import (
     FEED_FILE,
     RULES_FILE,
     SELECTOR_KEYS,
@@ -28,13 +27,14 @@ from recommender.core.merch import (
     category_key,
     category_keys,
 )
+from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
 
 log = logging.getLogger("recommender")
 
 MODEL, POPULAR, PINNED = "model", "popular", "pinned"
 SOURCES = (MODEL, POPULAR, PINNED)
-# Up to this many items a basket's scores are one array over the catalog (as the plain path has them); beyond, kept
+# Up to this many items a basket's scores are one array over every item (as the plain path has them); beyond, kept
 # for the items reached only.
 DENSE_ITEMS = 65536
 
@@ -91,16 +91,16 @@ class Pick(NamedTuple):
 class Policy:
     """The feed and the rules of one (model, feed, rules) combination, as arrays aligned with the model's rows."""
 
-    def __init__(self, catalog: Any, prices: np.ndarray | None, feed: dict | None, rules: dict | None,
+    def __init__(self, items: Items, prices: np.ndarray | None, feed: dict | None, rules: dict | None,
                  feed_version: str | None = None, rules_version: str | None = None) -> None:
-        n = len(catalog)
-        self.catalog = catalog
+        n = len(items)
+        self.items = items
         self.feed_version = feed_version
         self.rules_version = rules_version
         self.price = np.full(n, np.nan) if prices is None else np.asarray(prices, dtype=np.float64).copy()
         self.eligible = np.ones(n, dtype=bool)
-        self.popular = np.asarray(catalog.most_popular(), dtype=np.int64)   # rows, most popular first
-        self.popularity = np.asarray(catalog.popularity, dtype=np.float64)
+        self.popular = np.asarray(items.most_popular(), dtype=np.int64)   # rows, most popular first
+        self.popularity = np.asarray(items.popularity, dtype=np.float64)
         self.feed_rows: dict[int, dict] = {}
         self._shown: dict[int, dict] = {}
         self._category_masks: dict[tuple[str, ...], np.ndarray] = {}
@@ -119,7 +119,7 @@ class Policy:
                               or not self.eligible.all())
 
     def _compile_feed(self, items: dict[str, dict]) -> None:
-        index = self.catalog.index
+        index = self.items.index
         categories: dict[str, list[int]] = {}
         brands: dict[str, list[int]] = {}
         leaves: dict[str, int] = {}
@@ -147,7 +147,7 @@ class Policy:
         found: list[np.ndarray] = []
         for value in values:
             if key == "code":
-                i = self.catalog.index.get(value)
+                i = self.items.index.get(value)
                 found.append(np.asarray([] if i is None else [i], dtype=np.int64))
             elif key == "category":
                 found.append(self.category_rows.get(category_key(value), np.empty(0, dtype=np.int64)))
@@ -181,7 +181,7 @@ class Policy:
                 for b in self.rows(rule["basket"]).tolist():
                     self.pairs.setdefault(b, []).append(forbidden)
         for pin in rules["pin"]:
-            target = self.catalog.index.get(pin["item"]["code"][0])
+            target = self.items.index.get(pin["item"]["code"][0])
             if target is not None:
                 for b in self.rows(pin["basket"]).tolist():
                     self.pins.setdefault(b, []).append((target, int(pin["position"])))
@@ -234,7 +234,7 @@ def _load(storage: Storage, version: str, name: str, kind: registry.Kind) -> dic
 
 
 def _members(rows: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """Which of rows are in sorted_set (ascending), by binary search: no array the size of the catalog."""
+    """Which of rows are in sorted_set (ascending), by binary search: no array the size of the model."""
     if not len(sorted_set):
         return np.zeros(len(rows), dtype=bool)
     at = np.minimum(np.searchsorted(sorted_set, rows), len(sorted_set) - 1)
@@ -244,7 +244,7 @@ def _members(rows: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
 class Eligibility:
     """One request's eligibility (feed and rules, do_not_pair with the basket, the request's filters, not in the
     basket, not picked already), checked on the few rows each step considers: its cost follows the answer, not
-    the catalog."""
+    the number of items."""
 
     def __init__(self, policy: Policy, basket: np.ndarray, options: Options) -> None:
         self.policy = policy
@@ -253,7 +253,7 @@ class Eligibility:
         for b in basket.tolist() if policy.pairs else ():
             excluded.extend(policy.pairs.get(b, ()))
         if options.exclude:
-            index = policy.catalog.index
+            index = policy.items.index
             excluded.append(np.asarray([index[c] for c in options.exclude if c in index], dtype=np.int64))
         self.taken: list[np.ndarray] = []
         self.within = policy.categories_mask(options.categories) if options.categories else None
@@ -267,7 +267,7 @@ class Eligibility:
                 self.price_max = bound if self.price_max is None else min(bound, self.price_max)
         self.mask = None
         if len(policy.eligible) <= DENSE_ITEMS:
-            # A small catalog: one mask over it is cheaper than binary searches.
+            # Few items: one mask over it is cheaper than binary searches.
             self.mask = policy.eligible.copy()
             for rows in excluded:
                 self.mask[rows] = False
@@ -287,7 +287,7 @@ class Eligibility:
         return ok & self._filters(rows, len(rows))
 
     def _filters(self, rows: np.ndarray | slice, size: int) -> np.ndarray:
-        """The request's category and price filters on rows (or the whole catalog: slice(None))."""
+        """The request's category and price filters on rows (or every item: slice(None))."""
         ok = np.ones(size, dtype=bool)
         if self.within is not None:
             ok &= self.within[rows]
@@ -313,15 +313,15 @@ class Eligibility:
 class Scores:
     """A basket's candidates (each basket item's nearest items in the Annoy index, ascending, none of the basket)
     and scores: every item's score is the sum of the table weights from the basket's items, 0 for items no basket
-    item has a weight for. Up to DENSE_ITEMS items, the scores are one array over the catalog, as the plain path
+    item has a weight for. Up to DENSE_ITEMS items, the scores are one array over every item, as the plain path
     computes them; beyond, only the items reached are kept (a sort of the entries read, summed in the same order),
-    so a request costs what its basket reads, not what the catalog holds."""
+    so a request costs what its basket reads, not how many items the model holds."""
 
     def __init__(self, model: Any, basket: np.ndarray) -> None:
         indptr = model.table_indptr
         lengths = indptr[basket + 1] - indptr[basket]
         self.sources = np.repeat(basket, lengths)
-        if len(model.catalog) <= DENSE_ITEMS:
+        if len(model.items) <= DENSE_ITEMS:
             self.candidates, self.dense, self.positions = model.score_basket(basket)
             self.targets = model.table_target[self.positions]
             return
@@ -526,7 +526,7 @@ class Because:
 
     __slots__ = ("items", "arrays", "start", "stop")
 
-    def __init__(self, items: list[Item], arrays: tuple[np.ndarray, np.ndarray, np.ndarray], start: int,
+    def __init__(self, items: Items | list[Item], arrays: tuple[np.ndarray, np.ndarray, np.ndarray], start: int,
                  stop: int) -> None:
         self.items, self.arrays, self.start, self.stop = items, arrays, start, stop
 
@@ -570,7 +570,7 @@ def _reasons(model: Any, scored: Scores, rows: np.ndarray) -> dict[int, Because]
     if not len(rows):
         return {}
     # One pass over the table entries the basket read, marking the picks' entries: through a slot per item in a
-    # small catalog, by binary search in a large one.
+    # model with few items, by binary search in one with many.
     if scored.dense is not None:
         slot = np.full(len(scored.dense), -1, dtype=np.int64)
         slot[rows] = np.arange(len(rows))
@@ -629,4 +629,4 @@ class Merchandiser:
             return current
         if feed is None and rules is None:
             return plain
-        return plain.with_policy(Policy(plain.catalog, plain.item_price, feed, rules, feed_version, rules_version))
+        return plain.with_policy(Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version))

@@ -5,7 +5,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 from recommender.core import registry
-from recommender.core.catalog import Catalog
+from recommender.core.items import Items
 from recommender.core.settings import get_settings
 from recommender.serving import web
 from recommender.training.feed import publish_feed
@@ -21,9 +21,9 @@ def rec(trained_storage, user):
 
 
 @pytest.fixture
-def catalog(trained_storage):
+def items(trained_storage):
     version = registry.active_version(trained_storage)
-    return Catalog.from_json(trained_storage.read(registry.artifact_key(version, "catalog.json")))
+    return Items.from_json(trained_storage.read(registry.artifact_key(version, "catalog.json")))
 
 
 @pytest.mark.parametrize("body,field", [
@@ -41,8 +41,8 @@ def test_contradictions_and_bad_options_are_422s_naming_the_field(rec, headers, 
         assert re.search(field, response.json()["detail"]), response.json()["detail"]
 
 
-def test_options_reasons_and_feed_attributes(rec, headers, catalog, trained_storage, tmp_path):
-    code = catalog.codes[catalog.most_popular()[0]]
+def test_options_reasons_and_feed_attributes(rec, headers, items, trained_storage, tmp_path):
+    code = items.codes[items.most_popular()[0]]
     plain = rec.post("/send_data", headers=headers, json={"product_list": [code], "n": 5}).json()
     rows = plain["result"]["recommendation"]
     assert set(plain) == {"result"} and set(plain["result"]) == {"recommendation"}  # old clients: unchanged
