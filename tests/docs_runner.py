@@ -103,7 +103,7 @@ def fences(text: str) -> list[Fence]:
             j += 1
         above = lines[i - 1].strip() if i > 0 else ""
         marker = "run" if RUN.match(above) else "not run" if NOT_RUN.match(above) else None
-        body = "\n".join(line[len(indent):] if line.startswith(indent) else line for line in lines[i + 1:j])
+        body = "\n".join(line.removeprefix(indent) for line in lines[i + 1:j])
         found.append(Fence(i + 1, language, body, marker, j))
         i = j + 1
     return found
@@ -218,7 +218,7 @@ def stop_servers(folder: Path, env: dict[str, str], state: Path) -> None:
     script = (f'[ -f "{state}" ] && . "{state}"; cd "{folder}"; '
               "python -m recommender stop >/dev/null 2>&1; python -m recommender emulate-s3-stop >/dev/null 2>&1; true")
     subprocess.run(["bash", "--noprofile", "--norc", "-c", script], env=env, stdin=subprocess.DEVNULL,
-                   capture_output=True, timeout=60)
+                   capture_output=True, timeout=60, check=False)
 
 
 def run_page(page: Path) -> PageResult:
