@@ -123,3 +123,10 @@ def test_a_changed_output_is_reported_and_rewritten(tmp_path):
     assert first.example.read_text() == "hi\n"
     assert '```json\n{"a": 2, "b": 3}\n```' in page.read_text()
     assert not docs_runner.mismatches(docs_runner.PageResult(page, [(first, "hi\n")]))
+
+
+def test_every_example_file_is_shown_by_a_page():
+    shown = {block.example.name for page in docs_runner.pages() for block in docs_runner.blocks(page) if block.example}
+    files = {path.name for path in (docs_runner.DOCS / "examples").glob("*.txt")}
+    assert shown <= files, f"pages include examples that do not exist: {sorted(shown - files)} (make docs-examples)"
+    assert files <= shown, f"docs/examples/ holds files no page shows: {sorted(files - shown)}"
