@@ -32,7 +32,7 @@ $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override
 
 .PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user passwd \
 	del_user list_users run run-prod kill status demo evaluate generate clean feed feed_show feed_rollback catalog \
-	catalog_show catalog_rollback rules rules_show rules_rollback export
+	catalog_show catalog_rollback rules rules_show rules_rollback rules_schema export
 
 help: ## list every target
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -139,6 +139,9 @@ rules_show: $(LIGHT) ## print the active merchandising rules
 
 rules_rollback: $(LIGHT) ## re-activate the rules that were active before
 	$(CLI) rules-rollback
+
+rules_schema: $(LIGHT) ## print the JSON Schema of a rules file for editors (OUT=file writes it there)
+	@$(CLI) rules-schema $${OUT:+--out "$$OUT"}
 
 export: $(LIGHT) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|jsonl|parquet]; or BASKETS=file.jsonl OUT= [RESUME=1]
 	@test -n "$$OUT" || { echo "error: give the output file: make export OUT=fbt.csv (or BASKETS=baskets.jsonl OUT=answers.jsonl)" >&2; exit 2; }

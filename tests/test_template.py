@@ -18,8 +18,9 @@ from tests.conftest import ROOT
 
 TEMPLATE = ROOT / "template.yaml"
 RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "urllib3", "six"}
-# python-jose uses cryptography when it happens to be installed (moto brings it here) and its own pure-Python HMAC
-# otherwise; `make build-lambda-pip` answers requests from a layer without it.
+# PyJWT imports cryptography when it happens to be installed (moto brings it here), for the RSA and EC algorithms
+# the service never uses; its HMAC needs only the standard library, and `make build-lambda-pip` answers requests
+# from a layer without cryptography.
 OPTIONAL = {"cryptography", "cffi", "pycparser"}
 
 
@@ -179,7 +180,7 @@ def test_shared_requirements_are_the_serving_dependencies():
     layer = [Requirement(r) for r in builder.serving_requirements()]
     project = {Requirement(r).name: Requirement(r)
                for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    assert {r.name for r in layer} == {"annoy", "numpy", "fastapi", "python-multipart", "orjson", "mangum", "python-jose",
+    assert {r.name for r in layer} == {"annoy", "numpy", "fastapi", "python-multipart", "orjson", "mangum", "PyJWT",
                                        "libpass", "bcrypt"}
     for r in layer:   # the development install's bounds, plus any the Lambda platform adds (numpy<2.3)
         assert set(project[r.name].specifier) <= set(r.specifier), f"{r.name}: keep in step with pyproject.toml"

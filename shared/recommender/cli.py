@@ -207,6 +207,22 @@ def _rules_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("rules-schema")
+def _rules_schema(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from recommender.training.rules import json_schema
+
+    text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote the rules file's JSON Schema to {args.out} (first line of a rules file: "
+              f"# yaml-language-server: $schema={args.out})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 @command("rules-rollback")
 def _rules_rollback(args: argparse.Namespace, settings: Settings) -> int:
     version = registry.rollback(_storage(settings), registry.RULES)
@@ -492,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     sub.add_parser("rules-show", help="print the active merchandising rules")
     sub.add_parser("rules-rollback", help="re-activate the rules version active before the current one")
+    p = sub.add_parser("rules-schema", help="print the JSON Schema of a rules file (for editors: "
+                                            "# yaml-language-server: $schema=<file>), or write it to --out")
+    p.add_argument("--out", help="write it to this file instead of printing it")
 
     p = sub.add_parser("export", help="write every item's top N complements (csv, jsonl, parquet), or answer a "
                                       "JSON-lines file of baskets (--baskets)")

@@ -4,9 +4,9 @@ import base64
 import json
 import time
 
+import jwt
 import pytest
 from fastapi.testclient import TestClient
-from jose import jwt
 from recommender.core import registry
 from recommender.core.items import Items
 from recommender.core.settings import get_settings
@@ -52,7 +52,7 @@ def items(trained_storage):
 
 
 def test_token_is_a_bearer_jwt(auth, user, token):
-    claims = jwt.get_unverified_claims(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["sub"] == "alice" and {"iat", "exp", "jti"} <= set(claims)
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     assert claims["exp"] - claims["iat"] == get_settings().token_minutes * 60

@@ -1,11 +1,15 @@
-"""Merchandising rules files: the issue's example, every refusal (one line, old rules kept), unknown-name warnings."""
+"""Merchandising rules files: the issue's example, every refusal (one line, old rules kept), unknown-name warnings,
+the JSON Schema for editors."""
 
 import json
 
+import jsonschema
 import pytest
+import yaml
+from recommender import cli
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
-from recommender.training.rules import RulesError, known_from, publish_rules, read_rules, show
+from recommender.training.rules import RulesError, json_schema, known_from, publish_rules, read_rules, show, validate
 
 EXAMPLE = """\
 block:
@@ -50,9 +54,17 @@ def test_the_issue_example(tmp_path):
     ("pin:\n  - {basket: {code: A}, item: {code: B}, position: 0}\n", "pin\\[0\\].position: must be a whole number"),
     ("pin:\n  - {basket: {code: A}, item: {category: C}}\n", "pin\\[0\\].item: unknown key 'category'; use code"),
     ("pin:\n  - {basket: {code: A}}\n", "pin\\[0\\]: missing 'item'"),
-    ("boost:\n  - {code: A, factor: -1}\n", "boost\\[0\\]: factor must be a positive number"),
-    ("boost:\n  - {code: A, factor: fast}\n", "boost\\[0\\]: factor must be a positive number"),
-    ("bury:\n  - {code: A, factor: 2}\n", "bury\\[0\\]: a bury factor must be below 1"),
+    ("boost:\n  - {code: A, factor: -1}\n", "boost\\[0\\].factor: must be a positive number, got -1$"),
+    ("boost:\n  - {code: A, factor: fast}\n", "boost\\[0\\].factor: must be a positive number, got 'fast'"),
+    ("bury:\n  - {code: A, factor: 2}\n", "bury\\[0\\].factor: a bury factor must be below 1"),
+    ("bury:\n  - {code: A}\n", "bury\\[0\\]: missing 'factor'"),
+    ("pin:\n  - {basket: {code: A}, item: {code: [B, C]}}\n", "pin\\[0\\].item: a pin places one code, got 2"),
+    ("pin:\n  - {basket: {code: A}, item: {code: B}, position: '2'}\n", "pin\\[0\\].position: .* got '2'"),
+    ("do_not_pair:\n  - {basket: {code: null}, item: {code: B}}\n",
+     "do_not_pair\\[0\\].basket.code: expected a non-empty text or a list of them, got None"),
+    ("do_not_pair:\n  - {basket: {}, item: {code: B}}\n", "do_not_pair\\[0\\].basket: expected one of code: ..., "),
+    ("do_not_pair:\n  - 5\n", "do_not_pair\\[0\\]: expected a mapping, got 5"),
+    ("block: 5\n", "block: expected a mapping, got 5"),
     ("boost:\n  - {code: A, brand: B, factor: 2}\n", "boost\\[0\\]: expected one of"),
     ("do_not_pair:\n  - {basket: {code: A}, item: {colour: red}}\n", "do_not_pair\\[0\\].item: unknown key 'colour'"),
     ("do_not_pair: {basket: {code: A}}\n", "do_not_pair: expected a list of entries"),
@@ -93,3 +105,47 @@ def test_an_empty_file_clears_the_rules(tmp_path):
     rules, _ = read_rules(write(tmp_path, ""))
     assert rules == {"block": {"codes": [], "categories": [], "brands": []}, "do_not_pair": [], "pin": [],
                      "boost": []}
+
+
+def test_the_json_schema_accepts_what_the_validator_accepts():
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for text in (EXAMPLE, "", "pin:\n", "block:\n  codes:\n", "boost:\n  - {code: [22423, A], factor: 1}\n",
+                 "pin:\n  - {basket: {brand: X}, item: {code: [B]}}\n"):
+        raw = yaml.safe_load(text)
+        validate(raw)
+        jsonschema.validate({} if raw is None else raw, schema)
+
+
+@pytest.mark.parametrize("text", [
+    "blocks:\n  codes: [A]\n", "block:\n  skus: [A]\n", "- a\n- b\n", "block: 5\n",
+    "pin:\n  - {basket: {code: A}, item: {code: B}, position: 0}\n",
+    "pin:\n  - {basket: {code: A}, item: {code: B}, position: 101}\n",
+    "pin:\n  - {basket: {code: A}, item: {code: B}, position: '2'}\n",
+    "pin:\n  - {basket: {code: A}, item: {category: C}}\n", "pin:\n  - {basket: {code: A}}\n",
+    "pin:\n  - {basket: {code: A}, item: {code: [B, C]}}\n",
+    "boost:\n  - {code: A, factor: -1}\n", "boost:\n  - {code: A, factor: 0}\n",
+    "boost:\n  - {code: A, factor: fast}\n",
+    "boost:\n  - {code: A}\n", "boost:\n  - {factor: 2}\n", "boost:\n  - {code: A, brand: B, factor: 2}\n",
+    "bury:\n  - {code: A, factor: 2}\n", "bury:\n  - {code: A, factor: 1}\n",
+    "do_not_pair:\n  - {basket: {code: A}, item: {colour: red}}\n", "do_not_pair: {basket: {code: A}}\n",
+    "do_not_pair:\n  - {basket: {}, item: {code: B}}\n", "do_not_pair:\n  - {basket: {code: null}, item: {code: B}}\n",
+    "block:\n  codes: [A, '']\n", "block:\n  codes: [A, '  ']\n", "block:\n  brands: [true]\n",
+])
+def test_the_json_schema_refuses_what_the_validator_refuses(text):
+    """What an editor marks while the file is typed is what make rules refuses."""
+    raw = yaml.safe_load(text)
+    with pytest.raises(RulesError):
+        validate(raw)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(raw, json_schema())
+
+
+def test_rules_schema_command_prints_or_writes_the_schema(tmp_path, capsys):
+    assert cli.main(["rules-schema"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json_schema() and "yaml-language-server" in printed["description"]
+    out = tmp_path / "rules.schema.json"
+    assert cli.main(["rules-schema", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == printed
+    assert f"# yaml-language-server: $schema={out}" in capsys.readouterr().err

@@ -1,4 +1,7 @@
-"""One settings object, read from the environment, behind a cached getter that tests override."""
+"""One settings object, read from the environment, behind a cached getter that tests override.
+
+A frozen dataclass parsed here rather than pydantic-settings, whose import alone would add some 11 ms to the
+recommend function's cold start (bench/results/libraries.md)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,19 @@
-"""Bearer tokens: the signing secret, issuing JWTs and checking them."""
+"""Bearer tokens: the signing secret, issuing JWTs and checking them (PyJWT; bench/results/libraries.md says why
+PyJWT rather than python-jose)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
-import json
 import re
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
+
+import jwt
 
 from recommender.core.errors import AuthError, ConfigError, StorageError
 from recommender.core.extras import optional
@@ -21,6 +22,11 @@ from recommender.core.storage import Storage
 
 SECRET_KEY = "secrets/jwt_secret"
 MIN_SECRET_LENGTH = MIN_SECRET_BYTES
+# The JWS compact serialization (RFC 7515, sections 2 and 7.1): three base64url segments without padding.
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# Times are checked here, against the caller's clock: expiry on every request (the signature only once per token),
+# and iat only for its type (a token issued by another function whose clock is a second ahead stays valid).
+_DECODE_OPTIONS = {"verify_exp": False, "verify_iat": False, "require": ["sub", "exp", "iat", "jti"]}
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,15 @@ def load_secret(settings: Settings, storage: Storage, secrets_client: Any = None
 def issue_token(username: str, secret: str, algorithm: str = "HS256", minutes: int = 60,
                 clock: Callable[[], float] = time.time, stamp: str = "") -> str:
     """A signed JWT for username carrying sub, iat, exp, a unique jti and the account's stamp (stm)."""
-    import uuid
-
-    from jose import jwt  # only issuing needs python-jose (the auth function)
-
     now = int(clock())
-    claims = {"sub": username, "iat": now, "exp": now + minutes * 60, "jti": uuid.uuid4().hex}
+    claims: dict[str, Any] = {"sub": username, "iat": now, "exp": now + minutes * 60, "jti": uuid.uuid4().hex}
     if stamp:
         claims["stm"] = stamp
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    try:
+        return jwt.encode(claims, secret, algorithm=algorithm)
+    except jwt.InvalidKeyError:
+        raise ConfigError("the token signing secret looks like a PEM or SSH key; use a random text "
+                          "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')") from None
 
 
 def verify_token(token: str, secret: str, algorithm: str = "HS256",
@@ -84,72 +90,30 @@ def verify_token(token: str, secret: str, algorithm: str = "HS256",
 # Refused tokens raise, and lru_cache keeps no exception, so they are checked in full each time.
 @lru_cache(maxsize=4096)
 def _signed_claims(token: str, secret: str, algorithm: str) -> TokenClaims:
-    # Only the configured algorithm is accepted, which also refuses "none".
-    claims = _decode(token, secret, algorithm)
-    if claims is None:
+    if not _is_compact(token):
         raise AuthError("invalid token")
+    try:
+        # Only the configured algorithm is accepted, which also refuses "none".
+        claims = jwt.decode(token, secret, algorithms=[algorithm], options=_DECODE_OPTIONS)
+    except jwt.PyJWTError:
+        raise AuthError("invalid token") from None
     sub, exp, iat, jti = claims.get("sub"), claims.get("exp"), claims.get("iat"), claims.get("jti")
     stamp = claims.get("stm", "")
     if not isinstance(sub, str) or not isinstance(exp, int) or not isinstance(iat, int) or not isinstance(jti, str) \
-            or not isinstance(stamp, str):
+            or not isinstance(stamp, str) or isinstance(exp, bool) or isinstance(iat, bool):
         raise AuthError("invalid token")
     return TokenClaims(sub, jti, iat, exp, stamp)
 
 
-# Verifying an HMAC token needs the standard library only. python-jose, which does the same for any secret, costs
-# some 25 ms of imports (it loads its RSA and EC backends too), a sixth of the recommend function's cold start; it
-# decodes what the fast path does not cover: secrets that python-jose would read as JSON, PEM or SSH keys.
-_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
-_PLAIN_SECRET = re.compile(r"[A-Za-z0-9_-]+")  # what load_secret generates and Secrets Manager's template makes
-_KEY_MARKERS = ("ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp")
-
-
-def _decode(token: str, secret: str, algorithm: str) -> dict | None:
-    """The claims of token if python-jose's jwt.decode(token, secret, algorithms=[algorithm],
-    options={"verify_exp": False, "require_sub": True}) accepts it (None if it refuses it)."""
-    if algorithm not in _HASHES or not _PLAIN_SECRET.fullmatch(secret) or any(m in secret for m in _KEY_MARKERS):
-        return _decode_with_jose(token, secret, algorithm)
-    try:  # jose.jws._load: the last dot ends the signed part, the first one the header
-        signing_input, crypto_segment = token.encode("utf-8").rsplit(b".", 1)
-        header_segment, claims_segment = signing_input.split(b".", 1)
-        header = json.loads(_b64decode(header_segment).decode("utf-8"))
-        payload, signature = _b64decode(claims_segment), _b64decode(crypto_segment)
-    except (ValueError, TypeError, binascii.Error):
-        return None
-    if not isinstance(header, dict) or header.get("alg") != algorithm:
-        return None
-    expected = hmac.new(secret.encode("utf-8"), signing_input, _HASHES[algorithm]).digest()
-    if not hmac.compare_digest(signature, expected):
-        return None
+def _is_compact(token: str) -> bool:
+    """Whether token is spelled exactly as issued. Base64 decoders accept more (PyJWT takes "=" after the signature;
+    others skip any character outside the alphabet, or ignore the unused low bits of the last character), so one
+    token could be sent in many spellings: after the signature anything appended, in it another last character."""
+    if not _COMPACT.fullmatch(token):
+        return False
+    signature = token.rsplit(".", 1)[1]
     try:
-        claims = json.loads(payload.decode("utf-8"))
-    except ValueError:
-        return None
-    if not isinstance(claims, dict) or "sub" not in claims or not isinstance(claims["sub"], str):
-        return None
-    if "aud" in claims or "at_hash" in claims:  # no audience or access token is ever given to compare against
-        return None
-    if "jti" in claims and not isinstance(claims["jti"], str):
-        return None
-    try:
-        if "iat" in claims:
-            int(claims["iat"])
-        if "nbf" in claims and int(claims["nbf"]) > int(time.time()):
-            return None
-    except (ValueError, TypeError):
-        return None
-    return claims
-
-
-def _b64decode(segment: bytes) -> bytes:
-    # As python-jose's base64url_decode: padding restored, characters outside the alphabet skipped.
-    return base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
-
-
-def _decode_with_jose(token: str, secret: str, algorithm: str) -> dict | None:
-    from jose import JWTError, jwt
-
-    try:
-        return jwt.decode(token, secret, algorithms=[algorithm], options={"verify_exp": False, "require_sub": True})
-    except JWTError:
-        return None
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == signature

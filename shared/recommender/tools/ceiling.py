@@ -1,6 +1,6 @@
 """The serving benchmark's reference: a bare FastAPI app that checks the bearer token and answers a constant 10 items.
 
-It is what FastAPI + uvicorn can do at most on this machine with the same token check (python-jose, same secret
+It is what FastAPI + uvicorn can do at most on this machine with the same token check (PyJWT, same secret
 and algorithm) and an answer of the same shape and size as the product's, run with the product's uvicorn options
 (server.uvicorn_options). `make bench-serve` starts it with `python -m recommender.tools.ceiling`, configured by the
 same environment (STORAGE_URL, HOST, PORT, JWT_SECRET, ...) as the product server.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import jwt
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
-from jose import JWTError, jwt
 
 # Ten items shaped like the product's /send_data rows: code, description of typical length, score.
 ANSWER = {"result": {"recommendation": [
@@ -31,7 +31,7 @@ def create_app(secret: str, algorithm: str = "HS256") -> FastAPI:
             return JSONResponse({"detail": "not authenticated"}, status_code=401)
         try:
             jwt.decode(token, secret, algorithms=[algorithm])
-        except JWTError:
+        except jwt.PyJWTError:
             return JSONResponse({"detail": "invalid token"}, status_code=401)
         return JSONResponse(ANSWER)
 

@@ -1,6 +1,6 @@
-"""Merchandising rules: reading a YAML file (block, do_not_pair, pin, boost, bury), validating all of it, and
-publishing it as a rules version (make rules). A file with any error is refused whole, with one line naming the
-problem, and the rules in force stay."""
+"""Merchandising rules: the YAML file (block, do_not_pair, pin, boost, bury) described as pydantic models, its JSON
+Schema (make rules_schema), validating a file and publishing it as a rules version (make rules). A file with any
+error is refused whole, with one line naming the place and the problem, and the rules in force stay."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Any, Callable, ClassVar
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 from recommender.core import registry
 from recommender.core.errors import DataFileError
@@ -26,7 +28,6 @@ from recommender.core.registry import utcnow
 from recommender.core.storage import Storage
 
 MAX_POSITION = 100
-TOP_KEYS = ("block", "do_not_pair", "pin", "boost", "bury")
 BLOCK_KEYS = {"codes": "code", "categories": "category", "brands": "brand"}
 
 
@@ -46,88 +47,243 @@ class Known:
     item_brand: dict[str, str]
 
 
-def _strings(value: object, where: str) -> list[str]:
-    values = value if isinstance(value, list) else [value]
+# --- The file's form -----------------------------------------------------------------------------------------
+# Each check raises PydanticCustomError with the whole sentence, so a refusal reads the same as it did before the
+# models existed ("pin[2].position: must be a whole number from 1 to 100, got 0"); pydantic supplies the place.
+
+def _refuse(message: str) -> PydanticCustomError:
+    return PydanticCustomError("rules", message)   # no context: braces in the message are not placeholders
+
+
+def _texts(value: Any) -> list[str]:
     out = []
-    for v in values:
+    for v in value if isinstance(value, list) else [value]:
         if isinstance(v, bool) or not isinstance(v, (str, int, float)) or str(v).strip() == "":
-            raise RulesError(f"{where}: expected a non-empty text or a list of them, got {v!r}")
-        out.append(str(v).strip())
+            raise _refuse(f"expected a non-empty text or a list of them, got {v!r}")
+        out.append(str(v).strip())   # YAML reads 22423 as a number: a code is its text
     return out
 
 
-def _selector(value: object, where: str, keys: tuple[str, ...] = SELECTOR_KEYS) -> dict[str, list[str]]:
-    if not isinstance(value, dict) or len(value) != 1:
-        raise RulesError(f"{where}: expected one of {', '.join(k + ': ...' for k in keys)}, got {value!r}")
-    (key, raw), = value.items()
-    if key not in keys:
-        raise RulesError(f"{where}: unknown key {key!r}; use {' or '.join(keys)}")
-    return {key: _strings(raw, f"{where}.{key}")}
-
-
-def _mapping(value: object, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
-    if not isinstance(value, dict):
-        raise RulesError(f"{where}: expected a mapping, got {value!r}")
-    for key in value:
-        if key not in allowed:
-            raise RulesError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
-    for key in required:
-        if key not in value:
-            raise RulesError(f"{where}: missing {key!r}")
-    return value
-
-
-def _entries(value: object, where: str) -> list:
+def _entries(value: Any) -> list:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise RulesError(f"{where}: expected a list of entries, got {value!r}")
+        raise _refuse(f"expected a list of entries, got {value!r}")
     return value
 
 
-def _factor(value: object, where: str, below_one: bool) -> float:
+def _position(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_POSITION:
+        raise _refuse(f"must be a whole number from 1 to {MAX_POSITION}, got {value!r}")
+    return value
+
+
+def _factor(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise RulesError(f"{where}: factor must be a positive number, got {value!r}")
-    if below_one and value >= 1:
-        raise RulesError(f"{where}: a bury factor must be below 1 (use boost to raise items), got {value!r}")
+        raise _refuse(f"must be a positive number, got {value!r}")
     return float(value)
 
 
+def _bury_factor(value: Any) -> float:
+    factor = _factor(value)
+    if factor >= 1:
+        raise _refuse(f"a bury factor must be below 1 (use boost to raise items), got {value!r}")
+    return factor
+
+
+_TEXT_SCHEMA = {"anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "number"}]}   # 22423 is the code '22423'
+_TEXTS_SCHEMA = {"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA}]}
+# A selector's values: one text or a list of them (None only as the default of a key not given: a null is refused).
+Texts = Annotated[list[str] | None, BeforeValidator(_texts), WithJsonSchema(_TEXTS_SCHEMA)]
+# A block list's values: the same, and an empty entry ("codes:" alone) is an empty list.
+OptionalTexts = Annotated[list[str], BeforeValidator(lambda v: [] if v is None else _texts(v)),
+                          WithJsonSchema({"anyOf": [*_TEXTS_SCHEMA["anyOf"], {"type": "null"}]})]
+Position = Annotated[int, BeforeValidator(_position),
+                     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_POSITION, "default": 1})]
+Factor = Annotated[float, BeforeValidator(_factor), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
+BuryFactor = Annotated[float, BeforeValidator(_bury_factor),
+                       WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})]
+
+
+class _Part(BaseModel):
+    """A mapping of the file: unknown keys and missing ones are refused by name, before its values are read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    keys_hint: ClassVar[str] = ""    # how an unknown key is answered; default: the allowed keys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _refuse(f"expected a mapping, got {data!r}")
+        allowed = list(cls.model_fields)
+        for key in data:
+            if key not in allowed:
+                raise _refuse(f"unknown key {key!r}; {cls.keys_hint or 'allowed: ' + ', '.join(allowed)}")
+        for name, info in cls.model_fields.items():
+            if info.is_required() and name not in data:
+                raise _refuse(f"missing {name!r}")
+        cls._check(data)
+        return data
+
+    @classmethod
+    def _check(cls, data: dict) -> None:
+        """Checks of the mapping as a whole (subclasses)."""
+
+
+def _one_of(keys: tuple[str, ...], value: Any) -> None:
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _refuse(f"expected one of {', '.join(k + ': ...' for k in keys)}, got {value!r}")
+
+
+class _OneKey(_Part):
+    """A mapping of exactly one of its keys."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one(cls, data: Any) -> Any:   # runs before _keys: "expected one of" is the first thing to say
+        _one_of(tuple(cls.model_fields), data)
+        return data
+
+    def stored(self) -> dict[str, list[str]]:
+        """core.feed_and_rules's selector: {key: [values]}."""
+        return self.model_dump(exclude_none=True)
+
+
+class Selector(_OneKey):
+    """Items named by exactly one of: code(s), category (any level or path, "Home > Kitchen"), brand."""
+
+    keys_hint: ClassVar[str] = "use " + " or ".join(SELECTOR_KEYS)
+
+    code: Texts = None
+    category: Texts = None
+    brand: Texts = None
+
+
+class PinItem(_OneKey):
+    """The one item a pin places, by its code."""
+
+    keys_hint: ClassVar[str] = "use code"
+
+    code: Annotated[Texts, WithJsonSchema({"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA,
+                                                                "minItems": 1, "maxItems": 1}]})]
+
+    @model_validator(mode="after")
+    def _single(self) -> "PinItem":
+        if len(self.code) != 1:
+            raise _refuse(f"a pin places one code, got {len(self.code)}")
+        return self
+
+
+class Block(_Part):
+    """Items never recommended, whatever the basket."""
+
+    codes: OptionalTexts = Field(default_factory=list, description="stock codes")
+    categories: OptionalTexts = Field(default_factory=list, description="categories: any level's name or a path")
+    brands: OptionalTexts = Field(default_factory=list)
+
+
+class DoNotPair(_Part):
+    """When the basket holds an item the first selector names, the items the second names are not recommended."""
+
+    basket: Selector
+    item: Selector
+
+
+class Pin(_Part):
+    """When the basket holds an item the selector names, the item is placed at this position (1: first)."""
+
+    basket: Selector
+    item: PinItem
+    position: Position = 1
+
+
+class Boost(_Part):
+    """The scores of the items the selector names are multiplied by factor (above 0)."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 2, "maxProperties": 2})
+
+    code: Texts = None
+    category: Texts = None
+    brand: Texts = None
+    factor: Factor
+
+    @classmethod
+    def _check(cls, data: dict) -> None:
+        _one_of(SELECTOR_KEYS, {k: v for k, v in data.items() if k != "factor"})
+
+    def stored(self) -> dict:
+        """core.feed_and_rules's boost entry: {key: [values], "factor": f}."""
+        return self.model_dump(exclude_none=True)
+
+
+class Bury(Boost):
+    """The scores of the items the selector names are multiplied by factor (between 0 and 1)."""
+
+    factor: BuryFactor
+
+
+Entries = BeforeValidator(_entries)
+
+
+class RulesFile(_Part):
+    """Merchandising rules (make rules PATH_TO_RULES=file.yaml). Editors check a rules file as it is typed with
+    this schema: save it (make rules_schema OUT=rules.schema.json) and put the line
+    `# yaml-language-server: $schema=rules.schema.json` (a path relative to the YAML file, or a URL) at the top of
+    the YAML file; VS Code's YAML extension, Neovim and others with yaml-language-server read it."""
+
+    model_config = ConfigDict(title="Merchandising rules")
+
+    block: Annotated[Block, BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=Block, description="items never recommended: codes, categories, brands")
+    do_not_pair: Annotated[list[DoNotPair], Entries] = Field(
+        default_factory=list, description="items not recommended with a basket holding certain items")
+    pin: Annotated[list[Pin], Entries] = Field(
+        default_factory=list, description="an item placed at a position when the basket holds certain items")
+    boost: Annotated[list[Boost], Entries] = Field(
+        default_factory=list, description="scores multiplied by a factor above 0 (above 1 raises)")
+    bury: Annotated[list[Bury], Entries] = Field(
+        default_factory=list, description="scores multiplied by a factor between 0 and 1 (lowers)")
+
+    def stored(self) -> dict:
+        """The stored form (core.feed_and_rules's rules.json); bury entries are boosts with a factor below 1."""
+        return {"block": self.block.model_dump(),
+                "do_not_pair": [{"basket": e.basket.stored(), "item": e.item.stored()} for e in self.do_not_pair],
+                "pin": [{"basket": e.basket.stored(), "item": {"code": e.item.code}, "position": e.position}
+                        for e in self.pin],
+                "boost": [e.stored() for e in [*self.boost, *self.bury]]}
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a rules file (draft 2020-12), for editors (yaml-language-server) and other tools."""
+    schema = RulesFile.model_json_schema()
+    for model in schema["$defs"].values():
+        for prop in model.get("properties", {}).values():
+            if prop.get("default", 0) is None:   # a selector key not given; null itself is refused
+                del prop["default"]
+    for name, prop in schema["properties"].items():   # "pin:" with nothing after it is no pins
+        described = {k: prop.pop(k) for k in ("title", "description") if k in prop}
+        schema["properties"][name] = {"anyOf": [prop, {"type": "null"}], **described}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def _place(loc: tuple) -> str:
+    """Where in the file: ("pin", 2, "position") is pin[2].position; () is the whole file, "rules"."""
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    return where or "rules"
+
+
 def validate(raw: object) -> dict:
-    """The stored form (core.feed_and_rules's rules.json) of a parsed YAML document; RulesError on the first problem."""
-    if raw is None:
-        raw = {}
-    top = _mapping(raw, "rules", TOP_KEYS)
-    rules: dict = {"block": {"codes": [], "categories": [], "brands": []}, "do_not_pair": [], "pin": [], "boost": []}
-    block = top.get("block") or {}
-    for key, values in _mapping(block, "block", tuple(BLOCK_KEYS)).items():
-        rules["block"][key] = _strings(values, f"block.{key}") if values is not None else []
-    for i, entry in enumerate(_entries(top.get("do_not_pair"), "do_not_pair")):
-        where = f"do_not_pair[{i}]"
-        entry = _mapping(entry, where, ("basket", "item"), ("basket", "item"))
-        rules["do_not_pair"].append({"basket": _selector(entry["basket"], f"{where}.basket"),
-                                     "item": _selector(entry["item"], f"{where}.item")})
-    for i, entry in enumerate(_entries(top.get("pin"), "pin")):
-        where = f"pin[{i}]"
-        entry = _mapping(entry, where, ("basket", "item", "position"), ("basket", "item"))
-        item = _selector(entry["item"], f"{where}.item", ("code",))
-        if len(item["code"]) != 1:
-            raise RulesError(f"{where}.item: a pin places one code, got {len(item['code'])}")
-        position = entry.get("position", 1)
-        if isinstance(position, bool) or not isinstance(position, int) or not 1 <= position <= MAX_POSITION:
-            raise RulesError(f"{where}.position: must be a whole number from 1 to {MAX_POSITION}, got {position!r}")
-        rules["pin"].append({"basket": _selector(entry["basket"], f"{where}.basket"), "item": item,
-                             "position": position})
-    for name in ("boost", "bury"):
-        for i, entry in enumerate(_entries(top.get(name), name)):
-            where = f"{name}[{i}]"
-            entry = _mapping(entry, where, (*SELECTOR_KEYS, "factor"), ("factor",))
-            selector = {k: v for k, v in entry.items() if k != "factor"}
-            if name == "bury" and "factor" not in entry:
-                raise RulesError(f"{where}: missing 'factor'")
-            rules["boost"].append({**_selector(selector, where), "factor": _factor(entry["factor"], where,
-                                                                                    below_one=name == "bury")})
-    return rules
+    """The stored form (core.feed_and_rules's rules.json) of a YAML document; RulesError on the first problem."""
+    try:
+        return RulesFile.model_validate({} if raw is None else raw).stored()
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        raise RulesError(f"{_place(first['loc'])}: {first['msg']}") from None
 
 
 def blocked(rules: dict, code: str, known: Known) -> bool:

@@ -43,8 +43,8 @@ print("BENCH_RESULT " + json.dumps({"started": started, "imported": imported, "l
                                     "status": response["statusCode"], "body": response["body"][:300],
                                     "package": __import__("recommender").__file__}))
 """
-# Packages of this environment that the layer does not ship (tests/test_template.py: OPTIONAL): python-jose uses
-# cryptography when it is installed, its own HMAC code otherwise, as on Lambda.
+# Packages of this environment that the layer does not ship (tests/test_template.py: OPTIONAL): PyJWT imports
+# cryptography when it is installed (for RSA and EC keys, never used here), and needs none for HMAC, as on Lambda.
 NOT_IN_LAYER = ("cryptography",)
 
 
@@ -162,8 +162,8 @@ def bench_cold(options: Options, dep: Deployment) -> PartResult:
           "A fresh `python` puts `functions/recommend` and the layer's package (shared/Makefile's layer-source, "
           "compiled to bytecode as `build-SharedLayer` does) on sys.path and imports `app` as the Lambda runtime "
           "does, with the function's plain environment variables of template.yaml (OPENBLAS_NUM_THREADS=1), no "
-          "bytecode written for app.py (Lambda's /var/task is read-only) and no cryptography (the layer has none: "
-          "python-jose, not on this path any more, would have used it). It loads the active Online Retail model "
+          "bytecode written for app.py (Lambda's /var/task is read-only) and no cryptography (the layer has none; "
+          "PyJWT would import it if it were there). It loads the active Online Retail model "
           "(checksums verified, arrays memory-mapped) and answers one API Gateway v2 `POST /send_data` event through "
           "Mangum (token check, user lookup, recommendation). Local storage: on AWS the model would first be copied "
           "from S3 to /tmp, and the secret read from Secrets Manager.",

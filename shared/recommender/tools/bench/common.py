@@ -163,7 +163,7 @@ def machine_info() -> dict:
 
     libs = {}
     for name in ("numpy", "scipy", "pandas", "annoy", "fastapi", "starlette", "pydantic", "uvicorn", "uvloop",
-                 "httptools", "mangum", "python-jose"):
+                 "httptools", "mangum", "PyJWT"):
         try:
             libs[name] = version(name)
         except PackageNotFoundError:
