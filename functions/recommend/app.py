@@ -9,23 +9,30 @@ _collecting = gc.isenabled()
 gc.disable()
 
 import random  # noqa: E402
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 from fastapi.responses import Response
 from mangum import Mangum
-from pydantic import BaseModel
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
-from recommender.serving import console, snapstart, web
+from recommender.serving import console, schemas, snapstart, web
 from recommender.serving.model import Model
-from recommender.serving.requests import MAX_N, BasketIn, answer_json, item_json
+from recommender.serving.schemas import (
+    MAX_N,
+    BasketIn,
+    HealthDown,
+    HealthOut,
+    LegacyOut,
+    ModelInfoOut,
+    RecommendationsOut,
+    SampleBasketOut,
+    SearchOut,
+)
 from recommender.serving.users import User
 from starlette.concurrency import run_in_threadpool
 
 app = web.create_app("Recommender", "Complementary products for a basket. Authorize with a token from POST /token.")
-
-
 
 ModelDep = Annotated[Model, Depends(web.current_model)]
 UserDep = Annotated[User, Depends(web.current_user)]
@@ -33,94 +40,6 @@ StorageDep = Annotated[Storage, Depends(web.get_storage)]
 _rng = random.Random()
 parse_basket = web.json_body(BasketIn)
 BasketDep = Annotated[BasketIn, Depends(parse_basket)]
-
-
-class Reason(BaseModel):
-    """A basket item's exact part of an item's score, and how many training baskets held both."""
-
-    stock_code: str
-    description: str
-    share: float
-    baskets: int
-
-
-class ItemOut(BaseModel):
-    """One recommended item, with the product feed's attributes when known and, with explain, its reasons."""
-
-    stock_code: str
-    description: str
-    score: float
-    confidence: float | None = None
-    source: str | None = None
-    because: list[Reason] | None = None
-    boost: float | None = None
-    price: float | None = None
-    currency: str | None = None
-    category: str | None = None
-    availability: str | None = None
-    brand: str | None = None
-    title: str | None = None
-    image_link: str | None = None
-    link: str | None = None
-
-
-class LegacyResult(BaseModel):
-    """The original system's answer: [code, description, score] rows, best first (with explain, items too)."""
-
-    recommendation: list[tuple[str, str, float]]
-    items: list[ItemOut] | None = None
-
-
-class LegacyOut(BaseModel):
-    """The original system's envelope."""
-
-    result: LegacyResult
-
-
-class RecommendationsOut(BaseModel):
-    """A self-describing answer."""
-
-    items: list[ItemOut]
-    model_version: str
-    feed_version: str | None
-    rules_version: str | None
-    unknown_codes: list[str]
-    fallback: bool
-    exhausted: bool
-
-
-class FoundItem(BaseModel):
-    """One of the model's items."""
-
-    stock_code: str
-    description: str
-    popularity: int
-
-
-class SearchOut(BaseModel):
-    """Item search results."""
-
-    items: list[FoundItem]
-    model_version: str
-
-
-class HealthOut(BaseModel):
-    """The model this process serves; "degraded" (with detail) when it answers but the storage or a newer model fails."""
-
-    status: Literal["ok", "degraded"]
-    model_version: str
-    item_count: int
-    model_created_at: str | None
-    detail: str | None = None
-
-
-class HealthDown(BaseModel):
-    """Why no model can be served."""
-
-    status: Literal["unavailable"]
-    detail: str
-    model_version: None
-    item_count: int
 
 
 # The two recommendation routes resolve their dependencies (user, basket, model: in the order declared) by plain calls.
@@ -141,10 +60,7 @@ async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.F
     options of /recommendations work here too."""
     options = basket.options(explain=False)
     answer = model.recommend(basket.product_list, basket.n, options)
-    rows = [[s.item.stock_code, s.item.description, s.score] for s in answer.items]
-    if options is not None and options.explain:
-        return web.FastJSON({"result": {"recommendation": rows, "items": [item_json(s, True) for s in answer.items]}})
-    return web.FastJSON({"result": {"recommendation": rows}})
+    return web.FastJSON(schemas.legacy_json(answer, options is not None and options.explain))
 
 
 @web.post_resolved(app, "/recommendations", _recommendations, response_model=RecommendationsOut,
@@ -156,7 +72,7 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
     whether fewer than n items were eligible."""
     options = basket.options(explain=True)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(answer_json(answer, options is not None and options.explain))
+    return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain))
 
 
 @app.get("/items", response_model=SearchOut, summary="Search the model's items by code prefix or description words",
@@ -166,74 +82,20 @@ async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_len
     """Items whose code starts with q, then items whose description holds every word of q; popular first."""
     # Off the event loop: a search is a few milliseconds at most, but the first one of a model builds its index.
     found = await run_in_threadpool(model.items.search, q, limit)
-    return web.FastJSON({"items": [i._asdict() for i in found], "model_version": model.version})
+    return web.FastJSON(schemas.search_json(found, model.version))
 
 
 @app.get("/health", summary="Which model this process serves (no token needed)", response_model=HealthOut,
          responses={503: {"model": HealthDown, "description": "no model can be served: detail says why"},
                     **web.errors(413)})
 async def health() -> web.FastJSON:
-    """The model this process serves (503 with the reason when there is none); no token needed."""
+    """The model, feed and rules this process serves (503 with the reason when there is none); no token needed."""
     try:
         model = await web.current_model()
     except RecommenderError as err:
-        return web.FastJSON({"status": "unavailable", "detail": err.message, "model_version": None, "item_count": 0},
-                            status_code=ModelUnavailable.status_code)
+        return web.FastJSON(schemas.health_down_json(err.message), status_code=ModelUnavailable.status_code)
     # A model in memory answers even when the storage fails; "degraded" says so, with the reason.
-    problem = web.model_holder(web.get_settings()).error
-    return web.FastJSON({"status": "degraded" if problem else "ok", "model_version": model.version,
-                         "item_count": len(model.items), "model_created_at": model.manifest.get("created_at"),
-                         "feed_version": model.feed_version, "rules_version": model.rules_version,
-                         **({"detail": problem} if problem else {})})
-
-
-class SampleItem(BaseModel):
-    """One item of a sample invoice."""
-
-    stock_code: str
-    description: str
-
-
-class SampleBasketOut(BaseModel):
-    """A real invoice of the training data."""
-
-    invoice: str
-    date: str | None
-    items: list[SampleItem]
-    model_version: str
-
-
-class VersionOut(BaseModel):
-    """One stored model version."""
-
-    version: str
-    complete: bool
-    created_at: str | None
-    items: int | None
-    source_file: str | None
-    evaluation: dict[str, Any] | None
-    active: bool
-    staged: bool
-    served: bool
-
-
-class ModelInfoOut(BaseModel):
-    """The served model and the stored versions (what the console's model panel shows)."""
-
-    model_version: str
-    created_at: str | None
-    item_count: int
-    source: dict[str, Any] | None
-    counts: dict[str, Any] | None
-    period: dict[str, Any] | None
-    evaluation: dict[str, Any] | None
-    calibrated: bool
-    feed_version: str | None
-    rules_version: str | None
-    categories: list[str]
-    active_version: str | None
-    staged_version: str | None
-    versions: list[VersionOut]
+    return web.FastJSON(schemas.health_json(model, web.model_holder(web.get_settings()).error))
 
 
 @app.get("/sample_basket", response_model=SampleBasketOut, summary="A random invoice of the training data",

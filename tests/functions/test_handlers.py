@@ -1,5 +1,6 @@
 """The Lambda handlers, invoked with API Gateway HTTP API (payload v2.0) events through Mangum, on S3 (moto)."""
 
+import asyncio
 import base64
 import json
 import os
@@ -37,7 +38,13 @@ def s3_deployment(s3, monkeypatch, tiny_csv, tmp_path):
 def handlers():
     from functions.auth.app import handler as auth_handler
     from functions.recommend.app import handler as recommend_handler
-    return auth_handler, recommend_handler
+    # Mangum asks for the thread's event loop, as a fresh Lambda process has; an earlier test's asyncio.run() leaves
+    # none set, which made these tests depend on the order they ran in.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield auth_handler, recommend_handler
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def body(response: dict) -> dict:

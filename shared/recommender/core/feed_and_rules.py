@@ -20,7 +20,8 @@ RULES_SOURCE = "rules.yaml"
 AVAILABILITY = ("in_stock", "out_of_stock", "preorder", "backorder")
 # What an item the feed does not list, or lists without availability, is.
 DEFAULT_AVAILABILITY = "in_stock"
-# Feed attributes an answer shows when they are known (price also comes from the training file).
+# Feed attributes an answer shows when they are known (price also comes from the training file); the HTTP answers
+# declare them (serving/schemas.py, ItemOut) and show no other.
 SHOWN = ("price", "currency", "category", "availability", "brand", "title", "image_link", "link")
 SELECTOR_KEYS = ("code", "category", "brand")
 

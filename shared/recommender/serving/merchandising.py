@@ -23,6 +23,7 @@ from recommender.core.feed_and_rules import (
     FEED_FILE,
     RULES_FILE,
     SELECTOR_KEYS,
+    SHOWN,
     brand_key,
     category_key,
     category_keys,
@@ -204,10 +205,11 @@ class Policy:
 
     def shown(self, row: int) -> dict:
         """The feed attributes an answer shows for an item, and its price (from the feed, else the training file);
-        built once per item (callers must not change it)."""
+        built once per item (callers must not change it). Only the attributes the answers declare (SHOWN), whatever
+        else a feed file stored by hand may hold."""
         attributes = self._shown.get(row)
         if attributes is None:
-            attributes = dict(self.feed_rows.get(row, {}))
+            attributes = {k: v for k, v in self.feed_rows.get(row, {}).items() if k in SHOWN}
             price = self.price[row]
             if price == price:
                 attributes["price"] = float(price)

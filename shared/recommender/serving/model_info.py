@@ -10,6 +10,7 @@ from recommender.core.feed_and_rules import category_key
 from recommender.core.storage import Storage
 from recommender.serving.merchandising import Policy
 from recommender.serving.model import Model
+from recommender.serving.schemas import ModelInfoOut, VersionOut
 
 MAX_CATEGORIES = 500
 
@@ -24,21 +25,19 @@ def _summary(storage: Storage, version: str) -> dict:
             "source_file": source.get("file"), "evaluation": manifest.get("evaluation")}
 
 
-def versions(storage: Storage, served: str | None = None) -> list[dict]:
+def versions(storage: Storage, served: str | None = None) -> list[VersionOut]:
     """Every stored model version, newest first, with the active, staged and served one marked."""
     active, staged = registry.active(storage), registry.staged(storage)
     rows = []
     for version in reversed(registry.list_versions(storage)):
         try:
-            row = {"version": version, "complete": True, **_summary(storage, version)}
+            summary = {"complete": True, **_summary(storage, version)}
         except ModelUnavailable:
             created = registry.version_time(version)
-            row = {"version": version, "complete": False, "items": None, "source_file": None, "evaluation": None,
-                   "created_at": created.isoformat(timespec="seconds") if created else None}
-        row["active"] = active is not None and active.version == version
-        row["staged"] = staged is not None and staged.version == version
-        row["served"] = version == served
-        rows.append(row)
+            summary = {"complete": False, "items": None, "source_file": None, "evaluation": None,
+                       "created_at": created.isoformat(timespec="seconds") if created else None}
+        rows.append(VersionOut(version=version, **summary, active=active is not None and active.version == version,
+                               staged=staged is not None and staged.version == version, served=version == served))
     return rows
 
 
@@ -60,25 +59,25 @@ def categories(model: Model) -> list[str]:
     return list(_categories(model.policy)) if model.policy is not None else []
 
 
-def describe(model: Model, storage: Storage) -> dict:
+def describe(model: Model, storage: Storage) -> ModelInfoOut:
     """The served model (version, training time, counts, evaluation), the feed and rules it answers with, their
     categories, and the list of stored versions."""
     manifest = model.manifest
     active, staged = registry.active(storage), registry.staged(storage)
-    return {
-        "model_version": model.version,
-        "created_at": manifest.get("created_at"),
-        "item_count": len(model.items),
-        "source": manifest.get("source"),
-        "counts": manifest.get("counts"),
-        "period": manifest.get("period"),
-        "evaluation": manifest.get("evaluation"),
+    return ModelInfoOut(
+        model_version=model.version,
+        created_at=manifest.get("created_at"),
+        item_count=len(model.items),
+        source=manifest.get("source"),
+        counts=manifest.get("counts"),
+        period=manifest.get("period"),
+        evaluation=manifest.get("evaluation"),
         # Confidence is calibrated on held-out baskets when training could hold some out (serving/confidence.py).
-        "calibrated": "calibration.json" in manifest.get("artifacts", {}),
-        "feed_version": model.feed_version,
-        "rules_version": model.rules_version,
-        "categories": categories(model),
-        "active_version": active.version if active else None,
-        "staged_version": staged.version if staged else None,
-        "versions": versions(storage, model.version),
-    }
+        calibrated="calibration.json" in manifest.get("artifacts", {}),
+        feed_version=model.feed_version,
+        rules_version=model.rules_version,
+        categories=categories(model),
+        active_version=active.version if active else None,
+        staged_version=staged.version if staged else None,
+        versions=versions(storage, model.version),
+    )

@@ -10,6 +10,7 @@ from recommender.core import registry
 from recommender.core.errors import NotFound
 from recommender.core.storage import Storage
 from recommender.serving.model import Model
+from recommender.serving.schemas import SampleBasketOut, SampleItem
 
 
 # A version's samples never change: read once per process and version (a handful of versions at most).
@@ -23,8 +24,8 @@ def _invoices(storage: Storage, version: str) -> tuple[dict, ...]:
     return tuple(raw["invoices"])
 
 
-def random_basket(model: Model, storage: Storage, rng: random.Random) -> dict:
-    """One training invoice of the served model, drawn with rng: {"invoice", "date", "items", "model_version"}."""
+def random_basket(model: Model, storage: Storage, rng: random.Random) -> SampleBasketOut:
+    """One training invoice of the served model, drawn with rng (its items the model knows)."""
     invoices = _invoices(storage, model.version)
     if not invoices:
         raise NotFound(f"model version {model.version} keeps no sample invoices")
@@ -33,6 +34,6 @@ def random_basket(model: Model, storage: Storage, rng: random.Random) -> dict:
     for code in invoice["items"]:
         i = model.items.index.get(code)
         if i is not None:
-            items.append({"stock_code": code, "description": model.items.descriptions[i]})
-    return {"invoice": invoice["invoice"], "date": invoice.get("date"), "items": items,
-            "model_version": model.version}
+            items.append(SampleItem(stock_code=code, description=model.items.descriptions[i]))
+    return SampleBasketOut(invoice=invoice["invoice"], date=invoice.get("date"), items=items,
+                           model_version=model.version)

@@ -24,6 +24,7 @@ from recommender.core.errors import AuthError, Busy, InvalidInput, NotFound, Rec
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.serving.model import Model, ModelHolder
+from recommender.serving.schemas import ErrorOut, error_json
 from recommender.serving.tokens import load_secret, verify_token
 from recommender.serving.users import User, UserCache
 
@@ -225,20 +226,17 @@ def json_body_openapi(schema: type[BaseModel]) -> dict:
 
 
 class FastJSON(JSONResponse):
-    """A JSON response rendered by orjson: the answer of every recommendation, several microseconds sooner."""
+    """A JSON response rendered by orjson (the answer of every recommendation, several microseconds sooner), or by
+    pydantic for a response model (validated as it was built)."""
 
     def render(self, content: Any) -> bytes:
+        if isinstance(content, BaseModel):
+            return content.__pydantic_serializer__.to_json(content)
         return orjson.dumps(content)
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-class ErrorOut(BaseModel):
-    """Every error answer: one line saying what is wrong."""
-
-    detail: str
+    return JSONResponse(error_json(detail), status_code=status, headers=headers)
 
 
 # What each error status means, for the OpenAPI document (README "HTTP API" says the same).

@@ -21,7 +21,7 @@ from recommender.core.extras import optional
 from recommender.core.storage import Storage
 from recommender.serving.merchandising import Options
 from recommender.serving.model import Model, ModelHolder
-from recommender.serving.requests import BasketIn, answer_json
+from recommender.serving.schemas import BasketIn, answer_json
 from recommender.serving.web import describe_validation_error
 
 FORMATS = ("csv", "jsonl", "parquet")

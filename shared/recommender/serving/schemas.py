@@ -1,0 +1,323 @@
+"""Every request and response of the HTTP API (both functions), as the pydantic models /docs and the fuzzer read,
+and the builders of the answers the fast path renders with orjson without validating them.
+
+Each builder sits under its model and makes exactly that model's fields. Response models forbid other fields, so the
+test that checks every route's answers against them (tests/serving/test_schemas.py) fails on any drift between the
+two; answers off the fast path (the console's, the auth function's) are the models themselves, validated as built.
+"""
+
+from dataclasses import fields
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Form
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+
+from recommender.core.items import Item
+from recommender.serving.merchandising import Options, Pick
+
+if TYPE_CHECKING:
+    from recommender.serving.model import Model, Recommendation
+
+MAX_BASKET = 1000
+MAX_N = 100
+MAX_CATEGORIES = 100
+
+# ---------------------------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------------------------
+Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Codes = Annotated[list[StrictStr], Field(max_length=MAX_BASKET)]
+Categories = Annotated[list[StrictStr], Field(max_length=MAX_CATEGORIES)]
+
+# The request options are Options' fields (explain has its own default per route); the lists become tuples of
+# stripped codes or names.
+OPTION_NAMES = tuple(f.name for f in fields(Options) if f.name != "explain")
+_LIST_OPTIONS = frozenset(f.name for f in fields(Options) if f.default == ())
+
+
+class BasketIn(BaseModel):
+    """A basket: the stock codes a shopper holds, how many items to recommend, and optional filters."""
+
+    # Strict: a value of another JSON type than the schema says (true for a price, "5" for n) is refused, not
+    # converted; integers are still numbers.
+    model_config = ConfigDict(extra="ignore", strict=True, defer_build=True)
+
+    product_list: Annotated[list[StrictStr], Field(max_length=MAX_BASKET, description="stock codes in the basket")]
+    n: Annotated[int, Field(ge=1, le=MAX_N, description="how many items to recommend")] = 5
+    exclude: Codes | None = Field(None, description="codes never to recommend in this answer")
+    categories: Categories | None = Field(None, description="only items in one of these categories (a level's "
+                                                            "name or a path such as 'Home > Kitchen')")
+    exclude_categories: Categories | None = Field(None, description="no items in any of these categories")
+    price_min: Price | None = Field(None, description="only items priced at least this (items of unknown price "
+                                                      "are left out)")
+    price_max: Price | None = Field(None, description="only items priced at most this")
+    max_price_ratio: Price | None = Field(None, description="only items priced at most this multiple of the "
+                                                            "priciest basket item's price")
+    min_confidence: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="only items whose calibrated confidence is at least this")
+    max_per_category: Annotated[int, Field(ge=1, le=MAX_N)] | None = Field(
+        None, description="at most this many items of one category (diversity)")
+    explain: bool | None = Field(None, description="give each item's reasons (default: true on /recommendations, "
+                                                   "false on /send_data)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BasketIn":
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError(f"price_min ({self.price_min:g}) is greater than price_max ({self.price_max:g})")
+        return self
+
+    def options(self, explain: bool) -> Options | None:
+        """The request's options (explain defaulting as given); None when it has none and explain is off, so the
+        plain path answers exactly as before."""
+        explained = self.explain if self.explain is not None else explain
+        given = {name: getattr(self, name) for name in OPTION_NAMES if getattr(self, name) is not None}
+        if not given and not explained:
+            return None
+        for name in _LIST_OPTIONS.intersection(given):
+            given[name] = tuple(v.strip() for v in given[name])
+        return Options(**given, explain=explained)
+
+
+class LoginForm:
+    """The OAuth2 password form (RFC 6749, 4.3.2), as FastAPI's OAuth2PasswordRequestForm with the rules it enforces
+    written into the schema: username and password must not be empty."""
+
+    def __init__(self, username: Annotated[str, Form(min_length=1)],
+                 password: Annotated[str, Form(min_length=1, json_schema_extra={"format": "password"})],
+                 grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+                 scope: Annotated[str, Form()] = "", client_id: Annotated[str | None, Form()] = None,
+                 client_secret: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None) -> None:
+        self.username, self.password = username, password
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Responses: each forbids fields it does not declare, so that a check of an answer against it catches drift.
+# ---------------------------------------------------------------------------------------------------------------
+class Out(BaseModel):
+    """The base of every response model: no undeclared fields."""
+
+    # Built on first use: the auth function imports this module too, and never uses most of the models.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+
+class ErrorOut(Out):
+    """Every error answer: one line saying what is wrong."""
+
+    detail: str
+
+
+def error_json(detail: str) -> dict:
+    """An ErrorOut."""
+    return {"detail": detail}
+
+
+class TokenOut(Out):
+    """A bearer token."""
+
+    access_token: str
+    token_type: str = "bearer"
+
+
+class UserOut(Out):
+    """What a user may see about themselves."""
+
+    username: str
+    full_name: str
+    email: str
+
+
+class Reason(Out):
+    """A basket item's exact part of an item's score, and how many training baskets held both."""
+
+    stock_code: str
+    description: str
+    share: float
+    baskets: int
+
+
+class ItemOut(Out):
+    """One recommended item, with the product feed's attributes when known and, with explain, its reasons."""
+
+    stock_code: str
+    description: str
+    score: float
+    confidence: float | None = None
+    source: Literal["model", "popular", "pinned"] | None = None
+    because: list[Reason] | None = None
+    boost: float | None = None
+    # The feed's attributes, when known: core.feed_and_rules.SHOWN, in its order (what Policy.shown lets through).
+    price: float | None = None
+    currency: str | None = None
+    category: str | None = None
+    availability: str | None = None
+    brand: str | None = None
+    title: str | None = None
+    image_link: str | None = None
+    link: str | None = None
+
+
+def item_json(pick: Any, explain: bool) -> dict:
+    """An ItemOut: code, description, score; for a Pick also confidence, source, the feed's attributes, and with
+    explain its reasons (because) and boost."""
+    if not isinstance(pick, Pick):  # the plain path's Scored
+        return {"stock_code": pick.item.stock_code, "description": pick.item.description, "score": pick.score}
+    out = {"stock_code": pick.item.stock_code, "description": pick.item.description, "score": pick.score,
+           "confidence": pick.confidence, "source": pick.source, **pick.attributes}
+    if explain:
+        if pick.because is not None and pick.source != "popular":
+            out["because"] = pick.because.as_list()
+        if pick.boost is not None:
+            out["boost"] = pick.boost
+    return out
+
+
+class LegacyResult(Out):
+    """The original system's answer: [code, description, score] rows, best first (with explain, items too)."""
+
+    recommendation: list[tuple[str, str, float]]
+    items: list[ItemOut] | None = None
+
+
+class LegacyOut(Out):
+    """The original system's envelope."""
+
+    result: LegacyResult
+
+
+def legacy_json(answer: "Recommendation", explain: bool) -> dict:
+    """A LegacyOut: the original system's rows (and with explain, the items of /recommendations)."""
+    rows = [[s.item.stock_code, s.item.description, s.score] for s in answer.items]
+    if explain:
+        return {"result": {"recommendation": rows, "items": [item_json(s, True) for s in answer.items]}}
+    return {"result": {"recommendation": rows}}
+
+
+class RecommendationsOut(Out):
+    """A self-describing answer."""
+
+    items: list[ItemOut]
+    model_version: str
+    feed_version: str | None
+    rules_version: str | None
+    unknown_codes: list[str]
+    fallback: bool
+    exhausted: bool
+
+
+def answer_json(answer: "Recommendation", explain: bool) -> dict:
+    """A RecommendationsOut (also each line of a batch file's answers)."""
+    return {
+        "items": [item_json(p, explain) for p in answer.items],
+        "model_version": answer.model_version,
+        "feed_version": answer.feed_version,
+        "rules_version": answer.rules_version,
+        "unknown_codes": answer.unknown,
+        "fallback": answer.fallback,
+        "exhausted": answer.exhausted,
+    }
+
+
+class FoundItem(Out):
+    """One of the model's items."""
+
+    stock_code: str
+    description: str
+    popularity: int
+
+
+class SearchOut(Out):
+    """Item search results."""
+
+    items: list[FoundItem]
+    model_version: str
+
+
+def search_json(found: list[Item], model_version: str) -> dict:
+    """A SearchOut (an Item has exactly FoundItem's fields)."""
+    return {"items": [i._asdict() for i in found], "model_version": model_version}
+
+
+class HealthOut(Out):
+    """The served model, feed and rules; "degraded" (with detail) when the storage or a newer model fails."""
+
+    status: Literal["ok", "degraded"]
+    model_version: str
+    item_count: int
+    model_created_at: str | None
+    feed_version: str | None
+    rules_version: str | None
+    detail: str | None = None
+
+
+def health_json(model: "Model", problem: str | None) -> dict:
+    """A HealthOut for the served model; problem (what fails beside it, if anything) makes it degraded."""
+    out = {"status": "degraded" if problem else "ok", "model_version": model.version,
+           "item_count": len(model.items), "model_created_at": model.manifest.get("created_at"),
+           "feed_version": model.feed_version, "rules_version": model.rules_version}
+    if problem:
+        out["detail"] = problem
+    return out
+
+
+class HealthDown(Out):
+    """Why no model can be served."""
+
+    status: Literal["unavailable"]
+    detail: str
+    model_version: None
+    item_count: int
+
+
+def health_down_json(detail: str) -> dict:
+    """A HealthDown."""
+    return {"status": "unavailable", "detail": detail, "model_version": None, "item_count": 0}
+
+
+class SampleItem(Out):
+    """One item of a sample invoice."""
+
+    stock_code: str
+    description: str
+
+
+class SampleBasketOut(Out):
+    """A real invoice of the training data."""
+
+    invoice: str
+    date: str | None
+    items: list[SampleItem]
+    model_version: str
+
+
+class VersionOut(Out):
+    """One stored model version."""
+
+    version: str
+    complete: bool
+    created_at: str | None
+    items: int | None
+    source_file: str | None
+    evaluation: dict[str, Any] | None
+    active: bool
+    staged: bool
+    served: bool
+
+
+class ModelInfoOut(Out):
+    """The served model and the stored versions (what the console's model panel shows)."""
+
+    model_version: str
+    created_at: str | None
+    item_count: int
+    source: dict[str, Any] | None
+    counts: dict[str, Any] | None
+    period: dict[str, Any] | None
+    evaluation: dict[str, Any] | None
+    calibrated: bool
+    feed_version: str | None
+    rules_version: str | None
+    categories: list[str]
+    active_version: str | None
+    staged_version: str | None
+    versions: list[VersionOut]
+

@@ -1,0 +1,308 @@
+"""Every route of both functions, for every kind of answer it gives, answers what the model it declares for that
+status accepts (serving/schemas.py; undeclared fields fail); a route, or a status it declares, without a case fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, NamedTuple, get_args
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from httpx import Response
+from recommender.core import registry
+from recommender.core.errors import StorageError
+from recommender.core.feed_and_rules import SHOWN
+from recommender.core.settings import get_settings
+from recommender.core.storage import LocalStorage
+from recommender.local.gateway import read_routes
+from recommender.serving import console, web
+from recommender.serving.merchandising import SOURCES, Options
+from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
+from recommender.training.feed import publish_feed
+from recommender.training.rules import known_from, publish_rules
+
+from functions.auth.app import app as auth_app
+from functions.recommend.app import app as recommend_app
+from tests.conftest import ROOT
+
+APPS = (auth_app, recommend_app)
+ROUTES = {(method, route.path): route for app in APPS for route in app.routes if isinstance(route, APIRoute)
+          for method in route.methods}
+
+
+class Api:
+    """Both functions over TestClient, logged in as alice, with the ways to make each kind of answer happen."""
+
+    def __init__(self, auth: TestClient, rec: TestClient, storage: LocalStorage, user, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+        self.auth, self.rec, self.storage, self.user = auth, rec, storage, user
+        self.tmp_path, self.monkeypatch = tmp_path, monkeypatch
+        self.version = registry.active_version(storage)
+        self._headers: dict[str, str] | None = None
+        self._codes: list[str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """A valid bearer token's header (logged in on first use)."""
+        if self._headers is None:
+            answer = self.auth.post("/token", data={"username": self.user.username, "password": self.user.password})
+            assert answer.status_code == 200, answer.text
+            self._headers = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+        return self._headers
+
+    @property
+    def codes(self) -> list[str]:
+        """The served model's codes, most popular first (asked on first use: the model is then loaded)."""
+        if self._codes is None:
+            answer = self.call("GET", "/items", params={"limit": MAX_N})
+            self._codes = [item["stock_code"] for item in answer.json()["items"]]
+        return self._codes
+
+    def call(self, method: str, path: str, token: bool = True, **kwargs) -> Response:
+        """A request to the function serving path (with the token unless told otherwise)."""
+        client = self.auth if ROUTES[(method, path)] in auth_app.routes else self.rec
+        headers = {**(self.headers if token else {}), **kwargs.pop("headers", {})}
+        return client.request(method, path, headers=headers, **kwargs)
+
+    def too_large(self, method: str, path: str) -> Response:
+        """A body over MAX_BODY_BYTES."""
+        return self.call(method, path, token=False, content=b"x" * (get_settings().max_body_bytes + 1))
+
+    def fail_reads(self, prefix: str) -> None:
+        """Reads of storage keys under prefix fail as an unreachable storage does."""
+        for name in ("read", "local_copy"):
+            original = getattr(LocalStorage, name)
+
+            def failing(storage, key, *args, _original=original, **kwargs):
+                if key.startswith(prefix):
+                    raise StorageError(f"storage unreachable reading {key}")
+                return _original(storage, key, *args, **kwargs)
+
+            self.monkeypatch.setattr(LocalStorage, name, failing)
+
+    def no_model(self) -> None:
+        """Nothing activated (before any request loads a model)."""
+        self.headers  # noqa: B018 - the token first: logging in needs no model
+        assert self.storage.delete(registry.MODELS.active)
+
+    def merchandise(self) -> None:
+        """A feed giving every attribute an answer can show (to some items, a few to others), and rules that pin,
+        block, boost and bury; served at once."""
+        basket, others = self.codes[:2], self.codes[2:]
+        rows = [f"{code},{('in_stock', 'preorder', 'out_of_stock')[i % 3]},{1 + i % 5} GBP,"
+                f"{('Home > Mugs', 'Garden', 'Home')[i % 3]},{('Acme', 'Other')[i % 2]},Item {i},http://i/{i},"
+                f"http://p/{i}" if i % 2 else f"{code},,{1 + i % 5},{('Home', 'Garden')[i % 4 // 2]},,,,"
+                for i, code in enumerate(others)]
+        feed = self.tmp_path / "feed.csv"
+        feed.write_text("id,availability,price,category,brand,title,image_link,link\n" + "\n".join(rows) + "\n")
+        publish_feed(self.storage, feed, progress=lambda _m: None)
+        rules = self.tmp_path / "rules.yaml"
+        rules.write_text(f"block:\n  codes: ['{others[0]}']\n"
+                         f"pin:\n  - {{basket: {{code: '{basket[0]}'}}, item: {{code: '{others[-2]}'}}, position: 2}}\n"
+                         "boost:\n  - {category: Home, factor: 1.5}\nbury:\n  - {brand: Other, factor: 0.5}\n")
+        publish_rules(self.storage, rules, known_from(self.codes, {}), progress=lambda _m: None)
+        web.model_holder(get_settings()).refresh()
+
+
+class Case(NamedTuple):
+    """One kind of answer of one route: the status it must have and how to get it."""
+
+    method: str
+    path: str
+    status: int
+    name: str
+    send: Callable[[Api], Response]
+
+
+def _basket_cases(path: str) -> list[Case]:
+    def post(body: dict, setup: Callable[[Api], None] | None = None, token: bool = True) -> Callable[[Api], Response]:
+        def send(api: Api) -> Response:
+            if setup:
+                setup(api)
+            return api.call("POST", path, token=token, json={key: (api.codes[:2] if value == "CODES" else value)
+                                                             for key, value in body.items()})
+        return send
+
+    return [
+        Case("POST", path, 200, "plain", post({"product_list": "CODES", "n": 5, "explain": False})),
+        Case("POST", path, 200, "explain", post({"product_list": "CODES", "n": 5, "explain": True})),
+        Case("POST", path, 200, "default explain", post({"product_list": "CODES"})),
+        Case("POST", path, 200, "options", post({"product_list": "CODES", "n": 4, "exclude": ["X"],
+                                                 "min_confidence": 0.0, "max_per_category": 2})),
+        Case("POST", path, 200, "feed and rules, explain",
+             post({"product_list": "CODES", "n": 8, "explain": True}, Api.merchandise)),
+        Case("POST", path, 200, "feed and rules, filtered and exhausted",
+             post({"product_list": "CODES", "n": 8, "categories": ["Mugs"], "price_max": 2}, Api.merchandise)),
+        Case("POST", path, 200, "unknown items: popular", post({"product_list": ["NO-SUCH-ITEM"], "n": 3})),
+        Case("POST", path, 200, "empty basket, explain", post({"product_list": [], "n": 3, "explain": True})),
+        Case("POST", path, 401, "no token", post({"product_list": []}, token=False)),
+        Case("POST", path, 413, "body too large", lambda api: api.too_large("POST", path)),
+        Case("POST", path, 422, "bad field", post({"product_list": "CODES", "n": 0})),
+        Case("POST", path, 422, "not JSON", lambda api: api.call("POST", path, content=b"{")),
+        Case("POST", path, 503, "no model", post({"product_list": []}, Api.no_model)),
+        Case("POST", path, 503, "user store unreachable",
+             post({"product_list": []}, lambda api: (api.headers, api.fail_reads("users/")))),
+    ]
+
+
+def _get(path: str, setup: Callable[[Api], None] | None = None, token: bool = True,
+         **kwargs) -> Callable[[Api], Response]:
+    def send(api: Api) -> Response:
+        if setup:
+            setup(api)
+        return api.call("GET", path, token=token, **kwargs)
+    return send
+
+
+def _without_samples(api: Api) -> None:
+    """The model as trained before sample invoices were kept."""
+    key = registry.artifact_key(api.version, registry.MANIFEST)
+    manifest = json.loads(api.storage.read(key))
+    del manifest["artifacts"][registry.SAMPLES]
+    api.storage.write(key, json.dumps(manifest).encode())
+    api.storage.delete(registry.artifact_key(api.version, registry.SAMPLES))
+
+
+def _incomplete_version(api: Api) -> None:
+    api.merchandise()
+    api.storage.write(registry.artifact_key("20200101T000000000Z-deadbeef0000", "catalog.json"), b"{}")
+
+
+def _degraded(api: Api) -> None:
+    api.monkeypatch.setenv("MODEL_POLL_SECONDS", "0")  # the pointer looked at on every request, as on Lambda
+    get_settings.cache_clear()
+    assert api.call("GET", "/health").json()["status"] == "ok"
+    api.fail_reads("models/")
+
+
+def _throttled(api: Api) -> Response:
+    for _ in range(get_settings().login_failures_per_user):
+        assert api.call("POST", "/token", token=False, data={"username": "alice", "password": "wrong"}).status_code == 401
+    return api.call("POST", "/token", token=False, data={"username": "alice", "password": "wrong"})
+
+
+def _login(password: str | None = None, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
+    def send(api: Api) -> Response:
+        if setup:
+            setup(api)
+        return api.call("POST", "/token", token=False,
+                        data={"username": "alice", "password": password or api.user.password})
+    return send
+
+
+def _user_cases(path: str) -> list[Case]:
+    return [
+        Case("GET", path, 200, "the user", _get(path)),
+        Case("GET", path, 401, "no token", _get(path, token=False)),
+        Case("GET", path, 401, "bad token", _get(path, token=False, headers={"Authorization": "Bearer a.b.c"})),
+        Case("GET", path, 413, "body too large", lambda api: api.too_large("GET", path)),
+        Case("GET", path, 503, "user store unreachable", _get(path, lambda api: (
+            api.monkeypatch.setenv("USER_CACHE_SECONDS", "0"), get_settings.cache_clear(), api.headers,
+            api.fail_reads("users/")))),
+    ]
+
+
+def _console_cases(path: str) -> list[Case]:
+    def unchanged(api: Api) -> Response:
+        etag = api.call("GET", path, token=False).headers["etag"]
+        return api.call("GET", path, token=False, headers={"If-None-Match": etag})
+
+    return [Case("GET", path, 200, "the file", _get(path, token=False)),
+            Case("GET", path, 304, "unchanged", unchanged)]
+
+
+CASES = [
+    Case("POST", "/token", 200, "a token", _login()),
+    Case("POST", "/token", 400, "unparsable form", lambda api: api.call(
+        "POST", "/token", token=False, content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=x"})),
+    Case("POST", "/token", 401, "wrong password", _login("wrong")),
+    Case("POST", "/token", 413, "body too large", lambda api: api.too_large("POST", "/token")),
+    Case("POST", "/token", 422, "no password", lambda api: api.call("POST", "/token", token=False,
+                                                                     data={"username": "alice"})),
+    Case("POST", "/token", 429, "too many failures", _throttled),
+    Case("POST", "/token", 503, "user store unreachable", _login(setup=lambda api: api.fail_reads("users/"))),
+    *_user_cases("/users/me"),
+    *_user_cases("/users/me/"),
+    *_basket_cases("/send_data"),
+    *_basket_cases("/recommendations"),
+    Case("GET", "/items", 200, "popular", _get("/items")),
+    Case("GET", "/items", 200, "search", lambda api: api.call("GET", "/items", params={"q": api.codes[0][:3]})),
+    Case("GET", "/items", 200, "nothing found", _get("/items", params={"q": "no such thing at all"})),
+    Case("GET", "/items", 401, "no token", _get("/items", token=False)),
+    Case("GET", "/items", 413, "body too large", lambda api: api.too_large("GET", "/items")),
+    Case("GET", "/items", 422, "bad limit", _get("/items", params={"limit": 0})),
+    Case("GET", "/items", 503, "no model", _get("/items", Api.no_model)),
+    Case("GET", "/health", 200, "ok", _get("/health", token=False)),
+    Case("GET", "/health", 200, "ok, feed and rules", _get("/health", Api.merchandise, token=False)),
+    Case("GET", "/health", 200, "degraded", _get("/health", _degraded, token=False)),
+    Case("GET", "/health", 413, "body too large", lambda api: api.too_large("GET", "/health")),
+    Case("GET", "/health", 503, "no model", _get("/health", Api.no_model, token=False)),
+    Case("GET", "/sample_basket", 200, "an invoice", _get("/sample_basket")),
+    Case("GET", "/sample_basket", 401, "no token", _get("/sample_basket", token=False)),
+    Case("GET", "/sample_basket", 404, "no invoices kept", _get("/sample_basket", _without_samples)),
+    Case("GET", "/sample_basket", 413, "body too large", lambda api: api.too_large("GET", "/sample_basket")),
+    Case("GET", "/sample_basket", 503, "no model", _get("/sample_basket", Api.no_model)),
+    Case("GET", "/model", 200, "the model", _get("/model")),
+    Case("GET", "/model", 200, "feed, rules and an incomplete version", _get("/model", _incomplete_version)),
+    Case("GET", "/model", 401, "no token", _get("/model", token=False)),
+    Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
+    Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
+    *(case for path in console.FILES for case in _console_cases(path)),
+]
+
+
+def test_every_route_and_every_status_it_declares_has_a_case():
+    assert set(ROUTES) == {(r.method, r.path) for r in read_routes(ROOT / "template.yaml")}
+    covered: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for case in CASES:
+        covered[(case.method, case.path)].add(case.status)
+    assert set(covered) == set(ROUTES), "routes without a case, or cases of no route"
+    for key, route in ROUTES.items():
+        declared = {route.status_code or 200} | {int(status) for status in route.responses}
+        assert declared <= covered[key], f"{key}: no case answers {declared - covered[key]}"
+
+
+@pytest.fixture
+def api(trained_storage, user, tmp_path, monkeypatch):
+    with TestClient(auth_app) as auth, TestClient(recommend_app) as rec:
+        yield Api(auth, rec, trained_storage, user, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.method} {c.path} {c.status} {c.name}" for c in CASES])
+def test_answers_validate_against_the_declared_model(api, case):
+    response = case.send(api)
+    assert response.status_code == case.status, response.text
+    route = ROUTES[(case.method, case.path)]
+    if route.response_model is None:  # the console's files: not JSON, and declared as nothing else
+        assert response.headers.get("content-type") == (console.FILES[case.path][1] if case.status == 200 else None)
+        return
+    if case.status == (route.status_code or 200):
+        model = route.response_model
+    else:
+        assert case.status in route.responses, f"{case.path} answers {case.status}, which it does not declare"
+        model = route.responses[case.status]["model"]
+    assert issubclass(model, Out)  # forbids undeclared fields
+    model.model_validate_json(response.content)
+
+
+def test_request_options_are_the_options_of_an_answer():
+    options = {f.name for f in dataclasses.fields(Options)}
+    assert set(OPTION_NAMES) == options - {"explain"}
+    assert set(OPTION_NAMES) | {"explain"} <= set(BasketIn.model_fields)
+    everything = BasketIn(product_list=[], exclude=[" A "], categories=["Home"], exclude_categories=["Garden"],
+                          price_min=1, price_max=2, max_price_ratio=3, min_confidence=0.5, max_per_category=2)
+    assert everything.options(explain=False) == Options(exclude=("A",), categories=("Home",),
+                                                        exclude_categories=("Garden",), price_min=1, price_max=2,
+                                                        max_price_ratio=3, min_confidence=0.5, max_per_category=2)
+    assert BasketIn(product_list=[]).options(explain=False) is None
+
+
+def test_an_answered_item_declares_what_the_feed_and_the_sources_can_say():
+    assert tuple(ItemOut.model_fields)[-len(SHOWN):] == SHOWN
+    source = ItemOut.model_fields["source"].annotation
+    assert get_args(get_args(source)[0]) == SOURCES and get_args(source)[0].__origin__ is Literal
