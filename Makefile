@@ -1,6 +1,7 @@
-# Every target is a thin wrapper over `python -m recommender ...` (see `make help`); variables given on the make
-# command line (PATH_TO_DATA, USER_NAME, PASSWORD, STORAGE_URL, HOST, PORT, ...) reach the commands through the
-# environment, so values with spaces, quotes or non-ASCII characters need no extra escaping.
+# `make help` lists the targets in three groups: using it, operating it, developing it. Every target is a thin wrapper
+# over `python -m recommender ...`, or over `python -m bench ...` for the benchmarks, soak and fuzz; variables given on
+# the make command line (PATH_TO_DATA, USER_NAME, PASSWORD, STORAGE_URL, HOST, PORT, ...) reach the commands through
+# the environment, so values with spaces, quotes or non-ASCII characters need no extra escaping.
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -30,13 +31,16 @@ RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_
 	BASKETS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
-.PHONY: help devel test demo-address browser-deps train train_parallel load_after_parallel_train rollback versions add_user passwd \
-	del_user list_users run run-prod kill status demo evaluate generate clean feed feed_show feed_rollback catalog \
-	catalog_show catalog_rollback rules rules_show rules_rollback rules_schema export
+.PHONY: help devel test train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
+	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
+	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
+	browser-deps bench-merch bench-logins bench-search fuzz bench-spark soak bench-deps lint-template build-lambda \
+	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback
 
-help: ## list every target
+help: ## list every target, by what you want to do
 	@echo "usage: make <target> [VARIABLE=value ...]"
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
+	@awk 'BEGIN { FS = ":.*## " } /^##@ / { printf "\n%s\n", substr($$0, 5); next } \
+		/^[a-zA-Z0-9_-]+:.*## / { printf "  %-28s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 # $(call install,EXTRAS): the venv, created when missing, with the project (editable) and EXTRAS ("[dev]" or none).
 define install
@@ -53,11 +57,14 @@ $(LIGHT_STAMP): pyproject.toml
 	$(call install,)
 	@touch $(LIGHT_STAMP)
 
-devel: $(STAMP) ## create .venv and install everything: the project, every extra, the test and docs tools
-	@echo "installed into $(VENV)"
+##@ Using it: try it, train, serve, merchandise
 
-test: $(STAMP) ## run the test suite
-	$(BIN)/python -m pytest
+# On a fresh clone the console's address comes before the install's output too.
+demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
+	@$(CLI) demo
+
+demo-address:
+	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: about a minute)"
 
 train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://...) and activate it (FORCE=1: even when worse; ENGINE=spark)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
@@ -70,11 +77,44 @@ train_parallel: $(LIGHT) ## train on PATH_TO_DATA into the staged slot; the serv
 load_after_parallel_train: $(LIGHT) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even when worse)
 	$(CLI) promote $(FORCE_FLAG)
 
-rollback: $(LIGHT) ## re-activate the model that was active before the current one
-	$(CLI) rollback
+run: $(LIGHT) ## serve the API in the foreground on HOST:PORT (default 127.0.0.1:8090)
+	$(CLI) serve
 
-versions: $(LIGHT) ## list model versions (active and staged marked)
-	$(CLI) versions
+feed: $(LIGHT) ## upload a product feed: PATH_TO_FEED= (.csv, .csv.gz, .tsv, .xlsx); serving picks it up, no retraining
+	@test -n "$${PATH_TO_FEED:-$$PATH_TO_CATALOG}" || { echo "error: give the feed file: make feed PATH_TO_FEED=path/to/products.csv" >&2; exit 2; }
+	$(CLI) feed "$${PATH_TO_FEED:-$$PATH_TO_CATALOG}"
+
+feed_show: $(LIGHT) ## print the active product feed, or one item with CODE=
+	@$(CLI) feed-show $${CODE:+--code "$$CODE"}
+
+rules: $(LIGHT) ## upload merchandising rules: PATH_TO_RULES= (YAML: block, do_not_pair, pin, boost, bury)
+	@test -n "$$PATH_TO_RULES" || { echo "error: give the rules file: make rules PATH_TO_RULES=path/to/rules.yaml" >&2; exit 2; }
+	$(CLI) rules "$$PATH_TO_RULES"
+
+rules_show: $(LIGHT) ## print the active merchandising rules
+	@$(CLI) rules-show
+
+rules_schema: $(LIGHT) ## print the JSON Schema of a rules file for editors (OUT=file writes it there)
+	@$(CLI) rules-schema $${OUT:+--out "$$OUT"}
+
+export: $(LIGHT) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|jsonl|parquet]; or BASKETS=file.jsonl OUT= [RESUME=1]
+	@test -n "$$OUT" || { echo "error: give the output file: make export OUT=fbt.csv (or BASKETS=baskets.jsonl OUT=answers.jsonl)" >&2; exit 2; }
+	@$(CLI) export --out "$$OUT" --n "$${N:-10}" $${FORMAT:+--format "$$FORMAT"} $${BASKETS:+--baskets "$$BASKETS"} $(if $(RESUME),--resume)
+
+evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
+	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
+	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)"
+
+generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
+	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"
+
+# The feed targets' earlier names, still working but not listed: catalog (with PATH_TO_CATALOG= as well as
+# PATH_TO_FEED=), catalog_show, catalog_rollback.
+catalog: feed
+catalog_show: feed_show
+catalog_rollback: feed_rollback
+
+##@ Operating it: users, versions, the background server, AWS
 
 add_user: $(LIGHT) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= (no PASSWORD: prompt)
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make add_user USER_NAME=... PASSWORD=..." >&2; exit 2; }
@@ -91,9 +131,6 @@ del_user: $(LIGHT) ## delete an API user: USER_NAME=
 list_users: $(LIGHT) ## list API users
 	@$(CLI) list-users
 
-run: $(LIGHT) ## serve the API in the foreground on HOST:PORT (default 127.0.0.1:8090)
-	$(CLI) serve
-
 run-prod: $(LIGHT) ## serve the API in the background (pid file and log under data/run/)
 	@$(CLI) start
 
@@ -103,119 +140,20 @@ kill: $(LIGHT) ## stop the background server started by run-prod
 status: $(LIGHT) ## say whether the background server runs and which model it serves
 	@$(CLI) status
 
-# On a fresh clone the console's address comes before the install's output too.
-demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
-	@$(CLI) demo
+versions: $(LIGHT) ## list model versions (active and staged marked)
+	$(CLI) versions
 
-demo-address:
-	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: about a minute)"
-
-evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
-	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
-	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)"
-
-feed: $(LIGHT) ## upload a product feed: PATH_TO_FEED= (.csv, .csv.gz, .tsv, .xlsx); serving picks it up, no retraining
-	@test -n "$${PATH_TO_FEED:-$$PATH_TO_CATALOG}" || { echo "error: give the feed file: make feed PATH_TO_FEED=path/to/products.csv" >&2; exit 2; }
-	$(CLI) feed "$${PATH_TO_FEED:-$$PATH_TO_CATALOG}"
-
-feed_show: $(LIGHT) ## print the active product feed, or one item with CODE=
-	@$(CLI) feed-show $${CODE:+--code "$$CODE"}
+rollback: $(LIGHT) ## re-activate the model that was active before the current one
+	$(CLI) rollback
 
 feed_rollback: $(LIGHT) ## re-activate the product feed that was active before
 	$(CLI) feed-rollback
 
-# The feed targets' earlier names, still working but not listed: catalog (with PATH_TO_CATALOG= as well as
-# PATH_TO_FEED=), catalog_show, catalog_rollback.
-catalog: feed
-catalog_show: feed_show
-catalog_rollback: feed_rollback
-
-rules: $(LIGHT) ## upload merchandising rules: PATH_TO_RULES= (YAML: block, do_not_pair, pin, boost, bury)
-	@test -n "$$PATH_TO_RULES" || { echo "error: give the rules file: make rules PATH_TO_RULES=path/to/rules.yaml" >&2; exit 2; }
-	$(CLI) rules "$$PATH_TO_RULES"
-
-rules_show: $(LIGHT) ## print the active merchandising rules
-	@$(CLI) rules-show
-
 rules_rollback: $(LIGHT) ## re-activate the rules that were active before
 	$(CLI) rules-rollback
 
-rules_schema: $(LIGHT) ## print the JSON Schema of a rules file for editors (OUT=file writes it there)
-	@$(CLI) rules-schema $${OUT:+--out "$$OUT"}
-
-export: $(LIGHT) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|jsonl|parquet]; or BASKETS=file.jsonl OUT= [RESUME=1]
-	@test -n "$$OUT" || { echo "error: give the output file: make export OUT=fbt.csv (or BASKETS=baskets.jsonl OUT=answers.jsonl)" >&2; exit 2; }
-	@$(CLI) export --out "$$OUT" --n "$${N:-10}" $${FORMAT:+--format "$$FORMAT"} $${BASKETS:+--baskets "$$BASKETS"} $(if $(RESUME),--resume)
-
-generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
-	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"
-
-# The user guide (docs/, mkdocs.yml): built strictly (a broken link or a missing page fails); tests/test_docs.py
-# builds it too and runs its runnable blocks, so `make test` covers both.
-.PHONY: docs docs-examples
-docs: $(STAMP) ## build the user guide into site/ (strict: broken links and missing pages fail)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
-
-docs-examples: $(STAMP) ## run the guide's runnable blocks and rewrite the example outputs they produce (docs/examples/)
-	$(BIN)/python tests/docs_runner.py --write
-
-clean: ## remove the venv and caches (data/ is kept)
-	rm -rf $(VENV) .pytest_cache shared/*.egg-info site
-
-# Benchmarks: separate from `make test`, never timed assertions. QUICK=1 gives short runs that check the harness
-# (results then go to bench/results/quick/).
-BENCH_FLAGS = $(if $(QUICK),--quick)
-.PHONY: fuzz soak bench bench-train bench-serve bench-cold bench-scale bench-merch bench-logins bench-search bench-spark bench-deps
-
-bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short)
-	$(CLI) bench all $(BENCH_FLAGS)
-
-bench-train: $(STAMP) ## benchmark training on Online Retail csv.gz and xlsx: time and peak RSS per stage
-	$(CLI) bench train $(BENCH_FLAGS)
-
-bench-serve: $(STAMP) bench-deps ## benchmark POST /send_data over HTTP (wrk) against a bare FastAPI ceiling app
-	$(CLI) bench serve $(BENCH_FLAGS)
-
-bench-cold: $(STAMP) ## benchmark the cold start of the recommend Lambda handler, with the slowest imports
-	$(CLI) bench cold $(BENCH_FLAGS)
-
-bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index size, latency, HR@10, growth
-	$(CLI) bench scale $(BENCH_FLAGS)
-
-browser-deps: ## install chromium (Debian's package) for the web console's browser tests when it is missing
-	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
-
-bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
-	$(CLI) bench merch $(BENCH_FLAGS)
-
-bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
-	$(CLI) bench logins $(BENCH_FLAGS)
-
-bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
-	$(CLI) bench search $(BENCH_FLAGS)
-
-fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis) for FUZZ_SECONDS (600); figures in bench/results/fuzz.json
-	$(CLI) fuzz --seconds "$${FUZZ_SECONDS:-600}" --out bench/results/fuzz.json
-
-bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows (DRIVER_MEMORY=8g)
-	$(BIN)/python -m recommender.tools.bench.spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)") \
-		$(if $(DRIVER_MEMORY),--driver-memory "$(DRIVER_MEMORY)")
-
-soak: $(STAMP) bench-deps ## soak the local server for DURATION seconds (600) under load and change [PATH_TO_DATA=]; report in bench/results/soak.json
-	$(CLI) soak --duration "$${DURATION:-600}" $${PATH_TO_DATA:+--data "$$PATH_TO_DATA"} --out bench/results/soak.json
-
-bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
-	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
-
-# --- AWS deployment (infra/, README "Deploy to AWS") and the local S3 emulator -------------------------------------
-.PHONY: lint-template build-lambda build-lambda-pip deploy emulate-s3 emulate-s3-stop
 SAM ?= sam
 NEED_SAM = @command -v $(SAM) >/dev/null || { echo "error: the AWS SAM CLI is not installed: see https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/install-sam-cli.html (or pip install aws-sam-cli)" >&2; exit 2; }
-
-lint-template: $(STAMP) ## check template.yaml with cfn-lint (make test does it too)
-	$(BIN)/cfn-lint template.yaml
 
 # SNAPSTART=1: for RecommendSnapStart=true (python3.12, Amazon Linux 2023): the layer built in the python3.12 image;
 # the check against Amazon Linux 2 and the local 3.11 smoke test do not apply to it.
@@ -241,3 +179,75 @@ emulate-s3: $(STAMP) ## run a local S3 (moto) on 127.0.0.1 in the background; pr
 
 emulate-s3-stop: $(LIGHT) ## stop the local S3 started by emulate-s3 (by its pid; its content is lost)
 	@$(CLI) emulate-s3-stop
+
+##@ Developing it: install, test, lint, docs, benchmarks
+
+devel: $(STAMP) ## create .venv and install everything: the project, every extra, the test and docs tools
+	@echo "installed into $(VENV)"
+
+test: $(STAMP) ## run the test suite
+	$(BIN)/python -m pytest
+
+lint-template: $(STAMP) ## check template.yaml with cfn-lint (make test does it too)
+	$(BIN)/cfn-lint template.yaml
+
+browser-deps: ## install chromium (Debian's package) for the web console's browser tests when it is missing
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
+
+# The user guide (docs/, mkdocs.yml): built strictly (a broken link or a missing page fails); tests/test_docs.py
+# builds it too and runs its runnable blocks, so `make test` covers both.
+.PHONY: docs docs-examples
+docs: $(STAMP) ## build the user guide into site/ (strict: broken links and missing pages fail)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
+docs-examples: $(STAMP) ## run the guide's runnable blocks and rewrite the example outputs they produce (docs/examples/)
+	$(BIN)/python tests/docs_runner.py --write
+
+clean: ## remove the venv and caches (data/ is kept)
+	rm -rf $(VENV) .pytest_cache shared/*.egg-info site
+
+# Benchmarks: separate from `make test`, never timed assertions. They run the harness in bench/ (not installed:
+# `python -m bench <part>` from this folder). QUICK=1 gives short runs that check the harness (results then go to
+# bench/results/quick/). The Online Retail files come from BENCH_DATA_DIR (default data/datasets/).
+BENCH := $(BIN)/python -m bench
+BENCH_FLAGS = $(if $(QUICK),--quick)
+export BENCH_DATA_DIR
+
+bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/results/latest.{md,json} (QUICK=1: short; BENCH_DATA_DIR=folder of Online Retail)
+	$(BENCH) all $(BENCH_FLAGS)
+
+bench-train: $(STAMP) ## benchmark training on Online Retail csv.gz and xlsx (BENCH_DATA_DIR=folder): time and peak RSS per stage
+	$(BENCH) train $(BENCH_FLAGS)
+
+bench-serve: $(STAMP) bench-deps ## benchmark POST /send_data over HTTP (wrk) against a bare FastAPI ceiling app
+	$(BENCH) serve $(BENCH_FLAGS)
+
+bench-cold: $(STAMP) ## benchmark the cold start of the recommend Lambda handler, with the slowest imports
+	$(BENCH) cold $(BENCH_FLAGS)
+
+bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index size, latency, HR@10, growth
+	$(BENCH) scale $(BENCH_FLAGS)
+
+bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
+	$(BENCH) merch $(BENCH_FLAGS)
+
+bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
+	$(BENCH) logins $(BENCH_FLAGS)
+
+bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
+	$(BENCH) search $(BENCH_FLAGS)
+
+bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows (DRIVER_MEMORY=8g)
+	$(BENCH) spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)") \
+		$(if $(DRIVER_MEMORY),--driver-memory "$(DRIVER_MEMORY)")
+
+fuzz: $(STAMP) ## fuzz the whole HTTP API from its OpenAPI schema (schemathesis) for FUZZ_SECONDS (600); figures in bench/results/fuzz.json
+	$(BENCH) fuzz --seconds "$${FUZZ_SECONDS:-600}" --out bench/results/fuzz.json
+
+soak: $(STAMP) bench-deps ## soak the local server for DURATION seconds (600) under load and change [PATH_TO_DATA=]; report in bench/results/soak.json
+	$(BENCH) soak --duration "$${DURATION:-600}" $${PATH_TO_DATA:+--data "$$PATH_TO_DATA"} --out bench/results/soak.json
+
+bench-deps: ## install wrk (the HTTP load generator) with apt-get when it is missing
+	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }

@@ -1,4 +1,5 @@
-"""The package layout by runtime (DEVELOPERS.md, "Layout"): who may import whom, and what the Lambda layer ships."""
+"""The package layout by runtime (DEVELOPERS.md, "Layout"): who may import whom, no import cycle, the harness kept
+out of the installed package, and what the Lambda layer ships."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ast
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,25 @@ def test_every_module_belongs_to_a_runtime():
     assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(RUNTIMES)
 
 
+def test_the_harness_is_not_installed():
+    """tools/ holds product tools only; the benchmark, soak, fuzz and fault-proxy harness is the repository's own
+    bench/ package, which setuptools does not install and nothing installed or deployed imports."""
+    tools = {p.name for p in (PACKAGE / "tools").iterdir() if p.name != "__pycache__"}
+    assert tools == {"__init__.py", "evaluation.py", "export.py", "synthetic"}
+    assert (ROOT / "bench" / "__main__.py").is_file()
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find["where"] == ["shared"]
+    deployed = sorted(PACKAGE.rglob("*.py")) + part_files("functions")
+    assert violations(deployed, {"bench"}) == []
+
+
+def test_the_harness_rule_catches_a_function_local_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from bench.common import median\n    import bench\n")
+    assert violations([bad], {"bench"}) == [f"{bad} imports bench", f"{bad} imports bench.common",
+                                            f"{bad} imports bench.common.median"]
+
+
 @pytest.mark.parametrize("part", sorted(FORBIDDEN))
 def test_dependency_rule(part):
     assert part_files(part), part
@@ -81,6 +102,108 @@ def test_the_rule_catches_a_bad_import(tmp_path):
     bad.write_text("def f():\n    from recommender.training.pipeline import train\n    import pandas as pd\n")
     names = {line.split(" imports ")[1] for line in violations([bad], FORBIDDEN["serving"])}
     assert names == {"pandas", "recommender.training.pipeline", "recommender.training.pipeline.train"}
+
+
+def module_files(root: Path, package: str) -> dict[str, Path]:
+    """Every module of the package in root/package by its dotted name (a package by its own name)."""
+    modules = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def import_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """module -> the modules of the same package it imports, anywhere in it (function-local imports and those under
+    `if TYPE_CHECKING:` included); `from a import b` counts as importing a.b when that is a module, else a."""
+    modules = module_files(root, package)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = here.rsplit(".", node.level - 1)[0] if node.level else ""
+                module = ".".join(filter(None, (base, node.module)))
+                targets.update(f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module
+                               for alias in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def knots(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import one another, directly or not (strongly connected components of more than
+    one module, Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = [stack.pop()]
+            while group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(groups)
+
+
+def cycle_through(group: list[str], graph: dict[str, set[str]]) -> list[str]:
+    """The shortest import cycle from the group's first module back to it (breadth first, within the group)."""
+    start, members = group[0], set(group)
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for v in frontier:
+            for w in sorted(graph[v] & members):
+                if w == start:
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start]
+                if w not in came_from:
+                    came_from[w] = v
+                    following.append(w)
+        frontier = following
+    return group
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph(ROOT / "shared", "recommender")
+    found = [f"{' -> '.join(cycle_through(group, graph))} (importing one another: {', '.join(group)})"
+             for group in knots(graph)]
+    assert found == [], "import cycles:\n" + "\n".join(found)
+
+
+def test_the_cycle_check_catches_a_function_local_cycle(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.sub import b\n")
+    (package / "sub" / "b.py").write_text("from .c import x\n")
+    (package / "sub" / "c.py").write_text("def f():\n    from ..a import y\n")
+    (package / "d.py").write_text("import pkg.a\nfrom pkg import sub\n")
+    graph = import_graph(tmp_path, "pkg")
+    assert graph["pkg.sub.b"] == {"pkg.sub.c"} and graph["pkg.d"] == {"pkg.a", "pkg.sub"}
+    assert knots(graph) == [["pkg.a", "pkg.sub.b", "pkg.sub.c"]]
+    assert cycle_through(knots(graph)[0], graph) == ["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]
 
 
 LAYER_CHECK = r"""

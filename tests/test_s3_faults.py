@@ -16,9 +16,9 @@ from recommender.core.errors import StorageError
 from recommender.core.settings import get_settings
 from recommender.core.storage import open_storage, s3_call_limit
 from recommender.serving.users import add_user
-from recommender.tools.faultproxy import Fault, FaultProxy, internal_error, slow_down
 from recommender.training.pipeline import train
 
+from bench.faultproxy import Fault, FaultProxy, internal_error, slow_down
 from functions.auth.app import app as auth_app
 from functions.recommend.app import app as recommend_app
 from tests.conftest import PASSWORD, free_port, make_runner

@@ -369,64 +369,6 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-@command("fuzz")
-def _fuzz(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-
-    from recommender.tools.fuzz import fuzz
-
-    print(f"fuzzing every operation of the API for {args.seconds:g} s (schemathesis, all checks) ...", flush=True)
-    result = fuzz(args.seconds, Path(args.template), seed=args.seed)
-    print(result.output.rstrip())
-    summary = {**result.summary(), "machine_load": [round(x, 2) for x in os.getloadavg()]}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\n{result.test_cases:,} requests over {result.operations} operations in {result.seconds:.0f} s: "
-          + ("no failure, no 5xx, no dropped connection, nothing unexpected in the server's log" if result.ok else
-             f"{len(result.failures)} kinds of failure, {len(result.errors)} errors, "
-             f"{len(result.server_errors)} unexpected server log lines"))
-    return 0 if result.ok else 1
-
-
-@command("soak")
-def _soak(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-
-    from recommender.tools.soak import SoakPlan, soak
-
-    report = soak(SoakPlan(duration=args.duration), Path(args.template), Path(args.data) if args.data else None)
-    report["machine_load_after"] = [round(x, 2) for x in os.getloadavg()]
-    report["finished_at"] = registry.utcnow().isoformat(timespec="seconds")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    rss = report["rss_mib"]
-    print(f"{report['requests']:,} requests in {report['duration_s']:g} s ({report['requests_per_second']:,.0f}/s); "
-          f"errors: {report['errors']}; p50 {report['p50_ms']['median']:.2f} ms, p99 {report['p99_ms']['median']:.2f} ms "
-          f"(worst {report['p99_ms']['max']:.2f} ms); RSS {rss['after_warmup']} -> {rss['end']} MiB after warm-up "
-          f"({rss['growth_percent']:+.1f}%); " + ", ".join(f"{v} {k}" for k, v in report["events"].items()))
-    for problem in report["problems"]:
-        print(f"problem: {problem}", file=sys.stderr)
-    if args.out:
-        print(f"report: {args.out}")
-    return 0 if report["errors"] == 0 and rss["growth_percent"] <= 5 else 1
-
-
-@command("bench")
-def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from dataclasses import replace
-
-    from recommender.tools.bench import common, runner
-
-    options = runner.Options.quick_options() if args.quick else runner.Options()
-    options = replace(options, csv=Path(args.csv), xlsx=Path(args.xlsx), template=Path(args.template),
-                      cache_dir=Path(args.cache), **({"out_dir": Path(args.out)} if args.out else {}))
-    parts = common.PARTS if args.part == "all" else (args.part,)
-    runner.run(parts, options, command="python -m recommender " + " ".join(sys.argv[1:]))
-    return 0
-
-
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["single", "spark"], default="single",
                    help="single: this machine (default); spark: a Spark job (README \"Training at scale\")")
@@ -524,30 +466,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("fuzz", help="property-based tests of the whole HTTP API from its OpenAPI schema "
-                                    "(schemathesis) against a freshly started local server")
-    p.add_argument("--seconds", type=float, default=600, help="time budget (default 600)")
-    p.add_argument("--seed", type=int, help="schemathesis's seed (default: random)")
-    p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
-    p.add_argument("--out", help="write the figures as JSON here (make fuzz: bench/results/fuzz.json)")
-    p = sub.add_parser("soak", help="steady load of real baskets on the local server while models are promoted, the "
-                                    "feed and rules change, users come and go and tokens expire")
-    p.add_argument("--duration", type=float, default=600, help="seconds (default 600)")
-    p.add_argument("--data", help="purchase history to train on and sample baskets from (default: the synthetic set)")
-    p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
-    p.add_argument("--out", help="write the report as JSON here (make soak: bench/results/soak.json)")
-    p = sub.add_parser("bench", help="benchmarks: training, serving against the framework's ceiling, cold start, "
-                                     "scale, merchandising, serving under a login burst, item search; results in "
-                                     "bench/results/")
-    p.add_argument("part", nargs="?", default="all",
-                   choices=["all", "train", "serve", "cold", "scale", "merch", "logins", "search"])
-    p.add_argument("--quick", action="store_true",
-                   help="short runs that check the harness (results in bench/results/quick/)")
-    p.add_argument("--csv", default="../shared/datasets/online_retail.csv.gz", help="Online Retail as csv(.gz)")
-    p.add_argument("--xlsx", default="../shared/datasets/online_retail.xlsx", help="Online Retail as xlsx")
-    p.add_argument("--template", default="template.yaml", help="SAM template (routes; its folder is the repository)")
-    p.add_argument("--cache", default="data/bench", help="folder keeping the generated scale datasets")
-    p.add_argument("--out", help="results folder (default bench/results, or bench/results/quick with --quick)")
     return parser
 
 

@@ -2,8 +2,8 @@
 local server over loopback: a bounded run here, `make fuzz` for a long one."""
 
 import pytest
-from recommender.tools.fuzz import fuzz
 
+from bench.fuzz import fuzz
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from recommender.tools.synthetic.products import _range_for, complements, product_range
+from recommender.tools.synthetic.products import complements, product_arrays, product_range
 from recommender.tools.synthetic.rows import generate_frame, write_csv, write_parquet_parts
 from recommender.tools.synthetic.spec import (
     COLUMNS,
@@ -23,7 +23,7 @@ from recommender.tools.synthetic.spec import (
 )
 
 __all__ = ["COLUMNS", "DEFAULT", "SCALE", "TINY", "GenerationSummary", "SyntheticSpec", "complements", "generate_frame",
-           "preset", "product_range", "source_digest", "write_csv", "write_parquet_parts", "_range_for"]
+           "preset", "product_arrays", "product_range", "source_digest", "write_csv", "write_parquet_parts"]
 
 
 def source_digest() -> str:

@@ -219,13 +219,14 @@ def _stock_codes(rng: np.random.Generator, kit_of: np.ndarray, item_of: np.ndarr
 # ---------------------------------------------------------------------------------------------------------
 # Ground truth.
 # ---------------------------------------------------------------------------------------------------------
-def _range_for(spec: SyntheticSpec) -> _ProductRange:
+def product_arrays(spec: SyntheticSpec) -> _ProductRange:
+    """The generated product range of spec as arrays (code, desc, price, kit, family_of, ...), built once per spec."""
     return _product_range(spec.seed, spec.products, spec.zipf, _start_minute(spec), spec.days * 1440)
 
 
 def product_range(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
     """Every product: StockCode, current Description, UnitPrice, Family (-1 for accessories), Kit and Item."""
-    products = _range_for(spec)
+    products = product_arrays(spec)
     return pd.DataFrame({
         "StockCode": products.code,
         "Description": products.desc,
@@ -238,7 +239,7 @@ def product_range(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
 
 def complements(spec: SyntheticSpec = DEFAULT) -> dict[str, frozenset[str]]:
     """For each product code, the codes generated as its complements: its family and the family's accessory."""
-    products = _range_for(spec)
+    products = product_arrays(spec)
     result: dict[str, set[str]] = {}
     for f in range(len(products.family_start)):
         members = products.code[products.family_start[f]:products.family_start[f] + products.family_size[f]].tolist()

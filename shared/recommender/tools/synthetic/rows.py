@@ -31,7 +31,7 @@ from recommender.tools.synthetic.vocabulary import (
     _QUANTITY_P,
     _SERVICES,
 )
-from recommender.tools.synthetic.products import _range_for, _ProductRange
+from recommender.tools.synthetic.products import _ProductRange, product_arrays
 from recommender.tools.synthetic.plan import _Customers, _customers, _Plan, _plan
 
 
@@ -185,7 +185,7 @@ def _block(spec: SyntheticSpec, products: _ProductRange, cust: _Customers, plan:
 
 
 def _blocks(spec: SyntheticSpec) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
-    products = _range_for(spec)
+    products = product_arrays(spec)
     cust = _customers(spec, products)
     plan = _plan(spec, products, cust)
     for b in range(-(-spec.invoices // _BLOCK)):

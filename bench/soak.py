@@ -24,10 +24,11 @@ import numpy as np
 
 from recommender.core.errors import ConfigError
 from recommender.core.settings import Settings
-from recommender.tools.bench.common import WRK_COMMON, load_average, median, say
+
+from bench.common import WRK_COMMON, load_average, median, say
 
 # A steady rate rather than wrk's flat out: each connection waits DELAY_MS between requests.
-WRK_SCRIPT = r"""-- Soak load for wrk (written by recommender.tools.soak): one "PATH<TAB>JSON" request a line of the file
+WRK_SCRIPT = r"""-- Soak load for wrk (written by bench.soak): one "PATH<TAB>JSON" request a line of the file
 -- named after "--", used in turn, with the token from SOAK_TOKEN; a fixed pause between a connection's requests.
 """ + WRK_COMMON + r"""
 function init(args)
@@ -173,10 +174,11 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
     from recommender.serving.model import load_model
     from recommender.serving.users import add_user, delete_user
     from recommender.tools import synthetic
-    from recommender.tools.bench.deployment import free_port, sample_baskets
-    from recommender.tools.bench.serve import ensure_wrk
     from recommender.training.ingest import load_transactions
     from recommender.training.pipeline import train
+
+    from bench.deployment import free_port, sample_baskets
+    from bench.serve import ensure_wrk
 
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="recommender-soak-"))

@@ -18,6 +18,19 @@ import numpy as np
 
 from recommender.core.errors import ConfigError
 
+# The repository: `python -m bench` runs from here (the `bench` package is not installed), and so do its children.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shown(path: Path) -> str:
+    """path as a user would type it from the current folder: relative when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+
 @contextmanager
 def environment(**values: str | None) -> Iterator[None]:
     """This process's environment with values set (None: unset) for the duration: local.server.start passes it to
@@ -173,9 +186,8 @@ def machine_info() -> dict:
     info["blas_threads_env"] = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
                                 if k in os.environ}
     try:
-        root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
         if commit.returncode == 0:
             info["commit"] = commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
     except OSError:
@@ -203,9 +215,10 @@ RESULT_MARK = "BENCH_RESULT "
 
 
 def run_child(task: str, args: dict, timeout: float = 3600) -> dict:
-    """Run `python -m recommender.tools.bench <task>` with args as JSON; its result, or ConfigError with its stderr."""
-    cmd = [sys.executable, "-m", "recommender.tools.bench", task, json.dumps(args)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    """Run `python -m bench <task>` (cwd: the repository) with args as JSON; its result, or ConfigError with its
+    stderr."""
+    cmd = [sys.executable, "-m", "bench", task, json.dumps(args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             result = json.loads(line[len(RESULT_MARK):])

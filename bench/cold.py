@@ -8,16 +8,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import yaml
-from recommender.core.errors import ConfigError
-from recommender.tools.bench.common import RESULT_MARK, median
-from recommender.tools.bench.deployment import Deployment
-from recommender.tools.bench.report import PartResult, Row, target_row
 
-if TYPE_CHECKING:
-    from recommender.tools.bench.runner import Options
+from recommender.core.errors import ConfigError
+
+from bench.common import RESULT_MARK, median
+from bench.deployment import Deployment
+from bench.options import Options
+from bench.report import PartResult, Row, target_row
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. Cold start of the recommend Lambda handler.

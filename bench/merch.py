@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recommender.tools.bench.common import median, percentile, say
-from recommender.tools.bench.deployment import Deployment
-from recommender.tools.bench.report import PartResult, Row, target_row
+from bench.common import median, percentile, say
+from bench.deployment import Deployment
+from bench.options import Options
+from bench.report import PartResult, Row, target_row
 
 if TYPE_CHECKING:
     from recommender.core.items import Items
-    from recommender.tools.bench.runner import Options
 
 RULES = {"block": 200, "do_not_pair": 300, "pin": 200, "boost": 300}   # 1,000 entries
 
@@ -167,8 +167,9 @@ def _scale_export(options: Options, work: Path) -> dict | None:
     """Export throughput on a model of the scale preset's 100k products (trained here on the cached dataset)."""
     from recommender.core.storage import LocalStorage
     from recommender.tools import synthetic
-    from recommender.tools.bench.scale import synthetic_dataset
     from recommender.training.pipeline import train
+
+    from bench.scale import synthetic_dataset
 
     plan = options.scale
     spec = synthetic.preset("scale", invoices=plan.invoices, products=plan.products, customers=plan.customers)

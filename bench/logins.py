@@ -11,17 +11,14 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recommender.tools.bench.common import environment, median, percentile, say
-from recommender.tools.bench.deployment import Deployment
-from recommender.tools.bench.report import PartResult, Row, target_row
-from recommender.tools.bench.serve import WRK_SCRIPT, ensure_wrk, run_wrk
-
-if TYPE_CHECKING:
-    from recommender.tools.bench.runner import Options
+from bench.common import environment, median, percentile, say
+from bench.deployment import Deployment
+from bench.options import Options
+from bench.report import PartResult, Row, target_row
+from bench.serve import WRK_SCRIPT, ensure_wrk, run_wrk
 
 # The scenario: 2 clients asking for recommendations, 20 others sending wrong passwords.
 SEND_CONNECTIONS = 2

@@ -11,17 +11,9 @@ from recommender.core.settings import get_settings
 from recommender.local import server
 from recommender.serving.model import load_model
 from recommender.serving.tokens import issue_token, load_secret
-from recommender.tools import ceiling
-from recommender.tools.bench import (
-    cold,
-    common,
-    deployment,
-    report,
-    runner,
-    scale,
-    train,
-)
 from recommender.training.ingest import load_transactions
+
+from bench import ceiling, cold, common, deployment, options, report, scale, train
 
 from tests.conftest import ROOT
 
@@ -175,8 +167,7 @@ def test_cold_start_of_the_handler_on_the_tiny_model(trained_storage, user, tiny
     token = issue_token(user.username, load_secret(settings, trained_storage), stamp=user.stamp)
     baskets = deployment.sample_baskets(load_transactions(tiny_csv), 5)
     dep = deployment.Deployment(trained_storage.root, settings, token, baskets, active_version(trained_storage))
-    options = runner.Options(template=ROOT / "template.yaml", cold_repeats=1)
-    result = cold.bench_cold(options, dep)
+    result = cold.bench_cold(options.Options(template=ROOT / "template.yaml", cold_repeats=1), dep)
     assert result.rows[0].value > 0 and result.details["imports"]["by_package"]
     assert sum(v for k, v in result.details["median"].items() if k != "total") <= result.details["median"]["total"] + 1e-6
 
@@ -205,7 +196,7 @@ def test_merch_part_pieces(trained_folder):
     from recommender.core.storage import LocalStorage
     from recommender.serving.merchandising import Options, Policy
     from recommender.serving.model import load_model
-    from recommender.tools.bench.merch import RULES, paired_latency, synthetic_merchandising
+    from bench.merch import RULES, paired_latency, synthetic_merchandising
     from recommender.training.rules import validate
 
     storage = LocalStorage(trained_folder)
@@ -222,9 +213,9 @@ def test_merch_part_pieces(trained_folder):
 
 
 def test_search_part_on_a_few_items():
-    from recommender.tools.bench import search
+    from bench import search
 
-    result = search.bench_search(runner.Options.quick_options(search_products=2000))
+    result = search.bench_search(options.Options.quick_options(search_products=2000))
     assert [r.measure for r in result.rows][-1].startswith("GET /items search p99")
     assert result.rows[-1].met is not None and result.details["queries"] > 300
     assert len(search.search_items(2000)) == 2000

@@ -7,10 +7,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
-from recommender.core.errors import ConfigError
-from recommender.tools.bench.common import (
+from bench.common import (
     median,
     peak_rss_bytes,
     print_result,
@@ -18,10 +17,9 @@ from recommender.tools.bench.common import (
     run_child,
     say,
 )
-from recommender.tools.bench.report import PartResult, Row, target_row
+from bench.options import Options
+from bench.report import PartResult, Row, target_row
 
-if TYPE_CHECKING:
-    from recommender.tools.bench.runner import Options
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Training: wall time and peak RSS per stage.
@@ -191,8 +189,6 @@ def bench_train(options: Options) -> PartResult:
     runs = {}
     for label, path, holdout in (("csv", options.csv, True), ("csv HOLDOUT=0", options.csv, False),
                                  ("xlsx", options.xlsx, True)):
-        if not path.exists():
-            raise ConfigError(f"dataset not found: {path} (set --csv/--xlsx)")
         say(f"training on {path.name}{'' if holdout else ' with HOLDOUT=0'}, {options.train_repeats} run(s), "
             f"each in a fresh process")
         runs[label] = measure_training(path, options.train_repeats, holdout=holdout)

@@ -2,7 +2,7 @@
 
 It is what FastAPI + uvicorn can do at most on this machine with the same token check (PyJWT, same secret
 and algorithm) and an answer of the same shape and size as the product's, run with the product's uvicorn options
-(server.uvicorn_options). `make bench-serve` starts it with `python -m recommender.tools.ceiling`, configured by the
+(server.uvicorn_options). `make bench-serve` starts it with `python -m bench.ceiling`, configured by the
 same environment (STORAGE_URL, HOST, PORT, JWT_SECRET, ...) as the product server.
 """
 

@@ -5,25 +5,24 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from recommender.tools.bench.common import (
+from bench.common import (
     GiB,
     growth_exponent,
     print_result,
     run_child,
     say,
 )
-from recommender.tools.bench.deployment import recommend_latency, sample_baskets
-from recommender.tools.bench.report import PartResult, Row, target_row
-from recommender.tools.bench.train import measure_training, slowest_stage, stage_table
+from bench.deployment import recommend_latency, sample_baskets
+from bench.options import Options, ScalePlan
+from bench.report import PartResult, Row, target_row
+from bench.train import measure_training, slowest_stage, stage_table
 
-if TYPE_CHECKING:
-    from recommender.tools.bench.runner import Options
 
 # ---------------------------------------------------------------------------------------------------------
 # 4. Scale: the synthetic generator's "scale" preset (10M rows, 100k products, 1M invoices).
@@ -95,20 +94,6 @@ def scale_quality(source: str, model_storage: str | None, days: int, max_cases: 
 
 def child_quality(args: dict) -> None:
     print_result(scale_quality(**args))
-
-
-@dataclass(frozen=True)
-class ScalePlan:
-    """The full-size spec and the smaller ones the growth estimate is fitted on."""
-
-    invoices: int
-    products: int
-    customers: int
-    row_fractions: tuple[float, ...] = (0.1, 0.3)      # with all products
-    product_fractions: tuple[float, ...] = (0.1, 0.3)  # at row_fractions[-1] of the rows
-    days: int = 30
-    max_cases: int = 20_000
-    latency_baskets: int = 2_000
 
 
 def bench_scale(options: Options) -> PartResult:

@@ -261,7 +261,7 @@ def headers_length(headers: list[tuple[str, str]]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the proxy in the foreground, e.g. `python -m recommender.tools.faultproxy http://127.0.0.1:5055
+    """Run the proxy in the foreground, e.g. `python -m bench.faultproxy http://127.0.0.1:5055
     --port 5199 --fault PUT:models/ACTIVE:error --fault GET::slowdown:0.2` (method:key regex:kind[:rate])."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("upstream", help="the S3 endpoint to forward to, e.g. http://127.0.0.1:5055")

@@ -83,9 +83,10 @@ def merchandise(storage: object, version: str) -> None:
     from recommender.core import registry
     from recommender.core.feed_and_rules import FEED_FILE, RULES_FILE
     from recommender.serving.model import load_model
-    from recommender.tools.bench.merch import synthetic_merchandising
     from recommender.training.feed import FeedFile
     from recommender.training.rules import validate
+
+    from bench.merch import synthetic_merchandising
 
     model = load_model(storage, version)
     feed, rules = synthetic_merchandising(model.items, model.item_price)
@@ -102,12 +103,13 @@ def fuzz(seconds: float, template: Path, workdir: Path | None = None, seed: int 
          settings: Settings | None = None) -> FuzzResult:
     """Fuzz a freshly started local server for `seconds` (schemathesis's time budget); stops the server after."""
     from recommender.core.storage import LocalStorage
-    from recommender.tools.bench.common import environment
-    from recommender.tools.bench.deployment import free_port
     from recommender.local.server import start, stop
     from recommender.serving.users import add_user
     from recommender.tools import synthetic
     from recommender.training.pipeline import train
+
+    from bench.common import environment
+    from bench.deployment import free_port
 
     owned = workdir is None
     work = Path(tempfile.mkdtemp(prefix="recommender-fuzz-")) if owned else workdir

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from recommender.tools.bench.common import PARTS, TARGETS
+from bench.common import PARTS, TARGETS
 
 
 # ---------------------------------------------------------------------------------------------------------

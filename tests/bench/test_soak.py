@@ -4,15 +4,16 @@ accepted by the real readers, and its report counts errors and memory growth aft
 import random
 
 import numpy as np
-from recommender.tools.soak import Events, SoakPlan, summarize
 from recommender.training.feed import read_feed
 from recommender.training.rules import read_rules
+
+from bench.soak import Events, SoakPlan, summarize
 
 CODES = [f"{20000 + i}" for i in range(60)] + ["85123A", "POST"]
 
 
 def test_feed_and_rules_files_are_valid(tmp_path):
-    from recommender.tools.soak import _feed_csv, _rules_yaml
+    from bench.soak import _feed_csv, _rules_yaml
 
     rng = random.Random(3)
     prices = np.full(len(CODES), np.nan)

@@ -3,7 +3,7 @@
 import os
 from dataclasses import replace
 
-from recommender.tools.bench.spark import SparkBenchOptions, big_spec, compare_models, report_table, tree_memory
+from bench.spark import SparkBenchOptions, big_spec, compare_models, report_table, tree_memory
 
 
 def test_tree_memory_counts_this_process_as_the_driver():

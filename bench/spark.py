@@ -16,13 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recommender.tools.bench.common import GiB, load_average, machine_info, say
+from bench.common import ROOT, GiB, load_average, machine_info, say, shown
+from bench.options import RETAIL_CSV, data_dir, retail_file
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 STAGES = (("read and cleaned in", "read + clean"), ("matrix:", "matrix"), ("item-item table", "item-item table"),
@@ -33,9 +34,9 @@ STAGES = (("read and cleaned in", "read + clean"), ("matrix:", "matrix"), ("item
 class SparkBenchOptions:
     """What `make bench-spark` measures; big_invoices > 0 adds the big synthetic run (about 10 rows an invoice)."""
 
-    cache_dir: Path = Path("data/bench")
-    out_dir: Path = Path("bench/results")
-    csv: Path = Path("../shared/datasets/online_retail.csv.gz")
+    cache_dir: Path = ROOT / "data" / "bench"
+    out_dir: Path = ROOT / "bench" / "results"
+    data_dir: Path = field(default_factory=data_dir)  # the Online Retail csv.gz of the agreement (BENCH_DATA_DIR)
     master: str = "local[2]"
     invoices: int = 1_000_000
     products: int = 100_000
@@ -46,6 +47,11 @@ class SparkBenchOptions:
     # In local mode the executors run inside the driver's JVM: its heap holds the shuffled co-occurrence blocks
     # (the 10M-row set ran out of a 4 GB heap). Half the machine's memory by default.
     driver_memory: str = field(default_factory=lambda: f"{max(2, os.sysconf('SC_PHYS_PAGES') * PAGE // 2**31)}g")
+
+    @property
+    def csv(self) -> Path:
+        """Online Retail as csv.gz (ConfigError when absent)."""
+        return retail_file(RETAIL_CSV, self.data_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -247,15 +253,15 @@ def _version_folder(storage: Path, version: str) -> Path:
 # The benchmark.
 # ---------------------------------------------------------------------------------------------------------
 def bench_spark(options: SparkBenchOptions) -> dict:
-    """Run what the options ask for; print the table; write bench/results/spark.json and spark.md."""
+    """Run what the options ask for; print the table; write bench/results/spark.json and spark-table.md."""
     from recommender.tools import synthetic
 
+    if options.agreement:
+        retail_file(RETAIL_CSV, options.data_dir)  # absent: stop now, saying how to provide it, not after the long runs
     results: dict[str, Any] = {"machine": machine_info(), "options": {k: str(v) for k, v in asdict(options).items()},
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="recommender-bench-spark-") as tmp:
-        if options.agreement and not options.csv.exists():
-            say(f"agreement skipped: {options.csv} not found (--csv names the Online Retail file)")
-        elif options.agreement:
+        if options.agreement:
             say(f"agreement on {options.csv.name}: both engines")
             runs = {e: measure_training(options.csv, Path(tmp) / f"or-{e}", e, options) for e in ("single", "spark")}
             results["agreement"] = {"runs": runs, **compare_models(
@@ -294,9 +300,10 @@ def bench_spark(options: SparkBenchOptions) -> dict:
     options.out_dir.mkdir(parents=True, exist_ok=True)
     previous.write_text(json.dumps(results, indent=1, default=str))
     table = report_table(results)
-    (options.out_dir / "spark.md").write_text("# make bench-spark\n\n" + table + "\n")
+    # The table only: spark.md beside it is the hand-kept account of the runs, which a rerun must not erase.
+    (options.out_dir / "spark-table.md").write_text("# make bench-spark\n\n" + table + "\n")
     print(table)
-    print(f"\nresults: {options.out_dir / 'spark.md'} and {previous}")
+    print(f"\nresults: {shown(options.out_dir / 'spark-table.md')} and {shown(previous)}")
     return results
 
 
@@ -359,33 +366,3 @@ def report_table(results: dict) -> str:
                      f"{_gib(run['peaks'].get('driver', 0))}, JVM {_gib(run['peaks'].get('jvm', 0))}, workers "
                      f"{_gib(run['peaks'].get('workers', 0))} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m recommender.tools.bench.spark [--big-invoices N] [--no-scale] [--no-agreement]`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="bench-spark", description=__doc__)
-    parser.add_argument("--big-invoices", type=int, default=0, help="add a Spark run on this many invoices (~10 rows "
-                                                                    "each; 10000000 gives ~100M rows)")
-    parser.add_argument("--no-scale", action="store_true", help="skip the 10M-row comparison")
-    parser.add_argument("--no-agreement", action="store_true", help="skip the Online Retail agreement")
-    parser.add_argument("--csv", default="../shared/datasets/online_retail.csv.gz")
-    parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--driver-memory", help="the driver JVM's heap (local mode: the executors' too); default: "
-                                                "half the machine's memory")
-    parser.add_argument("--cache", default="data/bench")
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--invoices", type=int, default=1_000_000, help="scale set size (default: the scale preset)")
-    args = parser.parse_args(argv)
-    options = replace(SparkBenchOptions(), cache_dir=Path(args.cache), out_dir=Path(args.out), csv=Path(args.csv),
-                      master=args.master, big_invoices=args.big_invoices, scale=not args.no_scale,
-                      agreement=not args.no_agreement, invoices=args.invoices)
-    if args.driver_memory:
-        options = replace(options, driver_memory=args.driver_memory)
-    bench_spark(options)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

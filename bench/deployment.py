@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from recommender.tools.bench.common import median, percentile, say
+from bench.common import median, percentile, say
 
 
 def free_port() -> int:

@@ -12,22 +12,21 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from recommender.core.errors import ConfigError
-from recommender.tools.bench.common import WRK_COMMON, median, percentile, say
-from recommender.tools.bench.deployment import Deployment, free_port, recommend_latency
-from recommender.tools.bench.report import PartResult, Row, target_row
 
-if TYPE_CHECKING:
-    from recommender.tools.bench.runner import Options
+from bench.common import ROOT, WRK_COMMON, median, percentile, say
+from bench.deployment import Deployment, free_port, recommend_latency
+from bench.options import Options
+from bench.report import PartResult, Row, target_row
 
 # ---------------------------------------------------------------------------------------------------------
 # 2. Serving over real HTTP: the product as `make run-prod` runs it against the bare ceiling app.
 # ---------------------------------------------------------------------------------------------------------
-WRK_SCRIPT = r"""-- POST /send_data for wrk (written by recommender.tools.bench): request bodies from the file named after
+WRK_SCRIPT = r"""-- POST /send_data for wrk (written by bench): request bodies from the file named after
 -- "--", one JSON object a line, used in turn; the token from BENCH_TOKEN. Counts every non-2xx answer.
 """ + WRK_COMMON + r"""
 function init(args)
@@ -82,8 +81,9 @@ def running_servers(dep: Deployment, template: Path, log_dir: Path) -> Iterator[
     env = {**os.environ, "STORAGE_URL": dep.settings.storage_url, "HOST": "127.0.0.1", "PORT": str(ceiling_port)}
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "ceiling.log", "ab") as log:
-        ceiling = subprocess.Popen([sys.executable, "-m", "recommender.tools.ceiling"], env=env, stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling"], env=env, cwd=ROOT,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     product = None
     try:
         _wait_health("127.0.0.1", ceiling_port, ceiling)
@@ -232,7 +232,8 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
     from recommender.core.storage import LocalStorage, open_storage
     from recommender.serving.model import load_model
     from recommender.serving.tokens import load_secret
-    from recommender.tools.ceiling import create_app as create_ceiling
+
+    from bench.ceiling import create_app as create_ceiling
 
     ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="recommender-bench-wrk-"))
@@ -325,7 +326,7 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
           f"from Online Retail invoices ({distinct:.0%} distinct; a basket is 1-10 products of one invoice), n=10, "
           "so the product's answer cache (ANSWER_CACHE) serves only the repeats such sampling gives; one more "
           f"product run cycles {options.cached_baskets:,} baskets to show the cache's effect. Product: `server.start` (what `make run-prod` runs). Ceiling: "
-          "`recommender.tools.ceiling`, bare FastAPI checking the same token, constant 10-item answer, same uvicorn options.",
+          "`bench.ceiling`, bare FastAPI checking the same token, constant 10-item answer, same uvicorn options.",
           "", "| run | app | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors |", "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['round']} | {r['app']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
            f"{r['max_ms']:.1f} | {r['errors']} |" for r in runs]

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recommender.core.items import Items
-from recommender.tools.bench.common import percentile
-from recommender.tools.bench.report import PartResult, Row, target_row
 
-if TYPE_CHECKING:
-    from recommender.tools.bench.runner import Options
+from bench.common import percentile
+from bench.options import Options
+from bench.report import PartResult, Row, target_row
 
 
 def search_items(products: int) -> Items:
@@ -20,7 +18,7 @@ def search_items(products: int) -> Items:
     from recommender.tools import synthetic
 
     spec = synthetic.preset("scale", products=products)
-    generated = synthetic._range_for(spec)
+    generated = synthetic.product_arrays(spec)
     popularity = np.random.default_rng(0).zipf(1.3, size=len(generated.code)).tolist()
     return Items([str(c) for c in generated.code], [str(d) for d in generated.desc], popularity)
 
