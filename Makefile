@@ -195,8 +195,17 @@ browser-deps: ## install chromium (Debian's package) for the web console's brows
 	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
 
+# The user guide (docs/, mkdocs.yml): built strictly (a broken link or a missing page fails); tests/test_docs.py
+# builds it too and runs its runnable blocks, so `make test` covers both.
+.PHONY: docs docs-examples
+docs: $(STAMP) ## build the user guide into site/ (strict: broken links and missing pages fail)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
+docs-examples: $(STAMP) ## run the guide's runnable blocks and rewrite the example outputs they produce (docs/examples/)
+	$(BIN)/python tests/docs_runner.py --write
+
 clean: ## remove the venv and caches (data/ is kept)
-	rm -rf $(VENV) .pytest_cache shared/*.egg-info
+	rm -rf $(VENV) .pytest_cache shared/*.egg-info site
 
 # Benchmarks: separate from `make test`, never timed assertions. They run the harness in bench/ (not installed:
 # `python -m bench <part>` from this folder). QUICK=1 gives short runs that check the harness (results then go to
