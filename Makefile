@@ -31,7 +31,7 @@ RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_
 	BASKETS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
-.PHONY: help devel test train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
+.PHONY: help devel test lint train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
 	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search fuzz bench-spark soak bench-deps lint-template build-lambda \
@@ -185,8 +185,12 @@ emulate-s3-stop: $(LIGHT) ## stop the local S3 started by emulate-s3 (by its pid
 devel: $(STAMP) ## create .venv and install everything: the project, every extra, the test and docs tools
 	@echo "installed into $(VENV)"
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) lint ## run the lint checks, then the test suite (the guide's build and runnable examples included)
 	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff's lint and format checks (configured in pyproject.toml; `ruff format .` fixes the format)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 lint-template: $(STAMP) ## check template.yaml with cfn-lint (make test does it too)
 	$(BIN)/cfn-lint template.yaml

@@ -15,9 +15,14 @@ from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 
 # Ten items shaped like the product's /send_data rows: code, description of typical length, score.
-ANSWER = {"result": {"recommendation": [
-    [f"2{i:04d}", f"CONSTANT ANSWER ITEM {i:02d} OF THE BENCHMARK CEILING", round(0.9 - i / 20, 4)]
-    for i in range(10)]}}
+ANSWER = {
+    "result": {
+        "recommendation": [
+            [f"2{i:04d}", f"CONSTANT ANSWER ITEM {i:02d} OF THE BENCHMARK CEILING", round(0.9 - i / 20, 4)]
+            for i in range(10)
+        ]
+    }
+}
 
 
 def create_app(secret: str, algorithm: str = "HS256") -> FastAPI:

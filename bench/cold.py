@@ -7,16 +7,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
-
-from recommender.core.errors import ConfigError
-from recommender.local.template import Tagged, read_template
 
 from bench.common import RESULT_MARK, median
 from bench.deployment import Deployment
 from bench.options import Options
 from bench.report import PartResult, Row, target_row
+from recommender.core.errors import ConfigError
+from recommender.local.template import Tagged, read_template
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. Cold start of the recommend Lambda handler.
@@ -61,10 +60,16 @@ def function_environment(template: Path, function: str = "RecommendFunction") ->
 def build_layer(root: Path, target: Path) -> Path:
     """The layer's package part as `sam build` makes it (shared/Makefile: layer-source, then bytecode) in target;
     its dependencies are this environment's, already compiled by pip."""
-    subprocess.run(["make", "--no-print-directory", "-C", str(root / "shared"), "layer-source", f"TARGET={target}"],
-                   check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "-f", "--invalidation-mode", "unchecked-hash",
-                    str(target)], check=True, capture_output=True)
+    subprocess.run(
+        ["make", "--no-print-directory", "-C", str(root / "shared"), "layer-source", f"TARGET={target}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "-f", "--invalidation-mode", "unchecked-hash", str(target)],
+        check=True,
+        capture_output=True,
+    )
     return target
 
 
@@ -74,11 +79,26 @@ def send_data_event(template_dir: Path, token: str, basket: Sequence[str], n: in
     if sample.exists():
         event = json.loads(sample.read_text())
     else:  # an installed package without the repository's tests: the same shape, minimal
-        event = {"version": "2.0", "routeKey": "POST /send_data", "rawPath": "/send_data", "rawQueryString": "",
-                 "headers": {"content-type": "application/json"}, "isBase64Encoded": False,
-                 "requestContext": {"http": {"method": "POST", "path": "/send_data", "protocol": "HTTP/1.1",
-                                             "sourceIp": "127.0.0.1", "userAgent": "bench"},
-                                    "requestId": "bench", "routeKey": "POST /send_data", "stage": "$default"}}
+        event = {
+            "version": "2.0",
+            "routeKey": "POST /send_data",
+            "rawPath": "/send_data",
+            "rawQueryString": "",
+            "headers": {"content-type": "application/json"},
+            "isBase64Encoded": False,
+            "requestContext": {
+                "http": {
+                    "method": "POST",
+                    "path": "/send_data",
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                    "userAgent": "bench",
+                },
+                "requestId": "bench",
+                "routeKey": "POST /send_data",
+                "stage": "$default",
+            },
+        }
     event["headers"]["authorization"] = f"Bearer {token}"
     event["body"] = json.dumps({"product_list": list(basket), "n": n})
     return event
@@ -99,8 +119,9 @@ def parse_importtime(stderr: str, top: int = 12) -> dict:
         except (ValueError, IndexError):
             continue
         depth = (len(raw) - len(raw.lstrip(" ")) - 1) // 2
-        entries.append({"module": raw.strip(), "self_ms": self_us / 1000, "cumulative_ms": cumulative_us / 1000,
-                        "depth": depth})
+        entries.append(
+            {"module": raw.strip(), "self_ms": self_us / 1000, "cumulative_ms": cumulative_us / 1000, "depth": depth}
+        )
     packages: dict[str, dict] = {}
     for e in entries:
         name = e["module"].split(".")[0]
@@ -109,8 +130,12 @@ def parse_importtime(stderr: str, top: int = 12) -> dict:
         package["modules"] += 1
     by_package = sorted(packages.values(), key=lambda p: -p["self_ms"])[:top]
     by_self = sorted(entries, key=lambda e: -e["self_ms"])[:top]
-    return {"by_package": by_package, "by_self": by_self, "modules": len(entries),
-            "total_ms": sum(e["cumulative_ms"] for e in entries if e["depth"] == 0)}
+    return {
+        "by_package": by_package,
+        "by_self": by_self,
+        "modules": len(entries),
+        "total_ms": sum(e["cumulative_ms"] for e in entries if e["depth"] == 0),
+    }
 
 
 def bench_cold(options: Options, dep: Deployment) -> PartResult:
@@ -120,54 +145,75 @@ def bench_cold(options: Options, dep: Deployment) -> PartResult:
     event = json.dumps(send_data_event(root, dep.token, dep.baskets[0]))
     # The function's own folder is read-only on Lambda and `sam build` ships no bytecode for it: app.py is compiled
     # at every cold start there, and here too.
-    env = {**os.environ, **function_environment(options.template), "STORAGE_URL": str(dep.folder),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        **function_environment(options.template),
+        "STORAGE_URL": str(dep.folder),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     layer = build_layer(root, dep.folder.parent / "layer")
     argv = [sys.executable, "-c", COLD_START, str(code_dir), event, str(layer), ",".join(NOT_IN_LAYER)]
     runs = []
-    for i in range(options.cold_repeats):
+    for _ in range(options.cold_repeats):
         spawned = time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_MARK)), None)
         if line is None:
             raise ConfigError(f"the cold-start process failed: {done.stderr.strip()[-800:]}")
-        r = json.loads(line[len(RESULT_MARK):])
+        r = json.loads(line[len(RESULT_MARK) :])
         if r["status"] != 200:
             raise ConfigError(f"the cold-start event was answered {r['status']}: {r['body']}")
         if not r["package"].startswith(str(layer)):
             raise ConfigError(f"the cold-start process imported the package from {r['package']}, not the layer")
-        runs.append({"interpreter": r["started"] - spawned, "import": r["imported"] - r["started"],
-                     "model_load": r["loaded"] - r["imported"], "first_event": r["answered"] - r["loaded"],
-                     "total": r["answered"] - spawned})
-    importtime = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], capture_output=True, text=True,
-                                env=env, timeout=120)
+        runs.append(
+            {
+                "interpreter": r["started"] - spawned,
+                "import": r["imported"] - r["started"],
+                "model_load": r["loaded"] - r["imported"],
+                "first_event": r["answered"] - r["loaded"],
+                "total": r["answered"] - spawned,
+            }
+        )
+    importtime = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv[1:]], capture_output=True, text=True, env=env, timeout=120
+    )
     imports = parse_importtime(importtime.stderr)
     stat = {k: median([r[k] for r in runs]) for k in runs[0]}
     slowest = ", ".join(f"{p['package']} {p['self_ms']:.0f} ms" for p in imports["by_package"][:4])
     rows = [
-        target_row("cold", f"cold start, spawn to first answer (median of {len(runs)})", "cold_start_seconds",
-                   round(stat["total"], 3), "s", f"slowest imports: {slowest}"),
+        target_row(
+            "cold",
+            f"cold start, spawn to first answer (median of {len(runs)})",
+            "cold_start_seconds",
+            round(stat["total"], 3),
+            "s",
+            f"slowest imports: {slowest}",
+        ),
         Row("cold", "  interpreter start", round(stat["interpreter"] * 1000), "ms"),
         Row("cold", "  import handler module", round(stat["import"] * 1000), "ms"),
         Row("cold", "  model load (verify + map)", round(stat["model_load"] * 1000), "ms"),
         Row("cold", "  first event through Mangum", round(stat["first_event"] * 1000), "ms"),
     ]
-    md = ["## Cold start", "",
-          "A fresh `python` puts `functions/recommend` and the layer's package (shared/Makefile's layer-source, "
-          "compiled to bytecode as `build-SharedLayer` does) on sys.path and imports `app` as the Lambda runtime "
-          "does, with the function's plain environment variables of template.yaml (OPENBLAS_NUM_THREADS=1), no "
-          "bytecode written for app.py (Lambda's /var/task is read-only) and no cryptography (the layer has none; "
-          "PyJWT would import it if it were there). It loads the active Online Retail model "
-          "(checksums verified, arrays memory-mapped) and answers one API Gateway v2 `POST /send_data` event through "
-          "Mangum (token check, user lookup, recommendation). Local storage: on AWS the model would first be copied "
-          "from S3 to /tmp, and the secret read from Secrets Manager.",
-          "", f"Slowest imports (`python -X importtime`, one extra run; {imports['modules']} modules, "
-          f"{imports['total_ms']:.0f} ms in all), per package:", "",
-          "| package | ms (self times of its modules) | modules |", "|---|---|---|"]
+    md = [
+        "## Cold start",
+        "",
+        "A fresh `python` puts `functions/recommend` and the layer's package (shared/Makefile's layer-source, "
+        "compiled to bytecode as `build-SharedLayer` does) on sys.path and imports `app` as the Lambda runtime "
+        "does, with the function's plain environment variables of template.yaml (OPENBLAS_NUM_THREADS=1), no "
+        "bytecode written for app.py (Lambda's /var/task is read-only) and no cryptography (the layer has none; "
+        "PyJWT would import it if it were there). It loads the active Online Retail model "
+        "(checksums verified, arrays memory-mapped) and answers one API Gateway v2 `POST /send_data` event through "
+        "Mangum (token check, user lookup, recommendation). Local storage: on AWS the model would first be copied "
+        "from S3 to /tmp, and the secret read from Secrets Manager.",
+        "",
+        f"Slowest imports (`python -X importtime`, one extra run; {imports['modules']} modules, "
+        f"{imports['total_ms']:.0f} ms in all), per package:",
+        "",
+        "| package | ms (self times of its modules) | modules |",
+        "|---|---|---|",
+    ]
     md += [f"| {p['package']} | {p['self_ms']:.0f} | {p['modules']} |" for p in imports["by_package"]]
     md += ["", "Slowest single modules (self time):", "", "| module | self ms |", "|---|---|"]
     md += [f"| {e['module']} | {e['self_ms']:.1f} |" for e in imports["by_self"][:8]]
     details = {"runs": runs, "median": stat, "imports": imports, "model_version": dep.version}
     return PartResult("cold", rows, details, "", 0, [], [], options.quick, "\n".join(md))
-
-

@@ -10,9 +10,10 @@ import socket
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,6 @@ def shown(path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
 
 
 @contextmanager
@@ -79,7 +79,7 @@ end
 """
 
 PARTS = ("train", "serve", "cold", "scale", "merch", "logins", "search")
-GiB = 1024 ** 3
+GiB = 1024**3
 
 # The issues' targets: (limit, direction), direction "max" means the measured value must not exceed the limit.
 # Issue 13 raised those of training (csv 5 -> 3 s, xlsx 10 -> 7 s), serving (0.70 -> 0.85x the ceiling, p99
@@ -163,8 +163,12 @@ def reset_peak_rss() -> None:
 
 def machine_info() -> dict:
     """Cores, memory, CPU, Python and library versions, the git commit, and the load right now."""
-    info: dict[str, Any] = {"cores": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform(), "hostname": socket.gethostname()}
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+    }
     try:
         meminfo = Path("/proc/meminfo").read_text()
         info["memory_gib"] = round(int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) * 1024 / GiB, 1)
@@ -175,16 +179,29 @@ def machine_info() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     libs = {}
-    for name in ("numpy", "scipy", "pandas", "annoy", "fastapi", "starlette", "pydantic", "uvicorn", "uvloop",
-                 "httptools", "mangum", "PyJWT"):
+    for name in (
+        "numpy",
+        "scipy",
+        "pandas",
+        "annoy",
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "mangum",
+        "PyJWT",
+    ):
         try:
             libs[name] = version(name)
         except PackageNotFoundError:
             libs[name] = None
     info["libraries"] = libs
     # BLAS threads matter on a shared machine (see README, Performance): record what the runs were allowed.
-    info["blas_threads_env"] = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-                                if k in os.environ}
+    info["blas_threads_env"] = {
+        k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+    }
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
@@ -221,7 +238,7 @@ def run_child(task: str, args: dict, timeout: float = 3600) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
+            result = json.loads(line[len(RESULT_MARK) :])
             result["_stderr"] = done.stderr
             return result
     tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
@@ -230,5 +247,3 @@ def run_child(task: str, args: dict, timeout: float = 3600) -> dict:
 
 def print_result(result: dict) -> None:
     print(RESULT_MARK + json.dumps(result, default=str), flush=True)
-
-

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,14 +30,15 @@ def sample_baskets(tx: Any, count: int, seed: int = 0, max_items: int = 10) -> l
     rng = np.random.default_rng(seed)
     baskets = []
     for b in rng.integers(0, len(tx.basket_ids), count):
-        items = tx.pair_item[order[bounds[b]:bounds[b + 1]]]
+        items = tx.pair_item[order[bounds[b] : bounds[b + 1]]]
         size = int(rng.integers(1, min(len(items), max_items) + 1))
         baskets.append([tx.item_codes[i] for i in rng.choice(items, size, replace=False)])
     return baskets
 
 
-def recommend_latency(model: Any, baskets: Sequence[Sequence[str]], n: int = 10, repeats: int = 3,
-                      warmup: int = 200) -> dict:
+def recommend_latency(
+    model: Any, baskets: Sequence[Sequence[str]], n: int = 10, repeats: int = 3, warmup: int = 200
+) -> dict:
     """In-process Model.recommend latency in microseconds: median over repeats of each pass's p50 and p99.
 
     The first pass's p99 is kept too: a model may remember per-item work (Annoy neighbours) within a process,
@@ -55,9 +57,16 @@ def recommend_latency(model: Any, baskets: Sequence[Sequence[str]], n: int = 10,
         p50.append(percentile(micros, 50))
         p99.append(percentile(micros, 99))
         mean.append(float(micros.mean()))
-    return {"p50_us": median(p50), "p99_us": median(p99), "first_pass_p99_us": p99[0], "mean_us": median(mean),
-            "calls": len(baskets),
-            "repeats": repeats, "n": n, "mean_basket": float(np.mean([len(b) for b in baskets]))}
+    return {
+        "p50_us": median(p50),
+        "p99_us": median(p99),
+        "first_pass_p99_us": p99[0],
+        "mean_us": median(mean),
+        "calls": len(baskets),
+        "repeats": repeats,
+        "n": n,
+        "mean_basket": float(np.mean([len(b) for b in baskets])),
+    }
 
 
 @dataclass
@@ -88,11 +97,16 @@ def retail_deployment(csv: Path, workdir: Path, basket_count: int = 2000) -> Ite
     say(f"training the Online Retail model for serving ({csv.name})")
     result = train(csv, storage, progress=lambda _m: None)
     user = add_user(storage, "bench", pysecrets.token_urlsafe(16), "Benchmark", "bench@example.com", rounds=4)
-    settings = settings_from_env({**os.environ, "STORAGE_URL": str(folder), "RUN_DIR": str(workdir / "run"),
-                                  "HOST": "127.0.0.1", "PORT": str(free_port())})
+    settings = settings_from_env(
+        {
+            **os.environ,
+            "STORAGE_URL": str(folder),
+            "RUN_DIR": str(workdir / "run"),
+            "HOST": "127.0.0.1",
+            "PORT": str(free_port()),
+        }
+    )
     secret = load_secret(settings, storage)
     token = issue_token("bench", secret, settings.jwt_algorithm, minutes=240, stamp=user.stamp)
     baskets = sample_baskets(load_transactions(csv), basket_count)
     yield Deployment(folder, settings, token, baskets, result.version)
-
-

@@ -52,7 +52,9 @@ class Fault:
         """Whether this fault is meant for a request (before its rate and remaining times are applied)."""
         if self.times is not None and self.hits >= self.times:
             return False
-        return (self.method is None or self.method == method) and (self.key is None or re.search(self.key, key) is not None)
+        return (self.method is None or self.method == method) and (
+            self.key is None or re.search(self.key, key) is not None
+        )
 
 
 def slow_down(**selection) -> Fault:
@@ -115,8 +117,11 @@ class FaultProxy:
     def requests(self, method: str | None = None, key: str | None = None) -> list[Seen]:
         """The requests seen so far, optionally those of one method and whose key matches a regex."""
         with self._lock:
-            return [s for s in self.seen if (method is None or s.method == method)
-                    and (key is None or re.search(key, s.key))]
+            return [
+                s
+                for s in self.seen
+                if (method is None or s.method == method) and (key is None or re.search(key, s.key))
+            ]
 
     def choose(self, method: str, key: str) -> Fault | None:
         """The fault a request gets (the first that selects it and wins its rate), recorded in `seen`."""
@@ -211,8 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers["Content-Length"] = str(len(body))
         conn = http.client.HTTPConnection(*self.owner._upstream, timeout=60)
         try:
-            conn.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None,
-                         headers=headers)
+            conn.request(
+                self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None, headers=headers
+            )
             response = conn.getresponse()
             data = response.read()
             return response.status, response.getheaders(), data
@@ -236,8 +242,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _error(self, fault: Fault) -> None:
-        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
-                f"<Message>injected fault</Message><RequestId>fault-proxy</RequestId></Error>").encode()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
+            f"<Message>injected fault</Message><RequestId>fault-proxy</RequestId></Error>"
+        ).encode()
         self.send_response(fault.status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
@@ -267,9 +275,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("upstream", help="the S3 endpoint to forward to, e.g. http://127.0.0.1:5055")
     parser.add_argument("--port", type=int, default=5199)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fault", action="append", default=[],
-                        help="METHOD:KEY-REGEX:KIND[:RATE]; KIND is error, slowdown, reset, stall or truncate; "
-                             "an empty METHOD or KEY matches all")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="METHOD:KEY-REGEX:KIND[:RATE]; KIND is error, slowdown, reset, stall or truncate; "
+        "an empty METHOD or KEY matches all",
+    )
     args = parser.parse_args(argv)
     proxy = FaultProxy(args.upstream, port=args.port, seed=args.seed)
     for spec in args.fault:

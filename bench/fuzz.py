@@ -65,10 +65,18 @@ class FuzzResult:
 
     def summary(self) -> dict:
         """JSON-ready figures (no output)."""
-        return {"seconds": round(self.seconds, 1), "exit_code": self.exit_code, "operations": self.operations,
-                "test_cases": self.test_cases, "failures": self.failures, "errors": self.errors,
-                "server_errors": self.server_errors[:20], "seed": self.seed, "ok": self.ok,
-                "checks": "all but " + ", ".join(EXCLUDED_CHECKS)}
+        return {
+            "seconds": round(self.seconds, 1),
+            "exit_code": self.exit_code,
+            "operations": self.operations,
+            "test_cases": self.test_cases,
+            "failures": self.failures,
+            "errors": self.errors,
+            "server_errors": self.server_errors[:20],
+            "seed": self.seed,
+            "ok": self.ok,
+            "checks": "all but " + ", ".join(EXCLUDED_CHECKS),
+        }
 
 
 def _login(base: str, password: str) -> str:
@@ -80,36 +88,44 @@ def _login(base: str, password: str) -> str:
 def merchandise(storage: object, version: str) -> None:
     """A product feed (prices, categories, brands, availability) and rules of every kind, active as `make feed`
     and `make rules` would leave them, so that the request options meet real data."""
+    from bench.merch import synthetic_merchandising
     from recommender.core import registry
     from recommender.core.feed_and_rules import FEED_FILE, RULES_FILE
     from recommender.serving.model import load_model
     from recommender.training.feed import FeedFile
     from recommender.training.rules import validate
 
-    from bench.merch import synthetic_merchandising
-
     model = load_model(storage, version)
     feed, rules = synthetic_merchandising(model.items, model.item_price)
     # Fewer rules than the benchmark's 1,000 on a model of a few dozen items: some of each kind.
-    rules = {"block": {**rules["block"], "codes": rules["block"]["codes"][:3]}, "do_not_pair": rules["do_not_pair"][:5],
-             "pin": [p for p in rules["pin"] if p["item"]["code"][0] not in rules["block"]["codes"][:3]][:5],
-             "boost": rules["boost"][:5]}
-    for kind, files in ((registry.FEED, {FEED_FILE: FeedFile(feed["items"], 0, []).to_json()}),
-                        (registry.RULES, {RULES_FILE: json.dumps(validate(rules)).encode()})):
+    rules = {
+        "block": {**rules["block"], "codes": rules["block"]["codes"][:3]},
+        "do_not_pair": rules["do_not_pair"][:5],
+        "pin": [p for p in rules["pin"] if p["item"]["code"][0] not in rules["block"]["codes"][:3]][:5],
+        "boost": rules["boost"][:5],
+    }
+    for kind, files in (
+        (registry.FEED, {FEED_FILE: FeedFile(feed["items"], 0, []).to_json()}),
+        (registry.RULES, {RULES_FILE: json.dumps(validate(rules)).encode()}),
+    ):
         registry.activate(storage, registry.publish_files(storage, files, {}, kind)["version"], kind=kind)
 
 
-def fuzz(seconds: float, template: Path, workdir: Path | None = None, seed: int | None = None,
-         settings: Settings | None = None) -> FuzzResult:
+def fuzz(
+    seconds: float,
+    template: Path,
+    workdir: Path | None = None,
+    seed: int | None = None,
+    settings: Settings | None = None,
+) -> FuzzResult:
     """Fuzz a freshly started local server for `seconds` (schemathesis's time budget); stops the server after."""
+    from bench.common import environment
+    from bench.deployment import free_port
     from recommender.core.storage import LocalStorage
     from recommender.local.server import start, stop
     from recommender.serving.users import add_user
     from recommender.tools import synthetic
     from recommender.training.pipeline import train
-
-    from bench.common import environment
-    from bench.deployment import free_port
 
     owned = workdir is None
     work = Path(tempfile.mkdtemp(prefix="recommender-fuzz-")) if owned else workdir
@@ -122,8 +138,9 @@ def fuzz(seconds: float, template: Path, workdir: Path | None = None, seed: int 
     merchandise(storage, version)
     password = secrets.token_urlsafe(16)
     add_user(storage, USER, password, "Fuzz Tester", "fuzz@example.com", rounds=4)
-    settings = replace(settings or Settings(), storage_url=str(data), run_dir=str(work / "run"), host="127.0.0.1",
-                       port=free_port())
+    settings = replace(
+        settings or Settings(), storage_url=str(data), run_dir=str(work / "run"), host="127.0.0.1", port=free_port()
+    )
     with environment(BCRYPT_ROUNDS="4", JWT_SECRET=None):
         info = start(settings, template)
     base = f"http://{info.host}:{info.port}"
@@ -132,26 +149,56 @@ def fuzz(seconds: float, template: Path, workdir: Path | None = None, seed: int 
     report = work / "report.json"
     try:
         token = _login(base, password)
-        command = [sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config), "run",
-                   f"{base}/openapi.json", "--checks", "all", "--exclude-checks", ",".join(EXCLUDED_CHECKS),
-                   "--header", f"Authorization: Bearer {token}", "--max-time", str(max(1, round(seconds))),
-                   "--request-timeout", "30", "--report", "json", "--report-json-path", str(report),
-                   *(["--seed", str(seed)] if seed is not None else [])]
+        command = [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--no-color",
+            "--config-file",
+            str(config),
+            "run",
+            f"{base}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            ",".join(EXCLUDED_CHECKS),
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--max-time",
+            str(max(1, round(seconds))),
+            "--request-timeout",
+            "30",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+            *(["--seed", str(seed)] if seed is not None else []),
+        ]
         started = time.monotonic()
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 300, cwd=work)
         took = time.monotonic() - started
     finally:
         stop(settings)
     log = Path(info.log_file).read_text(errors="replace") if Path(info.log_file).exists() else ""
-    server_errors = [line for line in log.splitlines()
-                     if re.search(r"Traceback|Exception in ASGI|unexpected error", line)]
+    server_errors = [
+        line for line in log.splitlines() if re.search(r"Traceback|Exception in ASGI|unexpected error", line)
+    ]
     if not report.exists():
-        raise ConfigError(f"schemathesis did not run (exit {done.returncode}): "
-                          f"{(done.stderr or done.stdout).strip()[-800:]}")
+        raise ConfigError(
+            f"schemathesis did not run (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-800:]}"
+        )
     raw = json.loads(report.read_text())
-    result = FuzzResult(took, done.returncode, raw["operations"]["tested"], raw["test_cases"]["generated"],
-                        raw.get("failures") or [], raw.get("errors") or [], server_errors,
-                        done.stdout + done.stderr, raw.get("seed"))
+    result = FuzzResult(
+        took,
+        done.returncode,
+        raw["operations"]["tested"],
+        raw["test_cases"]["generated"],
+        raw.get("failures") or [],
+        raw.get("errors") or [],
+        server_errors,
+        done.stdout + done.stderr,
+        raw.get("seed"),
+    )
     if owned and result.ok:
         import shutil
 

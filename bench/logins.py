@@ -85,8 +85,12 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
     # Every guess reaches bcrypt (12 rounds, the default): the throttle, which would turn them into cheap 429s
     # after 50 from one address, is lifted for the measurement.
     settings = replace(dep.settings, run_dir=str(work / "run"))
-    env = {"BCRYPT_ROUNDS": "12", "LOGIN_FAILURES_PER_USER": "1000000000", "LOGIN_FAILURES_PER_ADDRESS": "1000000000",
-           "RUN_DIR": settings.run_dir}
+    env = {
+        "BCRYPT_ROUNDS": "12",
+        "LOGIN_FAILURES_PER_USER": "1000000000",
+        "LOGIN_FAILURES_PER_ADDRESS": "1000000000",
+        "RUN_DIR": settings.run_dir,
+    }
     runs: list[dict] = []
     try:
         script = work / "post.lua"
@@ -101,20 +105,27 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
             run_wrk(url, script, bodies, dep.token, options.warmup_seconds, SEND_CONNECTIONS)
             for round_ in range(options.serve_rounds):
                 for burst in ("none", "polite", "flood"):
-                    say(f"round {round_ + 1}: /send_data at {SEND_CONNECTIONS} connections, {seconds:g} s, "
-                        f"login burst: {burst}")
+                    say(
+                        f"round {round_ + 1}: /send_data at {SEND_CONNECTIONS} connections, {seconds:g} s, "
+                        f"login burst: {burst}"
+                    )
                     if burst == "none":
                         run, logins = run_wrk(url, script, bodies, dep.token, seconds, SEND_CONNECTIONS), None
                     else:
                         with LoginBurst(info.host, info.port, LOGIN_CLIENTS, polite=burst == "polite") as crowd:
                             time.sleep(1.0)  # the pool's queue fills before the measurement starts
                             run = run_wrk(url, script, bodies, dep.token, seconds, SEND_CONNECTIONS)
-                        logins = {"answers": dict(crowd.statuses), "per_second": sum(crowd.statuses.values()) / (seconds + 1),
-                                  "p50_ms": percentile(np.asarray(crowd.latencies) * 1000, 50),
-                                  "p99_ms": percentile(np.asarray(crowd.latencies) * 1000, 99)}
+                        logins = {
+                            "answers": dict(crowd.statuses),
+                            "per_second": sum(crowd.statuses.values()) / (seconds + 1),
+                            "p50_ms": percentile(np.asarray(crowd.latencies) * 1000, 50),
+                            "p99_ms": percentile(np.asarray(crowd.latencies) * 1000, 99),
+                        }
                     runs.append({"burst": burst, "round": round_ + 1, **run, "logins": logins})
-                    say(f"  {run['rps']:,.0f} requests/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
-                        f"{run['errors']} errors" + (f"; logins {logins['answers']}" if logins else ""))
+                    say(
+                        f"  {run['rps']:,.0f} requests/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
+                        f"{run['errors']} errors" + (f"; logins {logins['answers']}" if logins else "")
+                    )
         finally:
             stop(settings)
     finally:
@@ -122,38 +133,76 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
 
     def summary(burst: str) -> dict:
         picked = [r for r in runs if r["burst"] == burst]
-        return {"rps": median([r["rps"] for r in picked]), "p50_ms": median([r["p50_ms"] for r in picked]),
-                "p99_ms": median([r["p99_ms"] for r in picked]), "errors": int(sum(r["errors"] for r in picked))}
+        return {
+            "rps": median([r["rps"] for r in picked]),
+            "p50_ms": median([r["p50_ms"] for r in picked]),
+            "p99_ms": median([r["p99_ms"] for r in picked]),
+            "errors": int(sum(r["errors"] for r in picked)),
+        }
 
     quiet, polite, flood = summary("none"), summary("polite"), summary("flood")
     ratio = polite["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] else float("nan")
     flood_ratio = flood["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] else float("nan")
     rows = [
-        Row("logins", "/send_data quiet, 2 connections: p50 / p99", quiet["p99_ms"], "ms",
-            note=f"p50 {quiet['p50_ms']:.2f} ms, {quiet['rps']:,.0f} requests/s"),
-        Row("logins", f"same with {LOGIN_CLIENTS} clients guessing passwords: p99", polite["p99_ms"], "ms",
-            note=f"p50 {polite['p50_ms']:.2f} ms, {polite['rps']:,.0f} requests/s; clients honour Retry-After"),
+        Row(
+            "logins",
+            "/send_data quiet, 2 connections: p50 / p99",
+            quiet["p99_ms"],
+            "ms",
+            note=f"p50 {quiet['p50_ms']:.2f} ms, {quiet['rps']:,.0f} requests/s",
+        ),
+        Row(
+            "logins",
+            f"same with {LOGIN_CLIENTS} clients guessing passwords: p99",
+            polite["p99_ms"],
+            "ms",
+            note=f"p50 {polite['p50_ms']:.2f} ms, {polite['rps']:,.0f} requests/s; clients honour Retry-After",
+        ),
         target_row("logins", "p99 under the login burst / quiet p99", "logins_p99_ratio", ratio, "x"),
-        Row("logins", "p99 under a flood (Retry-After ignored) / quiet p99", flood_ratio, "x",
-            note=f"p99 {flood['p99_ms']:.2f} ms, {flood['rps']:,.0f} requests/s"),
-        target_row("logins", "/send_data errors (socket + non-2xx)", "logins_errors",
-                   quiet["errors"] + polite["errors"] + flood["errors"], ""),
+        Row(
+            "logins",
+            "p99 under a flood (Retry-After ignored) / quiet p99",
+            flood_ratio,
+            "x",
+            note=f"p99 {flood['p99_ms']:.2f} ms, {flood['rps']:,.0f} requests/s",
+        ),
+        target_row(
+            "logins",
+            "/send_data errors (socket + non-2xx)",
+            "logins_errors",
+            quiet["errors"] + polite["errors"] + flood["errors"],
+            "",
+        ),
     ]
-    md = ["## logins details", "",
-          f"The server `make run-prod` starts (`server.start`; BCRYPT_ROUNDS=12, LOGIN_WORKERS, LOGIN_QUEUE and "
-          f"LOGIN_NICE at their defaults, the guessing throttle lifted so that every guess costs a bcrypt check). "
-          f"`wrk` sends /send_data on {SEND_CONNECTIONS} connections ({seconds:g} s a run) while {LOGIN_CLIENTS} "
-          "client threads of the benchmark POST wrong passwords to /token on kept-alive connections: none, "
-          "polite (a 429 or 503 is followed by its Retry-After wait) or flood (asked again at once); the three "
-          f"alternate, {options.serve_rounds} rounds.", "",
-          "| round | login burst | /send_data requests/s | p50 ms | p99 ms | errors | /token answers | /token p99 ms |",
-          "|---|---|---|---|---|---|---|---|"]
+    md = [
+        "## logins details",
+        "",
+        f"The server `make run-prod` starts (`server.start`; BCRYPT_ROUNDS=12, LOGIN_WORKERS, LOGIN_QUEUE and "
+        f"LOGIN_NICE at their defaults, the guessing throttle lifted so that every guess costs a bcrypt check). "
+        f"`wrk` sends /send_data on {SEND_CONNECTIONS} connections ({seconds:g} s a run) while {LOGIN_CLIENTS} "
+        "client threads of the benchmark POST wrong passwords to /token on kept-alive connections: none, "
+        "polite (a 429 or 503 is followed by its Retry-After wait) or flood (asked again at once); the three "
+        f"alternate, {options.serve_rounds} rounds.",
+        "",
+        "| round | login burst | /send_data requests/s | p50 ms | p99 ms | errors | /token answers | /token p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         logins = r["logins"] or {}
         answers = ", ".join(f"{k}: {v:,}" for k, v in sorted(logins.get("answers", {}).items()))
-        md.append(f"| {r['round']} | {r['burst']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                  f"{r['errors']} | {answers} | {logins.get('p99_ms', float('nan')):.0f} |")
-    details = {"runs": runs, "quiet": quiet, "polite": polite, "flood": flood, "ratio": ratio,
-               "flood_ratio": flood_ratio, "send_connections": SEND_CONNECTIONS, "login_clients": LOGIN_CLIENTS,
-               "seconds": seconds}
+        md.append(
+            f"| {r['round']} | {r['burst']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['errors']} | {answers} | {logins.get('p99_ms', float('nan')):.0f} |"
+        )
+    details = {
+        "runs": runs,
+        "quiet": quiet,
+        "polite": polite,
+        "flood": flood,
+        "ratio": ratio,
+        "flood_ratio": flood_ratio,
+        "send_connections": SEND_CONNECTIONS,
+        "login_clients": LOGIN_CLIENTS,
+        "seconds": seconds,
+    }
     return PartResult("logins", rows, details, "", 0, [], [], options.quick, "\n".join(md))

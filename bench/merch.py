@@ -22,7 +22,7 @@ from bench.report import PartResult, Row, target_row
 if TYPE_CHECKING:
     from recommender.core.items import Items
 
-RULES = {"block": 200, "do_not_pair": 300, "pin": 200, "boost": 300}   # 1,000 entries
+RULES = {"block": 200, "do_not_pair": 300, "pin": 200, "boost": 300}  # 1,000 entries
 
 
 def synthetic_merchandising(items: Items, prices: np.ndarray | None, seed: int = 0) -> tuple[dict, dict]:
@@ -34,18 +34,28 @@ def synthetic_merchandising(items: Items, prices: np.ndarray | None, seed: int =
     for i, (code, description) in enumerate(zip(items.codes, items.descriptions)):
         words = description.split() or ["OTHER"]
         price = float(prices[i]) if prices is not None and prices[i] == prices[i] else float(1 + i % 20)
-        feed_items[code] = {"availability": "out_of_stock" if i % 97 == 0 else "in_stock", "price": round(price, 2),
-                       "category": f"Dept {words[0][:1]} > {words[-1].title()}", "brand": f"Brand{i % 50}"}
+        feed_items[code] = {
+            "availability": "out_of_stock" if i % 97 == 0 else "in_stock",
+            "price": round(price, 2),
+            "category": f"Dept {words[0][:1]} > {words[-1].title()}",
+            "brand": f"Brand{i % 50}",
+        }
     pick = lambda k: rng.choice(n, size=k, replace=k > n)  # noqa: E731
     codes = items.codes
     rules = {
         "block": {"codes": [codes[i] for i in pick(RULES["block"])], "categories": [], "brands": []},
-        "do_not_pair": [{"basket": {"code": [codes[a]]}, "item": {"code": [codes[b]]}}
-                        for a, b in zip(pick(RULES["do_not_pair"]), pick(RULES["do_not_pair"]))],
-        "pin": [{"basket": {"code": [codes[a]]}, "item": {"code": [codes[b]]}, "position": int(p)}
-                for a, b, p in zip(pick(RULES["pin"]), pick(RULES["pin"]), rng.integers(1, 6, RULES["pin"]))],
-        "boost": [{"code": [codes[a]], "factor": float(f)}
-                  for a, f in zip(pick(RULES["boost"]), rng.choice([0.5, 1.5, 2.0], RULES["boost"]))],
+        "do_not_pair": [
+            {"basket": {"code": [codes[a]]}, "item": {"code": [codes[b]]}}
+            for a, b in zip(pick(RULES["do_not_pair"]), pick(RULES["do_not_pair"]))
+        ],
+        "pin": [
+            {"basket": {"code": [codes[a]]}, "item": {"code": [codes[b]]}, "position": int(p)}
+            for a, b, p in zip(pick(RULES["pin"]), pick(RULES["pin"]), rng.integers(1, 6, RULES["pin"]))
+        ],
+        "boost": [
+            {"code": [codes[a]], "factor": float(f)}
+            for a, f in zip(pick(RULES["boost"]), rng.choice([0.5, 1.5, 2.0], RULES["boost"]))
+        ],
     }
     blocked = set(rules["block"]["codes"])
     rules["pin"] = [p for p in rules["pin"] if p["item"]["code"][0] not in blocked]  # upload refuses those
@@ -59,7 +69,10 @@ def paired_latency(plain: Any, merch: Any, baskets: list[list[str]], options: An
         merch.recommend(basket, 10, options)
     runs: dict[str, list[dict]] = {"plain": [], "merch": []}
     for _ in range(repeats):
-        for name, call in (("plain", lambda b: plain.recommend(b, 10)), ("merch", lambda b: merch.recommend(b, 10, options))):
+        for name, call in (
+            ("plain", lambda b: plain.recommend(b, 10)),
+            ("merch", lambda b: merch.recommend(b, 10, options)),
+        ):
             wall, cpu = [], []
             for basket in baskets:
                 t, c = time.perf_counter_ns(), time.process_time_ns()
@@ -68,14 +81,25 @@ def paired_latency(plain: Any, merch: Any, baskets: list[list[str]], options: An
                 wall.append(time.perf_counter_ns() - t)
             # CPU time as well: on a shared machine a call descheduled mid-way inflates the wall-clock tail only.
             micros, cpu_micros = np.asarray(wall) / 1000, np.asarray(cpu) / 1000
-            runs[name].append({"p50": percentile(micros, 50), "p99": percentile(micros, 99),
-                               "cpu_p50": percentile(cpu_micros, 50), "cpu_p99": percentile(cpu_micros, 99)})
+            runs[name].append(
+                {
+                    "p50": percentile(micros, 50),
+                    "p99": percentile(micros, 99),
+                    "cpu_p50": percentile(cpu_micros, 50),
+                    "cpu_p99": percentile(cpu_micros, 99),
+                }
+            )
     keys = ("p50", "p99", "cpu_p50", "cpu_p99")
     stat = {name: {q: median([r[q] for r in rs]) for q in keys} for name, rs in runs.items()}
     ratios = [m["p99"] / p["p99"] for p, m in zip(runs["plain"], runs["merch"])]
     cpu_ratios = [m["cpu_p99"] / p["cpu_p99"] for p, m in zip(runs["plain"], runs["merch"])]
-    return {"runs": runs, "median": stat, "p99_ratio": median(ratios), "p99_ratios": ratios,
-            "cpu_p99_ratio": median(cpu_ratios)}
+    return {
+        "runs": runs,
+        "median": stat,
+        "p99_ratio": median(ratios),
+        "p99_ratios": ratios,
+        "cpu_p99_ratio": median(cpu_ratios),
+    }
 
 
 def measure_export(storage_folder: Path, out_dir: Path, n: int = 10) -> dict:
@@ -90,8 +114,15 @@ def measure_export(storage_folder: Path, out_dir: Path, n: int = 10) -> dict:
     done = export.export_complements(model, out_dir / "fbt.csv", n=n, progress=False)
     cpu = time.process_time() - cpu
     size = (out_dir / "fbt.csv").stat().st_size
-    return {"load_seconds": loaded, "export_seconds": done.seconds, "export_cpu_seconds": cpu, "rows": done.rows,
-            "items": done.items, "bytes": size, "model_version": model.version}
+    return {
+        "load_seconds": loaded,
+        "export_seconds": done.seconds,
+        "export_cpu_seconds": cpu,
+        "rows": done.rows,
+        "items": done.items,
+        "bytes": size,
+        "model_version": model.version,
+    }
 
 
 def bench_merch(options: Options, dep: Deployment) -> PartResult:
@@ -111,11 +142,17 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
     feed, rules = synthetic_merchandising(plain.items, plain.item_price)
     merch = plain.with_policy(Policy(plain.items, plain.item_price, feed, rules, "bench-feed", "bench-rules"))
     departments = sorted({a["category"].split(" > ")[0] for a in feed["items"].values()})
-    asked = Asked(exclude=(plain.items.codes[plain.items.most_popular()[0]],),
-                  exclude_categories=(departments[0],), price_max=10.0, explain=True)
-    say(f"in-process: plain Model.recommend vs feed + {sum(RULES.values()):,} rules + 3 filters + explain, "
-        f"{len(dep.baskets[:options.baskets]):,} baskets x {options.latency_repeats} alternated passes")
-    latency = paired_latency(plain, merch, dep.baskets[:options.baskets], asked, options.latency_repeats)
+    asked = Asked(
+        exclude=(plain.items.codes[plain.items.most_popular()[0]],),
+        exclude_categories=(departments[0],),
+        price_max=10.0,
+        explain=True,
+    )
+    say(
+        f"in-process: plain Model.recommend vs feed + {sum(RULES.values()):,} rules + 3 filters + explain, "
+        f"{len(dep.baskets[: options.baskets]):,} baskets x {options.latency_repeats} alternated passes"
+    )
+    latency = paired_latency(plain, merch, dep.baskets[: options.baskets], asked, options.latency_repeats)
     sample = merch.recommend(dep.baskets[0], 10, asked)
     full = sum(len(merch.recommend(b, 10, asked).items) == 10 for b in dep.baskets[:500])
 
@@ -123,11 +160,13 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
         work = Path(tmp)
         say("export: every Online Retail item's top 10 (fresh load, feed and rules active)")
         # Stored as make feed and make rules store them (the rules validated like an upload).
-        feed_version = registry.publish_files(storage, {FEED_FILE: FeedFile(feed["items"], 0, []).to_json()},
-                                              {}, registry.FEED)["version"]
+        feed_version = registry.publish_files(
+            storage, {FEED_FILE: FeedFile(feed["items"], 0, []).to_json()}, {}, registry.FEED
+        )["version"]
         registry.activate(storage, feed_version, kind=registry.FEED)
-        rules_version = registry.publish_files(storage, {RULES_FILE: json.dumps(validate(rules)).encode()},
-                                               {}, registry.RULES)["version"]
+        rules_version = registry.publish_files(
+            storage, {RULES_FILE: json.dumps(validate(rules)).encode()}, {}, registry.RULES
+        )["version"]
         registry.activate(storage, rules_version, kind=registry.RULES)
         retail = measure_export(dep.folder, work)
         for kind in (registry.FEED, registry.RULES):
@@ -136,40 +175,73 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
 
     p99 = latency["median"]
     rows = [
-        Row("merch", "Model.recommend p50 / p99: plain", round(p99["plain"]["p50"]), "µs",
-            note=f"p99 {p99['plain']['p99']:.0f} µs"),
-        Row("merch", "  with feed, 1,000 rules, 3 filters, explain", round(p99["merch"]["p50"]), "µs",
-            note=f"p99 {p99['merch']['p99']:.0f} µs; {full}/500 answers full"),
-        target_row("merch", "merchandised / plain p99 (median of paired passes)", "merch_p99_ratio",
-                   round(latency["p99_ratio"], 2), "x", f"CPU-time p99 ratio {latency['cpu_p99_ratio']:.2f}"),
-        target_row("merch", f"export: every Online Retail item ({retail['items']:,}) x 10", "merch_export_retail_seconds",
-                   round(retail["export_seconds"], 2), "s", f"{retail['rows']:,} rows; CPU {retail['export_cpu_seconds']:.2f} s; "
-                   f"model load {retail['load_seconds']:.2f} s"),
+        Row(
+            "merch",
+            "Model.recommend p50 / p99: plain",
+            round(p99["plain"]["p50"]),
+            "µs",
+            note=f"p99 {p99['plain']['p99']:.0f} µs",
+        ),
+        Row(
+            "merch",
+            "  with feed, 1,000 rules, 3 filters, explain",
+            round(p99["merch"]["p50"]),
+            "µs",
+            note=f"p99 {p99['merch']['p99']:.0f} µs; {full}/500 answers full",
+        ),
+        target_row(
+            "merch",
+            "merchandised / plain p99 (median of paired passes)",
+            "merch_p99_ratio",
+            round(latency["p99_ratio"], 2),
+            "x",
+            f"CPU-time p99 ratio {latency['cpu_p99_ratio']:.2f}",
+        ),
+        target_row(
+            "merch",
+            f"export: every Online Retail item ({retail['items']:,}) x 10",
+            "merch_export_retail_seconds",
+            round(retail["export_seconds"], 2),
+            "s",
+            f"{retail['rows']:,} rows; CPU {retail['export_cpu_seconds']:.2f} s; "
+            f"model load {retail['load_seconds']:.2f} s",
+        ),
     ]
     if scale is not None:
-        rows.append(target_row("merch", f"export: every item of the {scale['items']:,}-item model x 10",
-                               "merch_export_scale_seconds", round(scale["export_seconds"], 1), "s",
-                               f"{scale['rows']:,} rows; CPU {scale['export_cpu_seconds']:.1f} s; model load "
-                               f"{scale['load_seconds']:.1f} s; trained on {scale['dataset']}"))
-    md = ["## Merchandising", "",
-          f"In-process `Model.recommend` on {len(dep.baskets[:options.baskets]):,} sampled baskets (n=10), the plain "
-          "model against the same model with a feed (every item: category, brand, price; 1 in 97 out of stock), "
-          f"{sum(RULES.values()):,} rules ({', '.join(f'{v} {k}' for k, v in RULES.items())}), three filters "
-          "(exclude, exclude_categories, price_max) and explain; passes alternated, median of the per-pass ratios.",
-          "", f"Sample answer: {[p.item.stock_code for p in sample.items]}", "",
-          "Export: `make export`'s code on a fresh load of the served model (feed and rules active), csv, N=10; "
-          "the time includes asking Annoy for every item once."]
+        rows.append(
+            target_row(
+                "merch",
+                f"export: every item of the {scale['items']:,}-item model x 10",
+                "merch_export_scale_seconds",
+                round(scale["export_seconds"], 1),
+                "s",
+                f"{scale['rows']:,} rows; CPU {scale['export_cpu_seconds']:.1f} s; model load "
+                f"{scale['load_seconds']:.1f} s; trained on {scale['dataset']}",
+            )
+        )
+    md = [
+        "## Merchandising",
+        "",
+        f"In-process `Model.recommend` on {len(dep.baskets[: options.baskets]):,} sampled baskets (n=10), the plain "
+        "model against the same model with a feed (every item: category, brand, price; 1 in 97 out of stock), "
+        f"{sum(RULES.values()):,} rules ({', '.join(f'{v} {k}' for k, v in RULES.items())}), three filters "
+        "(exclude, exclude_categories, price_max) and explain; passes alternated, median of the per-pass ratios.",
+        "",
+        f"Sample answer: {[p.item.stock_code for p in sample.items]}",
+        "",
+        "Export: `make export`'s code on a fresh load of the served model (feed and rules active), csv, N=10; "
+        "the time includes asking Annoy for every item once.",
+    ]
     details = {"latency": latency, "retail_export": retail, "scale_export": scale, "rules": RULES}
     return PartResult("merch", rows, details, "", 0, [], [], options.quick, "\n".join(md))
 
 
 def _scale_export(options: Options, work: Path) -> dict | None:
     """Export throughput on a model of the scale preset's 100k products (trained here on the cached dataset)."""
+    from bench.scale import synthetic_dataset
     from recommender.core.storage import LocalStorage
     from recommender.tools import synthetic
     from recommender.training.pipeline import train
-
-    from bench.scale import synthetic_dataset
 
     plan = options.scale
     spec = synthetic.preset("scale", invoices=plan.invoices, products=plan.products, customers=plan.customers)

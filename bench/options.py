@@ -6,13 +6,13 @@ Every part takes its options from here and never from the runner, which imports 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
-
-from recommender.core.errors import ConfigError
+from typing import Any
 
 from bench.common import ROOT, shown
+from recommender.core.errors import ConfigError
 
 # The one setting for the Online Retail files (UCI, not in the repository): a folder holding both of them.
 DATA_DIR_ENV = "BENCH_DATA_DIR"
@@ -32,8 +32,10 @@ def retail_file(name: str, folder: Path | None = None) -> Path:
     folder = data_dir() if folder is None else folder
     path = folder / name
     if not path.is_file():
-        raise ConfigError(f"the benchmark needs Online Retail ({name}) in {shown(folder)}/: put it there or set "
-                          f"{DATA_DIR_ENV}=<folder>")
+        raise ConfigError(
+            f"the benchmark needs Online Retail ({name}) in {shown(folder)}/: put it there or set "
+            f"{DATA_DIR_ENV}=<folder>"
+        )
     return path
 
 
@@ -44,7 +46,7 @@ class ScalePlan:
     invoices: int
     products: int
     customers: int
-    row_fractions: tuple[float, ...] = (0.1, 0.3)      # with all products
+    row_fractions: tuple[float, ...] = (0.1, 0.3)  # with all products
     product_fractions: tuple[float, ...] = (0.1, 0.3)  # at row_fractions[-1] of the rows
     days: int = 30
     max_cases: int = 20_000
@@ -66,9 +68,9 @@ class Options:
     connections: int = 16
     latency_repeats: int = 3
     cold_repeats: int = 5
-    baskets: int = 2000          # baskets timed in-process (Model.recommend, ASGI)
+    baskets: int = 2000  # baskets timed in-process (Model.recommend, ASGI)
     http_baskets: int = 200_000  # request bodies of the HTTP runs: more than a run sends, so none repeats by design
-    cached_baskets: int = 2000   # the extra product run cycling few baskets (answer cache hits)
+    cached_baskets: int = 2000  # the extra product run cycling few baskets (answer cache hits)
     scale: ScalePlan = field(default_factory=lambda: ScalePlan(1_000_000, 100_000, 80_000))
     merch_scale_rows: float = 1.0  # share of the scale preset's invoices the merch part's 100k-item model learns from
     logins_seconds: float = 15.0  # each /send_data run of the logins part (quiet, polite burst, flood)
@@ -87,19 +89,37 @@ class Options:
         return retail_file(RETAIL_XLSX, self.data_dir)
 
     @classmethod
-    def quick_options(cls, **changes: Any) -> "Options":
+    def quick_options(cls, **changes: Any) -> Options:
         """Short runs to check the harness end to end: one training each, 3 s HTTP runs, a 200k-row scale set."""
-        base = cls(train_repeats=1, serve_seconds=3.0, serve_rounds=2, warmup_seconds=1.0, latency_repeats=1,
-                   cold_repeats=2, baskets=500, http_baskets=20_000, cached_baskets=500,
-                   scale=ScalePlan(20_000, 5_000, 4_000, max_cases=2_000, latency_baskets=500),
-                   merch_scale_rows=1.0, logins_seconds=3.0, search_products=10_000, search_repeats=1,
-                   out_dir=ROOT / "bench" / "results" / "quick", quick=True)
+        base = cls(
+            train_repeats=1,
+            serve_seconds=3.0,
+            serve_rounds=2,
+            warmup_seconds=1.0,
+            latency_repeats=1,
+            cold_repeats=2,
+            baskets=500,
+            http_baskets=20_000,
+            cached_baskets=500,
+            scale=ScalePlan(20_000, 5_000, 4_000, max_cases=2_000, latency_baskets=500),
+            merch_scale_rows=1.0,
+            logins_seconds=3.0,
+            search_products=10_000,
+            search_repeats=1,
+            out_dir=ROOT / "bench" / "results" / "quick",
+            quick=True,
+        )
         return replace(base, **changes)
 
 
 # The Online Retail files each part reads: checked before the first part runs, so a run stops at once.
-NEEDS: dict[str, tuple[str, ...]] = {"train": ("csv", "xlsx"), "serve": ("csv",), "cold": ("csv",),
-                                     "merch": ("csv",), "logins": ("csv",)}
+NEEDS: dict[str, tuple[str, ...]] = {
+    "train": ("csv", "xlsx"),
+    "serve": ("csv",),
+    "cold": ("csv",),
+    "merch": ("csv",),
+    "logins": ("csv",),
+}
 
 
 def check_data(parts: tuple[str, ...] | list[str], options: Options) -> None:

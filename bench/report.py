@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 from bench.common import PARTS, TARGETS
 
@@ -22,9 +22,9 @@ class Row:
     measure: str
     value: float | int | None
     unit: str
-    target: str = ""         # e.g. "<= 5 s"; empty when the issue sets none
+    target: str = ""  # e.g. "<= 5 s"; empty when the issue sets none
     met: bool | None = None  # None when there is no target
-    note: str = ""           # the reason a target is missed, or context
+    note: str = ""  # the reason a target is missed, or context
 
     def shown(self) -> str:
         """The value as the table shows it."""
@@ -66,7 +66,7 @@ class PartResult:
     load_before: list[float]
     load_after: list[float]
     quick: bool
-    markdown: str = ""   # the part's detail section
+    markdown: str = ""  # the part's detail section
 
     def to_json(self) -> dict:
         """JSON-ready form."""
@@ -92,8 +92,9 @@ def format_table(rows: Sequence[Row], markdown: bool = False, before: dict[tuple
     """The rows as one table: aligned text for the console, or Markdown; with before, a column of old figures."""
     before = before or {}
     header = ("part", "measure", "before", "value", "target", "status", "note")
-    lines = [(r.part, r.measure, before.get((r.part, r.measure), ""), r.shown(), r.target, r.status(), r.note)
-             for r in rows]
+    lines = [
+        (r.part, r.measure, before.get((r.part, r.measure), ""), r.shown(), r.target, r.status(), r.note) for r in rows
+    ]
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines]
@@ -130,8 +131,9 @@ def write_results(results: Sequence[PartResult], out_dir: Path, machine: dict, c
 
 
 def _rows_of(part: dict) -> list[Row]:
-    return [Row(**{k: r[k] for k in ("part", "measure", "value", "unit", "target", "met", "note")})
-            for r in part["rows"]]
+    return [
+        Row(**{k: r[k] for k in ("part", "measure", "value", "unit", "target", "met", "note")}) for r in part["rows"]
+    ]
 
 
 def markdown_report(parts: Sequence[dict], machine: dict, out_dir: Path | None = None) -> str:
@@ -149,8 +151,10 @@ def markdown_report(parts: Sequence[dict], machine: dict, out_dir: Path | None =
         "|---|---|---|---|---|---|---|",
     ]
     for p in parts:
-        lines.append(f"| {p['part']} | {p['started_at']} | {p['machine'].get('commit', '?')} | {p['seconds']:.0f} s | "
-                     f"{' / '.join(map(str, p['load_before']))} | {'yes' if p['quick'] else 'no'} | `{p['command']}` |")
+        lines.append(
+            f"| {p['part']} | {p['started_at']} | {p['machine'].get('commit', '?')} | {p['seconds']:.0f} s | "
+            f"{' / '.join(map(str, p['load_before']))} | {'yes' if p['quick'] else 'no'} | `{p['command']}` |"
+        )
     rows = [row for p in parts for row in _rows_of(p)]
     before = load_baseline(out_dir) if out_dir is not None else {}
     if before:
@@ -170,6 +174,4 @@ def _baseline_source(out_dir: Path) -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Sequence
-
-from recommender.core.errors import ConfigError
 
 from bench.cold import bench_cold
 from bench.common import PARTS, load_average, machine_info, say, shown
@@ -27,6 +25,7 @@ from bench.scale import bench_scale
 from bench.search import bench_search
 from bench.serve import bench_serve
 from bench.train import bench_train
+from recommender.core.errors import ConfigError
 
 
 def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list[PartResult], Path, Path]:
@@ -38,8 +37,10 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
     machine = machine_info()
     load = load_average()
     if load and load[0] >= 0.5:
-        say(f"the machine is busy (load {load[0]} on {machine.get('cores')} cores): absolute figures will be noisy; "
-             "ratios are measured in the same run")
+        say(
+            f"the machine is busy (load {load[0]} on {machine.get('cores')} cores): absolute figures will be noisy; "
+            "ratios are measured in the same run"
+        )
     results: list[PartResult] = []
     with tempfile.TemporaryDirectory(prefix="recommender-bench-") as tmp, ExitStack() as stack:
         deployment = None
@@ -67,8 +68,9 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
             results.append(result)
     json_path, md_path = write_results(results, options.out_dir, machine, command)
     print(format_table([row for r in results for row in r.rows], before=load_baseline(options.out_dir)))
-    print(f"\nmachine: {machine.get('cores')} cores, {machine.get('memory_gib')} GiB, Python {machine.get('python')}; "
-          "load before each part: "
-          + ", ".join(f"{r.part} {r.load_before[0] if r.load_before else '?'}" for r in results))
+    print(
+        f"\nmachine: {machine.get('cores')} cores, {machine.get('memory_gib')} GiB, Python {machine.get('python')}; "
+        "load before each part: " + ", ".join(f"{r.part} {r.load_before[0] if r.load_before else '?'}" for r in results)
+    )
     print(f"results: {shown(md_path)} and {shown(json_path)}")
     return results, json_path, md_path

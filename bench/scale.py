@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,15 +47,23 @@ def synthetic_dataset(spec: Any, folder: Path) -> tuple[Path, dict]:
     say(f"generating {path.name} (once; kept for later runs)")
     t = time.perf_counter()
     summary = synthetic.write_csv(spec, path)
-    meta = {"spec": asdict(spec), "rows": summary.rows, "invoices": summary.invoices, "products": summary.products,
-            "customers": summary.customers, "generated_seconds": round(time.perf_counter() - t, 1),
-            "bytes": path.stat().st_size, "generator_sha256": source_hash}
+    meta = {
+        "spec": asdict(spec),
+        "rows": summary.rows,
+        "invoices": summary.invoices,
+        "products": summary.products,
+        "customers": summary.customers,
+        "generated_seconds": round(time.perf_counter() - t, 1),
+        "bytes": path.stat().st_size,
+        "generator_sha256": source_hash,
+    }
     meta_path.write_text(json.dumps(meta, indent=1))
     return path, meta
 
 
-def scale_quality(source: str, model_storage: str | None, days: int, max_cases: int, latency_baskets: int,
-                  seed: int = 0) -> dict:
+def scale_quality(
+    source: str, model_storage: str | None, days: int, max_cases: int, latency_baskets: int, seed: int = 0
+) -> dict:
     """HR@10 of the product against popularity on the file's own temporal split (evaluation's protocol and code),
     and Model.recommend latency of the model trained on the whole file (when model_storage holds it)."""
     from recommender.core.registry import active_version
@@ -85,10 +94,20 @@ def scale_quality(source: str, model_storage: str | None, days: int, max_cases: 
     ranked, stats = evaluation.product(split, TrainingParams(), progress=lambda _m: None)
     product = evaluation.score("product", ranked, split.cases, n_items)
     popular = evaluation.score("popularity", evaluation.popularity(split), split.cases, n_items)
-    out.update({"cases": len(split.cases), "cutoff": str(split.cutoff), "train_baskets": split.train.report.baskets,
-                "train_items": n_items, "hr_product": product.hr, "hr_popularity": popular.hr,
-                "mrr_product": product.mrr, "coverage_product": product.coverage, "split_model": stats,
-                "eval_seconds": time.perf_counter() - t})
+    out.update(
+        {
+            "cases": len(split.cases),
+            "cutoff": str(split.cutoff),
+            "train_baskets": split.train.report.baskets,
+            "train_items": n_items,
+            "hr_product": product.hr,
+            "hr_popularity": popular.hr,
+            "mrr_product": product.mrr,
+            "coverage_product": product.coverage,
+            "split_model": stats,
+            "eval_seconds": time.perf_counter() - t,
+        }
+    )
     return out
 
 
@@ -107,8 +126,9 @@ def bench_scale(options: Options) -> PartResult:
     for f in plan.row_fractions:
         specs[("rows", f, 1.0)] = replace(full, invoices=max(1000, round(full.invoices * f)))
     for f in plan.product_fractions:
-        specs[("products", sweep_rows, f)] = replace(full, invoices=max(1000, round(full.invoices * sweep_rows)),
-                                                     products=max(100, round(full.products * f)))
+        specs[("products", sweep_rows, f)] = replace(
+            full, invoices=max(1000, round(full.invoices * sweep_rows)), products=max(100, round(full.products * f))
+        )
     datasets = {key: synthetic_dataset(spec, options.cache_dir) for key, spec in specs.items()}
 
     path, meta = datasets[("rows", 1.0, 1.0)]
@@ -118,8 +138,16 @@ def bench_scale(options: Options) -> PartResult:
     try:
         main = measure_training(path, 1, keep=keep)
         say("query latency on the full model; HR@10 on the temporal split (trains a second model)")
-        quality = run_child("child-quality", {"source": str(path), "model_storage": str(keep), "days": plan.days,
-                                              "max_cases": plan.max_cases, "latency_baskets": plan.latency_baskets})
+        quality = run_child(
+            "child-quality",
+            {
+                "source": str(path),
+                "model_storage": str(keep),
+                "days": plan.days,
+                "max_cases": plan.max_cases,
+                "latency_baskets": plan.latency_baskets,
+            },
+        )
         quality.pop("_stderr", None)
     finally:
         shutil.rmtree(keep, ignore_errors=True)
@@ -131,13 +159,27 @@ def bench_scale(options: Options) -> PartResult:
         else:
             say(f"growth: training on {gpath.name} ({gmeta['rows']:,} rows)")
             run = measure_training(gpath, 1)
-        growth_runs.append({"sweep": key[0], "rows": gmeta["rows"], "products": gmeta["spec"]["products"],
-                            "items": run["counts"].get("items"), "seconds": run["seconds"],
-                            "peak_rss": run["peak_rss"], "baseline_rss": run["stages"].get("imports", {}).get("peak_rss", 0),
-                            "stages": {k: v["seconds"] for k, v in run["stages"].items()}})
-    details = {"dataset": meta, "train": main, "quality": quality, "growth_runs": growth_runs,
-               "growth": growth_estimate(growth_runs, sweep_rows), "plan": asdict(plan),
-               "cache_dir": str(options.cache_dir)}
+        growth_runs.append(
+            {
+                "sweep": key[0],
+                "rows": gmeta["rows"],
+                "products": gmeta["spec"]["products"],
+                "items": run["counts"].get("items"),
+                "seconds": run["seconds"],
+                "peak_rss": run["peak_rss"],
+                "baseline_rss": run["stages"].get("imports", {}).get("peak_rss", 0),
+                "stages": {k: v["seconds"] for k, v in run["stages"].items()},
+            }
+        )
+    details = {
+        "dataset": meta,
+        "train": main,
+        "quality": quality,
+        "growth_runs": growth_runs,
+        "growth": growth_estimate(growth_runs, sweep_rows),
+        "plan": asdict(plan),
+        "cache_dir": str(options.cache_dir),
+    }
     rows, md = scale_report(details)
     return PartResult("scale", rows, details, "", 0, [], [], options.quick, md)
 
@@ -152,51 +194,112 @@ def scale_report(details: dict) -> tuple[list[Row], str]:
     lift = hr_p / hr_pop if hr_pop else float("inf")
     worst = max(main["stages"].items(), key=lambda kv: kv[1]["peak_rss"])
     rows = [
-        Row("scale", "dataset", meta["rows"], "rows",
-            note=f"{meta['invoices']:,} invoices, {meta['products']:,} products, {meta['bytes'] / 1e6:.0f} MB csv.gz"),
-        target_row("scale", "train: total wall time", "scale_train_seconds", round(main["seconds"], 1), "s",
-                   slowest_stage(main["stages"])),
-        target_row("scale", "train: peak RSS", "scale_peak_rss_gib", round(main["peak_rss"] / GiB, 2), "GiB",
-                   f"in stage {worst[0]}"),
-        Row("scale", "index size on disk (index.ann)", round(index_bytes / 2**20, 1), "MiB",
-            note=f"all artifacts {sum(main['artifact_bytes'].values()) / 2**20:,.0f} MiB"),
-        Row("scale", "query p50 (in-process)", round(latency.get("p50_us", float("nan")), 1), "µs",
-            note=f"{latency.get('items', 0):,} items, n=10"),
-        target_row("scale", "query p99 (in-process)", "scale_query_p99_ms",
-                   round(latency.get("p99_us", float("nan")) / 1000, 3), "ms",
-                   f"first pass over the baskets: p99 {latency.get('first_pass_p99_us', float('nan')) / 1000:.2f} ms"
-                   if "first_pass_p99_us" in latency else ""),
-        Row("scale", "HR@10 product", round(hr_p, 4), "", note=f"{quality['cases']:,} test baskets, last {plan.days} days"),
+        Row(
+            "scale",
+            "dataset",
+            meta["rows"],
+            "rows",
+            note=f"{meta['invoices']:,} invoices, {meta['products']:,} products, {meta['bytes'] / 1e6:.0f} MB csv.gz",
+        ),
+        target_row(
+            "scale",
+            "train: total wall time",
+            "scale_train_seconds",
+            round(main["seconds"], 1),
+            "s",
+            slowest_stage(main["stages"]),
+        ),
+        target_row(
+            "scale",
+            "train: peak RSS",
+            "scale_peak_rss_gib",
+            round(main["peak_rss"] / GiB, 2),
+            "GiB",
+            f"in stage {worst[0]}",
+        ),
+        Row(
+            "scale",
+            "index size on disk (index.ann)",
+            round(index_bytes / 2**20, 1),
+            "MiB",
+            note=f"all artifacts {sum(main['artifact_bytes'].values()) / 2**20:,.0f} MiB",
+        ),
+        Row(
+            "scale",
+            "query p50 (in-process)",
+            round(latency.get("p50_us", float("nan")), 1),
+            "µs",
+            note=f"{latency.get('items', 0):,} items, n=10",
+        ),
+        target_row(
+            "scale",
+            "query p99 (in-process)",
+            "scale_query_p99_ms",
+            round(latency.get("p99_us", float("nan")) / 1000, 3),
+            "ms",
+            f"first pass over the baskets: p99 {latency.get('first_pass_p99_us', float('nan')) / 1000:.2f} ms"
+            if "first_pass_p99_us" in latency
+            else "",
+        ),
+        Row(
+            "scale",
+            "HR@10 product",
+            round(hr_p, 4),
+            "",
+            note=f"{quality['cases']:,} test baskets, last {plan.days} days",
+        ),
         Row("scale", "HR@10 popularity", round(hr_pop, 4), ""),
         target_row("scale", "HR@10 lift over popularity", "scale_hr_lift", round(lift, 2), "x"),
-        Row("scale", "time growth with rows (exponent)", round(growth["time_rows"], 2), "",
+        Row(
+            "scale",
+            "time growth with rows (exponent)",
+            round(growth["time_rows"], 2),
+            "",
             note=f"{growth['time_rows_top']:.2f} between the two largest; 10x rows: "
-                 f"~{growth['time_10x_rows'] / 60:,.0f} min"),
-        Row("scale", "memory growth with rows (exponent)", round(growth["memory_rows"], 2), "",
+            f"~{growth['time_10x_rows'] / 60:,.0f} min",
+        ),
+        Row(
+            "scale",
+            "memory growth with rows (exponent)",
+            round(growth["memory_rows"], 2),
+            "",
             note=f"{growth['memory_rows_top']:.2f} between the two largest; 10x rows: "
-                 f"~{growth['memory_10x_rows'] / GiB:,.1f} GiB"),
+            f"~{growth['memory_10x_rows'] / GiB:,.1f} GiB",
+        ),
         Row("scale", "time growth with products (exponent)", round(growth["time_products"], 2), ""),
         Row("scale", "memory growth with products (exponent)", round(growth["memory_products"], 2), ""),
     ]
-    md = ["## Scale", "",
-          f"Synthetic data from `recommender.tools.synthetic` (preset `scale`"
-          f"{'' if (plan.invoices, plan.products) == (1_000_000, 100_000) else f', resized to {plan.invoices:,} invoices / {plan.products:,} products'}), "
-          f"cached under `{details.get('cache_dir', 'data/bench')}`. One training run per size in a fresh process. HR@10: "
-          f"`recommender.tools.evaluation`'s protocol (last {plan.days} days held out, one known item hidden per basket, "
-          f"seeded), {quality['cases']:,} of {quality['cases_available']:,} cases sampled, asked through "
-          "Model.recommend of a model trained on the earlier days.", "",
-          stage_table({"full": main}), "",
-          "Growth (one run per size; memory exponents fitted on peak RSS above the interpreter's baseline):", "",
-          "| sweep | rows | products | items | train s | peak RSS MiB | slowest stage |", "|---|---|---|---|---|---|---|"]
+    md = [
+        "## Scale",
+        "",
+        f"Synthetic data from `recommender.tools.synthetic` (preset `scale`"
+        f"{'' if (plan.invoices, plan.products) == (1_000_000, 100_000) else f', resized to {plan.invoices:,} invoices / {plan.products:,} products'}), "
+        f"cached under `{details.get('cache_dir', 'data/bench')}`. One training run per size in a fresh process. HR@10: "
+        f"`recommender.tools.evaluation`'s protocol (last {plan.days} days held out, one known item hidden per basket, "
+        f"seeded), {quality['cases']:,} of {quality['cases_available']:,} cases sampled, asked through "
+        "Model.recommend of a model trained on the earlier days.",
+        "",
+        stage_table({"full": main}),
+        "",
+        "Growth (one run per size; memory exponents fitted on peak RSS above the interpreter's baseline):",
+        "",
+        "| sweep | rows | products | items | train s | peak RSS MiB | slowest stage |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for g in growth_runs:
         stage, secs = max(g["stages"].items(), key=lambda kv: kv[1])
-        md.append(f"| {g['sweep']} | {g['rows']:,} | {g['products']:,} | {g['items']:,} | {g['seconds']:.1f} | "
-                  f"{g['peak_rss'] / 2**20:,.0f} | {stage} {secs:.1f} s |")
-    md += ["", f"Fitted over all sizes: time ~ rows^{growth['time_rows']:.2f}, memory ~ rows^{growth['memory_rows']:.2f} "
-           f"(products fixed; between the two largest: ^{growth['time_rows_top']:.2f} and "
-           f"^{growth['memory_rows_top']:.2f}); time ~ products^{growth['time_products']:.2f}, memory ~ products^"
-           f"{growth['memory_products']:.2f} (rows fixed). Extrapolated to 10x the rows with the exponents between "
-           f"the two largest: ~{growth['time_10x_rows'] / 60:,.0f} min, ~{growth['memory_10x_rows'] / GiB:,.1f} GiB."]
+        md.append(
+            f"| {g['sweep']} | {g['rows']:,} | {g['products']:,} | {g['items']:,} | {g['seconds']:.1f} | "
+            f"{g['peak_rss'] / 2**20:,.0f} | {stage} {secs:.1f} s |"
+        )
+    md += [
+        "",
+        f"Fitted over all sizes: time ~ rows^{growth['time_rows']:.2f}, memory ~ rows^{growth['memory_rows']:.2f} "
+        f"(products fixed; between the two largest: ^{growth['time_rows_top']:.2f} and "
+        f"^{growth['memory_rows_top']:.2f}); time ~ products^{growth['time_products']:.2f}, memory ~ products^"
+        f"{growth['memory_products']:.2f} (rows fixed). Extrapolated to 10x the rows with the exponents between "
+        f"the two largest: ~{growth['time_10x_rows'] / 60:,.0f} min, ~{growth['memory_10x_rows'] / GiB:,.1f} GiB.",
+    ]
     return rows, "\n".join(md)
 
 
@@ -223,8 +326,6 @@ def growth_estimate(runs: Sequence[dict], sweep_rows: float) -> dict:
     est["memory_rows_top"] = growth_exponent([r["rows"] for r in top], [above(r) for r in top])
     time_exp = est["time_rows_top"] if est["time_rows_top"] == est["time_rows_top"] else est["time_rows"]
     memory_exp = est["memory_rows_top"] if est["memory_rows_top"] == est["memory_rows_top"] else est["memory_rows"]
-    est["time_10x_rows"] = full["seconds"] * 10 ** time_exp
-    est["memory_10x_rows"] = full["baseline_rss"] + above(full) * 10 ** memory_exp
+    est["time_10x_rows"] = full["seconds"] * 10**time_exp
+    est["memory_10x_rows"] = full["baseline_rss"] + above(full) * 10**memory_exp
     return est
-
-

@@ -10,25 +10,28 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
-
-from recommender.core.errors import ConfigError
 
 from bench.common import ROOT, WRK_COMMON, median, percentile, say
 from bench.deployment import Deployment, free_port, recommend_latency
 from bench.options import Options
 from bench.report import PartResult, Row, target_row
+from recommender.core.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
 # 2. Serving over real HTTP: the product as `make run-prod` runs it against the bare ceiling app.
 # ---------------------------------------------------------------------------------------------------------
-WRK_SCRIPT = r"""-- POST /send_data for wrk (written by bench): request bodies from the file named after
+WRK_SCRIPT = (
+    r"""-- POST /send_data for wrk (written by bench): request bodies from the file named after
 -- "--", one JSON object a line, used in turn; the token from BENCH_TOKEN. Counts every non-2xx answer.
-""" + WRK_COMMON + r"""
+"""
+    + WRK_COMMON
+    + r"""
 function init(args)
   local headers = {["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN"),
                    ["Content-Type"] = "application/json"}
@@ -47,11 +50,13 @@ function done(summary, latency, requests)
     latency.max, latency.mean))
 end
 """
+)
 
 
 def _post(url: str, token: str, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()
@@ -81,9 +86,15 @@ def running_servers(dep: Deployment, template: Path, log_dir: Path) -> Iterator[
     env = {**os.environ, "STORAGE_URL": dep.settings.storage_url, "HOST": "127.0.0.1", "PORT": str(ceiling_port)}
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "ceiling.log", "ab") as log:
-        ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling"], env=env, cwd=ROOT,
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        ceiling = subprocess.Popen(
+            [sys.executable, "-m", "bench.ceiling"],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     product = None
     try:
         _wait_health("127.0.0.1", ceiling_port, ceiling)
@@ -104,37 +115,74 @@ def ensure_wrk() -> str:
     """The path of wrk; ConfigError saying how to install it when missing (make bench-serve installs it)."""
     path = shutil.which("wrk")
     if path is None:
-        raise ConfigError("wrk (the HTTP load generator) is not installed: `apt-get install -y wrk`, "
-                          "or run `make bench-serve`, which installs it")
+        raise ConfigError(
+            "wrk (the HTTP load generator) is not installed: `apt-get install -y wrk`, "
+            "or run `make bench-serve`, which installs it"
+        )
     return path
 
 
-def run_wrk(url: str, script: Path, bodies: Path, token: str, seconds: float, connections: int = 16,
-            threads: int = 1) -> dict:
+def run_wrk(
+    url: str, script: Path, bodies: Path, token: str, seconds: float, connections: int = 16, threads: int = 1
+) -> dict:
     """One wrk run against url; requests/s, latency percentiles (ms) and errors (socket errors + non-2xx)."""
-    cmd = [ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
-           "-s", str(script), url, "--", str(bodies)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_TOKEN": token},
-                          timeout=seconds + 120)
+    cmd = [
+        ensure_wrk(),
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(bodies),
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "BENCH_TOKEN": token}, timeout=seconds + 120
+    )
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_WRK ")), None)
     if line is None:
         raise ConfigError(f"wrk failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
-    raw = json.loads(line[len("BENCH_WRK "):])
+    raw = json.loads(line[len("BENCH_WRK ") :])
     socket_errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
-    return {"rps": raw["requests"] / (raw["duration_us"] / 1e6), "requests": raw["requests"],
-            "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
-            "max_ms": raw["max_us"] / 1000, "mean_ms": raw["mean_us"] / 1000,
-            "errors": socket_errors + raw["non2xx"], "non2xx": raw["non2xx"], "socket_errors": socket_errors,
-            "seconds": raw["duration_us"] / 1e6}
+    return {
+        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "requests": raw["requests"],
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "mean_ms": raw["mean_us"] / 1000,
+        "errors": socket_errors + raw["non2xx"],
+        "non2xx": raw["non2xx"],
+        "socket_errors": socket_errors,
+        "seconds": raw["duration_us"] / 1e6,
+    }
 
 
 async def _asgi_post(app: Any, path: str, body: bytes, token: str) -> int:
     """One POST through an ASGI app in this process (no sockets); the response status."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
-             "headers": [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode()),
-                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
     delivered = False
     status = 0
 
@@ -177,8 +225,11 @@ def asgi_latency(app: Any, bodies: Sequence[bytes], token: str, warmup: Sequence
         return passes
 
     passes = asyncio.run(measure())
-    return {"p50_us": median([percentile(np.asarray(t) / 1000, 50) for t in passes]),
-            "p99_us": median([percentile(np.asarray(t) / 1000, 99) for t in passes]), "calls": len(bodies)}
+    return {
+        "p50_us": median([percentile(np.asarray(t) / 1000, 50) for t in passes]),
+        "p99_us": median([percentile(np.asarray(t) / 1000, 99) for t in passes]),
+        "calls": len(bodies),
+    }
 
 
 def profile_hotspots(app: Any, bodies: Sequence[bytes], token: str, top: int = 15) -> list[dict]:
@@ -197,9 +248,14 @@ def profile_hotspots(app: Any, bodies: Sequence[bytes], token: str, top: int = 1
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # {(file, line, name): (cc, ncalls, tottime, cumtime, callers)}
     rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
-    return [{"function": f"{Path(file).parent.name}/{Path(file).name}:{line}({name})" if file != "~" else name,
-             "own_us_per_request": tottime / len(bodies) * 1e6, "calls_per_request": ncalls / len(bodies)}
-            for (file, line, name), (_cc, ncalls, tottime, _cum, _callers) in rows]
+    return [
+        {
+            "function": f"{Path(file).parent.name}/{Path(file).name}:{line}({name})" if file != "~" else name,
+            "own_us_per_request": tottime / len(bodies) * 1e6,
+            "calls_per_request": ncalls / len(bodies),
+        }
+        for (file, line, name), (_cc, ncalls, tottime, _cum, _callers) in rows
+    ]
 
 
 @contextmanager
@@ -229,11 +285,10 @@ def product_app_in_process(dep: Deployment, template: Path) -> Iterator[Any]:
 
 def bench_serve(options: Options, dep: Deployment) -> PartResult:
     """Part 2: /send_data over loopback, product vs ceiling alternated, plus Model.recommend in-process."""
+    from bench.ceiling import create_app as create_ceiling
     from recommender.core.storage import LocalStorage, open_storage
     from recommender.serving.model import load_model
     from recommender.serving.tokens import load_secret
-
-    from bench.ceiling import create_app as create_ceiling
 
     ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="recommender-bench-wrk-"))
@@ -245,7 +300,7 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
         bodies = work / "bodies.jsonl"
         bodies.write_text("".join(json.dumps({"product_list": b, "n": 10}) + "\n" for b in dep.baskets))
         repeated = work / "repeated.jsonl"
-        repeated.write_text("".join(bodies.read_text().splitlines(keepends=True)[:options.cached_baskets]))
+        repeated.write_text("".join(bodies.read_text().splitlines(keepends=True)[: options.cached_baskets]))
         runs: list[dict] = []
         with running_servers(dep, options.template, work / "logs") as urls:
             for name, url in urls.items():  # each answers correctly before it is measured
@@ -257,15 +312,21 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
             for round_ in range(options.serve_rounds):
                 for name in ("ceiling", "product"):
                     say(f"round {round_ + 1}: {name}, {options.serve_seconds:g} s at concurrency {options.connections}")
-                    run = run_wrk(urls[name] + "/send_data", script, bodies, dep.token, options.serve_seconds,
-                                  options.connections)
+                    run = run_wrk(
+                        urls[name] + "/send_data", script, bodies, dep.token, options.serve_seconds, options.connections
+                    )
                     runs.append({"app": name, "round": round_ + 1, **run})
-                    say(f"  {run['rps']:,.0f} requests/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
-                         f"{run['errors']} errors")
-            say(f"product with {options.cached_baskets:,} baskets cycled (ANSWER_CACHE="
-                 f"{dep.settings.answer_cache}), {options.serve_seconds:g} s")
-            run = run_wrk(urls["product"] + "/send_data", script, repeated, dep.token, options.serve_seconds,
-                          options.connections)
+                    say(
+                        f"  {run['rps']:,.0f} requests/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
+                        f"{run['errors']} errors"
+                    )
+            say(
+                f"product with {options.cached_baskets:,} baskets cycled (ANSWER_CACHE="
+                f"{dep.settings.answer_cache}), {options.serve_seconds:g} s"
+            )
+            run = run_wrk(
+                urls["product"] + "/send_data", script, repeated, dep.token, options.serve_seconds, options.connections
+            )
             runs.append({"app": "product, repeated baskets", "round": 1, **run})
             say(f"  {run['rps']:,.0f} requests/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms")
     finally:
@@ -274,21 +335,29 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
     def pick(app: str, key: str) -> list[float]:
         return [r[key] for r in runs if r["app"] == app]
 
-    summary = {app: {"rps": median(pick(app, "rps")), "p50_ms": median(pick(app, "p50_ms")),
-                     "p99_ms": median(pick(app, "p99_ms")), "errors": int(sum(pick(app, "errors")))}
-               for app in ("ceiling", "product")}
-    ratios = [p["rps"] / c["rps"] for c, p in zip([r for r in runs if r["app"] == "ceiling"],
-                                                   [r for r in runs if r["app"] == "product"])]
+    summary = {
+        app: {
+            "rps": median(pick(app, "rps")),
+            "p50_ms": median(pick(app, "p50_ms")),
+            "p99_ms": median(pick(app, "p99_ms")),
+            "errors": int(sum(pick(app, "errors"))),
+        }
+        for app in ("ceiling", "product")
+    }
+    ratios = [
+        p["rps"] / c["rps"]
+        for c, p in zip([r for r in runs if r["app"] == "ceiling"], [r for r in runs if r["app"] == "product"])
+    ]
     ratio = median(ratios)
     distinct = len({tuple(sorted(b)) for b in dep.baskets}) / len(dep.baskets)
     model = load_model(LocalStorage(dep.folder), dep.version)  # no answer cache: every call computes
-    measured = dep.baskets[:options.baskets]
+    measured = dep.baskets[: options.baskets]
     say(f"in-process Model.recommend over {len(measured):,} baskets")
     inproc = recommend_latency(model, measured, n=10, repeats=options.latency_repeats)
     say("in-process ASGI calls of both apps (no sockets), and a profile of the product's")
     payloads = [json.dumps({"product_list": b, "n": 10}).encode() for b in dep.baskets]
-    measured_bodies, warm_bodies = payloads[:options.baskets], payloads[-200:]
-    profiled = payloads[options.baskets:options.baskets + 500]
+    measured_bodies, warm_bodies = payloads[: options.baskets], payloads[-200:]
+    profiled = payloads[options.baskets : options.baskets + 500]
     ceiling_app = create_ceiling(load_secret(dep.settings, open_storage(dep.settings)), dep.settings.jwt_algorithm)
     asgi = {"ceiling": asgi_latency(ceiling_app, measured_bodies, dep.token, warm_bodies)}
     with product_app_in_process(dep, options.template) as app:
@@ -297,53 +366,112 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
     prod, ceil = summary["product"], summary["ceiling"]
     cached = next(r for r in runs if r["app"] == "product, repeated baskets")
     rows = [
-        Row("serve", "ceiling: requests/s (median)", round(ceil["rps"]), "req/s",
-            note=f"p50 {ceil['p50_ms']:.2f} ms, p99 {ceil['p99_ms']:.2f} ms, {ceil['errors']} errors"),
-        Row("serve", "product: requests/s (median)", round(prod["rps"]), "req/s",
-            note=f"p50 {prod['p50_ms']:.2f} ms"),
-        target_row("serve", "product / ceiling requests/s (median of paired runs)", "serve_rps_ratio",
-                   round(ratio, 3), "x", "paired runs: " + ", ".join(f"{r:.2f}" for r in ratios)
-                   + f"; in-process app p50 {asgi['product']['p50_us']:,.0f} µs vs the ceiling's "
-                     f"{asgi['ceiling']['p50_us']:,.0f}, of which Model.recommend {inproc['p50_us']:,.0f}"),
-        target_row("serve", "product: p99 latency", "serve_p99_ms", round(prod["p99_ms"], 2), "ms",
-                   f"ceiling p99 {ceil['p99_ms']:.2f} ms (wrk, uvicorn and the app share the cores)"),
-        target_row("serve", "product: errors (socket + non-2xx)", "serve_errors", prod["errors"], "",
-                   f"of {sum(pick('product', 'requests')):,} requests"),
-        Row("serve", "in-process Model.recommend p50", round(inproc["p50_us"], 1), "µs",
-            note=f"n=10, {inproc['calls']:,} baskets of {inproc['mean_basket']:.1f} items on average, no cache"),
+        Row(
+            "serve",
+            "ceiling: requests/s (median)",
+            round(ceil["rps"]),
+            "req/s",
+            note=f"p50 {ceil['p50_ms']:.2f} ms, p99 {ceil['p99_ms']:.2f} ms, {ceil['errors']} errors",
+        ),
+        Row("serve", "product: requests/s (median)", round(prod["rps"]), "req/s", note=f"p50 {prod['p50_ms']:.2f} ms"),
+        target_row(
+            "serve",
+            "product / ceiling requests/s (median of paired runs)",
+            "serve_rps_ratio",
+            round(ratio, 3),
+            "x",
+            "paired runs: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + f"; in-process app p50 {asgi['product']['p50_us']:,.0f} µs vs the ceiling's "
+            f"{asgi['ceiling']['p50_us']:,.0f}, of which Model.recommend {inproc['p50_us']:,.0f}",
+        ),
+        target_row(
+            "serve",
+            "product: p99 latency",
+            "serve_p99_ms",
+            round(prod["p99_ms"], 2),
+            "ms",
+            f"ceiling p99 {ceil['p99_ms']:.2f} ms (wrk, uvicorn and the app share the cores)",
+        ),
+        target_row(
+            "serve",
+            "product: errors (socket + non-2xx)",
+            "serve_errors",
+            prod["errors"],
+            "",
+            f"of {sum(pick('product', 'requests')):,} requests",
+        ),
+        Row(
+            "serve",
+            "in-process Model.recommend p50",
+            round(inproc["p50_us"], 1),
+            "µs",
+            note=f"n=10, {inproc['calls']:,} baskets of {inproc['mean_basket']:.1f} items on average, no cache",
+        ),
         Row("serve", "in-process Model.recommend p99", round(inproc["p99_us"], 1), "µs"),
-        Row("serve", "product, repeated baskets: requests/s", round(cached["rps"]), "req/s",
+        Row(
+            "serve",
+            "product, repeated baskets: requests/s",
+            round(cached["rps"]),
+            "req/s",
             note=f"{options.cached_baskets:,} baskets cycled, ANSWER_CACHE={dep.settings.answer_cache}; "
-                 f"p99 {cached['p99_ms']:.2f} ms"),
-        Row("serve", "in-process product app (ASGI, no sockets) p50", round(asgi["product"]["p50_us"], 1), "µs",
+            f"p99 {cached['p99_ms']:.2f} ms",
+        ),
+        Row(
+            "serve",
+            "in-process product app (ASGI, no sockets) p50",
+            round(asgi["product"]["p50_us"], 1),
+            "µs",
             note=f"p99 {asgi['product']['p99_us']:,.0f} µs; ceiling app p50 {asgi['ceiling']['p50_us']:,.0f} µs, "
-                 f"p99 {asgi['ceiling']['p99_us']:,.0f} µs"),
+            f"p99 {asgi['ceiling']['p99_us']:,.0f} µs",
+        ),
     ]
-    md = ["## Serving", "",
-          f"`POST /send_data` over loopback with wrk ({options.connections} connections, 1 thread, "
-          f"{options.serve_seconds:g} s a run, alternated ceiling/product {options.serve_rounds}x after a "
-          f"{options.warmup_seconds:g} s warm-up each), bodies taken in turn from {len(dep.baskets):,} baskets sampled "
-          f"from Online Retail invoices ({distinct:.0%} distinct; a basket is 1-10 products of one invoice), n=10, "
-          "so the product's answer cache (ANSWER_CACHE) serves only the repeats such sampling gives; one more "
-          f"product run cycles {options.cached_baskets:,} baskets to show the cache's effect. Product: `server.start` (what `make run-prod` runs). Ceiling: "
-          "`bench.ceiling`, bare FastAPI checking the same token, constant 10-item answer, same uvicorn options.",
-          "", "| run | app | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors |", "|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['round']} | {r['app']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
-           f"{r['max_ms']:.1f} | {r['errors']} |" for r in runs]
-    md += ["", f"Where a request's time goes, in-process (median µs per request): ceiling app "
-           f"{asgi['ceiling']['p50_us']:,.0f}, product app {asgi['product']['p50_us']:,.0f}, of which "
-           f"Model.recommend {inproc['p50_us']:,.0f}; the rest of the HTTP time is uvicorn, the sockets and wrk "
-           "sharing the two cores. Own time per request of the product's hottest functions (cProfile, "
-           f"{min(500, len(payloads))} requests; profiling inflates small functions):", "",
-           "| function | own µs per request | calls per request |", "|---|---|---|"]
+    md = [
+        "## Serving",
+        "",
+        f"`POST /send_data` over loopback with wrk ({options.connections} connections, 1 thread, "
+        f"{options.serve_seconds:g} s a run, alternated ceiling/product {options.serve_rounds}x after a "
+        f"{options.warmup_seconds:g} s warm-up each), bodies taken in turn from {len(dep.baskets):,} baskets sampled "
+        f"from Online Retail invoices ({distinct:.0%} distinct; a basket is 1-10 products of one invoice), n=10, "
+        "so the product's answer cache (ANSWER_CACHE) serves only the repeats such sampling gives; one more "
+        f"product run cycles {options.cached_baskets:,} baskets to show the cache's effect. Product: `server.start` (what `make run-prod` runs). Ceiling: "
+        "`bench.ceiling`, bare FastAPI checking the same token, constant 10-item answer, same uvicorn options.",
+        "",
+        "| run | app | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['round']} | {r['app']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
+        f"{r['max_ms']:.1f} | {r['errors']} |"
+        for r in runs
+    ]
+    md += [
+        "",
+        f"Where a request's time goes, in-process (median µs per request): ceiling app "
+        f"{asgi['ceiling']['p50_us']:,.0f}, product app {asgi['product']['p50_us']:,.0f}, of which "
+        f"Model.recommend {inproc['p50_us']:,.0f}; the rest of the HTTP time is uvicorn, the sockets and wrk "
+        "sharing the two cores. Own time per request of the product's hottest functions (cProfile, "
+        f"{min(500, len(payloads))} requests; profiling inflates small functions):",
+        "",
+        "| function | own µs per request | calls per request |",
+        "|---|---|---|",
+    ]
     md += [f"| `{h['function']}` | {h['own_us_per_request']:,.0f} | {h['calls_per_request']:g} |" for h in hotspots]
     from recommender.local.server import uvicorn_options
 
-    details = {"runs": runs, "summary": summary, "ratio": ratio, "paired_ratios": ratios, "in_process": inproc,
-               "pool_baskets": len(dep.baskets), "pool_distinct": distinct,
-               "asgi": asgi, "hotspots": hotspots,
-               "uvicorn": {k: v for k, v in uvicorn_options(dep.settings).items() if k not in ("host", "port")},
-               "connections": options.connections, "seconds": options.serve_seconds, "model_version": dep.version}
+    details = {
+        "runs": runs,
+        "summary": summary,
+        "ratio": ratio,
+        "paired_ratios": ratios,
+        "in_process": inproc,
+        "pool_baskets": len(dep.baskets),
+        "pool_distinct": distinct,
+        "asgi": asgi,
+        "hotspots": hotspots,
+        "uvicorn": {k: v for k, v in uvicorn_options(dep.settings).items() if k not in ("host", "port")},
+        "connections": options.connections,
+        "seconds": options.serve_seconds,
+        "model_version": dep.version,
+    }
     return PartResult("serve", rows, details, "", 0, [], [], options.quick, "\n".join(md))
-
-

@@ -16,21 +16,24 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from bench.common import WRK_COMMON, load_average, median, say
 from recommender.core.errors import ConfigError
 from recommender.core.settings import Settings
 
-from bench.common import WRK_COMMON, load_average, median, say
-
 # A steady rate rather than wrk's flat out: each connection waits DELAY_MS between requests.
-WRK_SCRIPT = r"""-- Soak load for wrk (written by bench.soak): one "PATH<TAB>JSON" request a line of the file
+WRK_SCRIPT = (
+    r"""-- Soak load for wrk (written by bench.soak): one "PATH<TAB>JSON" request a line of the file
 -- named after "--", used in turn, with the token from SOAK_TOKEN; a fixed pause between a connection's requests.
-""" + WRK_COMMON + r"""
+"""
+    + WRK_COMMON
+    + r"""
 function init(args)
   local headers = {["Authorization"] = "Bearer " .. os.getenv("SOAK_TOKEN"),
                    ["Content-Type"] = "application/json"}
@@ -55,6 +58,7 @@ function done(summary, latency, requests)
     latency.max))
 end
 """
+)
 
 
 @dataclass
@@ -62,15 +66,15 @@ class SoakPlan:
     """What the soak does and how often."""
 
     duration: float = 600.0
-    chunk_seconds: float = 10.0       # one wrk run: one point of the latency series
+    chunk_seconds: float = 10.0  # one wrk run: one point of the latency series
     connections: int = 8
-    delay_ms: int = 15                # per connection between requests: several hundred requests/s in all
+    delay_ms: int = 15  # per connection between requests: several hundred requests/s in all
     promote_every: float = 30.0
-    merch_every: float = 20.0         # a feed update, then a rules update, alternately
+    merch_every: float = 20.0  # a feed update, then a rules update, alternately
     users_every: float = 5.0
-    token_minutes: int = 1            # tokens expire every minute and are renewed before they do
-    warmup_seconds: float = 60.0      # RSS growth is measured after this, and after every version was served once
-    versions: int = 3                 # models trained up front, promoted in turn
+    token_minutes: int = 1  # tokens expire every minute and are renewed before they do
+    warmup_seconds: float = 60.0  # RSS growth is measured after this, and after every version was served once
+    versions: int = 3  # models trained up front, promoted in turn
 
 
 @dataclass
@@ -116,11 +120,14 @@ class Api:
 
 
 def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recommender", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "recommender", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
-def _every(period: float, stop: threading.Event, action: Callable[[], None], events: Events, name: str) -> threading.Thread:
+def _every(
+    period: float, stop: threading.Event, action: Callable[[], None], events: Events, name: str
+) -> threading.Thread:
     def loop() -> None:
         while not stop.wait(period):
             try:
@@ -160,16 +167,22 @@ def write_rules_yaml(codes: list[str], rng: random.Random, path: Path) -> None:
     picked = rng.sample(codes, min(len(codes), 40))
     blocked, pairs, pins, boosts = picked[:5], picked[5:15], picked[15:25], picked[25:40]
     lines = ["block:", "  codes: [" + ", ".join(json.dumps(c) for c in blocked) + "]", "do_not_pair:"]
-    lines += [f"  - {{basket: {{code: [{json.dumps(a)}]}}, item: {{code: [{json.dumps(b)}]}}}}"
-              for a, b in zip(pairs[::2], pairs[1::2])]
-    lines += ["pin:"] + [f"  - {{basket: {{code: [{json.dumps(a)}]}}, item: {{code: [{json.dumps(b)}]}}, "
-                         f"position: {rng.randint(1, 5)}}}" for a, b in zip(pins[::2], pins[1::2])]
+    lines += [
+        f"  - {{basket: {{code: [{json.dumps(a)}]}}, item: {{code: [{json.dumps(b)}]}}}}"
+        for a, b in zip(pairs[::2], pairs[1::2])
+    ]
+    lines += ["pin:"] + [
+        f"  - {{basket: {{code: [{json.dumps(a)}]}}, item: {{code: [{json.dumps(b)}]}}, position: {rng.randint(1, 5)}}}"
+        for a, b in zip(pins[::2], pins[1::2])
+    ]
     lines += ["boost:"] + [f"  - {{code: [{json.dumps(c)}], factor: {rng.choice([0.5, 1.5, 2.0])}}}" for c in boosts]
     path.write_text("\n".join(lines) + "\n")
 
 
 def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Settings | None = None) -> dict:
     """Run the soak; returns the report (see module docstring)."""
+    from bench.deployment import free_port, sample_baskets
+    from bench.serve import ensure_wrk
     from recommender.core import registry
     from recommender.core.storage import LocalStorage
     from recommender.local.server import start, stop
@@ -178,9 +191,6 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
     from recommender.tools import synthetic
     from recommender.training.ingest import load_transactions
     from recommender.training.pipeline import train
-
-    from bench.deployment import free_port, sample_baskets
-    from bench.serve import ensure_wrk
 
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="recommender-soak-"))
@@ -192,8 +202,10 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
             data = work / "synthetic.csv"
             synthetic.write_csv(synthetic.DEFAULT, data)
         say(f"training {plan.versions} model versions on {data.name} (promoted in turn during the soak)")
-        versions = [train(data, storage, progress=lambda _m: None, keep_versions=plan.versions + 5).version
-                    for _ in range(plan.versions)]
+        versions = [
+            train(data, storage, progress=lambda _m: None, keep_versions=plan.versions + 5).version
+            for _ in range(plan.versions)
+        ]
         model = load_model(storage, versions[-1])
         codes, prices = list(model.items.codes), model.item_price
         del model
@@ -208,11 +220,23 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
         password = secrets.token_urlsafe(16)
         add_user(storage, "soak", password, "Soak Test", "soak@example.com", rounds=4)
 
-        settings = replace(settings or Settings(), storage_url=str(storage.root), run_dir=str(work / "run"),
-                           host="127.0.0.1", port=free_port())
-        env = {**os.environ, "STORAGE_URL": settings.storage_url, "RUN_DIR": settings.run_dir,
-               "TOKEN_MINUTES": str(plan.token_minutes), "BCRYPT_ROUNDS": "4", "USER_CACHE_SECONDS": "2",
-               "MODEL_POLL_SECONDS": "2", "KEEP_VERSIONS": str(plan.versions + 5)}
+        settings = replace(
+            settings or Settings(),
+            storage_url=str(storage.root),
+            run_dir=str(work / "run"),
+            host="127.0.0.1",
+            port=free_port(),
+        )
+        env = {
+            **os.environ,
+            "STORAGE_URL": settings.storage_url,
+            "RUN_DIR": settings.run_dir,
+            "TOKEN_MINUTES": str(plan.token_minutes),
+            "BCRYPT_ROUNDS": "4",
+            "USER_CACHE_SECONDS": "2",
+            "MODEL_POLL_SECONDS": "2",
+            "KEEP_VERSIONS": str(plan.versions + 5),
+        }
         env.pop("JWT_SECRET", None)
         saved = dict(os.environ)
         os.environ.update(env)
@@ -259,7 +283,7 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
                 version = versions[turn["model"] % len(versions)]
                 turn["model"] += 1
             registry.stage(storage, version)
-            done = _cli(env, "promote", "--force")   # make load_after_parallel_train FORCE=1
+            done = _cli(env, "promote", "--force")  # make load_after_parallel_train FORCE=1
             if done.returncode != 0:
                 events.problem(f"promote failed: {done.stderr.strip()}")
             events.count("model promotions")
@@ -307,11 +331,13 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
             if value is not None:
                 rss.append((time.monotonic() - started, value))
 
-        threads = [_every(plan.promote_every, stop_event, promote, events, "promote"),
-                   _every(plan.merch_every, stop_event, merchandise, events, "merch"),
-                   _every(plan.users_every, stop_event, users, events, "users"),
-                   _every(5.0, stop_event, check_expired, events, "expiry"),
-                   _every(2.0, stop_event, sample_rss, events, "rss")]
+        threads = [
+            _every(plan.promote_every, stop_event, promote, events, "promote"),
+            _every(plan.merch_every, stop_event, merchandise, events, "merch"),
+            _every(plan.users_every, stop_event, users, events, "users"),
+            _every(5.0, stop_event, check_expired, events, "expiry"),
+            _every(2.0, stop_event, sample_rss, events, "rss"),
+        ]
         sample_rss()
         loads = [load_average()]
         try:
@@ -321,28 +347,59 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
                     renew()
                 seconds = max(1, round(min(plan.chunk_seconds, plan.duration - (time.monotonic() - started))))
                 t = time.monotonic() - started
-                done = subprocess.run([wrk, "-t1", f"-c{plan.connections}", f"-d{seconds}s", "--timeout", "10s",
-                                       "-s", str(script), f"http://{info.host}:{info.port}", "--", str(bodies)],
-                                      capture_output=True, text=True, timeout=seconds + 60,
-                                      env={**os.environ, "SOAK_TOKEN": token_state["token"],
-                                           "SOAK_DELAY_MS": str(plan.delay_ms), "SOAK_SEED": str(len(series) + 1)})
+                done = subprocess.run(
+                    [
+                        wrk,
+                        "-t1",
+                        f"-c{plan.connections}",
+                        f"-d{seconds}s",
+                        "--timeout",
+                        "10s",
+                        "-s",
+                        str(script),
+                        f"http://{info.host}:{info.port}",
+                        "--",
+                        str(bodies),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=seconds + 60,
+                    env={
+                        **os.environ,
+                        "SOAK_TOKEN": token_state["token"],
+                        "SOAK_DELAY_MS": str(plan.delay_ms),
+                        "SOAK_SEED": str(len(series) + 1),
+                    },
+                )
                 line = next((ln for ln in done.stdout.splitlines() if ln.startswith("SOAK_WRK ")), None)
                 if line is None:
                     events.problem(f"wrk failed: {(done.stderr or done.stdout).strip()[-300:]}")
                     continue
-                raw = json.loads(line[len("SOAK_WRK "):])
+                raw = json.loads(line[len("SOAK_WRK ") :])
                 errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"] + raw["non2xx"]
-                series.append({"t": round(t, 1), "seconds": raw["duration_us"] / 1e6, "requests": raw["requests"],
-                               "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
-                               "p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
-                               "max_ms": raw["max_us"] / 1000, "errors": errors,
-                               "rss_mib": round(rss[-1][1], 1) if rss else None})
+                series.append(
+                    {
+                        "t": round(t, 1),
+                        "seconds": raw["duration_us"] / 1e6,
+                        "requests": raw["requests"],
+                        "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+                        "p50_ms": raw["p50_us"] / 1000,
+                        "p99_ms": raw["p99_us"] / 1000,
+                        "max_ms": raw["max_us"] / 1000,
+                        "errors": errors,
+                        "rss_mib": round(rss[-1][1], 1) if rss else None,
+                    }
+                )
                 point = series[-1]
-                say(f"t={point['t']:>5.0f} s  {point['rps']:>6,.0f} requests/s  p50 {point['p50_ms']:.2f} ms  "
-                    f"p99 {point['p99_ms']:.2f} ms  errors {errors}  RSS {point['rss_mib']} MiB")
+                say(
+                    f"t={point['t']:>5.0f} s  {point['rps']:>6,.0f} requests/s  p50 {point['p50_ms']:.2f} ms  "
+                    f"p99 {point['p99_ms']:.2f} ms  errors {errors}  RSS {point['rss_mib']} MiB"
+                )
                 if errors:
-                    events.problem(f"{errors} failed requests at t={point['t']:.0f} s "
-                                   f"(socket: {errors - raw['non2xx']}, non-2xx: {raw['non2xx']})")
+                    events.problem(
+                        f"{errors} failed requests at t={point['t']:.0f} s "
+                        f"(socket: {errors - raw['non2xx']}, non-2xx: {raw['non2xx']})"
+                    )
                 loads.append(load_average())
         finally:
             stop_event.set()
@@ -350,8 +407,9 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
                 thread.join(timeout=120)
             stop(settings)
         log = (work / "run" / "server.log").read_text(errors="replace")
-        logged = [line for line in log.splitlines() if "Traceback" in line or " ERROR " in line
-                  or "Exception in ASGI" in line]
+        logged = [
+            line for line in log.splitlines() if "Traceback" in line or " ERROR " in line or "Exception in ASGI" in line
+        ]
         for line in logged[:20]:
             events.problem(f"server log: {line}")
         swaps = log.count("serving model ")
@@ -366,8 +424,14 @@ def soak(plan: SoakPlan, template: Path, data: Path | None = None, settings: Set
     return report
 
 
-def summarize(plan: SoakPlan, series: list[dict], rss: list[tuple[float, float]], events: Events,
-              loads: list[list[float]], swaps: int = 0) -> dict:
+def summarize(
+    plan: SoakPlan,
+    series: list[dict],
+    rss: list[tuple[float, float]],
+    events: Events,
+    loads: list[list[float]],
+    swaps: int = 0,
+) -> dict:
     """The report: totals, errors, the latency series, and RSS growth after warm-up."""
     requests = sum(p["requests"] for p in series)
     request_errors = sum(p["errors"] for p in series)
@@ -380,15 +444,31 @@ def summarize(plan: SoakPlan, series: list[dict], rss: list[tuple[float, float]]
     last = [v for t, v in rss if t >= (rss[-1][0] if rss else 0) - window]
     growth = (median(last) - median(first)) / median(first) * 100 if first and last else float("nan")
     return {
-        "duration_s": plan.duration, "plan": {k: v for k, v in vars(plan).items()},
-        "requests": requests, "requests_per_second": round(requests / max(1e-9, sum(p["seconds"] for p in series)), 1),
-        "errors": request_errors + len(events.problems), "failed_requests": request_errors,
-        "problems": events.problems[:50], "events": dict(events.counts), "model_swaps_logged": swaps,
-        "p50_ms": {"median": median([p["p50_ms"] for p in series]), "max": max((p["p50_ms"] for p in series), default=None)},
-        "p99_ms": {"median": median([p["p99_ms"] for p in series]), "max": max((p["p99_ms"] for p in series), default=None)},
-        "rss_mib": {"warmup_s": warm, "window_s": window, "after_warmup": round(median(first), 1) if first else None,
-                    "end": round(median(last), 1) if last else None, "max": round(max(after), 1) if after else None,
-                    "growth_percent": round(growth, 2)},
+        "duration_s": plan.duration,
+        "plan": {k: v for k, v in vars(plan).items()},
+        "requests": requests,
+        "requests_per_second": round(requests / max(1e-9, sum(p["seconds"] for p in series)), 1),
+        "errors": request_errors + len(events.problems),
+        "failed_requests": request_errors,
+        "problems": events.problems[:50],
+        "events": dict(events.counts),
+        "model_swaps_logged": swaps,
+        "p50_ms": {
+            "median": median([p["p50_ms"] for p in series]),
+            "max": max((p["p50_ms"] for p in series), default=None),
+        },
+        "p99_ms": {
+            "median": median([p["p99_ms"] for p in series]),
+            "max": max((p["p99_ms"] for p in series), default=None),
+        },
+        "rss_mib": {
+            "warmup_s": warm,
+            "window_s": window,
+            "after_warmup": round(median(first), 1) if first else None,
+            "end": round(median(last), 1) if last else None,
+            "max": round(max(after), 1) if after else None,
+            "growth_percent": round(growth, 2),
+        },
         "load_average": {"start": loads[0] if loads else [], "max_1min": max((x[0] for x in loads if x), default=None)},
         "series": series,
     }

@@ -26,8 +26,15 @@ from bench.common import ROOT, GiB, load_average, machine_info, say, shown
 from bench.options import RETAIL_CSV, data_dir, retail_file
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-STAGES = (("read and cleaned in", "read + clean"), ("matrix:", "matrix"), ("item-item table", "item-item table"),
-          ("svd", "svd"), ("index", "index"), ("saved version", "write"), ("done in", "total"))
+STAGES = (
+    ("read and cleaned in", "read + clean"),
+    ("matrix:", "matrix"),
+    ("item-item table", "item-item table"),
+    ("svd", "svd"),
+    ("index", "index"),
+    ("saved version", "write"),
+    ("done in", "total"),
+)
 
 
 @dataclass(frozen=True)
@@ -106,11 +113,11 @@ def tree_memory(root: int) -> dict[str, int]:
     return totals
 
 
-def measure_training(source: str | Path, storage: Path, engine: str, options: SparkBenchOptions,
-                     timeout: float = 6 * 3600) -> dict:
+def measure_training(
+    source: str | Path, storage: Path, engine: str, options: SparkBenchOptions, timeout: float = 6 * 3600
+) -> dict:
     """`python -m recommender train` on source: wall time, the stage times it prints, peak memory by role."""
-    env = dict(os.environ, SPARK_MASTER=options.master, SPARK_DRIVER_MEMORY=options.driver_memory,
-               PYTHONUNBUFFERED="1")
+    env = dict(os.environ, SPARK_MASTER=options.master, SPARK_DRIVER_MEMORY=options.driver_memory, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "recommender", "--storage", str(storage), "train", "--engine", engine, str(source)]
     peaks: dict[str, int] = {}
     peak_total = 0
@@ -141,10 +148,18 @@ def measure_training(source: str | Path, storage: Path, engine: str, options: Sp
                 if found:
                     stages[name] = float(found[-1])
     version = next((m.group(1) for m in map(re.compile(r"done in .*version (\S+)").search, lines) if m), None)
-    return {"engine": engine, "source": str(source), "seconds": round(seconds, 1), "stages": stages,
-            "peak_total": peak_total, "peaks": peaks, "version": version,
-            "log": [line.rstrip() for line in lines if not line.startswith(("WARNING", "Using Spark", "Setting",
-                                                                              "To adjust"))][-40:]}
+    return {
+        "engine": engine,
+        "source": str(source),
+        "seconds": round(seconds, 1),
+        "stages": stages,
+        "peak_total": peak_total,
+        "peaks": peaks,
+        "version": version,
+        "log": [
+            line.rstrip() for line in lines if not line.startswith(("WARNING", "Using Spark", "Setting", "To adjust"))
+        ][-40:],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,9 +182,16 @@ def parquet_dataset(spec: Any, folder: Path) -> tuple[Path, dict]:
     t = time.perf_counter()
     summary = synthetic.write_parquet_parts(spec, path)
     size = sum(p.stat().st_size for p in path.iterdir())
-    meta = {"spec": asdict(spec), "rows": summary.rows, "invoices": summary.invoices, "products": summary.products,
-            "customers": summary.customers, "generated_seconds": round(time.perf_counter() - t, 1), "bytes": size,
-            "parts": len(list(path.iterdir()))}
+    meta = {
+        "spec": asdict(spec),
+        "rows": summary.rows,
+        "invoices": summary.invoices,
+        "products": summary.products,
+        "customers": summary.customers,
+        "generated_seconds": round(time.perf_counter() - t, 1),
+        "bytes": size,
+        "parts": len(list(path.iterdir())),
+    }
     meta_path.write_text(json.dumps(meta, indent=1))
     return path, meta
 
@@ -193,8 +215,10 @@ def _by_target(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     order = np.lexsort((source, target))
     bounds = np.searchsorted(target[order], np.arange(len(indptr)))
     sources, weights = source[order], weight[order]  # sorted once: each item's slice is a view of these
-    return ([sources[bounds[i]:bounds[i + 1]] for i in range(len(indptr) - 1)],
-            [weights[bounds[i]:bounds[i + 1]] for i in range(len(indptr) - 1)])
+    return (
+        [sources[bounds[i] : bounds[i + 1]] for i in range(len(indptr) - 1)],
+        [weights[bounds[i] : bounds[i + 1]] for i in range(len(indptr) - 1)],
+    )
 
 
 def compare_models(single: Path, spark: Path, annoy_neighbours: int = 50, answers: int = 1000) -> dict:
@@ -222,14 +246,21 @@ def compare_models(single: Path, spark: Path, annoy_neighbours: int = 50, answer
         b = set(index_b.get_nns_by_item(i, annoy_neighbours, search_k=search_k))
         overlap.append(len(a & b) / max(1, len(a | b)))
         identical += a == b
-    vectors = np.array([index_a.get_item_vector(i) for i in range(n)]), np.array([index_b.get_item_vector(i)
-                                                                                    for i in range(n)])
+    vectors = (
+        np.array([index_a.get_item_vector(i) for i in range(n)]),
+        np.array([index_b.get_item_vector(i) for i in range(n)]),
+    )
     same_answers = _same_answers(single, spark, answers)
-    return {"items": n, "items_identical": items_a == items_b,
-            "neighbour_sets_identical": float(np.mean(same_sets)), "max_weight_difference": max(diffs, default=0.0),
-            "annoy_sets_identical": identical / n, "annoy_jaccard_mean": float(np.mean(overlap)),
-            "embedding_max_difference": float(np.abs(vectors[0] - vectors[1]).max()),
-            "one_item_answers_identical": same_answers}
+    return {
+        "items": n,
+        "items_identical": items_a == items_b,
+        "neighbour_sets_identical": float(np.mean(same_sets)),
+        "max_weight_difference": max(diffs, default=0.0),
+        "annoy_sets_identical": identical / n,
+        "annoy_jaccard_mean": float(np.mean(overlap)),
+        "embedding_max_difference": float(np.abs(vectors[0] - vectors[1]).max()),
+        "one_item_answers_identical": same_answers,
+    }
 
 
 def _same_answers(single: Path, spark: Path, count: int) -> float:
@@ -258,24 +289,34 @@ def bench_spark(options: SparkBenchOptions) -> dict:
 
     if options.agreement:
         retail_file(RETAIL_CSV, options.data_dir)  # absent: stop now, saying how to provide it, not after the long runs
-    results: dict[str, Any] = {"machine": machine_info(), "options": {k: str(v) for k, v in asdict(options).items()},
-                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "options": {k: str(v) for k, v in asdict(options).items()},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     with tempfile.TemporaryDirectory(prefix="recommender-bench-spark-") as tmp:
         if options.agreement:
             say(f"agreement on {options.csv.name}: both engines")
             runs = {e: measure_training(options.csv, Path(tmp) / f"or-{e}", e, options) for e in ("single", "spark")}
-            results["agreement"] = {"runs": runs, **compare_models(
-                _version_folder(Path(tmp) / "or-single", runs["single"]["version"]),
-                _version_folder(Path(tmp) / "or-spark", runs["spark"]["version"]))}
+            results["agreement"] = {
+                "runs": runs,
+                **compare_models(
+                    _version_folder(Path(tmp) / "or-single", runs["single"]["version"]),
+                    _version_folder(Path(tmp) / "or-spark", runs["spark"]["version"]),
+                ),
+            }
             results["agreement"]["load"] = load_average()
         if options.scale:
-            spec = synthetic.preset("scale", invoices=options.invoices, products=options.products,
-                                    customers=options.customers)
+            spec = synthetic.preset(
+                "scale", invoices=options.invoices, products=options.products, customers=options.customers
+            )
             path, meta = parquet_dataset(spec, options.cache_dir)
             results["scale"] = {"dataset": meta, "runs": {}}
             for engine in ("single", "spark"):
-                say(f"scale: engine {engine} on {meta['rows']:,} rows ({meta['parts']} Parquet parts), load "
-                    f"{load_average()}")
+                say(
+                    f"scale: engine {engine} on {meta['rows']:,} rows ({meta['parts']} Parquet parts), load "
+                    f"{load_average()}"
+                )
                 run = measure_training(path, Path(tmp) / f"scale-{engine}", engine, options)
                 run["load_before"] = load_average()
                 results["scale"]["runs"][engine] = run
@@ -284,12 +325,17 @@ def bench_spark(options: SparkBenchOptions) -> dict:
             spec = big_spec(options)
             t = time.perf_counter()
             path, meta = parquet_dataset(spec, options.cache_dir)
-            say(f"big run: engine spark on {meta['rows']:,} rows ({meta['parts']} parts, {meta['bytes'] / GiB:.1f} "
-                f"GiB), load {load_average()}")
+            say(
+                f"big run: engine spark on {meta['rows']:,} rows ({meta['parts']} parts, {meta['bytes'] / GiB:.1f} "
+                f"GiB), load {load_average()}"
+            )
             run = measure_training(path, Path(tmp) / "big", "spark", options)
             run["load_after"] = load_average()
-            results["big"] = {"dataset": meta, "dataset_seconds": round(time.perf_counter() - t, 1) - run["seconds"],
-                              "run": run}
+            results["big"] = {
+                "dataset": meta,
+                "dataset_seconds": round(time.perf_counter() - t, 1) - run["seconds"],
+                "run": run,
+            }
     previous = options.out_dir / "spark.json"
     if previous.exists():  # a part not run this time keeps its last figures
         old = json.loads(previous.read_text())
@@ -326,8 +372,10 @@ def report_table(results: dict) -> str:
     agreement = results.get("agreement")
     if agreement:
         runs = agreement["runs"]
-        lines.append(f"| Online Retail: training wall time (s) | {runs['single']['seconds']} | {runs['spark']['seconds']}"
-                     f" | load {agreement.get('load', ['?'])[0]} |")
+        lines.append(
+            f"| Online Retail: training wall time (s) | {runs['single']['seconds']} | {runs['spark']['seconds']}"
+            f" | load {agreement.get('load', ['?'])[0]} |"
+        )
         lines += [
             f"| Online Retail: identical neighbour sets | | {agreement['neighbour_sets_identical']:.2%} | "
             f"{agreement['items']:,} items |",
@@ -341,28 +389,42 @@ def report_table(results: dict) -> str:
     if scale:
         single, spark = scale["runs"]["single"], scale["runs"]["spark"]
         meta = scale["dataset"]
-        lines.append(f"| 10M scale set: training wall time (s) | {single['seconds']} | {spark['seconds']} | "
-                     f"{meta['rows']:,} rows, {meta['parts']} Parquet parts ({meta['bytes'] / 2**20:,.0f} MiB) |")
+        lines.append(
+            f"| 10M scale set: training wall time (s) | {single['seconds']} | {spark['seconds']} | "
+            f"{meta['rows']:,} rows, {meta['parts']} Parquet parts ({meta['bytes'] / 2**20:,.0f} MiB) |"
+        )
         for stage in ("read + clean", "matrix", "item-item table", "svd", "index"):
-            lines.append(f"| 10M: {stage} (s) | {single['stages'].get(stage, '')} | {spark['stages'].get(stage, '')} | |")
-        lines.append(f"| 10M: peak memory, whole process tree (GiB) | {_gib(single['peak_total'])} | "
-                     f"{_gib(spark['peak_total'])} | |")
-        lines.append(f"| 10M: peak memory by role (GiB) | driver {_gib(single['peaks'].get('driver', 0))} | driver "
-                     f"{_gib(spark['peaks'].get('driver', 0))}, JVM {_gib(spark['peaks'].get('jvm', 0))}, Python "
-                     f"workers {_gib(spark['peaks'].get('workers', 0))} | JVM = driver + executors in local mode |")
+            lines.append(
+                f"| 10M: {stage} (s) | {single['stages'].get(stage, '')} | {spark['stages'].get(stage, '')} | |"
+            )
+        lines.append(
+            f"| 10M: peak memory, whole process tree (GiB) | {_gib(single['peak_total'])} | "
+            f"{_gib(spark['peak_total'])} | |"
+        )
+        lines.append(
+            f"| 10M: peak memory by role (GiB) | driver {_gib(single['peaks'].get('driver', 0))} | driver "
+            f"{_gib(spark['peaks'].get('driver', 0))}, JVM {_gib(spark['peaks'].get('jvm', 0))}, Python "
+            f"workers {_gib(spark['peaks'].get('workers', 0))} | JVM = driver + executors in local mode |"
+        )
     reference = results.get("single_csv_reference")
     if reference:
-        lines.append(f"| 10M as csv.gz (`make bench-scale`) | {reference['seconds']} s, "
-                     f"{_gib(reference['peak_rss'])} GiB | | reading csv text instead of Parquet |")
+        lines.append(
+            f"| 10M as csv.gz (`make bench-scale`) | {reference['seconds']} s, "
+            f"{_gib(reference['peak_rss'])} GiB | | reading csv text instead of Parquet |"
+        )
     big = results.get("big")
     if big:
         run, meta = big["run"], big["dataset"]
-        lines.append(f"| big set: training wall time (s) | | {run['seconds']} | {meta['rows']:,} rows, "
-                     f"{meta['parts']} parts ({meta['bytes'] / GiB:.1f} GiB), generated in "
-                     f"{meta['generated_seconds']:.0f} s |")
+        lines.append(
+            f"| big set: training wall time (s) | | {run['seconds']} | {meta['rows']:,} rows, "
+            f"{meta['parts']} parts ({meta['bytes'] / GiB:.1f} GiB), generated in "
+            f"{meta['generated_seconds']:.0f} s |"
+        )
         for stage in ("read + clean", "matrix", "item-item table", "svd"):
             lines.append(f"| big: {stage} (s) | | {run['stages'].get(stage, '')} | |")
-        lines.append(f"| big: peak memory (GiB) | | {_gib(run['peak_total'])} | driver "
-                     f"{_gib(run['peaks'].get('driver', 0))}, JVM {_gib(run['peaks'].get('jvm', 0))}, workers "
-                     f"{_gib(run['peaks'].get('workers', 0))} |")
+        lines.append(
+            f"| big: peak memory (GiB) | | {_gib(run['peak_total'])} | driver "
+            f"{_gib(run['peaks'].get('driver', 0))}, JVM {_gib(run['peaks'].get('jvm', 0))}, workers "
+            f"{_gib(run['peaks'].get('workers', 0))} |"
+        )
     return "\n".join(lines)

@@ -6,8 +6,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bench.common import (
     median,
@@ -47,8 +48,14 @@ class StageClock:
 
 # Progress messages of training.train that end a stage. Any other unindented "<name>: ..." message ends a
 # stage of that name, so stages a new recipe adds show up on their own.
-_STAGE_MESSAGES = (("read and cleaned", "clean"), ("saved version", "write"), ("activated", "write"),
-                   ("staged", "write"), ("pruned", "write"), ("done in", "write"))
+_STAGE_MESSAGES = (
+    ("read and cleaned", "clean"),
+    ("saved version", "write"),
+    ("activated", "write"),
+    ("staged", "write"),
+    ("pruned", "write"),
+    ("done in", "write"),
+)
 _STAGE_NAME = re.compile(r"^([a-z][a-z0-9 _-]{0,60}): ")
 
 
@@ -63,8 +70,7 @@ def stage_of_message(message: str) -> str | None:
     return match.group(1) if match else None
 
 
-def profile_training(source: str, storage_dir: str, imports_seconds: float | None = None, holdout: bool = True
-                     ) -> dict:
+def profile_training(source: str, storage_dir: str, imports_seconds: float | None = None, holdout: bool = True) -> dict:
     """Train on source into a local storage as `make train` does (holdout False: HOLDOUT=0), timing every stage
     and its peak RSS.
 
@@ -114,16 +120,25 @@ def profile_training(source: str, storage_dir: str, imports_seconds: float | Non
     folder = Path(storage_dir) / "models" / "versions" / result.version
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
     total = seconds + (imports_seconds or 0.0)
-    return {"source": source, "version": result.version, "seconds": total, "train_seconds": seconds,
-            "peak_rss": clock.peak, "stages": clock.stages, "counts": manifest.get("counts", {}), "artifact_bytes": sizes}
+    return {
+        "source": source,
+        "version": result.version,
+        "seconds": total,
+        "train_seconds": seconds,
+        "peak_rss": clock.peak,
+        "stages": clock.stages,
+        "counts": manifest.get("counts", {}),
+        "artifact_bytes": sizes,
+    }
 
 
 def child_train(args: dict) -> None:
     import recommender.training.pipeline  # noqa: F401  (imported here so that its cost lands in the "imports" stage)
 
     # time.monotonic is CLOCK_MONOTONIC, one clock for every process: the parent's spawn time is comparable.
-    print_result(profile_training(args["source"], args["storage"], time.monotonic() - args["spawned"],
-                                  args.get("holdout", True)))
+    print_result(
+        profile_training(args["source"], args["storage"], time.monotonic() - args["spawned"], args.get("holdout", True))
+    )
 
 
 def measure_training(source: Path, repeats: int, keep: Path | None = None, holdout: bool = True) -> dict:
@@ -134,14 +149,17 @@ def measure_training(source: Path, repeats: int, keep: Path | None = None, holdo
     """
     runs = []
     for r in range(repeats):
-        storage = Path(tempfile.mkdtemp(prefix="recommender-bench-train-")) if keep is None or r < repeats - 1 \
-            else keep
+        storage = Path(tempfile.mkdtemp(prefix="recommender-bench-train-")) if keep is None or r < repeats - 1 else keep
         try:
-            run = run_child("child-train", {"source": str(source), "storage": str(storage),
-                                            "spawned": time.monotonic(), "holdout": holdout})
+            run = run_child(
+                "child-train",
+                {"source": str(source), "storage": str(storage), "spawned": time.monotonic(), "holdout": holdout},
+            )
             run.pop("_stderr", None)
             runs.append(run)
-            say(f"  {run['seconds']:.1f} s, peak RSS {run['peak_rss'] / 2**20:,.0f} MiB; {slowest_stage(run['stages'])}")
+            say(
+                f"  {run['seconds']:.1f} s, peak RSS {run['peak_rss'] / 2**20:,.0f} MiB; {slowest_stage(run['stages'])}"
+            )
         finally:
             if storage != keep:
                 shutil.rmtree(storage, ignore_errors=True)
@@ -154,10 +172,18 @@ def measure_training(source: Path, repeats: int, keep: Path | None = None, holdo
         peaks = [run["stages"].get(name, {}).get("peak_rss", 0) for run in runs]
         stages[name] = {"seconds": median(seconds), "peak_rss": median(peaks)}
     last = runs[-1]
-    return {"source": str(source), "bytes": source.stat().st_size, "repeats": repeats,
-            "seconds": median([run["seconds"] for run in runs]), "all_seconds": [run["seconds"] for run in runs],
-            "peak_rss": median([run["peak_rss"] for run in runs]), "stages": stages, "counts": last["counts"],
-            "artifact_bytes": last["artifact_bytes"], "version": last["version"]}
+    return {
+        "source": str(source),
+        "bytes": source.stat().st_size,
+        "repeats": repeats,
+        "seconds": median([run["seconds"] for run in runs]),
+        "all_seconds": [run["seconds"] for run in runs],
+        "peak_rss": median([run["peak_rss"] for run in runs]),
+        "stages": stages,
+        "counts": last["counts"],
+        "artifact_bytes": last["artifact_bytes"],
+        "version": last["version"],
+    }
 
 
 def slowest_stage(stages: dict) -> str:
@@ -177,7 +203,9 @@ def stage_table(runs: dict[str, dict]) -> str:
     for name in names + ["total"]:
         cells = []
         for run in runs.values():
-            stage = run["stages"].get(name) if name != "total" else {"seconds": run["seconds"], "peak_rss": run["peak_rss"]}
+            stage = (
+                run["stages"].get(name) if name != "total" else {"seconds": run["seconds"], "peak_rss": run["peak_rss"]}
+            )
             cells += [f"{stage['seconds']:.2f}", f"{stage['peak_rss'] / 2**20:,.0f}"] if stage else ["", ""]
         lines.append(f"| {'**total**' if name == 'total' else name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -187,29 +215,54 @@ def bench_train(options: Options) -> PartResult:
     """Part 1: training on the Online Retail csv.gz and xlsx, and the csv with HOLDOUT=0 (what the second model
     that measures the first costs: README, "Held-out figures")."""
     runs = {}
-    for label, path, holdout in (("csv", options.csv, True), ("csv HOLDOUT=0", options.csv, False),
-                                 ("xlsx", options.xlsx, True)):
-        say(f"training on {path.name}{'' if holdout else ' with HOLDOUT=0'}, {options.train_repeats} run(s), "
-            f"each in a fresh process")
+    for label, path, holdout in (
+        ("csv", options.csv, True),
+        ("csv HOLDOUT=0", options.csv, False),
+        ("xlsx", options.xlsx, True),
+    ):
+        say(
+            f"training on {path.name}{'' if holdout else ' with HOLDOUT=0'}, {options.train_repeats} run(s), "
+            f"each in a fresh process"
+        )
         runs[label] = measure_training(path, options.train_repeats, holdout=holdout)
     csv, bare, xlsx = runs["csv"], runs["csv HOLDOUT=0"], runs["xlsx"]
     second = csv["seconds"] - bare["seconds"]
     rows = [
-        target_row("train", f"csv: total wall time (median of {csv['repeats']})", "train_csv_seconds", csv["seconds"],
-                   "s", f"{slowest_stage(csv['stages'])}: the second model, trained to measure the first, costs "
-                        f"{second:.1f} s ({bare['seconds']:.2f} s with HOLDOUT=0)"),
+        target_row(
+            "train",
+            f"csv: total wall time (median of {csv['repeats']})",
+            "train_csv_seconds",
+            csv["seconds"],
+            "s",
+            f"{slowest_stage(csv['stages'])}: the second model, trained to measure the first, costs "
+            f"{second:.1f} s ({bare['seconds']:.2f} s with HOLDOUT=0)",
+        ),
         Row("train", "csv: peak RSS", round(csv["peak_rss"] / 2**20), "MiB"),
-        Row("train", f"csv, HOLDOUT=0: total wall time (median of {bare['repeats']})", round(bare["seconds"], 2), "s",
-            note=slowest_stage(bare["stages"])),
-        target_row("train", f"xlsx: total wall time (median of {xlsx['repeats']})", "train_xlsx_seconds",
-                   xlsx["seconds"], "s", f"{slowest_stage(xlsx['stages'])} (python-calamine parsing the workbook), "
-                                         f"and the second model, {second:.1f} s on the csv"),
+        Row(
+            "train",
+            f"csv, HOLDOUT=0: total wall time (median of {bare['repeats']})",
+            round(bare["seconds"], 2),
+            "s",
+            note=slowest_stage(bare["stages"]),
+        ),
+        target_row(
+            "train",
+            f"xlsx: total wall time (median of {xlsx['repeats']})",
+            "train_xlsx_seconds",
+            xlsx["seconds"],
+            "s",
+            f"{slowest_stage(xlsx['stages'])} (python-calamine parsing the workbook), "
+            f"and the second model, {second:.1f} s on the csv",
+        ),
         Row("train", "xlsx: peak RSS", round(xlsx["peak_rss"] / 2**20), "MiB"),
     ]
-    md = ["## Training", "",
-          f"Per stage, median of {options.train_repeats} fresh-process run(s) each; `imports` is the command's own "
-          "start-up (pandas, scipy, ...), `write` includes checksums and publishing. Peak RSS is the process's "
-          "peak within the stage.", "", stage_table(runs)]
+    md = [
+        "## Training",
+        "",
+        f"Per stage, median of {options.train_repeats} fresh-process run(s) each; `imports` is the command's own "
+        "start-up (pandas, scipy, ...), `write` includes checksums and publishing. Peak RSS is the process's "
+        "peak within the stage.",
+        "",
+        stage_table(runs),
+    ]
     return PartResult("train", rows, {"runs": runs}, "", 0, [], [], options.quick, "\n".join(md))
-
-

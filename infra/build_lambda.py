@@ -45,14 +45,26 @@ LAYER_ZIP = OUT / "recommender-layer.zip"
 RUNTIME = "python3.11"
 PYTHON_VERSION = "3.11"
 # manylinux2014 is glibc 2.17; Amazon Linux 2 (glibc 2.26) also runs the later tags up to 2.26.
-PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64", "manylinux_2_26_x86_64",
-             "manylinux2010_x86_64", "manylinux1_x86_64"]
+PLATFORMS = [
+    "manylinux2014_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_26_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+]
 # What Amazon Linux 2 provides: glibc 2.26, libstdc++ of GCC 7 (GLIBCXX_3.4.24, CXXABI_1.3.11).
 MAX_SYMBOL_VERSIONS = {"GLIBC": (2, 26), "GLIBCXX": (3, 4, 24), "CXXABI": (1, 3, 11)}
 # annoy's setup.py adds -march=native, which ties the module to this machine's CPU. Lambda's x86_64 CPUs all have
 # AVX2 (Haswell level); -ffast-math is left out: clang miscompiles annoy's searches with it (a segfault).
-ANNOY_COMPILER_ARGS = ["-D_CRT_SECURE_NO_WARNINGS", "-fpermissive", "-march=haswell", "-O2",
-                       "-DANNOYLIB_MULTITHREADED_BUILD", "-std=c++14"]
+ANNOY_COMPILER_ARGS = [
+    "-D_CRT_SECURE_NO_WARNINGS",
+    "-fpermissive",
+    "-march=haswell",
+    "-O2",
+    "-DANNOYLIB_MULTITHREADED_BUILD",
+    "-std=c++14",
+]
 ZIG_TARGET = "x86_64-linux-gnu.2.17"
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 
@@ -62,6 +74,7 @@ class BuildError(Exception):
 
 
 # --- the template (read and written by recommender.local.template, its CloudFormation tags kept) ---------------
+
 
 def built_template(template: dict) -> dict:
     """The template `sam deploy` needs after a build: code locations pointing at the build folders."""
@@ -77,6 +90,7 @@ def built_template(template: dict) -> dict:
 
 
 # --- steps --------------------------------------------------------------------------------------------------
+
 
 def run(command: list[str], **kwargs) -> None:
     """Run a command, echoing it; BuildError if it fails."""
@@ -100,15 +114,35 @@ def requirement_name(requirement: str) -> str:
 def install_wheels(requirements: list[str], target: Path) -> None:
     """Install the manylinux wheels of requirements (and their dependencies) for Lambda into target."""
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), *platforms,
-         "--implementation", "cp", "--python-version", PYTHON_VERSION, "--only-binary=:all:", "--upgrade",
-         *requirements])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--target",
+            str(target),
+            *platforms,
+            "--implementation",
+            "cp",
+            "--python-version",
+            PYTHON_VERSION,
+            "--only-binary=:all:",
+            "--upgrade",
+            *requirements,
+        ]
+    )
 
 
 def can_compile_here() -> bool:
     """Whether a module compiled here fits the runtime: Linux x86_64 and CPython 3.11 (its headers are used)."""
-    return (sys.platform.startswith("linux") and platform.machine() == "x86_64"
-            and platform.python_implementation() == "CPython" and sys.version_info[:2] == (3, 11))
+    return (
+        sys.platform.startswith("linux")
+        and platform.machine() == "x86_64"
+        and platform.python_implementation() == "CPython"
+        and sys.version_info[:2] == (3, 11)
+    )
 
 
 def zig_compiler(workdir: Path) -> Path:
@@ -116,8 +150,10 @@ def zig_compiler(workdir: Path) -> Path:
     if not (TOOLS / "ziglang").is_dir():
         run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(TOOLS), "ziglang"])
     wrapper = workdir / "zig-c++"
-    wrapper.write_text(f'#!/bin/sh\nexec env PYTHONPATH="{TOOLS}" "{sys.executable}" -m ziglang c++ '
-                       f'-target {ZIG_TARGET} -fno-sanitize=all "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\nexec env PYTHONPATH="{TOOLS}" "{sys.executable}" -m ziglang c++ '
+        f'-target {ZIG_TARGET} -fno-sanitize=all "$@"\n'
+    )
     wrapper.chmod(0o755)
     return wrapper
 
@@ -129,15 +165,31 @@ def build_annoy(requirement: str, compiler: str, workdir: Path) -> Path:
             f"annoy has no wheels and must be compiled for Linux x86_64 with CPython 3.11, but this is "
             f"{platform.system()} {platform.machine()} with Python {platform.python_version()}: use "
             "`make build-lambda` (sam build --use-container), or give an annoy wheel: "
-            "make build-lambda-pip ANNOY_WHEEL=path/to/annoy-...-cp311-cp311-linux_x86_64.whl")
+            "make build-lambda-pip ANNOY_WHEEL=path/to/annoy-...-cp311-cp311-linux_x86_64.whl"
+        )
     env = {**os.environ, "ANNOY_COMPILER_ARGS": ",".join(ANNOY_COMPILER_ARGS)}
     if compiler == "zig":
         cxx = str(zig_compiler(workdir))
         env.update(CC=cxx, CXX=cxx, LDSHARED=f"{cxx} -shared")
     wheels = workdir / "annoy-wheel"
     # --no-cache-dir: pip's wheel cache may hold annoy as `make devel` built it (-march=native, local glibc).
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-cache-dir", "--no-deps", "--no-binary", "annoy",
-         "--wheel-dir", str(wheels), requirement], env=env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-cache-dir",
+            "--no-deps",
+            "--no-binary",
+            "annoy",
+            "--wheel-dir",
+            str(wheels),
+            requirement,
+        ],
+        env=env,
+    )
     return next(wheels.glob("annoy-*.whl"))
 
 
@@ -157,8 +209,10 @@ def check_compiled_modules(layer: Path) -> list[str]:
         for name, version in symbol_versions(library).items():
             if version > MAX_SYMBOL_VERSIONS[name]:
                 have = ".".join(map(str, MAX_SYMBOL_VERSIONS[name]))
-                problems.append(f"{library.relative_to(layer)} needs {name}_{'.'.join(map(str, version))} "
-                                f"(Amazon Linux 2 has {name}_{have})")
+                problems.append(
+                    f"{library.relative_to(layer)} needs {name}_{'.'.join(map(str, version))} "
+                    f"(Amazon Linux 2 has {name}_{have})"
+                )
     return problems
 
 
@@ -178,14 +232,17 @@ def write_zip(folder: Path, target: Path) -> None:
 
 def layer_source(shared: Path, target: Path) -> None:
     """The serving part of the package into target, by the same make target sam build uses (one definition)."""
-    run(["make", "--no-print-directory", "-C", str(shared), "layer-source", f"TARGET={target}"],
-        stdout=subprocess.DEVNULL)
+    run(
+        ["make", "--no-print-directory", "-C", str(shared), "layer-source", f"TARGET={target}"],
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def copy_source(source: Path, target: Path) -> None:
     """Copy a source folder without caches and egg-info."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
-                    dirs_exist_ok=True)
+    shutil.copytree(
+        source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"), dirs_exist_ok=True
+    )
 
 
 # --- the smoke test: the layer imported by a clean interpreter answers real requests ---------------------------
@@ -239,28 +296,44 @@ def smoke_test(layer: Path, functions: dict[str, Path], workdir: Path) -> None:
     expected = [s.item.stock_code for s in model.recommend([code], 5).items]
     secret = "s" * 48
     token = issue_token("smoke", secret, stamp=smoke.stamp)
-    env = {"PATH": os.environ.get("PATH", ""), "STORAGE_URL": str(store), "JWT_SECRET": secret,
-           "CACHE_DIR": str(workdir / "cache"), "BCRYPT_ROUNDS": "4"}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "STORAGE_URL": str(store),
+        "JWT_SECRET": secret,
+        "CACHE_DIR": str(workdir / "cache"),
+        "BCRYPT_ROUNDS": "4",
+    }
     basket = json.dumps({"product_list": [code], "n": 5})
     plans = {
-        "auth": [["POST", "/token", "username=smoke&password=smoke+password", None,
-                  "application/x-www-form-urlencoded"]],
-        "recommend": [["GET", "/health", None, None, None],
-                      ["POST", "/send_data", basket, {"authorization": f"Bearer {token}"}, "application/json"],
-                      ["GET", "/", None, None, None]],   # the console's page: package data in the layer
+        "auth": [
+            ["POST", "/token", "username=smoke&password=smoke+password", None, "application/x-www-form-urlencoded"]
+        ],
+        "recommend": [
+            ["GET", "/health", None, None, None],
+            ["POST", "/send_data", basket, {"authorization": f"Bearer {token}"}, "application/json"],
+            ["GET", "/", None, None, None],
+        ],  # the console's page: package data in the layer
     }
     for name, calls in plans.items():
         folder = next(path for logical, path in functions.items() if name in logical.lower())
         # -I -S: no site-packages, no environment paths; only the standard library, the layer and the function.
-        result = subprocess.run([sys.executable, "-I", "-S", "-c", SMOKE, str(layer), str(folder), json.dumps(calls)],
-                                capture_output=True, text=True, env=env, cwd=workdir, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", SMOKE, str(layer), str(folder), json.dumps(calls)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=workdir,
+            timeout=120,
+        )
         if result.returncode != 0:
             raise BuildError(f"the {name} function cannot run from the built layer:\n{result.stderr[-2000:]}")
         outcome = json.loads(result.stdout.strip().splitlines()[-1])
         statuses = [a["status"] for a in outcome["answers"]]
         if statuses != [200] * len(calls) or outcome["forbidden"]:
-            raise BuildError(f"the {name} function from the built layer answered {statuses}, "
-                             f"imported {outcome['forbidden']}: {outcome['answers']}")
+            raise BuildError(
+                f"the {name} function from the built layer answered {statuses}, "
+                f"imported {outcome['forbidden']}: {outcome['answers']}"
+            )
         if name == "recommend":
             got = [row[0] for row in outcome["answers"][1]["body"]["result"]["recommendation"]]
             if got != expected:
@@ -268,11 +341,14 @@ def smoke_test(layer: Path, functions: dict[str, Path], workdir: Path) -> None:
             page = outcome["answers"][2]
             if "<title>" not in page["body"] or "script-src 'self'" not in (page["csp"] or ""):
                 raise BuildError("the built layer does not serve the web console (serving/static/ missing?)")
-        print(f"smoke test: {name} function answered {statuses} from the layer alone "
-              f"(import {outcome['import_seconds']:.2f} s)")
+        print(
+            f"smoke test: {name} function answered {statuses} from the layer alone "
+            f"(import {outcome['import_seconds']:.2f} s)"
+        )
 
 
 # --- main ---------------------------------------------------------------------------------------------------
+
 
 def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
     """Build .aws-sam/build (functions, layer, template) and .aws-sam/recommender-layer.zip."""
@@ -282,11 +358,14 @@ def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
     functions = {n: r for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
     if len(layers) != 1:
         raise BuildError(f"expected one layer in {TEMPLATE.name}, found {sorted(layers)}")
-    (layer_name, layer), = layers.items()
-    if layer.get("Metadata", {}).get("BuildMethod") != "makefile" \
-            or resolved(template, layer["Properties"]["CompatibleRuntimes"]) != [RUNTIME]:
-        raise BuildError(f"{layer_name} must be built by shared/Makefile for {RUNTIME} (Metadata: BuildMethod makefile); "
-                         "with RecommendSnapStart (python3.12) build with `make build-lambda SNAPSTART=1` instead")
+    ((layer_name, layer),) = layers.items()
+    if layer.get("Metadata", {}).get("BuildMethod") != "makefile" or resolved(
+        template, layer["Properties"]["CompatibleRuntimes"]
+    ) != [RUNTIME]:
+        raise BuildError(
+            f"{layer_name} must be built by shared/Makefile for {RUNTIME} (Metadata: BuildMethod makefile); "
+            "with RecommendSnapStart (python3.12) build with `make build-lambda SNAPSTART=1` instead"
+        )
     OUT.mkdir(exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="build.", dir=OUT))
     work = Path(tempfile.mkdtemp(prefix="work.", dir=OUT))
@@ -298,19 +377,45 @@ def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
         install_wheels([r for r in requirements if requirement_name(r) != "annoy"], layer_dir)
         if annoy_wheel is None:
             annoy_wheel = build_annoy(annoy[0] if annoy else "annoy", compiler, work)
-        run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(layer_dir),
-             str(annoy_wheel)])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--target",
+                str(layer_dir),
+                str(annoy_wheel),
+            ]
+        )
         # As shared/Makefile's build-SharedLayer: bytecode that a read-only layer uses whatever the zip's timestamps.
-        run([sys.executable, "-m", "compileall", "-q", "-f", "-j", "0", "--invalidation-mode", "unchecked-hash",
-             str(layer_dir)], stdout=subprocess.DEVNULL)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "compileall",
+                "-q",
+                "-f",
+                "-j",
+                "0",
+                "--invalidation-mode",
+                "unchecked-hash",
+                str(layer_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         for name, function in functions.items():
             copy_source(ROOT / function["Properties"]["CodeUri"], staging / name)
         problems = check_compiled_modules(layer_dir)
         if problems:
-            raise BuildError("the layer would not load on Lambda's python3.11 runtime (Amazon Linux 2):\n  "
-                             + "\n  ".join(problems)
-                             + "\nbuild annoy with --compiler zig (the default), give --annoy-wheel, or use "
-                               "`make build-lambda` (sam build --use-container)")
+            raise BuildError(
+                "the layer would not load on Lambda's python3.11 runtime (Amazon Linux 2):\n  "
+                + "\n  ".join(problems)
+                + "\nbuild annoy with --compiler zig (the default), give --annoy-wheel, or use "
+                "`make build-lambda` (sam build --use-container)"
+            )
         size = tree_size(staging)
         if size > LAMBDA_UNZIPPED_LIMIT:
             raise BuildError(f"the build is {size / 2**20:.0f} MB unzipped; Lambda allows 250 MB")
@@ -326,8 +431,10 @@ def build(annoy_wheel: Path | None, compiler: str, check: bool) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"built {BUILD.relative_to(ROOT)} ({size / 2**20:.0f} MB unzipped; layer zip "
-          f"{LAYER_ZIP.relative_to(ROOT)}, {LAYER_ZIP.stat().st_size / 2**20:.0f} MB); deploy it with `make deploy`")
+    print(
+        f"built {BUILD.relative_to(ROOT)} ({size / 2**20:.0f} MB unzipped; layer zip "
+        f"{LAYER_ZIP.relative_to(ROOT)}, {LAYER_ZIP.stat().st_size / 2**20:.0f} MB); deploy it with `make deploy`"
+    )
 
 
 def check_build(check: bool) -> None:
@@ -339,8 +446,11 @@ def check_build(check: bool) -> None:
     functions = [n for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"]
     problems = check_compiled_modules(BUILD / layer_name / "python")
     if problems:
-        raise BuildError("the built layer would not load on Lambda's python3.11 runtime (Amazon Linux 2):\n  "
-                         + "\n  ".join(problems) + "\nwas it built without --use-container?")
+        raise BuildError(
+            "the built layer would not load on Lambda's python3.11 runtime (Amazon Linux 2):\n  "
+            + "\n  ".join(problems)
+            + "\nwas it built without --use-container?"
+        )
     if check and can_compile_here():
         work = Path(tempfile.mkdtemp(prefix="work.", dir=OUT))
         try:
@@ -353,13 +463,21 @@ def check_build(check: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command line: build, or print one line saying why not."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--annoy-wheel", type=Path, help="use this annoy wheel (cp311, Linux x86_64) instead of compiling")
-    parser.add_argument("--compiler", choices=["zig", "system"], default="zig",
-                        help="how to compile annoy when no wheel is given (default: zig, for glibc 2.17)")
-    parser.add_argument("--no-check", dest="check", action="store_false",
-                        help="skip the smoke test of the built layer")
-    parser.add_argument("--check-build", action="store_true",
-                        help="build nothing: check the existing .aws-sam/build (what make build-lambda does after sam build)")
+    parser.add_argument(
+        "--annoy-wheel", type=Path, help="use this annoy wheel (cp311, Linux x86_64) instead of compiling"
+    )
+    parser.add_argument(
+        "--compiler",
+        choices=["zig", "system"],
+        default="zig",
+        help="how to compile annoy when no wheel is given (default: zig, for glibc 2.17)",
+    )
+    parser.add_argument("--no-check", dest="check", action="store_false", help="skip the smoke test of the built layer")
+    parser.add_argument(
+        "--check-build",
+        action="store_true",
+        help="build nothing: check the existing .aws-sam/build (what make build-lambda does after sam build)",
+    )
     args = parser.parse_args(argv)
     if args.annoy_wheel is not None and not args.annoy_wheel.is_file():
         print(f"error: no such file: {args.annoy_wheel}", file=sys.stderr)

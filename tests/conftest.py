@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import boto3
 import pytest
 from moto import mock_aws
+
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import LocalStorage, S3Storage
 from recommender.serving import web
@@ -49,9 +50,13 @@ def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 @pytest.fixture
 def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials, so nothing can reach a real AWS account."""
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_SECURITY_TOKEN", "testing"), ("AWS_SESSION_TOKEN", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_SECURITY_TOKEN", "testing"),
+        ("AWS_SESSION_TOKEN", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(name, value)
 
 
@@ -159,10 +164,12 @@ def user(trained_storage: LocalStorage) -> SimpleNamespace:
 @pytest.fixture
 def event():
     """Load a sample API Gateway HTTP API (payload v2.0) event from tests/events by name."""
+
     def load(name: str, **changes) -> dict:
         data = json.loads((EVENTS / f"{name}.json").read_text())
         data.update(changes)
         return data
+
     return load
 
 
@@ -181,11 +188,19 @@ def free_port() -> int:
 
 def make_runner(env: dict[str, str]):
     """Run make targets in the repository as a user would; check=True asserts they succeed."""
+
     def make(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
-                                text=True, input=stdin, timeout=300)
+        result = subprocess.run(
+            ["make", "--no-print-directory", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            input=stdin,
+            timeout=300,
+        )
         if check:
             assert result.returncode == 0, result.stdout + result.stderr
         return result
-    return make
 
+    return make

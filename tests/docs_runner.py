@@ -43,10 +43,32 @@ INCLUDE = re.compile(r'^\s*--8<--\s+"(examples/[\w.-]+\.txt)"\s*$')
 BLOCK_SECONDS = 120
 SHOWN_PORT = "8090"
 # Nothing of the caller's configuration leaks into a page's run.
-SETTINGS_VARIABLES = ("STORAGE_URL", "AWS_ENDPOINT_URL", "JWT_SECRET", "JWT_SECRET_ARN", "JWT_ALGORITHM", "TOKEN_MINUTES",
-                      "HOST", "PORT", "RUN_DIR", "CACHE_DIR", "PRELOAD_MODEL", "ANSWER_CACHE", "MODEL_POLL_SECONDS",
-                      "KEEP_VERSIONS", "ENCODING", "MAX_TRAINING_GB", "BCRYPT_ROUNDS", "MIN_PASSWORD_LENGTH",
-                      "USER_CACHE_SECONDS", "MAX_BODY_BYTES", "LOG_LEVEL", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+SETTINGS_VARIABLES = (
+    "STORAGE_URL",
+    "AWS_ENDPOINT_URL",
+    "JWT_SECRET",
+    "JWT_SECRET_ARN",
+    "JWT_ALGORITHM",
+    "TOKEN_MINUTES",
+    "HOST",
+    "PORT",
+    "RUN_DIR",
+    "CACHE_DIR",
+    "PRELOAD_MODEL",
+    "ANSWER_CACHE",
+    "MODEL_POLL_SECONDS",
+    "KEEP_VERSIONS",
+    "ENCODING",
+    "MAX_TRAINING_GB",
+    "BCRYPT_ROUNDS",
+    "MIN_PASSWORD_LENGTH",
+    "USER_CACHE_SECONDS",
+    "MAX_BODY_BYTES",
+    "LOG_LEVEL",
+    "MAKEFLAGS",
+    "MAKELEVEL",
+    "MFLAGS",
+)
 # Entries of the repository root a sandbox does not link: its own data/, and what a run may write.
 NOT_LINKED = {".git", "data", "site", "reports", ".pytest_cache"}
 
@@ -98,12 +120,13 @@ def fences(text: str) -> list[Fence]:
             continue
         indent, ticks, language = m.group(1), m.group(2), m.group(3).lower()
         j = i + 1
-        while j < len(lines) and not re.match(rf"^{re.escape(indent)}{re.escape(ticks[0])}{{{len(ticks)},}}\s*$",
-                                              lines[j]):
+        while j < len(lines) and not re.match(
+            rf"^{re.escape(indent)}{re.escape(ticks[0])}{{{len(ticks)},}}\s*$", lines[j]
+        ):
             j += 1
         above = lines[i - 1].strip() if i > 0 else ""
         marker = "run" if RUN.match(above) else "not run" if NOT_RUN.match(above) else None
-        body = "\n".join(line.removeprefix(indent) for line in lines[i + 1:j])
+        body = "\n".join(line.removeprefix(indent) for line in lines[i + 1 : j])
         found.append(Fence(i + 1, language, body, marker, j))
         i = j + 1
     return found
@@ -130,8 +153,11 @@ def blocks(page: Path) -> list[Block]:
             continue
         block = Block(page, f)
         nxt = all_fences[k + 1] if k + 1 < len(all_fences) else None
-        if nxt is not None and nxt.language not in LANGUAGES and all(
-                not line.strip() for line in lines[f.end + 1:nxt.line - 1]):
+        if (
+            nxt is not None
+            and nxt.language not in LANGUAGES
+            and all(not line.strip() for line in lines[f.end + 1 : nxt.line - 1])
+        ):
             include = INCLUDE.match(nxt.text.strip()) if "\n" not in nxt.text.strip() else None
             if include:
                 block.example = DOCS / include.group(1)
@@ -161,12 +187,23 @@ def sandbox(folder: Path) -> None:
 
 def environment(folder: Path, port: int) -> dict[str, str]:
     """The page's starting environment: the caller's, minus its settings, plus the sandbox's."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in SETTINGS_VARIABLES and not k.startswith(("PYTEST_", "LOGIN_", "S3_", "MAX_", "HEADER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in SETTINGS_VARIABLES and not k.startswith(("PYTEST_", "LOGIN_", "S3_", "MAX_", "HEADER_"))
+    }
     venv_bin = Path(sys.executable).parent  # the project's venv: the python running this
-    env.update(STORAGE_URL=str(folder / "data"), PORT=str(port), PATH=f"{venv_bin}:{env.get('PATH', '')}",
-               HOME=env.get("HOME", str(folder)), PYTHONDONTWRITEBYTECODE="1", TERM="dumb", NO_COLOR="1",
-               PAGER="cat", BCRYPT_ROUNDS="4")  # fast password hashing, as in the test suite: only time changes
+    env.update(
+        STORAGE_URL=str(folder / "data"),
+        PORT=str(port),
+        PATH=f"{venv_bin}:{env.get('PATH', '')}",
+        HOME=env.get("HOME", str(folder)),
+        PYTHONDONTWRITEBYTECODE="1",
+        TERM="dumb",
+        NO_COLOR="1",
+        PAGER="cat",
+        BCRYPT_ROUNDS="4",
+    )  # fast password hashing, as in the test suite: only time changes
     return env
 
 
@@ -194,9 +231,16 @@ def run_block(block: Block, folder: Path, env: dict[str, str], state: Path) -> t
         script.write_text(block.fence.text + "\n")
         body = 'python "$__DOCS_BLOCK"'
     env = {**env, "__DOCS_STATE": str(state), "__DOCS_ROOT": str(folder), "__DOCS_BLOCK": str(script)}
-    proc = subprocess.Popen(["bash", "--noprofile", "--norc", "-c", WRAPPER.format(body=body)], cwd=folder, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, text=True)
+    proc = subprocess.Popen(
+        ["bash", "--noprofile", "--norc", "-c", WRAPPER.format(body=body)],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
     try:
         out, _ = proc.communicate(timeout=BLOCK_SECONDS)
     except subprocess.TimeoutExpired:
@@ -215,10 +259,18 @@ def normalize(text: str, folder: Path, port: int) -> str:
 
 def stop_servers(folder: Path, env: dict[str, str], state: Path) -> None:
     """Stop what a page may have left running (the background server, the S3 emulator), by their pid files."""
-    script = (f'[ -f "{state}" ] && . "{state}"; cd "{folder}"; '
-              "python -m recommender stop >/dev/null 2>&1; python -m recommender emulate-s3-stop >/dev/null 2>&1; true")
-    subprocess.run(["bash", "--noprofile", "--norc", "-c", script], env=env, stdin=subprocess.DEVNULL,
-                   capture_output=True, timeout=60, check=False)
+    script = (
+        f'[ -f "{state}" ] && . "{state}"; cd "{folder}"; '
+        "python -m recommender stop >/dev/null 2>&1; python -m recommender emulate-s3-stop >/dev/null 2>&1; true"
+    )
+    subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", script],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def run_page(page: Path) -> PageResult:
@@ -232,8 +284,11 @@ def run_page(page: Path) -> PageResult:
         result.failure = "the project is not installed in .venv: run `make devel` (or `make test`) first"
         return result
     keep = os.environ.get("DOCS_RUNNER_KEEP")  # set: the sandboxes stay, for a look at a failure
-    with (contextlib.nullcontext(tempfile.mkdtemp(prefix="docs-")) if keep
-          else tempfile.TemporaryDirectory(prefix="docs-")) as tmp:
+    with (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="docs-"))
+        if keep
+        else tempfile.TemporaryDirectory(prefix="docs-")
+    ) as tmp:
         folder = Path(tmp) / "repo"
         folder.mkdir()
         sandbox(folder)
@@ -247,8 +302,9 @@ def run_page(page: Path) -> PageResult:
                 result.seconds.append(time.monotonic() - started)
                 out = normalize(out, folder, port)
                 if status != 0:
-                    result.failure = (f"{name(page)}:{block.fence.line}: the block exited with status "
-                                      f"{status}; its output:\n{out}")
+                    result.failure = (
+                        f"{name(page)}:{block.fence.line}: the block exited with status {status}; its output:\n{out}"
+                    )
                     break
                 result.outputs.append((block, out))
         finally:
@@ -330,11 +386,13 @@ def shape(text: str) -> object:
 
 def same_but_for_run(one: str, other: str) -> bool:
     """Whether two outputs differ only in what differs on every run (tokens, versions, times, pids, durations)."""
+
     def masked(text: str) -> list[str]:
         for pattern, mask in EVERY_RUN:
             text = pattern.sub(mask, text)
         # The held-out model's progress lines come in either order, or even run into each other: words, sorted.
         return sorted(text.split())
+
     return masked(one) == masked(other)
 
 
@@ -355,8 +413,10 @@ def mismatches(result: PageResult) -> list[str]:
         if want is None or shape(want) == shape(out):
             continue
         where = name(block.example) if block.example else f"{name(block.page)}:{block.inline.line}"
-        problems.append(f"{name(block.page)}:{block.fence.line}: the output no longer has the shape of "
-                        f"{where} (run `make docs-examples` if the change is intended).\ncommitted:\n{want}\nfresh:\n{out}")
+        problems.append(
+            f"{name(block.page)}:{block.fence.line}: the output no longer has the shape of "
+            f"{where} (run `make docs-examples` if the change is intended).\ncommitted:\n{want}\nfresh:\n{out}"
+        )
     return problems
 
 
@@ -375,7 +435,7 @@ def write(result: PageResult) -> list[Path]:
     if inline:
         lines = result.page.read_text().split("\n")
         for f, out in sorted(inline, key=lambda x: -x[0].line):  # bottom up: earlier line numbers stay right
-            lines[f.line:f.end] = out.rstrip("\n").split("\n")
+            lines[f.line : f.end] = out.rstrip("\n").split("\n")
         result.page.write_text("\n".join(lines))
         changed.append(result.page)
     return changed
@@ -405,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
             for problem in mismatches(result):
                 print(problem)
                 status = 1
-        print(f"{name(page)}: {len(result.outputs)} block(s) ran in "
-              f"{' + '.join(f'{t:.1f}' for t in result.seconds)} = {sum(result.seconds):.1f} s")
+        print(
+            f"{name(page)}: {len(result.outputs)} block(s) ran in "
+            f"{' + '.join(f'{t:.1f}' for t in result.seconds)} = {sum(result.seconds):.1f} s"
+        )
     return status
 
 

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+
 from recommender.core.storage import LocalStorage
 from recommender.serving.users import authenticate
-
 from tests.conftest import ROOT, make_runner
 
 pytestmark = pytest.mark.slow
@@ -24,15 +24,19 @@ def make(tmp_path):
 
 def test_help_is_the_default_and_lists_every_target():
     out = subprocess.run(["make", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True).stdout
-    targets = {line.split(":")[0] for line in (ROOT / "Makefile").read_text().splitlines()
-               if line and line[0].isalpha() and ":" in line and "##" in line}
+    targets = {
+        line.split(":")[0]
+        for line in (ROOT / "Makefile").read_text().splitlines()
+        if line and line[0].isalpha() and ":" in line and "##" in line
+    }
     assert targets and all(t in out for t in targets)
 
 
 def test_add_list_del_user_with_awkward_password(make, tmp_path):
-    password = 'two words, "double" \'single\' $HOME `cmd` ünïcødé ✓'
-    added = make("add_user", "USER_NAME=alice", f"PASSWORD={password}", "FULL_NAME=Alice Liddell",
-                 "EMAIL=alice@example.com")
+    password = "two words, \"double\" 'single' $HOME `cmd` ünïcødé ✓"
+    added = make(
+        "add_user", "USER_NAME=alice", f"PASSWORD={password}", "FULL_NAME=Alice Liddell", "EMAIL=alice@example.com"
+    )
     assert added.returncode == 0, added.stderr
     assert authenticate(LocalStorage(tmp_path / "data"), "alice", password).full_name == "Alice Liddell"
     listed = make("list_users")
@@ -50,7 +54,7 @@ def test_password_from_stdin(make, tmp_path):
 def test_passwd_and_crlf_from_stdin(make, tmp_path):
     storage = LocalStorage(tmp_path / "data")
     assert make("add_user", "USER_NAME=bob", stdin="windows pw\r\n").returncode == 0
-    authenticate(storage, "bob", "windows pw")   # the \r of a CRLF line is not part of the password
+    authenticate(storage, "bob", "windows pw")  # the \r of a CRLF line is not part of the password
     before = storage.read("users/bob.json")
     changed = make("passwd", "USER_NAME=BOB", stdin="a new password\r\n")
     assert changed.returncode == 0 and "changed the password of bob" in changed.stdout, changed.stderr
@@ -59,27 +63,37 @@ def test_passwd_and_crlf_from_stdin(make, tmp_path):
 
 
 def test_short_jwt_secret_refused_at_start(tmp_path):
-    env = {**os.environ, "STORAGE_URL": str(tmp_path / "data"), "RUN_DIR": str(tmp_path / "run"),
-           "JWT_SECRET": "only-twenty-bytes-xx"}
+    env = {
+        **os.environ,
+        "STORAGE_URL": str(tmp_path / "data"),
+        "RUN_DIR": str(tmp_path / "run"),
+        "JWT_SECRET": "only-twenty-bytes-xx",
+    }
     result = make_runner(env)("run-prod", check=False)
     assert result.returncode != 0
     assert "error: JWT_SECRET is 20 bytes long; a token signing secret needs at least 32" in result.stderr
     assert result.stderr.count("error:") == 1 and not (tmp_path / "run" / "server.pid").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["add_user", "USER_NAME=alice", "PASSWORD=other password"], "error: user 'alice' already exists"),
-    (["add_user", "USER_NAME=carol", "PASSWORD="], "error: the password is empty"),
-    (["add_user", "USER_NAME=carol", "PASSWORD=long enough", "EMAIL=nope"], "error: malformed email address 'nope'"),
-    (["del_user", "USER_NAME=nobody"], "error: no user named 'nobody'"),
-    (["del_user"], "error: give the user name"),
-    (["add_user", "USER_NAME=carol", "PASSWORD=" + "x" * 5000], "error: the password is longer than 4096 bytes"),
-    (["add_user", "USER_NAME=carol", "PASSWORD=short"], "error: the password is shorter than 8 characters"),
-    (["add_user", "USER_NAME=ALICE", "PASSWORD=password-2"], "error: user 'ALICE' already exists"),
-    (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "EMAIL=a@b.c<script>"], "error: malformed email"),
-    (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "FULL_NAME=Carol\n\tEvil"], "control characters"),
-    (["passwd", "USER_NAME=nobody", "PASSWORD=password-2"], "error: no user named 'nobody'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["add_user", "USER_NAME=alice", "PASSWORD=other password"], "error: user 'alice' already exists"),
+        (["add_user", "USER_NAME=carol", "PASSWORD="], "error: the password is empty"),
+        (
+            ["add_user", "USER_NAME=carol", "PASSWORD=long enough", "EMAIL=nope"],
+            "error: malformed email address 'nope'",
+        ),
+        (["del_user", "USER_NAME=nobody"], "error: no user named 'nobody'"),
+        (["del_user"], "error: give the user name"),
+        (["add_user", "USER_NAME=carol", "PASSWORD=" + "x" * 5000], "error: the password is longer than 4096 bytes"),
+        (["add_user", "USER_NAME=carol", "PASSWORD=short"], "error: the password is shorter than 8 characters"),
+        (["add_user", "USER_NAME=ALICE", "PASSWORD=password-2"], "error: user 'ALICE' already exists"),
+        (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "EMAIL=a@b.c<script>"], "error: malformed email"),
+        (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "FULL_NAME=Carol\n\tEvil"], "control characters"),
+        (["passwd", "USER_NAME=nobody", "PASSWORD=password-2"], "error: no user named 'nobody'"),
+    ],
+)
 def test_user_refusals_one_line_nonzero(make, args, message):
     assert make("add_user", "USER_NAME=alice", "PASSWORD=password-1").returncode == 0
     result = make(*args)
@@ -88,13 +102,20 @@ def test_user_refusals_one_line_nonzero(make, args, message):
     assert result.stderr.count("error:") == 1
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("data.json", "{}", "unsupported file type .json"),
-    ("absent.csv", None, "file not found"),
-    ("semi.csv", "InvoiceNo;StockCode;Description;CustomerID\n1;2;3;4\n", "semicolon-separated"),
-    ("cols.csv", "InvoiceNo,Code\n1,2\n", "lacks required column(s) StockCode, Description, CustomerID; found: InvoiceNo, Code"),
-    ("header.csv", "InvoiceNo,StockCode,Description,CustomerID\n", "header but no data rows"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("data.json", "{}", "unsupported file type .json"),
+        ("absent.csv", None, "file not found"),
+        ("semi.csv", "InvoiceNo;StockCode;Description;CustomerID\n1;2;3;4\n", "semicolon-separated"),
+        (
+            "cols.csv",
+            "InvoiceNo,Code\n1,2\n",
+            "lacks required column(s) StockCode, Description, CustomerID; found: InvoiceNo, Code",
+        ),
+        ("header.csv", "InvoiceNo,StockCode,Description,CustomerID\n", "header but no data rows"),
+    ],
+)
 def test_train_bad_input_one_line_nonzero(make, tmp_path, name, content, message):
     path = tmp_path / name
     if content is not None:
@@ -116,19 +137,23 @@ def test_feed_targets_and_commands_answer_to_their_earlier_names_too(make, tmp_p
 
     feed = tmp_path / "products.csv"
     feed.write_text("id,availability,price\nA1,in_stock,1.5\nB2,out_of_stock,2\n")
-    uploaded = make("catalog", f"PATH_TO_CATALOG={feed}")   # the earlier target and variable
+    uploaded = make("catalog", f"PATH_TO_CATALOG={feed}")  # the earlier target and variable
     assert uploaded.returncode == 0 and "activated feed version" in uploaded.stdout, uploaded.stderr
     shown = make("feed_show", "CODE=B2").stdout
     assert "out_of_stock" in shown and make("catalog_show", "CODE=B2").stdout == shown
     answers = []
-    for name in ("feed-show", "catalog-show"):   # the same storage as make's: STORAGE_URL is tmp_path / "data"
+    for name in ("feed-show", "catalog-show"):  # the same storage as make's: STORAGE_URL is tmp_path / "data"
         assert cli.main([name]) == 0
         answers.append(capsys.readouterr().out)
     assert answers[0] == answers[1] and "2 products" in answers[0]
     listed = make("help").stdout
     assert "feed_show" in listed and "catalog" not in listed
-    assert "catalog" not in subprocess.run([sys.executable, "-m", "recommender", "--help"], capture_output=True,
-                                           text=True, cwd=ROOT).stdout
+    assert (
+        "catalog"
+        not in subprocess.run(
+            [sys.executable, "-m", "recommender", "--help"], capture_output=True, text=True, cwd=ROOT
+        ).stdout
+    )
 
 
 def test_promote_with_nothing_staged(make, tiny_csv):
@@ -173,5 +198,7 @@ def test_versions_marks_incomplete_and_damaged_ones(trained_storage, tiny_csv, c
     assert cli.main(["versions"]) == 0
     # Each line ends with the version's held-out figures, when it has a manifest.
     assert [line.split("  HR@10 ")[0] for line in _lines(capsys.readouterr().out)] == [
-        f"{good}  (active)", f"{staged}  (staged, damaged: index.ann fails its checksum)",
-        f"{unfinished}  (incomplete, no manifest: being published, or killed while it was)"]
+        f"{good}  (active)",
+        f"{staged}  (staged, damaged: index.ann fails its checksum)",
+        f"{unfinished}  (incomplete, no manifest: being published, or killed while it was)",
+    ]

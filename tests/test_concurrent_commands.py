@@ -9,10 +9,10 @@ import uuid
 
 import boto3
 import pytest
+
 from recommender.core import registry
 from recommender.core.storage import LocalStorage, S3Storage
 from recommender.training.pipeline import train
-
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -28,8 +28,13 @@ def shared_storage(request, tmp_path):
         return env, LocalStorage(tmp_path / "data")
     endpoint = request.getfixturevalue("moto_server")
     bucket = f"race-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     client.create_bucket(Bucket=bucket)
     env.update(CREDENTIALS, STORAGE_URL=f"s3://{bucket}/shop", AWS_ENDPOINT_URL=endpoint)
     return env, S3Storage(client, bucket, "shop", cache_dir=str(tmp_path / "here-cache"))
@@ -37,8 +42,17 @@ def shared_storage(request, tmp_path):
 
 def together(env: dict, *commands: list[str]) -> list[subprocess.CompletedProcess]:
     """Start every make command at once; wait for all."""
-    started = [subprocess.Popen(["make", "--no-print-directory", *c], cwd=ROOT, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands]
+    started = [
+        subprocess.Popen(
+            ["make", "--no-print-directory", *c],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for c in commands
+    ]
     results = []
     for command, process in zip(commands, started):
         out, err = process.communicate(timeout=300)
@@ -99,10 +113,13 @@ def test_feed_and_rules_uploads_racing_each_other(shared_storage, tmp_path):
     (tmp_path / "r1.yaml").write_text('boost:\n  - {category: "Kitchen", factor: 1.5}\n')
     (tmp_path / "r2.yaml").write_text('bury:\n  - {category: "Kitchen", factor: 0.5}\n')
     # The second feed upload by the target's earlier name, which still works.
-    results = together(env, ["feed", f"PATH_TO_FEED={tmp_path / 'a.csv'}"],
-                       ["rules", f"PATH_TO_RULES={tmp_path / 'r1.yaml'}"],
-                       ["catalog", f"PATH_TO_CATALOG={tmp_path / 'b.csv'}"],
-                       ["rules", f"PATH_TO_RULES={tmp_path / 'r2.yaml'}"])
+    results = together(
+        env,
+        ["feed", f"PATH_TO_FEED={tmp_path / 'a.csv'}"],
+        ["rules", f"PATH_TO_RULES={tmp_path / 'r1.yaml'}"],
+        ["catalog", f"PATH_TO_CATALOG={tmp_path / 'b.csv'}"],
+        ["rules", f"PATH_TO_RULES={tmp_path / 'r2.yaml'}"],
+    )
     assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
     for kind in (registry.FEED, registry.RULES):
         pointer = registry.active(storage, kind)

@@ -20,21 +20,29 @@ pytestmark = pytest.mark.slow
 def test_the_site_builds_strictly(tmp_path):
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
         pytest.skip("mkdocs and mkdocs-material are not installed (pip install -e '.[docs]'; make devel does it)")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-                          cwd=docs_runner.ROOT, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=docs_runner.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_shell_and_python_block_is_marked():
     bad = [where for page in docs_runner.pages() for where in docs_runner.unmarked(page)]
-    assert not bad, ("blocks without <!-- run --> or <!-- not run: reason --> on the line above: " + ", ".join(bad))
+    assert not bad, "blocks without <!-- run --> or <!-- not run: reason --> on the line above: " + ", ".join(bad)
 
 
 def test_the_marker_check_catches_an_unmarked_block(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("text\n\n```bash\nmake demo\n```\n\n<!-- not run: needs AWS -->\n```sh\nmake deploy\n```\n"
-                    "<!-- run -->\n```python\nprint(1)\n```\n\n```json\n{}\n```\n")
+    page.write_text(
+        "text\n\n```bash\nmake demo\n```\n\n<!-- not run: needs AWS -->\n```sh\nmake deploy\n```\n"
+        "<!-- run -->\n```python\nprint(1)\n```\n\n```json\n{}\n```\n"
+    )
     assert docs_runner.unmarked(page) == [f"{page}:3"]
 
 
@@ -45,7 +53,8 @@ def test_shapes_ignore_volatile_values_and_catch_changed_ones():
     assert docs_runner.shape(one) != docs_runner.shape('{"token": "t", "n": 1, "items": [{"a": 0.5}]}')
     text = "saved version 20261202T083130538Z-2c6a991c6c3f (0.1 MB, 0.0 s)\nrows read: 2,230\n"
     assert docs_runner.shape(text) == docs_runner.shape(
-        "saved version 20261203T000000000Z-0123456789ab (0.2 MB, 1.5 s)\nrows read: 2,231\n")
+        "saved version 20261203T000000000Z-0123456789ab (0.2 MB, 1.5 s)\nrows read: 2,231\n"
+    )
     assert docs_runner.shape(text) != docs_runner.shape("saved version 20261202T083130538Z-2c6a991c6c3f\n")
 
 
@@ -60,7 +69,9 @@ def test_runnable_blocks_pass_and_give_the_examples_shown(page):
 def test_the_configuration_page_names_every_setting():
     from recommender.core import settings
 
-    names = getattr(settings.Settings, "model_fields", None) or {f.name: f for f in dataclasses.fields(settings.Settings)}
+    names = getattr(settings.Settings, "model_fields", None) or {
+        f.name: f for f in dataclasses.fields(settings.Settings)
+    }
     page = (docs_runner.DOCS / "configuration.md").read_text()
     missing = [name.upper() for name in names if f"`{name.upper()}`" not in page]
     assert not missing, f"docs/configuration.md does not describe {', '.join(missing)}"
@@ -68,7 +79,7 @@ def test_the_configuration_page_names_every_setting():
 
 def test_the_readme_layout_names_paths_that_exist():
     readme = (docs_runner.ROOT / "README.md").read_text()
-    layout = readme[readme.index("## Developing"):]
+    layout = readme[readme.index("## Developing") :]
     paths = [p for cell in re.findall(r"^\| (.+?) \|", layout, re.MULTILINE) for p in re.findall(r"`([^`]+)`", cell)]
     assert len(paths) >= 7
     missing = [p for p in paths if not (docs_runner.ROOT / p).exists()]
@@ -81,8 +92,10 @@ HISTORY = [
     (re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b"), "a commit hash"),
     (re.compile(r"(?<![\w.])\.\./"), "a path outside the repository"),
     (re.compile(r"\bsession\b(?! ?storage| expired)", re.IGNORECASE), "a word of development history"),
-    (re.compile(r"development machine|as of my knowledge|left for a later change|what did not help", re.IGNORECASE),
-     "development history"),
+    (
+        re.compile(r"development machine|as of my knowledge|left for a later change|what did not help", re.IGNORECASE),
+        "development history",
+    ),
 ]
 
 
@@ -92,8 +105,11 @@ def test_guide_pages_hold_no_development_history():
         if page.name == "changelog.md":
             continue
         for number, line in enumerate(page.read_text().split("\n"), 1):
-            found += [f"{docs_runner.name(page)}:{number}: {what}: {line.strip()}" for pattern, what in HISTORY
-                      if pattern.search(line)]
+            found += [
+                f"{docs_runner.name(page)}:{number}: {what}: {line.strip()}"
+                for pattern, what in HISTORY
+                if pattern.search(line)
+            ]
     assert not found, "\n".join(found)
 
 
@@ -102,15 +118,20 @@ def test_the_api_page_names_every_route_of_the_template():
     routes = set(re.findall(r"Method: (\w+), Path: (/[^}\s]*)", template))
     assert len(routes) >= 12
     page = (docs_runner.DOCS / "api.md").read_text()
-    missing = [f"{method} {path}" for method, path in sorted(routes)
-               if not re.search(rf"`({method} )?{re.escape(path)}[`?]", page)]
+    missing = [
+        f"{method} {path}"
+        for method, path in sorted(routes)
+        if not re.search(rf"`({method} )?{re.escape(path)}[`?]", page)
+    ]
     assert not missing, f"docs/api.md does not describe {', '.join(missing)}"
 
 
 def test_a_changed_output_is_reported_and_rewritten(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text('<!-- run -->\n```bash\necho hi\n```\n\n```text\n--8<-- "examples/x.txt"\n```\n\n'
-                    '<!-- run -->\n```bash\necho there\n```\n\n```json\n{"a": 1}\n```\n')
+    page.write_text(
+        '<!-- run -->\n```bash\necho hi\n```\n\n```text\n--8<-- "examples/x.txt"\n```\n\n'
+        '<!-- run -->\n```bash\necho there\n```\n\n```json\n{"a": 1}\n```\n'
+    )
     first, second = docs_runner.blocks(page)
     example = docs_runner.DOCS / "examples" / "x.txt"
     assert first.example == example and second.inline is not None

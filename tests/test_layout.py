@@ -20,14 +20,48 @@ RUNTIMES = ("core", "serving", "training", "local", "tools")
 TRAINING_ONLY = ("pandas", "scipy", "openpyxl", "python_calamine", "pyspark", "threadpoolctl", "tqdm", "sklearn")
 # What each part may not import (top-level packages, or recommender subpackages), function-local imports included.
 FORBIDDEN = {
-    "core": {"recommender.serving", "recommender.training", "recommender.tools", "recommender.local",
-             "recommender.cli", "fastapi", "starlette", "uvicorn", *TRAINING_ONLY},
-    "serving": {"recommender.training", "recommender.tools", "recommender.local", "recommender.cli", "uvicorn",
-                "yaml", *TRAINING_ONLY},
-    "training": {"recommender.serving.web", "recommender.tools", "recommender.local", "recommender.cli",
-                 "fastapi", "starlette", "uvicorn", "mangum"},
-    "functions": {"recommender.training", "recommender.tools", "recommender.local", "recommender.cli", "boto3",
-                  "botocore", "annoy", "hashlib", "passlib", *TRAINING_ONLY},
+    "core": {
+        "recommender.serving",
+        "recommender.training",
+        "recommender.tools",
+        "recommender.local",
+        "recommender.cli",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        *TRAINING_ONLY,
+    },
+    "serving": {
+        "recommender.training",
+        "recommender.tools",
+        "recommender.local",
+        "recommender.cli",
+        "uvicorn",
+        "yaml",
+        *TRAINING_ONLY,
+    },
+    "training": {
+        "recommender.serving.web",
+        "recommender.tools",
+        "recommender.local",
+        "recommender.cli",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "mangum",
+    },
+    "functions": {
+        "recommender.training",
+        "recommender.tools",
+        "recommender.local",
+        "recommender.cli",
+        "boto3",
+        "botocore",
+        "annoy",
+        "hashlib",
+        "passlib",
+        *TRAINING_ONLY,
+    },
 }
 
 
@@ -87,8 +121,11 @@ def test_the_harness_is_not_installed():
 def test_the_harness_rule_catches_a_function_local_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from bench.common import median\n    import bench\n")
-    assert violations([bad], {"bench"}) == [f"{bad} imports bench", f"{bad} imports bench.common",
-                                            f"{bad} imports bench.common.median"]
+    assert violations([bad], {"bench"}) == [
+        f"{bad} imports bench",
+        f"{bad} imports bench.common",
+        f"{bad} imports bench.common.median",
+    ]
 
 
 @pytest.mark.parametrize("part", sorted(FORBIDDEN))
@@ -127,8 +164,9 @@ def import_graph(root: Path, package: str) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = here.rsplit(".", node.level - 1)[0] if node.level else ""
                 module = ".".join(filter(None, (base, node.module)))
-                targets.update(f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module
-                               for alias in node.names)
+                targets.update(
+                    f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module for alias in node.names
+                )
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 
@@ -186,8 +224,10 @@ def cycle_through(group: list[str], graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph(ROOT / "shared", "recommender")
-    found = [f"{' -> '.join(cycle_through(group, graph))} (importing one another: {', '.join(group)})"
-             for group in knots(graph)]
+    found = [
+        f"{' -> '.join(cycle_through(group, graph))} (importing one another: {', '.join(group)})"
+        for group in knots(graph)
+    ]
     assert found == [], "import cycles:\n" + "\n".join(found)
 
 
@@ -222,12 +262,16 @@ print(json.dumps({"modules": names, "heavy": heavy}))
 def test_the_layer_ships_serving_code_only_and_it_imports_alone(tmp_path):
     """shared/Makefile's layer-source (what sam build and make build-lambda-pip copy) holds core and serving only,
     and every module there imports without training, tools or local code, and without pandas or scipy."""
-    subprocess.run(["make", "--no-print-directory", "-C", str(ROOT / "shared"), "layer-source", f"TARGET={tmp_path}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT / "shared"), "layer-source", f"TARGET={tmp_path}"],
+        check=True,
+        capture_output=True,
+    )
     shipped = {p.relative_to(tmp_path / "recommender").parts[0] for p in (tmp_path / "recommender").iterdir()}
     assert shipped == {"__init__.py", "core", "serving"}
-    result = subprocess.run([sys.executable, "-c", LAYER_CHECK, str(tmp_path)], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", LAYER_CHECK, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert "recommender.serving.model" in outcome["modules"] and "recommender.core.registry" in outcome["modules"]

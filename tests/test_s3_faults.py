@@ -10,6 +10,10 @@ import uuid
 import boto3
 import pytest
 from fastapi.testclient import TestClient
+
+from bench.faultproxy import Fault, FaultProxy, internal_error, slow_down
+from functions.auth.app import app as auth_app
+from functions.recommend.app import app as recommend_app
 from recommender import cli
 from recommender.core import registry
 from recommender.core.errors import StorageError
@@ -17,10 +21,6 @@ from recommender.core.settings import get_settings
 from recommender.core.storage import open_storage, s3_call_limit
 from recommender.serving.users import add_user
 from recommender.training.pipeline import train
-
-from bench.faultproxy import Fault, FaultProxy, internal_error, slow_down
-from functions.auth.app import app as auth_app
-from functions.recommend.app import app as recommend_app
 from tests.conftest import PASSWORD, free_port, make_runner
 from tests.local.test_server import Http
 
@@ -32,13 +32,21 @@ def proxy(moto_server, monkeypatch):
     """A fault proxy in front of moto, a fresh bucket, and the settings of a product that talks to it: 3 attempts,
     short timeouts (so that stalls cost a second, not minutes)."""
     bucket = f"faults-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=moto_server, **{k.lower(): v for k, v in CREDENTIALS.items()
-                                                     if k != "AWS_DEFAULT_REGION"},
-                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        **{k.lower(): v for k, v in CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
     with FaultProxy(moto_server) as fault_proxy:
-        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": fault_proxy.endpoint_url,
-                            "STORAGE_URL": f"s3://{bucket}/shop", "S3_MAX_ATTEMPTS": "3",
-                            "S3_CONNECT_TIMEOUT": "0.5", "S3_READ_TIMEOUT": "0.5"}.items():
+        for name, value in {
+            **CREDENTIALS,
+            "AWS_ENDPOINT_URL": fault_proxy.endpoint_url,
+            "STORAGE_URL": f"s3://{bucket}/shop",
+            "S3_MAX_ATTEMPTS": "3",
+            "S3_CONNECT_TIMEOUT": "0.5",
+            "S3_READ_TIMEOUT": "0.5",
+        }.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
         monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -74,8 +82,11 @@ def test_transient_errors_are_retried_with_backoff(proxy):
     assert [s.fault for s in proxy.requests("PUT", "users/")] == ["reset", "reset", None]
 
 
-@pytest.mark.parametrize("fault", [slow_down(), internal_error(), Fault("reset"), Fault("stall", seconds=30),
-                                   Fault("truncate")], ids=["503-slowdown", "500", "reset", "stall", "truncated"])
+@pytest.mark.parametrize(
+    "fault",
+    [slow_down(), internal_error(), Fault("reset"), Fault("stall", seconds=30), Fault("truncate")],
+    ids=["503-slowdown", "500", "reset", "stall", "truncated"],
+)
 def test_persistent_faults_fail_in_bounded_time_with_one_message(proxy, fault):
     storage = open_storage(get_settings())
     storage.write("models/ACTIVE", b'{"version": "v1", "previous": []}')
@@ -93,8 +104,8 @@ def test_persistent_faults_fail_in_bounded_time_with_one_message(proxy, fault):
 
 
 def test_serving_keeps_its_model_and_a_failed_user_lookup_is_a_503(s3_trained, proxy, monkeypatch):
-    monkeypatch.setenv("MODEL_POLL_SECONDS", "0")   # look at the pointer on every request (the Lambda path)
-    monkeypatch.setenv("USER_CACHE_SECONDS", "0")   # and at the user record
+    monkeypatch.setenv("MODEL_POLL_SECONDS", "0")  # look at the pointer on every request (the Lambda path)
+    monkeypatch.setenv("USER_CACHE_SECONDS", "0")  # and at the user record
     monkeypatch.setenv("JWT_SECRET", "s" * 40)
     get_settings.cache_clear()
     add_user(s3_trained, "alice", PASSWORD, rounds=4)
@@ -114,8 +125,11 @@ def test_serving_keeps_its_model_and_a_failed_user_lookup_is_a_503(s3_trained, p
         assert answer.status_code == 200 and answer.json()["model_version"] == version
 
         proxy.inject(Fault("reset", key="users/"))
-        for response in (rec.post("/send_data", json=basket, headers=headers), auth.get("/users/me", headers=headers),
-                         auth.post("/token", data={"username": "alice", "password": PASSWORD})):
+        for response in (
+            rec.post("/send_data", json=basket, headers=headers),
+            auth.get("/users/me", headers=headers),
+            auth.post("/token", data={"username": "alice", "password": PASSWORD}),
+        ):
             assert response.status_code == 503, response.text
             assert "users/alice.json" in response.json()["detail"]
 
@@ -129,14 +143,21 @@ def test_background_server_survives_a_storage_outage(s3_trained, proxy, tmp_path
     add_user(s3_trained, "alice", PASSWORD, rounds=4)
     version = registry.active_version(s3_trained)
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "RUN_DIR": str(tmp_path / "run"),
-           "MODEL_POLL_SECONDS": "0.2", "USER_CACHE_SECONDS": "0", "BCRYPT_ROUNDS": "4"}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "RUN_DIR": str(tmp_path / "run"),
+        "MODEL_POLL_SECONDS": "0.2",
+        "USER_CACHE_SECONDS": "0",
+        "BCRYPT_ROUNDS": "4",
+    }
     make = make_runner(env)
     api = Http(port)
     try:
         make("run-prod")
         api.login("alice", PASSWORD)
-        proxy.inject(Fault("reset"))   # the storage drops every connection (stalls are timed in the test above)
+        proxy.inject(Fault("reset"))  # the storage drops every connection (stalls are timed in the test above)
         deadline = time.monotonic() + 30
         while (health := api.call("GET", "/health")[1])["status"] != "degraded":
             assert time.monotonic() < deadline, health
@@ -167,7 +188,7 @@ def test_failed_upload_exits_with_one_line_and_leaves_nothing(s3_trained, proxy,
     assert "S3 write of" in line and "table_target.npy" in line and "InternalError" in line
     proxy.clear()
     assert s3_trained.read(registry.ACTIVE) == before
-    assert s3_trained.list("models/") == keys_before          # no partial version left behind
+    assert s3_trained.list("models/") == keys_before  # no partial version left behind
     assert cli.main(["versions"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
 
@@ -180,7 +201,7 @@ def test_failed_pointer_write_leaves_the_old_pointer(s3_trained, proxy, tiny_csv
     assert "models/ACTIVE" in _one_error_line(capsys)
     proxy.clear()
     assert s3_trained.read(registry.ACTIVE) == before
-    assert registry.staged(s3_trained).version == staged     # still staged: the promotion can be retried
+    assert registry.staged(s3_trained).version == staged  # still staged: the promotion can be retried
     assert cli.main(["promote"]) == 0
     assert registry.active_version(s3_trained) == staged
 

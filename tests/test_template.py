@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-from recommender.local.template import Tagged, dump_template, parse_template, plain, read_template, resolved
 
+from recommender.local.template import Tagged, dump_template, parse_template, plain, read_template, resolved
 from tests.conftest import ROOT
 
 TEMPLATE = ROOT / "template.yaml"
@@ -55,8 +55,13 @@ def statements(function: dict) -> list[dict]:
 
 
 def test_cfn_lint_is_clean():
-    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -82,8 +87,10 @@ def test_runtime_is_the_python_the_tests_run_on(template):
     runtime = resolved(template, template["Globals"]["Function"]["Runtime"])
     running = f"python{sys.version_info.major}.{sys.version_info.minor}"
     if running != runtime:
-        pytest.skip(f"the tests run on {running}, the template deploys {runtime}: run them with {runtime} "
-                    "(make clean && make test PYTHON=python3.11) to test what is deployed")
+        pytest.skip(
+            f"the tests run on {running}, the template deploys {runtime}: run them with {runtime} "
+            "(make clean && make test PYTHON=python3.11) to test what is deployed"
+        )
     assert running == runtime
 
 
@@ -109,11 +116,20 @@ def test_snapstart_is_off_by_default_and_complete_when_on(template, tmp_path):
     assert "RecommendProvisionedConcurrency" in asserted and "RecommendEphemeralStorage" in asserted
     # The "on" variant as a deployment would see it: cfn-lint checks it as it checks the default.
     variant = tmp_path / "template.yaml"
-    variant.write_text(TEMPLATE.read_text().replace(
-        'RecommendSnapStart:\n    Type: String\n    Default: "false"', 'RecommendSnapStart:\n    Type: String\n    Default: "true"'))
+    variant.write_text(
+        TEMPLATE.read_text().replace(
+            'RecommendSnapStart:\n    Type: String\n    Default: "false"',
+            'RecommendSnapStart:\n    Type: String\n    Default: "true"',
+        )
+    )
     assert 'Default: "true"' in variant.read_text()
-    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(variant)], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(variant)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -125,13 +141,19 @@ def test_least_privilege(template):
         assert all(s["Effect"] == "Allow" for s in granted)
         actions = {a for s in granted for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
         assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"}, name
-        objects = [r for s in granted if s["Action"] == "s3:GetObject"
-                   for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+        objects = [
+            r
+            for s in granted
+            if s["Action"] == "s3:GetObject"
+            for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
+        ]
         assert objects == [f"arn:${{AWS::Partition}}:s3:::${{ModelBucket}}/${{StoragePrefix}}/{p}/*" for p in prefixes]
         (listing,) = [s for s in granted if s["Action"] == "s3:ListBucket"]
         assert listing["Resource"] == "ModelBucket.Arn"
         scoped = listing["Condition"]["StringLike"]["s3:prefix"]
-        assert sorted([scoped] if isinstance(scoped, str) else scoped) == [f"${{StoragePrefix}}/{p}/*" for p in prefixes]
+        assert sorted([scoped] if isinstance(scoped, str) else scoped) == [
+            f"${{StoragePrefix}}/{p}/*" for p in prefixes
+        ]
         (secret,) = [s for s in granted if s["Action"] == "secretsmanager:GetSecretValue"]
         assert secret["Resource"] == "JwtSecret"
 
@@ -141,9 +163,13 @@ def test_bucket_is_private_versioned_and_encrypted(template):
     props = bucket["Properties"]
     assert props["VersioningConfiguration"]["Status"] == "Enabled"
     assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
-    assert props["PublicAccessBlockConfiguration"] == {"BlockPublicAcls": True, "BlockPublicPolicy": True,
-                                                       "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
-    assert bucket["DeletionPolicy"] == "Retain"   # deleting the stack never deletes the models and users
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert bucket["DeletionPolicy"] == "Retain"  # deleting the stack never deletes the models and users
 
 
 def test_secret_is_generated_and_both_functions_read_it(template):
@@ -158,8 +184,15 @@ def test_secret_is_generated_and_both_functions_read_it(template):
 
 def test_parameters_are_used_and_outputs_given(template):
     parameters = set(template["Parameters"])
-    assert {"AuthMemorySize", "RecommendMemorySize", "FunctionTimeout", "AuthReservedConcurrency",
-            "RecommendReservedConcurrency", "RecommendProvisionedConcurrency", "ModelPollSeconds"} <= parameters
+    assert {
+        "AuthMemorySize",
+        "RecommendMemorySize",
+        "FunctionTimeout",
+        "AuthReservedConcurrency",
+        "RecommendReservedConcurrency",
+        "RecommendProvisionedConcurrency",
+        "ModelPollSeconds",
+    } <= parameters
     body = TEMPLATE.read_text().split("\nConditions:", 1)[1]
     unused = [p for p in parameters if not re.search(rf"(!Ref {p}\b|\${{{p}}})", body)]
     assert not unused, f"parameters never used: {unused}"
@@ -168,11 +201,22 @@ def test_parameters_are_used_and_outputs_given(template):
 
 def test_shared_requirements_are_the_serving_dependencies():
     layer = [Requirement(r) for r in builder.serving_requirements()]
-    project = {Requirement(r).name: Requirement(r)
-               for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    assert {r.name for r in layer} == {"annoy", "numpy", "fastapi", "python-multipart", "orjson", "mangum", "PyJWT",
-                                       "libpass", "bcrypt"}
-    for r in layer:   # the development install's bounds, plus any the Lambda platform adds (numpy<2.3)
+    project = {
+        Requirement(r).name: Requirement(r)
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    assert {r.name for r in layer} == {
+        "annoy",
+        "numpy",
+        "fastapi",
+        "python-multipart",
+        "orjson",
+        "mangum",
+        "PyJWT",
+        "libpass",
+        "bcrypt",
+    }
+    for r in layer:  # the development install's bounds, plus any the Lambda platform adds (numpy<2.3)
         assert set(project[r.name].specifier) <= set(r.specifier), f"{r.name}: keep in step with pyproject.toml"
 
 
@@ -181,27 +225,47 @@ def test_layer_requirements_cover_what_the_functions_import(user, trained_storag
     from importlib.metadata import distribution, packages_distributions
 
     from recommender.serving.tokens import issue_token
-
     from tests.functions.test_handlers import cold_start_events, run_cold_start
 
     secret = "k" * 48
-    env = {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": secret,
-           "CACHE_DIR": str(tmp_path / "cache"), "BCRYPT_ROUNDS": "4"}
+    env = {
+        **os.environ,
+        "STORAGE_URL": str(trained_storage.root),
+        "JWT_SECRET": secret,
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "BCRYPT_ROUNDS": "4",
+    }
     recommend = run_cold_start(env, cold_start_events(event, issue_token("alice", secret, stamp=user.stamp), "85123A"))
-    auth = subprocess.run([sys.executable, "-c", (
-        "import json, sys; sys.path.insert(0, 'functions/auth'); import app; from types import SimpleNamespace as S;"
-        "r = app.handler(json.load(sys.stdin), S(get_remaining_time_in_millis=lambda: 30000));"
-        "assert r['statusCode'] == 200, r; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")],
-        input=json.dumps(event("token")), capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    auth = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import json, sys; sys.path.insert(0, 'functions/auth'); import app; from types import SimpleNamespace as S;"
+                "r = app.handler(json.load(sys.stdin), S(get_remaining_time_in_millis=lambda: 30000));"
+                "assert r['statusCode'] == 200, r; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+            ),
+        ],
+        input=json.dumps(event("token")),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
     assert auth.returncode == 0, auth.stderr
-    startup = subprocess.run([sys.executable, "-c", "import sys, json; print(json.dumps(list(sys.modules)))"],
-                             capture_output=True, text=True, check=True).stdout   # e.g. a venv's .pth hooks
+    startup = subprocess.run(
+        [sys.executable, "-c", "import sys, json; print(json.dumps(list(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # e.g. a venv's .pth hooks
     imported = (set(recommend["modules"]) | set(json.loads(auth.stdout.splitlines()[-1]))) - set(json.loads(startup))
     owners = packages_distributions()
     used = {normalized(distribution(d).metadata["Name"]) for m in imported for d in owners.get(m, [])}
 
     layer, todo = set(), [Requirement(r) for r in builder.serving_requirements()]
-    while todo:   # the requirements and everything they require, as pip would install them
+    while todo:  # the requirements and everything they require, as pip would install them
         r = todo.pop()
         name = normalized(r.name)
         if name in layer:
@@ -218,7 +282,9 @@ def test_layer_requirements_cover_what_the_functions_import(user, trained_storag
 def test_samconfig_and_build_environment():
     config = tomllib.loads((ROOT / "samconfig.toml").read_text())
     assert config["default"]["build"]["parameters"]["use_container"] is True
-    assert config["default"]["build"]["parameters"]["build_image"] == ["SharedLayer=public.ecr.aws/sam/build-python3.11"]
+    assert config["default"]["build"]["parameters"]["build_image"] == [
+        "SharedLayer=public.ecr.aws/sam/build-python3.11"
+    ]
     assert config["default"]["deploy"]["parameters"]["capabilities"] == "CAPABILITY_IAM"
     env_file = ROOT / config["default"]["build"]["parameters"]["container_env_var_file"]
     flags = json.loads(env_file.read_text())["Parameters"]["ANNOY_COMPILER_ARGS"].split(",")

@@ -9,26 +9,37 @@ from typing import Annotated  # noqa: E402
 
 from fastapi import Depends, Request
 from mangum import Mangum
+
 from recommender.serving import web
 from recommender.serving.logins import Logins
 from recommender.serving.schemas import LoginForm, TokenOut, UserOut
 from recommender.serving.users import User
 
-app = web.create_app("Recommender auth", "OAuth2 password flow: POST /token, then send Authorization: Bearer <token>.",
-                     no_store=True)
+app = web.create_app(
+    "Recommender auth", "OAuth2 password flow: POST /token, then send Authorization: Bearer <token>.", no_store=True
+)
 
 
-@app.post("/token", response_model=TokenOut, summary="Get a bearer token (form fields username, password)",
-          responses=web.errors(400, 401, 413, 422, 429, 503))
-async def token(form: Annotated[LoginForm, Depends()], request: Request,
-                logins: Annotated[Logins, Depends(web.get_logins)],
-                secret: Annotated[str, Depends(web.get_secret)]) -> TokenOut:
+@app.post(
+    "/token",
+    response_model=TokenOut,
+    summary="Get a bearer token (form fields username, password)",
+    responses=web.errors(400, 401, 413, 422, 429, 503),
+)
+async def token(
+    form: Annotated[LoginForm, Depends()],
+    request: Request,
+    logins: Annotated[Logins, Depends(web.get_logins)],
+    secret: Annotated[str, Depends(web.get_secret)],
+) -> TokenOut:
     """A JWT for a username and password (OAuth2 password flow); 401 for bad credentials, 429 after too many."""
     access_token = await logins.login(form.username, form.password, web.client_address(request), secret)
     return TokenOut(access_token=access_token)
 
 
-@app.get("/users/me", response_model=UserOut, summary="The user the token belongs to", responses=web.errors(401, 413, 503))
+@app.get(
+    "/users/me", response_model=UserOut, summary="The user the token belongs to", responses=web.errors(401, 413, 503)
+)
 @app.get("/users/me/", response_model=UserOut, include_in_schema=False, responses=web.errors(401, 413, 503))
 async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
     """The user the bearer token belongs to."""

@@ -14,6 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from fastapi.responses import Response
 from mangum import Mangum
+from starlette.concurrency import run_in_threadpool
+
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
 from recommender.serving import console, schemas, snapstart, web
@@ -30,7 +32,6 @@ from recommender.serving.schemas import (
     SearchOut,
 )
 from recommender.serving.users import User
-from starlette.concurrency import run_in_threadpool
 
 app = web.create_app("Recommender", "Complementary products for a basket. Authorize with a token from POST /token.")
 
@@ -48,13 +49,20 @@ async def _send_data(request: Request) -> Response:
 
 
 async def _recommendations(request: Request) -> Response:
-    return await recommendations(await web.request_user(request), await parse_basket(request),
-                                 await web.current_model())
+    return await recommendations(
+        await web.request_user(request), await parse_basket(request), await web.current_model()
+    )
 
 
-@web.post_resolved(app, "/send_data", _send_data, response_model=LegacyOut,
-                   summary="Recommendations in the original system's format",
-                   openapi_extra=web.json_body_openapi(BasketIn), responses=web.errors(401, 413, 422, 503))
+@web.post_resolved(
+    app,
+    "/send_data",
+    _send_data,
+    response_model=LegacyOut,
+    summary="Recommendations in the original system's format",
+    openapi_extra=web.json_body_openapi(BasketIn),
+    responses=web.errors(401, 413, 422, 503),
+)
 async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
     options of /recommendations work here too."""
@@ -63,9 +71,15 @@ async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.F
     return web.FastJSON(schemas.legacy_json(answer, options is not None and options.explain))
 
 
-@web.post_resolved(app, "/recommendations", _recommendations, response_model=RecommendationsOut,
-                   summary="Recommendations, self-describing",
-                   openapi_extra=web.json_body_openapi(BasketIn), responses=web.errors(401, 413, 422, 503))
+@web.post_resolved(
+    app,
+    "/recommendations",
+    _recommendations,
+    response_model=RecommendationsOut,
+    summary="Recommendations, self-describing",
+    openapi_extra=web.json_body_openapi(BasketIn),
+    responses=web.errors(401, 413, 422, 503),
+)
 async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered and
@@ -75,19 +89,30 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
     return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain))
 
 
-@app.get("/items", response_model=SearchOut, summary="Search the model's items by code prefix or description words",
-         responses=web.errors(401, 413, 422, 503))
-async def items(_user: UserDep, model: ModelDep, q: Annotated[str, Query(max_length=200)] = "",
-                limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20) -> web.FastJSON:
+@app.get(
+    "/items",
+    response_model=SearchOut,
+    summary="Search the model's items by code prefix or description words",
+    responses=web.errors(401, 413, 422, 503),
+)
+async def items(
+    _user: UserDep,
+    model: ModelDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+    limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20,
+) -> web.FastJSON:
     """Items whose code starts with q, then items whose description holds every word of q; popular first."""
     # Off the event loop: a search is a few milliseconds at most, but the first one of a model builds its index.
     found = await run_in_threadpool(model.items.search, q, limit)
     return web.FastJSON(schemas.search_json(found, model.version))
 
 
-@app.get("/health", summary="Which model this process serves (no token needed)", response_model=HealthOut,
-         responses={503: {"model": HealthDown, "description": "no model can be served: detail says why"},
-                    **web.errors(413)})
+@app.get(
+    "/health",
+    summary="Which model this process serves (no token needed)",
+    response_model=HealthOut,
+    responses={503: {"model": HealthDown, "description": "no model can be served: detail says why"}, **web.errors(413)},
+)
 async def health() -> web.FastJSON:
     """The model, feed and rules this process serves (503 with the reason when there is none); no token needed."""
     try:
@@ -98,8 +123,12 @@ async def health() -> web.FastJSON:
     return web.FastJSON(schemas.health_json(model, web.model_holder(web.get_settings()).error))
 
 
-@app.get("/sample_basket", response_model=SampleBasketOut, summary="A random invoice of the training data",
-         responses=web.errors(401, 404, 413, 503))
+@app.get(
+    "/sample_basket",
+    response_model=SampleBasketOut,
+    summary="A random invoice of the training data",
+    responses=web.errors(401, 404, 413, 503),
+)
 async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """One of the real invoices the served model keeps from its training data, drawn at random."""
     from recommender.serving import real_baskets  # what only the console asks for is imported on its first use
@@ -107,8 +136,12 @@ async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) ->
     return web.FastJSON(real_baskets.random_basket(model, storage, _rng))
 
 
-@app.get("/model", response_model=ModelInfoOut, summary="The served model, its training figures and the versions",
-         responses=web.errors(401, 413, 503))
+@app.get(
+    "/model",
+    response_model=ModelInfoOut,
+    summary="The served model, its training figures and the versions",
+    responses=web.errors(401, 413, 503),
+)
 async def model_panel(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """Version, training time and counts, evaluation figures when the model has them, and every stored version."""
     from recommender.serving import model_info

@@ -6,8 +6,8 @@ import argparse
 import getpass
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from recommender.core import registry
 from recommender.core.errors import InvalidInput, PointerDamaged, RecommenderError
@@ -20,10 +20,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
 
 def command(*names: str) -> Callable:
     """Register a function as the handler of a sub-command (under each of its names)."""
+
     def register(fn: Callable[[argparse.Namespace, Settings], int]) -> Callable:
         for name in names:
             COMMANDS[name] = fn
         return fn
+
     return register
 
 
@@ -53,8 +55,15 @@ def _password(args: argparse.Namespace) -> str:
 def _add_user(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.serving.users import add_user
 
-    user = add_user(_storage(settings), args.username, _password(args), args.full_name, args.email,
-                    rounds=settings.bcrypt_rounds, min_password_length=settings.min_password_length)
+    user = add_user(
+        _storage(settings),
+        args.username,
+        _password(args),
+        args.full_name,
+        args.email,
+        rounds=settings.bcrypt_rounds,
+        min_password_length=settings.min_password_length,
+    )
     print(f"added user {user.username}")
     return 0
 
@@ -63,10 +72,17 @@ def _add_user(args: argparse.Namespace, settings: Settings) -> int:
 def _passwd(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.serving.users import change_password
 
-    user = change_password(_storage(settings), args.username, _password(args), rounds=settings.bcrypt_rounds,
-                           min_password_length=settings.min_password_length)
-    print(f"changed the password of {user.username}; tokens issued before stop working within "
-          f"{settings.user_cache_seconds:g} s")
+    user = change_password(
+        _storage(settings),
+        args.username,
+        _password(args),
+        rounds=settings.bcrypt_rounds,
+        min_password_length=settings.min_password_length,
+    )
+    print(
+        f"changed the password of {user.username}; tokens issued before stop working within "
+        f"{settings.user_cache_seconds:g} s"
+    )
     return 0
 
 
@@ -96,9 +112,19 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import TrainingParams, train
 
     params = TrainingParams(holdout=None) if args.no_holdout else TrainingParams()
-    train(args.path, _storage(settings), params, activate=not args.stage, keep_versions=settings.keep_versions,
-          engine=args.engine, spark_master=args.spark_master, force=args.force,
-          gate_margin=settings.model_gate_margin, encoding=settings.encoding, max_memory_gb=settings.max_training_gb)
+    train(
+        args.path,
+        _storage(settings),
+        params,
+        activate=not args.stage,
+        keep_versions=settings.keep_versions,
+        engine=args.engine,
+        spark_master=args.spark_master,
+        force=args.force,
+        gate_margin=settings.model_gate_margin,
+        encoding=settings.encoding,
+        max_memory_gb=settings.max_training_gb,
+    )
     return 0
 
 
@@ -116,8 +142,9 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
         try:
             gate.check(storage, pointer.version, args.force, settings.model_gate_margin)
         except ModelRefused as err:
-            raise ModelRefused(f"{err.message}. It stays staged: `make load_after_parallel_train FORCE=1` activates "
-                               f"it anyway") from None
+            raise ModelRefused(
+                f"{err.message}. It stays staged: `make load_after_parallel_train FORCE=1` activates it anyway"
+            ) from None
     version = registry.promote_staged(storage)
     print(f"activated staged version {version}")
     return 0
@@ -216,8 +243,11 @@ def _rules_schema(args: argparse.Namespace, settings: Settings) -> int:
     text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote the rules file's JSON Schema to {args.out} (first line of a rules file: "
-              f"# yaml-language-server: $schema={args.out})", file=sys.stderr)
+        print(
+            f"wrote the rules file's JSON Schema to {args.out} (first line of a rules file: "
+            f"# yaml-language-server: $schema={args.out})",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     return 0
@@ -239,12 +269,16 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     if args.baskets:
         done = export.answer_baskets(model, args.baskets, args.out, resume=args.resume)
         kept = f", {done.skipped:,} kept from the previous run" if done.skipped else ""
-        print(f"answered {done.rows:,} line(s) of {args.baskets} into {done.path} in {done.seconds:.1f} s "
-              f"({done.errors:,} with an error{kept}; {versions})")
+        print(
+            f"answered {done.rows:,} line(s) of {args.baskets} into {done.path} in {done.seconds:.1f} s "
+            f"({done.errors:,} with an error{kept}; {versions})"
+        )
     else:
         done = export.export_complements(model, args.out, args.n, args.format)
-        print(f"wrote {done.rows:,} rows ({done.items:,} items x top {args.n}) to {done.path} in {done.seconds:.1f} s "
-              f"({versions})")
+        print(
+            f"wrote {done.rows:,} rows ({done.items:,} items x top {args.n}) to {done.path} in {done.seconds:.1f} s "
+            f"({versions})"
+        )
     return 0
 
 
@@ -271,7 +305,9 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.local.server import start
 
     info = start(settings, Path(args.template))
-    print(f"server running: pid {info.pid}, http://{info.host}:{info.port} (log: {info.log_file}); `make kill` stops it")
+    print(
+        f"server running: pid {info.pid}, http://{info.host}:{info.port} (log: {info.log_file}); `make kill` stops it"
+    )
     return 0
 
 
@@ -293,8 +329,10 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         print("no background server is running")
         return 3
     answer = health(info.host, info.port) or {}
-    print(f"running: pid {info.pid}, http://{info.host}:{info.port}, status {answer.get('status', 'not answering')}, "
-          f"model {answer.get('model_version')}, {answer.get('item_count', 0)} items")
+    print(
+        f"running: pid {info.pid}, http://{info.host}:{info.port}, status {answer.get('status', 'not answering')}, "
+        f"model {answer.get('model_version')}, {answer.get('item_count', 0)} items"
+    )
     return 0
 
 
@@ -358,76 +396,109 @@ or from a shell:
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.tools import evaluation
 
-    report, folder = evaluation.run(args.path, days=args.days, out_dir=args.out, engine=args.engine,
-                                    spark_master=args.spark_master)
+    report, folder = evaluation.run(
+        args.path, days=args.days, out_dir=args.out, engine=args.engine, spark_master=args.spark_master
+    )
     print()
     print(evaluation.table(report))
     cal = report.product_stats["calibration"]
-    print(f"\n{report.cases:,} test cases; confidence: ECE {cal['ece']:.4f}, mean predicted {cal['mean_predicted']:.4f} "
-          f"against {cal['mean_observed']:.4f} bought, on {cal['observations']:,} recommended items")
+    print(
+        f"\n{report.cases:,} test cases; confidence: ECE {cal['ece']:.4f}, mean predicted {cal['mean_predicted']:.4f} "
+        f"against {cal['mean_observed']:.4f} bought, on {cal['observations']:,} recommended items"
+    )
     print(f"report, table, HR@k plot and reliability diagram in {folder}/")
     return 0
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["single", "spark"], default="single",
-                   help="single: this machine (default); spark: a Spark job (README \"Training at scale\")")
-    p.add_argument("--spark-master", help="Spark master for --engine spark (default: $SPARK_MASTER, spark-submit's, "
-                                          "else local[*])")
+    p.add_argument(
+        "--engine",
+        choices=["single", "spark"],
+        default="single",
+        help='single: this machine (default); spark: a Spark job (README "Training at scale")',
+    )
+    p.add_argument(
+        "--spark-master", help="Spark master for --engine spark (default: $SPARK_MASTER, spark-submit's, else local[*])"
+    )
 
 
 def _feed_commands(sub: argparse._SubParsersAction, prefix: str, listed: bool) -> None:
     """The feed commands under one prefix: `feed`, or `catalog`, their earlier name, which still works but is not
     listed (a sub-command added without help is left out of the list)."""
-    def add(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(prefix + name, **({"help": text} if listed else {
-            "description": f"the earlier name of `feed{name}`: {text}"}))
 
-    add("", "upload a product feed (.csv, .csv.gz, .tsv, .xlsx; Google Merchant Center columns) as a new feed version "
-            "and activate it").add_argument("path")
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            prefix + name,
+            **({"help": text} if listed else {"description": f"the earlier name of `feed{name}`: {text}"}),
+        )
+
+    add(
+        "",
+        "upload a product feed (.csv, .csv.gz, .tsv, .xlsx; Google Merchant Center columns) as a new feed version "
+        "and activate it",
+    ).add_argument("path")
     add("-show", "print the active product feed, or what is known of one code").add_argument(
-        "--code", help="one stock code")
+        "--code", help="one stock code"
+    )
     add("-rollback", "re-activate the feed version active before the current one")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="recommender", description=__doc__)
-    parser.add_argument("--storage", help="storage URL: a folder or s3://bucket/prefix (default: $STORAGE_URL or ./data)")
+    parser.add_argument(
+        "--storage", help="storage URL: a folder or s3://bucket/prefix (default: $STORAGE_URL or ./data)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("add-user", help="add an API user")
     p.add_argument("username")
     p.add_argument("--full-name", default="")
     p.add_argument("--email", default="")
-    p.add_argument("--password-env", metavar="VAR",
-                   help="read the password from this environment variable (default: prompt, or one line of stdin)")
+    p.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable (default: prompt, or one line of stdin)",
+    )
     p = sub.add_parser("passwd", help="change an API user's password (revokes the tokens issued before)")
     p.add_argument("username")
-    p.add_argument("--password-env", metavar="VAR",
-                   help="read the password from this environment variable (default: prompt, or one line of stdin)")
+    p.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable (default: prompt, or one line of stdin)",
+    )
     p = sub.add_parser("del-user", help="delete an API user")
     p.add_argument("username")
     sub.add_parser("list-users", help="list API users")
 
-    p = sub.add_parser("train", help="train a model on a purchase-history file, folder of parts or s3:// location "
-                                      "and activate it")
+    p = sub.add_parser(
+        "train", help="train a model on a purchase-history file, folder of parts or s3:// location and activate it"
+    )
     p.add_argument("path")
     p.add_argument("--stage", action="store_true", help="stage the new model instead of activating it")
-    p.add_argument("--force", action="store_true",
-                   help="activate it even when it is clearly worse than the active model on its held-out baskets")
-    p.add_argument("--no-holdout", action="store_true",
-                   help="train on every basket: no held-out figures, calibration or comparison with the active model")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="activate it even when it is clearly worse than the active model on its held-out baskets",
+    )
+    p.add_argument(
+        "--no-holdout",
+        action="store_true",
+        help="train on every basket: no held-out figures, calibration or comparison with the active model",
+    )
     _engine_arguments(p)
-    p = sub.add_parser("promote", help="activate the staged model after verifying it and comparing it with the "
-                                       "active one")
+    p = sub.add_parser(
+        "promote", help="activate the staged model after verifying it and comparing it with the active one"
+    )
     p.add_argument("--force", action="store_true", help="activate it even when it is clearly worse than the active one")
     sub.add_parser("rollback", help="re-activate the previously active model")
     sub.add_parser("versions", help="list model versions")
 
-    for name, text in (("serve", "serve the API in the foreground"),
-                       ("start", "serve the API in the background (pid and log file)"),
-                       ("demo", "train on the synthetic data, create a demo user, and serve")):
+    for name, text in (
+        ("serve", "serve the API in the foreground"),
+        ("start", "serve the API in the background (pid and log file)"),
+        ("demo", "train on the synthetic data, create a demo user, and serve"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
     sub.add_parser("stop", help="stop the background server")
@@ -439,8 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="folder for the report (JSON, table, PNG plot)")
     _engine_arguments(p)
 
-    p = sub.add_parser("emulate-s3", help="run a local S3 (moto's server) on 127.0.0.1 in the background and create "
-                                          "the bucket of STORAGE_URL")
+    p = sub.add_parser(
+        "emulate-s3",
+        help="run a local S3 (moto's server) on 127.0.0.1 in the background and create the bucket of STORAGE_URL",
+    )
     p.add_argument("--port", type=int, help="default: the port of a local AWS_ENDPOINT_URL, else 5055")
     sub.add_parser("emulate-s3-stop", help="stop the local S3 started by emulate-s3 (its content is lost)")
 
@@ -450,16 +523,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     sub.add_parser("rules-show", help="print the active merchandising rules")
     sub.add_parser("rules-rollback", help="re-activate the rules version active before the current one")
-    p = sub.add_parser("rules-schema", help="print the JSON Schema of a rules file (for editors: "
-                                            "# yaml-language-server: $schema=<file>), or write it to --out")
+    p = sub.add_parser(
+        "rules-schema",
+        help="print the JSON Schema of a rules file (for editors: "
+        "# yaml-language-server: $schema=<file>), or write it to --out",
+    )
     p.add_argument("--out", help="write it to this file instead of printing it")
 
-    p = sub.add_parser("export", help="write every item's top N complements (csv, jsonl, parquet), or answer a "
-                                      "JSON-lines file of baskets (--baskets)")
+    p = sub.add_parser(
+        "export",
+        help="write every item's top N complements (csv, jsonl, parquet), or answer a "
+        "JSON-lines file of baskets (--baskets)",
+    )
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--n", type=int, default=10, help="complements per item (default 10)")
     p.add_argument("--format", choices=["csv", "jsonl", "parquet"], help="default: from the output's file name")
-    p.add_argument("--baskets", help="a JSON-lines file: one {\"product_list\": [...], \"n\": ..., options} per line")
+    p.add_argument("--baskets", help='a JSON-lines file: one {"product_list": [...], "n": ..., options} per line')
     p.add_argument("--resume", action="store_true", help="with --baskets: keep the lines OUT already holds")
 
     p = sub.add_parser("generate", help="write the synthetic demo dataset")

@@ -22,9 +22,17 @@ def test_a_model_agrees_with_itself(trained_folder):
 def test_report_table_shows_every_part():
     run = {"seconds": 10.0, "stages": {"svd": 1.0}, "peak_total": 2 * 2**30, "peaks": {"driver": 2**30, "jvm": 2**29}}
     results = {
-        "agreement": {"runs": {"single": run, "spark": run}, "items": 100, "neighbour_sets_identical": 1.0,
-                      "max_weight_difference": 0.0, "annoy_sets_identical": 0.99, "annoy_jaccard_mean": 0.999,
-                      "embedding_max_difference": 1e-6, "one_item_answers_identical": 1.0, "load": [1.0]},
+        "agreement": {
+            "runs": {"single": run, "spark": run},
+            "items": 100,
+            "neighbour_sets_identical": 1.0,
+            "max_weight_difference": 0.0,
+            "annoy_sets_identical": 0.99,
+            "annoy_jaccard_mean": 0.999,
+            "embedding_max_difference": 1e-6,
+            "one_item_answers_identical": 1.0,
+            "load": [1.0],
+        },
         "scale": {"dataset": {"rows": 1000, "parts": 2, "bytes": 2**20}, "runs": {"single": run, "spark": run}},
         "big": {"dataset": {"rows": 5000, "parts": 3, "bytes": 2**30, "generated_seconds": 5}, "run": run},
         "single_csv_reference": {"seconds": 245.0, "peak_rss": 5 * 2**30},

@@ -6,15 +6,14 @@ import math
 
 import pytest
 from fastapi.testclient import TestClient
+
+from bench import ceiling, cold, common, deployment, options, report, scale, train
 from recommender.core.registry import active_version
 from recommender.core.settings import get_settings
 from recommender.local import server
 from recommender.serving.model import load_model
 from recommender.serving.tokens import issue_token, load_secret
 from recommender.training.ingest import load_transactions
-
-from bench import ceiling, cold, common, deployment, options, report, scale, train
-
 from tests.conftest import ROOT
 
 SECRET = "s" * 48
@@ -28,15 +27,18 @@ def test_statistics():
     assert common.growth_exponent([1e6, 3e6, 1e7], [10, 30, 100]) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("message, stage", [
-    ("svd: 128 factors (5.5 s)", "svd"),
-    ("neighbours: 381,069 pairs, at most 100 per item (0.6 s)", "neighbours"),
-    ("read and cleaned in 1.4 s", "clean"),
-    ("saved version 2026 to /x (9.7 MB, 0.0 s)", "write"),
-    ("  rows read: 531,282", None),
-    ("reading /data/file.csv", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "message, stage",
+    [
+        ("svd: 128 factors (5.5 s)", "svd"),
+        ("neighbours: 381,069 pairs, at most 100 per item (0.6 s)", "neighbours"),
+        ("read and cleaned in 1.4 s", "clean"),
+        ("saved version 2026 to /x (9.7 MB, 0.0 s)", "write"),
+        ("  rows read: 531,282", None),
+        ("reading /data/file.csv", None),
+        ("", None),
+    ],
+)
 def test_stage_of_training_message(message, stage):
     assert train.stage_of_message(message) == stage
 
@@ -56,7 +58,7 @@ def test_target_rows_and_table():
     fast = report.target_row("serve", "ratio", "serve_rps_ratio", 0.9, "x")
     plain = report.Row("serve", "p50", 812.25, "µs")
     assert (slow.met, slow.target, slow.status()) == (False, "<= 3 s", "MISSED")
-    assert slow.note == "missed by 4.5 s (150%): slowest stage: svd"   # by how much, then why
+    assert slow.note == "missed by 4.5 s (150%): slowest stage: svd"  # by how much, then why
     assert (fast.met, fast.target, fast.note) == (True, ">= 0.85 x", "")
     assert plain.status() == "" and plain.shown() == "812.2 µs"
     assert report.target_row("serve", "errors", "serve_errors", 0, "").met is True
@@ -67,17 +69,30 @@ def test_target_rows_and_table():
 
 
 def _part(name, rows):
-    return report.PartResult(name, rows, {"x": 1}, "2026-01-01T00:00:00+00:00", 1.5, [0.1, 0.2, 0.3],
-                                [0.1, 0.2, 0.3], False, f"## {name} details")
+    return report.PartResult(
+        name,
+        rows,
+        {"x": 1},
+        "2026-01-01T00:00:00+00:00",
+        1.5,
+        [0.1, 0.2, 0.3],
+        [0.1, 0.2, 0.3],
+        False,
+        f"## {name} details",
+    )
 
 
 def test_write_results_keeps_other_parts(tmp_path):
     machine = {"cores": 2, "memory_gib": 24, "python": "3.11", "libraries": {"numpy": "2"}, "commit": "abc"}
-    report.write_results([_part("train", [report.Row("train", "csv", 4.0, "s", "<= 5 s", True)])],
-                            tmp_path, machine, "bench train")
+    report.write_results(
+        [_part("train", [report.Row("train", "csv", 4.0, "s", "<= 5 s", True)])], tmp_path, machine, "bench train"
+    )
     json_path, md_path = report.write_results(
         [_part("serve", [report.Row("serve", "ratio", 0.5, "x", ">= 0.7 x", False, "why")])],
-        tmp_path, machine, "bench serve")
+        tmp_path,
+        machine,
+        "bench serve",
+    )
     combined = json.loads(json_path.read_text())
     assert set(combined["parts"]) == {"train", "serve"}
     assert combined["parts"]["serve"]["rows"][0]["status"] == "MISSED"
@@ -87,12 +102,13 @@ def test_write_results_keeps_other_parts(tmp_path):
 
 
 def test_table_shows_the_figures_from_before(tmp_path):
-    (tmp_path / report.BASELINE).write_text(json.dumps({"source": "main at abc", "rows": [
-        {"part": "serve", "measure": "ratio", "shown": "0.711 x"}]}))
+    (tmp_path / report.BASELINE).write_text(
+        json.dumps({"source": "main at abc", "rows": [{"part": "serve", "measure": "ratio", "shown": "0.711 x"}]})
+    )
     machine = {"cores": 2, "memory_gib": 24, "python": "3.11", "libraries": {}, "commit": "def"}
     row = report.target_row("serve", "ratio", "serve_rps_ratio", 0.8, "x", "why")
     _json, md_path = report.write_results([_part("serve", [row])], tmp_path / "quick", machine, "bench serve --quick")
-    md = md_path.read_text()   # quick runs find the baseline one level up
+    md = md_path.read_text()  # quick runs find the baseline one level up
     assert "`before`: main at abc" in md
     assert "| serve | ratio | 0.711 x | 0.8 x | >= 0.85 x | MISSED | missed by 0.05 x (6%): why |" in md
     text = report.format_table([row], before=report.load_baseline(tmp_path))
@@ -138,23 +154,36 @@ def test_profile_training_times_every_stage(tiny_csv, tmp_path):
 
 
 def test_parse_importtime():
-    stderr = "\n".join([
-        "import time: self [us] | cumulative | imported package",
-        "import time:       500 |        500 |     pydantic.main",
-        "import time:      1000 |       1500 |   fastapi.routing",
-        "import time:      2000 |       3500 | fastapi",
-        "import time:       300 |        300 | json",
-    ])
+    stderr = "\n".join(
+        [
+            "import time: self [us] | cumulative | imported package",
+            "import time:       500 |        500 |     pydantic.main",
+            "import time:      1000 |       1500 |   fastapi.routing",
+            "import time:      2000 |       3500 | fastapi",
+            "import time:       300 |        300 | json",
+        ]
+    )
     parsed = cold.parse_importtime(stderr)
     assert parsed["by_package"][0] == {"package": "fastapi", "self_ms": 3.0, "modules": 2}
     assert parsed["by_self"][0]["module"] == "fastapi" and parsed["total_ms"] == pytest.approx(3.8)
 
 
 def test_growth_estimate():
-    runs = [{"sweep": "rows", "rows": r, "products": 100, "seconds": r / 100, "peak_rss": 100 + r, "baseline_rss": 100}
-            for r in (1000, 3000, 10000)]
-    runs += [{"sweep": "products", "rows": 3000, "products": p, "seconds": 30 * (p / 100) ** 0.5,
-              "peak_rss": 100 + 3000, "baseline_rss": 100} for p in (10, 30)]
+    runs = [
+        {"sweep": "rows", "rows": r, "products": 100, "seconds": r / 100, "peak_rss": 100 + r, "baseline_rss": 100}
+        for r in (1000, 3000, 10000)
+    ]
+    runs += [
+        {
+            "sweep": "products",
+            "rows": 3000,
+            "products": p,
+            "seconds": 30 * (p / 100) ** 0.5,
+            "peak_rss": 100 + 3000,
+            "baseline_rss": 100,
+        }
+        for p in (10, 30)
+    ]
     est = scale.growth_estimate(runs, 0.3)
     assert est["time_rows"] == pytest.approx(1.0) and est["memory_rows"] == pytest.approx(1.0)
     assert est["time_products"] == pytest.approx(0.5, abs=0.01) and est["memory_products"] == pytest.approx(0.0)
@@ -169,19 +198,38 @@ def test_cold_start_of_the_handler_on_the_tiny_model(trained_storage, user, tiny
     dep = deployment.Deployment(trained_storage.root, settings, token, baskets, active_version(trained_storage))
     result = cold.bench_cold(options.Options(template=ROOT / "template.yaml", cold_repeats=1), dep)
     assert result.rows[0].value > 0 and result.details["imports"]["by_package"]
-    assert sum(v for k, v in result.details["median"].items() if k != "total") <= result.details["median"]["total"] + 1e-6
+    assert (
+        sum(v for k, v in result.details["median"].items() if k != "total") <= result.details["median"]["total"] + 1e-6
+    )
 
 
 def test_scale_report_renders_saved_details():
     stages = {"read": {"seconds": 1.0, "peak_rss": 2**30}, "svd": {"seconds": 400.0, "peak_rss": 7 * 2**30}}
-    runs = [{"sweep": "rows", "rows": r, "products": 100, "items": 100, "seconds": r / 1000, "peak_rss": 2**20 * r,
-             "baseline_rss": 2**20, "stages": {"svd": r / 2000}} for r in (1000, 3000, 10000)]
+    runs = [
+        {
+            "sweep": "rows",
+            "rows": r,
+            "products": 100,
+            "items": 100,
+            "seconds": r / 1000,
+            "peak_rss": 2**20 * r,
+            "baseline_rss": 2**20,
+            "stages": {"svd": r / 2000},
+        }
+        for r in (1000, 3000, 10000)
+    ]
     details = {
         "dataset": {"rows": 10000, "invoices": 1000, "products": 100, "bytes": 10**6},
         "train": {"seconds": 401.0, "peak_rss": 7 * 2**30, "stages": stages, "artifact_bytes": {"index.ann": 2**20}},
-        "quality": {"latency": {"p50_us": 900.0, "p99_us": 2500.0, "items": 100}, "hr_product": 0.3,
-                    "hr_popularity": 0.1, "cases": 50, "cases_available": 80},
-        "growth_runs": runs, "growth": scale.growth_estimate(runs, 0.3),
+        "quality": {
+            "latency": {"p50_us": 900.0, "p99_us": 2500.0, "items": 100},
+            "hr_product": 0.3,
+            "hr_popularity": 0.1,
+            "cases": 50,
+            "cases_available": 80,
+        },
+        "growth_runs": runs,
+        "growth": scale.growth_estimate(runs, 0.3),
         "plan": {"invoices": 1000, "products": 100, "customers": 10},
     }
     rows, md = scale.scale_report(details)
@@ -192,11 +240,11 @@ def test_scale_report_renders_saved_details():
 
 
 def test_merch_part_pieces(trained_folder):
+    from bench.merch import RULES, paired_latency, synthetic_merchandising
     from recommender.core import registry
     from recommender.core.storage import LocalStorage
     from recommender.serving.merchandising import Options, Policy
     from recommender.serving.model import load_model
-    from bench.merch import RULES, paired_latency, synthetic_merchandising
     from recommender.training.rules import validate
 
     storage = LocalStorage(trained_folder)
@@ -204,8 +252,11 @@ def test_merch_part_pieces(trained_folder):
     feed, rules = synthetic_merchandising(plain.items, plain.item_price)
     stored = validate(rules)
     assert set(feed["items"]) == set(plain.items.codes) and len(stored["pin"]) <= RULES["pin"]
-    assert [len(stored["block"]["codes"]), len(stored["do_not_pair"]), len(stored["boost"])] == \
-        [RULES["block"], RULES["do_not_pair"], RULES["boost"]]
+    assert [len(stored["block"]["codes"]), len(stored["do_not_pair"]), len(stored["boost"])] == [
+        RULES["block"],
+        RULES["do_not_pair"],
+        RULES["boost"],
+    ]
     merch = plain.with_policy(Policy(plain.items, plain.item_price, feed, stored, "f", "r"))
     baskets = [[c] for c in plain.items.codes[:20]]
     latency = paired_latency(plain, merch, baskets, Options(price_max=10.0, explain=True), repeats=2)

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from recommender.core.errors import ConfigError
 
 from bench import options
+from recommender.core.errors import ConfigError
 from tests.conftest import ROOT
 
 
@@ -35,12 +35,19 @@ def test_only_the_parts_that_read_online_retail_need_it(tmp_path):
 
 def test_a_missing_file_stops_the_benchmark_with_one_line(tmp_path):
     env = {**os.environ, "BENCH_DATA_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "bench", "train", "--quick", "--out", str(tmp_path / "results")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "train", "--quick", "--out", str(tmp_path / "results")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
         f"error: the benchmark needs Online Retail (online_retail.csv.gz) in {tmp_path.resolve()}/: put it there "
-        "or set BENCH_DATA_DIR=<folder>"]
+        "or set BENCH_DATA_DIR=<folder>"
+    ]
     assert not (tmp_path / "results").exists()
 
 

@@ -4,10 +4,10 @@ accepted by the real readers, and its report counts errors and memory growth aft
 import random
 
 import numpy as np
-from recommender.training.feed import read_feed
-from recommender.training.rules import read_rules
 
 from bench.soak import Events, SoakPlan, summarize
+from recommender.training.feed import read_feed
+from recommender.training.rules import read_rules
 
 CODES = [f"{20000 + i}" for i in range(60)] + ["85123A", "POST"]
 
@@ -26,8 +26,15 @@ def test_feed_and_rules_files_are_valid(tmp_path):
 
 
 def _point(t, errors=0, rss=100.0):
-    return {"t": t, "seconds": 10.0, "requests": 4000, "p50_ms": 2.0, "p99_ms": 10.0 + t / 100, "errors": errors,
-            "rss_mib": rss}
+    return {
+        "t": t,
+        "seconds": 10.0,
+        "requests": 4000,
+        "p50_ms": 2.0,
+        "p99_ms": 10.0 + t / 100,
+        "errors": errors,
+        "rss_mib": rss,
+    }
 
 
 def test_report_counts_errors_and_growth_after_warmup():

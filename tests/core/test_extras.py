@@ -12,19 +12,32 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
 from recommender.core import extras, registry
 from recommender.core.errors import MissingExtra
 from recommender.core.storage import LocalStorage
 from recommender.tools import synthetic
-
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # What the light install leaves out: the extras' packages, and what only the dev extra brings.
-ABSENT = ("pyarrow", "boto3", "botocore", "s3transfer", "pyspark", "py4j", "moto", "matplotlib", "playwright",
-          "schemathesis", "cfnlint", "mkdocs", "ruff")
+ABSENT = (
+    "pyarrow",
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "pyspark",
+    "py4j",
+    "moto",
+    "matplotlib",
+    "playwright",
+    "schemathesis",
+    "cfnlint",
+    "mkdocs",
+    "ruff",
+)
 # Python as in a venv of the light install: the packages above cannot be imported (a finder ahead of the others
 # says they are not there, as the import system itself would).
 LIGHT_PYTHON = f"""
@@ -42,8 +55,14 @@ sys.meta_path.insert(0, Absent())
 
 def light(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `code` (after LIGHT_PYTHON) in a new interpreter with args."""
-    return subprocess.run([sys.executable, "-c", LIGHT_PYTHON + code, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=240, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", LIGHT_PYTHON + code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def light_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -85,7 +104,8 @@ def test_a_broken_install_is_not_reported_as_a_missing_extra(monkeypatch, tmp_pa
 
 
 def test_every_module_imports_without_the_extras():
-    done = light("""
+    done = light(
+        """
 import importlib, pkgutil, recommender
 failed = []
 for info in pkgutil.walk_packages(recommender.__path__, "recommender."):
@@ -97,7 +117,8 @@ for info in pkgutil.walk_packages(recommender.__path__, "recommender."):
         failed.append(f"{info.name}: {type(err).__name__}: {err}")
 print("\\n".join(failed))
 print("imported:", sorted(m for m in sys.modules if m.partition(".")[0] in ABSENT))
-""".replace("ABSENT", repr(ABSENT)))
+""".replace("ABSENT", repr(ABSENT))
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "imported: []"
 
@@ -106,8 +127,10 @@ def test_training_from_csv_without_pyarrow_gives_the_same_model(tiny_csv, traine
     # without Arrow's csv reader, pandas' reads the file (slower on big files): the same artifacts, byte for byte
     done = light_cli("--storage", str(tmp_path / "store"), "train", str(tiny_csv))
     assert done.returncode == 0, done.stderr
-    ours_dir, theirs_dir = (folder / "models" / "versions" / registry.active_version(LocalStorage(folder))
-                            for folder in (tmp_path / "store", trained_folder))
+    ours_dir, theirs_dir = (
+        folder / "models" / "versions" / registry.active_version(LocalStorage(folder))
+        for folder in (tmp_path / "store", trained_folder)
+    )
     files = sorted(p.name for p in theirs_dir.iterdir() if p.name != "manifest.json")
     assert files and sorted(p.name for p in ours_dir.iterdir() if p.name != "manifest.json") == files
     assert filecmp.cmpfiles(ours_dir, theirs_dir, files, shallow=False)[0] == files
@@ -120,19 +143,34 @@ def parquet_file(tmp_path_factory):
     return next(folder.glob("*.parquet"))
 
 
-@pytest.mark.parametrize("command, message", [
-    (["train", "{parquet}"], "Parquet input needs pyarrow: make devel installs it (or pip install -e '.[parquet]')"),
-    (["train", "{csv}", "--engine", "spark"], "ENGINE=spark needs pyspark: make devel installs it (or pip install "
-                                              "-e '.[spark]')"),
-    (["train", "s3://bucket/sales.csv"], "s3:// input needs boto3: make devel installs it (or pip install -e "
-                                         "'.[s3]')"),
-    (["--storage", "s3://bucket/prefix", "list-users"], "STORAGE_URL=s3://bucket/prefix needs boto3: make devel "
-                                                        "installs it (or pip install -e '.[s3]')"),
-    (["export", "--out", "{out}/fbt.parquet"], "FORMAT=parquet needs pyarrow: make devel installs it (or pip "
-                                               "install -e '.[parquet]')"),
-])
-def test_a_command_needing_a_missing_extra_says_which(command, message, parquet_file, tiny_csv, trained_storage,
-                                                       tmp_path):
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (
+            ["train", "{parquet}"],
+            "Parquet input needs pyarrow: make devel installs it (or pip install -e '.[parquet]')",
+        ),
+        (
+            ["train", "{csv}", "--engine", "spark"],
+            "ENGINE=spark needs pyspark: make devel installs it (or pip install -e '.[spark]')",
+        ),
+        (
+            ["train", "s3://bucket/sales.csv"],
+            "s3:// input needs boto3: make devel installs it (or pip install -e '.[s3]')",
+        ),
+        (
+            ["--storage", "s3://bucket/prefix", "list-users"],
+            "STORAGE_URL=s3://bucket/prefix needs boto3: make devel installs it (or pip install -e '.[s3]')",
+        ),
+        (
+            ["export", "--out", "{out}/fbt.parquet"],
+            "FORMAT=parquet needs pyarrow: make devel installs it (or pip install -e '.[parquet]')",
+        ),
+    ],
+)
+def test_a_command_needing_a_missing_extra_says_which(
+    command, message, parquet_file, tiny_csv, trained_storage, tmp_path
+):
     before = sorted(p.relative_to(trained_storage.root) for p in Path(trained_storage.root).rglob("*"))
     args = [a.format(parquet=parquet_file, csv=tiny_csv, out=tmp_path) for a in command]
     done = light_cli(*args, env={"STORAGE_URL": str(trained_storage.root)})

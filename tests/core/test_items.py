@@ -4,10 +4,32 @@ import random
 
 import numpy as np
 import pytest
+
 from recommender.core.items import WORD, Items
 
-WORDS = ["RED", "REGENCY", "CAKESTAND", "TEA", "TEACUP", "SET", "OF", "3", "HEART", "T-LIGHT", "HOLDER", "WHITE",
-         "HANGING", "LANTERN", "JUMBO", "BAG", "PINK", "POLKADOT", "12", "A", "B"]
+WORDS = [
+    "RED",
+    "REGENCY",
+    "CAKESTAND",
+    "TEA",
+    "TEACUP",
+    "SET",
+    "OF",
+    "3",
+    "HEART",
+    "T-LIGHT",
+    "HOLDER",
+    "WHITE",
+    "HANGING",
+    "LANTERN",
+    "JUMBO",
+    "BAG",
+    "PINK",
+    "POLKADOT",
+    "12",
+    "A",
+    "B",
+]
 
 
 def scan(items: Items, query: str, limit: int) -> list[str]:
@@ -19,26 +41,53 @@ def scan(items: Items, query: str, limit: int) -> list[str]:
     words = WORD.findall(q)
     described_words = [WORD.findall(d.upper()) for d in items.descriptions]
     codes = [i for i in order if items.codes[i].upper().startswith(q)][:limit]
-    described = [i for i in order if i not in codes and words and all(
-        any(w.startswith(x) for w in described_words[i]) for x in words)]
+    described = [
+        i
+        for i in order
+        if i not in codes and words and all(any(w.startswith(x) for w in described_words[i]) for x in words)
+    ]
     return [items.codes[i] for i in (codes + described)[:limit]]
 
 
 @pytest.fixture(scope="module")
 def items() -> Items:
     rng = random.Random(0)
-    codes = [f"{rng.choice(['2', '8', '1', 'A'])}{rng.randrange(10000):04d}{rng.choice(['', 'A', 'b'])}" for _ in range(600)]
+    codes = [
+        f"{rng.choice(['2', '8', '1', 'A'])}{rng.randrange(10000):04d}{rng.choice(['', 'A', 'b'])}" for _ in range(600)
+    ]
     codes = list(dict.fromkeys(codes))
-    descriptions = [" ".join(rng.sample(WORDS, rng.randint(1, 5))).lower() if rng.random() > 0.02 else ""
-                    for _ in codes]
-    popularity = [rng.randint(1, 30) for _ in codes]   # many ties: broken by row
+    descriptions = [
+        " ".join(rng.sample(WORDS, rng.randint(1, 5))).lower() if rng.random() > 0.02 else "" for _ in codes
+    ]
+    popularity = [rng.randint(1, 30) for _ in codes]  # many ties: broken by row
     return Items(codes, descriptions, popularity)
 
 
 def test_index_answers_like_a_scan(items):
     rng = random.Random(1)
-    queries = ["", " ", "2", "8", "a", "A1", "21", "tea", "TEA CUP", "red tea", "t-l", "t light", "3 set",
-               "zzz", "re re", "b a", "12 jumbo", "!!", "é", " ".join(WORDS), " ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ")]
+    queries = [
+        "",
+        " ",
+        "2",
+        "8",
+        "a",
+        "A1",
+        "21",
+        "tea",
+        "TEA CUP",
+        "red tea",
+        "t-l",
+        "t light",
+        "3 set",
+        "zzz",
+        "re re",
+        "b a",
+        "12 jumbo",
+        "!!",
+        "é",
+        " ".join(WORDS),
+        " ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+    ]
     queries += [" ".join(rng.choice(WORDS)[: rng.randint(1, 4)] for _ in range(rng.randint(1, 3))) for _ in range(60)]
     queries += [rng.choice(items.codes)[: rng.randint(1, 6)] for _ in range(30)]
     for q in queries:

@@ -3,25 +3,26 @@ between a read and a write, damaged pointers, marked versions, and re-downloaded
 
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+
 from recommender.core import registry
 from recommender.core.errors import Conflict, PointerDamaged, VersionUnavailable
 from recommender.core.storage import LocalStorage, S3Storage
 from recommender.serving.model import ModelHolder, load_model
 from recommender.training.pipeline import train
-
 from tests.conftest import BUCKET
 
 
 def clock():
-    state = {"t": datetime(2024, 5, 1, tzinfo=timezone.utc)}
+    state = {"t": datetime(2024, 5, 1, tzinfo=UTC)}
 
     def now() -> datetime:
         state["t"] += timedelta(seconds=1)
         return state["t"]
+
     return now
 
 
@@ -62,16 +63,16 @@ def notes():
 
 def test_conditional_writes_and_deletes(storage):
     assert storage.write_if("models/ACTIVE", b"one", None) is True
-    assert storage.write_if("models/ACTIVE", b"two", None) is False          # exists: a create loses
+    assert storage.write_if("models/ACTIVE", b"two", None) is False  # exists: a create loses
     data, tag = storage.read_tagged("models/ACTIVE")
     assert data == b"one"
     assert storage.write_if("models/ACTIVE", b"two", tag) is True
-    assert storage.write_if("models/ACTIVE", b"three", tag) is False         # changed since tag was read
+    assert storage.write_if("models/ACTIVE", b"three", tag) is False  # changed since tag was read
     assert storage.delete_if("models/ACTIVE", tag) is False
     assert storage.read("models/ACTIVE") == b"two"
     assert storage.delete_if("models/ACTIVE", storage.read_tagged("models/ACTIVE")[1]) is True
-    assert storage.write_if("models/ACTIVE", b"x", tag) is False             # gone: an If-Match write loses
-    assert storage.list("models/") == []                                     # lock files stay hidden
+    assert storage.write_if("models/ACTIVE", b"x", tag) is False  # gone: an If-Match write loses
+    assert storage.list("models/") == []  # lock files stay hidden
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -80,8 +81,13 @@ def shared_storage(request, tmp_path):
     concurrent calls through it fail with "I/O operation on closed file")."""
     if request.param == "local":
         return LocalStorage(tmp_path / "store")
-    client = boto3.client("s3", endpoint_url=request.getfixturevalue("moto_server"), region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "s3",
+        endpoint_url=request.getfixturevalue("moto_server"),
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     bucket = f"threads-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return S3Storage(client, bucket, "shop", cache_dir=str(tmp_path / "cache"))
@@ -104,7 +110,7 @@ def test_many_threads_moving_one_pointer_lose_nothing(shared_storage):
         t.join()
     assert failures == []
     pointer = registry.active(shared_storage)
-    assert sorted([pointer.version, *pointer.previous]) == versions         # every activation is in the history
+    assert sorted([pointer.version, *pointer.previous]) == versions  # every activation is in the history
 
 
 def test_activation_racing_another_keeps_both_in_the_history(storage):
@@ -138,7 +144,7 @@ def test_promotion_racing_a_rollback_lands_on_top_of_it(storage):
     said, notify = notes()
     racing = Meanwhile(storage, lambda: registry.rollback(storage))
     assert registry.promote_staged(racing, notify=notify) == staged
-    assert registry.active(storage) == registry.Pointer(staged, (a,))     # b was rolled back away from
+    assert registry.active(storage) == registry.Pointer(staged, (a,))  # b was rolled back away from
     assert any(a in line for line in said)
 
 
@@ -157,21 +163,25 @@ def test_feed_and_rules_share_the_same_guarantees(storage):
     for kind in (registry.FEED, registry.RULES):
         a, b, c = publish(storage, 3, kind)
         registry.activate(storage, a, kind=kind)
-        registry.activate(Meanwhile(storage, lambda: registry.activate(storage, c, kind=kind)), b, kind=kind,
-                          notify=lambda _m: None)
+        registry.activate(
+            Meanwhile(storage, lambda: registry.activate(storage, c, kind=kind)), b, kind=kind, notify=lambda _m: None
+        )
         assert registry.active(storage, kind) == registry.Pointer(b, (c, a))
 
 
-@pytest.mark.parametrize("content", [b"", b"{\"vers", b"[]", b"{\"version\": 3}", b"\x00\xff"])
+@pytest.mark.parametrize("content", [b"", b'{"vers', b"[]", b'{"version": 3}', b"\x00\xff"])
 def test_damaged_pointer_is_one_message_and_activation_repairs_it(storage, content):
     a, b = publish(storage, 2)
     registry.activate(storage, a)
     storage.write(registry.ACTIVE, content)
     for command in (registry.active_version, registry.rollback):
-        with pytest.raises(PointerDamaged, match=r"models/ACTIVE in .* is damaged \((empty|not a pointer)\): run "
-                                                 r"`make train"):
+        with pytest.raises(
+            PointerDamaged,
+            match=r"models/ACTIVE in .* is damaged \((empty|not a pointer)\): run "
+            r"`make train",
+        ):
             command(storage)
-    assert registry.prune(storage, keep=5) == []      # a damaged pointer protects nothing, and stops nothing
+    assert registry.prune(storage, keep=5) == []  # a damaged pointer protects nothing, and stops nothing
     said, notify = notes()
     registry.activate(storage, b, notify=notify)
     assert registry.active(storage) == registry.Pointer(b, ())
@@ -186,7 +196,7 @@ def test_watcher_survives_a_damaged_pointer_and_picks_up_the_next_model(trained_
     try:
         trained_storage.write(registry.ACTIVE, b"")
         assert _until(lambda: holder.error and "damaged" in holder.error)
-        assert thread.is_alive() and holder.current().version == first       # still serving what it has
+        assert thread.is_alive() and holder.current().version == first  # still serving what it has
         second = train(tiny_csv, trained_storage, progress=lambda _m: None).version  # activation repairs the pointer
         assert _until(lambda: holder.model.version == second)
         assert holder.error is None
@@ -222,7 +232,7 @@ def test_a_damaged_cache_copy_is_downloaded_again(s3, tiny_csv, tmp_path):
     load_model(storage, version)
     cached = storage.local_copy(registry.artifact_key(version, "index.ann"))
     cached.write_bytes(b"damaged on the local disk")
-    assert load_model(storage, version).version == version                  # fetched again, not a 503 forever
+    assert load_model(storage, version).version == version  # fetched again, not a 503 forever
     assert registry.sha256_file(cached) == registry.read_manifest(storage, version)["artifacts"]["index.ann"]
     # Damaged in the bucket itself (and no good copy cached): refused, naming the artifact.
     s3.put_object(Bucket=BUCKET, Key=f"shop/{registry.artifact_key(version, 'index.ann')}", Body=b"bad")

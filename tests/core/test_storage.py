@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from recommender.core.errors import ConfigError, NotFound
 from recommender.core.settings import Settings
 from recommender.core.storage import LocalStorage, S3Storage, check_key, open_storage

@@ -7,15 +7,15 @@ import time
 import jwt
 import pytest
 from fastapi.testclient import TestClient
+
+from functions.auth.app import app as auth_app
+from functions.recommend.app import app as recommend_app
 from recommender.core import registry
 from recommender.core.items import Items
 from recommender.core.settings import get_settings
 from recommender.serving import web
 from recommender.serving.tokens import issue_token, load_secret
 from recommender.serving.users import delete_user
-
-from functions.auth.app import app as auth_app
-from functions.recommend.app import app as recommend_app
 
 
 @pytest.fixture
@@ -58,9 +58,14 @@ def test_token_is_a_bearer_jwt(auth, user, token):
     assert claims["exp"] - claims["iat"] == get_settings().token_minutes * 60
 
 
-@pytest.mark.parametrize("form", [{"username": "alice", "password": "wrong"},
-                                  {"username": "nobody", "password": "x"},
-                                  {"username": "../../etc", "password": "x"}])
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"username": "alice", "password": "wrong"},
+        {"username": "nobody", "password": "x"},
+        {"username": "../../etc", "password": "x"},
+    ],
+)
 def test_bad_credentials_401(auth, form):
     response = auth.post("/token", data=form)
     assert response.status_code == 401
@@ -90,8 +95,7 @@ def test_secret_is_not_in_the_code_and_shared(trained_storage, token):
 @pytest.mark.parametrize("value", ["", "Bearer", "Bearer ", "Bearer garbage", "Basic YWxpY2U6cHc=", "bearer a.b.c"])
 def test_malformed_authorization_401(auth, rec, value):
     for client, method, path in ((auth, "GET", "/users/me"), (rec, "POST", "/send_data")):
-        response = client.request(method, path, headers={"Authorization": value},
-                                  json={"product_list": [], "n": 1})
+        response = client.request(method, path, headers={"Authorization": value}, json={"product_list": [], "n": 1})
         assert response.status_code == 401, (path, value)
         assert response.headers["www-authenticate"] == "Bearer"
 
@@ -111,9 +115,11 @@ def _unsigned(claims: dict) -> str:
 def test_alg_none_and_other_algorithms_401(auth, trained_storage):
     secret = load_secret(get_settings(), trained_storage)
     claims = {"sub": "alice", "iat": int(time.time()), "exp": int(time.time()) + 600, "jti": "x"}
-    forged = [jwt.encode(claims, secret, algorithm="HS512"),
-              jwt.encode(claims, "another-secret-of-enough-length-0123456789", algorithm="HS256"),
-              _unsigned(claims)]
+    forged = [
+        jwt.encode(claims, secret, algorithm="HS512"),
+        jwt.encode(claims, "another-secret-of-enough-length-0123456789", algorithm="HS256"),
+        _unsigned(claims),
+    ]
     for token in forged:
         assert auth.get("/users/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
@@ -159,8 +165,10 @@ def test_recommendations_self_describing(rec, headers, items):
     body = rec.post("/recommendations", headers=headers, json={"product_list": [code, "NOPE", code], "n": 3}).json()
     assert body["unknown_codes"] == ["NOPE"] and body["fallback"] is False
     assert body["model_version"] == registry.active_version(web.model_holder(get_settings()).storage)
-    assert all({"stock_code", "description", "score", "confidence", "source", "because"} <= set(i)
-               for i in body["items"]) and len(body["items"]) == 3
+    assert (
+        all({"stock_code", "description", "score", "confidence", "source", "because"} <= set(i) for i in body["items"])
+        and len(body["items"]) == 3
+    )
     assert body["exhausted"] is False and body["feed_version"] is None and body["rules_version"] is None
 
 
@@ -184,29 +192,35 @@ def test_json_without_content_type_accepted(rec, headers, items):
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"product_list": ["x"], "n": 0}, "n: Input should be greater than or equal to 1"),
-    ({"product_list": ["x"], "n": 101}, "n: Input should be less than or equal to 100"),
-    ({"product_list": ["x"], "n": 100000}, "n: Input should be less than or equal to 100"),
-    ({"product_list": "85123A", "n": 5}, "product_list: Input should be a valid array"),
-    ({"product_list": [85123, "x"], "n": 5}, "product_list.0: Input should be a valid string"),
-    ({"product_list": [None], "n": 5}, "product_list.0: Input should be a valid string"),
-    ({"product_list": ["x"] * 1001, "n": 5}, "product_list: List should have at most 1000 items"),
-    ({"n": 5}, "product_list: Field required"),
-    ({"product_list": ["x"], "n": "five"}, "n: Input should be a valid integer"),
-    ([1, 2], "Input should be an object"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"product_list": ["x"], "n": 0}, "n: Input should be greater than or equal to 1"),
+        ({"product_list": ["x"], "n": 101}, "n: Input should be less than or equal to 100"),
+        ({"product_list": ["x"], "n": 100000}, "n: Input should be less than or equal to 100"),
+        ({"product_list": "85123A", "n": 5}, "product_list: Input should be a valid array"),
+        ({"product_list": [85123, "x"], "n": 5}, "product_list.0: Input should be a valid string"),
+        ({"product_list": [None], "n": 5}, "product_list.0: Input should be a valid string"),
+        ({"product_list": ["x"] * 1001, "n": 5}, "product_list: List should have at most 1000 items"),
+        ({"n": 5}, "product_list: Field required"),
+        ({"product_list": ["x"], "n": "five"}, "n: Input should be a valid integer"),
+        ([1, 2], "Input should be an object"),
+    ],
+)
 def test_bad_requests_422_with_a_message(rec, headers, body, message):
     response = rec.post("/send_data", headers=headers, json=body)
     assert response.status_code == 422
     assert message in response.json()["detail"]
 
 
-@pytest.mark.parametrize("raw, message", [
-    ('{"product_list": ["x"], "n": 5', "not valid JSON"),
-    ("", "body is empty"),
-    ("product_list=x", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ('{"product_list": ["x"], "n": 5', "not valid JSON"),
+        ("", "body is empty"),
+        ("product_list=x", "not valid JSON"),
+    ],
+)
 def test_invalid_json_422(rec, headers, raw, message):
     response = rec.post("/send_data", headers={**headers, "Content-Type": "application/json"}, content=raw)
     assert response.status_code == 422 and message in response.json()["detail"]
@@ -220,6 +234,7 @@ def test_body_over_the_limit_413(rec, headers):
     def chunks():
         for _ in range(20):
             yield b"x" * 10_000
+
     response = rec.post("/send_data", headers=headers, content=chunks())
     assert response.status_code == 413
 

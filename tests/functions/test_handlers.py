@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from recommender.core import registry
 from recommender.core.items import Items
 from recommender.core.settings import get_settings
@@ -16,7 +17,6 @@ from recommender.serving import web
 from recommender.serving.tokens import issue_token
 from recommender.serving.users import add_user
 from recommender.training.pipeline import train
-
 from tests.conftest import BUCKET, PASSWORD, ROOT
 
 
@@ -38,6 +38,7 @@ def s3_deployment(s3, monkeypatch, tiny_csv, tmp_path):
 def handlers():
     from functions.auth.app import handler as auth_handler
     from functions.recommend.app import handler as recommend_handler
+
     # Mangum asks for the thread's event loop, as a fresh Lambda process has; an earlier test's asyncio.run() leaves
     # none set, which made these tests depend on the order they ran in.
     loop = asyncio.new_event_loop()
@@ -169,11 +170,18 @@ print("COLD_START " + json.dumps({
 
 def run_cold_start(env: dict, events: list[dict]) -> dict:
     """Run COLD_START in a fresh interpreter with env; its measurements, answers and imported top-level modules."""
-    result = subprocess.run([sys.executable, "-c", COLD_START, str(ROOT / "functions" / "recommend")],
-                            input=json.dumps(events), capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", COLD_START, str(ROOT / "functions" / "recommend")],
+        input=json.dumps(events),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("COLD_START ")), None)
     assert result.returncode == 0 and line, result.stdout + result.stderr
-    return json.loads(line[len("COLD_START "):])
+    return json.loads(line[len("COLD_START ") :])
 
 
 def cold_start_events(event, token: str, code: str) -> list[dict]:
@@ -185,16 +193,21 @@ def cold_start_events(event, token: str, code: str) -> list[dict]:
 
 def test_recommend_function_does_not_import_pandas_or_scipy(user, trained_storage, event, tmp_path):
     secret = "k" * 48
-    items = Items.from_json(trained_storage.read(registry.artifact_key(
-        registry.active_version(trained_storage), "catalog.json")))
+    items = Items.from_json(
+        trained_storage.read(registry.artifact_key(registry.active_version(trained_storage), "catalog.json"))
+    )
     code = items.codes[items.most_popular()[0]]
-    env = {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": secret,
-           "CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "STORAGE_URL": str(trained_storage.root),
+        "JWT_SECRET": secret,
+        "CACHE_DIR": str(tmp_path / "cache"),
+    }
     run = run_cold_start(env, cold_start_events(event, issue_token("alice", secret, stamp=user.stamp), code))
     health, send = run["answers"]
     assert health["status"] == 200 and health["body"]["model_version"] == run["version"]
     assert send["status"] == 200 and len(send["body"]["result"]["recommendation"]) == 5
-    assert "numpy" in run["modules"] and "annoy" in run["modules"]   # the check looks at a real sys.modules
+    assert "numpy" in run["modules"] and "annoy" in run["modules"]  # the check looks at a real sys.modules
     assert run["forbidden"] == [], f"the recommend function imported {run['forbidden']}"
 
 
@@ -211,13 +224,15 @@ class ReadOnlyStorage:
         return getattr(self.inner, name)
 
 
-def test_functions_work_read_only_with_the_secret_from_secrets_manager(s3_deployment, handlers, event, lambda_context,
-                                                                        monkeypatch):
+def test_functions_work_read_only_with_the_secret_from_secrets_manager(
+    s3_deployment, handlers, event, lambda_context, monkeypatch
+):
     # What template.yaml deploys: JWT_SECRET_ARN set, JWT_SECRET not, no write permission on the bucket.
     import boto3
 
     arn = boto3.client("secretsmanager", region_name="us-east-1").create_secret(
-        Name="recommender-jwt", SecretString="s" * 64)["ARN"]
+        Name="recommender-jwt", SecretString="s" * 64
+    )["ARN"]
     monkeypatch.delenv("JWT_SECRET")
     monkeypatch.setenv("JWT_SECRET_ARN", arn)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

@@ -4,13 +4,13 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+
+from functions.recommend.app import app as recommend_app
 from recommender.core import registry
 from recommender.core.items import Items
 from recommender.core.settings import get_settings
 from recommender.serving import web
 from recommender.training.feed import publish_feed
-
-from functions.recommend.app import app as recommend_app
 from tests.functions.test_functions import auth, headers, token  # noqa: F401  (fixtures)
 
 
@@ -26,14 +26,17 @@ def items(trained_storage):
     return Items.from_json(trained_storage.read(registry.artifact_key(version, "catalog.json")))
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"price_min": 5, "price_max": 2}, "price_min \\(5\\) is greater than price_max \\(2\\)"),
-    ({"max_price_ratio": -1}, "max_price_ratio: Input should be greater than or equal to 0"),
-    ({"min_confidence": 1.5}, "min_confidence: Input should be less than or equal to 1"),
-    ({"max_per_category": 0}, "max_per_category: Input should be greater than or equal to 1"),
-    ({"exclude": "85123A"}, "exclude: Input should be a valid (list|array)"),
-    ({"price_max": "cheap"}, "price_max: Input should be a valid number"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"price_min": 5, "price_max": 2}, "price_min \\(5\\) is greater than price_max \\(2\\)"),
+        ({"max_price_ratio": -1}, "max_price_ratio: Input should be greater than or equal to 0"),
+        ({"min_confidence": 1.5}, "min_confidence: Input should be less than or equal to 1"),
+        ({"max_per_category": 0}, "max_per_category: Input should be greater than or equal to 1"),
+        ({"exclude": "85123A"}, "exclude: Input should be a valid (list|array)"),
+        ({"price_max": "cheap"}, "price_max: Input should be a valid number"),
+    ],
+)
 def test_contradictions_and_bad_options_are_422s_naming_the_field(rec, headers, body, field):
     for path in ("/recommendations", "/send_data"):
         response = rec.post(path, headers=headers, json={"product_list": ["A"], "n": 3, **body})
@@ -48,8 +51,10 @@ def test_options_reasons_and_feed_attributes(rec, headers, items, trained_storag
     assert set(plain) == {"result"} and set(plain["result"]) == {"recommendation"}  # old clients: unchanged
     first = rows[0][0]
     feed = tmp_path / "feed.csv"
-    feed.write_text(f"id,availability,price,category,image_link\n{first},out_of_stock,2.5 GBP,Mugs,http://i/1\n"
-                    f"{rows[1][0]},in_stock,4,Home > Mugs,http://i/2\n")
+    feed.write_text(
+        f"id,availability,price,category,image_link\n{first},out_of_stock,2.5 GBP,Mugs,http://i/1\n"
+        f"{rows[1][0]},in_stock,4,Home > Mugs,http://i/2\n"
+    )
     publish_feed(trained_storage, feed, progress=lambda _m: None)
     web.model_holder(get_settings()).refresh()  # what the next poll does (the server test waits for it instead)
 
@@ -64,13 +69,19 @@ def test_options_reasons_and_feed_attributes(rec, headers, items, trained_storag
     legacy = rec.post("/send_data", headers=headers, json={"product_list": [code], "n": 5}).json()
     assert [r[0] for r in legacy["result"]["recommendation"]] == [i["stock_code"] for i in body["items"]]
 
-    filtered = rec.post("/recommendations", headers=headers,
-                        json={"product_list": [code], "n": 5, "categories": ["mugs"], "explain": False}).json()
+    filtered = rec.post(
+        "/recommendations",
+        headers=headers,
+        json={"product_list": [code], "n": 5, "categories": ["mugs"], "explain": False},
+    ).json()
     assert [i["stock_code"] for i in filtered["items"]] == [rows[1][0]] and filtered["exhausted"] is True
     assert "because" not in filtered["items"][0]
-    explained = rec.post("/send_data", headers=headers,
-                         json={"product_list": [code], "n": 2, "exclude": [rows[1][0]], "explain": True}).json()
+    explained = rec.post(
+        "/send_data", headers=headers, json={"product_list": [code], "n": 2, "exclude": [rows[1][0]], "explain": True}
+    ).json()
     assert rows[1][0] not in [r[0] for r in explained["result"]["recommendation"]]
-    assert [i["stock_code"] for i in explained["result"]["items"]] == [r[0] for r in explained["result"]["recommendation"]]
+    assert [i["stock_code"] for i in explained["result"]["items"]] == [
+        r[0] for r in explained["result"]["recommendation"]
+    ]
     health = rec.get("/health").json()
     assert health["feed_version"] == body["feed_version"] and health["rules_version"] is None

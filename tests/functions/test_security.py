@@ -2,16 +2,16 @@
 
 import pytest
 from fastapi.testclient import TestClient
-from recommender.core.settings import get_settings
-from recommender.serving.users import add_user, change_password, delete_user
 
 from functions.auth.app import app as auth_app
 from functions.recommend.app import app as recommend_app
+from recommender.core.settings import get_settings
+from recommender.serving.users import add_user, change_password, delete_user
 
 
 @pytest.fixture
 def auth(trained_storage, user, monkeypatch):
-    monkeypatch.setenv("USER_CACHE_SECONDS", "0")   # revocations seen at once
+    monkeypatch.setenv("USER_CACHE_SECONDS", "0")  # revocations seen at once
     get_settings.cache_clear()
     with TestClient(auth_app) as client:
         yield client
@@ -39,7 +39,9 @@ def test_sixth_wrong_password_gets_429_with_retry_after_and_one_detail(auth, use
         refused = login(auth, name, user.password)
         assert refused.status_code == 429
         assert 0 < int(refused.headers["retry-after"]) <= 900
-        assert refused.json() == {"detail": "too many failed logins from this client: try again later (see Retry-After)"}
+        assert refused.json() == {
+            "detail": "too many failed logins from this client: try again later (see Retry-After)"
+        }
 
 
 def test_a_success_clears_the_count(auth, user):
@@ -85,14 +87,20 @@ def test_password_change_revokes_earlier_tokens(auth, user, trained_storage):
 
 def test_security_headers_on_every_answer(auth, rec, user):
     headers = bearer(login(auth, user=user))
-    answers = [login(auth, user=user), login(auth, "alice", "wrong"), auth.post("/token", data={}),
-               auth.get("/users/me", headers=headers), auth.get("/users/me"),
-               rec.post("/send_data", json={"product_list": [], "n": 1}, headers=headers),
-               rec.post("/send_data", content=b"x" * 70000, headers=headers), rec.get("/health"),
-               rec.get("/items", params={"limit": 0}, headers=headers)]
+    answers = [
+        login(auth, user=user),
+        login(auth, "alice", "wrong"),
+        auth.post("/token", data={}),
+        auth.get("/users/me", headers=headers),
+        auth.get("/users/me"),
+        rec.post("/send_data", json={"product_list": [], "n": 1}, headers=headers),
+        rec.post("/send_data", content=b"x" * 70000, headers=headers),
+        rec.get("/health"),
+        rec.get("/items", params={"limit": 0}, headers=headers),
+    ]
     assert [a.status_code for a in answers] == [200, 401, 422, 200, 401, 200, 413, 200, 422]
     assert all(a.headers["x-content-type-options"] == "nosniff" for a in answers)
-    for answer in answers[:5]:   # the auth function's answers: tokens and personal details
+    for answer in answers[:5]:  # the auth function's answers: tokens and personal details
         assert answer.headers["cache-control"] == "no-store"
     assert "cache-control" not in answers[5].headers
 
@@ -106,12 +114,24 @@ def test_head_is_answered_like_get(rec, user, auth):
 
 
 def test_openapi_documents_every_error(auth, rec):
-    for app, routes in ((auth_app, {("post", "/token"): {"400", "401", "413", "422", "429", "503"},
-                                    ("get", "/users/me"): {"401", "413", "503"}}),
-                        (recommend_app, {("post", "/send_data"): {"401", "413", "422", "503"},
-                                         ("post", "/recommendations"): {"401", "413", "422", "503"},
-                                         ("get", "/items"): {"401", "413", "422", "503"},
-                                         ("get", "/health"): {"413", "503"}})):
+    for app, routes in (
+        (
+            auth_app,
+            {
+                ("post", "/token"): {"400", "401", "413", "422", "429", "503"},
+                ("get", "/users/me"): {"401", "413", "503"},
+            },
+        ),
+        (
+            recommend_app,
+            {
+                ("post", "/send_data"): {"401", "413", "422", "503"},
+                ("post", "/recommendations"): {"401", "413", "422", "503"},
+                ("get", "/items"): {"401", "413", "422", "503"},
+                ("get", "/health"): {"413", "503"},
+            },
+        ),
+    ):
         spec = app.openapi()
         for (method, path), statuses in routes.items():
             responses = spec["paths"][path][method]["responses"]
@@ -120,21 +140,29 @@ def test_openapi_documents_every_error(auth, rec):
                 schema = responses[status]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, status)
         assert "HTTPValidationError" not in spec["components"]["schemas"]
-        assert spec["components"]["schemas"]["ErrorOut"]["properties"] == {"detail": {"title": "Detail",
-                                                                                    "type": "string"}}
+        assert spec["components"]["schemas"]["ErrorOut"]["properties"] == {
+            "detail": {"title": "Detail", "type": "string"}
+        }
 
 
 @pytest.mark.parametrize("path", ["/send_data", "/recommendations"])
-@pytest.mark.parametrize("body", [{"product_list": [], "explain": False},                  # options() gives None
-                                  {"product_list": [], "price_max": 0.0, "min_confidence": 0.0},  # nothing left
-                                  {"product_list": ["x"], "n": 3, "price_min": 0, "explain": True}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"product_list": [], "explain": False},  # options() gives None
+        {"product_list": [], "price_max": 0.0, "min_confidence": 0.0},  # nothing left
+        {"product_list": ["x"], "n": 3, "price_min": 0, "explain": True},
+    ],
+)
 def test_requests_the_fuzzer_found_answer_200(rec, auth, user, path, body):
     response = rec.post(path, json=body, headers=bearer(login(auth, user=user)))
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("body", [{"product_list": [], "price_min": False}, {"product_list": [], "n": "5"},
-                                  {"product_list": [], "explain": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [{"product_list": [], "price_min": False}, {"product_list": [], "n": "5"}, {"product_list": [], "explain": 1}],
+)
 def test_values_of_another_json_type_are_refused(rec, auth, user, body):
     response = rec.post("/recommendations", json=body, headers=bearer(login(auth, user=user)))
     assert response.status_code == 422, response.text

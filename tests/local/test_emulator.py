@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+
 from recommender.core import registry
 from recommender.core.items import Items
 from recommender.core.settings import get_settings
@@ -16,26 +17,45 @@ from recommender.serving.tokens import issue_token
 from recommender.serving.users import add_user
 from recommender.tools import synthetic
 from recommender.training.pipeline import train
-
 from tests.conftest import PASSWORD, free_port, make_runner
 from tests.functions.test_handlers import cold_start_events, run_cold_start
 from tests.local.test_server import Http
 
-AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE",
-                 "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+)
 
 
 def clean_aws_env(tmp_path) -> dict:
     """The environment of a user with no AWS set-up at all: no credentials, no region, no ~/.aws, no instance role."""
     env = {k: v for k, v in os.environ.items() if k not in AWS_VARIABLES}
-    env.update(AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-creds"),
-               AWS_EC2_METADATA_DISABLED="true")
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-creds"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     return env
 
 
-@pytest.mark.parametrize("url, local", [("http://127.0.0.1:5055", True), ("http://localhost:9000", True),
-                                        ("http://[::1]:5055", True), ("https://s3.eu-west-1.amazonaws.com", False),
-                                        ("http://10.0.0.5:9000", False), (None, False), ("", False)])
+@pytest.mark.parametrize(
+    "url, local",
+    [
+        ("http://127.0.0.1:5055", True),
+        ("http://localhost:9000", True),
+        ("http://[::1]:5055", True),
+        ("https://s3.eu-west-1.amazonaws.com", False),
+        ("http://10.0.0.5:9000", False),
+        (None, False),
+        ("", False),
+    ],
+)
 def test_is_local_endpoint(url, local):
     assert emulator.is_local_endpoint(url) is local
 
@@ -81,9 +101,17 @@ def test_emulate_s3_train_serve_promote_over_http(tmp_path, tiny_csv):
     synthetic.write_csv(synthetic.preset("tiny", seed=7, products=80, start="2011-12-15"), second)
     s3_port, api_port = free_port(), free_port()
     endpoint, storage_url = f"http://127.0.0.1:{s3_port}", "s3://shop-models/prod"
-    env = {**clean_aws_env(tmp_path), "STORAGE_URL": storage_url, "AWS_ENDPOINT_URL": endpoint,
-           "RUN_DIR": str(tmp_path / "run"), "CACHE_DIR": str(tmp_path / "cache"), "PORT": str(api_port),
-           "HOST": "127.0.0.1", "MODEL_POLL_SECONDS": "1", "BCRYPT_ROUNDS": "4"}
+    env = {
+        **clean_aws_env(tmp_path),
+        "STORAGE_URL": storage_url,
+        "AWS_ENDPOINT_URL": endpoint,
+        "RUN_DIR": str(tmp_path / "run"),
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "PORT": str(api_port),
+        "HOST": "127.0.0.1",
+        "MODEL_POLL_SECONDS": "1",
+        "BCRYPT_ROUNDS": "4",
+    }
 
     make = make_runner(env)
 
@@ -132,7 +160,7 @@ def s3_emulator(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("STORAGE_URL", "s3://cold-start/recommender")
-    emulator.use_dummy_credentials(os.environ)   # what the CLI does; monkeypatch restores the environment after
+    emulator.use_dummy_credentials(os.environ)  # what the CLI does; monkeypatch restores the environment after
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, os.environ[name])
     get_settings.cache_clear()
@@ -151,7 +179,9 @@ def test_cold_start_from_s3_measured(s3_emulator, tiny_csv, event, tmp_path, cap
     secret = "c" * 48
     cache = tmp_path / "lambda-tmp"
     env = {**os.environ, "JWT_SECRET": secret, "CACHE_DIR": str(cache)}
-    events = cold_start_events(event, issue_token("alice", secret, stamp=alice.stamp), items.codes[items.most_popular()[0]])
+    events = cold_start_events(
+        event, issue_token("alice", secret, stamp=alice.stamp), items.codes[items.most_popular()[0]]
+    )
     started = time.perf_counter()
     run = run_cold_start(env, events + [events[1]])
     total = time.perf_counter() - started
@@ -159,12 +189,14 @@ def test_cold_start_from_s3_measured(s3_emulator, tiny_csv, event, tmp_path, cap
     assert [health["status"], first["status"], warm["status"]] == [200, 200, 200]
     assert run["version"] == version and run["forbidden"] == []
     copied = {p.name for p in cache.rglob("*") if p.is_file()}
-    assert {"index.ann", "table_target.npy", "catalog.json"} <= copied   # downloaded from S3 to the local cache
+    assert {"index.ann", "table_target.npy", "catalog.json"} <= copied  # downloaded from S3 to the local cache
     with capsys.disabled():
-        print(f"\ncold start of the recommend handler from S3 (moto over HTTP, tiny model, {len(items)} items): "
-              f"{total * 1000:.0f} ms from spawn to the third answer\n"
-              f"  import app: {run['import_seconds'] * 1000:.0f} ms"
-              f" | model download + verify + load: {run['first_load_seconds'] * 1000:.0f} ms"
-              f" (of which verify + load from /tmp: {run['reload_seconds'] * 1000:.0f} ms)"
-              f" | first /health: {health['seconds'] * 1000:.1f} ms"
-              f" | first /send_data: {first['seconds'] * 1000:.1f} ms | warm /send_data: {warm['seconds'] * 1000:.1f} ms")
+        print(
+            f"\ncold start of the recommend handler from S3 (moto over HTTP, tiny model, {len(items)} items): "
+            f"{total * 1000:.0f} ms from spawn to the third answer\n"
+            f"  import app: {run['import_seconds'] * 1000:.0f} ms"
+            f" | model download + verify + load: {run['first_load_seconds'] * 1000:.0f} ms"
+            f" (of which verify + load from /tmp: {run['reload_seconds'] * 1000:.0f} ms)"
+            f" | first /health: {health['seconds'] * 1000:.1f} ms"
+            f" | first /send_data: {first['seconds'] * 1000:.1f} ms | warm /send_data: {warm['seconds'] * 1000:.1f} ms"
+        )

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from recommender.local.gateway import Gateway, read_routes
 
+from recommender.local.gateway import Gateway, read_routes
 from tests.conftest import ROOT
 
 TEMPLATE = ROOT / "template.yaml"
@@ -30,7 +30,7 @@ def test_template_routes_are_exactly_the_functions_routes():
 def test_gateway_dispatches_and_reports_unknown_routes(trained_storage):
     client = TestClient(Gateway(read_routes(TEMPLATE), ROOT))
     assert client.get("/health").json()["status"] == "ok"
-    assert client.get("/users/me").status_code == 401            # routed to the auth function
+    assert client.get("/users/me").status_code == 401  # routed to the auth function
     assert client.get("/nowhere").status_code == 404
     assert client.get("/send_data").status_code == 405
     spec = client.get("/openapi.json").json()

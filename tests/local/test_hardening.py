@@ -9,9 +9,9 @@ import socket
 import time
 
 import pytest
+
 from recommender.core.storage import LocalStorage
 from recommender.serving.users import add_user
-
 from tests.conftest import PASSWORD, free_port, make_runner
 
 pytestmark = pytest.mark.slow
@@ -27,9 +27,18 @@ def server(trained_folder, tmp_path_factory):
     shutil.copytree(trained_folder, folder / "data")
     add_user(LocalStorage(folder / "data"), "alice", PASSWORD, "Alice", "alice@example.com", rounds=4)
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "STORAGE_URL": str(folder / "data"),
-           "RUN_DIR": str(folder / "run"), "JWT_SECRET": SECRET, "BCRYPT_ROUNDS": "4", "USER_CACHE_SECONDS": "0",
-           "MAX_HEADER_BYTES": "8192", "HEADER_TIMEOUT_SECONDS": str(HEAD_TIMEOUT)}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "STORAGE_URL": str(folder / "data"),
+        "RUN_DIR": str(folder / "run"),
+        "JWT_SECRET": SECRET,
+        "BCRYPT_ROUNDS": "4",
+        "USER_CACHE_SECONDS": "0",
+        "MAX_HEADER_BYTES": "8192",
+        "HEADER_TIMEOUT_SECONDS": str(HEAD_TIMEOUT),
+    }
     env.pop("PASSWORD", None)
     make = make_runner(env)
     make("run-prod")
@@ -109,8 +118,13 @@ def test_silent_connections_are_closed(server):
 
 def test_head_health_and_items(server):
     port, _make, _folder = server
-    status, _h, body = request(port, "POST", "/token", f"username=alice&password={PASSWORD.replace(' ', '+')}",
-                               {"Content-Type": "application/x-www-form-urlencoded"})
+    status, _h, body = request(
+        port,
+        "POST",
+        "/token",
+        f"username=alice&password={PASSWORD.replace(' ', '+')}",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
     token = json.loads(body)["access_token"]
     for path in ("/health", "/items?q=a"):
         status, headers, body = request(port, "HEAD", path, headers={"Authorization": f"Bearer {token}"})
@@ -121,12 +135,19 @@ def test_head_health_and_items(server):
 
 def test_a_client_leaving_mid_body_is_no_server_error(server):
     port, _make, folder = server
-    status, _h, body = request(port, "POST", "/token", f"username=alice&password={PASSWORD.replace(' ', '+')}",
-                               {"Content-Type": "application/x-www-form-urlencoded"})
+    status, _h, body = request(
+        port,
+        "POST",
+        "/token",
+        f"username=alice&password={PASSWORD.replace(' ', '+')}",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
     token = json.loads(body)["access_token"]
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(f"POST /send_data HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"product_list\"".encode())
+        sock.sendall(
+            f"POST /send_data HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"product_list"'.encode()
+        )
     log = folder / "run" / "server.log"
     deadline = time.monotonic() + 30
     while "closed the connection before its request was read" not in log.read_text():
@@ -142,7 +163,9 @@ def test_no_secret_in_any_log_line(server):
     outputs = []
     new_password = "Another secret pass 42"
     outputs.append(make("passwd", "USER_NAME=alice", f"PASSWORD={new_password}"))
-    status, _h, body = request(port, "POST", "/token", f"username=alice&password={new_password.replace(' ', '+')}", form)
+    status, _h, body = request(
+        port, "POST", "/token", f"username=alice&password={new_password.replace(' ', '+')}", form
+    )
     assert status == 200
     token = json.loads(body)["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
@@ -161,6 +184,16 @@ def test_no_secret_in_any_log_line(server):
     log = (folder / "run" / "server.log").read_text()
     assert '"outcome": "success"' in log and '"outcome": "throttled"' in log and '"outcome": "failure"' in log
     everything = log + "".join(o.stdout + o.stderr for o in outputs)
-    for secret in (new_password, PASSWORD, record["password_hash"], record["password_hash"].split("$")[-1],
-                   token, token.split(".")[-1], SECRET, record["stamp"], "bob-guess", "x" * 100):
+    for secret in (
+        new_password,
+        PASSWORD,
+        record["password_hash"],
+        record["password_hash"].split("$")[-1],
+        token,
+        token.split(".")[-1],
+        SECRET,
+        record["stamp"],
+        "bob-guess",
+        "x" * 100,
+    ):
         assert secret not in everything, f"{secret[:12]}... appears in a log line"

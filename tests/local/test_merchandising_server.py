@@ -7,12 +7,12 @@ import os
 import time
 
 import pytest
+
 from recommender import cli
 from recommender.core.settings import get_settings
 from recommender.core.storage import open_storage
 from recommender.serving.users import add_user
 from recommender.training.pipeline import train
-
 from tests.conftest import PASSWORD, free_port, make_runner
 from tests.local.test_emulator import s3_emulator  # noqa: F401  (fixture)
 from tests.local.test_server import Http
@@ -72,7 +72,9 @@ def test_feed_and_rules_reach_a_running_server(served, tmp_path):
     make, command, api = served
     listed = [i["stock_code"] for i in api.call("GET", "/items?limit=100")[1]["items"]]
     basket = [listed[0]]
-    first = [r[0] for r in api.call("POST", "/send_data", {"product_list": basket, "n": 10})[1]["result"]["recommendation"]]
+    first = [
+        r[0] for r in api.call("POST", "/send_data", {"product_list": basket, "n": 10})[1]["result"]["recommendation"]
+    ]
     assert len(first) == 10
 
     earlier = tmp_path / "earlier.csv"
@@ -82,8 +84,12 @@ def test_feed_and_rules_reach_a_running_server(served, tmp_path):
     feed.write_text(f"id,availability,price\n{first[0]},out_of_stock,3.50 GBP\n{first[1]},in_stock,2\n")
     uploaded = make("feed", f"PATH_TO_FEED={feed}")
     assert "activated feed version" in uploaded.stdout
-    took = wait_for(api, basket, lambda rows, body: first[0] not in rows and first[0] not in
-                    [i["stock_code"] for i in body["items"]], "the out-of-stock item's removal")
+    took = wait_for(
+        api,
+        basket,
+        lambda rows, body: first[0] not in rows and first[0] not in [i["stock_code"] for i in body["items"]],
+        "the out-of-stock item's removal",
+    )
     _, body = api.call("POST", "/recommendations", {"product_list": basket, "n": 10})
     assert len(body["items"]) == 10 and body["feed_version"] and not body["exhausted"]
     assert body["items"][0]["stock_code"] == first[1] and body["items"][0]["price"] == 2.0
@@ -92,19 +98,28 @@ def test_feed_and_rules_reach_a_running_server(served, tmp_path):
 
     pinned = next(c for c in reversed(listed) if c not in first and c not in basket)
     rules = tmp_path / "rules.yaml"
-    rules.write_text(f"block:\n  codes: ['{first[1]}']\npin:\n  - {{basket: {{code: '{basket[0]}'}}, "
-                     f"item: {{code: '{pinned}'}}, position: 1}}\n")
+    rules.write_text(
+        f"block:\n  codes: ['{first[1]}']\npin:\n  - {{basket: {{code: '{basket[0]}'}}, "
+        f"item: {{code: '{pinned}'}}, position: 1}}\n"
+    )
     assert command("rules", str(rules))[0] == 0
-    wait_for(api, basket, lambda rows, body: rows[0] == pinned and first[1] not in rows and len(rows) == 10,
-             "the rules")
+    wait_for(
+        api, basket, lambda rows, body: rows[0] == pinned and first[1] not in rows and len(rows) == 10, "the rules"
+    )
     _, body = api.call("POST", "/recommendations", {"product_list": basket, "n": 10})
     assert body["items"][0]["source"] == "pinned" and body["rules_version"] and len(body["items"]) == 10
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"pin:\n  - {{basket: {{code: '{basket[0]}'}}, item: {{code: '{first[1]}'}}}}\nblock:\n"
-                   f"  codes: ['{first[1]}']\n")
+    bad.write_text(
+        f"pin:\n  - {{basket: {{code: '{basket[0]}'}}, item: {{code: '{first[1]}'}}}}\nblock:\n"
+        f"  codes: ['{first[1]}']\n"
+    )
     status, _, error = command("rules", str(bad))
-    assert status == 1 and error.startswith(f"error: bad.yaml: pin[0]: item {first[1]} is blocked") and error.count("\n") == 1
+    assert (
+        status == 1
+        and error.startswith(f"error: bad.yaml: pin[0]: item {first[1]} is blocked")
+        and error.count("\n") == 1
+    )
     assert body["rules_version"] in command("rules-show")[1]
 
     assert command("feed-rollback")[0] == 0

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from recommender import cli
 from recommender.core.settings import get_settings
 from recommender.local import processes, server
-
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="start times come from /proc")
@@ -43,8 +43,8 @@ def test_kill_spares_a_process_started_by_someone_else(decoy, capsys, recorded):
     path = _write_pid_file(decoy.pid, started - 1 if recorded == "other" else None)
     assert cli.main(["stop"]) == 0
     assert "no background server is running" in capsys.readouterr().out
-    assert decoy.poll() is None                      # still running
-    assert not path.exists()                         # the stale pid file is gone
+    assert decoy.poll() is None  # still running
+    assert not path.exists()  # the stale pid file is gone
 
 
 def test_kill_stops_the_process_the_pid_file_recorded(decoy, capsys):

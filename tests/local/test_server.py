@@ -11,12 +11,11 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from recommender.tools import synthetic
 
+from recommender.tools import synthetic
 from tests.conftest import PASSWORD, free_port, make_runner
 
 pytestmark = pytest.mark.slow
-
 
 
 class Http:
@@ -60,8 +59,14 @@ def _running(pid: int) -> bool:
 @pytest.fixture
 def make_env(trained_storage, user, tmp_path):
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "STORAGE_URL": str(trained_storage.root),
-           "RUN_DIR": str(tmp_path / "run"), "MODEL_POLL_SECONDS": "1"}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "STORAGE_URL": str(trained_storage.root),
+        "RUN_DIR": str(tmp_path / "run"),
+        "MODEL_POLL_SECONDS": "1",
+    }
 
     make = make_runner(env)
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from recommender.core import registry
 from recommender.serving.confidence import Confidence
 from recommender.serving.model import load_model
@@ -46,7 +47,7 @@ def test_calibrated_on_what_held_out_shoppers_bought(tiny_csv, tmp_path):
     model = load_model(storage, train(tiny_csv, storage, params, progress=lambda _m: None).version)
     stored = holdout.read_cases(storage.read(registry.artifact_key(model.version, holdout.CASES)))
     baskets = [c["query"] + [c["hidden"]] for c in stored["cases"]]
-    splits = holdout.random_splits(baskets, model.items.index, stored["seed"] + 1)[:holdout.CALIBRATION_QUERIES]
+    splits = holdout.random_splits(baskets, model.items.index, stored["seed"] + 1)[: holdout.CALIBRATION_QUERIES]
     obs, _ = holdout.observe(model, splits)
     predicted = model.confidence(obs.scores, obs.ranks)
     assert len(obs) > 100 and 0 < obs.bought.mean() < 1
@@ -65,8 +66,9 @@ def test_fallback_without_the_artifact(model):
 
 def test_fallback_model_trained_before_calibration_existed(trained_storage, model):
     # Drop the artifact from a copy of the manifest: what a version trained before this feature looks like.
-    manifest = dict(model.manifest, artifacts={k: v for k, v in model.manifest["artifacts"].items()
-                                               if k != "calibration.json"})
+    manifest = dict(
+        model.manifest, artifacts={k: v for k, v in model.manifest["artifacts"].items() if k != "calibration.json"}
+    )
     trained_storage.write(registry.artifact_key(model.version, "manifest.json"), json.dumps(manifest).encode())
     old = load_model(trained_storage, model.version)
     assert not old._confidence.calibrated

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from recommender.core import registry
 from recommender.core.settings import settings_from_env
 from recommender.core.storage import LocalStorage
@@ -23,25 +24,37 @@ from recommender.serving.users import add_user
 from recommender.training.feed import publish_feed
 from recommender.training.pipeline import train
 from recommender.training.rules import known_from, publish_rules
-
 from tests.conftest import PASSWORD, ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+]
 SCREENSHOTS = ROOT / "reports" / "console"
 SECRET = "console-test-secret-" + "x" * 40
 HOSTILE = "<img src=x onerror=alert(1)>"
-WAIT_MS = 15_000   # generous: other helpers' tests and benchmarks share the two cores
+WAIT_MS = 15_000  # generous: other helpers' tests and benchmarks share the two cores
 
 
 # The feed's categories, by words of the synthetic descriptions (first match wins).
-CATEGORIES = (("LUNCH SANDWICH SNACK ICE WATER", "Kitchen > Lunch"), ("TEACUP SAUCER BAKING CAKE CUPCAKE", "Kitchen > Baking"),
-              ("APRON TOWEL GLOVE HOLDER", "Kitchen > Textiles"), ("PLANT WATERING", "Garden"),
-              ("LIGHT LIGHTS LANTERN BATTERIES", "Home > Lights"), ("GIFT", "Home > Gifts"))
-IMAGES = "http://127.0.0.1:9/img/"   # never fetched: the browser tests answer these URLs themselves
+CATEGORIES = (
+    ("LUNCH SANDWICH SNACK ICE WATER", "Kitchen > Lunch"),
+    ("TEACUP SAUCER BAKING CAKE CUPCAKE", "Kitchen > Baking"),
+    ("APRON TOWEL GLOVE HOLDER", "Kitchen > Textiles"),
+    ("PLANT WATERING", "Garden"),
+    ("LIGHT LIGHTS LANTERN BATTERIES", "Home > Lights"),
+    ("GIFT", "Home > Gifts"),
+)
+IMAGES = "http://127.0.0.1:9/img/"  # never fetched: the browser tests answer these URLs themselves
 
 
 def category_of(description: str) -> str:
@@ -75,7 +88,7 @@ def site(tmp_path_factory, tiny_csv):
     model = load_model(storage, version)
     code_of = dict(zip(model.items.descriptions, model.items.codes))
     lunch = [code_of["PARISIENNE JUNGLE LUNCH BAG"], code_of["PARISIENNE JUNGLE LUNCH BOX"]]
-    out_of_stock = model.recommend(lunch, 1).items[0].item.stock_code   # the model's first pick for that basket
+    out_of_stock = model.recommend(lunch, 1).items[0].item.stock_code  # the model's first pick for that basket
     pinned = code_of["BLUE CHECK NOTEBOOK"]
     price = {row["StockCode"].strip(): row["UnitPrice"] for row in rows}
     feed = folder / "feed.csv"
@@ -86,27 +99,55 @@ def site(tmp_path_factory, tiny_csv):
             if code == hostile_code:
                 writer.writerow([code, "in_stock", "9.99 GBP", "Kitchen > Baking", HOSTILE, "x", "javascript:alert(1)"])
                 continue
-            writer.writerow([code, "out_of_stock" if code == out_of_stock else "in_stock", f"{price[code]} GBP",
-                             category_of(description), description.split()[0].title(), f"{IMAGES}{code}.svg",
-                             f"https://shop.example/p/{code}"])
+            writer.writerow(
+                [
+                    code,
+                    "out_of_stock" if code == out_of_stock else "in_stock",
+                    f"{price[code]} GBP",
+                    category_of(description),
+                    description.split()[0].title(),
+                    f"{IMAGES}{code}.svg",
+                    f"https://shop.example/p/{code}",
+                ]
+            )
     feed_version = publish_feed(storage, feed, progress=lambda _m: None)["version"]
     rules = folder / "rules.yaml"
-    rules.write_text(f"pin:\n  - {{basket: {{code: '{lunch[0]}'}}, item: {{code: '{pinned}'}}, position: 2}}\n"
-                     "boost:\n  - {category: 'Kitchen > Textiles', factor: 1.5}\n")
-    rules_version = publish_rules(storage, rules, known_from(model.items.codes, {}), progress=lambda _m: None)["version"]
+    rules.write_text(
+        f"pin:\n  - {{basket: {{code: '{lunch[0]}'}}, item: {{code: '{pinned}'}}, position: 2}}\n"
+        "boost:\n  - {category: 'Kitchen > Textiles', factor: 1.5}\n"
+    )
+    rules_version = publish_rules(storage, rules, known_from(model.items.codes, {}), progress=lambda _m: None)[
+        "version"
+    ]
 
-    env = {"HOST": "127.0.0.1", "PORT": str(free_port()), "STORAGE_URL": str(storage.root),
-           "RUN_DIR": str(folder / "run"), "CACHE_DIR": str(folder / "cache"), "JWT_SECRET": SECRET,
-           "MODEL_POLL_SECONDS": "1", "LOG_LEVEL": "warning"}
+    env = {
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "STORAGE_URL": str(storage.root),
+        "RUN_DIR": str(folder / "run"),
+        "CACHE_DIR": str(folder / "cache"),
+        "JWT_SECRET": SECRET,
+        "MODEL_POLL_SECONDS": "1",
+        "LOG_LEVEL": "warning",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
         settings = settings_from_env(os.environ)
         server.start(settings, ROOT / "template.yaml")
     try:
-        yield SimpleNamespace(base=f"http://127.0.0.1:{settings.port}", storage=storage, hostile_code=hostile_code,
-                              samples=samples, lunch=lunch, out_of_stock=out_of_stock, pinned=pinned,
-                              feed_version=feed_version, rules_version=rules_version, items=len(model.items))
+        yield SimpleNamespace(
+            base=f"http://127.0.0.1:{settings.port}",
+            storage=storage,
+            hostile_code=hostile_code,
+            samples=samples,
+            lunch=lunch,
+            out_of_stock=out_of_stock,
+            pinned=pinned,
+            feed_version=feed_version,
+            rules_version=rules_version,
+            items=len(model.items),
+        )
     finally:
         server.stop(settings)
 
@@ -114,8 +155,11 @@ def site(tmp_path_factory, tiny_csv):
 def swatch(route) -> None:
     """A product image from the feed, drawn here: a square in a colour of its own (no traffic leaves the machine)."""
     hue = sum(route.request.url.encode()) * 37 % 360
-    route.fulfill(content_type="image/svg+xml", body=f'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
-                  f'<rect width="64" height="64" rx="8" fill="hsl({hue},55%,62%)"/></svg>')
+    route.fulfill(
+        content_type="image/svg+xml",
+        body=f'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+        f'<rect width="64" height="64" rx="8" fill="hsl({hue},55%,62%)"/></svg>',
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +184,7 @@ class Console:
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.set_default_timeout(WAIT_MS)
 
-    def open(self) -> "Console":
+    def open(self) -> Console:
         self.page.goto(self.base + "/")
         return self
 
@@ -166,8 +210,9 @@ class Console:
         if count is None:
             items.first.wait_for()
         else:
-            self.page.wait_for_function("n => document.querySelectorAll('#recs .rec').length === n", arg=count,
-                                        timeout=WAIT_MS)
+            self.page.wait_for_function(
+                "n => document.querySelectorAll('#recs .rec').length === n", arg=count, timeout=WAIT_MS
+            )
 
     def settled(self) -> None:
         """Wait until the recommendations answer the basket as it is now (none of its items among them)."""
@@ -182,9 +227,15 @@ class Console:
         self.page.get_by_label("Search products").fill(query)
         self.page.wait_for_function(
             "q => document.getElementById('search-status').textContent.length > 0 && "
-            "document.getElementById('search').value === q", arg=query)
-        first = self.search_results().get_by_role("listitem").filter(has=self.page.get_by_role("button", name="Add",
-                                                                                                  exact=True)).first
+            "document.getElementById('search').value === q",
+            arg=query,
+        )
+        first = (
+            self.search_results()
+            .get_by_role("listitem")
+            .filter(has=self.page.get_by_role("button", name="Add", exact=True))
+            .first
+        )
         code = first.locator(".code").inner_text()
         first.get_by_role("button", name="Add", exact=True).click()
         self.basket().locator(".code", has_text=code).wait_for()
@@ -206,15 +257,17 @@ def test_sign_in_refused_then_accepted(console):
         console.sign_in(username, password)
         message = page.locator("#sign-in-message")
         message.filter(has_text="Wrong username or password.").wait_for()
-        assert message.inner_text() == "Wrong username or password."   # the same whether the user exists or not
+        assert message.inner_text() == "Wrong username or password."  # the same whether the user exists or not
     assert page.get_by_role("list", name="Recommendations").is_hidden()
     with page.expect_response("**/token") as token_response:
         console.sign_in()
     assert token_response.value.status == 200 and token_response.value.headers["cache-control"] == "no-store"
     page.get_by_text("Signed in as").wait_for()
     console.wait_for_recs(10)
-    storage = page.evaluate("({local: Object.keys(localStorage), session: sessionStorage.getItem('recommender.token')})")
-    assert storage["local"] == [] and storage["session"].count(".") == 2   # a JWT, in sessionStorage only
+    storage = page.evaluate(
+        "({local: Object.keys(localStorage), session: sessionStorage.getItem('recommender.token')})"
+    )
+    assert storage["local"] == [] and storage["session"].count(".") == 2  # a JWT, in sessionStorage only
     assert storage["session"] not in page.url
     loaded = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
     print(f"\nconsole page loaded in {loaded:.0f} ms")
@@ -225,9 +278,12 @@ def shown_answer(page) -> dict:
     """The API's answer to the request the page last made (taken from its curl command), asked again."""
     command = page.locator("#curl-text").input_value()
     body = json.loads(command.split(" -d '", 1)[1].rsplit("'", 1)[0].replace("'\\''", "'"))
-    return page.evaluate("""async (body) => (await fetch('recommendations', {method: 'POST', body: JSON.stringify(body),
+    return page.evaluate(
+        """async (body) => (await fetch('recommendations', {method: 'POST', body: JSON.stringify(body),
         headers: {'Content-Type': 'application/json',
-                  Authorization: 'Bearer ' + sessionStorage.getItem('recommender.token')}})).json()""", body)
+                  Authorization: 'Bearer ' + sessionStorage.getItem('recommender.token')}})).json()""",
+        body,
+    )
 
 
 def shown(page, part: str) -> list[str]:
@@ -251,7 +307,7 @@ def check_rows_match(page, answer: dict) -> None:
             top = max(item["because"], key=lambda b: b["share"])
             n = top["baskets"]
             expected = f"with {top['description']}: bought together in {n:,} basket{'s' * (n != 1)}"
-            if all(b["share"] >= 0 for b in item["because"]):   # shares read as parts of the score
+            if all(b["share"] >= 0 for b in item["because"]):  # shares read as parts of the score
                 expected += f" ({math.floor(top['share'] * 100 + 0.5)}% of the score)"
             else:
                 low = min(item["because"], key=lambda b: b["share"])
@@ -286,25 +342,31 @@ def test_basket_recommendations_reasons_filters_curl_and_screenshots(console, si
 
     # Filters change them: a category, a price range, one per category, a minimum confidence.
     page.get_by_label("Category", exact=True).select_option(label="Home > Decor")
-    page.wait_for_function("() => [...document.querySelectorAll('#recs .rec .category')].every(e => e.textContent === 'Home > Decor')")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#recs .rec .category')].every(e => e.textContent === 'Home > Decor')"
+    )
     console.settled()
     assert shown(page, ".code") != before and set(shown(page, ".category")) == {"Home > Decor"}
     check_rows_match(page, shown_answer(page))
     page.get_by_label("Category", exact=True).select_option(label="All categories")
     page.get_by_label("Maximum price").fill("1")
-    page.wait_for_function("() => [...document.querySelectorAll('#recs .rec .price')].every(e => parseFloat(e.textContent.slice(1)) <= 1)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#recs .rec .price')].every(e => parseFloat(e.textContent.slice(1)) <= 1)"
+    )
     console.settled()
     assert all(float(p[1:]) <= 1 for p in shown(page, ".price")) and shown(page, ".code") != before
     page.get_by_label("Maximum price").fill("")
     page.get_by_label("Most per category").fill("1")
     # (a pinned item keeps its place whatever the filters: a merchandiser's explicit choice)
-    page.wait_for_function("() => { const c = [...document.querySelectorAll('#recs .rec')].filter(r => !r.querySelector('.badge.pinned'))"
-                           ".map(r => r.querySelector('.category').textContent); return c.length > 0 && new Set(c).size === c.length }")
+    page.wait_for_function(
+        "() => { const c = [...document.querySelectorAll('#recs .rec')].filter(r => !r.querySelector('.badge.pinned'))"
+        ".map(r => r.querySelector('.category').textContent); return c.length > 0 && new Set(c).size === c.length }"
+    )
     page.get_by_label("Most per category").fill("")
     page.get_by_label("Minimum confidence (%)").fill("20")
     page.wait_for_function("() => [...document.querySelectorAll('#recs meter')].every(m => Number(m.value) >= 0.2)")
     console.settled()
-    assert all(i["confidence"] >= 0.2 for i in shown_answer(page)["items"])   # pins included
+    assert all(i["confidence"] >= 0.2 for i in shown_answer(page)["items"])  # pins included
     page.get_by_label("Minimum confidence (%)").fill("")
 
     # A control changes them: fewer items asked for.
@@ -323,12 +385,14 @@ def test_basket_recommendations_reasons_filters_curl_and_screenshots(console, si
     console.wait_for_recs(10)
     console.settled()
     page.evaluate("document.activeElement.blur()")
-    page.wait_for_function("() => [...document.querySelectorAll('#recs img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#recs img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "console-1280.png"), full_page=True)
     page.set_viewport_size({"width": 375, "height": 800})
     page.screenshot(path=str(SCREENSHOTS / "console-375.png"), full_page=True)
-    assert page.evaluate("document.documentElement.scrollWidth") <= 375   # nothing wider than a phone
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # nothing wider than a phone
     assert not console.errors and not console.dialogs
 
 
@@ -336,10 +400,12 @@ def test_out_of_stock_item_never_appears(console, site):
     page = console.open().page
     console.sign_in()
     console.wait_for_recs(10)
-    page.get_by_label("Number of items").fill("100")   # every eligible item
+    page.get_by_label("Number of items").fill("100")  # every eligible item
     page.wait_for_function("n => document.querySelectorAll('#recs .rec').length >= n", arg=site.items - 2)
     assert site.out_of_stock not in shown(page, ".code")
-    assert len(shown(page, ".code")) == site.items - 1 and page.get_by_text("no more items pass the filters").is_visible()
+    assert (
+        len(shown(page, ".code")) == site.items - 1 and page.get_by_text("no more items pass the filters").is_visible()
+    )
     console.add_from_search("LUNCH BAG")
     console.add_from_search("LUNCH BOX")
     console.settled()
@@ -371,9 +437,11 @@ def test_try_a_real_basket(console, site):
     expected = next(s["items"] for s in site.samples if s["invoice"] == invoice)
     codes = console.basket().locator(".code").all_inner_texts()
     assert sorted(codes) == sorted(expected) and len(codes) >= 2
-    page.wait_for_function("codes => { const shown = [...document.querySelectorAll('#recs .rec .code')]"
-                           ".map(e => e.textContent); return shown.length > 0 && codes.every(c => !shown.includes(c)) }",
-                           arg=codes)
+    page.wait_for_function(
+        "codes => { const shown = [...document.querySelectorAll('#recs .rec .code')]"
+        ".map(e => e.textContent); return shown.length > 0 && codes.every(c => !shown.includes(c)) }",
+        arg=codes,
+    )
 
 
 def test_sign_out_and_expired_token(console):
@@ -389,15 +457,17 @@ def test_sign_out_and_expired_token(console):
     console.wait_for_recs(10)
     expired = issue_token("alice", SECRET, minutes=1, clock=lambda: time.time() - 3600)
     page.evaluate("t => sessionStorage.setItem('recommender.token', t)", expired)
-    page.reload()   # a tab reopened after the token's lifetime
+    page.reload()  # a tab reopened after the token's lifetime
     page.get_by_text("Your session expired. Please sign in again.").wait_for()
     assert page.get_by_label("Username").is_visible()
 
     console.sign_in()
     console.wait_for_recs(10)
     # The token expires while the page is open: the next call returns to sign-in.
-    page.route("**/recommendations", lambda route: route.continue_(
-        headers={**route.request.headers, "authorization": f"Bearer {expired}"}))
+    page.route(
+        "**/recommendations",
+        lambda route: route.continue_(headers={**route.request.headers, "authorization": f"Bearer {expired}"}),
+    )
     page.get_by_label("Number of items").fill("3")
     page.get_by_text("Your session expired. Please sign in again.").wait_for()
     assert page.evaluate("sessionStorage.getItem('recommender.token')") is None
@@ -418,21 +488,25 @@ def test_keyboard_only(console):
     page.locator("#search-results button").first.wait_for()
     keyboard.press("Tab")
     assert focused() == "Add"
-    outline = page.evaluate("(() => { const s = getComputedStyle(document.activeElement); "
-                            "return [s.outlineStyle, parseFloat(s.outlineWidth)] })()")
-    assert outline[0] != "none" and outline[1] >= 2   # the focus is visible
+    outline = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement); "
+        "return [s.outlineStyle, parseFloat(s.outlineWidth)] })()"
+    )
+    assert outline[0] != "none" and outline[1] >= 2  # the focus is visible
     keyboard.press("Enter")
-    keyboard.press("Enter")   # focus moved on to the next result's Add
+    keyboard.press("Enter")  # focus moved on to the next result's Add
     console.basket().get_by_role("listitem").nth(1).wait_for()
     assert console.basket().get_by_role("listitem").count() == 2
     console.settled()
-    for _ in range(60):       # on through the page to the recommendations' own buttons
+    for _ in range(60):  # on through the page to the recommendations' own buttons
         keyboard.press("Tab")
-        if page.evaluate("document.activeElement.closest('#recs') !== null && document.activeElement.tagName === 'BUTTON'"):
+        if page.evaluate(
+            "document.activeElement.closest('#recs') !== null && document.activeElement.tagName === 'BUTTON'"
+        ):
             break
     else:
         pytest.fail("the recommendations cannot be reached with Tab")
-    keyboard.press("Enter")   # add the first recommendation
+    keyboard.press("Enter")  # add the first recommendation
     console.basket().get_by_role("listitem").nth(2).wait_for()
     page.locator("#sign-out").focus()
     keyboard.press("Enter")
@@ -450,7 +524,10 @@ def test_model_panel(console, site):
     assert facts.get_by_text("calibrated on held-out baskets").is_visible()
     assert page.locator("#model-counts").get_by_text(f"{manifest['counts']['rows_read']:,}", exact=True).is_visible()
     figures = page.locator("#model-evaluation table")
-    assert figures.get_by_role("row", name="model").inner_text().split()[1] == f"{manifest['evaluation']['model']['hr']:.3f}"
+    assert (
+        figures.get_by_role("row", name="model").inner_text().split()[1]
+        == f"{manifest['evaluation']['model']['hr']:.3f}"
+    )
     versions = page.get_by_role("list", name="Model versions").get_by_role("listitem")
     assert versions.count() == 1 and "(served, active)" in versions.first.inner_text()
 

@@ -6,6 +6,7 @@ import logging
 import threading
 
 import pytest
+
 from recommender.core.errors import AuthError, Busy, TooManyRequests
 from recommender.core.settings import Settings
 from recommender.serving.logins import Logins, LoginThrottle, PasswordPool
@@ -38,10 +39,10 @@ def test_sixth_failure_for_a_user_from_one_address_is_refused_until_the_window_m
     assert refused.value.retry_after == 800
     with pytest.raises(TooManyRequests):
         throttle.begin("ALICE", "10.0.0.1")  # names are case-insensitive, so is their count
-    throttle.begin("alice", "10.0.0.2")      # another address
-    throttle.begin("bob", "10.0.0.1")        # another user
+    throttle.begin("alice", "10.0.0.2")  # another address
+    throttle.begin("bob", "10.0.0.1")  # another user
     clock.now += 800
-    throttle.begin("alice", "10.0.0.1")      # the first failure left the window
+    throttle.begin("alice", "10.0.0.1")  # the first failure left the window
 
 
 def test_fifty_failures_from_one_address_block_every_name():
@@ -59,10 +60,10 @@ def test_a_success_clears_the_users_count_but_not_the_addresses():
     throttle = LoginThrottle(5, 7, 900, Clock())
     fail(throttle, "alice", "a", 4)
     throttle.succeeded("alice", "a", throttle.begin("alice", "a"))
-    fail(throttle, "alice", "a", 2)          # counting starts again for alice ...
+    fail(throttle, "alice", "a", 2)  # counting starts again for alice ...
     throttle.begin("bob", "a")
     with pytest.raises(TooManyRequests):
-        throttle.begin("carol", "a")         # ... but not the address's: 4 + 2 + bob's 1 = 7 failures
+        throttle.begin("carol", "a")  # ... but not the address's: 4 + 2 + bob's 1 = 7 failures
 
 
 def test_cancelled_attempts_do_not_count():
@@ -133,7 +134,7 @@ def test_login_flow_logs_one_line_per_attempt_without_the_password(logins, caplo
         with pytest.raises(AuthError):
             attempt(logins, "alice", "wrong password 1")
     with pytest.raises(TooManyRequests):
-        attempt(logins, "alice", "correct horse")     # throttled even with the right password
+        attempt(logins, "alice", "correct horse")  # throttled even with the right password
     token = attempt(logins, "alice", "correct horse", address="192.0.2.2")
     assert verify_token(token, SECRET).username == "alice"
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "recommender.auth"]
@@ -156,7 +157,7 @@ def test_unknown_users_are_throttled_alike(logins):
 def test_log_line_escapes_what_the_client_sent(logins, caplog):
     caplog.set_level(logging.INFO, logger="recommender.auth")
     with pytest.raises(AuthError):
-        attempt(logins, "eve\n{\"outcome\": \"success\"}" + "x" * 100, "wrong password 1")
+        attempt(logins, 'eve\n{"outcome": "success"}' + "x" * 100, "wrong password 1")
     (record,) = [r for r in caplog.records if r.name == "recommender.auth"]
     line = record.getMessage()
     assert "\n" not in line and json.loads(line)["outcome"] == "failure"

@@ -1,8 +1,8 @@
 """Merchandising at answer time on the tiny synthetic data (complements known): feed, every rule, every option,
 full answers under heavy filtering, and exact reasons (shares summing to 1, baskets counted directly)."""
 
-import numpy as np
 import pytest
+
 from recommender.core import registry
 from recommender.core.errors import InvalidInput
 from recommender.core.storage import LocalStorage
@@ -26,9 +26,17 @@ def products():
 @pytest.fixture(scope="module")
 def feed(products):
     """Every product with its kit as category (under Home), a brand per family, and its synthetic price."""
-    return {"items": {code: {"category": f"Home > {row.Kit.title()}", "brand": f"Brand{row.Family % 3}",
-                             "price": round(float(row.UnitPrice), 2), "availability": "in_stock"}
-                      for code, row in products.iterrows()}}
+    return {
+        "items": {
+            code: {
+                "category": f"Home > {row.Kit.title()}",
+                "brand": f"Brand{row.Family % 3}",
+                "price": round(float(row.UnitPrice), 2),
+                "availability": "in_stock",
+            }
+            for code, row in products.iterrows()
+        }
+    }
 
 
 def kit(products, code):
@@ -47,8 +55,9 @@ def no_rules(**changes):
 
 
 def view(model, feed=None, rules=None):
-    return model.with_policy(Policy(model.items, model.item_price, feed, rules, "f1" if feed else None,
-                                    "r1" if rules else None))
+    return model.with_policy(
+        Policy(model.items, model.item_price, feed, rules, "f1" if feed else None, "r1" if rules else None)
+    )
 
 
 def codes(answer):
@@ -69,8 +78,11 @@ def test_no_feed_no_rules_no_options_is_the_plain_answer(plain, feed):
 def test_out_of_stock_is_never_recommended_and_the_answer_stays_full(plain, feed):
     code = anchors(plain)[0]
     first = codes(plain.recommend([code], 10))
-    out = {**feed["items"], first[0]: {**feed["items"][first[0]], "availability": "out_of_stock"},
-           first[3]: {"availability": "out_of_stock"}}
+    out = {
+        **feed["items"],
+        first[0]: {**feed["items"][first[0]], "availability": "out_of_stock"},
+        first[3]: {"availability": "out_of_stock"},
+    }
     answer = view(plain, {"items": out}).recommend([code], 10)
     assert first[0] not in codes(answer) and first[3] not in codes(answer) and len(answer.items) == 10
     assert codes(answer)[:2] == [first[1], first[2]] and not answer.exhausted
@@ -109,8 +121,12 @@ def test_pin_puts_its_item_at_its_position(plain, feed):
     code = anchors(plain)[0]
     plain_codes = codes(plain.recommend([code], 10))
     far = next(c for c in reversed(plain.items.codes) if c not in plain_codes and c != code)
-    rules = no_rules(pin=[{"basket": {"code": [code]}, "item": {"code": [far]}, "position": 3},
-                          {"basket": {"code": [code]}, "item": {"code": [plain_codes[0]]}, "position": 5}])
+    rules = no_rules(
+        pin=[
+            {"basket": {"code": [code]}, "item": {"code": [far]}, "position": 3},
+            {"basket": {"code": [code]}, "item": {"code": [plain_codes[0]]}, "position": 5},
+        ]
+    )
     answer = view(plain, feed, rules).recommend([code], 10, Options(explain=True))
     got = codes(answer)
     assert len(got) == 10 and got[2] == far and got[4] == plain_codes[0]
@@ -241,10 +257,9 @@ def test_confidence_and_min_confidence(plain):
     assert all(0 <= c <= 1 for c in confidence) and confidence == sorted(confidence, reverse=True)
     threshold = confidence[4]
     kept = plain.recommend([code], 10, Options(min_confidence=threshold))
-    assert [p.item.stock_code for p in kept.items] == codes(answer)[:len(kept.items)]
+    assert [p.item.stock_code for p in kept.items] == codes(answer)[: len(kept.items)]
     assert len(kept.items) >= 5 and all(p.confidence >= threshold for p in kept.items)
     assert plain.recommend([code], 10, Options(min_confidence=1.0)).exhausted
-
 
 
 def test_many_items_path_gives_the_same_answers(plain, feed, products, monkeypatch):
@@ -252,19 +267,38 @@ def test_many_items_path_gives_the_same_answers(plain, feed, products, monkeypat
     from recommender.serving import merchandising
 
     code = anchors(plain)[0]
-    rules = no_rules(block={"codes": [codes(plain.recommend([code], 3))[1]], "categories": [], "brands": []},
-                     pin=[{"basket": {"code": [code]}, "item": {"code": [plain.items.codes[-1]]}, "position": 2}],
-                     boost=[{"code": [codes(plain.recommend([code], 6))[5]], "factor": 3.0}],
-                     do_not_pair=[{"basket": {"code": [code]}, "item": {"category": [kit(products, code)]}}])
+    rules = no_rules(
+        block={"codes": [codes(plain.recommend([code], 3))[1]], "categories": [], "brands": []},
+        pin=[{"basket": {"code": [code]}, "item": {"code": [plain.items.codes[-1]]}, "position": 2}],
+        boost=[{"code": [codes(plain.recommend([code], 6))[5]], "factor": 3.0}],
+        do_not_pair=[{"basket": {"code": [code]}, "item": {"category": [kit(products, code)]}}],
+    )
     model = view(plain, feed, rules)
-    cases = [Options(explain=True), Options(price_max=3.0, explain=True), Options(max_per_category=1),
-             Options(categories=(kit(products, anchors(plain)[3]),), explain=True), Options(min_confidence=0.01)]
+    cases = [
+        Options(explain=True),
+        Options(price_max=3.0, explain=True),
+        Options(max_per_category=1),
+        Options(categories=(kit(products, anchors(plain)[3]),), explain=True),
+        Options(min_confidence=0.01),
+    ]
     baskets = [[code], anchors(plain)[:4], [], ["NOPE"]]
 
     def answers():
-        return [[(p.item.stock_code, p.score, p.source, p.confidence, p.boost,
-                  p.because.as_list() if p.because is not None else None) for p in model.recommend(b, 12, o).items]
-                for b in baskets for o in cases]
+        return [
+            [
+                (
+                    p.item.stock_code,
+                    p.score,
+                    p.source,
+                    p.confidence,
+                    p.boost,
+                    p.because.as_list() if p.because is not None else None,
+                )
+                for p in model.recommend(b, 12, o).items
+            ]
+            for b in baskets
+            for o in cases
+        ]
 
     dense = answers()
     monkeypatch.setattr(merchandising, "DENSE_ITEMS", 0)

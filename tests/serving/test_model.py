@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from recommender.core.errors import ModelUnavailable
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import ModelHolder, load_model
@@ -66,8 +67,9 @@ def test_unknown_and_duplicate_codes(default_model):
 def test_popularity_fallback(default_model):
     answer = default_model.recommend(["NOPE"], 3)
     assert answer.fallback is True
-    assert [s.item.stock_code for s in answer.items] == \
-        [default_model.items.codes[i] for i in default_model.items.most_popular()[:3]]
+    assert [s.item.stock_code for s in answer.items] == [
+        default_model.items.codes[i] for i in default_model.items.most_popular()[:3]
+    ]
 
 
 def test_few_items_give_everything_else(tmp_path):
@@ -95,7 +97,7 @@ def test_holder_swaps_to_the_new_active_version(tmp_path, tiny_csv):
     holder = ModelHolder(storage, poll_seconds=2, clock=lambda: now[0])
     assert holder.refresh().version == first
     second = train(tiny_csv, storage, progress=lambda _m: None).version
-    assert not holder.due() and holder.current().version == first   # not looked at before the interval
+    assert not holder.due() and holder.current().version == first  # not looked at before the interval
     now[0] = 2.0
     assert holder.due()
     assert holder.refresh().version == second

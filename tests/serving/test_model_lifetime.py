@@ -5,6 +5,7 @@ import gc
 import weakref
 
 import pytest
+
 from recommender.core import registry
 from recommender.serving.model import load_model
 

@@ -14,6 +14,9 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from httpx import Response
+
+from functions.auth.app import app as auth_app
+from functions.recommend.app import app as recommend_app
 from recommender.core import registry
 from recommender.core.errors import StorageError
 from recommender.core.feed_and_rules import SHOWN
@@ -25,21 +28,30 @@ from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
 from recommender.training.feed import publish_feed
 from recommender.training.rules import known_from, publish_rules
-
-from functions.auth.app import app as auth_app
-from functions.recommend.app import app as recommend_app
 from tests.conftest import ROOT
 
 APPS = (auth_app, recommend_app)
-ROUTES = {(method, route.path): route for app in APPS for route in app.routes if isinstance(route, APIRoute)
-          for method in route.methods}
+ROUTES = {
+    (method, route.path): route
+    for app in APPS
+    for route in app.routes
+    if isinstance(route, APIRoute)
+    for method in route.methods
+}
 
 
 class Api:
     """Both functions over TestClient, logged in as alice, with the ways to make each kind of answer happen."""
 
-    def __init__(self, auth: TestClient, rec: TestClient, storage: LocalStorage, user, tmp_path: Path,
-                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self,
+        auth: TestClient,
+        rec: TestClient,
+        storage: LocalStorage,
+        user,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
         self.auth, self.rec, self.storage, self.user = auth, rec, storage, user
         self.tmp_path, self.monkeypatch = tmp_path, monkeypatch
         self.version = registry.active_version(storage)
@@ -94,17 +106,23 @@ class Api:
         """A feed giving every attribute an answer can show (to some items, a few to others), and rules that pin,
         block, boost and bury; served at once."""
         basket, others = self.codes[:2], self.codes[2:]
-        rows = [f"{code},{('in_stock', 'preorder', 'out_of_stock')[i % 3]},{1 + i % 5} GBP,"
-                f"{('Home > Mugs', 'Garden', 'Home')[i % 3]},{('Acme', 'Other')[i % 2]},Item {i},http://i/{i},"
-                f"http://p/{i}" if i % 2 else f"{code},,{1 + i % 5},{('Home', 'Garden')[i % 4 // 2]},,,,"
-                for i, code in enumerate(others)]
+        rows = [
+            f"{code},{('in_stock', 'preorder', 'out_of_stock')[i % 3]},{1 + i % 5} GBP,"
+            f"{('Home > Mugs', 'Garden', 'Home')[i % 3]},{('Acme', 'Other')[i % 2]},Item {i},http://i/{i},"
+            f"http://p/{i}"
+            if i % 2
+            else f"{code},,{1 + i % 5},{('Home', 'Garden')[i % 4 // 2]},,,,"
+            for i, code in enumerate(others)
+        ]
         feed = self.tmp_path / "feed.csv"
         feed.write_text("id,availability,price,category,brand,title,image_link,link\n" + "\n".join(rows) + "\n")
         publish_feed(self.storage, feed, progress=lambda _m: None)
         rules = self.tmp_path / "rules.yaml"
-        rules.write_text(f"block:\n  codes: ['{others[0]}']\n"
-                         f"pin:\n  - {{basket: {{code: '{basket[0]}'}}, item: {{code: '{others[-2]}'}}, position: 2}}\n"
-                         "boost:\n  - {category: Home, factor: 1.5}\nbury:\n  - {brand: Other, factor: 0.5}\n")
+        rules.write_text(
+            f"block:\n  codes: ['{others[0]}']\n"
+            f"pin:\n  - {{basket: {{code: '{basket[0]}'}}, item: {{code: '{others[-2]}'}}, position: 2}}\n"
+            "boost:\n  - {category: Home, factor: 1.5}\nbury:\n  - {brand: Other, factor: 0.5}\n"
+        )
         publish_rules(self.storage, rules, known_from(self.codes, {}), progress=lambda _m: None)
         web.model_holder(get_settings()).refresh()
 
@@ -124,20 +142,40 @@ def _basket_cases(path: str) -> list[Case]:
         def send(api: Api) -> Response:
             if setup:
                 setup(api)
-            return api.call("POST", path, token=token, json={key: (api.codes[:2] if value == "CODES" else value)
-                                                             for key, value in body.items()})
+            return api.call(
+                "POST",
+                path,
+                token=token,
+                json={key: (api.codes[:2] if value == "CODES" else value) for key, value in body.items()},
+            )
+
         return send
 
     return [
         Case("POST", path, 200, "plain", post({"product_list": "CODES", "n": 5, "explain": False})),
         Case("POST", path, 200, "explain", post({"product_list": "CODES", "n": 5, "explain": True})),
         Case("POST", path, 200, "default explain", post({"product_list": "CODES"})),
-        Case("POST", path, 200, "options", post({"product_list": "CODES", "n": 4, "exclude": ["X"],
-                                                 "min_confidence": 0.0, "max_per_category": 2})),
-        Case("POST", path, 200, "feed and rules, explain",
-             post({"product_list": "CODES", "n": 8, "explain": True}, Api.merchandise)),
-        Case("POST", path, 200, "feed and rules, filtered and exhausted",
-             post({"product_list": "CODES", "n": 8, "categories": ["Mugs"], "price_max": 2}, Api.merchandise)),
+        Case(
+            "POST",
+            path,
+            200,
+            "options",
+            post({"product_list": "CODES", "n": 4, "exclude": ["X"], "min_confidence": 0.0, "max_per_category": 2}),
+        ),
+        Case(
+            "POST",
+            path,
+            200,
+            "feed and rules, explain",
+            post({"product_list": "CODES", "n": 8, "explain": True}, Api.merchandise),
+        ),
+        Case(
+            "POST",
+            path,
+            200,
+            "feed and rules, filtered and exhausted",
+            post({"product_list": "CODES", "n": 8, "categories": ["Mugs"], "price_max": 2}, Api.merchandise),
+        ),
         Case("POST", path, 200, "unknown items: popular", post({"product_list": ["NO-SUCH-ITEM"], "n": 3})),
         Case("POST", path, 200, "empty basket, explain", post({"product_list": [], "n": 3, "explain": True})),
         Case("POST", path, 401, "no token", post({"product_list": []}, token=False)),
@@ -145,17 +183,24 @@ def _basket_cases(path: str) -> list[Case]:
         Case("POST", path, 422, "bad field", post({"product_list": "CODES", "n": 0})),
         Case("POST", path, 422, "not JSON", lambda api: api.call("POST", path, content=b"{")),
         Case("POST", path, 503, "no model", post({"product_list": []}, Api.no_model)),
-        Case("POST", path, 503, "user store unreachable",
-             post({"product_list": []}, lambda api: (api.headers, api.fail_reads("users/")))),
+        Case(
+            "POST",
+            path,
+            503,
+            "user store unreachable",
+            post({"product_list": []}, lambda api: (api.headers, api.fail_reads("users/"))),
+        ),
     ]
 
 
-def _get(path: str, setup: Callable[[Api], None] | None = None, token: bool = True,
-         **kwargs) -> Callable[[Api], Response]:
+def _get(
+    path: str, setup: Callable[[Api], None] | None = None, token: bool = True, **kwargs
+) -> Callable[[Api], Response]:
     def send(api: Api) -> Response:
         if setup:
             setup(api)
         return api.call("GET", path, token=token, **kwargs)
+
     return send
 
 
@@ -182,7 +227,9 @@ def _degraded(api: Api) -> None:
 
 def _throttled(api: Api) -> Response:
     for _ in range(get_settings().login_failures_per_user):
-        assert api.call("POST", "/token", token=False, data={"username": "alice", "password": "wrong"}).status_code == 401
+        assert (
+            api.call("POST", "/token", token=False, data={"username": "alice", "password": "wrong"}).status_code == 401
+        )
     return api.call("POST", "/token", token=False, data={"username": "alice", "password": "wrong"})
 
 
@@ -190,8 +237,10 @@ def _login(password: str | None = None, setup: Callable[[Api], None] | None = No
     def send(api: Api) -> Response:
         if setup:
             setup(api)
-        return api.call("POST", "/token", token=False,
-                        data={"username": "alice", "password": password or api.user.password})
+        return api.call(
+            "POST", "/token", token=False, data={"username": "alice", "password": password or api.user.password}
+        )
+
     return send
 
 
@@ -201,9 +250,21 @@ def _user_cases(path: str) -> list[Case]:
         Case("GET", path, 401, "no token", _get(path, token=False)),
         Case("GET", path, 401, "bad token", _get(path, token=False, headers={"Authorization": "Bearer a.b.c"})),
         Case("GET", path, 413, "body too large", lambda api: api.too_large("GET", path)),
-        Case("GET", path, 503, "user store unreachable", _get(path, lambda api: (
-            api.monkeypatch.setenv("USER_CACHE_SECONDS", "0"), get_settings.cache_clear(), api.headers,
-            api.fail_reads("users/")))),
+        Case(
+            "GET",
+            path,
+            503,
+            "user store unreachable",
+            _get(
+                path,
+                lambda api: (
+                    api.monkeypatch.setenv("USER_CACHE_SECONDS", "0"),
+                    get_settings.cache_clear(),
+                    api.headers,
+                    api.fail_reads("users/"),
+                ),
+            ),
+        ),
     ]
 
 
@@ -212,18 +273,33 @@ def _console_cases(path: str) -> list[Case]:
         etag = api.call("GET", path, token=False).headers["etag"]
         return api.call("GET", path, token=False, headers={"If-None-Match": etag})
 
-    return [Case("GET", path, 200, "the file", _get(path, token=False)),
-            Case("GET", path, 304, "unchanged", unchanged)]
+    return [Case("GET", path, 200, "the file", _get(path, token=False)), Case("GET", path, 304, "unchanged", unchanged)]
 
 
 CASES = [
     Case("POST", "/token", 200, "a token", _login()),
-    Case("POST", "/token", 400, "unparsable form", lambda api: api.call(
-        "POST", "/token", token=False, content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=x"})),
+    Case(
+        "POST",
+        "/token",
+        400,
+        "unparsable form",
+        lambda api: api.call(
+            "POST",
+            "/token",
+            token=False,
+            content=b"garbage",
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        ),
+    ),
     Case("POST", "/token", 401, "wrong password", _login("wrong")),
     Case("POST", "/token", 413, "body too large", lambda api: api.too_large("POST", "/token")),
-    Case("POST", "/token", 422, "no password", lambda api: api.call("POST", "/token", token=False,
-                                                                     data={"username": "alice"})),
+    Case(
+        "POST",
+        "/token",
+        422,
+        "no password",
+        lambda api: api.call("POST", "/token", token=False, data={"username": "alice"}),
+    ),
     Case("POST", "/token", 429, "too many failures", _throttled),
     Case("POST", "/token", 503, "user store unreachable", _login(setup=lambda api: api.fail_reads("users/"))),
     *_user_cases("/users/me"),
@@ -294,15 +370,31 @@ def test_request_options_are_the_options_of_an_answer():
     options = {f.name for f in dataclasses.fields(Options)}
     assert set(OPTION_NAMES) == options - {"explain"}
     assert set(OPTION_NAMES) | {"explain"} <= set(BasketIn.model_fields)
-    everything = BasketIn(product_list=[], exclude=[" A "], categories=["Home"], exclude_categories=["Garden"],
-                          price_min=1, price_max=2, max_price_ratio=3, min_confidence=0.5, max_per_category=2)
-    assert everything.options(explain=False) == Options(exclude=("A",), categories=("Home",),
-                                                        exclude_categories=("Garden",), price_min=1, price_max=2,
-                                                        max_price_ratio=3, min_confidence=0.5, max_per_category=2)
+    everything = BasketIn(
+        product_list=[],
+        exclude=[" A "],
+        categories=["Home"],
+        exclude_categories=["Garden"],
+        price_min=1,
+        price_max=2,
+        max_price_ratio=3,
+        min_confidence=0.5,
+        max_per_category=2,
+    )
+    assert everything.options(explain=False) == Options(
+        exclude=("A",),
+        categories=("Home",),
+        exclude_categories=("Garden",),
+        price_min=1,
+        price_max=2,
+        max_price_ratio=3,
+        min_confidence=0.5,
+        max_per_category=2,
+    )
     assert BasketIn(product_list=[]).options(explain=False) is None
 
 
 def test_an_answered_item_declares_what_the_feed_and_the_sources_can_say():
-    assert tuple(ItemOut.model_fields)[-len(SHOWN):] == SHOWN
+    assert tuple(ItemOut.model_fields)[-len(SHOWN) :] == SHOWN
     source = ItemOut.model_fields["source"].annotation
     assert get_args(get_args(source)[0]) == SOURCES and get_args(source)[0].__origin__ is Literal

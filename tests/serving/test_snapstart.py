@@ -40,17 +40,27 @@ def init_then_restore(tmp_path, env: dict) -> dict:
     fake = tmp_path / "runtime"
     fake.mkdir()
     (fake / "snapshot_restore_py.py").write_text(FAKE_HOOKS)
-    result = subprocess.run([sys.executable, "-c", INIT_THEN_RESTORE, str(ROOT / "functions" / "recommend"),
-                             str(fake)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", INIT_THEN_RESTORE, str(ROOT / "functions" / "recommend"), str(fake)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("SNAP ")), None)
     assert result.returncode == 0 and line, result.stdout + result.stderr
-    return json.loads(line[len("SNAP "):])
+    return json.loads(line[len("SNAP ") :])
 
 
 @pytest.fixture
 def env(trained_storage, tmp_path) -> dict:
-    return {**os.environ, "STORAGE_URL": str(trained_storage.root), "JWT_SECRET": "k" * 48,
-            "CACHE_DIR": str(tmp_path / "cache")}
+    return {
+        **os.environ,
+        "STORAGE_URL": str(trained_storage.root),
+        "JWT_SECRET": "k" * 48,
+        "CACHE_DIR": str(tmp_path / "cache"),
+    }
 
 
 def test_preload_loads_the_model_at_init_and_renews_after_restore(env, tmp_path):

@@ -8,6 +8,7 @@ import stat
 
 import jwt
 import pytest
+
 from recommender.core.errors import AuthError, ConfigError
 from recommender.core.settings import Settings
 from recommender.core.storage import LocalStorage
@@ -74,8 +75,9 @@ def test_a_header_naming_another_algorithm_is_refused_even_when_signed_with_the_
     assert verify_token(_hs256(CLAIMS), SECRET).username == "alice"  # the same, naming HS256, is accepted
 
 
-@pytest.mark.parametrize("suffix", ["=", "==", "===", ".", "..", "!", "A", "AA", "é", " ", "\n", "%3D", "\x00",
-                                    ".eyJ9", "~"])
+@pytest.mark.parametrize(
+    "suffix", ["=", "==", "===", ".", "..", "!", "A", "AA", "é", " ", "\n", "%3D", "\x00", ".eyJ9", "~"]
+)
 def test_anything_appended_to_a_token_is_refused(suffix, pyjwt_decoding):
     token = issue_token("alice", SECRET, clock=lambda: 1000)
     assert verify_token(token, SECRET, clock=lambda: 1001).username == "alice"  # now cached as valid
@@ -90,6 +92,7 @@ def pyjwt_decoding(request, monkeypatch):
     """PyJWT as installed, and PyJWT decoding segments as leniently as its releases before 2.14 did (any character
     outside the alphabet skipped, unused bits ignored): tokens.py refuses the same either way."""
     if request.param == "lenient base64":
+
         def lenient(segment: bytes, name: str) -> bytes:
             try:
                 return base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
@@ -124,12 +127,23 @@ def test_expiry_is_checked_on_every_use_of_a_cached_token():
         verify_token(token, SECRET, clock=lambda: 1600)
 
 
-@pytest.mark.parametrize("claims", [
-    {k: v for k, v in CLAIMS.items() if k != "sub"}, {k: v for k, v in CLAIMS.items() if k != "exp"},
-    {k: v for k, v in CLAIMS.items() if k != "iat"}, {k: v for k, v in CLAIMS.items() if k != "jti"},
-    {**CLAIMS, "sub": 5}, {**CLAIMS, "exp": "9999999999"}, {**CLAIMS, "exp": 9999999999.5}, {**CLAIMS, "iat": "1"},
-    {**CLAIMS, "jti": 7}, {**CLAIMS, "stm": 7}, {**CLAIMS, "aud": "elsewhere"}, {**CLAIMS, "nbf": 9999999999},
-])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {k: v for k, v in CLAIMS.items() if k != "sub"},
+        {k: v for k, v in CLAIMS.items() if k != "exp"},
+        {k: v for k, v in CLAIMS.items() if k != "iat"},
+        {k: v for k, v in CLAIMS.items() if k != "jti"},
+        {**CLAIMS, "sub": 5},
+        {**CLAIMS, "exp": "9999999999"},
+        {**CLAIMS, "exp": 9999999999.5},
+        {**CLAIMS, "iat": "1"},
+        {**CLAIMS, "jti": 7},
+        {**CLAIMS, "stm": 7},
+        {**CLAIMS, "aud": "elsewhere"},
+        {**CLAIMS, "nbf": 9999999999},
+    ],
+)
 def test_claims_of_the_wrong_shape_are_refused(claims):
     with pytest.raises(AuthError, match="invalid token"):
         verify_token(_hs256(claims), SECRET)

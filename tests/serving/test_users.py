@@ -7,6 +7,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from recommender.core.errors import AlreadyExists, AuthError, InvalidInput, NotFound
 from recommender.serving.users import (
     UserCache,
@@ -17,7 +18,6 @@ from recommender.serving.users import (
     get_user,
     list_users,
 )
-
 from tests.conftest import ROOT
 
 
@@ -75,6 +75,7 @@ def test_ten_concurrent_adds_one_winner(storage):
             return i
         except AlreadyExists:
             return None
+
     with ThreadPoolExecutor(10) as pool:
         winners = [r for r in pool.map(attempt, range(10)) if r is not None]
     assert len(winners) == 1
@@ -83,9 +84,17 @@ def test_ten_concurrent_adds_one_winner(storage):
 
 def test_ten_concurrent_cli_processes_one_winner(tmp_path):
     env = {**os.environ, "STORAGE_URL": str(tmp_path / "store"), "BCRYPT_ROUNDS": "4", "PW": "password-1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "recommender", "add-user", "same", "--password-env", "PW"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(10)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "recommender", "add-user", "same", "--password-env", "PW"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(10)
+    ]
     results = [(p.wait(), p.stderr.read()) for p in procs]
     assert [rc for rc, _ in results].count(0) == 1
     failures = [err for rc, err in results if rc != 0]
@@ -123,8 +132,19 @@ def test_records_from_before_case_insensitive_names_still_work(storage):
         add_user(storage, "BOB2", "password-2", rounds=4)
 
 
-@pytest.mark.parametrize("email", ["a@b.c<script>", "a@b.c", "<a>@b.com", "a b@c.com", "a@b..com", "a@-b.com",
-                                   "a@b.com\nBcc: x@y.com", "x" * 250 + "@b.com"])
+@pytest.mark.parametrize(
+    "email",
+    [
+        "a@b.c<script>",
+        "a@b.c",
+        "<a>@b.com",
+        "a b@c.com",
+        "a@b..com",
+        "a@-b.com",
+        "a@b.com\nBcc: x@y.com",
+        "x" * 250 + "@b.com",
+    ],
+)
 def test_malformed_emails_refused(storage, email):
     with pytest.raises(InvalidInput, match="malformed email"):
         add_user(storage, "dave", "password-1", email=email, rounds=4)
@@ -168,6 +188,7 @@ def test_unknown_users_cost_the_configured_rounds(storage, monkeypatch):
     def spy(rounds=12):
         used.append(rounds)
         return real(rounds)
+
     monkeypatch.setattr(users, "password_context", spy)
     users.dummy_hash.cache_clear()
     with pytest.raises(AuthError):

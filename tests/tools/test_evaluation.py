@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from recommender.tools import evaluation
 from recommender.tools.evaluation import Cases, score, temporal_split
 from recommender.training.ingest import load_transactions
@@ -23,8 +24,13 @@ CODE = {"A": "11", "B": "12", "C": "13", "D": "14", "E": "15", "X": "19"}
 
 def test_split_by_date_and_hide_one_known_item(tmp_path):
     rows = []
-    for inv, day, items in [("100", "2011-01-01", "ABC"), ("101", "2011-01-10", "ABD"), ("102", "2011-02-20", "ABE"),
-                            ("103", "2011-02-25", "AX"), ("104", "2011-02-26", "CD")]:
+    for inv, day, items in [
+        ("100", "2011-01-01", "ABC"),
+        ("101", "2011-01-10", "ABD"),
+        ("102", "2011-02-20", "ABE"),
+        ("103", "2011-02-25", "AX"),
+        ("104", "2011-02-26", "CD"),
+    ]:
         rows += [f"{inv},{CODE[i]},d{i},1,{day} 10:00,1\n" for i in items]
     tx = load_transactions(write(tmp_path, rows))
     split = temporal_split(tx, days=10, seed=0)
@@ -43,9 +49,11 @@ def test_split_by_date_and_hide_one_known_item(tmp_path):
 
 def test_metrics_on_a_hand_checked_case():
     cases = Cases(queries=[np.array([0]), np.array([1]), np.array([2])], hidden=np.array([5, 6, 7]))
-    ranked = [np.array([5, 1, 2]),          # hit at rank 1
-              np.array([3, 4, 6]),          # hit at rank 3
-              np.array([3, 4, 5])]          # miss
+    ranked = [
+        np.array([5, 1, 2]),  # hit at rank 1
+        np.array([3, 4, 6]),  # hit at rank 3
+        np.array([3, 4, 5]),
+    ]  # miss
     result = score("x", ranked, cases, n_items=10)
     assert result.hr == pytest.approx(2 / 3)
     assert result.mrr == pytest.approx((1 + 1 / 3) / 3)
@@ -58,6 +66,7 @@ def test_evaluation_needs_dates(tmp_path):
     path = tmp_path / "nodates.csv"
     path.write_text("InvoiceNo,StockCode,Description,CustomerID\n1,11,a,\n1,12,b,\n")
     from recommender.core.errors import DataFileError
+
     with pytest.raises(DataFileError, match="needs dates"):
         temporal_split(load_transactions(path), 30)
 
@@ -80,9 +89,13 @@ def test_full_run_on_synthetic_data(tmp_path):
     assert "| method | HR@10" in (folder / "table.md").read_text()
     # Confidence on the test period, which the model never saw: close to what the shoppers bought.
     cal = saved["product_stats"]["calibration"]
-    print(f"synthetic test period: ECE {cal['ece']:.4f}, predicted {cal['mean_predicted']:.4f}, "
-          f"observed {cal['mean_observed']:.4f}")
-    assert cal["calibrated"] and cal["observations"] > 1000 and sum(b["count"] for b in cal["bins"]) == cal["observations"]
+    print(
+        f"synthetic test period: ECE {cal['ece']:.4f}, predicted {cal['mean_predicted']:.4f}, "
+        f"observed {cal['mean_observed']:.4f}"
+    )
+    assert (
+        cal["calibrated"] and cal["observations"] > 1000 and sum(b["count"] for b in cal["bins"]) == cal["observations"]
+    )
     assert cal["ece"] < 0.05 and abs(cal["mean_predicted"] - cal["mean_observed"]) < 0.05
     assert by_name["product"].ece == cal["ece"] and f"| {cal['ece']:.4f} |" in (folder / "table.md").read_text()
     assert (folder / "reliability.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,6 +8,7 @@ from contextlib import redirect_stdout
 
 import pyarrow.parquet as pq
 import pytest
+
 from recommender import cli
 from recommender.core import registry
 from recommender.tools import export
@@ -27,8 +28,17 @@ def served(trained_storage, tmp_path):
 
 
 def test_neutralize():
-    assert [export.neutralize(v) for v in ("=1+1", "+A", "-2", "@SUM", "\tx", "ok", "", 3.5, None)] == \
-           ["'=1+1", "'+A", "'-2", "'@SUM", "'\tx", "ok", "", 3.5, None]
+    assert [export.neutralize(v) for v in ("=1+1", "+A", "-2", "@SUM", "\tx", "ok", "", 3.5, None)] == [
+        "'=1+1",
+        "'+A",
+        "'-2",
+        "'@SUM",
+        "'\tx",
+        "ok",
+        "",
+        3.5,
+        None,
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
@@ -52,10 +62,13 @@ def test_a_row_per_item_and_rank(served, tmp_path, fmt):
     assert {r["item_code"] for r in rows} == set(model.items.codes)
     assert [int(r["rank"]) for r in rows[:5]] == [1, 2, 3, 4, 5]
     assert all(r["stock_code"] != top for r in rows), "an out-of-stock item was exported as a complement"
-    assert {r["model_version"] for r in rows} == {model.version} and {r["feed_version"] for r in rows} == {model.feed_version}
+    assert {r["model_version"] for r in rows} == {model.version} and {r["feed_version"] for r in rows} == {
+        model.feed_version
+    }
     model_rows = [r for r in rows if r["source"] == "model" and r["reason_code"]]
-    assert model_rows and all(r["reason_code"] == r["item_code"] and float(r["reason_share"]) == 1.0
-                              for r in model_rows)
+    assert model_rows and all(
+        r["reason_code"] == r["item_code"] and float(r["reason_share"]) == 1.0 for r in model_rows
+    )
     categories = {r["category"] for r in rows if r["stock_code"] == tricky}
     assert categories == ({'=HYPERLINK("x")'} if fmt == "jsonl" else {'\'=HYPERLINK("x")'})
 
@@ -63,12 +76,14 @@ def test_a_row_per_item_and_rank(served, tmp_path, fmt):
 def test_baskets_file_in_order_with_errors_then_resumed(served, tmp_path):
     model, top, _tricky = served
     code = model.items.codes[0]
-    lines = [json.dumps({"product_list": [code], "n": 3}),
-             "{not json",
-             json.dumps({"product_list": [code], "n": 2, "price_min": 5, "price_max": 1}),
-             "",
-             json.dumps({"product_list": [], "n": 4, "exclude": [top]}),
-             json.dumps({"product_list": [code], "n": 3, "explain": False})]
+    lines = [
+        json.dumps({"product_list": [code], "n": 3}),
+        "{not json",
+        json.dumps({"product_list": [code], "n": 2, "price_min": 5, "price_max": 1}),
+        "",
+        json.dumps({"product_list": [], "n": 4, "exclude": [top]}),
+        json.dumps({"product_list": [code], "n": 3, "explain": False}),
+    ]
     baskets = tmp_path / "baskets.jsonl"
     baskets.write_text("\n".join(lines) + "\n")
     out = tmp_path / "answers.jsonl"

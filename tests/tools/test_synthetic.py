@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+
 from recommender.core.errors import InvalidInput
 from recommender.tools import synthetic
 from recommender.tools.synthetic import (
@@ -25,8 +26,14 @@ from recommender.tools.synthetic import (
 )
 
 SERVICES = {"POST", "DOT", "M", "BANK CHARGES", "AMAZONFEE"}
-TEXT_COLUMNS = {"InvoiceNo": str, "StockCode": str, "Description": str, "InvoiceDate": str, "CustomerID": str,
-                "Country": str}
+TEXT_COLUMNS = {
+    "InvoiceNo": str,
+    "StockCode": str,
+    "Description": str,
+    "InvoiceDate": str,
+    "CustomerID": str,
+    "Country": str,
+}
 
 
 def read(path) -> pd.DataFrame:
@@ -36,8 +43,12 @@ def read(path) -> pd.DataFrame:
 
 def clean(frame: pd.DataFrame) -> pd.DataFrame:
     """Purchase lines of real products only."""
-    keep = (~frame.InvoiceNo.str.startswith("C") & (frame.Quantity > 0) & frame.Description.notna()
-            & frame.StockCode.str.strip().str.fullmatch(r"\d{5}[A-Z]?"))
+    keep = (
+        ~frame.InvoiceNo.str.startswith("C")
+        & (frame.Quantity > 0)
+        & frame.Description.notna()
+        & frame.StockCode.str.strip().str.fullmatch(r"\d{5}[A-Z]?")
+    )
     return frame[keep].assign(StockCode=frame.StockCode.str.strip())
 
 
@@ -78,9 +89,11 @@ def test_gz_round_trip_equals_frame_and_summary_counts_it(tmp_path, monkeypatch)
     pd.testing.assert_frame_equal(written, generate_frame(TINY))
     codes = written.StockCode.str.strip()
     assert summary == GenerationSummary(
-        rows=len(written), invoices=written.InvoiceNo.nunique(),
+        rows=len(written),
+        invoices=written.InvoiceNo.nunique(),
         products=codes[codes.isin(set(product_range(TINY).StockCode))].nunique(),
-        customers=written.CustomerID.nunique(), path=path,
+        customers=written.CustomerID.nunique(),
+        path=path,
     )
     assert not list(tmp_path.rglob("*.partial"))
 
@@ -262,10 +275,16 @@ def test_presets():
         preset("huge")
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"invoices": 0}, "invoices"), ({"products": 1}, "products"), ({"customers": 0}, "customers"),
-    ({"guest_share": 1.5}, "guest_share"), ({"start": "yesterday"}, "start"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"invoices": 0}, "invoices"),
+        ({"products": 1}, "products"),
+        ({"customers": 0}, "customers"),
+        ({"guest_share": 1.5}, "guest_share"),
+        ({"start": "yesterday"}, "start"),
+    ],
+)
 def test_bad_specs_are_refused_with_a_message_naming_the_field(changes, field):
     with pytest.raises(InvalidInput, match=field):
         replace(TINY, **changes)

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from recommender.serving.confidence import Confidence
 from recommender.training import calibration
 from recommender.training.calibration import Observations, pav
@@ -15,8 +16,9 @@ def brute_force_isotonic(values, weights):
     best, best_cost = None, np.inf
     for cuts in itertools.chain.from_iterable(itertools.combinations(range(1, n), k) for k in range(n)):
         bounds = [0, *cuts, n]
-        fit = np.concatenate([np.full(b - a, np.average(values[a:b], weights=weights[a:b]))
-                              for a, b in zip(bounds, bounds[1:])])
+        fit = np.concatenate(
+            [np.full(b - a, np.average(values[a:b], weights=weights[a:b])) for a, b in zip(bounds, bounds[1:])]
+        )
         if np.all(np.diff(fit) >= -1e-12):
             cost = float(np.sum(weights * (values - fit) ** 2))
             if cost < best_cost:
@@ -53,7 +55,9 @@ def synthetic_observations(n=30_000, seed=0):
 
 def test_fitted_confidence_matches_the_truth_and_is_monotone():
     obs, truth = synthetic_observations()
-    spec = calibration.fit(obs, Observations(np.zeros(4), np.array([1, 2, 1, 2]), np.array([1, 0, 0, 0], bool)), 100, 20)
+    spec = calibration.fit(
+        obs, Observations(np.zeros(4), np.array([1, 2, 1, 2]), np.array([1, 0, 0, 0], bool)), 100, 20
+    )
     assert spec["index"]["score"] > 0 > spec["index"]["log_rank"]
     confidence = Confidence.from_json(calibration.to_json(spec))
     predicted = confidence(obs.scores, obs.ranks)
@@ -64,8 +68,10 @@ def test_fitted_confidence_matches_the_truth_and_is_monotone():
         assert np.all(np.diff(confidence(grid_scores, np.full(61, rank))) >= 0)  # never falls with the score
     for score in (-0.5, 0.0, 0.3, 1.0, 4.0):
         assert np.all(np.diff(confidence(np.full(100, score), np.arange(1, 101))) <= 0)  # never rises with the rank
-    assert confidence(np.array([-100.0, 100.0]), np.array([1, 1])).tolist() == [spec["curve"]["y"][0],
-                                                                                 spec["curve"]["y"][-1]]
+    assert confidence(np.array([-100.0, 100.0]), np.array([1, 1])).tolist() == [
+        spec["curve"]["y"][0],
+        spec["curve"]["y"][-1],
+    ]
     assert spec["popular"]["rate"][:2] == [0.5, 0.0]
 
 
@@ -96,5 +102,4 @@ def test_reliability_and_ece_by_hand():
     observed = np.array([0, 1, 0, 1])
     bins = calibration.reliability(predicted, observed)
     assert [(b["low"], b["count"], b["observed"]) for b in bins] == [(0.0, 2, 0.5), (0.1, 1, 0.0), (0.9, 1, 1.0)]
-    assert calibration.expected_calibration_error(predicted, observed) == pytest.approx(
-        (2 * 0.45 + 0.15 + 0.05) / 4)
+    assert calibration.expected_calibration_error(predicted, observed) == pytest.approx((2 * 0.45 + 0.15 + 0.05) / 4)

@@ -4,6 +4,7 @@ items with nothing learned: popular items, flagged fallback."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
 from recommender.serving.merchandising import Options
@@ -64,8 +65,9 @@ def test_no_signal_before_the_holdout_trains_unmeasured(tmp_path):
     said = []
     result = train(tmp_path / "late.csv", LocalStorage(tmp_path / "s"), progress=said.append)
     assert "evaluation" not in result.manifest and result.manifest["model"]["signal"]["rows_with_two"] == 20
-    assert any(line.startswith("holdout: not measured: without the held-out baskets, no co-purchase signal")
-               for line in said)
+    assert any(
+        line.startswith("holdout: not measured: without the held-out baskets, no co-purchase signal") for line in said
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+
 from recommender.core import registry
 from recommender.core.errors import DataFileError
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
 from recommender.training.pipeline import train
-
 from tests.conftest import ROOT, free_port
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (make devel installs it)")
@@ -88,8 +88,9 @@ def test_spark_trains_the_same_model(spark, single, tmp_path, tiny_csv):
     assert all(line in text for line in single_report)
 
 
-def test_a_bigger_input_gets_more_partitions_and_smaller_blocks_and_the_same_model(spark, single, tmp_path, tiny_csv,
-                                                                                      monkeypatch):
+def test_a_bigger_input_gets_more_partitions_and_smaller_blocks_and_the_same_model(
+    spark, single, tmp_path, tiny_csv, monkeypatch
+):
     from recommender.training import distributed, distributed_table
 
     assert distributed.matrix_partitions(9_600_000, 2) == 4  # the 10M-row set: two per core
@@ -114,9 +115,15 @@ def _report_lines(result):
     from recommender.training.ingest import CleaningReport, describe_report
 
     counts = result.manifest["counts"]
-    report = CleaningReport(rows_read=counts["rows_read"], dropped=counts["dropped"], rows_kept=counts["rows_kept"],
-                            baskets=counts["baskets"], items=counts["items"], customers=counts["customers"],
-                            guest_baskets=counts["guest_baskets"])
+    report = CleaningReport(
+        rows_read=counts["rows_read"],
+        dropped=counts["dropped"],
+        rows_kept=counts["rows_kept"],
+        baskets=counts["baskets"],
+        items=counts["items"],
+        customers=counts["customers"],
+        guest_baskets=counts["guest_baskets"],
+    )
     return describe_report(report)
 
 
@@ -127,7 +134,7 @@ def parquet_parts(tmp_path_factory, tiny_csv):
     folder = tmp_path_factory.mktemp("lake") / "tiny"
     folder.mkdir()
     for i, start in enumerate(range(0, len(frame), 800)):
-        frame.iloc[start:start + 800].to_parquet(folder / f"part-{i:05d}.parquet", index=False)
+        frame.iloc[start : start + 800].to_parquet(folder / f"part-{i:05d}.parquet", index=False)
     (folder / "_SUCCESS").write_text("")
     return folder
 
@@ -141,8 +148,12 @@ def test_spark_reads_parquet_parts_from_s3(spark, single, parquet_parts, tmp_pat
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        for name, value in (("AWS_ENDPOINT_URL", endpoint), ("AWS_ACCESS_KEY_ID", "testing"),
-                            ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        for name, value in (
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ):
             monkeypatch.setenv(name, value)
         import boto3
 
@@ -152,8 +163,9 @@ def test_spark_reads_parquet_parts_from_s3(spark, single, parquet_parts, tmp_pat
             client.upload_file(str(part), "lake", f"retail/{part.name}")
         remote = train("s3://lake/retail", LocalStorage(tmp_path / "s3"), progress=quiet, engine="spark")
         assert remote.manifest["source"]["location"] == "s3://lake/retail" and remote.manifest["source"]["parts"] == 3
-        assert_same_model(remote, tmp_path / "s3" / "models" / "versions" / remote.version, single_result,
-                          single_folder)
+        assert_same_model(
+            remote, tmp_path / "s3" / "models" / "versions" / remote.version, single_result, single_folder
+        )
     finally:
         server.stop()
 
@@ -184,10 +196,12 @@ def test_bad_input_gives_the_same_error_and_keeps_the_active_model(spark, single
 
 
 def test_the_default_trainer_and_the_serving_code_never_import_pyspark(tmp_path, tiny_csv):
-    code = ("import sys\nfrom recommender.core.storage import LocalStorage\nimport recommender.cli\n"
-            "import recommender.serving.model\nfrom recommender.training.pipeline import train\n"
-            f"train({str(tiny_csv)!r}, LocalStorage({str(tmp_path)!r}), progress=lambda m: None)\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('pyspark', 'py4j', 'recommender.training.distrib'))))")
+    code = (
+        "import sys\nfrom recommender.core.storage import LocalStorage\nimport recommender.cli\n"
+        "import recommender.serving.model\nfrom recommender.training.pipeline import train\n"
+        f"train({str(tiny_csv)!r}, LocalStorage({str(tmp_path)!r}), progress=lambda m: None)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('pyspark', 'py4j', 'recommender.training.distrib'))))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"')) == []

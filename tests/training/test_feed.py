@@ -5,6 +5,7 @@ import json
 
 import pytest
 from openpyxl import Workbook
+
 from recommender.core import registry
 from recommender.core.errors import DataFileError, NotFound
 from recommender.training.feed import active_model, publish_feed, read_feed, show
@@ -36,29 +37,46 @@ def write(path, header, rows, sep=","):
 def test_formats_and_merchant_center_names(tmp_path, name, sep):
     header = ["id", "Availability", "price", "product_type", "BRAND", "Title"]
     feed = read_feed(write(tmp_path / name, header, ROWS, sep or ","))
-    assert feed.items["85123A"] == {"availability": "in_stock", "price": 2.55, "currency": "GBP",
-                                    "category": "Home > Candles", "brand": "Acme", "title": "Heart holder"}
+    assert feed.items["85123A"] == {
+        "availability": "in_stock",
+        "price": 2.55,
+        "currency": "GBP",
+        "category": "Home > Candles",
+        "brand": "Acme",
+        "title": "Heart holder",
+    }
     assert feed.items["71053"] == {"availability": "out_of_stock", "price": 3.39, "category": "Home > Lights"}
     assert feed.items["22423"] == {"availability": "in_stock", "brand": "Bakers"}
     assert feed.items["84029G"]["availability"] == "out_of_stock" and feed.items["84029G"]["price"] == 12.0
 
 
 def test_headers_matched_like_the_training_file(tmp_path):
-    feed = read_feed(write(tmp_path / "p.csv", ["Stock Code", "image_link", "LINK", "Category", "other"],
-                           [["85123.0", "http://i/1.jpg", "http://p/1", "Mugs", "x"]]))
+    feed = read_feed(
+        write(
+            tmp_path / "p.csv",
+            ["Stock Code", "image_link", "LINK", "Category", "other"],
+            [["85123.0", "http://i/1.jpg", "http://p/1", "Mugs", "x"]],
+        )
+    )
     assert feed.items == {"85123": {"image_link": "http://i/1.jpg", "link": "http://p/1", "category": "Mugs"}}
 
 
-@pytest.mark.parametrize("header,rows,message", [
-    (["name", "price"], [["a", "1"]], "lacks a StockCode \\(or id\\) column; found: name, price"),
-    (["id", "availability"], [["A1", "maybe"], ["A2", "never"]],
-     "line 2: availability 'maybe' is not one of in_stock, out_of_stock, preorder, backorder.* \\(and 1 more"),
-    (["id", "price"], [["A1", "1.5"], ["A2", "cheap"]], "line 3: price 'cheap' is not a number"),
-    (["id", "price"], [["A1", "-2"]], "line 2: price '-2' is not a number"),
-    (["id"], [["A1"], ["A1"]], "line 3: stock code A1 is listed twice \\(first on line 2\\)"),
-    (["id", "title"], [["", "x"]], "line 2: the stock code is empty"),
-    (["id", "title"], [], "has a header but no rows"),
-])
+@pytest.mark.parametrize(
+    "header,rows,message",
+    [
+        (["name", "price"], [["a", "1"]], "lacks a StockCode \\(or id\\) column; found: name, price"),
+        (
+            ["id", "availability"],
+            [["A1", "maybe"], ["A2", "never"]],
+            "line 2: availability 'maybe' is not one of in_stock, out_of_stock, preorder, backorder.* \\(and 1 more",
+        ),
+        (["id", "price"], [["A1", "1.5"], ["A2", "cheap"]], "line 3: price 'cheap' is not a number"),
+        (["id", "price"], [["A1", "-2"]], "line 2: price '-2' is not a number"),
+        (["id"], [["A1"], ["A1"]], "line 3: stock code A1 is listed twice \\(first on line 2\\)"),
+        (["id", "title"], [["", "x"]], "line 2: the stock code is empty"),
+        (["id", "title"], [], "has a header but no rows"),
+    ],
+)
 def test_refusals_are_one_line(tmp_path, header, rows, message):
     with pytest.raises(DataFileError, match=message) as err:
         read_feed(write(tmp_path / "p.csv", header, rows))
@@ -83,10 +101,15 @@ def test_unusable_files(tmp_path):
 
 def test_versions_rollback_and_a_refusal_keeps_the_feed(storage, tmp_path):
     lines = []
-    first = publish_feed(storage, write(tmp_path / "a.csv", ["id", "availability"], [["A1", "in_stock"]]),
-                         progress=lines.append)
-    second = publish_feed(storage, write(tmp_path / "b.csv", ["id", "availability"], [["A1", "out_of_stock"]]),
-                          progress=lines.append, known_codes={"B2"})
+    first = publish_feed(
+        storage, write(tmp_path / "a.csv", ["id", "availability"], [["A1", "in_stock"]]), progress=lines.append
+    )
+    second = publish_feed(
+        storage,
+        write(tmp_path / "b.csv", ["id", "availability"], [["A1", "out_of_stock"]]),
+        progress=lines.append,
+        known_codes={"B2"},
+    )
     assert any("1 code(s) not in the current model" in line and "A1" in line for line in lines)
     assert registry.active_version(storage, registry.FEED) == second["version"]
     with pytest.raises(DataFileError):
@@ -101,8 +124,11 @@ def test_show(tmp_path, trained_storage):
     assert "no product feed" in show(trained_storage, None)[0]
     model = active_model(trained_storage)
     listed, unlisted = model.codes[0], model.codes[1]
-    publish_feed(trained_storage, write(tmp_path / "a.csv", ["id", "availability", "price"],
-                                        [[listed, "out_of_stock", "9.99 GBP"]]), progress=lambda _m: None)
+    publish_feed(
+        trained_storage,
+        write(tmp_path / "a.csv", ["id", "availability", "price"], [[listed, "out_of_stock", "9.99 GBP"]]),
+        progress=lambda _m: None,
+    )
     summary = "\n".join(show(trained_storage, None))
     assert "1 products" in summary and "1 out_of_stock" in summary
     one = "\n".join(show(trained_storage, listed))

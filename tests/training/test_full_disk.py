@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from recommender import cli
 from recommender.core import registry
 from recommender.core.errors import StorageError
@@ -36,8 +37,11 @@ def small_disk(tmp_path):
             pytest.skip("mounting a small tmpfs needs root")
         target = tmp_path / f"disk-{len(mounted)}"
         target.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0700", "tmpfs", str(target)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0700", "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
         mounted.append(target)
@@ -69,7 +73,7 @@ def test_a_storage_that_fills_up_keeps_nothing_of_the_training(trained_storage, 
     assert cli.main(["train", str(tiny_csv)]) == 1
     line = one_error_line(capsys.readouterr())
     assert "No space left on device" in line and "models/versions/" in line
-    assert snapshot(trained_storage.root) == before         # the three artifacts it did write are gone again
+    assert snapshot(trained_storage.root) == before  # the three artifacts it did write are gone again
 
 
 def test_full_disk_under_the_storage(trained_storage, tiny_csv, small_disk, capfd, monkeypatch):
@@ -83,7 +87,7 @@ def test_full_disk_under_the_storage(trained_storage, tiny_csv, small_disk, capf
     assert cli.main(["train", str(tiny_csv)]) == 1
     line = one_error_line(capfd.readouterr())
     assert line.startswith("error: cannot write models/versions/") and line.endswith("No space left on device")
-    assert snapshot(disk) == before                          # no artifact, no temporary file, same pointer
+    assert snapshot(disk) == before  # no artifact, no temporary file, same pointer
     assert registry.active_version(LocalStorage(disk)) == registry.active_version(trained_storage)
 
 
@@ -92,7 +96,7 @@ def test_full_disk_where_the_model_is_built(trained_storage, tiny_csv, small_dis
     before = snapshot(trained_storage.root)
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert cli.main(["train", str(tiny_csv)]) == 1
-    line = one_error_line(capfd.readouterr())           # Annoy's own message on stderr is silenced
+    line = one_error_line(capfd.readouterr())  # Annoy's own message on stderr is silenced
     assert line.startswith(f"error: cannot write the model's files in {scratch}: ") and "TMPDIR" in line
     assert "No space left on device" in line
     assert snapshot(scratch) == {} and not any(scratch.iterdir())

@@ -5,6 +5,7 @@ import os
 
 import pandas as pd
 import pytest
+
 from recommender.core import registry
 from recommender.core.errors import ModelRefused
 from recommender.core.storage import LocalStorage
@@ -12,7 +13,6 @@ from recommender.tools import synthetic
 from recommender.training import gate
 from recommender.training.gate import Comparison
 from recommender.training.pipeline import train
-
 from tests.conftest import make_runner
 
 
@@ -41,7 +41,7 @@ def test_a_wrong_export_is_refused_with_both_figures_and_staged(tmp_path, files)
     with pytest.raises(ModelRefused) as refused:
         train(files["last"], storage, progress=quiet)
     message = refused.value.message
-    assert registry.active_version(storage) == good.version   # the served model stays
+    assert registry.active_version(storage) == good.version  # the served model stays
     staged = registry.staged(storage).version
     assert "HR@10 0.4" in message and "against 0.6" in message and good.version in message and staged in message
     assert "FORCE=1" in message and "\n" not in message
@@ -111,8 +111,8 @@ def test_margin_and_minimum_cases():
     def comparison(hr_new, hr_active, cases=100):
         return Comparison("new", "old", cases, None, None, {"hr": hr_new, "mrr": 0.1}, {"hr": hr_active, "mrr": 0.1})
 
-    assert comparison(0.26, 0.30).worse(0.10)          # 13% below
-    assert not comparison(0.28, 0.30).worse(0.10)      # 7% below: noise, not a wrong file
+    assert comparison(0.26, 0.30).worse(0.10)  # 13% below
+    assert not comparison(0.28, 0.30).worse(0.10)  # 7% below: noise, not a wrong file
     assert not comparison(0.10, 0.30, cases=gate.MIN_CASES - 1).worse(0.10)
     assert not comparison(0.0, 0.0).worse(0.10)
     own = Comparison("new", "old", 100, None, None, {"hr": 0.2, "mrr": 0.1}, {"hr": 0.3, "mrr": 0.1}, own_cases=20)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
@@ -12,15 +13,16 @@ from recommender.training.ingest import load_transactions
 
 def test_policy_size_small_medium_large():
     policy = HoldoutPolicy()
-    assert policy.size(20) == 0                  # 25% of 20 is 5: too few to measure anything
-    assert policy.size(660) == 165               # a week of Online Retail: at most a quarter
-    assert policy.size(20_545) == 1027           # a year of it: 5%
-    assert policy.size(1_000_000) == 2000        # capped
+    assert policy.size(20) == 0  # 25% of 20 is 5: too few to measure anything
+    assert policy.size(660) == 165  # a week of Online Retail: at most a quarter
+    assert policy.size(20_545) == 1027  # a year of it: 5%
+    assert policy.size(1_000_000) == 2000  # capped
 
 
 def test_split_mask_most_recent_dated_then_file_order():
-    t = np.array(["2011-01-05", "NaT", "2011-01-01", "2011-01-09", "2011-01-09", "2011-01-02"] * 10,
-                 dtype="datetime64[s]")
+    t = np.array(
+        ["2011-01-05", "NaT", "2011-01-01", "2011-01-09", "2011-01-09", "2011-01-02"] * 10, dtype="datetime64[s]"
+    )
     mask = split_mask(t, HoldoutPolicy(share=0.2, min_baskets=0))
     assert mask.sum() == 10  # 20% of the 50 dated baskets
     assert not mask[np.isnat(t)].any()  # undated baskets stay in training
@@ -65,8 +67,18 @@ def test_manifest_evaluation_and_stored_cases_through_the_served_path(trained_st
     version = registry.active_version(trained_storage)
     manifest = registry.read_manifest(trained_storage, version)
     ev = manifest["evaluation"]
-    assert set(ev) == {"protocol", "cutoff", "holdout_baskets", "cases", "k", "model", "popularity", "seconds",
-                       "measured", "model_seconds"}
+    assert set(ev) == {
+        "protocol",
+        "cutoff",
+        "holdout_baskets",
+        "cases",
+        "k",
+        "model",
+        "popularity",
+        "seconds",
+        "measured",
+        "model_seconds",
+    }
     assert ev["k"] == 10 and 0 < ev["cases"] <= ev["holdout_baskets"]
     assert 0 <= ev["popularity"]["hr"] < ev["model"]["hr"] <= 1 and ev["model"]["mrr"] <= ev["model"]["hr"]
     # The published model learned from everything, the held-out baskets included.
@@ -101,13 +113,18 @@ def test_no_holdout_on_a_tiny_file_and_when_disabled(tmp_path, tiny_csv):
     from dataclasses import replace
 
     from recommender.training.pipeline import TrainingParams, train
+
     path = tmp_path / "few.csv"
-    path.write_text("InvoiceNo,StockCode,Description,CustomerID\n" +
-                    "".join(f"{b},{10 + (b + j) % 5},d,\n" for b in range(20) for j in range(3)))
+    path.write_text(
+        "InvoiceNo,StockCode,Description,CustomerID\n"
+        + "".join(f"{b},{10 + (b + j) % 5},d,\n" for b in range(20) for j in range(3))
+    )
     lines = []
     result = train(path, LocalStorage(tmp_path / "a"), progress=lines.append)
     assert "evaluation" not in result.manifest and not any(line.startswith("holdout") for line in lines)
-    result = train(tiny_csv, LocalStorage(tmp_path / "b"), replace(TrainingParams(), holdout=None), progress=lines.append)
+    result = train(
+        tiny_csv, LocalStorage(tmp_path / "b"), replace(TrainingParams(), holdout=None), progress=lines.append
+    )
     assert "evaluation" not in result.manifest and "calibration.json" not in result.manifest["artifacts"]
     assert result.manifest["params"]["holdout"] is None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from openpyxl import Workbook
+
 from recommender.core.errors import DataFileError
 from recommender.training.ingest import load_transactions
 
@@ -84,8 +85,11 @@ def test_csv_gz_and_other_columns_ignored(tmp_path):
 
 
 def test_minimal_columns_without_quantity_or_date(tmp_path):
-    path = write_csv(tmp_path / "min.csv", ["StockCode", "InvoiceNo", "CustomerID", "Description"],
-                     [["1", "10", "", "a"], ["2", "10", "", "b"], ["3", "11", "7", "c"]])
+    path = write_csv(
+        tmp_path / "min.csv",
+        ["StockCode", "InvoiceNo", "CustomerID", "Description"],
+        [["1", "10", "", "a"], ["2", "10", "", "b"], ["3", "11", "7", "c"]],
+    )
     tx = load_transactions(path)
     assert tx.item_codes == ["1", "2", "3"]
     assert np.isnat(tx.basket_time).all()
@@ -103,8 +107,10 @@ def test_xlsx_gives_the_same_ids_as_csv(tmp_path, csv_file):
 
 
 def test_xlsx_float_cells_are_normalized(tmp_path):
-    rows = [["536365", "85123", "A", "1", "2010-12-01 08:26:00", "1", "17850", "UK"],
-            ["536365", "71053", "B", "1", "2010-12-01 08:26:00", "1", "17850", "UK"]]
+    rows = [
+        ["536365", "85123", "A", "1", "2010-12-01 08:26:00", "1", "17850", "UK"],
+        ["536365", "71053", "B", "1", "2010-12-01 08:26:00", "1", "17850", "UK"],
+    ]
     wb = Workbook()
     ws = wb.active
     ws.append(HEADER)
@@ -221,11 +227,13 @@ def test_xlsx_without_calamine_falls_back_to_openpyxl(tmp_path, csv_file, monkey
     assert from_xlsx.item_codes == from_csv.item_codes and from_xlsx.report == from_csv.report
 
 
-LATIN = ("InvoiceNo,StockCode,Description,CustomerID\n"
-         "1,85123A,PLAIN MUG,17850\n"
-         "1,ÉTÉ-1,CAFÉ CRÈME SET,17850\n"
-         "2,ÉTÉ-1,CAFÉ CRÈME SET,\n"
-         "2,85123A,PLAIN MUG,\n")
+LATIN = (
+    "InvoiceNo,StockCode,Description,CustomerID\n"
+    "1,85123A,PLAIN MUG,17850\n"
+    "1,ÉTÉ-1,CAFÉ CRÈME SET,17850\n"
+    "2,ÉTÉ-1,CAFÉ CRÈME SET,\n"
+    "2,85123A,PLAIN MUG,\n"
+)
 
 
 @pytest.mark.parametrize("name", ["latin.csv", "latin.csv.gz"])
@@ -233,8 +241,11 @@ def test_a_csv_in_another_encoding_is_refused_or_read_with_its_encoding(tmp_path
     path = tmp_path / name
     data = LATIN.encode("latin-1")
     path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
-    with pytest.raises(DataFileError, match=rf"^{name} is not utf-8 text \(line 3: byte c9\): save it as UTF-8, "
-                                            r"or give its encoding, e.g. ENCODING=cp1252"):
+    with pytest.raises(
+        DataFileError,
+        match=rf"^{name} is not utf-8 text \(line 3: byte c9\): save it as UTF-8, "
+        r"or give its encoding, e.g. ENCODING=cp1252",
+    ):
         load_transactions(path)
     tx = load_transactions(path, encoding="latin-1")
     assert set(tx.item_codes) == {"85123A", "ÉTÉ-1"} and "CAFÉ CRÈME SET" in tx.descriptions

@@ -4,6 +4,7 @@ source items (the Spark engine's unit of work), with blocks smaller than the mod
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from recommender.training import neighbors
 
 
@@ -22,7 +23,7 @@ def test_gram_is_x_transpose_x(table):
     x, g, *_ = table
     dense = np.zeros(g.shape, dtype=np.float32)
     for r in range(g.shape[0]):
-        dense[r, g.indices[g.indptr[r]:g.indptr[r + 1]]] = g.data[g.indptr[r]:g.indptr[r + 1]]
+        dense[r, g.indices[g.indptr[r] : g.indptr[r + 1]]] = g.data[g.indptr[r] : g.indptr[r + 1]]
     assert np.array_equal(dense, (x.T @ x).toarray())
     assert np.array_equal(g.counts, np.asarray(x.sum(axis=0)).ravel())
 
@@ -37,15 +38,24 @@ def test_reason_counts_whole_and_by_blocks_of_sources(table):
     # As the Spark engine counts them: a block of source rows of the gram, the table's entries of those sources.
     for lo in range(0, 40, 16):
         hi = min(40, lo + 16)
-        block = neighbors.Gram(g.indptr[lo:hi + 1] - g.indptr[lo], g.indices[g.indptr[lo]:g.indptr[hi]],
-                               g.data[g.indptr[lo]:g.indptr[hi]], g.counts)
-        found = neighbors.counts_from_gram(block, indptr[lo:hi + 1] - indptr[lo], target[indptr[lo]:indptr[hi]])
-        assert np.array_equal(found, expected[indptr[lo]:indptr[hi]])
+        block = neighbors.Gram(
+            g.indptr[lo : hi + 1] - g.indptr[lo],
+            g.indices[g.indptr[lo] : g.indptr[hi]],
+            g.data[g.indptr[lo] : g.indptr[hi]],
+            g.counts,
+        )
+        found = neighbors.counts_from_gram(block, indptr[lo : hi + 1] - indptr[lo], target[indptr[lo] : indptr[hi]])
+        assert np.array_equal(found, expected[indptr[lo] : indptr[hi]])
 
 
 def test_top_neighbors_of_a_block_are_the_whole_table_s_rows(table):
     _x, g, nbrs, *_ = table
     lo, hi = 16, 32
-    block = neighbors.Gram(g.indptr[lo:hi + 1] - g.indptr[lo], g.indices[g.indptr[lo]:g.indptr[hi]],
-                           g.data[g.indptr[lo]:g.indptr[hi]], g.counts, start=lo)
+    block = neighbors.Gram(
+        g.indptr[lo : hi + 1] - g.indptr[lo],
+        g.indices[g.indptr[lo] : g.indptr[hi]],
+        g.data[g.indptr[lo] : g.indptr[hi]],
+        g.counts,
+        start=lo,
+    )
     assert np.array_equal(neighbors.top_neighbors(block, 8), nbrs[lo:hi])

@@ -6,6 +6,7 @@ import json
 import jsonschema
 import pytest
 import yaml
+
 from recommender import cli
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
@@ -25,9 +26,14 @@ boost:
 bury:
   - {brand: "Cheapo", factor: 0.2}
 """
-KNOWN = known_from(["85123A", "22423", "22699", "21212"],
-                   {"22699": {"category": "Home > Kitchen", "brand": "Acme"}, "P1": {"category": "Printers"},
-                    "I1": {"brand": "OtherInk"}})
+KNOWN = known_from(
+    ["85123A", "22423", "22699", "21212"],
+    {
+        "22699": {"category": "Home > Kitchen", "brand": "Acme"},
+        "P1": {"category": "Printers"},
+        "I1": {"brand": "OtherInk"},
+    },
+)
 
 
 def write(tmp_path, text, name="rules.yaml"):
@@ -41,35 +47,49 @@ def test_the_issue_example(tmp_path):
     assert rules["block"] == {"codes": ["POST", "85123A"], "categories": ["Gift cards"], "brands": []}
     assert rules["do_not_pair"] == [{"basket": {"category": ["Printers"]}, "item": {"brand": ["OtherInk"]}}]
     assert rules["pin"] == [{"basket": {"code": ["22423"]}, "item": {"code": ["22699"]}, "position": 1}]
-    assert rules["boost"] == [{"category": ["Kitchen"], "factor": 1.5}, {"code": ["21212"], "factor": 0.5},
-                              {"brand": ["Cheapo"], "factor": 0.2}]
+    assert rules["boost"] == [
+        {"category": ["Kitchen"], "factor": 1.5},
+        {"code": ["21212"], "factor": 0.5},
+        {"brand": ["Cheapo"], "factor": 0.2},
+    ]
     assert source.decode() == EXAMPLE
 
 
-@pytest.mark.parametrize("text,message", [
-    ("block: [\n", "not valid YAML at line 2"),
-    ("blocks:\n  codes: [A]\n", "rules: unknown key 'blocks'; allowed: block, do_not_pair, pin, boost, bury"),
-    ("block:\n  skus: [A]\n", "block: unknown key 'skus'"),
-    ("- a\n- b\n", "rules: expected a mapping"),
-    ("pin:\n  - {basket: {code: A}, item: {code: B}, position: 0}\n", "pin\\[0\\].position: must be a whole number"),
-    ("pin:\n  - {basket: {code: A}, item: {category: C}}\n", "pin\\[0\\].item: unknown key 'category'; use code"),
-    ("pin:\n  - {basket: {code: A}}\n", "pin\\[0\\]: missing 'item'"),
-    ("boost:\n  - {code: A, factor: -1}\n", "boost\\[0\\].factor: must be a positive number, got -1$"),
-    ("boost:\n  - {code: A, factor: fast}\n", "boost\\[0\\].factor: must be a positive number, got 'fast'"),
-    ("bury:\n  - {code: A, factor: 2}\n", "bury\\[0\\].factor: a bury factor must be below 1"),
-    ("bury:\n  - {code: A}\n", "bury\\[0\\]: missing 'factor'"),
-    ("pin:\n  - {basket: {code: A}, item: {code: [B, C]}}\n", "pin\\[0\\].item: a pin places one code, got 2"),
-    ("pin:\n  - {basket: {code: A}, item: {code: B}, position: '2'}\n", "pin\\[0\\].position: .* got '2'"),
-    ("do_not_pair:\n  - {basket: {code: null}, item: {code: B}}\n",
-     "do_not_pair\\[0\\].basket.code: expected a non-empty text or a list of them, got None"),
-    ("do_not_pair:\n  - {basket: {}, item: {code: B}}\n", "do_not_pair\\[0\\].basket: expected one of code: ..., "),
-    ("do_not_pair:\n  - 5\n", "do_not_pair\\[0\\]: expected a mapping, got 5"),
-    ("block: 5\n", "block: expected a mapping, got 5"),
-    ("boost:\n  - {code: A, brand: B, factor: 2}\n", "boost\\[0\\]: expected one of"),
-    ("do_not_pair:\n  - {basket: {code: A}, item: {colour: red}}\n", "do_not_pair\\[0\\].item: unknown key 'colour'"),
-    ("do_not_pair: {basket: {code: A}}\n", "do_not_pair: expected a list of entries"),
-    ("block:\n  codes: [A, '']\n", "block.codes: expected a non-empty text"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("block: [\n", "not valid YAML at line 2"),
+        ("blocks:\n  codes: [A]\n", "rules: unknown key 'blocks'; allowed: block, do_not_pair, pin, boost, bury"),
+        ("block:\n  skus: [A]\n", "block: unknown key 'skus'"),
+        ("- a\n- b\n", "rules: expected a mapping"),
+        (
+            "pin:\n  - {basket: {code: A}, item: {code: B}, position: 0}\n",
+            "pin\\[0\\].position: must be a whole number",
+        ),
+        ("pin:\n  - {basket: {code: A}, item: {category: C}}\n", "pin\\[0\\].item: unknown key 'category'; use code"),
+        ("pin:\n  - {basket: {code: A}}\n", "pin\\[0\\]: missing 'item'"),
+        ("boost:\n  - {code: A, factor: -1}\n", "boost\\[0\\].factor: must be a positive number, got -1$"),
+        ("boost:\n  - {code: A, factor: fast}\n", "boost\\[0\\].factor: must be a positive number, got 'fast'"),
+        ("bury:\n  - {code: A, factor: 2}\n", "bury\\[0\\].factor: a bury factor must be below 1"),
+        ("bury:\n  - {code: A}\n", "bury\\[0\\]: missing 'factor'"),
+        ("pin:\n  - {basket: {code: A}, item: {code: [B, C]}}\n", "pin\\[0\\].item: a pin places one code, got 2"),
+        ("pin:\n  - {basket: {code: A}, item: {code: B}, position: '2'}\n", "pin\\[0\\].position: .* got '2'"),
+        (
+            "do_not_pair:\n  - {basket: {code: null}, item: {code: B}}\n",
+            "do_not_pair\\[0\\].basket.code: expected a non-empty text or a list of them, got None",
+        ),
+        ("do_not_pair:\n  - {basket: {}, item: {code: B}}\n", "do_not_pair\\[0\\].basket: expected one of code: ..., "),
+        ("do_not_pair:\n  - 5\n", "do_not_pair\\[0\\]: expected a mapping, got 5"),
+        ("block: 5\n", "block: expected a mapping, got 5"),
+        ("boost:\n  - {code: A, brand: B, factor: 2}\n", "boost\\[0\\]: expected one of"),
+        (
+            "do_not_pair:\n  - {basket: {code: A}, item: {colour: red}}\n",
+            "do_not_pair\\[0\\].item: unknown key 'colour'",
+        ),
+        ("do_not_pair: {basket: {code: A}}\n", "do_not_pair: expected a list of entries"),
+        ("block:\n  codes: [A, '']\n", "block.codes: expected a non-empty text"),
+    ],
+)
 def test_refusals_are_one_line_and_keep_the_rules(tmp_path, text, message):
     storage = LocalStorage(tmp_path / "store")
     first = publish_rules(storage, write(tmp_path, EXAMPLE), KNOWN, progress=lambda _m: None)
@@ -103,35 +123,55 @@ def test_unknown_names_are_accepted_with_a_warning(tmp_path, storage):
 
 def test_an_empty_file_clears_the_rules(tmp_path):
     rules, _ = read_rules(write(tmp_path, ""))
-    assert rules == {"block": {"codes": [], "categories": [], "brands": []}, "do_not_pair": [], "pin": [],
-                     "boost": []}
+    assert rules == {"block": {"codes": [], "categories": [], "brands": []}, "do_not_pair": [], "pin": [], "boost": []}
 
 
 def test_the_json_schema_accepts_what_the_validator_accepts():
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
-    for text in (EXAMPLE, "", "pin:\n", "block:\n  codes:\n", "boost:\n  - {code: [22423, A], factor: 1}\n",
-                 "pin:\n  - {basket: {brand: X}, item: {code: [B]}}\n"):
+    for text in (
+        EXAMPLE,
+        "",
+        "pin:\n",
+        "block:\n  codes:\n",
+        "boost:\n  - {code: [22423, A], factor: 1}\n",
+        "pin:\n  - {basket: {brand: X}, item: {code: [B]}}\n",
+    ):
         raw = yaml.safe_load(text)
         validate(raw)
         jsonschema.validate({} if raw is None else raw, schema)
 
 
-@pytest.mark.parametrize("text", [
-    "blocks:\n  codes: [A]\n", "block:\n  skus: [A]\n", "- a\n- b\n", "block: 5\n",
-    "pin:\n  - {basket: {code: A}, item: {code: B}, position: 0}\n",
-    "pin:\n  - {basket: {code: A}, item: {code: B}, position: 101}\n",
-    "pin:\n  - {basket: {code: A}, item: {code: B}, position: '2'}\n",
-    "pin:\n  - {basket: {code: A}, item: {category: C}}\n", "pin:\n  - {basket: {code: A}}\n",
-    "pin:\n  - {basket: {code: A}, item: {code: [B, C]}}\n",
-    "boost:\n  - {code: A, factor: -1}\n", "boost:\n  - {code: A, factor: 0}\n",
-    "boost:\n  - {code: A, factor: fast}\n",
-    "boost:\n  - {code: A}\n", "boost:\n  - {factor: 2}\n", "boost:\n  - {code: A, brand: B, factor: 2}\n",
-    "bury:\n  - {code: A, factor: 2}\n", "bury:\n  - {code: A, factor: 1}\n",
-    "do_not_pair:\n  - {basket: {code: A}, item: {colour: red}}\n", "do_not_pair: {basket: {code: A}}\n",
-    "do_not_pair:\n  - {basket: {}, item: {code: B}}\n", "do_not_pair:\n  - {basket: {code: null}, item: {code: B}}\n",
-    "block:\n  codes: [A, '']\n", "block:\n  codes: [A, '  ']\n", "block:\n  brands: [true]\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "blocks:\n  codes: [A]\n",
+        "block:\n  skus: [A]\n",
+        "- a\n- b\n",
+        "block: 5\n",
+        "pin:\n  - {basket: {code: A}, item: {code: B}, position: 0}\n",
+        "pin:\n  - {basket: {code: A}, item: {code: B}, position: 101}\n",
+        "pin:\n  - {basket: {code: A}, item: {code: B}, position: '2'}\n",
+        "pin:\n  - {basket: {code: A}, item: {category: C}}\n",
+        "pin:\n  - {basket: {code: A}}\n",
+        "pin:\n  - {basket: {code: A}, item: {code: [B, C]}}\n",
+        "boost:\n  - {code: A, factor: -1}\n",
+        "boost:\n  - {code: A, factor: 0}\n",
+        "boost:\n  - {code: A, factor: fast}\n",
+        "boost:\n  - {code: A}\n",
+        "boost:\n  - {factor: 2}\n",
+        "boost:\n  - {code: A, brand: B, factor: 2}\n",
+        "bury:\n  - {code: A, factor: 2}\n",
+        "bury:\n  - {code: A, factor: 1}\n",
+        "do_not_pair:\n  - {basket: {code: A}, item: {colour: red}}\n",
+        "do_not_pair: {basket: {code: A}}\n",
+        "do_not_pair:\n  - {basket: {}, item: {code: B}}\n",
+        "do_not_pair:\n  - {basket: {code: null}, item: {code: B}}\n",
+        "block:\n  codes: [A, '']\n",
+        "block:\n  codes: [A, '  ']\n",
+        "block:\n  brands: [true]\n",
+    ],
+)
 def test_the_json_schema_refuses_what_the_validator_refuses(text):
     """What an editor marks while the file is typed is what make rules refuses."""
     raw = yaml.safe_load(text)

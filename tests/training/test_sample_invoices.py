@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+
 from recommender.core import registry
 from recommender.training.sample_invoices import MAX_ITEMS, MIN_ITEMS, draw
 
@@ -14,7 +15,7 @@ def test_samples_are_real_invoices_of_the_training_data(trained_folder, tiny_csv
     storage = LocalStorage(trained_folder)
     version = registry.active_version(storage)
     manifest = registry.read_manifest(storage, version)
-    assert registry.SAMPLES in manifest["artifacts"]   # checksummed like every artifact
+    assert registry.SAMPLES in manifest["artifacts"]  # checksummed like every artifact
     samples = json.loads(storage.read(registry.artifact_key(version, registry.SAMPLES)))["invoices"]
     rows = pd.read_csv(tiny_csv, dtype=str).apply(lambda column: column.str.strip())
     # the cleaned invoices: no returns, no service codes (POST, BANK CHARGES, ...)

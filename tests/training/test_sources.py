@@ -6,14 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from recommender.core.errors import DataFileError
 from recommender.core.storage import LocalStorage
 from recommender.training.ingest import load_transactions
 from recommender.training.pipeline import train
 from recommender.training.sources import fingerprint, resolve
-
 from tests.conftest import BUCKET
-from tests.training.test_ingest import HEADER, ROWS, write_csv
+from tests.training.test_ingest import ROWS, write_csv
 
 
 def same(a, b):
@@ -27,16 +27,18 @@ def same(a, b):
 def typed_table(rows=ROWS) -> pa.Table:
     """ROWS as a data lake would type them: integer quantities, timestamps, float customer ids with nulls."""
     columns = list(zip(*rows))
-    return pa.table({
-        "InvoiceNo": list(columns[0]),
-        "StockCode": list(columns[1]),
-        "Description": [v or None for v in columns[2]],
-        "Quantity": pa.array([int(v) for v in columns[3]], pa.int64()),
-        "InvoiceDate": pa.array(np.array(columns[4], dtype="datetime64[s]")),
-        "UnitPrice": [float(v) for v in columns[5]],
-        "CustomerID": pa.array([float(v) if v else None for v in columns[6]], pa.float64()),
-        "Country": list(columns[7]),
-    })
+    return pa.table(
+        {
+            "InvoiceNo": list(columns[0]),
+            "StockCode": list(columns[1]),
+            "Description": [v or None for v in columns[2]],
+            "Quantity": pa.array([int(v) for v in columns[3]], pa.int64()),
+            "InvoiceDate": pa.array(np.array(columns[4], dtype="datetime64[s]")),
+            "UnitPrice": [float(v) for v in columns[5]],
+            "CustomerID": pa.array([float(v) if v else None for v in columns[6]], pa.float64()),
+            "Country": list(columns[7]),
+        }
+    )
 
 
 def test_typed_parquet_reads_as_the_csv(tmp_path):
@@ -64,19 +66,22 @@ def test_folder_of_parquet_parts_trains_like_the_csv(tmp_path, tiny_csv):
     folder = tmp_path / "lake"
     folder.mkdir()
     for i, start in enumerate(range(0, len(frame), 800)):
-        frame.iloc[start:start + 800].to_parquet(folder / f"part-{i:05d}.parquet", index=False)
+        frame.iloc[start : start + 800].to_parquet(folder / f"part-{i:05d}.parquet", index=False)
     a = train(folder, LocalStorage(tmp_path / "a"), progress=lambda _m: None)
     b = train(tiny_csv, LocalStorage(tmp_path / "b"), progress=lambda _m: None)
     assert a.manifest["artifacts"] == b.manifest["artifacts"] and a.manifest["counts"] == b.manifest["counts"]
     assert a.manifest["source"]["parts"] == 3 and a.manifest["engine"] == {"name": "single"}
 
 
-@pytest.mark.parametrize("files, message", [
-    ({}, "no .csv, .csv.gz or .parquet parts in folder"),
-    ({"a.csv": "x", "b.parquet": "y"}, "mixes csv and Parquet"),
-    ({"a.csv": "x", "notes.txt": "y"}, "holds notes.txt"),
-    ({"a.xlsx": "x"}, "holds a.xlsx"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({}, "no .csv, .csv.gz or .parquet parts in folder"),
+        ({"a.csv": "x", "b.parquet": "y"}, "mixes csv and Parquet"),
+        ({"a.csv": "x", "notes.txt": "y"}, "holds notes.txt"),
+        ({"a.xlsx": "x"}, "holds a.xlsx"),
+    ],
+)
 def test_bad_folders(tmp_path, files, message):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -7,6 +7,7 @@ import sys
 from datetime import timedelta
 
 import pytest
+
 from recommender.core import registry
 from recommender.core.errors import DataFileError, ModelUnavailable, StorageError
 from recommender.core.storage import LocalStorage
@@ -14,7 +15,6 @@ from recommender.serving.model import load_model
 from recommender.training import holdout
 from recommender.training.pipeline import train
 from recommender.training.recipe import ARTIFACTS, TrainingParams
-
 from tests.conftest import ROOT
 
 
@@ -142,8 +142,13 @@ def progress(message):
 
 train(sys.argv[1], LocalStorage(sys.argv[2]), progress=progress)
 """
-    proc = subprocess.run([sys.executable, "-c", script, str(tiny_csv), str(tmp_path / "store")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_csv), str(tmp_path / "store")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, f"the training never reported {stage!r}: {proc.stdout}{proc.stderr}"
     assert registry.active_version(storage) == first.version
     load_model(storage, first.version)

@@ -21,5 +21,6 @@ def optional(module: str, purpose: str) -> ModuleType:
         # Only the package's own absence is ours to explain; a broken install of something it imports is not.
         if err.name is not None and err.name.partition(".")[0] != top:
             raise
-        raise MissingExtra(f"{purpose} needs {top}: make devel installs it "
-                           f"(or pip install -e '.[{EXTRA[top]}]')") from None
+        raise MissingExtra(
+            f"{purpose} needs {top}: make devel installs it (or pip install -e '.[{EXTRA[top]}]')"
+        ) from None

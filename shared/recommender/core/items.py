@@ -77,11 +77,14 @@ class Items:
 
     def to_json(self) -> bytes:
         """Serialized form stored as a model artifact (ITEMS_FILE)."""
-        return json.dumps({"codes": self.codes, "descriptions": self.descriptions, "popularity": self.popularity},
-                          ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(
+            {"codes": self.codes, "descriptions": self.descriptions, "popularity": self.popularity},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "Items":
+    def from_json(cls, data: bytes) -> Items:
         """Inverse of to_json."""
         raw = json.loads(data)
         return cls(raw["codes"], raw["descriptions"], raw["popularity"])
@@ -127,7 +130,7 @@ class _SearchIndex:
         """Ranks of the items with a description word that starts with prefix (repeats possible)."""
         lo = bisect_left(self.vocabulary, prefix)
         hi = bisect_left(self.vocabulary, _after_prefix(prefix), lo)
-        return self.word_ranks[self.word_start[lo]:self.word_start[hi]]
+        return self.word_ranks[self.word_start[lo] : self.word_start[hi]]
 
     def search(self, q: str, limit: int) -> list[int]:
         """Model rows: codes starting with q, then descriptions holding every word of q; by popularity."""

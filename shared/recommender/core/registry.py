@@ -15,16 +15,18 @@ import hashlib
 import json
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 from recommender.core.errors import Conflict, ModelUnavailable, NotFound, PointerDamaged, VersionUnavailable
 from recommender.core.storage import Storage
 
 MANIFEST = "manifest.json"
-SAMPLES = "samples.json"  # a model's sample invoices: training writes them, the console's "Try a real basket" reads them
+SAMPLES = (
+    "samples.json"  # a model's sample invoices: training writes them, the console's "Try a real basket" reads them
+)
 HISTORY_LENGTH = 20
 # Compare-and-swap rounds a pointer move tries before it gives up. A round is lost only when another command's move
 # succeeded meanwhile, so this many commands at once can all get through.
@@ -35,11 +37,11 @@ MOVE_ATTEMPTS = 50
 class Kind:
     """One kind of versioned thing: where its versions and pointers live, and how its errors read."""
 
-    prefix: str                       # storage folder: "models", "feed", "rules"
-    noun: str                         # in messages: "model version 2024...", "no earlier feed version"
-    none_active: str                  # message when nothing is active; {url} is the storage's URL
-    nothing_staged: str               # message when promoting with nothing staged
-    error: type[VersionUnavailable]   # raised when a version is missing, damaged or absent
+    prefix: str  # storage folder: "models", "feed", "rules"
+    noun: str  # in messages: "model version 2024...", "no earlier feed version"
+    none_active: str  # message when nothing is active; {url} is the storage's URL
+    nothing_staged: str  # message when promoting with nothing staged
+    error: type[VersionUnavailable]  # raised when a version is missing, damaged or absent
 
     @property
     def versions(self) -> str:
@@ -54,12 +56,27 @@ class Kind:
         return f"{self.prefix}/STAGED"
 
 
-MODELS = Kind("models", "model", "no trained model in {url}: run `make train PATH_TO_DATA=<file>` (or `make demo`)",
-              "nothing is staged: run `make train_parallel PATH_TO_DATA=<file>` first", ModelUnavailable)
-FEED = Kind("feed", "feed", "no product feed in {url}: run `make feed PATH_TO_FEED=<file>`",
-            "no feed is staged", VersionUnavailable)
-RULES = Kind("rules", "rules", "no merchandising rules in {url}: run `make rules PATH_TO_RULES=<file>`",
-             "no rules are staged", VersionUnavailable)
+MODELS = Kind(
+    "models",
+    "model",
+    "no trained model in {url}: run `make train PATH_TO_DATA=<file>` (or `make demo`)",
+    "nothing is staged: run `make train_parallel PATH_TO_DATA=<file>` first",
+    ModelUnavailable,
+)
+FEED = Kind(
+    "feed",
+    "feed",
+    "no product feed in {url}: run `make feed PATH_TO_FEED=<file>`",
+    "no feed is staged",
+    VersionUnavailable,
+)
+RULES = Kind(
+    "rules",
+    "rules",
+    "no merchandising rules in {url}: run `make rules PATH_TO_RULES=<file>`",
+    "no rules are staged",
+    VersionUnavailable,
+)
 KINDS = {k.prefix: k for k in (MODELS, FEED, RULES)}
 
 # The models' keys, as they were before other kinds existed.
@@ -70,7 +87,7 @@ STAGED = MODELS.staged
 
 def utcnow() -> datetime:
     """The current time in UTC (the default clock of everything that stamps versions)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -129,16 +146,22 @@ def discard(storage: Storage, keys: list[str]) -> None:
             continue
 
 
-def publish_files(storage: Storage, files: dict[str, bytes], info: dict, kind: Kind,
-                  now: Callable[[], datetime] = utcnow) -> dict:
+def publish_files(
+    storage: Storage, files: dict[str, bytes], info: dict, kind: Kind, now: Callable[[], datetime] = utcnow
+) -> dict:
     """Write small in-memory artifacts as a new version of kind (manifest last, with their sha256 and info's
     entries); returns the manifest. No pointer moves."""
     artifacts = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     content = hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()
     created = now()
     version = new_version_id(created, content)
-    manifest = {"version": version, "created_at": created.isoformat(timespec="seconds"), **info,
-                "artifacts": artifacts, "content_sha256": content}
+    manifest = {
+        "version": version,
+        "created_at": created.isoformat(timespec="seconds"),
+        **info,
+        "artifacts": artifacts,
+        "content_sha256": content,
+    }
     _write_version(storage, version, manifest, files.__getitem__, kind)
     return manifest
 
@@ -166,8 +189,12 @@ def _parse_pointer(data: bytes, storage: Storage, key: str, kind: Kind) -> Point
     try:
         raw = json.loads(data)
         version, previous = raw["version"], raw.get("previous", [])
-        if not isinstance(version, str) or not version or not isinstance(previous, list) \
-                or not all(isinstance(v, str) for v in previous):
+        if (
+            not isinstance(version, str)
+            or not version
+            or not isinstance(previous, list)
+            or not all(isinstance(v, str) for v in previous)
+        ):
             raise ValueError(key)
     except (ValueError, KeyError, TypeError, AttributeError):
         what = "empty" if not data.strip() else "not a pointer"
@@ -181,8 +208,15 @@ def note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
-def move_pointer(storage: Storage, key: str, decide: Callable[[Pointer | None], Pointer], stamp: str,
-                 now: Callable[[], datetime] = utcnow, kind: Kind = MODELS, notify: Callable[[str], None] = note) -> Pointer:
+def move_pointer(
+    storage: Storage,
+    key: str,
+    decide: Callable[[Pointer | None], Pointer],
+    stamp: str,
+    now: Callable[[], datetime] = utcnow,
+    kind: Kind = MODELS,
+    notify: Callable[[str], None] = note,
+) -> Pointer:
     """Set the pointer at key to decide(current pointer), as a compare-and-swap: the write applies only if the
     pointer is still what decide saw (an S3 conditional write, or a lock and an atomic rename on disk). When another
     command moved it in between, decide is asked again with the new one (it may raise to give up), so no command's
@@ -210,15 +244,19 @@ def move_pointer(storage: Storage, key: str, decide: Callable[[Pointer | None], 
         written = json.dumps(body, indent=1).encode()
         if storage.write_if(key, written, tag):
             if damaged:
-                notify(f"{key} in {storage.url} was damaged and is replaced; the {kind.noun} versions it named "
-                       f"before are no longer in the rollback history")
+                notify(
+                    f"{key} in {storage.url} was damaged and is replaced; the {kind.noun} versions it named "
+                    f"before are no longer in the rollback history"
+                )
             return pointer
-    raise Conflict(f"{key} in {storage.url} kept changing while this command tried to move it; it changed nothing: "
-                   f"try again")
+    raise Conflict(
+        f"{key} in {storage.url} kept changing while this command tried to move it; it changed nothing: try again"
+    )
 
 
-def write_pointer(storage: Storage, key: str, pointer: Pointer, stamp: str, now: Callable[[], datetime] = utcnow,
-                  kind: Kind = MODELS) -> None:
+def write_pointer(
+    storage: Storage, key: str, pointer: Pointer, stamp: str, now: Callable[[], datetime] = utcnow, kind: Kind = MODELS
+) -> None:
     """Set the pointer at key to exactly pointer, whatever it named before (through move_pointer's compare-and-swap,
     so it never slips between another command's read and write)."""
     move_pointer(storage, key, lambda _current: pointer, stamp, now, kind)
@@ -293,8 +331,13 @@ def read_verified(storage: Storage, version: str, name: str, kind: Kind) -> byte
     return data
 
 
-def activate(storage: Storage, version: str, now: Callable[[], datetime] = utcnow, kind: Kind = MODELS,
-             notify: Callable[[str], None] = note) -> Pointer:
+def activate(
+    storage: Storage,
+    version: str,
+    now: Callable[[], datetime] = utcnow,
+    kind: Kind = MODELS,
+    notify: Callable[[str], None] = note,
+) -> Pointer:
     """Point ACTIVE at version, remembering the one it replaces for rollback. When another command activated a
     version between this one's read and write, that version goes into the history below this one, and notify
     says so."""
@@ -311,13 +354,20 @@ def activate(storage: Storage, version: str, now: Callable[[], datetime] = utcno
 
     pointer = move_pointer(storage, kind.active, decide, "activated_at", now, kind, notify)
     if seen[-1] != seen[0] and seen[-1] is not None and seen[-1].version != version:
-        notify(f"another command activated {kind.noun} version {seen[-1].version} meanwhile; {version} replaced it "
-               f"and `rollback` returns to it")
+        notify(
+            f"another command activated {kind.noun} version {seen[-1].version} meanwhile; {version} replaced it "
+            f"and `rollback` returns to it"
+        )
     return pointer
 
 
-def stage(storage: Storage, version: str, now: Callable[[], datetime] = utcnow, kind: Kind = MODELS,
-          notify: Callable[[str], None] = note) -> None:
+def stage(
+    storage: Storage,
+    version: str,
+    now: Callable[[], datetime] = utcnow,
+    kind: Kind = MODELS,
+    notify: Callable[[str], None] = note,
+) -> None:
     """Point STAGED at version; the active one is not touched."""
     read_manifest(storage, version, kind)
     seen: list[Pointer | None] = []
@@ -328,8 +378,10 @@ def stage(storage: Storage, version: str, now: Callable[[], datetime] = utcnow, 
 
     move_pointer(storage, kind.staged, decide, "staged_at", now, kind, notify)
     if seen[-1] != seen[0] and seen[-1] is not None and seen[-1].version != version:
-        notify(f"another command staged {kind.noun} version {seen[-1].version} meanwhile; {version} replaced it "
-               f"(the other version stays listed)")
+        notify(
+            f"another command staged {kind.noun} version {seen[-1].version} meanwhile; {version} replaced it "
+            f"(the other version stays listed)"
+        )
 
 
 def promote_staged(storage: Storage, kind: Kind = MODELS, notify: Callable[[str], None] = note) -> str:
@@ -363,14 +415,16 @@ def rollback(storage: Storage, kind: Kind = MODELS, notify: Callable[[str], None
             verify(storage, candidate, kind)
         except VersionUnavailable:
             continue  # pruned or damaged: try the one before
-        target = Pointer(candidate, current.previous[current.previous.index(candidate) + 1:])
+        target = Pointer(candidate, current.previous[current.previous.index(candidate) + 1 :])
 
         def decide(now_current: Pointer | None) -> Pointer:
             if now_current != current:
                 moved = now_current.version if now_current else "nothing"
-                raise Conflict(f"the active {kind.noun} version changed while rolling back (another command made "
-                               f"{moved} active): nothing was rolled back; roll back again to undo that one")
-            return target
+                raise Conflict(
+                    f"the active {kind.noun} version changed while rolling back (another command made "
+                    f"{moved} active): nothing was rolled back; roll back again to undo that one"
+                )
+            return target  # noqa: B023 (decide runs inside move_pointer below, in this iteration)
 
         move_pointer(storage, kind.active, decide, "activated_at", utcnow, kind, notify)
         return candidate
@@ -379,19 +433,24 @@ def rollback(storage: Storage, kind: Kind = MODELS, notify: Callable[[str], None
 
 def list_versions(storage: Storage, kind: Kind = MODELS) -> list[str]:
     """Every version folder of kind in the storage, oldest first (version ids sort by creation time)."""
-    return sorted({key[len(kind.versions):].split("/", 1)[0] for key in storage.list(kind.versions)})
+    return sorted({key[len(kind.versions) :].split("/", 1)[0] for key in storage.list(kind.versions)})
 
 
 def version_time(version: str) -> datetime | None:
     """When a version was created, read from its id (None for a foreign folder name)."""
     try:
-        return datetime.strptime(version[:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+        return datetime.strptime(version[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
 
 
-def prune(storage: Storage, keep: int, now: Callable[[], datetime] = utcnow,
-          stale_after: timedelta = timedelta(minutes=30), kind: Kind = MODELS) -> list[str]:
+def prune(
+    storage: Storage,
+    keep: int,
+    now: Callable[[], datetime] = utcnow,
+    stale_after: timedelta = timedelta(minutes=30),
+    kind: Kind = MODELS,
+) -> list[str]:
     """Delete all but the newest `keep` complete versions, never the active, staged or previous one, and the
     leftovers of killed uploads (no manifest, older than stale_after: younger ones may still be uploading).
     Returns the deleted versions."""

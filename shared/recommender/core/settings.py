@@ -6,9 +6,9 @@ recommend function's cold start (bench/results/libraries.md)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from typing import Mapping
 
 from recommender.core.errors import ConfigError
 
@@ -96,12 +96,16 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
             else:
                 values[f.name] = raw
         except ValueError:
-            raise ConfigError(f"environment variable {f.name.upper()}={raw!r} is not a valid {kind.split()[0]}") from None
+            raise ConfigError(
+                f"environment variable {f.name.upper()}={raw!r} is not a valid {kind.split()[0]}"
+            ) from None
     settings = Settings(**values)
     if settings.jwt_secret is not None and len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"JWT_SECRET is {len(settings.jwt_secret.encode())} bytes long; a token signing secret needs "
-                          f"at least {MIN_SECRET_BYTES} (make one with: python3 -c 'import secrets; "
-                          "print(secrets.token_urlsafe(48))'), or leave JWT_SECRET unset to have one generated")
+        raise ConfigError(
+            f"JWT_SECRET is {len(settings.jwt_secret.encode())} bytes long; a token signing secret needs "
+            f"at least {MIN_SECRET_BYTES} (make one with: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'), or leave JWT_SECRET unset to have one generated"
+        )
     for name in ("login_failures_per_user", "login_failures_per_address", "login_workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")

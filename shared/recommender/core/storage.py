@@ -7,9 +7,10 @@ import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from recommender.core.errors import ConfigError, NotFound, StorageError
 from recommender.core.extras import optional
@@ -95,7 +96,9 @@ class LocalStorage:
         return tmp  # mkstemp already made it 0600
 
     def _fail(self, err: OSError, path: Path) -> StorageError:
-        return StorageError(f"cannot write {path.relative_to(self.root).as_posix()} in {self.url}: {err.strerror or err}")
+        return StorageError(
+            f"cannot write {path.relative_to(self.root).as_posix()} in {self.url}: {err.strerror or err}"
+        )
 
     def read(self, key: str) -> bytes:
         try:
@@ -132,7 +135,9 @@ class LocalStorage:
 
     def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
         path = self._path(key)
-        tmp: str | None = self._temp_beside(path, data)  # written before the lock: it is held for a compare and a rename
+        tmp: str | None = self._temp_beside(
+            path, data
+        )  # written before the lock: it is held for a compare and a rename
         try:
             with self._locked(path):
                 if self._tag_now(path) != tag:
@@ -247,16 +252,20 @@ class S3Storage:
             raise self._fail(err, "write", key) from None
 
     def sha256(self, key: str) -> str:
-        head = self._read(key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key),
-                                                               ChecksumMode="ENABLED"))
+        head = self._read(
+            key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        )
         stored = head.get("ChecksumSHA256") or ""
         if stored and "-" not in stored:  # "-N": a multipart checksum of checksums, not the object's
             return base64.b64decode(stored).hex()
         return hashlib.sha256(self.read(key)).hexdigest()  # written without one (by another tool)
 
     def create(self, key: str, data: bytes) -> bool:
-        return self._conditional("create", key, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"))
+        return self._conditional(
+            "create",
+            key,
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"),
+        )
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
         def get() -> tuple[bytes, str]:
@@ -267,12 +276,18 @@ class S3Storage:
 
     def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
         condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
-        return self._conditional("conditional write", key, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=self._key(key), Body=data, **condition))
+        return self._conditional(
+            "conditional write",
+            key,
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition),
+        )
 
     def delete_if(self, key: str, tag: str) -> bool:
-        return self._conditional("conditional delete", key, lambda: self.client.delete_object(
-            Bucket=self.bucket, Key=self._key(key), IfMatch=tag))
+        return self._conditional(
+            "conditional delete",
+            key,
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=tag),
+        )
 
     def _conditional(self, action: str, key: str, call: Callable[[], Any]) -> bool:
         """Run a conditional S3 request: True if it applied, False if its condition did not hold."""
@@ -285,7 +300,12 @@ class S3Storage:
             # 412: the content changed; 409 ConditionalRequestConflict: a concurrent conditional request on the key
             # won; 404 (If-Match on a key deleted meanwhile).
             if err.response.get("Error", {}).get("Code") in (
-                    "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404", "NotFound"):
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+                "NoSuchKey",
+                "404",
+                "NotFound",
+            ):
                 return False
             raise self._fail(err, action, key) from None
         except BotoCoreError as err:
@@ -311,9 +331,11 @@ class S3Storage:
 
         keys = []
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            )
             for page in pages:
-                keys.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
+                keys.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
         except (ClientError, BotoCoreError) as err:
             raise self._fail(err, "list", prefix) from None
         return sorted(keys)
@@ -346,8 +368,11 @@ def s3_client_config(settings: Settings) -> Any:
     """botocore's client configuration from the settings: retry mode, attempts, connect and read timeouts."""
     from botocore.config import Config
 
-    return Config(retries={"mode": settings.s3_retry_mode, "total_max_attempts": settings.s3_max_attempts},
-                  connect_timeout=settings.s3_connect_timeout, read_timeout=settings.s3_read_timeout)
+    return Config(
+        retries={"mode": settings.s3_retry_mode, "total_max_attempts": settings.s3_max_attempts},
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+    )
 
 
 def s3_call_limit(settings: Settings) -> float:
@@ -355,7 +380,7 @@ def s3_call_limit(settings: Settings) -> float:
     its whole connect and read timeouts, plus the longest backoffs between them (throttling: 1 s doubling, at most
     20 s each). A large download can take longer in all, but none of its reads waits past the read timeout."""
     attempts = settings.s3_max_attempts
-    backoff = sum(min(2.0 ** i, 20.0) for i in range(attempts - 1))
+    backoff = sum(min(2.0**i, 20.0) for i in range(attempts - 1))
     return attempts * (settings.s3_connect_timeout + settings.s3_read_timeout) + backoff
 
 
@@ -363,7 +388,7 @@ def open_storage(settings: Settings, s3_client: Any = None) -> Storage:
     """The storage named by settings.storage_url: a local path, or s3://bucket/prefix."""
     url = settings.storage_url
     if url.startswith("s3://"):
-        bucket, _, prefix = url[len("s3://"):].partition("/")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket:
             raise ConfigError(f"STORAGE_URL={url!r} names no bucket; use s3://bucket/prefix")
         if s3_client is None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import sys
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import MutableMapping
 from urllib.parse import urlsplit
 
 from recommender.core.errors import ConfigError
@@ -129,9 +129,13 @@ def create_bucket(endpoint_url: str, bucket: str) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     # Explicit dummy credentials: whatever the caller's environment holds never reaches the emulator.
-    client = boto3.client("s3", endpoint_url=endpoint_url, region_name=DEFAULT_REGION,
-                          aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=DEFAULT_REGION,
+        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
     try:
         client.create_bucket(Bucket=bucket)
     except ClientError as err:
@@ -144,7 +148,7 @@ def create_bucket(endpoint_url: str, bucket: str) -> None:
 def start(settings: Settings, port: int | None = None, timeout: float = 30.0) -> EmulatorStart:
     """Start moto's server on 127.0.0.1 in the background (unless one runs already) and create the bucket."""
     storage_url = emulated_storage_url(settings)
-    bucket = storage_url[len("s3://"):].partition("/")[0]
+    bucket = storage_url[len("s3://") :].partition("/")[0]
     if not bucket:
         raise ConfigError(f"STORAGE_URL={storage_url!r} names no bucket; use s3://bucket/prefix")
     running = read_pid_file(settings)
@@ -155,10 +159,17 @@ def start(settings: Settings, port: int | None = None, timeout: float = 30.0) ->
         raise ConfigError("moto's server is not installed: run `make devel` (it installs moto[server])")
     port = emulator_port(settings, port)
     if processes.port_open(HOST, port):
-        raise ConfigError(f"port {port} on {HOST} is already in use; pick another one, e.g. "
-                          f"`make emulate-s3 AWS_ENDPOINT_URL=http://{HOST}:{port + 1}`")
-    process, started = processes.spawn([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
-                                       pid_file(settings), log_file(settings), HOST, port)
+        raise ConfigError(
+            f"port {port} on {HOST} is already in use; pick another one, e.g. "
+            f"`make emulate-s3 AWS_ENDPOINT_URL=http://{HOST}:{port + 1}`"
+        )
+    process, started = processes.spawn(
+        [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        pid_file(settings),
+        log_file(settings),
+        HOST,
+        port,
+    )
     info = EmulatorInfo(**asdict(started))
     processes.wait_ready(process, pid_file(settings), lambda: processes.port_open(HOST, port), timeout, "S3 emulator")
     create_bucket(info.endpoint_url, bucket)
@@ -179,7 +190,7 @@ def usage(started: EmulatorStart) -> str:
     state = "already running" if started.already_running else "running"
     credentials = " ".join(f"{k}={v}" for k, v in {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": DEFAULT_REGION}.items())
     return f"""S3 emulator {state}: pid {info.pid}, {info.endpoint_url} (moto, in memory; log: {info.log_file})
-bucket {url[len('s3://'):].partition('/')[0]} is ready. Give every command the same two settings, e.g.
+bucket {url[len("s3://") :].partition("/")[0]} is ready. Give every command the same two settings, e.g.
   make add_user USER_NAME=alice STORAGE_URL={url} AWS_ENDPOINT_URL={info.endpoint_url}
   make train PATH_TO_DATA=purchases.csv STORAGE_URL={url} AWS_ENDPOINT_URL={info.endpoint_url}
   make run-prod STORAGE_URL={url} AWS_ENDPOINT_URL={info.endpoint_url}

@@ -26,9 +26,9 @@ class Route:
 
     method: str
     path: str
-    function: str   # logical id in the template
-    code_uri: str   # folder of the function's code
-    handler: str    # "module.attribute" of the Lambda handler
+    function: str  # logical id in the template
+    code_uri: str  # folder of the function's code
+    handler: str  # "module.attribute" of the Lambda handler
 
 
 def read_routes(template: Path) -> list[Route]:
@@ -68,8 +68,12 @@ def load_function_app(root: Path, code_uri: str, handler: str) -> Any:
 def merged_openapi(apps: list[Any], routes: list[Route]) -> dict:
     """One OpenAPI document for every routed path, so /docs shows the whole API with its Authorize button."""
     routed = {(r.method.lower(), r.path) for r in routes}
-    doc: dict[str, Any] = {"openapi": "3.1.0", "info": {"title": "Recommender API", "version": "1.0"},
-                           "paths": {}, "components": {"schemas": {}, "securitySchemes": {}}}
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "Recommender API", "version": "1.0"},
+        "paths": {},
+        "components": {"schemas": {}, "securitySchemes": {}},
+    }
     for app in apps:
         spec = app.openapi()
         for path, ops in spec.get("paths", {}).items():
@@ -122,15 +126,25 @@ class Gateway:
             page.headers["X-Content-Type-Options"] = "nosniff"
             return await page(scope, receive, send)
         if path in self._allowed:
-            return await self._send(send, 405, b'{"detail":"Method Not Allowed"}',
-                                    [(b"allow", self._allowed[path].encode())])
+            return await self._send(
+                send, 405, b'{"detail":"Method Not Allowed"}', [(b"allow", self._allowed[path].encode())]
+            )
         await self._send(send, 404, b'{"detail":"Not Found"}')
 
     @staticmethod
     async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"x-content-type-options", b"nosniff"), *headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    *headers,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

@@ -13,9 +13,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from recommender.core.errors import ConfigError
 
@@ -28,7 +28,7 @@ class Background:
     host: str
     port: int
     log_file: str
-    started: int | None = None   # the process's start time (clock ticks after boot, /proc/<pid>/stat)
+    started: int | None = None  # the process's start time (clock ticks after boot, /proc/<pid>/stat)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -68,7 +68,7 @@ def start_time(pid: int) -> int | None:
         return None
     try:
         # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
-        return int(stat[stat.rindex(")") + 2:].split()[19])
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
     except (ValueError, IndexError):
         return None
 
@@ -100,15 +100,22 @@ def log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def spawn(argv: Sequence[str], pid_path: Path, log_path: Path, host: str, port: int,
-          env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, Background]:
+def spawn(
+    argv: Sequence[str], pid_path: Path, log_path: Path, host: str, port: int, env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen, Background]:
     """Start argv detached from this terminal, output to log_path, and record it in pid_path."""
     if port_open(host, port):
         raise ConfigError(f"port {port} on {host} is already in use; choose another with PORT=...")
     pid_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   env=dict(env) if env is not None else None, start_new_session=True)
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
     info = Background(process.pid, host, port, str(log_path), start_time(process.pid))
     pid_path.write_text(json.dumps(asdict(info)))
     return process, info

@@ -33,9 +33,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._reading_head = True    # between requests, or inside a request's line and headers
-        self._head_received = 0      # bytes received while reading the head (framing included)
-        self._head_parsed = 0        # bytes of URL, names and values the parser handed over
+        self._reading_head = True  # between requests, or inside a request's line and headers
+        self._head_received = 0  # bytes received while reading the head (framing included)
+        self._head_parsed = 0  # bytes of URL, names and values the parser handed over
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: int | None = None
 
@@ -109,14 +109,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if status != 400:  # uvicorn has logged its own warning for a 400
-            client = "%s:%d" % self.client if self.client else "a client"
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
             self.logger.warning("%d for %s: %s", status, client, MESSAGES[status].format(limit=self.max_head_bytes))
         body = json.dumps({"detail": MESSAGES[status].format(limit=self.max_head_bytes)}).encode()
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
-        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
-                 b"x-content-type-options: nosniff\r\n", b"connection: close\r\n", b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"x-content-type-options: nosniff\r\n",
+            b"connection: close\r\n",
+            b"\r\n",
+        ]
         self.transport.write(b"".join(head) + body)
         self.transport.close()
 
@@ -124,5 +129,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 @lru_cache(maxsize=8)
 def limited_protocol(max_head_bytes: int, head_timeout: float) -> type[LimitedHttpToolsProtocol]:
     """The protocol class with these limits (uvicorn takes a class, not an instance; one class per pair)."""
-    return type(LimitedHttpToolsProtocol.__name__, (LimitedHttpToolsProtocol,),
-                {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout})
+    return type(
+        LimitedHttpToolsProtocol.__name__,
+        (LimitedHttpToolsProtocol,),
+        {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout},
+    )

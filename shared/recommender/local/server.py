@@ -21,6 +21,7 @@ from recommender.local.processes import Background
 
 log = logging.getLogger("recommender")
 
+
 def pid_file(settings: Settings) -> Path:
     """Where the background server's pid file lives."""
     return Path(settings.run_dir) / "server.pid"
@@ -75,8 +76,14 @@ def uvicorn_options(settings: Settings) -> dict:
     # One worker; the loop is uvicorn's "auto" (uvloop when installed), the HTTP parser httptools with limits on
     # the size and the time of a request's head (uvicorn sets neither).
     protocol = limited_protocol(settings.max_header_bytes, settings.header_timeout_seconds)
-    return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
-            "server_header": False, "http": protocol}
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "server_header": False,
+        "http": protocol,
+    }
 
 
 def _is_server(argv: list[bytes]) -> bool:
@@ -106,13 +113,22 @@ def start(settings: Settings, template: Path, timeout: float = 60.0) -> Backgrou
     """Start `serve` in the background; return once it answers /health. Refuses to start a second one."""
     running = read_pid_file(settings)
     if running is not None:
-        raise ConfigError(f"a server is already running (pid {running.pid}, http://{running.host}:{running.port}); "
-                          "`make kill` stops it")
+        raise ConfigError(
+            f"a server is already running (pid {running.pid}, http://{running.host}:{running.port}); "
+            "`make kill` stops it"
+        )
     env = {**os.environ, "HOST": settings.host, "PORT": str(settings.port), "STORAGE_URL": settings.storage_url}
-    process, info = processes.spawn([sys.executable, "-m", "recommender", "serve", "--template", str(template)],
-                                    pid_file(settings), log_file(settings), settings.host, settings.port, env)
-    processes.wait_ready(process, pid_file(settings), lambda: health(settings.host, settings.port, 1.0) is not None,
-                         timeout, "server")
+    process, info = processes.spawn(
+        [sys.executable, "-m", "recommender", "serve", "--template", str(template)],
+        pid_file(settings),
+        log_file(settings),
+        settings.host,
+        settings.port,
+        env,
+    )
+    processes.wait_ready(
+        process, pid_file(settings), lambda: health(settings.host, settings.port, 1.0) is not None, timeout, "server"
+    )
     return info
 
 

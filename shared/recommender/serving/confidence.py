@@ -41,7 +41,7 @@ class Confidence:
         self.popular_rate = np.asarray(rate, dtype=np.float64) if rate else None
 
     @classmethod
-    def from_json(cls, data: bytes | None, popular_share_per_score: float = 0.0) -> "Confidence":
+    def from_json(cls, data: bytes | None, popular_share_per_score: float = 0.0) -> Confidence:
         """From the bytes of calibration.json, or the fallback when there are none."""
         spec = json.loads(data) if data else None
         if spec is not None and spec.get("format") != FORMAT:

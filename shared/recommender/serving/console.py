@@ -14,19 +14,23 @@ from importlib import resources
 from starlette.responses import Response
 
 # Files the console is made of, by URL path; nothing else under static/ is served.
-FILES = {"/": ("index.html", "text/html; charset=utf-8"),
-         "/console.js": ("console.js", "text/javascript; charset=utf-8"),
-         "/console.css": ("console.css", "text/css; charset=utf-8")}
+FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/console.js": ("console.js", "text/javascript; charset=utf-8"),
+    "/console.css": ("console.css", "text/css; charset=utf-8"),
+}
 
 # Product images come from the retailer's feed, on whatever host it names; nothing else leaves the page.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: https: http:; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: https: http:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 HEADERS = {
     "Content-Security-Policy": CSP,
-    "X-Frame-Options": "DENY",            # frame-ancestors for browsers that predate CSP 2
-    "Referrer-Policy": "no-referrer",     # image hosts of the feed learn nothing about this server
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate CSP 2
+    "Referrer-Policy": "no-referrer",  # image hosts of the feed learn nothing about this server
     "Cross-Origin-Opener-Policy": "same-origin",
-    "Cache-Control": "no-cache",          # revalidate (ETag): a new deployment shows at once
+    "Cache-Control": "no-cache",  # revalidate (ETag): a new deployment shows at once
 }
 
 

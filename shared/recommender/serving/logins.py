@@ -10,8 +10,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from recommender.core.errors import AuthError, Busy, RecommenderError, TooManyRequests
 from recommender.core.settings import Settings
@@ -32,8 +33,14 @@ class LoginThrottle:
     concurrent guesses cannot slip past the limit together. Counts live in this process only.
     """
 
-    def __init__(self, per_user: int, per_address: int, window_seconds: float,
-                 clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        per_user: int,
+        per_address: int,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
         self.per_user = per_user
         self.per_address = per_address
         self.window = window_seconds
@@ -57,9 +64,11 @@ class LoginThrottle:
         user_key, address_key = ("user", f"{username.lower()}\0{address}"), ("address", address)
         with self._lock:
             now = self.clock()
-            waits = [times[-limit] + self.window - now
-                     for key, limit in ((user_key, self.per_user), (address_key, self.per_address))
-                     if len(times := self._recent(key, now)) >= limit]
+            waits = [
+                times[-limit] + self.window - now
+                for key, limit in ((user_key, self.per_user), (address_key, self.per_address))
+                if len(times := self._recent(key, now)) >= limit
+            ]
             if waits:
                 raise TooManyRequests(THROTTLED, retry_after=max(1, math.ceil(max(waits))))
             if len(self._failures) + 2 > self.max_keys:
@@ -154,8 +163,9 @@ class Logins:
     def __init__(self, settings: Settings, storage: Storage) -> None:
         self.settings = settings
         self.storage = storage
-        self.throttle = LoginThrottle(settings.login_failures_per_user, settings.login_failures_per_address,
-                                      settings.login_window_seconds)
+        self.throttle = LoginThrottle(
+            settings.login_failures_per_user, settings.login_failures_per_address, settings.login_window_seconds
+        )
         self.pool = PasswordPool(settings.login_workers, settings.login_queue, settings.login_nice)
 
     async def login(self, username: str, password: str, address: str, secret: str) -> str:
@@ -180,5 +190,6 @@ class Logins:
             raise
         self.throttle.succeeded(username, address, began)
         log_attempt(username, address, "success")
-        return issue_token(user.username, secret, self.settings.jwt_algorithm, self.settings.token_minutes,
-                           stamp=user.stamp)
+        return issue_token(
+            user.username, secret, self.settings.jwt_algorithm, self.settings.token_minutes, stamp=user.stamp
+        )

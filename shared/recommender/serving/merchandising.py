@@ -69,55 +69,69 @@ class Options:
     @property
     def filters(self) -> bool:
         """Whether any option narrows the eligible items."""
-        return bool(self.exclude or self.categories or self.exclude_categories or self.price_min is not None
-                    or self.price_max is not None or self.max_price_ratio is not None)
+        return bool(
+            self.exclude
+            or self.categories
+            or self.exclude_categories
+            or self.price_min is not None
+            or self.price_max is not None
+            or self.max_price_ratio is not None
+        )
 
 
 class Pick(NamedTuple):
     """One recommended item with where it came from; item and score as in serving.model.Scored."""
 
     item: Item
-    score: float                       # the ranking score: the model's score times the boost, if any
-    source: str                        # model, popular or pinned
+    score: float  # the ranking score: the model's score times the boost, if any
+    source: str  # model, popular or pinned
     confidence: float | None
     # With explain: the basket items making up the score, {"stock_code", "description", "share", "baskets"}:
     # share = that item's table weight / the score (they sum to 1; negative when the regression weighs the
     # pairing down), baskets = training baskets holding both.
     because: Because | None
-    boost: float | None                # the rules' factor when it is not 1
+    boost: float | None  # the rules' factor when it is not 1
     row: int
-    attributes: dict                   # what the feed says of the item (and its price), when known
+    attributes: dict  # what the feed says of the item (and its price), when known
 
 
 class Policy:
     """The feed and the rules of one (model, feed, rules) combination, as arrays aligned with the model's rows."""
 
-    def __init__(self, items: Items, prices: np.ndarray | None, feed: dict | None, rules: dict | None,
-                 feed_version: str | None = None, rules_version: str | None = None) -> None:
+    def __init__(
+        self,
+        items: Items,
+        prices: np.ndarray | None,
+        feed: dict | None,
+        rules: dict | None,
+        feed_version: str | None = None,
+        rules_version: str | None = None,
+    ) -> None:
         n = len(items)
         self.items = items
         self.feed_version = feed_version
         self.rules_version = rules_version
         self.price = np.full(n, np.nan) if prices is None else np.asarray(prices, dtype=np.float64).copy()
         self.eligible = np.ones(n, dtype=bool)
-        self.popular = np.asarray(items.most_popular(), dtype=np.int64)   # rows, most popular first
+        self.popular = np.asarray(items.most_popular(), dtype=np.int64)  # rows, most popular first
         self.popularity = np.asarray(items.popularity, dtype=np.float64)
         self.feed_rows: dict[int, dict] = {}
         self._shown: dict[int, dict] = {}
         self._category_masks: dict[tuple[str, ...], np.ndarray] = {}
         self.category_rows: dict[str, np.ndarray] = {}
         self.brand_rows: dict[str, np.ndarray] = {}
-        self.leaf = np.full(n, -1, dtype=np.int64)     # the full category path's id, for max_per_category
+        self.leaf = np.full(n, -1, dtype=np.int64)  # the full category path's id, for max_per_category
         self.factor: np.ndarray | None = None
-        self.pairs: dict[int, list[np.ndarray]] = {}   # basket row -> rows it forbids (do_not_pair)
+        self.pairs: dict[int, list[np.ndarray]] = {}  # basket row -> rows it forbids (do_not_pair)
         self.pins: dict[int, list[tuple[int, int]]] = {}  # basket row -> (pinned row, position)
         if feed:
             self._compile_feed(feed["items"])
         if rules:
             self._compile_rules(rules)
         # Whether answers without options can differ from the plain model's: if not, they skip all of this.
-        self.restricts = bool(feed or (rules and any(rules[k] for k in ("do_not_pair", "pin", "boost")))
-                              or not self.eligible.all())
+        self.restricts = bool(
+            feed or (rules and any(rules[k] for k in ("do_not_pair", "pin", "boost"))) or not self.eligible.all()
+        )
 
     def _compile_feed(self, items: dict[str, dict]) -> None:
         index = self.items.index
@@ -144,7 +158,7 @@ class Policy:
 
     def rows(self, selector: dict[str, list[str]]) -> np.ndarray:
         """The model rows a rule's selector names (codes, categories or brands unknown here select nothing)."""
-        (key, values), = selector.items()
+        ((key, values),) = selector.items()
         found: list[np.ndarray] = []
         for value in values:
             if key == "code":
@@ -192,7 +206,7 @@ class Policy:
                 selector = {k: entry[k] for k in SELECTOR_KEYS if k in entry}
                 self.factor[self.rows(selector)] *= entry["factor"]
 
-    def eligibility(self, basket: np.ndarray, options: Options) -> "Eligibility":
+    def eligibility(self, basket: np.ndarray, options: Options) -> Eligibility:
         """Which items may be recommended with this basket under these options, asked of a few rows at a time."""
         return Eligibility(self, basket, options)
 
@@ -273,8 +287,12 @@ class Eligibility:
             self.mask = policy.eligible.copy()
             for rows in excluded:
                 self.mask[rows] = False
-            if self.within is not None or self.outside is not None or options.price_min is not None \
-                    or self.price_max is not None:
+            if (
+                self.within is not None
+                or self.outside is not None
+                or options.price_min is not None
+                or self.price_max is not None
+            ):
                 self.mask &= self._filters(slice(None), len(self.mask))
         else:
             self.excluded = np.unique(np.concatenate(excluded)) if len(excluded) > 1 else basket
@@ -335,8 +353,11 @@ class Scores:
         ordered = self.targets[order]
         first = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1]) if len(ordered) else np.empty(0, np.int64)
         self.rows = ordered[first].astype(np.int64)
-        self.sums = np.add.reduceat(model.table_weight[self.positions].astype(np.float64)[order], first) \
-            if len(first) else np.empty(0)
+        self.sums = (
+            np.add.reduceat(model.table_weight[self.positions].astype(np.float64)[order], first)
+            if len(first)
+            else np.empty(0)
+        )
         found = np.unique(model.near(basket).ravel())
         self.candidates = found[~_members(found, basket)]
 
@@ -355,8 +376,7 @@ class Scores:
         return reached[~_members(reached, self.candidates) & ~_members(reached, basket)]
 
 
-def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
-           policy: Policy) -> tuple[list[Pick], bool]:
+def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, policy: Policy) -> tuple[list[Pick], bool]:
     """The picks for a basket of known rows (possibly empty, sorted), best first, and whether fewer than n were
     eligible."""
     options = options or Options()
@@ -414,12 +434,18 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None,
     items, shown = model.items, policy.shown
     row_list = rows.tolist()
     confidence = confidence.tolist() if confidence is not None else [None] * len(rows)
-    boosts = [None if f == 1 else f for f in policy.factor[rows].tolist()] if policy.factor is not None \
+    boosts = (
+        [None if f == 1 else f for f in policy.factor[rows].tolist()]
+        if policy.factor is not None
         else [None] * len(rows)
+    )
     because = [reasons.get(row, NO_REASONS) for row in row_list] if options.explain else [None] * len(rows)
-    picks = [Pick(items[row], score, SOURCES[src], conf, why, boost, row, shown(row))
-             for row, score, src, conf, why, boost in zip(row_list, scores.tolist(), source.tolist(), confidence,
-                                                          because, boosts)]
+    picks = [
+        Pick(items[row], score, SOURCES[src], conf, why, boost, row, shown(row))
+        for row, score, src, conf, why, boost in zip(
+            row_list, scores.tolist(), source.tolist(), confidence, because, boosts
+        )
+    ]
     return picks, len(picks) < n
 
 
@@ -428,7 +454,7 @@ def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: di
     found: list[np.ndarray] = []
     need, start, block = k, 0, max(64, 4 * k)
     while need > 0 and start < len(policy.popular):
-        chunk = policy.popular[start:start + block]
+        chunk = policy.popular[start : start + block]
         chunk = _capped(chunk[ok(chunk)], policy, need, cap, taken)
         found.append(chunk)
         need -= len(chunk)
@@ -437,8 +463,15 @@ def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: di
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
 
-def _pin(policy: Policy, basket: np.ndarray, rows: np.ndarray, scores: np.ndarray, source: np.ndarray,
-         ok: Eligibility, scored: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pin(
+    policy: Policy,
+    basket: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    source: np.ndarray,
+    ok: Eligibility,
+    scored: Scores,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pins the basket triggers, at their positions whatever their score (a merchandiser's choice), if they pass
     every filter: all pinned items out first, then each in at its position, lowest first, so pins do not shift
     one another."""
@@ -459,8 +492,15 @@ def _pin(policy: Policy, basket: np.ndarray, rows: np.ndarray, scores: np.ndarra
     return np.asarray(r, dtype=np.int64), np.asarray(sc, dtype=np.float64), np.asarray(so, dtype=np.int8)
 
 
-def _best(rows: np.ndarray, scores: np.ndarray, ok: Eligibility, policy: Policy, k: int,
-          cap: int | None, taken: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _best(
+    rows: np.ndarray,
+    scores: np.ndarray,
+    ok: Eligibility,
+    policy: Policy,
+    k: int,
+    cap: int | None,
+    taken: dict[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
     """The k best eligible rows (scores aligned with rows) by boosted score (stable), within the per-category cap."""
     keep = ok(rows)
     rows = rows[keep]
@@ -480,8 +520,9 @@ def _best(rows: np.ndarray, scores: np.ndarray, ok: Eligibility, policy: Policy,
     return rows[keep], scores[keep]
 
 
-def _capped(rows: np.ndarray, policy: Policy, k: int, cap: int | None, taken: dict[int, int],
-            positions: bool = False) -> np.ndarray:
+def _capped(
+    rows: np.ndarray, policy: Policy, k: int, cap: int | None, taken: dict[int, int], positions: bool = False
+) -> np.ndarray:
     """The first k rows (or their positions) that keep every category within cap picks (items without a category
     are not limited); taken counts the picks per category so far and is updated."""
     if cap is None:
@@ -499,8 +540,9 @@ def _capped(rows: np.ndarray, policy: Policy, k: int, cap: int | None, taken: di
     return keep_at if positions else rows[keep_at]
 
 
-def _confidence(model: Any, policy: Policy, rows: np.ndarray, source: np.ndarray,
-                scored: Scores | None) -> np.ndarray | None:
+def _confidence(
+    model: Any, policy: Policy, rows: np.ndarray, source: np.ndarray, scored: Scores | None
+) -> np.ndarray | None:
     """The model's calibrated confidence of each pick at its rank (1 = first), from the model's own score (before
     any boost; for popular picks, popularity / top popularity); None when the model has no calibration code."""
     confidence = getattr(model, "confidence", None)
@@ -528,8 +570,9 @@ class Because:
 
     __slots__ = ("items", "arrays", "start", "stop")
 
-    def __init__(self, items: Items | list[Item], arrays: tuple[np.ndarray, np.ndarray, np.ndarray], start: int,
-                 stop: int) -> None:
+    def __init__(
+        self, items: Items | list[Item], arrays: tuple[np.ndarray, np.ndarray, np.ndarray], start: int, stop: int
+    ) -> None:
         self.items, self.arrays, self.start, self.stop = items, arrays, start, stop
 
     def __len__(self) -> int:
@@ -538,23 +581,22 @@ class Because:
     @property
     def sources(self) -> np.ndarray:
         """Model rows of the basket items, largest share first."""
-        return self.arrays[0][self.start:self.stop]
+        return self.arrays[0][self.start : self.stop]
 
     @property
     def shares(self) -> np.ndarray:
         """Their shares of the score."""
-        return self.arrays[1][self.start:self.stop]
+        return self.arrays[1][self.start : self.stop]
 
     @property
     def counts(self) -> np.ndarray:
         """Training baskets holding both items (-1 for models trained before the counts were kept)."""
-        return self.arrays[2][self.start:self.stop]
+        return self.arrays[2][self.start : self.stop]
 
     def __iter__(self) -> Any:
         items = self.items
         for s, share, c in zip(self.sources.tolist(), self.shares.tolist(), self.counts.tolist()):
-            yield {"stock_code": items[s].stock_code, "description": items[s].description, "share": share,
-                   "baskets": c}
+            yield {"stock_code": items[s].stock_code, "description": items[s].description, "share": share, "baskets": c}
 
     def as_list(self) -> list[dict]:
         """The reasons as JSON-ready dicts."""
@@ -594,8 +636,11 @@ def _reasons(model: Any, scored: Scores, rows: np.ndarray) -> dict[int, Because]
     bounds = np.searchsorted(pick, np.arange(len(rows) + 1))
     items = model.items
     arrays = (sources, shares, counts)
-    return {row: Because(items, arrays, a, b)
-            for row, a, b in zip(rows.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()) if b > a}
+    return {
+        row: Because(items, arrays, a, b)
+        for row, a, b in zip(rows.tolist(), bounds[:-1].tolist(), bounds[1:].tolist())
+        if b > a
+    }
 
 
 class Merchandiser:
@@ -626,8 +671,12 @@ class Merchandiser:
         """The model to serve: current when nothing changed, else plain under the active feed and rules."""
         feed_version, feed = self._follow(registry.FEED, load_feed)
         rules_version, rules = self._follow(registry.RULES, load_rules)
-        if (current is not None and current.version == plain.version and current.feed_version == feed_version
-                and current.rules_version == rules_version):
+        if (
+            current is not None
+            and current.version == plain.version
+            and current.feed_version == feed_version
+            and current.rules_version == rules_version
+        ):
             return current
         if feed is None and rules is None:
             return plain

@@ -7,11 +7,12 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Collection, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -20,8 +21,8 @@ from recommender.core import registry
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.items import ITEMS_FILE, Item, Items
 from recommender.core.storage import Storage
-from recommender.serving.confidence import Confidence
 from recommender.serving import merchandising
+from recommender.serving.confidence import Confidence
 from recommender.serving.merchandising import Options, Policy
 
 log = logging.getLogger("recommender")
@@ -38,17 +39,17 @@ class Scored(NamedTuple):
 class Recommendation:
     """The answer for one basket."""
 
-    items: Sequence[Scored] | Sequence[merchandising.Pick]   # Picks when the feed, the rules or options had a say
-    unknown: list[str]       # basket codes the model does not know (ignored)
-    fallback: bool           # True when popularity answered: nothing in the basket is known, or nothing learned
-                             # goes with it
+    items: Sequence[Scored] | Sequence[merchandising.Pick]  # Picks when the feed, the rules or options had a say
+    unknown: list[str]  # basket codes the model does not know (ignored)
+    fallback: bool  # True when popularity answered: nothing in the basket is known, or nothing learned
+    # goes with it
     model_version: str
     exhausted: bool = False  # fewer than n items were eligible
     feed_version: str | None = None
     rules_version: str | None = None
 
 
-def _answers_of(model: "Model", size: int) -> Callable | None:
+def _answers_of(model: Model, size: int) -> Callable | None:
     """The model's answer cache (None for none). It reaches the model through a weak reference: a model must hold
     no reference cycle, so that a replaced one is freed as soon as its last request ends, not at the next full
     garbage collection (a server swapping models every few minutes would otherwise grow by a model each time)."""
@@ -65,10 +66,20 @@ class Model:
     embeddings); each candidate's score is the sum of the item-item table's weights from the basket's items.
     """
 
-    def __init__(self, version: str, manifest: dict, items: Items, index: AnnoyIndex, table_indptr: np.ndarray,
-                 table_target: np.ndarray, table_weight: np.ndarray, answer_cache: int = 0,
-                 calibration: bytes | None = None, table_count: np.ndarray | None = None,
-                 item_price: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        version: str,
+        manifest: dict,
+        items: Items,
+        index: AnnoyIndex,
+        table_indptr: np.ndarray,
+        table_target: np.ndarray,
+        table_weight: np.ndarray,
+        answer_cache: int = 0,
+        calibration: bytes | None = None,
+        table_count: np.ndarray | None = None,
+        item_price: np.ndarray | None = None,
+    ) -> None:
         self.version = version
         self.manifest = manifest
         self.items = items
@@ -77,7 +88,7 @@ class Model:
         self.table_target = table_target
         self.table_weight = table_weight
         self.table_count = table_count  # training baskets holding both items of each entry (reasons)
-        self.item_price = item_price    # most recent unit price in the training file (the feed's default)
+        self.item_price = item_price  # most recent unit price in the training file (the feed's default)
         # The feed and rules this view of the model answers with (with_policy); the plain model has none.
         self.policy: Policy | None = None
         self._plain_policy: Policy | None = None
@@ -106,7 +117,7 @@ class Model:
         """The rules version this view answers with."""
         return self.policy.rules_version if self.policy else None
 
-    def with_policy(self, policy: Policy | None) -> "Model":
+    def with_policy(self, policy: Policy | None) -> Model:
         """The same model (sharing every array and Annoy's remembered answers) answering under a feed and rules."""
         view = copy.copy(self)
         view.policy = policy
@@ -136,8 +147,15 @@ class Model:
                 policy = self._plain_policy = self._plain_policy or Policy(self.items, self.item_price, None, None)
             picks, exhausted = merchandising.answer(self, np.asarray(sorted(known), dtype=np.int64), n, options, policy)
             fallback = bool(picks) and all(p.source != merchandising.MODEL for p in picks)
-            return Recommendation(picks, unknown, not known or fallback, self.version, exhausted,
-                                  policy.feed_version, policy.rules_version)
+            return Recommendation(
+                picks,
+                unknown,
+                not known or fallback,
+                self.version,
+                exhausted,
+                policy.feed_version,
+                policy.rules_version,
+            )
         if not known:
             return Recommendation(self._popular(n, ()), unknown, True, self.version)
         items, fallback = (self._answers or self._answer)(tuple(sorted(known)), n)
@@ -193,7 +211,7 @@ class Model:
     def _remember(self, i: int, found: Sequence[int]) -> None:
         row = self._near[i]
         row[:] = i  # a short answer (few items) is padded with the item itself, dropped later
-        row[:len(found)] = found
+        row[: len(found)] = found
         self._asked[i] = True
 
     def score_basket(self, basket: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,8 +232,9 @@ class Model:
         starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
         lengths = stops - starts
         positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-        scores = np.bincount(self.table_target[positions], weights=self.table_weight[positions],
-                             minlength=len(self.items))
+        scores = np.bincount(
+            self.table_target[positions], weights=self.table_weight[positions], minlength=len(self.items)
+        )
         return candidates, scores, positions
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -240,8 +259,9 @@ def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:
     """Load one version, verifying every artifact against its manifest checksum; ModelUnavailable if it is damaged."""
     manifest = registry.verify(storage, version)
     # verify() has just made local copies of every artifact (downloads, on S3): read those, not the storage again.
-    return open_model(lambda name: storage.local_copy(registry.artifact_key(version, name)), version, manifest,
-                      answer_cache)
+    return open_model(
+        lambda name: storage.local_copy(registry.artifact_key(version, name)), version, manifest, answer_cache
+    )
 
 
 def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer_cache: int = 0) -> Model:
@@ -251,17 +271,30 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         index = AnnoyIndex(int(manifest["model"]["factors"]), manifest["model"]["metric"])
         index.load(str(path("index.ann")))  # memory-mapped by Annoy
         table = [np.load(path(f"table_{part}.npy")) for part in ("indptr", "target", "weight")]
-        calibration = (Path(path("calibration.json")).read_bytes()
-                       if "calibration.json" in manifest.get("artifacts", {}) else None)
+        calibration = (
+            Path(path("calibration.json")).read_bytes() if "calibration.json" in manifest.get("artifacts", {}) else None
+        )
         # Versions trained before reasons and default prices existed lack these two (a model being built has
         # no artifact list yet: its folder says).
-        count, price = (np.load(path(name)) if name in manifest.get("artifacts", ()) or (
-            "artifacts" not in manifest and Path(path(name)).exists()) else None
-            for name in ("table_count.npy", "item_price.npy"))
+        count, price = (
+            np.load(path(name))
+            if name in manifest.get("artifacts", ()) or ("artifacts" not in manifest and Path(path(name)).exists())
+            else None
+            for name in ("table_count.npy", "item_price.npy")
+        )
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(version, manifest, items, index, *table, answer_cache=answer_cache, calibration=calibration,
-                 table_count=count, item_price=price)
+    return Model(
+        version,
+        manifest,
+        items,
+        index,
+        *table,
+        answer_cache=answer_cache,
+        calibration=calibration,
+        table_count=count,
+        item_price=price,
+    )
 
 
 class ModelHolder:
@@ -274,8 +307,14 @@ class ModelHolder:
     under the active feed and rules (merchandising.Merchandiser), swapped as one snapshot by the same single reference.
     """
 
-    def __init__(self, storage: Storage, poll_seconds: float, answer_cache: int = 0, warm: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        poll_seconds: float,
+        answer_cache: int = 0,
+        warm: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.storage = storage
         self.poll_seconds = poll_seconds
         self.answer_cache = answer_cache
@@ -321,6 +360,7 @@ class ModelHolder:
 
     def watch(self, stop: threading.Event) -> threading.Thread:
         """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh."""
+
         def loop() -> None:
             while not stop.wait(self.poll_seconds):
                 try:

@@ -21,8 +21,12 @@ MAX_CATEGORIES = 500
 def _summary(storage: Storage, version: str) -> dict:
     manifest = registry.read_manifest(storage, version)
     source = manifest.get("source") or {}
-    return {"created_at": manifest.get("created_at"), "items": (manifest.get("counts") or {}).get("items"),
-            "source_file": source.get("file"), "evaluation": manifest.get("evaluation")}
+    return {
+        "created_at": manifest.get("created_at"),
+        "items": (manifest.get("counts") or {}).get("items"),
+        "source_file": source.get("file"),
+        "evaluation": manifest.get("evaluation"),
+    }
 
 
 def versions(storage: Storage, served: str | None = None) -> list[VersionOut]:
@@ -34,10 +38,22 @@ def versions(storage: Storage, served: str | None = None) -> list[VersionOut]:
             summary = {"complete": True, **_summary(storage, version)}
         except ModelUnavailable:
             created = registry.version_time(version)
-            summary = {"complete": False, "items": None, "source_file": None, "evaluation": None,
-                       "created_at": created.isoformat(timespec="seconds") if created else None}
-        rows.append(VersionOut(version=version, **summary, active=active is not None and active.version == version,
-                               staged=staged is not None and staged.version == version, served=version == served))
+            summary = {
+                "complete": False,
+                "items": None,
+                "source_file": None,
+                "evaluation": None,
+                "created_at": created.isoformat(timespec="seconds") if created else None,
+            }
+        rows.append(
+            VersionOut(
+                version=version,
+                **summary,
+                active=active is not None and active.version == version,
+                staged=staged is not None and staged.version == version,
+                served=version == served,
+            )
+        )
     return rows
 
 

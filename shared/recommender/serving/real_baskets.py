@@ -19,8 +19,10 @@ def _invoices(storage: Storage, version: str) -> tuple[dict, ...]:
     try:
         raw = json.loads(storage.local_copy(registry.artifact_key(version, registry.SAMPLES)).read_bytes())
     except NotFound:
-        raise NotFound(f"model version {version} keeps no sample invoices (it was trained before they were "
-                       "kept): train it again to try real baskets") from None
+        raise NotFound(
+            f"model version {version} keeps no sample invoices (it was trained before they were "
+            "kept): train it again to try real baskets"
+        ) from None
     return tuple(raw["invoices"])
 
 
@@ -35,5 +37,6 @@ def random_basket(model: Model, storage: Storage, rng: random.Random) -> SampleB
         i = model.items.index.get(code)
         if i is not None:
             items.append(SampleItem(stock_code=code, description=model.items.descriptions[i]))
-    return SampleBasketOut(invoice=invoice["invoice"], date=invoice.get("date"), items=items,
-                           model_version=model.version)
+    return SampleBasketOut(
+        invoice=invoice["invoice"], date=invoice.get("date"), items=items, model_version=model.version
+    )

@@ -45,20 +45,26 @@ class BasketIn(BaseModel):
     product_list: Annotated[list[StrictStr], Field(max_length=MAX_BASKET, description="stock codes in the basket")]
     n: Annotated[int, Field(ge=1, le=MAX_N, description="how many items to recommend")] = 5
     exclude: Codes | None = Field(None, description="codes never to recommend in this answer")
-    categories: Categories | None = Field(None, description="only items in one of these categories (a level's "
-                                                            "name or a path such as 'Home > Kitchen')")
+    categories: Categories | None = Field(
+        None, description="only items in one of these categories (a level's name or a path such as 'Home > Kitchen')"
+    )
     exclude_categories: Categories | None = Field(None, description="no items in any of these categories")
-    price_min: Price | None = Field(None, description="only items priced at least this (items of unknown price "
-                                                      "are left out)")
+    price_min: Price | None = Field(
+        None, description="only items priced at least this (items of unknown price are left out)"
+    )
     price_max: Price | None = Field(None, description="only items priced at most this")
-    max_price_ratio: Price | None = Field(None, description="only items priced at most this multiple of the "
-                                                            "priciest basket item's price")
+    max_price_ratio: Price | None = Field(
+        None, description="only items priced at most this multiple of the priciest basket item's price"
+    )
     min_confidence: Annotated[float, Field(ge=0, le=1)] | None = Field(
-        None, description="only items whose calibrated confidence is at least this")
+        None, description="only items whose calibrated confidence is at least this"
+    )
     max_per_category: Annotated[int, Field(ge=1, le=MAX_N)] | None = Field(
-        None, description="at most this many items of one category (diversity)")
-    explain: bool | None = Field(None, description="give each item's reasons (default: true on /recommendations, "
-                                                   "false on /send_data)")
+        None, description="at most this many items of one category (diversity)"
+    )
+    explain: bool | None = Field(
+        None, description="give each item's reasons (default: true on /recommendations, false on /send_data)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "BasketIn":
@@ -82,11 +88,15 @@ class LoginForm:
     """The OAuth2 password form (RFC 6749, 4.3.2), as FastAPI's OAuth2PasswordRequestForm with the rules it enforces
     written into the schema: username and password must not be empty."""
 
-    def __init__(self, username: Annotated[str, Form(min_length=1)],
-                 password: Annotated[str, Form(min_length=1, json_schema_extra={"format": "password"})],
-                 grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
-                 scope: Annotated[str, Form()] = "", client_id: Annotated[str | None, Form()] = None,
-                 client_secret: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None) -> None:
+    def __init__(
+        self,
+        username: Annotated[str, Form(min_length=1)],
+        password: Annotated[str, Form(min_length=1, json_schema_extra={"format": "password"})],
+        grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+        scope: Annotated[str, Form()] = "",
+        client_id: Annotated[str | None, Form()] = None,
+        client_secret: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None,
+    ) -> None:
         self.username, self.password = username, password
 
 
@@ -161,8 +171,14 @@ def item_json(pick: Any, explain: bool) -> dict:
     explain its reasons (because) and boost."""
     if not isinstance(pick, Pick):  # the plain path's Scored
         return {"stock_code": pick.item.stock_code, "description": pick.item.description, "score": pick.score}
-    out = {"stock_code": pick.item.stock_code, "description": pick.item.description, "score": pick.score,
-           "confidence": pick.confidence, "source": pick.source, **pick.attributes}
+    out = {
+        "stock_code": pick.item.stock_code,
+        "description": pick.item.description,
+        "score": pick.score,
+        "confidence": pick.confidence,
+        "source": pick.source,
+        **pick.attributes,
+    }
     if explain:
         if pick.because is not None and pick.source != "popular":
             out["because"] = pick.because.as_list()
@@ -251,9 +267,14 @@ class HealthOut(Out):
 
 def health_json(model: "Model", problem: str | None) -> dict:
     """A HealthOut for the served model; problem (what fails beside it, if anything) makes it degraded."""
-    out = {"status": "degraded" if problem else "ok", "model_version": model.version,
-           "item_count": len(model.items), "model_created_at": model.manifest.get("created_at"),
-           "feed_version": model.feed_version, "rules_version": model.rules_version}
+    out = {
+        "status": "degraded" if problem else "ok",
+        "model_version": model.version,
+        "item_count": len(model.items),
+        "model_created_at": model.manifest.get("created_at"),
+        "feed_version": model.feed_version,
+        "rules_version": model.rules_version,
+    }
     if problem:
         out["detail"] = problem
     return out
@@ -320,4 +341,3 @@ class ModelInfoOut(Out):
     active_version: str | None
     staged_version: str | None
     versions: list[VersionOut]
-

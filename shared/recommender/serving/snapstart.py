@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 from recommender.core.settings import get_settings
 from recommender.serving import web
@@ -17,11 +18,24 @@ log = logging.getLogger("recommender")
 # GET /health as API Gateway (HTTP API, payload 2.0) sends it: no token needed; it loads the model the way a first
 # request does and runs the request path (Mangum, routing, the JSON answer) once, so none of it is left for later.
 HEALTH_EVENT = {
-    "version": "2.0", "routeKey": "GET /health", "rawPath": "/health", "rawQueryString": "", "headers": {},
+    "version": "2.0",
+    "routeKey": "GET /health",
+    "rawPath": "/health",
+    "rawQueryString": "",
+    "headers": {},
     "isBase64Encoded": False,
-    "requestContext": {"http": {"method": "GET", "path": "/health", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                                "userAgent": "preload"}, "requestId": "preload", "routeKey": "GET /health",
-                       "stage": "$default"},
+    "requestContext": {
+        "http": {
+            "method": "GET",
+            "path": "/health",
+            "protocol": "HTTP/1.1",
+            "sourceIp": "127.0.0.1",
+            "userAgent": "preload",
+        },
+        "requestId": "preload",
+        "routeKey": "GET /health",
+        "stage": "$default",
+    },
 }
 
 
@@ -35,8 +49,9 @@ def preload(handler: Callable[[dict, Any], dict], rng: random.Random) -> bool:
         return False
     holder = web.model_holder(settings)
     holder.warm = True  # every page of the arrays read now: in the snapshot, not faulted in by requests
-    context = SimpleNamespace(function_name="preload", aws_request_id="preload",
-                              get_remaining_time_in_millis=lambda: 30000)
+    context = SimpleNamespace(
+        function_name="preload", aws_request_id="preload", get_remaining_time_in_millis=lambda: 30000
+    )
     status = handler(HEALTH_EVENT, context)["statusCode"]
     if status != 200:  # no model yet, or the storage failed: the first request tries again, as without preloading
         log.warning("preloading the model answered %s: the first request will load it", status)

@@ -9,9 +9,10 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import jwt
 
@@ -63,8 +64,14 @@ def load_secret(settings: Settings, storage: Storage, secrets_client: Any = None
     return secret
 
 
-def issue_token(username: str, secret: str, algorithm: str = "HS256", minutes: int = 60,
-                clock: Callable[[], float] = time.time, stamp: str = "") -> str:
+def issue_token(
+    username: str,
+    secret: str,
+    algorithm: str = "HS256",
+    minutes: int = 60,
+    clock: Callable[[], float] = time.time,
+    stamp: str = "",
+) -> str:
     """A signed JWT for username carrying sub, iat, exp, a unique jti and the account's stamp (stm)."""
     now = int(clock())
     claims: dict[str, Any] = {"sub": username, "iat": now, "exp": now + minutes * 60, "jti": uuid.uuid4().hex}
@@ -73,12 +80,15 @@ def issue_token(username: str, secret: str, algorithm: str = "HS256", minutes: i
     try:
         return jwt.encode(claims, secret, algorithm=algorithm)
     except jwt.InvalidKeyError:
-        raise ConfigError("the token signing secret looks like a PEM or SSH key; use a random text "
-                          "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')") from None
+        raise ConfigError(
+            "the token signing secret looks like a PEM or SSH key; use a random text "
+            "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        ) from None
 
 
-def verify_token(token: str, secret: str, algorithm: str = "HS256",
-                 clock: Callable[[], float] = time.time) -> TokenClaims:
+def verify_token(
+    token: str, secret: str, algorithm: str = "HS256", clock: Callable[[], float] = time.time
+) -> TokenClaims:
     """The claims of a valid token; AuthError if it is malformed, forged, of another algorithm or expired."""
     claims = signed_claims(token, secret, algorithm)
     if clock() >= claims.expires_at:
@@ -100,8 +110,15 @@ def signed_claims(token: str, secret: str, algorithm: str) -> TokenClaims:
         raise AuthError("invalid token") from None
     sub, exp, iat, jti = claims.get("sub"), claims.get("exp"), claims.get("iat"), claims.get("jti")
     stamp = claims.get("stm", "")
-    if not isinstance(sub, str) or not isinstance(exp, int) or not isinstance(iat, int) or not isinstance(jti, str) \
-            or not isinstance(stamp, str) or isinstance(exp, bool) or isinstance(iat, bool):
+    if (
+        not isinstance(sub, str)
+        or not isinstance(exp, int)
+        or not isinstance(iat, int)
+        or not isinstance(jti, str)
+        or not isinstance(stamp, str)
+        or isinstance(exp, bool)
+        or isinstance(iat, bool)
+    ):
         raise AuthError("invalid token")
     return TokenClaims(sub, jti, iat, exp, stamp)
 

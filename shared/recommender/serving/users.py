@@ -7,10 +7,11 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from recommender.core.errors import AlreadyExists, AuthError, InvalidInput, NotFound, StorageError
 from recommender.core.storage import Storage
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
 USERS_PREFIX = "users/"
 USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 # An address a mail client would accept: RFC 5322 "atext" before the @, DNS labels and a letters-only TLD after.
-EMAIL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-                      r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+EMAIL_RE = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
 MAX_EMAIL = 254
 MAX_FULL_NAME = 200
 # passlib refuses longer passwords (a denial-of-service guard); add_user refuses them with a message, and a login
@@ -102,9 +105,16 @@ def _new_stamp() -> str:
     return secrets.token_hex(8)
 
 
-def add_user(storage: Storage, username: str, password: str, full_name: str = "", email: str = "",
-             rounds: int = 12, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-             min_password_length: int = MIN_PASSWORD_LENGTH) -> User:
+def add_user(
+    storage: Storage,
+    username: str,
+    password: str,
+    full_name: str = "",
+    email: str = "",
+    rounds: int = 12,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    min_password_length: int = MIN_PASSWORD_LENGTH,
+) -> User:
     """Create a user; AlreadyExists if the name is taken in any case (atomic: of concurrent adds exactly one wins)."""
     validate_username(username)
     validate_password(password, min_password_length)
@@ -122,7 +132,7 @@ def _legacy_key(storage: Storage, username: str) -> str | None:
     """The key of a record written before names were case-insensitive (users/Alice.json) in any case, if any."""
     wanted = username.lower()
     for key in storage.list(USERS_PREFIX):
-        name = key[len(USERS_PREFIX):-len(".json")] if key.endswith(".json") else ""
+        name = key[len(USERS_PREFIX) : -len(".json")] if key.endswith(".json") else ""
         if name != name.lower() and name.lower() == wanted:
             return key
     return None
@@ -155,8 +165,13 @@ def _parse(storage: Storage, username: str, data: bytes) -> dict:
 
 
 def _user(record: dict) -> User:
-    return User(record["username"], record.get("full_name", ""), record.get("email", ""),
-                record.get("created_at", ""), record.get("stamp", ""))
+    return User(
+        record["username"],
+        record.get("full_name", ""),
+        record.get("email", ""),
+        record.get("created_at", ""),
+        record.get("stamp", ""),
+    )
 
 
 def get_user(storage: Storage, username: str) -> User:
@@ -171,8 +186,9 @@ def delete_user(storage: Storage, username: str) -> None:
         raise NotFound(f"no user named {username!r}")
 
 
-def change_password(storage: Storage, username: str, password: str, rounds: int = 12,
-                    min_password_length: int = MIN_PASSWORD_LENGTH) -> User:
+def change_password(
+    storage: Storage, username: str, password: str, rounds: int = 12, min_password_length: int = MIN_PASSWORD_LENGTH
+) -> User:
     """Set a new password and a new stamp, which revokes every token issued before; NotFound if no such user."""
     validate_password(password, min_password_length)
     key, record = _find(storage, username)
@@ -183,7 +199,7 @@ def change_password(storage: Storage, username: str, password: str, rounds: int 
 
 def list_users(storage: Storage) -> list[User]:
     """Every user, by name."""
-    names = [k[len(USERS_PREFIX):-len(".json")] for k in storage.list(USERS_PREFIX) if k.endswith(".json")]
+    names = [k[len(USERS_PREFIX) : -len(".json")] for k in storage.list(USERS_PREFIX) if k.endswith(".json")]
     users = []
     for name in names:
         try:

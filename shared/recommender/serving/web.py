@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from functools import lru_cache, wraps
-from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recommender.core.errors import AuthError, Busy, InvalidInput, NotFound, RecommenderError
@@ -154,7 +155,11 @@ async def current_user(token: Annotated[str | None, Depends(bearer)]) -> User:
     claims = verify_token(token, await _signing_secret(settings), settings.jwt_algorithm)
     cache = _user_cache(settings)
     try:
-        user = await run_in_threadpool(cache.get, claims.username) if cache.due(claims.username) else cache.get(claims.username)
+        user = (
+            await run_in_threadpool(cache.get, claims.username)
+            if cache.due(claims.username)
+            else cache.get(claims.username)
+        )
     except (NotFound, InvalidInput):
         raise AuthError("the user of this token no longer exists") from None
     # Any other failure (the user store unreachable: StorageError) propagates as a 503: never a pass, never a 500.
@@ -176,6 +181,7 @@ def resolved_by(handler: Callable[[Request], Awaitable[Response]]) -> type[APIRo
     calls the same dependency functions in the same order, then the endpoint. FastAPI's resolver costs some
     60 µs a request for the three dependencies of a recommendation, a third of the app's own time.
     """
+
     class ResolvedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
             return handler
@@ -183,12 +189,13 @@ def resolved_by(handler: Callable[[Request], Awaitable[Response]]) -> type[APIRo
     return ResolvedRoute
 
 
-def post_resolved(app: FastAPI, path: str, handler: Callable[[Request], Awaitable[Response]],
-                  **options: Any) -> Callable[[Callable], Callable]:
+def post_resolved(
+    app: FastAPI, path: str, handler: Callable[[Request], Awaitable[Response]], **options: Any
+) -> Callable[[Callable], Callable]:
     """Like @app.post(path, **options), with requests answered by handler (resolved_by)."""
+
     def register(endpoint: Callable) -> Callable:
-        app.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=resolved_by(handler),
-                                 **options)
+        app.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=resolved_by(handler), **options)
         return endpoint
 
     return register
@@ -208,6 +215,7 @@ def json_body(schema: type[BaseModel]) -> Callable[[Request], Awaitable[BaseMode
     Clients of the original system sometimes post JSON without the header (curl -d does); pydantic's own
     JSON parser is also faster than FastAPI's default path.
     """
+
     async def parse(request: Request) -> BaseModel:
         body = await request.body()
         if not body.strip():
@@ -252,16 +260,22 @@ ERROR_MEANINGS = {
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
     429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
-    503: {"Retry-After": {"description": "seconds to wait (when logins are at capacity)",
-                          "schema": {"type": "integer"}}},
+    503: {
+        "Retry-After": {"description": "seconds to wait (when logins are at capacity)", "schema": {"type": "integer"}}
+    },
 }
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of a route that can answer these error statuses, each with a {"detail": "..."} body."""
-    return {status: {"model": ErrorOut, "description": ERROR_MEANINGS[status],
-                     **({"headers": _ERROR_HEADERS[status]} if status in _ERROR_HEADERS else {})}
-            for status in statuses}
+    return {
+        status: {
+            "model": ErrorOut,
+            "description": ERROR_MEANINGS[status],
+            **({"headers": _ERROR_HEADERS[status]} if status in _ERROR_HEADERS else {}),
+        }
+        for status in statuses
+    }
 
 
 def describe_validation_error(errors: list[dict[str, Any]]) -> str:

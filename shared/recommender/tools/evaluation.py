@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -87,8 +88,10 @@ def temporal_split(tx: Transactions, days: int, seed: int = 0) -> Split:
     if train.report.baskets < 2 or not is_test.any():
         raise DataFileError(f"the last {days} days leave too little data on one side of the split")
     index = {code: i for i, code in enumerate(train.item_codes)}
-    items_by_basket = np.split(tx.pair_item[np.argsort(tx.pair_basket, kind="stable")],
-                               np.cumsum(np.bincount(tx.pair_basket, minlength=len(tx.basket_ids)))[:-1])
+    items_by_basket = np.split(
+        tx.pair_item[np.argsort(tx.pair_basket, kind="stable")],
+        np.cumsum(np.bincount(tx.pair_basket, minlength=len(tx.basket_ids)))[:-1],
+    )
     test = sorted(np.flatnonzero(is_test), key=lambda b: tx.basket_ids[b])
     drawn = holdout.leave_one_out([[tx.item_codes[i] for i in items_by_basket[b]] for b in test], index, seed)
     queries = [np.array([index[c] for c in query], dtype=np.int64) for _, query, _ in drawn]
@@ -191,8 +194,9 @@ def tune_ease(validation: Split, progress: Callable[[str], None]) -> tuple[float
     """The lambda with the best validation HR@10, and the whole grid."""
     ease = Ease(validation.train)
     n_items = len(validation.train.item_codes)
-    grid = {lam: score("ease", ease.recommend(lam, validation.cases), validation.cases, n_items).hr
-            for lam in EASE_LAMBDAS}
+    grid = {
+        lam: score("ease", ease.recommend(lam, validation.cases), validation.cases, n_items).hr for lam in EASE_LAMBDAS
+    }
     best = max(grid, key=lambda lam: (grid[lam], -lam))
     progress("EASE lambda on validation (HR@10): " + ", ".join(f"{lam:g}: {hr:.4f}" for lam, hr in grid.items()))
     return best, grid
@@ -209,17 +213,27 @@ def write_parquet(tx: Transactions, path: Path) -> None:
     customer = tx.basket_customer[basket]
     customer_ids = np.array(["", *[f"C{c}" for c in range(int(tx.basket_customer.max(initial=-1)) + 1)]], dtype=object)
     times = tx.basket_time[basket]
-    pq.write_table(pa.table({
-        "InvoiceNo": np.array(tx.basket_ids, dtype=object)[basket],
-        "StockCode": np.array(tx.item_codes, dtype=object)[item],
-        "Description": np.array(tx.descriptions, dtype=object)[item],
-        "CustomerID": customer_ids[customer + 1],
-        "InvoiceDate": pa.array(times.astype("datetime64[s]"), mask=np.isnat(times)),
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "InvoiceNo": np.array(tx.basket_ids, dtype=object)[basket],
+                "StockCode": np.array(tx.item_codes, dtype=object)[item],
+                "Description": np.array(tx.descriptions, dtype=object)[item],
+                "CustomerID": customer_ids[customer + 1],
+                "InvoiceDate": pa.array(times.astype("datetime64[s]"), mask=np.isnat(times)),
+            }
+        ),
+        path,
+    )
 
 
-def product(split: Split, params: TrainingParams, progress: Callable[[str], None], engine: str = "single",
-            spark_master: str | None = None) -> tuple[list[np.ndarray], dict]:
+def product(
+    split: Split,
+    params: TrainingParams,
+    progress: Callable[[str], None],
+    engine: str = "single",
+    spark_master: str | None = None,
+) -> tuple[list[np.ndarray], dict]:
     """Ranked item rows from the served model: trained (by either engine), published, loaded and queried by the
     production code."""
     from recommender.serving.model import load_model
@@ -236,8 +250,13 @@ def product(split: Split, params: TrainingParams, progress: Callable[[str], None
             data = Path(tmp) / "train.parquet"
             write_parquet(split.train, data)
             t = time.perf_counter()
-            manifest = publish_built(trainer(resolve(data), params, lambda _m: None, master=spark_master), params,
-                                     storage, None, progress=lambda _m: None)
+            manifest = publish_built(
+                trainer(resolve(data), params, lambda _m: None, master=spark_master),
+                params,
+                storage,
+                None,
+                progress=lambda _m: None,
+            )
         else:
             manifest = publish_model(split.train, params, storage, source=None, progress=lambda _m: None)
         train_seconds = time.perf_counter() - t
@@ -258,20 +277,27 @@ def product(split: Split, params: TrainingParams, progress: Callable[[str], None
             t = time.perf_counter()
             model.recommend(basket, K)
             warm.append(time.perf_counter() - t)
-        size = sum(p.stat().st_size for p in (Path(tmp) / "store").rglob("*")
-                   if p.is_file() and p.name != "manifest.json")
-        reliability = confidence_on_test(model, [[codes[i] for i in query] + [codes[h]]
-                                                 for query, h in zip(split.cases.queries, split.cases.hidden)])
+        size = sum(
+            p.stat().st_size for p in (Path(tmp) / "store").rglob("*") if p.is_file() and p.name != "manifest.json"
+        )
+        reliability = confidence_on_test(
+            model, [[codes[i] for i in query] + [codes[h]] for query, h in zip(split.cases.queries, split.cases.hidden)]
+        )
     cold_us, warm_us = np.array(cold) * 1e6, np.array(warm) * 1e6
-    stats = {"engine": manifest.get("engine", {}).get("name", "single"),
-             "train_seconds": round(train_seconds, 2), "artifact_bytes": size,
-             "query_p50_us": round(float(np.percentile(warm_us, 50)), 1),
-             "query_p99_us": round(float(np.percentile(warm_us, 99)), 1),
-             "first_pass_p99_us": round(float(np.percentile(cold_us, 99)), 1),
-             "calibration": reliability}
-    progress(f"product: trained in {train_seconds:.1f} s, {size / 1e6:.1f} MB, "
-             f"query p50 {stats['query_p50_us']:.0f} us, p99 {stats['query_p99_us']:.0f} us; confidence ECE "
-             f"{reliability['ece']:.4f} on {reliability['observations']:,} recommended items")
+    stats = {
+        "engine": manifest.get("engine", {}).get("name", "single"),
+        "train_seconds": round(train_seconds, 2),
+        "artifact_bytes": size,
+        "query_p50_us": round(float(np.percentile(warm_us, 50)), 1),
+        "query_p99_us": round(float(np.percentile(warm_us, 99)), 1),
+        "first_pass_p99_us": round(float(np.percentile(cold_us, 99)), 1),
+        "calibration": reliability,
+    }
+    progress(
+        f"product: trained in {train_seconds:.1f} s, {size / 1e6:.1f} MB, "
+        f"query p50 {stats['query_p50_us']:.0f} us, p99 {stats['query_p99_us']:.0f} us; confidence ECE "
+        f"{reliability['ece']:.4f} on {reliability['observations']:,} recommended items"
+    )
     return ranked, stats
 
 
@@ -288,10 +314,15 @@ def confidence_on_test(model: Any, baskets: list[list[str]], seed: int = 1) -> d
         predicted.extend(model.confidence(scores, np.arange(1, len(scores) + 1), popular=answer.fallback).tolist())
         observed.extend(s.item.stock_code in bought for s in answer.items)
     p, o = np.asarray(predicted), np.asarray(observed, dtype=np.float64)
-    return {"baskets": len(splits), "observations": len(p), "calibrated": model.calibrated,
-            "ece": calibration.expected_calibration_error(p, o) if len(p) else None,
-            "mean_predicted": float(p.mean()) if len(p) else None, "mean_observed": float(o.mean()) if len(o) else None,
-            "bins": calibration.reliability(p, o)}
+    return {
+        "baskets": len(splits),
+        "observations": len(p),
+        "calibrated": model.calibrated,
+        "ece": calibration.expected_calibration_error(p, o) if len(p) else None,
+        "mean_predicted": float(p.mean()) if len(p) else None,
+        "mean_observed": float(o.mean()) if len(o) else None,
+        "bins": calibration.reliability(p, o),
+    }
 
 
 @dataclass
@@ -353,23 +384,31 @@ def plot_reliability(report: Report, path: Path) -> None:
 
     cal = report.product_stats["calibration"]
     bins = cal["bins"]
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 6.5), dpi=120, sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 6.5), dpi=120, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
     ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o", label="product")
     for b in bins:
-        ax.annotate(f"{b['count']:,}", (b["predicted"], b["observed"]), textcoords="offset points", xytext=(5, -10),
-                    fontsize=7, color="dimgrey")
+        ax.annotate(
+            f"{b['count']:,}",
+            (b["predicted"], b["observed"]),
+            textcoords="offset points",
+            xytext=(5, -10),
+            fontsize=7,
+            color="dimgrey",
+        )
     ax.set_ylabel("observed: share bought")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{report.dataset}: confidence on the last {report.days} days, ECE {cal['ece']:.3f}\n"
-                 f"{cal['observations']:,} items for {cal['baskets']:,} test baskets (part asked, the rest bought)",
-                 fontsize=9)
-    hist.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins], width=0.09, color="tab:blue",
-             alpha=0.6)
+    ax.set_title(
+        f"{report.dataset}: confidence on the last {report.days} days, ECE {cal['ece']:.3f}\n"
+        f"{cal['observations']:,} items for {cal['baskets']:,} test baskets (part asked, the rest bought)",
+        fontsize=9,
+    )
+    hist.bar(
+        [(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins], width=0.09, color="tab:blue", alpha=0.6
+    )
     hist.set_xlabel("predicted: confidence of a recommended item")
     hist.set_ylabel("items")
     hist.grid(alpha=0.3)
@@ -378,9 +417,16 @@ def plot_reliability(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
-def run(path: str | Path, days: int = 30, out_dir: str | Path = "reports", params: TrainingParams = TrainingParams(),
-        seed: int = 0, progress: Callable[[str], None] = print, engine: str = "single",
-        spark_master: str | None = None) -> tuple[Report, Path]:
+def run(
+    path: str | Path,
+    days: int = 30,
+    out_dir: str | Path = "reports",
+    params: TrainingParams = TrainingParams(),
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+    engine: str = "single",
+    spark_master: str | None = None,
+) -> tuple[Report, Path]:
     """The whole evaluation: split, tune EASE on validation, score every method on the test cases, write the report."""
     path = Path(path)
     progress(f"reading {path}")
@@ -388,27 +434,52 @@ def run(path: str | Path, days: int = 30, out_dir: str | Path = "reports", param
     test = temporal_split(tx, days, seed)
     validation = temporal_split(test.train, days, seed)
     n_items = len(test.train.item_codes)
-    progress(f"test: {len(test.cases):,} cases from baskets on or after {str(test.cutoff)[:10]}; training on "
-             f"{test.train.report.baskets:,} baskets, {n_items:,} items; validation: {len(validation.cases):,} cases")
+    progress(
+        f"test: {len(test.cases):,} cases from baskets on or after {str(test.cutoff)[:10]}; training on "
+        f"{test.train.report.baskets:,} baskets, {n_items:,} items; validation: {len(validation.cases):,} cases"
+    )
     results = []
     ranked, stats = product(test, params, progress, engine, spark_master)
-    results.append(score("product (SVD + Annoy + re-rank)", ranked, test.cases, n_items,
-                         "served path" + (", trained on Spark" if engine == "spark" else "")))
+    results.append(
+        score(
+            "product (SVD + Annoy + re-rank)",
+            ranked,
+            test.cases,
+            n_items,
+            "served path" + (", trained on Spark" if engine == "spark" else ""),
+        )
+    )
     results[0].ece = stats["calibration"]["ece"]
     results.append(score("popularity", popularity(test), test.cases, n_items))
     results.append(score("co-occurrence cosine", cooccurrence(test), test.cases, n_items))
     ease_lambda, grid = None, {}
     if n_items <= EASE_MAX_ITEMS:
         ease_lambda, grid = tune_ease(validation, progress)
-        results.append(score("EASE", Ease(test.train).recommend(ease_lambda, test.cases), test.cases, n_items,
-                             f"lambda {ease_lambda:g} (tuned on validation)"))
+        results.append(
+            score(
+                "EASE",
+                Ease(test.train).recommend(ease_lambda, test.cases),
+                test.cases,
+                n_items,
+                f"lambda {ease_lambda:g} (tuned on validation)",
+            )
+        )
     else:
         progress(f"EASE skipped: {n_items:,} items need a dense {n_items:,}^2 matrix")
-    report = Report(dataset=path.name, days=days, cases=len(test.cases), validation_cases=len(validation.cases),
-                    train_baskets=test.train.report.baskets, train_items=n_items, cutoff=str(test.cutoff),
-                    ease_lambda=ease_lambda, ease_validation={f"{k:g}": v for k, v in grid.items()},
-                    results=results, product_stats=stats,
-                    created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    report = Report(
+        dataset=path.name,
+        days=days,
+        cases=len(test.cases),
+        validation_cases=len(validation.cases),
+        train_baskets=test.train.report.baskets,
+        train_items=n_items,
+        cutoff=str(test.cutoff),
+        ease_lambda=ease_lambda,
+        ease_validation={f"{k:g}": v for k, v in grid.items()},
+        results=results,
+        product_stats=stats,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     folder = Path(out_dir) / (f"evaluation-{path.name.split('.')[0]}-{days}d" + ("-spark" if engine == "spark" else ""))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(asdict(report), indent=1))

@@ -8,9 +8,10 @@ import csv
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -25,9 +26,27 @@ from recommender.serving.schemas import BasketIn, answer_json
 from recommender.serving.web import describe_validation_error
 
 FORMATS = ("csv", "jsonl", "parquet")
-COLUMNS = ("item_code", "item_description", "rank", "stock_code", "description", "score", "confidence", "source",
-           "reason_code", "reason_description", "reason_share", "reason_baskets", "boost", "price", "category",
-           "availability", "model_version", "feed_version", "rules_version")
+COLUMNS = (
+    "item_code",
+    "item_description",
+    "rank",
+    "stock_code",
+    "description",
+    "score",
+    "confidence",
+    "source",
+    "reason_code",
+    "reason_description",
+    "reason_share",
+    "reason_baskets",
+    "boost",
+    "price",
+    "category",
+    "availability",
+    "model_version",
+    "feed_version",
+    "rules_version",
+)
 # A cell starting with one of these is run as a formula by spreadsheets (OWASP "CSV injection"); descriptions come
 # from uploaded files, so such cells get a leading apostrophe in csv and parquet.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -65,7 +84,9 @@ def format_of(out: Path, given: str | None) -> str:
     """The output format: as given, else from the file name."""
     fmt = (given or out.suffix.lstrip(".")).lower()
     if fmt not in FORMATS:
-        raise InvalidInput(f"unknown export format {fmt or '(none)'!r} for {out.name}: use FORMAT=csv, jsonl or parquet")
+        raise InvalidInput(
+            f"unknown export format {fmt or '(none)'!r} for {out.name}: use FORMAT=csv, jsonl or parquet"
+        )
     return fmt
 
 
@@ -93,13 +114,27 @@ def complement_rows(model: Model, n: int, safe: bool = True) -> Iterator[tuple]:
                 because = pick.because
                 s = int(because.sources[0])
                 reason = (codes[s], descriptions[s], float(because.shares[0]), int(because.counts[0]))
-            yield (codes[i], descriptions[i], rank, codes[row], descriptions[row], pick.score, pick.confidence,
-                   pick.source, *(reason or (None, None, None, None)), pick.boost, attributes.get("price"),
-                   categories[row], attributes.get("availability"), *versions)
+            yield (
+                codes[i],
+                descriptions[i],
+                rank,
+                codes[row],
+                descriptions[row],
+                pick.score,
+                pick.confidence,
+                pick.source,
+                *(reason or (None, None, None, None)),
+                pick.boost,
+                attributes.get("price"),
+                categories[row],
+                attributes.get("availability"),
+                *versions,
+            )
 
 
-def export_complements(model: Model, out: str | Path, n: int = 10, fmt: str | None = None,
-                       progress: bool = True) -> ExportSummary:
+def export_complements(
+    model: Model, out: str | Path, n: int = 10, fmt: str | None = None, progress: bool = True
+) -> ExportSummary:
     """Write every item's top n complements to out; the file appears complete or not at all."""
     out = Path(out)
     fmt = format_of(out, fmt)
@@ -114,8 +149,9 @@ def export_complements(model: Model, out: str | Path, n: int = 10, fmt: str | No
     stop = threading.Event()
     prefetch = threading.Thread(target=_ask_annoy_ahead, args=(model, stop), name="annoy-prefetch", daemon=True)
     prefetch.start()
-    with tqdm(total=len(model.items), desc="export", unit=" items", leave=False,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        total=len(model.items), desc="export", unit=" items", leave=False, disable=None if progress else True
+    ) as bar:
         rows = complement_rows(model, n, safe=fmt != "jsonl")
         try:
             if fmt == "csv":
@@ -172,11 +208,23 @@ def _write_parquet(path: Path, chunks: Iterator[list[tuple]], model: Model) -> i
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = {"rank": pa.int32(), "score": pa.float64(), "confidence": pa.float64(), "reason_share": pa.float64(),
-             "reason_baskets": pa.int32(), "boost": pa.float64(), "price": pa.float64()}
-    schema = pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS], metadata={
-        "model_version": model.version, "feed_version": model.feed_version or "", "rules_version":
-        model.rules_version or ""})
+    types = {
+        "rank": pa.int32(),
+        "score": pa.float64(),
+        "confidence": pa.float64(),
+        "reason_share": pa.float64(),
+        "reason_baskets": pa.int32(),
+        "boost": pa.float64(),
+        "price": pa.float64(),
+    }
+    schema = pa.schema(
+        [(c, types.get(c, pa.string())) for c in COLUMNS],
+        metadata={
+            "model_version": model.version,
+            "feed_version": model.feed_version or "",
+            "rules_version": model.rules_version or "",
+        },
+    )
     written = 0
     with pq.ParquetWriter(path, schema) as writer:
         for chunk in chunks:
@@ -211,8 +259,9 @@ def answer_line(model: Model, number: int, line: str) -> dict:
         return {"line": number, "error": err.message}
 
 
-def answer_baskets(model: Model, baskets: str | Path, out: str | Path, resume: bool = False,
-                   progress: bool = True) -> ExportSummary:
+def answer_baskets(
+    model: Model, baskets: str | Path, out: str | Path, resume: bool = False, progress: bool = True
+) -> ExportSummary:
     """Answer every line of a JSON-lines baskets file into out, in order, one line each (an error object for a
     bad line, and the run goes on). With resume, the lines out already holds are kept and not asked again."""
     baskets, out = Path(baskets), Path(out)
@@ -224,10 +273,13 @@ def answer_baskets(model: Model, baskets: str | Path, out: str | Path, resume: b
         total = sum(1 for _ in f)
     written = errors = 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(baskets, encoding="utf-8", errors="replace") as src, \
-            open(out, "a" if resume else "w", encoding="utf-8") as dst, \
-            tqdm(total=total, initial=done, desc="baskets", unit=" lines", leave=False,
-                 disable=None if progress else True) as bar:
+    with (
+        open(baskets, encoding="utf-8", errors="replace") as src,
+        open(out, "a" if resume else "w", encoding="utf-8") as dst,
+        tqdm(
+            total=total, initial=done, desc="baskets", unit=" lines", leave=False, disable=None if progress else True
+        ) as bar,
+    ):
         for number, line in enumerate(src, start=1):
             if number <= done:
                 continue

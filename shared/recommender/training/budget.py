@@ -5,7 +5,8 @@ line instead of filling the machine's memory for minutes without a word."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,21 +20,25 @@ if TYPE_CHECKING:
 # 4-item baskets (2k, 100k, 200k products: 0.27, 1.69, 2.21 GB; estimated 0.43, 1.5, 2.6), Online Retail (0.70 GB;
 # estimated 0.55) and the 10M-row scale set (5.24 GB, README Performance; estimated 5.1 from its 1.08M rows and
 # about 19M entries). Within about 30%.
-BASE_BYTES = 400_000_000          # the interpreter, numpy/scipy/pandas/annoy, the cleaned data
-SVD_COPIES = 4                    # products x (factors + 16) float64 blocks alive at once in the randomized SVD
-TABLE_BYTES_PER_NEIGHBOUR = 40    # the item-item table: neighbour ids and weights while solved, then by source
-INDEX_BYTES_PER_FACTOR = 10       # the Annoy index in memory (vectors and tree nodes)
-OTHER_BYTES_PER_ITEM = 500        # the model's items and the holdout's model in memory
-ROW_COPIES = 2                    # rows x (factors + 16) float64 products in the SVD
-BYTES_PER_ENTRY = 60              # the rows x products matrix in its float32/float64, CSR/CSC forms
+BASE_BYTES = 400_000_000  # the interpreter, numpy/scipy/pandas/annoy, the cleaned data
+SVD_COPIES = 4  # products x (factors + 16) float64 blocks alive at once in the randomized SVD
+TABLE_BYTES_PER_NEIGHBOUR = 40  # the item-item table: neighbour ids and weights while solved, then by source
+INDEX_BYTES_PER_FACTOR = 10  # the Annoy index in memory (vectors and tree nodes)
+OTHER_BYTES_PER_ITEM = 500  # the model's items and the holdout's model in memory
+ROW_COPIES = 2  # rows x (factors + 16) float64 products in the SVD
+BYTES_PER_ENTRY = 60  # the rows x products matrix in its float32/float64, CSR/CSC forms
 
 
 def estimate_peak_bytes(items: int, rows: int, entries: int, factors: int = 128, neighbors: int = 100) -> int:
     """The peak memory of a training on `items` products, `rows` matrix rows (baskets and returning customers)
     and `entries` (basket, product) pairs."""
     width = min(factors + 16, items)
-    per_item = (SVD_COPIES * 8 * width + TABLE_BYTES_PER_NEIGHBOUR * min(neighbors, items)
-                + INDEX_BYTES_PER_FACTOR * factors + OTHER_BYTES_PER_ITEM)
+    per_item = (
+        SVD_COPIES * 8 * width
+        + TABLE_BYTES_PER_NEIGHBOUR * min(neighbors, items)
+        + INDEX_BYTES_PER_FACTOR * factors
+        + OTHER_BYTES_PER_ITEM
+    )
     return int(BASE_BYTES + items * per_item + rows * ROW_COPIES * 8 * width + entries * BYTES_PER_ENTRY)
 
 
@@ -66,8 +71,9 @@ def matrix_size(tx: Transactions, params: TrainingParams) -> tuple[int, int]:
     return len(tx.basket_ids) + int(returning.sum()), len(tx.pair_item) + history
 
 
-def check_memory(tx: Transactions, params: TrainingParams, limit_gb: float | None,
-                 progress: Callable[[str], None]) -> None:
+def check_memory(
+    tx: Transactions, params: TrainingParams, limit_gb: float | None, progress: Callable[[str], None]
+) -> None:
     """Say how much memory the training will need; DataFileError (one line, saying how to raise the limit) when it
     is over limit_gb (None: default_limit_gb())."""
     limit = default_limit_gb() if limit_gb is None else limit_gb
@@ -81,4 +87,5 @@ def check_memory(tx: Transactions, params: TrainingParams, limit_gb: float | Non
             f"this training would need about {need:.1f} GB of memory for {items:,} distinct products in {rows:,} "
             f"rows, over the limit of {limit:.1f} GB ({how}): check that the StockCode column holds product codes, "
             f"or raise the limit on a machine with the memory, e.g. make train PATH_TO_DATA=... "
-            f"MAX_TRAINING_GB={int(np.ceil(need * 1.2))}")
+            f"MAX_TRAINING_GB={int(np.ceil(need * 1.2))}"
+        )

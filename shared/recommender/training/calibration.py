@@ -83,8 +83,9 @@ def index_weights(obs: Observations) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def isotonic_curve(z: np.ndarray, bought: np.ndarray, min_per_knot: int = MIN_PER_KNOT,
-                   max_knots: int = MAX_KNOTS) -> tuple[list[float], list[float]]:
+def isotonic_curve(
+    z: np.ndarray, bought: np.ndarray, min_per_knot: int = MIN_PER_KNOT, max_knots: int = MAX_KNOTS
+) -> tuple[list[float], list[float]]:
     """Knots (x, y) of the non-decreasing curve of P(bought) over z: observations sorted by z, pooled into runs of
     at least min_per_knot (never splitting equal z), then pool adjacent violators over the runs."""
     order = np.argsort(z, kind="stable")
@@ -112,8 +113,8 @@ def isotonic_curve(z: np.ndarray, bought: np.ndarray, min_per_knot: int = MIN_PE
 def popular_rates(ranks: np.ndarray, bought: np.ndarray, depth: int) -> list[float]:
     """How often the shopper bought the popular item shown at each rank 1..depth, made non-increasing in rank."""
     ranks = np.asarray(ranks, dtype=np.int64)
-    shown = np.bincount(ranks, minlength=depth + 1)[1:depth + 1]
-    hits = np.bincount(ranks, weights=np.asarray(bought, dtype=np.float64), minlength=depth + 1)[1:depth + 1]
+    shown = np.bincount(ranks, minlength=depth + 1)[1 : depth + 1]
+    hits = np.bincount(ranks, weights=np.asarray(bought, dtype=np.float64), minlength=depth + 1)[1 : depth + 1]
     if not shown.any():
         return []
     rate = np.divide(hits, shown, out=np.zeros(depth), where=shown > 0)
@@ -134,8 +135,13 @@ def fit(model_obs: Observations, popular_obs: Observations, cases: int, depth: i
     return {
         "format": FORMAT,
         "method": "isotonic regression of 'bought' on a logistic index of score and log(rank)",
-        "fitted_on": {"cases": cases, "observations": len(model_obs), "popular_observations": len(popular_obs),
-                      "depth": depth, "base_rate": round(float(model_obs.bought.mean()), 6) if len(model_obs) else None},
+        "fitted_on": {
+            "cases": cases,
+            "observations": len(model_obs),
+            "popular_observations": len(popular_obs),
+            "depth": depth,
+            "base_rate": round(float(model_obs.bought.mean()), 6) if len(model_obs) else None,
+        },
         "index": {"score": round(w_score, 6), "log_rank": round(w_rank, 6)},
         "curve": {"x": x, "y": y},
         "popular": {"rate": popular_rates(popular_obs.ranks, popular_obs.bought, depth) if len(popular_obs) else []},
@@ -156,8 +162,15 @@ def reliability(predicted: np.ndarray, observed: np.ndarray, bins: int = 10) -> 
     for b in range(bins):
         mask = which == b
         if mask.any():
-            out.append({"low": b / bins, "high": (b + 1) / bins, "count": int(mask.sum()),
-                        "predicted": float(predicted[mask].mean()), "observed": float(observed[mask].mean())})
+            out.append(
+                {
+                    "low": b / bins,
+                    "high": (b + 1) / bins,
+                    "count": int(mask.sum()),
+                    "predicted": float(predicted[mask].mean()),
+                    "observed": float(observed[mask].mean()),
+                }
+            )
     return out
 
 
@@ -166,5 +179,6 @@ def expected_calibration_error(predicted: np.ndarray, observed: np.ndarray, bins
     total = len(predicted)
     if not total:
         return float("nan")
-    return float(sum(b["count"] * abs(b["predicted"] - b["observed"]) for b in reliability(predicted, observed, bins))
-                 / total)
+    return float(
+        sum(b["count"] * abs(b["predicted"] - b["observed"]) for b in reliability(predicted, observed, bins)) / total
+    )

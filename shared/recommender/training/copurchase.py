@@ -5,8 +5,8 @@ can call it before its heavy stages."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -20,10 +20,10 @@ THIN_SHARE = 0.5
 class Signal:
     """How much co-purchase a training matrix holds."""
 
-    rows: int                 # baskets + returning customers' histories
-    rows_with_two: int        # rows holding two or more distinct items: the only ones that say what goes together
+    rows: int  # baskets + returning customers' histories
+    rows_with_two: int  # rows holding two or more distinct items: the only ones that say what goes together
     items: int
-    items_together: int       # items in at least one such row
+    items_together: int  # items in at least one such row
 
     @property
     def thin(self) -> bool:
@@ -50,9 +50,12 @@ def check(signal: Signal, baskets: int, progress: Callable[[str], None] = print)
         raise DataFileError(
             f"no co-purchase signal: none of the {baskets:,} baskets to learn from holds two distinct products and "
             f"no returning customer bought two different ones, so a model could only repeat the most popular "
-            f"items; nothing was trained and the active model stays")
+            f"items; nothing was trained and the active model stays"
+        )
     if signal.thin:
-        progress(f"warning: thin co-purchase signal: only {signal.items_together:,} of {signal.items:,} items "
-                 f"({signal.items_together / signal.items:.0%}) were ever bought with another one, in "
-                 f"{signal.rows_with_two:,} of {signal.rows:,} baskets and customer histories "
-                 f"({signal.rows_with_two / signal.rows:.0%}); the others get popular items instead")
+        progress(
+            f"warning: thin co-purchase signal: only {signal.items_together:,} of {signal.items:,} items "
+            f"({signal.items_together / signal.items:.0%}) were ever bought with another one, in "
+            f"{signal.rows_with_two:,} of {signal.rows:,} baskets and customer histories "
+            f"({signal.rows_with_two / signal.rows:.0%}); the others get popular items instead"
+        )

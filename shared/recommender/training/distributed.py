@@ -12,9 +12,10 @@ registry. Imported only when the Spark engine is asked for.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -59,13 +60,17 @@ from recommender.training.spark_session import (
 # Kept input rows per matrix partition: what a task routes to the item blocks and multiplies for the SVD grows with
 # its rows, so a bigger input gets more partitions rather than bigger ones (the 100M-row set: 40).
 ROWS_PER_PART = 2_500_000
-PART_SCHEMA = ("part int, row long, invoice string, code string, customer string, description string, time long, "
-               "price string, priced long, rows_read long, " + ", ".join(f"dropped_{i} long" for i in range(len(REASONS))))
+PART_SCHEMA = (
+    "part int, row long, invoice string, code string, customer string, description string, time long, "
+    "price string, priced long, rows_read long, " + ", ".join(f"dropped_{i} long" for i in range(len(REASONS)))
+)
 
 
-def _part_reader(parts: list, endpoint: str | None, encoding: str = "utf-8"
-                 ) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def _part_reader(
+    parts: list, endpoint: str | None, encoding: str = "utf-8"
+) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """The executor side of reading: each part read with ingest.read_part and cleaned with ingest.clean_chunk."""
+
     def run(frames: Iterator[Any]) -> Iterator[Any]:
         import pandas as pd
 
@@ -78,22 +83,41 @@ def _part_reader(parts: list, endpoint: str | None, encoding: str = "utf-8"
                         for chunk in read_part(path, part.kind, part.name, encoding):
                             clean = clean_chunk(chunk)
                             n = len(clean)
-                            yield pd.DataFrame({
-                                "part": np.full(n, p, dtype=np.int32), "row": np.arange(kept, kept + n, dtype=np.int64),
-                                "invoice": clean.invoice, "code": clean.code, "customer": clean.customer,
-                                "description": clean.description, "time": clean.time,
-                                "price": clean.price if clean.price is not None else np.full(n, None, dtype=object),
-                                "priced": pd.array([None] * n, dtype="Int64"),
-                                "rows_read": pd.array([None] * n, dtype="Int64"),
-                                **{f"dropped_{i}": pd.array([None] * n, dtype="Int64") for i in range(len(REASONS))}})
+                            yield pd.DataFrame(
+                                {
+                                    "part": np.full(n, p, dtype=np.int32),
+                                    "row": np.arange(kept, kept + n, dtype=np.int64),
+                                    "invoice": clean.invoice,
+                                    "code": clean.code,
+                                    "customer": clean.customer,
+                                    "description": clean.description,
+                                    "time": clean.time,
+                                    "price": clean.price if clean.price is not None else np.full(n, None, dtype=object),
+                                    "priced": pd.array([None] * n, dtype="Int64"),
+                                    "rows_read": pd.array([None] * n, dtype="Int64"),
+                                    **{
+                                        f"dropped_{i}": pd.array([None] * n, dtype="Int64") for i in range(len(REASONS))
+                                    },
+                                }
+                            )
                             kept += n
-                            summary = {"part": [p], "row": [-1], "invoice": [None], "code": [None], "customer": [None],
-                                       "description": [None], "time": [None], "price": [None],
-                                       "priced": [int(clean.price is not None)], "rows_read": [clean.rows_read]}
+                            summary = {
+                                "part": [p],
+                                "row": [-1],
+                                "invoice": [None],
+                                "code": [None],
+                                "customer": [None],
+                                "description": [None],
+                                "time": [None],
+                                "price": [None],
+                                "priced": [int(clean.price is not None)],
+                                "rows_read": [clean.rows_read],
+                            }
                             summary.update({f"dropped_{i}": [clean.dropped[r]] for i, r in enumerate(REASONS)})
                             yield pd.DataFrame(summary).astype({"time": "Int64"})
                 except DataFileError as err:
                     raise carry_data_error(err) from None
+
     return run
 
 
@@ -110,13 +134,20 @@ def _csr_blocks(rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray, n
     yield indptr, (np.concatenate(items) if items else np.empty(0, dtype=np.int32)), np.array(basket, dtype=bool)
 
 
-def trainer(source: Source, params: TrainingParams, progress: Progress = print,
-            master: str | None = None, encoding: str = "utf-8") -> Callable[[Path], Built]:
+def trainer(
+    source: Source,
+    params: TrainingParams,
+    progress: Progress = print,
+    master: str | None = None,
+    encoding: str = "utf-8",
+) -> Callable[[Path], Built]:
     """What pipeline.train calls with the version's folder: runs the Spark job, finishes the model on the driver,
     and returns the manifest's model part, the cleaning report and the engine (name, Spark version, master)."""
     if source.kind == ".xlsx":
-        raise DataFileError(f"{source.name}: .xlsx is read by the single-machine trainer only; train it without "
-                            "ENGINE=spark, or save it as .csv or Parquet for Spark")
+        raise DataFileError(
+            f"{source.name}: .xlsx is read by the single-machine trainer only; train it without "
+            "ENGINE=spark, or save it as .csv or Parquet for Spark"
+        )
 
     def fill(folder: Path) -> Built:
         spark, created = session(master)
@@ -132,11 +163,13 @@ def trainer(source: Source, params: TrainingParams, progress: Progress = print,
         finally:
             if created:
                 spark.stop()
+
     return fill
 
 
-def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, progress: Progress,
-           encoding: str = "utf-8") -> Built:
+def _train(
+    spark: Any, source: Source, params: TrainingParams, folder: Path, progress: Progress, encoding: str = "utf-8"
+) -> Built:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -149,31 +182,53 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     raw = tasks.mapInPandas(_part_reader(parts, endpoint, encoding), PART_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
 
     # The cleaning report, summed over every chunk of every part.
-    totals = raw.filter(F.col("invoice").isNull()).agg(
-        F.sum("rows_read"), *[F.sum(f"dropped_{i}") for i in range(len(REASONS))], F.sum("priced")).collect()[0]
-    report = CleaningReport(rows_read=int(totals[0] or 0),
-                            dropped={r: int(totals[i + 1] or 0) for i, r in enumerate(REASONS)})
+    totals = (
+        raw.filter(F.col("invoice").isNull())
+        .agg(F.sum("rows_read"), *[F.sum(f"dropped_{i}") for i in range(len(REASONS))], F.sum("priced"))
+        .collect()[0]
+    )
+    report = CleaningReport(
+        rows_read=int(totals[0] or 0), dropped={r: int(totals[i + 1] or 0) for i, r in enumerate(REASONS)}
+    )
     report.rows_kept = report.rows_read - sum(report.dropped.values())
     check_cleaned(report, source.name)
 
     # File order of the kept rows: what "first appearance" and "latest in file" mean, as in the single trainer.
     rows = raw.filter(F.col("invoice").isNotNull()).select(
         (F.col("part").cast("long") * (1 << 40) + F.col("row")).alias("order"),
-        "invoice", "code", "customer", "description", "time", "price")
+        "invoice",
+        "code",
+        "customer",
+        "description",
+        "time",
+        "price",
+    )
     latest = F.struct("time", "order")
-    described = (rows.filter(F.col("description") != "").groupBy("code")
-                 .agg(F.max_by("description", latest).alias("description"))
-                 .join(rows.filter(F.col("price") != "").groupBy("code").agg(F.max_by("price", latest).alias("price")),
-                       "code", "full")
-                 .persist(StorageLevel.MEMORY_AND_DISK))
+    described = (
+        rows.filter(F.col("description") != "")
+        .groupBy("code")
+        .agg(F.max_by("description", latest).alias("description"))
+        .join(
+            rows.filter(F.col("price") != "").groupBy("code").agg(F.max_by("price", latest).alias("price")),
+            "code",
+            "full",
+        )
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     priced = bool(totals[len(REASONS) + 1])
     rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-    basket_customer = (rows.filter(F.col("customer") != "").groupBy("invoice")
-                       .agg(F.max_by("customer", "order").alias("customer"))
-                       .persist(StorageLevel.MEMORY_AND_DISK))
+    basket_customer = (
+        rows.filter(F.col("customer") != "")
+        .groupBy("invoice")
+        .agg(F.max_by("customer", "order").alias("customer"))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     dated = F.when(F.col("time") != F.lit(NO_TIME), F.col("time"))
-    baskets = (rows.groupBy("invoice").agg(F.min("order").alias("first"), F.min(dated).alias("time"))
-               .persist(StorageLevel.MEMORY_AND_DISK))
+    baskets = (
+        rows.groupBy("invoice")
+        .agg(F.min("order").alias("first"), F.min(dated).alias("time"))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     report.baskets = baskets.count()
     report.guest_baskets = report.baskets - basket_customer.count()
     report.customers = rows.filter(F.col("customer") != "").select("customer").distinct().count()
@@ -193,22 +248,39 @@ def _train(spark: Any, source: Source, params: TrainingParams, folder: Path, pro
     def without_held() -> Frames:
         if not kept:
             out = F.broadcast(spark.createDataFrame([(b,) for b in held.basket_ids], "invoice string"))
-            kept.append(Frames(rows.join(out, "invoice", "left_anti"), baskets.join(out, "invoice", "left_anti"),
-                               basket_customer, described, priced))
+            kept.append(
+                Frames(
+                    rows.join(out, "invoice", "left_anti"),
+                    baskets.join(out, "invoice", "left_anti"),
+                    basket_customer,
+                    described,
+                    priced,
+                )
+            )
         return kept[0]
 
     done = build_and_measure(
         lambda out, say: _model(spark, frames, report.baskets, n_parts, params, out, say),
-        lambda out, _near, say: _model(spark, without_held(), without_held().baskets.count(), n_parts, params, out,
-                                       say),
-        held, report.baskets, params, folder, progress)
+        lambda out, _near, say: _model(
+            spark, without_held(), without_held().baskets.count(), n_parts, params, out, say
+        ),
+        held,
+        report.baskets,
+        params,
+        folder,
+        progress,
+    )
     learned = frames if done.learned_all else without_held()
     span = learned.baskets.agg(F.min("time"), F.max("time")).collect()[0]
     period = purchase_period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
     for frame in (rows, basket_customer, baskets, described):
         frame.unpersist()
-    engine = {"name": "spark", "spark_version": spark.version, "master": sc.master,
-              "default_parallelism": sc.defaultParallelism}
+    engine = {
+        "name": "spark",
+        "spark_version": spark.version,
+        "master": sc.master,
+        "default_parallelism": sc.defaultParallelism,
+    }
     return Built(done.model, report, engine, period, done.evaluation, done.extra)
 
 
@@ -229,8 +301,9 @@ class Frames:
     priced: bool
 
 
-def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: TrainingParams, folder: Path,
-           progress: Progress) -> dict:
+def _model(
+    spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: TrainingParams, folder: Path, progress: Progress
+) -> dict:
     """One model from the frames' baskets, written into folder: the items, the matrix rows, the item-item table
     and the embeddings on the executors, the rest on the driver (recipe.finish_model). Returns the manifest's
     model part."""
@@ -243,17 +316,25 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
     # Items: numbered by first appearance, then ordered by popularity as recipe.build_model does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
     pairs = rows.select("invoice", "code").distinct().persist(StorageLevel.MEMORY_AND_DISK)
-    items = (rows.groupBy("code").agg(F.min("order").alias("first"))
-             .join(pairs.groupBy("code").agg(F.count("*").alias("popularity")), "code")
-             .join(frames.described, "code", "left").toPandas().sort_values("first", kind="stable"))
+    items = (
+        rows.groupBy("code")
+        .agg(F.min("order").alias("first"))
+        .join(pairs.groupBy("code").agg(F.count("*").alias("popularity")), "code")
+        .join(frames.described, "code", "left")
+        .toPandas()
+        .sort_values("first", kind="stable")
+    )
     check_size(len(items), n_baskets)
     items = items.iloc[popularity_order(items["popularity"].to_numpy())].reset_index(drop=True)
     n_items = len(items)
     codes = items["code"].tolist()
     descriptions = items["description"].fillna("").tolist()
     popularity = items["popularity"].to_numpy(dtype=np.int64)
-    prices = (np.array([float(v) if isinstance(v, str) and v else np.nan for v in items["price"]], dtype=np.float64)
-              if frames.priced else None)
+    prices = (
+        np.array([float(v) if isinstance(v, str) and v else np.nan for v in items["price"]], dtype=np.float64)
+        if frames.priced
+        else None
+    )
     index = spark.createDataFrame(items[["code"]].assign(idx=np.arange(n_items, dtype=np.int32)))
     chosen = _sample_invoices(pairs, baskets, params.seed)
 
@@ -262,16 +343,32 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
     item_pairs = pairs.join(F.broadcast(index), "code").select("invoice", "idx")
     basket_rows = item_pairs.groupBy("invoice").agg(F.sort_array(F.collect_list("idx")).alias("items"))
     customer_pairs = item_pairs.join(basket_customer, "invoice")
-    returning = (basket_customer.join(baskets.select("invoice"), "invoice").groupBy("customer").count()
-                 .filter(F.col("count") >= params.customer_min_baskets).select("customer"))
-    ranked = (customer_pairs.groupBy("customer", "idx").agg(F.count("*").alias("n")).join(returning, "customer")
-              .withColumn("rank", F.row_number().over(Window.partitionBy("customer")
-                                                      .orderBy(F.desc("n"), F.asc("idx")))))
-    customer_rows = (ranked.filter(F.col("rank") <= params.customer_max_items).groupBy("customer")
-                     .agg(F.sort_array(F.collect_list("idx")).alias("items")))
-    matrix = (basket_rows.select("items", F.lit(True).alias("basket"))
-              .unionByName(customer_rows.select("items", F.lit(False).alias("basket")))
-              .repartition(n_parts).rdd.mapPartitions(_csr_blocks).persist(StorageLevel.MEMORY_AND_DISK))
+    returning = (
+        basket_customer.join(baskets.select("invoice"), "invoice")
+        .groupBy("customer")
+        .count()
+        .filter(F.col("count") >= params.customer_min_baskets)
+        .select("customer")
+    )
+    ranked = (
+        customer_pairs.groupBy("customer", "idx")
+        .agg(F.count("*").alias("n"))
+        .join(returning, "customer")
+        .withColumn("rank", F.row_number().over(Window.partitionBy("customer").orderBy(F.desc("n"), F.asc("idx"))))
+    )
+    customer_rows = (
+        ranked.filter(F.col("rank") <= params.customer_max_items)
+        .groupBy("customer")
+        .agg(F.sort_array(F.collect_list("idx")).alias("items"))
+    )
+    matrix = (
+        basket_rows.select("items", F.lit(True).alias("basket"))
+        .unionByName(customer_rows.select("items", F.lit(False).alias("basket")))
+        .repartition(n_parts)
+        .rdd.mapPartitions(_csr_blocks)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+
     def block_figures(block: tuple[np.ndarray, ...]) -> tuple:
         signal = copurchase.measure(block[0], block[1], n_items)  # of this block; summed below
         together = np.zeros(n_items, dtype=bool)
@@ -280,12 +377,15 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
         return len(lengths), len(block[1]), np.bincount(block[1], minlength=n_items), signal.rows_with_two, together
 
     n_rows, n_entries, counts_vec, with_two, together = matrix.map(block_figures).treeReduce(
-        lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] | b[4]))
+        lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] | b[4])
+    )
     counts_vec = counts_vec.astype(np.float64)  # rows holding each item
     pairs.unpersist()
     n_customers = n_rows - n_baskets
-    progress(f"matrix: {n_baskets:,} baskets + {n_customers:,} returning customers' histories x {n_items:,} "
-             f"items, {n_entries:,} entries in {n_parts} partitions ({time.perf_counter() - t:.1f} s)")
+    progress(
+        f"matrix: {n_baskets:,} baskets + {n_customers:,} returning customers' histories x {n_items:,} "
+        f"items, {n_entries:,} entries in {n_parts} partitions ({time.perf_counter() - t:.1f} s)"
+    )
     signal = copurchase.Signal(n_rows, int(with_two), n_items, int(together.sum()))
     copurchase.check(signal, n_baskets, progress)
 
@@ -293,23 +393,36 @@ def _model(spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: Tra
     k_nbrs = min(params.neighbors, n_items - 1)
     ridge = ridge_lambda(counts_vec, params)
     with stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
-        table_index, table_weight, pair_counts = item_item_table(sc, matrix, counts_vec, n_items, k_nbrs, ridge,
-                                                                 progress)
+        table_index, table_weight, pair_counts = item_item_table(
+            sc, matrix, counts_vec, n_items, k_nbrs, ridge, progress
+        )
     with stage(progress, f"svd: {k} factors"):
         embeddings = _embeddings(sc, matrix, counts_vec, n_items, k, params)
     matrix.unpersist()
-    parts_out = ModelParts(codes, descriptions, popularity, table_index, table_weight, k=k, ridge=ridge,
-                           baskets=n_baskets, customer_rows=n_customers, samples=chosen, pair_counts=pair_counts,
-                           prices=prices, signal=signal.as_dict(), embeddings=embeddings)
+    parts_out = ModelParts(
+        codes,
+        descriptions,
+        popularity,
+        table_index,
+        table_weight,
+        k=k,
+        ridge=ridge,
+        baskets=n_baskets,
+        customer_rows=n_customers,
+        samples=chosen,
+        pair_counts=pair_counts,
+        prices=prices,
+        signal=signal.as_dict(),
+        embeddings=embeddings,
+    )
     return finish_model(folder, parts_out, params, progress)
 
 
 def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -> HeldOut | None:
     """holdout.split on the cluster: the most recent dated baskets (ties by file order), or the last ones in file
     order when nothing is dated; their items and times collected (a few thousand baskets at most)."""
-    from pyspark.sql import functions as F
-
     import pandas as pd
+    from pyspark.sql import functions as F
 
     if not params.holdout:
         return None
@@ -323,16 +436,24 @@ def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -
     if not size:
         return None
     chosen = latest.limit(size).persist()
-    found = (rows.join(F.broadcast(chosen.select("invoice")), "invoice").groupBy("invoice", "code")
-             .agg(F.min("order").alias("at")).toPandas())
+    found = (
+        rows.join(F.broadcast(chosen.select("invoice")), "invoice")
+        .groupBy("invoice", "code")
+        .agg(F.min("order").alias("at"))
+        .toPandas()
+    )
     held = chosen.toPandas().sort_values("first")
     chosen.unpersist()
     found = found.sort_values("at")
     items = {invoice: group["code"].tolist() for invoice, group in found.groupby("invoice", sort=False)}
     times = np.array([None if pd.isna(t) else int(t) for t in held["time"]], dtype="datetime64[s]")
     stamps = times[~np.isnat(times)]
-    return HeldOut(held["invoice"].tolist(), times, [items.get(b, []) for b in held["invoice"]],
-                   stamps.min() if len(stamps) else None)
+    return HeldOut(
+        held["invoice"].tolist(),
+        times,
+        [items.get(b, []) for b in held["invoice"]],
+        stamps.min() if len(stamps) else None,
+    )
 
 
 def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
@@ -341,22 +462,28 @@ def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
     from pyspark.sql import functions as F
 
     sized = baskets.join(pairs.groupBy("invoice").agg(F.count("*").alias("size")), "invoice")
-    eligible = sized.filter((F.col("size") >= sample_invoices.MIN_ITEMS)
-                            & (F.col("size") <= sample_invoices.MAX_ITEMS))
+    eligible = sized.filter((F.col("size") >= sample_invoices.MIN_ITEMS) & (F.col("size") <= sample_invoices.MAX_ITEMS))
     n = eligible.count()
     if not n:
         eligible = sized.filter(F.col("size") > 0)
         n = eligible.count()
     picked = set(np.random.default_rng(seed).choice(n, size=min(sample_invoices.COUNT, n), replace=False).tolist())
-    chosen = (eligible.select("first", "invoice", "time").rdd.sortBy(lambda r: r[0]).zipWithIndex()
-              .filter(lambda r: r[1] in picked).map(lambda r: r[0]).collect())
+    chosen = (
+        eligible.select("first", "invoice", "time")
+        .rdd.sortBy(lambda r: r[0])
+        .zipWithIndex()
+        .filter(lambda r: r[1] in picked)
+        .map(lambda r: r[0])
+        .collect()
+    )
     names = [r[1] for r in sorted(chosen)]
     codes: dict[str, list[str]] = {name: [] for name in names}
-    for invoice, code in pairs.join(F.broadcast(pairs.sparkSession.createDataFrame(
-            [(name,) for name in names], "invoice string")), "invoice").collect():
+    for invoice, code in pairs.join(
+        F.broadcast(pairs.sparkSession.createDataFrame([(name,) for name in names], "invoice string")), "invoice"
+    ).collect():
         codes[invoice].append(code)
     out = []
-    for first, invoice, when in sorted(chosen):
+    for _first, invoice, when in sorted(chosen):
         date = None if when is None else str(np.datetime_as_string(np.datetime64(int(when), "s"), unit="D"))
         out.append({"invoice": str(invoice), "date": date, "items": sorted(codes[invoice])})
     return out
@@ -374,13 +501,15 @@ def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, 
             x = row_matrix(block, n_items, scale_b.value)
             y = x @ q_b.value
             return (x.T @ y) if kind == "normal" else (y.T @ y)
+
         try:
             return matrix.map(part).treeReduce(np.add)
         finally:
             q_b.unpersist()
 
     try:
-        return embeddings_from_products(n_items, k, params.seed, params.svd_iterations,
-                                        lambda q: product(q, "normal"), lambda q: product(q, "gram"))
+        return embeddings_from_products(
+            n_items, k, params.seed, params.svd_iterations, lambda q: product(q, "normal"), lambda q: product(q, "gram")
+        )
     finally:
         scale_b.unpersist()

@@ -13,7 +13,8 @@ reach the driver. The arithmetic is the single-machine trainer's, so the table i
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +22,9 @@ from recommender.training import neighbors
 
 Progress = Callable[[str], None]
 PairCounts = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (indptr, target) by source -> baskets per entry
-GRAM_BLOCK = 4096        # items whose co-occurrence rows one task owns (a matrix row goes to each block it touches)
-TARGET_BLOCK = 2048      # targets whose ridge systems are solved together (2048 x 100 x 100 float32: 82 MB)
-DENSE_BYTES = 1 << 28    # a dense slice of co-occurrence rows computed at once (256 MB)
+GRAM_BLOCK = 4096  # items whose co-occurrence rows one task owns (a matrix row goes to each block it touches)
+TARGET_BLOCK = 2048  # targets whose ridge systems are solved together (2048 x 100 x 100 float32: 82 MB)
+DENSE_BYTES = 1 << 28  # a dense slice of co-occurrence rows computed at once (256 MB)
 
 
 def one_blas_thread() -> None:
@@ -43,8 +44,9 @@ def row_matrix(block: tuple[np.ndarray, ...], n_items: int, values: np.ndarray |
     return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
 
 
-def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, lam: float,
-                    progress: Progress) -> tuple[np.ndarray, np.ndarray, PairCounts]:
+def item_item_table(
+    sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, lam: float, progress: Progress
+) -> tuple[np.ndarray, np.ndarray, PairCounts]:
     """Top-k neighbours and ridge weights of every item (items x k each) from the matrix rows (an RDD of
     (indptr, indices, is_basket) partitions); and how to count each table entry's baskets once the table is laid
     out by source."""
@@ -65,7 +67,7 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
         touched = np.unique((indices // size).astype(np.int64) * n_rows + rows)  # by block, then row
         bounds = np.searchsorted(touched, np.arange(n_blocks + 1, dtype=np.int64) * n_rows)
         for b in np.flatnonzero(np.diff(bounds)):
-            chosen = touched[bounds[b]:bounds[b + 1]] - b * n_rows
+            chosen = touched[bounds[b] : bounds[b + 1]] - b * n_rows
             keep = np.zeros(n_rows, dtype=bool)
             keep[chosen] = True
             sub = np.zeros(len(chosen) + 1, dtype=np.int64)
@@ -96,10 +98,14 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
         xt = x[:, lo:hi].T.tocsr()
         step = max(1, min(hi - lo, dense_bytes // (4 * (n_items + 1))))
         for s0 in range(0, hi - lo, step):
-            part = (xt[s0:s0 + step] @ x).tocsr()
-            yield neighbors.Gram(part.indptr.astype(np.int64), part.indices.astype(np.int32, copy=False),
-                                 part.data.astype(np.float32, copy=False),
-                                 counts_b.value, start=lo + s0)
+            part = (xt[s0 : s0 + step] @ x).tocsr()
+            yield neighbors.Gram(
+                part.indptr.astype(np.int64),
+                part.indices.astype(np.int32, copy=False),
+                part.data.astype(np.float32, copy=False),
+                counts_b.value,
+                start=lo + s0,
+            )
 
     def find_neighbors(records: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, np.ndarray]]:
         one_blas_thread()
@@ -110,7 +116,7 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
     started = time.perf_counter()
     table_index = np.full((n_items, k), -1, dtype=np.int32)
     for start, block in routed.mapPartitions(find_neighbors).collect():
-        table_index[start:start + len(block)] = block
+        table_index[start : start + len(block)] = block
     progress(f"  neighbours: {n_blocks} block(s) of {size:,} items ({time.perf_counter() - started:.1f} s)")
 
     nbrs_b = sc.broadcast(table_index)
@@ -140,12 +146,12 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
             for g, gb in zip(slices(b, x), slices(b, baskets_only)):
                 lo, hi = g.start, g.start + g.shape[0]
                 together, in_baskets = dense(g), dense(gb)
-                entries = np.sort(order[np.searchsorted(sources, lo):np.searchsorted(sources, hi)])  # by target
+                entries = np.sort(order[np.searchsorted(sources, lo) : np.searchsorted(sources, hi)])  # by target
                 target, position = entries // k, entries % k
                 source = nbrs[target, position] - lo
                 bounds = np.searchsorted(target, np.arange(0, n_items + target_block, target_block))
                 for t in np.flatnonzero(np.diff(bounds)):
-                    ts, ps, ss = (a[bounds[t]:bounds[t + 1]] for a in (target, position, source))
+                    ts, ps, ss = (a[bounds[t] : bounds[t + 1]] for a in (target, position, source))
                     yield int(t), ("system", ts, ps, together[ss[:, None], padded[ts]])
                     yield int(t), ("count", ts, ps, in_baskets[ss, ts].astype(np.int32))
                 own = np.arange(lo, hi)
@@ -162,8 +168,11 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
         for t, (kind, cs, ps, values) in records:
             if t not in held:
                 rows = min(n_items, (t + 1) * target_block) - t * target_block
-                held[t] = (np.zeros((rows, k, k), dtype=np.float32), np.zeros((rows, k), dtype=np.float32),
-                           np.zeros((rows, k), dtype=np.int32))
+                held[t] = (
+                    np.zeros((rows, k, k), dtype=np.float32),
+                    np.zeros((rows, k), dtype=np.float32),
+                    np.zeros((rows, k), dtype=np.int32),
+                )
             systems, rhs, together = held[t]
             at = cs - t * target_block
             if kind == "system":
@@ -174,7 +183,7 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
                 rhs[at] = values
         for t, (systems, rhs, together) in held.items():
             start = t * target_block
-            valid = nbrs[start:start + len(rhs)] >= 0
+            valid = nbrs[start : start + len(rhs)] >= 0
             yield t, neighbors.solve_ridge(systems, rhs, valid, lam), together
 
     started = time.perf_counter()
@@ -182,10 +191,11 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
     entry_counts = np.zeros((n_items, k), dtype=np.int32)  # baskets holding both the target and the neighbour
     solved = routed.mapPartitions(pieces).partitionBy(n_targets, lambda t: t).mapPartitions(solve)
     for t, weights, together in solved.collect():
-        table_weight[t * target_block:t * target_block + len(weights)] = weights
-        entry_counts[t * target_block:t * target_block + len(weights)] = together
-    progress(f"  ridge systems: {n_targets} block(s) of {target_block:,} targets "
-             f"({time.perf_counter() - started:.1f} s)")
+        table_weight[t * target_block : t * target_block + len(weights)] = weights
+        entry_counts[t * target_block : t * target_block + len(weights)] = together
+    progress(
+        f"  ridge systems: {n_targets} block(s) of {target_block:,} targets ({time.perf_counter() - started:.1f} s)"
+    )
     for broadcast in (nbrs_b, by_source_b, counts_b):
         broadcast.unpersist()
 
@@ -198,4 +208,5 @@ def item_item_table(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: i
         source = np.repeat(np.arange(n_items, dtype=np.int64), np.diff(indptr))
         found = order[np.searchsorted(keys[order], target.astype(np.int64) * n_items + source)]
         return entry_counts[valid][found]
+
     return table_index, table_weight, pair_counts

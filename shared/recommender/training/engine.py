@@ -6,10 +6,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -29,32 +29,39 @@ def scratch_folder() -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
             yield Path(tmp)
     except OSError as err:
-        raise StorageError(f"cannot write the model's files in {tempfile.gettempdir()}: {err.strerror or err}; free "
-                           f"some space there, or set TMPDIR to a folder on a disk with more") from None
+        raise StorageError(
+            f"cannot write the model's files in {tempfile.gettempdir()}: {err.strerror or err}; free "
+            f"some space there, or set TMPDIR to a folder on a disk with more"
+        ) from None
 
 
 @dataclass
 class Built:
     """What an engine's training left beside the artifacts in the version's folder, for the manifest."""
 
-    model: dict                     # the manifest's model part (recipe.finish_model)
-    report: CleaningReport          # the cleaning report of the whole input
-    engine: dict                    # {"name": "single"} or Spark's name, version and master
-    period: dict | None             # first and last purchase trained on
+    model: dict  # the manifest's model part (recipe.finish_model)
+    report: CleaningReport  # the cleaning report of the whole input
+    engine: dict  # {"name": "single"} or Spark's name, version and master
+    period: dict | None  # first and last purchase trained on
     evaluation: dict | None = None  # the holdout's figures
-    extra: tuple[str, ...] = ()     # artifacts beyond recipe.ARTIFACTS (the holdout's)
+    extra: tuple[str, ...] = ()  # artifacts beyond recipe.ARTIFACTS (the holdout's)
 
 
 def announce_holdout(held: holdout.HeldOut, separate: bool, progress: Progress) -> None:
     """Say which baskets measure the model, and how (both engines, same words)."""
     since = f" (from {str(held.cutoff)[:16].replace('T', ' ')})" if held.cutoff is not None else ""
-    how = ("a second model is trained without them" if separate else
-           "they are kept out of training (too few to matter)")
+    how = "a second model is trained without them" if separate else "they are kept out of training (too few to matter)"
     progress(f"holdout: the {len(held.basket_ids):,} most recent baskets{since} measure the model: {how}")
 
 
-def assess_holdout(folder: Path, model_info: dict, held: holdout.HeldOut | None, params: TrainingParams,
-                   progress: Progress, near: dict[str, list[int]] | None = None) -> tuple[dict | None, tuple[str, ...]]:
+def assess_holdout(
+    folder: Path,
+    model_info: dict,
+    held: holdout.HeldOut | None,
+    params: TrainingParams,
+    progress: Progress,
+    near: dict[str, list[int]] | None = None,
+) -> tuple[dict | None, tuple[str, ...]]:
     """The holdout's evaluation and extra artifacts for a model written in folder (both engines)."""
     if held is None:
         return None, ()
@@ -66,13 +73,21 @@ def assess_holdout(folder: Path, model_info: dict, held: holdout.HeldOut | None,
 
 def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) -> Callable[[Path], Built]:
     """The single-machine trainer as an engine: the model, measured on the most recent baskets (build_and_measure)."""
+
     def fill(folder: Path) -> Built:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
-        done = build_and_measure(lambda out, say: build_model(tx, params, out, say),
-                                 lambda out, near, say: build_model(train_tx, params, out, say, near),
-                                 held, len(tx.basket_ids), params, folder, progress)
+        done = build_and_measure(
+            lambda out, say: build_model(tx, params, out, say),
+            lambda out, near, say: build_model(train_tx, params, out, say, near),
+            held,
+            len(tx.basket_ids),
+            params,
+            folder,
+            progress,
+        )
         period = purchase_period((tx if done.learned_all else train_tx).basket_time)
         return Built(done.model, tx.report, SINGLE_ENGINE, period, done.evaluation, done.extra)
+
     return fill
 
 
@@ -87,10 +102,15 @@ class Measured:
     learned_all: bool
 
 
-def build_and_measure(build_all: Callable[[Path, Progress], dict],
-                      build_without: Callable[[Path, dict[str, list[int]], Progress], dict],
-                      held: holdout.HeldOut | None, n_baskets: int, params: TrainingParams, folder: Path,
-                      progress: Progress) -> Measured:
+def build_and_measure(
+    build_all: Callable[[Path, Progress], dict],
+    build_without: Callable[[Path, dict[str, list[int]], Progress], dict],
+    held: holdout.HeldOut | None,
+    n_baskets: int,
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress,
+) -> Measured:
     """Build the model into folder and measure it on the held-out baskets, for both engines. build_all trains on
     every basket, build_without without the held-out ones (given the codes whose Annoy neighbours to fill in).
 
@@ -138,8 +158,13 @@ def _not_measured(err: DataFileError, progress: Progress) -> None:
     progress(f"holdout: not measured: without the held-out baskets, {err.message}")
 
 
-def single_trainer(source: str | Path, params: TrainingParams, progress: Progress = print, encoding: str = "utf-8",
-                   max_memory_gb: float | None = None) -> Callable[[Path], Built]:
+def single_trainer(
+    source: str | Path,
+    params: TrainingParams,
+    progress: Progress = print,
+    encoding: str = "utf-8",
+    max_memory_gb: float | None = None,
+) -> Callable[[Path], Built]:
     """The single-machine engine for a file: reads and cleans it now (refusing it at once when the training would
     need more memory than allowed), and returns what builds and measures the model into a version's folder."""
     t = time.perf_counter()

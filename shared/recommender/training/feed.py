@@ -7,9 +7,9 @@ import gzip
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -60,8 +60,9 @@ def feed_kind(path: Path) -> str:
     for suffix in sorted(SUPPORTED, key=len, reverse=True):
         if name.endswith(suffix):
             return suffix
-    raise DataFileError(f"unsupported feed file type {''.join(path.suffixes) or '(none)'} for {path.name}: "
-                        f"use {', '.join(SUPPORTED)}")
+    raise DataFileError(
+        f"unsupported feed file type {''.join(path.suffixes) or '(none)'} for {path.name}: use {', '.join(SUPPORTED)}"
+    )
 
 
 def _norm(name: object) -> str:
@@ -79,8 +80,9 @@ def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
         return rows[0], [(row + [""] * width)[:width] for row in rows[1:]]
     sep = "\t" if kind.startswith(".tsv") else ","
     try:
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding_errors="replace",
-                            quoting=3 if sep == "\t" else 0)  # Merchant Center's tab files use no quoting
+        frame = pd.read_csv(
+            path, sep=sep, dtype=str, keep_default_na=False, encoding_errors="replace", quoting=3 if sep == "\t" else 0
+        )  # Merchant Center's tab files use no quoting
     except pd.errors.EmptyDataError:
         raise DataFileError(f"{path.name} is empty") from None
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
@@ -125,8 +127,10 @@ def read_feed(path: str | Path) -> FeedFile:
     if "stock_code" not in found:
         shown = ", ".join(str(c).strip() for c in header) or "none"
         if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
-            raise DataFileError(f"{path.name} does not look {'tab' if feed_kind(path).startswith('.tsv') else 'comma'}"
-                                f"-separated (header {header[0]!r})")
+            raise DataFileError(
+                f"{path.name} does not look {'tab' if feed_kind(path).startswith('.tsv') else 'comma'}"
+                f"-separated (header {header[0]!r})"
+            )
         raise DataFileError(f"{path.name} lacks a StockCode (or id) column; found: {shown}")
     if not rows:
         raise DataFileError(f"{path.name} has a header but no rows")
@@ -135,9 +139,10 @@ def read_feed(path: str | Path) -> FeedFile:
     currencies: Counter = Counter()
     errors: list[str] = []
     for number, row in enumerate(rows, start=2):  # the header is line 1
+
         def cell(attribute: str) -> str:
             j = found.get(attribute)
-            return "" if j is None else str(row[j] if row[j] is not None else "").strip()
+            return "" if j is None else str(row[j] if row[j] is not None else "").strip()  # noqa: B023 (used in this iteration)
 
         code = clean_code(cell("stock_code"))
         try:
@@ -172,31 +177,44 @@ def read_feed(path: str | Path) -> FeedFile:
 def describe(feed: FeedFile, known_codes: set[str] | None) -> list[str]:
     """What a feed holds, as lines for the console; with the current model's codes, which ones it does not know."""
     availability = Counter(a.get("availability", "in_stock (default)") for a in feed.items.values())
-    lines = [f"{len(feed.items):,} products, columns: {', '.join(feed.columns)}",
-             "availability: " + ", ".join(f"{n:,} {name}" for name, n in sorted(availability.items())),
-             f"with a price: {sum('price' in a for a in feed.items.values()):,} (the others keep the training "
-             f"file's most recent UnitPrice); with a category: {sum('category' in a for a in feed.items.values()):,}"]
+    lines = [
+        f"{len(feed.items):,} products, columns: {', '.join(feed.columns)}",
+        "availability: " + ", ".join(f"{n:,} {name}" for name, n in sorted(availability.items())),
+        f"with a price: {sum('price' in a for a in feed.items.values()):,} (the others keep the training "
+        f"file's most recent UnitPrice); with a category: {sum('category' in a for a in feed.items.values()):,}",
+    ]
     if len(feed.currencies) > 1:
-        lines.append(f"warning: prices in {len(feed.currencies)} currencies ({', '.join(sorted(feed.currencies))}); "
-                     "price filters and ratios compare the numbers as they are")
+        lines.append(
+            f"warning: prices in {len(feed.currencies)} currencies ({', '.join(sorted(feed.currencies))}); "
+            "price filters and ratios compare the numbers as they are"
+        )
     if known_codes is not None:
         unknown = sorted(set(feed.items) - known_codes)
         if unknown:
-            lines.append(f"warning: {len(unknown):,} code(s) not in the current model (kept, unused until a model "
-                         f"knows them): {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
+            lines.append(
+                f"warning: {len(unknown):,} code(s) not in the current model (kept, unused until a model "
+                f"knows them): {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}"
+            )
     return lines
 
 
-def publish_feed(storage: Storage, path: str | Path, keep_versions: int = 5,
-                 progress: Callable[[str], None] = print, now: Callable = utcnow,
-                 known_codes: set[str] | None = None) -> dict:
+def publish_feed(
+    storage: Storage,
+    path: str | Path,
+    keep_versions: int = 5,
+    progress: Callable[[str], None] = print,
+    now: Callable = utcnow,
+    known_codes: set[str] | None = None,
+) -> dict:
     """Validate a feed file, store it as a new feed version, activate it and prune old ones; returns the manifest."""
     path = Path(path)
     feed = read_feed(path)
     for line in describe(feed, known_codes):
         progress(line)
-    info = {"source": {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size},
-            "counts": {"rows": feed.rows, "items": len(feed.items)}}
+    info = {
+        "source": {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size},
+        "counts": {"rows": feed.rows, "items": len(feed.items)},
+    }
     manifest = registry.publish_files(storage, {FEED_FILE: feed.to_json()}, info, registry.FEED, now)
     registry.activate(storage, manifest["version"], now, kind=registry.FEED)
     registry.prune(storage, keep_versions, now=now, kind=registry.FEED)
@@ -244,25 +262,43 @@ def show(storage: Storage, code: str | None) -> list[str]:
     version, items = active_feed(storage)
     if code is None:
         if pointer is None:
-            return [f"no product feed in {storage.url}: every item counts as in stock, priced from the training file "
-                    "(make feed PATH_TO_FEED=<file> uploads one)"]
+            return [
+                f"no product feed in {storage.url}: every item counts as in stock, priced from the training file "
+                "(make feed PATH_TO_FEED=<file> uploads one)"
+            ]
         manifest = registry.read_manifest(storage, pointer.version, registry.FEED)
         availability = Counter(a.get("availability", "in_stock") for a in items.values())
-        return [f"feed version {version} (created {manifest['created_at']}, from {manifest['source']['file']})",
-                f"{len(items):,} products; " + ", ".join(f"{n:,} {k}" for k, n in sorted(availability.items())),
-                f"earlier versions (make feed_rollback): {', '.join(pointer.previous) or 'none'}"]
+        return [
+            f"feed version {version} (created {manifest['created_at']}, from {manifest['source']['file']})",
+            f"{len(items):,} products; " + ", ".join(f"{n:,} {k}" for k, n in sorted(availability.items())),
+            f"earlier versions (make feed_rollback): {', '.join(pointer.previous) or 'none'}",
+        ]
     model = active_model(storage)
     attributes = items.get(code)
     row = model.codes.index(code) if model and code in model.codes else None
     if row is None and attributes is None:
         raise NotFound(f"{code} is neither in the active model nor in the feed")
     lines = [code + (f"  {model.descriptions[row]}" if row is not None else "")]
-    lines.append(f"  model {model.version}: " + (f"in {model.popularity[row]:,} training baskets" if row is not None
-                                                   else "unknown (never recommended until a model knows it)")
-                 if model else "  no model yet")
-    lines.append(f"  feed {version}: " + (", ".join(f"{k} {v}" for k, v in sorted(attributes.items())) or "listed"
-                                          if attributes is not None else "not listed (defaults: in stock, no category)")
-                 if version else "  no feed (defaults: in stock, no category)")
+    lines.append(
+        f"  model {model.version}: "
+        + (
+            f"in {model.popularity[row]:,} training baskets"
+            if row is not None
+            else "unknown (never recommended until a model knows it)"
+        )
+        if model
+        else "  no model yet"
+    )
+    lines.append(
+        f"  feed {version}: "
+        + (
+            ", ".join(f"{k} {v}" for k, v in sorted(attributes.items())) or "listed"
+            if attributes is not None
+            else "not listed (defaults: in stock, no category)"
+        )
+        if version
+        else "  no feed (defaults: in stock, no category)"
+    )
     trained = model.prices[row] if model is not None and row is not None and model.prices is not None else np.nan
     if attributes and "price" in attributes:
         currency = f" {attributes['currency']}" if attributes.get("currency") else ""

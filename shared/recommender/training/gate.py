@@ -13,8 +13,8 @@ with training, not in the serving layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -35,11 +35,11 @@ class Comparison:
     candidate: str
     active: str
     cases: int
-    first: str | None              # date of the earliest basket compared
+    first: str | None  # date of the earliest basket compared
     last: str | None
-    candidate_figures: dict        # {"hr", "mrr"}
+    candidate_figures: dict  # {"hr", "mrr"}
     active_figures: dict
-    own_cases: int | None = None   # set when each model's figures are on its own held-out baskets: the active's
+    own_cases: int | None = None  # set when each model's figures are on its own held-out baskets: the active's
 
     def worse(self, margin: float) -> bool:
         """Whether the candidate's HR@10 is more than margin (relative) below the active model's."""
@@ -50,10 +50,16 @@ class Comparison:
         """Both figures, in one line."""
         c, a = self.candidate_figures, self.active_figures
         span = f" from {self.first} to {self.last}" if self.first else ""
-        where = (f"each on its own held-out baskets ({self.cases:,} and {self.own_cases:,}; the active model learned "
-                 f"from the new one's)" if self.own_cases is not None else f"on {self.cases:,} held-out baskets{span}")
-        return (f"HR@10 {c['hr']:.3f} for the new model {self.candidate} against {a['hr']:.3f} for the active "
-                f"{self.active} (MRR@10 {c['mrr']:.3f} against {a['mrr']:.3f}), {where}")
+        where = (
+            f"each on its own held-out baskets ({self.cases:,} and {self.own_cases:,}; the active model learned "
+            f"from the new one's)"
+            if self.own_cases is not None
+            else f"on {self.cases:,} held-out baskets{span}"
+        )
+        return (
+            f"HR@10 {c['hr']:.3f} for the new model {self.candidate} against {a['hr']:.3f} for the active "
+            f"{self.active} (MRR@10 {c['mrr']:.3f} against {a['mrr']:.3f}), {where}"
+        )
 
 
 def compare(storage: Storage, candidate: str, active: str) -> tuple[Comparison | None, str]:
@@ -63,8 +69,10 @@ def compare(storage: Storage, candidate: str, active: str) -> tuple[Comparison |
         return None, f"the new model {candidate} has no held-out baskets to compare on"
     active_manifest = registry.read_manifest(storage, active)
     if "period" not in active_manifest:
-        return None, (f"the active model {active} was trained before held-out evaluation existed: it may have "
-                      f"learned from the new model's held-out baskets")
+        return None, (
+            f"the active model {active} was trained before held-out evaluation existed: it may have "
+            f"learned from the new model's held-out baskets"
+        )
     stored = holdout.read_cases(registry.read_verified(storage, candidate, holdout.CASES, registry.MODELS))
     cases = stored["cases"]
     period = active_manifest["period"]
@@ -76,29 +84,48 @@ def compare(storage: Storage, candidate: str, active: str) -> tuple[Comparison |
     if len(cases) < MIN_CASES:
         if "evaluation" in active_manifest and "evaluation" in manifest:
             return _own_holdouts(candidate, active, manifest["evaluation"], active_manifest["evaluation"]), ""
-        return None, (f"only {len(cases)} of the new model's held-out baskets are newer than what the active model "
-                      f"{active} learned from (at least {MIN_CASES} are needed)")
+        return None, (
+            f"only {len(cases)} of the new model's held-out baskets are newer than what the active model "
+            f"{active} learned from (at least {MIN_CASES} are needed)"
+        )
     try:
         model = load_model(storage, active)
     except RecommenderError as err:
         return None, f"the active model cannot be loaded ({err.message})"
     ranks = holdout.answer_ranks(model, [c["query"] for c in cases], [c["hidden"] for c in cases], stored["k"])
     times = sorted(c["time"] for c in cases if c["time"])
-    return Comparison(candidate, active, len(cases), times[0][:10] if times else None,
-                      times[-1][:10] if times else None,
-                      holdout.hit_metrics(np.array([c["rank"] for c in cases]), stored["k"]),
-                      holdout.hit_metrics(ranks, stored["k"])), ""
+    return Comparison(
+        candidate,
+        active,
+        len(cases),
+        times[0][:10] if times else None,
+        times[-1][:10] if times else None,
+        holdout.hit_metrics(np.array([c["rank"] for c in cases]), stored["k"]),
+        holdout.hit_metrics(ranks, stored["k"]),
+    ), ""
 
 
 def _own_holdouts(candidate: str, active: str, new: dict, old: dict) -> Comparison:
     """The figures both models got at training, each on its own newest baskets."""
-    return Comparison(candidate, active, new["cases"], None, None,
-                      {"hr": new["model"]["hr"], "mrr": new["model"]["mrr"]},
-                      {"hr": old["model"]["hr"], "mrr": old["model"]["mrr"]}, own_cases=old["cases"])
+    return Comparison(
+        candidate,
+        active,
+        new["cases"],
+        None,
+        None,
+        {"hr": new["model"]["hr"], "mrr": new["model"]["mrr"]},
+        {"hr": old["model"]["hr"], "mrr": old["model"]["mrr"]},
+        own_cases=old["cases"],
+    )
 
 
-def check(storage: Storage, candidate: str, force: bool = False, margin: float = MARGIN,
-          progress: Callable[[str], None] = print) -> Comparison | None:
+def check(
+    storage: Storage,
+    candidate: str,
+    force: bool = False,
+    margin: float = MARGIN,
+    progress: Callable[[str], None] = print,
+) -> Comparison | None:
     """Compare the candidate with the active model before it replaces it; ModelRefused when it is clearly worse
     (unless force). Returns the comparison (None when there was nothing to compare, with the reason reported)."""
     try:
@@ -115,8 +142,7 @@ def check(storage: Storage, candidate: str, force: bool = False, margin: float =
     if not comparison.worse(margin):
         progress(f"compared with the active model: {comparison.describe()}")
         return comparison
-    text = (f"the new model is clearly worse than the active one: {comparison.describe()}; more than "
-            f"{margin:.0%} below")
+    text = f"the new model is clearly worse than the active one: {comparison.describe()}; more than {margin:.0%} below"
     if force:
         progress(f"{text}; activated anyway (forced)")
         return comparison

@@ -17,9 +17,9 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -30,9 +30,9 @@ from recommender.training.ingest import Transactions, select_baskets
 
 PROTOCOL = "most recent baskets held out; one known item of each hidden, the rest asked for 10 (make evaluate's)"
 K = 10
-CALIBRATION_DEPTH = 20       # ranks observed per held-out query for the calibration
-CALIBRATION_QUERIES = 500    # held-out baskets split for the calibration (10,000 observations: plenty for a curve)
-MIN_HOLDOUT_BASKETS = 10     # below this a holdout measures nothing: train on everything
+CALIBRATION_DEPTH = 20  # ranks observed per held-out query for the calibration
+CALIBRATION_QUERIES = 500  # held-out baskets split for the calibration (10,000 observations: plenty for a curve)
+MIN_HOLDOUT_BASKETS = 10  # below this a holdout measures nothing: train on everything
 CASES = "holdout.json.gz"
 CALIBRATION = "calibration.json"
 FORMAT = 1
@@ -55,8 +55,9 @@ class HoldoutPolicy:
 
     def size(self, n_baskets: int) -> int:
         """Baskets to hold out of n_baskets (0: too few for a holdout)."""
-        size = min(max(round(self.share * n_baskets), self.min_baskets), int(self.max_share * n_baskets),
-                   self.max_baskets)
+        size = min(
+            max(round(self.share * n_baskets), self.min_baskets), int(self.max_share * n_baskets), self.max_baskets
+        )
         return size if size >= MIN_HOLDOUT_BASKETS else 0
 
     def separate(self, held: int, n_baskets: int) -> bool:
@@ -69,9 +70,9 @@ class HeldOut:
     """The held-out baskets, as plain values."""
 
     basket_ids: list[str]
-    times: np.ndarray               # datetime64[s] per basket, NaT when undated
-    items: list[list[str]]          # distinct stock codes of each basket
-    cutoff: np.datetime64 | None    # the earliest held-out time (None for undated files: the last baskets in file order)
+    times: np.ndarray  # datetime64[s] per basket, NaT when undated
+    items: list[list[str]]  # distinct stock codes of each basket
+    cutoff: np.datetime64 | None  # the earliest held-out time (None for undated files: the last baskets in file order)
 
 
 def split_mask(basket_time: np.ndarray, policy: HoldoutPolicy) -> np.ndarray:
@@ -83,13 +84,13 @@ def split_mask(basket_time: np.ndarray, policy: HoldoutPolicy) -> np.ndarray:
     if not dated.any():
         size = policy.size(n)
         if size:
-            mask[n - size:] = True
+            mask[n - size :] = True
         return mask
     rows = np.flatnonzero(dated)
     size = policy.size(len(rows))
     if size:
         order = rows[np.lexsort((rows, basket_time[rows].view("int64")))]
-        mask[order[len(order) - size:]] = True
+        mask[order[len(order) - size :]] = True
     return mask
 
 
@@ -121,7 +122,9 @@ def _with_two_known(baskets: Sequence[Collection[str]], known: Collection[str]) 
             yield position, present
 
 
-def leave_one_out(baskets: Sequence[Collection[str]], known: Collection[str], seed: int) -> list[tuple[int, list[str], str]]:
+def leave_one_out(
+    baskets: Sequence[Collection[str]], known: Collection[str], seed: int
+) -> list[tuple[int, list[str], str]]:
     """make evaluate's cases: for each basket with two or more known codes, one of them (sorted by code, picked by a
     seeded generator) is hidden and the others are the query. Returns (basket position, query, hidden)."""
     rng = np.random.default_rng(seed)
@@ -132,8 +135,9 @@ def leave_one_out(baskets: Sequence[Collection[str]], known: Collection[str], se
     return out
 
 
-def random_splits(baskets: Sequence[Collection[str]], known: Collection[str], seed: int
-                  ) -> list[tuple[int, list[str], set[str]]]:
+def random_splits(
+    baskets: Sequence[Collection[str]], known: Collection[str], seed: int
+) -> list[tuple[int, list[str], set[str]]]:
     """For each basket with two or more known codes: a random part of them as the query (1 to all but one), the
     rest as what the shopper bought. Returns (basket position, query, bought)."""
     rng = np.random.default_rng(seed)
@@ -177,12 +181,15 @@ def hit_metrics(ranks: np.ndarray, k: int = K) -> dict:
     hit = (ranks > 0) & (ranks <= k)
     if not len(ranks):
         return {"hr": 0.0, "mrr": 0.0}
-    return {"hr": round(float(hit.mean()), 4),
-            "mrr": round(float(np.where(hit, 1.0 / np.maximum(ranks, 1), 0.0).mean()), 4)}
+    return {
+        "hr": round(float(hit.mean()), 4),
+        "mrr": round(float(np.where(hit, 1.0 / np.maximum(ranks, 1), 0.0).mean()), 4),
+    }
 
 
-def observe(model: Model, splits: Sequence[tuple[int, list[str], set[str]]], depth: int = CALIBRATION_DEPTH
-            ) -> tuple[Observations, Observations]:
+def observe(
+    model: Model, splits: Sequence[tuple[int, list[str], set[str]]], depth: int = CALIBRATION_DEPTH
+) -> tuple[Observations, Observations]:
     """What the model's answers (and popular items) to each query held: score, rank and whether it was bought.
     Fallback answers (popular items) are observed as popular ones only."""
     scores, ranks, bought = [], [], []
@@ -204,18 +211,28 @@ def observe(model: Model, splits: Sequence[tuple[int, list[str], set[str]]], dep
                     break
         pop_ranks.extend(range(1, len(shown) + 1))
         pop_bought.extend(code in rest for code in shown)
-    return (Observations(np.asarray(scores, dtype=np.float64), np.asarray(ranks, dtype=np.int64),
-                         np.asarray(bought, dtype=bool)),
-            Observations(np.zeros(len(pop_ranks)), np.asarray(pop_ranks, dtype=np.int64),
-                         np.asarray(pop_bought, dtype=bool)))
+    return (
+        Observations(
+            np.asarray(scores, dtype=np.float64), np.asarray(ranks, dtype=np.int64), np.asarray(bought, dtype=bool)
+        ),
+        Observations(
+            np.zeros(len(pop_ranks)), np.asarray(pop_ranks, dtype=np.int64), np.asarray(pop_bought, dtype=bool)
+        ),
+    )
 
 
 def _iso(t: np.datetime64 | None) -> str | None:
     return None if t is None or np.isnat(t) else str(np.datetime64(t, "s"))
 
 
-def assess(folder: Path, model_info: dict, held: HeldOut, seed: int = 0, progress: Callable[[str], None] = print,
-           near: dict[str, list[int]] | None = None) -> tuple[dict | None, list[str]]:
+def assess(
+    folder: Path,
+    model_info: dict,
+    held: HeldOut,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+    near: dict[str, list[int]] | None = None,
+) -> tuple[dict | None, list[str]]:
     """Measure the model whose artifacts are in folder on the held-out baskets, and write calibration.json and
     holdout.json.gz beside them. Returns manifest["evaluation"] (None when no held-out basket has two products the
     model knows) and the names of the artifacts written. near: Annoy's answers for some codes, when the training
@@ -229,8 +246,9 @@ def assess(folder: Path, model_info: dict, held: HeldOut, seed: int = 0, progres
     baskets = [held.items[b] for b in order]
     cases = leave_one_out(baskets, known, seed)
     if not cases:
-        progress(f"holdout: none of the {len(baskets):,} held-out baskets has two products the model knows: "
-                 f"not measured")
+        progress(
+            f"holdout: none of the {len(baskets):,} held-out baskets has two products the model knows: not measured"
+        )
         return None, []
     queries = [q for _, q, _ in cases]
     hidden = [h for _, _, h in cases]
@@ -241,12 +259,25 @@ def assess(folder: Path, model_info: dict, held: HeldOut, seed: int = 0, progres
     spec = calibration.fit(model_obs, popular_obs, len(splits), CALIBRATION_DEPTH)
     (folder / CALIBRATION).write_bytes(calibration.to_json(spec))
     stored = {
-        "format": FORMAT, "protocol": PROTOCOL, "k": K, "seed": seed, "cutoff": _iso(held.cutoff),
-        "cases": [{"basket": held.basket_ids[order[p]], "time": _iso(held.times[order[p]]), "query": q,
-                   "hidden": h, "rank": int(r)} for (p, q, h), r in zip(cases, ranks.tolist())],
+        "format": FORMAT,
+        "protocol": PROTOCOL,
+        "k": K,
+        "seed": seed,
+        "cutoff": _iso(held.cutoff),
+        "cases": [
+            {
+                "basket": held.basket_ids[order[p]],
+                "time": _iso(held.times[order[p]]),
+                "query": q,
+                "hidden": h,
+                "rank": int(r),
+            }
+            for (p, q, h), r in zip(cases, ranks.tolist())
+        ],
     }
-    (folder / CASES).write_bytes(gzip.compress(json.dumps(stored, separators=(",", ":")).encode(),
-                                                compresslevel=3, mtime=0))
+    (folder / CASES).write_bytes(
+        gzip.compress(json.dumps(stored, separators=(",", ":")).encode(), compresslevel=3, mtime=0)
+    )
     evaluation = {
         "protocol": PROTOCOL,
         "cutoff": _iso(held.cutoff),
@@ -271,5 +302,7 @@ def describe(evaluation: dict | None) -> str:
         return "no held-out figures"
     m, p = evaluation["model"], evaluation["popularity"]
     since = f" since {evaluation['cutoff'][:10]}" if evaluation.get("cutoff") else ""
-    return (f"HR@10 {m['hr']:.3f}, MRR@10 {m['mrr']:.3f} (popularity {p['hr']:.3f} / {p['mrr']:.3f}) on "
-            f"{evaluation['cases']:,} held-out baskets{since}")
+    return (
+        f"HR@10 {m['hr']:.3f}, MRR@10 {m['mrr']:.3f} (popularity {p['hr']:.3f} / {p['mrr']:.3f}) on "
+        f"{evaluation['cases']:,} held-out baskets{since}"
+    )

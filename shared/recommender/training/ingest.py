@@ -11,10 +11,10 @@ import codecs
 import gzip
 import re
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -59,11 +59,11 @@ class Transactions:
 
     item_codes: list[str]
     descriptions: list[str]
-    pair_basket: np.ndarray        # int32, basket index of each pair
-    pair_item: np.ndarray          # int32, item index of each pair
-    basket_ids: list[str]          # InvoiceNo of each basket
-    basket_time: np.ndarray        # datetime64[s] per basket (NaT when the file has no dates)
-    basket_customer: np.ndarray    # int32 per basket, -1 for guest checkouts
+    pair_basket: np.ndarray  # int32, basket index of each pair
+    pair_item: np.ndarray  # int32, item index of each pair
+    basket_ids: list[str]  # InvoiceNo of each basket
+    basket_time: np.ndarray  # datetime64[s] per basket (NaT when the file has no dates)
+    basket_customer: np.ndarray  # int32 per basket, -1 for guest checkouts
     report: CleaningReport
     # float64 per item: its most recent positive UnitPrice (latest dated line, then file order); NaN when the file
     # has no UnitPrice column or the item none. The default price of the product feed.
@@ -72,6 +72,7 @@ class Transactions:
 
 def _column_map(columns: list, path: Path) -> dict[str, object]:
     """For each column the product reads, the file's header naming it; DataFileError when a required one is missing."""
+
     def norm(name: object) -> str:
         return re.sub(r"[\s_]", "", str(name)).lower()
 
@@ -88,7 +89,9 @@ def _column_map(columns: list, path: Path) -> dict[str, object]:
     names = [str(c).strip() for c in columns]
     if len(names) == 1 and ";" in names[0]:
         raise DataFileError(f"{path.name} looks semicolon-separated (header {names[0]!r}); save it with commas")
-    raise DataFileError(f"{path.name} lacks required column(s) {', '.join(missing)}; found: {', '.join(names) or 'none'}")
+    raise DataFileError(
+        f"{path.name} lacks required column(s) {', '.join(missing)}; found: {', '.join(names) or 'none'}"
+    )
 
 
 def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
@@ -113,14 +116,14 @@ def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.D
             return
     try:
         # Strict decoding: a file in another encoding is refused, never read into mangled text.
-        reader = pd.read_csv(path, usecols=list(rename), dtype=str, keep_default_na=False,
-                             chunksize=CHUNK_ROWS, encoding=encoding)
+        reader = pd.read_csv(
+            path, usecols=list(rename), dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS, encoding=encoding
+        )
         for chunk in reader:
             yield chunk.rename(columns=rename)
     except UnicodeDecodeError:
         raise _not_encoded(path, kind, encoding) from None
-    except (gzip.BadGzipFile, EOFError, zipfile.BadZipFile, OSError,
-            pd.errors.ParserError, ValueError) as err:
+    except (gzip.BadGzipFile, EOFError, zipfile.BadZipFile, OSError, pd.errors.ParserError, ValueError) as err:
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
 
 
@@ -139,10 +142,15 @@ def _arrow_csv(path: Path, rename: dict[str, str]) -> pd.DataFrame | None:
         return None
     try:
         table = pacsv.read_csv(
-            path, read_options=pacsv.ReadOptions(block_size=1 << 20),
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 20),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(include_columns=list(rename), strings_can_be_null=False,
-                                                 column_types={name: pa.string() for name in rename}))
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(rename),
+                strings_can_be_null=False,
+                column_types={name: pa.string() for name in rename},
+            ),
+        )
     except (pa.ArrowException, OSError, ValueError):
         return None
     columns = {}
@@ -157,20 +165,24 @@ def _not_encoded(path: Path, kind: str, encoding: str) -> DataFileError:
     """The error for a file that is not text in `encoding`, naming the first line that is not and how to go on."""
     decoder = codecs.getincrementaldecoder(encoding)()
     where = ""
-    with (gzip.open(path, "rb") if kind == ".csv.gz" else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if kind == ".csv.gz" else open(path, "rb") as f:
         head = f.read(4096)
         if head.startswith(b"PK\x03\x04") or b"\x00" in head:
-            return DataFileError(f"cannot read {path.name} as {kind}: it is binary, not {encoding} text (a zip or "
-                                 f"xlsx renamed? UTF-16 text needs ENCODING=utf-16)")
+            return DataFileError(
+                f"cannot read {path.name} as {kind}: it is binary, not {encoding} text (a zip or "
+                f"xlsx renamed? UTF-16 text needs ENCODING=utf-16)"
+            )
         f.seek(0)
         for number, line in enumerate(f, 1):
             try:
                 decoder.decode(line)
             except UnicodeDecodeError as err:
-                where = f" (line {number}: byte {line[err.start:err.end].hex(' ')})"
+                where = f" (line {number}: byte {line[err.start : err.end].hex(' ')})"
                 break
-    return DataFileError(f"{path.name} is not {encoding} text{where}: save it as UTF-8, or give its encoding, "
-                         f"e.g. ENCODING=cp1252 (Windows, Excel) or ENCODING=latin-1")
+    return DataFileError(
+        f"{path.name} is not {encoding} text{where}: save it as UTF-8, or give its encoding, "
+        f"e.g. ENCODING=cp1252 (Windows, Excel) or ENCODING=latin-1"
+    )
 
 
 def _xlsx_rows(path: Path) -> list[list]:
@@ -238,8 +250,9 @@ def _arrow_text(column) -> np.ndarray:
     elif pa.types.is_floating(column.type):
         # 17850.0 -> "17850" as in a csv; codes and ids are compared as text
         whole = pc.equal(column, pc.floor(column))
-        column = pc.if_else(whole, pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string()),
-                            pc.cast(column, pa.string()))
+        column = pc.if_else(
+            whole, pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string()), pc.cast(column, pa.string())
+        )
     elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         column = pc.cast(column, pa.string())
     return pc.fill_null(column, "").to_numpy(zero_copy_only=False)
@@ -304,11 +317,11 @@ class CleanChunk:
 
     rows_read: int
     dropped: dict[str, int]
-    invoice: np.ndarray       # object: stripped InvoiceNo
-    code: np.ndarray          # object: stripped StockCode, "85123.0" -> "85123"
-    customer: np.ndarray      # object: normalized CustomerID, "" for a guest checkout
-    description: np.ndarray   # object: stripped Description, "" when empty
-    time: np.ndarray          # int64 seconds since the epoch, NO_TIME when undated
+    invoice: np.ndarray  # object: stripped InvoiceNo
+    code: np.ndarray  # object: stripped StockCode, "85123.0" -> "85123"
+    customer: np.ndarray  # object: normalized CustomerID, "" for a guest checkout
+    description: np.ndarray  # object: stripped Description, "" when empty
+    time: np.ndarray  # int64 seconds since the epoch, NO_TIME when undated
     price: np.ndarray | None  # object: the UnitPrice text when it is a positive number, else ""; None: no column
 
     def __len__(self) -> int:
@@ -330,11 +343,18 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
     drop(np.array([v.upper().startswith("C") for v in inv_values], dtype=bool)[inv_rows], "cancelled invoice")
     if "Quantity" in chunk:
         qty_rows, qty_values = _factorize(chunk["Quantity"], str)  # parsed once per distinct value
-        qty = pd.to_numeric(pd.Series(qty_values, dtype=object), errors="coerce").to_numpy(
-            dtype=float, na_value=np.nan)[qty_rows] if len(chunk) else np.empty(0)
+        qty = (
+            pd.to_numeric(pd.Series(qty_values, dtype=object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)[
+                qty_rows
+            ]
+            if len(chunk)
+            else np.empty(0)
+        )
         drop(~(qty > 0), "quantity <= 0")
-    empty = (np.array([v == "" for v in inv_values], dtype=bool)[inv_rows]
-             | np.array([v == "" for v in code_values], dtype=bool)[code_rows])
+    empty = (
+        np.array([v == "" for v in inv_values], dtype=bool)[inv_rows]
+        | np.array([v == "" for v in code_values], dtype=bool)[code_rows]
+    )
     drop(empty, "empty invoice or code")
     service = np.array([bool(SERVICE_CODE.match(v)) for v in code_values], dtype=bool)
     drop(service[code_rows], "service code")
@@ -350,10 +370,14 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
     price = None
     if "UnitPrice" in kept:
         price_rows, price_values = _factorize(kept["UnitPrice"])
-        price = (np.array([v if _positive_number(v) else "" for v in price_values], dtype=object)[price_rows]
-                 if len(kept) else np.empty(0, dtype=object))
+        price = (
+            np.array([v if _positive_number(v) else "" for v in price_values], dtype=object)[price_rows]
+            if len(kept)
+            else np.empty(0, dtype=object)
+        )
     return CleanChunk(
-        rows_read=len(chunk), dropped=dropped,
+        rows_read=len(chunk),
+        dropped=dropped,
         invoice=np.array(inv_values, dtype=object)[inv_rows[keep]] if len(kept) else np.empty(0, dtype=object),
         code=np.array(code_values, dtype=object)[code_rows[keep]] if len(kept) else np.empty(0, dtype=object),
         customer=np.array(cust_values, dtype=object)[cust_rows] if len(kept) else np.empty(0, dtype=object),
@@ -396,8 +420,9 @@ def source_name(path: str | Path) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
-def load_transactions(path: str | Path, on_rows: Callable[[int], None] = lambda _n: None,
-                      encoding: str = "utf-8") -> Transactions:
+def load_transactions(
+    path: str | Path, on_rows: Callable[[int], None] = lambda _n: None, encoding: str = "utf-8"
+) -> Transactions:
     """Read and clean a purchase-history file into baskets; see README "Input file" for the rules."""
     report = CleaningReport()
     invoices, items, customers = _Codebook(), _Codebook(), _Codebook()
@@ -476,18 +501,21 @@ def _positive_number(value: str) -> bool:
         return False
 
 
-def _update_latest(last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray,
-                   values: np.ndarray, offset: int) -> None:
+def _update_latest(
+    last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray, values: np.ndarray, offset: int
+) -> None:
     """Keep, per item, the value of its latest dated (then latest in file) line with a non-empty value;
     descriptions and unit prices (clean_chunk leaves a price empty unless it is a positive number)."""
     nonempty = np.flatnonzero(values != "")
     if not len(nonempty):
         return
-    lines = pd.DataFrame({
-        "item": item_idx[nonempty],
-        "t": when[nonempty],  # NO_TIME is the smallest int64: undated lines lose to dated ones
-        "row": nonempty,
-    })
+    lines = pd.DataFrame(
+        {
+            "item": item_idx[nonempty],
+            "t": when[nonempty],  # NO_TIME is the smallest int64: undated lines lose to dated ones
+            "row": nonempty,
+        }
+    )
     latest = lines.sort_values(["item", "t", "row"]).drop_duplicates("item", keep="last")
     for item, t, row in latest.itertuples(index=False):
         prev = last.get(item)
@@ -520,10 +548,15 @@ def select_baskets(tx: Transactions, keep: np.ndarray) -> Transactions:
     items_used = np.unique(tx.pair_item[pair_keep])
     new_item = np.full(len(tx.item_codes), -1, dtype=np.int64)
     new_item[items_used] = np.arange(len(items_used))
-    report = CleaningReport(rows_read=tx.report.rows_read, dropped=dict(tx.report.dropped),
-                            rows_kept=tx.report.rows_kept, baskets=len(basket_rows), items=len(items_used),
-                            customers=len(np.unique(tx.basket_customer[basket_rows][tx.basket_customer[basket_rows] >= 0])),
-                            guest_baskets=int((tx.basket_customer[basket_rows] < 0).sum()))
+    report = CleaningReport(
+        rows_read=tx.report.rows_read,
+        dropped=dict(tx.report.dropped),
+        rows_kept=tx.report.rows_kept,
+        baskets=len(basket_rows),
+        items=len(items_used),
+        customers=len(np.unique(tx.basket_customer[basket_rows][tx.basket_customer[basket_rows] >= 0])),
+        guest_baskets=int((tx.basket_customer[basket_rows] < 0).sum()),
+    )
     return Transactions(
         item_codes=[tx.item_codes[i] for i in items_used],
         descriptions=[tx.descriptions[i] for i in items_used],
@@ -541,6 +574,10 @@ def reorder_items(tx: Transactions, order: np.ndarray) -> Transactions:
     """The same transactions with item order[k] renumbered k."""
     new_index = np.empty(len(order), dtype=np.int32)
     new_index[order] = np.arange(len(order), dtype=np.int32)
-    return replace(tx, item_codes=[tx.item_codes[i] for i in order], descriptions=[tx.descriptions[i] for i in order],
-                   pair_item=new_index[tx.pair_item],
-                   item_prices=None if tx.item_prices is None else tx.item_prices[order])
+    return replace(
+        tx,
+        item_codes=[tx.item_codes[i] for i in order],
+        descriptions=[tx.descriptions[i] for i in order],
+        pair_item=new_index[tx.pair_item],
+        item_prices=None if tx.item_prices is None else tx.item_prices[order],
+    )

@@ -14,8 +14,8 @@ bounded by K.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -48,7 +48,7 @@ def gram(matrix: sp.csr_matrix, block: int = 4096) -> Gram:
     x = matrix.tocsr().astype(np.float32)
     blocks = []
     for start in range(0, n, block):
-        part = (xt[start:start + block] @ x).tocsr()
+        part = (xt[start : start + block] @ x).tocsr()
         blocks.append((part.indptr.astype(np.int64), part.indices.astype(np.int32), part.data.astype(np.float32)))
         del part
     del xt
@@ -61,9 +61,9 @@ def gram(matrix: sp.csr_matrix, block: int = 4096) -> Gram:
     while blocks:
         ptr, idx, val = blocks.pop()
         rows = len(ptr) - 1
-        indptr[row + 1:row + rows + 1] = ptr[1:] + offset
-        indices[offset:offset + len(idx)] = idx
-        data[offset:offset + len(val)] = val
+        indptr[row + 1 : row + rows + 1] = ptr[1:] + offset
+        indices[offset : offset + len(idx)] = idx
+        data[offset : offset + len(val)] = val
         offset += len(val)
         row += rows
     counts = np.bincount(x.indices, minlength=n).astype(np.float64)  # binary X: the diagonal of X'X
@@ -74,10 +74,16 @@ def combine(a: Gram, b: Gram) -> Gram:
     """The gram of two stacked matrices over the same items (baskets and customer histories) from their own grams:
     X'X + Y'Y, exact (counts in float32 up to 2^24)."""
     shape = a.shape
-    total = (sp.csr_matrix((a.data, a.indices, a.indptr), shape=shape)
-             + sp.csr_matrix((b.data, b.indices, b.indptr), shape=shape))
-    return Gram(total.indptr.astype(np.int64), total.indices.astype(np.int32), total.data.astype(np.float32),
-                a.counts + b.counts, a.start)
+    total = sp.csr_matrix((a.data, a.indices, a.indptr), shape=shape) + sp.csr_matrix(
+        (b.data, b.indices, b.indptr), shape=shape
+    )
+    return Gram(
+        total.indptr.astype(np.int64),
+        total.indices.astype(np.int32),
+        total.data.astype(np.float32),
+        a.counts + b.counts,
+        a.start,
+    )
 
 
 def top_neighbors(g: Gram, k: int) -> np.ndarray:
@@ -102,12 +108,13 @@ def top_neighbors(g: Gram, k: int) -> np.ndarray:
         else:
             top = np.arange(len(cols))
         chosen = top[np.lexsort((cols[top], -sims[top]))][:k]
-        out[r, :len(chosen)] = cols[chosen]
+        out[r, : len(chosen)] = cols[chosen]
     return out
 
 
-def local_regression(g: Gram, nbrs: np.ndarray, lam: float, batch: int = 8192,
-                     progress: Callable[[int], None] = lambda _n: None) -> np.ndarray:
+def local_regression(
+    g: Gram, nbrs: np.ndarray, lam: float, batch: int = 8192, progress: Callable[[int], None] = lambda _n: None
+) -> np.ndarray:
     """Ridge weights (n x K, aligned with nbrs) of each item's column on its neighbours' columns."""
     n, k = nbrs.shape
     valid = nbrs >= 0
@@ -171,7 +178,6 @@ def by_source(nbrs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.nda
     return indptr, target[order].astype(np.int32), weights[ok][order].astype(np.float32)
 
 
-
 def table_counts(baskets: sp.csr_matrix, indptr: np.ndarray, target: np.ndarray, block: int = 4096) -> np.ndarray:
     """For each entry of the by-source table (indptr, target), how many rows of baskets hold both its source and its
     target item: int32, aligned with target (the `baskets` a recommendation's reasons show).
@@ -201,8 +207,17 @@ def counts_from_gram(g: Gram, indptr: np.ndarray, target: np.ndarray) -> np.ndar
     return counts
 
 
-def _gather(g_indptr: np.ndarray, g_indices: np.ndarray, g_data: np.ndarray, indptr: np.ndarray, target: np.ndarray,
-            start: int, stop: int, out: np.ndarray, n_items: int) -> None:
+def _gather(
+    g_indptr: np.ndarray,
+    g_indices: np.ndarray,
+    g_data: np.ndarray,
+    indptr: np.ndarray,
+    target: np.ndarray,
+    start: int,
+    stop: int,
+    out: np.ndarray,
+    n_items: int,
+) -> None:
     """out[e] = gram[source(e), target(e)] for the table entries of sources start..stop-1 (gram rows from start);
     the gram's columns and the targets are item rows of a model of n_items."""
     row = np.zeros(n_items, dtype=np.float32)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from recommender.core import registry
 from recommender.core.errors import ConfigError, ModelRefused
@@ -31,8 +31,14 @@ class TrainingResult:
     seconds: float
 
 
-def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, source: str | Path | None,
-                  progress: Progress = print, now: Callable[[], datetime] = utcnow) -> dict:
+def publish_model(
+    tx: Transactions,
+    params: TrainingParams,
+    storage: Storage,
+    source: str | Path | None,
+    progress: Progress = print,
+    now: Callable[[], datetime] = utcnow,
+) -> dict:
     """Build a model from cleaned baskets and write it to the storage as a new version (no pointer moves).
 
     Returns the manifest. The version becomes visible only when its manifest, written last, exists.
@@ -43,8 +49,14 @@ def publish_model(tx: Transactions, params: TrainingParams, storage: Storage, so
     return publish_built(single_engine(tx, params, progress), params, storage, source_info, progress, now)
 
 
-def publish_built(fill: Callable[[Path], Built], params: TrainingParams, storage: Storage, source_info: dict | None,
-                  progress: Progress = print, now: Callable[[], datetime] = utcnow) -> dict:
+def publish_built(
+    fill: Callable[[Path], Built],
+    params: TrainingParams,
+    storage: Storage,
+    source_info: dict | None,
+    progress: Progress = print,
+    now: Callable[[], datetime] = utcnow,
+) -> dict:
     """Let an engine write a model's artifacts into a fresh folder, then publish it as a new version with its
     manifest, last."""
     with scratch_folder() as folder:
@@ -60,9 +72,15 @@ def publish_built(fill: Callable[[Path], Built], params: TrainingParams, storage
             "created_at": created.isoformat(timespec="seconds"),
             "source": source_info,
             "engine": built.engine,
-            "counts": {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "dropped": report.dropped,
-                       "baskets": report.baskets, "guest_baskets": report.guest_baskets, "items": report.items,
-                       "customers": report.customers},
+            "counts": {
+                "rows_read": report.rows_read,
+                "rows_kept": report.rows_kept,
+                "dropped": report.dropped,
+                "baskets": report.baskets,
+                "guest_baskets": report.guest_baskets,
+                "items": report.items,
+                "customers": report.customers,
+            },
             "params": asdict(params),
             "period": built.period,
             "model": built.model,
@@ -74,19 +92,31 @@ def publish_built(fill: Callable[[Path], Built], params: TrainingParams, storage
             manifest["evaluation"] = built.evaluation
         t = time.perf_counter()
         registry.publish(storage, version, folder, manifest)
-    progress(f"saved version {version} to {storage.url} ({manifest['artifact_bytes'] / 1e6:.1f} MB, "
-             f"{time.perf_counter() - t:.1f} s)")
+    progress(
+        f"saved version {version} to {storage.url} ({manifest['artifact_bytes'] / 1e6:.1f} MB, "
+        f"{time.perf_counter() - t:.1f} s)"
+    )
     return manifest
 
 
 ENGINES = ("single", "spark")
 
 
-def train(source: str | Path, storage: Storage, params: TrainingParams = TrainingParams(), activate: bool = True,
-          keep_versions: int = 5, progress: Progress = print, now: Callable[[], datetime] = utcnow,
-          engine: str = "single", spark_master: str | None = None, force: bool = False,
-          gate_margin: float = gate.MARGIN, encoding: str = "utf-8", max_memory_gb: float | None = None
-          ) -> TrainingResult:
+def train(
+    source: str | Path,
+    storage: Storage,
+    params: TrainingParams = TrainingParams(),
+    activate: bool = True,
+    keep_versions: int = 5,
+    progress: Progress = print,
+    now: Callable[[], datetime] = utcnow,
+    engine: str = "single",
+    spark_master: str | None = None,
+    force: bool = False,
+    gate_margin: float = gate.MARGIN,
+    encoding: str = "utf-8",
+    max_memory_gb: float | None = None,
+) -> TrainingResult:
     """Read, clean, train and publish a new version; then activate it (make train) or stage it (make train_parallel).
 
     engine "single" trains in this process; "spark" runs the same recipe as a Spark job (training/distributed.py,
@@ -115,8 +145,9 @@ def train(source: str | Path, storage: Storage, params: TrainingParams = Trainin
             gate.check(storage, version, force, gate_margin, progress)
         except ModelRefused as err:
             registry.stage(storage, version)
-            raise ModelRefused(f"{err.message}. It is staged instead: `make load_after_parallel_train FORCE=1` "
-                               f"activates it anyway") from None
+            raise ModelRefused(
+                f"{err.message}. It is staged instead: `make load_after_parallel_train FORCE=1` activates it anyway"
+            ) from None
         registry.activate(storage, version)
         progress(f"activated {version}")
     else:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,8 +28,16 @@ MIN_BASKETS = 2
 OVERLAP_MAX_ENTRIES = 5_000_000
 # table_count.npy: per table entry, the training baskets holding both items (the reasons' `baskets`);
 # item_price.npy: per item, its most recent unit price in the file (NaN when unknown; the feed's default price).
-ARTIFACTS = ("index.ann", "table_indptr.npy", "table_target.npy", "table_weight.npy", "table_count.npy",
-             "item_price.npy", ITEMS_FILE, sample_invoices.SAMPLES)
+ARTIFACTS = (
+    "index.ann",
+    "table_indptr.npy",
+    "table_target.npy",
+    "table_weight.npy",
+    "table_count.npy",
+    "item_price.npy",
+    ITEMS_FILE,
+    sample_invoices.SAMPLES,
+)
 
 
 @dataclass(frozen=True)
@@ -38,13 +46,13 @@ class TrainingParams:
 
     # Rows of the matrix: one per basket, plus one per returning customer (their whole history, capped).
     customer_min_baskets: int = 2
-    customer_max_items: int = 500     # bounds the co-purchase pairs a wholesale customer adds
+    customer_max_items: int = 500  # bounds the co-purchase pairs a wholesale customer adds
     # Item-item table: EASE's regression restricted to each item's top-K neighbours; re-ranks the candidates.
     neighbors: int = 100
-    ridge_share: float = 0.2          # lambda = ridge_share * mean item count: scale-free across datasets
+    ridge_share: float = 0.2  # lambda = ridge_share * mean item count: scale-free across datasets
     # Annoy over SVD item embeddings: candidate retrieval.
     factors: int = 128
-    popularity_damping: float = 0.5   # item columns scaled by count^-damping before the SVD
+    popularity_damping: float = 0.5  # item columns scaled by count^-damping before the SVD
     svd_iterations: int = 4
     n_trees: int = 20
     # Query time: the candidates are each basket item's nearest items in the Annoy index.
@@ -85,8 +93,9 @@ def customer_matrix(tx: Transactions, min_baskets: int, max_items: int) -> sp.cs
     first = np.searchsorted(cust, cust)  # start of each customer's run
     capped = np.arange(len(cust)) - first < max_items
     rows = np.unique(cust[capped], return_inverse=True)[1]
-    return sp.csr_matrix((np.ones(int(capped.sum()), dtype=np.float32), (rows, item[capped])),
-                         shape=(int(rows.max()) + 1, n))
+    return sp.csr_matrix(
+        (np.ones(int(capped.sum()), dtype=np.float32), (rows, item[capped])), shape=(int(rows.max()) + 1, n)
+    )
 
 
 def _orthonormalize(y: np.ndarray) -> np.ndarray:
@@ -114,12 +123,18 @@ def item_embeddings(matrix: sp.csr_matrix, k: int, seed: int, iterations: int = 
     def image_gram(q: np.ndarray) -> np.ndarray:
         y = x @ q
         return y.T @ y
+
     return embeddings_from_products(matrix.shape[1], k, seed, iterations, lambda q: xt @ (x @ q), image_gram)
 
 
-def embeddings_from_products(n_items: int, k: int, seed: int, iterations: int,
-                             normal: Callable[[np.ndarray], np.ndarray],
-                             image_gram: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def embeddings_from_products(
+    n_items: int,
+    k: int,
+    seed: int,
+    iterations: int,
+    normal: Callable[[np.ndarray], np.ndarray],
+    image_gram: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
     """item_embeddings given only the products with the matrix X: normal(q) = X'(X q) and image_gram(q) =
     (X q)'(X q). The Spark engine computes them on its executors and this runs on the driver, items x (k + 16)."""
     rng = np.random.default_rng(seed)
@@ -171,8 +186,13 @@ def stage(progress: Progress, text: str) -> Iterator[None]:
     progress(f"{text} ({time.perf_counter() - t:.1f} s)")
 
 
-def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress = print,
-                near: dict[str, list[int]] | None = None) -> dict:
+def build_model(
+    tx: Transactions,
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress = print,
+    near: dict[str, list[int]] | None = None,
+) -> dict:
     """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part.
     DataFileError when nothing in them was bought together.
 
@@ -187,8 +207,9 @@ def build_model(tx: Transactions, params: TrainingParams, folder: Path, progress
         return _build(tx, params, folder, progress, near)
 
 
-def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Progress,
-           near: dict[str, list[int]] | None) -> dict:
+def _build(
+    tx: Transactions, params: TrainingParams, folder: Path, progress: Progress, near: dict[str, list[int]] | None
+) -> dict:
     n_items = len(tx.item_codes)
     # Number the items from the most to the least popular (ties keep file order): the serving side breaks
     # score ties by popularity for free.
@@ -196,8 +217,10 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
     baskets = basket_matrix(tx)
     customers = customer_matrix(tx, params.customer_min_baskets, params.customer_max_items)
     rows = baskets if customers is None else sp.vstack([baskets, customers]).tocsr()
-    progress(f"matrix: {baskets.shape[0]:,} baskets + {rows.shape[0] - baskets.shape[0]:,} returning customers' "
-             f"histories x {n_items:,} items, {rows.nnz:,} entries")
+    progress(
+        f"matrix: {baskets.shape[0]:,} baskets + {rows.shape[0] - baskets.shape[0]:,} returning customers' "
+        f"histories x {n_items:,} items, {rows.nnz:,} entries"
+    )
     signal = copurchase.measure(rows.indptr, rows.indices, n_items)
     copurchase.check(signal, baskets.shape[0], progress)
 
@@ -210,16 +233,18 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
         # The table's co-occurrence is the baskets' gram (which the reasons' counts need too) plus the customer
         # histories' one: each computed once, the second on the other core before the embedding.
         customer_gram = pool.submit(neighbors.gram, customers) if overlap and customers is not None else None
-        embedding = pool.submit(_embed_and_index, rows, counts, k, params, folder, progress,
-                                _prime_rows(tx, near)) if overlap else None
+        embedding = (
+            pool.submit(_embed_and_index, rows, counts, k, params, folder, progress, _prime_rows(tx, near))
+            if overlap
+            else None
+        )
         k_nbrs = min(params.neighbors, n_items - 1)
         ridge = ridge_lambda(counts, params)
         basket_gram = None
         with stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
             if overlap:
                 basket_gram = neighbors.gram(baskets)
-                g = (basket_gram if customer_gram is None
-                     else neighbors.combine(basket_gram, customer_gram.result()))
+                g = basket_gram if customer_gram is None else neighbors.combine(basket_gram, customer_gram.result())
             else:  # a large dataset: one gram at a time, the reasons' counts a block at a time later
                 g = neighbors.gram(rows)
             table_index = neighbors.top_neighbors(g, k_nbrs)
@@ -232,17 +257,35 @@ def _build(tx: Transactions, params: TrainingParams, folder: Path, progress: Pro
             embedding.result()
 
     def pair_counts(indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return (neighbors.counts_from_gram(basket_gram, indptr, target) if basket_gram is not None
-                else neighbors.table_counts(baskets, indptr, target))
+        return (
+            neighbors.counts_from_gram(basket_gram, indptr, target)
+            if basket_gram is not None
+            else neighbors.table_counts(baskets, indptr, target)
+        )
 
     popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
-    chosen = sample_invoices.draw(tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time,
-                                  seed=params.seed)
-    return finish_model(folder, ModelParts(tx.item_codes, tx.descriptions, popularity, table_index, table_weight,
-                                           k=k, ridge=ridge, baskets=baskets.shape[0],
-                                           customer_rows=rows.shape[0] - baskets.shape[0], samples=chosen,
-                                           pair_counts=pair_counts, prices=tx.item_prices, signal=signal.as_dict()),
-                         params)
+    chosen = sample_invoices.draw(
+        tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time, seed=params.seed
+    )
+    return finish_model(
+        folder,
+        ModelParts(
+            tx.item_codes,
+            tx.descriptions,
+            popularity,
+            table_index,
+            table_weight,
+            k=k,
+            ridge=ridge,
+            baskets=baskets.shape[0],
+            customer_rows=rows.shape[0] - baskets.shape[0],
+            samples=chosen,
+            pair_counts=pair_counts,
+            prices=tx.item_prices,
+            signal=signal.as_dict(),
+        ),
+        params,
+    )
 
 
 @dataclass
@@ -253,17 +296,17 @@ class ModelParts:
 
     item_codes: list[str]
     descriptions: list[str]
-    popularity: np.ndarray      # int64 baskets holding each item
-    table_index: np.ndarray     # int32 items x K, -1 pads
-    table_weight: np.ndarray    # float32 items x K
+    popularity: np.ndarray  # int64 baskets holding each item
+    table_index: np.ndarray  # int32 items x K, -1 pads
+    table_weight: np.ndarray  # float32 items x K
     k: int
     ridge: float
     baskets: int
     customer_rows: int
     samples: list[dict]
     pair_counts: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (indptr, target) by source -> baskets per entry
-    prices: np.ndarray | None = None      # float64 per item, NaN unknown; None: the input has no UnitPrice
-    signal: dict | None = None            # copurchase.measure's figures
+    prices: np.ndarray | None = None  # float64 per item, NaN unknown; None: the input has no UnitPrice
+    signal: dict | None = None  # copurchase.measure's figures
     embeddings: np.ndarray | None = None
 
 
@@ -285,8 +328,12 @@ def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progre
     return {
         "baskets": parts.baskets,
         "signal": parts.signal,
-        "factors": parts.k, "metric": "angular", "neighbors": int(parts.table_index.shape[1]),
-        "ridge": round(parts.ridge, 4), "customer_rows": parts.customer_rows, "table_entries": int(len(target)),
+        "factors": parts.k,
+        "metric": "angular",
+        "neighbors": int(parts.table_index.shape[1]),
+        "ridge": round(parts.ridge, 4),
+        "customer_rows": parts.customer_rows,
+        "table_entries": int(len(target)),
         "query": {"candidates_per_item": params.candidates_per_item, "search_k_per_item": params.search_k_per_item},
     }
 
@@ -299,8 +346,15 @@ def _prime_rows(tx: Transactions, near: dict[str, list[int]] | None) -> dict[int
     return {row[code]: found for code, found in near.items() if code in row}
 
 
-def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: TrainingParams, folder: Path,
-                     progress: Progress, near: dict[int, list[int]] | None = None) -> None:
+def _embed_and_index(
+    rows: sp.csr_matrix,
+    counts: np.ndarray,
+    k: int,
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress,
+    near: dict[int, list[int]] | None = None,
+) -> None:
     """SVD item embeddings of the damped matrix, and the Annoy index over them, written to folder."""
     with stage(progress, f"svd: {k} factors"):
         damped = (rows @ sp.diags(column_scale(counts, params.popularity_damping))).tocsr()
@@ -308,8 +362,13 @@ def _embed_and_index(rows: sp.csr_matrix, counts: np.ndarray, k: int, params: Tr
     write_index(embeddings, params, folder, progress, near)
 
 
-def write_index(embeddings: np.ndarray, params: TrainingParams, folder: Path, progress: Progress,
-                near: dict[int, list[int]] | None = None) -> None:
+def write_index(
+    embeddings: np.ndarray,
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress,
+    near: dict[int, list[int]] | None = None,
+) -> None:
     """The Annoy angular index over the item embeddings, written to folder/index.ann; with near, each listed
     row's nearest items are filled in while the index is loaded."""
     with stage(progress, f"index: Annoy angular, {params.n_trees} trees"):

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
@@ -41,8 +42,8 @@ class Known:
     each code, to refuse pins of blocked items."""
 
     codes: set[str]
-    categories: set[str]            # category keys
-    brands: set[str]                # brand keys
+    categories: set[str]  # category keys
+    brands: set[str]  # brand keys
     item_categories: dict[str, list[str]]
     item_brand: dict[str, str]
 
@@ -51,8 +52,9 @@ class Known:
 # Each check raises PydanticCustomError with the whole sentence, so a refusal reads the same as it did before the
 # models existed ("pin[2].position: must be a whole number from 1 to 100, got 0"); pydantic supplies the place.
 
+
 def _refuse(message: str) -> PydanticCustomError:
-    return PydanticCustomError("rules", message)   # no context: braces in the message are not placeholders
+    return PydanticCustomError("rules", message)  # no context: braces in the message are not placeholders
 
 
 def _texts(value: Any) -> list[str]:
@@ -60,7 +62,7 @@ def _texts(value: Any) -> list[str]:
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, bool) or not isinstance(v, (str, int, float)) or str(v).strip() == "":
             raise _refuse(f"expected a non-empty text or a list of them, got {v!r}")
-        out.append(str(v).strip())   # YAML reads 22423 as a number: a code is its text
+        out.append(str(v).strip())  # YAML reads 22423 as a number: a code is its text
     return out
 
 
@@ -91,25 +93,34 @@ def _bury_factor(value: Any) -> float:
     return factor
 
 
-_TEXT_SCHEMA = {"anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "number"}]}   # 22423 is the code '22423'
+_TEXT_SCHEMA = {"anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "number"}]}  # 22423 is the code '22423'
 _TEXTS_SCHEMA = {"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA}]}
 # A selector's values: one text or a list of them (None only as the default of a key not given: a null is refused).
 Texts = Annotated[list[str] | None, BeforeValidator(_texts), WithJsonSchema(_TEXTS_SCHEMA)]
 # A block list's values: the same, and an empty entry ("codes:" alone) is an empty list.
-OptionalTexts = Annotated[list[str], BeforeValidator(lambda v: [] if v is None else _texts(v)),
-                          WithJsonSchema({"anyOf": [*_TEXTS_SCHEMA["anyOf"], {"type": "null"}]})]
-Position = Annotated[int, BeforeValidator(_position),
-                     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_POSITION, "default": 1})]
+OptionalTexts = Annotated[
+    list[str],
+    BeforeValidator(lambda v: [] if v is None else _texts(v)),
+    WithJsonSchema({"anyOf": [*_TEXTS_SCHEMA["anyOf"], {"type": "null"}]}),
+]
+Position = Annotated[
+    int,
+    BeforeValidator(_position),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_POSITION, "default": 1}),
+]
 Factor = Annotated[float, BeforeValidator(_factor), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
-BuryFactor = Annotated[float, BeforeValidator(_bury_factor),
-                       WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})]
+BuryFactor = Annotated[
+    float,
+    BeforeValidator(_bury_factor),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}),
+]
 
 
 class _Part(BaseModel):
     """A mapping of the file: unknown keys and missing ones are refused by name, before its values are read."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    keys_hint: ClassVar[str] = ""    # how an unknown key is answered; default: the allowed keys
+    keys_hint: ClassVar[str] = ""  # how an unknown key is answered; default: the allowed keys
 
     @model_validator(mode="before")
     @classmethod
@@ -143,7 +154,7 @@ class _OneKey(_Part):
 
     @model_validator(mode="before")
     @classmethod
-    def _one(cls, data: Any) -> Any:   # runs before _keys: "expected one of" is the first thing to say
+    def _one(cls, data: Any) -> Any:  # runs before _keys: "expected one of" is the first thing to say
         _one_of(tuple(cls.model_fields), data)
         return data
 
@@ -167,11 +178,15 @@ class PinItem(_OneKey):
 
     keys_hint: ClassVar[str] = "use code"
 
-    code: Annotated[Texts, WithJsonSchema({"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA,
-                                                                "minItems": 1, "maxItems": 1}]})]
+    code: Annotated[
+        Texts,
+        WithJsonSchema(
+            {"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA, "minItems": 1, "maxItems": 1}]}
+        ),
+    ]
 
     @model_validator(mode="after")
-    def _single(self) -> "PinItem":
+    def _single(self) -> PinItem:
         if len(self.code) != 1:
             raise _refuse(f"a pin places one code, got {len(self.code)}")
         return self
@@ -237,23 +252,31 @@ class RulesFile(_Part):
     model_config = ConfigDict(title="Merchandising rules")
 
     block: Annotated[Block, BeforeValidator(lambda v: {} if v is None else v)] = Field(
-        default_factory=Block, description="items never recommended: codes, categories, brands")
+        default_factory=Block, description="items never recommended: codes, categories, brands"
+    )
     do_not_pair: Annotated[list[DoNotPair], Entries] = Field(
-        default_factory=list, description="items not recommended with a basket holding certain items")
+        default_factory=list, description="items not recommended with a basket holding certain items"
+    )
     pin: Annotated[list[Pin], Entries] = Field(
-        default_factory=list, description="an item placed at a position when the basket holds certain items")
+        default_factory=list, description="an item placed at a position when the basket holds certain items"
+    )
     boost: Annotated[list[Boost], Entries] = Field(
-        default_factory=list, description="scores multiplied by a factor above 0 (above 1 raises)")
+        default_factory=list, description="scores multiplied by a factor above 0 (above 1 raises)"
+    )
     bury: Annotated[list[Bury], Entries] = Field(
-        default_factory=list, description="scores multiplied by a factor between 0 and 1 (lowers)")
+        default_factory=list, description="scores multiplied by a factor between 0 and 1 (lowers)"
+    )
 
     def stored(self) -> dict:
         """The stored form (core.feed_and_rules's rules.json); bury entries are boosts with a factor below 1."""
-        return {"block": self.block.model_dump(),
-                "do_not_pair": [{"basket": e.basket.stored(), "item": e.item.stored()} for e in self.do_not_pair],
-                "pin": [{"basket": e.basket.stored(), "item": {"code": e.item.code}, "position": e.position}
-                        for e in self.pin],
-                "boost": [e.stored() for e in [*self.boost, *self.bury]]}
+        return {
+            "block": self.block.model_dump(),
+            "do_not_pair": [{"basket": e.basket.stored(), "item": e.item.stored()} for e in self.do_not_pair],
+            "pin": [
+                {"basket": e.basket.stored(), "item": {"code": e.item.code}, "position": e.position} for e in self.pin
+            ],
+            "boost": [e.stored() for e in [*self.boost, *self.bury]],
+        }
 
 
 def json_schema() -> dict:
@@ -261,9 +284,9 @@ def json_schema() -> dict:
     schema = RulesFile.model_json_schema()
     for model in schema["$defs"].values():
         for prop in model.get("properties", {}).values():
-            if prop.get("default", 0) is None:   # a selector key not given; null itself is refused
+            if prop.get("default", 0) is None:  # a selector key not given; null itself is refused
                 del prop["default"]
-    for name, prop in schema["properties"].items():   # "pin:" with nothing after it is no pins
+    for name, prop in schema["properties"].items():  # "pin:" with nothing after it is no pins
         described = {k: prop.pop(k) for k in ("title", "description") if k in prop}
         schema["properties"][name] = {"anyOf": [prop, {"type": "null"}], **described}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
@@ -320,8 +343,12 @@ def check(rules: dict, known: Known) -> list[str]:
         "category": sorted(c for c in names["category"] if category_key(c) not in known.categories),
         "brand": sorted(b for b in names["brand"] if brand_key(b) not in known.brands),
     }
-    return [f"warning: {len(values)} {kind}(s) unknown to the current model and feed (rules kept for them): "
-            f"{', '.join(values[:10])}{' ...' if len(values) > 10 else ''}" for kind, values in unknown.items() if values]
+    return [
+        f"warning: {len(values)} {kind}(s) unknown to the current model and feed (rules kept for them): "
+        f"{', '.join(values[:10])}{' ...' if len(values) > 10 else ''}"
+        for kind, values in unknown.items()
+        if values
+    ]
 
 
 def read_rules(path: str | Path) -> tuple[dict, bytes]:
@@ -349,20 +376,33 @@ def known_from(codes: list[str], feed_items: dict[str, dict]) -> Known:
     """What the current model (its codes) and feed (codes, categories, brands) know."""
     item_categories = {code: category_keys(a["category"]) for code, a in feed_items.items() if a.get("category")}
     item_brand = {code: brand_key(a["brand"]) for code, a in feed_items.items() if a.get("brand")}
-    return Known(set(codes) | set(feed_items), {k for ks in item_categories.values() for k in ks},
-                 set(item_brand.values()), item_categories, item_brand)
+    return Known(
+        set(codes) | set(feed_items),
+        {k for ks in item_categories.values() for k in ks},
+        set(item_brand.values()),
+        item_categories,
+        item_brand,
+    )
 
 
 def describe(rules: dict) -> list[str]:
     """How many rules of each kind, for the console."""
     block = rules["block"]
-    return [f"block: {len(block['codes'])} code(s), {len(block['categories'])} categor(ies), "
-            f"{len(block['brands'])} brand(s); do_not_pair: {len(rules['do_not_pair'])}; pin: {len(rules['pin'])}; "
-            f"boost/bury: {len(rules['boost'])}"]
+    return [
+        f"block: {len(block['codes'])} code(s), {len(block['categories'])} categor(ies), "
+        f"{len(block['brands'])} brand(s); do_not_pair: {len(rules['do_not_pair'])}; pin: {len(rules['pin'])}; "
+        f"boost/bury: {len(rules['boost'])}"
+    ]
 
 
-def publish_rules(storage: Storage, path: str | Path, known: Known, keep_versions: int = 5,
-                  progress: Callable[[str], None] = print, now: Callable = utcnow) -> dict:
+def publish_rules(
+    storage: Storage,
+    path: str | Path,
+    known: Known,
+    keep_versions: int = 5,
+    progress: Callable[[str], None] = print,
+    now: Callable = utcnow,
+) -> dict:
     """Validate a rules file in full, store it as a new rules version, activate it and prune old ones."""
     path = Path(path)
     rules, source = read_rules(path)
@@ -389,7 +429,11 @@ def show(storage: Storage) -> list[str]:
     manifest = registry.read_manifest(storage, pointer.version, registry.RULES)
     rules = json.loads(registry.read_verified(storage, pointer.version, RULES_FILE, registry.RULES))
     source = registry.read_verified(storage, pointer.version, RULES_SOURCE, registry.RULES).decode()
-    return [f"rules version {pointer.version} (created {manifest['created_at']}, from {manifest['source']['file']})",
-            *describe(rules), *manifest.get("warnings", []),
-            f"earlier versions (make rules_rollback): {', '.join(pointer.previous) or 'none'}", "---",
-            source.rstrip("\n")]
+    return [
+        f"rules version {pointer.version} (created {manifest['created_at']}, from {manifest['source']['file']})",
+        *describe(rules),
+        *manifest.get("warnings", []),
+        f"earlier versions (make rules_rollback): {', '.join(pointer.previous) or 'none'}",
+        "---",
+        source.rstrip("\n"),
+    ]

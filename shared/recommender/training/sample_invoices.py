@@ -7,8 +7,8 @@ the same cleaned baskets.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -16,13 +16,21 @@ from recommender.core import registry
 
 SAMPLES = registry.SAMPLES
 COUNT = 200
-MIN_ITEMS = 2    # a one-item invoice shows nothing about complements
-MAX_ITEMS = 20   # a wholesale order of 300 lines is real, but unreadable in a console
+MIN_ITEMS = 2  # a one-item invoice shows nothing about complements
+MAX_ITEMS = 20  # a wholesale order of 300 lines is real, but unreadable in a console
 
 
-def draw(basket_ids: Sequence[str], pair_basket: np.ndarray, pair_item: np.ndarray,
-                    item_codes: Sequence[str], basket_time: np.ndarray | None = None, count: int = COUNT,
-                    seed: int = 0, min_items: int = MIN_ITEMS, max_items: int = MAX_ITEMS) -> list[dict]:
+def draw(
+    basket_ids: Sequence[str],
+    pair_basket: np.ndarray,
+    pair_item: np.ndarray,
+    item_codes: Sequence[str],
+    basket_time: np.ndarray | None = None,
+    count: int = COUNT,
+    seed: int = 0,
+    min_items: int = MIN_ITEMS,
+    max_items: int = MAX_ITEMS,
+) -> list[dict]:
     """Up to count invoices of min_items..max_items distinct items, drawn at random (seeded) in basket order.
 
     basket_ids[b] names basket b; (pair_basket[k], pair_item[k]) says basket b holds item row i, once per distinct

@@ -12,10 +12,11 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from recommender.core.errors import DataFileError
 from recommender.core.extras import optional
@@ -29,7 +30,7 @@ class Part:
     """One file of a source: a local path or an s3://bucket/key, its kind, size and a content tag."""
 
     location: str
-    name: str   # what error messages call it: the file name, or its path inside the folder
+    name: str  # what error messages call it: the file name, or its path inside the folder
     kind: str
     size: int
     tag: str = ""  # S3 ETag; local parts are hashed when the manifest needs it
@@ -71,8 +72,10 @@ def file_kind(path: Path) -> str:
     kind = kind_of(path.name)
     if kind is None:
         suffix = "".join(path.suffixes) or "(none)"
-        raise DataFileError(f"unsupported file type {suffix} for {path.name}: use .csv, .csv.gz, .xlsx or .parquet "
-                            "(or a folder of .csv / .parquet parts)")
+        raise DataFileError(
+            f"unsupported file type {suffix} for {path.name}: use .csv, .csv.gz, .xlsx or .parquet "
+            "(or a folder of .csv / .parquet parts)"
+        )
     return kind
 
 
@@ -89,8 +92,9 @@ def _folder_parts(listing: list[tuple[str, str, int, str]], where: str) -> tuple
             continue
         kind = kind_of(relative)
         if kind not in PART_KINDS:
-            raise DataFileError(f"{where} holds {relative}: a folder of parts may hold only .csv, .csv.gz or "
-                                ".parquet files")
+            raise DataFileError(
+                f"{where} holds {relative}: a folder of parts may hold only .csv, .csv.gz or .parquet files"
+            )
         parts.append(Part(location, relative, kind, size, tag))
     if not parts:
         raise DataFileError(f"no .csv, .csv.gz or .parquet parts in {where}")
@@ -108,8 +112,9 @@ def resolve(location: str | os.PathLike[str], s3_client: Callable[[], Any] | Non
         raise DataFileError(f"{text}: give a local path or s3://bucket/key")
     path = Path(text)
     if path.is_dir():
-        listing = [(p.relative_to(path).as_posix(), str(p), p.stat().st_size, "")
-                   for p in path.rglob("*") if p.is_file()]
+        listing = [
+            (p.relative_to(path).as_posix(), str(p), p.stat().st_size, "") for p in path.rglob("*") if p.is_file()
+        ]
         return Source(text, path.name, _folder_parts(listing, f"folder {path.name}"), folder=True)
     kind = file_kind(path)
     if not path.exists():
@@ -136,6 +141,7 @@ def default_s3_client(endpoint_url: str | None = None) -> Callable[[], Any]:
         import boto3
 
         return boto3.client("s3", endpoint_url=endpoint)
+
     return make
 
 
@@ -172,8 +178,9 @@ def _resolve_s3(url: str, make_client: Callable[[], Any]) -> Source:
             for obj in page.get("Contents", []):
                 if obj["Key"].endswith("/"):
                     continue  # folder markers some tools write
-                listing.append((obj["Key"][len(prefix):], f"s3://{bucket}/{obj['Key']}", int(obj["Size"]),
-                                obj.get("ETag", "")))
+                listing.append(
+                    (obj["Key"][len(prefix) :], f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj.get("ETag", ""))
+                )
     except (ClientError, BotoCoreError) as err:
         raise _s3_failure(url, err) from None
     if not listing:
@@ -218,5 +225,10 @@ def fingerprint(source: Source) -> dict:
 
             tag = sha256_file(Path(part.location))
         digest.update(f"{part.name}\t{part.size}\t{tag}\n".encode())
-    return {"file": source.name, "location": source.location, "parts": len(source.parts),
-            "sha256": digest.hexdigest(), "bytes": source.size}
+    return {
+        "file": source.name,
+        "location": source.location,
+        "parts": len(source.parts),
+        "sha256": digest.hexdigest(),
+        "bytes": source.size,
+    }

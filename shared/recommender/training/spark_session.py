@@ -31,8 +31,11 @@ def _spark_modules() -> Any:
 
 # Short local jobs (tests, small files): the JVM's quick compiler and no code generation halve the time to the
 # first answer; long jobs on a cluster keep Spark's defaults.
-QUICK_START = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
-               "spark.sql.codegen.wholeStage": "false", "spark.sql.shuffle.partitions": "2"}
+QUICK_START = {
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.shuffle.partitions": "2",
+}
 
 
 def session(master: str | None = None, conf: dict[str, str] | None = None) -> tuple[Any, bool]:
@@ -47,13 +50,17 @@ def session(master: str | None = None, conf: dict[str, str] | None = None) -> tu
     extra = conf
     spark_conf = SparkConf()  # under spark-submit this already holds spark.master and the cluster's settings
     builder = SparkSession.builder.appName("recommender-train")
-    master = master or os.environ.get("SPARK_MASTER") or (
-        None if spark_conf.contains("spark.master") else DEFAULT_MASTER)
+    master = (
+        master or os.environ.get("SPARK_MASTER") or (None if spark_conf.contains("spark.master") else DEFAULT_MASTER)
+    )
     if master:
         builder = builder.master(master)
-    defaults = {"spark.ui.showConsoleProgress": "false", "spark.sql.execution.arrow.pyspark.enabled": "true",
-                "spark.driver.memory": os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
-                "spark.sql.adaptive.enabled": "true"}
+    defaults = {
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.driver.memory": os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
+        "spark.sql.adaptive.enabled": "true",
+    }
     if (master or "").startswith("local"):
         defaults["spark.sql.shuffle.partitions"] = "4"
         defaults["spark.ui.enabled"] = "false"
@@ -71,8 +78,10 @@ def session(master: str | None = None, conf: dict[str, str] | None = None) -> tu
         spark = builder.getOrCreate()
     except Exception as err:  # noqa: BLE001 - pyspark raises plain RuntimeErrors when Java is missing
         if "JAVA_GATEWAY_EXITED" in str(err) or "JAVA_HOME" in str(err) or "java" in str(err).lower():
-            raise ConfigError("Spark could not start Java: install Java 17 (apt-get install openjdk-17-jre-headless) "
-                              f"or set JAVA_HOME ({str(err).splitlines()[0]})") from None
+            raise ConfigError(
+                "Spark could not start Java: install Java 17 (apt-get install openjdk-17-jre-headless) "
+                f"or set JAVA_HOME ({str(err).splitlines()[0]})"
+            ) from None
         raise
     spark.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
     return spark, True
@@ -105,11 +114,16 @@ def data_error(err: BaseException) -> DataFileError | None:
 def failure_cause(err: BaseException) -> str:
     """The line of a Spark failure that names its cause: the innermost "SomeError: message" of the traceback."""
     text = str(err)
-    found = [line.strip() for line in re.findall(r"^\s*(?:[\w.]+\.)?\w+(?:Error|Exception): .+$", text, re.M)
-             if "exception was thrown from the Python worker" not in line]
+    found = [
+        line.strip()
+        for line in re.findall(r"^\s*(?:[\w.]+\.)?\w+(?:Error|Exception): .+$", text, re.M)
+        if "exception was thrown from the Python worker" not in line
+    ]
     if found:
         return found[-1]
     if "Python worker exited unexpectedly" in text:  # killed, most often for memory: no Python traceback exists
-        return ("a Python worker on an executor died (most often out of memory: give the executors more "
-                "spark.executor.memoryOverhead, or the driver less memory in local mode)")
+        return (
+            "a Python worker on an executor died (most often out of memory: give the executors more "
+            "spark.executor.memoryOverhead, or the driver less memory in local mode)"
+        )
     return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)

@@ -22,8 +22,22 @@ from recommender.tools.synthetic.spec import (
     preset,
 )
 
-__all__ = ["COLUMNS", "DEFAULT", "SCALE", "TINY", "GenerationSummary", "SyntheticSpec", "complements", "generate_frame",
-           "preset", "product_arrays", "product_range", "source_digest", "write_csv", "write_parquet_parts"]
+__all__ = [
+    "COLUMNS",
+    "DEFAULT",
+    "SCALE",
+    "TINY",
+    "GenerationSummary",
+    "SyntheticSpec",
+    "complements",
+    "generate_frame",
+    "preset",
+    "product_arrays",
+    "product_range",
+    "source_digest",
+    "write_csv",
+    "write_parquet_parts",
+]
 
 
 def source_digest() -> str:

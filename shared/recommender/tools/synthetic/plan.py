@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recommender.tools.synthetic.products import ProductRange
 from recommender.tools.synthetic.spec import (
     BLOCK,
     CUSTOMER_IDS,
@@ -14,13 +15,11 @@ from recommender.tools.synthetic.spec import (
     DIRT_SPACE,
     FIRST_CUSTOMER,
     FIRST_INVOICE,
-    first_minute,
     SyntheticSpec,
+    first_minute,
 )
 from recommender.tools.synthetic.vocabulary import (
-    cumulative,
     CUSTOMER_COUNTRY_P,
-    draw,
     GUEST_COUNTRY_P,
     HOUR_P,
     HOURS,
@@ -28,8 +27,9 @@ from recommender.tools.synthetic.vocabulary import (
     SEASON_MONTHS,
     SERVICES,
     WEEKDAY_P,
+    cumulative,
+    draw,
 )
-from recommender.tools.synthetic.products import ProductRange
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,7 +147,9 @@ def plan_for(spec: SyntheticSpec, products: ProductRange, cust: Customers) -> Pl
         chance = [
             np.where(uk, 0.004, 0.6),  # POST: foreign orders pay postage
             np.where(guest, 0.08, 0.0),  # DOT: web-shop guests
-            np.full(n, 0.003), np.full(n, 0.001), np.where(guest, 0.0005, 0.0),
+            np.full(n, 0.003),
+            np.full(n, 0.001),
+            np.where(guest, 0.0005, 0.0),
             np.where(uk, 0.0, 0.08),  # C2: carriage abroad
         ]
         for bit, p in enumerate(chance):
@@ -160,5 +162,15 @@ def plan_for(spec: SyntheticSpec, products: ProductRange, cust: Customers) -> Pl
 
     months = minute.astype("datetime64[m]").astype("datetime64[M]").astype(np.int64) % 12
     first = FIRST_INVOICE if FIRST_INVOICE + n <= 1_000_000 else max(100_000, 1_000_000 - n)
-    return Plan(number=first + index, cancel=cancel, ref=ref, customer=customer, country=country,
-                 minute=minute, in_season=SEASON_MONTHS[months], size=size, services=services, dirt=dirt)
+    return Plan(
+        number=first + index,
+        cancel=cancel,
+        ref=ref,
+        customer=customer,
+        country=country,
+        minute=minute,
+        in_season=SEASON_MONTHS[months],
+        size=size,
+        services=services,
+        dirt=dirt,
+    )

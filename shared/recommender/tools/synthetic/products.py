@@ -8,8 +8,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from recommender.tools.synthetic.spec import BASE_CODES, DEFAULT, first_minute, SyntheticSpec
-from recommender.tools.synthetic.vocabulary import ACCESSORY_ODDS, cumulative, COLOURS, KITS, MOTIFS, PATTERNS, SYNONYMS
+from recommender.tools.synthetic.spec import BASE_CODES, DEFAULT, SyntheticSpec, first_minute
+from recommender.tools.synthetic.vocabulary import ACCESSORY_ODDS, COLOURS, KITS, MOTIFS, PATTERNS, SYNONYMS, cumulative
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def _drifted(desc: str, alternative: str, flip: bool) -> str:
     if not flip:
         for i, w in enumerate(words):
             if w in SYNONYMS:
-                return " ".join(words[:i] + [SYNONYMS[w]] + words[i + 1:])
+                return " ".join(words[:i] + [SYNONYMS[w]] + words[i + 1 :])
     return alternative if alternative != desc else desc + " "
 
 
@@ -177,11 +177,23 @@ def _product_range(seed: int, products: int, zipf: float, start_minute: int, spa
         drift_at[p] = start_minute + int(span_minutes * rng.uniform(0.3, 0.7))
 
     return ProductRange(
-        code=codes, desc=np.array(desc, dtype=object), old_desc=old_desc, drift_at=drift_at, price=price,
-        kit=kit_of, weight=weight, family_start=fam_start, family_size=fam_size, family_accessory=fam_acc,
-        family_seasonal=fam_seasonal, family_cdf=cumulative(fam_weight), favourite_cdf=cumulative(fam_weight**0.6),
-        noise_cdf=cumulative(noise_weight), companions=companions,
-        family_of=np.concatenate([member_family, np.full(n_acc, -1)]), item=np.array(nouns, dtype=object),
+        code=codes,
+        desc=np.array(desc, dtype=object),
+        old_desc=old_desc,
+        drift_at=drift_at,
+        price=price,
+        kit=kit_of,
+        weight=weight,
+        family_start=fam_start,
+        family_size=fam_size,
+        family_accessory=fam_acc,
+        family_seasonal=fam_seasonal,
+        family_cdf=cumulative(fam_weight),
+        favourite_cdf=cumulative(fam_weight**0.6),
+        noise_cdf=cumulative(noise_weight),
+        companions=companions,
+        family_of=np.concatenate([member_family, np.full(n_acc, -1)]),
+        item=np.array(nouns, dtype=object),
     )
 
 
@@ -205,8 +217,8 @@ def _stock_codes(rng: np.random.Generator, kit_of: np.ndarray, item_of: np.ndarr
         i = a
         while i < b:
             s = int(min(sizes[g], b - i, 26))
-            group[i:i + s] = g
-            position[i:i + s] = np.arange(s) if s > 1 else -1
+            group[i : i + s] = g
+            position[i : i + s] = np.arange(s) if s > 1 else -1
             i += s
             g += 1
     bases = rng.choice(BASE_CODES, size=g, replace=False) + 10_000
@@ -229,14 +241,16 @@ def product_arrays(spec: SyntheticSpec) -> ProductRange:
 def product_range(spec: SyntheticSpec = DEFAULT) -> pd.DataFrame:
     """Every product: StockCode, current Description, UnitPrice, Family (-1 for accessories), Kit and Item."""
     products = product_arrays(spec)
-    return pd.DataFrame({
-        "StockCode": products.code,
-        "Description": products.desc,
-        "UnitPrice": products.price,
-        "Family": products.family_of,
-        "Kit": np.array([k[0] for k in KITS], dtype=object)[products.kit],
-        "Item": products.item,
-    })
+    return pd.DataFrame(
+        {
+            "StockCode": products.code,
+            "Description": products.desc,
+            "UnitPrice": products.price,
+            "Family": products.family_of,
+            "Kit": np.array([k[0] for k in KITS], dtype=object)[products.kit],
+            "Item": products.item,
+        }
+    )
 
 
 def complements(spec: SyntheticSpec = DEFAULT) -> dict[str, frozenset[str]]:
@@ -244,7 +258,7 @@ def complements(spec: SyntheticSpec = DEFAULT) -> dict[str, frozenset[str]]:
     products = product_arrays(spec)
     result: dict[str, set[str]] = {}
     for f in range(len(products.family_start)):
-        members = products.code[products.family_start[f]:products.family_start[f] + products.family_size[f]].tolist()
+        members = products.code[products.family_start[f] : products.family_start[f] + products.family_size[f]].tolist()
         acc = int(products.family_accessory[f])
         for m in members:
             result[m] = set(members)

@@ -5,34 +5,34 @@ from __future__ import annotations
 import gzip
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from recommender.core.extras import optional
+from recommender.tools.synthetic.plan import Customers, Plan, customers_for, plan_for
+from recommender.tools.synthetic.products import ProductRange, product_arrays
 from recommender.tools.synthetic.spec import (
     BLOCK,
+    DEFAULT,
     DIRT_EMPTY,
     DIRT_QUANTITY,
     DIRT_SPACE,
-    DEFAULT,
     GenerationSummary,
     SyntheticSpec,
 )
 from recommender.tools.synthetic.vocabulary import (
     ACCESSORY_ODDS,
-    cumulative,
     COUNTRIES,
-    draw,
     NOTES,
     QUANTITIES,
     QUANTITY_P,
     SERVICES,
+    cumulative,
+    draw,
 )
-from recommender.tools.synthetic.products import ProductRange, product_arrays
-from recommender.tools.synthetic.plan import Customers, customers_for, Plan, plan_for
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,8 +45,13 @@ def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seg, np.arange(len(seg)) - starts[seg]
 
 
-def _block(spec: SyntheticSpec, products: ProductRange, cust: Customers, plan: Plan, b: int,
-           ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def _block(
+    spec: SyntheticSpec,
+    products: ProductRange,
+    cust: Customers,
+    plan: Plan,
+    b: int,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Rows of block b, plus the product indices and customer indices it uses (for the summary)."""
     rng = np.random.default_rng([spec.seed, 14, b])
     lo, hi = b * BLOCK, min(spec.invoices, (b + 1) * BLOCK)
@@ -124,8 +129,11 @@ def _block(spec: SyntheticSpec, products: ProductRange, cust: Customers, plan: P
     for bit, kind in ((DIRT_QUANTITY, 1), (DIRT_EMPTY, 2)):
         where = np.flatnonzero(dirt & bit)
         extra_prod = draw(products.noise_cdf, rng.random(len(where)))
-        extra_qty = (-rng.choice([0, 1, 2, 3, 6, 10, 12, 24], len(where)) if kind == 1
-                     else QUANTITIES[draw(cumulative(QUANTITY_P), rng.random(len(where)))])
+        extra_qty = (
+            -rng.choice([0, 1, 2, 3, 6, 10, 12, 24], len(where))
+            if kind == 1
+            else QUANTITIES[draw(cumulative(QUANTITY_P), rng.random(len(where)))]
+        )
         parts.append((where, extra_prod, extra_qty, np.zeros(len(where)), np.full(len(where), kind, np.int8)))
 
     all_inv = np.concatenate([p[0] for p in parts])
@@ -171,16 +179,18 @@ def _block(spec: SyntheticSpec, products: ProductRange, cust: Customers, plan: P
     stamps = np.datetime_as_string(minute.astype("datetime64[m]"), unit="m")
     stamps = np.char.add(np.char.replace(stamps, "T", " "), ":00").astype(object)
     ids = np.where(customer >= 0, cust.ids[np.maximum(customer, 0)], np.nan)
-    frame = pd.DataFrame({
-        "InvoiceNo": numbers[all_inv],
-        "StockCode": code[order],
-        "Description": desc[order],
-        "Quantity": all_qty[order],
-        "InvoiceDate": stamps[all_inv],
-        "UnitPrice": all_price[order],
-        "CustomerID": ids[all_inv],
-        "Country": np.array(COUNTRIES, dtype=object)[plan.country[lo:hi]][all_inv],
-    })
+    frame = pd.DataFrame(
+        {
+            "InvoiceNo": numbers[all_inv],
+            "StockCode": code[order],
+            "Description": desc[order],
+            "Quantity": all_qty[order],
+            "InvoiceDate": stamps[all_inv],
+            "UnitPrice": all_price[order],
+            "CustomerID": ids[all_inv],
+            "Country": np.array(COUNTRIES, dtype=object)[plan.country[lo:hi]][all_inv],
+        }
+    )
     return frame, all_prod, customer[customer >= 0]
 
 
@@ -208,8 +218,11 @@ def write_csv(spec: SyntheticSpec, path: str | os.PathLike[str]) -> GenerationSu
     try:
         with open(partial, "wb") as raw:
             # mtime=0 and no file name in the gzip header keep the bytes independent of when and where.
-            binary = (gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
-                      if target.suffix.lower() == ".gz" else raw)
+            binary = (
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
+                if target.suffix.lower() == ".gz"
+                else raw
+            )
             with binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
                 for b, (frame, products, customers) in enumerate(_blocks(spec)):
                     frame.to_csv(text, index=False, header=b == 0, lineterminator="\n")
@@ -220,12 +233,20 @@ def write_csv(spec: SyntheticSpec, path: str | os.PathLike[str]) -> GenerationSu
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return GenerationSummary(rows=rows, invoices=spec.invoices, products=int(seen_products.sum()),
-                             customers=int(seen_customers.sum()), path=target)
+    return GenerationSummary(
+        rows=rows,
+        invoices=spec.invoices,
+        products=int(seen_products.sum()),
+        customers=int(seen_customers.sum()),
+        path=target,
+    )
 
 
-def write_parquet_parts(spec: SyntheticSpec, folder: str | os.PathLike[str], blocks_per_part: int = 25,
-                        ) -> GenerationSummary:
+def write_parquet_parts(
+    spec: SyntheticSpec,
+    folder: str | os.PathLike[str],
+    blocks_per_part: int = 25,
+) -> GenerationSummary:
     """The same rows as write_csv, as a folder of Parquet parts (part-00000.parquet, ...; one row group per block
     of invoices), the layout a data lake export has; written into folder.partial, then renamed."""
     import shutil
@@ -260,5 +281,10 @@ def write_parquet_parts(spec: SyntheticSpec, folder: str | os.PathLike[str], blo
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return GenerationSummary(rows=rows, invoices=spec.invoices, products=int(seen_products.sum()),
-                             customers=int(seen_customers.sum()), path=target)
+    return GenerationSummary(
+        rows=rows,
+        invoices=spec.invoices,
+        products=int(seen_products.sum()),
+        customers=int(seen_customers.sum()),
+        path=target,
+    )

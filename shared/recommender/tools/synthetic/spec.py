@@ -10,9 +10,15 @@ import numpy as np
 
 from recommender.core.errors import InvalidInput
 
-
 COLUMNS: tuple[str, ...] = (
-    "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country",
+    "InvoiceNo",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+    "Country",
 )
 
 # Invoices per block: rows are made and written a block at a time, so memory stays bounded at any size.
