@@ -179,3 +179,24 @@ def test_manifest_is_json_with_counts(tmp_path, tiny_csv):
     manifest = json.loads((tmp_path / "models/versions" / version / "manifest.json").read_text())
     assert manifest["version"] == version
     assert set(manifest["counts"]) >= {"rows_read", "baskets", "items", "customers", "dropped"}
+
+
+def test_progress_lines_are_written_whole(monkeypatch):
+    """The held-out model reports from a second thread: a line written in two calls (print's text, then its newline)
+    could be split by the other thread's line."""
+    import sys
+
+    from recommender.training.recipe import say
+
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    say("  holdout model: item-item table (0.1 s)")
+    assert writes == ["  holdout model: item-item table (0.1 s)\n"]

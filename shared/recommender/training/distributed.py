@@ -45,6 +45,7 @@ from recommender.training.recipe import (
     popularity_order,
     purchase_period,
     ridge_lambda,
+    say,
     stage,
 )
 from recommender.training.sources import Source, default_s3_client, local_file
@@ -137,7 +138,7 @@ def _csr_blocks(rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray, n
 def trainer(
     source: Source,
     params: TrainingParams,
-    progress: Progress = print,
+    progress: Progress = say,
     master: str | None = None,
     encoding: str = "utf-8",
 ) -> Callable[[Path], Built]:

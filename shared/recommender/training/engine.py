@@ -16,7 +16,7 @@ from tqdm import tqdm
 from recommender.core.errors import DataFileError, StorageError
 from recommender.training import budget, holdout
 from recommender.training.ingest import CleaningReport, Transactions, describe_report, load_transactions
-from recommender.training.recipe import Progress, TrainingParams, build_model, purchase_period, stage
+from recommender.training.recipe import Progress, TrainingParams, build_model, purchase_period, say, stage
 
 SINGLE_ENGINE = {"name": "single"}
 
@@ -161,7 +161,7 @@ def _not_measured(err: DataFileError, progress: Progress) -> None:
 def single_trainer(
     source: str | Path,
     params: TrainingParams,
-    progress: Progress = print,
+    progress: Progress = say,
     encoding: str = "utf-8",
     max_memory_gb: float | None = None,
 ) -> Callable[[Path], Built]:

@@ -18,7 +18,7 @@ from recommender.core.storage import Storage
 from recommender.training import gate
 from recommender.training.engine import Built, scratch_folder, single_engine, single_trainer
 from recommender.training.ingest import Transactions
-from recommender.training.recipe import ARTIFACTS, Progress, TrainingParams
+from recommender.training.recipe import ARTIFACTS, Progress, TrainingParams, say
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def publish_model(
     params: TrainingParams,
     storage: Storage,
     source: str | Path | None,
-    progress: Progress = print,
+    progress: Progress = say,
     now: Callable[[], datetime] = utcnow,
 ) -> dict:
     """Build a model from cleaned baskets and write it to the storage as a new version (no pointer moves).
@@ -54,7 +54,7 @@ def publish_built(
     params: TrainingParams,
     storage: Storage,
     source_info: dict | None,
-    progress: Progress = print,
+    progress: Progress = say,
     now: Callable[[], datetime] = utcnow,
 ) -> dict:
     """Let an engine write a model's artifacts into a fresh folder, then publish it as a new version with its
@@ -108,7 +108,7 @@ def train(
     params: TrainingParams = TrainingParams(),
     activate: bool = True,
     keep_versions: int = 5,
-    progress: Progress = print,
+    progress: Progress = say,
     now: Callable[[], datetime] = utcnow,
     engine: str = "single",
     spark_master: str | None = None,

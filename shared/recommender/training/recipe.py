@@ -4,6 +4,7 @@ Annoy index, and the artifacts of a model version."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,12 @@ class TrainingParams:
 
 
 Progress = Callable[[str], None]
+
+
+def say(text: str) -> None:
+    """Print one line of progress in one write, so lines from a training's two threads never run together."""
+    sys.stdout.write(f"{text}\n")
+    sys.stdout.flush()
 
 
 def basket_matrix(tx: Transactions) -> sp.csr_matrix:
@@ -190,7 +197,7 @@ def build_model(
     tx: Transactions,
     params: TrainingParams,
     folder: Path,
-    progress: Progress = print,
+    progress: Progress = say,
     near: dict[str, list[int]] | None = None,
 ) -> dict:
     """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part.
@@ -310,7 +317,7 @@ class ModelParts:
     embeddings: np.ndarray | None = None
 
 
-def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progress: Progress = print) -> dict:
+def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progress: Progress = say) -> dict:
     """Write the artifacts both engines share (Annoy index from the embeddings when given, the table by source,
     the items, the sample invoices) into folder; return the manifest's model part."""
     if parts.embeddings is not None:
