@@ -16,8 +16,8 @@ from pathlib import Path
 
 from bench.common import PARTS, shown
 from bench.options import DATA_DIR_ENV, DEFAULT_DATA_DIR, Options
+from recommender.cli import run_mapped
 from recommender.core import registry
-from recommender.core.errors import RecommenderError
 from recommender.local.emulator import use_dummy_credentials
 
 TEMPLATE_HELP = "SAM template whose HttpApi events give the routes (its folder is the repository)"
@@ -205,16 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _child_tasks()[argv[0]](json.loads(argv[1]))
         return 0
     args = build_parser().parse_args(argv)
-    try:
+
+    def chosen() -> int:
         # Through the environment, so that servers started from here and boto3 itself see them.
         use_dummy_credentials(os.environ)
         return args.handler(args)
-    except RecommenderError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return run_mapped(chosen)
 
 
 if __name__ == "__main__":

@@ -548,24 +548,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; domain errors become one line on stderr and exit status 1."""
-    args = build_parser().parse_args(argv)
+def run_mapped(run: Callable[[], int]) -> int:
+    """Run a command with the one mapping of outcomes: a domain error is one line on stderr and exit status 1, an
+    interruption exit status 130."""
     try:
-        if args.storage:
-            # Through the environment, so the apps served by `serve` see the same storage as this command.
-            os.environ["STORAGE_URL"] = args.storage
-            get_settings.cache_clear()
-        # Through the environment too, so servers started from here and boto3 itself see them.
-        use_dummy_credentials(os.environ)
-        settings = get_settings()
-        return COMMANDS[args.command](args, settings)
+        return run()
     except RecommenderError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; domain errors become one line on stderr and exit status 1."""
+    args = build_parser().parse_args(argv)
+
+    def chosen() -> int:
+        if args.storage:
+            # Through the environment, so the apps served by `serve` see the same storage as this command.
+            os.environ["STORAGE_URL"] = args.storage
+            get_settings.cache_clear()
+        # Through the environment too, so servers started from here and boto3 itself see them.
+        use_dummy_credentials(os.environ)
+        return COMMANDS[args.command](args, get_settings())
+
+    return run_mapped(chosen)
 
 
 if __name__ == "__main__":
