@@ -29,10 +29,6 @@ def command(*names: str) -> Callable:
     return register
 
 
-def _storage(settings: Settings) -> Storage:
-    return open_storage(settings)
-
-
 def _password(args: argparse.Namespace) -> str:
     # From an environment variable (what `make add_user PASSWORD=...` uses: no quoting trouble, not in `ps`),
     # else a prompt. Never from argv.
@@ -56,7 +52,7 @@ def _add_user(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.serving.users import add_user
 
     user = add_user(
-        _storage(settings),
+        open_storage(settings),
         args.username,
         _password(args),
         args.full_name,
@@ -73,7 +69,7 @@ def _passwd(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.serving.users import change_password
 
     user = change_password(
-        _storage(settings),
+        open_storage(settings),
         args.username,
         _password(args),
         rounds=settings.bcrypt_rounds,
@@ -90,7 +86,7 @@ def _passwd(args: argparse.Namespace, settings: Settings) -> int:
 def _del_user(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.serving.users import delete_user
 
-    delete_user(_storage(settings), args.username)
+    delete_user(open_storage(settings), args.username)
     print(f"deleted user {args.username}")
     return 0
 
@@ -99,7 +95,7 @@ def _del_user(args: argparse.Namespace, settings: Settings) -> int:
 def _list_users(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.serving.users import list_users
 
-    users = list_users(_storage(settings))
+    users = list_users(open_storage(settings))
     if not users:
         print("no users yet: add one with `make add_user USER_NAME=... PASSWORD=...`")
     for u in users:
@@ -114,7 +110,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     params = TrainingParams(holdout=None) if args.no_holdout else TrainingParams()
     train(
         args.path,
-        _storage(settings),
+        open_storage(settings),
         params,
         activate=not args.stage,
         keep_versions=settings.keep_versions,
@@ -133,7 +129,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.core.errors import ModelRefused
     from recommender.training import gate
 
-    storage = _storage(settings)
+    storage = open_storage(settings)
     try:
         pointer = registry.staged(storage)
     except PointerDamaged:
@@ -152,14 +148,14 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("rollback")
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
-    version = registry.rollback(_storage(settings))
+    version = registry.rollback(open_storage(settings))
     print(f"re-activated version {version}")
     return 0
 
 
 @command("versions")
 def _versions(args: argparse.Namespace, settings: Settings) -> int:
-    storage = _storage(settings)
+    storage = open_storage(settings)
     pointers, damaged = {}, []
     for mark, read in (("active", registry.active), ("staged", registry.staged)):
         try:
@@ -193,7 +189,7 @@ def _figures(storage: Storage, version: str) -> str:
 def _feed(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.feed import active_model, publish_feed
 
-    storage = _storage(settings)
+    storage = open_storage(settings)
     model = active_model(storage)
     publish_feed(storage, args.path, settings.keep_versions, known_codes=set(model.codes) if model else None)
     return 0
@@ -203,13 +199,13 @@ def _feed(args: argparse.Namespace, settings: Settings) -> int:
 def _feed_show(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.feed import show
 
-    print("\n".join(show(_storage(settings), args.code)))
+    print("\n".join(show(open_storage(settings), args.code)))
     return 0
 
 
 @command("feed-rollback", "catalog-rollback")
 def _feed_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    version = registry.rollback(_storage(settings), registry.FEED)
+    version = registry.rollback(open_storage(settings), registry.FEED)
     print(f"re-activated feed version {version}")
     return 0
 
@@ -219,7 +215,7 @@ def _rules(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.feed import active_feed, active_model
     from recommender.training.rules import known_from, publish_rules
 
-    storage = _storage(settings)
+    storage = open_storage(settings)
     model = active_model(storage)
     known = known_from(model.codes if model else [], active_feed(storage)[1])
     publish_rules(storage, args.path, known, settings.keep_versions)
@@ -230,7 +226,7 @@ def _rules(args: argparse.Namespace, settings: Settings) -> int:
 def _rules_show(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.rules import show
 
-    print("\n".join(show(_storage(settings))))
+    print("\n".join(show(open_storage(settings))))
     return 0
 
 
@@ -255,7 +251,7 @@ def _rules_schema(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("rules-rollback")
 def _rules_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    version = registry.rollback(_storage(settings), registry.RULES)
+    version = registry.rollback(open_storage(settings), registry.RULES)
     print(f"re-activated rules version {version}")
     return 0
 
@@ -264,7 +260,7 @@ def _rules_rollback(args: argparse.Namespace, settings: Settings) -> int:
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.tools import export
 
-    model = export.served_model(_storage(settings))
+    model = export.served_model(open_storage(settings))
     versions = f"model {model.version}, feed {model.feed_version or 'none'}, rules {model.rules_version or 'none'}"
     if args.baskets:
         done = export.answer_baskets(model, args.baskets, args.out, resume=args.resume)
@@ -366,7 +362,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     base = f"http://{settings.host}:{settings.port}"
     print(f"Web console: {base}/  (sign in as demo with the password printed below, once the server runs)")
-    storage = _storage(settings)
+    storage = open_storage(settings)
     data = Path(settings.run_dir).parent / "synthetic.csv"
     data.parent.mkdir(parents=True, exist_ok=True)
     summary = synthetic.write_csv(synthetic.DEFAULT, data)
