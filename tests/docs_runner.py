@@ -202,8 +202,8 @@ def environment(folder: Path, port: int) -> dict[str, str]:
         TERM="dumb",
         NO_COLOR="1",
         PAGER="cat",
-        BCRYPT_ROUNDS="4",
-    )  # fast password hashing, as in the test suite: only time changes
+        BCRYPT_ROUNDS="4",  # fast password hashing, as in the test suite: only time changes
+    )
     return env
 
 

@@ -52,8 +52,8 @@ def test_metrics_on_a_hand_checked_case():
     ranked = [
         np.array([5, 1, 2]),  # hit at rank 1
         np.array([3, 4, 6]),  # hit at rank 3
-        np.array([3, 4, 5]),
-    ]  # miss
+        np.array([3, 4, 5]),  # miss
+    ]
     result = score("x", ranked, cases, n_items=10)
     assert result.hr == pytest.approx(2 / 3)
     assert result.mrr == pytest.approx((1 + 1 / 3) / 3)

@@ -135,9 +135,8 @@ class LocalStorage:
 
     def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
         path = self._path(key)
-        tmp: str | None = self._temp_beside(
-            path, data
-        )  # written before the lock: it is held for a compare and a rename
+        # Written before the lock: it is held for a compare and a rename.
+        tmp: str | None = self._temp_beside(path, data)
         try:
             with self._locked(path):
                 if self._tag_now(path) != tag:

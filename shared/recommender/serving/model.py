@@ -41,8 +41,8 @@ class Recommendation:
 
     items: Sequence[Scored] | Sequence[merchandising.Pick]  # Picks when the feed, the rules or options had a say
     unknown: list[str]  # basket codes the model does not know (ignored)
-    fallback: bool  # True when popularity answered: nothing in the basket is known, or nothing learned
-    # goes with it
+    # True when popularity answered: nothing in the basket is known, or nothing learned goes with it.
+    fallback: bool
     model_version: str
     exhausted: bool = False  # fewer than n items were eligible
     feed_version: str | None = None

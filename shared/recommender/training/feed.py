@@ -80,9 +80,10 @@ def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
         return rows[0], [(row + [""] * width)[:width] for row in rows[1:]]
     sep = "\t" if kind.startswith(".tsv") else ","
     try:
+        # Merchant Center's tab files use no quoting.
         frame = pd.read_csv(
             path, sep=sep, dtype=str, keep_default_na=False, encoding_errors="replace", quoting=3 if sep == "\t" else 0
-        )  # Merchant Center's tab files use no quoting
+        )
     except pd.errors.EmptyDataError:
         raise DataFileError(f"{path.name} is empty") from None
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
