@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from recommender.core.errors import NotFound
 from recommender.core.storage import Storage
 
 VERSION = "20261201T100000000Z-abcdef120a0b"
@@ -62,10 +63,12 @@ def write_segment(storage: Storage, key: str, records: list[dict], tail: bytes =
 
 def append(storage: Storage, records: list[dict], name: str = "writer-1") -> None:
     """Append records to the segments their received_at puts them in, as a local writer does."""
+    grouped: dict[str, list[dict]] = {}
     for record in records:
-        key = segment_key(record["received_at"], name)
+        grouped.setdefault(segment_key(record["received_at"], name), []).append(record)
+    for key, group in grouped.items():
         try:
             body = storage.read(key)
-        except Exception:
+        except NotFound:
             body = b""
-        storage.write(key, body + json.dumps(record).encode() + b"\n")
+        storage.write(key, body + b"".join(json.dumps(r).encode() + b"\n" for r in group))

@@ -377,7 +377,7 @@ def purchase_chunks(spec: str) -> Iterator[Any]:
             chunk = result.fetch_df_chunk(max(1, CHUNK_ROWS // 2048))
             if chunk is None or not len(chunk):
                 break
-            chunk["Description"] = chunk["StockCode"].map(descriptions).fillna("")
+            chunk["Description"] = [descriptions.get(code, "") for code in chunk["StockCode"]]
             yield chunk
 
 
