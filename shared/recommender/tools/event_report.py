@@ -19,7 +19,9 @@ Each event_id counts once: an id recorded on two days keeps its first day's reco
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, timedelta
 
+from recommender.core.errors import InvalidInput
 from recommender.core.storage import Storage
 from recommender.training import event_log
 
@@ -125,9 +127,16 @@ class ReportRow:
 
 
 def report(storage: Storage, since: str | None = None) -> list[ReportRow]:
-    """The report over the compacted days (from `since`, a YYYY-MM-DD day of receipt, when given)."""
+    """The report over the compacted days, or its days from `since` (YYYY-MM-DD): the partitions from the day
+    before are read, for the events of that day received after midnight and the copies sent again after it."""
     listing = event_log.list_log(storage)
-    days = sorted(key for day, key in listing.days.items() if since is None or day >= since)
+    first = None
+    if since is not None:
+        try:
+            first = (date.fromisoformat(since) - timedelta(days=1)).isoformat()
+        except ValueError:
+            raise InvalidInput(f"SINCE={since!r} is not a day: give YYYY-MM-DD") from None
+    days = sorted(key for day, key in listing.days.items() if first is None or day >= first)
     if not days:
         return []
     with event_log.staged(storage) as stage:
@@ -142,7 +151,8 @@ def report(storage: Storage, since: str | None = None) -> list[ReportRow]:
         )
         rows = con.execute(REPORT_SQL).fetchall()
         con.close()
-    return [ReportRow(str(r[0]) if r[0] is not None else None, *r[1:]) for r in rows]
+    found = [ReportRow(str(r[0]) if r[0] is not None else None, *r[1:]) for r in rows]
+    return [r for r in found if since is None or (r.day is not None and r.day >= since)]
 
 
 def format_report(rows: list[ReportRow]) -> list[str]:
