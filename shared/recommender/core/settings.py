@@ -70,6 +70,8 @@ class Settings:
     keep_versions: int = 5
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
     model_gate_margin: float = 0.10
+    # What the scheduled retraining (tools/retrain.py) trains from: the event log, or files and the event log.
+    retrain_data: str = "events:"
     run_dir: str = "./data/run"
     host: str = "127.0.0.1"
     port: int = 8090

@@ -327,17 +327,26 @@ def fingerprint(storage: Storage, listing: Listing) -> str:
 
 
 def _descriptions(storage: Storage) -> dict[str, str]:
-    """Each known item's description: the product feed's title, else the active model's description."""
+    """Each known item's description: the product feed's title, else the active model's description (read here
+    from the stored files: training.feed's readers import what imports this module)."""
+    import json
+
+    from recommender.core import registry
     from recommender.core.errors import RecommenderError
-    from recommender.training.feed import active_feed, active_model
+    from recommender.core.feed_and_rules import FEED_FILE
+    from recommender.core.items import ITEMS_FILE
 
     known: dict[str, str] = {}
     try:
-        model = active_model(storage)
+        model = registry.active(storage)
         if model is not None:
-            known.update((c, d) for c, d in zip(model.codes, model.descriptions) if d)
-        known.update((c, a["title"]) for c, a in active_feed(storage)[1].items() if a.get("title"))
-    except RecommenderError:
+            items = json.loads(storage.read(registry.artifact_key(model.version, ITEMS_FILE)))
+            known.update((c, d) for c, d in zip(items["codes"], items["descriptions"]) if d)
+        feed = registry.active(storage, registry.FEED)
+        if feed is not None:
+            data = registry.read_verified(storage, feed.version, FEED_FILE, registry.FEED)
+            known.update((c, a["title"]) for c, a in json.loads(data)["items"].items() if a.get("title"))
+    except (RecommenderError, ValueError, KeyError):
         pass  # descriptions are a nicety: training goes on with empty ones
     return known
 
