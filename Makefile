@@ -66,7 +66,7 @@ demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web c
 demo-address:
 	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: about a minute)"
 
-train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://..., events: the recorded purchases, or file,events:) and activate it (FORCE=1: even when worse; ENGINE=spark)
+train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://..., events:, file,events:) and activate it (FORCE=1: even when worse; ENGINE=spark)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --engine "$(ENGINE)" "$$PATH_TO_DATA" $(FORCE_FLAG) $(HOLDOUT_FLAG)
 
