@@ -101,6 +101,7 @@ REFUSED = [
     ("ts too far ahead", event(ts=NOW_MS + 2 * 86_400_000), "is more than 1 day ahead of the server's clock"),
     ("ts a float", event(ts=1.5e12), "ts: send ISO 8601 with a zone (a string) or unix milliseconds (an integer)"),
     ("ts a list", event(ts=[1]), "ts: send ISO 8601 with a zone (a string) or unix milliseconds (an integer)"),
+    ("ts out of range", event(ts="9999-12-31T23:59:59-01:00"), "ts: '9999-12-31T23:59:59-01:00' is out of range"),
     ("ts absurd", event(ts=10**17), "ts: 100000000000000000 is not a time in unix milliseconds"),
     ("no session", event(session_id=...), "session_id: Field required"),
     ("session too long", event(session_id="s" * 129), "session_id: String should have at most 128 characters"),
