@@ -3,15 +3,17 @@ time or beyond the capacity), batch-level problems, and a batch the log cannot s
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import pytest
 
 from recommender.core.errors import InvalidInput, StoreUnavailable
-from recommender.core.event_log import RECORD_KEYS, LocalEventLog
+from recommender.core.event_log import ITEM_KEYS, RECORD_KEYS, TYPES, LocalEventLog
 from recommender.core.settings import Settings
 from recommender.core.storage import LocalStorage
 from recommender.serving.attribution import new_recommendation_id
 from recommender.serving.events import Ingest, RecentIds
+from recommender.serving.schemas import EventIn, EventItemIn
 
 NOW = datetime(2026, 12, 2, 10, 30, 0, 123456, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -77,6 +79,12 @@ def test_an_accepted_event_is_stored_with_every_key_of_the_layout(ingest, tmp_pa
         "received_at": "2026-12-02T10:30:00.123Z",
         "source": "user:alice",
     }
+
+
+def test_the_schema_and_the_log_agree_on_types_and_keys():
+    assert get_args(EventIn.model_fields["type"].annotation) == TYPES
+    assert tuple(EventItemIn.model_fields) == ITEM_KEYS
+    assert set(EventIn.model_fields) | {"received_at", "source"} == set(RECORD_KEYS)
 
 
 def test_optional_fields_are_null_and_unix_milliseconds_are_times(ingest, tmp_path):
