@@ -265,13 +265,17 @@ ERROR_MEANINGS = {
     413: "the request body is larger than MAX_BODY_BYTES (EVENTS_MAX_BODY_BYTES for /events)",
     422: "malformed request: the detail names the field and the problem",
     429: "too many failed logins from this client address; retry after Retry-After seconds",
-    503: "no model can be served, the storage cannot be reached, or logins are at capacity (with Retry-After)",
+    503: "no model can be served, the storage cannot be reached, logins are at capacity, or events cannot be stored "
+    "(the last two with Retry-After)",
 }
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
     429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     503: {
-        "Retry-After": {"description": "seconds to wait (when logins are at capacity)", "schema": {"type": "integer"}}
+        "Retry-After": {
+            "description": "seconds to wait (when logins are at capacity, or events cannot be stored)",
+            "schema": {"type": "integer"},
+        }
     },
 }
 
