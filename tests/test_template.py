@@ -359,6 +359,16 @@ def test_event_options_are_off_by_default_and_complete_when_on(template, tmp_pat
     assert RAW_KEY.match(key), key
     assert destination["BucketARN"] == "ModelBucket.Arn"
 
+    recommend = resources["RecommendFunction"]["Properties"]
+    assert plain(recommend["Environment"]["Variables"]["EVENTS_FIREHOSE_STREAM"]) == [
+        "UseFirehose",
+        "EventsDeliveryStream",
+        "",
+    ]
+    writer = plain(resources["EventsFirehoseWriterPolicy"]["Properties"])
+    assert writer["Roles"] == ["RecommendFunctionRole"]
+    assert writer["PolicyDocument"]["Statement"][0]["Resource"] == "EventsDeliveryStream.Arn"
+
     function = resources["RetrainFunction"]["Properties"]
     assert function["PackageType"] == "Image" and function["Timeout"] == 900
     assert plain(function["Code"]["ImageUri"]) == "RetrainImageUri"
