@@ -17,7 +17,17 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "shared" / "recommender"
 # Every module of the package lives in one of these, except the command line (cli.py, __main__.py, __init__.py).
 RUNTIMES = ("core", "serving", "training", "local", "tools")
-TRAINING_ONLY = ("pandas", "scipy", "openpyxl", "python_calamine", "pyspark", "threadpoolctl", "tqdm", "sklearn")
+TRAINING_ONLY = (
+    "pandas",
+    "scipy",
+    "openpyxl",
+    "python_calamine",
+    "pyspark",
+    "threadpoolctl",
+    "tqdm",
+    "sklearn",
+    "duckdb",
+)
 # What each part may not import (top-level packages, or recommender subpackages), function-local imports included.
 FORBIDDEN = {
     "core": {

@@ -3,6 +3,9 @@ days and segments not compacted yet, on local disk and S3; and its one-line refu
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -112,3 +115,17 @@ def test_sources_split_only_around_the_event_log():
     assert with_store("events:s3://b/p", "/x") == "events:s3://b/p"
     with pytest.raises(Exception, match="more than once"):
         split_sources("events:,events:")
+
+
+def test_the_light_install_compacts_reports_and_trains_without_pyarrow(tiny_csv, tmp_path):
+    """DuckDB reads and writes the Parquet log itself: pyarrow (an extra) is never needed."""
+    storage = open_storage(get_settings())
+    record(storage, tiny_csv)
+    code = (
+        "import sys; sys.modules['pyarrow'] = None; from recommender import cli; "
+        "sys.exit(cli.main(['events-report']) or cli.main(['train', 'events:']))"
+    )
+    env = {**os.environ, "STORAGE_URL": storage.url}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "activated " in done.stdout and "(none)" in done.stdout
