@@ -24,6 +24,11 @@ DEFAULT_AVAILABILITY = "in_stock"
 # declare them (serving/schemas.py, ItemOut) and show no other.
 SHOWN = ("price", "currency", "category", "availability", "brand", "title", "image_link", "link")
 SELECTOR_KEYS = ("code", "category", "brand")
+# A boost or bury factor is from MIN_RULE_FACTOR to MAX_RULE_FACTOR (a rules file is refused otherwise); the
+# factors applying to one item multiply, and serving holds the product from MIN_TOTAL_FACTOR to MAX_TOTAL_FACTOR,
+# so that however rules stack (or a rules.json stored by hand says), every score stays a finite number.
+MIN_RULE_FACTOR, MAX_RULE_FACTOR = 0.001, 1000.0
+MIN_TOTAL_FACTOR, MAX_TOTAL_FACTOR = 1e-6, 1e6
 
 _SPACES = re.compile(r"\s+")
 
