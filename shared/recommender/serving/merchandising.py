@@ -21,6 +21,8 @@ from recommender.core import registry
 from recommender.core.errors import InvalidInput, RecommenderError
 from recommender.core.feed_and_rules import (
     FEED_FILE,
+    MAX_TOTAL_FACTOR,
+    MIN_TOTAL_FACTOR,
     RULES_FILE,
     SELECTOR_KEYS,
     SHOWN,
@@ -121,6 +123,7 @@ class Policy:
         self.category_rows: dict[str, np.ndarray] = {}
         self.brand_rows: dict[str, np.ndarray] = {}
         self.leaf = np.full(n, -1, dtype=np.int64)  # the full category path's id, for max_per_category
+        self.leaf_names: list[str] = []  # each id's category path, as the feed wrote it
         self.factor: np.ndarray | None = None
         self.pairs: dict[int, list[np.ndarray]] = {}  # basket row -> rows it forbids (do_not_pair)
         self.pins: dict[int, list[tuple[int, int]]] = {}  # basket row -> (pinned row, position)
@@ -145,12 +148,18 @@ class Policy:
             self.feed_rows[i] = attributes
             if attributes.get("availability") == "out_of_stock":
                 self.eligible[i] = False
-            if "price" in attributes:
-                self.price[i] = attributes["price"]
+            price = attributes.get("price")
+            # A price stored before prices were bounded may be infinite (JSON's Infinity): unknown, not shown.
+            if isinstance(price, (int, float)) and 0 <= price < float("inf"):
+                self.price[i] = price
             if attributes.get("category"):
                 for key in category_keys(attributes["category"]):
                     categories.setdefault(key, []).append(i)
-                self.leaf[i] = leaves.setdefault(category_key(attributes["category"]), len(leaves))
+                leaf = category_key(attributes["category"])
+                if leaf not in leaves:
+                    leaves[leaf] = len(leaves)
+                    self.leaf_names.append(attributes["category"])
+                self.leaf[i] = leaves[leaf]
             if attributes.get("brand"):
                 brands.setdefault(brand_key(attributes["brand"]), []).append(i)
         self.category_rows = {k: np.asarray(sorted(v), dtype=np.int64) for k, v in categories.items()}
@@ -203,8 +212,24 @@ class Policy:
         if rules["boost"]:
             self.factor = np.ones(len(self.eligible))
             for entry in rules["boost"]:
-                selector = {k: entry[k] for k in SELECTOR_KEYS if k in entry}
-                self.factor[self.rows(selector)] *= entry["factor"]
+                factor = float(entry["factor"])
+                if not 0 < factor < float("inf"):  # a rules.json written by hand: uploads refuse these
+                    continue
+                # However many factors stack on one item, their product stays within bounds (held at each step,
+                # so it never overflows on the way): every score stays a finite number.
+                rows = self.rows({k: entry[k] for k in SELECTOR_KEYS if k in entry})
+                product = self.factor[rows] * min(max(factor, MIN_TOTAL_FACTOR), MAX_TOTAL_FACTOR)
+                self.factor[rows] = np.clip(product, MIN_TOTAL_FACTOR, MAX_TOTAL_FACTOR)
+
+    def category_warnings(self, options: Options) -> list[str]:
+        """What the answer says of categories the request names and no item of the feed is in."""
+        out = []
+        for key, effect in (("categories", "no item can match it"), ("exclude_categories", "it excludes nothing")):
+            for name in getattr(options, key):
+                if category_key(name) not in self.category_rows:
+                    where = "in the product feed" if self.feed_version else "known: no product feed gives categories"
+                    out.append(f"{key}: category {name!r} is not {where}; {effect}")
+        return out
 
     def eligibility(self, basket: np.ndarray, options: Options) -> Eligibility:
         """Which items may be recommended with this basket under these options, asked of a few rows at a time."""
@@ -376,25 +401,34 @@ class Scores:
         return reached[~_members(reached, self.candidates) & ~_members(reached, basket)]
 
 
-def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, policy: Policy) -> tuple[list[Pick], bool]:
-    """The picks for a basket of known rows (possibly empty, sorted), best first, and whether fewer than n were
-    eligible."""
+def answer(
+    model: Any, basket: np.ndarray, n: int, options: Options | None, policy: Policy
+) -> tuple[list[Pick], bool, list[str]]:
+    """The picks for a basket of known rows (possibly empty, sorted), best first, whether fewer than n were
+    eligible, and warnings about the request (categories no item is in, pins beyond max_per_category)."""
     options = options or Options()
+    warnings = policy.category_warnings(options) if options.categories or options.exclude_categories else []
     ok = policy.eligibility(basket, options)
     cap = options.max_per_category
     taken: dict[int, int] = {}  # picks per category, with max_per_category
+    # Pins are placed first: they count toward max_per_category, and the rest of the answer fills around them.
+    pinned = _pinned(policy, basket, n, ok) if policy.pins and len(basket) else {}
+    if pinned:
+        ok.take(np.fromiter(pinned, dtype=np.int64, count=len(pinned)))
+        warnings += _count_pins(policy, pinned, cap, taken)
+    k = n - len(pinned)  # the items to choose besides the pins
     rows = np.empty(0, dtype=np.int64)
     scores = np.empty(0)
     scored = None
     if len(basket):
         scored = Scores(model, basket)
         candidates = scored.candidates
-        rows, scores = _best(candidates, scored(candidates), ok, policy, n, cap, taken)
-        if len(rows) < n:
+        rows, scores = _best(candidates, scored(candidates), ok, policy, k, cap, taken)
+        if len(rows) < k:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
             # score (stable, so popularity still breaks ties) to keep the answer sorted.
             deeper = scored.deeper(basket)
-            more, more_scores = _best(deeper, scored(deeper), ok, policy, n - len(rows), cap, taken)
+            more, more_scores = _best(deeper, scored(deeper), ok, policy, k - len(rows), cap, taken)
             if len(more):
                 rows, scores = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
                 order = np.argsort(-scores, kind="stable")
@@ -403,12 +437,13 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, poli
             # Nothing learned goes with the basket (no positive score): popular items instead, flagged fallback.
             rows, scores = rows[:0], scores[:0]
             taken.clear()
+            _count_pins(policy, pinned, cap, taken)
     ok.take(rows)
     source = np.zeros(len(rows), dtype=np.int8)  # index into SOURCES
-    if len(rows) < n:
+    if len(rows) < k:
         # The most popular items that pass the same filters: scored no higher than the last pick, or, when the model
         # picked nothing (nothing known or learned, or everything filtered), by popularity (the plain fallback's).
-        extra = _popular(policy, ok, n - len(rows), cap, taken)
+        extra = _popular(policy, ok, k - len(rows), cap, taken)
         if len(rows):
             extra_scores = np.full(len(extra), min(0.0, float(scores[-1])))
         else:
@@ -419,8 +454,8 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, poli
         ok.take(extra)
         rows, scores = np.concatenate([rows, extra]), np.concatenate([scores, extra_scores])
         source = np.concatenate([source, np.ones(len(extra), dtype=np.int8)])
-    if policy.pins and len(basket):
-        rows, scores, source = _pin(policy, basket, rows, scores, source, ok, scored)
+    if pinned:
+        rows, scores, source = _pin(pinned, rows, scores, source, scored)
     rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
     confidence = _confidence(model, policy, rows, source, scored)
     if options.min_confidence is not None and confidence is not None:
@@ -446,7 +481,7 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, poli
             row_list, scores.tolist(), source.tolist(), confidence, because, boosts
         )
     ]
-    return picks, len(picks) < n
+    return picks, len(picks) < n, warnings
 
 
 def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: dict[int, int]) -> np.ndarray:
@@ -463,27 +498,40 @@ def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: di
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
 
-def _pin(
-    policy: Policy,
-    basket: np.ndarray,
-    rows: np.ndarray,
-    scores: np.ndarray,
-    source: np.ndarray,
-    ok: Eligibility,
-    scored: Scores,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pins the basket triggers, at their positions whatever their score (a merchandiser's choice), if they pass
-    every filter: all pinned items out first, then each in at its position, lowest first, so pins do not shift
-    one another."""
-    listed = set(rows.tolist())
+def _pinned(policy: Policy, basket: np.ndarray, n: int, ok: Eligibility) -> dict[int, int]:
+    """The pins the basket triggers ({row: position}), where the item passes every filter and the position is
+    within the answer."""
     pinned: dict[int, int] = {}
     for b in basket.tolist():
         for row, position in policy.pins.get(b, ()):
-            if row in listed or ok(np.asarray([row], dtype=np.int64))[0]:
+            if position <= n and (row in pinned or ok(np.asarray([row], dtype=np.int64))[0]):
                 pinned[row] = min(position, pinned.get(row, position))
-    if not pinned:
-        return rows, scores, source
-    entries = [e for e in zip(rows.tolist(), scores.tolist(), source.tolist()) if e[0] not in pinned]
+    return pinned
+
+
+def _count_pins(policy: Policy, pinned: dict[int, int], cap: int | None, taken: dict[int, int]) -> list[str]:
+    """Count the pinned items toward max_per_category (in taken); warnings for categories the pins alone take
+    beyond it (the pins stay: a merchandiser's choice)."""
+    if cap is None:
+        return []
+    for row in pinned:
+        category = int(policy.leaf[row])
+        if category >= 0:
+            taken[category] = taken.get(category, 0) + 1
+    return [
+        f"max_per_category: {count} pinned items are in category {policy.leaf_names[category]!r}, more than "
+        f"{cap}; the pins stay, and no other item of it is recommended"
+        for category, count in taken.items()
+        if count > cap
+    ]
+
+
+def _pin(
+    pinned: dict[int, int], rows: np.ndarray, scores: np.ndarray, source: np.ndarray, scored: Scores
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pinned items put in at their positions whatever their score (a merchandiser's choice), lowest position
+    first, so pins do not shift one another."""
+    entries = list(zip(rows.tolist(), scores.tolist(), source.tolist()))
     pinned_rows = np.fromiter(pinned, dtype=np.int64, count=len(pinned))
     pinned_scores = dict(zip(pinned_rows.tolist(), scored(pinned_rows).tolist()))
     for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):

@@ -22,7 +22,7 @@ from recommender.core.extras import optional
 from recommender.core.storage import Storage
 from recommender.serving.merchandising import Options
 from recommender.serving.model import Model, ModelHolder
-from recommender.serving.schemas import BasketIn, answer_json
+from recommender.serving.schemas import RecommendationsIn, answer_json
 from recommender.serving.web import describe_validation_error
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -249,7 +249,7 @@ def _complete_lines(path: Path) -> int:
 def answer_line(model: Model, number: int, line: str) -> dict:
     """The answer to one line of a baskets file: {"line", ...the /recommendations answer} or {"line", "error"}."""
     try:
-        request = BasketIn.model_validate_json(line)
+        request = RecommendationsIn.model_validate_json(line)
         options = request.options(explain=True)
         answer = model.recommend(request.product_list, request.n, options or Options())
         return {"line": number, **answer_json(answer, options is not None and options.explain)}
