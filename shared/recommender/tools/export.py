@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -80,6 +81,15 @@ def served_model(storage: Storage) -> Model:
     return model
 
 
+def check_output(out: Path, source: Path | None = None) -> None:
+    """Refuse an output that is a folder, or the same file as the input (through links too): writing it would
+    erase what is being read."""
+    if out.is_dir():
+        raise InvalidInput(f"OUT={out} is a folder: give a file name, e.g. {out / 'export.csv'}")
+    if source is not None and out.exists() and source.exists() and os.path.samefile(out, source):
+        raise InvalidInput(f"OUT={out} is the baskets file itself: writing the answers there would erase it")
+
+
 def format_of(out: Path, given: str | None) -> str:
     """The output format: as given, else from the file name."""
     fmt = (given or out.suffix.lstrip(".")).lower()
@@ -137,6 +147,7 @@ def export_complements(
 ) -> ExportSummary:
     """Write every item's top n complements to out; the file appears complete or not at all."""
     out = Path(out)
+    check_output(out)
     fmt = format_of(out, fmt)
     if fmt == "parquet":
         optional("pyarrow", "FORMAT=parquet")
@@ -267,6 +278,7 @@ def answer_baskets(
     baskets, out = Path(baskets), Path(out)
     if not baskets.is_file():
         raise InvalidInput(f"baskets file not found: {baskets}")
+    check_output(out, baskets)
     started = time.perf_counter()
     done = _complete_lines(out) if resume else 0
     with open(baskets, "rb") as f:
