@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,6 +30,7 @@ from recommender.core.feed_and_rules import (
     brand_key,
     category_key,
     category_keys,
+    feed_items,
 )
 from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
@@ -256,9 +258,15 @@ class Policy:
         return attributes
 
 
-def load_feed(storage: Storage, version: str) -> dict:
-    """A feed version's stored items, checked against its manifest."""
-    return _load(storage, version, FEED_FILE, registry.FEED)
+def load_feed(storage: Storage, version: str, known: Container[str] | None = None) -> dict:
+    """A feed version's stored items, checked against its manifest: only those of codes in known, when given
+    ({"items": {...}, "dropped": how many others it lists})."""
+    data = registry.read_verified(storage, version, FEED_FILE, registry.FEED)
+    try:
+        items, dropped = feed_items(data, known)
+    except (ValueError, KeyError, TypeError) as err:
+        raise registry.FEED.error(f"feed version {version} cannot be read: {err}") from None
+    return {"items": items, "dropped": dropped}
 
 
 def load_rules(storage: Storage, version: str) -> dict:
@@ -700,11 +708,12 @@ class Merchandiser:
         self.storage = storage
         self.loaded: dict[str, tuple[str | None, dict | None]] = {"feed": (None, None), "rules": (None, None)}
         self.errors: dict[str, str | None] = {"feed": None, "rules": None}
+        self._feed_model: str | None = None  # the model whose items the loaded feed was kept for
 
-    def _follow(self, kind: registry.Kind, load: Any) -> tuple[str | None, dict | None]:
+    def _follow(self, kind: registry.Kind, load: Any, again: bool = False) -> tuple[str | None, dict | None]:
         pointer = registry.active(self.storage, kind)
         version = pointer.version if pointer else None
-        if version != self.loaded[kind.prefix][0]:
+        if version != self.loaded[kind.prefix][0] or (again and version):
             try:
                 self.loaded[kind.prefix] = (version, load(self.storage, version) if version else None)
                 self.errors[kind.prefix] = None
@@ -715,9 +724,30 @@ class Merchandiser:
                 self.errors[kind.prefix] = err.message
         return self.loaded[kind.prefix]
 
+    def _load_feed(self, plain: Any) -> Any:
+        def load(storage: Storage, version: str) -> dict:
+            # Only the items the model knows are kept: a feed listing a million codes the model never recommends
+            # costs this process nothing once read.
+            feed = load_feed(storage, version, plain.items.index)
+            if feed["dropped"]:
+                log.info(
+                    "feed version %s: %d item(s) unknown to model %s not kept (%d kept)",
+                    version,
+                    feed["dropped"],
+                    plain.version,
+                    len(feed["items"]),
+                )
+            self._feed_model = plain.version
+            return feed
+
+        return load
+
     def view(self, plain: Any, current: Any) -> Any:
-        """The model to serve: current when nothing changed, else plain under the active feed and rules."""
-        feed_version, feed = self._follow(registry.FEED, load_feed)
+        """The model to serve: current when nothing changed, else plain under the active feed and rules (built
+        here, by whoever refreshes: the watcher thread of a long-running server, before it switches the model)."""
+        feed_version, feed = self._follow(
+            registry.FEED, self._load_feed(plain), again=self._feed_model not in (None, plain.version)
+        )
         rules_version, rules = self._follow(registry.RULES, load_rules)
         if (
             current is not None
