@@ -257,3 +257,13 @@ def test_factors_are_bounded(tmp_path, factor, message):
     with pytest.raises(RulesError, match=re.escape(message)):
         read_rules(write(tmp_path, f"bury:\n  - {{code: A, factor: {factor}}}\n"))
     assert read_rules(write(tmp_path, "boost:\n  - {code: A, factor: 1000}\n"))[0]["boost"][0]["factor"] == 1000
+
+
+def test_a_code_yaml_reads_as_a_boolean_or_a_date_is_refused_saying_to_quote_it(tmp_path):
+    for code in ("yes", "off", "2024-01-01"):
+        with pytest.raises(RulesError, match=r"block\.codes: expected a non-empty text .* \(put it in quotes\)$"):
+            read_rules(write(tmp_path, f"block:\n  codes: [{code}]\n"))
+    assert read_rules(write(tmp_path, 'block:\n  codes: ["yes", "2024-01-01"]\n'))[0]["block"]["codes"] == [
+        "yes",
+        "2024-01-01",
+    ]

@@ -9,7 +9,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,8 +74,12 @@ class _Bounded:
     def __getattr__(self, name: str) -> object:
         return getattr(self.raw, name)
 
-    def __iter__(self) -> object:
-        return iter(self.raw)
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.raw:
+            self.read_bytes += len(line)
+            if self.read_bytes > self.limit:
+                raise _TooLarge
+            yield line
 
 
 @dataclass

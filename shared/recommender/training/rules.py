@@ -113,7 +113,9 @@ def _texts(value: Any, longest: int = MAX_NAME_LENGTH) -> list[str]:
     out = []
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, bool) or not isinstance(v, (str, int, float)) or str(v).strip() == "":
-            raise _refuse(f"expected a non-empty text or a list of them, got {v!r}")
+            # YAML reads yes, no, on, off, true, false and dates unquoted as other things than text.
+            quote = " (put it in quotes)" if v is not None and not isinstance(v, (str, list, dict)) else ""
+            raise _refuse(f"expected a non-empty text or a list of them, got {v!r}{quote}")
         # YAML reads 22423 as a number: a code is its text, as written in the file (getattr: a document given as
         # Python values, not read from YAML, has no text to keep).
         text = str(getattr(v, "text", v)).strip()
