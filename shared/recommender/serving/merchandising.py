@@ -4,8 +4,8 @@ version, request options, always-full answers and a reason per pick (numpy only:
 An answer is chosen in levels, each filtered by the same eligibility (in stock, not blocked, not paired away from
 the basket, not in the basket, passing the request's filters): the model's candidates (each basket item's nearest
 items in the Annoy index) by score, then every other item the basket's items have a table weight for, then the
-most popular items; so it holds exactly n items whenever n items are eligible. Pins then put their items at their
-positions.
+most popular items; so it holds exactly n items whenever n items are eligible. The pins the basket triggers are
+chosen first (they count toward max_per_category) and put in at their positions once the rest is chosen.
 """
 
 from __future__ import annotations
