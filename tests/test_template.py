@@ -322,7 +322,7 @@ def test_event_options_are_off_by_default_and_complete_when_on(template, tmp_pat
     """EventsFirehose and RetrainSchedule: off by default, every resource of each under its condition; on, the
     stream writes the raw layout compaction reads, the retraining is an image on a schedule with a role that never
     reaches users or the signing secret; the "on" variant lints clean."""
-    from recommender.training.event_log import RAW_KEY
+    from recommender.training.event_tables import RAW_KEY
 
     params = template["Parameters"]
     assert params["EventsFirehose"]["Default"] == "false" and params["RetrainSchedule"]["Default"] == ""

@@ -9,7 +9,7 @@ import pytest
 
 from recommender.core.errors import InvalidInput
 from recommender.serving.attribution import parse_recommendation_id
-from recommender.training import event_log
+from recommender.training import event_tables
 from recommender.training.event_compaction import compact
 from tests.training.event_fixtures import OTHER, VERSION, append, event, rid, segment_key, write_segment
 
@@ -18,9 +18,9 @@ LATER = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)  # every hour of the fixtures i
 
 def rows(storage, day: str) -> list[tuple]:
     """(event_id, line, stock_code, received_at) of a day's Parquet file."""
-    con = event_log.connect()
-    with event_log.staged(storage) as stage:
-        (path,) = stage.paths([event_log.day_key(day)])
+    con = event_tables.connect()
+    with event_tables.staged(storage) as stage:
+        (path,) = stage.paths([event_tables.day_key(day)])
         return con.execute(
             f"SELECT event_id, line, stock_code, CAST(received_at AS VARCHAR) FROM read_parquet('{path}') "
             "ORDER BY event_id, line"
@@ -65,16 +65,16 @@ def test_duplicates_are_dropped_the_first_received_wins_and_segments_removed(sto
     (day,) = result.days
     assert (day.day, day.events, day.added, day.repeated, day.removed, day.kept) == ("2026-12-01", 4, 4, 2, 3, 0)
     assert rows(storage, "2026-12-01") == EXPECTED
-    assert storage.list(event_log.RAW) == []
-    assert storage.list(event_log.PARQUET) == [event_log.day_key("2026-12-01")]
+    assert storage.list(event_tables.RAW) == []
+    assert storage.list(event_tables.PARQUET) == [event_tables.day_key("2026-12-01")]
 
 
 def test_a_rerun_changes_nothing_and_new_segments_merge_into_the_day(storage):
     sample(storage)
     compact(storage, now=lambda: LATER)
-    before = storage.read(event_log.day_key("2026-12-01"))
+    before = storage.read(event_tables.day_key("2026-12-01"))
     again = compact(storage, now=lambda: LATER)
-    assert again.days == [] and storage.read(event_log.day_key("2026-12-01")) == before
+    assert again.days == [] and storage.read(event_tables.day_key("2026-12-01")) == before
     # a late segment: one known id (sent again), one new
     write_segment(
         storage,
@@ -104,15 +104,15 @@ def test_a_crash_between_write_and_cleanup_loses_and_doubles_nothing(storage, mo
     with pytest.raises(KeyboardInterrupt):
         compact(storage, now=lambda: LATER)
     monkeypatch.setattr(type(storage), "delete", original)
-    assert len(storage.list(event_log.RAW)) == 2 and rows(storage, "2026-12-01") == EXPECTED
+    assert len(storage.list(event_tables.RAW)) == 2 and rows(storage, "2026-12-01") == EXPECTED
     (day,) = compact(storage, now=lambda: LATER).days
     assert (day.events, day.added, day.removed) == (4, 0, 2)
-    assert rows(storage, "2026-12-01") == EXPECTED and storage.list(event_log.RAW) == []
+    assert rows(storage, "2026-12-01") == EXPECTED and storage.list(event_tables.RAW) == []
 
 
 def test_a_crash_before_the_write_leaves_the_log_as_it_was(storage, monkeypatch):
     sample(storage)
-    raw = {key: storage.read(key) for key in storage.list(event_log.RAW)}
+    raw = {key: storage.read(key) for key in storage.list(event_tables.RAW)}
 
     def dies(self, *args):
         raise KeyboardInterrupt
@@ -120,8 +120,8 @@ def test_a_crash_before_the_write_leaves_the_log_as_it_was(storage, monkeypatch)
     monkeypatch.setattr(type(storage), "write_if", dies)
     with pytest.raises(KeyboardInterrupt):
         compact(storage, now=lambda: LATER)
-    assert {key: storage.read(key) for key in storage.list(event_log.RAW)} == raw
-    assert storage.list(event_log.PARQUET) == []
+    assert {key: storage.read(key) for key in storage.list(event_tables.RAW)} == raw
+    assert storage.list(event_tables.PARQUET) == []
 
 
 def test_the_current_hour_is_compacted_but_kept_until_it_is_over(storage):
@@ -145,7 +145,7 @@ def test_unreadable_lines_keep_their_segment(storage):
     )
     (day,) = compact(storage, now=lambda: LATER).days
     assert (day.events, day.unreadable, day.removed, day.kept) == (1, 1, 0, 1)
-    assert storage.list(event_log.RAW) == [key]
+    assert storage.list(event_tables.RAW) == [key]
     assert "1 unreadable lines (their segments kept)" in compact(storage, now=lambda: LATER).lines()[0]
 
 
@@ -153,7 +153,7 @@ def test_a_concurrent_compaction_makes_this_one_remove_nothing(storage, monkeypa
     sample(storage)
     monkeypatch.setattr(type(storage), "write_if", lambda self, key, data, tag: False)
     (day,) = compact(storage, now=lambda: LATER).days
-    assert day.conflict and len(storage.list(event_log.RAW)) == 3
+    assert day.conflict and len(storage.list(event_tables.RAW)) == 3
     assert "another compaction" in compact(storage, now=lambda: LATER).lines()[0]
 
 
@@ -182,7 +182,7 @@ def test_the_sql_reads_recommendation_ids_as_serving_parses_them(text):
         expected = (ref.version, ref.arm)
     except InvalidInput:
         expected = (None, None)
-    pattern = event_log.RECOMMENDATION_ID
+    pattern = event_tables.RECOMMENDATION_ID
     got = (
         duckdb.connect()
         .execute(

@@ -10,7 +10,7 @@ from recommender.core.settings import Settings
 from recommender.serving.attribution import new_recommendation_id
 from recommender.serving.events import Ingest
 from recommender.tools.event_report import report
-from recommender.training import event_log
+from recommender.training import event_tables
 from recommender.training.event_compaction import compact
 
 VERSION = "20261201T000000000Z-abcdef012345"
@@ -44,12 +44,12 @@ def test_posted_events_are_compacted_once_and_reported(storage):
     # the client did not hear the answer and sends the batch again an hour later, to a new serving process
     later = datetime(2026, 12, 2, 11, 40, tzinfo=UTC)
     Ingest(open_event_log(storage), Settings(), clock=lambda: later).ingest(visit(answer), "key:shop-web")
-    assert len(storage.list(event_log.RAW)) == 2
+    assert len(storage.list(event_tables.RAW)) == 2
     (day,) = compact(storage, now=lambda: datetime(2026, 12, 2, 13, 0, tzinfo=UTC)).days
     assert (day.events, day.added, day.repeated, day.removed) == (4, 4, 4, 2)
-    con = event_log.connect()
-    with event_log.staged(storage) as stage:
-        (path,) = stage.paths([event_log.day_key("2026-12-02")])
+    con = event_tables.connect()
+    with event_tables.staged(storage) as stage:
+        (path,) = stage.paths([event_tables.day_key("2026-12-02")])
         rows = con.execute(
             f"SELECT event_id, type, recommendation_id, model_version, count(*) FROM read_parquet('{path}') "
             "GROUP BY ALL ORDER BY min(ts)"

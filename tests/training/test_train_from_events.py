@@ -14,10 +14,11 @@ from recommender import cli
 from recommender.core import registry
 from recommender.core.items import ITEMS_FILE
 from recommender.core.settings import get_settings
-from recommender.core.storage import LocalStorage, open_storage
+from recommender.core.storage import S3Storage, open_storage
 from recommender.training.event_compaction import compact
-from recommender.training.event_log import split_sources, with_store
+from recommender.training.event_tables import split_sources, with_store
 from recommender.training.pipeline import TrainingParams, train
+from tests.conftest import BUCKET
 from tests.training.event_fixtures import append, event, rid
 
 
@@ -86,9 +87,8 @@ def test_train_from_a_file_and_events_together_with_descriptions_from_the_model(
     assert len(items["codes"]) == alone["items"] and all(items["descriptions"])
 
 
-def test_train_events_from_s3(storage, tiny_csv, monkeypatch):
-    if isinstance(storage, LocalStorage):
-        pytest.skip("the local variant runs through the CLI above")
+def test_train_events_from_s3(s3, tiny_csv, tmp_path, monkeypatch):
+    storage = S3Storage(s3, BUCKET, "shop", cache_dir=str(tmp_path / "cache"))
     monkeypatch.setenv("STORAGE_URL", storage.url)
     get_settings.cache_clear()
     baskets = record(storage, tiny_csv)
@@ -117,6 +117,7 @@ def test_sources_split_only_around_the_event_log():
         split_sources("events:,events:")
 
 
+@pytest.mark.slow
 def test_the_light_install_compacts_reports_and_trains_without_pyarrow(tiny_csv, tmp_path):
     """DuckDB reads and writes the Parquet log itself: pyarrow (an extra) is never needed."""
     storage = open_storage(get_settings())

@@ -3,7 +3,7 @@ purchases and attributed revenue, by SQL over the compacted Parquet log.
 
 The SQL is standard (no DuckDB-only function), so the same text runs on Athena over the same files
 (docs/event-analytics.md has the table definition). It reads one table, `events`, with the Parquet files' columns
-(training/event_log.py, LINE_COLUMNS: one row per item of an event) and the partition column "date".
+(training/event_tables.py, LINE_COLUMNS: one row per item of an event) and the partition column "date".
 
 Attribution, kept simple:
 - a view or a click belongs to the model version of the recommendation_id it carries;
@@ -23,7 +23,7 @@ from datetime import date, timedelta
 
 from recommender.core.errors import InvalidInput
 from recommender.core.storage import Storage
-from recommender.training import event_log
+from recommender.training import event_tables
 
 REPORT_SQL = """
 WITH firsts AS (
@@ -129,7 +129,7 @@ class ReportRow:
 def report(storage: Storage, since: str | None = None) -> list[ReportRow]:
     """The report over the compacted days, or its days from `since` (YYYY-MM-DD): the partitions from the day
     before are read, for the events of that day received after midnight and the copies sent again after it."""
-    listing = event_log.list_log(storage)
+    listing = event_tables.list_log(storage)
     first = None
     if since is not None:
         try:
@@ -139,8 +139,8 @@ def report(storage: Storage, since: str | None = None) -> list[ReportRow]:
     days = sorted(key for day, key in listing.days.items() if first is None or day >= first)
     if not days:
         return []
-    with event_log.staged(storage) as stage:
-        con = event_log.connect()
+    with event_tables.staged(storage) as stage:
+        con = event_tables.connect()
         paths = stage.paths(days)
         con.execute(
             "CREATE VIEW events AS SELECT * FROM read_parquet("

@@ -14,7 +14,7 @@ Why no event is ever lost or counted twice, whenever this stops:
 - A segment with lines that cannot be read (a write torn by a crash, never acknowledged; or a format this code
   does not know) is compacted for what it holds and kept, and the run names it: nothing is removed unread.
 Segments of one day are read together, so a day's work holds that day's raw records in DuckDB (about 1 GB of
-memory for ten million events) and writes one file; S3 objects are downloaded first (training/event_log.py).
+memory for ten million events) and writes one file; S3 objects are downloaded first (training/event_tables.py).
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from recommender.core.errors import NotFound
+from recommender.core.event_log import SETTLE_SECONDS
 from recommender.core.storage import Storage
-from recommender.training import event_log
-from recommender.training.event_log import RawSegment, Staged
+from recommender.training import event_tables
+from recommender.training.event_tables import RawSegment, Staged
 
-# How long after an hour ends its segments are left alone: a writer that took the time just before the hour
-# turned may still be appending to the old hour's segment.
-GRACE = timedelta(minutes=5)
+# How long after an hour ends its segments are left alone: a batch begun in its last moments (a slow write, an S3
+# put with its retries) may still land in the old hour's partition (core.event_log: SETTLE_SECONDS).
+GRACE = timedelta(seconds=SETTLE_SECONDS)
 
 
 @dataclass
@@ -82,12 +83,12 @@ def compact(
 ) -> CompactionResult:
     """Compact every day that has raw segments into its Parquet file, then remove the segments it consumed."""
     started = time.perf_counter()
-    listing = event_log.list_log(storage)
+    listing = event_tables.list_log(storage)
     result = CompactionResult(ignored=listing.ignored)
     by_day: dict[str, list[RawSegment]] = {}
     for segment in listing.raw:
         by_day.setdefault(segment.day, []).append(segment)
-    with event_log.staged(storage) as stage:
+    with event_tables.staged(storage) as stage:
         for day, segments in sorted(by_day.items()):
             done = _compact_day(storage, stage, day, segments, now())
             progress(f"{day}: {done.added:,} new events")
@@ -98,22 +99,22 @@ def compact(
 
 def _compact_day(storage: Storage, stage: Staged, day: str, segments: list[RawSegment], now: datetime) -> DayResult:
     done = DayResult(day)
-    key = event_log.day_key(day)
+    key = event_tables.day_key(day)
     try:
         data, tag = storage.read_tagged(key)
     except NotFound:
         data, tag = None, None
-    con = event_log.connect()
+    con = event_tables.connect()
     old_paths = []
     if data is not None:
-        old = stage.scratch(f"old/date={day}/{event_log.DAY_FILE}")  # a hive path: load_lines reads the day from it
+        old = stage.scratch(f"old/date={day}/{event_tables.DAY_FILE}")  # a hive path: load_lines reads the day from it
         old.parent.mkdir(parents=True, exist_ok=True)
         old.write_bytes(data)
         old_paths = [str(old)]
-    event_log.load_lines(con, old_paths)
+    event_tables.load_lines(con, old_paths)
     paths = stage.paths([s.key for s in segments])
-    event_log.load_raw(con, paths)
-    con.execute(f"CREATE TEMP TABLE new_lines AS {event_log.new_lines_sql()}")
+    event_tables.load_raw(con, paths)
+    con.execute(f"CREATE TEMP TABLE new_lines AS {event_tables.new_lines_sql()}")
     unreadable = dict(
         con.execute("SELECT filename, count(*) FROM raw_records WHERE event_id IS NULL GROUP BY filename").fetchall()
     )
@@ -125,7 +126,7 @@ def _compact_day(storage: Storage, stage: Staged, day: str, segments: list[RawSe
     done.events = before + done.added
     if done.added:
         out = stage.scratch(f"new-{day}.parquet")
-        columns = ", ".join(event_log.LINE_COLUMNS)
+        columns = ", ".join(event_tables.LINE_COLUMNS)
         con.execute(
             f"""COPY (SELECT {columns} FROM old_lines UNION ALL SELECT {columns} FROM new_lines
                       ORDER BY received_at, event_id, line)

@@ -126,7 +126,7 @@ def train(
     model as it was. Before activation the new model is compared with the active one (training/gate.py): when it
     is clearly worse it is staged instead and ModelRefused raised, unless force.
     """
-    from recommender.training.event_log import with_store
+    from recommender.training.event_tables import with_store
     from recommender.training.sources import EVENTS_KIND, fingerprint, resolve
 
     started = time.perf_counter()

@@ -1,8 +1,8 @@
-"""The event log as DuckDB reads it: raw segments (JSON lines, as POST /events writes them) and compacted Parquet.
+"""The event log as DuckDB tables: raw segments (JSON lines, as core.event_log writes them) and compacted Parquet.
 
 Layout, under the storage (STORAGE_URL):
-    events/raw/date=YYYY-MM-DD/hour=HH/<writer>.jsonl         on local disk: appended by each serving process,
-                                                               rolled at the hour
+    events/raw/date=YYYY-MM-DD/hour=HH/<host>-<pid>-<ms>-<n>.jsonl  on local disk: appended by each serving
+                                                               process, rolled at the hour
     events/raw/date=YYYY-MM-DD/hour=HH/<unixms>-<uuid>.jsonl  on S3: one immutable object per accepted batch (and
                                                                Firehose's objects, when it is turned on)
     events/parquet/date=YYYY-MM-DD/events.parquet             compacted (training/event_compaction.py): one file
@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from recommender.core.errors import DataFileError
+from recommender.core.event_log import RAW_PREFIX
 from recommender.core.storage import LocalStorage, Storage
 
-RAW = "events/raw/"
+RAW = RAW_PREFIX  # core.event_log writes there
 PARQUET = "events/parquet/"
 DAY_FILE = "events.parquet"
 RAW_KEY = re.compile(r"^events/raw/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/[^/]+\.jsonl$")
 PARQUET_KEY = re.compile(r"^events/parquet/date=(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$")
-TYPES = ("view", "click", "add_to_cart", "purchase")
 # The model version and arm a recommendation id names: serving.attribution's pattern, in SQL (a test holds the two
 # to the same answers), so that the version is a column, not a parse in every query.
 RECOMMENDATION_ID = r"^r1\.([0-9A-Za-z-]{1,64})\.([0-9A-Za-z_-]{1,32})\.([0-9]{10,15})\.([0-9a-f]{8})$"
@@ -388,8 +388,3 @@ def purchase_chunks(spec: str) -> Iterator[Any]:
                 break
             chunk["Description"] = [descriptions.get(code, "") for code in chunk["StockCode"]]
             yield chunk
-
-
-def day_of(moment: datetime) -> str:
-    """A moment's UTC day as the partitions name it."""
-    return moment.strftime("%Y-%m-%d")
