@@ -46,7 +46,7 @@ conversions AS (
 ),
 matches AS (
     SELECT c.event_id, c.line, k.model_version,
-           row_number() OVER (PARTITION BY c.event_id, c.line ORDER BY k.clicked_at DESC, k.click_id) AS rank
+           row_number() OVER (PARTITION BY c.event_id, c.line ORDER BY k.clicked_at DESC, k.click_id) AS recency
     FROM conversions AS c
     JOIN clicked AS k
       ON k.session_id = c.session_id AND k.stock_code = c.stock_code
@@ -64,7 +64,7 @@ by_click AS (
     SELECT c.event_id, c.type, CAST(min(c.ts) AS DATE) AS day, m.model_version AS version,
            min(c.currency) AS currency, sum(c.line_revenue) AS revenue
     FROM conversions AS c
-    LEFT JOIN matches AS m ON m.event_id = c.event_id AND m.line = c.line AND m.rank = 1
+    LEFT JOIN matches AS m ON m.event_id = c.event_id AND m.line = c.line AND m.recency = 1
     WHERE c.own_version IS NULL
     GROUP BY c.event_id, c.type, m.model_version
 ),
@@ -95,7 +95,7 @@ SELECT day, version AS model_version, views, clicks,
        CASE WHEN low_currency = high_currency THEN low_currency
             WHEN low_currency IS NULL THEN NULL ELSE 'mixed' END AS currency
 FROM totals
-ORDER BY day, version NULLS LAST
+ORDER BY day, model_version NULLS LAST
 """
 
 COLUMNS = (
