@@ -243,8 +243,22 @@ def json_body(schema: type[BaseModel]) -> Callable[[Request], Awaitable[BaseMode
 
 
 def json_body_openapi(schema: type[BaseModel]) -> dict:
-    """The openapi_extra that documents a json_body parameter."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema.model_json_schema()}}}}
+    """The openapi_extra that documents a json_body parameter (nested models inlined: a `#/$defs/...` reference would
+    point nowhere in the OpenAPI document)."""
+    document = schema.model_json_schema()
+    definitions = document.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(document)}}}}
 
 
 class FastJSON(JSONResponse):
