@@ -35,7 +35,7 @@ $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override
 	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
-	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback
+	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report
 
 help: ## list every target, by what you want to do
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -66,7 +66,7 @@ demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web c
 demo-address:
 	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: about a minute)"
 
-train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://...) and activate it (FORCE=1: even when worse; ENGINE=spark)
+train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://..., events:, file,events:) and activate it (FORCE=1: even when worse; ENGINE=spark)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --engine "$(ENGINE)" "$$PATH_TO_DATA" $(FORCE_FLAG) $(HOLDOUT_FLAG)
 
@@ -104,6 +104,12 @@ export: $(LIGHT) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|json
 evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)"
+
+events_compact: $(LIGHT) ## compact the recorded events (POST /events) into Parquet by day under events/parquet/, duplicates dropped
+	@$(CLI) events-compact
+
+events_report: $(LIGHT) ## compact, then per day and model version: views, clicks, CTR, add-to-carts, purchases, attributed revenue [SINCE=YYYY-MM-DD]
+	@$(CLI) events-report $${SINCE:+--since "$$SINCE"}
 
 generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"

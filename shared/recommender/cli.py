@@ -419,6 +419,41 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("events-compact")
+def _events_compact(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.training.event_compaction import compact
+
+    for line in compact(open_storage(settings)).lines():
+        print(line)
+    return 0
+
+
+@command("events-report")
+def _events_report(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.tools.event_report import format_report, report
+    from recommender.training.event_compaction import compact
+
+    storage = open_storage(settings)
+    if not args.no_compact:
+        for line in compact(storage).lines():
+            print(line)
+        print()
+    for line in format_report(report(storage, args.since)):
+        print(line)
+    return 0
+
+
+def _event_commands(sub: argparse._SubParsersAction) -> None:
+    """The event log's commands."""
+    sub.add_parser("events-compact", help="compact the recorded events into Parquet by day, duplicates dropped")
+    p = sub.add_parser(
+        "events-report",
+        help="compact, then per day and model version: views, clicks, click-through, add-to-carts, purchases, revenue",
+    )
+    p.add_argument("--since", help="only days from this one (YYYY-MM-DD, UTC)")
+    p.add_argument("--no-compact", action="store_true", help="report on what is compacted already")
+
+
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine",
@@ -483,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a model on a purchase-history file, folder of parts or s3:// location and activate it"
     )
-    p.add_argument("path")
+    p.add_argument(
+        "path", help="a file, folder or s3:// location; events: (the recorded purchases); or orders.csv,events:"
+    )
     p.add_argument("--stage", action="store_true", help="stage the new model instead of activating it")
     p.add_argument(
         "--force",
@@ -554,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
     p.add_argument("--seed", type=int, default=0)
+    _event_commands(sub)
     return parser
 
 
