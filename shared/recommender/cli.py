@@ -123,12 +123,24 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     found = list_keys(open_storage(settings))
     if not found:
         print("no API keys yet: add one with `make add_key NAME=... SCOPES=recommend ORIGINS=https://...`")
-    for info in found:
-        k = info.key
-        print(
-            f"{k.name}\t{k.prefix}...\t{','.join(sorted(k.scopes))}\t{','.join(k.origins) or '(server key)'}\t"
-            f"{k.rate:g}/s\tcreated {k.created_at}\tlast used {info.last_used or 'never'}"
+    rows = [
+        (
+            k.name,
+            f"{k.prefix}...",
+            ",".join(sorted(k.scopes)),
+            ",".join(k.origins) or "(server key)",
+            f"{k.rate:g}/s",
+            k.created_at,
+            info.last_used or "never",
         )
+        for info in found
+        for k in [info.key]
+    ]
+    if rows:
+        rows.insert(0, ("name", "key", "scopes", "origins", "rate", "created", "last used"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     return 0
 
 
