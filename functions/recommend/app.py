@@ -169,9 +169,17 @@ async def model_panel(_user: UserDep, model: ModelDep, storage: StorageDep) -> w
     return web.FastJSON(await run_in_threadpool(model_info.describe, model, storage))
 
 
+def _preflight_route(path: str, methods: str) -> None:
+    async def preflight(request: Request) -> Response:
+        """The CORS preflight of a route API keys open: allowed for the origins its keys list."""
+        return await cors.preflight(request, methods)
+
+    app.options(path, status_code=204, response_class=Response, responses=web.errors(403, 503))(preflight)
+
+
 # CORS preflights on exactly the routes API keys open (the routes in template.yaml too).
 for _path, _methods in (("/send_data", "POST"), ("/recommendations", "POST"), ("/items", "GET")):
-    cors.add_preflight(app, _path, _methods)
+    _preflight_route(_path, _methods)
 
 
 def _console_route(path: str) -> None:

@@ -7,7 +7,6 @@ travel in a header, never in cookies.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -57,21 +56,6 @@ async def preflight(request: Request, methods: str) -> Response:
             "Vary": "Origin",
         },
     )
-
-
-def add_preflight(app: FastAPI, path: str, methods: str) -> None:
-    """Answer OPTIONS on path, a keyed route answering methods (e.g. "POST"), with preflight()."""
-    if path not in KEYED_ROUTES:
-        raise ValueError(f"{path} is not a route API keys open (serving.keys.SCOPES)")
-
-    async def options(request: Request) -> Response:
-        """The CORS preflight of a route API keys open: allowed for the origins its keys list."""
-        return await preflight(request, methods)
-
-    # Out of the OpenAPI document: browsers send preflights, nobody calls them.
-    app.options(
-        path, status_code=204, response_class=Response, responses=web.errors(403, 503), include_in_schema=False
-    )(options)
 
 
 class Cors:
