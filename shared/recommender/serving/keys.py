@@ -162,6 +162,8 @@ def add_key(
     record = ApiKey(name, chosen, listed, rate, now().isoformat(timespec="seconds"), hash_key(key), key[:11])
     if not storage.create(_record_key(name), _dump(record)):
         raise AlreadyExists(f"a key named {name!r} already exists (make revoke_key NAME={name} first)")
+    # A stamp a serving process wrote for an earlier key of this name after its revocation is not this key's.
+    storage.delete(f"{USED_PREFIX}{name.lower()}.json")
     return record, key
 
 
@@ -272,12 +274,12 @@ class KeyCache:
                 records = []
                 for key in _record_names(self.storage):
                     try:
-                        records.append(_parse(self.storage, key, self.storage.read(key)))
+                        data = self.storage.read(key)
                     except NotFound:
                         continue  # revoked between the listing and the read
-                    except StorageError as err:
-                        if "damaged" not in err.message:
-                            raise
+                    try:
+                        records.append(_parse(self.storage, key, data))
+                    except StorageError as err:  # one damaged record refuses its own key, not every key
                         log.warning("%s: ignored", err.message)
             except StorageError as err:
                 if self._checked is None:
@@ -298,7 +300,7 @@ class KeyCache:
     def check(self, key: str, scope: str, origin: str | None, path: str) -> Caller:
         """The caller a key names, if it may call path (of scope) from origin now; AuthError for an unknown or
         revoked key, Forbidden for a missing scope or an origin it does not list, TooManyRequests over its rate."""
-        hit = self._by_hash.get(hash_key(key))
+        hit = self._by_hash.get(hash_key(key.strip()))
         if hit is None:
             raise AuthError(
                 "unknown or revoked API key (make keys lists the keys; a revoked key stops working within "
