@@ -136,10 +136,13 @@ def test_snapstart_is_off_by_default_and_complete_when_on(template, tmp_path):
 def test_least_privilege(template):
     functions = resources_of(template, "AWS::Serverless::Function")
     expected = {"AuthFunction": ["users"], "RecommendFunction": ["feed", "keys", "models", "rules", "users"]}
-    # The one write of the recommend function: when each API key was last used.
+    # The recommend function's only writes: new event batches, and when each API key was last used.
     writes = {
         "AuthFunction": [],
-        "RecommendFunction": ["arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/keys/used/*"],
+        "RecommendFunction": [
+            "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/events/raw/*",
+            "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/keys/used/*",
+        ],
     }
     for name, prefixes in expected.items():
         granted = statements(functions[name])

@@ -1,4 +1,5 @@
-"""Recommend function: what to offer with a basket, item search, health, and the web console with its endpoints."""
+"""Recommend function: what to offer with a basket, item search, shoppers' events, health, and the web console with
+its endpoints."""
 
 import gc
 
@@ -26,6 +27,8 @@ from recommender.serving.model import Model
 from recommender.serving.schemas import (
     MAX_N,
     BasketIn,
+    EventsIn,
+    EventsOut,
     HealthDown,
     HealthOut,
     LegacyOut,
@@ -40,13 +43,14 @@ from recommender.serving.users import User
 app = web.create_app(
     "Recommender",
     "Complementary products for a basket. Authorize with a token from POST /token, or, on /send_data, "
-    "/recommendations and /items, with an API key (X-API-Key).",
+    "/recommendations, /items and /events, with an API key (X-API-Key).",
 )
 app.add_middleware(cors.Cors)
 
 ModelDep = Annotated[Model, Depends(web.current_model)]
 UserDep = Annotated[User, Depends(web.current_user)]
 CallerDep = Annotated[Caller, Depends(web.caller("recommend"))]
+EventsCallerDep = Annotated[Caller, Depends(web.caller("events"))]
 StorageDep = Annotated[Storage, Depends(web.get_storage)]
 _rng = random.Random()
 parse_basket = web.json_body(BasketIn)
@@ -110,6 +114,23 @@ async def recommendations(_caller: CallerDep, basket: StrictBasketDep, model: Mo
     options = basket.options(explain=True)
     answer = model.recommend(basket.product_list, basket.n, options)
     return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model)))
+
+
+@app.post(
+    "/events",
+    response_model=EventsOut,
+    summary="Record what shoppers did: strips seen, clicks, add-to-carts, purchases",
+    openapi_extra=web.json_body_openapi(EventsIn),
+    responses=web.errors(401, 403, 413, 422, 429, 503),
+)
+async def events(request: Request, caller: EventsCallerDep, settings: web.SettingsDep) -> web.FastJSON:
+    """A batch of events, each answered accepted, duplicate (its event_id was stored already) or refused with the
+    reason; the accepted ones are durably stored before this answers (503 with Retry-After, for the whole batch,
+    when they cannot be)."""
+    ingest = web.event_ingest(settings)
+    body = await request.body()
+    # Off the event loop: the batch is checked, then written and fsynced (or put to S3) before the answer.
+    return web.FastJSON(await run_in_threadpool(ingest.ingest, body, f"{caller.kind}:{caller.name}"))
 
 
 @app.get(
@@ -181,7 +202,7 @@ def _preflight_route(path: str, methods: str) -> None:
 
 
 # CORS preflights on exactly the routes API keys open (the routes in template.yaml too).
-for _path, _methods in (("/send_data", "POST"), ("/recommendations", "POST"), ("/items", "GET")):
+for _path, _methods in (("/send_data", "POST"), ("/recommendations", "POST"), ("/items", "GET"), ("/events", "POST")):
     _preflight_route(_path, _methods)
 
 

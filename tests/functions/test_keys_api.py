@@ -3,20 +3,18 @@ the rate limit, user tokens unchanged, and the recommendation ids of the answers
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Annotated
 
 import pytest
-from fastapi import Depends
 from fastapi.testclient import TestClient
 
 from functions.auth.app import app as auth_app
 from functions.recommend.app import app as recommend_app
 from recommender.core import registry
 from recommender.core.settings import get_settings
-from recommender.serving import web
 from recommender.serving.attribution import parse_recommendation_id
-from recommender.serving.keys import Caller, add_key, list_keys, revoke_key
+from recommender.serving.keys import add_key, list_keys, revoke_key
 from tests.functions.test_handlers import body, handlers, s3_deployment  # noqa: F401 - fixtures
 
 SHOP = "https://shop.example.com"
@@ -119,19 +117,22 @@ def test_a_key_reaches_only_the_routes_of_its_scopes(client, trained_storage, to
     with TestClient(auth_app) as auth:
         assert auth.get("/users/me", headers={"X-API-Key": recommend_only}).status_code == 403
         assert auth.get("/users/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    # /events checks its scope with web.caller("events"): a recommend-only key is refused there too.
-    events = web.create_app("events", "")
 
-    @events.post("/events")
-    async def record(caller: Annotated[Caller, Depends(web.caller("events"))]) -> dict:
-        return {"kind": caller.kind, "name": caller.name}
+    # /events takes a key of scope events (and a user's token), and records who sent each batch.
+    def batch(event_id: str) -> dict:
+        event = {"event_id": event_id, "type": "click", "ts": int(time.time() * 1000), "session_id": "s"}
+        return {"events": [{**event, "items": [{"stock_code": "85123A"}]}]}
 
-    with TestClient(events) as probe:
-        refused = probe.post("/events", headers={"X-API-Key": recommend_only})
-        assert refused.status_code == 403 and "has no 'events' scope" in refused.json()["detail"]
-        assert probe.post("/events", headers={"X-API-Key": events_only}).json() == {"kind": "key", "name": "collector"}
-        assert probe.post("/events", headers={"Authorization": f"Bearer {token}"}).json()["kind"] == "user"
-        assert probe.post("/events").status_code == 401
+    refused = client.post("/events", json=batch("e1"), headers={"X-API-Key": recommend_only})
+    assert refused.status_code == 403 and "has no 'events' scope" in refused.json()["detail"]
+    for event_id, headers in (("e2", {"X-API-Key": events_only}), ("e3", {"Authorization": f"Bearer {token}"})):
+        accepted = client.post("/events", json=batch(event_id), headers=headers)
+        assert accepted.status_code == 200 and accepted.json()["accepted"] == 1, accepted.text
+    assert client.post("/events", json=batch("e4")).status_code == 401
+    stored = [
+        json.loads(row) for k in trained_storage.list("events/raw/") for row in trained_storage.read(k).splitlines()
+    ]
+    assert {(r["event_id"], r["source"]) for r in stored} == {("e2", "key:collector"), ("e3", "user:alice")}
 
 
 def test_a_revoked_key_is_refused_and_a_new_one_accepted_within_the_poll(client, trained_storage):
@@ -187,3 +188,15 @@ def test_keys_on_the_lambda_path_over_s3(s3_deployment, handlers, event, lambda_
     while list_keys(storage)[0].last_used is None:
         assert time.monotonic() < deadline, "last used not recorded"
         time.sleep(0.02)
+
+
+def test_the_events_preflight_is_answered_for_the_origins_of_events_keys(client, trained_storage):
+    add_key(trained_storage, "collector", "events", "https://events-only.example.com")
+    add_key(trained_storage, "web", "recommend", SHOP)
+    ask = {"Access-Control-Request-Method": "POST"}
+    allowed = client.options("/events", headers={"Origin": "https://events-only.example.com", **ask})
+    assert (
+        allowed.status_code == 204
+        and allowed.headers["access-control-allow-origin"] == "https://events-only.example.com"
+    )
+    assert client.options("/events", headers={"Origin": SHOP, **ask}).status_code == 403

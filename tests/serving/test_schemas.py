@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -83,8 +84,8 @@ class Api:
         return client.request(method, path, headers=headers, **kwargs)
 
     def too_large(self, method: str, path: str) -> Response:
-        """A body over MAX_BODY_BYTES."""
-        return self.call(method, path, token=False, content=b"x" * (get_settings().max_body_bytes + 1))
+        """A body over the path's limit (MAX_BODY_BYTES, or EVENTS_MAX_BODY_BYTES for /events)."""
+        return self.call(method, path, token=False, content=b"x" * (web.body_limit(path, get_settings()) + 1))
 
     def fail_reads(self, prefix: str) -> None:
         """Reads of storage keys under prefix fail as an unreachable storage does."""
@@ -107,9 +108,9 @@ class Api:
         get_settings.cache_clear()
         return {"X-API-Key": key, "Origin": "https://shop.example.com"}
 
-    def over_rate(self, method: str, path: str, **kwargs) -> Response:
+    def over_rate(self, method: str, path: str, scopes: str = "recommend", **kwargs) -> Response:
         """A key's request over its rate (one a second, the first one spent)."""
-        headers = self.key("recommend", rate=1)
+        headers = self.key(scopes, rate=1)
         assert self.call(method, path, token=False, headers=headers, **kwargs).status_code == 200
         return self.call(method, path, token=False, headers=headers, **kwargs)
 
@@ -278,6 +279,62 @@ def _login(password: str | None = None, setup: Callable[[Api], None] | None = No
     return send
 
 
+def _events(events: list, setup: Callable[[Api], None] | None = None, token: bool = True):
+    def send(api: Api) -> Response:
+        if setup:
+            setup(api)
+        return api.call("POST", "/events", token=token, json={"events": events})
+
+    return send
+
+
+def _event(event_id: str, **changes) -> dict:
+    return {
+        "event_id": event_id,
+        "type": "view",
+        "ts": "2026-12-02T10:00:00Z",
+        "session_id": "s",
+        "items": [{"stock_code": "A"}],
+        **changes,
+    }
+
+
+def _log_unusable(api: Api) -> None:
+    (api.storage.root / "events").mkdir()
+    (api.storage.root / "events" / "raw").write_text("not a folder")
+
+
+def _event_cases() -> list[Case]:
+    now = int(time.time() * 1000)
+    mixed = [
+        _event("a", ts=now),
+        _event("b", ts=now, type="x"),
+        _event("a", ts=now),
+        _event("c", ts=now, user_id="u", value=2.5, currency="EUR", items=[{"stock_code": "A", "price": 1}]),
+    ]
+    return [
+        Case("POST", "/events", 200, "accepted, refused and duplicate", _events(mixed)),
+        Case("POST", "/events", 401, "no token", _events(mixed, token=False)),
+        Case(
+            "POST",
+            "/events",
+            403,
+            "a key without the scope",
+            lambda api: api.call("POST", "/events", token=False, headers=api.key("recommend"), json={"events": mixed}),
+        ),
+        Case(
+            "POST",
+            "/events",
+            429,
+            "a key over its rate",
+            lambda api: api.over_rate("POST", "/events", scopes="events", json={"events": mixed}),
+        ),
+        Case("POST", "/events", 413, "body too large", lambda api: api.too_large("POST", "/events")),
+        Case("POST", "/events", 422, "not a batch", lambda api: api.call("POST", "/events", json={"event": []})),
+        Case("POST", "/events", 503, "log unusable", _events([_event("a", ts=now)], _log_unusable)),
+    ]
+
+
 def _user_cases(path: str) -> list[Case]:
     return [
         Case("GET", path, 200, "the user", _get(path)),
@@ -310,10 +367,10 @@ def _console_cases(path: str) -> list[Case]:
     return [Case("GET", path, 200, "the file", _get(path, token=False)), Case("GET", path, 304, "unchanged", unchanged)]
 
 
-def _preflight_cases(path: str) -> list[Case]:
+def _preflight_cases(path: str, scope: str = "recommend") -> list[Case]:
     def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
         def send(api: Api) -> Response:
-            api.key("recommend")
+            api.key(scope)
             if setup:
                 setup(api)
             return api.call(
@@ -365,6 +422,7 @@ CASES = [
     *_user_cases("/users/me/"),
     *_basket_cases("/send_data"),
     *_basket_cases("/recommendations"),
+    *_event_cases(),
     Case("GET", "/items", 200, "popular", _get("/items")),
     Case("GET", "/items", 200, "search", lambda api: api.call("GET", "/items", params={"q": api.codes[0][:3]})),
     Case("GET", "/items", 200, "nothing found", _get("/items", params={"q": "no such thing at all"})),
@@ -393,6 +451,7 @@ CASES = [
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
     *(case for path in console.FILES for case in _console_cases(path)),
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),
+    *_preflight_cases("/events", "events"),
 ]
 
 
