@@ -28,14 +28,15 @@ export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_FEED PATH_TO_CATALOG PATH_TO_RULES CODE OUT \
-	BASKETS NAME SCOPES ORIGINS RATE
+	BASKETS EXPERIMENT FROM TO API_KEY NAME SCOPES ORIGINS RATE
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test lint train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
 	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
-	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key
+	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key \
+	report simulate_shop
 
 help: ## list every target, by what you want to do
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -110,6 +111,12 @@ events_compact: $(LIGHT) ## compact the recorded events (POST /events) into Parq
 
 events_report: $(LIGHT) ## compact, then per day and model version: views, clicks, CTR, add-to-carts, purchases, attributed revenue [SINCE=YYYY-MM-DD]
 	@$(CLI) events-report $${SINCE:+--since "$$SINCE"}
+
+report: $(LIGHT) ## what the recommendations sell, per arm vs control with intervals: [EXPERIMENT=] [FROM= TO=] [OUT=report.html]
+	@$(CLI) report $${EXPERIMENT:+--experiment "$$EXPERIMENT"} $${FROM:+--from "$$FROM"} $${TO:+--to "$$TO"} --out "$${OUT:-report.html}"
+
+simulate_shop: $(LIGHT) ## drive the running server as a shop would, then check the report: API_KEY= (or USER_NAME= PASSWORD=) [SESSIONS=20000] [PATH_TO_DATA=]
+	@$(CLI) simulate-shop --sessions "$${SESSIONS:-20000}" $${PATH_TO_DATA:+--data "$$PATH_TO_DATA"} --out "$${OUT:-report.html}" $${SEED:+--seed "$$SEED"} $${DROP_ARM:+--drop-arm "$$DROP_ARM" --drop-share "$${DROP_SHARE:-0.5}"}
 
 generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"

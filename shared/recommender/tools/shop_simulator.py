@@ -59,6 +59,9 @@ class Behaviour:
     drop_share: float = 0.0  # ... with this probability
 
 
+DEFAULT = Behaviour()
+
+
 @dataclass(frozen=True)
 class Answer:
     """What the recommender answered a session."""
@@ -168,7 +171,7 @@ def sample_baskets(storage: Any) -> list[list[Line]]:
 
 
 def _id(rng: random.Random) -> str:
-    return "%032x" % rng.getrandbits(128)
+    return f"{rng.getrandbits(128):032x}"
 
 
 def _ts(moment: datetime) -> str:
@@ -268,7 +271,7 @@ def run_local(
     answer_fn: AnswerFn,
     count: int,
     seed: int = 0,
-    behaviour: Behaviour = Behaviour(),
+    behaviour: Behaviour = DEFAULT,
     ingest: Any = None,
     start: datetime | None = None,
     spread: timedelta = timedelta(hours=1),
@@ -336,7 +339,7 @@ def run_http(
     baskets: list[list[Line]],
     count: int,
     seed: int = 0,
-    behaviour: Behaviour = Behaviour(),
+    behaviour: Behaviour = DEFAULT,
     workers: int = 8,
     prices: dict[str, float] | None = None,
     progress: Callable[[str], None] = lambda _t: None,
