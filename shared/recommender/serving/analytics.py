@@ -95,7 +95,17 @@ def experiment_figures(experiment: dict, groups: list[dict]) -> dict:
         "started_at": experiment.get("started_at"),
         "stopped_at": experiment.get("stopped_at"),
         "control": control,
-        "arms": [{**a, "figures": st.figures(sums[a["name"]])} for a in arms if a["name"] in sums],
+        "arms": [
+            {
+                "name": a["name"],
+                "kind": a.get("kind"),
+                "version": a.get("version"),
+                "share": a.get("share"),
+                "figures": st.figures(sums[a["name"]]),
+            }
+            for a in arms
+            if a["name"] in sums
+        ],
         "comparisons": [c.as_dict() for c in comparisons],
         "sample_ratio": None if srm is None else srm.as_dict(),
         "headline": st.headline(lead, srm),
@@ -115,9 +125,19 @@ def experiment_figures(experiment: dict, groups: list[dict]) -> dict:
 def build(summary: dict | None, known: list[dict], today: date, experiment: str | None = None) -> dict:
     """The /analytics answer: shop figures of the last 7 and 30 days (to today), the experiment (the named one,
     else the running one, else the latest), the most clicked pairs."""
+    chosen = None
+    if experiment:
+        chosen = next((e for e in known if e.get("name") == experiment), None)
+        if chosen is None:
+            raise NotFound(f"no experiment named {experiment!r}")
+    elif known:
+        chosen = known[0]
     if summary is None:
         return {
             "computed_at": None,
+            "first_day": None,
+            "last_day": None,
+            "window_hours": None,
             "message": "no report yet: run make report (it compacts the recorded events and computes these figures)",
             "shop": {},
             "experiment": None,
@@ -128,17 +148,10 @@ def build(summary: dict | None, known: list[dict], today: date, experiment: str 
     for days in (7, 30):
         first = (today - timedelta(days=days - 1)).isoformat()
         shop[f"last_{days}_days"] = st.figures(_sum(groups, lambda g, first=first: g["day"] >= first))
-    chosen = None
-    if experiment:
-        chosen = next((e for e in known if e.get("name") == experiment), None)
-        if chosen is None:
-            raise NotFound(f"no experiment named {experiment!r}")
-    elif known:
-        chosen = known[0]
     return {
         "computed_at": summary.get("computed_at"),
-        "from": summary.get("from"),
-        "to": summary.get("to"),
+        "first_day": summary.get("from"),
+        "last_day": summary.get("to"),
         "window_hours": summary.get("window_hours"),
         "message": None,
         "shop": shop,

@@ -125,7 +125,7 @@ def render(answer: dict, charts: bool = True) -> str:
         broken = exp["sample_ratio"] and exp["sample_ratio"]["broken"]
         parts.append(f"<p class='headline{' broken' if broken else ''}'>{html.escape(exp['headline'])}</p>")
     parts.append(
-        f"<p class='muted'>Sessions whose first answer came from {answer['from']} to {answer['to']} (UTC); "
+        f"<p class='muted'>Sessions whose first answer came from {answer['first_day']} to {answer['last_day']} (UTC); "
         f"purchases attributed within {answer['window_hours']} hours of an answer that showed the item; "
         f"computed {html.escape(answer['computed_at'])}.</p>"
     )

@@ -69,6 +69,7 @@ class Answer:
     recommendation_id: str
     arm: str | None
     codes: tuple[str, ...]
+    prices: dict[str, float] = field(default_factory=dict)  # the prices the answer showed
 
 
 CELLS = ("sessions", "answers", "impressions", "clicks", "add_to_carts", "purchases", "carted", "converted")
@@ -199,6 +200,9 @@ def session_events(
     """A session's events after its answer, and its truth (counted by the attribution rules)."""
     shown = list(dict.fromkeys(answer.codes))
     rid = answer.recommendation_id
+    # A shop's page sends the price it showed: a line without one takes the answer's (the feed's) price.
+    held = [Line(x.code, x.quantity, answer.prices.get(x.code)) if x.price is None else x for x in held]
+    rest = [Line(x.code, x.quantity, answer.prices.get(x.code)) if x.price is None else x for x in rest]
     clock = itertools.count(1)
 
     def at() -> str:
@@ -379,7 +383,7 @@ def run_http(
             body["session_id"] = session_id
         for attempt in range(5):
             reply = client().post("/recommendations", json=body)
-            if reply.status_code == 422 and server.assign_by_session and "session_id" in reply.text:
+            if reply.status_code == 422 and "session_id" in body and "session_id" in reply.text:
                 server.assign_by_session = False  # a server without experiments: no assignment to ask for
                 body.pop("session_id")
                 continue
@@ -394,7 +398,9 @@ def run_http(
                 raise InvalidInput("the server's answers carry no recommendation_id: update the server")
             parts = rid.split(".")
             arm = parts[2] if len(parts) == 5 and parts[2] != "-" else None
-            return Answer(rid, arm, tuple(i["stock_code"] for i in data.get("items", [])))
+            items = data.get("items", [])
+            prices = {i["stock_code"]: float(i["price"]) for i in items if isinstance(i.get("price"), int | float)}
+            return Answer(rid, arm, tuple(i["stock_code"] for i in items), prices)
         raise InvalidInput("POST /recommendations kept answering 429/503")
 
     def one(job: tuple[int, str, list[Line], random.Random]) -> None:
