@@ -114,6 +114,7 @@ BENCHMARKS = {
     "logins": "/send_data latency while 20 clients send wrong passwords to /token",
     "search": "catalog search (GET /items) on a 100k-item catalog",
     "events": "POST /events in batches of 50 to the local store: events/s and p99",
+    "report": "the analytics report over a month of generated events (100,000 sessions a day)",
 }
 
 

@@ -31,23 +31,21 @@ from recommender.serving import analytics
 from recommender.serving.experiment_stats import COUNTS, PRODUCTS, SQUARES
 from recommender.training import event_tables
 
+# Per session: its arm and day, answers, impressions, clicks, attributed add-to-carts, purchases and revenue.
+# Each event_id counts once without de-duplicating the whole log (the costliest step on a month of events): a copy
+# of a view or a click (the same event sent again, on the day it was sent) changes no distinct answer, item or
+# click id; only conversions are summed, so only they are reduced to their first day's record.
 SESSIONS_SQL = """
-WITH firsts AS (
-    SELECT event_id, min("date") AS first_date FROM events GROUP BY event_id
-),
-lines AS (
-    SELECT e.* FROM events AS e
-    JOIN firsts AS f ON e.event_id = f.event_id AND e."date" = f.first_date
-),
-shown AS (
-    SELECT DISTINCT session_id, recommendation_id, arm, stock_code, ts AS shown_at
-    FROM lines
+WITH views AS (
+    SELECT session_id, stock_code, ts
+    FROM events
     WHERE type = 'view' AND recommendation_id IS NOT NULL AND stock_code IS NOT NULL
 ),
 answers AS (
+    -- impressions: the items of the answer's view (its largest, should it have been sent twice)
     SELECT session_id, recommendation_id, min(arm) AS arm, min(ts) AS first_at,
-           count(DISTINCT CASE WHEN type = 'view' THEN stock_code END) AS impressions
-    FROM lines
+           coalesce(max(CASE WHEN type = 'view' THEN line END), 0) AS impressions
+    FROM events
     WHERE type IN ('view', 'click') AND recommendation_id IS NOT NULL AND session_id IS NOT NULL
     GROUP BY session_id, recommendation_id
 ),
@@ -60,30 +58,29 @@ ranked AS (
 ),
 clicks AS (
     SELECT session_id, count(DISTINCT event_id) AS clicks
-    FROM lines
+    FROM events
     WHERE type = 'click' AND recommendation_id IS NOT NULL
     GROUP BY session_id
 ),
 conversions AS (
-    SELECT event_id, type, ts, session_id, coalesce(line, 0) AS line, stock_code, quantity, price
-    FROM lines
-    WHERE type IN ('add_to_cart', 'purchase') AND stock_code IS NOT NULL
-),
-matched AS (
-    SELECT c.event_id, c.type, c.session_id, c.stock_code, c.quantity, c.price,
-           row_number() OVER (PARTITION BY c.event_id, c.line
-                              ORDER BY s.shown_at DESC, s.recommendation_id DESC) AS recency
-    FROM conversions AS c
-    JOIN shown AS s
-      ON s.session_id = c.session_id AND s.stock_code = c.stock_code
-     AND s.shown_at <= c.ts AND s.shown_at > c.ts - INTERVAL '{window_hours}' HOUR
+    SELECT event_id, type, ts, session_id, stock_code, quantity, price
+    FROM (
+        SELECT event_id, type, ts, session_id, stock_code, quantity, price,
+               row_number() OVER (PARTITION BY event_id, line ORDER BY "date") AS copy
+        FROM events
+        WHERE type IN ('add_to_cart', 'purchase') AND stock_code IS NOT NULL
+    ) AS every_copy
+    WHERE copy = 1
 ),
 attributed AS (
-    SELECT m.session_id, m.type, m.event_id,
-           coalesce(m.quantity, 1) * coalesce(m.price, p.price, 0) AS revenue
-    FROM matched AS m
-    LEFT JOIN feed_prices AS p ON p.stock_code = m.stock_code
-    WHERE m.recency = 1
+    SELECT c.session_id, c.type, c.event_id,
+           coalesce(c.quantity, 1) * coalesce(c.price, p.price, 0) AS revenue
+    FROM conversions AS c
+    LEFT JOIN feed_prices AS p ON p.stock_code = c.stock_code
+    WHERE EXISTS (
+        SELECT 1 FROM views AS s
+        WHERE s.session_id = c.session_id AND s.stock_code = c.stock_code
+          AND s.ts <= c.ts AND s.ts > c.ts - INTERVAL '{window_hours}' HOUR)
 ),
 converted AS (
     SELECT session_id,
@@ -110,19 +107,12 @@ WHERE r.rank_in_session = 1
 """
 
 PAIRS_SQL = """
-WITH firsts AS (
-    SELECT event_id, min("date") AS first_date FROM events GROUP BY event_id
-),
-lines AS (
-    SELECT e.* FROM events AS e
-    JOIN firsts AS f ON e.event_id = f.event_id AND e."date" = f.first_date
-),
-clicked AS (
-    SELECT DISTINCT session_id, stock_code FROM lines
+WITH clicked AS (
+    SELECT DISTINCT session_id, stock_code FROM events
     WHERE type = 'click' AND recommendation_id IS NOT NULL AND stock_code IS NOT NULL
 ),
 held AS (
-    SELECT DISTINCT session_id, stock_code FROM lines
+    SELECT DISTINCT session_id, stock_code FROM events
     WHERE type IN ('add_to_cart', 'purchase') AND stock_code IS NOT NULL
 )
 SELECT h.stock_code AS held, k.stock_code AS clicked, count(*) AS sessions
@@ -208,6 +198,7 @@ def _tables(storage: Storage, paths: list[str], known: list[dict]) -> Any:
     """A DuckDB connection with the tables the SQL reads: events (the Parquet files), feed_prices and
     experiment_windows."""
     con = event_tables.connect()
+    con.execute("SET enable_progress_bar = false")
     con.execute(
         "CREATE VIEW events AS SELECT * FROM read_parquet(["
         + ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
