@@ -19,7 +19,8 @@ CLI := $(BIN)/python -m recommender
 DAYS ?= 30
 # FORCE=1 (or yes/true) activates a model even when the comparison with the active one refuses it.
 FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
-# HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model.
+# HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model (which it
+# then replaces only with FORCE=1).
 HOLDOUT_FLAG = $(if $(filter 0 no false,$(HOLDOUT)),--no-holdout)
 # Training engine: single (this machine, the default) or spark (SPARK_MASTER, default local[*]; README "Training at scale").
 ENGINE ?= single

@@ -540,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-holdout",
         action="store_true",
-        help="train on every basket: no held-out figures, calibration or comparison with the active model",
+        help="train on every basket: no held-out figures, calibration or comparison with the active model "
+        "(which it then replaces only with --force)",
     )
     _engine_arguments(p)
     p = sub.add_parser(

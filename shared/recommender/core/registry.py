@@ -178,7 +178,7 @@ def publish_files(
 # path out of the version's folder.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 # The manifest entries readers rely on: each an object when present.
-OBJECT_FIELDS = ("source", "engine", "counts", "period", "model", "evaluation")
+OBJECT_FIELDS = ("source", "engine", "counts", "params", "period", "model", "evaluation")
 
 
 def parse_manifest(data: bytes) -> dict:

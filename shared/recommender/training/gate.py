@@ -93,15 +93,17 @@ def measured(manifest: dict) -> bool:
 def _unmeasured_why(manifest: dict) -> str:
     """Why a version has no usable held-out figures, from its manifest."""
     evaluation = manifest.get("evaluation")
+    if measured(manifest):
+        return f"its held-out baskets were not kept ({holdout.CASES})"
     if evaluation:
-        cases = evaluation.get("cases", 0)
+        cases = evaluation.get("cases") if isinstance(evaluation.get("cases"), int) else 0
         return f"only {cases:,} held-out basket{'s' * (cases != 1)} could be scored, at least {MIN_CASES} are needed"
     params = manifest.get("params") or {}
     if "holdout" in params and params["holdout"] is None:
         return "it was trained with HOLDOUT=0, on every basket"
     baskets = (manifest.get("counts") or {}).get("baskets")
     try:
-        too_few = holdout.HoldoutPolicy(**params["holdout"]).size(baskets) == 0
+        too_few = isinstance(baskets, int) and holdout.HoldoutPolicy(**params["holdout"]).size(baskets) == 0
     except (KeyError, TypeError):
         too_few = False
     if too_few:
