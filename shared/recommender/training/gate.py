@@ -4,8 +4,9 @@ when nothing can show that it is not.
 
 Both are scored through Model.recommend on the cases the new model stored (`holdout.json.gz`): the new model's
 ranks were recorded at training (by the model trained without them), the active model answers them now. Only
-baskets dated outside the purchases the active model learned from (its manifest's `period`) count, so neither side
-has seen them. When fewer than MIN_CASES are (a retraining of the same file, or of a part of it) and both models
+baskets the active model cannot have seen count: dated outside the purchases it learned from (its manifest's
+`period`), and, when most of them hold a product it does not know (another shop's file, the demo's data), those
+too. When fewer than MIN_CASES are (a retraining of the same file, or of a part of it) and both models
 were measured at training, the two models' own held-out figures are compared instead: the same protocol on each
 one's newest baskets. "Clearly worse": HR@10 more than `margin` (10% by default, setting MODEL_GATE_MARGIN) below
 the active model's, relative. A model that cannot be measured (too few baskets to hold any out, HOLDOUT=0, fewer
