@@ -27,6 +27,7 @@ from recommender.serving.schemas import (
     HealthOut,
     LegacyOut,
     ModelInfoOut,
+    RecommendationsIn,
     RecommendationsOut,
     SampleBasketOut,
     SearchOut,
@@ -41,6 +42,8 @@ StorageDep = Annotated[Storage, Depends(web.get_storage)]
 _rng = random.Random()
 parse_basket = web.json_body(BasketIn)
 BasketDep = Annotated[BasketIn, Depends(parse_basket)]
+parse_recommendations = web.json_body(RecommendationsIn)
+StrictBasketDep = Annotated[RecommendationsIn, Depends(parse_recommendations)]
 
 
 # The two recommendation routes resolve their dependencies (user, basket, model: in the order declared) by plain calls.
@@ -50,7 +53,7 @@ async def _send_data(request: Request) -> Response:
 
 async def _recommendations(request: Request) -> Response:
     return await recommendations(
-        await web.request_user(request), await parse_basket(request), await web.current_model()
+        await web.request_user(request), await parse_recommendations(request), await web.current_model()
     )
 
 
@@ -77,10 +80,10 @@ async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.F
     _recommendations,
     response_model=RecommendationsOut,
     summary="Recommendations, self-describing",
-    openapi_extra=web.json_body_openapi(BasketIn),
+    openapi_extra=web.json_body_openapi(RecommendationsIn),
     responses=web.errors(401, 413, 422, 503),
 )
-async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
+async def recommendations(_user: UserDep, basket: StrictBasketDep, model: ModelDep) -> web.FastJSON:
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered and
     whether fewer than n items were eligible."""
