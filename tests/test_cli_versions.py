@@ -69,3 +69,13 @@ def test_rollback_says_the_earlier_version_is_damaged_and_which(trained_storage,
     # activate names it too
     assert cli.main(["activate", EARLIER]) == 1
     assert f"error: model version {EARLIER} has a damaged manifest" in capsys.readouterr().err
+
+
+def test_activate_names_what_it_cannot_find(trained_storage, capsys):
+    active = registry.active_version(trained_storage)
+    assert cli.main(["activate", active[:10]]) == 0
+    assert capsys.readouterr().out.strip() == f"version {active} is already active"
+    assert cli.main(["activate", "2099"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: no model version '2099' in {trained_storage.url}: `make versions` lists them"
+    )
