@@ -41,8 +41,10 @@ class Settings:
     login_nice: int = 19
     # How long a user lookup is trusted before the store is read again (deleted users lose access within it).
     user_cache_seconds: float = 5.0
-    # How often a serving process looks at the active-model pointer.
+    # How often a serving process looks at the active-model pointer (and re-reads the API keys).
     model_poll_seconds: float = 2.0
+    # Requests per second an API key may make to one serving process when `make add_key` is given no RATE.
+    key_rate_default: float = 50.0
     # Distinct baskets whose answers a serving process keeps (per model version); 0, the default, keeps none.
     # Worth it when baskets repeat a lot (a product page's "goes well with"): measured 1.3-1.6x the requests/s;
     # on traffic of mostly new baskets the kept answers cost the garbage collector more than they save.
@@ -135,6 +137,8 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
     ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
+    if not settings.key_rate_default > 0:
+        raise ConfigError("KEY_RATE_DEFAULT must be above 0 (requests per second)")
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
     if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:
