@@ -1,4 +1,5 @@
-"""Recommend function: what to offer with a basket, item search, health, and the web console with its endpoints."""
+"""Recommend function: what to offer with a basket, item search, health, the web console with its endpoints, and the
+shop widget's script."""
 
 import gc
 
@@ -18,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
-from recommender.serving import console, schemas, snapstart, web
+from recommender.serving import console, schemas, snapstart, web, widget
 from recommender.serving.model import Model
 from recommender.serving.schemas import (
     MAX_N,
@@ -160,6 +161,14 @@ def _console_route(path: str) -> None:
 # The console: one page and its two files, the same on AWS as on `make run` (routes in template.yaml).
 for _path in console.FILES:
     _console_route(_path)
+
+
+@app.get(widget.PATH, include_in_schema=False)
+async def widget_script(
+    accept_encoding: Annotated[str | None, Header()] = None, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    """The shop widget's script (docs/shop.md), for any site's pages to load."""
+    return widget.response(accept_encoding, if_none_match)
 
 
 handler = Mangum(app, lifespan="off")
