@@ -2,8 +2,8 @@
 shop, are tests/local/test_shop_browser.py)."""
 
 import gzip
-import subprocess
 import shutil
+import subprocess
 
 import pytest
 
