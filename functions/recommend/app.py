@@ -1,5 +1,5 @@
-"""Recommend function: what to offer with a basket, item search, health, the web console with its endpoints, and the
-shop widget's script."""
+"""Recommend function: what to offer with a basket, item search, shoppers' events, health, and the web console with
+its endpoints."""
 
 import gc
 
@@ -24,6 +24,8 @@ from recommender.serving.model import Model
 from recommender.serving.schemas import (
     MAX_N,
     BasketIn,
+    EventsIn,
+    EventsOut,
     HealthDown,
     HealthOut,
     LegacyOut,
@@ -88,6 +90,23 @@ async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) ->
     options = basket.options(explain=True)
     answer = model.recommend(basket.product_list, basket.n, options)
     return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain))
+
+
+@app.post(
+    "/events",
+    response_model=EventsOut,
+    summary="Record what shoppers did: strips seen, clicks, add-to-carts, purchases",
+    openapi_extra=web.json_body_openapi(EventsIn),
+    responses=web.errors(401, 413, 422, 503),
+)
+async def events(request: Request, user: UserDep, settings: web.SettingsDep) -> web.FastJSON:
+    """A batch of events, each answered accepted, duplicate (its event_id was stored already) or refused with the
+    reason; the accepted ones are durably stored before this answers (503 with Retry-After, for the whole batch,
+    when they cannot be)."""
+    ingest = web.event_ingest(settings)
+    body = await request.body()
+    # Off the event loop: the batch is checked, then written and fsynced (or put to S3) before the answer.
+    return web.FastJSON(await run_in_threadpool(ingest.ingest, body, f"user:{user.username}"))
 
 
 @app.get(
