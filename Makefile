@@ -60,7 +60,7 @@ $(LIGHT_STAMP): pyproject.toml
 ##@ Using it: try it, train, serve, merchandise
 
 # On a fresh clone the console's address comes before the install's output too.
-demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
+demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart, in its own store (data/demo): train on synthetic data, serve the web console and a demo shop (PORT + 1)
 	@$(CLI) demo
 
 demo-address:

@@ -181,6 +181,18 @@
     return node;
   }
 
+  // A constructed stylesheet where the browser has them: a shop's Content-Security-Policy without 'unsafe-inline'
+  // for styles blocks a <style> element (in a shadow root too), never a sheet built through the CSSOM.
+  var sheet = null;
+  function style(root) {
+    try {
+      if (!sheet) { sheet = new CSSStyleSheet(); sheet.replaceSync(CSS); }
+      root.adoptedStyleSheets = [sheet];
+    } catch (e) {
+      root.appendChild(el("style", "", CSS));
+    }
+  }
+
   function request(host) {
     var n = parseInt(host.getAttribute("data-n") || "4", 10);
     var body = { product_list: list(host.getAttribute("data-basket")), n: n > 0 && n <= 100 ? n : 4 };
@@ -216,8 +228,6 @@
     root.textContent = "";
     if (host._recObserver) host._recObserver.disconnect();
     if (!items.length) { host.setAttribute("data-state", "empty"); return; }
-    var style = el("style");
-    style.textContent = CSS;
     var section = el("section"), heading = el("h2", "", host.getAttribute("data-title") || "You may also like");
     heading.id = "recommender-title-" + ++count;
     heading.setAttribute("part", "title");
@@ -261,7 +271,7 @@
     });
     section.appendChild(heading);
     section.appendChild(ul);
-    root.appendChild(style);
+    style(root);
     root.appendChild(section);
     host.setAttribute("data-state", "ready");
     try { performance.mark("recommender:rendered"); } catch (e) { /* old browser */ }
