@@ -135,16 +135,23 @@ def test_snapstart_is_off_by_default_and_complete_when_on(template, tmp_path):
 
 def test_least_privilege(template):
     functions = resources_of(template, "AWS::Serverless::Function")
-    expected = {"AuthFunction": ["users"], "RecommendFunction": ["feed", "models", "rules", "users"]}
+    expected = {"AuthFunction": ["users"], "RecommendFunction": ["feed", "keys", "models", "rules", "users"]}
+    # The recommend function's only writes: new event batches, and when each API key was last used.
+    writes = {
+        "AuthFunction": [],
+        "RecommendFunction": [
+            "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/events/raw/*",
+            "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/keys/used/*",
+        ],
+    }
     for name, prefixes in expected.items():
         granted = statements(functions[name])
         assert all(s["Effect"] == "Allow" for s in granted)
         actions = {a for s in granted for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-        writes = {"s3:PutObject"} if name == "RecommendFunction" else set()
-        assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue", *writes}, name
-        # The only write: POST /events puts new objects under events/raw/.
-        puts = [s["Resource"] for s in granted if s["Action"] == "s3:PutObject"]
-        assert puts == (["arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/events/raw/*"] if writes else [])
+        assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"} | (
+            {"s3:PutObject"} if writes[name] else set()
+        ), name
+        assert [s["Resource"] for s in granted if s["Action"] == "s3:PutObject"] == writes[name]
         objects = [
             r
             for s in granted

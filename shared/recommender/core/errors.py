@@ -52,6 +52,12 @@ class AuthError(RecommenderError):
     status_code = 401
 
 
+class Forbidden(RecommenderError):
+    """The caller is known but may not do this: an API key without the scope, from an unlisted origin (HTTP 403)."""
+
+    status_code = 403
+
+
 class VersionUnavailable(RecommenderError):
     """No usable version of something versioned (a model, the product feed, the rules): none yet, nothing
     staged or earlier, or an artifact fails its checksum (HTTP 503)."""
@@ -86,7 +92,8 @@ class StorageError(RecommenderError):
 
 
 class TooManyRequests(RecommenderError):
-    """Too many failed attempts from this client; retry after retry_after seconds (HTTP 429 with Retry-After)."""
+    """Too many failed attempts from this client, or requests over an API key's rate; retry after retry_after
+    seconds (HTTP 429 with Retry-After)."""
 
     status_code = 429
 

@@ -41,8 +41,10 @@ class Settings:
     login_nice: int = 19
     # How long a user lookup is trusted before the store is read again (deleted users lose access within it).
     user_cache_seconds: float = 5.0
-    # How often a serving process looks at the active-model pointer.
+    # How often a serving process looks at the active-model pointer (and re-reads the API keys).
     model_poll_seconds: float = 2.0
+    # Requests per second an API key may make to one serving process when `make add_key` is given no RATE.
+    key_rate_default: float = 50.0
     # Distinct baskets whose answers a serving process keeps (per model version); 0, the default, keeps none.
     # Worth it when baskets repeat a lot (a product page's "goes well with"): measured 1.3-1.6x the requests/s;
     # on traffic of mostly new baskets the kept answers cost the garbage collector more than they save.

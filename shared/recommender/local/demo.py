@@ -37,8 +37,10 @@ def check_ports(host: str, ports: tuple[int, ...]) -> None:
 
     for port in ports:
         if port_open(host, port):
-            raise ConfigError(f"port {port} on {host} is already in use (another server?); set PORT=... (the demo "
-                              "shop takes PORT + 1)")
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another server?); set PORT=... (the demo "
+                "shop takes PORT + 1)"
+            )
 
 
 def browser_host(host: str) -> str:
@@ -87,15 +89,15 @@ def prepare(
     spec = synthetic.preset(preset)
     data.parent.mkdir(parents=True, exist_ok=True)
     summary = synthetic.write_csv(spec, data)
-    progress(f"demo data: {summary.rows:,} rows, {summary.invoices:,} invoices, {summary.products:,} products in {data}")
+    progress(
+        f"demo data: {summary.rows:,} rows, {summary.invoices:,} invoices, {summary.products:,} products in {data}"
+    )
     result = train(data, storage, keep_versions=keep_versions, progress=progress)
     items = Items.from_json(storage.read(_items_key(result.version)))
     popular = items.most_popular()
     generated = synthetic.product_arrays(spec)
     prices = {str(c): float(p) for c, p in zip(generated.code, generated.price)}
-    products = synthetic_products(
-        [items.codes[i] for i in popular], [items.descriptions[i] for i in popular], prices
-    )
+    products = synthetic_products([items.codes[i] for i in popular], [items.descriptions[i] for i in popular], prices)
     feed = write_feed(products, data.with_name(data.stem + "-feed.csv"))
     publish_feed(storage, feed, keep_versions=keep_versions, progress=lambda _line: None)
     password = secrets.token_urlsafe(12)

@@ -71,7 +71,15 @@ def write_feed(products: list[Product], path: Path) -> Path:
         writer.writerow(["id", "title", "price", "category", "availability", "image_link", "link"])
         for p in products:
             writer.writerow(
-                [p.code, p.title, f"{p.price:.2f} {CURRENCY}", p.category, "in_stock", image_path(p.code), page_path(p.code)]
+                [
+                    p.code,
+                    p.title,
+                    f"{p.price:.2f} {CURRENCY}",
+                    p.category,
+                    "in_stock",
+                    image_path(p.code),
+                    page_path(p.code),
+                ]
             )
     return path
 
@@ -260,7 +268,7 @@ class Shop:
         """The cart (drawn by shop.js from sessionStorage) and what would complete it."""
         body = (
             '<h1>Your cart</h1><p id="cart-empty">Your cart is empty.</p>'
-            '<table><thead><tr><th>Product</th><th>Quantity</th><th>Price</th></tr></thead>'
+            "<table><thead><tr><th>Product</th><th>Quantity</th><th>Price</th></tr></thead>"
             '<tbody id="cart-lines"></tbody></table><p>Total: <strong id="cart-total"></strong></p>'
             '<a class="button" href="/checkout">Checkout</a>'
             + self._strip("", "Complete your order", 4, " data-from-cart")
