@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 WAIT_MS = 15_000  # generous: other tests and benchmarks share the two cores
 STRIP = "[data-recommender]"
+SCREENSHOTS = ROOT / "reports" / "shop"
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,12 @@ def test_strip_then_view_click_add_to_cart_purchase_each_recorded_once(visit, sh
     assert wait_for_events(shop.storage, session, 1, seconds=0) == []
 
     strip.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "() => [...document.querySelector('[data-recommender]').shadowRoot.querySelectorAll('img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "product-page.png"), full_page=True)
     [view] = wait_for_events(shop.storage, session, 1)
     assert view["type"] == "view" and [i["stock_code"] for i in view["items"]] == shown
     rid = view["recommendation_id"]

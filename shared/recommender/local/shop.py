@@ -38,6 +38,7 @@ COLOURS = {
     "TURQUOISE": "#00897b",
     "LILAC": "#9575cd",
 }
+LIGHT = {COLOURS[name] for name in ("IVORY", "WHITE", "YELLOW", "SILVER", "GOLD")}
 HOME_PRODUCTS = 48
 
 
@@ -108,11 +109,12 @@ def image_svg(product: Product) -> bytes:
         hue = int(hashlib.sha256(product.code.encode()).hexdigest()[:4], 16) % 360
         colour = f"hsl({hue},45%,45%)"
     label = html.escape(product.category[:14])
+    ink = "#333" if colour in LIGHT else "#fff"  # the word stays readable on a pale card
     return (
         '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300" viewBox="0 0 300 300">'
         f'<rect width="300" height="300" fill="#f4f1ea"/><rect x="40" y="40" width="220" height="220" rx="28" '
         f'fill="{colour}"/><circle cx="150" cy="125" r="42" fill="#fff" fill-opacity=".35"/>'
-        f'<text x="150" y="225" text-anchor="middle" font-family="sans-serif" font-size="26" fill="#fff">{label}</text>'
+        f'<text x="150" y="225" text-anchor="middle" font-family="sans-serif" font-size="26" fill="{ink}">{label}</text>'
         "</svg>"
     ).encode()
 
