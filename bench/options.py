@@ -76,6 +76,7 @@ class Options:
     logins_seconds: float = 15.0  # each /send_data run of the logins part (quiet, polite burst, flood)
     search_products: int = 100_000
     search_repeats: int = 3
+    widget_loads: int = 30  # demo shop product pages opened in a new browser context each
     quick: bool = False
 
     @property
@@ -106,6 +107,7 @@ class Options:
             logins_seconds=3.0,
             search_products=10_000,
             search_repeats=1,
+            widget_loads=3,
             out_dir=ROOT / "bench" / "results" / "quick",
             quick=True,
         )
