@@ -28,14 +28,14 @@ export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_FEED PATH_TO_CATALOG PATH_TO_RULES CODE OUT \
-	BASKETS
+	BASKETS NAME SCOPES ORIGINS RATE
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test lint train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
 	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search bench-widget fuzz bench-spark soak bench-deps lint-template build-lambda \
-	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback
+	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback add_key keys revoke_key
 
 help: ## list every target, by what you want to do
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -130,6 +130,17 @@ del_user: $(LIGHT) ## delete an API user: USER_NAME=
 
 list_users: $(LIGHT) ## list API users
 	@$(CLI) list-users
+
+add_key: $(LIGHT) ## add an API key, printed once: NAME= [SCOPES=recommend,events] [ORIGINS=https://shop.example.com] [RATE=50]
+	@test -n "$$NAME" || { echo "error: give the key's name: make add_key NAME=shop-web SCOPES=recommend ORIGINS=https://..." >&2; exit 2; }
+	@$(CLI) add-key "$$NAME" --scopes "$${SCOPES:-recommend}" --origins "$$ORIGINS" $${RATE:+--rate "$$RATE"}
+
+keys: $(LIGHT) ## list API keys: name, scopes, origins, rate, created, last used (never the key)
+	@$(CLI) keys
+
+revoke_key: $(LIGHT) ## revoke an API key: NAME= (serving refuses it within MODEL_POLL_SECONDS)
+	@test -n "$$NAME" || { echo "error: give the key's name: make revoke_key NAME=..." >&2; exit 2; }
+	@$(CLI) revoke-key "$$NAME"
 
 run-prod: $(LIGHT) ## serve the API in the background (pid file and log under data/run/)
 	@$(CLI) start

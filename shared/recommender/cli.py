@@ -103,6 +103,56 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("add-key")
+def _add_key(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.keys import add_key
+
+    rate = settings.key_rate_default if args.rate is None else args.rate
+    record, key = add_key(open_storage(settings), args.name, args.scopes, args.origins, rate)
+    where = f"browsers on {', '.join(record.origins)}" if record.origins else "servers only (no browser may use it)"
+    print(f"added API key {record.name}: scopes {','.join(sorted(record.scopes))}, {where}, {record.rate:g} requests/s")
+    print(key)
+    print("This key is shown once and never again: only its hash is stored. Keep it now.")
+    return 0
+
+
+@command("keys")
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.keys import list_keys
+
+    found = list_keys(open_storage(settings))
+    if not found:
+        print("no API keys yet: add one with `make add_key NAME=... SCOPES=recommend ORIGINS=https://...`")
+    rows = [
+        (
+            k.name,
+            f"{k.prefix}...",
+            ",".join(sorted(k.scopes)),
+            ",".join(k.origins) or "(server key)",
+            f"{k.rate:g}/s",
+            k.created_at,
+            info.last_used or "never",
+        )
+        for info in found
+        for k in [info.key]
+    ]
+    if rows:
+        rows.insert(0, ("name", "key", "scopes", "origins", "rate", "created", "last used"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+@command("revoke-key")
+def _revoke_key(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.keys import revoke_key
+
+    record = revoke_key(open_storage(settings), args.name)
+    print(f"revoked API key {record.name}; serving processes refuse it within {settings.model_poll_seconds:g} s")
+    return 0
+
+
 @command("train")
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import TrainingParams, train
@@ -471,6 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("del-user", help="delete an API user")
     p.add_argument("username")
     sub.add_parser("list-users", help="list API users")
+    p = sub.add_parser("add-key", help="add an API key and print it (once): scopes, origins (browser key), rate")
+    p.add_argument("name")
+    p.add_argument("--scopes", default="recommend", help="comma-separated: recommend, events (default: recommend)")
+    p.add_argument(
+        "--origins",
+        default="",
+        help="comma-separated origins (https://shop.example.com) a browser key answers; none: a server key",
+    )
+    p.add_argument("--rate", type=float, help="requests per second per serving process (default: $KEY_RATE_DEFAULT)")
+    sub.add_parser("keys", help="list API keys (never the keys themselves)")
+    p = sub.add_parser("revoke-key", help="revoke an API key")
+    p.add_argument("name")
 
     p = sub.add_parser(
         "train", help="train a model on a purchase-history file, folder of parts or s3:// location and activate it"

@@ -24,6 +24,7 @@ from recommender.core.settings import get_settings
 from recommender.core.storage import LocalStorage
 from recommender.local.gateway import read_routes
 from recommender.serving import console, web
+from recommender.serving.keys import add_key
 from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
 from recommender.training.feed import publish_feed
@@ -96,6 +97,21 @@ class Api:
                 return _original(storage, key, *args, **kwargs)
 
             self.monkeypatch.setattr(LocalStorage, name, failing)
+
+    def key(self, scopes: str, rate: float = 50) -> dict[str, str]:
+        """The headers of a request with a new API key of these scopes from a listed browser origin."""
+        key = add_key(self.storage, f"key-{len(self.storage.list('keys/'))}", scopes, "https://shop.example.com", rate)[
+            1
+        ]
+        self.monkeypatch.setenv("MODEL_POLL_SECONDS", "0")  # the new key seen at once
+        get_settings.cache_clear()
+        return {"X-API-Key": key, "Origin": "https://shop.example.com"}
+
+    def over_rate(self, method: str, path: str, **kwargs) -> Response:
+        """A key's request over its rate (one a second, the first one spent)."""
+        headers = self.key("recommend", rate=1)
+        assert self.call(method, path, token=False, headers=headers, **kwargs).status_code == 200
+        return self.call(method, path, token=False, headers=headers, **kwargs)
 
     def no_model(self) -> None:
         """Nothing activated (before any request loads a model)."""
@@ -179,6 +195,20 @@ def _basket_cases(path: str) -> list[Case]:
         Case("POST", path, 200, "unknown items: popular", post({"product_list": ["NO-SUCH-ITEM"], "n": 3})),
         Case("POST", path, 200, "empty basket, explain", post({"product_list": [], "n": 3, "explain": True})),
         Case("POST", path, 401, "no token", post({"product_list": []}, token=False)),
+        Case(
+            "POST",
+            path,
+            403,
+            "a key without the scope",
+            lambda api: api.call("POST", path, token=False, headers=api.key("events"), json={"product_list": []}),
+        ),
+        Case(
+            "POST",
+            path,
+            429,
+            "a key over its rate",
+            lambda api: api.over_rate("POST", path, json={"product_list": []}),
+        ),
         Case("POST", path, 413, "body too large", lambda api: api.too_large("POST", path)),
         Case("POST", path, 422, "bad field", post({"product_list": "CODES", "n": 0})),
         Case("POST", path, 422, "not JSON", lambda api: api.call("POST", path, content=b"{")),
@@ -276,6 +306,31 @@ def _console_cases(path: str) -> list[Case]:
     return [Case("GET", path, 200, "the file", _get(path, token=False)), Case("GET", path, 304, "unchanged", unchanged)]
 
 
+def _preflight_cases(path: str) -> list[Case]:
+    def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
+        def send(api: Api) -> Response:
+            api.key("recommend")
+            if setup:
+                setup(api)
+            return api.call(
+                "OPTIONS", path, token=False, headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+            )
+
+        return send
+
+    return [
+        Case("OPTIONS", path, 204, "a listed origin", preflight("https://shop.example.com")),
+        Case("OPTIONS", path, 403, "an unlisted origin", preflight("https://evil.example.com")),
+        Case(
+            "OPTIONS",
+            path,
+            503,
+            "key store unreachable",
+            preflight("https://shop.example.com", lambda api: api.fail_reads("keys/")),
+        ),
+    ]
+
+
 CASES = [
     Case("POST", "/token", 200, "a token", _login()),
     Case(
@@ -310,6 +365,14 @@ CASES = [
     Case("GET", "/items", 200, "search", lambda api: api.call("GET", "/items", params={"q": api.codes[0][:3]})),
     Case("GET", "/items", 200, "nothing found", _get("/items", params={"q": "no such thing at all"})),
     Case("GET", "/items", 401, "no token", _get("/items", token=False)),
+    Case(
+        "GET",
+        "/items",
+        403,
+        "a key without the scope",
+        lambda api: api.call("GET", "/items", token=False, headers=api.key("events")),
+    ),
+    Case("GET", "/items", 429, "a key over its rate", lambda api: api.over_rate("GET", "/items")),
     Case("GET", "/items", 413, "body too large", lambda api: api.too_large("GET", "/items")),
     Case("GET", "/items", 422, "bad limit", _get("/items", params={"limit": 0})),
     Case("GET", "/items", 503, "no model", _get("/items", Api.no_model)),
@@ -320,15 +383,30 @@ CASES = [
     Case("GET", "/health", 503, "no model", _get("/health", Api.no_model, token=False)),
     Case("GET", "/sample_basket", 200, "an invoice", _get("/sample_basket")),
     Case("GET", "/sample_basket", 401, "no token", _get("/sample_basket", token=False)),
+    Case(
+        "GET",
+        "/sample_basket",
+        403,
+        "an API key",
+        lambda api: api.call("GET", "/sample_basket", token=False, headers=api.key("recommend")),
+    ),
     Case("GET", "/sample_basket", 404, "no invoices kept", _get("/sample_basket", _without_samples)),
     Case("GET", "/sample_basket", 413, "body too large", lambda api: api.too_large("GET", "/sample_basket")),
     Case("GET", "/sample_basket", 503, "no model", _get("/sample_basket", Api.no_model)),
     Case("GET", "/model", 200, "the model", _get("/model")),
     Case("GET", "/model", 200, "feed, rules and an incomplete version", _get("/model", _incomplete_version)),
     Case("GET", "/model", 401, "no token", _get("/model", token=False)),
+    Case(
+        "GET",
+        "/model",
+        403,
+        "an API key",
+        lambda api: api.call("GET", "/model", token=False, headers=api.key("recommend")),
+    ),
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
     *(case for path in console.FILES for case in _console_cases(path)),
+    *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),
 ]
 
 
@@ -354,7 +432,11 @@ def test_answers_validate_against_the_declared_model(api, case):
     response = case.send(api)
     assert response.status_code == case.status, response.text
     route = ROUTES[(case.method, case.path)]
-    if route.response_model is None:  # the console's files: not JSON, and declared as nothing else
+    if route.response_model is None and case.method == "OPTIONS":  # a preflight: no body when it passes
+        if case.status == route.status_code:
+            assert response.content == b"" and "content-type" not in response.headers
+            return
+    elif route.response_model is None:  # the console's files: not JSON, and declared as nothing else
         assert response.headers.get("content-type") == (console.FILES[case.path][1] if case.status == 200 else None)
         return
     if case.status == (route.status_code or 200):

@@ -117,6 +117,8 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
     for name in ("login_failures_per_user", "login_failures_per_address", "login_workers", "events_max_batch"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
+    if not settings.key_rate_default > 0:
+        raise ConfigError("KEY_RATE_DEFAULT must be above 0 (requests per second)")
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
     if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:
