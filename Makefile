@@ -34,7 +34,7 @@ $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override
 .PHONY: help devel test lint train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
 	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
-	browser-deps bench-merch bench-logins bench-search bench-widget fuzz bench-spark soak bench-deps lint-template build-lambda \
+	browser-deps bench-merch bench-logins bench-search bench-widget bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
 	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback add_key keys revoke_key
 
 help: ## list every target, by what you want to do

@@ -66,7 +66,10 @@ class RecentIds:
 def _reason(err: ValidationError) -> str:
     """The first problem pydantic found, as "field: message"."""
     first = err.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "event"
+    loc = first.get("loc", ())
+    if loc and loc[0] == "ts" and len(loc) > 1:  # neither member of the union: say what either would be
+        return "ts: send ISO 8601 with a zone (a string) or unix milliseconds (an integer)"
+    where = ".".join(str(part) for part in loc) or "event"
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
