@@ -256,6 +256,9 @@ bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
 bench-widget: $(STAMP) browser-deps ## benchmark the shop widget's first paint of recommendations on the demo shop (headless Chromium)
 	$(BENCH) widget $(BENCH_FLAGS)
 
+bench-events: $(STAMP) ## benchmark POST /events in batches of 50 to the local store: events/s and p99
+	$(BENCH) events $(BENCH_FLAGS)
+
 bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows (DRIVER_MEMORY=8g)
 	$(BENCH) spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)") \
 		$(if $(DRIVER_MEMORY),--driver-memory "$(DRIVER_MEMORY)")
