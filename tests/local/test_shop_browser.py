@@ -251,4 +251,11 @@ def test_a_key_of_another_origin_is_refused_by_the_browser(visit, shop):
     )
     assert page.evaluate(ask, shop.site.key) == "HTTP 200 2"
     assert page.evaluate(ask, shop.foreign_key) == "TypeError"  # refused: the page cannot read an answer
+    # A shop's mistakes in track() are warned about in the console, never thrown into its page.
+    warnings = []
+    page.on("console", lambda m: warnings.append(m.text) if m.type == "warning" else None)
+    assert page.evaluate("recommender.track('refund', {items: ['85123A']})") is None
+    assert page.evaluate("recommender.track('purchase', {items: []})") is None
+    assert len(page.evaluate("recommender.track('purchase', {items: ['85123A'], value: 2.5})")) == 32
+    assert len(warnings) == 2 and all(w.startswith("recommender: track(") for w in warnings)
     assert not visit.errors

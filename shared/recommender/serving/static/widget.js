@@ -120,6 +120,10 @@
         if (item.price !== undefined) out.price = Number(item.price);
         return out;
       });
+      if (!items.length) {
+        warn("track(\"" + type + "\"): give the products, {items: [{stock_code, quantity, price}, ...]}");
+        return null;
+      }
       var extra = { value: data.value, currency: data.currency, user_id: data.user_id };
       var seen = clicked();
       extra.recommendation_id = data.recommendation_id || items.map(function (i) { return seen[i.stock_code]; })
