@@ -431,7 +431,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f"""
 Web console: {base}/   user: demo   password: {site.password}   (shown once; `make demo` again makes a new one)
-Demo shop:   {shop}   the widget on its pages uses the browser key {site.key[:11]}... (make keys lists it)
+Demo shop:   {shop}   its widget's events go to {own} (commands on them: STORAGE_URL={own} make ...)
 or from a shell:
   TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={site.password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -X POST {base}/send_data -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\

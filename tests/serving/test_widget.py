@@ -1,6 +1,7 @@
 """The shop widget's script as served: its size, headers, compression and caching (the browser tests, on the demo
 shop, are tests/local/test_shop_browser.py)."""
 
+import base64
 import gzip
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 from recommender.serving import widget
 from tests.conftest import ROOT
 from tests.functions.test_functions import rec  # noqa: F401 (fixture)
+from tests.functions.test_handlers import handlers  # noqa: F401 (fixture)
 
 SCRIPT = ROOT / "shared" / "recommender" / "serving" / "static" / "widget.js"
 
@@ -47,3 +49,15 @@ def test_no_build_step_plain_script():
         pytest.skip("node is not installed")
     check = "new (require('vm').Script)(require('fs').readFileSync(process.argv[1], 'utf8'))"
     subprocess.run(["node", "-e", check, str(SCRIPT)], check=True)
+
+
+def test_through_the_lambda_handler_gzipped_as_base64(handlers, event, lambda_context):  # noqa: F811
+    """On AWS the script goes through Mangum: the gzipped body must come out base64-encoded, and say so."""
+    ev = event("health")
+    ev["rawPath"] = ev["requestContext"]["http"]["path"] = "/widget.js"
+    ev["routeKey"] = ev["requestContext"]["routeKey"] = "GET /widget.js"
+    ev["headers"]["accept-encoding"] = "gzip, deflate, br"
+    response = handlers[1](ev, lambda_context)
+    assert response["statusCode"] == 200 and response["isBase64Encoded"] is True
+    assert response["headers"]["content-encoding"] == "gzip"
+    assert gzip.decompress(base64.b64decode(response["body"])) == SCRIPT.read_bytes()
