@@ -65,9 +65,12 @@
       else response.json().then(function (answer) {
         (answer.results || []).forEach(function (r) { if (r.status === "refused") warn("event refused: " + r.reason); });
       }, function () {});
-    }).catch(function () {
+    }).catch(function (failed) {
       queue = batch.concat(queue).slice(0, MAX_QUEUE);
       backoff = Math.min(backoff ? backoff * 2 : 1000, 60000);
+      // A 429 or 503 says how long to wait (Retry-After, in seconds): never sooner than that.
+      var after = failed && failed.headers ? Number(failed.headers.get("Retry-After")) : 0;
+      if (after > 0) backoff = Math.max(backoff, Math.min(after * 1000, 300000));
     }).then(function () {
       inFlight = 0;
       if (queue.length) schedule(0);
@@ -261,14 +264,17 @@
       if (cost.textContent) box.appendChild(cost);
       if (link) {
         box.href = link;
-        box.addEventListener("click", function () {
+        var clicked = function (e) {
+          if (e.type === "auxclick" && e.button !== 1) return;  // a middle click opens it too; a right click does not
           try {
             if (rid) remember(item.stock_code, rid);
             var clickedItem = { stock_code: item.stock_code };
             if (typeof item.price === "number") clickedItem.price = item.price;
             send("click", [clickedItem], { recommendation_id: rid, user_id: host.getAttribute("data-user") });
-          } catch (e) { /* never in the shop's way */ }
-        });
+          } catch (err) { /* never in the shop's way */ }
+        };
+        box.addEventListener("click", clicked);
+        box.addEventListener("auxclick", clicked);
       }
       li.appendChild(box);
       ul.appendChild(li);
