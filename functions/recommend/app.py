@@ -33,6 +33,7 @@ from recommender.serving.schemas import (
     HealthOut,
     LegacyOut,
     ModelInfoOut,
+    RecommendationsIn,
     RecommendationsOut,
     SampleBasketOut,
     SearchOut,
@@ -54,6 +55,8 @@ StorageDep = Annotated[Storage, Depends(web.get_storage)]
 _rng = random.Random()
 parse_basket = web.json_body(BasketIn)
 BasketDep = Annotated[BasketIn, Depends(parse_basket)]
+parse_recommendations = web.json_body(RecommendationsIn)
+StrictBasketDep = Annotated[RecommendationsIn, Depends(parse_recommendations)]
 
 
 # The two recommendation routes resolve their dependencies (caller, basket, model: in the order declared) by plain
@@ -66,7 +69,7 @@ async def _send_data(request: Request) -> Response:
 
 async def _recommendations(request: Request) -> Response:
     return await recommendations(
-        await web.request_caller(request, "recommend"), await parse_basket(request), await web.current_model()
+        await web.request_caller(request, "recommend"), await parse_recommendations(request), await web.current_model()
     )
 
 
@@ -101,10 +104,10 @@ async def send_data(_caller: CallerDep, basket: BasketDep, model: ModelDep) -> w
     _recommendations,
     response_model=RecommendationsOut,
     summary="Recommendations, self-describing",
-    openapi_extra=web.json_body_openapi(BasketIn),
+    openapi_extra=web.json_body_openapi(RecommendationsIn),
     responses=web.errors(401, 403, 413, 422, 429, 503),
 )
-async def recommendations(_caller: CallerDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
+async def recommendations(_caller: CallerDep, basket: StrictBasketDep, model: ModelDep) -> web.FastJSON:
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered,
     whether fewer than n items were eligible, and the answer's recommendation_id (for events)."""

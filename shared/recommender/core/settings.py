@@ -76,6 +76,12 @@ class Settings:
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
     keep_versions: int = 5
+    # Uploads of merchandising rules and product feeds: the largest rules file, its stored form (JSON), and the most
+    # rows and bytes (uncompressed) of a feed file; larger ones are refused with one line naming the setting.
+    max_rules_bytes: int = 1 << 20
+    max_rules_stored_bytes: int = 4 << 20
+    max_feed_rows: int = 500_000
+    max_feed_bytes: int = 256 << 20
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
     model_gate_margin: float = 0.10
     run_dir: str = "./data/run"
@@ -114,7 +120,16 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
             f"at least {MIN_SECRET_BYTES} (make one with: python3 -c 'import secrets; "
             "print(secrets.token_urlsafe(48))'), or leave JWT_SECRET unset to have one generated"
         )
-    for name in ("login_failures_per_user", "login_failures_per_address", "login_workers", "events_max_batch"):
+    for name in (
+        "login_failures_per_user",
+        "login_failures_per_address",
+        "login_workers",
+        "max_rules_bytes",
+        "max_rules_stored_bytes",
+        "max_feed_rows",
+        "max_feed_bytes",
+        "events_max_batch",
+    ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if not settings.key_rate_default > 0:

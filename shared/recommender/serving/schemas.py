@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic_core import PydanticCustomError
 
 from recommender.core.items import Item
 from recommender.serving.merchandising import Options, Pick
@@ -82,6 +83,25 @@ class BasketIn(BaseModel):
         for name in _LIST_OPTIONS.intersection(given):
             given[name] = tuple(v.strip() for v in given[name])
         return Options(**given, explain=explained)
+
+
+class RecommendationsIn(BasketIn):
+    """A basket for /recommendations: a field it does not know is refused, so that a misspelt filter ("exlude")
+    is not silently ignored (/send_data accepts them, as older clients send some)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise PydanticCustomError(
+                    "extra_forbidden",
+                    f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are {', '.join(cls.model_fields)}",
+                )
+        return data
 
 
 class LoginForm:
@@ -218,6 +238,7 @@ class RecommendationsOut(Out):
     unknown_codes: list[str]
     fallback: bool
     exhausted: bool
+    warnings: list[str]  # what the answer says of the request: categories no item is in, pins over a cap
     # Names the answer (model version, experiment arm, time) so that events can be attributed to it
     # (serving.attribution).
     recommendation_id: str
@@ -233,6 +254,7 @@ def answer_json(answer: "Recommendation", explain: bool, recommendation_id: str 
         "unknown_codes": answer.unknown,
         "fallback": answer.fallback,
         "exhausted": answer.exhausted,
+        "warnings": list(answer.warnings),
     }
     if recommendation_id is not None:
         out["recommendation_id"] = recommendation_id
