@@ -24,7 +24,7 @@ from recommender.core.feed_and_rules import SHOWN
 from recommender.core.settings import get_settings
 from recommender.core.storage import LocalStorage
 from recommender.local.gateway import read_routes
-from recommender.serving import console, web
+from recommender.serving import console, web, widget
 from recommender.serving.keys import add_key
 from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
@@ -108,9 +108,9 @@ class Api:
         get_settings.cache_clear()
         return {"X-API-Key": key, "Origin": "https://shop.example.com"}
 
-    def over_rate(self, method: str, path: str, **kwargs) -> Response:
+    def over_rate(self, method: str, path: str, scopes: str = "recommend", **kwargs) -> Response:
         """A key's request over its rate (one a second, the first one spent)."""
-        headers = self.key("recommend", rate=1)
+        headers = self.key(scopes, rate=1)
         assert self.call(method, path, token=False, headers=headers, **kwargs).status_code == 200
         return self.call(method, path, token=False, headers=headers, **kwargs)
 
@@ -311,6 +311,20 @@ def _event_cases() -> list[Case]:
     return [
         Case("POST", "/events", 200, "accepted, refused and duplicate", _events(mixed)),
         Case("POST", "/events", 401, "no token", _events(mixed, token=False)),
+        Case(
+            "POST",
+            "/events",
+            403,
+            "a key without the scope",
+            lambda api: api.call("POST", "/events", token=False, headers=api.key("recommend"), json={"events": mixed}),
+        ),
+        Case(
+            "POST",
+            "/events",
+            429,
+            "a key over its rate",
+            lambda api: api.over_rate("POST", "/events", scopes="events", json={"events": mixed}),
+        ),
         Case("POST", "/events", 413, "body too large", lambda api: api.too_large("POST", "/events")),
         Case("POST", "/events", 422, "not a batch", lambda api: api.call("POST", "/events", json={"event": []})),
         Case("POST", "/events", 503, "log unusable", _events([_event("a", ts=now)], _log_unusable)),
@@ -349,10 +363,10 @@ def _console_cases(path: str) -> list[Case]:
     return [Case("GET", path, 200, "the file", _get(path, token=False)), Case("GET", path, 304, "unchanged", unchanged)]
 
 
-def _preflight_cases(path: str) -> list[Case]:
+def _preflight_cases(path: str, scope: str = "recommend") -> list[Case]:
     def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
         def send(api: Api) -> Response:
-            api.key("recommend")
+            api.key(scope)
             if setup:
                 setup(api)
             return api.call(
@@ -450,7 +464,9 @@ CASES = [
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
     *(case for path in console.FILES for case in _console_cases(path)),
+    *_console_cases("/widget.js"),
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),
+    *_preflight_cases("/events", "events"),
 ]
 
 
@@ -480,8 +496,9 @@ def test_answers_validate_against_the_declared_model(api, case):
         if case.status == route.status_code:
             assert response.content == b"" and "content-type" not in response.headers
             return
-    elif route.response_model is None:  # the console's files: not JSON, and declared as nothing else
-        assert response.headers.get("content-type") == (console.FILES[case.path][1] if case.status == 200 else None)
+    elif route.response_model is None:  # the console's files and the widget's: not JSON, and declared as nothing else
+        media_type = widget.MEDIA_TYPE if case.path == widget.PATH else console.FILES[case.path][1]
+        assert response.headers.get("content-type") == (media_type if case.status == 200 else None)
         return
     if case.status == (route.status_code or 200):
         model = route.response_model
