@@ -129,6 +129,7 @@ main{max-width:1100px;margin:0 auto;padding:24px}
 .grid a{display:block;color:inherit;text-decoration:none;background:#fff;border:1px solid #ddd;border-radius:8px;padding:8px}
 .grid img,.product img{width:100%;height:auto;border-radius:6px}
 .product{display:grid;grid-template-columns:minmax(0,320px) 1fr;gap:32px;margin-bottom:32px}
+@media (max-width:600px){.product{grid-template-columns:1fr;gap:8px}}
 .price{font-weight:700;color:#1a5e20}
 button,.button{font:inherit;padding:10px 18px;border-radius:6px;border:0;background:#1f3a5f;color:#fff;cursor:pointer;
   text-decoration:none;display:inline-block}
