@@ -13,6 +13,7 @@ import pytest
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
 from recommender.local import demo
+from recommender.local.shop import Product, Shop, write_feed
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -61,3 +62,23 @@ def test_demo_keeps_its_own_store_and_serves_the_shop(tmp_path, tiny_csv):
     )
     assert trained.returncode == 0 and "activated" in trained.stdout, trained.stdout + trained.stderr
     assert "compared" not in trained.stdout and registry.active(default) is not None
+
+
+def test_shop_pages_escape_the_catalogue_and_know_their_paths(tmp_path):
+    hostile = Product("A<1>", '<img src=x onerror=alert(1)> "Mug"', 2.5, "Mugs & <Cups>")
+    shop = Shop([hostile, Product("85123A", "Red Heart Holder", 2.55, "Holder")], "http://127.0.0.1:9", "rk_pub_x")
+    status, kind, page = shop.answer("/p/A%3C1%3E")
+    assert status == 200 and kind.startswith("text/html")
+    assert b"<img src=x" not in page and b"&lt;img src=x onerror=alert(1)&gt; &quot;Mug&quot;" in page
+    assert b'<script src="http://127.0.0.1:9/widget.js" data-key="rk_pub_x" async></script>' in page
+    assert b'data-basket="A&lt;1&gt;"' in page and b"onerror=alert" not in shop.answer("/img/A%3C1%3E.svg")[2]
+    assert [shop.answer(p)[0] for p in ("/p/nope", "/img/nope.svg", "/admin", "/cart", "/checkout")] == [
+        404,
+        404,
+        404,
+        200,
+        200,
+    ]
+    assert "script-src 'self' http://127.0.0.1:9;" in shop.csp() and "unsafe" not in shop.csp()
+    rows = write_feed(shop.products, tmp_path / "feed.csv").read_text().splitlines()
+    assert rows[2] == "85123A,Red Heart Holder,2.55 GBP,Holder,in_stock,/img/85123A.svg,/p/85123A"
