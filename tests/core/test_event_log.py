@@ -70,7 +70,7 @@ def test_both_backends_store_each_batch_whole_under_its_partition(storage):
     else:
         # One segment per process and hour: the second batch follows the first in the same file.
         assert first == second and len(keys) == 2
-        assert re.fullmatch(rf"events/raw/date=2026-12-02/hour=10/[\w.-]+-{os.getpid()}-\d{{13}}-1\.jsonl", first)
+        assert re.fullmatch(rf"events/raw/date=2026-12-02/hour=10/[\w.-]+-{os.getpid()}-\d{{13}}-\d+\.jsonl", first)
 
 
 def test_local_segments_roll_at_the_size_cap_and_are_private(tmp_path):
@@ -81,6 +81,12 @@ def test_local_segments_roll_at_the_size_cap_and_are_private(tmp_path):
         path = tmp_path / key
         assert path.stat().st_mode & 0o777 == 0o600 and path.stat().st_size == 104
     assert stored_ids(LocalStorage(tmp_path)) == [f"event-{i:03d}" for i in range(8)]
+
+
+def test_two_logs_of_one_process_never_share_a_segment(tmp_path):
+    one, other = LocalEventLog(tmp_path), LocalEventLog(tmp_path)
+    assert one.append(line("a"), T0) != other.append(line("b"), T0)
+    assert sorted(stored_ids(LocalStorage(tmp_path))) == ["a", "b"]
 
 
 def test_a_failed_local_write_leaves_no_torn_line(tmp_path, monkeypatch):

@@ -108,3 +108,11 @@ def test_a_log_that_cannot_store_is_a_503_with_retry_after(api, trained_storage)
     retried = api.post("/events", json={"events": [event("a"), event("b")]})
     assert retried.json()["accepted"] == 2
     assert [r["event_id"] for r in stored(trained_storage)] == ["a", "b"]
+
+
+def test_the_openapi_document_describes_an_event_in_full():
+    body = recommend_app.openapi()["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+    assert "$ref" not in json.dumps(body)  # nested models inlined: a #/$defs reference would resolve nowhere
+    event_schema = body["schema"]["properties"]["events"]["items"]
+    assert event_schema["required"] == ["event_id", "type", "ts", "session_id", "items"]
+    assert set(event_schema["properties"]["items"]["items"]["properties"]) == {"stock_code", "quantity", "price"}

@@ -3,15 +3,17 @@ time or beyond the capacity), batch-level problems, and a batch the log cannot s
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import pytest
 
 from recommender.core.errors import InvalidInput, StoreUnavailable
-from recommender.core.event_log import RECORD_KEYS, LocalEventLog
+from recommender.core.event_log import ITEM_KEYS, RECORD_KEYS, TYPES, LocalEventLog
 from recommender.core.settings import Settings
 from recommender.core.storage import LocalStorage
 from recommender.serving.attribution import new_recommendation_id
 from recommender.serving.events import Ingest, RecentIds
+from recommender.serving.schemas import EventIn, EventItemIn
 
 NOW = datetime(2026, 12, 2, 10, 30, 0, 123456, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -79,6 +81,12 @@ def test_an_accepted_event_is_stored_with_every_key_of_the_layout(ingest, tmp_pa
     }
 
 
+def test_the_schema_and_the_log_agree_on_types_and_keys():
+    assert get_args(EventIn.model_fields["type"].annotation) == TYPES
+    assert tuple(EventItemIn.model_fields) == ITEM_KEYS
+    assert set(EventIn.model_fields) | {"received_at", "source"} == set(RECORD_KEYS)
+
+
 def test_optional_fields_are_null_and_unix_milliseconds_are_times(ingest, tmp_path):
     ingest.ingest(body(event(type="view", ts=NOW_MS - 1)), "key:shop-web")
     (record,) = stored(tmp_path)
@@ -101,6 +109,7 @@ REFUSED = [
     ("ts too far ahead", event(ts=NOW_MS + 2 * 86_400_000), "is more than 1 day ahead of the server's clock"),
     ("ts a float", event(ts=1.5e12), "ts: send ISO 8601 with a zone (a string) or unix milliseconds (an integer)"),
     ("ts a list", event(ts=[1]), "ts: send ISO 8601 with a zone (a string) or unix milliseconds (an integer)"),
+    ("ts out of range", event(ts="9999-12-31T23:59:59-01:00"), "ts: '9999-12-31T23:59:59-01:00' is out of range"),
     ("ts absurd", event(ts=10**17), "ts: 100000000000000000 is not a time in unix milliseconds"),
     ("no session", event(session_id=...), "session_id: Field required"),
     ("session too long", event(session_id="s" * 129), "session_id: String should have at most 128 characters"),

@@ -23,6 +23,7 @@ Layout, shared with what reads the log (compaction, queries, training from event
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
@@ -59,6 +60,10 @@ SETTLE_SECONDS = 300
 SEGMENT_MAX_BYTES = 64 << 20
 # Retry-After of a 503 when the log cannot store a batch (the client's retry should find the storage back).
 RETRY_AFTER_SECONDS = 2
+# A local segment's name: <host>-<pid>-<this process's start, unix ms>-<n>, n counting the segments the process
+# began (whatever the number of logs it opened), so that no two writers ever share a file.
+_STARTED_MS = int(time.time() * 1000)
+_SEGMENTS = itertools.count(1)
 
 
 def iso_utc(moment: datetime) -> str:
@@ -106,20 +111,19 @@ class LocalEventLog:
         self.root = Path(root).resolve()
         self.url = str(self.root / RAW_PREFIX)
         self.max_bytes = max_bytes
-        self._name = f"{socket.gethostname().split('.')[0] or 'host'}-{os.getpid()}-{int(time.time() * 1000)}"
+        self._host = socket.gethostname().split(".")[0] or "host"
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._pid = os.getpid()
         self._partition = ""
         self._size = 0
-        self._count = 0
         self.key = ""  # the current segment's key
 
     def append(self, lines: bytes, received_at: datetime) -> str:
         with self._lock:
             if self._pid != os.getpid():  # a forked child: its parent's segment is not its own
-                self._fd, self._pid = None, os.getpid()
-                self._name = f"{self._name.rsplit('-', 2)[0]}-{self._pid}-{int(time.time() * 1000)}"
+                self._close()
+                self._pid = os.getpid()
             where = partition(received_at)
             if self._fd is None or where != self._partition or self._size + len(lines) > self.max_bytes:
                 self._roll(where)
@@ -142,6 +146,9 @@ class LocalEventLog:
         with self._lock:
             self._close()
 
+    def __del__(self) -> None:
+        self._close()  # a log dropped with its process's resources (tests) leaves no descriptor open
+
     def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -157,8 +164,7 @@ class LocalEventLog:
 
     def _roll(self, where: str) -> None:
         self._close()
-        self._count += 1
-        self.key = f"{where}{self._name}-{self._count}{SUFFIX}"
+        self.key = f"{where}{self._host}-{os.getpid()}-{_STARTED_MS}-{next(_SEGMENTS)}{SUFFIX}"
         path = self.root / self.key
         try:
             made = _make_dirs(path.parent)

@@ -89,7 +89,10 @@ def event_time(ts: str | int, now: datetime) -> datetime:
             raise ValueError(f"ts: {ts!r} is neither ISO 8601 (2026-12-02T10:15:00Z) nor unix milliseconds") from None
         if moment.tzinfo is None:
             raise ValueError(f"ts: {ts!r} has no time zone: add Z (UTC) or an offset such as +01:00")
-        moment = moment.astimezone(UTC)
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:  # the year 1 or 9999 with an offset that leaves datetime's range
+            raise ValueError(f"ts: {ts!r} is out of range") from None
         hint = ""
     if moment < now - MAX_PAST:
         raise ValueError(f"ts: {iso_utc(moment)} is more than {MAX_PAST.days} days ago{hint}")

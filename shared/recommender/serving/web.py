@@ -298,8 +298,22 @@ def json_body(schema: type[BaseModel]) -> Callable[[Request], Awaitable[BaseMode
 
 
 def json_body_openapi(schema: type[BaseModel]) -> dict:
-    """The openapi_extra that documents a json_body parameter."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema.model_json_schema()}}}}
+    """The openapi_extra that documents a json_body parameter (nested models inlined: a `#/$defs/...` reference would
+    point nowhere in the OpenAPI document)."""
+    document = schema.model_json_schema()
+    definitions = document.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(document)}}}}
 
 
 class FastJSON(JSONResponse):
@@ -326,13 +340,17 @@ ERROR_MEANINGS = {
     422: "malformed request: the detail names the field and the problem",
     429: "too many failed logins from this client address, or an API key over its rate; retry after Retry-After "
     "seconds",
-    503: "no model can be served, the storage cannot be reached, or logins are at capacity (with Retry-After)",
+    503: "no model can be served, the storage cannot be reached, logins are at capacity, or events cannot be stored "
+    "(the last two with Retry-After)",
 }
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
     429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     503: {
-        "Retry-After": {"description": "seconds to wait (when logins are at capacity)", "schema": {"type": "integer"}}
+        "Retry-After": {
+            "description": "seconds to wait (when logins are at capacity, or events cannot be stored)",
+            "schema": {"type": "integer"},
+        }
     },
 }
 
