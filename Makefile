@@ -114,7 +114,7 @@ catalog: feed
 catalog_show: feed_show
 catalog_rollback: feed_rollback
 
-##@ Operating it: users, versions, the background server, AWS
+##@ Operating it: users, API keys, versions, the background server, AWS
 
 add_user: $(LIGHT) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= (no PASSWORD: prompt)
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make add_user USER_NAME=... PASSWORD=..." >&2; exit 2; }

@@ -9,7 +9,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from recommender.core.errors import AlreadyExists, AuthError, Conflict, Forbidden, InvalidInput, NotFound
+from recommender.core.errors import (
+    AlreadyExists,
+    AuthError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    StorageError,
+    TooManyRequests,
+)
+from recommender.core.storage import LocalStorage
 from recommender.serving.keys import (
     Buckets,
     KeyCache,
@@ -85,7 +95,8 @@ def test_names_are_unique_in_any_case_and_of_concurrent_adds_one_wins(storage):
         ("recommend", "", float("nan"), "above 0"),
     ],
 )
-def test_bad_scopes_origins_and_rates_are_refused_and_nothing_is_stored(storage, scopes, origins, rate, problem):
+def test_bad_scopes_origins_and_rates_are_refused_and_nothing_is_stored(tmp_path, scopes, origins, rate, problem):
+    storage = LocalStorage(tmp_path / "store")  # checked before any storage call: one backend is enough
     with pytest.raises(InvalidInput, match=problem):
         add_key(storage, "shop", scopes, origins, rate)
     assert storage.list("keys/") == []
@@ -168,8 +179,6 @@ def test_new_and_revoked_keys_are_seen_after_the_poll_and_guesses_never_read_the
 
 
 def test_a_failing_storage_keeps_the_keys_read_before(storage, monkeypatch):
-    from recommender.core.errors import StorageError
-
     clock = Clock()
     _, key = add_key(storage, "shop", "recommend")
     cache = KeyCache(storage, 1.0, clock=clock)
@@ -204,8 +213,6 @@ def test_over_the_rate_is_429_with_retry_after(storage):
     cache.refresh()
     cache.check(key, "recommend", None, "/items")
     cache.check(key, "recommend", None, "/items")
-    from recommender.core.errors import TooManyRequests
-
     with pytest.raises(TooManyRequests, match="over its rate of 2 requests/s") as refused:
         cache.check(key, "recommend", None, "/items")
     assert refused.value.retry_after == 1 and refused.value.status_code == 429
@@ -236,3 +243,14 @@ def _wait_for(condition, seconds: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not written in time"
         time.sleep(0.01)
+
+
+def test_a_damaged_record_refuses_its_own_key_only(storage):
+    _, good = add_key(storage, "good", "recommend")
+    _, bad = add_key(storage, "bad", "recommend")
+    storage.write("keys/bad.json", b"{not json")
+    cache = KeyCache(storage, 60)
+    cache.refresh()
+    assert cache.check(f" {good}\n", "recommend", None, "/items").name == "good"  # pasted with spaces: the same key
+    with pytest.raises(AuthError):
+        cache.check(bad, "recommend", None, "/items")

@@ -235,6 +235,10 @@ def _get(
     return send
 
 
+def _get_with_key(path: str, scopes: str) -> Callable[[Api], Response]:
+    return lambda api: api.call("GET", path, token=False, headers=api.key(scopes))
+
+
 def _without_samples(api: Api) -> None:
     """The model as trained before sample invoices were kept."""
     key = registry.artifact_key(api.version, registry.MANIFEST)
@@ -423,13 +427,7 @@ CASES = [
     Case("GET", "/items", 200, "search", lambda api: api.call("GET", "/items", params={"q": api.codes[0][:3]})),
     Case("GET", "/items", 200, "nothing found", _get("/items", params={"q": "no such thing at all"})),
     Case("GET", "/items", 401, "no token", _get("/items", token=False)),
-    Case(
-        "GET",
-        "/items",
-        403,
-        "a key without the scope",
-        lambda api: api.call("GET", "/items", token=False, headers=api.key("events")),
-    ),
+    Case("GET", "/items", 403, "a key without the scope", _get_with_key("/items", "events")),
     Case("GET", "/items", 429, "a key over its rate", lambda api: api.over_rate("GET", "/items")),
     Case("GET", "/items", 413, "body too large", lambda api: api.too_large("GET", "/items")),
     Case("GET", "/items", 422, "bad limit", _get("/items", params={"limit": 0})),
@@ -441,26 +439,14 @@ CASES = [
     Case("GET", "/health", 503, "no model", _get("/health", Api.no_model, token=False)),
     Case("GET", "/sample_basket", 200, "an invoice", _get("/sample_basket")),
     Case("GET", "/sample_basket", 401, "no token", _get("/sample_basket", token=False)),
-    Case(
-        "GET",
-        "/sample_basket",
-        403,
-        "an API key",
-        lambda api: api.call("GET", "/sample_basket", token=False, headers=api.key("recommend")),
-    ),
+    Case("GET", "/sample_basket", 403, "an API key", _get_with_key("/sample_basket", "recommend")),
     Case("GET", "/sample_basket", 404, "no invoices kept", _get("/sample_basket", _without_samples)),
     Case("GET", "/sample_basket", 413, "body too large", lambda api: api.too_large("GET", "/sample_basket")),
     Case("GET", "/sample_basket", 503, "no model", _get("/sample_basket", Api.no_model)),
     Case("GET", "/model", 200, "the model", _get("/model")),
     Case("GET", "/model", 200, "feed, rules and an incomplete version", _get("/model", _incomplete_version)),
     Case("GET", "/model", 401, "no token", _get("/model", token=False)),
-    Case(
-        "GET",
-        "/model",
-        403,
-        "an API key",
-        lambda api: api.call("GET", "/model", token=False, headers=api.key("recommend")),
-    ),
+    Case("GET", "/model", 403, "an API key", _get_with_key("/model", "recommend")),
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
     *(case for path in console.FILES for case in _console_cases(path)),

@@ -162,6 +162,8 @@ def add_key(
     record = ApiKey(name, chosen, listed, rate, now().isoformat(timespec="seconds"), hash_key(key), key[:11])
     if not storage.create(_record_key(name), _dump(record)):
         raise AlreadyExists(f"a key named {name!r} already exists (make revoke_key NAME={name} first)")
+    # A stamp a serving process wrote for an earlier key of this name after its revocation is not this key's.
+    storage.delete(f"{USED_PREFIX}{name.lower()}.json")
     return record, key
 
 
@@ -251,7 +253,7 @@ class KeyCache:
         self.poll = poll_seconds
         self.clock = clock
         self.wall = wall
-        self._by_hash: dict[str, ApiKey] = {}
+        self._by_hash: dict[str, tuple[ApiKey, Caller]] = {}
         self._origins: dict[str, frozenset[str]] = {}
         self._checked: float | None = None
         self._lock = threading.Lock()
@@ -272,12 +274,12 @@ class KeyCache:
                 records = []
                 for key in _record_names(self.storage):
                     try:
-                        records.append(_parse(self.storage, key, self.storage.read(key)))
+                        data = self.storage.read(key)
                     except NotFound:
                         continue  # revoked between the listing and the read
-                    except StorageError as err:
-                        if "damaged" not in err.message:
-                            raise
+                    try:
+                        records.append(_parse(self.storage, key, data))
+                    except StorageError as err:  # one damaged record refuses its own key, not every key
                         log.warning("%s: ignored", err.message)
             except StorageError as err:
                 if self._checked is None:
@@ -285,7 +287,7 @@ class KeyCache:
                 log.warning("API keys not re-read (%s); serving the keys read before", err.message)
                 self._checked = self.clock()
                 return
-            self._by_hash = {r.sha256: r for r in records}
+            self._by_hash = {r.sha256: (r, Caller("key", r.name, r.scopes, r.rate)) for r in records}
             self._origins = {
                 scope: frozenset(o for r in records if scope in r.scopes for o in r.origins) for scope in SCOPES
             }
@@ -298,12 +300,13 @@ class KeyCache:
     def check(self, key: str, scope: str, origin: str | None, path: str) -> Caller:
         """The caller a key names, if it may call path (of scope) from origin now; AuthError for an unknown or
         revoked key, Forbidden for a missing scope or an origin it does not list, TooManyRequests over its rate."""
-        found = self._by_hash.get(hash_key(key))
-        if found is None:
+        hit = self._by_hash.get(hash_key(key.strip()))
+        if hit is None:
             raise AuthError(
                 "unknown or revoked API key (make keys lists the keys; a revoked key stops working within "
                 "MODEL_POLL_SECONDS)"
             )
+        found, caller = hit
         if scope not in found.scopes:
             raise Forbidden(
                 f"the API key {found.name!r} has no {scope!r} scope, which {path} needs "
@@ -331,7 +334,7 @@ class KeyCache:
                 f"the API key {found.name!r} is over its rate of {found.rate:g} requests/s: retry after {wait} s", wait
             )
         self._report_use(found.name)
-        return Caller("key", found.name, found.scopes, found.rate)
+        return caller
 
     def _report_use(self, name: str) -> None:
         now = self.clock()
