@@ -192,13 +192,15 @@ def test_dead_api_leaves_the_strip_empty_and_events_are_sent_when_it_is_back(vis
     page.get_by_text("Added to your cart.").wait_for()  # the shop works on
     session = page.evaluate("window.recommender.session")
     page.wait_for_timeout(1500)  # sent and failed at least once
+    # Left while the API is down: the event waits in the tab's sessionStorage, for the next page to send.
+    page.goto(shop.base + "/checkout")
     for path in ("/recommendations", "/events"):
         page.unroute(shop.api + path, down)
-    [event] = wait_for_events(shop.storage, session, 1)  # retried with backoff, within seconds
+    [event] = wait_for_events(shop.storage, session, 1)  # sent from the next page, within seconds
     assert event["type"] == "add_to_cart" and event["items"][0]["stock_code"] == product.code
 
     page.route(shop.api + "/recommendations", lambda route: route.fulfill(status=503, body="{}"))
-    page.reload()
+    visit.open(f"/p/{product.code}")
     assert visit.settled() == "failed" and not visit.errors
 
 
