@@ -35,7 +35,7 @@ $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override
 .PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user passwd del_user \
 	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
-	browser-deps bench-merch bench-logins bench-search bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
+	browser-deps bench-merch bench-logins bench-search bench-widget bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
 	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key
 
 help: ## list every target, by what you want to do
@@ -61,7 +61,7 @@ $(LIGHT_STAMP): pyproject.toml
 ##@ Using it: try it, train, serve, merchandise
 
 # On a fresh clone the console's address comes before the install's output too.
-demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
+demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart, in its own store (data/demo): train on synthetic data, serve the web console and a demo shop (PORT + 1)
 	@$(CLI) demo
 
 demo-address:
@@ -263,6 +263,9 @@ bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clien
 
 bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
 	$(BENCH) search $(BENCH_FLAGS)
+
+bench-widget: $(STAMP) browser-deps ## benchmark the shop widget's first paint of recommendations on the demo shop (headless Chromium)
+	$(BENCH) widget $(BENCH_FLAGS)
 
 bench-events: $(STAMP) ## benchmark POST /events in batches of 50 to the local store: events/s and p99
 	$(BENCH) events $(BENCH_FLAGS)
