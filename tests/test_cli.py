@@ -92,6 +92,9 @@ def test_short_jwt_secret_refused_at_start(tmp_path):
         (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "EMAIL=a@b.c<script>"], "error: malformed email"),
         (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "FULL_NAME=Carol\n\tEvil"], "control characters"),
         (["passwd", "USER_NAME=nobody", "PASSWORD=password-2"], "error: no user named 'nobody'"),
+        (["add_user", "USER_NAME=carol", "PASSWORD=abcdefghij\n"], "error: the password contains a control character"),
+        (["passwd", "USER_NAME=alice", "PASSWORD=abc\r\ndefghij"], "error: the password contains a control character"),
+        (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "FULL_NAME=Carol \u202eliveD"], "format characters"),
     ],
 )
 def test_user_refusals_one_line_nonzero(make, args, message):

@@ -139,6 +139,9 @@ class LocalStorage:
         tmp: str | None = self._temp_beside(path, data)
         try:
             with self._locked(path):
+                if tag is None:
+                    # link() fails if the name exists: create() takes no lock, and must not be overwritten.
+                    return self._link_new(tmp, path)
                 if self._tag_now(path) != tag:
                     return False
                 os.replace(tmp, path)
@@ -160,13 +163,17 @@ class LocalStorage:
         path = self._path(key)
         tmp = self._temp_beside(path, data)
         try:
-            # link() fails if the name exists, so the file appears complete or not at all.
+            return self._link_new(tmp, path)
+        finally:
+            os.unlink(tmp)
+
+    def _link_new(self, tmp: str, path: Path) -> bool:
+        # link() fails if the name exists, so the file appears complete or not at all.
+        try:
             os.link(tmp, path)
             return True
         except FileExistsError:
             return False
-        finally:
-            os.unlink(tmp)
 
     def delete(self, key: str) -> bool:
         try:
