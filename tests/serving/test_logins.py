@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from recommender.core.errors import AuthError, Busy, TooManyRequests
+from recommender.core.errors import AuthError, Busy, InvalidInput, TooManyRequests
 from recommender.core.settings import Settings
 from recommender.serving.logins import Logins, LoginThrottle, PasswordPool
 from recommender.serving.tokens import verify_token
@@ -162,3 +162,89 @@ def test_log_line_escapes_what_the_client_sent(logins, caplog):
     line = record.getMessage()
     assert "\n" not in line and json.loads(line)["outcome"] == "failure"
     assert len(json.loads(line)["username"]) == 64
+
+
+def run_in_order(pool: PasswordPool, arrivals: list[tuple[str, int]]) -> tuple[list[str], list[str]]:
+    """Hold the pool's one thread, queue one check per (source, failures) of arrivals, let go: the sources in the
+    order their checks ran, and those turned away as busy."""
+    release, ran, busy = threading.Event(), [], []
+
+    async def scenario():
+        holding = asyncio.ensure_future(pool.run(release.wait, 30, source="holder"))
+        await asyncio.sleep(0.05)  # the holder's check is running
+        checks = [
+            asyncio.ensure_future(pool.run(ran.append, source, source=source, failures=failures))
+            for source, failures in arrivals
+        ]
+        await asyncio.sleep(0)
+        release.set()
+        await holding
+        for (source, _), check in zip(arrivals, checks, strict=True):
+            try:
+                await check
+            except Busy:
+                busy.append(source)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.shutdown()
+    return ran, busy
+
+
+def test_a_check_from_a_new_source_is_behind_at_most_one_of_each_other_source():
+    # 20 flooding sources with 3 checks each, then a legitimate client, all with as few failures: it still runs
+    # within the first round, before any flooder's second check.
+    flood = [(f"10.0.0.{i}", 1) for _ in range(3) for i in range(20)]
+    ran, busy = run_in_order(PasswordPool(workers=1, queue=100), [*flood, ("192.0.2.1", 1)])
+    assert busy == [] and len(ran) == 61
+    assert ran.index("192.0.2.1") <= 20
+    assert sorted(ran[:20]) == sorted({s for s, _ in flood}) and len(set(ran[:21])) == 21
+
+
+def test_a_source_with_fewer_failures_goes_first_within_its_round():
+    flood = [(f"10.0.0.{i}", 40) for _ in range(3) for i in range(20)]
+    ran, _ = run_in_order(PasswordPool(workers=1, queue=100), [*flood, ("192.0.2.1", 1)])
+    assert ran[0] == "192.0.2.1"
+
+
+def test_a_full_queue_turns_away_the_flooders_check_not_the_newcomers():
+    flood = [(f"10.0.0.{i % 4}", 30) for i in range(8)]  # 4 sources fill the 8 places, 2 checks each
+    ran, busy = run_in_order(PasswordPool(workers=1, queue=8), [*flood, ("192.0.2.1", 1), ("10.0.0.9", 30)])
+    assert ran[0] == "192.0.2.1"
+    # The legitimate check took the place of a flooder's second-round check; the new flooder's, in round one with
+    # the most failures and the newest, outranked a second-round check too; nobody waits past 8.
+    assert len(ran) == 8 and len(busy) == 2
+    assert all(source.startswith("10.0.0.") for source in busy)
+
+
+def test_a_check_turned_away_as_busy_counts_as_a_failure_of_its_source(storage):
+    settings = Settings(bcrypt_rounds=4, login_failures_per_address=3, login_workers=1, login_queue=0)
+    logins = Logins(settings, storage)
+    release = threading.Event()
+
+    async def scenario():
+        holding = asyncio.ensure_future(logins.pool.run(release.wait, 30, source="other"))
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            with pytest.raises(Busy):
+                await logins.login("alice", "a wrong password", "203.0.113.9", SECRET)
+        release.set()
+        await holding
+        # The pool is free now, but this source is throttled: answered at once, nothing hashed.
+        with pytest.raises(TooManyRequests):
+            await logins.login("alice", "a wrong password", "203.0.113.9", SECRET)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        logins.pool.shutdown()
+
+
+def test_a_password_with_a_control_character_is_refused_before_anything_is_counted(logins):
+    for _ in range(5):
+        with pytest.raises(InvalidInput, match="control character"):
+            attempt(logins, "alice", "correct horse\n")
+    assert verify_token(attempt(logins, "alice", "correct horse"), SECRET).username == "alice"

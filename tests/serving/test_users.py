@@ -334,7 +334,9 @@ def test_conditional_primitives_apply_only_to_the_content_read(storage):
         storage.read("users/x.json")
 
 
-@pytest.mark.parametrize("password", ["abcdefghij\n", "abc\r\ndefghij", "abcd\tefghij", "abcdefghij\x00", "abc\x7fdefghij"])
+@pytest.mark.parametrize(
+    "password", ["abcdefghij\n", "abc\r\ndefghij", "abcd\tefghij", "abcdefghij\x00", "abc\x7fdefghij"]
+)
 def test_passwords_with_control_characters_refused_on_every_path(storage, password):
     with pytest.raises(InvalidInput, match="^the password contains a control character"):
         add_user(storage, "dave", password, rounds=4)
