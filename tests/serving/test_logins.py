@@ -164,19 +164,22 @@ def test_log_line_escapes_what_the_client_sent(logins, caplog):
     assert len(json.loads(line)["username"]) == 64
 
 
-def run_in_order(pool: PasswordPool, arrivals: list[tuple[str, int]]) -> tuple[list[str], list[str]]:
-    """Hold the pool's one thread, queue one check per (source, failures) of arrivals, let go: the sources in the
-    order their checks ran, and those turned away as busy."""
+def run_in_order(
+    workers: int, queue: int, arrivals: list[tuple[str, int]], then: dict[str, int] | None = None
+) -> tuple[list[str], list[str]]:
+    """Hold the one thread of a pool, queue one check per (source, failed logins of the source) of arrivals, let
+    go (with the failures of `then` counted meanwhile): the sources in the order their checks ran, and those turned
+    away as busy."""
     release, ran, busy = threading.Event(), [], []
+    weights = dict(arrivals)
+    pool = PasswordPool(workers, queue, weight=lambda source: weights.get(source, 0))
 
     async def scenario():
         holding = asyncio.ensure_future(pool.run(release.wait, 30, source="holder"))
         await asyncio.sleep(0.05)  # the holder's check is running
-        checks = [
-            asyncio.ensure_future(pool.run(ran.append, source, source=source, failures=failures))
-            for source, failures in arrivals
-        ]
+        checks = [asyncio.ensure_future(pool.run(ran.append, source, source=source)) for source, _ in arrivals]
         await asyncio.sleep(0)
+        weights.update(then or {})
         release.set()
         await holding
         for (source, _), check in zip(arrivals, checks, strict=True):
@@ -197,7 +200,7 @@ def test_a_check_from_a_new_source_is_behind_at_most_one_of_each_other_source():
     # 20 flooding sources with 3 checks each, then a legitimate client, all with as few failures: it still runs
     # within the first round, before any flooder's second check.
     flood = [(f"10.0.0.{i}", 1) for _ in range(3) for i in range(20)]
-    ran, busy = run_in_order(PasswordPool(workers=1, queue=100), [*flood, ("192.0.2.1", 1)])
+    ran, busy = run_in_order(1, 100, [*flood, ("192.0.2.1", 1)])
     assert busy == [] and len(ran) == 61
     assert ran.index("192.0.2.1") <= 20
     assert sorted(ran[:20]) == sorted({s for s, _ in flood}) and len(set(ran[:21])) == 21
@@ -205,13 +208,13 @@ def test_a_check_from_a_new_source_is_behind_at_most_one_of_each_other_source():
 
 def test_a_source_with_fewer_failures_goes_first_within_its_round():
     flood = [(f"10.0.0.{i}", 40) for _ in range(3) for i in range(20)]
-    ran, _ = run_in_order(PasswordPool(workers=1, queue=100), [*flood, ("192.0.2.1", 1)])
+    ran, _ = run_in_order(1, 100, [*flood, ("192.0.2.1", 1)])
     assert ran[0] == "192.0.2.1"
 
 
 def test_a_full_queue_turns_away_the_flooders_check_not_the_newcomers():
     flood = [(f"10.0.0.{i % 4}", 30) for i in range(8)]  # 4 sources fill the 8 places, 2 checks each
-    ran, busy = run_in_order(PasswordPool(workers=1, queue=8), [*flood, ("192.0.2.1", 1), ("10.0.0.9", 30)])
+    ran, busy = run_in_order(1, 8, [*flood, ("192.0.2.1", 1), ("10.0.0.9", 30)])
     assert ran[0] == "192.0.2.1"
     # The legitimate check took the place of a flooder's second-round check; the new flooder's, in round one with
     # the most failures and the newest, outranked a second-round check too; nobody waits past 8.
@@ -248,3 +251,11 @@ def test_a_password_with_a_control_character_is_refused_before_anything_is_count
         with pytest.raises(InvalidInput, match="control character"):
             attempt(logins, "alice", "correct horse\n")
     assert verify_token(attempt(logins, "alice", "correct horse"), SECRET).username == "alice"
+
+
+def test_failures_counted_after_a_check_arrived_still_move_it_back():
+    # The flood's first checks arrive before their sources have failed much; by the time a thread is free, the
+    # busy answers to their sources' later requests have counted.
+    flood = [(f"10.0.0.{i}", 1) for i in range(20)]
+    ran, _ = run_in_order(1, 100, [*flood, ("192.0.2.1", 1)], then={s: 25 for s, _ in flood})
+    assert ran[0] == "192.0.2.1"

@@ -124,13 +124,9 @@ class _Check:
 
     source: str
     due: int  # the round of fair queueing it is due in
-    failures: int  # its source's recent failed logins when it arrived
     seq: int
     call: Callable[[], Any]
     future: Future = field(default_factory=Future)
-
-    def order(self) -> tuple[int, int, int]:
-        return self.due, self.failures, self.seq
 
 
 class PasswordPool:
@@ -139,14 +135,18 @@ class PasswordPool:
     At most `workers` checks run at once (at a lower CPU priority where the OS allows it) and `queue` more wait.
     Waiting checks are served fairly by source (the client address), by start-time fair queueing: the n-th check
     waiting from one source is due n rounds from now, so a check from a source with none waiting is behind at most
-    one check of each other source; within a round, sources with fewer recent failed logins go first. When every
-    place is taken, the check due last (latest round, then most failures, then newest) is turned away with Busy:
-    the new one, or a waiting one it outranks. A flood thus delays a legitimate client by one check at most.
+    one check of each other source; within a round, sources of a lower `weight` (their failed logins, counted now,
+    not when the check arrived) go first. When every place is taken, the check due last (latest round, then highest
+    weight, then newest) is turned away with Busy: the new one, or a waiting one it outranks. A flood from other
+    sources then delays a legitimate client by about one check.
     """
 
-    def __init__(self, workers: int, queue: int, nice: int = 0) -> None:
+    def __init__(
+        self, workers: int, queue: int, nice: int = 0, weight: Callable[[str], int] = lambda _source: 0
+    ) -> None:
         self.capacity = workers + max(0, queue)
         self.nice = nice
+        self.weight = weight
         self._waiting: list[_Check] = []  # a few dozen at most (the queue bound): scanned, not heaped
         self._running = 0
         self._round = 0  # the round of the check started last
@@ -165,10 +165,10 @@ class PasswordPool:
             except OSError:
                 pass
 
-    async def run(self, fn: Callable[..., T], *args: object, source: str = "", failures: int = 0) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, source: str = "") -> T:
         """fn(*args) on one of the pool's threads, queued fairly by source; Busy when it is turned away (at once,
         or later by a check that outranks it)."""
-        check = self._admit(source, failures, lambda: fn(*args))
+        check = self._admit(source, lambda: fn(*args))
         try:
             return await asyncio.wrap_future(check.future)
         except asyncio.CancelledError:
@@ -177,13 +177,24 @@ class PasswordPool:
                     self._waiting.remove(check)
             raise
 
-    def _admit(self, source: str, failures: int, call: Callable[[], Any]) -> _Check:
+    def _order(self, weights: dict[str, int]) -> Callable[[_Check], tuple[int, int, int]]:
+        """The order checks are served in, with each source's weight looked up once per decision."""
+
+        def order(check: _Check) -> tuple[int, int, int]:
+            if check.source not in weights:
+                weights[check.source] = self.weight(check.source)
+            return check.due, weights[check.source], check.seq
+
+        return order
+
+    def _admit(self, source: str, call: Callable[[], Any]) -> _Check:
         with self._lock:
             due = max(self._round, self._next_due.get(source, self._round))
-            check = _Check(source, due, failures, next(self._seq), call)
+            check = _Check(source, due, next(self._seq), call)
             if self._running + len(self._waiting) >= self.capacity:
-                last = max(self._waiting, key=_Check.order, default=None)
-                if last is None or last.order() < check.order():
+                order = self._order({})
+                last = max(self._waiting, key=order, default=None)
+                if last is None or order(last) < order(check):
                     raise Busy(BUSY, retry_after=1)
                 self._waiting.remove(last)
                 last.future.set_exception(Busy(BUSY, retry_after=1))
@@ -202,7 +213,7 @@ class PasswordPool:
     def _run_next(self) -> None:
         while True:
             with self._lock:
-                check = min(self._waiting, key=_Check.order, default=None)
+                check = min(self._waiting, key=self._order({}), default=None)
                 if check is None:
                     return  # turned away or cancelled meanwhile
                 self._waiting.remove(check)
@@ -245,7 +256,10 @@ class Logins:
         self.throttle = LoginThrottle(
             settings.login_failures_per_user, settings.login_failures_per_address, settings.login_window_seconds
         )
-        self.pool = PasswordPool(settings.login_workers, settings.login_queue, settings.login_nice)
+        # Queued fairly by client address, those with fewer failed logins first.
+        self.pool = PasswordPool(
+            settings.login_workers, settings.login_queue, settings.login_nice, weight=self.throttle.failures
+        )
 
     async def login(self, username: str, password: str, address: str, secret: str) -> str:
         """A token for the user whose password matches; AuthError (401), TooManyRequests (429), Busy (503), or
@@ -265,7 +279,6 @@ class Logins:
                 password,
                 self.settings.bcrypt_rounds,
                 source=address,
-                failures=self.throttle.failures(address),
             )
         except AuthError:
             log_attempt(username, address, "failure")
