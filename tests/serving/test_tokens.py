@@ -194,3 +194,22 @@ def test_secret_from_secrets_manager(aws_credentials, tmp_path):
         client = boto3.client("secretsmanager")
         arn = client.create_secret(Name="jwt", SecretString="m" * 64)["ARN"]
         assert load_secret(Settings(jwt_secret_arn=arn), LocalStorage(tmp_path), client) == "m" * 64
+
+
+@pytest.mark.parametrize("part", [0, 1, 2])
+@pytest.mark.parametrize("char", ["+", "/", "!", "=", " ", "\n", "é", "%"])
+def test_a_character_outside_base64url_in_any_part_is_refused(part, char, pyjwt_decoding):
+    token = issue_token("alice", SECRET, clock=lambda: 1000)
+    assert verify_token(token, SECRET, clock=lambda: 1001).username == "alice"
+    parts = token.split(".")
+    for spelled in (parts[part] + char, char + parts[part], parts[part][:5] + char + parts[part][5:]):
+        changed = ".".join(spelled if i == part else p for i, p in enumerate(parts))
+        with pytest.raises(AuthError, match="invalid token"):
+            verify_token(changed, SECRET, clock=lambda: 1001)
+
+
+def test_two_exclamation_marks_appended_are_refused():
+    # The review's reproduction: a valid token with "!!" appended was accepted.
+    token = issue_token("alice", SECRET, clock=lambda: 1000)
+    with pytest.raises(AuthError, match="invalid token"):
+        verify_token(token + "!!", SECRET, clock=lambda: 1001)

@@ -97,7 +97,8 @@ class LocalStorage:
 
     def _fail(self, err: OSError, path: Path) -> StorageError:
         return StorageError(
-            f"cannot write {path.relative_to(self.root).as_posix()} in {self.url}: {err.strerror or err}"
+            f"cannot write {path.relative_to(self.root).as_posix()} in {self.url}: {err.strerror or err}",
+            public=f"the storage cannot be written to ({err.strerror or type(err).__name__})",
         )
 
     def read(self, key: str) -> bytes:
@@ -230,7 +231,11 @@ class S3Storage:
         return self.prefix + check_key(key)
 
     def _fail(self, err: Exception, action: str, key: str) -> StorageError:
-        return StorageError(f"S3 {action} of {self.url}{key} failed: {err}")
+        # What S3 said (an error code such as AccessDenied, or the kind of network failure), never the bucket or key.
+        reason = getattr(err, "response", {}).get("Error", {}).get("Code") or type(err).__name__
+        return StorageError(
+            f"S3 {action} of {self.url}{key} failed: {err}", public=f"the storage failed ({action}: {reason})"
+        )
 
     def _read(self, key: str, call: Callable[[], Any]) -> Any:
         """Run one reading request (the body read included): NotFound for a missing key, else StorageError."""
@@ -360,7 +365,10 @@ class S3Storage:
                 f.write(data)
             os.replace(tmp, target)
         except OSError as err:
-            raise StorageError(f"cannot keep a local copy of {key} in {self.cache_root}: {err}") from None
+            raise StorageError(
+                f"cannot keep a local copy of {key} in {self.cache_root}: {err}",
+                public=f"a model file cannot be copied to local disk ({err.strerror or type(err).__name__})",
+            ) from None
         return target
 
     def drop_local_copies(self, keep_prefix: str) -> None:

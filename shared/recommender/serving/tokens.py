@@ -55,7 +55,10 @@ def load_secret(settings: Settings, storage: Storage, secrets_client: Any = None
         try:
             secret = secrets_client.get_secret_value(SecretId=settings.jwt_secret_arn)["SecretString"]
         except Exception as err:  # botocore raises many types; all mean the same to the caller
-            raise StorageError(f"cannot read the signing secret {settings.jwt_secret_arn}: {err}") from None
+            raise StorageError(
+                f"cannot read the signing secret {settings.jwt_secret_arn}: {err}",
+                public="the token signing secret cannot be read from Secrets Manager",
+            ) from None
     else:
         storage.create(SECRET_KEY, secrets.token_urlsafe(48).encode())
         secret = storage.read(SECRET_KEY).decode().strip()

@@ -33,6 +33,8 @@ MAX_FULL_NAME = 200
 # with one is a wrong password, answered without hashing anything.
 MAX_PASSWORD_BYTES = 4096
 MIN_PASSWORD_LENGTH = 8
+# What a client is told of a damaged record: not which one (that would confirm the name exists), nor where it is.
+DAMAGED_RECORD = "a stored user record is damaged: the server's log says which"
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,13 @@ def _parse(storage: Storage, username: str, data: bytes) -> dict:
     try:
         record = json.loads(data)
     except ValueError:
-        raise StorageError(f"the record of user {username!r} in {storage.url} is damaged (not JSON)") from None
+        raise StorageError(
+            f"the record of user {username!r} in {storage.url} is damaged (not JSON)", public=DAMAGED_RECORD
+        ) from None
     if not isinstance(record, dict) or not isinstance(record.get("username"), str):
-        raise StorageError(f"the record of user {username!r} in {storage.url} is damaged (no user name)")
+        raise StorageError(
+            f"the record of user {username!r} in {storage.url} is damaged (no user name)", public=DAMAGED_RECORD
+        )
     return record
 
 

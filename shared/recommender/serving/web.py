@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, wraps
@@ -21,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recommender.core.errors import AuthError, Busy, InvalidInput, NotFound, RecommenderError
+from recommender.core.errors import AuthError, Busy, InvalidInput, NotFound, RecommenderError, StorageError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.serving.model import Model, ModelHolder
@@ -291,6 +292,21 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# Where things are stored is for the operator (the log, the CLI), never for an HTTP client: storage URLs (s3://..., an
+# S3 endpoint) and absolute paths in a message become "the storage".
+_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*|(?<![\w.:/~-])/[^\s'\":]+", re.IGNORECASE)
+
+
+def public_text(text: str) -> str:
+    """text with every storage URL and absolute path replaced by "the storage"."""
+    return _ADDRESS.sub("the storage", text)
+
+
+def public_detail(err: RecommenderError) -> str:
+    """What an HTTP client is told of err: what is wrong, never where it is stored (the log keeps the message)."""
+    return public_text(err.public if isinstance(err, StorageError) else err.message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error to {"detail": "..."} with the right status; nothing escapes as a bare 500."""
 
@@ -301,7 +317,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Retry-After"] = str(err.retry_after)
         if err.status_code >= 500 and not isinstance(err, Busy):
             log.error("%s", err.message)  # a busy login pool is logged by the login's own line
-        return _error(err.status_code, err.message, headers or None)
+        return _error(err.status_code, public_detail(err), headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
