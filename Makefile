@@ -32,7 +32,7 @@ RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test lint train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
-	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
+	list_users new_secret run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search fuzz bench-spark soak bench-deps lint-template build-lambda \
 	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback
@@ -130,6 +130,9 @@ del_user: $(LIGHT) ## delete an API user: USER_NAME=
 
 list_users: $(LIGHT) ## list API users
 	@$(CLI) list-users
+
+new_secret: $(LIGHT) ## make the token signing secret a storage lacks (REPLACE=1: replace it, ending every session)
+	@$(CLI) new-secret $(if $(REPLACE),--replace)
 
 run-prod: $(LIGHT) ## serve the API in the background (pid file and log under data/run/)
 	@$(CLI) start

@@ -103,6 +103,20 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("new-secret")
+def _new_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.tokens import replace_secret
+
+    storage = open_storage(settings)
+    done = replace_secret(settings, storage, replace=args.replace)
+    print(
+        f"{done} the token signing secret in {storage.url}; servers running adopt it within "
+        f"{settings.user_cache_seconds:g} s (USER_CACHE_SECONDS)"
+        + ("; every token issued before no longer works: users log in again" if done == "replaced" else "")
+    )
+    return 0
+
+
 @command("train")
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import TrainingParams, train
@@ -466,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("del-user", help="delete an API user")
     p.add_argument("username")
     sub.add_parser("list-users", help="list API users")
+    p = sub.add_parser("new-secret", help="make the token signing secret a storage lacks (--replace: a new one)")
+    p.add_argument("--replace", action="store_true", help="replace the existing one (ends every session)")
 
     p = sub.add_parser(
         "train", help="train a model on a purchase-history file, folder of parts or s3:// location and activate it"

@@ -152,6 +152,11 @@ def add_user(
         raise AlreadyExists(f"user {username!r} already exists")
     user = User(username, full_name, email, now().isoformat(timespec="seconds"), _new_stamp())
     record = {**asdict(user), "password_hash": password_context(rounds).hash(password)}
+    from recommender.serving.tokens import create_first_secret  # here: tokens imports PyJWT, needed only now
+
+    # The first user of a store comes with its token signing secret: from then on a missing secret means a lost
+    # one, and no process makes another by itself (tokens.load_secret).
+    create_first_secret(storage)
     if not storage.create(_key(username), json.dumps(record, indent=1).encode()):
         raise AlreadyExists(f"user {username!r} already exists")
     return user

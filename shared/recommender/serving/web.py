@@ -27,7 +27,7 @@ from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.serving.model import Model, ModelHolder
 from recommender.serving.schemas import ErrorOut, error_json
-from recommender.serving.tokens import load_secret, verify_token
+from recommender.serving.tokens import SecretHolder, verify_token
 from recommender.serving.users import User, UserCache
 
 if TYPE_CHECKING:  # imported on first use: the recommend function never logs anyone in
@@ -79,8 +79,9 @@ def _storage(settings: Settings) -> Storage:
 
 
 @_per_settings
-def _secret(settings: Settings) -> str:
-    return load_secret(settings, _storage(settings))
+def _secret(settings: Settings) -> SecretHolder:
+    # Looked at again as often as the users are: replacing the secret revokes every token, as deleting a user does.
+    return SecretHolder(settings, _storage(settings), settings.user_cache_seconds)
 
 
 @_per_settings
@@ -141,9 +142,10 @@ async def get_secret(settings: SettingsDep) -> str:
 
 
 async def _signing_secret(settings: Settings) -> str:
-    if _secret.cache_info().currsize == 0:
-        return await run_in_threadpool(_secret, settings)
-    return _secret(settings)
+    holder = _secret(settings)
+    if holder.due():
+        return await run_in_threadpool(holder.current)
+    return holder.value  # type: ignore[return-value]  # due() is False only once it holds one
 
 
 # The two dependencies every recommendation request resolves read the settings themselves rather than through
