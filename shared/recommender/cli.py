@@ -105,13 +105,13 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("new-secret")
 def _new_secret(args: argparse.Namespace, settings: Settings) -> int:
-    from recommender.serving.tokens import replace_secret
+    from recommender.serving.tokens import SECRET_RECHECK_SECONDS, replace_secret
 
     storage = open_storage(settings)
     done = replace_secret(settings, storage, replace=args.replace)
     print(
         f"{done} the token signing secret in {storage.url}; servers running adopt it within "
-        f"{settings.user_cache_seconds:g} s (USER_CACHE_SECONDS)"
+        f"{max(settings.user_cache_seconds, SECRET_RECHECK_SECONDS):g} s"
         + ("; every token issued before no longer works: users log in again" if done == "replaced" else "")
     )
     return 0

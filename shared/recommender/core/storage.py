@@ -232,7 +232,8 @@ class S3Storage:
 
     def _fail(self, err: Exception, action: str, key: str) -> StorageError:
         # What S3 said (an error code such as AccessDenied, or the kind of network failure), never the bucket or key.
-        reason = getattr(err, "response", {}).get("Error", {}).get("Code") or type(err).__name__
+        response = getattr(err, "response", None)
+        reason = (response.get("Error", {}).get("Code") if isinstance(response, dict) else None) or type(err).__name__
         return StorageError(
             f"S3 {action} of {self.url}{key} failed: {err}", public=f"the storage failed ({action}: {reason})"
         )

@@ -34,6 +34,7 @@ from recommender.core.storage import Storage
 
 log = logging.getLogger("recommender")
 SECRET_KEY = "secrets/jwt_secret"
+SECRET_RECHECK_SECONDS = 5.0  # the least time between two looks at the stored secret
 USERS_PREFIX = "users/"  # users.USERS_PREFIX, not imported: users.add_user calls create_first_secret
 MIN_SECRET_LENGTH = MIN_SECRET_BYTES
 # The JWS compact serialization (RFC 7515, sections 2 and 7.1): three base64url segments without padding.

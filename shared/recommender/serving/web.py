@@ -27,7 +27,7 @@ from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.serving.model import Model, ModelHolder
 from recommender.serving.schemas import ErrorOut, error_json
-from recommender.serving.tokens import SecretHolder, verify_token
+from recommender.serving.tokens import SECRET_RECHECK_SECONDS, SecretHolder, verify_token
 from recommender.serving.users import User, UserCache
 
 if TYPE_CHECKING:  # imported on first use: the recommend function never logs anyone in
@@ -80,8 +80,9 @@ def _storage(settings: Settings) -> Storage:
 
 @_per_settings
 def _secret(settings: Settings) -> SecretHolder:
-    # Looked at again as often as the users are: replacing the secret revokes every token, as deleting a user does.
-    return SecretHolder(settings, _storage(settings), settings.user_cache_seconds)
+    # Looked at again as often as the users are (replacing the secret revokes every token, as deleting a user does),
+    # but not on every request when USER_CACHE_SECONDS is 0.
+    return SecretHolder(settings, _storage(settings), max(settings.user_cache_seconds, SECRET_RECHECK_SECONDS))
 
 
 @_per_settings
