@@ -131,7 +131,7 @@ del_user: $(LIGHT) ## delete an API user: USER_NAME=
 list_users: $(LIGHT) ## list API users
 	@$(CLI) list-users
 
-new_secret: $(LIGHT) ## make the token signing secret a storage lacks (REPLACE=1: replace it, ending every session)
+new_secret: $(LIGHT) ## make the token signing secret a storage lacks (REPLACE=1: replace it; earlier tokens stop working)
 	@$(CLI) new-secret $(if $(REPLACE),--replace)
 
 run-prod: $(LIGHT) ## serve the API in the background (pid file and log under data/run/)

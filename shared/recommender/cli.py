@@ -481,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("username")
     sub.add_parser("list-users", help="list API users")
     p = sub.add_parser("new-secret", help="make the token signing secret a storage lacks (--replace: a new one)")
-    p.add_argument("--replace", action="store_true", help="replace the existing one (ends every session)")
+    p.add_argument(
+        "--replace", action="store_true", help="replace the existing one (every token issued before stops working)"
+    )
 
     p = sub.add_parser(
         "train", help="train a model on a purchase-history file, folder of parts or s3:// location and activate it"

@@ -141,8 +141,8 @@ def replace_secret(settings: Settings, storage: Storage, replace: bool = False) 
         tag = None
     if tag is not None and not replace:
         raise AlreadyExists(
-            "the storage has a token signing secret already; REPLACE=1 (--replace) makes a new one, which ends "
-            "every session"
+            "the storage has a token signing secret already; REPLACE=1 (--replace) makes a new one, and every "
+            "token issued before stops working"
         )
     secret = new_secret()
     if not storage.write_if(SECRET_KEY, secret.encode(), tag):
