@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from recommender.core.errors import AlreadyExists, AuthError, Conflict, InvalidInput, NotFound
+from recommender.core.storage import LocalStorage
 from recommender.serving.users import (
     UserCache,
     add_user,
@@ -359,3 +361,26 @@ def test_full_names_and_emails_with_format_characters_refused(storage, char):
 def test_names_that_need_joiners_are_accepted(storage):
     # Persian and Indic script spell words with the zero-width non-joiner and joiner.
     assert add_user(storage, "dave", "password-1", full_name="می\u200cخواهم", rounds=4).full_name == "می\u200cخواهم"
+
+
+@pytest.mark.slow
+def test_passwd_racing_del_user_as_commands_with_slow_hashing(tmp_path):
+    # The review's reproduction, as an operator runs it: passwd hashing at BCRYPT_ROUNDS=13 (about a second), del_user
+    # meanwhile. Whichever way the race goes, the account stays deleted and passwd says so in one line.
+    store = LocalStorage(tmp_path / "store")
+    add_user(store, "alice", "password-1", rounds=4)
+    env = {**os.environ, "STORAGE_URL": str(tmp_path / "store"), "BCRYPT_ROUNDS": "13", "PW": "password-2"}
+
+    def command(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "recommender", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        )
+
+    passwd = command("passwd", "alice", "--password-env", "PW")
+    time.sleep(0.3)
+    deleted = command("del-user", "alice")
+    assert deleted.wait(60) == 0, deleted.stderr.read()
+    assert passwd.wait(120) == 1
+    message = passwd.stderr.read()
+    assert message.count("\n") == 1 and message.startswith("error: "), message
+    assert store.list("users/") == []
