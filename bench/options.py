@@ -77,6 +77,9 @@ class Options:
     logins_flood_logins: int = 18  # legitimate logins during the wrong-password flood, one every 2.5 s
     search_products: int = 100_000
     search_repeats: int = 3
+    events_seconds: float = 10.0  # the measured POST /events run (after warmup_seconds)
+    events_clients: int = 4
+    events_rate: float = 2000.0  # events/s of the paced run, whose p99 is held to the target
     quick: bool = False
 
     @property
@@ -108,6 +111,7 @@ class Options:
             logins_flood_logins=4,
             search_products=10_000,
             search_repeats=1,
+            events_seconds=3.0,
             out_dir=ROOT / "bench" / "results" / "quick",
             quick=True,
         )
