@@ -184,7 +184,9 @@ def test_a_storage_failure_answers_what_is_wrong_not_where(s3, monkeypatch, capl
         assert answer.status_code in (401, 503), answer.text
         for where in ("s3://", "deleted-bucket", "pfx", "users/", "alice.json", "models/", "amazonaws", "http"):
             assert where not in detail, detail
-    assert answers[0].json()["detail"] == "the storage failed (read: NoSuchBucket)"
+    assert answers[0].json()["detail"] == (
+        "S3 read of the storage failed: NoSuchBucket (The specified bucket does not exist)"
+    )
     assert "s3://deleted-bucket/pfx/users/alice.json" in caplog.text  # the operator still learns where
 
 

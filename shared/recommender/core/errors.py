@@ -82,13 +82,14 @@ class ModelRefused(RecommenderError):
 class StorageError(RecommenderError):
     """The storage backend failed (unreachable bucket, permissions).
 
-    The message names the key and the storage (for the log and the CLI); `public` says what failed without saying
-    where, for HTTP clients (who may not even be logged in).
+    The message names the key and the storage (for the log and the CLI); `public`, when given, says what failed
+    without saying where, for HTTP clients (who may not even be logged in; the web layer also removes storage
+    addresses and paths from whichever it shows).
     """
 
     status_code = 503
 
-    def __init__(self, message: str, public: str = "the storage cannot be used right now: try again later") -> None:
+    def __init__(self, message: str, public: str | None = None) -> None:
         super().__init__(message)
         self.public = public
 

@@ -231,11 +231,14 @@ class S3Storage:
         return self.prefix + check_key(key)
 
     def _fail(self, err: Exception, action: str, key: str) -> StorageError:
-        # What S3 said (an error code such as AccessDenied, or the kind of network failure), never the bucket or key.
+        # For HTTP clients: what S3 said (its error code and message) or the kind of network failure, never the
+        # bucket, key or endpoint (botocore's own messages name them).
         response = getattr(err, "response", None)
-        reason = (response.get("Error", {}).get("Code") if isinstance(response, dict) else None) or type(err).__name__
+        error = response.get("Error", {}) if isinstance(response, dict) else {}
+        reason = f"{error.get('Code')} ({error.get('Message')})" if error.get("Message") else error.get("Code")
         return StorageError(
-            f"S3 {action} of {self.url}{key} failed: {err}", public=f"the storage failed ({action}: {reason})"
+            f"S3 {action} of {self.url}{key} failed: {err}",
+            public=f"S3 {action} of the storage failed: {reason or type(err).__name__}",
         )
 
     def _read(self, key: str, call: Callable[[], Any]) -> Any:

@@ -335,7 +335,7 @@ def public_text(text: str) -> str:
 
 def public_detail(err: RecommenderError) -> str:
     """What an HTTP client is told of err: what is wrong, never where it is stored (the log keeps the message)."""
-    return public_text(err.public if isinstance(err, StorageError) else err.message)
+    return public_text((err.public if isinstance(err, StorageError) else None) or err.message)
 
 
 def install_error_handlers(app: FastAPI) -> None:
