@@ -259,3 +259,29 @@ def test_failures_counted_after_a_check_arrived_still_move_it_back():
     flood = [(f"10.0.0.{i}", 1) for i in range(20)]
     ran, _ = run_in_order(1, 100, [*flood, ("192.0.2.1", 1)], then={s: 25 for s, _ in flood})
     assert ran[0] == "192.0.2.1"
+
+
+def test_a_check_whose_client_left_frees_its_place_and_is_never_run():
+    release, ran = threading.Event(), []
+    pool = PasswordPool(workers=1, queue=1)
+
+    async def scenario():
+        holding = asyncio.ensure_future(pool.run(release.wait, 30, source="a"))
+        await asyncio.sleep(0.05)
+        left = asyncio.ensure_future(pool.run(ran.append, "left", source="b"))
+        await asyncio.sleep(0)
+        left.cancel()  # the client closed its connection
+        await asyncio.sleep(0)
+        stays = asyncio.ensure_future(pool.run(ran.append, "stays", source="c"))  # the place is free again
+        await asyncio.sleep(0)
+        release.set()
+        await holding
+        await stays
+        assert left.cancelled()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.shutdown()
+    assert ran == ["stays"]

@@ -197,7 +197,8 @@ class PasswordPool:
                 if last is None or order(last) < order(check):
                     raise Busy(BUSY, retry_after=1)
                 self._waiting.remove(last)
-                last.future.set_exception(Busy(BUSY, retry_after=1))
+                if not last.future.done():  # cancelled: its client left, and its request is ending anyway
+                    last.future.set_exception(Busy(BUSY, retry_after=1))
             self._next_due[source] = due + 1
             if len(self._next_due) > 4 * self.capacity + 1024:
                 self._forget_idle_sources()
