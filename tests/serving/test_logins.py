@@ -285,3 +285,11 @@ def test_a_check_whose_client_left_frees_its_place_and_is_never_run():
         release.set()
         pool.shutdown()
     assert ran == ["stays"]
+
+
+def test_a_client_that_logged_in_a_moment_ago_is_not_sent_behind_a_floods_round():
+    # Its first check used its turn of the current round; the flooders, which failed far more, still wait behind
+    # its second one rather than the other way round.
+    flood = [(f"10.0.0.{i}", 30) for i in range(20)]
+    ran, _ = run_in_order(1, 100, [("192.0.2.1", 2), *flood, ("192.0.2.1", 2)])
+    assert ran[:2] == ["192.0.2.1", "192.0.2.1"]

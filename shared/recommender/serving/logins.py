@@ -133,12 +133,12 @@ class PasswordPool:
     """The threads that check passwords: bcrypt runs here, never in the pool that serves other requests.
 
     At most `workers` checks run at once (at a lower CPU priority where the OS allows it) and `queue` more wait.
-    Waiting checks are served fairly by source (the client address), by start-time fair queueing: the n-th check
-    waiting from one source is due n rounds from now, so a check from a source with none waiting is behind at most
-    one check of each other source; within a round, sources of a lower `weight` (their failed logins, counted now,
-    not when the check arrived) go first. When every place is taken, the check due last (latest round, then highest
-    weight, then newest) is turned away with Busy: the new one, or a waiting one it outranks. A flood from other
-    sources then delays a legitimate client by about one check.
+    Waiting checks are served by source (the client address): sources of a lower `weight` first (their failed
+    logins, counted now rather than when the check arrived; every waiting check counts, so a source's n-th waiting
+    check weighs at least n), and among sources of one weight by start-time fair queueing: a source's n-th check is
+    due n rounds from now. A client whose only failed login is the one in progress is thus behind at most one check
+    of each other source, and behind none of a source that failed more. When every place is taken, the check due
+    last (highest weight, latest round, newest) is turned away with Busy: the new one, or a waiting one it outranks.
     """
 
     def __init__(
@@ -183,7 +183,7 @@ class PasswordPool:
         def order(check: _Check) -> tuple[int, int, int]:
             if check.source not in weights:
                 weights[check.source] = self.weight(check.source)
-            return check.due, weights[check.source], check.seq
+            return weights[check.source], check.due, check.seq
 
         return order
 
