@@ -335,6 +335,8 @@ def public_text(text: str) -> str:
 
 def public_detail(err: RecommenderError) -> str:
     """What an HTTP client is told of err: what is wrong, never where it is stored (the log keeps the message)."""
+    if isinstance(err, InvalidInput):
+        return err.message  # about the request, quoting it: a "/" there is the client's own
     return public_text((err.public if isinstance(err, StorageError) else None) or err.message)
 
 
