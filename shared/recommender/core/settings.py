@@ -70,6 +70,9 @@ class Settings:
     events_max_body_bytes: int = 1048576
     events_dedupe_ids: int = 100000
     events_dedupe_seconds: float = 3600.0
+    # Send events to this Kinesis Data Firehose stream instead of writing them to the storage (template.yaml:
+    # EventsFirehose); it delivers them under the same raw layout.
+    events_firehose_stream: str | None = None
     # The local server's limits on a request's line and headers: larger ones get 431, slower ones 408.
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
@@ -82,6 +85,8 @@ class Settings:
     max_feed_bytes: int = 256 << 20
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
     model_gate_margin: float = 0.10
+    # What the scheduled retraining (tools/retrain.py) trains from: the event log, or files and the event log.
+    retrain_data: str = "events:"
     run_dir: str = "./data/run"
     host: str = "127.0.0.1"
     port: int = 8090

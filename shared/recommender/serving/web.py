@@ -103,6 +103,10 @@ def event_ingest(settings: Settings) -> Ingest:
     from recommender.core.event_log import open_event_log
     from recommender.serving.events import Ingest
 
+    if settings.events_firehose_stream:
+        from recommender.core.event_firehose import firehose_event_log
+
+        return Ingest(firehose_event_log(settings), settings)
     return Ingest(open_event_log(_storage(settings)), settings)
 
 
