@@ -339,7 +339,8 @@ def test_conditional_primitives_apply_only_to_the_content_read(storage):
 @pytest.mark.parametrize(
     "password", ["abcdefghij\n", "abc\r\ndefghij", "abcd\tefghij", "abcdefghij\x00", "abc\x7fdefghij"]
 )
-def test_passwords_with_control_characters_refused_on_every_path(storage, password):
+def test_passwords_with_control_characters_refused_on_every_path(tmp_path, password):
+    storage = LocalStorage(tmp_path)  # validation, the same on either backend
     with pytest.raises(InvalidInput, match="^the password contains a control character"):
         add_user(storage, "dave", password, rounds=4)
     assert storage.list("users/") == []
@@ -350,7 +351,8 @@ def test_passwords_with_control_characters_refused_on_every_path(storage, passwo
 
 
 @pytest.mark.parametrize("char", ["\u202e", "\u200b", "\u2066", "\ufeff", "\u00ad", "\U000e0041"])
-def test_full_names_and_emails_with_format_characters_refused(storage, char):
+def test_full_names_and_emails_with_format_characters_refused(tmp_path, char):
+    storage = LocalStorage(tmp_path)
     with pytest.raises(InvalidInput, match="invisible format characters"):
         add_user(storage, "dave", "password-1", full_name=f"Carol {char}liveD", rounds=4)
     with pytest.raises(InvalidInput, match="^malformed email address .*invisible format characters"):
