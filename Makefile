@@ -250,7 +250,7 @@ bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index siz
 bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
 	$(BENCH) merch $(BENCH_FLAGS)
 
-bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
+bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords, and logins under a 20-address flood
 	$(BENCH) logins $(BENCH_FLAGS)
 
 bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
