@@ -33,7 +33,7 @@ RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user passwd del_user \
-	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
+	list_users new_secret run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search bench-widget bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
 	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key
@@ -149,6 +149,9 @@ revoke_key: $(LIGHT) ## revoke an API key: NAME= (serving refuses it within MODE
 	@test -n "$$NAME" || { echo "error: give the key's name: make revoke_key NAME=..." >&2; exit 2; }
 	@$(CLI) revoke-key "$$NAME"
 
+new_secret: $(LIGHT) ## make the token signing secret a storage lacks (REPLACE=1: replace it; earlier tokens stop working)
+	@$(CLI) new-secret $(if $(REPLACE),--replace)
+
 run-prod: $(LIGHT) ## serve the API in the background (pid file and log under data/run/)
 	@$(CLI) start
 
@@ -258,7 +261,7 @@ bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index siz
 bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
 	$(BENCH) merch $(BENCH_FLAGS)
 
-bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
+bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords, and logins under a 20-address flood
 	$(BENCH) logins $(BENCH_FLAGS)
 
 bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items

@@ -162,9 +162,10 @@ async def health() -> web.FastJSON:
     try:
         model = await web.current_model()
     except RecommenderError as err:
-        return web.FastJSON(schemas.health_down_json(err.message), status_code=ModelUnavailable.status_code)
-    # A model in memory answers even when the storage fails; "degraded" says so, with the reason.
-    return web.FastJSON(schemas.health_json(model, web.model_holder(web.get_settings()).error))
+        return web.FastJSON(schemas.health_down_json(web.public_detail(err)), status_code=ModelUnavailable.status_code)
+    # A model in memory answers even when the storage fails; "degraded" says so, with the reason (not where).
+    problem = web.model_holder(web.get_settings()).error
+    return web.FastJSON(schemas.health_json(model, problem and web.public_text(problem)))
 
 
 @app.get(

@@ -153,6 +153,20 @@ def _revoke_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("new-secret")
+def _new_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.tokens import SECRET_RECHECK_SECONDS, replace_secret
+
+    storage = open_storage(settings)
+    done = replace_secret(settings, storage, replace=args.replace)
+    print(
+        f"{done} the token signing secret in {storage.url}; servers running adopt it within "
+        f"{max(settings.user_cache_seconds, SECRET_RECHECK_SECONDS):g} s"
+        + ("; every token issued before no longer works: users log in again" if done == "replaced" else "")
+    )
+    return 0
+
+
 @command("train")
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import TrainingParams, train
@@ -641,6 +655,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keys", help="list API keys (never the keys themselves)")
     p = sub.add_parser("revoke-key", help="revoke an API key")
     p.add_argument("name")
+    p = sub.add_parser("new-secret", help="make the token signing secret a storage lacks (--replace: a new one)")
+    p.add_argument(
+        "--replace", action="store_true", help="replace the existing one (every token issued before stops working)"
+    )
 
     p = sub.add_parser(
         "train", help="train a model on a purchase-history file, folder of parts or s3:// location and activate it"
