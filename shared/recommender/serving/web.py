@@ -401,8 +401,9 @@ def public_text(text: str) -> str:
 
 def public_detail(err: RecommenderError) -> str:
     """What an HTTP client is told of err: what is wrong, never where it is stored (the log keeps the message)."""
-    if err.status_code < 500:
-        # About the request (its fields, origin, key, route): a "/" or "https://" there is the client's own.
+    if err.status_code < 500 and not isinstance(err, NotFound):
+        # About the request (its fields, origin, key, route): a "/" or "https://" there is the client's own. A
+        # NotFound may come from the storage itself ("<key> not found in s3://..."), so it is cleaned like a 5xx.
         return err.message
     return public_text((err.public if isinstance(err, StorageError) else None) or err.message)
 
