@@ -67,6 +67,13 @@ class Settings:
     # The local server's limits on a request's line and headers: larger ones get 431, slower ones 408.
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
+    # ...and on its body and connections: a body must arrive within body_timeout_seconds and, after its first
+    # 2 s, at min_body_bytes_per_second on average (else 408); at most max_connections open connections in all
+    # (fewer if the process may not open that many files) and max_connections_per_address from one address.
+    body_timeout_seconds: float = 10.0
+    min_body_bytes_per_second: int = 1024
+    max_connections: int = 1000
+    max_connections_per_address: int = 100
     keep_versions: int = 5
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
     model_gate_margin: float = 0.10
@@ -109,6 +116,10 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
     for name in ("login_failures_per_user", "login_failures_per_address", "login_workers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
+    if settings.body_timeout_seconds <= 0 or settings.max_connections < 1 or settings.max_connections_per_address < 1:
+        raise ConfigError(
+            "BODY_TIMEOUT_SECONDS must be above 0, and MAX_CONNECTIONS and MAX_CONNECTIONS_PER_ADDRESS at least 1"
+        )
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
     if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:
