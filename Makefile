@@ -34,7 +34,7 @@ $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override
 .PHONY: help devel test lint train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
 	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
-	browser-deps bench-merch bench-logins bench-search fuzz bench-spark soak bench-deps lint-template build-lambda \
+	browser-deps bench-merch bench-logins bench-search bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
 	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback
 
 help: ## list every target, by what you want to do
@@ -241,6 +241,9 @@ bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clien
 
 bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
 	$(BENCH) search $(BENCH_FLAGS)
+
+bench-events: $(STAMP) ## benchmark POST /events in batches of 50 to the local store: events/s and p99
+	$(BENCH) events $(BENCH_FLAGS)
 
 bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows (DRIVER_MEMORY=8g)
 	$(BENCH) spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)") \

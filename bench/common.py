@@ -78,7 +78,7 @@ function non2xx_total()
 end
 """
 
-PARTS = ("train", "serve", "cold", "scale", "merch", "logins", "search")
+PARTS = ("train", "serve", "cold", "scale", "merch", "logins", "search", "events")
 GiB = 1024**3
 
 # The issues' targets: (limit, direction), direction "max" means the measured value must not exceed the limit.
@@ -101,6 +101,9 @@ TARGETS: dict[str, tuple[float, str]] = {
     "logins_p99_ratio": (2.0, "max"),
     "logins_errors": (0, "max"),
     "search_p99_ms": (5.0, "max"),
+    "events_per_second": (2000.0, "min"),
+    "events_p99_ms": (50.0, "max"),
+    "events_errors": (0, "max"),
 }
 
 

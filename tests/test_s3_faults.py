@@ -3,6 +3,7 @@ SlowDown), connection resets, stalls past the read timeout and truncated bodies.
 the model it has and says what fails; a failed lookup never lets a token through; a failed upload or pointer write
 leaves the storage as it was."""
 
+import json
 import os
 import time
 import uuid
@@ -220,3 +221,51 @@ def test_a_pointer_write_whose_answer_was_lost_is_not_a_conflict(s3_trained, pro
     proxy.inject(Fault("reset", forward=True, method="PUT", key="models/ACTIVE", times=1))
     assert registry.rollback(s3_trained, notify=said.append) == before.version
     assert registry.active(s3_trained) == before and said == []
+
+
+def test_events_get_a_2xx_only_once_stored(proxy, moto_server, monkeypatch):
+    monkeypatch.setenv("JWT_SECRET", "s" * 40)
+    get_settings.cache_clear()
+    storage = open_storage(get_settings())
+    add_user(storage, "alice", PASSWORD, rounds=4)
+    acknowledged, refusals, stored_ids = set(), [], set()
+    with TestClient(recommend_app) as rec, TestClient(auth_app) as auth:
+        token = auth.post("/token", data={"username": "alice", "password": PASSWORD}).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        # Every kind of failed put, at rates that make some batches fail all three attempts: 5xx answers, stalls
+        # past the read timeout, and resets after the put went through (stored, but its answer lost).
+        proxy.inject(internal_error(method="PUT", key="events/", rate=0.5))
+        proxy.inject(slow_down(method="PUT", key="events/", rate=0.4))
+        proxy.inject(Fault("stall", method="PUT", key="events/", rate=0.2, seconds=2))
+        proxy.inject(Fault("reset", forward=True, method="PUT", key="events/", rate=0.3))
+        now = int(time.time() * 1000)
+        for batch in range(6):
+            ids = [f"b{batch}-{i}" for i in range(5)]
+            events = [
+                {"event_id": i, "type": "view", "ts": now, "session_id": "s", "items": [{"stock_code": "A"}]}
+                for i in ids
+            ]
+            for _attempt in range(8):  # the client retries a 503 (the widget does, with backoff)
+                answer = rec.post("/events", json={"events": events}, headers=headers)
+                if answer.status_code == 200:
+                    assert all(r["status"] in ("accepted", "duplicate") for r in answer.json()["results"])
+                    acknowledged.update(ids)
+                    break
+                assert answer.status_code == 503 and answer.headers["Retry-After"] == "2", answer.text
+                assert answer.json()["detail"].startswith("S3 write of s3://")
+                refusals.append(answer.json()["detail"])
+        proxy.clear()
+    direct = boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        **{k.lower(): v for k, v in CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
+        region_name="us-east-1",
+    )
+    bucket = get_settings().storage_url.split("/")[2]
+    for page in direct.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="shop/events/raw/"):
+        for obj in page.get("Contents", []):
+            rows = direct.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().splitlines()
+            stored_ids.update(json.loads(row)["event_id"] for row in rows)
+    assert refusals and acknowledged, "the faults should fail some batches and let others through"
+    assert {seen.fault for seen in proxy.requests("PUT", "events/")} >= {"error", "stall", "reset", None}
+    assert acknowledged <= stored_ids, f"acknowledged but not stored: {sorted(acknowledged - stored_ids)[:5]}"

@@ -140,7 +140,11 @@ def test_least_privilege(template):
         granted = statements(functions[name])
         assert all(s["Effect"] == "Allow" for s in granted)
         actions = {a for s in granted for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-        assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"}, name
+        writes = {"s3:PutObject"} if name == "RecommendFunction" else set()
+        assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue", *writes}, name
+        # The only write: POST /events puts new objects under events/raw/.
+        puts = [s["Resource"] for s in granted if s["Action"] == "s3:PutObject"]
+        assert puts == (["arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/events/raw/*"] if writes else [])
         objects = [
             r
             for s in granted

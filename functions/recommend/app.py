@@ -1,4 +1,5 @@
-"""Recommend function: what to offer with a basket, item search, health, and the web console with its endpoints."""
+"""Recommend function: what to offer with a basket, item search, shoppers' events, health, and the web console with
+its endpoints."""
 
 import gc
 
@@ -23,10 +24,13 @@ from recommender.serving.model import Model
 from recommender.serving.schemas import (
     MAX_N,
     BasketIn,
+    EventsIn,
+    EventsOut,
     HealthDown,
     HealthOut,
     LegacyOut,
     ModelInfoOut,
+    RecommendationsIn,
     RecommendationsOut,
     SampleBasketOut,
     SearchOut,
@@ -41,6 +45,8 @@ StorageDep = Annotated[Storage, Depends(web.get_storage)]
 _rng = random.Random()
 parse_basket = web.json_body(BasketIn)
 BasketDep = Annotated[BasketIn, Depends(parse_basket)]
+parse_recommendations = web.json_body(RecommendationsIn)
+StrictBasketDep = Annotated[RecommendationsIn, Depends(parse_recommendations)]
 
 
 # The two recommendation routes resolve their dependencies (user, basket, model: in the order declared) by plain calls.
@@ -50,7 +56,7 @@ async def _send_data(request: Request) -> Response:
 
 async def _recommendations(request: Request) -> Response:
     return await recommendations(
-        await web.request_user(request), await parse_basket(request), await web.current_model()
+        await web.request_user(request), await parse_recommendations(request), await web.current_model()
     )
 
 
@@ -77,16 +83,33 @@ async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.F
     _recommendations,
     response_model=RecommendationsOut,
     summary="Recommendations, self-describing",
-    openapi_extra=web.json_body_openapi(BasketIn),
+    openapi_extra=web.json_body_openapi(RecommendationsIn),
     responses=web.errors(401, 413, 422, 503),
 )
-async def recommendations(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
+async def recommendations(_user: UserDep, basket: StrictBasketDep, model: ModelDep) -> web.FastJSON:
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered and
     whether fewer than n items were eligible."""
     options = basket.options(explain=True)
     answer = model.recommend(basket.product_list, basket.n, options)
     return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain))
+
+
+@app.post(
+    "/events",
+    response_model=EventsOut,
+    summary="Record what shoppers did: strips seen, clicks, add-to-carts, purchases",
+    openapi_extra=web.json_body_openapi(EventsIn),
+    responses=web.errors(401, 413, 422, 503),
+)
+async def events(request: Request, user: UserDep, settings: web.SettingsDep) -> web.FastJSON:
+    """A batch of events, each answered accepted, duplicate (its event_id was stored already) or refused with the
+    reason; the accepted ones are durably stored before this answers (503 with Retry-After, for the whole batch,
+    when they cannot be)."""
+    ingest = web.event_ingest(settings)
+    body = await request.body()
+    # Off the event loop: the batch is checked, then written and fsynced (or put to S3) before the answer.
+    return web.FastJSON(await run_in_threadpool(ingest.ingest, body, f"user:{user.username}"))
 
 
 @app.get(

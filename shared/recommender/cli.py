@@ -187,11 +187,17 @@ def _figures(storage: Storage, version: str) -> str:
 # The feed commands' earlier names (catalog, catalog-show, catalog-rollback) keep working; they are not listed.
 @command("feed", "catalog")
 def _feed(args: argparse.Namespace, settings: Settings) -> int:
-    from recommender.training.feed import active_model, publish_feed
+    from recommender.training.feed import FeedLimits, active_model, publish_feed
 
     storage = open_storage(settings)
     model = active_model(storage)
-    publish_feed(storage, args.path, settings.keep_versions, known_codes=set(model.codes) if model else None)
+    publish_feed(
+        storage,
+        args.path,
+        settings.keep_versions,
+        known_codes=set(model.codes) if model else None,
+        limits=FeedLimits(settings.max_feed_rows, settings.max_feed_bytes, settings.encoding),
+    )
     return 0
 
 
@@ -218,7 +224,14 @@ def _rules(args: argparse.Namespace, settings: Settings) -> int:
     storage = open_storage(settings)
     model = active_model(storage)
     known = known_from(model.codes if model else [], active_feed(storage)[1])
-    publish_rules(storage, args.path, known, settings.keep_versions)
+    publish_rules(
+        storage,
+        args.path,
+        known,
+        settings.keep_versions,
+        max_bytes=settings.max_rules_bytes,
+        max_stored_bytes=settings.max_rules_stored_bytes,
+    )
     return 0
 
 

@@ -85,3 +85,36 @@ def test_options_reasons_and_feed_attributes(rec, headers, items, trained_storag
     ]
     health = rec.get("/health").json()
     assert health["feed_version"] == body["feed_version"] and health["rules_version"] is None
+
+
+def test_unknown_fields_are_refused_by_recommendations_and_accepted_by_send_data(rec, headers, items):
+    code = items.codes[items.most_popular()[0]]
+    body = {"product_list": [code], "n": 3, "exlude": [code], "maxprice": 2}
+    refused = rec.post("/recommendations", headers=headers, json=body)
+    assert refused.status_code == 422
+    assert re.search(r"unknown field\(s\) 'exlude', 'maxprice'; the fields are product_list, n, exclude", refused.text)
+    legacy = rec.post("/send_data", headers=headers, json=body)  # older clients send fields of their own
+    assert legacy.status_code == 200 and len(legacy.json()["result"]["recommendation"]) == 3
+
+
+def test_an_unknown_category_is_a_warning_not_a_silent_empty_answer(rec, headers, items, trained_storage, tmp_path):
+    code = items.codes[items.most_popular()[0]]
+    other = items.codes[items.most_popular()[1]]
+    feed = tmp_path / "feed.csv"
+    feed.write_text(f"id,category\n{other},Home > Mugs\n")
+    publish_feed(trained_storage, feed, progress=lambda _m: None)
+    web.model_holder(get_settings()).refresh()
+    body = rec.post(
+        "/recommendations",
+        headers=headers,
+        json={"product_list": [code], "n": 3, "categories": ["Mgus"], "exclude_categories": ["Toys"]},
+    ).json()
+    assert body["items"] == [] and body["exhausted"] is True
+    assert body["warnings"] == [
+        "categories: category 'Mgus' is not in the product feed; no item can match it",
+        "exclude_categories: category 'Toys' is not in the product feed; it excludes nothing",
+    ]
+    known = rec.post(
+        "/recommendations", headers=headers, json={"product_list": [code], "n": 3, "categories": ["mugs"]}
+    ).json()
+    assert [i["stock_code"] for i in known["items"]] == [other] and known["warnings"] == []

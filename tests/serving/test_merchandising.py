@@ -1,11 +1,19 @@
 """Merchandising at answer time on the tiny synthetic data (complements known): feed, every rule, every option,
 full answers under heavy filtering, and exact reasons (shares summing to 1, baskets counted directly)."""
 
+import math
+import warnings
+
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recommender.core import registry
 from recommender.core.errors import InvalidInput
+from recommender.core.feed_and_rules import MAX_RULE_FACTOR, MIN_RULE_FACTOR
 from recommender.core.storage import LocalStorage
+from recommender.serving import schemas
 from recommender.serving.merchandising import Merchandiser, Options, Policy
 from recommender.serving.model import load_model
 from recommender.tools import synthetic
@@ -303,3 +311,80 @@ def test_many_items_path_gives_the_same_answers(plain, feed, products, monkeypat
     dense = answers()
     monkeypatch.setattr(merchandising, "DENSE_ITEMS", 0)
     assert answers() == dense and any(len(a) == 12 for a in dense)
+
+
+def test_pins_count_toward_max_per_category(plain, feed):
+    """Three Christmas items (one pinned, two the model's best) with max_per_category 2: the pin and one more."""
+    code = anchors(plain)[0]
+    top = codes(plain.recommend([code], 10))
+    far = [c for c in reversed(plain.items.codes) if c not in top and c != code][:3]
+    christmas = {**feed["items"]}
+    for c in [top[0], top[1], *far]:
+        christmas[c] = {**christmas.get(c, {}), "category": "Seasonal > Christmas", "availability": "in_stock"}
+    pin = {"basket": {"code": [code]}, "item": {"code": [far[0]]}, "position": 3}
+    model = view(plain, {"items": christmas}, no_rules(pin=[pin]))
+    answer = model.recommend([code], 5, Options(max_per_category=2))
+    got = codes(answer)
+    assert len(got) == 5 and got[2] == far[0] and got[0] == top[0] and top[1] not in got
+    assert sum(christmas.get(c, {}).get("category") == "Seasonal > Christmas" for c in got) == 2
+    assert not answer.warnings
+    # Pins alone beyond the cap: they stay, nothing else of the category comes in, and the answer says so.
+    pins = [{**pin, "item": {"code": [c]}, "position": k} for k, c in enumerate(far, start=2)]
+    answer = view(plain, {"items": christmas}, no_rules(pin=pins)).recommend([code], 5, Options(max_per_category=2))
+    got = codes(answer)
+    assert got[1:4] == far and top[0] not in got and len(got) == 5
+    assert answer.warnings == [
+        "max_per_category: 3 pinned items are in category 'Seasonal > Christmas', more than 2; the pins stay, "
+        "and no other item of it is recommended"
+    ]
+
+
+def _finite_answers(model, baskets, options):
+    """Every score (and boost) of every answer to these baskets, checked to be a finite float, as JSON shows it."""
+    for basket in baskets:
+        answer = model.recommend(basket, 10, options)
+        legacy = orjson.loads(orjson.dumps(schemas.legacy_json(answer, True)))
+        for code, _description, score in legacy["result"]["recommendation"]:
+            assert isinstance(score, float) and math.isfinite(score), (code, score)
+        for item in orjson.loads(orjson.dumps(schemas.answer_json(answer, True)))["items"]:
+            assert isinstance(item["score"], float) and math.isfinite(item["score"])
+            assert item.get("boost") is None or (0 < item["boost"] < math.inf)
+
+
+def test_stacked_extreme_factors_keep_scores_finite(plain, feed):
+    """Two boosts of 1e300 (or two buries of 1e-320) as a rules.json written by hand would hold them."""
+    code = anchors(plain)[0]
+    target = codes(plain.recommend([code], 3))[1]
+    for factor in (1e300, 1e-320, float("inf"), 0.0):
+        rules = no_rules(boost=[{"code": [target], "factor": factor}, {"code": [target], "factor": factor}])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow, no division by zero
+            _finite_answers(view(plain, feed, rules), [[code], [target], []], Options(explain=True))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_rules_give_finite_scores(plain, feed, products, data):
+    """Random stacks of boosts and buries by code, category and brand, random baskets and options: every score
+    in every answer is a finite float."""
+    pool = anchors(plain, 30)
+    kits = sorted({f"Home > {k.title()}" for k in products.Kit})
+    selector = st.one_of(
+        st.builds(lambda c: {"code": c}, st.lists(st.sampled_from(pool), min_size=1, max_size=3)),
+        st.builds(lambda c: {"category": [c]}, st.sampled_from([*kits, "Home"])),
+        st.builds(lambda b: {"brand": [b]}, st.sampled_from(["Brand0", "Brand1", "Brand2"])),
+    )
+    # Mostly what a rules file may give; sometimes anything positive (a rules.json written by hand).
+    factor = st.one_of(
+        st.floats(min_value=MIN_RULE_FACTOR, max_value=MAX_RULE_FACTOR), st.floats(min_value=5e-324, max_value=1e308)
+    )
+    boosts = data.draw(st.lists(st.builds(lambda s, f: {**s, "factor": f}, selector, factor), max_size=30))
+    baskets = data.draw(st.lists(st.lists(st.sampled_from(pool), max_size=3), min_size=1, max_size=3))
+    options = Options(
+        max_per_category=data.draw(st.one_of(st.none(), st.integers(1, 3))),
+        exclude_categories=tuple(data.draw(st.lists(st.sampled_from(kits), max_size=2))),
+        explain=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _finite_answers(view(plain, feed, no_rules(boost=boosts)), baskets, options)

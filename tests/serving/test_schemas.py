@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -82,8 +83,8 @@ class Api:
         return client.request(method, path, headers=headers, **kwargs)
 
     def too_large(self, method: str, path: str) -> Response:
-        """A body over MAX_BODY_BYTES."""
-        return self.call(method, path, token=False, content=b"x" * (get_settings().max_body_bytes + 1))
+        """A body over the path's limit (MAX_BODY_BYTES, or EVENTS_MAX_BODY_BYTES for /events)."""
+        return self.call(method, path, token=False, content=b"x" * (web.body_limit(path, get_settings()) + 1))
 
     def fail_reads(self, prefix: str) -> None:
         """Reads of storage keys under prefix fail as an unreachable storage does."""
@@ -244,6 +245,48 @@ def _login(password: str | None = None, setup: Callable[[Api], None] | None = No
     return send
 
 
+def _events(events: list, setup: Callable[[Api], None] | None = None, token: bool = True):
+    def send(api: Api) -> Response:
+        if setup:
+            setup(api)
+        return api.call("POST", "/events", token=token, json={"events": events})
+
+    return send
+
+
+def _event(event_id: str, **changes) -> dict:
+    return {
+        "event_id": event_id,
+        "type": "view",
+        "ts": "2026-12-02T10:00:00Z",
+        "session_id": "s",
+        "items": [{"stock_code": "A"}],
+        **changes,
+    }
+
+
+def _log_unusable(api: Api) -> None:
+    (api.storage.root / "events").mkdir()
+    (api.storage.root / "events" / "raw").write_text("not a folder")
+
+
+def _event_cases() -> list[Case]:
+    now = int(time.time() * 1000)
+    mixed = [
+        _event("a", ts=now),
+        _event("b", ts=now, type="x"),
+        _event("a", ts=now),
+        _event("c", ts=now, user_id="u", value=2.5, currency="EUR", items=[{"stock_code": "A", "price": 1}]),
+    ]
+    return [
+        Case("POST", "/events", 200, "accepted, refused and duplicate", _events(mixed)),
+        Case("POST", "/events", 401, "no token", _events(mixed, token=False)),
+        Case("POST", "/events", 413, "body too large", lambda api: api.too_large("POST", "/events")),
+        Case("POST", "/events", 422, "not a batch", lambda api: api.call("POST", "/events", json={"event": []})),
+        Case("POST", "/events", 503, "log unusable", _events([_event("a", ts=now)], _log_unusable)),
+    ]
+
+
 def _user_cases(path: str) -> list[Case]:
     return [
         Case("GET", path, 200, "the user", _get(path)),
@@ -306,6 +349,7 @@ CASES = [
     *_user_cases("/users/me/"),
     *_basket_cases("/send_data"),
     *_basket_cases("/recommendations"),
+    *_event_cases(),
     Case("GET", "/items", 200, "popular", _get("/items")),
     Case("GET", "/items", 200, "search", lambda api: api.call("GET", "/items", params={"q": api.codes[0][:3]})),
     Case("GET", "/items", 200, "nothing found", _get("/items", params={"q": "no such thing at all"})),

@@ -114,3 +114,22 @@ def test_the_command(served, tmp_path, trained_storage):
     assert f"wrote {len(model.items) * 3:,} rows" in printed.getvalue()
     assert registry.active_version(trained_storage, registry.FEED) in printed.getvalue()
     assert cli.main(["export", "--out", str(tmp_path / "fbt.xml")]) == 1
+
+
+def test_an_output_that_is_the_input_or_a_folder_is_refused(served, tmp_path, capsys):
+    code = served[0].items.codes[0]
+    baskets = tmp_path / "b.jsonl"
+    baskets.write_text(json.dumps({"product_list": [code], "n": 3}) + "\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(baskets)
+    for out in (baskets, link, tmp_path / "." / "b.jsonl"):
+        assert cli.main(["export", "--baskets", str(baskets), "--out", str(out)]) == 1
+        assert "is the baskets file itself: writing the answers there would erase it" in capsys.readouterr().err
+        assert json.loads(baskets.read_text())["product_list"] == [code]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for args in (["--baskets", str(baskets)], ["--format", "csv"]):
+        assert cli.main(["export", *args, "--out", str(folder)]) == 1
+        err = capsys.readouterr().err
+        assert f"OUT={folder} is a folder: give a file name" in err and "Traceback" not in err
+    assert list(folder.iterdir()) == [] and not list(tmp_path.glob(".*partial"))

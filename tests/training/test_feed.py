@@ -8,7 +8,8 @@ from openpyxl import Workbook
 
 from recommender.core import registry
 from recommender.core.errors import DataFileError, NotFound
-from recommender.training.feed import active_model, publish_feed, read_feed, show
+from recommender.core.storage import LocalStorage
+from recommender.training.feed import FeedLimits, active_model, publish_feed, read_feed, show
 
 ROWS = [
     ["85123A", "in_stock", "2.55 GBP", "Home > Candles", "Acme", "Heart holder"],
@@ -137,3 +138,39 @@ def test_show(tmp_path, trained_storage):
     assert f"price used: {model.prices[1]:g} (most recent UnitPrice" in other and "not listed" in other
     with pytest.raises(NotFound):
         show(trained_storage, "NO-SUCH-CODE")
+
+
+def test_a_latin1_feed_is_refused_with_its_line_and_byte_or_read_with_encoding(tmp_path):
+    path = tmp_path / "feed.csv"
+    path.write_bytes("id,title,brand\n85123A,Heart,Acme\n71053,Caf\xe9 lamp,Marqu\xe9\n".encode("latin-1"))
+    with pytest.raises(DataFileError, match=r"feed\.csv is not utf-8 text \(line 3: byte e9\).*ENCODING=latin-1"):
+        read_feed(path)
+    feed = read_feed(path, FeedLimits(encoding="latin-1"))
+    assert feed.items["71053"] == {"title": "Café lamp", "brand": "Marqué"}
+    with pytest.raises(DataFileError, match="unknown encoding ENCODING='klingon'"):
+        read_feed(path, FeedLimits(encoding="klingon"))
+
+
+@pytest.mark.parametrize("price", ["9" * 400, "1000000001", "1e9"])
+def test_infinite_and_absurd_prices_are_refused(tmp_path, price):
+    path = write(tmp_path / "feed.csv", ["id", "price"], [["85123A", "2.55"], ["71053", price]])
+    with pytest.raises(
+        DataFileError, match=r"line 3: price '[0-9e.]+(\.\.\.)?' (is above 1,000,000,000, the highest|is not)"
+    ):
+        read_feed(path)
+    assert read_feed(write(tmp_path / "ok.csv", ["id", "price"], [["A", "1000000000"]])).items["A"]["price"] == 1e9
+
+
+@pytest.mark.parametrize("name", ["big.csv", "big.csv.gz", "big.tsv"])
+def test_a_feed_over_its_limits_is_refused_and_nothing_stored(tmp_path, name):
+    rows = [[f"C{i}", "in_stock", "1.00", "Home > Lights " + "x" * 50] for i in range(2000)]
+    path = write(
+        tmp_path / name, ["id", "availability", "price", "product_type"], rows, "\t" if ".tsv" in name else ","
+    )
+    storage = LocalStorage(tmp_path / "store")
+    with pytest.raises(DataFileError, match=rf"{name} has more than 1,000 products; .* MAX_FEED_ROWS"):
+        publish_feed(storage, path, progress=lambda _m: None, limits=FeedLimits(rows=1000))
+    with pytest.raises(DataFileError, match=rf"{name} is larger than 50,000 bytes.*MAX_FEED_BYTES"):
+        publish_feed(storage, path, progress=lambda _m: None, limits=FeedLimits(bytes=50_000))
+    assert registry.active(storage, registry.FEED) is None
+    assert len(publish_feed(storage, path, progress=lambda _m: None)["version"]) > 0  # the defaults take it

@@ -2,6 +2,7 @@
 the JSON Schema for editors."""
 
 import json
+import re
 
 import jsonschema
 import pytest
@@ -189,3 +190,80 @@ def test_rules_schema_command_prints_or_writes_the_schema(tmp_path, capsys):
     assert cli.main(["rules-schema", "--out", str(out)]) == 0
     assert json.loads(out.read_text()) == printed
     assert f"# yaml-language-server: $schema={out}" in capsys.readouterr().err
+
+
+def test_aliases_are_refused_before_they_expand(tmp_path):
+    """One anchored code and 300 aliases would store 300 copies of it: refused with the line, nothing stored."""
+    text = (
+        "block:\n  codes: [&big "
+        + "A" * 150
+        + "]\nboost:\n"
+        + "".join("  - {code: *big, factor: 2}\n" for _ in range(300))
+    )
+    storage = LocalStorage(tmp_path / "store")
+    with pytest.raises(RulesError, match=r"rules\.yaml: line 4, column 12: aliases \(\*name\) are not accepted"):
+        publish_rules(storage, write(tmp_path, text), KNOWN, progress=lambda _m: None)
+    assert registry.active(storage, registry.RULES) is None
+    with pytest.raises(RulesError, match="aliases"):
+        read_rules(write(tmp_path, "base: &b {code: A, factor: 2}\nboost:\n  - <<: *b\n"))
+
+
+def test_files_and_stored_rules_over_their_limits_are_refused(tmp_path):
+    path = write(tmp_path, "block:\n  codes: [" + ", ".join(f"C{i}" for i in range(3000)) + "]\n")
+    storage = LocalStorage(tmp_path / "store")
+    with pytest.raises(RulesError, match=r"bytes; a rules file may hold at most 10,000 \(MAX_RULES_BYTES\)$"):
+        publish_rules(storage, path, KNOWN, progress=lambda _m: None, max_bytes=10_000)
+    # Stored (JSON, one code a line) the same rules take more than the file: bounded on their own.
+    with pytest.raises(RulesError, match=r"once stored; at most 20,000 are accepted \(MAX_RULES_STORED_BYTES\)$"):
+        publish_rules(storage, path, KNOWN, progress=lambda _m: None, max_stored_bytes=20_000)
+    assert registry.active(storage, registry.RULES) is None
+    publish_rules(storage, path, KNOWN, progress=lambda _m: None)  # the defaults (1 MiB, 4 MiB) take it
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("block:\n  codes: [" + "7" * 201 + "]\n", "block.codes"),
+        ("pin:\n  - {basket: {code: A}, item: {code: " + "B" * 201 + "}}\n", "pin[0].item.code"),
+        ("boost:\n  - {brand: " + "b" * 751 + ", factor: 2}\n", "boost[0].brand"),
+    ],
+)
+def test_overlong_codes_and_names_are_refused(tmp_path, text, where):
+    with pytest.raises(RulesError, match=rf"{re.escape(where)}: .* characters long; at most (200|750) are accepted"):
+        read_rules(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("code", ["0123", "1:30", "0b101", "0x1F", "1_000", "12.50", "1e3", "007", ".inf", "22423"])
+def test_unquoted_codes_are_read_as_typed(tmp_path, code):
+    """YAML 1.1 would read these as 83, 90, 5, 31, 1000, 12.5, 1000.0, 7, inf: a code is the text written."""
+    rules, _ = read_rules(
+        write(tmp_path, f"block:\n  codes: [{code}]\npin:\n  - {{basket: {{code: {code}}}, item: {{code: A}}}}\n")
+    )
+    assert rules["block"]["codes"] == [code]
+    assert rules["pin"][0]["basket"] == {"code": [code]}
+
+
+@pytest.mark.parametrize(
+    "factor,message",
+    [
+        ("1.0e+300", "must be from 0.001 to 1000, got 1.0e+300"),
+        ("1001", "must be from 0.001 to 1000, got 1001"),
+        ("1.0e-320", "must be from 0.001 to 1000, got 1.0e-320"),
+    ],
+)
+def test_factors_are_bounded(tmp_path, factor, message):
+    with pytest.raises(RulesError, match=re.escape(message)):
+        read_rules(write(tmp_path, f"boost:\n  - {{code: A, factor: {factor}}}\n"))
+    with pytest.raises(RulesError, match=re.escape(message)):
+        read_rules(write(tmp_path, f"bury:\n  - {{code: A, factor: {factor}}}\n"))
+    assert read_rules(write(tmp_path, "boost:\n  - {code: A, factor: 1000}\n"))[0]["boost"][0]["factor"] == 1000
+
+
+def test_a_code_yaml_reads_as_a_boolean_or_a_date_is_refused_saying_to_quote_it(tmp_path):
+    for code in ("yes", "off", "2024-01-01"):
+        with pytest.raises(RulesError, match=r"block\.codes: expected a non-empty text .* \(put it in quotes\)$"):
+            read_rules(write(tmp_path, f"block:\n  codes: [{code}]\n"))
+    assert read_rules(write(tmp_path, 'block:\n  codes: ["yes", "2024-01-01"]\n'))[0]["block"]["codes"] == [
+        "yes",
+        "2024-01-01",
+    ]

@@ -103,3 +103,11 @@ class Busy(RecommenderError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(StorageError):
+    """What was sent cannot be stored durably right now, and none of it was acknowledged (HTTP 503, Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -12,7 +12,9 @@ A selector is {"code": [...]} or {"category": [...]} or {"brand": [...]} (one ke
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Container
 
 FEED_FILE = "feed.json"
 RULES_FILE = "rules.json"
@@ -24,6 +26,11 @@ DEFAULT_AVAILABILITY = "in_stock"
 # declare them (serving/schemas.py, ItemOut) and show no other.
 SHOWN = ("price", "currency", "category", "availability", "brand", "title", "image_link", "link")
 SELECTOR_KEYS = ("code", "category", "brand")
+# A boost or bury factor is from MIN_RULE_FACTOR to MAX_RULE_FACTOR (a rules file is refused otherwise); the
+# factors applying to one item multiply, and serving holds the product from MIN_TOTAL_FACTOR to MAX_TOTAL_FACTOR,
+# so that however rules stack (or a rules.json stored by hand says), every score stays a finite number.
+MIN_RULE_FACTOR, MAX_RULE_FACTOR = 0.001, 1000.0
+MIN_TOTAL_FACTOR, MAX_TOTAL_FACTOR = 1e-6, 1e6
 
 _SPACES = re.compile(r"\s+")
 
@@ -46,3 +53,42 @@ def category_keys(path: str) -> list[str]:
 def brand_key(name: str) -> str:
     """How brands compare: without case or surrounding spaces."""
     return _SPACES.sub(" ", name.casefold()).strip()
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_ITEMS_START = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"items"[ \t\n\r]*:[ \t\n\r]*\{')
+
+
+def feed_items(data: bytes, keep: Container[str] | None = None) -> tuple[dict[str, dict], int]:
+    """A stored feed's items (only the codes in keep, when given) and how many others it lists. Read one item at a
+    time: one json.loads of a large feed holds the interpreter lock for its whole length (half a second for
+    500,000 items), and every request of the process would wait that long; this lets them through between items.
+    ValueError when it is not a feed.json."""
+    text = data.decode("utf-8")
+    start = _ITEMS_START.match(text)
+    if start is None:  # another layout than the one written (keys reordered by hand, say): read it whole
+        items = json.loads(text)["items"]
+        kept = {code: a for code, a in items.items() if keep is None or code in keep}
+        return kept, len(items) - len(kept)
+    decode = json.JSONDecoder().raw_decode
+    kept, others = {}, 0
+    pos = _SPACE.match(text, start.end()).end()
+    if text.startswith("}", pos):
+        return kept, others
+    while True:
+        code, pos = decode(text, pos)
+        pos = _SPACE.match(text, pos).end()
+        if not text.startswith(":", pos):
+            raise ValueError(f"expected ':' at character {pos}")
+        attributes, pos = decode(text, _SPACE.match(text, pos + 1).end())
+        if keep is None or code in keep:
+            kept[code] = attributes
+        else:
+            others += 1
+        pos = _SPACE.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = _SPACE.match(text, pos + 1).end()
+        elif text.startswith("}", pos):
+            return kept, others
+        else:
+            raise ValueError(f"expected ',' or '}}' at character {pos}")

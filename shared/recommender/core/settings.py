@@ -64,6 +64,12 @@ class Settings:
     # this machine's memory; training.budget).
     max_training_gb: float | None = None
     max_body_bytes: int = 65536
+    # POST /events: events per batch, the body limit (in place of max_body_bytes), and the recent event ids each
+    # process remembers to answer a re-sent one "duplicate" (at most this many, for at most this long).
+    events_max_batch: int = 500
+    events_max_body_bytes: int = 1048576
+    events_dedupe_ids: int = 100000
+    events_dedupe_seconds: float = 3600.0
     # The local server's limits on a request's line and headers: larger ones get 431, slower ones 408.
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
@@ -75,6 +81,12 @@ class Settings:
     max_connections: int = 1000
     max_connections_per_address: int = 100
     keep_versions: int = 5
+    # Uploads of merchandising rules and product feeds: the largest rules file, its stored form (JSON), and the most
+    # rows and bytes (uncompressed) of a feed file; larger ones are refused with one line naming the setting.
+    max_rules_bytes: int = 1 << 20
+    max_rules_stored_bytes: int = 4 << 20
+    max_feed_rows: int = 500_000
+    max_feed_bytes: int = 256 << 20
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
     model_gate_margin: float = 0.10
     run_dir: str = "./data/run"
@@ -113,7 +125,16 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
             f"at least {MIN_SECRET_BYTES} (make one with: python3 -c 'import secrets; "
             "print(secrets.token_urlsafe(48))'), or leave JWT_SECRET unset to have one generated"
         )
-    for name in ("login_failures_per_user", "login_failures_per_address", "login_workers"):
+    for name in (
+        "login_failures_per_user",
+        "login_failures_per_address",
+        "login_workers",
+        "max_rules_bytes",
+        "max_rules_stored_bytes",
+        "max_feed_rows",
+        "max_feed_bytes",
+        "events_max_batch",
+    ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.body_timeout_seconds <= 0 or settings.max_connections < 1 or settings.max_connections_per_address < 1:

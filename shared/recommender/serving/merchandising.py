@@ -4,14 +4,15 @@ version, request options, always-full answers and a reason per pick (numpy only:
 An answer is chosen in levels, each filtered by the same eligibility (in stock, not blocked, not paired away from
 the basket, not in the basket, passing the request's filters): the model's candidates (each basket item's nearest
 items in the Annoy index) by score, then every other item the basket's items have a table weight for, then the
-most popular items; so it holds exactly n items whenever n items are eligible. Pins then put their items at their
-positions.
+most popular items; so it holds exactly n items whenever n items are eligible. The pins the basket triggers are
+chosen first (they count toward max_per_category) and put in at their positions once the rest is chosen.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,12 +22,15 @@ from recommender.core import registry
 from recommender.core.errors import InvalidInput, RecommenderError
 from recommender.core.feed_and_rules import (
     FEED_FILE,
+    MAX_TOTAL_FACTOR,
+    MIN_TOTAL_FACTOR,
     RULES_FILE,
     SELECTOR_KEYS,
     SHOWN,
     brand_key,
     category_key,
     category_keys,
+    feed_items,
 )
 from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
@@ -121,6 +125,7 @@ class Policy:
         self.category_rows: dict[str, np.ndarray] = {}
         self.brand_rows: dict[str, np.ndarray] = {}
         self.leaf = np.full(n, -1, dtype=np.int64)  # the full category path's id, for max_per_category
+        self.leaf_names: list[str] = []  # each id's category path, as the feed wrote it
         self.factor: np.ndarray | None = None
         self.pairs: dict[int, list[np.ndarray]] = {}  # basket row -> rows it forbids (do_not_pair)
         self.pins: dict[int, list[tuple[int, int]]] = {}  # basket row -> (pinned row, position)
@@ -145,12 +150,18 @@ class Policy:
             self.feed_rows[i] = attributes
             if attributes.get("availability") == "out_of_stock":
                 self.eligible[i] = False
-            if "price" in attributes:
-                self.price[i] = attributes["price"]
+            price = attributes.get("price")
+            # A price stored before prices were bounded may be infinite (JSON's Infinity): unknown, not shown.
+            if isinstance(price, (int, float)) and 0 <= price < float("inf"):
+                self.price[i] = price
             if attributes.get("category"):
                 for key in category_keys(attributes["category"]):
                     categories.setdefault(key, []).append(i)
-                self.leaf[i] = leaves.setdefault(category_key(attributes["category"]), len(leaves))
+                leaf = category_key(attributes["category"])
+                if leaf not in leaves:
+                    leaves[leaf] = len(leaves)
+                    self.leaf_names.append(attributes["category"])
+                self.leaf[i] = leaves[leaf]
             if attributes.get("brand"):
                 brands.setdefault(brand_key(attributes["brand"]), []).append(i)
         self.category_rows = {k: np.asarray(sorted(v), dtype=np.int64) for k, v in categories.items()}
@@ -203,8 +214,24 @@ class Policy:
         if rules["boost"]:
             self.factor = np.ones(len(self.eligible))
             for entry in rules["boost"]:
-                selector = {k: entry[k] for k in SELECTOR_KEYS if k in entry}
-                self.factor[self.rows(selector)] *= entry["factor"]
+                factor = float(entry["factor"])
+                if not 0 < factor < float("inf"):  # a rules.json written by hand: uploads refuse these
+                    continue
+                # However many factors stack on one item, their product stays within bounds (held at each step,
+                # so it never overflows on the way): every score stays a finite number.
+                rows = self.rows({k: entry[k] for k in SELECTOR_KEYS if k in entry})
+                product = self.factor[rows] * min(max(factor, MIN_TOTAL_FACTOR), MAX_TOTAL_FACTOR)
+                self.factor[rows] = np.clip(product, MIN_TOTAL_FACTOR, MAX_TOTAL_FACTOR)
+
+    def category_warnings(self, options: Options) -> list[str]:
+        """What the answer says of categories the request names and no item of the feed is in."""
+        out = []
+        for key, effect in (("categories", "no item can match it"), ("exclude_categories", "it excludes nothing")):
+            for name in getattr(options, key):
+                if category_key(name) not in self.category_rows:
+                    where = "in the product feed" if self.feed_version else "known: no product feed gives categories"
+                    out.append(f"{key}: category {name!r} is not {where}; {effect}")
+        return out
 
     def eligibility(self, basket: np.ndarray, options: Options) -> Eligibility:
         """Which items may be recommended with this basket under these options, asked of a few rows at a time."""
@@ -231,9 +258,15 @@ class Policy:
         return attributes
 
 
-def load_feed(storage: Storage, version: str) -> dict:
-    """A feed version's stored items, checked against its manifest."""
-    return _load(storage, version, FEED_FILE, registry.FEED)
+def load_feed(storage: Storage, version: str, known: Container[str] | None = None) -> dict:
+    """A feed version's stored items, checked against its manifest: only those of codes in known, when given
+    ({"items": {...}, "dropped": how many others it lists})."""
+    data = registry.read_verified(storage, version, FEED_FILE, registry.FEED)
+    try:
+        items, dropped = feed_items(data, known)
+    except (ValueError, KeyError, TypeError) as err:
+        raise registry.FEED.error(f"feed version {version} cannot be read: {err}") from None
+    return {"items": items, "dropped": dropped}
 
 
 def load_rules(storage: Storage, version: str) -> dict:
@@ -376,25 +409,34 @@ class Scores:
         return reached[~_members(reached, self.candidates) & ~_members(reached, basket)]
 
 
-def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, policy: Policy) -> tuple[list[Pick], bool]:
-    """The picks for a basket of known rows (possibly empty, sorted), best first, and whether fewer than n were
-    eligible."""
+def answer(
+    model: Any, basket: np.ndarray, n: int, options: Options | None, policy: Policy
+) -> tuple[list[Pick], bool, list[str]]:
+    """The picks for a basket of known rows (possibly empty, sorted), best first, whether fewer than n were
+    eligible, and warnings about the request (categories no item is in, pins beyond max_per_category)."""
     options = options or Options()
+    warnings = policy.category_warnings(options) if options.categories or options.exclude_categories else []
     ok = policy.eligibility(basket, options)
     cap = options.max_per_category
     taken: dict[int, int] = {}  # picks per category, with max_per_category
+    # Pins are placed first: they count toward max_per_category, and the rest of the answer fills around them.
+    pinned = _pinned(policy, basket, n, ok) if policy.pins and len(basket) else {}
+    if pinned:
+        ok.take(np.fromiter(pinned, dtype=np.int64, count=len(pinned)))
+        warnings += _count_pins(policy, pinned, cap, taken)
+    k = n - len(pinned)  # the items to choose besides the pins
     rows = np.empty(0, dtype=np.int64)
     scores = np.empty(0)
     scored = None
     if len(basket):
         scored = Scores(model, basket)
         candidates = scored.candidates
-        rows, scores = _best(candidates, scored(candidates), ok, policy, n, cap, taken)
-        if len(rows) < n:
+        rows, scores = _best(candidates, scored(candidates), ok, policy, k, cap, taken)
+        if len(rows) < k:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
             # score (stable, so popularity still breaks ties) to keep the answer sorted.
             deeper = scored.deeper(basket)
-            more, more_scores = _best(deeper, scored(deeper), ok, policy, n - len(rows), cap, taken)
+            more, more_scores = _best(deeper, scored(deeper), ok, policy, k - len(rows), cap, taken)
             if len(more):
                 rows, scores = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
                 order = np.argsort(-scores, kind="stable")
@@ -403,12 +445,13 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, poli
             # Nothing learned goes with the basket (no positive score): popular items instead, flagged fallback.
             rows, scores = rows[:0], scores[:0]
             taken.clear()
+            _count_pins(policy, pinned, cap, taken)
     ok.take(rows)
     source = np.zeros(len(rows), dtype=np.int8)  # index into SOURCES
-    if len(rows) < n:
+    if len(rows) < k:
         # The most popular items that pass the same filters: scored no higher than the last pick, or, when the model
         # picked nothing (nothing known or learned, or everything filtered), by popularity (the plain fallback's).
-        extra = _popular(policy, ok, n - len(rows), cap, taken)
+        extra = _popular(policy, ok, k - len(rows), cap, taken)
         if len(rows):
             extra_scores = np.full(len(extra), min(0.0, float(scores[-1])))
         else:
@@ -419,8 +462,8 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, poli
         ok.take(extra)
         rows, scores = np.concatenate([rows, extra]), np.concatenate([scores, extra_scores])
         source = np.concatenate([source, np.ones(len(extra), dtype=np.int8)])
-    if policy.pins and len(basket):
-        rows, scores, source = _pin(policy, basket, rows, scores, source, ok, scored)
+    if pinned:
+        rows, scores, source = _pin(pinned, rows, scores, source, scored)
     rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
     confidence = _confidence(model, policy, rows, source, scored)
     if options.min_confidence is not None and confidence is not None:
@@ -446,7 +489,7 @@ def answer(model: Any, basket: np.ndarray, n: int, options: Options | None, poli
             row_list, scores.tolist(), source.tolist(), confidence, because, boosts
         )
     ]
-    return picks, len(picks) < n
+    return picks, len(picks) < n, warnings
 
 
 def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: dict[int, int]) -> np.ndarray:
@@ -463,27 +506,40 @@ def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: di
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
 
-def _pin(
-    policy: Policy,
-    basket: np.ndarray,
-    rows: np.ndarray,
-    scores: np.ndarray,
-    source: np.ndarray,
-    ok: Eligibility,
-    scored: Scores,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pins the basket triggers, at their positions whatever their score (a merchandiser's choice), if they pass
-    every filter: all pinned items out first, then each in at its position, lowest first, so pins do not shift
-    one another."""
-    listed = set(rows.tolist())
+def _pinned(policy: Policy, basket: np.ndarray, n: int, ok: Eligibility) -> dict[int, int]:
+    """The pins the basket triggers ({row: position}), where the item passes every filter and the position is
+    within the answer."""
     pinned: dict[int, int] = {}
     for b in basket.tolist():
         for row, position in policy.pins.get(b, ()):
-            if row in listed or ok(np.asarray([row], dtype=np.int64))[0]:
+            if position <= n and (row in pinned or ok(np.asarray([row], dtype=np.int64))[0]):
                 pinned[row] = min(position, pinned.get(row, position))
-    if not pinned:
-        return rows, scores, source
-    entries = [e for e in zip(rows.tolist(), scores.tolist(), source.tolist()) if e[0] not in pinned]
+    return pinned
+
+
+def _count_pins(policy: Policy, pinned: dict[int, int], cap: int | None, taken: dict[int, int]) -> list[str]:
+    """Count the pinned items toward max_per_category (in taken); warnings for categories the pins alone take
+    beyond it (the pins stay: a merchandiser's choice)."""
+    if cap is None:
+        return []
+    for row in pinned:
+        category = int(policy.leaf[row])
+        if category >= 0:
+            taken[category] = taken.get(category, 0) + 1
+    return [
+        f"max_per_category: {count} pinned items are in category {policy.leaf_names[category]!r}, more than "
+        f"{cap}; the pins stay, and no other item of it is recommended"
+        for category, count in taken.items()
+        if count > cap
+    ]
+
+
+def _pin(
+    pinned: dict[int, int], rows: np.ndarray, scores: np.ndarray, source: np.ndarray, scored: Scores
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pinned items put in at their positions whatever their score (a merchandiser's choice), lowest position
+    first, so pins do not shift one another."""
+    entries = list(zip(rows.tolist(), scores.tolist(), source.tolist()))
     pinned_rows = np.fromiter(pinned, dtype=np.int64, count=len(pinned))
     pinned_scores = dict(zip(pinned_rows.tolist(), scored(pinned_rows).tolist()))
     for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
@@ -652,11 +708,12 @@ class Merchandiser:
         self.storage = storage
         self.loaded: dict[str, tuple[str | None, dict | None]] = {"feed": (None, None), "rules": (None, None)}
         self.errors: dict[str, str | None] = {"feed": None, "rules": None}
+        self._feed_model: str | None = None  # the model whose items the loaded feed was kept for
 
-    def _follow(self, kind: registry.Kind, load: Any) -> tuple[str | None, dict | None]:
+    def _follow(self, kind: registry.Kind, load: Any, again: bool = False) -> tuple[str | None, dict | None]:
         pointer = registry.active(self.storage, kind)
         version = pointer.version if pointer else None
-        if version != self.loaded[kind.prefix][0]:
+        if version != self.loaded[kind.prefix][0] or (again and version):
             try:
                 self.loaded[kind.prefix] = (version, load(self.storage, version) if version else None)
                 self.errors[kind.prefix] = None
@@ -667,9 +724,30 @@ class Merchandiser:
                 self.errors[kind.prefix] = err.message
         return self.loaded[kind.prefix]
 
+    def _load_feed(self, plain: Any) -> Any:
+        def load(storage: Storage, version: str) -> dict:
+            # Only the items the model knows are kept: a feed listing a million codes the model never recommends
+            # costs this process nothing once read.
+            feed = load_feed(storage, version, plain.items.index)
+            if feed["dropped"]:
+                log.info(
+                    "feed version %s: %d item(s) unknown to model %s not kept (%d kept)",
+                    version,
+                    feed["dropped"],
+                    plain.version,
+                    len(feed["items"]),
+                )
+            self._feed_model = plain.version
+            return feed
+
+        return load
+
     def view(self, plain: Any, current: Any) -> Any:
-        """The model to serve: current when nothing changed, else plain under the active feed and rules."""
-        feed_version, feed = self._follow(registry.FEED, load_feed)
+        """The model to serve: current when nothing changed, else plain under the active feed and rules (built
+        here, by whoever refreshes: the watcher thread of a long-running server, before it switches the model)."""
+        feed_version, feed = self._follow(
+            registry.FEED, self._load_feed(plain), again=self._feed_model not in (None, plain.version)
+        )
         rules_version, rules = self._follow(registry.RULES, load_rules)
         if (
             current is not None

@@ -47,6 +47,7 @@ class Recommendation:
     exhausted: bool = False  # fewer than n items were eligible
     feed_version: str | None = None
     rules_version: str | None = None
+    warnings: Sequence[str] = ()  # what the answer says of the request (unknown categories, pins over a cap)
 
 
 def _answers_of(model: Model, size: int) -> Callable | None:
@@ -145,7 +146,9 @@ class Model:
         if options is not None or (policy is not None and policy.restricts):
             if policy is None:
                 policy = self._plain_policy = self._plain_policy or Policy(self.items, self.item_price, None, None)
-            picks, exhausted = merchandising.answer(self, np.asarray(sorted(known), dtype=np.int64), n, options, policy)
+            picks, exhausted, warnings = merchandising.answer(
+                self, np.asarray(sorted(known), dtype=np.int64), n, options, policy
+            )
             fallback = bool(picks) and all(p.source != merchandising.MODEL for p in picks)
             return Recommendation(
                 picks,
@@ -155,6 +158,7 @@ class Model:
                 exhausted,
                 policy.feed_version,
                 policy.rules_version,
+                warnings,
             )
         if not known:
             return Recommendation(self._popular(n, ()), unknown, True, self.version)

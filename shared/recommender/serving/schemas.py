@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic_core import PydanticCustomError
 
 from recommender.core.items import Item
 from recommender.serving.merchandising import Options, Pick
@@ -82,6 +83,25 @@ class BasketIn(BaseModel):
         for name in _LIST_OPTIONS.intersection(given):
             given[name] = tuple(v.strip() for v in given[name])
         return Options(**given, explain=explained)
+
+
+class RecommendationsIn(BasketIn):
+    """A basket for /recommendations: a field it does not know is refused, so that a misspelt filter ("exlude")
+    is not silently ignored (/send_data accepts them, as older clients send some)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise PydanticCustomError(
+                    "extra_forbidden",
+                    f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are {', '.join(cls.model_fields)}",
+                )
+        return data
 
 
 class LoginForm:
@@ -218,6 +238,7 @@ class RecommendationsOut(Out):
     unknown_codes: list[str]
     fallback: bool
     exhausted: bool
+    warnings: list[str]  # what the answer says of the request: categories no item is in, pins over a cap
 
 
 def answer_json(answer: "Recommendation", explain: bool) -> dict:
@@ -230,6 +251,7 @@ def answer_json(answer: "Recommendation", explain: bool) -> dict:
         "unknown_codes": answer.unknown,
         "fallback": answer.fallback,
         "exhausted": answer.exhausted,
+        "warnings": list(answer.warnings),
     }
 
 
@@ -341,3 +363,79 @@ class ModelInfoOut(Out):
     active_version: str | None
     staged_version: str | None
     versions: list[VersionOut]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Events (POST /events): the request's models check each event on its own (serving.events), so that one bad event
+# is refused alone; the batch itself is read by hand.
+# ---------------------------------------------------------------------------------------------------------------
+MAX_EVENT_ITEMS = 1000
+MAX_QUANTITY = 1_000_000
+MAX_EVENT_PRICE = 1e9
+MAX_EVENT_VALUE = 1e12
+# Printable text: no control characters (a session or user id lands in logs and queries).
+Text = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class EventItemIn(BaseModel):
+    """One product an event is about."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    stock_code: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY)] | None = None
+    price: Annotated[float, Field(ge=0, le=MAX_EVENT_PRICE, allow_inf_nan=False)] | None = Field(
+        None, description="unit price"
+    )
+
+
+class EventIn(BaseModel):
+    """One thing a shopper did: saw a recommendation strip, clicked a product, added to the cart, bought."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    event_id: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = Field(
+        description="the client's id of this event: a re-sent event with the same id is counted once"
+    )
+    type: Literal["view", "click", "add_to_cart", "purchase"]
+    ts: Annotated[StrictStr, Field(max_length=40)] | int = Field(
+        description="when it happened: ISO 8601 with a zone (Z or +01:00), or unix time in milliseconds; "
+        "at most 30 days ago and 1 day ahead"
+    )
+    session_id: Text
+    user_id: Text | None = None
+    recommendation_id: Annotated[StrictStr, Field(max_length=160)] | None = Field(
+        None, description="the recommendation_id of the answer that led to this event"
+    )
+    items: Annotated[list[EventItemIn], Field(min_length=1, max_length=MAX_EVENT_ITEMS)]
+    value: Annotated[float, Field(ge=-MAX_EVENT_VALUE, le=MAX_EVENT_VALUE, allow_inf_nan=False)] | None = Field(
+        None, description="the event's worth (a purchase's total)"
+    )
+    currency: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{3}$")] | None = Field(
+        None, description="ISO 4217 code of value and prices"
+    )
+
+
+class EventsIn(BaseModel):
+    """A batch of events (at most EVENTS_MAX_BATCH, 500 by default)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    events: list[EventIn]
+
+
+class EventResult(Out):
+    """What became of one event of a batch."""
+
+    event_id: str | None = Field(description="as sent (null when it was not a string)")
+    status: Literal["accepted", "duplicate", "refused"]
+    reason: str | None = Field(None, description="why it was refused, or why it counts as a duplicate")
+
+
+class EventsOut(Out):
+    """The fate of each event of a batch, in the order sent, and the counts."""
+
+    results: list[EventResult]
+    accepted: int
+    duplicates: int
+    refused: int

@@ -30,6 +30,7 @@ from recommender.serving.tokens import load_secret, verify_token
 from recommender.serving.users import User, UserCache
 
 if TYPE_CHECKING:  # imported on first use: the recommend function never logs anyone in
+    from recommender.serving.events import Ingest
     from recommender.serving.logins import Logins
 
 log = logging.getLogger("recommender")
@@ -93,6 +94,15 @@ def model_holder(settings: Settings) -> ModelHolder:
     return ModelHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache)
 
 
+@_per_settings
+def event_ingest(settings: Settings) -> Ingest:
+    """This process's intake of events (POST /events): its event log and the ids it stored lately."""
+    from recommender.core.event_log import open_event_log
+    from recommender.serving.events import Ingest
+
+    return Ingest(open_event_log(_storage(settings)), settings)
+
+
 # The login throttle and password pool of each settings object (a dict rather than lru_cache: the pools' threads
 # are shut down when tests reset the resources).
 _logins_by_settings: dict[Settings, Logins] = {}
@@ -111,7 +121,7 @@ def _logins(settings: Settings) -> Logins:
 
 def reset_resources() -> None:
     """Forget every cached resource (tests use it between settings)."""
-    for cached in (_storage, _secret, _user_cache, model_holder):
+    for cached in (_storage, _secret, _user_cache, model_holder, event_ingest):
         cached.cache_clear()
     with _logins_lock:
         for logins in _logins_by_settings.values():
@@ -229,8 +239,22 @@ def json_body(schema: type[BaseModel]) -> Callable[[Request], Awaitable[BaseMode
 
 
 def json_body_openapi(schema: type[BaseModel]) -> dict:
-    """The openapi_extra that documents a json_body parameter."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema.model_json_schema()}}}}
+    """The openapi_extra that documents a json_body parameter (nested models inlined: a `#/$defs/...` reference would
+    point nowhere in the OpenAPI document)."""
+    document = schema.model_json_schema()
+    definitions = document.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(document)}}}}
 
 
 class FastJSON(JSONResponse):
@@ -252,16 +276,20 @@ ERROR_MEANINGS = {
     400: "the form body cannot be parsed",
     401: "missing, malformed, expired, forged or revoked token, a deleted user, or bad credentials",
     404: "what was asked for does not exist (e.g. a model trained before it kept sample invoices)",
-    413: "the request body is larger than MAX_BODY_BYTES",
+    413: "the request body is larger than MAX_BODY_BYTES (EVENTS_MAX_BODY_BYTES for /events)",
     422: "malformed request: the detail names the field and the problem",
     429: "too many failed logins from this client address; retry after Retry-After seconds",
-    503: "no model can be served, the storage cannot be reached, or logins are at capacity (with Retry-After)",
+    503: "no model can be served, the storage cannot be reached, logins are at capacity, or events cannot be stored "
+    "(the last two with Retry-After)",
 }
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
     429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     503: {
-        "Retry-After": {"description": "seconds to wait (when logins are at capacity)", "schema": {"type": "integer"}}
+        "Retry-After": {
+            "description": "seconds to wait (when logins are at capacity, or events cannot be stored)",
+            "schema": {"type": "integer"},
+        }
     },
 }
 
@@ -325,8 +353,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error", dict(SECURITY_HEADERS))
 
 
+def body_limit(path: str, settings: Settings) -> int:
+    """The largest request body a path takes: EVENTS_MAX_BODY_BYTES for /events (batches), else MAX_BODY_BYTES."""
+    return settings.events_max_body_bytes if path == "/events" else settings.max_body_bytes
+
+
 class BodyLimit:
-    """Refuse request bodies over MAX_BODY_BYTES with 413, whether or not they announce their length."""
+    """Refuse request bodies over the path's limit (body_limit) with 413, whether or not they announce their length."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -334,10 +367,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = get_settings().max_body_bytes
+        limit = body_limit(scope.get("path", ""), get_settings())
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                return await self._refuse(send)
+                return await self._refuse(send, limit)
         seen = 0
 
         async def limited() -> Message:
@@ -351,10 +384,10 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(send, limit)
 
-    async def _refuse(self, send: Send) -> None:
-        response = _error(413, f"request body is larger than the limit of {get_settings().max_body_bytes} bytes")
+    async def _refuse(self, send: Send, limit: int) -> None:
+        response = _error(413, f"request body is larger than the limit of {limit} bytes")
         await response({"type": "http"}, _no_body, send)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from recommender.core.extras import optional
 from recommender.core.storage import Storage
 from recommender.serving.merchandising import Options
 from recommender.serving.model import Model, ModelHolder
-from recommender.serving.schemas import BasketIn, answer_json
+from recommender.serving.schemas import RecommendationsIn, answer_json
 from recommender.serving.web import describe_validation_error
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -78,6 +79,15 @@ def served_model(storage: Storage) -> Model:
     if model is None:
         holder.current()  # raises ModelUnavailable with the reason
     return model
+
+
+def check_output(out: Path, source: Path | None = None) -> None:
+    """Refuse an output that is a folder, or the same file as the input (through links too): writing it would
+    erase what is being read."""
+    if out.is_dir():
+        raise InvalidInput(f"OUT={out} is a folder: give a file name, e.g. {out / 'export.csv'}")
+    if source is not None and out.exists() and source.exists() and os.path.samefile(out, source):
+        raise InvalidInput(f"OUT={out} is the baskets file itself: writing the answers there would erase it")
 
 
 def format_of(out: Path, given: str | None) -> str:
@@ -137,6 +147,7 @@ def export_complements(
 ) -> ExportSummary:
     """Write every item's top n complements to out; the file appears complete or not at all."""
     out = Path(out)
+    check_output(out)
     fmt = format_of(out, fmt)
     if fmt == "parquet":
         optional("pyarrow", "FORMAT=parquet")
@@ -249,7 +260,7 @@ def _complete_lines(path: Path) -> int:
 def answer_line(model: Model, number: int, line: str) -> dict:
     """The answer to one line of a baskets file: {"line", ...the /recommendations answer} or {"line", "error"}."""
     try:
-        request = BasketIn.model_validate_json(line)
+        request = RecommendationsIn.model_validate_json(line)
         options = request.options(explain=True)
         answer = model.recommend(request.product_list, request.n, options or Options())
         return {"line": number, **answer_json(answer, options is not None and options.explain)}
@@ -267,6 +278,7 @@ def answer_baskets(
     baskets, out = Path(baskets), Path(out)
     if not baskets.is_file():
         raise InvalidInput(f"baskets file not found: {baskets}")
+    check_output(out, baskets)
     started = time.perf_counter()
     done = _complete_lines(out) if resume else 0
     with open(baskets, "rb") as f:

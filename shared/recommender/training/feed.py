@@ -3,11 +3,13 @@ Merchant Center column names), validating every row, and publishing it as a feed
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
+import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from recommender.core.feed_and_rules import AVAILABILITY, FEED_FILE
 from recommender.core.items import ITEMS_FILE
 from recommender.core.registry import sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training.ingest import cell_text, clean_code, xlsx_rows
+from recommender.training.ingest import _not_encoded, cell_text, clean_code, xlsx_rows
 
 SUPPORTED = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".xlsx")
 # Each attribute and the headers naming it, compared without case, spaces or underscores.
@@ -37,7 +39,47 @@ COLUMNS = {
 YES = {"true", "1", "yes", "y", "instock", "available"}
 NO = {"false", "0", "no", "n", "outofstock"}
 PRICE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]{3})?\s*$")
+# The highest price accepted: anything above is a typo or a broken export, and a number that large (or infinite)
+# would break price filters and ratios.
+MAX_PRICE = 1e9
 MAX_ERRORS_SHOWN = 1
+
+
+@dataclass(frozen=True)
+class FeedLimits:
+    """What a feed file may be (MAX_FEED_ROWS, MAX_FEED_BYTES: uncompressed), and the encoding of its text."""
+
+    rows: int = 500_000
+    bytes: int = 256 << 20
+    encoding: str = "utf-8"
+
+
+class _TooLarge(Exception):
+    """Raised from inside the csv reader when the file goes over MAX_FEED_BYTES."""
+
+
+class _Bounded:
+    """A binary file that refuses to give more than `limit` bytes (a .gz can hold far more than its size)."""
+
+    def __init__(self, raw: object, limit: int) -> None:
+        self.raw, self.limit, self.read_bytes = raw, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size if size is not None and size >= 0 else self.limit + 1)
+        self.read_bytes += len(data)
+        if self.read_bytes > self.limit:
+            raise _TooLarge
+        return data
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.raw, name)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.raw:
+            self.read_bytes += len(line)
+            if self.read_bytes > self.limit:
+                raise _TooLarge
+            yield line
 
 
 @dataclass
@@ -69,24 +111,49 @@ def _norm(name: object) -> str:
     return re.sub(r"[\s_]", "", str(name)).lower()
 
 
-def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows as text, whatever the format."""
+def _read_table(path: Path, limits: FeedLimits) -> tuple[list[str], list[list[str]]]:
+    """Header and rows as text, whatever the format; DataFileError beyond the limits or for text not in the
+    encoding (strict: never read into mangled text)."""
     kind = feed_kind(path)
     if not path.is_file():
         raise DataFileError(f"file not found: {path}" if not path.exists() else f"not a file: {path}")
+    too_large = DataFileError(
+        f"{path.name} is larger than {limits.bytes:,} bytes{' uncompressed' if kind.endswith('.gz') else ''}; "
+        "a feed may hold at most MAX_FEED_BYTES (raise it, or leave out products no model will know)"
+    )
     if kind == ".xlsx":
+        if path.stat().st_size > limits.bytes:
+            raise too_large
         rows = [[cell_text(c) for c in row] for row in xlsx_rows(path)]
         width = len(rows[0])
         return rows[0], [(row + [""] * width)[:width] for row in rows[1:]]
+    try:
+        codecs.lookup(limits.encoding)
+    except LookupError:
+        raise DataFileError(
+            f"unknown encoding ENCODING={limits.encoding!r}: use e.g. utf-8, latin-1 or cp1252"
+        ) from None
     sep = "\t" if kind.startswith(".tsv") else ","
     try:
-        # Merchant Center's tab files use no quoting.
-        frame = pd.read_csv(
-            path, sep=sep, dtype=str, keep_default_na=False, encoding_errors="replace", quoting=3 if sep == "\t" else 0
-        )
+        with gzip.open(path, "rb") if kind.endswith(".gz") else open(path, "rb") as raw:
+            # Merchant Center's tab files use no quoting. One row more than the limit says whether it is over.
+            frame = pd.read_csv(
+                _Bounded(raw, limits.bytes),
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                encoding=limits.encoding,
+                encoding_errors="strict",
+                quoting=3 if sep == "\t" else 0,
+                nrows=limits.rows + 1,
+            )
+    except _TooLarge:
+        raise too_large from None
     except pd.errors.EmptyDataError:
         raise DataFileError(f"{path.name} is empty") from None
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
+    except UnicodeDecodeError:
+        raise _not_encoded(path, kind, limits.encoding) from None
+    except (gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
         raise DataFileError(f"cannot read {path.name} as {kind}: {str(err).strip()}") from None
     return [str(c) for c in frame.columns], frame.to_numpy(dtype=object).tolist()
 
@@ -111,15 +178,24 @@ def parse_price(value: str) -> tuple[float, str | None] | None:
     if not value.strip():
         return None
     match = PRICE.match(value)
+    shown = value if len(value) <= 30 else value[:30] + "..."
     if not match:
-        raise ValueError(f"price {value!r} is not a number, optionally followed by a currency code (12.50 GBP)")
-    return float(match.group(1)), match.group(2).upper() if match.group(2) else None
+        raise ValueError(f"price {shown!r} is not a number, optionally followed by a currency code (12.50 GBP)")
+    amount = float(match.group(1))
+    if not math.isfinite(amount) or amount > MAX_PRICE:
+        raise ValueError(f"price {shown!r} is above {MAX_PRICE:,.0f}, the highest price accepted")
+    return amount, match.group(2).upper() if match.group(2) else None
 
 
-def read_feed(path: str | Path) -> FeedFile:
+def read_feed(path: str | Path, limits: FeedLimits | None = None) -> FeedFile:
     """Read and validate a feed file; DataFileError with one line naming the first bad row (and how many more)."""
-    path = Path(path)
-    header, rows = _read_table(path)
+    path, limits = Path(path), limits or FeedLimits()
+    header, rows = _read_table(path, limits)
+    if len(rows) > limits.rows:
+        raise DataFileError(
+            f"{path.name} has more than {limits.rows:,} products; a feed may hold at most MAX_FEED_ROWS "
+            "(raise it, or leave out products no model will know)"
+        )
     found: dict[str, int] = {}
     for attribute, names in COLUMNS.items():
         for j, column in enumerate(header):
@@ -193,8 +269,9 @@ def describe(feed: FeedFile, known_codes: set[str] | None) -> list[str]:
         unknown = sorted(set(feed.items) - known_codes)
         if unknown:
             lines.append(
-                f"warning: {len(unknown):,} code(s) not in the current model (kept, unused until a model "
-                f"knows them): {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}"
+                f"warning: {len(unknown):,} code(s) not in the current model (stored; a serving process keeps "
+                f"only the items its model knows, so these are dropped until a model knows them): "
+                f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}"
             )
     return lines
 
@@ -206,10 +283,11 @@ def publish_feed(
     progress: Callable[[str], None] = print,
     now: Callable = utcnow,
     known_codes: set[str] | None = None,
+    limits: FeedLimits | None = None,
 ) -> dict:
     """Validate a feed file, store it as a new feed version, activate it and prune old ones; returns the manifest."""
     path = Path(path)
-    feed = read_feed(path)
+    feed = read_feed(path, limits)
     for line in describe(feed, known_codes):
         progress(line)
     info = {

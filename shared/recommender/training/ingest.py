@@ -165,7 +165,7 @@ def _not_encoded(path: Path, kind: str, encoding: str) -> DataFileError:
     """The error for a file that is not text in `encoding`, naming the first line that is not and how to go on."""
     decoder = codecs.getincrementaldecoder(encoding)()
     where = ""
-    with gzip.open(path, "rb") if kind == ".csv.gz" else open(path, "rb") as f:
+    with gzip.open(path, "rb") if kind.endswith(".gz") else open(path, "rb") as f:
         head = f.read(4096)
         if head.startswith(b"PK\x03\x04") or b"\x00" in head:
             return DataFileError(

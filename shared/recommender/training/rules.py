@@ -18,6 +18,8 @@ from pydantic_core import PydanticCustomError
 from recommender.core import registry
 from recommender.core.errors import DataFileError
 from recommender.core.feed_and_rules import (
+    MAX_RULE_FACTOR,
+    MIN_RULE_FACTOR,
     RULES_FILE,
     RULES_SOURCE,
     SELECTOR_KEYS,
@@ -29,6 +31,16 @@ from recommender.core.registry import utcnow
 from recommender.core.storage import Storage
 
 MAX_POSITION = 100
+# One rule's factor, and the product of every factor applying to one item (serving holds the product within
+# core.feed_and_rules.MIN_TOTAL_FACTOR..MAX_TOTAL_FACTOR): scores stay finite however the rules stack.
+MIN_FACTOR, MAX_FACTOR = MIN_RULE_FACTOR, MAX_RULE_FACTOR
+# The longest stock code, and category or brand name, a rule may name (Merchant Center allows 50 characters for an
+# id and 750 for a category path).
+MAX_CODE_LENGTH = 200
+MAX_NAME_LENGTH = 750
+# The defaults of MAX_RULES_BYTES (the file) and MAX_RULES_STORED_BYTES (its stored form).
+MAX_RULES_BYTES = 1 << 20
+MAX_RULES_STORED_BYTES = 4 << 20
 BLOCK_KEYS = {"codes": "code", "categories": "category", "brands": "brand"}
 
 
@@ -57,13 +69,64 @@ def _refuse(message: str) -> PydanticCustomError:
     return PydanticCustomError("rules", message)  # no context: braces in the message are not placeholders
 
 
-def _texts(value: Any) -> list[str]:
+class _Loader(yaml.SafeLoader):
+    """YAML as a rules file is read: no aliases (*name: one short line could stand for megabytes of text), and
+    numbers keep the text they were written as, so an unquoted code is the code typed (0123, 1:30, 0b101 and 12.50
+    would otherwise be the numbers 83, 90, 5 and 12.5)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise RulesError(
+                f"line {mark.line + 1}, column {mark.column + 1}: aliases (*name) are not accepted in a rules file; "
+                "write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+class _Int(int):
+    """A YAML integer and the text it was written as."""
+
+    text: str
+
+
+class _Float(float):
+    """A YAML float and the text it was written as."""
+
+    text: str
+
+
+def _number(kind: type, construct: Callable) -> Callable:
+    def build(loader: _Loader, node: yaml.ScalarNode) -> Any:
+        value = kind(construct(loader, node))
+        value.text = node.value
+        return value
+
+    return build
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
+
+
+def _texts(value: Any, longest: int = MAX_NAME_LENGTH) -> list[str]:
     out = []
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, bool) or not isinstance(v, (str, int, float)) or str(v).strip() == "":
-            raise _refuse(f"expected a non-empty text or a list of them, got {v!r}")
-        out.append(str(v).strip())  # YAML reads 22423 as a number: a code is its text
+            # YAML reads yes, no, on, off, true, false and dates unquoted as other things than text.
+            quote = " (put it in quotes)" if v is not None and not isinstance(v, (str, list, dict)) else ""
+            raise _refuse(f"expected a non-empty text or a list of them, got {v!r}{quote}")
+        # YAML reads 22423 as a number: a code is its text, as written in the file (getattr: a document given as
+        # Python values, not read from YAML, has no text to keep).
+        text = str(getattr(v, "text", v)).strip()
+        if len(text) > longest:
+            raise _refuse(f"{text[:20]!r}... is {len(text):,} characters long; at most {longest} are accepted")
+        out.append(text)
     return out
+
+
+def _codes(value: Any) -> list[str]:
+    return _texts(value, MAX_CODE_LENGTH)
 
 
 def _entries(value: Any) -> list:
@@ -76,43 +139,66 @@ def _entries(value: Any) -> list:
 
 def _position(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_POSITION:
-        raise _refuse(f"must be a whole number from 1 to {MAX_POSITION}, got {value!r}")
-    return value
+        raise _refuse(f"must be a whole number from 1 to {MAX_POSITION}, got {_plain(value)}")
+    return int(value)
+
+
+def _plain(value: Any) -> str:
+    """A value as a message shows it: a number as written in the file, anything else as its repr."""
+    return getattr(value, "text", None) or repr(value)
 
 
 def _factor(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise _refuse(f"must be a positive number, got {value!r}")
+        raise _refuse(f"must be a positive number, got {_plain(value)}")
+    if not MIN_FACTOR <= value <= MAX_FACTOR:
+        raise _refuse(f"must be from {MIN_FACTOR:g} to {MAX_FACTOR:g}, got {_plain(value)}")
     return float(value)
 
 
 def _bury_factor(value: Any) -> float:
     factor = _factor(value)
     if factor >= 1:
-        raise _refuse(f"a bury factor must be below 1 (use boost to raise items), got {value!r}")
+        raise _refuse(f"a bury factor must be below 1 (use boost to raise items), got {_plain(value)}")
     return factor
 
 
-_TEXT_SCHEMA = {"anyOf": [{"type": "string", "pattern": r"\S"}, {"type": "number"}]}  # 22423 is the code '22423'
+def _text_schema(longest: int) -> dict:
+    return {"anyOf": [{"type": "string", "pattern": r"\S", "maxLength": longest}, {"type": "number"}]}
+
+
+_TEXT_SCHEMA = _text_schema(MAX_NAME_LENGTH)  # 22423 is the code '22423'
 _TEXTS_SCHEMA = {"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA}]}
+_CODE_SCHEMA = _text_schema(MAX_CODE_LENGTH)
+_CODES_SCHEMA = {"anyOf": [_CODE_SCHEMA, {"type": "array", "items": _CODE_SCHEMA}]}
 # A selector's values: one text or a list of them (None only as the default of a key not given: a null is refused).
 Texts = Annotated[list[str] | None, BeforeValidator(_texts), WithJsonSchema(_TEXTS_SCHEMA)]
+Codes = Annotated[list[str] | None, BeforeValidator(_codes), WithJsonSchema(_CODES_SCHEMA)]
 # A block list's values: the same, and an empty entry ("codes:" alone) is an empty list.
 OptionalTexts = Annotated[
     list[str],
     BeforeValidator(lambda v: [] if v is None else _texts(v)),
     WithJsonSchema({"anyOf": [*_TEXTS_SCHEMA["anyOf"], {"type": "null"}]}),
 ]
+OptionalCodes = Annotated[
+    list[str],
+    BeforeValidator(lambda v: [] if v is None else _codes(v)),
+    WithJsonSchema({"anyOf": [*_CODES_SCHEMA["anyOf"], {"type": "null"}]}),
+]
 Position = Annotated[
     int,
     BeforeValidator(_position),
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_POSITION, "default": 1}),
 ]
-Factor = Annotated[float, BeforeValidator(_factor), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
+Factor = Annotated[
+    float,
+    BeforeValidator(_factor),
+    WithJsonSchema({"type": "number", "minimum": MIN_FACTOR, "maximum": MAX_FACTOR}),
+]
 BuryFactor = Annotated[
     float,
     BeforeValidator(_bury_factor),
-    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}),
+    WithJsonSchema({"type": "number", "minimum": MIN_FACTOR, "exclusiveMaximum": 1}),
 ]
 
 
@@ -168,7 +254,7 @@ class Selector(_OneKey):
 
     keys_hint: ClassVar[str] = "use " + " or ".join(SELECTOR_KEYS)
 
-    code: Texts = None
+    code: Codes = None
     category: Texts = None
     brand: Texts = None
 
@@ -179,9 +265,9 @@ class PinItem(_OneKey):
     keys_hint: ClassVar[str] = "use code"
 
     code: Annotated[
-        Texts,
+        Codes,
         WithJsonSchema(
-            {"anyOf": [_TEXT_SCHEMA, {"type": "array", "items": _TEXT_SCHEMA, "minItems": 1, "maxItems": 1}]}
+            {"anyOf": [_CODE_SCHEMA, {"type": "array", "items": _CODE_SCHEMA, "minItems": 1, "maxItems": 1}]}
         ),
     ]
 
@@ -195,7 +281,7 @@ class PinItem(_OneKey):
 class Block(_Part):
     """Items never recommended, whatever the basket."""
 
-    codes: OptionalTexts = Field(default_factory=list, description="stock codes")
+    codes: OptionalCodes = Field(default_factory=list, description="stock codes")
     categories: OptionalTexts = Field(default_factory=list, description="categories: any level's name or a path")
     brands: OptionalTexts = Field(default_factory=list)
 
@@ -220,7 +306,7 @@ class Boost(_Part):
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 2, "maxProperties": 2})
 
-    code: Texts = None
+    code: Codes = None
     category: Texts = None
     brand: Texts = None
     factor: Factor
@@ -351,14 +437,19 @@ def check(rules: dict, known: Known) -> list[str]:
     ]
 
 
-def read_rules(path: str | Path) -> tuple[dict, bytes]:
+def read_rules(path: str | Path, max_bytes: int = MAX_RULES_BYTES) -> tuple[dict, bytes]:
     """The validated rules of a YAML file, and the file's bytes; RulesError (one line) when it cannot be used."""
     path = Path(path)
     if not path.is_file():
         raise RulesError(f"file not found: {path}" if not path.exists() else f"not a file: {path}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise RulesError(
+            f"{path.name} is {size:,} bytes; a rules file may hold at most {max_bytes:,} (MAX_RULES_BYTES)"
+        )
     data = path.read_bytes()
     try:
-        raw = yaml.safe_load(data.decode("utf-8"))
+        raw = yaml.load(data.decode("utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader without aliases)
     except UnicodeDecodeError as err:
         raise RulesError(f"{path.name} is not UTF-8 text: {err}") from None
     except yaml.YAMLError as err:
@@ -366,6 +457,8 @@ def read_rules(path: str | Path) -> tuple[dict, bytes]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise RulesError(f"{path.name} is not valid YAML{where}: {problem}") from None
+    except RulesError as err:
+        raise RulesError(f"{path.name}: {err.message}") from None
     try:
         return validate(raw), data
     except RulesError as err:
@@ -402,17 +495,24 @@ def publish_rules(
     keep_versions: int = 5,
     progress: Callable[[str], None] = print,
     now: Callable = utcnow,
+    max_bytes: int = MAX_RULES_BYTES,
+    max_stored_bytes: int = MAX_RULES_STORED_BYTES,
 ) -> dict:
     """Validate a rules file in full, store it as a new rules version, activate it and prune old ones."""
     path = Path(path)
-    rules, source = read_rules(path)
+    rules, source = read_rules(path, max_bytes)
     try:
         warnings = check(rules, known)
     except RulesError as err:
         raise RulesError(f"{path.name}: {err.message}") from None
+    stored = json.dumps(rules, ensure_ascii=False, sort_keys=True, indent=1).encode()
+    if len(stored) > max_stored_bytes:
+        raise RulesError(
+            f"{path.name}: its rules take {len(stored):,} bytes once stored; at most {max_stored_bytes:,} are "
+            "accepted (MAX_RULES_STORED_BYTES)"
+        )
     for line in describe(rules) + warnings:
         progress(line)
-    stored = json.dumps(rules, ensure_ascii=False, sort_keys=True, indent=1).encode()
     info = {"source": {"file": path.name, "bytes": len(source)}, "warnings": warnings}
     manifest = registry.publish_files(storage, {RULES_FILE: stored, RULES_SOURCE: source}, info, registry.RULES, now)
     registry.activate(storage, manifest["version"], now, kind=registry.RULES)

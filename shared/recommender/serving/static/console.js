@@ -511,6 +511,7 @@
     if (Array.isArray(answer.unknown_codes) && answer.unknown_codes.length) {
       notes.push(`Not in the model, ignored: ${answer.unknown_codes.join(", ")}.`);
     }
+    if (Array.isArray(answer.warnings)) notes.push(...answer.warnings.map((w) => `${w}.`));
     $("recs-status").textContent = notes.join(" ");
     if (state.focusRecsAfterRender) {
       state.focusRecsAfterRender = false;
