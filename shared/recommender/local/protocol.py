@@ -36,7 +36,7 @@ class Limits:
 
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
-    body_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
     min_body_bytes_per_second: int = 1024
     max_connections: int = 1000
     max_connections_per_address: int = 100
