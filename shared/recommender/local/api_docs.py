@@ -9,16 +9,16 @@ and they are read from disk on their first request only.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from starlette.responses import Response
 
 from recommender.core.errors import ConfigError
+from recommender.serving import console
+from recommender.serving.console import Asset
 
 TITLE = "Recommender API"
 JS, CSS, HTML = "text/javascript; charset=utf-8", "text/css; charset=utf-8", "text/html; charset=utf-8"
@@ -87,23 +87,10 @@ FILES: dict[str, tuple[bytes | str, str, str | None]] = {
     "/redoc/": (REDOC_PAGE, HTML, REDOC_CSP),
     "/redoc/redoc.standalone.js": ("redoc.standalone.js", JS, None),
 }
-HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cache-Control": "no-cache",  # revalidate (ETag): an upgraded package shows at once
+# The console's headers (serving.console), the policy apart: each page has its own.
+HEADERS = {"X-Content-Type-Options": "nosniff"} | {
+    name: value for name, value in console.HEADERS.items() if name != "Content-Security-Policy"
 }
-
-
-@dataclass(frozen=True)
-class Asset:
-    """One file of the documentation pages, ready to send."""
-
-    body: bytes
-    media_type: str
-    etag: str
-    policy: str | None
 
 
 def static_folder() -> Path:
@@ -118,9 +105,8 @@ def static_folder() -> Path:
 @lru_cache(maxsize=len(FILES))
 def asset(path: str) -> Asset:
     """The file served at URL path (read once per process, on its first request)."""
-    source, media_type, policy = FILES[path]
-    body = source if isinstance(source, bytes) else (static_folder() / source).read_bytes()
-    return Asset(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"', policy)
+    source, media_type, _policy = FILES[path]
+    return Asset.of(source if isinstance(source, bytes) else (static_folder() / source).read_bytes(), media_type)
 
 
 def response(path: str, if_none_match: str | None = None) -> Response:
@@ -136,9 +122,5 @@ def response(path: str, if_none_match: str | None = None) -> Response:
             media_type="application/json",
             headers={"X-Content-Type-Options": "nosniff"},
         )
-    headers = {**HEADERS, "ETag": found.etag}
-    if found.policy:
-        headers["Content-Security-Policy"] = found.policy
-    if if_none_match and found.etag in [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]:
-        return Response(status_code=304, headers=headers)
-    return Response(found.body, media_type=found.media_type, headers=headers)
+    policy = FILES[path][2]
+    return found.response({**HEADERS, "Content-Security-Policy": policy} if policy else HEADERS, if_none_match)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from recommender.core.settings import Settings
 from recommender.local.connections import Registry, Tally
 
 MESSAGES = {
@@ -32,14 +33,19 @@ BODY_GRACE_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class Limits:
-    """The local server's limits on requests and connections (settings of the same names)."""
+    """The local server's limits on requests and connections (the settings of the same names)."""
 
-    max_header_bytes: int = 16384
-    header_timeout_seconds: float = 10.0
-    body_timeout_seconds: float = 30.0
-    min_body_bytes_per_second: int = 1024
-    max_connections: int = 1000
-    max_connections_per_address: int = 100
+    max_header_bytes: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    min_body_bytes_per_second: int
+    max_connections: int
+    max_connections_per_address: int
+
+    @classmethod
+    def of(cls, settings: Settings, **changes: Any) -> Limits:
+        """The limits the settings give (with changes, e.g. a max_connections the open files allow)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)} | changes)
 
 
 # Each server's connections (tests run several servers in one process), forgotten with the server.
@@ -54,7 +60,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol refusing request heads over max_head_bytes (431) or slower than head_timeout (408), and
     bodies slower than body_timeout or min_body_rate (408), within the connection limits of limits."""
 
-    limits = Limits()
+    limits = Limits.of(Settings())
     max_head_bytes = limits.max_header_bytes
     head_timeout = limits.header_timeout_seconds
 

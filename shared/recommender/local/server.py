@@ -77,14 +77,7 @@ def uvicorn_options(settings: Settings) -> dict:
     from recommender.local.protocol import Limits, limited_protocol
 
     open_files = raise_file_limit()
-    limits = Limits(
-        max_header_bytes=settings.max_header_bytes,
-        header_timeout_seconds=settings.header_timeout_seconds,
-        body_timeout_seconds=settings.body_timeout_seconds,
-        min_body_bytes_per_second=settings.min_body_bytes_per_second,
-        max_connections=connection_limit(settings.max_connections, open_files),
-        max_connections_per_address=settings.max_connections_per_address,
-    )
+    limits = Limits.of(settings, max_connections=connection_limit(settings.max_connections, open_files))
     if limits.max_connections < settings.max_connections:
         log.warning(
             "at most %d connections (not MAX_CONNECTIONS=%d): the process may open %d files and keeps some for itself",

@@ -42,22 +42,29 @@ class Asset:
     media_type: str
     etag: str
 
+    @classmethod
+    def of(cls, body: bytes, media_type: str) -> Asset:
+        """body, with an ETag from its content."""
+        return cls(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+
+    def response(self, headers: dict[str, str], if_none_match: str | None = None) -> Response:
+        """The file with headers (and its ETag), or 304 when the client's copy (If-None-Match) is current."""
+        headers = {**headers, "ETag": self.etag}
+        if if_none_match and self.etag in [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]:
+            return Response(status_code=304, headers=headers)
+        return Response(self.body, media_type=self.media_type, headers=headers)
+
 
 @lru_cache(maxsize=len(FILES))
 def asset(path: str) -> Asset:
     """The file served at URL path (read from the package once per process)."""
     name, media_type = FILES[path]
-    body = resources.files("recommender.serving").joinpath("static", name).read_bytes()
-    return Asset(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    return Asset.of(resources.files("recommender.serving").joinpath("static", name).read_bytes(), media_type)
 
 
 def response(path: str, if_none_match: str | None = None) -> Response:
     """The response for a console path: the file, or 304 when the client's copy is current."""
-    found = asset(path)
-    headers = {**HEADERS, "ETag": found.etag}
-    if if_none_match and found.etag in [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]:
-        return Response(status_code=304, headers=headers)
-    return Response(found.body, media_type=found.media_type, headers=headers)
+    return asset(path).response(HEADERS, if_none_match)
 
 
 def page_bytes() -> int:
