@@ -14,6 +14,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,7 @@ def run(connections: int, seconds: float, out: Path) -> dict:
     finally:
         subprocess.run([sys.executable, "-m", "recommender", "stop"], cwd=ROOT, env=env, check=False)
     log = (work / "run" / "server.log").read_text(errors="replace")
+    shutil.rmtree(work, ignore_errors=True)
     result = {
         "connections": connections,
         "seconds": seconds,
