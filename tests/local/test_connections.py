@@ -82,3 +82,58 @@ def test_the_tally_logs_the_first_at_once_then_one_line_per_period(caplog):
         scheduled[0][1]()
     assert len(caplog.records) == 2
     assert caplog.records[1].getMessage() == ("connection limits: 49 new connections refused (503); from 10.0.0.1 (49)")
+
+
+class FakeTransport:
+    """What the protocol asks of an asyncio transport, recording how it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = self.aborted = False
+        self.written = b""
+
+    def get_extra_info(self, name: str):
+        return {"peername": ("10.0.0.9", 5555), "sockname": ("127.0.0.1", 8090)}.get(name)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def test_an_answer_the_client_stops_reading_is_cut_off_after_the_body_time_limit():
+    import asyncio
+    from dataclasses import replace
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from recommender.core.settings import Settings
+    from recommender.local.protocol import Limits, limited_protocol
+
+    loop = asyncio.new_event_loop()
+    try:
+        protocol_class = limited_protocol(Limits.of(replace(Settings(), body_timeout_seconds=0.05)))
+        config = Config(app=lambda *_a: None, log_level="warning")
+        reading, stalled = FakeTransport(), FakeTransport()
+        for transport in (reading, stalled):
+            protocol = protocol_class(config, ServerState(), {}, _loop=loop)
+            protocol.connection_made(transport)
+            protocol.pause_writing()  # the client's window is full
+            if transport is reading:
+                loop.run_until_complete(asyncio.sleep(0.02))
+                protocol.resume_writing()  # it read in time
+        loop.run_until_complete(asyncio.sleep(0.15))
+    finally:
+        loop.close()
+    assert stalled.aborted and not reading.aborted

@@ -74,8 +74,9 @@ class Settings:
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
     # ...and on its body and connections: a body must arrive within body_timeout_seconds and, after its first
-    # 2 s, at min_body_bytes_per_second on average (else 408); at most max_connections open connections in all
-    # (fewer if the process may not open that many files) and max_connections_per_address from one address.
+    # 2 s, at min_body_bytes_per_second on average (else 408), and an answer be read within the same time; at most
+    # max_connections open connections in all (fewer if the process may not open that many files) and
+    # max_connections_per_address from one address.
     body_timeout_seconds: float = 30.0
     min_body_bytes_per_second: int = 1024
     max_connections: int = 1000

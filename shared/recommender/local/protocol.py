@@ -75,6 +75,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_started = 0.0
         self._body_received = 0
         self._body_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None  # runs while the client does not read its answer
         self._answering = False  # a whole request has arrived and is not answered yet
         self._registry: Registry | None = None
         self.address = "unknown"
@@ -163,9 +164,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._registry.answered(self)
 
+    def pause_writing(self) -> None:
+        # The client reads its answer slower than it is written (or not at all): an answer being written is never
+        # closed for another connection, so one that stalls for the body's time limit is cut off.
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.body_timeout_seconds, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        if self._registry is not None:
+            self._registry.tally.count("answers not read in time, cut off", self.address)
+        self.transport.abort()  # what is still buffered for it will never be read: drop it
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._cancel_body_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if self._registry is not None:
             self._registry.remove(self)
         super().connection_lost(exc)
