@@ -111,3 +111,12 @@ def test_swagger_ui_and_redoc_draw_the_api_offline(trained_storage, tmp_path):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_the_function_apps_have_no_pages_of_their_own_loading_from_a_cdn():
+    from functions.auth.app import app as auth
+    from functions.recommend.app import app as recommend
+
+    for app in (auth, recommend):
+        for path in ("/docs", "/redoc"):
+            assert TestClient(app).get(path).status_code in (404, 405)
