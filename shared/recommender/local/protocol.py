@@ -199,10 +199,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_body_timer()
         if self.transport.is_closing():
             return
-        if self._in_body or (self._reading_head and self._head_received):
+        answered = self._in_body and self.cycle is not None and self.cycle.response_started
+        if not answered and (self._in_body or (self._reading_head and self._head_received)):
             self._send_error(503, "this request was too slow while the server was at its connection limit", 1)
         else:
-            self.transport.close()
+            self.transport.close()  # idle, or its answer is sent: nothing to say
 
     def _check_body(self) -> None:
         """408 for a body past its deadline or under the minimum rate; else look again when it next could be."""
