@@ -68,7 +68,7 @@ def test_without_the_package_the_pages_say_what_to_install(monkeypatch):
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_swagger_ui_and_redoc_draw_the_api_offline(trained_storage, tmp_path):
     """Headless Chromium with every host but the local server unreachable draws both pages, with no error and no
-    request that the policy blocked."""
+    request that the policy blocked, and Swagger UI's "Try it out" calls the API."""
     import threading
 
     import uvicorn
@@ -99,6 +99,12 @@ def test_swagger_ui_and_redoc_draw_the_api_offline(trained_storage, tmp_path):
                 page.goto(f"http://127.0.0.1:{port}/docs")
                 page.wait_for_selector("text=/send_data", timeout=15_000)
                 assert page.locator(".btn.authorize").count() == 1
+                # "Try it out" on GET /health: the page may call the API (connect-src 'self').
+                page.click("[data-path='/health']")
+                page.click("button.try-out__btn")
+                page.click("button.execute")
+                status = page.wait_for_selector(".live-responses-table tbody .response-col_status", timeout=15_000)
+                assert status.inner_text().strip() == "200"
                 page.goto(f"http://127.0.0.1:{port}/redoc")
                 page.wait_for_selector("text=Recommender API", timeout=15_000)
                 page.wait_for_selector("text=/send_data", timeout=15_000)
