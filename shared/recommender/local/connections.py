@@ -14,11 +14,15 @@ that sends its request at a normal pace, /health included, is served however man
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Protocol
+
+try:
+    import resource
+except ImportError:  # Windows: no limit on open files to read or raise
+    resource = None  # type: ignore[assignment]
 
 # File descriptors kept for the process's own use beyond its connections: the model's files, the storage (S3's
 # connection pool), logs, the login threads, and the listening socket.
@@ -181,8 +185,11 @@ class Registry:
         return self.all.count
 
 
-def raise_file_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit where allowed; the soft limit after."""
+def raise_file_limit() -> int | None:
+    """Raise this process's soft limit on open files to its hard limit where allowed; the soft limit after (None
+    where there is none to read, or it is unlimited)."""
+    if resource is None:
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -191,12 +198,12 @@ def raise_file_limit() -> int:
             soft = target
         except (ValueError, OSError):  # macOS refuses more than its OPEN_MAX: keep what we have
             pass
-    return soft
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
-def connection_limit(max_connections: int, open_files: int) -> int:
-    """The most connections to keep open: max_connections, or fewer when the limit on open files (open_files)
-    would not leave FD_RESERVE for the rest of the process."""
-    if open_files == resource.RLIM_INFINITY:
+def connection_limit(max_connections: int, open_files: int | None) -> int:
+    """The most connections to keep open: max_connections, or fewer when the limit on open files (open_files; None
+    for none) would not leave FD_RESERVE for the rest of the process."""
+    if open_files is None:
         return max_connections
     return max(MIN_CONNECTIONS, min(max_connections, open_files - FD_RESERVE))
