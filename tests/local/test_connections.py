@@ -137,3 +137,20 @@ def test_an_answer_the_client_stops_reading_is_cut_off_after_the_body_time_limit
     finally:
         loop.close()
     assert stalled.aborted and not reading.aborted
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BODY_TIMEOUT_SECONDS": "0"},
+        {"MIN_BODY_BYTES_PER_SECOND": "-1"},
+        {"MAX_CONNECTIONS": "0"},
+        {"MAX_CONNECTIONS_PER_ADDRESS": "0"},
+    ],
+)
+def test_limits_that_would_shut_every_client_out_are_refused_at_start(env):
+    from recommender.core.errors import ConfigError
+    from recommender.core.settings import settings_from_env
+
+    with pytest.raises(ConfigError, match=next(iter(env))):
+        settings_from_env(env)

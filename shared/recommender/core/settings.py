@@ -138,10 +138,10 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
     ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
-    if settings.body_timeout_seconds <= 0 or settings.max_connections < 1 or settings.max_connections_per_address < 1:
-        raise ConfigError(
-            "BODY_TIMEOUT_SECONDS must be above 0, and MAX_CONNECTIONS and MAX_CONNECTIONS_PER_ADDRESS at least 1"
-        )
+    if settings.body_timeout_seconds <= 0 or settings.min_body_bytes_per_second < 0:
+        raise ConfigError("BODY_TIMEOUT_SECONDS must be above 0, and MIN_BODY_BYTES_PER_SECOND 0 or more")
+    if settings.max_connections < 1 or settings.max_connections_per_address < 1:
+        raise ConfigError("MAX_CONNECTIONS and MAX_CONNECTIONS_PER_ADDRESS must be at least 1")
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
     if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:
