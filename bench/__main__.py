@@ -113,6 +113,7 @@ BENCHMARKS = {
     "merch": "merchandising: feed, 1,000 rules, filters, explain vs plain; export throughput",
     "logins": "/send_data latency while 20 clients send wrong passwords to /token",
     "search": "catalog search (GET /items) on a 100k-item catalog",
+    "widget": "the shop widget's first paint of recommendations on the demo shop, in headless Chromium",
     "events": "POST /events in batches of 50 to the local store: events/s and p99",
 }
 

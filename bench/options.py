@@ -76,6 +76,7 @@ class Options:
     logins_seconds: float = 15.0  # each /send_data run of the logins part (quiet, polite burst, flood)
     search_products: int = 100_000
     search_repeats: int = 3
+    widget_loads: int = 30  # demo shop product pages opened in a new browser context each
     events_seconds: float = 10.0  # the measured POST /events run (after warmup_seconds)
     events_clients: int = 4
     events_rate: float = 2000.0  # events/s of the paced run, whose p99 is held to the target
@@ -109,6 +110,7 @@ class Options:
             logins_seconds=3.0,
             search_products=10_000,
             search_repeats=1,
+            widget_loads=3,
             events_seconds=3.0,
             out_dir=ROOT / "bench" / "results" / "quick",
             quick=True,

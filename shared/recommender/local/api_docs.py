@@ -9,6 +9,7 @@ and they are read from disk on their first request only.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from functools import lru_cache
@@ -106,7 +107,8 @@ def static_folder() -> Path:
 def asset(path: str) -> Asset:
     """The file served at URL path (read once per process, on its first request)."""
     source, media_type, _policy = FILES[path]
-    return Asset.of(source if isinstance(source, bytes) else (static_folder() / source).read_bytes(), media_type)
+    body = source if isinstance(source, bytes) else (static_folder() / source).read_bytes()
+    return Asset(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
 
 
 def response(path: str, if_none_match: str | None = None) -> Response:
@@ -123,4 +125,6 @@ def response(path: str, if_none_match: str | None = None) -> Response:
             headers={"X-Content-Type-Options": "nosniff"},
         )
     policy = FILES[path][2]
-    return found.response({**HEADERS, "Content-Security-Policy": policy} if policy else HEADERS, if_none_match)
+    return console.conditional(
+        found, {**HEADERS, "Content-Security-Policy": policy} if policy else HEADERS, if_none_match
+    )

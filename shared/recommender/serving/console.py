@@ -42,29 +42,26 @@ class Asset:
     media_type: str
     etag: str
 
-    @classmethod
-    def of(cls, body: bytes, media_type: str) -> Asset:
-        """body, with an ETag from its content."""
-        return cls(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
-
-    def response(self, headers: dict[str, str], if_none_match: str | None = None) -> Response:
-        """The file with headers (and its ETag), or 304 when the client's copy (If-None-Match) is current."""
-        headers = {**headers, "ETag": self.etag}
-        if if_none_match and self.etag in [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]:
-            return Response(status_code=304, headers=headers)
-        return Response(self.body, media_type=self.media_type, headers=headers)
-
 
 @lru_cache(maxsize=len(FILES))
 def asset(path: str) -> Asset:
     """The file served at URL path (read from the package once per process)."""
     name, media_type = FILES[path]
-    return Asset.of(resources.files("recommender.serving").joinpath("static", name).read_bytes(), media_type)
+    body = resources.files("recommender.serving").joinpath("static", name).read_bytes()
+    return Asset(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
 
 
 def response(path: str, if_none_match: str | None = None) -> Response:
     """The response for a console path: the file, or 304 when the client's copy is current."""
-    return asset(path).response(HEADERS, if_none_match)
+    return conditional(asset(path), HEADERS, if_none_match)
+
+
+def conditional(found: Asset, headers: dict[str, str], if_none_match: str | None) -> Response:
+    """The file with its headers and ETag, or 304 when If-None-Match names its ETag."""
+    headers = {**headers, "ETag": found.etag}
+    if if_none_match and found.etag in [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(found.body, media_type=found.media_type, headers=headers)
 
 
 def page_bytes() -> int:

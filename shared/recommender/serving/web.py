@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,9 +21,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recommender.core.errors import AuthError, Busy, InvalidInput, NotFound, RecommenderError
+from recommender.core.errors import AuthError, Busy, Forbidden, InvalidInput, NotFound, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
+from recommender.serving.keys import ALL_SCOPES, KEY_PREFIX, SCOPES, Caller, KeyCache
 from recommender.serving.model import Model, ModelHolder
 from recommender.serving.schemas import ErrorOut, error_json
 from recommender.serving.tokens import load_secret, verify_token
@@ -44,6 +45,7 @@ async def settings() -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(settings)]
 bearer = OAuth2PasswordBearer(tokenUrl="/token", auto_error=False)
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (make add_key)")
 
 
 def _per_settings(make: Callable[[Settings], T]) -> Callable[[Settings], T]:
@@ -100,6 +102,10 @@ def event_ingest(settings: Settings) -> Ingest:
     from recommender.core.event_log import open_event_log
     from recommender.serving.events import Ingest
 
+    if settings.events_firehose_stream:
+        from recommender.core.event_firehose import firehose_event_log
+
+        return Ingest(firehose_event_log(settings), settings)
     return Ingest(open_event_log(_storage(settings)), settings)
 
 
@@ -119,9 +125,15 @@ def _logins(settings: Settings) -> Logins:
         return logins
 
 
+@_per_settings
+def key_cache(settings: Settings) -> KeyCache:
+    """The API keys this process accepts (one cache per settings), re-read every MODEL_POLL_SECONDS."""
+    return KeyCache(_storage(settings), settings.model_poll_seconds)
+
+
 def reset_resources() -> None:
     """Forget every cached resource (tests use it between settings)."""
-    for cached in (_storage, _secret, _user_cache, model_holder, event_ingest):
+    for cached in (_storage, _secret, _user_cache, model_holder, event_ingest, key_cache):
         cached.cache_clear()
     with _logins_lock:
         for logins in _logins_by_settings.values():
@@ -157,10 +169,17 @@ async def _signing_secret(settings: Settings) -> str:
 
 # The two dependencies every recommendation request resolves read the settings themselves rather than through
 # sub-dependencies: each level of FastAPI's dependency resolution costs tens of microseconds per request.
-async def current_user(token: Annotated[str | None, Depends(bearer)]) -> User:
-    """The user a valid bearer token names; AuthError (401) for a missing, bad or expired token or a deleted user."""
-    if not token:
+async def current_user(request: Request, token: Annotated[str | None, Depends(bearer)]) -> User:
+    """The user a valid bearer token names; AuthError (401) for a missing, bad or expired token or a deleted user,
+    Forbidden (403) for an API key: keys reach only the routes of their scopes."""
+    if not token or token.startswith(KEY_PREFIX):
+        if token or "x-api-key" in request.headers:
+            raise Forbidden(f"an API key cannot call {request.url.path}: it needs a user's token (POST /token)")
         raise AuthError("not authenticated: send Authorization: Bearer <token> (get one from POST /token)")
+    return await _token_user(token)
+
+
+async def _token_user(token: str) -> User:
     settings = get_settings()
     claims = verify_token(token, await _signing_secret(settings), settings.jwt_algorithm)
     cache = _user_cache(settings)
@@ -181,7 +200,52 @@ async def current_user(token: Annotated[str | None, Depends(bearer)]) -> User:
 
 async def request_user(request: Request) -> User:
     """current_user for the bearer token of a request's Authorization header (what Depends(bearer) gives it)."""
-    return await current_user(await bearer(request))
+    return await current_user(request, await bearer(request))
+
+
+# What a user's token may do: everything a key can, and the rest. One object, not one per request.
+_USERS: dict[str, Caller] = {}
+
+
+async def request_caller(request: Request, scope: str) -> Caller:
+    """Who sends a request to a route of scope: an API key (X-API-Key, or Authorization: Bearer rk_...) checked
+    for its scope, origin and rate, or a user's bearer token exactly as current_user checks it."""
+    headers = request.headers
+    key = headers.get("x-api-key")
+    if key is None:
+        scheme, _, value = (headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise AuthError(
+                "not authenticated: send X-API-Key: <key> (make add_key) or Authorization: Bearer <token> "
+                "(get one from POST /token)"
+            )
+        if not value.startswith(KEY_PREFIX):
+            user = await _token_user(value)
+            caller = _USERS.get(user.username)
+            if caller is None:
+                caller = _USERS.setdefault(user.username, Caller("user", user.username, ALL_SCOPES))
+            return caller
+        key = value
+    cache = key_cache(get_settings())
+    if cache.due():
+        await run_in_threadpool(cache.refresh)
+    # The path from the scope: request.url would build a URL object, several µs, for an error message.
+    return cache.check(key, scope, headers.get("origin"), request.scope["path"])
+
+
+def caller(scope: str) -> Callable[..., Awaitable[Caller]]:
+    """A dependency: the Caller of a route of scope (request_caller), documented with both ways to authorize."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    async def dependency(
+        request: Request,
+        _token: Annotated[str | None, Depends(bearer)],
+        _key: Annotated[str | None, Depends(api_key_header)],
+    ) -> Caller:
+        return await request_caller(request, scope)
+
+    return dependency
 
 
 def resolved_by(handler: Callable[[Request], Awaitable[Response]]) -> type[APIRoute]:
@@ -274,11 +338,13 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 # What each error status means, for the OpenAPI document (README "HTTP API" says the same).
 ERROR_MEANINGS = {
     400: "the form body cannot be parsed",
-    401: "missing, malformed, expired, forged or revoked token, a deleted user, or bad credentials",
+    401: "missing, malformed, expired, forged or revoked token or API key, a deleted user, or bad credentials",
+    403: "an API key without the scope of this route, from an origin it does not list, or on a route for users only",
     404: "what was asked for does not exist (e.g. a model trained before it kept sample invoices)",
     413: "the request body is larger than MAX_BODY_BYTES (EVENTS_MAX_BODY_BYTES for /events)",
     422: "malformed request: the detail names the field and the problem",
-    429: "too many failed logins from this client address; retry after Retry-After seconds",
+    429: "too many failed logins from this client address, or an API key over its rate; retry after Retry-After "
+    "seconds",
     503: "no model can be served, the storage cannot be reached, logins are at capacity, or events cannot be stored "
     "(the last two with Retry-After)",
 }
