@@ -526,12 +526,16 @@ def create_app(title: str, description: str, no_store: bool = False) -> FastAPI:
 
     no_store: every answer carries Cache-Control: no-store (the auth function's tokens and user details).
     """
+    # No /docs or /redoc of FastAPI's (pages loading their code from a CDN): the local server serves both from
+    # its own files for the whole API (local.api_docs).
+    options: dict[str, Any] = {"title": title, "description": description, "version": "1.0"}
+    options |= {"docs_url": None, "redoc_url": None}
     try:
         # The service configures no OpenTelemetry; FastAPI's own (in recent releases) would look for providers in the
         # environment on every request otherwise, 10-20 µs each time.
-        app = FastAPI(title=title, description=description, version="1.0", telemetry=NO_TELEMETRY)
+        app = FastAPI(**options, telemetry=NO_TELEMETRY)
     except TypeError:  # a FastAPI without native telemetry
-        app = FastAPI(title=title, description=description, version="1.0")
+        app = FastAPI(**options)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(Headers, no_store=no_store)  # added last: outermost, so the 413s get the headers too
