@@ -24,7 +24,7 @@ from recommender.core.feed_and_rules import SHOWN
 from recommender.core.settings import get_settings
 from recommender.core.storage import LocalStorage
 from recommender.local.gateway import read_routes
-from recommender.serving import console, web
+from recommender.serving import console, web, widget
 from recommender.serving.keys import add_key
 from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
@@ -260,6 +260,11 @@ def _incomplete_version(api: Api) -> None:
     api.storage.write(registry.artifact_key("20200101T000000000Z-deadbeef0000", "catalog.json"), b"{}")
 
 
+def _wrong_manifests(api: Api) -> None:
+    for day, content in enumerate((b"[]", b"5", b'"str"', b"true", b'{"artifacts": {"../../x": "00"}}'), 1):
+        api.storage.write(registry.artifact_key(f"2020010{day}T000000000Z-deadbeef0000", registry.MANIFEST), content)
+
+
 def _degraded(api: Api) -> None:
     api.monkeypatch.setenv("MODEL_POLL_SECONDS", "0")  # the pointer looked at on every request, as on Lambda
     get_settings.cache_clear()
@@ -452,6 +457,7 @@ CASES = [
     Case("GET", "/sample_basket", 503, "no model", _get("/sample_basket", Api.no_model)),
     Case("GET", "/model", 200, "the model", _get("/model")),
     Case("GET", "/model", 200, "feed, rules and an incomplete version", _get("/model", _incomplete_version)),
+    Case("GET", "/model", 200, "manifests that are not objects or name a path", _get("/model", _wrong_manifests)),
     Case("GET", "/model", 401, "no token", _get("/model", token=False)),
     Case("GET", "/model", 403, "an API key", _get_with_key("/model", "recommend")),
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
@@ -464,6 +470,7 @@ CASES = [
     Case("GET", "/analytics", 413, "body too large", lambda api: api.too_large("GET", "/analytics")),
     Case("GET", "/analytics", 422, "a bad experiment name", _get("/analytics", params={"experiment": "a b"})),
     *(case for path in console.FILES for case in _console_cases(path)),
+    *_console_cases("/widget.js"),
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),
     *_preflight_cases("/events", "events"),
 ]
@@ -495,8 +502,9 @@ def test_answers_validate_against_the_declared_model(api, case):
         if case.status == route.status_code:
             assert response.content == b"" and "content-type" not in response.headers
             return
-    elif route.response_model is None:  # the console's files: not JSON, and declared as nothing else
-        assert response.headers.get("content-type") == (console.FILES[case.path][1] if case.status == 200 else None)
+    elif route.response_model is None:  # the console's files and the widget's: not JSON, and declared as nothing else
+        media_type = widget.MEDIA_TYPE if case.path == widget.PATH else console.FILES[case.path][1]
+        assert response.headers.get("content-type") == (media_type if case.status == 200 else None)
         return
     if case.status == (route.status_code or 200):
         model = route.response_model

@@ -80,15 +80,27 @@ class Conflict(RecommenderError):
 
 
 class ModelRefused(RecommenderError):
-    """A new model is clearly worse than the active one on its held-out baskets (activation refused, HTTP 409)."""
+    """A model may not replace the active one: clearly worse on its held-out baskets, or not measurable against it
+    (activation refused, HTTP 409). Not a failure of the command that trained it: the CLI exits with EXIT_CODE."""
 
     status_code = 409
+    #: What `train`, `promote` and `activate` exit with: the model exists (staged) but is not active.
+    EXIT_CODE = 3
 
 
 class StorageError(RecommenderError):
-    """The storage backend failed (unreachable bucket, permissions)."""
+    """The storage backend failed (unreachable bucket, permissions).
+
+    The message names the key and the storage (for the log and the CLI); `public`, when given, says what failed
+    without saying where, for HTTP clients (who may not even be logged in; the web layer also removes storage
+    addresses and paths from whichever it shows).
+    """
 
     status_code = 503
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class TooManyRequests(RecommenderError):
