@@ -17,9 +17,10 @@ LIGHT_STAMP := $(VENV)/.installed-light
 LIGHT = $(if $(wildcard $(STAMP)),$(STAMP),$(LIGHT_STAMP))
 CLI := $(BIN)/python -m recommender
 DAYS ?= 30
-# FORCE=1 (or yes/true) activates a model even when it is clearly worse than the active one.
+# FORCE=1 (or yes/true) activates a model even when the comparison with the active one refuses it.
 FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
-# HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model.
+# HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model (which it
+# then replaces only with FORCE=1).
 HOLDOUT_FLAG = $(if $(filter 0 no false,$(HOLDOUT)),--no-holdout)
 # Training engine: single (this machine, the default) or spark (SPARK_MASTER, default local[*]; README "Training at scale").
 ENGINE ?= single
@@ -28,10 +29,10 @@ export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_FEED PATH_TO_CATALOG PATH_TO_RULES CODE OUT \
-	BASKETS NAME SCOPES ORIGINS RATE
+	BASKETS VERSION NAME SCOPES ORIGINS RATE
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
-.PHONY: help devel test lint train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
+.PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user passwd del_user \
 	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
@@ -66,7 +67,7 @@ demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web c
 demo-address:
 	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: about a minute)"
 
-train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://..., events:, file,events:) and activate it (FORCE=1: even when worse; ENGINE=spark)
+train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://..., events:, file,events:) and activate it if no worse than the active one (FORCE=1: even if refused; ENGINE=spark)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --engine "$(ENGINE)" "$$PATH_TO_DATA" $(FORCE_FLAG) $(HOLDOUT_FLAG)
 
@@ -74,7 +75,7 @@ train_parallel: $(LIGHT) ## train on PATH_TO_DATA into the staged slot; the serv
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train_parallel PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --stage --engine "$(ENGINE)" "$$PATH_TO_DATA" $(HOLDOUT_FLAG)
 
-load_after_parallel_train: $(LIGHT) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even when worse)
+load_after_parallel_train: $(LIGHT) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even if refused)
 	$(CLI) promote $(FORCE_FLAG)
 
 run: $(LIGHT) ## serve the API in the foreground on HOST:PORT (default 127.0.0.1:8090)
@@ -157,8 +158,12 @@ kill: $(LIGHT) ## stop the background server started by run-prod
 status: $(LIGHT) ## say whether the background server runs and which model it serves
 	@$(CLI) status
 
-versions: $(LIGHT) ## list model versions (active and staged marked)
+versions: $(LIGHT) ## list model versions: active/staged, training file, its dates, rows, products, held-out HR@10, engine
 	$(CLI) versions
+
+activate: $(LIGHT) ## activate model version VERSION= (or a unique beginning of it) if it passes the comparison with the active one (FORCE=1: even if not)
+	@test -n "$$VERSION" || { echo "error: give the version: make activate VERSION=... (make versions lists them)" >&2; exit 2; }
+	$(CLI) activate "$$VERSION" $(FORCE_FLAG)
 
 rollback: $(LIGHT) ## re-activate the model that was active before the current one
 	$(CLI) rollback

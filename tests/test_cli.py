@@ -176,11 +176,12 @@ def test_damaged_active_pointer_is_one_line_and_a_training_repairs_it(trained_st
     assert error.startswith("error: models/ACTIVE in ") and "is damaged (empty): run `make train" in error
     assert cli.main(["versions"]) == 1
     out, err = capsys.readouterr()
-    assert [line.split("  ")[0] for line in _lines(out)] == [version] and len(_lines(err)) == 1 and "is damaged" in err
+    assert [line.split()[:2] for line in _lines(out)] == [["VERSION", "STATE"], [version, "-"]]
+    assert len(_lines(err)) == 1 and "is damaged" in err
     assert cli.main(["train", str(tiny_csv)]) == 0
     assert "note: models/ACTIVE in " in capsys.readouterr().err
     assert cli.main(["versions"]) == 0
-    assert "  (active)  HR@10 " in _lines(capsys.readouterr().out)[-1]
+    assert _lines(capsys.readouterr().out)[-1].split()[1:3] == ["active", "tiny.csv"]
 
 
 def test_versions_marks_incomplete_and_damaged_ones(trained_storage, tiny_csv, capsys):
@@ -196,9 +197,12 @@ def test_versions_marks_incomplete_and_damaged_ones(trained_storage, tiny_csv, c
     unfinished = staged[:15] + "999Z-killed"
     trained_storage.write(registry.artifact_key(unfinished, "index.ann"), b"half")
     assert cli.main(["versions"]) == 0
-    # Each line ends with the version's held-out figures, when it has a manifest.
-    assert [line.split("  HR@10 ")[0] for line in _lines(capsys.readouterr().out)] == [
-        f"{good}  (active)",
-        f"{staged}  (staged, damaged: index.ann fails its checksum)",
-        f"{unfinished}  (incomplete, no manifest: being published, or killed while it was)",
+    # After its row, what is wrong with a version.
+    header, *rows = _lines(capsys.readouterr().out)
+    assert [row.split()[:3] for row in rows] == [
+        [good, "active", "tiny.csv"],
+        [staged, "staged", "tiny.csv"],
+        [unfinished, "-", "-"],
     ]
+    assert rows[0].endswith(" single") and rows[1].endswith("  damaged: index.ann fails its checksum")
+    assert rows[2].endswith("  incomplete, no manifest: being published, or killed while it was")

@@ -191,7 +191,7 @@ def test_failed_upload_exits_with_one_line_and_leaves_nothing(s3_trained, proxy,
     assert s3_trained.read(registry.ACTIVE) == before
     assert s3_trained.list("models/") == keys_before  # no partial version left behind
     assert cli.main(["versions"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # the header and the one version
 
 
 def test_failed_pointer_write_leaves_the_old_pointer(s3_trained, proxy, tiny_csv, capsys):

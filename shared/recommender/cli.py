@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from recommender.core import registry
-from recommender.core.errors import InvalidInput, PointerDamaged, RecommenderError
+from recommender.core.errors import InvalidInput, ModelRefused, PointerDamaged, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.local.emulator import use_dummy_credentials
@@ -176,7 +176,6 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("promote")
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
-    from recommender.core.errors import ModelRefused
     from recommender.training import gate
 
     storage = open_storage(settings)
@@ -186,7 +185,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
         pointer = None  # promote_staged says what is wrong with it
     if pointer is not None:
         try:
-            gate.check(storage, pointer.version, args.force, settings.model_gate_margin)
+            gate.check(storage, pointer.version, args.force, settings.model_gate_margin, label="the staged model")
         except ModelRefused as err:
             raise ModelRefused(
                 f"{err.message}. It stays staged: `make load_after_parallel_train FORCE=1` activates it anyway"
@@ -196,11 +195,40 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("activate")
+def _activate(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.training import gate
+
+    storage = open_storage(settings)
+    version = registry.find_version(storage, args.version)
+    registry.verify(storage, version)  # a damaged version is refused, naming what is damaged
+    try:
+        pointer = registry.active(storage)
+    except PointerDamaged:
+        pointer = None  # activating replaces it, and says so
+    if pointer is not None and pointer.version == version:
+        print(f"version {version} is already active")
+        return 0
+    try:
+        gate.check(storage, version, args.force, settings.model_gate_margin, label="the chosen model")
+    except ModelRefused as err:
+        raise ModelRefused(
+            f"{err.message}. Nothing changed: `make activate VERSION={version} FORCE=1` activates it anyway"
+        ) from None
+    registry.activate(storage, version)
+    unstaged = registry.unstage(storage, version)
+    print(f"activated version {version}" + (" (it was staged: nothing is staged now)" if unstaged else ""))
+    return 0
+
+
 @command("rollback")
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     version = registry.rollback(open_storage(settings))
     print(f"re-activated version {version}")
     return 0
+
+
+VERSION_COLUMNS = ("VERSION", "STATE", "FILE", "DATES", "ROWS", "PRODUCTS", "HR@10", "ENGINE")
 
 
 @command("versions")
@@ -215,23 +243,55 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
     versions = registry.list_versions(storage)
     if not versions:
         print(f"no model versions in {storage.url}")
+    rows, problems = [VERSION_COLUMNS], [""]
     for v in versions:
         marks = [m for m, p in pointers.items() if p and p.version == v]
-        marks += filter(None, [registry.version_problem(storage, v)])
-        print(v + (f"  ({', '.join(marks)})" if marks else "") + _figures(storage, v))
+        rows.append((v, ", ".join(marks) or "-", *_summary(storage, v)))
+        problems.append(registry.version_problem(storage, v) or "")
+    if versions:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(VERSION_COLUMNS))]
+        for row, problem in zip(rows, problems):
+            print(
+                "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                + (f"  {problem}" * bool(problem))
+            )
     for message in damaged:
         print(f"error: {message}", file=sys.stderr)
     return 1 if damaged else 0
 
 
-def _figures(storage: Storage, version: str) -> str:
-    """A version's held-out figures for `versions` ("" when its manifest cannot be read)."""
-    from recommender.training.holdout import describe
-
+def _summary(storage: Storage, version: str) -> tuple[str, ...]:
+    """A version's cells for `versions` after VERSION and STATE: the training file, its dates, rows, products,
+    held-out HR@10 and engine; "-" for what its manifest does not say (older versions, unreadable manifests)."""
     try:
-        return "  " + describe(registry.read_manifest(storage, version).get("evaluation"))
+        manifest = registry.read_manifest(storage, version)
     except RecommenderError:
-        return ""
+        return ("-",) * (len(VERSION_COLUMNS) - 2)
+
+    def part(*path: str) -> object:
+        value: object = manifest
+        for name in path:
+            value = value.get(name) if isinstance(value, dict) else None
+        return value
+
+    def number(value: object, form: str = ",") -> str:
+        return format(value, form) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+    period = manifest.get("period", {})
+    if period is None:
+        dates = "undated"
+    elif isinstance(period.get("first"), str) and isinstance(period.get("last"), str):
+        dates = f"{period['first'][:10]} to {period['last'][:10]}"
+    else:
+        dates = "-"
+    return (
+        str(part("source", "file") or "-"),
+        dates,
+        number(part("counts", "rows_read")),
+        number(part("counts", "items")),
+        number(part("evaluation", "model", "hr"), ".3f"),
+        str(part("engine", "name") or "-"),
+    )
 
 
 # The feed commands' earlier names (catalog, catalog-show, catalog-rollback) keep working; they are not listed.
@@ -592,15 +652,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-holdout",
         action="store_true",
-        help="train on every basket: no held-out figures, calibration or comparison with the active model",
+        help="train on every basket: no held-out figures, calibration or comparison with the active model "
+        "(which it then replaces only with --force)",
     )
     _engine_arguments(p)
     p = sub.add_parser(
         "promote", help="activate the staged model after verifying it and comparing it with the active one"
     )
     p.add_argument("--force", action="store_true", help="activate it even when it is clearly worse than the active one")
+    p = sub.add_parser(
+        "activate",
+        help="activate a stored model version (after verifying it and comparing it with the active one)",
+    )
+    p.add_argument("version", help="a version as `versions` lists it, or a unique beginning of one")
+    p.add_argument("--force", action="store_true", help="activate it even when the comparison refuses it")
     sub.add_parser("rollback", help="re-activate the previously active model")
-    sub.add_parser("versions", help="list model versions")
+    sub.add_parser(
+        "versions",
+        help="list model versions: state, training file, its dates, rows, products, held-out HR@10, engine",
+    )
 
     for name, text in (
         ("serve", "serve the API in the foreground"),
@@ -658,10 +728,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_mapped(run: Callable[[], int]) -> int:
-    """Run a command with the one mapping of outcomes: a domain error is one line on stderr and exit status 1, an
-    interruption exit status 130."""
+    """Run a command with the one mapping of outcomes: a domain error is one line on stderr and exit status 1, a
+    model the activation gate refused exit status 3 (it is staged or stays where it was), an interruption 130."""
     try:
         return run()
+    except ModelRefused as err:
+        # The model was made and kept (staged); a script tells this from a failure by the exit status.
+        print(err.message, file=sys.stderr)
+        return ModelRefused.EXIT_CODE
     except RecommenderError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 1

@@ -253,6 +253,11 @@ def _incomplete_version(api: Api) -> None:
     api.storage.write(registry.artifact_key("20200101T000000000Z-deadbeef0000", "catalog.json"), b"{}")
 
 
+def _wrong_manifests(api: Api) -> None:
+    for day, content in enumerate((b"[]", b"5", b'"str"', b"true", b'{"artifacts": {"../../x": "00"}}'), 1):
+        api.storage.write(registry.artifact_key(f"2020010{day}T000000000Z-deadbeef0000", registry.MANIFEST), content)
+
+
 def _degraded(api: Api) -> None:
     api.monkeypatch.setenv("MODEL_POLL_SECONDS", "0")  # the pointer looked at on every request, as on Lambda
     get_settings.cache_clear()
@@ -445,6 +450,7 @@ CASES = [
     Case("GET", "/sample_basket", 503, "no model", _get("/sample_basket", Api.no_model)),
     Case("GET", "/model", 200, "the model", _get("/model")),
     Case("GET", "/model", 200, "feed, rules and an incomplete version", _get("/model", _incomplete_version)),
+    Case("GET", "/model", 200, "manifests that are not objects or name a path", _get("/model", _wrong_manifests)),
     Case("GET", "/model", 401, "no token", _get("/model", token=False)),
     Case("GET", "/model", 403, "an API key", _get_with_key("/model", "recommend")),
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),

@@ -80,9 +80,12 @@ class Conflict(RecommenderError):
 
 
 class ModelRefused(RecommenderError):
-    """A new model is clearly worse than the active one on its held-out baskets (activation refused, HTTP 409)."""
+    """A model may not replace the active one: clearly worse on its held-out baskets, or not measurable against it
+    (activation refused, HTTP 409). Not a failure of the command that trained it: the CLI exits with EXIT_CODE."""
 
     status_code = 409
+    #: What `train`, `promote` and `activate` exit with: the model exists (staged) but is not active.
+    EXIT_CODE = 3
 
 
 class StorageError(RecommenderError):
