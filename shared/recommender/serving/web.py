@@ -24,8 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from recommender.core.errors import AuthError, Busy, Forbidden, InvalidInput, NotFound, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
-from recommender.serving.keys import ALL_SCOPES, KEY_PREFIX, SCOPES, Caller, KeyCache
 from recommender.serving.arms import ExperimentHolder, arm_of
+from recommender.serving.keys import ALL_SCOPES, KEY_PREFIX, SCOPES, Caller, KeyCache
 from recommender.serving.model import Model
 from recommender.serving.schemas import ErrorOut, error_json
 from recommender.serving.tokens import load_secret, verify_token
