@@ -12,6 +12,7 @@ from recommender.core.experiments import parse_arms
 from recommender.core.settings import get_settings
 from recommender.serving import web
 from recommender.serving.attribution import parse_recommendation_id
+from recommender.serving.schemas import HealthOut
 from tests.core.test_experiments import copy_version
 from tests.functions.test_functions import auth, headers, items, token  # noqa: F401  (fixtures)
 from tests.functions.test_handlers import body, handlers, s3_deployment, with_token  # noqa: F401  (fixtures)
@@ -75,6 +76,7 @@ def test_answers_carry_the_arm_and_the_arm_answers(rec, headers, items, trained_
     assert none.arm is None and legacy_none.arm is None and none.version == active
 
     health = rec.get("/health").json()
+    HealthOut.model_validate(health)  # the documented schema, arms included
     assert health["status"] == "ok" and health["experiment"]["name"] == "new-model"
     assert [(a["name"], a["kind"], a["share"], a["problem"]) for a in health["experiment"]["arms"]] == [
         ("control", "popular", 34, None),
@@ -100,6 +102,7 @@ def test_a_failing_arm_version_is_served_by_the_active_model_and_health_says_so(
     trained_storage.delete(registry.artifact_key(other, "index.ann"))
     refresh()
     health = rec.get("/health").json()
+    HealthOut.model_validate(health)
     assert health["status"] == "degraded" and "arm b: model version" in health["detail"]
     arm_b = health["experiment"]["arms"][1]
     assert arm_b["serves"] == f"the active model {active}" and "index.ann is missing" in arm_b["problem"]
