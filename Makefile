@@ -33,9 +33,9 @@ RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user passwd del_user \
-	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
+	list_users new_secret run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
-	browser-deps bench-merch bench-logins bench-search bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
+	browser-deps bench-merch bench-logins bench-search bench-widget bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
 	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key \
 	experiment experiments experiment_stop
 
@@ -62,7 +62,7 @@ $(LIGHT_STAMP): pyproject.toml
 ##@ Using it: try it, train, serve, merchandise
 
 # On a fresh clone the console's address comes before the install's output too.
-demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
+demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart, in its own store (data/demo): train on synthetic data, serve the web console and a demo shop (PORT + 1)
 	@$(CLI) demo
 
 demo-address:
@@ -160,6 +160,9 @@ keys: $(LIGHT) ## list API keys: name, scopes, origins, rate, created, last used
 revoke_key: $(LIGHT) ## revoke an API key: NAME= (serving refuses it within MODEL_POLL_SECONDS)
 	@test -n "$$NAME" || { echo "error: give the key's name: make revoke_key NAME=..." >&2; exit 2; }
 	@$(CLI) revoke-key "$$NAME"
+
+new_secret: $(LIGHT) ## make the token signing secret a storage lacks (REPLACE=1: replace it; earlier tokens stop working)
+	@$(CLI) new-secret $(if $(REPLACE),--replace)
 
 run-prod: $(LIGHT) ## serve the API in the background (pid file and log under data/run/)
 	@$(CLI) start
@@ -270,11 +273,14 @@ bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index siz
 bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
 	$(BENCH) merch $(BENCH_FLAGS)
 
-bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
+bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords, and logins under a 20-address flood
 	$(BENCH) logins $(BENCH_FLAGS)
 
 bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
 	$(BENCH) search $(BENCH_FLAGS)
+
+bench-widget: $(STAMP) browser-deps ## benchmark the shop widget's first paint of recommendations on the demo shop (headless Chromium)
+	$(BENCH) widget $(BENCH_FLAGS)
 
 bench-events: $(STAMP) ## benchmark POST /events in batches of 50 to the local store: events/s and p99
 	$(BENCH) events $(BENCH_FLAGS)

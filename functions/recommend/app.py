@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
-from recommender.serving import console, cors, schemas, snapstart, web
+from recommender.serving import console, cors, schemas, snapstart, web, widget
 from recommender.serving.attribution import new_recommendation_id
 from recommender.serving.keys import Caller
 from recommender.serving.model import Model
@@ -167,10 +167,13 @@ async def health() -> web.FastJSON:
     try:
         model = await web.current_model()
     except RecommenderError as err:
-        return web.FastJSON(schemas.health_down_json(err.message), status_code=ModelUnavailable.status_code)
-    # A model in memory answers even when the storage fails; "degraded" says so, with the reason.
+        return web.FastJSON(schemas.health_down_json(web.public_detail(err)), status_code=ModelUnavailable.status_code)
+    # A model in memory answers even when the storage fails; "degraded" says so, with the reason (not where).
     holder = web.model_holder(web.get_settings())
-    return web.FastJSON(schemas.health_json(model, holder.error, holder.health()))
+    problem = holder.error
+    return web.FastJSON(
+        schemas.health_json(model, problem and web.public_text(problem), holder.health(web.public_text))
+    )
 
 
 @app.get(
@@ -223,6 +226,14 @@ def _console_route(path: str) -> None:
 # The console: one page and its two files, the same on AWS as on `make run` (routes in template.yaml).
 for _path in console.FILES:
     _console_route(_path)
+
+
+@app.get(widget.PATH, include_in_schema=False)
+async def widget_script(
+    accept_encoding: Annotated[str | None, Header()] = None, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    """The shop widget's script (docs/shop.md), for any site's pages to load."""
+    return widget.response(accept_encoding, if_none_match)
 
 
 handler = Mangum(app, lifespan="off")

@@ -153,6 +153,20 @@ def _revoke_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("new-secret")
+def _new_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.tokens import SECRET_RECHECK_SECONDS, replace_secret
+
+    storage = open_storage(settings)
+    done = replace_secret(settings, storage, replace=args.replace)
+    print(
+        f"{done} the token signing secret in {storage.url}; servers running adopt it within "
+        f"{max(settings.user_cache_seconds, SECRET_RECHECK_SECONDS):g} s"
+        + ("; every token issued before no longer works: users log in again" if done == "replaced" else "")
+    )
+    return 0
+
+
 @command("train")
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import TrainingParams, train
@@ -474,39 +488,44 @@ def _emulate_s3_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("demo")
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    import secrets
+    import dataclasses
 
-    from recommender.core.errors import NotFound
-    from recommender.core.items import ITEMS_FILE, Items
+    from recommender.local import demo
     from recommender.local.server import serve
-    from recommender.serving.users import add_user, delete_user
-    from recommender.tools import synthetic
-    from recommender.training.pipeline import train
 
     base = f"http://{settings.host}:{settings.port}"
+    shop_port = settings.port + 1
+    shop = f"http://{demo.browser_host(settings.host)}:{shop_port}/"
     print(f"Web console: {base}/  (sign in as demo with the password printed below, once the server runs)")
-    storage = open_storage(settings)
-    data = Path(settings.run_dir).parent / "synthetic.csv"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    summary = synthetic.write_csv(synthetic.DEFAULT, data)
-    print(f"demo data: {summary.rows:,} rows, {summary.invoices:,} invoices, {summary.products:,} products in {data}")
-    result = train(data, storage, keep_versions=settings.keep_versions)
-    items = Items.from_json(storage.read(registry.artifact_key(result.version, ITEMS_FILE)))
-    example = items.codes[items.most_popular()[0]]
-    password = secrets.token_urlsafe(12)
-    try:
-        delete_user(storage, "demo")
-    except NotFound:
-        pass
-    add_user(storage, "demo", password, "Demo User", "demo@example.com", rounds=settings.bcrypt_rounds)
+    print(f"Demo shop:   {shop}")
+    demo.check_ports(settings.host, (settings.port, shop_port))
+    own = demo.store_url(settings.storage_url)
+    print(
+        f"The demo keeps its model, feed, users, keys and events in its own store, {own}; `make train` and the "
+        f"other commands use {settings.storage_url}, which the demo leaves as it is."
+    )
+    # The served functions read their settings from the environment: they must see the demo's store too.
+    os.environ["STORAGE_URL"] = own
+    get_settings.cache_clear()
+    settings = dataclasses.replace(settings, storage_url=own)
+    site = demo.prepare(
+        open_storage(settings),
+        Path(settings.run_dir).parent / "synthetic.csv",
+        settings.host,
+        shop_port,
+        keep_versions=settings.keep_versions,
+        bcrypt_rounds=settings.bcrypt_rounds,
+    )
     print(f"""
-Web console: {base}/   user: demo   password: {password}   (shown once; `make demo` again makes a new one)
+Web console: {base}/   user: demo   password: {site.password}   (shown once; `make demo` again makes a new one)
+Demo shop:   {shop}   its widget's events go to {own} (commands on them: STORAGE_URL={own} make ...)
 or from a shell:
-  TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={site.password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -X POST {base}/send_data -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-       -d '{{"product_list": ["{example}"], "n": 5}}'
+       -d '{{"product_list": ["{site.example}"], "n": 5}}'
   or open {base}/docs and press Authorize
 """)
+    demo.start_shop(site, settings.host, settings.port, shop_port)
     serve(settings, Path(args.template))
     return 0
 
@@ -705,6 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keys", help="list API keys (never the keys themselves)")
     p = sub.add_parser("revoke-key", help="revoke an API key")
     p.add_argument("name")
+    p = sub.add_parser("new-secret", help="make the token signing secret a storage lacks (--replace: a new one)")
+    p.add_argument(
+        "--replace", action="store_true", help="replace the existing one (every token issued before stops working)"
+    )
 
     p = sub.add_parser(
         "train", help="train a model on a purchase-history file, folder of parts or s3:// location and activate it"
@@ -744,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("serve", "serve the API in the foreground"),
         ("start", "serve the API in the background (pid and log file)"),
-        ("demo", "train on the synthetic data, create a demo user, and serve"),
+        ("demo", "in its own store: train on synthetic data, create a demo user and key, serve with the demo shop"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")

@@ -24,7 +24,7 @@ from recommender.core.feed_and_rules import SHOWN
 from recommender.core.settings import get_settings
 from recommender.core.storage import LocalStorage
 from recommender.local.gateway import read_routes
-from recommender.serving import console, web
+from recommender.serving import console, web, widget
 from recommender.serving.keys import add_key
 from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
@@ -456,6 +456,7 @@ CASES = [
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
     *(case for path in console.FILES for case in _console_cases(path)),
+    *_console_cases("/widget.js"),
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),
     *_preflight_cases("/events", "events"),
 ]
@@ -487,8 +488,9 @@ def test_answers_validate_against_the_declared_model(api, case):
         if case.status == route.status_code:
             assert response.content == b"" and "content-type" not in response.headers
             return
-    elif route.response_model is None:  # the console's files: not JSON, and declared as nothing else
-        assert response.headers.get("content-type") == (console.FILES[case.path][1] if case.status == 200 else None)
+    elif route.response_model is None:  # the console's files and the widget's: not JSON, and declared as nothing else
+        media_type = widget.MEDIA_TYPE if case.path == widget.PATH else console.FILES[case.path][1]
+        assert response.headers.get("content-type") == (media_type if case.status == 200 else None)
         return
     if case.status == (route.status_code or 200):
         model = route.response_model

@@ -89,9 +89,18 @@ class ModelRefused(RecommenderError):
 
 
 class StorageError(RecommenderError):
-    """The storage backend failed (unreachable bucket, permissions)."""
+    """The storage backend failed (unreachable bucket, permissions).
+
+    The message names the key and the storage (for the log and the CLI); `public`, when given, says what failed
+    without saying where, for HTTP clients (who may not even be logged in; the web layer also removes storage
+    addresses and paths from whichever it shows).
+    """
 
     status_code = 503
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class TooManyRequests(RecommenderError):

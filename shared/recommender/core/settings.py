@@ -78,6 +78,14 @@ class Settings:
     # The local server's limits on a request's line and headers: larger ones get 431, slower ones 408.
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
+    # ...and on its body and connections: a body must arrive within body_timeout_seconds and, after its first
+    # 2 s, at min_body_bytes_per_second on average (else 408), and an answer be read within the same time; at most
+    # max_connections open connections in all (fewer if the process may not open that many files) and
+    # max_connections_per_address from one address.
+    body_timeout_seconds: float = 30.0
+    min_body_bytes_per_second: int = 1024
+    max_connections: int = 1000
+    max_connections_per_address: int = 100
     keep_versions: int = 5
     # Uploads of merchandising rules and product feeds: the largest rules file, its stored form (JSON), and the most
     # rows and bytes (uncompressed) of a feed file; larger ones are refused with one line naming the setting.
@@ -137,6 +145,10 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
     ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
+    if settings.body_timeout_seconds <= 0 or settings.min_body_bytes_per_second < 0:
+        raise ConfigError("BODY_TIMEOUT_SECONDS must be above 0, and MIN_BODY_BYTES_PER_SECOND 0 or more")
+    if settings.max_connections < 1 or settings.max_connections_per_address < 1:
+        raise ConfigError("MAX_CONNECTIONS and MAX_CONNECTIONS_PER_ADDRESS must be at least 1")
     if not settings.key_rate_default > 0:
         raise ConfigError("KEY_RATE_DEFAULT must be above 0 (requests per second)")
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:

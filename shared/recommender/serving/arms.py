@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from recommender.core import registry
@@ -225,16 +226,19 @@ class ExperimentHolder(ModelHolder):
                 log.warning("experiment %s: %s", routing.experiment.name, routing.problem)
         self.routing = routing
 
-    def health(self) -> dict | None:
-        """/health's experiment block, or None when no experiment is served."""
+    def health(self, clean: Callable[[str], str] = str) -> dict | None:
+        """/health's experiment block, or None when no experiment is served; clean(text) for each reason given
+        (the web layer takes storage addresses out)."""
         routing = self.routing
         if routing is not None:
             block = routing.health()
-            if self.experiment_error:
-                block["degraded"] = "; ".join(filter(None, (block["degraded"], self.experiment_error)))
+            degraded = "; ".join(filter(None, (block["degraded"], self.experiment_error)))
+            block["degraded"] = clean(degraded) if degraded else None
+            for arm in block["arms"]:
+                arm["problem"] = arm["problem"] and clean(arm["problem"])
             return block
         if self.experiment_error:
-            return {"name": None, "started_at": None, "arms": [], "degraded": self.experiment_error}
+            return {"name": None, "started_at": None, "arms": [], "degraded": clean(self.experiment_error)}
         return None
 
 

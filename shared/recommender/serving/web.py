@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, wraps
@@ -21,14 +22,14 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recommender.core.errors import AuthError, Busy, Forbidden, InvalidInput, NotFound, RecommenderError
+from recommender.core.errors import AuthError, Busy, Forbidden, InvalidInput, NotFound, RecommenderError, StorageError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.serving.arms import ExperimentHolder, arm_of
 from recommender.serving.keys import ALL_SCOPES, KEY_PREFIX, SCOPES, Caller, KeyCache
 from recommender.serving.model import Model
 from recommender.serving.schemas import ErrorOut, error_json
-from recommender.serving.tokens import load_secret, verify_token
+from recommender.serving.tokens import SECRET_RECHECK_SECONDS, SecretHolder, verify_token
 from recommender.serving.users import User, UserCache
 
 if TYPE_CHECKING:  # imported on first use: the recommend function never logs anyone in
@@ -82,8 +83,10 @@ def _storage(settings: Settings) -> Storage:
 
 
 @_per_settings
-def _secret(settings: Settings) -> str:
-    return load_secret(settings, _storage(settings))
+def _secret(settings: Settings) -> SecretHolder:
+    # Looked at again as often as the users are (replacing the secret revokes every token, as deleting a user does),
+    # but not on every request when USER_CACHE_SECONDS is 0.
+    return SecretHolder(settings, _storage(settings), max(settings.user_cache_seconds, SECRET_RECHECK_SECONDS))
 
 
 @_per_settings
@@ -163,9 +166,10 @@ async def get_secret(settings: SettingsDep) -> str:
 
 
 async def _signing_secret(settings: Settings) -> str:
-    if _secret.cache_info().currsize == 0:
-        return await run_in_threadpool(_secret, settings)
-    return _secret(settings)
+    holder = _secret(settings)
+    if holder.due():
+        return await run_in_threadpool(holder.current)
+    return holder.value  # type: ignore[return-value]  # due() is False only once it holds one
 
 
 # The two dependencies every recommendation request resolves read the settings themselves rather than through
@@ -392,6 +396,25 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# Where things are stored is for the operator (the log, the CLI), never for an HTTP client: storage URLs (s3://..., an
+# S3 endpoint) and absolute paths in a message become "the storage".
+_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*|(?<![\w.:/~-])/[^\s'\":]+", re.IGNORECASE)
+
+
+def public_text(text: str) -> str:
+    """text with every storage URL and absolute path replaced by "the storage"."""
+    return _ADDRESS.sub("the storage", text)
+
+
+def public_detail(err: RecommenderError) -> str:
+    """What an HTTP client is told of err: what is wrong, never where it is stored (the log keeps the message)."""
+    if err.status_code < 500 and not isinstance(err, NotFound):
+        # About the request (its fields, origin, key, route): a "/" or "https://" there is the client's own. A
+        # NotFound may come from the storage itself ("<key> not found in s3://..."), so it is cleaned like a 5xx.
+        return err.message
+    return public_text((err.public if isinstance(err, StorageError) else None) or err.message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error to {"detail": "..."} with the right status; nothing escapes as a bare 500."""
 
@@ -402,7 +425,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Retry-After"] = str(err.retry_after)
         if err.status_code >= 500 and not isinstance(err, Busy):
             log.error("%s", err.message)  # a busy login pool is logged by the login's own line
-        return _error(err.status_code, err.message, headers or None)
+        return _error(err.status_code, public_detail(err), headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -510,12 +533,16 @@ def create_app(title: str, description: str, no_store: bool = False) -> FastAPI:
 
     no_store: every answer carries Cache-Control: no-store (the auth function's tokens and user details).
     """
+    # No /docs or /redoc of FastAPI's (pages loading their code from a CDN): the local server serves both from
+    # its own files for the whole API (local.api_docs).
+    options: dict[str, Any] = {"title": title, "description": description, "version": "1.0"}
+    options |= {"docs_url": None, "redoc_url": None}
     try:
         # The service configures no OpenTelemetry; FastAPI's own (in recent releases) would look for providers in the
         # environment on every request otherwise, 10-20 µs each time.
-        app = FastAPI(title=title, description=description, version="1.0", telemetry=NO_TELEMETRY)
+        app = FastAPI(**options, telemetry=NO_TELEMETRY)
     except TypeError:  # a FastAPI without native telemetry
-        app = FastAPI(title=title, description=description, version="1.0")
+        app = FastAPI(**options)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(Headers, no_store=no_store)  # added last: outermost, so the 413s get the headers too
