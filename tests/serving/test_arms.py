@@ -4,6 +4,7 @@ options, always full when enough items are eligible; and the holder following an
 import pytest
 
 from recommender.core import experiments, registry
+from recommender.core.errors import StorageError
 from recommender.core.experiments import parse_arms
 from recommender.core.storage import LocalStorage
 from recommender.serving.arms import ExperimentHolder, PopularBaseline, arm_of
@@ -128,3 +129,27 @@ def test_an_arm_naming_the_active_version_shares_its_model(trained_storage, kind
     holder.refresh()
     assert holder.routing.models == {"a": None, "b": None} and holder._loaded == {}
     assert holder.health()["arms"][1]["serves"] == f"model {active} (the active one)"
+
+
+@pytest.mark.parametrize("unreachable", [("experiments/",), ("feed/", "rules/")])
+def test_the_storage_failing_keeps_the_arms_served_so_far(trained_storage, monkeypatch, unreachable):
+    active = registry.active_version(trained_storage)
+    other = copy_version(trained_storage, active, "20990101T000000000Z-0000000000aa")
+    experiments.start(trained_storage, "e3", parse_arms(f"a=active:50,b=version:{other}:50"))
+    holder = ExperimentHolder(trained_storage, poll_seconds=60)
+    holder.refresh()
+    served = holder.routing
+    read = trained_storage.read
+
+    def failing(key: str) -> bytes:
+        if key.startswith(unreachable):
+            raise StorageError("the storage cannot be reached")
+        return read(key)
+
+    monkeypatch.setattr(trained_storage, "read", failing)
+    holder.refresh()
+    assert holder.routing is served and holder.routing.models["b"].version == other
+    assert holder.health()["degraded"] == "the storage cannot be reached"
+    monkeypatch.setattr(trained_storage, "read", read)
+    holder.refresh()
+    assert holder.health()["degraded"] is None and holder.routing.models["b"].version == other

@@ -130,13 +130,11 @@ class ExperimentHolder(ModelHolder):
         except InvalidInput as err:  # a damaged record: nobody takes part rather than a wrong split
             self._set(None, f"{err.message}; every request is answered by the active model, without an arm")
             return
-        except RecommenderError as err:  # the storage failed: keep serving what was read last
-            if err.message != self.experiment_error:
-                log.warning("reading the running experiment failed: %s", err.message)
-            self.experiment_error = err.message
+        except RecommenderError as err:
+            self._storage_failed(err)
             return
-        self.experiment_error = None
         if experiment is None or self.model is None:
+            self.experiment_error = None
             self._set(None)
             return
         started = f"{experiment.name}@{experiment.started_at}"
@@ -145,17 +143,30 @@ class ExperimentHolder(ModelHolder):
         models: dict[str, Model | None] = {}
         states = []
         needed: set[str] = set()
-        for arm in experiment.arms:
-            model, state = self._arm(arm, needed)
-            models[arm.name] = model
-            states.append(state)
+        try:
+            for arm in experiment.arms:
+                model, state = self._arm(arm, needed)
+                models[arm.name] = model
+                states.append(state)
+        except RecommenderError as err:
+            self._storage_failed(err)
+            return
+        self.experiment_error = None
         for version in set(self._loaded) - needed:
             del self._loaded[version]  # the arms' models only
         problems = [f"arm {s.arm.name}: {s.problem}" for s in states if s.problem]
         routing = Routing(experiment, models, tuple(states), "; ".join(problems) or None)
         self._set(routing)
 
+    def _storage_failed(self, err: RecommenderError) -> None:
+        """The storage failed while following the experiment: the arms served so far stay (as the model does)."""
+        if err.message != self.experiment_error:
+            log.warning("following the running experiment failed: %s", err.message)
+        self.experiment_error = err.message
+
     def _arm(self, arm: Arm, needed: set[str]) -> tuple[Model | None, ArmState]:
+        """The model an arm serves now (None: the active one) and what to say of it. A version that is damaged or
+        gone degrades the arm; the storage failing raises (the caller keeps the arms as they were)."""
         active = self.model
         assert active is not None
         if arm.kind == "active":
@@ -168,7 +179,7 @@ class ExperimentHolder(ModelHolder):
         if arm.kind == "staged":
             try:
                 pointer = registry.staged(self.storage)
-            except RecommenderError as err:
+            except VersionUnavailable as err:  # a damaged pointer
                 return None, self._degraded(arm, err.message)
             if pointer is None:
                 return None, self._degraded(arm, "nothing is staged any more")
@@ -179,14 +190,13 @@ class ExperimentHolder(ModelHolder):
         problem = self._failed.get(version)
         if problem is None:
             try:
-                model = self._load(version)
+                loaded = self._load(version)
             except VersionUnavailable as err:
                 problem = self._failed[version] = err.message  # damaged or gone: not tried again in this experiment
-            except RecommenderError as err:
-                problem = err.message  # the storage failed: tried again at the next poll
             else:
                 needed.add(version)
-                return model, ArmState(arm, f"model {version}")
+                # Under the active feed and rules; their pointers failing is the storage's failure, not the arm's.
+                return loaded.follow(), ArmState(arm, f"model {version}")
         return None, self._degraded(arm, problem)
 
     def _degraded(self, arm: Arm, problem: str) -> ArmState:
@@ -194,7 +204,7 @@ class ExperimentHolder(ModelHolder):
         assert active is not None
         return ArmState(arm, f"the active model {active.version}", f"{problem}: serving the active model instead")
 
-    def _load(self, version: str) -> Model:
+    def _load(self, version: str) -> _Loaded:
         loaded = self._loaded.get(version)
         if loaded is None:
             plain = load_model(self.storage, version, self.answer_cache)
@@ -202,7 +212,7 @@ class ExperimentHolder(ModelHolder):
                 plain.warm()
             loaded = self._loaded[version] = _Loaded(plain, self.storage)
             log.info("experiment arm model %s loaded (%d items)", version, len(plain.items))
-        return loaded.follow()
+        return loaded
 
     def _set(self, routing: Routing | None, problem: str | None = None) -> None:
         before = self.routing
@@ -214,7 +224,7 @@ class ExperimentHolder(ModelHolder):
                     log.warning("%s", problem)
                 self.experiment_error = problem
             if before is not None:
-                log.info("experiment %s is over here: the active model answers every request", before.experiment.name)
+                log.info("experiment %s is no longer served: no request gets an arm", before.experiment.name)
         else:
             if before is None or before.experiment != routing.experiment:
                 log.info(
