@@ -8,9 +8,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from recommender.core import experiments, registry
-from recommender.core.errors import InvalidInput, ModelRefused, PointerDamaged, RecommenderError
+from recommender.core.errors import DataFileError, InvalidInput, ModelRefused, PointerDamaged, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.local.emulator import use_dummy_credentials
@@ -172,6 +173,17 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import TrainingParams, train
 
     params = TrainingParams(holdout=None) if args.no_holdout else TrainingParams()
+    try:
+        _train_with(args, settings, params, train)
+    except DataFileError as err:
+        hint = _demo_events_hint(settings, "make train PATH_TO_DATA=events:")
+        if hint and "events" in args.path and err.message.startswith("no events recorded yet"):
+            raise DataFileError(f"{err.message}; {hint}") from None
+        raise
+    return 0
+
+
+def _train_with(args: argparse.Namespace, settings: Settings, params: Any, train: Callable[..., Any]) -> None:
     train(
         args.path,
         open_storage(settings),
@@ -185,7 +197,18 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         encoding=settings.encoding,
         max_memory_gb=settings.max_training_gb,
     )
-    return 0
+
+
+def _demo_events_hint(settings: Settings, command: str) -> str | None:
+    """Where the demo shop's events are, when this store has none and the demo's own store (make demo) has some."""
+    from recommender.local.demo import store_url
+
+    if "://" in settings.storage_url or (Path(settings.storage_url) / "events").exists():
+        return None
+    demo = store_url(settings.storage_url)
+    if not (Path(demo) / "events").exists():
+        return None
+    return f"the demo shop's events are in its own store, {demo}: STORAGE_URL={demo} {command}"
 
 
 @command("promote")
@@ -552,8 +575,12 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def _events_compact(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.event_compaction import compact
 
-    for line in compact(open_storage(settings)).lines():
+    outcome = compact(open_storage(settings))
+    for line in outcome.lines():
         print(line)
+    hint = _demo_events_hint(settings, "make events_compact")
+    if hint:
+        print(f"note: {hint}")
     return 0
 
 
