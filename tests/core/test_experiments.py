@@ -155,7 +155,11 @@ def test_start_and_stop_with_every_refusal(storage, trained_folder):
     stopped = experiments.stop(storage, "new-model", now=lambda: datetime(2026, 12, 3, 10, 0, tzinfo=UTC))
     assert stopped.stopped_at == "2026-12-03T10:00:00Z" and storage.list(experiments.CURRENT) == []
     assert experiments.history(storage) == [stopped]
-    assert json.loads(storage.read("experiments/history/new-model.json"))["stopped_at"] == "2026-12-03T10:00:00Z"
+    record = storage.read("experiments/history/new-model.json")
+    assert (
+        json.loads(record) == {**stored, "stopped_at": "2026-12-03T10:00:00Z"}
+        and b'"attribution_window_hours": 24,' in record
+    )
     with pytest.raises(InvalidInput, match="no experiment is running"):
         experiments.stop(storage, "new-model")
     assert refused("a=active:50,b=popular:50", Conflict).startswith("an experiment named 'new-model' ran before")

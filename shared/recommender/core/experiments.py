@@ -106,7 +106,7 @@ class Experiment:
                     )
                     for a in raw["arms"]
                 ),
-                float(raw.get("attribution_window_hours", DEFAULT_WINDOW_HOURS)),
+                _hours(raw.get("attribution_window_hours", DEFAULT_WINDOW_HOURS)),
                 None if raw.get("stopped_at") is None else str(raw["stopped_at"]),
             )
             check(experiment)
@@ -114,6 +114,13 @@ class Experiment:
             why = err.message if isinstance(err, InvalidInput) else "not an experiment"
             raise InvalidInput(f"{key} is damaged ({why})") from None
         return experiment
+
+
+def _hours(value: object) -> float:
+    """A window in hours as stored: a whole number stays one (24, not 24.0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("attribution_window_hours is not a number")
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def bucket(name: str, unit: str) -> int:
