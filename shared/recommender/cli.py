@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recommender.core import registry
+from recommender.core import experiments, registry
 from recommender.core.errors import DataFileError, InvalidInput, ModelRefused, PointerDamaged, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
@@ -680,6 +680,75 @@ def _analytics_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="report.html", help="the HTML report; the ground truth goes beside it")
 
 
+@command("experiment")
+def _experiment(args: argparse.Namespace, settings: Settings) -> int:
+    started = experiments.start(open_storage(settings), args.name, experiments.parse_arms(args.arms), args.window_hours)
+    print(f"started experiment {started.name} at {started.started_at}:")
+    for line in _arm_lines(started):
+        print(line)
+    print(
+        f"Serving follows within MODEL_POLL_SECONDS ({settings.model_poll_seconds:g} s). Requests giving a session_id "
+        "or user_id get their arm (in the recommendation_id); requests giving neither get the active model, no arm."
+    )
+    return 0
+
+
+@command("experiments")
+def _experiments(args: argparse.Namespace, settings: Settings) -> int:
+    storage = open_storage(settings)
+    running = experiments.read_current(storage)
+    past = experiments.history(storage)
+    if running is None and not past:
+        print("no experiment has run yet: start one with make experiment NAME=... ARMS='control=popular:10,...'")
+        return 0
+    if running is not None:
+        print(f"running  {running.name}  since {running.started_at}")
+        print("\n".join(_arm_lines(running)))
+    for past_one in reversed(past):
+        print(f"stopped  {past_one.name}  {past_one.started_at} to {past_one.stopped_at}")
+        print("\n".join(_arm_lines(past_one)))
+    print(
+        "Each answer's recommendation_id names its arm; sessions, answers seen, clicks, purchases and revenue per arm "
+        "are counted from the event log by the report."
+    )
+    return 0
+
+
+def _arm_lines(experiment: experiments.Experiment) -> list[str]:
+    """An experiment's arms, aligned, and its attribution window."""
+    width = max(len(a.name) for a in experiment.arms)
+    lines = [f"  {a.name:<{width}}  {a.share:>3}%  {a.describe()}" for a in experiment.arms]
+    return [*lines, f"  attribution window {experiment.attribution_window_hours:g} h"]
+
+
+@command("experiment-stop")
+def _experiment_stop(args: argparse.Namespace, settings: Settings) -> int:
+    stopped = experiments.stop(open_storage(settings), args.name)
+    when = f" at {stopped.stopped_at}" if stopped is not None else " (its record was damaged and is kept as it was)"
+    print(
+        f"stopped experiment {args.name}{when}; serving returns to the active model within MODEL_POLL_SECONDS "
+        f"({settings.model_poll_seconds:g} s)"
+    )
+    return 0
+
+
+def _experiment_commands(sub: argparse._SubParsersAction) -> None:
+    """The experiments' commands."""
+    p = sub.add_parser("experiment", help="start an experiment: arms serving models, each with a share of shoppers")
+    p.add_argument("name", help="the experiment's name (never reused: it seeds the assignment)")
+    p.add_argument("arms", help=f"e.g. control=popular:10,a=active:45,b=version:<id>:45 ({experiments.ARMS_SYNTAX})")
+    p.add_argument(
+        "--window-hours",
+        type=float,
+        default=experiments.DEFAULT_WINDOW_HOURS,
+        help="how long after an answer its items' add-to-carts and purchases count for it "
+        f"(default {experiments.DEFAULT_WINDOW_HOURS})",
+    )
+    sub.add_parser("experiments", help="list the running experiment and the past ones, with their arms")
+    p = sub.add_parser("experiment-stop", help="stop the running experiment: serving returns to the active model")
+    p.add_argument("name")
+
+
 def _event_commands(sub: argparse._SubParsersAction) -> None:
     """The event log's commands."""
     sub.add_parser("events-compact", help="compact the recorded events into Parquet by day, duplicates dropped")
@@ -856,6 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _event_commands(sub)
     _analytics_commands(sub)
+    _experiment_commands(sub)
     return parser
 
 
