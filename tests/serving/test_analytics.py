@@ -194,3 +194,22 @@ def test_stopped_experiments_are_listed_after_the_running_one(tmp_path):
     storage.write(analytics.CURRENT_EXPERIMENT, json.dumps(EXPERIMENT).encode())
     found = analytics.experiments(storage)
     assert [(e["name"], e["running"]) for e in found] == [("exp", True), ("old", False)]
+
+
+def test_an_arm_whose_version_cannot_be_served_is_named(tmp_path):
+    from recommender.core.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path)
+    broken = {
+        **EXPERIMENT,
+        "arms": [
+            {"name": "control", "kind": "popular", "version": None, "share": 50},
+            {"name": "b", "kind": "version", "version": "20260101T000000000Z-gone", "share": 50},
+        ],
+    }
+    store_summary(storage, broken)
+    exp = analytics.answer(storage, now=NOW)["experiment"]
+    assert exp["warnings"] == [
+        "arm b: model version 20260101T000000000Z-gone is missing, so it serves the active model"
+    ]
+    assert analytics.arm_warnings(storage, {**EXPERIMENT, "running": True}) == []

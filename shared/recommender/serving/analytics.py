@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime, timedelta
 
+from recommender.core import registry
 from recommender.core.errors import NotFound, RecommenderError
+from recommender.core.experiments import CURRENT as CURRENT_EXPERIMENT
+from recommender.core.experiments import HISTORY as EXPERIMENT_HISTORY
 from recommender.core.storage import Storage
 from recommender.serving import experiment_stats as st
 
 SUMMARY_KEY = "analytics/summary.json"
-CURRENT_EXPERIMENT = "experiments/current.json"
-EXPERIMENT_HISTORY = "experiments/history/"
 
 
 def experiments(storage: Storage) -> list[dict]:
@@ -38,6 +39,35 @@ def experiments(storage: Storage) -> list[dict]:
             continue
     stopped.sort(key=lambda e: str(e.get("started_at", "")), reverse=True)
     return found + [e for e in stopped if not found or e.get("name") != found[0].get("name")]
+
+
+def arm_warnings(storage: Storage, experiment: dict | None) -> list[str]:
+    """What keeps a running experiment's arms from serving their model (each such arm serves the active model)."""
+    if experiment is None or not experiment.get("running"):
+        return []
+    out = []
+    for arm in experiment.get("arms") or []:
+        try:
+            if arm.get("kind") == "staged":
+                pointer = registry.staged(storage)
+                version = pointer.version if pointer is not None else None
+                if version is None:
+                    out.append(f"arm {arm['name']}: nothing is staged, so it serves the active model")
+                    continue
+            elif arm.get("kind") == "version":
+                version = arm.get("version") or ""
+            else:
+                continue
+            problem = (
+                registry.version_problem(storage, version)
+                if version in registry.list_versions(storage)
+                else ("missing")
+            )
+        except RecommenderError as err:
+            problem = err.message
+        if problem is not None:
+            out.append(f"arm {arm['name']}: model version {version} is {problem}, so it serves the active model")
+    return out
 
 
 def read_summary(storage: Storage) -> dict | None:
@@ -65,7 +95,7 @@ def _control(arms: list[dict]) -> str:
     return popular[0] if popular else names[0]
 
 
-def experiment_figures(experiment: dict, groups: list[dict]) -> dict:
+def experiment_figures(experiment: dict, groups: list[dict], warnings: list[str] = ()) -> dict:
     """An experiment's arms, each against control, the split check, the days, and its headline."""
     name = experiment["name"]
     mine = [g for g in groups if g.get("experiment") == name]
@@ -109,6 +139,7 @@ def experiment_figures(experiment: dict, groups: list[dict]) -> dict:
         "comparisons": [c.as_dict() for c in comparisons],
         "sample_ratio": None if srm is None else srm.as_dict(),
         "headline": st.headline(lead, srm),
+        "warnings": list(warnings),
         "days": [
             {
                 "day": day,
@@ -122,7 +153,9 @@ def experiment_figures(experiment: dict, groups: list[dict]) -> dict:
     }
 
 
-def build(summary: dict | None, known: list[dict], today: date, experiment: str | None = None) -> dict:
+def build(
+    summary: dict | None, known: list[dict], today: date, experiment: str | None = None, storage: Storage | None = None
+) -> dict:
     """The /analytics answer: shop figures of the last 7 and 30 days (to today), the experiment (the named one,
     else the running one, else the latest), the most clicked pairs."""
     chosen = None
@@ -155,7 +188,9 @@ def build(summary: dict | None, known: list[dict], today: date, experiment: str 
         "window_hours": summary.get("window_hours"),
         "message": None,
         "shop": shop,
-        "experiment": None if chosen is None else experiment_figures(chosen, groups),
+        "experiment": None
+        if chosen is None
+        else experiment_figures(chosen, groups, arm_warnings(storage, chosen) if storage is not None else []),
         "pairs": summary.get("pairs", []),
     }
 
@@ -163,4 +198,4 @@ def build(summary: dict | None, known: list[dict], today: date, experiment: str 
 def answer(storage: Storage, experiment: str | None = None, now: datetime | None = None) -> dict:
     """GET /analytics from the stored summary and the experiments in storage."""
     now = now or datetime.now(UTC)
-    return build(read_summary(storage), experiments(storage), now.date(), experiment)
+    return build(read_summary(storage), experiments(storage), now.date(), experiment, storage)

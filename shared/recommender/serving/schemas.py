@@ -569,6 +569,7 @@ class ExperimentOut(Out):
     comparisons: list[ComparisonOut]
     sample_ratio: SampleRatioOut | None
     headline: str
+    warnings: list[str]  # arms that cannot serve their model (they serve the active one)
     days: list[DayOut]
 
 
@@ -586,7 +587,7 @@ class AnalyticsOut(Out):
     computed_at: str | None
     first_day: str | None
     last_day: str | None
-    window_hours: int | None
+    window_hours: float | None
     message: str | None
     shop: dict[str, FiguresOut]
     experiment: ExperimentOut | None

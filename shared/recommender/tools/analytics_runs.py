@@ -23,7 +23,7 @@ def report(
     frm: str | None = None,
     to: str | None = None,
     out: str | None = "report.html",
-    window_hours: int = 24,
+    window_hours: float = 24,
     compact_first: bool = True,
     progress: Callable[[str], None] = print,
 ) -> dict:
@@ -34,7 +34,7 @@ def report(
     started = time.perf_counter()
     summary = experiment_report.compute(storage, frm, to, experiment, window_hours)
     experiment_report.store(storage, summary)
-    answer = analytics.build(summary, summary["experiments"], _today(summary), experiment)
+    answer = analytics.build(summary, summary["experiments"], _today(summary), experiment, storage)
     progress(f"report computed in {time.perf_counter() - started:.1f} s")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +57,7 @@ def summary_lines(answer: dict) -> list[str]:
     exp = answer.get("experiment")
     if exp:
         lines.append(f"experiment {exp['name']}: {exp['headline']}")
+        lines += [f"WARNING: {w}" for w in exp.get("warnings", [])]
         srm = exp.get("sample_ratio")
         if srm and srm["broken"]:
             lines.append(

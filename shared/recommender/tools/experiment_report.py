@@ -80,7 +80,7 @@ attributed AS (
     WHERE EXISTS (
         SELECT 1 FROM views AS s
         WHERE s.session_id = c.session_id AND s.stock_code = c.stock_code
-          AND s.ts <= c.ts AND s.ts > c.ts - INTERVAL '{window_hours}' HOUR)
+          AND s.ts <= c.ts AND s.ts > c.ts - INTERVAL '{window_minutes}' MINUTE)
 ),
 converted AS (
     SELECT session_id,
@@ -221,7 +221,7 @@ def compute(
     frm: str | None = None,
     to: str | None = None,
     experiment_name: str | None = None,
-    window_hours: int = 24,
+    window_hours: float = 24,
     now: datetime | None = None,
     pairs: int = 10,
 ) -> dict:
@@ -235,7 +235,9 @@ def compute(
         if chosen is None:
             names = ", ".join(e["name"] for e in known) or "none yet"
             raise InvalidInput(f"no experiment named {experiment_name!r} (experiments: {names})")
-        window_hours = int(chosen.get("attribution_window_hours") or window_hours)
+        window_hours = float(chosen.get("attribution_window_hours") or window_hours)
+    elif known and known[0].get("running"):  # the running experiment's window, for the figures shown of it
+        window_hours = float(known[0].get("attribution_window_hours") or window_hours)
     days = span(frm, to, chosen, now.date())
     listing = event_tables.list_log(storage)
     # Partitions are days of receipt: the day before (late arrivals of its last sessions' events are fine, but a
@@ -256,7 +258,7 @@ def compute(
         return summary
     with event_tables.staged(storage) as stage:
         con = _tables(storage, stage.paths(keys), known)
-        con.execute(f"CREATE TEMP TABLE sessions AS {SESSIONS_SQL.format(window_hours=int(window_hours))}")
+        con.execute(f"CREATE TEMP TABLE sessions AS {SESSIONS_SQL.format(window_minutes=round(window_hours * 60))}")
         cursor = con.execute(groups_sql(), [days.first.isoformat(), days.last.isoformat()])
         names = [d[0] for d in cursor.description]
         summary["groups"] = [dict(zip(names, row)) for row in cursor.fetchall()]
@@ -268,7 +270,7 @@ def compute(
     return summary
 
 
-def session_rows(storage: Storage, window_hours: int = 24) -> list[dict]:
+def session_rows(storage: Storage, window_hours: float = 24) -> list[dict]:
     """Every session's counts over the whole log (tests and the bootstrap check read them; small logs only)."""
     listing = event_tables.list_log(storage)
     keys = sorted(listing.days.values())
@@ -276,7 +278,7 @@ def session_rows(storage: Storage, window_hours: int = 24) -> list[dict]:
         return []
     with event_tables.staged(storage) as stage:
         con = _tables(storage, stage.paths(keys), analytics.experiments(storage))
-        cursor = con.execute(SESSIONS_SQL.format(window_hours=int(window_hours)))
+        cursor = con.execute(SESSIONS_SQL.format(window_minutes=round(window_hours * 60)))
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row)) for row in cursor.fetchall()]
         con.close()

@@ -124,9 +124,10 @@ def render(answer: dict, charts: bool = True) -> str:
     if exp:
         broken = exp["sample_ratio"] and exp["sample_ratio"]["broken"]
         parts.append(f"<p class='headline{' broken' if broken else ''}'>{html.escape(exp['headline'])}</p>")
+        parts += [f"<p class='headline broken'>{html.escape(w)}</p>" for w in exp.get("warnings", [])]
     parts.append(
         f"<p class='muted'>Sessions whose first answer came from {answer['first_day']} to {answer['last_day']} (UTC); "
-        f"purchases attributed within {answer['window_hours']} hours of an answer that showed the item; "
+        f"purchases attributed within {answer['window_hours']:g} hours of an answer that showed the item; "
         f"computed {html.escape(answer['computed_at'])}.</p>"
     )
     parts.append("<h2>The shop</h2>")
