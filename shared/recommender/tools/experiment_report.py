@@ -50,7 +50,10 @@ answers AS (
     GROUP BY session_id, recommendation_id
 ),
 ranked AS (
+    -- when the server gave the answer (unix ms, from its id): what places it in an experiment, whatever the
+    -- shopper's clock said
     SELECT session_id, arm, first_at,
+           CAST(regexp_extract(recommendation_id, '\\.([0-9]{{10,15}})\\.[0-9a-f]{{8}}$', 1) AS BIGINT) AS answered_ms,
            row_number() OVER (PARTITION BY session_id ORDER BY first_at, recommendation_id) AS rank_in_session,
            count(*) OVER (PARTITION BY session_id) AS answers,
            sum(impressions) OVER (PARTITION BY session_id) AS impressions
@@ -102,7 +105,7 @@ FROM ranked AS r
 LEFT JOIN clicks AS k ON k.session_id = r.session_id
 LEFT JOIN converted AS v ON v.session_id = r.session_id
 LEFT JOIN experiment_windows AS w
-  ON r.arm IS NOT NULL AND r.first_at >= w.started_at AND (w.stopped_at IS NULL OR r.first_at < w.stopped_at)
+  ON r.arm IS NOT NULL AND r.answered_ms >= w.started_ms AND (w.stopped_ms IS NULL OR r.answered_ms < w.stopped_ms)
 WHERE r.rank_in_session = 1
 """
 
@@ -188,10 +191,13 @@ def feed_prices(storage: Storage) -> list[tuple[str, float]]:
     return out
 
 
-def _parse_time(text: str | None) -> datetime | None:
+def _epoch_ms(text: str | None) -> int | None:
     if not text:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).replace(tzinfo=None)
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
 
 
 def _tables(storage: Storage, paths: list[str], known: list[dict]) -> Any:
@@ -208,8 +214,8 @@ def _tables(storage: Storage, paths: list[str], known: list[dict]) -> Any:
     prices = feed_prices(storage)
     if prices:
         con.executemany("INSERT INTO feed_prices VALUES (?, ?)", prices)
-    con.execute("CREATE TEMP TABLE experiment_windows (name VARCHAR, started_at TIMESTAMP, stopped_at TIMESTAMP)")
-    windows = [(e["name"], _parse_time(e.get("started_at")), _parse_time(e.get("stopped_at"))) for e in known]
+    con.execute("CREATE TEMP TABLE experiment_windows (name VARCHAR, started_ms BIGINT, stopped_ms BIGINT)")
+    windows = [(e["name"], _epoch_ms(e.get("started_at")), _epoch_ms(e.get("stopped_at"))) for e in known]
     windows = [w for w in windows if w[1] is not None]
     if windows:
         con.executemany("INSERT INTO experiment_windows VALUES (?, ?, ?)", windows)

@@ -408,9 +408,7 @@ def run_http(
         _, session_id, basket, srng = job
         held, rest = split(basket, behaviour, srng)
         answer = ask([line.code for line in held], session_id)
-        events, row = session_events(
-            session_id, held, rest, answer, behaviour, srng, datetime.now(UTC) - timedelta(minutes=2), prices or {}
-        )
+        events, row = session_events(session_id, held, rest, answer, behaviour, srng, datetime.now(UTC), prices or {})
         if behaviour.drop_arm is not None and answer.arm == behaviour.drop_arm and srng.random() < behaviour.drop_share:
             return
         if row["impressions"]:
