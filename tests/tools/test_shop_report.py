@@ -199,3 +199,31 @@ def test_the_model_beats_popular_on_click_through_and_revenue_per_session():
     for metric in ("click_through", "revenue_per_session"):
         c = st.compare(sums["control"], sums["b"], metric, "control", "b")
         assert c.lift > 0 and c.low > 0 and c.seq_low > 0, c
+
+
+def test_intervals_match_a_bootstrap_of_the_simulated_sessions():
+    import numpy as np
+
+    answers = sim.experiment_answers("bs", [("control", 50, MODELS["popular"]), ("b", 50, MODELS["together"])])
+    truth = sim.run_local(BASKETS, answers, 3000, 2)
+    sums = _sums(truth)
+    rows = {arm: [r for r in truth.sessions if r["arm"] == arm] for arm in ("control", "b")}
+    gen = np.random.default_rng(0)
+    for metric, num, den in (("revenue_per_session", "revenue", None), ("click_through", "clicks", "impressions")):
+        arrays = {
+            arm: (np.array([r[num] for r in rs], float), np.array([r[den] if den else 1 for r in rs], float))
+            for arm, rs in rows.items()
+        }
+
+        def value(arm: str, pick) -> float:
+            x, y = arrays[arm]
+            return x[pick].sum() / y[pick].sum()
+
+        lifts = []
+        for _ in range(1000):
+            a = gen.integers(0, len(arrays["control"][0]), len(arrays["control"][0]))
+            b = gen.integers(0, len(arrays["b"][0]), len(arrays["b"][0]))
+            lifts.append(value("b", b) / value("control", a) - 1)
+        c = st.compare(sums["control"], sums["b"], metric, "control", "b")
+        delta_se = (c.high - c.low) / (2 * st.Z)
+        assert abs(delta_se - np.std(lifts, ddof=1)) / np.std(lifts, ddof=1) < 0.10, metric
