@@ -66,9 +66,9 @@ clicks AS (
     GROUP BY session_id
 ),
 conversions AS (
-    SELECT event_id, type, ts, session_id, stock_code, quantity, price
+    SELECT event_id, type, ts, session_id, line, stock_code, quantity, price
     FROM (
-        SELECT event_id, type, ts, session_id, stock_code, quantity, price,
+        SELECT event_id, type, ts, session_id, line, stock_code, quantity, price,
                row_number() OVER (PARTITION BY event_id, line ORDER BY "date") AS copy
         FROM events
         WHERE type IN ('add_to_cart', 'purchase') AND stock_code IS NOT NULL
@@ -76,14 +76,17 @@ conversions AS (
     WHERE copy = 1
 ),
 attributed AS (
-    SELECT c.session_id, c.type, c.event_id,
-           coalesce(c.quantity, 1) * coalesce(c.price, p.price, 0) AS revenue
-    FROM conversions AS c
-    LEFT JOIN feed_prices AS p ON p.stock_code = c.stock_code
-    WHERE EXISTS (
-        SELECT 1 FROM views AS s
-        WHERE s.session_id = c.session_id AND s.stock_code = c.stock_code
-          AND s.ts <= c.ts AND s.ts > c.ts - INTERVAL '{window_minutes}' MINUTE)
+    -- each item shown by an answer of its session within the window before it, once however many showed it
+    SELECT m.session_id, m.type, m.event_id,
+           coalesce(m.quantity, 1) * coalesce(m.price, p.price, 0) AS revenue
+    FROM (
+        SELECT DISTINCT c.session_id, c.type, c.event_id, c.line, c.stock_code, c.quantity, c.price
+        FROM conversions AS c
+        JOIN views AS s
+          ON s.session_id = c.session_id AND s.stock_code = c.stock_code
+         AND s.ts <= c.ts AND s.ts > c.ts - INTERVAL '{window_minutes}' MINUTE
+    ) AS m
+    LEFT JOIN feed_prices AS p ON p.stock_code = m.stock_code
 ),
 converted AS (
     SELECT session_id,
