@@ -691,9 +691,13 @@
       $("analytics-experiment-title").textContent =
         `Experiment ${exp.name} (${exp.running ? "running" : "stopped"}): revenue per session by day, 95% interval`;
       const srm = $("analytics-srm");
-      srm.hidden = !broken;
-      srm.textContent = broken ? `Broken split: sessions ${JSON.stringify(exp.sample_ratio.observed)} against the configured shares ` +
-        `(p = ${exp.sample_ratio.p_value.toPrecision(2)}).` : "";
+      const notes = (exp.warnings || []).slice();
+      if (broken) {
+        notes.unshift(`Broken split: sessions ${JSON.stringify(exp.sample_ratio.observed)} against the configured shares ` +
+          `(p = ${exp.sample_ratio.p_value.toPrecision(2)}).`);
+      }
+      srm.hidden = !notes.length;
+      srm.textContent = notes.join(" ");
       $("analytics-chart").replaceChildren(chart(exp, "revenue_per_session"));
       $("analytics-experiment").hidden = false;
     } else {
