@@ -620,27 +620,11 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("simulate-shop")
 def _simulate_shop(args: argparse.Namespace, settings: Settings) -> int:
-    from recommender.tools.analytics_runs import simulate, summary_lines
+    from recommender.tools.analytics_runs import credentials, simulate, summary_lines
     from recommender.tools.shop_simulator import Behaviour, Server
 
     url = args.url or f"http://{settings.host}:{settings.port}"
-    key = os.environ.get("API_KEY")
-    if key:
-        headers = {"X-API-Key": key}
-    elif os.environ.get("USER_NAME") and os.environ.get("PASSWORD"):
-        import httpx
-
-        reply = httpx.post(
-            f"{url}/token", data={"username": os.environ["USER_NAME"], "password": os.environ["PASSWORD"]}
-        )
-        if reply.status_code != 200:
-            raise InvalidInput(f"POST /token answered {reply.status_code}: {reply.text[:200]}")
-        headers = {"Authorization": f"Bearer {reply.json()['access_token']}"}
-    else:
-        raise InvalidInput(
-            "give a key of scopes recommend,events (make add_key NAME=simulator SCOPES=recommend,events, then "
-            "API_KEY=rk_...) or a user (USER_NAME= PASSWORD=)"
-        )
+    headers = credentials(url, os.environ)
     behaviour = Behaviour(
         click=args.click, cart=args.cart, resend=args.resend, drop_arm=args.drop_arm, drop_share=args.drop_share
     )

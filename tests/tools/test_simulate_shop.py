@@ -16,7 +16,7 @@ from tests.conftest import ROOT, free_port, make_runner
 pytestmark = pytest.mark.slow
 
 
-def test_simulate_shop_then_report_match_exactly(trained_storage, tmp_path, tiny_csv):
+def test_simulate_shop_then_report_match_exactly(trained_storage, user, tmp_path, tiny_csv):
     _, key = add_key(trained_storage, "simulator", "recommend,events", rate=100_000)
     env = {
         **os.environ,
@@ -44,7 +44,11 @@ def test_simulate_shop_then_report_match_exactly(trained_storage, tmp_path, tiny
         # Without a credential: one clear line, no traceback.
         refused = make_runner(env)("simulate_shop", "SESSIONS=10", check=False)
         assert refused.returncode != 0 and "give a key of scopes recommend,events" in refused.stderr
+        # A user's token works too (POST /token, then bearer), and the counts still match.
+        by_user = make_runner({**env, "USER_NAME": user.username, "PASSWORD": user.password})
+        done = by_user("simulate_shop", "SESSIONS=50", "SEED=2", f"PATH_TO_DATA={tiny_csv}", f"OUT={out}")
+        assert "the report's counts equal the simulator's in every cell" in done.stdout
         again = make("report", f"OUT={out}")
-        assert "last 30 days: 300 sessions with recommendations" in again.stdout
+        assert "last 30 days: 350 sessions with recommendations" in again.stdout
     finally:
         server.stop(settings)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 from recommender.core.errors import InvalidInput
 from recommender.core.storage import Storage
@@ -91,6 +92,22 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:,.2f}"
+
+
+def credentials(url: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The simulator's headers: API_KEY's (X-API-Key), else a token for USER_NAME and PASSWORD from the server."""
+    if environ.get("API_KEY"):
+        return {"X-API-Key": environ["API_KEY"]}
+    if environ.get("USER_NAME") and environ.get("PASSWORD"):
+        form = urlencode({"username": environ["USER_NAME"], "password": environ["PASSWORD"]}).encode()
+        reply = shop_simulator.HttpClient(url, {}).post("/token", form, "application/x-www-form-urlencoded")
+        if reply.status_code != 200:
+            raise InvalidInput(f"POST /token answered {reply.status_code}: {reply.text[:200]}")
+        return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+    raise InvalidInput(
+        "give a key of scopes recommend,events (make add_key NAME=simulator SCOPES=recommend,events, then "
+        "API_KEY=rk_...) or a user (USER_NAME= PASSWORD=)"
+    )
 
 
 @dataclass

@@ -338,6 +338,57 @@ class Server:
     assign_by_session: bool = True  # send session_id in the body (servers with experiments assign by it)
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer."""
+
+    status_code: int
+    headers: dict[str, str]  # names in lower case
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return orjson.loads(self.content)
+
+
+class HttpClient:
+    """One kept-alive connection to the server (the standard library's: the light install has no HTTP client)."""
+
+    def __init__(self, url: str, headers: dict[str, str], timeout: float = 30.0) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidInput(f"{url!r} is not an http:// or https:// address")
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
+        self.prefix = parts.path.rstrip("/")
+        self.headers, self.timeout = headers, timeout
+        self.conn: Any = None
+
+    def post(self, path: str, body: bytes, content_type: str = "application/json") -> Reply:
+        """POST body to path (one new connection and a second try when the kept one was closed)."""
+        import http.client
+
+        headers = {**self.headers, "Content-Type": content_type}
+        for attempt in (1, 2):
+            if self.conn is None:
+                kind = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+                self.conn = kind(self.host, self.port, timeout=self.timeout)
+            try:
+                self.conn.request("POST", self.prefix + path, body=body, headers=headers)
+                answer = self.conn.getresponse()
+                return Reply(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+            except (OSError, http.client.HTTPException) as err:
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise InvalidInput(f"cannot reach {self.scheme}://{self.host}:{self.port}: {err}") from None
+        raise AssertionError("unreachable")
+
+
 def run_http(
     server: Server,
     baskets: list[list[Line]],
@@ -349,8 +400,6 @@ def run_http(
     progress: Callable[[str], None] = lambda _t: None,
 ) -> Truth:
     """Simulate sessions against a running server: POST /recommendations, then the events by POST /events."""
-    import httpx
-
     truth = Truth()
     local = threading.local()
     lock = threading.Lock()
@@ -359,15 +408,15 @@ def run_http(
     started = time.monotonic()
     done = itertools.count(1)
 
-    def client() -> httpx.Client:
+    def client() -> HttpClient:
         if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=server.url, headers=server.headers, timeout=30.0)
+            local.client = HttpClient(server.url, server.headers)
         return local.client
 
     def post_events(batch: list[dict]) -> None:
         body = orjson.dumps({"events": batch})
         for attempt in range(5):
-            reply = client().post("/events", content=body, headers={"content-type": "application/json"})
+            reply = client().post("/events", body)
             if reply.status_code in (429, 503):
                 time.sleep(float(reply.headers.get("retry-after", "1")) * (attempt + 1))
                 continue
@@ -382,7 +431,7 @@ def run_http(
         if server.assign_by_session:
             body["session_id"] = session_id
         for attempt in range(5):
-            reply = client().post("/recommendations", json=body)
+            reply = client().post("/recommendations", orjson.dumps(body))
             if reply.status_code == 422 and "session_id" in body and "session_id" in reply.text:
                 server.assign_by_session = False  # a server without experiments: no assignment to ask for
                 body.pop("session_id")
