@@ -130,6 +130,7 @@ def test_the_harness_is_not_installed():
         "experiment_report.py",
         "report_html.py",
         "shop_simulator.py",
+        "shop_http.py",
         "analytics_runs.py",
     }
     assert (ROOT / "bench" / "__main__.py").is_file()

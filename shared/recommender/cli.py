@@ -621,7 +621,8 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 @command("simulate-shop")
 def _simulate_shop(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.tools.analytics_runs import credentials, simulate, summary_lines
-    from recommender.tools.shop_simulator import Behaviour, Server
+    from recommender.tools.shop_http import Server
+    from recommender.tools.shop_simulator import Behaviour
 
     url = args.url or f"http://{settings.host}:{settings.port}"
     headers = credentials(url, os.environ)

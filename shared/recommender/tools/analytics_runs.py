@@ -14,7 +14,7 @@ from recommender.core.errors import InvalidInput
 from recommender.core.storage import Storage
 from recommender.serving import analytics
 from recommender.serving import experiment_stats as st
-from recommender.tools import experiment_report, report_html, shop_simulator
+from recommender.tools import experiment_report, report_html, shop_http, shop_simulator
 from recommender.training.event_compaction import compact
 
 
@@ -100,7 +100,7 @@ def credentials(url: str, environ: Mapping[str, str]) -> dict[str, str]:
         return {"X-API-Key": environ["API_KEY"]}
     if environ.get("USER_NAME") and environ.get("PASSWORD"):
         form = urlencode({"username": environ["USER_NAME"], "password": environ["PASSWORD"]}).encode()
-        reply = shop_simulator.HttpClient(url, {}).post("/token", form, "application/x-www-form-urlencoded")
+        reply = shop_http.HttpClient(url, {}).post("/token", form, "application/x-www-form-urlencoded")
         if reply.status_code != 200:
             raise InvalidInput(f"POST /token answered {reply.status_code}: {reply.text[:200]}")
         return {"Authorization": f"Bearer {reply.json()['access_token']}"}
@@ -122,7 +122,7 @@ class Simulated:
 
 def simulate(
     storage: Storage,
-    server: shop_simulator.Server,
+    server: shop_http.Server,
     sessions: int,
     data: str | None = None,
     seed: int = 0,
@@ -143,7 +143,7 @@ def simulate(
     before = shop_simulator.report_cells(experiment_report.compute(storage, experiment_name=running), running)
     progress(f"simulating {sessions:,} sessions from {len(baskets):,} baskets against {server.url}")
     started = time.perf_counter()
-    truth = shop_simulator.run_http(server, baskets, sessions, seed, behaviour, prices=prices, progress=progress)
+    truth = shop_http.run_http(server, baskets, sessions, seed, behaviour, prices=prices, progress=progress)
     progress(f"sent {truth.events:,} events ({truth.resent:,} sent twice) in {time.perf_counter() - started:.0f} s")
     answer = report(storage, running, out=out, progress=progress)
     after = shop_simulator.report_cells(analytics.read_summary(storage) or {}, running)
