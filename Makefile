@@ -15,6 +15,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LIGHT_STAMP := $(VENV)/.installed-light
 LIGHT = $(if $(wildcard $(STAMP)),$(STAMP),$(LIGHT_STAMP))
+# make report's charts need matplotlib: the light install plus the charts extra, unless the full one is there.
+CHARTS_STAMP := $(VENV)/.installed-charts
+CHARTS = $(if $(wildcard $(STAMP)),$(STAMP),$(CHARTS_STAMP))
 CLI := $(BIN)/python -m recommender
 DAYS ?= 30
 # FORCE=1 (or yes/true) activates a model even when the comparison with the active one refuses it.
@@ -59,6 +62,10 @@ $(STAMP): pyproject.toml
 $(LIGHT_STAMP): pyproject.toml
 	$(call install,)
 	@touch $(LIGHT_STAMP)
+
+$(CHARTS_STAMP): pyproject.toml
+	$(call install,[charts])
+	@touch $(LIGHT_STAMP) $(CHARTS_STAMP)
 
 ##@ Using it: try it, train, serve, merchandise
 
@@ -111,7 +118,7 @@ evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=3
 events_compact: $(LIGHT) ## compact the recorded events (POST /events) into Parquet by day under events/parquet/, duplicates dropped
 	@$(CLI) events-compact
 
-events_report: $(LIGHT) ## compact, then per day and model version: views, clicks, CTR, add-to-carts, purchases, attributed revenue [SINCE=YYYY-MM-DD]
+events_report: $(CHARTS) ## compact, then per day and model version: views, clicks, CTR, add-to-carts, purchases, attributed revenue [SINCE=YYYY-MM-DD]
 	@$(CLI) events-report $${SINCE:+--since "$$SINCE"}
 
 experiment: $(LIGHT) ## start an experiment: NAME= ARMS='control=popular:10,a=active:45,b=version:<id>:45' (kinds: popular, active, staged, version:<id>) [WINDOW_HOURS=24]
@@ -125,7 +132,7 @@ experiment_stop: $(LIGHT) ## stop the running experiment: NAME= (serving returns
 	@test -n "$$NAME" || { echo "error: give the experiment's name: make experiment_stop NAME=... (make experiments lists it)" >&2; exit 2; }
 	@$(CLI) experiment-stop "$$NAME"
 
-report: $(LIGHT) ## what the recommendations sell, per arm vs control with intervals: [EXPERIMENT=] [FROM= TO=] [OUT=report.html]
+report: $(CHARTS) ## what the recommendations sell, per arm vs control with intervals: [EXPERIMENT=] [FROM= TO=] [OUT=report.html]
 	@$(CLI) report $${EXPERIMENT:+--experiment "$$EXPERIMENT"} $${FROM:+--from "$$FROM"} $${TO:+--to "$$TO"} --out "$${OUT:-report.html}"
 
 simulate_shop: $(LIGHT) ## drive the running server as a shop would, then check the report: API_KEY= (or USER_NAME= PASSWORD=) [SESSIONS=20000] [PATH_TO_DATA=]

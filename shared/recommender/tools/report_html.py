@@ -1,6 +1,6 @@
 """The analytics report as one self-contained HTML file (make report): the headline, the shop's figures, each arm
 against control with its intervals, the split check, and a PNG chart per metric (each day, each arm, with its 95%
-interval) inlined as data: URIs. Charts need matplotlib (the dev install); without it the report says so."""
+interval) inlined as data: URIs. Charts need matplotlib (the charts extra, which `make report` installs); without it the report says so."""
 
 from __future__ import annotations
 
@@ -152,7 +152,9 @@ def render(answer: dict, charts: bool = True) -> str:
         if charts:
             images = [(m, chart_png(exp, m)) for m in st.METRICS]
             if all(png is None for _, png in images):
-                parts.append("<p class='muted'>Charts need matplotlib (make devel installs it).</p>")
+                parts.append(
+                    "<p class='muted'>Charts need matplotlib: make report installs it (pip install 'recommender[charts]' for the command line).</p>"
+                )
             for metric, png in images:
                 if png:
                     data = base64.b64encode(png).decode()
