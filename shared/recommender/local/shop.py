@@ -327,7 +327,10 @@ def serve_in_background(shop: Shop, host: str, port: int) -> ThreadingHTTPServer
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the browser left the page before it was sent: nothing to answer, nothing to report
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the stdlib's name)
             pass  # the API's log is the one to read
