@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Container
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,6 +32,8 @@ from recommender.core.feed_and_rules import (
     category_key,
     category_keys,
     feed_items,
+    in_force,
+    in_force_key,
 )
 from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
@@ -709,6 +712,8 @@ class Merchandiser:
         self.loaded: dict[str, tuple[str | None, dict | None]] = {"feed": (None, None), "rules": (None, None)}
         self.errors: dict[str, str | None] = {"feed": None, "rules": None}
         self._feed_model: str | None = None  # the model whose items the loaded feed was kept for
+        self._in_force: tuple = ()  # which timed rules the view serving was built with
+        self.clock = lambda: datetime.now(UTC)
 
     def _follow(self, kind: registry.Kind, load: Any, again: bool = False) -> tuple[str | None, dict | None]:
         pointer = registry.active(self.storage, kind)
@@ -749,13 +754,19 @@ class Merchandiser:
             registry.FEED, self._load_feed(plain), again=self._feed_model not in (None, plain.version)
         )
         rules_version, rules = self._follow(registry.RULES, load_rules)
+        # Rules with a start or end: only those in force now, looked at with every refresh (MODEL_POLL_SECONDS).
+        in_force_now = in_force_key(rules, self.clock()) if rules else ()
+        if in_force_now:  # some entries are timed
+            rules = in_force(rules, self.clock())
         if (
             current is not None
             and current.version == plain.version
             and current.feed_version == feed_version
             and current.rules_version == rules_version
+            and self._in_force == in_force_now
         ):
             return current
+        self._in_force = in_force_now
         if feed is None and rules is None:
             return plain
         return plain.with_policy(Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version))

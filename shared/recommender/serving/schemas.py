@@ -154,6 +154,8 @@ class UserOut(Out):
     username: str
     full_name: str
     email: str
+    role: str = Field(description="admin, merchandiser or viewer")
+    rights: list[str] = Field(description="what the role may change: rules, feed, promote, activate, users")
 
 
 class Reason(Out):
