@@ -28,6 +28,7 @@ from recommender.serving import console, web, widget
 from recommender.serving.keys import add_key
 from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
+from recommender.serving.users import add_user
 from recommender.training.feed import publish_feed
 from recommender.training.rules import known_from, publish_rules
 from tests.conftest import ROOT
@@ -372,6 +373,84 @@ def _console_cases(path: str) -> list[Case]:
     return [Case("GET", path, 200, "the file", _get(path, token=False)), Case("GET", path, 304, "unchanged", unchanged)]
 
 
+def _as_viewer(api: Api) -> dict[str, str]:
+    """The headers of a viewer's token (a user who may read, and change nothing)."""
+    add_user(api.storage, "vera", "viewer password", rounds=4, role="viewer")
+    answer = api.auth.post("/token", data={"username": "vera", "password": "viewer password"})
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def _draft(api: Api) -> dict:
+    return {
+        "rules": {
+            "block": {"codes": [api.codes[3]]},
+            "pin": [{"basket": {"code": api.codes[0]}, "item": {"code": api.codes[5]}}],
+        }
+    }
+
+
+def _rules_cases() -> list[Case]:
+    def post(path: str, body: Callable[[Api], object], setup=None, token: bool = True, viewer: bool = False):
+        def send(api: Api) -> Response:
+            if setup:
+                setup(api)
+            headers = _as_viewer(api) if viewer else {}
+            return api.call("POST", path, token=token, json=body(api), headers=headers)
+
+        return send
+
+    bad = {"rules": {"pin": [{"basket": {"code": "A"}, "item": {"code": "B"}, "position": 0}]}}
+    cases = [
+        Case("GET", "/rules", 200, "none yet", _get("/rules")),
+        Case("GET", "/rules", 200, "the active rules", _get("/rules", Api.merchandise)),
+        Case("GET", "/rules", 401, "no token", _get("/rules", token=False)),
+        Case("GET", "/rules", 403, "an API key", _get_with_key("/rules", "recommend")),
+        Case("POST", "/rules/check", 200, "a good draft", post("/rules/check", _draft)),
+        Case("POST", "/rules/check", 200, "a wrong draft", post("/rules/check", lambda api: bad)),
+        Case("POST", "/rules/preview", 200, "the changes", post("/rules/preview", _draft)),
+        Case("POST", "/rules/preview", 200, "over rules in force", post("/rules/preview", _draft, Api.merchandise)),
+        Case("POST", "/rules/preview", 422, "a wrong draft", post("/rules/preview", lambda api: bad)),
+        Case("POST", "/rules", 200, "published", post("/rules", _draft)),
+        Case("POST", "/rules", 413, "body too large", lambda api: api.too_large("POST", "/rules")),
+        Case("POST", "/rules", 422, "a wrong draft", post("/rules", lambda api: bad)),
+        Case(
+            "POST",
+            "/rules/rollback",
+            200,
+            "rolled back",
+            post(
+                "/rules/rollback",
+                lambda api: None,
+                lambda api: (api.merchandise(), api.call("POST", "/rules", json=_draft(api))),
+            ),
+        ),
+        Case("POST", "/rules/rollback", 409, "nothing earlier", post("/rules/rollback", lambda api: None)),
+    ]
+    for path in ("/rules/check", "/rules/preview", "/rules", "/rules/rollback"):
+        cases += [
+            Case("POST", path, 401, "no token", post(path, _draft, token=False)),
+            Case("POST", path, 403, "a viewer", post(path, _draft, viewer=True)),
+        ]
+    for path in ("/rules/check", "/rules/preview"):
+        cases += [
+            Case("POST", path, 422, "not a document", post(path, lambda api: {"rules": [1]})),
+            Case("POST", path, 503, "no model", post(path, lambda api: {"rules": {}}, Api.no_model)),
+        ]
+
+    def users_unreachable(api: Api) -> None:
+        api.monkeypatch.setenv("USER_CACHE_SECONDS", "0")
+        get_settings.cache_clear()
+        api.headers  # noqa: B018 - logged in first
+        api.fail_reads("users/")
+
+    cases.append(Case("GET", "/rules", 503, "user store unreachable", _get("/rules", users_unreachable)))
+    for path in ("/rules", "/rules/rollback"):
+        cases.append(
+            Case("POST", path, 503, "user store unreachable", post(path, lambda api: {"rules": {}}, users_unreachable))
+        )
+    return cases
+
+
 def _preflight_cases(path: str, scope: str = "recommend") -> list[Case]:
     def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
         def send(api: Api) -> Response:
@@ -455,6 +534,7 @@ CASES = [
     Case("GET", "/model", 403, "an API key", _get_with_key("/model", "recommend")),
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
+    *_rules_cases(),
     *(case for path in console.FILES for case in _console_cases(path)),
     *_console_cases("/widget.js"),
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),

@@ -770,3 +770,14 @@ class Merchandiser:
         if feed is None and rules is None:
             return plain
         return plain.with_policy(Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version))
+
+    def draft(self, plain: Any, rules: dict | None, label: str) -> Any:
+        """plain under the feed in force and the given rules (the console's preview: nothing is stored)."""
+        feed_version, feed = self.loaded["feed"]
+        return plain.with_policy(
+            Policy(plain.items, plain.item_price, feed, rules, feed_version, label) if feed or rules else None
+        )
+
+    def rules_in_force(self) -> tuple[str | None, dict | None]:
+        """The rules version loaded and its rules (every entry, whatever its window)."""
+        return self.loaded["rules"]

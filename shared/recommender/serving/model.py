@@ -390,6 +390,17 @@ class ModelHolder:
         thread.start()
         return thread
 
+    def draft(self, rules: dict | None, label: str = "draft") -> Model:
+        """The served model under the active feed and the given rules instead of the active ones (a preview)."""
+        plain = self._plain
+        if plain is None:
+            raise ModelUnavailable(self.error or "no model loaded")
+        return self._merchandiser.draft(plain, rules, label)
+
+    def active_rules(self) -> tuple[str | None, dict | None]:
+        """The active rules version and its rules as stored (timed entries included, in force or not)."""
+        return self._merchandiser.rules_in_force()
+
     def current(self) -> Model:
         """The model to answer with; ModelUnavailable (with the reason) when there is none."""
         model = self.model

@@ -7,6 +7,7 @@ two; answers off the fast path (the console's, the auth function's) are the mode
 """
 
 from dataclasses import fields
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Form
@@ -447,3 +448,116 @@ class EventsOut(Out):
     accepted: int
     duplicates: int
     refused: int
+
+
+# --- The console's workplace: rules drafts and their preview, versions -------------------------------------------
+
+
+class RulesDraftIn(BaseModel):
+    """A draft of the merchandising rules: the document a rules file holds (block, do_not_pair, pin, boost, bury;
+    make rules_schema prints its JSON Schema), as JSON."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    rules: dict[str, Any] | None = Field(description="the rules file's document (keys block, do_not_pair, ...)")
+
+
+class RulesPreviewIn(RulesDraftIn):
+    """A draft and what to preview it on."""
+
+    baskets: Annotated[list[Annotated[list[StrictStr], Field(max_length=MAX_BASKET)]], Field(max_length=20)] = Field(
+        default_factory=list, description="baskets to answer besides the model's sample invoices (stock codes)"
+    )
+    as_of: datetime | None = Field(None, description="apply the rules in force at this time (default: now)")
+    samples: Annotated[int, Field(ge=0, le=100)] = Field(20, description="how many sample invoices to answer")
+
+
+class RuleProblem(Out):
+    """Where a draft is wrong and why, in the words of make rules."""
+
+    place: str = Field(description='the entry and field, such as "pin[0].position", or "rules"')
+    message: str
+
+
+class RulesCheckOut(Out):
+    """Whether a draft can be published."""
+
+    ok: bool
+    error: RuleProblem | None
+    summary: list[str]
+    warnings: list[str]
+
+
+class RulesOut(Out):
+    """The active rules version (version null when none) as a document, and the earlier versions."""
+
+    version: str | None
+    created_at: str | None = None
+    source: str | None = Field(None, description="the file it was uploaded from (console.json from the console)")
+    rules: dict[str, Any]
+    summary: list[str]
+    warnings: list[str]
+    previous: list[str] = Field(description="earlier versions, most recent first (roll back goes to the first)")
+
+
+class PreviewItem(Out):
+    """One recommended item of an answer in a preview."""
+
+    stock_code: str
+    description: str
+    source: str = Field(description="model, popular or pinned")
+    change: str | None = Field(None, description="after the draft: new, pinned, moved, same; removed")
+    was: int | None = Field(None, description="a moved item's position before (1: first)")
+
+
+class PreviewCounts(Out):
+    """What the draft changes in one answer."""
+
+    removed: int
+    pinned: int
+    moved: int
+    added: int
+
+
+class PreviewBasket(Out):
+    """One basket's answers under the rules in force and under the draft."""
+
+    invoice: str = Field(description='the sample invoice, or "typed"')
+    basket: list[SampleItem]
+    before: list[PreviewItem]
+    after: list[PreviewItem]
+    removed: list[PreviewItem]
+    changed: bool
+    counts: PreviewCounts
+
+
+class PreviewTotals(Out):
+    """What the draft changes over every basket previewed."""
+
+    baskets: int
+    affected: int
+    removed: int
+    pinned: int
+    moved: int
+    added: int
+
+
+class RulesPreviewOut(Out):
+    """A draft's effect, before anything is published."""
+
+    as_of: str
+    model_version: str
+    rules_version: str | None
+    counts: PreviewTotals
+    summary: list[str]
+    warnings: list[str]
+    baskets: list[PreviewBasket]
+
+
+class PublishedOut(Out):
+    """The version a publish, activation or roll back made active."""
+
+    version: str
+    summary: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    comparison: str | None = Field(None, description="the activation gate's comparison, for a model")

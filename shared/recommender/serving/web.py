@@ -366,6 +366,8 @@ ERROR_MEANINGS = {
     403: "an API key without the scope of this route, from an origin it does not list, or on a route for users only; "
     "a user whose role lacks the right a change needs (the detail names it)",
     404: "what was asked for does not exist (e.g. a model trained before it kept sample invoices)",
+    409: "another change came first (the rules or model pointer moved meanwhile), or the activation gate refused "
+    "a model: the detail says which",
     413: "the request body is larger than MAX_BODY_BYTES (EVENTS_MAX_BODY_BYTES for /events)",
     422: "malformed request: the detail names the field and the problem",
     429: "too many failed logins from this client address, or an API key over its rate; retry after Retry-After "
