@@ -238,6 +238,7 @@
     for (const id of ["search-status", "basket-status", "recs-status", "copy-status", "model-status"]) $(id).textContent = "";
     $("curl-text").value = "";
     clearError();
+    document.dispatchEvent(new CustomEvent("console:leave"));
     showSignIn(message, message !== "You are signed out.");
   }
 
@@ -253,6 +254,8 @@
     renderBasket();
     loadModel();
     scheduleRecs(0);
+    // The other pages (workplace.js) start from here: the user's role, the rules, the versions.
+    document.dispatchEvent(new CustomEvent("console:enter", { detail: { username } }));
   }
 
   // --- search --------------------------------------------------------------------------------------------------
@@ -685,6 +688,11 @@
     });
     $("copy-curl").addEventListener("click", copyCurl);
     $("model-refresh").addEventListener("click", loadModel);
+    // What the other pages (workplace.js, loaded after this script) share with the try-out panel.
+    window.recommenderConsole = {
+      api, el, failed, clearError, showError, ApiError, sentence, plural, when, day,
+      refreshTryIt: () => scheduleRecs(0),
+    };
     resume();
   }
 

@@ -1,0 +1,184 @@
+"""The merchandiser's pages in a real browser (Debian's Chromium, Playwright) against the real local server: roles,
+the Rules page's draft, preview, publish and roll back, a viewer's read-only view, the keyboard-only path, and the
+guide's screenshots (docs/images/, rewritten by this test)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from recommender.serving.users import add_user
+from tests.conftest import ROOT
+from tests.serving.test_console_browser import IMAGES, WAIT_MS, Console, browser, site, swatch  # noqa: F401
+
+pytestmark = pytest.mark.slow
+DOCS_IMAGES = ROOT / "docs" / "images"
+MERCH, VIEWER, SECRET_WORD = "mia", "vera", "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def people(site):
+    """A merchandiser and a viewer in the console's store."""
+    add_user(site.storage, MERCH, SECRET_WORD, "Mia Merchant", rounds=4, role="merchandiser")
+    add_user(site.storage, VIEWER, SECRET_WORD, "Vera Viewer", rounds=4, role="viewer")
+    return site
+
+
+def _page(browser, site, width: int = 1280, height: int = 900) -> tuple[Console, object]:  # noqa: F811
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.route(IMAGES + "**", swatch)
+    return Console(context.new_page(), site.base), context
+
+
+def _signed_in(console: Console, username: str) -> None:
+    console.open().sign_in(username, SECRET_WORD)
+    console.page.locator("#account-role").filter(has_text=username == MERCH and "merchandiser" or "viewer").wait_for()
+
+
+def _rules_page(console: Console) -> None:
+    console.page.get_by_role("link", name="Rules").click()
+    console.page.locator("#rules-status").filter(has_text="rules version").wait_for()
+
+
+def _token(site, username: str) -> str:
+    form = f"username={username}&password={SECRET_WORD.replace(' ', '+')}".encode()
+    with urllib.request.urlopen(urllib.request.Request(site.base + "/token", data=form)) as answer:
+        return json.load(answer)["access_token"]
+
+
+def _recommend(site, basket: list[str]) -> list[str]:
+    request = urllib.request.Request(
+        site.base + "/recommendations",
+        data=json.dumps({"product_list": basket, "n": 10}).encode(),
+        headers={"Authorization": f"Bearer {_token(site, MERCH)}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        return [i["stock_code"] for i in json.load(answer)["items"]]
+
+
+def _until(condition, seconds: float = WAIT_MS / 1000) -> None:
+    """Wait for condition() to hold (the page's answers follow the server's within MODEL_POLL_SECONDS)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.2)
+
+
+def test_merchandiser_drafts_previews_publishes_and_rolls_back(browser, people):  # noqa: F811
+    site = people
+    basket = site.lunch[1]
+    answer = _recommend(site, [basket])
+    blocked, pinned = answer[0], answer[-1]  # the first pick blocked, the last one pinned first
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+        _rules_page(console)
+        page.get_by_role("button", name="Add a pin").click()
+        row = page.locator('.rule-rows[data-kind="pin"] .rule-row').last
+        row.get_by_label("When the basket holds (code)").fill(basket)
+        row.get_by_label("Show (code)").fill(pinned)
+        row.get_by_label("At position").fill("1")
+        page.get_by_label("Products (codes, separated by commas)").fill(blocked)
+        page.locator("#rules-check").filter(has_text="Ready to preview").wait_for()
+        page.get_by_label("Also preview this basket (codes, separated by commas)").fill(basket)
+        page.get_by_role("button", name="Preview").click()
+        counts = page.locator("#preview-counts")
+        counts.wait_for()
+        mine = page.locator(".preview-basket", has=page.get_by_role("heading", name="Your basket"))
+        after = mine.locator(".preview-list").nth(1)
+        assert after.locator("li").first.locator(".code").inner_text() == pinned
+        assert "pinned" in after.locator("li").first.inner_text()
+        assert mine.locator(".preview-list").first.locator("li.removed .code").all_inner_texts() == [blocked]
+        # The counts are the marks: removed and pinned items over every basket shown, baskets affected.
+        text = counts.inner_text()
+        removed = page.locator(".preview-list li.removed").count()
+        pinned_marks = page.locator(".preview-list li.pinned").count()
+        affected = page.locator(".preview-basket").count()
+        assert text.startswith(f"{affected} of ") and f"{removed} item" in text and f"{pinned_marks} pinned" in text
+        assert removed >= 1 and pinned_marks >= 1
+        page.screenshot(path=str(DOCS_IMAGES / "console-rules-1280.png"), full_page=False)
+
+        page.get_by_role("button", name="Publish").click()
+        page.locator("#rules-outcome").filter(has_text="answers follow it now").wait_for()
+        # The try-out panel follows within MODEL_POLL_SECONDS (1 s here).
+        page.get_by_role("link", name="Try it").click()
+        console.add_from_search("PARISIENNE JUNGLE LUNCH BOX")
+        _until(lambda: (codes := console.rec_codes()) and codes[0] == pinned and blocked not in codes)
+        _rules_page(console)
+        page.get_by_role("button", name="Roll back").click()
+        page.locator("#rules-outcome").filter(has_text="and answers follow it").wait_for()
+        page.get_by_role("link", name="Try it").click()
+        _until(lambda: (codes := console.rec_codes()) and codes[0] != pinned)
+        assert console.dialogs == [] and console.errors == []
+    finally:
+        context.close()
+
+
+def test_viewer_sees_nothing_to_change_and_the_api_refuses(browser, people):  # noqa: F811
+    site = people
+    console, context = _page(browser, site, 390, 844)
+    page = console.page
+    try:
+        _signed_in(console, VIEWER)
+        _rules_page(console)
+        for name in ("Preview", "Publish", "Roll back", "Add a pin", "Remove"):
+            assert page.get_by_role("button", name=name).count() == 0 or not any(
+                b.is_visible() for b in page.get_by_role("button", name=name).all()
+            ), name
+        assert all(field.is_disabled() for field in page.locator("#rules-form input").all() if field.is_visible())
+        page.get_by_text("changing them needs a merchandiser or an admin").wait_for()
+        page.screenshot(path=str(DOCS_IMAGES / "console-rules-390.png"), full_page=False)
+        request = urllib.request.Request(
+            site.base + "/rules",
+            data=b'{"rules": {}}',
+            headers={"Authorization": f"Bearer {_token(site, VIEWER)}", "Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)
+        assert refused.value.code == 403
+        assert "the right 'rules'" in json.load(refused.value)["detail"]
+    finally:
+        context.close()
+
+
+def test_the_rules_editor_by_keyboard_alone(browser, people):  # noqa: F811
+    site = people
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+
+        def tab_to(name: str, limit: int = 80) -> None:
+            for _ in range(limit):
+                page.keyboard.press("Tab")
+                if page.evaluate("() => (document.activeElement.textContent || '').trim()") == name:
+                    return
+            raise AssertionError(f"{name!r} cannot be reached with Tab")
+
+        tab_to("Rules")
+        page.keyboard.press("Enter")
+        page.locator("#rules-status").filter(has_text="rules version").wait_for()
+        tab_to("Add a pin")
+        page.keyboard.press("Enter")
+        page.keyboard.type(site.lunch[1])  # the new row's first field has the focus
+        page.keyboard.press("Tab")
+        page.keyboard.type(site.pinned)
+        page.locator("#rules-check").filter(has_text="Ready to preview").wait_for()
+        tab_to("Preview")
+        page.keyboard.press("Enter")
+        page.locator("#preview-counts").wait_for()
+        # A mistake is shown at its field, in make rules' words.
+        page.keyboard.press("Shift+Tab")
+        page.locator('[data-place="pin[1].position"]').focus()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("0")
+        page.locator("#rules-check").filter(has_text="pin[1].position").wait_for()
+        assert page.locator('[data-place="pin[1].position"]').get_attribute("aria-invalid") == "true"
+        assert page.get_by_role("button", name="Publish").is_disabled()
+    finally:
+        context.close()
