@@ -451,6 +451,101 @@ def _rules_cases() -> list[Case]:
     return cases
 
 
+COPY = "20990101T000000000Z-deadbeefcafe"
+
+
+def _copy_of_active(api: Api, measured: bool = True) -> str:
+    """A second model version, the active one's files under another name (without its held-out figures unless
+    measured: the gate then refuses it)."""
+    prefix = registry.artifact_key(api.version, "")
+    for key in api.storage.list(prefix):
+        data = api.storage.read(key)
+        if key.endswith(registry.MANIFEST) and not measured:
+            manifest = json.loads(data)
+            manifest.pop("evaluation", None)
+            manifest["artifacts"].pop("holdout.json.gz", None)
+            data = json.dumps(manifest).encode()
+        api.storage.write(registry.artifact_key(COPY, key[len(prefix) :]), data)
+    return COPY
+
+
+def _staged(measured: bool) -> Callable[[Api], None]:
+    return lambda api: registry.stage(api.storage, _copy_of_active(api, measured))
+
+
+def _versions_cases() -> list[Case]:
+    def post(path: str, body: object, setup=None, token: bool = True, viewer: bool = False):
+        def send(api: Api) -> Response:
+            if setup:
+                setup(api)
+            headers = _as_viewer(api) if viewer else {}
+            return api.call("POST", path, token=token, json=body, headers=headers)
+
+        return send
+
+    def activated_before(api: Api) -> None:
+        registry.activate(api.storage, _copy_of_active(api), notify=lambda _m: None)
+
+    def users_unreachable(api: Api) -> None:
+        api.monkeypatch.setenv("USER_CACHE_SECONDS", "0")
+        get_settings.cache_clear()
+        api.headers  # noqa: B018 - logged in first
+        api.fail_reads("users/")
+
+    cases = [
+        Case("GET", "/versions", 200, "the versions", _get("/versions")),
+        Case(
+            "GET",
+            "/versions",
+            200,
+            "staged, feed and rules",
+            _get("/versions", lambda api: (api.merchandise(), _staged(False)(api))),
+        ),
+        Case("GET", "/versions", 401, "no token", _get("/versions", token=False)),
+        Case("GET", "/versions", 403, "an API key", _get_with_key("/versions", "recommend")),
+        Case("GET", "/versions", 503, "user store unreachable", _get("/versions", users_unreachable)),
+        Case("POST", "/versions/promote", 200, "promoted", post("/versions/promote", {}, _staged(True))),
+        Case(
+            "POST",
+            "/versions/promote",
+            200,
+            "forced by an admin",
+            post("/versions/promote", {"force": True}, _staged(False)),
+        ),
+        Case("POST", "/versions/promote", 409, "refused by the gate", post("/versions/promote", {}, _staged(False))),
+        Case("POST", "/versions/promote", 422, "an unknown field", post("/versions/promote", {"forced": True})),
+        Case(
+            "POST",
+            "/versions/activate",
+            200,
+            "activated",
+            post("/versions/activate", {"version": COPY}, lambda api: _copy_of_active(api)),
+        ),
+        Case("POST", "/versions/activate", 404, "no such version", post("/versions/activate", {"version": "1999"})),
+        Case(
+            "POST",
+            "/versions/activate",
+            409,
+            "refused by the gate",
+            post("/versions/activate", {"version": COPY}, lambda api: _copy_of_active(api, False)),
+        ),
+        Case("POST", "/versions/activate", 422, "no version", post("/versions/activate", {})),
+        Case("POST", "/versions/rollback", 200, "rolled back", post("/versions/rollback", None, activated_before)),
+        Case("POST", "/versions/rollback", 409, "nothing earlier", post("/versions/rollback", None)),
+    ]
+    for path, body in (
+        ("/versions/promote", {}),
+        ("/versions/activate", {"version": COPY}),
+        ("/versions/rollback", None),
+    ):
+        cases += [
+            Case("POST", path, 401, "no token", post(path, body, token=False)),
+            Case("POST", path, 403, "a viewer", post(path, body, viewer=True)),
+            Case("POST", path, 503, "user store unreachable", post(path, body, users_unreachable)),
+        ]
+    return cases
+
+
 def _preflight_cases(path: str, scope: str = "recommend") -> list[Case]:
     def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
         def send(api: Api) -> Response:
@@ -535,6 +630,7 @@ CASES = [
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
     *_rules_cases(),
+    *_versions_cases(),
     *(case for path in console.FILES for case in _console_cases(path)),
     *_console_cases("/widget.js"),
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),

@@ -156,7 +156,7 @@ class UserOut(Out):
     full_name: str
     email: str
     role: str = Field(description="admin, merchandiser or viewer")
-    rights: list[str] = Field(description="what the role may change: rules, feed, promote, activate, users")
+    rights: list[str] = Field(description="what the role may change: rules, feed, promote, force, users")
 
 
 class Reason(Out):
@@ -561,3 +561,53 @@ class PublishedOut(Out):
     summary: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     comparison: str | None = Field(None, description="the activation gate's comparison, for a model")
+
+
+class ModelVersionOut(Out):
+    """One model version as the Versions page shows it."""
+
+    version: str
+    state: Literal["active", "staged", ""]
+    created_at: str | None
+    file: str | None = Field(description="the training file")
+    first: str | None = Field(description="the first purchase it learned from")
+    last: str | None
+    products: int | None
+    engine: str | None
+    quality: str | None = Field(description="HR@10 in words, against best-sellers")
+    hr: float | None = Field(description="HR@10: share of held-out baskets whose bought item was in the top 10")
+    mrr: float | None = Field(description="MRR@10: mean reciprocal rank of the bought item in the top 10")
+    problem: str | None = Field(description="why it cannot be activated (damaged, incomplete), if so")
+
+
+class OtherVersionOut(Out):
+    """A feed or rules version."""
+
+    version: str
+    state: Literal["active", ""]
+
+
+class VersionsOut(Out):
+    """Every model version, newest first, the ones a roll back goes to, and the feed and rules versions."""
+
+    models: list[ModelVersionOut]
+    previous: list[str] = Field(description="model versions active before, most recent first")
+    feeds: list[OtherVersionOut]
+    rules: list[OtherVersionOut]
+
+
+class ActivateIn(BaseModel):
+    """Which model version to activate, and whether past the gate's refusal (an admin's right, "force")."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    version: StrictStr = Field(min_length=1, max_length=100, description="a version, or a unique beginning of one")
+    force: bool = False
+
+
+class PromoteIn(BaseModel):
+    """Whether to promote the staged model past the gate's refusal (an admin's right, "force")."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    force: bool = False

@@ -61,11 +61,11 @@ class User:
 
 
 # Roles and what each may do. Reading (recommendations, the console's pages) needs a valid token only.
-RIGHT_NAMES = ("rules", "feed", "promote", "activate", "users")
+RIGHT_NAMES = ("rules", "feed", "promote", "force", "users")
 RIGHTS: dict[str, frozenset[str]] = {
     "admin": frozenset(RIGHT_NAMES),
-    # Feed, rules, and model promotion and roll back, within the gate: activating any version (and forcing past
-    # the gate) is an admin's.
+    # Feed, rules, and promoting, activating and rolling back models within the activation gate: forcing a model
+    # past the gate is an admin's.
     "merchandiser": frozenset({"rules", "feed", "promote"}),
     "viewer": frozenset(),
 }
@@ -73,8 +73,8 @@ ROLES = tuple(RIGHTS)
 RIGHT_MEANINGS = {
     "rules": "edit and publish the merchandising rules",
     "feed": "upload the product feed",
-    "promote": "promote a staged model and roll back, within the activation gate",
-    "activate": "activate any model version, also past the activation gate",
+    "promote": "promote, activate and roll back model versions, within the activation gate",
+    "force": "activate a model version the activation gate refuses",
     "users": "manage users and keys",
 }
 
