@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from recommender.core import registry
 from recommender.serving.users import add_user
 from tests.conftest import ROOT
 from tests.serving.test_console_browser import IMAGES, WAIT_MS, Console, browser, site, swatch  # noqa: F401
@@ -180,5 +181,50 @@ def test_the_rules_editor_by_keyboard_alone(browser, people):  # noqa: F811
         page.locator("#rules-check").filter(has_text="pin[1].position").wait_for()
         assert page.locator('[data-place="pin[1].position"]').get_attribute("aria-invalid") == "true"
         assert page.get_by_role("button", name="Publish").is_disabled()
+    finally:
+        context.close()
+
+
+def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):  # noqa: F811
+    site = people
+    active = registry.active_version(site.storage)
+    staged = "20990101T000000000Z-deadbeefcafe"  # the active model's files without held-out figures: unmeasurable
+    prefix = registry.artifact_key(active, "")
+    for key in site.storage.list(prefix):
+        data = site.storage.read(key)
+        if key.endswith(registry.MANIFEST):
+            manifest = json.loads(data)
+            manifest.pop("evaluation", None)
+            manifest["artifacts"].pop("holdout.json.gz", None)
+            data = json.dumps(manifest).encode()
+        site.storage.write(registry.artifact_key(staged, key[len(prefix) :]), data)
+    registry.stage(site.storage, staged)
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+        page.get_by_role("link", name="Versions").click()
+        page.get_by_role("button", name="Promote").click()
+        page.locator("#gate-outcome.refused").filter(has_text="cannot be measured").wait_for()
+        page.get_by_text("Only an admin can activate a model the gate refuses.").wait_for()
+        assert page.locator("#gate-force").count() == 0
+        page.get_by_role("button", name="Sign out").click()
+
+        console.sign_in()  # alice, an admin
+        page.locator("#account-role").filter(has_text="admin").wait_for()
+        page.get_by_role("link", name="Versions").click()
+        item = page.locator(f'[data-version="{active}"]')
+        assert "Quality: Found the bought item in the top 10" in item.inner_text() or "No held-out" in item.inner_text()
+        page.get_by_role("button", name="Promote").click()
+        page.locator("#gate-outcome.refused").wait_for()
+        assert page.get_by_role("button", name="Promote anyway").is_disabled()  # until confirmed
+        page.get_by_label("I have read the comparison and want it active anyway").check()
+        page.screenshot(path=str(DOCS_IMAGES / "console-versions-1280.png"), full_page=False)
+        page.get_by_role("button", name="Promote anyway").click()
+        page.locator("#gate-outcome").filter(has_text=f"Promoted model version {staged} is active").wait_for()
+        assert registry.active_version(site.storage) == staged
+        page.get_by_role("button", name="Roll back").click()
+        page.locator("#gate-outcome").filter(has_text=f"model version {active} is active again").wait_for()
+        assert registry.active_version(site.storage) == active
     finally:
         context.close()

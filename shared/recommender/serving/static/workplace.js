@@ -444,11 +444,96 @@
     $("rules-check").focus();
   }
 
-  // --- versions ------------------------------------------------------------------------------------------------
+  // --- versions ----------------------------------------------------------------------------------------------
+
+  function versionLabel(v) {
+    const parts = [];
+    if (v.file) parts.push(`trained on ${v.file}`);
+    if (v.first && v.last) parts.push(`purchases from ${C().day(v.first)} to ${C().day(v.last)}`);
+    if (typeof v.products === "number") parts.push(`${v.products.toLocaleString()} products`);
+    if (v.engine) parts.push(`engine: ${v.engine}`);
+    if (v.created_at) parts.push(`made ${C().when(v.created_at)}`);
+    return parts.join(", ");
+  }
+
+  function versionItem(v) {
+    const { el } = C();
+    const figure = typeof v.hr === "number"
+      ? el("abbr", { title: "HR@10: the share of held-out baskets whose bought item was in the top 10", text: `${(v.hr * 100).toFixed(1)}% hit rate` })
+      : null;
+    const actions = el("div", { class: "actions" });
+    if (may("promote") && v.state === "staged") {
+      actions.append(el("button", { type: "button", "data-promote": v.version, text: "Promote" }));
+    } else if (may("promote") && v.state !== "active" && !v.problem) {
+      actions.append(el("button", { type: "button", class: "secondary", "data-activate": v.version, text: "Activate" }));
+    }
+    return el("li", { "data-version": v.version },
+      el("div", {}, v.state ? el("span", { class: "state", text: `${v.state === "active" ? "Active" : "Staged"}: ` }) : null,
+        el("code", { text: v.version })),
+      el("p", { class: "hint", text: versionLabel(v) }),
+      el("p", {}, v.quality ? `Quality: ${C().sentence(v.quality)} ` : "No held-out quality figure. ", figure),
+      v.problem ? el("p", { class: "notice", text: C().sentence(v.problem) }) : null,
+      actions);
+  }
 
   async function loadVersions() {
-    // Filled by versions.js's part of this file when the Versions API answers (see the Versions section below).
-    if (typeof window.recommenderVersions === "function") window.recommenderVersions(me);
+    const status = $("versions-status");
+    status.textContent = "Loading the versions…";
+    try {
+      const answer = await C().api("versions");
+      const active = answer.models.find((v) => v.state === "active");
+      const feed = answer.feeds.find((v) => v.state === "active");
+      const rules = answer.rules.find((v) => v.state === "active");
+      status.textContent = `${C().plural(answer.models.length, "model version", "model versions")}; in force: model ${active ? active.version : "none"}, `
+        + `product feed ${feed ? feed.version : "none"}, rules ${rules ? rules.version : "none"}.`;
+      $("versions-rollback").disabled = !answer.previous.length;
+      $("versions-list").replaceChildren(...answer.models.map(versionItem));
+    } catch (err) {
+      status.textContent = "";
+      C().failed(err);
+    }
+  }
+
+  /** Promote or activate through the gate; its comparison shown, and a refusal offered to an admin to force. */
+  async function gated(path, body, what) {
+    const { el } = C();
+    const box = $("versions-gate");
+    box.replaceChildren(el("p", { class: "gate", text: "Comparing with the active model…" }));
+    try {
+      const done = await C().api(path, { method: "POST", body });
+      box.replaceChildren(el("p", { class: "gate", id: "gate-outcome" },
+        `${what} model version ${done.version} is active. `, done.comparison ? C().sentence(`The gate compared: ${done.comparison}`) : ""));
+      await loadVersions();
+    } catch (err) {
+      if (!(err instanceof C().ApiError) || err.status !== 409) {
+        box.replaceChildren();
+        C().failed(err);
+        return;
+      }
+      const parts = [el("p", { class: "gate refused", id: "gate-outcome", text: err.message })];
+      if (may("force")) {
+        const confirm = el("input", { type: "checkbox", id: "gate-confirm" });
+        const force = el("button", { type: "button", id: "gate-force", text: `${what === "Promoted" ? "Promote" : "Activate"} anyway`, disabled: true });
+        confirm.addEventListener("change", () => { force.disabled = !confirm.checked; });
+        force.addEventListener("click", () => gated(path, { ...body, force: true }, what));
+        parts.push(el("p", {}, confirm, " ", el("label", { for: "gate-confirm", class: "inline", text: "I have read the comparison and want it active anyway" })), force);
+      } else {
+        parts.push(el("p", { class: "hint", text: "Only an admin can activate a model the gate refuses." }));
+      }
+      box.replaceChildren(...parts);
+      const first = box.querySelector("input, button");
+      if (first) first.focus();
+    }
+  }
+
+  async function rollBackModel() {
+    try {
+      const done = await C().api("versions/rollback", { method: "POST" });
+      $("versions-gate").replaceChildren(C().el("p", { class: "gate", id: "gate-outcome", text: `Rolled back: model version ${done.version} is active again.` }));
+      await loadVersions();
+    } catch (err) {
+      C().failed(err);
+    }
   }
 
   // --- start ---------------------------------------------------------------------------------------------------
@@ -473,6 +558,13 @@
     $("rules-preview").addEventListener("click", preview);
     $("rules-publish").addEventListener("click", publish);
     $("rules-rollback").addEventListener("click", rollBack);
+    $("versions-rollback").addEventListener("click", rollBackModel);
+    $("versions-list").addEventListener("click", (event) => {
+      const promote = event.target.closest("[data-promote]");
+      if (promote) gated("versions/promote", {}, "Promoted");
+      const activate = event.target.closest("[data-activate]");
+      if (activate) gated("versions/activate", { version: activate.dataset.activate }, "Activated");
+    });
   }
 
   start();
