@@ -144,6 +144,7 @@ def test_least_privilege(template):
     # console's workplace changes (rules versions, the model pointers), each route after checking the user's role.
     console_writes = [
         "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/rules/*",
+        "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/feed/*",
         "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/models/ACTIVE",
         "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/models/STAGED",
     ]

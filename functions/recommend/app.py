@@ -19,6 +19,7 @@ from mangum import Mangum
 from starlette.concurrency import run_in_threadpool
 
 from recommender.core.errors import ModelUnavailable, RecommenderError
+from recommender.core.feed_form import FeedLimits
 from recommender.core.storage import Storage
 from recommender.serving import console, cors, schemas, snapstart, web, widget
 from recommender.serving.attribution import new_recommendation_id
@@ -30,6 +31,7 @@ from recommender.serving.schemas import (
     BasketIn,
     EventsIn,
     EventsOut,
+    FeedSummaryOut,
     HealthDown,
     HealthOut,
     LegacyOut,
@@ -378,6 +380,81 @@ async def versions_rollback(_user: PromoteRight, storage: StorageDep) -> Publish
     from recommender.serving import model_versions
 
     return PublishedOut(**await run_in_threadpool(model_versions.roll_back, storage))
+
+
+# --- The console's workplace: the product feed (right "feed"). The file is the request body, its name a parameter.
+FeedRight = Annotated[User, Depends(web.require("feed"))]
+FEED_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the feed file as it is (.csv, .csv.gz, .tsv, .tsv.gz), at most FEED_UPLOAD_MAX_BYTES",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+FeedName = Annotated[str, Query(min_length=1, max_length=200, description="the file's name: its type is its ending")]
+
+
+async def _feed_limits(settings: web.SettingsDep) -> FeedLimits:
+    """MAX_FEED_ROWS, MAX_FEED_BYTES and ENCODING, as make feed reads a file with them."""
+    return FeedLimits(settings.max_feed_rows, settings.max_feed_bytes, settings.encoding)
+
+
+FeedLimitsDep = Annotated[FeedLimits, Depends(_feed_limits)]
+
+
+@app.post(
+    "/feed/preview",
+    response_model=FeedSummaryOut,
+    summary="What an uploaded product feed holds and changes, before it is published",
+    openapi_extra=FEED_BODY,
+    responses=web.errors(401, 403, 413, 422, 503),
+)
+async def feed_preview(
+    _user: FeedRight, request: Request, name: FeedName, storage: StorageDep, limits: FeedLimitsDep
+) -> FeedSummaryOut:
+    """The file checked as make feed checks it (422 naming the first bad line), and what it changes against the
+    feed in force: products added, removed, out of stock, back in stock, prices changed by more than 20%, unknown
+    to the model. Nothing is stored."""
+    from recommender.serving import feed_upload
+
+    data = await request.body()
+    return FeedSummaryOut(**await run_in_threadpool(feed_upload.summary, storage, name, data, limits))
+
+
+@app.post(
+    "/feed",
+    response_model=PublishedOut,
+    summary="Publish an uploaded product feed (as make feed)",
+    openapi_extra=FEED_BODY,
+    responses=web.errors(401, 403, 413, 422, 503),
+)
+async def feed_publish(
+    _user: FeedRight,
+    request: Request,
+    name: FeedName,
+    storage: StorageDep,
+    limits: FeedLimitsDep,
+    settings: web.SettingsDep,
+) -> PublishedOut:
+    """Checked in full, stored as a new feed version and activated: serving follows it within MODEL_POLL_SECONDS."""
+    from recommender.serving import feed_upload
+
+    data = await request.body()
+    published = await run_in_threadpool(feed_upload.publish_upload, storage, name, data, limits, settings.keep_versions)
+    return PublishedOut(**published)
+
+
+@app.post(
+    "/feed/rollback",
+    response_model=PublishedOut,
+    summary="Re-activate the previous product feed version",
+    responses=web.errors(401, 403, 409, 503),
+)
+async def feed_rollback(_user: FeedRight, storage: StorageDep) -> PublishedOut:
+    """As make feed_rollback: the feed version active before the current one is active again."""
+    from recommender.serving import feed_upload
+
+    return PublishedOut(**await run_in_threadpool(feed_upload.roll_back, storage))
 
 
 def _preflight_route(path: str, methods: str) -> None:

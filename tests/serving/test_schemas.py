@@ -546,6 +546,65 @@ def _versions_cases() -> list[Case]:
     return cases
 
 
+def _feed_file(api: Api) -> bytes:
+    """A feed of the served model's first items, one out of stock, one price doubled against api.merchandise's."""
+    rows = [
+        f"{code},{'out_of_stock' if i == 0 else 'in_stock'},{2 + i % 5} GBP" for i, code in enumerate(api.codes[:6])
+    ]
+    return ("id,availability,price\n" + "\n".join(rows) + "\n").encode()
+
+
+def _feed_cases() -> list[Case]:
+    def post(path: str, body=None, name: str = "feed.csv", setup=None, token: bool = True, viewer: bool = False):
+        def send(api: Api) -> Response:
+            if setup:
+                setup(api)
+            headers = _as_viewer(api) if viewer else {}
+            content = body(api) if callable(body) else body
+            return api.call("POST", path, token=token, content=content, params={"name": name}, headers=headers)
+
+        return send
+
+    def users_unreachable(api: Api) -> None:
+        api.monkeypatch.setenv("USER_CACHE_SECONDS", "0")
+        get_settings.cache_clear()
+        api.headers  # noqa: B018 - logged in first
+        api.fail_reads("users/")
+
+    bad = b"id,availability\nA,maybe\n"
+    cases = [
+        Case("POST", "/feed/preview", 200, "the first feed", post("/feed/preview", _feed_file)),
+        Case("POST", "/feed/preview", 200, "changes", post("/feed/preview", _feed_file, setup=Api.merchandise)),
+        Case("POST", "/feed/preview", 413, "body too large", lambda api: api.too_large("POST", "/feed/preview")),
+        Case("POST", "/feed/preview", 422, "a bad line", post("/feed/preview", bad)),
+        Case("POST", "/feed/preview", 422, "a spreadsheet", post("/feed/preview", b"PK", name="feed.xlsx")),
+        Case("POST", "/feed", 200, "published", post("/feed", _feed_file)),
+        Case("POST", "/feed", 413, "body too large", lambda api: api.too_large("POST", "/feed")),
+        Case("POST", "/feed", 422, "a bad line", post("/feed", bad)),
+        Case(
+            "POST",
+            "/feed/rollback",
+            200,
+            "rolled back",
+            post(
+                "/feed/rollback",
+                setup=lambda api: (
+                    api.merchandise(),
+                    api.call("POST", "/feed", content=_feed_file(api), params={"name": "f.csv"}),
+                ),
+            ),
+        ),
+        Case("POST", "/feed/rollback", 409, "nothing earlier", post("/feed/rollback")),
+    ]
+    for path in ("/feed/preview", "/feed", "/feed/rollback"):
+        cases += [
+            Case("POST", path, 401, "no token", post(path, b"id\n1\n", token=False)),
+            Case("POST", path, 403, "a viewer", post(path, b"id\n1\n", viewer=True)),
+            Case("POST", path, 503, "user store unreachable", post(path, b"id\n1\n", setup=users_unreachable)),
+        ]
+    return cases
+
+
 def _preflight_cases(path: str, scope: str = "recommend") -> list[Case]:
     def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
         def send(api: Api) -> Response:
@@ -631,6 +690,7 @@ CASES = [
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
     *_rules_cases(),
     *_versions_cases(),
+    *_feed_cases(),
     *(case for path in console.FILES for case in _console_cases(path)),
     *_console_cases("/widget.js"),
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),

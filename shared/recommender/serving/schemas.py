@@ -645,3 +645,46 @@ class PromoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     force: bool = False
+
+
+class CodesChanged(Out):
+    """How many products a feed changes in one way, and the first of their codes."""
+
+    count: int
+    codes: list[str]
+
+
+class PriceChange(Out):
+    """A price changed by more than 20%."""
+
+    stock_code: str
+    before: float
+    after: float
+
+
+class PriceChanges(Out):
+    """Prices changed by more than 20%: how many, and the first ones."""
+
+    count: int
+    items: list[PriceChange]
+
+
+class FeedChanges(Out):
+    """What an uploaded feed changes against the feed in force."""
+
+    products: int
+    added: CodesChanged
+    removed: CodesChanged
+    out_of_stock: CodesChanged = Field(description="out of stock now, and not before")
+    back_in_stock: CodesChanged
+    unknown_to_model: CodesChanged = Field(description="products the served model does not know (kept for later)")
+    price_changes: PriceChanges
+
+
+class FeedSummaryOut(Out):
+    """An uploaded feed checked as make feed checks it, and what it would change; nothing is stored."""
+
+    file: str
+    current_version: str | None
+    lines: list[str] = Field(description="what make feed prints of it")
+    changes: FeedChanges

@@ -472,9 +472,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error", dict(SECURITY_HEADERS))
 
 
+FEED_UPLOADS = ("/feed", "/feed/preview")
+
+
 def body_limit(path: str, settings: Settings) -> int:
-    """The largest request body a path takes: EVENTS_MAX_BODY_BYTES for /events (batches), else MAX_BODY_BYTES."""
-    return settings.events_max_body_bytes if path == "/events" else settings.max_body_bytes
+    """The largest request body a path takes: EVENTS_MAX_BODY_BYTES for /events (batches), FEED_UPLOAD_MAX_BYTES
+    for the console's feed upload, else MAX_BODY_BYTES."""
+    if path == "/events":
+        return settings.events_max_body_bytes
+    return settings.feed_upload_max_bytes if path in FEED_UPLOADS else settings.max_body_bytes
 
 
 class BodyLimit:
