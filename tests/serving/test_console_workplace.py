@@ -13,6 +13,7 @@ import pytest
 
 from recommender.core import registry
 from recommender.serving.users import add_user
+from recommender.training.feed import active_feed
 from tests.conftest import ROOT
 from tests.serving.test_console_browser import IMAGES, WAIT_MS, Console, browser, site, swatch  # noqa: F401
 
@@ -226,5 +227,45 @@ def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):  
         page.get_by_role("button", name="Roll back").click()
         page.locator("#gate-outcome").filter(has_text=f"model version {active} is active again").wait_for()
         assert registry.active_version(site.storage) == active
+    finally:
+        context.close()
+
+
+def test_feed_upload_with_its_summary_then_the_product_disappears(browser, people, tmp_path):  # noqa: F811
+    site = people
+    basket = site.lunch[1]
+    gone = _recommend(site, [basket])[0]
+    _, items = active_feed(site.storage)
+    feed = tmp_path / "feed.csv"
+    lines = ["id,availability,price"]
+    for code, attributes in items.items():
+        price = attributes.get("price", 1.0) * (3 if code == basket else 1)  # one price tripled
+        lines.append(f"{code},{'out_of_stock' if code == gone else 'in_stock'},{price:.2f} GBP")
+    feed.write_text("\n".join(lines) + "\n")
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+        page.get_by_role("link", name="Try it").click()
+        console.add_from_search("PARISIENNE JUNGLE LUNCH BOX")
+        _until(lambda: gone in console.rec_codes())
+        page.get_by_role("link", name="Product feed").click()
+        page.get_by_label("Feed file (.csv, .tsv, or either gzipped; Google Merchant Center columns)").set_input_files(
+            str(feed)
+        )
+        page.get_by_role("button", name="Check the file").click()
+        changes = page.get_by_role("list", name="What the file changes")
+        changes.wait_for()
+        assert changes.locator('[data-change="out of stock"]').inner_text().startswith("1 out of stock")
+        assert gone in changes.locator('[data-change="out of stock"]').inner_text()
+        assert changes.locator('[data-change="prices changed by more than 20%"]').inner_text().startswith("1 ")
+        page.get_by_role("button", name="Publish").click()
+        page.locator("#feed-outcome").filter(has_text="answers follow it now").wait_for()
+        page.get_by_role("link", name="Try it").click()
+        _until(lambda: (codes := console.rec_codes()) and gone not in codes)
+        page.get_by_role("link", name="Product feed").click()
+        page.get_by_role("button", name="Roll back").click()
+        page.locator("#feed-outcome").filter(has_text="and answers follow it").wait_for()
+        assert console.errors == []
     finally:
         context.close()

@@ -107,7 +107,7 @@
     return sentence(detail || `the server answered with HTTP ${status}`);
   }
 
-  async function api(path, { method = "GET", body, form, signal } = {}) {
+  async function api(path, { method = "GET", body, form, raw, signal } = {}) {
     const headers = { Accept: "application/json" };
     if (state.token) headers.Authorization = `Bearer ${state.token}`;
     let payload;
@@ -117,6 +117,9 @@
     } else if (body !== undefined) {
       payload = JSON.stringify(body);
       headers["Content-Type"] = "application/json";
+    } else if (raw !== undefined) {
+      payload = raw;  // a file, sent as it is (the Product feed page)
+      headers["Content-Type"] = "application/octet-stream";
     }
     let response;
     try {

@@ -16,6 +16,7 @@
   const PAGES = {
     try: () => [$("workspace")],
     rules: () => [$("page-rules")],
+    feed: () => [$("page-feed")],
     versions: () => [$("page-versions")],
   };
 
@@ -28,9 +29,10 @@
     }
     if (page === "rules") loadRules();
     if (page === "versions") loadVersions();
+    if (page === "feed") loadFeed();
     if (page === "try") C().refreshTryIt();
     if (focus) {
-      const title = { rules: "rules-title", versions: "versions-title" }[page];
+      const title = { rules: "rules-title", feed: "feed-title", versions: "versions-title" }[page];
       if (title) $(title).focus();
     }
   }
@@ -55,6 +57,8 @@
     for (const node of document.querySelectorAll("#page-rules .editing")) node.hidden = !may("rules");
     $("versions-rollback").hidden = !may("promote");
     $("rules-readonly").hidden = may("rules");
+    $("feed-form").hidden = !may("feed");
+    $("feed-readonly").hidden = may("feed");
     route(false);
   }
 
@@ -62,7 +66,9 @@
     Object.assign(me, { role: null, rights: [] });
     $("account-role").textContent = "";
     $("pages").hidden = true;
-    for (const id of ["page-rules", "page-versions"]) $(id).hidden = true;
+    for (const id of ["page-rules", "page-feed", "page-versions"]) $(id).hidden = true;
+    $("feed-summary").replaceChildren();
+    $("feed-file").value = "";
     draft = emptyDraft();
     $("rules-preview-result").replaceChildren();
     for (const id of ["rules-outcome", "rules-check", "rules-status", "versions-status"]) $(id).textContent = "";
@@ -444,6 +450,105 @@
     $("rules-check").focus();
   }
 
+  // --- product feed ------------------------------------------------------------------------------------------
+
+  let checkedFile = null;
+
+  async function loadFeed() {
+    try {
+      const health = await C().api("health");
+      $("feed-status").textContent = health.feed_version
+        ? `In force: product feed version ${health.feed_version}.` : "No product feed is in force yet: every product counts as in stock.";
+    } catch (err) {
+      C().failed(err);
+    }
+  }
+
+  function changeLine(label, change, describe) {
+    const { el } = C();
+    const codes = change.codes || (change.items || []).map(describe);
+    const more = change.count > codes.length ? ` and ${(change.count - codes.length).toLocaleString()} more` : "";
+    return el("li", { "data-change": label },
+      el("strong", { text: `${change.count.toLocaleString()} ` }), label,
+      codes.length ? el("span", { class: "hint", text: `: ${codes.join(", ")}${more}` }) : null);
+  }
+
+  function renderFeedSummary(summary) {
+    const { el } = C();
+    const c = summary.changes;
+    const price = (p) => `${p.stock_code} ${p.before.toLocaleString()} → ${p.after.toLocaleString()}`;
+    $("feed-summary").replaceChildren(
+      el("h3", { text: `${summary.file}: ${c.products.toLocaleString()} products` }),
+      el("p", { class: "hint", text: summary.lines.map((l) => C().sentence(l)).join(" ") }),
+      el("ul", { class: "feed-changes", "aria-label": "What the file changes" },
+        changeLine("added", c.added), changeLine("removed", c.removed), changeLine("out of stock", c.out_of_stock),
+        changeLine("back in stock", c.back_in_stock), changeLine("prices changed by more than 20%", c.price_changes, price),
+        changeLine("unknown to the model", c.unknown_to_model)),
+      el("p", { class: "hint", text: "Nothing is published yet: Publish makes this feed the one in force." }));
+  }
+
+  async function checkFeed(event) {
+    event.preventDefault();
+    const file = $("feed-file").files[0];
+    $("feed-publish").disabled = true;
+    checkedFile = null;
+    if (!file) {
+      $("feed-outcome").textContent = "Choose a feed file first.";
+      return;
+    }
+    $("feed-outcome").textContent = `Checking ${file.name}…`;
+    try {
+      const summary = await C().api(`feed/preview?name=${encodeURIComponent(file.name)}`, { method: "POST", raw: file });
+      checkedFile = file;
+      $("feed-outcome").textContent = `${file.name} can be published.`;
+      renderFeedSummary(summary);
+      $("feed-publish").disabled = false;
+    } catch (err) {
+      $("feed-outcome").textContent = "";
+      $("feed-summary").replaceChildren();
+      C().failed(err);
+    }
+  }
+
+  async function feedServed(version, message) {
+    for (let i = 0; i < 60; i += 1) {
+      try {
+        if ((await C().api("health")).feed_version === version) {
+          $("feed-outcome").textContent = message;
+          C().refreshTryIt();
+          return;
+        }
+      } catch { /* look again */ }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
+
+  async function publishFeed() {
+    if (!checkedFile) return;
+    $("feed-publish").disabled = true;
+    try {
+      const done = await C().api(`feed?name=${encodeURIComponent(checkedFile.name)}`, { method: "POST", raw: checkedFile });
+      $("feed-outcome").textContent = `Published product feed version ${done.version}. Answers follow it within a few seconds.`;
+      $("feed-summary").replaceChildren();
+      C().clearError();
+      loadFeed();
+      feedServed(done.version, `Published product feed version ${done.version}: answers follow it now.`);
+    } catch (err) {
+      C().failed(err);
+    }
+  }
+
+  async function rollBackFeed() {
+    try {
+      const done = await C().api("feed/rollback", { method: "POST" });
+      $("feed-outcome").textContent = `Rolled back: product feed version ${done.version} is in force again.`;
+      loadFeed();
+      feedServed(done.version, `Rolled back: product feed version ${done.version} is in force again, and answers follow it.`);
+    } catch (err) {
+      C().failed(err);
+    }
+  }
+
   // --- versions ----------------------------------------------------------------------------------------------
 
   function versionLabel(v) {
@@ -559,6 +664,10 @@
     $("rules-publish").addEventListener("click", publish);
     $("rules-rollback").addEventListener("click", rollBack);
     $("versions-rollback").addEventListener("click", rollBackModel);
+    $("feed-form").addEventListener("submit", checkFeed);
+    $("feed-file").addEventListener("change", () => { $("feed-publish").disabled = true; checkedFile = null; });
+    $("feed-publish").addEventListener("click", publishFeed);
+    $("feed-rollback").addEventListener("click", rollBackFeed);
     $("versions-list").addEventListener("click", (event) => {
       const promote = event.target.closest("[data-promote]");
       if (promote) gated("versions/promote", {}, "Promoted");
