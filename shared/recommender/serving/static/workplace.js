@@ -42,9 +42,13 @@
     show(location.hash.replace("#", "") || "try", focus);
   }
 
+  let session = 0;  // which sign-in an answer belongs to: one arriving after a sign-out is dropped
+
   async function enter() {
+    const mine = ++session;
     try {
       const who = await C().api("users/me");
+      if (mine !== session) return;
       me.role = who.role;
       me.rights = Array.isArray(who.rights) ? who.rights : [];
     } catch (err) {
@@ -52,6 +56,9 @@
       return;
     }
     $("account-role").textContent = me.role;
+    C().ruleFor = ruleFor;
+    await loadRulesInForce();
+    if (mine === session) C().reasonsAgain();  // reasons name the rules now
     $("pages").hidden = false;
     // What the role may not change is not offered at all.
     for (const node of document.querySelectorAll("#page-rules .editing")) node.hidden = !may("rules");
@@ -63,6 +70,8 @@
   }
 
   function leave() {
+    session += 1;
+    rulesInForce = null;
     Object.assign(me, { role: null, rights: [] });
     $("account-role").textContent = "";
     $("pages").hidden = true;
@@ -321,6 +330,7 @@
         ? `In force: rules version ${current.version}, published ${C().when(current.created_at)}${current.source ? ` from ${current.source}` : ""}. ${current.summary.join(" ")}`
         : "No rules are in force yet.";
       $("rules-rollback").disabled = !current.previous.length;
+      rulesInForce = current.rules;
       draft = fromDocument(current.rules);
       renderForm();
       $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
@@ -448,6 +458,57 @@
     $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
     scheduleCheck();
     $("rules-check").focus();
+  }
+
+  // --- the rule behind a pinned, boosted or buried item (the try-out panel's reasons) ---------------------------
+
+  let rulesInForce = null;  // the last GET /rules document, for naming rules in reasons
+
+  const categoryKeys = (path) => {
+    const levels = String(path || "").toLowerCase().split(">").map((p) => p.trim().replace(/\s+/g, " ")).filter(Boolean);
+    return new Set([...levels, ...levels.map((_, i) => levels.slice(0, i + 1).join(">")).slice(1)]);
+  };
+
+  function selects(sel, item) {
+    if (!sel) return false;
+    if (sel.code) return [].concat(sel.code).map(String).includes(item.stock_code);
+    if (sel.category) {
+      const keys = categoryKeys(item.category);
+      return [].concat(sel.category).some((c) => keys.has(String(c).toLowerCase().split(">").map((p) => p.trim().replace(/\s+/g, " ")).join(">")));
+    }
+    if (sel.brand) return [].concat(sel.brand).some((b) => String(b).trim().toLowerCase() === String(item.brand || "").trim().toLowerCase());
+    return false;
+  }
+
+  const what = (sel) => `${selectorKind(sel)} ${selectorText(sel)}`;
+
+  /** "Pinned by rule 3: with 22423, show 22699 first", or the boost or bury behind an item; null when unknown. */
+  function ruleFor(item, basket) {
+    const doc = rulesInForce;
+    if (!doc) return null;
+    if (item.source === "pinned") {
+      const pins = doc.pin || [];
+      const i = pins.findIndex((p) => String(p.item && p.item.code) === item.stock_code
+        && [].concat(p.basket.code || []).map(String).some((c) => basket.includes(c)));
+      if (i < 0) return null;
+      const with_ = [].concat(pins[i].basket.code).map(String).find((c) => basket.includes(c));
+      const where = pins[i].position > 1 ? `at position ${pins[i].position}` : "first";
+      return `Pinned by rule ${i + 1}: with ${with_}, show ${item.stock_code} ${where}.`;
+    }
+    if (typeof item.boost === "number" && item.boost !== 1) {
+      const kind = item.boost > 1 ? "boost" : "bury";
+      const i = (doc[kind] || []).findIndex((e) => selects(e, item));
+      if (i < 0) return null;
+      const verb = kind === "boost" ? "Boosted" : "Buried";
+      return `${verb} ×${item.boost} by ${kind} rule ${i + 1}: ${what(doc[kind][i])}.`;
+    }
+    return null;
+  }
+
+  async function loadRulesInForce() {
+    try {
+      rulesInForce = (await C().api("rules")).rules;
+    } catch { rulesInForce = null; }
   }
 
   // --- product feed ------------------------------------------------------------------------------------------
