@@ -269,3 +269,20 @@ def test_feed_upload_with_its_summary_then_the_product_disappears(browser, peopl
         assert console.errors == []
     finally:
         context.close()
+
+
+def test_at_390_px_the_first_recommendation_shows_above_the_fold(browser, people):  # noqa: F811
+    console, context = _page(browser, people, 390, 844)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+        console.wait_for_recs(10)
+        assert page.locator("#filters").get_attribute("open") is None  # folded into a disclosure
+        first = page.locator("#recs .rec").first
+        first.scroll_into_view_if_needed()
+        page.evaluate("window.scrollTo(0, document.getElementById('recs-title').getBoundingClientRect().top + scrollY)")
+        box = first.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 844
+        page.screenshot(path=str(DOCS_IMAGES / "console-try-390.png"), full_page=False)
+    finally:
+        context.close()

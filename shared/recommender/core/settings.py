@@ -157,6 +157,10 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         raise ConfigError("MAX_CONNECTIONS and MAX_CONNECTIONS_PER_ADDRESS must be at least 1")
     if not settings.key_rate_default > 0:
         raise ConfigError("KEY_RATE_DEFAULT must be above 0 (requests per second)")
+    if settings.currency and not (
+        len(settings.currency) == 3 and settings.currency.isascii() and settings.currency.isalpha()
+    ):
+        raise ConfigError(f"CURRENCY must be a three-letter ISO 4217 code (GBP, EUR, USD), not {settings.currency!r}")
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
     if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:

@@ -114,9 +114,11 @@ class Policy:
         rules: dict | None,
         feed_version: str | None = None,
         rules_version: str | None = None,
+        currency: str | None = None,
     ) -> None:
         n = len(items)
         self.items = items
+        self.currency = currency  # of prices the feed gives no currency for (setting CURRENCY)
         self.feed_version = feed_version
         self.rules_version = rules_version
         self.price = np.full(n, np.nan) if prices is None else np.asarray(prices, dtype=np.float64).copy()
@@ -258,6 +260,8 @@ class Policy:
             price = self.price[row]
             if price == price:
                 attributes["price"] = float(price)
+                if self.currency and "currency" not in attributes:
+                    attributes["currency"] = self.currency
             self._shown[row] = attributes
         return attributes
 
@@ -724,8 +728,9 @@ class Merchandiser:
     gives the view of the model to serve. A feed or rules version that cannot be loaded is reported and the one
     loaded before stays in force (none at first): serving never stops for it."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, currency: str | None = None) -> None:
         self.storage = storage
+        self.currency = currency or None
         self.loaded: dict[str, tuple[str | None, dict | None]] = {"feed": (None, None), "rules": (None, None)}
         self.errors: dict[str, str | None] = {"feed": None, "rules": None}
         self._feed_model: str | None = None  # the model whose items the loaded feed was kept for
@@ -786,13 +791,17 @@ class Merchandiser:
         self._in_force = in_force_now
         if feed is None and rules is None:
             return plain
-        return plain.with_policy(Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version))
+        return plain.with_policy(
+            Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version, self.currency)
+        )
 
     def draft(self, plain: Any, rules: dict | None, label: str) -> Any:
         """plain under the feed in force and the given rules (the console's preview: nothing is stored)."""
         feed_version, feed = self.loaded["feed"]
         return plain.with_policy(
-            Policy(plain.items, plain.item_price, feed, rules, feed_version, label) if feed or rules else None
+            Policy(plain.items, plain.item_price, feed, rules, feed_version, label, self.currency)
+            if feed or rules
+            else None
         )
 
     def rules_in_force(self) -> tuple[str | None, dict | None]:

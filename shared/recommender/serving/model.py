@@ -321,6 +321,7 @@ class ModelHolder:
         answer_cache: int = 0,
         warm: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        currency: str = "",
     ) -> None:
         self.storage = storage
         self.poll_seconds = poll_seconds
@@ -329,7 +330,7 @@ class ModelHolder:
         self.clock = clock
         self.model: Model | None = None
         self._plain: Model | None = None
-        self._merchandiser = merchandising.Merchandiser(storage)
+        self._merchandiser = merchandising.Merchandiser(storage, currency)
         self.error: str | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()

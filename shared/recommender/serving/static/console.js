@@ -719,6 +719,8 @@
       scheduleRecs(0);
     });
     $("copy-curl").addEventListener("click", copyCurl);
+    // On a phone the filters fold away, so the first recommendation shows without scrolling past them.
+    $("filters").open = !window.matchMedia("(max-width: 720px)").matches;
     $("model-refresh").addEventListener("click", loadModel);
     // What the other pages (workplace.js, loaded after this script) share with the try-out panel.
     window.recommenderConsole = {
