@@ -18,11 +18,13 @@
     rules: () => [$("page-rules")],
     feed: () => [$("page-feed")],
     versions: () => [$("page-versions")],
+    analytics: () => [$("workspace")],  // the try-out panel's Analytics card (console.js), brought into view
   };
 
   function show(page, focus) {
     if (!PAGES[page]) page = "try";
-    for (const [name, parts] of Object.entries(PAGES)) for (const part of parts()) part.hidden = name !== page;
+    const shown = new Set(PAGES[page]());
+    for (const parts of Object.values(PAGES)) for (const part of parts()) part.hidden = !shown.has(part);
     for (const link of document.querySelectorAll("#pages a")) {
       if (link.dataset.page === page) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
@@ -30,7 +32,16 @@
     if (page === "rules") loadRules();
     if (page === "versions") loadVersions();
     if (page === "feed") loadFeed();
-    if (page === "try") C().refreshTryIt();
+    if (page === "try" || page === "analytics") C().refreshTryIt();
+    if (page === "analytics") {
+      const card = $("analytics-title");
+      if (card) {
+        card.setAttribute("tabindex", "-1");
+        card.scrollIntoView();
+        if (focus) card.focus();
+      }
+      return;
+    }
     if (focus) {
       const title = { rules: "rules-title", feed: "feed-title", versions: "versions-title" }[page];
       if (title) $(title).focus();
