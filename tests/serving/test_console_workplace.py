@@ -103,7 +103,8 @@ def test_merchandiser_drafts_previews_publishes_and_rolls_back(browser, people):
         affected = page.locator(".preview-basket").count()
         assert text.startswith(f"{affected} of ") and f"{removed} item" in text and f"{pinned_marks} pinned" in text
         assert removed >= 1 and pinned_marks >= 1
-        page.screenshot(path=str(DOCS_IMAGES / "console-rules-1280.png"), full_page=False)
+        page.evaluate("document.getElementById('rules-basket').scrollIntoView()")  # the preview under the form
+        page.screenshot(path=str(DOCS_IMAGES / "console-rules-1280.png"))
 
         page.get_by_role("button", name="Publish").click()
         page.locator("#rules-outcome").filter(has_text="answers follow it now").wait_for()
