@@ -551,7 +551,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f"""
 Web console: {base}/   user: demo   password: {site.password}   (shown once; `make demo` again makes a new one)
-             the same password for user merch (a merchandiser) and user viewer (reads only); demo is an admin
+             the same password for user merch (a merchandiser) and user viewer (reads only); demo is an admin;
+             a second model waits, staged, on the console's Versions page: Promote runs the activation gate
 Demo shop:   {shop}   its widget's events go to {own} (commands on them: STORAGE_URL={own} make ...)
 or from a shell:
   TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={site.password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')

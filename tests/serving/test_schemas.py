@@ -431,7 +431,7 @@ def _rules_cases() -> list[Case]:
                 lambda api: (api.merchandise(), api.call("POST", "/rules", json=_draft(api))),
             ),
         ),
-        Case("POST", "/rules/rollback", 409, "nothing earlier", post("/rules/rollback", lambda api: None)),
+        Case("POST", "/rules/rollback", 409, "no rules in force", post("/rules/rollback", lambda api: None)),
     ]
     for path in ("/rules/check", "/rules/preview", "/rules", "/rules/rollback"):
         cases += [

@@ -121,3 +121,14 @@ def test_currency_setting(trained_storage):
     item = holder.refresh().recommend(basket, 3).items[0]
     shown = holder.current().policy.shown(model.items.index[item.item.stock_code])
     assert shown.get("currency") == "EUR" and "price" in shown
+
+
+def test_rolling_back_the_first_rules_leaves_none(trained_storage):
+    from recommender.core.errors import Conflict
+
+    with pytest.raises(Conflict, match="no rules are in force"):
+        rules_editor.roll_back(trained_storage)
+    publish(trained_storage, validate({"block": {"codes": ["X"]}}), b"{}", "r.json", known_from([], {}), progress=print)
+    assert rules_editor.roll_back(trained_storage)["version"] == "none"
+    assert registry.active(trained_storage, registry.RULES) is None
+    assert rules_editor.current(trained_storage)["version"] is None

@@ -105,6 +105,8 @@ def prepare(
     products = synthetic_products([items.codes[i] for i in popular], [items.descriptions[i] for i in popular], prices)
     feed = write_feed(products, data.with_name(data.stem + "-feed.csv"))
     publish_feed(storage, feed, keep_versions=keep_versions, progress=lambda _line: None)
+    # A second model of the same history, staged: what the console's Versions page promotes (through the gate).
+    train(data, storage, activate=False, keep_versions=keep_versions, progress=lambda _line: None)
     password = secrets.token_urlsafe(12)
     # One user per role, all with the printed password: demo may do everything, merch what a merchandiser does
     # (rules, feed, promoting models within the gate), viewer only read.

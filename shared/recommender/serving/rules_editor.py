@@ -214,9 +214,16 @@ def publish_draft(storage: Storage, model: Model, raw: Any, keep_versions: int, 
 
 
 def roll_back(storage: Storage) -> dict:
-    """Re-activate the rules version active before the current one (as make rules_rollback); Conflict when there
-    is none."""
-    pointer = registry.active(storage, registry.RULES)
-    if pointer is None or not pointer.previous:
-        raise Conflict("there is no earlier rules version to roll back to")
+    """Re-activate the rules version active before the current one (as make rules_rollback); the first version
+    published rolls back to no rules at all (version "none"); Conflict when there are none in force."""
+    try:
+        _data, tag = storage.read_tagged(registry.RULES.active)
+    except NotFound:
+        raise Conflict("no rules are in force: there is nothing to roll back") from None
+    pointer = registry.read_pointer(storage, registry.RULES.active, registry.RULES)
+    if pointer is not None and not pointer.previous:
+        # Only if the pointer is still the one read: a publish meanwhile is not undone unseen.
+        if not storage.delete_if(registry.RULES.active, tag):
+            raise Conflict("the rules changed while rolling back (another publish came first): nothing was rolled back")
+        return {"version": "none", "summary": ["no rules are in force now"]}
     return {"version": registry.rollback(storage, registry.RULES, notify=lambda _message: None)}

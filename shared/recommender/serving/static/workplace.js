@@ -340,7 +340,7 @@
       status.textContent = current.version
         ? `In force: rules version ${current.version}, published ${C().when(current.created_at)}${current.source ? ` from ${current.source}` : ""}. ${current.summary.join(" ")}`
         : "No rules are in force yet.";
-      $("rules-rollback").disabled = !current.previous.length;
+      $("rules-rollback").disabled = !current.version;
       rulesInForce = current.rules;
       draft = fromDocument(current.rules);
       renderForm();
@@ -424,10 +424,12 @@
   async function rollBack() {
     try {
       const result = await C().api("rules/rollback", { method: "POST" });
-      $("rules-outcome").textContent = `Rolled back: rules version ${result.version} is in force again.`;
+      const none = result.version === "none";
+      const said = none ? "Rolled back: no rules are in force now" : `Rolled back: rules version ${result.version} is in force again`;
+      $("rules-outcome").textContent = `${said}.`;
       $("rules-preview-result").replaceChildren();
       await loadRules();
-      served(result.version, `Rolled back: rules version ${result.version} is in force again, and answers follow it.`);
+      served(none ? null : result.version, `${said}, and answers follow it.`);
     } catch (err) {
       C().failed(err);
     }
