@@ -82,10 +82,12 @@ def test_compare_marks_and_counts():
         {"stock_code": "E", "description": "E", "source": "model"},
     ]
     diff = rules_editor.compare(before, after)
-    assert [e["change"] for e in diff["after"]] == ["pinned", "moved", "same", "new"]
-    assert diff["after"][1]["was"] == 1
+    # A and C only slid down under the pin: their order among the items of both answers is the same.
+    assert [e["change"] for e in diff["after"]] == ["pinned", "same", "same", "new"]
     assert [e["stock_code"] for e in diff["removed"]] == ["B", "D"]
-    assert diff["counts"] == {"removed": 2, "pinned": 1, "moved": 1, "added": 1} and diff["changed"]
+    assert diff["counts"] == {"removed": 2, "pinned": 1, "moved": 0, "added": 1} and diff["changed"]
+    swapped = rules_editor.compare(before, [before[1], before[0], before[2], before[3]])
+    assert [e["change"] for e in swapped["after"]][:2] == ["moved", "moved"] and swapped["after"][0]["was"] == 2
 
 
 def test_a_feed_upload_is_read_without_pandas_and_summarized(trained_storage):

@@ -116,24 +116,31 @@ def _codes_of(answer: Any) -> list[dict]:
 
 def compare(before: list[dict], after: list[dict]) -> dict:
     """One basket's answers side by side: each item after marked new, pinned, moved (from) or same; the items
-    removed; and counts."""
+    removed; and counts. An item is moved when its order among the items of both answers changed: one that only
+    slid a place because another was removed or pinned above it is the same."""
     was = {e["stock_code"]: i for i, e in enumerate(before)}
     now = {e["stock_code"] for e in after}
+    common_before = [e["stock_code"] for e in before if e["stock_code"] in now]
+    common_after = [e["stock_code"] for e in after if e["stock_code"] in was]
+    order_before = {code: i for i, code in enumerate(common_before)}
+    order_after = {code: i for i, code in enumerate(common_after)}
     marked, moved, pinned, added = [], 0, 0, 0
-    for i, entry in enumerate(after):
-        old = was.get(entry["stock_code"])
+    for entry in after:
+        code = entry["stock_code"]
+        old = was.get(code)
+        extra = {}
         if entry["source"] == "pinned" and not (old is not None and before[old]["source"] == "pinned"):
             change = "pinned"
             pinned += 1
         elif old is None:
             change = "new"
             added += 1
-        elif old != i:
-            change = "moved"
+        elif order_before[code] != order_after[code]:
+            change, extra = "moved", {"was": old + 1}
             moved += 1
         else:
             change = "same"
-        marked.append({**entry, "change": change, **({"was": old + 1} if old is not None and old != i else {})})
+        marked.append({**entry, "change": change, **extra})
     removed = [{**e, "change": "removed"} for e in before if e["stock_code"] not in now]
     return {
         "before": before,
