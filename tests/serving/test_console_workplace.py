@@ -1,10 +1,11 @@
 """The merchandiser's pages in a real browser (Debian's Chromium, Playwright) against the real local server: roles,
 the Rules page's draft, preview, publish and roll back, a viewer's read-only view, the keyboard-only path, and the
-guide's screenshots (docs/images/, rewritten by this test)."""
+guide's screenshots (docs/images/, rewritten with UPDATE_DOCS_IMAGES=1)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -15,10 +16,12 @@ from recommender.core import registry
 from recommender.serving.users import add_user
 from recommender.training.feed import active_feed
 from tests.conftest import ROOT
-from tests.serving.test_console_browser import IMAGES, WAIT_MS, Console, browser, site, swatch  # noqa: F401
+from tests.serving.test_console_browser import IMAGES, SCREENSHOTS, WAIT_MS, Console, browser, site, swatch  # noqa: F401
 
 pytestmark = pytest.mark.slow
-DOCS_IMAGES = ROOT / "docs" / "images"
+# The guide's screenshots are rewritten only when asked (UPDATE_DOCS_IMAGES=1): a test run leaves the tree clean,
+# and its screenshots go with the others to reports/console/.
+DOCS_IMAGES = ROOT / "docs" / "images" if os.environ.get("UPDATE_DOCS_IMAGES") else SCREENSHOTS
 MERCH, VIEWER, SECRET_WORD = "mia", "vera", "a long enough password"
 
 
