@@ -35,7 +35,7 @@ RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_
 	BASKETS VERSION EXPERIMENT FROM TO API_KEY NAME SCOPES ORIGINS RATE ARMS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
-.PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user passwd del_user \
+.PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user set_role passwd del_user \
 	list_users new_secret run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search bench-widget bench-events bench-report fuzz bench-spark soak bench-deps lint-template build-lambda \
@@ -149,9 +149,13 @@ catalog_rollback: feed_rollback
 
 ##@ Operating it: users, API keys, versions, the background server, AWS
 
-add_user: $(LIGHT) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= (no PASSWORD: prompt)
+add_user: $(LIGHT) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= ROLE=admin|merchandiser|viewer (no PASSWORD: prompt)
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make add_user USER_NAME=... PASSWORD=..." >&2; exit 2; }
-	@$(CLI) add-user "$$USER_NAME" --full-name "$$FULL_NAME" --email "$$EMAIL" $${PASSWORD+--password-env PASSWORD}
+	@$(CLI) add-user "$$USER_NAME" --full-name "$$FULL_NAME" --email "$$EMAIL" --role "$${ROLE:-admin}" $${PASSWORD+--password-env PASSWORD}
+
+set_role: $(LIGHT) ## give an API user another role: USER_NAME= ROLE=admin|merchandiser|viewer
+	@test -n "$$USER_NAME" -a -n "$$ROLE" || { echo "error: give the user and role: make set_role USER_NAME=... ROLE=merchandiser" >&2; exit 2; }
+	@$(CLI) set-role "$$USER_NAME" "$$ROLE"
 
 passwd: $(LIGHT) ## change an API user's password and revoke their earlier tokens: USER_NAME= [PASSWORD=] (no PASSWORD: prompt)
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make passwd USER_NAME=..." >&2; exit 2; }

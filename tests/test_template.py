@@ -140,7 +140,14 @@ def test_least_privilege(template):
         "AuthFunction": ["users"],
         "RecommendFunction": ["analytics", "experiments", "feed", "keys", "models", "rules", "users"],
     }
-    # The recommend function's only writes: new event batches, and when each API key was last used.
+    # The recommend function's only writes: new event batches, when each API key was last used, and what the
+    # console's workplace changes (rules versions, the model pointers), each route after checking the user's role.
+    console_writes = [
+        "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/rules/*",
+        "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/feed/*",
+        "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/models/ACTIVE",
+        "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/models/STAGED",
+    ]
     writes = {
         "AuthFunction": [],
         "RecommendFunction": [
@@ -153,8 +160,12 @@ def test_least_privilege(template):
         assert all(s["Effect"] == "Allow" for s in granted)
         actions = {a for s in granted for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
         assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"} | (
-            {"s3:PutObject"} if writes[name] else set()
+            {"s3:PutObject", "s3:DeleteObject"} if writes[name] else set()
         ), name
+        if writes[name]:
+            assert [s["Resource"] for s in granted if s["Action"] == ["s3:PutObject", "s3:DeleteObject"]] == [
+                console_writes
+            ]
         assert [s["Resource"] for s in granted if s["Action"] == "s3:PutObject"] == writes[name]
         objects = [
             r

@@ -43,7 +43,9 @@ async def token(
 @app.get("/users/me/", response_model=UserOut, include_in_schema=False, responses=web.errors(401, 413, 503))
 async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
     """The user the bearer token belongs to."""
-    return UserOut.model_validate(user, from_attributes=True)
+    return UserOut(
+        username=user.username, full_name=user.full_name, email=user.email, role=user.role, rights=user.rights()
+    )
 
 
 handler = Mangum(app, lifespan="off")

@@ -60,8 +60,9 @@ def _add_user(args: argparse.Namespace, settings: Settings) -> int:
         args.email,
         rounds=settings.bcrypt_rounds,
         min_password_length=settings.min_password_length,
+        role=args.role,
     )
-    print(f"added user {user.username}")
+    print(f"added user {user.username} ({user.role})")
     return 0
 
 
@@ -83,6 +84,15 @@ def _passwd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("set-role")
+def _set_role(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.users import set_role
+
+    user = set_role(open_storage(settings), args.username, args.role)
+    print(f"user {user.username} is now a {user.role}; it applies within {settings.user_cache_seconds:g} s")
+    return 0
+
+
 @command("del-user")
 def _del_user(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.serving.users import delete_user
@@ -100,7 +110,7 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
     if not users:
         print("no users yet: add one with `make add_user USER_NAME=... PASSWORD=...`")
     for u in users:
-        print(f"{u.username}\t{u.full_name}\t{u.email}\t{u.created_at}")
+        print(f"{u.username}\t{u.role}\t{u.full_name}\t{u.email}\t{u.created_at}")
     return 0
 
 
@@ -541,6 +551,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f"""
 Web console: {base}/   user: demo   password: {site.password}   (shown once; `make demo` again makes a new one)
+             the same password for user merch (a merchandiser) and user viewer (reads only); demo is an admin;
+             a second model waits, staged, on the console's Versions page: Promote runs the activation gate
 Demo shop:   {shop}   its widget's events go to {own} (commands on them: STORAGE_URL={own} make ...)
 or from a shell:
   TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={site.password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
@@ -791,10 +803,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-name", default="")
     p.add_argument("--email", default="")
     p.add_argument(
+        "--role",
+        default="admin",
+        help="admin (default), merchandiser or viewer (docs/console.md says what each may do)",
+    )
+    p.add_argument(
         "--password-env",
         metavar="VAR",
         help="read the password from this environment variable (default: prompt, or one line of stdin)",
     )
+    p = sub.add_parser("set-role", help="give an API user another role: admin, merchandiser or viewer")
+    p.add_argument("username")
+    p.add_argument("role")
     p = sub.add_parser("passwd", help="change an API user's password (revokes the tokens issued before)")
     p.add_argument("username")
     p.add_argument(

@@ -83,7 +83,13 @@ def test_token_without_form_fields_422(auth):
 def test_users_me(auth, headers, path):
     response = auth.get(path, headers=headers)
     assert response.status_code == 200
-    assert response.json() == {"username": "alice", "full_name": "Alice Liddell", "email": "alice@example.com"}
+    assert response.json() == {
+        "username": "alice",
+        "full_name": "Alice Liddell",
+        "email": "alice@example.com",
+        "role": "admin",  # what a user made without a role is
+        "rights": ["rules", "feed", "promote", "force", "users"],
+    }
 
 
 def test_secret_is_not_in_the_code_and_shared(trained_storage, token):

@@ -40,6 +40,7 @@ def test_page_weight_is_at_most_100_kb():
         "index.html",
         "console.js",
         "console.css",
+        "workplace.js",
         "widget.js",
     }  # and the widget
 
@@ -67,7 +68,8 @@ def test_no_inline_script_style_or_remote_resource():
     page = _Tags()
     page.feed((STATIC / "index.html").read_text())
     scripts = [attrs for tag, attrs in page.tags if tag == "script"]
-    assert scripts == [{"src": "console.js", "defer": None}] and page.script_text == ""
+    assert scripts == [{"src": "console.js", "defer": None}, {"src": "workplace.js", "defer": None}]
+    assert page.script_text == ""
     for tag, attrs in page.tags:
         assert not [a for a in attrs if a.startswith("on") or a == "style"], (tag, attrs)
         for name in ("src", "href"):
@@ -77,8 +79,9 @@ def test_no_inline_script_style_or_remote_resource():
     assert controls <= labelled
 
 
-def test_script_inserts_text_only():
-    script = re.sub(r"^\s*//.*$", "", (STATIC / "console.js").read_text(), flags=re.M)  # code, not comments
+@pytest.mark.parametrize("name", ["console.js", "workplace.js"])
+def test_script_inserts_text_only(name):
+    script = re.sub(r"^\s*//.*$", "", (STATIC / name).read_text(), flags=re.M)  # code, not comments
     for sink in (
         "innerHTML",
         "outerHTML",

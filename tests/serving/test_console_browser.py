@@ -311,14 +311,17 @@ def check_rows_match(page, answer: dict) -> None:
                 expected += f" ({math.floor(top['share'] * 100 + 0.5)}% of the score)"
             else:
                 low = min(item["because"], key=lambda b: b["share"])
-                assert f"{low['description']} weighs it down (bought together in {low['baskets']:,} basket" in reason
+                assert (
+                    f"less likely because it is rarely bought with {low['description']}: {low['baskets']:,} basket"
+                    in reason
+                )
             assert expected.lower() in reason.lower(), (expected, reason)
         elif item["source"] == "pinned":
-            assert reason.startswith("Pinned here by a merchandising rule."), reason
+            assert reason.startswith("Pinned by rule 1: with "), reason
         else:
             assert "best-seller" in reason, reason
         if item.get("boost"):
-            assert f"Boosted ×{item['boost']:g} by a rule." in reason, reason
+            assert f"Boosted ×{item['boost']:g} by boost rule 1: category Kitchen > Textiles." in reason, reason
 
 
 def test_basket_recommendations_reasons_filters_curl_and_screenshots(console, site):
@@ -524,10 +527,14 @@ def test_model_panel(console, site):
     assert facts.get_by_text("calibrated on held-out baskets").is_visible()
     assert page.locator("#model-counts").get_by_text(f"{manifest['counts']['rows_read']:,}", exact=True).is_visible()
     figures = page.locator("#model-evaluation table")
+    hr = manifest["evaluation"]["model"]["hr"]
+    assert figures.get_by_role("row", name="model").inner_text().split()[1] == f"{hr * 100:.1f}%".replace(".0%", "%")
     assert (
-        figures.get_by_role("row", name="model").inner_text().split()[1]
-        == f"{manifest['evaluation']['model']['hr']:.3f}"
+        page.locator("#model-evaluation .quality")
+        .inner_text()
+        .startswith(f"Found the bought item in the top 10 for {hr * 100:.1f}".removesuffix(".0"))
     )
+    assert figures.locator("abbr").first.get_attribute("title").startswith("HR@10")
     versions = page.get_by_role("list", name="Model versions").get_by_role("listitem")
     assert versions.count() == 1 and "(served, active)" in versions.first.inner_text()
 

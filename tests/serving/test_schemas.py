@@ -28,6 +28,7 @@ from recommender.serving import console, web, widget
 from recommender.serving.keys import add_key
 from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
+from recommender.serving.users import add_user
 from recommender.training.feed import publish_feed
 from recommender.training.rules import known_from, publish_rules
 from tests.conftest import ROOT
@@ -379,6 +380,238 @@ def _console_cases(path: str) -> list[Case]:
     return [Case("GET", path, 200, "the file", _get(path, token=False)), Case("GET", path, 304, "unchanged", unchanged)]
 
 
+def _as_viewer(api: Api) -> dict[str, str]:
+    """The headers of a viewer's token (a user who may read, and change nothing)."""
+    add_user(api.storage, "vera", "viewer password", rounds=4, role="viewer")
+    answer = api.auth.post("/token", data={"username": "vera", "password": "viewer password"})
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def _draft(api: Api) -> dict:
+    return {
+        "rules": {
+            "block": {"codes": [api.codes[3]]},
+            "pin": [{"basket": {"code": api.codes[0]}, "item": {"code": api.codes[5]}}],
+        }
+    }
+
+
+def _rules_cases() -> list[Case]:
+    def post(path: str, body: Callable[[Api], object], setup=None, token: bool = True, viewer: bool = False):
+        def send(api: Api) -> Response:
+            if setup:
+                setup(api)
+            headers = _as_viewer(api) if viewer else {}
+            return api.call("POST", path, token=token, json=body(api), headers=headers)
+
+        return send
+
+    bad = {"rules": {"pin": [{"basket": {"code": "A"}, "item": {"code": "B"}, "position": 0}]}}
+    cases = [
+        Case("GET", "/rules", 200, "none yet", _get("/rules")),
+        Case("GET", "/rules", 200, "the active rules", _get("/rules", Api.merchandise)),
+        Case("GET", "/rules", 401, "no token", _get("/rules", token=False)),
+        Case("GET", "/rules", 403, "an API key", _get_with_key("/rules", "recommend")),
+        Case("POST", "/rules/check", 200, "a good draft", post("/rules/check", _draft)),
+        Case("POST", "/rules/check", 200, "a wrong draft", post("/rules/check", lambda api: bad)),
+        Case("POST", "/rules/preview", 200, "the changes", post("/rules/preview", _draft)),
+        Case("POST", "/rules/preview", 200, "over rules in force", post("/rules/preview", _draft, Api.merchandise)),
+        Case("POST", "/rules/preview", 422, "a wrong draft", post("/rules/preview", lambda api: bad)),
+        Case("POST", "/rules", 200, "published", post("/rules", _draft)),
+        Case("POST", "/rules", 413, "body too large", lambda api: api.too_large("POST", "/rules")),
+        Case("POST", "/rules", 422, "a wrong draft", post("/rules", lambda api: bad)),
+        Case(
+            "POST",
+            "/rules/rollback",
+            200,
+            "rolled back",
+            post(
+                "/rules/rollback",
+                lambda api: None,
+                lambda api: (api.merchandise(), api.call("POST", "/rules", json=_draft(api))),
+            ),
+        ),
+        Case("POST", "/rules/rollback", 409, "no rules in force", post("/rules/rollback", lambda api: None)),
+    ]
+    for path in ("/rules/check", "/rules/preview", "/rules", "/rules/rollback"):
+        cases += [
+            Case("POST", path, 401, "no token", post(path, _draft, token=False)),
+            Case("POST", path, 403, "a viewer", post(path, _draft, viewer=True)),
+        ]
+    for path in ("/rules/check", "/rules/preview"):
+        cases += [
+            Case("POST", path, 422, "not a document", post(path, lambda api: {"rules": [1]})),
+            Case("POST", path, 503, "no model", post(path, lambda api: {"rules": {}}, Api.no_model)),
+        ]
+
+    def users_unreachable(api: Api) -> None:
+        api.monkeypatch.setenv("USER_CACHE_SECONDS", "0")
+        get_settings.cache_clear()
+        api.headers  # noqa: B018 - logged in first
+        api.fail_reads("users/")
+
+    cases.append(Case("GET", "/rules", 503, "user store unreachable", _get("/rules", users_unreachable)))
+    for path in ("/rules", "/rules/rollback"):
+        cases.append(
+            Case("POST", path, 503, "user store unreachable", post(path, lambda api: {"rules": {}}, users_unreachable))
+        )
+    return cases
+
+
+COPY = "20990101T000000000Z-deadbeefcafe"
+
+
+def _copy_of_active(api: Api, measured: bool = True) -> str:
+    """A second model version, the active one's files under another name (without its held-out figures unless
+    measured: the gate then refuses it)."""
+    prefix = registry.artifact_key(api.version, "")
+    for key in api.storage.list(prefix):
+        data = api.storage.read(key)
+        if key.endswith(registry.MANIFEST) and not measured:
+            manifest = json.loads(data)
+            manifest.pop("evaluation", None)
+            manifest["artifacts"].pop("holdout.json.gz", None)
+            data = json.dumps(manifest).encode()
+        api.storage.write(registry.artifact_key(COPY, key[len(prefix) :]), data)
+    return COPY
+
+
+def _staged(measured: bool) -> Callable[[Api], None]:
+    return lambda api: registry.stage(api.storage, _copy_of_active(api, measured))
+
+
+def _versions_cases() -> list[Case]:
+    def post(path: str, body: object, setup=None, token: bool = True, viewer: bool = False):
+        def send(api: Api) -> Response:
+            if setup:
+                setup(api)
+            headers = _as_viewer(api) if viewer else {}
+            return api.call("POST", path, token=token, json=body, headers=headers)
+
+        return send
+
+    def activated_before(api: Api) -> None:
+        registry.activate(api.storage, _copy_of_active(api), notify=lambda _m: None)
+
+    def users_unreachable(api: Api) -> None:
+        api.monkeypatch.setenv("USER_CACHE_SECONDS", "0")
+        get_settings.cache_clear()
+        api.headers  # noqa: B018 - logged in first
+        api.fail_reads("users/")
+
+    cases = [
+        Case("GET", "/versions", 200, "the versions", _get("/versions")),
+        Case(
+            "GET",
+            "/versions",
+            200,
+            "staged, feed and rules",
+            _get("/versions", lambda api: (api.merchandise(), _staged(False)(api))),
+        ),
+        Case("GET", "/versions", 401, "no token", _get("/versions", token=False)),
+        Case("GET", "/versions", 403, "an API key", _get_with_key("/versions", "recommend")),
+        Case("GET", "/versions", 503, "user store unreachable", _get("/versions", users_unreachable)),
+        Case("POST", "/versions/promote", 200, "promoted", post("/versions/promote", {}, _staged(True))),
+        Case(
+            "POST",
+            "/versions/promote",
+            200,
+            "forced by an admin",
+            post("/versions/promote", {"force": True}, _staged(False)),
+        ),
+        Case("POST", "/versions/promote", 409, "refused by the gate", post("/versions/promote", {}, _staged(False))),
+        Case("POST", "/versions/promote", 422, "an unknown field", post("/versions/promote", {"forced": True})),
+        Case(
+            "POST",
+            "/versions/activate",
+            200,
+            "activated",
+            post("/versions/activate", {"version": COPY}, lambda api: _copy_of_active(api)),
+        ),
+        Case("POST", "/versions/activate", 404, "no such version", post("/versions/activate", {"version": "1999"})),
+        Case(
+            "POST",
+            "/versions/activate",
+            409,
+            "refused by the gate",
+            post("/versions/activate", {"version": COPY}, lambda api: _copy_of_active(api, False)),
+        ),
+        Case("POST", "/versions/activate", 422, "no version", post("/versions/activate", {})),
+        Case("POST", "/versions/rollback", 200, "rolled back", post("/versions/rollback", None, activated_before)),
+        Case("POST", "/versions/rollback", 409, "nothing earlier", post("/versions/rollback", None)),
+    ]
+    for path, body in (
+        ("/versions/promote", {}),
+        ("/versions/activate", {"version": COPY}),
+        ("/versions/rollback", None),
+    ):
+        cases += [
+            Case("POST", path, 401, "no token", post(path, body, token=False)),
+            Case("POST", path, 403, "a viewer", post(path, body, viewer=True)),
+            Case("POST", path, 503, "user store unreachable", post(path, body, users_unreachable)),
+        ]
+    return cases
+
+
+def _feed_file(api: Api) -> bytes:
+    """A feed of the served model's first items, one out of stock, one price doubled against api.merchandise's."""
+    rows = [
+        f"{code},{'out_of_stock' if i == 0 else 'in_stock'},{2 + i % 5} GBP" for i, code in enumerate(api.codes[:6])
+    ]
+    return ("id,availability,price\n" + "\n".join(rows) + "\n").encode()
+
+
+def _feed_cases() -> list[Case]:
+    def post(path: str, body=None, name: str = "feed.csv", setup=None, token: bool = True, viewer: bool = False):
+        def send(api: Api) -> Response:
+            if setup:
+                setup(api)
+            headers = _as_viewer(api) if viewer else {}
+            content = body(api) if callable(body) else body
+            return api.call("POST", path, token=token, content=content, params={"name": name}, headers=headers)
+
+        return send
+
+    def users_unreachable(api: Api) -> None:
+        api.monkeypatch.setenv("USER_CACHE_SECONDS", "0")
+        get_settings.cache_clear()
+        api.headers  # noqa: B018 - logged in first
+        api.fail_reads("users/")
+
+    bad = b"id,availability\nA,maybe\n"
+    cases = [
+        Case("POST", "/feed/preview", 200, "the first feed", post("/feed/preview", _feed_file)),
+        Case("POST", "/feed/preview", 200, "changes", post("/feed/preview", _feed_file, setup=Api.merchandise)),
+        Case("POST", "/feed/preview", 413, "body too large", lambda api: api.too_large("POST", "/feed/preview")),
+        Case("POST", "/feed/preview", 422, "a bad line", post("/feed/preview", bad)),
+        Case("POST", "/feed/preview", 422, "a spreadsheet", post("/feed/preview", b"PK", name="feed.xlsx")),
+        Case("POST", "/feed", 200, "published", post("/feed", _feed_file)),
+        Case("POST", "/feed", 413, "body too large", lambda api: api.too_large("POST", "/feed")),
+        Case("POST", "/feed", 422, "a bad line", post("/feed", bad)),
+        Case(
+            "POST",
+            "/feed/rollback",
+            200,
+            "rolled back",
+            post(
+                "/feed/rollback",
+                setup=lambda api: (
+                    api.merchandise(),
+                    api.call("POST", "/feed", content=_feed_file(api), params={"name": "f.csv"}),
+                ),
+            ),
+        ),
+        Case("POST", "/feed/rollback", 409, "nothing earlier", post("/feed/rollback")),
+    ]
+    for path in ("/feed/preview", "/feed", "/feed/rollback"):
+        cases += [
+            Case("POST", path, 401, "no token", post(path, b"id\n1\n", token=False)),
+            Case("POST", path, 403, "a viewer", post(path, b"id\n1\n", viewer=True)),
+            Case("POST", path, 503, "user store unreachable", post(path, b"id\n1\n", setup=users_unreachable)),
+        ]
+    return cases
+
+
 def _preflight_cases(path: str, scope: str = "recommend") -> list[Case]:
     def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
         def send(api: Api) -> Response:
@@ -462,6 +695,9 @@ CASES = [
     Case("GET", "/model", 403, "an API key", _get_with_key("/model", "recommend")),
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
+    *_rules_cases(),
+    *_versions_cases(),
+    *_feed_cases(),
     Case("GET", "/analytics", 200, "before any report", _get("/analytics")),
     Case("GET", "/analytics", 200, "an experiment", _get("/analytics", _analytics_summary)),
     Case("GET", "/analytics", 401, "no token", _get("/analytics", token=False)),

@@ -7,6 +7,8 @@ rules.json: {"block": {"codes": [...], "categories": [...], "brands": [...]},
              "do_not_pair": [{"basket": selector, "item": selector}],
              "pin": [{"basket": selector, "item": {"code": c}, "position": k}],
              "boost": [{**selector, "factor": f}]}      (bury entries are stored as boosts with their factor < 1)
+do_not_pair, pin and boost entries may carry "start" and "end" (ISO 8601 UTC, "2026-12-05T18:00:00Z"): in force
+from start (included) to end (excluded).
 A selector is {"code": [...]} or {"category": [...]} or {"brand": [...]} (one key, a list of values).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Container
+from datetime import UTC, datetime
 
 FEED_FILE = "feed.json"
 RULES_FILE = "rules.json"
@@ -92,3 +95,31 @@ def feed_items(data: bytes, keep: Container[str] | None = None) -> tuple[dict[st
             return kept, others
         else:
             raise ValueError(f"expected ',' or '}}' at character {pos}")
+
+
+WINDOWED = ("do_not_pair", "pin", "boost")
+
+
+def _stamp(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _on(entry: dict, stamp: str) -> bool:
+    return entry.get("start", stamp) <= stamp and (entry.get("end") is None or stamp < entry["end"])
+
+
+def in_force(rules: dict, at: datetime) -> dict:
+    """The rules with only the entries in force at a time (no start, or start <= at; no end, or at < end)."""
+    stamp = _stamp(at)
+    return {**rules, **{kind: [e for e in rules.get(kind, []) if _on(e, stamp)] for kind in WINDOWED}}
+
+
+def in_force_key(rules: dict, at: datetime) -> tuple[bool, ...]:
+    """Which timed entries are in force at a time: the view of the rules changes when this does."""
+    stamp = _stamp(at)
+    return tuple(_on(e, stamp) for kind in WINDOWED for e in rules.get(kind, []) if "start" in e or "end" in e)
+
+
+def windows(rules: dict) -> list[str]:
+    """Every start and end time the rules name, sorted (when what is in force can change)."""
+    return sorted({e[k] for kind in WINDOWED for e in rules.get(kind, []) for k in ("start", "end") if k in e})

@@ -93,6 +93,11 @@ class Settings:
     max_rules_stored_bytes: int = 4 << 20
     max_feed_rows: int = 500_000
     max_feed_bytes: int = 256 << 20
+    # The console's feed upload (POST /feed/preview, POST /feed): the largest file it takes, as sent (Lambda takes
+    # requests of at most 6 MB, base64-encoded by API Gateway: some 4.5 MB of file).
+    feed_upload_max_bytes: int = 4 << 20
+    # The currency prices are shown in when the feed names none (ISO 4217: GBP, EUR, USD); empty: plain numbers.
+    currency: str = ""
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
     model_gate_margin: float = 0.10
     # What the scheduled retraining (tools/retrain.py) trains from: the event log, or files and the event log.
@@ -144,6 +149,7 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         "max_rules_stored_bytes",
         "max_feed_rows",
         "max_feed_bytes",
+        "feed_upload_max_bytes",
         "events_max_batch",
     ):
         if getattr(settings, name) < 1:
@@ -154,6 +160,10 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         raise ConfigError("MAX_CONNECTIONS and MAX_CONNECTIONS_PER_ADDRESS must be at least 1")
     if not settings.key_rate_default > 0:
         raise ConfigError("KEY_RATE_DEFAULT must be above 0 (requests per second)")
+    if settings.currency and not (
+        len(settings.currency) == 3 and settings.currency.isascii() and settings.currency.isalpha()
+    ):
+        raise ConfigError(f"CURRENCY must be a three-letter ISO 4217 code (GBP, EUR, USD), not {settings.currency!r}")
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
     if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:

@@ -18,6 +18,11 @@ from recommender.core.storage import Storage
 from recommender.local.shop import Product, Shop, synthetic_products, write_feed
 
 DEMO_USER = "demo"
+DEMO_USERS = (
+    (DEMO_USER, "admin", "Demo User"),
+    ("merch", "merchandiser", "Demo Merchandiser"),
+    ("viewer", "viewer", "Demo Viewer"),
+)
 DEMO_KEY = "demo-shop"
 # Hosts that listen on every address: the browser reaches them at the loopback address.
 _ANY_HOST = ("0.0.0.0", "::", "")
@@ -100,12 +105,17 @@ def prepare(
     products = synthetic_products([items.codes[i] for i in popular], [items.descriptions[i] for i in popular], prices)
     feed = write_feed(products, data.with_name(data.stem + "-feed.csv"))
     publish_feed(storage, feed, keep_versions=keep_versions, progress=lambda _line: None)
+    # A second model of the same history, staged: what the console's Versions page promotes (through the gate).
+    train(data, storage, activate=False, keep_versions=keep_versions, progress=lambda _line: None)
     password = secrets.token_urlsafe(12)
-    try:
-        delete_user(storage, DEMO_USER)
-    except NotFound:
-        pass
-    add_user(storage, DEMO_USER, password, "Demo User", "demo@example.com", rounds=bcrypt_rounds)
+    # One user per role, all with the printed password: demo may do everything, merch what a merchandiser does
+    # (rules, feed, promoting models within the gate), viewer only read.
+    for name, role, full_name in DEMO_USERS:
+        try:
+            delete_user(storage, name)
+        except NotFound:
+            pass
+        add_user(storage, name, password, full_name, "", rounds=bcrypt_rounds, role=role)
     try:
         revoke_key(storage, DEMO_KEY)
     except NotFound:

@@ -18,6 +18,7 @@ FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/console.js": ("console.js", "text/javascript; charset=utf-8"),
     "/console.css": ("console.css", "text/css; charset=utf-8"),
+    "/workplace.js": ("workplace.js", "text/javascript; charset=utf-8"),
 }
 
 # Product images come from the retailer's feed, on whatever host it names; nothing else leaves the page.

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Container
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -32,6 +33,8 @@ from recommender.core.feed_and_rules import (
     category_key,
     category_keys,
     feed_items,
+    in_force,
+    in_force_key,
 )
 from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
@@ -111,9 +114,11 @@ class Policy:
         rules: dict | None,
         feed_version: str | None = None,
         rules_version: str | None = None,
+        currency: str | None = None,
     ) -> None:
         n = len(items)
         self.items = items
+        self.currency = currency  # of prices the feed gives no currency for (setting CURRENCY)
         self.feed_version = feed_version
         self.rules_version = rules_version
         self.price = np.full(n, np.nan) if prices is None else np.asarray(prices, dtype=np.float64).copy()
@@ -255,6 +260,8 @@ class Policy:
             price = self.price[row]
             if price == price:
                 attributes["price"] = float(price)
+                if self.currency and "currency" not in attributes:
+                    attributes["currency"] = self.currency
             self._shown[row] = attributes
         return attributes
 
@@ -721,11 +728,14 @@ class Merchandiser:
     gives the view of the model to serve. A feed or rules version that cannot be loaded is reported and the one
     loaded before stays in force (none at first): serving never stops for it."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, currency: str | None = None) -> None:
         self.storage = storage
+        self.currency = currency or None
         self.loaded: dict[str, tuple[str | None, dict | None]] = {"feed": (None, None), "rules": (None, None)}
         self.errors: dict[str, str | None] = {"feed": None, "rules": None}
         self._feed_model: str | None = None  # the model whose items the loaded feed was kept for
+        self._in_force: tuple = ()  # which timed rules the view serving was built with
+        self.clock = lambda: datetime.now(UTC)
 
     def _follow(self, kind: registry.Kind, load: Any, again: bool = False) -> tuple[str | None, dict | None]:
         pointer = registry.active(self.storage, kind)
@@ -766,13 +776,34 @@ class Merchandiser:
             registry.FEED, self._load_feed(plain), again=self._feed_model not in (None, plain.version)
         )
         rules_version, rules = self._follow(registry.RULES, load_rules)
+        # Rules with a start or end: only those in force now, looked at with every refresh (MODEL_POLL_SECONDS).
+        in_force_now = in_force_key(rules, self.clock()) if rules else ()
+        if in_force_now:  # some entries are timed
+            rules = in_force(rules, self.clock())
         if (
             current is not None
             and current.version == plain.version
             and current.feed_version == feed_version
             and current.rules_version == rules_version
+            and self._in_force == in_force_now
         ):
             return current
+        self._in_force = in_force_now
         if feed is None and rules is None:
             return plain
-        return plain.with_policy(Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version))
+        return plain.with_policy(
+            Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version, self.currency)
+        )
+
+    def draft(self, plain: Any, rules: dict | None, label: str) -> Any:
+        """plain under the feed in force and the given rules (the console's preview: nothing is stored)."""
+        feed_version, feed = self.loaded["feed"]
+        return plain.with_policy(
+            Policy(plain.items, plain.item_price, feed, rules, feed_version, label, self.currency)
+            if feed or rules
+            else None
+        )
+
+    def rules_in_force(self) -> tuple[str | None, dict | None]:
+        """The rules version loaded and its rules (every entry, whatever its window)."""
+        return self.loaded["rules"]

@@ -321,6 +321,7 @@ class ModelHolder:
         answer_cache: int = 0,
         warm: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        currency: str = "",
     ) -> None:
         self.storage = storage
         self.poll_seconds = poll_seconds
@@ -329,7 +330,7 @@ class ModelHolder:
         self.clock = clock
         self.model: Model | None = None
         self._plain: Model | None = None
-        self._merchandiser = merchandising.Merchandiser(storage)
+        self._merchandiser = merchandising.Merchandiser(storage, currency)
         self.error: str | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
@@ -396,6 +397,17 @@ class ModelHolder:
         thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
         thread.start()
         return thread
+
+    def draft(self, rules: dict | None, label: str = "draft") -> Model:
+        """The served model under the active feed and the given rules instead of the active ones (a preview)."""
+        plain = self._plain
+        if plain is None:
+            raise ModelUnavailable(self.error or "no model loaded")
+        return self._merchandiser.draft(plain, rules, label)
+
+    def active_rules(self) -> tuple[str | None, dict | None]:
+        """The active rules version and its rules as stored (timed entries included, in force or not)."""
+        return self._merchandiser.rules_in_force()
 
     def current(self) -> Model:
         """The model to answer with; ModelUnavailable (with the reason) when there is none."""

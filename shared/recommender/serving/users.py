@@ -48,6 +48,42 @@ class User:
     # Random, new with every account and every password change; a token is valid only with the stamp it was
     # issued under, so re-creating a user or changing a password revokes every earlier token.
     stamp: str = field(default="", repr=False)
+    # What the user may do (RIGHTS); records written before roles existed are admins, as their users were.
+    role: str = "admin"
+
+    def may(self, right: str) -> bool:
+        """Whether the user's role carries right."""
+        return right in RIGHTS.get(self.role, ())
+
+    def rights(self) -> list[str]:
+        """Every right of the user's role, in RIGHT_NAMES order."""
+        return [r for r in RIGHT_NAMES if self.may(r)]
+
+
+# Roles and what each may do. Reading (recommendations, the console's pages) needs a valid token only.
+RIGHT_NAMES = ("rules", "feed", "promote", "force", "users")
+RIGHTS: dict[str, frozenset[str]] = {
+    "admin": frozenset(RIGHT_NAMES),
+    # Feed, rules, and promoting, activating and rolling back models within the activation gate: forcing a model
+    # past the gate is an admin's.
+    "merchandiser": frozenset({"rules", "feed", "promote"}),
+    "viewer": frozenset(),
+}
+ROLES = tuple(RIGHTS)
+RIGHT_MEANINGS = {
+    "rules": "edit and publish the merchandising rules",
+    "feed": "upload the product feed",
+    "promote": "promote, activate and roll back model versions, within the activation gate",
+    "force": "activate a model version the activation gate refuses",
+    "users": "manage users and keys",
+}
+
+
+def validate_role(role: str) -> str:
+    """The role, or InvalidInput naming the roles there are."""
+    if role not in RIGHTS:
+        raise InvalidInput(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    return role
 
 
 @lru_cache(maxsize=4)
@@ -143,14 +179,16 @@ def add_user(
     rounds: int = 12,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     min_password_length: int = MIN_PASSWORD_LENGTH,
+    role: str = "admin",
 ) -> User:
     """Create a user; AlreadyExists if the name is taken in any case (atomic: of concurrent adds exactly one wins)."""
     validate_username(username)
+    validate_role(role)
     validate_password(password, min_password_length)
     full_name, email = _validate_profile(full_name, email)
     if _legacy_key(storage, username) is not None:
         raise AlreadyExists(f"user {username!r} already exists")
-    user = User(username, full_name, email, now().isoformat(timespec="seconds"), _new_stamp())
+    user = User(username, full_name, email, now().isoformat(timespec="seconds"), _new_stamp(), role)
     record = {**asdict(user), "password_hash": password_context(rounds).hash(password)}
     from recommender.serving.tokens import create_first_secret  # here: tokens imports PyJWT, needed only now
 
@@ -214,6 +252,7 @@ def _user(record: dict) -> User:
         record.get("email", ""),
         record.get("created_at", ""),
         record.get("stamp", ""),
+        record.get("role", "admin"),
     )
 
 
@@ -249,6 +288,17 @@ def change_password(
     record.update(password_hash=password_context(rounds).hash(password), stamp=_new_stamp())
     if not storage.write_if(key, json.dumps(record, indent=1).encode(), tag):
         raise _changed_meanwhile(username, "its password was being hashed")
+    return _user(record)
+
+
+def set_role(storage: Storage, username: str, role: str) -> User:
+    """Give a user another role (tokens stay valid: every request reads the role from the stored user, so the
+    change applies within USER_CACHE_SECONDS); NotFound if no such user, Conflict if it changed meanwhile."""
+    validate_role(role)
+    key, record, tag = _find_tagged(storage, username)
+    record["role"] = role
+    if not storage.write_if(key, json.dumps(record, indent=1).encode(), tag):
+        raise _changed_meanwhile(username, "its role was being set")
     return _user(record)
 
 

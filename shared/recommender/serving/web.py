@@ -203,6 +203,26 @@ async def _token_user(token: str) -> User:
     return user
 
 
+def require(right: str) -> Callable[..., Awaitable[User]]:
+    """A dependency: the user of the bearer token (current_user), if their stored role carries right; Forbidden
+    (403) naming the missing right otherwise. The role is the stored user's (UserCache), never the token's."""
+    from recommender.serving.users import RIGHT_MEANINGS
+
+    if right not in RIGHT_MEANINGS:
+        raise ValueError(f"unknown right {right!r}")
+
+    async def dependency(request: Request, token: Annotated[str | None, Depends(bearer)]) -> User:
+        user = await current_user(request, token)
+        if not user.may(right):
+            raise Forbidden(
+                f"the right {right!r} ({RIGHT_MEANINGS[right]}) is missing: user {user.username!r} is a "
+                f"{user.role}; an admin can change that (make set_role)"
+            )
+        return user
+
+    return dependency
+
+
 async def request_user(request: Request) -> User:
     """current_user for the bearer token of a request's Authorization header (what Depends(bearer) gives it)."""
     return await current_user(request, await bearer(request))
@@ -350,8 +370,11 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 ERROR_MEANINGS = {
     400: "the form body cannot be parsed",
     401: "missing, malformed, expired, forged or revoked token or API key, a deleted user, or bad credentials",
-    403: "an API key without the scope of this route, from an origin it does not list, or on a route for users only",
+    403: "an API key without the scope of this route, from an origin it does not list, or on a route for users only; "
+    "a user whose role lacks the right a change needs (the detail names it)",
     404: "what was asked for does not exist (e.g. a model trained before it kept sample invoices)",
+    409: "another change came first (the rules or model pointer moved meanwhile), or the activation gate refused "
+    "a model: the detail says which",
     413: "the request body is larger than MAX_BODY_BYTES (EVENTS_MAX_BODY_BYTES for /events)",
     422: "malformed request: the detail names the field and the problem",
     429: "too many failed logins from this client address, or an API key over its rate; retry after Retry-After "
@@ -449,9 +472,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error", dict(SECURITY_HEADERS))
 
 
+FEED_UPLOADS = ("/feed", "/feed/preview")
+
+
 def body_limit(path: str, settings: Settings) -> int:
-    """The largest request body a path takes: EVENTS_MAX_BODY_BYTES for /events (batches), else MAX_BODY_BYTES."""
-    return settings.events_max_body_bytes if path == "/events" else settings.max_body_bytes
+    """The largest request body a path takes: EVENTS_MAX_BODY_BYTES for /events (batches), FEED_UPLOAD_MAX_BYTES
+    for the console's feed upload, else MAX_BODY_BYTES."""
+    if path == "/events":
+        return settings.events_max_body_bytes
+    return settings.feed_upload_max_bytes if path in FEED_UPLOADS else settings.max_body_bytes
 
 
 class BodyLimit:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
-import math
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,40 +16,28 @@ import pandas as pd
 
 from recommender.core import registry
 from recommender.core.errors import DataFileError, NotFound
-from recommender.core.feed_and_rules import AVAILABILITY, FEED_FILE
+from recommender.core.feed_and_rules import FEED_FILE
+from recommender.core.feed_form import (  # noqa: F401 (re-exported: make feed and its tests name them here)
+    COLUMNS,
+    MAX_PRICE,
+    NO,
+    PRICE,
+    SUPPORTED,
+    YES,
+    FeedFile,
+    FeedLimits,
+    describe,
+    parse_availability,
+    parse_price,
+    publish,
+    validate_table,
+)
 from recommender.core.items import ITEMS_FILE
 from recommender.core.registry import sha256_file, utcnow
 from recommender.core.storage import Storage
-from recommender.training.ingest import _not_encoded, cell_text, clean_code, xlsx_rows
+from recommender.training.ingest import _not_encoded, cell_text, xlsx_rows
 
-SUPPORTED = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".xlsx")
 # Each attribute and the headers naming it, compared without case, spaces or underscores.
-COLUMNS = {
-    "stock_code": ("stockcode", "id", "itemid", "offerid", "sku"),
-    "availability": ("availability",),
-    "price": ("price",),
-    "category": ("category", "producttype"),
-    "brand": ("brand",),
-    "title": ("title",),
-    "image_link": ("imagelink",),
-    "link": ("link",),
-}
-YES = {"true", "1", "yes", "y", "instock", "available"}
-NO = {"false", "0", "no", "n", "outofstock"}
-PRICE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]{3})?\s*$")
-# The highest price accepted: anything above is a typo or a broken export, and a number that large (or infinite)
-# would break price filters and ratios.
-MAX_PRICE = 1e9
-MAX_ERRORS_SHOWN = 1
-
-
-@dataclass(frozen=True)
-class FeedLimits:
-    """What a feed file may be (MAX_FEED_ROWS, MAX_FEED_BYTES: uncompressed), and the encoding of its text."""
-
-    rows: int = 500_000
-    bytes: int = 256 << 20
-    encoding: str = "utf-8"
 
 
 class _TooLarge(Exception):
@@ -82,20 +68,6 @@ class _Bounded:
             yield line
 
 
-@dataclass
-class FeedFile:
-    """A validated feed: attributes per stock code (only those given), and what the file held."""
-
-    items: dict[str, dict]
-    rows: int
-    columns: list[str]
-    currencies: Counter = field(default_factory=Counter)
-
-    def to_json(self) -> bytes:
-        """The stored form (core.feed_and_rules's feed.json)."""
-        return json.dumps({"items": self.items}, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-
-
 def feed_kind(path: Path) -> str:
     """The file's kind from its name; DataFileError for anything unsupported."""
     name = path.name.lower()
@@ -105,10 +77,6 @@ def feed_kind(path: Path) -> str:
     raise DataFileError(
         f"unsupported feed file type {''.join(path.suffixes) or '(none)'} for {path.name}: use {', '.join(SUPPORTED)}"
     )
-
-
-def _norm(name: object) -> str:
-    return re.sub(r"[\s_]", "", str(name)).lower()
 
 
 def _read_table(path: Path, limits: FeedLimits) -> tuple[list[str], list[list[str]]]:
@@ -158,122 +126,11 @@ def _read_table(path: Path, limits: FeedLimits) -> tuple[list[str], list[list[st
     return [str(c) for c in frame.columns], frame.to_numpy(dtype=object).tolist()
 
 
-def parse_availability(value: str) -> str | None:
-    """One of AVAILABILITY (None for an empty cell); ValueError naming the accepted values otherwise."""
-    key = re.sub(r"[\s_-]", "", value).lower()
-    if not key:
-        return None
-    for name in AVAILABILITY:
-        if key == name.replace("_", ""):
-            return name
-    if key in YES:
-        return "in_stock"
-    if key in NO:
-        return "out_of_stock"
-    raise ValueError(f"availability {value!r} is not one of {', '.join(AVAILABILITY)}, true/false, 1/0, yes/no")
-
-
-def parse_price(value: str) -> tuple[float, str | None] | None:
-    """(amount, currency or None) from "12.50" or "12.50 GBP" (None for an empty cell); ValueError otherwise."""
-    if not value.strip():
-        return None
-    match = PRICE.match(value)
-    shown = value if len(value) <= 30 else value[:30] + "..."
-    if not match:
-        raise ValueError(f"price {shown!r} is not a number, optionally followed by a currency code (12.50 GBP)")
-    amount = float(match.group(1))
-    if not math.isfinite(amount) or amount > MAX_PRICE:
-        raise ValueError(f"price {shown!r} is above {MAX_PRICE:,.0f}, the highest price accepted")
-    return amount, match.group(2).upper() if match.group(2) else None
-
-
 def read_feed(path: str | Path, limits: FeedLimits | None = None) -> FeedFile:
     """Read and validate a feed file; DataFileError with one line naming the first bad row (and how many more)."""
     path, limits = Path(path), limits or FeedLimits()
     header, rows = _read_table(path, limits)
-    if len(rows) > limits.rows:
-        raise DataFileError(
-            f"{path.name} has more than {limits.rows:,} products; a feed may hold at most MAX_FEED_ROWS "
-            "(raise it, or leave out products no model will know)"
-        )
-    found: dict[str, int] = {}
-    for attribute, names in COLUMNS.items():
-        for j, column in enumerate(header):
-            if _norm(column) in names and attribute not in found:
-                found[attribute] = j
-    if "stock_code" not in found:
-        shown = ", ".join(str(c).strip() for c in header) or "none"
-        if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
-            raise DataFileError(
-                f"{path.name} does not look {'tab' if feed_kind(path).startswith('.tsv') else 'comma'}"
-                f"-separated (header {header[0]!r})"
-            )
-        raise DataFileError(f"{path.name} lacks a StockCode (or id) column; found: {shown}")
-    if not rows:
-        raise DataFileError(f"{path.name} has a header but no rows")
-    items: dict[str, dict] = {}
-    first_line: dict[str, int] = {}
-    currencies: Counter = Counter()
-    errors: list[str] = []
-    for number, row in enumerate(rows, start=2):  # the header is line 1
-
-        def cell(attribute: str) -> str:
-            j = found.get(attribute)
-            return "" if j is None else str(row[j] if row[j] is not None else "").strip()  # noqa: B023 (used in this iteration)
-
-        code = clean_code(cell("stock_code"))
-        try:
-            if not code:
-                raise ValueError("the stock code is empty")
-            if code in first_line:
-                raise ValueError(f"stock code {code} is listed twice (first on line {first_line[code]})")
-            attributes: dict = {}
-            availability = parse_availability(cell("availability"))
-            if availability:
-                attributes["availability"] = availability
-            price = parse_price(cell("price"))
-            if price:
-                attributes["price"] = price[0]
-                if price[1]:
-                    attributes["currency"] = price[1]
-                    currencies[price[1]] += 1
-            for name in ("category", "brand", "title", "image_link", "link"):
-                if cell(name):
-                    attributes[name] = cell(name)
-        except ValueError as err:
-            errors.append(f"line {number}: {err}")
-            continue
-        first_line[code] = number
-        items[code] = attributes
-    if errors:
-        more = f" (and {len(errors) - 1} more bad line(s))" if len(errors) > 1 else ""
-        raise DataFileError(f"{path.name} {errors[0]}{more}; nothing was uploaded")
-    return FeedFile(items, len(rows), [header[j] for j in sorted(found.values())], currencies)
-
-
-def describe(feed: FeedFile, known_codes: set[str] | None) -> list[str]:
-    """What a feed holds, as lines for the console; with the current model's codes, which ones it does not know."""
-    availability = Counter(a.get("availability", "in_stock (default)") for a in feed.items.values())
-    lines = [
-        f"{len(feed.items):,} products, columns: {', '.join(feed.columns)}",
-        "availability: " + ", ".join(f"{n:,} {name}" for name, n in sorted(availability.items())),
-        f"with a price: {sum('price' in a for a in feed.items.values()):,} (the others keep the training "
-        f"file's most recent UnitPrice); with a category: {sum('category' in a for a in feed.items.values()):,}",
-    ]
-    if len(feed.currencies) > 1:
-        lines.append(
-            f"warning: prices in {len(feed.currencies)} currencies ({', '.join(sorted(feed.currencies))}); "
-            "price filters and ratios compare the numbers as they are"
-        )
-    if known_codes is not None:
-        unknown = sorted(set(feed.items) - known_codes)
-        if unknown:
-            lines.append(
-                f"warning: {len(unknown):,} code(s) not in the current model (stored; a serving process keeps "
-                f"only the items its model knows, so these are dropped until a model knows them): "
-                f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}"
-            )
-    return lines
+    return validate_table(path.name, feed_kind(path), header, rows, limits)
 
 
 def publish_feed(
@@ -288,17 +145,8 @@ def publish_feed(
     """Validate a feed file, store it as a new feed version, activate it and prune old ones; returns the manifest."""
     path = Path(path)
     feed = read_feed(path, limits)
-    for line in describe(feed, known_codes):
-        progress(line)
-    info = {
-        "source": {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size},
-        "counts": {"rows": feed.rows, "items": len(feed.items)},
-    }
-    manifest = registry.publish_files(storage, {FEED_FILE: feed.to_json()}, info, registry.FEED, now)
-    registry.activate(storage, manifest["version"], now, kind=registry.FEED)
-    registry.prune(storage, keep_versions, now=now, kind=registry.FEED)
-    progress(f"activated feed version {manifest['version']} (serving processes pick it up within MODEL_POLL_SECONDS)")
-    return manifest
+    source = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return publish(storage, feed, source, keep_versions, progress, now, known_codes)
 
 
 @dataclass(frozen=True)

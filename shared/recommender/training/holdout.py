@@ -23,46 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
+from recommender.serving.held_out import (  # noqa: F401 (re-exported: training and its tests name them here)
+    CASES,
+    MIN_HOLDOUT_BASKETS,
+    HoldoutPolicy,
+    K,
+    answer_ranks,
+    hit_metrics,
+    read_cases,
+)
 from recommender.serving.model import Model, open_model
 from recommender.training import calibration
 from recommender.training.calibration import Observations
 from recommender.training.ingest import Transactions, select_baskets
 
 PROTOCOL = "most recent baskets held out; one known item of each hidden, the rest asked for 10 (make evaluate's)"
-K = 10
 CALIBRATION_DEPTH = 20  # ranks observed per held-out query for the calibration
 CALIBRATION_QUERIES = 500  # held-out baskets split for the calibration (10,000 observations: plenty for a curve)
-MIN_HOLDOUT_BASKETS = 10  # below this a holdout measures nothing: train on everything
-CASES = "holdout.json.gz"
 CALIBRATION = "calibration.json"
 FORMAT = 1
-
-
-@dataclass(frozen=True)
-class HoldoutPolicy:
-    """How many of the most recent baskets measure a model: share of them, at least min_baskets, at most max_share
-    of them and max_baskets; and whether the model published is a second one trained on all of them."""
-
-    share: float = 0.05
-    min_baskets: int = 200
-    max_share: float = 0.25
-    max_baskets: int = 2000
-    # Above this share of the baskets, leaving the held-out ones out of the published model would cost it the
-    # newest purchases (HR@10 -0.006 at 5% on Online Retail): it is trained on everything, and a second model,
-    # without them, is measured. At or below it (a large file: 2,000 of 200,000+ baskets) the measured model is
-    # published, and the training is not run twice for a difference too small to measure.
-    separate_above: float = 0.01
-
-    def size(self, n_baskets: int) -> int:
-        """Baskets to hold out of n_baskets (0: too few for a holdout)."""
-        size = min(
-            max(round(self.share * n_baskets), self.min_baskets), int(self.max_share * n_baskets), self.max_baskets
-        )
-        return size if size >= MIN_HOLDOUT_BASKETS else 0
-
-    def separate(self, held: int, n_baskets: int) -> bool:
-        """Whether the published model is trained on everything, apart from the measured one."""
-        return held > self.separate_above * n_baskets
 
 
 @dataclass(frozen=True)
@@ -149,17 +128,6 @@ def random_splits(
     return out
 
 
-def answer_ranks(model: Model, queries: Sequence[Sequence[str]], hidden: Sequence[str], k: int = K) -> np.ndarray:
-    """Rank (1-based) of each hidden code in the model's answer of k items to its query; 0 when absent."""
-    ranks = np.zeros(len(hidden), dtype=np.int64)
-    for c, (query, target) in enumerate(zip(queries, hidden)):
-        for r, scored in enumerate(model.recommend(query, k).items, 1):
-            if scored.item.stock_code == target:
-                ranks[c] = r
-                break
-    return ranks
-
-
 def popularity_ranks(model: Model, queries: Sequence[Sequence[str]], hidden: Sequence[str], k: int = K) -> np.ndarray:
     """Rank of each hidden code among the most popular training items not in its query; 0 beyond k."""
     index = model.items.index
@@ -173,18 +141,6 @@ def popularity_ranks(model: Model, queries: Sequence[Sequence[str]], hidden: Seq
         ahead = sum(1 for code in query if code in index and position[index[code]] < p)
         ranks[c] = p - ahead + 1 if p - ahead < k else 0
     return ranks
-
-
-def hit_metrics(ranks: np.ndarray, k: int = K) -> dict:
-    """HR@k and MRR@k from 1-based ranks (0 = not in the top k)."""
-    ranks = np.asarray(ranks)
-    hit = (ranks > 0) & (ranks <= k)
-    if not len(ranks):
-        return {"hr": 0.0, "mrr": 0.0}
-    return {
-        "hr": round(float(hit.mean()), 4),
-        "mrr": round(float(np.where(hit, 1.0 / np.maximum(ranks, 1), 0.0).mean()), 4),
-    }
 
 
 def observe(
@@ -289,11 +245,6 @@ def assess(
         "seconds": round(time.perf_counter() - started, 2),
     }
     return evaluation, [CALIBRATION, CASES]
-
-
-def read_cases(data: bytes) -> dict:
-    """The content of a holdout.json.gz artifact."""
-    return json.loads(gzip.decompress(data))
 
 
 def describe(evaluation: dict | None) -> str:

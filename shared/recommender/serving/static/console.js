@@ -107,7 +107,7 @@
     return sentence(detail || `the server answered with HTTP ${status}`);
   }
 
-  async function api(path, { method = "GET", body, form, signal } = {}) {
+  async function api(path, { method = "GET", body, form, raw, signal } = {}) {
     const headers = { Accept: "application/json" };
     if (state.token) headers.Authorization = `Bearer ${state.token}`;
     let payload;
@@ -117,6 +117,9 @@
     } else if (body !== undefined) {
       payload = JSON.stringify(body);
       headers["Content-Type"] = "application/json";
+    } else if (raw !== undefined) {
+      payload = raw;  // a file, sent as it is (the Product feed page)
+      headers["Content-Type"] = "application/octet-stream";
     }
     let response;
     try {
@@ -238,6 +241,7 @@
     for (const id of ["search-status", "basket-status", "recs-status", "copy-status", "model-status"]) $(id).textContent = "";
     $("curl-text").value = "";
     clearError();
+    document.dispatchEvent(new CustomEvent("console:leave"));
     showSignIn(message, message !== "You are signed out.");
   }
 
@@ -254,6 +258,8 @@
     loadModel();
     loadAnalytics();
     scheduleRecs(0);
+    // The other pages (workplace.js) start from here: the user's role, the rules, the versions.
+    document.dispatchEvent(new CustomEvent("console:enter", { detail: { username } }));
   }
 
   // --- search --------------------------------------------------------------------------------------------------
@@ -424,7 +430,9 @@
   /** Why an item was picked, in words. */
   function reason(item, answer) {
     const parts = [];
-    if (item.source === "pinned") parts.push("Pinned here by a merchandising rule.");
+    const rule = window.recommenderConsole && window.recommenderConsole.ruleFor
+      ? window.recommenderConsole.ruleFor(item, state.basket.map((b) => b.stock_code)) : null;
+    if (item.source === "pinned") parts.push(rule || "Pinned here by a merchandising rule.");
     else if (item.source === "popular") {
       parts.push(answer.fallback ? "A best-seller: the model has nothing to go on for this basket."
         : "A best-seller, added because the model's own picks ran out.");
@@ -440,11 +448,14 @@
       const parts_of_whole = !down.length;
       const shown = up.slice(0, 2).map((b) => `with ${name(b)}: ${together(b)}${parts_of_whole ? ` (${Math.round(share(b) * 100)}% of the score)` : ""}`);
       const more = up.length > 2 ? `; and ${plural(up.length - 2, "other basket item", "other basket items")}` : "";
-      const against = down.slice(0, 1).map((b) => `; ${name(b)} weighs it down (${together(b)})`).join("");
+      // A negative part says what it is: the pair is bought together less than the two are bought at all.
+      const rarely = (b) => (typeof b.baskets === "number" ? `: ${plural(b.baskets, "basket", "baskets")}` : "");
+      const against = down.slice(0, 1).map((b) => `; less likely because it is rarely bought with ${name(b)}${rarely(b)}`).join("");
       if (shown.length) parts.push(sentence(shown.join("; ") + more + against));
     }
     if (typeof item.boost === "number" && item.boost !== 1) {
-      parts.push(item.boost > 1 ? `Boosted ×${item.boost} by a rule.` : `Buried ×${item.boost} by a rule.`);
+      parts.push(item.source !== "pinned" && rule ? rule
+        : item.boost > 1 ? `Boosted ×${item.boost} by a rule.` : `Buried ×${item.boost} by a rule.`);
     }
     return parts.join(" ");
   }
@@ -494,7 +505,19 @@
       add);
   }
 
+  /** The reasons of the answer shown, written again (the rules behind pins and boosts are known later). */
+  function reasonsAgain() {
+    const answer = state.lastAnswer;
+    if (!answer || !Array.isArray(answer.items)) return;
+    const rows = $("recs").querySelectorAll(".rec");
+    answer.items.forEach((item, i) => {
+      const text = rows[i] && rows[i].querySelector(".reason");
+      if (text) text.textContent = reason(item, answer);
+    });
+  }
+
   function renderRecs(answer, body, elapsed) {
+    state.lastAnswer = answer;
     const items = Array.isArray(answer.items) ? answer.items : [];
     const list = $("recs");
     list.replaceChildren(...items.map((item, i) => recItem(item, i + 1, answer)));
@@ -617,7 +640,7 @@
       return;
     }
     const k = evaluation.k || 10;
-    const fmt = (x) => (typeof x === "number" ? x.toFixed(3) : "–");
+    const fmt = (x) => (typeof x === "number" ? `${(x * 100).toLocaleString(undefined, { maximumFractionDigits: 1 })}%` : "–");
     const row = (name, figures) => el("tr", {}, el("th", { scope: "row", text: name }),
       el("td", { class: "num", text: fmt(figures && figures.hr) }), el("td", { class: "num", text: fmt(figures && figures.mrr) }));
     const about = [evaluation.protocol, evaluation.cutoff ? `baskets from ${day(evaluation.cutoff)} on` : null,
@@ -626,9 +649,21 @@
     box.replaceChildren(
       el("table", { class: "figures" },
         el("caption", { class: "hint", text: about }),
-        el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "method" }), el("th", { scope: "col", text: `HR@${k}` }),
-          el("th", { scope: "col", text: `MRR@${k}` }))),
-        el("tbody", {}, row("model", evaluation.model), row("popularity", evaluation.popularity))));
+        el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "method" }),
+          el("th", { scope: "col" }, el("abbr", { title: `HR@${k}: share of held-out baskets whose bought item was in the top ${k}`, text: `Bought item in the top ${k}` })),
+          el("th", { scope: "col" }, el("abbr", { title: `MRR@${k}: the mean of 1/rank of the bought item (0 beyond ${k})`, text: "Rank score" })))),
+        el("tbody", {}, row("model", evaluation.model), row("best-sellers", evaluation.popularity))),
+      words(evaluation, k));
+  }
+
+  /** The held-out figure in a sentence: "Found the bought item in the top 10 for 32.9% of held-out baskets". */
+  function words(evaluation, k) {
+    const hr = evaluation.model && evaluation.model.hr;
+    const pop = evaluation.popularity && evaluation.popularity.hr;
+    if (typeof hr !== "number") return null;
+    const ratio = typeof pop === "number" && pop > 0 ? hr / pop : null;
+    const better = ratio ? `, ${ratio.toLocaleString(undefined, { maximumFractionDigits: ratio < 10 ? 1 : 0 })}x as often as best-sellers` : "";
+    return el("p", { class: "quality", text: `Found the bought item in the top ${k} for ${(hr * 100).toLocaleString(undefined, { maximumFractionDigits: 1 })}% of held-out baskets${better}.` });
   }
 
   function renderCategories(categories) {
@@ -809,7 +844,15 @@
       scheduleRecs(0);
     });
     $("copy-curl").addEventListener("click", copyCurl);
+    // On a phone the filters fold away, so the first recommendation shows without scrolling past them.
+    $("filters").open = !window.matchMedia("(max-width: 720px)").matches;
     $("model-refresh").addEventListener("click", loadModel);
+    // What the other pages (workplace.js, loaded after this script) share with the try-out panel.
+    window.recommenderConsole = {
+      api, el, failed, clearError, showError, ApiError, sentence, plural, when, day,
+      refreshTryIt: () => { if (state.token) scheduleRecs(0); },
+      reasonsAgain,
+    };
     $("analytics-refresh").addEventListener("click", loadAnalytics);
     resume();
   }

@@ -1,0 +1,136 @@
+"""The merchandiser's workplace without a browser: roles and rights, rules in force only inside their window, the
+preview's marks, a feed uploaded as bytes, the CURRENCY setting."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from recommender.core import registry
+from recommender.core.errors import DataFileError, InvalidInput
+from recommender.core.feed_form import FeedLimits
+from recommender.core.rules_form import RulesError, known_from, publish, validate
+from recommender.core.settings import ConfigError, settings_from_env
+from recommender.serving import feed_upload, rules_editor
+from recommender.serving.model import ModelHolder
+from recommender.serving.users import add_user, get_user, set_role
+
+
+def test_roles_and_their_rights(trained_storage):
+    user = add_user(trained_storage, "mia", "a long password", rounds=4, role="merchandiser")
+    assert user.rights() == ["rules", "feed", "promote"] and not user.may("force")
+    assert get_user(trained_storage, "mia").role == "merchandiser"
+    assert set_role(trained_storage, "mia", "viewer").rights() == []
+    assert get_user(trained_storage, "MIA").role == "viewer"
+    with pytest.raises(InvalidInput, match="unknown role 'boss': use one of admin, merchandiser, viewer"):
+        set_role(trained_storage, "mia", "boss")
+    assert add_user(trained_storage, "old", "a long password", rounds=4).role == "admin"  # the default
+
+
+def test_a_timed_rule_applies_only_inside_its_window(trained_storage):
+    holder = ModelHolder(trained_storage, poll_seconds=0)
+    model = holder.refresh()
+    basket = [model.items.codes[model.items.most_popular()[0]]]
+    plain = [s.item.stock_code for s in model.recommend(basket, 5).items]
+    pinned = plain[-1]
+    rules = validate(
+        {"pin": [{"basket": {"code": basket}, "item": {"code": pinned}, "start": "2030-01-01", "end": "2030-01-03"}]}
+    )
+    assert rules["pin"][0]["start"] == "2030-01-01T00:00:00Z"
+    publish(trained_storage, rules, b"{}", "rules.json", known_from(list(model.items.codes), {}), progress=print)
+    clock = {"now": datetime(2029, 12, 31, tzinfo=UTC)}
+    holder._merchandiser.clock = lambda: clock["now"]
+    first = lambda: holder.refresh().recommend(basket, 5).items[0].item.stock_code  # noqa: E731
+    assert first() != pinned  # before its start
+    clock["now"] = datetime(2030, 1, 2, 12, tzinfo=UTC)
+    assert first() == pinned  # inside the window
+    clock["now"] = datetime(2030, 1, 3, tzinfo=UTC)
+    assert first() != pinned  # its end is excluded
+    # The preview as of a date inside the window marks the pin.
+    preview = rules_editor.preview(
+        holder,
+        trained_storage,
+        {"pin": [{"basket": {"code": basket}, "item": {"code": plain[0]}}]},
+        [basket],
+        datetime(2030, 1, 2, tzinfo=UTC),
+        samples=0,
+        n=5,
+    )
+    mine = preview["baskets"][0]
+    # Before: the rules in force then pin `pinned` first; after: the draft pins plain[0] first instead.
+    assert mine["before"][0]["stock_code"] == pinned and mine["before"][0]["source"] == "pinned"
+    assert mine["after"][0]["stock_code"] == plain[0] and mine["after"][0]["change"] == "pinned"
+    assert preview["counts"]["affected"] == 1
+
+
+def test_a_window_must_end_after_it_starts():
+    with pytest.raises(RulesError, match=r"pin\[0\]: .*the end .* must come after the start"):
+        validate(
+            {"pin": [{"basket": {"code": "A"}, "item": {"code": "B"}, "start": "2030-01-02", "end": "2030-01-01"}]}
+        )
+    with pytest.raises(RulesError, match=r"boost\[0\]\.start: expected a date or time"):
+        validate({"boost": [{"code": "A", "factor": 2, "start": "next friday"}]})
+
+
+def test_compare_marks_and_counts():
+    before = [{"stock_code": c, "description": c, "source": "model"} for c in "ABCD"]
+    after = [
+        {"stock_code": "X", "description": "X", "source": "pinned"},
+        {"stock_code": "A", "description": "A", "source": "model"},
+        {"stock_code": "C", "description": "C", "source": "model"},
+        {"stock_code": "E", "description": "E", "source": "model"},
+    ]
+    diff = rules_editor.compare(before, after)
+    # A and C only slid down under the pin: their order among the items of both answers is the same.
+    assert [e["change"] for e in diff["after"]] == ["pinned", "same", "same", "new"]
+    assert [e["stock_code"] for e in diff["removed"]] == ["B", "D"]
+    assert diff["counts"] == {"removed": 2, "pinned": 1, "moved": 0, "added": 1} and diff["changed"]
+    swapped = rules_editor.compare(before, [before[1], before[0], before[2], before[3]])
+    assert [e["change"] for e in swapped["after"]][:2] == ["moved", "moved"] and swapped["after"][0]["was"] == 2
+
+
+def test_a_feed_upload_is_read_without_pandas_and_summarized(trained_storage):
+    import gzip
+
+    codes = list(ModelHolder(trained_storage, 0).refresh().items.codes)
+    text = "id,availability,price\n" + "\n".join(
+        f"{c},{'no' if i == 0 else 'yes'},1.50 GBP" for i, c in enumerate(codes[:3])
+    )
+    limits = FeedLimits()
+    summary = feed_upload.summary(trained_storage, "feed.csv.gz", gzip.compress(text.encode()), limits)
+    assert summary["changes"]["added"]["count"] == 3 and summary["changes"]["out_of_stock"]["codes"] == [codes[0]]
+    feed_upload.publish_upload(trained_storage, "feed.csv", text.encode(), limits, 5)
+    again = feed_upload.summary(
+        trained_storage, "f.tsv", text.replace(",", "\t").replace("1.50", "3.50").encode(), limits
+    )
+    assert again["changes"]["price_changes"]["count"] == 3 and again["changes"]["added"]["count"] == 0
+    with pytest.raises(DataFileError, match="line 2: availability 'maybe'"):
+        feed_upload.read_upload("f.csv", b"id,availability\nA,maybe\n", limits)
+    with pytest.raises(DataFileError, match="make feed"):
+        feed_upload.read_upload("f.xlsx", b"PK", limits)
+    assert registry.active(trained_storage, registry.FEED) is not None
+
+
+def test_currency_setting(trained_storage):
+    with pytest.raises(ConfigError, match="CURRENCY must be a three-letter"):
+        settings_from_env({"CURRENCY": "pounds"})
+    holder = ModelHolder(trained_storage, 0, currency="EUR")
+    model = holder.refresh()
+    basket = [model.items.codes[0]]
+    rules = validate({"block": {"codes": [model.items.codes[1]]}})
+    publish(trained_storage, rules, b"{}", "r.json", known_from(list(model.items.codes), {}), progress=print)
+    item = holder.refresh().recommend(basket, 3).items[0]
+    shown = holder.current().policy.shown(model.items.index[item.item.stock_code])
+    assert shown.get("currency") == "EUR" and "price" in shown
+
+
+def test_rolling_back_the_first_rules_leaves_none(trained_storage):
+    from recommender.core.errors import Conflict
+
+    with pytest.raises(Conflict, match="no rules are in force"):
+        rules_editor.roll_back(trained_storage)
+    publish(trained_storage, validate({"block": {"codes": ["X"]}}), b"{}", "r.json", known_from([], {}), progress=print)
+    assert rules_editor.roll_back(trained_storage)["version"] == "none"
+    assert registry.active(trained_storage, registry.RULES) is None
+    assert rules_editor.current(trained_storage)["version"] is None
