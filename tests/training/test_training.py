@@ -12,9 +12,9 @@ from recommender.core import registry
 from recommender.core.errors import DataFileError, ModelUnavailable, StorageError
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
+from recommender.serving.reranker import RERANK_FILE
 from recommender.training import holdout
 from recommender.training.pipeline import train
-from recommender.serving.reranker import RERANK_FILE
 from recommender.training.recipe import ARTIFACTS, TrainingParams
 from tests.conftest import ROOT
 

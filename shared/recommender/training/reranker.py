@@ -51,6 +51,9 @@ class RerankParams:
     max_depth: int = 6
     min_data_in_leaf: int = 50
     max_bin: int = 255
+    # Keep the trees only when they beat the first stage on the selection baskets (tests turn it off to get trees
+    # from data too small to show a gain).
+    require_gain: bool = True
     threads: int = 1
     seed: int = 0
 
@@ -427,11 +430,11 @@ def fit(
     for leaves in params.num_leaves:
         booster = _train(lightgbm, rows, fit_q, sel_q[rows.found[sel_q]], leaves, params)
         hr = hit_rate(booster.predict(rows.x), rows, sel_q)
-        tried.append({"num_leaves": leaves, "trees": booster.num_trees(), "hr": round(hr, 4)})
+        tried.append({"num_leaves": leaves, "trees": _trees(booster), "hr": round(hr, 4)})
         if best is None or hr > best[0]:
             best = (hr, booster, leaves)
     hr, booster, leaves = best
-    use = hr > first_hr
+    use = hr > first_hr or not params.require_gain
     trees = export(booster) if use else None
     importance = booster.feature_importance(importance_type="gain")
     total = max(float(importance.sum()), 1e-12)
@@ -447,7 +450,7 @@ def fit(
             "grid": tried,
         },
         "num_leaves": leaves,
-        "num_trees": booster.num_trees(),
+        "num_trees": _trees(booster),
         "gain_share": {name: round(float(g) / total, 4) for name, g in zip(FEATURES, importance.tolist())},
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -458,6 +461,11 @@ def fit(
         + ("" if use else ": not better, the model ranks by its first stage alone")
     )
     return Fitted(trees, spec)
+
+
+def _trees(booster: object) -> int:
+    """The trees kept: up to the best iteration of the early stopping."""
+    return int(booster.best_iteration or booster.num_trees())
 
 
 def _concat(parts: list[Rows]) -> Rows:
