@@ -43,9 +43,10 @@ FEATURES = (
     "customer_top_days",  # days from that customer's last purchase of it to the end of the training data
 )
 NEVER = 1000.0  # customer_top_days of an item the customer never bought
+COUNTED = ("popularity", "recent_sales", "customer_top_baskets")  # log(1 + count) features, shown as counts
 ITEM_COLUMNS = ("popularity", "recent_sales", "trend", "days_since_sold", "age_days")
-SESSION_NEIGHBOURS = 50
-CUSTOMER_NEIGHBOURS = 10
+SESSION_NEIGHBOURS = 100
+CUSTOMER_NEIGHBOURS = 20
 
 
 def squash(first: np.ndarray) -> np.ndarray:
@@ -371,31 +372,33 @@ class Reranker:
                     return f"goes with {int(value)} items of the basket"
                 return f"bought with {desc} in {together:,} baskets"
             return "goes with the basket's items"
+        count = int(round(float(np.expm1(min(value, 30.0))))) if name in COUNTED else 0
         words = {
-            "score": "goes with the basket's items as a whole",
-            "rank": "among the basket's strongest matches",
-            "score_share": "close to the basket's strongest match",
-            "popularity": f"a steady seller ({int(round(np.expm1(value))):,} baskets)",
-            "recent_sales": f"sold often in the last 30 days ({int(round(np.expm1(value))):,} baskets)",
-            "trend": "selling more lately than before" if value > 1 else "selling steadily",
-            "days_since_sold": f"sold {int(value)} days before the model's last purchase"
-            if value >= 1
-            else "sold on the model's last day",
-            "age_days": f"on sale for {int(value)} days",
-            "price_ratio": "priced like the basket's items"
-            if abs(value) < 0.7
-            else "a different price from the basket",
-            "text_similarity": "described like the basket's items",
-            "session_knn": "in past baskets like this one",
-            "customer_knn": "bought by customers whose history is like this basket",
-            "customer_top": "bought before by the customer this basket looks most like",
-            "basket_size": f"suits a basket of {int(value)} items",
-            "customer_match": "bought before by the customer this basket looks most like",
-            "customer_top_baskets": f"bought {int(round(np.expm1(value)))} times before by the customer this basket "
-            "looks most like",
-            "customer_top_days": "bought lately by the customer this basket looks most like",
+            "score": lambda: "goes with the basket's items as a whole",
+            "rank": lambda: "among the basket's strongest matches",
+            "score_share": lambda: "close to the basket's strongest match",
+            "popularity": lambda: f"a steady seller ({count:,} baskets)",
+            "recent_sales": lambda: f"sold often in the last 30 days ({count:,} baskets)",
+            "trend": lambda: "selling more lately than before" if value > 1 else "selling steadily",
+            "days_since_sold": lambda: (
+                f"sold {int(value)} days before the model's last purchase"
+                if value >= 1
+                else "sold on the model's last day"
+            ),
+            "age_days": lambda: f"on sale for {int(value)} days",
+            "price_ratio": lambda: (
+                "priced like the basket's items" if abs(value) < 0.7 else "a different price from the basket's items"
+            ),
+            "text_similarity": lambda: "described like the basket's items",
+            "session_knn": lambda: "in past baskets like this one",
+            "customer_knn": lambda: "bought by customers whose history is like this basket",
+            "customer_top": lambda: "bought before by the customer this basket looks most like",
+            "basket_size": lambda: f"suits a basket of {int(value)} items",
+            "customer_match": lambda: "bought before by the customer this basket looks most like",
+            "customer_top_baskets": lambda: f"bought {count} times before by the customer this basket looks most like",
+            "customer_top_days": lambda: "bought lately by the customer this basket looks most like",
         }
-        return words.get(name, name)
+        return words[name]() if name in words else name
 
 
 def _strongest_partner(model: object, basket: np.ndarray, row: int) -> tuple[int | None, int]:

@@ -26,7 +26,7 @@ Progress = Callable[[str], None]
 RECENT_DAYS = 30
 SESSION_POSTINGS = 100  # most recent invoices kept per item for session-kNN
 CUSTOMER_POSTINGS = 200  # most recent customers kept per item for customer-kNN
-CUSTOMER_MAX_ITEMS = 300
+CUSTOMER_MAX_ITEMS = 500
 WORD = re.compile(r"[a-z]{2,}")
 
 
@@ -51,6 +51,7 @@ class RerankParams:
     max_depth: int = 6
     min_data_in_leaf: int = 50
     max_bin: int = 255
+    objective: str = "lambdarank"
     negatives: float = 1.0  # share of each query's other candidates the trees learn from (drawn at random)
     # Keep the trees only when they beat the first stage on the selection baskets (tests turn it off to get trees
     # from data too small to show a gain).
@@ -506,7 +507,7 @@ def _train(
     train_set = lightgbm.Dataset(rows.x[fit_rows], rows.y[fit_rows], group=fit_sizes, free_raw_data=False)
     valid_set = lightgbm.Dataset(rows.x[sel_rows], rows.y[sel_rows], group=sel_sizes, reference=train_set)
     config = {
-        "objective": "lambdarank",
+        "objective": params.objective,
         "metric": "ndcg",
         "eval_at": [10],
         "num_leaves": leaves,
