@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.cold import bench_cold
 from bench.common import PARTS, load_average, machine_info, say, shown
 from bench.deployment import retail_deployment
+from bench.events import bench_events
 from bench.logins import bench_logins
 from bench.merch import bench_merch
 from bench.options import Options, check_data
@@ -25,6 +26,7 @@ from bench.scale import bench_scale
 from bench.search import bench_search
 from bench.serve import bench_serve
 from bench.train import bench_train
+from bench.widget import bench_widget
 from recommender.core.errors import ConfigError
 
 
@@ -61,6 +63,10 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
                 result = bench_logins(options, deployment)
             elif part == "search":
                 result = bench_search(options)
+            elif part == "widget":
+                result = bench_widget(options)
+            elif part == "events":
+                result = bench_events(options)
             else:
                 result = bench_scale(options)
             result.started_at, result.seconds = started_at, time.perf_counter() - t

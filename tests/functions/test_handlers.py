@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
@@ -250,3 +251,47 @@ def test_functions_work_read_only_with_the_secret_from_secrets_manager(
     answers = [handlers[1](ev, lambda_context) for ev in cold_start_events(event, token, items.codes[0])]
     assert [a["statusCode"] for a in answers] == [200, 200]
     assert body(answers[0])["model_version"] == version
+
+
+def test_events_are_stored_in_s3_before_the_answer(s3_deployment, token, handlers, event, lambda_context):
+    storage, _, _ = s3_deployment
+    now = datetime.now(UTC)
+    ev = with_token(event("events"), token)
+    ev["body"] = ev["body"].replace("REPLACE_WITH_ID", "ev-1").replace("REPLACE_WITH_TS", now.isoformat())
+    response = handlers[1](ev, lambda_context)
+    assert response["statusCode"] == 200, response
+    assert body(response)["results"] == [{"event_id": "ev-1", "status": "accepted"}]
+    (key,) = storage.list("events/raw/")  # one object for the batch, under the date and hour of receipt
+    assert key.startswith(f"events/raw/date={now:%Y-%m-%d}/hour=") and key.endswith(".jsonl")
+    (record,) = [json.loads(row) for row in storage.read(key).splitlines()]
+    assert record["event_id"] == "ev-1" and record["source"] == "user:alice" and record["items"][0]["quantity"] == 2
+    # The same batch again, as a client whose answer was lost would send it: a duplicate, nothing stored again.
+    again = handlers[1](ev, lambda_context)
+    assert body(again)["results"][0]["status"] == "duplicate" and len(storage.list("events/raw/")) == 1
+
+
+def test_events_body_limit_and_a_failed_put_on_lambda(s3_deployment, s3, token, handlers, event, lambda_context):
+    ev = with_token(event("events"), token)
+    ev["body"] = json.dumps({"events": [], "padding": "x" * get_settings().events_max_body_bytes})
+    response = handlers[1](ev, lambda_context)
+    assert response["statusCode"] == 413 and "larger than the limit of 1048576 bytes" in body(response)["detail"]
+    ev = with_token(event("events"), token)
+    ev["body"] = ev["body"].replace("REPLACE_WITH_ID", "ev-2").replace("REPLACE_WITH_TS", datetime.now(UTC).isoformat())
+    s3.put_bucket_policy(  # the put is denied, as without the template's s3:PutObject on events/raw/
+        Bucket=BUCKET,
+        Policy=json.dumps(
+            {
+                "Statement": [
+                    {
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:PutObject",
+                        "Resource": f"arn:aws:s3:::{BUCKET}/recommender/events/*",
+                    }
+                ]
+            }
+        ),
+    )
+    response = handlers[1](ev, lambda_context)
+    assert response["statusCode"] == 503 and response["headers"]["retry-after"] == "2", response
+    assert "S3 write of" in body(response)["detail"] and "Forbidden" in body(response)["detail"]

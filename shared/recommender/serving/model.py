@@ -68,6 +68,9 @@ class Model:
     embeddings); each candidate's score is the sum of the item-item table's weights from the basket's items.
     """
 
+    # Whether answers use what the model learned (False: the popularity order only, serving.arms.PopularBaseline).
+    learned = True
+
     def __init__(
         self,
         version: str,
@@ -170,7 +173,7 @@ class Model:
             if policy is None:
                 policy = self._plain_policy = self._plain_policy or Policy(self.items, self.item_price, None, None)
             picks, exhausted, warnings = merchandising.answer(
-                self, np.asarray(sorted(known), dtype=np.int64), n, options, policy
+                self, np.asarray(sorted(known), dtype=np.int64), n, options, policy, self.learned
             )
             fallback = bool(picks) and all(p.source != merchandising.MODEL for p in picks)
             return Recommendation(
@@ -386,20 +389,36 @@ class ModelHolder:
                 if err.message != self.error:
                     log.warning("%s", err.message)
                 self.error = err.message
+            self.follow()
             return self.model
         finally:
             self._lock.release()
 
-    def watch(self, stop: threading.Event) -> threading.Thread:
-        """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh."""
+    def follow(self) -> None:
+        """What else a refresh looks at, with the model in place (serving.arms: the running experiment)."""
+
+    def watch(self, stop: threading.Event, max_backoff: float = 60.0) -> threading.Thread:
+        """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh.
+
+        A poll that fails unexpectedly (the process out of file descriptors: EMFILE) is logged once, not at every
+        poll; the next polls come later and later (doubling up to max_backoff seconds) until one works again,
+        which is logged too. The model in memory is served all along."""
 
         def loop() -> None:
-            while not stop.wait(self.poll_seconds):
+            delay, failing = self.poll_seconds, None
+            while not stop.wait(delay):
                 try:
                     self.refresh()
                 except Exception as err:  # noqa: BLE001 - the watcher must outlive any one bad poll
-                    log.exception("looking for a new model failed")
-                    self.error = f"looking for a new model failed: {err}"
+                    message = f"looking for a new model failed: {err}"
+                    delay = min(max(delay * 2, 1.0), max_backoff)
+                    if message != failing:  # the traceback once, not at every poll
+                        log.error("%s; next try in %g s, then less often while it fails", message, delay, exc_info=True)
+                    failing = self.error = message
+                    continue
+                if failing is not None:
+                    log.info("looking for a new model works again")
+                    failing, delay = None, self.poll_seconds
 
         self._watching = True
         thread = threading.Thread(target=loop, name="model-watcher", daemon=True)

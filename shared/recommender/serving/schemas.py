@@ -29,6 +29,8 @@ MAX_CATEGORIES = 100
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Codes = Annotated[list[StrictStr], Field(max_length=MAX_BASKET)]
 Categories = Annotated[list[StrictStr], Field(max_length=MAX_CATEGORIES)]
+# Printable text: no control characters (a session or user id lands in logs and queries).
+Text = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 # The request options are Options' fields (explain has its own default per route); the lists become tuples of
 # stripped codes or names.
@@ -65,6 +67,13 @@ class BasketIn(BaseModel):
     )
     explain: bool | None = Field(
         None, description="give each item's reasons (default: true on /recommendations, false on /send_data)"
+    )
+    # Who asks, as POST /events names them: which arm of a running experiment answers (core.experiments).
+    session_id: Text | None = Field(
+        None, description="the shopper's session (as in their events): a running experiment's arm is chosen from it"
+    )
+    user_id: Text | None = Field(
+        None, description="the shopper's own id, when known: chooses the experiment arm instead of session_id"
     )
 
     @model_validator(mode="after")
@@ -251,11 +260,14 @@ class RecommendationsOut(Out):
     fallback: bool
     exhausted: bool
     warnings: list[str]  # what the answer says of the request: categories no item is in, pins over a cap
+    # Names the answer (model version, experiment arm, time) so that events can be attributed to it
+    # (serving.attribution).
+    recommendation_id: str
 
 
-def answer_json(answer: "Recommendation", explain: bool) -> dict:
-    """A RecommendationsOut (also each line of a batch file's answers)."""
-    return {
+def answer_json(answer: "Recommendation", explain: bool, recommendation_id: str | None = None) -> dict:
+    """A RecommendationsOut (also each line of a batch file's answers, which no shopper sees: no id)."""
+    out = {
         "items": [item_json(p, explain) for p in answer.items],
         "model_version": answer.model_version,
         "feed_version": answer.feed_version,
@@ -265,6 +277,9 @@ def answer_json(answer: "Recommendation", explain: bool) -> dict:
         "exhausted": answer.exhausted,
         "warnings": list(answer.warnings),
     }
+    if recommendation_id is not None:
+        out["recommendation_id"] = recommendation_id
+    return out
 
 
 class FoundItem(Out):
@@ -287,8 +302,29 @@ def search_json(found: list[Item], model_version: str) -> dict:
     return {"items": [i._asdict() for i in found], "model_version": model_version}
 
 
+class ArmHealth(Out):
+    """One arm of the running experiment, as this process serves it."""
+
+    name: str
+    kind: Literal["popular", "active", "staged", "version"]
+    version: str | None
+    share: int
+    serves: str = Field(description="what answers this arm's shoppers here")
+    problem: str | None = Field(description="why it is not what the arm asks for (it serves the active model)")
+
+
+class ExperimentHealth(Out):
+    """The running experiment as this process serves it."""
+
+    name: str | None = Field(description="null when the experiment's record cannot be read")
+    started_at: str | None
+    arms: list[ArmHealth]
+    degraded: str | None = Field(description="what keeps it from being served as defined, if anything")
+
+
 class HealthOut(Out):
-    """The served model, feed and rules; "degraded" (with detail) when the storage or a newer model fails."""
+    """The served model, feed and rules (and the running experiment, if any); "degraded" (with detail) when the
+    storage, a newer model or an experiment arm's model fails."""
 
     status: Literal["ok", "degraded"]
     model_version: str
@@ -297,10 +333,14 @@ class HealthOut(Out):
     feed_version: str | None
     rules_version: str | None
     detail: str | None = None
+    experiment: ExperimentHealth | None = None
 
 
-def health_json(model: "Model", problem: str | None) -> dict:
-    """A HealthOut for the served model; problem (what fails beside it, if anything) makes it degraded."""
+def health_json(model: "Model", problem: str | None, experiment: dict | None = None) -> dict:
+    """A HealthOut for the served model; problem (what fails beside it, if anything) or a degraded experiment makes
+    it degraded."""
+    if experiment is not None and experiment["degraded"]:
+        problem = "; ".join(filter(None, (problem, f"experiment: {experiment['degraded']}")))
     out = {
         "status": "degraded" if problem else "ok",
         "model_version": model.version,
@@ -311,6 +351,8 @@ def health_json(model: "Model", problem: str | None) -> dict:
     }
     if problem:
         out["detail"] = problem
+    if experiment is not None:
+        out["experiment"] = experiment
     return out
 
 
@@ -375,3 +417,77 @@ class ModelInfoOut(Out):
     active_version: str | None
     staged_version: str | None
     versions: list[VersionOut]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Events (POST /events): the request's models check each event on its own (serving.events), so that one bad event
+# is refused alone; the batch itself is read by hand.
+# ---------------------------------------------------------------------------------------------------------------
+MAX_EVENT_ITEMS = 1000
+MAX_QUANTITY = 1_000_000
+MAX_EVENT_PRICE = 1e9
+MAX_EVENT_VALUE = 1e12
+
+
+class EventItemIn(BaseModel):
+    """One product an event is about."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    stock_code: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY)] | None = None
+    price: Annotated[float, Field(ge=0, le=MAX_EVENT_PRICE, allow_inf_nan=False)] | None = Field(
+        None, description="unit price"
+    )
+
+
+class EventIn(BaseModel):
+    """One thing a shopper did: saw a recommendation strip, clicked a product, added to the cart, bought."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    event_id: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = Field(
+        description="the client's id of this event: a re-sent event with the same id is counted once"
+    )
+    type: Literal["view", "click", "add_to_cart", "purchase"]
+    ts: Annotated[StrictStr, Field(max_length=40)] | int = Field(
+        description="when it happened: ISO 8601 with a zone (Z or +01:00), or unix time in milliseconds; "
+        "at most 30 days ago and 1 day ahead"
+    )
+    session_id: Text
+    user_id: Text | None = None
+    recommendation_id: Annotated[StrictStr, Field(max_length=160)] | None = Field(
+        None, description="the recommendation_id of the answer that led to this event"
+    )
+    items: Annotated[list[EventItemIn], Field(min_length=1, max_length=MAX_EVENT_ITEMS)]
+    value: Annotated[float, Field(ge=-MAX_EVENT_VALUE, le=MAX_EVENT_VALUE, allow_inf_nan=False)] | None = Field(
+        None, description="the event's worth (a purchase's total)"
+    )
+    currency: Annotated[StrictStr, Field(pattern=r"^[A-Za-z]{3}$")] | None = Field(
+        None, description="ISO 4217 code of value and prices"
+    )
+
+
+class EventsIn(BaseModel):
+    """A batch of events (at most EVENTS_MAX_BATCH, 500 by default)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    events: list[EventIn]
+
+
+class EventResult(Out):
+    """What became of one event of a batch."""
+
+    event_id: str | None = Field(description="as sent (null when it was not a string)")
+    status: Literal["accepted", "duplicate", "refused"]
+    reason: str | None = Field(None, description="why it was refused, or why it counts as a duplicate")
+
+
+class EventsOut(Out):
+    """The fate of each event of a batch, in the order sent, and the counts."""
+
+    results: list[EventResult]
+    accepted: int
+    duplicates: int
+    refused: int
