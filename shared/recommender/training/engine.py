@@ -109,11 +109,14 @@ def fit_reranker(tx: Transactions, params: TrainingParams, progress: Progress) -
         return None
 
     def first_stage(train: Transactions, folder: Path) -> object:
-        info = build_model(train, params, folder, lambda _text: None)
+        info = build_model(train, params, folder, lambda _text: None, rerank=reranker.Fitted(None, {"trees": False}))
         return open_model(lambda name: folder / name, "validation", {"model": info})
 
-    with stage(progress, "re-ranker: fitted on validation periods"):
-        return reranker.fit(tx, first_stage, params.rerank, progress)
+    started = time.perf_counter()
+    fitted = reranker.fit(tx, first_stage, params.rerank, progress)
+    if fitted is not None:
+        progress(f"re-ranker: fitted on validation periods ({time.perf_counter() - started:.1f} s)")
+    return fitted
 
 
 def with_rerank(folder: Path, extra: tuple[str, ...]) -> tuple[str, ...]:
