@@ -82,7 +82,12 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
         # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
         fitted = fit_reranker(train_tx, params, progress)
         fitted_all = fitted
-        if held is not None and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids)):
+        # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
+        if (
+            fitted is not None
+            and held is not None
+            and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
+        ):
             fitted_all = fit_reranker(tx, params, lambda text: progress(f"published model: {text}"))
         done = build_and_measure(
             lambda out, say: build_model(tx, params, out, say, rerank=fitted_all),
