@@ -75,22 +75,27 @@ class Trees:
     depth: int
 
     def _walk(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(x, dtype=np.float64)
+        # LightGBM reads a missing value as 0 in a model trained without any (every feature here is finite).
+        x = np.nan_to_num(np.ascontiguousarray(x, dtype=np.float64), nan=0.0)
         flat = x.ravel()
         base = (np.arange(len(x), dtype=np.intp) * x.shape[1])[:, None]
         node = np.broadcast_to(self.roots, (len(x), len(self.roots)))
         return flat, base, node
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        """The raw score of each row of x (rows x features): every tree at once, one level per step."""
-        if not len(x) or not len(self.roots):
-            return np.zeros(len(x))
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """The leaf each row of x (rows x features) reaches in each tree: every tree at once, one level a step."""
         flat, base, node = self._walk(x)
         feature, threshold, child = self.feature, self.threshold, self.child
-        for _ in range(self.depth):
-            right = flat[base + feature[node]] > threshold[node]
-            node = child[2 * node + right]
-        return self.value[node].sum(axis=1)
+        for _ in range(self.depth):  # take() rather than [...]: the same gather, a third faster here
+            right = flat.take(base + feature.take(node)) > threshold.take(node)
+            node = child.take(2 * node + right)
+        return node
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """The raw score of each row of x (rows x features)."""
+        if not len(x) or not len(self.roots):
+            return np.zeros(len(x))
+        return self.value[self.leaves(x)].sum(axis=1)
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         """Each feature's share of each row's raw score, from the trees' paths (the change of the node output at
