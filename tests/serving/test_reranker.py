@@ -89,7 +89,7 @@ def test_features_at_serving_equal_training(model):
 
 def test_answers_follow_the_trees_and_explain_them(model):
     first = model.first_stage()
-    differs = 0
+    differs = checked = 0
     for start in range(0, 40, 3):
         basket = [model.items.codes[(start + k * 5) % len(model.items)] for k in range(2)]
         answer = model.recommend(basket, 10, Options(explain=True))
@@ -102,12 +102,18 @@ def test_answers_follow_the_trees_and_explain_them(model):
             if p.score > 0.5:  # re-ranked: explained in words, at most three features that moved it up
                 assert p.ranked_by and len(p.ranked_by) <= 3
                 assert all(r["contribution"] > 0 and r["text"] and r["feature"] in FEATURES for r in p.ranked_by)
+                for r in p.ranked_by:
+                    if r["text"].startswith("bought with "):  # the basket item bought with it most, truly counted
+                        together = {b["description"]: b["baskets"] for b in p.because.as_list()}
+                        assert any(r["text"] == f"bought with {d} in {n:,} baskets" for d, n in together.items())
+                        checked += 1
             if p.because:  # the item-item part's exact shares, as without a re-ranker
                 assert sum(r["share"] for r in p.because.as_list()) == pytest.approx(1.0, abs=1e-9)
         plain = [s.item.stock_code for s in model.recommend(basket, 10).items]
         assert plain == [p.item.stock_code for p in answer.items]
         differs += plain != [s.item.stock_code for s in first.recommend(basket, 10).items]
     assert differs  # the trees do re-order
+    assert checked
 
 
 def test_without_lightgbm_training_says_so_and_keeps_the_first_stage(tiny_csv, monkeypatch):

@@ -410,16 +410,14 @@ def _strongest_partner(model: object, basket: np.ndarray, row: int) -> tuple[int
     """The basket item bought with row in the most training baskets (by the table's counts), and how many."""
     if model.table_count is None:
         return None, 0
-    best, most = None, -1
-    for b in basket.tolist():
-        lo, hi = model.table_indptr[b], model.table_indptr[b + 1]
-        targets = model.table_target[lo:hi]
-        at = np.flatnonzero(targets == row)
-        if len(at):
-            c = int(model.table_count[lo + at[0]])
-            if c > most:
-                best, most = b, c
-    return best, max(most, 0)
+    positions = _ranges(model.table_indptr, basket)
+    hit = np.flatnonzero(model.table_target[positions] == row)
+    if not len(hit):
+        return None, 0
+    sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket])[hit]
+    counts = model.table_count[positions[hit]]
+    best = int(np.argmax(counts))  # the first of the largest: the lowest row among ties (basket is ascending)
+    return int(sources[best]), int(counts[best])
 
 
 def load(data: dict, popularity: Sequence[int], spec: dict | None) -> Reranker:
