@@ -38,6 +38,7 @@ from recommender.core.feed_and_rules import (
 )
 from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
+from recommender.serving.reranker import squash
 
 log = logging.getLogger("recommender")
 
@@ -101,6 +102,8 @@ class Pick(NamedTuple):
     boost: float | None  # the rules' factor when it is not 1
     row: int
     attributes: dict  # what the feed says of the item (and its price), when known
+    # With explain, for items the learned re-ranker ordered: the features that moved it up most, in words.
+    ranked_by: list[dict] | None = None
 
 
 class Policy:
@@ -385,6 +388,7 @@ class Scores:
         if len(model.items) <= DENSE_ITEMS:
             self.candidates, self.dense, self.positions = model.score_basket(basket)
             self.targets = model.table_target[self.positions]
+            self._rerank(model, basket)
             return
         self.dense = None
         starts = indptr[basket]
@@ -401,6 +405,15 @@ class Scores:
         )
         found = np.unique(model.near(basket).ravel())
         self.candidates = found[~_members(found, basket)]
+        self._rerank(model, basket)
+
+    def _rerank(self, model: Any, basket: np.ndarray) -> None:
+        """The re-ranker's final scores of the best candidates (the model's own, when it has one)."""
+        self.reranked = None
+        final_scores = getattr(model, "final_scores", None)
+        if final_scores is None or getattr(model, "reranker", None) is None:
+            return
+        _final, self.reranked = final_scores(basket, self.candidates, self(self.candidates), self.positions)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """The scores of rows."""
@@ -410,6 +423,20 @@ class Scores:
             return np.zeros(len(rows))
         at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
         return np.where(self.rows[at] == rows, self.sums[at], 0.0)
+
+    def final(self, rows: np.ndarray) -> np.ndarray:
+        """The ranking scores of rows: the re-ranker's for the candidates it re-ranked, the others' first-stage
+        scores below them (serving/reranker.squash); the first-stage scores when the model has no re-ranker."""
+        first = self(rows)
+        if self.reranked is None:
+            return first
+        out = squash(first)
+        done = self.reranked.rows
+        if len(done) and len(rows):
+            at = np.minimum(np.searchsorted(done, rows), len(done) - 1)
+            hit = done[at] == rows
+            out[hit] = self.reranked.scores[at[hit]]
+        return out
 
     def deeper(self, basket: np.ndarray) -> np.ndarray:
         """Every item a basket item has a table entry for, other than the candidates and the basket."""
@@ -441,12 +468,12 @@ def answer(
     if len(basket) and learned:
         scored = Scores(model, basket)
         candidates = scored.candidates
-        rows, scores = _best(candidates, scored(candidates), ok, policy, k, cap, taken)
+        rows, scores = _best(candidates, scored.final(candidates), ok, policy, k, cap, taken)
         if len(rows) < k:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
             # score (stable, so popularity still breaks ties) to keep the answer sorted.
             deeper = scored.deeper(basket)
-            more, more_scores = _best(deeper, scored(deeper), ok, policy, k - len(rows), cap, taken)
+            more, more_scores = _best(deeper, scored.final(deeper), ok, policy, k - len(rows), cap, taken)
             if len(more):
                 rows, scores = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
                 order = np.argsort(-scores, kind="stable")
@@ -496,13 +523,30 @@ def answer(
         else [None] * len(rows)
     )
     because = [reasons.get(row, NO_REASONS) for row in row_list] if options.explain else [None] * len(rows)
+    ranked_by = (
+        _ranked_by(model, scored, basket, rows)
+        if options.explain and scored is not None and scored.reranked is not None
+        else {}
+    )
     picks = [
-        Pick(items[row], score, SOURCES[src], conf, why, boost, row, shown(row))
+        Pick(items[row], score, SOURCES[src], conf, why, boost, row, shown(row), ranked_by.get(row))
         for row, score, src, conf, why, boost in zip(
             row_list, scores.tolist(), source.tolist(), confidence, because, boosts
         )
     ]
     return picks, len(picks) < n, warnings
+
+
+def _ranked_by(model: Any, scored: Scores, basket: np.ndarray, rows: np.ndarray) -> dict[int, list[dict]]:
+    """Per picked row the re-ranker ordered: the features that moved it up most (its trees' path contributions)."""
+    done = scored.reranked
+    if not len(done.rows) or not len(rows):
+        return {}
+    at = np.minimum(np.searchsorted(done.rows, rows), len(done.rows) - 1)
+    hit = done.rows[at] == rows
+    picked = rows[hit]
+    explained = model.reranker.explain(model, basket, done.features[at[hit]], picked)
+    return dict(zip(picked.tolist(), explained))
 
 
 def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: dict[int, int]) -> np.ndarray:
@@ -564,7 +608,7 @@ def _pin(
     first, so pins do not shift one another."""
     entries = list(zip(rows.tolist(), scores.tolist(), source.tolist()))
     pinned_rows = np.fromiter(pinned, dtype=np.int64, count=len(pinned))
-    pinned_scores = dict(zip(pinned_rows.tolist(), scored(pinned_rows).tolist()))
+    pinned_scores = dict(zip(pinned_rows.tolist(), scored.final(pinned_rows).tolist()))
     for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
         entries.insert(position - 1, (row, pinned_scores[row], 2))
     r, sc, so = zip(*entries)
@@ -633,11 +677,11 @@ def _confidence(
     # Without the model's scores (learned=False, pins included), every pick's confidence is a popular item's.
     popular = source == 1 if scored is not None else np.ones(len(rows), dtype=bool)
     if not popular.any():
-        return np.round(confidence(scored(rows), ranks), 4)
+        return np.round(confidence(scored.final(rows), ranks), 4)
     out = np.empty(len(rows))
     if not popular.all():
         model_rows = ~popular
-        out[model_rows] = confidence(scored(rows[model_rows]), ranks[model_rows])
+        out[model_rows] = confidence(scored.final(rows[model_rows]), ranks[model_rows])
     if popular.any():
         top = max(float(policy.popularity[policy.popular[0]]), 1.0)
         out[popular] = confidence(policy.popularity[rows[popular]] / top, ranks[popular], popular=True)

@@ -14,7 +14,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from recommender.core.errors import DataFileError, StorageError
-from recommender.training import budget, holdout
+from recommender.serving.model import open_model
+from recommender.serving.reranker import RERANK_FILE
+from recommender.training import budget, holdout, reranker
 from recommender.training.ingest import CleaningReport, Transactions, describe_report, load_transactions
 from recommender.training.recipe import Progress, TrainingParams, build_model, purchase_period, say, stage
 
@@ -76,19 +78,55 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
 
     def fill(folder: Path) -> Built:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
+        # The measured model's re-ranker learns from periods before the held-out baskets; the published model's,
+        # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
+        fitted = fit_reranker(train_tx, params, progress)
+        fitted_all = fitted
+        # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
+        if (
+            fitted is not None
+            and held is not None
+            and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
+        ):
+            fitted_all = fit_reranker(tx, params, lambda text: progress(f"published model: {text}"))
         done = build_and_measure(
-            lambda out, say: build_model(tx, params, out, say),
-            lambda out, near, say: build_model(train_tx, params, out, say, near),
+            lambda out, say: build_model(tx, params, out, say, rerank=fitted_all),
+            lambda out, near, say: build_model(train_tx, params, out, say, near, rerank=fitted),
             held,
             len(tx.basket_ids),
             params,
             folder,
             progress,
         )
+        if done.evaluation is not None and fitted is not None:
+            # the measured model's re-ranker: its periods end before the held-out baskets
+            done.evaluation["rerank_periods"] = fitted.spec["periods"]
         period = purchase_period((tx if done.learned_all else train_tx).basket_time)
-        return Built(done.model, tx.report, SINGLE_ENGINE, period, done.evaluation, done.extra)
+        return Built(done.model, tx.report, SINGLE_ENGINE, period, done.evaluation, with_rerank(folder, done.extra))
 
     return fill
+
+
+def fit_reranker(tx: Transactions, params: TrainingParams, progress: Progress) -> reranker.Fitted | None:
+    """The re-ranker trained on validation periods carved from the end of tx (the baskets before any held-out
+    ones), each with a first-stage model trained without them."""
+    if not params.rerank.enabled:
+        return None
+
+    def first_stage(train: Transactions, folder: Path) -> object:
+        info = build_model(train, params, folder, lambda _text: None, rerank=reranker.Fitted(None, {"trees": False}))
+        return open_model(lambda name: folder / name, "validation", {"model": info})
+
+    started = time.perf_counter()
+    fitted = reranker.fit(tx, first_stage, params.rerank, progress)
+    if fitted is not None:
+        progress(f"re-ranker: fitted on validation periods ({time.perf_counter() - started:.1f} s)")
+    return fitted
+
+
+def with_rerank(folder: Path, extra: tuple[str, ...]) -> tuple[str, ...]:
+    """The extra artifacts of a version, its re-ranker's file included when written."""
+    return (*extra, RERANK_FILE) if (folder / RERANK_FILE).exists() else extra
 
 
 @dataclass(frozen=True)
