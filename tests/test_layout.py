@@ -110,7 +110,7 @@ def test_the_harness_is_not_installed():
     """tools/ holds product tools only; the benchmark, soak, fuzz and fault-proxy harness is the repository's own
     bench/ package, which setuptools does not install and nothing installed or deployed imports."""
     tools = {p.name for p in (PACKAGE / "tools").iterdir() if p.name != "__pycache__"}
-    assert tools == {"__init__.py", "evaluation.py", "export.py", "synthetic"}
+    assert tools == {"__init__.py", "evaluation.py", "new_items_evaluation.py", "export.py", "synthetic"}
     assert (ROOT / "bench" / "__main__.py").is_file()
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     assert find["where"] == ["shared"]

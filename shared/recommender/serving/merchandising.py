@@ -34,11 +34,12 @@ from recommender.core.feed_and_rules import (
 )
 from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
+from recommender.serving import new_items
 
 log = logging.getLogger("recommender")
 
-MODEL, POPULAR, PINNED = "model", "popular", "pinned"
-SOURCES = (MODEL, POPULAR, PINNED)
+MODEL, POPULAR, PINNED, NEW = "model", "popular", "pinned", "new"
+SOURCES = (MODEL, POPULAR, PINNED, NEW)  # new: a product the model never saw, placed by its twins (new_items.py)
 # Up to this many items a basket's scores are one array over every item (as the plain path has them); beyond, kept
 # for the items reached only.
 DENSE_ITEMS = 65536
@@ -97,6 +98,7 @@ class Pick(NamedTuple):
     boost: float | None  # the rules' factor when it is not 1
     row: int
     attributes: dict  # what the feed says of the item (and its price), when known
+    like: Item | None = None  # a new product's nearest known twin (source new)
 
 
 class Policy:
@@ -110,9 +112,13 @@ class Policy:
         rules: dict | None,
         feed_version: str | None = None,
         rules_version: str | None = None,
+        placement: Any = None,
     ) -> None:
         n = len(items)
         self.items = items
+        # Rows from first_new on are new products placed from the feed (serving/new_items.py).
+        self.placement = placement
+        self.first_new = n - (len(placement) if placement is not None else 0)
         self.feed_version = feed_version
         self.rules_version = rules_version
         self.price = np.full(n, np.nan) if prices is None else np.asarray(prices, dtype=np.float64).copy()
@@ -392,6 +398,10 @@ class Scores:
             else np.empty(0)
         )
         found = np.unique(model.near(basket).ravel())
+        first_new = getattr(model, "first_new", len(model.items))
+        if first_new < len(model.items):  # new products: as in model.score_basket
+            reached = self.rows[(self.rows >= first_new) & (self.sums > 0)]
+            found = np.union1d(found, np.concatenate([reached, self.targets[self.sources >= first_new]]))
         self.candidates = found[~_members(found, basket)]
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -431,6 +441,8 @@ def answer(
     if len(basket):
         scored = Scores(model, basket)
         candidates = scored.candidates
+        if policy.first_new < len(policy.eligible):
+            candidates = new_items.capped(candidates, scored(candidates), ok(candidates), policy.first_new)
         rows, scores = _best(candidates, scored(candidates), ok, policy, k, cap, taken)
         if len(rows) < k:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
@@ -462,6 +474,8 @@ def answer(
         ok.take(extra)
         rows, scores = np.concatenate([rows, extra]), np.concatenate([scores, extra_scores])
         source = np.concatenate([source, np.ones(len(extra), dtype=np.int8)])
+    if policy.first_new < len(policy.eligible):
+        source[(rows >= policy.first_new) & (source == 0)] = 3
     if pinned:
         rows, scores, source = _pin(pinned, rows, scores, source, scored)
     rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
@@ -483,8 +497,19 @@ def answer(
         else [None] * len(rows)
     )
     because = [reasons.get(row, NO_REASONS) for row in row_list] if options.explain else [None] * len(rows)
+    placement, first_new = policy.placement, policy.first_new
     picks = [
-        Pick(items[row], score, SOURCES[src], conf, why, boost, row, shown(row))
+        Pick(
+            items[row],
+            score,
+            SOURCES[src],
+            conf,
+            why,
+            boost,
+            row,
+            shown(row),
+            items[int(placement.twins[row - first_new, 0])] if row >= first_new else None,
+        )
         for row, score, src, conf, why, boost in zip(
             row_list, scores.tolist(), source.tolist(), confidence, because, boosts
         )
@@ -709,6 +734,7 @@ class Merchandiser:
         self.loaded: dict[str, tuple[str | None, dict | None]] = {"feed": (None, None), "rules": (None, None)}
         self.errors: dict[str, str | None] = {"feed": None, "rules": None}
         self._feed_model: str | None = None  # the model whose items the loaded feed was kept for
+        self._placed: tuple[tuple | None, Any] = (None, None)  # (model, feed) versions -> model with new products
 
     def _follow(self, kind: registry.Kind, load: Any, again: bool = False) -> tuple[str | None, dict | None]:
         pointer = registry.active(self.storage, kind)
@@ -726,21 +752,34 @@ class Merchandiser:
 
     def _load_feed(self, plain: Any) -> Any:
         def load(storage: Storage, version: str) -> dict:
-            # Only the items the model knows are kept: a feed listing a million codes the model never recommends
-            # costs this process nothing once read.
-            feed = load_feed(storage, version, plain.items.index)
-            if feed["dropped"]:
-                log.info(
-                    "feed version %s: %d item(s) unknown to model %s not kept (%d kept)",
-                    version,
-                    feed["dropped"],
-                    plain.version,
-                    len(feed["items"]),
-                )
+            # Every item is read: the ones the model does not know are new products, placed by their twins
+            # (new_items.placed), and those it cannot place are dropped: a feed listing a million codes the
+            # model never recommends costs this process nothing once placed.
+            feed = load_feed(storage, version)
             self._feed_model = plain.version
             return feed
 
         return load
+
+    def _with_new_items(self, plain: Any, feed_version: str | None, feed: dict | None) -> Any:
+        """plain with the feed's new products placed (remembered per model and feed version), or plain."""
+        key = (plain.version, feed_version)
+        if self._placed[0] != key:
+            base = plain
+            if feed is not None:
+                before = len(feed["items"])
+                base = new_items.placed(plain, feed["items"])
+                dropped = before - len(feed["items"])
+                if dropped:
+                    log.info(
+                        "feed version %s: %d item(s) unknown to model %s not kept (%d kept)",
+                        feed_version,
+                        dropped,
+                        plain.version,
+                        len(feed["items"]),
+                    )
+            self._placed = (key, base)
+        return self._placed[1]
 
     def view(self, plain: Any, current: Any) -> Any:
         """The model to serve: current when nothing changed, else plain under the active feed and rules (built
@@ -758,4 +797,7 @@ class Merchandiser:
             return current
         if feed is None and rules is None:
             return plain
-        return plain.with_policy(Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version))
+        base = self._with_new_items(plain, feed_version, feed)
+        return base.with_policy(
+            Policy(base.items, base.item_price, feed, rules, feed_version, rules_version, base.placement)
+        )

@@ -20,6 +20,7 @@ from annoy import AnnoyIndex
 from recommender.core import registry
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.items import ITEMS_FILE, Item, Items
+from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
 from recommender.core.storage import Storage
 from recommender.serving import merchandising
 from recommender.serving.confidence import Confidence
@@ -90,6 +91,10 @@ class Model:
         self.table_weight = table_weight
         self.table_count = table_count  # training baskets holding both items of each entry (reasons)
         self.item_price = item_price  # most recent unit price in the training file (the feed's default)
+        # Rows from first_new on are products the model never saw, placed from the feed (serving/new_items.py).
+        self.first_new = len(items)
+        self.placement = None
+        self.resemblance: Callable[[], TextIndex] | None = None  # the items' description vectors, read when needed
         # The feed and rules this view of the model answers with (with_policy); the plain model has none.
         self.policy: Policy | None = None
         self._plain_policy: Policy | None = None
@@ -149,7 +154,7 @@ class Model:
             picks, exhausted, warnings = merchandising.answer(
                 self, np.asarray(sorted(known), dtype=np.int64), n, options, policy
             )
-            fallback = bool(picks) and all(p.source != merchandising.MODEL for p in picks)
+            fallback = bool(picks) and all(p.source not in (merchandising.MODEL, merchandising.NEW) for p in picks)
             return Recommendation(
                 picks,
                 unknown,
@@ -222,6 +227,17 @@ class Model:
         """The candidates for a basket (rows, ascending), every item's score (the sum of the table weights from
         the basket's items), and the table entries read (positions in table_target/weight/count)."""
         found = self.near(basket).ravel()
+        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
+        lengths = stops - starts
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        scores = np.bincount(
+            self.table_target[positions], weights=self.table_weight[positions], minlength=len(self.items)
+        )
+        if self.first_new < len(self.items):
+            # New products are in no Annoy neighbourhood: they are candidates where their twins' entries reach,
+            # and in a basket, their candidates are their twins' complements (their own table entries).
+            from_new = self.table_target[positions[np.repeat(basket >= self.first_new, lengths)]]
+            found = np.concatenate([found, from_new, self.first_new + np.flatnonzero(scores[self.first_new :] > 0)])
         # A mask over every item is cheaper than sorting unless the items dwarf the neighbourhoods.
         if len(self.items) > 65536 and len(found) * 16 < len(self.items):
             candidates = np.unique(found)
@@ -233,12 +249,6 @@ class Model:
             mark[found] = True
             mark[basket] = False
             candidates = np.flatnonzero(mark)
-        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
-        lengths = stops - starts
-        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-        scores = np.bincount(
-            self.table_target[positions], weights=self.table_weight[positions], minlength=len(self.items)
-        )
         return candidates, scores, positions
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +298,7 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         )
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(
+    model = Model(
         version,
         manifest,
         items,
@@ -299,6 +309,18 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         table_count=count,
         item_price=price,
     )
+    # Its arrays are made only when a feed lists products the model never saw; versions trained before it have
+    # them built from the items' descriptions then.
+    stored = None
+    if RESEMBLANCE_FILE in manifest.get("artifacts", ()) or (
+        "artifacts" not in manifest and Path(path(RESEMBLANCE_FILE)).exists()
+    ):
+        try:
+            stored = Path(path(RESEMBLANCE_FILE)).read_bytes()
+        except OSError as err:
+            raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
+    model.resemblance = lambda: TextIndex.from_bytes(stored) if stored else TextIndex.build(items.descriptions)
+    return model
 
 
 class ModelHolder:

@@ -165,6 +165,13 @@ class Reason(Out):
     baskets: int
 
 
+class LikeOut(Out):
+    """The known item a new product (source new) resembles most, whose sales it is recommended by."""
+
+    stock_code: str
+    description: str
+
+
 class ItemOut(Out):
     """One recommended item, with the product feed's attributes when known and, with explain, its reasons."""
 
@@ -172,8 +179,11 @@ class ItemOut(Out):
     description: str
     score: float
     confidence: float | None = None
-    source: Literal["model", "popular", "pinned"] | None = None
+    source: Literal["model", "popular", "pinned", "new"] | None = None
     because: list[Reason] | None = None
+    # source new: a product the model never saw, recommended by the known item it resembles most.
+    like: LikeOut | None = None
+    reason: str | None = None
     boost: float | None = None
     # The feed's attributes, when known: core.feed_and_rules.SHOWN, in its order (what Policy.shown lets through).
     price: float | None = None
@@ -204,7 +214,22 @@ def item_json(pick: Any, explain: bool) -> dict:
             out["because"] = pick.because.as_list()
         if pick.boost is not None:
             out["boost"] = pick.boost
+    if pick.like is not None:
+        out["like"] = {"stock_code": pick.like.stock_code, "description": pick.like.description}
+        out["reason"] = new_reason(pick)
     return out
+
+
+def new_reason(pick: Pick) -> str:
+    """A new product's reason in words: the twin it is recommended by, and what that twin is bought with."""
+    text = f"new, like {pick.like.description}"
+    sources = pick.because.sources if pick.because is not None and len(pick.because) else ()
+    if len(sources) and pick.source != "popular":
+        first = next(iter(pick.because))
+        if first["stock_code"] == pick.like.stock_code:
+            return text + ", which is in the basket"
+        text += f", which is bought with {first['description']}"
+    return text
 
 
 class LegacyResult(Out):

@@ -486,4 +486,7 @@ def run(
     (folder / "table.md").write_text(table(report) + "\n")
     plot(report, folder / "hr_at_k.png")
     plot_reliability(report, folder / "reliability.png")
+    from recommender.tools import new_items_evaluation  # products the model never saw, placed from a feed
+
+    new_items_evaluation.section(tx, test.train, test.cutoff, params, seed, folder, progress)
     return report, folder

@@ -33,6 +33,7 @@ COLUMNS = {
     "category": ("category", "producttype"),
     "brand": ("brand",),
     "title": ("title",),
+    "description": ("description",),  # with the title, what places a product the model never saw
     "image_link": ("imagelink",),
     "link": ("link",),
 }
@@ -237,7 +238,7 @@ def read_feed(path: str | Path, limits: FeedLimits | None = None) -> FeedFile:
                 if price[1]:
                     attributes["currency"] = price[1]
                     currencies[price[1]] += 1
-            for name in ("category", "brand", "title", "image_link", "link"):
+            for name in ("category", "brand", "title", "description", "image_link", "link"):
                 if cell(name):
                     attributes[name] = cell(name)
         except ValueError as err:
