@@ -441,9 +441,13 @@ def answer(
     if len(basket):
         scored = Scores(model, basket)
         candidates = scored.candidates
-        if policy.first_new < len(policy.eligible):
-            candidates = new_items.capped(candidates, scored(candidates), ok(candidates), policy.first_new)
+        new = policy.first_new < len(policy.eligible)
+        if new and cap is not None:  # _best counts the categories it picks: cap the new products first
+            candidates = new_items.capped(candidates, scored, ok, policy.first_new)
         rows, scores = _best(candidates, scored(candidates), ok, policy, k, cap, taken)
+        if new and cap is None and np.count_nonzero(rows >= policy.first_new) > new_items.NEW_PER_ANSWER:
+            candidates = new_items.capped(candidates, scored, ok, policy.first_new)  # rarely: after the fact
+            rows, scores = _best(candidates, scored(candidates), ok, policy, k, cap, taken)
         if len(rows) < k:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
             # score (stable, so popularity still breaks ties) to keep the answer sorted.

@@ -235,9 +235,11 @@ class Model:
         )
         if self.first_new < len(self.items):
             # New products are in no Annoy neighbourhood: they are candidates where their twins' entries reach,
-            # and in a basket, their candidates are their twins' complements (their own table entries).
-            from_new = self.table_target[positions[np.repeat(basket >= self.first_new, lengths)]]
-            found = np.concatenate([found, from_new, self.first_new + np.flatnonzero(scores[self.first_new :] > 0)])
+            # and in a basket (numbered last: the basket's last rows), their candidates are their own entries.
+            found = [found, self.first_new + np.flatnonzero(scores[self.first_new :] > 0)]
+            if len(basket) and basket.max() >= self.first_new:
+                found.append(self.table_target[positions[np.repeat(basket >= self.first_new, lengths)]])
+            found = np.concatenate(found)
         # A mask over every item is cheaper than sorting unless the items dwarf the neighbourhoods.
         if len(self.items) > 65536 and len(found) * 16 < len(self.items):
             candidates = np.unique(found)

@@ -153,15 +153,26 @@ def place(
     )
 
 
-def capped(candidates: np.ndarray, scores: np.ndarray, eligible: np.ndarray, first_new: int) -> np.ndarray:
-    """The candidates (ascending) without the new products beyond the NEW_PER_ANSWER best scored eligible ones."""
-    new = np.flatnonzero(candidates >= first_new)
-    if len(new) <= NEW_PER_ANSWER:
+def capped(candidates: np.ndarray, scored, ok, first_new: int) -> np.ndarray:
+    """The candidates (ascending) without the new products beyond the NEW_PER_ANSWER best scored eligible ones
+    (scored and ok give the scores and the eligibility of rows); free when there are no more than that."""
+    start = int(np.searchsorted(candidates, first_new))  # new products are numbered last
+    if len(candidates) - start <= NEW_PER_ANSWER:
         return candidates
-    ranked = new[np.lexsort((new, -np.where(eligible[new], scores[new], -np.inf)))]
-    keep = np.ones(len(candidates), dtype=bool)
-    keep[ranked[NEW_PER_ANSWER:]] = False
-    return candidates[keep]
+    new = candidates[start:]
+    scores = scored(new)
+    scores[~ok(new)] = -np.inf
+    best = np.sort(np.argsort(-scores, kind="stable")[:NEW_PER_ANSWER])  # ties: the first row
+    return np.concatenate([candidates[:start], new[best]])
+
+
+def _strongest(group: np.ndarray, weight: np.ndarray, k: int) -> np.ndarray:
+    """Which entries are among the k largest weights of their group (by group, then weight, then position)."""
+    order = np.lexsort((np.arange(len(group)), -weight, group))
+    first = np.searchsorted(group[order], group[order])
+    keep = np.zeros(len(group), dtype=bool)
+    keep[order[np.arange(len(group)) - first < k]] = True
+    return keep
 
 
 def _ranges(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +201,7 @@ def extend(model, placement: Placement, discount: float | None = None, self_weig
     self_weight = SELF_WEIGHT if self_weight is None else self_weight
     n, m = len(model.items), len(placement)
     width = n + m
+    per_item = int(model.manifest.get("model", {}).get("neighbors") or 100)  # the table's neighbours per item
     indptr, target, weight = model.table_indptr, model.table_target, model.table_weight.astype(np.float64)
     count = model.table_count if model.table_count is not None else np.full(len(target), -1, dtype=np.int64)
     valid = placement.twins >= 0
@@ -234,7 +246,11 @@ def extend(model, placement: Placement, discount: float | None = None, self_weig
         rev_count.append(np.zeros(len(twin), dtype=np.int64))
     rev = _merge(*(np.concatenate(parts) for parts in (rev_source, rev_target, rev_weight, rev_count)), width)
     # A pairing the regression weighs down is not carried over to a product never sold; nor is one with itself.
+    # Each new product keeps as many entries each way as a known item has (the strongest): a feed of many new
+    # products grows the table, and what a basket reads, no more than as many known items would.
     keep = (rev[2] > 0) & (rev[0] != rev[1])
+    keep &= _strongest(np.where(keep, rev[1], -1), np.where(keep, rev[2], -np.inf), per_item)
+    fwd = tuple(part[_strongest(fwd[0], np.abs(fwd[2]), per_item)] for part in fwd)
     source = np.concatenate([old_source, rev[0][keep], fwd[0]])
     order = np.argsort(source, kind="stable")  # known entries first within each row: their sums keep their order
     view = copy.copy(model)

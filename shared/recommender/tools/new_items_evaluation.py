@@ -59,6 +59,10 @@ class NewItemsReport:
         return asdict(self)
 
 
+def _mean(hits: np.ndarray) -> float:
+    return float(hits.mean()) if len(hits) else 0.0
+
+
 def _hits(model, queries: list[list[str]], hidden: list[str], options: Options | None) -> np.ndarray:
     out = np.zeros(len(hidden), dtype=bool)
     for c, (query, target) in enumerate(zip(queries, hidden)):
@@ -125,7 +129,7 @@ def on_file(
         placed = len(served.items) - len(plain.items)
         progress(
             f"new products: {len(new_codes):,} first sold in the test period, {placed:,} placed by their twins; "
-            f"{np.mean([bool(new_set.intersection(b)) for b in baskets]):.1%} of test baskets hold one"
+            f"{_mean(np.asarray([bool(new_set.intersection(b)) for b in baskets])):.1%} of test baskets hold one"
         )
         groups = []
         involving, hidden_new = np.asarray(involving), np.asarray(hidden_new)
@@ -138,15 +142,15 @@ def on_file(
         today = _hits(plain, queries, hidden, None)
         placed_hits = _hits(served, queries, hidden, Options())
         for name, mask in selections.items():
-            groups.append(Group(name, int(mask.sum()), float(today[mask].mean()), float(placed_hits[mask].mean())))
-    warm = float(today[~involving].mean())
+            groups.append(Group(name, int(mask.sum()), _mean(today[mask]), _mean(placed_hits[mask])))
+    warm = _mean(today[~involving])
     report = NewItemsReport(
         new_products=len(new_codes),
         placed=placed,
-        test_baskets_with_new=float(np.mean([bool(new_set.intersection(b)) for b in baskets])),
+        test_baskets_with_new=_mean(np.asarray([bool(new_set.intersection(b)) for b in baskets])),
         groups=groups,
         warm_hr=warm,
-        ratio=float(placed_hits[involving].mean()) / warm if warm else 0.0,
+        ratio=_mean(placed_hits[involving]) / warm if warm else 0.0,
     )
     for g in groups:
         progress(f"  {g.name}: {g.cases:,} cases, HR@10 today {g.hr_today:.4f}, with new products {g.hr_new:.4f}")
