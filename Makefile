@@ -17,9 +17,10 @@ LIGHT_STAMP := $(VENV)/.installed-light
 LIGHT = $(if $(wildcard $(STAMP)),$(STAMP),$(LIGHT_STAMP))
 CLI := $(BIN)/python -m recommender
 DAYS ?= 30
-# FORCE=1 (or yes/true) activates a model even when it is clearly worse than the active one.
+# FORCE=1 (or yes/true) activates a model even when the comparison with the active one refuses it.
 FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
-# HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model.
+# HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model (which it
+# then replaces only with FORCE=1).
 HOLDOUT_FLAG = $(if $(filter 0 no false,$(HOLDOUT)),--no-holdout)
 # Training engine: single (this machine, the default) or spark (SPARK_MASTER, default local[*]; README "Training at scale").
 ENGINE ?= single
@@ -28,14 +29,14 @@ export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_FEED PATH_TO_CATALOG PATH_TO_RULES CODE OUT \
-	BASKETS
+	BASKETS VERSION NAME SCOPES ORIGINS RATE
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
-.PHONY: help devel test lint train train_parallel load_after_parallel_train rollback versions add_user passwd del_user \
-	list_users run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
+.PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user passwd del_user \
+	list_users new_secret run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
-	browser-deps bench-merch bench-logins bench-search bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
-	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback
+	browser-deps bench-merch bench-logins bench-search bench-widget bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
+	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key
 
 help: ## list every target, by what you want to do
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -60,13 +61,13 @@ $(LIGHT_STAMP): pyproject.toml
 ##@ Using it: try it, train, serve, merchandise
 
 # On a fresh clone the console's address comes before the install's output too.
-demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart: the web console's address, then train on synthetic data, create a demo user, serve
+demo: $(if $(wildcard $(LIGHT)),,demo-address) $(LIGHT) ## quickstart, in its own store (data/demo): train on synthetic data, serve the web console and a demo shop (PORT + 1)
 	@$(CLI) demo
 
 demo-address:
 	@echo "Web console: http://$${HOST:-127.0.0.1}:$${PORT:-8090}/  (installing first: about a minute)"
 
-train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://...) and activate it (FORCE=1: even when worse; ENGINE=spark)
+train: $(LIGHT) ## train on PATH_TO_DATA (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://..., events:, file,events:) and activate it if no worse than the active one (FORCE=1: even if refused; ENGINE=spark)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --engine "$(ENGINE)" "$$PATH_TO_DATA" $(FORCE_FLAG) $(HOLDOUT_FLAG)
 
@@ -74,7 +75,7 @@ train_parallel: $(LIGHT) ## train on PATH_TO_DATA into the staged slot; the serv
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make train_parallel PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) train --stage --engine "$(ENGINE)" "$$PATH_TO_DATA" $(HOLDOUT_FLAG)
 
-load_after_parallel_train: $(LIGHT) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even when worse)
+load_after_parallel_train: $(LIGHT) ## verify the staged model, compare it with the active one, activate it (FORCE=1: even if refused)
 	$(CLI) promote $(FORCE_FLAG)
 
 run: $(LIGHT) ## serve the API in the foreground on HOST:PORT (default 127.0.0.1:8090)
@@ -105,6 +106,12 @@ evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=3
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
 	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)"
 
+events_compact: $(LIGHT) ## compact the recorded events (POST /events) into Parquet by day under events/parquet/, duplicates dropped
+	@$(CLI) events-compact
+
+events_report: $(LIGHT) ## compact, then per day and model version: views, clicks, CTR, add-to-carts, purchases, attributed revenue [SINCE=YYYY-MM-DD]
+	@$(CLI) events-report $${SINCE:+--since "$$SINCE"}
+
 generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"
 
@@ -114,7 +121,7 @@ catalog: feed
 catalog_show: feed_show
 catalog_rollback: feed_rollback
 
-##@ Operating it: users, versions, the background server, AWS
+##@ Operating it: users, API keys, versions, the background server, AWS
 
 add_user: $(LIGHT) ## add an API user: USER_NAME= PASSWORD= FULL_NAME= EMAIL= (no PASSWORD: prompt)
 	@test -n "$$USER_NAME" || { echo "error: give the user name: make add_user USER_NAME=... PASSWORD=..." >&2; exit 2; }
@@ -131,6 +138,20 @@ del_user: $(LIGHT) ## delete an API user: USER_NAME=
 list_users: $(LIGHT) ## list API users
 	@$(CLI) list-users
 
+add_key: $(LIGHT) ## add an API key, printed once: NAME= [SCOPES=recommend,events] [ORIGINS=https://shop.example.com] [RATE=50]
+	@test -n "$$NAME" || { echo "error: give the key's name: make add_key NAME=shop-web SCOPES=recommend ORIGINS=https://..." >&2; exit 2; }
+	@$(CLI) add-key "$$NAME" --scopes "$${SCOPES:-recommend}" --origins "$$ORIGINS" $${RATE:+--rate "$$RATE"}
+
+keys: $(LIGHT) ## list API keys: name, scopes, origins, rate, created, last used (never the key)
+	@$(CLI) keys
+
+revoke_key: $(LIGHT) ## revoke an API key: NAME= (serving refuses it within MODEL_POLL_SECONDS)
+	@test -n "$$NAME" || { echo "error: give the key's name: make revoke_key NAME=..." >&2; exit 2; }
+	@$(CLI) revoke-key "$$NAME"
+
+new_secret: $(LIGHT) ## make the token signing secret a storage lacks (REPLACE=1: replace it; earlier tokens stop working)
+	@$(CLI) new-secret $(if $(REPLACE),--replace)
+
 run-prod: $(LIGHT) ## serve the API in the background (pid file and log under data/run/)
 	@$(CLI) start
 
@@ -140,8 +161,12 @@ kill: $(LIGHT) ## stop the background server started by run-prod
 status: $(LIGHT) ## say whether the background server runs and which model it serves
 	@$(CLI) status
 
-versions: $(LIGHT) ## list model versions (active and staged marked)
+versions: $(LIGHT) ## list model versions: active/staged, training file, its dates, rows, products, held-out HR@10, engine
 	$(CLI) versions
+
+activate: $(LIGHT) ## activate model version VERSION= (or a unique beginning of it) if it passes the comparison with the active one (FORCE=1: even if not)
+	@test -n "$$VERSION" || { echo "error: give the version: make activate VERSION=... (make versions lists them)" >&2; exit 2; }
+	$(CLI) activate "$$VERSION" $(FORCE_FLAG)
 
 rollback: $(LIGHT) ## re-activate the model that was active before the current one
 	$(CLI) rollback
@@ -236,11 +261,14 @@ bench-scale: $(STAMP) ## benchmark 10M rows / 100k products: training, index siz
 bench-merch: $(STAMP) ## benchmark merchandising: recommend with feed, 1,000 rules, filters, explain vs plain; make export throughput
 	$(BENCH) merch $(BENCH_FLAGS)
 
-bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords to /token
+bench-logins: $(STAMP) bench-deps ## benchmark /send_data latency while 20 clients send wrong passwords, and logins under a 20-address flood
 	$(BENCH) logins $(BENCH_FLAGS)
 
 bench-search: $(STAMP) ## benchmark item search (GET /items) over 100k items
 	$(BENCH) search $(BENCH_FLAGS)
+
+bench-widget: $(STAMP) browser-deps ## benchmark the shop widget's first paint of recommendations on the demo shop (headless Chromium)
+	$(BENCH) widget $(BENCH_FLAGS)
 
 bench-events: $(STAMP) ## benchmark POST /events in batches of 50 to the local store: events/s and p99
 	$(BENCH) events $(BENCH_FLAGS)

@@ -111,8 +111,9 @@ BENCHMARKS = {
     "cold": "the cold start of the recommend Lambda handler, with the slowest imports",
     "scale": "10M rows / 100k products: training, index size, latency, HR@10, growth",
     "merch": "merchandising: feed, 1,000 rules, filters, explain vs plain; export throughput",
-    "logins": "/send_data latency while 20 clients send wrong passwords to /token",
+    "logins": "/send_data latency while 20 clients send wrong passwords; logins under a 20-address flood",
     "search": "catalog search (GET /items) on a 100k-item catalog",
+    "widget": "the shop widget's first paint of recommendations on the demo shop, in headless Chromium",
     "events": "POST /events in batches of 50 to the local store: events/s and p99",
 }
 

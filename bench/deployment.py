@@ -78,6 +78,7 @@ class Deployment:
     token: str
     baskets: list[list[str]]
     version: str
+    key: str = ""  # a server API key (scope recommend, no practical rate limit), for the key variant of serve
 
 
 @contextmanager
@@ -87,6 +88,7 @@ def retail_deployment(csv: Path, workdir: Path, basket_count: int = 2000) -> Ite
 
     from recommender.core.settings import settings_from_env
     from recommender.core.storage import LocalStorage
+    from recommender.serving.keys import MAX_RATE, add_key
     from recommender.serving.tokens import issue_token, load_secret
     from recommender.serving.users import add_user
     from recommender.training.ingest import load_transactions
@@ -108,5 +110,6 @@ def retail_deployment(csv: Path, workdir: Path, basket_count: int = 2000) -> Ite
     )
     secret = load_secret(settings, storage)
     token = issue_token("bench", secret, settings.jwt_algorithm, minutes=240, stamp=user.stamp)
+    _record, key = add_key(storage, "bench", "recommend", rate=MAX_RATE)
     baskets = sample_baskets(load_transactions(csv), basket_count)
-    yield Deployment(folder, settings, token, baskets, result.version)
+    yield Deployment(folder, settings, token, baskets, result.version, key)

@@ -16,6 +16,7 @@ import numpy as np
 
 from bench.common import environment, median, percentile, say
 from bench.deployment import Deployment
+from bench.login_flood import FLOOD_ADDRESSES, FLOOD_RATE, LEGIT_INTERVAL, WITHIN, FloodResult, add_shopper, run_flood
 from bench.options import Options
 from bench.report import PartResult, Row, target_row
 from bench.serve import WRK_SCRIPT, ensure_wrk, run_wrk
@@ -93,6 +94,7 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
     }
     runs: list[dict] = []
     try:
+        flood = flood_scenario(options, dep, work)
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
         bodies = work / "bodies.jsonl"
@@ -140,9 +142,9 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
             "errors": int(sum(r["errors"] for r in picked)),
         }
 
-    quiet, polite, flood = summary("none"), summary("polite"), summary("flood")
+    quiet, polite, flooded = summary("none"), summary("polite"), summary("flood")
     ratio = polite["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] else float("nan")
-    flood_ratio = flood["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] else float("nan")
+    flood_ratio = flooded["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] else float("nan")
     rows = [
         Row(
             "logins",
@@ -164,15 +166,16 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
             "p99 under a flood (Retry-After ignored) / quiet p99",
             flood_ratio,
             "x",
-            note=f"p99 {flood['p99_ms']:.2f} ms, {flood['rps']:,.0f} requests/s",
+            note=f"p99 {flooded['p99_ms']:.2f} ms, {flooded['rps']:,.0f} requests/s",
         ),
         target_row(
             "logins",
             "/send_data errors (socket + non-2xx)",
             "logins_errors",
-            quiet["errors"] + polite["errors"] + flood["errors"],
+            quiet["errors"] + polite["errors"] + flooded["errors"],
             "",
         ),
+        flood_row(flood),
     ]
     md = [
         "## logins details",
@@ -194,11 +197,13 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
             f"| {r['round']} | {r['burst']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['errors']} | {answers} | {logins.get('p99_ms', float('nan')):.0f} |"
         )
+    md += ["", *flood_markdown(flood)]
     details = {
         "runs": runs,
         "quiet": quiet,
         "polite": polite,
-        "flood": flood,
+        "flood": flooded,
+        "wrong_password_flood": flood.summary(),
         "ratio": ratio,
         "flood_ratio": flood_ratio,
         "send_connections": SEND_CONNECTIONS,
@@ -206,3 +211,66 @@ def bench_logins(options: Options, dep: Deployment) -> PartResult:
         "seconds": seconds,
     }
     return PartResult("logins", rows, details, "", 0, [], [], options.quick, "\n".join(md))
+
+
+def flood_scenario(options: Options, dep: Deployment, work: Path) -> FloodResult:
+    """The wrong-password flood, on its own server with every login setting at its default (the throttle on)."""
+    from dataclasses import replace
+
+    from recommender.core.storage import LocalStorage
+    from recommender.local.server import start, stop
+
+    password = add_shopper(LocalStorage(dep.folder))
+    settings = replace(dep.settings, run_dir=str(work / "run-flood"))
+    defaults = {name: None for name in ("LOGIN_FAILURES_PER_USER", "LOGIN_FAILURES_PER_ADDRESS", "LOGIN_WORKERS")}
+    with environment(BCRYPT_ROUNDS="12", RUN_DIR=settings.run_dir, LOGIN_QUEUE=None, **defaults):
+        info = start(settings, options.template)
+    count = options.logins_flood_logins
+    say(
+        f"wrong-password flood: {len(FLOOD_ADDRESSES)} addresses at {FLOOD_RATE:g} requests/s, "
+        f"{count} legitimate logins from another address every {LEGIT_INTERVAL:g} s"
+    )
+    try:
+        result = run_flood(info.host, info.port, password, count)
+    finally:
+        stop(settings)
+    figures = result.summary()
+    say(
+        f"  {result.succeeded_in_time} of {count} legitimate logins got a token within {WITHIN:g} s "
+        f"(median {figures['legit_seconds_median']:.2f} s, slowest {figures['legit_seconds_max']:.2f} s); "
+        f"flood: {figures['flood_per_second']:.0f} requests/s, answers {figures['flood_answers']}"
+    )
+    return result
+
+
+def flood_row(flood: FloodResult) -> Row:
+    """The table row of the flood: the share of legitimate logins that succeeded within 2 s."""
+    figures = flood.summary()
+    share = 100.0 * flood.succeeded_in_time / len(flood.logins) if flood.logins else float("nan")
+    return target_row(
+        "logins",
+        f"legitimate logins with a token within {WITHIN:g} s under a {len(FLOOD_ADDRESSES)}-address flood",
+        "logins_flood_ok_percent",
+        share,
+        "%",
+        note=f"{flood.succeeded_in_time} of {len(flood.logins)}; slowest {figures['legit_seconds_max']:.2f} s; "
+        f"flood {figures['flood_per_second']:.0f} requests/s",
+    )
+
+
+def flood_markdown(flood: FloodResult) -> list[str]:
+    """The flood's paragraph and table of the details."""
+    figures = flood.summary()
+    lines = [
+        f"Wrong-password flood: its own server (BCRYPT_ROUNDS=12, every LOGIN_* setting at its default, the "
+        f"throttle on); {len(FLOOD_ADDRESSES)} client addresses (127.0.0.10-29) send wrong passwords to /token, "
+        f"a new user name each time, {FLOOD_RATE:g} requests/s in all, ignoring Retry-After, while a legitimate "
+        f"client from 127.0.0.200 logs in every {LEGIT_INTERVAL:g} s on a new connection.",
+        "",
+        "| legitimate login | status | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {i + 1} | {status} | {seconds:.2f} |" for i, (status, seconds) in enumerate(flood.logins)]
+    answers = ", ".join(f"{k}: {v:,}" for k, v in sorted(figures["flood_answers"].items()))
+    lines += ["", f"Flood: {figures['flood_per_second']:.1f} requests/s; answers {answers}."]
+    return lines

@@ -74,8 +74,10 @@ class Options:
     scale: ScalePlan = field(default_factory=lambda: ScalePlan(1_000_000, 100_000, 80_000))
     merch_scale_rows: float = 1.0  # share of the scale preset's invoices the merch part's 100k-item model learns from
     logins_seconds: float = 15.0  # each /send_data run of the logins part (quiet, polite burst, flood)
+    logins_flood_logins: int = 18  # legitimate logins during the wrong-password flood, one every 2.5 s
     search_products: int = 100_000
     search_repeats: int = 3
+    widget_loads: int = 30  # demo shop product pages opened in a new browser context each
     events_seconds: float = 10.0  # the measured POST /events run (after warmup_seconds)
     events_clients: int = 4
     events_rate: float = 2000.0  # events/s of the paced run, whose p99 is held to the target
@@ -107,8 +109,10 @@ class Options:
             scale=ScalePlan(20_000, 5_000, 4_000, max_cases=2_000, latency_baskets=500),
             merch_scale_rows=1.0,
             logins_seconds=3.0,
+            logins_flood_logins=4,
             search_products=10_000,
             search_repeats=1,
+            widget_loads=3,
             events_seconds=3.0,
             out_dir=ROOT / "bench" / "results" / "quick",
             quick=True,

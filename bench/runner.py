@@ -26,6 +26,7 @@ from bench.scale import bench_scale
 from bench.search import bench_search
 from bench.serve import bench_serve
 from bench.train import bench_train
+from bench.widget import bench_widget
 from recommender.core.errors import ConfigError
 
 
@@ -62,6 +63,8 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
                 result = bench_logins(options, deployment)
             elif part == "search":
                 result = bench_search(options)
+            elif part == "widget":
+                result = bench_widget(options)
             elif part == "events":
                 result = bench_events(options)
             else:

@@ -28,13 +28,19 @@ from recommender.core.errors import ConfigError
 # ---------------------------------------------------------------------------------------------------------
 WRK_SCRIPT = (
     r"""-- POST /send_data for wrk (written by bench): request bodies from the file named after
--- "--", one JSON object a line, used in turn; the token from BENCH_TOKEN. Counts every non-2xx answer.
+-- "--", one JSON object a line, used in turn; the token from BENCH_TOKEN (an API key when it starts with rk_, sent
+-- in X-API-Key). Counts every non-2xx answer.
 """
     + WRK_COMMON
     + r"""
 function init(args)
-  local headers = {["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN"),
-                   ["Content-Type"] = "application/json"}
+  local credential = os.getenv("BENCH_TOKEN")
+  local headers = {["Content-Type"] = "application/json"}
+  if credential:sub(1, 3) == "rk_" then
+    headers["X-API-Key"] = credential
+  else
+    headers["Authorization"] = "Bearer " .. credential
+  end
   for line in io.lines(args[1]) do
     table.insert(prepared, wrk.format("POST", "/send_data", headers, line))
   end
@@ -53,9 +59,14 @@ end
 )
 
 
+def auth_header(credential: str) -> tuple[str, str]:
+    """The header a credential travels in: X-API-Key for an API key (rk_...), else a bearer token."""
+    return ("X-API-Key", credential) if credential.startswith("rk_") else ("Authorization", f"Bearer {credential}")
+
+
 def _post(url: str, token: str, body: bytes) -> tuple[int, bytes]:
     request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        url, data=body, method="POST", headers=dict([auth_header(token), ("Content-Type", "application/json")])
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -164,6 +175,7 @@ def run_wrk(
 
 async def _asgi_post(app: Any, path: str, body: bytes, token: str) -> int:
     """One POST through an ASGI app in this process (no sockets); the response status."""
+    header, credential = auth_header(token)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -178,7 +190,7 @@ async def _asgi_post(app: Any, path: str, body: bytes, token: str) -> int:
         "server": ("127.0.0.1", 80),
         "headers": [
             (b"host", b"127.0.0.1"),
-            (b"authorization", f"Bearer {token}".encode()),
+            (header.lower().encode(), credential.encode()),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ],
@@ -310,10 +322,15 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
                 say(f"warming up {name} ({options.warmup_seconds:g} s)")
                 run_wrk(url + "/send_data", script, bodies, dep.token, options.warmup_seconds, options.connections)
             for round_ in range(options.serve_rounds):
-                for name in ("ceiling", "product"):
+                # The product with a token, then with an API key (issue 20: within 5% of each other).
+                for name, url, credential in (
+                    ("ceiling", urls["ceiling"], dep.token),
+                    ("product", urls["product"], dep.token),
+                    *((("product, API key", urls["product"], dep.key),) if dep.key else ()),
+                ):
                     say(f"round {round_ + 1}: {name}, {options.serve_seconds:g} s at concurrency {options.connections}")
                     run = run_wrk(
-                        urls[name] + "/send_data", script, bodies, dep.token, options.serve_seconds, options.connections
+                        url + "/send_data", script, bodies, credential, options.serve_seconds, options.connections
                     )
                     runs.append({"app": name, "round": round_ + 1, **run})
                     say(
@@ -349,6 +366,11 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
         for c, p in zip([r for r in runs if r["app"] == "ceiling"], [r for r in runs if r["app"] == "product"])
     ]
     ratio = median(ratios)
+    # Key against token, round by round (each pair ran back to back).
+    key_ratios = [
+        k["rps"] / p["rps"]
+        for p, k in zip([r for r in runs if r["app"] == "product"], [r for r in runs if r["app"] == "product, API key"])
+    ]
     distinct = len({tuple(sorted(b)) for b in dep.baskets}) / len(dep.baskets)
     model = load_model(LocalStorage(dep.folder), dep.version)  # no answer cache: every call computes
     measured = dep.baskets[: options.baskets]
@@ -362,6 +384,8 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
     asgi = {"ceiling": asgi_latency(ceiling_app, measured_bodies, dep.token, warm_bodies)}
     with product_app_in_process(dep, options.template) as app:
         asgi["product"] = asgi_latency(app, measured_bodies, dep.token, warm_bodies)
+        if dep.key:
+            asgi["product, API key"] = asgi_latency(app, measured_bodies, dep.key, warm_bodies)
         hotspots = profile_hotspots(app, profiled, dep.token)
     prod, ceil = summary["product"], summary["ceiling"]
     cached = next(r for r in runs if r["app"] == "product, repeated baskets")
@@ -384,6 +408,23 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
             + ", ".join(f"{r:.2f}" for r in ratios)
             + f"; in-process app p50 {asgi['product']['p50_us']:,.0f} µs vs the ceiling's "
             f"{asgi['ceiling']['p50_us']:,.0f}, of which Model.recommend {inproc['p50_us']:,.0f}",
+        ),
+        *(
+            [
+                target_row(
+                    "serve",
+                    "product with an API key / with a token: requests/s (median of paired runs)",
+                    "serve_key_rps_ratio",
+                    round(median(key_ratios), 3),
+                    "x",
+                    "paired runs: "
+                    + ", ".join(f"{r:.2f}" for r in key_ratios)
+                    + f"; in-process app p50 {asgi['product, API key']['p50_us']:,.0f} µs with the key, "
+                    f"{asgi['product']['p50_us']:,.0f} with the token",
+                )
+            ]
+            if key_ratios
+            else []
         ),
         target_row(
             "serve",
@@ -435,7 +476,8 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
         f"from Online Retail invoices ({distinct:.0%} distinct; a basket is 1-10 products of one invoice), n=10, "
         "so the product's answer cache (ANSWER_CACHE) serves only the repeats such sampling gives; one more "
         f"product run cycles {options.cached_baskets:,} baskets to show the cache's effect. Product: `server.start` (what `make run-prod` runs). Ceiling: "
-        "`bench.ceiling`, bare FastAPI checking the same token, constant 10-item answer, same uvicorn options.",
+        "`bench.ceiling`, bare FastAPI checking the same token, constant 10-item answer, same uvicorn options. "
+        "Each round also runs the product with a server API key (`X-API-Key`) right after its run with the token.",
         "",
         "| run | app | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors |",
         "|---|---|---|---|---|---|---|---|",
@@ -464,6 +506,7 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
         "summary": summary,
         "ratio": ratio,
         "paired_ratios": ratios,
+        "key_paired_ratios": key_ratios,
         "in_process": inproc,
         "pool_baskets": len(dep.baskets),
         "pool_distinct": distinct,

@@ -57,6 +57,7 @@ SETTINGS_VARIABLES = (
     "PRELOAD_MODEL",
     "ANSWER_CACHE",
     "MODEL_POLL_SECONDS",
+    "KEY_RATE_DEFAULT",
     "KEEP_VERSIONS",
     "ENCODING",
     "MAX_TRAINING_GB",
@@ -320,6 +321,8 @@ def run_page(page: Path) -> PageResult:
 VOLATILE = [
     (re.compile(r"make: \*\*\* \[[^\]]*\]"), "make: *** [recipe]"),
     (re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+"), "<token>"),
+    (re.compile(r"\brk_(pub|sec)_[\w-]+"), "<key>"),
+    (re.compile(r"\br1\.[\w-]+\.[\w-]+\.\d+\.[0-9a-f]{8}\b"), "<recommendation id>"),
     (re.compile(r"\b\d{8}T\d{6,9}Z-[0-9a-f]{6,}\b"), "<version>"),
     (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"), "<time>"),
     (re.compile(r"\b[0-9a-f]{16,}\b"), "<hex>"),
@@ -327,7 +330,7 @@ VOLATILE = [
 ]
 # What changes on every run even when nothing else does: `make docs-examples` leaves an output alone when only these
 # differ, so that regenerating touches only the examples that really changed.
-EVERY_RUN = VOLATILE[1:5] + [
+EVERY_RUN = VOLATILE[1:7] + [
     (re.compile(r"\bpid \d+"), "pid <pid>"),
     (re.compile(r"\d+(\.\d+)? s\b"), "<seconds> s"),
     (re.compile(r'"(\w+_)?seconds": [\d.]+'), '"seconds": <seconds>'),

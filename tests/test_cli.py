@@ -75,6 +75,30 @@ def test_short_jwt_secret_refused_at_start(tmp_path):
     assert result.stderr.count("error:") == 1 and not (tmp_path / "run" / "server.pid").exists()
 
 
+def test_a_lost_signing_secret_stops_the_server_at_start_and_new_secret_makes_one(tmp_path):
+    from recommender.serving.users import add_user
+
+    storage = LocalStorage(tmp_path / "data")
+    add_user(storage, "alice", "password-1", rounds=4)
+    storage.delete("secrets/jwt_secret")
+    env = {**os.environ, "STORAGE_URL": str(tmp_path / "data"), "RUN_DIR": str(tmp_path / "run")}
+    make = make_runner(env)
+    serve = subprocess.run(
+        [sys.executable, "-m", "recommender", "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert serve.returncode == 1 and serve.stderr.count("\n") == 1, serve.stderr
+    assert (
+        serve.stderr.startswith("error: the token signing secret is missing from") and "make new_secret" in serve.stderr
+    )
+    result = make("run-prod", check=False)
+    assert result.returncode != 0 and "error: the token signing secret is missing from" in result.stderr
+    assert not (tmp_path / "run" / "server.pid").exists() and storage.list("secrets/") == []
+    made = make("new_secret")
+    assert "made the token signing secret" in made.stdout and storage.list("secrets/") == ["secrets/jwt_secret"]
+    again = make("new_secret", check=False)
+    assert again.returncode != 0 and "REPLACE=1" in again.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -92,6 +116,9 @@ def test_short_jwt_secret_refused_at_start(tmp_path):
         (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "EMAIL=a@b.c<script>"], "error: malformed email"),
         (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "FULL_NAME=Carol\n\tEvil"], "control characters"),
         (["passwd", "USER_NAME=nobody", "PASSWORD=password-2"], "error: no user named 'nobody'"),
+        (["add_user", "USER_NAME=carol", "PASSWORD=abcdefghij\n"], "error: the password contains a control character"),
+        (["passwd", "USER_NAME=alice", "PASSWORD=abc\r\ndefghij"], "error: the password contains a control character"),
+        (["add_user", "USER_NAME=carol", "PASSWORD=password-2", "FULL_NAME=Carol \u202eliveD"], "format characters"),
     ],
 )
 def test_user_refusals_one_line_nonzero(make, args, message):
@@ -176,11 +203,12 @@ def test_damaged_active_pointer_is_one_line_and_a_training_repairs_it(trained_st
     assert error.startswith("error: models/ACTIVE in ") and "is damaged (empty): run `make train" in error
     assert cli.main(["versions"]) == 1
     out, err = capsys.readouterr()
-    assert [line.split("  ")[0] for line in _lines(out)] == [version] and len(_lines(err)) == 1 and "is damaged" in err
+    assert [line.split()[:2] for line in _lines(out)] == [["VERSION", "STATE"], [version, "-"]]
+    assert len(_lines(err)) == 1 and "is damaged" in err
     assert cli.main(["train", str(tiny_csv)]) == 0
     assert "note: models/ACTIVE in " in capsys.readouterr().err
     assert cli.main(["versions"]) == 0
-    assert "  (active)  HR@10 " in _lines(capsys.readouterr().out)[-1]
+    assert _lines(capsys.readouterr().out)[-1].split()[1:3] == ["active", "tiny.csv"]
 
 
 def test_versions_marks_incomplete_and_damaged_ones(trained_storage, tiny_csv, capsys):
@@ -196,9 +224,12 @@ def test_versions_marks_incomplete_and_damaged_ones(trained_storage, tiny_csv, c
     unfinished = staged[:15] + "999Z-killed"
     trained_storage.write(registry.artifact_key(unfinished, "index.ann"), b"half")
     assert cli.main(["versions"]) == 0
-    # Each line ends with the version's held-out figures, when it has a manifest.
-    assert [line.split("  HR@10 ")[0] for line in _lines(capsys.readouterr().out)] == [
-        f"{good}  (active)",
-        f"{staged}  (staged, damaged: index.ann fails its checksum)",
-        f"{unfinished}  (incomplete, no manifest: being published, or killed while it was)",
+    # After its row, what is wrong with a version.
+    header, *rows = _lines(capsys.readouterr().out)
+    assert [row.split()[:3] for row in rows] == [
+        [good, "active", "tiny.csv"],
+        [staged, "staged", "tiny.csv"],
+        [unfinished, "-", "-"],
     ]
+    assert rows[0].endswith(" single") and rows[1].endswith("  damaged: index.ann fails its checksum")
+    assert rows[2].endswith("  incomplete, no manifest: being published, or killed while it was")

@@ -17,7 +17,17 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "shared" / "recommender"
 # Every module of the package lives in one of these, except the command line (cli.py, __main__.py, __init__.py).
 RUNTIMES = ("core", "serving", "training", "local", "tools")
-TRAINING_ONLY = ("pandas", "scipy", "openpyxl", "python_calamine", "pyspark", "threadpoolctl", "tqdm", "sklearn")
+TRAINING_ONLY = (
+    "pandas",
+    "scipy",
+    "openpyxl",
+    "python_calamine",
+    "pyspark",
+    "threadpoolctl",
+    "tqdm",
+    "sklearn",
+    "duckdb",
+)
 # What each part may not import (top-level packages, or recommender subpackages), function-local imports included.
 FORBIDDEN = {
     "core": {
@@ -110,7 +120,15 @@ def test_the_harness_is_not_installed():
     """tools/ holds product tools only; the benchmark, soak, fuzz and fault-proxy harness is the repository's own
     bench/ package, which setuptools does not install and nothing installed or deployed imports."""
     tools = {p.name for p in (PACKAGE / "tools").iterdir() if p.name != "__pycache__"}
-    assert tools == {"__init__.py", "evaluation.py", "new_items_evaluation.py", "export.py", "synthetic"}
+    assert tools == {
+        "__init__.py",
+        "evaluation.py",
+        "new_items_evaluation.py",
+        "export.py",
+        "synthetic",
+        "event_report.py",
+        "retrain.py",
+    }
     assert (ROOT / "bench" / "__main__.py").is_file()
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     assert find["where"] == ["shared"]

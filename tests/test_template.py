@@ -2,6 +2,7 @@
 parameters and outputs, and the Docker-free build's template rewrite and glibc check (infra/build_lambda.py).
 Routes are checked against the functions' apps in test_gateway.py."""
 
+import importlib
 import importlib.util
 import json
 import os
@@ -135,16 +136,23 @@ def test_snapstart_is_off_by_default_and_complete_when_on(template, tmp_path):
 
 def test_least_privilege(template):
     functions = resources_of(template, "AWS::Serverless::Function")
-    expected = {"AuthFunction": ["users"], "RecommendFunction": ["feed", "models", "rules", "users"]}
+    expected = {"AuthFunction": ["users"], "RecommendFunction": ["feed", "keys", "models", "rules", "users"]}
+    # The recommend function's only writes: new event batches, and when each API key was last used.
+    writes = {
+        "AuthFunction": [],
+        "RecommendFunction": [
+            "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/events/raw/*",
+            "arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/keys/used/*",
+        ],
+    }
     for name, prefixes in expected.items():
         granted = statements(functions[name])
         assert all(s["Effect"] == "Allow" for s in granted)
         actions = {a for s in granted for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-        writes = {"s3:PutObject"} if name == "RecommendFunction" else set()
-        assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue", *writes}, name
-        # The only write: POST /events puts new objects under events/raw/.
-        puts = [s["Resource"] for s in granted if s["Action"] == "s3:PutObject"]
-        assert puts == (["arn:${AWS::Partition}:s3:::${ModelBucket}/${StoragePrefix}/events/raw/*"] if writes else [])
+        assert actions == {"s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"} | (
+            {"s3:PutObject"} if writes[name] else set()
+        ), name
+        assert [s["Resource"] for s in granted if s["Action"] == "s3:PutObject"] == writes[name]
         objects = [
             r
             for s in granted
@@ -315,3 +323,84 @@ def test_glibc_check_names_modules_too_new_for_amazon_linux_2(tmp_path):
     problems = builder.check_compiled_modules(layer)
     assert len(problems) == 2 and all(p.startswith("bad.cpython-311") for p in problems)
     assert "GLIBC_2.34 (Amazon Linux 2 has GLIBC_2.26)" in problems[0] + problems[1]
+
+
+def test_event_options_are_off_by_default_and_complete_when_on(template, tmp_path):
+    """EventsFirehose and RetrainSchedule: off by default, every resource of each under its condition; on, the
+    stream writes the raw layout compaction reads, the retraining is an image on a schedule with a role that never
+    reaches users or the signing secret; the "on" variant lints clean."""
+    from recommender.training.event_tables import RAW_KEY
+
+    params = template["Parameters"]
+    assert params["EventsFirehose"]["Default"] == "false" and params["RetrainSchedule"]["Default"] == ""
+    assert params["RetrainData"]["Default"] == "events:"
+    conditions = plain(template["Conditions"])
+    assert conditions["UseFirehose"] == ["EventsFirehose", "true"]
+    assert conditions["UseRetraining"] == [["RetrainSchedule", ""]]
+    needs = plain(template["Rules"]["RetrainingNeedsAnImage"])
+    assert needs["RuleCondition"] == [["RetrainSchedule", ""]] and needs["Assertions"][0]["Assert"] == [
+        ["RetrainImageUri", ""]
+    ]
+    resources = template["Resources"]
+    firehose = {n for n, r in resources.items() if n.startswith("EventsFirehose") or n == "EventsDeliveryStream"}
+    retraining = {n for n in resources if n.startswith("Retrain")}
+    assert firehose == {"EventsDeliveryStream", "EventsFirehoseRole", "EventsFirehoseWriterPolicy"}
+    assert retraining == {
+        "RetrainFunction",
+        "RetrainRole",
+        "RetrainScheduleRule",
+        "RetrainPermission",
+        "RetrainInvokeConfig",
+        "RetrainLogGroup",
+    }
+    assert all(resources[n].get("Condition") == "UseFirehose" for n in firehose)
+    assert all(resources[n].get("Condition") == "UseRetraining" for n in retraining)
+    assert all(
+        r.get("Condition") is None for n, r in resources.items() if n not in firehose | retraining
+    )  # nothing else changes
+
+    destination = plain(resources["EventsDeliveryStream"]["Properties"]["ExtendedS3DestinationConfiguration"])
+    prefix = destination["Prefix"].replace("${StoragePrefix}/", "")
+    key = prefix.replace("!{timestamp:yyyy-MM-dd}", "2026-12-02").replace("!{timestamp:HH}", "09")
+    key += "recommender-events-1-2026-12-02-09-05-00-1b2c3d4e" + destination["FileExtension"]
+    assert RAW_KEY.match(key), key
+    assert destination["BucketARN"] == "ModelBucket.Arn"
+
+    recommend = resources["RecommendFunction"]["Properties"]
+    assert plain(recommend["Environment"]["Variables"]["EVENTS_FIREHOSE_STREAM"]) == [
+        "UseFirehose",
+        "EventsDeliveryStream",
+        "",
+    ]
+    writer = plain(resources["EventsFirehoseWriterPolicy"]["Properties"])
+    assert writer["Roles"] == ["RecommendFunctionRole"]
+    assert writer["PolicyDocument"]["Statement"][0]["Resource"] == "EventsDeliveryStream.Arn"
+
+    function = resources["RetrainFunction"]["Properties"]
+    assert function["PackageType"] == "Image" and function["Timeout"] == 900
+    assert plain(function["Code"]["ImageUri"]) == "RetrainImageUri"
+    assert plain(function["Environment"]["Variables"]["RETRAIN_DATA"]) == "RetrainData"
+    dockerfile = (ROOT / "infra" / "retrain" / "Dockerfile").read_text()
+    (command,) = re.findall(r'^CMD \["([\w.]+)"\]', dockerfile, re.M)
+    module, _, name = command.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+    granted = json.dumps(plain(resources["RetrainRole"]["Properties"]["Policies"]))
+    assert "/events/*" in granted and "/models/*" in granted
+    assert "users" not in granted and "secretsmanager" not in granted
+    rule = plain(resources["RetrainScheduleRule"]["Properties"])
+    assert rule["ScheduleExpression"] == "RetrainSchedule" and rule["Targets"][0]["Arn"] == "RetrainFunction.Arn"
+
+    variant = tmp_path / "template.yaml"
+    text = TEMPLATE.read_text()
+    for name, value in (
+        ("EventsFirehose", '"true"'),
+        ("RetrainSchedule", '"rate(1 day)"'),
+        ("RetrainImageUri", '"123456789012.dkr.ecr.us-east-1.amazonaws.com/recommender-retrain:1"'),
+    ):
+        text = re.sub(rf"(\n  {name}:\n    Type: String\n    Default: )[^\n]*", rf"\g<1>{value}", text)
+    variant.write_text(text)
+    assert 'Default: "rate(1 day)"' in text
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(variant)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

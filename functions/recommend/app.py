@@ -10,6 +10,7 @@ _collecting = gc.isenabled()
 gc.disable()
 
 import random  # noqa: E402
+import time
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -19,7 +20,9 @@ from starlette.concurrency import run_in_threadpool
 
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.storage import Storage
-from recommender.serving import console, schemas, snapstart, web
+from recommender.serving import console, cors, schemas, snapstart, web, widget
+from recommender.serving.attribution import new_recommendation_id
+from recommender.serving.keys import Caller
 from recommender.serving.model import Model
 from recommender.serving.schemas import (
     MAX_N,
@@ -37,10 +40,17 @@ from recommender.serving.schemas import (
 )
 from recommender.serving.users import User
 
-app = web.create_app("Recommender", "Complementary products for a basket. Authorize with a token from POST /token.")
+app = web.create_app(
+    "Recommender",
+    "Complementary products for a basket. Authorize with a token from POST /token, or, on /send_data, "
+    "/recommendations, /items and /events, with an API key (X-API-Key).",
+)
+app.add_middleware(cors.Cors)
 
 ModelDep = Annotated[Model, Depends(web.current_model)]
 UserDep = Annotated[User, Depends(web.current_user)]
+CallerDep = Annotated[Caller, Depends(web.caller("recommend"))]
+EventsCallerDep = Annotated[Caller, Depends(web.caller("events"))]
 StorageDep = Annotated[Storage, Depends(web.get_storage)]
 _rng = random.Random()
 parse_basket = web.json_body(BasketIn)
@@ -49,15 +59,23 @@ parse_recommendations = web.json_body(RecommendationsIn)
 StrictBasketDep = Annotated[RecommendationsIn, Depends(parse_recommendations)]
 
 
-# The two recommendation routes resolve their dependencies (user, basket, model: in the order declared) by plain calls.
+# The two recommendation routes resolve their dependencies (caller, basket, model: in the order declared) by plain
+# calls.
 async def _send_data(request: Request) -> Response:
-    return await send_data(await web.request_user(request), await parse_basket(request), await web.current_model())
+    return await send_data(
+        await web.request_caller(request, "recommend"), await parse_basket(request), await web.current_model()
+    )
 
 
 async def _recommendations(request: Request) -> Response:
     return await recommendations(
-        await web.request_user(request), await parse_recommendations(request), await web.current_model()
+        await web.request_caller(request, "recommend"), await parse_recommendations(request), await web.current_model()
     )
+
+
+def _recommendation_id(model: Model) -> str:
+    """The id of an answer of model given now: what events name to be attributed to it."""
+    return new_recommendation_id(model.version, time.time_ns() // 1_000_000)
 
 
 @web.post_resolved(
@@ -67,14 +85,17 @@ async def _recommendations(request: Request) -> Response:
     response_model=LegacyOut,
     summary="Recommendations in the original system's format",
     openapi_extra=web.json_body_openapi(BasketIn),
-    responses=web.errors(401, 413, 422, 503),
+    responses=web.errors(401, 403, 413, 422, 429, 503),
 )
-async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
+async def send_data(_caller: CallerDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
-    options of /recommendations work here too."""
+    options of /recommendations work here too. The answer's recommendation_id is in the X-Recommendation-Id header."""
     options = basket.options(explain=False)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(schemas.legacy_json(answer, options is not None and options.explain))
+    return web.FastJSON(
+        schemas.legacy_json(answer, options is not None and options.explain),
+        headers={"X-Recommendation-Id": _recommendation_id(model)},
+    )
 
 
 @web.post_resolved(
@@ -84,15 +105,15 @@ async def send_data(_user: UserDep, basket: BasketDep, model: ModelDep) -> web.F
     response_model=RecommendationsOut,
     summary="Recommendations, self-describing",
     openapi_extra=web.json_body_openapi(RecommendationsIn),
-    responses=web.errors(401, 413, 422, 503),
+    responses=web.errors(401, 403, 413, 422, 429, 503),
 )
-async def recommendations(_user: UserDep, basket: StrictBasketDep, model: ModelDep) -> web.FastJSON:
+async def recommendations(_caller: CallerDep, basket: StrictBasketDep, model: ModelDep) -> web.FastJSON:
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
-    default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered and
-    whether fewer than n items were eligible."""
+    default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered,
+    whether fewer than n items were eligible, and the answer's recommendation_id (for events)."""
     options = basket.options(explain=True)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain))
+    return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model)))
 
 
 @app.post(
@@ -100,26 +121,26 @@ async def recommendations(_user: UserDep, basket: StrictBasketDep, model: ModelD
     response_model=EventsOut,
     summary="Record what shoppers did: strips seen, clicks, add-to-carts, purchases",
     openapi_extra=web.json_body_openapi(EventsIn),
-    responses=web.errors(401, 413, 422, 503),
+    responses=web.errors(401, 403, 413, 422, 429, 503),
 )
-async def events(request: Request, user: UserDep, settings: web.SettingsDep) -> web.FastJSON:
+async def events(request: Request, caller: EventsCallerDep, settings: web.SettingsDep) -> web.FastJSON:
     """A batch of events, each answered accepted, duplicate (its event_id was stored already) or refused with the
     reason; the accepted ones are durably stored before this answers (503 with Retry-After, for the whole batch,
     when they cannot be)."""
     ingest = web.event_ingest(settings)
     body = await request.body()
     # Off the event loop: the batch is checked, then written and fsynced (or put to S3) before the answer.
-    return web.FastJSON(await run_in_threadpool(ingest.ingest, body, f"user:{user.username}"))
+    return web.FastJSON(await run_in_threadpool(ingest.ingest, body, f"{caller.kind}:{caller.name}"))
 
 
 @app.get(
     "/items",
     response_model=SearchOut,
     summary="Search the model's items by code prefix or description words",
-    responses=web.errors(401, 413, 422, 503),
+    responses=web.errors(401, 403, 413, 422, 429, 503),
 )
 async def items(
-    _user: UserDep,
+    _caller: CallerDep,
     model: ModelDep,
     q: Annotated[str, Query(max_length=200)] = "",
     limit: Annotated[int, Query(ge=1, le=MAX_N)] = 20,
@@ -141,16 +162,17 @@ async def health() -> web.FastJSON:
     try:
         model = await web.current_model()
     except RecommenderError as err:
-        return web.FastJSON(schemas.health_down_json(err.message), status_code=ModelUnavailable.status_code)
-    # A model in memory answers even when the storage fails; "degraded" says so, with the reason.
-    return web.FastJSON(schemas.health_json(model, web.model_holder(web.get_settings()).error))
+        return web.FastJSON(schemas.health_down_json(web.public_detail(err)), status_code=ModelUnavailable.status_code)
+    # A model in memory answers even when the storage fails; "degraded" says so, with the reason (not where).
+    problem = web.model_holder(web.get_settings()).error
+    return web.FastJSON(schemas.health_json(model, problem and web.public_text(problem)))
 
 
 @app.get(
     "/sample_basket",
     response_model=SampleBasketOut,
     summary="A random invoice of the training data",
-    responses=web.errors(401, 404, 413, 503),
+    responses=web.errors(401, 403, 404, 413, 503),
 )
 async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """One of the real invoices the served model keeps from its training data, drawn at random."""
@@ -163,13 +185,26 @@ async def sample_basket(_user: UserDep, model: ModelDep, storage: StorageDep) ->
     "/model",
     response_model=ModelInfoOut,
     summary="The served model, its training figures and the versions",
-    responses=web.errors(401, 413, 503),
+    responses=web.errors(401, 403, 413, 503),
 )
 async def model_panel(_user: UserDep, model: ModelDep, storage: StorageDep) -> web.FastJSON:
     """Version, training time and counts, evaluation figures when the model has them, and every stored version."""
     from recommender.serving import model_info
 
     return web.FastJSON(await run_in_threadpool(model_info.describe, model, storage))
+
+
+def _preflight_route(path: str, methods: str) -> None:
+    async def preflight(request: Request) -> Response:
+        """The CORS preflight of a route API keys open: allowed for the origins its keys list."""
+        return await cors.preflight(request, methods)
+
+    app.options(path, status_code=204, response_class=Response, responses=web.errors(403, 503))(preflight)
+
+
+# CORS preflights on exactly the routes API keys open (the routes in template.yaml too).
+for _path, _methods in (("/send_data", "POST"), ("/recommendations", "POST"), ("/items", "GET"), ("/events", "POST")):
+    _preflight_route(_path, _methods)
 
 
 def _console_route(path: str) -> None:
@@ -183,6 +218,14 @@ def _console_route(path: str) -> None:
 # The console: one page and its two files, the same on AWS as on `make run` (routes in template.yaml).
 for _path in console.FILES:
     _console_route(_path)
+
+
+@app.get(widget.PATH, include_in_schema=False)
+async def widget_script(
+    accept_encoding: Annotated[str | None, Header()] = None, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    """The shop widget's script (docs/shop.md), for any site's pages to load."""
+    return widget.response(accept_encoding, if_none_match)
 
 
 handler = Mangum(app, lifespan="off")

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from recommender.core import registry
-from recommender.core.errors import InvalidInput, PointerDamaged, RecommenderError
+from recommender.core.errors import InvalidInput, ModelRefused, PointerDamaged, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.local.emulator import use_dummy_credentials
@@ -103,6 +103,70 @@ def _list_users(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("add-key")
+def _add_key(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.keys import add_key
+
+    rate = settings.key_rate_default if args.rate is None else args.rate
+    record, key = add_key(open_storage(settings), args.name, args.scopes, args.origins, rate)
+    where = f"browsers on {', '.join(record.origins)}" if record.origins else "servers only (no browser may use it)"
+    print(f"added API key {record.name}: scopes {','.join(sorted(record.scopes))}, {where}, {record.rate:g} requests/s")
+    print(key)
+    print("This key is shown once and never again: only its hash is stored. Keep it now.")
+    return 0
+
+
+@command("keys")
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.keys import list_keys
+
+    found = list_keys(open_storage(settings))
+    if not found:
+        print("no API keys yet: add one with `make add_key NAME=... SCOPES=recommend ORIGINS=https://...`")
+    rows = [
+        (
+            k.name,
+            f"{k.prefix}...",
+            ",".join(sorted(k.scopes)),
+            ",".join(k.origins) or "(server key)",
+            f"{k.rate:g}/s",
+            k.created_at,
+            info.last_used or "never",
+        )
+        for info in found
+        for k in [info.key]
+    ]
+    if rows:
+        rows.insert(0, ("name", "key", "scopes", "origins", "rate", "created", "last used"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+@command("revoke-key")
+def _revoke_key(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.keys import revoke_key
+
+    record = revoke_key(open_storage(settings), args.name)
+    print(f"revoked API key {record.name}; serving processes refuse it within {settings.model_poll_seconds:g} s")
+    return 0
+
+
+@command("new-secret")
+def _new_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.serving.tokens import SECRET_RECHECK_SECONDS, replace_secret
+
+    storage = open_storage(settings)
+    done = replace_secret(settings, storage, replace=args.replace)
+    print(
+        f"{done} the token signing secret in {storage.url}; servers running adopt it within "
+        f"{max(settings.user_cache_seconds, SECRET_RECHECK_SECONDS):g} s"
+        + ("; every token issued before no longer works: users log in again" if done == "replaced" else "")
+    )
+    return 0
+
+
 @command("train")
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import TrainingParams, train
@@ -126,7 +190,6 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("promote")
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
-    from recommender.core.errors import ModelRefused
     from recommender.training import gate
 
     storage = open_storage(settings)
@@ -136,7 +199,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
         pointer = None  # promote_staged says what is wrong with it
     if pointer is not None:
         try:
-            gate.check(storage, pointer.version, args.force, settings.model_gate_margin)
+            gate.check(storage, pointer.version, args.force, settings.model_gate_margin, label="the staged model")
         except ModelRefused as err:
             raise ModelRefused(
                 f"{err.message}. It stays staged: `make load_after_parallel_train FORCE=1` activates it anyway"
@@ -146,11 +209,40 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("activate")
+def _activate(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.training import gate
+
+    storage = open_storage(settings)
+    version = registry.find_version(storage, args.version)
+    registry.verify(storage, version)  # a damaged version is refused, naming what is damaged
+    try:
+        pointer = registry.active(storage)
+    except PointerDamaged:
+        pointer = None  # activating replaces it, and says so
+    if pointer is not None and pointer.version == version:
+        print(f"version {version} is already active")
+        return 0
+    try:
+        gate.check(storage, version, args.force, settings.model_gate_margin, label="the chosen model")
+    except ModelRefused as err:
+        raise ModelRefused(
+            f"{err.message}. Nothing changed: `make activate VERSION={version} FORCE=1` activates it anyway"
+        ) from None
+    registry.activate(storage, version)
+    unstaged = registry.unstage(storage, version)
+    print(f"activated version {version}" + (" (it was staged: nothing is staged now)" if unstaged else ""))
+    return 0
+
+
 @command("rollback")
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     version = registry.rollback(open_storage(settings))
     print(f"re-activated version {version}")
     return 0
+
+
+VERSION_COLUMNS = ("VERSION", "STATE", "FILE", "DATES", "ROWS", "PRODUCTS", "HR@10", "ENGINE")
 
 
 @command("versions")
@@ -165,23 +257,55 @@ def _versions(args: argparse.Namespace, settings: Settings) -> int:
     versions = registry.list_versions(storage)
     if not versions:
         print(f"no model versions in {storage.url}")
+    rows, problems = [VERSION_COLUMNS], [""]
     for v in versions:
         marks = [m for m, p in pointers.items() if p and p.version == v]
-        marks += filter(None, [registry.version_problem(storage, v)])
-        print(v + (f"  ({', '.join(marks)})" if marks else "") + _figures(storage, v))
+        rows.append((v, ", ".join(marks) or "-", *_summary(storage, v)))
+        problems.append(registry.version_problem(storage, v) or "")
+    if versions:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(VERSION_COLUMNS))]
+        for row, problem in zip(rows, problems):
+            print(
+                "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                + (f"  {problem}" * bool(problem))
+            )
     for message in damaged:
         print(f"error: {message}", file=sys.stderr)
     return 1 if damaged else 0
 
 
-def _figures(storage: Storage, version: str) -> str:
-    """A version's held-out figures for `versions` ("" when its manifest cannot be read)."""
-    from recommender.training.holdout import describe
-
+def _summary(storage: Storage, version: str) -> tuple[str, ...]:
+    """A version's cells for `versions` after VERSION and STATE: the training file, its dates, rows, products,
+    held-out HR@10 and engine; "-" for what its manifest does not say (older versions, unreadable manifests)."""
     try:
-        return "  " + describe(registry.read_manifest(storage, version).get("evaluation"))
+        manifest = registry.read_manifest(storage, version)
     except RecommenderError:
-        return ""
+        return ("-",) * (len(VERSION_COLUMNS) - 2)
+
+    def part(*path: str) -> object:
+        value: object = manifest
+        for name in path:
+            value = value.get(name) if isinstance(value, dict) else None
+        return value
+
+    def number(value: object, form: str = ",") -> str:
+        return format(value, form) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+    period = manifest.get("period", {})
+    if period is None:
+        dates = "undated"
+    elif isinstance(period.get("first"), str) and isinstance(period.get("last"), str):
+        dates = f"{period['first'][:10]} to {period['last'][:10]}"
+    else:
+        dates = "-"
+    return (
+        str(part("source", "file") or "-"),
+        dates,
+        number(part("counts", "rows_read")),
+        number(part("counts", "items")),
+        number(part("evaluation", "model", "hr"), ".3f"),
+        str(part("engine", "name") or "-"),
+    )
 
 
 # The feed commands' earlier names (catalog, catalog-show, catalog-rollback) keep working; they are not listed.
@@ -364,39 +488,44 @@ def _emulate_s3_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("demo")
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    import secrets
+    import dataclasses
 
-    from recommender.core.errors import NotFound
-    from recommender.core.items import ITEMS_FILE, Items
+    from recommender.local import demo
     from recommender.local.server import serve
-    from recommender.serving.users import add_user, delete_user
-    from recommender.tools import synthetic
-    from recommender.training.pipeline import train
 
     base = f"http://{settings.host}:{settings.port}"
+    shop_port = settings.port + 1
+    shop = f"http://{demo.browser_host(settings.host)}:{shop_port}/"
     print(f"Web console: {base}/  (sign in as demo with the password printed below, once the server runs)")
-    storage = open_storage(settings)
-    data = Path(settings.run_dir).parent / "synthetic.csv"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    summary = synthetic.write_csv(synthetic.DEFAULT, data)
-    print(f"demo data: {summary.rows:,} rows, {summary.invoices:,} invoices, {summary.products:,} products in {data}")
-    result = train(data, storage, keep_versions=settings.keep_versions)
-    items = Items.from_json(storage.read(registry.artifact_key(result.version, ITEMS_FILE)))
-    example = items.codes[items.most_popular()[0]]
-    password = secrets.token_urlsafe(12)
-    try:
-        delete_user(storage, "demo")
-    except NotFound:
-        pass
-    add_user(storage, "demo", password, "Demo User", "demo@example.com", rounds=settings.bcrypt_rounds)
+    print(f"Demo shop:   {shop}")
+    demo.check_ports(settings.host, (settings.port, shop_port))
+    own = demo.store_url(settings.storage_url)
+    print(
+        f"The demo keeps its model, feed, users, keys and events in its own store, {own}; `make train` and the "
+        f"other commands use {settings.storage_url}, which the demo leaves as it is."
+    )
+    # The served functions read their settings from the environment: they must see the demo's store too.
+    os.environ["STORAGE_URL"] = own
+    get_settings.cache_clear()
+    settings = dataclasses.replace(settings, storage_url=own)
+    site = demo.prepare(
+        open_storage(settings),
+        Path(settings.run_dir).parent / "synthetic.csv",
+        settings.host,
+        shop_port,
+        keep_versions=settings.keep_versions,
+        bcrypt_rounds=settings.bcrypt_rounds,
+    )
     print(f"""
-Web console: {base}/   user: demo   password: {password}   (shown once; `make demo` again makes a new one)
+Web console: {base}/   user: demo   password: {site.password}   (shown once; `make demo` again makes a new one)
+Demo shop:   {shop}   its widget's events go to {own} (commands on them: STORAGE_URL={own} make ...)
 or from a shell:
-  TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  TOKEN=$(curl -s -X POST {base}/token -d username=demo -d 'password={site.password}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -X POST {base}/send_data -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-       -d '{{"product_list": ["{example}"], "n": 5}}'
+       -d '{{"product_list": ["{site.example}"], "n": 5}}'
   or open {base}/docs and press Authorize
 """)
+    demo.start_shop(site, settings.host, settings.port, shop_port)
     serve(settings, Path(args.template))
     return 0
 
@@ -419,6 +548,41 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         print("\n" + (folder / "new_products.md").read_text().rstrip())
     print(f"report, table, HR@k plot and reliability diagram in {folder}/")
     return 0
+
+
+@command("events-compact")
+def _events_compact(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.training.event_compaction import compact
+
+    for line in compact(open_storage(settings)).lines():
+        print(line)
+    return 0
+
+
+@command("events-report")
+def _events_report(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.tools.event_report import format_report, report
+    from recommender.training.event_compaction import compact
+
+    storage = open_storage(settings)
+    if not args.no_compact:
+        for line in compact(storage).lines():
+            print(line)
+        print()
+    for line in format_report(report(storage, args.since)):
+        print(line)
+    return 0
+
+
+def _event_commands(sub: argparse._SubParsersAction) -> None:
+    """The event log's commands."""
+    sub.add_parser("events-compact", help="compact the recorded events into Parquet by day, duplicates dropped")
+    p = sub.add_parser(
+        "events-report",
+        help="compact, then per day and model version: views, clicks, click-through, add-to-carts, purchases, revenue",
+    )
+    p.add_argument("--since", help="only days from this one (YYYY-MM-DD, UTC)")
+    p.add_argument("--no-compact", action="store_true", help="report on what is compacted already")
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -481,11 +645,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("del-user", help="delete an API user")
     p.add_argument("username")
     sub.add_parser("list-users", help="list API users")
+    p = sub.add_parser("add-key", help="add an API key and print it (once): scopes, origins (browser key), rate")
+    p.add_argument("name")
+    p.add_argument("--scopes", default="recommend", help="comma-separated: recommend, events (default: recommend)")
+    p.add_argument(
+        "--origins",
+        default="",
+        help="comma-separated origins (https://shop.example.com) a browser key answers; none: a server key",
+    )
+    p.add_argument("--rate", type=float, help="requests per second per serving process (default: $KEY_RATE_DEFAULT)")
+    sub.add_parser("keys", help="list API keys (never the keys themselves)")
+    p = sub.add_parser("revoke-key", help="revoke an API key")
+    p.add_argument("name")
+    p = sub.add_parser("new-secret", help="make the token signing secret a storage lacks (--replace: a new one)")
+    p.add_argument(
+        "--replace", action="store_true", help="replace the existing one (every token issued before stops working)"
+    )
 
     p = sub.add_parser(
         "train", help="train a model on a purchase-history file, folder of parts or s3:// location and activate it"
     )
-    p.add_argument("path")
+    p.add_argument(
+        "path", help="a file, folder or s3:// location; events: (the recorded purchases); or orders.csv,events:"
+    )
     p.add_argument("--stage", action="store_true", help="stage the new model instead of activating it")
     p.add_argument(
         "--force",
@@ -495,20 +677,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-holdout",
         action="store_true",
-        help="train on every basket: no held-out figures, calibration or comparison with the active model",
+        help="train on every basket: no held-out figures, calibration or comparison with the active model "
+        "(which it then replaces only with --force)",
     )
     _engine_arguments(p)
     p = sub.add_parser(
         "promote", help="activate the staged model after verifying it and comparing it with the active one"
     )
     p.add_argument("--force", action="store_true", help="activate it even when it is clearly worse than the active one")
+    p = sub.add_parser(
+        "activate",
+        help="activate a stored model version (after verifying it and comparing it with the active one)",
+    )
+    p.add_argument("version", help="a version as `versions` lists it, or a unique beginning of one")
+    p.add_argument("--force", action="store_true", help="activate it even when the comparison refuses it")
     sub.add_parser("rollback", help="re-activate the previously active model")
-    sub.add_parser("versions", help="list model versions")
+    sub.add_parser(
+        "versions",
+        help="list model versions: state, training file, its dates, rows, products, held-out HR@10, engine",
+    )
 
     for name, text in (
         ("serve", "serve the API in the foreground"),
         ("start", "serve the API in the background (pid and log file)"),
-        ("demo", "train on the synthetic data, create a demo user, and serve"),
+        ("demo", "in its own store: train on synthetic data, create a demo user and key, serve with the demo shop"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--template", default="template.yaml", help="SAM template whose HttpApi events give the routes")
@@ -556,14 +748,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
     p.add_argument("--seed", type=int, default=0)
+    _event_commands(sub)
     return parser
 
 
 def run_mapped(run: Callable[[], int]) -> int:
-    """Run a command with the one mapping of outcomes: a domain error is one line on stderr and exit status 1, an
-    interruption exit status 130."""
+    """Run a command with the one mapping of outcomes: a domain error is one line on stderr and exit status 1, a
+    model the activation gate refused exit status 3 (it is staged or stays where it was), an interruption 130."""
     try:
         return run()
+    except ModelRefused as err:
+        # The model was made and kept (staged); a script tells this from a failure by the exit status.
+        print(err.message, file=sys.stderr)
+        return ModelRefused.EXIT_CODE
     except RecommenderError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 1

@@ -270,3 +270,19 @@ def test_search_part_on_a_few_items():
     assert [r.measure for r in result.rows][-1].startswith("GET /items search p99")
     assert result.rows[-1].met is not None and result.details["queries"] > 300
     assert len(search.search_items(2000)) == 2000
+
+
+def test_login_flood_result_and_row():
+    from collections import Counter
+
+    from bench.login_flood import FloodResult
+    from bench.logins import flood_markdown, flood_row
+
+    result = FloodResult([(200, 0.4), (200, 1.9), (200, 2.1), (503, 0.0)], Counter({503: 900, 429: 100}), 20.0)
+    assert result.succeeded_in_time == 2
+    summary = result.summary()
+    assert summary["flood_per_second"] == 50.0 and summary["legit_statuses"] == {200: 3, 503: 1}
+    row = flood_row(result)
+    assert row.value == 50.0 and row.met is False and row.note.startswith("missed by")
+    assert flood_row(FloodResult([(200, 0.5)] * 18, Counter(), 1.0)).met is True
+    assert "| 4 | 503 | 0.00 |" in flood_markdown(result)

@@ -166,3 +166,54 @@ def test_requests_the_fuzzer_found_answer_200(rec, auth, user, path, body):
 def test_values_of_another_json_type_are_refused(rec, auth, user, body):
     response = rec.post("/recommendations", json=body, headers=bearer(login(auth, user=user)))
     assert response.status_code == 422, response.text
+
+
+def test_a_storage_failure_answers_what_is_wrong_not_where(s3, monkeypatch, caplog):
+    # The bucket is gone: /token and /health answer 503 without the bucket, prefix, key or endpoint; the log has them.
+    monkeypatch.setenv("STORAGE_URL", "s3://deleted-bucket/pfx")
+    monkeypatch.setenv("JWT_SECRET", "j" * 48)
+    get_settings.cache_clear()
+    with TestClient(auth_app) as auth, TestClient(recommend_app) as rec:
+        answers = [
+            auth.post("/token", data={"username": "alice", "password": "a password"}),
+            rec.get("/health"),
+            rec.post("/send_data", json={"product_list": [], "n": 1}, headers={"Authorization": "Bearer x.y.z"}),
+        ]
+    for answer in answers:
+        detail = answer.json()["detail"]
+        assert answer.status_code in (401, 503), answer.text
+        for where in ("s3://", "deleted-bucket", "pfx", "users/", "alice.json", "models/", "amazonaws", "http"):
+            assert where not in detail, detail
+    assert answers[0].json()["detail"] == (
+        "S3 read of the storage failed: NoSuchBucket (The specified bucket does not exist)"
+    )
+    assert "s3://deleted-bucket/pfx/users/alice.json" in caplog.text  # the operator still learns where
+
+
+def test_a_degraded_health_says_what_is_wrong_not_where(rec, trained_storage, monkeypatch):
+    monkeypatch.setenv("MODEL_POLL_SECONDS", "0")
+    get_settings.cache_clear()
+    assert rec.get("/health").json()["status"] == "ok"
+    (trained_storage.root / "models" / "ACTIVE").write_text("")  # a damaged pointer, the model still in memory
+    health = rec.get("/health").json()
+    assert health["status"] == "degraded" and "damaged" in health["detail"]
+    assert str(trained_storage.root) not in health["detail"] and "/tmp" not in health["detail"], health
+
+
+# Whitespace at the very end of a header is not part of its value (RFC 9110, 5.5): HTTP drops it before any app.
+@pytest.mark.parametrize("change", ["!!", "=", "==", " x", "\tx", "%20", ".", "+/"])
+def test_a_token_with_anything_appended_is_refused(auth, rec, user, change):
+    headers = bearer(login(auth, user=user))
+    token = headers["Authorization"].removeprefix("Bearer ")
+    for client, method, path in ((auth, "GET", "/users/me"), (rec, "POST", "/send_data")):
+        refused = client.request(
+            method, path, headers={"Authorization": f"Bearer {token}{change}"}, json={"product_list": [], "n": 1}
+        )
+        assert refused.status_code == 401, (change, refused.text)
+
+
+def test_a_password_with_a_control_character_gets_one_clear_line(auth, user):
+    response = login(auth, "alice", user.password + "\n")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("the password contains a control character")
+    assert login(auth, user=user).status_code == 200

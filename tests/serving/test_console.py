@@ -36,7 +36,12 @@ def test_files_are_served_with_security_headers(rec, path, kind):
 
 def test_page_weight_is_at_most_100_kb():
     assert console.page_bytes() <= 100_000
-    assert {p.name for p in STATIC.iterdir()} == {"index.html", "console.js", "console.css"}
+    assert {p.name for p in STATIC.iterdir()} == {
+        "index.html",
+        "console.js",
+        "console.css",
+        "widget.js",
+    }  # and the widget
 
 
 class _Tags(HTMLParser):

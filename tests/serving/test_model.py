@@ -159,3 +159,45 @@ def test_watcher_swaps_without_requests(tmp_path, tiny_csv):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     stop.set()
+
+
+def test_watcher_backs_off_through_emfile_and_recovers(tmp_path, trained_folder, caplog):
+    """Out of file descriptors (EMFILE), the watcher logs it once, polls less and less often while it lasts,
+    says when it works again, and picks up what was activated meanwhile; the model in memory serves throughout."""
+    import errno
+    import logging
+    import shutil
+    import threading
+    import time
+
+    shutil.copytree(trained_folder, tmp_path / "data")
+    calls: list[float] = []
+    failing = threading.Event()
+
+    class OutOfFiles(LocalStorage):
+        def read(self, key: str) -> bytes:
+            if failing.is_set():
+                calls.append(time.monotonic())
+                raise OSError(errno.EMFILE, "Too many open files")
+            return super().read(key)
+
+    holder = ModelHolder(OutOfFiles(tmp_path / "data"), poll_seconds=0.02)
+    first = holder.refresh()
+    failing.set()
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="recommender"):
+        holder.watch(stop, max_backoff=0.3)
+        time.sleep(1.5)
+        failing.clear()
+        deadline = time.monotonic() + 3
+        while holder.error is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stop.set()
+    # Without backing off, 1.5 s of 20 ms polls would be some 75 failures, each logged with its traceback.
+    assert 4 <= len(calls) <= 10, len(calls)
+    assert max(b - a for a, b in zip(calls, calls[1:])) >= 0.25  # the waits grew to max_backoff
+    failures = [r for r in caplog.records if "Too many open files" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].levelno == logging.ERROR
+    assert any("works again" in r.getMessage() for r in caplog.records)
+    assert holder.current() is first

@@ -24,7 +24,8 @@ from recommender.core.feed_and_rules import SHOWN
 from recommender.core.settings import get_settings
 from recommender.core.storage import LocalStorage
 from recommender.local.gateway import read_routes
-from recommender.serving import console, web
+from recommender.serving import console, web, widget
+from recommender.serving.keys import add_key
 from recommender.serving.merchandising import SOURCES, Options
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
 from recommender.training.feed import publish_feed
@@ -97,6 +98,21 @@ class Api:
                 return _original(storage, key, *args, **kwargs)
 
             self.monkeypatch.setattr(LocalStorage, name, failing)
+
+    def key(self, scopes: str, rate: float = 50) -> dict[str, str]:
+        """The headers of a request with a new API key of these scopes from a listed browser origin."""
+        key = add_key(self.storage, f"key-{len(self.storage.list('keys/'))}", scopes, "https://shop.example.com", rate)[
+            1
+        ]
+        self.monkeypatch.setenv("MODEL_POLL_SECONDS", "0")  # the new key seen at once
+        get_settings.cache_clear()
+        return {"X-API-Key": key, "Origin": "https://shop.example.com"}
+
+    def over_rate(self, method: str, path: str, scopes: str = "recommend", **kwargs) -> Response:
+        """A key's request over its rate (one a second, the first one spent)."""
+        headers = self.key(scopes, rate=1)
+        assert self.call(method, path, token=False, headers=headers, **kwargs).status_code == 200
+        return self.call(method, path, token=False, headers=headers, **kwargs)
 
     def no_model(self) -> None:
         """Nothing activated (before any request loads a model)."""
@@ -180,6 +196,20 @@ def _basket_cases(path: str) -> list[Case]:
         Case("POST", path, 200, "unknown items: popular", post({"product_list": ["NO-SUCH-ITEM"], "n": 3})),
         Case("POST", path, 200, "empty basket, explain", post({"product_list": [], "n": 3, "explain": True})),
         Case("POST", path, 401, "no token", post({"product_list": []}, token=False)),
+        Case(
+            "POST",
+            path,
+            403,
+            "a key without the scope",
+            lambda api: api.call("POST", path, token=False, headers=api.key("events"), json={"product_list": []}),
+        ),
+        Case(
+            "POST",
+            path,
+            429,
+            "a key over its rate",
+            lambda api: api.over_rate("POST", path, json={"product_list": []}),
+        ),
         Case("POST", path, 413, "body too large", lambda api: api.too_large("POST", path)),
         Case("POST", path, 422, "bad field", post({"product_list": "CODES", "n": 0})),
         Case("POST", path, 422, "not JSON", lambda api: api.call("POST", path, content=b"{")),
@@ -205,6 +235,10 @@ def _get(
     return send
 
 
+def _get_with_key(path: str, scopes: str) -> Callable[[Api], Response]:
+    return lambda api: api.call("GET", path, token=False, headers=api.key(scopes))
+
+
 def _without_samples(api: Api) -> None:
     """The model as trained before sample invoices were kept."""
     key = registry.artifact_key(api.version, registry.MANIFEST)
@@ -217,6 +251,11 @@ def _without_samples(api: Api) -> None:
 def _incomplete_version(api: Api) -> None:
     api.merchandise()
     api.storage.write(registry.artifact_key("20200101T000000000Z-deadbeef0000", "catalog.json"), b"{}")
+
+
+def _wrong_manifests(api: Api) -> None:
+    for day, content in enumerate((b"[]", b"5", b'"str"', b"true", b'{"artifacts": {"../../x": "00"}}'), 1):
+        api.storage.write(registry.artifact_key(f"2020010{day}T000000000Z-deadbeef0000", registry.MANIFEST), content)
 
 
 def _degraded(api: Api) -> None:
@@ -281,6 +320,20 @@ def _event_cases() -> list[Case]:
     return [
         Case("POST", "/events", 200, "accepted, refused and duplicate", _events(mixed)),
         Case("POST", "/events", 401, "no token", _events(mixed, token=False)),
+        Case(
+            "POST",
+            "/events",
+            403,
+            "a key without the scope",
+            lambda api: api.call("POST", "/events", token=False, headers=api.key("recommend"), json={"events": mixed}),
+        ),
+        Case(
+            "POST",
+            "/events",
+            429,
+            "a key over its rate",
+            lambda api: api.over_rate("POST", "/events", scopes="events", json={"events": mixed}),
+        ),
         Case("POST", "/events", 413, "body too large", lambda api: api.too_large("POST", "/events")),
         Case("POST", "/events", 422, "not a batch", lambda api: api.call("POST", "/events", json={"event": []})),
         Case("POST", "/events", 503, "log unusable", _events([_event("a", ts=now)], _log_unusable)),
@@ -319,6 +372,31 @@ def _console_cases(path: str) -> list[Case]:
     return [Case("GET", path, 200, "the file", _get(path, token=False)), Case("GET", path, 304, "unchanged", unchanged)]
 
 
+def _preflight_cases(path: str, scope: str = "recommend") -> list[Case]:
+    def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
+        def send(api: Api) -> Response:
+            api.key(scope)
+            if setup:
+                setup(api)
+            return api.call(
+                "OPTIONS", path, token=False, headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+            )
+
+        return send
+
+    return [
+        Case("OPTIONS", path, 204, "a listed origin", preflight("https://shop.example.com")),
+        Case("OPTIONS", path, 403, "an unlisted origin", preflight("https://evil.example.com")),
+        Case(
+            "OPTIONS",
+            path,
+            503,
+            "key store unreachable",
+            preflight("https://shop.example.com", lambda api: api.fail_reads("keys/")),
+        ),
+    ]
+
+
 CASES = [
     Case("POST", "/token", 200, "a token", _login()),
     Case(
@@ -354,6 +432,8 @@ CASES = [
     Case("GET", "/items", 200, "search", lambda api: api.call("GET", "/items", params={"q": api.codes[0][:3]})),
     Case("GET", "/items", 200, "nothing found", _get("/items", params={"q": "no such thing at all"})),
     Case("GET", "/items", 401, "no token", _get("/items", token=False)),
+    Case("GET", "/items", 403, "a key without the scope", _get_with_key("/items", "events")),
+    Case("GET", "/items", 429, "a key over its rate", lambda api: api.over_rate("GET", "/items")),
     Case("GET", "/items", 413, "body too large", lambda api: api.too_large("GET", "/items")),
     Case("GET", "/items", 422, "bad limit", _get("/items", params={"limit": 0})),
     Case("GET", "/items", 503, "no model", _get("/items", Api.no_model)),
@@ -364,15 +444,21 @@ CASES = [
     Case("GET", "/health", 503, "no model", _get("/health", Api.no_model, token=False)),
     Case("GET", "/sample_basket", 200, "an invoice", _get("/sample_basket")),
     Case("GET", "/sample_basket", 401, "no token", _get("/sample_basket", token=False)),
+    Case("GET", "/sample_basket", 403, "an API key", _get_with_key("/sample_basket", "recommend")),
     Case("GET", "/sample_basket", 404, "no invoices kept", _get("/sample_basket", _without_samples)),
     Case("GET", "/sample_basket", 413, "body too large", lambda api: api.too_large("GET", "/sample_basket")),
     Case("GET", "/sample_basket", 503, "no model", _get("/sample_basket", Api.no_model)),
     Case("GET", "/model", 200, "the model", _get("/model")),
     Case("GET", "/model", 200, "feed, rules and an incomplete version", _get("/model", _incomplete_version)),
+    Case("GET", "/model", 200, "manifests that are not objects or name a path", _get("/model", _wrong_manifests)),
     Case("GET", "/model", 401, "no token", _get("/model", token=False)),
+    Case("GET", "/model", 403, "an API key", _get_with_key("/model", "recommend")),
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
     *(case for path in console.FILES for case in _console_cases(path)),
+    *_console_cases("/widget.js"),
+    *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),
+    *_preflight_cases("/events", "events"),
 ]
 
 
@@ -398,8 +484,13 @@ def test_answers_validate_against_the_declared_model(api, case):
     response = case.send(api)
     assert response.status_code == case.status, response.text
     route = ROUTES[(case.method, case.path)]
-    if route.response_model is None:  # the console's files: not JSON, and declared as nothing else
-        assert response.headers.get("content-type") == (console.FILES[case.path][1] if case.status == 200 else None)
+    if route.response_model is None and case.method == "OPTIONS":  # a preflight: no body when it passes
+        if case.status == route.status_code:
+            assert response.content == b"" and "content-type" not in response.headers
+            return
+    elif route.response_model is None:  # the console's files and the widget's: not JSON, and declared as nothing else
+        media_type = widget.MEDIA_TYPE if case.path == widget.PATH else console.FILES[case.path][1]
+        assert response.headers.get("content-type") == (media_type if case.status == 200 else None)
         return
     if case.status == (route.status_code or 200):
         model = route.response_model

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import json
+import shutil
 import stat
 
 import jwt
@@ -194,3 +195,84 @@ def test_secret_from_secrets_manager(aws_credentials, tmp_path):
         client = boto3.client("secretsmanager")
         arn = client.create_secret(Name="jwt", SecretString="m" * 64)["ARN"]
         assert load_secret(Settings(jwt_secret_arn=arn), LocalStorage(tmp_path), client) == "m" * 64
+
+
+@pytest.mark.parametrize("part", [0, 1, 2])
+@pytest.mark.parametrize("char", ["+", "/", "!", "=", " ", "\n", "é", "%"])
+def test_a_character_outside_base64url_in_any_part_is_refused(part, char, pyjwt_decoding):
+    token = issue_token("alice", SECRET, clock=lambda: 1000)
+    assert verify_token(token, SECRET, clock=lambda: 1001).username == "alice"
+    parts = token.split(".")
+    for spelled in (parts[part] + char, char + parts[part], parts[part][:5] + char + parts[part][5:]):
+        changed = ".".join(spelled if i == part else p for i, p in enumerate(parts))
+        with pytest.raises(AuthError, match="invalid token"):
+            verify_token(changed, SECRET, clock=lambda: 1001)
+
+
+def test_two_exclamation_marks_appended_are_refused():
+    # The review's reproduction: a valid token with "!!" appended was accepted.
+    token = issue_token("alice", SECRET, clock=lambda: 1000)
+    with pytest.raises(AuthError, match="invalid token"):
+        verify_token(token + "!!", SECRET, clock=lambda: 1001)
+
+
+def test_a_missing_secret_is_not_made_again_where_users_exist(tmp_path):
+    from recommender.serving.tokens import SecretMissing
+    from recommender.serving.users import add_user
+
+    store = LocalStorage(tmp_path / "store")
+    add_user(store, "alice", "password-1", rounds=4)  # a first user brings the store its secret
+    first = load_secret(Settings(cache_dir=str(tmp_path / "other-machine")), store)
+    store.delete(SECRET_KEY)
+    with pytest.raises(SecretMissing, match="missing from .* although it holds users .*make new_secret"):
+        load_secret(Settings(cache_dir=str(tmp_path / "other-machine")), store)
+    add_user(store, "bob", "password-2", rounds=4)  # nor by adding a user
+    assert store.list("secrets/") == []
+    assert first
+
+
+def test_a_missing_secret_this_machine_saw_is_not_made_again(tmp_path):
+    from recommender.serving.tokens import SecretMissing
+
+    settings = Settings(cache_dir=str(tmp_path / "cache"))
+    load_secret(settings, LocalStorage(tmp_path / "store"))
+    shutil.rmtree(tmp_path / "store")  # the whole store is gone, users and secret alike
+    with pytest.raises(SecretMissing, match="which had one"):
+        load_secret(settings, LocalStorage(tmp_path / "store"))
+    assert not (tmp_path / "store" / SECRET_KEY).exists()
+    # Another machine, which never saw it, cannot tell: it makes one (production sets JWT_SECRET_ARN).
+    assert load_secret(Settings(cache_dir=str(tmp_path / "elsewhere")), LocalStorage(tmp_path / "store"))
+
+
+def test_new_secret_makes_one_only_where_none_is_or_replaces_when_asked(tmp_path):
+    from recommender.core.errors import AlreadyExists
+    from recommender.serving.tokens import replace_secret
+
+    store, settings = LocalStorage(tmp_path / "store"), Settings(cache_dir=str(tmp_path / "cache"))
+    assert replace_secret(settings, store) == "made"
+    first = load_secret(settings, store)
+    with pytest.raises(AlreadyExists, match="REPLACE=1"):
+        replace_secret(settings, store)
+    assert load_secret(settings, store) == first
+    assert replace_secret(settings, store, replace=True) == "replaced"
+    assert load_secret(settings, store) != first
+    with pytest.raises(ConfigError, match="JWT_SECRET is set"):
+        replace_secret(Settings(jwt_secret="e" * 40), store, replace=True)
+
+
+def test_a_running_process_adopts_a_replaced_secret_and_keeps_its_own_when_it_is_deleted(tmp_path, caplog):
+    from recommender.serving.tokens import SecretHolder, replace_secret
+
+    store, settings, clock = LocalStorage(tmp_path / "store"), Settings(cache_dir=str(tmp_path / "c")), [0.0]
+    holder = SecretHolder(settings, store, 5.0, clock=lambda: clock[0])
+    first = holder.current()
+    replace_secret(settings, store, replace=True)
+    assert holder.current() == first and not holder.due()  # looked at again only every 5 s
+    clock[0] = 5.0
+    assert holder.due()
+    second = holder.current()
+    assert second != first and second == store.read(SECRET_KEY).decode()
+    store.delete(SECRET_KEY)
+    clock[0] = 10.0
+    assert holder.current() == second and store.list("secrets/") == []
+    assert "deleted from" in caplog.text and "keeps the one it has" in caplog.text

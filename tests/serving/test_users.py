@@ -4,11 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from recommender.core.errors import AlreadyExists, AuthError, InvalidInput, NotFound
+from recommender.core.errors import AlreadyExists, AuthError, Conflict, InvalidInput, NotFound
+from recommender.core.storage import LocalStorage
 from recommender.serving.users import (
     UserCache,
     add_user,
@@ -214,3 +217,172 @@ def test_recreated_account_has_another_stamp(storage):
     first = add_user(storage, "alice", "password-1", rounds=4)
     delete_user(storage, "alice")
     assert add_user(storage, "alice", "password-1", rounds=4).stamp != first.stamp
+
+
+class SlowHashing:
+    """The first hash waits, once it started, until the test lets it go on (later ones run at once): the window a
+    real bcrypt hash of BCRYPT_ROUNDS=17 (seconds) leaves between reading a user's record and writing it, made
+    deterministic."""
+
+    def __init__(self, monkeypatch):
+        from recommender.serving import users
+
+        self.started, self.go = threading.Event(), threading.Event()
+        real = users.password_context.__wrapped__
+        slow = self
+
+        class Context:
+            def __init__(self, rounds):
+                self.real = real(rounds)
+
+            def hash(self, password):
+                if not slow.started.is_set():
+                    slow.started.set()
+                    assert slow.go.wait(30)
+                return self.real.hash(password)
+
+            def verify(self, password, hashed):
+                return self.real.verify(password, hashed)
+
+        monkeypatch.setattr(users, "password_context", lambda rounds=12: Context(rounds))
+
+    def run(self, fn, *args, **kwargs):
+        """Start fn in a thread and return once it is hashing; .result() of the returned future after .go.set()."""
+        future = ThreadPoolExecutor(1).submit(fn, *args, **kwargs)
+        assert self.started.wait(30), future.exception()
+        return future
+
+
+def test_passwd_racing_del_user_does_not_bring_the_account_back(storage, monkeypatch):
+    add_user(storage, "alice", "password-1", rounds=4)
+    slow = SlowHashing(monkeypatch)
+    passwd = slow.run(change_password, storage, "alice", "password-2", rounds=4)
+    delete_user(storage, "alice")
+    slow.go.set()
+    with pytest.raises(Conflict, match="changed or deleted by another command.*nothing was changed"):
+        passwd.result(30)
+    with pytest.raises(NotFound):
+        get_user(storage, "alice")
+    assert storage.list("users/") == []
+
+
+def test_passwd_racing_a_recreated_account_changes_nothing(storage, monkeypatch):
+    add_user(storage, "alice", "password-1", rounds=4)
+    slow = SlowHashing(monkeypatch)
+    passwd = slow.run(change_password, storage, "alice", "password-2", rounds=4)
+    delete_user(storage, "alice")
+    recreated = add_user(storage, "alice", "password-3", "Alice Two", rounds=4)
+    slow.go.set()
+    with pytest.raises(Conflict):
+        passwd.result(30)
+    assert get_user(storage, "alice") == recreated
+    assert authenticate(storage, "alice", "password-3", rounds=4).full_name == "Alice Two"
+
+
+def test_passwd_racing_passwd_one_wins_and_the_other_says_so(storage, monkeypatch):
+    add_user(storage, "alice", "password-1", rounds=4)
+    slow = SlowHashing(monkeypatch)
+    first = slow.run(change_password, storage, "alice", "password-2", rounds=4)
+    # The second reads the record the first read, and writes before it.
+    second = change_password(storage, "alice", "password-3", rounds=4)
+    slow.go.set()
+    with pytest.raises(Conflict):
+        first.result(30)
+    assert get_user(storage, "alice").stamp == second.stamp
+    authenticate(storage, "alice", "password-3", rounds=4)
+
+
+def test_del_user_racing_passwd_deletes_nothing(storage, monkeypatch):
+    add_user(storage, "alice", "password-1", rounds=4)
+    real_delete_if = storage.delete_if
+
+    def passwd_first(key, tag):
+        # Between delete_user's read and its delete: another command changes the password.
+        change_password(storage, "alice", "password-2", rounds=4)
+        return real_delete_if(key, tag)
+
+    monkeypatch.setattr(storage, "delete_if", passwd_first)
+    with pytest.raises(Conflict, match="while it was being deleted"):
+        delete_user(storage, "alice")
+    authenticate(storage, "alice", "password-2", rounds=4)
+
+
+def test_add_user_racing_add_user_keeps_the_first_written(storage, monkeypatch):
+    slow = SlowHashing(monkeypatch)
+    first = slow.run(add_user, storage, "alice", "password-1", "First", rounds=4)
+    add_user(storage, "alice", "password-2", "Second", rounds=4)
+    slow.go.set()
+    with pytest.raises(AlreadyExists):
+        first.result(30)
+    assert get_user(storage, "alice").full_name == "Second"
+    authenticate(storage, "alice", "password-2", rounds=4)
+
+
+def test_conditional_primitives_apply_only_to_the_content_read(storage):
+    assert storage.write_if("users/x.json", b"one", None)
+    assert not storage.write_if("users/x.json", b"two", None)  # only if absent
+    assert not storage.create("users/x.json", b"two")
+    data, tag = storage.read_tagged("users/x.json")
+    assert data == b"one"
+    assert storage.write_if("users/x.json", b"two", tag)
+    assert not storage.write_if("users/x.json", b"three", tag)  # the tag read before names "one"
+    assert not storage.delete_if("users/x.json", tag)
+    assert storage.read("users/x.json") == b"two"
+    _, tag = storage.read_tagged("users/x.json")
+    assert storage.delete_if("users/x.json", tag)
+    assert not storage.delete_if("users/x.json", tag)
+    assert not storage.write_if("users/x.json", b"back", tag)  # deleted meanwhile: not brought back
+    with pytest.raises(NotFound):
+        storage.read("users/x.json")
+
+
+@pytest.mark.parametrize(
+    "password", ["abcdefghij\n", "abc\r\ndefghij", "abcd\tefghij", "abcdefghij\x00", "abc\x7fdefghij"]
+)
+def test_passwords_with_control_characters_refused_on_every_path(tmp_path, password):
+    storage = LocalStorage(tmp_path)  # validation, the same on either backend
+    with pytest.raises(InvalidInput, match="^the password contains a control character"):
+        add_user(storage, "dave", password, rounds=4)
+    assert storage.list("users/") == []
+    add_user(storage, "dave", "password-1", rounds=4)
+    with pytest.raises(InvalidInput, match="^the password contains a control character"):
+        change_password(storage, "dave", password, rounds=4)
+    authenticate(storage, "dave", "password-1", rounds=4)
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u200b", "\u2066", "\ufeff", "\u00ad", "\U000e0041"])
+def test_full_names_and_emails_with_format_characters_refused(tmp_path, char):
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(InvalidInput, match="invisible format characters"):
+        add_user(storage, "dave", "password-1", full_name=f"Carol {char}liveD", rounds=4)
+    with pytest.raises(InvalidInput, match="^malformed email address .*invisible format characters"):
+        add_user(storage, "dave", "password-1", email=f"a{char}@b.com", rounds=4)
+    assert storage.list("users/") == []
+
+
+def test_names_that_need_joiners_are_accepted(storage):
+    # Persian and Indic script spell words with the zero-width non-joiner and joiner.
+    assert add_user(storage, "dave", "password-1", full_name="می\u200cخواهم", rounds=4).full_name == "می\u200cخواهم"
+
+
+@pytest.mark.slow
+def test_passwd_racing_del_user_as_commands_with_slow_hashing(tmp_path):
+    # The review's reproduction, as an operator runs it: passwd hashing at BCRYPT_ROUNDS=13 (about a second), del_user
+    # meanwhile. Whichever way the race goes, the account stays deleted and passwd says so in one line.
+    store = LocalStorage(tmp_path / "store")
+    add_user(store, "alice", "password-1", rounds=4)
+    env = {**os.environ, "STORAGE_URL": str(tmp_path / "store"), "BCRYPT_ROUNDS": "13", "PW": "password-2"}
+
+    def command(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "recommender", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        )
+
+    passwd = command("passwd", "alice", "--password-env", "PW")
+    time.sleep(0.3)
+    deleted = command("del-user", "alice")
+    assert deleted.wait(60) == 0, deleted.stderr.read()
+    assert passwd.wait(120) == 1
+    message = passwd.stderr.read()
+    assert message.count("\n") == 1 and message.startswith("error: "), message
+    assert store.list("users/") == []

@@ -52,6 +52,12 @@ class AuthError(RecommenderError):
     status_code = 401
 
 
+class Forbidden(RecommenderError):
+    """The caller is known but may not do this: an API key without the scope, from an unlisted origin (HTTP 403)."""
+
+    status_code = 403
+
+
 class VersionUnavailable(RecommenderError):
     """No usable version of something versioned (a model, the product feed, the rules): none yet, nothing
     staged or earlier, or an artifact fails its checksum (HTTP 503)."""
@@ -74,19 +80,32 @@ class Conflict(RecommenderError):
 
 
 class ModelRefused(RecommenderError):
-    """A new model is clearly worse than the active one on its held-out baskets (activation refused, HTTP 409)."""
+    """A model may not replace the active one: clearly worse on its held-out baskets, or not measurable against it
+    (activation refused, HTTP 409). Not a failure of the command that trained it: the CLI exits with EXIT_CODE."""
 
     status_code = 409
+    #: What `train`, `promote` and `activate` exit with: the model exists (staged) but is not active.
+    EXIT_CODE = 3
 
 
 class StorageError(RecommenderError):
-    """The storage backend failed (unreachable bucket, permissions)."""
+    """The storage backend failed (unreachable bucket, permissions).
+
+    The message names the key and the storage (for the log and the CLI); `public`, when given, says what failed
+    without saying where, for HTTP clients (who may not even be logged in; the web layer also removes storage
+    addresses and paths from whichever it shows).
+    """
 
     status_code = 503
 
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
+
 
 class TooManyRequests(RecommenderError):
-    """Too many failed attempts from this client; retry after retry_after seconds (HTTP 429 with Retry-After)."""
+    """Too many failed attempts from this client, or requests over an API key's rate; retry after retry_after
+    seconds (HTTP 429 with Retry-After)."""
 
     status_code = 429
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sys
 from collections.abc import Callable
@@ -20,7 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from recommender.core.errors import Conflict, ModelUnavailable, NotFound, PointerDamaged, VersionUnavailable
+from recommender.core.errors import (
+    Conflict,
+    InvalidInput,
+    ModelUnavailable,
+    NotFound,
+    PointerDamaged,
+    VersionUnavailable,
+)
 from recommender.core.storage import Storage
 
 MANIFEST = "manifest.json"
@@ -166,14 +174,44 @@ def publish_files(
     return manifest
 
 
-def read_manifest(storage: Storage, version: str, kind: Kind = MODELS) -> dict:
-    """The manifest of a version; kind.error if the version is missing or unfinished."""
+# A version id or an artifact name is one plain file name: a manifest or pointer naming "../x" is damaged, never a
+# path out of the version's folder.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+# The manifest entries readers rely on: each an object when present.
+OBJECT_FIELDS = ("source", "engine", "counts", "params", "period", "model", "evaluation")
+
+
+def parse_manifest(data: bytes) -> dict:
+    """A manifest's content, checked for the shape every reader relies on (an object whose `artifacts` map plain
+    file names to hashes, its other sections objects); ValueError saying what is wrong otherwise."""
     try:
-        return json.loads(storage.read(artifact_key(version, MANIFEST, kind)))
+        raw = json.loads(data)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+    artifacts = raw.get("artifacts")
+    if not isinstance(artifacts, dict) or not all(isinstance(h, str) for h in artifacts.values()):
+        raise ValueError("no list of artifacts with their hashes")
+    for name in artifacts:
+        if not PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"artifact name {name[:60]!r} is not a plain file name")
+    for field in OBJECT_FIELDS:
+        if raw.get(field) is not None and not isinstance(raw[field], dict):
+            raise ValueError(f"its {field} is not an object")
+    return raw
+
+
+def read_manifest(storage: Storage, version: str, kind: Kind = MODELS) -> dict:
+    """The manifest of a version; kind.error if the version is missing, unfinished or its manifest damaged."""
+    if not PLAIN_NAME.fullmatch(version):
+        raise kind.error(f"{kind.noun} version {version[:60]!r} is not a version name")
+    try:
+        return parse_manifest(storage.read(artifact_key(version, MANIFEST, kind)))
     except NotFound:
         raise kind.error(f"{kind.noun} version {version} is missing or incomplete in {storage.url}") from None
-    except json.JSONDecodeError:
-        raise kind.error(f"{kind.noun} version {version} has a damaged manifest") from None
+    except ValueError as err:
+        raise kind.error(f"{kind.noun} version {version} has a damaged manifest ({err})") from None
 
 
 def read_pointer(storage: Storage, key: str, kind: Kind = MODELS) -> Pointer | None:
@@ -191,9 +229,9 @@ def _parse_pointer(data: bytes, storage: Storage, key: str, kind: Kind) -> Point
         version, previous = raw["version"], raw.get("previous", [])
         if (
             not isinstance(version, str)
-            or not version
+            or not PLAIN_NAME.fullmatch(version)
             or not isinstance(previous, list)
-            or not all(isinstance(v, str) for v in previous)
+            or not all(isinstance(v, str) and PLAIN_NAME.fullmatch(v) for v in previous)
         ):
             raise ValueError(key)
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -300,13 +338,14 @@ def verify(storage: Storage, version: str, kind: Kind = MODELS) -> dict:
 def version_problem(storage: Storage, version: str, kind: Kind = MODELS) -> str | None:
     """Why a version cannot be activated, found without loading it (sha256 from the storage's own checksums
     where it keeps them): "incomplete, ..." or "damaged: ..."; None when it is whole."""
+    if not PLAIN_NAME.fullmatch(version):
+        return "damaged: not a version name"
     try:
-        manifest = json.loads(storage.read(artifact_key(version, MANIFEST, kind)))
-        artifacts = manifest["artifacts"].items()
+        artifacts = parse_manifest(storage.read(artifact_key(version, MANIFEST, kind)))["artifacts"].items()
     except NotFound:
         return "incomplete, no manifest: being published, or killed while it was"
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return "damaged: unreadable manifest"
+    except ValueError as err:
+        return f"damaged: unreadable manifest ({err})"
     for name, expected in artifacts:
         try:
             if storage.sha256(artifact_key(version, name, kind)) != expected:
@@ -404,17 +443,45 @@ def promote_staged(storage: Storage, kind: Kind = MODELS, notify: Callable[[str]
     return pointer.version
 
 
+def find_version(storage: Storage, name: str, kind: Kind = MODELS) -> str:
+    """The stored version named by name, or by a unique beginning of it; kind.error when none is, InvalidInput
+    when several are."""
+    versions = list_versions(storage, kind)
+    if name in versions:
+        return name
+    matches = [v for v in versions if name and v.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise InvalidInput(f"{name!r} begins {len(matches)} {kind.noun} versions ({_listed(matches)}): give more of it")
+    raise kind.error(f"no {kind.noun} version {name!r} in {storage.url}: `make versions` lists them")
+
+
+def unstage(storage: Storage, version: str, kind: Kind = MODELS) -> bool:
+    """Clear STAGED if it names version (conditionally: one staged meanwhile stays); whether it did."""
+    try:
+        data, tag = storage.read_tagged(kind.staged)
+        pointer = _parse_pointer(data, storage, kind.staged, kind)
+    except (NotFound, PointerDamaged):
+        return False
+    return pointer.version == version and storage.delete_if(kind.staged, tag)
+
+
 def rollback(storage: Storage, kind: Kind = MODELS, notify: Callable[[str], None] = note) -> str:
     """Re-activate the version that was active before the current one. If another command moves the pointer
     meanwhile, nothing is rolled back (Conflict): undoing a version nobody has looked at would be a surprise."""
     current = active(storage, kind)
     if current is None:
         raise kind.error(f"no {kind.noun} version is active, nothing to roll back")
+    skipped: list[str] = []
     for candidate in current.previous:
         try:
             verify(storage, candidate, kind)
-        except VersionUnavailable:
-            continue  # pruned or damaged: try the one before
+        except VersionUnavailable as err:
+            skipped.append(err.message)  # pruned or damaged: try the one before, and say why
+            continue
+        if skipped:
+            notify(f"rolled back past what cannot be re-activated: {_listed(skipped)}")
         target = Pointer(candidate, current.previous[current.previous.index(candidate) + 1 :])
 
         def decide(now_current: Pointer | None) -> Pointer:
@@ -428,7 +495,15 @@ def rollback(storage: Storage, kind: Kind = MODELS, notify: Callable[[str], None
 
         move_pointer(storage, kind.active, decide, "activated_at", utcnow, kind, notify)
         return candidate
+    if skipped:
+        raise kind.error(f"cannot roll back, nothing changed: {_listed(skipped)}")
     raise kind.error(f"no earlier {kind.noun} version is available to roll back to")
+
+
+def _listed(problems: list[str], shown: int = 3) -> str:
+    """The first few problems, then how many more (a history holds up to HISTORY_LENGTH versions)."""
+    more = f"; and {len(problems) - shown} earlier one(s) unusable too" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
 
 
 def list_versions(storage: Storage, kind: Kind = MODELS) -> list[str]:

@@ -41,8 +41,10 @@ class Settings:
     login_nice: int = 19
     # How long a user lookup is trusted before the store is read again (deleted users lose access within it).
     user_cache_seconds: float = 5.0
-    # How often a serving process looks at the active-model pointer.
+    # How often a serving process looks at the active-model pointer (and re-reads the API keys).
     model_poll_seconds: float = 2.0
+    # Requests per second an API key may make to one serving process when `make add_key` is given no RATE.
+    key_rate_default: float = 50.0
     # Distinct baskets whose answers a serving process keeps (per model version); 0, the default, keeps none.
     # Worth it when baskets repeat a lot (a product page's "goes well with"): measured 1.3-1.6x the requests/s;
     # on traffic of mostly new baskets the kept answers cost the garbage collector more than they save.
@@ -70,9 +72,20 @@ class Settings:
     events_max_body_bytes: int = 1048576
     events_dedupe_ids: int = 100000
     events_dedupe_seconds: float = 3600.0
+    # Send events to this Kinesis Data Firehose stream instead of writing them to the storage (template.yaml:
+    # EventsFirehose); it delivers them under the same raw layout.
+    events_firehose_stream: str | None = None
     # The local server's limits on a request's line and headers: larger ones get 431, slower ones 408.
     max_header_bytes: int = 16384
     header_timeout_seconds: float = 10.0
+    # ...and on its body and connections: a body must arrive within body_timeout_seconds and, after its first
+    # 2 s, at min_body_bytes_per_second on average (else 408), and an answer be read within the same time; at most
+    # max_connections open connections in all (fewer if the process may not open that many files) and
+    # max_connections_per_address from one address.
+    body_timeout_seconds: float = 30.0
+    min_body_bytes_per_second: int = 1024
+    max_connections: int = 1000
+    max_connections_per_address: int = 100
     keep_versions: int = 5
     # Uploads of merchandising rules and product feeds: the largest rules file, its stored form (JSON), and the most
     # rows and bytes (uncompressed) of a feed file; larger ones are refused with one line naming the setting.
@@ -82,6 +95,8 @@ class Settings:
     max_feed_bytes: int = 256 << 20
     # Activation refuses a new model whose held-out HR@10 is more than this share below the active model's.
     model_gate_margin: float = 0.10
+    # What the scheduled retraining (tools/retrain.py) trains from: the event log, or files and the event log.
+    retrain_data: str = "events:"
     run_dir: str = "./data/run"
     host: str = "127.0.0.1"
     port: int = 8090
@@ -130,6 +145,12 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
     ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
+    if settings.body_timeout_seconds <= 0 or settings.min_body_bytes_per_second < 0:
+        raise ConfigError("BODY_TIMEOUT_SECONDS must be above 0, and MIN_BODY_BYTES_PER_SECOND 0 or more")
+    if settings.max_connections < 1 or settings.max_connections_per_address < 1:
+        raise ConfigError("MAX_CONNECTIONS and MAX_CONNECTIONS_PER_ADDRESS must be at least 1")
+    if not settings.key_rate_default > 0:
+        raise ConfigError("KEY_RATE_DEFAULT must be above 0 (requests per second)")
     if settings.jwt_algorithm not in {"HS256", "HS384", "HS512"}:
         raise ConfigError(f"JWT_ALGORITHM must be HS256, HS384 or HS512, not {settings.jwt_algorithm!r}")
     if settings.s3_retry_mode not in {"standard", "adaptive", "legacy"}:

@@ -97,7 +97,8 @@ class LocalStorage:
 
     def _fail(self, err: OSError, path: Path) -> StorageError:
         return StorageError(
-            f"cannot write {path.relative_to(self.root).as_posix()} in {self.url}: {err.strerror or err}"
+            f"cannot write {path.relative_to(self.root).as_posix()} in {self.url}: {err.strerror or err}",
+            public=f"the storage cannot be written to ({err.strerror or type(err).__name__})",
         )
 
     def read(self, key: str) -> bytes:
@@ -139,6 +140,9 @@ class LocalStorage:
         tmp: str | None = self._temp_beside(path, data)
         try:
             with self._locked(path):
+                if tag is None:
+                    # link() fails if the name exists: create() takes no lock, and must not be overwritten.
+                    return self._link_new(tmp, path)
                 if self._tag_now(path) != tag:
                     return False
                 os.replace(tmp, path)
@@ -160,13 +164,17 @@ class LocalStorage:
         path = self._path(key)
         tmp = self._temp_beside(path, data)
         try:
-            # link() fails if the name exists, so the file appears complete or not at all.
+            return self._link_new(tmp, path)
+        finally:
+            os.unlink(tmp)
+
+    def _link_new(self, tmp: str, path: Path) -> bool:
+        # link() fails if the name exists, so the file appears complete or not at all.
+        try:
             os.link(tmp, path)
             return True
         except FileExistsError:
             return False
-        finally:
-            os.unlink(tmp)
 
     def delete(self, key: str) -> bool:
         try:
@@ -223,7 +231,15 @@ class S3Storage:
         return self.prefix + check_key(key)
 
     def _fail(self, err: Exception, action: str, key: str) -> StorageError:
-        return StorageError(f"S3 {action} of {self.url}{key} failed: {err}")
+        # For HTTP clients: what S3 said (its error code and message) or the kind of network failure, never the
+        # bucket, key or endpoint (botocore's own messages name them).
+        response = getattr(err, "response", None)
+        error = response.get("Error", {}) if isinstance(response, dict) else {}
+        reason = f"{error.get('Code')} ({error.get('Message')})" if error.get("Message") else error.get("Code")
+        return StorageError(
+            f"S3 {action} of {self.url}{key} failed: {err}",
+            public=f"S3 {action} of the storage failed: {reason or type(err).__name__}",
+        )
 
     def _read(self, key: str, call: Callable[[], Any]) -> Any:
         """Run one reading request (the body read included): NotFound for a missing key, else StorageError."""
@@ -353,7 +369,10 @@ class S3Storage:
                 f.write(data)
             os.replace(tmp, target)
         except OSError as err:
-            raise StorageError(f"cannot keep a local copy of {key} in {self.cache_root}: {err}") from None
+            raise StorageError(
+                f"cannot keep a local copy of {key} in {self.cache_root}: {err}",
+                public=f"a model file cannot be copied to local disk ({err.strerror or type(err).__name__})",
+            ) from None
         return target
 
     def drop_local_copies(self, keep_prefix: str) -> None:

@@ -17,6 +17,7 @@ import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recommender.core.errors import ConfigError
+from recommender.local import api_docs
 from recommender.local.template import plain, read_template
 
 
@@ -86,7 +87,7 @@ def merged_openapi(apps: list[Any], routes: list[Route]) -> dict:
 
 
 class Gateway:
-    """An ASGI app dispatching (method, path) to the function apps, with /docs for the merged API."""
+    """An ASGI app dispatching (method, path) to the function apps, with /docs and /redoc for the merged API."""
 
     def __init__(self, routes: list[Route], root: Path) -> None:
         self.routes = routes
@@ -119,11 +120,10 @@ class Gateway:
             if self._openapi is None:
                 self._openapi = json.dumps(merged_openapi(self.apps, self.routes)).encode()
             return await self._send(send, 200, self._openapi)
-        if path in ("/docs", "/docs/") and method == "GET":
-            from fastapi.openapi.docs import get_swagger_ui_html
-
-            page = get_swagger_ui_html(openapi_url="/openapi.json", title="Recommender API")
-            page.headers["X-Content-Type-Options"] = "nosniff"
+        if path in api_docs.FILES and method in ("GET", "HEAD"):
+            headers = dict(scope["headers"])
+            if_none_match = headers.get(b"if-none-match")
+            page = api_docs.response(path, if_none_match.decode("latin-1") if if_none_match else None)
             return await page(scope, receive, send)
         if path in self._allowed:
             return await self._send(

@@ -70,19 +70,30 @@ def serve(settings: Settings, template: Path) -> None:
 
 
 def uvicorn_options(settings: Settings) -> dict:
-    """How `make run` and `make run-prod` run uvicorn; the benchmark's ceiling app runs with the same options."""
-    from recommender.local.protocol import limited_protocol
+    """How `make run` and `make run-prod` run uvicorn; the benchmark's ceiling app runs with the same options.
 
+    Raises the process's soft limit on open files to its hard limit (where allowed) to fit the connection limit."""
+    from recommender.local.connections import connection_limit, raise_file_limit
+    from recommender.local.protocol import Limits, limited_protocol
+
+    open_files = raise_file_limit()
+    limits = Limits.of(settings, max_connections=connection_limit(settings.max_connections, open_files))
+    if limits.max_connections < settings.max_connections:
+        log.warning(
+            "at most %d connections (not MAX_CONNECTIONS=%d): the process may open %d files and keeps some for itself",
+            limits.max_connections,
+            settings.max_connections,
+            open_files,
+        )
     # One worker; the loop is uvicorn's "auto" (uvloop when installed), the HTTP parser httptools with limits on
-    # the size and the time of a request's head (uvicorn sets neither).
-    protocol = limited_protocol(settings.max_header_bytes, settings.header_timeout_seconds)
+    # the size and the time of a request's head and body, and on connections (uvicorn sets none of them).
     return {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": False,
         "server_header": False,
-        "http": protocol,
+        "http": limited_protocol(limits),
     }
 
 

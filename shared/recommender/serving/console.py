@@ -53,8 +53,12 @@ def asset(path: str) -> Asset:
 
 def response(path: str, if_none_match: str | None = None) -> Response:
     """The response for a console path: the file, or 304 when the client's copy is current."""
-    found = asset(path)
-    headers = {**HEADERS, "ETag": found.etag}
+    return conditional(asset(path), HEADERS, if_none_match)
+
+
+def conditional(found: Asset, headers: dict[str, str], if_none_match: str | None) -> Response:
+    """The file with its headers and ETag, or 304 when If-None-Match names its ETag."""
+    headers = {**headers, "ETag": found.etag}
     if if_none_match and found.etag in [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
     return Response(found.body, media_type=found.media_type, headers=headers)

@@ -386,16 +386,28 @@ class ModelHolder:
         finally:
             self._lock.release()
 
-    def watch(self, stop: threading.Event) -> threading.Thread:
-        """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh."""
+    def watch(self, stop: threading.Event, max_backoff: float = 60.0) -> threading.Thread:
+        """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh.
+
+        A poll that fails unexpectedly (the process out of file descriptors: EMFILE) is logged once, not at every
+        poll; the next polls come later and later (doubling up to max_backoff seconds) until one works again,
+        which is logged too. The model in memory is served all along."""
 
         def loop() -> None:
-            while not stop.wait(self.poll_seconds):
+            delay, failing = self.poll_seconds, None
+            while not stop.wait(delay):
                 try:
                     self.refresh()
                 except Exception as err:  # noqa: BLE001 - the watcher must outlive any one bad poll
-                    log.exception("looking for a new model failed")
-                    self.error = f"looking for a new model failed: {err}"
+                    message = f"looking for a new model failed: {err}"
+                    delay = min(max(delay * 2, 1.0), max_backoff)
+                    if message != failing:  # the traceback once, not at every poll
+                        log.error("%s; next try in %g s, then less often while it fails", message, delay, exc_info=True)
+                    failing = self.error = message
+                    continue
+                if failing is not None:
+                    log.info("looking for a new model works again")
+                    failing, delay = None, self.poll_seconds
 
         self._watching = True
         thread = threading.Thread(target=loop, name="model-watcher", daemon=True)

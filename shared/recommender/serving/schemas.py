@@ -264,11 +264,14 @@ class RecommendationsOut(Out):
     fallback: bool
     exhausted: bool
     warnings: list[str]  # what the answer says of the request: categories no item is in, pins over a cap
+    # Names the answer (model version, experiment arm, time) so that events can be attributed to it
+    # (serving.attribution).
+    recommendation_id: str
 
 
-def answer_json(answer: "Recommendation", explain: bool) -> dict:
-    """A RecommendationsOut (also each line of a batch file's answers)."""
-    return {
+def answer_json(answer: "Recommendation", explain: bool, recommendation_id: str | None = None) -> dict:
+    """A RecommendationsOut (also each line of a batch file's answers, which no shopper sees: no id)."""
+    out = {
         "items": [item_json(p, explain) for p in answer.items],
         "model_version": answer.model_version,
         "feed_version": answer.feed_version,
@@ -278,6 +281,9 @@ def answer_json(answer: "Recommendation", explain: bool) -> dict:
         "exhausted": answer.exhausted,
         "warnings": list(answer.warnings),
     }
+    if recommendation_id is not None:
+        out["recommendation_id"] = recommendation_id
+    return out
 
 
 class FoundItem(Out):

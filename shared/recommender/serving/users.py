@@ -7,13 +7,14 @@ import re
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from recommender.core.errors import AlreadyExists, AuthError, InvalidInput, NotFound, StorageError
+from recommender.core.errors import AlreadyExists, AuthError, Conflict, InvalidInput, NotFound, StorageError
 from recommender.core.storage import Storage
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ MAX_FULL_NAME = 200
 # with one is a wrong password, answered without hashing anything.
 MAX_PASSWORD_BYTES = 4096
 MIN_PASSWORD_LENGTH = 8
+# What a client is told of a damaged record: not which one (that would confirm the name exists), nor where it is.
+DAMAGED_RECORD = "a stored user record is damaged: the server's log says which"
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,32 @@ def validate_username(username: str) -> str:
     return username
 
 
+PASSWORD_CONTROL = (
+    "the password contains a control character (a newline, carriage return, tab, ...): type it again without one"
+)
+# Characters that change how text around them is shown without being seen themselves: the right-to-left override
+# (U+202E) makes "Alice\u202eeciffO" read "AliceOffice". Zero-width (non-)joiners stay allowed: Persian and
+# Indic names need them.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def has_control(text: str) -> bool:
+    """Whether text holds a control character (C0, DEL, C1) or a line or paragraph separator."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+
+
+def has_invisible(text: str) -> bool:
+    """Whether text holds a format character (Unicode category Cf, other than the joiners) or a lone surrogate."""
+    return any(unicodedata.category(c) in ("Cf", "Cs") and c not in _JOINERS for c in text)
+
+
 def validate_password(password: str, min_length: int = MIN_PASSWORD_LENGTH) -> str:
-    """The password, or InvalidInput if it is empty, shorter than min_length characters or over 4,096 bytes."""
+    """The password, or InvalidInput if it is empty, shorter than min_length characters, over 4,096 bytes or holds
+    a control character (a newline pasted with it would make the password one nobody can type)."""
     if not password:
         raise InvalidInput("the password is empty")
+    if has_control(password):
+        raise InvalidInput(PASSWORD_CONTROL)
     if len(password) < min_length:
         raise InvalidInput(f"the password is shorter than {min_length} characters (MIN_PASSWORD_LENGTH)")
     if _byte_length(password) > MAX_PASSWORD_BYTES:
@@ -91,9 +116,13 @@ def _byte_length(password: str) -> int:
 
 def _validate_profile(full_name: str, email: str) -> tuple[str, str]:
     full_name, email = full_name.strip(), email.strip()
-    # Control characters (newlines, tabs, escapes) would break one-line listings and logs.
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in full_name):
-        raise InvalidInput(f"the full name {full_name!r} contains control characters (newline, tab, ...)")
+    # Control characters (newlines, tabs, escapes) would break one-line listings and logs; format characters
+    # (a right-to-left override) would show another name than the one stored.
+    for what, text in ((f"the full name {full_name!r}", full_name), (f"malformed email address {email!r}:", email)):
+        if has_control(text):
+            raise InvalidInput(f"{what} contains control characters (newline, tab, ...)")
+        if has_invisible(text):
+            raise InvalidInput(f"{what} contains invisible format characters (such as a right-to-left override)")
     if len(full_name) > MAX_FULL_NAME:
         raise InvalidInput(f"the full name is longer than {MAX_FULL_NAME} characters")
     if email and (len(email) > MAX_EMAIL or not EMAIL_RE.fullmatch(email)):
@@ -123,6 +152,11 @@ def add_user(
         raise AlreadyExists(f"user {username!r} already exists")
     user = User(username, full_name, email, now().isoformat(timespec="seconds"), _new_stamp())
     record = {**asdict(user), "password_hash": password_context(rounds).hash(password)}
+    from recommender.serving.tokens import create_first_secret  # here: tokens imports PyJWT, needed only now
+
+    # The first user of a store comes with its token signing secret: from then on a missing secret means a lost
+    # one, and no process makes another by itself (tokens.load_secret).
+    create_first_secret(storage)
     if not storage.create(_key(username), json.dumps(record, indent=1).encode()):
         raise AlreadyExists(f"user {username!r} already exists")
     return user
@@ -139,18 +173,23 @@ def _legacy_key(storage: Storage, username: str) -> str | None:
 
 
 def _find(storage: Storage, username: str) -> tuple[str, dict]:
+    key, record, _tag = _find_tagged(storage, username)
+    return key, record
+
+
+def _find_tagged(storage: Storage, username: str) -> tuple[str, dict, str]:
+    """The key, record and storage tag of a user (for a change that applies only to the record read)."""
     validate_username(username)
-    try:
-        return _key(username), _parse(storage, username, storage.read(_key(username)))
-    except NotFound:
-        pass
+    keys = [_key(username)]
     if username != username.lower():
         # A record written before names were case-insensitive lives under the case it was created with.
-        legacy = f"{USERS_PREFIX}{username}.json"
+        keys.append(f"{USERS_PREFIX}{username}.json")
+    for key in keys:
         try:
-            return legacy, _parse(storage, username, storage.read(legacy))
+            data, tag = storage.read_tagged(key)
         except NotFound:
-            pass
+            continue
+        return key, _parse(storage, username, data), tag
     raise NotFound(f"no user named {username!r}")
 
 
@@ -158,9 +197,13 @@ def _parse(storage: Storage, username: str, data: bytes) -> dict:
     try:
         record = json.loads(data)
     except ValueError:
-        raise StorageError(f"the record of user {username!r} in {storage.url} is damaged (not JSON)") from None
+        raise StorageError(
+            f"the record of user {username!r} in {storage.url} is damaged (not JSON)", public=DAMAGED_RECORD
+        ) from None
     if not isinstance(record, dict) or not isinstance(record.get("username"), str):
-        raise StorageError(f"the record of user {username!r} in {storage.url} is damaged (no user name)")
+        raise StorageError(
+            f"the record of user {username!r} in {storage.url} is damaged (no user name)", public=DAMAGED_RECORD
+        )
     return record
 
 
@@ -179,21 +222,33 @@ def get_user(storage: Storage, username: str) -> User:
     return _user(_find(storage, username)[1])
 
 
+def _changed_meanwhile(username: str, doing: str) -> Conflict:
+    return Conflict(
+        f"user {username!r} was changed or deleted by another command while {doing}; nothing was changed: "
+        "look at the user (make list_users) and try again"
+    )
+
+
 def delete_user(storage: Storage, username: str) -> None:
-    """Remove a user; NotFound if there is none by that name."""
-    key, _record = _find(storage, username)
-    if not storage.delete(key):
-        raise NotFound(f"no user named {username!r}")
+    """Remove a user; NotFound if there is none by that name, Conflict if its record changed since it was read."""
+    key, _record, tag = _find_tagged(storage, username)
+    if not storage.delete_if(key, tag):
+        raise _changed_meanwhile(username, "it was being deleted")
 
 
 def change_password(
     storage: Storage, username: str, password: str, rounds: int = 12, min_password_length: int = MIN_PASSWORD_LENGTH
 ) -> User:
-    """Set a new password and a new stamp, which revokes every token issued before; NotFound if no such user."""
+    """Set a new password and a new stamp, which revokes every token issued before; NotFound if no such user.
+
+    The record is replaced only if it is still the one read before hashing (which takes a while on purpose): a
+    deletion or another change meanwhile wins, and this raises Conflict having changed nothing.
+    """
     validate_password(password, min_password_length)
-    key, record = _find(storage, username)
+    key, record, tag = _find_tagged(storage, username)
     record.update(password_hash=password_context(rounds).hash(password), stamp=_new_stamp())
-    storage.write(key, json.dumps(record, indent=1).encode())
+    if not storage.write_if(key, json.dumps(record, indent=1).encode(), tag):
+        raise _changed_meanwhile(username, "its password was being hashed")
     return _user(record)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, wraps
@@ -13,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,12 +22,13 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recommender.core.errors import AuthError, Busy, InvalidInput, NotFound, RecommenderError
+from recommender.core.errors import AuthError, Busy, Forbidden, InvalidInput, NotFound, RecommenderError, StorageError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
+from recommender.serving.keys import ALL_SCOPES, KEY_PREFIX, SCOPES, Caller, KeyCache
 from recommender.serving.model import Model, ModelHolder
 from recommender.serving.schemas import ErrorOut, error_json
-from recommender.serving.tokens import load_secret, verify_token
+from recommender.serving.tokens import SECRET_RECHECK_SECONDS, SecretHolder, verify_token
 from recommender.serving.users import User, UserCache
 
 if TYPE_CHECKING:  # imported on first use: the recommend function never logs anyone in
@@ -44,6 +46,7 @@ async def settings() -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(settings)]
 bearer = OAuth2PasswordBearer(tokenUrl="/token", auto_error=False)
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (make add_key)")
 
 
 def _per_settings(make: Callable[[Settings], T]) -> Callable[[Settings], T]:
@@ -79,8 +82,10 @@ def _storage(settings: Settings) -> Storage:
 
 
 @_per_settings
-def _secret(settings: Settings) -> str:
-    return load_secret(settings, _storage(settings))
+def _secret(settings: Settings) -> SecretHolder:
+    # Looked at again as often as the users are (replacing the secret revokes every token, as deleting a user does),
+    # but not on every request when USER_CACHE_SECONDS is 0.
+    return SecretHolder(settings, _storage(settings), max(settings.user_cache_seconds, SECRET_RECHECK_SECONDS))
 
 
 @_per_settings
@@ -100,6 +105,10 @@ def event_ingest(settings: Settings) -> Ingest:
     from recommender.core.event_log import open_event_log
     from recommender.serving.events import Ingest
 
+    if settings.events_firehose_stream:
+        from recommender.core.event_firehose import firehose_event_log
+
+        return Ingest(firehose_event_log(settings), settings)
     return Ingest(open_event_log(_storage(settings)), settings)
 
 
@@ -119,9 +128,15 @@ def _logins(settings: Settings) -> Logins:
         return logins
 
 
+@_per_settings
+def key_cache(settings: Settings) -> KeyCache:
+    """The API keys this process accepts (one cache per settings), re-read every MODEL_POLL_SECONDS."""
+    return KeyCache(_storage(settings), settings.model_poll_seconds)
+
+
 def reset_resources() -> None:
     """Forget every cached resource (tests use it between settings)."""
-    for cached in (_storage, _secret, _user_cache, model_holder, event_ingest):
+    for cached in (_storage, _secret, _user_cache, model_holder, event_ingest, key_cache):
         cached.cache_clear()
     with _logins_lock:
         for logins in _logins_by_settings.values():
@@ -150,17 +165,25 @@ async def get_secret(settings: SettingsDep) -> str:
 
 
 async def _signing_secret(settings: Settings) -> str:
-    if _secret.cache_info().currsize == 0:
-        return await run_in_threadpool(_secret, settings)
-    return _secret(settings)
+    holder = _secret(settings)
+    if holder.due():
+        return await run_in_threadpool(holder.current)
+    return holder.value  # type: ignore[return-value]  # due() is False only once it holds one
 
 
 # The two dependencies every recommendation request resolves read the settings themselves rather than through
 # sub-dependencies: each level of FastAPI's dependency resolution costs tens of microseconds per request.
-async def current_user(token: Annotated[str | None, Depends(bearer)]) -> User:
-    """The user a valid bearer token names; AuthError (401) for a missing, bad or expired token or a deleted user."""
-    if not token:
+async def current_user(request: Request, token: Annotated[str | None, Depends(bearer)]) -> User:
+    """The user a valid bearer token names; AuthError (401) for a missing, bad or expired token or a deleted user,
+    Forbidden (403) for an API key: keys reach only the routes of their scopes."""
+    if not token or token.startswith(KEY_PREFIX):
+        if token or "x-api-key" in request.headers:
+            raise Forbidden(f"an API key cannot call {request.url.path}: it needs a user's token (POST /token)")
         raise AuthError("not authenticated: send Authorization: Bearer <token> (get one from POST /token)")
+    return await _token_user(token)
+
+
+async def _token_user(token: str) -> User:
     settings = get_settings()
     claims = verify_token(token, await _signing_secret(settings), settings.jwt_algorithm)
     cache = _user_cache(settings)
@@ -181,7 +204,52 @@ async def current_user(token: Annotated[str | None, Depends(bearer)]) -> User:
 
 async def request_user(request: Request) -> User:
     """current_user for the bearer token of a request's Authorization header (what Depends(bearer) gives it)."""
-    return await current_user(await bearer(request))
+    return await current_user(request, await bearer(request))
+
+
+# What a user's token may do: everything a key can, and the rest. One object, not one per request.
+_USERS: dict[str, Caller] = {}
+
+
+async def request_caller(request: Request, scope: str) -> Caller:
+    """Who sends a request to a route of scope: an API key (X-API-Key, or Authorization: Bearer rk_...) checked
+    for its scope, origin and rate, or a user's bearer token exactly as current_user checks it."""
+    headers = request.headers
+    key = headers.get("x-api-key")
+    if key is None:
+        scheme, _, value = (headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise AuthError(
+                "not authenticated: send X-API-Key: <key> (make add_key) or Authorization: Bearer <token> "
+                "(get one from POST /token)"
+            )
+        if not value.startswith(KEY_PREFIX):
+            user = await _token_user(value)
+            caller = _USERS.get(user.username)
+            if caller is None:
+                caller = _USERS.setdefault(user.username, Caller("user", user.username, ALL_SCOPES))
+            return caller
+        key = value
+    cache = key_cache(get_settings())
+    if cache.due():
+        await run_in_threadpool(cache.refresh)
+    # The path from the scope: request.url would build a URL object, several µs, for an error message.
+    return cache.check(key, scope, headers.get("origin"), request.scope["path"])
+
+
+def caller(scope: str) -> Callable[..., Awaitable[Caller]]:
+    """A dependency: the Caller of a route of scope (request_caller), documented with both ways to authorize."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    async def dependency(
+        request: Request,
+        _token: Annotated[str | None, Depends(bearer)],
+        _key: Annotated[str | None, Depends(api_key_header)],
+    ) -> Caller:
+        return await request_caller(request, scope)
+
+    return dependency
 
 
 def resolved_by(handler: Callable[[Request], Awaitable[Response]]) -> type[APIRoute]:
@@ -274,11 +342,13 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 # What each error status means, for the OpenAPI document (README "HTTP API" says the same).
 ERROR_MEANINGS = {
     400: "the form body cannot be parsed",
-    401: "missing, malformed, expired, forged or revoked token, a deleted user, or bad credentials",
+    401: "missing, malformed, expired, forged or revoked token or API key, a deleted user, or bad credentials",
+    403: "an API key without the scope of this route, from an origin it does not list, or on a route for users only",
     404: "what was asked for does not exist (e.g. a model trained before it kept sample invoices)",
     413: "the request body is larger than MAX_BODY_BYTES (EVENTS_MAX_BODY_BYTES for /events)",
     422: "malformed request: the detail names the field and the problem",
-    429: "too many failed logins from this client address; retry after Retry-After seconds",
+    429: "too many failed logins from this client address, or an API key over its rate; retry after Retry-After "
+    "seconds",
     503: "no model can be served, the storage cannot be reached, logins are at capacity, or events cannot be stored "
     "(the last two with Retry-After)",
 }
@@ -319,6 +389,25 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# Where things are stored is for the operator (the log, the CLI), never for an HTTP client: storage URLs (s3://..., an
+# S3 endpoint) and absolute paths in a message become "the storage".
+_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*|(?<![\w.:/~-])/[^\s'\":]+", re.IGNORECASE)
+
+
+def public_text(text: str) -> str:
+    """text with every storage URL and absolute path replaced by "the storage"."""
+    return _ADDRESS.sub("the storage", text)
+
+
+def public_detail(err: RecommenderError) -> str:
+    """What an HTTP client is told of err: what is wrong, never where it is stored (the log keeps the message)."""
+    if err.status_code < 500 and not isinstance(err, NotFound):
+        # About the request (its fields, origin, key, route): a "/" or "https://" there is the client's own. A
+        # NotFound may come from the storage itself ("<key> not found in s3://..."), so it is cleaned like a 5xx.
+        return err.message
+    return public_text((err.public if isinstance(err, StorageError) else None) or err.message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error to {"detail": "..."} with the right status; nothing escapes as a bare 500."""
 
@@ -329,7 +418,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Retry-After"] = str(err.retry_after)
         if err.status_code >= 500 and not isinstance(err, Busy):
             log.error("%s", err.message)  # a busy login pool is logged by the login's own line
-        return _error(err.status_code, err.message, headers or None)
+        return _error(err.status_code, public_detail(err), headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -437,12 +526,16 @@ def create_app(title: str, description: str, no_store: bool = False) -> FastAPI:
 
     no_store: every answer carries Cache-Control: no-store (the auth function's tokens and user details).
     """
+    # No /docs or /redoc of FastAPI's (pages loading their code from a CDN): the local server serves both from
+    # its own files for the whole API (local.api_docs).
+    options: dict[str, Any] = {"title": title, "description": description, "version": "1.0"}
+    options |= {"docs_url": None, "redoc_url": None}
     try:
         # The service configures no OpenTelemetry; FastAPI's own (in recent releases) would look for providers in the
         # environment on every request otherwise, 10-20 µs each time.
-        app = FastAPI(title=title, description=description, version="1.0", telemetry=NO_TELEMETRY)
+        app = FastAPI(**options, telemetry=NO_TELEMETRY)
     except TypeError:  # a FastAPI without native telemetry
-        app = FastAPI(title=title, description=description, version="1.0")
+        app = FastAPI(**options)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(Headers, no_store=no_store)  # added last: outermost, so the 413s get the headers too

@@ -291,9 +291,13 @@ def read_part(path: Path, kind: str, name: str | None = None, encoding: str = "u
 def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
     """The raw rows of a file, folder of parts or s3:// location, as text columns, in chunks, parts in order;
     DataFileError when the input cannot be used."""
-    from recommender.training.sources import local_file, resolve
+    from recommender.training.event_tables import purchase_chunks
+    from recommender.training.sources import EVENTS_KIND, local_file, resolve
 
     for part in resolve(path).parts:
+        if part.kind == EVENTS_KIND:
+            yield from purchase_chunks(part.location)
+            continue
         with local_file(part) as local:
             yield from read_part(local, part.kind, part.name, encoding)
 

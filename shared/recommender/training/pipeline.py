@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -125,13 +126,17 @@ def train(
     model as it was. Before activation the new model is compared with the active one (training/gate.py): when it
     is clearly worse it is staged instead and ModelRefused raised, unless force.
     """
-    from recommender.training.sources import fingerprint, resolve
+    from recommender.training.event_tables import with_store
+    from recommender.training.sources import EVENTS_KIND, fingerprint, resolve
 
     started = time.perf_counter()
     if engine not in ENGINES:
         raise ConfigError(f"unknown training engine {engine!r}: use {' or '.join(ENGINES)}")
+    source = with_store(os.fspath(source), storage.url)  # a bare events: is this storage's event log
     progress(f"reading {source}")
     resolved = resolve(source)
+    if engine == "spark" and any(part.kind == EVENTS_KIND for part in resolved.parts):
+        raise ConfigError("training from events: runs on this machine: leave out ENGINE=spark")
     if engine == "spark":
         from recommender.training import distributed
 

@@ -103,9 +103,25 @@ def _folder_parts(listing: list[tuple[str, str, int, str]], where: str) -> tuple
     return tuple(parts)
 
 
+EVENTS_KIND = "events"  # the recorded purchases of an event log (training/event_tables.py), read as one part
+
+
 def resolve(location: str | os.PathLike[str], s3_client: Callable[[], Any] | None = None) -> Source:
-    """The parts of a file, folder or s3:// location; DataFileError when there is nothing usable there."""
+    """The parts of a file, folder or s3:// location, of the event log (events: or events:<storage url>), or of
+    several of these joined by commas with the event log among them; DataFileError when there is nothing usable."""
+    from recommender.training import event_tables
+
     text = os.fspath(location)
+    pieces = event_tables.split_sources(text)
+    if len(pieces) > 1:
+        sources = [resolve(piece, s3_client) for piece in pieces]
+        parts = tuple(part for source in sources for part in source.parts)
+        return Source(text, ", ".join(source.name for source in sources), parts, folder=True)
+    if event_tables.is_events(text):
+        storage = event_tables.open_log(text)
+        listing = event_tables.list_log(storage)
+        tag = event_tables.fingerprint(storage, listing)
+        return Source(text, "events", (Part(text, f"events of {storage.url}", EVENTS_KIND, 0, tag),), folder=True)
     if text.startswith("s3://") or text.startswith("s3a://"):
         return _resolve_s3(text, s3_client or default_s3_client())
     if "://" in text:
