@@ -17,6 +17,7 @@ LIGHT_STAMP := $(VENV)/.installed-light
 LIGHT = $(if $(wildcard $(STAMP)),$(STAMP),$(LIGHT_STAMP))
 CLI := $(BIN)/python -m recommender
 DAYS ?= 30
+SEED ?= 0
 # FORCE=1 (or yes/true) activates a model even when the comparison with the active one refuses it.
 FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
 # HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model (which it
@@ -102,9 +103,9 @@ export: $(LIGHT) ## every item's top N complements: OUT= [N=10] [FORMAT=csv|json
 	@test -n "$$OUT" || { echo "error: give the output file: make export OUT=fbt.csv (or BASKETS=baskets.jsonl OUT=answers.jsonl)" >&2; exit 2; }
 	@$(CLI) export --out "$$OUT" --n "$${N:-10}" $${FORMAT:+--format "$$FORMAT"} $${BASKETS:+--baskets "$$BASKETS"} $(if $(RESUME),--resume)
 
-evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] (report under reports/)
+evaluate: $(STAMP) ## score the product against baselines: PATH_TO_DATA= [DAYS=30] [SEED=0: which item is hidden] (report under reports/)
 	@test -n "$$PATH_TO_DATA" || { echo "error: give the data file: make evaluate PATH_TO_DATA=path/to/file.csv" >&2; exit 2; }
-	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)"
+	$(CLI) evaluate "$$PATH_TO_DATA" --days "$(DAYS)" --engine "$(ENGINE)" --seed "$(SEED)"
 
 events_compact: $(LIGHT) ## compact the recorded events (POST /events) into Parquet by day under events/parquet/, duplicates dropped
 	@$(CLI) events-compact

@@ -23,6 +23,8 @@ from recommender.serving import web
 from recommender.serving.users import add_user
 from recommender.tools import synthetic
 from recommender.training.pipeline import train
+from recommender.training.recipe import TrainingParams
+from recommender.training.reranker import RerankParams
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = Path(__file__).resolve().parent / "events"
@@ -141,6 +143,20 @@ def trained_folder(tmp_path_factory: pytest.TempPathFactory, tiny_csv: Path) -> 
     """A storage folder holding one active model trained on the tiny dataset (built once per session)."""
     folder = tmp_path_factory.mktemp("trained")
     train(tiny_csv, LocalStorage(folder), progress=lambda _m: None)
+    return folder
+
+
+# The tiny data shows no gain from a re-ranker: these settings give it trees anyway, to test everything around it.
+TINY_RERANK = TrainingParams(
+    rerank=RerankParams(days=60, min_baskets=20, require_gain=False, min_data_in_leaf=5, max_rounds=40)
+)
+
+
+@pytest.fixture(scope="session")
+def reranked_folder(tmp_path_factory: pytest.TempPathFactory, tiny_csv: Path) -> Path:
+    """A storage folder holding one active model of the tiny dataset with a learned re-ranker (built once)."""
+    folder = tmp_path_factory.mktemp("reranked")
+    train(tiny_csv, LocalStorage(folder), TINY_RERANK, progress=lambda _m: None)
     return folder
 
 

@@ -535,7 +535,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.tools import evaluation
 
     report, folder = evaluation.run(
-        args.path, days=args.days, out_dir=args.out, engine=args.engine, spark_master=args.spark_master
+        args.path, days=args.days, out_dir=args.out, engine=args.engine, spark_master=args.spark_master, seed=args.seed
     )
     print()
     print(evaluation.table(report))
@@ -711,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--out", default="reports", help="folder for the report (JSON, table, PNG plot)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="which item of each test basket is hidden (another seed, another)"
+    )
     _engine_arguments(p)
 
     p = sub.add_parser(

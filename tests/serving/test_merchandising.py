@@ -20,10 +20,16 @@ from recommender.tools import synthetic
 from recommender.training.ingest import load_transactions
 
 
-@pytest.fixture(scope="module")
-def plain(trained_folder):
-    storage = LocalStorage(trained_folder)
-    return load_model(storage, registry.active_version(storage))
+@pytest.fixture(scope="module", params=["first stage", "re-ranked"])
+def plain(request):
+    """The tiny model, ranked by its first stage alone and with a learned re-ranker: every rule, filter, reason and
+    confidence test holds for both."""
+    storage = LocalStorage(
+        request.getfixturevalue("trained_folder" if request.param == "first stage" else "reranked_folder")
+    )
+    model = load_model(storage, registry.active_version(storage))
+    assert (model.reranker is not None) == (request.param == "re-ranked")
+    return model
 
 
 @pytest.fixture(scope="module")

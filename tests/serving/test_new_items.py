@@ -168,3 +168,23 @@ def test_a_feed_upload_serves_a_new_product_without_retraining(trained_storage, 
     known = sorted((c for c in launch.complements if c in plain.items.index), key=plain.items.index.get)
     body = schemas.answer_json(served.recommend([known[0]], 10, Options(explain=True)), True)
     assert any(item["source"] == "new" and item["stock_code"] == launch.code for item in body["items"])
+
+
+def test_with_the_learned_re_ranker_new_products_take_their_first_stage_place(reranked_folder, launched):
+    storage = LocalStorage(reranked_folder)
+    plain = load_model(storage, registry.active_version(storage))
+    assert plain.reranker is not None
+    view = with_feed(plain, feed_rows(SPEC, launched))
+    shown, found = [], []
+    for launch in launched:
+        known = sorted((c for c in launch.complements if c in plain.items.index), key=plain.items.index.get)
+        answer = view.recommend([launch.code], 10, Options(explain=True))
+        found.append(len({p.item.stock_code for p in answer.items} & set(known)) / min(10, len(known)))
+        answer = view.recommend([known[0], launch.code], 10, Options(explain=True))  # known and new: both placed
+        assert not answer.unknown and all(p.item.stock_code != launch.code for p in answer.items)
+        picks = view.recommend([known[0]], 10, Options(explain=True)).items
+        new = [p for p in picks if p.source == "new"]
+        shown.append(any(p.item.stock_code == launch.code for p in new))
+        assert all(p.ranked_by is None and p.like is not None for p in new)
+        assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
+    assert np.mean(found) >= 0.8 and np.mean(shown) >= 0.5

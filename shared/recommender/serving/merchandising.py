@@ -35,6 +35,7 @@ from recommender.core.feed_and_rules import (
 from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
 from recommender.serving import new_items
+from recommender.serving.reranker import squash
 
 log = logging.getLogger("recommender")
 
@@ -98,6 +99,8 @@ class Pick(NamedTuple):
     boost: float | None  # the rules' factor when it is not 1
     row: int
     attributes: dict  # what the feed says of the item (and its price), when known
+    # With explain, for items the learned re-ranker ordered: the features that moved it up most, in words.
+    ranked_by: list[dict] | None = None
     like: Item | None = None  # a new product's nearest known twin (source new)
 
 
@@ -383,6 +386,7 @@ class Scores:
         if len(model.items) <= DENSE_ITEMS:
             self.candidates, self.dense, self.positions = model.score_basket(basket)
             self.targets = model.table_target[self.positions]
+            self._rerank(model, basket)
             return
         self.dense = None
         starts = indptr[basket]
@@ -403,6 +407,15 @@ class Scores:
             reached = self.rows[(self.rows >= first_new) & (self.sums > 0)]
             found = np.union1d(found, np.concatenate([reached, self.targets[self.sources >= first_new]]))
         self.candidates = found[~_members(found, basket)]
+        self._rerank(model, basket)
+
+    def _rerank(self, model: Any, basket: np.ndarray) -> None:
+        """The re-ranker's final scores of the best candidates (the model's own, when it has one)."""
+        self.reranked = None
+        final_scores = getattr(model, "final_scores", None)
+        if final_scores is None or getattr(model, "reranker", None) is None:
+            return
+        _final, self.reranked = final_scores(basket, self.candidates, self(self.candidates), self.positions)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """The scores of rows."""
@@ -412,6 +425,20 @@ class Scores:
             return np.zeros(len(rows))
         at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
         return np.where(self.rows[at] == rows, self.sums[at], 0.0)
+
+    def final(self, rows: np.ndarray) -> np.ndarray:
+        """The ranking scores of rows: the re-ranker's for the candidates it re-ranked, the others' first-stage
+        scores below them (serving/reranker.squash); the first-stage scores when the model has no re-ranker."""
+        first = self(rows)
+        if self.reranked is None:
+            return first
+        out = squash(first)
+        done = self.reranked.rows
+        if len(done) and len(rows):
+            at = np.minimum(np.searchsorted(done, rows), len(done) - 1)
+            hit = done[at] == rows
+            out[hit] = self.reranked.scores[at[hit]]
+        return out
 
     def deeper(self, basket: np.ndarray) -> np.ndarray:
         """Every item a basket item has a table entry for, other than the candidates and the basket."""
@@ -443,16 +470,16 @@ def answer(
         candidates = scored.candidates
         new = policy.first_new < len(policy.eligible)
         if new and cap is not None:  # _best counts the categories it picks: cap the new products first
-            candidates = new_items.capped(candidates, scored, ok, policy.first_new)
-        rows, scores = _best(candidates, scored(candidates), ok, policy, k, cap, taken)
+            candidates = new_items.capped(candidates, scored.final, ok, policy.first_new)
+        rows, scores = _best(candidates, scored.final(candidates), ok, policy, k, cap, taken)
         if new and cap is None and np.count_nonzero(rows >= policy.first_new) > new_items.NEW_PER_ANSWER:
-            candidates = new_items.capped(candidates, scored, ok, policy.first_new)  # rarely: after the fact
-            rows, scores = _best(candidates, scored(candidates), ok, policy, k, cap, taken)
+            candidates = new_items.capped(candidates, scored.final, ok, policy.first_new)  # rarely: after the fact
+            rows, scores = _best(candidates, scored.final(candidates), ok, policy, k, cap, taken)
         if len(rows) < k:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
             # score (stable, so popularity still breaks ties) to keep the answer sorted.
             deeper = scored.deeper(basket)
-            more, more_scores = _best(deeper, scored(deeper), ok, policy, k - len(rows), cap, taken)
+            more, more_scores = _best(deeper, scored.final(deeper), ok, policy, k - len(rows), cap, taken)
             if len(more):
                 rows, scores = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
                 order = np.argsort(-scores, kind="stable")
@@ -501,6 +528,11 @@ def answer(
         else [None] * len(rows)
     )
     because = [reasons.get(row, NO_REASONS) for row in row_list] if options.explain else [None] * len(rows)
+    ranked_by = (
+        _ranked_by(model, scored, basket, rows)
+        if options.explain and scored is not None and scored.reranked is not None
+        else {}
+    )
     placement, first_new = policy.placement, policy.first_new
     picks = [
         Pick(
@@ -512,6 +544,7 @@ def answer(
             boost,
             row,
             shown(row),
+            ranked_by.get(row),
             items[int(placement.twins[row - first_new, 0])] if row >= first_new else None,
         )
         for row, score, src, conf, why, boost in zip(
@@ -519,6 +552,18 @@ def answer(
         )
     ]
     return picks, len(picks) < n, warnings
+
+
+def _ranked_by(model: Any, scored: Scores, basket: np.ndarray, rows: np.ndarray) -> dict[int, list[dict]]:
+    """Per picked row the re-ranker ordered: the features that moved it up most (its trees' path contributions)."""
+    done = scored.reranked
+    if not len(done.rows) or not len(rows):
+        return {}
+    at = np.minimum(np.searchsorted(done.rows, rows), len(done.rows) - 1)
+    hit = (done.rows[at] == rows) & (rows < getattr(model, "first_new", len(model.items)))  # new: `like` says why
+    picked = rows[hit]
+    explained = model.reranker.explain(model, basket, done.features[at[hit]], picked)
+    return dict(zip(picked.tolist(), explained))
 
 
 def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: dict[int, int]) -> np.ndarray:
@@ -570,7 +615,7 @@ def _pin(
     first, so pins do not shift one another."""
     entries = list(zip(rows.tolist(), scores.tolist(), source.tolist()))
     pinned_rows = np.fromiter(pinned, dtype=np.int64, count=len(pinned))
-    pinned_scores = dict(zip(pinned_rows.tolist(), scored(pinned_rows).tolist()))
+    pinned_scores = dict(zip(pinned_rows.tolist(), scored.final(pinned_rows).tolist()))
     for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
         entries.insert(position - 1, (row, pinned_scores[row], 2))
     r, sc, so = zip(*entries)
@@ -638,11 +683,11 @@ def _confidence(
     ranks = np.arange(1, len(rows) + 1)
     popular = source == 1
     if not popular.any():
-        return np.round(confidence(scored(rows), ranks), 4)
+        return np.round(confidence(scored.final(rows), ranks), 4)
     out = np.empty(len(rows))
     if not popular.all():
         model_rows = ~popular
-        out[model_rows] = confidence(scored(rows[model_rows]), ranks[model_rows])
+        out[model_rows] = confidence(scored.final(rows[model_rows]), ranks[model_rows])
     if popular.any():
         top = max(float(policy.popularity[policy.popular[0]]), 1.0)
         out[popular] = confidence(policy.popularity[rows[popular]] / top, ranks[popular], popular=True)

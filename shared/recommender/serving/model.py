@@ -22,9 +22,10 @@ from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.items import ITEMS_FILE, Item, Items
 from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
 from recommender.core.storage import Storage
-from recommender.serving import merchandising
+from recommender.serving import merchandising, new_items
 from recommender.serving.confidence import Confidence
 from recommender.serving.merchandising import Options, Policy
+from recommender.serving.reranker import RERANK_FILE, Reranker, squash
 
 log = logging.getLogger("recommender")
 
@@ -81,6 +82,7 @@ class Model:
         calibration: bytes | None = None,
         table_count: np.ndarray | None = None,
         item_price: np.ndarray | None = None,
+        reranker: Reranker | None = None,
     ) -> None:
         self.version = version
         self.manifest = manifest
@@ -95,6 +97,9 @@ class Model:
         self.first_new = len(items)
         self.placement = None
         self.resemblance: Callable[[], TextIndex] | None = None  # the items' description vectors, read when needed
+        # The learned re-ranker of the best candidates (None: the first stage's order is the answer's).
+        self.reranker = reranker if reranker is not None and reranker.trees is not None else None
+        self.rerank_tables = reranker  # its tables, with or without trees (training computes features with them)
         # The feed and rules this view of the model answers with (with_policy); the plain model has none.
         self.policy: Policy | None = None
         self._plain_policy: Policy | None = None
@@ -122,6 +127,26 @@ class Model:
     def rules_version(self) -> str | None:
         """The rules version this view answers with."""
         return self.policy.rules_version if self.policy else None
+
+    def first_stage(self) -> Model:
+        """The same model answering by its first stage alone (the re-ranker off): what `make evaluate` compares."""
+        view = self.with_policy(self.policy)
+        view.reranker = None
+        return view
+
+    def final_scores(
+        self, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, object]:
+        """The answer's scores of candidates (ascending rows, first their first-stage scores): the re-ranker's for
+        its best ones, the others below them in first-stage order; and the re-ranking (None without a re-ranker)."""
+        if self.reranker is None:
+            return first, None
+        if self.first_new < len(self.items):  # the trees know only the known items: new_items places the others
+            return new_items.final_scores(self, basket, candidates, first, positions)
+        reranked = self.reranker.rerank(self, basket, candidates, first, positions)
+        final = squash(first)
+        final[reranked.at] = reranked.scores
+        return final, reranked
 
     def with_policy(self, policy: Policy | None) -> Model:
         """The same model (sharing every array and Annoy's remembered answers) answering under a feed and rules."""
@@ -254,8 +279,8 @@ class Model:
         return candidates, scores, positions
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        candidates, scores, _positions = self.score_basket(basket)
-        scores = scores[candidates]
+        candidates, scores, positions = self.score_basket(basket)
+        scores, _reranked = self.final_scores(basket, candidates, scores[candidates], positions)
         # Rows are numbered by popularity (training does it) and candidates come out in row order, so a stable
         # sort on the score alone breaks ties by popularity, then by row: stable answers at the cost of one sort.
         order = np.argsort(-scores, kind="stable")[:n]
@@ -292,12 +317,16 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         )
         # Versions trained before reasons and default prices existed lack these two (a model being built has
         # no artifact list yet: its folder says).
-        count, price = (
+        count, price, rerank = (
             np.load(path(name))
             if name in manifest.get("artifacts", ()) or ("artifacts" not in manifest and Path(path(name)).exists())
             else None
-            for name in ("table_count.npy", "item_price.npy")
+            for name in ("table_count.npy", "item_price.npy", RERANK_FILE)
         )
+        reranker = None
+        if rerank is not None:
+            with rerank:  # an NpzFile: every array read now, the file closed
+                reranker = Reranker(dict(rerank), items.popularity, manifest["model"].get("rerank"))
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
     model = Model(
@@ -310,6 +339,7 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         calibration=calibration,
         table_count=count,
         item_price=price,
+        reranker=reranker,
     )
     # Its arrays are made only when a feed lists products the model never saw; versions trained before it have
     # them built from the items' descriptions then.

@@ -290,3 +290,32 @@ def placed(model, feed_items: dict[str, dict]):
             "%d product(s) unknown to model %s placed as new products by their twins", len(placement), model.version
         )
     return extend(model, placement) if len(placement) else model
+
+
+def final_scores(model, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray):
+    """Model.final_scores with new products (numbered last, in the basket and among the candidates): the trees
+    re-rank the known candidates from the basket's known items; each new candidate takes the place in their final
+    order that its first-stage score gives it among them (where its twins' evidence puts it)."""
+    from recommender.serving.reranker import Reranked, squash
+
+    n = model.first_new
+    known = int(np.searchsorted(basket, n))
+    if not known:  # only new products in the basket: their borrowed scores rank the answer
+        return first, None
+    read = int((model.table_indptr[basket[:known] + 1] - model.table_indptr[basket[:known]]).sum())
+    kc = int(np.searchsorted(candidates, n))
+    done = model.reranker.rerank(model, basket[:known], candidates[:kc], first[:kc], positions[:read])
+    final = squash(first)
+    final[done.at] = done.scores
+    new_at = kc + np.flatnonzero(first[kc:] > 0)
+    if len(done.at) and len(new_at):
+        above = np.sort(-first[done.at])  # the re-ranked candidates' first-stage scores, best first (negated)
+        place = np.searchsorted(above, -first[new_at], side="left")  # how many score above each new one
+        ranked = np.sort(done.scores)[::-1]
+        inside = place < len(ranked)
+        # Just above the item holding that place in the final order: the new product takes it.
+        final[new_at[inside]] = ranked[place[inside]] + 1e-9
+        new_at = new_at[inside]
+    rows_at = np.concatenate([done.at, new_at])
+    features = np.vstack([done.features, np.zeros((len(new_at), done.features.shape[1]))])
+    return final, Reranked(rows_at, final[rows_at], features, candidates[rows_at])

@@ -172,6 +172,14 @@ class LikeOut(Out):
     description: str
 
 
+class RankedBy(Out):
+    """One feature that moved a recommended item up: its name, its share of the re-ranker's score, in words."""
+
+    feature: str
+    contribution: float
+    text: str
+
+
 class ItemOut(Out):
     """One recommended item, with the product feed's attributes when known and, with explain, its reasons."""
 
@@ -184,6 +192,8 @@ class ItemOut(Out):
     # source new: a product the model never saw, recommended by the known item it resembles most.
     like: LikeOut | None = None
     reason: str | None = None
+    # With explain, for an item the learned re-ranker ordered: the features that moved it up most, in words.
+    ranked_by: list[RankedBy] | None = None
     boost: float | None = None
     # The feed's attributes, when known: core.feed_and_rules.SHOWN, in its order (what Policy.shown lets through).
     price: float | None = None
@@ -212,6 +222,8 @@ def item_json(pick: Any, explain: bool) -> dict:
     if explain:
         if pick.because is not None and pick.source != "popular":
             out["because"] = pick.because.as_list()
+        if pick.ranked_by:
+            out["ranked_by"] = pick.ranked_by
         if pick.boost is not None:
             out["boost"] = pick.boost
     if pick.like is not None:

@@ -75,6 +75,19 @@ class MethodResult:
     hr_curve: list[float] = field(default_factory=list)  # HR@k for k = 1..CURVE_K
     note: str = ""
     ece: float | None = None  # expected calibration error of its confidence (the product only)
+    hr_interval: tuple[float, float] | None = None  # 95% bootstrap interval of HR@10 over the test cases
+    hits: list[bool] = field(default_factory=list, repr=False)  # per case: the hidden item in the top K
+
+
+@dataclass
+class Gain:
+    """HR@10 of one method over another's, with the 95% paired bootstrap interval of the ratio over test cases."""
+
+    method: str
+    against: str
+    ratio: float
+    low: float
+    high: float
 
 
 def temporal_split(tx: Transactions, days: int, seed: int = 0) -> Split:
@@ -119,6 +132,39 @@ def score(name: str, ranked: list[np.ndarray], cases: Cases, n_items: int, note:
         coverage=len(seen) / n_items,
         hr_curve=[float((ranks <= k).mean()) for k in range(1, CURVE_K + 1)],
         note=note,
+        hr_interval=bootstrap_interval(hit),
+        hits=hit.tolist(),
+    )
+
+
+BOOTSTRAP_DRAWS = 2000
+
+
+def _resamples(n: int, seed: int = 0) -> np.ndarray:
+    """BOOTSTRAP_DRAWS resamples of n test cases (the same ones for every method: paired)."""
+    return np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_DRAWS, n))
+
+
+def bootstrap_interval(hit: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile bootstrap interval of the hit rate over test cases."""
+    hit = np.asarray(hit, dtype=np.float64)
+    if not len(hit):
+        return (0.0, 0.0)
+    means = hit[_resamples(len(hit), seed)].mean(axis=1)
+    return (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+
+
+def gain(method: MethodResult, against: MethodResult, seed: int = 0) -> Gain:
+    """method's HR@10 over against's, with the 95% paired bootstrap interval of the ratio (same resampled cases)."""
+    a, b = np.asarray(method.hits, dtype=np.float64), np.asarray(against.hits, dtype=np.float64)
+    draws = _resamples(len(a), seed)
+    ratios = a[draws].mean(axis=1) / np.maximum(b[draws].mean(axis=1), 1e-12)
+    return Gain(
+        method.name,
+        against.name,
+        float(a.mean() / max(b.mean(), 1e-12)),
+        float(np.percentile(ratios, 2.5)),
+        float(np.percentile(ratios, 97.5)),
     )
 
 
@@ -270,6 +316,11 @@ def product(
             answer = model.recommend(basket, CURVE_K)
             cold.append(time.perf_counter() - t)
             ranked.append(np.array([rows[s.item.stock_code] for s in answer.items], dtype=np.int64))
+        first = model.first_stage()
+        first_ranked = [
+            np.array([rows[s.item.stock_code] for s in first.recommend(basket, CURVE_K).items], dtype=np.int64)
+            for basket in baskets
+        ]
         # A serving process answers many baskets with the same model: time a second pass, once Annoy's
         # answers for the items are remembered.
         warm = []
@@ -287,6 +338,8 @@ def product(
     stats = {
         "engine": manifest.get("engine", {}).get("name", "single"),
         "train_seconds": round(train_seconds, 2),
+        "rerank": manifest["model"].get("rerank"),
+        "first_stage_ranked": first_ranked,
         "artifact_bytes": size,
         "query_p50_us": round(float(np.percentile(warm_us, 50)), 1),
         "query_p99_us": round(float(np.percentile(warm_us, 99)), 1),
@@ -329,6 +382,7 @@ def confidence_on_test(model: Any, baskets: list[list[str]], seed: int = 1) -> d
 class Report:
     """Everything one evaluation run measured."""
 
+    seed: int
     dataset: str
     days: int
     cases: int
@@ -341,14 +395,27 @@ class Report:
     results: list[MethodResult]
     product_stats: dict
     created_at: str
+    gains: list[Gain] = field(default_factory=list)
 
 
 def table(report: Report) -> str:
-    """The results as a Markdown table, best HR@10 first."""
-    lines = ["| method | HR@10 | MRR@10 | NDCG@10 | coverage | ECE | note |", "|---|---|---|---|---|---|---|"]
+    """The results as a Markdown table, best HR@10 first (with its 95% bootstrap interval), then the relative
+    gains with theirs."""
+    lines = [
+        "| method | HR@10 | 95% interval | MRR@10 | NDCG@10 | coverage | ECE | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(report.results, key=lambda r: -r.hr):
         ece = "-" if r.ece is None else f"{r.ece:.4f}"
-        lines.append(f"| {r.name} | {r.hr:.4f} | {r.mrr:.4f} | {r.ndcg:.4f} | {r.coverage:.3f} | {ece} | {r.note} |")
+        low, high = r.hr_interval or (r.hr, r.hr)
+        lines.append(
+            f"| {r.name} | {r.hr:.4f} | {low:.4f}-{high:.4f} | {r.mrr:.4f} | {r.ndcg:.4f} | {r.coverage:.3f} | {ece} "
+            f"| {r.note} |"
+        )
+    if report.gains:
+        lines += ["", "| relative gain in HR@10 | ratio | 95% interval (paired bootstrap) |", "|---|---|---|"]
+        for g in report.gains:
+            lines.append(f"| {g.method} over {g.against} | {g.ratio:.3f} | {g.low:.3f}-{g.high:.3f} |")
     return "\n".join(lines)
 
 
@@ -440,9 +507,11 @@ def run(
     )
     results = []
     ranked, stats = product(test, params, progress, engine, spark_master)
+    first_ranked = stats.pop("first_stage_ranked")
+    reranked = bool((stats.get("rerank") or {}).get("trees"))
     results.append(
         score(
-            "product (SVD + Annoy + re-rank)",
+            "product (first stage + learned re-ranker)" if reranked else "product (first stage, no re-ranker)",
             ranked,
             test.cases,
             n_items,
@@ -450,6 +519,8 @@ def run(
         )
     )
     results[0].ece = stats["calibration"]["ece"]
+    if reranked:
+        results.append(score("first-stage alone (Annoy over SVD + item-item table)", first_ranked, test.cases, n_items))
     results.append(score("popularity", popularity(test), test.cases, n_items))
     results.append(score("co-occurrence cosine", cooccurrence(test), test.cases, n_items))
     ease_lambda, grid = None, {}
@@ -466,7 +537,16 @@ def run(
         )
     else:
         progress(f"EASE skipped: {n_items:,} items need a dense {n_items:,}^2 matrix")
+    by_name = {r.name.split(" ")[0]: r for r in results}
+    gains = [
+        gain(results[0], by_name[other])
+        for other in ("EASE", "first-stage", "popularity")
+        if other in by_name and by_name[other].hr > 0
+    ]
+    for g in gains:
+        progress(f"gain: {g.method} over {g.against}: x{g.ratio:.3f} (95% interval {g.low:.3f}-{g.high:.3f})")
     report = Report(
+        seed=seed,
         dataset=path.name,
         days=days,
         cases=len(test.cases),
@@ -479,10 +559,18 @@ def run(
         results=results,
         product_stats=stats,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        gains=gains,
     )
-    folder = Path(out_dir) / (f"evaluation-{path.name.split('.')[0]}-{days}d" + ("-spark" if engine == "spark" else ""))
+    folder = Path(out_dir) / (
+        f"evaluation-{path.name.split('.')[0]}-{days}d"
+        + ("-spark" if engine == "spark" else "")
+        + (f"-seed{seed}" if seed else "")
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(asdict(report), indent=1))
+    saved = asdict(report)
+    for r in saved["results"]:
+        r.pop("hits")  # per-case figures: the interval says what they would
+    (folder / "report.json").write_text(json.dumps(saved, indent=1))
     (folder / "table.md").write_text(table(report) + "\n")
     plot(report, folder / "hr_at_k.png")
     plot_reliability(report, folder / "reliability.png")

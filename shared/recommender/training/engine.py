@@ -14,7 +14,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from recommender.core.errors import DataFileError, StorageError
-from recommender.training import budget, holdout
+from recommender.serving.model import open_model
+from recommender.serving.reranker import RERANK_FILE
+from recommender.training import budget, holdout, reranker
 from recommender.training.ingest import CleaningReport, Transactions, describe_report, load_transactions
 from recommender.training.recipe import Progress, TrainingParams, build_model, purchase_period, say, stage
 
@@ -76,9 +78,11 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
 
     def fill(folder: Path) -> Built:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
+        # One re-ranker for the published and the measured model, trained before the held-out baskets.
+        fitted = fit_reranker(train_tx, params, progress)
         done = build_and_measure(
-            lambda out, say: build_model(tx, params, out, say),
-            lambda out, near, say: build_model(train_tx, params, out, say, near),
+            lambda out, say: build_model(tx, params, out, say, rerank=fitted),
+            lambda out, near, say: build_model(train_tx, params, out, say, near, rerank=fitted),
             held,
             len(tx.basket_ids),
             params,
@@ -86,9 +90,28 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
             progress,
         )
         period = purchase_period((tx if done.learned_all else train_tx).basket_time)
-        return Built(done.model, tx.report, SINGLE_ENGINE, period, done.evaluation, done.extra)
+        return Built(done.model, tx.report, SINGLE_ENGINE, period, done.evaluation, with_rerank(folder, done.extra))
 
     return fill
+
+
+def fit_reranker(tx: Transactions, params: TrainingParams, progress: Progress) -> reranker.Fitted | None:
+    """The re-ranker trained on validation periods carved from the end of tx (the baskets before any held-out
+    ones), each with a first-stage model trained without them."""
+    if not params.rerank.enabled:
+        return None
+
+    def first_stage(train: Transactions, folder: Path) -> object:
+        info = build_model(train, params, folder, lambda _text: None)
+        return open_model(lambda name: folder / name, "validation", {"model": info})
+
+    with stage(progress, "re-ranker: fitted on validation periods"):
+        return reranker.fit(tx, first_stage, params.rerank, progress)
+
+
+def with_rerank(folder: Path, extra: tuple[str, ...]) -> tuple[str, ...]:
+    """The extra artifacts of a version, its re-ranker's file included when written."""
+    return (*extra, RERANK_FILE) if (folder / RERANK_FILE).exists() else extra
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from recommender.core.errors import DataFileError
 from recommender.core.items import ITEMS_FILE, Items
 from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
-from recommender.training import copurchase, holdout, neighbors, sample_invoices
+from recommender.training import copurchase, holdout, neighbors, reranker, sample_invoices
 from recommender.training.ingest import Transactions, reorder_items
 
 MIN_ITEMS = 3
@@ -64,6 +64,8 @@ class TrainingParams:
     seed: int = 0
     # The most recent baskets kept out of training to measure the model (None: train on everything, unmeasured).
     holdout: holdout.HoldoutPolicy | None = field(default_factory=holdout.HoldoutPolicy)
+    # The learned re-ranker of the first stage's best candidates (training/reranker.py).
+    rerank: reranker.RerankParams = field(default_factory=reranker.RerankParams)
 
 
 Progress = Callable[[str], None]
@@ -201,9 +203,11 @@ def build_model(
     folder: Path,
     progress: Progress = say,
     near: dict[str, list[int]] | None = None,
+    rerank: reranker.Fitted | None = None,
 ) -> dict:
     """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part.
-    DataFileError when nothing in them was bought together.
+    DataFileError when nothing in them was bought together. With the re-ranker enabled, its tables are written too
+    (rerank.npz), with rerank's trees when given.
 
     With near ({code: []} for some items), the thread that builds the Annoy index, when it runs beside the
     item-item table, also fills in each of those items' nearest items (model rows) while it would otherwise wait:
@@ -213,11 +217,16 @@ def build_model(
     # One BLAS thread: the work is many small solves, and OpenBLAS threads that spin while another process
     # holds the other core made training several times slower here (a server may be running beside it).
     with threadpool_limits(limits=1):
-        return _build(tx, params, folder, progress, near)
+        return _build(tx, params, folder, progress, near, rerank)
 
 
 def _build(
-    tx: Transactions, params: TrainingParams, folder: Path, progress: Progress, near: dict[str, list[int]] | None
+    tx: Transactions,
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress,
+    near: dict[str, list[int]] | None,
+    rerank: reranker.Fitted | None = None,
 ) -> dict:
     n_items = len(tx.item_codes)
     # Number the items from the most to the least popular (ties keep file order): the serving side breaks
@@ -276,7 +285,7 @@ def _build(
     chosen = sample_invoices.draw(
         tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time, seed=params.seed
     )
-    return finish_model(
+    info = finish_model(
         folder,
         ModelParts(
             tx.item_codes,
@@ -295,6 +304,10 @@ def _build(
         ),
         params,
     )
+    if params.rerank.enabled:
+        with stage(progress, "re-ranker tables"):
+            info["rerank"] = reranker.write(folder, tx, params.rerank, rerank)
+    return info
 
 
 @dataclass

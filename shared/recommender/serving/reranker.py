@@ -1,0 +1,388 @@
+"""The learned re-ranker at answer time: features of a basket's best first-stage candidates, and the gradient-boosted
+trees (trained at training time with LightGBM, exported to arrays) that order them, all candidates in one vectorised
+numpy pass: no LightGBM, no pandas, no scipy.
+
+Every feature's work is bounded by the basket: the tables it reads (per-item figures, posting lists of past invoices
+and customers per item, description words) were computed at training time, capped per item. Training computes its
+rows with this same code (`Reranker.features`), so what the trees learned from is what they see when serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+RERANK_FILE = "rerank.npz"
+FORMAT = 1
+# The features, in the order of the trees' columns. Names are stable: the manifest and ranked_by use them.
+FEATURES = (
+    "score",  # the first stage's score: the sum of the item-item table's weights from the basket's items
+    "rank",  # its rank among the candidates by that score (1 = best)
+    "score_share",  # the score over the best candidate's
+    "link_weight",  # the largest table weight from any one basket item
+    "link_baskets",  # the most training baskets holding it with any one basket item
+    "link_baskets_sum",  # baskets holding it with a basket item, summed over the basket
+    "link_probability",  # the largest share of a basket item's baskets that also hold it
+    "link_cosine",  # the largest co-purchase cosine with a basket item
+    "links",  # basket items with a table weight for it
+    "popularity",  # log(1 + training baskets holding it)
+    "recent_sales",  # log(1 + baskets holding it in the last 30 days of the training data)
+    "trend",  # its sales rate in the last 30 days over its rate in the whole period
+    "days_since_sold",  # days from its last sale to the end of the training data
+    "age_days",  # days from its first sale to the end of the training data
+    "price_ratio",  # log of its price over the basket's median price (0 when either is unknown)
+    "text_similarity",  # TF-IDF cosine of its description with the basket's
+    "session_knn",  # share of the past invoices most like the basket that hold it
+    "customer_knn",  # share of the returning customers whose history is most like the basket who bought it
+    "customer_top",  # whether the returning customer whose history holds most of the basket bought it
+    "basket_size",  # items of the basket the model knows
+    "customer_match",  # the share of the basket's items in that customer's history
+    "customer_top_baskets",  # log(1 + baskets in which that customer bought it)
+    "customer_top_days",  # days from that customer's last purchase of it to the end of the training data
+)
+NEVER = 1000.0  # customer_top_days of an item the customer never bought
+ITEM_COLUMNS = ("popularity", "recent_sales", "trend", "days_since_sold", "age_days")
+SESSION_NEIGHBOURS = 100
+CUSTOMER_NEIGHBOURS = 20
+
+
+def squash(first: np.ndarray) -> np.ndarray:
+    """The final score of an item the trees did not re-rank: its first-stage score mapped into (0, 0.5) when
+    positive (below every re-ranked item), unchanged when not (so 'nothing learned' still reads as <= 0)."""
+    first = np.asarray(first, dtype=np.float64)
+    return np.where(first > 0, 0.5 * first / (1.0 + np.abs(first)), first)
+
+
+def final_of(raw: np.ndarray) -> np.ndarray:
+    """The final score of re-ranked items from the trees' raw output: in (0.5, 1), in the trees' order."""
+    return 0.5 + 0.5 / (1.0 + np.exp(-np.clip(raw, -30.0, 30.0)))
+
+
+@dataclass
+class Trees:
+    """Boosted trees as flat arrays: node n splits on feature[n] (go right when x > threshold[n]) to child[2n] or
+    child[2n + 1]; a leaf is its own two children (threshold +inf), so depth steps reach every tree's leaf. value[n]
+    is the node's output (a leaf's value; an inner node's mean, for path contributions)."""
+
+    feature: np.ndarray  # intp per node
+    threshold: np.ndarray  # float64 per node
+    child: np.ndarray  # intp, 2 per node
+    value: np.ndarray  # float64 per node
+    roots: np.ndarray  # intp per tree
+    depth: int
+
+    def _walk(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        flat = x.ravel()
+        base = (np.arange(len(x), dtype=np.intp) * x.shape[1])[:, None]
+        node = np.broadcast_to(self.roots, (len(x), len(self.roots)))
+        return flat, base, node
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """The raw score of each row of x (rows x features): every tree at once, one level per step."""
+        if not len(x) or not len(self.roots):
+            return np.zeros(len(x))
+        flat, base, node = self._walk(x)
+        feature, threshold, child = self.feature, self.threshold, self.child
+        for _ in range(self.depth):
+            right = flat[base + feature[node]] > threshold[node]
+            node = child[2 * node + right]
+        return self.value[node].sum(axis=1)
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """Each feature's share of each row's raw score, from the trees' paths (the change of the node output at
+        every split on it, Saabas); columns: the features, then the trees' common bias. Rows sum to score(x)."""
+        n_features = x.shape[1]
+        out = np.zeros((len(x), n_features + 1))
+        if not len(x) or not len(self.roots):
+            return out
+        flat, base, node = self._walk(x)
+        out[:, -1] = self.value[self.roots].sum()
+        rows = np.broadcast_to(np.arange(len(x))[:, None], node.shape)
+        for _ in range(self.depth):
+            f = self.feature[node]
+            right = flat[base + f] > self.threshold[node]
+            nxt = self.child[2 * node + right]
+            np.add.at(out, (rows, f), self.value[nxt] - self.value[node])
+            node = nxt
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays to store (tree_ prefixed)."""
+        return {
+            "tree_feature": self.feature.astype(np.int32),
+            "tree_threshold": self.threshold,
+            "tree_child": self.child.astype(np.int32),
+            "tree_value": self.value,
+            "tree_roots": self.roots.astype(np.int32),
+            "tree_depth": np.asarray(self.depth),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> Trees:
+        """The trees from stored arrays."""
+        return cls(
+            arrays["tree_feature"].astype(np.intp),
+            arrays["tree_threshold"].astype(np.float64),
+            arrays["tree_child"].astype(np.intp),
+            arrays["tree_value"].astype(np.float64),
+            arrays["tree_roots"].astype(np.intp),
+            int(arrays["tree_depth"]),
+        )
+
+
+def _ranges(ptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Positions of the CSR rows' entries, concatenated (rows in the order given)."""
+    starts = ptr[rows]
+    lengths = ptr[rows + 1] - starts
+    total = int(lengths.sum())
+    if not total:
+        return np.empty(0, dtype=np.intp)
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+
+
+def _slots(candidates: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows, their positions in candidates (ascending) and which of them are candidates."""
+    at = np.minimum(np.searchsorted(candidates, rows), len(candidates) - 1)
+    return at, candidates[at] == rows
+
+
+@dataclass
+class Postings:
+    """Past rows (invoices or customers' histories) per item, capped per item, and the items of each row."""
+
+    item_ptr: np.ndarray
+    item_rows: np.ndarray
+    row_ptr: np.ndarray
+    row_items: np.ndarray
+    row_counts: np.ndarray | None = None  # per entry of row_items: baskets of that row holding the item
+    row_days: np.ndarray | None = None  # per entry: days from the row's last purchase of it to the end
+
+    def neighbours(
+        self, basket: np.ndarray, candidates: np.ndarray, k: int, alpha: float
+    ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
+        """Share of the k rows most like the basket (overlap / row size ^ alpha) holding each candidate, weighted by
+        likeness; whether the single most alike row holds it; the share of the basket in that row; and, from that
+        row, log(1 + baskets) and the days since its last purchase of each candidate."""
+        share, top = np.zeros(len(candidates)), np.zeros(len(candidates))
+        counts, days = np.zeros(len(candidates)), np.full(len(candidates), NEVER)
+        positions = _ranges(self.item_ptr, basket)
+        if not len(positions) or not len(candidates):
+            return share, top, 0.0, counts, days
+        rows, overlap = np.unique(self.item_rows[positions], return_counts=True)
+        sizes = self.row_ptr[rows + 1] - self.row_ptr[rows]
+        sim = overlap / np.maximum(sizes, 1) ** alpha
+        if len(rows) > k:
+            keep = np.argpartition(-sim, k - 1)[:k]
+            rows, sim, overlap = rows[keep], sim[keep], overlap[keep]
+        first = np.lexsort((rows, -sim))[0]
+        best, match = rows[first], overlap[first] / len(basket)
+        entries = _ranges(self.row_ptr, rows)
+        items = self.row_items[entries]
+        weights = np.repeat(sim, self.row_ptr[rows + 1] - self.row_ptr[rows])
+        at, hit = _slots(candidates, items)
+        share = np.bincount(at[hit], weights=weights[hit], minlength=len(candidates)) / sim.sum()
+        lo, hi = self.row_ptr[best], self.row_ptr[best + 1]
+        at, hit = _slots(candidates, self.row_items[lo:hi])
+        top[at[hit]] = 1.0
+        if self.row_counts is not None:
+            counts[at[hit]] = np.log1p(self.row_counts[lo:hi][hit])
+            days[at[hit]] = self.row_days[lo:hi][hit]
+        return share, top, float(match), counts, days
+
+
+@dataclass
+class Reranked:
+    """A basket's re-ranked candidates: positions in its candidate array, their final scores, and feature rows."""
+
+    at: np.ndarray
+    scores: np.ndarray
+    features: np.ndarray
+    rows: np.ndarray  # the items (model rows), ascending
+
+
+class Reranker:
+    """The re-ranker of one model version: its tables and, once trained, its trees."""
+
+    def __init__(self, arrays: dict, popularity: Sequence[int], spec: dict | None = None) -> None:
+        self.spec = spec or {}
+        self.depth = int(arrays["candidates"]) if "candidates" in arrays else 100
+        self.item = arrays["item_features"].astype(np.float64)
+        self.price = arrays["item_price"].astype(np.float64)
+        self.popularity = np.asarray(popularity, dtype=np.float64)
+        self.sessions = Postings(*(arrays[f"session_{p}"] for p in ("item_ptr", "item_rows", "row_ptr", "row_items")))
+        self.customers = Postings(
+            *(
+                arrays.get(f"customer_{p}")
+                for p in ("item_ptr", "item_rows", "row_ptr", "row_items", "row_counts", "row_days")
+            )
+        )
+        self.word_ptr, self.word_idx, self.word_val = arrays["word_ptr"], arrays["word_idx"], arrays["word_val"]
+        self.trees = Trees.from_arrays(arrays) if "tree_roots" in arrays else None
+
+    def choose(self, candidates: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """Positions (in candidates) of the ones the trees re-rank: the best `depth` by first-stage score among
+        those scoring above 0, best first (ties by row)."""
+        positive = np.flatnonzero(first > 0)
+        if len(positive) > self.depth:
+            kth = -np.partition(-first[positive], self.depth - 1)[self.depth - 1]
+            positive = positive[first[positive] >= kth]
+        return positive[np.argsort(-first[positive], kind="stable")][: self.depth]
+
+    def features(
+        self, model: object, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        """Feature rows (len(candidates) x FEATURES) of candidates (ascending rows; first their first-stage scores,
+        in rank order not required) for a basket of known rows; positions: the table entries the basket read."""
+        m = len(candidates)
+        x = np.zeros((m, len(FEATURES)))
+        if not m:
+            return x
+        x[:, 0] = first
+        order = np.lexsort((candidates, -first))
+        x[order, 1] = np.arange(1, m + 1)
+        x[:, 2] = first / max(float(first.max()), 1e-12)
+        # Links: the table entries from the basket's items to the candidates.
+        targets = model.table_target[positions]
+        at, hit = _slots(candidates, targets)
+        slot, entries = at[hit], positions[hit]
+        if len(slot):
+            sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket])[hit]
+            weight = model.table_weight[entries].astype(np.float64)
+            count = (
+                model.table_count[entries].astype(np.float64) if model.table_count is not None else np.zeros(len(slot))
+            )
+            pop_source = np.maximum(self.popularity[sources], 1.0)
+            pop_target = np.maximum(self.popularity[candidates[slot]], 1.0)
+            x[:, 3] = -np.inf
+            np.maximum.at(x[:, 3], slot, weight)
+            x[:, 3] = np.where(np.isinf(x[:, 3]), 0.0, x[:, 3])
+            np.maximum.at(x[:, 4], slot, count)
+            x[:, 5] = np.bincount(slot, weights=count, minlength=m)
+            np.maximum.at(x[:, 6], slot, count / pop_source)
+            np.maximum.at(x[:, 7], slot, count / np.sqrt(pop_source * pop_target))
+            x[:, 8] = np.bincount(slot, minlength=m)
+        x[:, 9:14] = self.item[candidates]
+        price = self.price[candidates]
+        known = self.price[basket]
+        known = known[np.isfinite(known) & (known > 0)]
+        if len(known):
+            ok = np.isfinite(price) & (price > 0)
+            x[ok, 14] = np.log(price[ok] / float(np.median(known)))
+        x[:, 15] = self._text(basket, candidates)
+        x[:, 16] = self.sessions.neighbours(basket, candidates, SESSION_NEIGHBOURS, 0.5)[0]
+        x[:, 17], x[:, 18], x[:, 20], x[:, 21], x[:, 22] = self.customers.neighbours(
+            basket, candidates, CUSTOMER_NEIGHBOURS, 0.1
+        )
+        x[:, 19] = len(basket)
+        return x
+
+    def _text(self, basket: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """TF-IDF cosine of each candidate's description with the basket's mean description vector."""
+        positions = _ranges(self.word_ptr, basket)
+        if not len(positions):
+            return np.zeros(len(candidates))
+        words, inverse = np.unique(self.word_idx[positions], return_inverse=True)
+        basket_vec = np.bincount(inverse, weights=self.word_val[positions]) / len(basket)
+        lengths = self.word_ptr[candidates + 1] - self.word_ptr[candidates]
+        entries = _ranges(self.word_ptr, candidates)
+        if not len(entries):
+            return np.zeros(len(candidates))
+        at, hit = _slots(words, self.word_idx[entries])
+        owner = np.repeat(np.arange(len(candidates)), lengths)
+        return np.bincount(
+            owner[hit], weights=self.word_val[entries][hit] * basket_vec[at[hit]], minlength=len(candidates)
+        )
+
+    def rerank(
+        self, model: object, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray
+    ) -> Reranked:
+        """The trees' final scores for the basket's best candidates (candidates ascending, first aligned)."""
+        at = np.sort(self.choose(candidates, first))
+        x = self.features(model, basket, candidates[at], first[at], positions)
+        raw = self.trees.score(x) if self.trees is not None else -x[:, 1]
+        return Reranked(at, final_of(raw), x, candidates[at])
+
+    def explain(self, model: object, basket: np.ndarray, x: np.ndarray, rows: np.ndarray, top: int = 3) -> list[list]:
+        """For each re-ranked row (x its feature rows): up to `top` features that moved it up most (positive path
+        contributions), each {"feature", "contribution", "text"}."""
+        if self.trees is None or not len(rows):
+            return [[] for _ in rows]
+        contrib = self.trees.contributions(x)[:, : len(FEATURES)]
+        out = []
+        for row, values, c in zip(rows.tolist(), x, contrib):
+            chosen = [f for f in np.argsort(-c, kind="stable")[:top].tolist() if c[f] > 0]
+            out.append(
+                [
+                    {
+                        "feature": FEATURES[f],
+                        "contribution": round(float(c[f]), 4),
+                        "text": self._words(model, basket, row, FEATURES[f], values),
+                    }
+                    for f in chosen
+                ]
+            )
+        return out
+
+    def _words(self, model: object, basket: np.ndarray, row: int, name: str, values: np.ndarray) -> str:
+        """A feature's effect on an item, in words."""
+        value = float(values[FEATURES.index(name)])
+        if name in ("link_baskets", "link_probability", "link_cosine", "link_weight", "links", "link_baskets_sum"):
+            partner, together = _strongest_partner(model, basket, row)
+            if partner is not None:
+                desc = model.items[partner].description or model.items[partner].stock_code
+                if name == "link_probability":
+                    share = together / max(self.popularity[partner], 1.0)
+                    return f"bought by {share:.0%} of the shoppers who bought {desc}"
+                if name == "links" and value > 1:
+                    return f"goes with {int(value)} items of the basket"
+                return f"bought with {desc} in {together:,} baskets"
+            return "goes with the basket's items"
+        words = {
+            "score": "goes with the basket's items as a whole",
+            "rank": "among the basket's strongest matches",
+            "score_share": "close to the basket's strongest match",
+            "popularity": f"a steady seller ({int(round(np.expm1(value))):,} baskets)",
+            "recent_sales": f"sold often in the last 30 days ({int(round(np.expm1(value))):,} baskets)",
+            "trend": "selling more lately than before" if value > 1 else "selling steadily",
+            "days_since_sold": f"sold {int(value)} days before the model's last purchase"
+            if value >= 1
+            else "sold on the model's last day",
+            "age_days": f"on sale for {int(value)} days",
+            "price_ratio": "priced like the basket's items"
+            if abs(value) < 0.7
+            else "a different price from the basket",
+            "text_similarity": "described like the basket's items",
+            "session_knn": "in past baskets like this one",
+            "customer_knn": "bought by customers whose history is like this basket",
+            "customer_top": "bought before by the customer this basket looks most like",
+            "basket_size": f"suits a basket of {int(value)} items",
+            "customer_match": "bought before by the customer this basket looks most like",
+            "customer_top_baskets": f"bought {int(round(np.expm1(value)))} times before by the customer this basket "
+            "looks most like",
+            "customer_top_days": "bought lately by the customer this basket looks most like",
+        }
+        return words.get(name, name)
+
+
+def _strongest_partner(model: object, basket: np.ndarray, row: int) -> tuple[int | None, int]:
+    """The basket item bought with row in the most training baskets (by the table's counts), and how many."""
+    if model.table_count is None:
+        return None, 0
+    best, most = None, -1
+    for b in basket.tolist():
+        lo, hi = model.table_indptr[b], model.table_indptr[b + 1]
+        targets = model.table_target[lo:hi]
+        at = np.flatnonzero(targets == row)
+        if len(at):
+            c = int(model.table_count[lo + at[0]])
+            if c > most:
+                best, most = b, c
+    return best, max(most, 0)
+
+
+def load(data: dict, popularity: Sequence[int], spec: dict | None) -> Reranker:
+    """A Reranker from the arrays of a model's rerank.npz."""
+    return Reranker(data, popularity, spec)

@@ -1,0 +1,525 @@
+"""Training the learned re-ranker: validation periods carved from the end of the training data, a first-stage model
+trained without them, its candidates for the periods' baskets with their features (serving's own code), and a
+LambdaRank GBM (LightGBM) fitted on them, its hyperparameters chosen on those periods only; then the trees exported
+to arrays (serving/reranker.py evaluates them without LightGBM) and the tables serving reads written beside them.
+
+LightGBM is part of the base install; should it be missing, training says so in one line and the model ranks by its
+first stage alone.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from recommender.core.errors import DataFileError
+from recommender.serving.reranker import FEATURES, RERANK_FILE, Reranker, Trees
+from recommender.training.ingest import Transactions, select_baskets
+
+Progress = Callable[[str], None]
+RECENT_DAYS = 30
+SESSION_POSTINGS = 100  # most recent invoices kept per item for session-kNN
+CUSTOMER_POSTINGS = 200  # most recent customers kept per item for customer-kNN
+CUSTOMER_MAX_ITEMS = 500
+WORD = re.compile(r"[a-z]{2,}")
+
+
+@dataclass(frozen=True)
+class RerankParams:
+    """How the re-ranker is trained (stored in the manifest with the other parameters)."""
+
+    enabled: bool = True
+    candidates: int = 100  # first-stage candidates re-ranked per basket
+    days: int = 30  # length of each validation period
+    periods: int = 1  # validation periods carved from the end of the training data (each costs a first-stage model)
+    max_share: float = 0.25  # a period holds at most this share of the training baskets
+    min_baskets: int = 50  # a period with fewer baskets is not carved
+    hidden_per_basket: int = 8  # queries per validation basket (each hides another item)
+    max_queries: int = 16000
+    select_share: float = 0.25  # the validation baskets that choose the hyperparameters (the rest fit the trees)
+    max_rounds: int = 300
+    # The grid searched on validation (the number of trees is chosen there too, by early stopping): 15 and 7 leaves
+    # scored lower on Online Retail's validation baskets (bench/results/quality.md), so the default tries 31 only.
+    num_leaves: tuple[int, ...] = (31,)
+    learning_rate: float = 0.05
+    max_depth: int = 6
+    min_data_in_leaf: int = 50
+    max_bin: int = 255
+    # Keep the trees only when they beat the first stage on the selection baskets (tests turn it off to get trees
+    # from data too small to show a gain).
+    require_gain: bool = True
+    threads: int = 1
+    seed: int = 0
+
+
+@dataclass
+class Fitted:
+    """A trained re-ranker: its trees and what the manifest says of it."""
+
+    trees: Trees | None
+    spec: dict
+
+
+# --- tables serving reads -------------------------------------------------------------------------------------------
+
+
+def _per_item_cap(item: np.ndarray, recency: np.ndarray, tie: np.ndarray, cap: int) -> np.ndarray:
+    """Indices of entries sorted by item, most recent first, at most cap per item."""
+    order = np.lexsort((tie, -recency, item))
+    item_sorted = item[order]
+    first = np.searchsorted(item_sorted, item_sorted)
+    return order[np.arange(len(order)) - first < cap]
+
+
+def _csr(owner: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (ptr, values) of values grouped by owner (0..n-1), owner order then given order."""
+    order = np.argsort(owner, kind="stable")
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=n), out=ptr[1:])
+    return ptr, values[order]
+
+
+def _recency(tx: Transactions) -> np.ndarray:
+    """A per-basket key that orders baskets by time (file order for undated ones and files)."""
+    t = tx.basket_time
+    if np.isnat(t).all():
+        return np.arange(len(t), dtype=np.float64)
+    seconds = t.astype("datetime64[s]").astype(np.int64).astype(np.float64)
+    low = np.nanmin(np.where(np.isnat(t), np.nan, seconds))
+    return np.where(np.isnat(t), low - 1.0, seconds)
+
+
+def tables(tx: Transactions, candidates: int) -> dict[str, np.ndarray]:
+    """The basket-independent tables of the re-ranker's features, for transactions in model order."""
+    n = len(tx.item_codes)
+    pop = np.bincount(tx.pair_item, minlength=n).astype(np.float64)
+    item = np.zeros((n, 5))
+    item[:, 0] = np.log1p(pop)
+    times = tx.basket_time
+    dated = ~np.isnat(times)
+    if dated.any():
+        seconds = times.astype("datetime64[s]").astype(np.int64)
+        end, start = seconds[dated].max(), seconds[dated].min()
+        span = max((end - start) / 86400.0, 1.0)
+        pair_dated = dated[tx.pair_basket]
+        pair_s = seconds[tx.pair_basket]
+        recent = np.bincount(tx.pair_item[pair_dated & (pair_s >= end - RECENT_DAYS * 86400)], minlength=n).astype(
+            np.float64
+        )
+        last = np.full(n, start, dtype=np.int64)
+        first = np.full(n, end, dtype=np.int64)
+        np.maximum.at(last, tx.pair_item[pair_dated], pair_s[pair_dated])
+        np.minimum.at(first, tx.pair_item[pair_dated], pair_s[pair_dated])
+        item[:, 1] = np.log1p(recent)
+        item[:, 2] = (recent + 1.0) / (pop * min(RECENT_DAYS, span) / span + 1.0)
+        item[:, 3] = (end - last) / 86400.0
+        item[:, 4] = (end - first) / 86400.0
+    price = tx.item_prices if tx.item_prices is not None else np.full(n, np.nan)
+    out: dict[str, np.ndarray] = {
+        "format": np.asarray(1),
+        "candidates": np.asarray(candidates),
+        "item_features": item.astype(np.float32),
+        "item_price": price.astype(np.float64),
+    }
+    recency = _recency(tx)
+    # Sessions: each item's most recent invoices, and every item of those invoices.
+    keep = _per_item_cap(tx.pair_item, recency[tx.pair_basket], tx.pair_basket, SESSION_POSTINGS)
+    out.update(_postings("session", tx.pair_item[keep], tx.pair_basket[keep], tx.pair_basket, tx.pair_item, n))
+    # Customers: each returning customer's history (distinct items, the most bought first, capped), and per item
+    # the customers who bought it most recently.
+    customer = tx.basket_customer[tx.pair_basket].astype(np.int64)
+    known = customer >= 0
+    if known.any():
+        key = customer[known] * n + tx.pair_item[known]
+        keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        last = np.full(len(keys), -np.inf)
+        np.maximum.at(last, inverse, recency[tx.pair_basket][known])
+        cust, it = keys // n, keys % n
+        rank_order = np.lexsort((it, -counts, cust))
+        first_of = np.searchsorted(cust[rank_order], cust[rank_order])
+        capped = np.zeros(len(keys), dtype=bool)
+        capped[rank_order[np.arange(len(keys)) - first_of < CUSTOMER_MAX_ITEMS]] = True
+        cust, it, last, counts = cust[capped], it[capped], last[capped], counts[capped]
+        posted = _per_item_cap(it, last, cust, CUSTOMER_POSTINGS)
+        end = recency.max()
+        days = (end - last) / 86400.0 if dated.any() else (end - last) / max(len(recency), 1)
+        out.update(_postings("customer", it[posted], cust[posted], cust, it, n, counts, days))
+    else:
+        empty = np.empty(0, np.int64)
+        out.update(_postings("customer", empty, empty, empty, empty, n, empty, empty.astype(np.float64)))
+    out.update(_words(tx.descriptions))
+    return out
+
+
+def _postings(
+    prefix: str,
+    post_item: np.ndarray,
+    post_row: np.ndarray,
+    row: np.ndarray,
+    row_item: np.ndarray,
+    n: int,
+    row_counts: np.ndarray | None = None,
+    row_days: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Posting lists item -> rows (renumbered to the rows posted) and rows -> items, prefixed."""
+    used, post_row = np.unique(post_row, return_inverse=True)
+    renumber = np.full(int(row.max(initial=-1)) + 1, -1, dtype=np.int64)
+    renumber[used] = np.arange(len(used))
+    keep = renumber[row] >= 0 if len(row) else np.zeros(0, dtype=bool)
+    item_ptr, item_rows = _csr(post_item.astype(np.int64), post_row.astype(np.int32), n)
+    owner = renumber[row[keep]]
+    row_ptr, row_items = _csr(owner, row_item[keep].astype(np.int32), len(used))
+    out = {
+        f"{prefix}_item_ptr": item_ptr,
+        f"{prefix}_item_rows": item_rows,
+        f"{prefix}_row_ptr": row_ptr,
+        f"{prefix}_row_items": row_items,
+    }
+    if row_counts is not None:
+        out[f"{prefix}_row_counts"] = _csr(owner, row_counts[keep].astype(np.float32), len(used))[1]
+        out[f"{prefix}_row_days"] = _csr(owner, row_days[keep].astype(np.float32), len(used))[1]
+    return out
+
+
+def _words(descriptions: list[str]) -> dict[str, np.ndarray]:
+    """Each item's description as a unit TF-IDF vector over its words (CSR, word ids ascending within an item)."""
+    vocab: dict[str, int] = {}
+    owner, word = [], []
+    for i, text in enumerate(descriptions):
+        for w in sorted(set(WORD.findall((text or "").lower()))):
+            owner.append(i)
+            word.append(vocab.setdefault(w, len(vocab)))
+    n = len(descriptions)
+    owner_a, word_a = np.asarray(owner, dtype=np.int64), np.asarray(word, dtype=np.int64)
+    df = np.bincount(word_a, minlength=len(vocab)).astype(np.float64)
+    val = np.log((n + 1.0) / (df[word_a] + 1.0)) + 1.0 if len(word_a) else np.empty(0)
+    norms = np.sqrt(np.bincount(owner_a, weights=val**2, minlength=n))
+    val = val / np.maximum(norms[owner_a], 1e-12) if len(val) else val
+    order = np.lexsort((word_a, owner_a))
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner_a, minlength=n), out=ptr[1:])
+    return {"word_ptr": ptr, "word_idx": word_a[order].astype(np.int32), "word_val": val[order].astype(np.float64)}
+
+
+def write(folder: Path, tx: Transactions, params: RerankParams, fitted: Fitted | None) -> dict:
+    """rerank.npz (tables, and the trees when fitted) for a model of transactions in model order; the manifest's
+    part."""
+    arrays = tables(tx, params.candidates)
+    if fitted is not None and fitted.trees is not None:
+        arrays.update(fitted.trees.to_arrays())
+    with open(folder / RERANK_FILE, "wb") as f:
+        np.savez(f, **arrays)
+    return dict(fitted.spec) if fitted is not None else {"trees": False}
+
+
+# --- trees ----------------------------------------------------------------------------------------------------------
+
+
+def export(booster: object) -> Trees:
+    """A LightGBM booster's trees as flat arrays (serving/reranker.Trees)."""
+    feature, threshold, child, value, roots = [], [], [], [], []
+    depth = 0
+
+    def add(node: dict, level: int) -> int:
+        nonlocal depth
+        at = len(feature)
+        feature.append(0)
+        threshold.append(np.inf)
+        child.extend((at, at))
+        if "leaf_value" in node:
+            value.append(float(node["leaf_value"]))
+            depth = max(depth, level)
+            return at
+        if node.get("decision_type", "<=") != "<=" or node.get("missing_type", "None") == "Zero":
+            raise ValueError(f"unsupported split {node.get('decision_type')} / {node.get('missing_type')}")
+        value.append(float(node["internal_value"]))
+        feature[at] = int(node["split_feature"])
+        threshold[at] = float(node["threshold"])
+        left = add(node["left_child"], level + 1)
+        right = add(node["right_child"], level + 1)
+        child[2 * at], child[2 * at + 1] = left, right
+        return at
+
+    for tree in booster.dump_model()["tree_info"]:
+        roots.append(add(tree["tree_structure"], 0))
+    return Trees(
+        np.asarray(feature, dtype=np.intp),
+        np.asarray(threshold, dtype=np.float64),
+        np.asarray(child, dtype=np.intp),
+        np.asarray(value, dtype=np.float64),
+        np.asarray(roots, dtype=np.intp),
+        depth,
+    )
+
+
+# --- validation periods and the training rows -----------------------------------------------------------------------
+
+
+def carve(tx: Transactions, params: RerankParams) -> list[np.ndarray]:
+    """Masks of the validation periods (oldest first), carved from the end of tx: the last `days` days each (at most
+    max_share of the baskets), or for an undated file the last baskets in file order; fewer when the data is short."""
+    n = len(tx.basket_ids)
+    dated = ~np.isnat(tx.basket_time)
+    periods: list[np.ndarray] = []
+    taken = np.zeros(n, dtype=bool)
+    cap = int(params.max_share * n)
+    recency = _recency(tx)
+    for _ in range(params.periods):
+        left = np.flatnonzero(~taken)
+        if not len(left):
+            break
+        order = left[np.lexsort((left, recency[left]))]
+        if dated.any():
+            seconds = recency[order]
+            end = seconds[dated[order]].max() if dated[order].any() else None
+            if end is None:
+                break
+            in_period = order[seconds >= end - params.days * 86400.0]
+            in_period = in_period[-cap:] if len(in_period) > cap else in_period
+        else:
+            in_period = order[-cap:]
+        if len(in_period) < params.min_baskets or len(in_period) >= len(order) - params.min_baskets:
+            break
+        mask = np.zeros(n, dtype=bool)
+        mask[in_period] = True
+        taken |= mask
+        periods.append(mask)
+    return periods[::-1]
+
+
+@dataclass
+class Rows:
+    """The training rows of validation queries: features, labels, query of each row, basket of each query."""
+
+    x: np.ndarray
+    y: np.ndarray
+    query: np.ndarray  # per row
+    basket: np.ndarray  # per query: its validation basket (for splitting by basket)
+    found: np.ndarray  # per query: whether its hidden item is among the candidates
+
+
+def queries(tx: Transactions, mask: np.ndarray, params: RerankParams) -> list[tuple[int, list[str], str]]:
+    """(basket, query codes, hidden code) of a period's baskets: up to hidden_per_basket per basket, seeded."""
+    rng = np.random.default_rng(params.seed)
+    order = np.argsort(tx.pair_basket, kind="stable")
+    bounds = np.searchsorted(tx.pair_basket[order], np.arange(len(tx.basket_ids) + 1))
+    out = []
+    for b in np.flatnonzero(mask).tolist():
+        items = sorted({tx.item_codes[i] for i in tx.pair_item[order[bounds[b] : bounds[b + 1]]].tolist()})
+        if len(items) < 2:
+            continue
+        for h in rng.permutation(len(items))[: params.hidden_per_basket].tolist():
+            out.append((b, [c for j, c in enumerate(items) if j != h], items[h]))
+    if len(out) > params.max_queries:
+        keep = np.sort(rng.choice(len(out), params.max_queries, replace=False))
+        out = [out[k] for k in keep.tolist()]
+    return out
+
+
+def training_rows(model: object, cases: list[tuple[int, list[str], str]]) -> Rows:
+    """Feature rows of each case's re-ranked candidates, computed by serving's code on the first-stage model."""
+    reranker: Reranker = model.rerank_tables
+    xs, ys, qs, baskets, found = [], [], [], [], []
+    index = model.items.index
+    for b, query, hidden in cases:
+        basket = np.asarray(sorted({index[c] for c in query if c in index}), dtype=np.int64)
+        target = index.get(hidden)
+        if not len(basket) or target is None:
+            continue
+        candidates, scores, positions = model.score_basket(basket)
+        first = scores[candidates]
+        at = np.sort(reranker.choose(candidates, first))
+        x = reranker.features(model, basket, candidates[at], first[at], positions)
+        y = candidates[at] == target
+        q = len(baskets)
+        baskets.append(b)
+        found.append(bool(y.any()))
+        xs.append(x)
+        ys.append(y)
+        qs.append(np.full(len(x), q))
+    if not xs:
+        return Rows(
+            np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+        )
+    return Rows(
+        np.vstack(xs), np.concatenate(ys).astype(np.float64), np.concatenate(qs), np.asarray(baskets), np.asarray(found)
+    )
+
+
+def hit_rate(scores: np.ndarray, rows: Rows, queries_: np.ndarray, k: int = 10) -> float:
+    """HR@k of an ordering (higher score first, ties by the first stage's rank) over the given queries; a query
+    whose hidden item is not among its candidates is a miss."""
+    rank = rows.x[:, FEATURES.index("rank")]
+    hits = 0
+    chosen = np.zeros(int(rows.query.max(initial=-1)) + 1, dtype=bool)
+    chosen[queries_] = True
+    in_chosen = chosen[rows.query]
+    q, s, r, y = rows.query[in_chosen], scores[in_chosen], rank[in_chosen], rows.y[in_chosen]
+    order = np.lexsort((r, -s, q))
+    q, y = q[order], y[order]
+    first = np.searchsorted(q, q)
+    position = np.arange(len(q)) - first
+    hits = int(((position < k) & (y > 0)).sum())
+    return hits / max(len(queries_), 1)
+
+
+def fit(
+    tx: Transactions, build: Callable[[Transactions, Path], object], params: RerankParams, progress: Progress
+) -> Fitted | None:
+    """Train the re-ranker on validation periods carved from tx; build(train_tx, folder) trains a first-stage
+    model without them and returns it loaded (with its re-ranker tables). None when disabled or impossible."""
+    if not params.enabled:
+        return None
+    try:
+        import lightgbm
+    except ImportError:
+        progress(
+            "re-ranker: lightgbm is not installed (pip install lightgbm): the model ranks by its first stage alone"
+        )
+        return None
+    started = time.perf_counter()
+    periods = carve(tx, params)
+    if not periods:
+        progress("re-ranker: too little data to carve a validation period: the model ranks by its first stage alone")
+        return None
+    parts = []
+    described = []
+    for p, mask in enumerate(periods):
+        earliest = _recency(tx)[mask].min()
+        before = (_recency(tx) < earliest) & ~mask
+        with tempfile.TemporaryDirectory(prefix="recommender-rerank-") as tmp:
+            try:
+                model = build(select_baskets(tx, before), Path(tmp))
+            except DataFileError as err:
+                progress(f"re-ranker: before a validation period, {err.message}: first stage alone")
+                return None
+            cases = queries(tx, mask, replace(params, seed=params.seed + p))
+            rows = training_rows(model, cases)
+        rows.basket = rows.basket + p * len(tx.basket_ids)  # baskets stay distinct across periods
+        parts.append(rows)
+        times = tx.basket_time[mask]
+        times = times[~np.isnat(times)]
+        described.append(
+            {
+                "baskets": int(mask.sum()),
+                "queries": len(rows.found),
+                "first": str(times.min())[:19] if len(times) else None,
+                "last": str(times.max())[:19] if len(times) else None,
+            }
+        )
+    rows = _concat(parts)
+    if not rows.found.any():
+        progress("re-ranker: no validation basket's hidden item is among its candidates: first stage alone")
+        return None
+    # Split by basket: the hyperparameters and the number of trees are chosen on baskets the trees never saw.
+    rng = np.random.default_rng(params.seed)
+    baskets = np.unique(rows.basket)
+    select_baskets_ = set(rng.choice(baskets, max(1, int(params.select_share * len(baskets))), replace=False).tolist())
+    is_select = np.asarray([b in select_baskets_ for b in rows.basket.tolist()])
+    fit_q = np.flatnonzero(~is_select & rows.found)
+    sel_q = np.flatnonzero(is_select)
+    first_hr = hit_rate(-rows.x[:, FEATURES.index("rank")], rows, sel_q)
+    best = None
+    tried = []
+    for leaves in params.num_leaves:
+        booster = _train(lightgbm, rows, fit_q, sel_q[rows.found[sel_q]], leaves, params)
+        hr = hit_rate(booster.predict(rows.x), rows, sel_q)
+        tried.append({"num_leaves": leaves, "trees": _trees(booster), "hr": round(hr, 4)})
+        if best is None or hr > best[0]:
+            best = (hr, booster, leaves)
+    hr, booster, leaves = best
+    use = hr > first_hr or not params.require_gain
+    trees = export(booster) if use else None
+    importance = booster.feature_importance(importance_type="gain")
+    total = max(float(importance.sum()), 1e-12)
+    spec = {
+        "trees": use,
+        "features": list(FEATURES),
+        "candidates": params.candidates,
+        "periods": described,
+        "validation": {
+            "queries": int(len(sel_q)),
+            "first_stage_hr": round(first_hr, 4),
+            "reranked_hr": round(hr, 4),
+            "grid": tried,
+        },
+        "num_leaves": leaves,
+        "num_trees": _trees(booster),
+        "gain_share": {name: round(float(g) / total, 4) for name, g in zip(FEATURES, importance.tolist())},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    span = ", ".join(f"{d['first'] or '?'}..{d['last'] or '?'}"[:40] for d in described)
+    progress(
+        f"re-ranker: {len(periods)} validation period(s) ({span}), {len(rows.found):,} queries; HR@10 on its "
+        f"selection baskets {first_hr:.3f} first stage -> {hr:.3f} re-ranked"
+        + ("" if use else ": not better, the model ranks by its first stage alone")
+    )
+    return Fitted(trees, spec)
+
+
+def _trees(booster: object) -> int:
+    """The trees kept: up to the best iteration of the early stopping."""
+    return int(booster.best_iteration or booster.num_trees())
+
+
+def _concat(parts: list[Rows]) -> Rows:
+    offset = 0
+    qs = []
+    for p in parts:
+        qs.append(p.query + offset)
+        offset += len(p.found)
+    return Rows(
+        np.vstack([p.x for p in parts]),
+        np.concatenate([p.y for p in parts]),
+        np.concatenate(qs),
+        np.concatenate([p.basket for p in parts]),
+        np.concatenate([p.found for p in parts]),
+    )
+
+
+def _group_sizes(query: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the chosen queries (grouped, rows contiguous per query) and the group sizes."""
+    mask = np.zeros(int(query.max(initial=-1)) + 1, dtype=bool)
+    mask[chosen] = True
+    rows = np.flatnonzero(mask[query])
+    _, sizes = np.unique(query[rows], return_counts=True)
+    return rows, sizes
+
+
+def _train(
+    lightgbm: object, rows: Rows, fit_q: np.ndarray, sel_q: np.ndarray, leaves: int, params: RerankParams
+) -> object:
+    """One LambdaRank fit with early stopping on the selection queries."""
+    fit_rows, fit_sizes = _group_sizes(rows.query, fit_q)
+    sel_rows, sel_sizes = _group_sizes(rows.query, sel_q)
+    train_set = lightgbm.Dataset(rows.x[fit_rows], rows.y[fit_rows], group=fit_sizes, free_raw_data=False)
+    valid_set = lightgbm.Dataset(rows.x[sel_rows], rows.y[sel_rows], group=sel_sizes, reference=train_set)
+    config = {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [10],
+        "num_leaves": leaves,
+        "max_depth": params.max_depth,
+        "learning_rate": params.learning_rate,
+        "min_data_in_leaf": params.min_data_in_leaf,
+        "feature_fraction": 0.9,
+        "lambdarank_truncation_level": 20,
+        "max_bin": params.max_bin,
+        "seed": params.seed,
+        "deterministic": True,
+        "num_threads": params.threads,
+        "verbosity": -1,
+    }
+    return lightgbm.train(
+        config,
+        train_set,
+        num_boost_round=params.max_rounds,
+        valid_sets=[valid_set],
+        callbacks=[lightgbm.early_stopping(30, verbose=False)],
+    )

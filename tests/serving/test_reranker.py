@@ -1,0 +1,107 @@
+"""The learned re-ranker: trees exported from LightGBM score exactly as LightGBM does, validation periods never touch
+the held-out baskets, serving computes the features training learned from, and answers keep their promises."""
+
+import numpy as np
+import pytest
+
+from recommender.core import registry
+from recommender.core.storage import LocalStorage
+from recommender.serving.merchandising import Options
+from recommender.serving.model import load_model
+from recommender.serving.reranker import FEATURES, Trees
+from recommender.training import holdout
+from recommender.training import reranker as training_reranker
+from recommender.training.ingest import load_transactions
+from recommender.training.recipe import TrainingParams
+
+lightgbm = pytest.importorskip("lightgbm")
+
+
+@pytest.fixture(scope="module")
+def model(reranked_folder):
+    storage = LocalStorage(reranked_folder)
+    return load_model(storage, registry.active_version(storage))
+
+
+def _booster(seed: int, objective: str = "lambdarank"):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3000, 6))
+    x[:, 5] = rng.integers(0, 4, size=3000)  # a column of ties, as counts are
+    y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(scale=0.5, size=3000) > 1.2).astype(float)
+    data = lightgbm.Dataset(x, y, group=[30] * 100)
+    params = {"objective": objective, "num_leaves": 15, "max_depth": 6, "verbosity": -1, "seed": seed}
+    return lightgbm.train(params, data, num_boost_round=40)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exported_trees_score_as_lightgbm(seed):
+    booster = _booster(seed)
+    trees = training_reranker.export(booster)
+    rows = np.random.default_rng(seed + 10).normal(size=(500, 6)) * 2
+    rows[:, 5] = np.random.default_rng(seed).integers(0, 4, size=500)  # exactly on thresholds too
+    expected = booster.predict(rows)
+    got = trees.score(rows)
+    assert np.abs(got - expected).max() < 1e-6
+    assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-expected, kind="stable"))
+    # Path contributions add up to the score; the stored form scores the same.
+    assert np.allclose(trees.contributions(rows).sum(axis=1), got, atol=1e-9)
+    assert np.array_equal(Trees.from_arrays(trees.to_arrays()).score(rows), got)
+
+
+def test_validation_periods_never_overlap_the_held_out_baskets(tiny_csv):
+    tx = load_transactions(tiny_csv)
+    params = TrainingParams(rerank=training_reranker.RerankParams(days=60, min_baskets=20, periods=3))
+    train_tx, held = holdout.split(tx, params.holdout)
+    periods = training_reranker.carve(train_tx, params.rerank)
+    assert periods
+    held_ids = set(held.basket_ids)
+    for mask in periods:
+        ids = {train_tx.basket_ids[b] for b in np.flatnonzero(mask)}
+        assert not ids & held_ids
+        assert train_tx.basket_time[mask].max() <= held.cutoff
+    for a in range(len(periods)):  # and never one another
+        for b in range(a + 1, len(periods)):
+            assert not (periods[a] & periods[b]).any()
+
+
+def test_the_published_model_says_its_periods_end_before_the_held_out_ones(model):
+    spec = model.manifest["model"]["rerank"]
+    assert spec["trees"] and spec["features"] == list(FEATURES)
+    assert spec["periods"][-1]["last"] < model.manifest["evaluation"]["cutoff"]
+
+
+def test_features_at_serving_equal_training(model):
+    index = model.items.index
+    for start in range(0, 30, 5):
+        basket = [model.items.codes[(start + k * 7) % len(model.items)] for k in range(3)]
+        hidden = model.items.codes[(start + 1) % len(model.items)]
+        trained = training_reranker.training_rows(model, [(0, basket, hidden)])
+        rows = np.asarray(sorted(index[c] for c in basket), dtype=np.int64)
+        candidates, scores, positions = model.score_basket(rows)
+        _final, served = model.final_scores(rows, candidates, scores[candidates], positions)
+        assert np.array_equal(trained.x, served.features)
+        # the trees see what training computed: the final order follows their scores
+        assert np.array_equal(served.scores, 0.5 + 0.5 / (1 + np.exp(-model.reranker.trees.score(trained.x))))
+
+
+def test_answers_follow_the_trees_and_explain_them(model):
+    first = model.first_stage()
+    differs = 0
+    for start in range(0, 40, 3):
+        basket = [model.items.codes[(start + k * 5) % len(model.items)] for k in range(2)]
+        answer = model.recommend(basket, 10, Options(explain=True))
+        picks = [p for p in answer.items if p.source == "model"]
+        scores = [p.score for p in answer.items]
+        assert scores == sorted(scores, reverse=True)
+        confidence = [p.confidence for p in answer.items if p.source == "model"]
+        assert confidence == sorted(confidence, reverse=True)
+        for p in picks:
+            if p.score > 0.5:  # re-ranked: explained in words, at most three features that moved it up
+                assert p.ranked_by and len(p.ranked_by) <= 3
+                assert all(r["contribution"] > 0 and r["text"] and r["feature"] in FEATURES for r in p.ranked_by)
+            if p.because:  # the item-item part's exact shares, as without a re-ranker
+                assert sum(r["share"] for r in p.because.as_list()) == pytest.approx(1.0, abs=1e-9)
+        plain = [s.item.stock_code for s in model.recommend(basket, 10).items]
+        assert plain == [p.item.stock_code for p in answer.items]
+        differs += plain != [s.item.stock_code for s in first.recommend(basket, 10).items]
+    assert differs  # the trees do re-order
