@@ -78,7 +78,7 @@ def test_full_run_on_synthetic_data(tmp_path):
     synthetic.write_csv(synthetic.DEFAULT, data)
     report, folder = evaluation.run(data, days=30, out_dir=tmp_path / "reports", progress=lambda _m: None)
     by_name = {r.name.split(" ")[0]: r for r in report.results}
-    assert set(by_name) == {"product", "popularity", "co-occurrence", "EASE"}
+    assert set(by_name) == {"product", "first-stage", "popularity", "co-occurrence", "EASE"}
     assert report.cases > 100
     # The structure is learnable: every real method beats popularity, the product by far.
     assert by_name["product"].hr > 2 * by_name["popularity"].hr

@@ -228,11 +228,12 @@ def section(
     seed: int,
     folder: Path,
     progress: Callable[[str], None] = print,
+    plain=None,
 ) -> str:
     """make evaluate's new-products section: both measures, written to folder (new_products.json and .md); returns
-    the Markdown."""
+    the Markdown. plain: the model trained on train (else trained here)."""
     progress("new products: placing the test period's new products from a feed of their descriptions")
-    on_data = on_file(tx, train, cutoff, params, seed, progress)
+    on_data = on_file(tx, train, cutoff, params, seed, progress, plain)
     progress("new products: synthetic launches (default preset)")
     launched = on_launches(params=params)
     hidden_new = next(g for g in on_data.groups if g.name == "hidden item new")

@@ -270,9 +270,10 @@ def describe(feed: FeedFile, known_codes: set[str] | None) -> list[str]:
         unknown = sorted(set(feed.items) - known_codes)
         if unknown:
             lines.append(
-                f"warning: {len(unknown):,} code(s) not in the current model (stored; a serving process keeps "
-                f"only the items its model knows, so these are dropped until a model knows them): "
-                f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}"
+                f"{len(unknown):,} code(s) not in the current model: recommended as new products, by the known "
+                f"products their title, description, category, brand and price resemble (codes with none of "
+                f"these are left out until a model knows them): {', '.join(unknown[:10])}"
+                f"{' ...' if len(unknown) > 10 else ''}"
             )
     return lines
 
@@ -364,7 +365,7 @@ def show(storage: Storage, code: str | None) -> list[str]:
         + (
             f"in {model.popularity[row]:,} training baskets"
             if row is not None
-            else "unknown (never recommended until a model knows it)"
+            else "unknown: a new product, recommended by the known products its feed row resembles"
         )
         if model
         else "  no model yet"
