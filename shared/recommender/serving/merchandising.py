@@ -468,12 +468,12 @@ def answer(
     if len(basket):
         scored = Scores(model, basket)
         candidates = scored.candidates
-        new = policy.first_new < len(policy.eligible)
-        if new and cap is not None:  # _best counts the categories it picks: cap the new products first
-            candidates = new_items.capped(candidates, scored.final, ok, policy.first_new)
+        most = new_items.per_answer(basket, policy.first_new) if policy.first_new < len(policy.eligible) else None
+        if most is not None and cap is not None:  # _best counts the categories it picks: cap new products first
+            candidates = new_items.capped(candidates, scored.final, ok, policy.first_new, most)
         rows, scores = _best(candidates, scored.final(candidates), ok, policy, k, cap, taken)
-        if new and cap is None and np.count_nonzero(rows >= policy.first_new) > new_items.NEW_PER_ANSWER:
-            candidates = new_items.capped(candidates, scored.final, ok, policy.first_new)  # rarely: after the fact
+        if most is not None and cap is None and np.count_nonzero(rows >= policy.first_new) > most:
+            candidates = new_items.capped(candidates, scored.final, ok, policy.first_new, most)  # after the fact
             rows, scores = _best(candidates, scored.final(candidates), ok, policy, k, cap, taken)
         if len(rows) < k:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by

@@ -39,6 +39,11 @@ WEIGHTS = {"text": 0.7, "category": 0.2, "brand": 0.05, "price": 0.05}
 # At most this many new products in one answer (the best scored): borrowed evidence is weaker than the model's
 # own, and a range of new products should not push out every known item a shopper came for.
 NEW_PER_ANSWER = 1
+# ... and this many when the basket holds a new product itself: products launched together sell together.
+NEW_PER_ANSWER_NEW_BASKET = 3
+# A new product in the basket brings the new products resembling its twins' partners this much more than a known
+# item would (a range launched together sells together).
+TOGETHER = 8.0
 MAX_NEW_ITEMS = 50_000  # a feed listing more unknown codes places the first ones (in code order) only
 
 
@@ -153,16 +158,21 @@ def place(
     )
 
 
-def capped(candidates: np.ndarray, scored, ok, first_new: int) -> np.ndarray:
-    """The candidates (ascending) without the new products beyond the NEW_PER_ANSWER best scored eligible ones
-    (scored and ok give the scores and the eligibility of rows); free when there are no more than that."""
+def per_answer(basket: np.ndarray, first_new: int) -> int:
+    """How many new products an answer for this basket (ascending rows) may hold."""
+    return NEW_PER_ANSWER_NEW_BASKET if len(basket) and basket[-1] >= first_new else NEW_PER_ANSWER
+
+
+def capped(candidates: np.ndarray, scored, ok, first_new: int, most: int) -> np.ndarray:
+    """The candidates (ascending) without the new products beyond the `most` best scored eligible ones (scored and
+    ok give the scores and the eligibility of rows); free when there are no more than that."""
     start = int(np.searchsorted(candidates, first_new))  # new products are numbered last
-    if len(candidates) - start <= NEW_PER_ANSWER:
+    if len(candidates) - start <= most:
         return candidates
     new = candidates[start:]
     scores = scored(new)
     scores[~ok(new)] = -np.inf
-    best = np.sort(np.argsort(-scores, kind="stable")[:NEW_PER_ANSWER])  # ties: the first row
+    best = np.sort(np.argsort(-scores, kind="stable")[:most])  # ties: the first row
     return np.concatenate([candidates[:start], new[best]])
 
 
@@ -245,6 +255,7 @@ def extend(model, placement: Placement, discount: float | None = None, self_weig
         rev_weight.append(discount * self_weight * strongest[twin] * share)
         rev_count.append(np.zeros(len(twin), dtype=np.int64))
     rev = _merge(*(np.concatenate(parts) for parts in (rev_source, rev_target, rev_weight, rev_count)), width)
+    rev[2][rev[0] >= n] *= TOGETHER
     # A pairing the regression weighs down is not carried over to a product never sold; nor is one with itself.
     # Each new product keeps as many entries each way as a known item has (the strongest): a feed of many new
     # products grows the table, and what a basket reads, no more than as many known items would.
