@@ -50,6 +50,7 @@ def test_the_resemblance_index_is_stored_with_the_model_and_reads_back(plain, tr
     built = TextIndex.build(plain.items.descriptions)
     text = plain.items.descriptions[0]
     assert np.allclose(index.similarity(text, len(plain.items)), built.similarity(text, len(plain.items)), atol=1e-6)
+    assert index.similarity("ZZZ QQQ", len(plain.items)) is None  # no known word: nothing resembles it
     assert np.argmax(index.similarity(text, len(plain.items))) == 0  # an item is most like itself
     assert terms("White hanging heart T-LIGHT holder, 12") == [
         "WHITE",

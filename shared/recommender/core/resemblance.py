@@ -88,15 +88,17 @@ class TextIndex:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return cls(z["vocabulary"].tolist(), z["idf"], z["indptr"], z["rows"], z["weights"])
 
-    def similarity(self, text: str, n_items: int) -> np.ndarray:
-        """The cosine of text's TF-IDF vector with every known item's (n_items of them), one float per item."""
+    def similarity(self, text: str, n_items: int) -> np.ndarray | None:
+        """The cosine of text's TF-IDF vector with every known item's (n_items of them), one float per item; None
+        when no word of text is in any known item's description (nothing resembles it: decided at no cost)."""
         found = [self.vocabulary.get(term) for term in set(terms(text))]
-        known = np.asarray([t for t in found if t is not None], dtype=np.int64)
+        ids = [t for t in found if t is not None]
+        if not ids:
+            return None
+        known = np.asarray(ids, dtype=np.int64)
         norm = np.sqrt(
-            float((self.idf[known].astype(np.float64) ** 2).sum()) + (found.count(None) * self.unseen_idf**2)
+            float((self.idf[known].astype(np.float64) ** 2).sum()) + (len(found) - len(ids)) * self.unseen_idf**2
         )
-        if not len(known) or norm == 0:
-            return np.zeros(n_items)
         starts, stops = self.indptr[known], self.indptr[known + 1]
         lengths = stops - starts
         at = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))

@@ -16,6 +16,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -44,7 +45,7 @@ NEW_PER_ANSWER_NEW_BASKET = 3
 # A new product in the basket brings the new products resembling its twins' partners this much more than a known
 # item would (a range launched together sells together).
 TOGETHER = 8.0
-MAX_NEW_ITEMS = 50_000  # a feed listing more unknown codes places the first ones (in code order) only
+MAX_NEW_ITEMS = 50_000  # a feed listing more unknown codes considers the first ones (in the feed's order) only
 
 
 @dataclass(frozen=True)
@@ -105,16 +106,18 @@ def place(
             price[i] = p
     log_price = np.log(np.where(price > 0, price, np.nan))
     codes, descriptions, twins, shares, strength, new_prices = [], [], [], [], [], []
-    for code in sorted(new)[:MAX_NEW_ITEMS]:
-        attributes = new[code]
+    # In the feed's order (stored by code), never sorted here: one sort of a million codes would hold the
+    # interpreter lock, and every request of the process, for a second.
+    for code, attributes in islice(new.items(), MAX_NEW_ITEMS):
         words = text_of(attributes)
+        similar = text.similarity(words, n) if words else None
+        if similar is None and not (attributes.get("category") or attributes.get("brand")):
+            continue  # nothing known is worded like it, and nothing else to go by
         score = np.zeros(n)
         total = 0.0
         if words:
-            similar = text.similarity(words, n)
-            if not similar.any() and not (attributes.get("category") or attributes.get("brand")):
-                continue  # nothing known is like it, and nothing else to go by
-            score += WEIGHTS["text"] * similar
+            if similar is not None:
+                score += WEIGHTS["text"] * similar
             total += WEIGHTS["text"]
         if attributes.get("category"):
             same_leaf = leaf == leaves.get(category_key(attributes["category"]), -2)
@@ -294,8 +297,10 @@ def placed(model, feed_items: dict[str, dict]):
     known = {index[code]: a for code, a in feed_items.items() if code in index}
     text = model.resemblance() if model.resemblance is not None else TextIndex.build(model.items.descriptions)
     placement = place(model.items, model.item_price, text, known, new)
-    for code in set(new).difference(placement.codes):
-        del feed_items[code]
+    kept = set(placement.codes)
+    for code in new:
+        if code not in kept:
+            del feed_items[code]
     if len(placement):
         log.info(
             "%d product(s) unknown to model %s placed as new products by their twins", len(placement), model.version
