@@ -15,8 +15,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +31,9 @@ log = logging.getLogger("recommender")
 # Known items a new product's complements are borrowed from (the most resembling, down to MIN_RESEMBLANCE).
 TWINS = 3
 MIN_RESEMBLANCE = 0.2
-# A new product as a candidate scores its twins' scores times this and its resemblance: below a known item with
-# the same evidence, since the evidence is borrowed.
+# A new product as a candidate scores its twins' scores (shared by resemblance) times this and its resemblance
+# (below 1): under a known item with the same evidence, since its evidence is borrowed. Chosen on validation
+# (bench/results/quality.md), as are the weights below.
 DISCOUNT = 1.0
 # A basket holding a twin: the new product (a new colour of the same holder, say) scores SELF_WEIGHT times the
 # twin's strongest table weight (times DISCOUNT and resemblance). Items resembling each other sell together.
@@ -74,7 +77,7 @@ def _price(attributes: dict) -> float:
     return float(price) if isinstance(price, (int, float)) and 0 < price < float("inf") else math.nan
 
 
-def _keys(n: int, rows: dict[int, dict], key: str, norm) -> tuple[np.ndarray, dict[str, int]]:
+def _keys(n: int, rows: dict[int, dict], key: str, norm: Callable[[str], str]) -> tuple[np.ndarray, dict[str, int]]:
     """Per known row, an id of its feed attribute (-1 unknown), and the ids by value."""
     ids: dict[str, int] = {}
     out = np.full(n, -1, dtype=np.int64)
@@ -166,7 +169,13 @@ def per_answer(basket: np.ndarray, first_new: int) -> int:
     return NEW_PER_ANSWER_NEW_BASKET if len(basket) and basket[-1] >= first_new else NEW_PER_ANSWER
 
 
-def capped(candidates: np.ndarray, scored, ok, first_new: int, most: int) -> np.ndarray:
+def capped(
+    candidates: np.ndarray,
+    scored: Callable[[np.ndarray], np.ndarray],
+    ok: Callable[[np.ndarray], np.ndarray],
+    first_new: int,
+    most: int,
+) -> np.ndarray:
     """The candidates (ascending) without the new products beyond the `most` best scored eligible ones (scored and
     ok give the scores and the eligibility of rows); free when there are no more than that."""
     start = int(np.searchsorted(candidates, first_new))  # new products are numbered last
@@ -206,7 +215,7 @@ def _merge(source: np.ndarray, target: np.ndarray, weight: np.ndarray, count: np
     return unique // width, unique % width, summed, most
 
 
-def extend(model, placement: Placement, discount: float | None = None, self_weight: float | None = None):
+def extend(model: Any, placement: Placement, discount: float | None = None, self_weight: float | None = None) -> Any:
     """A view of model with the placed products as rows len(model.items) onwards: items, prices, nearest items
     (their first twin's) and the item-item table. The known items' table entries keep their order, so their
     scores are the same to the last bit."""
@@ -287,7 +296,7 @@ def extend(model, placement: Placement, discount: float | None = None, self_weig
     return view
 
 
-def placed(model, feed_items: dict[str, dict]):
+def placed(model: Any, feed_items: dict[str, dict]) -> Any:
     """model with the feed's new products placed (model itself when the feed lists none it can place); the codes
     unknown to the model that could not be placed are removed from feed_items (nothing is kept of them)."""
     index = model.items.index
@@ -308,7 +317,9 @@ def placed(model, feed_items: dict[str, dict]):
     return extend(model, placement) if len(placement) else model
 
 
-def final_scores(model, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray):
+def final_scores(
+    model: Any, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray
+) -> tuple[np.ndarray, Any]:
     """Model.final_scores with new products (numbered last, in the basket and among the candidates): the trees
     re-rank the known candidates from the basket's known items; each new candidate takes the place in their final
     order that its first-stage score gives it among them (where its twins' evidence puts it)."""

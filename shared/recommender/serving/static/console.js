@@ -424,6 +424,7 @@
   function reason(item, answer) {
     const parts = [];
     if (item.source === "pinned") parts.push("Pinned here by a merchandising rule.");
+    else if (item.source === "new" && item.reason) parts.push(sentence(item.reason));
     else if (item.source === "popular") {
       parts.push(answer.fallback ? "A best-seller: the model has nothing to go on for this basket."
         : "A best-seller, added because the model's own picks ran out.");
@@ -465,7 +466,7 @@
     }
     if (item.category) meta.append(el("span", { class: "category", text: String(item.category) }));
     if (item.brand) meta.append(el("span", { class: "brand", text: String(item.brand) }));
-    if (item.source) meta.append(el("span", { class: `badge ${["model", "popular", "pinned"].includes(item.source) ? item.source : ""}`, text: String(item.source) }));
+    if (item.source) meta.append(el("span", { class: `badge ${["model", "popular", "pinned", "new"].includes(item.source) ? item.source : ""}`, text: String(item.source) }));
 
     let confidence;
     if (typeof item.confidence === "number") {
