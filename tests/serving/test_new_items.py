@@ -2,8 +2,10 @@
 on the tiny synthetic data's launches (tools/synthetic/launches.py: their complements are known by design)."""
 
 import csv
+import io
 import threading
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -51,6 +53,9 @@ def test_the_resemblance_index_is_stored_with_the_model_and_reads_back(plain, tr
     text = plain.items.descriptions[0]
     assert np.allclose(index.similarity(text, len(plain.items)), built.similarity(text, len(plain.items)), atol=1e-6)
     assert index.similarity("ZZZ QQQ", len(plain.items)) is None  # no known word: nothing resembles it
+    # No timestamp in the stored bytes: a retraining of the same file stores the same artifact.
+    stored = zipfile.ZipFile(io.BytesIO(built.to_bytes()))
+    assert {i.date_time for i in stored.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     assert np.argmax(index.similarity(text, len(plain.items))) == 0  # an item is most like itself
     assert terms("White hanging heart T-LIGHT holder, 12") == [
         "WHITE",

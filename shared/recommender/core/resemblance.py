@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 
 import numpy as np
 
@@ -69,17 +70,22 @@ class TextIndex:
         return cls(vocabulary, idf, indptr, owner[order].astype(np.int32), weight[order].astype(np.float32))
 
     def to_bytes(self) -> bytes:
-        """The stored form (RESEMBLANCE_FILE): plain arrays, loadable without pickle."""
+        """The stored form (RESEMBLANCE_FILE): an .npz of plain arrays, loadable without pickle, the same bytes for
+        the same items (no timestamps: a retraining of the same file gives the same artifact)."""
         vocabulary = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+        arrays = {
+            "vocabulary": np.asarray(vocabulary, dtype=str),
+            "idf": self.idf,
+            "indptr": self.indptr,
+            "rows": self.rows,
+            "weights": self.weights,
+        }
         out = io.BytesIO()
-        np.savez(
-            out,
-            vocabulary=np.asarray(vocabulary, dtype=str),
-            idf=self.idf,
-            indptr=self.indptr,
-            rows=self.rows,
-            weights=self.weights,
-        )
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                entry = io.BytesIO()
+                np.lib.format.write_array(entry, np.ascontiguousarray(array), allow_pickle=False)
+                archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), entry.getvalue())
         return out.getvalue()
 
     @classmethod
