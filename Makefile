@@ -30,14 +30,15 @@ export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_FEED PATH_TO_CATALOG PATH_TO_RULES CODE OUT \
-	BASKETS VERSION NAME SCOPES ORIGINS RATE
+	BASKETS VERSION NAME SCOPES ORIGINS RATE ARMS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user passwd del_user \
 	list_users new_secret run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
 	browser-deps bench-merch bench-logins bench-search bench-widget bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
-	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key
+	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key \
+	experiment experiments experiment_stop
 
 help: ## list every target, by what you want to do
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -112,6 +113,17 @@ events_compact: $(LIGHT) ## compact the recorded events (POST /events) into Parq
 
 events_report: $(LIGHT) ## compact, then per day and model version: views, clicks, CTR, add-to-carts, purchases, attributed revenue [SINCE=YYYY-MM-DD]
 	@$(CLI) events-report $${SINCE:+--since "$$SINCE"}
+
+experiment: $(LIGHT) ## start an experiment: NAME= ARMS='control=popular:10,a=active:45,b=version:<id>:45' (kinds: popular, active, staged, version:<id>) [WINDOW_HOURS=24]
+	@test -n "$$NAME" -a -n "$$ARMS" || { echo "error: give the name and the arms: make experiment NAME=new-model ARMS='control=popular:10,a=active:90'" >&2; exit 2; }
+	@$(CLI) experiment "$$NAME" "$$ARMS" $${WINDOW_HOURS:+--window-hours "$$WINDOW_HOURS"}
+
+experiments: $(LIGHT) ## list the running experiment and the past ones, with their arms
+	@$(CLI) experiments
+
+experiment_stop: $(LIGHT) ## stop the running experiment: NAME= (serving returns to the active model within MODEL_POLL_SECONDS)
+	@test -n "$$NAME" || { echo "error: give the experiment's name: make experiment_stop NAME=... (make experiments lists it)" >&2; exit 2; }
+	@$(CLI) experiment-stop "$$NAME"
 
 generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"

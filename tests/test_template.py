@@ -136,7 +136,10 @@ def test_snapstart_is_off_by_default_and_complete_when_on(template, tmp_path):
 
 def test_least_privilege(template):
     functions = resources_of(template, "AWS::Serverless::Function")
-    expected = {"AuthFunction": ["users"], "RecommendFunction": ["feed", "keys", "models", "rules", "users"]}
+    expected = {
+        "AuthFunction": ["users"],
+        "RecommendFunction": ["experiments", "feed", "keys", "models", "rules", "users"],
+    }
     # The recommend function's only writes: new event batches, and when each API key was last used.
     writes = {
         "AuthFunction": [],

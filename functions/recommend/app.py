@@ -73,9 +73,9 @@ async def _recommendations(request: Request) -> Response:
     )
 
 
-def _recommendation_id(model: Model) -> str:
-    """The id of an answer of model given now: what events name to be attributed to it."""
-    return new_recommendation_id(model.version, time.time_ns() // 1_000_000)
+def _recommendation_id(model: Model, arm: str | None) -> str:
+    """The id of an answer of model (in experiment arm) given now: what events name to be attributed to it."""
+    return new_recommendation_id(model.version, time.time_ns() // 1_000_000, arm)
 
 
 @web.post_resolved(
@@ -91,10 +91,12 @@ async def send_data(_caller: CallerDep, basket: BasketDep, model: ModelDep) -> w
     """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
     options of /recommendations work here too. The answer's recommendation_id is in the X-Recommendation-Id header."""
     options = basket.options(explain=False)
+    # A running experiment answers with the shopper's arm (the active model when the request names no shopper).
+    model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
     return web.FastJSON(
         schemas.legacy_json(answer, options is not None and options.explain),
-        headers={"X-Recommendation-Id": _recommendation_id(model)},
+        headers={"X-Recommendation-Id": _recommendation_id(model, arm)},
     )
 
 
@@ -112,8 +114,11 @@ async def recommendations(_caller: CallerDep, basket: StrictBasketDep, model: Mo
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered,
     whether fewer than n items were eligible, and the answer's recommendation_id (for events)."""
     options = basket.options(explain=True)
+    model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model)))
+    return web.FastJSON(
+        schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model, arm))
+    )
 
 
 @app.post(
@@ -164,8 +169,11 @@ async def health() -> web.FastJSON:
     except RecommenderError as err:
         return web.FastJSON(schemas.health_down_json(web.public_detail(err)), status_code=ModelUnavailable.status_code)
     # A model in memory answers even when the storage fails; "degraded" says so, with the reason (not where).
-    problem = web.model_holder(web.get_settings()).error
-    return web.FastJSON(schemas.health_json(model, problem and web.public_text(problem)))
+    holder = web.model_holder(web.get_settings())
+    problem = holder.error
+    return web.FastJSON(
+        schemas.health_json(model, problem and web.public_text(problem), holder.health(web.public_text))
+    )
 
 
 @app.get(

@@ -8,9 +8,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from recommender.core import registry
-from recommender.core.errors import InvalidInput, ModelRefused, PointerDamaged, RecommenderError
+from recommender.core import experiments, registry
+from recommender.core.errors import DataFileError, InvalidInput, ModelRefused, PointerDamaged, RecommenderError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
 from recommender.local.emulator import use_dummy_credentials
@@ -172,6 +173,17 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.pipeline import TrainingParams, train
 
     params = TrainingParams(holdout=None) if args.no_holdout else TrainingParams()
+    try:
+        _train_with(args, settings, params, train)
+    except DataFileError as err:
+        hint = _demo_events_hint(settings, "make train PATH_TO_DATA=events:")
+        if hint and "events" in args.path and err.message.startswith("no events recorded yet"):
+            raise DataFileError(f"{err.message}; {hint}") from None
+        raise
+    return 0
+
+
+def _train_with(args: argparse.Namespace, settings: Settings, params: Any, train: Callable[..., Any]) -> None:
     train(
         args.path,
         open_storage(settings),
@@ -185,7 +197,18 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         encoding=settings.encoding,
         max_memory_gb=settings.max_training_gb,
     )
-    return 0
+
+
+def _demo_events_hint(settings: Settings, command: str) -> str | None:
+    """Where the demo shop's events are, when this store has none and the demo's own store (make demo) has some."""
+    from recommender.local.demo import store_url
+
+    if "://" in settings.storage_url or (Path(settings.storage_url) / "events").exists():
+        return None
+    demo = store_url(settings.storage_url)
+    if not (Path(demo) / "events").exists():
+        return None
+    return f"the demo shop's events are in its own store, {demo}: STORAGE_URL={demo} {command}"
 
 
 @command("promote")
@@ -554,8 +577,12 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def _events_compact(args: argparse.Namespace, settings: Settings) -> int:
     from recommender.training.event_compaction import compact
 
-    for line in compact(open_storage(settings)).lines():
+    outcome = compact(open_storage(settings))
+    for line in outcome.lines():
         print(line)
+    hint = _demo_events_hint(settings, "make events_compact")
+    if hint:
+        print(f"note: {hint}")
     return 0
 
 
@@ -572,6 +599,75 @@ def _events_report(args: argparse.Namespace, settings: Settings) -> int:
     for line in format_report(report(storage, args.since)):
         print(line)
     return 0
+
+
+@command("experiment")
+def _experiment(args: argparse.Namespace, settings: Settings) -> int:
+    started = experiments.start(open_storage(settings), args.name, experiments.parse_arms(args.arms), args.window_hours)
+    print(f"started experiment {started.name} at {started.started_at}:")
+    for line in _arm_lines(started):
+        print(line)
+    print(
+        f"Serving follows within MODEL_POLL_SECONDS ({settings.model_poll_seconds:g} s). Requests giving a session_id "
+        "or user_id get their arm (in the recommendation_id); requests giving neither get the active model, no arm."
+    )
+    return 0
+
+
+@command("experiments")
+def _experiments(args: argparse.Namespace, settings: Settings) -> int:
+    storage = open_storage(settings)
+    running = experiments.read_current(storage)
+    past = experiments.history(storage)
+    if running is None and not past:
+        print("no experiment has run yet: start one with make experiment NAME=... ARMS='control=popular:10,...'")
+        return 0
+    if running is not None:
+        print(f"running  {running.name}  since {running.started_at}")
+        print("\n".join(_arm_lines(running)))
+    for past_one in reversed(past):
+        print(f"stopped  {past_one.name}  {past_one.started_at} to {past_one.stopped_at}")
+        print("\n".join(_arm_lines(past_one)))
+    print(
+        "Each answer's recommendation_id names its arm; sessions, answers seen, clicks, purchases and revenue per arm "
+        "are counted from the event log by the report."
+    )
+    return 0
+
+
+def _arm_lines(experiment: experiments.Experiment) -> list[str]:
+    """An experiment's arms, aligned, and its attribution window."""
+    width = max(len(a.name) for a in experiment.arms)
+    lines = [f"  {a.name:<{width}}  {a.share:>3}%  {a.describe()}" for a in experiment.arms]
+    return [*lines, f"  attribution window {experiment.attribution_window_hours:g} h"]
+
+
+@command("experiment-stop")
+def _experiment_stop(args: argparse.Namespace, settings: Settings) -> int:
+    stopped = experiments.stop(open_storage(settings), args.name)
+    when = f" at {stopped.stopped_at}" if stopped is not None else " (its record was damaged and is kept as it was)"
+    print(
+        f"stopped experiment {args.name}{when}; serving returns to the active model within MODEL_POLL_SECONDS "
+        f"({settings.model_poll_seconds:g} s)"
+    )
+    return 0
+
+
+def _experiment_commands(sub: argparse._SubParsersAction) -> None:
+    """The experiments' commands."""
+    p = sub.add_parser("experiment", help="start an experiment: arms serving models, each with a share of shoppers")
+    p.add_argument("name", help="the experiment's name (never reused: it seeds the assignment)")
+    p.add_argument("arms", help=f"e.g. control=popular:10,a=active:45,b=version:<id>:45 ({experiments.ARMS_SYNTAX})")
+    p.add_argument(
+        "--window-hours",
+        type=float,
+        default=experiments.DEFAULT_WINDOW_HOURS,
+        help="how long after an answer its items' add-to-carts and purchases count for it "
+        f"(default {experiments.DEFAULT_WINDOW_HOURS})",
+    )
+    sub.add_parser("experiments", help="list the running experiment and the past ones, with their arms")
+    p = sub.add_parser("experiment-stop", help="stop the running experiment: serving returns to the active model")
+    p.add_argument("name")
 
 
 def _event_commands(sub: argparse._SubParsersAction) -> None:
@@ -752,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
     p.add_argument("--seed", type=int, default=0)
     _event_commands(sub)
+    _experiment_commands(sub)
     return parser
 
 

@@ -261,3 +261,22 @@ def test_a_key_of_another_origin_is_refused_by_the_browser(visit, shop):
     assert len(page.evaluate("recommender.track('purchase', {items: ['85123A'], value: 2.5})")) == 32
     assert len(warnings) == 2 and all(w.startswith("recommender: track(") for w in warnings)
     assert not visit.errors
+
+
+def test_the_strip_is_answered_with_the_shoppers_experiment_arm(visit, shop):
+    from recommender.core import experiments
+    from recommender.serving.attribution import parse_recommendation_id
+
+    experiment = experiments.start(shop.storage, "widget-arms", experiments.parse_arms("a=active:50,b=popular:50"))
+    try:
+        time.sleep(2.5)  # MODEL_POLL_SECONDS (1) and more: the running server has picked it up
+        page = visit.open(f"/p/{shop.site.products[0].code}").page
+        assert visit.settled() == "ready"
+        session = page.evaluate("window.recommender.session")
+        page.locator(STRIP).scroll_into_view_if_needed()
+        [view] = wait_for_events(shop.storage, session, 1)
+        # The widget sent its session id with the request: the answer's arm is the session's.
+        assert parse_recommendation_id(view["recommendation_id"]).arm == experiments.assign(experiment, session)
+    finally:
+        experiments.stop(shop.storage, "widget-arms")
+        time.sleep(1.5)  # the other tests see the server without the experiment

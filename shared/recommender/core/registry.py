@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -525,11 +525,12 @@ def prune(
     now: Callable[[], datetime] = utcnow,
     stale_after: timedelta = timedelta(minutes=30),
     kind: Kind = MODELS,
+    in_use: Collection[str] = (),
 ) -> list[str]:
-    """Delete all but the newest `keep` complete versions, never the active, staged or previous one, and the
-    leftovers of killed uploads (no manifest, older than stale_after: younger ones may still be uploading).
-    Returns the deleted versions."""
-    protected = set()
+    """Delete all but the newest `keep` complete versions, never the active, staged or previous one nor those in_use
+    (a running experiment's), and the leftovers of killed uploads (no manifest, older than stale_after: younger ones
+    may still be uploading). Returns the deleted versions."""
+    protected = set(in_use)
     for read in (active, staged):
         try:
             pointer = read(storage, kind)

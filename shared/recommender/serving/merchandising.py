@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -447,10 +448,12 @@ class Scores:
 
 
 def answer(
-    model: Any, basket: np.ndarray, n: int, options: Options | None, policy: Policy
+    model: Any, basket: np.ndarray, n: int, options: Options | None, policy: Policy, learned: bool = True
 ) -> tuple[list[Pick], bool, list[str]]:
     """The picks for a basket of known rows (possibly empty, sorted), best first, whether fewer than n were
-    eligible, and warnings about the request (categories no item is in, pins beyond max_per_category)."""
+    eligible, and warnings about the request (categories no item is in, pins beyond max_per_category).
+    learned=False: nothing the model learned, the popular items only (an experiment's no-model control), under the
+    same feed, rules (pins included) and options."""
     options = options or Options()
     warnings = policy.category_warnings(options) if options.categories or options.exclude_categories else []
     ok = policy.eligibility(basket, options)
@@ -465,7 +468,7 @@ def answer(
     rows = np.empty(0, dtype=np.int64)
     scores = np.empty(0)
     scored = None
-    if len(basket):
+    if len(basket) and learned:
         scored = Scores(model, basket)
         candidates = scored.candidates
         most = new_items.per_answer(basket, policy.first_new) if policy.first_new < len(policy.eligible) else None
@@ -508,7 +511,10 @@ def answer(
     if policy.first_new < len(policy.eligible):
         source[(rows >= policy.first_new) & (source == 0)] = 3
     if pinned:
-        rows, scores, source = _pin(pinned, rows, scores, source, scored)
+        # Without the model's scores (learned=False), a pin scores its popularity, as the popular picks do.
+        rows, scores, source = _pin(
+            pinned, rows, scores, source, scored if scored is not None else partial(_popularity_score, policy)
+        )
     rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
     confidence = _confidence(model, policy, rows, source, scored)
     if options.min_confidence is not None and confidence is not None:
@@ -580,6 +586,12 @@ def _popular(policy: Policy, ok: Eligibility, k: int, cap: int | None, taken: di
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
 
+def _popularity_score(policy: Policy, rows: np.ndarray) -> np.ndarray:
+    """Each row's popularity relative to the best seller's (the popular picks' score)."""
+    best = max(policy.popularity[policy.popular[0]], 1.0) if len(policy.popular) else 1.0
+    return np.round(policy.popularity[rows] / best, 4)
+
+
 def _pinned(policy: Policy, basket: np.ndarray, n: int, ok: Eligibility) -> dict[int, int]:
     """The pins the basket triggers ({row: position}), where the item passes every filter and the position is
     within the answer."""
@@ -609,7 +621,11 @@ def _count_pins(policy: Policy, pinned: dict[int, int], cap: int | None, taken: 
 
 
 def _pin(
-    pinned: dict[int, int], rows: np.ndarray, scores: np.ndarray, source: np.ndarray, scored: Scores
+    pinned: dict[int, int],
+    rows: np.ndarray,
+    scores: np.ndarray,
+    source: np.ndarray,
+    scored: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pinned items put in at their positions whatever their score (a merchandiser's choice), lowest position
     first, so pins do not shift one another."""
@@ -681,7 +697,8 @@ def _confidence(
     if not len(rows):
         return np.empty(0)  # everything filtered out (and scores_all is None for an empty basket)
     ranks = np.arange(1, len(rows) + 1)
-    popular = source == 1
+    # Without the model's scores (learned=False, pins included), every pick's confidence is a popular item's.
+    popular = source == 1 if scored is not None else np.ones(len(rows), dtype=bool)
     if not popular.any():
         return np.round(confidence(scored.final(rows), ranks), 4)
     out = np.empty(len(rows))

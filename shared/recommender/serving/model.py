@@ -69,6 +69,9 @@ class Model:
     embeddings); each candidate's score is the sum of the item-item table's weights from the basket's items.
     """
 
+    # Whether answers use what the model learned (False: the popularity order only, serving.arms.PopularBaseline).
+    learned = True
+
     def __init__(
         self,
         version: str,
@@ -177,7 +180,7 @@ class Model:
             if policy is None:
                 policy = self._plain_policy = self._plain_policy or Policy(self.items, self.item_price, None, None)
             picks, exhausted, warnings = merchandising.answer(
-                self, np.asarray(sorted(known), dtype=np.int64), n, options, policy
+                self, np.asarray(sorted(known), dtype=np.int64), n, options, policy, self.learned
             )
             fallback = bool(picks) and all(p.source not in (merchandising.MODEL, merchandising.NEW) for p in picks)
             return Recommendation(
@@ -412,9 +415,13 @@ class ModelHolder:
                 if err.message != self.error:
                     log.warning("%s", err.message)
                 self.error = err.message
+            self.follow()
             return self.model
         finally:
             self._lock.release()
+
+    def follow(self) -> None:
+        """What else a refresh looks at, with the model in place (serving.arms: the running experiment)."""
 
     def watch(self, stop: threading.Event, max_backoff: float = 60.0) -> threading.Thread:
         """Refresh every poll_seconds in a daemon thread until stop is set; requests then never refresh.

@@ -29,6 +29,8 @@ MAX_CATEGORIES = 100
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Codes = Annotated[list[StrictStr], Field(max_length=MAX_BASKET)]
 Categories = Annotated[list[StrictStr], Field(max_length=MAX_CATEGORIES)]
+# Printable text: no control characters (a session or user id lands in logs and queries).
+Text = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 # The request options are Options' fields (explain has its own default per route); the lists become tuples of
 # stripped codes or names.
@@ -65,6 +67,13 @@ class BasketIn(BaseModel):
     )
     explain: bool | None = Field(
         None, description="give each item's reasons (default: true on /recommendations, false on /send_data)"
+    )
+    # Who asks, as POST /events names them: which arm of a running experiment answers (core.experiments).
+    session_id: Text | None = Field(
+        None, description="the shopper's session (as in their events): a running experiment's arm is chosen from it"
+    )
+    user_id: Text | None = Field(
+        None, description="the shopper's own id, when known: chooses the experiment arm instead of session_id"
     )
 
     @model_validator(mode="after")
@@ -318,8 +327,29 @@ def search_json(found: list[Item], model_version: str) -> dict:
     return {"items": [i._asdict() for i in found], "model_version": model_version}
 
 
+class ArmHealth(Out):
+    """One arm of the running experiment, as this process serves it."""
+
+    name: str
+    kind: Literal["popular", "active", "staged", "version"]
+    version: str | None
+    share: int
+    serves: str = Field(description="what answers this arm's shoppers here")
+    problem: str | None = Field(description="why it is not what the arm asks for (it serves the active model)")
+
+
+class ExperimentHealth(Out):
+    """The running experiment as this process serves it."""
+
+    name: str | None = Field(description="null when the experiment's record cannot be read")
+    started_at: str | None
+    arms: list[ArmHealth]
+    degraded: str | None = Field(description="what keeps it from being served as defined, if anything")
+
+
 class HealthOut(Out):
-    """The served model, feed and rules; "degraded" (with detail) when the storage or a newer model fails."""
+    """The served model, feed and rules (and the running experiment, if any); "degraded" (with detail) when the
+    storage, a newer model or an experiment arm's model fails."""
 
     status: Literal["ok", "degraded"]
     model_version: str
@@ -328,10 +358,14 @@ class HealthOut(Out):
     feed_version: str | None
     rules_version: str | None
     detail: str | None = None
+    experiment: ExperimentHealth | None = None
 
 
-def health_json(model: "Model", problem: str | None) -> dict:
-    """A HealthOut for the served model; problem (what fails beside it, if anything) makes it degraded."""
+def health_json(model: "Model", problem: str | None, experiment: dict | None = None) -> dict:
+    """A HealthOut for the served model; problem (what fails beside it, if anything) or a degraded experiment makes
+    it degraded."""
+    if experiment is not None and experiment["degraded"]:
+        problem = "; ".join(filter(None, (problem, f"experiment: {experiment['degraded']}")))
     out = {
         "status": "degraded" if problem else "ok",
         "model_version": model.version,
@@ -342,6 +376,8 @@ def health_json(model: "Model", problem: str | None) -> dict:
     }
     if problem:
         out["detail"] = problem
+    if experiment is not None:
+        out["experiment"] = experiment
     return out
 
 
@@ -416,8 +452,6 @@ MAX_EVENT_ITEMS = 1000
 MAX_QUANTITY = 1_000_000
 MAX_EVENT_PRICE = 1e9
 MAX_EVENT_VALUE = 1e12
-# Printable text: no control characters (a session or user id lands in logs and queries).
-Text = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class EventItemIn(BaseModel):

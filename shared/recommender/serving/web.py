@@ -25,8 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from recommender.core.errors import AuthError, Busy, Forbidden, InvalidInput, NotFound, RecommenderError, StorageError
 from recommender.core.settings import Settings, get_settings
 from recommender.core.storage import Storage, open_storage
+from recommender.serving.arms import ExperimentHolder, arm_of
 from recommender.serving.keys import ALL_SCOPES, KEY_PREFIX, SCOPES, Caller, KeyCache
-from recommender.serving.model import Model, ModelHolder
+from recommender.serving.model import Model
 from recommender.serving.schemas import ErrorOut, error_json
 from recommender.serving.tokens import SECRET_RECHECK_SECONDS, SecretHolder, verify_token
 from recommender.serving.users import User, UserCache
@@ -94,9 +95,9 @@ def _user_cache(settings: Settings) -> UserCache:
 
 
 @_per_settings
-def model_holder(settings: Settings) -> ModelHolder:
-    """The holder of the model this process serves (one per settings)."""
-    return ModelHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache)
+def model_holder(settings: Settings) -> ExperimentHolder:
+    """The holder of the model this process serves, and of the running experiment's (one per settings)."""
+    return ExperimentHolder(_storage(settings), settings.model_poll_seconds, settings.answer_cache)
 
 
 @_per_settings
@@ -285,6 +286,12 @@ async def current_model() -> Model:
     if holder.due():
         await run_in_threadpool(holder.refresh)
     return holder.current()
+
+
+def experiment_arm(model: Model, unit: str | None) -> tuple[Model, str | None]:
+    """The model answering a request of the shopper unit (user or session id, None when the request gives neither)
+    and their experiment arm; with no experiment running, model and no arm."""
+    return arm_of(model_holder(get_settings()).routing, model, unit)
 
 
 def json_body(schema: type[BaseModel]) -> Callable[[Request], Awaitable[BaseModel]]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from recommender.core import registry
+from recommender.core import experiments, registry
 from recommender.core.errors import ConfigError, ModelRefused
 from recommender.core.registry import new_version_id, sha256_file, utcnow
 from recommender.core.storage import Storage
@@ -158,7 +158,7 @@ def train(
     else:
         registry.stage(storage, version)
         progress(f"staged {version} (the active model is unchanged; `make load_after_parallel_train` activates it)")
-    deleted = registry.prune(storage, keep_versions)
+    deleted = registry.prune(storage, keep_versions, in_use=experiments.versions_in_use(storage))
     if deleted:
         progress(f"pruned {len(deleted)} old version(s)")
     seconds = time.perf_counter() - started

@@ -204,7 +204,10 @@
 
     function request(host) {
       var n = parseInt(host.getAttribute("data-n") || "4", 10);
-      var body = { product_list: list(host.getAttribute("data-basket")), n: n > 0 && n <= 100 ? n : 4 };
+      // The shopper, as the events name them: a running experiment answers with their arm.
+      var body = { product_list: list(host.getAttribute("data-basket")), n: n > 0 && n <= 100 ? n : 4, session_id: session };
+      var user = host.getAttribute("data-user") || scriptUser;
+      if (user && user.length <= 128 && !/[\x00-\x1f\x7f]/.test(user)) body.user_id = String(user);
       Object.keys(OPTIONS).forEach(function (name) {
         var raw = host.getAttribute("data-" + name);
         if (raw === null || raw === "") return;
