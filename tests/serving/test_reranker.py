@@ -64,10 +64,13 @@ def test_validation_periods_never_overlap_the_held_out_baskets(tiny_csv):
             assert not (periods[a] & periods[b]).any()
 
 
-def test_the_published_model_says_its_periods_end_before_the_held_out_ones(model):
+def test_the_measured_models_periods_end_before_the_held_out_baskets(model):
     spec = model.manifest["model"]["rerank"]
     assert spec["trees"] and spec["features"] == list(FEATURES)
-    assert spec["periods"][-1]["last"] < model.manifest["evaluation"]["cutoff"]
+    evaluation = model.manifest["evaluation"]
+    assert evaluation["rerank_periods"][-1]["last"] < evaluation["cutoff"]
+    # the published model learns from every basket, its re-ranker from the file's most recent period
+    assert spec["periods"][-1]["last"] > evaluation["cutoff"]
 
 
 def test_features_at_serving_equal_training(model):
@@ -105,3 +108,15 @@ def test_answers_follow_the_trees_and_explain_them(model):
         assert plain == [p.item.stock_code for p in answer.items]
         differs += plain != [s.item.stock_code for s in first.recommend(basket, 10).items]
     assert differs  # the trees do re-order
+
+
+def test_without_lightgbm_training_says_so_and_keeps_the_first_stage(tiny_csv, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "lightgbm", None)  # what `import lightgbm` meets when absent
+    said = []
+    fitted = training_reranker.fit(
+        load_transactions(tiny_csv), lambda _tx, _folder: None, training_reranker.RerankParams(), said.append
+    )
+    assert fitted is None
+    assert said == [
+        "re-ranker: lightgbm is not installed (pip install lightgbm): the model ranks by its first stage alone"
+    ]

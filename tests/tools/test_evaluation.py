@@ -80,6 +80,12 @@ def test_full_run_on_synthetic_data(tmp_path):
     by_name = {r.name.split(" ")[0]: r for r in report.results}
     assert set(by_name) == {"product", "first-stage", "popularity", "co-occurrence", "EASE"}
     assert report.cases > 100
+    # each HR@10 with its bootstrap interval, and the product's gains over EASE, its first stage and popularity
+    for r in report.results:
+        assert r.hr_interval[0] <= r.hr <= r.hr_interval[1]
+    assert [g.against.split(" ")[0] for g in report.gains] == ["EASE", "first-stage", "popularity"]
+    for g in report.gains:
+        assert g.low <= g.ratio <= g.high
     # The structure is learnable: every real method beats popularity, the product by far.
     assert by_name["product"].hr > 2 * by_name["popularity"].hr
     assert by_name["co-occurrence"].hr > by_name["popularity"].hr

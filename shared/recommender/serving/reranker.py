@@ -43,6 +43,7 @@ FEATURES = (
     "customer_top_days",  # days from that customer's last purchase of it to the end of the training data
 )
 NEVER = 1000.0  # customer_top_days of an item the customer never bought
+COUNTED = ("popularity", "recent_sales", "customer_top_baskets")  # log(1 + count) features, shown as counts
 ITEM_COLUMNS = ("popularity", "recent_sales", "trend", "days_since_sold", "age_days")
 SESSION_NEIGHBOURS = 100
 CUSTOMER_NEIGHBOURS = 20
@@ -143,6 +144,28 @@ def _ranges(ptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
 
 
+DENSE_ITEMS = 65536  # up to this many items, a candidate's slot is found through an array over every item
+
+
+class Slots:
+    """Where rows sit among a basket's candidates (ascending): through one small array over every item in a model
+    with few, by binary search in one with many (no array the size of the model per request)."""
+
+    def __init__(self, candidates: np.ndarray, n_items: int) -> None:
+        self.candidates = candidates
+        self.dense = None
+        if n_items <= DENSE_ITEMS:
+            self.dense = np.full(n_items, -1, dtype=np.intp)
+            self.dense[candidates] = np.arange(len(candidates))
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The positions of rows among the candidates, and which rows are candidates (positions of others: junk)."""
+        if self.dense is not None:
+            at = self.dense[rows]
+            return at, at >= 0
+        return _slots(self.candidates, rows)
+
+
 def _slots(candidates: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows, their positions in candidates (ascending) and which of them are candidates."""
     at = np.minimum(np.searchsorted(candidates, rows), len(candidates) - 1)
@@ -161,17 +184,25 @@ class Postings:
     row_days: np.ndarray | None = None  # per entry: days from the row's last purchase of it to the end
 
     def neighbours(
-        self, basket: np.ndarray, candidates: np.ndarray, k: int, alpha: float
+        self, basket: np.ndarray, slots: Slots, k: int, alpha: float
     ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
         """Share of the k rows most like the basket (overlap / row size ^ alpha) holding each candidate, weighted by
         likeness; whether the single most alike row holds it; the share of the basket in that row; and, from that
         row, log(1 + baskets) and the days since its last purchase of each candidate."""
-        share, top = np.zeros(len(candidates)), np.zeros(len(candidates))
-        counts, days = np.zeros(len(candidates)), np.full(len(candidates), NEVER)
+        m = len(slots.candidates)
+        share, top = np.zeros(m), np.zeros(m)
+        counts, days = np.zeros(m), np.full(m, NEVER)
         positions = _ranges(self.item_ptr, basket)
-        if not len(positions) or not len(candidates):
+        if not len(positions) or not m:
             return share, top, 0.0, counts, days
-        rows, overlap = np.unique(self.item_rows[positions], return_counts=True)
+        posted = self.item_rows[positions]
+        n_rows = len(self.row_ptr) - 1
+        if n_rows <= DENSE_ITEMS:  # a count per past row beats sorting the postings
+            per_row = np.bincount(posted, minlength=n_rows)
+            rows = np.flatnonzero(per_row)
+            overlap = per_row[rows]
+        else:
+            rows, overlap = np.unique(posted, return_counts=True)
         sizes = self.row_ptr[rows + 1] - self.row_ptr[rows]
         sim = overlap / np.maximum(sizes, 1) ** alpha
         if len(rows) > k:
@@ -182,10 +213,10 @@ class Postings:
         entries = _ranges(self.row_ptr, rows)
         items = self.row_items[entries]
         weights = np.repeat(sim, self.row_ptr[rows + 1] - self.row_ptr[rows])
-        at, hit = _slots(candidates, items)
-        share = np.bincount(at[hit], weights=weights[hit], minlength=len(candidates)) / sim.sum()
+        at, hit = slots(items)
+        share = np.bincount(at[hit], weights=weights[hit], minlength=m) / sim.sum()
         lo, hi = self.row_ptr[best], self.row_ptr[best + 1]
-        at, hit = _slots(candidates, self.row_items[lo:hi])
+        at, hit = slots(self.row_items[lo:hi])
         top[at[hit]] = 1.0
         if self.row_counts is not None:
             counts[at[hit]] = np.log1p(self.row_counts[lo:hi][hit])
@@ -244,9 +275,10 @@ class Reranker:
         order = np.lexsort((candidates, -first))
         x[order, 1] = np.arange(1, m + 1)
         x[:, 2] = first / max(float(first.max()), 1e-12)
+        slots = Slots(candidates, len(self.item))
         # Links: the table entries from the basket's items to the candidates.
         targets = model.table_target[positions]
-        at, hit = _slots(candidates, targets)
+        at, hit = slots(targets)
         slot, entries = at[hit], positions[hit]
         if len(slot):
             sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket])[hit]
@@ -272,9 +304,9 @@ class Reranker:
             ok = np.isfinite(price) & (price > 0)
             x[ok, 14] = np.log(price[ok] / float(np.median(known)))
         x[:, 15] = self._text(basket, candidates)
-        x[:, 16] = self.sessions.neighbours(basket, candidates, SESSION_NEIGHBOURS, 0.5)[0]
+        x[:, 16] = self.sessions.neighbours(basket, slots, SESSION_NEIGHBOURS, 0.5)[0]
         x[:, 17], x[:, 18], x[:, 20], x[:, 21], x[:, 22] = self.customers.neighbours(
-            basket, candidates, CUSTOMER_NEIGHBOURS, 0.1
+            basket, slots, CUSTOMER_NEIGHBOURS, 0.1
         )
         x[:, 19] = len(basket)
         return x
@@ -340,31 +372,33 @@ class Reranker:
                     return f"goes with {int(value)} items of the basket"
                 return f"bought with {desc} in {together:,} baskets"
             return "goes with the basket's items"
+        count = int(round(float(np.expm1(min(value, 30.0))))) if name in COUNTED else 0
         words = {
-            "score": "goes with the basket's items as a whole",
-            "rank": "among the basket's strongest matches",
-            "score_share": "close to the basket's strongest match",
-            "popularity": f"a steady seller ({int(round(np.expm1(value))):,} baskets)",
-            "recent_sales": f"sold often in the last 30 days ({int(round(np.expm1(value))):,} baskets)",
-            "trend": "selling more lately than before" if value > 1 else "selling steadily",
-            "days_since_sold": f"sold {int(value)} days before the model's last purchase"
-            if value >= 1
-            else "sold on the model's last day",
-            "age_days": f"on sale for {int(value)} days",
-            "price_ratio": "priced like the basket's items"
-            if abs(value) < 0.7
-            else "a different price from the basket",
-            "text_similarity": "described like the basket's items",
-            "session_knn": "in past baskets like this one",
-            "customer_knn": "bought by customers whose history is like this basket",
-            "customer_top": "bought before by the customer this basket looks most like",
-            "basket_size": f"suits a basket of {int(value)} items",
-            "customer_match": "bought before by the customer this basket looks most like",
-            "customer_top_baskets": f"bought {int(round(np.expm1(value)))} times before by the customer this basket "
-            "looks most like",
-            "customer_top_days": "bought lately by the customer this basket looks most like",
+            "score": lambda: "goes with the basket's items as a whole",
+            "rank": lambda: "among the basket's strongest matches",
+            "score_share": lambda: "close to the basket's strongest match",
+            "popularity": lambda: f"a steady seller ({count:,} baskets)",
+            "recent_sales": lambda: f"sold often in the last 30 days ({count:,} baskets)",
+            "trend": lambda: "selling more lately than before" if value > 1 else "selling steadily",
+            "days_since_sold": lambda: (
+                f"sold {int(value)} days before the model's last purchase"
+                if value >= 1
+                else "sold on the model's last day"
+            ),
+            "age_days": lambda: f"on sale for {int(value)} days",
+            "price_ratio": lambda: (
+                "priced like the basket's items" if abs(value) < 0.7 else "a different price from the basket's items"
+            ),
+            "text_similarity": lambda: "described like the basket's items",
+            "session_knn": lambda: "in past baskets like this one",
+            "customer_knn": lambda: "bought by customers whose history is like this basket",
+            "customer_top": lambda: "bought before by the customer this basket looks most like",
+            "basket_size": lambda: f"suits a basket of {int(value)} items",
+            "customer_match": lambda: "bought before by the customer this basket looks most like",
+            "customer_top_baskets": lambda: f"bought {count} times before by the customer this basket looks most like",
+            "customer_top_days": lambda: "bought lately by the customer this basket looks most like",
         }
-        return words.get(name, name)
+        return words[name]() if name in words else name
 
 
 def _strongest_partner(model: object, basket: np.ndarray, row: int) -> tuple[int | None, int]:

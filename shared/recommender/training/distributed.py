@@ -260,6 +260,8 @@ def _train(
             )
         return kept[0]
 
+    if params.rerank.enabled:
+        progress("re-ranker: the Spark engine does not train one yet: the model ranks by its first stage alone")
     done = build_and_measure(
         lambda out, say: _model(spark, frames, report.baskets, n_parts, params, out, say),
         lambda out, _near, say: _model(

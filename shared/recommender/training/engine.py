@@ -78,10 +78,14 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
 
     def fill(folder: Path) -> Built:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
-        # One re-ranker for the published and the measured model, trained before the held-out baskets.
+        # The measured model's re-ranker learns from periods before the held-out baskets; the published model's,
+        # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
         fitted = fit_reranker(train_tx, params, progress)
+        fitted_all = fitted
+        if held is not None and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids)):
+            fitted_all = fit_reranker(tx, params, lambda text: progress(f"published model: {text}"))
         done = build_and_measure(
-            lambda out, say: build_model(tx, params, out, say, rerank=fitted),
+            lambda out, say: build_model(tx, params, out, say, rerank=fitted_all),
             lambda out, near, say: build_model(train_tx, params, out, say, near, rerank=fitted),
             held,
             len(tx.basket_ids),
@@ -89,6 +93,9 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
             folder,
             progress,
         )
+        if done.evaluation is not None and fitted is not None:
+            # the measured model's re-ranker: its periods end before the held-out baskets
+            done.evaluation["rerank_periods"] = fitted.spec["periods"]
         period = purchase_period((tx if done.learned_all else train_tx).basket_time)
         return Built(done.model, tx.report, SINGLE_ENGINE, period, done.evaluation, with_rerank(folder, done.extra))
 

@@ -51,6 +51,8 @@ class RerankParams:
     max_depth: int = 6
     min_data_in_leaf: int = 50
     max_bin: int = 255
+    objective: str = "lambdarank"
+    negatives: float = 1.0  # share of each query's other candidates the trees learn from (drawn at random)
     # Keep the trees only when they beat the first stage on the selection baskets (tests turn it off to get trees
     # from data too small to show a gain).
     require_gain: bool = True
@@ -497,11 +499,15 @@ def _train(
 ) -> object:
     """One LambdaRank fit with early stopping on the selection queries."""
     fit_rows, fit_sizes = _group_sizes(rows.query, fit_q)
+    if params.negatives < 1.0:
+        drawn = np.random.default_rng(params.seed).random(len(fit_rows)) < params.negatives
+        fit_rows = fit_rows[drawn | (rows.y[fit_rows] > 0)]
+        _, fit_sizes = np.unique(rows.query[fit_rows], return_counts=True)
     sel_rows, sel_sizes = _group_sizes(rows.query, sel_q)
     train_set = lightgbm.Dataset(rows.x[fit_rows], rows.y[fit_rows], group=fit_sizes, free_raw_data=False)
     valid_set = lightgbm.Dataset(rows.x[sel_rows], rows.y[sel_rows], group=sel_sizes, reference=train_set)
     config = {
-        "objective": "lambdarank",
+        "objective": params.objective,
         "metric": "ndcg",
         "eval_at": [10],
         "num_leaves": leaves,
