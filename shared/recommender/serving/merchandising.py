@@ -566,9 +566,10 @@ def _ranked_by(model: Any, scored: Scores, basket: np.ndarray, rows: np.ndarray)
     if not len(done.rows) or not len(rows):
         return {}
     at = np.minimum(np.searchsorted(done.rows, rows), len(done.rows) - 1)
-    hit = (done.rows[at] == rows) & (rows < getattr(model, "first_new", len(model.items)))  # new: `like` says why
+    first_new = getattr(model, "first_new", len(model.items))  # new products: `like` says why; the trees know
+    hit = (done.rows[at] == rows) & (rows < first_new)  # only the known items
     picked = rows[hit]
-    explained = model.reranker.explain(model, basket, done.features[at[hit]], picked)
+    explained = model.reranker.explain(model, basket[basket < first_new], done.features[at[hit]], picked)
     return dict(zip(picked.tolist(), explained))
 
 

@@ -293,6 +293,7 @@ def extend(model: Any, placement: Placement, discount: float | None = None, self
     view._asked = np.concatenate([model._asked, np.ones(m, dtype=bool)])
     view.first_new = n
     view.placement = placement
+    view.known_model = model  # the model as trained: what the re-ranker computes its features on
     return view
 
 
@@ -326,12 +327,15 @@ def final_scores(
     from recommender.serving.reranker import Reranked, squash
 
     n = model.first_new
-    known = int(np.searchsorted(basket, n))
-    if not known:  # only new products in the basket: their borrowed scores rank the answer
+    known = basket[: int(np.searchsorted(basket, n))]
+    if not len(known):  # only new products in the basket: their borrowed scores rank the answer
         return first, None
-    read = int((model.table_indptr[basket[:known] + 1] - model.table_indptr[basket[:known]]).sum())
+    # The trees' features come from the model as trained: its own table entries from the basket's known items
+    # (the known candidates' first-stage scores are the same in both, bit for bit).
+    plain = model.known_model
+    read, _lengths = _ranges(plain.table_indptr, known)
     kc = int(np.searchsorted(candidates, n))
-    done = model.reranker.rerank(model, basket[:known], candidates[:kc], first[:kc], positions[:read])
+    done = plain.reranker.rerank(plain, known, candidates[:kc], first[:kc], read)
     final = squash(first)
     final[done.at] = done.scores
     new_at = kc + np.flatnonzero(first[kc:] > 0)
