@@ -513,7 +513,7 @@ def answer(
     if pinned:
         # Without the model's scores (learned=False), a pin scores its popularity, as the popular picks do.
         rows, scores, source = _pin(
-            pinned, rows, scores, source, scored if scored is not None else partial(_popularity_score, policy)
+            pinned, rows, scores, source, scored.final if scored is not None else partial(_popularity_score, policy)
         )
     rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
     confidence = _confidence(model, policy, rows, source, scored)
@@ -632,7 +632,7 @@ def _pin(
     first, so pins do not shift one another."""
     entries = list(zip(rows.tolist(), scores.tolist(), source.tolist()))
     pinned_rows = np.fromiter(pinned, dtype=np.int64, count=len(pinned))
-    pinned_scores = dict(zip(pinned_rows.tolist(), scored.final(pinned_rows).tolist()))
+    pinned_scores = dict(zip(pinned_rows.tolist(), scored(pinned_rows).tolist()))
     for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
         entries.insert(position - 1, (row, pinned_scores[row], 2))
     r, sc, so = zip(*entries)
