@@ -48,6 +48,9 @@ NEW_PER_ANSWER_NEW_BASKET = 3
 # A new product in the basket brings the new products resembling its twins' partners this much more than a known
 # item would (a range launched together sells together).
 TOGETHER = 8.0
+# With the learned re-ranker, a new product takes the place its first-stage score gives it among the known
+# candidates, this many places lower (the re-ranked order is surer of its top than the first stage was).
+RERANKED_LOWER = 0
 MAX_NEW_ITEMS = 50_000  # a feed listing more unknown codes considers the first ones (in the feed's order) only
 
 
@@ -343,6 +346,7 @@ def final_scores(
         above = np.sort(-first[done.at])  # the re-ranked candidates' first-stage scores, best first (negated)
         place = np.searchsorted(above, -first[new_at], side="left")  # how many score above each new one
         ranked = np.sort(done.scores)[::-1]
+        place = place + RERANKED_LOWER
         inside = place < len(ranked)
         # Just above the item holding that place in the final order: the new product takes it.
         final[new_at[inside]] = ranked[place[inside]] + 1e-9
