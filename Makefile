@@ -30,15 +30,16 @@ export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER
 # Values typed on the command line are passed on exactly as typed: without this, make would expand "$..."
 # inside a password or a path before the command sees it.
 RAW_VARS := PASSWORD USER_NAME FULL_NAME EMAIL PATH_TO_DATA STORAGE_URL PATH_TO_FEED PATH_TO_CATALOG PATH_TO_RULES CODE OUT \
-	BASKETS VERSION NAME SCOPES ORIGINS RATE ARMS
+	BASKETS VERSION EXPERIMENT FROM TO API_KEY NAME SCOPES ORIGINS RATE ARMS
 $(foreach v,$(RAW_VARS),$(if $(filter command line,$(origin $v)),$(eval override $v := $$(value $v))$(eval export $v)))
 
 .PHONY: help devel test lint train train_parallel load_after_parallel_train activate rollback versions add_user passwd del_user \
 	list_users new_secret run run-prod kill status demo demo-address evaluate feed feed_show feed_rollback catalog rules \
 	rules_show rules_rollback rules_schema export generate clean bench bench-train bench-serve bench-cold bench-scale \
-	browser-deps bench-merch bench-logins bench-search bench-widget bench-events fuzz bench-spark soak bench-deps lint-template build-lambda \
+	browser-deps bench-merch bench-logins bench-search bench-widget bench-events bench-report fuzz bench-spark soak bench-deps lint-template build-lambda \
 	build-lambda-pip deploy emulate-s3 emulate-s3-stop catalog_show catalog_rollback events_compact events_report add_key keys revoke_key \
-	experiment experiments experiment_stop
+	experiment experiments experiment_stop \
+	report simulate_shop
 
 help: ## list every target, by what you want to do
 	@echo "usage: make <target> [VARIABLE=value ...]"
@@ -124,6 +125,12 @@ experiments: $(LIGHT) ## list the running experiment and the past ones, with the
 experiment_stop: $(LIGHT) ## stop the running experiment: NAME= (serving returns to the active model within MODEL_POLL_SECONDS)
 	@test -n "$$NAME" || { echo "error: give the experiment's name: make experiment_stop NAME=... (make experiments lists it)" >&2; exit 2; }
 	@$(CLI) experiment-stop "$$NAME"
+
+report: $(LIGHT) ## what the recommendations sell, per arm vs control with intervals: [EXPERIMENT=] [FROM= TO=] [OUT=report.html]
+	@$(CLI) report $${EXPERIMENT:+--experiment "$$EXPERIMENT"} $${FROM:+--from "$$FROM"} $${TO:+--to "$$TO"} --out "$${OUT:-report.html}"
+
+simulate_shop: $(LIGHT) ## drive the running server as a shop would, then check the report: API_KEY= (or USER_NAME= PASSWORD=) [SESSIONS=20000] [PATH_TO_DATA=]
+	@$(CLI) simulate-shop --sessions "$${SESSIONS:-20000}" $${PATH_TO_DATA:+--data "$$PATH_TO_DATA"} --out "$${OUT:-report.html}" $${SEED:+--seed "$$SEED"} $${DROP_ARM:+--drop-arm "$$DROP_ARM" --drop-share "$${DROP_SHARE:-0.5}"}
 
 generate: $(LIGHT) ## write the synthetic dataset to OUT (default data/synthetic.csv; PRESET=tiny|default|scale)
 	$(CLI) generate "$${OUT:-data/synthetic.csv}" --preset "$${PRESET:-default}"
@@ -285,6 +292,9 @@ bench-widget: $(STAMP) browser-deps ## benchmark the shop widget's first paint o
 
 bench-events: $(STAMP) ## benchmark POST /events in batches of 50 to the local store: events/s and p99
 	$(BENCH) events $(BENCH_FLAGS)
+
+bench-report: $(STAMP) ## benchmark the analytics report over a month of generated events (100,000 sessions a day)
+	$(BENCH) report $(BENCH_FLAGS)
 
 bench-spark: $(STAMP) ## both engines on the 10M-row scale set (local[2]), agreement on Online Retail; BIG_INVOICES=10000000: ~100M rows (DRIVER_MEMORY=8g)
 	$(BENCH) spark $(if $(BIG_INVOICES),--big-invoices "$(BIG_INVOICES)") \

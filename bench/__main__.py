@@ -115,6 +115,7 @@ BENCHMARKS = {
     "search": "catalog search (GET /items) on a 100k-item catalog",
     "widget": "the shop widget's first paint of recommendations on the demo shop, in headless Chromium",
     "events": "POST /events in batches of 50 to the local store: events/s and p99",
+    "report": "the analytics report over a month of generated events (100,000 sessions a day)",
 }
 
 

@@ -81,6 +81,8 @@ class Options:
     events_seconds: float = 10.0  # the measured POST /events run (after warmup_seconds)
     events_clients: int = 4
     events_rate: float = 2000.0  # events/s of the paced run, whose p99 is held to the target
+    report_days: int = 30  # the analytics report's month of generated events ...
+    report_sessions: int = 100_000  # ... of this many sessions a day
     quick: bool = False
 
     @property
@@ -114,6 +116,8 @@ class Options:
             search_repeats=1,
             widget_loads=3,
             events_seconds=3.0,
+            report_days=3,
+            report_sessions=2_000,
             out_dir=ROOT / "bench" / "results" / "quick",
             quick=True,
         )

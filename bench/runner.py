@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench.analytics import bench_report
 from bench.cold import bench_cold
 from bench.common import PARTS, load_average, machine_info, say, shown
 from bench.deployment import retail_deployment
@@ -67,6 +68,8 @@ def run(parts: Sequence[str], options: Options, command: str = "") -> tuple[list
                 result = bench_widget(options)
             elif part == "events":
                 result = bench_events(options)
+            elif part == "report":
+                result = bench_report(options)
             else:
                 result = bench_scale(options)
             result.started_at, result.seconds = started_at, time.perf_counter() - t

@@ -91,7 +91,11 @@ HISTORY = [
     (re.compile(r"\bissues?\s*#?\d+", re.IGNORECASE), "an issue number"),
     (re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b"), "a commit hash"),
     (re.compile(r"(?<![\w.])\.\./"), "a path outside the repository"),
-    (re.compile(r"\bsession\b(?! ?storage| expired)", re.IGNORECASE), "a word of development history"),
+    # A working session, not a shopper's (sessions are what the analytics count: "revenue per session").
+    (
+        re.compile(r"\b(?:this|that|previous|earlier|last|next|my|our) session\b(?! ?storage| expired)", re.IGNORECASE),
+        "a word of development history",
+    ),
     (
         re.compile(r"development machine|as of my knowledge|left for a later change|what did not help", re.IGNORECASE),
         "development history",

@@ -128,6 +128,11 @@ def test_the_harness_is_not_installed():
         "synthetic",
         "event_report.py",
         "retrain.py",
+        "experiment_report.py",
+        "report_html.py",
+        "shop_simulator.py",
+        "shop_http.py",
+        "analytics_runs.py",
     }
     assert (ROOT / "bench" / "__main__.py").is_file()
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]

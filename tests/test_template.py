@@ -138,7 +138,7 @@ def test_least_privilege(template):
     functions = resources_of(template, "AWS::Serverless::Function")
     expected = {
         "AuthFunction": ["users"],
-        "RecommendFunction": ["experiments", "feed", "keys", "models", "rules", "users"],
+        "RecommendFunction": ["analytics", "experiments", "feed", "keys", "models", "rules", "users"],
     }
     # The recommend function's only writes: new event batches, and when each API key was last used.
     writes = {

@@ -26,6 +26,7 @@ from recommender.serving.keys import Caller
 from recommender.serving.model import Model
 from recommender.serving.schemas import (
     MAX_N,
+    AnalyticsOut,
     BasketIn,
     EventsIn,
     EventsOut,
@@ -213,6 +214,24 @@ def _preflight_route(path: str, methods: str) -> None:
 # CORS preflights on exactly the routes API keys open (the routes in template.yaml too).
 for _path, _methods in (("/send_data", "POST"), ("/recommendations", "POST"), ("/items", "GET"), ("/events", "POST")):
     _preflight_route(_path, _methods)
+
+
+@app.get(
+    "/analytics",
+    response_model=AnalyticsOut,
+    summary="What the recommendations sell: the shop, the experiment's arms against control, the top pairs",
+    responses=web.errors(401, 403, 404, 413, 422),
+)
+async def analytics_panel(
+    _user: UserDep,
+    storage: StorageDep,
+    experiment: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9A-Za-z_-]+$")] = None,
+) -> web.FastJSON:
+    """The figures of the last `make report` (users only, never API keys): the last 7 and 30 days, the running
+    experiment (or the one named) with its intervals, split check and headline, the most clicked pairs."""
+    from recommender.serving import analytics
+
+    return web.FastJSON(await run_in_threadpool(analytics.answer, storage, experiment))
 
 
 def _console_route(path: str) -> None:

@@ -601,6 +601,72 @@ def _events_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("report")
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.tools.analytics_runs import report, summary_lines
+
+    answer = report(
+        open_storage(settings),
+        args.experiment,
+        args.frm,
+        args.to,
+        args.out,
+        settings.attribution_window_hours,
+        not args.no_compact,
+    )
+    print()
+    for line in summary_lines(answer):
+        print(line)
+    return 0
+
+
+@command("simulate-shop")
+def _simulate_shop(args: argparse.Namespace, settings: Settings) -> int:
+    from recommender.tools.analytics_runs import credentials, simulate, summary_lines
+    from recommender.tools.shop_http import Server
+    from recommender.tools.shop_simulator import Behaviour
+
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    headers = credentials(url, os.environ)
+    behaviour = Behaviour(
+        click=args.click, cart=args.cart, resend=args.resend, drop_arm=args.drop_arm, drop_share=args.drop_share
+    )
+    done = simulate(
+        open_storage(settings), Server(url, headers), args.sessions, args.data, args.seed, behaviour, args.out
+    )
+    print()
+    for line in summary_lines(done.answer):
+        print(line)
+    print(f"ground truth written to {done.truth_path}")
+    if done.differences:
+        for line in done.differences:
+            print(f"MISMATCH {line}", file=sys.stderr)
+        return 1
+    print(f"the report's counts equal the simulator's in every cell ({len(done.truth.cells())} arms)")
+    return 0
+
+
+def _analytics_commands(sub: argparse._SubParsersAction) -> None:
+    """The report and the shop simulator."""
+    p = sub.add_parser("report", help="what the recommendations sell: per arm, against control, with intervals")
+    p.add_argument("--experiment", help="the experiment to report (default: the running one, else the latest)")
+    p.add_argument("--from", dest="frm", help="first day (YYYY-MM-DD, UTC; default: the experiment's, else 30 days)")
+    p.add_argument("--to", help="last day (YYYY-MM-DD, UTC; default: today, or the experiment's end)")
+    p.add_argument("--out", default="report.html", help="the HTML report (default report.html)")
+    p.add_argument("--no-compact", action="store_true", help="report on what is compacted already")
+    p = sub.add_parser("simulate-shop", help="drive a running server as a shop would, then check the report")
+    p.add_argument("--sessions", type=int, default=20000)
+    p.add_argument("--data", help="transactions file: its last 30 days' invoices (default: the model's samples)")
+    p.add_argument("--url", help="the server (default http://HOST:PORT)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--click", type=float, default=0.6, help="a shown item in the real basket is clicked")
+    p.add_argument("--cart", type=float, default=0.7, help="a clicked item is added to the cart")
+    p.add_argument("--resend", type=float, default=0.02, help="a batch of events is sent again")
+    p.add_argument("--drop-arm", help="lose sessions of this arm (a broken split, for the ratio check)")
+    p.add_argument("--drop-share", type=float, default=0.0, help="the share of its sessions lost")
+    p.add_argument("--out", default="report.html", help="the HTML report; the ground truth goes beside it")
+
+
 @command("experiment")
 def _experiment(args: argparse.Namespace, settings: Settings) -> int:
     started = experiments.start(open_storage(settings), args.name, experiments.parse_arms(args.arms), args.window_hours)
@@ -848,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", choices=["tiny", "default", "scale"])
     p.add_argument("--seed", type=int, default=0)
     _event_commands(sub)
+    _analytics_commands(sub)
     _experiment_commands(sub)
     return parser
 

@@ -594,3 +594,32 @@ CONTRAST_CHECK = """(() => {
 def test_screenshots_are_ignored_by_git():
     result = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "reports/console/console-1280.png"])
     assert result.returncode == 0
+
+
+def test_analytics_panel(console, site):
+    from recommender.serving import analytics
+    from tests.serving.test_analytics import store_summary
+
+    store_summary(site.storage)
+    try:
+        expected = analytics.answer(site.storage)
+        page = console.open().page
+        console.sign_in()
+        headline = page.locator("#analytics-headline")
+        headline.filter(has_text=expected["experiment"]["headline"]).wait_for()
+        assert headline.inner_text() == f"exp: {expected['experiment']['headline']}"
+        rows = page.locator("#analytics-figures tbody tr")
+        assert rows.count() == 2
+        last_30 = expected["shop"]["last_30_days"]
+        assert rows.nth(1).inner_text().split("\t")[:2] == ["Last 30 days", f"{last_30['sessions']:,}"]
+        chart = page.locator("#analytics-chart svg")
+        assert chart.locator("polyline").count() == 2  # one line per arm, each over its band
+        assert chart.locator("polygon").count() == 2
+        assert chart.locator("circle").count() == 4  # two days
+        assert page.get_by_role("list", name="Most clicked recommended pairs").inner_text().startswith("A → B")
+        assert not page.locator("#analytics-srm").is_visible()
+        page.screenshot(path=str(SCREENSHOTS / "analytics.png"), full_page=True)
+        assert console.dialogs == [] and console.errors == []
+    finally:
+        site.storage.delete(analytics.SUMMARY_KEY)
+        site.storage.delete(analytics.CURRENT_EXPERIMENT)

@@ -239,6 +239,13 @@ def _get_with_key(path: str, scopes: str) -> Callable[[Api], Response]:
     return lambda api: api.call("GET", path, token=False, headers=api.key(scopes))
 
 
+def _analytics_summary(api: Api) -> None:
+    """A report's sums for a running experiment of two arms over two days."""
+    from tests.serving.test_analytics import store_summary
+
+    store_summary(api.storage)
+
+
 def _without_samples(api: Api) -> None:
     """The model as trained before sample invoices were kept."""
     key = registry.artifact_key(api.version, registry.MANIFEST)
@@ -455,6 +462,13 @@ CASES = [
     Case("GET", "/model", 403, "an API key", _get_with_key("/model", "recommend")),
     Case("GET", "/model", 413, "body too large", lambda api: api.too_large("GET", "/model")),
     Case("GET", "/model", 503, "no model", _get("/model", Api.no_model)),
+    Case("GET", "/analytics", 200, "before any report", _get("/analytics")),
+    Case("GET", "/analytics", 200, "an experiment", _get("/analytics", _analytics_summary)),
+    Case("GET", "/analytics", 401, "no token", _get("/analytics", token=False)),
+    Case("GET", "/analytics", 403, "an API key", _get_with_key("/analytics", "recommend")),
+    Case("GET", "/analytics", 404, "no such experiment", _get("/analytics", params={"experiment": "nope"})),
+    Case("GET", "/analytics", 413, "body too large", lambda api: api.too_large("GET", "/analytics")),
+    Case("GET", "/analytics", 422, "a bad experiment name", _get("/analytics", params={"experiment": "a b"})),
     *(case for path in console.FILES for case in _console_cases(path)),
     *_console_cases("/widget.js"),
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),

@@ -97,6 +97,9 @@ class Settings:
     model_gate_margin: float = 0.10
     # What the scheduled retraining (tools/retrain.py) trains from: the event log, or files and the event log.
     retrain_data: str = "events:"
+    # The analytics report attributes an add-to-cart or purchase to an answer that showed the item this many hours
+    # before at most (an experiment's own attribution_window_hours wins for its report).
+    attribution_window_hours: float = 24.0
     run_dir: str = "./data/run"
     host: str = "127.0.0.1"
     port: int = 8090

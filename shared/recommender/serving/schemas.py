@@ -516,3 +516,116 @@ class EventsOut(Out):
     accepted: int
     duplicates: int
     refused: int
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Analytics (GET /analytics): the figures serving.analytics builds from the last report's sums.
+
+
+class FiguresOut(Out):
+    """A group of sessions (the shop over some days, an arm, an arm on one day): counts, and each metric with its
+    95% interval (null when there are too few sessions)."""
+
+    sessions: int
+    answers: int
+    impressions: int
+    clicks: int
+    add_to_carts: int
+    purchases: int
+    revenue: float
+    revenue_per_session: float | None
+    revenue_per_session_low: float | None
+    revenue_per_session_high: float | None
+    click_through: float | None
+    click_through_low: float | None
+    click_through_high: float | None
+    add_to_cart_rate: float | None
+    add_to_cart_rate_low: float | None
+    add_to_cart_rate_high: float | None
+    conversion_rate: float | None
+    conversion_rate_low: float | None
+    conversion_rate_high: float | None
+    revenue_per_1000_impressions: float | None
+    revenue_per_1000_impressions_low: float | None
+    revenue_per_1000_impressions_high: float | None
+
+
+class ComparisonOut(Out):
+    """An arm against control on one metric: relative difference (0.031 = +3.1%), its fixed-horizon 95% interval,
+    its always-valid interval, and the sessions still needed to detect a 2% difference (0 once it is clear)."""
+
+    metric: str
+    arm: str
+    control: str
+    lift: float | None
+    low: float | None
+    high: float | None
+    sequential_low: float | None
+    sequential_high: float | None
+    significant: bool
+    sequentially_significant: bool
+    sessions_needed: int | None
+
+
+class SampleRatioOut(Out):
+    """Sessions per arm against the configured shares (chi-square); broken when p < 0.001."""
+
+    chi2: float
+    p_value: float
+    broken: bool
+    observed: dict[str, int]
+    expected: dict[str, float]
+
+
+class ArmOut(Out):
+    """An arm of the experiment and its figures."""
+
+    name: str
+    kind: str | None
+    version: str | None
+    share: float | None
+    figures: FiguresOut
+
+
+class DayOut(Out):
+    """One day of an experiment: each arm's figures."""
+
+    day: str
+    arms: dict[str, FiguresOut]
+
+
+class ExperimentOut(Out):
+    """An experiment's arms, each against control, the split check and the headline sentence."""
+
+    name: str
+    running: bool
+    started_at: str | None
+    stopped_at: str | None
+    control: str | None
+    arms: list[ArmOut]
+    comparisons: list[ComparisonOut]
+    sample_ratio: SampleRatioOut | None
+    headline: str
+    warnings: list[str]  # arms that cannot serve their model (they serve the active one)
+    days: list[DayOut]
+
+
+class PairOut(Out):
+    """A recommended item clicked in sessions whose cart held another: how many sessions."""
+
+    held: str
+    clicked: str
+    sessions: int
+
+
+class AnalyticsOut(Out):
+    """What the recommendations sell, as of the last `make report` (computed_at; null before the first)."""
+
+    computed_at: str | None
+    first_day: str | None
+    last_day: str | None
+    window_hours: float | None
+    message: str | None
+    shop: dict[str, FiguresOut]
+    experiment: ExperimentOut | None
+    pairs: list[PairOut]

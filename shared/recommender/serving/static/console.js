@@ -252,6 +252,7 @@
     }
     renderBasket();
     loadModel();
+    loadAnalytics();
     scheduleRecs(0);
   }
 
@@ -642,6 +643,130 @@
 
   // --- start ---------------------------------------------------------------------------------------------------
 
+  // --- analytics -----------------------------------------------------------------------------------------------
+
+  const ARM_COLOURS = ["#2a6fd6", "#e07b00", "#1b7d32", "#8e44ad", "#c62828"];
+
+  function pct(value) {
+    return typeof value === "number" ? `${(value * 100).toFixed(2)}%` : "–";
+  }
+
+  function amount(value) {
+    return typeof value === "number" ? value.toLocaleString(undefined, { maximumFractionDigits: 2, minimumFractionDigits: 2 }) : "–";
+  }
+
+  async function loadAnalytics() {
+    $("analytics-status").textContent = "Loading…";
+    try {
+      renderAnalytics(await api("analytics"));
+    } catch (err) {
+      $("analytics-status").textContent = "The analytics could not be loaded.";
+      failed(err);
+    }
+  }
+
+  function renderAnalytics(data) {
+    const headline = $("analytics-headline");
+    if (!data.computed_at) {
+      $("analytics-status").textContent = data.message || "No report yet.";
+      headline.hidden = true;
+      $("analytics-figures").hidden = true;
+      $("analytics-experiment").hidden = true;
+      $("analytics-pairs").replaceChildren();
+      return;
+    }
+    $("analytics-status").textContent = `As of the last report, ${when(data.computed_at)} (make report refreshes it); ` +
+      `purchases attributed within ${data.window_hours} hours of an answer that showed the item.`;
+    const rows = [["Last 7 days", data.shop.last_7_days], ["Last 30 days", data.shop.last_30_days]];
+    $("analytics-figures").querySelector("tbody").replaceChildren(...rows.filter(([, f]) => f).map(([name, f]) =>
+      el("tr", {}, el("th", { scope: "row", text: name }), el("td", { text: f.sessions.toLocaleString() }),
+        el("td", { text: pct(f.click_through) }), el("td", { text: pct(f.conversion_rate) }),
+        el("td", { text: amount(f.revenue_per_session) }), el("td", { text: amount(f.revenue) }))));
+    $("analytics-figures").hidden = false;
+    const exp = data.experiment;
+    if (exp) {
+      const broken = exp.sample_ratio && exp.sample_ratio.broken;
+      headline.textContent = `${exp.name}: ${exp.headline}`;
+      headline.className = broken ? "headline broken" : "headline";
+      headline.hidden = false;
+      $("analytics-experiment-title").textContent =
+        `Experiment ${exp.name} (${exp.running ? "running" : "stopped"}): revenue per session by day, 95% interval`;
+      const srm = $("analytics-srm");
+      const notes = (exp.warnings || []).slice();
+      if (broken) {
+        notes.unshift(`Broken split: sessions ${JSON.stringify(exp.sample_ratio.observed)} against the configured shares ` +
+          `(p = ${exp.sample_ratio.p_value.toPrecision(2)}).`);
+      }
+      srm.hidden = !notes.length;
+      srm.textContent = notes.join(" ");
+      $("analytics-chart").replaceChildren(chart(exp, "revenue_per_session"));
+      $("analytics-experiment").hidden = false;
+    } else {
+      headline.hidden = true;
+      $("analytics-experiment").hidden = true;
+    }
+    $("analytics-pairs").replaceChildren(...(data.pairs || []).map((p) =>
+      el("li", {}, el("span", {}, el("code", { text: p.held }), " → ", el("code", { text: p.clicked })),
+        el("span", { class: "hint", text: plural(p.sessions, "session", "sessions") }))));
+    if (!(data.pairs || []).length) $("analytics-pairs").replaceChildren(el("li", { class: "hint", text: "No clicks recorded yet." }));
+  }
+
+  /** An SVG line chart of a metric per day per arm, each with its 95% interval as a band. */
+  function chart(exp, metric) {
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = (tag, attrs) => {
+      const node = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+      return node;
+    };
+    const W = 760, H = 240, L = 56, R = 110, T = 12, B = 28;
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${metric.replaceAll("_", " ")} per day and arm` });
+    const days = exp.days || [];
+    const arms = exp.arms.map((a) => a.name);
+    let lo = Infinity, hi = -Infinity;
+    for (const d of days) for (const a of arms) {
+      const f = d.arms[a];
+      if (!f || typeof f[metric] !== "number") continue;
+      lo = Math.min(lo, f[`${metric}_low`] ?? f[metric]);
+      hi = Math.max(hi, f[`${metric}_high`] ?? f[metric]);
+    }
+    if (!days.length || !isFinite(lo)) {
+      const t = svg("text", { x: L, y: H / 2 });
+      t.textContent = "No sessions in the experiment yet.";
+      root.append(t);
+      return root;
+    }
+    if (hi === lo) { hi += 1; lo = Math.max(0, lo - 1); }
+    const x = (i) => L + (days.length === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (days.length - 1));
+    const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo));
+    root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#aab3bd" }));
+    for (const v of [lo, (lo + hi) / 2, hi]) {
+      const t = svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" });
+      t.textContent = amount(v);
+      root.append(t);
+    }
+    days.forEach((d, i) => {
+      if (days.length > 10 && i % Math.ceil(days.length / 10)) return;
+      const t = svg("text", { x: x(i), y: H - 8, "text-anchor": "middle" });
+      t.textContent = d.day.slice(5);
+      root.append(t);
+    });
+    arms.forEach((a, k) => {
+      const colour = ARM_COLOURS[k % ARM_COLOURS.length];
+      const pts = days.map((d, i) => [i, d.arms[a]]).filter(([, f]) => f && typeof f[metric] === "number");
+      if (!pts.length) return;
+      const upper = pts.map(([i, f]) => `${x(i)},${y(f[`${metric}_high`] ?? f[metric])}`);
+      const lower = pts.map(([i, f]) => `${x(i)},${y(f[`${metric}_low`] ?? f[metric])}`).reverse();
+      root.append(svg("polygon", { points: upper.concat(lower).join(" "), fill: colour, "fill-opacity": 0.15 }));
+      root.append(svg("polyline", { points: pts.map(([i, f]) => `${x(i)},${y(f[metric])}`).join(" "), fill: "none", stroke: colour, "stroke-width": 2 }));
+      for (const [i, f] of pts) root.append(svg("circle", { cx: x(i), cy: y(f[metric]), r: 3, fill: colour }));
+      const label = svg("text", { x: W - R + 8, y: T + 14 + 16 * k, fill: colour, class: "arm-label" });
+      label.textContent = a;
+      root.append(label);
+    });
+    return root;
+  }
+
   async function resume() {
     const token = sessionStorage.getItem(KEYS.token);
     if (!token) {
@@ -686,6 +811,7 @@
     });
     $("copy-curl").addEventListener("click", copyCurl);
     $("model-refresh").addEventListener("click", loadModel);
+    $("analytics-refresh").addEventListener("click", loadAnalytics);
     resume();
   }
 
