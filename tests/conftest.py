@@ -148,7 +148,7 @@ def trained_folder(tmp_path_factory: pytest.TempPathFactory, tiny_csv: Path) -> 
 
 # The tiny data shows no gain from a re-ranker: these settings give it trees anyway, to test everything around it.
 TINY_RERANK = TrainingParams(
-    rerank=RerankParams(days=60, min_baskets=20, require_gain=False, min_data_in_leaf=5, max_rounds=40)
+    rerank=RerankParams(days=60, min_baskets=20, min_queries=0, require_gain=False, min_data_in_leaf=5, max_rounds=40)
 )
 
 

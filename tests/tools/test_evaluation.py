@@ -8,6 +8,8 @@ import pytest
 from recommender.tools import evaluation
 from recommender.tools.evaluation import Cases, score, temporal_split
 from recommender.training.ingest import load_transactions
+from recommender.training.recipe import TrainingParams
+from recommender.training.reranker import RerankParams
 
 HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,CustomerID\n"
 
@@ -76,7 +78,13 @@ def test_full_run_on_synthetic_data(tmp_path):
 
     data = tmp_path / "default.csv"
     synthetic.write_csv(synthetic.DEFAULT, data)
-    report, folder = evaluation.run(data, days=30, out_dir=tmp_path / "reports", progress=lambda _m: None)
+    # a re-ranker even on this small file (the default asks for more validation queries than it has)
+    params = TrainingParams(
+        rerank=RerankParams(min_queries=0, require_gain=False, max_rounds=20, hidden_per_basket=2, max_queries=1500)
+    )
+    report, folder = evaluation.run(
+        data, days=30, out_dir=tmp_path / "reports", progress=lambda _m: None, params=params
+    )
     by_name = {r.name.split(" ")[0]: r for r in report.results}
     assert set(by_name) == {"product", "first-stage", "popularity", "co-occurrence", "EASE"}
     assert report.cases > 100

@@ -82,7 +82,12 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
         # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
         fitted = fit_reranker(train_tx, params, progress)
         fitted_all = fitted
-        if held is not None and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids)):
+        # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
+        if (
+            fitted is not None
+            and held is not None
+            and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
+        ):
             fitted_all = fit_reranker(tx, params, lambda text: progress(f"published model: {text}"))
         done = build_and_measure(
             lambda out, say: build_model(tx, params, out, say, rerank=fitted_all),
@@ -109,11 +114,14 @@ def fit_reranker(tx: Transactions, params: TrainingParams, progress: Progress) -
         return None
 
     def first_stage(train: Transactions, folder: Path) -> object:
-        info = build_model(train, params, folder, lambda _text: None)
+        info = build_model(train, params, folder, lambda _text: None, rerank=reranker.Fitted(None, {"trees": False}))
         return open_model(lambda name: folder / name, "validation", {"model": info})
 
-    with stage(progress, "re-ranker: fitted on validation periods"):
-        return reranker.fit(tx, first_stage, params.rerank, progress)
+    started = time.perf_counter()
+    fitted = reranker.fit(tx, first_stage, params.rerank, progress)
+    if fitted is not None:
+        progress(f"re-ranker: fitted on validation periods ({time.perf_counter() - started:.1f} s)")
+    return fitted
 
 
 def with_rerank(folder: Path, extra: tuple[str, ...]) -> tuple[str, ...]:

@@ -206,8 +206,8 @@ def build_model(
     rerank: reranker.Fitted | None = None,
 ) -> dict:
     """Train on cleaned baskets, write every artifact into folder, and return the manifest's model part.
-    DataFileError when nothing in them was bought together. With the re-ranker enabled, its tables are written too
-    (rerank.npz), with rerank's trees when given.
+    DataFileError when nothing in them was bought together. With rerank, the re-ranker's tables are written too
+    (rerank.npz), with its trees when it has some (a validation model gets the tables alone).
 
     With near ({code: []} for some items), the thread that builds the Annoy index, when it runs beside the
     item-item table, also fills in each of those items' nearest items (model rows) while it would otherwise wait:
@@ -304,7 +304,7 @@ def _build(
         ),
         params,
     )
-    if params.rerank.enabled:
+    if rerank is not None:
         with stage(progress, "re-ranker tables"):
             info["rerank"] = reranker.write(folder, tx, params.rerank, rerank)
     return info

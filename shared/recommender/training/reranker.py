@@ -40,6 +40,9 @@ class RerankParams:
     periods: int = 1  # validation periods carved from the end of the training data (each costs a first-stage model)
     max_share: float = 0.25  # a period holds at most this share of the training baskets
     min_baskets: int = 50  # a period with fewer baskets is not carved
+    # Fewer validation queries than this teach trees little beyond noise (and cost the training several seconds):
+    # the model then ranks by its first stage, and says so.
+    min_queries: int = 4000
     hidden_per_basket: int = 8  # queries per validation basket (each hides another item)
     max_queries: int = 16000
     select_share: float = 0.25  # the validation baskets that choose the hyperparameters (the rest fit the trees)
@@ -392,6 +395,14 @@ def fit(
         return None
     parts = []
     described = []
+    period_cases = [queries(tx, mask, replace(params, seed=params.seed + p)) for p, mask in enumerate(periods)]
+    asked = sum(len(c) for c in period_cases)
+    if asked < params.min_queries:  # known before any model is trained for the periods
+        progress(
+            f"re-ranker: {asked:,} validation queries, fewer than the {params.min_queries:,} it needs: the model "
+            f"ranks by its first stage alone"
+        )
+        return None
     for p, mask in enumerate(periods):
         earliest = _recency(tx)[mask].min()
         before = (_recency(tx) < earliest) & ~mask
@@ -401,8 +412,7 @@ def fit(
             except DataFileError as err:
                 progress(f"re-ranker: before a validation period, {err.message}: first stage alone")
                 return None
-            cases = queries(tx, mask, replace(params, seed=params.seed + p))
-            rows = training_rows(model, cases)
+            rows = training_rows(model, period_cases[p])
         rows.basket = rows.basket + p * len(tx.basket_ids)  # baskets stay distinct across periods
         parts.append(rows)
         times = tx.basket_time[mask]
@@ -462,7 +472,7 @@ def fit(
         f"selection baskets {first_hr:.3f} first stage -> {hr:.3f} re-ranked"
         + ("" if use else ": not better, the model ranks by its first stage alone")
     )
-    return Fitted(trees, spec)
+    return Fitted(trees, spec) if use else None
 
 
 def _trees(booster: object) -> int:
