@@ -123,6 +123,7 @@ def test_the_harness_is_not_installed():
     assert tools == {
         "__init__.py",
         "evaluation.py",
+        "new_items_evaluation.py",
         "export.py",
         "synthetic",
         "event_report.py",

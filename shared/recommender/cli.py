@@ -579,6 +579,8 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         f"\n{report.cases:,} test cases; confidence: ECE {cal['ece']:.4f}, mean predicted {cal['mean_predicted']:.4f} "
         f"against {cal['mean_observed']:.4f} bought, on {cal['observations']:,} recommended items"
     )
+    if (folder / "new_products.md").exists():
+        print("\n" + (folder / "new_products.md").read_text().rstrip())
     print(f"report, table, HR@k plot and reliability diagram in {folder}/")
     return 0
 

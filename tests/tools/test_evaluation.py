@@ -113,3 +113,6 @@ def test_full_run_on_synthetic_data(tmp_path):
     assert cal["ece"] < 0.05 and abs(cal["mean_predicted"] - cal["mean_observed"]) < 0.05
     assert by_name["product"].ece == cal["ece"] and f"| {cal['ece']:.4f} |" in (folder / "table.md").read_text()
     assert (folder / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # New products: the synthetic launches' complements are found (the data file holds none new: no cases).
+    launches = json.loads((folder / "new_products.json").read_text())["launches"]
+    assert launches["placed"] == launches["launches"] and launches["complements_found"] > 0.5

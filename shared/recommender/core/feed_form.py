@@ -27,6 +27,7 @@ COLUMNS = {
     "category": ("category", "producttype"),
     "brand": ("brand",),
     "title": ("title",),
+    "description": ("description",),  # with the title, what places a product the model never saw
     "image_link": ("imagelink",),
     "link": ("link",),
 }
@@ -151,7 +152,7 @@ def validate_table(name: str, kind: str, header: list[str], rows: list[list], li
                 if price[1]:
                     attributes["currency"] = price[1]
                     currencies[price[1]] += 1
-            for name in ("category", "brand", "title", "image_link", "link"):
+            for name in ("category", "brand", "title", "description", "image_link", "link"):
                 if cell(name):
                     attributes[name] = cell(name)
         except ValueError as err:
@@ -183,9 +184,10 @@ def describe(feed: FeedFile, known_codes: set[str] | None) -> list[str]:
         unknown = sorted(set(feed.items) - known_codes)
         if unknown:
             lines.append(
-                f"warning: {len(unknown):,} code(s) not in the current model (stored; a serving process keeps "
-                f"only the items its model knows, so these are dropped until a model knows them): "
-                f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}"
+                f"{len(unknown):,} code(s) not in the current model: recommended as new products, by the known "
+                f"products their title, description, category, brand and price resemble (codes with none of "
+                f"these are left out until a model knows them): {', '.join(unknown[:10])}"
+                f"{' ...' if len(unknown) > 10 else ''}"
             )
     return lines
 

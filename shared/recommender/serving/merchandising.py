@@ -38,12 +38,13 @@ from recommender.core.feed_and_rules import (
 )
 from recommender.core.items import Item, Items
 from recommender.core.storage import Storage
+from recommender.serving import new_items
 from recommender.serving.reranker import squash
 
 log = logging.getLogger("recommender")
 
-MODEL, POPULAR, PINNED = "model", "popular", "pinned"
-SOURCES = (MODEL, POPULAR, PINNED)
+MODEL, POPULAR, PINNED, NEW = "model", "popular", "pinned", "new"
+SOURCES = (MODEL, POPULAR, PINNED, NEW)  # new: a product the model never saw, placed by its twins (new_items.py)
 # Up to this many items a basket's scores are one array over every item (as the plain path has them); beyond, kept
 # for the items reached only.
 DENSE_ITEMS = 65536
@@ -104,6 +105,7 @@ class Pick(NamedTuple):
     attributes: dict  # what the feed says of the item (and its price), when known
     # With explain, for items the learned re-ranker ordered: the features that moved it up most, in words.
     ranked_by: list[dict] | None = None
+    like: Item | None = None  # a new product's nearest known twin (source new)
 
 
 class Policy:
@@ -118,10 +120,14 @@ class Policy:
         feed_version: str | None = None,
         rules_version: str | None = None,
         currency: str | None = None,
+        placement: Any = None,
     ) -> None:
         n = len(items)
         self.items = items
         self.currency = currency  # of prices the feed gives no currency for (setting CURRENCY)
+        # Rows from first_new on are new products placed from the feed (serving/new_items.py).
+        self.placement = placement
+        self.first_new = n - (len(placement) if placement is not None else 0)
         self.feed_version = feed_version
         self.rules_version = rules_version
         self.price = np.full(n, np.nan) if prices is None else np.asarray(prices, dtype=np.float64).copy()
@@ -404,6 +410,10 @@ class Scores:
             else np.empty(0)
         )
         found = np.unique(model.near(basket).ravel())
+        first_new = getattr(model, "first_new", len(model.items))
+        if first_new < len(model.items):  # new products: as in model.score_basket
+            reached = self.rows[(self.rows >= first_new) & (self.sums > 0)]
+            found = np.union1d(found, np.concatenate([reached, self.targets[self.sources >= first_new]]))
         self.candidates = found[~_members(found, basket)]
         self._rerank(model, basket)
 
@@ -468,7 +478,13 @@ def answer(
     if len(basket) and learned:
         scored = Scores(model, basket)
         candidates = scored.candidates
+        most = new_items.per_answer(basket, policy.first_new) if policy.first_new < len(policy.eligible) else None
+        if most is not None and cap is not None:  # _best counts the categories it picks: cap new products first
+            candidates = new_items.capped(candidates, scored.final, ok, policy.first_new, most)
         rows, scores = _best(candidates, scored.final(candidates), ok, policy, k, cap, taken)
+        if most is not None and cap is None and np.count_nonzero(rows >= policy.first_new) > most:
+            candidates = new_items.capped(candidates, scored.final, ok, policy.first_new, most)  # after the fact
+            rows, scores = _best(candidates, scored.final(candidates), ok, policy, k, cap, taken)
         if len(rows) < k:
             # Deeper than the candidates: every other item the basket's items have a table entry for. Merged by
             # score (stable, so popularity still breaks ties) to keep the answer sorted.
@@ -499,10 +515,12 @@ def answer(
         ok.take(extra)
         rows, scores = np.concatenate([rows, extra]), np.concatenate([scores, extra_scores])
         source = np.concatenate([source, np.ones(len(extra), dtype=np.int8)])
+    if policy.first_new < len(policy.eligible):
+        source[(rows >= policy.first_new) & (source == 0)] = 3
     if pinned:
         # Without the model's scores (learned=False), a pin scores its popularity, as the popular picks do.
         rows, scores, source = _pin(
-            pinned, rows, scores, source, scored if scored is not None else partial(_popularity_score, policy)
+            pinned, rows, scores, source, scored.final if scored is not None else partial(_popularity_score, policy)
         )
     rows, scores, source = rows[:n], np.round(scores[:n], 4), source[:n]
     confidence = _confidence(model, policy, rows, source, scored)
@@ -528,8 +546,20 @@ def answer(
         if options.explain and scored is not None and scored.reranked is not None
         else {}
     )
+    placement, first_new = policy.placement, policy.first_new
     picks = [
-        Pick(items[row], score, SOURCES[src], conf, why, boost, row, shown(row), ranked_by.get(row))
+        Pick(
+            items[row],
+            score,
+            SOURCES[src],
+            conf,
+            why,
+            boost,
+            row,
+            shown(row),
+            ranked_by.get(row),
+            items[int(placement.twins[row - first_new, 0])] if row >= first_new else None,
+        )
         for row, score, src, conf, why, boost in zip(
             row_list, scores.tolist(), source.tolist(), confidence, because, boosts
         )
@@ -543,9 +573,10 @@ def _ranked_by(model: Any, scored: Scores, basket: np.ndarray, rows: np.ndarray)
     if not len(done.rows) or not len(rows):
         return {}
     at = np.minimum(np.searchsorted(done.rows, rows), len(done.rows) - 1)
-    hit = done.rows[at] == rows
+    first_new = getattr(model, "first_new", len(model.items))  # new products: `like` says why; the trees know
+    hit = (done.rows[at] == rows) & (rows < first_new)  # only the known items
     picked = rows[hit]
-    explained = model.reranker.explain(model, basket, done.features[at[hit]], picked)
+    explained = model.reranker.explain(model, basket[basket < first_new], done.features[at[hit]], picked)
     return dict(zip(picked.tolist(), explained))
 
 
@@ -608,7 +639,7 @@ def _pin(
     first, so pins do not shift one another."""
     entries = list(zip(rows.tolist(), scores.tolist(), source.tolist()))
     pinned_rows = np.fromiter(pinned, dtype=np.int64, count=len(pinned))
-    pinned_scores = dict(zip(pinned_rows.tolist(), scored.final(pinned_rows).tolist()))
+    pinned_scores = dict(zip(pinned_rows.tolist(), scored(pinned_rows).tolist()))
     for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
         entries.insert(position - 1, (row, pinned_scores[row], 2))
     r, sc, so = zip(*entries)
@@ -780,6 +811,7 @@ class Merchandiser:
         self._feed_model: str | None = None  # the model whose items the loaded feed was kept for
         self._in_force: tuple = ()  # which timed rules the view serving was built with
         self.clock = lambda: datetime.now(UTC)
+        self._placed: tuple[tuple | None, Any] = (None, None)  # (model, feed) versions -> model with new products
 
     def _follow(self, kind: registry.Kind, load: Any, again: bool = False) -> tuple[str | None, dict | None]:
         pointer = registry.active(self.storage, kind)
@@ -797,21 +829,34 @@ class Merchandiser:
 
     def _load_feed(self, plain: Any) -> Any:
         def load(storage: Storage, version: str) -> dict:
-            # Only the items the model knows are kept: a feed listing a million codes the model never recommends
-            # costs this process nothing once read.
-            feed = load_feed(storage, version, plain.items.index)
-            if feed["dropped"]:
-                log.info(
-                    "feed version %s: %d item(s) unknown to model %s not kept (%d kept)",
-                    version,
-                    feed["dropped"],
-                    plain.version,
-                    len(feed["items"]),
-                )
+            # Every item is read: the ones the model does not know are new products, placed by their twins
+            # (new_items.placed), and those it cannot place are dropped: a feed listing a million codes the
+            # model never recommends costs this process nothing once placed.
+            feed = load_feed(storage, version)
             self._feed_model = plain.version
             return feed
 
         return load
+
+    def _with_new_items(self, plain: Any, feed_version: str | None, feed: dict | None) -> Any:
+        """plain with the feed's new products placed (remembered per model and feed version), or plain."""
+        key = (plain.version, feed_version)
+        if self._placed[0] != key:
+            base = plain
+            if feed is not None:
+                before = len(feed["items"])
+                base = new_items.placed(plain, feed["items"])
+                dropped = before - len(feed["items"])
+                if dropped:
+                    log.info(
+                        "feed version %s: %d item(s) unknown to model %s not kept (%d kept)",
+                        feed_version,
+                        dropped,
+                        plain.version,
+                        len(feed["items"]),
+                    )
+            self._placed = (key, base)
+        return self._placed[1]
 
     def view(self, plain: Any, current: Any) -> Any:
         """The model to serve: current when nothing changed, else plain under the active feed and rules (built
@@ -835,15 +880,17 @@ class Merchandiser:
         self._in_force = in_force_now
         if feed is None and rules is None:
             return plain
-        return plain.with_policy(
-            Policy(plain.items, plain.item_price, feed, rules, feed_version, rules_version, self.currency)
+        base = self._with_new_items(plain, feed_version, feed)
+        return base.with_policy(
+            Policy(base.items, base.item_price, feed, rules, feed_version, rules_version, self.currency, base.placement)
         )
 
     def draft(self, plain: Any, rules: dict | None, label: str) -> Any:
         """plain under the feed in force and the given rules (the console's preview: nothing is stored)."""
         feed_version, feed = self.loaded["feed"]
-        return plain.with_policy(
-            Policy(plain.items, plain.item_price, feed, rules, feed_version, label, self.currency)
+        base = self._with_new_items(plain, feed_version, feed)
+        return base.with_policy(
+            Policy(base.items, base.item_price, feed, rules, feed_version, label, self.currency, base.placement)
             if feed or rules
             else None
         )

@@ -20,8 +20,9 @@ from annoy import AnnoyIndex
 from recommender.core import registry
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.items import ITEMS_FILE, Item, Items
+from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
 from recommender.core.storage import Storage
-from recommender.serving import merchandising
+from recommender.serving import merchandising, new_items
 from recommender.serving.confidence import Confidence
 from recommender.serving.merchandising import Options, Policy
 from recommender.serving.reranker import RERANK_FILE, Reranker, squash
@@ -95,6 +96,10 @@ class Model:
         self.table_weight = table_weight
         self.table_count = table_count  # training baskets holding both items of each entry (reasons)
         self.item_price = item_price  # most recent unit price in the training file (the feed's default)
+        # Rows from first_new on are products the model never saw, placed from the feed (serving/new_items.py).
+        self.first_new = len(items)
+        self.placement = None
+        self.resemblance: Callable[[], TextIndex] | None = None  # the items' description vectors, read when needed
         # The learned re-ranker of the best candidates (None: the first stage's order is the answer's).
         self.reranker = reranker if reranker is not None and reranker.trees is not None else None
         self.rerank_tables = reranker  # its tables, with or without trees (training computes features with them)
@@ -139,6 +144,8 @@ class Model:
         its best ones, the others below them in first-stage order; and the re-ranking (None without a re-ranker)."""
         if self.reranker is None:
             return first, None
+        if self.first_new < len(self.items):  # the trees know only the known items: new_items places the others
+            return new_items.final_scores(self, basket, candidates, first, positions)
         reranked = self.reranker.rerank(self, basket, candidates, first, positions)
         final = squash(first)
         final[reranked.at] = reranked.scores
@@ -175,7 +182,7 @@ class Model:
             picks, exhausted, warnings = merchandising.answer(
                 self, np.asarray(sorted(known), dtype=np.int64), n, options, policy, self.learned
             )
-            fallback = bool(picks) and all(p.source != merchandising.MODEL for p in picks)
+            fallback = bool(picks) and all(p.source not in (merchandising.MODEL, merchandising.NEW) for p in picks)
             return Recommendation(
                 picks,
                 unknown,
@@ -248,6 +255,19 @@ class Model:
         """The candidates for a basket (rows, ascending), every item's score (the sum of the table weights from
         the basket's items), and the table entries read (positions in table_target/weight/count)."""
         found = self.near(basket).ravel()
+        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
+        lengths = stops - starts
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        scores = np.bincount(
+            self.table_target[positions], weights=self.table_weight[positions], minlength=len(self.items)
+        )
+        if self.first_new < len(self.items):
+            # New products are in no Annoy neighbourhood: they are candidates where their twins' entries reach,
+            # and in a basket (numbered last: the basket's last rows), their candidates are their own entries.
+            found = [found, self.first_new + np.flatnonzero(scores[self.first_new :] > 0)]
+            if len(basket) and basket.max() >= self.first_new:
+                found.append(self.table_target[positions[np.repeat(basket >= self.first_new, lengths)]])
+            found = np.concatenate(found)
         # A mask over every item is cheaper than sorting unless the items dwarf the neighbourhoods.
         if len(self.items) > 65536 and len(found) * 16 < len(self.items):
             candidates = np.unique(found)
@@ -259,12 +279,6 @@ class Model:
             mark[found] = True
             mark[basket] = False
             candidates = np.flatnonzero(mark)
-        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
-        lengths = stops - starts
-        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-        scores = np.bincount(
-            self.table_target[positions], weights=self.table_weight[positions], minlength=len(self.items)
-        )
         return candidates, scores, positions
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -318,7 +332,7 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
                 reranker = Reranker(dict(rerank), items.popularity, manifest["model"].get("rerank"))
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
-    return Model(
+    model = Model(
         version,
         manifest,
         items,
@@ -330,6 +344,18 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         item_price=price,
         reranker=reranker,
     )
+    # Its arrays are made only when a feed lists products the model never saw; versions trained before it have
+    # them built from the items' descriptions then.
+    stored = None
+    if RESEMBLANCE_FILE in manifest.get("artifacts", ()) or (
+        "artifacts" not in manifest and Path(path(RESEMBLANCE_FILE)).exists()
+    ):
+        try:
+            stored = Path(path(RESEMBLANCE_FILE)).read_bytes()
+        except OSError as err:
+            raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
+    model.resemblance = lambda: TextIndex.from_bytes(stored) if stored else TextIndex.build(items.descriptions)
+    return model
 
 
 class ModelHolder:

@@ -177,6 +177,13 @@ class Reason(Out):
     baskets: int
 
 
+class LikeOut(Out):
+    """The known item a new product (source new) resembles most, whose sales it is recommended by."""
+
+    stock_code: str
+    description: str
+
+
 class RankedBy(Out):
     """One feature that moved a recommended item up: its name, its share of the re-ranker's score, in words."""
 
@@ -192,8 +199,11 @@ class ItemOut(Out):
     description: str
     score: float
     confidence: float | None = None
-    source: Literal["model", "popular", "pinned"] | None = None
+    source: Literal["model", "popular", "pinned", "new"] | None = None
     because: list[Reason] | None = None
+    # source new: a product the model never saw, recommended by the known item it resembles most.
+    like: LikeOut | None = None
+    reason: str | None = None
     # With explain, for an item the learned re-ranker ordered: the features that moved it up most, in words.
     ranked_by: list[RankedBy] | None = None
     boost: float | None = None
@@ -228,7 +238,22 @@ def item_json(pick: Any, explain: bool) -> dict:
             out["ranked_by"] = pick.ranked_by
         if pick.boost is not None:
             out["boost"] = pick.boost
+    if pick.like is not None:
+        out["like"] = {"stock_code": pick.like.stock_code, "description": pick.like.description}
+        out["reason"] = new_reason(pick)
     return out
+
+
+def new_reason(pick: Pick) -> str:
+    """A new product's reason in words: the twin it is recommended by, and what that twin is bought with."""
+    text = f"new, like {pick.like.description}"
+    sources = pick.because.sources if pick.because is not None and len(pick.because) else ()
+    if len(sources) and pick.source != "popular":
+        first = next(iter(pick.because))
+        if first["stock_code"] == pick.like.stock_code:
+            return text + ", which is in the basket"
+        text += f", which is bought with {first['description']}"
+    return text
 
 
 class LegacyResult(Out):

@@ -279,9 +279,10 @@ def product(
     progress: Callable[[str], None],
     engine: str = "single",
     spark_master: str | None = None,
+    keep: list | None = None,
 ) -> tuple[list[np.ndarray], dict]:
     """Ranked item rows from the served model: trained (by either engine), published, loaded and queried by the
-    production code."""
+    production code (appended to keep, when given, for later sections)."""
     from recommender.serving.model import load_model
     from recommender.training.pipeline import publish_built, publish_model
 
@@ -307,6 +308,8 @@ def product(
             manifest = publish_model(split.train, params, storage, source=None, progress=lambda _m: None)
         train_seconds = time.perf_counter() - t
         model = load_model(storage, manifest["version"])
+        if keep is not None:
+            keep.append(model)
         codes = split.train.item_codes
         rows = {code: i for i, code in enumerate(codes)}  # the cases' rows (the model numbers items its own way)
         baskets = [[codes[i] for i in query] for query in split.cases.queries]
@@ -506,7 +509,8 @@ def run(
         f"{test.train.report.baskets:,} baskets, {n_items:,} items; validation: {len(validation.cases):,} cases"
     )
     results = []
-    ranked, stats = product(test, params, progress, engine, spark_master)
+    served: list = []  # the model scored, for the new-products section
+    ranked, stats = product(test, params, progress, engine, spark_master, keep=served)
     first_ranked = stats.pop("first_stage_ranked")
     reranked = bool((stats.get("rerank") or {}).get("trees"))
     results.append(
@@ -574,4 +578,7 @@ def run(
     (folder / "table.md").write_text(table(report) + "\n")
     plot(report, folder / "hr_at_k.png")
     plot_reliability(report, folder / "reliability.png")
+    from recommender.tools import new_items_evaluation  # products the model never saw, placed from a feed
+
+    new_items_evaluation.section(tx, test.train, test.cutoff, params, seed, folder, progress, plain=served[0])
     return report, folder

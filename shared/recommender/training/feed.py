@@ -211,7 +211,7 @@ def show(storage: Storage, code: str | None) -> list[str]:
         + (
             f"in {model.popularity[row]:,} training baskets"
             if row is not None
-            else "unknown (never recommended until a model knows it)"
+            else "unknown: a new product, recommended by the known products its feed row resembles"
         )
         if model
         else "  no model yet"

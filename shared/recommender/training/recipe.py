@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from recommender.core.errors import DataFileError
 from recommender.core.items import ITEMS_FILE, Items
+from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
 from recommender.training import copurchase, holdout, neighbors, reranker, sample_invoices
 from recommender.training.ingest import Transactions, reorder_items
 
@@ -38,6 +39,7 @@ ARTIFACTS = (
     "item_price.npy",
     ITEMS_FILE,
     sample_invoices.SAMPLES,
+    RESEMBLANCE_FILE,  # the items' description vectors: where a product the model never saw belongs
 )
 
 
@@ -344,6 +346,7 @@ def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progre
     np.save(folder / "item_price.npy", prices.astype(np.float64))
     items = Items(parts.item_codes, parts.descriptions, parts.popularity.tolist())
     (folder / ITEMS_FILE).write_bytes(items.to_json())
+    (folder / RESEMBLANCE_FILE).write_bytes(TextIndex.build(parts.descriptions).to_bytes())
     sample_invoices.write(folder / sample_invoices.SAMPLES, parts.samples)
     return {
         "baskets": parts.baskets,

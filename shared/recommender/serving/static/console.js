@@ -433,6 +433,7 @@
     const rule = window.recommenderConsole && window.recommenderConsole.ruleFor
       ? window.recommenderConsole.ruleFor(item, state.basket.map((b) => b.stock_code)) : null;
     if (item.source === "pinned") parts.push(rule || "Pinned here by a merchandising rule.");
+    else if (item.source === "new" && item.reason) parts.push(sentence(item.reason));
     else if (item.source === "popular") {
       parts.push(answer.fallback ? "A best-seller: the model has nothing to go on for this basket."
         : "A best-seller, added because the model's own picks ran out.");
@@ -477,7 +478,7 @@
     }
     if (item.category) meta.append(el("span", { class: "category", text: String(item.category) }));
     if (item.brand) meta.append(el("span", { class: "brand", text: String(item.brand) }));
-    if (item.source) meta.append(el("span", { class: `badge ${["model", "popular", "pinned"].includes(item.source) ? item.source : ""}`, text: String(item.source) }));
+    if (item.source) meta.append(el("span", { class: `badge ${["model", "popular", "pinned", "new"].includes(item.source) ? item.source : ""}`, text: String(item.source) }));
 
     let confidence;
     if (typeof item.confidence === "number") {
