@@ -88,7 +88,7 @@ def with_feed(plain, feed_items: dict[str, dict]):
     """The model as serving builds it for a feed: new products placed, the feed's policy applied."""
     base = new_items.placed(plain, feed_items)
     feed = {"items": feed_items}
-    return base.with_policy(Policy(base.items, base.item_price, feed, None, "eval", None, base.placement))
+    return base.with_policy(Policy(base.items, base.item_price, feed, None, "eval", None, placement=base.placement))
 
 
 def on_file(
