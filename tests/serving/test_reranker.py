@@ -126,3 +126,17 @@ def test_without_lightgbm_training_says_so_and_keeps_the_first_stage(tiny_csv, m
     assert said == [
         "re-ranker: lightgbm is not installed (pip install lightgbm): the model ranks by its first stage alone"
     ]
+
+
+def test_the_reranker_is_trained_only_when_asked_for() -> None:
+    """make train keeps the first stage unless RERANK=1 (--rerank); make evaluate always trains the re-ranker."""
+    import inspect
+
+    from recommender import cli
+    from recommender.tools import evaluation
+
+    assert TrainingParams().rerank.enabled is False
+    assert inspect.signature(evaluation.run).parameters["params"].default.rerank.enabled is True
+    parser = cli.build_parser()
+    assert parser.parse_args(["train", "x.csv"]).rerank is False
+    assert parser.parse_args(["train", "--rerank", "x.csv"]).rerank is True

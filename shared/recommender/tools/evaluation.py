@@ -36,6 +36,7 @@ from recommender.core.storage import LocalStorage
 from recommender.training import calibration, holdout
 from recommender.training.ingest import Transactions, load_transactions, select_baskets
 from recommender.training.recipe import TrainingParams, basket_matrix
+from recommender.training.reranker import RerankParams
 
 K = 10
 CURVE_K = 20
@@ -491,7 +492,7 @@ def run(
     path: str | Path,
     days: int = 30,
     out_dir: str | Path = "reports",
-    params: TrainingParams = TrainingParams(),
+    params: TrainingParams = TrainingParams(rerank=RerankParams()),
     seed: int = 0,
     progress: Callable[[str], None] = print,
     engine: str = "single",
