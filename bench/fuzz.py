@@ -32,6 +32,8 @@ EXCLUDED_CHECKS = ("use_after_free", "ensure_resource_availability")
 # (price_min <= price_max) are refused with 422 on the recommendation routes, even for schema-valid requests.
 # POST /events checks each event on its own: a batch holding events that break the schema is answered 200, each of
 # them "refused" with its reason (the response schema is still checked), and a batch over EVENTS_MAX_BATCH is a 422.
+# The console's rules and feed routes check what no JSON Schema states (a rules document's keys and codes, a feed
+# file's name, type and rows), and answer 422 naming the problem for schema-valid bodies that break them.
 CONFIG = """\
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
@@ -42,6 +44,10 @@ expected-statuses = ["2xx", "401", "403", "404", "409", "413", "429", "5xx"]
 [[operations]]
 include-path-regex = "^/(send_data|recommendations)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "413", "422", "429", "5xx"]
+
+[[operations]]
+include-path-regex = "^/(rules|rules/check|rules/preview|feed|feed/preview)$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "413", "422", "429", "5xx"]
 
 [[operations]]
 include-path-regex = "^/events$"

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from recommender.core import registry
-from recommender.core.errors import InvalidInput, ModelUnavailable, PointerDamaged, VersionUnavailable
+from recommender.core.errors import Conflict, InvalidInput, ModelUnavailable, PointerDamaged, VersionUnavailable
 
 
 def clock(start: datetime):
@@ -59,7 +59,7 @@ def test_damaged_feed_is_refused_and_rollback_skips_it(storage):
     with pytest.raises(VersionUnavailable, match="feed.json is damaged"):
         registry.read_verified(storage, second, "feed.json", registry.FEED)
     assert registry.rollback(storage, registry.FEED) == first
-    with pytest.raises(VersionUnavailable, match="no earlier feed version"):
+    with pytest.raises(Conflict, match="no earlier feed version"):
         registry.rollback(storage, registry.FEED)
 
 
@@ -146,7 +146,7 @@ def test_rollback_says_which_earlier_version_is_damaged(storage, damage):
     registry.write_pointer(storage, registry.ACTIVE, registry.Pointer(third, (second, first)), "activated_at")
     # (its manifest: S3's local copy of its artifact, made by the rollback above, is whole)
     storage.write(registry.artifact_key(first, registry.MANIFEST), b"5")
-    with pytest.raises(ModelUnavailable) as refused:
+    with pytest.raises(Conflict) as refused:
         registry.rollback(storage)
     assert refused.value.message == (
         f"cannot roll back, nothing changed: {why}; model version {first} has a damaged manifest (a JSON int, "

@@ -495,9 +495,10 @@ def rollback(storage: Storage, kind: Kind = MODELS, notify: Callable[[str], None
 
         move_pointer(storage, kind.active, decide, "activated_at", utcnow, kind, notify)
         return candidate
+    # The versions in force are fine; what is asked cannot be done in this state (409, not "unavailable").
     if skipped:
-        raise kind.error(f"cannot roll back, nothing changed: {_listed(skipped)}")
-    raise kind.error(f"no earlier {kind.noun} version is available to roll back to")
+        raise Conflict(f"cannot roll back, nothing changed: {_listed(skipped)}")
+    raise Conflict(f"no earlier {kind.noun} version is available to roll back to")
 
 
 def _listed(problems: list[str], shown: int = 3) -> str:

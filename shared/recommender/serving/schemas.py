@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Form
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from recommender.core.items import Item
@@ -533,14 +533,25 @@ class RulesDraftIn(BaseModel):
     rules: dict[str, Any] | None = Field(description="the rules file's document (keys block, do_not_pair, ...)")
 
 
+def _date_time_text(value: Any) -> Any:
+    """A date-time as the schema says: ISO 8601 text (pydantic alone would also take a number of seconds)."""
+    if value is not None and not isinstance(value, (str, datetime)):
+        raise ValueError("a date and time as text, such as 2026-12-24T00:00:00Z")
+    return value
+
+
 class RulesPreviewIn(RulesDraftIn):
     """A draft and what to preview it on."""
 
     baskets: Annotated[list[Annotated[list[StrictStr], Field(max_length=MAX_BASKET)]], Field(max_length=20)] = Field(
         default_factory=list, description="baskets to answer besides the model's sample invoices (stock codes)"
     )
-    as_of: datetime | None = Field(None, description="apply the rules in force at this time (default: now)")
-    samples: Annotated[int, Field(ge=0, le=100)] = Field(20, description="how many sample invoices to answer")
+    as_of: Annotated[datetime | None, BeforeValidator(_date_time_text)] = Field(
+        None, description="apply the rules in force at this time (default: now)"
+    )
+    samples: Annotated[int, Field(ge=0, le=100, strict=True)] = Field(
+        20, description="how many sample invoices to answer"
+    )
 
 
 class RuleProblem(Out):

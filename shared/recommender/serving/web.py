@@ -421,7 +421,7 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> str:
 
 # Where things are stored is for the operator (the log, the CLI), never for an HTTP client: storage URLs (s3://..., an
 # S3 endpoint) and absolute paths in a message become "the storage".
-_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*|(?<![\w.:/~-])/[^\s'\":]+", re.IGNORECASE)
+_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\";,]*|(?<![\w.:/~-])/[^\s'\":;,]+", re.IGNORECASE)
 
 
 def public_text(text: str) -> str:
