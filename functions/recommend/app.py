@@ -219,7 +219,10 @@ RulesRight = Annotated[User, Depends(web.require("rules"))]
 
 
 @app.get(
-    "/rules", response_model=RulesOut, summary="The merchandising rules in force", responses=web.errors(401, 403, 503)
+    "/rules",
+    response_model=RulesOut,
+    summary="The merchandising rules in force",
+    responses=web.errors(401, 403, 413, 503),
 )
 async def rules_active(_user: UserDep, storage: StorageDep) -> RulesOut:
     """The active rules version as a rules file's document, its summary and warnings, and the earlier versions."""
@@ -233,7 +236,7 @@ async def rules_active(_user: UserDep, storage: StorageDep) -> RulesOut:
     response_model=RulesCheckOut,
     summary="Check a draft of the rules as make rules would",
     openapi_extra=web.json_body_openapi(RulesDraftIn),
-    responses=web.errors(401, 403, 422, 503),
+    responses=web.errors(401, 403, 413, 422, 503),
 )
 async def rules_check(
     _user: RulesRight,
@@ -254,7 +257,7 @@ async def rules_check(
     response_model=RulesPreviewOut,
     summary="What a draft of the rules changes, on real baskets",
     openapi_extra=web.json_body_openapi(RulesPreviewIn),
-    responses=web.errors(401, 403, 422, 503),
+    responses=web.errors(401, 403, 413, 422, 503),
 )
 async def rules_preview(
     _user: RulesRight, draft: Annotated[RulesPreviewIn, Depends(web.json_body(RulesPreviewIn))], storage: StorageDep
@@ -299,7 +302,7 @@ async def rules_publish(
     "/rules/rollback",
     response_model=PublishedOut,
     summary="Re-activate the previous rules version",
-    responses=web.errors(401, 403, 409, 503),
+    responses=web.errors(401, 403, 409, 413, 503),
 )
 async def rules_rollback(_user: RulesRight, storage: StorageDep) -> PublishedOut:
     """As make rules_rollback: the version active before the current one is active again."""
@@ -316,7 +319,7 @@ PromoteRight = Annotated[User, Depends(web.require("promote"))]
     "/versions",
     response_model=VersionsOut,
     summary="Model versions with their labels and quality, and the feed and rules versions",
-    responses=web.errors(401, 403, 503),
+    responses=web.errors(401, 403, 413, 503),
 )
 async def versions(_user: UserDep, storage: StorageDep) -> VersionsOut:
     """Every model version, newest first: training file, dates, products, engine, held-out quality in words and
@@ -331,7 +334,7 @@ async def versions(_user: UserDep, storage: StorageDep) -> VersionsOut:
     response_model=PublishedOut,
     summary="Activate the staged model, through the activation gate (as make promote)",
     openapi_extra=web.json_body_openapi(PromoteIn),
-    responses=web.errors(401, 403, 409, 422, 503),
+    responses=web.errors(401, 403, 409, 413, 422, 503),
 )
 async def versions_promote(
     user: PromoteRight,
@@ -352,7 +355,7 @@ async def versions_promote(
     response_model=PublishedOut,
     summary="Activate a stored model version, through the activation gate (as make activate)",
     openapi_extra=web.json_body_openapi(ActivateIn),
-    responses=web.errors(401, 403, 404, 409, 422, 503),
+    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
 )
 async def versions_activate(
     user: PromoteRight,
@@ -374,7 +377,7 @@ async def versions_activate(
     "/versions/rollback",
     response_model=PublishedOut,
     summary="Re-activate the previous model version (as make rollback)",
-    responses=web.errors(401, 403, 409, 503),
+    responses=web.errors(401, 403, 409, 413, 503),
 )
 async def versions_rollback(_user: PromoteRight, storage: StorageDep) -> PublishedOut:
     """The model version active before the current one is active again."""
@@ -449,7 +452,7 @@ async def feed_publish(
     "/feed/rollback",
     response_model=PublishedOut,
     summary="Re-activate the previous product feed version",
-    responses=web.errors(401, 403, 409, 503),
+    responses=web.errors(401, 403, 409, 413, 503),
 )
 async def feed_rollback(_user: FeedRight, storage: StorageDep) -> PublishedOut:
     """As make feed_rollback: the feed version active before the current one is active again."""

@@ -710,6 +710,18 @@ CASES = [
     *(case for path in ("/send_data", "/recommendations", "/items") for case in _preflight_cases(path)),
     *_preflight_cases("/events", "events"),
 ]
+# The body limit applies to every route: the console's routes are checked for it too.
+_WORKPLACE_ROUTES = [
+    ("GET", "/rules"),
+    *(("POST", path) for path in ("/rules/check", "/rules/preview", "/rules/rollback", "/feed", "/feed/rollback")),
+    ("GET", "/versions"),
+    *(("POST", path) for path in ("/versions/promote", "/versions/activate", "/versions/rollback")),
+]
+CASES += [
+    Case(method, path, 413, "body too large", lambda api, method=method, path=path: api.too_large(method, path))
+    for method, path in _WORKPLACE_ROUTES
+    if not any((c.method, c.path, c.status) == (method, path, 413) for c in CASES)
+]
 
 
 def test_every_route_and_every_status_it_declares_has_a_case():
