@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from recommender.core import registry
-from recommender.core.errors import DataFileError, ModelUnavailable, StorageError
+from recommender.core.errors import Conflict, DataFileError, ModelUnavailable, StorageError
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
 from recommender.training import holdout
@@ -83,7 +83,7 @@ def test_rollback(storage, tiny_csv):
     assert registry.active_version(storage) == second.version
     assert registry.rollback(storage) == first.version
     assert registry.active_version(storage) == first.version
-    with pytest.raises(ModelUnavailable, match="no earlier"):
+    with pytest.raises(Conflict, match="no earlier"):
         registry.rollback(storage)
 
 
