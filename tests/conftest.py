@@ -195,6 +195,22 @@ def lambda_context() -> SimpleNamespace:
     return SimpleNamespace(function_name="test", aws_request_id="req-1", get_remaining_time_in_millis=lambda: 30000)
 
 
+def start_server(env: dict[str, str]) -> Settings:
+    """Start the local server in the background of this process with env set while it reads its settings and
+    starts (the caller stops it with server.stop); the settings it runs with."""
+    import os
+
+    from recommender.core.settings import settings_from_env
+    from recommender.local import server
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        settings = settings_from_env(os.environ)
+        server.start(settings, ROOT / "template.yaml")
+    return settings
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:

@@ -5,17 +5,15 @@ own origin as a real shop is. Events are read back from the store's event log.""
 from __future__ import annotations
 
 import json
-import os
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from recommender.core.settings import settings_from_env
 from recommender.core.storage import LocalStorage
 from recommender.local import demo, server
 from recommender.serving.keys import add_key
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, start_server
 from tests.serving.test_console_browser import browser  # noqa: F401 (fixture: one headless Chromium)
 
 pytestmark = pytest.mark.slow
@@ -46,11 +44,7 @@ def shop(tmp_path_factory):
         "MODEL_POLL_SECONDS": "1",
         "LOG_LEVEL": "warning",
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        settings = settings_from_env(os.environ)
-        server.start(settings, ROOT / "template.yaml")
+    settings = start_server(env)
     shop_server = demo.start_shop(site, "127.0.0.1", api_port, shop_port)
     try:
         yield SimpleNamespace(

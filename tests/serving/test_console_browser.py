@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import pytest
 
 from recommender.core import registry
-from recommender.core.settings import settings_from_env
 from recommender.core.storage import LocalStorage
 from recommender.local import server
 from recommender.serving.model import load_model
@@ -24,7 +23,7 @@ from recommender.serving.users import add_user
 from recommender.training.feed import publish_feed
 from recommender.training.pipeline import train
 from recommender.training.rules import known_from, publish_rules
-from tests.conftest import PASSWORD, ROOT, free_port
+from tests.conftest import PASSWORD, ROOT, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -130,11 +129,7 @@ def site(tmp_path_factory, tiny_csv):
         "MODEL_POLL_SECONDS": "1",
         "LOG_LEVEL": "warning",
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        settings = settings_from_env(os.environ)
-        server.start(settings, ROOT / "template.yaml")
+    settings = start_server(env)
     try:
         yield SimpleNamespace(
             base=f"http://127.0.0.1:{settings.port}",

@@ -8,10 +8,9 @@ import os
 
 import pytest
 
-from recommender.core.settings import settings_from_env
 from recommender.local import server
 from recommender.serving.keys import add_key
-from tests.conftest import ROOT, free_port, make_runner
+from tests.conftest import free_port, make_runner, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +27,7 @@ def test_simulate_shop_then_report_match_exactly(trained_storage, user, tmp_path
         "JWT_SECRET": "simulate-shop-test-secret-" + "x" * 40,
         "LOG_LEVEL": "warning",
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        settings = settings_from_env(os.environ)
-        server.start(settings, ROOT / "template.yaml")
+    settings = start_server(env)
     try:
         make = make_runner({**env, "API_KEY": key})
         out = tmp_path / "out" / "report.html"
