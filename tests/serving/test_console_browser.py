@@ -461,11 +461,15 @@ def test_sign_out_and_expired_token(console):
 
     console.sign_in()
     console.wait_for_recs(10)
-    # The token expires while the page is open: the next call returns to sign-in.
-    page.route(
-        "**/recommendations",
-        lambda route: route.continue_(headers={**route.request.headers, "authorization": f"Bearer {expired}"}),
-    )
+
+    # The token expires while the page is open: the next call returns to sign-in. Only the call this
+    # test makes (n=3) carries the expired token, so a late call from the sign-in cannot get there first.
+    def expire(route):
+        if (route.request.post_data_json or {}).get("n") != 3:
+            return route.continue_()
+        return route.continue_(headers={**route.request.headers, "authorization": f"Bearer {expired}"})
+
+    page.route("**/recommendations", expire)
     page.get_by_label("Number of items").fill("3")
     page.get_by_text("Your session expired. Please sign in again.").wait_for()
     assert page.evaluate("sessionStorage.getItem('recommender.token')") is None
