@@ -352,11 +352,12 @@ def _model(
     rows, baskets, basket_customer = frames.rows, frames.baskets, frames.basket_customer
     # Items: numbered by first appearance, then ordered by popularity as recipe.build_model does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
-    pairs = rows.select("invoice", "code").distinct().persist(StorageLevel.MEMORY_AND_DISK)
+    # Each (basket, item) pair once, with its first row: the items' first appearance and popularity come from
+    # these pairs in one aggregation, not from a second pass over every row.
+    pairs = rows.groupBy("invoice", "code").agg(F.min("order").alias("at")).persist(StorageLevel.MEMORY_AND_DISK)
     items = (
-        rows.groupBy("code")
-        .agg(F.min("order").alias("first"))
-        .join(pairs.groupBy("code").agg(F.count("*").alias("popularity")), "code")
+        pairs.groupBy("code")
+        .agg(F.min("at").alias("first"), F.count("*").alias("popularity"))
         .join(frames.described, "code", "left")
         .toPandas()
         .sort_values("first", kind="stable")
@@ -520,9 +521,11 @@ def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
     sized.unpersist()
     names = [r[1] for r in sorted(chosen)]
     codes: dict[str, list[str]] = {name: [] for name in names}
-    for invoice, code in pairs.join(
-        F.broadcast(pairs.sparkSession.createDataFrame([(name,) for name in names], "invoice string")), "invoice"
-    ).collect():
+    for invoice, code in (
+        pairs.select("invoice", "code")
+        .join(F.broadcast(pairs.sparkSession.createDataFrame([(name,) for name in names], "invoice string")), "invoice")
+        .collect()
+    ):
         codes[invoice].append(code)
     out = []
     for _first, invoice, when in sorted(chosen):
