@@ -23,6 +23,7 @@ from recommender.core.feed_form import FeedLimits
 from recommender.core.storage import Storage
 from recommender.serving import console, cors, schemas, snapstart, web, widget
 from recommender.serving.attribution import new_recommendation_id
+from recommender.serving.fast_path import FastRoute
 from recommender.serving.keys import Caller
 from recommender.serving.model import Model
 from recommender.serving.schemas import (
@@ -102,6 +103,10 @@ def _recommendation_id(model: Model, arm: str | None) -> str:
 async def send_data(_caller: CallerDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
     options of /recommendations work here too. The answer's recommendation_id is in the X-Recommendation-Id header."""
+    return _legacy_answer(basket, model)
+
+
+def _legacy_answer(basket: BasketIn, model: Model) -> web.FastJSON:
     options = basket.options(explain=False)
     # A running experiment answers with the shopper's arm (the active model when the request names no shopper).
     model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
@@ -125,12 +130,25 @@ async def recommendations(_caller: CallerDep, basket: StrictBasketDep, model: Mo
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered,
     whether fewer than n items were eligible, and the answer's recommendation_id (for events)."""
+    return _full_answer(basket, model)
+
+
+def _full_answer(basket: RecommendationsIn, model: Model) -> web.FastJSON:
     options = basket.options(explain=True)
     model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
     return web.FastJSON(
         schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model, arm))
     )
+
+
+# Both answered straight on ASGI (serving.fast_path) but for browsers' requests (CORS): the same checks and answers.
+app.fast_routes[("POST", "/send_data")] = FastRoute(
+    app, "recommend", lambda body: web.parse_json(BasketIn, body), _legacy_answer
+)
+app.fast_routes[("POST", "/recommendations")] = FastRoute(
+    app, "recommend", lambda body: web.parse_json(RecommendationsIn, body), _full_answer
+)
 
 
 @app.post(
