@@ -103,18 +103,17 @@ def _recommendation_id(model: Model, arm: str | None) -> str:
 async def send_data(_caller: CallerDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
     options of /recommendations work here too. The answer's recommendation_id is in the X-Recommendation-Id header."""
-    return _legacy_answer(basket, model)
+    content, headers = _legacy_answer(basket, model)
+    return web.FastJSON(content, headers=headers)
 
 
-def _legacy_answer(basket: BasketIn, model: Model) -> web.FastJSON:
+def _legacy_answer(basket: BasketIn, model: Model) -> tuple[dict, dict[str, str]]:
     options = basket.options(explain=False)
     # A running experiment answers with the shopper's arm (the active model when the request names no shopper).
     model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(
-        schemas.legacy_json(answer, options is not None and options.explain),
-        headers={"X-Recommendation-Id": _recommendation_id(model, arm)},
-    )
+    content = schemas.legacy_json(answer, options is not None and options.explain)
+    return content, {"X-Recommendation-Id": _recommendation_id(model, arm)}
 
 
 @web.post_resolved(
@@ -130,25 +129,20 @@ async def recommendations(_caller: CallerDep, basket: StrictBasketDep, model: Mo
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered,
     whether fewer than n items were eligible, and the answer's recommendation_id (for events)."""
-    return _full_answer(basket, model)
+    content, headers = _full_answer(basket, model)
+    return web.FastJSON(content, headers=headers)
 
 
-def _full_answer(basket: RecommendationsIn, model: Model) -> web.FastJSON:
+def _full_answer(basket: RecommendationsIn, model: Model) -> tuple[dict, None]:
     options = basket.options(explain=True)
     model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(
-        schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model, arm))
-    )
+    return schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model, arm)), None
 
 
 # Both answered straight on ASGI (serving.fast_path) but for browsers' requests (CORS): the same checks and answers.
-app.fast_routes[("POST", "/send_data")] = FastRoute(
-    app, "recommend", lambda body: web.parse_json(BasketIn, body), _legacy_answer
-)
-app.fast_routes[("POST", "/recommendations")] = FastRoute(
-    app, "recommend", lambda body: web.parse_json(RecommendationsIn, body), _full_answer
-)
+app.fast_routes[("POST", "/send_data")] = FastRoute(app, "recommend", BasketIn, _legacy_answer)
+app.fast_routes[("POST", "/recommendations")] = FastRoute(app, "recommend", RecommendationsIn, _full_answer)
 
 
 @app.post(

@@ -1,11 +1,12 @@
 """The recommendation routes answered straight on ASGI, without FastAPI's request machinery.
 
-A request to /send_data or /recommendations pays, through FastAPI, for five middleware layers, the router, the
-route's request wrapper and a Request object's lazy parts: about as much as the model's own answer. A FastRoute
-answers it with the same checks in the same order (body limit, caller, body, model) and the same functions, and
-sends the same bytes (status, headers, body) as the FastAPI route would; an error goes through the app's own
-exception handlers. A request carrying an Origin (a browser's: CORS headers to add) is left to the full app.
-The FastAPI route stays declared as before, for the OpenAPI document and for those requests.
+Through FastAPI, a request to /send_data or /recommendations pays for five middleware layers, the router, the
+route's request wrapper, a Request object's lazy parts, pydantic's validation of a two-field body and a response
+object: together about as much as the model's own answer. A FastRoute answers it with the same checks in the same
+order (body limit, caller, body, model) and the same functions, and sends the same bytes (status, headers, body) as
+the FastAPI route; every error goes to the app's own exception handler for it. A request carrying an Origin (a
+browser's, whose answer gets CORS headers) goes to the whole app. The FastAPI routes stay declared as they were:
+they document the API (OpenAPI) and answer the browsers.
 """
 
 from __future__ import annotations
@@ -13,29 +14,68 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from recommender.core.settings import get_settings
 from recommender.serving import web
+from recommender.serving.merchandising import Options
 from recommender.serving.model import Model
+from recommender.serving.schemas import MAX_BASKET, MAX_N
 
-Parse = Callable[[bytes], Any]
-Answer = Callable[[Any, Model], Response]
+# An answer: the JSON content and the response's own headers (None: none), as web.FastJSON(content, headers=...)
+# would send them.
+Answer = Callable[[Any, Model], tuple[Any, dict[str, str] | None]]
+_JSON = [(b"content-type", b"application/json")]
 _NOSNIFF = [(k.lower().encode(), v.encode()) for k, v in web.SECURITY_HEADERS.items()]
+_PLAIN_FIELDS = frozenset({"product_list", "n"})
+_EXPLAINED = Options(explain=True)
 
 
-class _TooLarge(Exception):
-    pass
+class PlainBasket:
+    """A body of product_list (and n) only, what most requests send, read without pydantic: the values and
+    options the request models would give it."""
+
+    __slots__ = ("product_list", "n")
+    user_id = session_id = None
+
+    def __init__(self, product_list: list[str], n: int) -> None:
+        self.product_list, self.n = product_list, n
+
+    def options(self, explain: bool) -> Options | None:
+        """BasketIn.options of a body without options."""
+        return _EXPLAINED if explain else None
+
+
+def plain_basket(body: bytes) -> PlainBasket | None:
+    """The body as a PlainBasket when it is a JSON object of a list of at most MAX_BASKET strings (product_list)
+    and an integer n in 1..MAX_N (default 5), nothing else; None for anything else (the request model decides).
+
+    Types are checked exactly as the request models' strict mode does (no bool for n, no number for a code)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict or not data.keys() <= _PLAIN_FIELDS:
+        return None
+    codes, n = data.get("product_list"), data.get("n", 5)
+    if type(codes) is not list or len(codes) > MAX_BASKET or type(n) is not int or not 1 <= n <= MAX_N:
+        return None
+    for code in codes:
+        if type(code) is not str:
+            return None
+    return PlainBasket(codes, n)
 
 
 class FastRoute:
     """An ASGI app answering one recommendation route as its FastAPI route does: the caller of `scope` (web.caller),
-    then parse(body), then the current model, then answer(basket, model)."""
+    the body as schema (web.json_body), the current model, then answer(basket, model) sent as web.FastJSON."""
 
-    def __init__(self, app: web.App, scope: str, parse: Parse, answer: Answer) -> None:
-        self.app, self.scope, self.parse, self.answer = app, scope, parse, answer
+    def __init__(self, app: web.App, scope: str, schema: type[BaseModel], answer: Answer) -> None:
+        self.app, self.scope, self.schema, self.answer = app, scope, schema, answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         authorization = api_key = length = None
@@ -48,23 +88,24 @@ class FastRoute:
             elif name == b"content-length":
                 length = value if length is None else length
             elif name == b"origin":
-                return await self.app.full(scope, receive, send)  # CORS headers to add: the full app's job
+                return await self.app.full(scope, receive, send)  # CORS headers to add: the whole app's job
         path = scope["path"]
         limit = web.body_limit(path, get_settings())
         if length is not None and length.isdigit() and int(length) > limit:
-            return await self._send(send, web.too_large(limit))
+            return await _send_response(send, web.too_large(limit))
         try:
-            # In the FastAPI route's order: the caller, then the body (read then), then the model.
+            # In the FastAPI route's order: the caller, then the body (read only now), then the model.
             await web.caller_of(
                 self.scope,
                 path,
                 authorization and authorization.decode("latin-1"),
                 api_key and api_key.decode("latin-1"),
             )
-            basket = self.parse(await _body(receive, limit))
-            response = self.answer(basket, await web.current_model())
+            body = await _body(receive, limit)
+            basket = plain_basket(body) or web.parse_json(self.schema, body)
+            content, headers = self.answer(basket, await web.current_model())
         except _TooLarge:
-            response = web.too_large(limit)
+            return await _send_response(send, web.too_large(limit))
         except Exception as err:  # noqa: BLE001 - every error goes to the app's handler for it, as in FastAPI
             handler = _handler(self.app, err)
             response = await handler(Request(scope), err)
@@ -72,15 +113,29 @@ class FastRoute:
                 # Starlette's last resort: sent from outside every middleware, then raised for the server to log.
                 await response(scope, receive, send)
                 raise
-        await self._send(send, response)
+            return await _send_response(send, response)
+        rendered = orjson.dumps(content)  # web.FastJSON's rendering
+        await _send(send, json_headers(headers, len(rendered)), rendered, 200)
 
-    @staticmethod
-    async def _send(send: Send, response: Response) -> None:
-        """Send response as the app's middleware would pass it on: the security headers added last."""
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers + _NOSNIFF}
-        )
-        await send({"type": "http.response.body", "body": response.body})
+
+def json_headers(headers: dict[str, str] | None, length: int) -> list[tuple[bytes, bytes]]:
+    """The raw headers of web.FastJSON(content, headers=headers) whose body is length bytes."""
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
+    return [*raw, (b"content-length", str(length).encode("latin-1")), *_JSON]
+
+
+async def _send(send: Send, headers: list[tuple[bytes, bytes]], body: bytes, status: int) -> None:
+    """Send an answer as the app's middleware would pass it on: the security headers added last."""
+    await send({"type": "http.response.start", "status": status, "headers": headers + _NOSNIFF})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_response(send: Send, response: Response) -> None:
+    await _send(send, response.raw_headers, response.body, response.status_code)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 async def _body(receive: Receive, limit: int) -> bytes:
