@@ -8,8 +8,9 @@ import json
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from functions.recommend.app import app
 from recommender.core import registry
@@ -19,7 +20,7 @@ from recommender.serving import web
 from recommender.serving.fast_path import FastRoute, json_headers, plain_basket
 from recommender.serving.keys import add_key
 from recommender.serving.model import Model
-from recommender.serving.schemas import BasketIn, RecommendationsIn
+from recommender.serving.schemas import MAX_BASKET, MAX_N, BasketIn, RecommendationsIn
 from recommender.serving.tokens import issue_token, load_secret
 
 # An answer's id holds the time and a random part: the same request answered twice differs only there.
@@ -193,26 +194,34 @@ _json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
     max_leaves=8,
 )
-_bodies = st.dictionaries(
-    st.sampled_from(["product_list", "n", "exclude", "explain", "user_id"]),
-    _json_values | st.lists(st.text(max_size=4), max_size=5),
-    max_size=3,
+# Mostly bodies of product_list and n, some of them of the right types, with now and then a value or field more.
+_codes = st.lists(st.text(max_size=4) | st.text(max_size=2).map(lambda t: f" {t}\u0000"), max_size=5)
+_bodies = st.fixed_dictionaries(
+    {"product_list": _codes | _json_values},
+    optional={"n": st.integers(-1, 102) | st.booleans() | st.floats(0, 101) | _json_values, "exclude": _codes},
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(data=_bodies | _json_values)
+@example(data={"product_list": ["x"] * MAX_BASKET, "n": MAX_N})
+@example(data={"product_list": ["x"] * (MAX_BASKET + 1)})
+@example(data={"product_list": ["x", 1.5]})
+@example(data={"product_list": ["x"], "n": 0})
 def test_a_plain_basket_is_what_the_request_models_make_of_it(data):
     body = json.dumps(data).encode()
     plain = plain_basket(body)
-    if plain is None:
-        return
     for schema in (BasketIn, RecommendationsIn):
-        model = schema.model_validate_json(body)
-        assert (model.product_list, model.n, model.user_id, model.session_id) == (
-            plain.product_list,
-            plain.n,
-            None,
-            None,
-        )
-        assert model.options(explain=False) == plain.options(False) and model.options(True) == plain.options(True)
+        try:
+            model = schema.model_validate_json(body)
+        except ValidationError:
+            assert plain is None
+            continue
+        if plain is not None:
+            assert (model.product_list, model.n, model.user_id, model.session_id) == (
+                plain.product_list,
+                plain.n,
+                None,
+                None,
+            )
+            assert model.options(explain=False) == plain.options(False) and model.options(True) == plain.options(True)
