@@ -218,10 +218,6 @@ def test_a_plain_basket_is_what_the_request_models_make_of_it(data):
             assert plain is None
             continue
         if plain is not None:
-            assert (model.product_list, model.n, model.user_id, model.session_id) == (
-                plain.product_list,
-                plain.n,
-                None,
-                None,
-            )
+            fields = ("product_list", "n", "user_id", "session_id")
+            assert [getattr(model, f) for f in fields] == [getattr(plain, f) for f in fields]
             assert model.options(explain=False) == plain.options(False) and model.options(True) == plain.options(True)
