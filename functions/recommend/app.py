@@ -247,7 +247,7 @@ async def rules_check(
     """Whether the draft can be published; if not, the place and the problem (as make rules says them)."""
     from recommender.serving import rules_editor
 
-    result = await run_in_threadpool(rules_editor.checked, draft.rules, storage, model)
+    result = await run_in_threadpool(rules_editor.checked, draft.rules, storage, model, draft.yaml)
     result.pop("rules", None)
     return RulesCheckOut(**result)
 
@@ -269,7 +269,7 @@ async def rules_preview(
     await web.current_model()  # the model loaded (or why not), before previewing with it
     holder = web.model_holder(web.get_settings())
     result = await run_in_threadpool(
-        rules_editor.preview, holder, storage, draft.rules, draft.baskets, draft.as_of, draft.samples
+        rules_editor.preview, holder, storage, draft.rules, draft.baskets, draft.as_of, draft.samples, text=draft.yaml
     )
     return RulesPreviewOut(**result)
 
@@ -293,7 +293,13 @@ async def rules_publish(
     from recommender.serving import rules_editor
 
     published = await run_in_threadpool(
-        rules_editor.publish_draft, storage, model, draft.rules, settings.keep_versions, settings.max_rules_stored_bytes
+        rules_editor.publish_draft,
+        storage,
+        model,
+        draft.rules,
+        settings.keep_versions,
+        settings.max_rules_stored_bytes,
+        draft.yaml,
     )
     return PublishedOut(**published)
 

@@ -190,6 +190,50 @@ def test_the_rules_editor_by_keyboard_alone(browser, people):  # noqa: F811
         context.close()
 
 
+def test_the_rules_as_yaml_checked_as_typed(browser, people):  # noqa: F811
+    """The text view is the rules file's YAML: the form's draft written there reads back as the same document, and
+    a mistake typed there is shown at its line and at the form's field, in make rules' words."""
+    from recommender.core import rules_yaml
+    from recommender.core.rules_form import validate
+
+    site = people
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+        _rules_page(console)
+        page.get_by_role("button", name="Add a pin").click()
+        row = page.locator('.rule-rows[data-kind="pin"] .rule-row').last
+        row.get_by_label("When the basket holds (code)").fill(site.lunch[1])
+        row.get_by_label("Show (code)").fill(site.pinned)
+        page.get_by_label("Products (codes, separated by commas)").fill("yes, 2026-01-02, Home > Kitchen")
+        page.locator("#rules-check").filter(has_text="Ready to preview").wait_for()
+        page.get_by_text("As text").click()
+        area = page.get_by_label("The rules file's content, in YAML as make rules reads it")
+        text = area.input_value()
+        rules = validate(rules_yaml.load(text, "the text"))  # what make rules would read from it
+        pin = {"basket": {"code": [site.lunch[1]]}, "item": {"code": [site.pinned]}, "position": 1}
+        assert rules["pin"][-1] == pin
+        assert rules["block"]["codes"] == ["yes", "2026-01-02", "Home > Kitchen"]  # quoted where YAML would not
+        # A mistake typed in the text: at its line, and at the form's field.
+        area.fill(text.replace("position: 1", "position: 0", 1))
+        error = page.locator("#rules-text-error")
+        error.filter(has_text="must be a whole number from 1 to 100, got 0").wait_for()
+        line = 1 + text.splitlines().index("    position: 1")
+        assert error.inner_text().startswith(f"Line {line}: ") and area.get_attribute("aria-invalid") == "true"
+        field = page.locator(f'[data-place="pin[{len(rules["pin"]) - 1}].position"]')
+        assert field.get_attribute("aria-invalid") == "true" and field.input_value() == "0"  # the form follows
+        assert page.get_by_role("button", name="Publish").is_disabled()
+        area.fill(text.replace("position: 1", "position: [", 1))
+        error.filter(has_text="the text is not valid YAML at line").wait_for()
+        area.fill(text.replace("position: 1", "position: 2", 1))
+        page.locator("#rules-check").filter(has_text="Ready to preview").wait_for()
+        assert field.input_value() == "2" and error.inner_text() == ""
+        assert console.errors == []
+    finally:
+        context.close()
+
+
 def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):  # noqa: F811
     site = people
     active = registry.active_version(site.storage)

@@ -134,3 +134,30 @@ def test_rolling_back_the_first_rules_leaves_none(trained_storage):
     assert rules_editor.roll_back(trained_storage)["version"] == "none"
     assert registry.active(trained_storage, registry.RULES) is None
     assert rules_editor.current(trained_storage)["version"] is None
+
+
+def test_the_text_view_is_yaml_checked_as_make_rules_checks_a_file(trained_storage, tmp_path):
+    """The console's YAML is read by make rules' reader: the same messages, at their line, numbers as typed."""
+    from recommender.training.rules import read_rules
+
+    holder = ModelHolder(trained_storage, poll_seconds=0)
+    model = holder.refresh()
+    code = model.items.codes[0]
+    text = f"pin:\n  - basket: {{code: [{code}]}}\n    item: {{code: {code}}}\n    position: 0\n"
+    answer = rules_editor.checked(None, trained_storage, model, text)
+    (tmp_path / "rules.yaml").write_text(text)
+    with pytest.raises(RulesError) as make_rules:
+        read_rules(tmp_path / "rules.yaml")
+    assert not answer["ok"] and answer["error"]["place"] == "pin[0].position"
+    assert make_rules.value.message == f"rules.yaml: pin[0].position: {answer['error']['message']}"
+    assert answer["error"]["line"] == 4 and answer["document"]["pin"][0]["position"] == 0
+    broken = rules_editor.checked(None, trained_storage, model, "pin:\n  - basket: {code: [1]\n")
+    assert broken["error"]["message"].startswith("the text is not valid YAML at line 3, column 1:")
+    assert broken["error"]["line"] == 3 and broken["document"] is None
+    # A code written as a number is the code as typed (0123 is not 83); the document comes back for the form.
+    good = rules_editor.checked(None, trained_storage, model, "block:\n  codes: [0123]\n")
+    assert good["ok"] and good["document"]["block"]["codes"] == ["0123"]
+    published = rules_editor.publish_draft(trained_storage, model, None, 5, 1 << 20, text="block:\n  codes: [0123]\n")
+    version = published["version"]
+    assert registry.read_manifest(trained_storage, version, registry.RULES)["source"]["file"] == "console.yaml"
+    assert rules_editor.current(trained_storage)["rules"]["block"]["codes"] == ["0123"]

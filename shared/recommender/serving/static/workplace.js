@@ -250,22 +250,66 @@
       const again = document.querySelector(`#rules-form [data-place="${CSS.escape(target.dataset.place)}"]`);
       if (again) again.focus();
     }
-    if (target && target.id !== "rules-text") $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
+    if (target && target.id !== "rules-text") showText();
     scheduleCheck();
   }
 
-  function textChanged() {
-    let doc;
-    try {
-      doc = JSON.parse($("rules-text").value || "{}");
-    } catch (err) {
-      showProblem({ place: "rules", message: `the text is not valid JSON (${err.message})` });
-      return;
+  // --- rules: the text view, the YAML a rules file holds ---------------------------------------------------------
+  // The browser writes it (a short emitter for the rules document's few shapes); the server reads it, with the
+  // reader of make rules, when it checks the draft: the same messages, the line they are at, and no YAML parser
+  // shipped to the browser (the console loads nothing from elsewhere).
+
+  const YAML_WORDS = /^(?:y|n|yes|no|true|false|on|off|null|~)$/i;
+
+  /** One value as YAML writes it: plain when it reads back as the same text, else double-quoted (JSON's quoting is
+   *  YAML's too). A code written as a number (22423) reads back as its text: make rules keeps it. */
+  function yamlScalar(v) {
+    if (typeof v === "number" || typeof v === "boolean") return String(v);
+    const s = String(v ?? "");
+    const plain = /^[A-Za-z0-9][A-Za-z0-9 _./&>'-]*$/.test(s) && !/ $/.test(s) && !YAML_WORDS.test(s)
+      && !/^\d{4}-\d\d?-\d\d?/.test(s);  // a date unquoted is a date, not a code
+    return plain ? s : JSON.stringify(s);
+  }
+
+  const yamlFlow = (v) => {
+    if (Array.isArray(v)) return `[${v.map(yamlFlow).join(", ")}]`;
+    if (v && typeof v === "object") return `{${Object.entries(v).map(([k, x]) => `${k}: ${yamlFlow(x)}`).join(", ")}}`;
+    return yamlScalar(v);
+  };
+
+  /** The rules document as a rules file's YAML: block's lists, then one "- key: value" entry per rule. */
+  function toYaml(doc) {
+    const lines = [];
+    if (doc.block) {
+      lines.push("block:");
+      for (const [key, values] of Object.entries(doc.block)) lines.push(`  ${key}: ${yamlFlow(values)}`);
     }
-    draft = fromDocument(doc);
-    renderForm();
+    for (const kind of ["pin", "do_not_pair", "boost", "bury"]) {
+      if (!doc[kind]) continue;
+      lines.push(`${kind}:`);
+      for (const entry of doc[kind]) {
+        const pairs = Object.entries(entry || {});
+        if (!pairs.length) lines.push("  - {}");
+        pairs.forEach(([key, value], i) => lines.push(`${i ? "    " : "  - "}${key}: ${yamlFlow(value)}`));
+      }
+    }
+    return lines.length ? `${lines.join("\n")}\n` : "";
+  }
+
+  let textEdited = false;  // the text view was edited last: it is the draft, sent as YAML
+
+  function showText() {
+    textEdited = false;
+    $("rules-text").value = toYaml(documentOf(draft));
+  }
+
+  function textChanged() {
+    textEdited = true;
     scheduleCheck();
   }
+
+  /** The draft as the API takes it: the text as typed, or the form's document. */
+  const draftBody = () => (textEdited ? { yaml: $("rules-text").value } : { rules: documentOf(draft) });
 
   // --- rules: checking as typed --------------------------------------------------------------------------------
 
@@ -283,9 +327,15 @@
   }
 
   /** The problem shown at its field (the first field whose place it names), else under the form. */
-  function showProblem(problem) {
+  function showProblem(problem, inText) {
     clearProblems();
-    const text = C().sentence(`${problem.place}: ${problem.message}`);
+    const text = C().sentence(problem.place === "rules" ? problem.message : `${problem.place}: ${problem.message}`);
+    if (inText) {  // at the text view too, with its line
+      const area = $("rules-text");
+      area.setAttribute("aria-invalid", "true");
+      area.setAttribute("aria-describedby", "rules-text-error");
+      $("rules-text-error").textContent = problem.line ? `Line ${problem.line}: ${text}` : text;
+    }
     const fields = [...document.querySelectorAll("#rules-form [data-place]")].filter((n) => !n.hidden && !n.closest("[hidden]"));
     const exact = fields.find((n) => n.dataset.place === problem.place)
       || fields.find((n) => problem.place.startsWith(`${n.dataset.place}`) && n.tagName !== "SELECT")
@@ -315,9 +365,14 @@
     if (checkAbort) checkAbort.abort();
     checkAbort = new AbortController();
     try {
-      const answer = await C().api("rules/check", { method: "POST", body: { rules: documentOf(draft) }, signal: checkAbort.signal });
+      const sent = draftBody();
+      const answer = await C().api("rules/check", { method: "POST", body: sent, signal: checkAbort.signal });
+      if (sent.yaml !== undefined && answer.document && textEdited) {
+        draft = fromDocument(answer.document);  // the form follows the text
+        renderForm();
+      }
       if (!answer.ok) {
-        showProblem(answer.error);
+        showProblem(answer.error, sent.yaml !== undefined);
         return;
       }
       clearProblems();
@@ -344,7 +399,7 @@
       rulesInForce = current.rules;
       draft = fromDocument(current.rules);
       renderForm();
-      $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
+      showText();
       scheduleCheck();
     } catch (err) {
       status.textContent = "";
@@ -393,7 +448,7 @@
     try {
       const result = await C().api("rules/preview", {
         method: "POST",
-        body: { rules: documentOf(draft), baskets: typed.length ? [typed] : [], as_of: utc($("rules-as-of").value) || null },
+        body: { ...draftBody(), baskets: typed.length ? [typed] : [], as_of: utc($("rules-as-of").value) || null },
       });
       $("rules-outcome").textContent = "Preview ready: nothing is published yet.";
       renderPreview(result);
@@ -409,7 +464,7 @@
     const button = $("rules-publish");
     button.disabled = true;
     try {
-      const result = await C().api("rules", { method: "POST", body: { rules: documentOf(draft) } });
+      const result = await C().api("rules", { method: "POST", body: draftBody() });
       $("rules-outcome").textContent = `Published rules version ${result.version}. Answers follow it within a few seconds.`;
       C().clearError();
       await loadRules();
@@ -458,7 +513,7 @@
       boost: { code: [], factor: 1.5 }, bury: { code: [], factor: 0.5 } }[kind];
     draft[kind].push(fresh);
     renderForm();
-    $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
+    showText();
     const rows = document.querySelectorAll(`#rules-form .rule-rows[data-kind="${kind}"] .rule-row`);
     const first = rows[rows.length - 1].querySelector("input, select");
     if (first) first.focus();
@@ -468,7 +523,7 @@
     draft = readForm();
     draft[kind].splice(i, 1);
     renderForm();
-    $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
+    showText();
     scheduleCheck();
     $("rules-check").focus();
   }
