@@ -48,6 +48,7 @@ from recommender.serving.schemas import (
     RulesPreviewOut,
     SampleBasketOut,
     SearchOut,
+    VersionIn,
     VersionsOut,
 )
 from recommender.serving.users import User
@@ -305,6 +306,23 @@ async def rules_publish(
 
 
 @app.post(
+    "/rules/activate",
+    response_model=PublishedOut,
+    summary="Put an earlier rules version in force again",
+    openapi_extra=web.json_body_openapi(VersionIn),
+    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
+)
+async def rules_activate(
+    _user: RulesRight, body: Annotated[VersionIn, Depends(web.json_body(VersionIn))], storage: StorageDep
+) -> PublishedOut:
+    """Any stored rules version (GET /versions lists them) is the one in force; the one it replaces is remembered
+    for roll back. Serving follows within MODEL_POLL_SECONDS."""
+    from recommender.serving import model_versions
+
+    return PublishedOut(**await run_in_threadpool(model_versions.activate_other, storage, "rules", body.version))
+
+
+@app.post(
     "/rules/rollback",
     response_model=PublishedOut,
     summary="Re-activate the previous rules version",
@@ -452,6 +470,23 @@ async def feed_publish(
     data = await request.body()
     published = await run_in_threadpool(feed_upload.publish_upload, storage, name, data, limits, settings.keep_versions)
     return PublishedOut(**published)
+
+
+@app.post(
+    "/feed/activate",
+    response_model=PublishedOut,
+    summary="Put an earlier product feed version in force again",
+    openapi_extra=web.json_body_openapi(VersionIn),
+    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
+)
+async def feed_activate(
+    _user: FeedRight, body: Annotated[VersionIn, Depends(web.json_body(VersionIn))], storage: StorageDep
+) -> PublishedOut:
+    """Any stored feed version (GET /versions lists them) is the one in force; the one it replaces is remembered
+    for roll back. Serving follows within MODEL_POLL_SECONDS."""
+    from recommender.serving import model_versions
+
+    return PublishedOut(**await run_in_threadpool(model_versions.activate_other, storage, "feed", body.version))
 
 
 @app.post(

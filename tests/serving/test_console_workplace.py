@@ -13,8 +13,9 @@ import urllib.request
 import pytest
 
 from recommender.core import registry
+from recommender.core.rules_form import known_from, publish, validate
 from recommender.serving.users import add_user
-from recommender.training.feed import active_feed
+from recommender.training.feed import active_feed, publish_feed
 from tests.conftest import ROOT
 from tests.serving.test_console_browser import IMAGES, SCREENSHOTS, WAIT_MS, Console, browser, site, swatch  # noqa: F401
 
@@ -272,11 +273,63 @@ def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):  
         page.get_by_role("button", name="Promote anyway").click()
         page.locator("#gate-outcome").filter(has_text=f"Promoted model version {staged} is active").wait_for()
         assert registry.active_version(site.storage) == staged
-        page.get_by_role("button", name="Roll back").click()
+        page.locator("#versions-models").get_by_role("button", name="Roll back").click()
         page.locator("#gate-outcome").filter(has_text=f"model version {active} is active again").wait_for()
         assert registry.active_version(site.storage) == active
     finally:
         context.close()
+
+
+def test_earlier_feed_and_rules_versions_activated_and_rolled_back(browser, people, tmp_path):  # noqa: F811
+    """The Versions page lists the feed and rules versions; a merchandiser activates an earlier one of each, and
+    rolls back to the one before, as make feed_rollback and make rules_rollback do."""
+    site = people
+    rules_before = registry.active_version(site.storage, registry.RULES)
+    feed_before = registry.active_version(site.storage, registry.FEED)
+    codes = [site.lunch[1], site.pinned]
+    for i in range(2):  # two more rules versions, the later in force
+        publish(
+            site.storage,
+            validate({"block": {"codes": [codes[i]]}}),
+            b"{}",
+            f"rules-{i}.json",
+            known_from(codes, {}),
+            progress=lambda _m: None,
+        )
+    older_rules, newer_rules = registry.list_versions(site.storage, registry.RULES)[-2:]
+    _, items = active_feed(site.storage)
+    feed = tmp_path / "feed.csv"
+    feed.write_text("id,availability\n" + "".join(f"{code},in_stock\n" for code in items))
+    newer_feed = publish_feed(site.storage, feed, progress=lambda _m: None)["version"]
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+        page.get_by_role("link", name="Versions").click()
+        rules = page.locator("#versions-rules")
+        rules.locator(f'[data-version="{newer_rules}"]').filter(has_text="In force").wait_for()
+        assert "from rules-1.json" in rules.locator(f'[data-version="{newer_rules}"]').inner_text()
+        rules.locator(f'[data-version="{older_rules}"]').get_by_role("button", name="Activate").click()
+        page.locator("#versions-rules-outcome").filter(has_text="answers follow it now").wait_for()
+        assert registry.active_version(site.storage, registry.RULES) == older_rules
+        rules.get_by_role("button", name="Roll back").click()
+        page.locator("#versions-rules-outcome").filter(has_text=f"Rolled back: rules version {newer_rules}").wait_for()
+        assert registry.active_version(site.storage, registry.RULES) == newer_rules
+
+        feeds = page.locator("#versions-feeds")
+        assert "products" in feeds.locator(f'[data-version="{newer_feed}"]').inner_text()
+        feeds.locator(f'[data-version="{feed_before}"]').get_by_role("button", name="Activate").click()
+        page.locator("#versions-feed-outcome").filter(has_text="answers follow it now").wait_for()
+        assert registry.active_version(site.storage, registry.FEED) == feed_before
+        feeds.get_by_role("button", name="Roll back").click()
+        page.locator("#versions-feed-outcome").filter(has_text=f"feed version {newer_feed} is in force").wait_for()
+        assert registry.active_version(site.storage, registry.FEED) == newer_feed
+        assert console.errors == []
+    finally:
+        context.close()
+        # The feed and rules the other tests expect, in force again.
+        registry.activate(site.storage, rules_before, kind=registry.RULES, notify=lambda _m: None)
+        registry.activate(site.storage, feed_before, kind=registry.FEED, notify=lambda _m: None)
 
 
 def test_feed_upload_with_its_summary_then_the_product_disappears(browser, people, tmp_path):  # noqa: F811

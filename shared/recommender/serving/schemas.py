@@ -686,6 +686,10 @@ class OtherVersionOut(Out):
 
     version: str
     state: Literal["active", ""]
+    created_at: str | None = None
+    file: str | None = Field(None, description="the file it was published from (console.json/.yaml: the console)")
+    label: str | None = Field(None, description='what it holds: "4,070 products", "published without warnings"')
+    problem: str | None = Field(None, description="why it cannot be activated (incomplete, damaged)")
 
 
 class VersionsOut(Out):
@@ -695,6 +699,8 @@ class VersionsOut(Out):
     previous: list[str] = Field(description="model versions active before, most recent first")
     feeds: list[OtherVersionOut]
     rules: list[OtherVersionOut]
+    feeds_previous: list[str] = Field(default_factory=list, description="feed versions in force before, latest first")
+    rules_previous: list[str] = Field(default_factory=list, description="rules versions in force before, latest first")
 
 
 class ActivateIn(BaseModel):
@@ -704,6 +710,14 @@ class ActivateIn(BaseModel):
 
     version: StrictStr = Field(min_length=1, max_length=100, description="a version, or a unique beginning of one")
     force: bool = False
+
+
+class VersionIn(BaseModel):
+    """Which feed or rules version to put in force."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    version: StrictStr = Field(min_length=1, max_length=100, description="a version, or a unique beginning of one")
 
 
 class PromoteIn(BaseModel):

@@ -74,6 +74,8 @@
     // What the role may not change is not offered at all.
     for (const node of document.querySelectorAll("#page-rules .editing")) node.hidden = !may("rules");
     $("versions-rollback").hidden = !may("promote");
+    $("versions-feed-rollback").hidden = !may("feed");
+    $("versions-rules-rollback").hidden = !may("rules");
     $("rules-readonly").hidden = may("rules");
     $("feed-form").hidden = !may("feed");
     $("feed-readonly").hidden = may("feed");
@@ -91,7 +93,8 @@
     $("feed-file").value = "";
     draft = emptyDraft();
     $("rules-preview-result").replaceChildren();
-    for (const id of ["rules-outcome", "rules-check", "rules-status", "versions-status"]) $(id).textContent = "";
+    for (const id of ["rules-outcome", "rules-check", "rules-status", "versions-status", "versions-feed-outcome",
+      "versions-rules-outcome"]) $(id).textContent = "";
   }
 
   // --- rules: the draft and its form ---------------------------------------------------------------------------
@@ -722,8 +725,62 @@
         + `product feed ${feed ? feed.version : "none"}, rules ${rules ? rules.version : "none"}.`;
       $("versions-rollback").disabled = !answer.previous.length;
       $("versions-list").replaceChildren(...answer.models.map(versionItem));
+      $("versions-feed-rollback").disabled = !answer.feeds_previous.length;
+      $("versions-feed-list").replaceChildren(...answer.feeds.map((v) => otherItem("feed", v)));
+      $("versions-rules-rollback").disabled = !answer.rules_previous.length;
+      $("versions-rules-list").replaceChildren(...answer.rules.map((v) => otherItem("rules", v)));
     } catch (err) {
       status.textContent = "";
+      C().failed(err);
+    }
+  }
+
+  // Feed and rules versions: no gate to pass (a feed or rules version was checked when it was published).
+  const OTHER = {
+    feed: { noun: "product feed", right: "feed", health: "feed_version" },
+    rules: { noun: "rules", right: "rules", health: "rules_version" },
+  };
+
+  function otherItem(kind, v) {
+    const { el } = C();
+    const parts = [];
+    if (v.file) parts.push(`from ${v.file}`);
+    if (v.label) parts.push(v.label);
+    if (v.created_at) parts.push(`published ${C().when(v.created_at)}`);
+    const actions = el("div", { class: "actions" });
+    if (may(OTHER[kind].right) && v.state !== "active" && !v.problem) {
+      actions.append(el("button", { type: "button", class: "secondary", "data-activate-other": `${kind}:${v.version}`, text: "Activate" }));
+    }
+    return el("li", { "data-version": v.version },
+      el("div", {}, v.state === "active" ? el("span", { class: "state", text: "In force: " }) : null, el("code", { text: v.version })),
+      el("p", { class: "hint", text: parts.join(", ") }),
+      v.problem ? el("p", { class: "notice", text: C().sentence(v.problem) }) : null,
+      actions);
+  }
+
+  /** Activate an earlier feed or rules version, or roll back to the one before; say when answers follow it. */
+  async function changeOther(kind, version) {
+    const { noun, health } = OTHER[kind];
+    const outcome = $(`versions-${kind}-outcome`);
+    try {
+      const done = version
+        ? await C().api(`${kind}/activate`, { method: "POST", body: { version } })
+        : await C().api(`${kind}/rollback`, { method: "POST" });
+      const none = done.version === "none";
+      const said = none ? `Rolled back: no ${noun} are in force now` : `${version ? "Activated" : "Rolled back"}: ${noun} version ${done.version} is in force`;
+      outcome.textContent = `${said}; answers follow it within a few seconds.`;
+      await loadVersions();
+      for (let i = 0; i < 60; i += 1) {
+        try {
+          const now = (await C().api("health"))[health];
+          if ((none && !now) || now === done.version) {
+            outcome.textContent = `${said}, and answers follow it now.`;
+            return;
+          }
+        } catch { /* look again */ }
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+    } catch (err) {
       C().failed(err);
     }
   }
@@ -803,6 +860,13 @@
       const activate = event.target.closest("[data-activate]");
       if (activate) gated("versions/activate", { version: activate.dataset.activate }, "Activated");
     });
+    for (const kind of ["feed", "rules"]) {
+      $(`versions-${kind}-list`).addEventListener("click", (event) => {
+        const button = event.target.closest("[data-activate-other]");
+        if (button) changeOther(kind, button.dataset.activateOther.split(":")[1]);
+      });
+      $(`versions-${kind}-rollback`).addEventListener("click", () => changeOther(kind, null));
+    }
   }
 
   start();
