@@ -415,7 +415,7 @@ FeedRight = Annotated[User, Depends(web.require("feed"))]
 FEED_BODY = {
     "requestBody": {
         "required": True,
-        "description": "the feed file as it is (.csv, .csv.gz, .tsv, .tsv.gz), at most FEED_UPLOAD_MAX_BYTES",
+        "description": "the feed file as it is (.csv, .csv.gz, .tsv, .tsv.gz, .xlsx), at most FEED_UPLOAD_MAX_BYTES",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }

@@ -351,9 +351,9 @@ def test_feed_upload_with_its_summary_then_the_product_disappears(browser, peopl
         console.add_from_search("PARISIENNE JUNGLE LUNCH BOX")
         _until(lambda: gone in console.rec_codes())
         page.get_by_role("link", name="Product feed").click()
-        page.get_by_label("Feed file (.csv, .tsv, or either gzipped; Google Merchant Center columns)").set_input_files(
-            str(feed)
-        )
+        page.get_by_label(
+            "Feed file (.csv, .tsv, either gzipped, or .xlsx; Google Merchant Center columns)"
+        ).set_input_files(str(feed))
         page.get_by_role("button", name="Check the file").click()
         changes = page.get_by_role("list", name="What the file changes")
         changes.wait_for()
