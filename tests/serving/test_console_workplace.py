@@ -66,6 +66,12 @@ def _recommend(site, basket: list[str]) -> list[str]:
         return [i["stock_code"] for i in json.load(answer)["items"]]
 
 
+def _health(site) -> dict:
+    request = urllib.request.Request(site.base + "/health", headers={"Authorization": f"Bearer {_token(site, MERCH)}"})
+    with urllib.request.urlopen(request) as answer:
+        return json.load(answer)
+
+
 def _until(condition, seconds: float = WAIT_MS / 1000) -> None:
     """Wait for condition() to hold (the page's answers follow the server's within MODEL_POLL_SECONDS)."""
     deadline = time.monotonic() + seconds
@@ -140,6 +146,15 @@ def test_viewer_sees_nothing_to_change_and_the_api_refuses(browser, people):  # 
         assert all(field.is_disabled() for field in page.locator("#rules-form input").all() if field.is_visible())
         page.get_by_text("changing them needs a merchandiser or an admin").wait_for()
         page.screenshot(path=str(DOCS_IMAGES / "console-rules-390.png"), full_page=False)
+        # Nor on the Product feed and Versions pages.
+        for link, title in (("Product feed", "#feed-title"), ("Versions", "#versions-title")):
+            page.get_by_role("link", name=link).click()
+            page.locator(title).wait_for()
+            if link == "Versions":
+                page.locator("#versions-status").filter(has_text="in force").wait_for()
+            for name in ("Check the file", "Publish", "Roll back", "Promote", "Activate"):
+                assert not any(b.is_visible() for b in page.get_by_role("button", name=name).all()), (link, name)
+            assert not any(i.is_visible() for i in page.locator("#page-feed input[type=file]").all())
         request = urllib.request.Request(
             site.base + "/rules",
             data=b'{"rules": {}}',
@@ -330,6 +345,36 @@ def test_earlier_feed_and_rules_versions_activated_and_rolled_back(browser, peop
         # The feed and rules the other tests expect, in force again.
         registry.activate(site.storage, rules_before, kind=registry.RULES, notify=lambda _m: None)
         registry.activate(site.storage, feed_before, kind=registry.FEED, notify=lambda _m: None)
+        _until(lambda: (h := _health(site))["rules_version"] == rules_before and h["feed_version"] == feed_before)
+
+
+def test_a_buried_item_names_its_rule(browser, people):  # noqa: F811
+    """The try-out panel names the bury rule behind an item, as it names pins and boosts."""
+    site = people
+    before = registry.active_version(site.storage, registry.RULES)
+    basket = site.lunch[1]
+    buried = _recommend(site, [basket])[1]
+    version = publish(
+        site.storage,
+        validate({"bury": [{"code": "NOT-SOLD", "factor": 0.5}, {"code": buried, "factor": 0.95}]}),
+        b"{}",
+        "bury.json",
+        known_from([basket, buried], {}),
+        progress=lambda _m: None,
+    )["version"]
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _until(lambda: _health(site)["rules_version"] == version)  # the server follows within MODEL_POLL_SECONDS
+        _signed_in(console, MERCH)
+        console.add_from_search("PARISIENNE JUNGLE LUNCH BOX")
+        row = page.locator("#recs .rec", has=page.locator(".code", has_text=buried))
+        row.locator(".reason").filter(has_text=f"Buried ×0.95 by bury rule 2: code {buried}.").wait_for()
+        assert console.errors == []
+    finally:
+        context.close()
+        registry.activate(site.storage, before, kind=registry.RULES, notify=lambda _m: None)
+        _until(lambda: _health(site)["rules_version"] == before)
 
 
 def test_feed_upload_with_its_summary_then_the_product_disappears(browser, people, tmp_path):  # noqa: F811

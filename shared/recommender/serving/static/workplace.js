@@ -769,6 +769,7 @@
       const none = done.version === "none";
       const said = none ? `Rolled back: no ${noun} are in force now` : `${version ? "Activated" : "Rolled back"}: ${noun} version ${done.version} is in force`;
       outcome.textContent = `${said}; answers follow it within a few seconds.`;
+      if (kind === "rules") await loadRulesInForce();  // reasons name the rules of the version in force
       await loadVersions();
       for (let i = 0; i < 60; i += 1) {
         try {
