@@ -11,7 +11,7 @@
   const me = { role: null, rights: [] };
   const may = (right) => me.rights.includes(right);
 
-  // --- pages ---------------------------------------------------------------------------------------------------
+  // --- pages
 
   const PAGES = {
     try: () => [$("workspace")],
@@ -97,7 +97,7 @@
       "versions-rules-outcome"]) $(id).textContent = "";
   }
 
-  // --- rules: the draft and its form ---------------------------------------------------------------------------
+  // --- rules: the draft and its form
 
   const KINDS = ["code", "category", "brand"];
   const emptyDraft = () => ({ block: { codes: [], categories: [], brands: [] }, do_not_pair: [], pin: [], boost: [], bury: [] });
@@ -257,15 +257,11 @@
     scheduleCheck();
   }
 
-  // --- rules: the text view, the YAML a rules file holds ---------------------------------------------------------
-  // The browser writes it (a short emitter for the rules document's few shapes); the server reads it, with the
-  // reader of make rules, when it checks the draft: the same messages, the line they are at, and no YAML parser
-  // shipped to the browser (the console loads nothing from elsewhere).
+  // --- rules as text: YAML written here, read by the server with make rules' reader
 
   const YAML_WORDS = /^(?:y|n|yes|no|true|false|on|off|null|~)$/i;
 
-  /** One value as YAML writes it: plain when it reads back as the same text, else double-quoted (JSON's quoting is
-   *  YAML's too). A code written as a number (22423) reads back as its text: make rules keeps it. */
+  /** Plain when it reads back as the same text (make rules keeps 22423 as typed), else quoted as JSON quotes. */
   function yamlScalar(v) {
     if (typeof v === "number" || typeof v === "boolean") return String(v);
     const s = String(v ?? "");
@@ -314,7 +310,7 @@
   /** The draft as the API takes it: the text as typed, or the form's document. */
   const draftBody = () => (textEdited ? { yaml: $("rules-text").value } : { rules: documentOf(draft) });
 
-  // --- rules: checking as typed --------------------------------------------------------------------------------
+  // --- rules: checking as typed
 
   function scheduleCheck() {
     clearTimeout(checkTimer);
@@ -388,7 +384,7 @@
     }
   }
 
-  // --- rules: loading, preview, publish, roll back -------------------------------------------------------------
+  // --- rules: loading, preview, publish, roll back
 
   async function loadRules() {
     const status = $("rules-status");
@@ -471,7 +467,7 @@
       $("rules-outcome").textContent = `Published rules version ${result.version}. Answers follow it within a few seconds.`;
       C().clearError();
       await loadRules();
-      served(result.version, `Published rules version ${result.version}: answers follow it now.`);
+      follow("rules_version", result.version, "rules-outcome", `Published rules version ${result.version}: answers follow it now.`);
     } catch (err) {
       C().failed(err);
     } finally {
@@ -479,28 +475,13 @@
     }
   }
 
-  async function rollBack() {
-    try {
-      const result = await C().api("rules/rollback", { method: "POST" });
-      const none = result.version === "none";
-      const said = none ? "Rolled back: no rules are in force now" : `Rolled back: rules version ${result.version} is in force again`;
-      $("rules-outcome").textContent = `${said}.`;
-      $("rules-preview-result").replaceChildren();
-      await loadRules();
-      served(none ? null : result.version, `${said}, and answers follow it.`);
-    } catch (err) {
-      C().failed(err);
-    }
-  }
-
-  /** Once the server answers with a rules version (it looks every MODEL_POLL_SECONDS), say so and refresh the
-   *  try-out panel's answer. */
-  async function served(version, message) {
+  /** Once the server answers with version as its field (health's rules_version, feed_version: it looks every
+   *  MODEL_POLL_SECONDS), say message in outcome and refresh the try-out panel's answer. */
+  async function follow(field, version, outcome, message) {
     for (let i = 0; i < 60; i += 1) {
       try {
-        const health = await C().api("health");
-        if (health.rules_version === version) {
-          $("rules-outcome").textContent = message;
+        if (((await C().api("health"))[field] ?? null) === version) {
+          $(outcome).textContent = message;
           C().refreshTryIt();
           return;
         }
@@ -531,7 +512,7 @@
     $("rules-check").focus();
   }
 
-  // --- the rule behind a pinned, boosted or buried item (the try-out panel's reasons) ---------------------------
+  // --- the rule behind a pinned, boosted or buried item (the try-out panel's reasons)
 
   let rulesInForce = null;  // the last GET /rules document, for naming rules in reasons
 
@@ -582,7 +563,7 @@
     } catch { rulesInForce = null; }
   }
 
-  // --- product feed ------------------------------------------------------------------------------------------
+  // --- product feed
 
   let checkedFile = null;
 
@@ -642,19 +623,6 @@
     }
   }
 
-  async function feedServed(version, message) {
-    for (let i = 0; i < 60; i += 1) {
-      try {
-        if ((await C().api("health")).feed_version === version) {
-          $("feed-outcome").textContent = message;
-          C().refreshTryIt();
-          return;
-        }
-      } catch { /* look again */ }
-      await new Promise((resolve) => setTimeout(resolve, 500));
-    }
-  }
-
   async function publishFeed() {
     if (!checkedFile) return;
     $("feed-publish").disabled = true;
@@ -664,24 +632,13 @@
       $("feed-summary").replaceChildren();
       C().clearError();
       loadFeed();
-      feedServed(done.version, `Published product feed version ${done.version}: answers follow it now.`);
+      follow("feed_version", done.version, "feed-outcome", `Published product feed version ${done.version}: answers follow it now.`);
     } catch (err) {
       C().failed(err);
     }
   }
 
-  async function rollBackFeed() {
-    try {
-      const done = await C().api("feed/rollback", { method: "POST" });
-      $("feed-outcome").textContent = `Rolled back: product feed version ${done.version} is in force again.`;
-      loadFeed();
-      feedServed(done.version, `Rolled back: product feed version ${done.version} is in force again, and answers follow it.`);
-    } catch (err) {
-      C().failed(err);
-    }
-  }
-
-  // --- versions ----------------------------------------------------------------------------------------------
+  // --- versions
 
   function versionLabel(v) {
     const parts = [];
@@ -736,6 +693,7 @@
   }
 
   // Feed and rules versions: no gate to pass (a feed or rules version was checked when it was published).
+  const shown = (page) => !$(`page-${page}`).hidden;
   const OTHER = {
     feed: { noun: "product feed", right: "feed", health: "feed_version" },
     rules: { noun: "rules", right: "rules", health: "rules_version" },
@@ -759,9 +717,9 @@
   }
 
   /** Activate an earlier feed or rules version, or roll back to the one before; say when answers follow it. */
-  async function changeOther(kind, version) {
+  async function changeOther(kind, version, outcomeId = `versions-${kind}-outcome`) {
     const { noun, health } = OTHER[kind];
-    const outcome = $(`versions-${kind}-outcome`);
+    const outcome = $(outcomeId);
     try {
       const done = version
         ? await C().api(`${kind}/activate`, { method: "POST", body: { version } })
@@ -769,18 +727,13 @@
       const none = done.version === "none";
       const said = none ? `Rolled back: no ${noun} are in force now` : `${version ? "Activated" : "Rolled back"}: ${noun} version ${done.version} is in force`;
       outcome.textContent = `${said}; answers follow it within a few seconds.`;
-      if (kind === "rules") await loadRulesInForce();  // reasons name the rules of the version in force
-      await loadVersions();
-      for (let i = 0; i < 60; i += 1) {
-        try {
-          const now = (await C().api("health"))[health];
-          if ((none && !now) || now === done.version) {
-            outcome.textContent = `${said}, and answers follow it now.`;
-            return;
-          }
-        } catch { /* look again */ }
-        await new Promise((resolve) => setTimeout(resolve, 500));
+      if (kind === "rules") {
+        $("rules-preview-result").replaceChildren();
+        await (shown("rules") ? loadRules() : loadRulesInForce());  // reasons name the rules in force
       }
+      if (shown("feed")) loadFeed();
+      if (shown("versions")) await loadVersions();
+      await follow(health, none ? null : done.version, outcome.id, `${said}, and answers follow it now.`);
     } catch (err) {
       C().failed(err);
     }
@@ -828,7 +781,7 @@
     }
   }
 
-  // --- start ---------------------------------------------------------------------------------------------------
+  // --- start
 
   function start() {
     document.addEventListener("console:enter", enter);
@@ -849,12 +802,12 @@
     });
     $("rules-preview").addEventListener("click", preview);
     $("rules-publish").addEventListener("click", publish);
-    $("rules-rollback").addEventListener("click", rollBack);
+    $("rules-rollback").addEventListener("click", () => changeOther("rules", null, "rules-outcome"));
     $("versions-rollback").addEventListener("click", rollBackModel);
     $("feed-form").addEventListener("submit", checkFeed);
     $("feed-file").addEventListener("change", () => { $("feed-publish").disabled = true; checkedFile = null; });
     $("feed-publish").addEventListener("click", publishFeed);
-    $("feed-rollback").addEventListener("click", rollBackFeed);
+    $("feed-rollback").addEventListener("click", () => changeOther("feed", null, "feed-outcome"));
     $("versions-list").addEventListener("click", (event) => {
       const promote = event.target.closest("[data-promote]");
       if (promote) gated("versions/promote", {}, "Promoted");
