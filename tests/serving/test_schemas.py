@@ -416,6 +416,15 @@ def _rules_cases() -> list[Case]:
         Case("POST", "/rules/check", 200, "a wrong draft", post("/rules/check", lambda api: bad)),
         Case("POST", "/rules/check", 200, "a draft as YAML", post("/rules/check", lambda api: {"yaml": "pin: [1"})),
         Case(
+            "POST",
+            "/rules/check",
+            200,
+            "YAML beyond JSON",
+            post(
+                "/rules/check", lambda api: {"yaml": "pin: [.nan, 2026-01-02]\nblock: !!binary aGk=\nbury: !!set {a}"}
+            ),
+        ),
+        Case(
             "POST", "/rules/check", 422, "rules and yaml", post("/rules/check", lambda api: {"rules": {}, "yaml": ""})
         ),
         Case("POST", "/rules/preview", 200, "the changes", post("/rules/preview", _draft)),

@@ -5,8 +5,10 @@ layer ships it for the console's text view)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
+from datetime import date, datetime
 from typing import Any
 
 import yaml
@@ -97,15 +99,19 @@ def line_of(text: str, place: str) -> int | None:
 
 
 def plain(value: Any) -> Any:
-    """A loaded document as JSON can carry it: a number written in the file as its number."""
+    """A loaded document as JSON can carry it: numbers as numbers, or as written when the number would say
+    something else (0123, 12.50, .nan), dates as ISO text, anything else YAML builds (!!binary, !!set) as its repr."""
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [plain(v) for v in value]
-    if isinstance(value, _Int):
-        return int(value)
-    if isinstance(value, _Float):
-        return float(value)
-    if hasattr(value, "isoformat"):  # an unquoted date or time
+    if isinstance(value, (_Int, _Float)):
+        number = int(value) if isinstance(value, _Int) else float(value)
+        return number if math.isfinite(number) and str(number) == value.text else value.text
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (date, datetime)):  # an unquoted date or time
         return value.isoformat()
-    return value
+    return repr(value)

@@ -201,7 +201,8 @@ def preview(
     model = holder.current()
     result = checked(raw, storage, model, text)
     if not result["ok"]:
-        raise RulesError(f"{result['error']['place']}: {result['error']['message']}")
+        place, message = result["error"]["place"], result["error"]["message"]
+        raise RulesError(message if place == "rules" else f"{place}: {message}")
     at = (as_of or datetime.now(UTC)).astimezone(UTC)
     active_version, active = holder.active_rules()
     old = holder.draft(in_force(active, at) if active else None, active_version or "none")
