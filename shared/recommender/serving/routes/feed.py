@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from recommender.core.feed_form import FeedLimits
 from recommender.serving import web
 from recommender.serving.routes import Routes, StorageDep
-from recommender.serving.schemas import FeedSummaryOut, PublishedOut
+from recommender.serving.schemas import FeedSummaryOut, PublishedOut, VersionIn
 from recommender.serving.users import User
 
 routes = Routes()
@@ -19,7 +19,7 @@ FeedRight = Annotated[User, Depends(web.require("feed"))]
 FEED_BODY = {
     "requestBody": {
         "required": True,
-        "description": "the feed file as it is (.csv, .csv.gz, .tsv, .tsv.gz), at most FEED_UPLOAD_MAX_BYTES",
+        "description": "the feed file as it is (.csv, .csv.gz, .tsv, .tsv.gz, .xlsx), at most FEED_UPLOAD_MAX_BYTES",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
@@ -74,6 +74,23 @@ async def feed_publish(
     data = await request.body()
     published = await run_in_threadpool(feed_upload.publish_upload, storage, name, data, limits, settings.keep_versions)
     return PublishedOut(**published)
+
+
+@routes.post(
+    "/feed/activate",
+    response_model=PublishedOut,
+    summary="Put an earlier product feed version in force again",
+    openapi_extra=web.json_body_openapi(VersionIn),
+    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
+)
+async def feed_activate(
+    _user: FeedRight, body: Annotated[VersionIn, Depends(web.json_body(VersionIn))], storage: StorageDep
+) -> PublishedOut:
+    """Any stored feed version (GET /versions lists them) is the one in force; the one it replaces is remembered
+    for roll back. Serving follows within MODEL_POLL_SECONDS."""
+    from recommender.serving import model_versions
+
+    return PublishedOut(**await run_in_threadpool(model_versions.activate_other, storage, "feed", body.version))
 
 
 @routes.post(
