@@ -57,8 +57,8 @@ parse_recommendations = web.json_body(RecommendationsIn)
 StrictBasketDep = Annotated[RecommendationsIn, Depends(parse_recommendations)]
 
 
-# The two recommendation routes resolve their dependencies (caller, basket, model: in the order declared) by plain
-# calls.
+# The two recommendation routes are answered on ASGI (fast_routes, below) but for browsers' requests; for those, the
+# FastAPI routes resolve their dependencies (caller, basket, model: in the order declared) by plain calls.
 async def _send_data(request: Request) -> Response:
     return await send_data(
         await web.request_caller(request, "recommend"), await parse_basket(request), await web.current_model()

@@ -114,6 +114,8 @@ def cases(codes: list[str], c: dict[str, str]) -> list[tuple[str, list[tuple[str
             (path, [("Authorization", f"Bearer {c['key']}")], body(plain)),
             (path, [("X-API-Key", c["events_key"])], body(plain)),
             (path, [("X-API-Key", "rk_sec_unknown")], body({"n": 1})),
+            (path, [("X-API-Key", ""), ("Authorization", f"Bearer {c['token']}")], body(plain)),  # empty values
+            (path, [("Authorization", "")], body(plain)),
             (path, [*bearer, ("Origin", "https://shop.example.com")], body(plain)),
         ]
     return requests

@@ -95,12 +95,7 @@ class FastRoute:
             return await _send_response(send, web.too_large(limit))
         try:
             # In the FastAPI route's order: the caller, then the body (read only now), then the model.
-            await web.caller_of(
-                self.scope,
-                path,
-                authorization and authorization.decode("latin-1"),
-                api_key and api_key.decode("latin-1"),
-            )
+            await web.caller_of(self.scope, path, _text(authorization), _text(api_key))
             body = await _body(receive, limit)
             basket = plain_basket(body) or web.parse_json(self.schema, body)
             content, headers = self.answer(basket, await web.current_model())
@@ -128,6 +123,11 @@ async def _send(send: Send, headers: list[tuple[bytes, bytes]], body: bytes, sta
     """Send an answer as the app's middleware would pass it on: the security headers added last."""
     await send({"type": "http.response.start", "status": status, "headers": headers + _NOSNIFF})
     await send({"type": "http.response.body", "body": body})
+
+
+def _text(value: bytes | None) -> str | None:
+    """A header's value as starlette's Headers.get gives it (an empty value is "", an absent one None)."""
+    return None if value is None else value.decode("latin-1")
 
 
 async def _send_response(send: Send, response: Response) -> None:
