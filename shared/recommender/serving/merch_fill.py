@@ -59,7 +59,7 @@ def fill(
     rows, scores, final = EMPTY_ROWS, EMPTY_SCORES, EMPTY_SCORES
     scored = None
     if len(basket) and learned:
-        scored = Scores(model, basket, dense)
+        scored = Scores(model, basket, dense, ok.mask)
         rows, scores, final = _from_model(scored, basket, ok, policy, k, cap, taken)
         if len(scores) and scores[0] <= 0:
             # Nothing learned goes with the basket (no positive score): popular items instead, flagged fallback.
@@ -108,7 +108,7 @@ def _from_model(
     if most is not None and cap is not None:  # _best counts the categories it picks: cap new products first
         candidates = new_items.capped(candidates, scored.final, ok, policy.first_new, most)
         final = scored.final(candidates)
-    rows, scores, final_of = _best(candidates, final, ok, policy, k, cap, taken)
+    rows, scores, final_of = _best(candidates, final, ok, policy, k, cap, taken, scored.eligible_only)
     if most is not None and cap is None and np.count_nonzero(rows >= policy.first_new) > most:
         candidates = new_items.capped(candidates, scored.final, ok, policy.first_new, most)  # after the fact
         rows, scores, final_of = _best(candidates, scored.final(candidates), ok, policy, k, cap, taken)
@@ -133,11 +133,13 @@ def _best(
     k: int,
     cap: int | None,
     taken: dict[int, int],
+    eligible: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k best eligible rows (final: their scores) by boosted score (stable), within the per-category cap: the
-    rows, their boosted scores and their final scores."""
-    keep = ok.mask[rows] if ok.mask is not None else ok(rows)
-    rows, final = rows[keep], final[keep]
+    """The k best eligible rows (final: their scores; eligible: rows are known to be) by boosted score (stable),
+    within the per-category cap: the rows, their boosted scores and their final scores."""
+    if not eligible:
+        keep = ok.mask[rows] if ok.mask is not None else ok(rows)
+        rows, final = rows[keep], final[keep]
     factor = policy.factor
     if factor is None:
         scores = final

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from recommender.serving import new_items
 from recommender.serving.merch_policy import members
 from recommender.serving.reranker import squash
 
@@ -22,14 +23,38 @@ class Scores:
     path computes them; else only the items reached are kept (a sort of the entries read, summed in the same order),
     so a request costs what its basket reads, not how many items the model holds."""
 
-    def __init__(self, model: Any, basket: np.ndarray, dense: bool | None = None) -> None:
+    def __init__(
+        self, model: Any, basket: np.ndarray, dense: bool | None = None, allowed: np.ndarray | None = None
+    ) -> None:
+        n = len(model.items)
         if dense is None:
-            dense = len(model.items) <= DENSE_ITEMS
+            dense = n <= DENSE_ITEMS
         indptr = model.table_indptr
         self.model = model
         self.basket = basket
         self._targets: np.ndarray | None = None
         self._sources: np.ndarray | None = None
+        # Whether the candidates are the eligible ones only (allowed: the request's mask over every item).
+        self.eligible_only = False
+        if (
+            dense
+            and allowed is not None
+            and getattr(model, "reranker", None) is None
+            and getattr(model, "first_new", n) >= n
+        ):
+            # The plain path's scoring (model.score_basket: the same sums in the same order), with the candidates
+            # read through the request's mask in the same pass: the re-ranker and new products need them all.
+            self.positions, _lengths = new_items.ranges(indptr, basket)
+            targets = self._targets = model.table_target.take(self.positions)  # take: no index conversion
+            self.dense = np.bincount(targets, weights=model.table_weight.take(self.positions), minlength=n)
+            mark = np.zeros(n, dtype=bool)
+            mark[model.near(basket).ravel()] = True
+            mark &= allowed
+            self.candidates = mark.nonzero()[0]
+            self.eligible_only = True
+            self.reranked = None
+            self.final_candidates = self.dense[self.candidates]
+            return
         if dense:
             self.candidates, self.dense, self.positions = model.score_basket(basket)
             self._rerank(model, basket)
