@@ -100,7 +100,9 @@ def reasons(model: Any, scored: Any, rows: np.ndarray) -> dict[int, Because]:
     sources = model.table_indptr.searchsorted(entries, side="right") - 1
     # float32 weights over float64 totals: numpy divides in float64, as an explicit conversion would.
     shares = model.table_weight[entries] / totals[pick]
-    order = np.lexsort((sources, -shares, pick))
+    # The entries come in table order (the basket's rows ascending), so a stable sort by pick, then share, leaves
+    # equal shares in basket order.
+    order = np.lexsort((-shares, pick))
     pick, sources, shares, entries = pick[order], sources[order], shares[order], entries[order]
     counts = model.table_count[entries] if model.table_count is not None else np.full(len(entries), -1)
     bounds = pick.searchsorted(BOUNDS[: m + 1] if m < len(BOUNDS) else np.arange(m + 1)).tolist()
