@@ -33,6 +33,9 @@ class Because(tuple):
     start = property(itemgetter(2), doc="Where this pick's reasons start in the arrays.")
     stop = property(itemgetter(3), doc="Where they stop.")
 
+    def __getnewargs__(self) -> tuple:
+        return (self[0], self[1], self[2], self[3])  # copied and pickled as made (not by iterating: reasons)
+
     def __len__(self) -> int:
         return self[3] - self[2]
 
