@@ -94,7 +94,7 @@ def fill(
             if isinstance(popular_at, np.ndarray):
                 popular_at = popular_at[keep]
             confidence = _confidence(model, policy, rows, final, popular_at)
-    picks = _picks(model, policy, options, basket, scored, rows, scores, source, confidence, popular)
+    picks = _picks(model, policy, options, basket, scored, rows, scores, final, source, confidence, popular)
     return picks, len(picks) < n, warnings
 
 
@@ -331,18 +331,26 @@ def _picks(
     scored: Scores | None,
     rows: np.ndarray,
     scores: np.ndarray,
+    final: np.ndarray,
     source: np.ndarray,
     confidence: np.ndarray | None,
     popular: bool,
 ) -> list[Pick]:
-    """The answer's picks, with their reasons when asked for (popular: whether some picks may be popular ones)."""
+    """The answer's picks (final: their scores before any boost), with their reasons when asked for (popular:
+    whether some picks may be popular ones)."""
     row_list = rows.tolist()
     count = len(row_list)
     if options.explain:
-        why: dict = {}
-        if scored is not None:
-            why = reasons(model, scored, rows[source != POPULAR_SOURCE] if popular else rows)
-        because = [why.get(row, NO_REASONS) for row in row_list]
+        # Without a re-ranker the picks' final scores are their first-stage ones, what the reasons divide by.
+        first = final if scored is not None and scored.reranked is None else None
+        if scored is None:
+            because = [NO_REASONS] * count
+        elif popular:  # popular picks have no reasons
+            model_pick = source != POPULAR_SOURCE
+            found = iter(reasons(model, scored, rows[model_pick], None if first is None else first[model_pick]))
+            because = [next(found) if pick else NO_REASONS for pick in model_pick.tolist()]
+        else:
+            because = reasons(model, scored, rows, first)
     else:
         because = [None] * count
     ranking = (

@@ -72,17 +72,20 @@ _because = tuple.__new__  # Because(...) without a Python call per pick
 BOUNDS = np.arange(1025)  # where each pick's reasons start (searched for in the sorted picks)
 
 
-def reasons(model: Any, scored: Any, rows: np.ndarray) -> dict[int, Because]:
-    """Per picked row (scored: the basket's merch_scores.Scores): the basket items whose table weights make up its
-    score, largest share first. The score is exactly the sum of those weights, so share = weight / score sums to 1
-    (an item scored 0 has no reasons)."""
-    totals = scored(rows)
+def reasons(model: Any, scored: Any, rows: np.ndarray, totals: np.ndarray | None = None) -> list[Because]:
+    """Per picked row (scored: the basket's merch_scores.Scores; totals: the rows' first-stage scores, when known):
+    the basket items whose table weights make up its score, largest share first. The score is exactly the sum of
+    those weights, so share = weight / score sums to 1 (an item scored 0 has no reasons: NO_REASONS)."""
+    if totals is None:
+        totals = scored(rows)
+    asked = len(rows)
+    scored_at = None  # where the rows scored other than 0 are among those asked about (None: all of them)
     if not totals.all():
-        nonzero = totals != 0
-        rows, totals = rows[nonzero], totals[nonzero]
+        scored_at = (totals != 0).nonzero()[0]
+        rows, totals = rows[scored_at], totals[scored_at]
     m = len(rows)
     if not m:
-        return {}
+        return [NO_REASONS] * asked
     # One pass over the table entries the basket read, finding the picks' entries: through a slot per item in a
     # model with few items (1 + the pick's place; 0 for the others), by binary search in one with many.
     targets = scored.targets
@@ -111,11 +114,13 @@ def reasons(model: Any, scored: Any, rows: np.ndarray) -> dict[int, Because]:
     bounds = pick.searchsorted(BOUNDS[: m + 1] if m < len(BOUNDS) else np.arange(m + 1)).tolist()
     items = model.items
     arrays = (sources, shares, counts)
-    return {
-        row: _because(Because, (items, arrays, a, b))
-        for row, a, b in zip(rows.tolist(), bounds[:-1], bounds[1:])
-        if b > a
-    }
+    found = [_because(Because, (items, arrays, a, b)) if b > a else NO_REASONS for a, b in zip(bounds[:-1], bounds[1:])]
+    if scored_at is None:
+        return found
+    out = [NO_REASONS] * asked
+    for j, because in zip(scored_at.tolist(), found):
+        out[j] = because
+    return out
 
 
 def ranked_by(model: Any, scored: Any, basket: np.ndarray, rows: np.ndarray) -> dict[int, list[dict]]:
