@@ -12,6 +12,7 @@ chosen first (they count toward max_per_category) and put in at their positions 
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ RANKS = np.arange(1.0, 1025.0)  # the ranks of an answer's picks (1 = first), fo
 # Up to this many candidates one stable sort is cheaper than selecting the best few first.
 SORT_ALL = 300
 _new_pick = tuple.__new__  # a Pick made as its NamedTuple __new__ makes it, without a Python call per pick
+_position_then_row = itemgetter(1, 0)  # pins: (row, position) pairs
 
 
 def fill(
@@ -52,7 +54,7 @@ def fill(
     # Pins are placed first: they count toward max_per_category, and the rest of the answer fills around them.
     pinned = _pinned(policy, basket, n, ok) if policy.pins and len(basket) else None
     if pinned:
-        ok.take(np.fromiter(pinned, dtype=np.int64, count=len(pinned)))
+        ok.take_rows(list(pinned))
         warnings += _count_pins(policy, pinned, cap, taken)
     k = n - len(pinned) if pinned else n  # the items to choose besides the pins
     # rows, their answer scores (boosted) and their final scores before the boost (what confidence reads)
@@ -279,12 +281,11 @@ def _pin(
     """The pinned items put in at their positions whatever their score (a merchandiser's choice), lowest position
     first, so pins do not shift one another. Without the model's scores (learned=False), a pin scores its
     popularity, as the popular picks do."""
-    r, sc, fi, so = rows.tolist(), scores.tolist(), final.tolist(), source.tolist()
-    pinned_rows = np.fromiter(pinned, dtype=np.int64, count=len(pinned))
+    order = sorted(pinned.items(), key=_position_then_row)
+    pinned_rows = np.asarray([row for row, _position in order], dtype=np.int64)
     values = scored.final(pinned_rows) if scored is not None else _popularity_score(policy, pinned_rows)
-    pinned_scores = dict(zip(pinned_rows.tolist(), values.tolist()))
-    for row, position in sorted(pinned.items(), key=lambda p: (p[1], p[0])):
-        value = pinned_scores[row]
+    r, sc, fi, so = rows.tolist(), scores.tolist(), final.tolist(), source.tolist()
+    for (row, position), value in zip(order, values.tolist()):
         r.insert(position - 1, row)
         sc.insert(position - 1, value)
         fi.insert(position - 1, value)

@@ -314,6 +314,15 @@ class Eligibility:
             return bool(self.mask[row])
         return bool(self(np.asarray([row], dtype=np.int64))[0])
 
+    def take_rows(self, rows: list[int]) -> None:
+        """A few rows (a list: the pins) now picked: not eligible again."""
+        if self.mask is None:
+            self.take(np.asarray(rows, dtype=np.int64))
+            return
+        mask = self.mask
+        for row in rows:
+            mask[row] = False
+
     def take(self, rows: np.ndarray) -> None:
         """Rows now picked: not eligible again."""
         if not len(rows):
