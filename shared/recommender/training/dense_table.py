@@ -1,0 +1,82 @@
+"""The item-item table (training/neighbors.py) computed over a dense co-occurrence matrix, for catalogues small
+enough to hold it (DENSE_MAX_ITEMS): the same neighbours, weights and counts, bit for bit, in a fraction of the time.
+
+The sparse path scatters each gram row into a buffer once per use, a Python loop per item; with the whole gram as
+one n x n array every step is a vectorised gather. Counts are exact in float32 (integers up to 2^24), so any way of
+summing them gives the same array, and each later step does the same float operations on the same values as the
+sparse path: the similarities are the same float64 quotients, the ridge systems the same float32 matrices solved by
+the same LAPACK call (neighbors.solve_ridge), one system at a time. A grams' sum is also exact, which is what lets the
+published model and the holdout model share their co-occurrence (training/paired.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from recommender.training import neighbors
+
+# Up to this many items the gram is held dense: n^2 float32 (64 MB at 4,000 items, 144 MB at the bound) plus one
+# block of similarities; above it, the sparse path (neighbors.py), whose memory follows the co-purchases.
+DENSE_MAX_ITEMS = 6000
+
+
+def gram(matrix: sp.csr_matrix) -> np.ndarray:
+    """X'X (items x items co-purchase counts, float32) of a rows x items matrix, dense."""
+    x = matrix.tocsr().astype(np.float32)
+    return (x.T.tocsr() @ x).toarray()
+
+
+def top_neighbors(g: np.ndarray, counts: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+    """neighbors.top_neighbors over a dense gram and the rows holding each item: per item, its k most similar other
+    items by cosine of co-purchase (ties: lower row first), among those bought with it at all; -1 pads."""
+    n = len(g)
+    root = np.sqrt(np.where(counts > 0, counts, 1.0))
+    out = np.full((n, k), -1, dtype=np.int32)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        part = g[start:stop]
+        sims = part / (root[start:stop, None] * root[None, :])  # the same float64 quotients as the sparse path
+        sims[part == 0] = -np.inf  # never bought together: not a neighbour
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+        # every item tied with the k-th, then by similarity and row number: the sparse path's order
+        row, col = np.nonzero((sims >= kth[:, None]) & (sims > -np.inf))
+        value = sims[row, col]
+        order = np.lexsort((col, -value, row))
+        row, col = row[order], col[order]
+        position = np.arange(len(row)) - np.searchsorted(row, row)
+        keep = position < k
+        out[start + row[keep], position[keep]] = col[keep]
+    return out
+
+
+def local_regression(
+    g: np.ndarray, nbrs: np.ndarray, lam: float, batch: int = 512, progress: Callable[[int], None] = lambda _n: None
+) -> np.ndarray:
+    """neighbors.local_regression over a dense gram: the ridge weights (n x K, aligned with nbrs) of each item's
+    column on its neighbours' columns."""
+    n, k = nbrs.shape
+    valid = nbrs >= 0
+    index = np.where(valid, nbrs, 0).astype(np.int64)
+    weights = np.zeros((n, k), dtype=np.float32)
+    flat = g.reshape(-1)
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        idx, ok = index[start:stop], valid[start:stop]
+        systems = flat.take(idx[:, :, None] * n + idx[:, None, :])
+        systems[~(ok[:, :, None] & ok[:, None, :])] = 0.0  # a padded slot: zero row and column, as the sparse path
+        rhs = flat.take(np.arange(start, stop, dtype=np.int64)[:, None] * n + idx)
+        rhs[~ok] = 0.0
+        weights[start:stop] = neighbors.solve_ridge(systems, rhs, ok, lam)
+        progress(stop - start)
+    return weights
+
+
+def pair_counts(g: np.ndarray, indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """neighbors.counts_from_gram over a dense basket gram: per entry of the by-source table, the baskets holding
+    both its items (int32)."""
+    source = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    return g[source, target].astype(np.int32)
