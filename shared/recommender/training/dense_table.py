@@ -29,28 +29,29 @@ def gram(matrix: sp.csr_matrix) -> np.ndarray:
     return (x.T.tocsr() @ x).toarray()
 
 
-def top_neighbors(g: np.ndarray, counts: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+def top_neighbors(g: np.ndarray, counts: np.ndarray, k: int, block: int = 32) -> np.ndarray:
     """neighbors.top_neighbors over a dense gram and the rows holding each item: per item, its k most similar other
     items by cosine of co-purchase (ties: lower row first), among those bought with it at all; -1 pads."""
     n = len(g)
     root = np.sqrt(np.where(counts > 0, counts, 1.0))
     out = np.full((n, k), -1, dtype=np.int32)
-    for start in range(0, n, block):
+    for start in range(0, n, block):  # blocks small enough for the cache
         stop = min(n, start + block)
-        part = g[start:stop]
-        sims = part / (root[start:stop, None] * root[None, :])  # the same float64 quotients as the sparse path
-        sims[part == 0] = -np.inf  # never bought together: not a neighbour
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-        # every item tied with the k-th, then by similarity and row number: the sparse path's order
-        row, col = np.nonzero((sims >= kth[:, None]) & (sims > -np.inf))
-        value = sims[row, col]
-        order = np.lexsort((col, -value, row))
+        sims = g[start:stop] / (root[start:stop, None] * root[None, :])  # the sparse path's float64 quotients
+        sims[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
+        # Items never bought together have similarity 0, all others more: the k-th largest, but above 0.
+        kth = np.maximum(np.partition(sims, n - k, axis=1)[:, n - k], _SMALLEST)
+        row, col = np.nonzero(sims >= kth[:, None])  # every item tied with the k-th too
+        # by similarity, ties by row number (nonzero's order, kept by the stable sort): the sparse path's order
+        order = np.lexsort((-sims[row, col], row))
         row, col = row[order], col[order]
         position = np.arange(len(row)) - np.searchsorted(row, row)
         keep = position < k
         out[start + row[keep], position[keep]] = col[keep]
     return out
+
+
+_SMALLEST = np.nextafter(0.0, 1.0)
 
 
 def local_regression(

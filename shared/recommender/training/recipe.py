@@ -233,7 +233,18 @@ def _build(
     near: dict[str, list[int]] | None,
     rerank: reranker.Fitted | None = None,
 ) -> dict:
-    m = prepare(tx, params, progress)
+    return build_prepared(prepare(tx, params, progress), params, folder, progress, near, rerank)
+
+
+def build_prepared(
+    m: Prepared,
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress,
+    near: dict[str, list[int]] | None = None,
+    rerank: reranker.Fitted | None = None,
+) -> dict:
+    """build_model's work once its inputs are prepared (with one BLAS thread)."""
     n_items = len(m.tx.item_codes)
     # The embedding and its index need nothing from the item-item table: on a dataset that fits twice in memory
     # they run on the other core meanwhile (each with one BLAS thread); on a large one they wait their turn.
