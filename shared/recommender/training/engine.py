@@ -93,9 +93,9 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
         if held is not None and paired.can_pair(tx):
             held_rows = holdout.split_mask(tx.basket_time, params.holdout)
 
-            def both(out: Path, measured: Path, near: dict[str, list[int]], say: Progress, say_measured: Progress):
+            def both(out, measured, near, say, say_measured, assess):  # noqa: ANN001, ANN202 (a BuildBoth)
                 return paired.build_pair(
-                    tx, train_tx, held_rows, params, out, measured, near, say, say_measured, fitted_all, fitted
+                    tx, train_tx, held_rows, params, out, measured, near, say, say_measured, assess, fitted_all, fitted
                 )
 
         done = build_and_measure(
@@ -140,9 +140,13 @@ def with_rerank(folder: Path, extra: tuple[str, ...]) -> tuple[str, ...]:
 
 
 # Builds the published model into the first folder and the holdout model into the second (filling in the given
-# codes' Annoy neighbours, with the second progress): both models' parts (the holdout model's DataFileError when it
-# has nothing to learn) and the seconds the holdout model took.
-BuildBoth = Callable[[Path, Path, dict[str, list[int]], Progress, Progress], tuple[dict, "dict | DataFileError", float]]
+# codes' Annoy neighbours, with the second progress), measuring the holdout model with the given function as soon as
+# it is written: both models' parts (the holdout model's DataFileError when it has nothing to learn), the seconds
+# the holdout model took, and what the measurement returned.
+BuildBoth = Callable[
+    [Path, Path, dict[str, list[int]], Progress, Progress, Callable[[dict], tuple]],
+    tuple[dict, "dict | DataFileError", float, "tuple | None"],
+]
 
 
 @dataclass(frozen=True)
@@ -192,8 +196,16 @@ def build_and_measure(
         return Measured(model_info, evaluation, extra, False)
     say_measured: Progress = lambda text: progress(f"  holdout model: {text}")  # noqa: E731
     with scratch_folder() as measured:
+        assessed = None
         if build_both is not None:
-            model_info, measured_info, built = build_both(folder, measured, near, progress, say_measured)
+            model_info, measured_info, built, assessed = build_both(
+                folder,
+                measured,
+                near,
+                progress,
+                say_measured,
+                lambda info: assess_holdout(measured, info, held, params, progress, near),
+            )
         else:
             model_info = build_all(folder, progress)
             started = time.perf_counter()
@@ -205,7 +217,7 @@ def build_and_measure(
         if isinstance(measured_info, DataFileError):
             _not_measured(measured_info, progress)
             return Measured(model_info, None, (), True)
-        evaluation, extra = assess_holdout(measured, measured_info, held, params, progress, near)
+        evaluation, extra = assessed or assess_holdout(measured, measured_info, held, params, progress, near)
         for name in extra:
             shutil.copyfile(measured / name, folder / name)
     if evaluation is not None:

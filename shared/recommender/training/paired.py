@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,6 +49,8 @@ from recommender.training.recipe import (
     table_stage,
 )
 
+T = TypeVar("T")
+
 
 def can_pair(tx: Transactions) -> bool:
     """Whether the two models can be built together (the dense table's size; the SVDs run beside the tables)."""
@@ -63,14 +67,18 @@ def build_pair(
     near: dict[str, list[int]],
     progress: Progress,
     progress_measured: Progress,
+    assess: Callable[[dict], T],
     rerank: reranker.Fitted | None = None,
     rerank_measured: reranker.Fitted | None = None,
-) -> tuple[dict, dict | DataFileError, float]:
+) -> tuple[dict, dict | DataFileError, float, T | None]:
     """Build the published model (tx) into folder and the holdout model (train_tx: tx without the baskets where held
-    is True) into measured, filling near with the holdout model's Annoy answers as recipe.build_model does.
-    Returns both manifests' model parts (the holdout model's DataFileError instead when there is nothing to learn
-    without the held-out baskets: then the published model is built alone) and the seconds spent on the holdout
-    model alone. DataFileError from the published model's data."""
+    is True) into measured, filling near with the holdout model's Annoy answers as recipe.build_model does, and
+    call assess with the holdout model's part once it is written (while the published model is being finished).
+
+    Returns both manifests' model parts, the seconds spent on the holdout model alone and what assess returned;
+    when there is nothing to learn without the held-out baskets, the holdout model's DataFileError instead of its
+    part and None for assess's (the published model is then built alone). DataFileError from the published
+    model's data."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):  # recipe.build_model's reason: many small solves, two busy cores
@@ -78,11 +86,12 @@ def build_pair(
         try:
             b = prepare(train_tx, params, progress_measured)
         except DataFileError as err:  # nothing to learn without the held-out baskets: the published model alone
-            return build_prepared(a, params, folder, progress, None, rerank), err, 0.0
+            return build_prepared(a, params, folder, progress, None, rerank), err, 0.0, None
         own = 0.0
+        # Two threads, one per core, each with its share (bench/results/train.md): this one computes the shared
+        # co-occurrence and the holdout model's table, writes that model and measures it; the other computes both
+        # SVDs and indexes (the holdout model's first: the measurement needs it), then the published model's table.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            # The SVDs and indexes need nothing from the tables: they run on the other core meanwhile.
-            embedded = pool.submit(_embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
 
             def embed_measured() -> float:
                 t = time.perf_counter()
@@ -90,29 +99,27 @@ def build_pair(
                 return time.perf_counter() - t
 
             embedded_measured = pool.submit(embed_measured)
-            with stage(progress, table_stage(a) + ", the holdout model's beside it"):
+            embedded = pool.submit(_embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
+            with stage(progress, "co-occurrence: the training baskets' counted once for both models"):
                 g_a, basket_a, g_b, basket_b = shared_grams(a, b, held)
-                table_a = dense_item_table(g_a, a)
-                del g_a
-                t = time.perf_counter()
+
+            def published() -> dict:
+                with stage(progress, table_stage(a)):
+                    table = dense_item_table(g_a, a)
+                counts = lambda p, t: dense_table.pair_counts(basket_a, p, t)  # noqa: E731
+                return finish(a, *table, counts, params, folder, progress, rerank)
+
+            info = pool.submit(published)
+            t = time.perf_counter()
+            with stage(progress_measured, table_stage(b)):
                 table_b = dense_item_table(g_b, b)
-                del g_b
-            info = finish(
-                a, *table_a, lambda p, t_: dense_table.pair_counts(basket_a, p, t_), params, folder, progress, rerank
-            )
-            info_b = finish(
-                b,
-                *table_b,
-                lambda p, t_: dense_table.pair_counts(basket_b, p, t_),
-                params,
-                measured,
-                progress_measured,
-                rerank_measured,
-            )
-            own += time.perf_counter() - t
+            del g_b
+            counts_b = lambda p, t: dense_table.pair_counts(basket_b, p, t)  # noqa: E731
+            info_b = finish(b, *table_b, counts_b, params, measured, progress_measured, rerank_measured)
+            own += time.perf_counter() - t + embedded_measured.result()
+            assessed = assess(info_b)
             embedded.result()
-            own += embedded_measured.result()
-    return info, info_b, own
+            return info.result(), info_b, own, assessed
 
 
 def shared_grams(a: Prepared, b: Prepared, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
