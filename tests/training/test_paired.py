@@ -65,7 +65,7 @@ def test_the_paired_build_writes_the_same_bytes_as_two_separate_builds(request, 
     fast = build(csv, params, paired_folder)
     assert calls, "the paired build ran"
     assert fast.evaluation is not None and fast.evaluation["measured"].startswith("a second model")
-    assert any("holdout model's beside it" in line for line in fast.said)
+    assert any(line.startswith("co-occurrence: ") for line in fast.said)
 
     with monkeypatch.context() as m:  # the path before: sparse tables, one model after the other, the old SVD
         m.setattr(dense_table, "DENSE_MAX_ITEMS", 0)
