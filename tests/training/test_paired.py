@@ -102,6 +102,10 @@ def test_dense_table_is_the_sparse_table_bit_for_bit():
         assert np.array_equal(nbrs, ref)
         weights = dense_table.local_regression(dense, nbrs, lam=2.5, batch=7)
         assert weights.tobytes() == neighbors.local_regression(g, ref, lam=2.5).tobytes()
+        small = dense_table.compact(dense)
+        assert small.dtype == np.uint16
+        assert np.array_equal(dense_table.top_neighbors(small, g.counts, k, block=5, rows=(3, 29)), ref[3:29])
+        assert dense_table.local_regression(small, ref[3:29], 2.5, first=3).tobytes() == weights[3:29].tobytes()
         indptr, target, _ = neighbors.by_source(nbrs, weights)
         assert np.array_equal(dense_table.pair_counts(dense, indptr, target), neighbors.table_counts(x, indptr, target))
     assert (neighbors.top_neighbors(g, 3)[7] == -1).all()

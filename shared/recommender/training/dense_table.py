@@ -29,14 +29,24 @@ def gram(matrix: sp.csr_matrix) -> np.ndarray:
     return (x.T.tocsr() @ x).toarray()
 
 
-def top_neighbors(g: np.ndarray, counts: np.ndarray, k: int, block: int = 32) -> np.ndarray:
-    """neighbors.top_neighbors over a dense gram and the rows holding each item: per item, its k most similar other
-    items by cosine of co-purchase (ties: lower row first), among those bought with it at all; -1 pads."""
+def compact(g: np.ndarray) -> np.ndarray:
+    """The gram as uint16 when its counts fit (exact, and half the memory the gathers below read: about a quarter
+    faster), else as it is."""
+    return g.astype(np.uint16) if g.max(initial=0) < 2**16 else g
+
+
+def top_neighbors(
+    g: np.ndarray, counts: np.ndarray, k: int, block: int = 32, rows: tuple[int, int] | None = None
+) -> np.ndarray:
+    """neighbors.top_neighbors over a dense gram (float32 or compact) and the rows holding each item: per item (of rows, a range, when
+    given), its k most similar other items by cosine of co-purchase (ties: lower row first), among those bought
+    with it at all; -1 pads."""
     n = len(g)
+    first, last = rows or (0, n)
     root = np.sqrt(np.where(counts > 0, counts, 1.0))
-    out = np.full((n, k), -1, dtype=np.int32)
-    for start in range(0, n, block):  # blocks small enough for the cache
-        stop = min(n, start + block)
+    out = np.full((last - first, k), -1, dtype=np.int32)
+    for start in range(first, last, block):  # blocks small enough for the cache
+        stop = min(last, start + block)
         sims = g[start:stop] / (root[start:stop, None] * root[None, :])  # the sparse path's float64 quotients
         sims[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
         # Items never bought together have similarity 0, all others more: the k-th largest, but above 0.
@@ -47,7 +57,7 @@ def top_neighbors(g: np.ndarray, counts: np.ndarray, k: int, block: int = 32) ->
         row, col = row[order], col[order]
         position = np.arange(len(row)) - np.searchsorted(row, row)
         keep = position < k
-        out[start + row[keep], position[keep]] = col[keep]
+        out[start - first + row[keep], position[keep]] = col[keep]
     return out
 
 
@@ -55,22 +65,29 @@ _SMALLEST = np.nextafter(0.0, 1.0)
 
 
 def local_regression(
-    g: np.ndarray, nbrs: np.ndarray, lam: float, batch: int = 512, progress: Callable[[int], None] = lambda _n: None
+    g: np.ndarray,
+    nbrs: np.ndarray,
+    lam: float,
+    batch: int = 512,
+    progress: Callable[[int], None] = lambda _n: None,
+    first: int = 0,
 ) -> np.ndarray:
-    """neighbors.local_regression over a dense gram: the ridge weights (n x K, aligned with nbrs) of each item's
-    column on its neighbours' columns."""
-    n, k = nbrs.shape
+    """neighbors.local_regression over a dense gram (float32 or compact): the ridge weights (aligned with nbrs) of each item's column on
+    its neighbours' columns; nbrs holds the neighbours of items first, first + 1, ..."""
+    n = len(g)
     valid = nbrs >= 0
     index = np.where(valid, nbrs, 0).astype(np.int64)
-    weights = np.zeros((n, k), dtype=np.float32)
+    weights = np.zeros(nbrs.shape, dtype=np.float32)
     flat = g.reshape(-1)
-    for start in range(0, n, batch):
-        stop = min(n, start + batch)
+    for start in range(0, len(nbrs), batch):
+        stop = min(len(nbrs), start + batch)
         idx, ok = index[start:stop], valid[start:stop]
-        systems = flat.take(idx[:, :, None] * n + idx[:, None, :])
-        systems[~(ok[:, :, None] & ok[:, None, :])] = 0.0  # a padded slot: zero row and column, as the sparse path
-        rhs = flat.take(np.arange(start, stop, dtype=np.int64)[:, None] * n + idx)
-        rhs[~ok] = 0.0
+        systems = flat.take(idx[:, :, None] * n + idx[:, None, :]).astype(np.float32, copy=False)
+        short = np.flatnonzero(~ok.all(axis=1))  # a padded slot: zero row and column, as the sparse path
+        systems[short] *= ok[short][:, :, None] & ok[short][:, None, :]
+        rhs = flat.take(np.arange(first + start, first + stop, dtype=np.int64)[:, None] * n + idx)
+        rhs = rhs.astype(np.float32, copy=False)
+        rhs *= ok
         weights[start:stop] = neighbors.solve_ridge(systems, rhs, ok, lam)
         progress(stop - start)
     return weights

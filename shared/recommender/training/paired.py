@@ -16,6 +16,7 @@ The published model's files are byte for byte those of recipe.build_model (tests
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -88,9 +89,10 @@ def build_pair(
         except DataFileError as err:  # nothing to learn without the held-out baskets: the published model alone
             return build_prepared(a, params, folder, progress, None, rerank), err, 0.0, None
         own = 0.0
-        # Two threads, one per core, each with its share (bench/results/train.md): this one computes the shared
+        # Two threads, one per core (bench/results/train.md has the profile): this one computes the shared
         # co-occurrence and the holdout model's table, writes that model and measures it; the other computes both
-        # SVDs and indexes (the holdout model's first: the measurement needs it), then the published model's table.
+        # SVDs and indexes (the holdout model's first: the measurement needs it). Then both compute the published
+        # model's table, each taking the next block of items when free (per item, so the same bytes in any order).
         with ThreadPoolExecutor(max_workers=1) as pool:
 
             def embed_measured() -> float:
@@ -102,14 +104,9 @@ def build_pair(
             embedded = pool.submit(_embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
             with stage(progress, "co-occurrence: the training baskets' counted once for both models"):
                 g_a, basket_a, g_b, basket_b = shared_grams(a, b, held)
-
-            def published() -> dict:
-                with stage(progress, table_stage(a)):
-                    table = dense_item_table(g_a, a)
-                counts = lambda p, t: dense_table.pair_counts(basket_a, p, t)  # noqa: E731
-                return finish(a, *table, counts, params, folder, progress, rerank)
-
-            info = pool.submit(published)
+            published = _Blocks(g_a, a)
+            del g_a
+            helped = pool.submit(published.work)
             t = time.perf_counter()
             with stage(progress_measured, table_stage(b)):
                 table_b = dense_item_table(g_b, b)
@@ -118,8 +115,47 @@ def build_pair(
             info_b = finish(b, *table_b, counts_b, params, measured, progress_measured, rerank_measured)
             own += time.perf_counter() - t + embedded_measured.result()
             assessed = assess(info_b)
+            published.work()
+            helped.result()
             embedded.result()
-            return info.result(), info_b, own, assessed
+        progress(f"{table_stage(a)} ({published.seconds:.1f} s)")
+        counts = lambda p, t: dense_table.pair_counts(basket_a, p, t)  # noqa: E731
+        info = finish(a, *published.table(), counts, params, folder, progress, rerank)
+        return info, info_b, own, assessed
+
+
+class _Blocks:
+    """The item-item table of a model over its dense gram, a block of items at a time, by whichever thread calls
+    work (each block's rows depend on nothing but the gram)."""
+
+    def __init__(self, g: np.ndarray, m: Prepared, size: int = 256) -> None:
+        self.g, self.m = dense_table.compact(g), m
+        n = len(g)
+        self.nbrs = np.empty((n, m.k_nbrs), dtype=np.int32)
+        self.weights = np.empty((n, m.k_nbrs), dtype=np.float32)
+        self.todo = iter(range(0, n, size))
+        self.size = size
+        self.lock = threading.Lock()
+        self.seconds = 0.0
+
+    def work(self) -> None:
+        """Compute blocks until none is left."""
+        while True:
+            with self.lock:
+                start = next(self.todo, None)
+            if start is None:
+                return
+            t = time.perf_counter()
+            stop = min(len(self.g), start + self.size)
+            nbrs = dense_table.top_neighbors(self.g, self.m.counts, self.m.k_nbrs, rows=(start, stop))
+            self.nbrs[start:stop] = nbrs
+            self.weights[start:stop] = dense_table.local_regression(self.g, nbrs, self.m.ridge, first=start)
+            with self.lock:
+                self.seconds += time.perf_counter() - t
+
+    def table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours and weights by target, once every block is done."""
+        return self.nbrs, self.weights
 
 
 def shared_grams(a: Prepared, b: Prepared, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

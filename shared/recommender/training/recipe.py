@@ -345,6 +345,7 @@ def table_stage(m: Prepared) -> str:
 
 def dense_item_table(g: np.ndarray, m: Prepared) -> tuple[np.ndarray, np.ndarray]:
     """The item-item table (neighbours and weights by target) from the dense gram of m's rows."""
+    g = dense_table.compact(g)
     table_index = dense_table.top_neighbors(g, m.counts, m.k_nbrs)
     with tqdm(total=len(g), desc="regression", unit=" items", leave=False, disable=None) as bar:
         return table_index, dense_table.local_regression(g, table_index, m.ridge, progress=bar.update)
