@@ -119,3 +119,23 @@ def test_customer_histories_are_split_as_multisets():
     assert only_a.toarray().tolist() == [[1, 1, 0], [1, 0, 1]]
     assert only_b.toarray().tolist() == [[0, 1, 1], [1, 1, 1]]
     assert paired._split_histories(None, b) == (None, None, b)
+
+
+def test_one_model_over_the_dense_table_writes_the_same_bytes(wider_csv, tmp_path, monkeypatch):
+    """HOLDOUT=0 (and every build_model call: a small holdout's model, the re-ranker's validation models): the
+    table split in blocks between the two threads, byte for byte the sparse path's."""
+    params = TrainingParams(holdout=None)
+    dense_folder, sparse_folder = tmp_path / "dense", tmp_path / "sparse"
+    dense_folder.mkdir()
+    sparse_folder.mkdir()
+    blocks = []
+    original = dense_table.Blocks.work
+    monkeypatch.setattr(dense_table.Blocks, "work", lambda self: blocks.append(1) or original(self))
+    fast = build(wider_csv, params, dense_folder)
+    assert len(blocks) == 2  # this thread and the one that built the index
+    with monkeypatch.context() as m:
+        m.setattr(dense_table, "DENSE_MAX_ITEMS", 0)
+        m.setattr(recipe, "item_embeddings", reference_item_embeddings)
+        slow = build(wider_csv, params, sparse_folder)
+    assert len(blocks) == 2 and fast.evaluation is None and fast.model == slow.model
+    assert files(dense_folder) == files(sparse_folder)

@@ -11,6 +11,8 @@ published model and the holdout model share their co-occurrence (training/paired
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -91,6 +93,45 @@ def local_regression(
         weights[start:stop] = neighbors.solve_ridge(systems, rhs, ok, lam)
         progress(stop - start)
     return weights
+
+
+class Blocks:
+    """The item-item table over a dense gram, a block of items at a time, by whichever threads call work: each
+    block's rows depend on nothing but the gram, so the table is the same in any order."""
+
+    def __init__(self, g: np.ndarray, counts: np.ndarray, k: int, lam: float, size: int = 256) -> None:
+        self.g, self.counts, self.k, self.lam = compact(g), counts, k, lam
+        n = len(g)
+        self.nbrs = np.empty((n, k), dtype=np.int32)
+        self.weights = np.empty((n, k), dtype=np.float32)
+        self.todo = iter(range(0, n, size))
+        self.size = size
+        self.lock = threading.Lock()
+        self.span: list[float] = []  # when the blocks started and ended
+
+    def work(self) -> None:
+        """Compute blocks until none is left."""
+        while True:
+            with self.lock:
+                start = next(self.todo, None)
+            if start is None:
+                return
+            t = time.perf_counter()
+            stop = min(len(self.g), start + self.size)
+            nbrs = top_neighbors(self.g, self.counts, self.k, rows=(start, stop))
+            self.nbrs[start:stop] = nbrs
+            self.weights[start:stop] = local_regression(self.g, nbrs, self.lam, first=start)
+            with self.lock:
+                self.span += [t, time.perf_counter()]
+
+    @property
+    def seconds(self) -> float:
+        """From the first block's start to the last one's end."""
+        return max(self.span) - min(self.span) if self.span else 0.0
+
+    def table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours and weights by target, once every block is done."""
+        return self.nbrs, self.weights
 
 
 def pair_counts(g: np.ndarray, indptr: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ The published model's files are byte for byte those of recipe.build_model (tests
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -104,7 +103,7 @@ def build_pair(
             embedded = pool.submit(_embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
             with stage(progress, "co-occurrence: the training baskets' counted once for both models"):
                 g_a, basket_a, g_b, basket_b = shared_grams(a, b, held)
-            published = _Blocks(g_a, a)
+            published = dense_table.Blocks(g_a, a.counts, a.k_nbrs, a.ridge)
             del g_a
             helped = pool.submit(published.work)
             t = time.perf_counter()
@@ -122,40 +121,6 @@ def build_pair(
         counts = lambda p, t: dense_table.pair_counts(basket_a, p, t)  # noqa: E731
         info = finish(a, *published.table(), counts, params, folder, progress, rerank)
         return info, info_b, own, assessed
-
-
-class _Blocks:
-    """The item-item table of a model over its dense gram, a block of items at a time, by whichever thread calls
-    work (each block's rows depend on nothing but the gram)."""
-
-    def __init__(self, g: np.ndarray, m: Prepared, size: int = 256) -> None:
-        self.g, self.m = dense_table.compact(g), m
-        n = len(g)
-        self.nbrs = np.empty((n, m.k_nbrs), dtype=np.int32)
-        self.weights = np.empty((n, m.k_nbrs), dtype=np.float32)
-        self.todo = iter(range(0, n, size))
-        self.size = size
-        self.lock = threading.Lock()
-        self.seconds = 0.0
-
-    def work(self) -> None:
-        """Compute blocks until none is left."""
-        while True:
-            with self.lock:
-                start = next(self.todo, None)
-            if start is None:
-                return
-            t = time.perf_counter()
-            stop = min(len(self.g), start + self.size)
-            nbrs = dense_table.top_neighbors(self.g, self.m.counts, self.m.k_nbrs, rows=(start, stop))
-            self.nbrs[start:stop] = nbrs
-            self.weights[start:stop] = dense_table.local_regression(self.g, nbrs, self.m.ridge, first=start)
-            with self.lock:
-                self.seconds += time.perf_counter() - t
-
-    def table(self) -> tuple[np.ndarray, np.ndarray]:
-        """Neighbours and weights by target, once every block is done."""
-        return self.nbrs, self.weights
 
 
 def shared_grams(a: Prepared, b: Prepared, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

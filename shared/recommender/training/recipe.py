@@ -266,7 +266,12 @@ def build_prepared(
             if dense:
                 dense_gram = dense_table.gram(m.baskets)
                 g = dense_gram if m.customers is None else dense_gram + dense_table.gram(m.customers)
-                table_index, table_weight = dense_item_table(g, m)
+                # by blocks of items: the other core joins in when its embedding is done
+                blocks = dense_table.Blocks(g, m.counts, m.k_nbrs, m.ridge)
+                helped = pool.submit(blocks.work)
+                blocks.work()
+                helped.result()
+                table_index, table_weight = blocks.table()
             else:
                 if overlap:
                     basket_gram = neighbors.gram(m.baskets)
