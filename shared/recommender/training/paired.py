@@ -9,8 +9,8 @@ What is shared and what is not (bench/results/train.md has the measured costs):
   held-out baskets change for most items, and the ridge (a share of the mean item count) differs between the two
   models, so every system differs; each model runs its own, over its own dense gram;
 - not the SVD: a randomised subspace iteration on each model's own matrix; its result, and so the held-out
-  figures and calibration, would change with any shortcut. The two run on the other core while this one computes
-  the tables.
+  figures and calibration, would change with any shortcut. Both run on the other thread while this one computes
+  the co-occurrence and the holdout model's table; then the two threads share the published model's table.
 The published model's files are byte for byte those of recipe.build_model (tests/training/test_paired.py).
 """
 
@@ -39,12 +39,12 @@ from recommender.training.recipe import (
     Prepared,
     Progress,
     TrainingParams,
-    _embed_and_index,
-    _prime_rows,
     build_prepared,
     dense_item_table,
+    embed_and_index,
     finish,
     prepare,
+    prime_rows,
     stage,
     table_stage,
 )
@@ -96,11 +96,11 @@ def build_pair(
 
             def embed_measured() -> float:
                 t = time.perf_counter()
-                _embed_and_index(b.rows, b.counts, b.k, params, measured, progress_measured, _prime_rows(b.tx, near))
+                embed_and_index(b.rows, b.counts, b.k, params, measured, progress_measured, prime_rows(b.tx, near))
                 return time.perf_counter() - t
 
             embedded_measured = pool.submit(embed_measured)
-            embedded = pool.submit(_embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
+            embedded = pool.submit(embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
             with stage(progress, "co-occurrence: the training baskets' counted once for both models"):
                 g_a, basket_a, g_b, basket_b = shared_grams(a, b, held)
             published = dense_table.Blocks(g_a, a.counts, a.k_nbrs, a.ridge)

@@ -257,7 +257,7 @@ def build_prepared(
             pool.submit(neighbors.gram, m.customers) if overlap and not dense and m.customers is not None else None
         )
         embedding = (
-            pool.submit(_embed_and_index, m.rows, m.counts, m.k, params, folder, progress, _prime_rows(m.tx, near))
+            pool.submit(embed_and_index, m.rows, m.counts, m.k, params, folder, progress, prime_rows(m.tx, near))
             if overlap
             else None
         )
@@ -283,7 +283,7 @@ def build_prepared(
                     table_weight = neighbors.local_regression(g, table_index, m.ridge, progress=bar.update)
             del g
         if embedding is None:
-            _embed_and_index(m.rows, m.counts, m.k, params, folder, progress)
+            embed_and_index(m.rows, m.counts, m.k, params, folder, progress)
         else:
             embedding.result()
 
@@ -448,7 +448,7 @@ def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progre
     }
 
 
-def _prime_rows(tx: Transactions, near: dict[str, list[int]] | None) -> dict[int, list[int]] | None:
+def prime_rows(tx: Transactions, near: dict[str, list[int]] | None) -> dict[int, list[int]] | None:
     """The model rows of the codes whose neighbours are asked for, each with the list to fill."""
     if near is None:
         return None
@@ -456,7 +456,7 @@ def _prime_rows(tx: Transactions, near: dict[str, list[int]] | None) -> dict[int
     return {row[code]: found for code, found in near.items() if code in row}
 
 
-def _embed_and_index(
+def embed_and_index(
     rows: sp.csr_matrix,
     counts: np.ndarray,
     k: int,
