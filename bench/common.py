@@ -91,7 +91,9 @@ TARGETS: dict[str, tuple[float, str]] = {
     "serve_rps_ratio": (0.85, "min"),
     # Issue 20: /send_data with an API key within 5% of its requests/s with a token.
     "serve_key_rps_ratio": (0.95, "min"),
-    "serve_p99_ms": (10.0, "max"),
+    # Issue 25: against the stricter ceiling (a bare Starlette app), requests/s and p99 as ratios of the same run.
+    "serve_starlette_rps_ratio": (0.90, "min"),
+    "serve_p99_ratio": (1.1, "max"),
     "serve_errors": (0, "max"),
     "cold_start_seconds": (0.40, "max"),
     "scale_train_seconds": (300.0, "max"),
