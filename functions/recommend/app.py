@@ -21,16 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.serving import console, cors, schemas, snapstart, web, widget
 from recommender.serving.attribution import new_recommendation_id
+from recommender.serving.event_schemas import AnalyticsOut, EventsIn, EventsOut
 from recommender.serving.fast_path import FastRoute
 from recommender.serving.keys import Caller
 from recommender.serving.model import Model
 from recommender.serving.routes import ModelDep, StorageDep, UserDep, feed, rules, versions
 from recommender.serving.schemas import (
     MAX_N,
-    AnalyticsOut,
     BasketIn,
-    EventsIn,
-    EventsOut,
     HealthDown,
     HealthOut,
     LegacyOut,

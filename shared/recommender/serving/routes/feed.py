@@ -11,8 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from recommender.core.feed_form import FeedLimits
 from recommender.serving import web
 from recommender.serving.routes import Routes, StorageDep
-from recommender.serving.schemas import FeedSummaryOut, PublishedOut, VersionIn
 from recommender.serving.users import User
+from recommender.serving.workplace_schemas import FeedSummaryOut, PublishedOut, VersionIn
 
 routes = Routes()
 FeedRight = Annotated[User, Depends(web.require("feed"))]

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from recommender.serving import web
 from recommender.serving.routes import ModelDep, Routes, StorageDep, UserDep
-from recommender.serving.schemas import (
+from recommender.serving.users import User
+from recommender.serving.workplace_schemas import (
     PublishedOut,
     RulesCheckOut,
     RulesDraftIn,
@@ -20,7 +21,6 @@ from recommender.serving.schemas import (
     RulesPreviewOut,
     VersionIn,
 )
-from recommender.serving.users import User
 
 routes = Routes()
 RulesRight = Annotated[User, Depends(web.require("rules"))]

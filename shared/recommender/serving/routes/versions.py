@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from recommender.serving import web
 from recommender.serving.routes import Routes, StorageDep, UserDep
-from recommender.serving.schemas import ActivateIn, PromoteIn, PublishedOut, VersionsOut
 from recommender.serving.users import User
+from recommender.serving.workplace_schemas import ActivateIn, PromoteIn, PublishedOut, VersionsOut
 
 routes = Routes()
 PromoteRight = Annotated[User, Depends(web.require("promote"))]
