@@ -121,13 +121,15 @@ def export(booster: object) -> Trees:
 # --- validation periods and the training rows -----------------------------------------------------------------------
 
 
-def carve(tx: Transactions, params: RerankParams) -> list[np.ndarray]:
-    """Masks of the validation periods (oldest first), carved from the end of tx: the last `days` days each (at most
-    max_share of the baskets), or for an undated file the last baskets in file order; fewer when the data is short."""
+def carve(tx: Transactions, params: RerankParams, held: np.ndarray | None = None) -> list[np.ndarray]:
+    """Masks of the validation periods (oldest first), carved from the end of tx (the held baskets left out): the
+    last `days` days each (at most max_share of the baskets), or for an undated file the last baskets in file
+    order; fewer when the data is short."""
     n = len(tx.basket_ids)
     dated = ~np.isnat(tx.basket_time)
     periods: list[np.ndarray] = []
-    taken = np.zeros(n, dtype=bool)
+    taken = np.zeros(n, dtype=bool) if held is None else held.copy()
+    n = n - int(taken.sum())
     cap = int(params.max_share * n)
     recency = _recency(tx)
     for _ in range(params.periods):
@@ -146,7 +148,7 @@ def carve(tx: Transactions, params: RerankParams) -> list[np.ndarray]:
             in_period = order[-cap:]
         if len(in_period) < params.min_baskets or len(in_period) >= len(order) - params.min_baskets:
             break
-        mask = np.zeros(n, dtype=bool)
+        mask = np.zeros(len(tx.basket_ids), dtype=bool)
         mask[in_period] = True
         taken |= mask
         periods.append(mask)
@@ -230,26 +232,40 @@ def hit_rate(scores: np.ndarray, rows: Rows, queries_: np.ndarray, k: int = 10) 
 
 
 def fit(
-    tx: Transactions, build: Callable[[Transactions, Path], object], params: RerankParams, progress: Progress
+    tx: Transactions, build: Callable[[Transactions, Path, set[str]], object], params: RerankParams, progress: Progress
 ) -> Fitted | None:
-    """Train the re-ranker on validation periods carved from tx; build(train_tx, folder) trains a first-stage
-    model without them and returns it loaded (with its re-ranker tables). None when disabled or impossible."""
+    """Train the re-ranker on validation periods carved from tx (fit_both without held-out baskets)."""
+    return fit_both(tx, build, params, progress)[0]
+
+
+def fit_both(
+    tx: Transactions,
+    build: Callable[[Transactions, Path, set[str]], object],
+    params: RerankParams,
+    progress: Progress,
+    held: np.ndarray | None = None,
+) -> tuple[Fitted | None, Fitted | None]:
+    """The re-rankers of the measured model (trained without the held baskets) and of the published one (trained
+    on every basket), from ONE first-stage model: build(train_tx, folder, codes) trains it on the baskets before
+    the validation periods carved from tx without the held ones, and returns it loaded (with its re-ranker tables,
+    Annoy's answers for codes asked already). The measured model's trees learn from the periods' baskets; the
+    published model's from those and the held ones, the most recent. Without held baskets, one re-ranker serves
+    both. (None, None) when disabled or impossible."""
     if not params.enabled:
-        return None
+        return None, None
     try:
         import lightgbm
     except ImportError:
         progress(
             "re-ranker: lightgbm is not installed (pip install lightgbm): the model ranks by its first stage alone"
         )
-        return None
+        return None, None
     started = time.perf_counter()
-    periods = carve(tx, params)
+    held = held if held is not None and held.any() else None
+    periods = carve(tx, params, held)
     if not periods:
         progress("re-ranker: too little data to carve a validation period: the model ranks by its first stage alone")
-        return None
-    parts = []
-    described = []
+        return None, None
     period_cases = [queries(tx, mask, replace(params, seed=params.seed + p)) for p, mask in enumerate(periods)]
     asked = sum(len(c) for c in period_cases)
     if asked < params.min_queries:  # known before any model is trained for the periods
@@ -257,17 +273,25 @@ def fit(
             f"re-ranker: {asked:,} validation queries, fewer than the {params.min_queries:,} it needs: the model "
             f"ranks by its first stage alone"
         )
-        return None
+        return None, None
+    # The held baskets' queries (the published model's trees learn from them too) are scored by the last
+    # period's first stage.
+    held_cases = [] if held is None else queries(tx, held, replace(params, seed=params.seed + len(periods)))
+    recency = _recency(tx)
+    parts, described = [], []
     for p, mask in enumerate(periods):
-        earliest = _recency(tx)[mask].min()
-        before = (_recency(tx) < earliest) & ~mask
+        before = (recency < recency[mask].min()) & ~mask
+        if held is not None:
+            before &= ~held
+        cases = period_cases[p] + (held_cases if p == len(periods) - 1 else [])
+        codes = {code for _b, query, _hidden in cases for code in query}
         with tempfile.TemporaryDirectory(prefix="recommender-rerank-") as tmp:
             try:
-                model = build(select_baskets(tx, before), Path(tmp))
+                model = build(select_baskets(tx, before), Path(tmp), codes)
             except DataFileError as err:
                 progress(f"re-ranker: before a validation period, {err.message}: first stage alone")
-                return None
-            rows = training_rows(model, period_cases[p])
+                return None, None
+            rows = training_rows(model, cases)
         rows.basket = rows.basket + p * len(tx.basket_ids)  # baskets stay distinct across periods
         parts.append(rows)
         times = tx.basket_time[mask]
@@ -275,7 +299,7 @@ def fit(
         described.append(
             {
                 "baskets": int(mask.sum()),
-                "queries": len(rows.found),
+                "queries": int((~_held_of(rows, held, len(tx.basket_ids))).sum()),
                 "first": str(times.min())[:19] if len(times) else None,
                 "last": str(times.max())[:19] if len(times) else None,
             }
@@ -283,14 +307,58 @@ def fit(
     rows = _concat(parts)
     if not rows.found.any():
         progress("re-ranker: no validation basket's hidden item is among its candidates: first stage alone")
-        return None
-    # Split by basket: the hyperparameters and the number of trees are chosen on baskets the trees never saw.
+        return None, None
+    of_held = _held_of(rows, held, len(tx.basket_ids))
+    span = ", ".join(f"{d['first'] or '?'}..{d['last'] or '?'}"[:40] for d in described)
+    measured = _fit_trees(lightgbm, rows, ~of_held, params)
+    say_fitted(progress, measured, f"{len(periods)} validation period(s) ({span})")
+    published = measured
+    if held is not None:
+        published = _fit_trees(lightgbm, rows, np.ones(len(of_held), dtype=bool), params)
+        say_fitted(progress, published, "published model: those and the held-out baskets")
+        times = tx.basket_time[held]
+        times = times[~np.isnat(times)]
+        published.spec["held"] = {
+            "baskets": int(held.sum()),
+            "queries": int(of_held.sum()),
+            "first": str(times.min())[:19] if len(times) else None,
+            "last": str(times.max())[:19] if len(times) else None,
+        }
+    seconds = round(time.perf_counter() - started, 2)
+    out = []
+    for fitted in (measured, published):
+        if fitted is not None:
+            fitted.spec.update(periods=described, seconds=seconds)
+        out.append(fitted if fitted is not None and fitted.trees is not None else None)
+    return out[0], out[1]
+
+
+def _held_of(rows: Rows, held: np.ndarray | None, n: int) -> np.ndarray:
+    """Per query of rows: whether its basket is a held one."""
+    if held is None:
+        return np.zeros(len(rows.basket), dtype=bool)
+    return held[rows.basket % n]
+
+
+def say_fitted(progress: Progress, fitted: Fitted, learned: str) -> None:
+    """One line on a fitted re-ranker: what it learned from and what it gained on its selection baskets."""
+    v = fitted.spec["validation"]
+    progress(
+        f"re-ranker: {learned}, {fitted.spec['queries']:,} queries; HR@10 on its selection baskets "
+        f"{v['first_stage_hr']:.3f} first stage -> {v['reranked_hr']:.3f} re-ranked"
+        + ("" if fitted.trees is not None else ": not better, the model ranks by its first stage alone")
+    )
+
+
+def _fit_trees(lightgbm: object, rows: Rows, allowed: np.ndarray, params: RerankParams) -> Fitted:
+    """Trees fitted on the allowed queries of rows, split by basket: the hyperparameters and the number of trees
+    are chosen on baskets the trees never saw (trees None when they do not beat the first stage there)."""
     rng = np.random.default_rng(params.seed)
-    baskets = np.unique(rows.basket)
-    select_baskets_ = set(rng.choice(baskets, max(1, int(params.select_share * len(baskets))), replace=False).tolist())
-    is_select = np.asarray([b in select_baskets_ for b in rows.basket.tolist()])
-    fit_q = np.flatnonzero(~is_select & rows.found)
-    sel_q = np.flatnonzero(is_select)
+    baskets = np.unique(rows.basket[allowed])
+    chosen = set(rng.choice(baskets, max(1, int(params.select_share * len(baskets))), replace=False).tolist())
+    is_select = np.asarray([b in chosen for b in rows.basket.tolist()])
+    fit_q = np.flatnonzero(~is_select & rows.found & allowed)
+    sel_q = np.flatnonzero(is_select & allowed)
     first_hr = hit_rate(-rows.x[:, FEATURES.index("rank")], rows, sel_q)
     best = None
     tried = []
@@ -302,14 +370,13 @@ def fit(
             best = (hr, booster, leaves)
     hr, booster, leaves = best
     use = hr > first_hr or not params.require_gain
-    trees = export(booster) if use else None
     importance = booster.feature_importance(importance_type="gain")
     total = max(float(importance.sum()), 1e-12)
     spec = {
         "trees": use,
         "features": list(FEATURES),
         "candidates": params.candidates,
-        "periods": described,
+        "queries": int(allowed.sum()),
         "validation": {
             "queries": int(len(sel_q)),
             "first_stage_hr": round(first_hr, 4),
@@ -319,15 +386,8 @@ def fit(
         "num_leaves": leaves,
         "num_trees": _trees(booster),
         "gain_share": {name: round(float(g) / total, 4) for name, g in zip(FEATURES, importance.tolist())},
-        "seconds": round(time.perf_counter() - started, 2),
     }
-    span = ", ".join(f"{d['first'] or '?'}..{d['last'] or '?'}"[:40] for d in described)
-    progress(
-        f"re-ranker: {len(periods)} validation period(s) ({span}), {len(rows.found):,} queries; HR@10 on its "
-        f"selection baskets {first_hr:.3f} first stage -> {hr:.3f} re-ranked"
-        + ("" if use else ": not better, the model ranks by its first stage alone")
-    )
-    return Fitted(trees, spec) if use else None
+    return Fitted(export(booster) if use else None, spec)
 
 
 def _trees(booster: object) -> int:
