@@ -35,22 +35,40 @@ def _train(train, params: TrainingParams, folder: Path) -> tuple[float, str]:
     return time.perf_counter() - started, manifest["version"]
 
 
-def latency(model, baskets: list[list[str]], passes: int = 3) -> dict:
-    """CPU and wall time per Model.recommend(basket, 10) in microseconds: p50, p99 (Annoy warmed by a first pass)."""
+def latency(models: dict, baskets: list[list[str]], passes: int = 3, small: int = 100) -> dict:
+    """CPU and wall time per Model.recommend(basket, 10) in microseconds (p50, p99) of each model, the models
+    taking turns on every basket (a busy machine slows them alike); Annoy warmed by a first pass. Also the
+    p99 over baskets of at most `small` items."""
     for b in baskets:
-        model.recommend(b, 10)
-    cpu, wall = [], []
+        for model in models.values():
+            model.recommend(b, 10)
+    cpu = {name: [] for name in models}
+    wall = {name: [] for name in models}
+    sizes = []
     for _ in range(passes):
         for b in baskets:
-            c, w = time.thread_time_ns(), time.perf_counter_ns()
-            model.recommend(b, 10)
-            cpu.append(time.thread_time_ns() - c)
-            wall.append(time.perf_counter_ns() - w)
+            sizes.append(len(b))
+            for name, model in models.items():
+                c, w = time.thread_time_ns(), time.perf_counter_ns()
+                model.recommend(b, 10)
+                cpu[name].append(time.thread_time_ns() - c)
+                wall[name].append(time.perf_counter_ns() - w)
+    few = np.asarray(sizes) <= small
 
-    def q(xs: list[int], p: float) -> float:
-        return round(float(np.percentile(xs, p)) / 1000.0, 1)
+    def q(xs: list[int], p: float, mask: np.ndarray | None = None) -> float:
+        xs = np.asarray(xs)
+        return round(float(np.percentile(xs if mask is None else xs[mask], p)) / 1000.0, 1)
 
-    return {"cpu_p50": q(cpu, 50), "cpu_p99": q(cpu, 99), "wall_p50": q(wall, 50), "wall_p99": q(wall, 99)}
+    return {
+        name: {
+            "cpu_p50": q(cpu[name], 50),
+            "cpu_p99": q(cpu[name], 99),
+            f"cpu_p99_baskets_le_{small}": q(cpu[name], 99, few),
+            "wall_p50": q(wall[name], 50),
+            "wall_p99": q(wall[name], 99),
+        }
+        for name in models
+    }
 
 
 def profile(model, baskets: list[list[str]]) -> dict:
@@ -110,8 +128,7 @@ def main() -> None:
     model = load_model(storage, version)
     info = model.manifest["model"].get("rerank") or {}
     result["trees"] = {"count": int(info.get("num_trees", 0)), "validation": info.get("validation")}
-    result["latency_reranked"] = latency(model, baskets)
-    result["latency_first_stage"] = latency(model.first_stage(), baskets)
+    result["latency"] = latency({"reranked": model, "first_stage": model.first_stage()}, baskets)
     result["profile"] = profile(model, baskets)
     print(json.dumps(result, indent=1), flush=True)
 

@@ -10,7 +10,7 @@ rows with this same code (`Reranker.features`), so what the trees learned from i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,7 +73,6 @@ class Trees:
     value: np.ndarray  # float64 per node
     roots: np.ndarray  # intp per tree
     depth: int
-    _padded: tuple | None = field(default=None, repr=False, compare=False)
 
     def _walk(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # LightGBM reads a missing value as 0 in a model trained without any (every feature here is finite).
@@ -92,44 +91,11 @@ class Trees:
             node = child.take(2 * node + right)
         return node
 
-    def _levels(self) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
-        """The trees as complete binary trees of their common depth (a shallow leaf repeated below itself, its
-        splits never taken), stored level by level across trees: node p of a level (tree t, position i: p = t 2^l
-        + i) has its children at 2p and 2p + 1 of the next, so a step is p = 2p + (x > threshold), no child
-        lookups. Per level (features, thresholds), and the leaf values; built once, on first use."""
-        if self._padded is None:
-            t, d = len(self.roots), self.depth
-            feature = [np.zeros((t, 1 << level), dtype=np.intp) for level in range(d)]
-            threshold = [np.full((t, 1 << level), np.inf) for level in range(d)]
-            value = np.zeros((t, 1 << d))
-            for k, root in enumerate(self.roots.tolist()):
-                stack = [(root, 0, 0)]  # (node, level, position in its level)
-                while stack:
-                    node, level, pos = stack.pop()
-                    left, right = int(self.child[2 * node]), int(self.child[2 * node + 1])
-                    if left == node:  # a leaf: every complete-tree leaf below it holds its value
-                        span = 1 << (d - level)
-                        value[k, pos * span : (pos + 1) * span] = self.value[node]
-                        continue
-                    feature[level][k, pos], threshold[level][k, pos] = self.feature[node], self.threshold[node]
-                    stack += [(left, level + 1, 2 * pos), (right, level + 1, 2 * pos + 1)]
-            self._padded = ([(f.ravel(), th.ravel()) for f, th in zip(feature, threshold)], value.ravel())
-        return self._padded
-
     def score(self, x: np.ndarray) -> np.ndarray:
-        """The raw score of each row of x (rows x features): every tree at once, one level a step."""
+        """The raw score of each row of x (rows x features)."""
         if not len(x) or not len(self.roots):
             return np.zeros(len(x))
-        levels, value = self._levels()
-        x = np.nan_to_num(np.ascontiguousarray(x, dtype=np.float64), nan=0.0)
-        flat = x.ravel()
-        base = (np.arange(len(x), dtype=np.intp) * x.shape[1])[:, None]
-        p = np.broadcast_to(np.arange(len(self.roots), dtype=np.intp), (len(x), len(self.roots)))
-        for feature, threshold in levels:
-            right = flat.take(base + feature.take(p)) > threshold.take(p)
-            p = 2 * p
-            p += right
-        return value.take(p).sum(axis=1)
+        return self.value.take(self.leaves(x)).sum(axis=1)
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         """Each feature's share of each row's raw score, from the trees' paths (the change of the node output at
@@ -255,7 +221,7 @@ class Postings:
             return empty, np.empty(0), empty
         posted = self.item_rows.take(positions)
         n_rows = len(self.row_ptr) - 1
-        if n_rows <= DENSE_ITEMS:  # a count per past row beats sorting the postings
+        if n_rows <= 4 * len(posted):  # a count per past row beats sorting the postings (both: rows ascending)
             per_row = np.bincount(posted, minlength=n_rows)
             rows = np.flatnonzero(per_row)
             overlap = per_row.take(rows)
