@@ -59,11 +59,6 @@ def test_validation_periods_never_overlap_the_held_out_baskets(tiny_csv):
         ids = {train_tx.basket_ids[b] for b in np.flatnonzero(mask)}
         assert not ids & held_ids
         assert train_tx.basket_time[mask].max() <= held.cutoff
-    # carved from the whole file with the held-out baskets left out (the published model's re-ranker): the same
-    mask = holdout.split_mask(tx.basket_time, params.holdout)
-    assert [tx.basket_ids[b] for p in training_reranker.carve(tx, params.rerank, mask) for b in np.flatnonzero(p)] == [
-        train_tx.basket_ids[b] for p in periods for b in np.flatnonzero(p)
-    ]
     for a in range(len(periods)):  # and never one another
         for b in range(a + 1, len(periods)):
             assert not (periods[a] & periods[b]).any()
@@ -74,9 +69,8 @@ def test_the_measured_models_periods_end_before_the_held_out_baskets(model):
     assert spec["trees"] and spec["features"] == list(FEATURES)
     evaluation = model.manifest["evaluation"]
     assert evaluation["rerank_periods"][-1]["last"] < evaluation["cutoff"]
-    # the published model learns from every basket, its re-ranker from the same period and the held-out baskets
-    assert spec["periods"] == evaluation["rerank_periods"]
-    assert spec["held"]["first"] >= evaluation["cutoff"] and spec["held"]["queries"] > 0
+    # the published model learns from every basket, its re-ranker from the file's most recent period
+    assert spec["periods"][-1]["last"] > evaluation["cutoff"]
 
 
 def test_features_at_serving_equal_training(model):

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from recommender.core.errors import DataFileError, StorageError
@@ -80,12 +79,16 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
     def fill(folder: Path) -> Built:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
         # The measured model's re-ranker learns from periods before the held-out baskets; the published model's,
-        # when it learns from every basket, from those and the held-out ones too (one first stage for both).
-        separate = held is not None and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
-        held_mask = holdout.split_mask(tx.basket_time, params.holdout) if separate else None
-        fitted, fitted_all = fit_reranker(tx if separate else train_tx, params, progress, held_mask)
-        if fitted is None:  # what is published is what was measured, trained on more
-            fitted_all = None
+        # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
+        fitted = fit_reranker(train_tx, params, progress)
+        fitted_all = fitted
+        # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
+        if (
+            fitted is not None
+            and held is not None
+            and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
+        ):
+            fitted_all = fit_reranker(tx, params, lambda text: progress(f"published model: {text}"))
         done = build_and_measure(
             lambda out, say: build_model(tx, params, out, say, rerank=fitted_all),
             lambda out, near, say: build_model(train_tx, params, out, say, near, rerank=fitted),
@@ -104,13 +107,11 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
     return fill
 
 
-def fit_reranker(
-    tx: Transactions, params: TrainingParams, progress: Progress, held: np.ndarray | None = None
-) -> tuple[reranker.Fitted | None, reranker.Fitted | None]:
-    """The re-rankers of the measured and the published model (reranker.fit_both), trained on validation periods
-    carved from the end of tx without the held baskets, from one first-stage model trained before them."""
+def fit_reranker(tx: Transactions, params: TrainingParams, progress: Progress) -> reranker.Fitted | None:
+    """The re-ranker trained on validation periods carved from the end of tx (the baskets before any held-out
+    ones), each with a first-stage model trained without them."""
     if not params.rerank.enabled:
-        return None, None
+        return None
 
     def first_stage(train: Transactions, folder: Path, codes: set[str]) -> object:
         near: dict[str, list[int]] = {code: [] for code in codes}  # Annoy asked while the index is built
@@ -122,8 +123,8 @@ def fit_reranker(
         return model
 
     started = time.perf_counter()
-    fitted = reranker.fit_both(tx, first_stage, params.rerank, progress, held)
-    if fitted[0] is not None:
+    fitted = reranker.fit(tx, first_stage, params.rerank, progress)
+    if fitted is not None:
         progress(f"re-ranker: fitted on validation periods ({time.perf_counter() - started:.1f} s)")
     return fitted
 

@@ -40,16 +40,13 @@ class RerankParams:
     # the model then ranks by its first stage, and says so.
     min_queries: int = 4000
     hidden_per_basket: int = 8  # queries per validation basket (each hides another item)
-    # Queries per held-out basket (the published model's trees learn from them too): the most recent baskets, at a
-    # third of the features' and trees' cost of asking as many as of the others.
-    held_per_basket: int = 3
     max_queries: int = 16000
     select_share: float = 0.25  # the validation baskets that choose the hyperparameters (the rest fit the trees)
     max_rounds: int = 300
     # The grid searched on validation (the number of trees is chosen there too, by early stopping): 15 and 7 leaves
     # scored lower on Online Retail's validation baskets (bench/results/quality.md), so the default tries 31 only.
     num_leaves: tuple[int, ...] = (31,)
-    learning_rate: float = 0.1  # 0.05 needed twice the trees (twice the answer time) for no gain on validation
+    learning_rate: float = 0.1  # 0.05 grew twice the trees (twice their answer time) for no gain on validation
     max_depth: int = 6
     min_data_in_leaf: int = 50
     max_bin: int = 255
@@ -124,15 +121,13 @@ def export(booster: object) -> Trees:
 # --- validation periods and the training rows -----------------------------------------------------------------------
 
 
-def carve(tx: Transactions, params: RerankParams, held: np.ndarray | None = None) -> list[np.ndarray]:
-    """Masks of the validation periods (oldest first), carved from the end of tx (the held baskets left out): the
-    last `days` days each (at most max_share of the baskets), or for an undated file the last baskets in file
-    order; fewer when the data is short."""
+def carve(tx: Transactions, params: RerankParams) -> list[np.ndarray]:
+    """Masks of the validation periods (oldest first), carved from the end of tx: the last `days` days each (at most
+    max_share of the baskets), or for an undated file the last baskets in file order; fewer when the data is short."""
     n = len(tx.basket_ids)
     dated = ~np.isnat(tx.basket_time)
     periods: list[np.ndarray] = []
-    taken = np.zeros(n, dtype=bool) if held is None else held.copy()
-    n = n - int(taken.sum())
+    taken = np.zeros(n, dtype=bool)
     cap = int(params.max_share * n)
     recency = _recency(tx)
     for _ in range(params.periods):
@@ -151,7 +146,7 @@ def carve(tx: Transactions, params: RerankParams, held: np.ndarray | None = None
             in_period = order[-cap:]
         if len(in_period) < params.min_baskets or len(in_period) >= len(order) - params.min_baskets:
             break
-        mask = np.zeros(len(tx.basket_ids), dtype=bool)
+        mask = np.zeros(n, dtype=bool)
         mask[in_period] = True
         taken |= mask
         periods.append(mask)
@@ -237,38 +232,25 @@ def hit_rate(scores: np.ndarray, rows: Rows, queries_: np.ndarray, k: int = 10) 
 def fit(
     tx: Transactions, build: Callable[[Transactions, Path, set[str]], object], params: RerankParams, progress: Progress
 ) -> Fitted | None:
-    """Train the re-ranker on validation periods carved from tx (fit_both without held-out baskets)."""
-    return fit_both(tx, build, params, progress)[0]
-
-
-def fit_both(
-    tx: Transactions,
-    build: Callable[[Transactions, Path, set[str]], object],
-    params: RerankParams,
-    progress: Progress,
-    held: np.ndarray | None = None,
-) -> tuple[Fitted | None, Fitted | None]:
-    """The re-rankers of the measured model (trained without the held baskets) and of the published one (trained
-    on every basket), from ONE first-stage model: build(train_tx, folder, codes) trains it on the baskets before
-    the validation periods carved from tx without the held ones, and returns it loaded (with its re-ranker tables,
-    Annoy's answers for codes asked already). The measured model's trees learn from the periods' baskets; the
-    published model's from those and the held ones, the most recent. Without held baskets, one re-ranker serves
-    both. (None, None) when disabled or impossible."""
+    """Train the re-ranker on validation periods carved from tx; build(train_tx, folder, codes) trains a
+    first-stage model without them and returns it loaded (with its re-ranker tables, Annoy's answers for the codes
+    asked while its index was built). None when disabled or impossible."""
     if not params.enabled:
-        return None, None
+        return None
     try:
         import lightgbm
     except ImportError:
         progress(
             "re-ranker: lightgbm is not installed (pip install lightgbm): the model ranks by its first stage alone"
         )
-        return None, None
+        return None
     started = time.perf_counter()
-    held = held if held is not None and held.any() else None
-    periods = carve(tx, params, held)
+    periods = carve(tx, params)
     if not periods:
         progress("re-ranker: too little data to carve a validation period: the model ranks by its first stage alone")
-        return None, None
+        return None
+    parts = []
+    described = []
     period_cases = [queries(tx, mask, replace(params, seed=params.seed + p)) for p, mask in enumerate(periods)]
     asked = sum(len(c) for c in period_cases)
     if asked < params.min_queries:  # known before any model is trained for the periods
@@ -276,31 +258,18 @@ def fit_both(
             f"re-ranker: {asked:,} validation queries, fewer than the {params.min_queries:,} it needs: the model "
             f"ranks by its first stage alone"
         )
-        return None, None
-    # The held baskets' queries (the published model's trees learn from them too) are scored by the last
-    # period's first stage.
-    held_cases = (
-        []
-        if held is None
-        else queries(
-            tx, held, replace(params, seed=params.seed + len(periods), hidden_per_basket=params.held_per_basket)
-        )
-    )
-    recency = _recency(tx)
-    parts, described = [], []
+        return None
     for p, mask in enumerate(periods):
-        before = (recency < recency[mask].min()) & ~mask
-        if held is not None:
-            before &= ~held
-        cases = period_cases[p] + (held_cases if p == len(periods) - 1 else [])
-        codes = {code for _b, query, _hidden in cases for code in query}
+        earliest = _recency(tx)[mask].min()
+        before = (_recency(tx) < earliest) & ~mask
         with tempfile.TemporaryDirectory(prefix="recommender-rerank-") as tmp:
             try:
+                codes = {code for _b, query, _hidden in period_cases[p] for code in query}
                 model = build(select_baskets(tx, before), Path(tmp), codes)
             except DataFileError as err:
                 progress(f"re-ranker: before a validation period, {err.message}: first stage alone")
-                return None, None
-            rows = training_rows(model, cases)
+                return None
+            rows = training_rows(model, period_cases[p])
         rows.basket = rows.basket + p * len(tx.basket_ids)  # baskets stay distinct across periods
         parts.append(rows)
         times = tx.basket_time[mask]
@@ -308,7 +277,7 @@ def fit_both(
         described.append(
             {
                 "baskets": int(mask.sum()),
-                "queries": int((~_held_of(rows, held, len(tx.basket_ids))).sum()),
+                "queries": len(rows.found),
                 "first": str(times.min())[:19] if len(times) else None,
                 "last": str(times.max())[:19] if len(times) else None,
             }
@@ -316,61 +285,14 @@ def fit_both(
     rows = _concat(parts)
     if not rows.found.any():
         progress("re-ranker: no validation basket's hidden item is among its candidates: first stage alone")
-        return None, None
-    of_held = _held_of(rows, held, len(tx.basket_ids))
-    span = ", ".join(f"{d['first'] or '?'}..{d['last'] or '?'}"[:40] for d in described)
-    measured = _fit_trees(lightgbm, rows, ~of_held, params)
-    say_fitted(progress, measured, f"{len(periods)} validation period(s) ({span})")
-    published = measured
-    if held is not None and measured.trees is not None:
-        published = _refit(lightgbm, rows, measured, params)
-        progress(
-            f"re-ranker: published model: {measured.spec['num_trees']} trees grown again on those and the held-out "
-            f"baskets ({published.spec['queries']:,} queries)"
-        )
-        times = tx.basket_time[held]
-        times = times[~np.isnat(times)]
-        published.spec["held"] = {
-            "baskets": int(held.sum()),
-            "queries": int(of_held.sum()),
-            "first": str(times.min())[:19] if len(times) else None,
-            "last": str(times.max())[:19] if len(times) else None,
-        }
-    seconds = round(time.perf_counter() - started, 2)
-    out = []
-    for fitted in (measured, published):
-        if fitted is not None:
-            fitted.spec.update(periods=described, seconds=seconds)
-        out.append(fitted if fitted is not None and fitted.trees is not None else None)
-    return out[0], out[1]
-
-
-def _held_of(rows: Rows, held: np.ndarray | None, n: int) -> np.ndarray:
-    """Per query of rows: whether its basket is a held one."""
-    if held is None:
-        return np.zeros(len(rows.basket), dtype=bool)
-    return held[rows.basket % n]
-
-
-def say_fitted(progress: Progress, fitted: Fitted, learned: str) -> None:
-    """One line on a fitted re-ranker: what it learned from and what it gained on its selection baskets."""
-    v = fitted.spec["validation"]
-    progress(
-        f"re-ranker: {learned}, {fitted.spec['queries']:,} queries; HR@10 on its selection baskets "
-        f"{v['first_stage_hr']:.3f} first stage -> {v['reranked_hr']:.3f} re-ranked"
-        + ("" if fitted.trees is not None else ": not better, the model ranks by its first stage alone")
-    )
-
-
-def _fit_trees(lightgbm: object, rows: Rows, allowed: np.ndarray, params: RerankParams) -> Fitted:
-    """Trees fitted on the allowed queries of rows, split by basket: the hyperparameters and the number of trees
-    are chosen on baskets the trees never saw (trees None when they do not beat the first stage there)."""
+        return None
+    # Split by basket: the hyperparameters and the number of trees are chosen on baskets the trees never saw.
     rng = np.random.default_rng(params.seed)
-    baskets = np.unique(rows.basket[allowed])
-    chosen = set(rng.choice(baskets, max(1, int(params.select_share * len(baskets))), replace=False).tolist())
-    is_select = np.asarray([b in chosen for b in rows.basket.tolist()])
-    fit_q = np.flatnonzero(~is_select & rows.found & allowed)
-    sel_q = np.flatnonzero(is_select & allowed)
+    baskets = np.unique(rows.basket)
+    select_baskets_ = set(rng.choice(baskets, max(1, int(params.select_share * len(baskets))), replace=False).tolist())
+    is_select = np.asarray([b in select_baskets_ for b in rows.basket.tolist()])
+    fit_q = np.flatnonzero(~is_select & rows.found)
+    sel_q = np.flatnonzero(is_select)
     first_hr = hit_rate(-rows.x[:, FEATURES.index("rank")], rows, sel_q)
     best = None
     tried = []
@@ -382,13 +304,14 @@ def _fit_trees(lightgbm: object, rows: Rows, allowed: np.ndarray, params: Rerank
             best = (hr, booster, leaves)
     hr, booster, leaves = best
     use = hr > first_hr or not params.require_gain
+    trees = export(booster) if use else None
     importance = booster.feature_importance(importance_type="gain")
     total = max(float(importance.sum()), 1e-12)
     spec = {
         "trees": use,
         "features": list(FEATURES),
         "candidates": params.candidates,
-        "queries": int(allowed.sum()),
+        "periods": described,
         "validation": {
             "queries": int(len(sel_q)),
             "first_stage_hr": round(first_hr, 4),
@@ -398,23 +321,15 @@ def _fit_trees(lightgbm: object, rows: Rows, allowed: np.ndarray, params: Rerank
         "num_leaves": leaves,
         "num_trees": _trees(booster),
         "gain_share": {name: round(float(g) / total, 4) for name, g in zip(FEATURES, importance.tolist())},
+        "seconds": round(time.perf_counter() - started, 2),
     }
-    return Fitted(export(booster) if use else None, spec)
-
-
-def _refit(lightgbm: object, rows: Rows, measured: Fitted, params: RerankParams) -> Fitted:
-    """The measured model's trees grown again on every query of rows (the held-out baskets' too), as many as
-    validation chose for it: no second selection (the same features and settings, more and newer data)."""
-    every = np.flatnonzero(rows.found)
-    booster = _train(lightgbm, rows, every, None, measured.spec["num_leaves"], params, measured.spec["num_trees"])
-    importance = booster.feature_importance(importance_type="gain")
-    total = max(float(importance.sum()), 1e-12)
-    spec = dict(measured.spec)
-    spec.update(
-        queries=len(rows.found),
-        gain_share={name: round(float(g) / total, 4) for name, g in zip(FEATURES, importance.tolist())},
+    span = ", ".join(f"{d['first'] or '?'}..{d['last'] or '?'}"[:40] for d in described)
+    progress(
+        f"re-ranker: {len(periods)} validation period(s) ({span}), {len(rows.found):,} queries; HR@10 on its "
+        f"selection baskets {first_hr:.3f} first stage -> {hr:.3f} re-ranked"
+        + ("" if use else ": not better, the model ranks by its first stage alone")
     )
-    return Fitted(export(booster), spec)
+    return Fitted(trees, spec) if use else None
 
 
 def _trees(booster: object) -> int:
@@ -447,21 +362,17 @@ def _group_sizes(query: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _train(
-    lightgbm: object,
-    rows: Rows,
-    fit_q: np.ndarray,
-    sel_q: np.ndarray | None,
-    leaves: int,
-    params: RerankParams,
-    rounds: int | None = None,
+    lightgbm: object, rows: Rows, fit_q: np.ndarray, sel_q: np.ndarray, leaves: int, params: RerankParams
 ) -> object:
-    """One LambdaRank fit with early stopping on the selection queries (without them: a given number of rounds)."""
+    """One LambdaRank fit with early stopping on the selection queries."""
     fit_rows, fit_sizes = _group_sizes(rows.query, fit_q)
     if params.negatives < 1.0:
         drawn = np.random.default_rng(params.seed).random(len(fit_rows)) < params.negatives
         fit_rows = fit_rows[drawn | (rows.y[fit_rows] > 0)]
         _, fit_sizes = np.unique(rows.query[fit_rows], return_counts=True)
+    sel_rows, sel_sizes = _group_sizes(rows.query, sel_q)
     train_set = lightgbm.Dataset(rows.x[fit_rows], rows.y[fit_rows], group=fit_sizes, free_raw_data=False)
+    valid_set = lightgbm.Dataset(rows.x[sel_rows], rows.y[sel_rows], group=sel_sizes, reference=train_set)
     config = {
         "objective": params.objective,
         "metric": "ndcg",
@@ -478,10 +389,6 @@ def _train(
         "num_threads": params.threads,
         "verbosity": -1,
     }
-    if sel_q is None:
-        return lightgbm.train(config, train_set, num_boost_round=rounds or params.max_rounds)
-    sel_rows, sel_sizes = _group_sizes(rows.query, sel_q)
-    valid_set = lightgbm.Dataset(rows.x[sel_rows], rows.y[sel_rows], group=sel_sizes, reference=train_set)
     return lightgbm.train(
         config,
         train_set,
