@@ -147,6 +147,11 @@ def measure_training(source: Path, repeats: int, keep: Path | None = None, holdo
     keep: a folder to leave the last run's storage in (the scale part queries that model); else it is removed.
     holdout False: as `make train HOLDOUT=0` (no second model to measure the first).
     """
+    return summarize(source, training_runs(source, repeats, keep, holdout))
+
+
+def training_runs(source: Path, repeats: int, keep: Path | None = None, holdout: bool = True) -> list[dict]:
+    """measure_training's runs, each as profile_training returns it."""
     runs = []
     for r in range(repeats):
         storage = Path(tempfile.mkdtemp(prefix="recommender-bench-train-")) if keep is None or r < repeats - 1 else keep
@@ -163,6 +168,11 @@ def measure_training(source: Path, repeats: int, keep: Path | None = None, holdo
         finally:
             if storage != keep:
                 shutil.rmtree(storage, ignore_errors=True)
+    return runs
+
+
+def summarize(source: Path, runs: list[dict]) -> dict:
+    """Medians of time and peak RSS per stage and in total over runs of one training."""
     names: list[str] = []  # in the order the stages ran
     for run in runs:
         names += [s for s in run["stages"] if s not in names]
@@ -175,7 +185,7 @@ def measure_training(source: Path, repeats: int, keep: Path | None = None, holdo
     return {
         "source": str(source),
         "bytes": source.stat().st_size,
-        "repeats": repeats,
+        "repeats": len(runs),
         "seconds": median([run["seconds"] for run in runs]),
         "all_seconds": [run["seconds"] for run in runs],
         "peak_rss": median([run["peak_rss"] for run in runs]),
@@ -215,16 +225,17 @@ def bench_train(options: Options) -> PartResult:
     """Part 1: training on the Online Retail csv.gz and xlsx, and the csv with HOLDOUT=0 (what the second model
     that measures the first costs: README, "Held-out figures")."""
     runs = {}
-    for label, path, holdout in (
-        ("csv", options.csv, True),
-        ("csv HOLDOUT=0", options.csv, False),
-        ("xlsx", options.xlsx, True),
-    ):
-        say(
-            f"training on {path.name}{'' if holdout else ' with HOLDOUT=0'}, {options.train_repeats} run(s), "
-            f"each in a fresh process"
-        )
-        runs[label] = measure_training(path, options.train_repeats, holdout=holdout)
+    # The csv with and without the holdout alternately, so that each pair ran under the same load: the ratio is
+    # the median of the pairs' ratios.
+    say(f"training on {options.csv.name} with and without HOLDOUT=0 alternately, {options.train_repeats} run(s) each")
+    pairs: tuple[list[dict], list[dict]] = ([], [])
+    for _ in range(options.train_repeats):
+        for holdout, into in ((True, pairs[0]), (False, pairs[1])):
+            into += training_runs(options.csv, 1, holdout=holdout)
+    runs["csv"], runs["csv HOLDOUT=0"] = summarize(options.csv, pairs[0]), summarize(options.csv, pairs[1])
+    ratio = median([a["seconds"] / b["seconds"] for a, b in zip(*pairs)])
+    say(f"training on {options.xlsx.name}, {options.train_repeats} run(s), each in a fresh process")
+    runs["xlsx"] = measure_training(options.xlsx, options.train_repeats)
     csv, bare, xlsx = runs["csv"], runs["csv HOLDOUT=0"], runs["xlsx"]
     second = csv["seconds"] - bare["seconds"]
     rows = [
@@ -244,6 +255,14 @@ def bench_train(options: Options) -> PartResult:
             round(bare["seconds"], 2),
             "s",
             note=slowest_stage(bare["stages"]),
+        ),
+        target_row(
+            "train",
+            "csv: with the holdout / HOLDOUT=0, run back to back (median of the pairs' ratios)",
+            "train_holdout_ratio",
+            round(ratio, 3),
+            "x",
+            "what the second model adds: its own SVD, neighbour search and ridge solves (bench/results/train.md)",
         ),
         target_row(
             "train",
