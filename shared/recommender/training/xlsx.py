@@ -133,7 +133,11 @@ def _collector_paused() -> Iterator[None]:
 def _batches(rows: Iterator[list], size: int) -> Iterator[list[list]]:
     from itertools import islice
 
-    while batch := list(islice(rows, size)):
+    while True:
+        with _collector_paused():  # calamine hands out a fresh object per cell: nothing for the collector to find
+            batch = list(islice(rows, size))
+        if not batch:
+            return
         yield batch
 
 
