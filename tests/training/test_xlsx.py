@@ -101,8 +101,10 @@ def test_a_prefetched_damaged_file_says_what_it_always_said(tmp_path):
     assert not xlsx._started
 
 
-@pytest.mark.parametrize("source", ["absent.xlsx", "s3://bucket/r.xlsx", "r.csv", "events:"])
+@pytest.mark.parametrize("source", ["absent.xlsx", "s3://bucket/r.xlsx", "r.csv", "events:", "folder.xlsx"])
 def test_prefetch_ignores_what_it_cannot_read_now(tmp_path, source):
+    (tmp_path / "folder.xlsx").mkdir()
+    write_xlsx(tmp_path / "r.csv")
     xlsx.prefetch(str(tmp_path / source) if "://" not in source else source)
     assert not xlsx._started
 
@@ -112,3 +114,13 @@ def test_the_collector_is_back_on_after_reading(tmp_path):
 
     load_transactions(write_xlsx(tmp_path / "r.xlsx"))
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize("pandas_helper", [True, False])
+def test_short_rows_are_padded_with_empty_cells(monkeypatch, pandas_helper):
+    import sys
+
+    if not pandas_helper:
+        monkeypatch.setitem(sys.modules, "pandas._libs.lib", None)  # as if pandas had moved it
+    cells = xlsx._object_array([[1, 2], [3]], 3)
+    assert cells.tolist() == [[1, 3], [2, None], [None, None]]

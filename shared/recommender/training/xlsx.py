@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 # Rows per chunk: big enough that per-chunk costs (pandas calls in cleaning) vanish, small enough that only one
@@ -61,6 +62,8 @@ def prefetch(source: object) -> None:
 
         key = _key(path)
     except (ImportError, OSError):
+        return
+    if not path.is_file():  # a folder of parts is read part by part
         return
     box: dict[str, Any] = {}
 
@@ -164,15 +167,25 @@ def _frame(rows: list[list], columns: dict[str, int]) -> pd.DataFrame:
     import pandas as pd
 
     with _collector_paused():
-        need = max(columns.values(), default=-1) + 1
-        cells = np.array(rows, dtype=object)
-        if cells.ndim != 2 or cells.shape[1] < need:  # ragged or short rows (calamine's never are): pad them
-            width = max(need, *(len(row) for row in rows))
-            cells = np.array([row + [None] * (width - len(row)) for row in rows], dtype=object)
+        cells = _object_array(rows, max(columns.values(), default=-1) + 1)
         frame = {}
         for name, index in columns.items():
-            codes, uniques = pd.factorize(cells[:, index], use_na_sentinel=False)
+            codes, uniques = pd.factorize(cells[index], use_na_sentinel=False)
             # 85123.0 and "85123" are one text: the categories must be distinct
             text_codes, texts = pd.factorize(np.array([cell_text(u) for u in uniques], dtype=object))
             frame[name] = pd.Categorical.from_codes(text_codes[codes], pd.Index(texts, dtype=object))
         return pd.DataFrame(frame, columns=list(columns))
+
+
+def _object_array(rows: list[list], width: int) -> np.ndarray:
+    """The rows as a 2-D object array, column-major (one row per column), short rows padded with None."""
+    import numpy as np
+
+    try:  # what DataFrame(rows) uses: twice as fast as np.array, and it pads short rows
+        from pandas._libs.lib import to_object_array
+    except ImportError:  # pandas moved it: the public way
+        longest = max(width, *(len(row) for row in rows))
+        cells = np.array([row + [None] * (longest - len(row)) for row in rows], dtype=object)
+    else:
+        cells = to_object_array(rows, min_width=width)
+    return cells.T
