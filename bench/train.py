@@ -294,8 +294,8 @@ def bench_train(options: Options) -> PartResult:
             "train_xlsx_seconds",
             xlsx["seconds"],
             "s",
-            f"{slowest_stage(xlsx['stages'])} (python-calamine parsing the workbook, {parse:.1f} s alone, "
-            f"beside the imports), and the second model, {second:.1f} s on the csv",
+            f"{slowest_stage(xlsx['stages'])}; reading holds calamine's parse ({parse:.1f} s alone, started "
+            f"beside the imports); the second model costs {second:.1f} s on the csv",
         ),
         Row(
             "train",
