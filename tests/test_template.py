@@ -241,6 +241,7 @@ def test_shared_requirements_are_the_serving_dependencies():
         "PyJWT",
         "libpass",
         "bcrypt",
+        "pyyaml",
     }
     for r in layer:  # the development install's bounds, plus any the Lambda platform adds (numpy<2.3)
         assert set(project[r.name].specifier) <= set(r.specifier), f"{r.name}: keep in step with pyproject.toml"

@@ -48,6 +48,7 @@ from recommender.serving.schemas import (
     RulesPreviewOut,
     SampleBasketOut,
     SearchOut,
+    VersionIn,
     VersionsOut,
 )
 from recommender.serving.users import User
@@ -247,7 +248,7 @@ async def rules_check(
     """Whether the draft can be published; if not, the place and the problem (as make rules says them)."""
     from recommender.serving import rules_editor
 
-    result = await run_in_threadpool(rules_editor.checked, draft.rules, storage, model)
+    result = await run_in_threadpool(rules_editor.checked, draft.rules, storage, model, draft.yaml)
     result.pop("rules", None)
     return RulesCheckOut(**result)
 
@@ -269,7 +270,7 @@ async def rules_preview(
     await web.current_model()  # the model loaded (or why not), before previewing with it
     holder = web.model_holder(web.get_settings())
     result = await run_in_threadpool(
-        rules_editor.preview, holder, storage, draft.rules, draft.baskets, draft.as_of, draft.samples
+        rules_editor.preview, holder, storage, draft.rules, draft.baskets, draft.as_of, draft.samples, text=draft.yaml
     )
     return RulesPreviewOut(**result)
 
@@ -293,9 +294,32 @@ async def rules_publish(
     from recommender.serving import rules_editor
 
     published = await run_in_threadpool(
-        rules_editor.publish_draft, storage, model, draft.rules, settings.keep_versions, settings.max_rules_stored_bytes
+        rules_editor.publish_draft,
+        storage,
+        model,
+        draft.rules,
+        settings.keep_versions,
+        settings.max_rules_stored_bytes,
+        draft.yaml,
     )
     return PublishedOut(**published)
+
+
+@app.post(
+    "/rules/activate",
+    response_model=PublishedOut,
+    summary="Put an earlier rules version in force again",
+    openapi_extra=web.json_body_openapi(VersionIn),
+    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
+)
+async def rules_activate(
+    _user: RulesRight, body: Annotated[VersionIn, Depends(web.json_body(VersionIn))], storage: StorageDep
+) -> PublishedOut:
+    """Any stored rules version (GET /versions lists them) is the one in force; the one it replaces is remembered
+    for roll back. Serving follows within MODEL_POLL_SECONDS."""
+    from recommender.serving import model_versions
+
+    return PublishedOut(**await run_in_threadpool(model_versions.activate_other, storage, "rules", body.version))
 
 
 @app.post(
@@ -391,7 +415,7 @@ FeedRight = Annotated[User, Depends(web.require("feed"))]
 FEED_BODY = {
     "requestBody": {
         "required": True,
-        "description": "the feed file as it is (.csv, .csv.gz, .tsv, .tsv.gz), at most FEED_UPLOAD_MAX_BYTES",
+        "description": "the feed file as it is (.csv, .csv.gz, .tsv, .tsv.gz, .xlsx), at most FEED_UPLOAD_MAX_BYTES",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
@@ -446,6 +470,23 @@ async def feed_publish(
     data = await request.body()
     published = await run_in_threadpool(feed_upload.publish_upload, storage, name, data, limits, settings.keep_versions)
     return PublishedOut(**published)
+
+
+@app.post(
+    "/feed/activate",
+    response_model=PublishedOut,
+    summary="Put an earlier product feed version in force again",
+    openapi_extra=web.json_body_openapi(VersionIn),
+    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
+)
+async def feed_activate(
+    _user: FeedRight, body: Annotated[VersionIn, Depends(web.json_body(VersionIn))], storage: StorageDep
+) -> PublishedOut:
+    """Any stored feed version (GET /versions lists them) is the one in force; the one it replaces is remembered
+    for roll back. Serving follows within MODEL_POLL_SECONDS."""
+    from recommender.serving import model_versions
+
+    return PublishedOut(**await run_in_threadpool(model_versions.activate_other, storage, "feed", body.version))
 
 
 @app.post(

@@ -24,11 +24,10 @@ def test_contract_on_a_trained_model(model):
     assert conf.shape == scores.shape and np.all((conf >= 0) & (conf <= 1))
     assert np.all(np.diff(conf) <= 1e-12)  # answers are sorted by score: confidence follows
     grid = np.linspace(-2, 5, 50)
-    for rank in (1, 3, 10, 100):
-        assert np.all(np.diff(model.confidence(grid, np.full(50, rank))) >= 0)
-    for score in (0.0, 0.2, 1.0):
-        assert np.all(np.diff(model.confidence(np.full(100, score), np.arange(1, 101))) <= 0)
-    popular = model.confidence(np.ones(20), np.arange(1, 21), popular=True)
+    assert np.all(np.diff(model.confidence(grid, np.ones(50))) >= 0)  # never falls with the score
+    for score in (0.0, 0.2, 1.0):  # and is the same at every rank
+        assert len(set(model.confidence(np.full(100, score), np.arange(1, 101)).tolist())) == 1
+    popular = model.confidence(np.linspace(1, 0, 20), np.arange(1, 21), popular=True)
     assert np.all((popular >= 0) & (popular <= 1)) and np.all(np.diff(popular) <= 0)
 
 
@@ -76,3 +75,20 @@ def test_fallback_model_trained_before_calibration_existed(trained_storage, mode
     top = old.items.most_popular()[0]
     share = old.items.popularity[top] / old.manifest["model"]["baskets"]
     assert old.confidence(np.array([1.0]), np.array([1]), popular=True)[0] == pytest.approx(share)
+
+
+def test_a_filter_moving_an_item_up_leaves_its_confidence(model):
+    """The same item for the same basket shows the same confidence whether or not a filter moved it up a rank:
+    confidence is calibrated on the score alone (model picks) and on popularity alone (popular picks)."""
+    from recommender.serving.merchandising import Options
+
+    for basket in ([model.items.codes[0], model.items.codes[3]], []):  # model picks, then popular ones
+        plain = model.recommend(basket, 10, Options(explain=True)).items
+        first = plain[0].item.stock_code
+        filtered = model.recommend(basket, 10, Options(exclude=(first,), explain=True)).items
+        before = {p.item.stock_code: p.confidence for p in plain[1:]}
+        after = {p.item.stock_code: p.confidence for p in filtered}
+        moved = [code for code in before if code in after]
+        assert len(moved) >= 5 and [p.item.stock_code for p in filtered[: len(moved)]] == moved  # each one up a rank
+        assert [after[code] for code in moved] == [before[code] for code in moved], basket
+        assert len(set(before.values())) > 1  # not one figure for all

@@ -13,8 +13,9 @@ import urllib.request
 import pytest
 
 from recommender.core import registry
+from recommender.core.rules_form import known_from, publish, validate
 from recommender.serving.users import add_user
-from recommender.training.feed import active_feed
+from recommender.training.feed import active_feed, publish_feed
 from tests.conftest import ROOT
 from tests.serving.test_console_browser import IMAGES, SCREENSHOTS, WAIT_MS, Console, browser, site, swatch  # noqa: F401
 
@@ -63,6 +64,12 @@ def _recommend(site, basket: list[str]) -> list[str]:
     )
     with urllib.request.urlopen(request) as answer:
         return [i["stock_code"] for i in json.load(answer)["items"]]
+
+
+def _health(site) -> dict:
+    request = urllib.request.Request(site.base + "/health", headers={"Authorization": f"Bearer {_token(site, MERCH)}"})
+    with urllib.request.urlopen(request) as answer:
+        return json.load(answer)
 
 
 def _until(condition, seconds: float = WAIT_MS / 1000) -> None:
@@ -139,6 +146,15 @@ def test_viewer_sees_nothing_to_change_and_the_api_refuses(browser, people):  # 
         assert all(field.is_disabled() for field in page.locator("#rules-form input").all() if field.is_visible())
         page.get_by_text("changing them needs a merchandiser or an admin").wait_for()
         page.screenshot(path=str(DOCS_IMAGES / "console-rules-390.png"), full_page=False)
+        # Nor on the Product feed and Versions pages.
+        for link, title in (("Product feed", "#feed-title"), ("Versions", "#versions-title")):
+            page.get_by_role("link", name=link).click()
+            page.locator(title).wait_for()
+            if link == "Versions":
+                page.locator("#versions-status").filter(has_text="in force").wait_for()
+            for name in ("Check the file", "Publish", "Roll back", "Promote", "Activate"):
+                assert not any(b.is_visible() for b in page.get_by_role("button", name=name).all()), (link, name)
+            assert not any(i.is_visible() for i in page.locator("#page-feed input[type=file]").all())
         request = urllib.request.Request(
             site.base + "/rules",
             data=b'{"rules": {}}',
@@ -190,6 +206,50 @@ def test_the_rules_editor_by_keyboard_alone(browser, people):  # noqa: F811
         context.close()
 
 
+def test_the_rules_as_yaml_checked_as_typed(browser, people):  # noqa: F811
+    """The text view is the rules file's YAML: the form's draft written there reads back as the same document, and
+    a mistake typed there is shown at its line and at the form's field, in make rules' words."""
+    from recommender.core import rules_yaml
+    from recommender.core.rules_form import validate
+
+    site = people
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+        _rules_page(console)
+        page.get_by_role("button", name="Add a pin").click()
+        row = page.locator('.rule-rows[data-kind="pin"] .rule-row').last
+        row.get_by_label("When the basket holds (code)").fill(site.lunch[1])
+        row.get_by_label("Show (code)").fill(site.pinned)
+        page.get_by_label("Products (codes, separated by commas)").fill("yes, 2026-01-02, Home > Kitchen")
+        page.locator("#rules-check").filter(has_text="Ready to preview").wait_for()
+        page.get_by_text("As text").click()
+        area = page.get_by_label("The rules file's content, in YAML as make rules reads it")
+        text = area.input_value()
+        rules = validate(rules_yaml.load(text, "the text"))  # what make rules would read from it
+        pin = {"basket": {"code": [site.lunch[1]]}, "item": {"code": [site.pinned]}, "position": 1}
+        assert rules["pin"][-1] == pin
+        assert rules["block"]["codes"] == ["yes", "2026-01-02", "Home > Kitchen"]  # quoted where YAML would not
+        # A mistake typed in the text: at its line, and at the form's field.
+        area.fill(text.replace("position: 1", "position: 0", 1))
+        error = page.locator("#rules-text-error")
+        error.filter(has_text="must be a whole number from 1 to 100, got 0").wait_for()
+        line = 1 + text.splitlines().index("    position: 1")
+        assert error.inner_text().startswith(f"Line {line}: ") and area.get_attribute("aria-invalid") == "true"
+        field = page.locator(f'[data-place="pin[{len(rules["pin"]) - 1}].position"]')
+        assert field.get_attribute("aria-invalid") == "true" and field.input_value() == "0"  # the form follows
+        assert page.get_by_role("button", name="Publish").is_disabled()
+        area.fill(text.replace("position: 1", "position: [", 1))
+        error.filter(has_text="the text is not valid YAML at line").wait_for()
+        area.fill(text.replace("position: 1", "position: 2", 1))
+        page.locator("#rules-check").filter(has_text="Ready to preview").wait_for()
+        assert field.input_value() == "2" and error.inner_text() == ""
+        assert console.errors == []
+    finally:
+        context.close()
+
+
 def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):  # noqa: F811
     site = people
     active = registry.active_version(site.storage)
@@ -228,11 +288,93 @@ def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):  
         page.get_by_role("button", name="Promote anyway").click()
         page.locator("#gate-outcome").filter(has_text=f"Promoted model version {staged} is active").wait_for()
         assert registry.active_version(site.storage) == staged
-        page.get_by_role("button", name="Roll back").click()
+        page.locator("#versions-models").get_by_role("button", name="Roll back").click()
         page.locator("#gate-outcome").filter(has_text=f"model version {active} is active again").wait_for()
         assert registry.active_version(site.storage) == active
     finally:
         context.close()
+
+
+def test_earlier_feed_and_rules_versions_activated_and_rolled_back(browser, people, tmp_path):  # noqa: F811
+    """The Versions page lists the feed and rules versions; a merchandiser activates an earlier one of each, and
+    rolls back to the one before, as make feed_rollback and make rules_rollback do."""
+    site = people
+    rules_before = registry.active_version(site.storage, registry.RULES)
+    feed_before = registry.active_version(site.storage, registry.FEED)
+    codes = [site.lunch[1], site.pinned]
+    for i in range(2):  # two more rules versions, the later in force
+        publish(
+            site.storage,
+            validate({"block": {"codes": [codes[i]]}}),
+            b"{}",
+            f"rules-{i}.json",
+            known_from(codes, {}),
+            progress=lambda _m: None,
+        )
+    older_rules, newer_rules = registry.list_versions(site.storage, registry.RULES)[-2:]
+    _, items = active_feed(site.storage)
+    feed = tmp_path / "feed.csv"
+    feed.write_text("id,availability\n" + "".join(f"{code},in_stock\n" for code in items))
+    newer_feed = publish_feed(site.storage, feed, progress=lambda _m: None)["version"]
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _signed_in(console, MERCH)
+        page.get_by_role("link", name="Versions").click()
+        rules = page.locator("#versions-rules")
+        rules.locator(f'[data-version="{newer_rules}"]').filter(has_text="In force").wait_for()
+        assert "from rules-1.json" in rules.locator(f'[data-version="{newer_rules}"]').inner_text()
+        rules.locator(f'[data-version="{older_rules}"]').get_by_role("button", name="Activate").click()
+        page.locator("#versions-rules-outcome").filter(has_text="answers follow it now").wait_for()
+        assert registry.active_version(site.storage, registry.RULES) == older_rules
+        rules.get_by_role("button", name="Roll back").click()
+        page.locator("#versions-rules-outcome").filter(has_text=f"Rolled back: rules version {newer_rules}").wait_for()
+        assert registry.active_version(site.storage, registry.RULES) == newer_rules
+
+        feeds = page.locator("#versions-feeds")
+        assert "products" in feeds.locator(f'[data-version="{newer_feed}"]').inner_text()
+        feeds.locator(f'[data-version="{feed_before}"]').get_by_role("button", name="Activate").click()
+        page.locator("#versions-feed-outcome").filter(has_text="answers follow it now").wait_for()
+        assert registry.active_version(site.storage, registry.FEED) == feed_before
+        feeds.get_by_role("button", name="Roll back").click()
+        page.locator("#versions-feed-outcome").filter(has_text=f"feed version {newer_feed} is in force").wait_for()
+        assert registry.active_version(site.storage, registry.FEED) == newer_feed
+        assert console.errors == []
+    finally:
+        context.close()
+        # The feed and rules the other tests expect, in force again.
+        registry.activate(site.storage, rules_before, kind=registry.RULES, notify=lambda _m: None)
+        registry.activate(site.storage, feed_before, kind=registry.FEED, notify=lambda _m: None)
+        _until(lambda: (h := _health(site))["rules_version"] == rules_before and h["feed_version"] == feed_before)
+
+
+def test_a_buried_item_names_its_rule(browser, people):  # noqa: F811
+    """The try-out panel names the bury rule behind an item, as it names pins and boosts."""
+    site = people
+    before = registry.active_version(site.storage, registry.RULES)
+    basket = site.lunch[1]
+    buried = _recommend(site, [basket])[1]
+    version = publish(
+        site.storage,
+        validate({"bury": [{"code": "NOT-SOLD", "factor": 0.5}, {"code": buried, "factor": 0.95}]}),
+        b"{}",
+        "bury.json",
+        known_from([basket, buried], {}),
+        progress=lambda _m: None,
+    )["version"]
+    console, context = _page(browser, site)
+    page = console.page
+    try:
+        _until(lambda: _health(site)["rules_version"] == version)  # the server follows within MODEL_POLL_SECONDS
+        _signed_in(console, MERCH)
+        console.add_from_search("PARISIENNE JUNGLE LUNCH BOX")
+        row = page.locator("#recs .rec", has=page.locator(".code", has_text=buried))
+        row.locator(".reason").filter(has_text=f"Buried ×0.95 by bury rule 2: code {buried}.").wait_for()
+        assert console.errors == []
+    finally:
+        context.close()
+        registry.activate(site.storage, before, kind=registry.RULES, notify=lambda _m: None)
+        _until(lambda: _health(site)["rules_version"] == before)
 
 
 def test_feed_upload_with_its_summary_then_the_product_disappears(browser, people, tmp_path):  # noqa: F811
@@ -254,9 +396,9 @@ def test_feed_upload_with_its_summary_then_the_product_disappears(browser, peopl
         console.add_from_search("PARISIENNE JUNGLE LUNCH BOX")
         _until(lambda: gone in console.rec_codes())
         page.get_by_role("link", name="Product feed").click()
-        page.get_by_label("Feed file (.csv, .tsv, or either gzipped; Google Merchant Center columns)").set_input_files(
-            str(feed)
-        )
+        page.get_by_label(
+            "Feed file (.csv, .tsv, either gzipped, or .xlsx; Google Merchant Center columns)"
+        ).set_input_files(str(feed))
         page.get_by_role("button", name="Check the file").click()
         changes = page.get_by_role("list", name="What the file changes")
         changes.wait_for()

@@ -414,6 +414,19 @@ def _rules_cases() -> list[Case]:
         Case("GET", "/rules", 403, "an API key", _get_with_key("/rules", "recommend")),
         Case("POST", "/rules/check", 200, "a good draft", post("/rules/check", _draft)),
         Case("POST", "/rules/check", 200, "a wrong draft", post("/rules/check", lambda api: bad)),
+        Case("POST", "/rules/check", 200, "a draft as YAML", post("/rules/check", lambda api: {"yaml": "pin: [1"})),
+        Case(
+            "POST",
+            "/rules/check",
+            200,
+            "YAML beyond JSON",
+            post(
+                "/rules/check", lambda api: {"yaml": "pin: [.nan, 2026-01-02]\nblock: !!binary aGk=\nbury: !!set {a}"}
+            ),
+        ),
+        Case(
+            "POST", "/rules/check", 422, "rules and yaml", post("/rules/check", lambda api: {"rules": {}, "yaml": ""})
+        ),
         Case("POST", "/rules/preview", 200, "the changes", post("/rules/preview", _draft)),
         Case("POST", "/rules/preview", 200, "over rules in force", post("/rules/preview", _draft, Api.merchandise)),
         Case("POST", "/rules/preview", 422, "a wrong draft", post("/rules/preview", lambda api: bad)),
@@ -612,6 +625,58 @@ def _feed_cases() -> list[Case]:
     return cases
 
 
+def _earlier_versions_cases() -> list[Case]:
+    """Activating an earlier feed or rules version (the Versions page)."""
+
+    def first_of(kind: registry.Kind) -> Callable[[Api], str]:
+        return lambda api: registry.list_versions(api.storage, kind)[0]
+
+    def two_versions(api: Api) -> None:
+        api.merchandise()
+        api.call("POST", "/rules", json=_draft(api))
+        api.call("POST", "/feed", content=_feed_file(api), params={"name": "f.csv"})
+
+    def damaged(kind: registry.Kind) -> Callable[[Api], None]:
+        def setup(api: Api) -> None:
+            two_versions(api)
+            version = registry.list_versions(api.storage, kind)[0]
+            for key in api.storage.list(registry.artifact_key(version, "", kind)):
+                if not key.endswith(registry.MANIFEST):
+                    api.storage.write(key, b"damaged")
+
+        return setup
+
+    def users_unreachable(api: Api) -> None:
+        api.monkeypatch.setenv("USER_CACHE_SECONDS", "0")
+        get_settings.cache_clear()
+        api.headers  # noqa: B018 - logged in first
+        api.fail_reads("users/")
+
+    def post(path: str, version=None, setup=None, token: bool = True, viewer: bool = False):
+        def send(api: Api) -> Response:
+            if setup:
+                setup(api)
+            headers = _as_viewer(api) if viewer else {}
+            body = {"version": version(api) if callable(version) else version} if version is not None else {}
+            return api.call("POST", path, token=token, json=body, headers=headers)
+
+        return send
+
+    cases = []
+    for path, kind in (("/rules/activate", registry.RULES), ("/feed/activate", registry.FEED)):
+        cases += [
+            Case("POST", path, 200, "activated", post(path, first_of(kind), two_versions)),
+            Case("POST", path, 401, "no token", post(path, "1999", token=False)),
+            Case("POST", path, 403, "a viewer", post(path, "1999", viewer=True)),
+            Case("POST", path, 404, "no such version", post(path, "1999")),
+            Case("POST", path, 409, "damaged", post(path, first_of(kind), damaged(kind))),
+            Case("POST", path, 413, "body too large", lambda api, path=path: api.too_large("POST", path)),
+            Case("POST", path, 422, "no version", post(path)),
+            Case("POST", path, 503, "user store unreachable", post(path, "1999", users_unreachable)),
+        ]
+    return cases
+
+
 def _preflight_cases(path: str, scope: str = "recommend") -> list[Case]:
     def preflight(origin: str, setup: Callable[[Api], None] | None = None) -> Callable[[Api], Response]:
         def send(api: Api) -> Response:
@@ -698,6 +763,7 @@ CASES = [
     *_rules_cases(),
     *_versions_cases(),
     *_feed_cases(),
+    *_earlier_versions_cases(),
     Case("GET", "/analytics", 200, "before any report", _get("/analytics")),
     Case("GET", "/analytics", 200, "an experiment", _get("/analytics", _analytics_summary)),
     Case("GET", "/analytics", 401, "no token", _get("/analytics", token=False)),

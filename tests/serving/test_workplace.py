@@ -107,7 +107,7 @@ def test_a_feed_upload_is_read_without_pandas_and_summarized(trained_storage):
     assert again["changes"]["price_changes"]["count"] == 3 and again["changes"]["added"]["count"] == 0
     with pytest.raises(DataFileError, match="line 2: availability 'maybe'"):
         feed_upload.read_upload("f.csv", b"id,availability\nA,maybe\n", limits)
-    with pytest.raises(DataFileError, match="make feed"):
+    with pytest.raises(DataFileError, match=r"^cannot read f\.xlsx as \.xlsx: BadZipFile"):
         feed_upload.read_upload("f.xlsx", b"PK", limits)
     assert registry.active(trained_storage, registry.FEED) is not None
 
@@ -134,3 +134,76 @@ def test_rolling_back_the_first_rules_leaves_none(trained_storage):
     assert rules_editor.roll_back(trained_storage)["version"] == "none"
     assert registry.active(trained_storage, registry.RULES) is None
     assert rules_editor.current(trained_storage)["version"] is None
+
+
+def test_the_text_view_is_yaml_checked_as_make_rules_checks_a_file(trained_storage, tmp_path):
+    """The console's YAML is read by make rules' reader: the same messages, at their line, numbers as typed."""
+    from recommender.training.rules import read_rules
+
+    holder = ModelHolder(trained_storage, poll_seconds=0)
+    model = holder.refresh()
+    code = model.items.codes[0]
+    text = f"pin:\n  - basket: {{code: [{code}]}}\n    item: {{code: {code}}}\n    position: 0\n"
+    answer = rules_editor.checked(None, trained_storage, model, text)
+    (tmp_path / "rules.yaml").write_text(text)
+    with pytest.raises(RulesError) as make_rules:
+        read_rules(tmp_path / "rules.yaml")
+    assert not answer["ok"] and answer["error"]["place"] == "pin[0].position"
+    assert make_rules.value.message == f"rules.yaml: pin[0].position: {answer['error']['message']}"
+    assert answer["error"]["line"] == 4 and answer["document"]["pin"][0]["position"] == 0
+    broken = rules_editor.checked(None, trained_storage, model, "pin:\n  - basket: {code: [1]\n")
+    assert broken["error"]["message"].startswith("the text is not valid YAML at line 3, column 1:")
+    assert broken["error"]["line"] == 3 and broken["document"] is None
+    # A code written as a number is the code as typed (0123 is not 83); the document comes back for the form.
+    good = rules_editor.checked(None, trained_storage, model, "block:\n  codes: [0123]\n")
+    assert good["ok"] and good["document"]["block"]["codes"] == ["0123"]
+    published = rules_editor.publish_draft(trained_storage, model, None, 5, 1 << 20, text="block:\n  codes: [0123]\n")
+    version = published["version"]
+    assert registry.read_manifest(trained_storage, version, registry.RULES)["source"]["file"] == "console.yaml"
+    assert rules_editor.current(trained_storage)["rules"]["block"]["codes"] == ["0123"]
+
+
+def test_a_spreadsheet_upload_reads_as_make_feed_reads_it(tmp_path):
+    """The console takes .xlsx as make feed does (read without openpyxl or calamine): the same feed, the same
+    refusals."""
+    from datetime import datetime as moment
+
+    from openpyxl import Workbook
+
+    from recommender.training.feed import read_feed
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["id", "Availability", "price", "product_type", "BRAND", "Title", "sale_price_effective_date"])
+    sheet.append([85123, "in_stock", "2.55 GBP", "Home > Candles", "Acme", "Heart holder", moment(2026, 12, 5, 18)])
+    sheet.append(["71053", "out of stock", 3.39, "Home > Lights", None, None, None])
+    sheet.append([22423.0, True, None, None, "Bakers", "  Café «rich» text  ", None])
+    sheet["A6"] = "84029G"  # a row left out of the file (5), then one with its first cell only
+    path = tmp_path / "feed.xlsx"
+    book.save(path)
+    limits = FeedLimits(100, 1 << 20, "utf-8")
+    with pytest.raises(DataFileError) as gap:
+        feed_upload.read_upload("feed.xlsx", path.read_bytes(), limits)
+    assert gap.value.message == "feed.xlsx line 5: the stock code is empty; nothing was uploaded"
+    with pytest.raises(DataFileError, match=gap.value.message):
+        read_feed(path, limits)
+    sheet["A5"] = "84029A"
+    sheet["A9"] = ""  # trailing empty rows are not products
+    book.save(path)
+    uploaded = feed_upload.read_upload("feed.xlsx", path.read_bytes(), limits)
+    assert uploaded == read_feed(path, limits)
+    assert uploaded.items["85123"]["price"] == 2.55 and uploaded.items["71053"]["availability"] == "out_of_stock"
+    assert uploaded.items["22423"]["title"] == "Café «rich» text" and uploaded.rows == 5
+    # Refusals in make feed's words: a damaged workbook, an unknown type, too many rows, too much XML.
+    with pytest.raises(DataFileError, match=r"^cannot read bad\.xlsx as \.xlsx: BadZipFile"):
+        feed_upload.read_upload("bad.xlsx", b"not a workbook", limits)
+    with pytest.raises(DataFileError, match=r"^unsupported feed file type \.json for f\.json: use .*\.xlsx"):
+        feed_upload.read_upload("f.json", b"{}", limits)
+    few = FeedLimits(2, 1 << 20, "utf-8")
+    with pytest.raises(DataFileError) as over:
+        feed_upload.read_upload("feed.xlsx", path.read_bytes(), few)
+    with pytest.raises(DataFileError) as also_over:
+        read_feed(path, few)
+    assert over.value.message == also_over.value.message
+    with pytest.raises(DataFileError, match="more than 1,000 bytes of spreadsheet data"):
+        feed_upload.read_upload("feed.xlsx", path.read_bytes(), FeedLimits(100, 1000, "utf-8"))

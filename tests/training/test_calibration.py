@@ -1,6 +1,7 @@
-"""Calibration fitting: pool adjacent violators, the logistic index, the fitted curve, reliability and ECE."""
+"""Calibration fitting: pool adjacent violators, the fitted curves (score alone), reliability and ECE."""
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -36,14 +37,6 @@ def test_pav_is_the_best_monotone_fit(seed):
     assert np.average(fit, weights=weights) == pytest.approx(np.average(values, weights=weights))
 
 
-def test_logistic_recovers_known_coefficients():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(20_000, 2))
-    p = 1 / (1 + np.exp(-(-1.0 + 2.0 * x[:, 0] - 0.5 * x[:, 1])))
-    beta = calibration.logistic(x, (rng.random(len(p)) < p).astype(float))
-    assert beta == pytest.approx([-1.0, 2.0, -0.5], abs=0.1)
-
-
 def synthetic_observations(n=30_000, seed=0):
     """Answers whose true chance of purchase is known: rises with the score, falls with the rank."""
     rng = np.random.default_rng(seed)
@@ -55,33 +48,38 @@ def synthetic_observations(n=30_000, seed=0):
 
 def test_fitted_confidence_matches_the_truth_and_is_monotone():
     obs, truth = synthetic_observations()
-    spec = calibration.fit(
-        obs, Observations(np.zeros(4), np.array([1, 2, 1, 2]), np.array([1, 0, 0, 0], bool)), 100, 20
-    )
-    assert spec["index"]["score"] > 0 > spec["index"]["log_rank"]
+    popular = Observations(np.array([1.0] * 40 + [0.5] * 40), np.ones(80, int), np.array([1, 0] * 20 + [0] * 40, bool))
+    spec = calibration.fit(obs, popular, 100, 20)
+    assert spec["format"] == 2 and "index" not in spec
     confidence = Confidence.from_json(calibration.to_json(spec))
     predicted = confidence(obs.scores, obs.ranks)
-    assert np.abs(predicted - truth).mean() < 0.03
+    # The score alone: what the rank adds to the truth is averaged out, and the fit stays calibrated.
+    assert np.abs(predicted - truth).mean() < 0.06
     assert calibration.expected_calibration_error(predicted, obs.bought) < 0.02
     grid_scores = np.linspace(-1, 5, 61)
-    for rank in (1, 2, 5, 20, 100):
-        assert np.all(np.diff(confidence(grid_scores, np.full(61, rank))) >= 0)  # never falls with the score
-    for score in (-0.5, 0.0, 0.3, 1.0, 4.0):
-        assert np.all(np.diff(confidence(np.full(100, score), np.arange(1, 101))) <= 0)  # never rises with the rank
+    assert np.all(np.diff(confidence(grid_scores, np.ones(61))) >= 0)  # never falls with the score
+    for score in (-0.5, 0.0, 0.3, 1.0, 4.0):  # the same at every rank
+        assert len(set(confidence(np.full(100, score), np.arange(1, 101)).tolist())) == 1
     assert confidence(np.array([-100.0, 100.0]), np.array([1, 1])).tolist() == [
         spec["curve"]["y"][0],
         spec["curve"]["y"][-1],
     ]
-    assert spec["popular"]["rate"][:2] == [0.5, 0.0]
+    # Popular items by their popularity score, whatever their rank.
+    assert confidence(np.array([1.0, 1.0, 0.5]), np.array([1, 7, 1]), popular=True).tolist() == [0.5, 0.5, 0.0]
 
 
-def test_a_feature_with_the_wrong_sign_is_dropped():
-    # Purchases fall with the score here (nonsense for a recommender): confidence then ignores the score.
-    rng = np.random.default_rng(1)
-    scores, ranks = rng.random(5000), rng.integers(1, 11, 5000)
-    bought = rng.random(5000) < 0.3 * (1 - scores) / ranks
-    w_score, w_rank = calibration.index_weights(Observations(scores, ranks, bought))
-    assert w_score == 0 and w_rank < 0
+def test_a_format_1_file_is_still_read_with_its_ranks():
+    legacy = {
+        "format": 1,
+        "index": {"score": 1.0, "log_rank": -0.5},
+        "curve": {"x": [-2.0, 1.0], "y": [0.0, 0.3]},
+        "popular": {"rate": [0.2, 0.1]},
+    }
+    confidence = Confidence.from_json(json.dumps(legacy).encode())
+    assert confidence.calibrated
+    first, later = confidence(np.array([1.0, 1.0]), np.array([1, 4])).tolist()
+    assert first == pytest.approx(0.3) and later < first
+    assert confidence(np.array([1.0, 1.0]), np.array([1, 2]), popular=True).tolist() == [0.2, 0.1]
 
 
 def test_curve_knots_need_enough_observations():
@@ -89,12 +87,6 @@ def test_curve_knots_need_enough_observations():
     x, y = calibration.isotonic_curve(z, z >= 99, min_per_knot=30)
     assert max(y) < 0.1  # the lone top purchase is pooled with 29+ others, not a confidence of 1
     assert np.all(np.diff(x) > 0)
-
-
-def test_popular_rates_never_rise_with_rank():
-    ranks = np.array([1] * 10 + [2] * 10 + [3] * 10)
-    bought = np.array([1] * 3 + [0] * 7 + [1] * 5 + [0] * 5 + [1] * 1 + [0] * 9, dtype=bool)
-    assert calibration.popular_rates(ranks, bought, 4) == pytest.approx([0.4, 0.4, 0.1, 0.1])
 
 
 def test_reliability_and_ece_by_hand():

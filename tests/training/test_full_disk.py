@@ -69,7 +69,7 @@ class FillingStorage(LocalStorage):
 def test_a_storage_that_fills_up_keeps_nothing_of_the_training(trained_storage, tiny_csv, capsys, monkeypatch):
     before = snapshot(trained_storage.root)
     full = FillingStorage(trained_storage.root, writes=3)
-    monkeypatch.setattr(cli, "open_storage", lambda _settings: full)
+    monkeypatch.setattr(cli.models, "open_storage", lambda _settings: full)
     assert cli.main(["train", str(tiny_csv)]) == 1
     line = one_error_line(capsys.readouterr())
     assert "No space left on device" in line and "models/versions/" in line

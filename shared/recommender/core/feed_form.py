@@ -152,9 +152,9 @@ def validate_table(name: str, kind: str, header: list[str], rows: list[list], li
                 if price[1]:
                     attributes["currency"] = price[1]
                     currencies[price[1]] += 1
-            for name in ("category", "brand", "title", "description", "image_link", "link"):
-                if cell(name):
-                    attributes[name] = cell(name)
+            for attribute in ("category", "brand", "title", "description", "image_link", "link"):
+                if cell(attribute):
+                    attributes[attribute] = cell(attribute)
         except ValueError as err:
             errors.append(f"line {number}: {err}")
             continue

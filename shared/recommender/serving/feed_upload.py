@@ -1,7 +1,7 @@
-"""The console's Product feed page: a feed file uploaded from the browser (.csv, .tsv, gzipped or not; the checks
-of `make feed`, from core/feed_form.py), what it changes against the feed in force, then publishing it as a feed
-version, and rolling back. Read with the standard library: serving never imports pandas. A spreadsheet (.xlsx)
-needs `make feed`, which reads it with openpyxl."""
+"""The console's Product feed page: a feed file uploaded from the browser (the formats and checks of `make feed`:
+.csv, .tsv, gzipped or not, and .xlsx; core/feed_form.py), what it changes against the feed in force, then
+publishing it as a feed version, and rolling back. Read with the standard library: serving never imports pandas,
+openpyxl or calamine (a spreadsheet is read by serving/xlsx_reader.py)."""
 
 from __future__ import annotations
 
@@ -11,31 +11,37 @@ import hashlib
 import io
 import json
 import zlib
+from pathlib import PurePosixPath
 
 from recommender.core import registry
 from recommender.core.errors import Conflict, DataFileError
 from recommender.core.feed_and_rules import FEED_FILE
-from recommender.core.feed_form import FeedFile, FeedLimits, changes, describe, publish, validate_table
+from recommender.core.feed_form import SUPPORTED, FeedFile, FeedLimits, changes, describe, publish, validate_table
 from recommender.core.items import ITEMS_FILE
 from recommender.core.storage import Storage
 
-UPLOADED = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+UPLOADED = SUPPORTED  # what make feed reads
 
 
 def kind_of(name: str) -> str:
-    """The uploaded file's kind from its name; DataFileError for anything else (a spreadsheet: make feed)."""
+    """The uploaded file's kind from its name; DataFileError for anything else, in make feed's words."""
     lower = name.lower()
     for suffix in sorted(UPLOADED, key=len, reverse=True):
         if lower.endswith(suffix):
             return suffix
-    if lower.endswith(".xlsx"):
-        raise DataFileError(f"{name}: upload a spreadsheet with `make feed`, or save it as CSV and upload that")
-    raise DataFileError(f"unsupported feed file type for {name!r}: use {', '.join(UPLOADED)}")
+    suffixes = "".join(PurePosixPath(name).suffixes) or "(none)"
+    raise DataFileError(f"unsupported feed file type {suffixes} for {name}: use {', '.join(UPLOADED)}")
 
 
 def read_upload(name: str, data: bytes, limits: FeedLimits) -> FeedFile:
     """The validated feed of an uploaded file's bytes; DataFileError with one line naming the first problem."""
     kind = kind_of(name)
+    if kind == ".xlsx":
+        from recommender.serving import xlsx_reader  # only a spreadsheet needs it
+
+        table = xlsx_reader.read_rows(name, data, limits.bytes, limits.rows + 2)
+        header, width = table[0], len(table[0])
+        return validate_table(name, kind, header, [(row + [""] * width)[:width] for row in table[1:]], limits)
     if kind.endswith(".gz"):
         try:
             # At most one byte over the limit is inflated: a small .gz can hold gigabytes.

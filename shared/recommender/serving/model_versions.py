@@ -1,6 +1,7 @@
 """The console's Versions page: every model version with a label and its quality in words, which is active and
 which staged; promoting, activating and rolling back through the activation gate (serving/gate.py) as `make
-promote`, `make activate` and `make rollback` do; and the feed and rules versions."""
+promote`, `make activate` and `make rollback` do; and the feed and rules versions, each labelled, activated or
+rolled back (as make feed_rollback and make rules_rollback)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from recommender.core.errors import (
     NotFound,
     PointerDamaged,
     RecommenderError,
+    VersionUnavailable,
 )
 from recommender.core.storage import Storage
 from recommender.serving import gate
@@ -92,11 +94,12 @@ def listing(storage: Storage) -> dict:
             else ""
         )
         models.append(describe(storage, version, state))
-    others = {}
+    others, previous = {}, {}
     for kind in (registry.FEED, registry.RULES):
         pointer = _pointer(storage, registry.active, kind)
+        previous[kind.prefix] = list(pointer.previous) if pointer else []
         others[kind.prefix] = [
-            {"version": v, "state": "active" if pointer and pointer.version == v else ""}
+            describe_other(storage, kind, v, "active" if pointer and pointer.version == v else "")
             for v in sorted(registry.list_versions(storage, kind), reverse=True)
         ]
     return {
@@ -104,7 +107,52 @@ def listing(storage: Storage) -> dict:
         "previous": list(active.previous) if active else [],
         "feeds": others["feed"],
         "rules": others["rules"],
+        "feeds_previous": previous["feed"],
+        "rules_previous": previous["rules"],
     }
+
+
+# --- feed and rules versions ---------------------------------------------------------------------------------
+KINDS = {"feed": registry.FEED, "rules": registry.RULES}
+
+
+def describe_other(storage: Storage, kind: registry.Kind, version: str, state: str) -> dict:
+    """One feed or rules version as the page shows it: made when, from which file, and what it holds."""
+    entry: dict[str, Any] = {"version": version, "state": state, "created_at": None, "file": None, "label": None}
+    entry["problem"] = registry.version_problem(storage, version, kind)
+    try:
+        manifest = registry.read_manifest(storage, version, kind)
+    except RecommenderError as err:
+        entry["problem"] = entry["problem"] or err.message
+        return entry
+    entry["created_at"] = manifest.get("created_at")
+    entry["file"] = _part(manifest, "source", "file")
+    items = _part(manifest, "counts", "items")
+    if kind is registry.FEED and _number(items):
+        entry["label"] = f"{items:,} products"
+    warnings = manifest.get("warnings")
+    if kind is registry.RULES and isinstance(warnings, list):
+        entry["label"] = f"{len(warnings)} warning(s) when published" if warnings else "published without warnings"
+    return entry
+
+
+def activate_other(storage: Storage, kind_name: str, name: str) -> dict:
+    """Make a stored feed or rules version (or a unique beginning of its name) the one in force, remembering
+    the one it replaces for roll back; serving follows within MODEL_POLL_SECONDS."""
+    kind = KINDS[kind_name]
+    try:
+        version = registry.find_version(storage, name, kind)
+    except VersionUnavailable:
+        raise NotFound(f"no {kind.noun} version {name!r}: the Versions page lists them") from None
+    try:
+        registry.verify(storage, version, kind)
+    except VersionUnavailable as err:
+        raise Conflict(f"{err.message}: it cannot be activated") from None
+    active = _pointer(storage, registry.active, kind)
+    if active is not None and active.version == version:
+        return {"version": version, "summary": [f"{kind.noun} version {version} is in force already"]}
+    registry.activate(storage, version, kind=kind, notify=lambda _message: None)
+    return {"version": version, "summary": [f"{kind.noun} version {version} is in force"]}
 
 
 def _gated(storage: Storage, version: str, force: bool, user: User, margin: float, label: str) -> str | None:

@@ -20,7 +20,22 @@ from recommender.serving.model import Model, ModelHolder
 # edited and previewed again is compared on the same baskets), and any the user typed.
 PREVIEW_SAMPLES = 20
 PREVIEW_N = 10
-SOURCE_NAME = "console.json"  # the file name a version published from the console records
+SOURCE_NAME = "console.json"  # the file name a version published from the console's form records
+YAML_NAME = "console.yaml"  # ... and from its text view (the YAML a rules file holds)
+TEXT_NAME = "the text"  # how a message names the text view ("the text is not valid YAML at line 3, ...")
+
+
+def _from_yaml(text: str) -> Any:
+    """The document of the text view's YAML, read as make rules reads a file (pyyaml is imported on first use:
+    only the text view needs it)."""
+    from recommender.core import rules_yaml
+
+    return rules_yaml.load(text, TEXT_NAME)
+
+
+def draft_of(rules: Any, text: str | None) -> Any:
+    """The draft's document: the one given, or the one its YAML text holds (RulesError when it is not YAML)."""
+    return _from_yaml(text) if text is not None else rules
 
 
 def document(rules: dict) -> dict:
@@ -83,15 +98,34 @@ def known(storage: Storage, model: Model) -> Known:
     return _known(storage, model.version, pointer.version if pointer else None)
 
 
-def checked(raw: Any, storage: Storage, model: Model) -> dict:
-    """A draft document checked as `make rules` checks a file: {"ok", "error" ({"place", "message"}) or None,
-    "summary", "warnings", "rules" (the stored form, when ok)}."""
+def checked(raw: Any, storage: Storage, model: Model, text: str | None = None) -> dict:
+    """A draft document (or its YAML text) checked as `make rules` checks a file: {"ok", "error" ({"place",
+    "message"}, and "line" for text) or None, "summary", "warnings", "rules" (the stored form, when ok), and for
+    text its "document" (null when it is not YAML)}."""
+    extra: dict[str, Any] = {}
     try:
+        if text is not None:
+            from recommender.core import rules_yaml
+
+            extra["document"] = None
+            raw = _from_yaml(text)
+            extra["document"] = rules_yaml.plain(raw)
         rules = validate(raw)
         warnings = check(rules, known(storage, model))
     except RulesError as err:
-        return {"ok": False, "error": _split(err.message), "summary": [], "warnings": []}
-    return {"ok": True, "error": None, "summary": describe(rules), "warnings": warnings, "rules": rules}
+        error = _split(err.message)
+        if text is not None:
+            error["line"] = getattr(err, "line", None) or _line_of(text, error["place"])
+        return {"ok": False, "error": error, "summary": [], "warnings": [], **extra}
+    if text is not None:
+        extra["document"] = document(rules)
+    return {"ok": True, "error": None, "summary": describe(rules), "warnings": warnings, "rules": rules, **extra}
+
+
+def _line_of(text: str, place: str) -> int | None:
+    from recommender.core import rules_yaml
+
+    return rules_yaml.line_of(text, place) if place != "rules" else None
 
 
 def _sample_baskets(storage: Storage, model: Model, count: int) -> list[tuple[str, list[str]]]:
@@ -159,13 +193,16 @@ def preview(
     as_of: datetime | None,
     samples: int = PREVIEW_SAMPLES,
     n: int = PREVIEW_N,
+    text: str | None = None,
 ) -> dict:
-    """What a draft changes, before anything is published: over the model's sample invoices and the baskets
-    given, each answer under the rules in force and under the draft (both as of a time: now by default)."""
+    """What a draft (or its YAML text) changes, before anything is published: over the model's sample invoices
+    and the baskets given, each answer under the rules in force and under the draft (both as of a time: now by
+    default)."""
     model = holder.current()
-    result = checked(raw, storage, model)
+    result = checked(raw, storage, model, text)
     if not result["ok"]:
-        raise RulesError(f"{result['error']['place']}: {result['error']['message']}")
+        place, message = result["error"]["place"], result["error"]["message"]
+        raise RulesError(message if place == "rules" else f"{place}: {message}")
     at = (as_of or datetime.now(UTC)).astimezone(UTC)
     active_version, active = holder.active_rules()
     old = holder.draft(in_force(active, at) if active else None, active_version or "none")
@@ -202,16 +239,19 @@ def preview(
     }
 
 
-def publish_draft(storage: Storage, model: Model, raw: Any, keep_versions: int, max_stored_bytes: int) -> dict:
-    """Publish a draft as `make rules` publishes a file: validated in full, stored as a new version, activated."""
-    rules = validate(raw)
-    source = json.dumps(raw, ensure_ascii=False, indent=1).encode()
+def publish_draft(
+    storage: Storage, model: Model, raw: Any, keep_versions: int, max_stored_bytes: int, text: str | None = None
+) -> dict:
+    """Publish a draft (or its YAML text, kept as the version's source) as `make rules` publishes a file:
+    validated in full, stored as a new version, activated."""
+    rules = validate(draft_of(raw, text))
+    source = text.encode() if text is not None else json.dumps(raw, ensure_ascii=False, indent=1).encode()
     lines: list[str] = []
     manifest = publish(
         storage,
         rules,
         source,
-        SOURCE_NAME,
+        YAML_NAME if text is not None else SOURCE_NAME,
         known(storage, model),
         keep_versions,
         lines.append,

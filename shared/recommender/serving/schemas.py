@@ -526,11 +526,24 @@ class EventsOut(Out):
 
 class RulesDraftIn(BaseModel):
     """A draft of the merchandising rules: the document a rules file holds (block, do_not_pair, pin, boost, bury;
-    make rules_schema prints its JSON Schema), as JSON."""
+    make rules_schema prints its JSON Schema), as JSON (rules) or as the YAML text of a rules file (yaml)."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    rules: dict[str, Any] | None = Field(description="the rules file's document (keys block, do_not_pair, ...)")
+    rules: dict[str, Any] | None = Field(None, description="the rules file's document (keys block, do_not_pair, ...)")
+    yaml: StrictStr | None = Field(
+        None,
+        max_length=1 << 20,
+        description="instead of rules: the rules file's text, read as make rules reads a file (at most 1 MiB)",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "RulesDraftIn":
+        if self.rules is not None and self.yaml is not None:
+            raise PydanticCustomError("rules_form", "give rules or yaml, not both")
+        if not {"rules", "yaml"} & self.model_fields_set:
+            raise PydanticCustomError("rules_form", "give the draft as rules (its document) or yaml (its text)")
+        return self
 
 
 def _date_time_text(value: Any) -> Any:
@@ -559,6 +572,7 @@ class RuleProblem(Out):
 
     place: str = Field(description='the entry and field, such as "pin[0].position", or "rules"')
     message: str
+    line: int | None = Field(None, description="for a draft given as yaml: the line of the text the problem is at")
 
 
 class RulesCheckOut(Out):
@@ -568,6 +582,9 @@ class RulesCheckOut(Out):
     error: RuleProblem | None
     summary: list[str]
     warnings: list[str]
+    document: dict[str, Any] | None = Field(
+        None, description="for a draft given as yaml: its document as JSON (null when the text is not YAML)"
+    )
 
 
 class RulesOut(Out):
@@ -575,7 +592,9 @@ class RulesOut(Out):
 
     version: str | None
     created_at: str | None = None
-    source: str | None = Field(None, description="the file it was uploaded from (console.json from the console)")
+    source: str | None = Field(
+        None, description="the file it was uploaded from (console.json or console.yaml from the console)"
+    )
     rules: dict[str, Any]
     summary: list[str]
     warnings: list[str]
@@ -667,6 +686,10 @@ class OtherVersionOut(Out):
 
     version: str
     state: Literal["active", ""]
+    created_at: str | None = None
+    file: str | None = Field(None, description="the file it was published from (console.json/.yaml: the console)")
+    label: str | None = Field(None, description='what it holds: "4,070 products", "published without warnings"')
+    problem: str | None = Field(None, description="why it cannot be activated (incomplete, damaged)")
 
 
 class VersionsOut(Out):
@@ -676,6 +699,8 @@ class VersionsOut(Out):
     previous: list[str] = Field(description="model versions active before, most recent first")
     feeds: list[OtherVersionOut]
     rules: list[OtherVersionOut]
+    feeds_previous: list[str] = Field(default_factory=list, description="feed versions in force before, latest first")
+    rules_previous: list[str] = Field(default_factory=list, description="rules versions in force before, latest first")
 
 
 class ActivateIn(BaseModel):
@@ -685,6 +710,14 @@ class ActivateIn(BaseModel):
 
     version: StrictStr = Field(min_length=1, max_length=100, description="a version, or a unique beginning of one")
     force: bool = False
+
+
+class VersionIn(BaseModel):
+    """Which feed or rules version to put in force."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    version: StrictStr = Field(min_length=1, max_length=100, description="a version, or a unique beginning of one")
 
 
 class PromoteIn(BaseModel):

@@ -1,10 +1,12 @@
 """Fitting calibrated confidence on held-out baskets, and measuring calibration (reliability bins, ECE).
 
 Each held-out basket is split at random: part of it is the query, the rest is what the shopper bought. Every
-recommended item is one observation (score, rank, bought or not). A logistic regression on score and log(rank)
-(Platt scaling of both) gives the direction that orders them; isotonic regression (pool adjacent violators) of
-"bought" on that index gives the probability, without assuming the logistic curve's shape. The result is the
-`calibration.json` artifact read by `serving/confidence.py`. Plain numpy, so any trainer can call it.
+recommended item is one observation (score, rank, bought or not). Isotonic regression (pool adjacent violators)
+of "bought" on the score alone gives the probability, without assuming a curve's shape; the same on the
+popularity score for popular items. Not on the rank: an item moved up a rank by a filter or a rule would then
+change its confidence, for the same item and basket (the rank's own information is mostly in the score it comes
+from; the ECE `make evaluate` reports measures what is left). The result is the `calibration.json` artifact read
+by `serving/confidence.py`. Plain numpy, so any trainer can call it.
 """
 
 from __future__ import annotations
@@ -51,38 +53,6 @@ def pav(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(means), sizes)
 
 
-def logistic(features: np.ndarray, labels: np.ndarray, iterations: int = 50, ridge: float = 1e-6) -> np.ndarray:
-    """Coefficients (intercept first) of a logistic regression by Newton's method."""
-    x = np.column_stack([np.ones(len(labels)), features])
-    beta = np.zeros(x.shape[1])
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -30, 30)))
-        gradient = x.T @ (labels - p) - ridge * beta
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + ridge * np.eye(x.shape[1])
-        step = np.linalg.solve(hessian, gradient)
-        beta += step
-        if np.abs(step).max() < 1e-8:
-            break
-    return beta
-
-
-def index_weights(obs: Observations) -> tuple[float, float]:
-    """Weights (score, log rank) of the index, signs forced: a feature whose fitted sign would make confidence
-    fall with the score or rise with the rank is dropped and the other refitted."""
-    labels = obs.bought.astype(np.float64)
-    columns = {"score": obs.scores.astype(np.float64), "log_rank": np.log(np.maximum(obs.ranks, 1))}
-    wanted_sign = {"score": 1.0, "log_rank": -1.0}
-    names = [n for n in columns if np.ptp(columns[n]) > 0]
-    while names:
-        beta = logistic(np.column_stack([columns[n] for n in names]), labels)[1:]
-        wrong = [n for n, b in zip(names, beta) if b * wanted_sign[n] < 0]
-        if not wrong:
-            fitted = dict(zip(names, beta))
-            return float(fitted.get("score", 0.0)), float(fitted.get("log_rank", 0.0))
-        names = [n for n in names if n not in wrong]
-    return 0.0, 0.0
-
-
 def isotonic_curve(
     z: np.ndarray, bought: np.ndarray, min_per_knot: int = MIN_PER_KNOT, max_knots: int = MAX_KNOTS
 ) -> tuple[list[float], list[float]]:
@@ -110,31 +80,14 @@ def isotonic_curve(
     return [round(float(v), 6) for v in x[keep]], [round(float(v), 6) for v in y[keep]]
 
 
-def popular_rates(ranks: np.ndarray, bought: np.ndarray, depth: int) -> list[float]:
-    """How often the shopper bought the popular item shown at each rank 1..depth, made non-increasing in rank."""
-    ranks = np.asarray(ranks, dtype=np.int64)
-    shown = np.bincount(ranks, minlength=depth + 1)[1 : depth + 1]
-    hits = np.bincount(ranks, weights=np.asarray(bought, dtype=np.float64), minlength=depth + 1)[1 : depth + 1]
-    if not shown.any():
-        return []
-    rate = np.divide(hits, shown, out=np.zeros(depth), where=shown > 0)
-    keep = shown > 0
-    fitted = pav(rate[keep][::-1], shown[keep][::-1])[::-1]  # non-increasing in rank: non-decreasing reversed
-    out = np.interp(np.arange(depth), np.flatnonzero(keep), fitted)
-    return [round(float(v), 6) for v in out]
-
-
 def fit(model_obs: Observations, popular_obs: Observations, cases: int, depth: int) -> dict:
-    """The calibration.json content fitted on held-out observations of the model's and of popular answers."""
-    w_score, w_rank = index_weights(model_obs) if len(model_obs) else (0.0, 0.0)
-    if len(model_obs):
-        z = w_score * model_obs.scores + w_rank * np.log(np.maximum(model_obs.ranks, 1))
-        x, y = isotonic_curve(z, model_obs.bought)
-    else:
-        x, y = [0.0], [0.0]
+    """The calibration.json content fitted on held-out observations of the model's answers (their scores) and of
+    popular answers (their popularity scores)."""
+    x, y = isotonic_curve(model_obs.scores, model_obs.bought) if len(model_obs) else ([0.0], [0.0])
+    popular_x, popular_y = isotonic_curve(popular_obs.scores, popular_obs.bought) if len(popular_obs) else ([], [])
     return {
         "format": FORMAT,
-        "method": "isotonic regression of 'bought' on a logistic index of score and log(rank)",
+        "method": "isotonic regression of 'bought' on the score alone (popular items: on their popularity score)",
         "fitted_on": {
             "cases": cases,
             "observations": len(model_obs),
@@ -142,9 +95,8 @@ def fit(model_obs: Observations, popular_obs: Observations, cases: int, depth: i
             "depth": depth,
             "base_rate": round(float(model_obs.bought.mean()), 6) if len(model_obs) else None,
         },
-        "index": {"score": round(w_score, 6), "log_rank": round(w_rank, 6)},
         "curve": {"x": x, "y": y},
-        "popular": {"rate": popular_rates(popular_obs.ranks, popular_obs.bought, depth) if len(popular_obs) else []},
+        "popular": {"curve": {"x": popular_x, "y": popular_y}},
     }
 
 

@@ -149,8 +149,12 @@ def observe(
     """What the model's answers (and popular items) to each query held: score, rank and whether it was bought.
     Fallback answers (popular items) are observed as popular ones only."""
     scores, ranks, bought = [], [], []
-    pop_ranks, pop_bought = [], []
-    popular = [model.items.codes[i] for i in model.items.most_popular()]
+    pop_ranks, pop_bought, pop_scores = [], [], []
+    by_popularity = model.items.most_popular()
+    popular = [model.items.codes[i] for i in by_popularity]
+    # A popular item's score, as serving gives it: its popularity over the most popular item's.
+    top = max(float(model.items.popularity[by_popularity[0]]), 1.0) if by_popularity else 1.0
+    index, popularity = model.items.index, model.items.popularity
     for _, query, rest in splits:
         answer = model.recommend(query, depth)
         if not answer.fallback:
@@ -167,12 +171,15 @@ def observe(
                     break
         pop_ranks.extend(range(1, len(shown) + 1))
         pop_bought.extend(code in rest for code in shown)
+        pop_scores.extend(popularity[index[code]] / top for code in shown)
     return (
         Observations(
             np.asarray(scores, dtype=np.float64), np.asarray(ranks, dtype=np.int64), np.asarray(bought, dtype=bool)
         ),
         Observations(
-            np.zeros(len(pop_ranks)), np.asarray(pop_ranks, dtype=np.int64), np.asarray(pop_bought, dtype=bool)
+            np.asarray(pop_scores, dtype=np.float64),
+            np.asarray(pop_ranks, dtype=np.int64),
+            np.asarray(pop_bought, dtype=bool),
         ),
     )
 

@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from recommender.core import registry
+from recommender.core import registry, rules_yaml
 from recommender.core.feed_and_rules import RULES_FILE, RULES_SOURCE
 from recommender.core.registry import utcnow
 from recommender.core.rules_form import (  # noqa: F401 (re-exported: make rules and its tests name them here)
@@ -32,46 +29,6 @@ from recommender.core.rules_form import (  # noqa: F401 (re-exported: make rules
 from recommender.core.storage import Storage
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML as a rules file is read: no aliases (*name: one short line could stand for megabytes of text), and
-    numbers keep the text they were written as, so an unquoted code is the code typed (0123, 1:30, 0b101 and 12.50
-    would otherwise be the numbers 83, 90, 5 and 12.5)."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise RulesError(
-                f"line {mark.line + 1}, column {mark.column + 1}: aliases (*name) are not accepted in a rules file; "
-                "write the values out"
-            )
-        return super().compose_node(parent, index)
-
-
-class _Int(int):
-    """A YAML integer and the text it was written as."""
-
-    text: str
-
-
-class _Float(float):
-    """A YAML float and the text it was written as."""
-
-    text: str
-
-
-def _number(kind: type, construct: Callable) -> Callable:
-    def build(loader: _Loader, node: yaml.ScalarNode) -> Any:
-        value = kind(construct(loader, node))
-        value.text = node.value
-        return value
-
-    return build
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _number(_Int, yaml.SafeLoader.construct_yaml_int))
-_Loader.add_constructor("tag:yaml.org,2002:float", _number(_Float, yaml.SafeLoader.construct_yaml_float))
-
-
 def read_rules(path: str | Path, max_bytes: int = MAX_RULES_BYTES) -> tuple[dict, bytes]:
     """The validated rules of a YAML file, and the file's bytes; RulesError (one line) when it cannot be used."""
     path = Path(path)
@@ -84,16 +41,10 @@ def read_rules(path: str | Path, max_bytes: int = MAX_RULES_BYTES) -> tuple[dict
         )
     data = path.read_bytes()
     try:
-        raw = yaml.load(data.decode("utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader without aliases)
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise RulesError(f"{path.name} is not UTF-8 text: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RulesError(f"{path.name} is not valid YAML{where}: {problem}") from None
-    except RulesError as err:
-        raise RulesError(f"{path.name}: {err.message}") from None
+    raw = rules_yaml.load(text, path.name)
     try:
         return validate(raw), data
     except RulesError as err:

@@ -11,7 +11,7 @@
   const me = { role: null, rights: [] };
   const may = (right) => me.rights.includes(right);
 
-  // --- pages ---------------------------------------------------------------------------------------------------
+  // --- pages
 
   const PAGES = {
     try: () => [$("workspace")],
@@ -74,6 +74,8 @@
     // What the role may not change is not offered at all.
     for (const node of document.querySelectorAll("#page-rules .editing")) node.hidden = !may("rules");
     $("versions-rollback").hidden = !may("promote");
+    $("versions-feed-rollback").hidden = !may("feed");
+    $("versions-rules-rollback").hidden = !may("rules");
     $("rules-readonly").hidden = may("rules");
     $("feed-form").hidden = !may("feed");
     $("feed-readonly").hidden = may("feed");
@@ -91,10 +93,11 @@
     $("feed-file").value = "";
     draft = emptyDraft();
     $("rules-preview-result").replaceChildren();
-    for (const id of ["rules-outcome", "rules-check", "rules-status", "versions-status"]) $(id).textContent = "";
+    for (const id of ["rules-outcome", "rules-check", "rules-status", "versions-status", "versions-feed-outcome",
+      "versions-rules-outcome"]) $(id).textContent = "";
   }
 
-  // --- rules: the draft and its form ---------------------------------------------------------------------------
+  // --- rules: the draft and its form
 
   const KINDS = ["code", "category", "brand"];
   const emptyDraft = () => ({ block: { codes: [], categories: [], brands: [] }, do_not_pair: [], pin: [], boost: [], bury: [] });
@@ -250,24 +253,64 @@
       const again = document.querySelector(`#rules-form [data-place="${CSS.escape(target.dataset.place)}"]`);
       if (again) again.focus();
     }
-    if (target && target.id !== "rules-text") $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
+    if (target && target.id !== "rules-text") showText();
     scheduleCheck();
+  }
+
+  // --- rules as text: YAML written here, read by the server with make rules' reader
+
+  const YAML_WORDS = /^(?:y|n|yes|no|true|false|on|off|null|~)$/i;
+
+  /** Plain when it reads back as the same text (make rules keeps 22423 as typed), else quoted as JSON quotes. */
+  function yamlScalar(v) {
+    if (typeof v === "number" || typeof v === "boolean") return String(v);
+    const s = String(v ?? "");
+    const plain = /^[A-Za-z0-9][A-Za-z0-9 _./&>'-]*$/.test(s) && !/ $/.test(s) && !YAML_WORDS.test(s)
+      && !/^\d{4}-\d\d?-\d\d?/.test(s);  // a date unquoted is a date, not a code
+    return plain ? s : JSON.stringify(s);
+  }
+
+  const yamlFlow = (v) => {
+    if (Array.isArray(v)) return `[${v.map(yamlFlow).join(", ")}]`;
+    if (v && typeof v === "object") return `{${Object.entries(v).map(([k, x]) => `${k}: ${yamlFlow(x)}`).join(", ")}}`;
+    return yamlScalar(v);
+  };
+
+  /** The rules document as a rules file's YAML: block's lists, then one "- key: value" entry per rule. */
+  function toYaml(doc) {
+    const lines = [];
+    if (doc.block) {
+      lines.push("block:");
+      for (const [key, values] of Object.entries(doc.block)) lines.push(`  ${key}: ${yamlFlow(values)}`);
+    }
+    for (const kind of ["pin", "do_not_pair", "boost", "bury"]) {
+      if (!doc[kind]) continue;
+      lines.push(`${kind}:`);
+      for (const entry of doc[kind]) {
+        const pairs = Object.entries(entry || {});
+        if (!pairs.length) lines.push("  - {}");
+        pairs.forEach(([key, value], i) => lines.push(`${i ? "    " : "  - "}${key}: ${yamlFlow(value)}`));
+      }
+    }
+    return lines.length ? `${lines.join("\n")}\n` : "";
+  }
+
+  let textEdited = false;  // the text view was edited last: it is the draft, sent as YAML
+
+  function showText() {
+    textEdited = false;
+    $("rules-text").value = toYaml(documentOf(draft));
   }
 
   function textChanged() {
-    let doc;
-    try {
-      doc = JSON.parse($("rules-text").value || "{}");
-    } catch (err) {
-      showProblem({ place: "rules", message: `the text is not valid JSON (${err.message})` });
-      return;
-    }
-    draft = fromDocument(doc);
-    renderForm();
+    textEdited = true;
     scheduleCheck();
   }
 
-  // --- rules: checking as typed --------------------------------------------------------------------------------
+  /** The draft as the API takes it: the text as typed, or the form's document. */
+  const draftBody = () => (textEdited ? { yaml: $("rules-text").value } : { rules: documentOf(draft) });
+
+  // --- rules: checking as typed
 
   function scheduleCheck() {
     clearTimeout(checkTimer);
@@ -283,9 +326,15 @@
   }
 
   /** The problem shown at its field (the first field whose place it names), else under the form. */
-  function showProblem(problem) {
+  function showProblem(problem, inText) {
     clearProblems();
-    const text = C().sentence(`${problem.place}: ${problem.message}`);
+    const text = C().sentence(problem.place === "rules" ? problem.message : `${problem.place}: ${problem.message}`);
+    if (inText) {  // at the text view too, with its line
+      const area = $("rules-text");
+      area.setAttribute("aria-invalid", "true");
+      area.setAttribute("aria-describedby", "rules-text-error");
+      $("rules-text-error").textContent = problem.line ? `Line ${problem.line}: ${text}` : text;
+    }
     const fields = [...document.querySelectorAll("#rules-form [data-place]")].filter((n) => !n.hidden && !n.closest("[hidden]"));
     const exact = fields.find((n) => n.dataset.place === problem.place)
       || fields.find((n) => problem.place.startsWith(`${n.dataset.place}`) && n.tagName !== "SELECT")
@@ -315,9 +364,14 @@
     if (checkAbort) checkAbort.abort();
     checkAbort = new AbortController();
     try {
-      const answer = await C().api("rules/check", { method: "POST", body: { rules: documentOf(draft) }, signal: checkAbort.signal });
+      const sent = draftBody();
+      const answer = await C().api("rules/check", { method: "POST", body: sent, signal: checkAbort.signal });
+      if (sent.yaml !== undefined && answer.document && textEdited) {
+        draft = fromDocument(answer.document);  // the form follows the text
+        renderForm();
+      }
       if (!answer.ok) {
-        showProblem(answer.error);
+        showProblem(answer.error, sent.yaml !== undefined);
         return;
       }
       clearProblems();
@@ -330,7 +384,7 @@
     }
   }
 
-  // --- rules: loading, preview, publish, roll back -------------------------------------------------------------
+  // --- rules: loading, preview, publish, roll back
 
   async function loadRules() {
     const status = $("rules-status");
@@ -344,7 +398,7 @@
       rulesInForce = current.rules;
       draft = fromDocument(current.rules);
       renderForm();
-      $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
+      showText();
       scheduleCheck();
     } catch (err) {
       status.textContent = "";
@@ -393,7 +447,7 @@
     try {
       const result = await C().api("rules/preview", {
         method: "POST",
-        body: { rules: documentOf(draft), baskets: typed.length ? [typed] : [], as_of: utc($("rules-as-of").value) || null },
+        body: { ...draftBody(), baskets: typed.length ? [typed] : [], as_of: utc($("rules-as-of").value) || null },
       });
       $("rules-outcome").textContent = "Preview ready: nothing is published yet.";
       renderPreview(result);
@@ -409,11 +463,11 @@
     const button = $("rules-publish");
     button.disabled = true;
     try {
-      const result = await C().api("rules", { method: "POST", body: { rules: documentOf(draft) } });
+      const result = await C().api("rules", { method: "POST", body: draftBody() });
       $("rules-outcome").textContent = `Published rules version ${result.version}. Answers follow it within a few seconds.`;
       C().clearError();
       await loadRules();
-      served(result.version, `Published rules version ${result.version}: answers follow it now.`);
+      follow("rules_version", result.version, "rules-outcome", `Published rules version ${result.version}: answers follow it now.`);
     } catch (err) {
       C().failed(err);
     } finally {
@@ -421,28 +475,13 @@
     }
   }
 
-  async function rollBack() {
-    try {
-      const result = await C().api("rules/rollback", { method: "POST" });
-      const none = result.version === "none";
-      const said = none ? "Rolled back: no rules are in force now" : `Rolled back: rules version ${result.version} is in force again`;
-      $("rules-outcome").textContent = `${said}.`;
-      $("rules-preview-result").replaceChildren();
-      await loadRules();
-      served(none ? null : result.version, `${said}, and answers follow it.`);
-    } catch (err) {
-      C().failed(err);
-    }
-  }
-
-  /** Once the server answers with a rules version (it looks every MODEL_POLL_SECONDS), say so and refresh the
-   *  try-out panel's answer. */
-  async function served(version, message) {
+  /** Once the server answers with version as its field (health's rules_version, feed_version: it looks every
+   *  MODEL_POLL_SECONDS), say message in outcome and refresh the try-out panel's answer. */
+  async function follow(field, version, outcome, message) {
     for (let i = 0; i < 60; i += 1) {
       try {
-        const health = await C().api("health");
-        if (health.rules_version === version) {
-          $("rules-outcome").textContent = message;
+        if (((await C().api("health"))[field] ?? null) === version) {
+          $(outcome).textContent = message;
           C().refreshTryIt();
           return;
         }
@@ -458,7 +497,7 @@
       boost: { code: [], factor: 1.5 }, bury: { code: [], factor: 0.5 } }[kind];
     draft[kind].push(fresh);
     renderForm();
-    $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
+    showText();
     const rows = document.querySelectorAll(`#rules-form .rule-rows[data-kind="${kind}"] .rule-row`);
     const first = rows[rows.length - 1].querySelector("input, select");
     if (first) first.focus();
@@ -468,12 +507,12 @@
     draft = readForm();
     draft[kind].splice(i, 1);
     renderForm();
-    $("rules-text").value = JSON.stringify(documentOf(draft), null, 1);
+    showText();
     scheduleCheck();
     $("rules-check").focus();
   }
 
-  // --- the rule behind a pinned, boosted or buried item (the try-out panel's reasons) ---------------------------
+  // --- the rule behind a pinned, boosted or buried item (the try-out panel's reasons)
 
   let rulesInForce = null;  // the last GET /rules document, for naming rules in reasons
 
@@ -524,7 +563,7 @@
     } catch { rulesInForce = null; }
   }
 
-  // --- product feed ------------------------------------------------------------------------------------------
+  // --- product feed
 
   let checkedFile = null;
 
@@ -584,19 +623,6 @@
     }
   }
 
-  async function feedServed(version, message) {
-    for (let i = 0; i < 60; i += 1) {
-      try {
-        if ((await C().api("health")).feed_version === version) {
-          $("feed-outcome").textContent = message;
-          C().refreshTryIt();
-          return;
-        }
-      } catch { /* look again */ }
-      await new Promise((resolve) => setTimeout(resolve, 500));
-    }
-  }
-
   async function publishFeed() {
     if (!checkedFile) return;
     $("feed-publish").disabled = true;
@@ -606,24 +632,13 @@
       $("feed-summary").replaceChildren();
       C().clearError();
       loadFeed();
-      feedServed(done.version, `Published product feed version ${done.version}: answers follow it now.`);
+      follow("feed_version", done.version, "feed-outcome", `Published product feed version ${done.version}: answers follow it now.`);
     } catch (err) {
       C().failed(err);
     }
   }
 
-  async function rollBackFeed() {
-    try {
-      const done = await C().api("feed/rollback", { method: "POST" });
-      $("feed-outcome").textContent = `Rolled back: product feed version ${done.version} is in force again.`;
-      loadFeed();
-      feedServed(done.version, `Rolled back: product feed version ${done.version} is in force again, and answers follow it.`);
-    } catch (err) {
-      C().failed(err);
-    }
-  }
-
-  // --- versions ----------------------------------------------------------------------------------------------
+  // --- versions
 
   function versionLabel(v) {
     const parts = [];
@@ -667,8 +682,59 @@
         + `product feed ${feed ? feed.version : "none"}, rules ${rules ? rules.version : "none"}.`;
       $("versions-rollback").disabled = !answer.previous.length;
       $("versions-list").replaceChildren(...answer.models.map(versionItem));
+      $("versions-feed-rollback").disabled = !answer.feeds_previous.length;
+      $("versions-feed-list").replaceChildren(...answer.feeds.map((v) => otherItem("feed", v)));
+      $("versions-rules-rollback").disabled = !answer.rules_previous.length;
+      $("versions-rules-list").replaceChildren(...answer.rules.map((v) => otherItem("rules", v)));
     } catch (err) {
       status.textContent = "";
+      C().failed(err);
+    }
+  }
+
+  // Feed and rules versions: no gate to pass (a feed or rules version was checked when it was published).
+  const shown = (page) => !$(`page-${page}`).hidden;
+  const OTHER = {
+    feed: { noun: "product feed", right: "feed", health: "feed_version" },
+    rules: { noun: "rules", right: "rules", health: "rules_version" },
+  };
+
+  function otherItem(kind, v) {
+    const { el } = C();
+    const parts = [];
+    if (v.file) parts.push(`from ${v.file}`);
+    if (v.label) parts.push(v.label);
+    if (v.created_at) parts.push(`published ${C().when(v.created_at)}`);
+    const actions = el("div", { class: "actions" });
+    if (may(OTHER[kind].right) && v.state !== "active" && !v.problem) {
+      actions.append(el("button", { type: "button", class: "secondary", "data-activate-other": `${kind}:${v.version}`, text: "Activate" }));
+    }
+    return el("li", { "data-version": v.version },
+      el("div", {}, v.state === "active" ? el("span", { class: "state", text: "In force: " }) : null, el("code", { text: v.version })),
+      el("p", { class: "hint", text: parts.join(", ") }),
+      v.problem ? el("p", { class: "notice", text: C().sentence(v.problem) }) : null,
+      actions);
+  }
+
+  /** Activate an earlier feed or rules version, or roll back to the one before; say when answers follow it. */
+  async function changeOther(kind, version, outcomeId = `versions-${kind}-outcome`) {
+    const { noun, health } = OTHER[kind];
+    const outcome = $(outcomeId);
+    try {
+      const done = version
+        ? await C().api(`${kind}/activate`, { method: "POST", body: { version } })
+        : await C().api(`${kind}/rollback`, { method: "POST" });
+      const none = done.version === "none";
+      const said = none ? `Rolled back: no ${noun} are in force now` : `${version ? "Activated" : "Rolled back"}: ${noun} version ${done.version} is in force`;
+      outcome.textContent = `${said}; answers follow it within a few seconds.`;
+      if (kind === "rules") {
+        $("rules-preview-result").replaceChildren();
+        await (shown("rules") ? loadRules() : loadRulesInForce());  // reasons name the rules in force
+      }
+      if (shown("feed")) loadFeed();
+      if (shown("versions")) await loadVersions();
+      await follow(health, none ? null : done.version, outcome.id, `${said}, and answers follow it now.`);
+    } catch (err) {
       C().failed(err);
     }
   }
@@ -715,7 +781,7 @@
     }
   }
 
-  // --- start ---------------------------------------------------------------------------------------------------
+  // --- start
 
   function start() {
     document.addEventListener("console:enter", enter);
@@ -736,18 +802,25 @@
     });
     $("rules-preview").addEventListener("click", preview);
     $("rules-publish").addEventListener("click", publish);
-    $("rules-rollback").addEventListener("click", rollBack);
+    $("rules-rollback").addEventListener("click", () => changeOther("rules", null, "rules-outcome"));
     $("versions-rollback").addEventListener("click", rollBackModel);
     $("feed-form").addEventListener("submit", checkFeed);
     $("feed-file").addEventListener("change", () => { $("feed-publish").disabled = true; checkedFile = null; });
     $("feed-publish").addEventListener("click", publishFeed);
-    $("feed-rollback").addEventListener("click", rollBackFeed);
+    $("feed-rollback").addEventListener("click", () => changeOther("feed", null, "feed-outcome"));
     $("versions-list").addEventListener("click", (event) => {
       const promote = event.target.closest("[data-promote]");
       if (promote) gated("versions/promote", {}, "Promoted");
       const activate = event.target.closest("[data-activate]");
       if (activate) gated("versions/activate", { version: activate.dataset.activate }, "Activated");
     });
+    for (const kind of ["feed", "rules"]) {
+      $(`versions-${kind}-list`).addEventListener("click", (event) => {
+        const button = event.target.closest("[data-activate-other]");
+        if (button) changeOther(kind, button.dataset.activateOther.split(":")[1]);
+      });
+      $(`versions-${kind}-rollback`).addEventListener("click", () => changeOther(kind, null));
+    }
   }
 
   start();
