@@ -52,6 +52,11 @@ class Items:
         """The item at model row i."""
         return self._rows[i]
 
+    def take(self, rows: list[int]) -> list[Item]:
+        """The items at model rows (one call for a whole answer)."""
+        every = self._rows
+        return [every[i] for i in rows]
+
     def most_popular(self) -> list[int]:
         """Item rows from most to least popular (ties by row, so answers are stable)."""
         return self._by_popularity

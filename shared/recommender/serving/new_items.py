@@ -200,7 +200,7 @@ def _strongest(group: np.ndarray, weight: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def _ranges(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ranges(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The positions of rows' entries in a CSR layout, and how many each row has."""
     starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum())), lengths
@@ -240,7 +240,7 @@ def extend(model: Any, placement: Placement, discount: float | None = None, self
         strongest[nonempty] = np.maximum.reduceat(weight, indptr[:-1][nonempty])
     # As a basket item: its twins' rows, weighted by share x resemblance, and the twins themselves (counts 0: no
     # basket ever held it).
-    at, lengths = _ranges(indptr, twin)
+    at, lengths = ranges(indptr, twin)
     fwd = _merge(
         np.concatenate([np.repeat(n + new_of, lengths), n + new_of]),
         np.concatenate([target[at].astype(np.int64), twin]),
@@ -258,7 +258,7 @@ def extend(model: Any, placement: Placement, discount: float | None = None, self
     all_count = np.concatenate([count.astype(np.int64), fwd[3]])
     by_target = np.argsort(all_target, kind="stable")
     target_ptr = np.searchsorted(all_target[by_target], np.arange(n + 1))
-    at_t, lengths_t = _ranges(target_ptr, twin)
+    at_t, lengths_t = ranges(target_ptr, twin)
     entries = by_target[at_t]
     rev_source = [all_source[entries]]
     rev_target = [np.repeat(n + new_of, lengths_t)]
@@ -336,7 +336,7 @@ def final_scores(
     # The trees' features come from the model as trained: its own table entries from the basket's known items
     # (the known candidates' first-stage scores are the same in both, bit for bit).
     plain = model.known_model
-    read, _lengths = _ranges(plain.table_indptr, known)
+    read, _lengths = ranges(plain.table_indptr, known)
     kc = int(np.searchsorted(candidates, n))
     done = plain.reranker.rerank(plain, known, candidates[:kc], first[:kc], read)
     final = squash(first)

@@ -1,0 +1,136 @@
+"""Why an item is in a merchandised answer (explain): the basket items whose table weights make up its score, and
+for items the learned re-ranker ordered, the features that moved it up."""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from recommender.core.items import Item, Items
+
+
+class Because(tuple):
+    """A pick's reasons, kept as a range of shared arrays until an answer is written (most of the cost of a reason
+    is making its dict): iterate to get {"stock_code", "description", "share", "baskets"}, largest share first.
+
+    A tuple underneath (items, arrays, start, stop), so that an answer makes one per pick at the cost of a tuple;
+    compared and hashed by identity, as any object."""
+
+    __slots__ = ()
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def __new__(
+        cls, items: Items | list[Item], arrays: tuple[np.ndarray, np.ndarray, np.ndarray], start: int, stop: int
+    ) -> Because:
+        return tuple.__new__(cls, (items, arrays, start, stop))
+
+    items = property(itemgetter(0), doc="The model's items.")
+    arrays = property(itemgetter(1), doc="Basket rows, shares and counts of every pick's reasons.")
+    start = property(itemgetter(2), doc="Where this pick's reasons start in the arrays.")
+    stop = property(itemgetter(3), doc="Where they stop.")
+
+    def __getnewargs__(self) -> tuple:
+        return (self[0], self[1], self[2], self[3])  # copied and pickled as made (not by iterating: reasons)
+
+    def __len__(self) -> int:
+        return self[3] - self[2]
+
+    def __repr__(self) -> str:
+        return f"Because({self.as_list()!r})"
+
+    @property
+    def sources(self) -> np.ndarray:
+        """Model rows of the basket items, largest share first."""
+        return self[1][0][self[2] : self[3]]
+
+    @property
+    def shares(self) -> np.ndarray:
+        """Their shares of the score."""
+        return self[1][1][self[2] : self[3]]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Training baskets holding both items (-1 for models trained before the counts were kept)."""
+        return self[1][2][self[2] : self[3]]
+
+    def __iter__(self) -> Any:
+        items = self[0]
+        for s, share, c in zip(self.sources.tolist(), self.shares.tolist(), self.counts.tolist()):
+            yield {"stock_code": items[s].stock_code, "description": items[s].description, "share": share, "baskets": c}
+
+    def as_list(self) -> list[dict]:
+        """The reasons as JSON-ready dicts."""
+        return list(self)
+
+
+NO_REASONS = Because([], (np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64)), 0, 0)
+_because = tuple.__new__  # Because(...) without a Python call per pick
+BOUNDS = np.arange(1025)  # where each pick's reasons start (searched for in the sorted picks)
+
+
+def reasons(model: Any, scored: Any, rows: np.ndarray, totals: np.ndarray | None = None) -> list[Because]:
+    """Per picked row (scored: the basket's merch_scores.Scores; totals: the rows' first-stage scores, when known):
+    the basket items whose table weights make up its score, largest share first. The score is exactly the sum of
+    those weights, so share = weight / score sums to 1 (an item scored 0 has no reasons: NO_REASONS)."""
+    if totals is None:
+        totals = scored(rows)
+    asked = len(rows)
+    scored_at = None  # where the rows scored other than 0 are among those asked about (None: all of them)
+    if not totals.all():
+        scored_at = (totals != 0).nonzero()[0]
+        rows, totals = rows[scored_at], totals[scored_at]
+    m = len(rows)
+    if not m:
+        return [NO_REASONS] * asked
+    # One pass over the table entries the basket read, finding the picks' entries: through a slot per item in a
+    # model with few items (1 + the pick's place; 0 for the others), by binary search in one with many.
+    targets = scored.targets
+    if scored.dense is not None:
+        slot = np.zeros(len(scored.dense), dtype=np.int32)
+        slot[rows] = BOUNDS[1 : m + 1] if m < len(BOUNDS) else np.arange(1, m + 1)
+        found = slot.take(targets)  # take: no conversion of the 32-bit rows, unlike indexing
+        hit = (found > 0).nonzero()[0]
+        pick = found[hit] - 1
+    else:
+        order = np.argsort(rows)
+        sorted_rows = rows[order]
+        at = np.minimum(np.searchsorted(sorted_rows, targets), m - 1)
+        hit = (sorted_rows[at] == targets).nonzero()[0]
+        pick = order[at[hit]]
+    entries = scored.positions[hit]
+    # The basket item each entry belongs to: the table row holding it (no array of every entry's row is needed).
+    sources = model.table_indptr.searchsorted(entries, side="right") - 1
+    # float32 weights over float64 totals: numpy divides in float64, as an explicit conversion would.
+    shares = model.table_weight[entries] / totals[pick]
+    # The entries come in table order (the basket's rows ascending), so a stable sort by pick, then share, leaves
+    # equal shares in basket order.
+    order = np.lexsort((-shares, pick))
+    pick, sources, shares, entries = pick[order], sources[order], shares[order], entries[order]
+    counts = model.table_count[entries] if model.table_count is not None else np.full(len(entries), -1)
+    bounds = pick.searchsorted(BOUNDS[: m + 1] if m < len(BOUNDS) else np.arange(m + 1)).tolist()
+    items = model.items
+    arrays = (sources, shares, counts)
+    found = [_because(Because, (items, arrays, a, b)) if b > a else NO_REASONS for a, b in zip(bounds[:-1], bounds[1:])]
+    if scored_at is None:
+        return found
+    out = [NO_REASONS] * asked
+    for j, because in zip(scored_at.tolist(), found):
+        out[j] = because
+    return out
+
+
+def ranked_by(model: Any, scored: Any, basket: np.ndarray, rows: np.ndarray) -> dict[int, list[dict]]:
+    """Per picked row the re-ranker ordered: the features that moved it up most (its trees' path contributions)."""
+    done = scored.reranked
+    if not len(done.rows) or not len(rows):
+        return {}
+    at = np.minimum(np.searchsorted(done.rows, rows), len(done.rows) - 1)
+    first_new = getattr(model, "first_new", len(model.items))  # new products: `like` says why; the trees know
+    hit = (done.rows[at] == rows) & (rows < first_new)  # only the known items
+    picked = rows[hit]
+    explained = model.reranker.explain(model, basket[basket < first_new], done.features[at[hit]], picked)
+    return dict(zip(picked.tolist(), explained))

@@ -1,0 +1,138 @@
+"""A basket's candidates and scores for a merchandised answer (numpy only), read once per request: the first stage's
+scores, the re-ranker's final ones (when the model has one), and the table entries the reasons are made of."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from recommender.serving import new_items
+from recommender.serving.merch_policy import members
+from recommender.serving.reranker import squash
+
+# Up to this many items a basket's scores are one array over every item (as the plain path has them); beyond, kept
+# for the items reached only (merchandising.DENSE_ITEMS decides per answer; this is the default).
+DENSE_ITEMS = 65536
+
+
+class Scores:
+    """A basket's candidates (each basket item's nearest items in the Annoy index, ascending, none of the basket)
+    and scores: every item's score is the sum of the table weights from the basket's items, 0 for items no basket
+    item has a weight for. Dense (up to DENSE_ITEMS items), the scores are one array over every item, as the plain
+    path computes them; else only the items reached are kept (a sort of the entries read, summed in the same order),
+    so a request costs what its basket reads, not how many items the model holds."""
+
+    def __init__(
+        self, model: Any, basket: np.ndarray, dense: bool | None = None, allowed: np.ndarray | None = None
+    ) -> None:
+        n = len(model.items)
+        if dense is None:
+            dense = n <= DENSE_ITEMS
+        indptr = model.table_indptr
+        self.model = model
+        self.basket = basket
+        self._targets: np.ndarray | None = None
+        self._sources: np.ndarray | None = None
+        # Whether the candidates are the eligible ones only (allowed: the request's mask over every item).
+        self.eligible_only = False
+        if (
+            dense
+            and allowed is not None
+            and getattr(model, "reranker", None) is None
+            and getattr(model, "first_new", n) >= n
+        ):
+            # The plain path's scoring (model.score_basket: the same sums in the same order), with the candidates
+            # read through the request's mask in the same pass: the re-ranker and new products need them all.
+            self.positions, _lengths = new_items.ranges(indptr, basket)
+            targets = self._targets = model.table_target.take(self.positions)  # take: no index conversion
+            self.dense = np.bincount(targets, weights=model.table_weight.take(self.positions), minlength=n)
+            mark = np.zeros(n, dtype=bool)
+            mark[model.near(basket).ravel()] = True
+            mark &= allowed
+            self.candidates = mark.nonzero()[0]
+            self.eligible_only = True
+            self.reranked = None
+            self.final_candidates = self.dense[self.candidates]
+            return
+        if dense:
+            self.candidates, self.dense, self.positions = model.score_basket(basket)
+            self._rerank(model, basket)
+            return
+        self.dense = None
+        starts = indptr[basket]
+        lengths = indptr[basket + 1] - starts
+        self.positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        targets = self.targets
+        order = np.argsort(targets, kind="stable")
+        ordered = targets[order]
+        first = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1]) if len(ordered) else np.empty(0, np.int64)
+        self.rows = ordered[first].astype(np.int64)
+        self.sums = (
+            np.add.reduceat(model.table_weight[self.positions].astype(np.float64)[order], first)
+            if len(first)
+            else np.empty(0)
+        )
+        found = np.unique(model.near(basket).ravel())
+        first_new = getattr(model, "first_new", len(model.items))
+        if first_new < len(model.items):  # new products: as in model.score_basket
+            reached = self.rows[(self.rows >= first_new) & (self.sums > 0)]
+            found = np.union1d(found, np.concatenate([reached, targets[self.sources >= first_new]]))
+        self.candidates = found[~members(found, basket)]
+        self._rerank(model, basket)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The item of each table entry read (aligned with positions); made when first asked for."""
+        if self._targets is None:
+            self._targets = self.model.table_target.take(self.positions)
+        return self._targets
+
+    @property
+    def sources(self) -> np.ndarray:
+        """The basket item of each table entry read (aligned with positions); made when first asked for."""
+        if self._sources is None:
+            indptr, basket = self.model.table_indptr, self.basket
+            self._sources = np.repeat(basket, indptr[basket + 1] - indptr[basket])
+        return self._sources
+
+    def _rerank(self, model: Any, basket: np.ndarray) -> None:
+        """The re-ranker's final scores of the best candidates (the model's own, when it has one), and the final
+        scores of every candidate (aligned with candidates)."""
+        self.reranked = None
+        first = self(self.candidates)
+        self.final_candidates = first
+        final_scores = getattr(model, "final_scores", None)
+        if final_scores is None or getattr(model, "reranker", None) is None:
+            return
+        self.final_candidates, self.reranked = final_scores(basket, self.candidates, first, self.positions)
+        if self.reranked is None:  # the model's hook left the first stage's order (only new products in the basket)
+            self.final_candidates = first
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """The scores of rows."""
+        if self.dense is not None:
+            return self.dense[rows]
+        if not len(self.rows):
+            return np.zeros(len(rows))
+        at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+        return np.where(self.rows[at] == rows, self.sums[at], 0.0)
+
+    def final(self, rows: np.ndarray) -> np.ndarray:
+        """The ranking scores of rows: the re-ranker's for the candidates it re-ranked, the others' first-stage
+        scores below them (serving/reranker.squash); the first-stage scores when the model has no re-ranker."""
+        first = self(rows)
+        if self.reranked is None:
+            return first
+        out = squash(first)
+        done = self.reranked.rows
+        if len(done) and len(rows):
+            at = np.minimum(np.searchsorted(done, rows), len(done) - 1)
+            hit = done[at] == rows
+            out[hit] = self.reranked.scores[at[hit]]
+        return out
+
+    def deeper(self, basket: np.ndarray) -> np.ndarray:
+        """Every item a basket item has a table entry for, other than the candidates and the basket."""
+        reached = np.unique(self.targets).astype(np.int64)
+        return reached[~members(reached, self.candidates) & ~members(reached, basket)]

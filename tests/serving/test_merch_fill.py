@@ -1,0 +1,76 @@
+"""The merchandised answer filled in one pass (serving/merch_fill.py) against a direct reading of the feed and the
+rules over every candidate, and the policy's remembered request masks left as they were by every request."""
+
+import numpy as np
+
+from recommender.serving.merchandising import Options, Scores
+from tests.serving.test_merchandising import anchors, codes, feed, kit, no_rules, plain, products, view  # noqa: F401
+
+
+def direct(model, basket_codes, options):
+    """Every eligible candidate of a basket, best first, as a plain reading of the rules ranks them: the basket's
+    Annoy neighbours, in stock, not blocked, not excluded, within price_max, boosted (a negative score divided by
+    the factor, so a boost always raises), stably sorted; with their rounded scores."""
+    policy = model.policy
+    index = model.items.index
+    basket = np.asarray(sorted(index[c] for c in basket_codes), dtype=np.int64)
+    scored = Scores(model, basket)
+    candidates = scored.candidates
+    final = scored.final(candidates)
+    ok = policy.eligible[candidates] & ~np.isin(candidates, [index[c] for c in options.exclude])
+    if options.price_max is not None:
+        ok &= policy.price[candidates] <= options.price_max
+    rows, score = candidates[ok], final[ok]
+    factor = policy.factor[rows]
+    boosted = np.where(score >= 0, score * factor, score / factor)
+    order = np.argsort(-boosted, kind="stable")
+    return [model.items.codes[i] for i in rows[order]], np.round(boosted[order], 4).tolist()
+
+
+def test_the_answer_is_the_direct_reading_of_the_rules_negative_scores_included(plain, feed):
+    pool = anchors(plain, 30)
+    # Boosts and buries over the popular items, so that the best candidates move both ways.
+    boosts = [{"code": [c], "factor": f} for c, f in zip(pool, [50.0, 0.02, 3.0, 0.5, 1e-3, 7.0] * 5)]
+    model = view(plain, feed, no_rules(boost=boosts, block={"codes": pool[20:22], "categories": [], "brands": []}))
+    compared, negative = 0, 0
+    for k, code in enumerate(pool):
+        basket = [code, pool[(k + 7) % len(pool)]][: 1 + k % 2]
+        options = Options(exclude=(pool[(k + 3) % len(pool)],), price_max=None if k % 3 else 4.0, explain=k % 2 == 0)
+        expected, scores = direct(model, basket, options)
+        if not expected or scores[0] <= 0:
+            continue  # nothing learned goes with it: the popular fallback, not this reading
+        # As many as there are eligible candidates: the answer is theirs alone, so it is exactly their order.
+        answer = model.recommend(basket, len(expected), options)
+        assert codes(answer) == expected and [p.score for p in answer.items] == scores
+        assert {p.source for p in answer.items} == {"model"}
+        compared += 1
+        negative += scores[-1] < 0
+    assert compared >= 20 and negative >= 5  # answers reaching scores below 0 take the exact boost too
+
+
+def test_the_eligible_candidates_read_in_the_scoring_pass_are_the_others_filtered(plain, feed):
+    model = view(plain, feed, no_rules(block={"codes": anchors(plain, 40)[::3], "categories": [], "brands": []}))
+    allowed = model.policy.request_mask(Options(price_max=3.0)).copy()
+    for code in anchors(plain, 20):
+        basket = np.asarray([plain.items.index[code]], dtype=np.int64)
+        allowed_here = allowed.copy()
+        allowed_here[basket] = False
+        every = Scores(model, basket, True)
+        fused = Scores(model, basket, True, allowed_here)
+        assert fused.eligible_only == (plain.reranker is None)
+        if fused.eligible_only:
+            assert np.array_equal(fused.candidates, every.candidates[allowed_here[every.candidates]])
+            assert np.array_equal(fused.dense, every.dense) and np.array_equal(fused.targets, every.targets)
+
+
+def test_a_request_leaves_the_remembered_masks_as_they_were(plain, feed):
+    model = view(plain, feed)
+    code = anchors(plain)[0]
+    options = Options(price_max=1e6)
+    first = codes(model.recommend([code], 10, options))
+    excluded = codes(model.recommend([code], 10, Options(price_max=1e6, exclude=tuple(first[:3]))))
+    assert not set(first[:3]) & set(excluded)
+    # The same filters again: nothing the last request excluded, nor its basket, stayed out.
+    assert codes(model.recommend([code], 10, options)) == first
+    for other in first[:3]:
+        assert codes(model.recommend([other], 10, options)) == codes(view(plain, feed).recommend([other], 10, options))
