@@ -282,7 +282,7 @@ bench: $(STAMP) bench-deps ## run every benchmark, print one table, write bench/
 bench-train: $(STAMP) ## benchmark training on Online Retail csv.gz and xlsx (BENCH_DATA_DIR=folder): time and peak RSS per stage
 	$(BENCH) train $(BENCH_FLAGS)
 
-bench-serve: $(STAMP) bench-deps ## benchmark POST /send_data over HTTP (wrk) against a bare FastAPI ceiling app
+bench-serve: $(STAMP) bench-deps ## benchmark POST /send_data over HTTP (wrk) against bare Starlette and FastAPI ceiling apps
 	$(BENCH) serve $(BENCH_FLAGS)
 
 bench-cold: $(STAMP) ## benchmark the cold start of the recommend Lambda handler, with the slowest imports

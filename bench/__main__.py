@@ -107,7 +107,7 @@ def _path(value: str) -> Path:
 BENCHMARKS = {
     "all": "every part below in turn, one table; bench/results/latest.{md,json}",
     "train": "training on Online Retail csv.gz and xlsx: time and peak RSS per stage",
-    "serve": "POST /send_data over HTTP (wrk) against a bare FastAPI ceiling app",
+    "serve": "POST /send_data over HTTP (wrk) against bare Starlette and FastAPI ceiling apps",
     "cold": "the cold start of the recommend Lambda handler, with the slowest imports",
     "scale": "10M rows / 100k products: training, index size, latency, HR@10, growth",
     "merch": "merchandising: feed, 1,000 rules, filters, explain vs plain; export throughput",

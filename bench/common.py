@@ -87,10 +87,13 @@ GiB = 1024**3
 TARGETS: dict[str, tuple[float, str]] = {
     "train_csv_seconds": (3.0, "max"),
     "train_xlsx_seconds": (7.0, "max"),
+    "train_holdout_ratio": (1.15, "max"),  # issue 25: the measurement model within 15% of HOLDOUT=0's time
     "serve_rps_ratio": (0.85, "min"),
     # Issue 20: /send_data with an API key within 5% of its requests/s with a token.
     "serve_key_rps_ratio": (0.95, "min"),
-    "serve_p99_ms": (10.0, "max"),
+    # Issue 25: against the stricter ceiling (a bare Starlette app), requests/s and p99 as ratios of the same run.
+    "serve_starlette_rps_ratio": (0.90, "min"),
+    "serve_p99_ratio": (1.1, "max"),
     "serve_errors": (0, "max"),
     "cold_start_seconds": (0.40, "max"),
     "scale_train_seconds": (300.0, "max"),

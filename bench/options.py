@@ -63,7 +63,7 @@ class Options:
     cache_dir: Path = ROOT / "data" / "bench"
     train_repeats: int = 3
     serve_seconds: float = 20.0
-    serve_rounds: int = 2
+    serve_rounds: int = 3
     warmup_seconds: float = 3.0
     connections: int = 16
     latency_repeats: int = 3

@@ -13,12 +13,10 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from bench.common import ROOT, WRK_COMMON, median, percentile, say
+from bench.common import ROOT, WRK_COMMON, median, say
 from bench.deployment import Deployment, free_port, recommend_latency
+from bench.in_process import asgi_latency, auth_header, product_app_in_process, profile_hotspots
 from bench.options import Options
 from bench.report import PartResult, Row, target_row
 from recommender.core.errors import ConfigError
@@ -59,11 +57,6 @@ end
 )
 
 
-def auth_header(credential: str) -> tuple[str, str]:
-    """The header a credential travels in: X-API-Key for an API key (rk_...), else a bearer token."""
-    return ("X-API-Key", credential) if credential.startswith("rk_") else ("Authorization", f"Bearer {credential}")
-
-
 def _post(url: str, token: str, body: bytes) -> tuple[int, bytes]:
     request = urllib.request.Request(
         url, data=body, method="POST", headers=dict([auth_header(token), ("Content-Type", "application/json")])
@@ -88,38 +81,57 @@ def _wait_health(host: str, port: int, process: subprocess.Popen, timeout: float
     raise ConfigError(f"the ceiling app did not answer on port {port} within {timeout:.0f} s")
 
 
+# The reference apps (bench.ceiling), each started with `python -m bench.ceiling <kind>`, by their name in the runs.
+CEILINGS = {"ceiling": "fastapi", "ceiling, Starlette": "starlette"}
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def running_servers(dep: Deployment, template: Path, log_dir: Path) -> Iterator[dict[str, str]]:
-    """The product started as `make run-prod` starts it (server.start) and the ceiling app beside it; both stopped after."""
+    """The product started as `make run-prod` starts it (server.start) and the ceiling apps beside it; all stopped
+    after. Their URLs by name: each ceiling of CEILINGS, and "product"."""
     from recommender.local.server import start, stop
 
-    ceiling_port = free_port()
-    env = {**os.environ, "STORAGE_URL": dep.settings.storage_url, "HOST": "127.0.0.1", "PORT": str(ceiling_port)}
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "ceiling.log", "ab") as log:
-        ceiling = subprocess.Popen(
-            [sys.executable, "-m", "bench.ceiling"],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    ceilings: dict[str, tuple[subprocess.Popen, int]] = {}
     product = None
     try:
-        _wait_health("127.0.0.1", ceiling_port, ceiling)
+        for name, kind in CEILINGS.items():
+            port = free_port()
+            env = {**os.environ, "STORAGE_URL": dep.settings.storage_url, "HOST": "127.0.0.1", "PORT": str(port)}
+            with open(log_dir / f"ceiling-{kind}.log", "ab") as log:
+                ceilings[name] = (
+                    subprocess.Popen(
+                        [sys.executable, "-m", "bench.ceiling", kind],
+                        env=env,
+                        cwd=ROOT,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    ),
+                    port,
+                )
+        for process, port in ceilings.values():
+            _wait_health("127.0.0.1", port, process)
         product = start(dep.settings, template)
-        yield {"ceiling": f"http://127.0.0.1:{ceiling_port}", "product": f"http://{product.host}:{product.port}"}
+        yield {
+            **{name: f"http://127.0.0.1:{port}" for name, (_process, port) in ceilings.items()},
+            "product": f"http://{product.host}:{product.port}",
+        }
     finally:
         if product is not None:
             stop(dep.settings)
-        ceiling.terminate()
-        try:
-            ceiling.wait(15)
-        except subprocess.TimeoutExpired:
-            ceiling.kill()
-            ceiling.wait()
+        for process, _port in ceilings.values():
+            _stop(process)
 
 
 def ensure_wrk() -> str:
@@ -173,131 +185,22 @@ def run_wrk(
     }
 
 
-async def _asgi_post(app: Any, path: str, body: bytes, token: str) -> int:
-    """One POST through an ASGI app in this process (no sockets); the response status."""
-    header, credential = auth_header(token)
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (header.lower().encode(), credential.encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
-    delivered = False
-    status = 0
-
-    async def receive() -> dict:
-        nonlocal delivered
-        if delivered:
-            return {"type": "http.disconnect"}
-        delivered = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
-
-
-def asgi_latency(app: Any, bodies: Sequence[bytes], token: str, warmup: Sequence[bytes] = (), repeats: int = 1) -> dict:
-    """Per-request time of an ASGI app called in-process: the app's own cost, without uvicorn and the network.
-
-    The warm-up bodies should differ from the measured ones, so that an answer cache does not serve the latter.
-    """
-    import asyncio
-
-    async def measure() -> list[list[int]]:
-        for body in warmup:
-            await _asgi_post(app, "/send_data", body, token)
-        passes = []
-        for _ in range(repeats):
-            times = []
-            for body in bodies:
-                t = time.perf_counter_ns()
-                status = await _asgi_post(app, "/send_data", body, token)
-                times.append(time.perf_counter_ns() - t)
-                if status != 200:
-                    raise ConfigError(f"in-process request answered {status}")
-            passes.append(times)
-        return passes
-
-    passes = asyncio.run(measure())
-    return {
-        "p50_us": median([percentile(np.asarray(t) / 1000, 50) for t in passes]),
-        "p99_us": median([percentile(np.asarray(t) / 1000, 99) for t in passes]),
-        "calls": len(bodies),
-    }
-
-
-def profile_hotspots(app: Any, bodies: Sequence[bytes], token: str, top: int = 15) -> list[dict]:
-    """cProfile of in-process requests: the functions with the most own time, per request."""
-    import asyncio
-    import cProfile
-    import pstats
-
-    async def many() -> None:
-        for body in bodies:
-            await _asgi_post(app, "/send_data", body, token)
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    asyncio.run(many())
-    profiler.disable()
-    stats = pstats.Stats(profiler).stats  # {(file, line, name): (cc, ncalls, tottime, cumtime, callers)}
-    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+def paired(runs: Sequence[dict], app: str, reference: str, key: str) -> list[float]:
+    """app's figure over reference's, round by round (rounds where either did not run are left out)."""
+    by_round: dict[int, dict[str, float]] = {}
+    for run in runs:
+        by_round.setdefault(run["round"], {})[run["app"]] = run[key]
     return [
-        {
-            "function": f"{Path(file).parent.name}/{Path(file).name}:{line}({name})" if file != "~" else name,
-            "own_us_per_request": tottime / len(bodies) * 1e6,
-            "calls_per_request": ncalls / len(bodies),
-        }
-        for (file, line, name), (_cc, ncalls, tottime, _cum, _callers) in rows
+        figures[app] / figures[reference]
+        for _round, figures in sorted(by_round.items())
+        if {app, reference} <= figures.keys()
     ]
-
-
-@contextmanager
-def product_app_in_process(dep: Deployment, template: Path) -> Iterator[Any]:
-    """The gateway app `make run` serves, built in this process over the deployment's storage."""
-    from recommender.core.settings import get_settings
-    from recommender.local.gateway import Gateway, read_routes
-    from recommender.serving import web
-
-    saved = os.environ.get("STORAGE_URL")
-    os.environ["STORAGE_URL"] = dep.settings.storage_url
-    get_settings.cache_clear()
-    web.reset_resources()
-    holder = web.model_holder(get_settings())
-    holder.warm = True  # as `make run` serves it: Annoy's answers primed before the first request
-    holder.refresh()
-    try:
-        yield Gateway(read_routes(template), template.resolve().parent)
-    finally:
-        if saved is None:
-            os.environ.pop("STORAGE_URL", None)
-        else:
-            os.environ["STORAGE_URL"] = saved
-        get_settings.cache_clear()
-        web.reset_resources()
 
 
 def bench_serve(options: Options, dep: Deployment) -> PartResult:
     """Part 2: /send_data over loopback, product vs ceiling alternated, plus Model.recommend in-process."""
     from bench.ceiling import create_app as create_ceiling
+    from bench.ceiling import create_starlette_app as create_starlette_ceiling
     from recommender.core.storage import LocalStorage, open_storage
     from recommender.serving.model import load_model
     from recommender.serving.tokens import load_secret
@@ -322,11 +225,13 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
                 say(f"warming up {name} ({options.warmup_seconds:g} s)")
                 run_wrk(url + "/send_data", script, bodies, dep.token, options.warmup_seconds, options.connections)
             for round_ in range(options.serve_rounds):
-                # The product with a token, then with an API key (issue 20: within 5% of each other).
+                # The Starlette ceiling and the product right after it (their ratios are taken round by round), the
+                # product with an API key (issue 20: within 5% of it with a token), then the FastAPI ceiling.
                 for name, url, credential in (
-                    ("ceiling", urls["ceiling"], dep.token),
+                    ("ceiling, Starlette", urls["ceiling, Starlette"], dep.token),
                     ("product", urls["product"], dep.token),
                     *((("product, API key", urls["product"], dep.key),) if dep.key else ()),
+                    ("ceiling", urls["ceiling"], dep.token),
                 ):
                     say(f"round {round_ + 1}: {name}, {options.serve_seconds:g} s at concurrency {options.connections}")
                     run = run_wrk(
@@ -359,55 +264,92 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
             "p99_ms": median(pick(app, "p99_ms")),
             "errors": int(sum(pick(app, "errors"))),
         }
-        for app in ("ceiling", "product")
+        for app in (*CEILINGS, "product")
     }
-    ratios = [
-        p["rps"] / c["rps"]
-        for c, p in zip([r for r in runs if r["app"] == "ceiling"], [r for r in runs if r["app"] == "product"])
-    ]
+    # Each ratio round by round (the runs of a round ran back to back), then the median of the rounds.
+    ratios = paired(runs, "product", "ceiling", "rps")
     ratio = median(ratios)
-    # Key against token, round by round (each pair ran back to back).
-    key_ratios = [
-        k["rps"] / p["rps"]
-        for p, k in zip([r for r in runs if r["app"] == "product"], [r for r in runs if r["app"] == "product, API key"])
-    ]
-    distinct = len({tuple(sorted(b)) for b in dep.baskets}) / len(dep.baskets)
+    strict_ratios = paired(runs, "product", "ceiling, Starlette", "rps")
+    p99_ratios = paired(runs, "product", "ceiling, Starlette", "p99_ms")
+    key_ratios = paired(runs, "product, API key", "product", "rps")
     model = load_model(LocalStorage(dep.folder), dep.version)  # no answer cache: every call computes
     measured = dep.baskets[: options.baskets]
     say(f"in-process Model.recommend over {len(measured):,} baskets")
     inproc = recommend_latency(model, measured, n=10, repeats=options.latency_repeats)
-    say("in-process ASGI calls of both apps (no sockets), and a profile of the product's")
+    say("in-process ASGI calls of the apps (no sockets), and a profile of the product's")
     payloads = [json.dumps({"product_list": b, "n": 10}).encode() for b in dep.baskets]
     measured_bodies, warm_bodies = payloads[: options.baskets], payloads[-200:]
     profiled = payloads[options.baskets : options.baskets + 500]
-    ceiling_app = create_ceiling(load_secret(dep.settings, open_storage(dep.settings)), dep.settings.jwt_algorithm)
-    asgi = {"ceiling": asgi_latency(ceiling_app, measured_bodies, dep.token, warm_bodies)}
+    secret = load_secret(dep.settings, open_storage(dep.settings))
+    asgi = {
+        "ceiling": asgi_latency(
+            create_ceiling(secret, dep.settings.jwt_algorithm), measured_bodies, dep.token, warm_bodies
+        ),
+        "ceiling, Starlette": asgi_latency(
+            create_starlette_ceiling(secret, dep.settings.jwt_algorithm), measured_bodies, dep.token, warm_bodies
+        ),
+    }
     with product_app_in_process(dep, options.template) as app:
         asgi["product"] = asgi_latency(app, measured_bodies, dep.token, warm_bodies)
         if dep.key:
             asgi["product, API key"] = asgi_latency(app, measured_bodies, dep.key, warm_bodies)
         hotspots = profile_hotspots(app, profiled, dep.token)
-    prod, ceil = summary["product"], summary["ceiling"]
+    prod, ceil, strict = summary["product"], summary["ceiling"], summary["ceiling, Starlette"]
     cached = next(r for r in runs if r["app"] == "product, repeated baskets")
+
+    def in_process(app: str) -> str:
+        return f"{asgi[app]['p50_us']:,.0f}"
+
+    def listed(values: list[float]) -> str:
+        return "paired runs: " + ", ".join(f"{r:.2f}" for r in values)
+
     rows = [
         Row(
             "serve",
-            "ceiling: requests/s (median)",
+            "Starlette ceiling: requests/s (median)",
+            round(strict["rps"]),
+            "req/s",
+            note=f"p50 {strict['p50_ms']:.2f} ms, p99 {strict['p99_ms']:.2f} ms, {strict['errors']} errors",
+        ),
+        Row(
+            "serve",
+            "FastAPI ceiling: requests/s (median)",
             round(ceil["rps"]),
             "req/s",
             note=f"p50 {ceil['p50_ms']:.2f} ms, p99 {ceil['p99_ms']:.2f} ms, {ceil['errors']} errors",
         ),
-        Row("serve", "product: requests/s (median)", round(prod["rps"]), "req/s", note=f"p50 {prod['p50_ms']:.2f} ms"),
+        Row(
+            "serve",
+            "product: requests/s (median)",
+            round(prod["rps"]),
+            "req/s",
+            note=f"p50 {prod['p50_ms']:.2f} ms, p99 {prod['p99_ms']:.2f} ms",
+        ),
         target_row(
             "serve",
-            "product / ceiling requests/s (median of paired runs)",
+            "product / Starlette ceiling requests/s (median of paired runs)",
+            "serve_starlette_rps_ratio",
+            round(median(strict_ratios), 3),
+            "x",
+            f"{listed(strict_ratios)}; in-process app p50 {in_process('product')} µs vs the Starlette ceiling's "
+            f"{in_process('ceiling, Starlette')}, of which Model.recommend {inproc['p50_us']:,.0f}",
+        ),
+        target_row(
+            "serve",
+            "product / Starlette ceiling p99 latency (median of paired runs)",
+            "serve_p99_ratio",
+            round(median(p99_ratios), 3),
+            "x",
+            f"{listed(p99_ratios)}; p99 {prod['p99_ms']:.2f} ms vs the Starlette ceiling's {strict['p99_ms']:.2f} ms "
+            "(medians; wrk, uvicorn and the app share the cores)",
+        ),
+        target_row(
+            "serve",
+            "product / FastAPI ceiling requests/s (median of paired runs)",
             "serve_rps_ratio",
             round(ratio, 3),
             "x",
-            "paired runs: "
-            + ", ".join(f"{r:.2f}" for r in ratios)
-            + f"; in-process app p50 {asgi['product']['p50_us']:,.0f} µs vs the ceiling's "
-            f"{asgi['ceiling']['p50_us']:,.0f}, of which Model.recommend {inproc['p50_us']:,.0f}",
+            f"{listed(ratios)}; in-process FastAPI ceiling p50 {in_process('ceiling')} µs",
         ),
         *(
             [
@@ -417,22 +359,12 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
                     "serve_key_rps_ratio",
                     round(median(key_ratios), 3),
                     "x",
-                    "paired runs: "
-                    + ", ".join(f"{r:.2f}" for r in key_ratios)
-                    + f"; in-process app p50 {asgi['product, API key']['p50_us']:,.0f} µs with the key, "
-                    f"{asgi['product']['p50_us']:,.0f} with the token",
+                    f"{listed(key_ratios)}; in-process app p50 {in_process('product, API key')} µs with the key, "
+                    f"{in_process('product')} with the token",
                 )
             ]
             if key_ratios
             else []
-        ),
-        target_row(
-            "serve",
-            "product: p99 latency",
-            "serve_p99_ms",
-            round(prod["p99_ms"], 2),
-            "ms",
-            f"ceiling p99 {ceil['p99_ms']:.2f} ms (wrk, uvicorn and the app share the cores)",
         ),
         target_row(
             "serve",
@@ -463,21 +395,53 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
             "in-process product app (ASGI, no sockets) p50",
             round(asgi["product"]["p50_us"], 1),
             "µs",
-            note=f"p99 {asgi['product']['p99_us']:,.0f} µs; ceiling app p50 {asgi['ceiling']['p50_us']:,.0f} µs, "
-            f"p99 {asgi['ceiling']['p99_us']:,.0f} µs",
+            note=f"p99 {asgi['product']['p99_us']:,.0f} µs; Starlette ceiling p50 {in_process('ceiling, Starlette')} "
+            f"µs, FastAPI ceiling p50 {in_process('ceiling')} µs",
         ),
     ]
+    md = serve_markdown(options, dep, runs, asgi, inproc, hotspots)
+    from recommender.local.server import uvicorn_options
+
+    details = {
+        "runs": runs,
+        "summary": summary,
+        "ratio": ratio,
+        "paired_ratios": ratios,
+        "starlette_paired_ratios": strict_ratios,
+        "starlette_p99_paired_ratios": p99_ratios,
+        "key_paired_ratios": key_ratios,
+        "in_process": inproc,
+        "pool_baskets": len(dep.baskets),
+        "pool_distinct": len({tuple(sorted(b)) for b in dep.baskets}) / len(dep.baskets),
+        "asgi": asgi,
+        "hotspots": hotspots,
+        "uvicorn": {k: v for k, v in uvicorn_options(dep.settings).items() if k not in ("host", "port")},
+        "connections": options.connections,
+        "seconds": options.serve_seconds,
+        "model_version": dep.version,
+    }
+    return PartResult("serve", rows, details, "", 0, [], [], options.quick, md)
+
+
+def serve_markdown(
+    options: Options, dep: Deployment, runs: list[dict], asgi: dict, inproc: dict, hotspots: list[dict]
+) -> str:
+    """The serve part's section of the results: how it ran, every run, and where a request's time goes."""
+    distinct = len({tuple(sorted(b)) for b in dep.baskets}) / len(dep.baskets)
     md = [
         "## Serving",
         "",
         f"`POST /send_data` over loopback with wrk ({options.connections} connections, 1 thread, "
-        f"{options.serve_seconds:g} s a run, alternated ceiling/product {options.serve_rounds}x after a "
-        f"{options.warmup_seconds:g} s warm-up each), bodies taken in turn from {len(dep.baskets):,} baskets sampled "
+        f"{options.serve_seconds:g} s a run, {options.serve_rounds} rounds after a {options.warmup_seconds:g} s "
+        f"warm-up of each app), bodies taken in turn from {len(dep.baskets):,} baskets sampled "
         f"from Online Retail invoices ({distinct:.0%} distinct; a basket is 1-10 products of one invoice), n=10, "
         "so the product's answer cache (ANSWER_CACHE) serves only the repeats such sampling gives; one more "
-        f"product run cycles {options.cached_baskets:,} baskets to show the cache's effect. Product: `server.start` (what `make run-prod` runs). Ceiling: "
-        "`bench.ceiling`, bare FastAPI checking the same token, constant 10-item answer, same uvicorn options. "
-        "Each round also runs the product with a server API key (`X-API-Key`) right after its run with the token.",
+        f"product run cycles {options.cached_baskets:,} baskets to show the cache's effect. Product: `server.start` "
+        "(what `make run-prod` runs). Ceilings (`bench.ceiling`), with the same uvicorn options, each checking the "
+        "same token with PyJWT on every request and answering a constant 10 items: a bare Starlette app that also "
+        "parses the JSON body (the stricter one), and a bare FastAPI app. A round runs the Starlette ceiling, "
+        "the product right after it, the product with a server API key (`X-API-Key`), then the FastAPI ceiling; "
+        "ratios are taken round by round.",
         "",
         "| run | app | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors |",
         "|---|---|---|---|---|---|---|---|",
@@ -489,32 +453,15 @@ def bench_serve(options: Options, dep: Deployment) -> PartResult:
     ]
     md += [
         "",
-        f"Where a request's time goes, in-process (median µs per request): ceiling app "
-        f"{asgi['ceiling']['p50_us']:,.0f}, product app {asgi['product']['p50_us']:,.0f}, of which "
-        f"Model.recommend {inproc['p50_us']:,.0f}; the rest of the HTTP time is uvicorn, the sockets and wrk "
-        "sharing the two cores. Own time per request of the product's hottest functions (cProfile, "
-        f"{min(500, len(payloads))} requests; profiling inflates small functions):",
+        f"Where a request's time goes, in-process (median µs per request): Starlette ceiling app "
+        f"{asgi['ceiling, Starlette']['p50_us']:,.0f}, FastAPI ceiling app {asgi['ceiling']['p50_us']:,.0f}, "
+        f"product app {asgi['product']['p50_us']:,.0f}, of which Model.recommend {inproc['p50_us']:,.0f}; the rest "
+        "of the HTTP time is uvicorn, the sockets and wrk sharing the two cores. Own time per request of the "
+        f"product's hottest functions (cProfile, {min(500, len(dep.baskets))} requests; profiling inflates small "
+        "functions):",
         "",
         "| function | own µs per request | calls per request |",
         "|---|---|---|",
     ]
     md += [f"| `{h['function']}` | {h['own_us_per_request']:,.0f} | {h['calls_per_request']:g} |" for h in hotspots]
-    from recommender.local.server import uvicorn_options
-
-    details = {
-        "runs": runs,
-        "summary": summary,
-        "ratio": ratio,
-        "paired_ratios": ratios,
-        "key_paired_ratios": key_ratios,
-        "in_process": inproc,
-        "pool_baskets": len(dep.baskets),
-        "pool_distinct": distinct,
-        "asgi": asgi,
-        "hotspots": hotspots,
-        "uvicorn": {k: v for k, v in uvicorn_options(dep.settings).items() if k not in ("host", "port")},
-        "connections": options.connections,
-        "seconds": options.serve_seconds,
-        "model_version": dep.version,
-    }
-    return PartResult("serve", rows, details, "", 0, [], [], options.quick, "\n".join(md))
+    return "\n".join(md)

@@ -154,23 +154,19 @@ def child_xlsx_parse(args: dict) -> None:
     print_result({"seconds": time.perf_counter() - t})
 
 
-def measure_training(
-    source: Path, repeats: int, keep: Path | None = None, holdout: bool = True, paired_parse: bool = False
-) -> dict:
+def measure_training(source: Path, repeats: int, keep: Path | None = None, holdout: bool = True) -> dict:
     """Train `repeats` times, each in a fresh process; medians of time and peak RSS per stage and in total.
 
     keep: a folder to leave the last run's storage in (the scale part queries that model); else it is removed.
     holdout False: as `make train HOLDOUT=0` (no second model to measure the first).
-    paired_parse: (a workbook) right before each training, time calamine's parse of it alone in another fresh
-    process, so that the two are measured under the same load.
     """
+    return summarize(source, training_runs(source, repeats, keep, holdout))
+
+
+def training_runs(source: Path, repeats: int, keep: Path | None = None, holdout: bool = True) -> list[dict]:
+    """measure_training's runs, each as profile_training returns it."""
     runs = []
-    parses = []
     for r in range(repeats):
-        if paired_parse:
-            parse = run_child("child-xlsx-parse", {"source": str(source)})["seconds"]
-            parses.append(parse)
-            say(f"  calamine's parse alone: {parse:.1f} s")
         storage = Path(tempfile.mkdtemp(prefix="recommender-bench-train-")) if keep is None or r < repeats - 1 else keep
         try:
             run = run_child(
@@ -185,6 +181,11 @@ def measure_training(
         finally:
             if storage != keep:
                 shutil.rmtree(storage, ignore_errors=True)
+    return runs
+
+
+def summarize(source: Path, runs: list[dict]) -> dict:
+    """Medians of time and peak RSS per stage and in total over runs of one training."""
     names: list[str] = []  # in the order the stages ran
     for run in runs:
         names += [s for s in run["stages"] if s not in names]
@@ -197,7 +198,7 @@ def measure_training(
     return {
         "source": str(source),
         "bytes": source.stat().st_size,
-        "repeats": repeats,
+        "repeats": len(runs),
         "seconds": median([run["seconds"] for run in runs]),
         "all_seconds": [run["seconds"] for run in runs],
         "peak_rss": median([run["peak_rss"] for run in runs]),
@@ -205,7 +206,6 @@ def measure_training(
         "counts": last["counts"],
         "artifact_bytes": last["artifact_bytes"],
         "version": last["version"],
-        **({"parse_seconds": median(parses), "all_parse_seconds": parses} if parses else {}),
     }
 
 
@@ -257,16 +257,23 @@ def bench_train(options: Options) -> PartResult:
     """Part 1: training on the Online Retail csv.gz and xlsx, and the csv with HOLDOUT=0 (what the second model
     that measures the first costs: README, "Held-out figures")."""
     runs = {}
-    for label, path, holdout in (
-        ("csv", options.csv, True),
-        ("csv HOLDOUT=0", options.csv, False),
-        ("xlsx", options.xlsx, True),
-    ):
-        say(
-            f"training on {path.name}{'' if holdout else ' with HOLDOUT=0'}, {options.train_repeats} run(s), "
-            f"each in a fresh process"
-        )
-        runs[label] = measure_training(path, options.train_repeats, holdout=holdout, paired_parse=label == "xlsx")
+    # The csv with and without the holdout alternately, so that each pair ran under the same load: the ratio is
+    # the median of the pairs' ratios.
+    say(f"training on {options.csv.name} with and without HOLDOUT=0 alternately, {options.train_repeats} run(s) each")
+    pairs: tuple[list[dict], list[dict]] = ([], [])
+    for _ in range(options.train_repeats):
+        for holdout, into in ((True, pairs[0]), (False, pairs[1])):
+            into += training_runs(options.csv, 1, holdout=holdout)
+    runs["csv"], runs["csv HOLDOUT=0"] = summarize(options.csv, pairs[0]), summarize(options.csv, pairs[1])
+    ratio = median([a["seconds"] / b["seconds"] for a, b in zip(*pairs)])
+    # The workbook: each training right after calamine's parse of it alone, so that both ran under the same load.
+    say(f"training on {options.xlsx.name}, {options.train_repeats} run(s), each after its parse alone")
+    xlsx_runs, parses = [], []
+    for _ in range(options.train_repeats):
+        parses.append(run_child("child-xlsx-parse", {"source": str(options.xlsx)})["seconds"])
+        say(f"  calamine's parse alone: {parses[-1]:.1f} s")
+        xlsx_runs += training_runs(options.xlsx, 1)
+    runs["xlsx"] = summarize(options.xlsx, xlsx_runs) | {"parse_seconds": median(parses), "all_parse_seconds": parses}
     csv, bare, xlsx = runs["csv"], runs["csv HOLDOUT=0"], runs["xlsx"]
     second = csv["seconds"] - bare["seconds"]
     parse = xlsx["parse_seconds"]
@@ -287,6 +294,14 @@ def bench_train(options: Options) -> PartResult:
             round(bare["seconds"], 2),
             "s",
             note=slowest_stage(bare["stages"]),
+        ),
+        target_row(
+            "train",
+            "csv: with the holdout / HOLDOUT=0, run back to back (median of the pairs' ratios)",
+            "train_holdout_ratio",
+            round(ratio, 3),
+            "x",
+            "what the second model adds: its own SVD, neighbour search and ridge solves (bench/results/train.md)",
         ),
         target_row(
             "train",

@@ -19,39 +19,25 @@ from mangum import Mangum
 from starlette.concurrency import run_in_threadpool
 
 from recommender.core.errors import ModelUnavailable, RecommenderError
-from recommender.core.feed_form import FeedLimits
-from recommender.core.storage import Storage
 from recommender.serving import console, cors, schemas, snapstart, web, widget
 from recommender.serving.attribution import new_recommendation_id
+from recommender.serving.event_schemas import AnalyticsOut, EventsIn, EventsOut
+from recommender.serving.fast_path import FastRoute
 from recommender.serving.keys import Caller
 from recommender.serving.model import Model
+from recommender.serving.routes import ModelDep, StorageDep, UserDep, feed, rules, versions
 from recommender.serving.schemas import (
     MAX_N,
-    ActivateIn,
-    AnalyticsOut,
     BasketIn,
-    EventsIn,
-    EventsOut,
-    FeedSummaryOut,
     HealthDown,
     HealthOut,
     LegacyOut,
     ModelInfoOut,
-    PromoteIn,
-    PublishedOut,
     RecommendationsIn,
     RecommendationsOut,
-    RulesCheckOut,
-    RulesDraftIn,
-    RulesOut,
-    RulesPreviewIn,
-    RulesPreviewOut,
     SampleBasketOut,
     SearchOut,
-    VersionIn,
-    VersionsOut,
 )
-from recommender.serving.users import User
 
 app = web.create_app(
     "Recommender",
@@ -60,11 +46,8 @@ app = web.create_app(
 )
 app.add_middleware(cors.Cors)
 
-ModelDep = Annotated[Model, Depends(web.current_model)]
-UserDep = Annotated[User, Depends(web.current_user)]
 CallerDep = Annotated[Caller, Depends(web.caller("recommend"))]
 EventsCallerDep = Annotated[Caller, Depends(web.caller("events"))]
-StorageDep = Annotated[Storage, Depends(web.get_storage)]
 _rng = random.Random()
 parse_basket = web.json_body(BasketIn)
 BasketDep = Annotated[BasketIn, Depends(parse_basket)]
@@ -72,8 +55,8 @@ parse_recommendations = web.json_body(RecommendationsIn)
 StrictBasketDep = Annotated[RecommendationsIn, Depends(parse_recommendations)]
 
 
-# The two recommendation routes resolve their dependencies (caller, basket, model: in the order declared) by plain
-# calls.
+# The two recommendation routes are answered on ASGI (fast_routes, below) but for browsers' requests; for those, the
+# FastAPI routes resolve their dependencies (caller, basket, model: in the order declared) by plain calls.
 async def _send_data(request: Request) -> Response:
     return await send_data(
         await web.request_caller(request, "recommend"), await parse_basket(request), await web.current_model()
@@ -103,14 +86,17 @@ def _recommendation_id(model: Model, arm: str | None) -> str:
 async def send_data(_caller: CallerDep, basket: BasketDep, model: ModelDep) -> web.FastJSON:
     """Exactly n items to offer with the basket (fewer only if fewer are eligible), never one of its own; the
     options of /recommendations work here too. The answer's recommendation_id is in the X-Recommendation-Id header."""
+    content, headers = _legacy_answer(basket, model)
+    return web.FastJSON(content, headers=headers)
+
+
+def _legacy_answer(basket: BasketIn, model: Model) -> tuple[dict, dict[str, str]]:
     options = basket.options(explain=False)
     # A running experiment answers with the shopper's arm (the active model when the request names no shopper).
     model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(
-        schemas.legacy_json(answer, options is not None and options.explain),
-        headers={"X-Recommendation-Id": _recommendation_id(model, arm)},
-    )
+    content = schemas.legacy_json(answer, options is not None and options.explain)
+    return content, {"X-Recommendation-Id": _recommendation_id(model, arm)}
 
 
 @web.post_resolved(
@@ -126,12 +112,20 @@ async def recommendations(_caller: CallerDep, basket: StrictBasketDep, model: Mo
     """The same items as /send_data, each with its confidence, source and feed attributes (and with explain, the
     default, its reasons); the model, feed and rules versions, the unknown codes, whether popularity answered,
     whether fewer than n items were eligible, and the answer's recommendation_id (for events)."""
+    content, headers = _full_answer(basket, model)
+    return web.FastJSON(content, headers=headers)
+
+
+def _full_answer(basket: RecommendationsIn, model: Model) -> tuple[dict, None]:
     options = basket.options(explain=True)
     model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
-    return web.FastJSON(
-        schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model, arm))
-    )
+    return schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model, arm)), None
+
+
+# Both answered straight on ASGI (serving.fast_path) but for browsers' requests (CORS): the same checks and answers.
+app.fast_routes[("POST", "/send_data")] = FastRoute(app, "recommend", BasketIn, _legacy_answer)
+app.fast_routes[("POST", "/recommendations")] = FastRoute(app, "recommend", RecommendationsIn, _full_answer)
 
 
 @app.post(
@@ -215,291 +209,9 @@ async def model_panel(_user: UserDep, model: ModelDep, storage: StorageDep) -> w
     return web.FastJSON(await run_in_threadpool(model_info.describe, model, storage))
 
 
-# --- The console's workplace: rules (right "rules"). Imported on first use: shoppers' requests never need it.
-RulesRight = Annotated[User, Depends(web.require("rules"))]
-
-
-@app.get(
-    "/rules",
-    response_model=RulesOut,
-    summary="The merchandising rules in force",
-    responses=web.errors(401, 403, 413, 503),
-)
-async def rules_active(_user: UserDep, storage: StorageDep) -> RulesOut:
-    """The active rules version as a rules file's document, its summary and warnings, and the earlier versions."""
-    from recommender.serving import rules_editor
-
-    return RulesOut(**await run_in_threadpool(rules_editor.current, storage))
-
-
-@app.post(
-    "/rules/check",
-    response_model=RulesCheckOut,
-    summary="Check a draft of the rules as make rules would",
-    openapi_extra=web.json_body_openapi(RulesDraftIn),
-    responses=web.errors(401, 403, 413, 422, 503),
-)
-async def rules_check(
-    _user: RulesRight,
-    draft: Annotated[RulesDraftIn, Depends(web.json_body(RulesDraftIn))],
-    model: ModelDep,
-    storage: StorageDep,
-) -> RulesCheckOut:
-    """Whether the draft can be published; if not, the place and the problem (as make rules says them)."""
-    from recommender.serving import rules_editor
-
-    result = await run_in_threadpool(rules_editor.checked, draft.rules, storage, model, draft.yaml)
-    result.pop("rules", None)
-    return RulesCheckOut(**result)
-
-
-@app.post(
-    "/rules/preview",
-    response_model=RulesPreviewOut,
-    summary="What a draft of the rules changes, on real baskets",
-    openapi_extra=web.json_body_openapi(RulesPreviewIn),
-    responses=web.errors(401, 403, 413, 422, 503),
-)
-async def rules_preview(
-    _user: RulesRight, draft: Annotated[RulesPreviewIn, Depends(web.json_body(RulesPreviewIn))], storage: StorageDep
-) -> RulesPreviewOut:
-    """Each answer, for sample invoices of the training data and the baskets given, under the rules in force and
-    under the draft (both as of a time), the changed items marked, and the counts; nothing is stored."""
-    from recommender.serving import rules_editor
-
-    await web.current_model()  # the model loaded (or why not), before previewing with it
-    holder = web.model_holder(web.get_settings())
-    result = await run_in_threadpool(
-        rules_editor.preview, holder, storage, draft.rules, draft.baskets, draft.as_of, draft.samples, text=draft.yaml
-    )
-    return RulesPreviewOut(**result)
-
-
-@app.post(
-    "/rules",
-    response_model=PublishedOut,
-    summary="Publish a draft of the rules (as make rules)",
-    openapi_extra=web.json_body_openapi(RulesDraftIn),
-    responses=web.errors(401, 403, 413, 422, 503),
-)
-async def rules_publish(
-    _user: RulesRight,
-    draft: Annotated[RulesDraftIn, Depends(web.json_body(RulesDraftIn))],
-    model: ModelDep,
-    storage: StorageDep,
-    settings: web.SettingsDep,
-) -> PublishedOut:
-    """Validated in full and stored as a new rules version, activated: serving picks it up within
-    MODEL_POLL_SECONDS. A draft with any error is refused (422) and the rules in force stay."""
-    from recommender.serving import rules_editor
-
-    published = await run_in_threadpool(
-        rules_editor.publish_draft,
-        storage,
-        model,
-        draft.rules,
-        settings.keep_versions,
-        settings.max_rules_stored_bytes,
-        draft.yaml,
-    )
-    return PublishedOut(**published)
-
-
-@app.post(
-    "/rules/activate",
-    response_model=PublishedOut,
-    summary="Put an earlier rules version in force again",
-    openapi_extra=web.json_body_openapi(VersionIn),
-    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
-)
-async def rules_activate(
-    _user: RulesRight, body: Annotated[VersionIn, Depends(web.json_body(VersionIn))], storage: StorageDep
-) -> PublishedOut:
-    """Any stored rules version (GET /versions lists them) is the one in force; the one it replaces is remembered
-    for roll back. Serving follows within MODEL_POLL_SECONDS."""
-    from recommender.serving import model_versions
-
-    return PublishedOut(**await run_in_threadpool(model_versions.activate_other, storage, "rules", body.version))
-
-
-@app.post(
-    "/rules/rollback",
-    response_model=PublishedOut,
-    summary="Re-activate the previous rules version",
-    responses=web.errors(401, 403, 409, 413, 503),
-)
-async def rules_rollback(_user: RulesRight, storage: StorageDep) -> PublishedOut:
-    """As make rules_rollback: the version active before the current one is active again."""
-    from recommender.serving import rules_editor
-
-    return PublishedOut(**await run_in_threadpool(rules_editor.roll_back, storage))
-
-
-# --- The console's workplace: model versions (right "promote"; "force" past the gate's refusal).
-PromoteRight = Annotated[User, Depends(web.require("promote"))]
-
-
-@app.get(
-    "/versions",
-    response_model=VersionsOut,
-    summary="Model versions with their labels and quality, and the feed and rules versions",
-    responses=web.errors(401, 403, 413, 503),
-)
-async def versions(_user: UserDep, storage: StorageDep) -> VersionsOut:
-    """Every model version, newest first: training file, dates, products, engine, held-out quality in words and
-    figures, which is active and which staged."""
-    from recommender.serving import model_versions
-
-    return VersionsOut(**await run_in_threadpool(model_versions.listing, storage))
-
-
-@app.post(
-    "/versions/promote",
-    response_model=PublishedOut,
-    summary="Activate the staged model, through the activation gate (as make promote)",
-    openapi_extra=web.json_body_openapi(PromoteIn),
-    responses=web.errors(401, 403, 409, 413, 422, 503),
-)
-async def versions_promote(
-    user: PromoteRight,
-    body: Annotated[PromoteIn, Depends(web.json_body(PromoteIn))],
-    storage: StorageDep,
-    settings: web.SettingsDep,
-) -> PublishedOut:
-    """The gate compares the staged model with the active one; 409 with its comparison when it refuses (force,
-    an admin's right, activates it anyway)."""
-    from recommender.serving import model_versions
-
-    done = await run_in_threadpool(model_versions.promote, storage, user, body.force, settings.model_gate_margin)
-    return PublishedOut(**done)
-
-
-@app.post(
-    "/versions/activate",
-    response_model=PublishedOut,
-    summary="Activate a stored model version, through the activation gate (as make activate)",
-    openapi_extra=web.json_body_openapi(ActivateIn),
-    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
-)
-async def versions_activate(
-    user: PromoteRight,
-    body: Annotated[ActivateIn, Depends(web.json_body(ActivateIn))],
-    storage: StorageDep,
-    settings: web.SettingsDep,
-) -> PublishedOut:
-    """The gate compares the version with the active one; 409 with its comparison when it refuses (force, an
-    admin's right, activates it anyway)."""
-    from recommender.serving import model_versions
-
-    done = await run_in_threadpool(
-        model_versions.activate, storage, user, body.version, body.force, settings.model_gate_margin
-    )
-    return PublishedOut(**done)
-
-
-@app.post(
-    "/versions/rollback",
-    response_model=PublishedOut,
-    summary="Re-activate the previous model version (as make rollback)",
-    responses=web.errors(401, 403, 409, 413, 503),
-)
-async def versions_rollback(_user: PromoteRight, storage: StorageDep) -> PublishedOut:
-    """The model version active before the current one is active again."""
-    from recommender.serving import model_versions
-
-    return PublishedOut(**await run_in_threadpool(model_versions.roll_back, storage))
-
-
-# --- The console's workplace: the product feed (right "feed"). The file is the request body, its name a parameter.
-FeedRight = Annotated[User, Depends(web.require("feed"))]
-FEED_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "the feed file as it is (.csv, .csv.gz, .tsv, .tsv.gz, .xlsx), at most FEED_UPLOAD_MAX_BYTES",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
-FeedName = Annotated[str, Query(min_length=1, max_length=200, description="the file's name: its type is its ending")]
-
-
-async def _feed_limits(settings: web.SettingsDep) -> FeedLimits:
-    """MAX_FEED_ROWS, MAX_FEED_BYTES and ENCODING, as make feed reads a file with them."""
-    return FeedLimits(settings.max_feed_rows, settings.max_feed_bytes, settings.encoding)
-
-
-FeedLimitsDep = Annotated[FeedLimits, Depends(_feed_limits)]
-
-
-@app.post(
-    "/feed/preview",
-    response_model=FeedSummaryOut,
-    summary="What an uploaded product feed holds and changes, before it is published",
-    openapi_extra=FEED_BODY,
-    responses=web.errors(401, 403, 413, 422, 503),
-)
-async def feed_preview(
-    _user: FeedRight, request: Request, name: FeedName, storage: StorageDep, limits: FeedLimitsDep
-) -> FeedSummaryOut:
-    """The file checked as make feed checks it (422 naming the first bad line), and what it changes against the
-    feed in force: products added, removed, out of stock, back in stock, prices changed by more than 20%, unknown
-    to the model. Nothing is stored."""
-    from recommender.serving import feed_upload
-
-    data = await request.body()
-    return FeedSummaryOut(**await run_in_threadpool(feed_upload.summary, storage, name, data, limits))
-
-
-@app.post(
-    "/feed",
-    response_model=PublishedOut,
-    summary="Publish an uploaded product feed (as make feed)",
-    openapi_extra=FEED_BODY,
-    responses=web.errors(401, 403, 413, 422, 503),
-)
-async def feed_publish(
-    _user: FeedRight,
-    request: Request,
-    name: FeedName,
-    storage: StorageDep,
-    limits: FeedLimitsDep,
-    settings: web.SettingsDep,
-) -> PublishedOut:
-    """Checked in full, stored as a new feed version and activated: serving follows it within MODEL_POLL_SECONDS."""
-    from recommender.serving import feed_upload
-
-    data = await request.body()
-    published = await run_in_threadpool(feed_upload.publish_upload, storage, name, data, limits, settings.keep_versions)
-    return PublishedOut(**published)
-
-
-@app.post(
-    "/feed/activate",
-    response_model=PublishedOut,
-    summary="Put an earlier product feed version in force again",
-    openapi_extra=web.json_body_openapi(VersionIn),
-    responses=web.errors(401, 403, 404, 409, 413, 422, 503),
-)
-async def feed_activate(
-    _user: FeedRight, body: Annotated[VersionIn, Depends(web.json_body(VersionIn))], storage: StorageDep
-) -> PublishedOut:
-    """Any stored feed version (GET /versions lists them) is the one in force; the one it replaces is remembered
-    for roll back. Serving follows within MODEL_POLL_SECONDS."""
-    from recommender.serving import model_versions
-
-    return PublishedOut(**await run_in_threadpool(model_versions.activate_other, storage, "feed", body.version))
-
-
-@app.post(
-    "/feed/rollback",
-    response_model=PublishedOut,
-    summary="Re-activate the previous product feed version",
-    responses=web.errors(401, 403, 409, 413, 503),
-)
-async def feed_rollback(_user: FeedRight, storage: StorageDep) -> PublishedOut:
-    """As make feed_rollback: the feed version active before the current one is active again."""
-    from recommender.serving import feed_upload
-
-    return PublishedOut(**await run_in_threadpool(feed_upload.roll_back, storage))
+# The console's workplace, each part with its right: the rules, the model versions, the product feed.
+for _routes in (rules.routes, versions.routes, feed.routes):
+    _routes.add_to(app)
 
 
 def _preflight_route(path: str, methods: str) -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 from fastapi.testclient import TestClient
 
-from bench import ceiling, cold, common, deployment, options, report, scale, train
+from bench import ceiling, cold, common, deployment, options, report, scale, serve, train
 from recommender.core.registry import active_version
 from recommender.core.settings import get_settings
 from recommender.local import server
@@ -126,8 +126,9 @@ def test_table_shows_the_figures_from_before(tmp_path):
     assert text.splitlines()[0].split()[:4] == ["part", "measure", "before", "value"] and "0.711 x" in text
 
 
-def test_ceiling_checks_the_token_and_answers_ten_items():
-    client = TestClient(ceiling.create_app(SECRET))
+@pytest.mark.parametrize("create", [ceiling.create_app, ceiling.create_starlette_app])
+def test_ceiling_checks_the_token_and_answers_ten_items(create):
+    client = TestClient(create(SECRET))
     token = issue_token("bench", SECRET)
     ok = client.post("/send_data", json={"product_list": ["1"], "n": 10}, headers={"Authorization": f"Bearer {token}"})
     assert ok.status_code == 200 and len(ok.json()["result"]["recommendation"]) == 10
@@ -135,6 +136,25 @@ def test_ceiling_checks_the_token_and_answers_ten_items():
     forged = issue_token("bench", "x" * 48)
     assert client.post("/send_data", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
     assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_the_starlette_ceiling_parses_the_body():
+    client = TestClient(ceiling.create_starlette_app(SECRET))
+    headers = {"Authorization": f"Bearer {issue_token('bench', SECRET)}"}
+    assert client.post("/send_data", content=b"not json", headers=headers).status_code == 422
+    assert client.post("/send_data", json=["a list"], headers=headers).status_code == 422
+    assert "fastapi" not in type(ceiling.create_starlette_app(SECRET)).__module__
+
+
+def test_paired_ratios_are_taken_round_by_round():
+    runs = [
+        {"app": "ceiling, Starlette", "round": 1, "rps": 100.0},
+        {"app": "product", "round": 1, "rps": 90.0},
+        {"app": "ceiling, Starlette", "round": 2, "rps": 50.0},
+        {"app": "product", "round": 2, "rps": 60.0},
+        {"app": "ceiling, Starlette", "round": 3, "rps": 70.0},
+    ]
+    assert serve.paired(runs, "product", "ceiling, Starlette", "rps") == [0.9, 1.2]
 
 
 def test_ceiling_and_product_run_uvicorn_alike(monkeypatch, trained_storage, tmp_path):
@@ -145,8 +165,9 @@ def test_ceiling_and_product_run_uvicorn_alike(monkeypatch, trained_storage, tmp
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
     ceiling.main()
+    ceiling.main("starlette")
     server.serve(get_settings(), ROOT / "template.yaml")
-    assert calls[0] == calls[1] == server.uvicorn_options(get_settings())
+    assert calls[0] == calls[1] == calls[2] == server.uvicorn_options(get_settings())
 
 
 def test_recommend_latency_and_baskets_on_the_tiny_model(trained_storage, tiny_csv):

@@ -12,8 +12,8 @@ from recommender.core.event_log import ITEM_KEYS, RECORD_KEYS, TYPES, LocalEvent
 from recommender.core.settings import Settings
 from recommender.core.storage import LocalStorage
 from recommender.serving.attribution import new_recommendation_id
+from recommender.serving.event_schemas import EventIn, EventItemIn
 from recommender.serving.events import Ingest, RecentIds
-from recommender.serving.schemas import EventIn, EventItemIn
 
 NOW = datetime(2026, 12, 2, 10, 30, 0, 123456, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)

@@ -1,5 +1,5 @@
 """Every route of both functions, for every kind of answer it gives, answers what the model it declares for that
-status accepts (serving/schemas.py; undeclared fields fail); a route, or a status it declares, without a case fails."""
+status accepts (serving/*schemas.py; undeclared fields fail); a route, or a status it declares, without a case fails."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from recommender.core.errors import InvalidInput
 from recommender.core.event_log import EventLog, iso_utc
 from recommender.core.settings import Settings
 from recommender.serving.attribution import parse_recommendation_id
-from recommender.serving.schemas import EventIn
+from recommender.serving.event_schemas import EventIn
 
 # How far a `ts` may lie from the server's clock: older events are refused (a client re-sending a month-old queue
 # has lost track), and so are events from the future beyond a device clock's plausible error.

@@ -236,9 +236,17 @@ async def request_caller(request: Request, scope: str) -> Caller:
     """Who sends a request to a route of scope: an API key (X-API-Key, or Authorization: Bearer rk_...) checked
     for its scope, origin and rate, or a user's bearer token exactly as current_user checks it."""
     headers = request.headers
-    key = headers.get("x-api-key")
+    return await caller_of(
+        scope, request.scope["path"], headers.get("authorization"), headers.get("x-api-key"), headers.get("origin")
+    )
+
+
+async def caller_of(
+    scope: str, path: str, authorization: str | None, key: str | None, origin: str | None = None
+) -> Caller:
+    """request_caller for a request to path with these headers (None: absent)."""
     if key is None:
-        scheme, _, value = (headers.get("authorization") or "").partition(" ")
+        scheme, _, value = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not value:
             raise AuthError(
                 "not authenticated: send X-API-Key: <key> (make add_key) or Authorization: Bearer <token> "
@@ -255,7 +263,7 @@ async def request_caller(request: Request, scope: str) -> Caller:
     if cache.due():
         await run_in_threadpool(cache.refresh)
     # The path from the scope: request.url would build a URL object, several µs, for an error message.
-    return cache.check(key, scope, headers.get("origin"), request.scope["path"])
+    return cache.check(key, scope, origin, path)
 
 
 def caller(scope: str) -> Callable[..., Awaitable[Caller]]:
@@ -322,15 +330,20 @@ def json_body(schema: type[BaseModel]) -> Callable[[Request], Awaitable[BaseMode
     """
 
     async def parse(request: Request) -> BaseModel:
-        body = await request.body()
-        if not body.strip():
-            raise InvalidInput("the request body is empty: send a JSON object")
-        try:
-            return schema.model_validate_json(body)
-        except ValidationError as err:
-            raise RequestValidationError(err.errors()) from None
+        return parse_json(schema, await request.body())
 
     return parse
+
+
+def parse_json(schema: type[T], body: bytes) -> T:
+    """body parsed as JSON into schema (a pydantic model); InvalidInput when empty, RequestValidationError (422)
+    when it does not fit."""
+    if not body.strip():
+        raise InvalidInput("the request body is empty: send a JSON object")
+    try:
+        return schema.model_validate_json(body)  # type: ignore[attr-defined]
+    except ValidationError as err:
+        raise RequestValidationError(err.errors()) from None
 
 
 def json_body_openapi(schema: type[BaseModel]) -> dict:
@@ -512,8 +525,12 @@ class BodyLimit:
             await self._refuse(send, limit)
 
     async def _refuse(self, send: Send, limit: int) -> None:
-        response = _error(413, f"request body is larger than the limit of {limit} bytes")
-        await response({"type": "http"}, _no_body, send)
+        await too_large(limit)({"type": "http"}, _no_body, send)
+
+
+def too_large(limit: int) -> JSONResponse:
+    """The 413 answer to a body over limit bytes."""
+    return _error(413, f"request body is larger than the limit of {limit} bytes")
 
 
 class _TooLarge(Exception):
@@ -557,7 +574,27 @@ class Headers:
 NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
-def create_app(title: str, description: str, no_store: bool = False) -> FastAPI:
+class App(FastAPI):
+    """A FastAPI app whose fast_routes, {(method, path): ASGI app}, answer their requests ahead of the whole app
+    (serving.fast_path); every other request goes through the whole app (full)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.fast_routes: dict[tuple[str, str], ASGIApp] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            fast = self.fast_routes.get((scope["method"], scope["path"]))
+            if fast is not None:
+                return await fast(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+    async def full(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request answered by the whole app: its middleware, router and routes."""
+        await super().__call__(scope, receive, send)
+
+
+def create_app(title: str, description: str, no_store: bool = False) -> App:
     """A FastAPI app with the shared error mapping, body limit and headers; each function adds its routes.
 
     no_store: every answer carries Cache-Control: no-store (the auth function's tokens and user details).
@@ -569,9 +606,9 @@ def create_app(title: str, description: str, no_store: bool = False) -> FastAPI:
     try:
         # The service configures no OpenTelemetry; FastAPI's own (in recent releases) would look for providers in the
         # environment on every request otherwise, 10-20 µs each time.
-        app = FastAPI(**options, telemetry=NO_TELEMETRY)
+        app = App(**options, telemetry=NO_TELEMETRY)
     except TypeError:  # a FastAPI without native telemetry
-        app = FastAPI(**options)
+        app = App(**options)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(Headers, no_store=no_store)  # added last: outermost, so the 413s get the headers too

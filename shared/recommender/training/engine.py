@@ -16,7 +16,7 @@ from tqdm import tqdm
 from recommender.core.errors import DataFileError, StorageError
 from recommender.serving.model import open_model
 from recommender.serving.reranker import RERANK_FILE
-from recommender.training import budget, holdout, reranker
+from recommender.training import budget, holdout, paired, reranker
 from recommender.training.ingest import CleaningReport, Transactions, describe_report, load_transactions
 from recommender.training.recipe import Progress, TrainingParams, build_model, purchase_period, say, stage
 
@@ -89,6 +89,15 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
             and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
         ):
             fitted_all = fit_reranker(tx, params, lambda text: progress(f"published model: {text}"))
+        both = None
+        if held is not None and paired.can_pair(tx):
+            held_rows = holdout.split_mask(tx.basket_time, params.holdout)
+
+            def both(out, measured, near, say, say_measured, assess):  # noqa: ANN001, ANN202 (a BuildBoth)
+                return paired.build_pair(
+                    tx, train_tx, held_rows, params, out, measured, near, say, say_measured, assess, fitted_all, fitted
+                )
+
         done = build_and_measure(
             lambda out, say: build_model(tx, params, out, say, rerank=fitted_all),
             lambda out, near, say: build_model(train_tx, params, out, say, near, rerank=fitted),
@@ -97,6 +106,7 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
             params,
             folder,
             progress,
+            both,
         )
         if done.evaluation is not None and fitted is not None:
             # the measured model's re-ranker: its periods end before the held-out baskets
@@ -129,6 +139,16 @@ def with_rerank(folder: Path, extra: tuple[str, ...]) -> tuple[str, ...]:
     return (*extra, RERANK_FILE) if (folder / RERANK_FILE).exists() else extra
 
 
+# Builds the published model into the first folder and the holdout model into the second (filling in the given
+# codes' Annoy neighbours, with the second progress), measuring the holdout model with the given function as soon as
+# it is written: both models' parts (the holdout model's DataFileError when it has nothing to learn), the seconds
+# the holdout model took, and what the measurement returned.
+BuildBoth = Callable[
+    [Path, Path, dict[str, list[int]], Progress, Progress, Callable[[dict], tuple]],
+    tuple[dict, "dict | DataFileError", float, "tuple | None"],
+]
+
+
 @dataclass(frozen=True)
 class Measured:
     """A built model (the manifest's model part), its held-out figures and extra artifacts, and whether it learned
@@ -148,6 +168,7 @@ def build_and_measure(
     params: TrainingParams,
     folder: Path,
     progress: Progress,
+    build_both: BuildBoth | None = None,
 ) -> Measured:
     """Build the model into folder and measure it on the held-out baskets, for both engines. build_all trains on
     every basket, build_without without the held-out ones (given the codes whose Annoy neighbours to fill in).
@@ -156,7 +177,8 @@ def build_and_measure(
     the file (HoldoutPolicy.separate), the published model learns from all of them and a second one, trained the
     same way without them, is measured: its figures, cases and confidence calibration go with the published
     version. Otherwise the measured model is the published one. Without a holdout (or when nothing before the
-    held-out baskets was bought together) the model learns from everything, unmeasured."""
+    held-out baskets was bought together) the model learns from everything, unmeasured. build_both, when given,
+    builds the two models together (training/paired.py) instead of one after the other."""
     if held is None:
         return Measured(build_all(folder, progress), None, (), True)
     separate = params.holdout.separate(len(held.basket_ids), n_baskets)
@@ -172,16 +194,30 @@ def build_and_measure(
         if evaluation is not None:
             evaluation["measured"] = "the published model, trained without the held-out baskets"
         return Measured(model_info, evaluation, extra, False)
-    model_info = build_all(folder, progress)
-    started = time.perf_counter()
+    say_measured: Progress = lambda text: progress(f"  holdout model: {text}")  # noqa: E731
     with scratch_folder() as measured:
-        try:
-            measured_info = build_without(measured, near, lambda text: progress(f"  holdout model: {text}"))
-        except DataFileError as err:
-            _not_measured(err, progress)
+        assessed = None
+        if build_both is not None:
+            model_info, measured_info, built, assessed = build_both(
+                folder,
+                measured,
+                near,
+                progress,
+                say_measured,
+                lambda info: assess_holdout(measured, info, held, params, progress, near),
+            )
+        else:
+            model_info = build_all(folder, progress)
+            started = time.perf_counter()
+            try:
+                measured_info = build_without(measured, near, say_measured)
+            except DataFileError as err:
+                measured_info = err
+            built = time.perf_counter() - started
+        if isinstance(measured_info, DataFileError):
+            _not_measured(measured_info, progress)
             return Measured(model_info, None, (), True)
-        built = time.perf_counter() - started
-        evaluation, extra = assess_holdout(measured, measured_info, held, params, progress, near)
+        evaluation, extra = assessed or assess_holdout(measured, measured_info, held, params, progress, near)
         for name in extra:
             shutil.copyfile(measured / name, folder / name)
     if evaluation is not None:

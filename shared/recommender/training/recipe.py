@@ -21,7 +21,7 @@ from tqdm import tqdm
 from recommender.core.errors import DataFileError
 from recommender.core.items import ITEMS_FILE, Items
 from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
-from recommender.training import copurchase, holdout, neighbors, reranker, sample_invoices
+from recommender.training import copurchase, dense_table, holdout, neighbors, reranker, sample_invoices
 from recommender.training.ingest import Transactions, reorder_items
 
 MIN_ITEMS = 3
@@ -131,7 +131,10 @@ def item_embeddings(matrix: sp.csr_matrix, k: int, seed: int, iterations: int = 
     the same input always gives the same vectors.
     """
     x = matrix.astype(np.float64)
-    xt = x.T.tocsr()
+    # X'(X q) through X's transpose as CSC (no copy): it adds the rows of X q into each item's row in the same order
+    # as a CSR copy of X' would (rows ascending), so the same sums bit for bit, reading X q once in order instead of
+    # gathering its rows: twice as fast.
+    xt = x.T
 
     def image_gram(q: np.ndarray) -> np.ndarray:
         y = x @ q
@@ -230,6 +233,89 @@ def _build(
     near: dict[str, list[int]] | None,
     rerank: reranker.Fitted | None = None,
 ) -> dict:
+    return build_prepared(prepare(tx, params, progress), params, folder, progress, near, rerank)
+
+
+def build_prepared(
+    m: Prepared,
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress,
+    near: dict[str, list[int]] | None = None,
+    rerank: reranker.Fitted | None = None,
+) -> dict:
+    """build_model's work once its inputs are prepared (with one BLAS thread)."""
+    n_items = len(m.tx.item_codes)
+    # The embedding and its index need nothing from the item-item table: on a dataset that fits twice in memory
+    # they run on the other core meanwhile (each with one BLAS thread); on a large one they wait their turn.
+    overlap = m.rows.nnz <= OVERLAP_MAX_ENTRIES
+    dense = n_items <= dense_table.DENSE_MAX_ITEMS
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The table's co-occurrence is the baskets' gram (which the reasons' counts need too) plus the customer
+        # histories' one: each computed once, the second on the other core before the embedding.
+        customer_gram = (
+            pool.submit(neighbors.gram, m.customers) if overlap and not dense and m.customers is not None else None
+        )
+        embedding = (
+            pool.submit(embed_and_index, m.rows, m.counts, m.k, params, folder, progress, prime_rows(m.tx, near))
+            if overlap
+            else None
+        )
+        basket_gram = dense_gram = None
+        with stage(progress, table_stage(m)):
+            if dense:
+                dense_gram = dense_table.gram(m.baskets)
+                g = dense_gram if m.customers is None else dense_gram + dense_table.gram(m.customers)
+                # by blocks of items: the other core joins in when its embedding is done
+                blocks = dense_table.Blocks(g, m.counts, m.k_nbrs, m.ridge)
+                helped = pool.submit(blocks.work)
+                blocks.work()
+                helped.result()
+                table_index, table_weight = blocks.table()
+            else:
+                if overlap:
+                    basket_gram = neighbors.gram(m.baskets)
+                    g = basket_gram if customer_gram is None else neighbors.combine(basket_gram, customer_gram.result())
+                else:  # a large dataset: one gram at a time, the reasons' counts a block at a time later
+                    g = neighbors.gram(m.rows)
+                table_index = neighbors.top_neighbors(g, m.k_nbrs)
+                with tqdm(total=n_items, desc="regression", unit=" items", leave=False, disable=None) as bar:
+                    table_weight = neighbors.local_regression(g, table_index, m.ridge, progress=bar.update)
+            del g
+        if embedding is None:
+            embed_and_index(m.rows, m.counts, m.k, params, folder, progress)
+        else:
+            embedding.result()
+
+    def pair_counts(indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if dense_gram is not None:
+            return dense_table.pair_counts(dense_gram, indptr, target)
+        if basket_gram is not None:
+            return neighbors.counts_from_gram(basket_gram, indptr, target)
+        return neighbors.table_counts(m.baskets, indptr, target)
+
+    return finish(m, table_index, table_weight, pair_counts, params, folder, progress, rerank)
+
+
+@dataclass
+class Prepared:
+    """A model's inputs: the transactions with items numbered most popular first, the basket and customer
+    matrices and their stack, the co-purchase signal, the rows holding each item, the SVD rank, the number of
+    neighbours and the ridge."""
+
+    tx: Transactions
+    baskets: sp.csr_matrix
+    customers: sp.csr_matrix | None
+    rows: sp.csr_matrix
+    signal: copurchase.Signal
+    counts: np.ndarray
+    k: int
+    k_nbrs: int
+    ridge: float
+
+
+def prepare(tx: Transactions, params: TrainingParams, progress: Progress) -> Prepared:
+    """Number the items, build the matrices and check there is something to learn (DataFileError when not)."""
     n_items = len(tx.item_codes)
     # Number the items from the most to the least popular (ties keep file order): the serving side breaks
     # score ties by popularity for free.
@@ -243,47 +329,46 @@ def _build(
     )
     signal = copurchase.measure(rows.indptr, rows.indices, n_items)
     copurchase.check(signal, baskets.shape[0], progress)
-
     counts = np.bincount(rows.indices, minlength=n_items).astype(np.float64)  # rows holding each item
-    k = factors_for(n_items, rows.shape[0], params)
-    # The embedding and its index need nothing from the item-item table: on a dataset that fits twice in memory
-    # they run on the other core meanwhile (each with one BLAS thread); on a large one they wait their turn.
-    overlap = rows.nnz <= OVERLAP_MAX_ENTRIES
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # The table's co-occurrence is the baskets' gram (which the reasons' counts need too) plus the customer
-        # histories' one: each computed once, the second on the other core before the embedding.
-        customer_gram = pool.submit(neighbors.gram, customers) if overlap and customers is not None else None
-        embedding = (
-            pool.submit(_embed_and_index, rows, counts, k, params, folder, progress, _prime_rows(tx, near))
-            if overlap
-            else None
-        )
-        k_nbrs = min(params.neighbors, n_items - 1)
-        ridge = ridge_lambda(counts, params)
-        basket_gram = None
-        with stage(progress, f"item-item table: top {k_nbrs} neighbours per item, local ridge regression"):
-            if overlap:
-                basket_gram = neighbors.gram(baskets)
-                g = basket_gram if customer_gram is None else neighbors.combine(basket_gram, customer_gram.result())
-            else:  # a large dataset: one gram at a time, the reasons' counts a block at a time later
-                g = neighbors.gram(rows)
-            table_index = neighbors.top_neighbors(g, k_nbrs)
-            with tqdm(total=n_items, desc="regression", unit=" items", leave=False, disable=None) as bar:
-                table_weight = neighbors.local_regression(g, table_index, ridge, progress=bar.update)
-            del g
-        if embedding is None:
-            _embed_and_index(rows, counts, k, params, folder, progress)
-        else:
-            embedding.result()
+    return Prepared(
+        tx,
+        baskets,
+        customers,
+        rows,
+        signal,
+        counts,
+        factors_for(n_items, rows.shape[0], params),
+        min(params.neighbors, n_items - 1),
+        ridge_lambda(counts, params),
+    )
 
-    def pair_counts(indptr: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return (
-            neighbors.counts_from_gram(basket_gram, indptr, target)
-            if basket_gram is not None
-            else neighbors.table_counts(baskets, indptr, target)
-        )
 
-    popularity = np.asarray(baskets.sum(axis=0)).ravel().astype(np.int64)
+def table_stage(m: Prepared) -> str:
+    """The item-item table's progress line."""
+    return f"item-item table: top {m.k_nbrs} neighbours per item, local ridge regression"
+
+
+def dense_item_table(g: np.ndarray, m: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """The item-item table (neighbours and weights by target) from the dense gram of m's rows."""
+    g = dense_table.compact(g)
+    table_index = dense_table.top_neighbors(g, m.counts, m.k_nbrs)
+    with tqdm(total=len(g), desc="regression", unit=" items", leave=False, disable=None) as bar:
+        return table_index, dense_table.local_regression(g, table_index, m.ridge, progress=bar.update)
+
+
+def finish(
+    m: Prepared,
+    table_index: np.ndarray,
+    table_weight: np.ndarray,
+    pair_counts: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress,
+    rerank: reranker.Fitted | None,
+) -> dict:
+    """Write the model's artifacts (its index is written already) and return the manifest's model part."""
+    tx = m.tx
+    popularity = np.asarray(m.baskets.sum(axis=0)).ravel().astype(np.int64)
     chosen = sample_invoices.draw(
         tx.basket_ids, tx.pair_basket, tx.pair_item, tx.item_codes, tx.basket_time, seed=params.seed
     )
@@ -295,14 +380,14 @@ def _build(
             popularity,
             table_index,
             table_weight,
-            k=k,
-            ridge=ridge,
-            baskets=baskets.shape[0],
-            customer_rows=rows.shape[0] - baskets.shape[0],
+            k=m.k,
+            ridge=m.ridge,
+            baskets=m.baskets.shape[0],
+            customer_rows=m.rows.shape[0] - m.baskets.shape[0],
             samples=chosen,
             pair_counts=pair_counts,
             prices=tx.item_prices,
-            signal=signal.as_dict(),
+            signal=m.signal.as_dict(),
         ),
         params,
     )
@@ -363,7 +448,7 @@ def finish_model(folder: Path, parts: ModelParts, params: TrainingParams, progre
     }
 
 
-def _prime_rows(tx: Transactions, near: dict[str, list[int]] | None) -> dict[int, list[int]] | None:
+def prime_rows(tx: Transactions, near: dict[str, list[int]] | None) -> dict[int, list[int]] | None:
     """The model rows of the codes whose neighbours are asked for, each with the list to fill."""
     if near is None:
         return None
@@ -371,7 +456,7 @@ def _prime_rows(tx: Transactions, near: dict[str, list[int]] | None) -> dict[int
     return {row[code]: found for code, found in near.items() if code in row}
 
 
-def _embed_and_index(
+def embed_and_index(
     rows: sp.csr_matrix,
     counts: np.ndarray,
     k: int,
