@@ -196,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _child_tasks() -> dict[str, Callable[[dict], None]]:
     from bench.scale import child_quality
-    from bench.train import child_train
+    from bench.train import child_train, child_xlsx_parse
 
-    return {"child-train": child_train, "child-quality": child_quality}
+    return {"child-train": child_train, "child-quality": child_quality, "child-xlsx-parse": child_xlsx_parse}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

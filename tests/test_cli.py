@@ -141,6 +141,7 @@ def test_user_refusals_one_line_nonzero(make, args, message):
             "lacks required column(s) StockCode, Description, CustomerID; found: InvoiceNo, Code",
         ),
         ("header.csv", "InvoiceNo,StockCode,Description,CustomerID\n", "header but no data rows"),
+        ("fake.xlsx", "not a workbook", "cannot read fake.xlsx as .xlsx"),  # the parse started before the imports
     ],
 )
 def test_train_bad_input_one_line_nonzero(make, tmp_path, name, content, message):

@@ -53,6 +53,17 @@ def test_stage_clock_accumulates_recurring_stages():
     assert clock.peak >= max(s["peak_rss"] for s in clock.stages.values())
 
 
+def test_xlsx_target_is_its_parse_plus_the_csv_training(tmp_path, capsys):
+    met, missed = train.xlsx_over_parse_row(9.0, 4.5, 4.0), train.xlsx_over_parse_row(10.0, 4.5, 4.0)
+    assert (met.met, met.target, met.value) == (True, "<= 1.1 (9.35 s)", 1.059)
+    assert missed.met is False and missed.note.startswith("missed by 0.65 s: 5.50 s above the parse")
+    from tests.training.test_ingest import write_xlsx
+
+    train.child_xlsx_parse({"source": str(write_xlsx(tmp_path / "r.xlsx"))})  # what bench train runs beside it
+    result = json.loads(capsys.readouterr().out.strip().removeprefix(common.RESULT_MARK))
+    assert 0 < result["seconds"] < 5
+
+
 def test_target_rows_and_table():
     slow = report.target_row("train", "csv total", "train_csv_seconds", 7.5, "s", "slowest stage: svd")
     fast = report.target_row("serve", "ratio", "serve_rps_ratio", 0.9, "x")

@@ -140,3 +140,21 @@ def test_the_reranker_is_trained_only_when_asked_for() -> None:
     parser = cli.build_parser()
     assert parser.parse_args(["train", "x.csv"]).rerank is False
     assert parser.parse_args(["train", "--rerank", "x.csv"]).rerank is True
+
+
+def test_a_big_basket_reads_a_bounded_share_of_each_items_postings():
+    """Each kNN feature reads at most its budget of postings per basket, each item's most recent first."""
+    from recommender.serving.reranker import Postings
+
+    n_items, per_item = 60, 100
+    item_ptr = np.arange(n_items + 1) * per_item
+    item_rows = np.arange(n_items * per_item)  # item i's postings: rows i*100 .. i*100+99, most recent first
+    row_ptr = np.arange(n_items * per_item + 1)
+    row_items = np.repeat(np.arange(n_items), per_item)  # each past row holds its one item
+    postings = Postings(item_ptr, item_rows, row_ptr, row_items, budget=1000)
+    basket = np.arange(50)  # 50 items: 20 postings each
+    rows, sim, overlap = postings.nearest(basket, k=10_000)
+    assert len(rows) == 50 * 20
+    assert set((rows % per_item).tolist()) == set(range(20))  # each item's 20 most recent rows
+    few = postings.nearest(np.arange(5), k=10_000)[0]
+    assert len(few) == 5 * per_item  # a small basket reads every posting

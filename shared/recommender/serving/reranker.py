@@ -86,7 +86,7 @@ class Trees:
         """The leaf each row of x (rows x features) reaches in each tree: every tree at once, one level a step."""
         flat, base, node = self._walk(x)
         feature, threshold, child = self.feature, self.threshold, self.child
-        for _ in range(self.depth):  # take() rather than [...]: the same gather, a third faster here
+        for _ in range(self.depth):
             right = flat.take(base + feature.take(node)) > threshold.take(node)
             node = child.take(2 * node + right)
         return node
@@ -95,7 +95,7 @@ class Trees:
         """The raw score of each row of x (rows x features)."""
         if not len(x) or not len(self.roots):
             return np.zeros(len(x))
-        return self.value[self.leaves(x)].sum(axis=1)
+        return self.value.take(self.leaves(x)).sum(axis=1)
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         """Each feature's share of each row's raw score, from the trees' paths (the change of the node output at
@@ -139,10 +139,12 @@ class Trees:
         )
 
 
-def _ranges(ptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Positions of the CSR rows' entries, concatenated (rows in the order given)."""
+def _ranges(ptr: np.ndarray, rows: np.ndarray, cap: int | None = None) -> np.ndarray:
+    """Positions of the CSR rows' entries, concatenated (rows in the order given); with cap, each row's first cap."""
     starts = ptr[rows]
     lengths = ptr[rows + 1] - starts
+    if cap is not None:
+        lengths = np.minimum(lengths, cap)
     total = int(lengths.sum())
     if not total:
         return np.empty(0, dtype=np.intp)
@@ -158,6 +160,7 @@ class Slots:
 
     def __init__(self, candidates: np.ndarray, n_items: int) -> None:
         self.candidates = candidates
+        self.n_items = n_items
         self.dense = None
         if n_items <= DENSE_ITEMS:
             self.dense = np.full(n_items, -1, dtype=np.intp)
@@ -166,15 +169,28 @@ class Slots:
     def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The positions of rows among the candidates, and which rows are candidates (positions of others: junk)."""
         if self.dense is not None:
-            at = self.dense[rows]
+            at = self.dense.take(rows)
             return at, at >= 0
         return _slots(self.candidates, rows)
+
+    def sums(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Per candidate, the sum of the weights of its entries in rows (other rows ignored)."""
+        if self.dense is not None:  # one count over every item beats finding each entry's slot
+            return np.bincount(rows, weights=weights, minlength=self.n_items).take(self.candidates)
+        at, hit = self(rows)
+        return np.bincount(at[hit], weights=weights[hit], minlength=len(self.candidates))
 
 
 def _slots(candidates: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows, their positions in candidates (ascending) and which of them are candidates."""
     at = np.minimum(np.searchsorted(candidates, rows), len(candidates) - 1)
     return at, candidates[at] == rows
+
+
+# Each kNN feature reads at most this many posted past rows for a basket (each item's most recent first, the same
+# number per item): a basket of hundreds of items costs what one of a few dozen does. 20 items' full lists.
+SESSION_READ = 2000
+CUSTOMER_READ = 4000
 
 
 @dataclass
@@ -187,39 +203,58 @@ class Postings:
     row_items: np.ndarray
     row_counts: np.ndarray | None = None  # per entry of row_items: baskets of that row holding the item
     row_days: np.ndarray | None = None  # per entry: days from the row's last purchase of it to the end
+    alpha: float = 0.5  # likeness = overlap / row size ^ alpha
+    budget: int = SESSION_READ  # postings read per basket at most
 
-    def neighbours(
-        self, basket: np.ndarray, slots: Slots, k: int, alpha: float
-    ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
-        """Share of the k rows most like the basket (overlap / row size ^ alpha) holding each candidate, weighted by
-        likeness; whether the single most alike row holds it; the share of the basket in that row; and, from that
-        row, log(1 + baskets) and the days since its last purchase of each candidate."""
-        m = len(slots.candidates)
-        share, top = np.zeros(m), np.zeros(m)
-        counts, days = np.zeros(m), np.full(m, NEVER)
-        positions = _ranges(self.item_ptr, basket)
-        if not len(positions) or not m:
-            return share, top, 0.0, counts, days
-        posted = self.item_rows[positions]
+    def __post_init__(self) -> None:
+        sizes = np.diff(self.row_ptr)
+        self.row_sizes = sizes
+        self.row_norm = np.maximum(sizes, 1).astype(np.float64) ** self.alpha
+
+    def nearest(self, basket: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The k rows most like the basket (overlap / row size ^ alpha; fewer when fewer share an item), their
+        likeness and overlap; each basket item's postings read up to an equal share of the budget."""
+        cap = max(1, self.budget // max(len(basket), 1))
+        positions = _ranges(self.item_ptr, basket, cap)
+        empty = np.empty(0, dtype=np.intp)
+        if not len(positions):
+            return empty, np.empty(0), empty
+        posted = self.item_rows.take(positions)
         n_rows = len(self.row_ptr) - 1
-        if n_rows <= DENSE_ITEMS:  # a count per past row beats sorting the postings
+        if n_rows <= 4 * len(posted):  # a count per past row beats sorting the postings (both: rows ascending)
             per_row = np.bincount(posted, minlength=n_rows)
             rows = np.flatnonzero(per_row)
-            overlap = per_row[rows]
+            overlap = per_row.take(rows)
         else:
             rows, overlap = np.unique(posted, return_counts=True)
-        sizes = self.row_ptr[rows + 1] - self.row_ptr[rows]
-        sim = overlap / np.maximum(sizes, 1) ** alpha
+        sim = overlap / self.row_norm.take(rows)
         if len(rows) > k:
             keep = np.argpartition(-sim, k - 1)[:k]
             rows, sim, overlap = rows[keep], sim[keep], overlap[keep]
+        return rows, sim, overlap
+
+    def share(self, basket: np.ndarray, slots: Slots, k: int) -> np.ndarray:
+        """Share of the k rows most like the basket holding each candidate, weighted by likeness."""
+        rows, sim, _overlap = self.nearest(basket, k)
+        if not len(rows):
+            return np.zeros(len(slots.candidates))
+        items = self.row_items.take(_ranges(self.row_ptr, rows))
+        return slots.sums(items, np.repeat(sim, self.row_sizes.take(rows))) / sim.sum()
+
+    def neighbours(
+        self, basket: np.ndarray, slots: Slots, k: int
+    ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
+        """share(); whether the single most alike row holds each candidate; the share of the basket in that row;
+        and, from that row, log(1 + baskets) and the days since its last purchase of each candidate."""
+        m = len(slots.candidates)
+        top, counts, days = np.zeros(m), np.zeros(m), np.full(m, NEVER)
+        rows, sim, overlap = self.nearest(basket, k)
+        if not len(rows) or not m:
+            return np.zeros(m), top, 0.0, counts, days
         first = np.lexsort((rows, -sim))[0]
         best, match = rows[first], overlap[first] / len(basket)
-        entries = _ranges(self.row_ptr, rows)
-        items = self.row_items[entries]
-        weights = np.repeat(sim, self.row_ptr[rows + 1] - self.row_ptr[rows])
-        at, hit = slots(items)
-        share = np.bincount(at[hit], weights=weights[hit], minlength=m) / sim.sum()
+        items = self.row_items.take(_ranges(self.row_ptr, rows))
+        share = slots.sums(items, np.repeat(sim, self.row_sizes.take(rows))) / sim.sum()
         lo, hi = self.row_ptr[best], self.row_ptr[best + 1]
         at, hit = slots(self.row_items[lo:hi])
         top[at[hit]] = 1.0
@@ -239,6 +274,9 @@ class Reranked:
     rows: np.ndarray  # the items (model rows), ascending
 
 
+LINKS = ("link_weight", "link_baskets", "link_probability", "link_cosine")  # the links' largest values, in order
+
+
 class Reranker:
     """The re-ranker of one model version: its tables and, once trained, its trees."""
 
@@ -248,14 +286,20 @@ class Reranker:
         self.item = arrays["item_features"].astype(np.float64)
         self.price = arrays["item_price"].astype(np.float64)
         self.popularity = np.asarray(popularity, dtype=np.float64)
-        self.sessions = Postings(*(arrays[f"session_{p}"] for p in ("item_ptr", "item_rows", "row_ptr", "row_items")))
+        self.pop1 = np.maximum(self.popularity, 1.0)
+        self.sessions = Postings(
+            *(arrays[f"session_{p}"] for p in ("item_ptr", "item_rows", "row_ptr", "row_items")), alpha=0.5
+        )
         self.customers = Postings(
             *(
                 arrays.get(f"customer_{p}")
                 for p in ("item_ptr", "item_rows", "row_ptr", "row_items", "row_counts", "row_days")
-            )
+            ),
+            alpha=0.1,
+            budget=CUSTOMER_READ,
         )
         self.word_ptr, self.word_idx, self.word_val = arrays["word_ptr"], arrays["word_idx"], arrays["word_val"]
+        self.words = int(self.word_idx.max(initial=-1)) + 1
         self.trees = Trees.from_arrays(arrays) if "tree_roots" in arrays else None
 
     def choose(self, candidates: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -281,57 +325,69 @@ class Reranker:
         x[order, 1] = np.arange(1, m + 1)
         x[:, 2] = first / max(float(first.max()), 1e-12)
         slots = Slots(candidates, len(self.item))
-        # Links: the table entries from the basket's items to the candidates.
-        targets = model.table_target[positions]
-        at, hit = slots(targets)
-        slot, entries = at[hit], positions[hit]
-        if len(slot):
-            sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket])[hit]
-            weight = model.table_weight[entries].astype(np.float64)
-            count = (
-                model.table_count[entries].astype(np.float64) if model.table_count is not None else np.zeros(len(slot))
-            )
-            pop_source = np.maximum(self.popularity[sources], 1.0)
-            pop_target = np.maximum(self.popularity[candidates[slot]], 1.0)
-            x[:, 3] = -np.inf
-            np.maximum.at(x[:, 3], slot, weight)
-            x[:, 3] = np.where(np.isinf(x[:, 3]), 0.0, x[:, 3])
-            np.maximum.at(x[:, 4], slot, count)
-            x[:, 5] = np.bincount(slot, weights=count, minlength=m)
-            np.maximum.at(x[:, 6], slot, count / pop_source)
-            np.maximum.at(x[:, 7], slot, count / np.sqrt(pop_source * pop_target))
-            x[:, 8] = np.bincount(slot, minlength=m)
-        x[:, 9:14] = self.item[candidates]
-        price = self.price[candidates]
-        known = self.price[basket]
-        known = known[np.isfinite(known) & (known > 0)]
-        if len(known):
-            ok = np.isfinite(price) & (price > 0)
-            x[ok, 14] = np.log(price[ok] / float(np.median(known)))
-        x[:, 15] = self._text(basket, candidates)
-        x[:, 16] = self.sessions.neighbours(basket, slots, SESSION_NEIGHBOURS, 0.5)[0]
-        x[:, 17], x[:, 18], x[:, 20], x[:, 21], x[:, 22] = self.customers.neighbours(
-            basket, slots, CUSTOMER_NEIGHBOURS, 0.1
-        )
+        self.links(model, basket, positions, slots, x)
+        x[:, 9:14] = self.item.take(candidates, axis=0)
+        x[:, 14] = self.price_ratio(basket, candidates)
+        x[:, 15] = self.text(basket, candidates)
+        x[:, 16] = self.sessions.share(basket, slots, SESSION_NEIGHBOURS)
+        x[:, 17], x[:, 18], x[:, 20], x[:, 21], x[:, 22] = self.customers.neighbours(basket, slots, CUSTOMER_NEIGHBOURS)
         x[:, 19] = len(basket)
         return x
 
-    def _text(self, basket: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    def links(self, model: object, basket: np.ndarray, positions: np.ndarray, slots: Slots, x: np.ndarray) -> None:
+        """The link features (columns 3-8) from the table entries of the basket's items to the candidates."""
+        m = len(slots.candidates)
+        at, hit = slots(model.table_target.take(positions))
+        hit = np.flatnonzero(hit)
+        if not len(hit):
+            return
+        slot, entries = at.take(hit), positions.take(hit)
+        sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket]).take(hit)
+        count = (
+            model.table_count.take(entries).astype(np.float64) if model.table_count is not None else np.zeros(len(slot))
+        )
+        pop_source = self.pop1.take(sources)
+        pop_target = self.pop1.take(slots.candidates).take(slot)
+        values = np.empty((len(slot), len(LINKS)))
+        values[:, 0] = model.table_weight.take(entries)
+        values[:, 1] = count
+        values[:, 2] = count / pop_source
+        values[:, 3] = count / np.sqrt(pop_source * pop_target)
+        best = np.full(m * len(LINKS), -np.inf)  # one flat maximum.at: numpy's fast path
+        np.maximum.at(best, (slot[:, None] * len(LINKS) + np.arange(len(LINKS))).ravel(), values.ravel())
+        best = best.reshape(m, len(LINKS))
+        x[:, [3, 4, 6, 7]] = np.where(np.isinf(best), 0.0, best)
+        x[:, 5] = np.bincount(slot, weights=count, minlength=m)
+        x[:, 8] = np.bincount(slot, minlength=m)
+
+    def price_ratio(self, basket: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """log of each candidate's price over the basket's median price (0 when either is unknown)."""
+        out = np.zeros(len(candidates))
+        known = self.price.take(basket)
+        known = known[np.isfinite(known) & (known > 0)]
+        if len(known):
+            price = self.price.take(candidates)
+            ok = np.isfinite(price) & (price > 0)
+            known.sort()  # the median, without np.median's overhead (the same value)
+            median = (known[(len(known) - 1) // 2] + known[len(known) // 2]) / 2.0
+            out[ok] = np.log(price[ok] / median)
+        return out
+
+    def text(self, basket: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """TF-IDF cosine of each candidate's description with the basket's mean description vector."""
         positions = _ranges(self.word_ptr, basket)
         if not len(positions):
             return np.zeros(len(candidates))
-        words, inverse = np.unique(self.word_idx[positions], return_inverse=True)
-        basket_vec = np.bincount(inverse, weights=self.word_val[positions]) / len(basket)
-        lengths = self.word_ptr[candidates + 1] - self.word_ptr[candidates]
+        basket_vec = np.bincount(
+            self.word_idx.take(positions), weights=self.word_val.take(positions), minlength=self.words
+        ) / len(basket)
         entries = _ranges(self.word_ptr, candidates)
         if not len(entries):
             return np.zeros(len(candidates))
-        at, hit = _slots(words, self.word_idx[entries])
+        lengths = self.word_ptr[candidates + 1] - self.word_ptr[candidates]
         owner = np.repeat(np.arange(len(candidates)), lengths)
-        return np.bincount(
-            owner[hit], weights=self.word_val[entries][hit] * basket_vec[at[hit]], minlength=len(candidates)
-        )
+        weights = self.word_val.take(entries) * basket_vec.take(self.word_idx.take(entries))
+        return np.bincount(owner, weights=weights, minlength=len(candidates))
 
     def rerank(
         self, model: object, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray

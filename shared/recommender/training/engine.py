@@ -123,9 +123,14 @@ def fit_reranker(tx: Transactions, params: TrainingParams, progress: Progress) -
     if not params.rerank.enabled:
         return None
 
-    def first_stage(train: Transactions, folder: Path) -> object:
-        info = build_model(train, params, folder, lambda _text: None, rerank=reranker.Fitted(None, {"trees": False}))
-        return open_model(lambda name: folder / name, "validation", {"model": info})
+    def first_stage(train: Transactions, folder: Path, codes: set[str]) -> object:
+        near: dict[str, list[int]] = {code: [] for code in codes}  # Annoy asked while the index is built
+        info = build_model(
+            train, params, folder, lambda _text: None, near, rerank=reranker.Fitted(None, {"trees": False})
+        )
+        model = open_model(lambda name: folder / name, "validation", {"model": info})
+        model.prime({model.items.index[code]: found for code, found in near.items() if found})
+        return model
 
     started = time.perf_counter()
     fitted = reranker.fit(tx, first_stage, params.rerank, progress)

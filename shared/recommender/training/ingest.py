@@ -13,7 +13,6 @@ import re
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ import pandas as pd
 
 from recommender.core.errors import DataFileError
 from recommender.core.extras import optional
+from recommender.training import xlsx
+from recommender.training.xlsx import blank, cell_text
 
 REQUIRED = ("InvoiceNo", "StockCode", "Description", "CustomerID")
 OPTIONAL = ("Quantity", "InvoiceDate", "UnitPrice")
@@ -190,22 +191,15 @@ def _xlsx_rows(path: Path) -> list[list]:
     try:
         from python_calamine import CalamineWorkbook
     except ImportError:  # the slow path still works without the Rust reader
-        return pd.read_excel(path, sheet_name=0, engine="openpyxl", header=None, dtype=object).values.tolist()
+        return _openpyxl_rows(path)
     workbook = CalamineWorkbook.from_path(str(path))
     if not workbook.sheet_names:
         raise DataFileError(f"{path.name} has no worksheet")
     return workbook.get_sheet_by_index(0).to_python(skip_empty_area=False)
 
 
-def cell_text(value: object) -> str:
-    """A cell as the csv export would write it: 85123.0 -> "85123", a date -> "2010-12-01 08:26:00"."""
-    if value is None or value != value:  # None, or NaN for an empty cell
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    return str(value).strip()
+def _openpyxl_rows(path: Path) -> list[list]:
+    return pd.read_excel(path, sheet_name=0, engine="openpyxl", header=None, dtype=object).values.tolist()
 
 
 def xlsx_rows(path: Path) -> list[list]:
@@ -216,26 +210,44 @@ def xlsx_rows(path: Path) -> list[list]:
     except DataFileError:
         raise
     except Exception as err:  # calamine and zipfile raise their own types for damaged files
-        raise DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}") from None
-    while rows and all(cell in (None, "") for cell in rows[-1]):
+        raise _damaged(path, err) from None
+    while rows and blank(rows[-1]):
         rows.pop()
     if not rows:
         raise DataFileError(f"{path.name} is empty")
     return rows
 
 
-def _xlsx_frame(path: Path) -> pd.DataFrame:
-    rows = xlsx_rows(path)
-    header = [cell_text(cell) for cell in rows[0]]
-    columns = _column_map(header, path)
-    cells = pd.DataFrame(rows[1:], columns=range(len(header)), dtype=object)  # pads short rows with None
-    frame = {}
-    for name, original in columns.items():
-        values = cells[header.index(original)]
-        # Text conversion runs once per distinct value, not per cell.
-        codes, uniques = pd.factorize(values, use_na_sentinel=False)
-        frame[name] = np.array([cell_text(u) for u in uniques], dtype=object)[codes] if len(values) else []
-    return pd.DataFrame(frame, columns=list(columns))
+def _damaged(path: Path, err: BaseException) -> DataFileError:
+    return DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}")
+
+
+def _xlsx_chunks(path: Path) -> Iterator[pd.DataFrame]:
+    """The first sheet's data rows as text columns named as REQUIRED/OPTIONAL, streamed in chunks (training/xlsx.py:
+    the parse may already have started, and each distinct cell value is converted once)."""
+    try:
+        try:
+            import python_calamine  # noqa: F401
+        except ImportError:  # the slow path still works without the Rust reader
+            rows = iter(_openpyxl_rows(path))
+        else:
+            rows = xlsx.sheet_rows(xlsx.first_sheet(path))
+        header = next(rows, None)
+        if header is not None and blank(header):
+            # Nothing but a blank header row: the file is as good as empty (the header is never data)
+            rest = list(rows)
+            if all(blank(row) for row in rest):
+                header = None
+            rows = iter(rest)
+    except DataFileError:
+        raise
+    except Exception as err:  # calamine and zipfile raise their own types for damaged files
+        raise _damaged(path, err) from None
+    if header is None:
+        raise DataFileError(f"{path.name} is empty")
+    names = [cell_text(cell) for cell in header]
+    columns = {wanted: names.index(original) for wanted, original in _column_map(names, path).items()}
+    yield from xlsx.frames(rows, columns)
 
 
 def _arrow_text(column) -> np.ndarray:
@@ -281,7 +293,7 @@ def read_part(path: Path, kind: str, name: str | None = None, encoding: str = "u
     """The raw rows of one local file as text columns named as REQUIRED/OPTIONAL, in chunks (a csv decoded strictly
     as `encoding`)."""
     if kind == ".xlsx":
-        yield _xlsx_frame(path)
+        yield from _xlsx_chunks(path)
     elif kind == ".parquet":
         yield from _parquet_chunks(path, name or path.name)
     else:

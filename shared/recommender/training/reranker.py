@@ -46,7 +46,7 @@ class RerankParams:
     # The grid searched on validation (the number of trees is chosen there too, by early stopping): 15 and 7 leaves
     # scored lower on Online Retail's validation baskets (bench/results/quality.md), so the default tries 31 only.
     num_leaves: tuple[int, ...] = (31,)
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1  # 0.05 grew twice the trees (twice their answer time) for no gain on validation
     max_depth: int = 6
     min_data_in_leaf: int = 50
     max_bin: int = 255
@@ -230,10 +230,11 @@ def hit_rate(scores: np.ndarray, rows: Rows, queries_: np.ndarray, k: int = 10) 
 
 
 def fit(
-    tx: Transactions, build: Callable[[Transactions, Path], object], params: RerankParams, progress: Progress
+    tx: Transactions, build: Callable[[Transactions, Path, set[str]], object], params: RerankParams, progress: Progress
 ) -> Fitted | None:
-    """Train the re-ranker on validation periods carved from tx; build(train_tx, folder) trains a first-stage
-    model without them and returns it loaded (with its re-ranker tables). None when disabled or impossible."""
+    """Train the re-ranker on validation periods carved from tx; build(train_tx, folder, codes) trains a
+    first-stage model without them and returns it loaded (with its re-ranker tables, Annoy's answers for the codes
+    asked while its index was built). None when disabled or impossible."""
     if not params.enabled:
         return None
     try:
@@ -263,7 +264,8 @@ def fit(
         before = (_recency(tx) < earliest) & ~mask
         with tempfile.TemporaryDirectory(prefix="recommender-rerank-") as tmp:
             try:
-                model = build(select_baskets(tx, before), Path(tmp))
+                codes = {code for _b, query, _hidden in period_cases[p] for code in query}
+                model = build(select_baskets(tx, before), Path(tmp), codes)
             except DataFileError as err:
                 progress(f"re-ranker: before a validation period, {err.message}: first stage alone")
                 return None
