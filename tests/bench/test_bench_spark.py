@@ -38,7 +38,15 @@ def test_report_table_shows_every_part():
         "single_csv_reference": {"seconds": 245.0, "peak_rss": 5 * 2**30},
     }
     table = report_table(results)
-    for expected in ("identical neighbour sets | | 100.00%", "10M scale set", "big set", "245.0 s", "JVM 0.50"):
+    for expected in (
+        "identical neighbour sets | | 100.00%",
+        "10M scale set",
+        "big set",
+        "245.0 s",
+        "JVM 0.50",
+        "the rest (s) | 9.0 | 9.0",
+        "single machine | | 1.00x",
+    ):
         assert expected in table, expected
 
 

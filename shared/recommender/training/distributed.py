@@ -122,17 +122,51 @@ def _part_reader(
     return run
 
 
+def _csr_batches(batches: Iterator[Any]) -> Iterator[Any]:
+    """Matrix rows (sorted item lists, whether each is a basket) in Arrow batches, as one row of raw bytes per batch:
+    the lists' offsets and values are taken whole from Arrow, no Python object per matrix row."""
+    import pyarrow as pa
+
+    for batch in batches:
+        items = batch.column(0)
+        offsets = items.offsets.to_numpy().astype(np.int64)
+        values = items.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        basket = batch.column(1).to_numpy(zero_copy_only=False).astype(bool)
+        values = values[offsets[0] : offsets[-1]]
+        yield pa.RecordBatch.from_pydict(
+            {
+                "indptr": [(offsets - offsets[0]).tobytes()],
+                "indices": [values.tobytes()],
+                "basket": [basket.tobytes()],
+            },
+            schema=_csr_schema(),
+        )
+
+
+def _csr_schema() -> Any:
+    """The Arrow schema _csr_batches yields."""
+    import pyarrow as pa
+
+    return pa.schema([("indptr", pa.binary()), ("indices", pa.binary()), ("basket", pa.binary())])
+
+
 def _csr_blocks(rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The matrix rows of one partition (sorted item lists) as CSR (indptr, indices), with which rows are baskets
-    (the others are customer histories)."""
-    lengths, items, basket = [], [], []
+    """The matrix rows of one partition as CSR (indptr, indices), with which rows are baskets (the others are
+    customer histories): _csr_batches' pieces joined."""
+    indptrs, indices, baskets = [], [], []
+    end = 0
     for row in rows:
-        lengths.append(len(row[0]))
-        items.append(np.asarray(row[0], dtype=np.int32))
-        basket.append(row[1])
-    indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    yield indptr, (np.concatenate(items) if items else np.empty(0, dtype=np.int32)), np.array(basket, dtype=bool)
+        indptr = np.frombuffer(row[0], dtype=np.int64)
+        indptrs.append(indptr[1:] + end)
+        end += int(indptr[-1])
+        indices.append(np.frombuffer(row[1], dtype=np.int32))
+        baskets.append(np.frombuffer(row[2], dtype=bool))
+    indptr = np.concatenate([np.zeros(1, dtype=np.int64), *indptrs])
+    yield (
+        indptr,
+        np.concatenate(indices) if indices else np.empty(0, dtype=np.int32),
+        np.concatenate(baskets) if baskets else np.empty(0, dtype=bool),
+    )
 
 
 def trainer(
@@ -217,7 +251,8 @@ def _train(
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     priced = bool(totals[len(REASONS) + 1])
-    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    # rows stays a view of the cached raw rows: caching it as well would build a second in-memory copy of every
+    # row (at 10M rows, the longest job of reading after the read itself) to save a filter on each scan.
     basket_customer = (
         rows.filter(F.col("customer") != "")
         .groupBy("invoice")
@@ -238,7 +273,6 @@ def _train(
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
 
-    raw.unpersist()  # everything below reads the cached frames derived from it
     frames = Frames(rows, baskets, basket_customer, described, priced)
     n_parts = matrix_partitions(report.rows_kept, sc.defaultParallelism)
     # The holdout: the most recent baskets, chosen as holdout.split_mask does (engine.build_and_measure says what
@@ -276,7 +310,7 @@ def _train(
     learned = frames if done.learned_all else without_held()
     span = learned.baskets.agg(F.min("time"), F.max("time")).collect()[0]
     period = purchase_period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
-    for frame in (rows, basket_customer, baskets, described):
+    for frame in (raw, basket_customer, baskets, described):
         frame.unpersist()
     engine = {
         "name": "spark",
@@ -318,11 +352,12 @@ def _model(
     rows, baskets, basket_customer = frames.rows, frames.baskets, frames.basket_customer
     # Items: numbered by first appearance, then ordered by popularity as recipe.build_model does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
-    pairs = rows.select("invoice", "code").distinct().persist(StorageLevel.MEMORY_AND_DISK)
+    # Each (basket, item) pair once, with its first row: the items' first appearance and popularity come from
+    # these pairs in one aggregation, not from a second pass over every row.
+    pairs = rows.groupBy("invoice", "code").agg(F.min("order").alias("at")).persist(StorageLevel.MEMORY_AND_DISK)
     items = (
-        rows.groupBy("code")
-        .agg(F.min("order").alias("first"))
-        .join(pairs.groupBy("code").agg(F.count("*").alias("popularity")), "code")
+        pairs.groupBy("code")
+        .agg(F.min("at").alias("first"), F.count("*").alias("popularity"))
         .join(frames.described, "code", "left")
         .toPandas()
         .sort_values("first", kind="stable")
@@ -368,6 +403,7 @@ def _model(
         basket_rows.select("items", F.lit(True).alias("basket"))
         .unionByName(customer_rows.select("items", F.lit(False).alias("basket")))
         .repartition(n_parts)
+        .mapInArrow(_csr_batches, "indptr binary, indices binary, basket binary")
         .rdd.mapPartitions(_csr_blocks)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
@@ -461,29 +497,35 @@ def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -
 
 def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
     """sample_invoices.draw on the cluster: the same invoices drawn from the same numbering of the baskets (by
-    first appearance), only the chosen ones collected."""
+    first appearance). Only the eligible baskets' first rows reach the driver (8 bytes a basket), which numbers
+    them by sorting; then only the chosen baskets are collected."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    sized = baskets.join(pairs.groupBy("invoice").agg(F.count("*").alias("size")), "invoice")
-    eligible = sized.filter((F.col("size") >= sample_invoices.MIN_ITEMS) & (F.col("size") <= sample_invoices.MAX_ITEMS))
-    n = eligible.count()
-    if not n:
-        eligible = sized.filter(F.col("size") > 0)
-        n = eligible.count()
-    picked = set(np.random.default_rng(seed).choice(n, size=min(sample_invoices.COUNT, n), replace=False).tolist())
-    chosen = (
-        eligible.select("first", "invoice", "time")
-        .rdd.sortBy(lambda r: r[0])
-        .zipWithIndex()
-        .filter(lambda r: r[1] in picked)
-        .map(lambda r: r[0])
-        .collect()
+    sized = (
+        baskets.join(pairs.groupBy("invoice").agg(F.count("*").alias("size")), "invoice")
+        .select("first", "invoice", "time", "size")
+        .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    eligible = sized.filter((F.col("size") >= sample_invoices.MIN_ITEMS) & (F.col("size") <= sample_invoices.MAX_ITEMS))
+    firsts = _column(eligible, "first")
+    if not len(firsts):
+        eligible = sized.filter(F.col("size") > 0)
+        firsts = _column(eligible, "first")
+    n = len(firsts)
+    picked = np.random.default_rng(seed).choice(n, size=min(sample_invoices.COUNT, n), replace=False)
+    wanted = np.sort(firsts)[picked].tolist()  # the picked positions in first-appearance order, by their first row
+    chosen = [
+        tuple(r) for r in eligible.filter(F.col("first").isin(wanted)).select("first", "invoice", "time").collect()
+    ]
+    sized.unpersist()
     names = [r[1] for r in sorted(chosen)]
     codes: dict[str, list[str]] = {name: [] for name in names}
-    for invoice, code in pairs.join(
-        F.broadcast(pairs.sparkSession.createDataFrame([(name,) for name in names], "invoice string")), "invoice"
-    ).collect():
+    for invoice, code in (
+        pairs.select("invoice", "code")
+        .join(F.broadcast(pairs.sparkSession.createDataFrame([(name,) for name in names], "invoice string")), "invoice")
+        .collect()
+    ):
         codes[invoice].append(code)
     out = []
     for _first, invoice, when in sorted(chosen):
@@ -492,21 +534,38 @@ def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
     return out
 
 
+def _column(frame: Any, name: str) -> np.ndarray:
+    """One long column of a frame on the driver, through Arrow (no Python objects per row)."""
+    table = frame.select(name).toArrow()
+    return table.column(0).to_numpy() if table.num_rows else np.empty(0, dtype=np.int64)
+
+
 def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, params: TrainingParams) -> np.ndarray:
-    """recipe.embeddings_from_products with the products X'(X q) and (X q)'(X q) summed over the partitions."""
+    """recipe.embeddings_from_products with the products X'(X q) and (X q)'(X q) summed over the partitions: each
+    task sums the products of all the partitions it reads (one per core, no shuffle), so one items x (k + 16)
+    array per core, not per partition, is sent to the driver at each iteration."""
     scale_b = sc.broadcast(column_scale(counts, params.popularity_damping))
+    per_core = matrix.coalesce(max(1, min(matrix.getNumPartitions(), sc.defaultParallelism)))
 
     def product(q: np.ndarray, kind: str) -> np.ndarray:
         q_b = sc.broadcast(q)
 
-        def part(block: tuple[np.ndarray, ...]) -> np.ndarray:
+        def part(blocks: Iterator[tuple[np.ndarray, ...]]) -> Iterator[np.ndarray]:
             one_blas_thread()
-            x = row_matrix(block, n_items, scale_b.value)
-            y = x @ q_b.value
-            return (x.T @ y) if kind == "normal" else (y.T @ y)
+            total = None
+            for block in blocks:
+                x = row_matrix(block, n_items, scale_b.value)
+                y = x @ q_b.value
+                out = (x.T @ y) if kind == "normal" else (y.T @ y)
+                if total is None:
+                    total = out
+                else:
+                    total += out
+            if total is not None:
+                yield total
 
         try:
-            return matrix.map(part).treeReduce(np.add)
+            return per_core.mapPartitions(part).reduce(np.add)
         finally:
             q_b.unpersist()
 
