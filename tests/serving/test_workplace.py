@@ -15,6 +15,7 @@ from recommender.core.settings import ConfigError, settings_from_env
 from recommender.serving import feed_upload, rules_editor
 from recommender.serving.model import ModelHolder
 from recommender.serving.users import add_user, get_user, set_role
+from recommender.serving.workplace_schemas import RulesCheckOut
 
 
 def test_roles_and_their_rights(trained_storage):
@@ -154,6 +155,12 @@ def test_the_text_view_is_yaml_checked_as_make_rules_checks_a_file(trained_stora
     broken = rules_editor.checked(None, trained_storage, model, "pin:\n  - basket: {code: [1]\n")
     assert broken["error"]["message"].startswith("the text is not valid YAML at line 3, column 1:")
     assert broken["error"]["line"] == 3 and broken["document"] is None
+    # YAML reads any text as some document; one that is not a mapping is refused as make rules refuses it, and no
+    # form can be filled from it (the fuzzer's "\U000badb7,Í" had answered 500).
+    for scalar in ("\U000badb7,\u00cd", "- a\n- b\n", "12"):
+        refused = rules_editor.checked(None, trained_storage, model, scalar)
+        assert not refused["ok"] and refused["error"]["place"] == "rules" and refused["document"] is None
+        RulesCheckOut.model_validate(refused)
     # A code written as a number is the code as typed (0123 is not 83); the document comes back for the form.
     good = rules_editor.checked(None, trained_storage, model, "block:\n  codes: [0123]\n")
     assert good["ok"] and good["document"]["block"]["codes"] == ["0123"]

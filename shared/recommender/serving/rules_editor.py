@@ -101,7 +101,7 @@ def known(storage: Storage, model: Model) -> Known:
 def checked(raw: Any, storage: Storage, model: Model, text: str | None = None) -> dict:
     """A draft document (or its YAML text) checked as `make rules` checks a file: {"ok", "error" ({"place",
     "message"}, and "line" for text) or None, "summary", "warnings", "rules" (the stored form, when ok), and for
-    text its "document" (null when it is not YAML)}."""
+    text its "document" (null when it is not YAML or not a mapping)}."""
     extra: dict[str, Any] = {}
     try:
         if text is not None:
@@ -109,7 +109,8 @@ def checked(raw: Any, storage: Storage, model: Model, text: str | None = None) -
 
             extra["document"] = None
             raw = _from_yaml(text)
-            extra["document"] = rules_yaml.plain(raw)
+            # Only a mapping can be a rules document (and fill the form); YAML also reads "a, b" or "- x" as one.
+            extra["document"] = rules_yaml.plain(raw) if isinstance(raw, dict) else None
         rules = validate(raw)
         warnings = check(rules, known(storage, model))
     except RulesError as err:

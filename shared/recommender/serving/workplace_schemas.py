@@ -70,7 +70,8 @@ class RulesCheckOut(Out):
     summary: list[str]
     warnings: list[str]
     document: dict[str, Any] | None = Field(
-        None, description="for a draft given as yaml: its document as JSON (null when the text is not YAML)"
+        None,
+        description="for a draft given as yaml: its document as JSON (null when the text is not YAML or not a mapping)",
     )
 
 
