@@ -80,6 +80,15 @@ def _until(condition, seconds: float = WAIT_MS / 1000) -> None:
         time.sleep(0.2)
 
 
+def _add_pin(page, basket: str, item: str):
+    """A new pin row in the rules form, for this basket and item; the row."""
+    page.get_by_role("button", name="Add a pin").click()
+    row = page.locator('.rule-rows[data-kind="pin"] .rule-row').last
+    row.get_by_label("When the basket holds (code)").fill(basket)
+    row.get_by_label("Show (code)").fill(item)
+    return row
+
+
 def test_merchandiser_drafts_previews_publishes_and_rolls_back(browser, people):  # noqa: F811
     site = people
     basket = site.lunch[1]
@@ -90,10 +99,7 @@ def test_merchandiser_drafts_previews_publishes_and_rolls_back(browser, people):
     try:
         _signed_in(console, MERCH)
         _rules_page(console)
-        page.get_by_role("button", name="Add a pin").click()
-        row = page.locator('.rule-rows[data-kind="pin"] .rule-row').last
-        row.get_by_label("When the basket holds (code)").fill(basket)
-        row.get_by_label("Show (code)").fill(pinned)
+        row = _add_pin(page, basket, pinned)
         row.get_by_label("At position").fill("1")
         page.get_by_label("Products (codes, separated by commas)").fill(blocked)
         page.locator("#rules-check").filter(has_text="Ready to preview").wait_for()
@@ -218,10 +224,7 @@ def test_the_rules_as_yaml_checked_as_typed(browser, people):  # noqa: F811
     try:
         _signed_in(console, MERCH)
         _rules_page(console)
-        page.get_by_role("button", name="Add a pin").click()
-        row = page.locator('.rule-rows[data-kind="pin"] .rule-row').last
-        row.get_by_label("When the basket holds (code)").fill(site.lunch[1])
-        row.get_by_label("Show (code)").fill(site.pinned)
+        _add_pin(page, site.lunch[1], site.pinned)
         page.get_by_label("Products (codes, separated by commas)").fill("yes, 2026-01-02, Home > Kitchen")
         page.locator("#rules-check").filter(has_text="Ready to preview").wait_for()
         page.get_by_text("As text").click()
