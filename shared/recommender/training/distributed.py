@@ -308,9 +308,11 @@ def _train(
             progress,
         )
     done = build_and_measure(
-        lambda out, say: _reranked(rr, out, _model(spark, frames, report.baskets, n_parts, params, out, say), False),
+        lambda out, say: _reranked(
+            rr, out, _model(spark, frames, report.baskets, n_parts, params, out, say), False, say
+        ),
         lambda out, _near, say: _reranked(
-            rr, out, _model(spark, without_held(), without_held().baskets.count(), n_parts, params, out, say), True
+            rr, out, _model(spark, without_held(), without_held().baskets.count(), n_parts, params, out, say), True, say
         ),
         held,
         report.baskets,
@@ -334,9 +336,9 @@ def _train(
     return Built(done.model, report, engine, period, done.evaluation, with_rerank(folder, done.extra))
 
 
-def _reranked(rr: Any, folder: Path, info: dict, measured: bool) -> dict:
+def _reranked(rr: Any, folder: Path, info: dict, measured: bool, progress: Progress) -> dict:
     """A model's manifest part, with its re-ranker's file written beside it when one was trained."""
-    return info if rr is None else rr.finish(folder, info, measured)
+    return info if rr is None else rr.finish(folder, info, measured, progress)
 
 
 def matrix_partitions(rows_kept: int, parallelism: int) -> int:

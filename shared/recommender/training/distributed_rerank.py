@@ -39,13 +39,13 @@ class SparkReranking:
     published: reranker.Fitted | None
     params: TrainingParams
 
-    def finish(self, folder: Path, info: dict, measured: bool) -> dict:
+    def finish(self, folder: Path, info: dict, measured: bool, progress: Progress) -> dict:
         """Write rerank.npz beside a Spark-built model (its tables, and the trees fitted for it) and add its part
         to the model's manifest part, as recipe.finish does on one machine."""
         fitted = self.measured if measured else self.published
         if fitted is not None:
-            tx = self.train_tx if measured else self.tx
-            info["rerank"] = write_tables(folder, tx, self.params, fitted)
+            with stage(progress, "re-ranker tables"):
+                info["rerank"] = write_tables(folder, self.train_tx if measured else self.tx, self.params, fitted)
         return info
 
 
@@ -68,8 +68,9 @@ def fit(
         # The baskets the period's model learns without: the period, what follows it and the held-out baskets.
         kept = set(train.basket_ids)
         left_out = [b for b in tx.basket_ids if b not in kept]
-        info = build(without_baskets(spark, frames, left_out), len(train.basket_ids), folder, lambda _text: None)
-        info["rerank"] = write_tables(folder, train, params, reranker.Fitted(None, {"trees": False}))
+        with stage(progress, f"re-ranker: first stage on the {len(kept):,} baskets before the period, by Spark"):
+            info = build(without_baskets(spark, frames, left_out), len(kept), folder, lambda _text: None)
+            info["rerank"] = write_tables(folder, train, params, reranker.Fitted(None, {"trees": False}))
         return open_model(lambda name: folder / name, "validation", {"model": info})
 
     measured, published = fit_rerankers(tx, train_tx, held, params, progress, first_stage)
