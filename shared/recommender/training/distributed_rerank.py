@@ -106,13 +106,10 @@ def collect_transactions(frames: Any, report: CleaningReport) -> Transactions:
     from pyspark.sql import functions as F
 
     rows = frames.rows
-    items = (
-        rows.groupBy("code")
-        .agg(F.min("order").alias("first"))
-        .join(frames.described, "code", "left")
-        .toPandas()
-        .sort_values("first")
-    )
+    # Items and customers by their first row: each aggregated once, read twice (collected, then joined).
+    firsts = rows.groupBy("code").agg(F.min("order").alias("first")).persist()
+    customers = rows.filter(F.col("customer") != "").groupBy("customer").agg(F.min("order").alias("c")).persist()
+    items = firsts.join(frames.described, "code", "left").toPandas().sort_values("first")
     baskets = frames.baskets.select("invoice", "first", "time").toPandas().sort_values("first")
     item_first = items["first"].to_numpy(dtype=np.int64)
     basket_first = baskets["first"].to_numpy(dtype=np.int64)
@@ -121,7 +118,7 @@ def collect_transactions(frames: Any, report: CleaningReport) -> Transactions:
         rows.select("invoice", "code")
         .distinct()
         .join(frames.baskets.select("invoice", F.col("first").alias("b")), "invoice")
-        .join(F.broadcast(rows.groupBy("code").agg(F.min("order").alias("i"))), "code")
+        .join(F.broadcast(firsts.withColumnRenamed("first", "i")), "code")
         .select("b", "i")
         .toArrow()
     )
@@ -129,7 +126,6 @@ def collect_transactions(frames: Any, report: CleaningReport) -> Transactions:
     pair_item = np.searchsorted(item_first, pairs.column("i").to_numpy())
     key = np.sort(pair_basket.astype(np.int64) << 32 | pair_item.astype(np.int64))
     # Customers numbered by their first row; a basket's customer is its last row's (distributed.basket_customer).
-    customers = rows.filter(F.col("customer") != "").groupBy("customer").agg(F.min("order").alias("c"))
     customer_first = np.sort(customers.select("c").toArrow().column(0).to_numpy())
     owned = (
         frames.basket_customer.join(frames.baskets.select("invoice", "first"), "invoice")
@@ -137,6 +133,8 @@ def collect_transactions(frames: Any, report: CleaningReport) -> Transactions:
         .select("first", "c")
         .toArrow()
     )
+    firsts.unpersist()
+    customers.unpersist()
     basket_customer = np.full(len(basket_first), -1, dtype=np.int32)
     basket_customer[np.searchsorted(basket_first, owned.column("first").to_numpy())] = np.searchsorted(
         customer_first, owned.column("c").to_numpy()
