@@ -282,7 +282,7 @@ def fit(
                 "last": str(times.max())[:19] if len(times) else None,
             }
         )
-    rows = _concat(parts)
+    rows = parts[0] if len(parts) == 1 else _concat(parts)  # one period: no copy of its 1.35M rows
     if not rows.found.any():
         progress("re-ranker: no validation basket's hidden item is among its candidates: first stage alone")
         return None
@@ -296,9 +296,14 @@ def fit(
     first_hr = hit_rate(-rows.x[:, FEATURES.index("rank")], rows, sel_q)
     best = None
     tried = []
+    # The trees' scores are needed on the selection rows only: predicting the fitting rows too took 3.7 s of CPU
+    # (a quarter of the fit) on Online Retail.
+    sel_rows = np.flatnonzero(is_select[rows.query])
     for leaves in params.num_leaves:
         booster = _train(lightgbm, rows, fit_q, sel_q[rows.found[sel_q]], leaves, params)
-        hr = hit_rate(booster.predict(rows.x), rows, sel_q)
+        scores = np.zeros(len(rows.y))
+        scores[sel_rows] = booster.predict(rows.x[sel_rows])
+        hr = hit_rate(scores, rows, sel_q)
         tried.append({"num_leaves": leaves, "trees": _trees(booster), "hr": round(hr, 4)})
         if best is None or hr > best[0]:
             best = (hr, booster, leaves)
@@ -387,6 +392,9 @@ def _train(
         "seed": params.seed,
         "deterministic": True,
         "num_threads": params.threads,
+        # Row-wise histograms build the same trees 10% faster here (1M rows of 23 features; LightGBM's own test
+        # of both ways costs a fit's first seconds).
+        "force_row_wise": True,
         "verbosity": -1,
     }
     return lightgbm.train(
