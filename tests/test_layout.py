@@ -51,7 +51,12 @@ FORBIDDEN = {
         *TRAINING_ONLY,
     },
     "training": {
-        "recommender.serving.web",
+        "recommender.serving.web",  # the web layer: the app factory and the modules it is made of
+        "recommender.serving.resources",
+        "recommender.serving.callers",
+        "recommender.serving.json_bodies",
+        "recommender.serving.http_errors",
+        "recommender.serving.middleware",
         "recommender.tools",
         "recommender.local",
         "recommender.cli",
