@@ -128,6 +128,10 @@ def test_the_harness_is_not_installed():
     assert tools == {
         "__init__.py",
         "evaluation.py",
+        "evaluation_protocol.py",
+        "baselines.py",
+        "product_evaluation.py",
+        "evaluation_report.py",
         "new_items_evaluation.py",
         "export.py",
         "synthetic",
