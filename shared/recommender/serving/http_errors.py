@@ -26,7 +26,7 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse(error_json(detail), status_code=status, headers=headers)
 
 
-# What each error status means, for the OpenAPI document (README "HTTP API" says the same).
+# What each error status means, for the OpenAPI document (docs/api.md, "Errors", says the same).
 ERROR_MEANINGS = {
     400: "the form body cannot be parsed",
     401: "missing, malformed, expired, forged or revoked token or API key, a deleted user, or bad credentials",
