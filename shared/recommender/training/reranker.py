@@ -184,7 +184,7 @@ def queries(tx: Transactions, mask: np.ndarray, params: RerankParams) -> list[tu
     return out
 
 
-# Queries whose features are computed in one pass: 64 on Online Retail (chunks of 16-256 queries cost 15-25% less
+# Queries whose features are computed in one pass: 64 on Online Retail (chunks of 16-256 queries cost 10-18% less
 # CPU than one query at a time; 1,024 cost more, their arrays no longer in cache), fewer in a large catalogue (a
 # pass holds an array over every item, and one over every description word, for each of its queries: 8 MB at most).
 CHUNK = 64
@@ -194,7 +194,7 @@ CHUNK_CELLS = 1 << 21
 def training_rows(model: object, cases: list[tuple[int, list[str], str]]) -> Rows:
     """Feature rows of each case's re-ranked candidates, computed on the first-stage model: its candidates one query
     at a time by serving's code, their features a chunk of queries at a time (training/rerank_batch.py: the values
-    serving's Reranker.features gives, bit for bit, for a sixth of the CPU time)."""
+    serving's Reranker.features gives, bit for bit, for 10-18% less CPU)."""
     reranker: Reranker = model.rerank_tables
     xs, ys, qs, baskets, found = [], [], [], [], []
     index = model.items.index
