@@ -3,7 +3,6 @@ for items the learned re-ranker ordered, the features that moved it up."""
 
 from __future__ import annotations
 
-import weakref
 from operator import itemgetter
 from typing import Any
 
@@ -70,30 +69,7 @@ class Because(tuple):
 
 NO_REASONS = Because([], (np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64)), 0, 0)
 _because = tuple.__new__  # Because(...) without a Python call per pick
-# A table's sorted keys (table_keys), by the id of its table_target array while that array lives.
-_KEYS: dict[int, tuple[weakref.ref, np.ndarray | None]] = {}
 BOUNDS = np.arange(1025)  # where each pick's reasons start (searched for in the sorted picks)
-
-
-def table_keys(model: Any) -> np.ndarray | None:
-    """The table's entries as sorted keys (basket row x items + item) ending with a sentinel, built at the first
-    explain for a table (4 bytes an entry up to 46,340 items, else 8) and kept while it lives; None when a row
-    lists its items out of order (or twice): the reasons then read the entries another way."""
-    target = model.table_target
-    found = _KEYS.get(id(target))
-    if found is not None and found[0]() is target:
-        return found[1]
-    indptr = model.table_indptr
-    width = len(indptr) - 1
-    dtype = np.int32 if width * width < np.iinfo(np.int32).max else np.int64
-    keys = np.empty(len(target) + 1, dtype=dtype)
-    np.add(np.repeat(np.arange(width, dtype=dtype) * dtype(width), np.diff(indptr)), target, out=keys[:-1])
-    keys[-1] = np.iinfo(dtype).max
-    if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
-        keys = None
-    key = id(target)
-    _KEYS[key] = (weakref.ref(target, lambda _ref: _KEYS.pop(key, None)), keys)
-    return keys
 
 
 def reasons(model: Any, scored: Any, rows: np.ndarray, totals: np.ndarray | None = None) -> list[Because]:
@@ -110,40 +86,40 @@ def reasons(model: Any, scored: Any, rows: np.ndarray, totals: np.ndarray | None
     m = len(rows)
     if not m:
         return [NO_REASONS] * asked
-    keys = table_keys(model) if scored.dense is not None else None
-    if keys is not None:
-        # Each (pick, basket item) pair looked up in the table's sorted keys: the picks' entries found without
-        # reading every entry the basket read, picks first, basket order within a pick (the order of a pass over
-        # the entries read, grouped by pick).
-        basket = scored.basket
-        width = len(basket)
-        wanted = (rows[:, None] + basket * (len(model.table_indptr) - 1)).ravel().astype(keys.dtype)
-        at = keys.searchsorted(wanted)  # never past the end: the keys end with a sentinel above any pair's
-        hit = (keys.take(at) == wanted).nonzero()[0]
-        entries = at.take(hit)
-        pick = hit // width
-        sources = basket.take(hit - pick * width)
-        weights = model.table_weight.take(entries)
+    # One pass over the table entries the basket read, finding the picks' entries: through a slot per item in a
+    # model with few items (1 + the pick's place; 0 for the others), by binary search in one with many.
+    targets = scored.targets
+    if scored.dense is not None:
+        # One byte per item for an answer of up to 126 picks: a quarter of the memory a request touches.
+        slot = np.zeros(len(scored.dense), dtype=np.int8 if m < 127 else np.int32)
+        slot[rows] = BOUNDS[1 : m + 1] if m < len(BOUNDS) else np.arange(1, m + 1)
+        found = slot.take(targets)  # take: no conversion of the 32-bit rows, unlike indexing
+        hit = (found > 0).nonzero()[0]
+        pick = found[hit] - 1
     else:
-        # One pass over the table entries the basket read, finding the picks' entries: through a slot per item in
-        # a model with few items (1 + the pick's place; 0 for the others), by binary search in one with many.
-        targets = scored.targets
-        if scored.dense is not None:
-            slot = np.zeros(len(scored.dense), dtype=np.int32)
-            slot[rows] = BOUNDS[1 : m + 1] if m < len(BOUNDS) else np.arange(1, m + 1)
-            found = slot.take(targets)  # take: no conversion of the 32-bit rows, unlike indexing
-            hit = (found > 0).nonzero()[0]
-            pick = found[hit] - 1
-        else:
-            order = np.argsort(rows)
-            sorted_rows = rows[order]
-            at = np.minimum(np.searchsorted(sorted_rows, targets), m - 1)
-            hit = (sorted_rows[at] == targets).nonzero()[0]
-            pick = order[at[hit]]
+        order = np.argsort(rows)
+        sorted_rows = rows[order]
+        at = np.minimum(np.searchsorted(sorted_rows, targets), m - 1)
+        hit = (sorted_rows[at] == targets).nonzero()[0]
+        pick = order[at[hit]]
+    segments = scored.segments
+    if segments is None:
         entries = scored.positions[hit]
         # The basket item each entry belongs to: the table row holding it (no array of every entry's row needed).
         sources = model.table_indptr.searchsorted(entries, side="right") - 1
         weights = model.table_weight[entries]
+    else:
+        # The entries were read as one slice of the table per basket row: an entry's basket row is the slice it
+        # falls in, its place in the table the slice's start plus its place in the slice.
+        ends, shift, total = [], [], 0
+        for a, b in zip(*segments):
+            shift.append(a - total)
+            total += b - a
+            ends.append(total)
+        segment = np.asarray(ends).searchsorted(hit, side="right")
+        entries = hit + np.asarray(shift).take(segment)
+        sources = scored.basket.take(segment)
+        weights = scored.weights.take(hit)
     # float32 weights over float64 totals: numpy divides in float64, as an explicit conversion would.
     shares = weights / totals[pick]
     # The entries come in table order (the basket's rows ascending), so a stable sort by pick, then share, leaves

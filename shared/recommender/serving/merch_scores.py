@@ -34,6 +34,10 @@ class Scores:
         self.basket = basket
         self._targets: np.ndarray | None = None
         self._positions: np.ndarray | None = None
+        # With the entries read as one slice of the table per basket row (the masked dense path): each basket row's
+        # (starts, stops) in the table, and the weights read (aligned with targets); the reasons read them.
+        self.segments: tuple[list[int], list[int]] | None = None
+        self.weights: np.ndarray | None = None
         self._sources: np.ndarray | None = None
         # Whether the candidates are the eligible ones only (allowed: the request's mask over every item).
         self.eligible_only = False
@@ -54,7 +58,7 @@ class Scores:
                 parts = [slice(a, b) for a, b in zip(starts, stops)]
                 targets = np.concatenate([table_target[part] for part in parts])
                 weights = np.concatenate([table_weight[part] for part in parts])
-            self._targets = targets
+            self._targets, self.weights, self.segments = targets, weights, (starts, stops)
             self.dense = np.bincount(targets, weights=weights, minlength=n)
             mark = np.zeros(n, dtype=bool)
             mark[model.near(basket).ravel()] = True
