@@ -150,10 +150,10 @@ def _best(
         # A boost keeps a score's sign, and a negative score is divided rather than multiplied: multiplying every
         # score ranks the positive ones exactly, and ranks every negative one below them. So unless the best k
         # reach a score <= 0, that is the answer, one division pass the fewer.
-        scores = final * factor[rows]
+        scores = final * factor.take(rows)  # take: no index conversion (a few of these per answer add up)
         order = _top(scores, k)
         if not len(order) or scores[order[-1]] > 0:
-            return rows[order], scores[order], final[order]
+            return rows.take(order), scores.take(order), final.take(order)
         scores = policy.boosted(rows, final)
     else:
         scores = policy.boosted(rows, final)

@@ -282,7 +282,7 @@ class Eligibility:
             if forbidden is not None:
                 excluded.append(forbidden)
         if options.exclude:
-            excluded.append(policy.exclude_rows(options.exclude))
+            excluded.append(policy.exclude_rows(tuple(options.exclude)))
         self.taken: list[np.ndarray] = []
         self.price_max = options.price_max
         bound = None

@@ -66,7 +66,7 @@ class Scores:
             self.candidates = mark.nonzero()[0]
             self.eligible_only = True
             self.reranked = None
-            self.final_candidates = self.dense[self.candidates]
+            self.final_candidates = self.dense.take(self.candidates)
             return
         if dense:
             self.candidates, self.dense, self._positions = model.score_basket(basket)
