@@ -106,3 +106,11 @@ def test_confidence_by_score_is_the_call_at_any_rank(plain):
     assert calibration.by_score
     for rank in (1, 7, 40):
         assert np.array_equal(calibration.scores(scores), plain.confidence(scores, np.full(101, rank)))
+
+
+def test_an_empty_basket_reads_no_slices_and_gives_no_reasons(plain, feed):
+    model = view(plain, feed)
+    empty = np.empty(0, dtype=np.int64)
+    scored = Scores(model, empty, True, model.policy.request_mask(Options()).copy())
+    assert not len(scored.candidates) and not scored.dense.any() and not len(scored.positions)
+    assert [b.as_list() for b in reasons(model, scored, np.asarray([1, 2]), np.asarray([1.0, 2.0]))] == [[], []]

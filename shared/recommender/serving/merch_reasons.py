@@ -116,8 +116,8 @@ def reasons(model: Any, scored: Any, rows: np.ndarray, totals: np.ndarray | None
             shift.append(a - total)
             total += b - a
             ends.append(total)
-        segment = np.asarray(ends).searchsorted(hit, side="right")
-        entries = hit + np.asarray(shift).take(segment)
+        segment = np.asarray(ends, dtype=np.int64).searchsorted(hit, side="right")
+        entries = hit + np.asarray(shift, dtype=np.int64).take(segment)
         sources = scored.basket.take(segment)
         weights = scored.weights.take(hit)
     # float32 weights over float64 totals: numpy divides in float64, as an explicit conversion would.

@@ -52,8 +52,9 @@ class Scores:
             # basket rows' entries are read as slices of the table (cheaper than one index array over them all).
             starts, stops = indptr[basket].tolist(), indptr[basket + 1].tolist()
             table_target, table_weight = model.table_target, model.table_weight
-            if len(starts) == 1:
-                targets, weights = table_target[starts[0] : stops[0]], table_weight[starts[0] : stops[0]]
+            if len(starts) <= 1:  # one slice (or none, for an empty basket): read in place
+                a, b = (starts[0], stops[0]) if starts else (0, 0)
+                targets, weights = table_target[a:b], table_weight[a:b]
             else:
                 parts = [slice(a, b) for a, b in zip(starts, stops)]
                 targets = np.concatenate([table_target[part] for part in parts])
