@@ -48,14 +48,20 @@ class Incoming:
 
 
 def link_entries(
-    model: object, basket: np.ndarray, positions: np.ndarray, slots: object, incoming: Incoming | None
+    model: object,
+    basket: np.ndarray,
+    positions: np.ndarray,
+    slots: object,
+    incoming: Incoming | None,
+    backwards: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The table entries from the basket's items (positions: all of theirs) to the candidates: per entry, its
-    candidate's slot, its position in the table and its source item (in no particular order)."""
+    candidate's slot, its position in the table and its source item (in no particular order). Read backwards
+    when that reads fewer entries (backwards=True/False: always/never, when the index is there)."""
     candidates = slots.candidates
-    if incoming is not None and incoming.target is model.table_target:
+    if incoming is not None and incoming.target is model.table_target and backwards is not False:
         lengths = incoming.ptr[candidates + 1] - incoming.ptr[candidates]
-        if int(lengths.sum()) < len(positions):
+        if backwards or int(lengths.sum()) < len(positions):
             into = ranges(incoming.ptr, candidates)
             sources = incoming.source.take(into)
             member = np.zeros(len(incoming.ptr) - 1, dtype=bool)
@@ -70,11 +76,18 @@ def link_entries(
 
 
 def link_features(
-    model: object, basket: np.ndarray, positions: np.ndarray, slots: object, incoming: Incoming | None, pop1, x
+    model: object,
+    basket: np.ndarray,
+    positions: np.ndarray,
+    slots: object,
+    incoming: Incoming | None,
+    pop1: np.ndarray,
+    x: np.ndarray,
+    backwards: bool | None = None,
 ) -> None:
     """The link features (columns 3-8 of x) of the candidates; pop1: every item's popularity, at least 1."""
     m = len(slots.candidates)
-    slot, entries, sources = link_entries(model, basket, positions, slots, incoming)
+    slot, entries, sources = link_entries(model, basket, positions, slots, incoming, backwards)
     if not len(slot):
         return
     count = model.table_count.take(entries).astype(np.float64) if model.table_count is not None else np.zeros(len(slot))
