@@ -1,6 +1,6 @@
 """The re-ranker's link features: the item-item table's entries from a basket's items to its candidates, read
 forwards (every entry of the basket's items, kept when its target is a candidate) or backwards (every entry into
-the candidates, kept when its source is in the basket), whichever reads fewer. Both find the same entries; the
+the candidates, kept when its source is in the basket), whichever costs less. Both find the same entries; the
 features are maxima and sums of whole counts over them, so they are the same bit for bit either way.
 
 A table with the same number of entries into every item (Online Retail's: 100) makes the backwards read cost 100
@@ -57,18 +57,18 @@ def link_entries(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The table entries from the basket's items (positions: all of theirs) to the candidates: per entry, its
     candidate's slot, its position in the table and its source item (in no particular order). Read backwards
-    when that reads fewer entries (backwards=True/False: always/never, when the index is there)."""
+    when that reads under half as many entries (backwards=True/False: always/never, when the index is there)."""
     candidates = slots.candidates
     if incoming is not None and incoming.target is model.table_target and backwards is not False:
         lengths = incoming.ptr[candidates + 1] - incoming.ptr[candidates]
-        if backwards or int(lengths.sum()) < len(positions):
+        if backwards or 2 * int(lengths.sum()) < len(positions):  # a backwards entry costs about two forwards
             into = ranges(incoming.ptr, candidates)
             sources = incoming.source.take(into)
             member = np.zeros(len(incoming.ptr) - 1, dtype=bool)
             member[basket] = True
             hit = np.flatnonzero(member.take(sources))
             slot = np.repeat(np.arange(len(candidates)), lengths).take(hit)
-            return slot, incoming.entry.take(into.take(hit)).astype(np.intp), sources.take(hit).astype(np.intp)
+            return slot, incoming.entry.take(into.take(hit)), sources.take(hit)
     at, hit = slots(model.table_target.take(positions))
     hit = np.flatnonzero(hit)
     sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket]).take(hit)
@@ -93,15 +93,13 @@ def link_features(
     count = model.table_count.take(entries).astype(np.float64) if model.table_count is not None else np.zeros(len(slot))
     pop_source = pop1.take(sources)
     pop_target = pop1.take(slots.candidates).take(slot)
-    values = np.empty((len(slot), len(LINKS)))
-    values[:, 0] = model.table_weight.take(entries)
-    values[:, 1] = count
-    values[:, 2] = count / pop_source
-    values[:, 3] = count / np.sqrt(pop_source * pop_target)
-    best = np.full(m * len(LINKS), -np.inf)  # one flat maximum.at: numpy's fast path
-    np.maximum.at(best, (slot[:, None] * len(LINKS) + np.arange(len(LINKS))).ravel(), values.ravel())
-    best = best.reshape(m, len(LINKS))
-    x[:, [3, 4, 6, 7]] = np.where(np.isinf(best), 0.0, best)
+    # Each largest value by its own 1-d maximum.at (numpy's fast path; one over interleaved columns is slower).
+    best = np.full((len(LINKS), m), -np.inf)
+    np.maximum.at(best[0], slot, model.table_weight.take(entries).astype(np.float64))
+    np.maximum.at(best[1], slot, count)
+    np.maximum.at(best[2], slot, count / pop_source)
+    np.maximum.at(best[3], slot, count / np.sqrt(pop_source * pop_target))
+    x[:, [3, 4, 6, 7]] = np.where(np.isinf(best), 0.0, best).T
     # Sums of whole counts: exact in any order.
     x[:, 5] = np.bincount(slot, weights=count, minlength=m)
     x[:, 8] = np.bincount(slot, minlength=m)

@@ -33,21 +33,21 @@ class Bitvectors:
     def exits(self, x: np.ndarray) -> np.ndarray:
         """Per row of x (rows x features) and tree, its exit leaf as tree * leaves_per_tree + leaf (from the left)."""
         # The walk reads a missing value as 0 (and infinities as the largest finite numbers): the same here.
-        values = np.nan_to_num(np.asarray(x, dtype=np.float64)[:, self.used], nan=0.0, copy=False)
-        lanes = len(self.used)
-        at = np.broadcast_to(np.arange(lanes, dtype=np.intp) * self.width, values.shape).copy()
+        # Lane-major (a feature's values contiguous): the search's gathers and the masks' ANDs go lane by lane.
+        values = np.nan_to_num(np.asarray(x, dtype=np.float64).T[self.used], nan=0.0, copy=False)
+        lanes, n = values.shape
+        at = np.repeat(np.arange(lanes, dtype=np.intp) * self.width, n).reshape(lanes, n)
         step = self.width // 2
         while step:  # at ends as lane start + the number of thresholds below the value
-            at += (self.bounds.take(at + (step - 1)) < values) * step
+            at += (self.bounds[step - 1 :].take(at) < values) * step
             step //= 2
-        at += self.shift
+        at += self.shift[:, None]
         if lanes:  # AND each feature's masks in turn: small temporaries stay in cache (one gather of them all does not)
-            rows = np.ascontiguousarray(at.T)
-            open_ = self.masks.take(rows[0], axis=0)
-            for lane in rows[1:]:
+            open_ = self.masks.take(at[0], axis=0)
+            for lane in at[1:]:
                 open_ &= self.masks.take(lane, axis=0)
         else:  # every tree a single leaf
-            open_ = np.full((len(x), self.masks.shape[1]), np.iinfo(self.masks.dtype).max, dtype=self.masks.dtype)
+            open_ = np.full((n, self.masks.shape[1]), np.iinfo(self.masks.dtype).max, dtype=self.masks.dtype)
         lowest = open_ & (~open_ + open_.dtype.type(1))  # the lowest set bit alone: a power of two
         if open_.dtype == np.uint32:  # its exponent, read from the float it converts to exactly
             leaf = (lowest.astype(np.float32).view(np.int32) >> 23) - 127
