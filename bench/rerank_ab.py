@@ -91,7 +91,7 @@ def parts(model, codes: list[str], repeat: int) -> dict[str, int]:
 
 def compare(models: dict, baskets: list[list[str]], repeat: int) -> dict:
     """Per model: least-of-repeat CPU µs of Model.recommend(basket, 10) (mean, p50, p99; all and by basket size),
-    and mean µs of each part; the models take turns on every basket, each first on every other one. Also how many answers differ."""
+    and mean µs of each part (over all baskets, and over those of 100 items or more); the models take turns on every basket, each first on every other one. Also how many answers differ."""
     for b in baskets:  # Annoy's answers remembered, caches warm
         for model in models.values():
             model.recommend(b, 10)
@@ -108,7 +108,7 @@ def compare(models: dict, baskets: list[list[str]], repeat: int) -> dict:
             answers.append(rec.items)
             if model.reranker is not None and any(c in model.items.index for c in b):
                 for k, v in parts(model, b, repeat).items():
-                    part[name].setdefault(k, []).append(v)
+                    part[name].setdefault(k, []).append((len(set(b)), v))
         differ += any(a != answers[0] for a in answers)
     sizes = np.asarray([len(set(b)) for b in baskets])
 
@@ -127,7 +127,13 @@ def compare(models: dict, baskets: list[list[str]], repeat: int) -> dict:
         out[name] = {
             "all": stats(xs),
             **{f"{lo}-{hi}": stats(xs[(sizes >= lo) & (sizes <= hi)]) for lo, hi in SIZES},
-            "parts": {k: round(float(np.mean(v)) / 1000.0, 1) for k, v in part[name].items()},
+            **{
+                label: {
+                    k: round(float(np.mean([t for size, t in v if size >= least])) / 1000.0, 1)
+                    for k, v in part[name].items()
+                }
+                for label, least in (("parts", 0), ("parts_100_items_or_more", 100))
+            },
         }
     return out
 
@@ -148,12 +154,18 @@ def main() -> None:
     storage = LocalStorage(Path(args.store) / "reranked")
     version = sorted(registry.list_versions(storage))[-1]
     other = revision_modules(args.against)
-    models = {"this tree": load_model(storage, version), args.against: other.load_model(storage, version)}
+    loads = {"this tree": load_model, args.against: other.load_model}
+    load_ms = {
+        name: round(_least(lambda f=f: f(storage, version), args.repeat)[0] / 1e6, 1) for name, f in loads.items()
+    }
+    models = {name: f(storage, version) for name, f in loads.items()}
     if args.plain:
         models = {name: model.first_stage() for name, model in models.items()}
     for model in models.values():
         model.warm()
-    print(json.dumps(compare(models, baskets, args.repeat), indent=1), flush=True)
+    result = compare(models, baskets, args.repeat)
+    result["load_model_cpu_ms"] = load_ms  # the model's load (cold start), least of --repeat
+    print(json.dumps(result, indent=1), flush=True)
 
 
 if __name__ == "__main__":
