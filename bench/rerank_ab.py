@@ -82,6 +82,7 @@ def parts(model, codes: list[str], repeat: int) -> dict[str, int]:
     out["features"], x = _least(lambda: rr.features(model, basket, cand, f, positions), repeat)
     slots = mod.Slots(cand, len(rr.item))
     out["links"], _ = _least(lambda: rr.links(model, basket, positions, slots, np.zeros_like(x)), repeat)
+    out["price"], _ = _least(lambda: rr.price_ratio(basket, cand), repeat)
     out["text"], _ = _least(lambda: rr.text(basket, cand), repeat)
     out["session-kNN"], _ = _least(lambda: rr.sessions.share(basket, slots, mod.SESSION_NEIGHBOURS), repeat)
     out["customer-kNN"], _ = _least(lambda: rr.customers.neighbours(basket, slots, mod.CUSTOMER_NEIGHBOURS), repeat)
