@@ -51,7 +51,7 @@ def revision_modules(ref: str) -> types.ModuleType:
 
 def test_baskets(path: Path, limit: int) -> list[list[str]]:
     """The evaluation's test baskets (last 30 days, SEED=0), as codes."""
-    from recommender.tools.evaluation import temporal_split
+    from recommender.tools.evaluation_protocol import temporal_split
     from recommender.training.ingest import load_transactions
 
     split = temporal_split(load_transactions(path), 30, 0)
