@@ -151,21 +151,21 @@ def _best(
         # score ranks the positive ones exactly, and ranks every negative one below them. So unless the best k
         # reach a score <= 0, that is the answer, one division pass the fewer.
         scores = final * factor.take(rows)  # take: no index conversion (a few of these per answer add up)
-        order = _top(scores, k)
+        order = top_positions(scores, k)
         if not len(order) or scores[order[-1]] > 0:
             return rows.take(order), scores.take(order), final.take(order)
         scores = policy.boosted(rows, final)
     else:
         scores = policy.boosted(rows, final)
     if cap is None:
-        order = _top(scores, k)
+        order = top_positions(scores, k)
     else:
         order = np.argsort(-scores, kind="stable")
         order = order[_capped(rows[order], policy, k, cap, taken)]
     return rows[order], scores[order], final[order]
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
+def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
     """The positions of the k best scores, best first, ties in position order (what a full stable sort gives)."""
     m = len(scores)
     if m > SORT_ALL and m > 2 * k > 0:
