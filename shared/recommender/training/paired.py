@@ -83,16 +83,20 @@ def build_pair(
 
     with threadpool_limits(limits=1):  # recipe.build_model's reason: many small solves, two busy cores
         a = prepare(tx, params, progress)
-        try:
-            b = prepare(train_tx, params, progress_measured)
-        except DataFileError as err:  # nothing to learn without the held-out baskets: the published model alone
-            return build_prepared(a, params, folder, progress, None, rerank), err, 0.0, None
         own = 0.0
-        # Two threads, one per core (bench/results/train.md has the profile): this one computes the shared
-        # co-occurrence and the holdout model's table, writes that model and measures it; the other computes both
-        # SVDs and indexes (the holdout model's first: the measurement needs it). Then both compute the published
-        # model's table, each taking the next block of items when free (per item, so the same bytes in any order).
+        # Two threads, one per core (bench/results/train.md has the profile): this one prepares the holdout model,
+        # computes the shared co-occurrence and the holdout model's table, writes that model and measures it; the
+        # other computes both SVDs and indexes (the published model's first: it can start before the holdout model
+        # is prepared, and it ends before the measurement needs the holdout model's). Then both compute the
+        # published model's table, each taking the next block of items when free (per item, so the same bytes in
+        # any order).
         with ThreadPoolExecutor(max_workers=1) as pool:
+            embedded = pool.submit(embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
+            try:
+                b = prepare(train_tx, params, progress_measured)
+            except DataFileError as err:  # nothing to learn without the held-out baskets: the published model alone
+                embedded.result()  # (its index is written again, the same: a dataset this small takes no time)
+                return build_prepared(a, params, folder, progress, None, rerank), err, 0.0, None
 
             def embed_measured() -> float:
                 t = time.perf_counter()
@@ -100,7 +104,6 @@ def build_pair(
                 return time.perf_counter() - t
 
             embedded_measured = pool.submit(embed_measured)
-            embedded = pool.submit(embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
             with stage(progress, "co-occurrence: the training baskets' counted once for both models"):
                 g_a, basket_a, g_b, basket_b = shared_grams(a, b, held)
             published = dense_table.Blocks(g_a, a.counts, a.k_nbrs, a.ridge)
