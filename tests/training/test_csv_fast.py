@@ -70,7 +70,9 @@ def test_header_variants_and_byte_order_mark(tmp_path, monkeypatch):
     header = ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country"]
     three_ways(write(tmp_path / "ii.csv", "\ufeff" + lines(header)), monkeypatch)
     # a column named twice (pandas calls the second "Country.1"): the prefetch leaves both out
-    three_ways(write(tmp_path / "twice.csv", lines([*HEADER[:-1], "Country"], [r[:-1] + ["UK"] for r in QUOTED])), monkeypatch)
+    three_ways(
+        write(tmp_path / "twice.csv", lines([*HEADER[:-1], "Country"], [r[:-1] + ["UK"] for r in QUOTED])), monkeypatch
+    )
 
 
 def outcome(path: Path) -> ingest.Transactions | str:

@@ -59,9 +59,11 @@ def _encode(table: Any, columns: list[str]) -> dict[str, Any]:
 def _header(path: Path) -> list[str]:
     """The names in the file's first row (Python's csv module: a guess that the reader checks)."""
     # utf-8-sig: a byte-order mark is not part of the first name (Arrow skips it too)
-    with gzip.open(path, "rt", encoding="utf-8-sig", newline="") if path.name.lower().endswith(".gz") else open(
-        path, encoding="utf-8-sig", newline=""
-    ) as f:
+    with (
+        gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+        if path.name.lower().endswith(".gz")
+        else open(path, encoding="utf-8-sig", newline="") as f
+    ):
         return next(csv.reader(f), [])
 
 
