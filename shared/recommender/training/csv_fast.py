@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -93,10 +94,10 @@ def prefetch(source: object, encoding: str = "utf-8") -> None:
     try:
         if not path.is_file() or path.stat().st_size > ARROW_MAX_BYTES:
             return
-        import pyarrow.csv  # noqa: F401  (the light install reads with pandas)
-
+        if importlib.util.find_spec("pyarrow") is None:  # the light install reads with pandas
+            return
         key = _key(path)
-    except (ImportError, OSError):
+    except OSError:
         return
     box: dict[str, Any] = {}
 
