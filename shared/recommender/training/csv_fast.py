@@ -18,7 +18,6 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
-import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -94,10 +93,15 @@ def prefetch(source: object, encoding: str = "utf-8") -> None:
     try:
         if not path.is_file() or path.stat().st_size > ARROW_MAX_BYTES:
             return
-        if importlib.util.find_spec("pyarrow") is None:  # the light install reads with pandas
-            return
+        # Imported here, not in the thread: two threads importing modules that import each other can see one
+        # half initialized. pandas imports these anyway (the encoding imports pyarrow.compute when first used).
+        import encodings.utf_8_sig  # noqa: F401  (the header's codec)
+
+        import pyarrow.compute  # noqa: F401
+        import pyarrow.csv  # noqa: F401
+
         key = _key(path)
-    except OSError:
+    except (ImportError, OSError):  # the light install reads with pandas
         return
     box: dict[str, Any] = {}
 
