@@ -35,13 +35,14 @@ def _key(path: Path) -> tuple:
     return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _options(columns: list[str], include: bool) -> dict[str, Any]:
-    """Arrow's read options: the given columns as text (empty fields as "", never null), only them if include."""
+def _options(columns: list[str], include: bool, threads: bool = True) -> dict[str, Any]:
+    """Arrow's read options: the given columns as text (empty fields as "", never null), only them if include;
+    parsed on every core if threads, else on the calling thread alone."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     return {
-        "read_options": pacsv.ReadOptions(block_size=1 << 20),
+        "read_options": pacsv.ReadOptions(block_size=1 << 20, use_threads=threads),
         "parse_options": pacsv.ParseOptions(newlines_in_values=True),
         "convert_options": pacsv.ConvertOptions(
             include_columns=columns if include else None,
@@ -72,7 +73,9 @@ def _read_all(path: Path) -> dict[str, Any]:
     import pyarrow.csv as pacsv
 
     names = _header(path)
-    table = pacsv.read_csv(path, **_options(names, include=False))
+    # One thread: the imports beside it keep the other core (they are what the reader waits for), and the read,
+    # decompression included, still ends before them.
+    table = pacsv.read_csv(path, **_options(names, include=False, threads=False))
     once = [name for name in table.column_names if table.column_names.count(name) == 1]
     return {name: array for name, array in _encode(table, once).items() if str(array.type.value_type) == "string"}
 
