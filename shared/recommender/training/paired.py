@@ -40,7 +40,6 @@ from recommender.training.recipe import (
     Progress,
     TrainingParams,
     build_prepared,
-    dense_item_table,
     embed_and_index,
     finish,
     prepare,
@@ -107,14 +106,18 @@ def build_pair(
             with stage(progress, "co-occurrence: the training baskets' counted once for both models"):
                 g_a, basket_a, g_b, basket_b = shared_grams(a, b, held)
             published = dense_table.Blocks(g_a, a.counts, a.k_nbrs, a.ridge)
-            del g_a
+            own_table = dense_table.Blocks(g_b, b.counts, b.k_nbrs, b.ridge)
+            del g_a, g_b
+            # The other thread, its SVDs done, helps with the holdout model's table first (the measurement waits
+            # for it), then with the published model's: neither thread waits for the other until the last blocks.
+            pool.submit(own_table.work)
             helped = pool.submit(published.work)
             t = time.perf_counter()
             with stage(progress_measured, table_stage(b)):
-                table_b = dense_item_table(g_b, b)
-            del g_b
+                own_table.work()
+                own_table.wait()  # the block the other thread may still be computing
             counts_b = lambda p, t: dense_table.pair_counts(basket_b, p, t)  # noqa: E731
-            info_b = finish(b, *table_b, counts_b, params, measured, progress_measured, rerank_measured)
+            info_b = finish(b, *own_table.table(), counts_b, params, measured, progress_measured, rerank_measured)
             own += time.perf_counter() - t + embedded_measured.result()
             assessed = assess(info_b)
             published.work()
