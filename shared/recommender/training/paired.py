@@ -10,7 +10,7 @@ What is shared and what is not (bench/results/train.md has the measured costs):
   models, so every system differs; each model runs its own, over its own dense gram;
 - not the SVD: a randomised subspace iteration on each model's own matrix; its result, and so the held-out
   figures and calibration, would change with any shortcut. Both run on the other thread while this one computes
-  the co-occurrence and the holdout model's table; then the two threads share the published model's table.
+  the co-occurrence; then the two threads share the holdout model's table and the published model's.
 The published model's files are byte for byte those of recipe.build_model (tests/training/test_paired.py).
 """
 
@@ -86,9 +86,9 @@ def build_pair(
         # Two threads, one per core (bench/results/train.md has the profile): this one prepares the holdout model,
         # computes the shared co-occurrence and the holdout model's table, writes that model and measures it; the
         # other computes both SVDs and indexes (the published model's first: it can start before the holdout model
-        # is prepared, and it ends before the measurement needs the holdout model's). Then both compute the
-        # published model's table, each taking the next block of items when free (per item, so the same bytes in
-        # any order).
+        # is prepared, and it ends before the measurement needs the holdout model's). Then it helps with the holdout
+        # model's table and the published model's, each thread taking the next block of items when free (per item,
+        # so the same bytes in any order).
         with ThreadPoolExecutor(max_workers=1) as pool:
             embedded = pool.submit(embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
             try:
