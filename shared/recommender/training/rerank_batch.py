@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recommender.serving.rerank_links import LINKS
+from recommender.serving.rerank_links import ranges as _ranges
 from recommender.serving.reranker import (
     CUSTOMER_NEIGHBOURS,
     FEATURES,
-    LINKS,
     NEVER,
     SESSION_NEIGHBOURS,
     Postings,
     Reranker,
-    _ranges,
 )
 
 
