@@ -211,8 +211,8 @@ def training_rows(model: object, cases: list[tuple[int, list[str], str]]) -> Row
             found.append(bool(y.any()))
             ys.append(y)
             qs.append(np.full(len(candidates), len(found) - 1))
-        batch.baskets.clear(), batch.candidates.clear(), batch.first.clear(), batch.positions.clear()
-        targets.clear()
+        for part in (batch.baskets, batch.candidates, batch.first, batch.positions, targets):
+            part.clear()
 
     for b, query, hidden in cases:
         basket = np.asarray(sorted({index[c] for c in query if c in index}), dtype=np.int64)
