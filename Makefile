@@ -28,7 +28,7 @@ FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
 HOLDOUT_FLAG = $(if $(filter 0 no false,$(HOLDOUT)),--no-holdout)
 # RERANK=1 also trains the learned re-ranker: better rankings, but about 5x the CPU per answer (docs/quality.md).
 RERANK_FLAG = $(if $(filter 1 yes true,$(RERANK)),--rerank)
-# Training engine: single (this machine, the default) or spark (SPARK_MASTER, default local[*]; README "Training at scale").
+# Training engine: single (this machine, the default) or spark (SPARK_MASTER, default local[*]; docs/scale.md).
 ENGINE ?= single
 
 export STORAGE_URL AWS_ENDPOINT_URL HOST PORT SPARK_MASTER

@@ -19,7 +19,7 @@ import numpy as np
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
 from recommender.serving.model import load_model
-from recommender.tools.evaluation import temporal_split
+from recommender.tools.evaluation_protocol import temporal_split
 from recommender.training.ingest import load_transactions
 from recommender.training.pipeline import publish_model
 from recommender.training.recipe import TrainingParams

@@ -69,7 +69,7 @@ def scale_quality(
     from recommender.core.registry import active_version
     from recommender.core.storage import LocalStorage
     from recommender.serving.model import load_model
-    from recommender.tools import evaluation
+    from recommender.tools import baselines, evaluation_protocol, product_evaluation
     from recommender.training.ingest import load_transactions
     from recommender.training.pipeline import TrainingParams
 
@@ -83,17 +83,19 @@ def scale_quality(
         out["latency"] = recommend_latency(model, baskets, n=10, repeats=3)
         out["latency"]["items"] = len(model.items)
         del model
-    split = evaluation.temporal_split(tx, days, seed)
+    split = evaluation_protocol.temporal_split(tx, days, seed)
     del tx
     out["cases_available"] = len(split.cases)
     if len(split.cases) > max_cases:
         pick = np.sort(np.random.default_rng(seed).choice(len(split.cases), max_cases, replace=False))
-        split = replace(split, cases=evaluation.Cases([split.cases.queries[i] for i in pick], split.cases.hidden[pick]))
+        split = replace(
+            split, cases=evaluation_protocol.Cases([split.cases.queries[i] for i in pick], split.cases.hidden[pick])
+        )
     n_items = len(split.train.item_codes)
     t = time.perf_counter()
-    ranked, stats = evaluation.product(split, TrainingParams(), progress=lambda _m: None)
-    product = evaluation.score("product", ranked, split.cases, n_items)
-    popular = evaluation.score("popularity", evaluation.popularity(split), split.cases, n_items)
+    ranked, stats = product_evaluation.product(split, TrainingParams(), progress=lambda _m: None)
+    product = evaluation_protocol.score("product", ranked, split.cases, n_items)
+    popular = evaluation_protocol.score("popularity", baselines.popularity(split), split.cases, n_items)
     out.update(
         {
             "cases": len(split.cases),

@@ -86,6 +86,27 @@ def test_the_readme_layout_names_paths_that_exist():
     assert not missing, f"README.md's layout names paths that do not exist: {missing}"
 
 
+def makefile_targets() -> set[str]:
+    """The Makefile's documented targets (a `## ` comment on their line: what `make help` lists)."""
+    lines = (docs_runner.ROOT / "Makefile").read_text().splitlines()
+    return {line.split(":")[0] for line in lines if line and line[0].isalpha() and ":" in line and "##" in line}
+
+
+def named_targets(text: str) -> set[str]:
+    """The targets a page names as `make <target>` (in code, possibly followed by variables)."""
+    return set(re.findall(r"`make ([A-Za-z][\w-]*)", text))
+
+
+def test_every_make_target_is_on_the_commands_page_the_readme_links():
+    readme = (docs_runner.ROOT / "README.md").read_text()
+    assert "(docs/commands.md)" in readme
+    targets = makefile_targets()
+    assert {"demo", "train", "bench-spark"} <= targets
+    missing = sorted(targets - named_targets((docs_runner.DOCS / "commands.md").read_text()))
+    assert not missing, f"docs/commands.md does not name make {', '.join(missing)}"
+    assert named_targets("`make bench-train`, `make run-prod PORT=1`") == {"bench-train", "run-prod"}
+
+
 # What belongs in CHANGELOG.md and bench/results/, not in a page of the guide.
 HISTORY = [
     (re.compile(r"\bissues?\s*#?\d+", re.IGNORECASE), "an issue number"),

@@ -51,7 +51,12 @@ FORBIDDEN = {
         *TRAINING_ONLY,
     },
     "training": {
-        "recommender.serving.web",
+        "recommender.serving.web",  # the web layer: the app factory and the modules it is made of
+        "recommender.serving.resources",
+        "recommender.serving.callers",
+        "recommender.serving.json_bodies",
+        "recommender.serving.http_errors",
+        "recommender.serving.middleware",
         "recommender.tools",
         "recommender.local",
         "recommender.cli",
@@ -123,6 +128,10 @@ def test_the_harness_is_not_installed():
     assert tools == {
         "__init__.py",
         "evaluation.py",
+        "evaluation_protocol.py",
+        "baselines.py",
+        "product_evaluation.py",
+        "evaluation_report.py",
         "new_items_evaluation.py",
         "export.py",
         "synthetic",

@@ -11,7 +11,9 @@ from fastapi import Depends, Request
 from mangum import Mangum
 
 from recommender.serving import web
+from recommender.serving.callers import client_address, current_user
 from recommender.serving.logins import Logins
+from recommender.serving.resources import get_logins, get_secret
 from recommender.serving.schemas import LoginForm, TokenOut, UserOut
 from recommender.serving.users import User
 
@@ -29,11 +31,11 @@ app = web.create_app(
 async def token(
     form: Annotated[LoginForm, Depends()],
     request: Request,
-    logins: Annotated[Logins, Depends(web.get_logins)],
-    secret: Annotated[str, Depends(web.get_secret)],
+    logins: Annotated[Logins, Depends(get_logins)],
+    secret: Annotated[str, Depends(get_secret)],
 ) -> TokenOut:
     """A JWT for a username and password (OAuth2 password flow); 401 for bad credentials, 429 after too many."""
-    access_token = await logins.login(form.username, form.password, web.client_address(request), secret)
+    access_token = await logins.login(form.username, form.password, client_address(request), secret)
     return TokenOut(access_token=access_token)
 
 
@@ -41,7 +43,7 @@ async def token(
     "/users/me", response_model=UserOut, summary="The user the token belongs to", responses=web.errors(401, 413, 503)
 )
 @app.get("/users/me/", response_model=UserOut, include_in_schema=False, responses=web.errors(401, 413, 503))
-async def users_me(user: Annotated[User, Depends(web.current_user)]) -> UserOut:
+async def users_me(user: Annotated[User, Depends(current_user)]) -> UserOut:
     """The user the bearer token belongs to."""
     return UserOut(
         username=user.username, full_name=user.full_name, email=user.email, role=user.role, rights=user.rights()

@@ -19,12 +19,15 @@ from mangum import Mangum
 from starlette.concurrency import run_in_threadpool
 
 from recommender.core.errors import ModelUnavailable, RecommenderError
-from recommender.serving import console, cors, schemas, snapstart, web, widget
+from recommender.core.settings import get_settings
+from recommender.serving import callers, console, cors, schemas, snapstart, web, widget
 from recommender.serving.attribution import new_recommendation_id
 from recommender.serving.event_schemas import AnalyticsOut, EventsIn, EventsOut
 from recommender.serving.fast_path import FastRoute
+from recommender.serving.http_errors import public_detail, public_text
 from recommender.serving.keys import Caller
 from recommender.serving.model import Model
+from recommender.serving.resources import event_ingest, experiment_arm
 from recommender.serving.routes import ModelDep, StorageDep, UserDep, feed, rules, versions
 from recommender.serving.schemas import (
     MAX_N,
@@ -46,8 +49,8 @@ app = web.create_app(
 )
 app.add_middleware(cors.Cors)
 
-CallerDep = Annotated[Caller, Depends(web.caller("recommend"))]
-EventsCallerDep = Annotated[Caller, Depends(web.caller("events"))]
+CallerDep = Annotated[Caller, Depends(callers.caller("recommend"))]
+EventsCallerDep = Annotated[Caller, Depends(callers.caller("events"))]
 _rng = random.Random()
 parse_basket = web.json_body(BasketIn)
 BasketDep = Annotated[BasketIn, Depends(parse_basket)]
@@ -59,13 +62,15 @@ StrictBasketDep = Annotated[RecommendationsIn, Depends(parse_recommendations)]
 # FastAPI routes resolve their dependencies (caller, basket, model: in the order declared) by plain calls.
 async def _send_data(request: Request) -> Response:
     return await send_data(
-        await web.request_caller(request, "recommend"), await parse_basket(request), await web.current_model()
+        await callers.request_caller(request, "recommend"), await parse_basket(request), await web.current_model()
     )
 
 
 async def _recommendations(request: Request) -> Response:
     return await recommendations(
-        await web.request_caller(request, "recommend"), await parse_recommendations(request), await web.current_model()
+        await callers.request_caller(request, "recommend"),
+        await parse_recommendations(request),
+        await web.current_model(),
     )
 
 
@@ -93,7 +98,7 @@ async def send_data(_caller: CallerDep, basket: BasketDep, model: ModelDep) -> w
 def _legacy_answer(basket: BasketIn, model: Model) -> tuple[dict, dict[str, str]]:
     options = basket.options(explain=False)
     # A running experiment answers with the shopper's arm (the active model when the request names no shopper).
-    model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
+    model, arm = experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
     content = schemas.legacy_json(answer, options is not None and options.explain)
     return content, {"X-Recommendation-Id": _recommendation_id(model, arm)}
@@ -118,7 +123,7 @@ async def recommendations(_caller: CallerDep, basket: StrictBasketDep, model: Mo
 
 def _full_answer(basket: RecommendationsIn, model: Model) -> tuple[dict, None]:
     options = basket.options(explain=True)
-    model, arm = web.experiment_arm(model, basket.user_id or basket.session_id)
+    model, arm = experiment_arm(model, basket.user_id or basket.session_id)
     answer = model.recommend(basket.product_list, basket.n, options)
     return schemas.answer_json(answer, options is not None and options.explain, _recommendation_id(model, arm)), None
 
@@ -139,7 +144,7 @@ async def events(request: Request, caller: EventsCallerDep, settings: web.Settin
     """A batch of events, each answered accepted, duplicate (its event_id was stored already) or refused with the
     reason; the accepted ones are durably stored before this answers (503 with Retry-After, for the whole batch,
     when they cannot be)."""
-    ingest = web.event_ingest(settings)
+    ingest = event_ingest(settings)
     body = await request.body()
     # Off the event loop: the batch is checked, then written and fsynced (or put to S3) before the answer.
     return web.FastJSON(await run_in_threadpool(ingest.ingest, body, f"{caller.kind}:{caller.name}"))
@@ -174,13 +179,11 @@ async def health() -> web.FastJSON:
     try:
         model = await web.current_model()
     except RecommenderError as err:
-        return web.FastJSON(schemas.health_down_json(web.public_detail(err)), status_code=ModelUnavailable.status_code)
+        return web.FastJSON(schemas.health_down_json(public_detail(err)), status_code=ModelUnavailable.status_code)
     # A model in memory answers even when the storage fails; "degraded" says so, with the reason (not where).
-    holder = web.model_holder(web.get_settings())
+    holder = web.model_holder(get_settings())
     problem = holder.error
-    return web.FastJSON(
-        schemas.health_json(model, problem and web.public_text(problem), holder.health(web.public_text))
-    )
+    return web.FastJSON(schemas.health_json(model, problem and public_text(problem), holder.health(public_text)))
 
 
 @app.get(

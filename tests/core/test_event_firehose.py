@@ -11,7 +11,7 @@ from recommender.core.errors import StoreUnavailable
 from recommender.core.event_firehose import FirehoseEventLog, firehose_event_log
 from recommender.core.settings import Settings
 from recommender.core.storage import S3Storage
-from recommender.serving import web
+from recommender.serving.resources import event_ingest
 from recommender.training.event_compaction import compact
 from tests.conftest import BUCKET
 from tests.training.event_fixtures import event
@@ -93,4 +93,4 @@ def test_a_missing_stream_is_a_503_and_the_setting_chooses_the_writer(s3):
     log = firehose_event_log(Settings(events_firehose_stream="nowhere"))
     with pytest.raises(StoreUnavailable, match="nowhere"):
         log.append(b'{"event_id": "e1"}\n', AT)
-    assert isinstance(web.event_ingest(Settings(events_firehose_stream="nowhere")).log, FirehoseEventLog)
+    assert isinstance(event_ingest(Settings(events_firehose_stream="nowhere")).log, FirehoseEventLog)

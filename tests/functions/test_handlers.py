@@ -14,7 +14,7 @@ from recommender.core import registry
 from recommender.core.items import Items
 from recommender.core.settings import get_settings
 from recommender.core.storage import S3Storage
-from recommender.serving import web
+from recommender.serving import resources, web
 from recommender.serving.tokens import issue_token
 from recommender.serving.users import add_user
 from recommender.training.pipeline import train
@@ -237,8 +237,8 @@ def test_functions_work_read_only_with_the_secret_from_secrets_manager(
     monkeypatch.delenv("JWT_SECRET")
     monkeypatch.setenv("JWT_SECRET_ARN", arn)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    real_open = web.open_storage
-    monkeypatch.setattr(web, "open_storage", lambda settings: ReadOnlyStorage(real_open(settings)))
+    real_open = resources.open_storage
+    monkeypatch.setattr(resources, "open_storage", lambda settings: ReadOnlyStorage(real_open(settings)))
     get_settings.cache_clear()
     web.reset_resources()
     _, version, items = s3_deployment

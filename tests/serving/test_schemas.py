@@ -27,6 +27,7 @@ from recommender.local.gateway import read_routes
 from recommender.serving import console, web, widget
 from recommender.serving.keys import add_key
 from recommender.serving.merchandising import SOURCES, Options
+from recommender.serving.middleware import body_limit
 from recommender.serving.schemas import MAX_N, OPTION_NAMES, BasketIn, ItemOut, Out
 from recommender.serving.users import add_user
 from recommender.training.feed import publish_feed
@@ -86,7 +87,7 @@ class Api:
 
     def too_large(self, method: str, path: str) -> Response:
         """A body over the path's limit (MAX_BODY_BYTES, or EVENTS_MAX_BODY_BYTES for /events)."""
-        return self.call(method, path, token=False, content=b"x" * (web.body_limit(path, get_settings()) + 1))
+        return self.call(method, path, token=False, content=b"x" * (body_limit(path, get_settings()) + 1))
 
     def fail_reads(self, prefix: str) -> None:
         """Reads of storage keys under prefix fail as an unreachable storage does."""

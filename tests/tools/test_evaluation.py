@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recommender.tools import evaluation
-from recommender.tools.evaluation import Cases, score, temporal_split
+from recommender.tools.evaluation_protocol import Cases, score, temporal_split
 from recommender.training.ingest import load_transactions
 from recommender.training.recipe import TrainingParams
 from recommender.training.reranker import RerankParams

@@ -49,7 +49,7 @@ def engine_arguments(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["single", "spark"],
         default="single",
-        help='single: this machine (default); spark: a Spark job (README "Training at scale")',
+        help="single: this machine (default); spark: a Spark job (docs/scale.md)",
     )
     p.add_argument(
         "--spark-master", help="Spark master for --engine spark (default: $SPARK_MASTER, spark-submit's, else local[*])"

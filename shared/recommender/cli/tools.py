@@ -11,13 +11,13 @@ from recommender.core.storage import open_storage
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from recommender.tools import evaluation
+    from recommender.tools import evaluation, evaluation_report
 
     report, folder = evaluation.run(
         args.path, days=args.days, out_dir=args.out, engine=args.engine, spark_master=args.spark_master, seed=args.seed
     )
     print()
-    print(evaluation.table(report))
+    print(evaluation_report.table(report))
     cal = report.product_stats["calibration"]
     print(
         f"\n{report.cases:,} test cases; confidence: ECE {cal['ece']:.4f}, mean predicted {cal['mean_predicted']:.4f} "

@@ -7,367 +7,97 @@ Layout under the storage root, for each kind (prefix `models`, `feed` or `rules`
     <prefix>/STAGED   {"version": ..., "staged_at": ...}
 A version without a manifest is unfinished and is never served; pointer moves are one atomic write.
 Every function takes the kind as its last argument, models by default.
+
+This module holds the commands over versions (activate, stage, promote, roll back, prune) and is the one place
+callers import the registry from: the layout and version ids (core.version_layout), manifests and checksums
+(core.manifests) and the pointers' compare-and-swap (core.pointers) are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import secrets
-import sys
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
-from recommender.core.errors import (
-    Conflict,
-    InvalidInput,
-    ModelUnavailable,
-    NotFound,
-    PointerDamaged,
-    VersionUnavailable,
+from recommender.core.errors import Conflict, InvalidInput, NotFound, PointerDamaged, VersionUnavailable
+from recommender.core.manifests import (
+    publish,
+    publish_files,
+    read_manifest,
+    read_verified,
+    sha256_file,
+    verify,
+    version_problem,
+)
+from recommender.core.pointers import (
+    Pointer,
+    active,
+    active_version,
+    move_pointer,
+    note,
+    parse_pointer,
+    read_pointer,
+    staged,
+    write_pointer,
 )
 from recommender.core.storage import Storage
-
-MANIFEST = "manifest.json"
-SAMPLES = (
-    "samples.json"  # a model's sample invoices: training writes them, the console's "Try a real basket" reads them
+from recommender.core.version_layout import (
+    ACTIVE,
+    FEED,
+    KINDS,
+    MANIFEST,
+    MODELS,
+    RULES,
+    SAMPLES,
+    STAGED,
+    VERSIONS,
+    Kind,
+    artifact_key,
+    list_versions,
+    new_version_id,
+    utcnow,
+    version_time,
 )
+
+__all__ = [
+    "ACTIVE",
+    "FEED",
+    "HISTORY_LENGTH",
+    "KINDS",
+    "MANIFEST",
+    "MODELS",
+    "RULES",
+    "SAMPLES",
+    "STAGED",
+    "VERSIONS",
+    "Kind",
+    "Pointer",
+    "activate",
+    "active",
+    "active_version",
+    "artifact_key",
+    "find_version",
+    "list_versions",
+    "new_version_id",
+    "promote_staged",
+    "prune",
+    "publish",
+    "publish_files",
+    "read_manifest",
+    "read_pointer",
+    "read_verified",
+    "rollback",
+    "sha256_file",
+    "stage",
+    "staged",
+    "unstage",
+    "utcnow",
+    "verify",
+    "version_problem",
+    "version_time",
+    "write_pointer",
+]
+
 HISTORY_LENGTH = 20
-# Compare-and-swap rounds a pointer move tries before it gives up. A round is lost only when another command's move
-# succeeded meanwhile, so this many commands at once can all get through.
-MOVE_ATTEMPTS = 50
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One kind of versioned thing: where its versions and pointers live, and how its errors read."""
-
-    prefix: str  # storage folder: "models", "feed", "rules"
-    noun: str  # in messages: "model version 2024...", "no earlier feed version"
-    none_active: str  # message when nothing is active; {url} is the storage's URL
-    nothing_staged: str  # message when promoting with nothing staged
-    error: type[VersionUnavailable]  # raised when a version is missing, damaged or absent
-
-    @property
-    def versions(self) -> str:
-        return f"{self.prefix}/versions/"
-
-    @property
-    def active(self) -> str:
-        return f"{self.prefix}/ACTIVE"
-
-    @property
-    def staged(self) -> str:
-        return f"{self.prefix}/STAGED"
-
-
-MODELS = Kind(
-    "models",
-    "model",
-    "no trained model in {url}: run `make train PATH_TO_DATA=<file>` (or `make demo`)",
-    "nothing is staged: run `make train_parallel PATH_TO_DATA=<file>` first",
-    ModelUnavailable,
-)
-FEED = Kind(
-    "feed",
-    "feed",
-    "no product feed in {url}: run `make feed PATH_TO_FEED=<file>`",
-    "no feed is staged",
-    VersionUnavailable,
-)
-RULES = Kind(
-    "rules",
-    "rules",
-    "no merchandising rules in {url}: run `make rules PATH_TO_RULES=<file>`",
-    "no rules are staged",
-    VersionUnavailable,
-)
-KINDS = {k.prefix: k for k in (MODELS, FEED, RULES)}
-
-# The models' keys, as they were before other kinds existed.
-VERSIONS = MODELS.versions
-ACTIVE = MODELS.active
-STAGED = MODELS.staged
-
-
-def utcnow() -> datetime:
-    """The current time in UTC (the default clock of everything that stamps versions)."""
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Pointer:
-    """Which version a pointer names, and the versions it named before (newest first)."""
-
-    version: str
-    previous: tuple[str, ...] = ()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def new_version_id(now: datetime, content_hash: str) -> str:
-    """Sortable by creation time (to the millisecond), then the content hash and a random tail for uniqueness."""
-    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{content_hash[:8]}{secrets.token_hex(2)}"
-
-
-def artifact_key(version: str, name: str, kind: Kind = MODELS) -> str:
-    """Storage key of one artifact of a version."""
-    return f"{kind.versions}{version}/{name}"
-
-
-def publish(storage: Storage, version: str, folder: Path, manifest: dict, kind: Kind = MODELS) -> None:
-    """Copy a version's files into the storage, the manifest last, so the version is complete or absent."""
-    _write_version(storage, version, manifest, lambda name: (folder / name).read_bytes(), kind)
-
-
-def _write_version(storage: Storage, version: str, manifest: dict, content: Callable[[str], bytes], kind: Kind) -> None:
-    """Every artifact of the manifest, then the manifest; on any failure, what was written is deleted again."""
-    keys = [artifact_key(version, name, kind) for name in manifest["artifacts"]]
-    manifest_key = artifact_key(version, MANIFEST, kind)
-    try:
-        for name, key in zip(manifest["artifacts"], keys):
-            storage.write(key, content(name))
-        storage.write(manifest_key, json.dumps(manifest, indent=1).encode())
-    except BaseException:
-        discard(storage, [manifest_key, *keys])
-        raise
-
-
-def discard(storage: Storage, keys: list[str]) -> None:
-    """Delete what a failed publication may have written, in order (the manifest first: the version is then
-    incomplete before any artifact goes); best effort, since the storage may be what failed. Leftovers carry no
-    manifest, are never served, and prune removes them later."""
-    for key in keys:
-        try:
-            storage.delete(key)
-        except Exception:  # noqa: BLE001 - the publication's own error is the one to report
-            continue
-
-
-def publish_files(
-    storage: Storage, files: dict[str, bytes], info: dict, kind: Kind, now: Callable[[], datetime] = utcnow
-) -> dict:
-    """Write small in-memory artifacts as a new version of kind (manifest last, with their sha256 and info's
-    entries); returns the manifest. No pointer moves."""
-    artifacts = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-    content = hashlib.sha256(json.dumps(artifacts, sort_keys=True).encode()).hexdigest()
-    created = now()
-    version = new_version_id(created, content)
-    manifest = {
-        "version": version,
-        "created_at": created.isoformat(timespec="seconds"),
-        **info,
-        "artifacts": artifacts,
-        "content_sha256": content,
-    }
-    _write_version(storage, version, manifest, files.__getitem__, kind)
-    return manifest
-
-
-# A version id or an artifact name is one plain file name: a manifest or pointer naming "../x" is damaged, never a
-# path out of the version's folder.
-PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-# The manifest entries readers rely on: each an object when present.
-OBJECT_FIELDS = ("source", "engine", "counts", "params", "period", "model", "evaluation")
-
-
-def parse_manifest(data: bytes) -> dict:
-    """A manifest's content, checked for the shape every reader relies on (an object whose `artifacts` map plain
-    file names to hashes, its other sections objects); ValueError saying what is wrong otherwise."""
-    try:
-        raw = json.loads(data)
-    except ValueError:
-        raise ValueError("not JSON") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"a JSON {type(raw).__name__}, not an object")
-    artifacts = raw.get("artifacts")
-    if not isinstance(artifacts, dict) or not all(isinstance(h, str) for h in artifacts.values()):
-        raise ValueError("no list of artifacts with their hashes")
-    for name in artifacts:
-        if not PLAIN_NAME.fullmatch(name):
-            raise ValueError(f"artifact name {name[:60]!r} is not a plain file name")
-    for field in OBJECT_FIELDS:
-        if raw.get(field) is not None and not isinstance(raw[field], dict):
-            raise ValueError(f"its {field} is not an object")
-    return raw
-
-
-def read_manifest(storage: Storage, version: str, kind: Kind = MODELS) -> dict:
-    """The manifest of a version; kind.error if the version is missing, unfinished or its manifest damaged."""
-    if not PLAIN_NAME.fullmatch(version):
-        raise kind.error(f"{kind.noun} version {version[:60]!r} is not a version name")
-    try:
-        return parse_manifest(storage.read(artifact_key(version, MANIFEST, kind)))
-    except NotFound:
-        raise kind.error(f"{kind.noun} version {version} is missing or incomplete in {storage.url}") from None
-    except ValueError as err:
-        raise kind.error(f"{kind.noun} version {version} has a damaged manifest ({err})") from None
-
-
-def read_pointer(storage: Storage, key: str, kind: Kind = MODELS) -> Pointer | None:
-    """The pointer stored at key (ACTIVE or STAGED of some kind), or None when there is none; PointerDamaged
-    (saying how to repair it) when the key holds something else."""
-    try:
-        return _parse_pointer(storage.read(key), storage, key, kind)
-    except NotFound:
-        return None
-
-
-def _parse_pointer(data: bytes, storage: Storage, key: str, kind: Kind) -> Pointer:
-    try:
-        raw = json.loads(data)
-        version, previous = raw["version"], raw.get("previous", [])
-        if (
-            not isinstance(version, str)
-            or not PLAIN_NAME.fullmatch(version)
-            or not isinstance(previous, list)
-            or not all(isinstance(v, str) and PLAIN_NAME.fullmatch(v) for v in previous)
-        ):
-            raise ValueError(key)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        what = "empty" if not data.strip() else "not a pointer"
-        fix = kind.none_active.format(url=storage.url).split(": ", 1)[-1]
-        raise PointerDamaged(f"{key} in {storage.url} is damaged ({what}): {fix} to write a new one") from None
-    return Pointer(version, tuple(previous))
-
-
-def note(message: str) -> None:
-    """Tell the operator something they should know about a pointer move (on stderr, as one line)."""
-    print(f"note: {message}", file=sys.stderr)
-
-
-def move_pointer(
-    storage: Storage,
-    key: str,
-    decide: Callable[[Pointer | None], Pointer],
-    stamp: str,
-    now: Callable[[], datetime] = utcnow,
-    kind: Kind = MODELS,
-    notify: Callable[[str], None] = note,
-) -> Pointer:
-    """Set the pointer at key to decide(current pointer), as a compare-and-swap: the write applies only if the
-    pointer is still what decide saw (an S3 conditional write, or a lock and an atomic rename on disk). When another
-    command moved it in between, decide is asked again with the new one (it may raise to give up), so no command's
-    move, and no version of the rollback history, is ever lost. A damaged pointer counts as none, and is replaced.
-    stamp names the time field ("activated_at", "staged_at")."""
-    written, pointer = None, None
-    for _ in range(MOVE_ATTEMPTS):
-        damaged = False
-        try:
-            data, tag = storage.read_tagged(key)
-        except NotFound:
-            data, tag, current = None, None, None
-        else:
-            if data == written and pointer is not None:
-                return pointer  # the previous round went through, though its answer was lost (and retried: 412)
-            try:
-                current = _parse_pointer(data, storage, key, kind)
-            except PointerDamaged:
-                damaged, current = True, None
-        pointer = decide(current)
-        body: dict = {"version": pointer.version}
-        if stamp == "activated_at":
-            body["previous"] = list(pointer.previous)
-        body[stamp] = now().isoformat(timespec="seconds")
-        written = json.dumps(body, indent=1).encode()
-        if storage.write_if(key, written, tag):
-            if damaged:
-                notify(
-                    f"{key} in {storage.url} was damaged and is replaced; the {kind.noun} versions it named "
-                    f"before are no longer in the rollback history"
-                )
-            return pointer
-    raise Conflict(
-        f"{key} in {storage.url} kept changing while this command tried to move it; it changed nothing: try again"
-    )
-
-
-def write_pointer(
-    storage: Storage, key: str, pointer: Pointer, stamp: str, now: Callable[[], datetime] = utcnow, kind: Kind = MODELS
-) -> None:
-    """Set the pointer at key to exactly pointer, whatever it named before (through move_pointer's compare-and-swap,
-    so it never slips between another command's read and write)."""
-    move_pointer(storage, key, lambda _current: pointer, stamp, now, kind)
-
-
-def active(storage: Storage, kind: Kind = MODELS) -> Pointer | None:
-    """The active pointer, or None when nothing was ever activated."""
-    return read_pointer(storage, kind.active, kind)
-
-
-def staged(storage: Storage, kind: Kind = MODELS) -> Pointer | None:
-    """The staged pointer, or None when nothing waits."""
-    return read_pointer(storage, kind.staged, kind)
-
-
-def active_version(storage: Storage, kind: Kind = MODELS) -> str:
-    """The version to serve; kind.error (saying how to get one) when none is active."""
-    pointer = active(storage, kind)
-    if pointer is None:
-        raise kind.error(kind.none_active.format(url=storage.url))
-    return pointer.version
-
-
-def verify(storage: Storage, version: str, kind: Kind = MODELS) -> dict:
-    """The manifest, after checking every artifact against its sha256; kind.error naming a damaged one."""
-    manifest = read_manifest(storage, version, kind)
-    for name, expected in manifest["artifacts"].items():
-        key = artifact_key(version, name, kind)
-        try:
-            path = storage.local_copy(key)
-            if sha256_file(path) != expected:
-                # The local copy (S3's cache) may be what is damaged: fetch it again before blaming the version.
-                path = storage.local_copy(key, fresh=True)
-        except NotFound:
-            raise kind.error(f"{kind.noun} version {version}: artifact {name} is missing") from None
-        if sha256_file(path) != expected:
-            raise kind.error(f"{kind.noun} version {version}: artifact {name} is damaged (checksum mismatch)")
-    return manifest
-
-
-def version_problem(storage: Storage, version: str, kind: Kind = MODELS) -> str | None:
-    """Why a version cannot be activated, found without loading it (sha256 from the storage's own checksums
-    where it keeps them): "incomplete, ..." or "damaged: ..."; None when it is whole."""
-    if not PLAIN_NAME.fullmatch(version):
-        return "damaged: not a version name"
-    try:
-        artifacts = parse_manifest(storage.read(artifact_key(version, MANIFEST, kind)))["artifacts"].items()
-    except NotFound:
-        return "incomplete, no manifest: being published, or killed while it was"
-    except ValueError as err:
-        return f"damaged: unreadable manifest ({err})"
-    for name, expected in artifacts:
-        try:
-            if storage.sha256(artifact_key(version, name, kind)) != expected:
-                return f"damaged: {name} fails its checksum"
-        except NotFound:
-            return f"damaged: {name} is missing"
-    return None
-
-
-def read_verified(storage: Storage, version: str, name: str, kind: Kind) -> bytes:
-    """One artifact's bytes, read straight from the storage (no local copy) and checked against the manifest."""
-    manifest = read_manifest(storage, version, kind)
-    expected = manifest["artifacts"].get(name)
-    if expected is None:
-        raise kind.error(f"{kind.noun} version {version} has no artifact {name}")
-    try:
-        data = storage.read(artifact_key(version, name, kind))
-    except NotFound:
-        raise kind.error(f"{kind.noun} version {version}: artifact {name} is missing") from None
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise kind.error(f"{kind.noun} version {version}: artifact {name} is damaged (checksum mismatch)")
-    return data
 
 
 def activate(
@@ -430,7 +160,7 @@ def promote_staged(storage: Storage, kind: Kind = MODELS, notify: Callable[[str]
         data, tag = storage.read_tagged(kind.staged)
     except NotFound:
         raise kind.error(kind.nothing_staged) from None
-    pointer = _parse_pointer(data, storage, kind.staged, kind)
+    pointer = parse_pointer(data, storage, kind.staged, kind)
     verify(storage, pointer.version, kind)
     activate(storage, pointer.version, kind=kind, notify=notify)
     if not storage.delete_if(kind.staged, tag):
@@ -461,7 +191,7 @@ def unstage(storage: Storage, version: str, kind: Kind = MODELS) -> bool:
     """Clear STAGED if it names version (conditionally: one staged meanwhile stays); whether it did."""
     try:
         data, tag = storage.read_tagged(kind.staged)
-        pointer = _parse_pointer(data, storage, kind.staged, kind)
+        pointer = parse_pointer(data, storage, kind.staged, kind)
     except (NotFound, PointerDamaged):
         return False
     return pointer.version == version and storage.delete_if(kind.staged, tag)
@@ -505,19 +235,6 @@ def _listed(problems: list[str], shown: int = 3) -> str:
     """The first few problems, then how many more (a history holds up to HISTORY_LENGTH versions)."""
     more = f"; and {len(problems) - shown} earlier one(s) unusable too" if len(problems) > shown else ""
     return "; ".join(problems[:shown]) + more
-
-
-def list_versions(storage: Storage, kind: Kind = MODELS) -> list[str]:
-    """Every version folder of kind in the storage, oldest first (version ids sort by creation time)."""
-    return sorted({key[len(kind.versions) :].split("/", 1)[0] for key in storage.list(kind.versions)})
-
-
-def version_time(version: str) -> datetime | None:
-    """When a version was created, read from its id (None for a foreign folder name)."""
-    try:
-        return datetime.strptime(version[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 def prune(

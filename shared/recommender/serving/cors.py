@@ -14,8 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recommender.core.errors import Forbidden, RecommenderError
 from recommender.core.settings import get_settings
-from recommender.serving import web
 from recommender.serving.keys import SCOPES
+from recommender.serving.resources import key_cache
 
 # Each keyed route and the scope it needs.
 KEYED_ROUTES = {path: scope for scope, paths in SCOPES.items() for path in paths}
@@ -26,7 +26,7 @@ MAX_AGE_SECONDS = 600
 
 
 async def _allowed_origins(scope: str) -> frozenset[str]:
-    cache = web.key_cache(get_settings())
+    cache = key_cache(get_settings())
     if cache.due():
         await run_in_threadpool(cache.refresh)
     return cache.origins(scope)

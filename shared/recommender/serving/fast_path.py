@@ -22,7 +22,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from recommender.core.settings import get_settings
 from recommender.serving import web
+from recommender.serving.callers import caller_of
+from recommender.serving.json_bodies import parse_json
 from recommender.serving.merchandising import Options
+from recommender.serving.middleware import SECURITY_HEADERS, body_limit, too_large
 from recommender.serving.model import Model
 from recommender.serving.schemas import MAX_BASKET, MAX_N
 
@@ -30,7 +33,7 @@ from recommender.serving.schemas import MAX_BASKET, MAX_N
 # would send them.
 Answer = Callable[[Any, Model], tuple[Any, dict[str, str] | None]]
 _JSON = [(b"content-type", b"application/json")]
-_NOSNIFF = [(k.lower().encode(), v.encode()) for k, v in web.SECURITY_HEADERS.items()]
+_NOSNIFF = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 _PLAIN_FIELDS = frozenset({"product_list", "n"})
 _EXPLAINED = Options(explain=True)
 
@@ -71,7 +74,7 @@ def plain_basket(body: bytes) -> PlainBasket | None:
 
 
 class FastRoute:
-    """An ASGI app answering one recommendation route as its FastAPI route does: the caller of `scope` (web.caller),
+    """An ASGI app answering one recommendation route as its FastAPI route does: the caller of `scope` (callers.caller),
     the body as schema (web.json_body), the current model, then answer(basket, model) sent as web.FastJSON."""
 
     def __init__(self, app: web.App, scope: str, schema: type[BaseModel], answer: Answer) -> None:
@@ -90,17 +93,17 @@ class FastRoute:
             elif name == b"origin":
                 return await self.app.full(scope, receive, send)  # CORS headers to add: the whole app's job
         path = scope["path"]
-        limit = web.body_limit(path, get_settings())
+        limit = body_limit(path, get_settings())
         if length is not None and length.isdigit() and int(length) > limit:
-            return await _send_response(send, web.too_large(limit))
+            return await _send_response(send, too_large(limit))
         try:
             # In the FastAPI route's order: the caller, then the body (read only now), then the model.
-            await web.caller_of(self.scope, path, _text(authorization), _text(api_key))
+            await caller_of(self.scope, path, _text(authorization), _text(api_key))
             body = await _body(receive, limit)
-            basket = plain_basket(body) or web.parse_json(self.schema, body)
+            basket = plain_basket(body) or parse_json(self.schema, body)
             content, headers = self.answer(basket, await web.current_model())
         except _TooLarge:
-            return await _send_response(send, web.too_large(limit))
+            return await _send_response(send, too_large(limit))
         except Exception as err:  # noqa: BLE001 - every error goes to the app's handler for it, as in FastAPI
             handler = _handler(self.app, err)
             response = await handler(Request(scope), err)

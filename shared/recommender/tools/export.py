@@ -21,10 +21,10 @@ from tqdm import tqdm
 from recommender.core.errors import InvalidInput, RecommenderError
 from recommender.core.extras import optional
 from recommender.core.storage import Storage
+from recommender.serving.http_errors import describe_validation_error
 from recommender.serving.merchandising import Options
 from recommender.serving.model import Model, ModelHolder
 from recommender.serving.schemas import RecommendationsIn, answer_json
-from recommender.serving.web import describe_validation_error
 
 FORMATS = ("csv", "jsonl", "parquet")
 COLUMNS = (

@@ -2,7 +2,7 @@
 
 Online Retail (or any dated file). The model trains on every invoice before the last `days` days, as make evaluate
 does; products first sold in those days are new, and a feed lists them with their description as title and their
-price. Test invoices are leave-one-out cases as in tools/evaluation.py, over all their products (new ones
+price. Test invoices are leave-one-out cases as in tools/evaluation_protocol.py, over all their products (new ones
 included). The cases involving a new product (the hidden item, or one of the basket's) are scored twice: today's
 behaviour (the model alone: new codes ignored in the basket, never recommended) and with the feed's new products
 placed; the cases with no new product are scored both ways too, so that a loss on them shows.

@@ -9,13 +9,14 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 
 from recommender.core.storage import Storage
-from recommender.serving import web
+from recommender.serving.callers import current_user
 from recommender.serving.model import Model
+from recommender.serving.resources import current_model, get_storage
 from recommender.serving.users import User
 
-ModelDep = Annotated[Model, Depends(web.current_model)]
-UserDep = Annotated[User, Depends(web.current_user)]
-StorageDep = Annotated[Storage, Depends(web.get_storage)]
+ModelDep = Annotated[Model, Depends(current_model)]
+UserDep = Annotated[User, Depends(current_user)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
 class Routes:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.concurrency import run_in_threadpool
 
+from recommender.core.settings import get_settings
 from recommender.serving import web
 from recommender.serving.routes import ModelDep, Routes, StorageDep, UserDep
 from recommender.serving.users import User
@@ -75,7 +76,7 @@ async def rules_preview(
     from recommender.serving import rules_editor
 
     await web.current_model()  # the model loaded (or why not), before previewing with it
-    holder = web.model_holder(web.get_settings())
+    holder = web.model_holder(get_settings())
     result = await run_in_threadpool(
         rules_editor.preview, holder, storage, draft.rules, draft.baskets, draft.as_of, draft.samples, text=draft.yaml
     )
