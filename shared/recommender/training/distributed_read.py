@@ -6,10 +6,10 @@ A part's rows never reach the JVM. Its executor sends, in one Arrow stream:
 - its baskets: first row, earliest dated line, distinct items, the customer of its last line that names one;
 - its items: the latest (dated, then in file order) non-empty description and price;
 - its distinct customers, and the cleaning report's counts.
-Spark then merges about a million baskets and a hundred thousand items per part instead of grouping every row, and
-merges the pairs only of the baskets that span parts (none when each basket sits in one part, as in an export
-written by time). "Latest" and "first" compare (part, row in part) positions: the order of the single machine's
-reading.
+Spark then merges the parts' items (each item's latest description and price) and checks, with one count per
+basket, that no basket spans parts: then the parts' pairs and baskets are final as sent, and no input row is ever
+grouped. Baskets that do span parts (a part cut mid-invoice) are merged, with their pairs. "Latest" and "first"
+compare (part, row in part) positions: the order of the single machine's reading.
 """
 
 from __future__ import annotations
@@ -291,25 +291,17 @@ def read_input(spark: Any, parts: list, endpoint: str | None, name: str, encodin
     check_cleaned(report, name)
     priced = any(c["priced"] for c in counts)
 
-    merged = (
-        raw.filter(kind == BASKET)
-        .groupBy("invoice")
-        .agg(
-            F.min("at").alias("first"),
-            F.min("time").alias("time"),
-            F.sum("size").alias("size"),
-            F.max_by("value", "value_at").alias("customer"),
-            F.count("*").alias("parts"),
-        )
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
     pairs = raw.filter(kind == PAIR).select("invoice", "code", "at")
-    spanning = merged.filter(F.col("parts") > 1).select("invoice")
-    n_spanning = spanning.count()
-    cached: list = [raw, merged]
-    baskets = merged.select("invoice", "first", "time", "size")
-    if n_spanning:
-        # A basket in several parts: its pairs merged (first row, distinct items), and its size counted again.
+    pieces = raw.filter(kind == BASKET)
+    cached: list = [raw]
+    # Baskets in more than one part (a count per basket: no sorting); none when there is one part.
+    spanning = pieces.groupBy("invoice").count().filter(F.col("count") > 1).select("invoice")
+    n_spanning = spanning.count() if len(parts) > 1 else 0
+    if not n_spanning:
+        # Each basket whole in one part: its part's figures are final, nothing to merge.
+        merged = pieces.select("invoice", F.col("at").alias("first"), "time", "size", F.col("value").alias("customer"))
+    else:
+        # A basket in several parts: its pairs merged (first row, distinct items), its figures and size too.
         if n_spanning <= SPANNING_BROADCAST:
             across = F.broadcast(spanning)
             pairs = pairs.join(across, "invoice", "left_anti").unionByName(
@@ -318,9 +310,18 @@ def read_input(spark: Any, parts: list, endpoint: str | None, name: str, encodin
         else:
             pairs = pairs.groupBy("invoice", "code").agg(F.min("at").alias("at"))
         pairs = pairs.persist(StorageLevel.MEMORY_AND_DISK)
-        cached.append(pairs)
-        sizes = pairs.groupBy("invoice").agg(F.count("*").alias("size"))
-        baskets = merged.select("invoice", "first", "time").join(sizes, "invoice")
+        merged = (
+            pieces.groupBy("invoice")
+            .agg(
+                F.min("at").alias("first"),
+                F.min("time").alias("time"),
+                F.max_by("value", "value_at").alias("customer"),
+            )
+            .join(pairs.groupBy("invoice").agg(F.count("*").alias("size")), "invoice")
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        cached += [pairs, merged]
+    baskets = merged.select("invoice", "first", "time", "size")
     basket_customer = merged.filter(F.col("customer").isNotNull()).select("invoice", "customer")
     latest_description = F.when(F.col("value").isNotNull(), F.struct("value_time", "value_at"))
     latest_price = F.when(F.col("price").isNotNull(), F.struct("price_time", "price_at"))
