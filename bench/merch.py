@@ -159,6 +159,10 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
         f"{len(dep.baskets[: options.baskets]):,} baskets x {options.latency_repeats} alternated passes"
     )
     latency = paired_latency(plain, merch, dep.baskets[: options.baskets], asked, options.latency_repeats)
+    # The same without explain: what the reasons cost, apart from the rest of the merchandised answer.
+    unexplained = paired_latency(
+        plain, merch, dep.baskets[: options.baskets], replace(asked, explain=False), options.latency_repeats
+    )
     sample = merch.recommend(dep.baskets[0], 10, asked)
     full = sum(len(merch.recommend(b, 10, asked).items) == 10 for b in dep.baskets[:500])
 
@@ -205,6 +209,14 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
             f"p99 {latency['least_p99']['merch']:.0f} vs {latency['least_p99']['plain']:.0f} µs, "
             f"{latency['least_p99_ratio']:.2f}x",
         ),
+        Row(
+            "merch",
+            "  the same without explain: merchandised / plain p99",
+            round(unexplained["p99_ratio"], 2),
+            "x",
+            note=f"CPU-time p99 ratio {unexplained['cpu_p99_ratio']:.2f}; each basket's least time: "
+            f"{unexplained['least_p99_ratio']:.2f}x",
+        ),
         target_row(
             "merch",
             f"export: every Online Retail item ({retail['items']:,}) x 10",
@@ -240,7 +252,13 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
         "Export: `make export`'s code on a fresh load of the served model (feed and rules active), csv, N=10; "
         "the time includes asking Annoy for every item once.",
     ]
-    details = {"latency": latency, "retail_export": retail, "scale_export": scale, "rules": RULES}
+    details = {
+        "latency": latency,
+        "latency_without_explain": unexplained,
+        "retail_export": retail,
+        "scale_export": scale,
+        "rules": RULES,
+    }
     return PartResult("merch", rows, details, "", 0, [], [], options.quick, "\n".join(md))
 
 

@@ -133,9 +133,11 @@ def profile_training(source: str, storage_dir: str, imports_seconds: float | Non
 
 
 def child_train(args: dict) -> None:
+    from recommender.training import csv_fast
     from recommender.training.xlsx import prefetch
 
-    prefetch(args["source"])  # as `make train` does: a workbook's parse runs beside the imports
+    prefetch(args["source"])  # as `make train` does: a workbook's parse or a csv's read runs beside the imports
+    csv_fast.prefetch(args["source"])
     import recommender.training.pipeline  # noqa: F401  (imported here so that its cost lands in the "imports" stage)
 
     # time.monotonic is CLOCK_MONOTONIC, one clock for every process: the parent's spawn time is comparable.

@@ -295,6 +295,33 @@ def test_merch_part_pieces(trained_folder):
     assert latency["p99_ratio"] > 0 and latency["cpu_p99_ratio"] > 0 and len(latency["runs"]["merch"]) == 2
 
 
+def test_merch_answers_write_every_field_of_every_answer(trained_folder):
+    # The comparison of two versions of the code reads every field: each must be written, and the same answers
+    # must write the same line.
+    import json
+
+    from bench.merch import synthetic_merchandising
+    from bench.merch_answers import answers, busy_rules, option_sets
+    from recommender.core import registry
+    from recommender.core.storage import LocalStorage
+    from recommender.serving.merchandising import Policy
+    from recommender.serving.model import load_model
+
+    storage = LocalStorage(trained_folder)
+    plain = load_model(storage, registry.active_version(storage))
+    feed, rules = synthetic_merchandising(plain.items, plain.item_price)
+    rules["block"]["codes"] = []  # 200 blocked codes block every item of the tiny model
+    merch = plain.with_policy(Policy(plain.items, plain.item_price, feed, busy_rules(plain, rules), "f", "r"))
+    baskets = [list(plain.items.codes[i : i + 1 + i % 3]) for i in range(0, 30, 3)]
+    sets = option_sets(plain, feed)
+    written = [json.dumps(answers(merch, baskets, options, 10)) for options in sets]
+    assert written == [json.dumps(answers(merch, baskets, options, 10)) for options in sets]
+    picks = [pick for answer in json.loads(written[2]) for pick in answer[0]]  # explain, no filters
+    assert picks and all(len(pick) == 10 for pick in picks)
+    assert any(pick[4] for pick in picks)  # the reasons
+    assert all(pick[4] is None for answer in json.loads(written[3]) for pick in answer[0])  # none without explain
+
+
 def test_search_part_on_a_few_items():
     from bench import search
 

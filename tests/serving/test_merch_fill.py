@@ -3,6 +3,7 @@ rules over every candidate, and the policy's remembered request masks left as th
 
 import numpy as np
 
+from recommender.serving.merch_reasons import reasons
 from recommender.serving.merchandising import Options, Scores
 from tests.serving.test_merchandising import anchors, codes, feed, kit, no_rules, plain, products, view  # noqa: F401
 
@@ -74,3 +75,42 @@ def test_a_request_leaves_the_remembered_masks_as_they_were(plain, feed):
     assert codes(model.recommend([code], 10, options)) == first
     for other in first[:3]:
         assert codes(model.recommend([other], 10, options)) == codes(view(plain, feed).recommend([other], 10, options))
+
+
+def test_reasons_from_the_slices_read_are_those_from_the_entries_positions(plain, feed):
+    # The masked scoring reads each basket row's entries as a slice of the table; the reasons then find a pick's
+    # entry from the slice it falls in. The same reasons as from the positions of every entry read.
+    model = view(plain, feed)
+    allowed = model.policy.request_mask(Options()).copy()
+    pool = anchors(plain, 30)
+    compared = 0
+    for k, code in enumerate(pool):
+        basket = np.asarray(sorted({plain.items.index[c] for c in (code, pool[(k + 5) % 30], pool[(k + 11) % 30])}))
+        basket = basket[: 1 + k % 3]
+        every = Scores(model, basket, True)
+        fused = Scores(model, basket, True, allowed)
+        if not fused.eligible_only:
+            continue  # the re-ranked model reads every candidate: no slices
+        assert fused.segments is not None and np.array_equal(fused.positions, every.positions)
+        rows = every.candidates[np.argsort(-every.final_candidates, kind="stable")[:10]]
+        expected = [b.as_list() for b in reasons(model, every, rows)]
+        got = [b.as_list() for b in reasons(model, fused, rows)]
+        assert got == expected and any(expected)
+        compared += 1
+    assert compared >= 20 or plain.reranker is not None
+
+
+def test_confidence_by_score_is_the_call_at_any_rank(plain):
+    calibration = plain._confidence
+    scores = np.linspace(-0.5, 2.0, 101)
+    assert calibration.by_score
+    for rank in (1, 7, 40):
+        assert np.array_equal(calibration.scores(scores), plain.confidence(scores, np.full(101, rank)))
+
+
+def test_an_empty_basket_reads_no_slices_and_gives_no_reasons(plain, feed):
+    model = view(plain, feed)
+    empty = np.empty(0, dtype=np.int64)
+    scored = Scores(model, empty, True, model.policy.request_mask(Options()).copy())
+    assert not len(scored.candidates) and not scored.dense.any() and not len(scored.positions)
+    assert [b.as_list() for b in reasons(model, scored, np.asarray([1, 2]), np.asarray([1.0, 2.0]))] == [[], []]

@@ -46,6 +46,10 @@ def test_exported_trees_score_as_lightgbm(seed):
     # Path contributions add up to the score; the stored form scores the same.
     assert np.allclose(trees.contributions(rows).sum(axis=1), got, atol=1e-9)
     assert np.array_equal(Trees.from_arrays(trees.to_arrays()).score(rows), got)
+    # scored by leaf bitmasks (serving/tree_eval.py): the walk's leaves, its scores bit for bit
+    assert trees.fast is not None
+    assert np.array_equal(trees.fast.leaves(rows), trees.leaves(rows))
+    assert np.array_equal(got, trees.value.take(trees.leaves(rows)).sum(axis=1))
 
 
 def test_validation_periods_never_overlap_the_held_out_baskets(tiny_csv):

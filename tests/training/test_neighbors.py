@@ -59,3 +59,18 @@ def test_top_neighbors_of_a_block_are_the_whole_table_s_rows(table):
         start=lo,
     )
     assert np.array_equal(neighbors.top_neighbors(block, 8), nbrs[lo:hi])
+
+
+@pytest.mark.parametrize("n", [50, 70_000])  # item numbers in 16 bits (a radix sort) and wider
+def test_by_source_orders_by_source_then_target(n):
+    rng = np.random.default_rng(n)
+    nbrs = np.stack([rng.choice(n, 6, replace=False) for _ in range(n)]).astype(np.int32)
+    nbrs[rng.random(nbrs.shape) < 0.2] = -1  # padding
+    weights = rng.standard_normal(nbrs.shape).astype(np.float32)
+    weights[rng.random(nbrs.shape) < 0.1] = 0.0  # dropped like padding
+    ok = (nbrs >= 0) & (weights != 0)
+    source, target = nbrs[ok], np.nonzero(ok)[0]
+    order = np.lexsort((target, source))
+    indptr, by_target, by_weight = neighbors.by_source(nbrs, weights)
+    assert np.array_equal(by_target, target[order]) and np.array_equal(by_weight, weights[ok][order])
+    assert np.array_equal(np.diff(indptr), np.bincount(source, minlength=n))

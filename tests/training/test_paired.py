@@ -129,6 +129,35 @@ def test_dense_table_is_the_sparse_table_bit_for_bit():
     assert (neighbors.top_neighbors(g, 3)[7] == -1).all()
 
 
+def test_blocks_shared_by_two_threads_wait_for_the_last_block():
+    """Two threads taking blocks of the table: wait() returns once the other thread's block is in, with the table
+    computed whole; a block that fails is raised by wait() in the thread that waits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    x = sp.csr_matrix((rng.random((400, 90)) < 0.1).astype(np.float32))
+    g = dense_table.gram(x)
+    counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
+    nbrs = dense_table.top_neighbors(g, counts, 12)
+    weights = dense_table.local_regression(g, nbrs, 2.0)
+    blocks = dense_table.Blocks(g, counts, 12, 2.0, size=8)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(blocks.work)
+        blocks.work()
+        blocks.wait()
+        assert blocks.left == 0
+        assert np.array_equal(blocks.table()[0], nbrs) and blocks.table()[1].tobytes() == weights.tobytes()
+        failing = dense_table.Blocks(g, counts, 12, 2.0, size=8)
+        failing.lam = None  # the ridge's addition fails in the first block computed
+        helper = pool.submit(failing.work)
+        with pytest.raises(TypeError):
+            failing.work()
+        with pytest.raises(TypeError):
+            failing.wait()
+        with pytest.raises(TypeError):
+            helper.result()
+
+
 def test_customer_histories_are_split_as_multisets():
     a = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 0], [0, 1, 1], [1, 0, 1]], dtype=np.float32))
     b = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1], [0, 1, 1], [1, 1, 1]], dtype=np.float32))

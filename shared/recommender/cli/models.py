@@ -17,9 +17,11 @@ from recommender.core.storage import Storage, open_storage
 @command("train")
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     if args.engine == "single":
+        from recommender.training import csv_fast
         from recommender.training.xlsx import prefetch
 
         prefetch(args.path)  # a workbook's parse runs beside the imports below (it releases the GIL)
+        csv_fast.prefetch(args.path, settings.encoding)  # so does a csv's read
     from recommender.training.pipeline import TrainingParams, train
     from recommender.training.reranker import RerankParams
 

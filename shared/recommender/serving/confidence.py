@@ -54,6 +54,19 @@ class Confidence:
         self.popular_x = np.asarray(curve.get("x") or [], dtype=np.float64)
         self.popular_y = np.asarray(curve.get("y") or [], dtype=np.float64)
 
+    @property
+    def by_score(self) -> bool:
+        """Whether a non-popular item's confidence depends on its score alone (scores()): format 2 files and the
+        fallback."""
+        return not self.calibrated or (self.w_score == 1.0 and self.w_log_rank == 0.0)
+
+    def scores(self, scores: np.ndarray) -> np.ndarray:
+        """Confidence of items (not popular ones) from their float64 scores, when by_score: what __call__ gives at
+        any rank, with one numpy call (1.0 * score + 0.0 and the score read the same point of the curve)."""
+        if not self.calibrated:
+            return np.clip(scores, 0.0, 1.0)
+        return np.interp(scores, self.x, self.y)
+
     @classmethod
     def from_json(cls, data: bytes | None, popular_share_per_score: float = 0.0) -> Confidence:
         """From the bytes of calibration.json, or the fallback when there are none."""

@@ -12,6 +12,7 @@ chosen first (they count toward max_per_category) and put in at their positions 
 
 from __future__ import annotations
 
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -29,7 +30,7 @@ MODEL_SOURCE, POPULAR_SOURCE, PINNED_SOURCE, NEW_SOURCE = range(4)  # indexes in
 RANKS = np.arange(1.0, 1025.0)  # the ranks of an answer's picks (1 = first), for confidence
 # Up to this many candidates one stable sort is cheaper than selecting the best few first.
 SORT_ALL = 300
-_new_pick = tuple.__new__  # a Pick made as its NamedTuple __new__ makes it, without a Python call per pick
+_make_pick = partial(tuple.__new__, Pick)  # a Pick as its NamedTuple __new__ makes it, without Python per pick
 _position_then_row = itemgetter(1, 0)  # pins: (row, position) pairs
 
 
@@ -149,22 +150,22 @@ def _best(
         # A boost keeps a score's sign, and a negative score is divided rather than multiplied: multiplying every
         # score ranks the positive ones exactly, and ranks every negative one below them. So unless the best k
         # reach a score <= 0, that is the answer, one division pass the fewer.
-        scores = final * factor[rows]
-        order = _top(scores, k)
+        scores = final * factor.take(rows)  # take: no index conversion (a few of these per answer add up)
+        order = top_positions(scores, k)
         if not len(order) or scores[order[-1]] > 0:
-            return rows[order], scores[order], final[order]
+            return rows.take(order), scores.take(order), final.take(order)
         scores = policy.boosted(rows, final)
     else:
         scores = policy.boosted(rows, final)
     if cap is None:
-        order = _top(scores, k)
+        order = top_positions(scores, k)
     else:
         order = np.argsort(-scores, kind="stable")
         order = order[_capped(rows[order], policy, k, cap, taken)]
     return rows[order], scores[order], final[order]
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
+def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
     """The positions of the k best scores, best first, ties in position order (what a full stable sort gives)."""
     m = len(scores)
     if m > SORT_ALL and m > 2 * k > 0:
@@ -310,6 +311,11 @@ def _confidence(
     m = len(rows)
     if not m:
         return np.empty(0)  # everything filtered out
+    if popular is None:
+        # The model's calibration read from the score alone (every current calibration file): one numpy call.
+        calibration = getattr(model, "_confidence", None)
+        if calibration is not None and calibration.by_score:
+            return calibration.scores(final).round(4)
     ranks = RANKS[:m] if m <= len(RANKS) else np.arange(1.0, m + 1.0)
     if popular is None or (popular is not True and not popular.any()):
         return confidence(final, ranks).round(4)
@@ -359,8 +365,8 @@ def _picks(
         if options.explain and scored is not None and scored.reranked is not None
         else None
     )
-    factor = policy.factor
-    boosts = [None if f == 1 else f for f in factor[rows].tolist()] if factor is not None else [None] * count
+    boost_of = policy.boost_of
+    boosts = [boost_of[row] for row in row_list] if boost_of is not None else [None] * count
     confidences = confidence.tolist() if confidence is not None else [None] * count
     sources = [SOURCES[s] for s in source.tolist()]
     items = model.items.take(row_list)
@@ -372,7 +378,9 @@ def _picks(
         likes = [model.items[int(twins[row - first_new, 0])] if row >= first_new else None for row in row_list]
     else:
         likes = [None] * count
-    return [
-        _new_pick(Pick, fields)
-        for fields in zip(items, scores.tolist(), sources, confidences, because, boosts, row_list, shown, ranked, likes)
-    ]
+    return list(
+        map(
+            _make_pick,
+            zip(items, scores.tolist(), sources, confidences, because, boosts, row_list, shown, ranked, likes),
+        )
+    )

@@ -60,12 +60,14 @@ class Policy:
         self._shown: dict[int, dict] = {}
         self._category_masks: dict[tuple[str, ...], np.ndarray] = {}
         self._request_masks: dict[tuple, np.ndarray] = {}
+        self._exclude_rows: dict[tuple[str, ...], np.ndarray] = {}
         self._warnings: dict[tuple, tuple[str, ...]] = {}
         self.category_rows: dict[str, np.ndarray] = {}
         self.brand_rows: dict[str, np.ndarray] = {}
         self.leaf = np.full(n, -1, dtype=np.int64)  # the full category path's id, for max_per_category
         self.leaf_names: list[str] = []  # each id's category path, as the feed wrote it
         self.factor: np.ndarray | None = None
+        self.boost_of: list[float | None] | None = None  # per row, the factor an answer shows (None for 1)
         self.pairs: dict[int, np.ndarray] = {}  # basket row -> rows it forbids (do_not_pair), ascending
         self.pins: dict[int, list[tuple[int, int]]] = {}  # basket row -> (pinned row, position)
         if feed:
@@ -135,6 +137,18 @@ class Policy:
             self._category_masks[names] = mask
         return mask
 
+    def exclude_rows(self, codes: tuple[str, ...]) -> np.ndarray:
+        """The rows of the codes a request excludes (those the model knows); remembered for the last few hundred
+        distinct lists (do not change the array)."""
+        rows = self._exclude_rows.get(codes)
+        if rows is None:
+            index = self.items.index
+            rows = np.asarray([index[c] for c in codes if c in index], dtype=np.int64)
+            if len(self._exclude_rows) >= 256:
+                self._exclude_rows.clear()
+            self._exclude_rows[codes] = rows
+        return rows
+
     def request_mask(self, options: Options) -> np.ndarray:
         """The items eligible under the feed, the rules and the request's category and price filters (whatever
         the basket); remembered per distinct set of filters (do not change the array)."""
@@ -185,6 +199,7 @@ class Policy:
                 rows = self.rows({k: entry[k] for k in SELECTOR_KEYS if k in entry})
                 product = self.factor[rows] * min(max(factor, MIN_TOTAL_FACTOR), MAX_TOTAL_FACTOR)
                 self.factor[rows] = np.clip(product, MIN_TOTAL_FACTOR, MAX_TOTAL_FACTOR)
+            self.boost_of = [None if f == 1 else f for f in self.factor.tolist()]
 
     def category_warnings(self, options: Options) -> list[str]:
         """What the answer says of categories the request names and no item of the feed is in."""
@@ -267,8 +282,7 @@ class Eligibility:
             if forbidden is not None:
                 excluded.append(forbidden)
         if options.exclude:
-            index = policy.items.index
-            excluded.append(np.asarray([index[c] for c in options.exclude if c in index], dtype=np.int64))
+            excluded.append(policy.exclude_rows(tuple(options.exclude)))
         self.taken: list[np.ndarray] = []
         self.price_max = options.price_max
         bound = None

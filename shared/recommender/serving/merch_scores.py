@@ -33,6 +33,11 @@ class Scores:
         self.model = model
         self.basket = basket
         self._targets: np.ndarray | None = None
+        self._positions: np.ndarray | None = None
+        # With the entries read as one slice of the table per basket row (the masked dense path): each basket row's
+        # (starts, stops) in the table, and the weights read (aligned with targets); the reasons read them.
+        self.segments: tuple[list[int], list[int]] | None = None
+        self.weights: np.ndarray | None = None
         self._sources: np.ndarray | None = None
         # Whether the candidates are the eligible ones only (allowed: the request's mask over every item).
         self.eligible_only = False
@@ -43,26 +48,35 @@ class Scores:
             and getattr(model, "first_new", n) >= n
         ):
             # The plain path's scoring (model.score_basket: the same sums in the same order), with the candidates
-            # read through the request's mask in the same pass: the re-ranker and new products need them all.
-            self.positions, _lengths = new_items.ranges(indptr, basket)
-            targets = self._targets = model.table_target.take(self.positions)  # take: no index conversion
-            self.dense = np.bincount(targets, weights=model.table_weight.take(self.positions), minlength=n)
+            # read through the request's mask in the same pass: the re-ranker and new products need them all. The
+            # basket rows' entries are read as slices of the table (cheaper than one index array over them all).
+            starts, stops = indptr[basket].tolist(), indptr[basket + 1].tolist()
+            table_target, table_weight = model.table_target, model.table_weight
+            if len(starts) <= 1:  # one slice (or none, for an empty basket): read in place
+                a, b = (starts[0], stops[0]) if starts else (0, 0)
+                targets, weights = table_target[a:b], table_weight[a:b]
+            else:
+                parts = [slice(a, b) for a, b in zip(starts, stops)]
+                targets = np.concatenate([table_target[part] for part in parts])
+                weights = np.concatenate([table_weight[part] for part in parts])
+            self._targets, self.weights, self.segments = targets, weights, (starts, stops)
+            self.dense = np.bincount(targets, weights=weights, minlength=n)
             mark = np.zeros(n, dtype=bool)
             mark[model.near(basket).ravel()] = True
             mark &= allowed
             self.candidates = mark.nonzero()[0]
             self.eligible_only = True
             self.reranked = None
-            self.final_candidates = self.dense[self.candidates]
+            self.final_candidates = self.dense.take(self.candidates)
             return
         if dense:
-            self.candidates, self.dense, self.positions = model.score_basket(basket)
+            self.candidates, self.dense, self._positions = model.score_basket(basket)
             self._rerank(model, basket)
             return
         self.dense = None
         starts = indptr[basket]
         lengths = indptr[basket + 1] - starts
-        self.positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        self._positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
         targets = self.targets
         order = np.argsort(targets, kind="stable")
         ordered = targets[order]
@@ -80,6 +94,14 @@ class Scores:
             found = np.union1d(found, np.concatenate([reached, targets[self.sources >= first_new]]))
         self.candidates = found[~members(found, basket)]
         self._rerank(model, basket)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """The table entries read (positions in table_target/weight/count, basket rows in order); made when first
+        asked for."""
+        if self._positions is None:
+            self._positions = new_items.ranges(self.model.table_indptr, self.basket)[0]
+        return self._positions
 
     @property
     def targets(self) -> np.ndarray:

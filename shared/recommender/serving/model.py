@@ -24,6 +24,7 @@ from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
 from recommender.core.storage import Storage
 from recommender.serving import merchandising, new_items
 from recommender.serving.confidence import Confidence
+from recommender.serving.merch_fill import top_positions
 from recommender.serving.merchandising import Options, Policy
 from recommender.serving.reranker import RERANK_FILE, Reranker, squash
 
@@ -163,17 +164,12 @@ class Model:
     def recommend(self, basket: Sequence[str], n: int, options: Options | None = None) -> Recommendation:
         """The n best items to offer with basket, best first, none from the basket; the feed, the rules and the
         options (if any) applied."""
-        known, unknown, seen = [], [], set()
-        for code in basket:
-            code = code.strip()
-            if code in seen:
-                continue
-            seen.add(code)
-            i = self.items.index.get(code)
-            if i is None:
-                unknown.append(code)
-            else:
-                known.append(i)
+        # Each code once, stripped, in the order given (a dict keeps the first); a big basket's hundreds of codes
+        # cost one pass.
+        codes = list(dict.fromkeys(map(str.strip, basket)))
+        found = list(map(self.items.index.get, codes))
+        known = [i for i in found if i is not None]
+        unknown = [code for code, i in zip(codes, found) if i is None] if len(known) < len(codes) else []
         n = max(0, min(n, len(self.items) - len(known)))
         policy = self.policy
         if options is not None or (policy is not None and policy.restricts):
@@ -257,9 +253,11 @@ class Model:
         found = self.near(basket).ravel()
         starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
         lengths = stops - starts
-        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        positions = np.arange(int(lengths.sum()))
+        positions += np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        # take, not [] (no index conversion); the sums in entry order, as ever (bit for bit the same scores)
         scores = np.bincount(
-            self.table_target[positions], weights=self.table_weight[positions], minlength=len(self.items)
+            self.table_target.take(positions), weights=self.table_weight.take(positions), minlength=len(self.items)
         )
         if self.first_new < len(self.items):
             # New products are in no Annoy neighbourhood: they are candidates where their twins' entries reach,
@@ -285,8 +283,9 @@ class Model:
         candidates, scores, positions = self.score_basket(basket)
         scores, _reranked = self.final_scores(basket, candidates, scores[candidates], positions)
         # Rows are numbered by popularity (training does it) and candidates come out in row order, so a stable
-        # sort on the score alone breaks ties by popularity, then by row: stable answers at the cost of one sort.
-        order = np.argsort(-scores, kind="stable")[:n]
+        # sort on the score alone breaks ties by popularity, then by row: stable answers at the cost of one sort
+        # (of the n best only, when the candidates are many: a big basket's are thousands).
+        order = top_positions(scores, n)
         rows, scores = candidates[order], scores[order]
         if len(rows) < n:
             # Fewer candidates than asked for: fill up with the most popular items not yet listed, scored no
@@ -329,7 +328,8 @@ def open_model(path: Callable[[str], Path], version: str, manifest: dict, answer
         reranker = None
         if rerank is not None:
             with rerank:  # an NpzFile: every array read now, the file closed
-                reranker = Reranker(dict(rerank), items.popularity, manifest["model"].get("rerank"))
+                spec = manifest["model"].get("rerank")
+                reranker = Reranker(dict(rerank), items.popularity, spec, table=(table[0], table[1]))
     except (OSError, ValueError, KeyError) as err:
         raise ModelUnavailable(f"model version {version} cannot be loaded: {err}") from None
     model = Model(

@@ -10,9 +10,13 @@ rows with this same code (`Reranker.features`), so what the trees learned from i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from recommender.serving import tree_eval
+from recommender.serving.rerank_links import Incoming, link_features
+from recommender.serving.rerank_links import ranges as _ranges
 
 RERANK_FILE = "rerank.npz"
 FORMAT = 1
@@ -73,6 +77,11 @@ class Trees:
     value: np.ndarray  # float64 per node
     roots: np.ndarray  # intp per tree
     depth: int
+    # The same trees as leaf bitmasks (serving/tree_eval.py), built here: scoring them needs no walk.
+    fast: tree_eval.Bitvectors | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.fast = tree_eval.build(self.feature, self.threshold, self.child, self.value, self.roots)
 
     def _walk(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # LightGBM reads a missing value as 0 in a model trained without any (every feature here is finite).
@@ -95,6 +104,8 @@ class Trees:
         """The raw score of each row of x (rows x features)."""
         if not len(x) or not len(self.roots):
             return np.zeros(len(x))
+        if self.fast is not None:
+            return self.fast.score(x)
         return self.value.take(self.leaves(x)).sum(axis=1)
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
@@ -137,18 +148,6 @@ class Trees:
             arrays["tree_roots"].astype(np.intp),
             int(arrays["tree_depth"]),
         )
-
-
-def _ranges(ptr: np.ndarray, rows: np.ndarray, cap: int | None = None) -> np.ndarray:
-    """Positions of the CSR rows' entries, concatenated (rows in the order given); with cap, each row's first cap."""
-    starts = ptr[rows]
-    lengths = ptr[rows + 1] - starts
-    if cap is not None:
-        lengths = np.minimum(lengths, cap)
-    total = int(lengths.sum())
-    if not total:
-        return np.empty(0, dtype=np.intp)
-    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
 
 
 DENSE_ITEMS = 65536  # up to this many items, a candidate's slot is found through an array over every item
@@ -274,14 +273,16 @@ class Reranked:
     rows: np.ndarray  # the items (model rows), ascending
 
 
-LINKS = ("link_weight", "link_baskets", "link_probability", "link_cosine")  # the links' largest values, in order
-
-
 class Reranker:
     """The re-ranker of one model version: its tables and, once trained, its trees."""
 
-    def __init__(self, arrays: dict, popularity: Sequence[int], spec: dict | None = None) -> None:
+    def __init__(
+        self, arrays: dict, popularity: Sequence[int], spec: dict | None = None, table: tuple | None = None
+    ) -> None:
         self.spec = spec or {}
+        # The model's item-item table (indptr, target) read backwards: the link features of a big basket read the
+        # entries into its candidates rather than every entry of its items (serving/rerank_links.py).
+        self.incoming = Incoming.of(*table) if table is not None else None
         self.depth = int(arrays["candidates"]) if "candidates" in arrays else 100
         self.item = arrays["item_features"].astype(np.float64)
         self.price = arrays["item_price"].astype(np.float64)
@@ -336,29 +337,7 @@ class Reranker:
 
     def links(self, model: object, basket: np.ndarray, positions: np.ndarray, slots: Slots, x: np.ndarray) -> None:
         """The link features (columns 3-8) from the table entries of the basket's items to the candidates."""
-        m = len(slots.candidates)
-        at, hit = slots(model.table_target.take(positions))
-        hit = np.flatnonzero(hit)
-        if not len(hit):
-            return
-        slot, entries = at.take(hit), positions.take(hit)
-        sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket]).take(hit)
-        count = (
-            model.table_count.take(entries).astype(np.float64) if model.table_count is not None else np.zeros(len(slot))
-        )
-        pop_source = self.pop1.take(sources)
-        pop_target = self.pop1.take(slots.candidates).take(slot)
-        values = np.empty((len(slot), len(LINKS)))
-        values[:, 0] = model.table_weight.take(entries)
-        values[:, 1] = count
-        values[:, 2] = count / pop_source
-        values[:, 3] = count / np.sqrt(pop_source * pop_target)
-        best = np.full(m * len(LINKS), -np.inf)  # one flat maximum.at: numpy's fast path
-        np.maximum.at(best, (slot[:, None] * len(LINKS) + np.arange(len(LINKS))).ravel(), values.ravel())
-        best = best.reshape(m, len(LINKS))
-        x[:, [3, 4, 6, 7]] = np.where(np.isinf(best), 0.0, best)
-        x[:, 5] = np.bincount(slot, weights=count, minlength=m)
-        x[:, 8] = np.bincount(slot, minlength=m)
+        link_features(model, basket, positions, slots, self.incoming, self.pop1, x)
 
     def price_ratio(self, basket: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """log of each candidate's price over the basket's median price (0 when either is unknown)."""
@@ -476,6 +455,6 @@ def _strongest_partner(model: object, basket: np.ndarray, row: int) -> tuple[int
     return int(sources[best]), int(counts[best])
 
 
-def load(data: dict, popularity: Sequence[int], spec: dict | None) -> Reranker:
-    """A Reranker from the arrays of a model's rerank.npz."""
-    return Reranker(data, popularity, spec)
+def load(data: dict, popularity: Sequence[int], spec: dict | None, table: tuple | None = None) -> Reranker:
+    """A Reranker from the arrays of a model's rerank.npz (and its model's table: indptr, target)."""
+    return Reranker(data, popularity, spec, table)

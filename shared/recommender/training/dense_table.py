@@ -108,21 +108,41 @@ class Blocks:
         self.size = size
         self.lock = threading.Lock()
         self.span: list[float] = []  # when the blocks started and ended
+        self.left = len(range(0, n, size))  # blocks not finished yet
+        self.done = threading.Event()  # every block finished, or one failed
+        self.error: BaseException | None = None
+        if not self.left:
+            self.done.set()
 
     def work(self) -> None:
-        """Compute blocks until none is left."""
-        while True:
-            with self.lock:
-                start = next(self.todo, None)
-            if start is None:
-                return
-            t = time.perf_counter()
-            stop = min(len(self.g), start + self.size)
-            nbrs = top_neighbors(self.g, self.counts, self.k, rows=(start, stop))
-            self.nbrs[start:stop] = nbrs
-            self.weights[start:stop] = local_regression(self.g, nbrs, self.lam, first=start)
-            with self.lock:
-                self.span += [t, time.perf_counter()]
+        """Compute blocks until none is left to take."""
+        try:
+            while True:
+                with self.lock:
+                    start = next(self.todo, None)
+                if start is None:
+                    return
+                t = time.perf_counter()
+                stop = min(len(self.g), start + self.size)
+                nbrs = top_neighbors(self.g, self.counts, self.k, rows=(start, stop))
+                self.nbrs[start:stop] = nbrs
+                self.weights[start:stop] = local_regression(self.g, nbrs, self.lam, first=start)
+                with self.lock:
+                    self.span += [t, time.perf_counter()]
+                    self.left -= 1
+                    if not self.left:
+                        self.done.set()
+        except BaseException as err:
+            self.error = err
+            self.done.set()
+            raise
+
+    def wait(self) -> None:
+        """Return once every block is finished, whichever thread took it (after work(): at most the other
+        thread's block in progress); a block's failure is raised here too."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
 
     @property
     def seconds(self) -> float:

@@ -172,7 +172,9 @@ def by_source(nbrs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.nda
     ok = (nbrs >= 0) & (weights != 0)
     source = nbrs[ok].astype(np.int64)
     target = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], nbrs.shape)[ok]
-    order = np.lexsort((target, source))
+    # by source, then target: the targets ascend already (row by row), so a stable sort by source is enough, a radix
+    # sort when the item numbers fit in 16 bits (four times faster than sorting the two keys)
+    order = np.argsort(source.astype(np.uint16) if n <= 2**16 else source, kind="stable")
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(source, minlength=n), out=indptr[1:])
     return indptr, target[order].astype(np.int32), weights[ok][order].astype(np.float32)

@@ -10,7 +10,7 @@ What is shared and what is not (bench/results/train.md has the measured costs):
   models, so every system differs; each model runs its own, over its own dense gram;
 - not the SVD: a randomised subspace iteration on each model's own matrix; its result, and so the held-out
   figures and calibration, would change with any shortcut. Both run on the other thread while this one computes
-  the co-occurrence and the holdout model's table; then the two threads share the published model's table.
+  the co-occurrence; then the two threads share the holdout model's table and the published model's.
 The published model's files are byte for byte those of recipe.build_model (tests/training/test_paired.py).
 """
 
@@ -40,7 +40,6 @@ from recommender.training.recipe import (
     Progress,
     TrainingParams,
     build_prepared,
-    dense_item_table,
     embed_and_index,
     finish,
     prepare,
@@ -83,16 +82,20 @@ def build_pair(
 
     with threadpool_limits(limits=1):  # recipe.build_model's reason: many small solves, two busy cores
         a = prepare(tx, params, progress)
-        try:
-            b = prepare(train_tx, params, progress_measured)
-        except DataFileError as err:  # nothing to learn without the held-out baskets: the published model alone
-            return build_prepared(a, params, folder, progress, None, rerank), err, 0.0, None
         own = 0.0
-        # Two threads, one per core (bench/results/train.md has the profile): this one computes the shared
-        # co-occurrence and the holdout model's table, writes that model and measures it; the other computes both
-        # SVDs and indexes (the holdout model's first: the measurement needs it). Then both compute the published
-        # model's table, each taking the next block of items when free (per item, so the same bytes in any order).
+        # Two threads, one per core (bench/results/train.md has the profile): this one prepares the holdout model,
+        # computes the shared co-occurrence and the holdout model's table, writes that model and measures it; the
+        # other computes both SVDs and indexes (the published model's first: it can start before the holdout model
+        # is prepared, and it ends before the measurement needs the holdout model's). Then it helps with the holdout
+        # model's table and the published model's, each thread taking the next block of items when free (per item,
+        # so the same bytes in any order).
         with ThreadPoolExecutor(max_workers=1) as pool:
+            embedded = pool.submit(embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
+            try:
+                b = prepare(train_tx, params, progress_measured)
+            except DataFileError as err:  # nothing to learn without the held-out baskets: the published model alone
+                embedded.result()  # (its index is written again, the same: a dataset this small takes no time)
+                return build_prepared(a, params, folder, progress, None, rerank), err, 0.0, None
 
             def embed_measured() -> float:
                 t = time.perf_counter()
@@ -100,18 +103,21 @@ def build_pair(
                 return time.perf_counter() - t
 
             embedded_measured = pool.submit(embed_measured)
-            embedded = pool.submit(embed_and_index, a.rows, a.counts, a.k, params, folder, progress)
             with stage(progress, "co-occurrence: the training baskets' counted once for both models"):
                 g_a, basket_a, g_b, basket_b = shared_grams(a, b, held)
             published = dense_table.Blocks(g_a, a.counts, a.k_nbrs, a.ridge)
-            del g_a
+            own_table = dense_table.Blocks(g_b, b.counts, b.k_nbrs, b.ridge)
+            del g_a, g_b
+            # The other thread, its SVDs done, helps with the holdout model's table first (the measurement waits
+            # for it), then with the published model's: neither thread waits for the other until the last blocks.
+            pool.submit(own_table.work)
             helped = pool.submit(published.work)
             t = time.perf_counter()
             with stage(progress_measured, table_stage(b)):
-                table_b = dense_item_table(g_b, b)
-            del g_b
+                own_table.work()
+                own_table.wait()  # the block the other thread may still be computing
             counts_b = lambda p, t: dense_table.pair_counts(basket_b, p, t)  # noqa: E731
-            info_b = finish(b, *table_b, counts_b, params, measured, progress_measured, rerank_measured)
+            info_b = finish(b, *own_table.table(), counts_b, params, measured, progress_measured, rerank_measured)
             own += time.perf_counter() - t + embedded_measured.result()
             assessed = assess(info_b)
             published.work()

@@ -19,7 +19,9 @@ import numpy as np
 
 from recommender.core.errors import DataFileError
 from recommender.serving.reranker import FEATURES, RERANK_FILE, Reranker, Trees
+from recommender.training import rerank_batch
 from recommender.training.ingest import Transactions, select_baskets
+from recommender.training.rerank_batch import Batch
 from recommender.training.rerank_tables import recency as _recency
 from recommender.training.rerank_tables import tables
 
@@ -182,11 +184,36 @@ def queries(tx: Transactions, mask: np.ndarray, params: RerankParams) -> list[tu
     return out
 
 
+# Queries whose features are computed in one pass: 64 on Online Retail (chunks of 16-256 queries cost 10-18% less
+# CPU than one query at a time; 1,024 cost more, their arrays no longer in cache), fewer in a large catalogue (a
+# pass holds an array over every item, and one over every description word, for each of its queries: 8 MB at most).
+CHUNK = 64
+CHUNK_CELLS = 1 << 21
+
+
 def training_rows(model: object, cases: list[tuple[int, list[str], str]]) -> Rows:
-    """Feature rows of each case's re-ranked candidates, computed by serving's code on the first-stage model."""
+    """Feature rows of each case's re-ranked candidates, computed on the first-stage model: its candidates one query
+    at a time by serving's code, their features a chunk of queries at a time (training/rerank_batch.py: the values
+    serving's Reranker.features gives, bit for bit, for 10-18% less CPU)."""
     reranker: Reranker = model.rerank_tables
     xs, ys, qs, baskets, found = [], [], [], [], []
     index = model.items.index
+    batch = Batch([], [], [], [])
+    targets: list[int] = []
+    chunk = int(np.clip(CHUNK_CELLS // max(len(model.items), reranker.words, 1), 1, CHUNK))
+
+    def flush() -> None:
+        if not batch.baskets:
+            return
+        xs.append(rerank_batch.features(model, batch))
+        for candidates, target in zip(batch.candidates, targets):
+            y = candidates == target
+            found.append(bool(y.any()))
+            ys.append(y)
+            qs.append(np.full(len(candidates), len(found) - 1))
+        for part in (batch.baskets, batch.candidates, batch.first, batch.positions, targets):
+            part.clear()
+
     for b, query, hidden in cases:
         basket = np.asarray(sorted({index[c] for c in query if c in index}), dtype=np.int64)
         target = index.get(hidden)
@@ -195,15 +222,16 @@ def training_rows(model: object, cases: list[tuple[int, list[str], str]]) -> Row
         candidates, scores, positions = model.score_basket(basket)
         first = scores[candidates]
         at = np.sort(reranker.choose(candidates, first))
-        x = reranker.features(model, basket, candidates[at], first[at], positions)
-        y = candidates[at] == target
-        q = len(baskets)
         baskets.append(b)
-        found.append(bool(y.any()))
-        xs.append(x)
-        ys.append(y)
-        qs.append(np.full(len(x), q))
-    if not xs:
+        batch.baskets.append(basket)
+        batch.candidates.append(candidates[at])
+        batch.first.append(first[at])
+        batch.positions.append(positions)
+        targets.append(target)
+        if len(targets) == chunk:
+            flush()
+    flush()
+    if not found:
         return Rows(
             np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
         )
@@ -282,7 +310,7 @@ def fit(
                 "last": str(times.max())[:19] if len(times) else None,
             }
         )
-    rows = _concat(parts)
+    rows = parts[0] if len(parts) == 1 else _concat(parts)  # one period: no copy of its 1.35M rows
     if not rows.found.any():
         progress("re-ranker: no validation basket's hidden item is among its candidates: first stage alone")
         return None
@@ -296,9 +324,14 @@ def fit(
     first_hr = hit_rate(-rows.x[:, FEATURES.index("rank")], rows, sel_q)
     best = None
     tried = []
+    # The trees' scores are needed on the selection rows only: predicting the fitting rows too took 3.7 s of CPU
+    # (a quarter of the fit) on Online Retail.
+    sel_rows = np.flatnonzero(is_select[rows.query])
     for leaves in params.num_leaves:
         booster = _train(lightgbm, rows, fit_q, sel_q[rows.found[sel_q]], leaves, params)
-        hr = hit_rate(booster.predict(rows.x), rows, sel_q)
+        scores = np.zeros(len(rows.y))
+        scores[sel_rows] = booster.predict(rows.x[sel_rows])
+        hr = hit_rate(scores, rows, sel_q)
         tried.append({"num_leaves": leaves, "trees": _trees(booster), "hr": round(hr, 4)})
         if best is None or hr > best[0]:
             best = (hr, booster, leaves)
@@ -387,6 +420,9 @@ def _train(
         "seed": params.seed,
         "deterministic": True,
         "num_threads": params.threads,
+        # Row-wise histograms build the same trees 10% faster here (1M rows of 23 features; LightGBM's own test
+        # of both ways costs a fit's first seconds).
+        "force_row_wise": True,
         "verbosity": -1,
     }
     return lightgbm.train(
