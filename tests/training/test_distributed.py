@@ -140,6 +140,7 @@ def parquet_parts(tmp_path_factory, tiny_csv):
 
 
 def test_spark_reads_parquet_parts_from_s3(spark, single, parquet_parts, tmp_path, monkeypatch):
+    # two baskets span two of the three parts: their pairs are merged, the others are taken as their part sent them
     from moto.server import ThreadedMotoServer
 
     single_result, single_folder = single
@@ -268,3 +269,14 @@ def test_spark_trains_the_single_machines_reranker(spark, tmp_path, tiny_csv, mo
         a, b = model_a.recommend(basket, 10), model_b.recommend(basket, 10)
         assert [(s.item, round(s.score, 5)) for s in a.items] == [(s.item, round(s.score, 5)) for s in b.items]
     assert "does not train one" not in "\n".join(lines)
+
+
+def test_baskets_spanning_parts_are_merged_by_one_group_by_when_too_many_to_broadcast(
+    spark, single, parquet_parts, tmp_path, monkeypatch
+):
+    from recommender.training import distributed_read
+
+    monkeypatch.setattr(distributed_read, "SPANNING_BROADCAST", 0)  # two baskets span the 800-row parts
+    result = train(parquet_parts, LocalStorage(tmp_path), progress=quiet, engine="spark")
+    single_result, single_folder = single
+    assert_same_model(result, tmp_path / "models" / "versions" / result.version, single_result, single_folder)

@@ -1,7 +1,8 @@
 """The Spark engine (`make train ENGINE=spark`): the single-machine recipe, with the work done on Spark's executors.
 
-Executors read the parts of the input (pandas / pyarrow, one task per part) and clean them with ingest.clean_chunk,
-the rules the single-machine trainer applies; Spark SQL builds the basket and customer-history rows; numpy on the
+Executors read the parts of the input (pandas / pyarrow, one task per part), clean them with ingest.clean_chunk,
+the rules the single-machine trainer applies, and reduce each to its pairs, baskets and items (distributed_read);
+Spark SQL merges those and builds the basket and customer-history rows; numpy on the
 executors computes the item-item table (distributed_table: co-occurrence by blocks of items, each item's top-K
 neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only items x K (the table) and
 items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model with the
@@ -21,18 +22,11 @@ import numpy as np
 
 from recommender.core.errors import DataFileError, RecommenderError
 from recommender.training import copurchase, sample_invoices
+from recommender.training.distributed_read import read_input
 from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
 from recommender.training.engine import Built, build_and_measure, with_rerank
 from recommender.training.holdout import HeldOut
-from recommender.training.ingest import (
-    NO_TIME,
-    REASONS,
-    CleaningReport,
-    check_cleaned,
-    clean_chunk,
-    describe_report,
-    read_part,
-)
+from recommender.training.ingest import describe_report
 from recommender.training.recipe import (
     ModelParts,
     Progress,
@@ -48,10 +42,9 @@ from recommender.training.recipe import (
     say,
     stage,
 )
-from recommender.training.sources import Source, default_s3_client, local_file
+from recommender.training.sources import Source
 from recommender.training.spark_session import (
     SparkJobFailed,
-    carry_data_error,
     data_error,
     executor_environment,
     failure_cause,
@@ -61,65 +54,6 @@ from recommender.training.spark_session import (
 # Kept input rows per matrix partition: what a task routes to the item blocks and multiplies for the SVD grows with
 # its rows, so a bigger input gets more partitions rather than bigger ones (the 100M-row set: 40).
 ROWS_PER_PART = 2_500_000
-PART_SCHEMA = (
-    "part int, row long, invoice string, code string, customer string, description string, time long, "
-    "price string, priced long, rows_read long, " + ", ".join(f"dropped_{i} long" for i in range(len(REASONS)))
-)
-
-
-def _part_reader(
-    parts: list, endpoint: str | None, encoding: str = "utf-8"
-) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """The executor side of reading: each part read with ingest.read_part and cleaned with ingest.clean_chunk."""
-
-    def run(frames: Iterator[Any]) -> Iterator[Any]:
-        import pandas as pd
-
-        for frame in frames:
-            for p in frame["part"].tolist():
-                part = parts[p]
-                try:
-                    with local_file(part, default_s3_client(endpoint)) as path:
-                        kept = 0
-                        for chunk in read_part(path, part.kind, part.name, encoding):
-                            clean = clean_chunk(chunk)
-                            n = len(clean)
-                            yield pd.DataFrame(
-                                {
-                                    "part": np.full(n, p, dtype=np.int32),
-                                    "row": np.arange(kept, kept + n, dtype=np.int64),
-                                    "invoice": clean.invoice,
-                                    "code": clean.code,
-                                    "customer": clean.customer,
-                                    "description": clean.description,
-                                    "time": clean.time,
-                                    "price": clean.price if clean.price is not None else np.full(n, None, dtype=object),
-                                    "priced": pd.array([None] * n, dtype="Int64"),
-                                    "rows_read": pd.array([None] * n, dtype="Int64"),
-                                    **{
-                                        f"dropped_{i}": pd.array([None] * n, dtype="Int64") for i in range(len(REASONS))
-                                    },
-                                }
-                            )
-                            kept += n
-                            summary = {
-                                "part": [p],
-                                "row": [-1],
-                                "invoice": [None],
-                                "code": [None],
-                                "customer": [None],
-                                "description": [None],
-                                "time": [None],
-                                "price": [None],
-                                "priced": [int(clean.price is not None)],
-                                "rows_read": [clean.rows_read],
-                            }
-                            summary.update({f"dropped_{i}": [clean.dropped[r]] for i, r in enumerate(REASONS)})
-                            yield pd.DataFrame(summary).astype({"time": "Int64"})
-                except DataFileError as err:
-                    raise carry_data_error(err) from None
-
-    return run
 
 
 def _csr_batches(batches: Iterator[Any]) -> Iterator[Any]:
@@ -205,79 +139,31 @@ def trainer(
 def _train(
     spark: Any, source: Source, params: TrainingParams, folder: Path, progress: Progress, encoding: str = "utf-8"
 ) -> Built:
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
     progress(f"spark {spark.version} on {sc.master} ({sc.defaultParallelism} cores): {len(source.parts)} part(s)")
     endpoint = executor_environment(sc)
     t = time.perf_counter()
-    parts = list(source.parts)
-    tasks = spark.createDataFrame(sc.parallelize([(i,) for i in range(len(parts))], len(parts)), "part int")
-    raw = tasks.mapInPandas(_part_reader(parts, endpoint, encoding), PART_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
-
-    # The cleaning report, summed over every chunk of every part.
-    totals = (
-        raw.filter(F.col("invoice").isNull())
-        .agg(F.sum("rows_read"), *[F.sum(f"dropped_{i}") for i in range(len(REASONS))], F.sum("priced"))
-        .collect()[0]
+    # Each part is cleaned and reduced on its executor (distributed_read); Spark merges the parts' baskets and items.
+    read = read_input(spark, list(source.parts), endpoint, source.name, encoding)
+    report, pairs, baskets, basket_customer, described = (
+        read.report,
+        read.pairs,
+        read.baskets,
+        read.basket_customer,
+        read.described,
     )
-    report = CleaningReport(
-        rows_read=int(totals[0] or 0), dropped={r: int(totals[i + 1] or 0) for i, r in enumerate(REASONS)}
-    )
-    report.rows_kept = report.rows_read - sum(report.dropped.values())
-    check_cleaned(report, source.name)
-
-    # File order of the kept rows: what "first appearance" and "latest in file" mean, as in the single trainer.
-    rows = raw.filter(F.col("invoice").isNotNull()).select(
-        (F.col("part").cast("long") * (1 << 40) + F.col("row")).alias("order"),
-        "invoice",
-        "code",
-        "customer",
-        "description",
-        "time",
-        "price",
-    )
-    latest = F.struct("time", "order")
-    described = (
-        rows.filter(F.col("description") != "")
-        .groupBy("code")
-        .agg(F.max_by("description", latest).alias("description"))
-        .join(
-            rows.filter(F.col("price") != "").groupBy("code").agg(F.max_by("price", latest).alias("price")),
-            "code",
-            "full",
-        )
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    priced = bool(totals[len(REASONS) + 1])
-    # rows stays a view of the cached raw rows: caching it as well would build a second in-memory copy of every
-    # row (at 10M rows, the longest job of reading after the read itself) to save a filter on each scan.
-    basket_customer = (
-        rows.filter(F.col("customer") != "")
-        .groupBy("invoice")
-        .agg(F.max_by("customer", "order").alias("customer"))
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    dated = F.when(F.col("time") != F.lit(NO_TIME), F.col("time"))
-    baskets = (
-        rows.groupBy("invoice")
-        .agg(F.min("order").alias("first"), F.min(dated).alias("time"))
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    report.baskets = baskets.count()
-    report.guest_baskets = report.baskets - basket_customer.count()
-    report.customers = rows.filter(F.col("customer") != "").select("customer").distinct().count()
-    report.items = rows.select("code").distinct().count()
+    priced = read.priced
     for line in describe_report(report):
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
 
-    frames = Frames(rows, baskets, basket_customer, described, priced)
+    frames = Frames(pairs, baskets, basket_customer, described, priced)
     n_parts = matrix_partitions(report.rows_kept, sc.defaultParallelism)
     # The holdout: the most recent baskets, chosen as holdout.split_mask does (engine.build_and_measure says what
     # is trained and measured with them).
-    held = _held_out(rows, baskets, report.baskets, params)
+    held = _held_out(pairs, baskets, report.baskets, params)
     kept: list[Frames] = []
 
     def without_held() -> Frames:
@@ -285,7 +171,7 @@ def _train(
             out = F.broadcast(spark.createDataFrame([(b,) for b in held.basket_ids], "invoice string"))
             kept.append(
                 Frames(
-                    rows.join(out, "invoice", "left_anti"),
+                    pairs.join(out, "invoice", "left_anti"),
                     baskets.join(out, "invoice", "left_anti"),
                     basket_customer,
                     described,
@@ -323,7 +209,7 @@ def _train(
     learned = frames if done.learned_all else without_held()
     span = learned.baskets.agg(F.min("time"), F.max("time")).collect()[0]
     period = purchase_period(np.array([span[0], span[1]], dtype="datetime64[s]")) if span[0] is not None else None
-    for frame in (raw, basket_customer, baskets, described):
+    for frame in read.cached:
         frame.unpersist()
     engine = {
         "name": "spark",
@@ -348,10 +234,11 @@ def matrix_partitions(rows_kept: int, parallelism: int) -> int:
 
 @dataclass(frozen=True)
 class Frames:
-    """The cleaned input a model is trained from: kept rows (with file order), baskets (first row, time), each
-    basket's customer, each code's latest description and price, and whether the input has prices."""
+    """The cleaned input a model is trained from: the (basket, item) pairs with their first row (`at`, file order),
+    baskets (first row, time, distinct items), each basket's customer, each code's latest description and price,
+    and whether the input has prices."""
 
-    rows: Any
+    pairs: Any
     baskets: Any
     basket_customer: Any
     described: Any
@@ -369,12 +256,11 @@ def _model(
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
-    rows, baskets, basket_customer = frames.rows, frames.baskets, frames.basket_customer
+    pairs, baskets, basket_customer = frames.pairs, frames.baskets, frames.basket_customer
     # Items: numbered by first appearance, then ordered by popularity as recipe.build_model does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
-    # Each (basket, item) pair once, with its first row: the items' first appearance and popularity come from
-    # these pairs in one aggregation, not from a second pass over every row.
-    pairs = rows.groupBy("invoice", "code").agg(F.min("order").alias("at")).persist(StorageLevel.MEMORY_AND_DISK)
+    # Each (basket, item) pair once, with its first row (deduplicated where each part was read): the items' first
+    # appearance and popularity come from these pairs in one aggregation.
     items = (
         pairs.groupBy("code")
         .agg(F.min("at").alias("first"), F.count("*").alias("popularity"))
@@ -439,7 +325,6 @@ def _model(
         lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] | b[4])
     )
     counts_vec = counts_vec.astype(np.float64)  # rows holding each item
-    pairs.unpersist()
     n_customers = n_rows - n_baskets
     progress(
         f"matrix: {n_baskets:,} baskets + {n_customers:,} returning customers' histories x {n_items:,} "
@@ -477,7 +362,7 @@ def _model(
     return finish_model(folder, parts_out, params, progress)
 
 
-def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -> HeldOut | None:
+def _held_out(pairs: Any, baskets: Any, n_baskets: int, params: TrainingParams) -> HeldOut | None:
     """holdout.split on the cluster: the most recent dated baskets (ties by file order), or the last ones in file
     order when nothing is dated; their items and times collected (a few thousand baskets at most)."""
     import pandas as pd
@@ -495,12 +380,7 @@ def _held_out(rows: Any, baskets: Any, n_baskets: int, params: TrainingParams) -
     if not size:
         return None
     chosen = latest.limit(size).persist()
-    found = (
-        rows.join(F.broadcast(chosen.select("invoice")), "invoice")
-        .groupBy("invoice", "code")
-        .agg(F.min("order").alias("at"))
-        .toPandas()
-    )
+    found = pairs.join(F.broadcast(chosen.select("invoice")), "invoice").select("invoice", "code", "at").toPandas()
     held = chosen.toPandas().sort_values("first")
     chosen.unpersist()
     found = found.sort_values("at")
@@ -522,11 +402,7 @@ def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    sized = (
-        baskets.join(pairs.groupBy("invoice").agg(F.count("*").alias("size")), "invoice")
-        .select("first", "invoice", "time", "size")
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    sized = baskets.select("first", "invoice", "time", "size").persist(StorageLevel.MEMORY_AND_DISK)
     eligible = sized.filter((F.col("size") >= sample_invoices.MIN_ITEMS) & (F.col("size") <= sample_invoices.MAX_ITEMS))
     firsts = _column(eligible, "first")
     if not len(firsts):

@@ -87,58 +87,56 @@ def write_tables(folder: Path, tx: Transactions, params: TrainingParams, fitted:
 
 
 def without_baskets(spark: Any, frames: Any, invoices: list[str]) -> Any:
-    """The frames without the given invoices' rows and baskets (customers and descriptions stay the whole input's,
+    """The frames without the given invoices' pairs and baskets (customers and descriptions stay the whole input's,
     as ingest.select_baskets keeps them)."""
     from pyspark.sql import functions as F
 
     out = F.broadcast(spark.createDataFrame([(b,) for b in invoices], "invoice string"))
     return dataclasses.replace(
         frames,
-        rows=frames.rows.join(out, "invoice", "left_anti"),
+        pairs=frames.pairs.join(out, "invoice", "left_anti"),
         baskets=frames.baskets.join(out, "invoice", "left_anti"),
     )
 
 
 def collect_transactions(frames: Any, report: CleaningReport) -> Transactions:
-    """The cleaned input as ingest.load_transactions returns it (baskets, items and customers numbered by first
-    appearance, pairs sorted), from Spark's frames: only numbers cross to the driver, besides one string per basket
-    and per item."""
+    """The cleaned input as ingest.load_transactions returns it (baskets and items numbered by first appearance,
+    pairs sorted), from Spark's frames: only numbers cross to the driver, besides one string per basket and per
+    item."""
     from pyspark.sql import functions as F
 
-    rows = frames.rows
-    # Items and customers by their first row: each aggregated once, read twice (collected, then joined).
-    firsts = rows.groupBy("code").agg(F.min("order").alias("first")).persist()
-    customers = rows.filter(F.col("customer") != "").groupBy("customer").agg(F.min("order").alias("c")).persist()
+    # Items by their first row: aggregated once, read twice (collected, then joined to the pairs).
+    firsts = frames.pairs.groupBy("code").agg(F.min("at").alias("first")).persist()
     items = firsts.join(frames.described, "code", "left").toPandas().sort_values("first")
-    baskets = frames.baskets.select("invoice", "first", "time").toPandas().sort_values("first")
+    baskets = (
+        frames.baskets.join(frames.basket_customer, "invoice", "left")
+        .select("invoice", "first", "time", "customer")
+        .toPandas()
+        .sort_values("first")
+    )
     item_first = items["first"].to_numpy(dtype=np.int64)
     basket_first = baskets["first"].to_numpy(dtype=np.int64)
-    # Each distinct (basket, item) pair as its basket's and item's first rows (two longs), numbered here.
+    # Each (basket, item) pair as its basket's and item's first rows (two longs), numbered here.
     pairs = (
-        rows.select("invoice", "code")
-        .distinct()
-        .join(frames.baskets.select("invoice", F.col("first").alias("b")), "invoice")
+        frames.pairs.join(frames.baskets.select("invoice", F.col("first").alias("b")), "invoice")
         .join(F.broadcast(firsts.withColumnRenamed("first", "i")), "code")
         .select("b", "i")
         .toArrow()
     )
+    firsts.unpersist()
     pair_basket = np.searchsorted(basket_first, pairs.column("b").to_numpy())
     pair_item = np.searchsorted(item_first, pairs.column("i").to_numpy())
     key = np.sort(pair_basket.astype(np.int64) << 32 | pair_item.astype(np.int64))
-    # Customers numbered by their first row; a basket's customer is its last row's (distributed.basket_customer).
-    customer_first = np.sort(customers.select("c").toArrow().column(0).to_numpy())
-    owned = (
-        frames.basket_customer.join(frames.baskets.select("invoice", "first"), "invoice")
-        .join(customers, "customer")
-        .select("first", "c")
-        .toArrow()
+    # Customers numbered by their first basket: ingest numbers them by their first row, the same order when each
+    # invoice's lines are together in the file (the reading keeps no row of a customer, only each basket's).
+    named = baskets["customer"].notna().to_numpy()
+    customer_ids, first_seen, owner = np.unique(
+        baskets["customer"].to_numpy()[named].astype(str), return_index=True, return_inverse=True
     )
-    firsts.unpersist()
-    customers.unpersist()
+    number = np.empty(len(customer_ids), dtype=np.int32)
+    number[np.argsort(first_seen)] = np.arange(len(customer_ids), dtype=np.int32)
     basket_customer = np.full(len(basket_first), -1, dtype=np.int32)
-    basket_customer[np.searchsorted(basket_first, owned.column("first").to_numpy())] = np.searchsorted(
-        customer_first, owned.column("c").to_numpy()
-    )
+    basket_customer[named] = number[owner]
     seconds = baskets["time"].to_numpy(dtype=np.float64, na_value=np.nan)
     times = np.where(np.isnan(seconds), 0, seconds).astype(np.int64).astype("datetime64[s]")
     times[np.isnan(seconds)] = np.datetime64("NaT")
