@@ -116,3 +116,18 @@ def test_full_run_on_synthetic_data(tmp_path):
     # New products: the synthetic launches' complements are found (the data file holds none new: no cases).
     launches = json.loads((folder / "new_products.json").read_text())["launches"]
     assert launches["placed"] == launches["launches"] and launches["complements_found"] > 0.5
+
+
+def test_the_parquet_the_spark_engine_is_evaluated_on_carries_the_items_prices(tiny_csv, tmp_path):
+    """make evaluate ENGINE=spark trains on write_parquet's file: read back, it gives the same items, baskets and
+    prices (the re-ranker's price feature), not a file without UnitPrice."""
+    pytest.importorskip("pyarrow")
+    from recommender.tools.product_evaluation import write_parquet
+
+    tx = load_transactions(tiny_csv)
+    write_parquet(tx, tmp_path / "train.parquet")
+    back = load_transactions(tmp_path / "train.parquet")
+    assert back.basket_ids == tx.basket_ids and sorted(back.item_codes) == sorted(tx.item_codes)
+    position = {code: i for i, code in enumerate(back.item_codes)}
+    assert back.item_prices is not None
+    assert np.array_equal(back.item_prices[[position[c] for c in tx.item_codes]], tx.item_prices, equal_nan=True)

@@ -222,6 +222,55 @@ def test_a_worker_killed_for_memory_is_named_in_one_line(spark):
     assert "out of memory" in failure_cause(failed.value)
 
 
+@pytest.mark.slow
+def test_spark_trains_the_single_machines_reranker(spark, tmp_path, tiny_csv, monkeypatch):
+    """RERANK=1 with Spark: the driver's copy of the input is ingest's, and the version carries the single
+    machine's re-ranker (the same rerank.npz, trees and figures), which answers as the single machine's does."""
+    from dataclasses import replace
+
+    from recommender.training import distributed_rerank
+    from recommender.training.ingest import load_transactions
+    from tests.conftest import TINY_RERANK
+
+    params = replace(TINY_RERANK, holdout=None)  # one re-ranker (two with the holdout): half the Spark models
+    single_result = train(tiny_csv, LocalStorage(tmp_path / "single"), params, progress=quiet)
+    collected = []
+    collect = distributed_rerank.collect_transactions
+    monkeypatch.setattr(
+        distributed_rerank, "collect_transactions", lambda *a: collected.append(collect(*a)) or collected[-1]
+    )
+    lines = []
+    result = train(tiny_csv, LocalStorage(tmp_path / "spark"), params, progress=lines.append, engine="spark")
+    ingested = load_transactions(tiny_csv)
+    (tx,) = collected
+    for field in (
+        "item_codes",
+        "descriptions",
+        "pair_basket",
+        "pair_item",
+        "basket_ids",
+        "basket_time",
+        "basket_customer",
+        "item_prices",
+    ):
+        assert np.array_equal(np.asarray(getattr(tx, field)), np.asarray(getattr(ingested, field))), field
+    single_folder = tmp_path / "single" / "models" / "versions" / single_result.version
+    spark_folder = tmp_path / "spark" / "models" / "versions" / result.version
+    assert (spark_folder / "rerank.npz").read_bytes() == (single_folder / "rerank.npz").read_bytes()
+    spec_a, spec_b = (dict(r.manifest["model"]["rerank"]) for r in (single_result, result))
+    assert spec_b.pop("seconds") > 0 and spec_a.pop("seconds") > 0
+    assert spec_a == spec_b and spec_b["trees"] is True
+    assert "rerank.npz" in result.manifest["artifacts"]
+    model_a = load_model(LocalStorage(tmp_path / "single"), single_result.version)
+    model_b = load_model(LocalStorage(tmp_path / "spark"), result.version)
+    assert model_b.reranker is not None
+    codes = model_a.items.codes
+    for basket in ([codes[0]], [codes[3], codes[7]], codes[10:15]):
+        a, b = model_a.recommend(basket, 10), model_b.recommend(basket, 10)
+        assert [(s.item, round(s.score, 5)) for s in a.items] == [(s.item, round(s.score, 5)) for s in b.items]
+    assert "does not train one" not in "\n".join(lines)
+
+
 def test_baskets_spanning_parts_are_merged_by_one_group_by_when_too_many_to_broadcast(
     spark, single, parquet_parts, tmp_path, monkeypatch
 ):

@@ -30,18 +30,17 @@ def write_parquet(tx: Transactions, path: Path) -> None:
     customer = tx.basket_customer[basket]
     customer_ids = np.array(["", *[f"C{c}" for c in range(int(tx.basket_customer.max(initial=-1)) + 1)]], dtype=object)
     times = tx.basket_time[basket]
-    pq.write_table(
-        pa.table(
-            {
-                "InvoiceNo": np.array(tx.basket_ids, dtype=object)[basket],
-                "StockCode": np.array(tx.item_codes, dtype=object)[item],
-                "Description": np.array(tx.descriptions, dtype=object)[item],
-                "CustomerID": customer_ids[customer + 1],
-                "InvoiceDate": pa.array(times.astype("datetime64[s]"), mask=np.isnat(times)),
-            }
-        ),
-        path,
-    )
+    columns = {
+        "InvoiceNo": np.array(tx.basket_ids, dtype=object)[basket],
+        "StockCode": np.array(tx.item_codes, dtype=object)[item],
+        "Description": np.array(tx.descriptions, dtype=object)[item],
+        "CustomerID": customer_ids[customer + 1],
+        "InvoiceDate": pa.array(times.astype("datetime64[s]"), mask=np.isnat(times)),
+    }
+    if tx.item_prices is not None:  # each item's price on every line: the re-ranker's price feature sees the same
+        prices = tx.item_prices[item]
+        columns["UnitPrice"] = pa.array(prices, mask=np.isnan(prices))
+    pq.write_table(pa.table(columns), path)
 
 
 def product(

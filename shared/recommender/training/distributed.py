@@ -24,7 +24,7 @@ from recommender.core.errors import DataFileError, RecommenderError
 from recommender.training import copurchase, sample_invoices
 from recommender.training.distributed_read import read_input
 from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
-from recommender.training.engine import Built, build_and_measure
+from recommender.training.engine import Built, build_and_measure, with_rerank
 from recommender.training.holdout import HeldOut
 from recommender.training.ingest import describe_report
 from recommender.training.recipe import (
@@ -180,12 +180,25 @@ def _train(
             )
         return kept[0]
 
+    # The re-ranker (RERANK=1): its first stages built here, its training data and trees on the driver.
+    rr = None
     if params.rerank.enabled:
-        progress("re-ranker: the Spark engine does not train one yet: the model ranks by its first stage alone")
+        from recommender.training import distributed_rerank
+
+        rr = distributed_rerank.fit(
+            spark,
+            frames,
+            report,
+            params,
+            lambda f, n, out, say: _model(spark, f, n, n_parts, params, out, say),
+            progress,
+        )
     done = build_and_measure(
-        lambda out, say: _model(spark, frames, report.baskets, n_parts, params, out, say),
-        lambda out, _near, say: _model(
-            spark, without_held(), without_held().baskets.count(), n_parts, params, out, say
+        lambda out, say: _reranked(
+            rr, out, _model(spark, frames, report.baskets, n_parts, params, out, say), False, say
+        ),
+        lambda out, _near, say: _reranked(
+            rr, out, _model(spark, without_held(), without_held().baskets.count(), n_parts, params, out, say), True, say
         ),
         held,
         report.baskets,
@@ -204,7 +217,14 @@ def _train(
         "master": sc.master,
         "default_parallelism": sc.defaultParallelism,
     }
-    return Built(done.model, report, engine, period, done.evaluation, done.extra)
+    if done.evaluation is not None and rr is not None and rr.measured is not None:
+        done.evaluation["rerank_periods"] = rr.measured.spec["periods"]  # as engine.single_engine says
+    return Built(done.model, report, engine, period, done.evaluation, with_rerank(folder, done.extra))
+
+
+def _reranked(rr: Any, folder: Path, info: dict, measured: bool, progress: Progress) -> dict:
+    """A model's manifest part, with its re-ranker's file written beside it when one was trained."""
+    return info if rr is None else rr.finish(folder, info, measured, progress)
 
 
 def matrix_partitions(rows_kept: int, parallelism: int) -> int:

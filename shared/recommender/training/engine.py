@@ -78,17 +78,7 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
 
     def fill(folder: Path) -> Built:
         train_tx, held = holdout.split(tx, params.holdout) if params.holdout else (tx, None)
-        # The measured model's re-ranker learns from periods before the held-out baskets; the published model's,
-        # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
-        fitted = fit_reranker(train_tx, params, progress)
-        fitted_all = fitted
-        # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
-        if (
-            fitted is not None
-            and held is not None
-            and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
-        ):
-            fitted_all = fit_reranker(tx, params, lambda text: progress(f"published model: {text}"))
+        fitted, fitted_all = fit_rerankers(tx, train_tx, held, params, progress)
         both = None
         if held is not None and paired.can_pair(tx):
             held_rows = holdout.split_mask(tx.basket_time, params.holdout)
@@ -117,13 +107,38 @@ def single_engine(tx: Transactions, params: TrainingParams, progress: Progress) 
     return fill
 
 
-def fit_reranker(tx: Transactions, params: TrainingParams, progress: Progress) -> reranker.Fitted | None:
+def fit_rerankers(
+    tx: Transactions,
+    train_tx: Transactions,
+    held: holdout.HeldOut | None,
+    params: TrainingParams,
+    progress: Progress,
+    first_stage: Callable[[Transactions, Path, set[str]], object] | None = None,
+) -> tuple[reranker.Fitted | None, reranker.Fitted | None]:
+    """The measured model's re-ranker and the published model's (both engines; the same one when a single model
+    is published and measured)."""
+    # The measured model's re-ranker learns from periods before the held-out baskets; the published model's,
+    # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
+    fitted = fit_reranker(train_tx, params, progress, first_stage)
+    # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
+    if fitted is not None and held is not None and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids)):
+        return fitted, fit_reranker(tx, params, lambda text: progress(f"published model: {text}"), first_stage)
+    return fitted, fitted
+
+
+def fit_reranker(
+    tx: Transactions,
+    params: TrainingParams,
+    progress: Progress,
+    first_stage: Callable[[Transactions, Path, set[str]], object] | None = None,
+) -> reranker.Fitted | None:
     """The re-ranker trained on validation periods carved from the end of tx (the baskets before any held-out
-    ones), each with a first-stage model trained without them."""
+    ones), each with a first-stage model trained without them (by this machine, or by first_stage: the Spark
+    engine's)."""
     if not params.rerank.enabled:
         return None
 
-    def first_stage(train: Transactions, folder: Path, codes: set[str]) -> object:
+    def single_first_stage(train: Transactions, folder: Path, codes: set[str]) -> object:
         near: dict[str, list[int]] = {code: [] for code in codes}  # Annoy asked while the index is built
         info = build_model(
             train, params, folder, lambda _text: None, near, rerank=reranker.Fitted(None, {"trees": False})
@@ -133,7 +148,7 @@ def fit_reranker(tx: Transactions, params: TrainingParams, progress: Progress) -
         return model
 
     started = time.perf_counter()
-    fitted = reranker.fit(tx, first_stage, params.rerank, progress)
+    fitted = reranker.fit(tx, first_stage or single_first_stage, params.rerank, progress)
     if fitted is not None:
         progress(f"re-ranker: fitted on validation periods ({time.perf_counter() - started:.1f} s)")
     return fitted
