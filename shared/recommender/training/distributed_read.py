@@ -23,7 +23,15 @@ import numpy as np
 import pandas as pd
 
 from recommender.core.errors import DataFileError
-from recommender.training.ingest import NO_TIME, REASONS, CleanChunk, CleaningReport, check_cleaned, clean_chunk
+from recommender.training.ingest import (
+    NO_TIME,
+    REASONS,
+    CleanChunk,
+    CleaningReport,
+    Codebook,
+    check_cleaned,
+    clean_chunk,
+)
 
 PAIR, BASKET, ITEM, CUSTOMER, SUMMARY = range(5)
 # A row's position in the input: its part in the high bits, its row in the part below (parts of up to 2^40 rows).
@@ -50,28 +58,6 @@ BATCH_ROWS = 500_000
 # Up to this many baskets spanning parts, their pairs alone are merged (the list of them broadcast); beyond it,
 # every pair goes through one group-by.
 SPANNING_BROADCAST = 200_000
-
-
-class _Book:
-    """Ids for strings in order of first appearance within a part (pd.factorize per chunk, a dict across chunks)."""
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.values: list[str] = []
-
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        codes, uniques = pd.factorize(values, sort=False)
-        out = np.empty(len(uniques), dtype=np.int64)
-        for j, value in enumerate(uniques):
-            idx = self.ids.get(value)
-            if idx is None:
-                idx = self.ids[value] = len(self.values)
-                self.values.append(value)
-            out[j] = idx
-        return out[codes]
-
-    def array(self) -> np.ndarray:
-        return np.array(self.values, dtype=object) if self.values else np.empty(0, dtype=object)
 
 
 def _latest(key: np.ndarray, when: np.ndarray, at: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +87,7 @@ class _Rows:
 def part_partials(part: int, chunks: Iterable[pd.DataFrame]) -> list[Any]:
     """One part's raw chunks cleaned (ingest.clean_chunk) and reduced to its pairs, baskets, items, customers and
     counts: Arrow record batches of PARTIALS_SCHEMA."""
-    invoices, items, customers = _Book(), _Book(), _Book()
+    invoices, items, customers = Codebook(np.int64), Codebook(np.int64), Codebook(np.int64)
     pieces: list[_Rows] = []
     rows_read, priced, kept = 0, False, 0
     dropped = dict.fromkeys(REASONS, 0)

@@ -328,7 +328,7 @@ class CleanChunk:
 
 
 def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
-    """The cleaning rules (README "Input file"), the one definition both engines apply to raw text rows."""
+    """The cleaning rules (docs/training-data.md), the one definition both engines apply to raw text rows."""
     dropped = dict.fromkeys(REASONS, 0)
     inv_rows, inv_values = _factorize(chunk["InvoiceNo"])
     code_rows, code_values = _factorize(chunk["StockCode"], clean_code)
@@ -386,17 +386,18 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
     )
 
 
-class _Codebook:
+class Codebook:
     """Stable integer ids for strings, assigned in order of first appearance across chunks."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: type = np.int32) -> None:
         self.ids: dict[str, int] = {}
         self.values: list[str] = []
+        self.dtype = dtype
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """The id of each value; new values get the next ids in order of first appearance."""
         codes, uniques = pd.factorize(values, sort=False)
-        out = np.empty(len(uniques), dtype=np.int32)
+        out = np.empty(len(uniques), dtype=self.dtype)
         for j, value in enumerate(uniques):
             idx = self.ids.get(value)
             if idx is None:
@@ -404,6 +405,10 @@ class _Codebook:
                 self.values.append(value)
             out[j] = idx
         return out[codes]
+
+    def array(self) -> np.ndarray:
+        """The values in id order, as an object array."""
+        return np.array(self.values, dtype=object) if self.values else np.empty(0, dtype=object)
 
 
 def check_cleaned(report: CleaningReport, name: str) -> None:
@@ -422,9 +427,9 @@ def source_name(path: str | Path) -> str:
 def load_transactions(
     path: str | Path, on_rows: Callable[[int], None] = lambda _n: None, encoding: str = "utf-8"
 ) -> Transactions:
-    """Read and clean a purchase-history file into baskets; see README "Input file" for the rules."""
+    """Read and clean a purchase-history file into baskets; see docs/training-data.md for the rules."""
     report = CleaningReport()
-    invoices, items, customers = _Codebook(), _Codebook(), _Codebook()
+    invoices, items, customers = Codebook(), Codebook(), Codebook()
     pair_basket, pair_item, time_parts, cust_parts = [], [], [], []
     last_desc: dict[int, tuple[int, int, str]] = {}
     last_price: dict[int, tuple[int, int, str]] = {}
