@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from recommender.core.errors import DataFileError
-from recommender.training import csv_fast, ingest
+from recommender.training import csv_fast, ingest, prefetch
 from recommender.training.ingest import NO_TIME, _latest_per_item, load_transactions
 
 from .test_ingest import HEADER, ROWS
@@ -50,7 +50,7 @@ def three_ways(path: Path, monkeypatch) -> ingest.Transactions:
     """The file's transactions read with the prefetch, without it, and by pandas' reader alone: all equal."""
     csv_fast.prefetch(path)
     prefetched = load_transactions(path)
-    assert not csv_fast._started  # picked up, and forgotten
+    assert not prefetch._started  # picked up, and forgotten
     alone = load_transactions(path)
     same(prefetched, alone)
     with monkeypatch.context() as m:
@@ -90,7 +90,7 @@ def test_a_failed_prefetch_leaves_the_reading_as_it_was(tmp_path):
     for path in (latin, ragged, bad_header):
         csv_fast.prefetch(path)
         prefetched = outcome(path)
-        csv_fast._started.clear()  # a header refused before the read is left to the end of the process
+        prefetch._started.clear()  # a header refused before the read is left to the end of the process
         alone = outcome(path)
         if isinstance(alone, str):
             assert prefetched == alone
@@ -103,7 +103,7 @@ def test_prefetch_is_skipped_where_it_cannot_help(tmp_path):
     csv_fast.prefetch(write(tmp_path / "retail.csv", lines()), encoding="latin-1")  # pandas' reader decodes it
     csv_fast.prefetch("s3://bucket/retail.csv")
     csv_fast.prefetch(tmp_path)
-    assert not csv_fast._started
+    assert not prefetch._started
 
 
 def test_latest_per_item_as_a_sort_of_the_three_keys():

@@ -7,7 +7,7 @@ import pytest
 from openpyxl import Workbook
 
 from recommender.core.errors import DataFileError
-from recommender.training import xlsx
+from recommender.training import prefetch, xlsx
 from recommender.training.ingest import load_transactions
 from tests.training.test_ingest import HEADER, ROWS, write_xlsx
 
@@ -87,7 +87,7 @@ def test_a_prefetched_parse_is_picked_up_once(tmp_path, monkeypatch):
     xlsx.prefetch(str(path))
     xlsx.prefetch(path)  # a second call for the same file starts nothing
     same(load_transactions(path), expected)
-    assert len(parses) == 1 and not xlsx._started
+    assert len(parses) == 1 and not prefetch._started
     load_transactions(path)  # nothing prefetched: parsed now
     assert len(parses) == 2
 
@@ -98,7 +98,7 @@ def test_a_prefetched_damaged_file_says_what_it_always_said(tmp_path):
     xlsx.prefetch(path)
     with pytest.raises(DataFileError, match="cannot read fake.xlsx as .xlsx"):
         load_transactions(path)
-    assert not xlsx._started
+    assert not prefetch._started
 
 
 @pytest.mark.parametrize("source", ["absent.xlsx", "s3://bucket/r.xlsx", "r.csv", "events:", "folder.xlsx"])
@@ -106,7 +106,7 @@ def test_prefetch_ignores_what_it_cannot_read_now(tmp_path, source):
     (tmp_path / "folder.xlsx").mkdir()
     write_xlsx(tmp_path / "r.csv")
     xlsx.prefetch(str(tmp_path / source) if "://" not in source else source)
-    assert not xlsx._started
+    assert not prefetch._started
 
 
 def test_the_collector_is_back_on_after_reading(tmp_path):

@@ -19,20 +19,13 @@ import codecs
 import csv
 import gzip
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
+from recommender.training import prefetch as prefetch_file
+
 # A csv up to this size on disk is read whole by Arrow (a few hundred MB in memory at most); larger ones in chunks.
 ARROW_MAX_BYTES = 64 << 20
-
-_started: dict[tuple, tuple[threading.Thread, dict[str, Any]]] = {}
-_lock = threading.Lock()
-
-
-def _key(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _options(columns: list[str], include: bool, threads: bool = True) -> dict[str, Any]:
@@ -102,39 +95,17 @@ def prefetch(source: object, encoding: str = "utf-8") -> None:
 
         import pyarrow.compute  # noqa: F401
         import pyarrow.csv  # noqa: F401
-
-        key = _key(path)
     except (ImportError, OSError):  # the light install reads with pandas
         return
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["columns"] = _read_all(path)
-        except Exception as err:  # the reader reads the file itself, and says what is wrong with it
-            box["error"] = err
-
-    thread = threading.Thread(target=run, name="csv-prefetch", daemon=True)
-    with _lock:
-        if key in _started:
-            return
-        _started[key] = (thread, box)
-    thread.start()
+    prefetch_file.start(path, _read_all, "csv-prefetch")
 
 
 def _prefetched(path: Path, columns: list[str]) -> dict[str, Any] | None:
     """The columns the prefetch read for this file (and forget it), or None: not started, failed, or other columns."""
-    try:
-        key = _key(path)
-    except OSError:
+    box = prefetch_file.take(path)
+    if box is None:
         return None
-    with _lock:
-        started = _started.pop(key, None)
-    if started is None:
-        return None
-    thread, box = started
-    thread.join()
-    found = box.get("columns") or {}
+    found = box.get("value") or {}
     if not all(name in found for name in columns):
         return None
     return {name: found[name] for name in columns}

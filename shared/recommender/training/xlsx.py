@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from recommender.training import prefetch as prefetch_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,14 +30,6 @@ if TYPE_CHECKING:
 # Rows per chunk: big enough that per-chunk costs (pandas calls in cleaning) vanish, small enough that only one
 # chunk's cell objects are alive at a time.
 CHUNK_ROWS = 65_536
-
-_started: dict[tuple, tuple[threading.Thread, dict[str, Any]]] = {}
-_lock = threading.Lock()
-
-
-def _key(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _parse(path: Path) -> Any:
@@ -59,39 +52,21 @@ def prefetch(source: object) -> None:
     path = Path(name)
     try:
         import python_calamine  # noqa: F401  (without it, the openpyxl fallback reads the file later)
-
-        key = _key(path)
-    except (ImportError, OSError):
+    except ImportError:
         return
     if not path.is_file():  # a folder of parts is read part by part
         return
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["sheet"] = _parse(path)
-        except BaseException as err:  # handed to the reader, which says what went wrong
-            box["error"] = err
-
-    thread = threading.Thread(target=run, name="xlsx-prefetch", daemon=True)
-    with _lock:
-        if key in _started:
-            return
-        _started[key] = (thread, box)
-    thread.start()
+    prefetch_file.start(path, _parse, "xlsx-prefetch")
 
 
 def first_sheet(path: Path) -> Any:
     """The parsed first sheet: the one prefetch() started for this file if any, else parsed now."""
-    with _lock:
-        started = _started.pop(_key(path), None)
-    if started is None:
+    box = prefetch_file.take(path)
+    if box is None:
         return _parse(path)
-    thread, box = started
-    thread.join()
     if "error" in box:
         raise box["error"]
-    return box["sheet"]
+    return box["value"]
 
 
 def sheet_rows(sheet: Any) -> Iterator[list]:
