@@ -3,12 +3,14 @@ sends for its pairs, baskets, items and customers, against rows whose answers ar
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 pytest.importorskip("pyarrow")
 
 from recommender.training import distributed_read as dr  # noqa: E402
+from recommender.training.distributed_blocks import decode  # noqa: E402
 
 COLUMNS = ("InvoiceNo", "StockCode", "Description", "CustomerID", "Quantity", "InvoiceDate", "UnitPrice")
 
@@ -41,7 +43,12 @@ def test_a_part_is_reduced_to_its_pairs_baskets_items_and_counts():
     )
     counts = json.loads(out[dr.SUMMARY]["value"][0])
     assert counts == {"rows_read": 6, "dropped": [1, 0, 0, 1], "priced": True}
-    pairs = out[dr.PAIR].sort_values(["invoice", "code"])
+    assert len(out[dr.BLOCK]) == 1  # the pairs: one block of numbers, not a row each
+    block = decode(out[dr.BLOCK]["block"][0])
+    basket = np.repeat(np.arange(len(block["invoices"])), np.diff(block["indptr"]))
+    pairs = pd.DataFrame(
+        {"invoice": block["invoices"][basket], "code": block["codes"][block["items"]], "at": block["at"]}
+    ).sort_values(["invoice", "code"])
     assert list(zip(pairs["invoice"], pairs["code"], pairs["at"] - at)) == [
         ("1", "10A", 0),
         ("1", "20B", 1),
@@ -58,9 +65,11 @@ def test_a_part_is_reduced_to_its_pairs_baskets_items_and_counts():
     assert items["value"]["10A"] == "old mug" and items["price"]["10A"] == "3"
     assert items["value"]["20B"] == "plate" and pd.isna(items["price"]["20B"])
     assert sorted(out[dr.CUSTOMER]["value"]) == ["17", "18"]
+    # each basket's customer in the block: the last line naming one, as in the basket's row; none for a guest
+    assert [block["customers"][c] if c >= 0 else None for c in block["basket_customer"]] == ["18", None]
 
 
 def test_a_part_with_nothing_kept_sends_its_counts_alone():
     out = partials(0, chunk(("C1", "10A", "x", "", "1", "", "1")))
     assert json.loads(out[dr.SUMMARY]["value"][0])["dropped"] == [1, 0, 0, 0]
-    assert all(len(out[kind]) == 0 for kind in (dr.PAIR, dr.BASKET, dr.ITEM, dr.CUSTOMER))
+    assert all(len(out[kind]) == 0 for kind in (dr.BLOCK, dr.BASKET, dr.ITEM, dr.CUSTOMER))
