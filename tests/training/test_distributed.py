@@ -298,7 +298,9 @@ def whole_invoice_parts(tmp_path_factory, tiny_csv):
 def test_parts_of_whole_invoices_build_the_matrix_from_their_blocks_without_pairs_as_rows(
     spark, single, whole_invoice_parts, tmp_path, monkeypatch
 ):
-    from recommender.training import distributed_rows
+    from recommender.training import distributed_read, distributed_rows
+
+    monkeypatch.setattr(distributed_read, "BLOCK_PAIRS", 300)  # each part's pairs in several blocks
 
     def refused(*_args, **_kwargs):
         raise AssertionError("pairs went through Spark as rows")

@@ -73,3 +73,30 @@ def test_a_part_with_nothing_kept_sends_its_counts_alone():
     out = partials(0, chunk(("C1", "10A", "x", "", "1", "", "1")))
     assert json.loads(out[dr.SUMMARY]["value"][0])["dropped"] == [1, 0, 0, 0]
     assert all(len(out[kind]) == 0 for kind in (dr.BLOCK, dr.BASKET, dr.ITEM, dr.CUSTOMER))
+
+
+def test_a_big_part_sends_its_pairs_in_several_blocks_of_whole_baskets():
+    import pyarrow as pa
+
+    rows = [
+        (str(b), f"I{i}", "x", str(b % 2), "1", "2011-01-01 10:00", "1")
+        for b, n in ((1, 2), (2, 1), (3, 3))
+        for i in range(n)
+    ]
+    frame = pa.Table.from_batches(dr.part_partials(0, [chunk(*rows)], block_pairs=2)).to_pandas()
+    blocks = [decode(b) for b in frame[frame["kind"] == dr.BLOCK]["block"]]
+    # a block starts with the basket holding pair 0, 2, 4 (of 6): whole baskets, in order
+    assert [list(b["invoices"]) for b in blocks] == [["1"], ["2"], ["3"]]
+    pairs = sorted(
+        (b["invoices"][basket], b["codes"][item], b["customers"][b["basket_customer"][basket]])
+        for b in blocks
+        for basket, item in zip(np.repeat(np.arange(len(b["invoices"])), np.diff(b["indptr"])), b["items"])
+    )
+    assert pairs == [
+        ("1", "I0", "1"),
+        ("1", "I1", "1"),
+        ("2", "I0", "0"),
+        ("3", "I0", "1"),
+        ("3", "I1", "1"),
+        ("3", "I2", "1"),
+    ]

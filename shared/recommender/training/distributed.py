@@ -1,31 +1,31 @@
 """The Spark engine (`make train ENGINE=spark`): the single-machine recipe, with the work done on Spark's executors.
 
 Executors read the parts of the input (pandas / pyarrow, one task per part), clean them with ingest.clean_chunk,
-the rules the single-machine trainer applies, and reduce each to its pairs, baskets and items (distributed_read);
-Spark SQL merges those and builds the basket and customer-history rows; numpy on the
-executors computes the item-item table (distributed_table: co-occurrence by blocks of items, each item's top-K
-neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only items x K (the table) and
-items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model with the
-single-machine code (recipe.finish_model: Annoy index, table by source, items) and publishes it through the same
-registry. Imported only when the Spark engine is asked for.
+the rules the single-machine trainer applies, and reduce each to its baskets, items and a block of its pairs as
+numbers (distributed_read); Spark SQL merges the baskets and items. The executors renumber each block into the
+matrix rows (distributed_blocks: baskets as they are, customers' histories merged by customer; distributed_rows when
+a basket spans parts), and numpy on them computes the item-item table (distributed_table: co-occurrence by blocks of
+items, each item's top-K neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only
+items x K (the table) and items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model
+with the single-machine code (recipe.finish_model: Annoy index, table by source, items) and publishes it through the
+same registry. Imported only when the Spark engine is asked for.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recommender.core.errors import DataFileError, RecommenderError
-from recommender.training import copurchase, distributed_blocks, distributed_rows, sample_invoices
+from recommender.training import copurchase, distributed_blocks, distributed_rows
+from recommender.training.distributed_frames import Frames, held_out, sample_invoices_of
 from recommender.training.distributed_read import read_input
 from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
 from recommender.training.engine import Built, build_and_measure, with_rerank
-from recommender.training.holdout import HeldOut
 from recommender.training.ingest import describe_report
 from recommender.training.recipe import (
     ModelParts,
@@ -116,7 +116,7 @@ def _train(
     n_parts = matrix_partitions(report.rows_kept, sc.defaultParallelism)
     # The holdout: the most recent baskets, chosen as holdout.split_mask does (engine.build_and_measure says what
     # is trained and measured with them).
-    held = _held_out(frames, report.baskets, params)
+    held = held_out(frames, report.baskets, params)
     kept: list[Frames] = []
 
     def without_held() -> Frames:
@@ -176,44 +176,6 @@ def matrix_partitions(rows_kept: int, parallelism: int) -> int:
     return max(2, 2 * parallelism, -(-rows_kept // ROWS_PER_PART))
 
 
-@dataclass(frozen=True)
-class Frames:
-    """The cleaned input a model is trained from: the (basket, item) pairs with their first row (`at`, file order),
-    baskets (first row, time, distinct items), each basket's customer, each code's latest description and price,
-    and whether the input has prices."""
-
-    pairs: Any
-    baskets: Any
-    basket_customer: Any
-    described: Any
-    priced: bool
-    blocks: Any = None  # each part's pairs as a block (distributed_blocks); None: from the pairs as rows
-    excluded: tuple[str, ...] = ()  # invoices left out of the model (the blocks still hold them)
-
-    def without(self, spark: Any, invoices: list[str]) -> Frames:
-        """These frames without the given invoices' pairs and baskets (customers and descriptions stay the whole
-        input's, as ingest.select_baskets keeps them)."""
-        from pyspark.sql import functions as F
-
-        out = F.broadcast(spark.createDataFrame([(b,) for b in invoices], "invoice string"))
-        return replace(
-            self,
-            pairs=self.pairs.join(out, "invoice", "left_anti"),
-            baskets=self.baskets.join(out, "invoice", "left_anti"),
-            excluded=(*self.excluded, *invoices),
-        )
-
-    def pairs_of(self, invoices: list[str]) -> Any:
-        """The given invoices' pairs (invoice, code, at) on the driver, as a pandas frame: with blocks, picked out
-        on the executors, no other pair made a row."""
-        from pyspark.sql import functions as F
-
-        if self.blocks is not None:
-            return distributed_blocks.pairs_frame(self.blocks, invoices).toPandas()
-        wanted = F.broadcast(self.pairs.sparkSession.createDataFrame([(b,) for b in invoices], "invoice string"))
-        return self.pairs.join(wanted, "invoice").select("invoice", "code", "at").toPandas()
-
-
 def _model(
     spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: TrainingParams, folder: Path, progress: Progress
 ) -> dict:
@@ -243,7 +205,7 @@ def _model(
         if frames.priced
         else None
     )
-    chosen = _sample_invoices(frames, params.seed)
+    chosen = sample_invoices_of(frames, params.seed)
 
     # Matrix rows: one per basket, one per returning customer (capped to the items they bought most often).
     t = time.perf_counter()
@@ -304,76 +266,6 @@ def _model(
         embeddings=embeddings,
     )
     return finish_model(folder, parts_out, params, progress)
-
-
-def _held_out(frames: Frames, n_baskets: int, params: TrainingParams) -> HeldOut | None:
-    """holdout.split on the cluster: the most recent dated baskets (ties by file order), or the last ones in file
-    order when nothing is dated; their items and times collected (a few thousand baskets at most)."""
-    import pandas as pd
-    from pyspark.sql import functions as F
-
-    if not params.holdout:
-        return None
-    baskets = frames.baskets
-    n_dated = baskets.filter(F.col("time").isNotNull()).count()
-    if n_dated:
-        size = params.holdout.size(n_dated)
-        latest = baskets.filter(F.col("time").isNotNull()).orderBy(F.desc("time"), F.desc("first"))
-    else:
-        size = params.holdout.size(n_baskets)
-        latest = baskets.orderBy(F.desc("first"))
-    if not size:
-        return None
-    held = latest.limit(size).toPandas().sort_values("first")
-    found = frames.pairs_of(held["invoice"].tolist())
-    found = found.sort_values("at")
-    items = {invoice: group["code"].tolist() for invoice, group in found.groupby("invoice", sort=False)}
-    times = np.array([None if pd.isna(t) else int(t) for t in held["time"]], dtype="datetime64[s]")
-    stamps = times[~np.isnat(times)]
-    return HeldOut(
-        held["invoice"].tolist(),
-        times,
-        [items.get(b, []) for b in held["invoice"]],
-        stamps.min() if len(stamps) else None,
-    )
-
-
-def _sample_invoices(frames: Frames, seed: int) -> list[dict]:
-    """sample_invoices.draw on the cluster: the same invoices drawn from the same numbering of the baskets (by
-    first appearance). Only the eligible baskets' first rows reach the driver (8 bytes a basket), which numbers
-    them by sorting; then only the chosen baskets are collected."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    sized = frames.baskets.select("first", "invoice", "time", "size").persist(StorageLevel.MEMORY_AND_DISK)
-    eligible = sized.filter((F.col("size") >= sample_invoices.MIN_ITEMS) & (F.col("size") <= sample_invoices.MAX_ITEMS))
-    firsts = _column(eligible, "first")
-    if not len(firsts):
-        eligible = sized.filter(F.col("size") > 0)
-        firsts = _column(eligible, "first")
-    n = len(firsts)
-    picked = np.random.default_rng(seed).choice(n, size=min(sample_invoices.COUNT, n), replace=False)
-    wanted = np.sort(firsts)[picked].tolist()  # the picked positions in first-appearance order, by their first row
-    chosen = [
-        tuple(r) for r in eligible.filter(F.col("first").isin(wanted)).select("first", "invoice", "time").collect()
-    ]
-    sized.unpersist()
-    names = [r[1] for r in sorted(chosen)]
-    codes: dict[str, list[str]] = {name: [] for name in names}
-    found = frames.pairs_of(names)
-    for invoice, code in zip(found["invoice"], found["code"]):
-        codes[invoice].append(code)
-    out = []
-    for _first, invoice, when in sorted(chosen):
-        date = None if when is None else str(np.datetime_as_string(np.datetime64(int(when), "s"), unit="D"))
-        out.append({"invoice": str(invoice), "date": date, "items": sorted(codes[invoice])})
-    return out
-
-
-def _column(frame: Any, name: str) -> np.ndarray:
-    """One long column of a frame on the driver, through Arrow (no Python objects per row)."""
-    table = frame.select(name).toArrow()
-    return table.column(0).to_numpy() if table.num_rows else np.empty(0, dtype=np.int64)
 
 
 def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, params: TrainingParams) -> np.ndarray:

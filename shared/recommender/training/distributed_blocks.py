@@ -19,6 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# Pairs per block, about: a part with more is sent as several blocks (each with its own baskets and the part's
+# codebooks), so that no value nears the 2 GB a JVM byte array or an Arrow binary column holds (12 bytes a pair).
+BLOCK_PAIRS = 8_000_000
+
 
 def encode(
     invoices: np.ndarray,
@@ -28,21 +32,28 @@ def encode(
     pair_item: np.ndarray,
     pair_at: np.ndarray,
     basket_customer: np.ndarray,
-) -> bytes:
-    """One part's block: pairs sorted by basket (numbers into invoices and codes), each pair's first row, each
-    basket's customer (a number into customers, -1 for none)."""
-    indptr = np.zeros(len(invoices) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pair_basket, minlength=len(invoices)), out=indptr[1:])
-    block = {
-        "invoices": invoices,
-        "codes": codes,
-        "customers": customers,
-        "indptr": indptr,
-        "items": pair_item.astype(np.int32),
-        "at": pair_at.astype(np.int64),
-        "basket_customer": basket_customer.astype(np.int64),
-    }
-    return pickle.dumps(block, protocol=5)
+    block_pairs: int = BLOCK_PAIRS,
+) -> list[bytes]:
+    """A part's blocks: pairs sorted by basket (numbers into invoices and codes), each pair's first row, each
+    basket's customer (a number into customers, -1 for none); its baskets cut into blocks of about block_pairs pairs
+    (a block starts with each basket that holds a multiple of block_pairs, counting pairs from 0)."""
+    ends = np.zeros(len(invoices) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pair_basket, minlength=len(invoices)), out=ends[1:])
+    cuts = np.unique(np.searchsorted(ends, np.arange(0, ends[-1], block_pairs), side="right") - 1)
+    cuts = np.append(cuts, len(invoices))
+    blocks = []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        block = {
+            "invoices": invoices[lo:hi],
+            "codes": codes,
+            "customers": customers,
+            "indptr": ends[lo : hi + 1] - ends[lo],
+            "items": pair_item[ends[lo] : ends[hi]].astype(np.int32),
+            "at": pair_at[ends[lo] : ends[hi]].astype(np.int64),
+            "basket_customer": basket_customer[lo:hi].astype(np.int64),
+        }
+        blocks.append(pickle.dumps(block, protocol=5))
+    return blocks
 
 
 def decode(blob: bytes | bytearray) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from recommender.core.errors import DataFileError
-from recommender.training.distributed_blocks import encode, pairs_frame
+from recommender.training.distributed_blocks import BLOCK_PAIRS, encode, pairs_frame
 from recommender.training.ingest import (
     NO_TIME,
     REASONS,
@@ -87,7 +87,7 @@ class _Rows:
     price: np.ndarray  # object, "" when none
 
 
-def part_partials(part: int, chunks: Iterable[pd.DataFrame]) -> list[Any]:
+def part_partials(part: int, chunks: Iterable[pd.DataFrame], block_pairs: int = BLOCK_PAIRS) -> list[Any]:
     """One part's raw chunks cleaned (ingest.clean_chunk) and reduced to its pairs, baskets, items, customers and
     counts: Arrow record batches of PARTIALS_SCHEMA."""
     invoices, items, customers = Codebook(np.int64), Codebook(np.int64), Codebook(np.int64)
@@ -122,7 +122,7 @@ def part_partials(part: int, chunks: Iterable[pd.DataFrame]) -> list[Any]:
     summary = {"rows_read": rows_read, "dropped": [dropped[r] for r in REASONS], "priced": priced}
     out = _batches(SUMMARY, 1, value=np.array([json.dumps(summary)], dtype=object))
     if pieces:
-        out += _reduced(pieces, invoices.array(), items.array(), customers.array(), priced)
+        out += _reduced(pieces, invoices.array(), items.array(), customers.array(), priced, block_pairs)
     return out
 
 
@@ -154,7 +154,12 @@ def _masked(values: np.ndarray, valid: np.ndarray) -> np.ma.MaskedArray:
 
 
 def _reduced(
-    pieces: list[_Rows], invoice_values: np.ndarray, code_values: np.ndarray, customer_values: np.ndarray, priced: bool
+    pieces: list[_Rows],
+    invoice_values: np.ndarray,
+    code_values: np.ndarray,
+    customer_values: np.ndarray,
+    priced: bool,
+    block_pairs: int,
 ) -> list[Any]:
     basket = np.concatenate([p.basket for p in pieces])
     item = np.concatenate([p.item for p in pieces])
@@ -185,10 +190,17 @@ def _reduced(
     basket_customer[has_customer] = customer_values[customer[last_named[has_customer]]]
     local_customer = np.where(has_customer, customer[np.maximum(last_named, 0)], -1)
     # sorted by (basket, item): each basket's pairs together, as the block keeps them
-    blob = encode(
-        invoice_values, code_values, customer_values, pair_basket, item[pair_rows], at[pair_rows], local_customer
+    blobs = encode(
+        invoice_values,
+        code_values,
+        customer_values,
+        pair_basket,
+        item[pair_rows],
+        at[pair_rows],
+        local_customer,
+        block_pairs,
     )
-    out = _batches(BLOCK, 1, block=np.array([blob], dtype=object))
+    out = _batches(BLOCK, len(blobs), block=np.array(blobs, dtype=object))
     out += _batches(
         BASKET,
         n_baskets,
@@ -234,13 +246,15 @@ def partials_reader(
     from recommender.training.sources import default_s3_client, local_file
     from recommender.training.spark_session import carry_data_error
 
+    block_pairs = BLOCK_PAIRS  # read here: the closure carries it to the executors
+
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
             for p in batch.column(0).to_pylist():
                 part = parts[p]
                 try:
                     with local_file(part, default_s3_client(endpoint)) as path:
-                        yield from part_partials(p, read_part(path, part.kind, part.name, encoding))
+                        yield from part_partials(p, read_part(path, part.kind, part.name, encoding), block_pairs)
                 except DataFileError as err:
                     raise carry_data_error(err) from None
 
