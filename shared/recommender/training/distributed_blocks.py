@@ -22,6 +22,7 @@ import pandas as pd
 # Pairs per block, about: a part with more is sent as several blocks (each with its own baskets and the part's
 # codebooks), so that no value nears the 2 GB a JVM byte array or an Arrow binary column holds (12 bytes a pair).
 BLOCK_PAIRS = 8_000_000
+BATCH_PAIRS = 500_000  # pairs per Arrow batch when they are made rows
 
 
 def encode(
@@ -93,8 +94,8 @@ def pairs_frame(blocks: Any, only: list[str] | None = None) -> Any:
                     items, at = block["items"][keep], block["at"][keep]
                 else:
                     items, at = block["items"], block["at"]
-                for start in range(0, len(basket), 500_000):
-                    end = start + 500_000
+                for start in range(0, len(basket), BATCH_PAIRS):
+                    end = start + BATCH_PAIRS
                     yield pa.RecordBatch.from_pydict(
                         {
                             "invoice": pa.array(block["invoices"][basket[start:end]], type=pa.string()),
@@ -135,10 +136,10 @@ def item_figures(blocks: Any, excluded: np.ndarray) -> pd.DataFrame:
 
 def matrix_rows(
     blocks: Any, codes: list[str], excluded: np.ndarray, n_parts: int, min_baskets: int, max_items: int
-) -> Any:
+) -> tuple[Any, Any]:
     """The matrix rows as an RDD of (indptr, indices, is_basket) blocks in n_parts partitions: each kept basket's
-    items (global numbers, sorted), and each returning customer's (at least min_baskets baskets) max_items most
-    bought items (ties: lower number first)."""
+    items (numbers in codes, sorted), and each returning customer's (at least min_baskets baskets) max_items most
+    bought items (ties: lower number first); with the broadcast codes, to release once the RDD is no longer read."""
     sc = blocks.rdd.context
     codes_b = sc.broadcast(np.asarray(codes, dtype=object))
 
