@@ -265,7 +265,10 @@ def build_prepared(
         with stage(progress, table_stage(m)):
             if dense:
                 dense_gram = dense_table.gram(m.baskets)
-                g = dense_gram if m.customers is None else dense_gram + dense_table.gram(m.customers)
+                g = dense_gram
+                if m.customers is not None:
+                    g = dense_gram.copy()
+                    dense_table.add(g, dense_table.product(m.customers))
                 # by blocks of items: the other core joins in when its embedding is done
                 blocks = dense_table.Blocks(g, m.counts, m.k_nbrs, m.ridge)
                 helped = pool.submit(blocks.work)
