@@ -11,7 +11,7 @@ import codecs
 import gzip
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -297,10 +297,23 @@ def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[pd.DataFr
             yield from read_part(local, part.kind, part.name, encoding)
 
 
-def _factorize(column: pd.Series, clean: Callable[[str], str] = str.strip) -> tuple[np.ndarray, list[str]]:
-    """Row codes and cleaned distinct values: string work runs once per distinct value, not per row."""
+def _coded(column: pd.Series, clean: Callable[[str], str] = str.strip) -> Coded:
+    """A column as row codes and cleaned distinct values: string work runs once per distinct value, not per row.
+
+    A categorical column (Arrow's csv, a workbook: each value once already) hands over its own codes; anything else
+    is factorized here."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        if not len(codes) or codes.min() >= 0:
+            return Coded(codes, _cleaned(column.cat.categories, clean))
     codes, uniques = pd.factorize(column, sort=False)
-    return codes, [clean(str(u)) for u in uniques]
+    return Coded(codes, _cleaned(uniques, clean))
+
+
+def _cleaned(uniques: Iterable, clean: Callable[[str], str]) -> np.ndarray:
+    values = np.empty(len(uniques), dtype=object)
+    values[:] = [clean(str(u)) for u in uniques]
+    return values
 
 
 def clean_code(value: str) -> str:
@@ -311,27 +324,72 @@ def clean_code(value: str) -> str:
 
 
 @dataclass
+class Coded:
+    """A text column of a chunk as row codes into its cleaned distinct values (a value may repeat: "85123" and
+    "85123.0" both clean to "85123")."""
+
+    codes: np.ndarray  # integer per row
+    values: np.ndarray  # object per code
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def rows(self, keep: np.ndarray) -> Coded:
+        """The rows where keep (a boolean per row) is True."""
+        return Coded(self.codes[keep], self.values)
+
+    def per_row(self, test: Callable[[str], bool]) -> np.ndarray:
+        """A boolean per row: test of its value, run once per distinct value."""
+        return np.fromiter((test(v) for v in self.values), dtype=bool, count=len(self.values))[self.codes]
+
+    def array(self) -> np.ndarray:
+        """The value of each row (object)."""
+        return self.values[self.codes] if len(self.codes) else np.empty(0, dtype=object)
+
+
+@dataclass
 class CleanChunk:
     """The rows of a chunk that survive cleaning, normalized, and how many were dropped for each reason."""
 
     rows_read: int
     dropped: dict[str, int]
-    invoice: np.ndarray  # object: stripped InvoiceNo
-    code: np.ndarray  # object: stripped StockCode, "85123.0" -> "85123"
-    customer: np.ndarray  # object: normalized CustomerID, "" for a guest checkout
-    description: np.ndarray  # object: stripped Description, "" when empty
+    invoice_coded: Coded  # stripped InvoiceNo
+    code_coded: Coded  # stripped StockCode, "85123.0" -> "85123"
+    customer_coded: Coded  # normalized CustomerID, "" for a guest checkout
+    description_coded: Coded  # stripped Description, "" when empty
     time: np.ndarray  # int64 seconds since the epoch, NO_TIME when undated
-    price: np.ndarray | None  # object: the UnitPrice text when it is a positive number, else ""; None: no column
+    price_coded: Coded | None  # the UnitPrice text when it is a positive number, else ""; None: no column
 
     def __len__(self) -> int:
-        return len(self.invoice)
+        return len(self.invoice_coded)
+
+    # The columns as one object per row (the Spark engine's reading uses these).
+    @property
+    def invoice(self) -> np.ndarray:
+        return self.invoice_coded.array()
+
+    @property
+    def code(self) -> np.ndarray:
+        return self.code_coded.array()
+
+    @property
+    def customer(self) -> np.ndarray:
+        return self.customer_coded.array()
+
+    @property
+    def description(self) -> np.ndarray:
+        return self.description_coded.array()
+
+    @property
+    def price(self) -> np.ndarray | None:
+        return None if self.price_coded is None else self.price_coded.array()
 
 
 def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
     """The cleaning rules (docs/training-data.md), the one definition both engines apply to raw text rows."""
     dropped = dict.fromkeys(REASONS, 0)
-    inv_rows, inv_values = _factorize(chunk["InvoiceNo"])
-    code_rows, code_values = _factorize(chunk["StockCode"], clean_code)
+    invoice = _coded(chunk["InvoiceNo"])
+    code = _coded(chunk["StockCode"], clean_code)
     keep = np.ones(len(chunk), dtype=bool)
 
     def drop(mask: np.ndarray, reason: str) -> None:
@@ -339,50 +397,47 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
         dropped[reason] += int(newly.sum())
         keep[newly] = False
 
-    drop(np.array([v.upper().startswith("C") for v in inv_values], dtype=bool)[inv_rows], "cancelled invoice")
+    drop(invoice.per_row(lambda v: v.upper().startswith("C")), "cancelled invoice")
     if "Quantity" in chunk:
-        qty_rows, qty_values = _factorize(chunk["Quantity"], str)  # parsed once per distinct value
+        quantity = _coded(chunk["Quantity"], str)  # parsed once per distinct value
         qty = (
-            pd.to_numeric(pd.Series(qty_values, dtype=object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)[
-                qty_rows
-            ]
+            pd.to_numeric(pd.Series(quantity.values, dtype=object), errors="coerce").to_numpy(
+                dtype=float, na_value=np.nan
+            )[quantity.codes]
             if len(chunk)
             else np.empty(0)
         )
         drop(~(qty > 0), "quantity <= 0")
-    empty = (
-        np.array([v == "" for v in inv_values], dtype=bool)[inv_rows]
-        | np.array([v == "" for v in code_values], dtype=bool)[code_rows]
-    )
-    drop(empty, "empty invoice or code")
-    service = np.array([bool(SERVICE_CODE.match(v)) for v in code_values], dtype=bool)
-    drop(service[code_rows], "service code")
-    kept = chunk[keep]
-    if "InvoiceDate" in kept and len(kept):
-        date_rows, date_values = _factorize(kept["InvoiceDate"])
+    drop(invoice.per_row(lambda v: v == "") | code.per_row(lambda v: v == ""), "empty invoice or code")
+    drop(code.per_row(lambda v: bool(SERVICE_CODE.match(v))), "service code")
+    n_kept = int(keep.sum())
+    if "InvoiceDate" in chunk and n_kept:
+        # parsed once per distinct date of the kept rows, in order of first appearance (as pandas would be given
+        # them by a factorization of the kept rows: a parse of mixed formats may depend on the values it sees)
+        dates = chunk["InvoiceDate"]
+        if isinstance(dates.dtype, pd.CategoricalDtype) and dates.cat.codes.min() >= 0:
+            date_rows, firsts = pd.factorize(dates.cat.codes.to_numpy()[keep], sort=False)
+            date_values = [str(u).strip() for u in dates.cat.categories.take(firsts)]
+        else:
+            date_rows, uniques = pd.factorize(dates[keep], sort=False)
+            date_values = [str(u).strip() for u in uniques]
         stamps = pd.to_datetime(pd.Series(date_values, dtype=object), errors="coerce", format="mixed")
         when = stamps.to_numpy("datetime64[s]").view(np.int64)[date_rows]
     else:
-        when = np.full(len(kept), NO_TIME, dtype=np.int64)
-    cust_rows, cust_values = _factorize(kept["CustomerID"], clean_code)
-    desc_rows, desc_values = _factorize(kept["Description"])
+        when = np.full(n_kept, NO_TIME, dtype=np.int64)
     price = None
-    if "UnitPrice" in kept:
-        price_rows, price_values = _factorize(kept["UnitPrice"])
-        price = (
-            np.array([v if _positive_number(v) else "" for v in price_values], dtype=object)[price_rows]
-            if len(kept)
-            else np.empty(0, dtype=object)
-        )
+    if "UnitPrice" in chunk:
+        price = _coded(chunk["UnitPrice"])
+        price = Coded(price.codes, _cleaned(price.values, lambda v: v if _positive_number(v) else "")).rows(keep)
     return CleanChunk(
         rows_read=len(chunk),
         dropped=dropped,
-        invoice=np.array(inv_values, dtype=object)[inv_rows[keep]] if len(kept) else np.empty(0, dtype=object),
-        code=np.array(code_values, dtype=object)[code_rows[keep]] if len(kept) else np.empty(0, dtype=object),
-        customer=np.array(cust_values, dtype=object)[cust_rows] if len(kept) else np.empty(0, dtype=object),
-        description=np.array(desc_values, dtype=object)[desc_rows] if len(kept) else np.empty(0, dtype=object),
+        invoice_coded=invoice.rows(keep),
+        code_coded=code.rows(keep),
+        customer_coded=_coded(chunk["CustomerID"], clean_code).rows(keep),
+        description_coded=_coded(chunk["Description"]).rows(keep),
         time=when,
-        price=price,
+        price_coded=price,
     )
 
 
@@ -405,6 +460,18 @@ class Codebook:
                 self.values.append(value)
             out[j] = idx
         return out[codes]
+
+    def encode_coded(self, column: Coded) -> np.ndarray:
+        """encode(column.array()), hashing the rows' integer codes instead of their strings."""
+        rows, firsts = pd.factorize(column.codes, sort=False)  # codes in order of first appearance
+        out = np.empty(len(firsts), dtype=self.dtype)
+        for j, value in enumerate(column.values[firsts].tolist()):
+            idx = self.ids.get(value)
+            if idx is None:
+                idx = self.ids[value] = len(self.values)
+                self.values.append(value)
+            out[j] = idx
+        return out[rows]
 
     def array(self) -> np.ndarray:
         """The values in id order, as an object array."""
@@ -444,19 +511,19 @@ def load_transactions(
         on_rows(clean.rows_read)
         if not len(clean):
             continue
-        basket_idx = invoices.encode(clean.invoice)
-        item_idx = items.encode(clean.code)
+        basket_idx = invoices.encode_coded(clean.invoice_coded)
+        item_idx = items.encode_coded(clean.code_coded)
         pair_basket.append(basket_idx)
         pair_item.append(item_idx)
         time_parts.append((basket_idx, clean.time))
-        guest = clean.customer == ""
+        guest = clean.customer_coded.per_row(lambda v: v == "")
         cust_idx = np.full(len(clean), -1, dtype=np.int32)
         if (~guest).any():
-            cust_idx[~guest] = customers.encode(clean.customer[~guest])
+            cust_idx[~guest] = customers.encode_coded(clean.customer_coded.rows(~guest))
         cust_parts.append((basket_idx, cust_idx))
-        _update_latest(last_desc, item_idx, clean.time, clean.description, seen_rows)
-        if clean.price is not None:
-            _update_latest(last_price, item_idx, clean.time, clean.price, seen_rows)
+        _update_latest(last_desc, item_idx, clean.time, clean.description_coded, seen_rows)
+        if clean.price_coded is not None:
+            _update_latest(last_price, item_idx, clean.time, clean.price_coded, seen_rows)
         seen_rows += len(clean)
     report.rows_kept = report.rows_read - sum(report.dropped.values())
     check_cleaned(report, source_name(path))
@@ -506,11 +573,11 @@ def _positive_number(value: str) -> bool:
 
 
 def _update_latest(
-    last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray, values: np.ndarray, offset: int
+    last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray, values: Coded, offset: int
 ) -> None:
     """Keep, per item, the value of its latest dated (then latest in file) line with a non-empty value;
     descriptions and unit prices (clean_chunk leaves a price empty unless it is a positive number)."""
-    nonempty = np.flatnonzero(values != "")
+    nonempty = np.flatnonzero(values.per_row(lambda v: v != ""))
     if not len(nonempty):
         return
     # NO_TIME is the smallest int64: undated lines lose to dated ones
@@ -518,7 +585,7 @@ def _update_latest(
     for item, t, row in zip(item_idx[latest].tolist(), when[latest].tolist(), latest.tolist()):
         prev = last.get(item)
         if prev is None or (t, row + offset) >= prev[:2]:
-            last[item] = (t, row + offset, values[row])
+            last[item] = (t, row + offset, values.values[values.codes[row]])
 
 
 def _latest_per_item(item: np.ndarray, when: np.ndarray) -> np.ndarray:
