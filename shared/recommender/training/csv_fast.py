@@ -50,7 +50,7 @@ def _encode(table: Any, columns: list[str]) -> dict[str, Any]:
     return {name: table[name].combine_chunks().dictionary_encode() for name in columns}
 
 
-def _header(path: Path) -> list[str]:
+def header(path: Path) -> list[str]:
     """The names in the file's first row (Python's csv module: a guess that the reader checks)."""
     # utf-8-sig: a byte-order mark is not part of the first name (Arrow skips it too)
     with (
@@ -65,7 +65,7 @@ def _read_all(path: Path) -> dict[str, Any]:
     """Every column of the file as text, dictionary-encoded (names that appear twice left out)."""
     import pyarrow.csv as pacsv
 
-    names = _header(path)
+    names = header(path)
     # One thread: the imports beside it keep the other core (they are what the reader waits for), and the read,
     # decompression included, still ends before them.
     table = pacsv.read_csv(path, **_options(names, include=False, threads=False))

@@ -14,15 +14,21 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from recommender.core.errors import DataFileError
 from recommender.core.extras import optional
 from recommender.training import csv_fast, xlsx
 from recommender.training.csv_fast import ARROW_MAX_BYTES
 from recommender.training.xlsx import blank, cell_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where it is used, not here: a UTF-8 csv (what `make train` mostly reads) is read by Arrow and
+# cleaned without it, and its import (about 0.15 s) would come before the cleaning can start.
 
 REQUIRED = ("InvoiceNo", "StockCode", "Description", "CustomerID")
 OPTIONAL = ("Quantity", "InvoiceDate", "UnitPrice")
@@ -94,11 +100,18 @@ def _column_map(columns: list, path: Path) -> dict[str, object]:
     )
 
 
-def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
+def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[Chunk]:
     try:
         codecs.lookup(encoding)
     except LookupError:
         raise DataFileError(f"unknown encoding ENCODING={encoding!r}: use e.g. utf-8, latin-1 or cp1252") from None
+    if codecs.lookup(encoding).name == "utf-8" and path.stat().st_size <= ARROW_MAX_BYTES:
+        chunk = _arrow_csv(path)
+        if chunk is not None:
+            yield chunk
+            return
+    import pandas as pd
+
     try:
         header = pd.read_csv(path, nrows=0, encoding=encoding)
     except pd.errors.EmptyDataError:
@@ -109,11 +122,6 @@ def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.D
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
     columns = _column_map(list(header.columns), path)
     rename = {original: wanted for wanted, original in columns.items()}
-    if codecs.lookup(encoding).name == "utf-8" and path.stat().st_size <= ARROW_MAX_BYTES:
-        frame = _arrow_csv(path, rename)
-        if frame is not None:
-            yield frame
-            return
     try:
         # Strict decoding: a file in another encoding is refused, never read into mangled text.
         reader = pd.read_csv(
@@ -127,22 +135,34 @@ def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.D
         raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
 
 
-def _arrow_csv(path: Path, rename: dict[str, str]) -> pd.DataFrame | None:
+def _arrow_csv(path: Path) -> CodedChunk | None:
     """The whole csv at once with Arrow's reader (parsing on both cores, about twice as fast as pandas'; started
-    before the imports when the command prefetched it: training/csv_fast.py), each column as a categorical so that
-    cleaning works once per distinct value; None when Arrow cannot read it (a ragged row, bad UTF-8, ...) or when
-    pyarrow is not installed (the light install): pandas' reader then reads it, or names the problem, as it always
-    has."""
-    if len(set(rename)) != len(rename) or not all(isinstance(name, str) for name in rename):
+    before the imports when the command prefetched it: training/csv_fast.py), each column as codes into its
+    distinct values, so that cleaning works once per distinct value, without pandas; None when Arrow cannot read
+    it (a ragged row, bad UTF-8, ...), when pyarrow is not installed (the light install), or when its header is
+    anything but distinct non-empty names with the required columns: pandas' reader then reads it, or names the
+    problem, as it always has."""
+    try:
+        names = csv_fast.header(path)
+    except (OSError, EOFError, UnicodeDecodeError, csv_fast.csv.Error):
+        return None
+    if not names or len(set(names)) != len(names) or not all(names):  # pandas would rename these
+        return None
+    try:
+        rename = {original: wanted for wanted, original in _column_map(names, path).items()}
+    except DataFileError:  # pandas' reader says it, in its words
         return None
     encoded = csv_fast.read_encoded(path, list(rename))
-    if encoded is None:
+    if encoded is None or any(array.null_count for array in encoded.values()):
         return None
     columns = {}
     for original, wanted in rename.items():
-        values = pd.Index(encoded[original].dictionary.to_numpy(zero_copy_only=False), dtype=object)
-        columns[wanted] = pd.Categorical.from_codes(encoded[original].indices.to_numpy(), values)
-    return pd.DataFrame(columns)
+        # Read from the arrays' buffers and as Python lists: pyarrow's to_numpy imports pandas on first use.
+        indices, values = encoded[original].indices, encoded[original].dictionary.to_pylist()
+        buffer, kind = indices.buffers()[1], f"<i{indices.type.bit_width // 8}"
+        codes = np.frombuffer(buffer, dtype=kind) if buffer is not None else np.empty(0, dtype=kind)
+        columns[wanted] = Coded(codes[indices.offset : indices.offset + len(indices)], np.array(values, dtype=object))
+    return CodedChunk(columns, len(next(iter(encoded.values()))) if encoded else 0)
 
 
 def _not_encoded(path: Path, kind: str, encoding: str) -> DataFileError:
@@ -182,6 +202,8 @@ def _xlsx_rows(path: Path) -> list[list]:
 
 
 def _openpyxl_rows(path: Path) -> list[list]:
+    import pandas as pd
+
     return pd.read_excel(path, sheet_name=0, engine="openpyxl", header=None, dtype=object).values.tolist()
 
 
@@ -255,6 +277,7 @@ def _arrow_text(column) -> np.ndarray:
 
 def _parquet_chunks(path: Path, name: str) -> Iterator[pd.DataFrame]:
     pa = optional("pyarrow", "Parquet input")
+    import pandas as pd
     import pyarrow.parquet as pq
 
     try:
@@ -272,9 +295,9 @@ def _parquet_chunks(path: Path, name: str) -> Iterator[pd.DataFrame]:
         raise DataFileError(f"cannot read {name} as .parquet: {err}") from None
 
 
-def read_part(path: Path, kind: str, name: str | None = None, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
+def read_part(path: Path, kind: str, name: str | None = None, encoding: str = "utf-8") -> Iterator[Chunk]:
     """The raw rows of one local file as text columns named as REQUIRED/OPTIONAL, in chunks (a csv decoded strictly
-    as `encoding`)."""
+    as `encoding`): pandas DataFrames, or CodedChunks for a csv Arrow read (as_frame makes either a DataFrame)."""
     if kind == ".xlsx":
         yield from _xlsx_chunks(path)
     elif kind == ".parquet":
@@ -283,9 +306,9 @@ def read_part(path: Path, kind: str, name: str | None = None, encoding: str = "u
         yield from _csv_chunks(path, kind, encoding)
 
 
-def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
-    """The raw rows of a file, folder of parts or s3:// location, as text columns, in chunks, parts in order;
-    DataFileError when the input cannot be used."""
+def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[Chunk]:
+    """The raw rows of a file, folder of parts or s3:// location, as text columns, in chunks (as read_part's), parts
+    in order; DataFileError when the input cannot be used."""
     from recommender.training.event_tables import purchase_chunks
     from recommender.training.sources import EVENTS_KIND, local_file, resolve
 
@@ -297,17 +320,44 @@ def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[pd.DataFr
             yield from read_part(local, part.kind, part.name, encoding)
 
 
-def _coded(column: pd.Series, clean: Callable[[str], str] = str.strip) -> Coded:
+def _coded(column: Any, clean: Callable[[str], str] = str.strip) -> Coded:
     """A column as row codes and cleaned distinct values: string work runs once per distinct value, not per row.
 
-    A categorical column (Arrow's csv, a workbook: each value once already) hands over its own codes; anything else
-    is factorized here."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        codes = column.cat.codes.to_numpy()
-        if not len(codes) or codes.min() >= 0:
-            return Coded(codes, _cleaned(column.cat.categories, clean))
+    A CodedChunk's column or a categorical one (a workbook's: each value once already) hands over its own codes;
+    anything else is factorized here."""
+    if isinstance(column, Coded):
+        return Coded(column.codes, _cleaned(column.values, clean))
+    codes = _category_codes(column)
+    if codes is not None:
+        return Coded(codes, _cleaned(column.cat.categories, clean))
+    import pandas as pd
+
     codes, uniques = pd.factorize(column, sort=False)
     return Coded(codes, _cleaned(uniques, clean))
+
+
+def _category_codes(column: pd.Series) -> np.ndarray | None:
+    """A categorical Series' codes when no value is missing, else None."""
+    import pandas as pd  # (imported already: the column is pandas')
+
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        return None
+    codes = column.cat.codes.to_numpy()
+    return codes if not len(codes) or codes.min() >= 0 else None
+
+
+def first_appearance(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """pd.factorize(codes, sort=False) for integer codes in [0, n): each row's rank among the distinct codes by
+    first appearance, and those codes in that order. A stable radix sort when n fits in 16 bits; no pandas."""
+    if not len(codes):
+        return np.empty(0, dtype=np.intp), codes[:0]
+    order = np.argsort(codes.astype(np.uint16) if n <= 2**16 else codes, kind="stable")
+    ordered = codes[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    firsts = ordered[starts][np.argsort(order[starts])]  # distinct codes, by the row they first appear in
+    rank = np.empty(n, dtype=np.intp)
+    rank[firsts] = np.arange(len(firsts))
+    return rank[codes], firsts
 
 
 def _cleaned(uniques: Iterable, clean: Callable[[str], str]) -> np.ndarray:
@@ -348,6 +398,40 @@ class Coded:
 
 
 @dataclass
+class CodedChunk:
+    """A chunk as Arrow reads a csv: each column as row codes into its distinct raw values (no pandas)."""
+
+    columns: dict[str, Coded]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def __getitem__(self, name: str) -> Coded:
+        return self.columns[name]
+
+
+Chunk = Any  # a pandas DataFrame of text columns, or a CodedChunk
+
+
+def as_frame(chunk: Chunk) -> pd.DataFrame:
+    """A chunk as a pandas DataFrame (a CodedChunk's columns as categoricals)."""
+    import pandas as pd
+
+    if not isinstance(chunk, CodedChunk):
+        return chunk
+    return pd.DataFrame(
+        {
+            name: pd.Categorical.from_codes(column.codes, pd.Index(column.values, dtype=object))
+            for name, column in chunk.columns.items()
+        }
+    )
+
+
+@dataclass
 class CleanChunk:
     """The rows of a chunk that survive cleaning, normalized, and how many were dropped for each reason."""
 
@@ -385,7 +469,7 @@ class CleanChunk:
         return None if self.price_coded is None else self.price_coded.array()
 
 
-def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
+def clean_chunk(chunk: Chunk) -> CleanChunk:
     """The cleaning rules (docs/training-data.md), the one definition both engines apply to raw text rows."""
     dropped = dict.fromkeys(REASONS, 0)
     invoice = _coded(chunk["InvoiceNo"])
@@ -400,14 +484,7 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
     drop(invoice.per_row(lambda v: v.upper().startswith("C")), "cancelled invoice")
     if "Quantity" in chunk:
         quantity = _coded(chunk["Quantity"], str)  # parsed once per distinct value
-        qty = (
-            pd.to_numeric(pd.Series(quantity.values, dtype=object), errors="coerce").to_numpy(
-                dtype=float, na_value=np.nan
-            )[quantity.codes]
-            if len(chunk)
-            else np.empty(0)
-        )
-        drop(~(qty > 0), "quantity <= 0")
+        drop(~_positive(quantity.values)[quantity.codes], "quantity <= 0")
     drop(invoice.per_row(lambda v: v == "") | code.per_row(lambda v: v == ""), "empty invoice or code")
     drop(code.per_row(lambda v: bool(SERVICE_CODE.match(v))), "service code")
     n_kept = int(keep.sum())
@@ -415,14 +492,17 @@ def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
         # parsed once per distinct date of the kept rows, in order of first appearance (as pandas would be given
         # them by a factorization of the kept rows: a parse of mixed formats may depend on the values it sees)
         dates = chunk["InvoiceDate"]
-        if isinstance(dates.dtype, pd.CategoricalDtype) and dates.cat.codes.min() >= 0:
-            date_rows, firsts = pd.factorize(dates.cat.codes.to_numpy()[keep], sort=False)
-            date_values = [str(u).strip() for u in dates.cat.categories.take(firsts)]
+        codes = dates.codes if isinstance(dates, Coded) else _category_codes(dates)
+        if codes is not None:
+            values = dates.values if isinstance(dates, Coded) else dates.cat.categories
+            date_rows, firsts = first_appearance(codes[keep], len(values))
+            date_values = [str(u).strip() for u in values.take(firsts)]
         else:
+            import pandas as pd
+
             date_rows, uniques = pd.factorize(dates[keep], sort=False)
             date_values = [str(u).strip() for u in uniques]
-        stamps = pd.to_datetime(pd.Series(date_values, dtype=object), errors="coerce", format="mixed")
-        when = stamps.to_numpy("datetime64[s]").view(np.int64)[date_rows]
+        when = _epoch_seconds(date_values)[date_rows]
     else:
         when = np.full(n_kept, NO_TIME, dtype=np.int64)
     price = None
@@ -451,6 +531,8 @@ class Codebook:
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """The id of each value; new values get the next ids in order of first appearance."""
+        import pandas as pd
+
         codes, uniques = pd.factorize(values, sort=False)
         out = np.empty(len(uniques), dtype=self.dtype)
         for j, value in enumerate(uniques):
@@ -462,8 +544,8 @@ class Codebook:
         return out[codes]
 
     def encode_coded(self, column: Coded) -> np.ndarray:
-        """encode(column.array()), hashing the rows' integer codes instead of their strings."""
-        rows, firsts = pd.factorize(column.codes, sort=False)  # codes in order of first appearance
+        """encode(column.array()), from the rows' integer codes instead of their strings."""
+        rows, firsts = first_appearance(column.codes, len(column.values))
         out = np.empty(len(firsts), dtype=self.dtype)
         for j, value in enumerate(column.values[firsts].tolist()):
             idx = self.ids.get(value)
@@ -563,6 +645,39 @@ def load_transactions(
         report=report,
         item_prices=prices if priced else None,
     )
+
+
+# A quantity as a csv writes it: optional minus, digits, optional decimals (few enough digits to be exact in pandas'
+# parser and Python's alike); anything else goes to pandas.to_numeric.
+_PLAIN_NUMBER = re.compile(r"-?\d{1,15}(\.\d{0,15})?")
+# A date as Online Retail's csv writes it, in the years where pandas and numpy read it the same way.
+_ISO_SECONDS = re.compile(
+    r"(19[7-9]\d|2[01]\d\d)-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]) ([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+)
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    """Per distinct quantity text, whether it is a number above 0 (pandas.to_numeric's reading, errors as NaN)."""
+    if all(isinstance(v, str) and _PLAIN_NUMBER.fullmatch(v) for v in values):
+        return np.fromiter((float(v) > 0 for v in values), dtype=bool, count=len(values))
+    import pandas as pd
+
+    numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+    return numbers.to_numpy(dtype=float, na_value=np.nan) > 0
+
+
+def _epoch_seconds(values: list[str]) -> np.ndarray:
+    """Per distinct date text, its seconds since the epoch (int64, NO_TIME when not a date): pandas.to_datetime's
+    reading of mixed formats; "2010-12-01 08:26:00" (a csv export's form) read by numpy when every value has it."""
+    if values and all(v == "" or _ISO_SECONDS.fullmatch(v) for v in values):
+        try:  # (numpy reads "" as NaT too)
+            return np.array(values, dtype="datetime64[s]").view(np.int64)
+        except ValueError:  # a day its month does not have: pandas makes it NaT
+            pass
+    import pandas as pd
+
+    stamps = pd.to_datetime(pd.Series(values, dtype=object), errors="coerce", format="mixed")
+    return stamps.to_numpy("datetime64[s]").view(np.int64)
 
 
 def _positive_number(value: str) -> bool:
