@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from recommender.core.errors import DataFileError
-from recommender.training import csv_fast, ingest, prefetch
+from recommender.training import cleaning, csv_fast, ingest, prefetch
 from recommender.training.ingest import NO_TIME, _latest_per_item, load_transactions
 
 from .test_ingest import HEADER, ROWS
@@ -134,7 +134,7 @@ def test_first_appearance_is_pandas_factorize():
     rng = np.random.default_rng(7)
     for n, size in ((5, 0), (5, 1), (300, 5000), (70_000, 20_000)):
         codes = rng.integers(0, n, size).astype(np.int32)
-        rows, firsts = ingest.first_appearance(codes, n)
+        rows, firsts = cleaning.first_appearance(codes, n)
         expected_rows, expected_firsts = pd.factorize(codes, sort=False)
         assert rows.tolist() == expected_rows.tolist() and firsts.tolist() == expected_firsts.tolist()
 
@@ -154,8 +154,8 @@ def test_dates_and_quantities_read_as_pandas_reads_them():
     ]
     for values in cases:
         expected = pd.to_datetime(pd.Series(values, dtype=object), errors="coerce", format="mixed")
-        assert ingest._epoch_seconds(values).tolist() == expected.to_numpy("datetime64[s]").view(np.int64).tolist()
+        assert cleaning._epoch_seconds(values).tolist() == expected.to_numpy("datetime64[s]").view(np.int64).tolist()
     quantities = np.array(["6", "0", "-0", "-3", "1.", "0.5", "007", "1e3", " 2", "", "x", "-0.0", "12.50"], object)
     for values in (quantities[:7], quantities):
         expected = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(float, na_value=np.nan)
-        assert ingest._positive(values).tolist() == (expected > 0).tolist()
+        assert cleaning._positive(values).tolist() == (expected > 0).tolist()
