@@ -67,6 +67,7 @@ def first_appearance(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _cleaned(uniques: Iterable, clean: Callable[[str], str]) -> np.ndarray:
+    """clean(str(value)) of each value, as an object array."""
     values = np.empty(len(uniques), dtype=object)
     values[:] = [clean(str(u)) for u in uniques]
     return values
@@ -156,22 +157,27 @@ class CleanChunk:
     # The columns as one object per row (the Spark engine's reading uses these).
     @property
     def invoice(self) -> np.ndarray:
+        """The cleaned InvoiceNo of each row (object)."""
         return self.invoice_coded.array()
 
     @property
     def code(self) -> np.ndarray:
+        """The cleaned StockCode of each row (object)."""
         return self.code_coded.array()
 
     @property
     def customer(self) -> np.ndarray:
+        """The cleaned CustomerID of each row (object)."""
         return self.customer_coded.array()
 
     @property
     def description(self) -> np.ndarray:
+        """The cleaned Description of each row (object)."""
         return self.description_coded.array()
 
     @property
     def price(self) -> np.ndarray | None:
+        """The kept UnitPrice text of each row (object; None: no such column)."""
         return None if self.price_coded is None else self.price_coded.array()
 
 

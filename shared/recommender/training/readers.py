@@ -9,6 +9,7 @@ DataFrames of text columns.
 from __future__ import annotations
 
 import codecs
+import csv
 import gzip
 import re
 import zipfile
@@ -108,7 +109,7 @@ def _arrow_csv(path: Path) -> CodedChunk | None:
     problem, as it always has."""
     try:
         names = csv_fast.header(path)
-    except (OSError, EOFError, UnicodeDecodeError, csv_fast.csv.Error):
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error):
         return None
     if not names or len(set(names)) != len(names) or not all(names):  # pandas would rename these
         return None
@@ -126,7 +127,7 @@ def _arrow_csv(path: Path) -> CodedChunk | None:
         buffer, kind = indices.buffers()[1], f"<i{indices.type.bit_width // 8}"
         codes = np.frombuffer(buffer, dtype=kind) if buffer is not None else np.empty(0, dtype=kind)
         columns[wanted] = Coded(codes[indices.offset : indices.offset + len(indices)], np.array(values, dtype=object))
-    return CodedChunk(columns, len(next(iter(encoded.values()))) if encoded else 0)
+    return CodedChunk(columns, len(next(iter(encoded.values()))))
 
 
 def _not_encoded(path: Path, kind: str, encoding: str) -> DataFileError:
