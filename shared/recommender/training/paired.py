@@ -136,20 +136,21 @@ def shared_grams(a: Prepared, b: Prepared, held: np.ndarray) -> tuple[np.ndarray
     rows_b = basket_a.copy()
     for part in (history, dense_table.product(only_b)):
         dense_table.add(rows_b, part)
-    g_b = _renumber(rows_b, to_a)  # in b's numbering
-    del rows_b
-    basket_b = _renumber(basket_a, to_a)
+    # In b's numbering: rows then columns, each a take (np.ix_'s one gather is seven times slower); g_b goes into
+    # rows_b's memory and basket_b's rows into the same scratch as g_b's: each 62 MB array fresh from the system
+    # costs its page faults (a quarter of this function's time), so two fewer of them.
+    m = len(to_a)
+    scratch = rows_b.take(to_a, axis=0)
+    g_b = rows_b.reshape(-1)[: m * m].reshape(m, m)
+    scratch.take(to_a, axis=1, out=g_b, mode="clip")  # (the indices are valid: clip only spares a buffered copy)
+    basket_a.take(to_a, axis=0, out=scratch, mode="clip")
+    basket_b = scratch.take(to_a, axis=1)
+    del rows_b, scratch
     dense_table.add(basket_a, dense_table.product(a.baskets[held]))
     g_a = basket_a.copy()
     for part in (history, dense_table.product(only_a)):
         dense_table.add(g_a, part)
     return g_a, basket_a, g_b, basket_b
-
-
-def _renumber(g: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """g[order][:, order]: rows then columns, each a take (np.ix_'s one gather is seven times slower)."""
-    rows = g.take(order, axis=0)
-    return rows.take(order, axis=1)
 
 
 def _renumbered(matrix: sp.csr_matrix | None, to_a: np.ndarray, n: int) -> sp.csr_matrix | None:
