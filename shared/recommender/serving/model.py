@@ -26,7 +26,7 @@ from recommender.serving import merchandising, new_items
 from recommender.serving.confidence import Confidence
 from recommender.serving.merch_fill import top_positions
 from recommender.serving.merchandising import Options, Policy
-from recommender.serving.reranker import RERANK_FILE, Reranker, squash
+from recommender.serving.reranker import RERANK_FILE, Reranked, Reranker, squash
 
 log = logging.getLogger("recommender")
 
@@ -148,9 +148,7 @@ class Model:
         if self.first_new < len(self.items):  # the trees know only the known items: new_items places the others
             return new_items.final_scores(self, basket, candidates, first, positions)
         reranked = self.reranker.rerank(self, basket, candidates, first, positions)
-        final = squash(first)
-        final[reranked.at] = reranked.scores
-        return final, reranked
+        return _merged(first, reranked), reranked
 
     def with_policy(self, policy: Policy | None) -> Model:
         """The same model (sharing every array and Annoy's remembered answers) answering under a feed and rules."""
@@ -281,7 +279,16 @@ class Model:
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         candidates, scores, positions = self.score_basket(basket)
-        scores, _reranked = self.final_scores(basket, candidates, scores[candidates], positions)
+        if self.reranker is not None and self.first_new == len(self.items):
+            reranked = self.reranker.rerank(self, basket, candidates, scores[candidates], positions)
+            if len(reranked.scores) >= n:
+                # Every re-ranked item scores above every other (final_scores): the n best are the re-ranked ones'
+                # n best, ties in row order as in the full sort below, without scoring the thousands of others.
+                top = np.argsort(-reranked.scores, kind="stable")[:n]
+                return reranked.rows.take(top), reranked.scores.take(top)
+            scores = _merged(scores[candidates], reranked)
+        else:
+            scores, _reranked = self.final_scores(basket, candidates, scores[candidates], positions)
         # Rows are numbered by popularity (training does it) and candidates come out in row order, so a stable
         # sort on the score alone breaks ties by popularity, then by row: stable answers at the cost of one sort
         # (of the n best only, when the candidates are many: a big basket's are thousands).
@@ -296,6 +303,14 @@ class Model:
             rows = np.concatenate([rows, np.asarray(extra, dtype=np.int64)])
             scores = np.concatenate([scores, np.full(len(extra), floor)])
         return rows, scores
+
+
+def _merged(first: np.ndarray, reranked: Reranked) -> np.ndarray:
+    """The final scores of all candidates: the re-ranked ones' (above 0.5), the others' first-stage scores squashed
+    below them."""
+    final = squash(first)
+    final[reranked.at] = reranked.scores
+    return final
 
 
 def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:
