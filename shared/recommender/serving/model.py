@@ -162,12 +162,15 @@ class Model:
     def recommend(self, basket: Sequence[str], n: int, options: Options | None = None) -> Recommendation:
         """The n best items to offer with basket, best first, none from the basket; the feed, the rules and the
         options (if any) applied."""
-        # Each code once, stripped, in the order given (a dict keeps the first); a big basket's hundreds of codes
-        # cost one pass.
-        codes = list(dict.fromkeys(map(str.strip, basket)))
-        found = list(map(self.items.index.get, codes))
-        known = [i for i in found if i is not None]
-        unknown = [code for code, i in zip(codes, found) if i is None] if len(known) < len(codes) else []
+        # The rows of the codes (stripped), each once: codes and rows correspond one to one, so a set of the rows
+        # found is the distinct known items, whatever the repeats; a big basket's hundreds of codes cost one pass.
+        get = self.items.index.get
+        found = set(map(get, map(str.strip, basket)))
+        unknown = []
+        if None in found:  # the unknown codes, each once in the order given (a dict keeps the first)
+            found.discard(None)
+            unknown = [code for code in dict.fromkeys(map(str.strip, basket)) if get(code) is None]
+        known = found
         n = max(0, min(n, len(self.items) - len(known)))
         policy = self.policy
         if options is not None or (policy is not None and policy.restricts):
@@ -205,7 +208,7 @@ class Model:
 
     def _answer(self, basket: tuple[int, ...], n: int) -> tuple[tuple[Scored, ...], bool]:
         """The answer for a basket of known rows, and whether it is the popular fallback."""
-        rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
+        rows, scores = self._rank(np.fromiter(basket, dtype=np.int64, count=len(basket)), n)
         if n and (not len(scores) or scores[0] <= 0):
             # Nothing learned goes with these items (every score is a sum of learned weights, and none is
             # positive): the most popular items rather than index neighbours in an arbitrary order.
