@@ -36,7 +36,7 @@ class RerankParams:
     candidates: int = 100  # first-stage candidates per validation query the trees learn from
     # Of those, the best (by first-stage score) the trees re-rank at answer time: a candidate's features do not depend
     # on the others re-ranked with it, so this only decides which can reach the answer. On Online Retail's selection
-    # baskets HR@10 is the same from 100 down to 35 (falls at 30); 50 answers in 16% less CPU
+    # baskets HR@10 is the same from 100 down to 35 (falls at 30); at 50 the trees and links cost half
     # (bench/results/rerank.md).
     served: int = 50
     days: int = 30  # length of each validation period
