@@ -76,7 +76,7 @@ BOUNDS = np.arange(1025)  # where each pick's reasons start (searched for in the
 def reasons(model: Any, scored: Any, rows: np.ndarray, totals: np.ndarray | None = None) -> list[Because]:
     """Per picked row (scored: the basket's merch_scores.Scores; totals: the rows' first-stage scores, when known):
     the basket items whose table weights make up its score, largest share first. The score is exactly the sum of
-    those weights, so share = weight / score sums to 1 (an item scored 0 has no reasons: NO_REASONS)."""
+    those weights, so share = weight / score sums to 1 (an item scored 0 has none: an empty range)."""
     if totals is None:
         totals = scored(rows)
     m = len(rows)
