@@ -9,7 +9,8 @@ Conventions (README.md and docs/*.md):
 Each page runs in its own sandbox: a temporary folder that looks like the repository's root (its files and the
 project's venv linked in, a fresh data/ folder), with STORAGE_URL set to that data/ folder, PORT a free port, the
 venv's bin first on PATH; its blocks run in page order in one shell environment (variables set in one block are
-seen by the next), each with a timeout; a server the page started is stopped afterwards, even on failure. Outputs
+seen by the next), each with a timeout; a server the page started is stopped afterwards, even on failure. A few
+pages run at once (nothing of one sandbox is seen by another; each has its own port). Outputs
 are normalized (sandbox path -> ".", port -> 8090) so that they read as they would in a user's clone.
 
 `python tests/docs_runner.py` checks every page; `--write` (make docs-examples) rewrites the outputs instead.
@@ -27,7 +28,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,11 +175,20 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
+_given_ports: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on right now, and never handed to another page of this run (pages run at once)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with _ports_lock:
+            if port not in _given_ports:
+                _given_ports.add(port)
+                return port
 
 
 def sandbox(folder: Path) -> None:
@@ -315,6 +327,19 @@ def run_page(page: Path) -> PageResult:
         finally:
             stop_servers(folder, env, state)
     return result
+
+
+# Pages at once: their blocks mostly wait (servers starting, `sleep`s for a poll), so on two cores three pages take
+# about a third of the time one after another does. Each page has its own sandbox, data/ folder, run/ folder and port.
+PAGE_WORKERS = 3
+
+
+def run_pages(todo: list[Path], workers: int = PAGE_WORKERS) -> tuple[ThreadPoolExecutor, dict[Path, Future]]:
+    """Start running pages, `workers` at a time (those with the most blocks first); each page's future PageResult.
+    The caller shuts the pool down (waiting for what still runs)."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docs-page")
+    ordered = sorted(todo, key=lambda page: -len(blocks(page)))
+    return pool, {page: pool.submit(run_page, page) for page in ordered}
 
 
 # --- shapes: what must stay the same between the committed examples and a fresh run -------------------------------
@@ -459,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print("unmarked shell or Python blocks (add <!-- run --> or <!-- not run: reason --> above):", *bad, sep="\n  ")
         status = 1
-    for page in [p.resolve() for p in args.pages] or pages():
-        result = run_page(page)
+    todo = [p.resolve() for p in args.pages] or pages()
+    pool, running = run_pages(todo)
+    for page in todo:
+        result = running[page].result()
         if result.failure:
             print(result.failure)
             status = 1
@@ -476,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name(page)}: {len(result.outputs)} block(s) ran in "
             f"{' + '.join(f'{t:.1f}' for t in result.seconds)} = {sum(result.seconds):.1f} s"
         )
+    pool.shutdown()
     return status
 
 

@@ -58,9 +58,26 @@ def test_shapes_ignore_volatile_values_and_catch_changed_ones():
     assert docs_runner.shape(text) != docs_runner.shape("saved version 20261202T083130538Z-2c6a991c6c3f\n")
 
 
-@pytest.mark.parametrize("page", [p for p in docs_runner.pages() if docs_runner.blocks(p)], ids=lambda p: p.name)
-def test_runnable_blocks_pass_and_give_the_examples_shown(page):
-    result = docs_runner.run_page(page)
+RUNNABLE_PAGES = [p for p in docs_runner.pages() if docs_runner.blocks(p)]
+
+
+@pytest.fixture(scope="module")
+def page_runs(request):
+    """The selected pages, started all together (a few at a time) when the first is needed; each page's future."""
+    chosen = [
+        item.callspec.params["page"]
+        for item in request.session.items
+        if item.module is request.module
+        and item.originalname == "test_runnable_blocks_pass_and_give_the_examples_shown"
+    ]
+    pool, running = docs_runner.run_pages(chosen)
+    yield running
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda p: p.name)
+def test_runnable_blocks_pass_and_give_the_examples_shown(page, page_runs):
+    result = page_runs[page].result()
     assert result.failure is None, result.failure
     problems = docs_runner.mismatches(result)
     assert not problems, "\n\n".join(problems)
