@@ -274,8 +274,28 @@ def normalize(text: str, folder: Path, port: int) -> str:
     return "\n".join(line.rstrip() for line in text.rstrip("\n").split("\n")) + "\n"
 
 
+def run_dir(folder: Path, env: dict[str, str], state: Path) -> Path | None:
+    """The RUN_DIR the page's commands used (the default, or what a block set): where the pid files are; None
+    when it cannot be told."""
+    script = f'[ -f "{state}" ] && . "{state}"; cd "{folder}" && printf %s "${{RUN_DIR:-./data/run}}"'
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", script],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0 or not done.stdout:
+        return None
+    return folder / done.stdout  # an absolute RUN_DIR replaces the folder
+
+
 def stop_servers(folder: Path, env: dict[str, str], state: Path) -> None:
-    """Stop what a page may have left running (the background server, the S3 emulator), by their pid files."""
+    """Stop what a page may have left running (the background server, the S3 emulator), by their pid files (two
+    commands: not run when the page left no pid file)."""
+    found = run_dir(folder, env, state)
+    if found is not None and not any((found / name).exists() for name in ("server.pid", "s3-emulator.pid")):
+        return
     script = (
         f'[ -f "{state}" ] && . "{state}"; cd "{folder}"; '
         "python -m recommender stop >/dev/null 2>&1; python -m recommender emulate-s3-stop >/dev/null 2>&1; true"
