@@ -354,11 +354,17 @@ def run_page(page: Path) -> PageResult:
 PAGE_WORKERS = 3
 
 
+def expected_work(page: Path) -> int:
+    """A rough measure of how long a page's blocks take: its make commands, trainings and sleeps count most."""
+    text = "\n".join(block.fence.text for block in blocks(page))
+    return len(re.findall(r"\bmake \w", text)) + 2 * text.count("make train") + 2 * text.count("sleep")
+
+
 def run_pages(todo: list[Path], workers: int = PAGE_WORKERS) -> tuple[ThreadPoolExecutor, dict[Path, Future]]:
-    """Start running pages, `workers` at a time (those with the most blocks first); each page's future PageResult.
-    The caller shuts the pool down (waiting for what still runs)."""
+    """Start running pages, `workers` at a time (the longest first, so that no long one starts last); each page's
+    future PageResult. The caller shuts the pool down (waiting for what still runs)."""
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docs-page")
-    ordered = sorted(todo, key=lambda page: -len(blocks(page)))
+    ordered = sorted(todo, key=lambda page: -expected_work(page))
     return pool, {page: pool.submit(run_page, page) for page in ordered}
 
 
