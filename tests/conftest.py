@@ -4,7 +4,6 @@ a user, and sample API Gateway events."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -198,33 +197,6 @@ def event():
         return data
 
     return load
-
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-extensions",
-]
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """One headless Chromium for the session's browser tests, each in its own context (Debian's package: Playwright's
-    own browser download is not used). Launched once: a launch costs 1.5-2 s."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from recommender.core.storage import LocalStorage
 from recommender.local import demo, server
 from recommender.serving.keys import add_key
 from tests.conftest import ROOT, free_port, start_server
+from tests.serving.test_console_browser import browser  # noqa: F401 (fixture: one headless Chromium)
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ class Visit:
 
 
 @pytest.fixture
-def visit(browser, shop):
+def visit(browser, shop):  # noqa: F811 (the imported fixture)
     # A short window: a strip below the product is not half visible until scrolled to.
     context = browser.new_context(viewport={"width": 1000, "height": 500})
     yield Visit(context, shop.base)

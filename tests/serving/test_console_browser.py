@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,10 +23,21 @@ from recommender.serving.users import add_user
 from recommender.training.feed import publish_feed
 from recommender.training.pipeline import train
 from recommender.training.rules import known_from, publish_rules
-from tests.conftest import PASSWORD, ROOT, free_port, start_server  # browser: one Chromium for the session
+from tests.conftest import PASSWORD, ROOT, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+]
 SCREENSHOTS = ROOT / "reports" / "console"
 SECRET = "console-test-secret-" + "x" * 40
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -142,6 +155,19 @@ def swatch(route) -> None:
         body=f'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
         f'<rect width="64" height="64" rx="8" fill="hsl({hue},55%,62%)"/></svg>',
     )
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module (Playwright's own browser download is not used)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        yield chromium
+        chromium.close()
 
 
 class Console:

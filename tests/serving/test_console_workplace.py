@@ -17,7 +17,7 @@ from recommender.core.rules_form import known_from, publish, validate
 from recommender.serving.users import add_user
 from recommender.training.feed import active_feed, publish_feed
 from tests.conftest import ROOT
-from tests.serving.test_console_browser import IMAGES, SCREENSHOTS, WAIT_MS, Console, site, swatch  # noqa: F401
+from tests.serving.test_console_browser import IMAGES, SCREENSHOTS, WAIT_MS, Console, browser, site, swatch  # noqa: F401
 
 pytestmark = pytest.mark.slow
 # The guide's screenshots are rewritten only when asked (UPDATE_DOCS_IMAGES=1): a test run leaves the tree clean,
@@ -34,7 +34,7 @@ def people(site):
     return site
 
 
-def _page(browser, site, width: int = 1280, height: int = 900) -> tuple[Console, object]:
+def _page(browser, site, width: int = 1280, height: int = 900) -> tuple[Console, object]:  # noqa: F811
     context = browser.new_context(viewport={"width": width, "height": height})
     context.route(IMAGES + "**", swatch)
     return Console(context.new_page(), site.base), context
@@ -89,7 +89,7 @@ def _add_pin(page, basket: str, item: str):
     return row
 
 
-def test_merchandiser_drafts_previews_publishes_and_rolls_back(browser, people):
+def test_merchandiser_drafts_previews_publishes_and_rolls_back(browser, people):  # noqa: F811
     site = people
     basket = site.lunch[1]
     answer = _recommend(site, [basket])
@@ -138,7 +138,7 @@ def test_merchandiser_drafts_previews_publishes_and_rolls_back(browser, people):
         context.close()
 
 
-def test_viewer_sees_nothing_to_change_and_the_api_refuses(browser, people):
+def test_viewer_sees_nothing_to_change_and_the_api_refuses(browser, people):  # noqa: F811
     site = people
     console, context = _page(browser, site, 390, 844)
     page = console.page
@@ -174,7 +174,7 @@ def test_viewer_sees_nothing_to_change_and_the_api_refuses(browser, people):
         context.close()
 
 
-def test_the_rules_editor_by_keyboard_alone(browser, people):
+def test_the_rules_editor_by_keyboard_alone(browser, people):  # noqa: F811
     site = people
     console, context = _page(browser, site)
     page = console.page
@@ -212,7 +212,7 @@ def test_the_rules_editor_by_keyboard_alone(browser, people):
         context.close()
 
 
-def test_the_rules_as_yaml_checked_as_typed(browser, people):
+def test_the_rules_as_yaml_checked_as_typed(browser, people):  # noqa: F811
     """The text view is the rules file's YAML: the form's draft written there reads back as the same document, and
     a mistake typed there is shown at its line and at the form's field, in make rules' words."""
     from recommender.core import rules_yaml
@@ -253,7 +253,7 @@ def test_the_rules_as_yaml_checked_as_typed(browser, people):
         context.close()
 
 
-def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):
+def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):  # noqa: F811
     site = people
     active = registry.active_version(site.storage)
     staged = "20990101T000000000Z-deadbeefcafe"  # the active model's files without held-out figures: unmeasurable
@@ -298,7 +298,7 @@ def test_promote_refused_by_the_gate_then_forced_by_an_admin(browser, people):
         context.close()
 
 
-def test_earlier_feed_and_rules_versions_activated_and_rolled_back(browser, people, tmp_path):
+def test_earlier_feed_and_rules_versions_activated_and_rolled_back(browser, people, tmp_path):  # noqa: F811
     """The Versions page lists the feed and rules versions; a merchandiser activates an earlier one of each, and
     rolls back to the one before, as make feed_rollback and make rules_rollback do."""
     site = people
@@ -351,7 +351,7 @@ def test_earlier_feed_and_rules_versions_activated_and_rolled_back(browser, peop
         _until(lambda: (h := _health(site))["rules_version"] == rules_before and h["feed_version"] == feed_before)
 
 
-def test_a_buried_item_names_its_rule(browser, people):
+def test_a_buried_item_names_its_rule(browser, people):  # noqa: F811
     """The try-out panel names the bury rule behind an item, as it names pins and boosts."""
     site = people
     before = registry.active_version(site.storage, registry.RULES)
@@ -380,7 +380,7 @@ def test_a_buried_item_names_its_rule(browser, people):
         _until(lambda: _health(site)["rules_version"] == before)
 
 
-def test_feed_upload_with_its_summary_then_the_product_disappears(browser, people, tmp_path):
+def test_feed_upload_with_its_summary_then_the_product_disappears(browser, people, tmp_path):  # noqa: F811
     site = people
     basket = site.lunch[1]
     gone = _recommend(site, [basket])[0]
@@ -420,7 +420,7 @@ def test_feed_upload_with_its_summary_then_the_product_disappears(browser, peopl
         context.close()
 
 
-def test_at_390_px_the_first_recommendation_shows_above_the_fold(browser, people):
+def test_at_390_px_the_first_recommendation_shows_above_the_fold(browser, people):  # noqa: F811
     console, context = _page(browser, people, 390, 844)
     page = console.page
     try:
