@@ -67,8 +67,8 @@ def page_runs(request):
     chosen = [
         item.callspec.params["page"]
         for item in request.session.items
-        if item.module is request.module
-        and item.originalname == "test_runnable_blocks_pass_and_give_the_examples_shown"
+        if getattr(item, "module", None) is request.module
+        and getattr(item, "originalname", "") == "test_runnable_blocks_pass_and_give_the_examples_shown"
     ]
     pool, running = docs_runner.run_pages(chosen)
     yield running
