@@ -4,6 +4,7 @@ a user, and sample API Gateway events."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -104,7 +105,10 @@ def s3(aws_credentials, atomic_moto, s3_clients):
     """A moto S3 with one empty bucket (the session's client, made once a mock had started)."""
     with mock_aws():
         if "s3" not in s3_clients:
-            s3_clients["s3"] = boto3.client("s3", region_name="us-east-1")
+            with pytest.MonkeyPatch.context() as mp:  # made once: nothing of the first test's endpoint settings
+                for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL")]:
+                    mp.delenv(name)
+                s3_clients["s3"] = boto3.client("s3", region_name="us-east-1")
         client = s3_clients["s3"]
         client.create_bucket(Bucket=BUCKET)
         yield client
