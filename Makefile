@@ -243,7 +243,10 @@ emulate-s3-stop: $(LIGHT) ## stop the local S3 started by emulate-s3 (by its pid
 devel: $(STAMP) ## create .venv and install everything: the project, every extra, the test and docs tools
 	@echo "installed into $(VENV)"
 
+# The project's own modules compiled first: when PYTHONDONTWRITEBYTECODE is set (the shared machines set it), each
+# of the suite's hundreds of subprocesses (make targets, the CLI, servers, the guide's blocks) compiles them again.
 test: $(STAMP) lint ## run the lint checks, then the test suite (the guide's build and runnable examples included)
+	@$(BIN)/python -m compileall -q shared functions bench >/dev/null
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff's lint and format checks (configured in pyproject.toml; `ruff format .` fixes the format)

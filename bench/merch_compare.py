@@ -20,7 +20,7 @@ import numpy as np
 from bench.merch import paired_latency, synthetic_merchandising
 from bench.merch_answers import _store, option_sets
 
-STEPS = ("Eligibility", "_pinned", "Scores", "_from_model", "_confidence", "reasons", "_picks")
+STEPS = ("Eligibility", "_pinned", "_pin", "Scores", "_from_model", "_confidence", "reasons", "_picks")
 clock = time.process_time_ns
 
 

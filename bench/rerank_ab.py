@@ -2,7 +2,7 @@
 
 `python -m bench.rerank_ab [--against main] [--store DIR] [--repeat 3]` (PYTHONPATH=. from the repository root):
 the model trained by `python -m bench.rerank --store DIR` (its `reranked` folder) is loaded twice, once by this
-tree's `serving/model.py` and `serving/reranker.py` and once by the revision's (read with `git show`; the other
+tree's `serving/model.py`, `reranker.py`, `rerank_links.py` and `tree_eval.py` and once by the revision's (read with `git show`; the other
 modules are this tree's), and both answer every test basket of `make evaluate` DAYS=30 (Online Retail), taking
 turns basket by basket. Each answer's figure is the least CPU time of `--repeat` runs (a shared machine's
 interruptions only ever add time), reported by basket size and by part; the two must give the same answers.
@@ -26,7 +26,8 @@ from recommender.core import registry
 from recommender.core.storage import LocalStorage
 
 SIZES = ((1, 4), (5, 19), (20, 49), (50, 99), (100, 100_000))
-SWAPPED = ("reranker", "model")  # the serving modules read from the other revision (model imports reranker)
+# The serving modules read from the other revision, each after those it imports.
+SWAPPED = ("tree_eval", "rerank_links", "reranker", "model")
 
 
 def revision_modules(ref: str) -> types.ModuleType:
@@ -41,6 +42,9 @@ def revision_modules(ref: str) -> types.ModuleType:
         ).stdout
         for other in SWAPPED:
             source = source.replace(f"from recommender.serving.{other} import", f"from ab_{tag}_{other} import")
+            source = source.replace(
+                f"from recommender.serving import {other}\n", f"import ab_{tag}_{other} as {other}\n"
+            )
         module = types.ModuleType(f"ab_{tag}_{name}")
         module.__file__ = f"{ref}:{path}"
         sys.modules[module.__name__] = module

@@ -9,7 +9,8 @@ Conventions (README.md and docs/*.md):
 Each page runs in its own sandbox: a temporary folder that looks like the repository's root (its files and the
 project's venv linked in, a fresh data/ folder), with STORAGE_URL set to that data/ folder, PORT a free port, the
 venv's bin first on PATH; its blocks run in page order in one shell environment (variables set in one block are
-seen by the next), each with a timeout; a server the page started is stopped afterwards, even on failure. Outputs
+seen by the next), each with a timeout; a server the page started is stopped afterwards, even on failure. A few
+pages run at once (nothing of one sandbox is seen by another; each has its own port). Outputs
 are normalized (sandbox path -> ".", port -> 8090) so that they read as they would in a user's clone.
 
 `python tests/docs_runner.py` checks every page; `--write` (make docs-examples) rewrites the outputs instead.
@@ -27,7 +28,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,11 +175,20 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
+_given_ports: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on right now, and never handed to another page of this run (pages run at once)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with _ports_lock:
+            if port not in _given_ports:
+                _given_ports.add(port)
+                return port
 
 
 def sandbox(folder: Path) -> None:
@@ -262,8 +274,28 @@ def normalize(text: str, folder: Path, port: int) -> str:
     return "\n".join(line.rstrip() for line in text.rstrip("\n").split("\n")) + "\n"
 
 
+def run_dir(folder: Path, env: dict[str, str], state: Path) -> Path | None:
+    """The RUN_DIR the page's commands used (the default, or what a block set): where the pid files are; None
+    when it cannot be told."""
+    script = f'[ -f "{state}" ] && . "{state}"; cd "{folder}" && printf %s "${{RUN_DIR:-./data/run}}"'
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", script],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0 or not done.stdout:
+        return None
+    return folder / done.stdout  # an absolute RUN_DIR replaces the folder
+
+
 def stop_servers(folder: Path, env: dict[str, str], state: Path) -> None:
-    """Stop what a page may have left running (the background server, the S3 emulator), by their pid files."""
+    """Stop what a page may have left running (the background server, the S3 emulator), by their pid files (two
+    commands: not run when the page left no pid file)."""
+    found = run_dir(folder, env, state)
+    if found is not None and not any((found / name).exists() for name in ("server.pid", "s3-emulator.pid")):
+        return
     script = (
         f'[ -f "{state}" ] && . "{state}"; cd "{folder}"; '
         "python -m recommender stop >/dev/null 2>&1; python -m recommender emulate-s3-stop >/dev/null 2>&1; true"
@@ -315,6 +347,25 @@ def run_page(page: Path) -> PageResult:
         finally:
             stop_servers(folder, env, state)
     return result
+
+
+# Pages at once: their blocks mostly wait (servers starting, `sleep`s for a poll), so on two cores three pages take
+# about a third of the time one after another does. Each page has its own sandbox, data/ folder, run/ folder and port.
+PAGE_WORKERS = 3
+
+
+def expected_work(page: Path) -> int:
+    """A rough measure of how long a page's blocks take: its make commands, trainings and sleeps count most."""
+    text = "\n".join(block.fence.text for block in blocks(page))
+    return len(re.findall(r"\bmake \w", text)) + 2 * text.count("make train") + 2 * text.count("sleep")
+
+
+def run_pages(todo: list[Path], workers: int = PAGE_WORKERS) -> tuple[ThreadPoolExecutor, dict[Path, Future]]:
+    """Start running pages, `workers` at a time (the longest first, so that no long one starts last); each page's
+    future PageResult. The caller shuts the pool down (waiting for what still runs)."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docs-page")
+    ordered = sorted(todo, key=lambda page: -expected_work(page))
+    return pool, {page: pool.submit(run_page, page) for page in ordered}
 
 
 # --- shapes: what must stay the same between the committed examples and a fresh run -------------------------------
@@ -459,8 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print("unmarked shell or Python blocks (add <!-- run --> or <!-- not run: reason --> above):", *bad, sep="\n  ")
         status = 1
-    for page in [p.resolve() for p in args.pages] or pages():
-        result = run_page(page)
+    todo = [p.resolve() for p in args.pages] or pages()
+    pool, running = run_pages(todo)
+    for page in todo:
+        result = running[page].result()
         if result.failure:
             print(result.failure)
             status = 1
@@ -476,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name(page)}: {len(result.outputs)} block(s) ran in "
             f"{' + '.join(f'{t:.1f}' for t in result.seconds)} = {sum(result.seconds):.1f} s"
         )
+    pool.shutdown()
     return status
 
 

@@ -58,12 +58,54 @@ def test_shapes_ignore_volatile_values_and_catch_changed_ones():
     assert docs_runner.shape(text) != docs_runner.shape("saved version 20261202T083130538Z-2c6a991c6c3f\n")
 
 
-@pytest.mark.parametrize("page", [p for p in docs_runner.pages() if docs_runner.blocks(p)], ids=lambda p: p.name)
-def test_runnable_blocks_pass_and_give_the_examples_shown(page):
-    result = docs_runner.run_page(page)
+RUNNABLE_PAGES = [p for p in docs_runner.pages() if docs_runner.blocks(p)]
+
+
+@pytest.fixture(scope="module")
+def page_runs(request):
+    """The selected pages, started all together (a few at a time) when the first is needed; each page's future."""
+    chosen = [
+        item.callspec.params["page"]
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+        and getattr(item, "originalname", "") == "test_runnable_blocks_pass_and_give_the_examples_shown"
+    ]
+    pool, running = docs_runner.run_pages(chosen)
+    yield running
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda p: p.name)
+def test_runnable_blocks_pass_and_give_the_examples_shown(page, page_runs):
+    result = page_runs[page].result()
     assert result.failure is None, result.failure
     problems = docs_runner.mismatches(result)
     assert not problems, "\n\n".join(problems)
+
+
+def test_pages_run_at_once_each_in_its_own_sandbox(tmp_path):
+    # Each page waits until all three have started: this passes only when they run at the same time.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    names = ("one", "two", "three")
+    pages = []
+    for name in names:
+        page = tmp_path / f"{name}.md"
+        page.write_text(
+            f"<!-- run -->\n```bash\nexport WHO={name}\necho $PORT > {shared}/{name}.port\ntouch data/{name}\n"
+            f"for i in $(seq 200); do [ $(ls {shared} | wc -l) = 3 ] && break; sleep 0.1; done\n```\n\n"
+            '<!-- run -->\n```bash\necho "$WHO $(ls data) $(ls ' + str(shared) + ' | wc -l)"\n```\n'
+        )
+        pages.append(page)
+    pool, running = docs_runner.run_pages(pages)
+    results = [running[page].result() for page in pages]
+    pool.shutdown()
+    for name, result in zip(names, results, strict=True):
+        assert result.failure is None, result.failure
+        # its own variables and its own data/ folder, after all three had started
+        assert result.outputs[-1][1] == f"{name} {name} 3\n"
+    ports = {(shared / f"{name}.port").read_text() for name in names}
+    assert len(ports) == 3
 
 
 def test_the_configuration_page_names_every_setting():

@@ -18,7 +18,7 @@ from tests.local.test_emulator import s3_emulator  # noqa: F401  (fixture)
 from tests.local.test_server import Http
 
 pytestmark = pytest.mark.slow
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.3  # short: each of the three changes below waits for a poll
 # The issue allows MODEL_POLL_SECONDS + 1 s; a busy CI machine gets more before the test calls it a failure.
 PATIENCE = 15.0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -108,6 +109,18 @@ def wait_for_events(storage: LocalStorage, session: str, count: int, seconds: fl
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def served_experiment(api: str, name: str | None, seconds: float = 15.0) -> None:
+    """Wait until the server's /health names the experiment it serves as `name` (None: none)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with urllib.request.urlopen(f"{api}/health", timeout=5) as answer:
+            health = json.load(answer)
+        if (health.get("experiment") or {}).get("name") == name:
+            return
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
 
 
 def test_strip_then_view_click_add_to_cart_purchase_each_recorded_once(visit, shop):
@@ -263,7 +276,7 @@ def test_the_strip_is_answered_with_the_shoppers_experiment_arm(visit, shop):
 
     experiment = experiments.start(shop.storage, "widget-arms", experiments.parse_arms("a=active:50,b=popular:50"))
     try:
-        time.sleep(2.5)  # MODEL_POLL_SECONDS (1) and more: the running server has picked it up
+        served_experiment(shop.api, "widget-arms")  # the running server has picked it up (MODEL_POLL_SECONDS: 1)
         page = visit.open(f"/p/{shop.site.products[0].code}").page
         assert visit.settled() == "ready"
         session = page.evaluate("window.recommender.session")
@@ -273,4 +286,4 @@ def test_the_strip_is_answered_with_the_shoppers_experiment_arm(visit, shop):
         assert parse_recommendation_id(view["recommendation_id"]).arm == experiments.assign(experiment, session)
     finally:
         experiments.stop(shop.storage, "widget-arms")
-        time.sleep(1.5)  # the other tests see the server without the experiment
+        served_experiment(shop.api, None)  # the other tests see the server without the experiment

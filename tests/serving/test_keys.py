@@ -43,6 +43,16 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(autouse=True)
+def stamps_written_before_the_next_test():
+    """A check writes its key's last-used stamp from a short thread: wait for the ones a test started, or one could
+    land in the next test's storage (moto's hook serves whichever S3 mock runs: same bucket, same key names)."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name.endswith("(_write_used)"):
+            thread.join(5)
+
+
 def test_a_key_is_shown_once_and_only_its_hash_is_stored(storage):
     record, key = add_key(storage, "shop-web", "recommend,events", f"{SHOP}/, HTTPS://Shop.Example.com:443", 20)
     assert key.startswith("rk_pub_") and len(key) >= 7 + 43

@@ -114,3 +114,56 @@ def test_an_empty_basket_reads_no_slices_and_gives_no_reasons(plain, feed):
     scored = Scores(model, empty, True, model.policy.request_mask(Options()).copy())
     assert not len(scored.candidates) and not scored.dense.any() and not len(scored.positions)
     assert [b.as_list() for b in reasons(model, scored, np.asarray([1, 2]), np.asarray([1.0, 2.0]))] == [[], []]
+
+
+def brute_reasons(model, basket, rows, totals):
+    """Each row's reasons read entry by entry from the table: (code, share, baskets), largest share first, equal
+    shares in basket order; none for a row scored 0."""
+    indptr, target, weight, count = model.table_indptr, model.table_target, model.table_weight, model.table_count
+    out = []
+    for row, total in zip(rows.tolist(), totals.tolist()):
+        found = []
+        for b in basket.tolist() if total != 0 else ():
+            for at in range(indptr[b], indptr[b + 1]):
+                if target[at] == row:
+                    found.append((model.items.codes[b], float(weight[at]) / total, int(count[at])))
+        out.append(sorted(found, key=lambda reason: -reason[1]))  # stable: ties in basket order
+    return out
+
+
+def test_reasons_on_every_path_are_the_table_read_entry_by_entry_rows_scored_0_without(plain, feed):
+    # The slices read (masked), every entry's position (unmasked) and the many-items path (sorted rows reached).
+    # Two picks in the middle are given a score of 0 (as a pin the basket does not reach has): though the basket
+    # reaches them, they get no reasons, and the others' are left as they are.
+    model = view(plain, feed)
+    allowed = model.policy.request_mask(Options()).copy()
+    pool = anchors(plain, 30)
+    for k, code in enumerate(pool[:12]):
+        basket = np.asarray(sorted({plain.items.index[c] for c in (code, pool[(k + 5) % 30], pool[(k + 9) % 30])}))
+        for scored in (Scores(model, basket, True, allowed), Scores(model, basket, True), Scores(model, basket, False)):
+            totals = scored(scored.candidates)
+            rows = scored.candidates[np.argsort(-totals, kind="stable")[:8]]
+            totals = scored(rows)
+            totals[3:5] = 0.0
+            expected = brute_reasons(model, basket, rows, totals)
+            got = [
+                [(r["stock_code"], r["share"], r["baskets"]) for r in b] for b in reasons(model, scored, rows, totals)
+            ]
+            assert got == expected and all(expected[:3]) and not any(expected[3:5])
+            assert [[r["share"] for r in b] for b in reasons(model, scored, rows)][:3] == [
+                [share for _code, share, _count in e] for e in expected[:3]
+            ]
+
+
+def test_row_bounds_follow_the_models_table(plain):
+    from recommender.serving.merch_scores import row_bounds
+
+    bounds = row_bounds(plain)
+    assert np.array_equal(bounds[:, 0], plain.table_indptr[:-1]) and np.array_equal(
+        bounds[:, 1], plain.table_indptr[1:]
+    )
+    assert row_bounds(plain) is bounds  # made once
+    other = plain.with_policy(None)
+    other.table_indptr = plain.table_indptr.copy()
+    other.table_indptr[1:] += 1  # another table (a view with new products has its own)
+    assert row_bounds(other)[0, 1] == plain.table_indptr[1] + 1 and row_bounds(plain) is bounds

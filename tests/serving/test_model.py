@@ -59,9 +59,10 @@ def test_teacup_gets_its_saucer(default_model):
 
 def test_unknown_and_duplicate_codes(default_model):
     code = default_model.items.codes[0]
-    answer = default_model.recommend(["NOPE", code, f" {code} ", code, "NOPE2"], 5)
-    assert answer.unknown == ["NOPE", "NOPE2"]
+    answer = default_model.recommend(["NOPE", code, f" {code} ", code, "NOPE2", " NOPE"], 5)
+    assert answer.unknown == ["NOPE", "NOPE2"]  # each once, stripped, in the order given
     assert code not in [s.item.stock_code for s in answer.items]
+    assert answer.items == default_model.recommend([code], 5).items  # repeats count once
 
 
 def test_popularity_fallback(default_model):

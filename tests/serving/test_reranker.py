@@ -162,3 +162,71 @@ def test_a_big_basket_reads_a_bounded_share_of_each_items_postings():
     assert set((rows % per_item).tolist()) == set(range(20))  # each item's 20 most recent rows
     few = postings.nearest(np.arange(5), k=10_000)[0]
     assert len(few) == 5 * per_item  # a small basket reads every posting
+
+
+def test_the_trees_rerank_the_best_served_of_the_candidates_they_learned_from(model):
+    """Answers re-rank the best `served` candidates; a candidate's features (so its final score) do not depend on
+    the others re-ranked with it, which is what lets serving re-rank fewer than training learned from."""
+    import copy
+
+    spec = model.manifest["model"]["rerank"]
+    assert model.reranker.depth == spec["served"] == training_reranker.RerankParams().served < spec["candidates"]
+    deeper, fewer = copy.copy(model.reranker), copy.copy(model.reranker)
+    deeper.depth, fewer.depth = spec["candidates"], 5  # the tiny data's baskets have a few dozen candidates
+    compared = 0
+    for start in range(0, 60, 4):
+        basket = np.asarray(sorted({(start + k * 7) % len(model.items) for k in range(4)}), dtype=np.int64)
+        candidates, scores, positions = model.score_basket(basket)
+        first = scores[candidates]
+        served = fewer.rerank(model, basket, candidates, first, positions)
+        full = deeper.rerank(model, basket, candidates, first, positions)
+        assert len(served.at) == min(len(full.at), fewer.depth)
+        within = np.searchsorted(full.at, served.at)
+        assert np.array_equal(full.at[within], served.at)
+        assert np.array_equal(full.features[within], served.features)
+        assert np.array_equal(full.scores[within], served.scores)
+        compared += len(full.at) > len(served.at)
+    assert compared  # some baskets had more candidates than are served
+
+
+def test_a_model_without_a_served_count_reranks_all_its_candidates(model, reranked_folder):
+    """Models trained before `served` existed keep re-ranking every candidate they learned from (their answers)."""
+    from recommender.serving.reranker import RERANK_FILE, Reranker
+
+    (stored,) = reranked_folder.rglob(RERANK_FILE)
+    with np.load(stored) as data:
+        arrays = dict(data)
+    assert int(arrays["served"]) == model.reranker.depth
+    del arrays["served"]
+    assert Reranker(arrays, model.items.popularity).depth == int(arrays["candidates"]) == 100
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_candidates_chosen_are_a_stable_sorts_best(seed):
+    """choose() keeps what a stable sort by score would cut at `depth` (ties at the cut: the lower positions)."""
+    from recommender.serving.reranker import Reranker
+
+    rng = np.random.default_rng(seed)
+    rr = Reranker.__new__(Reranker)
+    for depth in (1, 5, 50, 400):
+        rr.depth = depth
+        first = rng.choice([-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0], size=300)  # many ties, some not positive
+        positive = np.flatnonzero(first > 0)
+        expected = np.sort(positive[np.argsort(-first[positive], kind="stable")][:depth])
+        assert np.array_equal(rr.choose(np.arange(300), first), expected)
+
+
+def test_answers_equal_the_full_sort_of_every_candidates_final_score(model):
+    """The answer's n best come from the re-ranked candidates alone when they are at least n: the same rows and
+    scores as sorting every candidate's final score."""
+    from recommender.serving.merch_fill import top_positions
+
+    for start in range(0, 60, 3):
+        basket = np.asarray(sorted({(start + k * 5) % len(model.items) for k in range(3)}), dtype=np.int64)
+        candidates, scores, positions = model.score_basket(basket)
+        final, _ = model.final_scores(basket, candidates, scores[candidates], positions)
+        for n in (1, 10, 60):
+            order = top_positions(final, n)
+            rows, got = model._rank(basket, n)
+            k = min(n, len(order))
+            assert np.array_equal(rows[:k], candidates[order]) and np.array_equal(got[:k], final[order])

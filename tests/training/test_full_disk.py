@@ -101,3 +101,19 @@ def test_full_disk_where_the_model_is_built(trained_storage, tiny_csv, small_dis
     assert "No space left on device" in line
     assert snapshot(scratch) == {} and not any(scratch.iterdir())
     assert snapshot(trained_storage.root) == before
+
+
+def test_a_short_write_there_is_named_a_full_disk(small_disk, monkeypatch):
+    # numpy reports a full disk as "N requested and M written" with no errno: still one message naming the cause.
+    import numpy as np
+
+    from recommender.training.engine import scratch_folder
+
+    scratch = small_disk(16)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with pytest.raises(StorageError) as raised:
+        with scratch_folder() as folder:
+            np.save(folder / "big.npy", np.zeros(100_000))
+    message = str(raised.value)
+    assert message.startswith(f"cannot write the model's files in {scratch}: No space left on device (")
+    assert "TMPDIR" in message and not any(scratch.iterdir())

@@ -257,3 +257,44 @@ def test_utf8_with_a_byte_order_mark_is_read(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes(LATIN.encode("utf-8-sig"))
     assert set(load_transactions(path).item_codes) == {"85123A", "ÉTÉ-1"}
+
+
+def test_categorical_columns_clean_as_text_columns():
+    """A chunk of categoricals (Arrow's csv, a workbook) hands its codes to the cleaning and the codebooks: the same
+    rows, values, drops and ids as the same chunk as plain text (codes "85123" and "85123.0" one item; a date only
+    on a dropped row; a category no row uses)."""
+    import pandas as pd
+
+    from recommender.training.ingest import Codebook, clean_chunk
+
+    text = pd.DataFrame(
+        {
+            "InvoiceNo": ["1", "1", "C2", "3", "3", "4", "", "5"],
+            "StockCode": ["85123.0", "POST", "7", "85123", " 9 ", "9", "7", "85123"],
+            "Description": ["a ", "", "b", "c", "", "d", "e", "f"],
+            "CustomerID": ["17850.0", "", "1", "17850", "", "2", "3", " 2"],
+            "Quantity": ["1", "1", "-1", "2", "x", "3", "1", "4"],
+            "InvoiceDate": [
+                "2011-01-02 10:00",
+                "2011-01-02 10:00",
+                "1/5/2011 9:00",
+                "",
+                "bad",
+                "2011-01-03",
+                "",
+                "2011-01-03",
+            ],
+            "UnitPrice": ["1.5", "0", "2", "abc", "-1", "3.25", "1", " 4 "],
+        }
+    )
+    coded = text.apply(lambda col: pd.Categorical(col, categories=[*dict.fromkeys(col), "unused"]))
+    plain, fast = clean_chunk(text), clean_chunk(coded)
+    assert fast.dropped == plain.dropped and len(fast) == len(plain) == 4
+    for name in ("invoice", "code", "customer", "description", "price"):
+        assert getattr(fast, name).tolist() == getattr(plain, name).tolist(), name
+    assert fast.time.tobytes() == plain.time.tobytes()
+    for name in ("invoice", "code", "customer"):
+        books = Codebook(), Codebook()
+        for _ in range(2):  # the second chunk: ids already known
+            ids = books[0].encode(getattr(plain, name)), books[1].encode_coded(getattr(fast, f"{name}_coded"))
+            assert ids[0].tolist() == ids[1].tolist() and books[0].values == books[1].values, name

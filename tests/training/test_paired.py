@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from recommender.tools import synthetic
-from recommender.training import dense_table, engine, neighbors, paired, recipe
+from recommender.training import dense_table, embedding, engine, neighbors, paired, recipe
 from recommender.training.ingest import load_transactions
 from recommender.training.recipe import TrainingParams
 from recommender.training.reranker import RerankParams
@@ -86,7 +86,7 @@ def test_the_paired_build_writes_the_same_bytes_as_two_separate_builds(request, 
 
     with monkeypatch.context() as m:  # the path before: sparse tables, one model after the other, the old SVD
         m.setattr(dense_table, "DENSE_MAX_ITEMS", 0)
-        m.setattr(recipe, "item_embeddings", reference_item_embeddings)
+        m.setattr(embedding, "item_embeddings", reference_item_embeddings)
         slow = build(csv, params, separate_folder)
     assert len(calls) == 1
 
@@ -182,7 +182,25 @@ def test_one_model_over_the_dense_table_writes_the_same_bytes(wider_csv, tmp_pat
     assert len(blocks) == 2  # this thread and the one that built the index
     with monkeypatch.context() as m:
         m.setattr(dense_table, "DENSE_MAX_ITEMS", 0)
-        m.setattr(recipe, "item_embeddings", reference_item_embeddings)
+        m.setattr(embedding, "item_embeddings", reference_item_embeddings)
         slow = build(wider_csv, params, sparse_folder)
     assert len(blocks) == 2 and fast.evaluation is None and fast.model == slow.model
     assert files(dense_folder) == files(sparse_folder)
+
+
+def test_the_one_pass_product_is_scipys():
+    """X'X without scipy's sizing pass: the same entries as X.T @ X (rows of every length, an empty row, a
+    matrix with int64 indices through scipy's own product), and nothing for no rows."""
+    rng = np.random.default_rng(5)
+    rows = (rng.random((200, 60)) < rng.random((200, 1)) * 0.5).astype(np.float32)
+    rows[3] = 0
+    x = sp.csr_matrix(rows)
+    expected = (x.T @ x).toarray()
+    assert dense_table.product(x).toarray().tobytes() == expected.tobytes()
+    assert dense_table.gram(x).tobytes() == expected.tobytes()
+    wide = sp.csr_matrix((x.data, x.indices.astype(np.int64), x.indptr.astype(np.int64)), shape=x.shape)
+    assert dense_table.product(wide).toarray().tobytes() == expected.tobytes()
+    assert dense_table.product(x[:0]) is None and dense_table.product(None) is None
+    g = np.ones((60, 60), dtype=np.float32)
+    dense_table.add(g, dense_table.product(x[:1]))
+    assert np.array_equal(g, 1 + np.outer(rows[0], rows[0]))

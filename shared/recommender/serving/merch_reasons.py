@@ -3,6 +3,7 @@ for items the learned re-ranker ordered, the features that moved it up."""
 
 from __future__ import annotations
 
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -75,17 +76,14 @@ BOUNDS = np.arange(1025)  # where each pick's reasons start (searched for in the
 def reasons(model: Any, scored: Any, rows: np.ndarray, totals: np.ndarray | None = None) -> list[Because]:
     """Per picked row (scored: the basket's merch_scores.Scores; totals: the rows' first-stage scores, when known):
     the basket items whose table weights make up its score, largest share first. The score is exactly the sum of
-    those weights, so share = weight / score sums to 1 (an item scored 0 has no reasons: NO_REASONS)."""
+    those weights, so share = weight / score sums to 1 (an item scored 0 has none: an empty range)."""
     if totals is None:
         totals = scored(rows)
-    asked = len(rows)
-    scored_at = None  # where the rows scored other than 0 are among those asked about (None: all of them)
-    if not totals.all():
-        scored_at = (totals != 0).nonzero()[0]
-        rows, totals = rows[scored_at], totals[scored_at]
     m = len(rows)
     if not m:
-        return [NO_REASONS] * asked
+        return []
+    # The rows scored 0 are left out of the search (a list's `in`: a numpy reduction costs more on a few picks).
+    zero = (totals == 0) if 0.0 in totals.tolist() else None
     # One pass over the table entries the basket read, finding the picks' entries: through a slot per item in a
     # model with few items (1 + the pick's place; 0 for the others), by binary search in one with many.
     targets = scored.targets
@@ -93,50 +91,42 @@ def reasons(model: Any, scored: Any, rows: np.ndarray, totals: np.ndarray | None
         # One byte per item for an answer of up to 126 picks: a quarter of the memory a request touches.
         slot = np.zeros(len(scored.dense), dtype=np.int8 if m < 127 else np.int32)
         slot[rows] = BOUNDS[1 : m + 1] if m < len(BOUNDS) else np.arange(1, m + 1)
+        if zero is not None:
+            slot[rows[zero]] = 0
         found = slot.take(targets)  # take: no conversion of the 32-bit rows, unlike indexing
-        hit = (found > 0).nonzero()[0]
-        pick = found[hit] - 1
+        hit = found.nonzero()[0]
+        pick = found.take(hit) - 1
     else:
-        order = np.argsort(rows)
-        sorted_rows = rows[order]
-        at = np.minimum(np.searchsorted(sorted_rows, targets), m - 1)
-        hit = (sorted_rows[at] == targets).nonzero()[0]
-        pick = order[at[hit]]
-    segments = scored.segments
-    if segments is None:
-        entries = scored.positions[hit]
+        searched = rows if zero is None else np.where(zero, -1, rows)  # -1: no entry's item
+        order = searched.argsort()
+        sorted_rows = searched.take(order)
+        at = np.minimum(sorted_rows.searchsorted(targets), m - 1)
+        hit = (sorted_rows.take(at) == targets).nonzero()[0]
+        pick = order.take(at.take(hit))
+    ends = scored.slice_ends()
+    if ends is None:
+        entries = scored.positions.take(hit)
         # The basket item each entry belongs to: the table row holding it (no array of every entry's row needed).
         sources = model.table_indptr.searchsorted(entries, side="right") - 1
-        weights = model.table_weight[entries]
+        weights = model.table_weight.take(entries)
     else:
         # The entries were read as one slice of the table per basket row: an entry's basket row is the slice it
         # falls in, its place in the table the slice's start plus its place in the slice.
-        ends, shift, total = [], [], 0
-        for a, b in zip(*segments):
-            shift.append(a - total)
-            total += b - a
-            ends.append(total)
-        segment = np.asarray(ends, dtype=np.int64).searchsorted(hit, side="right")
-        entries = hit + np.asarray(shift, dtype=np.int64).take(segment)
+        segment = ends[0].searchsorted(hit, side="right")
+        entries = hit + ends[1].take(segment)
         sources = scored.basket.take(segment)
         weights = scored.weights.take(hit)
     # float32 weights over float64 totals: numpy divides in float64, as an explicit conversion would.
-    shares = weights / totals[pick]
+    shares = weights / totals.take(pick)
     # The entries come in table order (the basket's rows ascending), so a stable sort by pick, then share, leaves
     # equal shares in basket order.
     order = np.lexsort((-shares, pick))
-    pick, sources, shares, entries = pick[order], sources[order], shares[order], entries[order]
-    counts = model.table_count[entries] if model.table_count is not None else np.full(len(entries), -1)
+    pick, sources, shares, entries = pick.take(order), sources.take(order), shares.take(order), entries.take(order)
+    counts = model.table_count.take(entries) if model.table_count is not None else np.full(len(entries), -1)
     bounds = pick.searchsorted(BOUNDS[: m + 1] if m < len(BOUNDS) else np.arange(m + 1)).tolist()
-    items = model.items
+    # One Because per pick, made by C-level maps (a pick without reasons gets an empty range: the same answer).
     arrays = (sources, shares, counts)
-    found = [_because(Because, (items, arrays, a, b)) if b > a else NO_REASONS for a, b in zip(bounds[:-1], bounds[1:])]
-    if scored_at is None:
-        return found
-    out = [NO_REASONS] * asked
-    for j, because in zip(scored_at.tolist(), found):
-        out[j] = because
-    return out
+    return list(map(_because, repeat(Because), zip(repeat(model.items), repeat(arrays), bounds[:-1], bounds[1:])))
 
 
 def ranked_by(model: Any, scored: Any, basket: np.ndarray, rows: np.ndarray) -> dict[int, list[dict]]:

@@ -3,6 +3,7 @@ scores, the re-ranker's final ones (when the model has one), and the table entri
 
 from __future__ import annotations
 
+from itertools import starmap
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,16 @@ from recommender.serving.reranker import squash
 # Up to this many items a basket's scores are one array over every item (as the plain path has them); beyond, kept
 # for the items reached only (merchandising.DENSE_ITEMS decides per answer; this is the default).
 DENSE_ITEMS = 65536
+
+
+def row_bounds(model: Any) -> np.ndarray:
+    """Each table row's [start, stop] (items x 2, int64: 16 bytes per item), made once per model (view)."""
+    indptr = model.table_indptr
+    made = model.__dict__.get("_row_bounds")
+    if made is None or made[0] is not indptr:
+        made = (indptr, np.stack([indptr[:-1], indptr[1:]], axis=1))
+        model._row_bounds = made
+    return made[1]
 
 
 class Scores:
@@ -35,8 +46,8 @@ class Scores:
         self._targets: np.ndarray | None = None
         self._positions: np.ndarray | None = None
         # With the entries read as one slice of the table per basket row (the masked dense path): each basket row's
-        # (starts, stops) in the table, and the weights read (aligned with targets); the reasons read them.
-        self.segments: tuple[list[int], list[int]] | None = None
+        # [start, stop] in the table, and the weights read (aligned with targets); the reasons read them.
+        self._bounds: np.ndarray | None = None
         self.weights: np.ndarray | None = None
         self._sources: np.ndarray | None = None
         # Whether the candidates are the eligible ones only (allowed: the request's mask over every item).
@@ -50,16 +61,19 @@ class Scores:
             # The plain path's scoring (model.score_basket: the same sums in the same order), with the candidates
             # read through the request's mask in the same pass: the re-ranker and new products need them all. The
             # basket rows' entries are read as slices of the table (cheaper than one index array over them all).
-            starts, stops = indptr[basket].tolist(), indptr[basket + 1].tolist()
+            # Each basket row's [start, stop] in the table: one take of the rows' bounds (two fancy indexings, an
+            # addition and two conversions before).
+            self._bounds = row_bounds(model).take(basket, axis=0)
+            bounds = self._bounds.tolist()
             table_target, table_weight = model.table_target, model.table_weight
-            if len(starts) <= 1:  # one slice (or none, for an empty basket): read in place
-                a, b = (starts[0], stops[0]) if starts else (0, 0)
-                targets, weights = table_target[a:b], table_weight[a:b]
+            if len(bounds) <= 1:  # one slice (or none, for an empty basket): read in place
+                part = slice(*bounds[0]) if bounds else slice(0, 0)
+                targets, weights = table_target[part], table_weight[part]
             else:
-                parts = [slice(a, b) for a, b in zip(starts, stops)]
-                targets = np.concatenate([table_target[part] for part in parts])
-                weights = np.concatenate([table_weight[part] for part in parts])
-            self._targets, self.weights, self.segments = targets, weights, (starts, stops)
+                parts = list(starmap(slice, bounds))
+                targets = np.concatenate(list(map(table_target.__getitem__, parts)))
+                weights = np.concatenate(list(map(table_weight.__getitem__, parts)))
+            self._targets, self.weights = targets, weights
             self.dense = np.bincount(targets, weights=weights, minlength=n)
             mark = np.zeros(n, dtype=bool)
             mark[model.near(basket).ravel()] = True
@@ -94,6 +108,23 @@ class Scores:
             found = np.union1d(found, np.concatenate([reached, targets[self.sources >= first_new]]))
         self.candidates = found[~members(found, basket)]
         self._rerank(model, basket)
+
+    @property
+    def segments(self) -> tuple[list[int], list[int]] | None:
+        """With the entries read as one slice per basket row: the slices' starts and stops in the table (else None)."""
+        if self._bounds is None:
+            return None
+        return self._bounds[:, 0].tolist(), self._bounds[:, 1].tolist()
+
+    def slice_ends(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """With the entries read as one slice per basket row: where each row's entries end among those read, and
+        what turns a place among them into a place in the table (the row's start - its first place), per basket
+        row (None otherwise)."""
+        if self._bounds is None:
+            return None
+        stops = self._bounds[:, 1]
+        ends = (stops - self._bounds[:, 0]).cumsum()
+        return ends, stops - ends
 
     @property
     def positions(self) -> np.ndarray:

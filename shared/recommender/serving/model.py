@@ -26,7 +26,7 @@ from recommender.serving import merchandising, new_items
 from recommender.serving.confidence import Confidence
 from recommender.serving.merch_fill import top_positions
 from recommender.serving.merchandising import Options, Policy
-from recommender.serving.reranker import RERANK_FILE, Reranker, squash
+from recommender.serving.reranker import RERANK_FILE, Reranked, Reranker, squash
 
 log = logging.getLogger("recommender")
 
@@ -148,9 +148,7 @@ class Model:
         if self.first_new < len(self.items):  # the trees know only the known items: new_items places the others
             return new_items.final_scores(self, basket, candidates, first, positions)
         reranked = self.reranker.rerank(self, basket, candidates, first, positions)
-        final = squash(first)
-        final[reranked.at] = reranked.scores
-        return final, reranked
+        return _merged(first, reranked), reranked
 
     def with_policy(self, policy: Policy | None) -> Model:
         """The same model (sharing every array and Annoy's remembered answers) answering under a feed and rules."""
@@ -164,12 +162,15 @@ class Model:
     def recommend(self, basket: Sequence[str], n: int, options: Options | None = None) -> Recommendation:
         """The n best items to offer with basket, best first, none from the basket; the feed, the rules and the
         options (if any) applied."""
-        # Each code once, stripped, in the order given (a dict keeps the first); a big basket's hundreds of codes
-        # cost one pass.
-        codes = list(dict.fromkeys(map(str.strip, basket)))
-        found = list(map(self.items.index.get, codes))
-        known = [i for i in found if i is not None]
-        unknown = [code for code, i in zip(codes, found) if i is None] if len(known) < len(codes) else []
+        # The rows of the codes (stripped), each once: codes and rows correspond one to one, so a set of the rows
+        # found is the distinct known items, whatever the repeats; a big basket's hundreds of codes cost one pass.
+        get = self.items.index.get
+        found = set(map(get, map(str.strip, basket)))
+        unknown = []
+        if None in found:  # the unknown codes, each once in the order given (a dict keeps the first)
+            found.discard(None)
+            unknown = [code for code in dict.fromkeys(map(str.strip, basket)) if get(code) is None]
+        known = found
         n = max(0, min(n, len(self.items) - len(known)))
         policy = self.policy
         if options is not None or (policy is not None and policy.restricts):
@@ -207,7 +208,7 @@ class Model:
 
     def _answer(self, basket: tuple[int, ...], n: int) -> tuple[tuple[Scored, ...], bool]:
         """The answer for a basket of known rows, and whether it is the popular fallback."""
-        rows, scores = self._rank(np.asarray(basket, dtype=np.int64), n)
+        rows, scores = self._rank(np.fromiter(basket, dtype=np.int64, count=len(basket)), n)
         if n and (not len(scores) or scores[0] <= 0):
             # Nothing learned goes with these items (every score is a sum of learned weights, and none is
             # positive): the most popular items rather than index neighbours in an arbitrary order.
@@ -281,7 +282,16 @@ class Model:
 
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         candidates, scores, positions = self.score_basket(basket)
-        scores, _reranked = self.final_scores(basket, candidates, scores[candidates], positions)
+        if self.reranker is not None and self.first_new == len(self.items):
+            reranked = self.reranker.rerank(self, basket, candidates, scores[candidates], positions)
+            if len(reranked.scores) >= n:
+                # Every re-ranked item scores above every other (final_scores): the n best are the re-ranked ones'
+                # n best, ties in row order as in the full sort below, without scoring the thousands of others.
+                top = np.argsort(-reranked.scores, kind="stable")[:n]
+                return reranked.rows.take(top), reranked.scores.take(top)
+            scores = _merged(scores[candidates], reranked)
+        else:
+            scores, _reranked = self.final_scores(basket, candidates, scores[candidates], positions)
         # Rows are numbered by popularity (training does it) and candidates come out in row order, so a stable
         # sort on the score alone breaks ties by popularity, then by row: stable answers at the cost of one sort
         # (of the n best only, when the candidates are many: a big basket's are thousands).
@@ -296,6 +306,14 @@ class Model:
             rows = np.concatenate([rows, np.asarray(extra, dtype=np.int64)])
             scores = np.concatenate([scores, np.full(len(extra), floor)])
         return rows, scores
+
+
+def _merged(first: np.ndarray, reranked: Reranked) -> np.ndarray:
+    """The final scores of all candidates: the re-ranked ones' (above 0.5), the others' first-stage scores squashed
+    below them."""
+    final = squash(first)
+    final[reranked.at] = reranked.scores
+    return final
 
 
 def load_model(storage: Storage, version: str, answer_cache: int = 0) -> Model:

@@ -283,7 +283,9 @@ class Reranker:
         # The model's item-item table (indptr, target) read backwards: the link features of a big basket read the
         # entries into its candidates rather than every entry of its items (serving/rerank_links.py).
         self.incoming = Incoming.of(*table) if table is not None else None
-        self.depth = int(arrays["candidates"]) if "candidates" in arrays else 100
+        # The candidates re-ranked: the best `served` of the `candidates` the trees learned from (models trained
+        # before the two differed re-rank all of them).
+        self.depth = int(arrays.get("served", arrays.get("candidates", 100)))
         self.item = arrays["item_features"].astype(np.float64)
         self.price = arrays["item_price"].astype(np.float64)
         self.popularity = np.asarray(popularity, dtype=np.float64)
@@ -304,13 +306,17 @@ class Reranker:
         self.trees = Trees.from_arrays(arrays) if "tree_roots" in arrays else None
 
     def choose(self, candidates: np.ndarray, first: np.ndarray) -> np.ndarray:
-        """Positions (in candidates) of the ones the trees re-rank: the best `depth` by first-stage score among
-        those scoring above 0, best first (ties by row)."""
+        """Positions (in candidates, ascending) of the ones the trees re-rank: the best `depth` by first-stage score
+        among those scoring above 0 (of equal scores at the cut, the lower positions: the lower rows)."""
         positive = np.flatnonzero(first > 0)
-        if len(positive) > self.depth:
-            kth = -np.partition(-first[positive], self.depth - 1)[self.depth - 1]
-            positive = positive[first[positive] >= kth]
-        return positive[np.argsort(-first[positive], kind="stable")][: self.depth]
+        if len(positive) <= self.depth:
+            return positive
+        values = first.take(positive)
+        kth = -np.partition(-values, self.depth - 1)[self.depth - 1]
+        keep = values > kth
+        # The set a stable sort by score would cut: every score above the cut's, then the first of those equal to it.
+        keep[np.flatnonzero(values == kth)[: self.depth - int(np.count_nonzero(keep))]] = True
+        return positive[keep]
 
     def features(
         self, model: object, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray
@@ -322,8 +328,8 @@ class Reranker:
         if not m:
             return x
         x[:, 0] = first
-        order = np.lexsort((candidates, -first))
-        x[order, 1] = np.arange(1, m + 1)
+        # by score, ties by row: candidates are ascending, so a stable sort on the score alone
+        x[np.argsort(-first, kind="stable"), 1] = np.arange(1, m + 1)
         x[:, 2] = first / max(float(first.max()), 1e-12)
         slots = Slots(candidates, len(self.item))
         self.links(model, basket, positions, slots, x)
@@ -372,7 +378,7 @@ class Reranker:
         self, model: object, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray
     ) -> Reranked:
         """The trees' final scores for the basket's best candidates (candidates ascending, first aligned)."""
-        at = np.sort(self.choose(candidates, first))
+        at = self.choose(candidates, first)
         x = self.features(model, basket, candidates[at], first[at], positions)
         raw = self.trees.score(x) if self.trees is not None else -x[:, 1]
         return Reranked(at, final_of(raw), x, candidates[at])

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_LARGEST = np.finfo(np.float64).max
+
 
 @dataclass
 class Bitvectors:
@@ -34,7 +36,9 @@ class Bitvectors:
         """Per row of x (rows x features) and tree, its exit leaf as tree * leaves_per_tree + leaf (from the left)."""
         # The walk reads a missing value as 0 (and infinities as the largest finite numbers): the same here.
         # Lane-major (a feature's values contiguous): the search's gathers and the masks' ANDs go lane by lane.
-        values = np.nan_to_num(np.asarray(x, dtype=np.float64).T[self.used], nan=0.0, copy=False)
+        values = np.asarray(x, dtype=np.float64).T[self.used]  # a copy (fancy index): changed in place below
+        np.clip(values, -_LARGEST, _LARGEST, out=values)  # what nan_to_num does, in half its time
+        values[np.isnan(values)] = 0.0
         lanes, n = values.shape
         at = np.repeat(np.arange(lanes, dtype=np.intp) * self.width, n).reshape(lanes, n)
         step = self.width // 2

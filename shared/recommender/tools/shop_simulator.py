@@ -121,9 +121,9 @@ def load_baskets(path: str, days: int = 30) -> list[list[Line]]:
     cancellations, returns and invalid lines left out."""
     import pandas as pd
 
-    from recommender.training.ingest import read_chunks
+    from recommender.training.ingest import as_frame, read_chunks
 
-    frames = [c for c in read_chunks(path)]
+    frames = [as_frame(c) for c in read_chunks(path)]
     if not frames:
         raise DataFileError(f"{path}: no rows")
     data = pd.concat(frames, ignore_index=True)

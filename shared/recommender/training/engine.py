@@ -31,8 +31,12 @@ def scratch_folder() -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="recommender-train-") as tmp:
             yield Path(tmp)
     except OSError as err:
+        reason = err.strerror or str(err)
+        if err.errno is None and " requested and " in reason:
+            # numpy reports a full disk as a short write ("N requested and M written"), without ENOSPC.
+            reason = f"No space left on device ({reason})"
         raise StorageError(
-            f"cannot write the model's files in {tempfile.gettempdir()}: {err.strerror or err}; free "
+            f"cannot write the model's files in {tempfile.gettempdir()}: {reason}; free "
             f"some space there, or set TMPDIR to a folder on a disk with more"
         ) from None
 

@@ -1,43 +1,38 @@
-"""Reading purchase history (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://) and cleaning it into baskets.
-
-The cleaning rules live in one function, clean_chunk, which both engines apply: the single-machine trainer to each
-chunk it reads, Spark to each part on its executors (training/distributed.py), so both drop the same rows for the
-same reasons and report the same counts.
+"""Reading purchase history (.csv, .csv.gz, .xlsx, .parquet, a folder of parts, s3://) and cleaning it into baskets:
+load_transactions, over training/readers.py (the file formats) and training/cleaning.py (the rules, shared with the
+Spark engine), and what a trainer does with the baskets (select, renumber, report).
 """
 
 from __future__ import annotations
 
-import codecs
-import gzip
-import re
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from recommender.core.errors import DataFileError
-from recommender.core.extras import optional
-from recommender.training import csv_fast, xlsx
-from recommender.training.csv_fast import ARROW_MAX_BYTES
-from recommender.training.xlsx import blank, cell_text
-
-REQUIRED = ("InvoiceNo", "StockCode", "Description", "CustomerID")
-OPTIONAL = ("Quantity", "InvoiceDate", "UnitPrice")
-# Header spellings accepted for each column, compared without case, spaces or underscores (the "Online Retail II"
-# export says "Invoice" and "Customer ID").
-ALIASES = {"InvoiceNo": {"invoiceno", "invoice", "invoicenumber"}, "CustomerID": {"customerid", "customer"}}
-SUPPORTED = (".csv", ".csv.gz", ".xlsx", ".parquet")
-REASONS = ("cancelled invoice", "quantity <= 0", "empty invoice or code", "service code")
-# A basket line without a date: the int64 view of NaT, smaller than every real time.
-NO_TIME = np.iinfo(np.int64).min
-CHUNK_ROWS = 1_000_000
-# Service lines (postage, fees, manual adjustments) are all letters: "POST", "DOT", "BANK CHARGES".
-SERVICE_CODE = re.compile(r"^[A-Za-z ]+$")
-# Excel stores digit-only codes as numbers; a reader may give them back as "85123.0".
-FLOAT_INTEGER = re.compile(r"^(\d+)\.0+$")
+from recommender.training.cleaning import (  # noqa: F401 (re-exported: other modules and tests name them here)
+    NO_TIME,
+    REASONS,
+    CleanChunk,
+    Codebook,
+    Coded,
+    CodedChunk,
+    as_frame,
+    clean_chunk,
+    clean_code,
+)
+from recommender.training.readers import (  # noqa: F401 (re-exported)
+    OPTIONAL,
+    REQUIRED,
+    SUPPORTED,
+    _not_encoded,
+    read_chunks,
+    read_part,
+    xlsx_rows,
+)
+from recommender.training.xlsx import cell_text  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -68,347 +63,6 @@ class Transactions:
     # float64 per item: its most recent positive UnitPrice (latest dated line, then file order); NaN when the file
     # has no UnitPrice column or the item none. The default price of the product feed.
     item_prices: np.ndarray | None = None
-
-
-def _column_map(columns: list, path: Path) -> dict[str, object]:
-    """For each column the product reads, the file's header naming it; DataFileError when a required one is missing."""
-
-    def norm(name: object) -> str:
-        return re.sub(r"[\s_]", "", str(name)).lower()
-
-    found: dict[str, object] = {}
-    for wanted in (*REQUIRED, *OPTIONAL):
-        accepted = ALIASES.get(wanted, set()) | {wanted.lower()}
-        for column in columns:
-            if norm(column) in accepted:
-                found[wanted] = column
-                break
-    missing = [c for c in REQUIRED if c not in found]
-    if not missing:
-        return found
-    names = [str(c).strip() for c in columns]
-    if len(names) == 1 and ";" in names[0]:
-        raise DataFileError(f"{path.name} looks semicolon-separated (header {names[0]!r}); save it with commas")
-    raise DataFileError(
-        f"{path.name} lacks required column(s) {', '.join(missing)}; found: {', '.join(names) or 'none'}"
-    )
-
-
-def _csv_chunks(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise DataFileError(f"unknown encoding ENCODING={encoding!r}: use e.g. utf-8, latin-1 or cp1252") from None
-    try:
-        header = pd.read_csv(path, nrows=0, encoding=encoding)
-    except pd.errors.EmptyDataError:
-        raise DataFileError(f"{path.name} is empty") from None
-    except UnicodeDecodeError:
-        raise _not_encoded(path, kind, encoding) from None
-    except (gzip.BadGzipFile, EOFError, OSError, pd.errors.ParserError, ValueError) as err:
-        raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
-    columns = _column_map(list(header.columns), path)
-    rename = {original: wanted for wanted, original in columns.items()}
-    if codecs.lookup(encoding).name == "utf-8" and path.stat().st_size <= ARROW_MAX_BYTES:
-        frame = _arrow_csv(path, rename)
-        if frame is not None:
-            yield frame
-            return
-    try:
-        # Strict decoding: a file in another encoding is refused, never read into mangled text.
-        reader = pd.read_csv(
-            path, usecols=list(rename), dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS, encoding=encoding
-        )
-        for chunk in reader:
-            yield chunk.rename(columns=rename)
-    except UnicodeDecodeError:
-        raise _not_encoded(path, kind, encoding) from None
-    except (gzip.BadGzipFile, EOFError, zipfile.BadZipFile, OSError, pd.errors.ParserError, ValueError) as err:
-        raise DataFileError(f"cannot read {path.name} as {kind}: {err}") from None
-
-
-def _arrow_csv(path: Path, rename: dict[str, str]) -> pd.DataFrame | None:
-    """The whole csv at once with Arrow's reader (parsing on both cores, about twice as fast as pandas'; started
-    before the imports when the command prefetched it: training/csv_fast.py), each column as a categorical so that
-    cleaning works once per distinct value; None when Arrow cannot read it (a ragged row, bad UTF-8, ...) or when
-    pyarrow is not installed (the light install): pandas' reader then reads it, or names the problem, as it always
-    has."""
-    if len(set(rename)) != len(rename) or not all(isinstance(name, str) for name in rename):
-        return None
-    encoded = csv_fast.read_encoded(path, list(rename))
-    if encoded is None:
-        return None
-    columns = {}
-    for original, wanted in rename.items():
-        values = pd.Index(encoded[original].dictionary.to_numpy(zero_copy_only=False), dtype=object)
-        columns[wanted] = pd.Categorical.from_codes(encoded[original].indices.to_numpy(), values)
-    return pd.DataFrame(columns)
-
-
-def _not_encoded(path: Path, kind: str, encoding: str) -> DataFileError:
-    """The error for a file that is not text in `encoding`, naming the first line that is not and how to go on."""
-    decoder = codecs.getincrementaldecoder(encoding)()
-    where = ""
-    with gzip.open(path, "rb") if kind.endswith(".gz") else open(path, "rb") as f:
-        head = f.read(4096)
-        if head.startswith(b"PK\x03\x04") or b"\x00" in head:
-            return DataFileError(
-                f"cannot read {path.name} as {kind}: it is binary, not {encoding} text (a zip or "
-                f"xlsx renamed? UTF-16 text needs ENCODING=utf-16)"
-            )
-        f.seek(0)
-        for number, line in enumerate(f, 1):
-            try:
-                decoder.decode(line)
-            except UnicodeDecodeError as err:
-                where = f" (line {number}: byte {line[err.start : err.end].hex(' ')})"
-                break
-    return DataFileError(
-        f"{path.name} is not {encoding} text{where}: save it as UTF-8, or give its encoding, "
-        f"e.g. ENCODING=cp1252 (Windows, Excel) or ENCODING=latin-1"
-    )
-
-
-def _xlsx_rows(path: Path) -> list[list]:
-    """The first sheet's cells as Python values (python-calamine: several times faster than openpyxl)."""
-    try:
-        from python_calamine import CalamineWorkbook
-    except ImportError:  # the slow path still works without the Rust reader
-        return _openpyxl_rows(path)
-    workbook = CalamineWorkbook.from_path(str(path))
-    if not workbook.sheet_names:
-        raise DataFileError(f"{path.name} has no worksheet")
-    return workbook.get_sheet_by_index(0).to_python(skip_empty_area=False)
-
-
-def _openpyxl_rows(path: Path) -> list[list]:
-    return pd.read_excel(path, sheet_name=0, engine="openpyxl", header=None, dtype=object).values.tolist()
-
-
-def xlsx_rows(path: Path) -> list[list]:
-    """The first sheet's rows as Python values, without the trailing empty rows of its used range;
-    DataFileError for a damaged or empty workbook."""
-    try:
-        rows = _xlsx_rows(path)
-    except DataFileError:
-        raise
-    except Exception as err:  # calamine and zipfile raise their own types for damaged files
-        raise _damaged(path, err) from None
-    while rows and blank(rows[-1]):
-        rows.pop()
-    if not rows:
-        raise DataFileError(f"{path.name} is empty")
-    return rows
-
-
-def _damaged(path: Path, err: BaseException) -> DataFileError:
-    return DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}")
-
-
-def _xlsx_chunks(path: Path) -> Iterator[pd.DataFrame]:
-    """The first sheet's data rows as text columns named as REQUIRED/OPTIONAL, streamed in chunks (training/xlsx.py:
-    the parse may already have started, and each distinct cell value is converted once)."""
-    try:
-        try:
-            import python_calamine  # noqa: F401
-        except ImportError:  # the slow path still works without the Rust reader
-            rows = iter(_openpyxl_rows(path))
-        else:
-            rows = xlsx.sheet_rows(xlsx.first_sheet(path))
-        header = next(rows, None)
-        if header is not None and blank(header):
-            # Nothing but a blank header row: the file is as good as empty (the header is never data)
-            rest = list(rows)
-            if all(blank(row) for row in rest):
-                header = None
-            rows = iter(rest)
-    except DataFileError:
-        raise
-    except Exception as err:  # calamine and zipfile raise their own types for damaged files
-        raise _damaged(path, err) from None
-    if header is None:
-        raise DataFileError(f"{path.name} is empty")
-    names = [cell_text(cell) for cell in header]
-    columns = {wanted: names.index(original) for wanted, original in _column_map(names, path).items()}
-    yield from xlsx.frames(rows, columns)
-
-
-def _arrow_text(column) -> np.ndarray:
-    """A Parquet column as the csv export would write it: text, "" for nulls, dates as "2010-12-01 08:26:00"."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if pa.types.is_timestamp(column.type):
-        column = pc.strftime(column, format="%Y-%m-%d %H:%M:%S")
-    elif pa.types.is_date(column.type):
-        column = pc.strftime(column, format="%Y-%m-%d")
-    elif pa.types.is_floating(column.type):
-        # 17850.0 -> "17850" as in a csv; codes and ids are compared as text
-        whole = pc.equal(column, pc.floor(column))
-        column = pc.if_else(
-            whole, pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string()), pc.cast(column, pa.string())
-        )
-    elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        column = pc.cast(column, pa.string())
-    return pc.fill_null(column, "").to_numpy(zero_copy_only=False)
-
-
-def _parquet_chunks(path: Path, name: str) -> Iterator[pd.DataFrame]:
-    pa = optional("pyarrow", "Parquet input")
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError, ValueError) as err:
-        raise DataFileError(f"cannot read {name} as .parquet: {err}") from None
-    columns = _column_map(parquet.schema_arrow.names, Path(name))
-    try:
-        if parquet.metadata.num_rows == 0:
-            yield pd.DataFrame({wanted: pd.Series([], dtype=object) for wanted in columns})
-            return
-        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(dict.fromkeys(columns.values()))):
-            yield pd.DataFrame({wanted: _arrow_text(batch.column(original)) for wanted, original in columns.items()})
-    except (pa.ArrowException, OSError, ValueError) as err:
-        raise DataFileError(f"cannot read {name} as .parquet: {err}") from None
-
-
-def read_part(path: Path, kind: str, name: str | None = None, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
-    """The raw rows of one local file as text columns named as REQUIRED/OPTIONAL, in chunks (a csv decoded strictly
-    as `encoding`)."""
-    if kind == ".xlsx":
-        yield from _xlsx_chunks(path)
-    elif kind == ".parquet":
-        yield from _parquet_chunks(path, name or path.name)
-    else:
-        yield from _csv_chunks(path, kind, encoding)
-
-
-def read_chunks(path: str | Path, encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
-    """The raw rows of a file, folder of parts or s3:// location, as text columns, in chunks, parts in order;
-    DataFileError when the input cannot be used."""
-    from recommender.training.event_tables import purchase_chunks
-    from recommender.training.sources import EVENTS_KIND, local_file, resolve
-
-    for part in resolve(path).parts:
-        if part.kind == EVENTS_KIND:
-            yield from purchase_chunks(part.location)
-            continue
-        with local_file(part) as local:
-            yield from read_part(local, part.kind, part.name, encoding)
-
-
-def _factorize(column: pd.Series, clean: Callable[[str], str] = str.strip) -> tuple[np.ndarray, list[str]]:
-    """Row codes and cleaned distinct values: string work runs once per distinct value, not per row."""
-    codes, uniques = pd.factorize(column, sort=False)
-    return codes, [clean(str(u)) for u in uniques]
-
-
-def clean_code(value: str) -> str:
-    """A stock or customer code as the file means it: trimmed, and "85123.0" (a spreadsheet's number) -> "85123"."""
-    value = value.strip()
-    match = FLOAT_INTEGER.match(value)
-    return match.group(1) if match else value
-
-
-@dataclass
-class CleanChunk:
-    """The rows of a chunk that survive cleaning, normalized, and how many were dropped for each reason."""
-
-    rows_read: int
-    dropped: dict[str, int]
-    invoice: np.ndarray  # object: stripped InvoiceNo
-    code: np.ndarray  # object: stripped StockCode, "85123.0" -> "85123"
-    customer: np.ndarray  # object: normalized CustomerID, "" for a guest checkout
-    description: np.ndarray  # object: stripped Description, "" when empty
-    time: np.ndarray  # int64 seconds since the epoch, NO_TIME when undated
-    price: np.ndarray | None  # object: the UnitPrice text when it is a positive number, else ""; None: no column
-
-    def __len__(self) -> int:
-        return len(self.invoice)
-
-
-def clean_chunk(chunk: pd.DataFrame) -> CleanChunk:
-    """The cleaning rules (docs/training-data.md), the one definition both engines apply to raw text rows."""
-    dropped = dict.fromkeys(REASONS, 0)
-    inv_rows, inv_values = _factorize(chunk["InvoiceNo"])
-    code_rows, code_values = _factorize(chunk["StockCode"], clean_code)
-    keep = np.ones(len(chunk), dtype=bool)
-
-    def drop(mask: np.ndarray, reason: str) -> None:
-        newly = mask & keep
-        dropped[reason] += int(newly.sum())
-        keep[newly] = False
-
-    drop(np.array([v.upper().startswith("C") for v in inv_values], dtype=bool)[inv_rows], "cancelled invoice")
-    if "Quantity" in chunk:
-        qty_rows, qty_values = _factorize(chunk["Quantity"], str)  # parsed once per distinct value
-        qty = (
-            pd.to_numeric(pd.Series(qty_values, dtype=object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)[
-                qty_rows
-            ]
-            if len(chunk)
-            else np.empty(0)
-        )
-        drop(~(qty > 0), "quantity <= 0")
-    empty = (
-        np.array([v == "" for v in inv_values], dtype=bool)[inv_rows]
-        | np.array([v == "" for v in code_values], dtype=bool)[code_rows]
-    )
-    drop(empty, "empty invoice or code")
-    service = np.array([bool(SERVICE_CODE.match(v)) for v in code_values], dtype=bool)
-    drop(service[code_rows], "service code")
-    kept = chunk[keep]
-    if "InvoiceDate" in kept and len(kept):
-        date_rows, date_values = _factorize(kept["InvoiceDate"])
-        stamps = pd.to_datetime(pd.Series(date_values, dtype=object), errors="coerce", format="mixed")
-        when = stamps.to_numpy("datetime64[s]").view(np.int64)[date_rows]
-    else:
-        when = np.full(len(kept), NO_TIME, dtype=np.int64)
-    cust_rows, cust_values = _factorize(kept["CustomerID"], clean_code)
-    desc_rows, desc_values = _factorize(kept["Description"])
-    price = None
-    if "UnitPrice" in kept:
-        price_rows, price_values = _factorize(kept["UnitPrice"])
-        price = (
-            np.array([v if _positive_number(v) else "" for v in price_values], dtype=object)[price_rows]
-            if len(kept)
-            else np.empty(0, dtype=object)
-        )
-    return CleanChunk(
-        rows_read=len(chunk),
-        dropped=dropped,
-        invoice=np.array(inv_values, dtype=object)[inv_rows[keep]] if len(kept) else np.empty(0, dtype=object),
-        code=np.array(code_values, dtype=object)[code_rows[keep]] if len(kept) else np.empty(0, dtype=object),
-        customer=np.array(cust_values, dtype=object)[cust_rows] if len(kept) else np.empty(0, dtype=object),
-        description=np.array(desc_values, dtype=object)[desc_rows] if len(kept) else np.empty(0, dtype=object),
-        time=when,
-        price=price,
-    )
-
-
-class Codebook:
-    """Stable integer ids for strings, assigned in order of first appearance across chunks."""
-
-    def __init__(self, dtype: type = np.int32) -> None:
-        self.ids: dict[str, int] = {}
-        self.values: list[str] = []
-        self.dtype = dtype
-
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        """The id of each value; new values get the next ids in order of first appearance."""
-        codes, uniques = pd.factorize(values, sort=False)
-        out = np.empty(len(uniques), dtype=self.dtype)
-        for j, value in enumerate(uniques):
-            idx = self.ids.get(value)
-            if idx is None:
-                idx = self.ids[value] = len(self.values)
-                self.values.append(value)
-            out[j] = idx
-        return out[codes]
-
-    def array(self) -> np.ndarray:
-        """The values in id order, as an object array."""
-        return np.array(self.values, dtype=object) if self.values else np.empty(0, dtype=object)
 
 
 def check_cleaned(report: CleaningReport, name: str) -> None:
@@ -444,19 +98,19 @@ def load_transactions(
         on_rows(clean.rows_read)
         if not len(clean):
             continue
-        basket_idx = invoices.encode(clean.invoice)
-        item_idx = items.encode(clean.code)
+        basket_idx = invoices.encode_coded(clean.invoice_coded)
+        item_idx = items.encode_coded(clean.code_coded)
         pair_basket.append(basket_idx)
         pair_item.append(item_idx)
         time_parts.append((basket_idx, clean.time))
-        guest = clean.customer == ""
+        guest = clean.customer_coded.per_row(lambda v: v == "")
         cust_idx = np.full(len(clean), -1, dtype=np.int32)
         if (~guest).any():
-            cust_idx[~guest] = customers.encode(clean.customer[~guest])
+            cust_idx[~guest] = customers.encode_coded(clean.customer_coded.rows(~guest))
         cust_parts.append((basket_idx, cust_idx))
-        _update_latest(last_desc, item_idx, clean.time, clean.description, seen_rows)
-        if clean.price is not None:
-            _update_latest(last_price, item_idx, clean.time, clean.price, seen_rows)
+        _update_latest(last_desc, item_idx, clean.time, clean.description_coded, seen_rows)
+        if clean.price_coded is not None:
+            _update_latest(last_price, item_idx, clean.time, clean.price_coded, seen_rows)
         seen_rows += len(clean)
     report.rows_kept = report.rows_read - sum(report.dropped.values())
     check_cleaned(report, source_name(path))
@@ -498,19 +152,12 @@ def load_transactions(
     )
 
 
-def _positive_number(value: str) -> bool:
-    try:
-        return float(value) > 0
-    except ValueError:
-        return False
-
-
 def _update_latest(
-    last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray, values: np.ndarray, offset: int
+    last: dict[int, tuple[int, int, str]], item_idx: np.ndarray, when: np.ndarray, values: Coded, offset: int
 ) -> None:
     """Keep, per item, the value of its latest dated (then latest in file) line with a non-empty value;
     descriptions and unit prices (clean_chunk leaves a price empty unless it is a positive number)."""
-    nonempty = np.flatnonzero(values != "")
+    nonempty = np.flatnonzero(values.per_row(lambda v: v != ""))
     if not len(nonempty):
         return
     # NO_TIME is the smallest int64: undated lines lose to dated ones
@@ -518,7 +165,7 @@ def _update_latest(
     for item, t, row in zip(item_idx[latest].tolist(), when[latest].tolist(), latest.tolist()):
         prev = last.get(item)
         if prev is None or (t, row + offset) >= prev[:2]:
-            last[item] = (t, row + offset, values[row])
+            last[item] = (t, row + offset, values.values[values.codes[row]])
 
 
 def _latest_per_item(item: np.ndarray, when: np.ndarray) -> np.ndarray:

@@ -26,11 +26,6 @@ from typing import TypeVar
 import numpy as np
 import scipy.sparse as sp
 
-try:  # private, but toarray's kernel for a decade; six times faster than a fancy-indexed add
-    from scipy.sparse._sparsetools import csr_todense as _csr_todense
-except ImportError:  # pragma: no cover
-    _csr_todense = None
-
 from recommender.core.errors import DataFileError
 from recommender.training import dense_table, reranker
 from recommender.training.ingest import Transactions
@@ -136,38 +131,26 @@ def shared_grams(a: Prepared, b: Prepared, held: np.ndarray) -> tuple[np.ndarray
     position = {code: i for i, code in enumerate(a.tx.item_codes)}
     to_a = np.fromiter((position[code] for code in b.tx.item_codes), dtype=np.int64, count=len(b.tx.item_codes))
     common, only_a, only_b = _split_histories(a.customers, _renumbered(b.customers, to_a, n))
-    history = _product(common)
+    history = dense_table.product(common)
     basket_a = dense_table.gram(a.baskets[~held])  # the training baskets' gram, the big product, once
     rows_b = basket_a.copy()
-    for part in (history, _product(only_b)):
-        _add(rows_b, part)
-    pick = np.ix_(to_a, to_a)
-    g_b, basket_b = rows_b[pick], basket_a[pick]  # in b's numbering
-    del rows_b
-    _add(basket_a, _product(a.baskets[held]))
+    for part in (history, dense_table.product(only_b)):
+        dense_table.add(rows_b, part)
+    # In b's numbering: rows then columns, each a take (np.ix_'s one gather is seven times slower); g_b goes into
+    # rows_b's memory and basket_b's rows into the same scratch as g_b's: each 62 MB array fresh from the system
+    # costs its page faults (a quarter of this function's time), so two fewer of them.
+    m = len(to_a)
+    scratch = rows_b.take(to_a, axis=0)
+    g_b = rows_b.reshape(-1)[: m * m].reshape(m, m)
+    scratch.take(to_a, axis=1, out=g_b, mode="clip")  # (the indices are valid: clip only spares a buffered copy)
+    basket_a.take(to_a, axis=0, out=scratch, mode="clip")
+    basket_b = scratch.take(to_a, axis=1)
+    del rows_b, scratch
+    dense_table.add(basket_a, dense_table.product(a.baskets[held]))
     g_a = basket_a.copy()
-    for part in (history, _product(only_a)):
-        _add(g_a, part)
+    for part in (history, dense_table.product(only_a)):
+        dense_table.add(g_a, part)
     return g_a, basket_a, g_b, basket_b
-
-
-def _product(matrix: sp.csr_matrix | None) -> sp.csr_matrix | None:
-    """X'X of matrix, sparse (None without rows)."""
-    if matrix is None or not matrix.shape[0]:
-        return None
-    x = matrix.tocsr().astype(np.float32)
-    return (x.T.tocsr() @ x).tocsr()
-
-
-def _add(out: np.ndarray, part: sp.csr_matrix | None) -> None:
-    """out += part, in place."""
-    if part is None:
-        return
-    if _csr_todense is not None:  # scipy's own loop (what toarray runs): it adds into the array it is given
-        _csr_todense(*part.shape, part.indptr, part.indices, part.data, out)
-        return
-    rows = np.repeat(np.arange(part.shape[0], dtype=np.int64) * part.shape[1], np.diff(part.indptr))
-    out.reshape(-1)[rows + part.indices] += part.data  # a product's entries are distinct: one fancy add is exact
 
 
 def _renumbered(matrix: sp.csr_matrix | None, to_a: np.ndarray, n: int) -> sp.csr_matrix | None:

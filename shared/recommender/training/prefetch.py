@@ -18,7 +18,7 @@ def _key(path: Path) -> tuple:
 
 
 def start(path: Path, read: Callable[[Path], Any], name: str) -> None:
-    """Run read(path) in a daemon thread named name, unless one already runs for this file; nothing if it is gone."""
+    """Run read(path) in a thread named name, unless one already runs for this file; nothing if it is gone."""
     try:
         key = _key(path)
     except OSError:
@@ -31,7 +31,9 @@ def start(path: Path, read: Callable[[Path], Any], name: str) -> None:
         except BaseException as err:  # handed to the reader, which says what went wrong
             box["error"] = err
 
-    thread = threading.Thread(target=run, name=name, daemon=True)
+    # Not a daemon: the interpreter waits for the read before it exits (a command that fails before reading, say),
+    # instead of tearing down Arrow's or calamine's native code mid-read, which crashes the process.
+    thread = threading.Thread(target=run, name=name, daemon=False)
     with _lock:
         if key in _started:
             return
