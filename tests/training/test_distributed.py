@@ -280,3 +280,34 @@ def test_baskets_spanning_parts_are_merged_by_one_group_by_when_too_many_to_broa
     result = train(parquet_parts, LocalStorage(tmp_path), progress=quiet, engine="spark")
     single_result, single_folder = single
     assert_same_model(result, tmp_path / "models" / "versions" / result.version, single_result, single_folder)
+
+
+@pytest.fixture(scope="module")
+def whole_invoice_parts(tmp_path_factory, tiny_csv):
+    """The tiny dataset as three Parquet parts cut between invoices (customers still span parts)."""
+    frame = pd.read_csv(tiny_csv, dtype=str, keep_default_na=False)
+    folder = tmp_path_factory.mktemp("lake") / "whole"
+    folder.mkdir()
+    starts = np.flatnonzero(frame["InvoiceNo"].ne(frame["InvoiceNo"].shift()).to_numpy())
+    cuts = [0, *(starts[np.searchsorted(starts, c)] for c in (len(frame) // 3, 2 * len(frame) // 3)), len(frame)]
+    for i in range(3):
+        frame.iloc[cuts[i] : cuts[i + 1]].to_parquet(folder / f"part-{i:05d}.parquet", index=False)
+    return folder
+
+
+def test_parts_of_whole_invoices_build_the_matrix_from_their_blocks_without_pairs_as_rows(
+    spark, single, whole_invoice_parts, tmp_path, monkeypatch
+):
+    from recommender.training import distributed_read, distributed_rows
+
+    monkeypatch.setattr(distributed_read, "BLOCK_PAIRS", 300)  # each part's pairs in several blocks
+
+    def refused(*_args, **_kwargs):
+        raise AssertionError("pairs went through Spark as rows")
+
+    monkeypatch.setattr(distributed_rows, "items", refused)
+    monkeypatch.setattr(distributed_rows, "matrix_rows", refused)
+    result = train(whole_invoice_parts, LocalStorage(tmp_path), progress=quiet, engine="spark")
+    assert result.manifest["source"]["parts"] == 3
+    single_result, single_folder = single
+    assert_same_model(result, tmp_path / "models" / "versions" / result.version, single_result, single_folder)

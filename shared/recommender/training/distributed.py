@@ -1,31 +1,31 @@
 """The Spark engine (`make train ENGINE=spark`): the single-machine recipe, with the work done on Spark's executors.
 
 Executors read the parts of the input (pandas / pyarrow, one task per part), clean them with ingest.clean_chunk,
-the rules the single-machine trainer applies, and reduce each to its pairs, baskets and items (distributed_read);
-Spark SQL merges those and builds the basket and customer-history rows; numpy on the
-executors computes the item-item table (distributed_table: co-occurrence by blocks of items, each item's top-K
-neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only items x K (the table) and
-items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model with the
-single-machine code (recipe.finish_model: Annoy index, table by source, items) and publishes it through the same
-registry. Imported only when the Spark engine is asked for.
+the rules the single-machine trainer applies, and reduce each to its baskets, items and a block of its pairs as
+numbers (distributed_read); Spark SQL merges the baskets and items. The executors renumber each block into the
+matrix rows (distributed_blocks: baskets as they are, customers' histories merged by customer; distributed_rows when
+a basket spans parts), and numpy on them computes the item-item table (distributed_table: co-occurrence by blocks of
+items, each item's top-K neighbours, the per-item ridge regressions) and the products of the randomized SVD. Only
+items x K (the table) and items x k (the SVD's blocks and the embeddings) reach the driver, which finishes the model
+with the single-machine code (recipe.finish_model: Annoy index, table by source, items) and publishes it through the
+same registry. Imported only when the Spark engine is asked for.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recommender.core.errors import DataFileError, RecommenderError
-from recommender.training import copurchase, sample_invoices
+from recommender.training import copurchase, distributed_blocks, distributed_rows
+from recommender.training.distributed_frames import Frames, held_out, sample_invoices_of
 from recommender.training.distributed_read import read_input
 from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
 from recommender.training.engine import Built, build_and_measure, with_rerank
-from recommender.training.holdout import HeldOut
 from recommender.training.ingest import describe_report
 from recommender.training.recipe import (
     ModelParts,
@@ -54,53 +54,6 @@ from recommender.training.spark_session import (
 # Kept input rows per matrix partition: what a task routes to the item blocks and multiplies for the SVD grows with
 # its rows, so a bigger input gets more partitions rather than bigger ones (the 100M-row set: 40).
 ROWS_PER_PART = 2_500_000
-
-
-def _csr_batches(batches: Iterator[Any]) -> Iterator[Any]:
-    """Matrix rows (sorted item lists, whether each is a basket) in Arrow batches, as one row of raw bytes per batch:
-    the lists' offsets and values are taken whole from Arrow, no Python object per matrix row."""
-    import pyarrow as pa
-
-    for batch in batches:
-        items = batch.column(0)
-        offsets = items.offsets.to_numpy().astype(np.int64)
-        values = items.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-        basket = batch.column(1).to_numpy(zero_copy_only=False).astype(bool)
-        values = values[offsets[0] : offsets[-1]]
-        yield pa.RecordBatch.from_pydict(
-            {
-                "indptr": [(offsets - offsets[0]).tobytes()],
-                "indices": [values.tobytes()],
-                "basket": [basket.tobytes()],
-            },
-            schema=_csr_schema(),
-        )
-
-
-def _csr_schema() -> Any:
-    """The Arrow schema _csr_batches yields."""
-    import pyarrow as pa
-
-    return pa.schema([("indptr", pa.binary()), ("indices", pa.binary()), ("basket", pa.binary())])
-
-
-def _csr_blocks(rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The matrix rows of one partition as CSR (indptr, indices), with which rows are baskets (the others are
-    customer histories): _csr_batches' pieces joined."""
-    indptrs, indices, baskets = [], [], []
-    end = 0
-    for row in rows:
-        indptr = np.frombuffer(row[0], dtype=np.int64)
-        indptrs.append(indptr[1:] + end)
-        end += int(indptr[-1])
-        indices.append(np.frombuffer(row[1], dtype=np.int32))
-        baskets.append(np.frombuffer(row[2], dtype=bool))
-    indptr = np.concatenate([np.zeros(1, dtype=np.int64), *indptrs])
-    yield (
-        indptr,
-        np.concatenate(indices) if indices else np.empty(0, dtype=np.int32),
-        np.concatenate(baskets) if baskets else np.empty(0, dtype=bool),
-    )
 
 
 def trainer(
@@ -159,25 +112,16 @@ def _train(
         progress(f"  {line}")
     progress(f"read and cleaned in {time.perf_counter() - t:.1f} s")
 
-    frames = Frames(pairs, baskets, basket_customer, described, priced)
+    frames = Frames(pairs, baskets, basket_customer, described, priced, read.blocks)
     n_parts = matrix_partitions(report.rows_kept, sc.defaultParallelism)
     # The holdout: the most recent baskets, chosen as holdout.split_mask does (engine.build_and_measure says what
     # is trained and measured with them).
-    held = _held_out(pairs, baskets, report.baskets, params)
+    held = held_out(frames, report.baskets, params)
     kept: list[Frames] = []
 
     def without_held() -> Frames:
         if not kept:
-            out = F.broadcast(spark.createDataFrame([(b,) for b in held.basket_ids], "invoice string"))
-            kept.append(
-                Frames(
-                    pairs.join(out, "invoice", "left_anti"),
-                    baskets.join(out, "invoice", "left_anti"),
-                    basket_customer,
-                    described,
-                    priced,
-                )
-            )
+            kept.append(frames.without(spark, held.basket_ids))
         return kept[0]
 
     # The re-ranker (RERANK=1): its first stages built here, its training data and trees on the driver.
@@ -232,19 +176,6 @@ def matrix_partitions(rows_kept: int, parallelism: int) -> int:
     return max(2, 2 * parallelism, -(-rows_kept // ROWS_PER_PART))
 
 
-@dataclass(frozen=True)
-class Frames:
-    """The cleaned input a model is trained from: the (basket, item) pairs with their first row (`at`, file order),
-    baskets (first row, time, distinct items), each basket's customer, each code's latest description and price,
-    and whether the input has prices."""
-
-    pairs: Any
-    baskets: Any
-    basket_customer: Any
-    described: Any
-    priced: bool
-
-
 def _model(
     spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: TrainingParams, folder: Path, progress: Progress
 ) -> dict:
@@ -252,22 +183,17 @@ def _model(
     and the embeddings on the executors, the rest on the driver (recipe.finish_model). Returns the manifest's
     model part."""
     from pyspark import StorageLevel
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
 
     sc = spark.sparkContext
-    pairs, baskets, basket_customer = frames.pairs, frames.baskets, frames.basket_customer
     # Items: numbered by first appearance, then ordered by popularity as recipe.build_model does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
-    # Each (basket, item) pair once, with its first row (deduplicated where each part was read): the items' first
-    # appearance and popularity come from these pairs in one aggregation.
-    items = (
-        pairs.groupBy("code")
-        .agg(F.min("at").alias("first"), F.count("*").alias("popularity"))
-        .join(frames.described, "code", "left")
-        .toPandas()
-        .sort_values("first", kind="stable")
-    )
+    excluded = np.asarray(frames.excluded, dtype=object)
+    if frames.blocks is not None:
+        figures = distributed_blocks.item_figures(frames.blocks, excluded)
+        items = figures.merge(frames.described.toPandas(), on="code", how="left")
+    else:
+        items = distributed_rows.items(frames)
+    items = items.sort_values("first", kind="stable")
     check_size(len(items), n_baskets)
     items = items.iloc[popularity_order(items["popularity"].to_numpy())].reset_index(drop=True)
     n_items = len(items)
@@ -279,40 +205,18 @@ def _model(
         if frames.priced
         else None
     )
-    index = spark.createDataFrame(items[["code"]].assign(idx=np.arange(n_items, dtype=np.int32)))
-    chosen = _sample_invoices(pairs, baskets, params.seed)
+    chosen = sample_invoices_of(frames, params.seed)
 
     # Matrix rows: one per basket, one per returning customer (capped to the items they bought most often).
     t = time.perf_counter()
-    item_pairs = pairs.join(F.broadcast(index), "code").select("invoice", "idx")
-    basket_rows = item_pairs.groupBy("invoice").agg(F.sort_array(F.collect_list("idx")).alias("items"))
-    customer_pairs = item_pairs.join(basket_customer, "invoice")
-    returning = (
-        basket_customer.join(baskets.select("invoice"), "invoice")
-        .groupBy("customer")
-        .count()
-        .filter(F.col("count") >= params.customer_min_baskets)
-        .select("customer")
-    )
-    ranked = (
-        customer_pairs.groupBy("customer", "idx")
-        .agg(F.count("*").alias("n"))
-        .join(returning, "customer")
-        .withColumn("rank", F.row_number().over(Window.partitionBy("customer").orderBy(F.desc("n"), F.asc("idx"))))
-    )
-    customer_rows = (
-        ranked.filter(F.col("rank") <= params.customer_max_items)
-        .groupBy("customer")
-        .agg(F.sort_array(F.collect_list("idx")).alias("items"))
-    )
-    matrix = (
-        basket_rows.select("items", F.lit(True).alias("basket"))
-        .unionByName(customer_rows.select("items", F.lit(False).alias("basket")))
-        .repartition(n_parts)
-        .mapInArrow(_csr_batches, "indptr binary, indices binary, basket binary")
-        .rdd.mapPartitions(_csr_blocks)
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    codes_b = None
+    if frames.blocks is not None:
+        rows, codes_b = distributed_blocks.matrix_rows(
+            frames.blocks, codes, excluded, n_parts, params.customer_min_baskets, params.customer_max_items
+        )
+    else:
+        rows = distributed_rows.matrix_rows(spark, frames, codes, n_parts, params)
+    matrix = rows.persist(StorageLevel.MEMORY_AND_DISK)
 
     def block_figures(block: tuple[np.ndarray, ...]) -> tuple:
         signal = copurchase.measure(block[0], block[1], n_items)  # of this block; summed below
@@ -343,6 +247,8 @@ def _model(
     with stage(progress, f"svd: {k} factors"):
         embeddings = _embeddings(sc, matrix, counts_vec, n_items, k, params)
     matrix.unpersist()
+    if codes_b is not None:
+        codes_b.unpersist()
     parts_out = ModelParts(
         codes,
         descriptions,
@@ -360,80 +266,6 @@ def _model(
         embeddings=embeddings,
     )
     return finish_model(folder, parts_out, params, progress)
-
-
-def _held_out(pairs: Any, baskets: Any, n_baskets: int, params: TrainingParams) -> HeldOut | None:
-    """holdout.split on the cluster: the most recent dated baskets (ties by file order), or the last ones in file
-    order when nothing is dated; their items and times collected (a few thousand baskets at most)."""
-    import pandas as pd
-    from pyspark.sql import functions as F
-
-    if not params.holdout:
-        return None
-    n_dated = baskets.filter(F.col("time").isNotNull()).count()
-    if n_dated:
-        size = params.holdout.size(n_dated)
-        latest = baskets.filter(F.col("time").isNotNull()).orderBy(F.desc("time"), F.desc("first"))
-    else:
-        size = params.holdout.size(n_baskets)
-        latest = baskets.orderBy(F.desc("first"))
-    if not size:
-        return None
-    chosen = latest.limit(size).persist()
-    found = pairs.join(F.broadcast(chosen.select("invoice")), "invoice").select("invoice", "code", "at").toPandas()
-    held = chosen.toPandas().sort_values("first")
-    chosen.unpersist()
-    found = found.sort_values("at")
-    items = {invoice: group["code"].tolist() for invoice, group in found.groupby("invoice", sort=False)}
-    times = np.array([None if pd.isna(t) else int(t) for t in held["time"]], dtype="datetime64[s]")
-    stamps = times[~np.isnat(times)]
-    return HeldOut(
-        held["invoice"].tolist(),
-        times,
-        [items.get(b, []) for b in held["invoice"]],
-        stamps.min() if len(stamps) else None,
-    )
-
-
-def _sample_invoices(pairs: Any, baskets: Any, seed: int) -> list[dict]:
-    """sample_invoices.draw on the cluster: the same invoices drawn from the same numbering of the baskets (by
-    first appearance). Only the eligible baskets' first rows reach the driver (8 bytes a basket), which numbers
-    them by sorting; then only the chosen baskets are collected."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    sized = baskets.select("first", "invoice", "time", "size").persist(StorageLevel.MEMORY_AND_DISK)
-    eligible = sized.filter((F.col("size") >= sample_invoices.MIN_ITEMS) & (F.col("size") <= sample_invoices.MAX_ITEMS))
-    firsts = _column(eligible, "first")
-    if not len(firsts):
-        eligible = sized.filter(F.col("size") > 0)
-        firsts = _column(eligible, "first")
-    n = len(firsts)
-    picked = np.random.default_rng(seed).choice(n, size=min(sample_invoices.COUNT, n), replace=False)
-    wanted = np.sort(firsts)[picked].tolist()  # the picked positions in first-appearance order, by their first row
-    chosen = [
-        tuple(r) for r in eligible.filter(F.col("first").isin(wanted)).select("first", "invoice", "time").collect()
-    ]
-    sized.unpersist()
-    names = [r[1] for r in sorted(chosen)]
-    codes: dict[str, list[str]] = {name: [] for name in names}
-    for invoice, code in (
-        pairs.select("invoice", "code")
-        .join(F.broadcast(pairs.sparkSession.createDataFrame([(name,) for name in names], "invoice string")), "invoice")
-        .collect()
-    ):
-        codes[invoice].append(code)
-    out = []
-    for _first, invoice, when in sorted(chosen):
-        date = None if when is None else str(np.datetime_as_string(np.datetime64(int(when), "s"), unit="D"))
-        out.append({"invoice": str(invoice), "date": date, "items": sorted(codes[invoice])})
-    return out
-
-
-def _column(frame: Any, name: str) -> np.ndarray:
-    """One long column of a frame on the driver, through Arrow (no Python objects per row)."""
-    table = frame.select(name).toArrow()
-    return table.column(0).to_numpy() if table.num_rows else np.empty(0, dtype=np.int64)
 
 
 def _embeddings(sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, params: TrainingParams) -> np.ndarray:

@@ -2,14 +2,15 @@
 single machine's rules) and reduced there, in numpy, to what the model needs of it.
 
 A part's rows never reach the JVM. Its executor sends, in one Arrow stream:
-- its distinct (basket, item) pairs, each with its first row;
+- its distinct (basket, item) pairs, each with its first row, as one block of numbers (distributed_blocks);
 - its baskets: first row, earliest dated line, distinct items, the customer of its last line that names one;
 - its items: the latest (dated, then in file order) non-empty description and price;
 - its distinct customers, and the cleaning report's counts.
 Spark then merges the parts' items (each item's latest description and price) and checks, with one count per
 basket, that no basket spans parts: then the parts' pairs and baskets are final as sent, and no input row is ever
 grouped. Baskets that do span parts (a part cut mid-invoice) are merged, with their pairs. "Latest" and "first"
-compare (part, row in part) positions: the order of the single machine's reading.
+compare (part, row in part) positions: the order of the single machine's reading. The pairs become rows only when
+a basket spans parts, or for what asks for them as rows (the re-ranker's copy of the input).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from recommender.core.errors import DataFileError
+from recommender.training.distributed_blocks import BLOCK_PAIRS, encode, pairs_frame
 from recommender.training.ingest import (
     NO_TIME,
     REASONS,
@@ -33,7 +35,7 @@ from recommender.training.ingest import (
     clean_chunk,
 )
 
-PAIR, BASKET, ITEM, CUSTOMER, SUMMARY = range(5)
+BLOCK, BASKET, ITEM, CUSTOMER, SUMMARY = range(5)
 # A row's position in the input: its part in the high bits, its row in the part below (parts of up to 2^40 rows).
 PART_SHIFT = 40
 # One schema for every kind of row; a kind leaves the columns it does not use null (free in Arrow). A basket's
@@ -51,9 +53,10 @@ COLUMNS = (
     ("price", "string"),
     ("price_time", "long"),
     ("price_at", "long"),
+    ("block", "binary"),
 )
 PARTIALS_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
-# Rows per Arrow batch sent to the JVM: a part's pairs go in slices, not as one batch of millions of rows.
+# Rows per Arrow batch sent to the JVM: a part's baskets go in slices, not as one batch of a million rows.
 BATCH_ROWS = 500_000
 # Up to this many baskets spanning parts, their pairs alone are merged (the list of them broadcast); beyond it,
 # every pair goes through one group-by.
@@ -84,7 +87,7 @@ class _Rows:
     price: np.ndarray  # object, "" when none
 
 
-def part_partials(part: int, chunks: Iterable[pd.DataFrame]) -> list[Any]:
+def part_partials(part: int, chunks: Iterable[pd.DataFrame], block_pairs: int = BLOCK_PAIRS) -> list[Any]:
     """One part's raw chunks cleaned (ingest.clean_chunk) and reduced to its pairs, baskets, items, customers and
     counts: Arrow record batches of PARTIALS_SCHEMA."""
     invoices, items, customers = Codebook(np.int64), Codebook(np.int64), Codebook(np.int64)
@@ -119,7 +122,7 @@ def part_partials(part: int, chunks: Iterable[pd.DataFrame]) -> list[Any]:
     summary = {"rows_read": rows_read, "dropped": [dropped[r] for r in REASONS], "priced": priced}
     out = _batches(SUMMARY, 1, value=np.array([json.dumps(summary)], dtype=object))
     if pieces:
-        out += _reduced(pieces, invoices.array(), items.array(), customers.array(), priced)
+        out += _reduced(pieces, invoices.array(), items.array(), customers.array(), priced, block_pairs)
     return out
 
 
@@ -128,7 +131,7 @@ def _batches(kind: int, n: int, **columns: Any) -> list[Any]:
     nulls), every other column null."""
     import pyarrow as pa
 
-    types = {"int": pa.int32(), "long": pa.int64(), "string": pa.string()}
+    types = {"int": pa.int32(), "long": pa.int64(), "string": pa.string(), "binary": pa.binary()}
     arrays = []
     for name, kind_name in COLUMNS:
         if name == "kind":
@@ -151,7 +154,12 @@ def _masked(values: np.ndarray, valid: np.ndarray) -> np.ma.MaskedArray:
 
 
 def _reduced(
-    pieces: list[_Rows], invoice_values: np.ndarray, code_values: np.ndarray, customer_values: np.ndarray, priced: bool
+    pieces: list[_Rows],
+    invoice_values: np.ndarray,
+    code_values: np.ndarray,
+    customer_values: np.ndarray,
+    priced: bool,
+    block_pairs: int,
 ) -> list[Any]:
     basket = np.concatenate([p.basket for p in pieces])
     item = np.concatenate([p.item for p in pieces])
@@ -166,9 +174,6 @@ def _reduced(
     sorted_key = key[order]
     pair_rows = order[np.concatenate([[True], sorted_key[1:] != sorted_key[:-1]])]
     pair_basket = basket[pair_rows]
-    out = _batches(
-        PAIR, len(pair_rows), invoice=invoice_values[pair_basket], code=code_values[item[pair_rows]], at=at[pair_rows]
-    )
 
     # Baskets: first row (baskets are numbered by first appearance), earliest dated line, distinct items, and the
     # customer of the last line naming one.
@@ -183,6 +188,19 @@ def _reduced(
     has_customer = last_named >= 0
     basket_customer = np.full(n_baskets, None, dtype=object)
     basket_customer[has_customer] = customer_values[customer[last_named[has_customer]]]
+    local_customer = np.where(has_customer, customer[np.maximum(last_named, 0)], -1)
+    # sorted by (basket, item): each basket's pairs together, as the block keeps them
+    blobs = encode(
+        invoice_values,
+        code_values,
+        customer_values,
+        pair_basket,
+        item[pair_rows],
+        at[pair_rows],
+        local_customer,
+        block_pairs,
+    )
+    out = _batches(BLOCK, len(blobs), block=np.array(blobs, dtype=object))
     out += _batches(
         BASKET,
         n_baskets,
@@ -228,13 +246,15 @@ def partials_reader(
     from recommender.training.sources import default_s3_client, local_file
     from recommender.training.spark_session import carry_data_error
 
+    block_pairs = BLOCK_PAIRS  # read here: the closure carries it to the executors
+
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
             for p in batch.column(0).to_pylist():
                 part = parts[p]
                 try:
                     with local_file(part, default_s3_client(endpoint)) as path:
-                        yield from part_partials(p, read_part(path, part.kind, part.name, encoding))
+                        yield from part_partials(p, read_part(path, part.kind, part.name, encoding), block_pairs)
                 except DataFileError as err:
                     raise carry_data_error(err) from None
 
@@ -245,7 +265,7 @@ def partials_reader(
 class Input:
     """The cleaned input, merged: the cleaning report, the (basket, item) pairs with their first row (`at`), the
     baskets (invoice, first, time, size), each basket's customer, each code's latest description and price,
-    whether the input has prices, and the cached frames to release at the end."""
+    whether the input has prices, the cached frames to release at the end, and the parts' blocks of pairs."""
 
     report: CleaningReport
     pairs: Any
@@ -254,6 +274,7 @@ class Input:
     described: Any
     priced: bool
     cached: tuple
+    blocks: Any = None  # each part's pairs as a block (distributed_blocks); None when baskets span parts
 
 
 def read_input(spark: Any, parts: list, endpoint: str | None, name: str, encoding: str = "utf-8") -> Input:
@@ -277,7 +298,8 @@ def read_input(spark: Any, parts: list, endpoint: str | None, name: str, encodin
     check_cleaned(report, name)
     priced = any(c["priced"] for c in counts)
 
-    pairs = raw.filter(kind == PAIR).select("invoice", "code", "at")
+    blocks = raw.filter(kind == BLOCK).select("block")
+    pairs = pairs_frame(blocks)  # rows made from the blocks only when read
     pieces = raw.filter(kind == BASKET)
     cached: list = [raw]
     # Baskets in more than one part (a count per basket: no sorting); none when there is one part.
@@ -307,6 +329,7 @@ def read_input(spark: Any, parts: list, endpoint: str | None, name: str, encodin
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         cached += [pairs, merged]
+        blocks = None  # the matrix is built from the merged pairs (distributed_rows)
     baskets = merged.select("invoice", "first", "time", "size")
     basket_customer = merged.filter(F.col("customer").isNotNull()).select("invoice", "customer")
     latest_description = F.when(F.col("value").isNotNull(), F.struct("value_time", "value_at"))
@@ -325,4 +348,4 @@ def read_input(spark: Any, parts: list, endpoint: str | None, name: str, encodin
     report.guest_baskets = report.baskets - basket_customer.count()
     report.customers = raw.filter(kind == CUSTOMER).select("value").distinct().count()
     report.items = described.count()
-    return Input(report, pairs, baskets, basket_customer, described, priced, tuple(cached))
+    return Input(report, pairs, baskets, basket_customer, described, priced, tuple(cached), blocks)

@@ -23,7 +23,7 @@ from recommender.training.engine import fit_rerankers
 from recommender.training.ingest import CleaningReport, Transactions, reorder_items
 from recommender.training.recipe import Progress, TrainingParams, stage
 
-# Builds a first-stage model from frames (distributed.Frames) holding the given number of baskets into a folder;
+# Builds a first-stage model from frames (distributed_frames.Frames) holding the given number of baskets into a folder;
 # returns the manifest's model part.
 BuildFirstStage = Callable[[Any, int, Path, Progress], dict]
 
@@ -87,16 +87,8 @@ def write_tables(folder: Path, tx: Transactions, params: TrainingParams, fitted:
 
 
 def without_baskets(spark: Any, frames: Any, invoices: list[str]) -> Any:
-    """The frames without the given invoices' pairs and baskets (customers and descriptions stay the whole input's,
-    as ingest.select_baskets keeps them)."""
-    from pyspark.sql import functions as F
-
-    out = F.broadcast(spark.createDataFrame([(b,) for b in invoices], "invoice string"))
-    return dataclasses.replace(
-        frames,
-        pairs=frames.pairs.join(out, "invoice", "left_anti"),
-        baskets=frames.baskets.join(out, "invoice", "left_anti"),
-    )
+    """The frames without the given invoices' pairs and baskets (distributed_frames.Frames.without)."""
+    return frames.without(spark, invoices)
 
 
 def collect_transactions(frames: Any, report: CleaningReport) -> Transactions:
