@@ -132,7 +132,7 @@ def _train(
         return kept[0]
 
     # With blocks, the held-out baskets' items and each model's items and sample invoices come from one pass over
-    # them (the models build_and_measure will train: the published one, the measured one, or both).
+    # them (for the models build_and_measure will train: the published one, the measured one, or both).
     gathered: dict[tuple, Gathered] = {}
     if frames.blocks is not None:
         models = [frames]
@@ -163,7 +163,8 @@ def _train(
         lambda out, _near, say: _reranked(
             rr,
             out,
-            _model(spark, without_held(), without_held().baskets.count(), n_parts, params, out, say, gathered),
+            # all but the held-out baskets (each one basket of the input): counted without a Spark job
+            _model(spark, without_held(), report.baskets - len(chosen), n_parts, params, out, say, gathered),
             True,
             say,
         ),
