@@ -124,3 +124,41 @@ def test_short_rows_are_padded_with_empty_cells(monkeypatch, pandas_helper):
         monkeypatch.setitem(sys.modules, "pandas._libs.lib", None)  # as if pandas had moved it
     cells = xlsx._object_array([[1, 2], [3]], 3)
     assert cells.tolist() == [[1, 3], [2, None], [None, None]]
+
+
+def test_a_workbook_reads_into_coded_chunks_without_a_dataframe(tmp_path):
+    from recommender.training.cleaning import CodedChunk
+    from recommender.training.readers import read_part
+
+    codes = [85123.0, " 85123", "85123.0"]  # a number, a padded text of it, a text that cleaning reads as it
+    path = sheet(tmp_path / "r.xlsx", [[ROWS[0][0], code, *ROWS[0][2:]] for code in codes])
+    (chunk,) = read_part(path, ".xlsx")
+    assert isinstance(chunk, CodedChunk) and len(chunk) == 3
+    code = chunk["StockCode"]
+    assert code.array().tolist() == ["85123", "85123", "85123.0"]
+    assert sorted(code.values.tolist()) == ["85123", "85123.0"]  # each text once, however the cells held it
+    assert chunk["Quantity"].array().tolist() == ["6"] * 3
+
+
+def test_pandas_is_imported_while_the_parse_still_runs(tmp_path):
+    # Imported after the parse, pandas' import (some 0.2 s holding the GIL) was wall time the command waited for.
+    import subprocess
+    import sys
+
+    path = write_xlsx(tmp_path / "r.xlsx")
+    script = f"""
+import sys
+from recommender.training import prefetch, xlsx
+from recommender.training.readers import read_part
+real = prefetch.take
+def take(path):
+    print("pandas" in sys.modules)
+    return real(path)
+prefetch.take = take
+assert "pandas" not in sys.modules
+xlsx.prefetch({str(path)!r})
+list(read_part(xlsx.Path({str(path)!r}), ".xlsx"))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]

@@ -2,8 +2,8 @@
 columns the product reads (training/ingest.py cleans them into baskets).
 
 A UTF-8 csv is read whole by Arrow (started before training's imports when the command prefetched it:
-training/csv_fast.py) into a CodedChunk, without pandas; every other input, and a csv Arrow cannot read, into pandas
-DataFrames of text columns.
+training/csv_fast.py) into a CodedChunk, without pandas; a workbook into CodedChunks too (training/xlsx.py); every
+other input, and a csv Arrow cannot read, into pandas DataFrames of text columns.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def _damaged(path: Path, err: BaseException) -> DataFileError:
     return DataFileError(f"cannot read {path.name} as .xlsx: {type(err).__name__}: {err}")
 
 
-def _xlsx_chunks(path: Path) -> Iterator[pd.DataFrame]:
+def _xlsx_chunks(path: Path) -> Iterator[CodedChunk]:
     """The first sheet's data rows as text columns named as REQUIRED/OPTIONAL, streamed in chunks (training/xlsx.py:
     the parse may already have started, and each distinct cell value is converted once)."""
     try:
@@ -262,7 +262,8 @@ def _parquet_chunks(path: Path, name: str) -> Iterator[pd.DataFrame]:
 
 def read_part(path: Path, kind: str, name: str | None = None, encoding: str = "utf-8") -> Iterator[Chunk]:
     """The raw rows of one local file as text columns named as REQUIRED/OPTIONAL, in chunks (a csv decoded strictly
-    as `encoding`): pandas DataFrames, or CodedChunks for a csv Arrow read (as_frame makes either a DataFrame)."""
+    as `encoding`): pandas DataFrames, or CodedChunks for a workbook or a csv Arrow read (as_frame makes either a
+    DataFrame)."""
     if kind == ".xlsx":
         yield from _xlsx_chunks(path)
     elif kind == ".parquet":

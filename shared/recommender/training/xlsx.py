@@ -2,9 +2,10 @@
 
 python-calamine parses the whole first sheet before it hands out a row, and it releases the GIL while it does.
 prefetch() therefore starts that parse in a thread as soon as the command knows its input, so that the imports of
-training (pandas, scipy, ...), which hold the GIL, run beside it on the other core. The rows then stream out in
-chunks, each turned into categorical text columns (one text conversion per distinct value, never a Python string
-per cell), with the garbage collector paused: the cell objects calamine hands out are short-lived, and rescanning
+training (pandas, scipy, ...), which hold the GIL, run beside it on the other core; so does pandas' own import
+(first_sheet). The rows then stream out in chunks, each turned into coded text columns (CodedChunk: row codes into
+distinct texts, one text conversion per distinct value, never a Python string per cell, no DataFrame), with the
+garbage collector paused: the cell objects calamine hands out are short-lived, and rescanning
 them cost more than converting them.
 
 This module imports only the standard library at load time: the command calls prefetch() before it imports the
@@ -25,7 +26,8 @@ from recommender.training import prefetch as prefetch_file
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
+
+    from recommender.training.cleaning import CodedChunk
 
 # Rows per chunk: big enough that per-chunk costs (pandas calls in cleaning) vanish, small enough that only one
 # chunk's cell objects are alive at a time.
@@ -61,6 +63,10 @@ def prefetch(source: object) -> None:
 
 def first_sheet(path: Path) -> Any:
     """The parsed first sheet: the one prefetch() started for this file if any, else parsed now."""
+    # The parse may still be running on the other core: import what turning its rows into chunks needs meanwhile
+    # (pandas holds the GIL for some 0.2 s; imported after the parse, that was 0.2 s more of wall time).
+    import pandas  # noqa: F401
+
     box = prefetch_file.take(path)
     if box is None:
         return _parse(path)
@@ -119,9 +125,9 @@ def _batches(rows: Iterator[list], size: int) -> Iterator[list[list]]:
         yield batch
 
 
-def frames(rows: Iterable[list], columns: dict[str, int], size: int | None = None) -> Iterator[pd.DataFrame]:
-    """The data rows (after the header) as frames of categorical text columns, named as `columns` maps them to
-    cell positions, in chunks of `size` rows; trailing empty rows left out (the used range may end in some)."""
+def frames(rows: Iterable[list], columns: dict[str, int], size: int | None = None) -> Iterator[CodedChunk]:
+    """The data rows (after the header) as chunks of coded text columns, named as `columns` maps them to cell
+    positions, in chunks of `size` rows; trailing empty rows left out (the used range may end in some)."""
     held: list[list[list]] = []  # empty rows not yet known to be followed by data
     for batch in _batches(iter(rows), size or CHUNK_ROWS):
         end = len(batch)
@@ -131,25 +137,28 @@ def frames(rows: Iterable[list], columns: dict[str, int], size: int | None = Non
             held.append(batch)
             continue
         for rows_before in held:
-            yield _frame(rows_before, columns)
+            yield _chunk(rows_before, columns)
         held = [batch[end:]] if end < len(batch) else []
-        yield _frame(batch[:end], columns)
+        yield _chunk(batch[:end], columns)
 
 
-def _frame(rows: list[list], columns: dict[str, int]) -> pd.DataFrame:
-    """One chunk of rows as categorical text columns: each distinct cell value converted to text once."""
+def _chunk(rows: list[list], columns: dict[str, int]) -> CodedChunk:
+    """One chunk of rows as coded text columns (row codes into distinct texts, as cleaning takes a csv's from
+    Arrow): each distinct cell value converted to text once, and no DataFrame or Categorical built."""
     import numpy as np
     import pandas as pd
 
+    from recommender.training.cleaning import Coded, CodedChunk
+
     with _collector_paused():
         cells = _object_array(rows, max(columns.values(), default=-1) + 1)
-        frame = {}
+        coded = {}
         for name, index in columns.items():
             codes, uniques = pd.factorize(cells[index], use_na_sentinel=False)
-            # 85123.0 and "85123" are one text: the categories must be distinct
+            # 85123.0 and "85123" are one text: the values must be distinct
             text_codes, texts = pd.factorize(np.array([cell_text(u) for u in uniques], dtype=object))
-            frame[name] = pd.Categorical.from_codes(text_codes[codes], pd.Index(texts, dtype=object))
-        return pd.DataFrame(frame, columns=list(columns))
+            coded[name] = Coded(text_codes[codes], texts.astype(object, copy=False))
+        return CodedChunk(coded, len(rows))
 
 
 def _object_array(rows: list[list], width: int) -> np.ndarray:
