@@ -1,5 +1,6 @@
 """The Spark engine's cleaned input as Spark frames (Frames), and what the driver picks out of it: the held-out
-baskets (holdout.split's choice) and the sample invoices (sample_invoices.draw's), each collected alone."""
+baskets (holdout.split's choice) and the sample invoices (sample_invoices.draw's); with blocks, their items and the
+models' items' figures come from one pass over the blocks (gather)."""
 
 from __future__ import annotations
 
