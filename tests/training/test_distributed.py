@@ -298,7 +298,7 @@ def whole_invoice_parts(tmp_path_factory, tiny_csv):
 def test_parts_of_whole_invoices_build_the_matrix_from_their_blocks_without_pairs_as_rows(
     spark, single, whole_invoice_parts, tmp_path, monkeypatch
 ):
-    from recommender.training import distributed_read, distributed_rows
+    from recommender.training import distributed_blocks, distributed_read, distributed_rows
 
     monkeypatch.setattr(distributed_read, "BLOCK_PAIRS", 300)  # each part's pairs in several blocks
 
@@ -307,7 +307,33 @@ def test_parts_of_whole_invoices_build_the_matrix_from_their_blocks_without_pair
 
     monkeypatch.setattr(distributed_rows, "items", refused)
     monkeypatch.setattr(distributed_rows, "matrix_rows", refused)
+    # The held-out baskets' items, both models' items and sample invoices: one pass over the blocks, not five.
+    passes = []
+    gather = distributed_blocks.gather
+    monkeypatch.setattr(distributed_blocks, "gather", lambda *a: passes.append(a) or gather(*a))
+    for name in ("item_figures", "pairs_frame"):
+        monkeypatch.setattr(distributed_blocks, name, refused)
     result = train(whole_invoice_parts, LocalStorage(tmp_path), progress=quiet, engine="spark")
     assert result.manifest["source"]["parts"] == 3
+    assert len(passes) == 1 and len(passes[0][1]) == 2  # the published model's figures and the measured one's
     single_result, single_folder = single
     assert_same_model(result, tmp_path / "models" / "versions" / result.version, single_result, single_folder)
+
+
+def test_when_the_measured_model_is_the_published_one_the_engines_still_agree(
+    spark, whole_invoice_parts, tiny_csv, tmp_path
+):
+    from dataclasses import replace
+
+    from recommender.training.holdout import HoldoutPolicy
+    from recommender.training.recipe import TrainingParams
+
+    params = replace(TrainingParams(), holdout=HoldoutPolicy(separate_above=1.0))  # one model, without the holdout
+    single_result = train(tiny_csv, LocalStorage(tmp_path / "single"), params, progress=quiet)
+    result = train(whole_invoice_parts, LocalStorage(tmp_path / "spark"), params, progress=quiet, engine="spark")
+    assert result.manifest["evaluation"]["measured"].startswith("the published model")
+    folders = [
+        tmp_path / name / "models" / "versions" / r.version
+        for name, r in (("spark", result), ("single", single_result))
+    ]
+    assert_same_model(result, folders[0], single_result, folders[1])

@@ -22,7 +22,14 @@ import numpy as np
 
 from recommender.core.errors import DataFileError, RecommenderError
 from recommender.training import copurchase, distributed_blocks, distributed_rows
-from recommender.training.distributed_frames import Frames, held_out, sample_invoices_of
+from recommender.training.distributed_frames import (
+    Frames,
+    Gathered,
+    gather,
+    held_choice,
+    held_from,
+    sample_invoices_of,
+)
 from recommender.training.distributed_read import read_input
 from recommender.training.distributed_table import item_item_table, one_blas_thread, row_matrix
 from recommender.training.engine import Built, build_and_measure, with_rerank
@@ -116,13 +123,25 @@ def _train(
     n_parts = matrix_partitions(report.rows_kept, sc.defaultParallelism)
     # The holdout: the most recent baskets, chosen as holdout.split_mask does (engine.build_and_measure says what
     # is trained and measured with them).
-    held = held_out(frames, report.baskets, params)
+    chosen = held_choice(frames, report.baskets, params)
     kept: list[Frames] = []
 
     def without_held() -> Frames:
         if not kept:
-            kept.append(frames.without(spark, held.basket_ids))
+            kept.append(frames.without(spark, chosen["invoice"].tolist()))
         return kept[0]
+
+    # With blocks, the held-out baskets' items and each model's items and sample invoices come from one pass over
+    # them (for the models build_and_measure will train: the published one, the measured one, or both).
+    gathered: dict[tuple, Gathered] = {}
+    if frames.blocks is not None:
+        models = [frames]
+        if chosen is not None:
+            separate = params.holdout.separate(len(chosen), report.baskets)
+            models = [without_held(), frames] if separate else [without_held()]
+        held, gathered = gather(frames, chosen, models, params.seed)
+    else:
+        held = None if chosen is None else held_from(chosen, frames.pairs_of(chosen["invoice"].tolist()))
 
     # The re-ranker (RERANK=1): its first stages built here, its training data and trees on the driver.
     rr = None
@@ -139,10 +158,15 @@ def _train(
         )
     done = build_and_measure(
         lambda out, say: _reranked(
-            rr, out, _model(spark, frames, report.baskets, n_parts, params, out, say), False, say
+            rr, out, _model(spark, frames, report.baskets, n_parts, params, out, say, gathered), False, say
         ),
         lambda out, _near, say: _reranked(
-            rr, out, _model(spark, without_held(), without_held().baskets.count(), n_parts, params, out, say), True, say
+            rr,
+            out,
+            # all but the held-out baskets (each one basket of the input): counted without a Spark job
+            _model(spark, without_held(), report.baskets - len(chosen), n_parts, params, out, say, gathered),
+            True,
+            say,
         ),
         held,
         report.baskets,
@@ -177,18 +201,29 @@ def matrix_partitions(rows_kept: int, parallelism: int) -> int:
 
 
 def _model(
-    spark: Any, frames: Frames, n_baskets: int, n_parts: int, params: TrainingParams, folder: Path, progress: Progress
+    spark: Any,
+    frames: Frames,
+    n_baskets: int,
+    n_parts: int,
+    params: TrainingParams,
+    folder: Path,
+    progress: Progress,
+    gathered: dict[tuple, Gathered] | None = None,
 ) -> dict:
     """One model from the frames' baskets, written into folder: the items, the matrix rows, the item-item table
     and the embeddings on the executors, the rest on the driver (recipe.finish_model). Returns the manifest's
-    model part."""
+    model part. Its items' figures and sample invoices are taken from gathered when there (distributed_frames.gather),
+    else read for it."""
     from pyspark import StorageLevel
 
     sc = spark.sparkContext
     # Items: numbered by first appearance, then ordered by popularity as recipe.build_model does; their descriptions
     # come from the whole input, the held-out baskets included (as ingest.select_baskets keeps them).
     excluded = np.asarray(frames.excluded, dtype=object)
-    if frames.blocks is not None:
+    known = (gathered or {}).get(frames.excluded) if frames.blocks is not None else None
+    if known is not None:
+        items = known.figures.merge(frames.described.toPandas(), on="code", how="left")
+    elif frames.blocks is not None:
         figures = distributed_blocks.item_figures(frames.blocks, excluded)
         items = figures.merge(frames.described.toPandas(), on="code", how="left")
     else:
@@ -205,7 +240,7 @@ def _model(
         if frames.priced
         else None
     )
-    chosen = sample_invoices_of(frames, params.seed)
+    chosen = known.samples if known is not None else sample_invoices_of(frames, params.seed)
 
     # Matrix rows: one per basket, one per returning customer (capped to the items they bought most often).
     t = time.perf_counter()

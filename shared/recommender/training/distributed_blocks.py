@@ -107,23 +107,21 @@ def pairs_frame(blocks: Any, only: list[str] | None = None) -> Any:
     return blocks.mapInArrow(explode, "invoice string, code string, at long")
 
 
-def item_figures(blocks: Any, excluded: np.ndarray) -> pd.DataFrame:
-    """Each item's first row and popularity (the baskets holding it) over the kept baskets: one line per item and
-    part from the executors, merged on the driver."""
+def _figures(block: dict[str, np.ndarray], excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One block's items (codes seen), their first row and popularity over the block's kept baskets."""
+    lengths = np.diff(block["indptr"])
+    keep = np.repeat(_kept(block, excluded), lengths)
+    items, at = block["items"][keep], block["at"][keep]
+    n = len(block["codes"])
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, items, at)
+    popularity = np.bincount(items, minlength=n)
+    seen = popularity > 0
+    return block["codes"][seen], first[seen], popularity[seen]
 
-    def figures(rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        for block in _blobs(rows):
-            lengths = np.diff(block["indptr"])
-            keep = np.repeat(_kept(block, excluded), lengths)
-            items, at = block["items"][keep], block["at"][keep]
-            n = len(block["codes"])
-            first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-            np.minimum.at(first, items, at)
-            popularity = np.bincount(items, minlength=n)
-            seen = popularity > 0
-            yield block["codes"][seen], first[seen], popularity[seen]
 
-    parts = blocks.rdd.mapPartitions(figures).collect()
+def _merged_figures(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """The blocks' figures merged: each item's first row (the least) and popularity (the sum)."""
     frame = pd.DataFrame(
         {
             "code": np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=object),
@@ -132,6 +130,42 @@ def item_figures(blocks: Any, excluded: np.ndarray) -> pd.DataFrame:
         }
     )
     return frame.groupby("code", sort=False).agg(first=("first", "min"), popularity=("popularity", "sum")).reset_index()
+
+
+def item_figures(blocks: Any, excluded: np.ndarray) -> pd.DataFrame:
+    """Each item's first row and popularity (the baskets holding it) over the kept baskets: one line per item and
+    part from the executors, merged on the driver."""
+
+    def figures(rows: Iterator[Any]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for block in _blobs(rows):
+            yield _figures(block, excluded)
+
+    return _merged_figures(blocks.rdd.mapPartitions(figures).collect())
+
+
+def gather(blocks: Any, exclusions: list[np.ndarray], wanted: list[str]) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+    """One pass over the blocks for what item_figures and pairs_frame(blocks, wanted) give: the items' figures for
+    each set of excluded invoices, and the wanted invoices' pairs (invoice, code, at) as a pandas frame."""
+    chosen = np.asarray(wanted, dtype=object)
+
+    def pick(rows: Iterator[Any]) -> Iterator[tuple[list, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        for block in _blobs(rows):
+            lengths = np.diff(block["indptr"])
+            keep = np.repeat(pd.Index(block["invoices"]).isin(chosen), lengths)
+            basket = np.repeat(np.arange(len(lengths)), lengths)[keep]
+            pairs = (block["invoices"][basket], block["codes"][block["items"][keep]], block["at"][keep])
+            yield [_figures(block, excluded) for excluded in exclusions], pairs
+
+    parts = blocks.rdd.mapPartitions(pick).collect()
+    figures = [_merged_figures([p[0][i] for p in parts]) for i in range(len(exclusions))]
+    pairs = pd.DataFrame(
+        {
+            "invoice": np.concatenate([p[1][0] for p in parts]) if parts else np.empty(0, dtype=object),
+            "code": np.concatenate([p[1][1] for p in parts]) if parts else np.empty(0, dtype=object),
+            "at": np.concatenate([p[1][2] for p in parts]) if parts else np.empty(0, dtype=np.int64),
+        }
+    )
+    return figures, pairs
 
 
 def matrix_rows(
