@@ -91,7 +91,7 @@ def test_reasons_from_the_slices_read_are_those_from_the_entries_positions(plain
         fused = Scores(model, basket, True, allowed)
         if not fused.eligible_only:
             continue  # the re-ranked model reads every candidate: no slices
-        assert fused.segments is not None and np.array_equal(fused.positions, every.positions)
+        assert fused.slice_ends() is not None and np.array_equal(fused.positions, every.positions)
         rows = every.candidates[np.argsort(-every.final_candidates, kind="stable")[:10]]
         expected = [b.as_list() for b in reasons(model, every, rows)]
         got = [b.as_list() for b in reasons(model, fused, rows)]

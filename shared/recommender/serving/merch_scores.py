@@ -109,13 +109,6 @@ class Scores:
         self.candidates = found[~members(found, basket)]
         self._rerank(model, basket)
 
-    @property
-    def segments(self) -> tuple[list[int], list[int]] | None:
-        """With the entries read as one slice per basket row: the slices' starts and stops in the table (else None)."""
-        if self._bounds is None:
-            return None
-        return self._bounds[:, 0].tolist(), self._bounds[:, 1].tolist()
-
     def slice_ends(self) -> tuple[np.ndarray, np.ndarray] | None:
         """With the entries read as one slice per basket row: where each row's entries end among those read, and
         what turns a place among them into a place in the table (the row's start - its first place), per basket
