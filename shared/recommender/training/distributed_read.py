@@ -97,16 +97,18 @@ def part_partials(part: int, chunks: Iterable[pd.DataFrame], block_pairs: int = 
     for chunk in chunks:
         clean: CleanChunk = clean_chunk(chunk)
         rows_read += clean.rows_read
-        priced = priced or clean.price is not None
+        priced = priced or clean.price_coded is not None
         for reason, n in clean.dropped.items():
             dropped[reason] += n
         n = len(clean)
         if not n:
             continue
-        guest = clean.customer == ""
+        # Each column's per-row array is built from its codes on every access: once each here.
+        customer_text, price = clean.customer, clean.price
+        guest = customer_text == ""
         customer = np.full(n, -1, dtype=np.int64)
         if (~guest).any():
-            customer[~guest] = customers.encode(clean.customer[~guest])
+            customer[~guest] = customers.encode(customer_text[~guest])
         pieces.append(
             _Rows(
                 invoices.encode(clean.invoice),
@@ -115,7 +117,7 @@ def part_partials(part: int, chunks: Iterable[pd.DataFrame], block_pairs: int = 
                 clean.time,
                 (np.int64(part) << PART_SHIFT) + np.arange(kept, kept + n, dtype=np.int64),
                 clean.description,
-                clean.price if clean.price is not None else np.full(n, "", dtype=object),
+                price if price is not None else np.full(n, "", dtype=object),
             )
         )
         kept += n

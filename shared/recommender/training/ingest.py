@@ -91,7 +91,7 @@ def load_transactions(
     seen_rows = 0
     for chunk in read_chunks(path, encoding):
         clean = clean_chunk(chunk)
-        priced = priced or clean.price is not None
+        priced = priced or clean.price_coded is not None  # (clean.price would build every row's text)
         report.rows_read += clean.rows_read
         for reason, n in clean.dropped.items():
             report.dropped[reason] += n
