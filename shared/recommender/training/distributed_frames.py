@@ -90,12 +90,6 @@ def held_from(held: Any, found: Any) -> HeldOut:
     )
 
 
-def held_out(frames: Frames, n_baskets: int, params: TrainingParams) -> HeldOut | None:
-    """holdout.split on the cluster (held_choice), the chosen baskets' items collected (a few thousand at most)."""
-    held = held_choice(frames, n_baskets, params)
-    return None if held is None else held_from(held, frames.pairs_of(held["invoice"].tolist()))
-
-
 def sample_choice(frames: Frames, seed: int) -> list[tuple]:
     """sample_invoices.draw's choice on the cluster: the same invoices drawn from the same numbering of the baskets
     (by first appearance), as (first, invoice, time) in that order. Only the eligible baskets' first rows reach the
@@ -148,7 +142,7 @@ class Gathered:
 
 
 def gather(frames: Frames, held: Any, models: list[Frames], seed: int) -> tuple[HeldOut | None, dict[tuple, Gathered]]:
-    """held_out's baskets' items, and item_figures' and sample_invoices_of's answers for each of models, from ONE
+    """The held-out baskets' items (held_from), and item_figures' and sample_invoices_of's answers for each of models, from ONE
     pass over the blocks (rather than one per question): the same values, each pass costing seconds at 10M rows."""
     choices = [sample_choice(f, seed) for f in models]
     wanted = [] if held is None else held["invoice"].tolist()
