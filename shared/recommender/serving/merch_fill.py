@@ -205,7 +205,7 @@ def _best(
     if cap is None:
         order = top_positions(scores, k)
     else:
-        order = np.argsort(-scores, kind="stable")
+        order = (-scores).argsort(kind="stable")
         order = order[_capped(rows[order], policy, k, cap, taken)]
     return rows[order], scores[order], final[order]
 
@@ -216,10 +216,12 @@ def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
     if m > SORT_ALL and m > 2 * k > 0:
         # Only the k best are needed: every score at least the k-th best (ties included, still in position order),
         # then a stable sort of those few.
-        kth = np.partition(scores, m - k)[m - k]
-        top = (scores >= kth).nonzero()[0]
-        return top[np.argsort(-scores[top], kind="stable")[:k]]
-    return np.argsort(-scores, kind="stable")[:k]
+        # (ndarray methods rather than numpy's module functions: those add a Python wrapper's microsecond)
+        kth = scores.copy()
+        kth.partition(m - k)
+        top = (scores >= kth[m - k]).nonzero()[0]
+        return top.take((-scores.take(top)).argsort(kind="stable")[:k])
+    return (-scores).argsort(kind="stable")[:k]
 
 
 def _capped(rows: np.ndarray, policy: Policy, k: int, cap: int, taken: dict[int, int]) -> list[int]:
