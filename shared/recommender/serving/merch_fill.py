@@ -85,16 +85,16 @@ def fill(
     if policy.first_new < len(policy.eligible):
         first_new = policy.first_new
         source = [NEW_SOURCE if s == MODEL_SOURCE and r >= first_new else s for r, s in zip(row_list, source)]
-    score_list = scores.tolist()
     if pinned:
-        final_list = final.tolist()
+        score_list, final_list = scores.tolist(), final.tolist()
         _pin(policy, pinned, row_list, score_list, final_list, source, scored)
         if len(row_list) > n:
             del row_list[n:], score_list[n:], final_list[n:], source[n:]
-        rows, final = np.asarray(row_list, dtype=np.int64), np.asarray(final_list, dtype=np.float64)
+        rows = np.asarray(row_list, dtype=np.int64)
+        scores, final = np.asarray(score_list, dtype=np.float64), np.asarray(final_list, dtype=np.float64)
     elif len(row_list) > n:
-        del row_list[n:], score_list[n:], source[n:]
-        rows, final = rows[:n], final[:n]
+        del row_list[n:], source[n:]
+        rows, scores, final = rows[:n], scores[:n], final[:n]
     # Popular picks' confidence is read from their popularity, the others' from the model's score; without the
     # model's scores (nothing known, or learned=False), every pick's is a popular item's.
     popular_at = (
@@ -102,7 +102,7 @@ def fill(
         if scored is not None and popular
         else (None if scored is not None else True)
     )
-    score_list, confidence = _rounded(model, policy, rows, score_list, final, popular_at)
+    score_list, confidence = _rounded(model, policy, rows, scores, final, popular_at)
     if options.min_confidence is not None and confidence is not None:
         # Last, on the answer as it stands (pins included): confidence falls with the rank and rises with the
         # score, so items further down the list would not pass either.
@@ -127,7 +127,7 @@ def _kept(values: list, keep: list[bool]) -> list:
 
 
 def _rounded(
-    model: Any, policy: Policy, rows: np.ndarray, scores: list[float], final: np.ndarray, popular: Any
+    model: Any, policy: Policy, rows: np.ndarray, scores: np.ndarray, final: np.ndarray, popular: Any
 ) -> tuple[list[float], list[float] | None]:
     """The picks' scores rounded to 4 places, and their confidence (_confidence, rounded; None without the
     model's calibration): one rounding call for both when confidence reads the score alone."""
@@ -143,7 +143,7 @@ def _rounded(
         both = np.concatenate((scores, calibration.scores(final))).round(4).tolist()
         return both[:m], both[m:]
     confidence = _confidence(model, policy, rows, final, popular)
-    return np.round(scores, 4).tolist(), None if confidence is None else confidence.tolist()
+    return scores.round(4).tolist(), None if confidence is None else confidence.tolist()
 
 
 def _from_model(
