@@ -20,7 +20,7 @@ import numpy as np
 from bench.merch import paired_latency, synthetic_merchandising
 from bench.merch_answers import _store, option_sets
 
-STEPS = ("Eligibility", "_pinned", "_pin", "Scores", "_from_model", "_confidence", "reasons", "_picks")
+STEPS = ("Eligibility", "_pinned", "_pin", "Scores", "_from_model", "_confidence", "_rounded", "reasons", "_picks")
 clock = time.process_time_ns
 
 
@@ -64,7 +64,8 @@ def _steps(fill_module: Any, call: Any, baskets: list, rounds: int) -> dict[str,
 
         return run
 
-    saved = {name: getattr(fill_module, name) for name in STEPS}
+    # A step one version does not have (renamed, or not yet written) reads 0 for it.
+    saved = {name: getattr(fill_module, name) for name in STEPS if hasattr(fill_module, name)}
     for name, step in saved.items():
         setattr(fill_module, name, timed(name, step))
     try:

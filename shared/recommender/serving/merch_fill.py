@@ -13,6 +13,7 @@ chosen first (they count toward max_per_category) and put in at their positions 
 from __future__ import annotations
 
 from functools import partial
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -70,35 +71,79 @@ def fill(
             taken.clear()
             if pinned:
                 _count_pins(policy, pinned, cap, taken)
-    source = np.zeros(len(rows), dtype=np.int8)  # index into SOURCES
     popular = len(rows) < k
     if popular:
         ok.take(rows)
-        rows, scores, final, source = _with_popular(policy, ok, k, cap, taken, rows, scores, final, source)
+        rows, scores, final, source_of = _with_popular(
+            policy, ok, k, cap, taken, rows, scores, final, np.zeros(len(rows), dtype=np.int8)
+        )
+        source = source_of.tolist()  # index into SOURCES, per pick
+    else:
+        source = [MODEL_SOURCE] * len(rows)
+    # From here on the answer is its n picks at most: Python lists, cheaper than numpy calls on a few items.
+    row_list = rows.tolist()
     if policy.first_new < len(policy.eligible):
-        source[(rows >= policy.first_new) & (source == MODEL_SOURCE)] = NEW_SOURCE
+        first_new = policy.first_new
+        source = [NEW_SOURCE if s == MODEL_SOURCE and r >= first_new else s for r, s in zip(row_list, source)]
     if pinned:
-        rows, scores, final, source = _pin(policy, pinned, rows, scores, final, source, scored)
-    if len(rows) > n:
-        rows, scores, final, source = rows[:n], scores[:n], final[:n], source[:n]
-    scores = scores.round(4)
+        score_list, final_list = scores.tolist(), final.tolist()
+        _pin(policy, pinned, row_list, score_list, final_list, source, scored)
+        if len(row_list) > n:
+            del row_list[n:], score_list[n:], final_list[n:], source[n:]
+        rows = np.asarray(row_list, dtype=np.int64)
+        scores, final = np.asarray(score_list, dtype=np.float64), np.asarray(final_list, dtype=np.float64)
+    elif len(row_list) > n:
+        del row_list[n:], source[n:]
+        rows, scores, final = rows[:n], scores[:n], final[:n]
     # Popular picks' confidence is read from their popularity, the others' from the model's score; without the
     # model's scores (nothing known, or learned=False), every pick's is a popular item's.
     popular_at = (
-        (source == POPULAR_SOURCE) if scored is not None and popular else (None if scored is not None else True)
+        (np.asarray(source) == POPULAR_SOURCE)
+        if scored is not None and popular
+        else (None if scored is not None else True)
     )
-    confidence = _confidence(model, policy, rows, final, popular_at)
+    score_list, confidence = _rounded(model, policy, rows, scores, final, popular_at)
     if options.min_confidence is not None and confidence is not None:
         # Last, on the answer as it stands (pins included): confidence falls with the rank and rises with the
         # score, so items further down the list would not pass either.
-        keep = confidence >= options.min_confidence
-        if not keep.all():  # the ones left move up: their confidence at their new rank (no lower)
-            rows, scores, final, source = rows[keep], scores[keep], final[keep], source[keep]
+        keep = [c >= options.min_confidence for c in confidence]
+        if not all(keep):  # the ones left move up: their confidence at their new rank (no lower)
+            at = np.asarray(keep)
+            rows, final = rows[at], final[at]
+            row_list, score_list, source = _kept(row_list, keep), _kept(score_list, keep), _kept(source, keep)
             if isinstance(popular_at, np.ndarray):
-                popular_at = popular_at[keep]
-            confidence = _confidence(model, policy, rows, final, popular_at)
-    picks = _picks(model, policy, options, basket, scored, rows, scores, final, source, confidence, popular)
+                popular_at = popular_at[at]
+            found = _confidence(model, policy, rows, final, popular_at)
+            confidence = None if found is None else found.tolist()
+    picks = _picks(
+        model, policy, options, basket, scored, rows, row_list, score_list, final, source, confidence, popular
+    )
     return picks, len(picks) < n, warnings
+
+
+def _kept(values: list, keep: list[bool]) -> list:
+    """The values where keep is true."""
+    return [v for v, kept in zip(values, keep) if kept]
+
+
+def _rounded(
+    model: Any, policy: Policy, rows: np.ndarray, scores: np.ndarray, final: np.ndarray, popular: Any
+) -> tuple[list[float], list[float] | None]:
+    """The picks' scores rounded to 4 places, and their confidence (_confidence, rounded; None without the
+    model's calibration): one rounding call for both when confidence reads the score alone."""
+    m = len(scores)
+    calibration = getattr(model, "_confidence", None)
+    if (
+        m
+        and popular is None
+        and calibration is not None
+        and calibration.by_score
+        and getattr(model, "confidence", None) is not None
+    ):
+        both = np.concatenate((scores, calibration.scores(final))).round(4).tolist()
+        return both[:m], both[m:]
+    confidence = _confidence(model, policy, rows, final, popular)
+    return scores.round(4).tolist(), None if confidence is None else confidence.tolist()
 
 
 def _from_model(
@@ -160,7 +205,7 @@ def _best(
     if cap is None:
         order = top_positions(scores, k)
     else:
-        order = np.argsort(-scores, kind="stable")
+        order = (-scores).argsort(kind="stable")
         order = order[_capped(rows[order], policy, k, cap, taken)]
     return rows[order], scores[order], final[order]
 
@@ -171,10 +216,12 @@ def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
     if m > SORT_ALL and m > 2 * k > 0:
         # Only the k best are needed: every score at least the k-th best (ties included, still in position order),
         # then a stable sort of those few.
-        kth = np.partition(scores, m - k)[m - k]
-        top = (scores >= kth).nonzero()[0]
-        return top[np.argsort(-scores[top], kind="stable")[:k]]
-    return np.argsort(-scores, kind="stable")[:k]
+        # (ndarray methods rather than numpy's module functions: those add a Python wrapper's microsecond)
+        kth = scores.copy()
+        kth.partition(m - k)
+        top = (scores >= kth[m - k]).nonzero()[0]
+        return top.take((-scores.take(top)).argsort(kind="stable")[:k])
+    return (-scores).argsort(kind="stable")[:k]
 
 
 def _capped(rows: np.ndarray, policy: Policy, k: int, cap: int, taken: dict[int, int]) -> list[int]:
@@ -273,30 +320,28 @@ def _count_pins(policy: Policy, pinned: dict[int, int], cap: int | None, taken: 
 def _pin(
     policy: Policy,
     pinned: dict[int, int],
-    rows: np.ndarray,
-    scores: np.ndarray,
-    final: np.ndarray,
-    source: np.ndarray,
+    rows: list[int],
+    scores: list[float],
+    final: list[float],
+    source: list[int],
     scored: Scores | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> None:
     """The pinned items put in at their positions whatever their score (a merchandiser's choice), lowest position
-    first, so pins do not shift one another. Without the model's scores (learned=False), a pin scores its
-    popularity, as the popular picks do."""
+    first, so pins do not shift one another (in the answer's lists, in place). Without the model's scores
+    (learned=False), a pin scores its popularity, as the popular picks do."""
     order = sorted(pinned.items(), key=_position_then_row)
-    pinned_rows = np.asarray([row for row, _position in order], dtype=np.int64)
-    values = scored.final(pinned_rows) if scored is not None else _popularity_score(policy, pinned_rows)
-    r, sc, fi, so = rows.tolist(), scores.tolist(), final.tolist(), source.tolist()
-    for (row, position), value in zip(order, values.tolist()):
-        r.insert(position - 1, row)
-        sc.insert(position - 1, value)
-        fi.insert(position - 1, value)
-        so.insert(position - 1, PINNED_SOURCE)
-    return (
-        np.asarray(r, dtype=np.int64),
-        np.asarray(sc, dtype=np.float64),
-        np.asarray(fi, dtype=np.float64),
-        np.asarray(so, dtype=np.int8),
-    )
+    pinned_rows = [row for row, _position in order]
+    if scored is None:
+        values = _popularity_score(policy, np.asarray(pinned_rows, dtype=np.int64)).tolist()
+    elif scored.dense is not None and scored.reranked is None:
+        values = list(map(scored.dense.item, pinned_rows))  # the first-stage scores, each read as a float
+    else:
+        values = scored.final(np.asarray(pinned_rows, dtype=np.int64)).tolist()
+    for (row, position), value in zip(order, values):
+        rows.insert(position - 1, row)
+        scores.insert(position - 1, value)
+        final.insert(position - 1, value)
+        source.insert(position - 1, PINNED_SOURCE)
 
 
 def _confidence(
@@ -337,50 +382,47 @@ def _picks(
     basket: np.ndarray,
     scored: Scores | None,
     rows: np.ndarray,
-    scores: np.ndarray,
+    row_list: list[int],
+    scores: list[float],
     final: np.ndarray,
-    source: np.ndarray,
-    confidence: np.ndarray | None,
+    source: list[int],
+    confidence: list[float] | None,
     popular: bool,
 ) -> list[Pick]:
-    """The answer's picks (final: their scores before any boost), with their reasons when asked for (popular:
-    whether some picks may be popular ones)."""
-    row_list = rows.tolist()
+    """The answer's picks (rows and row_list: the same rows; final: their scores before any boost), with their
+    reasons when asked for (popular: whether some picks may be popular ones)."""
     count = len(row_list)
+    nothing = repeat(None)  # a field no pick has (zip stops with the rows)
+    because: Any = nothing
     if options.explain:
         # Without a re-ranker the picks' final scores are their first-stage ones, what the reasons divide by.
         first = final if scored is not None and scored.reranked is None else None
         if scored is None:
             because = [NO_REASONS] * count
         elif popular:  # popular picks have no reasons
-            model_pick = source != POPULAR_SOURCE
+            model_pick = np.asarray(source) != POPULAR_SOURCE
             found = iter(reasons(model, scored, rows[model_pick], None if first is None else first[model_pick]))
             because = [next(found) if pick else NO_REASONS for pick in model_pick.tolist()]
         else:
             because = reasons(model, scored, rows, first)
-    else:
-        because = [None] * count
-    ranking = (
-        ranked_by(model, scored, basket, rows)
-        if options.explain and scored is not None and scored.reranked is not None
-        else None
-    )
+    ranked: Any = nothing
+    if options.explain and scored is not None and scored.reranked is not None:
+        ranking = ranked_by(model, scored, basket, rows)
+        if ranking:
+            ranked = [ranking.get(row) for row in row_list]
     boost_of = policy.boost_of
-    boosts = [boost_of[row] for row in row_list] if boost_of is not None else [None] * count
-    confidences = confidence.tolist() if confidence is not None else [None] * count
-    sources = [SOURCES[s] for s in source.tolist()]
+    boosts = [boost_of[row] for row in row_list] if boost_of is not None else nothing
+    sources = [SOURCES[s] for s in source]
     items = model.items.take(row_list)
     shown = policy.shown_rows(row_list)
-    ranked = [ranking.get(row) for row in row_list] if ranking else [None] * count
+    likes: Any = nothing
     first_new = policy.first_new
     if first_new < len(policy.eligible) and count and max(row_list) >= first_new:
         twins = policy.placement.twins
         likes = [model.items[int(twins[row - first_new, 0])] if row >= first_new else None for row in row_list]
-    else:
-        likes = [None] * count
     return list(
         map(
             _make_pick,
-            zip(items, scores.tolist(), sources, confidences, because, boosts, row_list, shown, ranked, likes),
+            zip(items, scores, sources, confidence or nothing, because, boosts, row_list, shown, ranked, likes),
         )
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
+from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ from recommender.serving.merchandising import Options, Policy
 from recommender.serving.reranker import RERANK_FILE, Reranked, Reranker, squash
 
 log = logging.getLogger("recommender")
+_source_of = attrgetter("source")  # a Pick's source
 
 
 class Scored(NamedTuple):
@@ -179,7 +181,8 @@ class Model:
             picks, exhausted, warnings = merchandising.answer(
                 self, np.asarray(sorted(known), dtype=np.int64), n, options, policy, self.learned
             )
-            fallback = bool(picks) and all(p.source not in (merchandising.MODEL, merchandising.NEW) for p in picks)
+            sources = list(map(_source_of, picks))
+            fallback = bool(picks) and merchandising.MODEL not in sources and merchandising.NEW not in sources
             return Recommendation(
                 picks,
                 unknown,
