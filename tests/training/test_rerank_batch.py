@@ -7,6 +7,7 @@ import pytest
 
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
+from recommender.serving import strongest
 from recommender.serving.model import load_model
 from recommender.training import reranker as training_reranker
 
@@ -27,7 +28,10 @@ def _served(model, codes: list[str]) -> np.ndarray:
     return reranked.features
 
 
-def test_batched_training_features_equal_servings_basket_by_basket(model, monkeypatch):
+@pytest.mark.parametrize("budget", [None, 60])
+def test_batched_training_features_equal_servings_basket_by_basket(model, monkeypatch, budget):
+    if budget is not None:  # the bigger baskets' first stage reads their items' strongest entries only
+        monkeypatch.setattr(strongest, "BUDGET", budget)
     rng = np.random.default_rng(3)
     codes = model.items.codes
     cases = []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recommender.serving.strongest import entry_sources
+
 LINKS = ("link_weight", "link_baskets", "link_probability", "link_cosine")  # the links' largest values, in order
 INDEXED_ITEMS = 65536  # up to this many items, the backwards index is built at load (a 16-bit radix sort: fast)
 
@@ -55,11 +57,15 @@ def link_entries(
     incoming: Incoming | None,
     backwards: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The table entries from the basket's items (positions: all of theirs) to the candidates: per entry, its
+    """The table entries from the basket's items (positions: those the first stage read) to the candidates: per entry, its
     candidate's slot, its position in the table and its source item (in no particular order). Read backwards
     when that reads under half as many entries (backwards=True/False: always/never, when the index is there)."""
     candidates = slots.candidates
-    if incoming is not None and incoming.target is model.table_target and backwards is not False:
+    indptr = model.table_indptr
+    # Backwards finds every entry from the basket's items: the same as forwards only when positions are all of
+    # them (a big basket's bounded first stage reads each item's strongest entries only: forwards then).
+    every = incoming is not None and int((indptr.take(basket + 1) - indptr.take(basket)).sum()) == len(positions)
+    if every and incoming.target is model.table_target and backwards is not False:
         lengths = incoming.ptr[candidates + 1] - incoming.ptr[candidates]
         if backwards or 2 * int(lengths.sum()) < len(positions):  # a backwards entry costs about two forwards
             into = ranges(incoming.ptr, candidates)
@@ -71,8 +77,8 @@ def link_entries(
             return slot, incoming.entry.take(into.take(hit)), sources.take(hit)
     at, hit = slots(model.table_target.take(positions))
     hit = np.flatnonzero(hit)
-    sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket]).take(hit)
-    return at.take(hit), positions.take(hit), sources
+    entries = positions.take(hit)
+    return at.take(hit), entries, entry_sources(indptr, entries)
 
 
 def link_features(
