@@ -57,17 +57,19 @@ def link_entries(
     incoming: Incoming | None,
     backwards: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The table entries from the basket's items (positions: those the first stage read) to the candidates: per entry, its
-    candidate's slot, its position in the table and its source item (in no particular order). Read backwards
-    when that reads under half as many entries (backwards=True/False: always/never, when the index is there)."""
+    """The table entries from the basket's items (positions: those its first stage read) to the candidates: per
+    entry, its candidate's slot, its position in the table and its source item (in no particular order). Read
+    backwards when that reads under half as many entries (backwards=True/False: always/never, when the index is
+    there), never when positions are a bounded read."""
     candidates = slots.candidates
     indptr = model.table_indptr
-    # Backwards finds every entry from the basket's items: the same as forwards only when positions are all of
-    # them (a big basket's bounded first stage reads each item's strongest entries only: forwards then).
-    every = incoming is not None and int((indptr.take(basket + 1) - indptr.take(basket)).sum()) == len(positions)
-    if every and incoming.target is model.table_target and backwards is not False:
+    if incoming is not None and incoming.target is model.table_target and backwards is not False:
         lengths = incoming.ptr[candidates + 1] - incoming.ptr[candidates]
-        if backwards or 2 * int(lengths.sum()) < len(positions):  # a backwards entry costs about two forwards
+        # a backwards entry costs about two forwards; backwards finds every entry from the basket's items, the
+        # same as forwards only when positions are all of them (not a big basket's bounded read: forwards then)
+        if (backwards or 2 * int(lengths.sum()) < len(positions)) and int(
+            (indptr.take(basket + 1) - indptr.take(basket)).sum()
+        ) == len(positions):
             into = ranges(incoming.ptr, candidates)
             sources = incoming.source.take(into)
             member = np.zeros(len(incoming.ptr) - 1, dtype=bool)
