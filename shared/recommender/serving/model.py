@@ -250,11 +250,12 @@ class Model:
         row[: len(found)] = found
         self._asked[i] = True
 
-    def score_basket(self, basket: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def score_basket(self, basket: np.ndarray, bounded: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The candidates for a basket (rows, ascending), every item's score (the sum of the table weights from
-        the basket's items), and the table entries read (positions in table_target/weight/count)."""
+        the basket's items), and the table entries read (positions in table_target/weight/count): a big basket's
+        items' strongest (entries), or with bounded=False every entry (the re-ranker's training reads them all)."""
         found = self.near(basket).ravel()
-        positions = self.entries(basket)
+        positions = self.entries(basket, bounded)
         # take, not [] (no index conversion); the sums in entry order, as ever (bit for bit the same scores)
         scores = np.bincount(
             self.table_target.take(positions), weights=self.table_weight.take(positions), minlength=len(self.items)
@@ -280,13 +281,14 @@ class Model:
             candidates = np.flatnonzero(mark)
         return candidates, scores, positions
 
-    def entries(self, basket: np.ndarray) -> np.ndarray:
+    def entries(self, basket: np.ndarray, bounded: bool = True) -> np.ndarray:
         """The table entries a basket's first stage sums (positions in table_target/weight/count, basket rows in
-        order): every entry of its rows, or when they hold more than strongest.BUDGET, each row's strongest."""
+        order): every entry of its rows, or when they hold more than strongest.BUDGET (and bounded), each row's
+        strongest."""
         starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
         lengths = stops - starts
         total = int(lengths.sum())
-        if total > strongest.BUDGET:
+        if bounded and total > strongest.BUDGET:
             return strongest.weight_order(self).entries(basket, lengths, strongest.BUDGET)
         positions = np.arange(total)
         positions += np.repeat(starts - np.cumsum(lengths) + lengths, lengths)

@@ -24,7 +24,6 @@ from recommender.serving.reranker import (
     Postings,
     Reranker,
 )
-from recommender.serving.strongest import entry_sources
 
 
 @dataclass
@@ -105,8 +104,8 @@ def _links(
     if not len(hit):
         return
     slot, entries = at.take(hit), positions.take(hit)
-    # each entry's basket item, whatever the first stage read (a big basket's bounded read included)
-    sources = entry_sources(model.table_indptr, entries)
+    # serving's positions are its basket items' table rows, in basket order: the same order, all queries on end
+    sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket]).take(hit)
     count = model.table_count.take(entries).astype(np.float64) if model.table_count is not None else np.zeros(len(slot))
     pop_source = rr.pop1.take(sources)
     pop_target = rr.pop1.take(located.items.take(slot))
