@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from recommender.serving.strongest import entry_sources
-
 LINKS = ("link_weight", "link_baskets", "link_probability", "link_cosine")  # the links' largest values, in order
 INDEXED_ITEMS = 65536  # up to this many items, the backwards index is built at load (a 16-bit radix sort: fast)
 
@@ -27,6 +25,11 @@ def ranges(ptr: np.ndarray, rows: np.ndarray, cap: int | None = None) -> np.ndar
     if not total:
         return np.empty(0, dtype=np.intp)
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+
+
+def entry_sources(indptr: np.ndarray, entries: np.ndarray) -> np.ndarray:
+    """The table row of each entry (positions in the table), whatever order they come in."""
+    return indptr.searchsorted(entries, side="right") - 1
 
 
 class Incoming:

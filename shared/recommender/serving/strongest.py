@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recommender.serving.rerank_links import ranges
+
 # Entries read at most per basket. On Online Retail a basket reaches it at 40-100 items (9% of the test
 # baskets); each basket item then keeps its strongest min(row length, cap) entries, cap the largest that fits.
 BUDGET = 10_000
@@ -36,11 +38,8 @@ class WeightOrder:
         todo = rows[~self.done.take(rows)]
         if not len(todo):
             return
-        starts = self.indptr[todo]
-        lengths = self.indptr[todo + 1] - starts
-        total = int(lengths.sum())
-        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-        row = np.repeat(np.arange(len(todo)), lengths)
+        positions = ranges(self.indptr, todo)
+        row = np.repeat(np.arange(len(todo)), self.indptr[todo + 1] - self.indptr[todo])
         # lexsort is stable: equal weights keep their table order
         self.order[positions] = positions.take(np.lexsort((-self.weight.take(positions), row)))
         self.done[todo] = True
@@ -49,11 +48,7 @@ class WeightOrder:
         """The strongest entries of each basket row, at most budget in all: basket rows in order, each row's first
         min(length, cap) in weight order, cap the largest that fits."""
         self.prepare(basket)
-        kept = np.minimum(lengths, cap(lengths, budget))
-        starts = self.indptr[basket]
-        total = int(kept.sum())
-        at = np.repeat(starts - np.cumsum(kept) + kept, kept) + np.arange(total)
-        return self.order.take(at)
+        return self.order.take(ranges(self.indptr, basket, cap(lengths, budget)))
 
 
 def cap(lengths: np.ndarray, budget: int) -> int:
@@ -87,8 +82,3 @@ def sources(indptr: np.ndarray, basket: np.ndarray, positions: np.ndarray) -> np
     if int(lengths.sum()) == len(positions):
         return np.repeat(basket, lengths)
     return indptr.searchsorted(positions, side="right") - 1
-
-
-def entry_sources(indptr: np.ndarray, entries: np.ndarray) -> np.ndarray:
-    """The table row of each entry (positions in the table), whatever order they come in."""
-    return indptr.searchsorted(entries, side="right") - 1
