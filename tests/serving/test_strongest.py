@@ -28,11 +28,12 @@ def test_the_cap_is_the_largest_that_fits_the_budget(seed):
 def test_each_row_keeps_its_strongest_entries_in_basket_order():
     rng = np.random.default_rng(4)
     model = _table(rng, 200)
-    order = strongest.WeightOrder(model.table_indptr, model.table_weight)
+    order = strongest.WeightOrder(model.table_indptr, model.table_target, model.table_weight)
     indptr, weight = model.table_indptr, model.table_weight
     basket = np.sort(rng.choice(200, size=50, replace=False))
     lengths = indptr[basket + 1] - indptr[basket]
-    read = order.entries(basket, lengths, int(lengths.sum()) // 3)
+    read, targets, weights = order.read(basket, lengths, int(lengths.sum()) // 3)
+    assert np.array_equal(targets, model.table_target[read]) and np.array_equal(weights, weight[read])
     assert len(read) <= int(lengths.sum()) // 3
     c = strongest.cap(lengths, int(lengths.sum()) // 3)
     sources = strongest.sources(indptr, basket, read)
@@ -52,12 +53,12 @@ def test_links_of_a_bounded_read_are_those_of_the_entries_read():
     n_items = 300
     model = _table(rng, n_items)
     incoming = Incoming.of(model.table_indptr, model.table_target)
-    order = strongest.WeightOrder(model.table_indptr, model.table_weight)
+    order = strongest.WeightOrder(model.table_indptr, model.table_target, model.table_weight)
     pop1 = rng.integers(1, 1000, size=n_items).astype(np.float64)
     basket = np.sort(rng.choice(n_items, size=200, replace=False))
     candidates = np.sort(rng.choice(np.setdiff1d(np.arange(n_items), basket), size=60, replace=False))
     lengths = model.table_indptr[basket + 1] - model.table_indptr[basket]
-    read = order.entries(basket, lengths, 500)
+    read = order.read(basket, lengths, 500)[0]
     got = {}
     for way in (None, False):
         x = np.zeros((len(candidates), 23))

@@ -255,11 +255,9 @@ class Model:
         the basket's items), and the table entries read (positions in table_target/weight/count): a big basket's
         items' strongest (entries), or with bounded=False every entry (the re-ranker's training reads them all)."""
         found = self.near(basket).ravel()
-        positions = self.entries(basket, bounded)
-        # take, not [] (no index conversion); the sums in entry order, as ever (bit for bit the same scores)
-        scores = np.bincount(
-            self.table_target.take(positions), weights=self.table_weight.take(positions), minlength=len(self.items)
-        )
+        positions, targets, weights = self._read(basket, bounded)
+        # the sums in entry order, as ever (bit for bit the same scores; a bounded read holds a target once per row)
+        scores = np.bincount(targets, weights=weights, minlength=len(self.items))
         if self.first_new < len(self.items):
             # New products are in no Annoy neighbourhood: they are candidates where their twins' entries reach,
             # and in a basket (numbered last: the basket's last rows), their candidates are their own entries.
@@ -285,14 +283,21 @@ class Model:
         """The table entries a basket's first stage sums (positions in table_target/weight/count, basket rows in
         order): every entry of its rows, or when they hold more than strongest.BUDGET (and bounded), each row's
         strongest."""
+        return self._read(basket, bounded, values=False)[0]
+
+    def _read(self, basket: np.ndarray, bounded: bool, values: bool = True) -> tuple:
+        """The entries of entries(), and (with values) their targets and weights."""
         starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
         lengths = stops - starts
         total = int(lengths.sum())
         if bounded and total > strongest.BUDGET:
-            return strongest.weight_order(self).entries(basket, lengths, strongest.BUDGET)
+            return strongest.weight_order(self).read(basket, lengths, strongest.BUDGET)
         positions = np.arange(total)
         positions += np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        return positions
+        if not values:
+            return positions, None, None
+        # take, not [] (no index conversion)
+        return positions, self.table_target.take(positions), self.table_weight.take(positions)
 
     def _trees_rank_all(self) -> bool:
         """Whether the trees re-rank every candidate (new products in the model: serving.new_items places those)."""

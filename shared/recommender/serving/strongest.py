@@ -26,10 +26,15 @@ class WeightOrder:
     """The table's entries of each row in weight order, strongest first (ties in table order), as positions in the
     table; ordered row by row when first asked for, then remembered. Bound to one table (its indptr and weight)."""
 
-    def __init__(self, indptr: np.ndarray, weight: np.ndarray) -> None:
+    def __init__(self, indptr: np.ndarray, target: np.ndarray, weight: np.ndarray) -> None:
         self.indptr = indptr
         self.weight = weight
+        self.table_target = target
         self.order = np.empty(len(weight), dtype=np.intp)
+        # the entries' targets and weights in the same order: a bounded read takes each row's first ones, in a row
+        # next to each other (fewer cache lines than gathering them through order)
+        self.target = np.empty_like(target)
+        self.weights = np.empty_like(weight)
         self.done = np.zeros(len(indptr) - 1, dtype=bool)
 
     def prepare(self, rows: np.ndarray) -> None:
@@ -41,14 +46,19 @@ class WeightOrder:
         positions = ranges(self.indptr, todo)
         row = np.repeat(np.arange(len(todo)), self.indptr[todo + 1] - self.indptr[todo])
         # lexsort is stable: equal weights keep their table order
-        self.order[positions] = positions.take(np.lexsort((-self.weight.take(positions), row)))
+        ordered = positions.take(np.lexsort((-self.weight.take(positions), row)))
+        self.target[positions] = self.table_target.take(ordered)
+        self.weights[positions] = self.weight.take(ordered)
+        self.order[positions] = ordered
         self.done[todo] = True
 
-    def entries(self, basket: np.ndarray, lengths: np.ndarray, budget: int) -> np.ndarray:
-        """The strongest entries of each basket row, at most budget in all: basket rows in order, each row's first
-        min(length, cap) in weight order, cap the largest that fits."""
+    def read(self, basket: np.ndarray, lengths: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The strongest entries of each basket row, at most budget in all (basket rows in order, each row's first
+        min(length, cap) in weight order, cap the largest that fits): their positions in the table, targets and
+        weights."""
         self.prepare(basket)
-        return self.order.take(ranges(self.indptr, basket, cap(lengths, budget)))
+        at = ranges(self.indptr, basket, cap(lengths, budget))
+        return self.order.take(at), self.target.take(at), self.weights.take(at)
 
 
 def cap(lengths: np.ndarray, budget: int) -> int:
@@ -71,7 +81,7 @@ def weight_order(model: object) -> WeightOrder:
     """The model's (view's) WeightOrder of its own table, made when first needed."""
     made = model.__dict__.get("_weight_order")
     if made is None or made.indptr is not model.table_indptr:
-        made = model._weight_order = WeightOrder(model.table_indptr, model.table_weight)
+        made = model._weight_order = WeightOrder(model.table_indptr, model.table_target, model.table_weight)
     return made
 
 
