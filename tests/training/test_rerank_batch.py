@@ -7,6 +7,7 @@ import pytest
 
 from recommender.core import registry
 from recommender.core.storage import LocalStorage
+from recommender.serving import strongest
 from recommender.serving.model import load_model
 from recommender.training import reranker as training_reranker
 
@@ -19,15 +20,19 @@ def model(reranked_folder):
     return load_model(storage, registry.active_version(storage))
 
 
-def _served(model, codes: list[str]) -> np.ndarray:
-    """Serving's feature rows for a basket, as Model.recommend computes them."""
+def _served(model, codes: list[str], bounded: bool = True) -> np.ndarray:
+    """Serving's feature rows for a basket, as Model.recommend computes them (bounded=False: from every table entry
+    of a big basket's items)."""
     rows = np.asarray(sorted({model.items.index[c] for c in codes}), dtype=np.int64)
-    candidates, scores, positions = model.score_basket(rows)
+    candidates, scores, positions = model.score_basket(rows, bounded)
     _final, reranked = model.final_scores(rows, candidates, scores[candidates], positions)
     return reranked.features
 
 
-def test_batched_training_features_equal_servings_basket_by_basket(model, monkeypatch):
+@pytest.mark.parametrize("budget", [None, 60])
+def test_batched_training_features_equal_servings_basket_by_basket(model, monkeypatch, budget):
+    if budget is not None:  # serving bounds the bigger baskets' first stage; training reads every entry still
+        monkeypatch.setattr(strongest, "BUDGET", budget)
     rng = np.random.default_rng(3)
     codes = model.items.codes
     cases = []
@@ -49,7 +54,9 @@ def test_batched_training_features_equal_servings_basket_by_basket(model, monkey
     monkeypatch.setattr(rr.customers, "budget", 100)
     monkeypatch.setattr(training_reranker, "CHUNK", 7)  # queries split over several passes
     batched = training_reranker.training_rows(model, cases)
-    served = [_served(model, query) for _b, query, _hidden in cases]
+    served = [_served(model, query, bounded=False) for _b, query, _hidden in cases]
+    if budget is not None:  # the budget binds: serving's big baskets read fewer entries
+        assert any(not np.array_equal(_served(model, q), s) for (_b, q, _h), s in zip(cases, served))
     assert len(batched.found) == len(cases)
     assert np.array_equal(batched.x, np.vstack(served))
     sizes = np.bincount(batched.query, minlength=len(cases))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from recommender.serving import new_items
+from recommender.serving import new_items, strongest
 from recommender.serving.merch_policy import members
 from recommender.serving.reranker import squash
 
@@ -57,6 +57,7 @@ class Scores:
             and allowed is not None
             and getattr(model, "reranker", None) is None
             and getattr(model, "first_new", n) >= n
+            and int((indptr.take(basket + 1) - indptr.take(basket)).sum()) <= strongest.BUDGET
         ):
             # The plain path's scoring (model.score_basket: the same sums in the same order), with the candidates
             # read through the request's mask in the same pass: the re-ranker and new products need them all. The
@@ -88,9 +89,7 @@ class Scores:
             self._rerank(model, basket)
             return
         self.dense = None
-        starts = indptr[basket]
-        lengths = indptr[basket + 1] - starts
-        self._positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        self._positions = model.entries(basket)  # as model.score_basket reads them (a big basket's: bounded)
         targets = self.targets
         order = np.argsort(targets, kind="stable")
         ordered = targets[order]
@@ -138,8 +137,7 @@ class Scores:
     def sources(self) -> np.ndarray:
         """The basket item of each table entry read (aligned with positions); made when first asked for."""
         if self._sources is None:
-            indptr, basket = self.model.table_indptr, self.basket
-            self._sources = np.repeat(basket, indptr[basket + 1] - indptr[basket])
+            self._sources = strongest.sources(self.model.table_indptr, self.basket, self.positions)
         return self._sources
 
     def _rerank(self, model: Any, basket: np.ndarray) -> None:

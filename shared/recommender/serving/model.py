@@ -23,7 +23,7 @@ from recommender.core.errors import ModelUnavailable, RecommenderError
 from recommender.core.items import ITEMS_FILE, Item, Items
 from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
 from recommender.core.storage import Storage
-from recommender.serving import merchandising, new_items
+from recommender.serving import merchandising, new_items, strongest
 from recommender.serving.confidence import Confidence
 from recommender.serving.merch_fill import top_positions
 from recommender.serving.merchandising import Options, Policy
@@ -147,7 +147,7 @@ class Model:
         its best ones, the others below them in first-stage order; and the re-ranking (None without a re-ranker)."""
         if self.reranker is None:
             return first, None
-        if self.first_new < len(self.items):  # the trees know only the known items: new_items places the others
+        if not self._trees_rank_all():  # the trees know only the known items: new_items places the others
             return new_items.final_scores(self, basket, candidates, first, positions)
         reranked = self.reranker.rerank(self, basket, candidates, first, positions)
         return _merged(first, reranked), reranked
@@ -229,6 +229,8 @@ class Model:
     def warm(self) -> None:
         """Ask Annoy for every item now, so that no request waits for it (a long-running server's choice)."""
         self.near(np.arange(len(self.items), dtype=np.int64))
+        # and every table row in weight order, before a big basket needs its rows' strongest entries
+        strongest.weight_order(self).prepare(np.arange(len(self.items), dtype=np.int64))
         self.items.search_index()  # and build the items' search index before the first GET /items
         self._warm = True
 
@@ -251,24 +253,21 @@ class Model:
         row[: len(found)] = found
         self._asked[i] = True
 
-    def score_basket(self, basket: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def score_basket(self, basket: np.ndarray, bounded: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The candidates for a basket (rows, ascending), every item's score (the sum of the table weights from
-        the basket's items), and the table entries read (positions in table_target/weight/count)."""
+        the basket's items), and the table entries read (positions in table_target/weight/count): a big basket's
+        items' strongest (entries), or with bounded=False every entry (the re-ranker's training reads them all)."""
         found = self.near(basket).ravel()
-        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
-        lengths = stops - starts
-        positions = np.arange(int(lengths.sum()))
-        positions += np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        # take, not [] (no index conversion); the sums in entry order, as ever (bit for bit the same scores)
-        scores = np.bincount(
-            self.table_target.take(positions), weights=self.table_weight.take(positions), minlength=len(self.items)
-        )
+        positions, targets, weights = self._read(basket, bounded)
+        # the sums in entry order, as ever (bit for bit the same scores; a bounded read holds a target once per row)
+        scores = np.bincount(targets, weights=weights, minlength=len(self.items))
         if self.first_new < len(self.items):
             # New products are in no Annoy neighbourhood: they are candidates where their twins' entries reach,
             # and in a basket (numbered last: the basket's last rows), their candidates are their own entries.
             found = [found, self.first_new + np.flatnonzero(scores[self.first_new :] > 0)]
             if len(basket) and basket.max() >= self.first_new:
-                found.append(self.table_target[positions[np.repeat(basket >= self.first_new, lengths)]])
+                sources = strongest.sources(self.table_indptr, basket, positions)
+                found.append(self.table_target[positions[sources >= self.first_new]])
             found = np.concatenate(found)
         # A mask over every item is cheaper than sorting unless the items dwarf the neighbourhoods.
         if len(self.items) > 65536 and len(found) * 16 < len(self.items):
@@ -283,9 +282,33 @@ class Model:
             candidates = np.flatnonzero(mark)
         return candidates, scores, positions
 
+    def entries(self, basket: np.ndarray, bounded: bool = True) -> np.ndarray:
+        """The table entries a basket's first stage sums (positions in table_target/weight/count, basket rows in
+        order): every entry of its rows, or when they hold more than strongest.BUDGET (and bounded), each row's
+        strongest."""
+        return self._read(basket, bounded, values=False)[0]
+
+    def _read(self, basket: np.ndarray, bounded: bool, values: bool = True) -> tuple:
+        """The entries of entries(), and (with values) their targets and weights."""
+        starts, stops = self.table_indptr[basket], self.table_indptr[basket + 1]
+        lengths = stops - starts
+        total = int(lengths.sum())
+        if bounded and total > strongest.BUDGET:
+            return strongest.weight_order(self).read(basket, lengths, strongest.BUDGET)
+        positions = np.arange(total)
+        positions += np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        if not values:
+            return positions, None, None
+        # take, not [] (no index conversion)
+        return positions, self.table_target.take(positions), self.table_weight.take(positions)
+
+    def _trees_rank_all(self) -> bool:
+        """Whether the trees re-rank every candidate (new products in the model: serving.new_items places those)."""
+        return self.reranker is not None and self.first_new == len(self.items)
+
     def _rank(self, basket: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         candidates, scores, positions = self.score_basket(basket)
-        if self.reranker is not None and self.first_new == len(self.items):
+        if self._trees_rank_all():
             reranked = self.reranker.rerank(self, basket, candidates, scores[candidates], positions)
             if len(reranked.scores) >= n:
                 # Every re-ranked item scores above every other (final_scores): the n best are the re-ranked ones'

@@ -336,7 +336,7 @@ def final_scores(
     # The trees' features come from the model as trained: its own table entries from the basket's known items
     # (the known candidates' first-stage scores are the same in both, bit for bit).
     plain = model.known_model
-    read, _lengths = ranges(plain.table_indptr, known)
+    read = plain.entries(known)  # a big basket's strongest entries, as the plain model's answer reads them
     kc = int(np.searchsorted(candidates, n))
     done = plain.reranker.rerank(plain, known, candidates[:kc], first[:kc], read)
     final = squash(first)

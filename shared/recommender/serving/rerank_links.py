@@ -27,6 +27,11 @@ def ranges(ptr: np.ndarray, rows: np.ndarray, cap: int | None = None) -> np.ndar
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
 
 
+def entry_sources(indptr: np.ndarray, entries: np.ndarray) -> np.ndarray:
+    """The table row of each entry (positions in the table), whatever order they come in."""
+    return indptr.searchsorted(entries, side="right") - 1
+
+
 class Incoming:
     """The table's entries by target: for each item, the entries into it (positions in the table) and their
     sources. Bound to one table (the arrays it was built from)."""
@@ -55,13 +60,19 @@ def link_entries(
     incoming: Incoming | None,
     backwards: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The table entries from the basket's items (positions: all of theirs) to the candidates: per entry, its
-    candidate's slot, its position in the table and its source item (in no particular order). Read backwards
-    when that reads under half as many entries (backwards=True/False: always/never, when the index is there)."""
+    """The table entries from the basket's items (positions: those its first stage read) to the candidates: per
+    entry, its candidate's slot, its position in the table and its source item (in no particular order). Read
+    backwards when that reads under half as many entries (backwards=True/False: always/never, when the index is
+    there), never when positions are a bounded read."""
     candidates = slots.candidates
+    indptr = model.table_indptr
     if incoming is not None and incoming.target is model.table_target and backwards is not False:
         lengths = incoming.ptr[candidates + 1] - incoming.ptr[candidates]
-        if backwards or 2 * int(lengths.sum()) < len(positions):  # a backwards entry costs about two forwards
+        # a backwards entry costs about two forwards; backwards finds every entry from the basket's items, the
+        # same as forwards only when positions are all of them (not a big basket's bounded read: forwards then)
+        if (backwards or 2 * int(lengths.sum()) < len(positions)) and int(
+            (indptr.take(basket + 1) - indptr.take(basket)).sum()
+        ) == len(positions):
             into = ranges(incoming.ptr, candidates)
             sources = incoming.source.take(into)
             member = np.zeros(len(incoming.ptr) - 1, dtype=bool)
@@ -71,8 +82,8 @@ def link_entries(
             return slot, incoming.entry.take(into.take(hit)), sources.take(hit)
     at, hit = slots(model.table_target.take(positions))
     hit = np.flatnonzero(hit)
-    sources = np.repeat(basket, model.table_indptr[basket + 1] - model.table_indptr[basket]).take(hit)
-    return at.take(hit), positions.take(hit), sources
+    entries = positions.take(hit)
+    return at.take(hit), entries, entry_sources(indptr, entries)
 
 
 def link_features(
