@@ -7,7 +7,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from tqdm import tqdm
 from recommender.core.errors import DataFileError, StorageError
 from recommender.serving.model import open_model
 from recommender.serving.reranker import RERANK_FILE
-from recommender.training import budget, holdout, paired, reranker
+from recommender.training import budget, forked, holdout, paired, reranker
 from recommender.training.ingest import CleaningReport, Transactions, describe_report, load_transactions
 from recommender.training.recipe import Progress, TrainingParams, build_model, purchase_period, say, stage
 
@@ -126,22 +125,19 @@ def fit_rerankers(
     # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
     two = held is not None and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
     say_published: Progress = lambda text: progress(f"published model: {text}")  # noqa: E731
-    if not two or not params.rerank.enabled or first_stage is not None:
+    if not two or not params.rerank.enabled or first_stage is not None or not forked.available():
         fitted = fit_reranker(train_tx, params, progress, first_stage)
         # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
         if fitted is not None and two:
             return fitted, fit_reranker(tx, params, say_published, first_stage)
         return fitted, fitted
-    # On this machine the two are fitted at once, one per core: each is single-threaded for most of its time (its
-    # features, LightGBM's one thread), and the two share nothing. The published one is fitted even when the
-    # measured one turns out to have no trees (then dropped, as above): that is rare, and waiting for it would
+    # The two at once, the published one in a child process on the other core: each is single-threaded for most of
+    # its time (its features, LightGBM's one thread) and they share nothing. The published one is fitted even when
+    # the measured one turns out to have no trees (then dropped, as above): that is rare, and waiting for it would
     # leave a core idle every time. (Spark's first stages run one after the other: one driver's jobs.)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=1) as pool:
-        published = pool.submit(fit_reranker, tx, params, say_published)
-        fitted = fit_reranker(train_tx, params, progress)
-        fitted_all = published.result()
+    published = forked.Forked(fit_reranker, (tx, params), say_published)
+    fitted = fit_reranker(train_tx, params, progress)
+    fitted_all = published.result()
     return (fitted, fitted_all) if fitted is not None else (None, None)
 
 
