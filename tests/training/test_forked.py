@@ -1,6 +1,7 @@
 """A function run in a forked child process: its result, its exception and its progress lines come back."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -38,3 +39,15 @@ def test_an_exception_in_the_child_is_raised_in_the_parent():
     with pytest.raises(DataFileError, match="no baskets before the period"):
         job.result()
     assert lines == ["about to fail"]
+
+
+def _sleeps(seconds: float, say) -> None:
+    time.sleep(seconds)
+
+
+def test_a_cancelled_child_is_stopped_at_once():
+    job = forked.Forked(_sleeps, (60.0,), lambda _line: None)
+    started = time.perf_counter()
+    job.cancel()
+    assert time.perf_counter() - started < 10
+    assert job._process.exitcode is not None and not job._process.is_alive()

@@ -136,7 +136,11 @@ def fit_rerankers(
     # the measured one turns out to have no trees (then dropped, as above): that is rare, and waiting for it would
     # leave a core idle every time. (Spark's first stages run one after the other: one driver's jobs.)
     published = forked.Forked(fit_reranker, (tx, params), say_published)
-    fitted = fit_reranker(train_tx, params, progress)
+    try:
+        fitted = fit_reranker(train_tx, params, progress)
+    except BaseException:
+        published.cancel()
+        raise
     fitted_all = published.result()
     return (fitted, fitted_all) if fitted is not None else (None, None)
 

@@ -61,3 +61,9 @@ class Forked:
         if not ok:
             raise value
         return value
+
+    def cancel(self) -> None:
+        """Stop the child (when the caller's own work failed and its result will not be asked for)."""
+        self._process.terminate()
+        self._process.join()
+        self._receive.close()
