@@ -16,7 +16,7 @@ from tqdm import tqdm
 from recommender.core.errors import DataFileError, StorageError
 from recommender.serving.model import open_model
 from recommender.serving.reranker import RERANK_FILE
-from recommender.training import budget, holdout, paired, reranker
+from recommender.training import budget, forked, holdout, paired, reranker
 from recommender.training.ingest import CleaningReport, Transactions, describe_report, load_transactions
 from recommender.training.recipe import Progress, TrainingParams, build_model, purchase_period, say, stage
 
@@ -123,11 +123,29 @@ def fit_rerankers(
     is published and measured)."""
     # The measured model's re-ranker learns from periods before the held-out baskets; the published model's,
     # when it learns from every basket, from the most recent periods of the whole file (as its first stage).
-    fitted = fit_reranker(train_tx, params, progress, first_stage)
-    # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
-    if fitted is not None and held is not None and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids)):
-        return fitted, fit_reranker(tx, params, lambda text: progress(f"published model: {text}"), first_stage)
-    return fitted, fitted
+    two = held is not None and params.holdout.separate(len(held.basket_ids), len(tx.basket_ids))
+    say_published: Progress = lambda text: progress(f"published model: {text}")  # noqa: E731
+    # (LightGBM on one thread only: libgomp's thread team does not survive a fork, so a child of a process that
+    # had run a parallel fit would wait for it forever)
+    single = params.rerank.threads == 1
+    if not two or not params.rerank.enabled or first_stage is not None or not single or not forked.available():
+        fitted = fit_reranker(train_tx, params, progress, first_stage)
+        # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
+        if fitted is not None and two:
+            return fitted, fit_reranker(tx, params, say_published, first_stage)
+        return fitted, fitted
+    # The two at once, the published one in a child process on the other core: each is single-threaded for most of
+    # its time (its features, LightGBM's one thread) and they share nothing. The published one is fitted even when
+    # the measured one turns out to have no trees (then dropped, as above): that is rare, and waiting for it would
+    # leave a core idle every time. (Spark's first stages run one after the other: one driver's jobs.)
+    published = forked.Forked(fit_reranker, (tx, params), say_published)
+    try:
+        fitted = fit_reranker(train_tx, params, progress)
+    except BaseException:
+        published.cancel()
+        raise
+    fitted_all = published.result()
+    return (fitted, fitted_all) if fitted is not None else (None, None)
 
 
 def fit_reranker(
