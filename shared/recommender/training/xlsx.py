@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from recommender.training.cleaning import CodedChunk
 
 # Rows taken from calamine at a time: only one batch's cell objects are alive at once, few enough that they are
-# still in the processor's cache when they are hashed and freed (16,384 rows: 0.45 s for Online Retail's 541,909,
-# against 0.49-0.53 s in batches of 65,536), enough that the calls per batch do not count.
+# still in the processor's cache when they are hashed and freed (16,384 rows: 0.45-0.48 s for Online Retail's 541,909,
+# against 0.47-0.55 s in batches of 65,536), enough that the calls per batch do not count.
 CHUNK_ROWS = 16_384
 
 
