@@ -162,3 +162,23 @@ list(read_part(xlsx.Path({str(path)!r}), ".xlsx"))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True"]
+
+
+def test_a_sheet_is_one_chunk_whose_texts_are_each_once_across_batches(tmp_path, monkeypatch):
+    from recommender.training.readers import read_part
+
+    codes = [85123.0, "85123", 85123.0, " 85123", 22633.0, True, 1.0, 1.0, True]  # batches of 2: repeats cross them
+    path = sheet(tmp_path / "r.xlsx", [[ROWS[0][0], code, *ROWS[0][2:]] for code in codes] + [BLANK, BLANK])
+    monkeypatch.setattr(xlsx, "CHUNK_ROWS", 2)
+    (chunk,) = read_part(path, ".xlsx")
+    assert len(chunk) == len(codes)  # the trailing blank rows left out, though a batch ends inside them
+    code = chunk["StockCode"]
+    assert code.array().tolist() == ["85123"] * 4 + ["22633", "True", "1", "1", "True"]
+    values = code.values.tolist()  # (with "" of the blank rows left out)
+    assert len(set(values)) == len(values) and {"1", "22633", "85123", "True"} <= set(values) <= {
+        "",
+        "1",
+        "22633",
+        "85123",
+        "True",
+    }

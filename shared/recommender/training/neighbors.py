@@ -20,6 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+# At import, not in solve_ridge: the command imports training while a workbook's parse runs on the other core
+# (xlsx.prefetch), which hides this import (some 0.03 s); at the first ridge solve it came after the parse.
+from scipy.linalg.lapack import sposv
+
 
 @dataclass
 class Gram:
@@ -151,8 +155,6 @@ def local_regression(
 def solve_ridge(systems: np.ndarray, rhs: np.ndarray, valid: np.ndarray, lam: float) -> np.ndarray:
     """The weights w_c = (G[N,N] + lambda I)^-1 G[N,c] of a batch of targets, from their systems G[N,N] (float32,
     b x K x K, filled in place), right-hand sides G[N,c] (b x K) and valid slots (b x K); both engines call it."""
-    from scipy.linalg.lapack import sposv
-
     diag = np.arange(systems.shape[1])
     systems[:, diag, diag] += lam + ~valid  # a padded slot becomes an identity row with a zero right-hand side
     # Each system is symmetric positive definite: LAPACK's Cholesky solve, one system at a time, is several times

@@ -193,8 +193,9 @@ def _damaged(path: Path, err: BaseException) -> DataFileError:
 
 
 def _xlsx_chunks(path: Path) -> Iterator[CodedChunk]:
-    """The first sheet's data rows as text columns named as REQUIRED/OPTIONAL, streamed in chunks (training/xlsx.py:
-    the parse may already have started, and each distinct cell value is converted once)."""
+    """The first sheet's data rows as text columns named as REQUIRED/OPTIONAL, one coded chunk for the sheet
+    (training/xlsx.py: the parse may already have started, its rows are taken in batches, and each distinct cell
+    value is converted once)."""
     try:
         try:
             import python_calamine  # noqa: F401
