@@ -44,6 +44,12 @@ def row_matrix(block: tuple[np.ndarray, ...], n_items: int, values: np.ndarray |
     return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_items))
 
 
+def _narrow(counts: np.ndarray) -> np.ndarray:
+    """Co-occurrence counts (float32 holding integers) as uint16 when they all fit: half the bytes to pickle and
+    shuffle, and the same float32 values once written into the system."""
+    return counts.astype(np.uint16) if counts.size and counts.max() < 2**16 else counts
+
+
 def item_item_table(
     sc: Any, matrix: Any, counts: np.ndarray, n_items: int, k: int, lam: float, progress: Progress
 ) -> tuple[np.ndarray, np.ndarray, PairCounts]:
@@ -126,11 +132,19 @@ def item_item_table(
     by_source = np.argsort(flat, kind="stable")
     by_source_b = sc.broadcast((by_source, flat[by_source]))
 
-    def dense(g: neighbors.Gram) -> np.ndarray:
-        """The slice's rows as a dense array with one extra zero column (where padded neighbours point)."""
+    def dense(g: neighbors.Gram, buffers: list[np.ndarray], which: int) -> np.ndarray:
+        """The slice's rows as a dense array with one extra zero column (where padded neighbours point), written
+        into the task's buffer `which` (reused from slice to slice: a fresh 256 MB array a slice cost more in page
+        faults and zeroing than the scatter itself; what is read from it is copied)."""
         rows = g.shape[0]
-        out = np.zeros((rows, n_items + 1), dtype=np.float32)
-        out[np.repeat(np.arange(rows), np.diff(g.indptr)), g.indices] = g.data
+        if len(buffers) <= which:
+            buffers.append(np.zeros((rows, n_items + 1), dtype=np.float32))
+        elif buffers[which].shape[0] < rows:
+            buffers[which] = np.zeros((rows, n_items + 1), dtype=np.float32)
+        out = buffers[which][:rows]
+        out.fill(0)
+        flat = np.repeat(np.arange(rows, dtype=np.int64) * (n_items + 1), np.diff(g.indptr)) + g.indices
+        out.reshape(-1)[flat] = g.data
         return out
 
     def pieces(records: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, tuple]]:
@@ -141,24 +155,29 @@ def item_item_table(
         nbrs = nbrs_b.value
         order, sources = by_source_b.value
         padded = np.where(nbrs >= 0, nbrs, n_items)
+        buffers: list[np.ndarray] = []
         for b, x, basket in owned(records):
-            baskets_only = x[basket]
-            for g, gb in zip(slices(b, x), slices(b, baskets_only)):
-                lo, hi = g.start, g.start + g.shape[0]
-                together, in_baskets = dense(g), dense(gb)
+            # The rows' co-occurrence is the baskets' plus the customers' histories': each computed once (the
+            # baskets' alone is the reasons' counts), then added; exact, as every entry is a count (an integer).
+            baskets_only, customers_only = x[basket], x[~basket]
+            del x
+            for gb, gc in zip(slices(b, baskets_only), slices(b, customers_only)):
+                lo, hi = gb.start, gb.start + gb.shape[0]
+                in_baskets, together = dense(gb, buffers, 0), dense(gc, buffers, 1)
+                together += in_baskets
                 entries = np.sort(order[np.searchsorted(sources, lo) : np.searchsorted(sources, hi)])  # by target
                 target, position = entries // k, entries % k
                 source = nbrs[target, position] - lo
                 bounds = np.searchsorted(target, np.arange(0, n_items + target_block, target_block))
                 for t in np.flatnonzero(np.diff(bounds)):
                     ts, ps, ss = (a[bounds[t] : bounds[t + 1]] for a in (target, position, source))
-                    yield int(t), ("system", ts, ps, together[ss[:, None], padded[ts]])
+                    yield int(t), ("system", ts, ps, _narrow(together[ss[:, None], padded[ts]]))
                     yield int(t), ("count", ts, ps, in_baskets[ss, ts].astype(np.int32))
                 own = np.arange(lo, hi)
                 for t in np.unique(own // target_block):
                     cs = own[(own // target_block) == t]
                     yield int(t), ("rhs", cs, None, together[(cs - lo)[:, None], padded[cs]])
-            del x, baskets_only
+            del baskets_only, customers_only
 
     def solve(records: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """The systems of this partition's target blocks, filled as their pieces arrive, then solved."""
