@@ -207,7 +207,8 @@ def bench_merch(options: Options, dep: Deployment) -> PartResult:
             "x",
             f"CPU-time p99 ratio {latency['cpu_p99_ratio']:.2f}; each basket's least time over the passes: "
             f"p99 {latency['least_p99']['merch']:.0f} vs {latency['least_p99']['plain']:.0f} µs, "
-            f"{latency['least_p99_ratio']:.2f}x",
+            f"{latency['least_p99_ratio']:.2f}x; {unexplained['p99_ratio']:.2f}x without explain: the rest is "
+            "explain's reasons, some 20 numpy calls on a few items each at its fixed cost (bench/results/merch.md)",
         ),
         Row(
             "merch",
