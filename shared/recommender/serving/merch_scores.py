@@ -10,6 +10,7 @@ import numpy as np
 
 from recommender.serving import new_items, strongest
 from recommender.serving.merch_policy import members
+from recommender.serving.rerank_links import entry_total
 from recommender.serving.reranker import squash
 
 # Up to this many items a basket's scores are one array over every item (as the plain path has them); beyond, kept
@@ -57,7 +58,7 @@ class Scores:
             and allowed is not None
             and getattr(model, "reranker", None) is None
             and getattr(model, "first_new", n) >= n
-            and int((indptr.take(basket + 1) - indptr.take(basket)).sum()) <= strongest.BUDGET
+            and entry_total(indptr, basket) <= strongest.BUDGET
         ):
             # The plain path's scoring (model.score_basket: the same sums in the same order), with the candidates
             # read through the request's mask in the same pass: the re-ranker and new products need them all. The

@@ -27,6 +27,11 @@ def ranges(ptr: np.ndarray, rows: np.ndarray, cap: int | None = None) -> np.ndar
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
 
 
+def entry_total(ptr: np.ndarray, rows: np.ndarray) -> int:
+    """How many entries the CSR rows hold in all (every entry of a basket's rows, before any bound)."""
+    return int((ptr.take(rows + 1) - ptr.take(rows)).sum())
+
+
 def entry_sources(indptr: np.ndarray, entries: np.ndarray) -> np.ndarray:
     """The table row of each entry (positions in the table), whatever order they come in."""
     return indptr.searchsorted(entries, side="right") - 1
@@ -70,9 +75,7 @@ def link_entries(
         lengths = incoming.ptr[candidates + 1] - incoming.ptr[candidates]
         # a backwards entry costs about two forwards; backwards finds every entry from the basket's items, the
         # same as forwards only when positions are all of them (not a big basket's bounded read: forwards then)
-        if (backwards or 2 * int(lengths.sum()) < len(positions)) and int(
-            (indptr.take(basket + 1) - indptr.take(basket)).sum()
-        ) == len(positions):
+        if (backwards or 2 * int(lengths.sum()) < len(positions)) and entry_total(indptr, basket) == len(positions):
             into = ranges(incoming.ptr, candidates)
             sources = incoming.source.take(into)
             member = np.zeros(len(incoming.ptr) - 1, dtype=bool)
