@@ -54,3 +54,17 @@ def test_too_many_items_are_refused_in_one_line_before_the_heavy_stages(trained_
     monkeypatch.setattr(budget, "default_limit_gb", lambda: 0.25)
     with pytest.raises(DataFileError, match=r"over the limit of 0.2 GB \(the default: 8 GB, or half"):
         budget.check_memory(load_transactions(tmp_path / "junk.csv"), TrainingParams(), None, lambda _m: None)
+
+
+def test_the_reranker_adds_its_bounded_rows_and_counts_two_fitted_at_once():
+    from dataclasses import replace
+
+    from recommender.training.reranker import RerankParams
+
+    assert budget.rerank_bytes(20_000, TrainingParams()) == 0  # not asked for
+    on = TrainingParams(rerank=RerankParams(enabled=True))
+    online_retail = budget.rerank_bytes(20_000, on)
+    assert 1.0e9 < online_retail < 1.6e9  # 1.30 GB measured (summed PSS, two re-rankers at once)
+    assert budget.rerank_bytes(10_000_000, on) == budget.rerank_bytes(1_000_000, on)  # bounded by max_queries
+    assert budget.rerank_bytes(20_000, replace(on, holdout=None)) == online_retail // 2  # one re-ranker only
+    assert budget.rerank_bytes(400, on) < online_retail / 10  # a small file: few validation queries

@@ -31,6 +31,10 @@ BYTES_PER_ENTRY = 60  # the rows x products matrix in its float32/float64, CSR/C
 # Up to dense_table.DENSE_MAX_ITEMS products the co-occurrence is held dense (items^2 float32): at most this many
 # such arrays beyond what the sparse gram they replace would take (Online Retail: 0.73 GB measured with them).
 DENSE_COPIES = 3
+# The learned re-ranker, when asked for: per validation candidate row (queries x candidates), its features, the
+# fitting rows' copy and LightGBM's binned copy; with a holdout, the measured model's re-ranker and the published
+# one's are fitted at once (training/forked.py). Online Retail: 1.30 GB more summed PSS for 2 x 15,900 queries.
+RERANK_BYTES_PER_ROW = 420
 
 
 def estimate_peak_bytes(items: int, rows: int, entries: int, factors: int = 128, neighbors: int = 100) -> int:
@@ -45,6 +49,17 @@ def estimate_peak_bytes(items: int, rows: int, entries: int, factors: int = 128,
     )
     dense = DENSE_COPIES * 4 * items**2 if items <= dense_table.DENSE_MAX_ITEMS else 0
     return int(BASE_BYTES + items * per_item + rows * ROW_COPIES * 8 * width + entries * BYTES_PER_ENTRY + dense)
+
+
+def rerank_bytes(baskets: int, params: TrainingParams) -> int:
+    """The re-rankers' memory at their peak for a file of `baskets` (0 when the re-ranker is not asked for): their
+    validation queries are bounded (max_queries), so this does not grow with the file beyond a point."""
+    rp = params.rerank
+    if not rp.enabled:
+        return 0
+    queries = min(rp.max_queries, int(rp.max_share * baskets) * rp.hidden_per_basket)
+    fitted_at_once = 1 if params.holdout is None else 2
+    return fitted_at_once * queries * rp.candidates * RERANK_BYTES_PER_ROW
 
 
 def machine_memory_bytes() -> int | None:
@@ -84,8 +99,10 @@ def check_memory(
     limit = default_limit_gb() if limit_gb is None else limit_gb
     items = len(tx.item_codes)
     rows, entries = matrix_size(tx, params)
-    need = estimate_peak_bytes(items, rows, entries, params.factors, params.neighbors) / 1e9
-    progress(f"memory: about {need:.1f} GB at the peak for {items:,} products (limit {limit:.1f} GB)")
+    rerank = rerank_bytes(len(tx.basket_ids), params) / 1e9
+    need = estimate_peak_bytes(items, rows, entries, params.factors, params.neighbors) / 1e9 + rerank
+    with_rerank = f", {rerank:.1f} GB of it the re-ranker's" if rerank else ""
+    progress(f"memory: about {need:.1f} GB at the peak for {items:,} products{with_rerank} (limit {limit:.1f} GB)")
     if need > limit:
         how = "MAX_TRAINING_GB" if limit_gb is not None else "the default: 8 GB, or half of this machine's memory"
         raise DataFileError(
