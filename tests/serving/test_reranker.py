@@ -29,7 +29,7 @@ def _booster(seed: int, objective: str = "lambdarank"):
     x[:, 5] = rng.integers(0, 4, size=3000)  # a column of ties, as counts are
     y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(scale=0.5, size=3000) > 1.2).astype(float)
     data = lightgbm.Dataset(x, y, group=[30] * 100)
-    params = {"objective": objective, "num_leaves": 15, "max_depth": 6, "verbosity": -1, "seed": seed}
+    params = {"objective": objective, "num_leaves": 15, "max_depth": 6, "verbosity": -1, "seed": seed, "num_threads": 1}
     return lightgbm.train(params, data, num_boost_round=40)
 
 
@@ -50,6 +50,49 @@ def test_exported_trees_score_as_lightgbm(seed):
     assert trees.fast is not None
     assert np.array_equal(trees.fast.leaves(rows), trees.leaves(rows))
     assert np.array_equal(got, trees.value.take(trees.leaves(rows)).sum(axis=1))
+
+
+def test_members_trees_score_the_mean_of_their_boosters():
+    boosters = [_booster(0), _booster(1), _booster(2, "lambdarank")]
+    trees = training_reranker.mean_of([training_reranker.export(b) for b in boosters])
+    rows = np.random.default_rng(5).normal(size=(400, 6)) * 2
+    expected = np.mean([b.predict(rows) for b in boosters], axis=0)
+    got = trees.score(rows)
+    assert len(trees.roots) == sum(b.num_trees() for b in boosters)
+    assert np.abs(got - expected).max() < 1e-6
+    assert np.allclose(trees.contributions(rows).sum(axis=1), got, atol=1e-9)
+    assert trees.fast is not None and np.array_equal(trees.fast.leaves(rows), trees.leaves(rows))
+
+
+def test_members_split_the_validation_baskets_into_folds():
+    baskets = np.repeat(np.arange(40), 5)  # 40 baskets of 5 queries
+    found = np.random.default_rng(0).random(len(baskets)) < 0.8
+    rows = training_reranker.Rows(np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.intp), baskets, found)
+    members = training_reranker._members(rows, training_reranker.RerankParams(members=4))
+    selected = np.concatenate([sel for _fit, sel in members])
+    assert sorted(selected.tolist()) == list(range(len(baskets)))  # every query validated once
+    for fit, sel in members:
+        assert not set(baskets[fit].tolist()) & set(baskets[sel].tolist())  # never fitted on its own fold's baskets
+        assert found[fit].all() and len(fit) == found.sum() - found[sel].sum()
+        assert len(set(baskets[sel].tolist())) == 10
+
+
+def test_a_reranker_of_several_members_is_validated_on_every_basket(tiny_csv):
+    from dataclasses import replace
+
+    from recommender.training import engine
+    from tests.conftest import TINY_RERANK
+
+    tx = load_transactions(tiny_csv)
+    one = engine.fit_reranker(tx, TINY_RERANK, lambda _m: None)
+    three = engine.fit_reranker(
+        tx, replace(TINY_RERANK, rerank=replace(TINY_RERANK.rerank, members=3)), lambda _m: None
+    )
+    assert one.spec["members"] == 1 and three.spec["members"] == 3
+    assert three.spec["num_trees"] == len(three.trees.roots)
+    # one member selects on a quarter of the validation baskets' queries; three, each on its fold: all of them
+    queries = sum(p["queries"] for p in three.spec["periods"])
+    assert three.spec["validation"]["queries"] == queries > one.spec["validation"]["queries"]
 
 
 def test_validation_periods_never_overlap_the_held_out_baskets(tiny_csv):

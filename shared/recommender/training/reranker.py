@@ -49,6 +49,9 @@ class RerankParams:
     hidden_per_basket: int = 8  # queries per validation basket (each hides another item)
     max_queries: int = 16000
     select_share: float = 0.25  # the validation baskets that choose the hyperparameters (the rest fit the trees)
+    # Boosters averaged: with more than one, the validation baskets in as many folds, each booster stopped on its
+    # fold and fitted on the others (a different seed each), the trees scoring their mean.
+    members: int = 1
     max_rounds: int = 300
     # The grid searched on validation (the number of trees is chosen there too, by early stopping): 15 and 7 leaves
     # scored lower on Online Retail's validation baskets (bench/results/quality.md), so the default tries 31 only.
@@ -323,36 +326,36 @@ def fit(
         progress("re-ranker: no validation basket's hidden item is among its candidates: first stage alone")
         return None
     # Split by basket: the hyperparameters and the number of trees are chosen on baskets the trees never saw.
-    rng = np.random.default_rng(params.seed)
-    baskets = np.unique(rows.basket)
-    select_baskets_ = set(rng.choice(baskets, max(1, int(params.select_share * len(baskets))), replace=False).tolist())
-    is_select = np.asarray([b in select_baskets_ for b in rows.basket.tolist()])
-    fit_q = np.flatnonzero(~is_select & rows.found)
-    sel_q = np.flatnonzero(is_select)
+    members = _members(rows, params)
+    sel_q = np.concatenate([sel for _fit, sel in members])
     first_hr = hit_rate(-rows.x[:, FEATURES.index("rank")], rows, sel_q)
     best = None
     tried = []
-    # The trees' scores are needed on the selection rows only: predicting the fitting rows too took 3.7 s of CPU
-    # (a quarter of the fit) on Online Retail. Those of the selection queries whose hidden item is a candidate are
-    # LightGBM's own, kept at the best round while it fitted (the rest are misses whatever their scores).
-    found_q = sel_q[rows.found[sel_q]]
     for leaves in params.num_leaves:
-        kept: dict = {}
-        booster = _train(lightgbm, rows, fit_q, found_q, leaves, params, kept)
+        boosters = []
         scores = np.zeros(len(rows.y))
-        valid_rows, _ = _group_sizes(rows.query, found_q)
-        if kept.get("round") == booster.best_iteration:
-            scores[valid_rows] = kept["scores"]
-        else:  # (not stopped early: the rounds' scores are not the kept trees')
-            scores[valid_rows] = booster.predict(rows.x[valid_rows])
+        for k, (fit_q, member_sel_q) in enumerate(members):
+            # The trees' scores are needed on the selection rows only: predicting the fitting rows too took 3.7 s
+            # of CPU (a quarter of the fit) on Online Retail. Those of the selection queries whose hidden item is a
+            # candidate are LightGBM's own, kept at the best round while it fitted (the rest are misses whatever
+            # their scores). With several members, each basket is scored by the member that did not fit it.
+            found_q = member_sel_q[rows.found[member_sel_q]]
+            kept: dict = {}
+            booster = _train(lightgbm, rows, fit_q, found_q, leaves, replace(params, seed=params.seed + k), kept)
+            valid_rows, _ = _group_sizes(rows.query, found_q)
+            if kept.get("round") == booster.best_iteration:
+                scores[valid_rows] = kept["scores"]
+            else:  # (not stopped early: the rounds' scores are not the kept trees')
+                scores[valid_rows] = booster.predict(rows.x[valid_rows])
+            boosters.append(booster)
         hr = hit_rate(scores, rows, sel_q)
-        tried.append({"num_leaves": leaves, "trees": _trees(booster), "hr": round(hr, 4)})
+        tried.append({"num_leaves": leaves, "trees": sum(map(_trees, boosters)), "hr": round(hr, 4)})
         if best is None or hr > best[0]:
-            best = (hr, booster, leaves)
-    hr, booster, leaves = best
+            best = (hr, boosters, leaves)
+    hr, boosters, leaves = best
     use = hr > first_hr or not params.require_gain
-    trees = export(booster) if use else None
-    importance = booster.feature_importance(importance_type="gain")
+    trees = mean_of([export(b) for b in boosters]) if use else None
+    importance = np.sum([b.feature_importance(importance_type="gain") for b in boosters], axis=0)
     total = max(float(importance.sum()), 1e-12)
     spec = {
         "trees": use,
@@ -367,7 +370,8 @@ def fit(
             "grid": tried,
         },
         "num_leaves": leaves,
-        "num_trees": _trees(booster),
+        "members": len(boosters),
+        "num_trees": sum(map(_trees, boosters)),
         "gain_share": {name: round(float(g) / total, 4) for name, g in zip(FEATURES, importance.tolist())},
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -378,6 +382,38 @@ def fit(
         + ("" if use else ": not better, the model ranks by its first stage alone")
     )
     return Fitted(trees, spec) if use else None
+
+
+def _members(rows: Rows, params: RerankParams) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each member's fitting queries (those whose hidden item is a candidate) and selection queries (its early
+    stopping's, and the validation figure's), split by basket: one member, select_share of the baskets to select;
+    several, the baskets in as many folds, member k selecting on fold k and fitting on the others."""
+    rng = np.random.default_rng(params.seed)
+    baskets = np.unique(rows.basket)
+    if params.members == 1:
+        chosen = set(rng.choice(baskets, max(1, int(params.select_share * len(baskets))), replace=False).tolist())
+        is_select = np.asarray([b in chosen for b in rows.basket.tolist()])
+        return [(np.flatnonzero(~is_select & rows.found), np.flatnonzero(is_select))]
+    fold_of_basket = np.empty(len(baskets), dtype=np.intp)
+    fold_of_basket[rng.permutation(len(baskets))] = np.arange(len(baskets)) % params.members
+    fold = fold_of_basket[np.searchsorted(baskets, rows.basket)]
+    return [(np.flatnonzero((fold != k) & rows.found), np.flatnonzero(fold == k)) for k in range(params.members)]
+
+
+def mean_of(members: list[Trees]) -> Trees:
+    """One set of trees scoring the mean of the members' scores (their trees in turn, each value divided by their
+    number): what serving evaluates, and explains, as one forest."""
+    if len(members) == 1:
+        return members[0]
+    offsets = np.cumsum([0] + [len(t.feature) for t in members[:-1]])
+    return Trees(
+        np.concatenate([t.feature for t in members]),
+        np.concatenate([t.threshold for t in members]),
+        np.concatenate([t.child + at for t, at in zip(members, offsets)]),
+        np.concatenate([t.value for t in members]) / len(members),
+        np.concatenate([t.roots + at for t, at in zip(members, offsets)]),
+        max(t.depth for t in members),
+    )
 
 
 def _trees(booster: object) -> int:
