@@ -84,10 +84,9 @@ def test_a_reranker_of_several_members_is_validated_on_every_basket(tiny_csv):
     from tests.conftest import TINY_RERANK
 
     tx = load_transactions(tiny_csv)
-    one = engine.fit_reranker(tx, TINY_RERANK, lambda _m: None)
-    three = engine.fit_reranker(
-        tx, replace(TINY_RERANK, rerank=replace(TINY_RERANK.rerank, members=3)), lambda _m: None
-    )
+    assert TINY_RERANK.rerank.members == 3  # the default
+    three = engine.fit_reranker(tx, TINY_RERANK, lambda _m: None)
+    one = engine.fit_reranker(tx, replace(TINY_RERANK, rerank=replace(TINY_RERANK.rerank, members=1)), lambda _m: None)
     assert one.spec["members"] == 1 and three.spec["members"] == 3
     assert three.spec["num_trees"] == len(three.trees.roots)
     # one member selects on a quarter of the validation baskets' queries; three, each on its fold: all of them
