@@ -56,6 +56,7 @@ class RerankParams:
     # (bench/results/rerank.md).
     members: int = 3
     max_rounds: int = 300
+    patience: int = 30  # early stopping: rounds without a better NDCG@10 on the selection baskets
     # The grid searched on validation (the number of trees is chosen there too, by early stopping): 15 and 7 leaves
     # scored lower on Online Retail's validation baskets (bench/results/quality.md), so the default tries 31 only.
     num_leaves: tuple[int, ...] = (31,)
@@ -379,9 +380,10 @@ def fit(
         "seconds": round(time.perf_counter() - started, 2),
     }
     span = ", ".join(f"{d['first'] or '?'}..{d['last'] or '?'}"[:40] for d in described)
+    measured_on = "selection baskets" if len(boosters) == 1 else f"baskets (out of fold, {len(boosters)} boosters)"
     progress(
         f"re-ranker: {len(periods)} validation period(s) ({span}), {len(rows.found):,} queries; HR@10 on its "
-        f"selection baskets {first_hr:.3f} first stage -> {hr:.3f} re-ranked"
+        f"{measured_on} {first_hr:.3f} first stage -> {hr:.3f} re-ranked"
         + ("" if use else ": not better, the model ranks by its first stage alone")
     )
     return Fitted(trees, spec) if use else None
@@ -510,5 +512,8 @@ def _train(
         num_boost_round=params.max_rounds,
         valid_sets=[valid_set],
         feval=scores if tracking else None,
-        callbacks=[lightgbm.early_stopping(30, first_metric_only=True, verbose=False), *([keep] if tracking else [])],
+        callbacks=[
+            lightgbm.early_stopping(params.patience, first_metric_only=True, verbose=False),
+            *([keep] if tracking else []),
+        ],
     )
