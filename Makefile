@@ -26,7 +26,8 @@ FORCE_FLAG = $(if $(filter 1 yes true,$(FORCE)),--force)
 # HOLDOUT=0 trains on every basket: no held-out figures, calibration or comparison with the active model (which it
 # then replaces only with FORCE=1).
 HOLDOUT_FLAG = $(if $(filter 0 no false,$(HOLDOUT)),--no-holdout)
-# RERANK=1 also trains the learned re-ranker: better rankings, but about 10x the CPU per answer (docs/quality.md).
+# RERANK=1 also trains the learned re-ranker: better rankings, but about 10x the CPU per answer and 19x the
+# training time (docs/quality.md).
 RERANK_FLAG = $(if $(filter 1 yes true,$(RERANK)),--rerank)
 # Training engine: single (this machine, the default) or spark (SPARK_MASTER, default local[*]; docs/scale.md).
 ENGINE ?= single

@@ -29,6 +29,6 @@ class TrainingParams:
     # The most recent baskets kept out of training to measure the model (None: train on everything, unmeasured).
     holdout: holdout.HoldoutPolicy | None = field(default_factory=holdout.HoldoutPolicy)
     # The learned re-ranker of the first stage's best candidates (training/reranker.py). Off unless asked for
-    # (make train RERANK=1; make evaluate always trains it): it lifts HR@10 by about 6% on Online Retail but costs
-    # about 1.3 ms of CPU per answer against 0.08 ms, and four times the training time (bench/results/quality.md).
+    # (make train RERANK=1; make evaluate always trains it): it lifts HR@10 by about 5% on Online Retail but costs
+    # about ten times the first stage's CPU per answer (0.5 ms), and 19 times its training time (docs/quality.md).
     rerank: reranker.RerankParams = field(default_factory=lambda: reranker.RerankParams(enabled=False))
