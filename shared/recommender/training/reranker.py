@@ -51,9 +51,9 @@ class RerankParams:
     select_share: float = 0.25  # one member: the validation baskets that stop it (the rest fit its trees)
     # Boosters averaged: with more than one, the validation baskets in as many folds, each booster stopped on its
     # fold and fitted on the others (a different seed each), the trees scoring their mean. One booster's test HR@10
-    # on Online Retail moved 1.028-1.065x tuned EASE with its seed (mean 1.045x over 12); the mean of three,
-    # 1.048-1.071x (mean 1.057x), for 2.5x the fitting CPU and about 0.03 ms more per answer
-    # (bench/results/rerank.md).
+    # on Online Retail moved 1.028-1.065x tuned EASE with its seed (mean 1.045x over twelve); the mean of three,
+    # 1.041-1.071x (mean 1.055x), for 3x the fitting CPU and about 0.05 ms more per answer; four were no better on
+    # validation (bench/results/rerank.md).
     members: int = 3
     max_rounds: int = 300
     patience: int = 30  # early stopping: rounds without a better NDCG@10 on the selection baskets
