@@ -32,8 +32,9 @@ BYTES_PER_ENTRY = 60  # the rows x products matrix in its float32/float64, CSR/C
 # such arrays beyond what the sparse gram they replace would take (Online Retail: 0.73 GB measured with them).
 DENSE_COPIES = 3
 # The learned re-ranker, when asked for: per validation candidate row (queries x candidates), its features, the
-# fitting rows' copy and LightGBM's binned copy; with a holdout, the measured model's re-ranker and the published
-# one's are fitted at once (training/forked.py). Online Retail: 1.30 GB more summed PSS for 2 x 15,900 queries.
+# fitting rows' copy and LightGBM's binned copy; with a holdout, counted as two, the measured model's re-ranker and
+# the published one's fitted at once (as engine.fit_rerankers does on Linux when the holdout is over 1% of the
+# baskets: an upper bound otherwise). Online Retail: 1.30 GB more summed PSS for 2 x 15,900 queries.
 RERANK_BYTES_PER_ROW = 420
 
 

@@ -131,20 +131,20 @@ def fit_rerankers(
     if not two or not params.rerank.enabled or first_stage is not None or not single or not forked.available():
         fitted = fit_reranker(train_tx, params, progress, first_stage)
         # (only when the measured one has a re-ranker: what is published is what was measured, trained on more)
-        if fitted is not None and two:
-            return fitted, fit_reranker(tx, params, say_published, first_stage)
-        return fitted, fitted
-    # The two at once, the published one in a child process on the other core: each is single-threaded for most of
-    # its time (its features, LightGBM's one thread) and they share nothing. The published one is fitted even when
-    # the measured one turns out to have no trees (then dropped, as above): that is rare, and waiting for it would
-    # leave a core idle every time. (Spark's first stages run one after the other: one driver's jobs.)
-    published = forked.Forked(fit_reranker, (tx, params), say_published)
-    try:
-        fitted = fit_reranker(train_tx, params, progress)
-    except BaseException:
-        published.cancel()
-        raise
-    fitted_all = published.result()
+        fitted_all = fit_reranker(tx, params, say_published, first_stage) if fitted is not None and two else fitted
+    else:
+        # The two at once, the published one in a child process on the other core: each is single-threaded for
+        # most of its time (its features, LightGBM's one thread) and they share nothing. The published one is
+        # fitted even when the measured one turns out to have no trees (then dropped, as above): that is rare, and
+        # waiting for it would leave a core idle every time. (Spark's first stages run one after the other: one
+        # driver's jobs.)
+        published = forked.Forked(fit_reranker, (tx, params), say_published)
+        try:
+            fitted = fit_reranker(train_tx, params, progress)
+        except BaseException:
+            published.cancel()
+            raise
+        fitted_all = published.result()
     return (fitted, fitted_all) if fitted is not None else (None, None)
 
 
