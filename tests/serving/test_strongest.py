@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from recommender.serving import strongest
+from recommender.serving.csr import ranges
 from recommender.serving.merch_reasons import reasons
 from recommender.serving.merchandising import Options, Scores
-from recommender.serving.rerank_links import Incoming, link_features, ranges
+from recommender.serving.rerank_links import Incoming, link_features
 from recommender.serving.reranker import Slots
 from tests.serving.test_merchandising import codes, feed, plain, products, view  # noqa: F401
 from tests.serving.test_tree_eval import _table

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from recommender.serving.rerank_links import Incoming, link_features, ranges
+from recommender.serving.csr import ranges
+from recommender.serving.rerank_links import Incoming, link_features
 from recommender.serving.reranker import Slots, Trees
 
 CUTS = np.asarray([-1.5, -0.25, 0.0, 0.5, 1.0, 2.0, 7.0])  # few thresholds: shared by many splits, and rows hit them

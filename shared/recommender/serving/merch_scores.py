@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from recommender.serving import new_items, strongest
+from recommender.serving import strongest
+from recommender.serving.csr import entry_total, ranges
 from recommender.serving.merch_policy import members
-from recommender.serving.rerank_links import entry_total
 from recommender.serving.reranker import squash
 
 # Up to this many items a basket's scores are one array over every item (as the plain path has them); beyond, kept
@@ -124,7 +124,7 @@ class Scores:
         """The table entries read (positions in table_target/weight/count, basket rows in order); made when first
         asked for."""
         if self._positions is None:
-            self._positions = new_items.ranges(self.model.table_indptr, self.basket)[0]
+            self._positions = ranges(self.model.table_indptr, self.basket)
         return self._positions
 
     @property

@@ -25,6 +25,7 @@ from recommender.core.resemblance import RESEMBLANCE_FILE, TextIndex
 from recommender.core.storage import Storage
 from recommender.serving import merchandising, new_items, strongest
 from recommender.serving.confidence import Confidence
+from recommender.serving.csr import spans
 from recommender.serving.merch_fill import top_positions
 from recommender.serving.merchandising import Options, Policy
 from recommender.serving.reranker import RERANK_FILE, Reranked, Reranker, squash
@@ -295,8 +296,7 @@ class Model:
         total = int(lengths.sum())
         if bounded and total > strongest.BUDGET:
             return strongest.weight_order(self).read(basket, lengths, strongest.BUDGET)
-        positions = np.arange(total)
-        positions += np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        positions = spans(starts, lengths, total)
         if not values:
             return positions, None, None
         # take, not [] (no index conversion)

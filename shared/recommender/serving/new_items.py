@@ -25,6 +25,7 @@ import numpy as np
 from recommender.core.feed_and_rules import brand_key, category_key
 from recommender.core.items import Items
 from recommender.core.resemblance import TextIndex
+from recommender.serving.csr import spans
 
 log = logging.getLogger("recommender")
 
@@ -200,12 +201,6 @@ def _strongest(group: np.ndarray, weight: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def ranges(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The positions of rows' entries in a CSR layout, and how many each row has."""
-    starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
-    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum())), lengths
-
-
 def _merge(source: np.ndarray, target: np.ndarray, weight: np.ndarray, count: np.ndarray, width: int) -> tuple:
     """Entries with the same (source, target) made one: weights summed, counts the largest."""
     if not len(source):
@@ -240,7 +235,8 @@ def extend(model: Any, placement: Placement, discount: float | None = None, self
         strongest[nonempty] = np.maximum.reduceat(weight, indptr[:-1][nonempty])
     # As a basket item: its twins' rows, weighted by share x resemblance, and the twins themselves (counts 0: no
     # basket ever held it).
-    at, lengths = ranges(indptr, twin)
+    lengths = indptr[twin + 1] - indptr[twin]
+    at = spans(indptr[twin], lengths)
     fwd = _merge(
         np.concatenate([np.repeat(n + new_of, lengths), n + new_of]),
         np.concatenate([target[at].astype(np.int64), twin]),
@@ -258,7 +254,8 @@ def extend(model: Any, placement: Placement, discount: float | None = None, self
     all_count = np.concatenate([count.astype(np.int64), fwd[3]])
     by_target = np.argsort(all_target, kind="stable")
     target_ptr = np.searchsorted(all_target[by_target], np.arange(n + 1))
-    at_t, lengths_t = ranges(target_ptr, twin)
+    lengths_t = target_ptr[twin + 1] - target_ptr[twin]
+    at_t = spans(target_ptr[twin], lengths_t)
     entries = by_target[at_t]
     rev_source = [all_source[entries]]
     rev_target = [np.repeat(n + new_of, lengths_t)]

@@ -11,30 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from recommender.serving.csr import entry_sources, entry_total, ranges
+
 LINKS = ("link_weight", "link_baskets", "link_probability", "link_cosine")  # the links' largest values, in order
 INDEXED_ITEMS = 65536  # up to this many items, the backwards index is built at load (a 16-bit radix sort: fast)
-
-
-def ranges(ptr: np.ndarray, rows: np.ndarray, cap: int | None = None) -> np.ndarray:
-    """Positions of the CSR rows' entries, concatenated (rows in the order given); with cap, each row's first cap."""
-    starts = ptr[rows]
-    lengths = ptr[rows + 1] - starts
-    if cap is not None:
-        lengths = np.minimum(lengths, cap)
-    total = int(lengths.sum())
-    if not total:
-        return np.empty(0, dtype=np.intp)
-    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-
-
-def entry_total(ptr: np.ndarray, rows: np.ndarray) -> int:
-    """How many entries the CSR rows hold in all (every entry of a basket's rows, before any bound)."""
-    return int((ptr.take(rows + 1) - ptr.take(rows)).sum())
-
-
-def entry_sources(indptr: np.ndarray, entries: np.ndarray) -> np.ndarray:
-    """The table row of each entry (positions in the table), whatever order they come in."""
-    return indptr.searchsorted(entries, side="right") - 1
 
 
 class Incoming:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recommender.serving import tree_eval
+from recommender.serving.csr import ranges as _ranges
 from recommender.serving.rerank_links import Incoming, link_features
-from recommender.serving.rerank_links import ranges as _ranges
 
 RERANK_FILE = "rerank.npz"
 FORMAT = 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recommender.serving.rerank_links import entry_sources, ranges
+from recommender.serving.csr import entry_sources, ranges
 
 # Entries read at most per basket. On Online Retail 9% of the test baskets exceed it, each of 41 items or more;
 # each basket item then keeps its strongest min(row length, cap) entries, cap the largest that fits.

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recommender.serving.csr import ranges as _ranges
 from recommender.serving.rerank_links import LINKS
-from recommender.serving.rerank_links import ranges as _ranges
 from recommender.serving.reranker import (
     CUSTOMER_NEIGHBOURS,
     FEATURES,
