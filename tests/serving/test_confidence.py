@@ -47,7 +47,7 @@ def test_calibrated_on_what_held_out_shoppers_bought(tiny_csv, tmp_path):
     stored = holdout.read_cases(storage.read(registry.artifact_key(model.version, holdout.CASES)))
     baskets = [c["query"] + [c["hidden"]] for c in stored["cases"]]
     splits = holdout.random_splits(baskets, model.items.index, stored["seed"] + 1)[: holdout.CALIBRATION_QUERIES]
-    obs, _ = holdout.observe(model, splits)
+    obs, _, _ = holdout.observe(model, splits)
     predicted = model.confidence(obs.scores, obs.ranks)
     assert len(obs) > 100 and 0 < obs.bought.mean() < 1
     assert predicted.mean() == pytest.approx(obs.bought.mean(), abs=0.02)

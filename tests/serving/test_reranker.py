@@ -1,6 +1,8 @@
 """The learned re-ranker: trees exported from LightGBM score exactly as LightGBM does, validation periods never touch
 the held-out baskets, serving computes the features training learned from, and answers keep their promises."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -241,6 +243,56 @@ def test_a_model_without_a_served_count_reranks_all_its_candidates(model, rerank
     assert int(arrays["served"]) == model.reranker.depth
     del arrays["served"]
     assert Reranker(arrays, model.items.popularity).depth == int(arrays["candidates"]) == 100
+
+
+def test_a_basket_beyond_max_basket_keeps_its_first_stage_order(model, reranked_folder):
+    """Baskets of more than max_basket known items are answered by the first stage alone, the same items in the same
+    order, with or without the feed's merchandising; smaller ones are re-ranked as before."""
+    import copy
+
+    from recommender.serving.confidence import Confidence
+    from recommender.serving.reranker import RERANK_FILE, Reranker
+
+    assert model.reranker.max_basket == model.manifest["model"]["rerank"]["max_basket"]
+    assert model.reranker.max_basket == training_reranker.RerankParams().max_basket
+    bounded = copy.copy(model)
+    bounded.reranker = copy.copy(model.reranker)
+    bounded.reranker.max_basket = 3
+    first = model.first_stage()
+    beyond = within = 0
+    for start in range(0, 40, 3):
+        for size in (3, 4, 6):
+            basket = [model.items.codes[(start + k * 5) % len(model.items)] for k in range(size)]
+            answer = [s.item.stock_code for s in bounded.recommend(basket, 10).items]
+            explained = bounded.recommend(basket, 10, Options(explain=True)).items
+            assert answer == [p.item.stock_code for p in explained]
+            if size > 3:
+                assert answer == [s.item.stock_code for s in first.recommend(basket, 10).items]
+                assert all(p.score < 0.5 and not p.ranked_by for p in explained)  # nothing re-ranked
+                beyond += 1
+            else:
+                assert answer == [s.item.stock_code for s in model.recommend(basket, 10).items]
+                within += any(p.score > 0.5 for p in explained)
+    assert beyond and within
+    # Their confidence reads the calibration's curve for answers in the first stage's order.
+    spec = json.loads(json.dumps(model._confidence.spec))
+    spec["first_stage"] = {"curve": {"x": [0.0, 1.0], "y": [0.77, 0.77]}}
+    bounded._confidence = Confidence(spec)
+    big = [model.items.codes[(k * 5) % len(model.items)] for k in range(6)]
+    small = big[:3]
+    assert {p.confidence for p in bounded.recommend(big, 10, Options(explain=True)).items} == {0.77}
+    assert 0.77 not in {p.confidence for p in bounded.recommend(small, 10, Options(explain=True)).items}
+    rows = np.asarray(sorted(model.items.index[c] for c in big))
+    assert bounded.first_stage_orders(rows) and not bounded.first_stage_orders(rows[:3])
+    assert not model.first_stage_orders(rows)
+    # The trained file has that curve, from the first stage's own answers (squashed: below every re-ranked score).
+    first = model._confidence.spec["first_stage"]
+    assert first["observations"] >= 120 and first["curve"]["x"] and max(first["curve"]["x"]) < 0.5
+    (stored,) = reranked_folder.rglob(RERANK_FILE)
+    with np.load(stored) as data:
+        arrays = dict(data)
+    del arrays["max_basket"]  # a model trained before the bound re-ranks every basket
+    assert Reranker(arrays, model.items.popularity).max_basket >= 2**62
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

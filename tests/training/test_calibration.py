@@ -95,3 +95,24 @@ def test_reliability_and_ece_by_hand():
     bins = calibration.reliability(predicted, observed)
     assert [(b["low"], b["count"], b["observed"]) for b in bins] == [(0.0, 2, 0.5), (0.1, 1, 0.0), (0.9, 1, 1.0)]
     assert calibration.expected_calibration_error(predicted, observed) == pytest.approx((2 * 0.45 + 0.15 + 0.05) / 4)
+
+
+def test_answers_left_in_the_first_stages_order_get_their_own_curve():
+    """Big baskets' answers (the re-ranker leaves them in the first stage's order) score below every re-ranked
+    item yet are bought at the first stage's rates: the first stage's own answers give them a curve of their own;
+    with too few observations, none, and serving reads the main curve."""
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0.5, 1.0, 2000), rng.uniform(0.0, 0.5, 300)])
+    bought = np.concatenate([rng.random(2000) < scores[:2000] - 0.5, rng.random(300) < 0.4])
+    model_obs = calibration.Observations(scores[:2000], np.ones(2000), bought[:2000])
+    big = calibration.Observations(scores[2000:], np.ones(300), bought[2000:])
+    empty = calibration.Observations(np.empty(0), np.empty(0), np.empty(0, dtype=bool))
+    spec = calibration.fit(model_obs, empty, 100, 20, big)
+    confidence = Confidence.from_json(calibration.to_json(spec))
+    low = np.full(5, 0.3)
+    assert confidence.scores(low, first_stage=True).mean() == pytest.approx(0.4, abs=0.08)
+    assert confidence.scores(low).max() < 0.1  # the main curve: below every re-ranked item
+    assert confidence(low, np.ones(5), first_stage=True).tolist() == confidence.scores(low, True).tolist()
+    few = calibration.Observations(big.scores[:50], big.ranks[:50], big.bought[:50])
+    sparse = Confidence.from_json(calibration.to_json(calibration.fit(model_obs, empty, 100, 20, few)))
+    assert sparse.scores(low, first_stage=True).tolist() == sparse.scores(low).tolist()

@@ -10,6 +10,12 @@ rises and costs a few microseconds for a whole answer.
 Popular items (fallback answers) get the same from their own curve over their popularity score (the item's
 popularity over the most popular item's), fitted on how often the held-out shoppers bought popular items.
 
+Answers the learned re-ranker leaves in the first stage's order (baskets of more items than it re-ranks: wholesale
+orders) read their own curve too: their scores sit below every re-ranked item's, yet their items are bought at the
+first stage's own rates, not at those of the re-ranked answers' weakest items. It is fitted on what the first stage
+alone answers to the held-out queries (its scores squashed as those answers carry them); without it (files written
+before it, too few observations), the main curve.
+
 Calibration files of format 1 (models trained before) map score and rank, through an index
 z = a * score + b * log(rank) with a >= 0 >= b and one rate per rank for popular items: still read, rank and all.
 
@@ -53,6 +59,12 @@ class Confidence:
         curve = popular.get("curve") or {}
         self.popular_x = np.asarray(curve.get("x") or [], dtype=np.float64)
         self.popular_y = np.asarray(curve.get("y") or [], dtype=np.float64)
+        first = (spec.get("first_stage") or {}).get("curve") or {}
+        if first.get("x"):
+            self.first_x = np.asarray(first["x"], dtype=np.float64)
+            self.first_y = np.asarray(first["y"], dtype=np.float64)
+        else:
+            self.first_x, self.first_y = self.x, self.y
 
     @property
     def by_score(self) -> bool:
@@ -60,11 +72,14 @@ class Confidence:
         fallback."""
         return not self.calibrated or (self.w_score == 1.0 and self.w_log_rank == 0.0)
 
-    def scores(self, scores: np.ndarray) -> np.ndarray:
+    def scores(self, scores: np.ndarray, first_stage: bool = False) -> np.ndarray:
         """Confidence of items (not popular ones) from their float64 scores, when by_score: what __call__ gives at
-        any rank, with one numpy call (1.0 * score + 0.0 and the score read the same point of the curve)."""
+        any rank, with one numpy call (1.0 * score + 0.0 and the score read the same point of the curve);
+        first_stage: an answer the re-ranker left in the first stage's order."""
         if not self.calibrated:
             return np.clip(scores, 0.0, 1.0)
+        if first_stage:
+            return np.interp(scores, self.first_x, self.first_y)
         return np.interp(scores, self.x, self.y)
 
     @classmethod
@@ -75,9 +90,12 @@ class Confidence:
             spec = None  # a format this code does not know: the fallback rather than a wrong reading
         return cls(spec, popular_share_per_score)
 
-    def __call__(self, scores: np.ndarray, ranks: np.ndarray, popular: bool = False) -> np.ndarray:
+    def __call__(
+        self, scores: np.ndarray, ranks: np.ndarray, popular: bool = False, first_stage: bool = False
+    ) -> np.ndarray:
         """Confidence of each item given its score (and, for a format 1 file only, its rank in the answer, 1 =
-        first; popular: the item's popularity over the most popular item's)."""
+        first; popular: the item's popularity over the most popular item's; first_stage: an answer the re-ranker
+        left in the first stage's order)."""
         scores = np.asarray(scores, dtype=np.float64)
         ranks = np.maximum(np.asarray(ranks, dtype=np.float64), 1.0)
         if popular:
@@ -90,4 +108,6 @@ class Confidence:
         if not self.calibrated:
             return np.clip(scores, 0.0, 1.0)
         z = self.w_score * scores + (self.w_log_rank * np.log(ranks) if self.w_log_rank else 0.0)
+        if first_stage:
+            return np.interp(z, self.first_x, self.first_y)
         return np.interp(z, self.x, self.y)

@@ -102,7 +102,9 @@ def fill(
         if scored is not None and popular
         else (None if scored is not None else True)
     )
-    score_list, confidence = _rounded(model, policy, rows, scores, final, popular_at)
+    # An answer the re-ranker left in the first stage's order (a basket of hundreds of items) has its own curve.
+    first_stage = scored is not None and model.first_stage_orders(basket)
+    score_list, confidence = _rounded(model, policy, rows, scores, final, popular_at, first_stage)
     if options.min_confidence is not None and confidence is not None:
         # Last, on the answer as it stands (pins included): confidence falls with the rank and rises with the
         # score, so items further down the list would not pass either.
@@ -113,7 +115,7 @@ def fill(
             row_list, score_list, source = _kept(row_list, keep), _kept(score_list, keep), _kept(source, keep)
             if isinstance(popular_at, np.ndarray):
                 popular_at = popular_at[at]
-            found = _confidence(model, policy, rows, final, popular_at)
+            found = _confidence(model, policy, rows, final, popular_at, first_stage)
             confidence = None if found is None else found.tolist()
     picks = _picks(
         model, policy, options, basket, scored, rows, row_list, score_list, final, source, confidence, popular
@@ -127,7 +129,13 @@ def _kept(values: list, keep: list[bool]) -> list:
 
 
 def _rounded(
-    model: Any, policy: Policy, rows: np.ndarray, scores: np.ndarray, final: np.ndarray, popular: Any
+    model: Any,
+    policy: Policy,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    final: np.ndarray,
+    popular: Any,
+    first_stage: bool = False,
 ) -> tuple[list[float], list[float] | None]:
     """The picks' scores rounded to 4 places, and their confidence (_confidence, rounded; None without the
     model's calibration): one rounding call for both when confidence reads the score alone."""
@@ -140,9 +148,9 @@ def _rounded(
         and calibration.by_score
         and getattr(model, "confidence", None) is not None
     ):
-        both = np.concatenate((scores, calibration.scores(final))).round(4).tolist()
+        both = np.concatenate((scores, calibration.scores(final, first_stage))).round(4).tolist()
         return both[:m], both[m:]
-    confidence = _confidence(model, policy, rows, final, popular)
+    confidence = _confidence(model, policy, rows, final, popular, first_stage)
     return scores.round(4).tolist(), None if confidence is None else confidence.tolist()
 
 
@@ -345,11 +353,17 @@ def _pin(
 
 
 def _confidence(
-    model: Any, policy: Policy, rows: np.ndarray, final: np.ndarray, popular: np.ndarray | bool | None
+    model: Any,
+    policy: Policy,
+    rows: np.ndarray,
+    final: np.ndarray,
+    popular: np.ndarray | bool | None,
+    first_stage: bool = False,
 ) -> np.ndarray | None:
     """The model's calibrated confidence of each pick at its rank (1 = first), from the model's own score (final:
     before any boost; for popular picks, popularity / top popularity); None when the model has no calibration
-    code. popular: which picks are popular ones (None: none, True: all)."""
+    code. popular: which picks are popular ones (None: none, True: all); first_stage: the answer keeps the first
+    stage's order (Model.first_stage_orders)."""
     confidence = getattr(model, "confidence", None)
     if confidence is None:
         return None
@@ -360,16 +374,16 @@ def _confidence(
         # The model's calibration read from the score alone (every current calibration file): one numpy call.
         calibration = getattr(model, "_confidence", None)
         if calibration is not None and calibration.by_score:
-            return calibration.scores(final).round(4)
+            return calibration.scores(final, first_stage).round(4)
     ranks = RANKS[:m] if m <= len(RANKS) else np.arange(1.0, m + 1.0)
     if popular is None or (popular is not True and not popular.any()):
-        return confidence(final, ranks).round(4)
+        return confidence(final, ranks, first_stage=first_stage).round(4)
     if popular is True:
         return confidence(policy.popularity[rows] / policy.best_popularity, ranks, popular=True).round(4)
     out = np.empty(m)
     if not popular.all():
         model_rows = ~popular
-        out[model_rows] = confidence(final[model_rows], ranks[model_rows])
+        out[model_rows] = confidence(final[model_rows], ranks[model_rows], first_stage=first_stage)
     top = policy.best_popularity
     out[popular] = confidence(policy.popularity[rows[popular]] / top, ranks[popular], popular=True)
     return out.round(4)

@@ -204,11 +204,20 @@ class Model:
         """Whether confidence comes from a fitted calibration.json (else the documented fallback)."""
         return self._confidence.calibrated
 
-    def confidence(self, scores: np.ndarray, ranks: np.ndarray, popular: bool = False) -> np.ndarray:
+    def confidence(
+        self, scores: np.ndarray, ranks: np.ndarray, popular: bool = False, first_stage: bool = False
+    ) -> np.ndarray:
         """Calibrated probability, in [0, 1], that a shopper holding the basket also buys each answered item, from
-        its score and its rank in the answer (1 = first); popular=True for popular (fallback) items. From the
-        version's calibration.json, or the fallback of serving/confidence.py for models without one."""
-        return self._confidence(scores, ranks, popular)
+        its score and its rank in the answer (1 = first); popular=True for popular (fallback) items, first_stage=True
+        for an answer the re-ranker left in the first stage's order (first_stage_orders). From the version's
+        calibration.json, or the fallback of serving/confidence.py for models without one."""
+        return self._confidence(scores, ranks, popular, first_stage)
+
+    def first_stage_orders(self, basket: np.ndarray) -> bool:
+        """Whether the answer to a basket (rows) keeps the first stage's order: the model has a re-ranker and the
+        basket more known items than it re-ranks (its max_basket)."""
+        rr = self.reranker
+        return rr is not None and int(np.count_nonzero(basket < self.first_new)) > rr.max_basket
 
     def _answer(self, basket: tuple[int, ...], n: int) -> tuple[tuple[Scored, ...], bool]:
         """The answer for a basket of known rows, and whether it is the popular fallback."""

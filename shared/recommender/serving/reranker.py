@@ -286,6 +286,8 @@ class Reranker:
         # The candidates re-ranked: the best `served` of the `candidates` the trees learned from (models trained
         # before the two differed re-rank all of them).
         self.depth = int(arrays.get("served", arrays.get("candidates", 100)))
+        # Bigger baskets keep their first stage's order (models trained before the bound re-rank every basket).
+        self.max_basket = int(arrays.get("max_basket", 2**62))
         self.item = arrays["item_features"].astype(np.float64)
         self.price = arrays["item_price"].astype(np.float64)
         self.popularity = np.asarray(popularity, dtype=np.float64)
@@ -377,8 +379,9 @@ class Reranker:
     def rerank(
         self, model: object, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray
     ) -> Reranked:
-        """The trees' final scores for the basket's best candidates (candidates ascending, first aligned)."""
-        at = self.choose(candidates, first)
+        """The trees' final scores for the basket's best candidates (candidates ascending, first aligned); none for a
+        basket of more than max_basket items."""
+        at = self.choose(candidates, first) if len(basket) <= self.max_basket else np.empty(0, dtype=np.intp)
         x = self.features(model, basket, candidates[at], first[at], positions)
         raw = self.trees.score(x) if self.trees is not None else -x[:, 1]
         return Reranked(at, final_of(raw), x, candidates[at])

@@ -133,11 +133,14 @@ def confidence_on_test(model: Any, baskets: list[list[str]], seed: int = 1) -> d
     whether the shopper bought it. Reliability bins and the expected calibration error (ECE, 10 equal bins)."""
     predicted: list[float] = []
     observed: list[bool] = []
-    splits = holdout.random_splits(baskets, model.items.index, seed)
+    index = model.items.index
+    splits = holdout.random_splits(baskets, index, seed)
     for _, query, bought in splits:
         answer = model.recommend(query, K)
         scores = np.array([s.score for s in answer.items])
-        predicted.extend(model.confidence(scores, np.arange(1, len(scores) + 1), popular=answer.fallback).tolist())
+        first_stage = model.first_stage_orders(np.fromiter({index[c] for c in query if c in index}, dtype=np.int64))
+        ranks = np.arange(1, len(scores) + 1)
+        predicted.extend(model.confidence(scores, ranks, popular=answer.fallback, first_stage=first_stage).tolist())
         observed.extend(s.item.stock_code in bought for s in answer.items)
     p, o = np.asarray(predicted), np.asarray(observed, dtype=np.float64)
     return {

@@ -3,9 +3,11 @@
 Each held-out basket is split at random: part of it is the query, the rest is what the shopper bought. Every
 recommended item is one observation (score, rank, bought or not). Isotonic regression (pool adjacent violators)
 of "bought" on the score alone gives the probability, without assuming a curve's shape; the same on the
-popularity score for popular items. Not on the rank: an item moved up a rank by a filter or a rule would then
-change its confidence, for the same item and basket (the rank's own information is mostly in the score it comes
-from; the ECE `make evaluate` reports measures what is left). The result is the `calibration.json` artifact read
+popularity score for popular items, and, for the answers the learned re-ranker leaves in the first stage's order
+(baskets of hundreds of items: their scores sit below every re-ranked one's), on the first stage's own answers to
+the same queries. Not on the rank: an item moved up a rank by a filter or a
+rule would then change its confidence, for the same item and basket (the rank's own information is mostly in the
+score it comes from; the ECE `make evaluate` reports measures what is left). The result is the `calibration.json` artifact read
 by `serving/confidence.py`. Plain numpy, so any trainer can call it.
 """
 
@@ -21,6 +23,8 @@ from recommender.serving.confidence import FORMAT
 # Fewest observations per point of the curve: the ends of an isotonic fit on single observations would say 0 or 1.
 MIN_PER_KNOT = 30
 MAX_KNOTS = 200
+# Fewest observations of the first stage's answers for a curve of their own (a few points of it).
+MIN_FIRST_STAGE = 4 * MIN_PER_KNOT
 
 
 @dataclass
@@ -80,11 +84,21 @@ def isotonic_curve(
     return [round(float(v), 6) for v in x[keep]], [round(float(v), 6) for v in y[keep]]
 
 
-def fit(model_obs: Observations, popular_obs: Observations, cases: int, depth: int) -> dict:
-    """The calibration.json content fitted on held-out observations of the model's answers (their scores) and of
-    popular answers (their popularity scores)."""
+def fit(
+    model_obs: Observations,
+    popular_obs: Observations,
+    cases: int,
+    depth: int,
+    first_stage_obs: Observations | None = None,
+) -> dict:
+    """The calibration.json content fitted on held-out observations of the model's answers (their scores), of
+    popular answers (their popularity scores) and of the first stage's answers alone, for answers the re-ranker
+    leaves in its order (their own curve when there are at least MIN_FIRST_STAGE: serving reads the main one
+    otherwise)."""
     x, y = isotonic_curve(model_obs.scores, model_obs.bought) if len(model_obs) else ([0.0], [0.0])
     popular_x, popular_y = isotonic_curve(popular_obs.scores, popular_obs.bought) if len(popular_obs) else ([], [])
+    first = first_stage_obs if first_stage_obs is not None else Observations(np.empty(0), np.empty(0), np.empty(0))
+    first_x, first_y = isotonic_curve(first.scores, first.bought) if len(first) >= MIN_FIRST_STAGE else ([], [])
     return {
         "format": FORMAT,
         "method": "isotonic regression of 'bought' on the score alone (popular items: on their popularity score)",
@@ -97,6 +111,7 @@ def fit(model_obs: Observations, popular_obs: Observations, cases: int, depth: i
         },
         "curve": {"x": x, "y": y},
         "popular": {"curve": {"x": popular_x, "y": popular_y}},
+        "first_stage": {"observations": len(first), "curve": {"x": first_x, "y": first_y}},
     }
 
 

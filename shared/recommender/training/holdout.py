@@ -33,6 +33,7 @@ from recommender.serving.held_out import (  # noqa: F401 (re-exported: training 
     read_cases,
 )
 from recommender.serving.model import Model, open_model
+from recommender.serving.reranker import squash
 from recommender.training import calibration
 from recommender.training.calibration import Observations
 from recommender.training.ingest import Transactions, select_baskets
@@ -145,23 +146,34 @@ def popularity_ranks(model: Model, queries: Sequence[Sequence[str]], hidden: Seq
 
 def observe(
     model: Model, splits: Sequence[tuple[int, list[str], set[str]]], depth: int = CALIBRATION_DEPTH
-) -> tuple[Observations, Observations]:
+) -> tuple[Observations, Observations, Observations]:
     """What the model's answers (and popular items) to each query held: score, rank and whether it was bought.
-    Fallback answers (popular items) are observed as popular ones only."""
+    Fallback answers (popular items) are observed as popular ones only. With a re-ranker, also what its first
+    stage alone answers to every query, its scores squashed as an answer the re-ranker leaves in the first stage's
+    order carries them (such answers, to a few big baskets, are left out of the first: they read that curve)."""
     scores, ranks, bought = [], [], []
+    first_scores, first_ranks, first_bought = [], [], []
     pop_ranks, pop_bought, pop_scores = [], [], []
     by_popularity = model.items.most_popular()
     popular = [model.items.codes[i] for i in by_popularity]
     # A popular item's score, as serving gives it: its popularity over the most popular item's.
     top = max(float(model.items.popularity[by_popularity[0]]), 1.0) if by_popularity else 1.0
     index, popularity = model.items.index, model.items.popularity
+    first_stage = model.first_stage() if model.reranker is not None else None
     for _, query, rest in splits:
         answer = model.recommend(query, depth)
-        if not answer.fallback:
+        rows = np.fromiter({index[c] for c in query if c in index}, dtype=np.int64)
+        if not answer.fallback and not model.first_stage_orders(rows):
             for r, scored in enumerate(answer.items, 1):
                 scores.append(scored.score)
                 ranks.append(r)
                 bought.append(scored.item.stock_code in rest)
+        if first_stage is not None:
+            alone = first_stage.recommend(query, depth)
+            if not alone.fallback:
+                first_scores.extend(squash(np.asarray([s.score for s in alone.items])).tolist())
+                first_ranks.extend(range(1, len(alone.items) + 1))
+                first_bought.extend(s.item.stock_code in rest for s in alone.items)
         asked = set(query)
         shown = []
         for code in popular:
@@ -172,15 +184,13 @@ def observe(
         pop_ranks.extend(range(1, len(shown) + 1))
         pop_bought.extend(code in rest for code in shown)
         pop_scores.extend(popularity[index[code]] / top for code in shown)
-    return (
-        Observations(
-            np.asarray(scores, dtype=np.float64), np.asarray(ranks, dtype=np.int64), np.asarray(bought, dtype=bool)
-        ),
-        Observations(
-            np.asarray(pop_scores, dtype=np.float64),
-            np.asarray(pop_ranks, dtype=np.int64),
-            np.asarray(pop_bought, dtype=bool),
-        ),
+    return tuple(
+        Observations(np.asarray(s, dtype=np.float64), np.asarray(r, dtype=np.int64), np.asarray(b, dtype=bool))
+        for s, r, b in (
+            (scores, ranks, bought),
+            (pop_scores, pop_ranks, pop_bought),
+            (first_scores, first_ranks, first_bought),
+        )
     )
 
 
@@ -218,8 +228,8 @@ def assess(
     ranks = answer_ranks(model, queries, hidden)
     popular = popularity_ranks(model, queries, hidden)
     splits = random_splits(baskets, known, seed + 1)[:CALIBRATION_QUERIES]
-    model_obs, popular_obs = observe(model, splits)
-    spec = calibration.fit(model_obs, popular_obs, len(splits), CALIBRATION_DEPTH)
+    model_obs, popular_obs, first_stage_obs = observe(model, splits)
+    spec = calibration.fit(model_obs, popular_obs, len(splits), CALIBRATION_DEPTH, first_stage_obs)
     (folder / CALIBRATION).write_bytes(calibration.to_json(spec))
     stored = {
         "format": FORMAT,

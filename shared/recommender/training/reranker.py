@@ -39,6 +39,10 @@ class RerankParams:
     # baskets HR@10 is the same from 100 down to 35 (falls at 30); at 50 the trees and links cost half
     # (bench/results/rerank.md).
     served: int = 50
+    # Baskets of more items than this (known ones) are answered by the first stage alone: on Online Retail's
+    # validation baskets the trees did not beat it beyond about 150 items (wholesale orders of hundreds of
+    # products), and those answers cost the most (bench/results/rerank.md). The trees still learn from them.
+    max_basket: int = 150
     days: int = 30  # length of each validation period
     periods: int = 1  # validation periods carved from the end of the training data (each costs a first-stage model)
     max_share: float = 0.25  # a period holds at most this share of the training baskets
@@ -89,6 +93,7 @@ def write(folder: Path, tx: Transactions, params: RerankParams, fitted: Fitted |
         arrays.update(fitted.trees.to_arrays())
         # Only beside trees: a validation period's first stage computes its rows from all `candidates`.
         arrays["served"] = np.asarray(min(params.served, params.candidates))
+        arrays["max_basket"] = np.asarray(params.max_basket)
     with open(folder / RERANK_FILE, "wb") as f:
         np.savez(f, **arrays)
     return dict(fitted.spec) if fitted is not None else {"trees": False}
@@ -352,6 +357,9 @@ def fit(
             else:  # (not stopped early: the rounds' scores are not the kept trees')
                 scores[valid_rows] = booster.predict(rows.x[valid_rows])
             boosters.append(booster)
+        # As served: a basket of more than max_basket items keeps its first stage's order.
+        big = rows.x[:, FEATURES.index("basket_size")] > params.max_basket
+        scores[big] = -rows.x[big, FEATURES.index("rank")]
         hr = hit_rate(scores, rows, sel_q)
         tried.append({"num_leaves": leaves, "trees": sum(map(_trees, boosters)), "hr": round(hr, 4)})
         if best is None or hr > best[0]:
@@ -366,6 +374,7 @@ def fit(
         "features": list(FEATURES),
         "candidates": params.candidates,
         "served": min(params.served, params.candidates),
+        "max_basket": params.max_basket,
         "periods": described,
         "validation": {
             "queries": int(len(sel_q)),
