@@ -1,4 +1,4 @@
-"""Item search: the index answers exactly what a scan of every item would, and stops at the limit."""
+"""Items: search answers exactly what a scan of every item would, and stops at the limit; codes map to rows."""
 
 import random
 
@@ -123,3 +123,9 @@ def test_no_items_and_index_types():
     empty = Items([], [], [])
     assert empty.search("", 5) == [] and empty.search("tea", 5) == []
     assert empty.search_index().word_ranks.dtype == np.int64
+
+
+def test_rows_of_codes_are_the_known_ones_once_ascending():
+    items = Items(["B", "A", "C"], ["b", "a", "c"], [3, 2, 1])
+    assert items.rows(["C", "X", "B", "C", "A"]).tolist() == [0, 1, 2]
+    assert items.rows(["X"]).dtype == np.int64 and not len(items.rows([]))

@@ -6,6 +6,7 @@ import json
 import re
 import threading
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -56,6 +57,11 @@ class Items:
         """The items at model rows (one call for a whole answer)."""
         every = self._rows
         return [every[i] for i in rows]
+
+    def rows(self, codes: Iterable[str]) -> np.ndarray:
+        """The distinct rows of the codes the model knows, ascending (others ignored)."""
+        index = self.index
+        return np.asarray(sorted({index[c] for c in codes if c in index}), dtype=np.int64)
 
     def most_popular(self) -> list[int]:
         """Item rows from most to least popular (ties by row, so answers are stable)."""

@@ -217,7 +217,7 @@ class Model:
         """Whether the answer to a basket (rows) keeps the first stage's order: the model has a re-ranker and the
         basket more known items than it re-ranks (its max_basket)."""
         rr = self.reranker
-        return rr is not None and int(np.count_nonzero(basket < self.first_new)) > rr.max_basket
+        return rr is not None and rr.leaves_order(int(np.count_nonzero(basket < self.first_new)))
 
     def _answer(self, basket: tuple[int, ...], n: int) -> tuple[tuple[Scored, ...], bool]:
         """The answer for a basket of known rows, and whether it is the popular fallback."""

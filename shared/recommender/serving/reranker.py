@@ -307,6 +307,10 @@ class Reranker:
         self.words = int(self.word_idx.max(initial=-1)) + 1
         self.trees = Trees.from_arrays(arrays) if "tree_roots" in arrays else None
 
+    def leaves_order(self, known: int) -> bool:
+        """Whether a basket of this many known items keeps the first stage's order (more than max_basket)."""
+        return known > self.max_basket
+
     def choose(self, candidates: np.ndarray, first: np.ndarray) -> np.ndarray:
         """Positions (in candidates, ascending) of the ones the trees re-rank: the best `depth` by first-stage score
         among those scoring above 0 (of equal scores at the cut, the lower positions: the lower rows)."""
@@ -380,8 +384,8 @@ class Reranker:
         self, model: object, basket: np.ndarray, candidates: np.ndarray, first: np.ndarray, positions: np.ndarray
     ) -> Reranked:
         """The trees' final scores for the basket's best candidates (candidates ascending, first aligned); none for a
-        basket of more than max_basket items."""
-        at = self.choose(candidates, first) if len(basket) <= self.max_basket else np.empty(0, dtype=np.intp)
+        basket it leaves in the first stage's order."""
+        at = np.empty(0, dtype=np.intp) if self.leaves_order(len(basket)) else self.choose(candidates, first)
         x = self.features(model, basket, candidates[at], first[at], positions)
         raw = self.trees.score(x) if self.trees is not None else -x[:, 1]
         return Reranked(at, final_of(raw), x, candidates[at])

@@ -133,12 +133,11 @@ def confidence_on_test(model: Any, baskets: list[list[str]], seed: int = 1) -> d
     whether the shopper bought it. Reliability bins and the expected calibration error (ECE, 10 equal bins)."""
     predicted: list[float] = []
     observed: list[bool] = []
-    index = model.items.index
-    splits = holdout.random_splits(baskets, index, seed)
+    splits = holdout.random_splits(baskets, model.items.index, seed)
     for _, query, bought in splits:
         answer = model.recommend(query, K)
         scores = np.array([s.score for s in answer.items])
-        first_stage = model.first_stage_orders(np.fromiter({index[c] for c in query if c in index}, dtype=np.int64))
+        first_stage = model.first_stage_orders(model.items.rows(query))
         ranks = np.arange(1, len(scores) + 1)
         predicted.extend(model.confidence(scores, ranks, popular=answer.fallback, first_stage=first_stage).tolist())
         observed.extend(s.item.stock_code in bought for s in answer.items)

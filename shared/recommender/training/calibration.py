@@ -5,10 +5,10 @@ recommended item is one observation (score, rank, bought or not). Isotonic regre
 of "bought" on the score alone gives the probability, without assuming a curve's shape; the same on the
 popularity score for popular items, and, for the answers the learned re-ranker leaves in the first stage's order
 (baskets of hundreds of items: their scores sit below every re-ranked one's), on the first stage's own answers to
-the same queries. Not on the rank: an item moved up a rank by a filter or a
-rule would then change its confidence, for the same item and basket (the rank's own information is mostly in the
-score it comes from; the ECE `make evaluate` reports measures what is left). The result is the `calibration.json` artifact read
-by `serving/confidence.py`. Plain numpy, so any trainer can call it.
+the same queries. Not on the rank: an item moved up a rank by a filter or a rule would then change its confidence,
+for the same item and basket (the rank's own information is mostly in the score it comes from; the ECE `make
+evaluate` reports measures what is left). The result is the `calibration.json` artifact read by
+`serving/confidence.py`. Plain numpy, so any trainer can call it.
 """
 
 from __future__ import annotations
@@ -97,8 +97,10 @@ def fit(
     otherwise)."""
     x, y = isotonic_curve(model_obs.scores, model_obs.bought) if len(model_obs) else ([0.0], [0.0])
     popular_x, popular_y = isotonic_curve(popular_obs.scores, popular_obs.bought) if len(popular_obs) else ([], [])
-    first = first_stage_obs if first_stage_obs is not None else Observations(np.empty(0), np.empty(0), np.empty(0))
-    first_x, first_y = isotonic_curve(first.scores, first.bought) if len(first) >= MIN_FIRST_STAGE else ([], [])
+    first_n = len(first_stage_obs) if first_stage_obs is not None else 0
+    first_x, first_y = (
+        isotonic_curve(first_stage_obs.scores, first_stage_obs.bought) if first_n >= MIN_FIRST_STAGE else ([], [])
+    )
     return {
         "format": FORMAT,
         "method": "isotonic regression of 'bought' on the score alone (popular items: on their popularity score)",
@@ -111,7 +113,7 @@ def fit(
         },
         "curve": {"x": x, "y": y},
         "popular": {"curve": {"x": popular_x, "y": popular_y}},
-        "first_stage": {"observations": len(first), "curve": {"x": first_x, "y": first_y}},
+        "first_stage": {"observations": first_n, "curve": {"x": first_x, "y": first_y}},
     }
 
 

@@ -162,8 +162,7 @@ def observe(
     first_stage = model.first_stage() if model.reranker is not None else None
     for _, query, rest in splits:
         answer = model.recommend(query, depth)
-        rows = np.fromiter({index[c] for c in query if c in index}, dtype=np.int64)
-        if not answer.fallback and not model.first_stage_orders(rows):
+        if not answer.fallback and not model.first_stage_orders(model.items.rows(query)):
             for r, scored in enumerate(answer.items, 1):
                 scores.append(scored.score)
                 ranks.append(r)

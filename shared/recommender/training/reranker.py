@@ -234,7 +234,7 @@ def training_rows(model: object, cases: list[tuple[int, list[str], str]]) -> Row
             part.clear()
 
     for b, query, hidden in cases:
-        basket = np.asarray(sorted({index[c] for c in query if c in index}), dtype=np.int64)
+        basket = model.items.rows(query)
         target = index.get(hidden)
         if not len(basket) or target is None:
             continue
